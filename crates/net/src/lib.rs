@@ -1,0 +1,1 @@
+//! kobako-net (placeholder; being written)

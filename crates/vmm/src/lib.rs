@@ -1,0 +1,1 @@
+//! kobako-vmm (placeholder; being written)
