@@ -1,0 +1,310 @@
+//! A small HTTP/1.1 server for the API socket: persistent connections, `Content-Length` bodies,
+//! several clients multiplexed with epoll, one request handled at a time.
+//!
+//! Runs on the API thread (`fc_api`). It knows nothing about the VMM: each complete request is
+//! handed to a callback that returns the response.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+/// Largest accepted request body (Firecracker's default `--http-api-max-payload-size`).
+pub const MAX_BODY: usize = 51200;
+const MAX_HEADER: usize = 8192;
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub body: Vec<u8>,
+    pub close: bool,
+}
+
+/// A response to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub body: Option<String>,
+}
+
+impl Response {
+    pub fn no_content() -> Self {
+        Response {
+            status: 204,
+            body: None,
+        }
+    }
+
+    pub fn json(status: u16, v: &serde_json::Value) -> Self {
+        Response {
+            status,
+            body: Some(v.to_string()),
+        }
+    }
+
+    /// A Firecracker-style error: `{"fault_message": "..."}`.
+    pub fn fault(status: u16, msg: &str) -> Self {
+        Response::json(status, &serde_json::json!({ "fault_message": msg }))
+    }
+
+    fn reason(&self) -> &'static str {
+        match self.status {
+            200 => "OK",
+            204 => "No Content",
+            400 => "Bad Request",
+            404 => "Not Found",
+            405 => "Method Not Allowed",
+            413 => "Payload Too Large",
+            500 => "Internal Server Error",
+            501 => "Not Implemented",
+            _ => "",
+        }
+    }
+
+    /// Serialises status line, headers and body.
+    pub fn to_bytes(&self, close: bool) -> Vec<u8> {
+        let mut out = format!("HTTP/1.1 {} {}\r\nServer: Firecracker API\r\n", self.status, self.reason());
+        if close {
+            out.push_str("Connection: close\r\n");
+        } else {
+            out.push_str("Connection: keep-alive\r\n");
+        }
+        match &self.body {
+            Some(b) => {
+                out.push_str(&format!(
+                    "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{}",
+                    b.len(),
+                    b
+                ));
+            }
+            None => out.push_str("\r\n"),
+        }
+        out.into_bytes()
+    }
+}
+
+/// Outcome of trying to parse the front of a buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parse {
+    /// Need more bytes.
+    Incomplete,
+    /// A request and how many bytes it used.
+    Done(Request, usize),
+    /// Unparseable: answer this and close.
+    Bad(Response),
+}
+
+fn find_header_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n")
+}
+
+/// Parses one request from the front of `buf`.
+pub fn parse(buf: &[u8]) -> Parse {
+    let Some(end) = find_header_end(buf) else {
+        if buf.len() > MAX_HEADER {
+            return Parse::Bad(Response::fault(400, "Request headers are too long."));
+        }
+        return Parse::Incomplete;
+    };
+    let Ok(head) = std::str::from_utf8(&buf[..end]) else {
+        return Parse::Bad(Response::fault(400, "Request headers are not valid UTF-8."));
+    };
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or("");
+    let mut parts = request_line.split(' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Parse::Bad(Response::fault(400, "Invalid HTTP request line."));
+    };
+    if version != "HTTP/1.1" && version != "HTTP/1.0" {
+        return Parse::Bad(Response::fault(400, "Unsupported HTTP version."));
+    }
+    let mut content_length = 0usize;
+    let mut close = version == "HTTP/1.0";
+    for l in lines {
+        let Some((name, value)) = l.split_once(':') else {
+            return Parse::Bad(Response::fault(400, "Invalid HTTP header."));
+        };
+        let value = value.trim();
+        match name.trim().to_ascii_lowercase().as_str() {
+            "content-length" => match value.parse() {
+                Ok(n) => content_length = n,
+                Err(_) => return Parse::Bad(Response::fault(400, "Invalid Content-Length.")),
+            },
+            "transfer-encoding" => {
+                return Parse::Bad(Response::fault(501, "Transfer-Encoding is not supported."))
+            }
+            "connection" => {
+                if value.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if value.eq_ignore_ascii_case("keep-alive") {
+                    close = false;
+                }
+            }
+            _ => {}
+        }
+    }
+    if content_length > MAX_BODY {
+        return Parse::Bad(Response::fault(
+            413,
+            &format!("Request payload with size {content_length} is larger than the limit of {MAX_BODY} allowed by server."),
+        ));
+    }
+    let total = end + 4 + content_length;
+    if buf.len() < total {
+        return Parse::Incomplete;
+    }
+    // Strip a query string; the API has none.
+    let path = target.split('?').next().unwrap_or("").to_string();
+    Parse::Done(
+        Request {
+            method: method.to_string(),
+            path,
+            body: buf[end + 4..total].to_vec(),
+            close,
+        },
+        total,
+    )
+}
+
+struct Conn {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+const LISTENER: u64 = u64::MAX;
+
+/// Serves `listener` forever, calling `handle` for each request. Returns only on a fatal
+/// epoll error.
+pub fn serve(listener: UnixListener, mut handle: impl FnMut(Request) -> Response) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let epoll = Epoll::new()?;
+    epoll.ctl(
+        ControlOperation::Add,
+        listener.as_raw_fd(),
+        EpollEvent::new(EventSet::IN, LISTENER),
+    )?;
+    let mut conns: HashMap<RawFd, Conn> = HashMap::new();
+    let mut events = vec![EpollEvent::default(); 16];
+    loop {
+        let n = match epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        for ev in events.iter().take(n) {
+            if ev.data() == LISTENER {
+                while let Ok((s, _)) = listener.accept() {
+                    if s.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    let fd = s.as_raw_fd();
+                    if epoll
+                        .ctl(
+                            ControlOperation::Add,
+                            fd,
+                            EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, fd as u64),
+                        )
+                        .is_ok()
+                    {
+                        conns.insert(
+                            fd,
+                            Conn {
+                                stream: s,
+                                buf: Vec::new(),
+                            },
+                        );
+                    }
+                }
+                continue;
+            }
+            let fd = ev.data() as RawFd;
+            let keep = match conns.get_mut(&fd) {
+                Some(c) => service(c, &mut handle),
+                None => false,
+            };
+            if !keep {
+                if let Some(c) = conns.remove(&fd) {
+                    let _ = epoll.ctl(ControlOperation::Delete, c.stream.as_raw_fd(), EpollEvent::default());
+                }
+            }
+        }
+    }
+}
+
+fn write_all_blocking(s: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
+    // Responses are small; switch to blocking for the write so a full socket buffer does not
+    // drop part of a response.
+    s.set_nonblocking(false)?;
+    let r = s.write_all(bytes);
+    s.set_nonblocking(true)?;
+    r
+}
+
+/// Reads what is available and answers complete requests; false = close the connection.
+fn service(c: &mut Conn, handle: &mut impl FnMut(Request) -> Response) -> bool {
+    let mut tmp = [0u8; 4096];
+    let mut eof = false;
+    loop {
+        match c.stream.read(&mut tmp) {
+            Ok(0) => {
+                eof = true;
+                break;
+            }
+            Ok(n) => {
+                c.buf.extend_from_slice(&tmp[..n]);
+                if c.buf.len() > MAX_HEADER + MAX_BODY + 1024 {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        }
+    }
+    loop {
+        match parse(&c.buf) {
+            Parse::Incomplete => break,
+            Parse::Bad(resp) => {
+                let _ = write_all_blocking(&mut c.stream, &resp.to_bytes(true));
+                return false;
+            }
+            Parse::Done(req, used) => {
+                c.buf.drain(..used);
+                let close = req.close;
+                let resp = handle(req);
+                if write_all_blocking(&mut c.stream, &resp.to_bytes(close)).is_err() || close {
+                    return false;
+                }
+            }
+        }
+    }
+    !eof
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pipelined_requests_and_rejects_bad_ones() {
+        let raw = b"PUT /actions HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}GET / HTTP/1.1\r\n\r\n";
+        let Parse::Done(r, used) = parse(raw) else { panic!() };
+        assert_eq!((r.method.as_str(), r.path.as_str(), r.body.as_slice()), ("PUT", "/actions", &b"{}"[..]));
+        let Parse::Done(r2, _) = parse(&raw[used..]) else { panic!() };
+        assert_eq!(r2.path, "/");
+        assert_eq!(parse(b"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab"), Parse::Incomplete);
+        assert!(matches!(parse(b"GARBAGE\r\n\r\n"), Parse::Bad(_)));
+        assert!(matches!(
+            parse(b"PUT / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"),
+            Parse::Bad(Response { status: 413, .. })
+        ));
+        let bytes = Response::no_content().to_bytes(false);
+        assert!(bytes.starts_with(b"HTTP/1.1 204 No Content\r\n"));
+    }
+}

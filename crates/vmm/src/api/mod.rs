@@ -1,0 +1,228 @@
+//! The Firecracker-compatible API: routes (method + path + JSON body → [`ApiRequest`]), and the
+//! API thread that serves them on a Unix socket.
+//!
+//! The API thread (`fc_api`) parses and validates the *shape* of each request (JSON syntax,
+//! unknown fields, path/body ids) itself, so malformed input never reaches the VMM. Well-formed
+//! requests go to the event-loop thread over a channel (+ an eventfd to wake its epoll); the
+//! event loop owns all VM state, applies the request and sends back an [`ApiResponse`].
+//!
+//! Endpoints (same paths, fields and status codes as Firecracker's swagger; 204 with no body
+//! on success, 200 with JSON for GETs, 400 with `{"fault_message": ...}` on error):
+//!
+//! | method | path | notes |
+//! |---|---|---|
+//! | GET | `/` | `{id, state, vmm_version, app_name}` |
+//! | GET | `/version` | `{firecracker_version}` (our version) |
+//! | PUT | `/boot-source` | pre-boot; the kernel must exist and be an ELF vmlinux or bzImage |
+//! | GET/PUT/PATCH | `/machine-config` | PUT/PATCH pre-boot |
+//! | PUT/PATCH | `/drives/{drive_id}` | PUT pre-boot; stored, **no block device attached yet** |
+//! | PUT/PATCH | `/network-interfaces/{iface_id}` | PUT pre-boot; stored, **no net device yet** |
+//! | PUT | `/vsock` | pre-boot; stored, **no vsock device yet** |
+//! | PUT | `/actions` | `InstanceStart`, `SendCtrlAltDel`, `FlushMetrics` |
+//! | PATCH | `/vm` | `{"state": "Paused" \| "Resumed"}`, post-boot |
+//! | GET | `/vm/config` | the whole configuration, in `--config-file` format |
+//! | PUT | `/metrics`, `/logger`, `/serial` | pre-boot |
+//! | GET | `/kobako/boot-time` | kobako extension: `{wall_us, cpu_us}` once the guest signalled boot |
+
+pub mod http;
+
+use std::os::unix::net::UnixListener;
+use std::sync::mpsc::{Receiver, Sender};
+
+use serde::de::DeserializeOwned;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::*;
+use crate::metrics::{inc, METRICS};
+use http::{Request, Response};
+
+/// A well-formed API request for the event loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiRequest {
+    GetInstanceInfo,
+    GetVersion,
+    GetMachineConfig,
+    GetFullConfig,
+    GetBootTime,
+    PutBootSource(BootSource),
+    PutMachineConfig(MachineConfig),
+    PatchMachineConfig(MachineConfigUpdate),
+    PutDrive(String, Drive),
+    PatchDrive(String, DriveUpdate),
+    PutNet(String, NetworkInterface),
+    PatchNet(String, NetworkInterfaceUpdate),
+    PutVsock(Vsock),
+    PutMetrics(MetricsConfig),
+    PutLogger(LoggerConfig),
+    PutSerial(SerialConfig),
+    Action(ActionType),
+    PatchVm(VmStateName),
+}
+
+/// The event loop's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiResponse {
+    /// 204.
+    Empty,
+    /// 200 with a JSON body.
+    Json(serde_json::Value),
+    /// 400 with this fault message.
+    Error(String),
+}
+
+impl From<ApiResponse> for Response {
+    fn from(r: ApiResponse) -> Response {
+        match r {
+            ApiResponse::Empty => Response::no_content(),
+            ApiResponse::Json(v) => Response::json(200, &v),
+            ApiResponse::Error(m) => Response::fault(400, &m),
+        }
+    }
+}
+
+fn body<T: DeserializeOwned>(req: &Request) -> Result<T, Response> {
+    if req.body.is_empty() {
+        return Err(Response::fault(400, "The request body is empty."));
+    }
+    serde_json::from_slice(&req.body)
+        .map_err(|e| Response::fault(400, &format!("An error occurred when deserializing the json body of a request: {e}.")))
+}
+
+/// Maps a request to an [`ApiRequest`], or to the error response for it.
+pub fn route(req: &Request) -> Result<ApiRequest, Response> {
+    let path = req.path.trim_end_matches('/');
+    let mut segs = path.split('/').skip(1);
+    let first = segs.next().unwrap_or("");
+    let second = segs.next();
+    if segs.next().is_some() {
+        return Err(invalid(req));
+    }
+    let m = req.method.as_str();
+    Ok(match (m, first, second) {
+        ("GET", "", None) => ApiRequest::GetInstanceInfo,
+        ("GET", "version", None) => ApiRequest::GetVersion,
+        ("GET", "machine-config", None) => ApiRequest::GetMachineConfig,
+        ("PUT", "machine-config", None) => ApiRequest::PutMachineConfig(body(req)?),
+        ("PATCH", "machine-config", None) => ApiRequest::PatchMachineConfig(body(req)?),
+        ("PUT", "boot-source", None) => ApiRequest::PutBootSource(body(req)?),
+        ("PUT", "drives", Some(id)) => ApiRequest::PutDrive(id.to_string(), body(req)?),
+        ("PATCH", "drives", Some(id)) => ApiRequest::PatchDrive(id.to_string(), body(req)?),
+        ("PUT", "network-interfaces", Some(id)) => ApiRequest::PutNet(id.to_string(), body(req)?),
+        ("PATCH", "network-interfaces", Some(id)) => {
+            ApiRequest::PatchNet(id.to_string(), body(req)?)
+        }
+        ("PUT", "vsock", None) => ApiRequest::PutVsock(body(req)?),
+        ("PUT", "actions", None) => ApiRequest::Action(body::<Action>(req)?.action_type),
+        ("PATCH", "vm", None) => ApiRequest::PatchVm(body::<VmStateChange>(req)?.state),
+        ("GET", "vm", Some("config")) => ApiRequest::GetFullConfig,
+        ("PUT", "metrics", None) => ApiRequest::PutMetrics(body(req)?),
+        ("PUT", "logger", None) => ApiRequest::PutLogger(body(req)?),
+        ("PUT", "serial", None) => ApiRequest::PutSerial(body(req)?),
+        ("GET", "kobako", Some("boot-time")) => ApiRequest::GetBootTime,
+        ("PUT", "drives" | "network-interfaces", None) => {
+            return Err(Response::fault(400, "Missing id in the request path."))
+        }
+        _ => return Err(invalid(req)),
+    })
+}
+
+fn invalid(req: &Request) -> Response {
+    Response::fault(
+        400,
+        &format!(
+            "Invalid request method and/or path: {} {}.",
+            req.method, req.path
+        ),
+    )
+}
+
+/// The API thread's end of the channel to the event loop.
+#[derive(Debug)]
+pub struct VmmChannel {
+    pub requests: Sender<ApiRequest>,
+    pub responses: Receiver<ApiResponse>,
+    pub wake: EventFd,
+}
+
+impl VmmChannel {
+    fn call(&self, req: ApiRequest) -> Response {
+        if self.requests.send(req).is_err() || self.wake.write(1).is_err() {
+            return Response::fault(400, "The VMM is shutting down.");
+        }
+        match self.responses.recv() {
+            Ok(r) => r.into(),
+            Err(_) => Response::fault(400, "The VMM is shutting down."),
+        }
+    }
+}
+
+/// The API thread body: installs its seccomp filter, then serves until the process ends.
+pub fn run_api_thread(
+    listener: UnixListener,
+    chan: VmmChannel,
+    filter: Option<seccompiler::BpfProgram>,
+) {
+    if let Some(f) = filter {
+        if let Err(e) = seccompiler::apply_filter(&f) {
+            crate::log_error!("cannot install the API seccomp filter: {e}");
+            return;
+        }
+    }
+    let r = http::serve(listener, |req| {
+        inc(&METRICS.api_requests);
+        crate::log_debug!("API {} {}", req.method, req.path);
+        let resp = match route(&req) {
+            Ok(r) => chan.call(r),
+            Err(resp) => resp,
+        };
+        if resp.status >= 400 {
+            inc(&METRICS.api_errors);
+            crate::log_warn!(
+                "API {} {} -> {} {}",
+                req.method,
+                req.path,
+                resp.status,
+                resp.body.as_deref().unwrap_or("")
+            );
+        }
+        resp
+    });
+    if let Err(e) = r {
+        crate::log_error!("API server stopped: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(m: &str, p: &str, b: &str) -> Request {
+        Request {
+            method: m.into(),
+            path: p.into(),
+            body: b.as_bytes().to_vec(),
+            close: false,
+        }
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(route(&req("GET", "/", "")).unwrap(), ApiRequest::GetInstanceInfo);
+        assert_eq!(
+            route(&req("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#)).unwrap(),
+            ApiRequest::Action(ActionType::InstanceStart)
+        );
+        assert_eq!(
+            route(&req("PATCH", "/vm", r#"{"state":"Paused"}"#)).unwrap(),
+            ApiRequest::PatchVm(VmStateName::Paused)
+        );
+        assert_eq!(route(&req("GET", "/vm/config", "")).unwrap(), ApiRequest::GetFullConfig);
+        let e = route(&req("PUT", "/actions", r#"{"action_type":"Bogus"}"#)).unwrap_err();
+        assert_eq!(e.status, 400);
+        assert!(e.body.unwrap().contains("fault_message"));
+        assert_eq!(route(&req("DELETE", "/", "")).unwrap_err().status, 400);
+        assert_eq!(route(&req("PUT", "/machine-config", "{")).unwrap_err().status, 400);
+        assert_eq!(route(&req("PUT", "/machine-config", "")).unwrap_err().status, 400);
+        assert_eq!(route(&req("GET", "/nope/a/b", "")).unwrap_err().status, 400);
+    }
+}

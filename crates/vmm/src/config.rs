@@ -1,0 +1,670 @@
+//! Firecracker-compatible configuration: the wire types of the API and `--config-file` (field
+//! names from Firecracker's swagger spec), and [`VmResources`], the validated configuration the
+//! builder consumes.
+//!
+//! Owned by the event-loop thread (the API thread only parses bodies into these wire types and
+//! sends them over). Validation turns wire types into stored state and returns a
+//! [`ConfigError`] whose message becomes the `fault_message` of a 400 response.
+//!
+//! Drives, network interfaces and vsock are accepted, validated and stored (and returned by
+//! `GET /vm/config`), but no device is attached for them yet: the virtio devices come in a
+//! later issue.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::layout::MAX_VCPUS;
+
+/// A configuration request that cannot be applied.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Kernel(String),
+    #[error("The initrd file cannot be opened: {0}")]
+    Initrd(String),
+    #[error("The number of vCPUs must be greater than 0, less than {MAX_VCPUS} and must be 1 or an even number if SMT is enabled.")]
+    VcpuCount,
+    #[error("The memory size (MiB) is either 0, or not a multiple of the configured page size.")]
+    MemSize,
+    #[error("The memory size ({mib} MiB) is larger than this host's memory ({host_mib} MiB).")]
+    MemTooLarge { mib: u64, host_mib: u64 },
+    #[error("Enabling simultaneous multithreading is not supported on this host.")]
+    Smt,
+    #[error("Invalid huge_pages value {0:?}: expected \"None\" or \"2M\".")]
+    HugePages(String),
+    #[error("The id from the path [{path}] does not match the id from the body [{body}]!")]
+    IdMismatch { path: String, body: String },
+    #[error("Invalid {what}: {why}")]
+    Invalid { what: &'static str, why: String },
+    #[error("{0}")]
+    NotSupported(String),
+}
+
+/// `PUT /boot-source`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSource {
+    pub kernel_image_path: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_args: Option<String>,
+}
+
+/// Huge page backing of guest memory (only `None` is implemented; `2M` is accepted and
+/// rejected with a clear message at validation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HugePages {
+    #[default]
+    None,
+    #[serde(rename = "2M")]
+    Hugetlbfs2M,
+}
+
+/// `GET|PUT /machine-config` (the full, stored form).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    pub vcpu_count: u8,
+    pub mem_size_mib: u64,
+    #[serde(default)]
+    pub smt: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_template: Option<String>,
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+    #[serde(default)]
+    pub huge_pages: HugePages,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        // Firecracker's defaults.
+        MachineConfig {
+            vcpu_count: 1,
+            mem_size_mib: 128,
+            smt: false,
+            cpu_template: None,
+            track_dirty_pages: false,
+            huge_pages: HugePages::None,
+        }
+    }
+}
+
+/// `PATCH /machine-config`: every field optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigUpdate {
+    pub vcpu_count: Option<u8>,
+    pub mem_size_mib: Option<u64>,
+    pub smt: Option<bool>,
+    pub cpu_template: Option<String>,
+    pub track_dirty_pages: Option<bool>,
+    pub huge_pages: Option<HugePages>,
+}
+
+/// Firecracker's token-bucket rate limiter (stored, not enforced yet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimiter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<TokenBucket>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<TokenBucket>,
+}
+
+/// One bucket of a [`RateLimiter`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucket {
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_time_burst: Option<u64>,
+    pub refill_time: u64,
+}
+
+/// `PUT /drives/{drive_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drive {
+    pub drive_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_on_host: Option<PathBuf>,
+    pub is_root_device: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
+    #[serde(default)]
+    pub is_read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_engine: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+}
+
+/// `PATCH /drives/{drive_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveUpdate {
+    pub drive_id: String,
+    pub path_on_host: Option<PathBuf>,
+    pub rate_limiter: Option<RateLimiter>,
+}
+
+/// `PUT /network-interfaces/{iface_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterface {
+    pub iface_id: String,
+    pub host_dev_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiter>,
+}
+
+/// `PATCH /network-interfaces/{iface_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceUpdate {
+    pub iface_id: String,
+    pub rx_rate_limiter: Option<RateLimiter>,
+    pub tx_rate_limiter: Option<RateLimiter>,
+}
+
+/// `PUT /vsock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vsock {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+    pub guest_cid: u32,
+    pub uds_path: PathBuf,
+}
+
+/// `PUT /logger`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggerConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_level: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_log_origin: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
+/// `PUT /metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub metrics_path: PathBuf,
+}
+
+/// `PUT /serial` (Firecracker ≥ 1.11): where the guest console goes. kobako extension: a path
+/// prefixed with `unix:` makes the VMM listen on that Unix socket and copy the console to every
+/// connected client (and take their input).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_out_path: Option<PathBuf>,
+}
+
+/// `PUT /actions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    pub action_type: ActionType,
+}
+
+/// The action types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ActionType {
+    InstanceStart,
+    SendCtrlAltDel,
+    FlushMetrics,
+}
+
+/// `PATCH /vm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmStateChange {
+    pub state: VmStateName,
+}
+
+/// Target state of `PATCH /vm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum VmStateName {
+    Paused,
+    Resumed,
+}
+
+/// The `--config-file` document, and the body of `GET /vm/config`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FullConfig {
+    #[serde(rename = "boot-source", default, skip_serializing_if = "Option::is_none")]
+    pub boot_source: Option<BootSource>,
+    #[serde(rename = "machine-config", default, skip_serializing_if = "Option::is_none")]
+    pub machine_config: Option<MachineConfig>,
+    #[serde(default)]
+    pub drives: Vec<Drive>,
+    #[serde(rename = "network-interfaces", default)]
+    pub network_interfaces: Vec<NetworkInterface>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<Vsock>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logger: Option<LoggerConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<SerialConfig>,
+}
+
+/// Host memory in MiB (MemTotal), the upper bound for `mem_size_mib`.
+pub fn host_mem_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024)
+        .unwrap_or(u64::MAX)
+}
+
+fn validate_machine(mc: &MachineConfig) -> Result<(), ConfigError> {
+    if mc.vcpu_count == 0 || mc.vcpu_count > MAX_VCPUS || (mc.smt && mc.vcpu_count % 2 == 1 && mc.vcpu_count > 1) {
+        return Err(ConfigError::VcpuCount);
+    }
+    if mc.smt {
+        return Err(ConfigError::Smt);
+    }
+    if mc.mem_size_mib == 0 {
+        return Err(ConfigError::MemSize);
+    }
+    let host_mib = host_mem_mib();
+    if mc.mem_size_mib > host_mib {
+        return Err(ConfigError::MemTooLarge {
+            mib: mc.mem_size_mib,
+            host_mib,
+        });
+    }
+    if mc.huge_pages != HugePages::None {
+        return Err(ConfigError::NotSupported(
+            "huge_pages other than \"None\" are not supported yet".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_file(what: &'static str, p: &Path) -> Result<(), ConfigError> {
+    std::fs::metadata(p)
+        .map(|_| ())
+        .map_err(|e| ConfigError::Invalid {
+            what,
+            why: format!("{}: {e}", p.display()),
+        })
+}
+
+fn check_id(what: &'static str, id: &str) -> Result<(), ConfigError> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            what,
+            why: format!("{id:?} must be 1-64 characters of [A-Za-z0-9_-]"),
+        })
+    }
+}
+
+/// The validated configuration of one microVM. Every setter either applies its change whole
+/// or returns an error and leaves the configuration as it was.
+#[derive(Debug, Clone, Default)]
+pub struct VmResources {
+    pub boot_source: Option<BootSource>,
+    pub machine: MachineConfig,
+    pub drives: BTreeMap<String, Drive>,
+    pub net: BTreeMap<String, NetworkInterface>,
+    pub vsock: Option<Vsock>,
+    pub logger: Option<LoggerConfig>,
+    pub metrics: Option<MetricsConfig>,
+    pub serial: Option<SerialConfig>,
+}
+
+impl VmResources {
+    /// `PUT /boot-source`: the kernel must exist and look like a vmlinux or bzImage.
+    pub fn set_boot_source(&mut self, b: BootSource) -> Result<(), ConfigError> {
+        crate::arch::boot::check_kernel(&b.kernel_image_path).map_err(|e| {
+            ConfigError::Kernel(match e {
+                crate::arch::boot::BootError::Open { source, .. } => {
+                    format!("The kernel file cannot be opened: {source}")
+                }
+                other => format!("Invalid kernel image: {other}"),
+            })
+        })?;
+        if let Some(rd) = &b.initrd_path {
+            std::fs::File::open(rd).map_err(|e| ConfigError::Initrd(e.to_string()))?;
+        }
+        if let Some(args) = &b.boot_args {
+            if args.len() >= crate::arch::layout::CMDLINE_MAX_SIZE {
+                return Err(ConfigError::Invalid {
+                    what: "boot_args",
+                    why: format!(
+                        "longer than {} bytes",
+                        crate::arch::layout::CMDLINE_MAX_SIZE - 1
+                    ),
+                });
+            }
+        }
+        self.boot_source = Some(b);
+        Ok(())
+    }
+
+    /// `PUT /machine-config`.
+    pub fn set_machine_config(&mut self, mc: MachineConfig) -> Result<(), ConfigError> {
+        validate_machine(&mc)?;
+        self.machine = mc;
+        Ok(())
+    }
+
+    /// `PATCH /machine-config`.
+    pub fn update_machine_config(&mut self, u: MachineConfigUpdate) -> Result<(), ConfigError> {
+        let mut mc = self.machine.clone();
+        if let Some(v) = u.vcpu_count {
+            mc.vcpu_count = v;
+        }
+        if let Some(v) = u.mem_size_mib {
+            mc.mem_size_mib = v;
+        }
+        if let Some(v) = u.smt {
+            mc.smt = v;
+        }
+        if let Some(v) = u.cpu_template {
+            mc.cpu_template = Some(v);
+        }
+        if let Some(v) = u.track_dirty_pages {
+            mc.track_dirty_pages = v;
+        }
+        if let Some(v) = u.huge_pages {
+            mc.huge_pages = v;
+        }
+        self.set_machine_config(mc)
+    }
+
+    /// `PUT /drives/{id}`: at most one root device.
+    pub fn put_drive(&mut self, path_id: &str, d: Drive) -> Result<(), ConfigError> {
+        if path_id != d.drive_id {
+            return Err(ConfigError::IdMismatch {
+                path: path_id.into(),
+                body: d.drive_id,
+            });
+        }
+        check_id("drive_id", &d.drive_id)?;
+        match (&d.path_on_host, &d.socket) {
+            (Some(p), _) => check_file("path_on_host", p)?,
+            (None, Some(_)) => {}
+            (None, None) => {
+                return Err(ConfigError::Invalid {
+                    what: "drive",
+                    why: "one of path_on_host or socket is required".into(),
+                })
+            }
+        }
+        if d.is_root_device
+            && self
+                .drives
+                .values()
+                .any(|o| o.is_root_device && o.drive_id != d.drive_id)
+        {
+            return Err(ConfigError::Invalid {
+                what: "drive",
+                why: "a root block device already exists".into(),
+            });
+        }
+        self.drives.insert(d.drive_id.clone(), d);
+        Ok(())
+    }
+
+    /// `PATCH /drives/{id}` before boot: updates the stored drive.
+    pub fn patch_drive(&mut self, path_id: &str, u: DriveUpdate) -> Result<(), ConfigError> {
+        if path_id != u.drive_id {
+            return Err(ConfigError::IdMismatch {
+                path: path_id.into(),
+                body: u.drive_id,
+            });
+        }
+        let Some(d) = self.drives.get(&u.drive_id) else {
+            return Err(ConfigError::Invalid {
+                what: "drive_id",
+                why: format!("no drive {:?}", u.drive_id),
+            });
+        };
+        let mut d = d.clone();
+        if let Some(p) = u.path_on_host {
+            check_file("path_on_host", &p)?;
+            d.path_on_host = Some(p);
+        }
+        if let Some(r) = u.rate_limiter {
+            d.rate_limiter = Some(r);
+        }
+        self.drives.insert(d.drive_id.clone(), d);
+        Ok(())
+    }
+
+    /// `PUT /network-interfaces/{id}`.
+    pub fn put_net(&mut self, path_id: &str, n: NetworkInterface) -> Result<(), ConfigError> {
+        if path_id != n.iface_id {
+            return Err(ConfigError::IdMismatch {
+                path: path_id.into(),
+                body: n.iface_id,
+            });
+        }
+        check_id("iface_id", &n.iface_id)?;
+        if n.host_dev_name.is_empty() || n.host_dev_name.len() >= 16 {
+            return Err(ConfigError::Invalid {
+                what: "host_dev_name",
+                why: "must be 1-15 bytes (IFNAMSIZ)".into(),
+            });
+        }
+        if let Some(mac) = &n.guest_mac {
+            let parts: Vec<_> = mac.split(':').collect();
+            if parts.len() != 6
+                || !parts
+                    .iter()
+                    .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok())
+            {
+                return Err(ConfigError::Invalid {
+                    what: "guest_mac",
+                    why: format!("{mac:?} is not a MAC address like 06:00:AC:10:00:02"),
+                });
+            }
+        }
+        if self
+            .net
+            .values()
+            .any(|o| o.iface_id != n.iface_id && o.host_dev_name == n.host_dev_name)
+        {
+            return Err(ConfigError::Invalid {
+                what: "host_dev_name",
+                why: format!("{} is already used by another interface", n.host_dev_name),
+            });
+        }
+        self.net.insert(n.iface_id.clone(), n);
+        Ok(())
+    }
+
+    /// `PATCH /network-interfaces/{id}` before boot.
+    pub fn patch_net(
+        &mut self,
+        path_id: &str,
+        u: NetworkInterfaceUpdate,
+    ) -> Result<(), ConfigError> {
+        if path_id != u.iface_id {
+            return Err(ConfigError::IdMismatch {
+                path: path_id.into(),
+                body: u.iface_id,
+            });
+        }
+        let Some(n) = self.net.get_mut(&u.iface_id) else {
+            return Err(ConfigError::Invalid {
+                what: "iface_id",
+                why: format!("no network interface {:?}", u.iface_id),
+            });
+        };
+        if let Some(r) = u.rx_rate_limiter {
+            n.rx_rate_limiter = Some(r);
+        }
+        if let Some(r) = u.tx_rate_limiter {
+            n.tx_rate_limiter = Some(r);
+        }
+        Ok(())
+    }
+
+    /// `PUT /vsock`: guest CIDs 0-2 are reserved (VMADDR_CID_HYPERVISOR, _LOCAL, _HOST).
+    pub fn set_vsock(&mut self, v: Vsock) -> Result<(), ConfigError> {
+        if v.guest_cid < 3 {
+            return Err(ConfigError::Invalid {
+                what: "guest_cid",
+                why: format!("{} is reserved; use 3 or more", v.guest_cid),
+            });
+        }
+        if v.uds_path.as_os_str().is_empty() {
+            return Err(ConfigError::Invalid {
+                what: "uds_path",
+                why: "must not be empty".into(),
+            });
+        }
+        self.vsock = Some(v);
+        Ok(())
+    }
+
+    /// Applies a whole `--config-file` document.
+    pub fn from_full(cfg: FullConfig) -> Result<VmResources, ConfigError> {
+        let mut r = VmResources::default();
+        if let Some(mc) = cfg.machine_config {
+            r.set_machine_config(mc)?;
+        }
+        if let Some(b) = cfg.boot_source {
+            r.set_boot_source(b)?;
+        }
+        for d in cfg.drives {
+            let id = d.drive_id.clone();
+            r.put_drive(&id, d)?;
+        }
+        for n in cfg.network_interfaces {
+            let id = n.iface_id.clone();
+            r.put_net(&id, n)?;
+        }
+        if let Some(v) = cfg.vsock {
+            r.set_vsock(v)?;
+        }
+        r.logger = cfg.logger;
+        r.metrics = cfg.metrics;
+        r.serial = cfg.serial;
+        Ok(r)
+    }
+
+    /// `GET /vm/config`.
+    pub fn to_full(&self) -> FullConfig {
+        FullConfig {
+            boot_source: self.boot_source.clone(),
+            machine_config: Some(self.machine.clone()),
+            drives: self.drives.values().cloned().collect(),
+            network_interfaces: self.net.values().cloned().collect(),
+            vsock: self.vsock.clone(),
+            logger: self.logger.clone(),
+            metrics: self.metrics.clone(),
+            serial: self.serial.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_config_validation() {
+        let mut r = VmResources::default();
+        let mc = |v, m| MachineConfig {
+            vcpu_count: v,
+            mem_size_mib: m,
+            ..Default::default()
+        };
+        assert_eq!(r.set_machine_config(mc(0, 128)), Err(ConfigError::VcpuCount));
+        assert_eq!(r.set_machine_config(mc(33, 128)), Err(ConfigError::VcpuCount));
+        assert_eq!(r.set_machine_config(mc(1, 0)), Err(ConfigError::MemSize));
+        assert!(matches!(
+            r.set_machine_config(mc(1, 1 << 40)),
+            Err(ConfigError::MemTooLarge { .. })
+        ));
+        assert_eq!(r.machine, MachineConfig::default(), "unchanged after errors");
+        r.set_machine_config(mc(32, 256)).unwrap();
+        r.update_machine_config(MachineConfigUpdate {
+            mem_size_mib: Some(512),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!((r.machine.vcpu_count, r.machine.mem_size_mib), (32, 512));
+    }
+
+    #[test]
+    fn unknown_fields_rejected() {
+        let e = serde_json::from_str::<MachineConfig>(
+            r#"{"vcpu_count": 1, "mem_size_mib": 64, "bogus": 1}"#,
+        );
+        assert!(e.is_err());
+        let f: FullConfig = serde_json::from_str(
+            r#"{"boot-source": {"kernel_image_path": "/k"}, "machine-config": {"vcpu_count": 2, "mem_size_mib": 64}}"#,
+        )
+        .unwrap();
+        assert_eq!(f.machine_config.unwrap().vcpu_count, 2);
+    }
+
+    #[test]
+    fn ids_and_vsock() {
+        let mut r = VmResources::default();
+        let n = NetworkInterface {
+            iface_id: "eth0".into(),
+            host_dev_name: "tap0".into(),
+            guest_mac: Some("06:00:AC:10:00:02".into()),
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
+        };
+        assert!(matches!(
+            r.put_net("eth1", n.clone()),
+            Err(ConfigError::IdMismatch { .. })
+        ));
+        r.put_net("eth0", n.clone()).unwrap();
+        let mut bad = n;
+        bad.guest_mac = Some("zz".into());
+        assert!(r.put_net("eth0", bad).is_err());
+        assert!(r
+            .set_vsock(Vsock {
+                vsock_id: None,
+                guest_cid: 2,
+                uds_path: "/tmp/v".into()
+            })
+            .is_err());
+    }
+}

@@ -1,0 +1,4 @@
+//! KVM state: the VM (memory slots, irqchip, PIT) and the vCPUs with their run loops.
+
+pub mod vcpu;
+pub mod vm;
