@@ -135,7 +135,7 @@ pub fn build(
     let pvm = cpuid::host_is_pvm();
 
     // Memory and interrupt controllers.
-    let vm = Vm::new(mem_bytes)?;
+    let mut vm = Vm::new(mem_bytes)?;
     vm.setup_irqchip()?;
 
     // Kernel, command line, initrd, boot protocol structures.
@@ -154,7 +154,9 @@ pub fn build(
     )?;
     regs::write_gdt(&vm.memory, entry.mode)?;
     if entry.mode == regs::EntryMode::Long64 {
-        regs::write_page_tables(&vm.memory, layout::ram_end(mem_bytes))?;
+        // Always cover the first 4 GiB so the MMIO gap (devices, IOAPIC, LAPIC) is reachable
+        // with the boot page tables, plus all RAM above it (up to the layout's cap).
+        regs::write_page_tables(&vm.memory, layout::ram_end(mem_bytes).max(1 << 32))?;
     }
     mptable::setup(&vm.memory, vcpu_count)?;
 

@@ -113,7 +113,9 @@ impl Vcpu {
             crate::log_debug!("vCPU {index}: KVM accepted {set} boot MSRs");
         }
         regs::setup_fpu(&fd).map_err(r)?;
-        regs::setup_lapic(&fd).map_err(r)?;
+        if vm.irqchip {
+            regs::setup_lapic(&fd).map_err(r)?;
+        }
         if index == 0 {
             regs::setup_boot_regs(&fd, entry).map_err(r)?;
         }

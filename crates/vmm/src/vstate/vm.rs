@@ -40,6 +40,8 @@ pub struct Vm {
     pub kvm: Kvm,
     pub fd: VmFd,
     pub memory: GuestMemoryMmap,
+    /// Whether [`Vm::setup_irqchip`] ran (vCPUs then get a LAPIC to configure).
+    pub irqchip: bool,
 }
 
 impl Vm {
@@ -82,11 +84,16 @@ impl Vm {
                 source,
             })?;
         }
-        Ok(Vm { kvm, fd, memory })
+        Ok(Vm {
+            kvm,
+            fd,
+            memory,
+            irqchip: false,
+        })
     }
 
     /// TSS area, in-kernel PIC/IOAPIC/LAPIC, and the PIT (speaker port stubbed).
-    pub fn setup_irqchip(&self) -> Result<(), VmError> {
+    pub fn setup_irqchip(&mut self) -> Result<(), VmError> {
         let k = |what| move |source| VmError::Kvm { what, source };
         self.fd
             .set_tss_address(layout::KVM_TSS_ADDRESS as usize)
@@ -98,6 +105,8 @@ impl Vm {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        self.fd.create_pit2(pit).map_err(k("KVM_CREATE_PIT2"))
+        self.fd.create_pit2(pit).map_err(k("KVM_CREATE_PIT2"))?;
+        self.irqchip = true;
+        Ok(())
     }
 }
