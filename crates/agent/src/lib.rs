@@ -1,1 +1,9 @@
-//! kobako-agent
+//! kobako-agent: the program inside every guest, and the protocol the host speaks to it.
+//!
+//! - [`proto`]: the framed, multiplexed wire protocol (shared with the host client in
+//!   `kobako-runtime`).
+//! - The binary (`src/main.rs` and its modules) is PID 1 on tiny images (mounts, hostname,
+//!   loopback, reaping, console shell, clean power-off) and a plain service on distro images; in
+//!   both cases it serves the protocol on the virtio-serial port named [`proto::PORT_NAME`].
+
+pub mod proto;

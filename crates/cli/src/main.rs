@@ -1,1 +1,80 @@
-fn main() {}
+//! `kobako`: the one binary. Subcommands: `image` (kernel, tiny), `vm` (run, ls, stop, rm,
+//! console, exec, pause, resume), `bench boot`, and the internal `vm supervise`.
+
+mod bench;
+mod console;
+mod image_cmd;
+mod resolve;
+mod vm_cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "kobako", version, about = "Fast, light Linux microVMs and network labs")]
+struct Cli {
+    /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
+    #[arg(long, global = true, env = "KOBAKO_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build and manage guest kernels and images.
+    #[command(subcommand)]
+    Image(image_cmd::ImageCmd),
+    /// Run and manage single microVMs.
+    #[command(subcommand)]
+    Vm(vm_cmd::VmCmd),
+    /// Benchmarks that print figures.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Time to agent-ready vs raw QEMU booting the same kernel and initramfs.
+    Boot(bench::BenchBootArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    // The supervisor is a small synchronous process: no async runtime, no logging setup.
+    if let Cmd::Vm(vm_cmd::VmCmd::Supervise { dir }) = &cli.cmd {
+        std::process::exit(kobako_runtime::supervisor::run(dir));
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let res = match cli.cmd {
+        Cmd::Image(c) => image_cmd::run(c).map(|_| 0),
+        cmd => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("kobako: error: cannot start the async runtime: {e}");
+                    std::process::exit(1);
+                }
+            };
+            rt.block_on(async move {
+                match cmd {
+                    Cmd::Vm(c) => vm_cmd::run(c).await,
+                    Cmd::Bench(BenchCmd::Boot(a)) => bench::boot(a).await,
+                    Cmd::Image(_) => unreachable!("handled above"),
+                }
+            })
+        }
+    };
+    match res {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("kobako: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

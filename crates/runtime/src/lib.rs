@@ -1,1 +1,178 @@
-//! kobako-runtime
+//! kobako-runtime: what runs one VM, behind one trait.
+//!
+//! - [`Runtime`]: create, start, stop, kill, pause, resume, status, console of a VM. Implemented by
+//!   [`qemu::QemuRuntime`] (QEMU `microvm`, KVM where the host runs standard guests, TCG otherwise).
+//! - [`supervisor`]: every VM process is started by a small supervisor process
+//!   (`kobako vm supervise`), which outlives the CLI or server that started it: it waits for the VM
+//!   process, records how it ended, removes the VM's runtime files, and owns the single host end of
+//!   the agent channel, multiplexing it for any number of clients on `agent.sock`.
+//! - [`agent`]: the async client for `agent.sock` (ready, exec, shutdown).
+//! - [`qmp`]: a minimal QMP client (pause, resume, quit, status).
+//! - [`vmdir`]: the per-VM runtime directory (`/run/kobako/vms/<name>`), the only state a running
+//!   VM has on the host besides its process.
+//! - [`host`]: what this host can do (accelerator, CPUs, memory).
+
+pub mod agent;
+pub mod config;
+pub mod host;
+pub mod qemu;
+pub mod qmp;
+pub mod supervisor;
+pub mod vmdir;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use config::{Accel, VmConfig};
+pub use vmdir::VmDir;
+
+/// Errors of runtime operations. Messages name the VM and say what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("invalid VM configuration: {0}")]
+    Invalid(String),
+    #[error("a VM named '{0}' already exists (stop it with `kobako vm stop {0}` or pick another --name)")]
+    Exists(String),
+    #[error("no VM named '{0}' (see `kobako vm ls`)")]
+    NotFound(String),
+    #[error("VM '{0}' is not running")]
+    NotRunning(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("VM '{name}' exited before its agent was ready ({how}); last console lines:\n{console}")]
+    ExitedEarly {
+        name: String,
+        how: String,
+        console: String,
+    },
+    #[error("VM '{name}' did not become ready within {secs} s; last console lines:\n{console}")]
+    ReadyTimeout {
+        name: String,
+        secs: u64,
+        console: String,
+    },
+    #[error("QMP: {0}")]
+    Qmp(String),
+    #[error("agent: {0}")]
+    Agent(String),
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+    let what = what.into();
+    move |source| RuntimeError::Io { what, source }
+}
+
+/// Observable state of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// Process started, agent not yet ready.
+    Booting,
+    /// Agent ready.
+    Running,
+    Paused,
+    /// The process ended; the directory is kept because a client is attached or it crashed.
+    Exited,
+}
+
+/// Status of a VM as `vm ls` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VmStatus {
+    pub name: String,
+    pub state: VmState,
+    pub pid: Option<i32>,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub accel: Accel,
+    /// Milliseconds from process start to agent ready, when known.
+    pub boot_ms: Option<u64>,
+}
+
+/// Where a VM's serial console is.
+#[derive(Debug, Clone)]
+pub struct Console {
+    /// Live console (bidirectional stream socket).
+    pub socket: PathBuf,
+    /// Everything the console printed since boot.
+    pub log: PathBuf,
+}
+
+/// A VM runtime. All methods take the VM's directory, which holds everything about it, so a new
+/// process (a restarted server, another CLI) can manage a VM it did not start.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync {
+    /// Short name ("qemu", "vmm").
+    fn name(&self) -> &'static str;
+    /// Validate `cfg` and create the VM's directory (nothing runs yet).
+    async fn create(&self, cfg: &VmConfig) -> Result<VmDir>;
+    /// Start the VM process under its supervisor; returns once the process runs (not ready).
+    async fn start(&self, vm: &VmDir) -> Result<()>;
+    /// Ask the guest to power off; after `grace` quit the process; after that kill it.
+    async fn stop(&self, vm: &VmDir, grace: Duration) -> Result<()>;
+    /// Kill the VM process at once.
+    async fn kill(&self, vm: &VmDir) -> Result<()>;
+    async fn pause(&self, vm: &VmDir) -> Result<()>;
+    async fn resume(&self, vm: &VmDir) -> Result<()>;
+    async fn status(&self, vm: &VmDir) -> Result<VmStatus>;
+    fn console(&self, vm: &VmDir) -> Console;
+}
+
+/// Wait until the VM's agent is ready. Returns a connected client and the agent's report.
+/// Fails with the console's last lines if the VM exits first or `timeout` passes.
+pub async fn wait_ready(
+    vm: &VmDir,
+    timeout: Duration,
+) -> Result<(agent::AgentClient, kobako_agent::proto::ReadyInfo)> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let exited = |vm: &VmDir| {
+        let how = vm
+            .exit()
+            .map(|e| e.describe())
+            .unwrap_or_else(|| "VM process ended".into());
+        RuntimeError::ExitedEarly {
+            name: vm.name.clone(),
+            how,
+            console: vm.console_tail(15),
+        }
+    };
+    // The supervisor binds agent.sock before it starts the VM process.
+    let client = loop {
+        match agent::AgentClient::connect(&vm.file("agent.sock")).await {
+            Ok(c) => break c,
+            Err(e) => {
+                if vm.supervisor_pid().is_none() {
+                    return Err(exited(vm));
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    match client.wait_ready(left).await {
+        Ok(info) => Ok((client, info)),
+        Err(_) if vm.vm_pid().is_some() => Err(RuntimeError::ReadyTimeout {
+            name: vm.name.clone(),
+            secs: timeout.as_secs(),
+            console: vm.console_tail(15),
+        }),
+        Err(_) => {
+            // Give the supervisor a moment to write exit.json.
+            for _ in 0..100 {
+                if vm.exit().is_some() || vm.supervisor_pid().is_none() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(exited(vm))
+        }
+    }
+}

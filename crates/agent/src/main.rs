@@ -1,0 +1,423 @@
+//! kobako-agent: PID 1 on tiny images, a service on distro images; serves the agent protocol
+//! (`kobako_agent::proto`) on the virtio-serial port `kobako.agent`.
+//!
+//! Threads: main (init, then reads frames from the host), reaper (waitpid), signals (sigwait for
+//! power-off/reboot requests from busybox `poweroff`/`reboot`), console (respawned shell), and per
+//! exec session one waiter plus one reader per output stream.
+
+mod init;
+mod reaper;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kobako_agent::proto::{self, ExecRequest, Frame, Kind, Msg, ReadyInfo};
+
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Marker printed on the console by `kobako.marker=...` (used by the boot benchmark's raw-QEMU
+/// baseline, which has no agent channel).
+const MARKER: &str = "KOBAKO-BOOT-MARKER";
+
+fn boottime_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
+}
+
+/// `kobako.*` parameters from the kernel command line.
+fn cmdline_params() -> HashMap<String, String> {
+    let s = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    s.split_whitespace()
+        .filter_map(|w| w.strip_prefix("kobako."))
+        .map(|w| match w.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (w.to_string(), String::new()),
+        })
+        .collect()
+}
+
+fn main() {
+    let agent_start_ms = boottime_ms();
+    let pid1 = std::process::id() == 1;
+    if pid1 {
+        block_shutdown_signals();
+        init::mount_api_filesystems();
+        reaper::start();
+    }
+    let params = cmdline_params();
+    if pid1 {
+        let hostname = params
+            .get("hostname")
+            .cloned()
+            .or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .ok()
+                    .map(|s| s.trim().to_string())
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "kobako".into());
+        init::set_hostname(&hostname);
+        init::link_up("lo");
+        std::env::set_var("PATH", DEFAULT_PATH);
+        std::env::set_var("HOME", "/root");
+        spawn_signal_thread();
+        if params.get("console").map(String::as_str) != Some("off") {
+            init::spawn_console_shell(params.get("tty").map(String::as_str).unwrap_or("ttyS0"));
+        }
+    }
+    if let Some(m) = params.get("marker") {
+        init::console(MARKER);
+        if m == "poweroff" {
+            init::shutdown(false, pid1);
+        }
+    }
+    let info = ready_info(agent_start_ms);
+    match open_port(Duration::from_secs(10)) {
+        Some(port) => serve(port, info, pid1),
+        None => {
+            init::console(&format!(
+                "kobako-agent: no virtio-serial port named {}; running without a host channel",
+                proto::PORT_NAME
+            ));
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+}
+
+fn ready_info(agent_start_ms: u64) -> ReadyInfo {
+    let mem_total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let nproc = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as u32;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    ReadyInfo {
+        version: proto::VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        hostname,
+        kernel,
+        nproc,
+        mem_total_kib,
+        agent_start_ms,
+        ready_ms: 0,
+    }
+}
+
+/// Find `/dev/vportNpM` whose name is `kobako.agent`. Ports are announced by the device after the
+/// driver is up, so this may take a few milliseconds after init starts.
+fn open_port(timeout: Duration) -> Option<File> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(rd) = std::fs::read_dir("/sys/class/virtio-ports") {
+            for e in rd.flatten() {
+                let name = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
+                if name.trim() == proto::PORT_NAME {
+                    let dev = format!("/dev/{}", e.file_name().to_string_lossy());
+                    if let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(&dev) {
+                        return Some(f);
+                    }
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Block the signals busybox `poweroff`/`reboot`/`halt` and Ctrl-Alt-Del send to PID 1, so the
+/// signal thread receives them with sigwait (every thread inherits this mask; std's Command resets
+/// it in children).
+fn shutdown_sigset() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGUSR1, libc::SIGUSR2, libc::SIGTERM, libc::SIGINT] {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+fn block_shutdown_signals() {
+    let set = shutdown_sigset();
+    // SAFETY: valid sigset pointer; called before other threads exist.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Channel to the host, shared by every thread that sends.
+static OUT: Mutex<Option<File>> = Mutex::new(None);
+
+fn send(frame: &Frame) {
+    let mut g = OUT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(f) = g.as_mut() {
+        let _ = proto::write_frame(f, frame);
+    }
+}
+
+fn spawn_signal_thread() {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(|| loop {
+            let set = shutdown_sigset();
+            let mut sig: libc::c_int = 0;
+            // SAFETY: valid pointers; the signals are blocked in every thread.
+            if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                continue;
+            }
+            // busybox: SIGUSR2 = poweroff, SIGUSR1 = halt, SIGTERM = reboot; SIGINT = Ctrl-Alt-Del.
+            let reboot = sig == libc::SIGTERM || sig == libc::SIGINT;
+            go_down(reboot, true);
+        })
+        .ok();
+}
+
+fn go_down(reboot: bool, pid1: bool) {
+    send(&Frame::msg(0, &Msg::ShuttingDown { reboot }));
+    init::shutdown(reboot, pid1);
+}
+
+struct Session {
+    pid: i32,
+    stdin: Option<Sender<Vec<u8>>>,
+}
+
+type Sessions = Arc<Mutex<HashMap<u32, Session>>>;
+
+fn serve(port: File, mut info: ReadyInfo, pid1: bool) {
+    let mut reader = match port.try_clone() {
+        Ok(r) => r,
+        Err(e) => {
+            init::console(&format!("kobako-agent: port: {e}"));
+            return;
+        }
+    };
+    *OUT.lock().unwrap_or_else(|e| e.into_inner()) = Some(port);
+    info.ready_ms = boottime_ms();
+    let sessions: Sessions = Arc::new(Mutex::new(HashMap::new()));
+    // Blocks until the host side is connected (virtio-serial holds writes while it is not).
+    send(&Frame::msg(0, &Msg::Ready(info.clone())));
+    loop {
+        let frame = match proto::read_frame(&mut reader) {
+            Ok(f) => f,
+            Err(proto::ProtoError::Closed) => {
+                // The host went away. Announce ourselves again: the write blocks until a host
+                // reconnects, then the new host sees `Ready` first.
+                send(&Frame::msg(0, &Msg::Ready(info.clone())));
+                continue;
+            }
+            Err(e) => {
+                init::console(&format!("kobako-agent: {e}"));
+                // Resynchronising inside a corrupt stream is impossible; wait for a new host.
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        match frame.kind {
+            Kind::Msg => match frame.to_msg() {
+                Ok(msg) => handle_msg(frame.stream, msg, &info, &sessions, pid1),
+                Err(e) => send(&Frame::msg(
+                    frame.stream,
+                    &Msg::Error {
+                        message: e.to_string(),
+                    },
+                )),
+            },
+            Kind::Stdin => {
+                let s = sessions.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(tx) = s.get(&frame.stream).and_then(|s| s.stdin.as_ref()) {
+                    let _ = tx.send(frame.payload);
+                }
+            }
+            Kind::Stdout | Kind::Stderr => {}
+        }
+    }
+}
+
+fn handle_msg(stream: u32, msg: Msg, info: &ReadyInfo, sessions: &Sessions, pid1: bool) {
+    match msg {
+        Msg::Hello { .. } => send(&Frame::msg(0, &Msg::Ready(info.clone()))),
+        Msg::Exec(req) => {
+            let sessions = sessions.clone();
+            std::thread::Builder::new()
+                .name(format!("exec-{stream}"))
+                .spawn(move || exec(stream, req, sessions))
+                .ok();
+        }
+        Msg::Signal { signal } => {
+            let s = sessions.lock().unwrap_or_else(|e| e.into_inner());
+            match s.get(&stream) {
+                // SAFETY: kill(2) on a pid we spawned and have not yet seen exit.
+                Some(sess) => unsafe {
+                    libc::kill(sess.pid, signal);
+                },
+                None => send(&Frame::msg(
+                    stream,
+                    &Msg::Error {
+                        message: format!("no running process on stream {stream}"),
+                    },
+                )),
+            }
+        }
+        Msg::Shutdown { reboot } => go_down(reboot, pid1),
+        other => send(&Frame::msg(
+            stream,
+            &Msg::Error {
+                message: format!("unexpected message from host: {other:?}"),
+            },
+        )),
+    }
+}
+
+fn exec(stream: u32, req: ExecRequest, sessions: Sessions) {
+    let fail = |message: String| send(&Frame::msg(stream, &Msg::Error { message }));
+    let Some((prog, args)) = req.argv.split_first() else {
+        return fail("exec: empty argv".into());
+    };
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
+        .envs(req.env.iter().map(|(k, v)| (k, v)))
+        .stdin(if req.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Own process group, so a timeout kills the whole pipeline the command started.
+        .process_group(0);
+    if let Some(cwd) = &req.cwd {
+        cmd.current_dir(cwd);
+    }
+    let (mut child, rx) = match reaper::spawn(&mut cmd) {
+        Ok(c) => c,
+        Err(e) => return fail(format!("exec {prog}: {e}")),
+    };
+    let pid = child.id() as i32;
+    let stdin_tx = child.stdin.take().map(|mut stdin| {
+        let (tx, rx) = channel::<Vec<u8>>();
+        std::thread::spawn(move || {
+            while let Ok(buf) = rx.recv() {
+                if buf.is_empty() || stdin.write_all(&buf).is_err() {
+                    break;
+                }
+            }
+        });
+        tx
+    });
+    sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        stream,
+        Session {
+            pid,
+            stdin: stdin_tx,
+        },
+    );
+    send(&Frame::msg(stream, &Msg::Started { pid }));
+
+    let (done_tx, done_rx) = channel::<()>();
+    let mut readers = 0;
+    let outputs: [(Option<Box<dyn Read + Send>>, Kind); 2] = [
+        (
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            Kind::Stdout,
+        ),
+        (
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            Kind::Stderr,
+        ),
+    ];
+    for (pipe, kind) in outputs {
+        if let Some(mut pipe) = pipe {
+            readers += 1;
+            let done = done_tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match pipe.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => send(&Frame {
+                            stream,
+                            kind,
+                            payload: buf[..n].to_vec(),
+                        }),
+                    }
+                }
+                send(&Frame {
+                    stream,
+                    kind,
+                    payload: Vec::new(),
+                });
+                let _ = done.send(());
+            });
+        }
+    }
+
+    let mut timed_out = false;
+    let status = match req.timeout_ms {
+        Some(ms) => match rx.recv_timeout(Duration::from_millis(ms)) {
+            Ok(st) => Some(st),
+            Err(RecvTimeoutError::Timeout) => {
+                timed_out = true;
+                // SAFETY: kill(2) of the process group we created for this command.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+                rx.recv().ok()
+            }
+            Err(RecvTimeoutError::Disconnected) => None,
+        },
+        None => rx.recv().ok(),
+    };
+    // Let the output readers drain what the process wrote. A background grandchild may keep the
+    // pipes open forever; don't let it hold the exit status hostage.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    for _ in 0..readers {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if done_rx.recv_timeout(left).is_err() {
+            break;
+        }
+    }
+    sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&stream);
+    let (code, signal) = match status {
+        Some(reaper::ExitStatus::Code(c)) => (Some(c), None),
+        Some(reaper::ExitStatus::Signal(s)) => (None, Some(s)),
+        None => (None, None),
+    };
+    send(&Frame::msg(
+        stream,
+        &Msg::Exited {
+            code,
+            signal,
+            timed_out,
+        },
+    ));
+}

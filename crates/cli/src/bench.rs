@@ -1,0 +1,251 @@
+//! `kobako bench boot`: time to agent-ready through kobako, side by side with raw
+//! `qemu-system-x86_64` booting the same kernel and initramfs to a console marker, in the same run
+//! (interleaved, so both see the same machine load).
+//!
+//! - kobako: from `Runtime::start` (spawning the supervisor) to the agent's Ready arriving through
+//!   `agent.sock` — everything a user waits for.
+//! - raw QEMU: from spawning QEMU (same machine type, same kernel, initramfs, vCPUs, memory,
+//!   accelerator) with `-serial stdio` to the agent printing `KOBAKO-BOOT-MARKER` on the console
+//!   right after its init work (`kobako.marker=poweroff`); no agent channel, no QMP, no supervisor.
+//!
+//! Max RSS is the VM process's peak resident set (wait4), for both.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use kobako_runtime::config::{Root, VmConfig};
+use kobako_runtime::Runtime;
+
+use crate::resolve::RootKind;
+use crate::vm_cmd::{config_from, runtime, RunArgs};
+
+#[derive(Args)]
+pub struct BenchBootArgs {
+    /// Runs of each kind.
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    #[arg(long, default_value = "128M")]
+    pub memory: String,
+    #[arg(long, env = "KOBAKO_ACCEL", default_value = "auto")]
+    pub accel: String,
+    /// Print results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+struct Sample {
+    ms: f64,
+    rss_kib: u64,
+}
+
+fn stats(v: &[f64]) -> (f64, f64, f64, f64) {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    let median = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    let mean = s.iter().sum::<f64>() / n as f64;
+    let sd = (s.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64).sqrt();
+    (median, s[0], s[n - 1], sd)
+}
+
+pub async fn boot(a: BenchBootArgs) -> Result<i32> {
+    if a.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let run_args = RunArgs {
+        kernel: "default".into(),
+        image: "tiny".into(),
+        root: RootKind::Initramfs,
+        vcpus: a.vcpus,
+        memory: a.memory.clone(),
+        cmdline: String::new(),
+        name: Some(format!("bench-{}", std::process::id())),
+        detach: true,
+        accel: a.accel.clone(),
+        timeout: 60,
+        json: false,
+    };
+    let (base, why) = config_from(&run_args)?;
+    eprintln!(
+        "bench boot: {} runs each, {} vCPU, {} MiB, accel {} ({why})",
+        a.runs, base.vcpus, base.memory_mib, base.accel
+    );
+    let rt = runtime()?;
+    let mut kobako = Vec::new();
+    let mut raw = Vec::new();
+    for i in 0..a.runs {
+        raw.push(raw_qemu(&rt, &base).with_context(|| format!("raw QEMU run {i}"))?);
+        let cfg = VmConfig {
+            name: format!("bench-{}-{i}", std::process::id()),
+            ..base.clone()
+        };
+        kobako.push(kobako_run(&rt, &cfg).await.with_context(|| format!("kobako run {i}"))?);
+        eprintln!(
+            "  run {i:>2}: kobako {:>7.1} ms   raw qemu {:>7.1} ms",
+            kobako[i].ms, raw[i].ms
+        );
+    }
+    let k: Vec<f64> = kobako.iter().map(|s| s.ms).collect();
+    let r: Vec<f64> = raw.iter().map(|s| s.ms).collect();
+    let kr: Vec<f64> = kobako.iter().map(|s| s.rss_kib as f64 / 1024.0).collect();
+    let rr: Vec<f64> = raw.iter().map(|s| s.rss_kib as f64 / 1024.0).collect();
+    let (km, kmin, kmax, ksd) = stats(&k);
+    let (rm, rmin, rmax, rsd) = stats(&r);
+    let ratio = km / rm;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "runs": a.runs, "vcpus": base.vcpus, "memory_mib": base.memory_mib,
+                "accel": base.accel,
+                "kobako_ms": {"median": km, "min": kmin, "max": kmax, "sd": ksd},
+                "raw_qemu_ms": {"median": rm, "min": rmin, "max": rmax, "sd": rsd},
+                "ratio": ratio,
+                "kobako_max_rss_mib_median": stats(&kr).0,
+                "raw_qemu_max_rss_mib_median": stats(&rr).0,
+            })
+        );
+    } else {
+        println!("time to ready, {} runs each (ms)", a.runs);
+        println!(
+            "{:<28} {:>8} {:>8} {:>8} {:>8} {:>14}",
+            "", "median", "min", "max", "stddev", "max RSS (MiB)"
+        );
+        println!(
+            "{:<28} {km:>8.1} {kmin:>8.1} {kmax:>8.1} {ksd:>8.1} {:>14.1}",
+            "kobako (agent ready)",
+            stats(&kr).0
+        );
+        println!(
+            "{:<28} {rm:>8.1} {rmin:>8.1} {rmax:>8.1} {rsd:>8.1} {:>14.1}",
+            "raw qemu (console marker)",
+            stats(&rr).0
+        );
+        println!("ratio kobako / raw qemu (median): {ratio:.3}");
+    }
+    Ok(0)
+}
+
+async fn kobako_run(rt: &kobako_runtime::qemu::QemuRuntime, cfg: &VmConfig) -> Result<Sample> {
+    let vm = rt.create(cfg).await?;
+    vm.attach()?;
+    let t0 = Instant::now();
+    rt.start(&vm).await?;
+    let r = kobako_runtime::wait_ready(&vm, Duration::from_secs(60)).await;
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    let (client, _) = match r {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = rt.kill(&vm).await;
+            return Err(e.into());
+        }
+    };
+    client.shutdown(false).await?;
+    // Wait for the supervisor's exit record (it keeps the dir: we are attached).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while vm.exit().is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rss = vm.exit().map(|e| e.max_rss_kib).unwrap_or(0);
+    rt.kill(&vm).await?;
+    Ok(Sample { ms, rss_kib: rss })
+}
+
+fn raw_qemu(rt: &kobako_runtime::qemu::QemuRuntime, cfg: &VmConfig) -> Result<Sample> {
+    let Root::Initramfs { path: initrd } = &cfg.root else {
+        bail!("the boot benchmark uses an initramfs root");
+    };
+    let mut argv: Vec<String> = vec![
+        rt.qemu.display().to_string(),
+        "-M".into(),
+        "microvm,x-option-roms=off,acpi=off,isa-serial=on,rtc=on".into(),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-nographic".into(),
+        "-no-reboot".into(),
+        "-smp".into(),
+        cfg.vcpus.to_string(),
+        "-m".into(),
+        format!("{}M", cfg.memory_mib),
+    ];
+    match cfg.accel {
+        kobako_runtime::Accel::Kvm => argv.extend(["-accel", "kvm", "-cpu", "host"].map(String::from)),
+        kobako_runtime::Accel::Tcg => argv.extend(["-accel", "tcg,thread=multi"].map(String::from)),
+    }
+    // The same command line kobako uses, plus the marker switch (and no console shell).
+    let cmdline = format!("{} kobako.marker=poweroff kobako.console=off", cfg.cmdline());
+    argv.extend([
+        "-kernel".into(),
+        cfg.kernel.display().to_string(),
+        "-initrd".into(),
+        initrd.display().to_string(),
+        "-append".into(),
+        cmdline,
+        "-serial".into(),
+        "stdio".into(),
+    ]);
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: prctl between fork and exec; async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let t0 = Instant::now();
+    let mut child = cmd.spawn().context("start qemu-system-x86_64")?;
+    let pid = child.id() as i32;
+    // Never hang: kill QEMU if it has not ended after 60 s.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if done_rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            // SAFETY: kill(2) of our own child, not yet waited for (no pid reuse possible).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    let mut out = child.stdout.take().context("qemu stdout")?;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut ms = None;
+    loop {
+        let n = out.read(&mut buf).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        seen.extend_from_slice(&buf[..n]);
+        if ms.is_none() && seen.windows(18).any(|w| w == b"KOBAKO-BOOT-MARKER") {
+            ms = Some(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: rusage is plain data.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our child; valid pointers.
+    unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    let _ = done_tx.send(());
+    drop(child);
+    let Some(ms) = ms else {
+        bail!(
+            "raw QEMU never printed the marker; console:\n{}",
+            String::from_utf8_lossy(&seen)
+        );
+    };
+    Ok(Sample {
+        ms,
+        rss_kib: ru.ru_maxrss as u64,
+    })
+}

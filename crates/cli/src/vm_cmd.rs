@@ -1,0 +1,350 @@
+//! `kobako vm ...`: run, ls, stop, rm, console, exec, and the internal `supervise`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use kobako_agent::proto::ExecRequest;
+use kobako_runtime::agent::AgentClient;
+use kobako_runtime::config::{parse_mib, VmConfig};
+use kobako_runtime::qemu::QemuRuntime;
+use kobako_runtime::{Runtime, VmDir, VmState};
+
+use crate::console::{self, ConsoleEnd};
+use crate::resolve::{self, RootKind};
+
+#[derive(Subcommand)]
+pub enum VmCmd {
+    /// Boot a microVM, report the time to agent-ready, attach its console.
+    Run(RunArgs),
+    /// List VMs.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a VM (guest power-off, then quit, then kill) and remove it.
+    Stop {
+        name: String,
+        /// Seconds to wait for the guest to power off before forcing it.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Remove a VM that has ended (with -f: kill a running one first).
+    Rm {
+        name: String,
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Attach to a VM's serial console (Ctrl-] d detaches).
+    Console { name: String },
+    /// Run a command in a VM through its agent; exits with the command's status.
+    Exec {
+        name: String,
+        /// Kill the command after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
+    /// Pause a VM's vCPUs.
+    Pause { name: String },
+    /// Resume a paused VM.
+    Resume { name: String },
+    /// (internal) supervise one VM process; started by `vm run`.
+    #[command(hide = true)]
+    Supervise { dir: PathBuf },
+}
+
+#[derive(Args, Clone)]
+pub struct RunArgs {
+    /// Kernel to boot: `default` (built once from Debian's linux-source) or a path to a vmlinux
+    /// (ELF with PVH note) or bzImage.
+    #[arg(long, default_value = "default")]
+    pub kernel: String,
+    /// Image: `tiny`, or a path to an initramfs (cpio), ext4 or qcow2 image.
+    #[arg(long, default_value = "tiny")]
+    pub image: String,
+    /// Boot the image from RAM (initramfs) or from a virtio disk.
+    #[arg(long, value_enum, default_value = "initramfs")]
+    pub root: RootKind,
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// Guest memory, e.g. 128M or 1G.
+    #[arg(long, default_value = "128M")]
+    pub memory: String,
+    /// Extra kernel command line.
+    #[arg(long, default_value = "")]
+    pub cmdline: String,
+    /// VM name (default: vm-<random>).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Leave the VM running in the background.
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// CPU accelerator: auto (KVM where the host runs standard guests, else TCG), kvm or tcg.
+    #[arg(long, env = "KOBAKO_ACCEL", default_value = "auto")]
+    pub accel: String,
+    /// Seconds to wait for the agent before giving up.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    /// Print the result as JSON (with -d).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn runtime() -> Result<QemuRuntime> {
+    let exe = std::env::current_exe().context("locate the kobako executable")?;
+    Ok(QemuRuntime::new(exe))
+}
+
+fn random_name() -> String {
+    let mut b = [0u8; 3];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    format!("vm-{:02x}{:02x}{:02x}", b[0], b[1], b[2])
+}
+
+/// Resolve arguments into a validated VM config (building kernel/image if missing).
+pub fn config_from(args: &RunArgs) -> Result<(VmConfig, String)> {
+    let memory_mib = parse_mib(&args.memory).map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
+    let (accel, why) = resolve::accel(&args.accel)?;
+    let name = args.name.clone().unwrap_or_else(random_name);
+    // Check cheap things before building anything.
+    let probe = VmConfig {
+        name: name.clone(),
+        kernel: "/".into(),
+        kernel_kind: kobako_runtime::config::KernelKind::ElfPvh,
+        root: kobako_runtime::config::Root::Initramfs { path: "/".into() },
+        vcpus: args.vcpus,
+        memory_mib,
+        extra_cmdline: String::new(),
+        accel,
+        ready_timeout_secs: args.timeout,
+    };
+    if let Err(e) = probe.validate() {
+        if !e.to_string().contains("no such file") {
+            return Err(e.into());
+        }
+    }
+    let (kernel, kernel_kind) = resolve::kernel(&args.kernel)?;
+    let root = resolve::image(&args.image, args.root)?;
+    let cfg = VmConfig {
+        kernel,
+        kernel_kind,
+        root,
+        extra_cmdline: args.cmdline.clone(),
+        ..probe
+    };
+    cfg.validate()?;
+    Ok((cfg, why))
+}
+
+pub async fn run(cmd: VmCmd) -> Result<i32> {
+    match cmd {
+        VmCmd::Run(a) => run_vm(a).await,
+        VmCmd::Ls { json } => ls(json).await,
+        VmCmd::Stop { name, timeout } => {
+            let vm = VmDir::open(&name)?;
+            runtime()?
+                .stop(&vm, Duration::from_secs(timeout))
+                .await?;
+            eprintln!("{name}: stopped");
+            Ok(0)
+        }
+        VmCmd::Rm { name, force } => {
+            let vm = VmDir::open(&name)?;
+            if vm.vm_pid().is_some() && !force {
+                bail!("VM '{name}' is running: stop it with `kobako vm stop {name}` or use `kobako vm rm -f {name}`");
+            }
+            runtime()?.kill(&vm).await?;
+            Ok(0)
+        }
+        VmCmd::Console { name } => {
+            let vm = VmDir::open(&name)?;
+            if vm.vm_pid().is_none() {
+                bail!("VM '{name}' is not running");
+            }
+            eprintln!("{}", console::hint());
+            let end = console::attach(&vm.file("console.sock"), std::future::pending()).await?;
+            finish_console(&vm, end).await
+        }
+        VmCmd::Exec {
+            name,
+            timeout,
+            argv,
+        } => exec(&name, argv, timeout).await,
+        VmCmd::Pause { name } => {
+            runtime()?.pause(&VmDir::open(&name)?).await?;
+            Ok(0)
+        }
+        VmCmd::Resume { name } => {
+            runtime()?.resume(&VmDir::open(&name)?).await?;
+            Ok(0)
+        }
+        VmCmd::Supervise { dir } => Ok(kobako_runtime::supervisor::run(&dir)),
+    }
+}
+
+async fn exec(name: &str, argv: Vec<String>, timeout: Option<u64>) -> Result<i32> {
+    let vm = VmDir::open(name)?;
+    if vm.vm_pid().is_none() {
+        bail!("VM '{name}' is not running (start it with `kobako vm run`)");
+    }
+    let client = AgentClient::connect(&vm.file("agent.sock")).await?;
+    client.wait_ready(Duration::from_secs(30)).await?;
+    let out = client
+        .exec(ExecRequest {
+            argv,
+            timeout_ms: timeout.map(|s| s * 1000),
+            ..Default::default()
+        })
+        .await?;
+    use std::io::Write;
+    std::io::stdout().write_all(&out.stdout)?;
+    std::io::stderr().write_all(&out.stderr)?;
+    if out.timed_out {
+        eprintln!("kobako: command killed after {} s (--timeout)", timeout.unwrap_or(0));
+    }
+    Ok(out.status())
+}
+
+/// Everything `vm run` does; returns the process exit code.
+async fn run_vm(args: RunArgs) -> Result<i32> {
+    let (cfg, why) = config_from(&args)?;
+    let rt = runtime()?;
+    tracing::info!(accel = %cfg.accel, "{why}");
+    if cfg.accel == kobako_runtime::Accel::Tcg && args.accel == "auto" && !args.json {
+        eprintln!("kobako: {why}");
+    }
+    let vm = rt.create(&cfg).await?;
+    vm.attach()?;
+    let t0 = Instant::now();
+    if let Err(e) = rt.start(&vm).await {
+        let _ = vm.remove();
+        return Err(e.into());
+    }
+    let (client, info) =
+        match kobako_runtime::wait_ready(&vm, Duration::from_secs(cfg.ready_timeout_secs)).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = rt.kill(&vm).await;
+                return Err(e.into());
+            }
+        };
+    let boot = t0.elapsed();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "name": cfg.name, "ready_ms": boot.as_millis() as u64, "accel": cfg.accel,
+                "vcpus": info.nproc, "mem_total_kib": info.mem_total_kib, "kernel": info.kernel,
+                "guest_ready_ms": info.ready_ms,
+            })
+        );
+    } else {
+        eprintln!(
+            "{}: agent ready in {} ms ({}, {} vCPU, {} MiB; guest kernel {}, in-guest boot {} ms)",
+            cfg.name,
+            boot.as_millis(),
+            cfg.accel,
+            info.nproc,
+            cfg.memory_mib,
+            info.kernel,
+            info.ready_ms
+        );
+    }
+    if args.detach {
+        vm.detach()?;
+        if !args.json {
+            println!("{}", cfg.name);
+        }
+        return Ok(0);
+    }
+    eprintln!("{}", console::hint());
+    let end = console::attach(&rt.console(&vm).socket, client.closed()).await?;
+    finish_console(&vm, end).await
+}
+
+/// After a console session: wait for the VM's end or detach/stop as asked; clean up.
+async fn finish_console(vm: &VmDir, end: ConsoleEnd) -> Result<i32> {
+    let rt = runtime()?;
+    match end {
+        ConsoleEnd::Detach => {
+            vm.detach()?;
+            eprintln!(
+                "\r\ndetached from {0}; reattach with `kobako vm console {0}`, stop with `kobako vm stop {0}`",
+                vm.name
+            );
+            Ok(0)
+        }
+        ConsoleEnd::Stop => {
+            rt.stop(vm, Duration::from_secs(10)).await?;
+            eprintln!("\r\n{}: stopped", vm.name);
+            Ok(0)
+        }
+        ConsoleEnd::Closed => {
+            // The VM is ending: wait for its supervisor's record.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while vm.exit().is_none() && vm.supervisor_pid().is_some() {
+                if Instant::now() > deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let rec = vm.exit();
+            if vm.file("attached").exists() {
+                rt.kill(vm).await?;
+            }
+            match rec {
+                Some(r) => {
+                    eprintln!("\r\n{}: {}", vm.name, r.describe());
+                    Ok(if r.shutdown.is_some() { 0 } else { 1 })
+                }
+                None => {
+                    eprintln!("\r\n{}: console closed", vm.name);
+                    Ok(0)
+                }
+            }
+        }
+    }
+}
+
+async fn ls(json: bool) -> Result<i32> {
+    let rt = runtime()?;
+    let mut rows = Vec::new();
+    for vm in kobako_runtime::vmdir::list() {
+        if let Ok(s) = rt.status(&vm).await {
+            rows.push(s);
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(0);
+    }
+    println!(
+        "{:<20} {:<8} {:<5} {:>5} {:>8} {:>9} {:>8}",
+        "NAME", "STATE", "ACCEL", "VCPUS", "MEMORY", "BOOT", "PID"
+    );
+    for s in rows {
+        let state = match s.state {
+            VmState::Booting => "booting",
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Exited => "exited",
+        };
+        println!(
+            "{:<20} {:<8} {:<5} {:>5} {:>7}M {:>9} {:>8}",
+            s.name,
+            state,
+            s.accel.to_string(),
+            s.vcpus,
+            s.memory_mib,
+            s.boot_ms.map(|b| format!("{b} ms")).unwrap_or("-".into()),
+            s.pid.map(|p| p.to_string()).unwrap_or("-".into())
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,366 @@
+//! Real-guest tests of `kobako vm ...`: QEMU microvm boots the default kernel and the tiny image;
+//! assertions are what a user checks (exit codes, what the guest reports, what is left behind).
+//!
+//! Needs: the default kernel and the static agent (scripts/test.sh builds both), qemu-system-x86.
+//! Each test uses its own `KOBAKO_RUN` directory so it can check that nothing is left behind.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+const KOBAKO: &str = env!("CARGO_BIN_EXE_kobako");
+
+struct Env {
+    run: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            run: tempfile::Builder::new()
+                .prefix("kobako-test-run")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(KOBAKO);
+        c.args(args)
+            .env("KOBAKO_RUN", self.run.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn vms_dir(&self) -> PathBuf {
+        self.run.path().join("vms")
+    }
+
+    /// Names of VM directories left.
+    fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.vms_dir())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Processes whose command line mentions this environment's run dir (QEMU, supervisors).
+    fn processes(&self) -> Vec<String> {
+        let needle = self.run.path().to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.chars().all(|c| c.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let state = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = state
+                .rsplit_once(") ")
+                .is_some_and(|(_, r)| r.starts_with('Z'));
+            if cmdline.contains(&needle) && !zombie {
+                found.push(format!("{name}: {cmdline}"));
+            }
+        }
+        found
+    }
+
+    fn assert_clean(&self) {
+        // The supervisor cleans up right after the VM process ends; give it a moment.
+        for _ in 0..200 {
+            if self.leftovers().is_empty() && self.processes().is_empty() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!(
+            "left behind: dirs {:?}, processes {:?}",
+            self.leftovers(),
+            self.processes()
+        );
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Never leave a VM running after a failed test.
+        for name in self.leftovers() {
+            let _ = self.run(&["vm", "rm", "-f", &name]);
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    text(&o.stdout)
+}
+
+fn run_detached(env: &Env, name: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["vm", "run", "-d", "--json", "--name", name];
+    args.extend_from_slice(extra);
+    let out = ok(&env.run(&args));
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn exec(env: &Env, name: &str, argv: &[&str]) -> Output {
+    let mut args = vec!["vm", "exec", name, "--"];
+    args.extend_from_slice(argv);
+    env.run(&args)
+}
+
+fn mem_total_mib(env: &Env, name: &str) -> u64 {
+    let meminfo = ok(&exec(env, name, &["cat", "/proc/meminfo"]));
+    let kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+/// MemTotal excludes what the kernel reserves for itself (its image, page tables, the initramfs
+/// while unpacked): a guest given N MiB sees a bit less, never more.
+fn assert_memory_matches(seen: u64, given: u64) {
+    assert!(
+        seen <= given && seen + 40 >= given,
+        "guest MemTotal {seen} MiB does not match --memory {given}M"
+    );
+}
+
+#[test]
+fn one_vcpu_128m_boots_reports_and_stops_clean() {
+    let env = Env::new();
+    let r = run_detached(&env, "t-basic", &["--vcpus", "1", "--memory", "128M"]);
+    assert!(r["ready_ms"].as_u64().unwrap() > 0);
+    assert_eq!(r["vcpus"], 1);
+
+    let nproc = ok(&exec(&env, "t-basic", &["nproc"]));
+    assert_eq!(nproc.trim(), "1");
+    assert_memory_matches(mem_total_mib(&env, "t-basic"), 128);
+    assert_eq!(
+        ok(&exec(&env, "t-basic", &["hostname"])).trim(),
+        "t-basic"
+    );
+
+    let ls = ok(&env.run(&["vm", "ls", "--json"]));
+    let ls: serde_json::Value = serde_json::from_str(&ls).unwrap();
+    assert_eq!(ls[0]["name"], "t-basic");
+    assert_eq!(ls[0]["state"], "running");
+
+    ok(&env.run(&["vm", "stop", "t-basic"]));
+    env.assert_clean();
+    // Stopping again names the problem.
+    let o = env.run(&["vm", "stop", "t-basic"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("no VM named 't-basic'"));
+}
+
+#[test]
+fn two_vcpus_512m_and_64m() {
+    let env = Env::new();
+    run_detached(&env, "t-big", &["--vcpus", "2", "--memory", "512M"]);
+    assert_eq!(ok(&exec(&env, "t-big", &["nproc"])).trim(), "2");
+    assert_memory_matches(mem_total_mib(&env, "t-big"), 512);
+    ok(&env.run(&["vm", "stop", "t-big"]));
+
+    run_detached(&env, "t-small", &["--vcpus", "1", "--memory", "64M"]);
+    assert_eq!(ok(&exec(&env, "t-small", &["nproc"])).trim(), "1");
+    assert_memory_matches(mem_total_mib(&env, "t-small"), 64);
+    ok(&env.run(&["vm", "stop", "t-small"]));
+    env.assert_clean();
+}
+
+#[test]
+fn exec_passes_exit_codes_and_streams() {
+    let env = Env::new();
+    run_detached(&env, "t-exec", &[]);
+    let o = exec(&env, "t-exec", &["sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(o.status.code(), Some(7));
+    assert_eq!(text(&o.stdout), "out\n");
+    assert_eq!(text(&o.stderr), "err\n");
+    let o = exec(&env, "t-exec", &["sh", "-c", "kill -9 $$"]);
+    assert_eq!(o.status.code(), Some(128 + 9));
+    let o = exec(&env, "t-exec", &["/no/such/program"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("/no/such/program"), "{}", text(&o.stderr));
+    ok(&env.run(&["vm", "stop", "t-exec"]));
+    env.assert_clean();
+}
+
+#[test]
+fn poweroff_inside_a_detached_vm_cleans_up() {
+    let env = Env::new();
+    run_detached(&env, "t-off", &[]);
+    // The exec may or may not see its own exit before the VM goes down.
+    let _ = exec(&env, "t-off", &["poweroff"]);
+    env.assert_clean();
+}
+
+#[test]
+fn foreground_run_ends_with_the_guest_poweroff() {
+    let env = Env::new();
+    let mut child = env
+        .cmd(&["vm", "run", "--name", "t-fg"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Typed into the serial console's shell, like a user would.
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"echo hello-from-console; poweroff\n").unwrap();
+        // Keep stdin open until the VM ends (closing it must not end the session).
+        let out = child.wait_with_output_timeout(std::time::Duration::from_secs(120));
+        drop(stdin);
+        let out = out.expect("vm run did not end after poweroff");
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "stderr: {stderr}");
+        assert!(stderr.contains("agent ready in"), "{stderr}");
+        assert!(stderr.contains("guest poweroff"), "{stderr}");
+        assert!(
+            text(&out.stdout).contains("hello-from-console"),
+            "console output: {}",
+            text(&out.stdout)
+        );
+    }
+    env.assert_clean();
+}
+
+trait WaitTimeout {
+    fn wait_with_output_timeout(self, t: std::time::Duration) -> Option<Output>;
+}
+
+impl WaitTimeout for std::process::Child {
+    fn wait_with_output_timeout(mut self, t: std::time::Duration) -> Option<Output> {
+        let pid = self.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let watchdog = std::thread::spawn(move || {
+            if rx.recv_timeout(t).is_err() {
+                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                return true;
+            }
+            false
+        });
+        let mut stdout = self.stdout.take().unwrap();
+        let mut stderr = self.stderr.take().unwrap();
+        let err_thread = std::thread::spawn(move || {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut stderr, &mut b).ok();
+            b
+        });
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut out).ok();
+        let status = self.wait().unwrap();
+        let _ = tx.send(());
+        let killed = watchdog.join().unwrap();
+        let err = err_thread.join().unwrap();
+        (!killed).then_some(Output {
+            status,
+            stdout: out,
+            stderr: err,
+        })
+    }
+}
+
+fn assert_fails_with(env: &Env, args: &[&str], needle: &str) {
+    let o = env.run(args);
+    let stderr = text(&o.stderr);
+    assert!(!o.status.success(), "{args:?} succeeded; stderr: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: expected '{needle}' in: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "{args:?} panicked: {stderr}"
+    );
+    env.assert_clean();
+}
+
+#[test]
+fn bad_input_gets_one_clear_error_and_nothing_runs() {
+    let env = Env::new();
+    let d = tempfile::tempdir().unwrap();
+    let text_file = d.path().join("notes.txt");
+    std::fs::write(&text_file, "not a kernel").unwrap();
+    let text_file = text_file.to_str().unwrap();
+    assert_fails_with(
+        &env,
+        &["vm", "run", "--kernel", "/nonexistent/vmlinux"],
+        "/nonexistent/vmlinux",
+    );
+    assert_fails_with(&env, &["vm", "run", "--kernel", text_file], "not a kernel");
+    assert_fails_with(&env, &["vm", "run", "--memory", "0"], "--memory 0M");
+    assert_fails_with(&env, &["vm", "run", "--memory", "lots"], "not a size");
+    assert_fails_with(&env, &["vm", "run", "--vcpus", "0"], "at least 1 vCPU");
+    assert_fails_with(&env, &["vm", "run", "--vcpus", "4096"], "this host has");
+    assert_fails_with(&env, &["vm", "run", "--image", "nosuch"], "unknown image 'nosuch'");
+    assert_fails_with(&env, &["vm", "run", "--image", text_file], "not an image");
+    assert_fails_with(&env, &["vm", "exec", "ghost", "--", "true"], "no VM named 'ghost'");
+}
+
+#[test]
+fn a_guest_that_never_becomes_ready_times_out_with_its_console() {
+    let env = Env::new();
+    let started = std::time::Instant::now();
+    // init is `sleep 1000`: the agent never starts.
+    assert_fails_with(
+        &env,
+        &[
+            "vm",
+            "run",
+            "--name",
+            "t-hang",
+            "--timeout",
+            "8",
+            "--cmdline",
+            "rdinit=/bin/sleep -- 1000",
+        ],
+        "did not become ready within 8 s",
+    );
+    assert!(started.elapsed().as_secs() < 60);
+}
+
+#[test]
+fn a_guest_that_panics_is_reported_with_its_console() {
+    let env = Env::new();
+    // No init at that path: the kernel panics, resets, and QEMU exits.
+    let o = env.run(&[
+        "vm",
+        "run",
+        "--name",
+        "t-panic",
+        "--cmdline",
+        "rdinit=/nonexistent init=/nonexistent",
+    ]);
+    let stderr = text(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("exited before its agent was ready"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Kernel panic"), "{stderr}");
+    env.assert_clean();
+}

@@ -1,0 +1,250 @@
+//! Async client of a VM's agent, through the supervisor's `agent.sock`.
+//!
+//! One connection carries any number of concurrent requests: each gets its own stream id; a
+//! reader task routes incoming frames to the request that owns the stream. Stream-0 events
+//! (Ready, ShuttingDown) are published on a watch (ready) and a broadcast channel (all events).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kobako_agent::proto::{self, ExecRequest, Frame, Kind, Msg, ReadyInfo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::{Result, RuntimeError};
+
+type Streams = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Frame>>>>;
+
+/// A connection to one VM's agent.
+pub struct AgentClient {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    streams: Streams,
+    next: AtomicU32,
+    ready: watch::Receiver<Option<ReadyInfo>>,
+    events: broadcast::Sender<Msg>,
+    closed: watch::Receiver<bool>,
+}
+
+/// The result of a finished `exec`.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+}
+
+impl ExecOutput {
+    /// The exit status a shell would report: the code, or 128 + signal.
+    pub fn status(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            (None, None) => 255,
+        }
+    }
+
+    pub fn stdout_str(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+fn agent_err(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Agent(e.to_string())
+}
+
+async fn read_frame(r: &mut (impl AsyncReadExt + Unpin)) -> Result<Frame, proto::ProtoError> {
+    let mut h = [0u8; proto::HEADER_LEN];
+    match r.read_exact(&mut h).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(proto::ProtoError::Closed)
+        }
+        Err(e) => return Err(proto::ProtoError::Io(e)),
+    }
+    let (len, stream, kind) = proto::parse_header(&h)?;
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)
+        .await
+        .map_err(proto::ProtoError::Io)?;
+    Ok(Frame {
+        stream,
+        kind,
+        payload,
+    })
+}
+
+impl AgentClient {
+    /// Connect to `agent.sock` of a VM.
+    pub async fn connect(sock: &Path) -> Result<AgentClient> {
+        let s = UnixStream::connect(sock).await.map_err(|e| {
+            RuntimeError::Agent(format!(
+                "cannot reach the agent at {} ({e}); is the VM running?",
+                sock.display()
+            ))
+        })?;
+        let (mut rd, wr) = s.into_split();
+        let streams: Streams = Arc::new(Mutex::new(HashMap::new()));
+        let (ready_tx, ready_rx) = watch::channel(None);
+        let (events_tx, _) = broadcast::channel(16);
+        let (closed_tx, closed_rx) = watch::channel(false);
+        {
+            let streams = streams.clone();
+            let events_tx = events_tx.clone();
+            tokio::spawn(async move {
+                while let Ok(f) = read_frame(&mut rd).await {
+                    if f.stream == 0 {
+                        if let Ok(m) = f.to_msg() {
+                            if let Msg::Ready(info) = &m {
+                                let _ = ready_tx.send(Some(info.clone()));
+                            }
+                            let _ = events_tx.send(m);
+                        }
+                        continue;
+                    }
+                    let tx = streams
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&f.stream)
+                        .cloned();
+                    if let Some(tx) = tx {
+                        let _ = tx.send(f);
+                    }
+                }
+                // Channel closed: wake every pending request (dropping senders ends their loops).
+                streams.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                let _ = closed_tx.send(true);
+            });
+        }
+        Ok(AgentClient {
+            writer: tokio::sync::Mutex::new(wr),
+            streams,
+            next: AtomicU32::new(1),
+            ready: ready_rx,
+            events: events_tx,
+            closed: closed_rx,
+        })
+    }
+
+    async fn send(&self, f: &Frame) -> Result<()> {
+        let mut w = self.writer.lock().await;
+        w.write_all(&f.encode()).await.map_err(agent_err)
+    }
+
+    /// Events on stream 0 from now on (Ready, ShuttingDown).
+    pub fn events(&self) -> broadcast::Receiver<Msg> {
+        self.events.subscribe()
+    }
+
+    /// Resolves when the channel to the VM closed (the VM ended or the supervisor went away).
+    pub async fn closed(&self) {
+        let mut c = self.closed.clone();
+        let _ = c.wait_for(|c| *c).await;
+    }
+
+    /// Wait until the agent has reported Ready (sends Hello so an already-ready agent answers).
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<ReadyInfo> {
+        self.send(&Frame::msg(
+            0,
+            &Msg::Hello {
+                version: proto::VERSION,
+            },
+        ))
+        .await?;
+        let mut rx = self.ready.clone();
+        let mut closed = self.closed.clone();
+        let wait = async {
+            tokio::select! {
+                r = rx.wait_for(|r| r.is_some()) => r.map(|r| r.clone()).ok().flatten(),
+                _ = closed.wait_for(|c| *c) => None,
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Some(info)) => {
+                if info.version != proto::VERSION {
+                    return Err(RuntimeError::Agent(format!(
+                        "agent speaks protocol v{}, this kobako speaks v{}: rebuild the image",
+                        info.version,
+                        proto::VERSION
+                    )));
+                }
+                Ok(info)
+            }
+            Ok(None) => Err(RuntimeError::Agent(
+                "the agent channel closed before the agent was ready".into(),
+            )),
+            Err(_) => Err(RuntimeError::Agent(format!(
+                "no Ready from the agent within {} s",
+                timeout.as_secs()
+            ))),
+        }
+    }
+
+    fn open_stream(&self) -> (u32, mpsc::UnboundedReceiver<Frame>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        (id, rx)
+    }
+
+    fn close_stream(&self, id: u32) {
+        self.streams
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// Run a command to completion and collect its output.
+    pub async fn exec(&self, req: ExecRequest) -> Result<ExecOutput> {
+        let (id, mut rx) = self.open_stream();
+        let r = async {
+            self.send(&Frame::msg(id, &Msg::Exec(req))).await?;
+            let mut out = ExecOutput::default();
+            while let Some(f) = rx.recv().await {
+                match f.kind {
+                    Kind::Stdout => out.stdout.extend_from_slice(&f.payload),
+                    Kind::Stderr => out.stderr.extend_from_slice(&f.payload),
+                    Kind::Stdin => {}
+                    Kind::Msg => match f.to_msg().map_err(agent_err)? {
+                        Msg::Started { .. } => {}
+                        Msg::Exited {
+                            code,
+                            signal,
+                            timed_out,
+                        } => {
+                            out.code = code;
+                            out.signal = signal;
+                            out.timed_out = timed_out;
+                            return Ok(out);
+                        }
+                        Msg::Error { message } => return Err(RuntimeError::Agent(message)),
+                        _ => {}
+                    },
+                }
+            }
+            Err(RuntimeError::Agent(
+                "the agent channel closed while the command ran (VM stopped?)".into(),
+            ))
+        }
+        .await;
+        self.close_stream(id);
+        r
+    }
+
+    /// Ask the guest to power off (or reboot). Returns once the request is sent.
+    pub async fn shutdown(&self, reboot: bool) -> Result<()> {
+        let (id, _rx) = self.open_stream();
+        let r = self.send(&Frame::msg(id, &Msg::Shutdown { reboot })).await;
+        self.close_stream(id);
+        r
+    }
+}

@@ -1,0 +1,291 @@
+//! The configuration of one VM, validated before anything runs, and persisted in its directory.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{host, RuntimeError};
+
+/// CPU accelerator for the QEMU runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
+
+/// How the kernel file is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelKind {
+    /// ELF vmlinux with a PVH entry note.
+    ElfPvh,
+    BzImage,
+}
+
+/// The root filesystem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Root {
+    /// An initramfs (the whole root in RAM; `rdinit=/init`).
+    Initramfs { path: PathBuf },
+    /// A disk image on virtio-blk mounted as `/dev/vda`.
+    Disk {
+        path: PathBuf,
+        format: String,
+        read_only: bool,
+    },
+}
+
+/// Everything needed to start one VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    pub name: String,
+    pub kernel: PathBuf,
+    pub kernel_kind: KernelKind,
+    pub root: Root,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Extra kernel command line (appended after kobako's own parameters).
+    pub extra_cmdline: String,
+    pub accel: Accel,
+    /// Seconds to wait for the agent before giving up.
+    pub ready_timeout_secs: u64,
+}
+
+/// Largest VM memory accepted (the host's total), and the smallest a kernel boots in.
+pub const MIN_MEMORY_MIB: u32 = 32;
+
+/// Parse sizes like `128M`, `512MiB`, `1G`, `2048` (MiB when no unit) into MiB.
+pub fn parse_mib(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size; use a number with M or G, e.g. 128M or 1G"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "m" | "mb" | "mib" => 1,
+        "g" | "gb" | "gib" => 1024,
+        "k" | "kb" | "kib" => {
+            if n % 1024 != 0 {
+                return Err(format!("'{s}' is not a whole number of MiB"));
+            }
+            return u32::try_from(n / 1024).map_err(|_| format!("'{s}' is too large"));
+        }
+        u => return Err(format!("unknown size unit '{u}' in '{s}'; use M or G")),
+    };
+    u32::try_from(n * mult).map_err(|_| format!("'{s}' is too large"))
+}
+
+/// A VM name: used in paths, process names and later in lab references.
+pub fn validate_name(name: &str) -> Result<(), RuntimeError> {
+    let ok = !name.is_empty()
+        && name.len() <= 48
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !name.starts_with(['-', '.']);
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::Invalid(format!(
+            "VM name '{name}': use 1-48 letters, digits, '-', '_' or '.', not starting with '-' or '.'"
+        )))
+    }
+}
+
+impl VmConfig {
+    /// Check everything that can be checked before starting: name, sizes against the host, files.
+    pub fn validate(&self) -> Result<(), RuntimeError> {
+        validate_name(&self.name)?;
+        let cpus = host::cpus();
+        if self.vcpus == 0 {
+            return Err(RuntimeError::Invalid(
+                "--vcpus 0: a VM needs at least 1 vCPU".into(),
+            ));
+        }
+        if self.vcpus > cpus {
+            return Err(RuntimeError::Invalid(format!(
+                "--vcpus {}: this host has {cpus} CPU(s); use at most {cpus}",
+                self.vcpus
+            )));
+        }
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(RuntimeError::Invalid(format!(
+                "--memory {}M: a Linux guest needs at least {MIN_MEMORY_MIB}M",
+                self.memory_mib
+            )));
+        }
+        let host_mib = host::memory_mib();
+        if u64::from(self.memory_mib) > host_mib {
+            return Err(RuntimeError::Invalid(format!(
+                "--memory {}M: more than this host's {host_mib}M",
+                self.memory_mib
+            )));
+        }
+        let must_exist = |p: &PathBuf, what: &str| {
+            if p.is_file() {
+                Ok(())
+            } else {
+                Err(RuntimeError::Invalid(format!(
+                    "{what} {}: no such file",
+                    p.display()
+                )))
+            }
+        };
+        must_exist(&self.kernel, "kernel")?;
+        match &self.root {
+            Root::Initramfs { path } => must_exist(path, "initramfs")?,
+            Root::Disk { path, .. } => must_exist(path, "disk image")?,
+        }
+        Ok(())
+    }
+
+    /// The guest kernel command line: kobako's parameters, then the user's.
+    ///
+    /// - `console=ttyS0 quiet`: a console for humans, without the cost of printing the boot log
+    ///   through an emulated UART.
+    /// - `reboot=t panic=-1`: any reset (power-off included: microvm has no ACPI) is a triple
+    ///   fault, which the runtime turns into the end of the VM process; a panic resets at once.
+    /// - `tsc_early_khz`: under TCG, early timer calibration sometimes hangs without it.
+    pub fn cmdline(&self) -> String {
+        let mut c = vec![
+            "console=ttyS0".to_string(),
+            "quiet".into(),
+            "reboot=t".into(),
+            "panic=-1".into(),
+            "8250.nr_uarts=1".into(),
+            "random.trust_cpu=on".into(),
+            format!("kobako.hostname={}", hostname_of(&self.name)),
+        ];
+        if self.accel == Accel::Tcg {
+            if let Some(khz) = host::tsc_khz() {
+                c.push(format!("tsc_early_khz={khz}"));
+            }
+        }
+        match &self.root {
+            Root::Initramfs { .. } => c.push("rdinit=/init".into()),
+            Root::Disk { read_only, .. } => {
+                c.push("root=/dev/vda".into());
+                c.push(if *read_only { "ro" } else { "rw" }.into());
+                c.push("rootfstype=ext4".into());
+                c.push("init=/sbin/init".into());
+            }
+        }
+        if !self.extra_cmdline.trim().is_empty() {
+            c.push(self.extra_cmdline.trim().to_string());
+        }
+        c.join(" ")
+    }
+}
+
+/// A hostname from a VM name (hostnames allow letters, digits and '-').
+fn hostname_of(name: &str) -> String {
+    let h: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    h.trim_matches('-').chars().take(63).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_mib("128M").unwrap(), 128);
+        assert_eq!(parse_mib("512MiB").unwrap(), 512);
+        assert_eq!(parse_mib("1G").unwrap(), 1024);
+        assert_eq!(parse_mib("64").unwrap(), 64);
+        assert_eq!(parse_mib("0").unwrap(), 0);
+        assert!(parse_mib("12X").unwrap_err().contains("unit"));
+        assert!(parse_mib("lots").unwrap_err().contains("not a size"));
+        assert!(parse_mib("99999999G").is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(validate_name("web-1").is_ok());
+        assert!(validate_name("").is_err());
+        assert!(validate_name("../etc").is_err());
+        assert!(validate_name("-x").is_err());
+        assert_eq!(hostname_of("web_1.a"), "web-1-a");
+    }
+
+    fn cfg() -> VmConfig {
+        VmConfig {
+            name: "t".into(),
+            kernel: "/bin/true".into(),
+            kernel_kind: KernelKind::ElfPvh,
+            root: Root::Initramfs {
+                path: "/bin/true".into(),
+            },
+            vcpus: 1,
+            memory_mib: 128,
+            extra_cmdline: String::new(),
+            accel: Accel::Tcg,
+            ready_timeout_secs: 60,
+        }
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        assert!(cfg().validate().is_ok());
+        let e = VmConfig { vcpus: 0, ..cfg() }.validate().unwrap_err();
+        assert!(e.to_string().contains("at least 1 vCPU"), "{e}");
+        let e = VmConfig {
+            vcpus: host::cpus() + 1,
+            ..cfg()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("this host has"), "{e}");
+        let e = VmConfig {
+            memory_mib: 0,
+            ..cfg()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("at least"), "{e}");
+        let e = VmConfig {
+            memory_mib: u32::MAX,
+            ..cfg()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("more than this host"), "{e}");
+        let e = VmConfig {
+            kernel: "/nonexistent/vmlinux".into(),
+            ..cfg()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("no such file"), "{e}");
+    }
+
+    #[test]
+    fn cmdline_has_reset_on_poweroff_and_user_part_last() {
+        let c = VmConfig {
+            extra_cmdline: "foo=bar".into(),
+            ..cfg()
+        }
+        .cmdline();
+        assert!(c.contains("reboot=t") && c.contains("panic=-1"), "{c}");
+        assert!(c.ends_with("foo=bar"), "{c}");
+        assert!(c.contains("rdinit=/init"));
+    }
+}

@@ -1,0 +1,105 @@
+//! What this host can do: which accelerator runs a standard Linux guest, how many CPUs and how
+//! much memory there are, the TSC frequency (passed to TCG guests so timer calibration cannot hang).
+
+use crate::config::Accel;
+
+/// The accelerator choice and why it was made (logged, shown by `kobako vm run -v`).
+#[derive(Debug, Clone)]
+pub struct AccelChoice {
+    pub accel: Accel,
+    pub reason: String,
+}
+
+/// Decide KVM vs TCG. KVM only when /dev/kvm is usable *and* backed by hardware virtualization
+/// (vmx/svm): a PVM-backed /dev/kvm (kvm_pvm) cannot run an unmodified kernel (see
+/// shared/reference/pvm-guest-notes.md), so it counts as "no KVM" for standard guests.
+pub fn detect_accel() -> AccelChoice {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hw = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    let kvm_ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    match (kvm_ok, hw, pvm) {
+        (true, true, false) => AccelChoice {
+            accel: Accel::Kvm,
+            reason: "KVM with hardware virtualization".into(),
+        },
+        (true, _, true) => AccelChoice {
+            accel: Accel::Tcg,
+            reason: "/dev/kvm is PVM (kvm_pvm), which cannot run standard guests: using TCG".into(),
+        },
+        (true, false, false) => AccelChoice {
+            accel: Accel::Tcg,
+            reason: "/dev/kvm present but the CPU shows no vmx/svm: using TCG".into(),
+        },
+        (false, _, _) => AccelChoice {
+            accel: Accel::Tcg,
+            reason: "no usable /dev/kvm: using TCG (software CPU, slower)".into(),
+        },
+    }
+}
+
+/// Online CPUs of the host.
+pub fn cpus() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+}
+
+/// Host memory in MiB (MemTotal).
+pub fn memory_mib() -> u64 {
+    meminfo_kib("MemTotal:") / 1024
+}
+
+/// Memory available for new VMs in MiB (MemAvailable).
+pub fn available_mib() -> u64 {
+    meminfo_kib("MemAvailable:") / 1024
+}
+
+fn meminfo_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The host TSC frequency in kHz, from /proc/cpuinfo's "cpu MHz" (TCG's guest TSC follows the
+/// host's). `None` if unknown.
+pub fn tsc_khz() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((mhz * 1000.0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_facts_are_sane() {
+        assert!(cpus() >= 1);
+        assert!(memory_mib() > 64);
+        let c = detect_accel();
+        assert!(!c.reason.is_empty());
+        // On PVM hosts (like the CI machines) KVM must never be chosen for standard guests.
+        if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+            assert_eq!(c.accel, Accel::Tcg);
+        }
+    }
+}

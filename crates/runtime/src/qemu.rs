@@ -1,0 +1,311 @@
+//! The QEMU runtime: `qemu-system-x86_64 -M microvm`, KVM where the host runs standard guests,
+//! TCG elsewhere (see [`crate::host::detect_accel`]).
+//!
+//! Machine: microvm without ACPI (QEMU then lists the virtio-mmio devices on the kernel command
+//! line itself), no option ROMs, `-no-reboot` so the guest's reset (which is how kobako guests
+//! power off, see [`crate::config::VmConfig::cmdline`]) ends the process. Devices: the 8250 serial
+//! console on a chardev socket with a log file, a virtio-serial port `kobako.agent` for the agent
+//! (no vhost-vsock needed), virtio-blk for a disk root, QMP for control.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::{Root, VmConfig};
+use crate::qmp::Qmp;
+use crate::vmdir::{alive, write_json, GuestChannel, Launch, VmDir};
+use crate::{io, Accel, Console, Result, Runtime, RuntimeError, VmState, VmStatus};
+
+/// The QEMU runtime.
+pub struct QemuRuntime {
+    /// The `kobako` executable, re-run as `kobako vm supervise DIR`.
+    pub kobako_exe: PathBuf,
+    pub qemu: PathBuf,
+}
+
+/// Debian package that provides the QEMU binary.
+pub const PACKAGE: &str = "qemu-system-x86";
+
+impl QemuRuntime {
+    pub fn new(kobako_exe: PathBuf) -> QemuRuntime {
+        QemuRuntime {
+            kobako_exe,
+            qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+        }
+    }
+
+    /// The full QEMU command line for a VM.
+    pub fn argv(&self, cfg: &VmConfig, dir: &Path) -> Vec<String> {
+        let p = |f: &str| dir.join(f).display().to_string();
+        let mut a: Vec<String> = vec![
+            self.qemu.display().to_string(),
+            "-name".into(),
+            format!("kobako-{},debug-threads=on", cfg.name),
+            "-M".into(),
+            "microvm,x-option-roms=off,acpi=off,isa-serial=on,rtc=on".into(),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-nographic".into(),
+            "-no-reboot".into(),
+            "-smp".into(),
+            cfg.vcpus.to_string(),
+            "-m".into(),
+            format!("{}M", cfg.memory_mib),
+        ];
+        match cfg.accel {
+            Accel::Kvm => a.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
+            Accel::Tcg => a.extend(["-accel".into(), "tcg,thread=multi".into()]),
+        }
+        a.extend([
+            "-kernel".into(),
+            cfg.kernel.display().to_string(),
+            "-append".into(),
+            cfg.cmdline(),
+            // Serial console: live on a socket, everything also in console.log.
+            "-chardev".into(),
+            format!(
+                "socket,id=con,path={},server=on,wait=off,logfile={},logappend=on",
+                p("console.sock"),
+                p("console.log")
+            ),
+            "-serial".into(),
+            "chardev:con".into(),
+            // The agent channel: a virtio-serial port named kobako.agent.
+            "-device".into(),
+            "virtio-serial-device".into(),
+            "-chardev".into(),
+            format!("socket,id=agent,path={},server=on,wait=off", p("agent-guest.sock")),
+            "-device".into(),
+            format!(
+                "virtserialport,chardev=agent,name={}",
+                kobako_agent::proto::PORT_NAME
+            ),
+            "-qmp".into(),
+            format!("unix:{},server=on,wait=off", p("qmp.sock")),
+        ]);
+        match &cfg.root {
+            Root::Initramfs { path } => a.extend(["-initrd".into(), path.display().to_string()]),
+            Root::Disk {
+                path,
+                format,
+                read_only,
+            } => a.extend([
+                "-drive".into(),
+                format!(
+                    "if=none,id=root,file={},format={format},cache=unsafe{}",
+                    path.display(),
+                    if *read_only { ",readonly=on" } else { "" }
+                ),
+                "-device".into(),
+                "virtio-blk-device,drive=root".into(),
+            ]),
+        }
+        a
+    }
+
+    async fn qmp(&self, vm: &VmDir) -> Result<Qmp> {
+        Qmp::connect(&vm.file("qmp.sock")).await
+    }
+}
+
+/// Wait until a pid is gone.
+async fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+#[async_trait::async_trait]
+impl Runtime for QemuRuntime {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    async fn create(&self, cfg: &VmConfig) -> Result<VmDir> {
+        cfg.validate()?;
+        if !self.qemu.is_file() {
+            return Err(RuntimeError::Invalid(format!(
+                "{} not found: install the Debian package {PACKAGE} (scripts/setup.sh does it)",
+                self.qemu.display()
+            )));
+        }
+        let vm = VmDir::for_name(&cfg.name);
+        if vm.exists() {
+            if vm.supervisor_pid().is_some() || vm.vm_pid().is_some() {
+                return Err(RuntimeError::Exists(cfg.name.clone()));
+            }
+            // Left over from a VM whose supervisor was killed: nothing runs, reclaim the name.
+            vm.remove()?;
+        }
+        std::fs::create_dir_all(&vm.path).map_err(io(format!("create {}", vm.path.display())))?;
+        let launch = Launch {
+            argv: self.argv(cfg, &vm.path),
+            channel: GuestChannel::Unix {
+                path: vm.file("agent-guest.sock"),
+            },
+        };
+        let r = write_json(&vm.file("config.json"), cfg)
+            .and_then(|_| write_json(&vm.file("launch.json"), &launch));
+        if let Err(e) = r {
+            let _ = vm.remove();
+            return Err(e);
+        }
+        Ok(vm)
+    }
+
+    async fn start(&self, vm: &VmDir) -> Result<()> {
+        let log = std::fs::File::create(vm.file("supervisor.log"))
+            .map_err(io("create supervisor.log"))?;
+        let mut cmd = Command::new(&self.kobako_exe);
+        cmd.args(["vm", "supervise"])
+            .arg(&vm.path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(io("supervisor log"))?)
+            .stderr(log);
+        // SAFETY: setsid in the child between fork and exec; async-signal-safe. The supervisor
+        // gets its own session so it outlives this process and its terminal.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(io(format!("start {}", self.kobako_exe.display())))?;
+        // Reap the supervisor whenever it ends, so it never lingers as a zombie of a long-lived
+        // caller (the server).
+        let sup_pid = child.id() as i32;
+        std::thread::spawn(move || {
+            let _ = child.wait();
+        });
+        // Running means: the VM process exists and QEMU created its sockets.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if vm.file("qmp.sock").exists() && vm.vm_pid().is_some() {
+                return Ok(());
+            }
+            let gone = !alive(sup_pid);
+            if gone || Instant::now() > deadline {
+                let detail = [
+                    crate::vmdir::tail(&vm.file("vm.log"), 5),
+                    crate::vmdir::tail(&vm.file("supervisor.log"), 5),
+                ]
+                .join("\n");
+                let _ = vm.remove();
+                return Err(RuntimeError::ExitedEarly {
+                    name: vm.name.clone(),
+                    how: if gone {
+                        "the VM process failed to start".into()
+                    } else {
+                        "QEMU did not create its control socket within 10 s".into()
+                    },
+                    console: detail,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn stop(&self, vm: &VmDir, grace: Duration) -> Result<()> {
+        if let Some(pid) = vm.vm_pid() {
+            // 1. Ask the guest (clean unmounts).
+            let asked = match crate::agent::AgentClient::connect(&vm.file("agent.sock")).await {
+                Ok(c) if vm.ready().is_some() => c.shutdown(false).await.is_ok(),
+                _ => false,
+            };
+            if !(asked && wait_gone(pid, grace).await) {
+                // 2. Ask QEMU.
+                if let Ok(mut q) = self.qmp(vm).await {
+                    let _ = q.execute("quit", None).await;
+                }
+                if !wait_gone(pid, Duration::from_secs(2)).await {
+                    // 3. Insist.
+                    // SAFETY: kill(2) on the VM process pid recorded by its supervisor.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    wait_gone(pid, Duration::from_secs(2)).await;
+                }
+            }
+        }
+        finish(vm).await
+    }
+
+    async fn kill(&self, vm: &VmDir) -> Result<()> {
+        if let Some(pid) = vm.vm_pid() {
+            // SAFETY: kill(2) on the VM process pid recorded by its supervisor.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            wait_gone(pid, Duration::from_secs(2)).await;
+        }
+        finish(vm).await
+    }
+
+    async fn pause(&self, vm: &VmDir) -> Result<()> {
+        if vm.vm_pid().is_none() {
+            return Err(RuntimeError::NotRunning(vm.name.clone()));
+        }
+        self.qmp(vm).await?.execute("stop", None).await.map(|_| ())
+    }
+
+    async fn resume(&self, vm: &VmDir) -> Result<()> {
+        if vm.vm_pid().is_none() {
+            return Err(RuntimeError::NotRunning(vm.name.clone()));
+        }
+        self.qmp(vm).await?.execute("cont", None).await.map(|_| ())
+    }
+
+    async fn status(&self, vm: &VmDir) -> Result<VmStatus> {
+        let cfg = vm.config()?;
+        let pid = vm.vm_pid();
+        let ready = vm.ready();
+        let state = match (pid, &ready) {
+            (None, _) => VmState::Exited,
+            (Some(_), None) => VmState::Booting,
+            (Some(_), Some(_)) => {
+                let paused = match self.qmp(vm).await {
+                    Ok(mut q) => q
+                        .execute("query-status", None)
+                        .await
+                        .ok()
+                        .and_then(|v| v.get("status").and_then(|s| s.as_str().map(String::from)))
+                        .is_some_and(|s| s == "paused"),
+                    Err(_) => false,
+                };
+                if paused {
+                    VmState::Paused
+                } else {
+                    VmState::Running
+                }
+            }
+        };
+        Ok(VmStatus {
+            name: cfg.name,
+            state,
+            pid,
+            vcpus: cfg.vcpus,
+            memory_mib: cfg.memory_mib,
+            accel: cfg.accel,
+            boot_ms: ready.map(|r| r.boot_ms),
+        })
+    }
+
+    fn console(&self, vm: &VmDir) -> Console {
+        Console {
+            socket: vm.file("console.sock"),
+            log: vm.file("console.log"),
+        }
+    }
+}
+
+/// After the VM process is gone: let the supervisor clean up, then make sure nothing is left.
+async fn finish(vm: &VmDir) -> Result<()> {
+    if let Some(sup) = vm.supervisor_pid() {
+        wait_gone(sup, Duration::from_secs(3)).await;
+    }
+    vm.remove()
+}

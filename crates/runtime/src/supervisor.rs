@@ -1,0 +1,352 @@
+//! The per-VM supervisor (`kobako vm supervise DIR`): a small synchronous process, one per VM,
+//! started detached (own session) by [`crate::Runtime::start`].
+//!
+//! It owns three things for the VM's whole life:
+//! 1. The VM process: spawns it (dying with the supervisor: `PR_SET_PDEATHSIG`), waits for it,
+//!    writes `exit.json` (status, peak RSS, whether the guest announced a power-off), and removes
+//!    the VM directory unless a foreground `vm run` is attached and will do it.
+//! 2. The host end of the agent channel. Runtimes expose one stream to the guest (QEMU: a chardev
+//!    socket that accepts one client). The supervisor connects once and serves `agent.sock` to any
+//!    number of clients, mapping each client's stream ids to unique guest stream ids and routing the
+//!    replies back. Stream-0 events (Ready, ShuttingDown) go to every client.
+//! 3. The boot-time record: the agent's first Ready is timestamped against the VM process spawn and
+//!    written to `ready.json`.
+//!
+//! Threads: main (spawn + wait4), guest reader, acceptor, one reader per client.
+
+use std::collections::HashMap;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kobako_agent::proto::{self, Frame, Kind, Msg};
+
+use crate::vmdir::{write_json, ExitRecord, GuestChannel, ReadyRecord, VmDir};
+
+type Writer = Arc<Mutex<UnixStream>>;
+
+#[derive(Default)]
+struct Routes {
+    /// guest stream -> (client id, client stream)
+    to_client: HashMap<u32, (u64, u32)>,
+    /// (client id, client stream) -> guest stream
+    to_guest: HashMap<(u64, u32), u32>,
+}
+
+struct Shared {
+    vm: VmDir,
+    started: Instant,
+    guest: Mutex<Option<UnixStream>>,
+    clients: Mutex<HashMap<u64, Writer>>,
+    routes: Mutex<Routes>,
+    next_stream: AtomicU32,
+    next_client: AtomicU64,
+    ready: Mutex<Option<kobako_agent::proto::ReadyInfo>>,
+    shutdown: Mutex<Option<bool>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    fn to_guest(&self, f: &Frame) -> bool {
+        let mut g = lock(&self.guest);
+        match g.as_mut() {
+            Some(s) => proto::write_frame(s, f).is_ok(),
+            None => false,
+        }
+    }
+
+    fn to_client(&self, client: u64, f: &Frame) {
+        let w = lock(&self.clients).get(&client).cloned();
+        if let Some(w) = w {
+            let _ = proto::write_frame(&mut *lock(&w), f);
+        }
+    }
+
+    fn broadcast(&self, f: &Frame) {
+        let all: Vec<Writer> = lock(&self.clients).values().cloned().collect();
+        for w in all {
+            let _ = proto::write_frame(&mut *lock(&w), f);
+        }
+    }
+}
+
+/// Entry point of `kobako vm supervise DIR`. Returns the process exit code.
+pub fn run(dir: &Path) -> i32 {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let vm = VmDir {
+        name,
+        path: dir.to_path_buf(),
+    };
+    match supervise(vm) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("kobako supervise: {e}");
+            1
+        }
+    }
+}
+
+fn supervise(vm: VmDir) -> Result<(), String> {
+    let launch = vm.launch().map_err(|e| e.to_string())?;
+    std::fs::write(vm.file("supervisor.pid"), std::process::id().to_string())
+        .map_err(|e| format!("write supervisor.pid: {e}"))?;
+    let agent_sock = vm.file("agent.sock");
+    let _ = std::fs::remove_file(&agent_sock);
+    let listener =
+        UnixListener::bind(&agent_sock).map_err(|e| format!("bind {}: {e}", agent_sock.display()))?;
+
+    let vm_log = std::fs::File::create(vm.file("vm.log")).map_err(|e| format!("vm.log: {e}"))?;
+    let (prog, args) = launch.argv.split_first().ok_or("launch.json: empty argv")?;
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(vm_log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(vm_log);
+    // SAFETY: prctl in the child between fork and exec; async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Never leave an unsupervised VM behind: if the supervisor dies, so does the VM.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| format!("start {prog}: {e}"))?;
+    let started = Instant::now();
+    let pid = child.id() as i32;
+    std::fs::write(vm.file("vm.pid"), pid.to_string()).map_err(|e| e.to_string())?;
+
+    let shared = Arc::new(Shared {
+        vm: vm.clone(),
+        started,
+        guest: Mutex::new(None),
+        clients: Mutex::new(HashMap::new()),
+        routes: Mutex::new(Routes::default()),
+        next_stream: AtomicU32::new(1),
+        next_client: AtomicU64::new(1),
+        ready: Mutex::new(None),
+        shutdown: Mutex::new(None),
+    });
+
+    {
+        let shared = shared.clone();
+        let channel = launch.channel.clone();
+        std::thread::Builder::new()
+            .name("guest".into())
+            .spawn(move || guest_loop(shared, channel, pid))
+            .map_err(|e| e.to_string())?;
+    }
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("accept".into())
+            .spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let shared = shared.clone();
+                    std::thread::spawn(move || client_loop(shared, conn));
+                }
+            })
+            .map_err(|e| e.to_string())?;
+    }
+
+    // Wait for the VM process (wait4 also gives its peak RSS).
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data; zeroed is valid.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: valid pointers; pid is our child.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r == pid {
+            break;
+        }
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break;
+        }
+    }
+    drop(child);
+    let (code, signal) = if libc::WIFEXITED(status) {
+        (Some(libc::WEXITSTATUS(status)), None)
+    } else if libc::WIFSIGNALED(status) {
+        (None, Some(libc::WTERMSIG(status)))
+    } else {
+        (None, None)
+    };
+    let shutdown = lock(&shared.shutdown).map(|reboot| {
+        if reboot {
+            "reboot".to_string()
+        } else {
+            "poweroff".to_string()
+        }
+    });
+    let rec = ExitRecord {
+        code,
+        signal,
+        max_rss_kib: ru.ru_maxrss as u64,
+        shutdown,
+        runtime_ms: started.elapsed().as_millis() as u64,
+    };
+    let _ = std::fs::remove_file(&agent_sock);
+    let _ = std::fs::remove_file(vm.file("vm.pid"));
+    if vm.file("attached").exists() {
+        // A foreground `vm run` reads exit.json and removes the directory.
+        let _ = write_json(&vm.file("exit.json"), &rec);
+    } else {
+        let _ = vm.remove();
+    }
+    Ok(())
+}
+
+fn connect_guest(channel: &GuestChannel, vm_pid: i32) -> Option<UnixStream> {
+    match channel {
+        GuestChannel::Unix { path } => loop {
+            if let Ok(s) = UnixStream::connect(path) {
+                return Some(s);
+            }
+            if !crate::vmdir::alive(vm_pid) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        },
+    }
+}
+
+fn guest_loop(shared: Arc<Shared>, channel: GuestChannel, vm_pid: i32) {
+    let Some(stream) = connect_guest(&channel, vm_pid) else {
+        return;
+    };
+    let Ok(mut reader) = stream.try_clone() else {
+        return;
+    };
+    *lock(&shared.guest) = Some(stream);
+    loop {
+        let frame = match proto::read_frame(&mut reader) {
+            Ok(f) => f,
+            Err(_) => break, // the VM process closed the channel: it is ending
+        };
+        if frame.stream == 0 {
+            match frame.to_msg() {
+                Ok(Msg::Ready(info)) => {
+                    let first = lock(&shared.ready).is_none();
+                    *lock(&shared.ready) = Some(info.clone());
+                    if first {
+                        let _ = write_json(
+                            &shared.vm.file("ready.json"),
+                            &ReadyRecord {
+                                boot_ms: shared.started.elapsed().as_millis() as u64,
+                                info,
+                            },
+                        );
+                    }
+                }
+                Ok(Msg::ShuttingDown { reboot }) => *lock(&shared.shutdown) = Some(reboot),
+                _ => {}
+            }
+            shared.broadcast(&frame);
+            continue;
+        }
+        let route = lock(&shared.routes).to_client.get(&frame.stream).copied();
+        let Some((client, client_stream)) = route else {
+            continue; // the client went away
+        };
+        let ends = frame.kind == Kind::Msg
+            && matches!(
+                frame.to_msg(),
+                Ok(Msg::Exited { .. }) | Ok(Msg::Error { .. })
+            );
+        let guest_stream = frame.stream;
+        shared.to_client(
+            client,
+            &Frame {
+                stream: client_stream,
+                ..frame
+            },
+        );
+        if ends {
+            let mut r = lock(&shared.routes);
+            r.to_client.remove(&guest_stream);
+            r.to_guest.remove(&(client, client_stream));
+        }
+    }
+    *lock(&shared.guest) = None;
+}
+
+fn client_loop(shared: Arc<Shared>, conn: UnixStream) {
+    let id = shared.next_client.fetch_add(1, Ordering::Relaxed);
+    let Ok(writer) = conn.try_clone() else {
+        return;
+    };
+    let writer = Arc::new(Mutex::new(writer));
+    lock(&shared.clients).insert(id, writer.clone());
+    let mut reader = conn;
+    loop {
+        let frame = match proto::read_frame(&mut reader) {
+            Ok(f) => f,
+            Err(_) => break,
+        };
+        if frame.stream == 0 {
+            // Hello: answer from the cached Ready (the agent said it once already), else forward.
+            if let Some(info) = lock(&shared.ready).clone() {
+                let _ = proto::write_frame(&mut *lock(&writer), &Frame::msg(0, &Msg::Ready(info)));
+            } else {
+                shared.to_guest(&frame);
+            }
+            continue;
+        }
+        let guest_stream = {
+            let mut r = lock(&shared.routes);
+            match r.to_guest.get(&(id, frame.stream)) {
+                Some(g) => *g,
+                None => {
+                    let g = shared.next_stream.fetch_add(1, Ordering::Relaxed);
+                    r.to_guest.insert((id, frame.stream), g);
+                    r.to_client.insert(g, (id, frame.stream));
+                    g
+                }
+            }
+        };
+        if !shared.to_guest(&Frame {
+            stream: guest_stream,
+            ..frame
+        }) {
+            let msg = if shared.ready.lock().map(|r| r.is_some()).unwrap_or(false) {
+                "the guest's agent channel is closed (the VM is shutting down)"
+            } else {
+                "the guest agent is not connected yet (VM still booting)"
+            };
+            let _ = proto::write_frame(
+                &mut *lock(&writer),
+                &Frame::msg(
+                    frame.stream,
+                    &Msg::Error {
+                        message: msg.into(),
+                    },
+                ),
+            );
+        }
+    }
+    // The client is gone: kill what it left running, forget its streams.
+    lock(&shared.clients).remove(&id);
+    let orphaned: Vec<u32> = {
+        let mut r = lock(&shared.routes);
+        let keys: Vec<(u64, u32)> = r.to_guest.keys().filter(|k| k.0 == id).copied().collect();
+        keys.iter()
+            .filter_map(|k| {
+                let g = r.to_guest.remove(k)?;
+                r.to_client.remove(&g);
+                Some(g)
+            })
+            .collect()
+    };
+    for g in orphaned {
+        shared.to_guest(&Frame::msg(g, &Msg::Signal { signal: libc::SIGKILL }));
+    }
+}

@@ -1,0 +1,244 @@
+//! The runtime directory of one VM: `$KOBAKO_RUN/vms/<name>/` (default `/run/kobako`, a tmpfs, so
+//! nothing survives a host reboot that should not).
+//!
+//! ```text
+//! config.json      VmConfig                       (written by create)
+//! launch.json      argv of the VM process + where its agent channel is   (written by create)
+//! supervisor.pid   pid of `kobako vm supervise`
+//! vm.pid           pid of the VM process (qemu-system-x86_64 ...)
+//! qmp.sock         QMP (QEMU runtime)
+//! console.sock     live serial console;  console.log: all console output
+//! agent.sock       the agent channel, multiplexed by the supervisor for any number of clients
+//! vm.log           the VM process's own stderr (QEMU errors)
+//! ready.json       written once the agent said Ready (boot time, guest info)
+//! exit.json        written when the VM process ended (status, max RSS, shutdown kind)
+//! attached         present while a foreground `vm run` owns cleanup
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::VmConfig;
+use crate::{io, Result, RuntimeError};
+
+/// Root of runtime state.
+pub fn run_root() -> PathBuf {
+    std::env::var_os("KOBAKO_RUN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/kobako"))
+}
+
+/// Where the VM process's agent channel is, for the supervisor to connect to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum GuestChannel {
+    /// A stream socket the VM process listens on (QEMU chardev server of a virtio-serial port).
+    Unix { path: PathBuf },
+}
+
+/// How to launch the VM process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Launch {
+    pub argv: Vec<String>,
+    pub channel: GuestChannel,
+}
+
+/// Written by the supervisor when the agent first reports Ready.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadyRecord {
+    /// Milliseconds from the VM process's spawn to the agent's Ready.
+    pub boot_ms: u64,
+    pub info: kobako_agent::proto::ReadyInfo,
+}
+
+/// Written by the supervisor when the VM process ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Peak RSS of the VM process in KiB (from wait4).
+    pub max_rss_kib: u64,
+    /// "poweroff" / "reboot" when the guest announced it; None for a crash or a kill.
+    pub shutdown: Option<String>,
+    pub runtime_ms: u64,
+}
+
+impl ExitRecord {
+    /// One line for humans.
+    pub fn describe(&self) -> String {
+        match (&self.shutdown, self.code, self.signal) {
+            (Some(s), _, _) => format!("guest {s}"),
+            (None, _, Some(sig)) => format!("VM process killed by signal {sig}"),
+            (None, Some(0), _) => "guest reset without announcing it (kernel panic?)".into(),
+            (None, Some(c), _) => format!("VM process exited with status {c}"),
+            (None, None, None) => "VM process ended".into(),
+        }
+    }
+}
+
+/// Handle on a VM's directory.
+#[derive(Debug, Clone)]
+pub struct VmDir {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+impl VmDir {
+    pub fn for_name(name: &str) -> VmDir {
+        VmDir {
+            name: name.to_string(),
+            path: run_root().join("vms").join(name),
+        }
+    }
+
+    pub fn file(&self, f: &str) -> PathBuf {
+        self.path.join(f)
+    }
+
+    pub fn exists(&self) -> bool {
+        self.file("config.json").exists()
+    }
+
+    /// Open an existing VM by name.
+    pub fn open(name: &str) -> Result<VmDir> {
+        crate::config::validate_name(name)?;
+        let d = VmDir::for_name(name);
+        if d.exists() {
+            Ok(d)
+        } else {
+            Err(RuntimeError::NotFound(name.to_string()))
+        }
+    }
+
+    pub fn config(&self) -> Result<VmConfig> {
+        read_json(&self.file("config.json"))
+    }
+
+    pub fn launch(&self) -> Result<Launch> {
+        read_json(&self.file("launch.json"))
+    }
+
+    pub fn ready(&self) -> Option<ReadyRecord> {
+        read_json(&self.file("ready.json")).ok()
+    }
+
+    pub fn exit(&self) -> Option<ExitRecord> {
+        read_json(&self.file("exit.json")).ok()
+    }
+
+    fn pid_file(&self, f: &str) -> Option<i32> {
+        std::fs::read_to_string(self.file(f))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The VM process's pid if it is alive.
+    pub fn vm_pid(&self) -> Option<i32> {
+        self.pid_file("vm.pid").filter(|p| alive(*p))
+    }
+
+    /// The supervisor's pid if it is alive.
+    pub fn supervisor_pid(&self) -> Option<i32> {
+        self.pid_file("supervisor.pid").filter(|p| alive(*p))
+    }
+
+    /// Remove the directory and everything in it.
+    pub fn remove(&self) -> Result<()> {
+        match std::fs::remove_dir_all(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(format!("remove {}", self.path.display()))(e)),
+        }
+    }
+
+    /// The last `n` lines the console printed (for error messages).
+    pub fn console_tail(&self, n: usize) -> String {
+        tail(&self.file("console.log"), n)
+    }
+}
+
+/// Last `n` non-empty lines of a text file, indented for error messages.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    if lines.is_empty() {
+        return "  (the console printed nothing)".into();
+    }
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|l| format!("  | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Is a process alive (and not a zombie)?
+pub fn alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // Field 3 (after the parenthesised command) is the state; Z = zombie, X = dead.
+        Ok(s) => s
+            .rsplit_once(") ")
+            .map(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// All VM directories.
+pub fn list() -> Vec<VmDir> {
+    let mut v: Vec<VmDir> = std::fs::read_dir(run_root().join("vms"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let d = VmDir::for_name(&name);
+                    d.exists().then_some(d)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v
+}
+
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let data = std::fs::read(path).map_err(io(format!("read {}", path.display())))?;
+    serde_json::from_slice(&data)
+        .map_err(|e| RuntimeError::Invalid(format!("{}: {e}", path.display())))
+}
+
+/// Write JSON atomically (temp file + rename), so readers never see half a file.
+pub fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let data = serde_json::to_vec_pretty(v)
+        .map_err(|e| RuntimeError::Invalid(format!("serialise {}: {e}", path.display())))?;
+    std::fs::write(&tmp, data).map_err(io(format!("write {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!("rename to {}", path.display())))
+}
+
+impl VmDir {
+    /// Mark that a foreground client owns cleanup (the supervisor then keeps the directory and
+    /// its console log after the VM ends, for the client to read and remove).
+    pub fn attach(&self) -> Result<()> {
+        std::fs::write(self.file("attached"), b"").map_err(io("write attached marker"))
+    }
+
+    /// Hand cleanup back to the supervisor. If the VM already ended, clean up now.
+    pub fn detach(&self) -> Result<()> {
+        let _ = std::fs::remove_file(self.file("attached"));
+        if self.exit().is_some() || self.supervisor_pid().is_none() {
+            self.remove()?;
+        }
+        Ok(())
+    }
+}

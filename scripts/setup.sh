@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install the Debian packages kobako needs on this host. Idempotent: only missing packages are
+# installed, so a second run costs a few dpkg-query calls.
+set -euo pipefail
+
+PACKAGES=(
+  # runtime
+  qemu-system-x86 qemu-utils
+  # tiny image
+  busybox-static e2fsprogs cpio
+  # guest kernel build (kobako image kernel)
+  linux-source build-essential bc bison flex libelf-dev libssl-dev xz-utils
+  # host networking tests and capture checks
+  iproute2 nftables tshark iputils-ping
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all host packages present"
+  exit 0
+fi
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/tmp/kobako-apt.log 2>&1; then
+  apt-get update -q >>/tmp/kobako-apt.log 2>&1
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >>/tmp/kobako-apt.log 2>&1 || {
+    echo "setup: apt-get install failed; see /tmp/kobako-apt.log" >&2
+    exit 1
+  }
+fi
+echo "setup: done"
