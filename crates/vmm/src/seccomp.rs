@@ -51,9 +51,12 @@ const COMMON: &[i64] = &[
     libc::SYS_close,
     libc::SYS_getrandom,
     libc::SYS_rseq,
+    // Debug builds of std check an fd with F_GETFD before closing it.
+    libc::SYS_fcntl,
 ];
 
 const API: &[i64] = &[
+    libc::SYS_epoll_create1,
     libc::SYS_accept4,
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
@@ -90,6 +93,8 @@ const VMM: &[i64] = &[
 
 const VCPU: &[i64] = &[
     libc::SYS_ioctl,
+    // Serial output to console-socket clients (std sends with MSG_NOSIGNAL).
+    libc::SYS_sendto,
     // /proc/self/statm at the first KVM_RUN (the RSS figure of the start-up report).
     libc::SYS_openat,
     libc::SYS_fstat,

@@ -1,0 +1,399 @@
+//! The `kobako-vmm` process driven over its Firecracker-compatible API socket (seccomp on),
+//! with tiny guests: Firecracker's getting-started sequence, error cases, pause/resume,
+//! `--config-file --no-api`, the console socket.
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use common::*;
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"))
+}
+
+fn assert_fault(r: (u16, String), needle: &str) {
+    assert_eq!(r.0, 400, "body: {}", r.1);
+    let v = json(&r.1);
+    let msg = v["fault_message"].as_str().expect("fault_message");
+    assert!(
+        msg.contains(needle),
+        "fault_message {msg:?} does not contain {needle:?}"
+    );
+}
+
+#[test]
+fn getting_started_sequence_boots_and_reports_boot_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write(dir.path(), "vmlinux", &elf(guests::PVH32, true));
+    let rootfs = write(dir.path(), "rootfs.ext4", &[0u8; 4096]);
+    let sock = dir.path().join("firecracker.socket");
+    let log = dir.path().join("fc.log");
+    let metrics = dir.path().join("metrics.json");
+    let mut child = spawn_api(&sock, &[]);
+
+    // The requests of Firecracker's getting-started guide, paths changed.
+    let r = http(
+        &sock,
+        "PUT",
+        "/logger",
+        Some(&format!(
+            r#"{{"log_path": "{}", "level": "Info", "show_level": true, "show_log_origin": true}}"#,
+            log.display()
+        )),
+    );
+    assert_eq!(r.0, 204, "{}", r.1);
+    let r = http(
+        &sock,
+        "PUT",
+        "/metrics",
+        Some(&format!(r#"{{"metrics_path": "{}"}}"#, metrics.display())),
+    );
+    assert_eq!(r.0, 204, "{}", r.1);
+    let r = http(
+        &sock,
+        "PUT",
+        "/boot-source",
+        Some(&format!(
+            r#"{{"kernel_image_path": "{}", "boot_args": "console=ttyS0 reboot=k panic=1 pci=off"}}"#,
+            kernel.display()
+        )),
+    );
+    assert_eq!(r, (204, String::new()));
+    let r = http(
+        &sock,
+        "PUT",
+        "/drives/rootfs",
+        Some(&format!(
+            r#"{{"drive_id": "rootfs", "path_on_host": "{}", "is_root_device": true, "is_read_only": false}}"#,
+            rootfs.display()
+        )),
+    );
+    assert_eq!(r.0, 204, "{}", r.1);
+    let r = http(
+        &sock,
+        "PUT",
+        "/network-interfaces/net1",
+        Some(r#"{"iface_id": "net1", "guest_mac": "06:00:AC:10:00:02", "host_dev_name": "tap0"}"#),
+    );
+    assert_eq!(r.0, 204, "{}", r.1);
+    let r = http(
+        &sock,
+        "PUT",
+        "/machine-config",
+        Some(r#"{"vcpu_count": 2, "mem_size_mib": 1024}"#),
+    );
+    assert_eq!(r.0, 204, "{}", r.1);
+    let r = http(&sock, "GET", "/", None);
+    assert_eq!(json(&r.1)["state"], "Not started");
+    let r = http(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!(r.0, 204, "{}", r.1);
+
+    // The guest prints, signals boot complete and resets through the i8042.
+    let code = wait_exit(&mut child, 30);
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert_eq!(code, kobako_vmm::EXIT_GUEST_RESET, "stderr: {err}");
+    assert!(
+        out.contains("PVH OK cmdline=console=ttyS0 reboot=k panic=1 pci=off\n"),
+        "stdout: {out:?}"
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("Guest-boot-time ="), "log: {log}");
+    assert!(log.contains("first KVM_RUN"), "log: {log}");
+    // Metrics are flushed on exit, with the boot time.
+    let m = std::fs::read_to_string(&metrics).unwrap();
+    let last = json(m.lines().last().unwrap());
+    assert!(last["boot_time"]["wall_us"].as_u64().unwrap() > 0);
+    assert!(last["vcpu"]["exit_io"].as_u64().unwrap() > 10);
+    assert!(!sock.exists(), "API socket removed on exit");
+}
+
+#[test]
+fn bad_input_gets_400_and_vmm_stays_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write(dir.path(), "vmlinux", &elf(guests::TICKER, false));
+    let junk = write(dir.path(), "junk", b"this is not a kernel, just some bytes");
+    let serial = dir.path().join("serial.out");
+    let sock = dir.path().join("api.sock");
+    let mut child = spawn_api(&sock, &["--id", "errors"]);
+
+    // Pre-boot errors.
+    assert_fault(
+        http(
+            &sock,
+            "PUT",
+            "/boot-source",
+            Some(r#"{"kernel_image_path": "/nonexistent/vmlinux"}"#),
+        ),
+        "The kernel file cannot be opened",
+    );
+    assert_fault(
+        http(
+            &sock,
+            "PUT",
+            "/boot-source",
+            Some(&format!(r#"{{"kernel_image_path": "{}"}}"#, junk.display())),
+        ),
+        "neither an ELF vmlinux nor a bzImage",
+    );
+    for (body, needle) in [
+        (r#"{"vcpu_count": 0, "mem_size_mib": 128}"#, "number of vCPUs"),
+        (r#"{"vcpu_count": 33, "mem_size_mib": 128}"#, "number of vCPUs"),
+        (r#"{"vcpu_count": 1, "mem_size_mib": 0}"#, "memory size"),
+        (
+            r#"{"vcpu_count": 1, "mem_size_mib": 1099511627776}"#,
+            "larger than this host's memory",
+        ),
+        (r#"{"vcpu_count": 1, "mem_size_mib": 64, "foo": 1}"#, "unknown field"),
+        (r#"{"vcpu_count": 1, "mem_size_mib": "#, "deserializing"),
+        (r#"{"vcpu_count": -1, "mem_size_mib": 64}"#, "deserializing"),
+    ] {
+        assert_fault(http(&sock, "PUT", "/machine-config", Some(body)), needle);
+    }
+    assert_fault(
+        http(&sock, "PATCH", "/machine-config", Some(r#"{"vcpu_count": 0}"#)),
+        "number of vCPUs",
+    );
+    assert_fault(http(&sock, "PUT", "/actions", Some("not json")), "deserializing");
+    assert_fault(
+        http(&sock, "PUT", "/actions", Some(r#"{"action_type": "Reboot"}"#)),
+        "unknown variant",
+    );
+    assert_fault(
+        http(&sock, "PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#)),
+        "No kernel was configured",
+    );
+    assert_fault(
+        http(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#)),
+        "before starting",
+    );
+    assert_fault(
+        http(&sock, "PUT", "/actions", Some(r#"{"action_type": "SendCtrlAltDel"}"#)),
+        "before starting",
+    );
+    assert_fault(
+        http(
+            &sock,
+            "PUT",
+            "/drives/a",
+            Some(r#"{"drive_id": "b", "path_on_host": "/dev/null", "is_root_device": false}"#),
+        ),
+        "does not match",
+    );
+    assert_fault(
+        http(&sock, "PUT", "/vsock", Some(r#"{"guest_cid": 2, "uds_path": "/tmp/v.sock"}"#)),
+        "reserved",
+    );
+    assert_fault(http(&sock, "GET", "/nope", None), "Invalid request method and/or path");
+    assert_fault(http(&sock, "DELETE", "/machine-config", None), "Invalid request");
+
+    // Nothing of the above changed the configuration.
+    let (st, body) = http(&sock, "GET", "/machine-config", None);
+    assert_eq!(st, 200);
+    let mc = json(&body);
+    assert_eq!((mc["vcpu_count"].as_u64(), mc["mem_size_mib"].as_u64()), (Some(1), Some(128)));
+    assert_eq!(mc["smt"], false);
+    let (_, body) = http(&sock, "GET", "/vm/config", None);
+    let full = json(&body);
+    assert!(full.get("boot-source").is_none(), "{full}");
+    assert_eq!(full["drives"], serde_json::json!([]));
+
+    // A good configuration starts.
+    assert_eq!(
+        http(
+            &sock,
+            "PUT",
+            "/boot-source",
+            Some(&format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display()))
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        http(&sock, "PATCH", "/machine-config", Some(r#"{"mem_size_mib": 64}"#)).0,
+        204
+    );
+    assert_eq!(
+        http(
+            &sock,
+            "PUT",
+            "/serial",
+            Some(&format!(r#"{{"serial_out_path": "{}"}}"#, serial.display()))
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        http(&sock, "PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#)).0,
+        204
+    );
+    let (_, body) = http(&sock, "GET", "/", None);
+    let info = json(&body);
+    assert_eq!(info["state"], "Running");
+    assert_eq!(info["id"], "errors");
+
+    // Post-boot errors.
+    assert_fault(
+        http(&sock, "PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#)),
+        "already running",
+    );
+    assert_fault(
+        http(
+            &sock,
+            "PUT",
+            "/boot-source",
+            Some(&format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display()))
+        ),
+        "after starting",
+    );
+    assert_fault(
+        http(&sock, "PUT", "/machine-config", Some(r#"{"vcpu_count": 2, "mem_size_mib": 64}"#)),
+        "after starting",
+    );
+    assert_fault(
+        http(&sock, "PUT", "/drives/x", Some(r#"{"drive_id": "x", "path_on_host": "/dev/null", "is_root_device": false}"#)),
+        "after starting",
+    );
+
+    // Still running and consistent.
+    let (_, body) = http(&sock, "GET", "/vm/config", None);
+    let full = json(&body);
+    assert_eq!(full["machine-config"]["mem_size_mib"], 64);
+    assert_eq!(
+        full["boot-source"]["kernel_image_path"],
+        kernel.display().to_string()
+    );
+    assert_eq!(http(&sock, "GET", "/version", None).0, 200);
+    assert!(child.try_wait().unwrap().is_none(), "VMM exited");
+
+    // Pause stops guest progress; resume restarts it.
+    let size = || std::fs::metadata(&serial).map(|m| m.len()).unwrap_or(0);
+    assert!(wait_for(20, || size() > 3), "guest never printed");
+    assert_eq!(http(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0, 204);
+    assert_eq!(json(&http(&sock, "GET", "/", None).1)["state"], "Paused");
+    let paused_at = size();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(size(), paused_at, "guest progressed while paused");
+    assert_eq!(http(&sock, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0, 204);
+    assert_eq!(json(&http(&sock, "GET", "/", None).1)["state"], "Running");
+    assert!(wait_for(20, || size() > paused_at), "guest did not resume");
+
+    // Ctrl-Alt-Del reaches the i8042 (this guest ignores it and keeps running).
+    assert_eq!(
+        http(&sock, "PUT", "/actions", Some(r#"{"action_type": "SendCtrlAltDel"}"#)).0,
+        204
+    );
+    assert!(child.try_wait().unwrap().is_none(), "VMM exited");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn config_file_without_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write(dir.path(), "vmlinux", &elf(guests::PVH32, true));
+    let cfg = write(
+        dir.path(),
+        "vm.json",
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}", "boot_args": "from-config-file"}},
+                "machine-config": {{"vcpu_count": 1, "mem_size_mib": 64}}}}"#,
+            kernel.display()
+        )
+        .as_bytes(),
+    );
+    let out = std::process::Command::new(vmm_bin())
+        .args(["--no-api", "--config-file"])
+        .arg(&cfg)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(kobako_vmm::EXIT_GUEST_RESET));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("PVH OK cmdline=from-config-file\n"));
+
+    // A bad config file is exit code 152; bad flags 153.
+    let bad = write(dir.path(), "bad.json", br#"{"machine-config": {"vcpu_count": 0, "mem_size_mib": 64}}"#);
+    let st = std::process::Command::new(vmm_bin())
+        .args(["--no-api", "--config-file"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(st.status.code(), Some(kobako_vmm::EXIT_BAD_CONFIGURATION));
+    let st = std::process::Command::new(vmm_bin())
+        .args(["--no-api"])
+        .output()
+        .unwrap();
+    assert_eq!(st.status.code(), Some(kobako_vmm::EXIT_ARG_PARSING));
+}
+
+#[test]
+fn triple_fault_process_exit_code_with_seccomp() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write(dir.path(), "vmlinux", &elf(guests::TRIPLE, false));
+    let cfg = write(
+        dir.path(),
+        "vm.json",
+        format!(r#"{{"boot-source": {{"kernel_image_path": "{}"}}}}"#, kernel.display()).as_bytes(),
+    );
+    let st = std::process::Command::new(vmm_bin())
+        .args(["--no-api", "--config-file"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        st.status.code(),
+        Some(kobako_vmm::EXIT_TRIPLE_FAULT),
+        "stderr: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
+#[test]
+fn console_on_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write(dir.path(), "vmlinux", &elf(guests::TICKER, false));
+    let sock = dir.path().join("api.sock");
+    let console = dir.path().join("console.sock");
+    let mut child = spawn_api(&sock, &[]);
+    assert_eq!(
+        http(
+            &sock,
+            "PUT",
+            "/boot-source",
+            Some(&format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display()))
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        http(
+            &sock,
+            "PUT",
+            "/serial",
+            Some(&format!(r#"{{"serial_out_path": "unix:{}"}}"#, console.display()))
+        )
+        .0,
+        204
+    );
+    assert_eq!(
+        http(&sock, "PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#)).0,
+        204
+    );
+    let mut c = UnixStream::connect(&console).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut buf = [0u8; 8];
+    c.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"........");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
