@@ -75,3 +75,147 @@ fn link_down_and_up() {
     assert_eq!(ok, 1, "healed link must pass traffic again");
     assert_eq!(ea.ping(dst, 3, T).received, 3);
 }
+
+/// Sends an ARP request for `target` tagged with `vid` (or untagged) out of `eth0` in `ep`
+/// and returns the VLAN ids of the ARP replies from `target` seen within 500 ms.
+fn arp_probe(ep: &Endpoint, vid: Option<u16>, target: Ipv4Addr) -> Vec<Option<u16>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let link = ep.rtnl().require("eth0").unwrap();
+    let mac = link.mac.unwrap().0;
+    ep.ns
+        .run(move || {
+            // SAFETY: test-only raw socket setup with checked fds and live buffers.
+            unsafe {
+                let raw = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, (0x0003u16).to_be() as i32);
+                assert!(raw >= 0);
+                let fd = OwnedFd::from_raw_fd(raw);
+                let one: i32 = 1;
+                libc::setsockopt(fd.as_raw_fd(), 263, 8, (&one as *const i32).cast(), 4); // PACKET_AUXDATA
+                let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+                sll.sll_family = libc::AF_PACKET as u16;
+                sll.sll_protocol = (0x0003u16).to_be();
+                sll.sll_ifindex = link.index as i32;
+                assert_eq!(libc::bind(fd.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32), 0);
+                let mut f = vec![0xff; 6];
+                f.extend_from_slice(&mac);
+                if let Some(v) = vid {
+                    f.extend_from_slice(&[0x81, 0x00]);
+                    f.extend_from_slice(&v.to_be_bytes());
+                }
+                f.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+                f.extend_from_slice(&mac);
+                f.extend_from_slice(&[10, 1, 0, 100]);
+                f.extend_from_slice(&[0; 6]);
+                f.extend_from_slice(&target.octets());
+                assert!(libc::send(fd.as_raw_fd(), f.as_ptr().cast(), f.len(), 0) > 0);
+                let start = std::time::Instant::now();
+                let mut out = Vec::new();
+                while start.elapsed() < Duration::from_millis(500) {
+                    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                    if libc::poll(&mut pfd, 1, 50) <= 0 {
+                        continue;
+                    }
+                    let mut buf = [0u8; 2048];
+                    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+                    let mut cbuf = [0u64; 16];
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_iov = &mut iov;
+                    msg.msg_iovlen = 1;
+                    msg.msg_control = cbuf.as_mut_ptr().cast();
+                    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+                    let n = libc::recvmsg(fd.as_raw_fd(), &mut msg, 0);
+                    if n <= 0 {
+                        continue;
+                    }
+                    let mut b = buf[..n as usize].to_vec();
+                    let mut got_vid = None;
+                    let mut c = libc::CMSG_FIRSTHDR(&msg);
+                    while !c.is_null() {
+                        if (*c).cmsg_level == 263 && (*c).cmsg_type == 8 {
+                            let aux: libc::tpacket_auxdata = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                            if aux.tp_status & (1 << 4) != 0 {
+                                got_vid = Some(aux.tp_vlan_tci & 0xfff);
+                            }
+                        }
+                        c = libc::CMSG_NXTHDR(&msg, c);
+                    }
+                    if b.len() > 18 && b[12] == 0x81 && b[13] == 0 {
+                        got_vid = Some(u16::from_be_bytes([b[14], b[15]]) & 0xfff);
+                        b.drain(12..16);
+                    }
+                    // ARP reply (op 2) whose sender IP is the target
+                    if b.len() >= 42 && b[12] == 0x08 && b[13] == 0x06 && b[21] == 2 && b[28..32] == target.octets() {
+                        out.push(got_vid);
+                    }
+                }
+                out
+            }
+        })
+        .unwrap()
+}
+
+#[test]
+fn vlans_isolate_and_trunk_carries_tagged() {
+    let lab = TestLab::new("kbt-vlan");
+    let net = lab.net();
+    net.ensure_bridge(&ifn("lan"), None, None, true).unwrap();
+    let v = |n| kobako_net::VlanId::new(n).unwrap();
+    let a = Endpoint::new("kbe-vlan-a");
+    let b = Endpoint::new("kbe-vlan-b");
+    let c = Endpoint::new("kbe-vlan-c");
+    let d = Endpoint::new("kbe-vlan-d");
+    let t = Endpoint::new("kbe-vlan-t");
+    attach(net, "lan", "pa", &a, "10.1.0.1/24", PortVlan::Access(v(10)));
+    attach(net, "lan", "pb", &b, "10.1.0.2/24", PortVlan::Access(v(10)));
+    attach(net, "lan", "pc", &c, "10.1.0.3/24", PortVlan::Access(v(20)));
+    attach(net, "lan", "pd", &d, "10.1.0.4/24", PortVlan::Access(v(20)));
+    attach(
+        net,
+        "lan",
+        "pt",
+        &t,
+        "",
+        PortVlan::Trunk {
+            tagged: vec![v(10), v(20)],
+            native: None,
+        },
+    );
+    let ip = |x| Ipv4Addr::new(10, 1, 0, x);
+    assert_eq!(a.ping(ip(2), 3, T).received, 3, "VLAN 10 to VLAN 10");
+    assert_eq!(c.ping(ip(4), 3, T).received, 3, "VLAN 20 to VLAN 20");
+    assert_eq!(a.ping(ip(3), 3, T).received, 0, "VLAN 10 must not reach VLAN 20");
+    assert_eq!(d.ping(ip(1), 3, T).received, 0, "VLAN 20 must not reach VLAN 10");
+    // The trunk carries both VLANs, tagged.
+    assert_eq!(arp_probe(&t, Some(10), ip(2)), vec![Some(10)]);
+    assert_eq!(arp_probe(&t, Some(20), ip(4)), vec![Some(20)]);
+    // ... and keeps them apart.
+    assert!(arp_probe(&t, Some(10), ip(4)).is_empty());
+    assert!(arp_probe(&t, Some(20), ip(1)).is_empty());
+    assert!(arp_probe(&t, None, ip(2)).is_empty(), "no native VLAN configured");
+}
+
+#[test]
+fn overlapping_labs_are_isolated() {
+    let l1 = TestLab::new("kbt-ov1");
+    let l2 = TestLab::new("kbt-ov2");
+    let a1 = Endpoint::new("kbe-ov1-a");
+    let b1 = Endpoint::new("kbe-ov1-b");
+    let a2 = Endpoint::new("kbe-ov2-a");
+    let c2 = Endpoint::new("kbe-ov2-c");
+    for (l, x, y, ya) in [(&l1, &a1, &b1, "10.9.0.2/24"), (&l2, &a2, &c2, "10.9.0.3/24")] {
+        l.net()
+            .ensure_bridge(&ifn("br0"), None, Some(cidr("10.9.0.254/24")), false)
+            .unwrap();
+        attach(l.net(), "br0", "px", x, "10.9.0.1/24", PortVlan::None);
+        attach(l.net(), "br0", "py", y, ya, PortVlan::None);
+    }
+    let ip = |x| Ipv4Addr::new(10, 9, 0, x);
+    // Same subnet, same addresses, both labs work ...
+    assert_eq!(a1.ping(ip(2), 2, T).received, 2);
+    assert_eq!(a2.ping(ip(3), 2, T).received, 2);
+    // ... and neither reaches the other.
+    let r = a1.ping(ip(3), 5, T);
+    assert_eq!(r.received, 0, "lab 1 reached lab 2: {r:?}");
+    let r = a2.ping(ip(2), 5, T);
+    assert_eq!(r.received, 0, "lab 2 reached lab 1: {r:?}");
+}
