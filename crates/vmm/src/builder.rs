@@ -17,7 +17,7 @@ use crate::config::VmResources;
 use crate::devices::boot_timer::{BootTime, BootTimer, BOOT_TIMER_PORT};
 use crate::devices::i8042::{I8042, I8042_PORT, KBD_IRQ};
 use crate::devices::serial::{SerialDevice, SerialOut, COM1_IRQ, COM1_PORT};
-use crate::devices::{Bus, BusDevice, EventFdTrigger};
+use crate::devices::{Bus, EventFdTrigger, SharedDevice};
 use crate::seccomp::Filters;
 use crate::vstate::vcpu::{Vcpu, VcpuCommand, VcpuEvent, VcpuThread};
 use crate::vstate::vm::Vm;
@@ -87,8 +87,10 @@ impl ConsoleTarget {
 /// Extra devices a library user (tests, later the virtio issue) plugs in.
 #[derive(Default)]
 pub struct ExtraDevices {
-    pub pio: Vec<(u64, u64, Arc<Mutex<dyn BusDevice>>)>,
-    pub mmio: Vec<(u64, u64, Arc<Mutex<dyn BusDevice>>)>,
+    /// `(base, len, device)` on the port-I/O bus.
+    pub pio: Vec<(u64, u64, SharedDevice)>,
+    /// `(base, len, device)` on the MMIO bus.
+    pub mmio: Vec<(u64, u64, SharedDevice)>,
 }
 
 impl std::fmt::Debug for ExtraDevices {
@@ -206,8 +208,9 @@ pub fn build(
         .kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(BuildError::Cpuid)?;
-    crate::vstate::vcpu::register_kick_handler()
-        .map_err(|e| dev_err("vCPU kick signal handler")(std::io::Error::from_raw_os_error(e.errno())))?;
+    crate::vstate::vcpu::register_kick_handler().map_err(|e| {
+        dev_err("vCPU kick signal handler")(std::io::Error::from_raw_os_error(e.errno()))
+    })?;
     let vcpu_evt = EventFd::new(EFD_NONBLOCK).map_err(dev_err("vCPU eventfd"))?;
     let (ev_tx, ev_rx) = channel();
     let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));

@@ -255,9 +255,17 @@ pub enum VmStateName {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FullConfig {
-    #[serde(rename = "boot-source", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "boot-source",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub boot_source: Option<BootSource>,
-    #[serde(rename = "machine-config", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "machine-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub machine_config: Option<MachineConfig>,
     #[serde(default)]
     pub drives: Vec<Drive>,
@@ -288,7 +296,10 @@ pub fn host_mem_mib() -> u64 {
 }
 
 fn validate_machine(mc: &MachineConfig) -> Result<(), ConfigError> {
-    if mc.vcpu_count == 0 || mc.vcpu_count > MAX_VCPUS || (mc.smt && mc.vcpu_count % 2 == 1 && mc.vcpu_count > 1) {
+    if mc.vcpu_count == 0
+        || mc.vcpu_count > MAX_VCPUS
+        || (mc.smt && mc.vcpu_count % 2 == 1 && mc.vcpu_count > 1)
+    {
         return Err(ConfigError::VcpuCount);
     }
     if mc.smt {
@@ -611,14 +622,24 @@ mod tests {
             mem_size_mib: m,
             ..Default::default()
         };
-        assert_eq!(r.set_machine_config(mc(0, 128)), Err(ConfigError::VcpuCount));
-        assert_eq!(r.set_machine_config(mc(33, 128)), Err(ConfigError::VcpuCount));
+        assert_eq!(
+            r.set_machine_config(mc(0, 128)),
+            Err(ConfigError::VcpuCount)
+        );
+        assert_eq!(
+            r.set_machine_config(mc(33, 128)),
+            Err(ConfigError::VcpuCount)
+        );
         assert_eq!(r.set_machine_config(mc(1, 0)), Err(ConfigError::MemSize));
         assert!(matches!(
             r.set_machine_config(mc(1, 1 << 40)),
             Err(ConfigError::MemTooLarge { .. })
         ));
-        assert_eq!(r.machine, MachineConfig::default(), "unchanged after errors");
+        assert_eq!(
+            r.machine,
+            MachineConfig::default(),
+            "unchanged after errors"
+        );
         r.set_machine_config(mc(32, 256)).unwrap();
         r.update_machine_config(MachineConfigUpdate {
             mem_size_mib: Some(512),

@@ -129,7 +129,9 @@ pub fn parse_args(args: &[OsString]) -> Result<Cli, String> {
                 let id = value("--id")?;
                 if id.is_empty()
                     || id.len() > 64
-                    || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                    || !id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 {
                     return Err(format!("invalid --id {id:?}: 1-64 of [A-Za-z0-9_-]"));
                 }
@@ -234,7 +236,10 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
             Ok(r) => res = r,
             Err(e) => {
                 log_error!("invalid configuration file {}: {e}", path.display());
-                eprintln!("kobako vmm: invalid configuration file {}: {e}", path.display());
+                eprintln!(
+                    "kobako vmm: invalid configuration file {}: {e}",
+                    path.display()
+                );
                 return EXIT_BAD_CONFIGURATION;
             }
         }
@@ -327,13 +332,14 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
         filters,
         start_now: a.config_file.is_some(),
     };
-    let code = match vmm::EventLoop::new(res, Some(endpoint), opts, builder::ExtraDevices::default()) {
-        Ok(l) => l.run(),
-        Err(e) => {
-            log_error!("cannot create the event loop: {e}");
-            EXIT_GENERIC
-        }
-    };
+    let code =
+        match vmm::EventLoop::new(res, Some(endpoint), opts, builder::ExtraDevices::default()) {
+            Ok(l) => l.run(),
+            Err(e) => {
+                log_error!("cannot create the event loop: {e}");
+                EXIT_GENERIC
+            }
+        };
     let _ = std::fs::remove_file(&a.api_sock);
     code
 }

@@ -69,10 +69,7 @@ pub fn enabled(level: Level) -> bool {
 
 /// Sends lines to `path` (appended; a FIFO works too) instead of stderr.
 pub fn set_path(path: &Path) -> std::io::Result<()> {
-    let f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
+    let f = OpenOptions::new().create(true).append(true).open(path)?;
     *SINK.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
     Ok(())
 }

@@ -355,7 +355,9 @@ impl EventLoop {
     /// InstanceStart: build, register fds, seccomp, resume.
     fn start(&mut self) -> Result<(), String> {
         if self.state != InstanceState::NotStarted {
-            return Err("The microVM is already running: InstanceStart is only allowed once.".into());
+            return Err(
+                "The microVM is already running: InstanceStart is only allowed once.".into(),
+            );
         }
         let out = self
             .serial_out()
@@ -365,8 +367,11 @@ impl EventLoop {
         let vm = builder::build(&self.res, out, self.opts.filters.as_ref(), extra)
             .map_err(|e| crate::error_chain(&e))?;
         let add = |fd, token| {
-            self.epoll
-                .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, token))
+            self.epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
         };
         add(vm.vcpu_evt.as_raw_fd(), TOKEN_VCPU).map_err(|e| e.to_string())?;
         add(vm.reset_evt.as_raw_fd(), TOKEN_RESET).map_err(|e| e.to_string())?;
@@ -581,7 +586,10 @@ impl EventLoop {
         };
         if let Some(p) = &l.log_path {
             if let Err(e) = crate::logger::set_path(p) {
-                return ApiResponse::Error(format!("Cannot open the log file {}: {e}", p.display()));
+                return ApiResponse::Error(format!(
+                    "Cannot open the log file {}: {e}",
+                    p.display()
+                ));
             }
         }
         if let Some(v) = level {

@@ -99,9 +99,19 @@ fn getting_started_sequence_boots_and_reports_boot_time() {
     // The guest prints, signals boot complete and resets through the i8042.
     let code = wait_exit(&mut child, 30);
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert_eq!(code, kobako_vmm::EXIT_GUEST_RESET, "stderr: {err}");
     assert!(
         out.contains("PVH OK cmdline=console=ttyS0 reboot=k panic=1 pci=off\n"),
@@ -147,30 +157,57 @@ fn bad_input_gets_400_and_vmm_stays_consistent() {
         "neither an ELF vmlinux nor a bzImage",
     );
     for (body, needle) in [
-        (r#"{"vcpu_count": 0, "mem_size_mib": 128}"#, "number of vCPUs"),
-        (r#"{"vcpu_count": 33, "mem_size_mib": 128}"#, "number of vCPUs"),
+        (
+            r#"{"vcpu_count": 0, "mem_size_mib": 128}"#,
+            "number of vCPUs",
+        ),
+        (
+            r#"{"vcpu_count": 33, "mem_size_mib": 128}"#,
+            "number of vCPUs",
+        ),
         (r#"{"vcpu_count": 1, "mem_size_mib": 0}"#, "memory size"),
         (
             r#"{"vcpu_count": 1, "mem_size_mib": 1099511627776}"#,
             "larger than this host's memory",
         ),
-        (r#"{"vcpu_count": 1, "mem_size_mib": 64, "foo": 1}"#, "unknown field"),
+        (
+            r#"{"vcpu_count": 1, "mem_size_mib": 64, "foo": 1}"#,
+            "unknown field",
+        ),
         (r#"{"vcpu_count": 1, "mem_size_mib": "#, "deserializing"),
         (r#"{"vcpu_count": -1, "mem_size_mib": 64}"#, "deserializing"),
     ] {
         assert_fault(http(&sock, "PUT", "/machine-config", Some(body)), needle);
     }
     assert_fault(
-        http(&sock, "PATCH", "/machine-config", Some(r#"{"vcpu_count": 0}"#)),
+        http(
+            &sock,
+            "PATCH",
+            "/machine-config",
+            Some(r#"{"vcpu_count": 0}"#),
+        ),
         "number of vCPUs",
     );
-    assert_fault(http(&sock, "PUT", "/actions", Some("not json")), "deserializing");
     assert_fault(
-        http(&sock, "PUT", "/actions", Some(r#"{"action_type": "Reboot"}"#)),
+        http(&sock, "PUT", "/actions", Some("not json")),
+        "deserializing",
+    );
+    assert_fault(
+        http(
+            &sock,
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "Reboot"}"#),
+        ),
         "unknown variant",
     );
     assert_fault(
-        http(&sock, "PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#)),
+        http(
+            &sock,
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#),
+        ),
         "No kernel was configured",
     );
     assert_fault(
@@ -178,7 +215,12 @@ fn bad_input_gets_400_and_vmm_stays_consistent() {
         "before starting",
     );
     assert_fault(
-        http(&sock, "PUT", "/actions", Some(r#"{"action_type": "SendCtrlAltDel"}"#)),
+        http(
+            &sock,
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+        ),
         "before starting",
     );
     assert_fault(
@@ -191,17 +233,31 @@ fn bad_input_gets_400_and_vmm_stays_consistent() {
         "does not match",
     );
     assert_fault(
-        http(&sock, "PUT", "/vsock", Some(r#"{"guest_cid": 2, "uds_path": "/tmp/v.sock"}"#)),
+        http(
+            &sock,
+            "PUT",
+            "/vsock",
+            Some(r#"{"guest_cid": 2, "uds_path": "/tmp/v.sock"}"#),
+        ),
         "reserved",
     );
-    assert_fault(http(&sock, "GET", "/nope", None), "Invalid request method and/or path");
-    assert_fault(http(&sock, "DELETE", "/machine-config", None), "Invalid request");
+    assert_fault(
+        http(&sock, "GET", "/nope", None),
+        "Invalid request method and/or path",
+    );
+    assert_fault(
+        http(&sock, "DELETE", "/machine-config", None),
+        "Invalid request",
+    );
 
     // Nothing of the above changed the configuration.
     let (st, body) = http(&sock, "GET", "/machine-config", None);
     assert_eq!(st, 200);
     let mc = json(&body);
-    assert_eq!((mc["vcpu_count"].as_u64(), mc["mem_size_mib"].as_u64()), (Some(1), Some(128)));
+    assert_eq!(
+        (mc["vcpu_count"].as_u64(), mc["mem_size_mib"].as_u64()),
+        (Some(1), Some(128))
+    );
     assert_eq!(mc["smt"], false);
     let (_, body) = http(&sock, "GET", "/vm/config", None);
     let full = json(&body);
@@ -214,13 +270,22 @@ fn bad_input_gets_400_and_vmm_stays_consistent() {
             &sock,
             "PUT",
             "/boot-source",
-            Some(&format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display()))
+            Some(&format!(
+                r#"{{"kernel_image_path": "{}"}}"#,
+                kernel.display()
+            ))
         )
         .0,
         204
     );
     assert_eq!(
-        http(&sock, "PATCH", "/machine-config", Some(r#"{"mem_size_mib": 64}"#)).0,
+        http(
+            &sock,
+            "PATCH",
+            "/machine-config",
+            Some(r#"{"mem_size_mib": 64}"#)
+        )
+        .0,
         204
     );
     assert_eq!(
@@ -234,7 +299,13 @@ fn bad_input_gets_400_and_vmm_stays_consistent() {
         204
     );
     assert_eq!(
-        http(&sock, "PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#)).0,
+        http(
+            &sock,
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#)
+        )
+        .0,
         204
     );
     let (_, body) = http(&sock, "GET", "/", None);
@@ -244,7 +315,12 @@ fn bad_input_gets_400_and_vmm_stays_consistent() {
 
     // Post-boot errors.
     assert_fault(
-        http(&sock, "PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#)),
+        http(
+            &sock,
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#),
+        ),
         "already running",
     );
     assert_fault(
@@ -252,16 +328,29 @@ fn bad_input_gets_400_and_vmm_stays_consistent() {
             &sock,
             "PUT",
             "/boot-source",
-            Some(&format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display()))
+            Some(&format!(
+                r#"{{"kernel_image_path": "{}"}}"#,
+                kernel.display()
+            )),
         ),
         "after starting",
     );
     assert_fault(
-        http(&sock, "PUT", "/machine-config", Some(r#"{"vcpu_count": 2, "mem_size_mib": 64}"#)),
+        http(
+            &sock,
+            "PUT",
+            "/machine-config",
+            Some(r#"{"vcpu_count": 2, "mem_size_mib": 64}"#),
+        ),
         "after starting",
     );
     assert_fault(
-        http(&sock, "PUT", "/drives/x", Some(r#"{"drive_id": "x", "path_on_host": "/dev/null", "is_root_device": false}"#)),
+        http(
+            &sock,
+            "PUT",
+            "/drives/x",
+            Some(r#"{"drive_id": "x", "path_on_host": "/dev/null", "is_root_device": false}"#),
+        ),
         "after starting",
     );
 
@@ -279,18 +368,30 @@ fn bad_input_gets_400_and_vmm_stays_consistent() {
     // Pause stops guest progress; resume restarts it.
     let size = || std::fs::metadata(&serial).map(|m| m.len()).unwrap_or(0);
     assert!(wait_for(20, || size() > 3), "guest never printed");
-    assert_eq!(http(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0, 204);
+    assert_eq!(
+        http(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
+        204
+    );
     assert_eq!(json(&http(&sock, "GET", "/", None).1)["state"], "Paused");
     let paused_at = size();
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(size(), paused_at, "guest progressed while paused");
-    assert_eq!(http(&sock, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0, 204);
+    assert_eq!(
+        http(&sock, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0,
+        204
+    );
     assert_eq!(json(&http(&sock, "GET", "/", None).1)["state"], "Running");
     assert!(wait_for(20, || size() > paused_at), "guest did not resume");
 
     // Ctrl-Alt-Del reaches the i8042 (this guest ignores it and keeps running).
     assert_eq!(
-        http(&sock, "PUT", "/actions", Some(r#"{"action_type": "SendCtrlAltDel"}"#)).0,
+        http(
+            &sock,
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "SendCtrlAltDel"}"#)
+        )
+        .0,
         204
     );
     assert!(child.try_wait().unwrap().is_none(), "VMM exited");
@@ -322,7 +423,11 @@ fn config_file_without_api() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("PVH OK cmdline=from-config-file\n"));
 
     // A bad config file is exit code 152; bad flags 153.
-    let bad = write(dir.path(), "bad.json", br#"{"machine-config": {"vcpu_count": 0, "mem_size_mib": 64}}"#);
+    let bad = write(
+        dir.path(),
+        "bad.json",
+        br#"{"machine-config": {"vcpu_count": 0, "mem_size_mib": 64}}"#,
+    );
     let st = std::process::Command::new(vmm_bin())
         .args(["--no-api", "--config-file"])
         .arg(&bad)
@@ -343,7 +448,11 @@ fn triple_fault_process_exit_code_with_seccomp() {
     let cfg = write(
         dir.path(),
         "vm.json",
-        format!(r#"{{"boot-source": {{"kernel_image_path": "{}"}}}}"#, kernel.display()).as_bytes(),
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}}}}"#,
+            kernel.display()
+        )
+        .as_bytes(),
     );
     let st = std::process::Command::new(vmm_bin())
         .args(["--no-api", "--config-file"])
@@ -370,7 +479,10 @@ fn console_on_a_unix_socket() {
             &sock,
             "PUT",
             "/boot-source",
-            Some(&format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display()))
+            Some(&format!(
+                r#"{{"kernel_image_path": "{}"}}"#,
+                kernel.display()
+            ))
         )
         .0,
         204
@@ -380,13 +492,22 @@ fn console_on_a_unix_socket() {
             &sock,
             "PUT",
             "/serial",
-            Some(&format!(r#"{{"serial_out_path": "unix:{}"}}"#, console.display()))
+            Some(&format!(
+                r#"{{"serial_out_path": "unix:{}"}}"#,
+                console.display()
+            ))
         )
         .0,
         204
     );
     assert_eq!(
-        http(&sock, "PUT", "/actions", Some(r#"{"action_type": "InstanceStart"}"#)).0,
+        http(
+            &sock,
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#)
+        )
+        .0,
         204
     );
     let mut c = UnixStream::connect(&console).unwrap();

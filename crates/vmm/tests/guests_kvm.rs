@@ -11,16 +11,23 @@ use kobako_vmm::builder::ExtraDevices;
 use kobako_vmm::config::{BootSource, MachineConfig, SerialConfig, VmResources};
 use kobako_vmm::devices::BusDevice;
 
+/// `(offset, bytes)` of each write a device saw.
+type Writes = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
 /// Records writes; answers reads with a fixed value.
 struct Recorder {
-    writes: Arc<Mutex<Vec<(u64, Vec<u8>)>>>,
+    writes: Writes,
     answer: u32,
     answer_offset: u64,
 }
 
 impl BusDevice for Recorder {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        let v = if offset == self.answer_offset { self.answer } else { 0 };
+        let v = if offset == self.answer_offset {
+            self.answer
+        } else {
+            0
+        };
         let b = v.to_le_bytes();
         let n = data.len().min(4);
         data[..n].copy_from_slice(&b[..n]);
@@ -130,7 +137,11 @@ fn unbacked_address_is_not_ram() {
 fn bzimage_enters_at_64bit_entry() {
     let img = bzimage(&long64(0x30_0000, 0xd000_1000));
     let r = run_image(&img, 128, 2, "console=ttyS0", 0xd000_1000);
-    assert!(r.serial.ends_with("PIO OK\ndone\n"), "serial: {:?}", r.serial);
+    assert!(
+        r.serial.ends_with("PIO OK\ndone\n"),
+        "serial: {:?}",
+        r.serial
+    );
     assert_eq!(r.code, kobako_vmm::EXIT_GUEST_RESET);
 }
 
@@ -188,8 +199,15 @@ fn real_mode_guest_runs_on_a_bare_vcpu() {
         addr: 0x1000,
         boot_info: 0,
     };
-    let vcpu = Vcpu::new(&vm, 0, 1, kobako_vmm::arch::cpuid::host_is_pvm(), &supported, &entry)
-        .unwrap();
+    let vcpu = Vcpu::new(
+        &vm,
+        0,
+        1,
+        kobako_vmm::arch::cpuid::host_is_pvm(),
+        &supported,
+        &entry,
+    )
+    .unwrap();
     let writes = Arc::new(Mutex::new(Vec::new()));
     let mut io = Bus::new();
     io.insert(

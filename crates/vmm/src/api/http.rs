@@ -67,7 +67,11 @@ impl Response {
 
     /// Serialises status line, headers and body.
     pub fn to_bytes(&self, close: bool) -> Vec<u8> {
-        let mut out = format!("HTTP/1.1 {} {}\r\nServer: Firecracker API\r\n", self.status, self.reason());
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nServer: Firecracker API\r\n",
+            self.status,
+            self.reason()
+        );
         if close {
             out.push_str("Connection: close\r\n");
         } else {
@@ -181,7 +185,10 @@ const LISTENER: u64 = u64::MAX;
 
 /// Serves `listener` forever, calling `handle` for each request. Returns only on a fatal
 /// epoll error.
-pub fn serve(listener: UnixListener, mut handle: impl FnMut(Request) -> Response) -> io::Result<()> {
+pub fn serve(
+    listener: UnixListener,
+    mut handle: impl FnMut(Request) -> Response,
+) -> io::Result<()> {
     listener.set_nonblocking(true)?;
     let epoll = Epoll::new()?;
     epoll.ctl(
@@ -230,7 +237,11 @@ pub fn serve(listener: UnixListener, mut handle: impl FnMut(Request) -> Response
             };
             if !keep {
                 if let Some(c) = conns.remove(&fd) {
-                    let _ = epoll.ctl(ControlOperation::Delete, c.stream.as_raw_fd(), EpollEvent::default());
+                    let _ = epoll.ctl(
+                        ControlOperation::Delete,
+                        c.stream.as_raw_fd(),
+                        EpollEvent::default(),
+                    );
                 }
             }
         }
@@ -294,11 +305,21 @@ mod tests {
     #[test]
     fn parses_pipelined_requests_and_rejects_bad_ones() {
         let raw = b"PUT /actions HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}GET / HTTP/1.1\r\n\r\n";
-        let Parse::Done(r, used) = parse(raw) else { panic!() };
-        assert_eq!((r.method.as_str(), r.path.as_str(), r.body.as_slice()), ("PUT", "/actions", &b"{}"[..]));
-        let Parse::Done(r2, _) = parse(&raw[used..]) else { panic!() };
+        let Parse::Done(r, used) = parse(raw) else {
+            panic!()
+        };
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str(), r.body.as_slice()),
+            ("PUT", "/actions", &b"{}"[..])
+        );
+        let Parse::Done(r2, _) = parse(&raw[used..]) else {
+            panic!()
+        };
         assert_eq!(r2.path, "/");
-        assert_eq!(parse(b"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab"), Parse::Incomplete);
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab"),
+            Parse::Incomplete
+        );
         assert!(matches!(parse(b"GARBAGE\r\n\r\n"), Parse::Bad(_)));
         assert!(matches!(
             parse(b"PUT / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"),

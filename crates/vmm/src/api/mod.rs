@@ -84,8 +84,12 @@ fn body<T: DeserializeOwned>(req: &Request) -> Result<T, Response> {
     if req.body.is_empty() {
         return Err(Response::fault(400, "The request body is empty."));
     }
-    serde_json::from_slice(&req.body)
-        .map_err(|e| Response::fault(400, &format!("An error occurred when deserializing the json body of a request: {e}.")))
+    serde_json::from_slice(&req.body).map_err(|e| {
+        Response::fault(
+            400,
+            &format!("An error occurred when deserializing the json body of a request: {e}."),
+        )
+    })
 }
 
 /// Maps a request to an [`ApiRequest`], or to the error response for it.
@@ -207,22 +211,43 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route(&req("GET", "/", "")).unwrap(), ApiRequest::GetInstanceInfo);
         assert_eq!(
-            route(&req("PUT", "/actions", r#"{"action_type":"InstanceStart"}"#)).unwrap(),
+            route(&req("GET", "/", "")).unwrap(),
+            ApiRequest::GetInstanceInfo
+        );
+        assert_eq!(
+            route(&req(
+                "PUT",
+                "/actions",
+                r#"{"action_type":"InstanceStart"}"#
+            ))
+            .unwrap(),
             ApiRequest::Action(ActionType::InstanceStart)
         );
         assert_eq!(
             route(&req("PATCH", "/vm", r#"{"state":"Paused"}"#)).unwrap(),
             ApiRequest::PatchVm(VmStateName::Paused)
         );
-        assert_eq!(route(&req("GET", "/vm/config", "")).unwrap(), ApiRequest::GetFullConfig);
+        assert_eq!(
+            route(&req("GET", "/vm/config", "")).unwrap(),
+            ApiRequest::GetFullConfig
+        );
         let e = route(&req("PUT", "/actions", r#"{"action_type":"Bogus"}"#)).unwrap_err();
         assert_eq!(e.status, 400);
         assert!(e.body.unwrap().contains("fault_message"));
         assert_eq!(route(&req("DELETE", "/", "")).unwrap_err().status, 400);
-        assert_eq!(route(&req("PUT", "/machine-config", "{")).unwrap_err().status, 400);
-        assert_eq!(route(&req("PUT", "/machine-config", "")).unwrap_err().status, 400);
+        assert_eq!(
+            route(&req("PUT", "/machine-config", "{"))
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            route(&req("PUT", "/machine-config", ""))
+                .unwrap_err()
+                .status,
+            400
+        );
         assert_eq!(route(&req("GET", "/nope/a/b", "")).unwrap_err().status, 400);
     }
 }

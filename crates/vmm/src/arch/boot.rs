@@ -174,7 +174,13 @@ pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec<'_>) -> Result<EntryPoint, Bo
             })
         }
         (KernelFormat::BzImage, _) => {
-            write_zero_page(mem, spec.mem_bytes, result.setup_header, cmdline_len, initrd)?;
+            write_zero_page(
+                mem,
+                spec.mem_bytes,
+                result.setup_header,
+                cmdline_len,
+                initrd,
+            )?;
             Ok(EntryPoint {
                 mode: EntryMode::Long64,
                 // 64-bit entry of the protected-mode kernel (boot.rst: "startup_64 at +0x200").
@@ -311,13 +317,14 @@ fn write_zero_page(
         };
     }
     params.e820_entries = map.len().min(params.e820_table.len()) as u8;
-    mem.checked_offset(GuestAddress(ZERO_PAGE_START), std::mem::size_of::<boot_params>())
-        .ok_or(BootError::Write {
-            what: "zero page",
-            source: vm_memory::GuestMemoryError::InvalidGuestAddress(GuestAddress(
-                ZERO_PAGE_START,
-            )),
-        })?;
+    mem.checked_offset(
+        GuestAddress(ZERO_PAGE_START),
+        std::mem::size_of::<boot_params>(),
+    )
+    .ok_or(BootError::Write {
+        what: "zero page",
+        source: vm_memory::GuestMemoryError::InvalidGuestAddress(GuestAddress(ZERO_PAGE_START)),
+    })?;
     mem.write_obj(params, GuestAddress(ZERO_PAGE_START))
         .map_err(|source| BootError::Write {
             what: "zero page",

@@ -71,7 +71,10 @@ pub fn ram_ranges(mem_bytes: u64) -> Vec<(u64, u64)> {
     if mem_bytes <= MMIO_GAP_START {
         vec![(0, mem_bytes)]
     } else {
-        vec![(0, MMIO_GAP_START), (MMIO_GAP_END, mem_bytes - MMIO_GAP_START)]
+        vec![
+            (0, MMIO_GAP_START),
+            (MMIO_GAP_END, mem_bytes - MMIO_GAP_START),
+        ]
     }
 }
 
@@ -91,10 +94,7 @@ mod tests {
     fn ranges_split_around_gap() {
         assert_eq!(ram_ranges(64 << 20), vec![(0, 64 << 20)]);
         assert_eq!(ram_ranges(3 << 30), vec![(0, 3 << 30)]);
-        assert_eq!(
-            ram_ranges(5 << 30),
-            vec![(0, 3 << 30), (4 << 30, 2 << 30)]
-        );
+        assert_eq!(ram_ranges(5 << 30), vec![(0, 3 << 30), (4 << 30, 2 << 30)]);
         assert_eq!(ram_end(5 << 30), 6 << 30);
         assert_eq!(MAX_PDES, 0x15);
     }

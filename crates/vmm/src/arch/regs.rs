@@ -141,10 +141,16 @@ pub fn write_page_tables(mem: &GuestMemoryMmap, map_end: u64) -> Result<u64, Reg
 pub fn write_gdt(mem: &GuestMemoryMmap, mode: EntryMode) -> Result<(), RegsError> {
     for (i, e) in gdt_for(mode).iter().enumerate() {
         mem.write_obj(*e, GuestAddress(GDT_ADDR + i as u64 * 8))
-            .map_err(|source| RegsError::GuestWrite { what: "GDT", source })?;
+            .map_err(|source| RegsError::GuestWrite {
+                what: "GDT",
+                source,
+            })?;
     }
     mem.write_obj(0u64, GuestAddress(IDT_ADDR))
-        .map_err(|source| RegsError::GuestWrite { what: "IDT", source })
+        .map_err(|source| RegsError::GuestWrite {
+            what: "IDT",
+            source,
+        })
 }
 
 /// Sets segment, control and general registers of a vCPU for `entry`. Only vCPU 0 gets the
@@ -284,9 +290,17 @@ fn set_lapic_reg(state: &mut kvm_bindings::kvm_lapic_state, off: usize, v: u32) 
 pub fn setup_lapic(vcpu: &VcpuFd) -> Result<(), RegsError> {
     let mut state = vcpu.get_lapic().map_err(kvm("KVM_GET_LAPIC"))?;
     let lvt0 = lapic_reg(&state, APIC_LVT0);
-    set_lapic_reg(&mut state, APIC_LVT0, (lvt0 & !0x700) | (APIC_MODE_EXTINT << 8));
+    set_lapic_reg(
+        &mut state,
+        APIC_LVT0,
+        (lvt0 & !0x700) | (APIC_MODE_EXTINT << 8),
+    );
     let lvt1 = lapic_reg(&state, APIC_LVT1);
-    set_lapic_reg(&mut state, APIC_LVT1, (lvt1 & !0x700) | (APIC_MODE_NMI << 8));
+    set_lapic_reg(
+        &mut state,
+        APIC_LVT1,
+        (lvt1 & !0x700) | (APIC_MODE_NMI << 8),
+    );
     vcpu.set_lapic(&state).map_err(kvm("KVM_SET_LAPIC"))
 }
 

@@ -12,6 +12,9 @@ pub trait BusDevice: Send {
     fn write(&mut self, offset: u64, data: &[u8]);
 }
 
+/// A device shared between the bus (vCPU threads) and whoever else drives it.
+pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
+
 /// Failure to add a device to a bus.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {

@@ -159,7 +159,10 @@ mod tests {
     fn reset_command_signals_and_ctrl_alt_del_queues_keys() {
         let reset = EventFd::new(EFD_NONBLOCK).unwrap();
         let irq = EventFd::new(EFD_NONBLOCK).unwrap();
-        let mut dev = I8042::new(reset.try_clone().unwrap(), EventFdTrigger(irq.try_clone().unwrap()));
+        let mut dev = I8042::new(
+            reset.try_clone().unwrap(),
+            EventFdTrigger(irq.try_clone().unwrap()),
+        );
         assert!(reset.read().is_err(), "no reset yet");
         dev.write(OFS_STATUS, &[CMD_SELF_TEST]);
         let mut b = [0u8];

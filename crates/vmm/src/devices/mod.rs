@@ -12,7 +12,7 @@ pub mod bus;
 pub mod i8042;
 pub mod serial;
 
-pub use bus::{Bus, BusDevice};
+pub use bus::{Bus, BusDevice, SharedDevice};
 
 /// An interrupt line as an eventfd (registered with KVM as an irqfd for its GSI).
 #[derive(Debug)]

@@ -40,7 +40,11 @@ pub enum VcpuStop {
     /// `KVM_EXIT_SHUTDOWN`: a triple fault.
     TripleFault,
     /// `KVM_EXIT_INTERNAL_ERROR`: KVM (on PVM: its instruction emulator) gave up.
-    InternalError { suberror: u32, rip: u64, data: Vec<u64> },
+    InternalError {
+        suberror: u32,
+        rip: u64,
+        data: Vec<u64>,
+    },
     /// Anything else (FailEntry, an unexpected exit, a failed ioctl, seccomp setup failure).
     Error(String),
 }

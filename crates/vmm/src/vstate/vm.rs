@@ -57,11 +57,10 @@ impl Vm {
             .into_iter()
             .map(|(s, l)| (GuestAddress(s), l as usize))
             .collect();
-        let memory =
-            GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmError::Memory {
-                mib: mem_bytes >> 20,
-                source,
-            })?;
+        let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmError::Memory {
+            mib: mem_bytes >> 20,
+            source,
+        })?;
         for (slot, region) in memory.iter().enumerate() {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -98,9 +97,7 @@ impl Vm {
         self.fd
             .set_tss_address(layout::KVM_TSS_ADDRESS as usize)
             .map_err(k("KVM_SET_TSS_ADDR"))?;
-        self.fd
-            .create_irq_chip()
-            .map_err(k("KVM_CREATE_IRQCHIP"))?;
+        self.fd.create_irq_chip().map_err(k("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()

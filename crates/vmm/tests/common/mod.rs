@@ -102,7 +102,9 @@ pub fn vmm_bin() -> PathBuf {
 pub fn spawn_api(sock: &Path, extra: &[&str]) -> Child {
     let mut cmd = Command::new(vmm_bin());
     cmd.arg("--api-sock").arg(sock).args(extra);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while UnixStream::connect(sock).is_err() {
