@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{NetError, Result};
-use crate::netns::{NsThread, Netns};
+use crate::netns::{Netns, NsThread};
 use crate::types::IfName;
 
 const ETH_P_ALL: u16 = 0x0003;
@@ -26,7 +26,7 @@ pub struct PcapngWriter<W: Write> {
 }
 
 fn pad4(v: &mut Vec<u8>) {
-    while v.len() % 4 != 0 {
+    while !v.len().is_multiple_of(4) {
         v.push(0);
     }
 }
@@ -135,16 +135,12 @@ impl Capture {
     /// Stops the capture, flushes, and returns the number of frames written.
     pub fn stop(self) -> Result<u64> {
         self.stop.store(true, Ordering::Relaxed);
-        self.thread
-            .join()?
-            .map_err(NetError::io("write capture"))
+        self.thread.join()?.map_err(NetError::io("write capture"))
     }
 
     /// Waits for the capture to end by its own limits.
     pub fn wait(self) -> Result<u64> {
-        self.thread
-            .join()?
-            .map_err(NetError::io("write capture"))
+        self.thread.join()?.map_err(NetError::io("write capture"))
     }
 }
 
@@ -261,8 +257,12 @@ mod tests {
     #[test]
     fn pcapng_layout() {
         let mut w = PcapngWriter::new(Vec::new(), "eth0", 65535).unwrap();
-        w.packet(UNIX_EPOCH + Duration::from_nanos(0x1_0000_0002), &[1, 2, 3], 3)
-            .unwrap();
+        w.packet(
+            UNIX_EPOCH + Duration::from_nanos(0x1_0000_0002),
+            &[1, 2, 3],
+            3,
+        )
+        .unwrap();
         let b = w.into_inner();
         // SHB 28 bytes, IDB 20 + 8 (name) + 8 (tsresol) + 4 (end) = 40, EPB 32 + 4 (data padded).
         assert_eq!(&b[0..4], &0x0A0D0D0Au32.to_le_bytes());

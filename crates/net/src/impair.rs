@@ -56,9 +56,9 @@ impl Percent {
     pub fn parse(s: &str) -> Result<Percent> {
         let t = s.trim();
         let t = t.strip_suffix('%').unwrap_or(t).trim();
-        let v: f64 = t.parse().map_err(|_| {
-            NetError::InvalidImpairment(format!("{s:?} is not a percentage"))
-        })?;
+        let v: f64 = t
+            .parse()
+            .map_err(|_| NetError::InvalidImpairment(format!("{s:?} is not a percentage")))?;
         Percent::new(v)
     }
 
@@ -363,7 +363,11 @@ impl Impairment {
         if let Some(bps) = self.rate_bps {
             let bytes = bps / 8;
             let mut r = [0u8; 16]; // struct tc_netem_rate { rate, packet_overhead, cell_size, cell_overhead }
-            let r32 = if bytes >= u32::MAX as u64 { u32::MAX } else { bytes as u32 };
+            let r32 = if bytes >= u32::MAX as u64 {
+                u32::MAX
+            } else {
+                bytes as u32
+            };
             r[0..4].copy_from_slice(&r32.to_ne_bytes());
             if bytes >= u32::MAX as u64 {
                 m.attr_u64(TCA_NETEM_RATE64, bytes);
@@ -414,7 +418,11 @@ impl Shaping {
     /// `TCA_TBF_RATE64`, and `TCA_TBF_BURST` (bytes; the kernel derives the bucket time).
     pub(crate) fn encode_tbf(&self, m: &mut Msg) {
         let bytes = self.rate_bps / 8;
-        let r32 = if bytes >= u32::MAX as u64 { u32::MAX } else { bytes as u32 };
+        let r32 = if bytes >= u32::MAX as u64 {
+            u32::MAX
+        } else {
+            bytes as u32
+        };
         let mut q = [0u8; 36];
         // struct tc_ratespec { u8 cell_log; u8 linklayer; u16 overhead; s16 cell_align; u16 mpu; u32 rate }
         q[0] = 3; // cell_log, as tc computes for mtu 2047
@@ -544,7 +552,10 @@ mod tests {
         assert!(parse_duration("-5ms").is_err());
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("2h").is_err());
-        assert_eq!(parse_duration("1.5ms").unwrap(), Duration::from_micros(1500));
+        assert_eq!(
+            parse_duration("1.5ms").unwrap(),
+            Duration::from_micros(1500)
+        );
         assert_eq!(parse_rate("10mbit").unwrap(), 10_000_000);
         assert!(parse_rate("-1mbit").is_err());
         assert!(Percent::parse("150%").is_err());

@@ -35,6 +35,10 @@ use crate::rtnl::{BridgeOpts, Link, LinkChange, PortVlan, Rtnl, TC_H_ROOT};
 use crate::tap::{self, TapFlags};
 use crate::types::{check_mtu, IfName, Ipv4Cidr, LabName, MacAddr};
 
+/// Device group of every link kobako creates in a lab namespace ("kb"), so the whole lab
+/// can be deleted in one kernel batch.
+pub const LAB_GROUP: u32 = 0x6b62;
+
 /// Name of the lab side of the uplink veth, inside the lab namespace.
 pub const UPLINK_IFNAME: &str = "uplink";
 
@@ -288,10 +292,16 @@ impl LabNet {
     }
 
     fn from_ns(name: &LabName, ns: Netns) -> Result<LabNet> {
-        let rt = Rtnl::open(&ns)?;
+        let rt = Rtnl::open(&ns)?.with_group(LAB_GROUP);
         let lo = rt.require("lo")?;
         if !lo.up {
-            rt.set_link(&lo, LinkChange { up: Some(true), ..Default::default() })?;
+            rt.set_link(
+                &lo,
+                LinkChange {
+                    up: Some(true),
+                    ..Default::default()
+                },
+            )?;
         }
         let features = probe(&rt);
         Ok(LabNet {
@@ -317,11 +327,17 @@ impl LabNet {
         let host = Netns::host()?;
         if let Some(ns) = Netns::open(&name.netns_name())? {
             let rt = Rtnl::open(&ns)?;
+            rt.delete_group(LAB_GROUP)?;
             // Deleting links explicitly (rather than leaving it to namespace teardown, which the
             // kernel runs asynchronously) removes the peers of veths — host uplink, endpoints —
-            // before we return. Bridges last so ports are released first.
+            // before we return. Everything kobako made is in LAB_GROUP and goes in one batch;
+            // stragglers (made by others, or before a crash set their group) one by one,
+            // bridges last so ports are released first.
             let links = rt.links()?;
-            for l in links.iter().filter(|l| l.name != "lo" && l.kind.as_deref() != Some("bridge")) {
+            for l in links
+                .iter()
+                .filter(|l| l.name != "lo" && l.kind.as_deref() != Some("bridge"))
+            {
                 rt.delete_link(&l.name)?;
             }
             for l in links.iter().filter(|l| l.kind.as_deref() == Some("bridge")) {
@@ -336,7 +352,10 @@ impl LabNet {
 
     /// Stops this handle's relays and removes the lab ([`LabNet::delete`]).
     pub fn destroy(self) -> Result<()> {
-        self.relays.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.relays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         Self::delete(&self.name)
     }
 
@@ -472,7 +491,14 @@ impl LabNet {
                 // Bring the far end up too; its addresses are the endpoint's business.
                 let prt = Rtnl::open(peer_ns)?;
                 if let Some(p) = prt.link(peer_name.as_str())? {
-                    prt.set_link(&p, LinkChange { up: Some(true), mtu: spec.mtu, ..Default::default() })?;
+                    prt.set_link(
+                        &p,
+                        LinkChange {
+                            up: Some(true),
+                            mtu: spec.mtu,
+                            ..Default::default()
+                        },
+                    )?;
                 }
                 l
             }
@@ -504,6 +530,7 @@ impl LabNet {
         };
         if matches!(spec.kind, PortKind::Tap) {
             change.mac = spec.mac;
+            change.group = self.rt.group();
         }
         let Some(br) = bridge else {
             self.rt.set_link(link, change)?;
@@ -560,7 +587,13 @@ impl LabNet {
     }
 
     /// Creates the veth pair of a relay leg, `a` enslaved to `into`, both up.
-    fn ensure_leg(&self, port: &IfName, vid: Option<u16>, into: &Link, mtu: Option<u32>) -> Result<Leg> {
+    fn ensure_leg(
+        &self,
+        port: &IfName,
+        vid: Option<u16>,
+        into: &Link,
+        mtu: Option<u32>,
+    ) -> Result<Leg> {
         let (a, b) = leg_names(port, vid);
         let la = self.rt.ensure_veth(&a, None, &b, None, None, mtu)?;
         self.rt.set_link(
@@ -572,7 +605,13 @@ impl LabNet {
             },
         )?;
         let lb = self.rt.require(b.as_str())?;
-        self.rt.set_link(&lb, LinkChange { up: Some(true), ..Default::default() })?;
+        self.rt.set_link(
+            &lb,
+            LinkChange {
+                up: Some(true),
+                ..Default::default()
+            },
+        )?;
         Ok(Leg {
             vid,
             ifindex: lb.index,
@@ -617,7 +656,13 @@ impl LabNet {
     /// down/up, so its endpoint loses carrier and nothing is forwarded to or from it.
     pub fn set_link_up(&self, port: &IfName, up: bool) -> Result<()> {
         let l = self.rt.require(port.as_str())?;
-        self.rt.set_link(&l, LinkChange { up: Some(up), ..Default::default() })
+        self.rt.set_link(
+            &l,
+            LinkChange {
+                up: Some(up),
+                ..Default::default()
+            },
+        )
     }
 
     /// Sets or changes, live, the impairment of traffic leaving `port` towards its endpoint.
@@ -665,7 +710,13 @@ impl LabNet {
                 // Put the port back where the leg was, then drop the leg.
                 let (a, _) = leg_names(port, None);
                 let master = self.rt.link(a.as_str())?.and_then(|x| x.master);
-                self.rt.set_link(&l, LinkChange { master: Some(master), ..Default::default() })?;
+                self.rt.set_link(
+                    &l,
+                    LinkChange {
+                        master: Some(master),
+                        ..Default::default()
+                    },
+                )?;
                 self.rt.delete_link(a.as_str())?;
             }
         }
@@ -708,7 +759,13 @@ impl LabNet {
                 name: format!("bridge #{master}"),
             })?;
         let leg = self.ensure_leg(port, None, &into, Some(l.mtu))?;
-        self.rt.set_link(l, LinkChange { master: Some(None), ..Default::default() })?;
+        self.rt.set_link(
+            l,
+            LinkChange {
+                master: Some(None),
+                ..Default::default()
+            },
+        )?;
         let r = relay::start(&self.ns, l.index, vec![leg], imp)?;
         relays.insert(port.to_string(), r);
         Ok(())
@@ -756,15 +813,30 @@ impl LabNet {
         };
         u.validate()?;
         let up_if = IfName(UPLINK_IFNAME.into());
-        let lab_l = self.rt.ensure_veth(&up_if, None, &host_if, Some(&host), None, None)?;
+        let lab_l = self
+            .rt
+            .ensure_veth(&up_if, None, &host_if, Some(&host), None, None)?;
         let hrt = Rtnl::open(&host)?;
         let host_l = hrt.require(host_if.as_str())?;
         hrt.add_addr(&host_l, u.host_addr)?;
-        hrt.set_link(&host_l, LinkChange { up: Some(true), ..Default::default() })?;
+        hrt.set_link(
+            &host_l,
+            LinkChange {
+                up: Some(true),
+                ..Default::default()
+            },
+        )?;
         self.rt
             .add_addr(&lab_l, Ipv4Cidr::new(u.lab_addr, u.host_addr.prefix())?)?;
-        self.rt.set_link(&lab_l, LinkChange { up: Some(true), ..Default::default() })?;
-        self.rt.add_route(None, Some(u.host_addr.addr()), Some(&lab_l))?;
+        self.rt.set_link(
+            &lab_l,
+            LinkChange {
+                up: Some(true),
+                ..Default::default()
+            },
+        )?;
+        self.rt
+            .add_route(None, Some(u.host_addr.addr()), Some(&lab_l))?;
         self.ns.set_sysctl("ipv4/ip_forward", "1")?;
 
         let l4 = |p: Proto| if p == Proto::Tcp { L4::Tcp } else { L4::Udp };

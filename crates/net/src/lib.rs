@@ -24,7 +24,7 @@ pub mod types;
 
 pub use error::{NetError, Result};
 pub use impair::{Impairment, ImpairmentBuilder, Percent, Shaping};
-pub use lab::{LabNet, PortKind, PortSpec, PublishedPort, Proto, Uplink};
+pub use lab::{LabNet, PortKind, PortSpec, Proto, PublishedPort, Uplink};
 pub use netlink::NetlinkError;
 pub use netns::Netns;
 pub use rtnl::{BridgeOpts, Link, LinkChange, PortVlan, Qdisc, Rtnl};

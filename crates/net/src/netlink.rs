@@ -215,7 +215,8 @@ impl<'a> Iterator for AttrIter<'a> {
 }
 
 pub(crate) fn get_u32(p: &[u8]) -> Option<u32> {
-    p.get(..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    p.get(..4)
+        .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// Parses a NUL-terminated string attribute.
@@ -223,6 +224,9 @@ pub(crate) fn get_str(p: &[u8]) -> String {
     let end = p.iter().position(|&b| b == 0).unwrap_or(p.len());
     String::from_utf8_lossy(&p[..end]).into_owned()
 }
+
+/// One raw received message: type, flags, sequence number, bytes after the header.
+type RawMsg = (u16, u16, u32, Vec<u8>);
 
 /// One received message: type, flags and the bytes after the netlink header.
 pub(crate) struct Reply {
@@ -328,7 +332,7 @@ impl NlSocket {
     }
 
     /// Receives one datagram and splits it into messages.
-    fn recv(&mut self) -> io::Result<Vec<(u16, u16, u32, Vec<u8>)>> {
+    fn recv(&mut self) -> io::Result<Vec<RawMsg>> {
         let n = loop {
             // SAFETY: valid fd; the buffer is owned by self and its length is passed.
             let n = unsafe {
@@ -505,9 +509,15 @@ mod tests {
     #[test]
     fn builds_nested_attributes() {
         let mut m = Msg::new(16, 0).header(&[0u8; 16]);
-        m.attr_str(3, "kbx").nest(18).attr_str(1, "bridge").nest_end();
+        m.attr_str(3, "kbx")
+            .nest(18)
+            .attr_str(1, "bridge")
+            .nest_end();
         let b = m.finish(7);
-        assert_eq!(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize, b.len());
+        assert_eq!(
+            u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize,
+            b.len()
+        );
         let attrs: Vec<_> = attrs(&b[32..]).collect();
         assert_eq!(attrs.len(), 2);
         assert_eq!(attrs[0], (3, &b"kbx\0"[..]));

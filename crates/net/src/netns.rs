@@ -169,9 +169,10 @@ impl Netns {
                 // SAFETY: `fd` is a valid nsfs fd kept open by `self` for the scope's duration;
                 // setns only changes this thread's network namespace.
                 if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
-                    return Err(NetError::io(format!("enter network namespace {}", self.name))(
-                        io::Error::last_os_error(),
-                    ));
+                    return Err(NetError::io(format!(
+                        "enter network namespace {}",
+                        self.name
+                    ))(io::Error::last_os_error()));
                 }
                 Ok(f())
             })
@@ -209,8 +210,13 @@ impl Netns {
             .map_err(NetError::io("spawn thread"))?;
         match rx.recv() {
             Ok(Ok(())) => Ok(NsThread { inner: h }),
-            Ok(Err(e)) => Err(NetError::io(format!("enter network namespace {}", self.name))(e)),
-            Err(_) => Err(NetError::InvalidArgument("namespace thread exited early".into())),
+            Ok(Err(e)) => Err(NetError::io(format!(
+                "enter network namespace {}",
+                self.name
+            ))(e)),
+            Err(_) => Err(NetError::InvalidArgument(
+                "namespace thread exited early".into(),
+            )),
         }
     }
 
@@ -264,7 +270,9 @@ fn is_nsfs(f: &File) -> Result<bool> {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: valid fd and pointer to a live statfs.
     if unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } != 0 {
-        return Err(NetError::io("fstatfs namespace file")(io::Error::last_os_error()));
+        return Err(NetError::io("fstatfs namespace file")(
+            io::Error::last_os_error(),
+        ));
     }
     #[allow(clippy::unnecessary_cast)]
     Ok(st.f_type as i64 == NSFS_MAGIC)
@@ -329,7 +337,9 @@ fn prepare_run_dir() -> Result<()> {
         };
     }
     if rc != 0 {
-        return Err(NetError::io("make /run/netns shared")(io::Error::last_os_error()));
+        return Err(NetError::io("make /run/netns shared")(
+            io::Error::last_os_error(),
+        ));
     }
     let _ = DONE.set(());
     Ok(())

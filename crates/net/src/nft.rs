@@ -101,7 +101,10 @@ impl Expr {
     }
     /// `ip saddr ADDR`.
     pub fn saddr_eq(a: Ipv4Addr) -> [Expr; 2] {
-        [Expr::Payload(1, 12, 4), Expr::Cmp(true, a.octets().to_vec())]
+        [
+            Expr::Payload(1, 12, 4),
+            Expr::Cmp(true, a.octets().to_vec()),
+        ]
     }
     /// `meta l4proto P th dport PORT`.
     pub fn dport_eq(p: L4, port: u16) -> [Expr; 4] {
@@ -114,7 +117,10 @@ impl Expr {
     }
     /// `fib daddr type local` (RTN_LOCAL = 2, compared in host byte order).
     pub fn daddr_local() -> [Expr; 2] {
-        [Expr::FibDaddrType, Expr::Cmp(true, 2u32.to_ne_bytes().to_vec())]
+        [
+            Expr::FibDaddrType,
+            Expr::Cmp(true, 2u32.to_ne_bytes().to_vec()),
+        ]
     }
     /// `dnat to ADDR:PORT`.
     pub fn dnat(a: Ipv4Addr, port: u16) -> [Expr; 3] {
@@ -252,7 +258,11 @@ pub(crate) fn table_batch(family: u8, table: &str, chains: &[Chain]) -> (Vec<Msg
             .attr_str(NFTA_CHAIN_TYPE, "nat");
         push(m, true);
         for r in &c.rules {
-            let mut m = nft_msg(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK, family);
+            let mut m = nft_msg(
+                NFT_MSG_NEWRULE,
+                NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK,
+                family,
+            );
             m.attr_str(NFTA_RULE_TABLE, table)
                 .attr_str(NFTA_RULE_CHAIN, c.name);
             m.nest(NFTA_RULE_EXPRESSIONS | NLA_F_NESTED);
@@ -282,7 +292,10 @@ impl Nft {
     pub fn open(ns: &Netns) -> Result<Nft> {
         let sock = ns
             .run(|| NlSocket::new(NETLINK_NETFILTER))?
-            .map_err(NetError::io(format!("open nfnetlink socket in {}", ns.name())))?;
+            .map_err(NetError::io(format!(
+                "open nfnetlink socket in {}",
+                ns.name()
+            )))?;
         Ok(Nft {
             ns: ns.clone(),
             sock: std::sync::Mutex::new(sock),
@@ -298,7 +311,10 @@ impl Nft {
         let (msgs, acked) = table_batch(FAMILY_IP, table, chains);
         self.sock()
             .batch(msgs, &acked)
-            .map_err(NetError::nl(format!("write nft table {table} in {}", self.ns.name())))
+            .map_err(NetError::nl(format!(
+                "write nft table {table} in {}",
+                self.ns.name()
+            )))
     }
 
     /// Deletes `table` (family ip) with everything in it; absent is fine.
@@ -309,10 +325,10 @@ impl Nft {
     /// Names of the ip-family tables in the namespace.
     pub fn tables(&self) -> Result<Vec<String>> {
         let m = nft_msg(NFT_MSG_GETTABLE, NLM_F_DUMP, FAMILY_IP);
-        let replies = self
-            .sock()
-            .dump(m)
-            .map_err(NetError::nl(format!("list nft tables in {}", self.ns.name())))?;
+        let replies = self.sock().dump(m).map_err(NetError::nl(format!(
+            "list nft tables in {}",
+            self.ns.name()
+        )))?;
         let mut out = Vec::new();
         for r in replies {
             if let Some(body) = r.payload.get(4..) {
@@ -342,7 +358,7 @@ mod tests {
         }
         m.nest_end();
         let p = m.payload();
-        let exprs: Vec<_> = attrs(&attrs(p).next().unwrap().1).collect();
+        let exprs: Vec<_> = attrs(attrs(p).next().unwrap().1).collect();
         assert_eq!(exprs.len(), 3);
         let names: Vec<String> = exprs
             .iter()

@@ -41,6 +41,9 @@ pub(crate) struct Leg {
     pub(crate) ifindex: u32,
 }
 
+/// An open leg: its VLAN and its packet socket.
+type LegSocket = (Option<u16>, OwnedFd);
+
 /// A running relay.
 #[derive(Debug)]
 pub(crate) struct Relay {
@@ -106,7 +109,7 @@ pub(crate) fn start(
     let params = Arc::new(Mutex::new(imp));
     let (stop2, params2) = (stop.clone(), params.clone());
     // Open the sockets up front (in the namespace) so errors are reported to the caller.
-    let socks = ns.run(move || -> io::Result<(OwnedFd, Vec<(Option<u16>, OwnedFd)>)> {
+    let socks = ns.run(move || -> io::Result<(OwnedFd, Vec<LegSocket>)> {
         let p = relay_socket(port_ifindex)?;
         let mut l = Vec::new();
         for leg in legs {
@@ -205,6 +208,7 @@ fn recv_frame(fd: &OwnedFd, buf: &mut [u8]) -> Option<(usize, Option<u16>)> {
     // SAFETY: valid fd and a msghdr pointing at live buffers.
     let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
     if n <= 0 {
+        // Also consumes a pending socket error (ENETDOWN after a link went down).
         return None;
     }
     let mut vid = None;
@@ -229,7 +233,12 @@ fn send_frame(fd: &OwnedFd, frame: &[u8]) {
     // SAFETY: valid fd and buffer; errors (link down, queue full) mean the frame is lost,
     // exactly as on a real wire.
     unsafe {
-        libc::send(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), libc::MSG_DONTWAIT);
+        libc::send(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            libc::MSG_DONTWAIT,
+        );
     }
 }
 
@@ -272,7 +281,7 @@ fn insert_tag(frame: &mut Vec<u8>, vid: u16) {
 
 fn run(
     port: OwnedFd,
-    legs: Vec<(Option<u16>, OwnedFd)>,
+    legs: Vec<LegSocket>,
     stop: Arc<AtomicBool>,
     params: Arc<Mutex<Option<Impairment>>>,
 ) {
@@ -329,7 +338,9 @@ fn run(
             continue;
         }
         // From the port: untag / pick the leg, forward immediately.
-        if pfds[0].revents & libc::POLLIN != 0 {
+        // POLLERR (e.g. ENETDOWN while a port is cut) is cleared by the next recv.
+        let ready = libc::POLLIN | libc::POLLERR;
+        if pfds[0].revents & ready != 0 {
             for _ in 0..64 {
                 let Some((n, aux_vid)) = recv_frame(&port, &mut buf) else {
                     break;
@@ -344,7 +355,7 @@ fn run(
         // From the legs: tag, impair, queue towards the port.
         let imp = params.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for (i, (vid, fd)) in legs.iter().enumerate() {
-            if pfds[i + 1].revents & libc::POLLIN == 0 {
+            if pfds[i + 1].revents & ready == 0 {
                 continue;
             }
             for _ in 0..64 {
@@ -391,14 +402,21 @@ fn enqueue(st: &mut State, imp: &Impairment, mut frame: Vec<u8>, port: &OwnedFd)
         }
         // Reordering (gap 1): a reordered packet skips the delay.
         let ro = imp.reorder().to_u32();
-        let early = ro != 0 && ro >= st.reorder_c.next(&mut st.rng, imp.reorder_correlation().to_u32());
+        let early = ro != 0
+            && ro
+                >= st
+                    .reorder_c
+                    .next(&mut st.rng, imp.reorder_correlation().to_u32());
         let mut delay = if early {
             Duration::ZERO
         } else {
             let d = imp.delay().as_nanos() as i128;
             let j = imp.jitter().as_nanos() as i128;
             let d = if j > 0 {
-                let r = st.delay_c.next(&mut st.rng, imp.delay_correlation().to_u32()) as i128;
+                let r = st
+                    .delay_c
+                    .next(&mut st.rng, imp.delay_correlation().to_u32())
+                    as i128;
                 d - j + (r * 2 * j) / (u32::MAX as i128)
             } else {
                 d

@@ -36,6 +36,7 @@ const IFLA_MTU: u16 = 4;
 const IFLA_MASTER: u16 = 10;
 const IFLA_LINKINFO: u16 = 18;
 const IFLA_AF_SPEC: u16 = 26;
+const IFLA_GROUP: u16 = 27;
 const IFLA_NET_NS_FD: u16 = 28;
 const IFLA_INFO_KIND: u16 = 1;
 const IFLA_INFO_DATA: u16 = 2;
@@ -192,6 +193,7 @@ pub enum PortVlan {
 pub struct Rtnl {
     ns: Netns,
     sock: Mutex<NlSocket>,
+    group: Option<u32>,
 }
 
 impl Rtnl {
@@ -199,11 +201,43 @@ impl Rtnl {
     pub fn open(ns: &Netns) -> Result<Rtnl> {
         let sock = ns
             .run(|| NlSocket::new(NETLINK_ROUTE))?
-            .map_err(NetError::io(format!("open netlink socket in {}", ns.name())))?;
+            .map_err(NetError::io(format!(
+                "open netlink socket in {}",
+                ns.name()
+            )))?;
         Ok(Rtnl {
             ns: ns.clone(),
             sock: Mutex::new(sock),
+            group: None,
         })
+    }
+
+    /// Puts every link this handle creates into device group `group` (`IFLA_GROUP`), so that
+    /// [`Rtnl::delete_group`] can remove them all in one kernel batch.
+    pub fn with_group(mut self, group: u32) -> Rtnl {
+        self.group = Some(group);
+        self
+    }
+
+    /// The device group new links are put in.
+    pub fn group(&self) -> Option<u32> {
+        self.group
+    }
+
+    /// Deletes every link of device `group` in one request: the kernel unregisters them as
+    /// one batch (one RCU grace period instead of one per device), and veth peers in other
+    /// namespaces go with them. No link in the group is fine.
+    pub fn delete_group(&self, group: u32) -> Result<()> {
+        let mut m = Msg::new(RTM_DELLINK, 0).header(&ifinfomsg(AF_UNSPEC, 0, 0, 0));
+        m.attr_u32(IFLA_GROUP, group);
+        match self.sock().request(m) {
+            Ok(()) => Ok(()),
+            Err(e) if e.errno == libc::ENODEV => Ok(()),
+            Err(e) => Err(NetError::nl(format!(
+                "delete link group {group} in {}",
+                self.ns.name()
+            ))(e)),
+        }
     }
 
     /// The namespace this handle works on.
@@ -228,7 +262,10 @@ impl Rtnl {
         match self.sock().get(m) {
             Ok(r) => Ok(parse_link(&r.payload)),
             Err(e) if e.errno == libc::ENODEV => Ok(None),
-            Err(e) => Err(NetError::nl(format!("look up {name} in {}", self.ns.name()))(e)),
+            Err(e) => Err(NetError::nl(format!(
+                "look up {name} in {}",
+                self.ns.name()
+            ))(e)),
         }
     }
 
@@ -281,6 +318,9 @@ impl Rtnl {
             if let Some(mtu) = opts.mtu {
                 m.attr_u32(IFLA_MTU, mtu);
             }
+            if let Some(g) = self.group {
+                m.attr_u32(IFLA_GROUP, g);
+            }
             m.nest(IFLA_LINKINFO).attr_str(IFLA_INFO_KIND, "bridge");
             m.nest(IFLA_INFO_DATA).attr_u32(IFLA_BR_STP_STATE, 0);
             if opts.vlan_filtering {
@@ -305,7 +345,14 @@ impl Rtnl {
             }
         }
         let l = self.require(name.as_str())?;
-        self.set_link(&l, LinkChange { up: Some(true), mtu: opts.mtu, ..Default::default() })?;
+        self.set_link(
+            &l,
+            LinkChange {
+                up: Some(true),
+                mtu: opts.mtu,
+                ..Default::default()
+            },
+        )?;
         self.require(name.as_str())
     }
 
@@ -336,6 +383,9 @@ impl Rtnl {
         }
         if let Some(mtu) = mtu {
             m.attr_u32(IFLA_MTU, mtu);
+        }
+        if let Some(g) = self.group {
+            m.attr_u32(IFLA_GROUP, g);
         }
         m.nest(IFLA_LINKINFO).attr_str(IFLA_INFO_KIND, "veth");
         m.nest(IFLA_INFO_DATA).nest(VETH_INFO_PEER);
@@ -371,12 +421,8 @@ impl Rtnl {
                 flags |= IFF_UP;
             }
         }
-        let mut m = Msg::new(RTM_NEWLINK, 0).header(&ifinfomsg(
-            AF_UNSPEC,
-            l.index as i32,
-            flags,
-            change,
-        ));
+        let mut m =
+            Msg::new(RTM_NEWLINK, 0).header(&ifinfomsg(AF_UNSPEC, l.index as i32, flags, change));
         if let Some(mtu) = c.mtu {
             check_mtu(mtu)?;
             m.attr_u32(IFLA_MTU, mtu);
@@ -386,6 +432,9 @@ impl Rtnl {
         }
         if let Some(mac) = c.mac {
             m.attr(IFLA_ADDRESS, &mac.0);
+        }
+        if let Some(g) = c.group {
+            m.attr_u32(IFLA_GROUP, g);
         }
         self.request(m, format!("configure {} in {}", l.name, self.ns.name()))
     }
@@ -409,7 +458,10 @@ impl Rtnl {
                 Ok(()) => {}
                 Err(e) if e.errno == libc::ENOENT || e.errno == libc::EINVAL => {}
                 Err(e) => {
-                    return Err(NetError::nl(format!("remove VLAN {vid} from {}", port.name))(e))
+                    return Err(NetError::nl(format!(
+                        "remove VLAN {vid} from {}",
+                        port.name
+                    ))(e))
                 }
             }
         }
@@ -437,10 +489,10 @@ impl Rtnl {
         let mut h = [0u8; 8];
         h[0] = AF_INET;
         let m = Msg::new(RTM_GETADDR, NLM_F_DUMP).header(&h);
-        let replies = self
-            .sock()
-            .dump(m)
-            .map_err(NetError::nl(format!("list addresses in {}", self.ns.name())))?;
+        let replies = self.sock().dump(m).map_err(NetError::nl(format!(
+            "list addresses in {}",
+            self.ns.name()
+        )))?;
         let mut out = Vec::new();
         for r in replies {
             let p = &r.payload;
@@ -457,7 +509,12 @@ impl Rtnl {
     }
 
     /// Adds or replaces a route; `dst` `None` is the default route.
-    pub fn add_route(&self, dst: Option<Ipv4Cidr>, gateway: Option<Ipv4Addr>, oif: Option<&Link>) -> Result<()> {
+    pub fn add_route(
+        &self,
+        dst: Option<Ipv4Cidr>,
+        gateway: Option<Ipv4Addr>,
+        oif: Option<&Link>,
+    ) -> Result<()> {
         let mut h = [0u8; 12];
         h[0] = AF_INET;
         h[1] = dst.map(|d| d.prefix()).unwrap_or(0);
@@ -475,7 +532,9 @@ impl Rtnl {
         if let Some(l) = oif {
             m.attr_u32(RTA_OIF, l.index);
         }
-        let what = dst.map(|d| d.to_string()).unwrap_or_else(|| "default".into());
+        let what = dst
+            .map(|d| d.to_string())
+            .unwrap_or_else(|| "default".into());
         self.request(m, format!("add route {what} in {}", self.ns.name()))
     }
 
@@ -488,7 +547,10 @@ impl Rtnl {
         opts: impl FnOnce(&mut Msg),
     ) -> Result<()> {
         let m = qdisc_msg(l.index, handle, TC_H_ROOT, kind, opts);
-        self.request(m, format!("set {kind} qdisc on {} in {}", l.name, self.ns.name()))
+        self.request(
+            m,
+            format!("set {kind} qdisc on {} in {}", l.name, self.ns.name()),
+        )
     }
 
     /// Adds or replaces a child qdisc under `parent`.
@@ -501,7 +563,10 @@ impl Rtnl {
         opts: impl FnOnce(&mut Msg),
     ) -> Result<()> {
         let m = qdisc_msg(l.index, handle, parent, kind, opts);
-        self.request(m, format!("set {kind} qdisc on {} in {}", l.name, self.ns.name()))
+        self.request(
+            m,
+            format!("set {kind} qdisc on {} in {}", l.name, self.ns.name()),
+        )
     }
 
     /// Removes the root qdisc of `l` (back to the default); none is fine.
@@ -511,7 +576,11 @@ impl Rtnl {
             Ok(()) => Ok(()),
             // ENOENT: no qdisc configured; EINVAL: "Cannot delete qdisc with handle of zero".
             Err(e) if e.errno == libc::ENOENT || e.errno == libc::EINVAL => Ok(()),
-            Err(e) => Err(NetError::nl(format!("remove qdisc of {} in {}", l.name, self.ns.name()))(e)),
+            Err(e) => Err(NetError::nl(format!(
+                "remove qdisc of {} in {}",
+                l.name,
+                self.ns.name()
+            ))(e)),
         }
     }
 
@@ -552,8 +621,11 @@ pub(crate) fn qdisc_msg(
     kind: &str,
     opts: impl FnOnce(&mut Msg),
 ) -> Msg {
-    let mut m = Msg::new(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE)
-        .header(&tcmsg(index as i32, handle, parent));
+    let mut m = Msg::new(RTM_NEWQDISC, NLM_F_CREATE | NLM_F_REPLACE).header(&tcmsg(
+        index as i32,
+        handle,
+        parent,
+    ));
     m.attr_str(TCA_KIND, kind);
     m.nest(TCA_OPTIONS);
     opts(&mut m);
@@ -572,6 +644,8 @@ pub struct LinkChange {
     pub mtu: Option<u32>,
     /// MAC address.
     pub mac: Option<MacAddr>,
+    /// Device group.
+    pub group: Option<u32>,
 }
 
 fn vlan_entries(v: &PortVlan) -> Vec<(u16, u16)> {
@@ -596,7 +670,9 @@ pub(crate) fn bridge_vlan_msg(ty: u16, index: u32, vid: u16, flags: u16) -> Msg 
     let mut info = [0u8; 4];
     info[0..2].copy_from_slice(&flags.to_ne_bytes());
     info[2..4].copy_from_slice(&vid.to_ne_bytes());
-    m.nest(IFLA_AF_SPEC).attr(IFLA_BRIDGE_VLAN_INFO, &info).nest_end();
+    m.nest(IFLA_AF_SPEC)
+        .attr(IFLA_BRIDGE_VLAN_INFO, &info)
+        .nest_end();
     m
 }
 
@@ -611,7 +687,12 @@ mod tests {
     #[test]
     fn bridge_vlan_access_encoding() {
         // bridge vlan add dev <ifindex 5> vid 10 pvid untagged
-        let m = bridge_vlan_msg(RTM_SETLINK, 5, 10, BRIDGE_VLAN_INFO_PVID | BRIDGE_VLAN_INFO_UNTAGGED);
+        let m = bridge_vlan_msg(
+            RTM_SETLINK,
+            5,
+            10,
+            BRIDGE_VLAN_INFO_PVID | BRIDGE_VLAN_INFO_UNTAGGED,
+        );
         let p = m.payload();
         let mut want = ifinfomsg(AF_BRIDGE, 5, 0, 0).to_vec();
         // IFLA_AF_SPEC (len 12, type 26) { IFLA_BRIDGE_VLAN_INFO (len 8, type 2) flags=6 vid=10 }

@@ -262,7 +262,10 @@ impl Ipv4Cidr {
 
     /// For prefixes known to be valid (≤ 32) at the call site.
     pub(crate) fn from_parts(addr: Ipv4Addr, prefix: u8) -> Ipv4Cidr {
-        Ipv4Cidr { addr, prefix: prefix.min(32) }
+        Ipv4Cidr {
+            addr,
+            prefix: prefix.min(32),
+        }
     }
 
     /// The address.
@@ -354,9 +357,15 @@ mod tests {
             assert!(m.is_local() && m.is_unicast(), "{m}");
         }
         // Field separation: ("ab","c") and ("a","bc") differ.
-        assert_ne!(MacAddr::derive("ab", "c", "x"), MacAddr::derive("a", "bc", "x"));
+        assert_ne!(
+            MacAddr::derive("ab", "c", "x"),
+            MacAddr::derive("a", "bc", "x")
+        );
         // Pinned value: changing the derivation would change every guest's MAC.
-        assert_eq!(a.to_string(), a.to_string().parse::<MacAddr>().unwrap().to_string());
+        assert_eq!(
+            a.to_string(),
+            a.to_string().parse::<MacAddr>().unwrap().to_string()
+        );
     }
 
     #[test]

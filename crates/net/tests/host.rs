@@ -33,8 +33,14 @@ impl HostAddr {
             .ensure_veth(&ifn(name), None, &ifn(peer), None, None, None)
             .unwrap();
         rt.add_addr(&l, cidr(addr)).unwrap();
-        rt.set_link(&l, LinkChange { up: Some(true), ..Default::default() })
-            .unwrap();
+        rt.set_link(
+            &l,
+            LinkChange {
+                up: Some(true),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         HostAddr { name }
     }
 }
@@ -64,7 +70,10 @@ fn uplink_reaches_host_and_published_port_answers() {
     let host_ip = Ipv4Addr::new(192, 168, 251, 1);
 
     let r = e.ping(host_ip, 3, T);
-    assert_eq!(r.received, 0, "a lab without uplink reached the host: {r:?}");
+    assert_eq!(
+        r.received, 0,
+        "a lab without uplink reached the host: {r:?}"
+    );
 
     let mut up = Uplink::derived(&lab.name);
     up.published.push(PublishedPort {
@@ -76,12 +85,14 @@ fn uplink_reaches_host_and_published_port_answers() {
     net.set_uplink(Some(&up)).unwrap();
     net.set_uplink(Some(&up)).unwrap(); // idempotent
     let r = e.ping(host_ip, 3, T);
-    assert!(r.received >= 2, "lab with uplink cannot reach the host: {r:?}");
+    assert!(
+        r.received >= 2,
+        "lab with uplink cannot reach the host: {r:?}"
+    );
 
     // A tiny TCP server "in the VM".
-    let server = e
-        .ns
-        .spawn("kb-test-srv", || {
+    let server =
+        e.ns.spawn("kb-test-srv", || {
             let l = TcpListener::bind("0.0.0.0:8080").unwrap();
             let (mut s, peer) = l.accept().unwrap();
             s.write_all(b"hello from the lab\n").unwrap();
@@ -123,11 +134,24 @@ fn capture_of_ping_is_valid_pcapng() {
     let n = cap.stop().unwrap();
     assert!(n >= 10, "captured only {n} frames");
     let out = Command::new("tshark")
-        .args(["-r", path.to_str().unwrap(), "-Y", "icmp", "-T", "fields", "-e", "icmp.type"])
+        .args([
+            "-r",
+            path.to_str().unwrap(),
+            "-Y",
+            "icmp",
+            "-T",
+            "fields",
+            "-e",
+            "icmp.type",
+        ])
         .output()
         .expect("tshark must be installed");
     let _ = std::fs::remove_file(&path);
-    assert!(out.status.success(), "tshark failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "tshark failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let types: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
@@ -140,7 +164,8 @@ fn capture_of_ping_is_valid_pcapng() {
 fn tap_is_persistent_and_carries_frames() {
     let lab = TestLab::new("kbt-tap");
     let net = lab.net();
-    net.ensure_bridge(&ifn("br0"), Some(1400), None, false).unwrap();
+    net.ensure_bridge(&ifn("br0"), Some(1400), None, false)
+        .unwrap();
     let e = Endpoint::new("kbe-tap");
     attach(net, "br0", "pe", &e, "10.40.0.2/24", PortVlan::None);
     let mut spec = PortSpec::tap(ifn("tap0"), ifn("br0"));
@@ -151,8 +176,14 @@ fn tap_is_persistent_and_carries_frames() {
     assert_eq!(l.kind.as_deref(), Some("tun"));
     assert_eq!(l.mtu, 1400);
     // The tap is invisible on the host.
-    assert!(Rtnl::open(&Netns::host().unwrap()).unwrap().link("tap0").unwrap().is_none()
-        || !sh("ip -o link show tap0 2>/dev/null").contains("tap0:"));
+    assert!(
+        Rtnl::open(&Netns::host().unwrap())
+            .unwrap()
+            .link("tap0")
+            .unwrap()
+            .is_none()
+            || !sh("ip -o link show tap0 2>/dev/null").contains("tap0:")
+    );
 
     // Act as the VM: ARP for the endpoint through the tap fd, expect the reply back.
     let fd = net.open_tap(&ifn("tap0"), TapFlags::default()).unwrap();
@@ -171,14 +202,19 @@ fn tap_is_persistent_and_carries_frames() {
         let deadline = std::time::Instant::now() + Duration::from_millis(500);
         use std::os::fd::AsRawFd;
         while std::time::Instant::now() < deadline {
-            let mut pfd = libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut pfd = libc::pollfd {
+                fd: f.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: one valid pollfd.
             if unsafe { libc::poll(&mut pfd, 1, 50) } <= 0 {
                 continue;
             }
             let mut buf = [0u8; 2048];
             let n = f.read(&mut buf).unwrap();
-            if n >= 42 && buf[12] == 0x08 && buf[13] == 0x06 && buf[21] == 2 && buf[0..6] == vm_mac {
+            if n >= 42 && buf[12] == 0x08 && buf[13] == 0x06 && buf[21] == 2 && buf[0..6] == vm_mac
+            {
                 got_reply = true;
                 break;
             }
@@ -202,28 +238,55 @@ fn delete_leaves_nothing_and_is_idempotent() {
         .unwrap();
     let a = Endpoint::new("kbe-del-a");
     let b = Endpoint::new("kbe-del-b");
-    attach(net, "lan", "pa", &a, "10.50.0.2/24", PortVlan::Access(VlanId::new(10).unwrap()));
+    attach(
+        net,
+        "lan",
+        "pa",
+        &a,
+        "10.50.0.2/24",
+        PortVlan::Access(VlanId::new(10).unwrap()),
+    );
     attach(
         net,
         "lan",
         "pb",
         &b,
         "",
-        PortVlan::Trunk { tagged: vec![VlanId::new(10).unwrap()], native: None },
+        PortVlan::Trunk {
+            tagged: vec![VlanId::new(10).unwrap()],
+            native: None,
+        },
     );
-    net.ensure_port(&PortSpec::tap(ifn("tap0"), ifn("lan"))).unwrap();
-    let imp = Impairment::builder().delay(Duration::from_millis(5)).loss(1.0).build().unwrap();
-    net.set_impairment(&ifn("pa"), &imp).unwrap();
-    net.set_shaping(&ifn("tap0"), Some(kobako_net::Shaping::new(10_000_000, 16_000, 64_000).unwrap()))
+    net.ensure_port(&PortSpec::tap(ifn("tap0"), ifn("lan")))
         .unwrap();
+    let imp = Impairment::builder()
+        .delay(Duration::from_millis(5))
+        .loss(1.0)
+        .build()
+        .unwrap();
+    net.set_impairment(&ifn("pa"), &imp).unwrap();
+    net.set_shaping(
+        &ifn("tap0"),
+        Some(kobako_net::Shaping::new(10_000_000, 16_000, 64_000).unwrap()),
+    )
+    .unwrap();
     net.set_uplink(Some(&Uplink::derived(&name))).unwrap();
 
     let host_if = name.uplink_host_ifname();
     let before = LabNet::inventory(&name).unwrap();
     assert!(before.iter().any(|s| s.starts_with("netns")), "{before:?}");
-    assert!(before.iter().any(|s| s.starts_with("qdisc tbf")), "{before:?}");
-    assert!(before.iter().any(|s| s.starts_with("host nft")), "{before:?}");
-    assert!(before.iter().any(|s| s.starts_with("host link")), "{before:?}");
+    assert!(
+        before.iter().any(|s| s.starts_with("qdisc tbf")),
+        "{before:?}"
+    );
+    assert!(
+        before.iter().any(|s| s.starts_with("host nft")),
+        "{before:?}"
+    );
+    assert!(
+        before.iter().any(|s| s.starts_with("host link")),
+        "{before:?}"
+    );
     assert!(sh("ip netns list").contains("kb-kbt-del"));
     assert!(sh("ip -o link show").contains(host_if.as_str()));
     assert!(sh("nft list tables").contains("kobako-kbt-del"));
@@ -249,26 +312,41 @@ fn bad_input_is_rejected_and_nothing_is_left() {
     let lab = TestLab::new("kbt-bad");
     let net = lab.net();
     net.ensure_bridge(&ifn("br0"), None, None, false).unwrap();
-    let imp = Impairment::builder().delay(Duration::from_millis(1)).build().unwrap();
+    let imp = Impairment::builder()
+        .delay(Duration::from_millis(1))
+        .build()
+        .unwrap();
 
     // Unknown interface.
     let e = net.set_impairment(&ifn("nope0"), &imp).unwrap_err();
     assert!(matches!(e, NetError::UnknownInterface { .. }), "{e}");
     assert!(e.to_string().contains("nope0"), "{e}");
-    assert!(matches!(net.set_link_up(&ifn("nope0"), false).unwrap_err(), NetError::UnknownInterface { .. }));
+    assert!(matches!(
+        net.set_link_up(&ifn("nope0"), false).unwrap_err(),
+        NetError::UnknownInterface { .. }
+    ));
 
     // Names too long for the kernel.
     let e = kobako_net::IfName::new("this-is-too-long0").unwrap_err();
     assert!(e.to_string().contains("15 bytes"), "{e}");
     // VLAN outside 1..=4094.
-    assert!(matches!(VlanId::new(0).unwrap_err(), NetError::InvalidVlan(0)));
-    assert!(matches!(VlanId::new(4095).unwrap_err(), NetError::InvalidVlan(4095)));
+    assert!(matches!(
+        VlanId::new(0).unwrap_err(),
+        NetError::InvalidVlan(0)
+    ));
+    assert!(matches!(
+        VlanId::new(4095).unwrap_err(),
+        NetError::InvalidVlan(4095)
+    ));
     // Negative / absurd impairments.
     assert!(matches!(
         Impairment::builder().loss(-3.0).build().unwrap_err(),
         NetError::InvalidImpairment(_)
     ));
-    assert!(Impairment::builder().delay(Duration::from_secs(7200)).build().is_err());
+    assert!(Impairment::builder()
+        .delay(Duration::from_secs(7200))
+        .build()
+        .is_err());
     assert!(kobako_net::impair::parse_duration("-20ms").is_err());
     assert!(kobako_net::impair::parse_rate("0mbit").is_err());
 
@@ -282,16 +360,25 @@ fn bad_input_is_rejected_and_nothing_is_left() {
     // Bad MTU: rejected before anything is made.
     let mut spec = PortSpec::tap(ifn("tapbad"), ifn("br0"));
     spec.mtu = Some(10);
-    assert!(matches!(net.ensure_port(&spec).unwrap_err(), NetError::InvalidArgument(_)));
+    assert!(matches!(
+        net.ensure_port(&spec).unwrap_err(),
+        NetError::InvalidArgument(_)
+    ));
     assert!(net.rtnl().link("tapbad").unwrap().is_none());
     // A bridge name taken by something else is a conflict, not a silent replace.
-    net.ensure_port(&PortSpec::tap(ifn("tapx"), ifn("br0"))).unwrap();
-    let e = net.ensure_bridge(&ifn("tapx"), None, None, false).unwrap_err();
+    net.ensure_port(&PortSpec::tap(ifn("tapx"), ifn("br0")))
+        .unwrap();
+    let e = net
+        .ensure_bridge(&ifn("tapx"), None, None, false)
+        .unwrap_err();
     assert!(matches!(e, NetError::Conflict { .. }), "{e}");
     // Bad uplink.
     let mut up = Uplink::derived(&lab.name);
     up.lab_addr = Ipv4Addr::new(1, 2, 3, 4);
-    assert!(matches!(net.set_uplink(Some(&up)).unwrap_err(), NetError::InvalidArgument(_)));
+    assert!(matches!(
+        net.set_uplink(Some(&up)).unwrap_err(),
+        NetError::InvalidArgument(_)
+    ));
     assert!(net.rtnl().link("uplink").unwrap().is_none());
 }
 

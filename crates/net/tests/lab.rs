@@ -16,7 +16,9 @@ fn p2p(lab: &str, a: &str, b: &str) -> (TestLab, Endpoint, Endpoint) {
     let lab = TestLab::new(lab);
     let ea = Endpoint::new(a);
     let eb = Endpoint::new(b);
-    lab.net().ensure_bridge(&ifn("l1"), None, None, false).unwrap();
+    lab.net()
+        .ensure_bridge(&ifn("l1"), None, None, false)
+        .unwrap();
     attach(lab.net(), "l1", "pa", &ea, "10.0.0.1/24", PortVlan::None);
     attach(lab.net(), "l1", "pb", &eb, "10.0.0.2/24", PortVlan::None);
     (lab, ea, eb)
@@ -95,7 +97,14 @@ fn arp_probe(ep: &Endpoint, vid: Option<u16>, target: Ipv4Addr) -> Vec<Option<u1
                 sll.sll_family = libc::AF_PACKET as u16;
                 sll.sll_protocol = (0x0003u16).to_be();
                 sll.sll_ifindex = link.index as i32;
-                assert_eq!(libc::bind(fd.as_raw_fd(), (&sll as *const libc::sockaddr_ll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32), 0);
+                assert_eq!(
+                    libc::bind(
+                        fd.as_raw_fd(),
+                        (&sll as *const libc::sockaddr_ll).cast(),
+                        std::mem::size_of::<libc::sockaddr_ll>() as u32
+                    ),
+                    0
+                );
                 let mut f = vec![0xff; 6];
                 f.extend_from_slice(&mac);
                 if let Some(v) = vid {
@@ -111,12 +120,19 @@ fn arp_probe(ep: &Endpoint, vid: Option<u16>, target: Ipv4Addr) -> Vec<Option<u1
                 let start = std::time::Instant::now();
                 let mut out = Vec::new();
                 while start.elapsed() < Duration::from_millis(500) {
-                    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                    let mut pfd = libc::pollfd {
+                        fd: fd.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
                     if libc::poll(&mut pfd, 1, 50) <= 0 {
                         continue;
                     }
                     let mut buf = [0u8; 2048];
-                    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+                    let mut iov = libc::iovec {
+                        iov_base: buf.as_mut_ptr().cast(),
+                        iov_len: buf.len(),
+                    };
                     let mut cbuf = [0u64; 16];
                     let mut msg: libc::msghdr = std::mem::zeroed();
                     msg.msg_iov = &mut iov;
@@ -132,7 +148,8 @@ fn arp_probe(ep: &Endpoint, vid: Option<u16>, target: Ipv4Addr) -> Vec<Option<u1
                     let mut c = libc::CMSG_FIRSTHDR(&msg);
                     while !c.is_null() {
                         if (*c).cmsg_level == 263 && (*c).cmsg_type == 8 {
-                            let aux: libc::tpacket_auxdata = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                            let aux: libc::tpacket_auxdata =
+                                std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                             if aux.tp_status & (1 << 4) != 0 {
                                 got_vid = Some(aux.tp_vlan_tci & 0xfff);
                             }
@@ -144,7 +161,12 @@ fn arp_probe(ep: &Endpoint, vid: Option<u16>, target: Ipv4Addr) -> Vec<Option<u1
                         b.drain(12..16);
                     }
                     // ARP reply (op 2) whose sender IP is the target
-                    if b.len() >= 42 && b[12] == 0x08 && b[13] == 0x06 && b[21] == 2 && b[28..32] == target.octets() {
+                    if b.len() >= 42
+                        && b[12] == 0x08
+                        && b[13] == 0x06
+                        && b[21] == 2
+                        && b[28..32] == target.octets()
+                    {
                         out.push(got_vid);
                     }
                 }
@@ -183,15 +205,26 @@ fn vlans_isolate_and_trunk_carries_tagged() {
     let ip = |x| Ipv4Addr::new(10, 1, 0, x);
     assert_eq!(a.ping(ip(2), 3, T).received, 3, "VLAN 10 to VLAN 10");
     assert_eq!(c.ping(ip(4), 3, T).received, 3, "VLAN 20 to VLAN 20");
-    assert_eq!(a.ping(ip(3), 3, T).received, 0, "VLAN 10 must not reach VLAN 20");
-    assert_eq!(d.ping(ip(1), 3, T).received, 0, "VLAN 20 must not reach VLAN 10");
+    assert_eq!(
+        a.ping(ip(3), 3, T).received,
+        0,
+        "VLAN 10 must not reach VLAN 20"
+    );
+    assert_eq!(
+        d.ping(ip(1), 3, T).received,
+        0,
+        "VLAN 20 must not reach VLAN 10"
+    );
     // The trunk carries both VLANs, tagged.
     assert_eq!(arp_probe(&t, Some(10), ip(2)), vec![Some(10)]);
     assert_eq!(arp_probe(&t, Some(20), ip(4)), vec![Some(20)]);
     // ... and keeps them apart.
     assert!(arp_probe(&t, Some(10), ip(4)).is_empty());
     assert!(arp_probe(&t, Some(20), ip(1)).is_empty());
-    assert!(arp_probe(&t, None, ip(2)).is_empty(), "no native VLAN configured");
+    assert!(
+        arp_probe(&t, None, ip(2)).is_empty(),
+        "no native VLAN configured"
+    );
 }
 
 #[test]
@@ -202,7 +235,10 @@ fn overlapping_labs_are_isolated() {
     let b1 = Endpoint::new("kbe-ov1-b");
     let a2 = Endpoint::new("kbe-ov2-a");
     let c2 = Endpoint::new("kbe-ov2-c");
-    for (l, x, y, ya) in [(&l1, &a1, &b1, "10.9.0.2/24"), (&l2, &a2, &c2, "10.9.0.3/24")] {
+    for (l, x, y, ya) in [
+        (&l1, &a1, &b1, "10.9.0.2/24"),
+        (&l2, &a2, &c2, "10.9.0.3/24"),
+    ] {
         l.net()
             .ensure_bridge(&ifn("br0"), None, Some(cidr("10.9.0.254/24")), false)
             .unwrap();

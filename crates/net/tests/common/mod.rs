@@ -16,7 +16,10 @@ use kobako_net::{
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
-    assert_eq!(uid, 0, "kobako-net namespace tests must run as root (euid {uid})");
+    assert_eq!(
+        uid, 0,
+        "kobako-net namespace tests must run as root (euid {uid})"
+    );
 }
 
 pub fn ifn(s: &str) -> IfName {
@@ -73,8 +76,14 @@ impl Endpoint {
         let ns = Netns::create(name).unwrap();
         let rt = Rtnl::open(&ns).unwrap();
         let lo = rt.require("lo").unwrap();
-        rt.set_link(&lo, LinkChange { up: Some(true), ..Default::default() })
-            .unwrap();
+        rt.set_link(
+            &lo,
+            LinkChange {
+                up: Some(true),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         Endpoint {
             ns,
             name: name.to_string(),
@@ -160,7 +169,13 @@ pub fn ping_in(ns: &Netns, dst: Ipv4Addr, count: u16, timeout: Duration) -> Ping
 
 fn ping_here(dst: Ipv4Addr, count: u16, timeout: Duration) -> io::Result<PingResult> {
     // SAFETY: plain socket call; fd checked and owned.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::IPPROTO_ICMP) };
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_ICMP,
+        )
+    };
     if raw < 0 {
         return Err(io::Error::last_os_error());
     }
