@@ -137,7 +137,10 @@ pub fn build(
     let pvm = cpuid::host_is_pvm();
 
     // Memory and interrupt controllers.
-    let mut vm = Vm::new(mem_bytes)?;
+    let mut vm = Vm::with_thp(
+        mem_bytes,
+        res.machine.huge_pages == crate::config::HugePages::Transparent,
+    )?;
     vm.setup_irqchip()?;
 
     // Kernel, command line, initrd, boot protocol structures.

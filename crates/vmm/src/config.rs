@@ -53,12 +53,14 @@ pub struct BootSource {
     pub boot_args: Option<String>,
 }
 
-/// Huge page backing of guest memory (only `None` is implemented; `2M` is accepted and
-/// rejected with a clear message at validation).
+/// Huge page backing of guest memory: `None` (4 KiB pages) and `Transparent` (THP through
+/// `madvise(MADV_HUGEPAGE)`) are implemented; `2M` (hugetlbfs) parses but is rejected at
+/// validation.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HugePages {
     #[default]
     None,
+    Transparent,
     #[serde(rename = "2M")]
     Hugetlbfs2M,
 }
@@ -165,6 +167,8 @@ pub struct NetworkInterface {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rx_rate_limiter: Option<RateLimiter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<RateLimiter>,
@@ -220,6 +224,9 @@ pub struct MetricsConfig {
 pub struct SerialConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial_out_path: Option<PathBuf>,
+    /// Stored, not enforced yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<TokenBucket>,
 }
 
 /// `PUT /actions`.
@@ -279,6 +286,20 @@ pub struct FullConfig {
     pub metrics: Option<MetricsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,
+    /// Firecracker sections kobako-vmm does not implement: accepted when absent or `null`
+    /// (as in Firecracker's own `GET /vm/config` output), rejected otherwise.
+    #[serde(default, skip_serializing)]
+    pub balloon: Option<serde_json::Value>,
+    #[serde(rename = "mmds-config", default, skip_serializing)]
+    pub mmds_config: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    pub entropy: Option<serde_json::Value>,
+    #[serde(rename = "cpu-config", default, skip_serializing)]
+    pub cpu_config: Option<serde_json::Value>,
+    #[serde(default, skip_serializing)]
+    pub pmem: Option<serde_json::Value>,
+    #[serde(rename = "memory-hotplug", default, skip_serializing)]
+    pub memory_hotplug: Option<serde_json::Value>,
 }
 
 /// Host memory in MiB (MemTotal), the upper bound for `mem_size_mib`.
@@ -315,9 +336,10 @@ fn validate_machine(mc: &MachineConfig) -> Result<(), ConfigError> {
             host_mib,
         });
     }
-    if mc.huge_pages != HugePages::None {
+    if mc.huge_pages == HugePages::Hugetlbfs2M {
         return Err(ConfigError::NotSupported(
-            "huge_pages other than \"None\" are not supported yet".into(),
+            "huge_pages \"2M\" (hugetlbfs) is not supported yet; use \"None\" or \"Transparent\""
+                .into(),
         ));
     }
     Ok(())
@@ -497,6 +519,14 @@ impl VmResources {
                 why: "must be 1-15 bytes (IFNAMSIZ)".into(),
             });
         }
+        if let Some(mtu) = n.mtu {
+            if !(68..=65535).contains(&mtu) {
+                return Err(ConfigError::Invalid {
+                    what: "mtu",
+                    why: format!("{mtu} is outside 68..=65535"),
+                });
+            }
+        }
         if let Some(mac) = &n.guest_mac {
             let parts: Vec<_> = mac.split(':').collect();
             if parts.len() != 6
@@ -571,6 +601,20 @@ impl VmResources {
 
     /// Applies a whole `--config-file` document.
     pub fn from_full(cfg: FullConfig) -> Result<VmResources, ConfigError> {
+        for (name, v) in [
+            ("balloon", &cfg.balloon),
+            ("mmds-config", &cfg.mmds_config),
+            ("entropy", &cfg.entropy),
+            ("cpu-config", &cfg.cpu_config),
+            ("pmem", &cfg.pmem),
+            ("memory-hotplug", &cfg.memory_hotplug),
+        ] {
+            if v.as_ref().is_some_and(|v| !v.is_null()) {
+                return Err(ConfigError::NotSupported(format!(
+                    "The \"{name}\" section is not supported by kobako-vmm."
+                )));
+            }
+        }
         let mut r = VmResources::default();
         if let Some(mc) = cfg.machine_config {
             r.set_machine_config(mc)?;
@@ -606,6 +650,7 @@ impl VmResources {
             logger: self.logger.clone(),
             metrics: self.metrics.clone(),
             serial: self.serial.clone(),
+            ..Default::default()
         }
     }
 }
@@ -669,6 +714,7 @@ mod tests {
             iface_id: "eth0".into(),
             host_dev_name: "tap0".into(),
             guest_mac: Some("06:00:AC:10:00:02".into()),
+            mtu: None,
             rx_rate_limiter: None,
             tx_rate_limiter: None,
         };

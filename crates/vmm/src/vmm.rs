@@ -511,19 +511,31 @@ impl EventLoop {
             R::PutDrive(id, d) => {
                 gate("PUT /drives").unwrap_or_else(|| Self::cfg(self.res.put_drive(&id, d)))
             }
+            // Firecracker: PATCH of drives and interfaces is post-boot only (it updates the
+            // live device). Without block/net devices there is nothing to update yet.
             R::PatchDrive(id, d) => match self.state {
-                InstanceState::NotStarted => Self::cfg(self.res.patch_drive(&id, d)),
-                _ => ApiResponse::Error(
-                    "Updating a drive after boot needs the block device, which is not implemented yet.".into(),
+                InstanceState::NotStarted => ApiResponse::Error(
+                    "The requested operation is not supported before starting the microVM: PATCH /drives.".into(),
                 ),
+                _ => match self.res.drives.contains_key(&id) && id == d.drive_id {
+                    false => Self::cfg(self.res.patch_drive(&id, d)),
+                    true => ApiResponse::Error(
+                        "Updating a drive after boot needs the block device, which kobako-vmm does not have yet.".into(),
+                    ),
+                },
             },
             R::PutNet(id, n) => gate("PUT /network-interfaces")
                 .unwrap_or_else(|| Self::cfg(self.res.put_net(&id, n))),
             R::PatchNet(id, n) => match self.state {
-                InstanceState::NotStarted => Self::cfg(self.res.patch_net(&id, n)),
-                _ => ApiResponse::Error(
-                    "Updating a network interface after boot needs the net device, which is not implemented yet.".into(),
+                InstanceState::NotStarted => ApiResponse::Error(
+                    "The requested operation is not supported before starting the microVM: PATCH /network-interfaces.".into(),
                 ),
+                _ => match self.res.net.contains_key(&id) && id == n.iface_id {
+                    false => Self::cfg(self.res.patch_net(&id, n)),
+                    true => ApiResponse::Error(
+                        "Updating a network interface after boot needs the net device, which kobako-vmm does not have yet.".into(),
+                    ),
+                },
             },
             R::PutVsock(v) => {
                 gate("PUT /vsock").unwrap_or_else(|| Self::cfg(self.res.set_vsock(v)))

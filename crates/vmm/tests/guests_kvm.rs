@@ -63,6 +63,7 @@ fn run_image(image: &[u8], mem_mib: u64, vcpus: u8, boot_args: &str, mmio_base: 
     .unwrap();
     res.serial = Some(SerialConfig {
         serial_out_path: Some(serial.clone()),
+        rate_limiter: None,
     });
     let mmio = Arc::new(Mutex::new(Vec::new()));
     let pio = Arc::new(Mutex::new(Vec::new()));

@@ -47,6 +47,11 @@ pub struct Vm {
 impl Vm {
     /// Opens /dev/kvm, creates the VM, maps `mem_bytes` of guest RAM and registers the slots.
     pub fn new(mem_bytes: u64) -> Result<Vm, VmError> {
+        Self::with_thp(mem_bytes, false)
+    }
+
+    /// Like [`Vm::new`]; with `thp`, guest memory is advised for transparent huge pages.
+    pub fn with_thp(mem_bytes: u64, thp: bool) -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let v = kvm.get_api_version();
         if v != 12 {
@@ -68,6 +73,19 @@ impl Vm {
                     what: "host address of guest memory",
                     source: kvm_ioctls::Error::new(libc::EFAULT),
                 })?;
+            if thp {
+                // SAFETY: advising a live mapping we own over exactly its length; madvise does
+                // not change its contents or validity.
+                let rc = unsafe {
+                    libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE)
+                };
+                if rc != 0 {
+                    crate::log_warn!(
+                        "madvise(MADV_HUGEPAGE) failed: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+            }
             let r = kvm_userspace_memory_region {
                 slot: slot as u32,
                 flags: 0,
