@@ -45,8 +45,20 @@ struct Run {
 }
 
 fn run_image(image: &[u8], mem_mib: u64, vcpus: u8, boot_args: &str, mmio_base: u64) -> Run {
+    run_image_initrd(image, None, mem_mib, vcpus, boot_args, mmio_base)
+}
+
+fn run_image_initrd(
+    image: &[u8],
+    initrd: Option<&[u8]>,
+    mem_mib: u64,
+    vcpus: u8,
+    boot_args: &str,
+    mmio_base: u64,
+) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let kernel = write(dir.path(), "kernel", image);
+    let initrd_path = initrd.map(|b| write(dir.path(), "initrd", b));
     let serial = dir.path().join("serial.log");
     let mut res = VmResources::default();
     res.set_machine_config(MachineConfig {
@@ -57,7 +69,7 @@ fn run_image(image: &[u8], mem_mib: u64, vcpus: u8, boot_args: &str, mmio_base: 
     .unwrap();
     res.set_boot_source(BootSource {
         kernel_image_path: kernel,
-        initrd_path: None,
+        initrd_path: initrd_path.clone(),
         boot_args: Some(boot_args.into()),
     })
     .unwrap();
@@ -153,6 +165,17 @@ fn pvh_elf_gets_start_info_and_cmdline() {
     assert_eq!(
         r.serial,
         "PVH OK cmdline=console=ttyS0 kobako.test=pvh\n3 memmap entries\n"
+    );
+    assert_eq!(r.code, kobako_vmm::EXIT_GUEST_RESET);
+}
+
+#[test]
+fn pvh_initrd_is_loaded_as_module() {
+    let img = elf(guests::PVH32, true);
+    let r = run_image_initrd(&img, Some(b"INITRD-CONTENT\n\0"), 64, 1, "x", 0xd000_0000);
+    assert_eq!(
+        r.serial,
+        "PVH OK cmdline=x\n3 memmap entries\ninitrd=INITRD-CONTENT\n"
     );
     assert_eq!(r.code, kobako_vmm::EXIT_GUEST_RESET);
 }

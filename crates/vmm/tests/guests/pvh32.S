@@ -1,6 +1,7 @@
 # 32-bit PVH test guest: entered in flat protected mode, paging off, %ebx = hvm_start_info.
 # Linked at 1 MiB. Prints "PVH OK", the command line from start_info, the number of memory
-# map entries, signals boot complete and resets through the i8042.
+# map entries, the initrd (module 0) as a string if there is one, signals boot complete and
+# resets through the i8042.
     .code32
     .globl _start
 _start:
@@ -19,6 +20,14 @@ _start:
     out %al, %dx
     mov $entries, %esi
     call print
+    cmpl $0, 12(%ebx)                 # nr_modules: the initrd, if any
+    je 3f
+    mov $initrd, %esi
+    call print
+    mov 16(%ebx), %eax                # modlist_paddr
+    mov (%eax), %esi                  # module 0 paddr (its content is a NUL-terminated string)
+    call print
+3:
     mov $0x3f0, %dx
     mov $123, %al
     out %al, %dx
@@ -42,4 +51,5 @@ print:
 ok:      .asciz "PVH OK cmdline="
 nl:      .asciz "\n"
 entries: .asciz " memmap entries\n"
+initrd:  .asciz "initrd="
 badmsg:  .asciz "PVH BAD magic\n"
