@@ -9,11 +9,20 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kobako_net::{IfName, LabName, LabNet, PortSpec, Shaping};
+use kobako_net::{BridgeOpts, IfName, LabName, LabNet, Netns, PortSpec, Rtnl, Shaping};
+
+/// Creates and deletes a bridge in a scratch namespace: a netlink operation that needs the
+/// RTNL lock, so it waits for any namespace teardown still running in the kernel.
+fn rtnl_probe(rt: &Rtnl) {
+    let n = IfName::new("kbprobe").expect("name");
+    rt.ensure_bridge(&n, BridgeOpts::default())
+        .expect("probe bridge");
+    rt.delete_link("kbprobe").expect("probe delete");
+}
 
 const LINKS: usize = 50;
 
-fn ours(name: &LabName) -> (Duration, Duration) {
+fn ours(name: &LabName, probe: &Rtnl) -> (Duration, Duration) {
     let t0 = Instant::now();
     let net = LabNet::ensure(name).expect("create lab");
     let shaping = Shaping::new(10_000_000, 16_000, 64_000).expect("shaping");
@@ -31,6 +40,7 @@ fn ours(name: &LabName) -> (Duration, Duration) {
     let build = t0.elapsed();
     let t1 = Instant::now();
     net.destroy().expect("delete lab");
+    rtnl_probe(probe);
     (build, t1.elapsed())
 }
 
@@ -44,7 +54,7 @@ fn run(script: &str) {
 }
 
 /// One `ip`/`tc` process per step, as a shell script would do it.
-fn iproute2(ns: &str) -> (Duration, Duration) {
+fn iproute2(ns: &str, probe: &Rtnl) -> (Duration, Duration) {
     let mut s = format!("ip netns add {ns}\nip -n {ns} link set lo up\n");
     for i in 0..LINKS {
         s += &format!(
@@ -59,11 +69,12 @@ fn iproute2(ns: &str) -> (Duration, Duration) {
     let build = t0.elapsed();
     let t1 = Instant::now();
     run(&format!("ip netns del {ns}"));
+    rtnl_probe(probe);
     (build, t1.elapsed())
 }
 
 /// The fastest iproute2 can do: one `ip -batch` and one `tc -batch` process.
-fn iproute2_batch(ns: &str) -> (Duration, Duration) {
+fn iproute2_batch(ns: &str, probe: &Rtnl) -> (Duration, Duration) {
     let dir = std::env::temp_dir();
     let ipf = dir.join("kb-bench.ip");
     let tcf = dir.join("kb-bench.tc");
@@ -88,6 +99,7 @@ fn iproute2_batch(ns: &str) -> (Duration, Duration) {
     let build = t0.elapsed();
     let t1 = Instant::now();
     run(&format!("ip netns del {ns}"));
+    rtnl_probe(probe);
     let td = t1.elapsed();
     let _ = std::fs::remove_file(ipf);
     let _ = std::fs::remove_file(tcf);
@@ -117,6 +129,8 @@ fn main() {
     let ipns = "kb-kbbench-ip";
     let _ = LabNet::delete(&name);
     let _ = Command::new("ip").args(["netns", "del", ipns]).status();
+    let scratch = Netns::create("kb-bench-probe").expect("scratch netns");
+    let probe = Rtnl::open(&scratch).expect("probe socket");
 
     let (mut ob, mut ot, mut ib, mut it, mut bb, mut bt) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
@@ -125,15 +139,15 @@ fn main() {
     let settle = || std::thread::sleep(Duration::from_millis(2500));
     for _ in 0..runs {
         settle();
-        let (b, t) = ours(&name);
+        let (b, t) = ours(&name, &probe);
         ob.push(b);
         ot.push(t);
         settle();
-        let (b, t) = iproute2(ipns);
+        let (b, t) = iproute2(ipns, &probe);
         ib.push(b);
         it.push(t);
         settle();
-        let (b, t) = iproute2_batch(ipns);
+        let (b, t) = iproute2_batch(ipns, &probe);
         bb.push(b);
         bt.push(t);
     }
@@ -173,6 +187,9 @@ fn main() {
         ms(bb + bt) / ms(ob + ot),
         ms(bb) / ms(ob)
     );
-    println!("note: `ip netns del` returns before the kernel has torn the namespace down;");
-    println!("      kobako-net deletes every link synchronously before it returns.");
+    println!("delete ms = until the kernel is done: the delete call plus one RTNL-locked probe");
+    println!("(`ip netns del` returns at once and the kernel tears the namespace down in the");
+    println!("background holding the RTNL lock; kobako-net deletes every link before returning).");
+    drop(probe);
+    let _ = Netns::delete("kb-bench-probe");
 }
