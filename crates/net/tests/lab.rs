@@ -255,3 +255,71 @@ fn overlapping_labs_are_isolated() {
     let r = a2.ping(ip(2), 5, T);
     assert_eq!(r.received, 0, "lab 2 reached lab 1: {r:?}");
 }
+
+#[test]
+fn jitter_duplication_and_partial_loss() {
+    let (lab, ea, _eb) = p2p("kbt-jit", "kbe-jit-a", "kbe-jit-b");
+    let net = lab.net();
+    let dst = Ipv4Addr::new(10, 0, 0, 2);
+
+    // Jitter: 30 ms ± 20 ms towards B.
+    let j = Impairment::builder()
+        .delay(Duration::from_millis(30))
+        .jitter(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    net.set_impairment(&ifn("pb"), &j).unwrap();
+    let r = ea.ping(dst, 12, Duration::from_millis(500));
+    assert_eq!(r.received, 12, "{r:?}");
+    let (min, max) = (r.min_rtt().unwrap(), r.max_rtt().unwrap());
+    assert!(min >= Duration::from_millis(9), "{r:?}");
+    assert!(max <= Duration::from_millis(80), "{r:?}");
+    assert!(
+        max - min >= Duration::from_millis(8),
+        "no visible jitter: {r:?}"
+    );
+
+    // 50 % loss: some but not all get through (P(all or none of 24) ~ 1e-7).
+    let l = Impairment::builder().loss(50.0).build().unwrap();
+    net.set_impairment(&ifn("pb"), &l).unwrap();
+    let r = ea.ping(dst, 24, Duration::from_millis(150));
+    assert!(r.received > 0 && r.received < 24, "{r:?}");
+
+    // 100 % duplication: B sees every echo request twice (captured leaving the port).
+    let d = Impairment::builder().duplicate(100.0).build().unwrap();
+    net.set_impairment(&ifn("pb"), &d).unwrap();
+    let path = std::env::temp_dir().join(format!("kbt-dup-{}.pcapng", std::process::id()));
+    let cap = net
+        .capture(
+            &ifn("pb"),
+            std::fs::File::create(&path).unwrap(),
+            kobako_net::capture::CaptureOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(ea.ping(dst, 4, T).received, 4);
+    std::thread::sleep(Duration::from_millis(100));
+    cap.stop().unwrap();
+    let out = std::process::Command::new("tshark")
+        .args([
+            "-r",
+            path.to_str().unwrap(),
+            "-Y",
+            "icmp.type == 8",
+            "-T",
+            "fields",
+            "-e",
+            "icmp.seq",
+        ])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&path);
+    let n = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(
+        n,
+        8,
+        "expected 4 requests twice: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    net.clear_impairment(&ifn("pb")).unwrap();
+    assert_eq!(ea.ping(dst, 3, T).received, 3);
+}
