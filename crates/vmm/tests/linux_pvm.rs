@@ -1,0 +1,105 @@
+//! Linux smoke boot on this host's /dev/kvm: the PVM-tolerant kernel from
+//! `crates/vmm/guest-pvm/build.sh` with a one-file initramfs whose /init prints a marker,
+//! signals boot complete and reboots. Slow (tens of seconds on kvm_pvm) and needs the kernel
+//! build, so it is `#[ignore]`d; run it with
+//! `cargo test -p kobako-vmm --test linux_pvm -- --ignored --nocapture`.
+//! `KOBAKO_PVM_KERNEL` overrides the kernel path (default /var/cache/kobako/kernel-pvm/vmlinux);
+//! `KOBAKO_PVM_CMDLINE_EXTRA` appends to the command line.
+
+mod common;
+
+use std::io::Read;
+use std::time::Instant;
+
+use common::*;
+
+/// A cpio "newc" archive with one executable file `/init`.
+fn initramfs(init: &[u8]) -> Vec<u8> {
+    fn entry(out: &mut Vec<u8>, ino: u32, mode: u32, name: &str, data: &[u8]) {
+        let hdr = format!(
+            "070701{ino:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+            0, 0, 1, 0, data.len(), 0, 0, 0, 0, name.len() + 1, 0
+        );
+        out.extend_from_slice(hdr.as_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(data);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+    }
+    let mut out = Vec::new();
+    entry(&mut out, 1, 0o100755, "init", init);
+    entry(&mut out, 0, 0, "TRAILER!!!", &[]);
+    out
+}
+
+#[test]
+#[ignore = "needs the PVM-tolerant kernel (guest-pvm/build.sh) and ~1 minute"]
+fn linux_boots_to_userspace_marker() {
+    let kernel = std::env::var("KOBAKO_PVM_KERNEL")
+        .unwrap_or_else(|_| "/var/cache/kobako/kernel-pvm/vmlinux".into());
+    assert!(
+        std::path::Path::new(&kernel).exists(),
+        "{kernel} missing: build it with crates/vmm/guest-pvm/build.sh"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = write(
+        dir.path(),
+        "initrd.cpio",
+        &initramfs(&elf(guests::INIT, false)),
+    );
+    let log = dir.path().join("vmm.log");
+    let mut cmdline = String::from(
+        "console=ttyS0 reboot=k panic=-1 nokaslr mitigations=off kobako_pvm noxsave \
+         clearcpuid=popcnt,smap,erms,fsrm noreplace-smp",
+    );
+    if let Ok(extra) = std::env::var("KOBAKO_PVM_CMDLINE_EXTRA") {
+        cmdline.push(' ');
+        cmdline.push_str(&extra);
+    }
+    let cfg = write(
+        dir.path(),
+        "vm.json",
+        serde_json::json!({
+            "boot-source": {
+                "kernel_image_path": kernel,
+                "initrd_path": initrd,
+                "boot_args": cmdline,
+            },
+            "machine-config": { "vcpu_count": 1, "mem_size_mib": 256 },
+        })
+        .to_string()
+        .as_bytes(),
+    );
+    let t0 = Instant::now();
+    let mut child = std::process::Command::new(vmm_bin())
+        .args(["--no-api", "--level", "Info", "--config-file"])
+        .arg(&cfg)
+        .arg("--log-path")
+        .arg(&log)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = stdout.read_to_end(&mut s);
+        s
+    });
+    let code = wait_exit(&mut child, 300);
+    let console = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    println!("--- console ---\n{console}\n--- vmm log ---\n{log}");
+    println!("exit code {code} after {:.1} s", t0.elapsed().as_secs_f64());
+    assert!(
+        console.contains("KOBAKO-USERSPACE-UP"),
+        "no userspace marker; exit code {code}"
+    );
+    assert_eq!(code, kobako_vmm::EXIT_GUEST_RESET);
+    assert!(log.contains("Guest-boot-time"), "no boot-complete signal");
+}
