@@ -325,7 +325,7 @@ fn bad_input_gets_one_clear_error_and_nothing_runs() {
 fn a_guest_that_never_becomes_ready_times_out_with_its_console() {
     let env = Env::new();
     let started = std::time::Instant::now();
-    // init is `sleep 1000`: the agent never starts.
+    // init is a plain shell waiting on the console: the agent never starts.
     assert_fails_with(
         &env,
         &[
@@ -336,7 +336,7 @@ fn a_guest_that_never_becomes_ready_times_out_with_its_console() {
             "--timeout",
             "8",
             "--cmdline",
-            "rdinit=/bin/sleep -- 1000",
+            "rdinit=/bin/sh",
         ],
         "did not become ready within 8 s",
     );
