@@ -273,7 +273,7 @@ fn jitter_duplication_and_partial_loss() {
     assert_eq!(r.received, 12, "{r:?}");
     let (min, max) = (r.min_rtt().unwrap(), r.max_rtt().unwrap());
     assert!(min >= Duration::from_millis(9), "{r:?}");
-    assert!(max <= Duration::from_millis(80), "{r:?}");
+    assert!(max <= Duration::from_millis(250), "{r:?}");
     assert!(
         max - min >= Duration::from_millis(8),
         "no visible jitter: {r:?}"
