@@ -10,11 +10,21 @@ use crate::netlink::NetlinkError;
 pub enum NetError {
     /// An interface name the kernel would reject (empty, longer than 15 bytes, `/`, space ...).
     #[error("invalid interface name {name:?}: {reason}")]
-    InvalidIfName { name: String, reason: &'static str },
+    InvalidIfName {
+        /// The rejected name.
+        name: String,
+        /// Why.
+        reason: &'static str,
+    },
 
     /// A lab name that cannot name a namespace / nft table.
     #[error("invalid lab name {name:?}: {reason}")]
-    InvalidLabName { name: String, reason: &'static str },
+    InvalidLabName {
+        /// The rejected name.
+        name: String,
+        /// Why.
+        reason: &'static str,
+    },
 
     /// VLAN ids are 1..=4094 (0 and 4095 are reserved by 802.1Q).
     #[error("VLAN id {0} is outside 1..=4094")]
@@ -30,7 +40,12 @@ pub enum NetError {
 
     /// The interface does not exist in that namespace.
     #[error("unknown interface {name:?} in namespace {ns}")]
-    UnknownInterface { ns: String, name: String },
+    UnknownInterface {
+        /// Namespace searched.
+        ns: String,
+        /// Interface name.
+        name: String,
+    },
 
     /// The lab's namespace does not exist.
     #[error("lab {0:?} does not exist")]
@@ -40,9 +55,13 @@ pub enum NetError {
     /// expected); kobako does not silently replace what it did not make.
     #[error("interface {name:?} in namespace {ns} is a {found}, expected a {expected}")]
     Conflict {
+        /// Namespace.
         ns: String,
+        /// Interface name.
         name: String,
+        /// Kind found.
         found: String,
+        /// Kind expected.
         expected: &'static str,
     },
 
@@ -53,7 +72,9 @@ pub enum NetError {
     /// A netlink request failed.
     #[error("{op}")]
     Netlink {
+        /// What was being done.
         op: String,
+        /// The kernel's answer.
         #[source]
         source: NetlinkError,
     },
@@ -61,7 +82,9 @@ pub enum NetError {
     /// A system call or file operation failed.
     #[error("{op}")]
     Io {
+        /// What was being done.
         op: String,
+        /// The OS error.
         #[source]
         source: io::Error,
     },

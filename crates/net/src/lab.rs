@@ -324,6 +324,7 @@ impl LabNet {
 
     /// Removes everything of lab `name`; absent or half-deleted labs are fine.
     pub fn delete(name: &LabName) -> Result<()> {
+        tracing::debug!(lab = %name, "delete lab");
         let host = Netns::host()?;
         if let Some(ns) = Netns::open(&name.netns_name())? {
             let rt = Rtnl::open(&ns)?;
@@ -438,6 +439,7 @@ impl LabNet {
     /// Creates (or completes) a port: the device, its MTU/MAC, its bridge and VLANs, up.
     /// Everything is validated before anything is created.
     pub fn ensure_port(&self, spec: &PortSpec) -> Result<Link> {
+        tracing::debug!(lab = %self.name, port = %spec.name, vlan = ?spec.vlan, "ensure port");
         if let Some(mtu) = spec.mtu {
             check_mtu(mtu)?;
         }
@@ -655,6 +657,7 @@ impl LabNet {
     /// Cuts (`false`) or heals (`true`) a link endpoint: the port goes administratively
     /// down/up, so its endpoint loses carrier and nothing is forwarded to or from it.
     pub fn set_link_up(&self, port: &IfName, up: bool) -> Result<()> {
+        tracing::debug!(lab = %self.name, %port, up, "set link state");
         let l = self.rt.require(port.as_str())?;
         self.rt.set_link(
             &l,
@@ -667,6 +670,7 @@ impl LabNet {
 
     /// Sets or changes, live, the impairment of traffic leaving `port` towards its endpoint.
     pub fn set_impairment(&self, port: &IfName, imp: &Impairment) -> Result<()> {
+        tracing::debug!(lab = %self.name, %port, ?imp, netem = self.features.netem, "set impairment");
         let l = self.rt.require(port.as_str())?;
         if imp.is_none() {
             return self.clear_impairment(port);
@@ -688,6 +692,7 @@ impl LabNet {
 
     /// Removes the impairment of `port`; none is fine.
     pub fn clear_impairment(&self, port: &IfName) -> Result<()> {
+        tracing::debug!(lab = %self.name, %port, "clear impairment");
         let l = self.rt.require(port.as_str())?;
         let st = self.port_state(port);
         if self.features.netem {
@@ -802,6 +807,7 @@ impl LabNet {
     /// host, a default route in the lab, masquerading on both sides and DNAT for published
     /// ports. Re-applying replaces the rules atomically.
     pub fn set_uplink(&self, uplink: Option<&Uplink>) -> Result<()> {
+        tracing::debug!(lab = %self.name, ?uplink, "set uplink");
         let host = Netns::host()?;
         let host_if = self.name.uplink_host_ifname();
         let table = self.name.nft_table();

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! kobako-net: the host side of kobako's lab networks, spoken to the kernel over netlink.
 //!
 //! One network namespace per lab (`kb-<lab>`) holds everything of that lab: bridges for

@@ -85,7 +85,10 @@ pub enum Expr {
     /// Load `data` into a register.
     Immediate(u32, Vec<u8>),
     /// DNAT to address in reg 1 and, if set, port in reg 2.
-    Dnat { port: bool },
+    Dnat {
+        /// Whether reg 2 holds a port.
+        port: bool,
+    },
     /// Masquerade.
     Masq,
 }
