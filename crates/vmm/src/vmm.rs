@@ -74,6 +74,7 @@ pub struct LoopOptions {
 
 struct Console {
     listener: UnixListener,
+    path: std::path::PathBuf,
     clients: Arc<Mutex<Vec<UnixStream>>>,
 }
 
@@ -188,11 +189,7 @@ impl EventLoop {
         }
         self.flush_metrics();
         if let Some(c) = &self.console {
-            if let Ok(addr) = c.listener.local_addr() {
-                if let Some(p) = addr.as_pathname() {
-                    let _ = std::fs::remove_file(p);
-                }
-            }
+            let _ = std::fs::remove_file(&c.path);
         }
         code
     }
@@ -345,6 +342,7 @@ impl EventLoop {
                 )?;
                 self.console = Some(Console {
                     listener,
+                    path: p.clone(),
                     clients: clients.clone(),
                 });
                 SerialOut::Clients(clients)
@@ -364,8 +362,14 @@ impl EventLoop {
             .map_err(|e| format!("Cannot open the serial console output: {e}"))?;
         let use_stdin = matches!(out, SerialOut::Stdout(_));
         let extra = self.extra.take().unwrap_or_default();
-        let vm = builder::build(&self.res, out, self.opts.filters.as_ref(), extra)
-            .map_err(|e| crate::error_chain(&e))?;
+        let vm = match builder::build(&self.res, out, self.opts.filters.as_ref(), extra) {
+            Ok(vm) => vm,
+            Err(e) => {
+                // Leave nothing behind, so that a corrected InstanceStart can succeed.
+                self.drop_console();
+                return Err(crate::error_chain(&e));
+            }
+        };
         let add = |fd, token| {
             self.epoll.ctl(
                 ControlOperation::Add,
@@ -390,6 +394,17 @@ impl EventLoop {
         self.state = InstanceState::Running;
         crate::log_info!("microVM started");
         Ok(())
+    }
+
+    fn drop_console(&mut self) {
+        if let Some(c) = self.console.take() {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                c.listener.as_raw_fd(),
+                EpollEvent::default(),
+            );
+            let _ = std::fs::remove_file(&c.path);
+        }
     }
 
     /// Sends `cmd` to every vCPU, kicks them out of KVM_RUN, and waits for each to confirm.

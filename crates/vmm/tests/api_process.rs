@@ -423,6 +423,46 @@ fn bad_input_gets_400_and_vmm_stays_consistent() {
 }
 
 #[test]
+fn failed_instance_start_leaves_vmm_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = elf(guests::PVH32, true);
+    let kernel = write(dir.path(), "vmlinux", &good);
+    let sock = dir.path().join("api.sock");
+    let console = dir.path().join("console.sock");
+    let mut child = spawn_api(&sock, &[]);
+    let body = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display());
+    assert_eq!(http(&sock, "PUT", "/boot-source", Some(&body)).0, 204);
+    let serial = format!(r#"{{"serial_out_path": "unix:{}"}}"#, console.display());
+    assert_eq!(http(&sock, "PUT", "/serial", Some(&serial)).0, 204);
+    // The kernel turns bad after it was accepted: an ELF whose entry is below 1 MiB.
+    let mut bad = good.clone();
+    bad[24..32].copy_from_slice(&0x1000u64.to_le_bytes());
+    std::fs::write(&kernel, &bad).unwrap();
+    let start = r#"{"action_type": "InstanceStart"}"#;
+    assert_fault(
+        http(&sock, "PUT", "/actions", Some(start)),
+        "Cannot load the kernel",
+    );
+    assert_eq!(
+        json(&http(&sock, "GET", "/", None).1)["state"],
+        "Not started"
+    );
+    assert!(!console.exists(), "console socket left behind");
+    // Fixed, it starts; the guest prints to the console socket and resets.
+    std::fs::write(&kernel, &good).unwrap();
+    assert_eq!(http(&sock, "PUT", "/actions", Some(start)).0, 204);
+    let code = wait_exit(&mut child, 30);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(code, kobako_vmm::EXIT_GUEST_RESET, "stderr: {err}");
+}
+
+#[test]
 fn config_file_without_api() {
     let dir = tempfile::tempdir().unwrap();
     let kernel = write(dir.path(), "vmlinux", &elf(guests::PVH32, true));
