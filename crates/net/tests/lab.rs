@@ -323,3 +323,87 @@ fn jitter_duplication_and_partial_loss() {
     net.clear_impairment(&ifn("pb")).unwrap();
     assert_eq!(ea.ping(dst, 3, T).received, 3);
 }
+
+/// Time to pull `bytes` over TCP from a server in `from` (10.0.0.2) to a client in `to`.
+fn transfer_time(from: &Endpoint, to: &Endpoint, port: u16, bytes: usize) -> Duration {
+    use std::io::{Read, Write};
+    let srv = from
+        .ns
+        .spawn("kb-test-tx", move || {
+            let l = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+            let (mut s, _) = l.accept().unwrap();
+            let chunk = vec![0x5au8; 16 * 1024];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                s.write_all(&chunk[..n]).unwrap();
+                left -= n;
+            }
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let took = to
+        .ns
+        .run(move || {
+            let start = std::time::Instant::now();
+            let mut s = std::net::TcpStream::connect_timeout(
+                &(Ipv4Addr::new(10, 0, 0, 2), port).into(),
+                Duration::from_secs(3),
+            )
+            .unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0;
+            while got < bytes {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "connection closed after {got} bytes");
+                got += n;
+            }
+            start.elapsed()
+        })
+        .unwrap();
+    srv.join().unwrap();
+    took
+}
+
+#[test]
+fn rate_limits_throughput() {
+    let (lab, ea, eb) = p2p("kbt-rate", "kbe-rate-a", "kbe-rate-b");
+    let net = lab.net();
+    let bytes = 256 * 1024; // 2 Mbit
+    let free = transfer_time(&eb, &ea, 9001, bytes);
+    assert!(
+        free < Duration::from_millis(700),
+        "unshaped transfer took {free:?}"
+    );
+
+    // netem-style rate (kernel netem, or the relay) on the port towards A: 4 Mbit/s -> ~0.5 s.
+    let r = Impairment::builder().rate_bps(4_000_000).build().unwrap();
+    net.set_impairment(&ifn("pa"), &r).unwrap();
+    let t = transfer_time(&eb, &ea, 9002, bytes);
+    assert!(
+        t >= Duration::from_millis(400),
+        "rate 4 Mbit/s: 2 Mbit took {t:?}"
+    );
+    assert!(
+        t < Duration::from_secs(5),
+        "rate 4 Mbit/s: 2 Mbit took {t:?}"
+    );
+    net.clear_impairment(&ifn("pa")).unwrap();
+
+    // Token bucket (tbf qdisc) at 4 Mbit/s with a 16 KB bucket.
+    let s = kobako_net::Shaping::new(4_000_000, 16 * 1024, 64 * 1024).unwrap();
+    net.set_shaping(&ifn("pa"), Some(s)).unwrap();
+    let t = transfer_time(&eb, &ea, 9003, bytes);
+    assert!(
+        t >= Duration::from_millis(400),
+        "tbf 4 Mbit/s: 2 Mbit took {t:?}"
+    );
+    assert!(
+        t < Duration::from_secs(5),
+        "tbf 4 Mbit/s: 2 Mbit took {t:?}"
+    );
+    net.set_shaping(&ifn("pa"), None).unwrap();
+    let t = transfer_time(&eb, &ea, 9004, bytes);
+    assert!(t < Duration::from_millis(700), "after clearing: {t:?}");
+}
