@@ -31,7 +31,7 @@ use crate::impair::{Impairment, Shaping};
 use crate::netns::{Netns, NsThread};
 use crate::nft::{Chain, Expr, Hook, Nft, L4};
 use crate::relay::{self, Leg, Relay};
-use crate::rtnl::{BridgeOpts, Link, LinkChange, PortVlan, Rtnl, TC_H_ROOT};
+use crate::rtnl::{BridgeOpts, Link, LinkChange, PortVlan, Rtnl};
 use crate::tap::{self, TapFlags};
 use crate::types::{check_mtu, IfName, Ipv4Cidr, LabName, MacAddr};
 
@@ -938,7 +938,8 @@ impl LabNet {
                 }
             }
             for q in rt.qdiscs()? {
-                if q.parent == TC_H_ROOT && q.kind != "noqueue" {
+                // Default qdiscs the kernel attaches have handle 0; ours have explicit ones.
+                if q.handle != 0 {
                     out.push(format!("qdisc {} on #{}", q.kind, q.ifindex));
                 }
             }
