@@ -139,7 +139,11 @@ fn open_port(timeout: Duration) -> Option<File> {
                 let name = std::fs::read_to_string(e.path().join("name")).unwrap_or_default();
                 if name.trim() == proto::PORT_NAME {
                     let dev = format!("/dev/{}", e.file_name().to_string_lossy());
-                    if let Ok(f) = std::fs::OpenOptions::new().read(true).write(true).open(&dev) {
+                    if let Ok(f) = std::fs::OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .open(&dev)
+                    {
                         return Some(f);
                     }
                 }
@@ -346,11 +350,17 @@ fn exec(stream: u32, req: ExecRequest, sessions: Sessions) {
     let mut readers = 0;
     let outputs: [(Option<Box<dyn Read + Send>>, Kind); 2] = [
         (
-            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
             Kind::Stdout,
         ),
         (
-            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
             Kind::Stderr,
         ),
     ];

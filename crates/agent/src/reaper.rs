@@ -57,9 +57,7 @@ fn reap_loop() {
             let seen = t.spawned;
             let _unused = r
                 .wake
-                .wait_timeout_while(t, std::time::Duration::from_secs(1), |t| {
-                    t.spawned == seen
-                })
+                .wait_timeout_while(t, std::time::Duration::from_secs(1), |t| t.spawned == seen)
                 .unwrap_or_else(|e| e.into_inner());
             continue;
         }

@@ -89,7 +89,11 @@ pub async fn boot(a: BenchBootArgs) -> Result<i32> {
             name: format!("bench-{}-{i}", std::process::id()),
             ..base.clone()
         };
-        kobako.push(kobako_run(&rt, &cfg).await.with_context(|| format!("kobako run {i}"))?);
+        kobako.push(
+            kobako_run(&rt, &cfg)
+                .await
+                .with_context(|| format!("kobako run {i}"))?,
+        );
         eprintln!(
             "  run {i:>2}: kobako {:>7.1} ms   raw qemu {:>7.1} ms",
             kobako[i].ms, raw[i].ms
@@ -179,11 +183,16 @@ fn raw_qemu(rt: &kobako_runtime::qemu::QemuRuntime, cfg: &VmConfig) -> Result<Sa
         format!("{}M", cfg.memory_mib),
     ];
     match cfg.accel {
-        kobako_runtime::Accel::Kvm => argv.extend(["-accel", "kvm", "-cpu", "host"].map(String::from)),
+        kobako_runtime::Accel::Kvm => {
+            argv.extend(["-accel", "kvm", "-cpu", "host"].map(String::from))
+        }
         kobako_runtime::Accel::Tcg => argv.extend(["-accel", "tcg,thread=multi"].map(String::from)),
     }
     // The same command line kobako uses, plus the marker switch (and no console shell).
-    let cmdline = format!("{} kobako.marker=poweroff kobako.console=off", cfg.cmdline());
+    let cmdline = format!(
+        "{} kobako.marker=poweroff kobako.console=off",
+        cfg.cmdline()
+    );
     argv.extend([
         "-kernel".into(),
         cfg.kernel.display().to_string(),

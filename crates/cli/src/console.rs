@@ -64,7 +64,10 @@ pub fn hint() -> &'static str {
 
 /// Run a console session until the VM ends or the user detaches/stops. `ended` resolving also
 /// ends the session (used when the VM is known to have stopped).
-pub async fn attach(socket: &Path, ended: impl std::future::Future<Output = ()>) -> Result<ConsoleEnd> {
+pub async fn attach(
+    socket: &Path,
+    ended: impl std::future::Future<Output = ()>,
+) -> Result<ConsoleEnd> {
     let s = UnixStream::connect(socket).await.with_context(|| {
         format!(
             "cannot attach to the console at {} (is another console attached?)",

@@ -10,7 +10,11 @@ mod vm_cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "kobako", version, about = "Fast, light Linux microVMs and network labs")]
+#[command(
+    name = "kobako",
+    version,
+    about = "Fast, light Linux microVMs and network labs"
+)]
 struct Cli {
     /// Log level for diagnostics on stderr (error, warn, info, debug, trace).
     #[arg(long, global = true, env = "KOBAKO_LOG", default_value = "warn")]
@@ -54,7 +58,10 @@ fn main() {
     let res = match cli.cmd {
         Cmd::Image(c) => image_cmd::run(c).map(|_| 0),
         cmd => {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("kobako: error: cannot start the async runtime: {e}");

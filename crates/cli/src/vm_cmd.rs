@@ -123,6 +123,7 @@ pub fn config_from(args: &RunArgs) -> Result<(VmConfig, String)> {
         extra_cmdline: String::new(),
         accel,
         ready_timeout_secs: args.timeout,
+        owned_paths: Vec::new(),
     };
     if let Err(e) = probe.validate() {
         if !e.to_string().contains("no such file") {
@@ -148,9 +149,7 @@ pub async fn run(cmd: VmCmd) -> Result<i32> {
         VmCmd::Ls { json } => ls(json).await,
         VmCmd::Stop { name, timeout } => {
             let vm = VmDir::open(&name)?;
-            runtime()?
-                .stop(&vm, Duration::from_secs(timeout))
-                .await?;
+            runtime()?.stop(&vm, Duration::from_secs(timeout)).await?;
             eprintln!("{name}: stopped");
             Ok(0)
         }
@@ -206,7 +205,10 @@ async fn exec(name: &str, argv: Vec<String>, timeout: Option<u64>) -> Result<i32
     std::io::stdout().write_all(&out.stdout)?;
     std::io::stderr().write_all(&out.stderr)?;
     if out.timed_out {
-        eprintln!("kobako: command killed after {} s (--timeout)", timeout.unwrap_or(0));
+        eprintln!(
+            "kobako: command killed after {} s (--timeout)",
+            timeout.unwrap_or(0)
+        );
     }
     Ok(out.status())
 }

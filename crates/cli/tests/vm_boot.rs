@@ -157,10 +157,7 @@ fn one_vcpu_128m_boots_reports_and_stops_clean() {
     let nproc = ok(&exec(&env, "t-basic", &["nproc"]));
     assert_eq!(nproc.trim(), "1");
     assert_memory_matches(mem_total_mib(&env, "t-basic"), 128);
-    assert_eq!(
-        ok(&exec(&env, "t-basic", &["hostname"])).trim(),
-        "t-basic"
-    );
+    assert_eq!(ok(&exec(&env, "t-basic", &["hostname"])).trim(), "t-basic");
 
     let ls = ok(&env.run(&["vm", "ls", "--json"]));
     let ls: serde_json::Value = serde_json::from_str(&ls).unwrap();
@@ -194,7 +191,11 @@ fn two_vcpus_512m_and_64m() {
 fn exec_passes_exit_codes_and_streams() {
     let env = Env::new();
     run_detached(&env, "t-exec", &[]);
-    let o = exec(&env, "t-exec", &["sh", "-c", "echo out; echo err >&2; exit 7"]);
+    let o = exec(
+        &env,
+        "t-exec",
+        &["sh", "-c", "echo out; echo err >&2; exit 7"],
+    );
     assert_eq!(o.status.code(), Some(7));
     assert_eq!(text(&o.stdout), "out\n");
     assert_eq!(text(&o.stderr), "err\n");
@@ -202,7 +203,11 @@ fn exec_passes_exit_codes_and_streams() {
     assert_eq!(o.status.code(), Some(128 + 9));
     let o = exec(&env, "t-exec", &["/no/such/program"]);
     assert!(!o.status.success());
-    assert!(text(&o.stderr).contains("/no/such/program"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("/no/such/program"),
+        "{}",
+        text(&o.stderr)
+    );
     ok(&env.run(&["vm", "stop", "t-exec"]));
     env.assert_clean();
 }
@@ -230,7 +235,9 @@ fn foreground_run_ends_with_the_guest_poweroff() {
     {
         use std::io::Write;
         let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"echo hello-from-console; poweroff\n").unwrap();
+        stdin
+            .write_all(b"echo hello-from-console; poweroff\n")
+            .unwrap();
         // Keep stdin open until the VM ends (closing it must not end the session).
         let out = child.wait_with_output_timeout(std::time::Duration::from_secs(120));
         drop(stdin);
@@ -292,10 +299,7 @@ fn assert_fails_with(env: &Env, args: &[&str], needle: &str) {
         stderr.contains(needle),
         "{args:?}: expected '{needle}' in: {stderr}"
     );
-    assert!(
-        !stderr.contains("panicked"),
-        "{args:?} panicked: {stderr}"
-    );
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     env.assert_clean();
 }
 
@@ -316,9 +320,17 @@ fn bad_input_gets_one_clear_error_and_nothing_runs() {
     assert_fails_with(&env, &["vm", "run", "--memory", "lots"], "not a size");
     assert_fails_with(&env, &["vm", "run", "--vcpus", "0"], "at least 1 vCPU");
     assert_fails_with(&env, &["vm", "run", "--vcpus", "4096"], "this host has");
-    assert_fails_with(&env, &["vm", "run", "--image", "nosuch"], "unknown image 'nosuch'");
+    assert_fails_with(
+        &env,
+        &["vm", "run", "--image", "nosuch"],
+        "unknown image 'nosuch'",
+    );
     assert_fails_with(&env, &["vm", "run", "--image", text_file], "not an image");
-    assert_fails_with(&env, &["vm", "exec", "ghost", "--", "true"], "no VM named 'ghost'");
+    assert_fails_with(
+        &env,
+        &["vm", "exec", "ghost", "--", "true"],
+        "no VM named 'ghost'",
+    );
 }
 
 #[test]

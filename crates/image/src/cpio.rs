@@ -13,13 +13,15 @@ pub fn write_tree(root: &Path, out: &mut impl Write) -> io::Result<()> {
     let mut entries = Vec::new();
     collect(root, root, &mut entries)?;
     entries.sort();
-    let mut ino = 1u32;
-    for rel in entries {
+    for (ino, rel) in (1u32..).zip(entries) {
         let path = root.join(&rel);
         let md = fs::symlink_metadata(&path)?;
         let ft = md.file_type();
         let data: Vec<u8> = if ft.is_symlink() {
-            fs::read_link(&path)?.as_os_str().as_encoded_bytes().to_vec()
+            fs::read_link(&path)?
+                .as_os_str()
+                .as_encoded_bytes()
+                .to_vec()
         } else if ft.is_file() {
             fs::read(&path)?
         } else {
@@ -32,7 +34,6 @@ pub fn write_tree(root: &Path, out: &mut impl Write) -> io::Result<()> {
             (0, 0)
         };
         entry(out, &rel, md.mode(), ino, rmaj, rmin, &data)?;
-        ino += 1;
     }
     entry(out, "TRAILER!!!", 0, 0, 0, 0, &[])
 }
@@ -119,7 +120,10 @@ mod tests {
                 .unwrap();
             child.stdin.take().unwrap().write_all(&buf).unwrap();
             assert!(child.wait().unwrap().success());
-            assert_eq!(fs::read(out_dir.join("bin/hello")).unwrap(), b"hello world\n");
+            assert_eq!(
+                fs::read(out_dir.join("bin/hello")).unwrap(),
+                b"hello world\n"
+            );
             assert_eq!(
                 fs::read_link(out_dir.join("bin/hi")).unwrap(),
                 Path::new("hello")

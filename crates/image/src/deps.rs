@@ -10,7 +10,10 @@ pub enum DepsError {
     #[error("missing packages {missing:?} and not root: run `sudo apt-get install {}`", missing.join(" "))]
     NotRoot { missing: Vec<String> },
     #[error("`apt-get install {}` failed (exit {code:?}); see the output above", packages.join(" "))]
-    Install { packages: Vec<String>, code: Option<i32> },
+    Install {
+        packages: Vec<String>,
+        code: Option<i32>,
+    },
 }
 
 /// The packages of `wanted` that are not installed.

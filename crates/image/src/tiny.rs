@@ -149,7 +149,15 @@ pub fn build(agent: &Path, progress: &dyn Progress) -> Result<TinyImage, TinyErr
     // ext4 with room to write: 64 MiB, sparse.
     let ext4 = tmp.join("rootfs.ext4");
     let o = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "kobako-root", "-E", "root_owner=0:0", "-d"])
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            "kobako-root",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
         .arg(&root)
         .arg(&ext4)
         .arg("64M")

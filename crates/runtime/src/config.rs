@@ -61,6 +61,10 @@ pub struct VmConfig {
     pub accel: Accel,
     /// Seconds to wait for the agent before giving up.
     pub ready_timeout_secs: u64,
+    /// Files and directories created for this VM alone (e.g. its qcow2 overlay under
+    /// /var/lib/kobako), removed together with the VM.
+    #[serde(default)]
+    pub owned_paths: Vec<PathBuf>,
 }
 
 /// Largest VM memory accepted (the host's total), and the smallest a kernel boots in.
@@ -69,9 +73,7 @@ pub const MIN_MEMORY_MIB: u32 = 32;
 /// Parse sizes like `128M`, `512MiB`, `1G`, `2048` (MiB when no unit) into MiB.
 pub fn parse_mib(s: &str) -> Result<u32, String> {
     let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
@@ -80,7 +82,7 @@ pub fn parse_mib(s: &str) -> Result<u32, String> {
         "" | "m" | "mb" | "mib" => 1,
         "g" | "gb" | "gib" => 1024,
         "k" | "kb" | "kib" => {
-            if n % 1024 != 0 {
+            if !n.is_multiple_of(1024) {
                 return Err(format!("'{s}' is not a whole number of MiB"));
             }
             return u32::try_from(n / 1024).map_err(|_| format!("'{s}' is too large"));
@@ -239,6 +241,7 @@ mod tests {
             extra_cmdline: String::new(),
             accel: Accel::Tcg,
             ready_timeout_secs: 60,
+            owned_paths: Vec::new(),
         }
     }
 

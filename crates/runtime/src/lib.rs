@@ -43,7 +43,9 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("VM '{name}' exited before its agent was ready ({how}); last console lines:\n{console}")]
+    #[error(
+        "VM '{name}' exited before its agent was ready ({how}); last console lines:\n{console}"
+    )]
     ExitedEarly {
         name: String,
         how: String,

@@ -75,7 +75,10 @@ impl QemuRuntime {
             "-device".into(),
             "virtio-serial-device".into(),
             "-chardev".into(),
-            format!("socket,id=agent,path={},server=on,wait=off", p("agent-guest.sock")),
+            format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                p("agent-guest.sock")
+            ),
             "-device".into(),
             format!(
                 "virtserialport,chardev=agent,name={}",

@@ -102,8 +102,8 @@ fn supervise(vm: VmDir) -> Result<(), String> {
         .map_err(|e| format!("write supervisor.pid: {e}"))?;
     let agent_sock = vm.file("agent.sock");
     let _ = std::fs::remove_file(&agent_sock);
-    let listener =
-        UnixListener::bind(&agent_sock).map_err(|e| format!("bind {}: {e}", agent_sock.display()))?;
+    let listener = UnixListener::bind(&agent_sock)
+        .map_err(|e| format!("bind {}: {e}", agent_sock.display()))?;
 
     let vm_log = std::fs::File::create(vm.file("vm.log")).map_err(|e| format!("vm.log: {e}"))?;
     let (prog, args) = launch.argv.split_first().ok_or("launch.json: empty argv")?;
@@ -227,11 +227,8 @@ fn guest_loop(shared: Arc<Shared>, channel: GuestChannel, vm_pid: i32) {
         return;
     };
     *lock(&shared.guest) = Some(stream);
-    loop {
-        let frame = match proto::read_frame(&mut reader) {
-            Ok(f) => f,
-            Err(_) => break, // the VM process closed the channel: it is ending
-        };
+    // A read error means the VM process closed the channel: it is ending.
+    while let Ok(frame) = proto::read_frame(&mut reader) {
         if frame.stream == 0 {
             match frame.to_msg() {
                 Ok(Msg::Ready(info)) => {
@@ -287,11 +284,7 @@ fn client_loop(shared: Arc<Shared>, conn: UnixStream) {
     let writer = Arc::new(Mutex::new(writer));
     lock(&shared.clients).insert(id, writer.clone());
     let mut reader = conn;
-    loop {
-        let frame = match proto::read_frame(&mut reader) {
-            Ok(f) => f,
-            Err(_) => break,
-        };
+    while let Ok(frame) = proto::read_frame(&mut reader) {
         if frame.stream == 0 {
             // Hello: answer from the cached Ready (the agent said it once already), else forward.
             if let Some(info) = lock(&shared.ready).clone() {
@@ -347,6 +340,11 @@ fn client_loop(shared: Arc<Shared>, conn: UnixStream) {
             .collect()
     };
     for g in orphaned {
-        shared.to_guest(&Frame::msg(g, &Msg::Signal { signal: libc::SIGKILL }));
+        shared.to_guest(&Frame::msg(
+            g,
+            &Msg::Signal {
+                signal: libc::SIGKILL,
+            },
+        ));
     }
 }

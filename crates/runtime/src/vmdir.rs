@@ -145,8 +145,22 @@ impl VmDir {
         self.pid_file("supervisor.pid").filter(|p| alive(*p))
     }
 
-    /// Remove the directory and everything in it.
+    /// Remove the VM: the paths its config says it owns (overlays), then the directory.
     pub fn remove(&self) -> Result<()> {
+        if let Ok(cfg) = self.config() {
+            for p in &cfg.owned_paths {
+                let r = if p.is_dir() {
+                    std::fs::remove_dir_all(p)
+                } else {
+                    std::fs::remove_file(p)
+                };
+                if let Err(e) = r {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        return Err(io(format!("remove {}", p.display()))(e));
+                    }
+                }
+            }
+        }
         match std::fs::remove_dir_all(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
