@@ -11,6 +11,7 @@
 //! for tests and tools. All calls are blocking and short (netlink round trips); call them from
 //! `tokio::task::spawn_blocking` in async code. No `ip`, `tc` or `nft` binary is ever run.
 
+pub mod backend;
 pub mod capture;
 pub mod error;
 pub mod impair;
@@ -23,6 +24,7 @@ pub mod rtnl;
 pub mod tap;
 pub mod types;
 
+pub use backend::{LabNetwork, NetCall, RecordingNetwork};
 pub use error::{NetError, Result};
 pub use impair::{Impairment, ImpairmentBuilder, Percent, Shaping};
 pub use lab::{LabNet, PortKind, PortSpec, Proto, PublishedPort, Uplink};
