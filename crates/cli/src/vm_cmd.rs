@@ -124,6 +124,7 @@ pub fn config_from(args: &RunArgs) -> Result<(VmConfig, String)> {
         accel,
         ready_timeout_secs: args.timeout,
         owned_paths: Vec::new(),
+        extra_disks: Vec::new(),
     };
     if let Err(e) = probe.validate() {
         if !e.to_string().contains("no such file") {

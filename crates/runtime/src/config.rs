@@ -65,6 +65,20 @@ pub struct VmConfig {
     /// /var/lib/kobako), removed together with the VM.
     #[serde(default)]
     pub owned_paths: Vec<PathBuf>,
+    /// More virtio-blk disks after the root (guest sees them as /dev/vdb, /dev/vdc, ... in order;
+    /// e.g. a cloud-init NoCloud seed).
+    #[serde(default)]
+    pub extra_disks: Vec<Disk>,
+}
+
+/// A disk image attached to a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    pub path: PathBuf,
+    /// "raw" or "qcow2".
+    pub format: String,
+    pub read_only: bool,
 }
 
 /// Largest VM memory accepted (the host's total), and the smallest a kernel boots in.
@@ -152,6 +166,16 @@ impl VmConfig {
         match &self.root {
             Root::Initramfs { path } => must_exist(path, "initramfs")?,
             Root::Disk { path, .. } => must_exist(path, "disk image")?,
+        }
+        for d in &self.extra_disks {
+            must_exist(&d.path, "disk image")?;
+            if d.format != "raw" && d.format != "qcow2" {
+                return Err(RuntimeError::Invalid(format!(
+                    "disk {}: format '{}' is not raw or qcow2",
+                    d.path.display(),
+                    d.format
+                )));
+            }
         }
         Ok(())
     }
@@ -242,6 +266,7 @@ mod tests {
             accel: Accel::Tcg,
             ready_timeout_secs: 60,
             owned_paths: Vec::new(),
+            extra_disks: Vec::new(),
         }
     }
 

@@ -104,6 +104,19 @@ impl QemuRuntime {
                 "virtio-blk-device,drive=root".into(),
             ]),
         }
+        for (i, d) in cfg.extra_disks.iter().enumerate() {
+            a.extend([
+                "-drive".into(),
+                format!(
+                    "if=none,id=disk{i},file={},format={},cache=unsafe{}",
+                    d.path.display(),
+                    d.format,
+                    if d.read_only { ",readonly=on" } else { "" }
+                ),
+                "-device".into(),
+                format!("virtio-blk-device,drive=disk{i}"),
+            ]);
+        }
         a
     }
 
