@@ -22,7 +22,7 @@ fn rtnl_probe(rt: &Rtnl) {
 
 const LINKS: usize = 50;
 
-fn ours(name: &LabName, probe: &Rtnl) -> (Duration, Duration) {
+fn ours(name: &LabName, probe: &Rtnl, detached: bool) -> (Duration, Duration) {
     let t0 = Instant::now();
     let net = LabNet::ensure(name).expect("create lab");
     let shaping = Shaping::new(10_000_000, 16_000, 64_000).expect("shaping");
@@ -39,7 +39,11 @@ fn ours(name: &LabName, probe: &Rtnl) -> (Duration, Duration) {
     }
     let build = t0.elapsed();
     let t1 = Instant::now();
-    net.destroy().expect("delete lab");
+    if detached {
+        net.destroy_detached().expect("delete lab");
+    } else {
+        net.destroy().expect("delete lab");
+    }
     rtnl_probe(probe);
     (build, t1.elapsed())
 }
@@ -134,14 +138,19 @@ fn main() {
 
     let (mut ob, mut ot, mut ib, mut it, mut bb, mut bt) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut db, mut dt) = (vec![], vec![]);
     // `ip netns del` leaves the kernel tearing the namespace down in the background (holding
     // the RTNL lock); settle between measurements so no run pays for the previous one.
     let settle = || std::thread::sleep(Duration::from_millis(2500));
     for _ in 0..runs {
         settle();
-        let (b, t) = ours(&name, &probe);
+        let (b, t) = ours(&name, &probe, false);
         ob.push(b);
         ot.push(t);
+        settle();
+        let (b, t) = ours(&name, &probe, true);
+        db.push(b);
+        dt.push(t);
         settle();
         let (b, t) = iproute2(ipns, &probe);
         ib.push(b);
@@ -151,6 +160,7 @@ fn main() {
         bb.push(b);
         bt.push(t);
     }
+    let (db, dt) = (median(db), median(dt));
     let (ob, ot, ib, it, bb, bt) = (
         median(ob),
         median(ot),
@@ -166,6 +176,7 @@ fn main() {
     );
     for (n, b, t) in [
         ("kobako-net (netlink)", ob, ot),
+        ("kobako-net, detached delete", db, dt),
         ("ip/tc, one process/step", ib, it),
         ("ip -batch + tc -batch", bb, bt),
     ] {
@@ -186,6 +197,14 @@ fn main() {
         "ratio ip -batch      : kobako-net = {:.1}x (build {:.1}x)",
         ms(bb + bt) / ms(ob + ot),
         ms(bb) / ms(ob)
+    );
+    println!(
+        "ratio ip/tc per step : kobako-net detached = {:.1}x",
+        ms(ib + it) / ms(db + dt)
+    );
+    println!(
+        "ratio ip -batch      : kobako-net detached = {:.1}x",
+        ms(bb + bt) / ms(db + dt)
     );
     println!("delete ms = until the kernel is done: the delete call plus one RTNL-locked probe");
     println!("(`ip netns del` returns at once and the kernel tears the namespace down in the");

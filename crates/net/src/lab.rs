@@ -351,6 +351,20 @@ impl LabNet {
         Ok(())
     }
 
+    /// Removes lab `name` the way `ip netns del` does: the host side (nft table, uplink veth —
+    /// which takes its lab end with it) synchronously, then the namespace's name; the kernel
+    /// frees the namespace and the devices in it in the background once nothing refers to it
+    /// (no VM process, no open socket). Returns in milliseconds instead of ~6 ms per bridge port;
+    /// use [`LabNet::delete`] when the devices must be gone on return (e.g. veth peers in other
+    /// namespaces).
+    pub fn delete_detached(name: &LabName) -> Result<()> {
+        tracing::debug!(lab = %name, "delete lab (detached)");
+        let host = Netns::host()?;
+        Nft::open(&host)?.delete_table(&name.nft_table())?;
+        Rtnl::open(&host)?.delete_link(name.uplink_host_ifname().as_str())?;
+        Netns::delete(&name.netns_name())
+    }
+
     /// Stops this handle's relays and removes the lab ([`LabNet::delete`]).
     pub fn destroy(self) -> Result<()> {
         self.relays
@@ -358,6 +372,15 @@ impl LabNet {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         Self::delete(&self.name)
+    }
+
+    /// Stops this handle's relays and removes the lab ([`LabNet::delete_detached`]).
+    pub fn destroy_detached(self) -> Result<()> {
+        self.relays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        Self::delete_detached(&self.name)
     }
 
     /// The lab's name.

@@ -415,3 +415,21 @@ fn crash_leftovers_are_repaired() {
     }
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+fn detached_delete_leaves_nothing_named() {
+    let name = LabName::new("kbt-det").unwrap();
+    let mut lab = TestLab::new("kbt-det");
+    let net = lab.net();
+    net.ensure_bridge(&ifn("lan"), None, None, false).unwrap();
+    net.ensure_port(&PortSpec::tap(ifn("tap0"), ifn("lan")))
+        .unwrap();
+    net.set_uplink(Some(&Uplink::derived(&name))).unwrap();
+    assert!(!LabNet::inventory(&name).unwrap().is_empty());
+    lab.net.take().unwrap().destroy_detached().unwrap();
+    LabNet::delete_detached(&name).unwrap(); // twice is fine
+    let after = LabNet::inventory(&name).unwrap();
+    assert!(after.is_empty(), "left behind: {after:?}");
+    assert!(!sh("ip netns list").contains("kb-kbt-det"));
+    assert!(!sh("nft list tables").contains("kobako-kbt-det"));
+}
