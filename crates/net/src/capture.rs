@@ -179,7 +179,7 @@ pub(crate) fn open_packet_socket_here(ifindex: u32) -> io::Result<OwnedFd> {
 }
 
 pub(crate) fn packet_socket_in(ns: &Netns, ifindex: u32) -> Result<OwnedFd> {
-    ns.run(move || open_packet_socket_here(ifindex))?
+    ns.enter(move || open_packet_socket_here(ifindex))?
         .map_err(NetError::io(format!("open packet socket in {}", ns.name())))
 }
 

@@ -181,6 +181,48 @@ impl Netns {
         })
     }
 
+    /// Runs a short, non-blocking `f` on the *calling* thread after entering this namespace,
+    /// and returns to the thread's original namespace before returning (also if `f` panics).
+    /// Used for opening sockets and taps, where spawning a thread would cost more than the
+    /// work itself. `f` must not block or spawn threads.
+    pub(crate) fn enter<R>(&self, f: impl FnOnce() -> R) -> Result<R> {
+        let orig = File::open("/proc/thread-self/ns/net")
+            .map_err(NetError::io("open current network namespace"))?;
+        // SAFETY: plain old data; fstat fills it.
+        let (mut a, mut b): (libc::stat, libc::stat) =
+            unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+        // SAFETY: valid fds and pointers to live stat buffers.
+        let same = unsafe {
+            libc::fstat(orig.as_raw_fd(), &mut a) == 0
+                && libc::fstat(self.file.as_raw_fd(), &mut b) == 0
+                && a.st_ino == b.st_ino
+                && a.st_dev == b.st_dev
+        };
+        if same {
+            return Ok(f());
+        }
+        // SAFETY: valid nsfs fd; changes only this thread's network namespace, restored below.
+        if unsafe { libc::setns(self.file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(NetError::io(format!(
+                "enter network namespace {}",
+                self.name
+            ))(io::Error::last_os_error()));
+        }
+        struct Restore(File);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                // SAFETY: valid nsfs fd of the namespace this thread came from.
+                if unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    // Continuing would run unrelated code in a lab's namespace; there is no
+                    // safe way forward.
+                    std::process::abort();
+                }
+            }
+        }
+        let _restore = Restore(orig);
+        Ok(f())
+    }
+
     /// Spawns a long-lived thread inside this namespace (for servers, capture, relays).
     /// Returns once the thread has entered the namespace.
     pub fn spawn<F, R>(&self, name: &str, f: F) -> Result<NsThread<R>>
@@ -225,14 +267,14 @@ impl Netns {
     pub fn set_sysctl(&self, key: &str, value: &str) -> Result<()> {
         let path = format!("/proc/sys/net/{key}");
         let v = value.to_string();
-        self.run(move || std::fs::write(&path, v.as_bytes()))?
+        self.enter(move || std::fs::write(&path, v.as_bytes()))?
             .map_err(NetError::io(format!("write net.{key} in {}", self.name)))
     }
 
     /// Reads a sysctl under /proc/sys/net from inside this namespace.
     pub fn sysctl(&self, key: &str) -> Result<String> {
         let path = format!("/proc/sys/net/{key}");
-        self.run(move || std::fs::read_to_string(&path))?
+        self.enter(move || std::fs::read_to_string(&path))?
             .map(|s| s.trim().to_string())
             .map_err(NetError::io(format!("read net.{key} in {}", self.name)))
     }

@@ -294,7 +294,7 @@ impl Nft {
     /// Opens an nfnetlink socket inside `ns`.
     pub fn open(ns: &Netns) -> Result<Nft> {
         let sock = ns
-            .run(|| NlSocket::new(NETLINK_NETFILTER))?
+            .enter(|| NlSocket::new(NETLINK_NETFILTER))?
             .map_err(NetError::io(format!(
                 "open nfnetlink socket in {}",
                 ns.name()

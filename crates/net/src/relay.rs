@@ -109,7 +109,7 @@ pub(crate) fn start(
     let params = Arc::new(Mutex::new(imp));
     let (stop2, params2) = (stop.clone(), params.clone());
     // Open the sockets up front (in the namespace) so errors are reported to the caller.
-    let socks = ns.run(move || -> io::Result<(OwnedFd, Vec<LegSocket>)> {
+    let socks = ns.enter(move || -> io::Result<(OwnedFd, Vec<LegSocket>)> {
         let p = relay_socket(port_ifindex)?;
         let mut l = Vec::new();
         for leg in legs {

@@ -200,7 +200,7 @@ impl Rtnl {
     /// Opens a route netlink socket inside `ns`.
     pub fn open(ns: &Netns) -> Result<Rtnl> {
         let sock = ns
-            .run(|| NlSocket::new(NETLINK_ROUTE))?
+            .enter(|| NlSocket::new(NETLINK_ROUTE))?
             .map_err(NetError::io(format!(
                 "open netlink socket in {}",
                 ns.name()

@@ -53,7 +53,7 @@ fn tunsetiff(name: &IfName, flags: TapFlags) -> io::Result<OwnedFd> {
 /// Creates a persistent tap `name` in `ns` (no-op if a tap of that name exists).
 pub fn create_tap(ns: &Netns, name: &IfName) -> Result<()> {
     let n = name.clone();
-    ns.run(move || -> io::Result<()> {
+    ns.enter(move || -> io::Result<()> {
         let fd = tunsetiff(&n, TapFlags::default())?;
         // SAFETY: TUNSETPERSIST takes an int by value; fd is a valid attached tun fd.
         if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETPERSIST, 1 as libc::c_ulong) } != 0 {
@@ -69,7 +69,7 @@ pub fn create_tap(ns: &Netns, name: &IfName) -> Result<()> {
 pub fn open_tap(ns: &Netns, name: &IfName, flags: TapFlags) -> Result<OwnedFd> {
     let n = name.clone();
     let fd = ns
-        .run(move || tunsetiff(&n, flags))?
+        .enter(move || tunsetiff(&n, flags))?
         .map_err(NetError::io(format!("open tap {name} in {}", ns.name())))?;
     Ok(fd)
 }

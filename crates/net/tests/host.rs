@@ -433,3 +433,35 @@ fn detached_delete_leaves_nothing_named() {
     assert!(!sh("ip netns list").contains("kb-kbt-det"));
     assert!(!sh("nft list tables").contains("kobako-kbt-det"));
 }
+
+#[test]
+fn calling_thread_stays_in_its_namespace() {
+    let before = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+    let lab = TestLab::new("kbt-ns");
+    lab.net()
+        .ensure_bridge(&ifn("br0"), None, None, false)
+        .unwrap();
+    lab.net()
+        .ensure_port(&PortSpec::tap(ifn("tap0"), ifn("br0")))
+        .unwrap();
+    let _fd = lab
+        .net()
+        .open_tap(&ifn("tap0"), TapFlags::default())
+        .unwrap();
+    lab.net()
+        .netns()
+        .set_sysctl("ipv4/ip_forward", "1")
+        .unwrap();
+    assert_eq!(lab.net().netns().sysctl("ipv4/ip_forward").unwrap(), "1");
+    let after = std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+    assert_eq!(
+        before, after,
+        "the caller's thread must not change namespace"
+    );
+    // The lab's sysctl did not leak to the host.
+    let host_fwd = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    assert_eq!(
+        host_fwd.trim(),
+        Netns::host().unwrap().sysctl("ipv4/ip_forward").unwrap()
+    );
+}
