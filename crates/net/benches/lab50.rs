@@ -132,7 +132,10 @@ fn main() {
     let name = LabName::new("kbbench").expect("name");
     let ipns = "kb-kbbench-ip";
     let _ = LabNet::delete(&name);
-    let _ = Command::new("ip").args(["netns", "del", ipns]).status();
+    let _ = Command::new("ip")
+        .args(["netns", "del", ipns])
+        .stderr(std::process::Stdio::null())
+        .status();
     let scratch = Netns::create("kb-bench-probe").expect("scratch netns");
     let probe = Rtnl::open(&scratch).expect("probe socket");
 
