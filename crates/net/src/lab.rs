@@ -841,11 +841,27 @@ impl LabNet {
             return Ok(());
         };
         u.validate()?;
+        let hrt = Rtnl::open(&host)?;
+        // The transfer network must not already be in use on the host by anything else
+        // (e.g. another lab whose derived /30 collides): that would break both.
+        let own = hrt.link(host_if.as_str())?.map(|l| l.index);
+        let (mask, net) = {
+            let m = u32::MAX << (32 - u32::from(u.host_addr.prefix()));
+            (m, u32::from(u.host_addr.addr()) & m)
+        };
+        for (idx, c) in hrt.all_addrs()? {
+            if Some(idx) != own && u32::from(c.addr()) & mask == net {
+                return Err(NetError::InvalidArgument(format!(
+                    "uplink network {} overlaps host address {c} (interface #{idx}); \
+                     choose another transfer network",
+                    u.host_addr
+                )));
+            }
+        }
         let up_if = IfName(UPLINK_IFNAME.into());
         let lab_l = self
             .rt
             .ensure_veth(&up_if, None, &host_if, Some(&host), None, None)?;
-        let hrt = Rtnl::open(&host)?;
         let host_l = hrt.require(host_if.as_str())?;
         hrt.add_addr(&host_l, u.host_addr)?;
         hrt.set_link(

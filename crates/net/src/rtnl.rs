@@ -486,6 +486,16 @@ impl Rtnl {
 
     /// IPv4 addresses of a link.
     pub fn addrs(&self, l: &Link) -> Result<Vec<Ipv4Cidr>> {
+        Ok(self
+            .all_addrs()?
+            .into_iter()
+            .filter(|(i, _)| *i == l.index)
+            .map(|(_, c)| c)
+            .collect())
+    }
+
+    /// Every IPv4 address of the namespace as `(ifindex, address/prefix)`.
+    pub fn all_addrs(&self) -> Result<Vec<(u32, Ipv4Cidr)>> {
         let mut h = [0u8; 8];
         h[0] = AF_INET;
         let m = Msg::new(RTM_GETADDR, NLM_F_DUMP).header(&h);
@@ -496,12 +506,14 @@ impl Rtnl {
         let mut out = Vec::new();
         for r in replies {
             let p = &r.payload;
-            if p.len() < 8 || u32::from_ne_bytes([p[4], p[5], p[6], p[7]]) != l.index {
+            if p.len() < 8 {
                 continue;
             }
+            let index = u32::from_ne_bytes([p[4], p[5], p[6], p[7]]);
             for (ty, a) in attrs(&p[8..]) {
                 if ty == IFA_LOCAL && a.len() == 4 {
-                    out.push(Ipv4Cidr::new(Ipv4Addr::new(a[0], a[1], a[2], a[3]), p[1])?);
+                    let addr = Ipv4Addr::new(a[0], a[1], a[2], a[3]);
+                    out.push((index, Ipv4Cidr::new(addr, p[1])?));
                 }
             }
         }

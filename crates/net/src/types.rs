@@ -48,6 +48,25 @@ impl IfName {
         &self.0
     }
 
+    /// A stable name for something whose natural name may be too long (e.g. the tap of
+    /// `web.api:eth1`): `key` itself if it is a valid name, otherwise up to 6 bytes of
+    /// `prefix` + 8 hex digits of SHA-256(`key`).
+    pub fn for_key(prefix: &str, key: &str) -> IfName {
+        if let Ok(n) = IfName::new(key) {
+            return n;
+        }
+        let d = Sha256::digest(key.as_bytes());
+        let p: String = prefix
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .take(6)
+            .collect();
+        IfName(format!(
+            "{p}{:02x}{:02x}{:02x}{:02x}",
+            d[0], d[1], d[2], d[3]
+        ))
+    }
+
     /// The name NUL-padded to IFNAMSIZ (16 bytes), as nf_tables compares it.
     pub(crate) fn padded(&self) -> [u8; 16] {
         let mut b = [0u8; 16];
@@ -321,6 +340,19 @@ mod tests {
         assert!(IfName::new("a/b").is_err());
         assert!(IfName::new("a b").is_err());
         assert!(IfName::new("..").is_err());
+    }
+
+    #[test]
+    fn derived_ifnames() {
+        assert_eq!(IfName::for_key("t", "eth0").as_str(), "eth0");
+        let n = IfName::for_key("tap-web", "web.api:eth1");
+        assert!(
+            n.as_str().starts_with("tap-we") && n.as_str().len() == 14,
+            "{n}"
+        );
+        assert_eq!(n, IfName::for_key("tap-web", "web.api:eth1"));
+        assert_ne!(n, IfName::for_key("tap-web", "web.api:eth2"));
+        assert!(IfName::new(n.as_str()).is_ok());
     }
 
     #[test]

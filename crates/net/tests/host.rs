@@ -82,6 +82,12 @@ fn uplink_reaches_host_and_published_port_answers() {
         target: Ipv4Addr::new(10, 20, 0, 2),
         target_port: 8080,
     });
+    up.published.push(PublishedPort {
+        proto: Proto::Udp,
+        host_port: 15353,
+        target: Ipv4Addr::new(10, 20, 0, 2),
+        target_port: 5353,
+    });
     net.set_uplink(Some(&up)).unwrap();
     net.set_uplink(Some(&up)).unwrap(); // idempotent
     let r = e.ping(host_ip, 3, T);
@@ -107,6 +113,25 @@ fn uplink_reaches_host_and_published_port_answers() {
     s.read_to_string(&mut got).unwrap();
     assert_eq!(got, "hello from the lab\n");
     server.join().unwrap();
+
+    // UDP: an echo "in the VM", reached through the published host port.
+    let echo =
+        e.ns.spawn("kb-test-udp", || {
+            let u = std::net::UdpSocket::bind("0.0.0.0:5353").unwrap();
+            u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut b = [0u8; 64];
+            let (n, peer) = u.recv_from(&mut b).unwrap();
+            u.send_to(&b[..n], peer).unwrap();
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let c = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    c.send_to(b"kobako?", (host_ip, 15353)).unwrap();
+    let mut b = [0u8; 64];
+    let (n, _) = c.recv_from(&mut b).expect("published UDP port must answer");
+    assert_eq!(&b[..n], b"kobako?");
+    echo.join().unwrap();
 
     // Removing the uplink cuts the lab off again and removes the host table.
     net.set_uplink(None).unwrap();
@@ -464,4 +489,17 @@ fn calling_thread_stays_in_its_namespace() {
         host_fwd.trim(),
         Netns::host().unwrap().sysctl("ipv4/ip_forward").unwrap()
     );
+}
+
+#[test]
+fn uplink_refuses_a_transfer_network_in_use() {
+    let lab = TestLab::new("kbt-upc");
+    let up = Uplink::derived(&lab.name);
+    // Something else on the host already uses that /30.
+    let other = Ipv4Addr::from(u32::from(up.lab_addr) + 1);
+    let _h = HostAddr::new("kbhost2", "kbhost3", &format!("{other}/30"));
+    let e = lab.net().set_uplink(Some(&up)).unwrap_err();
+    assert!(matches!(e, NetError::InvalidArgument(_)), "{e}");
+    assert!(lab.net().rtnl().link("uplink").unwrap().is_none());
+    assert!(!sh("nft list tables").contains("kobako-kbt-upc"));
 }
