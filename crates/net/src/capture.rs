@@ -144,6 +144,54 @@ impl Capture {
     }
 }
 
+pub(crate) const SOL_PACKET: i32 = 263;
+pub(crate) const PACKET_AUXDATA: i32 = 8;
+const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
+
+/// Receives one frame with `recvmsg` and returns its length (with `MSG_TRUNC`: the original
+/// length) and the 802.1Q TCI the kernel took out of the frame into metadata (VLAN
+/// acceleration), from `PACKET_AUXDATA`. `None` when nothing was read (this also consumes a
+/// pending socket error such as ENETDOWN after the interface went down).
+pub(crate) fn recv_packet(
+    fd: &OwnedFd,
+    buf: &mut [u8],
+    flags: i32,
+) -> Option<(usize, Option<u16>)> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let mut cbuf = [0u64; 16];
+    // SAFETY: msghdr is POD; zeroed is a valid starting value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: valid fd and a msghdr pointing at live buffers.
+    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT | flags) };
+    if n <= 0 {
+        return None;
+    }
+    let mut tci = None;
+    // SAFETY: walking the control messages the kernel wrote into `cbuf` with the libc macros;
+    // the auxdata payload is read unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == SOL_PACKET && (*c).cmsg_type == PACKET_AUXDATA {
+                let aux = libc::CMSG_DATA(c) as *const libc::tpacket_auxdata;
+                let aux = std::ptr::read_unaligned(aux);
+                if aux.tp_status & TP_STATUS_VLAN_VALID != 0 {
+                    tci = Some(aux.tp_vlan_tci);
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    Some((n as usize, tci))
+}
+
 /// Opens an `AF_PACKET` socket bound to `ifname` in the calling thread's namespace.
 pub(crate) fn open_packet_socket_here(ifindex: u32) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2); the fd is checked and owned below.
@@ -193,6 +241,22 @@ pub fn start<W: Write + Send + 'static>(
     let rt = crate::rtnl::Rtnl::open(ns)?;
     let link = rt.require(ifname.as_str())?;
     let fd = packet_socket_in(ns, link.index)?;
+    let one: libc::c_int = 1;
+    // SAFETY: valid fd; pointer to a live c_int of the given size.
+    if unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            SOL_PACKET,
+            PACKET_AUXDATA,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    } != 0
+    {
+        return Err(NetError::io("enable PACKET_AUXDATA")(
+            std::io::Error::last_os_error(),
+        ));
+    }
     let mut writer = PcapngWriter::new(sink, ifname.as_str(), opts.snaplen)
         .map_err(NetError::io("write pcapng header"))?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -222,21 +286,27 @@ pub fn start<W: Write + Send + 'static>(
             if r <= 0 {
                 continue;
             }
-            // SAFETY: valid fd and buffer; MSG_TRUNC makes the return value the real length.
-            let n = unsafe {
-                libc::recv(
-                    fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_TRUNC | libc::MSG_DONTWAIT,
-                )
-            };
-            if n < 0 {
+            let Some((orig, tci)) = recv_packet(&fd, &mut buf, libc::MSG_TRUNC) else {
                 continue;
+            };
+            let got = orig.min(buf.len());
+            let ts = SystemTime::now();
+            match tci {
+                // Put back the VLAN tag the kernel moved into metadata, as libpcap does.
+                Some(tci) if got >= 12 => {
+                    let mut f = Vec::with_capacity(got + 4);
+                    f.extend_from_slice(&buf[..12]);
+                    f.extend_from_slice(&[0x81, 0x00]);
+                    f.extend_from_slice(&tci.to_be_bytes());
+                    f.extend_from_slice(&buf[12..got]);
+                    let kept = f.len().min(opts.snaplen as usize);
+                    writer.packet(ts, &f[..kept], (orig + 4) as u32)?;
+                }
+                _ => {
+                    let kept = got.min(opts.snaplen as usize);
+                    writer.packet(ts, &buf[..kept], orig as u32)?;
+                }
             }
-            let orig = n as usize;
-            let kept = orig.min(buf.len()).min(opts.snaplen as usize);
-            writer.packet(SystemTime::now(), &buf[..kept], orig as u32)?;
             n_out += 1;
             packets2.store(n_out, Ordering::Relaxed);
         }

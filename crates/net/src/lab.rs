@@ -589,7 +589,7 @@ impl LabNet {
                     legs.push(self.ensure_leg(&spec.name, None, &sub, spec.mtu)?);
                 }
                 let imp = self.port_state(&spec.name).and_then(|s| s.impairment);
-                let r = relay::start(&self.ns, link.index, legs, imp)?;
+                let r = relay::start(&self.ns, link.index, legs, false, imp)?;
                 self.relays
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -794,7 +794,12 @@ impl LabNet {
                 ..Default::default()
             },
         )?;
-        let r = relay::start(&self.ns, l.index, vec![leg], imp)?;
+        // Plain ports pass tagged frames through untouched, like the bridge would; access
+        // ports (on a per-VLAN bridge) drop tagged frames, like an access port does.
+        let transparent = !self
+            .port_state(port)
+            .is_some_and(|s| matches!(s.vlan, PortVlan::Access(_)));
+        let r = relay::start(&self.ns, l.index, vec![leg], transparent, imp)?;
         relays.insert(port.to_string(), r);
         Ok(())
     }

@@ -27,11 +27,10 @@ use crate::error::Result;
 use crate::impair::Impairment;
 use crate::netns::{Netns, NsThread};
 
-const SOL_PACKET: i32 = 263;
-const PACKET_AUXDATA: i32 = 8;
+use crate::capture::{recv_packet, PACKET_AUXDATA, SOL_PACKET};
+
 const PACKET_VNET_HDR: i32 = 15;
 const PACKET_IGNORE_OUTGOING: i32 = 23;
-const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
 const VNET_HDR_LEN: usize = 10;
 const VIRTIO_NET_HDR_F_NEEDS_CSUM: u8 = 1;
 
@@ -99,10 +98,12 @@ fn relay_socket(ifindex: u32) -> io::Result<OwnedFd> {
 }
 
 /// Starts a relay between `port` and `legs` inside `ns`.
+/// `transparent`: the port has no VLAN role (one untagged leg); frames pass with their tags.
 pub(crate) fn start(
     ns: &Netns,
     port_ifindex: u32,
     legs: Vec<Leg>,
+    transparent: bool,
     imp: Option<Impairment>,
 ) -> Result<Relay> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -121,7 +122,9 @@ pub(crate) fn start(
         "open relay sockets in {}",
         ns.name()
     )))?;
-    let thread = ns.spawn("kb-relay", move || run(port, legs, stop2, params2))?;
+    let thread = ns.spawn("kb-relay", move || {
+        run(port, legs, transparent, stop2, params2)
+    })?;
     Ok(Relay {
         stop,
         params,
@@ -192,43 +195,6 @@ struct State {
     rate_tail: Option<Instant>,
 }
 
-/// Receives one frame: returns (vnet header + frame bytes, VLAN id from auxdata).
-fn recv_frame(fd: &OwnedFd, buf: &mut [u8]) -> Option<(usize, Option<u16>)> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut cbuf = [0u64; 16];
-    // SAFETY: msghdr is POD; zeroed is a valid starting value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cbuf);
-    // SAFETY: valid fd and a msghdr pointing at live buffers.
-    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_DONTWAIT) };
-    if n <= 0 {
-        // Also consumes a pending socket error (ENETDOWN after a link went down).
-        return None;
-    }
-    let mut vid = None;
-    // SAFETY: walking the control messages the kernel wrote into `cbuf` with the libc macros.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&msg);
-        while !c.is_null() {
-            if (*c).cmsg_level == SOL_PACKET && (*c).cmsg_type == PACKET_AUXDATA {
-                let aux = libc::CMSG_DATA(c) as *const libc::tpacket_auxdata;
-                let aux = std::ptr::read_unaligned(aux);
-                if aux.tp_status & TP_STATUS_VLAN_VALID != 0 {
-                    vid = Some(aux.tp_vlan_tci & 0x0fff);
-                }
-            }
-            c = libc::CMSG_NXTHDR(&msg, c);
-        }
-    }
-    Some((n as usize, vid))
-}
-
 fn send_frame(fd: &OwnedFd, frame: &[u8]) {
     // SAFETY: valid fd and buffer; errors (link down, queue full) mean the frame is lost,
     // exactly as on a real wire.
@@ -269,12 +235,14 @@ fn strip_tag(frame: &mut Vec<u8>) -> Option<u16> {
     None
 }
 
-fn insert_tag(frame: &mut Vec<u8>, vid: u16) {
+/// Inserts an 802.1Q tag with `tci` (priority + VLAN id) after the MAC addresses.
+fn insert_tag(frame: &mut Vec<u8>, tci: u16) {
     let e = VNET_HDR_LEN;
     if frame.len() < e + 14 {
         return;
     }
-    let tag = [0x81, 0x00, (vid >> 8) as u8 & 0x0f, vid as u8];
+    let t = tci.to_be_bytes();
+    let tag = [0x81, 0x00, t[0], t[1]];
     frame.splice(e + 12..e + 12, tag);
     shift_vnet(frame, 4);
 }
@@ -282,6 +250,7 @@ fn insert_tag(frame: &mut Vec<u8>, vid: u16) {
 fn run(
     port: OwnedFd,
     legs: Vec<LegSocket>,
+    transparent: bool,
     stop: Arc<AtomicBool>,
     params: Arc<Mutex<Option<Impairment>>>,
 ) {
@@ -342,11 +311,21 @@ fn run(
         let ready = libc::POLLIN | libc::POLLERR;
         if pfds[0].revents & ready != 0 {
             for _ in 0..64 {
-                let Some((n, aux_vid)) = recv_frame(&port, &mut buf) else {
+                let Some((n, aux_tci)) = recv_packet(&port, &mut buf, 0) else {
                     break;
                 };
                 let mut f = buf[..n].to_vec();
-                let vid = aux_vid.or_else(|| strip_tag(&mut f));
+                if transparent {
+                    // A plain port: frames keep whatever tags they carry.
+                    if let Some(tci) = aux_tci {
+                        insert_tag(&mut f, tci);
+                    }
+                    if let Some((_, fd)) = legs.first() {
+                        send_frame(fd, &f);
+                    }
+                    continue;
+                }
+                let vid = aux_tci.map(|t| t & 0x0fff).or_else(|| strip_tag(&mut f));
                 if let Some((_, fd)) = legs.iter().find(|(v, _)| *v == vid) {
                     send_frame(fd, &f);
                 }
@@ -359,12 +338,14 @@ fn run(
                 continue;
             }
             for _ in 0..64 {
-                let Some((n, _)) = recv_frame(fd, &mut buf) else {
+                let Some((n, aux_tci)) = recv_packet(fd, &mut buf, 0) else {
                     break;
                 };
                 let mut f = buf[..n].to_vec();
                 if let Some(v) = vid {
                     insert_tag(&mut f, *v);
+                } else if let Some(tci) = aux_tci.filter(|_| transparent) {
+                    insert_tag(&mut f, tci);
                 }
                 match &imp {
                     None => send_frame(&port, &f),

@@ -407,3 +407,47 @@ fn rate_limits_throughput() {
     let t = transfer_time(&eb, &ea, 9004, bytes);
     assert!(t < Duration::from_millis(700), "after clearing: {t:?}");
 }
+
+/// Counts frames in a pcapng file matching a tshark display filter.
+fn tshark_count(path: &std::path::Path, filter: &str) -> usize {
+    let out = std::process::Command::new("tshark")
+        .args(["-r", path.to_str().unwrap(), "-Y", filter])
+        .output()
+        .expect("tshark must be installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[test]
+fn plain_links_carry_guest_vlan_tags_even_when_impaired() {
+    let (lab, ea, eb) = p2p("kbt-tag", "kbe-tag-a", "kbe-tag-b");
+    for impaired in [false, true] {
+        if impaired {
+            let d = Impairment::builder()
+                .delay(Duration::from_millis(2))
+                .build()
+                .unwrap();
+            lab.net().set_impairment(&ifn("pb"), &d).unwrap();
+        }
+        let path =
+            std::env::temp_dir().join(format!("kbt-tag-{impaired}-{}.pcapng", std::process::id()));
+        let cap = kobako_net::capture::start(
+            &eb.ns,
+            &ifn("eth0"),
+            std::fs::File::create(&path).unwrap(),
+            kobako_net::capture::CaptureOptions::default(),
+        )
+        .unwrap();
+        // The guest tags its own frames (router-on-a-stick); a plain network passes them.
+        let _ = arp_probe(&ea, Some(42), Ipv4Addr::new(10, 0, 0, 2));
+        std::thread::sleep(Duration::from_millis(100));
+        cap.stop().unwrap();
+        let n = tshark_count(&path, "vlan.id == 42 && arp.opcode == 1");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(n, 1, "tagged frame lost (impaired: {impaired})");
+    }
+}
