@@ -202,6 +202,8 @@ struct PortState {
     vlan: PortVlan,
     impairment: Option<Impairment>,
     shaping: Option<Shaping>,
+    /// A fallback trunk: the relay is the port's datapath, not just its impairment.
+    trunk_relay: bool,
 }
 
 /// The host network of one lab.
@@ -455,6 +457,7 @@ impl LabNet {
             vlan: PortVlan::None,
             impairment: None,
             shaping: None,
+            trunk_relay: false,
         });
         f(st);
     }
@@ -594,6 +597,7 @@ impl LabNet {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(spec.name.to_string(), r);
+                self.update_port(&spec.name, |st| st.trunk_relay = true);
             }
         }
         Ok(())
@@ -725,9 +729,7 @@ impl LabNet {
                     .replace_root_qdisc(&l, 0x10000, "tbf", |m| s.encode_tbf(m))?;
             }
         } else {
-            let trunk = st
-                .as_ref()
-                .is_some_and(|s| matches!(s.vlan, PortVlan::Trunk { .. }));
+            let trunk = st.as_ref().is_some_and(|s| s.trunk_relay);
             let mut relays = self.relays.lock().unwrap_or_else(|e| e.into_inner());
             if trunk {
                 if let Some(r) = relays.get(port.as_str()) {
@@ -745,6 +747,18 @@ impl LabNet {
                         ..Default::default()
                     },
                 )?;
+                // A VLAN-filtering bridge forgets a port's VLANs when it leaves; restore them.
+                let filtering = match master {
+                    Some(m) => self
+                        .rt
+                        .links()?
+                        .iter()
+                        .any(|x| x.index == m && x.vlan_filtering),
+                    None => false,
+                };
+                if let (true, Some(st)) = (filtering, st.as_ref()) {
+                    self.rt.set_port_vlans(&l, &PortVlan::None, &st.vlan)?;
+                }
                 self.rt.delete_link(a.as_str())?;
             }
         }
@@ -794,11 +808,18 @@ impl LabNet {
                 ..Default::default()
             },
         )?;
-        // Plain ports pass tagged frames through untouched, like the bridge would; access
-        // ports (on a per-VLAN bridge) drop tagged frames, like an access port does.
-        let transparent = !self
-            .port_state(port)
-            .is_some_and(|s| matches!(s.vlan, PortVlan::Access(_)));
+        let vlan = self.port_state(port).map(|s| s.vlan).unwrap_or_default();
+        // On a VLAN-filtering bridge the leg takes over the port's VLAN membership and the
+        // relay is a transparent wire. Otherwise plain ports pass tagged frames through
+        // untouched, like the bridge would; access ports (on a per-VLAN bridge) drop tagged
+        // frames, like an access port does.
+        let transparent = if into.vlan_filtering {
+            let la = self.rt.require(a.as_str())?;
+            self.rt.set_port_vlans(&la, &PortVlan::None, &vlan)?;
+            true
+        } else {
+            !matches!(vlan, PortVlan::Access(_))
+        };
         let r = relay::start(&self.ns, l.index, vec![leg], transparent, imp)?;
         relays.insert(port.to_string(), r);
         Ok(())

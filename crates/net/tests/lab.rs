@@ -225,6 +225,25 @@ fn vlans_isolate_and_trunk_carries_tagged() {
         arp_probe(&t, None, ip(2)).is_empty(),
         "no native VLAN configured"
     );
+
+    // Impairing a trunk keeps its VLANs apart; clearing keeps the trunk working.
+    let d = Impairment::builder()
+        .delay(Duration::from_millis(30))
+        .build()
+        .unwrap();
+    net.set_impairment(&ifn("pt"), &d).unwrap();
+    assert_eq!(arp_probe(&t, Some(20), ip(3)), vec![Some(20)]);
+    assert!(arp_probe(&t, Some(10), ip(3)).is_empty());
+    // ... and impairing an access port keeps it in its VLAN.
+    net.set_impairment(&ifn("pa"), &d).unwrap();
+    let r = a.ping(ip(2), 3, T);
+    assert_eq!(r.received, 3, "{r:?}");
+    assert!(r.min_rtt().unwrap() >= Duration::from_millis(30), "{r:?}");
+    assert_eq!(a.ping(ip(3), 2, T).received, 0);
+    net.clear_impairment(&ifn("pt")).unwrap();
+    net.clear_impairment(&ifn("pa")).unwrap();
+    assert_eq!(arp_probe(&t, Some(10), ip(1)), vec![Some(10)]);
+    assert_eq!(a.ping(ip(2), 2, T).received, 2);
 }
 
 #[test]
