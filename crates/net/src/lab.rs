@@ -564,22 +564,55 @@ impl LabNet {
             self.rt.set_link(link, change)?;
             return Ok(());
         };
+        // An impairment relay running for this port stands in for it on the bridge: keep the
+        // port off the bridge (both on it would loop frames) and point the relay's leg there.
+        let relayed = {
+            let trunk = self.port_state(&spec.name).is_some_and(|s| s.trunk_relay);
+            !trunk
+                && self
+                    .relays
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(spec.name.as_str())
+                    .is_some_and(|r| r.is_running())
+        };
+        let mut plug = |target: &Link, vlan: &PortVlan| -> Result<()> {
+            if relayed {
+                change.master = Some(None);
+                self.rt.set_link(link, change)?;
+                let (a, _) = leg_names(&spec.name, None);
+                let la = self.rt.require(a.as_str())?;
+                self.rt.set_link(
+                    &la,
+                    LinkChange {
+                        master: Some(Some(target.index)),
+                        ..Default::default()
+                    },
+                )?;
+                if target.vlan_filtering {
+                    self.rt.set_port_vlans(&la, &PortVlan::None, vlan)?;
+                }
+            } else {
+                change.master = Some(Some(target.index));
+                self.rt.set_link(link, change)?;
+                if target.vlan_filtering {
+                    self.rt.set_port_vlans(link, &PortVlan::None, vlan)?;
+                }
+            }
+            Ok(())
+        };
         match (&spec.vlan, br.vlan_filtering) {
-            (PortVlan::None, _) => {
-                change.master = Some(Some(br.index));
-                self.rt.set_link(link, change)?;
-            }
-            (v, true) => {
-                change.master = Some(Some(br.index));
-                self.rt.set_link(link, change)?;
-                self.rt.set_port_vlans(link, &PortVlan::None, v)?;
-            }
+            (PortVlan::None, _) | (_, true) => plug(br, &spec.vlan)?,
             (PortVlan::Access(vid), false) => {
                 let sub = self.ensure_vlan_bridge(br, vid.get())?;
-                change.master = Some(Some(sub.index));
-                self.rt.set_link(link, change)?;
+                plug(&sub, &PortVlan::None)?;
             }
             (PortVlan::Trunk { tagged, native }, false) => {
+                // Replace (not duplicate) a previous trunk relay.
+                self.relays
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(spec.name.as_str());
                 change.master = Some(None);
                 self.rt.set_link(link, change)?;
                 let mut legs = Vec::new();
@@ -603,8 +636,13 @@ impl LabNet {
         Ok(())
     }
 
-    /// The bridge that carries `vid` of `br` when the kernel has no VLAN filtering.
+    /// The bridge that carries `vid` of `br` when the kernel has no VLAN filtering. VLAN 1 is
+    /// the untagged default VLAN that plain ports share, i.e. `br` itself (as with the
+    /// kernel's default PVID 1).
     fn ensure_vlan_bridge(&self, br: &Link, vid: u16) -> Result<Link> {
+        if vid == 1 {
+            return Ok(br.clone());
+        }
         let name = vlan_bridge_name(&IfName(br.name.clone()), vid);
         self.rt.ensure_bridge(
             &name,

@@ -324,8 +324,10 @@ impl Rtnl {
             m.nest(IFLA_LINKINFO).attr_str(IFLA_INFO_KIND, "bridge");
             m.nest(IFLA_INFO_DATA).attr_u32(IFLA_BR_STP_STATE, 0);
             if opts.vlan_filtering {
+                // Keep the kernel's default PVID 1: ports without a VLAN role share the
+                // untagged VLAN 1, as on a plain bridge (and as in the per-VLAN fallback).
                 m.attr_u8(IFLA_BR_VLAN_FILTERING, 1)
-                    .attr_u16(IFLA_BR_VLAN_DEFAULT_PVID, 0);
+                    .attr_u16(IFLA_BR_VLAN_DEFAULT_PVID, 1);
             }
             m.nest_end().nest_end();
             match self.sock().request(m) {
@@ -451,8 +453,15 @@ impl Rtnl {
     }
 
     /// Replaces the VLAN membership of a port of a VLAN-filtering bridge.
+    /// A port joins a VLAN-filtering bridge in VLAN 1 (PVID, untagged); a port given a VLAN
+    /// role leaves VLAN 1 unless the role includes it.
     pub fn set_port_vlans(&self, port: &Link, old: &PortVlan, new: &PortVlan) -> Result<()> {
-        for (vid, _) in vlan_entries(old) {
+        let mut remove = vlan_entries(old);
+        let wanted = vlan_entries(new);
+        if *new != PortVlan::None && !wanted.iter().any(|(v, _)| *v == 1) {
+            remove.push((1, 0));
+        }
+        for (vid, _) in remove {
             let m = bridge_vlan_msg(RTM_DELLINK, port.index, vid, 0);
             match self.sock().request(m) {
                 Ok(()) => {}

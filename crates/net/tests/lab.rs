@@ -42,6 +42,12 @@ fn link_ping_delay_loss_clear() {
     assert_eq!(r.received, 3, "{r:?}");
     assert!(r.min_rtt().unwrap() >= Duration::from_millis(100), "{r:?}");
 
+    // Re-ensuring an impaired port (reconcile) keeps the impairment and makes no loop.
+    attach(lab.net(), "l1", "pb", &_eb, "", PortVlan::None);
+    let r = ea.ping(dst, 3, Duration::from_millis(1000));
+    assert_eq!(r.received, 3, "{r:?}");
+    assert!(r.min_rtt().unwrap() >= Duration::from_millis(100), "{r:?}");
+
     // Change live: 100% loss on one end -> nothing arrives.
     let l = Impairment::builder().loss(100.0).build().unwrap();
     lab.net().set_impairment(&ifn("pb"), &l).unwrap();
@@ -202,7 +208,18 @@ fn vlans_isolate_and_trunk_carries_tagged() {
             native: None,
         },
     );
+    // VLAN 1 is the untagged default: a port without a role and an access port in VLAN 1 meet.
+    let u = Endpoint::new("kbe-vlan-u");
+    let w = Endpoint::new("kbe-vlan-w");
+    attach(net, "lan", "pu", &u, "10.1.0.5/24", PortVlan::None);
+    attach(net, "lan", "pw", &w, "10.1.0.6/24", PortVlan::Access(v(1)));
     let ip = |x| Ipv4Addr::new(10, 1, 0, x);
+    assert_eq!(u.ping(ip(6), 2, T).received, 2, "untagged to VLAN 1");
+    assert_eq!(
+        u.ping(ip(1), 2, T).received,
+        0,
+        "untagged must not reach VLAN 10"
+    );
     assert_eq!(a.ping(ip(2), 3, T).received, 3, "VLAN 10 to VLAN 10");
     assert_eq!(c.ping(ip(4), 3, T).received, 3, "VLAN 20 to VLAN 20");
     assert_eq!(
