@@ -57,6 +57,11 @@ impl Relay {
         *self.params.lock().unwrap_or_else(|e| e.into_inner()) = imp;
     }
 
+    /// Asks the thread to stop without waiting (drop waits); lets many relays stop at once.
+    pub(crate) fn signal_stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
     pub(crate) fn is_running(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
