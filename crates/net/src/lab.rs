@@ -369,20 +369,28 @@ impl LabNet {
 
     /// Stops this handle's relays and removes the lab ([`LabNet::delete`]).
     pub fn destroy(self) -> Result<()> {
-        self.relays
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.stop_relays();
         Self::delete(&self.name)
     }
 
     /// Stops this handle's relays and removes the lab ([`LabNet::delete_detached`]).
     pub fn destroy_detached(self) -> Result<()> {
-        self.relays
+        self.stop_relays();
+        Self::delete_detached(&self.name)
+    }
+
+    fn stop_relays(&self) {
+        let relays: Vec<Relay> = self
+            .relays
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        Self::delete_detached(&self.name)
+            .drain()
+            .map(|(_, r)| r)
+            .collect();
+        for r in &relays {
+            r.signal_stop();
+        }
+        drop(relays);
     }
 
     /// The lab's name.
