@@ -1071,6 +1071,14 @@ impl LabNet {
     }
 }
 
+impl Drop for LabNet {
+    /// Relays are this handle's threads: they stop with it (all at once, not one by one).
+    /// Keep the handle alive for as long as the lab runs.
+    fn drop(&mut self) {
+        self.stop_relays();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
