@@ -1,8 +1,12 @@
-//! `kobako image ...`
+//! `kobako image ...`: the guest kernel, the tiny image, and the image store (ls, inspect, rm,
+//! du, build debian, import).
+
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Subcommand;
-use kobako_image::{kernel, tiny, StderrProgress};
+use kobako_image::store::{Image, Store};
+use kobako_image::{debian, import, kernel, tiny, StderrProgress};
 
 #[derive(Subcommand)]
 pub enum ImageCmd {
@@ -14,6 +18,107 @@ pub enum ImageCmd {
     },
     /// Build the tiny image (busybox + kobako-agent) as initramfs and ext4 (cached).
     Tiny,
+    /// List stored images.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an image's manifest.
+    Inspect {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an image (refused while a VM uses it).
+    Rm { name: String },
+    /// Disk usage of the image store and the VM overlays.
+    Du,
+    /// Build an image.
+    #[command(subcommand)]
+    Build(BuildCmd),
+    /// Import a rootfs tarball (tar, tar.gz, tar.xz, tar.zst) or an OCI image layout directory.
+    Import {
+        /// The tarball or OCI layout directory.
+        source: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// Filesystem size, e.g. 2G (default: content + 1 GiB).
+        #[arg(long)]
+        size: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BuildCmd {
+    /// Debian (mmdebstrap minbase + systemd + kobako-agent [+ packages]) as a qcow2 base.
+    Debian {
+        /// Image name (default: debian).
+        #[arg(long, default_value = "debian")]
+        name: String,
+        /// Extra packages, comma-separated (e.g. nginx,redis-server,cloud-init).
+        #[arg(long, value_delimiter = ',')]
+        packages: Vec<String>,
+        /// Presets: docker.
+        #[arg(long = "with", value_delimiter = ',')]
+        with: Vec<String>,
+        /// Debian suite.
+        #[arg(long, default_value = "bookworm")]
+        suite: String,
+        /// Filesystem size, e.g. 8G (default: content + 2 GiB, at least 4 GiB).
+        #[arg(long)]
+        size: Option<String>,
+    },
+}
+
+fn parse_size(s: &Option<String>) -> Result<Option<u64>> {
+    match s {
+        None => Ok(None),
+        Some(s) => {
+            let mib =
+                kobako_runtime::config::parse_mib(s).map_err(|e| anyhow::anyhow!("--size: {e}"))?;
+            if mib < 64 {
+                anyhow::bail!("--size {s}: at least 64M");
+            }
+            Ok(Some(u64::from(mib) << 20))
+        }
+    }
+}
+
+/// The store, with `tiny` registered from the cache when it is built.
+pub fn store() -> Store {
+    let s = Store::default();
+    if let Ok(agent) = tiny::find_agent() {
+        if let Some(t) = tiny::cached(&agent) {
+            if let Err(e) = s.register_tiny(&t) {
+                tracing::warn!("cannot register the tiny image in the store: {e}");
+            }
+        }
+    }
+    s
+}
+
+/// VMs (name, disk files) known to the runtime, for "in use" checks.
+pub fn vm_disks() -> Vec<(String, Vec<PathBuf>)> {
+    kobako_runtime::vmdir::list()
+        .into_iter()
+        .filter_map(|vm| {
+            let cfg = vm.config().ok()?;
+            let mut disks: Vec<PathBuf> = cfg.extra_disks.iter().map(|d| d.path.clone()).collect();
+            if let kobako_runtime::config::Root::Disk { path, .. } = &cfg.root {
+                disks.push(path.clone());
+            }
+            Some((vm.name, disks))
+        })
+        .collect()
+}
+
+fn users(img: &Image) -> Vec<String> {
+    let vms = vm_disks();
+    img.used_by(vms.iter().map(|(n, d)| (n.as_str(), d.clone())))
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1}M", b as f64 / 1048576.0)
 }
 
 pub fn run(cmd: ImageCmd) -> Result<()> {
@@ -31,8 +136,120 @@ pub fn run(cmd: ImageCmd) -> Result<()> {
         ImageCmd::Tiny => {
             let agent = tiny::find_agent()?;
             let img = tiny::build(&agent, &StderrProgress)?;
+            Store::default().register_tiny(&img)?;
             println!("initramfs  {}", img.initramfs.display());
             println!("ext4       {}", img.ext4.display());
+        }
+        ImageCmd::Ls { json } => {
+            let imgs = store().list()?;
+            if json {
+                let v: Vec<_> = imgs.iter().map(|i| &i.manifest).collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:<9} {:<6} {:>9} {:>9} {:<20} CLOUD-INIT",
+                "NAME", "KIND", "FORMAT", "SIZE", "VSIZE", "CREATED"
+            );
+            for i in imgs {
+                let m = &i.manifest;
+                println!(
+                    "{:<24} {:<9} {:<6} {:>9} {:>9} {:<20} {}",
+                    m.name,
+                    m.kind.to_string(),
+                    m.format,
+                    mib(m.size),
+                    mib(m.virtual_size),
+                    m.created,
+                    if m.cloud_init { "yes" } else { "no" }
+                );
+            }
+        }
+        ImageCmd::Inspect { name, json } => {
+            let img = store().get(&name)?;
+            let used = users(&img);
+            if json {
+                let mut v = serde_json::to_value(&img.manifest)?;
+                v["path"] = img.base_path().display().to_string().into();
+                v["used_by"] = serde_json::to_value(&used)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let m = &img.manifest;
+            println!("name        {}", m.name);
+            println!("kind        {}", m.kind);
+            println!("base        {} ({})", img.base_path().display(), m.format);
+            println!(
+                "size        {} on disk, {} filesystem",
+                mib(m.size),
+                mib(m.virtual_size)
+            );
+            println!("created     {}", m.created);
+            println!("source      {}", m.source);
+            println!("sha256      {}", m.sha256);
+            println!("packages    {}", m.packages.join(","));
+            println!("cloud-init  {}", if m.cloud_init { "yes" } else { "no" });
+            if let Some(s) = m.build_secs {
+                println!("build time  {s:.1} s");
+            }
+            if let Some(i) = &m.init {
+                println!("init        {i}");
+            }
+            println!(
+                "used by     {}",
+                if used.is_empty() {
+                    "-".into()
+                } else {
+                    used.join(", ")
+                }
+            );
+        }
+        ImageCmd::Rm { name } => {
+            let s = store();
+            let img = s.get(&name)?;
+            s.remove(&name, &users(&img))?;
+            eprintln!("image '{name}' removed");
+        }
+        ImageCmd::Du => {
+            let u = store().usage()?;
+            let mut total = 0;
+            println!("{:<32} {:>10}", "IMAGE", "ON DISK");
+            for (n, b) in &u.images {
+                total += b;
+                println!("{n:<32} {:>10}", mib(*b));
+            }
+            println!("{:<32} {:>10}", "VM OVERLAY", "ON DISK");
+            for (n, b) in &u.overlays {
+                total += b;
+                println!("{n:<32} {:>10}", mib(*b));
+            }
+            println!("{:<32} {:>10}", "total", mib(total));
+        }
+        ImageCmd::Build(BuildCmd::Debian {
+            name,
+            packages,
+            with,
+            suite,
+            size,
+        }) => {
+            let agent = tiny::find_agent()?;
+            let mut o = debian::DebianOptions::new(&name);
+            o.packages = packages;
+            o.with = with;
+            o.suite = suite;
+            o.size_bytes = parse_size(&size)?;
+            let img = debian::build(&store(), &o, &agent, &StderrProgress)?;
+            println!("{}", img.manifest.name);
+        }
+        ImageCmd::Import { source, name, size } => {
+            let agent = tiny::find_agent()?;
+            let o = import::ImportOptions {
+                name,
+                source,
+                size_bytes: parse_size(&size)?,
+            };
+            let img = import::import(&store(), &o, &agent, &StderrProgress)?;
+            println!("{}", img.manifest.name);
         }
     }
     Ok(())

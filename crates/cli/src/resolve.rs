@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use kobako_image::{kernel, tiny, StderrProgress};
-use kobako_runtime::config::{KernelKind, Root};
-use kobako_runtime::{host, Accel};
+use kobako_image::store::{self, Image, Store, StoreError};
+use kobako_image::{cloudinit, disk, kernel, tiny, StderrProgress};
+use kobako_runtime::config::{Disk, KernelKind, Root};
+use kobako_runtime::{host, Accel, VmDir};
 
 /// Resolve `--kernel`: `default` builds/uses the cached kernel; anything else is a path.
 pub fn kernel(arg: &str) -> Result<(PathBuf, KernelKind)> {
@@ -40,74 +41,233 @@ pub enum RootKind {
     Disk,
 }
 
-/// Resolve `--image`: `tiny` (built if missing), or a path to an initramfs (newc cpio), a raw
-/// ext4 image or a qcow2 image.
-pub fn image(arg: &str, root: RootKind) -> Result<Root> {
-    if arg == "tiny" {
+/// What an image contributes to a VM's config.
+#[derive(Debug, Default)]
+pub struct VmImage {
+    pub root: Option<Root>,
+    /// Created for this VM alone (its overlay directory): removed with the VM.
+    pub owned_paths: Vec<PathBuf>,
+    /// More disks after the root (the cloud-init seed).
+    pub extra_disks: Vec<Disk>,
+    /// Kernel parameters the image needs (e.g. `init=` of an imported tree without systemd).
+    pub cmdline: String,
+}
+
+impl VmImage {
+    /// Remove what was created for a VM that will not run after all.
+    pub fn discard(&self) {
+        discard(&self.owned_paths);
+    }
+}
+
+/// Remove paths created for a VM (overlay directories).
+pub fn discard(paths: &[PathBuf]) {
+    for p in paths {
+        let _ = if p.is_dir() {
+            std::fs::remove_dir_all(p)
+        } else {
+            std::fs::remove_file(p)
+        };
+    }
+}
+
+/// `--image` options after the image: `NAME[,cloud-init][,user-data=FILE]`.
+struct ImageSpec {
+    image: String,
+    cloud_init: bool,
+    user_data: Option<PathBuf>,
+}
+
+fn parse_spec(arg: &str) -> Result<ImageSpec> {
+    let mut parts = arg.split(',');
+    let image = parts.next().unwrap_or_default().to_string();
+    let mut s = ImageSpec {
+        image,
+        cloud_init: false,
+        user_data: None,
+    };
+    for p in parts {
+        match p.split_once('=') {
+            None if p == "cloud-init" => s.cloud_init = true,
+            Some(("user-data", f)) if !f.is_empty() => {
+                s.cloud_init = true;
+                s.user_data = Some(PathBuf::from(f));
+            }
+            _ => bail!("--image {arg}: unknown option '{p}' (options: cloud-init, user-data=FILE)"),
+        }
+    }
+    Ok(s)
+}
+
+/// Resolve `--image` for the VM `vm`:
+/// - `tiny` (built if missing): the initramfs, or with `--root disk` a qcow2 overlay on the
+///   stored tiny ext4;
+/// - the name of a stored image (`kobako image ls`): a fresh qcow2 overlay on its read-only base,
+///   under the overlays directory, owned by the VM; plus a cloud-init NoCloud seed when the image
+///   has cloud-init (or `,cloud-init` / `,user-data=FILE` is given);
+/// - a path to an initramfs (newc cpio), a raw ext4 image or a qcow2 image: booted as it is.
+pub fn image(arg: &str, root: RootKind, vm: &str) -> Result<VmImage> {
+    let spec = parse_spec(arg)?;
+    let arg = spec.image.as_str();
+    if arg == "tiny" && root == RootKind::Initramfs {
+        if spec.cloud_init {
+            bail!("--image tiny: the tiny image has no cloud-init (use a Debian image with cloud-init)");
+        }
         let agent = tiny::find_agent()?;
         let img = match tiny::cached(&agent) {
             Some(i) => i,
             None => tiny::build(&agent, &StderrProgress)?,
         };
-        return Ok(match root {
-            RootKind::Initramfs => Root::Initramfs {
+        return Ok(VmImage {
+            root: Some(Root::Initramfs {
                 path: img.initramfs,
-            },
-            RootKind::Disk => Root::Disk {
-                path: img.ext4,
-                format: "raw".into(),
-                // The cached image is shared: boot it read-only (per-VM overlays come with the
-                // image store).
-                read_only: true,
-            },
+            }),
+            ..Default::default()
         });
+    }
+    let looks_like_path = arg.contains('/') || Path::new(arg).exists();
+    if !looks_like_path {
+        let store = if arg == "tiny" {
+            let agent = tiny::find_agent()?;
+            let t = match tiny::cached(&agent) {
+                Some(i) => i,
+                None => tiny::build(&agent, &StderrProgress)?,
+            };
+            let s = Store::default();
+            s.register_tiny(&t)?;
+            s
+        } else {
+            crate::image_cmd::store()
+        };
+        let img = match store.get(arg) {
+            Ok(i) => i,
+            Err(e @ StoreError::NotFound { .. }) => {
+                bail!("unknown image '{arg}': {e} (or give the path of an initramfs, ext4 or qcow2 file)")
+            }
+            Err(e) => return Err(e.into()),
+        };
+        return stored(&img, vm, &spec);
     }
     let p = Path::new(arg);
     if !p.exists() {
-        if arg.contains('/') || arg.contains('.') {
-            bail!("image file {arg}: no such file");
+        bail!("image file {arg}: no such file");
+    }
+    let mut out = VmImage::default();
+    match disk::sniff(p).with_context(|| format!("read {arg}"))? {
+        disk::Sniff::Cpio => {
+            out.root = Some(Root::Initramfs {
+                path: p.to_path_buf(),
+            })
         }
-        bail!("unknown image '{arg}': known images are: tiny (or give the path of an initramfs, ext4 or qcow2 file)");
+        disk::Sniff::Qcow2 => {
+            // A damaged qcow2 fails here, with qemu-img's words, instead of inside QEMU.
+            disk::info(p, Some("qcow2")).map_err(|e| {
+                anyhow!("{arg}: not a usable qcow2 image: {e}")
+            })?;
+            out.root = Some(Root::Disk {
+                path: p.to_path_buf(),
+                format: "qcow2".into(),
+                read_only: false,
+            })
+        }
+        disk::Sniff::Ext4 => {
+            out.root = Some(Root::Disk {
+                path: p.to_path_buf(),
+                format: "raw".into(),
+                read_only: false,
+            })
+        }
+        _ => bail!(
+            "{arg}: not an image kobako can boot (expected an uncompressed newc cpio initramfs, an ext4 filesystem image or a qcow2 file; import root filesystem archives with `kobako image import`)"
+        ),
     }
-    let head = read_head(p, 2048).with_context(|| format!("read {arg}"))?;
-    if head.starts_with(b"070701") {
-        return Ok(Root::Initramfs {
-            path: p.to_path_buf(),
-        });
+    if spec.cloud_init {
+        let dir = fresh_vm_dir(vm)?;
+        out.owned_paths.push(dir.clone());
+        if let Err(e) = attach_seed(&mut out, &dir, vm, &spec) {
+            out.discard();
+            return Err(e);
+        }
     }
-    if head.starts_with(b"QFI\xfb") {
-        return Ok(Root::Disk {
-            path: p.to_path_buf(),
-            format: "qcow2".into(),
-            read_only: false,
-        });
-    }
-    if head.len() >= 1082 && head[1080..1082] == [0x53, 0xef] {
-        return Ok(Root::Disk {
-            path: p.to_path_buf(),
-            format: "raw".into(),
-            read_only: false,
-        });
-    }
-    Err(anyhow!(
-        "{arg}: not an image kobako can boot (expected an uncompressed newc cpio initramfs, an ext4 filesystem image or a qcow2 file)"
-    ))
+    Ok(out)
 }
 
-fn read_head(p: &Path, n: usize) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(p)?;
-    let mut buf = vec![0u8; n];
-    let mut got = 0;
-    while got < n {
-        let k = f.read(&mut buf[got..])?;
-        if k == 0 {
-            break;
-        }
-        got += k;
+/// A new overlay directory for `vm`, refusing while a VM of that name runs (its overlay is
+/// there).
+fn fresh_vm_dir(vm: &str) -> Result<PathBuf> {
+    let d = VmDir::for_name(vm);
+    if d.exists() && (d.supervisor_pid().is_some() || d.vm_pid().is_some()) {
+        bail!("a VM named '{vm}' already exists: stop it with `kobako vm stop {vm}` or choose another --name");
     }
-    buf.truncate(got);
-    Ok(buf)
+    let dir = store::overlays_root().join(vm);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("remove stale {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn stored(img: &Image, vm: &str, spec: &ImageSpec) -> Result<VmImage> {
+    let dir = fresh_vm_dir(vm)?;
+    let (dir, file) = store::create_overlay(img, vm).inspect_err(|_| {
+        let _ = std::fs::remove_dir_all(&dir);
+    })?;
+    let mut out = VmImage {
+        root: Some(Root::Disk {
+            path: file,
+            format: "qcow2".into(),
+            read_only: false,
+        }),
+        owned_paths: vec![dir.clone()],
+        extra_disks: Vec::new(),
+        cmdline: img
+            .manifest
+            .init
+            .as_ref()
+            .map(|i| format!("init={i}"))
+            .unwrap_or_default(),
+    };
+    if img.manifest.cloud_init || spec.cloud_init {
+        if let Err(e) = attach_seed(&mut out, &dir, vm, spec) {
+            out.discard();
+            return Err(e);
+        }
+    }
+    Ok(out)
+}
+
+fn attach_seed(out: &mut VmImage, dir: &Path, vm: &str, spec: &ImageSpec) -> Result<()> {
+    let user_data = match &spec.user_data {
+        Some(p) => Some(cloudinit::read_user_data(p)?),
+        None => None,
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let seed = cloudinit::SeedSpec {
+        instance_id: format!("kobako-{vm}-{nanos:x}"),
+        hostname: hostname_of(vm),
+        user_data,
+        nics: Vec::new(),
+    };
+    let path = dir.join("seed.iso");
+    cloudinit::write_seed(&seed, &path, &StderrProgress)?;
+    out.extra_disks.push(Disk {
+        path,
+        format: "raw".into(),
+        read_only: true,
+    });
+    Ok(())
+}
+
+/// The guest hostname for a VM name (as the runtime puts it on the kernel command line).
+fn hostname_of(name: &str) -> String {
+    let h: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    h.trim_matches('-').chars().take(63).collect()
 }
 
 /// `--accel auto|kvm|tcg` (also `$KOBAKO_ACCEL`). Returns the choice and why.

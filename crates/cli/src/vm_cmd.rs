@@ -62,7 +62,9 @@ pub struct RunArgs {
     /// (ELF with PVH note) or bzImage.
     #[arg(long, default_value = "default")]
     pub kernel: String,
-    /// Image: `tiny`, or a path to an initramfs (cpio), ext4 or qcow2 image.
+    /// Image: `tiny`, a stored image (`kobako image ls`; booted from a per-VM qcow2 overlay), or a
+    /// path to an initramfs (cpio), ext4 or qcow2 image. Options: `NAME,cloud-init` attaches a
+    /// NoCloud seed, `NAME,user-data=FILE` with that user-data.
     #[arg(long, default_value = "tiny")]
     pub image: String,
     /// Boot the image from RAM (initramfs) or from a virtio disk.
@@ -132,15 +134,22 @@ pub fn config_from(args: &RunArgs) -> Result<(VmConfig, String)> {
         }
     }
     let (kernel, kernel_kind) = resolve::kernel(&args.kernel)?;
-    let root = resolve::image(&args.image, args.root)?;
+    let img = resolve::image(&args.image, args.root, &name)?;
     let cfg = VmConfig {
         kernel,
         kernel_kind,
-        root,
-        extra_cmdline: args.cmdline.clone(),
+        root: img.root.clone().unwrap_or(probe.root.clone()),
+        extra_cmdline: format!("{} {}", img.cmdline, args.cmdline)
+            .trim()
+            .to_string(),
+        owned_paths: img.owned_paths.clone(),
+        extra_disks: img.extra_disks.clone(),
         ..probe
     };
-    cfg.validate()?;
+    if let Err(e) = cfg.validate() {
+        img.discard();
+        return Err(e.into());
+    }
     Ok((cfg, why))
 }
 
@@ -222,7 +231,13 @@ async fn run_vm(args: RunArgs) -> Result<i32> {
     if cfg.accel == kobako_runtime::Accel::Tcg && args.accel == "auto" && !args.json {
         eprintln!("kobako: {why}");
     }
-    let vm = rt.create(&cfg).await?;
+    let vm = match rt.create(&cfg).await {
+        Ok(vm) => vm,
+        Err(e) => {
+            resolve::discard(&cfg.owned_paths);
+            return Err(e.into());
+        }
+    };
     vm.attach()?;
     let t0 = Instant::now();
     if let Err(e) = rt.start(&vm).await {

@@ -7,11 +7,20 @@
 //!   fragment, keyed by the fragment's hash; or any kernel given by path.
 //! - [`tiny`]: the busybox + kobako-agent root filesystem, as an uncompressed initramfs and ext4.
 //! - [`cpio`]: the newc archive writer used for initramfs images.
+//! - [`store`]: the image store (`/var/lib/kobako/images`): named read-only bases with manifests,
+//!   and the per-VM qcow2 overlays on them.
+//! - [`debian`]: Debian images built with mmdebstrap; [`import`]: rootfs tarballs and OCI image
+//!   layouts; [`cloudinit`]: NoCloud seed disks; [`disk`]: qemu-img / mkfs helpers.
 
 pub mod cache;
+pub mod cloudinit;
 pub mod cpio;
+pub mod debian;
 pub mod deps;
+pub mod disk;
+pub mod import;
 pub mod kernel;
+pub mod store;
 pub mod tiny;
 
 /// Progress lines for long steps. The CLI prints them; tests collect them.

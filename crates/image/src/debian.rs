@@ -1,0 +1,484 @@
+//! `kobako image build debian`: a Debian root filesystem made by `mmdebstrap` (variant minbase,
+//! plus systemd and the packages asked for), with kobako-agent as a systemd service, into ext4,
+//! stored as a qcow2 base in the image store.
+//!
+//! What the recipe adds to minbase, and why:
+//! - `systemd-sysv` (init) and `udev` (device units: without it `serial-getty@ttyS0` waits 90 s
+//!   for `dev-ttyS0.device`); `iproute2` (the tools a user expects next to the agent).
+//! - `/usr/local/sbin/kobako-agent` + `kobako-agent.service`, started early (no default
+//!   dependencies) and restarted if it ends; as a non-PID-1 process it only serves the
+//!   virtio-serial port `kobako.agent`.
+//! - `kobako-hostname.service`: sets the hostname from `kobako.hostname=` on the kernel command
+//!   line (the agent does that only as PID 1).
+//! - poweroff/halt become reboot: microvm has no ACPI, so a real power-off would halt the CPU
+//!   forever; kobako VMs run with `-no-reboot`, where a reset ends the VM process (the agent has
+//!   already told the host it was a power-off).
+//! - a root autologin on the serial console (`kobako vm console`), fstab for `/dev/vda`, and the
+//!   periodic timers (apt, fstrim, e2scrub) masked: a lab VM should not wake up to do upkeep.
+//!
+//! Downloaded .debs are kept in `$KOBAKO_CACHE/apt` (mmdebstrap sync-in/sync-out hooks), so a
+//! rebuild downloads only what changed. Progress lines go to the given [`Progress`].
+
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use crate::disk::{self, DiskError};
+use crate::store::{self, ImageKind, Manifest, Store, StoreError};
+use crate::{cache, deps, Progress};
+
+/// Debian packages the build needs on the host.
+pub const BUILD_PACKAGES: &[&str] = &["mmdebstrap", "qemu-utils", "e2fsprogs"];
+
+/// Packages every kobako Debian image has on top of minbase.
+pub const BASE_PACKAGES: &[&str] = &["systemd-sysv", "udev", "iproute2"];
+
+/// `--with docker`: what Docker in a VM needs.
+pub const DOCKER_PACKAGES: &[&str] = &["docker.io", "iptables", "ca-certificates"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum DebianError {
+    #[error(transparent)]
+    Deps(#[from] deps::DepsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("--with {0}: unknown preset (known: docker)")]
+    UnknownPreset(String),
+    #[error("package name '{0}' is not a Debian package name")]
+    BadPackage(String),
+    #[error("mmdebstrap failed (exit {code:?}); last lines:\n{tail}\n(is the Debian mirror reachable? is a package name wrong?)")]
+    Mmdebstrap { code: Option<i32>, tail: String },
+}
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct DebianOptions {
+    pub name: String,
+    /// Extra packages.
+    pub packages: Vec<String>,
+    /// Presets (`docker`).
+    pub with: Vec<String>,
+    pub suite: String,
+    pub mirror: String,
+    /// Filesystem size the guest sees; default: the content plus 2 GiB, at least 4 GiB.
+    pub size_bytes: Option<u64>,
+}
+
+impl DebianOptions {
+    pub fn new(name: &str) -> DebianOptions {
+        DebianOptions {
+            name: name.to_string(),
+            packages: Vec::new(),
+            with: Vec::new(),
+            suite: "bookworm".into(),
+            mirror: "http://deb.debian.org/debian".into(),
+            size_bytes: None,
+        }
+    }
+
+    /// Every package to include, presets expanded, in order, without duplicates.
+    pub fn all_packages(&self) -> Result<Vec<String>, DebianError> {
+        let mut v: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
+        for w in &self.with {
+            match w.as_str() {
+                "docker" => v.extend(DOCKER_PACKAGES.iter().map(|s| s.to_string())),
+                other => return Err(DebianError::UnknownPreset(other.to_string())),
+            }
+        }
+        for p in &self.packages {
+            let ok = !p.is_empty()
+                && p.chars().all(|c| {
+                    c.is_ascii_lowercase()
+                        || c.is_ascii_digit()
+                        || matches!(c, '+' | '-' | '.' | ':' | '=' | '~')
+                });
+            if !ok {
+                return Err(DebianError::BadPackage(p.clone()));
+            }
+            v.push(p.clone());
+        }
+        let mut seen = std::collections::HashSet::new();
+        v.retain(|p| seen.insert(p.clone()));
+        Ok(v)
+    }
+}
+
+/// Build a Debian image into the store. `agent` is the static kobako-agent binary.
+pub fn build(
+    store: &Store,
+    opts: &DebianOptions,
+    agent: &Path,
+    progress: &dyn Progress,
+) -> Result<store::Image, DebianError> {
+    let t0 = Instant::now();
+    let packages = opts.all_packages()?;
+    deps::ensure(BUILD_PACKAGES, progress)?;
+    store.sweep();
+    let st = store.begin(&opts.name)?;
+    let root = st.dir.join("root");
+    let apt_cache = cache::root().join("apt");
+    std::fs::create_dir_all(&apt_cache).map_err(disk::io("create the apt cache"))?;
+
+    progress.step(&format!(
+        "debian: mmdebstrap {} minbase + {} (apt cache {})",
+        opts.suite,
+        packages.join(","),
+        apt_cache.display()
+    ));
+    mmdebstrap(opts, &packages, &root, &apt_cache, progress)?;
+    let t_strap = t0.elapsed().as_secs_f64();
+
+    progress.step("debian: installing kobako-agent and the boot recipe");
+    let agent_bytes =
+        std::fs::read(agent).map_err(disk::io(format!("read {}", agent.display())))?;
+    customize(&root, &agent_bytes)?;
+    let cloud_init = root.join("usr/bin/cloud-init").exists();
+
+    let content = disk::tree_bytes(&root);
+    let size = opts
+        .size_bytes
+        .unwrap_or_else(|| (content + (2 << 30)).max(4 << 30));
+    progress.step(&format!(
+        "debian: ext4 of {} MiB ({} MiB of files)",
+        size >> 20,
+        content >> 20
+    ));
+    let raw = st.dir.join("rootfs.ext4");
+    disk::mkfs_ext4(&root, &raw, size, "kobako-root")?;
+    std::fs::remove_dir_all(&root).map_err(disk::io("remove the staging tree"))?;
+    progress.step("debian: converting to a qcow2 base");
+    let base = st.dir.join("base.qcow2");
+    disk::raw_to_qcow2(&raw, &base)?;
+    std::fs::remove_file(&raw).map_err(disk::io("remove the raw ext4"))?;
+    let sha256 = disk::sha256_file(&base)?;
+    let build_secs = t0.elapsed().as_secs_f64();
+    let m = Manifest {
+        name: opts.name.clone(),
+        kind: ImageKind::Debian,
+        base: "base.qcow2".into(),
+        format: "qcow2".into(),
+        size: disk::allocated(&base),
+        virtual_size: size,
+        created: store::now_rfc3339(),
+        packages,
+        source: format!("mmdebstrap {} minbase {}", opts.suite, opts.mirror),
+        sha256,
+        cloud_init,
+        build_secs: Some((build_secs * 10.0).round() / 10.0),
+        init: None,
+    };
+    let img = st.commit(m)?;
+    progress.step(&format!(
+        "debian: image '{}' built in {:.0} s (mmdebstrap {:.0} s): {:.0} MiB qcow2{}",
+        opts.name,
+        build_secs,
+        t_strap,
+        img.manifest.size as f64 / 1048576.0,
+        if cloud_init { ", with cloud-init" } else { "" }
+    ));
+    Ok(img)
+}
+
+fn mmdebstrap(
+    opts: &DebianOptions,
+    packages: &[String],
+    root: &Path,
+    apt_cache: &Path,
+    progress: &dyn Progress,
+) -> Result<(), DebianError> {
+    let cache = apt_cache.display().to_string();
+    let mut c = Command::new("mmdebstrap");
+    c.args([
+        "--mode=root",
+        "--variant=minbase",
+        "--format=directory",
+        "--verbose",
+    ])
+    .arg(format!("--include={}", packages.join(",")))
+    // Keep downloaded .debs between builds (mmdebstrap(1), "EXAMPLES": apt cache).
+    .args([
+        "--skip=download/empty",
+        "--skip=essential/unlink",
+        "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives/",
+    ])
+    .arg(format!(
+        "--setup-hook=sync-in {cache} /var/cache/apt/archives/"
+    ))
+    .arg(format!(
+        "--customize-hook=sync-out /var/cache/apt/archives {cache}"
+    ))
+    .arg(&opts.suite)
+    .arg(root)
+    .arg(&opts.mirror)
+    .env("DEBIAN_FRONTEND", "noninteractive")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = c.spawn().map_err(disk::io("run mmdebstrap"))?;
+    // mmdebstrap prints "I: ..." phases on stderr; forward the phases, keep the tail for errors.
+    let stderr = child.stderr.take();
+    let stdout = child.stdout.take();
+    let out_thread = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut s = String::new();
+        if let Some(mut o) = stdout {
+            let _ = o.read_to_string(&mut s);
+        }
+        s
+    });
+    let mut tail: Vec<String> = Vec::new();
+    if let Some(e) = stderr {
+        use std::io::BufRead;
+        let mut last_phase = Instant::now();
+        for line in std::io::BufReader::new(e).lines().map_while(Result::ok) {
+            let phase = line.starts_with("I: ")
+                && !line.starts_with("I: running ")
+                && !line.contains("skipping");
+            if phase || (line.starts_with("Get:") && last_phase.elapsed().as_secs() >= 5) {
+                progress.step(&format!("debian:   {}", line.trim_start_matches("I: ")));
+                last_phase = Instant::now();
+            }
+            tail.push(line);
+            if tail.len() > 40 {
+                tail.remove(0);
+            }
+        }
+    }
+    let _ = out_thread.join();
+    let st = child.wait().map_err(disk::io("wait for mmdebstrap"))?;
+    if !st.success() {
+        let t = tail
+            .iter()
+            .filter(|l| !l.starts_with("Get:"))
+            .cloned()
+            .collect::<Vec<_>>();
+        return Err(DebianError::Mmdebstrap {
+            code: st.code(),
+            tail: t[t.len().saturating_sub(12)..]
+                .iter()
+                .map(|l| format!("  | {l}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        });
+    }
+    Ok(())
+}
+
+const AGENT_UNIT: &str = "\
+[Unit]
+Description=kobako guest agent (virtio-serial port kobako.agent)
+DefaultDependencies=no
+After=systemd-remount-fs.service
+Conflicts=shutdown.target
+Before=shutdown.target
+
+[Service]
+ExecStart=/usr/local/sbin/kobako-agent
+Restart=always
+RestartSec=200ms
+KillMode=process
+
+[Install]
+WantedBy=sysinit.target
+";
+
+const HOSTNAME_UNIT: &str = "\
+[Unit]
+Description=kobako: hostname from kobako.hostname= on the kernel command line
+DefaultDependencies=no
+After=systemd-remount-fs.service
+Before=sysinit.target network-pre.target cloud-init-local.service
+ConditionKernelCommandLine=kobako.hostname
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/lib/kobako/set-hostname
+
+[Install]
+WantedBy=sysinit.target
+";
+
+const HOSTNAME_SCRIPT: &str = r#"#!/bin/sh
+# Set the hostname from kobako.hostname= (kernel command line) and make it resolvable.
+for w in $(cat /proc/cmdline); do
+  case "$w" in kobako.hostname=*) h="${w#kobako.hostname=}" ;; esac
+done
+[ -n "$h" ] || exit 0
+echo "$h" > /proc/sys/kernel/hostname
+echo "$h" > /etc/hostname
+grep -q "^127.0.1.1 $h\$" /etc/hosts 2>/dev/null || {
+  grep -v '^127.0.1.1 ' /etc/hosts > /etc/hosts.kobako 2>/dev/null
+  echo "127.0.1.1 $h" >> /etc/hosts.kobako
+  mv /etc/hosts.kobako /etc/hosts
+}
+"#;
+
+const AUTOLOGIN: &str = "\
+[Service]
+ExecStart=
+ExecStart=-/sbin/agetty --autologin root --keep-baud 115200,57600,38400,9600 %I $TERM
+";
+
+fn write(root: &Path, rel: &str, content: &[u8], mode: u32) -> Result<(), DiskError> {
+    let p = root.join(rel);
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).map_err(disk::io(format!("mkdir {}", d.display())))?;
+    }
+    std::fs::write(&p, content).map_err(disk::io(format!("write /{rel}")))?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+        .map_err(disk::io(format!("chmod /{rel}")))
+}
+
+fn link(root: &Path, target: &str, rel: &str) -> Result<(), DiskError> {
+    let p = root.join(rel);
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).map_err(disk::io(format!("mkdir {}", d.display())))?;
+    }
+    let _ = std::fs::remove_file(&p);
+    symlink(target, &p).map_err(disk::io(format!("symlink /{rel}")))
+}
+
+/// Write the agent, units and config files into a Debian tree.
+pub(crate) fn customize(root: &Path, agent: &[u8]) -> Result<(), DiskError> {
+    write(root, "usr/local/sbin/kobako-agent", agent, 0o755)?;
+    customize_systemd(root)?;
+    write(root, "etc/hostname", b"kobako\n", 0o644)?;
+    write(
+        root,
+        "etc/hosts",
+        b"127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n",
+        0o644,
+    )?;
+    // Every VM gets its own machine-id on first boot (systemd generates it when empty).
+    write(root, "etc/machine-id", b"", 0o444)?;
+    Ok(())
+}
+
+/// The systemd side of the recipe (also used for imported trees that have systemd): agent and
+/// hostname units, serial console, power-off as reset, masked timers, fstab. The agent binary
+/// itself must be at /usr/local/sbin/kobako-agent.
+pub(crate) fn customize_systemd(root: &Path) -> Result<(), DiskError> {
+    // Debian keeps units in /lib/systemd (usr-merged: /usr/lib/systemd); both resolve.
+    let sysdir = if root.join("lib/systemd/system").is_dir() {
+        "/lib/systemd/system"
+    } else {
+        "/usr/lib/systemd/system"
+    };
+    let w = |rel: &str, c: &[u8], mode: u32| write(root, rel, c, mode);
+    let l = |target: &str, rel: &str| link(root, target, rel);
+    w(
+        "etc/systemd/system/kobako-agent.service",
+        AGENT_UNIT.as_bytes(),
+        0o644,
+    )?;
+    l(
+        "/etc/systemd/system/kobako-agent.service",
+        "etc/systemd/system/sysinit.target.wants/kobako-agent.service",
+    )?;
+    w(
+        "usr/local/lib/kobako/set-hostname",
+        HOSTNAME_SCRIPT.as_bytes(),
+        0o755,
+    )?;
+    w(
+        "etc/systemd/system/kobako-hostname.service",
+        HOSTNAME_UNIT.as_bytes(),
+        0o644,
+    )?;
+    l(
+        "/etc/systemd/system/kobako-hostname.service",
+        "etc/systemd/system/sysinit.target.wants/kobako-hostname.service",
+    )?;
+    // Serial console with root autologin.
+    l(
+        &format!("{sysdir}/serial-getty@.service"),
+        "etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service",
+    )?;
+    w(
+        "etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf",
+        AUTOLOGIN.as_bytes(),
+        0o644,
+    )?;
+    // Power-off is a reset on microvm (no ACPI); see the module docs.
+    l(
+        &format!("{sysdir}/reboot.target"),
+        "etc/systemd/system/poweroff.target",
+    )?;
+    l(
+        &format!("{sysdir}/reboot.target"),
+        "etc/systemd/system/halt.target",
+    )?;
+    // No upkeep timers, no waiting for a network nobody configured.
+    for unit in [
+        "apt-daily.timer",
+        "apt-daily-upgrade.timer",
+        "dpkg-db-backup.timer",
+        "e2scrub_all.timer",
+        "fstrim.timer",
+        "systemd-networkd-wait-online.service",
+        "getty@tty1.service",
+    ] {
+        l("/dev/null", &format!("etc/systemd/system/{unit}"))?;
+    }
+    w(
+        "etc/fstab",
+        b"# kobako: the root disk is the first virtio-blk device\n/dev/vda / ext4 rw,relatime,errors=remount-ro 0 0\n",
+        0o644,
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn packages_expand_presets_and_reject_junk() {
+        let mut o = DebianOptions::new("x");
+        o.packages = vec!["nginx".into(), "iproute2".into()];
+        o.with = vec!["docker".into()];
+        let p = o.all_packages().unwrap();
+        assert_eq!(p[0], "systemd-sysv");
+        assert!(p.contains(&"docker.io".to_string()));
+        assert_eq!(p.iter().filter(|x| *x == "iproute2").count(), 1);
+        o.packages = vec!["rm -rf".into()];
+        assert!(o.all_packages().is_err());
+        o.packages = vec![];
+        o.with = vec!["k8s".into()];
+        assert!(o
+            .all_packages()
+            .unwrap_err()
+            .to_string()
+            .contains("unknown preset"));
+    }
+
+    #[test]
+    fn customize_writes_the_recipe() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("lib/systemd/system")).unwrap();
+        customize(d.path(), b"agent").unwrap();
+        let r = d.path();
+        assert_eq!(
+            std::fs::read(r.join("usr/local/sbin/kobako-agent")).unwrap(),
+            b"agent"
+        );
+        assert_eq!(
+            std::fs::read_link(
+                r.join("etc/systemd/system/sysinit.target.wants/kobako-agent.service")
+            )
+            .unwrap(),
+            PathBuf::from("/etc/systemd/system/kobako-agent.service")
+        );
+        assert_eq!(
+            std::fs::read_link(r.join("etc/systemd/system/poweroff.target")).unwrap(),
+            PathBuf::from("/lib/systemd/system/reboot.target")
+        );
+        assert!(std::fs::read_to_string(r.join("etc/fstab"))
+            .unwrap()
+            .contains("/dev/vda / ext4"));
+    }
+}
