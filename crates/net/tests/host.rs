@@ -503,3 +503,92 @@ fn uplink_refuses_a_transfer_network_in_use() {
     assert!(lab.net().rtnl().link("uplink").unwrap().is_none());
     assert!(!sh("nft list tables").contains("kobako-kbt-upc"));
 }
+
+#[test]
+fn uplink_masquerades_lab_traffic_leaving_the_host() {
+    // "The outside": a namespace behind a kb veth, knowing nothing about lab addresses.
+    let inet = Endpoint::new("kbe-inet");
+    let host = Netns::host().unwrap();
+    let hrt = Rtnl::open(&host).unwrap();
+    hrt.delete_link("kbinet0").unwrap();
+    let l = hrt
+        .ensure_veth(
+            &ifn("kbinet0"),
+            None,
+            &ifn("eth0"),
+            Some(&inet.ns),
+            None,
+            None,
+        )
+        .unwrap();
+    struct DelLink(Rtnl);
+    impl Drop for DelLink {
+        fn drop(&mut self) {
+            let _ = self.0.delete_link("kbinet0");
+        }
+    }
+    let _guard = DelLink(Rtnl::open(&host).unwrap());
+    hrt.add_addr(&l, cidr("192.168.252.1/24")).unwrap();
+    hrt.set_link(
+        &l,
+        LinkChange {
+            up: Some(true),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let irt = inet.rtnl();
+    let ie = irt.require("eth0").unwrap();
+    irt.set_link(
+        &ie,
+        LinkChange {
+            up: Some(true),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    irt.add_addr(&ie, cidr("192.168.252.2/24")).unwrap();
+
+    let lab = TestLab::new("kbt-nat");
+    let net = lab.net();
+    net.ensure_bridge(&ifn("br0"), None, Some(cidr("10.70.0.1/24")), false)
+        .unwrap();
+    let e = Endpoint::new("kbe-nat");
+    attach(net, "br0", "pe", &e, "", PortVlan::None);
+    e.address("10.70.0.2/24", Some(Ipv4Addr::new(10, 70, 0, 1)));
+    let up = Uplink::derived(&lab.name);
+    net.set_uplink(Some(&up)).unwrap();
+    // Forwarding only on the two kb interfaces involved (not the host's global switch, which
+    // `Uplink::enable_host_forwarding` would set): in via the uplink, replies in via kbinet0.
+    let kbu = lab.name.uplink_host_ifname();
+    host.set_sysctl(&format!("ipv4/conf/{kbu}/forwarding"), "1")
+        .unwrap();
+    host.set_sysctl("ipv4/conf/kbinet0/forwarding", "1")
+        .unwrap();
+
+    let server = inet
+        .ns
+        .spawn("kb-test-inet", || {
+            let l = TcpListener::bind("192.168.252.2:7000").unwrap();
+            let (mut s, peer) = l.accept().unwrap();
+            s.write_all(peer.ip().to_string().as_bytes()).unwrap();
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let seen =
+        e.ns.run(|| {
+            let mut s = TcpStream::connect_timeout(
+                &(Ipv4Addr::new(192, 168, 252, 2), 7000).into(),
+                Duration::from_secs(3),
+            )
+            .expect("the lab must reach the outside through its uplink");
+            let mut v = String::new();
+            s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            s.read_to_string(&mut v).unwrap();
+            v
+        })
+        .unwrap();
+    server.join().unwrap();
+    // Twice masqueraded: the outside sees the host, never a lab address.
+    assert_eq!(seen, "192.168.252.1");
+}
