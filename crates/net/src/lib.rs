@@ -10,6 +10,47 @@
 //! Entry point: [`LabNet`]. Lower layers ([`Netns`], [`Rtnl`], [`nft`], [`capture`]) are public
 //! for tests and tools. All calls are blocking and short (netlink round trips); call them from
 //! `tokio::task::spawn_blocking` in async code. No `ip`, `tc` or `nft` binary is ever run.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use kobako_net::{
+//!     Impairment, IfName, LabName, LabNet, MacAddr, PortSpec, PortVlan, Proto, PublishedPort,
+//!     Uplink, VlanId,
+//! };
+//! use kobako_net::tap::TapFlags;
+//!
+//! # fn main() -> kobako_net::Result<()> {
+//! let lab = LabName::new("shop")?;
+//! let net = LabNet::ensure(&lab)?; // namespace kb-shop
+//! let lan = IfName::new("lan")?;
+//! net.ensure_bridge(&lan, Some(1500), Some("10.10.0.1/24".parse()?), true)?;
+//! let tap = IfName::for_key("t", "web.api:eth1");
+//! let mut port = PortSpec::tap(tap.clone(), lan.clone());
+//! port.vlan = PortVlan::Access(VlanId::new(10)?);
+//! net.ensure_port(&port)?;
+//! let guest_mac = MacAddr::derive("shop", "web.api", "eth1"); // for the runtime's NIC
+//! let fd = net.open_tap(&tap, TapFlags { vnet_hdr: true })?; // hand to QEMU: -netdev tap,fd=N
+//! # let _ = (guest_mac, fd);
+//! let imp = Impairment::builder()
+//!     .delay(Duration::from_millis(20))
+//!     .jitter(Duration::from_millis(5))
+//!     .loss(1.0)
+//!     .build()?;
+//! net.set_impairment(&tap, &imp)?; // live; clear_impairment() to remove
+//! let mut up = Uplink::derived(&lab);
+//! up.published.push(PublishedPort {
+//!     proto: Proto::Tcp,
+//!     host_port: 8080,
+//!     target: "10.10.0.2".parse().unwrap(),
+//!     target_port: 80,
+//! });
+//! net.set_uplink(Some(&up))?;
+//! let cap = net.capture(&tap, std::io::stdout(), Default::default())?; // pcapng
+//! # let _ = cap;
+//! LabNet::delete(&lab)?; // everything, idempotent
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod backend;
 pub mod capture;
