@@ -592,3 +592,17 @@ fn uplink_masquerades_lab_traffic_leaving_the_host() {
     // Twice masqueraded: the outside sees the host, never a lab address.
     assert_eq!(seen, "192.168.252.1");
 }
+
+#[test]
+fn kernel_error_messages_are_surfaced() {
+    let ep = Endpoint::new("kbe-err");
+    let rt = ep.rtnl();
+    // No route to the gateway: the kernel explains why in its extended ack.
+    let e = rt
+        .add_route(None, Some(Ipv4Addr::new(192, 0, 2, 1)), None)
+        .unwrap_err();
+    let chain = format!("{e}: {}", std::error::Error::source(&e).unwrap());
+    assert!(chain.contains("add route default in kbe-err"), "{chain}");
+    assert!(chain.to_lowercase().contains("gateway"), "{chain}");
+    assert_eq!(e.errno(), Some(libc::ENETUNREACH), "{chain}");
+}
