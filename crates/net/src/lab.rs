@@ -305,6 +305,11 @@ impl LabNet {
                 },
             )?;
         }
+        // The lab namespace is plumbing, not a host on the lab's networks: its bridges, taps
+        // and legs get no IPv6 addresses, so it sends no router solicitations, MLD reports or
+        // DAD probes into guest networks (and captures show only guest traffic). Bridging of
+        // the guests' IPv6 is unaffected. Absent on kernels without IPv6: ignored.
+        let _ = ns.set_sysctl("ipv6/conf/default/disable_ipv6", "1");
         let features = probe(&rt);
         Ok(LabNet {
             name: name.clone(),

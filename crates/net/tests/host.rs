@@ -249,6 +249,14 @@ fn tap_is_persistent_and_carries_frames() {
         }
     }
     assert!(got_reply, "no ARP reply came back through the tap");
+    // The lab namespace adds no IPv6 chatter of its own to guest networks.
+    assert_eq!(
+        net.netns()
+            .sysctl("ipv6/conf/default/disable_ipv6")
+            .unwrap(),
+        "1"
+    );
+    assert!(!sh("ip -n kb-kbt-tap -6 addr show dev tap0").contains("inet6"));
     drop(f);
     // Persistent: still there after the fd is closed.
     assert!(net.rtnl().link("tap0").unwrap().is_some());
