@@ -173,6 +173,13 @@ pub fn create_overlay(base: &Path, base_format: &str, out: &Path) -> Result<(), 
     Ok(())
 }
 
+/// Mark a base read-only (mode 0444): VMs write to overlays, never to it.
+pub fn make_read_only(p: &Path) -> Result<(), DiskError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o444))
+        .map_err(io(format!("chmod {}", p.display())))
+}
+
 /// `qemu-img check` (qcow2 consistency: leaks, corruptions).
 pub fn check(p: &Path) -> Result<(), DiskError> {
     run(

@@ -185,6 +185,7 @@ pub fn import(
     let base = st.dir.join("base.qcow2");
     disk::raw_to_qcow2(&raw, &base)?;
     std::fs::remove_file(&raw).map_err(rd("remove the raw ext4"))?;
+    disk::make_read_only(&base)?;
     let m = Manifest {
         name: opts.name.clone(),
         kind: ImageKind::Imported,

@@ -1,0 +1,594 @@
+//! Real-guest tests of the image store: Debian bases with per-VM qcow2 overlays, cloud-init
+//! NoCloud seeds, imported tarballs and OCI layouts, and bad input.
+//!
+//! The Debian image `kbt-debian` (minbase + systemd + agent + cloud-init) is built once per
+//! machine into the machine's store (`kobako image rm kbt-debian` forces a rebuild); imported
+//! images get per-run names and are removed. Each test has its own `KOBAKO_RUN`. Tests that boot
+//! guests take a lock so that at most one Debian guest runs at a time under TCG.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+const KOBAKO: &str = env!("CARGO_BIN_EXE_kobako");
+const DEBIAN: &str = "kbt-debian";
+
+/// One guest-booting test at a time (2 CPUs, TCG).
+fn serial() -> MutexGuard<'static, ()> {
+    static M: Mutex<()> = Mutex::new(());
+    M.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Env {
+    run: tempfile::TempDir,
+    /// Images this test created (removed on drop).
+    images: Vec<String>,
+}
+
+impl Env {
+    fn new() -> Env {
+        Env {
+            run: tempfile::Builder::new()
+                .prefix("kobako-img-run")
+                .tempdir()
+                .unwrap(),
+            images: Vec::new(),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(KOBAKO);
+        c.args(args)
+            .env("KOBAKO_RUN", self.run.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.run.path().join("vms"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn assert_clean(&self) {
+        for _ in 0..200 {
+            if self.leftovers().is_empty() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("left behind: VM dirs {:?}", self.leftovers());
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for name in self.leftovers() {
+            let _ = self.run(&["vm", "rm", "-f", &name]);
+        }
+        for i in &self.images {
+            let _ = self.run(&["image", "rm", i]);
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    text(&o.stdout)
+}
+
+fn fails_with(o: &Output, needle: &str) -> String {
+    let e = text(&o.stderr);
+    assert!(!o.status.success(), "succeeded; stderr: {e}");
+    assert!(e.contains(needle), "expected '{needle}' in: {e}");
+    assert!(!e.contains("panicked"), "panicked: {e}");
+    e
+}
+
+fn run_detached(env: &Env, name: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "vm",
+        "run",
+        "-d",
+        "--json",
+        "--name",
+        name,
+        "--timeout",
+        "240",
+    ];
+    args.extend_from_slice(extra);
+    let out = ok(&env.run(&args));
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn exec(env: &Env, name: &str, argv: &[&str]) -> Output {
+    let mut args = vec!["vm", "exec", name, "--"];
+    args.extend_from_slice(argv);
+    env.run(&args)
+}
+
+fn inspect(env: &Env, image: &str) -> Option<serde_json::Value> {
+    let o = env.run(&["image", "inspect", "--json", image]);
+    o.status
+        .success()
+        .then(|| serde_json::from_slice(&o.stdout).unwrap())
+}
+
+fn sha256(p: &Path) -> String {
+    let o = Command::new("sha256sum").arg(p).output().unwrap();
+    text(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The shared Debian image (with cloud-init), built once per machine.
+fn debian(env: &Env) -> serde_json::Value {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        if inspect(env, DEBIAN).is_none() {
+            let t = std::time::Instant::now();
+            let o = env.run(&[
+                "image",
+                "build",
+                "debian",
+                "--name",
+                DEBIAN,
+                "--packages",
+                "cloud-init",
+            ]);
+            ok(&o);
+            eprintln!(
+                "built {DEBIAN} in {:.0} s:\n{}",
+                t.elapsed().as_secs_f64(),
+                text(&o.stderr)
+            );
+        }
+    });
+    inspect(env, DEBIAN).expect("the Debian image is in the store")
+}
+
+fn overlays_root() -> PathBuf {
+    let images = std::env::var_os("KOBAKO_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/kobako/images"));
+    images.parent().unwrap().join("vms")
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", std::process::id())
+}
+
+#[test]
+fn two_vms_on_one_debian_base_write_to_their_own_overlays() {
+    let _s = serial();
+    let env = Env::new();
+    let img = debian(&env);
+    let base = PathBuf::from(img["path"].as_str().unwrap());
+    let before = sha256(&base);
+    assert_eq!(
+        before,
+        img["sha256"].as_str().unwrap(),
+        "base changed since its build"
+    );
+
+    let (a, b) = (unique("kbt-ov-a"), unique("kbt-ov-b"));
+    let t = std::time::Instant::now();
+    let ra = run_detached(&env, &a, &["--image", DEBIAN, "--memory", "512M"]);
+    eprintln!(
+        "debian boot: agent ready in {} ms (guest {} ms), vm run took {:.1} s",
+        ra["ready_ms"],
+        ra["guest_ready_ms"],
+        t.elapsed().as_secs_f64()
+    );
+    run_detached(&env, &b, &["--image", DEBIAN, "--memory", "512M"]);
+    ok(&exec(
+        &env,
+        &a,
+        &["sh", "-c", "echo from-a > /root/who && sync"],
+    ));
+    ok(&exec(
+        &env,
+        &b,
+        &["sh", "-c", "echo from-b > /root/who && sync"],
+    ));
+    assert_eq!(ok(&exec(&env, &a, &["cat", "/root/who"])), "from-a\n");
+    assert_eq!(ok(&exec(&env, &b, &["cat", "/root/who"])), "from-b\n");
+    assert_eq!(ok(&exec(&env, &a, &["hostname"])).trim(), a);
+    // systemd is init, the agent a service.
+    assert_eq!(
+        ok(&exec(&env, &a, &["cat", "/proc/1/comm"])).trim(),
+        "systemd"
+    );
+
+    let ov_a = overlays_root().join(&a).join("root.qcow2");
+    let ov_b = overlays_root().join(&b).join("root.qcow2");
+    assert!(ov_a.is_file() && ov_b.is_file());
+    // In use: the image cannot be removed.
+    fails_with(&env.run(&["image", "rm", DEBIAN]), "is used by VM(s)");
+    let used = inspect(&env, DEBIAN).unwrap()["used_by"].clone();
+    assert!(used.as_array().unwrap().len() >= 2, "{used}");
+
+    // Keep a second name for each overlay so it can be checked after QEMU closed it cleanly.
+    let keep = tempfile::tempdir_in(overlays_root()).unwrap();
+    let (ka, kb) = (keep.path().join("a.qcow2"), keep.path().join("b.qcow2"));
+    std::fs::hard_link(&ov_a, &ka).unwrap();
+    std::fs::hard_link(&ov_b, &kb).unwrap();
+
+    ok(&env.run(&["vm", "stop", &a]));
+    assert!(!ov_a.exists(), "stopping {a} left its overlay");
+    assert!(!overlays_root().join(&a).exists());
+    assert!(ov_b.is_file(), "stopping {a} removed {b}'s overlay");
+    assert_eq!(ok(&exec(&env, &b, &["cat", "/root/who"])), "from-b\n");
+    ok(&env.run(&["vm", "stop", &b]));
+    assert!(!ov_b.exists());
+    env.assert_clean();
+
+    for k in [&ka, &kb] {
+        let o = Command::new("qemu-img")
+            .args(["check"])
+            .arg(k)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "qemu-img check {}: {}{}",
+            k.display(),
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+        let info = Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(k)
+            .output()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(
+            info["backing-filename"].as_str().unwrap(),
+            base.to_str().unwrap()
+        );
+        // The writes landed in the overlay.
+        assert!(info["actual-size"].as_u64().unwrap() > 256 * 1024, "{info}");
+    }
+    assert_eq!(sha256(&base), before, "the base was written to");
+}
+
+#[test]
+fn debian_with_cloud_init_gets_hostname_and_runcmd_from_the_seed() {
+    let _s = serial();
+    let env = Env::new();
+    let img = debian(&env);
+    assert_eq!(img["cloud_init"], true);
+    let d = tempfile::tempdir().unwrap();
+    let ud = d.path().join("user-data");
+    std::fs::write(
+        &ud,
+        "#cloud-config\nhostname: seeded-host\npreserve_hostname: false\nruncmd:\n  - [sh, -c, \"echo runcmd-ran > /root/runcmd.txt\"]\n",
+    )
+    .unwrap();
+    let vm = unique("kbt-ci");
+    let spec = format!("{DEBIAN},user-data={}", ud.display());
+    run_detached(&env, &vm, &["--image", &spec, "--memory", "512M"]);
+    let seed = overlays_root().join(&vm).join("seed.iso");
+    assert!(seed.is_file());
+    let t = std::time::Instant::now();
+    let st = exec(&env, &vm, &["cloud-init", "status", "--wait", "--long"]);
+    eprintln!(
+        "cloud-init finished {:.1} s after agent ready: {}",
+        t.elapsed().as_secs_f64(),
+        text(&st.stdout)
+    );
+    assert!(
+        text(&st.stdout).contains("status: done"),
+        "{}",
+        text(&st.stdout)
+    );
+    assert_eq!(ok(&exec(&env, &vm, &["hostname"])).trim(), "seeded-host");
+    assert_eq!(
+        ok(&exec(&env, &vm, &["cat", "/root/runcmd.txt"])),
+        "runcmd-ran\n"
+    );
+    // The seed came from the generated NoCloud disk.
+    let ds = ok(&exec(&env, &vm, &["cloud-init", "query", "v1.platform"]));
+    assert!(ds.contains("nocloud"), "{ds}");
+    ok(&env.run(&["vm", "stop", &vm]));
+    assert!(!seed.exists());
+    env.assert_clean();
+}
+
+/// A small root filesystem: busybox-static and a marker file.
+fn busybox_tree(dir: &Path, marker: &str) {
+    for d in ["bin", "sbin", "etc", "root", "opt/old"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
+    for a in [
+        "sh", "cat", "ls", "echo", "hostname", "test", "uname", "sync", "poweroff", "reboot",
+    ] {
+        std::os::unix::fs::symlink("busybox", dir.join("bin").join(a)).unwrap();
+    }
+    std::fs::write(dir.join("etc/marker"), marker).unwrap();
+    std::fs::write(dir.join("etc/gone"), "lower").unwrap();
+    std::fs::write(dir.join("opt/old/file"), "lower").unwrap();
+    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+}
+
+fn tar(dir: &Path, out: &Path, flags: &str) {
+    let st = Command::new("tar")
+        .args([
+            flags,
+            out.to_str().unwrap(),
+            "--numeric-owner",
+            "--owner=0",
+            "--group=0",
+            "-C",
+        ])
+        .arg(dir)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Write `blob` into an OCI layout; returns its digest.
+fn put_blob(layout: &Path, blob: &Path) -> (String, u64) {
+    let h = sha256(blob);
+    let dst = layout.join("blobs/sha256").join(&h);
+    std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+    std::fs::copy(blob, &dst).unwrap();
+    (
+        format!("sha256:{h}"),
+        std::fs::metadata(blob).unwrap().len(),
+    )
+}
+
+fn put_json(layout: &Path, v: &serde_json::Value) -> (String, u64) {
+    let tmp = layout.join("tmp.json");
+    std::fs::write(&tmp, serde_json::to_vec(v).unwrap()).unwrap();
+    let r = put_blob(layout, &tmp);
+    std::fs::remove_file(tmp).unwrap();
+    r
+}
+
+/// An OCI layout of two layers: the busybox tree, then a gzip layer with a whiteout
+/// (`/etc/gone`), an opaque directory (`/opt`) and a new file.
+fn oci_layout(work: &Path) -> (PathBuf, Vec<String>) {
+    let l1dir = work.join("l1");
+    busybox_tree(&l1dir, "oci\n");
+    let l1 = work.join("l1.tar");
+    tar(&l1dir, &l1, "-cf");
+    let l2dir = work.join("l2");
+    std::fs::create_dir_all(l2dir.join("etc")).unwrap();
+    std::fs::create_dir_all(l2dir.join("opt")).unwrap();
+    std::fs::write(l2dir.join("etc/.wh.gone"), "").unwrap();
+    std::fs::write(l2dir.join("opt/.wh..wh..opq"), "").unwrap();
+    std::fs::write(l2dir.join("opt/new"), "upper\n").unwrap();
+    let l2 = work.join("l2.tar.gz");
+    tar(&l2dir, &l2, "-czf");
+    let layout = work.join("layout");
+    let (d1, s1) = put_blob(&layout, &l1);
+    let (d2, s2) = put_blob(&layout, &l2);
+    let (cd, cs) = put_json(
+        &layout,
+        &serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}),
+    );
+    let (md, ms) = put_json(
+        &layout,
+        &serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d1, "size": s1},
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d2, "size": s2}
+            ]
+        }),
+    );
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms}
+        ]}))
+        .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    (layout, vec![d1, d2])
+}
+
+fn store_staging_leftovers(name: &str) -> Vec<String> {
+    let images = std::env::var_os("KOBAKO_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/kobako/images"));
+    std::fs::read_dir(images)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!(".staging-{name}-")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn imported_tarball_and_oci_layout_boot_and_exec_works() {
+    let _s = serial();
+    let mut env = Env::new();
+    let work = tempfile::tempdir().unwrap();
+
+    // A rootfs tarball (zstd when the host has it, else gzip).
+    let tree = work.path().join("tree");
+    busybox_tree(&tree, "tarball\n");
+    let tarball = work.path().join("rootfs.tar.gz");
+    tar(&tree, &tarball, "-czf");
+    let name = unique("kbt-imp-tar");
+    env.images.push(name.clone());
+    ok(&env.run(&[
+        "image",
+        "import",
+        tarball.to_str().unwrap(),
+        "--name",
+        &name,
+    ]));
+    let m = inspect(&env, &name).unwrap();
+    assert_eq!(m["kind"], "imported");
+    assert_eq!(m["init"], "/usr/local/sbin/kobako-agent");
+    let vm = unique("kbt-tar");
+    run_detached(&env, &vm, &["--image", &name]);
+    assert_eq!(ok(&exec(&env, &vm, &["cat", "/etc/marker"])), "tarball\n");
+    assert_eq!(ok(&exec(&env, &vm, &["hostname"])).trim(), vm);
+    let o = exec(&env, &vm, &["sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(text(&o.stdout), "out\n");
+    ok(&env.run(&["vm", "stop", &vm]));
+
+    // An OCI layout with a whiteout and an opaque directory.
+    let (layout, _) = oci_layout(work.path());
+    let oname = unique("kbt-imp-oci");
+    env.images.push(oname.clone());
+    ok(&env.run(&[
+        "image",
+        "import",
+        layout.to_str().unwrap(),
+        "--name",
+        &oname,
+    ]));
+    let vm = unique("kbt-oci");
+    run_detached(&env, &vm, &["--image", &oname]);
+    assert_eq!(ok(&exec(&env, &vm, &["cat", "/etc/marker"])), "oci\n");
+    assert_eq!(ok(&exec(&env, &vm, &["ls", "/opt"])).trim(), "new");
+    let o = exec(&env, &vm, &["test", "-e", "/etc/gone"]);
+    assert_eq!(o.status.code(), Some(1), "whited-out /etc/gone exists");
+    ok(&env.run(&["vm", "stop", &vm]));
+    env.assert_clean();
+
+    let ls = ok(&env.run(&["image", "ls", "--json"]));
+    let ls: serde_json::Value = serde_json::from_str(&ls).unwrap();
+    assert!(ls.as_array().unwrap().iter().any(|i| i["name"] == oname));
+    ok(&env.run(&["image", "rm", &oname]));
+    ok(&env.run(&["image", "rm", &name]));
+    assert!(inspect(&env, &name).is_none());
+}
+
+#[test]
+fn bad_images_get_clear_errors_and_leave_nothing() {
+    let env = Env::new();
+    let work = tempfile::tempdir().unwrap();
+    let w = |n: &str, data: &[u8]| {
+        let p = work.path().join(n);
+        std::fs::write(&p, data).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let name = unique("kbt-bad");
+
+    // Foreign files.
+    let notes = w("notes.txt", b"just some text\n");
+    fails_with(
+        &env.run(&["image", "import", &notes, "--name", &name]),
+        "not a root filesystem archive",
+    );
+    let mut qcow = b"QFI\xfb\0\0\0\x03".to_vec();
+    qcow.extend(std::iter::repeat_n(0xffu8, 4096));
+    let bad_qcow = w("bad.qcow2", &qcow);
+    fails_with(
+        &env.run(&["vm", "run", "-d", "--name", &name, "--image", &bad_qcow]),
+        "not a usable qcow2 image",
+    );
+    fails_with(
+        &env.run(&["image", "import", &bad_qcow, "--name", &name]),
+        "disk image",
+    );
+    // A truncated tar.gz.
+    let tree = work.path().join("tree");
+    busybox_tree(&tree, "x\n");
+    let tgz = work.path().join("r.tar.gz");
+    tar(&tree, &tgz, "-czf");
+    let data = std::fs::read(&tgz).unwrap();
+    let cut = w("cut.tar.gz", &data[..data.len() / 2]);
+    let e = fails_with(
+        &env.run(&["image", "import", &cut, "--name", &name]),
+        "cut.tar.gz",
+    );
+    assert!(e.contains("decompression") || e.contains("archive"), "{e}");
+
+    // OCI layout with a missing blob, and with a corrupt one.
+    let (layout, digests) = oci_layout(work.path());
+    let blob = layout
+        .join("blobs/sha256")
+        .join(digests[1].trim_start_matches("sha256:"));
+    let saved = std::fs::read(&blob).unwrap();
+    std::fs::write(&blob, b"not the layer").unwrap();
+    let e = fails_with(
+        &env.run(&["image", "import", layout.to_str().unwrap(), "--name", &name]),
+        &digests[1],
+    );
+    assert!(e.contains("corrupt"), "{e}");
+    std::fs::remove_file(&blob).unwrap();
+    let e = fails_with(
+        &env.run(&["image", "import", layout.to_str().unwrap(), "--name", &name]),
+        &digests[1],
+    );
+    assert!(e.contains("missing"), "{e}");
+    std::fs::write(&blob, saved).unwrap();
+
+    // Unknown names, reserved names, bad image options.
+    fails_with(&env.run(&["image", "inspect", &name]), "no image named");
+    fails_with(&env.run(&["image", "rm", &name]), "no image named");
+    fails_with(
+        &env.run(&[
+            "image",
+            "import",
+            layout.to_str().unwrap(),
+            "--name",
+            "tiny",
+        ]),
+        "reserved",
+    );
+    fails_with(
+        &env.run(&[
+            "image",
+            "import",
+            layout.to_str().unwrap(),
+            "--name",
+            "Bad Name",
+        ]),
+        "image name",
+    );
+    fails_with(
+        &env.run(&["vm", "run", "--image", "tiny,frobnicate"]),
+        "unknown option 'frobnicate'",
+    );
+
+    // Nothing left: no image, no staging directory, no VM, no overlay.
+    assert!(inspect(&env, &name).is_none());
+    assert!(
+        store_staging_leftovers(&name).is_empty(),
+        "{:?}",
+        store_staging_leftovers(&name)
+    );
+    assert!(!overlays_root().join(&name).exists());
+    env.assert_clean();
+}
