@@ -718,7 +718,8 @@ impl LabNet {
         Ok(())
     }
 
-    /// Opens a queue of tap `name` (in the lab namespace) for a runtime.
+    /// Opens tap `name` (in the lab namespace) for a runtime. A tap takes one fd at a time:
+    /// EBUSY while another process (a running VM) holds it.
     pub fn open_tap(&self, name: &IfName, flags: TapFlags) -> Result<OwnedFd> {
         let l = self.rt.require(name.as_str())?;
         if l.kind.as_deref() != Some("tun") {
@@ -730,6 +731,20 @@ impl LabNet {
             });
         }
         tap::open_tap(&self.ns, name, flags)
+    }
+
+    /// Lets an unprivileged runtime (user `uid` / group `gid`) attach to tap `name`.
+    pub fn set_tap_owner(&self, name: &IfName, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+        let l = self.rt.require(name.as_str())?;
+        if l.kind.as_deref() != Some("tun") {
+            return Err(NetError::Conflict {
+                ns: self.ns.name().into(),
+                name: name.to_string(),
+                found: l.kind.unwrap_or_else(|| "device".into()),
+                expected: "tap",
+            });
+        }
+        tap::set_owner(&self.ns, name, uid, gid)
     }
 
     /// Cuts (`false`) or heals (`true`) a link endpoint: the port goes administratively

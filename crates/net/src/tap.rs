@@ -17,6 +17,8 @@ use crate::types::IfName;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca; // _IOW('T', 202, int)
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb; // _IOW('T', 203, int)
+const TUNSETOWNER: libc::c_ulong = 0x4004_54cc; // _IOW('T', 204, int)
+const TUNSETGROUP: libc::c_ulong = 0x4004_54ce; // _IOW('T', 206, int)
 const IFF_TAP: i16 = 0x0002;
 const IFF_NO_PI: i16 = 0x1000;
 const IFF_VNET_HDR: i16 = 0x4000;
@@ -72,4 +74,27 @@ pub fn open_tap(ns: &Netns, name: &IfName, flags: TapFlags) -> Result<OwnedFd> {
         .enter(move || tunsetiff(&n, flags))?
         .map_err(NetError::io(format!("open tap {name} in {}", ns.name())))?;
     Ok(fd)
+}
+
+/// Lets user `uid` and/or group `gid` attach to the persistent tap `name` in `ns` without
+/// CAP_NET_ADMIN (`TUNSETOWNER`/`TUNSETGROUP`), so a runtime can run unprivileged. Call it
+/// before the runtime attaches: a single-queue tap takes one fd at a time (EBUSY otherwise).
+pub fn set_owner(ns: &Netns, name: &IfName, uid: Option<u32>, gid: Option<u32>) -> Result<()> {
+    let n = name.clone();
+    ns.enter(move || -> io::Result<()> {
+        let fd = tunsetiff(&n, TapFlags::default())?;
+        for (req, v) in [(TUNSETOWNER, uid), (TUNSETGROUP, gid)] {
+            if let Some(v) = v {
+                // SAFETY: TUNSETOWNER/TUNSETGROUP take the id by value; fd is an attached tun fd.
+                if unsafe { libc::ioctl(fd.as_raw_fd(), req, v as libc::c_ulong) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(())
+    })?
+    .map_err(NetError::io(format!(
+        "set owner of tap {name} in {}",
+        ns.name()
+    )))
 }

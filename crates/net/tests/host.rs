@@ -260,6 +260,15 @@ fn tap_is_persistent_and_carries_frames() {
     drop(f);
     // Persistent: still there after the fd is closed.
     assert!(net.rtnl().link("tap0").unwrap().is_some());
+    // An unprivileged runtime may be allowed to attach (before it attaches: one fd at a time).
+    net.set_tap_owner(&ifn("tap0"), Some(65534), Some(65534))
+        .unwrap();
+    let d = sh("ip -n kb-kbt-tap -d link show tap0");
+    assert!(d.contains("user 65534") || d.contains("user nobody"), "{d}");
+    assert!(matches!(
+        net.set_tap_owner(&ifn("br0"), Some(1), None).unwrap_err(),
+        NetError::Conflict { .. }
+    ));
 }
 
 #[test]
