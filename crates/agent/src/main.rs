@@ -5,19 +5,20 @@
 //! power-off/reboot requests from busybox `poweroff`/`reboot`), console (respawned shell), and per
 //! exec session one waiter plus one reader per output stream.
 
+mod exec;
+mod files;
 mod init;
+mod netcfg;
 mod reaper;
+mod services;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kobako_agent::proto::{self, ExecRequest, Frame, Kind, Msg, ReadyInfo};
+use kobako_agent::proto::{self, Frame, Kind, Msg, ReadyInfo};
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -180,7 +181,7 @@ fn block_shutdown_signals() {
 /// Channel to the host, shared by every thread that sends.
 static OUT: Mutex<Option<File>> = Mutex::new(None);
 
-fn send(frame: &Frame) {
+pub fn send(frame: &Frame) {
     let mut g = OUT.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(f) = g.as_mut() {
         let _ = proto::write_frame(f, frame);
@@ -209,12 +210,39 @@ fn go_down(reboot: bool, pid1: bool) {
     init::shutdown(reboot, pid1);
 }
 
-struct Session {
-    pid: i32,
-    stdin: Option<Sender<Vec<u8>>>,
+/// What a stream's owner accepts from the host after its request started.
+pub enum Input {
+    Data(Vec<u8>),
+    /// `PutEnd`: the sender's checksum.
+    End(String),
+    Resize(u16, u16),
 }
 
-type Sessions = Arc<Mutex<HashMap<u32, Session>>>;
+pub struct Session {
+    pub pid: Option<i32>,
+    pub input: Option<Sender<Input>>,
+}
+
+pub type Sessions = Arc<Mutex<HashMap<u32, Session>>>;
+
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Send a message on a stream.
+pub fn reply(stream: u32, msg: &Msg) {
+    send(&Frame::msg(stream, msg));
+}
+
+/// Send an error on a stream.
+pub fn fail(stream: u32, message: impl Into<String>) {
+    reply(
+        stream,
+        &Msg::Error {
+            message: message.into(),
+        },
+    );
+}
 
 fn serve(port: File, mut info: ReadyInfo, pid1: bool) {
     let mut reader = match port.try_clone() {
@@ -255,14 +283,35 @@ fn serve(port: File, mut info: ReadyInfo, pid1: bool) {
                     },
                 )),
             },
-            Kind::Stdin => {
-                let s = sessions.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(tx) = s.get(&frame.stream).and_then(|s| s.stdin.as_ref()) {
-                    let _ = tx.send(frame.payload);
-                }
-            }
+            Kind::Stdin => deliver(&sessions, frame.stream, Input::Data(frame.payload)),
             Kind::Stdout | Kind::Stderr => {}
         }
+    }
+}
+
+fn deliver(sessions: &Sessions, stream: u32, input: Input) {
+    let s = lock(sessions);
+    if let Some(tx) = s.get(&stream).and_then(|s| s.input.as_ref()) {
+        let _ = tx.send(input);
+    }
+}
+
+/// Create a stream's session (input channel) and return the receiving end for its worker.
+fn open_session(sessions: &Sessions, stream: u32) -> std::sync::mpsc::Receiver<Input> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    lock(sessions).insert(
+        stream,
+        Session {
+            pid: None,
+            input: Some(tx),
+        },
+    );
+    rx
+}
+
+fn spawn_worker(name: String, f: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new().name(name).spawn(f) {
+        init::console(&format!("kobako-agent: cannot start a thread: {e}"));
     }
 }
 
@@ -270,164 +319,85 @@ fn handle_msg(stream: u32, msg: Msg, info: &ReadyInfo, sessions: &Sessions, pid1
     match msg {
         Msg::Hello { .. } => send(&Frame::msg(0, &Msg::Ready(info.clone()))),
         Msg::Exec(req) => {
+            // Register the stream before the worker starts, so stdin frames that follow the
+            // request at once are never lost.
+            let input = open_session(sessions, stream);
             let sessions = sessions.clone();
-            std::thread::Builder::new()
-                .name(format!("exec-{stream}"))
-                .spawn(move || exec(stream, req, sessions))
-                .ok();
-        }
-        Msg::Signal { signal } => {
-            let s = sessions.lock().unwrap_or_else(|e| e.into_inner());
-            match s.get(&stream) {
-                // SAFETY: kill(2) on a pid we spawned and have not yet seen exit.
-                Some(sess) => unsafe {
-                    libc::kill(sess.pid, signal);
-                },
-                None => send(&Frame::msg(
-                    stream,
-                    &Msg::Error {
-                        message: format!("no running process on stream {stream}"),
-                    },
-                )),
-            }
-        }
-        Msg::Shutdown { reboot } => go_down(reboot, pid1),
-        other => send(&Frame::msg(
-            stream,
-            &Msg::Error {
-                message: format!("unexpected message from host: {other:?}"),
-            },
-        )),
-    }
-}
-
-fn exec(stream: u32, req: ExecRequest, sessions: Sessions) {
-    let fail = |message: String| send(&Frame::msg(stream, &Msg::Error { message }));
-    let Some((prog, args)) = req.argv.split_first() else {
-        return fail("exec: empty argv".into());
-    };
-    let mut cmd = Command::new(prog);
-    cmd.args(args)
-        .envs(req.env.iter().map(|(k, v)| (k, v)))
-        .stdin(if req.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Own process group, so a timeout kills the whole pipeline the command started.
-        .process_group(0);
-    if let Some(cwd) = &req.cwd {
-        cmd.current_dir(cwd);
-    }
-    let (mut child, rx) = match reaper::spawn(&mut cmd) {
-        Ok(c) => c,
-        Err(e) => return fail(format!("exec {prog}: {e}")),
-    };
-    let pid = child.id() as i32;
-    let stdin_tx = child.stdin.take().map(|mut stdin| {
-        let (tx, rx) = channel::<Vec<u8>>();
-        std::thread::spawn(move || {
-            while let Ok(buf) = rx.recv() {
-                if buf.is_empty() || stdin.write_all(&buf).is_err() {
-                    break;
-                }
-            }
-        });
-        tx
-    });
-    sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(
-        stream,
-        Session {
-            pid,
-            stdin: stdin_tx,
-        },
-    );
-    send(&Frame::msg(stream, &Msg::Started { pid }));
-
-    let (done_tx, done_rx) = channel::<()>();
-    let mut readers = 0;
-    let outputs: [(Option<Box<dyn Read + Send>>, Kind); 2] = [
-        (
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            Kind::Stdout,
-        ),
-        (
-            child
-                .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
-            Kind::Stderr,
-        ),
-    ];
-    for (pipe, kind) in outputs {
-        if let Some(mut pipe) = pipe {
-            readers += 1;
-            let done = done_tx.clone();
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    match pipe.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => send(&Frame {
-                            stream,
-                            kind,
-                            payload: buf[..n].to_vec(),
-                        }),
-                    }
-                }
-                send(&Frame {
-                    stream,
-                    kind,
-                    payload: Vec::new(),
-                });
-                let _ = done.send(());
+            spawn_worker(format!("exec-{stream}"), move || {
+                exec::run(stream, req, input, sessions)
             });
         }
-    }
-
-    let mut timed_out = false;
-    let status = match req.timeout_ms {
-        Some(ms) => match rx.recv_timeout(Duration::from_millis(ms)) {
-            Ok(st) => Some(st),
-            Err(RecvTimeoutError::Timeout) => {
-                timed_out = true;
-                // SAFETY: kill(2) of the process group we created for this command.
-                unsafe { libc::kill(-pid, libc::SIGKILL) };
-                rx.recv().ok()
+        Msg::Signal { signal } => {
+            let mut s = lock(sessions);
+            match s.get(&stream).map(|s| s.pid) {
+                // SAFETY: kill(2) on a pid we spawned and have not yet seen exit.
+                Some(Some(pid)) => unsafe {
+                    libc::kill(pid, signal);
+                },
+                // A transfer: dropping its session aborts it (partial file removed).
+                Some(None) => {
+                    s.remove(&stream);
+                }
+                None => {
+                    drop(s);
+                    fail(stream, format!("nothing running on stream {stream}"))
+                }
             }
-            Err(RecvTimeoutError::Disconnected) => None,
-        },
-        None => rx.recv().ok(),
-    };
-    // Let the output readers drain what the process wrote. A background grandchild may keep the
-    // pipes open forever; don't let it hold the exit status hostage.
-    let deadline = Instant::now() + Duration::from_millis(500);
-    for _ in 0..readers {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if done_rx.recv_timeout(left).is_err() {
-            break;
         }
-    }
-    sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&stream);
-    let (code, signal) = match status {
-        Some(reaper::ExitStatus::Code(c)) => (Some(c), None),
-        Some(reaper::ExitStatus::Signal(s)) => (None, Some(s)),
-        None => (None, None),
-    };
-    send(&Frame::msg(
-        stream,
-        &Msg::Exited {
-            code,
-            signal,
-            timed_out,
+        Msg::Resize { rows, cols } => deliver(sessions, stream, Input::Resize(rows, cols)),
+        Msg::PutEnd { sha256 } => deliver(sessions, stream, Input::End(sha256)),
+        Msg::PutFile(req) => {
+            let input = open_session(sessions, stream);
+            let sessions = sessions.clone();
+            spawn_worker(format!("put-{stream}"), move || {
+                files::put(stream, req, input, sessions)
+            });
+        }
+        Msg::GetFile { path } => spawn_worker(format!("get-{stream}"), move || {
+            files::get(stream, &path)
+        }),
+        Msg::Stat { path } => files::stat(stream, &path),
+        Msg::ListDir { path } => spawn_worker(format!("ls-{stream}"), move || {
+            files::list(stream, &path)
+        }),
+        Msg::Mkdir {
+            path,
+            mode,
+            parents,
+        } => files::mkdir(stream, &path, mode, parents),
+        Msg::NetConfig(cfg) => spawn_worker(format!("net-{stream}"), move || {
+            match netcfg::apply(&cfg) {
+                Ok(()) => reply(
+                    stream,
+                    &Msg::Done {
+                        sha256: None,
+                        size: None,
+                    },
+                ),
+                Err(e) => fail(stream, e),
+            }
+        }),
+        Msg::SetServices { services } => {
+            services::set(services);
+            reply(
+                stream,
+                &Msg::Done {
+                    sha256: None,
+                    size: None,
+                },
+            );
+        }
+        Msg::ServiceStatus => reply(
+            stream,
+            &Msg::Services {
+                services: services::status(),
+            },
+        ),
+        Msg::ServiceLogs { name, tail_bytes } => match services::logs(&name, tail_bytes) {
+            Ok(data) => reply(stream, &Msg::Logs { data }),
+            Err(e) => fail(stream, e),
         },
-    ));
+        Msg::Shutdown { reboot } => go_down(reboot, pid1),
+        other => fail(stream, format!("unexpected message from host: {other:?}")),
+    }
 }

@@ -183,6 +183,36 @@ pub enum Msg {
     Signal { signal: i32 },
     /// Shut the guest down (power off, or reboot when `reboot`).
     Shutdown { reboot: bool },
+    /// Change the terminal size of this stream's TTY process.
+    Resize { rows: u16, cols: u16 },
+    /// Write a file: data follows as `Stdin` frames, then `PutEnd` with the data's SHA-256. The
+    /// file appears at `path` only if everything arrived intact (written to a temporary name in
+    /// the same directory, then renamed).
+    PutFile(PutFile),
+    /// End of a `PutFile`'s data.
+    PutEnd { sha256: String },
+    /// Read a file: the agent answers `FileInfo`, the bytes as `Stdout` frames, an empty `Stdout`
+    /// frame, then `Done` with the SHA-256 of what it sent.
+    GetFile { path: String },
+    /// Describe a path (no error if missing: `exists: false`).
+    Stat { path: String },
+    /// List a directory tree (recursive, paths relative to `path`).
+    ListDir { path: String },
+    /// Create a directory (and its parents when `parents`).
+    Mkdir {
+        path: String,
+        mode: u32,
+        #[serde(default)]
+        parents: bool,
+    },
+    /// Apply network configuration.
+    NetConfig(NetConfig),
+    /// Replace the set of supervised services (the VM's `run` commands).
+    SetServices { services: Vec<ServiceSpec> },
+    /// State of the supervised services.
+    ServiceStatus,
+    /// The last `tail_bytes` of a service's log.
+    ServiceLogs { name: String, tail_bytes: u64 },
 
     // ---- guest -> host ----
     /// The agent is up. Sent unsolicited when a host connects and in answer to `Hello`.
@@ -200,6 +230,155 @@ pub enum Msg {
     Error { message: String },
     /// The guest is going down now (sent just before the agent stops everything).
     ShuttingDown { reboot: bool },
+    /// A request completed. `sha256`/`size` for file transfers.
+    Done {
+        #[serde(default)]
+        sha256: Option<String>,
+        #[serde(default)]
+        size: Option<u64>,
+    },
+    /// Answer to `GetFile` (before the data) and `Stat`.
+    FileInfo(FileInfo),
+    /// Answer to `ListDir`.
+    Entries { entries: Vec<DirEntry> },
+    /// Answer to `ServiceStatus`.
+    Services { services: Vec<ServiceState> },
+    /// Answer to `ServiceLogs`.
+    Logs { data: String },
+}
+
+/// A file to write in the guest.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutFile {
+    pub path: String,
+    pub mode: u32,
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub gid: Option<u32>,
+    /// Expected size in bytes (checked at the end).
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileInfo {
+    pub exists: bool,
+    pub kind: FileKind,
+    pub size: u64,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DirEntry {
+    /// Relative to the listed directory, '/'-separated.
+    pub path: String,
+    pub kind: FileKind,
+    pub size: u64,
+    pub mode: u32,
+    /// Link target for symlinks.
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+/// Network configuration applied by the agent (over rtnetlink, no guest tools needed).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub interfaces: Vec<IfaceConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Lines for /etc/hosts besides localhost ("10.0.0.2 web").
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Name servers for /etc/resolv.conf.
+    #[serde(default)]
+    pub dns: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IfaceConfig {
+    /// Interface name in the guest (eth0...), or empty with `mac` set to find it by MAC.
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// Rename the interface to this (when found by MAC).
+    #[serde(default)]
+    pub rename: Option<String>,
+    /// Addresses in CIDR form, IPv4 or IPv6 ("10.0.0.2/24", "fd00::2/64").
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// Bring it up (default true).
+    #[serde(default = "yes")]
+    pub up: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Destination in CIDR form, or "default".
+    pub dst: String,
+    #[serde(default)]
+    pub via: Option<String>,
+    #[serde(default)]
+    pub dev: Option<String>,
+    #[serde(default)]
+    pub metric: Option<u32>,
+}
+
+/// A supervised service: a shell command the agent keeps running.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// Run with `/bin/sh -c`.
+    pub command: String,
+    #[serde(default)]
+    pub restart: Restart,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceState {
+    pub name: String,
+    pub running: bool,
+    pub pid: Option<i32>,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
 }
 
 /// An `exec` request.
@@ -217,6 +396,18 @@ pub struct ExecRequest {
     /// When false the process's stdin is /dev/null and no Stdin frames are expected.
     #[serde(default)]
     pub stdin: bool,
+    /// Run on a pseudo-terminal of this size (output arrives as `Stdout` only).
+    #[serde(default)]
+    pub tty: Option<TtySize>,
+    /// Run as this user (name or numeric uid), with its groups and home.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
 }
 
 /// What the agent reports when it is ready.

@@ -1,8 +1,10 @@
 //! `kobako`: the one binary. Subcommands: `image` (kernel, tiny), `vm` (run, ls, stop, rm,
-//! console, exec, pause, resume), `bench boot`, and the internal `vm supervise`.
+//! console, exec, pause, resume), `exec`, `shell`, `cp`, `bench boot`, and the internal
+//! `vm supervise`.
 
 mod bench;
 mod console;
+mod guest_cmd;
 mod image_cmd;
 mod resolve;
 mod vm_cmd;
@@ -31,6 +33,16 @@ enum Cmd {
     /// Run and manage single microVMs.
     #[command(subcommand)]
     Vm(vm_cmd::VmCmd),
+    /// Run a command in a VM; exits with its status (-i forwards stdin, -t uses a terminal).
+    Exec(guest_cmd::ExecArgs),
+    /// An interactive shell in a VM.
+    Shell {
+        vm: String,
+        #[arg(short, long)]
+        user: Option<String>,
+    },
+    /// Copy files or directories between the host and a VM: `cp SRC VM:DST` or `cp VM:SRC DST`.
+    Cp { src: String, dst: String },
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -72,6 +84,9 @@ fn main() {
                 match cmd {
                     Cmd::Vm(c) => vm_cmd::run(c).await,
                     Cmd::Bench(BenchCmd::Boot(a)) => bench::boot(a).await,
+                    Cmd::Exec(a) => guest_cmd::exec(a).await,
+                    Cmd::Shell { vm, user } => guest_cmd::shell(&vm, user).await,
+                    Cmd::Cp { src, dst } => guest_cmd::cp(&src, &dst).await,
                     Cmd::Image(_) => unreachable!("handled above"),
                 }
             })

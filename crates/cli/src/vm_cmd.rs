@@ -5,8 +5,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use kobako_agent::proto::ExecRequest;
-use kobako_runtime::agent::AgentClient;
 use kobako_runtime::config::{parse_mib, VmConfig};
 use kobako_runtime::qemu::QemuRuntime;
 use kobako_runtime::{Runtime, VmDir, VmState};
@@ -38,15 +36,8 @@ pub enum VmCmd {
     },
     /// Attach to a VM's serial console (Ctrl-] d detaches).
     Console { name: String },
-    /// Run a command in a VM through its agent; exits with the command's status.
-    Exec {
-        name: String,
-        /// Kill the command after this many seconds.
-        #[arg(long)]
-        timeout: Option<u64>,
-        #[arg(last = true, required = true)]
-        argv: Vec<String>,
-    },
+    /// Run a command in a VM through its agent (same as `kobako exec`).
+    Exec(crate::guest_cmd::ExecArgs),
     /// Pause a VM's vCPUs.
     Pause { name: String },
     /// Resume a paused VM.
@@ -127,6 +118,8 @@ pub fn config_from(args: &RunArgs) -> Result<(VmConfig, String)> {
         ready_timeout_secs: args.timeout,
         owned_paths: Vec::new(),
         extra_disks: Vec::new(),
+        nics: Vec::new(),
+        netns: None,
     };
     if let Err(e) = probe.validate() {
         if !e.to_string().contains("no such file") {
@@ -180,11 +173,7 @@ pub async fn run(cmd: VmCmd) -> Result<i32> {
             let end = console::attach(&vm.file("console.sock"), std::future::pending()).await?;
             finish_console(&vm, end).await
         }
-        VmCmd::Exec {
-            name,
-            timeout,
-            argv,
-        } => exec(&name, argv, timeout).await,
+        VmCmd::Exec(a) => crate::guest_cmd::exec(a).await,
         VmCmd::Pause { name } => {
             runtime()?.pause(&VmDir::open(&name)?).await?;
             Ok(0)
@@ -195,32 +184,6 @@ pub async fn run(cmd: VmCmd) -> Result<i32> {
         }
         VmCmd::Supervise { dir } => Ok(kobako_runtime::supervisor::run(&dir)),
     }
-}
-
-async fn exec(name: &str, argv: Vec<String>, timeout: Option<u64>) -> Result<i32> {
-    let vm = VmDir::open(name)?;
-    if vm.vm_pid().is_none() {
-        bail!("VM '{name}' is not running (start it with `kobako vm run`)");
-    }
-    let client = AgentClient::connect(&vm.file("agent.sock")).await?;
-    client.wait_ready(Duration::from_secs(30)).await?;
-    let out = client
-        .exec(ExecRequest {
-            argv,
-            timeout_ms: timeout.map(|s| s * 1000),
-            ..Default::default()
-        })
-        .await?;
-    use std::io::Write;
-    std::io::stdout().write_all(&out.stdout)?;
-    std::io::stderr().write_all(&out.stderr)?;
-    if out.timed_out {
-        eprintln!(
-            "kobako: command killed after {} s (--timeout)",
-            timeout.unwrap_or(0)
-        );
-    }
-    Ok(out.status())
 }
 
 /// Everything `vm run` does; returns the process exit code.

@@ -248,3 +248,320 @@ impl AgentClient {
         r
     }
 }
+
+/// What a running exec produces.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecEvent {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+        timed_out: bool,
+    },
+}
+
+/// A running command with streamed input and output.
+pub struct ExecSession<'a> {
+    client: &'a AgentClient,
+    id: u32,
+    rx: mpsc::UnboundedReceiver<Frame>,
+    finished: bool,
+}
+
+impl ExecSession<'_> {
+    /// The next output chunk or the exit. `None` once the exit was returned.
+    pub async fn next(&mut self) -> Result<Option<ExecEvent>> {
+        if self.finished {
+            return Ok(None);
+        }
+        loop {
+            let Some(f) = self.rx.recv().await else {
+                self.finished = true;
+                return Err(RuntimeError::Agent(
+                    "the agent channel closed while the command ran (VM stopped?)".into(),
+                ));
+            };
+            match f.kind {
+                Kind::Stdout if !f.payload.is_empty() => {
+                    return Ok(Some(ExecEvent::Stdout(f.payload)))
+                }
+                Kind::Stderr if !f.payload.is_empty() => {
+                    return Ok(Some(ExecEvent::Stderr(f.payload)))
+                }
+                Kind::Msg => match f.to_msg().map_err(agent_err)? {
+                    Msg::Exited {
+                        code,
+                        signal,
+                        timed_out,
+                    } => {
+                        self.finished = true;
+                        return Ok(Some(ExecEvent::Exited {
+                            code,
+                            signal,
+                            timed_out,
+                        }));
+                    }
+                    Msg::Error { message } => {
+                        self.finished = true;
+                        return Err(RuntimeError::Agent(message));
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+
+    pub async fn stdin(&self, data: &[u8]) -> Result<()> {
+        for chunk in data.chunks(proto::MAX_PAYLOAD) {
+            self.client
+                .send(&Frame {
+                    stream: self.id,
+                    kind: Kind::Stdin,
+                    payload: chunk.to_vec(),
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn close_stdin(&self) -> Result<()> {
+        self.client
+            .send(&Frame {
+                stream: self.id,
+                kind: Kind::Stdin,
+                payload: Vec::new(),
+            })
+            .await
+    }
+
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<()> {
+        self.client
+            .send(&Frame::msg(self.id, &Msg::Resize { rows, cols }))
+            .await
+    }
+
+    pub async fn signal(&self, signal: i32) -> Result<()> {
+        self.client
+            .send(&Frame::msg(self.id, &Msg::Signal { signal }))
+            .await
+    }
+}
+
+impl Drop for ExecSession<'_> {
+    fn drop(&mut self) {
+        self.client.close_stream(self.id);
+    }
+}
+
+/// Progress callback for transfers: bytes done so far.
+pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
+
+impl AgentClient {
+    /// Start a command and stream its input/output.
+    pub async fn exec_stream(&self, req: ExecRequest) -> Result<ExecSession<'_>> {
+        let (id, rx) = self.open_stream();
+        let s = ExecSession {
+            client: self,
+            id,
+            rx,
+            finished: false,
+        };
+        self.send(&Frame::msg(id, &Msg::Exec(req))).await?;
+        Ok(s)
+    }
+
+    /// One request, one answer (for small requests).
+    async fn call(&self, msg: Msg) -> Result<Msg> {
+        let (id, mut rx) = self.open_stream();
+        let r = async {
+            self.send(&Frame::msg(id, &msg)).await?;
+            while let Some(f) = rx.recv().await {
+                if f.kind == Kind::Msg {
+                    return match f.to_msg().map_err(agent_err)? {
+                        Msg::Error { message } => Err(RuntimeError::Agent(message)),
+                        m => Ok(m),
+                    };
+                }
+            }
+            Err(RuntimeError::Agent(
+                "the agent channel closed before the answer".into(),
+            ))
+        }
+        .await;
+        self.close_stream(id);
+        r
+    }
+
+    pub async fn stat(&self, path: &str) -> Result<proto::FileInfo> {
+        match self.call(Msg::Stat { path: path.into() }).await? {
+            Msg::FileInfo(i) => Ok(i),
+            m => Err(agent_err(format!("unexpected answer {m:?}"))),
+        }
+    }
+
+    pub async fn list_dir(&self, path: &str) -> Result<Vec<proto::DirEntry>> {
+        match self.call(Msg::ListDir { path: path.into() }).await? {
+            Msg::Entries { entries } => Ok(entries),
+            m => Err(agent_err(format!("unexpected answer {m:?}"))),
+        }
+    }
+
+    pub async fn mkdir(&self, path: &str, mode: u32, parents: bool) -> Result<()> {
+        self.call(Msg::Mkdir {
+            path: path.into(),
+            mode,
+            parents,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn net_config(&self, cfg: proto::NetConfig) -> Result<()> {
+        self.call(Msg::NetConfig(cfg)).await.map(|_| ())
+    }
+
+    pub async fn set_services(&self, services: Vec<proto::ServiceSpec>) -> Result<()> {
+        self.call(Msg::SetServices { services }).await.map(|_| ())
+    }
+
+    pub async fn service_status(&self) -> Result<Vec<proto::ServiceState>> {
+        match self.call(Msg::ServiceStatus).await? {
+            Msg::Services { services } => Ok(services),
+            m => Err(agent_err(format!("unexpected answer {m:?}"))),
+        }
+    }
+
+    pub async fn service_logs(&self, name: &str, tail_bytes: u64) -> Result<String> {
+        match self
+            .call(Msg::ServiceLogs {
+                name: name.into(),
+                tail_bytes,
+            })
+            .await?
+        {
+            Msg::Logs { data } => Ok(data),
+            m => Err(agent_err(format!("unexpected answer {m:?}"))),
+        }
+    }
+
+    /// Write `src` (of `size` bytes) to `path` in the guest; verified by SHA-256 on arrival.
+    /// Returns the checksum.
+    pub async fn put_file(
+        &self,
+        mut src: impl tokio::io::AsyncRead + Unpin,
+        size: u64,
+        path: &str,
+        mode: u32,
+        progress: Progress<'_>,
+    ) -> Result<String> {
+        use sha2::Digest;
+        let (id, mut rx) = self.open_stream();
+        let r = async {
+            self.send(&Frame::msg(
+                id,
+                &Msg::PutFile(proto::PutFile {
+                    path: path.into(),
+                    mode,
+                    uid: None,
+                    gid: None,
+                    size,
+                }),
+            ))
+            .await?;
+            let mut h = sha2::Sha256::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut sent = 0u64;
+            loop {
+                // An early error from the agent (missing directory, full disk) stops the upload.
+                if let Ok(f) = rx.try_recv() {
+                    if let Ok(Msg::Error { message }) = f.to_msg() {
+                        return Err(RuntimeError::Agent(message));
+                    }
+                }
+                let n = src.read(&mut buf).await.map_err(agent_err)?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                self.send(&Frame {
+                    stream: id,
+                    kind: Kind::Stdin,
+                    payload: buf[..n].to_vec(),
+                })
+                .await?;
+                sent += n as u64;
+                progress(sent);
+            }
+            let sha = hex::encode(h.finalize());
+            self.send(&Frame::msg(id, &Msg::PutEnd { sha256: sha.clone() }))
+                .await?;
+            while let Some(f) = rx.recv().await {
+                match f.to_msg() {
+                    Ok(Msg::Done { .. }) => return Ok(sha),
+                    Ok(Msg::Error { message }) => return Err(RuntimeError::Agent(message)),
+                    _ => {}
+                }
+            }
+            Err(RuntimeError::Agent(
+                "the agent channel closed during the upload".into(),
+            ))
+        }
+        .await;
+        self.close_stream(id);
+        r
+    }
+
+    /// Read `path` from the guest into `dst`; returns (size, SHA-256), both checked against the
+    /// agent's own count.
+    pub async fn get_file(
+        &self,
+        path: &str,
+        mut dst: impl tokio::io::AsyncWrite + Unpin,
+        progress: Progress<'_>,
+    ) -> Result<(u64, String, proto::FileInfo)> {
+        use sha2::Digest;
+        let (id, mut rx) = self.open_stream();
+        let r = async {
+            self.send(&Frame::msg(id, &Msg::GetFile { path: path.into() }))
+                .await?;
+            let mut h = sha2::Sha256::new();
+            let mut got = 0u64;
+            let mut info = None;
+            while let Some(f) = rx.recv().await {
+                match f.kind {
+                    Kind::Stdout => {
+                        h.update(&f.payload);
+                        got += f.payload.len() as u64;
+                        dst.write_all(&f.payload).await.map_err(agent_err)?;
+                        progress(got);
+                    }
+                    Kind::Msg => match f.to_msg().map_err(agent_err)? {
+                        Msg::FileInfo(i) => info = Some(i),
+                        Msg::Done { sha256, size } => {
+                            dst.flush().await.map_err(agent_err)?;
+                            let mine = hex::encode(h.finalize());
+                            if sha256.as_deref() != Some(mine.as_str()) || size != Some(got) {
+                                return Err(RuntimeError::Agent(format!(
+                                    "{path}: transfer corrupted (guest sent {size:?} bytes / {sha256:?}, received {got} / {mine})"
+                                )));
+                            }
+                            let info = info.ok_or_else(|| agent_err("no file info"))?;
+                            return Ok((got, mine, info));
+                        }
+                        Msg::Error { message } => return Err(RuntimeError::Agent(message)),
+                        _ => {}
+                    },
+                    _ => {}
+                }
+            }
+            Err(RuntimeError::Agent(
+                "the agent channel closed during the download".into(),
+            ))
+        }
+        .await;
+        self.close_stream(id);
+        r
+    }
+}

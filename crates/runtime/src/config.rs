@@ -69,6 +69,22 @@ pub struct VmConfig {
     /// e.g. a cloud-init NoCloud seed).
     #[serde(default)]
     pub extra_disks: Vec<Disk>,
+    /// Network interfaces, each on an existing tap device (in `netns` when set). The guest sees
+    /// them as eth0, eth1, ... in this order (and can find them by MAC).
+    #[serde(default)]
+    pub nics: Vec<Nic>,
+    /// Run the VM process in this named network namespace (/run/netns/NAME), e.g. its lab's.
+    #[serde(default)]
+    pub netns: Option<String>,
+}
+
+/// A virtio-net interface attached to a host tap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nic {
+    pub tap: String,
+    /// "52:54:00:12:34:56" form.
+    pub mac: String,
 }
 
 /// A disk image attached to a VM.
@@ -166,6 +182,30 @@ impl VmConfig {
         match &self.root {
             Root::Initramfs { path } => must_exist(path, "initramfs")?,
             Root::Disk { path, .. } => must_exist(path, "disk image")?,
+        }
+        for n in &self.nics {
+            let mac_ok = n.mac.len() == 17
+                && n.mac.split(':').count() == 6
+                && n.mac.split(':').all(|b| u8::from_str_radix(b, 16).is_ok() && b.len() == 2);
+            if !mac_ok {
+                return Err(RuntimeError::Invalid(format!(
+                    "nic on tap '{}': MAC '{}' is not of the form 52:54:00:12:34:56",
+                    n.tap, n.mac
+                )));
+            }
+            if n.tap.is_empty() || n.tap.len() > 15 {
+                return Err(RuntimeError::Invalid(format!(
+                    "tap name '{}': 1 to 15 bytes",
+                    n.tap
+                )));
+            }
+        }
+        if let Some(ns) = &self.netns {
+            if !std::path::Path::new("/run/netns").join(ns).exists() {
+                return Err(RuntimeError::Invalid(format!(
+                    "network namespace '{ns}' does not exist (/run/netns/{ns})"
+                )));
+            }
         }
         for d in &self.extra_disks {
             must_exist(&d.path, "disk image")?;
@@ -267,6 +307,8 @@ mod tests {
             ready_timeout_secs: 60,
             owned_paths: Vec::new(),
             extra_disks: Vec::new(),
+            nics: Vec::new(),
+            netns: None,
         }
     }
 

@@ -104,6 +104,17 @@ impl QemuRuntime {
                 "virtio-blk-device,drive=root".into(),
             ]),
         }
+        for (i, n) in cfg.nics.iter().enumerate() {
+            a.extend([
+                "-netdev".into(),
+                format!(
+                    "tap,id=net{i},ifname={},script=no,downscript=no,vhost=off",
+                    n.tap
+                ),
+                "-device".into(),
+                format!("virtio-net-device,netdev=net{i},mac={}", n.mac),
+            ]);
+        }
         for (i, d) in cfg.extra_disks.iter().enumerate() {
             a.extend([
                 "-drive".into(),
@@ -161,6 +172,7 @@ impl Runtime for QemuRuntime {
         }
         std::fs::create_dir_all(&vm.path).map_err(io(format!("create {}", vm.path.display())))?;
         let launch = Launch {
+            netns: cfg.netns.clone(),
             argv: self.argv(cfg, &vm.path),
             channel: GuestChannel::Unix {
                 path: vm.file("agent-guest.sock"),

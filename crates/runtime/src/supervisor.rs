@@ -15,6 +15,7 @@
 //! Threads: main (spawn + wait4), guest reader, acceptor, one reader per client.
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -112,15 +113,31 @@ fn supervise(vm: VmDir) -> Result<(), String> {
         .stdin(Stdio::null())
         .stdout(vm_log.try_clone().map_err(|e| e.to_string())?)
         .stderr(vm_log);
-    // SAFETY: prctl in the child between fork and exec; async-signal-safe.
+    // The lab's namespace, opened before the fork so the child only has to setns.
+    let netns_fd: Option<std::fs::File> = match &launch.netns {
+        Some(ns) => Some(
+            std::fs::File::open(format!("/run/netns/{ns}"))
+                .map_err(|e| format!("network namespace {ns}: {e}"))?,
+        ),
+        None => None,
+    };
+    let netns_raw = netns_fd.as_ref().map(|f| f.as_raw_fd());
+    // SAFETY: prctl and setns in the child between fork and exec; async-signal-safe; the netns
+    // fd stays open in the parent until after spawn.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             // Never leave an unsupervised VM behind: if the supervisor dies, so does the VM.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(fd) = netns_raw {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
     let child = cmd.spawn().map_err(|e| format!("start {prog}: {e}"))?;
+    drop(netns_fd);
     let started = Instant::now();
     let pid = child.id() as i32;
     std::fs::write(vm.file("vm.pid"), pid.to_string()).map_err(|e| e.to_string())?;

@@ -41,6 +41,9 @@ pub enum GuestChannel {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Launch {
     pub argv: Vec<String>,
+    /// Network namespace to run the VM process in.
+    #[serde(default)]
+    pub netns: Option<String>,
     pub channel: GuestChannel,
 }
 

@@ -1,0 +1,329 @@
+//! Network configuration inside the guest over rtnetlink (no `ip` needed in the image):
+//! find interfaces by name or MAC, rename, MTU, up, IPv4/IPv6 addresses, routes; plus hostname,
+//! /etc/hosts and /etc/resolv.conf.
+//!
+//! Message layouts: include/uapi/linux/{netlink,rtnetlink,if_addr,if_link}.h.
+
+use std::net::IpAddr;
+
+use kobako_agent::proto::{IfaceConfig, NetConfig, RouteConfig};
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_NEWADDR: u16 = 20;
+const RTM_NEWROUTE: u16 = 24;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_REPLACE: u16 = 0x100;
+const NLM_F_CREATE: u16 = 0x400;
+const NLMSG_ERROR: u16 = 2;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const IFA_BROADCAST: u16 = 4;
+const IFLA_IFNAME: u16 = 3;
+const IFLA_MTU: u16 = 4;
+const RTA_DST: u16 = 1;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+const RTA_PRIORITY: u16 = 6;
+const RT_TABLE_MAIN: u8 = 254;
+const RTPROT_STATIC: u8 = 4;
+const RT_SCOPE_UNIVERSE: u8 = 0;
+const RT_SCOPE_LINK: u8 = 253;
+const RTN_UNICAST: u8 = 1;
+
+/// A netlink route socket.
+struct Nl {
+    fd: i32,
+    seq: u32,
+}
+
+impl Nl {
+    fn open() -> Result<Nl, String> {
+        // SAFETY: plain socket(2).
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(format!(
+                "netlink socket: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(Nl { fd, seq: 1 })
+    }
+
+    /// Send one request (header added here) and wait for its ack.
+    fn request(&mut self, ty: u16, flags: u16, body: &[u8]) -> Result<(), String> {
+        self.seq += 1;
+        let len = 16 + body.len();
+        let mut msg = Vec::with_capacity(len);
+        msg.extend_from_slice(&(len as u32).to_ne_bytes());
+        msg.extend_from_slice(&ty.to_ne_bytes());
+        msg.extend_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+        msg.extend_from_slice(&self.seq.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(body);
+        // SAFETY: fd is a netlink socket; msg is a valid buffer of msg.len() bytes. The kernel is
+        // the default destination of an unbound netlink socket.
+        let n = unsafe { libc::send(self.fd, msg.as_ptr() as *const libc::c_void, msg.len(), 0) };
+        if n < 0 {
+            return Err(format!("netlink send: {}", std::io::Error::last_os_error()));
+        }
+        let mut buf = vec![0u8; 8192];
+        loop {
+            // SAFETY: buf is valid for buf.len() bytes.
+            let n = unsafe {
+                libc::recv(
+                    self.fd,
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                    0,
+                )
+            };
+            if n < 0 {
+                return Err(format!("netlink recv: {}", std::io::Error::last_os_error()));
+            }
+            let mut off = 0usize;
+            while off + 16 <= n as usize {
+                let mlen =
+                    u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap_or_default()) as usize;
+                let mty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap_or_default());
+                let mseq =
+                    u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap_or_default());
+                if mty == NLMSG_ERROR && mseq == self.seq && off + 20 <= n as usize {
+                    let err =
+                        i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap_or_default());
+                    return if err == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::from_raw_os_error(-err).to_string())
+                    };
+                }
+                if mlen < 16 {
+                    break;
+                }
+                off += (mlen + 3) & !3;
+            }
+        }
+    }
+}
+
+impl Drop for Nl {
+    fn drop(&mut self) {
+        // SAFETY: closing the fd we own.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+fn attr(out: &mut Vec<u8>, ty: u16, data: &[u8]) {
+    let len = 4 + data.len();
+    out.extend_from_slice(&(len as u16).to_ne_bytes());
+    out.extend_from_slice(&ty.to_ne_bytes());
+    out.extend_from_slice(data);
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+}
+
+fn ip_bytes(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+fn family(ip: &IpAddr) -> u8 {
+    match ip {
+        IpAddr::V4(_) => libc::AF_INET as u8,
+        IpAddr::V6(_) => libc::AF_INET6 as u8,
+    }
+}
+
+/// Parse "10.0.0.2/24" (or "fd00::1/64").
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+    let (a, p) = s
+        .split_once('/')
+        .ok_or_else(|| format!("address '{s}': expected CIDR form like 10.0.0.2/24"))?;
+    let ip: IpAddr = a
+        .parse()
+        .map_err(|_| format!("address '{s}': '{a}' is not an IP address"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix: u8 = p
+        .parse()
+        .ok()
+        .filter(|p| *p <= max)
+        .ok_or_else(|| format!("address '{s}': prefix must be 0..={max}"))?;
+    Ok((ip, prefix))
+}
+
+fn ifindex(name: &str) -> Result<u32, String> {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .ok_or_else(|| format!("no interface '{name}' in the guest"))
+}
+
+fn by_mac(mac: &str) -> Result<String, String> {
+    let want = mac.to_ascii_lowercase();
+    for e in std::fs::read_dir("/sys/class/net")
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        let addr = std::fs::read_to_string(e.path().join("address")).unwrap_or_default();
+        if addr.trim() == want {
+            return Ok(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Err(format!("no interface with MAC {mac} in the guest"))
+}
+
+fn ifinfomsg(index: u32, flags: u32, change: u32) -> Vec<u8> {
+    let mut b = vec![libc::AF_UNSPEC as u8, 0];
+    b.extend_from_slice(&0u16.to_ne_bytes()); // type
+    b.extend_from_slice(&(index as i32).to_ne_bytes());
+    b.extend_from_slice(&flags.to_ne_bytes());
+    b.extend_from_slice(&change.to_ne_bytes());
+    b
+}
+
+fn configure_iface(nl: &mut Nl, c: &IfaceConfig) -> Result<String, String> {
+    let mut name = if c.name.is_empty() {
+        by_mac(c.mac.as_deref().ok_or("interface without name or mac")?)?
+    } else {
+        c.name.clone()
+    };
+    let idx = ifindex(&name)?;
+    if let Some(new) = &c.rename {
+        if new != &name {
+            if new.is_empty() || new.len() > 15 {
+                return Err(format!("interface name '{new}': 1 to 15 bytes"));
+            }
+            // A link must be down to be renamed.
+            nl.request(RTM_NEWLINK, 0, &ifinfomsg(idx, 0, libc::IFF_UP as u32))
+                .map_err(|e| format!("{name}: down: {e}"))?;
+            let mut b = ifinfomsg(idx, 0, 0);
+            let mut n = new.as_bytes().to_vec();
+            n.push(0);
+            attr(&mut b, IFLA_IFNAME, &n);
+            nl.request(RTM_NEWLINK, 0, &b)
+                .map_err(|e| format!("{name}: rename to {new}: {e}"))?;
+            name = new.clone();
+        }
+    }
+    if let Some(mtu) = c.mtu {
+        let mut b = ifinfomsg(idx, 0, 0);
+        attr(&mut b, IFLA_MTU, &mtu.to_ne_bytes());
+        nl.request(RTM_NEWLINK, 0, &b)
+            .map_err(|e| format!("{name}: mtu {mtu}: {e}"))?;
+    }
+    for a in &c.addresses {
+        let (ip, prefix) = parse_cidr(a)?;
+        let mut b = vec![family(&ip), prefix, 0, RT_SCOPE_UNIVERSE];
+        b.extend_from_slice(&idx.to_ne_bytes());
+        let bytes = ip_bytes(&ip);
+        attr(&mut b, IFA_LOCAL, &bytes);
+        attr(&mut b, IFA_ADDRESS, &bytes);
+        if let IpAddr::V4(v4) = ip {
+            if prefix < 31 {
+                let host_bits = 32 - u32::from(prefix);
+                let bcast = u32::from(v4) | ((1u64 << host_bits) - 1) as u32;
+                attr(&mut b, IFA_BROADCAST, &bcast.to_be_bytes());
+            }
+        }
+        nl.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, &b)
+            .map_err(|e| format!("{name}: address {a}: {e}"))?;
+    }
+    let up = if c.up { libc::IFF_UP as u32 } else { 0 };
+    nl.request(RTM_NEWLINK, 0, &ifinfomsg(idx, up, libc::IFF_UP as u32))
+        .map_err(|e| format!("{name}: set {}: {e}", if c.up { "up" } else { "down" }))?;
+    Ok(name)
+}
+
+fn add_route(nl: &mut Nl, r: &RouteConfig) -> Result<(), String> {
+    let (dst, dst_len) = if r.dst == "default" {
+        let fam_v6 = r.via.as_deref().is_some_and(|v| v.contains(':'));
+        let any: IpAddr = if fam_v6 {
+            "::".parse().unwrap_or(IpAddr::from([0u8; 4]))
+        } else {
+            IpAddr::from([0u8; 4])
+        };
+        (any, 0)
+    } else {
+        parse_cidr(&r.dst)?
+    };
+    let via: Option<IpAddr> = match &r.via {
+        Some(v) => Some(
+            v.parse()
+                .map_err(|_| format!("route {}: via '{v}' is not an IP address", r.dst))?,
+        ),
+        None => None,
+    };
+    if via.is_none() && r.dev.is_none() {
+        return Err(format!("route {}: needs `via` or `dev`", r.dst));
+    }
+    let scope = if via.is_some() {
+        RT_SCOPE_UNIVERSE
+    } else {
+        RT_SCOPE_LINK
+    };
+    let mut b = vec![
+        family(&dst),
+        dst_len,
+        0,
+        0,
+        RT_TABLE_MAIN,
+        RTPROT_STATIC,
+        scope,
+        RTN_UNICAST,
+    ];
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    if dst_len > 0 {
+        attr(&mut b, RTA_DST, &ip_bytes(&dst));
+    }
+    if let Some(g) = via {
+        attr(&mut b, RTA_GATEWAY, &ip_bytes(&g));
+    }
+    if let Some(dev) = &r.dev {
+        attr(&mut b, RTA_OIF, &ifindex(dev)?.to_ne_bytes());
+    }
+    if let Some(m) = r.metric {
+        attr(&mut b, RTA_PRIORITY, &m.to_ne_bytes());
+    }
+    nl.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, &b)
+        .map_err(|e| format!("route {}: {e}", r.dst))
+}
+
+/// Apply a whole configuration; stops at the first error and says which item failed.
+pub fn apply(cfg: &NetConfig) -> Result<(), String> {
+    if let Some(h) = &cfg.hostname {
+        crate::init::set_hostname(h);
+    }
+    let mut nl = Nl::open()?;
+    for i in &cfg.interfaces {
+        configure_iface(&mut nl, i)?;
+    }
+    for r in &cfg.routes {
+        add_route(&mut nl, r)?;
+    }
+    if !cfg.hosts.is_empty() || cfg.hostname.is_some() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let mut text = format!(
+            "127.0.0.1 localhost\n::1 localhost\n127.0.1.1 {}\n",
+            host.trim()
+        );
+        for l in &cfg.hosts {
+            text.push_str(l);
+            text.push('\n');
+        }
+        std::fs::write("/etc/hosts", text).map_err(|e| format!("/etc/hosts: {e}"))?;
+    }
+    if !cfg.dns.is_empty() {
+        let text: String = cfg.dns.iter().map(|d| format!("nameserver {d}\n")).collect();
+        std::fs::write("/etc/resolv.conf", text).map_err(|e| format!("/etc/resolv.conf: {e}"))?;
+    }
+    Ok(())
+}

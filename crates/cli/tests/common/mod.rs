@@ -1,0 +1,194 @@
+//! The real-guest test fixture shared by the CLI's integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+pub const KOBAKO: &str = env!("CARGO_BIN_EXE_kobako");
+
+pub struct Env {
+    pub run: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            run: tempfile::Builder::new()
+                .prefix("kobako-test-run")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(KOBAKO);
+        c.args(args)
+            .env("KOBAKO_RUN", self.run.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    pub fn vms_dir(&self) -> PathBuf {
+        self.run.path().join("vms")
+    }
+
+    /// Names of VM directories left.
+    pub fn leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.vms_dir())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Processes whose command line mentions this environment's run dir (QEMU, supervisors).
+    pub fn processes(&self) -> Vec<String> {
+        let needle = self.run.path().to_string_lossy().into_owned();
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.chars().all(|c| c.is_ascii_digit()) {
+                continue;
+            }
+            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let state = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let zombie = state
+                .rsplit_once(") ")
+                .is_some_and(|(_, r)| r.starts_with('Z'));
+            if cmdline.contains(&needle) && !zombie {
+                found.push(format!("{name}: {cmdline}"));
+            }
+        }
+        found
+    }
+
+    pub fn assert_clean(&self) {
+        // The supervisor cleans up right after the VM process ends; give it a moment.
+        for _ in 0..200 {
+            if self.leftovers().is_empty() && self.processes().is_empty() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!(
+            "left behind: dirs {:?}, processes {:?}",
+            self.leftovers(),
+            self.processes()
+        );
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Never leave a VM running after a failed test.
+        for name in self.leftovers() {
+            let _ = self.run(&["vm", "rm", "-f", &name]);
+        }
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    text(&o.stdout)
+}
+
+pub fn run_detached(env: &Env, name: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["vm", "run", "-d", "--json", "--name", name];
+    args.extend_from_slice(extra);
+    let out = ok(&env.run(&args));
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+pub fn exec(env: &Env, name: &str, argv: &[&str]) -> Output {
+    let mut args = vec!["vm", "exec", name, "--"];
+    args.extend_from_slice(argv);
+    env.run(&args)
+}
+
+pub fn mem_total_mib(env: &Env, name: &str) -> u64 {
+    let meminfo = ok(&exec(env, name, &["cat", "/proc/meminfo"]));
+    let kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+/// MemTotal excludes what the kernel reserves for itself (its image, page tables, the initramfs
+/// while unpacked): a guest given N MiB sees a bit less, never more.
+pub fn assert_memory_matches(seen: u64, given: u64) {
+    assert!(
+        seen <= given && seen + 40 >= given,
+        "guest MemTotal {seen} MiB does not match --memory {given}M"
+    );
+}
+
+pub trait WaitTimeout {
+    fn wait_with_output_timeout(self, t: std::time::Duration) -> Option<Output>;
+}
+
+impl WaitTimeout for std::process::Child {
+    fn wait_with_output_timeout(mut self, t: std::time::Duration) -> Option<Output> {
+        let pid = self.id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let watchdog = std::thread::spawn(move || {
+            if rx.recv_timeout(t).is_err() {
+                let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+                return true;
+            }
+            false
+        });
+        let mut stdout = self.stdout.take().unwrap();
+        let mut stderr = self.stderr.take().unwrap();
+        let err_thread = std::thread::spawn(move || {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut stderr, &mut b).ok();
+            b
+        });
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut out).ok();
+        let status = self.wait().unwrap();
+        let _ = tx.send(());
+        let killed = watchdog.join().unwrap();
+        let err = err_thread.join().unwrap();
+        (!killed).then_some(Output {
+            status,
+            stdout: out,
+            stderr: err,
+        })
+    }
+}
+
+pub fn assert_fails_with(env: &Env, args: &[&str], needle: &str) {
+    let o = env.run(args);
+    let stderr = text(&o.stderr);
+    assert!(!o.status.success(), "{args:?} succeeded; stderr: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: expected '{needle}' in: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    env.assert_clean();
+}
+
