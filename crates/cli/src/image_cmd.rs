@@ -117,6 +117,14 @@ fn users(img: &Image) -> Vec<String> {
     img.used_by(vms.iter().map(|(n, d)| (n.as_str(), d.clone())))
 }
 
+/// Does the image carry the agent this kobako would install? (None: unknown.)
+pub fn agent_is_current(img: &Image) -> Option<bool> {
+    let recorded = img.manifest.agent_sha256.as_ref()?;
+    let agent = tiny::find_agent().ok()?;
+    let now = kobako_image::disk::sha256_file(&agent).ok()?;
+    Some(&now == recorded)
+}
+
 fn mib(b: u64) -> String {
     format!("{:.1}M", b as f64 / 1048576.0)
 }
@@ -168,10 +176,12 @@ pub fn run(cmd: ImageCmd) -> Result<()> {
         ImageCmd::Inspect { name, json } => {
             let img = store().get(&name)?;
             let used = users(&img);
+            let agent_current = agent_is_current(&img);
             if json {
                 let mut v = serde_json::to_value(&img.manifest)?;
                 v["path"] = img.base_path().display().to_string().into();
                 v["used_by"] = serde_json::to_value(&used)?;
+                v["agent_current"] = serde_json::to_value(agent_current)?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
@@ -194,6 +204,13 @@ pub fn run(cmd: ImageCmd) -> Result<()> {
             }
             if let Some(i) = &m.init {
                 println!("init        {i}");
+            }
+            match agent_current {
+                Some(true) => println!("agent       current"),
+                Some(false) => println!(
+                    "agent       OUTDATED (built with another kobako-agent; rebuild or re-import it)"
+                ),
+                None => {}
             }
             println!(
                 "used by     {}",

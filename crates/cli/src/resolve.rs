@@ -146,6 +146,11 @@ pub fn image(arg: &str, root: RootKind, vm: &str) -> Result<VmImage> {
             }
             Err(e) => return Err(e.into()),
         };
+        if crate::image_cmd::agent_is_current(&img) == Some(false) {
+            eprintln!(
+                "kobako: warning: image '{arg}' holds an older kobako-agent than this kobako; if the VM does not become ready, rebuild the image"
+            );
+        }
         return stored(&img, vm, &spec);
     }
     let p = Path::new(arg);

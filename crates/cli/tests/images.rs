@@ -141,28 +141,34 @@ fn sha256(p: &Path) -> String {
         .to_string()
 }
 
+/// A Debian image kept in the machine's store, built when missing or when it holds an older
+/// agent than this kobako would install.
+fn cached_image(env: &Env, name: &str, build: &[&str]) -> serde_json::Value {
+    let current = inspect(env, name).map(|i| i["agent_current"] == true);
+    if current == Some(false) {
+        // Built with another agent (the protocol may have changed): rebuild.
+        ok(&env.run(&["image", "rm", name]));
+    }
+    if current != Some(true) {
+        let t = std::time::Instant::now();
+        let mut args = vec!["image", "build", "debian", "--name", name];
+        args.extend_from_slice(build);
+        let o = env.run(&args);
+        ok(&o);
+        eprintln!(
+            "built {name} in {:.0} s:\n{}",
+            t.elapsed().as_secs_f64(),
+            text(&o.stderr)
+        );
+    }
+    inspect(env, name).expect("the image is in the store")
+}
+
 /// The shared Debian image (with cloud-init), built once per machine.
 fn debian(env: &Env) -> serde_json::Value {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        if inspect(env, DEBIAN).is_none() {
-            let t = std::time::Instant::now();
-            let o = env.run(&[
-                "image",
-                "build",
-                "debian",
-                "--name",
-                DEBIAN,
-                "--packages",
-                "cloud-init",
-            ]);
-            ok(&o);
-            eprintln!(
-                "built {DEBIAN} in {:.0} s:\n{}",
-                t.elapsed().as_secs_f64(),
-                text(&o.stderr)
-            );
-        }
+        cached_image(env, DEBIAN, &["--packages", "cloud-init"]);
     });
     inspect(env, DEBIAN).expect("the Debian image is in the store")
 }
@@ -590,5 +596,70 @@ fn bad_images_get_clear_errors_and_leave_nothing() {
         store_staging_leftovers(&name)
     );
     assert!(!overlays_root().join(&name).exists());
+    env.assert_clean();
+}
+
+#[test]
+fn docker_in_a_vm_runs_a_container_from_an_imported_tarball() {
+    let _s = serial();
+    let env = Env::new();
+    let img = cached_image(&env, "kbt-docker", &["--with", "docker"]);
+    eprintln!(
+        "kbt-docker: {:.0} MiB qcow2, built in {} s",
+        img["size"].as_f64().unwrap() / 1048576.0,
+        img["build_secs"]
+    );
+    let vm = unique("kbt-dock");
+    let t = std::time::Instant::now();
+    run_detached(&env, &vm, &["--image", "kbt-docker", "--memory", "1G"]);
+    let ready = t.elapsed().as_secs_f64();
+    let o = exec(
+        &env,
+        &vm,
+        &[
+            "sh",
+            "-c",
+            "for i in $(seq 240); do docker info >/dev/null 2>&1 && exit 0; sleep 1; done; \
+             systemctl status docker --no-pager; journalctl -u docker --no-pager | tail -20; exit 1",
+        ],
+    );
+    ok(&o);
+    let dockerd = t.elapsed().as_secs_f64();
+
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    busybox_tree(&tree, "in-a-container\n");
+    let tarball = work.path().join("rootfs.tar");
+    tar(&tree, &tarball, "-cf");
+    ok(&env.run(&[
+        "cp",
+        tarball.to_str().unwrap(),
+        &format!("{vm}:/root/rootfs.tar"),
+    ]));
+    ok(&exec(
+        &env,
+        &vm,
+        &["docker", "import", "/root/rootfs.tar", "kbt/busybox"],
+    ));
+    let out = ok(&exec(
+        &env,
+        &vm,
+        &[
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "kbt/busybox",
+            "/bin/cat",
+            "/etc/marker",
+        ],
+    ));
+    assert_eq!(out, "in-a-container\n");
+    eprintln!(
+        "docker: agent ready {ready:.1} s, dockerd up {dockerd:.1} s, container ran by {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    ok(&env.run(&["vm", "stop", &vm]));
     env.assert_clean();
 }

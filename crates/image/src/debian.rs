@@ -170,6 +170,7 @@ pub fn build(
         cloud_init,
         build_secs: Some((build_secs * 10.0).round() / 10.0),
         init: None,
+        agent_sha256: Some(disk::sha256_file(agent)?),
     };
     let img = st.commit(m)?;
     progress.step(&format!(
@@ -199,6 +200,16 @@ fn mmdebstrap(
         "--verbose",
     ])
     .arg(format!("--include={}", packages.join(",")))
+    // No manuals, translations or docs (~60 MB of a minbase + systemd tree); copyrights stay.
+    // Kept in the image's dpkg config, so later installs in a VM skip them too.
+    .args([
+        "--dpkgopt=path-exclude=/usr/share/man/*",
+        "--dpkgopt=path-exclude=/usr/share/info/*",
+        "--dpkgopt=path-exclude=/usr/share/locale/*",
+        "--dpkgopt=path-include=/usr/share/locale/locale.alias",
+        "--dpkgopt=path-exclude=/usr/share/doc/*",
+        "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+    ])
     // Keep downloaded .debs between builds (mmdebstrap(1), "EXAMPLES": apt cache).
     .args([
         "--skip=download/empty",

@@ -84,6 +84,10 @@ pub struct Manifest {
     /// agent as PID 1).
     #[serde(default)]
     pub init: Option<String>,
+    /// SHA-256 of the kobako-agent binary inside the image (to tell a stale image from a current
+    /// one after the agent changed).
+    #[serde(default)]
+    pub agent_sha256: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -308,6 +312,7 @@ impl Store {
             cloud_init: false,
             build_secs: None,
             init: None,
+            agent_sha256: None,
         };
         st.commit(m)
     }
@@ -493,6 +498,7 @@ mod tests {
             cloud_init: false,
             build_secs: None,
             init: None,
+            agent_sha256: None,
         }
     }
 
