@@ -175,7 +175,10 @@ pub fn run(stream: u32, req: ExecRequest, in_rx: Receiver<Input>, sessions: Sess
         cmd.stdin(Stdio::from(slave))
             .stdout(Stdio::from(s1))
             .stderr(Stdio::from(s2))
-            .env("TERM", std::env::var("TERM").unwrap_or_else(|_| "xterm".into()));
+            .env(
+                "TERM",
+                std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
+            );
         // SAFETY: setsid + TIOCSCTTY between fork and exec; async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {

@@ -43,11 +43,7 @@ pub fn put(stream: u32, req: PutFile, rx: Receiver<Input>, sessions: Sessions) {
     }
 }
 
-fn receive(
-    path: &Path,
-    req: &PutFile,
-    rx: Receiver<Input>,
-) -> Result<(String, u64), String> {
+fn receive(path: &Path, req: &PutFile, rx: Receiver<Input>) -> Result<(String, u64), String> {
     if path.is_dir() {
         return Err(format!("{}: is a directory", path.display()));
     }

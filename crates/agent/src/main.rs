@@ -353,20 +353,20 @@ fn handle_msg(stream: u32, msg: Msg, info: &ReadyInfo, sessions: &Sessions, pid1
                 files::put(stream, req, input, sessions)
             });
         }
-        Msg::GetFile { path } => spawn_worker(format!("get-{stream}"), move || {
-            files::get(stream, &path)
-        }),
+        Msg::GetFile { path } => {
+            spawn_worker(format!("get-{stream}"), move || files::get(stream, &path))
+        }
         Msg::Stat { path } => files::stat(stream, &path),
-        Msg::ListDir { path } => spawn_worker(format!("ls-{stream}"), move || {
-            files::list(stream, &path)
-        }),
+        Msg::ListDir { path } => {
+            spawn_worker(format!("ls-{stream}"), move || files::list(stream, &path))
+        }
         Msg::Mkdir {
             path,
             mode,
             parents,
         } => files::mkdir(stream, &path, mode, parents),
-        Msg::NetConfig(cfg) => spawn_worker(format!("net-{stream}"), move || {
-            match netcfg::apply(&cfg) {
+        Msg::NetConfig(cfg) => {
+            spawn_worker(format!("net-{stream}"), move || match netcfg::apply(&cfg) {
                 Ok(()) => reply(
                     stream,
                     &Msg::Done {
@@ -375,8 +375,8 @@ fn handle_msg(stream: u32, msg: Msg, info: &ReadyInfo, sessions: &Sessions, pid1
                     },
                 ),
                 Err(e) => fail(stream, e),
-            }
-        }),
+            })
+        }
         Msg::SetServices { services } => {
             services::set(services);
             reply(

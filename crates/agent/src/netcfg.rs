@@ -76,14 +76,8 @@ impl Nl {
         let mut buf = vec![0u8; 8192];
         loop {
             // SAFETY: buf is valid for buf.len() bytes.
-            let n = unsafe {
-                libc::recv(
-                    self.fd,
-                    buf.as_mut_ptr() as *mut libc::c_void,
-                    buf.len(),
-                    0,
-                )
-            };
+            let n =
+                unsafe { libc::recv(self.fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
             if n < 0 {
                 return Err(format!("netlink recv: {}", std::io::Error::last_os_error()));
             }
@@ -322,7 +316,11 @@ pub fn apply(cfg: &NetConfig) -> Result<(), String> {
         std::fs::write("/etc/hosts", text).map_err(|e| format!("/etc/hosts: {e}"))?;
     }
     if !cfg.dns.is_empty() {
-        let text: String = cfg.dns.iter().map(|d| format!("nameserver {d}\n")).collect();
+        let text: String = cfg
+            .dns
+            .iter()
+            .map(|d| format!("nameserver {d}\n"))
+            .collect();
         std::fs::write("/etc/resolv.conf", text).map_err(|e| format!("/etc/resolv.conf: {e}"))?;
     }
     Ok(())

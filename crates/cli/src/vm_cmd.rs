@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use kobako_runtime::agent::AgentClient;
 use kobako_runtime::config::{parse_mib, VmConfig};
 use kobako_runtime::qemu::QemuRuntime;
 use kobako_runtime::{Runtime, VmDir, VmState};
@@ -170,8 +171,7 @@ pub async fn run(cmd: VmCmd) -> Result<i32> {
                 bail!("VM '{name}' is not running");
             }
             eprintln!("{}", console::hint());
-            let end = console::attach(&vm.file("console.sock"), std::future::pending()).await?;
-            finish_console(&vm, end).await
+            attach_until_end(&vm, None).await
         }
         VmCmd::Exec(a) => crate::guest_cmd::exec(a).await,
         VmCmd::Pause { name } => {
@@ -245,8 +245,50 @@ async fn run_vm(args: RunArgs) -> Result<i32> {
         return Ok(0);
     }
     eprintln!("{}", console::hint());
-    let end = console::attach(&rt.console(&vm).socket, client.closed()).await?;
-    finish_console(&vm, end).await
+    attach_until_end(&vm, Some(&client)).await
+}
+
+/// Attach the console; when it closes because the guest rebooted (the supervisor started a new
+/// VM process), attach again; otherwise finish (report, clean up).
+async fn attach_until_end(vm: &VmDir, client: Option<&AgentClient>) -> Result<i32> {
+    loop {
+        let sock = vm.file("console.sock");
+        let closed = async {
+            match client {
+                Some(c) => c.closed().await,
+                None => std::future::pending().await,
+            }
+        };
+        let end = console::attach(&sock, closed).await?;
+        if end == ConsoleEnd::Closed && rebooted(vm).await {
+            eprintln!("\r\n{}: guest rebooted", vm.name);
+            continue;
+        }
+        return finish_console(vm, end).await;
+    }
+}
+
+/// After the console closed: did the supervisor start a new VM process (a guest reboot)?
+async fn rebooted(vm: &VmDir) -> bool {
+    let old = std::fs::read_to_string(vm.file("vm.pid")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if vm.exit().is_some() || vm.supervisor_pid().is_none() {
+            return false;
+        }
+        let now = std::fs::read_to_string(vm.file("vm.pid")).unwrap_or_default();
+        if !now.is_empty() && now != old && vm.file("console.sock").exists() {
+            // Give QEMU a moment to listen on the new console socket.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return true;
+        }
+        if now == old && vm.vm_pid().is_some() {
+            // Same process still running: the console closed for another reason.
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
 }
 
 /// After a console session: wait for the VM's end or detach/stop as asked; clean up.

@@ -42,7 +42,11 @@ fn hundred_concurrent_execs_all_complete() {
                 let c = c.clone();
                 tokio::spawn(async move {
                     c.exec(ExecRequest {
-                        argv: vec!["sh".into(), "-c".into(), format!("echo n{i}; echo e{i} >&2")],
+                        argv: vec![
+                            "sh".into(),
+                            "-c".into(),
+                            format!("echo n{i}; echo e{i} >&2"),
+                        ],
                         ..Default::default()
                     })
                     .await
@@ -96,7 +100,11 @@ fn exec_tty_user_stdin_and_timeout() {
         .wait_with_output_timeout(Duration::from_secs(60))
         .expect("interactive shell did not exit");
     assert_eq!(out.status.code(), Some(5));
-    assert!(text(&out.stdout).contains("shell-42"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("shell-42"),
+        "{}",
+        text(&out.stdout)
+    );
     // Piped stdin without a terminal.
     let mut child = env
         .cmd(&["exec", "-i", "t-tty", "--", "wc", "-c"])
@@ -155,7 +163,10 @@ fn copy_100_mib_in_and_out_and_directories() {
     ok(&env.run(&["cp", big.to_str().unwrap(), "t-cp:/tmp/"]));
     let up = t.elapsed();
     let guest_sum = ok(&env.run(&["exec", "t-cp", "--", "sha256sum", "/tmp/big.bin"]));
-    assert!(guest_sum.starts_with(&want), "guest: {guest_sum} want {want}");
+    assert!(
+        guest_sum.starts_with(&want),
+        "guest: {guest_sum} want {want}"
+    );
     let back = d.path().join("back.bin");
     let t = Instant::now();
     ok(&env.run(&["cp", "t-cp:/tmp/big.bin", back.to_str().unwrap()]));
@@ -216,16 +227,32 @@ fn copy_errors_are_clear_and_leave_no_partial_files() {
 
     // A full disk: a 1 MiB tmpfs.
     ok(&env.run(&[
-        "exec", "t-cperr", "--", "sh", "-c", "mkdir -p /small && mount -t tmpfs -o size=1m tmpfs /small",
+        "exec",
+        "t-cperr",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /small && mount -t tmpfs -o size=1m tmpfs /small",
     ]));
     let o = env.run(&["cp", fs, "t-cperr:/small/"]);
     assert!(!o.status.success());
-    assert!(text(&o.stderr).contains("disk is full"), "{}", text(&o.stderr));
-    assert_eq!(ok(&env.run(&["exec", "t-cperr", "--", "ls", "-A", "/small"])), "");
+    assert!(
+        text(&o.stderr).contains("disk is full"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert_eq!(
+        ok(&env.run(&["exec", "t-cperr", "--", "ls", "-A", "/small"])),
+        ""
+    );
 
     // Missing source in the guest; nothing created on the host.
     let o = env.run(&["cp", "t-cperr:/nope", d.path().to_str().unwrap()]);
-    assert!(text(&o.stderr).contains("no such file"), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("no such file"),
+        "{}",
+        text(&o.stderr)
+    );
     assert!(!d.path().join("nope").exists());
 
     // The host goes away mid-upload: the guest removes the partial file.
@@ -261,7 +288,10 @@ struct TestNs(String);
 impl TestNs {
     fn new(name: &str, tap: &str, host_cidr: &str) -> TestNs {
         let ip = |args: &[&str]| {
-            let st = std::process::Command::new("ip").args(args).status().unwrap();
+            let st = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
             assert!(st.success(), "ip {args:?}");
         };
         let _ = std::process::Command::new("ip")
@@ -352,10 +382,7 @@ fn network_config_applies_on_a_real_tap() {
         assert!(addr.contains("mtu 1400"), "{addr}");
         let routes = c.exec(sh("ip route")).await.unwrap().stdout_str();
         assert!(routes.contains("10.99.0.0/16 via 10.251.7.1"), "{routes}");
-        let ping = c
-            .exec(sh("ping -c 2 -W 5 gateway"))
-            .await
-            .unwrap();
+        let ping = c.exec(sh("ping -c 2 -W 5 gateway")).await.unwrap();
         assert_eq!(ping.code, Some(0), "{}", ping.stdout_str());
         assert_eq!(
             c.exec(sh("hostname")).await.unwrap().stdout_str().trim(),

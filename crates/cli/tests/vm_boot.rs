@@ -190,3 +190,40 @@ fn a_guest_that_panics_is_reported_with_its_console() {
     assert!(stderr.contains("Kernel panic"), "{stderr}");
     env.assert_clean();
 }
+
+#[test]
+fn reboot_inside_the_guest_restarts_the_vm() {
+    let env = Env::new();
+    run_detached(&env, "t-reboot", &[]);
+    let boot_id = |env: &Env| {
+        ok(&exec(
+            env,
+            "t-reboot",
+            &["cat", "/proc/sys/kernel/random/boot_id"],
+        ))
+    };
+    let first = boot_id(&env);
+    let _ = exec(&env, "t-reboot", &["reboot"]);
+    // The supervisor starts a new VM process; the agent becomes ready again.
+    let mut second = String::new();
+    for _ in 0..120 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let o = exec(
+            &env,
+            "t-reboot",
+            &["cat", "/proc/sys/kernel/random/boot_id"],
+        );
+        if o.status.success() {
+            second = text(&o.stdout);
+            if second != first {
+                break;
+            }
+        }
+    }
+    assert!(
+        !second.is_empty() && second != first,
+        "no new boot: {first} / {second}"
+    );
+    ok(&env.run(&["vm", "stop", "t-reboot"]));
+    env.assert_clean();
+}

@@ -495,8 +495,13 @@ impl AgentClient {
                 progress(sent);
             }
             let sha = hex::encode(h.finalize());
-            self.send(&Frame::msg(id, &Msg::PutEnd { sha256: sha.clone() }))
-                .await?;
+            self.send(&Frame::msg(
+                id,
+                &Msg::PutEnd {
+                    sha256: sha.clone(),
+                },
+            ))
+            .await?;
             while let Some(f) = rx.recv().await {
                 match f.to_msg() {
                     Ok(Msg::Done { .. }) => return Ok(sha),

@@ -186,7 +186,9 @@ impl VmConfig {
         for n in &self.nics {
             let mac_ok = n.mac.len() == 17
                 && n.mac.split(':').count() == 6
-                && n.mac.split(':').all(|b| u8::from_str_radix(b, 16).is_ok() && b.len() == 2);
+                && n.mac
+                    .split(':')
+                    .all(|b| u8::from_str_radix(b, 16).is_ok() && b.len() == 2);
             if !mac_ok {
                 return Err(RuntimeError::Invalid(format!(
                     "nic on tap '{}': MAC '{}' is not of the form 52:54:00:12:34:56",

@@ -3,8 +3,9 @@
 //!
 //! It owns three things for the VM's whole life:
 //! 1. The VM process: spawns it (dying with the supervisor: `PR_SET_PDEATHSIG`), waits for it,
-//!    writes `exit.json` (status, peak RSS, whether the guest announced a power-off), and removes
-//!    the VM directory unless a foreground `vm run` is attached and will do it.
+//!    starts a new one when the guest announced a reboot (at most 5 quick reboots in a row),
+//!    otherwise writes `exit.json` (status, peak RSS, whether the guest announced a power-off) and
+//!    removes the VM directory unless a foreground `vm run` is attached and will do it.
 //! 2. The host end of the agent channel. Runtimes expose one stream to the guest (QEMU: a chardev
 //!    socket that accepts one client). The supervisor connects once and serves `agent.sock` to any
 //!    number of clients, mapping each client's stream ids to unique guest stream ids and routing the
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use kobako_agent::proto::{self, Frame, Kind, Msg};
 
-use crate::vmdir::{write_json, ExitRecord, GuestChannel, ReadyRecord, VmDir};
+use crate::vmdir::{write_json, ExitRecord, GuestChannel, Launch, ReadyRecord, VmDir};
 
 type Writer = Arc<Mutex<UnixStream>>;
 
@@ -40,7 +41,8 @@ struct Routes {
 
 struct Shared {
     vm: VmDir,
-    started: Instant,
+    /// When the current VM process (this boot) started.
+    started: Mutex<Instant>,
     guest: Mutex<Option<UnixStream>>,
     clients: Mutex<HashMap<u64, Writer>>,
     routes: Mutex<Routes>,
@@ -107,12 +109,87 @@ fn supervise(vm: VmDir) -> Result<(), String> {
         .map_err(|e| format!("bind {}: {e}", agent_sock.display()))?;
 
     let vm_log = std::fs::File::create(vm.file("vm.log")).map_err(|e| format!("vm.log: {e}"))?;
+    let shared = Arc::new(Shared {
+        vm: vm.clone(),
+        started: Mutex::new(Instant::now()),
+        guest: Mutex::new(None),
+        clients: Mutex::new(HashMap::new()),
+        routes: Mutex::new(Routes::default()),
+        next_stream: AtomicU32::new(1),
+        next_client: AtomicU64::new(1),
+        ready: Mutex::new(None),
+        shutdown: Mutex::new(None),
+    });
+    {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("accept".into())
+            .spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let shared = shared.clone();
+                    std::thread::spawn(move || client_loop(shared, conn));
+                }
+            })
+            .map_err(|e| e.to_string())?;
+    }
+
+    // One VM process per boot: a guest reboot (announced by the agent) starts a new one with the
+    // same configuration, like a machine's reset button; anything else ends the VM.
+    let first_start = Instant::now();
+    let mut quick_reboots = 0;
+    let rec = loop {
+        let (pid, boot_started) = spawn_vm(&vm, &launch, &vm_log)?;
+        *lock(&shared.started) = boot_started;
+        {
+            let shared = shared.clone();
+            let channel = launch.channel.clone();
+            std::thread::Builder::new()
+                .name("guest".into())
+                .spawn(move || guest_loop(shared, channel, pid))
+                .map_err(|e| e.to_string())?;
+        }
+        let (code, signal, max_rss_kib) = wait_vm(pid);
+        let _ = std::fs::remove_file(vm.file("vm.pid"));
+        let shutdown = lock(&shared.shutdown).take();
+        if shutdown == Some(true) {
+            if boot_started.elapsed() < Duration::from_secs(2) {
+                quick_reboots += 1;
+            } else {
+                quick_reboots = 0;
+            }
+            if quick_reboots < 5 {
+                *lock(&shared.ready) = None;
+                let _ = std::fs::remove_file(vm.file("ready.json"));
+                continue;
+            }
+        }
+        break ExitRecord {
+            code,
+            signal,
+            max_rss_kib,
+            shutdown: shutdown.map(|reboot| if reboot { "reboot" } else { "poweroff" }.to_string()),
+            runtime_ms: first_start.elapsed().as_millis() as u64,
+        };
+    };
+    let _ = std::fs::remove_file(&agent_sock);
+    if vm.file("attached").exists() {
+        // A foreground `vm run` reads exit.json and removes the directory.
+        let _ = write_json(&vm.file("exit.json"), &rec);
+    } else {
+        let _ = vm.remove();
+    }
+    Ok(())
+}
+
+/// Start the VM process (in its network namespace, dying with us). Returns its pid and when it
+/// started.
+fn spawn_vm(vm: &VmDir, launch: &Launch, log: &std::fs::File) -> Result<(i32, Instant), String> {
     let (prog, args) = launch.argv.split_first().ok_or("launch.json: empty argv")?;
     let mut cmd = Command::new(prog);
     cmd.args(args)
         .stdin(Stdio::null())
-        .stdout(vm_log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(vm_log);
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log.try_clone().map_err(|e| e.to_string())?);
     // The lab's namespace, opened before the fork so the child only has to setns.
     let netns_fd: Option<std::fs::File> = match &launch.netns {
         Some(ns) => Some(
@@ -137,45 +214,16 @@ fn supervise(vm: VmDir) -> Result<(), String> {
         });
     }
     let child = cmd.spawn().map_err(|e| format!("start {prog}: {e}"))?;
-    drop(netns_fd);
     let started = Instant::now();
     let pid = child.id() as i32;
+    // The child is reaped by wait_vm (wait4), not through `Child`.
+    std::mem::forget(child);
     std::fs::write(vm.file("vm.pid"), pid.to_string()).map_err(|e| e.to_string())?;
+    Ok((pid, started))
+}
 
-    let shared = Arc::new(Shared {
-        vm: vm.clone(),
-        started,
-        guest: Mutex::new(None),
-        clients: Mutex::new(HashMap::new()),
-        routes: Mutex::new(Routes::default()),
-        next_stream: AtomicU32::new(1),
-        next_client: AtomicU64::new(1),
-        ready: Mutex::new(None),
-        shutdown: Mutex::new(None),
-    });
-
-    {
-        let shared = shared.clone();
-        let channel = launch.channel.clone();
-        std::thread::Builder::new()
-            .name("guest".into())
-            .spawn(move || guest_loop(shared, channel, pid))
-            .map_err(|e| e.to_string())?;
-    }
-    {
-        let shared = shared.clone();
-        std::thread::Builder::new()
-            .name("accept".into())
-            .spawn(move || {
-                for conn in listener.incoming().flatten() {
-                    let shared = shared.clone();
-                    std::thread::spawn(move || client_loop(shared, conn));
-                }
-            })
-            .map_err(|e| e.to_string())?;
-    }
-
-    // Wait for the VM process (wait4 also gives its peak RSS).
+/// Wait for the VM process; returns (exit code, signal, peak RSS in KiB) from wait4.
+fn wait_vm(pid: i32) -> (Option<i32>, Option<i32>, u64) {
     let mut status: libc::c_int = 0;
     // SAFETY: rusage is plain data; zeroed is valid.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -189,7 +237,6 @@ fn supervise(vm: VmDir) -> Result<(), String> {
             break;
         }
     }
-    drop(child);
     let (code, signal) = if libc::WIFEXITED(status) {
         (Some(libc::WEXITSTATUS(status)), None)
     } else if libc::WIFSIGNALED(status) {
@@ -197,29 +244,7 @@ fn supervise(vm: VmDir) -> Result<(), String> {
     } else {
         (None, None)
     };
-    let shutdown = lock(&shared.shutdown).map(|reboot| {
-        if reboot {
-            "reboot".to_string()
-        } else {
-            "poweroff".to_string()
-        }
-    });
-    let rec = ExitRecord {
-        code,
-        signal,
-        max_rss_kib: ru.ru_maxrss as u64,
-        shutdown,
-        runtime_ms: started.elapsed().as_millis() as u64,
-    };
-    let _ = std::fs::remove_file(&agent_sock);
-    let _ = std::fs::remove_file(vm.file("vm.pid"));
-    if vm.file("attached").exists() {
-        // A foreground `vm run` reads exit.json and removes the directory.
-        let _ = write_json(&vm.file("exit.json"), &rec);
-    } else {
-        let _ = vm.remove();
-    }
-    Ok(())
+    (code, signal, ru.ru_maxrss as u64)
 }
 
 fn connect_guest(channel: &GuestChannel, vm_pid: i32) -> Option<UnixStream> {
@@ -255,7 +280,7 @@ fn guest_loop(shared: Arc<Shared>, channel: GuestChannel, vm_pid: i32) {
                         let _ = write_json(
                             &shared.vm.file("ready.json"),
                             &ReadyRecord {
-                                boot_ms: shared.started.elapsed().as_millis() as u64,
+                                boot_ms: lock(&shared.started).elapsed().as_millis() as u64,
                                 info,
                             },
                         );

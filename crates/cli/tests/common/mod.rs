@@ -191,4 +191,3 @@ pub fn assert_fails_with(env: &Env, args: &[&str], needle: &str) {
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     env.assert_clean();
 }
-
