@@ -365,9 +365,16 @@ fn bad_input_gets_400_and_vmm_stays_consistent() {
     assert_eq!(http(&sock, "GET", "/version", None).0, 200);
     assert!(child.try_wait().unwrap().is_none(), "VMM exited");
 
-    // The ticker guest signalled boot complete first thing.
-    let (st, body) = http(&sock, "GET", "/kobako/boot-time", None);
-    assert_eq!(st, 200, "{body}");
+    // The ticker guest signals boot complete first thing.
+    let mut resp = (0, String::new());
+    assert!(
+        wait_for(20, || {
+            resp = http(&sock, "GET", "/kobako/boot-time", None);
+            resp.0 == 200
+        }),
+        "{resp:?}"
+    );
+    let (_, body) = resp;
     let bt = json(&body);
     assert!(bt["wall_us"].as_u64().unwrap() > 0 && bt["cpu_us"].as_u64().unwrap() > 0);
 
@@ -528,6 +535,47 @@ fn triple_fault_process_exit_code_with_seccomp() {
         "stderr: {}",
         String::from_utf8_lossy(&st.stderr)
     );
+}
+
+#[test]
+fn emulation_failure_process_exit_code_with_seccomp() {
+    // On PVM hosts `cmpxchg16b` is an emulation failure: the vCPU thread reads the registers
+    // for the report (KVM_GET_REGS, allowed by its filter) and the process exits 82.
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write(dir.path(), "vmlinux", &elf(guests::CX16, false));
+    let cfg = write(
+        dir.path(),
+        "vm.json",
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}}}}"#,
+            kernel.display()
+        )
+        .as_bytes(),
+    );
+    let out = std::process::Command::new(vmm_bin())
+        .args(["--no-api", "--level", "Error", "--config-file"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if kobako_vmm::arch::cpuid::host_is_pvm() {
+        assert_eq!(
+            out.status.code(),
+            Some(kobako_vmm::EXIT_EMULATION_FAILURE),
+            "{err}"
+        );
+        assert!(
+            err.contains("KVM_EXIT_INTERNAL_ERROR (suberror 1: emulation failure)"),
+            "{err}"
+        );
+        assert!(err.contains("at rip 0x10000f"), "{err}");
+    } else {
+        assert_eq!(
+            out.status.code(),
+            Some(kobako_vmm::EXIT_GUEST_RESET),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -20,7 +20,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::{cpuid, regs};
 use crate::devices::Bus;
 use crate::metrics::{inc, METRICS};
-use crate::timing::{rss_kib, Stamp, PROCESS_START};
+use crate::timing::{rss_kib_from, Stamp, PROCESS_START};
 
 /// Commands from the event loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +173,12 @@ impl VcpuThread {
     pub fn run(mut self) {
         let idx = self.vcpu.index;
         KVM_RUN_PTR.with(|c| c.set(self.vcpu.fd.get_kvm_run() as *mut kvm_run));
+        // Opened before the filter (which forbids open): read at the first KVM_RUN.
+        let mut statm = if idx == 0 {
+            std::fs::File::open("/proc/self/statm").ok()
+        } else {
+            None
+        };
         if let Some(f) = self.seccomp.take() {
             if let Err(e) = seccompiler::apply_filter(&f) {
                 self.report(VcpuEvent::Stopped(
@@ -221,7 +227,7 @@ impl VcpuThread {
                         "first KVM_RUN: wall_us={} cpu_us={} rss_kib={} mono_ns={}",
                         now.wall_since(&PROCESS_START),
                         now.cpu_us,
-                        rss_kib(),
+                        statm.as_mut().map(rss_kib_from).unwrap_or(0),
                         now.mono_ns
                     );
                 }
