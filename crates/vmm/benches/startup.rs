@@ -77,16 +77,18 @@ fn main() {
         let sock = dir.path().join(format!("api{i}.sock"));
         let log = dir.path().join(format!("api{i}.log"));
         let t0 = mono_ns();
-        let mut child = Command::new(&bin)
-            .arg("--api-sock")
-            .arg(&sock)
-            .arg("--log-path")
-            .arg(&log)
-            .args(["--level", "Info"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = common::Vmm(
+            Command::new(&bin)
+                .arg("--api-sock")
+                .arg(&sock)
+                .arg("--log-path")
+                .arg(&log)
+                .args(["--level", "Info"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
         while std::os::unix::net::UnixStream::connect(&sock).is_err() {
             std::thread::sleep(Duration::from_micros(50));
         }

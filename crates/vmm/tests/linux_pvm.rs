@@ -76,7 +76,7 @@ fn linux_boots_to_userspace_marker() {
         .as_bytes(),
     );
     let t0 = Instant::now();
-    let mut child = std::process::Command::new(vmm_bin())
+    let mut child = Vmm(std::process::Command::new(vmm_bin())
         .args(["--no-api", "--level", "Info", "--config-file"])
         .arg(&cfg)
         .arg("--log-path")
@@ -84,7 +84,7 @@ fn linux_boots_to_userspace_marker() {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap());
     let mut stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut s = Vec::new();

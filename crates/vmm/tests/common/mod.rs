@@ -98,14 +98,39 @@ pub fn vmm_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kobako-vmm"))
 }
 
+/// A VMM child process that is killed when dropped, so a failing test leaves no VM behind.
+pub struct Vmm(pub Child);
+
+impl std::ops::Deref for Vmm {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Vmm {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `kobako-vmm --api-sock SOCK ARGS` and waits for the socket.
-pub fn spawn_api(sock: &Path, extra: &[&str]) -> Child {
+pub fn spawn_api(sock: &Path, extra: &[&str]) -> Vmm {
     let mut cmd = Command::new(vmm_bin());
     cmd.arg("--api-sock").arg(sock).args(extra);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
+    let child = Vmm(cmd.spawn().unwrap());
     let deadline = Instant::now() + Duration::from_secs(10);
     while UnixStream::connect(sock).is_err() {
         assert!(Instant::now() < deadline, "API socket never appeared");
