@@ -410,8 +410,19 @@ impl EventLoop {
     /// Sends `cmd` to every vCPU, kicks them out of KVM_RUN, and waits for each to confirm.
     fn vcpus_do(&mut self, cmd: VcpuCommand) -> Result<(), String> {
         let r = self.vcpus_do_inner(cmd);
-        if let Err((_, Some(code))) = &r {
-            self.pending_exit = Some(*code);
+        match &r {
+            Err((_, Some(code))) => self.pending_exit = Some(*code),
+            Err((_, None)) if cmd == VcpuCommand::Pause => {
+                // Some vCPUs may pause later (e.g. one blocked writing console output nobody
+                // reads): queue a Resume behind the Pause so every vCPU ends up running, as the
+                // unchanged state says.
+                if let Some(vm) = &self.vm {
+                    for v in &vm.vcpus {
+                        let _ = v.commands.send(VcpuCommand::Resume);
+                    }
+                }
+            }
+            _ => {}
         }
         r.map_err(|(m, _)| m)
     }

@@ -656,3 +656,58 @@ fn console_on_a_unix_socket() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn pause_timeout_keeps_state_consistent() {
+    // A guest that writes console output as fast as it can, to a stdout pipe nobody reads:
+    // once the pipe is full the vCPU blocks in write() and cannot acknowledge a pause.
+    let mut fast = guests::TICKER.to_vec();
+    let delay = fast
+        .windows(5)
+        .position(|w| w == [0xb9, 0x20, 0x4e, 0x00, 0x00]) // mov $20000, %ecx
+        .expect("delay constant in the ticker guest");
+    fast[delay + 1..delay + 5].copy_from_slice(&1u32.to_le_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write(dir.path(), "vmlinux", &elf(&fast, false));
+    let sock = dir.path().join("api.sock");
+    let mut child = spawn_api(&sock, &[]);
+    let body = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display());
+    assert_eq!(http(&sock, "PUT", "/boot-source", Some(&body)).0, 204);
+    let start = r#"{"action_type": "InstanceStart"}"#;
+    assert_eq!(http(&sock, "PUT", "/actions", Some(start)).0, 204);
+    // Give the guest time to fill the pipe (64 KiB of dots).
+    std::thread::sleep(Duration::from_secs(3));
+    let r = http(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#));
+    if r.0 == 204 {
+        // The pipe did not fill up in time on this host; nothing to check.
+        eprintln!("pipe not full yet; pause succeeded");
+        return;
+    }
+    assert_fault(r, "Timed out waiting for the vCPUs");
+    assert_eq!(json(&http(&sock, "GET", "/", None).1)["state"], "Running");
+    // Drain the pipe: the vCPU runs again, takes the queued Pause and Resume, keeps running.
+    let mut out = child.stdout.take().unwrap();
+    let drain = std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        let mut total = 0usize;
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        total
+    });
+    assert_eq!(
+        http(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
+        204
+    );
+    assert_eq!(json(&http(&sock, "GET", "/", None).1)["state"], "Paused");
+    assert_eq!(
+        http(&sock, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)).0,
+        204
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(drain.join().unwrap() >= 4096);
+}
