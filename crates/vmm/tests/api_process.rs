@@ -711,3 +711,56 @@ fn pause_timeout_keeps_state_consistent() {
     child.wait().unwrap();
     assert!(drain.join().unwrap() >= 4096);
 }
+
+#[test]
+fn config_file_with_api_starts_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write(dir.path(), "vmlinux", &elf(guests::TICKER, false));
+    let cfg = write(
+        dir.path(),
+        "vm.json",
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}},
+                "machine-config": {{"vcpu_count": 2, "mem_size_mib": 96}},
+                "serial": {{"serial_out_path": "none"}},
+                "balloon": null, "mmds-config": null}}"#,
+            kernel.display()
+        )
+        .as_bytes(),
+    );
+    let sock = dir.path().join("api.sock");
+    let cfg_arg = cfg.display().to_string();
+    let mut child = spawn_api(&sock, &["--config-file", &cfg_arg]);
+    assert_eq!(json(&http(&sock, "GET", "/", None).1)["state"], "Running");
+    let full = json(&http(&sock, "GET", "/vm/config", None).1);
+    assert_eq!(full["machine-config"]["vcpu_count"], 2);
+    assert_eq!(full["machine-config"]["mem_size_mib"], 96);
+    assert_fault(
+        http(
+            &sock,
+            "PUT",
+            "/actions",
+            Some(r#"{"action_type": "InstanceStart"}"#),
+        ),
+        "already running",
+    );
+    assert!(child.try_wait().unwrap().is_none());
+
+    // Sections kobako-vmm does not implement are refused unless null.
+    let bad = write(
+        dir.path(),
+        "balloon.json",
+        format!(
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "balloon": {{"amount_mib": 1}}}}"#,
+            kernel.display()
+        )
+        .as_bytes(),
+    );
+    let out = std::process::Command::new(vmm_bin())
+        .args(["--no-api", "--config-file"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(kobako_vmm::EXIT_BAD_CONFIGURATION));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"balloon\" section is not supported"));
+}
