@@ -1,8 +1,8 @@
 //! The CPUID template: what a kobako guest sees when it executes CPUID.
 //!
-//! Called by each vCPU's thread during setup. The template starts from what KVM says it can
-//! virtualise (`KVM_GET_SUPPORTED_CPUID`) and normalises it, so that a guest sees the same
-//! machine whatever host process layout it lands on:
+//! Applied by the builder (event-loop thread) to each vCPU it creates. The template starts from
+//! what KVM says it can virtualise (`KVM_GET_SUPPORTED_CPUID`) and normalises it, so that a
+//! guest sees the same machine whatever host it lands on:
 //!
 //! | leaf | change | why |
 //! |---|---|---|

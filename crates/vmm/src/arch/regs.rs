@@ -2,9 +2,9 @@
 //! the PVH entry (32-bit protected mode, paging off, `%ebx` = `hvm_start_info`) and the Linux
 //! 64-bit boot protocol (long mode, identity-mapped page tables, `%rsi` = zero page).
 //!
-//! Runs on each vCPU's own thread during setup (the ioctls must be made by the thread that owns
-//! the vCPU fd only by convention; KVM allows any thread, we keep it on the vCPU thread). The
-//! guest-memory writes (GDT, page tables) are done once by the builder on the event-loop thread.
+//! Called by the builder on the event-loop thread while it creates each vCPU, before the vCPU's
+//! own thread exists (KVM allows any thread to configure a vCPU that is not running). The
+//! guest-memory writes (GDT, page tables) are done once per VM.
 
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;

@@ -1,4 +1,5 @@
-//! One vCPU: its setup (CPUID, MSRs, registers, FPU, LAPIC) and the thread that runs it.
+//! One vCPU: its setup (CPUID, MSRs, registers, FPU, LAPIC; done by the builder on the
+//! event-loop thread) and the thread that runs it.
 //!
 //! Each vCPU runs on its own thread named `fc_vcpu N` (Firecracker's naming, which tools grep
 //! for). The thread owns its `VcpuFd`; it takes [`VcpuCommand`]s from the event loop over a
