@@ -258,3 +258,158 @@ fn raw_qemu(rt: &kobako_runtime::qemu::QemuRuntime, cfg: &VmConfig) -> Result<Sa
         rss_kib: ru.ru_maxrss as u64,
     })
 }
+
+#[derive(Args)]
+pub struct BenchNodeArgs {
+    /// VMs in the node.
+    #[arg(long, default_value_t = 5)]
+    pub vms: usize,
+    /// Repetitions (of the single-VM reference and of the node).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    #[arg(long, default_value = "128M")]
+    pub memory: String,
+    #[arg(long, env = "KOBAKO_ACCEL", default_value = "auto")]
+    pub accel: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kobako bench node`: N tiny VMs started together, from start to all agents ready, against the
+/// CPU-bound floor of this machine (N × one VM's boot CPU time ÷ cores): under TCG a boot is CPU
+/// work, so no scheduler can beat that floor.
+pub async fn node(a: BenchNodeArgs) -> Result<i32> {
+    use kobako_runtime::group;
+    use std::sync::Arc;
+    if a.vms == 0 || a.runs == 0 {
+        bail!("--vms and --runs must be at least 1");
+    }
+    let run_args = RunArgs {
+        kernel: "default".into(),
+        image: "tiny".into(),
+        root: RootKind::Initramfs,
+        vcpus: 1,
+        memory: a.memory.clone(),
+        cmdline: String::new(),
+        name: Some(format!("benchnode-{}", std::process::id())),
+        detach: true,
+        accel: a.accel.clone(),
+        timeout: 120,
+        json: false,
+    };
+    let (base, why) = config_from(&run_args)?;
+    let rt: Arc<dyn Runtime> = Arc::new(runtime()?);
+    let cores = kobako_runtime::host::cpus();
+    eprintln!(
+        "bench node: {} VMs x {} runs, {} MiB each, accel {} ({why}), {cores} cores",
+        a.vms, a.runs, base.memory_mib, base.accel
+    );
+    let cfg = |tag: &str, i: usize| VmConfig {
+        name: format!("bn{}-{tag}-{i}", std::process::id()),
+        ..base.clone()
+    };
+    // Reference: one VM alone; CPU used by its VM process and supervisor until ready.
+    let mut single_cpu = Vec::new();
+    let mut single_wall = Vec::new();
+    for r in 0..a.runs {
+        let res = group::start_all(rt.clone(), vec![cfg(&format!("s{r}"), 0)], 1).await;
+        let s = res.into_iter().next().context("no result")??;
+        let cpu = s.vm.vm_pid().and_then(group::cpu_time).unwrap_or_default()
+            + s.vm
+                .supervisor_pid()
+                .and_then(group::cpu_time)
+                .unwrap_or_default();
+        single_cpu.push(cpu.as_secs_f64() * 1000.0);
+        single_wall.push(s.ready_after.as_secs_f64() * 1000.0);
+        rt.stop(&s.vm, Duration::from_secs(10)).await?;
+    }
+    let (cpu_med, ..) = stats(&single_cpu);
+    let (wall_med, ..) = stats(&single_wall);
+    let floor = a.vms as f64 * cpu_med / cores as f64;
+
+    let mut node_wall = Vec::new();
+    let mut node_down = Vec::new();
+    let mut node_rss = Vec::new();
+    for r in 0..a.runs {
+        let cfgs = (0..a.vms).map(|i| cfg(&format!("n{r}"), i)).collect();
+        let t0 = Instant::now();
+        let res = group::start_all(rt.clone(), cfgs, group::default_parallelism()).await;
+        let up = t0.elapsed();
+        let mut started = Vec::new();
+        let mut failed = Vec::new();
+        for x in res {
+            match x {
+                Ok(s) => started.push(s),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        let rss: u64 = started
+            .iter()
+            .filter_map(|s| s.vm.vm_pid())
+            .filter_map(group::rss_kib)
+            .sum::<u64>()
+            + started
+                .iter()
+                .filter_map(|s| s.vm.supervisor_pid())
+                .filter_map(group::rss_kib)
+                .sum::<u64>();
+        let t1 = Instant::now();
+        let stops: Vec<_> = started
+            .iter()
+            .map(|s| {
+                let rt = rt.clone();
+                let vm = s.vm.clone();
+                tokio::spawn(async move { rt.stop(&vm, Duration::from_secs(10)).await })
+            })
+            .collect();
+        for st in stops {
+            st.await??;
+        }
+        let down = t1.elapsed();
+        if !failed.is_empty() {
+            bail!(
+                "{} of {} VMs failed: {}",
+                failed.len(),
+                a.vms,
+                failed.join("; ")
+            );
+        }
+        eprintln!(
+            "  run {r}: {} VMs ready in {:.0} ms, down in {:.0} ms, RSS {:.0} MiB",
+            a.vms,
+            up.as_secs_f64() * 1000.0,
+            down.as_secs_f64() * 1000.0,
+            rss as f64 / 1024.0
+        );
+        node_wall.push(up.as_secs_f64() * 1000.0);
+        node_down.push(down.as_secs_f64() * 1000.0);
+        node_rss.push(rss as f64 / 1024.0);
+    }
+    let (up_med, up_min, up_max, _) = stats(&node_wall);
+    let (down_med, ..) = stats(&node_down);
+    let (rss_med, ..) = stats(&node_rss);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "vms": a.vms, "runs": a.runs, "cores": cores, "accel": base.accel,
+                "single_vm": {"ready_ms": wall_med, "boot_cpu_ms": cpu_med},
+                "node": {"ready_ms_median": up_med, "min": up_min, "max": up_max,
+                         "down_ms_median": down_med, "rss_mib_median": rss_med},
+                "cpu_floor_ms": floor, "ratio_to_floor": up_med / floor,
+            })
+        );
+    } else {
+        println!("one VM alone: ready in {wall_med:.0} ms, boot CPU {cpu_med:.0} ms (median)");
+        println!(
+            "{} VMs together: all ready in {up_med:.0} ms (min {up_min:.0}, max {up_max:.0}), down in {down_med:.0} ms, peak RSS {rss_med:.0} MiB",
+            a.vms
+        );
+        println!(
+            "CPU-bound floor ({} x {cpu_med:.0} ms / {cores} cores): {floor:.0} ms; ratio {:.2}",
+            a.vms,
+            up_med / floor
+        );
+    }
+    Ok(0)
+}

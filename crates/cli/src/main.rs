@@ -52,6 +52,8 @@ enum Cmd {
 enum BenchCmd {
     /// Time to agent-ready vs raw QEMU booting the same kernel and initramfs.
     Boot(bench::BenchBootArgs),
+    /// N tiny VMs started together vs this machine's CPU-bound floor.
+    Node(bench::BenchNodeArgs),
 }
 
 fn main() {
@@ -84,6 +86,7 @@ fn main() {
                 match cmd {
                     Cmd::Vm(c) => vm_cmd::run(c).await,
                     Cmd::Bench(BenchCmd::Boot(a)) => bench::boot(a).await,
+                    Cmd::Bench(BenchCmd::Node(a)) => bench::node(a).await,
                     Cmd::Exec(a) => guest_cmd::exec(a).await,
                     Cmd::Shell { vm, user } => guest_cmd::shell(&vm, user).await,
                     Cmd::Cp { src, dst } => guest_cmd::cp(&src, &dst).await,

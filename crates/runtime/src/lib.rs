@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod group;
 pub mod host;
 pub mod qemu;
 pub mod qmp;
