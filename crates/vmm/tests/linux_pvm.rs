@@ -4,7 +4,8 @@
 //! build, so it is `#[ignore]`d; run it with
 //! `cargo test -p kobako-vmm --test linux_pvm -- --ignored --nocapture`.
 //! `KOBAKO_PVM_KERNEL` overrides the kernel path (default /var/cache/kobako/kernel-pvm/vmlinux);
-//! `KOBAKO_PVM_CMDLINE_EXTRA` appends to the command line.
+//! `KOBAKO_PVM_CMDLINE_EXTRA` appends to the command line; `KOBAKO_PVM_TIMEOUT` (seconds,
+//! default 300) bounds the boot.
 
 mod common;
 
@@ -91,14 +92,30 @@ fn linux_boots_to_userspace_marker() {
         let _ = stdout.read_to_end(&mut s);
         s
     });
-    let code = wait_exit(&mut child, 300);
+    let secs: u64 = std::env::var("KOBAKO_PVM_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    // Not `wait_exit`: on a timeout we still want to see how far the kernel got.
+    let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break -1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     let console = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     println!("--- console ---\n{console}\n--- vmm log ---\n{log}");
     println!("exit code {code} after {:.1} s", t0.elapsed().as_secs_f64());
     assert!(
         console.contains("KOBAKO-USERSPACE-UP"),
-        "no userspace marker; exit code {code}"
+        "no userspace marker; exit code {code} (-1: killed after {secs} s)"
     );
     assert_eq!(code, kobako_vmm::EXIT_GUEST_RESET);
     assert!(log.contains("Guest-boot-time"), "no boot-complete signal");
