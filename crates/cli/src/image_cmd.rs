@@ -117,8 +117,14 @@ fn users(img: &Image) -> Vec<String> {
     img.used_by(vms.iter().map(|(n, d)| (n.as_str(), d.clone())))
 }
 
-/// Does the image carry the agent this kobako would install? (None: unknown.)
+/// Does the image carry the agent this kobako would install (and, for Debian images, the current
+/// recipe)? (None: unknown.)
 pub fn agent_is_current(img: &Image) -> Option<bool> {
+    if img.manifest.kind == kobako_image::store::ImageKind::Debian
+        && img.manifest.recipe != Some(debian::RECIPE)
+    {
+        return Some(false);
+    }
     let recorded = img.manifest.agent_sha256.as_ref()?;
     let agent = tiny::find_agent().ok()?;
     let now = kobako_image::disk::sha256_file(&agent).ok()?;
@@ -208,7 +214,7 @@ pub fn run(cmd: ImageCmd) -> Result<()> {
             match agent_current {
                 Some(true) => println!("agent       current"),
                 Some(false) => println!(
-                    "agent       OUTDATED (built with another kobako-agent; rebuild or re-import it)"
+                    "agent       OUTDATED (built with another kobako-agent or recipe; rebuild or re-import it)"
                 ),
                 None => {}
             }

@@ -28,6 +28,9 @@ use crate::disk::{self, DiskError};
 use crate::store::{self, ImageKind, Manifest, Store, StoreError};
 use crate::{cache, deps, Progress};
 
+/// Version of the recipe below: images built by an older one are reported as outdated.
+pub const RECIPE: u32 = 2;
+
 /// Debian packages the build needs on the host.
 pub const BUILD_PACKAGES: &[&str] = &["mmdebstrap", "qemu-utils", "e2fsprogs"];
 
@@ -171,6 +174,7 @@ pub fn build(
         build_secs: Some((build_secs * 10.0).round() / 10.0),
         init: None,
         agent_sha256: Some(disk::sha256_file(agent)?),
+        recipe: Some(RECIPE),
     };
     let img = st.commit(m)?;
     progress.step(&format!(
@@ -283,7 +287,6 @@ const AGENT_UNIT: &str = "\
 [Unit]
 Description=kobako guest agent (virtio-serial port kobako.agent)
 DefaultDependencies=no
-After=systemd-remount-fs.service
 Conflicts=shutdown.target
 Before=shutdown.target
 
@@ -456,6 +459,8 @@ pub(crate) fn customize_systemd(root: &Path) -> Result<(), DiskError> {
         "systemd-sysv-generator",
         "systemd-rc-local-generator",
         "systemd-run-generator",
+        // serial-getty@ttyS0 is enabled explicitly.
+        "systemd-getty-generator",
     ] {
         l("/dev/null", &format!("etc/systemd/system-generators/{g}"))?;
     }

@@ -201,6 +201,7 @@ pub fn import(
         build_secs: Some((t0.elapsed().as_secs_f64() * 10.0).round() / 10.0),
         init,
         agent_sha256: Some(disk::sha256_file(agent)?),
+        recipe: None,
     };
     let img = st.commit(m)?;
     progress.step(&format!(

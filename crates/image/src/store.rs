@@ -88,6 +88,9 @@ pub struct Manifest {
     /// one after the agent changed).
     #[serde(default)]
     pub agent_sha256: Option<String>,
+    /// Version of the Debian recipe that built it ([`crate::debian::RECIPE`]).
+    #[serde(default)]
+    pub recipe: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -313,6 +316,7 @@ impl Store {
             build_secs: None,
             init: None,
             agent_sha256: None,
+            recipe: None,
         };
         st.commit(m)
     }
@@ -499,6 +503,7 @@ mod tests {
             build_secs: None,
             init: None,
             agent_sha256: None,
+            recipe: None,
         }
     }
 
