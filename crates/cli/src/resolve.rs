@@ -287,3 +287,24 @@ pub fn accel(arg: &str) -> Result<(Accel, String)> {
         other => bail!("--accel {other}: use auto, kvm or tcg"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_options() {
+        let s = parse_spec("web").unwrap();
+        assert_eq!(s.image, "web");
+        assert!(!s.cloud_init && s.user_data.is_none());
+        let s = parse_spec("web,cloud-init").unwrap();
+        assert!(s.cloud_init);
+        let s = parse_spec("web,user-data=/tmp/u.yaml").unwrap();
+        assert!(s.cloud_init);
+        assert_eq!(s.user_data.unwrap(), PathBuf::from("/tmp/u.yaml"));
+        let e = parse_spec("web,bogus").err().unwrap().to_string();
+        assert!(e.contains("unknown option 'bogus'"), "{e}");
+        assert!(parse_spec("web,user-data=").is_err());
+        assert_eq!(hostname_of("web_1.a"), "web-1-a");
+    }
+}
