@@ -275,10 +275,54 @@ fn copy_errors_are_clear_and_leave_no_partial_files() {
     }
     assert_eq!(leftover.trim(), "", "partial upload left in the guest");
 
-    // Exec on a stopped VM.
-    ok(&env.run(&["vm", "stop", "t-cperr"]));
+    // The guest goes away mid-download: a clear error, no partial file on the host.
+    ok(&env.run(&[
+        "exec",
+        "t-cperr",
+        "--",
+        "dd",
+        "if=/dev/zero",
+        "of=/tmp/big",
+        "bs=1M",
+        "count=40",
+    ]));
+    let dl = d.path().join("dl");
+    std::fs::create_dir(&dl).unwrap();
+    let child = env
+        .cmd(&["cp", "t-cperr:/tmp/big", dl.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = std::fs::read_to_string(env.run.path().join("vms/t-cperr/vm.pid")).unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", pid.trim()])
+        .status()
+        .unwrap();
+    let out = child
+        .wait_with_output_timeout(Duration::from_secs(60))
+        .expect("cp did not end after the VM died");
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("closed during the download"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&dl).unwrap().count(),
+        0,
+        "partial download left on the host"
+    );
+    env.assert_clean();
     let o = env.run(&["exec", "t-cperr", "--", "true"]);
     assert!(text(&o.stderr).contains("no VM named 't-cperr'"));
+}
+
+#[test]
+fn exec_on_a_stopped_vm_is_a_clear_error() {
+    let env = Env::new();
+    ok(&env.run(&["vm", "run", "-d", "--name", "t-gone"]));
+    ok(&env.run(&["vm", "stop", "t-gone"]));
+    let o = env.run(&["exec", "t-gone", "--", "true"]);
+    assert!(text(&o.stderr).contains("no VM named 't-gone'"));
     env.assert_clean();
 }
 
