@@ -588,6 +588,30 @@ fn bad_images_get_clear_errors_and_leave_nothing() {
         "unknown option 'frobnicate'",
     );
 
+    // A VM whose guest dies before its agent is ready takes its overlay with it (tiny's ext4 is a
+    // raw base in the store; --root disk boots it through an overlay).
+    let vm = unique("kbt-panic");
+    fails_with(
+        &env.run(&[
+            "vm",
+            "run",
+            "-d",
+            "--name",
+            &vm,
+            "--image",
+            "tiny",
+            "--root",
+            "disk",
+            "--cmdline",
+            "init=/nonexistent",
+        ]),
+        "exited before its agent was ready",
+    );
+    assert!(
+        !overlays_root().join(&vm).exists(),
+        "overlay of a failed VM left behind"
+    );
+
     // Nothing left: no image, no staging directory, no VM, no overlay.
     assert!(inspect(&env, &name).is_none());
     assert!(
