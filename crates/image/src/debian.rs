@@ -4,7 +4,8 @@
 //!
 //! What the recipe adds to minbase, and why:
 //! - `systemd-sysv` (init) and `udev` (device units: without it `serial-getty@ttyS0` waits 90 s
-//!   for `dev-ttyS0.device`); `iproute2` (the tools a user expects next to the agent).
+//!   for `dev-ttyS0.device`); `iproute2` and `procps` (the tools a user expects next to the
+//!   agent: ip, ps, free).
 //! - `/usr/local/sbin/kobako-agent` + `kobako-agent.service`, started early (no default
 //!   dependencies) and restarted if it ends; as a non-PID-1 process it only serves the
 //!   virtio-serial port `kobako.agent`.
@@ -29,13 +30,13 @@ use crate::store::{self, ImageKind, Manifest, Store, StoreError};
 use crate::{cache, deps, Progress};
 
 /// Version of the recipe below: images built by an older one are reported as outdated.
-pub const RECIPE: u32 = 2;
+pub const RECIPE: u32 = 3;
 
 /// Debian packages the build needs on the host.
 pub const BUILD_PACKAGES: &[&str] = &["mmdebstrap", "qemu-utils", "e2fsprogs"];
 
 /// Packages every kobako Debian image has on top of minbase.
-pub const BASE_PACKAGES: &[&str] = &["systemd-sysv", "udev", "iproute2"];
+pub const BASE_PACKAGES: &[&str] = &["systemd-sysv", "udev", "iproute2", "procps"];
 
 /// `--with docker`: what Docker in a VM needs.
 pub const DOCKER_PACKAGES: &[&str] = &["docker.io", "iptables", "ca-certificates"];

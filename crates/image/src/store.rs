@@ -281,7 +281,9 @@ impl Store {
                 .and_then(|(_, p)| p.parse::<i32>().ok());
             if let Some(pid) = pid {
                 if !Path::new(&format!("/proc/{pid}")).exists() {
-                    let _ = std::fs::remove_dir_all(e.path());
+                    if let Err(err) = remove_tree(&e.path()) {
+                        tracing::warn!("leaving {}: {err}", e.path().display());
+                    }
                 }
             }
         }
@@ -397,6 +399,43 @@ impl Image {
     }
 }
 
+/// Remove a staging tree safely: a build killed half-way may leave mounts inside it (mmdebstrap
+/// mounts /proc, /sys and /dev into its chroot), and deleting through a /dev bind mount would
+/// delete the host's device nodes. Mounts under `dir` are detached first (deepest first); if one
+/// stays, nothing is removed.
+pub fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    let Ok(canon) = dir.canonicalize() else {
+        return Ok(());
+    };
+    let mounts = || -> Vec<PathBuf> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut v: Vec<PathBuf> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            // mountinfo escapes spaces etc. as \ooo; kobako paths have none.
+            .map(PathBuf::from)
+            .filter(|m| m.starts_with(&canon))
+            .collect();
+        v.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
+        v
+    };
+    for m in mounts() {
+        if let Ok(c) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) {
+            // SAFETY: umount2 with a valid NUL-terminated path; MNT_DETACH has no other
+            // preconditions.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    if let Some(m) = mounts().first() {
+        return Err(std::io::Error::other(format!(
+            "{} is still mounted; unmount it, then remove {}",
+            m.display(),
+            dir.display()
+        )));
+    }
+    std::fs::remove_dir_all(dir)
+}
+
 /// A build or import in progress. Dropped without [`Staging::commit`], it removes everything it
 /// wrote.
 pub struct Staging {
@@ -431,7 +470,7 @@ impl Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         if !self.done {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            let _ = remove_tree(&self.dir);
         }
     }
 }
@@ -572,6 +611,30 @@ mod tests {
         s.remove("a", &[]).unwrap();
         assert!(s.list().unwrap().is_empty());
         assert!(!d.path().join("a").exists());
+    }
+
+    #[test]
+    fn remove_tree_detaches_mounts_first() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root to mount");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let tree = d.path().join("staging");
+        let sub = tree.join("root/dev");
+        std::fs::create_dir_all(&sub).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "none"])
+            .arg(&sub)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        std::fs::write(sub.join("node"), b"x").unwrap();
+        remove_tree(&tree).unwrap();
+        assert!(!tree.exists());
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!info.contains(d.path().to_str().unwrap()));
     }
 
     #[test]
