@@ -250,11 +250,20 @@ impl Lab {
                         Attachment::Network(n) => Some(n.to_string()),
                         Attachment::Link(_) => None,
                     };
+                    let bare_link_end = matches!(i.attach, Attachment::Link(_))
+                        && i.addresses.is_empty()
+                        && !i.mac_explicit
+                        && i.gateway.is_none()
+                        && !i.no_gateway;
                     let default_mtu = match &i.attach {
                         Attachment::Network(n) => self.network(n.as_str()).map_or(1500, |x| x.mtu),
                         Attachment::Link(l) => self.link(l.as_str()).map_or(1500, |x| x.mtu),
                         Attachment::NodeNetwork => 1500,
                     };
+                    if bare_link_end && i.mtu == default_mtu {
+                        // The link declares it.
+                        continue;
+                    }
                     interfaces.insert(
                         i.name.to_string(),
                         RawInterface {

@@ -14,7 +14,7 @@ use std::str::FromStr;
 macro_rules! name_type {
     ($(#[$m:meta])* $t:ident) => {
         $(#[$m])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
         pub struct $t(pub(crate) String);
 
@@ -737,6 +737,11 @@ impl Lab {
         MemMib(self.vms().map(|v| v.memory.0).sum())
     }
 
+    /// Length of every [`Lab::host_ifname`].
+    pub const fn host_ifname_len() -> usize {
+        7 + 8
+    }
+
     /// A host interface name for `key` (a VM interface, a network ...) that fits in 15
     /// bytes: `<lab id>` + 8 hex digits of sha256(key), e.g. `k1a2b3c5f00ba12`.
     pub fn host_ifname(&self, key: &str) -> String {
@@ -785,6 +790,6 @@ mod tests {
         let id = LabId::of(&LabName("shop".into()));
         assert_eq!(id.as_str().len(), 7);
         assert_eq!(id, LabId::of(&LabName("shop".into())));
-        assert!(7 + 8 <= 15);
+        assert!(Lab::host_ifname_len() <= 15);
     }
 }

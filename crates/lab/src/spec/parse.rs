@@ -68,6 +68,7 @@ fn backquoted(msg: &str) -> Vec<&str> {
 pub fn deserialize<T: DeserializeOwned>(src: &Source) -> (Option<T>, Vec<SpecError>) {
     let mut tree = src.root.clone();
     let mut errors = Vec::new();
+    let mut removed: Vec<Path> = Vec::new();
     loop {
         let err = match serde_path_to_error::deserialize::<_, T>(De(&tree)) {
             Ok(v) => return (Some(v), errors),
@@ -132,7 +133,13 @@ pub fn deserialize<T: DeserializeOwned>(src: &Source) -> (Option<T>, Vec<SpecErr
                 },
             )
         };
-        errors.push(e);
+        // A field missing because its bad value was just dropped is not another mistake.
+        let follow_on =
+            e.message.starts_with("missing '") && removed.iter().any(|r| r.parent() == target);
+        if !follow_on {
+            errors.push(e);
+        }
+        removed.push(target.clone());
         if target.is_root() || !tree.remove(&target) {
             return (None, errors);
         }

@@ -21,7 +21,7 @@ fn is_false(b: &bool) -> bool {
 #[serde(deny_unknown_fields)]
 #[schemars(title = "kobako lab file")]
 pub struct RawLab {
-    /// Lab name: lowercase letters, digits and `-`, up to 32 bytes.
+    /// Lab name: lowercase letters, digits and `-`, up to 40 bytes.
     pub name: String,
     /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,6 +123,7 @@ pub struct RawVm {
     pub image: Option<String>,
     /// Virtual CPUs (1 up to the host's CPUs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub vcpus: Option<u32>,
     /// Memory (64M up to the host's memory), e.g. `256M`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -337,6 +338,7 @@ pub struct RawNetwork {
     pub subnet6: Option<String>,
     /// 802.1Q VLAN id (1..4094) of the network's ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4094))]
     pub vlan: Option<u32>,
     /// MTU; default 1500.
     #[serde(default, skip_serializing_if = "Option::is_none")]

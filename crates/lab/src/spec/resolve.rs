@@ -155,7 +155,18 @@ fn load_with_base(
         Ok(labs) if errors.is_empty() => Ok(labs),
         Ok(_) => Err(SpecErrors::sorted(errors)),
         Err(e) => {
-            errors.extend(e.0);
+            // An entry with a structural error was dropped; what its parent then lacks
+            // (an interface "connected to nothing" after `netwrok:`) is a consequence,
+            // not another mistake.
+            let damaged: Vec<(String, Path)> = errors
+                .iter()
+                .filter(|e| !e.path.is_root())
+                .map(|e| (e.file.clone(), e.path.parent()))
+                .collect();
+            errors.extend(
+                e.0.into_iter()
+                    .filter(|x| !damaged.iter().any(|(f, p)| *f == x.file && *p == x.path)),
+            );
             Err(SpecErrors::sorted(errors))
         }
     }
@@ -325,6 +336,7 @@ impl Resolver<'_> {
 
         // Nodes: merge template chains.
         let mut merged: Vec<(String, Origin, MNodeDef)> = Vec::new();
+        let mut broken: HashSet<String> = HashSet::new();
         if raw.nodes.is_empty() {
             let at = self.lab_at(Path::root());
             self.err(
@@ -349,8 +361,11 @@ impl Resolver<'_> {
                 );
             }
             let mut def = MNodeDef::default();
-            self.merge_node(&mut def, rn, &at, &mut Vec::new());
-            if def.vms.is_empty() {
+            let template_ok = self.merge_node(&mut def, rn, &at, &mut Vec::new());
+            if !template_ok {
+                broken.insert(nname.clone());
+            }
+            if def.vms.is_empty() && template_ok {
                 self.err(
                     &at,
                     format!("node '{nname}' has no VMs"),
@@ -364,6 +379,7 @@ impl Resolver<'_> {
             lab: lab_name.clone(),
             networks,
             uplinked,
+            broken,
             ..Default::default()
         };
         // Node networks, VMs and explicit interfaces.
@@ -637,13 +653,15 @@ impl Resolver<'_> {
     }
 
     /// Merges `rn` (at `at`) over `def`: its template first, then its own fields.
+    /// False when a template could not be used (already reported).
     fn merge_node(
         &mut self,
         def: &mut MNodeDef,
         rn: &RawNode,
         at: &Origin,
         chain: &mut Vec<String>,
-    ) {
+    ) -> bool {
+        let mut ok = true;
         if let Some(t) = &rn.template {
             let tat = Origin {
                 src: at.src,
@@ -655,6 +673,7 @@ impl Resolver<'_> {
                     format!("template '{t}' uses itself ({} → {t})", chain.join(" → ")),
                     "remove the `template:` that closes the loop".to_string(),
                 );
+                ok = false;
             } else {
                 match self.template(t) {
                     None => {
@@ -668,15 +687,14 @@ impl Resolver<'_> {
                             ),
                             Some(format!("templates: {}", names.join(", "))),
                         );
+                        ok = false;
                     }
                     Some((src, traw, tpath)) => {
                         chain.push(t.clone());
                         let tat = Origin { src, path: tpath };
-                        self.merge_node(def, &traw, &tat, chain);
+                        ok &= self.merge_node(def, &traw, &tat, chain);
                         chain.pop();
-                        if def.template.is_none() || at.src == 0 {
-                            def.template = Some(t.clone());
-                        }
+                        def.template = Some(t.clone());
                     }
                 }
             }
@@ -742,6 +760,7 @@ impl Resolver<'_> {
             let m = def.vms.entry(vname.clone()).or_default();
             merge_vm(m, rv, &vat);
         }
+        ok
     }
 
     // ---------------------------------------------------------------- nodes and VMs
@@ -1419,6 +1438,9 @@ impl Resolver<'_> {
                 return None;
             }
         };
+        if b.broken.contains(nname) {
+            return None;
+        }
         let Some(ni) = b.nodes.iter().position(|n| n.name.0 == nname) else {
             self.err(
                 at,
@@ -2024,6 +2046,9 @@ impl Resolver<'_> {
                 );
                 continue;
             };
+            if b.broken.contains(nname) {
+                continue;
+            }
             let Some(node) = b.nodes.iter().find(|n| n.name.0 == nname) else {
                 self.err(
                     &at,
@@ -2295,12 +2320,8 @@ struct Build {
     nodes: Vec<BNode>,
     links: Vec<(Link, Origin)>,
     used_endpoints: HashMap<(usize, usize, String), Origin>,
-}
-
-impl Default for LabName {
-    fn default() -> Self {
-        LabName(String::new())
-    }
+    /// Nodes whose template failed: references to their VMs are not reported again.
+    broken: HashSet<String>,
 }
 
 struct BNode {

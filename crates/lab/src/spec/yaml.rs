@@ -325,7 +325,9 @@ impl MarkedEventReceiver for Builder {
             Event::MappingEnd => {
                 self.segs.pop();
                 if let Some(Frame::Map(entries, _, m, anchor)) = self.stack.pop() {
-                    let p = pos(&m);
+                    // A block mapping's start marker is where the parser noticed it; its
+                    // first key is where a reader sees it.
+                    let p = entries.first().map_or(pos(&m), |(_, n)| n.key_pos);
                     self.push_value(
                         MNode {
                             kind: MKind::Map(entries),
