@@ -821,3 +821,61 @@ publish: [\"8080:web.api:80\"]
     assert_eq!(labs[1].publish[0].host_port, 8081);
     assert_eq!(labs[1].copy.as_ref().unwrap().name, "bob");
 }
+
+#[test]
+fn bad_image_and_kernel_names() {
+    let e = errors(
+        "name: shop
+defaults: { kernel: latest }
+nodes:
+  web:
+    vms:
+      api: { image: Debian Web }
+",
+    );
+    let x = find(
+        &e,
+        "image 'Debian Web' must start with a lowercase letter or digit",
+        6,
+        22,
+        "nodes.web.vms.api.image",
+    );
+    assert!(x.fix.unwrap().contains("kobako image ls"));
+    find(
+        &e,
+        "kernel 'latest' is neither `default` nor a path",
+        2,
+        21,
+        "defaults.kernel",
+    );
+}
+
+#[test]
+fn host_files_are_taken_relative_to_the_lab_file() {
+    let dir = std::env::temp_dir().join(format!("kobako-lab-spec-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("conf")).unwrap();
+    let file = dir.join("lab.yaml");
+    std::fs::write(
+        &file,
+        "name: files\nnodes:\n  n:\n    vms:\n      v:\n        files:\n          /etc/app.conf: conf/app.conf\n          /usr/local/bin/go: { content: \"#!/bin/sh\\necho hi\\n\", mode: \"0755\" }\n",
+    )
+    .unwrap();
+    let lab = spec::load_file(&file, &host()).unwrap().remove(0);
+    let v = lab.vms().next().unwrap();
+    let base = std::fs::canonicalize(&dir).unwrap();
+    assert_eq!(
+        v.files[0].source,
+        spec::FileSource::Host(base.join("conf/app.conf"))
+    );
+    assert_eq!(v.files[0].mode, 0o644);
+    assert_eq!(
+        v.files[1].source,
+        spec::FileSource::Inline("#!/bin/sh\necho hi\n".into())
+    );
+    assert_eq!(v.files[1].mode, 0o755);
+    let missing = spec::load_file(&dir.join("nope.yaml"), &host()).unwrap_err();
+    assert!(missing.errors()[0]
+        .message
+        .starts_with("cannot read the lab file"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -4,10 +4,8 @@
 use kobako_lab::spec;
 use std::path::PathBuf;
 
-#[test]
-fn schema_file_is_current() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schema/lab.schema.json");
-    let want = spec::json_schema();
+fn check(file: &str, want: String) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(file);
     let have = std::fs::read_to_string(&path).unwrap_or_default();
     if have != want {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -17,6 +15,12 @@ fn schema_file_is_current() {
             path.display()
         );
     }
+}
+
+#[test]
+fn schema_files_are_current() {
+    check("schema/lab.schema.json", spec::json_schema());
+    check("schema/template.schema.json", spec::template_json_schema());
 }
 
 #[test]

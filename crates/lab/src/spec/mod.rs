@@ -40,3 +40,11 @@ pub fn json_schema() -> String {
     s.push('\n');
     s
 }
+
+/// The JSON Schema of node template files (`templates/*.yaml`; `schema/template.schema.json`).
+pub fn template_json_schema() -> String {
+    let schema = schemars::schema_for!(raw::RawNode);
+    let mut s = serde_json::to_string_pretty(&schema).expect("schema serializes");
+    s.push('\n');
+    s
+}

@@ -956,6 +956,29 @@ impl Resolver<'_> {
             .map(|o| o.v.clone())
             .or(d.kernel.clone())
             .unwrap_or_else(|| "default".into());
+        let image_at = m
+            .image
+            .as_ref()
+            .map_or_else(|| self.lab_at(p("defaults.image")), |o| o.at.clone());
+        if let Err(why) = check_image(&image) {
+            self.err(
+                &image_at,
+                format!("image '{image}' {why}"),
+                "name an image of the store (`kobako image ls`: tiny, debian-web ...) or give a path with '/'"
+                    .to_string(),
+            );
+        }
+        let kernel_at = m
+            .kernel
+            .as_ref()
+            .map_or_else(|| self.lab_at(p("defaults.kernel")), |o| o.at.clone());
+        if kernel != "default" && !kernel.contains('/') {
+            self.err(
+                &kernel_at,
+                format!("kernel '{kernel}' is neither `default` nor a path"),
+                "write `default`, or a path to a vmlinux/bzImage like ./vmlinux".to_string(),
+            );
+        }
 
         let mut interfaces = Vec::new();
         let mut iface_at = Vec::new();
@@ -2200,6 +2223,27 @@ impl Resolver<'_> {
                 "give the VMs less memory or use fewer VMs".to_string(),
             );
         }
+    }
+}
+
+/// An image of the store (`[a-z0-9][a-z0-9._-]*`, at most 64 bytes, as `kobako image`
+/// names them) or a path (anything with a '/').
+fn check_image(s: &str) -> Result<(), String> {
+    if s.contains('/') {
+        return Ok(());
+    }
+    if s.is_empty() || s.len() > 64 {
+        return Err("must be 1 to 64 bytes".into());
+    }
+    if !s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+        return Err("must start with a lowercase letter or digit".into());
+    }
+    match s
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(*c)))
+    {
+        Some(c) => Err(format!("contains '{c}'")),
+        None => Ok(()),
     }
 }
 
