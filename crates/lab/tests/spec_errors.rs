@@ -837,7 +837,7 @@ nodes:
         &e,
         "image 'Debian Web' must start with a lowercase letter or digit",
         6,
-        22,
+        21,
         "nodes.web.vms.api.image",
     );
     assert!(x.fix.unwrap().contains("kobako image ls"));
