@@ -764,3 +764,64 @@ fn config_file_with_api_starts_at_once() {
     assert_eq!(out.status.code(), Some(kobako_vmm::EXIT_BAD_CONFIGURATION));
     assert!(String::from_utf8_lossy(&out.stderr).contains("\"balloon\" section is not supported"));
 }
+
+#[test]
+fn expect_100_continue_and_keep_alive() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let _child = spawn_api(&sock, &[]);
+    let s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let body = r#"{"vcpu_count": 2, "mem_size_mib": 256}"#;
+    // curl sends bodies over 1 KiB like this: headers first, body after "100 Continue".
+    write!(
+        w,
+        "PUT /machine-config HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "HTTP/1.1 100 Continue\r\n");
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "\r\n");
+    w.write_all(body.as_bytes()).unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "HTTP/1.1 204 No Content\r\n");
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    // Same connection, next request.
+    w.write_all(b"GET /machine-config HTTP/1.1\r\n\r\n")
+        .unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert_eq!(line, "HTTP/1.1 200 OK\r\n");
+    let mut len = 0;
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        if let Some(v) = line.strip_prefix("Content-Length: ") {
+            len = v.trim().parse().unwrap();
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut buf = vec![0u8; len];
+    std::io::Read::read_exact(&mut r, &mut buf).unwrap();
+    let mc = json(std::str::from_utf8(&buf).unwrap());
+    assert_eq!(
+        (mc["vcpu_count"].as_u64(), mc["mem_size_mib"].as_u64()),
+        (Some(2), Some(256))
+    );
+}

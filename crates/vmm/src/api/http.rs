@@ -96,6 +96,9 @@ impl Response {
 pub enum Parse {
     /// Need more bytes.
     Incomplete,
+    /// Headers complete with `Expect: 100-continue` and the body still missing: the client
+    /// (curl does this for bodies over 1 KiB) waits for `100 Continue` before sending it.
+    NeedContinue,
     /// A request and how many bytes it used.
     Done(Request, usize),
     /// Unparseable: answer this and close.
@@ -130,6 +133,7 @@ pub fn parse(buf: &[u8]) -> Parse {
     }
     let mut content_length = 0usize;
     let mut close = version == "HTTP/1.0";
+    let mut expect_continue = false;
     for l in lines {
         let Some((name, value)) = l.split_once(':') else {
             return Parse::Bad(Response::fault(400, "Invalid HTTP header."));
@@ -143,6 +147,7 @@ pub fn parse(buf: &[u8]) -> Parse {
             "transfer-encoding" => {
                 return Parse::Bad(Response::fault(501, "Transfer-Encoding is not supported."))
             }
+            "expect" => expect_continue = value.eq_ignore_ascii_case("100-continue"),
             "connection" => {
                 if value.eq_ignore_ascii_case("close") {
                     close = true;
@@ -161,6 +166,9 @@ pub fn parse(buf: &[u8]) -> Parse {
     }
     let total = end + 4 + content_length;
     if buf.len() < total {
+        if expect_continue && buf.len() == end + 4 {
+            return Parse::NeedContinue;
+        }
         return Parse::Incomplete;
     }
     // Strip a query string; the API has none.
@@ -179,6 +187,8 @@ pub fn parse(buf: &[u8]) -> Parse {
 struct Conn {
     stream: UnixStream,
     buf: Vec<u8>,
+    /// `100 Continue` already sent for the request at the front of `buf`.
+    continued: bool,
 }
 
 const LISTENER: u64 = u64::MAX;
@@ -224,6 +234,7 @@ pub fn serve(
                             Conn {
                                 stream: s,
                                 buf: Vec::new(),
+                                continued: false,
                             },
                         );
                     }
@@ -281,12 +292,23 @@ fn service(c: &mut Conn, handle: &mut impl FnMut(Request) -> Response) -> bool {
     loop {
         match parse(&c.buf) {
             Parse::Incomplete => break,
+            Parse::NeedContinue => {
+                if !c.continued {
+                    c.continued = true;
+                    if write_all_blocking(&mut c.stream, b"HTTP/1.1 100 Continue\r\n\r\n").is_err()
+                    {
+                        return false;
+                    }
+                }
+                break;
+            }
             Parse::Bad(resp) => {
                 let _ = write_all_blocking(&mut c.stream, &resp.to_bytes(true));
                 return false;
             }
             Parse::Done(req, used) => {
                 c.buf.drain(..used);
+                c.continued = false;
                 let close = req.close;
                 let resp = handle(req);
                 if write_all_blocking(&mut c.stream, &resp.to_bytes(close)).is_err() || close {
@@ -324,6 +346,14 @@ mod tests {
         assert!(matches!(
             parse(b"PUT / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"),
             Parse::Bad(Response { status: 413, .. })
+        ));
+        assert_eq!(
+            parse(b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"),
+            Parse::NeedContinue
+        );
+        assert!(matches!(
+            parse(b"PUT /x HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n{}"),
+            Parse::Done(..)
         ));
         let bytes = Response::no_content().to_bytes(false);
         assert!(bytes.starts_with(b"HTTP/1.1 204 No Content\r\n"));
