@@ -175,6 +175,22 @@ fn by_mac(mac: &str) -> Result<String, String> {
     Err(format!("no interface with MAC {mac} in the guest"))
 }
 
+fn rename(nl: &mut Nl, from: &str, to: &str) -> Result<(), String> {
+    if to.is_empty() || to.len() > 15 {
+        return Err(format!("interface name '{to}': 1 to 15 bytes"));
+    }
+    let idx = ifindex(from)?;
+    // A link must be down to be renamed.
+    nl.request(RTM_NEWLINK, 0, &ifinfomsg(idx, 0, libc::IFF_UP as u32))
+        .map_err(|e| format!("{from}: down: {e}"))?;
+    let mut b = ifinfomsg(idx, 0, 0);
+    let mut n = to.as_bytes().to_vec();
+    n.push(0);
+    attr(&mut b, IFLA_IFNAME, &n);
+    nl.request(RTM_NEWLINK, 0, &b)
+        .map_err(|e| format!("{from}: rename to {to}: {e}"))
+}
+
 fn ifinfomsg(index: u32, flags: u32, change: u32) -> Vec<u8> {
     let mut b = vec![libc::AF_UNSPEC as u8, 0];
     b.extend_from_slice(&0u16.to_ne_bytes()); // type
@@ -193,18 +209,7 @@ fn configure_iface(nl: &mut Nl, c: &IfaceConfig) -> Result<String, String> {
     let idx = ifindex(&name)?;
     if let Some(new) = &c.rename {
         if new != &name {
-            if new.is_empty() || new.len() > 15 {
-                return Err(format!("interface name '{new}': 1 to 15 bytes"));
-            }
-            // A link must be down to be renamed.
-            nl.request(RTM_NEWLINK, 0, &ifinfomsg(idx, 0, libc::IFF_UP as u32))
-                .map_err(|e| format!("{name}: down: {e}"))?;
-            let mut b = ifinfomsg(idx, 0, 0);
-            let mut n = new.as_bytes().to_vec();
-            n.push(0);
-            attr(&mut b, IFLA_IFNAME, &n);
-            nl.request(RTM_NEWLINK, 0, &b)
-                .map_err(|e| format!("{name}: rename to {new}: {e}"))?;
+            rename(nl, &name, new)?;
             name = new.clone();
         }
     }
@@ -297,7 +302,27 @@ pub fn apply(cfg: &NetConfig) -> Result<(), String> {
         crate::init::set_hostname(h);
     }
     let mut nl = Nl::open()?;
-    for i in &cfg.interfaces {
+    // Renames can collide (eth0 -> eth1 while eth1 -> eth2): move every interface that gets a
+    // new name to a temporary name first, then configure each under its final name.
+    let mut ifaces = cfg.interfaces.clone();
+    for (n, i) in ifaces.iter_mut().enumerate() {
+        let Some(new) = i.rename.clone() else {
+            continue;
+        };
+        let cur = if i.name.is_empty() {
+            by_mac(i.mac.as_deref().ok_or("interface without name or mac")?)?
+        } else {
+            i.name.clone()
+        };
+        if cur != new {
+            let tmp = format!("kbtmp{n}");
+            rename(&mut nl, &cur, &tmp)?;
+            i.name = tmp;
+        } else {
+            i.name = cur;
+        }
+    }
+    for i in &ifaces {
         configure_iface(&mut nl, i)?;
     }
     for r in &cfg.routes {

@@ -6,6 +6,7 @@ mod bench;
 mod console;
 mod guest_cmd;
 mod image_cmd;
+mod lab_cmd;
 mod resolve;
 mod vm_cmd;
 
@@ -33,6 +34,25 @@ enum Cmd {
     /// Run and manage single microVMs.
     #[command(subcommand)]
     Vm(vm_cmd::VmCmd),
+    /// Bring up the labs of a lab file (or converge them).
+    Up {
+        file: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take a lab down: its VMs, network and state.
+    Down { name: String },
+    /// List labs.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a lab: nodes, VMs, interfaces, links.
+    Inspect {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a command in a VM; exits with its status (-i forwards stdin, -t uses a terminal).
     Exec(guest_cmd::ExecArgs),
     /// An interactive shell in a VM.
@@ -88,6 +108,10 @@ fn main() {
                     Cmd::Bench(BenchCmd::Boot(a)) => bench::boot(a).await,
                     Cmd::Bench(BenchCmd::Node(a)) => bench::node(a).await,
                     Cmd::Exec(a) => guest_cmd::exec(a).await,
+                    Cmd::Up { file, json } => lab_cmd::up(&file, json).await,
+                    Cmd::Down { name } => lab_cmd::down(&name).await,
+                    Cmd::Ls { json } => lab_cmd::ls(json),
+                    Cmd::Inspect { name, json } => lab_cmd::inspect(&name, json),
                     Cmd::Shell { vm, user } => guest_cmd::shell(&vm, user).await,
                     Cmd::Cp { src, dst } => guest_cmd::cp(&src, &dst).await,
                     Cmd::Image(_) => unreachable!("handled above"),
