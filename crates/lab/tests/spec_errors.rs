@@ -879,3 +879,73 @@ fn host_files_are_taken_relative_to_the_lab_file() {
         .starts_with("cannot read the lab file"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_design_example_resolves() {
+    // shared/DESIGN.md §4, with the router's link interface.
+    let lab = ok("name: shop
+defaults: { image: tiny, vcpus: 1, memory: 128M }
+nodes:                          # a node = 1..N microVMs sharing a node-internal network
+  web:
+    vms:
+      api:    { image: debian, memory: 256M, run: [\"python3 -m http.server 8080\"] }
+      cache:  { image: debian }
+      logger: {}
+  edge:
+    template: router-vpn-ids    # reusable node definitions
+networks:
+  lan: { subnet: 10.10.0.0/24, vlan: 10 }
+links:
+  - endpoints: [\"web.api:eth1\", \"edge.router:eth1\"]
+    impair: { delay: 20ms, jitter: 5ms, loss: 1% }
+");
+    assert_eq!(lab.nodes.len(), 2);
+    assert_eq!(
+        lab.links.len(),
+        2,
+        "the lab link and the template's mirror link"
+    );
+    let api = lab.find_vm("web.api").unwrap();
+    assert_eq!(api.services[0].command, "python3 -m http.server 8080");
+    assert_eq!(
+        lab.find_vm("web.ap").unwrap_err(),
+        "node 'web' has no VM 'ap' (did you mean 'api'?)"
+    );
+    assert!(lab
+        .find_vm("wbe.api")
+        .unwrap_err()
+        .contains("did you mean 'web'"));
+}
+
+#[test]
+fn ipv6_subnets_assign_and_check() {
+    let lab = ok("name: six
+nodes:
+  n:
+    vms:
+      a: { interfaces: { eth1: { network: lan } } }
+      b: { interfaces: { eth1: { network: lan, addresses: [10.0.0.9/24, \"fd00:1::9/64\"] } } }
+networks:
+  lan: { subnet: 10.0.0.0/24, subnet6: \"fd00:1::/64\" }
+");
+    let a = lab.find_vm("n.a").unwrap().interface("eth1").unwrap();
+    let got: Vec<String> = a.addresses.iter().map(|c| c.to_string()).collect();
+    assert_eq!(got, ["10.0.0.2/24", "fd00:1::2/64"]);
+    let e = errors(
+        "name: six
+nodes:
+  n:
+    vms:
+      a: { interfaces: { eth1: { network: lan, addresses: [\"fd00:2::1/64\"] } } }
+networks:
+  lan: { subnet: 10.0.0.0/24, subnet6: \"fd00:1::/64\" }
+",
+    );
+    find(
+        &e,
+        "address fd00:2::1 is outside the subnet fd00:1::/64",
+        5,
+        60,
+        "nodes.n.vms.a.interfaces.eth1.addresses[0]",
+    );
+}

@@ -261,7 +261,8 @@ impl Lab {
                         Attachment::NodeNetwork => 1500,
                     };
                     if bare_link_end && i.mtu == default_mtu {
-                        // The link declares it.
+                        // The link declares it; `{}` keeps the interface order.
+                        interfaces.insert(i.name.to_string(), RawInterface::default());
                         continue;
                     }
                     interfaces.insert(

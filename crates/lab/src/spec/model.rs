@@ -124,6 +124,22 @@ pub struct VmRef {
     pub vm: VmName,
 }
 
+impl FromStr for VmRef {
+    type Err = String;
+    /// Parses `node.vm` (names checked).
+    fn from_str(s: &str) -> Result<VmRef, String> {
+        let (n, v) = s
+            .split_once('.')
+            .ok_or_else(|| format!("'{s}' is not NODE.VM (e.g. web.api)"))?;
+        check_name(n, 32, false).map_err(|why| format!("node name '{n}' {why}"))?;
+        check_name(v, 32, false).map_err(|why| format!("VM name '{v}' {why}"))?;
+        Ok(VmRef {
+            node: NodeName(n.to_string()),
+            vm: VmName(v.to_string()),
+        })
+    }
+}
+
 impl fmt::Display for VmRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.node, self.vm)
@@ -715,6 +731,29 @@ impl Lab {
             .vms
             .iter()
             .find(|v| v.id.vm == r.vm)
+    }
+
+    /// The VM named `node.vm` (as users type it), or a message saying what is wrong with a
+    /// did-you-mean (for `kobako exec web.ap`).
+    pub fn find_vm(&self, s: &str) -> Result<&Vm, String> {
+        use super::error::suggest;
+        let r: VmRef = s.parse()?;
+        let Some(n) = self.node(r.node.as_str()) else {
+            return Err(format!(
+                "lab '{}' has no node '{}'{}",
+                self.name,
+                r.node,
+                suggest(r.node.as_str(), self.nodes.iter().map(|n| n.name.as_str()))
+            ));
+        };
+        n.vms.iter().find(|v| v.id.vm == r.vm).ok_or_else(|| {
+            format!(
+                "node '{}' has no VM '{}'{}",
+                r.node,
+                r.vm,
+                suggest(r.vm.as_str(), n.vms.iter().map(|v| v.id.vm.as_str()))
+            )
+        })
     }
 
     /// Every VM, node by node.
