@@ -1,9 +1,9 @@
 //! Real-guest tests of the image store: Debian bases with per-VM qcow2 overlays, cloud-init
 //! NoCloud seeds, imported tarballs and OCI layouts, and bad input.
 //!
-//! The Debian image `kbt-debian` (minbase + systemd + agent + cloud-init) is built once per
-//! machine into the machine's store (`kobako image rm kbt-debian` forces a rebuild); imported
-//! images get per-run names and are removed. Each test has its own `KOBAKO_RUN`. Tests that boot
+//! The Debian images `kbt-debian-<agent>` (minbase + systemd + agent + cloud-init) and
+//! `kbt-docker-<agent>` are built once per machine and agent into the machine's store (see
+//! `cached_image`); imported images get per-run names and are removed. Each test has its own `KOBAKO_RUN`. Tests that boot
 //! guests take a lock so that at most one Debian guest runs at a time under TCG.
 
 use std::path::{Path, PathBuf};
@@ -141,36 +141,68 @@ fn sha256(p: &Path) -> String {
         .to_string()
 }
 
-/// A Debian image kept in the machine's store, built when missing or when it holds an older
-/// agent than this kobako would install.
-fn cached_image(env: &Env, name: &str, build: &[&str]) -> serde_json::Value {
-    let current = inspect(env, name).map(|i| i["agent_current"] == true);
-    if current == Some(false) {
-        // Built with another agent (the protocol may have changed): rebuild.
-        ok(&env.run(&["image", "rm", name]));
+/// The agent binary this kobako installs into images (as `tiny::find_agent` finds it).
+fn agent_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("KOBAKO_AGENT") {
+        return PathBuf::from(p);
     }
-    if current != Some(true) {
+    let dir = Path::new(KOBAKO).parent().unwrap();
+    [
+        dir.join("kobako-agent"),
+        dir.join("../x86_64-unknown-linux-gnu/agent/kobako-agent"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .expect("the static kobako-agent is built (scripts/build.sh)")
+}
+
+/// A Debian image kept in the machine's store, built when missing. Its name carries the agent's
+/// checksum, so test runs with different agents (other checkouts on the same machine) never
+/// rebuild or remove each other's images; an image built by an older recipe is rebuilt.
+fn cached_image(env: &Env, base: &str, build: &[&str]) -> (String, serde_json::Value) {
+    let name = format!("{base}-{}", &sha256(&agent_path())[..10]);
+    if inspect(env, &name).is_some_and(|i| i["agent_current"] != true) {
+        let _ = env.run(&["image", "rm", &name]);
+    }
+    if inspect(env, &name).is_none() {
         let t = std::time::Instant::now();
-        let mut args = vec!["image", "build", "debian", "--name", name];
+        let mut args = vec!["image", "build", "debian", "--name", &name];
         args.extend_from_slice(build);
         let o = env.run(&args);
-        ok(&o);
+        // Another test run may have built it meanwhile (builds are serialised per machine).
+        if !text(&o.stderr).contains("already exists") {
+            ok(&o);
+        }
         eprintln!(
             "built {name} in {:.0} s:\n{}",
             t.elapsed().as_secs_f64(),
             text(&o.stderr)
         );
+        // Best effort: drop this image's predecessors (refused while a VM uses them).
+        let ls = ok(&env.run(&["image", "ls", "--json"]));
+        let ls: serde_json::Value = serde_json::from_str(&ls).unwrap();
+        for i in ls.as_array().unwrap() {
+            let n = i["name"].as_str().unwrap();
+            let old = n
+                .strip_prefix(base)
+                .is_some_and(|r| r.starts_with('-') && r.len() == 11);
+            if old && n != name {
+                let _ = env.run(&["image", "rm", n]);
+            }
+        }
     }
-    inspect(env, name).expect("the image is in the store")
+    let img = inspect(env, &name).expect("the image is in the store");
+    (name, img)
 }
 
-/// The shared Debian image (with cloud-init), built once per machine.
-fn debian(env: &Env) -> serde_json::Value {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        cached_image(env, DEBIAN, &["--packages", "cloud-init"]);
-    });
-    inspect(env, DEBIAN).expect("the Debian image is in the store")
+/// The shared Debian image (with cloud-init), built once per machine: (name, manifest).
+fn debian(env: &Env) -> (String, serde_json::Value) {
+    static BUILT: OnceLock<String> = OnceLock::new();
+    let name = BUILT.get_or_init(|| cached_image(env, DEBIAN, &["--packages", "cloud-init"]).0);
+    (
+        name.clone(),
+        inspect(env, name).expect("the Debian image is in the store"),
+    )
 }
 
 fn overlays_root() -> PathBuf {
@@ -188,7 +220,7 @@ fn unique(prefix: &str) -> String {
 fn two_vms_on_one_debian_base_write_to_their_own_overlays() {
     let _s = serial();
     let env = Env::new();
-    let img = debian(&env);
+    let (image, img) = debian(&env);
     let base = PathBuf::from(img["path"].as_str().unwrap());
     let before = sha256(&base);
     assert_eq!(
@@ -199,14 +231,14 @@ fn two_vms_on_one_debian_base_write_to_their_own_overlays() {
 
     let (a, b) = (unique("kbt-ov-a"), unique("kbt-ov-b"));
     let t = std::time::Instant::now();
-    let ra = run_detached(&env, &a, &["--image", DEBIAN, "--memory", "512M"]);
+    let ra = run_detached(&env, &a, &["--image", &image, "--memory", "512M"]);
     eprintln!(
         "debian boot: agent ready in {} ms (guest {} ms), vm run took {:.1} s",
         ra["ready_ms"],
         ra["guest_ready_ms"],
         t.elapsed().as_secs_f64()
     );
-    run_detached(&env, &b, &["--image", DEBIAN, "--memory", "512M"]);
+    run_detached(&env, &b, &["--image", &image, "--memory", "512M"]);
     ok(&exec(
         &env,
         &a,
@@ -230,8 +262,8 @@ fn two_vms_on_one_debian_base_write_to_their_own_overlays() {
     let ov_b = overlays_root().join(&b).join("root.qcow2");
     assert!(ov_a.is_file() && ov_b.is_file());
     // In use: the image cannot be removed.
-    fails_with(&env.run(&["image", "rm", DEBIAN]), "is used by VM(s)");
-    let used = inspect(&env, DEBIAN).unwrap()["used_by"].clone();
+    fails_with(&env.run(&["image", "rm", &image]), "is used by VM(s)");
+    let used = inspect(&env, &image).unwrap()["used_by"].clone();
     assert!(used.as_array().unwrap().len() >= 2, "{used}");
 
     // Keep a second name for each overlay so it can be checked after QEMU closed it cleanly.
@@ -282,7 +314,7 @@ fn two_vms_on_one_debian_base_write_to_their_own_overlays() {
 fn debian_with_cloud_init_gets_hostname_and_runcmd_from_the_seed() {
     let _s = serial();
     let env = Env::new();
-    let img = debian(&env);
+    let (image, img) = debian(&env);
     assert_eq!(img["cloud_init"], true);
     let d = tempfile::tempdir().unwrap();
     let ud = d.path().join("user-data");
@@ -292,7 +324,7 @@ fn debian_with_cloud_init_gets_hostname_and_runcmd_from_the_seed() {
     )
     .unwrap();
     let vm = unique("kbt-ci");
-    let spec = format!("{DEBIAN},user-data={}", ud.display());
+    let spec = format!("{image},user-data={}", ud.display());
     run_detached(&env, &vm, &["--image", &spec, "--memory", "512M"]);
     let seed = overlays_root().join(&vm).join("seed.iso");
     assert!(seed.is_file());
@@ -471,6 +503,30 @@ fn imported_tarball_and_oci_layout_boot_and_exec_works() {
     assert_eq!(text(&o.stdout), "out\n");
     ok(&env.run(&["vm", "stop", &vm]));
 
+    // The other compressions import the same tree.
+    for (flags, ext) in [("--zstd", "tar.zst"), ("--xz", "tar.xz")] {
+        let f = work.path().join(format!("rootfs.{ext}"));
+        let st = Command::new("tar")
+            .args([
+                "-c",
+                flags,
+                "-f",
+                f.to_str().unwrap(),
+                "--numeric-owner",
+                "-C",
+            ])
+            .arg(&tree)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let n = unique(&format!("kbt-imp-{}", &ext[4..]));
+        env.images.push(n.clone());
+        ok(&env.run(&["image", "import", f.to_str().unwrap(), "--name", &n]));
+        assert_eq!(inspect(&env, &n).unwrap()["kind"], "imported");
+        ok(&env.run(&["image", "rm", &n]));
+    }
+
     // An OCI layout with a whiteout and an opaque directory.
     let (layout, _) = oci_layout(work.path());
     let oname = unique("kbt-imp-oci");
@@ -627,15 +683,15 @@ fn bad_images_get_clear_errors_and_leave_nothing() {
 fn docker_in_a_vm_runs_a_container_from_an_imported_tarball() {
     let _s = serial();
     let env = Env::new();
-    let img = cached_image(&env, "kbt-docker", &["--with", "docker"]);
+    let (image, img) = cached_image(&env, "kbt-docker", &["--with", "docker"]);
     eprintln!(
-        "kbt-docker: {:.0} MiB qcow2, built in {} s",
+        "{image}: {:.0} MiB qcow2, built in {} s",
         img["size"].as_f64().unwrap() / 1048576.0,
         img["build_secs"]
     );
     let vm = unique("kbt-dock");
     let t = std::time::Instant::now();
-    run_detached(&env, &vm, &["--image", "kbt-docker", "--memory", "1G"]);
+    run_detached(&env, &vm, &["--image", &image, "--memory", "1G"]);
     let ready = t.elapsed().as_secs_f64();
     let o = exec(
         &env,

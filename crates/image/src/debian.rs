@@ -120,11 +120,14 @@ pub fn build(
     let t0 = Instant::now();
     let packages = opts.all_packages()?;
     deps::ensure(BUILD_PACKAGES, progress)?;
+    let apt_cache = cache::root().join("apt");
+    std::fs::create_dir_all(&apt_cache).map_err(disk::io("create the apt cache"))?;
+    // One Debian build at a time per machine: the apt cache is synced in and out by each build,
+    // and two builds of one name would race to publish it.
+    let _lock = cache::lock(&apt_cache.join(".lock")).map_err(disk::io("lock the apt cache"))?;
     store.sweep();
     let st = store.begin(&opts.name)?;
     let root = st.dir.join("root");
-    let apt_cache = cache::root().join("apt");
-    std::fs::create_dir_all(&apt_cache).map_err(disk::io("create the apt cache"))?;
 
     progress.step(&format!(
         "debian: mmdebstrap {} minbase + {} (apt cache {})",
