@@ -63,6 +63,12 @@ enum Cmd {
     },
     /// Copy files or directories between the host and a VM: `cp SRC VM:DST` or `cp VM:SRC DST`.
     Cp { src: String, dst: String },
+    /// The own KVM VMM, one process per microVM, configured through a Firecracker-compatible API
+    /// (`kobako vmm --api-sock PATH` or `--config-file FILE --no-api`; `kobako vmm --help`).
+    Vmm {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -77,6 +83,12 @@ enum BenchCmd {
 }
 
 fn main() {
+    // `kobako vmm ...` is the own VMM, with Firecracker's command line (its own parser, no async
+    // runtime): hand it the arguments untouched.
+    let rest: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if rest.first().is_some_and(|a| a == "vmm") {
+        std::process::exit(kobako_vmm::main_with_args(rest[1..].to_vec()));
+    }
     let cli = Cli::parse();
     // The supervisor is a small synchronous process: no async runtime, no logging setup.
     if let Cmd::Vm(vm_cmd::VmCmd::Supervise { dir }) = &cli.cmd {
@@ -114,7 +126,7 @@ fn main() {
                     Cmd::Inspect { name, json } => lab_cmd::inspect(&name, json),
                     Cmd::Shell { vm, user } => guest_cmd::shell(&vm, user).await,
                     Cmd::Cp { src, dst } => guest_cmd::cp(&src, &dst).await,
-                    Cmd::Image(_) => unreachable!("handled above"),
+                    Cmd::Image(_) | Cmd::Vmm { .. } => unreachable!("handled above"),
                 }
             })
         }

@@ -227,3 +227,14 @@ fn reboot_inside_the_guest_restarts_the_vm() {
     ok(&env.run(&["vm", "stop", "t-reboot"]));
     env.assert_clean();
 }
+
+#[test]
+fn kobako_vmm_is_the_own_vmm() {
+    let env = Env::new();
+    let out = ok(&env.run(&["vmm", "--version"]));
+    assert!(out.contains("kobako-vmm"), "{out}");
+    // Its own argument errors, not clap's.
+    let o = env.run(&["vmm", "--bogus"]);
+    assert!(!o.status.success());
+    assert!(text(&o.stderr).contains("--bogus"), "{}", text(&o.stderr));
+}
