@@ -1,5 +1,5 @@
 //! Raw types: the lab file exactly as written (serde, `deny_unknown_fields`). Names, addresses
-//! and references stay strings here; [`super::resolve`] checks them with positions. Values
+//! and references stay strings here; [`mod@super::resolve`] checks them with positions. Values
 //! with units are parsed here ([`MemMib`], [`Micros`], [`Percent`], [`BitRate`]).
 //!
 //! The JSON Schema of lab files (`schema/lab.schema.json`) is generated from these types.
