@@ -173,3 +173,15 @@ pub fn inspect(name: &str, json: bool) -> Result<i32> {
     }
     Ok(0)
 }
+
+/// `kobako link LAB LINK up|down`.
+pub fn link(lab: &str, link: &str, state: &str) -> Result<i32> {
+    let up = match state {
+        "up" => true,
+        "down" => false,
+        other => bail!("link state '{other}': use up or down"),
+    };
+    controller::set_link_state(lab, link, up)?;
+    eprintln!("lab {lab}: link {link} {state}");
+    Ok(0)
+}

@@ -53,6 +53,13 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Cut (down) or heal (up) a link of a running lab.
+    Link {
+        lab: String,
+        link: String,
+        /// up or down
+        state: String,
+    },
     /// Run a command in a VM; exits with its status (-i forwards stdin, -t uses a terminal).
     Exec(guest_cmd::ExecArgs),
     /// An interactive shell in a VM.
@@ -122,6 +129,7 @@ fn main() {
                     Cmd::Exec(a) => guest_cmd::exec(a).await,
                     Cmd::Up { file, json } => lab_cmd::up(&file, json).await,
                     Cmd::Down { name } => lab_cmd::down(&name).await,
+                    Cmd::Link { lab, link, state } => lab_cmd::link(&lab, &link, &state),
                     Cmd::Ls { json } => lab_cmd::ls(json),
                     Cmd::Inspect { name, json } => lab_cmd::inspect(&name, json),
                     Cmd::Shell { vm, user } => guest_cmd::shell(&vm, user).await,

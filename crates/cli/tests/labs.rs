@@ -172,3 +172,69 @@ fn a_bad_lab_file_starts_nothing() {
     assert!(!netns_exists("kb-kbt-bad"));
     env.assert_clean();
 }
+
+#[test]
+fn link_down_cuts_traffic_and_up_heals_it() {
+    let env = Env::new();
+    let state = tempfile::tempdir().unwrap();
+    let p = env.run.path().join("link.yaml");
+    std::fs::write(
+        &p,
+        r#"name: kbt-link
+defaults: { image: tiny, memory: 96M }
+nodes:
+  a:
+    vms:
+      h: { interfaces: { eth1: { addresses: [10.77.0.1/30] } } }
+  b:
+    vms:
+      h: { interfaces: { eth1: { addresses: [10.77.0.2/30] } } }
+links:
+  - { name: ab, endpoints: ["a.h:eth1", "b.h:eth1"] }
+"#,
+    )
+    .unwrap();
+    let out = ok(&lab_cmd(&env, state.path(), &["up", p.to_str().unwrap()]));
+    assert!(out.contains("2 of 2 VMs ready"), "{out}");
+    let ping = |env: &Env| {
+        lab_cmd(
+            env,
+            state.path(),
+            &[
+                "exec",
+                "kbt-link.a.h",
+                "--",
+                "ping",
+                "-c",
+                "2",
+                "-W",
+                "2",
+                "10.77.0.2",
+            ],
+        )
+        .status
+        .success()
+    };
+    assert!(ping(&env), "link up: no ping");
+    ok(&lab_cmd(
+        &env,
+        state.path(),
+        &["link", "kbt-link", "ab", "down"],
+    ));
+    assert!(!ping(&env), "link down: ping still passes");
+    ok(&lab_cmd(
+        &env,
+        state.path(),
+        &["link", "kbt-link", "ab", "up"],
+    ));
+    assert!(ping(&env), "link healed: no ping");
+    let o = lab_cmd(&env, state.path(), &["link", "kbt-link", "nosuch", "down"]);
+    assert!(
+        text(&o.stderr).contains("no link 'nosuch'"),
+        "{}",
+        text(&o.stderr)
+    );
+    ok(&lab_cmd(&env, state.path(), &["down", "kbt-link"]));
+    env.assert_clean();
+    assert!(!netns_exists("kb-kbt-link"));
+}

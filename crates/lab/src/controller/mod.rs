@@ -486,3 +486,45 @@ pub async fn down(rt: Arc<dyn Runtime>, name: &str) -> Result<usize> {
     let _ = std::fs::remove_file(LabRecord::path(name));
     Ok(stopped)
 }
+
+/// Cut (`up == false`) or heal a link of a running lab: both endpoints' taps go down/up, so
+/// neither VM's frames cross it. The record keeps the new state, so `up` re-applies it.
+pub fn set_link_state(name: &str, link: &str, up: bool) -> Result<()> {
+    let mut rec = LabRecord::load(name).ok_or_else(|| LabError::NotFound(name.into()))?;
+    let lab = rec.lab.clone();
+    let Some(l) = lab.links.iter().find(|l| l.name.as_str() == link) else {
+        let names: Vec<&str> = lab.links.iter().map(|l| l.name.as_str()).collect();
+        return Err(LabError::Other(format!(
+            "lab '{name}' has no link '{link}' (links: {})",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        )));
+    };
+    let e = net_err(&lab);
+    let net_name = NetLabName::new(name).map_err(&e)?;
+    let net = LabNet::open(&net_name)
+        .map_err(&e)?
+        .ok_or_else(|| LabError::NotFound(name.into()))?;
+    for ep in &l.endpoints {
+        if let Some(vm) = lab
+            .nodes
+            .iter()
+            .flat_map(|n| n.vms.iter())
+            .find(|v| v.id == ep.vm)
+        {
+            net.set_link_up(&tap_name(vm, ep.iface.as_str()), up)
+                .map_err(&e)?;
+        }
+    }
+    if let Some(stored) = rec.lab.links.iter_mut().find(|x| x.name.as_str() == link) {
+        stored.state = if up {
+            crate::spec::LinkState::Up
+        } else {
+            crate::spec::LinkState::Down
+        };
+    }
+    rec.save()
+}
