@@ -949,3 +949,42 @@ networks:
         "nodes.n.vms.a.interfaces.eth1.addresses[0]",
     );
 }
+
+#[test]
+fn unnamed_services_are_named_after_their_program() {
+    let lab = ok("name: s
+nodes:
+  n:
+    vms:
+      v:
+        run: [\"exec /usr/bin/python3 -m http.server\", \"python3 x.py\", \"echo 1 > /proc/x\", \"'weird'\"]
+");
+    let names: Vec<&str> = lab
+        .vms()
+        .next()
+        .unwrap()
+        .services
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect();
+    assert_eq!(names, ["python3", "python3-2", "echo", "weird"]);
+}
+
+#[test]
+fn copies_beyond_the_host_memory() {
+    let e = errors(
+        "name: c
+copies: { count: 3 }
+defaults: { memory: 2G }
+nodes:
+  n: { vms: { v: {} } }
+",
+    );
+    find(
+        &e,
+        "the 3 copies need 6G of memory together, the host has 4G",
+        2,
+        11,
+        "copies",
+    );
+}

@@ -196,6 +196,22 @@ pub fn resolve(lf: &LabFile, host: &HostLimits) -> Result<Vec<Lab>, SpecErrors> 
         labs.extend(lab);
     }
     r.check_copies_ports(&labs);
+    if labs.len() > 1 {
+        let total: u64 = labs.iter().map(|l| l.total_memory().0).sum();
+        if total > host.memory.0 && labs.iter().all(|l| l.total_memory() <= host.memory) {
+            let at = r.lab_at(p("copies"));
+            r.err(
+                &at,
+                format!(
+                    "the {} copies need {} of memory together, the host has {}",
+                    labs.len(),
+                    MemMib(total),
+                    host.memory
+                ),
+                "make fewer copies or give the VMs less memory".to_string(),
+            );
+        }
+    }
     if r.errors.is_empty() {
         Ok(labs)
     } else {
@@ -1134,9 +1150,13 @@ impl Resolver<'_> {
                         n
                     }
                     None => {
-                        let mut n = format!("svc{}", i + 1);
+                        let base =
+                            service_name(&command).unwrap_or_else(|| format!("svc{}", i + 1));
+                        let mut n = base.clone();
+                        let mut k = 2;
                         while !names.insert(n.clone()) {
-                            n.push('x');
+                            n = format!("{base}-{k}");
+                            k += 1;
                         }
                         n
                     }
@@ -2224,6 +2244,27 @@ impl Resolver<'_> {
             );
         }
     }
+}
+
+/// A service name from its command: the program's file name (`exec python3 /x` → `python3`).
+fn service_name(command: &str) -> Option<String> {
+    let mut words = command.split_whitespace();
+    let mut w = words.next()?;
+    if w == "exec" {
+        w = words.next()?;
+    }
+    let base = w.rsplit('/').next()?;
+    let n: String = base
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect::<String>()
+        .trim_matches('-')
+        .chars()
+        .take(32)
+        .collect();
+    let n = n.trim_end_matches('-').to_string();
+    check_name(&n, 32, true).ok().map(|_| n)
 }
 
 /// An image of the store (`[a-z0-9][a-z0-9._-]*`, at most 64 bytes, as `kobako image`
