@@ -988,3 +988,12 @@ nodes:
         "copies",
     );
 }
+
+#[test]
+fn errors_serialize_for_json_output() {
+    let e = errors("name: shop\nnodes: { web: { vms: { api: { memory: 1 } } } }\n");
+    let v = serde_json::to_value(&e).unwrap();
+    assert_eq!(v[0]["path"], "nodes.web.vms.api.memory");
+    assert_eq!(v[0]["pos"]["line"], 2);
+    assert_eq!(v[0]["fix"], "write a size like 128M or 1G");
+}

@@ -75,3 +75,73 @@ fn every_builtin_template_resolves() {
         round_trip(&lab);
     }
 }
+
+#[test]
+fn every_feature_round_trips() {
+    let text = "name: sink
+description: every feature once
+defaults: { image: tiny, memory: 96M, kernel: default }
+templates:
+  duo:
+    node_network: { subnet: 172.30.0.0/24, interface: int0, mtu: 1400, addresses: { left: 172.30.0.5 } }
+    vms:
+      left: { env: { MODE: left, N: 1 }, run: [\"sleep 1000\"] }
+      right:
+        files: { /etc/motd: { content: \"hi\\nthere\\n\", mode: \"0600\" } }
+    links:
+      - endpoints: [\"left:x1\", \"right:x1\"]
+        impair: { reorder: 5%, delay: 1ms }
+nodes:
+  pair:
+    template: duo
+    vms:
+      left:
+        vcpus: 2
+        interfaces:
+          eth1: { network: lan, addresses: [10.0.0.10/24, \"fd00::10/64\"], mac: \"02:aa:bb:cc:dd:ee\", mtu: 1400 }
+          eth2: { network: dmz, no_gateway: true }
+        routes: [{ to: 10.5.0.0/16, via: 10.0.0.1 }]
+  solo:
+    vms:
+      box:
+        interfaces:
+          eth1: { network: dmz, gateway: 10.1.0.1 }
+          p2p: { addresses: [192.168.77.1/30] }
+      far:
+        interfaces:
+          p2p: { addresses: [192.168.77.2/30] }
+networks:
+  lan: { subnet: 10.0.0.0/24, subnet6: \"fd00::/64\", vlan: 10, mtu: 9000 }
+  dmz: { subnet: 10.1.0.0/24, gateway: 10.1.0.1 }
+links:
+  - name: wan
+    endpoints: [\"solo.box:p2p\", \"solo.far:p2p\"]
+    impair: { delay: 20ms, jitter: 5ms, loss: { percent: 1%, correlation: 25% }, rate: 10mbit, corrupt: 0.1%, duplicate: 1% }
+    state: down
+    mtu: 1400
+  - endpoints: [\"pair.right:eth9\", \"solo.far:eth9\"]
+uplink: { networks: [lan] }
+publish: [\"8080:pair.left:80/tcp\", \"5353:pair.left:53/udp\"]
+";
+    let lab = spec::load_one("sink.yaml", text, &host()).unwrap_or_else(|e| panic!("{e}"));
+    round_trip(&lab);
+    let left = lab.find_vm("pair.left").unwrap();
+    assert_eq!(left.interfaces[0].name.as_str(), "int0");
+    assert_eq!(left.interfaces[0].addresses[0].to_string(), "172.30.0.5/24");
+    assert_eq!(left.interfaces[1].mtu, 1400);
+    assert_eq!(
+        lab.find_vm("solo.box")
+            .unwrap()
+            .interface("eth1")
+            .unwrap()
+            .mtu,
+        1500
+    );
+    assert_eq!(
+        lab.network("lan").unwrap().gateway,
+        Some("10.0.0.1".parse().unwrap())
+    );
+    assert!(lab.link("wan").unwrap().state == spec::LinkState::Down);
+    assert_eq!(lab.links.len(), 3);
+    assert_eq!(lab.publish.len(), 2);
+}

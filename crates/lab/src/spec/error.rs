@@ -1,10 +1,11 @@
 //! Errors of the lab file model: each one names the file, the line and column, the path in the
 //! document and, where there is one, the fix.
 
+use serde::{Serialize, Serializer};
 use std::fmt;
 
 /// A position in a lab file (1-based line and column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize)]
 pub struct Pos {
     /// Line, from 1.
     pub line: usize,
@@ -90,6 +91,12 @@ impl Path {
     }
 }
 
+impl Serialize for Path {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl fmt::Display for Path {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.0.is_empty() {
@@ -116,8 +123,8 @@ impl fmt::Display for Path {
     }
 }
 
-/// One mistake in a lab file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One mistake in a lab file (serializes as `{file, pos: {line, col}, path, message, fix}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SpecError {
     /// The file, as given (or `<builtin>/NAME.yaml` for a template shipped with kobako).
     pub file: String,
@@ -146,7 +153,8 @@ impl fmt::Display for SpecError {
 }
 
 /// All the mistakes found in a lab file (never empty), in file order.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(transparent)]
 pub struct SpecErrors(pub Vec<SpecError>);
 
 impl SpecErrors {
