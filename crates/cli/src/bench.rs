@@ -169,25 +169,7 @@ fn raw_qemu(rt: &kobako_runtime::qemu::QemuRuntime, cfg: &VmConfig) -> Result<Sa
     let Root::Initramfs { path: initrd } = &cfg.root else {
         bail!("the boot benchmark uses an initramfs root");
     };
-    let mut argv: Vec<String> = vec![
-        rt.qemu.display().to_string(),
-        "-M".into(),
-        "microvm,x-option-roms=off,acpi=off,isa-serial=on,rtc=on".into(),
-        "-nodefaults".into(),
-        "-no-user-config".into(),
-        "-nographic".into(),
-        "-no-reboot".into(),
-        "-smp".into(),
-        cfg.vcpus.to_string(),
-        "-m".into(),
-        format!("{}M", cfg.memory_mib),
-    ];
-    match cfg.accel {
-        kobako_runtime::Accel::Kvm => {
-            argv.extend(["-accel", "kvm", "-cpu", "host"].map(String::from))
-        }
-        kobako_runtime::Accel::Tcg => argv.extend(["-accel", "tcg,thread=multi"].map(String::from)),
-    }
+    let mut argv = rt.machine_argv(cfg);
     // The same command line kobako uses, plus the marker switch (and no console shell).
     let cmdline = format!(
         "{} kobako.marker=poweroff kobako.console=off",

@@ -35,13 +35,11 @@ impl QemuRuntime {
         }
     }
 
-    /// The full QEMU command line for a VM.
-    pub fn argv(&self, cfg: &VmConfig, dir: &Path) -> Vec<String> {
-        let p = |f: &str| dir.join(f).display().to_string();
+    /// The machine part of the command line: binary, machine type, CPUs, memory, accelerator.
+    /// Shared with the boot benchmark's raw-QEMU baseline so both boot the same machine.
+    pub fn machine_argv(&self, cfg: &VmConfig) -> Vec<String> {
         let mut a: Vec<String> = vec![
             self.qemu.display().to_string(),
-            "-name".into(),
-            format!("kobako-{},debug-threads=on", cfg.name),
             "-M".into(),
             "microvm,x-option-roms=off,acpi=off,isa-serial=on,rtc=on".into(),
             "-nodefaults".into(),
@@ -57,6 +55,20 @@ impl QemuRuntime {
             Accel::Kvm => a.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
             Accel::Tcg => a.extend(["-accel".into(), "tcg,thread=multi".into()]),
         }
+        a
+    }
+
+    /// The full QEMU command line for a VM.
+    pub fn argv(&self, cfg: &VmConfig, dir: &Path) -> Vec<String> {
+        let p = |f: &str| dir.join(f).display().to_string();
+        let mut a = self.machine_argv(cfg);
+        a.splice(
+            1..1,
+            [
+                "-name".to_string(),
+                format!("kobako-{},debug-threads=on", cfg.name),
+            ],
+        );
         a.extend([
             "-kernel".into(),
             cfg.kernel.display().to_string(),
