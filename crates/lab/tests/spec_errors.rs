@@ -854,6 +854,7 @@ nodes:
 fn host_files_are_taken_relative_to_the_lab_file() {
     let dir = std::env::temp_dir().join(format!("kobako-lab-spec-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("conf")).unwrap();
+    std::fs::write(dir.join("conf/app.conf"), "x=1\n").unwrap();
     let file = dir.join("lab.yaml");
     std::fs::write(
         &file,
@@ -873,6 +874,15 @@ fn host_files_are_taken_relative_to_the_lab_file() {
         spec::FileSource::Inline("#!/bin/sh\necho hi\n".into())
     );
     assert_eq!(v.files[1].mode, 0o755);
+    std::fs::remove_file(dir.join("conf/app.conf")).unwrap();
+    let gone = spec::load_file(&file, &host()).unwrap_err();
+    assert!(
+        gone.errors()[0]
+            .message
+            .ends_with("conf/app.conf does not exist"),
+        "{gone}"
+    );
+    assert_eq!(gone.errors()[0].pos.line, 7);
     let missing = spec::load_file(&dir.join("nope.yaml"), &host()).unwrap_err();
     assert!(missing.errors()[0]
         .message

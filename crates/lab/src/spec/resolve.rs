@@ -1217,6 +1217,15 @@ impl Resolver<'_> {
                         (Some(base), false) => base.join(pth),
                         _ => pth,
                     };
+                    // Read from disk files only: a lab given as text may come from elsewhere.
+                    if self.base_dir.is_some() && !full.is_file() {
+                        self.err(
+                            fat,
+                            format!("host file {} does not exist", full.display()),
+                            "fix the path (relative paths start at the lab file's directory)"
+                                .to_string(),
+                        );
+                    }
                     FileSource::Host(full)
                 }
                 (None, Some(c)) => FileSource::Inline(c),
