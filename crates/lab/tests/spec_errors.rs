@@ -1007,3 +1007,20 @@ fn errors_serialize_for_json_output() {
     assert_eq!(v[0]["pos"]["line"], 2);
     assert_eq!(v[0]["fix"], "write a size like 128M or 1G");
 }
+
+#[test]
+fn hosts_name_node_peers_and_other_nodes() {
+    let lab = spec::load_file(
+        &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/node-a.yaml"),
+        &host(),
+    )
+    .unwrap()
+    .remove(0);
+    let api = lab.find_vm("web.api").unwrap();
+    let hosts = api.hosts_file();
+    assert!(hosts.contains("172.31.0.11\tcache\n"), "{hosts}");
+    assert!(hosts.contains("172.31.0.12\tlogger.web\n"), "{hosts}");
+    assert!(hosts.contains("10.20.0.2\tpc.client\n"), "{hosts}");
+    let pc = lab.find_vm("client.pc").unwrap();
+    assert!(pc.hosts_file().contains("10.20.0.10\tapi.web\n"));
+}

@@ -517,11 +517,24 @@ pub struct Vm {
     pub files: Vec<FileCopy>,
     /// Environment of the services.
     pub env: BTreeMap<String, String>,
-    /// `/etc/hosts` entries: the node's VMs by name (`api`, `api.web`).
+    /// `/etc/hosts` entries: the node's VMs by name (`api`, `api.web`, node-network
+    /// addresses), then the other nodes' VMs as `vm.node` (first IPv4 on a lab network).
     pub hosts: Vec<(String, IpAddr)>,
 }
 
 impl Vm {
+    /// `/etc/hosts` for the guest: localhost, itself, then [`Vm::hosts`].
+    pub fn hosts_file(&self) -> String {
+        let mut s = format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+            self.id.vm
+        );
+        for (name, addr) in &self.hosts {
+            s.push_str(&format!("{addr}\t{name}\n"));
+        }
+        s
+    }
+
     /// The interface named `name`.
     pub fn interface(&self, name: &str) -> Option<&Interface> {
         self.interfaces.iter().find(|i| i.name.as_str() == name)

@@ -415,6 +415,7 @@ impl Resolver<'_> {
         self.addresses(&mut b);
         self.gateways_and_routes(&mut b);
         let publish = self.publish(&mut b, copy.map_or(0, |c| c.1));
+        lab_hosts(&mut b);
         self.host_totals(&b);
 
         let nodes = b
@@ -2251,6 +2252,32 @@ impl Resolver<'_> {
                 ),
                 "give the VMs less memory or use fewer VMs".to_string(),
             );
+        }
+    }
+}
+
+/// Adds `vm.node` names of the other nodes' VMs (their first IPv4 address on a lab network)
+/// to every VM's hosts, after its own node's names.
+fn lab_hosts(b: &mut Build) {
+    let mut lab_names: Vec<(NodeName, String, IpAddr)> = Vec::new();
+    for n in &b.nodes {
+        for v in &n.vms {
+            let addr = v.vm.interfaces.iter().find_map(|i| match i.attach {
+                Attachment::Network(_) => i.addresses.iter().find(|c| c.addr.is_ipv4()),
+                _ => None,
+            });
+            if let Some(a) = addr {
+                lab_names.push((n.name.clone(), format!("{}.{}", v.vm.id.vm, n.name), a.addr));
+            }
+        }
+    }
+    for n in b.nodes.iter_mut() {
+        for v in n.vms.iter_mut() {
+            for (node, name, addr) in &lab_names {
+                if *node != n.name {
+                    v.vm.hosts.push((name.clone(), *addr));
+                }
+            }
         }
     }
 }
