@@ -1024,3 +1024,36 @@ fn hosts_name_node_peers_and_other_nodes() {
     let pc = lab.find_vm("client.pc").unwrap();
     assert!(pc.hosts_file().contains("10.20.0.10\tapi.web\n"));
 }
+
+#[test]
+fn unknown_enum_values_with_did_you_mean() {
+    let e = errors(
+        "name: shop
+nodes:
+  web:
+    vms:
+      api: { run: [{ command: x, restart: alway }] }
+      db: {}
+links:
+  - { endpoints: [\"web.api:eth1\", \"web.db:eth1\"], state: dwn }
+",
+    );
+    let x = find(
+        &e,
+        "unknown value 'alway' (did you mean 'always'?)",
+        5,
+        43,
+        "nodes.web.vms.api.run[0].restart",
+    );
+    assert_eq!(
+        x.fix.as_deref(),
+        Some("use one of: always, on-failure, never")
+    );
+    find(
+        &e,
+        "unknown value 'dwn' (did you mean 'down'?)",
+        8,
+        58,
+        "links[0].state",
+    );
+}
