@@ -12,10 +12,16 @@ use std::fmt::Write as _;
 use yaml_rust2::yaml::Hash;
 use yaml_rust2::{Yaml, YamlEmitter};
 
+/// A Mermaid id: names hold only `[a-z0-9-]`, so `-` → `_` and `.` → `__` cannot collide.
 fn mid(s: &str) -> String {
-    s.chars()
+    s.replace('.', "__")
+        .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect()
+}
+
+fn vid(r: &VmRef) -> String {
+    format!("vm_{}", mid(&r.to_string()))
 }
 
 fn vm_label(v: &Vm) -> String {
@@ -73,7 +79,7 @@ impl Lab {
                 n.name
             );
             for v in &n.vms {
-                let _ = writeln!(s, "    {}[\"{}\"]", mid(&v.id.to_string()), vm_label(v));
+                let _ = writeln!(s, "    {}[\"{}\"]", vid(&v.id), vm_label(v));
             }
             if let Some(nn) = &n.network {
                 let _ = writeln!(
@@ -84,12 +90,7 @@ impl Lab {
                     nn.subnet
                 );
                 for v in &n.vms {
-                    let _ = writeln!(
-                        s,
-                        "    {} --- nodenet_{}",
-                        mid(&v.id.to_string()),
-                        mid(n.name.as_str())
-                    );
+                    let _ = writeln!(s, "    {} --- nodenet_{}", vid(&v.id), mid(n.name.as_str()));
                 }
             }
             s.push_str("  end\n");
@@ -110,7 +111,7 @@ impl Lab {
                     let _ = writeln!(
                         s,
                         "  {} ---|\"{} {}\"| net_{}",
-                        mid(&v.id.to_string()),
+                        vid(&v.id),
                         i.name,
                         addrs(i),
                         mid(n.as_str())
@@ -130,12 +131,7 @@ impl Lab {
             } else {
                 "---"
             };
-            let _ = writeln!(
-                s,
-                "  {} {edge}|\"{label}\"| {}",
-                mid(&a.vm.to_string()),
-                mid(&b.vm.to_string())
-            );
+            let _ = writeln!(s, "  {} {edge}|\"{label}\"| {}", vid(&a.vm), vid(&b.vm));
         }
         if !self.uplink.is_empty() {
             s.push_str("  uplink{{\"host uplink (NAT)\"}}\n");
