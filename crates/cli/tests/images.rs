@@ -503,6 +503,14 @@ fn imported_tarball_and_oci_layout_boot_and_exec_works() {
     assert_eq!(text(&o.stdout), "out\n");
     ok(&env.run(&["vm", "stop", &vm]));
 
+    // The stored tiny image (a raw base) through an overlay: writable, removed with the VM.
+    let vm = unique("kbt-tinydisk");
+    run_detached(&env, &vm, &["--image", "tiny", "--root", "disk"]);
+    ok(&exec(&env, &vm, &["sh", "-c", "echo w > /root/w && sync"]));
+    assert!(overlays_root().join(&vm).join("root.qcow2").is_file());
+    ok(&env.run(&["vm", "stop", &vm]));
+    assert!(!overlays_root().join(&vm).exists());
+
     // The other compressions import the same tree.
     for (flags, ext) in [("--zstd", "tar.zst"), ("--xz", "tar.xz")] {
         let f = work.path().join(format!("rootfs.{ext}"));

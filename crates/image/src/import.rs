@@ -759,6 +759,31 @@ mod tests {
         assert!(outside.path().join("precious").exists());
     }
 
+    #[test]
+    fn agent_is_init_unless_the_tree_has_systemd() {
+        let d = tempfile::tempdir().unwrap();
+        let plain = d.path().join("plain");
+        std::fs::create_dir_all(plain.join("bin")).unwrap();
+        assert_eq!(
+            inject_agent(&plain, b"agent").unwrap().as_deref(),
+            Some(AGENT_PATH)
+        );
+        assert!(plain.join("usr/local/sbin/kobako-agent").is_file());
+        for dir in ["dev", "proc", "sys", "run", "tmp"] {
+            assert!(plain.join(dir).is_dir(), "{dir}");
+        }
+        let sd = d.path().join("systemd");
+        std::fs::create_dir_all(sd.join("lib/systemd/system")).unwrap();
+        std::fs::create_dir_all(sd.join("sbin")).unwrap();
+        std::fs::write(sd.join("lib/systemd/systemd"), b"").unwrap();
+        std::os::unix::fs::symlink("/lib/systemd/systemd", sd.join("sbin/init")).unwrap();
+        assert_eq!(inject_agent(&sd, b"agent").unwrap(), None);
+        assert!(sd
+            .join("etc/systemd/system/sysinit.target.wants/kobako-agent.service")
+            .symlink_metadata()
+            .is_ok());
+    }
+
     fn sha(b: &[u8]) -> String {
         use sha2::Digest;
         hex::encode(sha2::Sha256::digest(b))
