@@ -166,6 +166,7 @@ pub fn image(arg: &str, root: RootKind, vm: &str) -> Result<VmImage> {
         }
         disk::Sniff::Qcow2 => {
             // A damaged qcow2 fails here, with qemu-img's words, instead of inside QEMU.
+            kobako_image::deps::ensure(disk::PACKAGES, &StderrProgress)?;
             disk::info(p, Some("qcow2")).map_err(|e| {
                 anyhow!("{arg}: not a usable qcow2 image: {e}")
             })?;

@@ -582,6 +582,17 @@ fn open_decoded(path: &Path) -> Result<Decoded, ImportError> {
         Sniff::Bzip2 => Some("bzip2"),
         _ => None,
     };
+    if let Some(t) = tool {
+        // The Debian package of each decompressor (gzip and xz-utils are always there; zstd
+        // and bzip2 may not be).
+        let pkg = match t {
+            "zstd" => "zstd",
+            "bzip2" => "bzip2",
+            "xz" => "xz-utils",
+            _ => "gzip",
+        };
+        deps::ensure(&[pkg], &crate::StderrProgress)?;
+    }
     let file = std::fs::File::open(path).map_err(rd(format!("open {}", path.display())))?;
     match tool {
         None => Ok(Decoded {
