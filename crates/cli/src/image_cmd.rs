@@ -112,9 +112,21 @@ pub fn vm_disks() -> Vec<(String, Vec<PathBuf>)> {
         .collect()
 }
 
+/// VMs using an image: those the runtime knows (root and extra disks), and any overlay under the
+/// overlays directory whose backing chain reaches the image (VMs of another `KOBAKO_RUN`).
 fn users(img: &Image) -> Vec<String> {
-    let vms = vm_disks();
-    img.used_by(vms.iter().map(|(n, d)| (n.as_str(), d.clone())))
+    let mut vms = vm_disks();
+    if let Ok(rd) = std::fs::read_dir(kobako_image::store::overlays_root()) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !vms.iter().any(|(n, _)| *n == name) {
+                vms.push((name, vec![e.path().join("root.qcow2")]));
+            }
+        }
+    }
+    let mut u = img.used_by(vms.iter().map(|(n, d)| (n.as_str(), d.clone())));
+    u.sort();
+    u
 }
 
 /// Does the image carry the agent this kobako would install (and, for Debian images, the current
