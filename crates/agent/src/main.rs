@@ -54,6 +54,9 @@ fn main() {
     if pid1 {
         block_shutdown_signals();
         init::mount_api_filesystems();
+        // If the OOM killer took PID 1 the kernel would panic and the VM would vanish: a guest
+        // that runs out of memory must lose a process, not the machine.
+        let _ = std::fs::write("/proc/self/oom_score_adj", "-1000");
         reaper::start();
     }
     let params = cmdline_params();

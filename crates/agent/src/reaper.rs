@@ -6,6 +6,7 @@
 //! missed; statuses nobody registered (orphaned daemons' children) are dropped.
 
 use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Condvar, Mutex, OnceLock};
@@ -78,6 +79,22 @@ fn reap_loop() {
 /// Spawn `cmd` and register for its exit status. Never call `Child::wait` on the result: the
 /// reaper owns waiting; use the returned receiver.
 pub fn spawn(cmd: &mut Command) -> std::io::Result<(Child, Receiver<ExitStatus>)> {
+    // The agent shields itself from the OOM killer (as PID 1 its death panics the kernel);
+    // children must not inherit that shield.
+    // SAFETY: open/write/close of a /proc file between fork and exec: async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            let fd = libc::open(
+                c"/proc/self/oom_score_adj".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            );
+            if fd >= 0 {
+                libc::write(fd, b"0".as_ptr() as *const libc::c_void, 1);
+                libc::close(fd);
+            }
+            Ok(())
+        });
+    }
     let r = reaper();
     let mut t = r.table.lock().unwrap_or_else(|e| e.into_inner());
     let child = cmd.spawn()?;

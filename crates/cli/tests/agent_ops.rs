@@ -211,7 +211,8 @@ fn copy_100_mib_in_and_out_and_directories() {
 #[test]
 fn copy_errors_are_clear_and_leave_no_partial_files() {
     let env = Env::new();
-    ok(&env.run(&["vm", "run", "-d", "--name", "t-cperr"]));
+    // Room for the interrupted 200 MiB upload in /tmp (a tmpfs of half the RAM).
+    ok(&env.run(&["vm", "run", "-d", "--name", "t-cperr", "--memory", "512M"]));
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("f.bin");
     std::fs::write(&f, vec![7u8; 4 << 20]).unwrap();
@@ -257,12 +258,20 @@ fn copy_errors_are_clear_and_leave_no_partial_files() {
 
     // The host goes away mid-upload: the guest removes the partial file.
     let big = d.path().join("big.bin");
-    std::fs::write(&big, vec![1u8; 64 << 20]).unwrap();
+    std::fs::write(&big, vec![1u8; 200 << 20]).unwrap();
     let mut child = env
         .cmd(&["cp", big.to_str().unwrap(), "t-cperr:/tmp/"])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill the client once the partial file exists in the guest.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let ls = ok(&env.run(&["exec", "t-cperr", "--", "ls", "-A", "/tmp"]));
+        if ls.contains("kobako-part") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     child.kill().unwrap();
     child.wait().unwrap();
     let mut leftover = String::new();
@@ -284,7 +293,7 @@ fn copy_errors_are_clear_and_leave_no_partial_files() {
         "if=/dev/zero",
         "of=/tmp/big",
         "bs=1M",
-        "count=40",
+        "count=200",
     ]));
     let dl = d.path().join("dl");
     std::fs::create_dir(&dl).unwrap();
@@ -294,7 +303,11 @@ fn copy_errors_are_clear_and_leave_no_partial_files() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // Kill the VM once the host-side partial file exists.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && std::fs::read_dir(&dl).unwrap().count() == 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let pid = std::fs::read_to_string(env.run.path().join("vms/t-cperr/vm.pid")).unwrap();
     std::process::Command::new("kill")
         .args(["-9", pid.trim()])
@@ -516,5 +529,28 @@ fn a_crashing_service_is_restarted_and_its_log_kept() {
         assert!(!ps.contains("while true"), "{ps}");
     });
     ok(&env.run(&["vm", "stop", "t-svc"]));
+    env.assert_clean();
+}
+
+#[test]
+fn guest_out_of_memory_kills_the_hog_not_the_vm() {
+    let env = Env::new();
+    ok(&env.run(&["vm", "run", "-d", "--name", "t-oom", "--memory", "96M"]));
+    // `sort` keeps its one endless line in memory until the OOM killer takes it.
+    let o = env.run(&[
+        "exec",
+        "t-oom",
+        "--",
+        "sh",
+        "-c",
+        "head -c 400000000 /dev/zero | sort >/dev/null",
+    ]);
+    assert!(!o.status.success(), "the memory hog survived?");
+    // The agent (PID 1) is still there, so is the VM.
+    assert_eq!(
+        ok(&env.run(&["exec", "t-oom", "--", "echo", "alive"])),
+        "alive\n"
+    );
+    ok(&env.run(&["vm", "stop", "t-oom"]));
     env.assert_clean();
 }
