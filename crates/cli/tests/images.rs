@@ -759,3 +759,117 @@ fn docker_in_a_vm_runs_a_container_from_an_imported_tarball() {
     ok(&env.run(&["vm", "stop", &vm]));
     env.assert_clean();
 }
+
+/// The agent's operations on a Debian image (agent as a systemd service, not PID 1): exact exec
+/// results, 100 concurrent execs, a 100 MiB copy both ways, network config, a crashing service.
+#[test]
+fn agent_operations_on_debian() {
+    use kobako_agent::proto::{ExecRequest, IfaceConfig, NetConfig, Restart, ServiceSpec};
+    let _s = serial();
+    let env = Env::new();
+    let (image, _) = debian(&env);
+    let vm = unique("kbt-dops");
+    run_detached(&env, &vm, &["--image", &image, "--memory", "512M"]);
+
+    let o = exec(&env, &vm, &["sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(o.status.code(), Some(7));
+    assert_eq!(text(&o.stdout), "out\n");
+    assert_eq!(text(&o.stderr), "err\n");
+    let o = exec(&env, &vm, &["sh", "-c", "kill -9 $$"]);
+    assert_eq!(o.status.code(), Some(128 + 9));
+
+    let d = tempfile::tempdir().unwrap();
+    let big = d.path().join("big.bin");
+    {
+        let mut x: u64 = 0x2545f4914f6cdd1d;
+        let data: Vec<u8> = (0..100u64 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(&big, data).unwrap();
+    }
+    let want = sha256(&big);
+    ok(&env.run(&["cp", big.to_str().unwrap(), &format!("{vm}:/root/")]));
+    let guest = ok(&exec(&env, &vm, &["sha256sum", "/root/big.bin"]));
+    assert!(guest.starts_with(&want), "{guest} vs {want}");
+    let back = d.path().join("back.bin");
+    ok(&env.run(&["cp", &format!("{vm}:/root/big.bin"), back.to_str().unwrap()]));
+    assert_eq!(sha256(&back), want);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let sock = env.run.path().join("vms").join(&vm).join("agent.sock");
+        let c = std::sync::Arc::new(
+            kobako_runtime::agent::AgentClient::connect(&sock)
+                .await
+                .unwrap(),
+        );
+        c.wait_ready(std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    c.exec(ExecRequest {
+                        argv: vec!["sh".into(), "-c".into(), format!("echo {i}")],
+                        ..Default::default()
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            assert_eq!(t.await.unwrap().unwrap().stdout_str(), format!("{i}\n"));
+        }
+        // Network config on the VM without NICs: an extra address on `lo`.
+        c.net_config(NetConfig {
+            interfaces: vec![IfaceConfig {
+                name: "lo".into(),
+                addresses: vec!["10.250.9.9/32".into()],
+                up: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let addr = c
+            .exec(ExecRequest {
+                argv: vec!["ip".into(), "addr".into(), "show".into(), "lo".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .stdout_str();
+        assert!(addr.contains("10.250.9.9/32"), "{addr}");
+        c.set_services(vec![ServiceSpec {
+            name: "crashy".into(),
+            command: "echo tick; sleep 0.2; exit 1".into(),
+            restart: Restart::Always,
+            ..Default::default()
+        }])
+        .await
+        .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let st = c.service_status().await.unwrap();
+            if st[0].restarts >= 2 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{st:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        let log = c.service_logs("crashy", 1000).await.unwrap();
+        assert!(log.matches("tick").count() >= 2, "{log}");
+    });
+    ok(&env.run(&["vm", "stop", &vm]));
+    env.assert_clean();
+}
