@@ -124,13 +124,6 @@ fn bridge_for(vm: &Vm, att: &Attachment) -> IfName {
     }
 }
 
-fn mac_str(m: &crate::spec::MacAddr) -> String {
-    m.0.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
 /// Progress reports for the CLI (one line per event).
 pub trait Progress: Send + Sync {
     fn event(&self, line: &str);
@@ -224,7 +217,7 @@ fn guest_config(vm: &Vm) -> (NetConfig, Vec<ServiceSpec>) {
     for i in &vm.interfaces {
         cfg.interfaces.push(IfaceConfig {
             name: String::new(),
-            mac: Some(mac_str(&i.mac)),
+            mac: Some(i.mac.to_string()),
             rename: Some(i.name.as_str().to_string()),
             addresses: i.addresses.iter().map(|c| c.to_string()).collect(),
             mtu: Some(i.mtu),
@@ -363,7 +356,7 @@ pub async fn up(
                     .iter()
                     .map(|x| Nic {
                         tap: tap_name(vm, x.name.as_str()).as_str().to_string(),
-                        mac: mac_str(&x.mac),
+                        mac: x.mac.to_string(),
                     })
                     .collect();
                 cfgs.push(cfg);
