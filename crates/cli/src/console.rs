@@ -25,13 +25,13 @@ pub enum ConsoleEnd {
     Stop,
 }
 
-/// Restores the terminal mode on drop.
-struct RawMode {
+/// Puts stdin's terminal in raw mode (when it is one) and restores it on drop.
+pub struct RawMode {
     saved: Option<libc::termios>,
 }
 
 impl RawMode {
-    fn enable() -> RawMode {
+    pub fn enable() -> RawMode {
         if !std::io::stdin().is_terminal() {
             return RawMode { saved: None };
         }

@@ -66,36 +66,6 @@ fn term_size() -> Option<TtySize> {
     }
 }
 
-struct RawTerm(Option<libc::termios>);
-
-impl RawTerm {
-    fn enable() -> RawTerm {
-        if !std::io::stdin().is_terminal() {
-            return RawTerm(None);
-        }
-        // SAFETY: termios is plain data; fd 0 is a terminal.
-        unsafe {
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(0, &mut t) != 0 {
-                return RawTerm(None);
-            }
-            let saved = t;
-            libc::cfmakeraw(&mut t);
-            libc::tcsetattr(0, libc::TCSANOW, &t);
-            RawTerm(Some(saved))
-        }
-    }
-}
-
-impl Drop for RawTerm {
-    fn drop(&mut self) {
-        if let Some(t) = self.0 {
-            // SAFETY: restoring attributes read from the same terminal.
-            unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
-        }
-    }
-}
-
 pub async fn exec(a: ExecArgs) -> Result<i32> {
     let client = connect(&a.vm).await?;
     let mut env = Vec::new();
@@ -132,7 +102,7 @@ pub async fn run_session(
     let tty = req.tty.is_some();
     let mut s = client.exec_stream(req).await?;
     let _raw = if tty && interactive {
-        Some(RawTerm::enable())
+        Some(crate::console::RawMode::enable())
     } else {
         None
     };
