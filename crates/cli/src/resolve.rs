@@ -62,12 +62,9 @@ impl VmImage {
 
 /// Remove paths created for a VM (overlay directories).
 pub fn discard(paths: &[PathBuf]) {
+    // Best effort, path by path: this runs on an error path that already has an error to report.
     for p in paths {
-        let _ = if p.is_dir() {
-            std::fs::remove_dir_all(p)
-        } else {
-            std::fs::remove_file(p)
-        };
+        let _ = kobako_runtime::vmdir::remove_paths(std::slice::from_ref(p));
     }
 }
 

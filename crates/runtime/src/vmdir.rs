@@ -151,18 +151,7 @@ impl VmDir {
     /// Remove the VM: the paths its config says it owns (overlays), then the directory.
     pub fn remove(&self) -> Result<()> {
         if let Ok(cfg) = self.config() {
-            for p in &cfg.owned_paths {
-                let r = if p.is_dir() {
-                    std::fs::remove_dir_all(p)
-                } else {
-                    std::fs::remove_file(p)
-                };
-                if let Err(e) = r {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        return Err(io(format!("remove {}", p.display()))(e));
-                    }
-                }
-            }
+            remove_paths(&cfg.owned_paths)?;
         }
         match std::fs::remove_dir_all(&self.path) {
             Ok(()) => Ok(()),
@@ -175,6 +164,23 @@ impl VmDir {
     pub fn console_tail(&self, n: usize) -> String {
         tail(&self.file("console.log"), n)
     }
+}
+
+/// Remove files or directory trees created for a VM (its owned paths); missing ones are fine.
+pub fn remove_paths(paths: &[PathBuf]) -> Result<()> {
+    for p in paths {
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(p)
+        } else {
+            std::fs::remove_file(p)
+        };
+        if let Err(e) = r {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(io(format!("remove {}", p.display()))(e));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Last `n` non-empty lines of a text file, indented for error messages.
