@@ -1,11 +1,15 @@
-//! Lab commands: `up`, `down`, `ls`, `inspect`.
+//! Lab commands: `up`, `down`, `ls`, `inspect`, `link`, `impair`, `capture`, `graph`, `save`,
+//! `restart`, and the internal `lab netd`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
 use kobako_lab::controller::{self, LabRecord, Progress};
-use kobako_lab::spec::{self, HostLimits};
+use kobako_lab::spec::{self, HostLimits, Impairment, Lab};
 use kobako_runtime::Runtime;
+use kobako_state::VmState;
 
 use crate::resolve::RootKind;
 use crate::vm_cmd::{config_from, runtime, RunArgs};
@@ -18,18 +22,32 @@ impl Progress for Stderr {
     }
 }
 
-/// `kobako up FILE`.
-pub async fn up(file: &str, json: bool) -> Result<i32> {
-    let labs = match spec::load_file(std::path::Path::new(file), &HostLimits::detect()) {
-        Ok(l) => l,
-        Err(errs) => {
-            eprintln!("{errs}");
-            bail!("{file}: {} problem(s); nothing was started", errs.0.len());
-        }
-    };
-    let rt: Arc<dyn Runtime> = Arc::new(runtime()?);
+/// Internal lab commands.
+#[derive(Subcommand)]
+pub enum LabCmd {
+    /// (internal) The per-lab net daemon holding userspace impairment relays.
+    #[command(hide = true)]
+    Netd { lab: String },
+}
+
+/// The lab named by `--lab`/`KOBAKO_LAB`, if any.
+fn lab_env() -> Option<String> {
+    std::env::var("KOBAKO_LAB").ok().filter(|s| !s.is_empty())
+}
+
+/// The runtime name of a VM as a user types it (`node.vm`, `lab/node.vm`, `lab.node.vm`, or a
+/// plain VM name).
+pub fn vm_name(s: &str) -> Result<String> {
+    Ok(controller::resolve_vm(s, lab_env().as_deref())?)
+}
+
+/// The boot config of a lab VM: the same resolution as `kobako vm run --image ...`.
+fn resolver(
+) -> impl Fn(&spec::Vm, &str) -> std::result::Result<kobako_runtime::config::VmConfig, String>
+       + Send
+       + Sync {
     let accel = std::env::var("KOBAKO_ACCEL").unwrap_or_else(|_| "auto".into());
-    let resolve = move |vm: &spec::Vm, name: &str| {
+    move |vm: &spec::Vm, name: &str| {
         let args = RunArgs {
             kernel: vm.kernel.clone(),
             image: vm.image.clone(),
@@ -46,142 +64,557 @@ pub async fn up(file: &str, json: bool) -> Result<i32> {
         config_from(&args)
             .map(|(cfg, _)| cfg)
             .map_err(|e| format!("{e:#}"))
+    }
+}
+
+fn print_report(report: &controller::UpReport) {
+    println!(
+        "{:<32} {:<8} {:<8} {:>9}  ADDRESSES",
+        "VM", "STATE", "ACTION", "BOOT"
+    );
+    for v in &report.vms {
+        println!(
+            "{:<32} {:<8} {:<8} {:>9}  {}",
+            v.name,
+            v.state,
+            v.action,
+            v.boot_ms.map(|b| format!("{b} ms")).unwrap_or("-".into()),
+            v.addresses.join(" ")
+        );
+        if let Some(e) = &v.error {
+            println!("    error: {e}");
+        }
+    }
+    for r in &report.removed {
+        println!("{r:<32} removed");
+    }
+    println!(
+        "lab {}: {} of {} VMs ready in {} ms ({})",
+        report.lab,
+        report.vms.iter().filter(|v| v.error.is_none()).count(),
+        report.vms.len(),
+        report.total_ms,
+        report.state
+    );
+}
+
+/// `kobako up FILE`.
+pub async fn up(file: &str, json: bool) -> Result<i32> {
+    let labs = match spec::load_file(std::path::Path::new(file), &HostLimits::detect()) {
+        Ok(l) => l,
+        Err(errs) => {
+            eprintln!("{errs}");
+            bail!("{file}: {} problem(s); nothing was started", errs.0.len());
+        }
     };
+    let rt: Arc<dyn Runtime> = Arc::new(runtime()?);
+    let resolve = resolver();
+    let file_abs = std::fs::canonicalize(file)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| file.to_string());
     let mut code = 0;
+    let mut reports = Vec::new();
     for lab in labs {
         eprintln!("lab {}: up", lab.name.as_str());
-        let report =
-            controller::up(rt.clone(), &lab, Some(file.to_string()), &resolve, &Stderr).await?;
-        if json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            println!("{:<36} {:<8} {:>9}  ADDRESSES", "VM", "STATE", "BOOT");
-            for v in &report.vms {
-                println!(
-                    "{:<36} {:<8} {:>9}  {}",
-                    v.name,
-                    v.state,
-                    v.boot_ms.map(|b| format!("{b} ms")).unwrap_or("-".into()),
-                    v.addresses.join(" ")
-                );
-                if let Some(e) = &v.error {
-                    println!("    error: {e}");
-                }
-            }
-            println!(
-                "lab {}: {} of {} VMs ready in {} ms",
-                report.lab,
-                report.vms.iter().filter(|v| v.error.is_none()).count(),
-                report.vms.len(),
-                report.total_ms
-            );
+        let report = controller::up(
+            rt.clone(),
+            &lab,
+            Some(file_abs.clone()),
+            None,
+            &resolve,
+            &Stderr,
+        )
+        .await?;
+        if !json {
+            print_report(&report);
         }
         if !report.ok() {
             code = 1;
         }
+        reports.push(report);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
     }
     Ok(code)
 }
 
 /// `kobako down NAME`.
-pub async fn down(name: &str) -> Result<i32> {
+pub async fn down(name: &str, json: bool) -> Result<i32> {
     let rt: Arc<dyn Runtime> = Arc::new(runtime()?);
     let n = controller::down(rt, name).await?;
-    eprintln!("lab {name}: down ({n} VMs stopped, network removed)");
+    if json {
+        println!("{}", serde_json::json!({"lab": name, "stopped_vms": n}));
+    } else {
+        eprintln!("lab {name}: down ({n} VMs stopped, network and state removed)");
+    }
     Ok(0)
+}
+
+/// `kobako restart [LAB/]NODE[.VM]` or `kobako restart LAB`.
+pub async fn restart(target: &str, json: bool) -> Result<i32> {
+    let (lab, what) = split_target(target)?;
+    let rt: Arc<dyn Runtime> = Arc::new(runtime()?);
+    let resolve = resolver();
+    let report = controller::restart(rt, &lab, what.as_deref(), &resolve, &Stderr).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(if report.ok() { 0 } else { 1 })
+}
+
+/// `LAB`, `LAB/NODE[.VM]`, or `NODE[.VM]` of the one lab that has it.
+fn split_target(t: &str) -> Result<(String, Option<String>)> {
+    if let Some((l, w)) = t.split_once('/') {
+        return Ok((l.to_string(), Some(w.to_string())));
+    }
+    if let Some(l) = lab_env() {
+        return Ok((l, Some(t.to_string())));
+    }
+    let labs = LabRecord::list();
+    if labs.iter().any(|r| r.name == t) {
+        return Ok((t.to_string(), None));
+    }
+    let hits: Vec<&LabRecord> = labs
+        .iter()
+        .filter(|r| {
+            if t.contains('.') {
+                r.lab.find_vm(t).is_ok()
+            } else {
+                r.lab.node(t).is_some()
+            }
+        })
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok((one.name.clone(), Some(t.to_string()))),
+        [] => bail!("no lab, node or VM '{t}' (see `kobako ls` and `kobako inspect LAB`)"),
+        many => bail!(
+            "'{t}' is in several labs: write LAB/{t} ({})",
+            many.iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+fn observed_vms(name: &str) -> Result<Vec<(kobako_state::VmRow, VmState, Option<String>)>> {
+    let db = controller::db()?;
+    Ok(db
+        .vms(name)?
+        .into_iter()
+        .map(|r| {
+            let (s, why) = controller::observed(&r);
+            (r, s, why)
+        })
+        .collect())
 }
 
 /// `kobako ls`.
 pub fn ls(json: bool) -> Result<i32> {
     let labs = LabRecord::list();
+    let mut rows = Vec::new();
+    for l in &labs {
+        let vms = observed_vms(&l.name)?;
+        let ready = vms.iter().filter(|v| v.1 == VmState::Ready).count();
+        rows.push(serde_json::json!({
+            "name": l.name, "state": l.state, "reason": l.reason, "file": l.file,
+            "owner": l.owner, "vms": vms.len(), "ready": ready,
+            "memory_mib": l.lab.total_memory().0,
+        }));
+    }
     if json {
-        let v: Vec<_> = labs
-            .iter()
-            .map(|l| {
-                let running = l
-                    .vms
-                    .iter()
-                    .filter(|n| kobako_runtime::VmDir::for_name(n).vm_pid().is_some())
-                    .count();
-                serde_json::json!({"name": l.name, "file": l.file, "vms": l.vms.len(), "running": running})
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(0);
     }
-    println!("{:<24} {:>5} {:>8}  FILE", "LAB", "VMS", "RUNNING");
-    for l in labs {
-        let running = l
-            .vms
-            .iter()
-            .filter(|n| kobako_runtime::VmDir::for_name(n).vm_pid().is_some())
-            .count();
+    if rows.is_empty() {
+        println!("no labs (start one with `kobako up FILE`; examples/ has lab files)");
+        return Ok(0);
+    }
+    println!(
+        "{:<24} {:<9} {:>5} {:>6} {:>8}  FILE",
+        "LAB", "STATE", "VMS", "READY", "MEMORY"
+    );
+    for r in rows {
         println!(
-            "{:<24} {:>5} {:>8}  {}",
-            l.name,
-            l.vms.len(),
-            running,
-            l.file.unwrap_or_default()
+            "{:<24} {:<9} {:>5} {:>6} {:>7}M  {}",
+            r["name"].as_str().unwrap_or_default(),
+            r["state"].as_str().unwrap_or_default(),
+            r["vms"],
+            r["ready"],
+            r["memory_mib"],
+            r["file"].as_str().unwrap_or_default()
         );
     }
     Ok(0)
 }
 
+fn impairment_text(i: &Impairment) -> String {
+    let mut v = Vec::new();
+    if let Some(d) = i.delay {
+        v.push(format!("delay {d}"));
+    }
+    if let Some(d) = i.jitter {
+        v.push(format!("jitter {d}"));
+    }
+    if let Some(c) = i.loss {
+        v.push(format!("loss {}", c.percent));
+    }
+    if let Some(r) = i.rate {
+        v.push(format!("rate {r}"));
+    }
+    if let Some(c) = i.corrupt {
+        v.push(format!("corrupt {}", c.percent));
+    }
+    if let Some(c) = i.duplicate {
+        v.push(format!("duplicate {}", c.percent));
+    }
+    if let Some(c) = i.reorder {
+        v.push(format!("reorder {}", c.percent));
+    }
+    v.join(", ")
+}
+
+/// The stored lab with live link states and impairments folded in (what `save` writes).
+fn live_lab(rec: &LabRecord) -> Result<Lab> {
+    let db = controller::db()?;
+    let mut lab = rec.lab.clone();
+    for row in db.links(&rec.name)? {
+        if let Some(l) = lab.links.iter_mut().find(|l| l.name.as_str() == row.name) {
+            l.state = if row.up {
+                spec::LinkState::Up
+            } else {
+                spec::LinkState::Down
+            };
+            l.impair = match row.impairment {
+                Some(v) => serde_json::from_value(v).context("stored impairment")?,
+                None => Impairment::default(),
+            };
+        }
+    }
+    Ok(lab)
+}
+
+fn load(name: &str) -> Result<LabRecord> {
+    match LabRecord::load(name) {
+        Some(r) => Ok(r),
+        None => {
+            let names: Vec<String> = LabRecord::list().into_iter().map(|r| r.name).collect();
+            bail!(
+                "lab '{name}' is not up{} (labs: {})",
+                spec::error::suggest(name, names.iter().map(|s| s.as_str())),
+                if names.is_empty() {
+                    "none".into()
+                } else {
+                    names.join(", ")
+                }
+            )
+        }
+    }
+}
+
 /// `kobako inspect NAME`.
 pub fn inspect(name: &str, json: bool) -> Result<i32> {
-    let Some(rec) = LabRecord::load(name) else {
-        bail!("lab '{name}' is not up (see `kobako ls`)");
+    let rec = load(name)?;
+    let lab = live_lab(&rec)?;
+    let vms = observed_vms(name)?;
+    let state_of = |n: &str| {
+        vms.iter()
+            .find(|v| v.0.name == n)
+            .map(|v| (v.1, v.2.clone(), v.0.boot_ms))
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&rec)?);
+        let vm_json: BTreeMap<String, serde_json::Value> = vms
+            .iter()
+            .map(|(r, s, why)| {
+                (
+                    r.name.clone(),
+                    serde_json::json!({"state": s, "reason": why, "boot_ms": r.boot_ms}),
+                )
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "name": rec.name, "file": rec.file, "owner": rec.owner, "state": rec.state,
+                "reason": rec.reason, "vms": vm_json, "lab": lab,
+            }))?
+        );
         return Ok(0);
     }
     println!(
-        "lab {} ({})",
+        "lab {} [{}{}]  {}",
         rec.name,
+        rec.state,
+        rec.reason
+            .as_ref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default(),
         rec.file.clone().unwrap_or_default()
     );
-    for node in &rec.lab.nodes {
+    for node in &lab.nodes {
         println!("  node {}", node.name.as_str());
         for vm in &node.vms {
-            let vname = controller::vm_name(&rec.lab, vm);
-            let state = if kobako_runtime::VmDir::for_name(&vname).vm_pid().is_some() {
-                "running"
-            } else {
-                "stopped"
-            };
+            let vname = controller::vm_name(&lab, vm);
+            let (state, why, boot) = state_of(&vname).unwrap_or((VmState::Pending, None, None));
             println!(
-                "    vm {} [{state}] {} vCPU, {} MiB, image {}",
+                "    {:<10} [{}{}] {} vCPU, {} MiB, image {}{}",
                 vm.id.vm.as_str(),
+                state,
+                why.map(|w| format!(": {w}")).unwrap_or_default(),
                 vm.vcpus,
                 vm.memory.0,
-                vm.image
+                vm.image,
+                boot.map(|b| format!(", ready after {b} ms"))
+                    .unwrap_or_default()
             );
             for i in &vm.interfaces {
                 let addrs: Vec<String> = i.addresses.iter().map(|a| a.to_string()).collect();
+                let on = match &i.attach {
+                    spec::Attachment::NodeNetwork => "node network".to_string(),
+                    spec::Attachment::Network(n) => format!("network {}", n.as_str()),
+                    spec::Attachment::Link(l) => format!("link {}", l.as_str()),
+                };
                 println!(
-                    "      {} {:?} {}",
+                    "      {:<6} {:<22} {}  {}",
                     i.name.as_str(),
-                    i.attach,
+                    on,
+                    i.mac,
                     addrs.join(" ")
                 );
             }
         }
     }
-    for l in &rec.lab.links {
-        println!("  link {} state {:?}", l.name.as_str(), l.state);
+    for n in &lab.networks {
+        println!(
+            "  network {}{}{}",
+            n.name.as_str(),
+            n.subnet.map(|s| format!(" {s}")).unwrap_or_default(),
+            n.vlan.map(|v| format!(" vlan {v}")).unwrap_or_default()
+        );
+    }
+    for l in &lab.links {
+        let imp = impairment_text(&l.impair);
+        println!(
+            "  link {} {} — {} [{}]{}",
+            l.name.as_str(),
+            l.endpoints[0],
+            l.endpoints[1],
+            if l.state == spec::LinkState::Up {
+                "up"
+            } else {
+                "down"
+            },
+            if imp.is_empty() {
+                String::new()
+            } else {
+                format!(" {imp}")
+            }
+        );
     }
     Ok(0)
 }
 
-/// `kobako link LAB LINK up|down`.
-pub fn link(lab: &str, link: &str, state: &str) -> Result<i32> {
+/// `kobako link LINK up|down`.
+pub fn link(link: &str, state: &str, lab: Option<&str>, json: bool) -> Result<i32> {
     let up = match state {
         "up" => true,
         "down" => false,
         other => bail!("link state '{other}': use up or down"),
     };
-    controller::set_link_state(lab, link, up)?;
-    eprintln!("lab {lab}: link {link} {state}");
+    let lab = lab.map(str::to_string).or_else(lab_env);
+    let (lab, link) = controller::resolve_link(link, lab.as_deref())?;
+    controller::set_link_state(&lab, &link, up)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"lab": lab, "link": link, "up": up})
+        );
+    } else {
+        eprintln!("lab {lab}: link {link} {state}");
+    }
     Ok(0)
+}
+
+/// Impairment flags of `kobako impair`.
+#[derive(Args)]
+pub struct ImpairArgs {
+    /// The link (`LINK` or `LAB/LINK`).
+    pub link: String,
+    /// The lab (default: the one lab that has LINK; env KOBAKO_LAB).
+    #[arg(long)]
+    pub lab: Option<String>,
+    /// One-way delay, each direction (e.g. 100ms).
+    #[arg(long)]
+    pub delay: Option<String>,
+    /// Delay variation (e.g. 10ms).
+    #[arg(long)]
+    pub jitter: Option<String>,
+    /// Packet loss (e.g. 5%).
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// Rate limit (e.g. 10mbit).
+    #[arg(long)]
+    pub rate: Option<String>,
+    /// Corrupted packets (e.g. 0.1%).
+    #[arg(long)]
+    pub corrupt: Option<String>,
+    /// Duplicated packets (e.g. 1%).
+    #[arg(long)]
+    pub duplicate: Option<String>,
+    /// Reordered packets (e.g. 5%; needs --delay).
+    #[arg(long)]
+    pub reorder: Option<String>,
+    /// Remove every impairment of the link.
+    #[arg(long, conflicts_with_all = ["delay", "jitter", "loss", "rate", "corrupt", "duplicate", "reorder"])]
+    pub clear: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_flag<T: std::str::FromStr<Err = String>>(
+    flag: &str,
+    v: &Option<String>,
+) -> Result<Option<T>> {
+    v.as_deref()
+        .map(|s| s.parse::<T>().map_err(|e| anyhow::anyhow!("--{flag}: {e}")))
+        .transpose()
+}
+
+/// `kobako impair LINK --delay ... | --clear`.
+pub fn impair(a: ImpairArgs) -> Result<i32> {
+    let chance = |flag: &str, v: &Option<String>| -> Result<Option<spec::model::Chance>> {
+        Ok(
+            parse_flag::<spec::units::Percent>(flag, v)?.map(|p| spec::model::Chance {
+                percent: p,
+                correlation: Default::default(),
+            }),
+        )
+    };
+    let imp = Impairment {
+        delay: parse_flag("delay", &a.delay)?,
+        jitter: parse_flag("jitter", &a.jitter)?,
+        loss: chance("loss", &a.loss)?,
+        rate: parse_flag("rate", &a.rate)?,
+        corrupt: chance("corrupt", &a.corrupt)?,
+        duplicate: chance("duplicate", &a.duplicate)?,
+        reorder: chance("reorder", &a.reorder)?,
+    };
+    if imp.is_none() && !a.clear {
+        bail!("say what to change: --delay, --jitter, --loss, --rate, --corrupt, --duplicate, --reorder, or --clear");
+    }
+    let lab = a.lab.clone().or_else(lab_env);
+    let (lab, link) = controller::resolve_link(&a.link, lab.as_deref())?;
+    controller::impair(&lab, &link, (!a.clear).then_some(imp))?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"lab": lab, "link": link, "impairment": (!a.clear).then_some(imp)})
+        );
+    } else if a.clear {
+        eprintln!("lab {lab}: link {link}: impairments cleared");
+    } else {
+        eprintln!(
+            "lab {lab}: link {link}: {} (each direction)",
+            impairment_text(&imp)
+        );
+    }
+    Ok(0)
+}
+
+/// `kobako capture LINK`.
+#[derive(Args)]
+pub struct CaptureArgs {
+    /// The link (`LINK` or `LAB/LINK`).
+    pub link: String,
+    #[arg(long)]
+    pub lab: Option<String>,
+    /// Write pcapng here (default: stdout, e.g. `| wireshark -k -i -` or `| tshark -r -`).
+    #[arg(short = 'w', long)]
+    pub write: Option<String>,
+    /// Stop after this many packets.
+    #[arg(short = 'c', long)]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Capture at endpoint 1 or 2 of the link (both see both directions).
+    #[arg(long, default_value_t = 1)]
+    pub end: usize,
+}
+
+/// `kobako capture LINK [-w FILE] [-c N] [--duration S]`.
+pub async fn capture(a: CaptureArgs) -> Result<i32> {
+    let lab = a.lab.clone().or_else(lab_env);
+    let (lab, link) = controller::resolve_link(&a.link, lab.as_deref())?;
+    if a.end == 0 || a.end > 2 {
+        bail!("--end: a link has endpoints 1 and 2");
+    }
+    let sink: Box<dyn std::io::Write + Send> = match &a.write {
+        Some(p) => Box::new(std::fs::File::create(p).with_context(|| format!("create {p}"))?),
+        None => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                bail!("pcapng is binary: write it to a file with -w FILE or pipe it (e.g. `| tshark -r -`)");
+            }
+            Box::new(std::io::stdout())
+        }
+    };
+    let opts = kobako_net::capture::CaptureOptions {
+        max_packets: a.count,
+        duration: a.duration.map(std::time::Duration::from_secs_f64),
+        ..Default::default()
+    };
+    let (cap, at) = controller::capture(&lab, &link, a.end - 1, sink, opts)?;
+    eprintln!("capturing lab {lab} link {link} at {at}; Ctrl-C stops");
+    let n = if a.count.is_some() || a.duration.is_some() {
+        let waiter = tokio::task::spawn_blocking(move || cap.wait());
+        tokio::select! {
+            r = waiter => r??,
+            _ = tokio::signal::ctrl_c() => {
+                eprintln!("interrupted");
+                0
+            }
+        }
+    } else {
+        let _ = tokio::signal::ctrl_c().await;
+        tokio::task::spawn_blocking(move || cap.stop()).await??
+    };
+    eprintln!("{n} packets captured");
+    Ok(0)
+}
+
+/// `kobako graph NAME --format mermaid|dot|json`.
+pub fn graph(name: &str, format: &str) -> Result<i32> {
+    let lab = live_lab(&load(name)?)?;
+    match format {
+        "mermaid" => print!("{}", lab.to_mermaid()),
+        "dot" => print!("{}", lab.to_dot()),
+        "json" => println!("{}", serde_json::to_string_pretty(&lab)?),
+        other => bail!("--format {other}: use mermaid, dot or json"),
+    }
+    Ok(0)
+}
+
+/// `kobako save NAME [-o FILE]`: the running lab (with live link states and impairments) as a
+/// lab file.
+pub fn save(name: &str, out: Option<&str>) -> Result<i32> {
+    let lab = live_lab(&load(name)?)?;
+    let yaml = lab.to_yaml();
+    match out {
+        Some(p) => {
+            std::fs::write(p, &yaml).with_context(|| format!("write {p}"))?;
+            eprintln!("lab {name}: saved to {p}");
+        }
+        None => print!("{yaml}"),
+    }
+    Ok(0)
+}
+
+/// `kobako lab ...` (internal).
+pub fn lab(cmd: LabCmd) -> i32 {
+    match cmd {
+        LabCmd::Netd { lab } => controller::netd::main(&lab),
+    }
 }

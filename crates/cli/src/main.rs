@@ -34,32 +34,68 @@ enum Cmd {
     /// Run and manage single microVMs.
     #[command(subcommand)]
     Vm(vm_cmd::VmCmd),
-    /// Bring up the labs of a lab file (or converge them).
+    /// Bring up the labs of a lab file, or converge running ones to it (plan, then apply).
     Up {
         file: String,
         #[arg(long)]
         json: bool,
     },
     /// Take a lab down: its VMs, network and state.
-    Down { name: String },
-    /// List labs.
+    Down {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List labs with their state.
     Ls {
         #[arg(long)]
         json: bool,
     },
-    /// Show a lab: nodes, VMs, interfaces, links.
+    /// Show a lab: nodes, VMs (state, boot time), interfaces, addresses, links, impairments.
     Inspect {
         name: String,
         #[arg(long)]
         json: bool,
     },
-    /// Cut (down) or heal (up) a link of a running lab.
+    /// Cut (down) or heal (up) a link of a running lab: `link LINK down`.
     Link {
-        lab: String,
+        /// The link (`LINK` or `LAB/LINK`).
         link: String,
         /// up or down
         state: String,
+        /// The lab (default: the one lab that has LINK; env KOBAKO_LAB).
+        #[arg(long)]
+        lab: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
+    /// Impair a link live (both directions): `impair LINK --delay 100ms --loss 5%`, `--clear`.
+    Impair(lab_cmd::ImpairArgs),
+    /// Capture a link's traffic as pcapng (`-w FILE`, or to a pipe).
+    Capture(lab_cmd::CaptureArgs),
+    /// Draw a lab: `graph NAME --format mermaid|dot|json`.
+    Graph {
+        name: String,
+        #[arg(long, default_value = "mermaid")]
+        format: String,
+    },
+    /// Write a running lab (with live link states and impairments) as a lab file.
+    Save {
+        name: String,
+        /// Output file (default: stdout).
+        #[arg(short, long)]
+        output: Option<String>,
+    },
+    /// Restart a lab (`LAB`), a node (`NODE`) or one VM (`NODE.VM`); `LAB/NODE.VM` when ambiguous.
+    Restart {
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Attach to a VM's serial console (`NODE.VM`, `LAB/NODE.VM` or a VM name).
+    Console { vm: String },
+    #[command(subcommand, hide = true)]
+    Lab(lab_cmd::LabCmd),
     /// Run a command in a VM; exits with its status (-i forwards stdin, -t uses a terminal).
     Exec(guest_cmd::ExecArgs),
     /// An interactive shell in a VM.
@@ -101,6 +137,10 @@ fn main() {
     if let Cmd::Vm(vm_cmd::VmCmd::Supervise { dir }) = &cli.cmd {
         std::process::exit(kobako_runtime::supervisor::run(dir));
     }
+    // The lab net daemon is synchronous too (relay threads, a Unix socket).
+    if let Cmd::Lab(lab_cmd::LabCmd::Netd { lab }) = &cli.cmd {
+        std::process::exit(lab_cmd::lab(lab_cmd::LabCmd::Netd { lab: lab.clone() }));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cli.log)
@@ -128,13 +168,26 @@ fn main() {
                     Cmd::Bench(BenchCmd::Node(a)) => bench::node(a).await,
                     Cmd::Exec(a) => guest_cmd::exec(a).await,
                     Cmd::Up { file, json } => lab_cmd::up(&file, json).await,
-                    Cmd::Down { name } => lab_cmd::down(&name).await,
-                    Cmd::Link { lab, link, state } => lab_cmd::link(&lab, &link, &state),
+                    Cmd::Down { name, json } => lab_cmd::down(&name, json).await,
+                    Cmd::Link {
+                        lab,
+                        link,
+                        state,
+                        json,
+                    } => lab_cmd::link(&link, &state, lab.as_deref(), json),
+                    Cmd::Impair(a) => lab_cmd::impair(a),
+                    Cmd::Capture(a) => lab_cmd::capture(a).await,
+                    Cmd::Graph { name, format } => lab_cmd::graph(&name, &format),
+                    Cmd::Save { name, output } => lab_cmd::save(&name, output.as_deref()),
+                    Cmd::Restart { target, json } => lab_cmd::restart(&target, json).await,
+                    Cmd::Console { vm } => vm_cmd::console(&lab_cmd::vm_name(&vm)?).await,
                     Cmd::Ls { json } => lab_cmd::ls(json),
                     Cmd::Inspect { name, json } => lab_cmd::inspect(&name, json),
                     Cmd::Shell { vm, user } => guest_cmd::shell(&vm, user).await,
                     Cmd::Cp { src, dst } => guest_cmd::cp(&src, &dst).await,
-                    Cmd::Image(_) | Cmd::Vmm { .. } => unreachable!("handled above"),
+                    Cmd::Image(_) | Cmd::Vmm { .. } | Cmd::Lab(_) => {
+                        unreachable!("handled above")
+                    }
                 }
             })
         }

@@ -147,6 +147,16 @@ pub fn config_from(args: &RunArgs) -> Result<(VmConfig, String)> {
     Ok((cfg, why))
 }
 
+/// Attach the terminal to a running VM's serial console until detached or the VM ends.
+pub async fn console(name: &str) -> Result<i32> {
+    let vm = VmDir::open(name)?;
+    if vm.vm_pid().is_none() {
+        bail!("VM '{name}' is not running");
+    }
+    eprintln!("{}", console::hint());
+    attach_until_end(&vm, None).await
+}
+
 pub async fn run(cmd: VmCmd) -> Result<i32> {
     match cmd {
         VmCmd::Run(a) => run_vm(a).await,
@@ -165,14 +175,7 @@ pub async fn run(cmd: VmCmd) -> Result<i32> {
             runtime()?.kill(&vm).await?;
             Ok(0)
         }
-        VmCmd::Console { name } => {
-            let vm = VmDir::open(&name)?;
-            if vm.vm_pid().is_none() {
-                bail!("VM '{name}' is not running");
-            }
-            eprintln!("{}", console::hint());
-            attach_until_end(&vm, None).await
-        }
+        VmCmd::Console { name } => console(&name).await,
         VmCmd::Exec(a) => crate::guest_cmd::exec(a).await,
         VmCmd::Pause { name } => {
             runtime()?.pause(&VmDir::open(&name)?).await?;

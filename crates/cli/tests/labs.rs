@@ -25,6 +25,20 @@ fn lab_cmd(env: &Env, state: &std::path::Path, args: &[&str]) -> std::process::O
     env.cmd(args).env("KOBAKO_STATE", state).output().unwrap()
 }
 
+/// Takes a lab down when a test ends, passing or not (a failed assertion must not leave VMs,
+/// namespaces or net daemons for the next run to trip over).
+struct Down<'a> {
+    env: &'a Env,
+    state: &'a std::path::Path,
+    lab: &'a str,
+}
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = lab_cmd(self.env, self.state, &["down", self.lab]);
+    }
+}
+
 fn netns_exists(name: &str) -> bool {
     std::path::Path::new("/run/netns").join(name).exists()
 }
@@ -34,6 +48,11 @@ fn three_networks_declared_paths_work_and_undeclared_do_not() {
     let env = Env::new();
     let state = tempfile::tempdir().unwrap();
     let file = example_as(&env, "three-networks.yaml", "kbt-paths");
+    let _down = Down {
+        env: &env,
+        state: state.path(),
+        lab: "kbt-paths",
+    };
     let o = lab_cmd(&env, state.path(), &["up", file.to_str().unwrap()]);
     let out = ok(&o);
     assert!(out.contains("5 of 5 VMs ready"), "{out}");
@@ -145,9 +164,8 @@ fn three_networks_declared_paths_work_and_undeclared_do_not() {
     ok(&lab_cmd(&env, state.path(), &["down", "kbt-paths"]));
     env.assert_clean();
     assert!(!netns_exists("kb-kbt-paths"), "namespace left behind");
-    assert!(std::fs::read_dir(state.path().join("labs"))
-        .map(|d| d.count() == 0)
-        .unwrap_or(true));
+    let ls = ok(&lab_cmd(&env, state.path(), &["ls", "--json"]));
+    assert_eq!(ls.trim(), "[]", "state left after down: {ls}");
     // Down twice: a clear error, nothing else.
     let o = lab_cmd(&env, state.path(), &["down", "kbt-paths"]);
     assert!(!o.status.success());
@@ -173,8 +191,39 @@ fn a_bad_lab_file_starts_nothing() {
     env.assert_clean();
 }
 
+/// The shortest round trip of `ping -c N` from `vm` to `addr`, in ms (None: no reply). The
+/// minimum, because the first echo also waits for ARP and TCG adds noise to the rest.
+fn rtt_ms(env: &Env, state: &std::path::Path, vm: &str, addr: &str, n: &str) -> Option<f64> {
+    let o = lab_cmd(
+        env,
+        state,
+        &["exec", vm, "--", "ping", "-c", n, "-W", "3", addr],
+    );
+    let out = text(&o.stdout);
+    eprintln!("ping {vm} -> {addr}: {out}{}", text(&o.stderr));
+    // busybox: "round-trip min/avg/max = 0.263/0.301/0.340 ms"
+    let line = out.lines().find(|l| l.contains("min/avg/max"))?;
+    let nums = line
+        .split('=')
+        .nth(1)?
+        .trim()
+        .split(' ')
+        .next()?
+        .to_string();
+    nums.split('/').next()?.parse().ok()
+}
+
+fn netd_running(lab: &str) -> bool {
+    let needle = format!("lab\0netd\0{lab}\0");
+    std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+            .unwrap_or(false)
+    })
+}
+
 #[test]
-fn link_down_cuts_traffic_and_up_heals_it() {
+fn link_down_cuts_traffic_impair_changes_rtt_and_restart_reboots() {
     let env = Env::new();
     let state = tempfile::tempdir().unwrap();
     let p = env.run.path().join("link.yaml");
@@ -194,47 +243,155 @@ links:
 "#,
     )
     .unwrap();
+    let _down = Down {
+        env: &env,
+        state: state.path(),
+        lab: "kbt-link",
+    };
     let out = ok(&lab_cmd(&env, state.path(), &["up", p.to_str().unwrap()]));
     assert!(out.contains("2 of 2 VMs ready"), "{out}");
-    let ping = |env: &Env| {
-        lab_cmd(
-            env,
-            state.path(),
-            &[
-                "exec",
-                "kbt-link.a.h",
-                "--",
-                "ping",
-                "-c",
-                "2",
-                "-W",
-                "2",
-                "10.77.0.2",
-            ],
-        )
-        .status
-        .success()
-    };
-    assert!(ping(&env), "link up: no ping");
+    // `a.h` is NODE.VM of the one lab that has it.
+    let base = rtt_ms(&env, state.path(), "a.h", "10.77.0.2", "3").expect("link up: no ping");
+
     ok(&lab_cmd(
         &env,
         state.path(),
-        &["link", "kbt-link", "ab", "down"],
+        &["link", "kbt-link/ab", "down"],
     ));
-    assert!(!ping(&env), "link down: ping still passes");
+    assert!(
+        rtt_ms(&env, state.path(), "a.h", "10.77.0.2", "2").is_none(),
+        "link down: ping still passes"
+    );
     ok(&lab_cmd(
         &env,
         state.path(),
-        &["link", "kbt-link", "ab", "up"],
+        &["link", "ab", "up", "--lab", "kbt-link"],
     ));
-    assert!(ping(&env), "link healed: no ping");
-    let o = lab_cmd(&env, state.path(), &["link", "kbt-link", "nosuch", "down"]);
+    assert!(
+        rtt_ms(&env, state.path(), "a.h", "10.77.0.2", "2").is_some(),
+        "link healed: no ping"
+    );
+    let o = lab_cmd(&env, state.path(), &["link", "nosuch", "down"]);
     assert!(
         text(&o.stderr).contains("no link 'nosuch'"),
         "{}",
         text(&o.stderr)
     );
+
+    // 100 ms each way: the round trip grows by 200 ms.
+    ok(&lab_cmd(
+        &env,
+        state.path(),
+        &["impair", "ab", "--delay", "100ms"],
+    ));
+    let slow = rtt_ms(&env, state.path(), "a.h", "10.77.0.2", "3").expect("impaired: no ping");
+    assert!(
+        slow >= 200.0 && slow < base + 400.0,
+        "delay 100ms: rtt {slow} ms (before {base} ms)"
+    );
+    let shown = ok(&lab_cmd(&env, state.path(), &["inspect", "kbt-link"]));
+    assert!(shown.contains("delay 100ms"), "{shown}");
+    let saved = ok(&lab_cmd(&env, state.path(), &["save", "kbt-link"]));
+    assert!(saved.contains("100ms"), "save lost the impairment: {saved}");
+    let graph = ok(&lab_cmd(
+        &env,
+        state.path(),
+        &["graph", "kbt-link", "--format", "dot"],
+    ));
+    assert!(
+        graph.contains("digraph") || graph.contains("graph"),
+        "{graph}"
+    );
+    // Total loss: nothing passes.
+    ok(&lab_cmd(
+        &env,
+        state.path(),
+        &["impair", "kbt-link/ab", "--loss", "100%"],
+    ));
+    assert!(
+        rtt_ms(&env, state.path(), "a.h", "10.77.0.2", "2").is_none(),
+        "100% loss: ping passes"
+    );
+    ok(&lab_cmd(&env, state.path(), &["impair", "ab", "--clear"]));
+    let fast = rtt_ms(&env, state.path(), "a.h", "10.77.0.2", "3").expect("cleared: no ping");
+    assert!(
+        fast < base + 100.0,
+        "cleared: rtt {fast} ms (before {base} ms)"
+    );
+    let o = lab_cmd(&env, state.path(), &["impair", "ab", "--delay", "-5ms"]);
+    assert!(!o.status.success());
+    let o = lab_cmd(&env, state.path(), &["impair", "ab", "--loss", "150%"]);
+    assert!(!o.status.success(), "150% loss accepted");
+
+    // Restart one VM: a new VM process, configured again (the link still works).
+    let pid = |env: &Env| {
+        std::fs::read_to_string(env.run.path().join("vms/kbt-link.b.h/vm.pid")).unwrap()
+    };
+    let before = pid(&env);
+    let out = ok(&lab_cmd(&env, state.path(), &["restart", "b.h"]));
+    assert!(out.contains("2 of 2 VMs ready"), "{out}");
+    assert_ne!(before, pid(&env), "restart kept the old VM process");
+    assert!(rtt_ms(&env, state.path(), "a.h", "10.77.0.2", "2").is_some());
+
     ok(&lab_cmd(&env, state.path(), &["down", "kbt-link"]));
     env.assert_clean();
     assert!(!netns_exists("kb-kbt-link"));
+    assert!(!netd_running("kbt-link"), "net daemon left behind");
+}
+
+#[test]
+fn kill_during_up_then_up_converges_without_duplicates() {
+    let env = Env::new();
+    let state = tempfile::tempdir().unwrap();
+    let file = example_as(&env, "tiny-five.yaml", "kbt-kill");
+    let _down = Down {
+        env: &env,
+        state: state.path(),
+        lab: "kbt-kill",
+    };
+    let mut child = env
+        .cmd(&["up", file.to_str().unwrap()])
+        .env("KOBAKO_STATE", state.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it while VMs are booting: some VM directories exist, not all agents are ready.
+    let t0 = std::time::Instant::now();
+    while env.leftovers().len() < 3 && t0.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::process::Command::new("kill")
+        .args(["-9", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = child.wait();
+    assert!(!env.leftovers().is_empty(), "killed before any VM started");
+
+    let out = ok(&lab_cmd(
+        &env,
+        state.path(),
+        &["up", file.to_str().unwrap()],
+    ));
+    assert!(out.contains("5 of 5 VMs ready"), "{out}");
+    let qemus = env
+        .processes()
+        .into_iter()
+        .filter(|p| p.contains("qemu-system"))
+        .count();
+    assert_eq!(
+        qemus,
+        5,
+        "VM processes after converging: {:#?}",
+        env.processes()
+    );
+    assert_eq!(env.leftovers().len(), 5);
+    let ls = ok(&lab_cmd(&env, state.path(), &["ls", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&ls).unwrap();
+    assert_eq!(v[0]["state"], "ready", "{ls}");
+    assert_eq!(v[0]["ready"], 5, "{ls}");
+
+    ok(&lab_cmd(&env, state.path(), &["down", "kbt-kill"]));
+    env.assert_clean();
+    assert!(!netns_exists("kb-kbt-kill"));
 }

@@ -229,6 +229,10 @@ impl VmConfig {
     /// - `reboot=t panic=-1`: any reset (power-off included: microvm has no ACPI) is a triple
     ///   fault, which the runtime turns into the end of the VM process; a panic resets at once.
     /// - `tsc_early_khz`: under TCG, early timer calibration sometimes hangs without it.
+    /// - `tsc=reliable` (TCG): TCG's TSC follows the host's clock, but the kernel's watchdog
+    ///   compares it with jiffies, which fall behind when the emulated CPU is starved (timer
+    ///   ticks are lost), and then marks the TSC unstable: the guest falls back to
+    ///   `refined-jiffies`, a 4 ms clock that drifts (ping showed 192 ms for a 200 ms delay).
     pub fn cmdline(&self) -> String {
         let mut c = vec![
             "console=ttyS0".to_string(),
@@ -243,6 +247,7 @@ impl VmConfig {
             if let Some(khz) = host::tsc_khz() {
                 c.push(format!("tsc_early_khz={khz}"));
             }
+            c.push("tsc=reliable".into());
         }
         match &self.root {
             Root::Initramfs { .. } => c.push("rdinit=/init".into()),

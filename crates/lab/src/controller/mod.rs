@@ -1,30 +1,35 @@
-//! The lab controller: bring a resolved [`Lab`] up on this host and take it down again.
+//! The lab controller: bring a resolved [`Lab`] up on this host, change it live, take it down.
 //!
-//! `up` is idempotent and converges: the host network is ensured object by object (kobako-net
-//! calls are idempotent), VMs that already run are kept and reconfigured, missing ones are
-//! created and booted in parallel, and every VM then gets its addresses, routes, hosts, files
-//! and services through its agent. A crash half-way is repaired by the next `up`; `down` removes
-//! every VM process, tap, bridge, namespace and overlay of the lab, and is fine to repeat.
+//! - `up` plans (diff of the lab file against what runs: VMs to create, keep, replace,
+//!   remove) and applies: host network (namespace, bridges, taps, VLANs, uplink, published
+//!   ports), VMs booted in parallel within the host's limits, then addresses, routes, hosts,
+//!   files and services through each agent. It is idempotent and converges: a crash half-way
+//!   (even `kill -9`) is repaired by the next `up`, which keeps VMs that already run.
+//! - Live changes: [`impair`] and [`set_link_state`] (both ends of a link), [`restart`].
+//! - `down` removes every VM process, tap, bridge, namespace, overlay and the lab's state.
 //!
-//! What is stored: `/var/lib/kobako/labs/<lab>.json` (or `$KOBAKO_STATE/labs`) holds the resolved
-//! lab and the names of its VMs (a first version of the state store; SQLite comes with the
-//! server). Everything else is read back from the host (VM runtime directories, namespaces).
+//! State: the SQLite store of `kobako-state` (desired spec, per-VM and per-lab state with
+//! reasons, link state and impairments, events). A lab is changed by one process at a time
+//! ([`kobako_state::LabLock`], a `flock` that dies with its holder). What runs is always read
+//! back from the host (VM runtime directories, namespaces), never trusted from the store.
 //!
-//! Not yet here (see the issue notes): impairments and link state on this host's kernel need a
-//! long-lived process (kobako-net's userspace relay); uplink/published ports.
+//! Impairments on a kernel without netem (these machines) need a process that outlives the
+//! command: [`netd`], one small daemon per impaired lab holding kobako-net's userspace relays.
+
+mod links;
+pub mod netd;
+mod up;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use kobako_agent::proto::{self, IfaceConfig, NetConfig, RouteConfig, ServiceSpec};
-use kobako_net::{IfName, LabName as NetLabName, LabNet, PortSpec, PortVlan, VlanId};
-use kobako_runtime::agent::AgentClient;
-use kobako_runtime::config::{Nic, VmConfig};
-use kobako_runtime::{Runtime, VmDir};
-use serde::{Deserialize, Serialize};
+use kobako_net::IfName;
+use kobako_state::{Db, LabState, VmRow, VmState};
+use serde::Serialize;
 
-use crate::spec::{Attachment, FileSource, Lab, Vm};
+use crate::spec::{Attachment, Lab, Vm};
+
+pub use links::{capture, impair, set_link_state, to_net_impairment};
+pub use up::{down, plan, restart, up, Plan, UpReport, VmReport};
 
 /// Errors of the controller, each naming the lab object involved.
 #[derive(Debug, thiserror::Error)]
@@ -39,63 +44,98 @@ pub enum LabError {
     Vm { vm: String, message: String },
     #[error("lab '{0}' is not up (see `kobako ls`)")]
     NotFound(String),
+    #[error(transparent)]
+    State(#[from] kobako_state::StateError),
     #[error("{0}")]
     Other(String),
 }
 
 pub type Result<T, E = LabError> = std::result::Result<T, E>;
 
-/// Where lab state lives.
+/// Where lab state lives (the directory of `kobako.db`).
 pub fn state_dir() -> PathBuf {
-    std::env::var_os("KOBAKO_STATE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/kobako"))
-        .join("labs")
+    kobako_state::state_root()
 }
 
-/// What is stored about a lab that is up.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Where a lab's runtime files live (`/run/kobako/labs/<lab>`: the net daemon's socket).
+pub fn lab_run_dir(lab: &str) -> PathBuf {
+    kobako_runtime::vmdir::run_root().join("labs").join(lab)
+}
+
+/// Opens the state store.
+pub fn db() -> Result<Db> {
+    Ok(Db::open()?)
+}
+
+/// What is stored about a lab, with its resolved model.
+#[derive(Debug, Clone, Serialize)]
 pub struct LabRecord {
     pub name: String,
     pub file: Option<String>,
+    pub owner: Option<String>,
+    pub state: LabState,
+    pub reason: Option<String>,
     pub lab: Lab,
     /// Runtime names of its VMs (`<lab>.<node>.<vm>`).
     pub vms: Vec<String>,
 }
 
 impl LabRecord {
-    fn path(name: &str) -> PathBuf {
-        state_dir().join(format!("{name}.json"))
-    }
-
+    /// The stored lab `name`, if any.
     pub fn load(name: &str) -> Option<LabRecord> {
-        let data = std::fs::read(Self::path(name)).ok()?;
-        serde_json::from_slice(&data).ok()
+        Self::load_from(&db().ok()?, name).ok().flatten()
     }
 
-    fn save(&self) -> Result<()> {
-        let p = Self::path(&self.name);
-        std::fs::create_dir_all(state_dir()).map_err(|e| LabError::Other(e.to_string()))?;
-        let tmp = p.with_extension("tmp");
-        let data = serde_json::to_vec_pretty(self).map_err(|e| LabError::Other(e.to_string()))?;
-        std::fs::write(&tmp, data).map_err(|e| LabError::Other(e.to_string()))?;
-        std::fs::rename(&tmp, &p).map_err(|e| LabError::Other(e.to_string()))
+    /// The stored lab `name` from `db`.
+    pub fn load_from(db: &Db, name: &str) -> Result<Option<LabRecord>> {
+        let Some(row) = db.lab(name)? else {
+            return Ok(None);
+        };
+        let lab: Lab = serde_json::from_value(row.spec).map_err(|e| {
+            LabError::Other(format!(
+                "stored lab '{name}' cannot be read ({e}); `kobako down {name}` removes it"
+            ))
+        })?;
+        Ok(Some(LabRecord {
+            name: row.name,
+            file: row.file,
+            owner: row.owner,
+            state: row.state,
+            reason: row.reason,
+            vms: lab.vms().map(|v| vm_name(&lab, v)).collect(),
+            lab,
+        }))
     }
 
-    /// All labs with a record.
+    /// All stored labs.
     pub fn list() -> Vec<LabRecord> {
-        let mut v: Vec<LabRecord> = std::fs::read_dir(state_dir())
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| {
-                        let n = e.file_name().to_string_lossy().into_owned();
-                        n.strip_suffix(".json").and_then(LabRecord::load)
-                    })
-                    .collect()
-            })
+        let Ok(db) = db() else { return Vec::new() };
+        let names: Vec<String> = db
+            .labs()
+            .map(|v| v.into_iter().map(|r| r.name).collect())
             .unwrap_or_default();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
+        names
+            .iter()
+            .filter_map(|n| Self::load_from(&db, n).ok().flatten())
+            .collect()
+    }
+}
+
+/// A VM's state as stored, corrected by what runs: a VM stored as ready/booting whose process
+/// is gone is `stopped` (crashed or stopped outside kobako).
+pub fn observed(row: &VmRow) -> (VmState, Option<String>) {
+    let running = kobako_runtime::VmDir::for_name(&row.name)
+        .vm_pid()
+        .is_some();
+    match (row.state, running) {
+        (VmState::Ready | VmState::Booting, false) => {
+            let why = kobako_runtime::VmDir::for_name(&row.name)
+                .exit()
+                .map(|e| format!("VM process ended ({})", e.describe()))
+                .unwrap_or_else(|| "VM process is not running".into());
+            (VmState::Stopped, Some(why))
+        }
+        (s, _) => (s, row.reason.clone()),
     }
 }
 
@@ -109,14 +149,14 @@ pub fn vm_name(lab: &Lab, vm: &Vm) -> String {
     )
 }
 
-fn tap_name(vm: &Vm, iface: &str) -> IfName {
+pub(crate) fn tap_name(vm: &Vm, iface: &str) -> IfName {
     IfName::for_key(
         "t",
         &format!("{}.{}:{iface}", vm.id.node.as_str(), vm.id.vm.as_str()),
     )
 }
 
-fn bridge_for(vm: &Vm, att: &Attachment) -> IfName {
+pub(crate) fn bridge_for(vm: &Vm, att: &Attachment) -> IfName {
     match att {
         Attachment::NodeNetwork => IfName::for_key("bn", vm.id.node.as_str()),
         Attachment::Network(n) => IfName::for_key("bw", n.as_str()),
@@ -124,400 +164,117 @@ fn bridge_for(vm: &Vm, att: &Attachment) -> IfName {
     }
 }
 
-/// Progress reports for the CLI (one line per event).
+/// Progress reports for the CLI and the server (one line per event).
 pub trait Progress: Send + Sync {
     fn event(&self, line: &str);
 }
 
+/// Progress that goes nowhere.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn event(&self, _: &str) {}
+}
+
 /// Turns a VM's image/kernel words into a bootable config (the CLI knows the image store).
-pub type Resolver = dyn Fn(&Vm, &str) -> std::result::Result<VmConfig, String> + Send + Sync;
+pub type Resolver = dyn Fn(&Vm, &str) -> std::result::Result<kobako_runtime::config::VmConfig, String>
+    + Send
+    + Sync;
 
-/// One VM's outcome of `up`.
-#[derive(Debug, Clone, Serialize)]
-pub struct VmReport {
-    pub name: String,
-    pub state: String,
-    pub boot_ms: Option<u64>,
-    pub addresses: Vec<String>,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct UpReport {
-    pub lab: String,
-    pub vms: Vec<VmReport>,
-    pub total_ms: u64,
-}
-
-impl UpReport {
-    pub fn ok(&self) -> bool {
-        self.vms.iter().all(|v| v.error.is_none())
+/// Finds the runtime name of a VM as a user types it: a runtime name (`lab.node.vm`, or any
+/// single VM's name), `lab/node.vm`, or `node.vm` when exactly one lab has that VM (`lab`
+/// narrows the search). The error says what exists.
+pub fn resolve_vm(s: &str, lab: Option<&str>) -> Result<String> {
+    if let Some((l, v)) = s.split_once('/') {
+        return resolve_vm(v, Some(l));
     }
-}
-
-fn net_err(lab: &Lab) -> impl Fn(kobako_net::NetError) -> LabError + '_ {
-    move |source| LabError::Net {
-        lab: lab.name.as_str().to_string(),
-        source,
+    if lab.is_none() && kobako_runtime::VmDir::for_name(s).exists() {
+        return Ok(s.to_string());
     }
-}
-
-/// Build (or complete) the lab's host network. Blocking: call from `spawn_blocking`.
-fn ensure_network(lab: &Lab) -> Result<String> {
-    let e = net_err(lab);
-    let name = NetLabName::new(lab.name.as_str()).map_err(&e)?;
-    let net = LabNet::ensure(&name).map_err(&e)?;
-    let netns = net.netns().name().to_string();
-    for vm in lab.nodes.iter().flat_map(|n| n.vms.iter()) {
-        for iface in &vm.interfaces {
-            let bridge = bridge_for(vm, &iface.attach);
-            let vlan = match &iface.attach {
-                Attachment::Network(n) => lab
-                    .networks
-                    .iter()
-                    .find(|x| &x.name == n)
-                    .and_then(|x| x.vlan),
-                _ => None,
-            };
-            net.ensure_bridge(&bridge, Some(iface.mtu), None, vlan.is_some())
-                .map_err(&e)?;
-            let mut port = PortSpec::tap(tap_name(vm, iface.name.as_str()), bridge);
-            port.mtu = Some(iface.mtu);
-            if let Some(v) = vlan {
-                port.vlan = PortVlan::Access(VlanId::new(u32::from(v)).map_err(&e)?);
-            }
-            net.ensure_port(&port).map_err(&e)?;
+    let db = db()?;
+    if let Some(l) = lab {
+        let rec = LabRecord::load_from(&db, l)?.ok_or_else(|| LabError::NotFound(l.into()))?;
+        let vm = rec.lab.find_vm(s).map_err(LabError::Other)?;
+        return Ok(vm_name(&rec.lab, vm));
+    }
+    let labs: Vec<LabRecord> = db
+        .labs()?
+        .iter()
+        .filter_map(|r| LabRecord::load_from(&db, &r.name).ok().flatten())
+        .collect();
+    // `lab.node.vm` of a stored lab whose VM is not running (yet).
+    for rec in &labs {
+        if rec.vms.iter().any(|n| n == s) {
+            return Ok(s.to_string());
         }
     }
-    for link in &lab.links {
-        if link.state == crate::spec::LinkState::Down {
-            for ep in &link.endpoints {
-                if let Some(vm) = lab
-                    .nodes
-                    .iter()
-                    .flat_map(|n| n.vms.iter())
-                    .find(|v| v.id == ep.vm)
-                {
-                    net.set_link_up(&tap_name(vm, ep.iface.as_str()), false)
-                        .map_err(&e)?;
+    let hits: Vec<String> = labs
+        .iter()
+        .filter_map(|r| r.lab.find_vm(s).ok().map(|v| vm_name(&r.lab, v)))
+        .collect();
+    match hits.len() {
+        1 => Ok(hits[0].clone()),
+        0 => {
+            let mut names: Vec<String> = kobako_runtime::vmdir::list()
+                .into_iter()
+                .map(|d| d.name)
+                .collect();
+            for r in &labs {
+                for v in r.lab.vms() {
+                    names.push(format!("{}.{}", v.id.node.as_str(), v.id.vm.as_str()));
                 }
             }
+            Err(LabError::Other(format!(
+                "no VM '{s}'{} (see `kobako vm ls` and `kobako inspect LAB`)",
+                crate::spec::error::suggest(s, names.iter().map(|s| s.as_str()))
+            )))
         }
+        _ => Err(LabError::Other(format!(
+            "'{s}' is in several labs: say which one ({})",
+            hits.join(", ")
+        ))),
     }
-    Ok(netns)
 }
 
-/// What the agent applies in a VM.
-fn guest_config(vm: &Vm) -> (NetConfig, Vec<ServiceSpec>) {
-    let mut cfg = NetConfig {
-        hostname: Some(format!("{}-{}", vm.id.node.as_str(), vm.id.vm.as_str())),
-        ..Default::default()
-    };
-    let mut default_set = false;
-    for i in &vm.interfaces {
-        cfg.interfaces.push(IfaceConfig {
-            name: String::new(),
-            mac: Some(i.mac.to_string()),
-            rename: Some(i.name.as_str().to_string()),
-            addresses: i.addresses.iter().map(|c| c.to_string()).collect(),
-            mtu: Some(i.mtu),
-            up: true,
-        });
-        if let (Some(gw), false, false) = (i.gateway, i.no_gateway, default_set) {
-            // The interface's own address is never its gateway (the router itself).
-            if !i.addresses.iter().any(|a| a.addr == gw) {
-                cfg.routes.push(RouteConfig {
-                    dst: "default".into(),
-                    via: Some(gw.to_string()),
-                    dev: Some(i.name.as_str().to_string()),
-                    metric: None,
-                });
-                default_set = true;
-            }
-        }
+/// Finds the lab that has link `link` (`lab/link` is also accepted); `lab` narrows the search.
+pub fn resolve_link(s: &str, lab: Option<&str>) -> Result<(String, String)> {
+    if let Some((l, k)) = s.split_once('/') {
+        return resolve_link(k, Some(l));
     }
-    for r in &vm.routes {
-        cfg.routes.push(RouteConfig {
-            dst: r.to.to_string(),
-            via: Some(r.via.to_string()),
-            dev: None,
-            metric: None,
-        });
-    }
-    cfg.hosts = vm.hosts.iter().map(|(n, ip)| format!("{ip} {n}")).collect();
-    let services = vm
-        .services
-        .iter()
-        .map(|s| ServiceSpec {
-            name: s.name.clone(),
-            command: s.command.clone(),
-            restart: match s.restart {
-                crate::spec::Restart::Always => proto::Restart::Always,
-                crate::spec::Restart::OnFailure => proto::Restart::OnFailure,
-                crate::spec::Restart::Never => proto::Restart::Never,
-            },
-            env: vm.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-            cwd: None,
-        })
-        .collect();
-    (cfg, services)
-}
-
-async fn configure(client: &AgentClient, vm: &Vm) -> std::result::Result<(), String> {
-    let (net, services) = guest_config(vm);
-    client.net_config(net).await.map_err(|e| e.to_string())?;
-    for f in &vm.files {
-        let data = match &f.source {
-            FileSource::Inline(s) => s.clone().into_bytes(),
-            FileSource::Host(p) => {
-                std::fs::read(p).map_err(|e| format!("file {}: {e}", p.display()))?
-            }
-        };
-        if let Some(parent) = std::path::Path::new(&f.dst).parent() {
-            let _ = client.mkdir(&parent.to_string_lossy(), 0o755, true).await;
-        }
-        client
-            .put_file(&data[..], data.len() as u64, &f.dst, f.mode, &|_| {})
-            .await
-            .map_err(|e| format!("file {}: {e}", f.dst))?;
-    }
-    if !services.is_empty() {
-        client
-            .set_services(services)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-/// Bring `lab` up (or converge it). `resolve` builds each VM's runtime config.
-pub async fn up(
-    rt: Arc<dyn Runtime>,
-    lab: &Lab,
-    file: Option<String>,
-    resolve: &Resolver,
-    progress: &dyn Progress,
-) -> Result<UpReport> {
-    let t0 = Instant::now();
-    let vms: Vec<&Vm> = lab.nodes.iter().flat_map(|n| n.vms.iter()).collect();
-    // Record first, so a crash from here on is cleaned up by `down` and converged by `up`.
-    let record = LabRecord {
-        name: lab.name.as_str().to_string(),
-        file,
-        lab: lab.clone(),
-        vms: vms.iter().map(|v| vm_name(lab, v)).collect(),
-    };
-    record.save()?;
-    progress.event(&format!(
-        "network: namespace and {} bridges/taps",
-        vms.len()
-    ));
-    let lab2 = lab.clone();
-    let netns = tokio::task::spawn_blocking(move || ensure_network(&lab2))
-        .await
-        .map_err(|e| LabError::Other(e.to_string()))??;
-
-    // Split: VMs already running are kept; the rest are created.
-    let mut cfgs = Vec::new();
-    let mut order = Vec::new();
-    let mut reports: Vec<VmReport> = Vec::new();
-    let mut running: Vec<(usize, VmDir)> = Vec::new();
-    for (i, vm) in vms.iter().enumerate() {
-        let name = vm_name(lab, vm);
-        reports.push(VmReport {
-            name: name.clone(),
-            state: "pending".into(),
-            boot_ms: None,
-            addresses: vm
-                .interfaces
-                .iter()
-                .flat_map(|x| {
-                    x.addresses
-                        .iter()
-                        .map(|a| format!("{}:{a}", x.name.as_str()))
-                })
-                .collect(),
-            error: None,
-        });
-        let dir = VmDir::for_name(&name);
-        if dir.exists() && dir.vm_pid().is_some() {
-            running.push((i, dir));
-            continue;
-        }
-        if dir.exists() {
-            let _ = rt.kill(&dir).await;
-        }
-        match resolve(vm, &name) {
-            Ok(mut cfg) => {
-                cfg.name = name;
-                cfg.netns = Some(netns.clone());
-                cfg.nics = vm
-                    .interfaces
-                    .iter()
-                    .map(|x| Nic {
-                        tap: tap_name(vm, x.name.as_str()).as_str().to_string(),
-                        mac: x.mac.to_string(),
-                    })
-                    .collect();
-                cfgs.push(cfg);
-                order.push(i);
-            }
-            Err(e) => {
-                reports[i].state = "failed".into();
-                reports[i].error = Some(e);
-            }
-        }
-    }
-    progress.event(&format!(
-        "booting {} VM(s) ({} already running)",
-        cfgs.len(),
-        running.len()
-    ));
-    let results = kobako_runtime::group::start_all(
-        rt.clone(),
-        cfgs,
-        kobako_runtime::group::default_parallelism(),
-    )
-    .await;
-    let mut clients: Vec<(usize, AgentClient)> = Vec::new();
-    for (i, r) in order.into_iter().zip(results) {
-        match r {
-            Ok(s) => {
-                let ms = s.ready_after.as_millis() as u64;
-                progress.event(&format!("  {} ready in {ms} ms", reports[i].name));
-                reports[i].boot_ms = Some(ms);
-                clients.push((i, s.client));
-            }
-            Err(e) => {
-                progress.event(&format!("  {} failed: {e}", reports[i].name));
-                reports[i].state = "failed".into();
-                reports[i].error = Some(e.to_string());
-            }
-        }
-    }
-    for (i, dir) in running {
-        match kobako_runtime::wait_ready(&dir, Duration::from_secs(60)).await {
-            Ok((c, _)) => clients.push((i, c)),
-            Err(e) => {
-                reports[i].state = "failed".into();
-                reports[i].error = Some(e.to_string());
-            }
-        }
-    }
-    // Configure all in parallel.
-    let jobs = clients.iter().map(|(i, c)| {
-        let vm = vms[*i];
-        async move { (*i, configure(c, vm).await) }
-    });
-    let mut outcomes = Vec::new();
-    for j in jobs {
-        outcomes.push(j.await);
-    }
-    for (i, r) in outcomes {
-        match r {
-            Ok(()) => reports[i].state = "ready".into(),
-            Err(e) => {
-                reports[i].state = "failed".into();
-                reports[i].error = Some(format!("configuring: {e}"));
-            }
-        }
-    }
-    Ok(UpReport {
-        lab: lab.name.as_str().to_string(),
-        vms: reports,
-        total_ms: t0.elapsed().as_millis() as u64,
-    })
-}
-
-/// Take a lab down: every VM, then the host network, then the record. Idempotent.
-pub async fn down(rt: Arc<dyn Runtime>, name: &str) -> Result<usize> {
-    let prefix = format!("{name}.");
-    let mut names: Vec<String> = LabRecord::load(name).map(|r| r.vms).unwrap_or_default();
-    // Also VMs of the lab that the record does not know (a crash before it was written).
-    for d in kobako_runtime::vmdir::list() {
-        if d.name.starts_with(&prefix) && !names.contains(&d.name) {
-            names.push(d.name);
-        }
-    }
-    let net_name = NetLabName::new(name).map_err(|source| LabError::Net {
-        lab: name.into(),
-        source,
-    })?;
-    let has_net = LabNet::open(&net_name).ok().flatten().is_some();
-    if names.is_empty() && !has_net && LabRecord::load(name).is_none() {
-        return Err(LabError::NotFound(name.into()));
-    }
-    let stops: Vec<_> = names
-        .iter()
-        .map(|n| {
-            let rt = rt.clone();
-            let d = VmDir::for_name(n);
-            tokio::spawn(async move {
-                if d.exists() {
-                    rt.stop(&d, Duration::from_secs(5)).await
-                } else {
-                    Ok(())
-                }
-            })
-        })
-        .collect();
-    let mut stopped = 0;
-    for s in stops {
-        match s.await {
-            Ok(Ok(())) => stopped += 1,
-            Ok(Err(e)) => return Err(LabError::Other(e.to_string())),
-            Err(e) => return Err(LabError::Other(e.to_string())),
-        }
-    }
-    tokio::task::spawn_blocking(move || LabNet::delete(&net_name))
-        .await
-        .map_err(|e| LabError::Other(e.to_string()))?
-        .map_err(|source| LabError::Net {
-            lab: name.into(),
-            source,
-        })?;
-    let _ = std::fs::remove_file(LabRecord::path(name));
-    Ok(stopped)
-}
-
-/// Cut (`up == false`) or heal a link of a running lab: both endpoints' taps go down/up, so
-/// neither VM's frames cross it. The record keeps the new state, so `up` re-applies it.
-pub fn set_link_state(name: &str, link: &str, up: bool) -> Result<()> {
-    let mut rec = LabRecord::load(name).ok_or_else(|| LabError::NotFound(name.into()))?;
-    let lab = rec.lab.clone();
-    let Some(l) = lab.links.iter().find(|l| l.name.as_str() == link) else {
-        let names: Vec<&str> = lab.links.iter().map(|l| l.name.as_str()).collect();
-        return Err(LabError::Other(format!(
-            "lab '{name}' has no link '{link}' (links: {})",
-            if names.is_empty() {
-                "none".to_string()
-            } else {
-                names.join(", ")
-            }
-        )));
-    };
-    let e = net_err(&lab);
-    let net_name = NetLabName::new(name).map_err(&e)?;
-    let net = LabNet::open(&net_name)
-        .map_err(&e)?
-        .ok_or_else(|| LabError::NotFound(name.into()))?;
-    for ep in &l.endpoints {
-        if let Some(vm) = lab
-            .nodes
+    let db = db()?;
+    let labs: Vec<LabRecord> = match lab {
+        Some(l) => vec![LabRecord::load_from(&db, l)?.ok_or_else(|| LabError::NotFound(l.into()))?],
+        None => db
+            .labs()?
             .iter()
-            .flat_map(|n| n.vms.iter())
-            .find(|v| v.id == ep.vm)
-        {
-            net.set_link_up(&tap_name(vm, ep.iface.as_str()), up)
-                .map_err(&e)?;
+            .filter_map(|r| LabRecord::load_from(&db, &r.name).ok().flatten())
+            .collect(),
+    };
+    let hits: Vec<&LabRecord> = labs.iter().filter(|r| r.lab.link(s).is_some()).collect();
+    match hits.len() {
+        1 => Ok((hits[0].name.clone(), s.to_string())),
+        0 => {
+            let all: Vec<String> = labs
+                .iter()
+                .flat_map(|r| r.lab.links.iter().map(|l| l.name.as_str().to_string()))
+                .collect();
+            Err(LabError::Other(format!(
+                "no link '{s}'{}{} (links: {})",
+                lab.map(|l| format!(" in lab '{l}'")).unwrap_or_default(),
+                crate::spec::error::suggest(s, all.iter().map(|s| s.as_str())),
+                if all.is_empty() {
+                    "none".to_string()
+                } else {
+                    all.join(", ")
+                }
+            )))
         }
+        _ => Err(LabError::Other(format!(
+            "link '{s}' is in several labs: write LAB/{s} ({})",
+            hits.iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
     }
-    if let Some(stored) = rec.lab.links.iter_mut().find(|x| x.name.as_str() == link) {
-        stored.state = if up {
-            crate::spec::LinkState::Up
-        } else {
-            crate::spec::LinkState::Down
-        };
-    }
-    rec.save()
 }

@@ -1,0 +1,250 @@
+//! Live link changes: impairments and cut/heal.
+//!
+//! A link's impairment applies to both directions: each endpoint's tap gets it on the traffic
+//! leaving towards its VM (netem semantics), so `delay 100ms` adds 100 ms each way (200 ms to a
+//! round trip). Where the host kernel has netem, the qdiscs are set right here and stay in the
+//! kernel; where it does not (these machines), the lab's net daemon ([`super::netd`]) holds
+//! kobako-net's userspace relays and is told to re-read the store.
+
+use kobako_net::{LabName as NetLabName, LabNet};
+use kobako_state::Db;
+
+use super::{tap_name, LabError, LabRecord, Result};
+use crate::spec::{Impairment, Lab, LinkState};
+
+/// The kobako-net form of a lab file impairment (validated by kobako-net's builder).
+pub fn to_net_impairment(i: &Impairment) -> Result<kobako_net::Impairment, kobako_net::NetError> {
+    let mut b = kobako_net::Impairment::builder();
+    if let Some(d) = i.delay {
+        b = b.delay(d.duration());
+    }
+    if let Some(j) = i.jitter {
+        b = b.jitter(j.duration());
+    }
+    if let Some(c) = i.loss {
+        b = b
+            .loss(c.percent.as_f64())
+            .loss_correlation(c.correlation.as_f64());
+    }
+    if let Some(c) = i.corrupt {
+        b = b
+            .corrupt(c.percent.as_f64())
+            .corrupt_correlation(c.correlation.as_f64());
+    }
+    if let Some(c) = i.duplicate {
+        b = b
+            .duplicate(c.percent.as_f64())
+            .duplicate_correlation(c.correlation.as_f64());
+    }
+    if let Some(c) = i.reorder {
+        b = b
+            .reorder(c.percent.as_f64())
+            .reorder_correlation(c.correlation.as_f64());
+    }
+    if let Some(r) = i.rate {
+        b = b.rate_bps(r.0);
+    }
+    b.build()
+}
+
+/// The live impairment of every link of `lab` (store first, lab file second).
+fn desired(db: &Db, lab: &Lab) -> Result<Vec<(String, Option<Impairment>, bool)>> {
+    let rows = db.links(lab.name.as_str())?;
+    let mut out = Vec::new();
+    for l in &lab.links {
+        let row = rows.iter().find(|r| r.name == l.name.as_str());
+        let (imp, up) = match row {
+            Some(r) => {
+                let imp = match &r.impairment {
+                    Some(v) => Some(serde_json::from_value::<Impairment>(v.clone()).map_err(
+                        |e| {
+                            LabError::Other(format!(
+                                "stored impairment of link '{}': {e}",
+                                l.name.as_str()
+                            ))
+                        },
+                    )?),
+                    None => None,
+                };
+                (imp, r.up)
+            }
+            None => (
+                (!l.impair.is_none()).then_some(l.impair),
+                l.state == LinkState::Up,
+            ),
+        };
+        out.push((l.name.as_str().to_string(), imp, up));
+    }
+    Ok(out)
+}
+
+/// Applies every link's stored impairment to `net` (both endpoint taps). Used by the
+/// controller on a netem kernel and by the net daemon.
+pub(crate) fn apply_impairments(net: &LabNet, db: &Db, lab: &Lab) -> Result<()> {
+    let e = |source| LabError::Net {
+        lab: lab.name.as_str().into(),
+        source,
+    };
+    for (link, imp, _) in desired(db, lab)? {
+        let Some(l) = lab.link(&link) else { continue };
+        let net_imp = match &imp {
+            Some(i) => Some(to_net_impairment(i).map_err(e)?),
+            None => None,
+        };
+        for ep in &l.endpoints {
+            let Some(vm) = lab.vm(&ep.vm) else { continue };
+            let tap = tap_name(vm, ep.iface.as_str());
+            match &net_imp {
+                Some(i) => net.set_impairment(&tap, i).map_err(e)?,
+                None => net.clear_impairment(&tap).map_err(e)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes the host match the stored link states and impairments. Blocking.
+pub(crate) fn apply_links(db: &Db, lab: &Lab) -> Result<()> {
+    let name = lab.name.as_str();
+    let e = |source| LabError::Net {
+        lab: name.into(),
+        source,
+    };
+    let net_name = NetLabName::new(name).map_err(e)?;
+    let net = LabNet::open(&net_name)
+        .map_err(e)?
+        .ok_or_else(|| LabError::NotFound(name.into()))?;
+    let want = desired(db, lab)?;
+    for (link, _, up) in &want {
+        let Some(l) = lab.link(link) else { continue };
+        for ep in &l.endpoints {
+            if let Some(vm) = lab.vm(&ep.vm) {
+                net.set_link_up(&tap_name(vm, ep.iface.as_str()), *up)
+                    .map_err(e)?;
+            }
+        }
+    }
+    let any_impaired = want.iter().any(|(_, i, _)| i.is_some());
+    if net.features().netem {
+        apply_impairments(&net, db, lab)
+    } else if any_impaired || super::netd::running(name) {
+        // The relays must outlive this process: the lab's net daemon holds them.
+        drop(net);
+        super::netd::ensure(name)?;
+        super::netd::request(name, "reload")
+    } else {
+        Ok(())
+    }
+}
+
+fn load(lab: &str, link: &str) -> Result<(Db, LabRecord)> {
+    let db = super::db()?;
+    let rec = LabRecord::load_from(&db, lab)?.ok_or_else(|| LabError::NotFound(lab.into()))?;
+    if rec.lab.link(link).is_none() {
+        let names: Vec<&str> = rec.lab.links.iter().map(|l| l.name.as_str()).collect();
+        return Err(LabError::Other(format!(
+            "lab '{lab}' has no link '{link}'{} (links: {})",
+            crate::spec::error::suggest(link, names.iter().copied()),
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        )));
+    }
+    Ok((db, rec))
+}
+
+/// Sets (`Some`) or clears (`None`) the impairment of a link of a running lab, live.
+pub fn impair(lab: &str, link: &str, imp: Option<Impairment>) -> Result<()> {
+    let (db, rec) = load(lab, link)?;
+    let imp = imp.filter(|i| !i.is_none());
+    if let Some(i) = &imp {
+        // Validate before storing anything.
+        to_net_impairment(i).map_err(|source| LabError::Net {
+            lab: lab.into(),
+            source,
+        })?;
+    }
+    let up = db
+        .links(lab)?
+        .into_iter()
+        .find(|r| r.name == link)
+        .map(|r| r.up)
+        .unwrap_or(true);
+    let before = db.links(lab)?.into_iter().find(|r| r.name == link);
+    let value = imp.map(|i| serde_json::to_value(i).unwrap_or_default());
+    db.set_link(lab, link, up, value.as_ref())?;
+    if let Err(e) = apply_links(&db, &rec.lab) {
+        // Put the stored state back: the store says what is applied.
+        if let Some(b) = before {
+            let _ = db.set_link(lab, link, b.up, b.impairment.as_ref());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Cuts (`up == false`) or heals a link of a running lab: both endpoints' taps go down/up, so
+/// neither VM's frames cross it. The store keeps the state; `up` re-applies the file's.
+pub fn set_link_state(lab: &str, link: &str, up: bool) -> Result<()> {
+    let (db, rec) = load(lab, link)?;
+    let imp = db
+        .links(lab)?
+        .into_iter()
+        .find(|r| r.name == link)
+        .and_then(|r| r.impairment);
+    db.set_link(lab, link, up, imp.as_ref())?;
+    let e = |source| LabError::Net {
+        lab: lab.into(),
+        source,
+    };
+    let net = LabNet::open(&NetLabName::new(lab).map_err(e)?)
+        .map_err(e)?
+        .ok_or_else(|| LabError::NotFound(lab.into()))?;
+    let l = rec
+        .lab
+        .link(link)
+        .ok_or_else(|| LabError::Other(format!("lab '{lab}' has no link '{link}'")))?;
+    for ep in &l.endpoints {
+        if let Some(vm) = rec.lab.vm(&ep.vm) {
+            net.set_link_up(&tap_name(vm, ep.iface.as_str()), up)
+                .map_err(e)?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts a pcapng capture of a link, on the tap of endpoint `end` (0 or 1): both directions
+/// of the link's traffic pass there. Returns the capture and a description of where it runs.
+pub fn capture<W: std::io::Write + Send + 'static>(
+    lab: &str,
+    link: &str,
+    end: usize,
+    sink: W,
+    opts: kobako_net::capture::CaptureOptions,
+) -> Result<(kobako_net::capture::Capture, String)> {
+    let (_db, rec) = load(lab, link)?;
+    let l = rec
+        .lab
+        .link(link)
+        .ok_or_else(|| LabError::Other(format!("lab '{lab}' has no link '{link}'")))?;
+    let ep = l
+        .endpoints
+        .get(end)
+        .ok_or_else(|| LabError::Other(format!("a link has endpoints 1 and 2, not {}", end + 1)))?;
+    let vm = rec
+        .lab
+        .vm(&ep.vm)
+        .ok_or_else(|| LabError::Other(format!("no VM {}", ep.vm)))?;
+    let tap = tap_name(vm, ep.iface.as_str());
+    let e = |source| LabError::Net {
+        lab: lab.into(),
+        source,
+    };
+    let net = LabNet::open(&NetLabName::new(lab).map_err(e)?)
+        .map_err(e)?
+        .ok_or_else(|| LabError::NotFound(lab.into()))?;
+    let c = net.capture(&tap, sink, opts).map_err(e)?;
+    Ok((c, format!("{ep} (host port {tap})")))
+}

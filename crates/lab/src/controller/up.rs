@@ -1,0 +1,639 @@
+//! `up` (plan + apply), `down`, `restart`.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kobako_agent::proto::{self, IfaceConfig, NetConfig, RouteConfig, ServiceSpec};
+use kobako_net::{LabName as NetLabName, LabNet, PortSpec, PortVlan, VlanId};
+use kobako_runtime::agent::AgentClient;
+use kobako_runtime::config::Nic;
+use kobako_runtime::{Runtime, VmDir};
+use kobako_state::{Db, LabLock, LabState, VmState};
+use serde::Serialize;
+
+use super::{bridge_for, lab_run_dir, links, tap_name, vm_name, LabError, LabRecord, Progress};
+use super::{Resolver, Result};
+use crate::spec::{Attachment, FileSource, Lab, Vm};
+
+/// How long `up`/`down` wait for another process changing the same lab.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// One VM's outcome of `up`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmReport {
+    pub name: String,
+    pub state: String,
+    /// What `up` did: `created`, `kept`, `replaced`.
+    pub action: String,
+    pub boot_ms: Option<u64>,
+    pub addresses: Vec<String>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpReport {
+    pub lab: String,
+    pub state: LabState,
+    pub vms: Vec<VmReport>,
+    /// VMs removed because the lab file no longer declares them.
+    pub removed: Vec<String>,
+    pub total_ms: u64,
+}
+
+impl UpReport {
+    pub fn ok(&self) -> bool {
+        self.vms.iter().all(|v| v.error.is_none())
+    }
+}
+
+/// What `up` will do (the diff between the lab file and what runs).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Plan {
+    pub create: Vec<String>,
+    pub keep: Vec<String>,
+    /// VMs to recreate, with what changed (image, kernel, vCPUs, memory, NICs).
+    pub replace: Vec<(String, String)>,
+    /// Running VMs of the lab the file no longer declares.
+    pub remove: Vec<String>,
+}
+
+impl Plan {
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{} to create, {} running (kept), {} to replace, {} to remove",
+            self.create.len(),
+            self.keep.len(),
+            self.replace.len(),
+            self.remove.len()
+        );
+        for (n, why) in &self.replace {
+            s.push_str(&format!("\n  replace {n}: {why}"));
+        }
+        for n in &self.remove {
+            s.push_str(&format!("\n  remove {n}: no longer in the lab file"));
+        }
+        s
+    }
+}
+
+/// What needs a new VM process when it changes (everything else is applied live by the agent).
+fn boot_diff(old: &Vm, new: &Vm) -> Option<String> {
+    let mut why = Vec::new();
+    if old.image != new.image {
+        why.push(format!("image {} → {}", old.image, new.image));
+    }
+    if old.kernel != new.kernel {
+        why.push(format!("kernel {} → {}", old.kernel, new.kernel));
+    }
+    if old.vcpus != new.vcpus {
+        why.push(format!("vcpus {} → {}", old.vcpus, new.vcpus));
+    }
+    if old.memory != new.memory {
+        why.push(format!("memory {}M → {}M", old.memory.0, new.memory.0));
+    }
+    let nics = |v: &Vm| -> Vec<(String, String)> {
+        v.interfaces
+            .iter()
+            .map(|i| (i.name.as_str().to_string(), i.mac.to_string()))
+            .collect()
+    };
+    if nics(old) != nics(new) {
+        why.push("interfaces".into());
+    }
+    (!why.is_empty()).then(|| why.join(", "))
+}
+
+fn running(name: &str) -> bool {
+    VmDir::for_name(name).vm_pid().is_some()
+}
+
+/// The diff between `lab` and what runs (and what was last applied, from `db`).
+pub fn plan(db: &Db, lab: &Lab) -> Result<Plan> {
+    let old = LabRecord::load_from(db, lab.name.as_str())?;
+    let mut p = Plan::default();
+    let mut declared = BTreeSet::new();
+    for vm in lab.vms() {
+        let name = vm_name(lab, vm);
+        declared.insert(name.clone());
+        if !running(&name) {
+            p.create.push(name);
+            continue;
+        }
+        let before = old.as_ref().and_then(|o| o.lab.vm(&vm.id));
+        match before.and_then(|b| boot_diff(b, vm)) {
+            Some(why) => p.replace.push((name, why)),
+            None => p.keep.push(name),
+        }
+    }
+    let prefix = format!("{}.", lab.name.as_str());
+    for d in kobako_runtime::vmdir::list() {
+        if d.name.starts_with(&prefix) && !declared.contains(&d.name) {
+            // Only names shaped like this lab's VMs (lab.node.vm): `lab.x` of another lab
+            // named `lab.x...` cannot exist (lab names have no dots).
+            if d.name[prefix.len()..].split('.').count() == 2 {
+                p.remove.push(d.name);
+            }
+        }
+    }
+    Ok(p)
+}
+
+fn net_err(lab: &str) -> impl Fn(kobako_net::NetError) -> LabError + '_ {
+    move |source| LabError::Net {
+        lab: lab.to_string(),
+        source,
+    }
+}
+
+/// Build (or complete) the lab's host network. Blocking: call from `spawn_blocking`.
+fn ensure_network(lab: &Lab) -> Result<String> {
+    let e = net_err(lab.name.as_str());
+    let name = NetLabName::new(lab.name.as_str()).map_err(&e)?;
+    let net = LabNet::ensure(&name).map_err(&e)?;
+    let netns = net.netns().name().to_string();
+    // Networks whose gateway is the host side: the bridge gets the gateway address.
+    for n in &lab.networks {
+        if let (true, Some(std::net::IpAddr::V4(gw)), Some(subnet)) =
+            (n.host_gateway, n.gateway, n.subnet)
+        {
+            let g = kobako_net::Ipv4Cidr::new(gw, subnet.prefix).map_err(&e)?;
+            net.ensure_bridge(
+                &kobako_net::IfName::for_key("bw", n.name.as_str()),
+                Some(n.mtu),
+                Some(g),
+                n.vlan.is_some(),
+            )
+            .map_err(&e)?;
+        }
+    }
+    for vm in lab.vms() {
+        for iface in &vm.interfaces {
+            let bridge = bridge_for(vm, &iface.attach);
+            let vlan = match &iface.attach {
+                Attachment::Network(n) => lab.network(n.as_str()).and_then(|x| x.vlan),
+                _ => None,
+            };
+            net.ensure_bridge(&bridge, Some(iface.mtu), None, vlan.is_some())
+                .map_err(&e)?;
+            let mut port = PortSpec::tap(tap_name(vm, iface.name.as_str()), bridge);
+            port.mtu = Some(iface.mtu);
+            if let Some(v) = vlan {
+                port.vlan = PortVlan::Access(VlanId::new(u32::from(v)).map_err(&e)?);
+            }
+            net.ensure_port(&port).map_err(&e)?;
+        }
+    }
+    // Uplink (NAT through the host) and published ports: only when the lab asks.
+    if lab.uplink.is_empty() && lab.publish.is_empty() {
+        net.set_uplink(None).map_err(&e)?;
+    } else {
+        let mut up = kobako_net::Uplink::derived(&name);
+        up.enable_host_forwarding = !lab.uplink.is_empty();
+        for p in &lab.publish {
+            let std::net::IpAddr::V4(target) = p.target else {
+                return Err(LabError::Other(format!(
+                    "published port {}: {} is not IPv4 (publishing goes to IPv4 addresses)",
+                    p.host_port, p.target
+                )));
+            };
+            up.published.push(kobako_net::PublishedPort {
+                proto: match p.proto {
+                    crate::spec::Proto::Tcp => kobako_net::Proto::Tcp,
+                    crate::spec::Proto::Udp => kobako_net::Proto::Udp,
+                },
+                host_port: p.host_port,
+                target,
+                target_port: p.port,
+            });
+        }
+        net.set_uplink(Some(&up)).map_err(&e)?;
+    }
+    Ok(netns)
+}
+
+/// What the agent applies in a VM.
+fn guest_config(vm: &Vm) -> (NetConfig, Vec<ServiceSpec>) {
+    let mut cfg = NetConfig {
+        hostname: Some(format!("{}-{}", vm.id.node.as_str(), vm.id.vm.as_str())),
+        ..Default::default()
+    };
+    let mut default_set = false;
+    for i in &vm.interfaces {
+        cfg.interfaces.push(IfaceConfig {
+            name: String::new(),
+            mac: Some(i.mac.to_string()),
+            rename: Some(i.name.as_str().to_string()),
+            addresses: i.addresses.iter().map(|c| c.to_string()).collect(),
+            mtu: Some(i.mtu),
+            up: true,
+        });
+        if let (Some(gw), false, false) = (i.gateway, i.no_gateway, default_set) {
+            // The interface's own address is never its gateway (the router itself).
+            if !i.addresses.iter().any(|a| a.addr == gw) {
+                cfg.routes.push(RouteConfig {
+                    dst: "default".into(),
+                    via: Some(gw.to_string()),
+                    dev: Some(i.name.as_str().to_string()),
+                    metric: None,
+                });
+                default_set = true;
+            }
+        }
+    }
+    for r in &vm.routes {
+        cfg.routes.push(RouteConfig {
+            dst: r.to.to_string(),
+            via: Some(r.via.to_string()),
+            dev: None,
+            metric: None,
+        });
+    }
+    cfg.hosts = vm.hosts.iter().map(|(n, ip)| format!("{ip} {n}")).collect();
+    let services = vm
+        .services
+        .iter()
+        .map(|s| ServiceSpec {
+            name: s.name.clone(),
+            command: s.command.clone(),
+            restart: match s.restart {
+                crate::spec::Restart::Always => proto::Restart::Always,
+                crate::spec::Restart::OnFailure => proto::Restart::OnFailure,
+                crate::spec::Restart::Never => proto::Restart::Never,
+            },
+            env: vm.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            cwd: None,
+        })
+        .collect();
+    (cfg, services)
+}
+
+/// Addresses, routes, hosts, then files, then services (which may read both).
+async fn configure(client: &AgentClient, vm: &Vm) -> std::result::Result<(), String> {
+    let (net, services) = guest_config(vm);
+    client.net_config(net).await.map_err(|e| e.to_string())?;
+    for f in &vm.files {
+        let data = match &f.source {
+            FileSource::Inline(s) => s.clone().into_bytes(),
+            FileSource::Host(p) => {
+                std::fs::read(p).map_err(|e| format!("file {}: {e}", p.display()))?
+            }
+        };
+        if let Some(parent) = std::path::Path::new(&f.dst).parent() {
+            let _ = client.mkdir(&parent.to_string_lossy(), 0o755, true).await;
+        }
+        client
+            .put_file(&data[..], data.len() as u64, &f.dst, f.mode, &|_| {})
+            .await
+            .map_err(|e| format!("file {}: {e}", f.dst))?;
+    }
+    // Services are declared even when empty: a VM whose `run:` list shrank stops the others.
+    client
+        .set_services(services)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn addresses(vm: &Vm) -> Vec<String> {
+    vm.interfaces
+        .iter()
+        .flat_map(|x| {
+            x.addresses
+                .iter()
+                .map(move |a| format!("{}:{a}", x.name.as_str()))
+        })
+        .collect()
+}
+
+async fn stop_all(rt: &Arc<dyn Runtime>, names: &[String]) -> Result<usize> {
+    let stops: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let rt = rt.clone();
+            let d = VmDir::for_name(n);
+            tokio::spawn(async move {
+                if d.exists() {
+                    rt.stop(&d, Duration::from_secs(5)).await.map(|_| 1)
+                } else {
+                    Ok(0)
+                }
+            })
+        })
+        .collect();
+    let mut n = 0;
+    for s in stops {
+        n += s
+            .await
+            .map_err(|e| LabError::Other(e.to_string()))?
+            .map_err(|e| LabError::Other(e.to_string()))?;
+    }
+    Ok(n)
+}
+
+/// Bring `lab` up (or converge it to the file). `resolve` builds each VM's runtime config;
+/// `owner` is recorded for a new lab.
+pub async fn up(
+    rt: Arc<dyn Runtime>,
+    lab: &Lab,
+    file: Option<String>,
+    owner: Option<String>,
+    resolve: &Resolver,
+    progress: &dyn Progress,
+) -> Result<UpReport> {
+    let t0 = Instant::now();
+    let name = lab.name.as_str().to_string();
+    let _lock = LabLock::acquire(&name, LOCK_WAIT)?;
+    let db = Arc::new(super::db()?);
+    let plan = plan(&db, lab)?;
+    progress.event(&format!("plan: {}", plan.summary()));
+
+    // Record first, so a crash from here on is cleaned up by `down` and converged by `up`.
+    let spec = serde_json::to_value(lab).map_err(|e| LabError::Other(e.to_string()))?;
+    db.put_lab(&name, file.as_deref(), &spec, owner.as_deref())?;
+    let vms: Vec<&Vm> = lab.vms().collect();
+    db.sync_vms(
+        &name,
+        &vms.iter()
+            .map(|v| {
+                (
+                    vm_name(lab, v),
+                    v.id.node.as_str().to_string(),
+                    v.id.vm.as_str().to_string(),
+                )
+            })
+            .collect::<Vec<_>>(),
+    )?;
+    for l in &lab.links {
+        let imp = (!l.impair.is_none()).then(|| serde_json::to_value(l.impair).unwrap_or_default());
+        db.set_link(
+            &name,
+            l.name.as_str(),
+            l.state == crate::spec::LinkState::Up,
+            imp.as_ref(),
+        )?;
+    }
+    db.set_lab_state(&name, LabState::Starting, None)?;
+
+    progress.event("network: namespace, bridges, taps, uplink");
+    let lab2 = lab.clone();
+    let netns = match tokio::task::spawn_blocking(move || ensure_network(&lab2)).await {
+        Ok(Ok(ns)) => ns,
+        Ok(Err(e)) => {
+            db.set_lab_state(&name, LabState::Failed, Some(&e.to_string()))?;
+            return Err(e);
+        }
+        Err(e) => return Err(LabError::Other(e.to_string())),
+    };
+    let lab2 = lab.clone();
+    let db2 = db.clone();
+    tokio::task::spawn_blocking(move || links::apply_links(&db2, &lab2))
+        .await
+        .map_err(|e| LabError::Other(e.to_string()))??;
+
+    // Replaced and removed VMs go first (a replaced VM keeps its name and taps).
+    let mut gone: Vec<String> = plan.remove.clone();
+    gone.extend(plan.replace.iter().map(|(n, _)| n.clone()));
+    if !gone.is_empty() {
+        progress.event(&format!("stopping {} VM(s)", gone.len()));
+        stop_all(&rt, &gone).await?;
+    }
+
+    let mut reports: Vec<VmReport> = vms
+        .iter()
+        .map(|vm| {
+            let n = vm_name(lab, vm);
+            let action = if plan.keep.contains(&n) {
+                "kept"
+            } else if plan.replace.iter().any(|(r, _)| r == &n) {
+                "replaced"
+            } else {
+                "created"
+            };
+            VmReport {
+                name: n,
+                state: "pending".into(),
+                action: action.into(),
+                boot_ms: None,
+                addresses: addresses(vm),
+                error: None,
+            }
+        })
+        .collect();
+
+    // Boot what is missing, all at once (launches bounded; boots share the CPUs), and
+    // configure each VM as soon as its agent is ready.
+    let sem = Arc::new(tokio::sync::Semaphore::new(
+        kobako_runtime::group::default_parallelism(),
+    ));
+    let t_boot = Instant::now();
+    let mut tasks = Vec::new();
+    for (i, vm) in vms.iter().enumerate() {
+        let vname = reports[i].name.clone();
+        let vm: Vm = (*vm).clone();
+        let rt = rt.clone();
+        let db = db.clone();
+        let sem = sem.clone();
+        let kept = reports[i].action == "kept";
+        let cfg = if kept {
+            None
+        } else {
+            let dir = VmDir::for_name(&vname);
+            if dir.exists() {
+                // Half-started by a crashed `up`: start it again from scratch.
+                let _ = rt.kill(&dir).await;
+            }
+            match resolve(&vm, &vname) {
+                Ok(mut cfg) => {
+                    cfg.name = vname.clone();
+                    cfg.netns = Some(netns.clone());
+                    cfg.nics = vm
+                        .interfaces
+                        .iter()
+                        .map(|x| Nic {
+                            tap: tap_name(&vm, x.name.as_str()).as_str().to_string(),
+                            mac: x.mac.to_string(),
+                        })
+                        .collect();
+                    Some(cfg)
+                }
+                Err(e) => {
+                    db.set_vm_state(&vname, VmState::Failed, Some(&e), None)?;
+                    progress.event(&format!("  {vname} failed: {e}"));
+                    reports[i].state = "failed".into();
+                    reports[i].error = Some(e);
+                    continue;
+                }
+            }
+        };
+        tasks.push((
+            i,
+            tokio::spawn(async move {
+                let (client, boot_ms) = match cfg {
+                    None => {
+                        let dir = VmDir::for_name(&vname);
+                        let (c, _) = kobako_runtime::wait_ready(&dir, Duration::from_secs(60))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        (c, None)
+                    }
+                    Some(cfg) => {
+                        let timeout = Duration::from_secs(cfg.ready_timeout_secs);
+                        let dir = {
+                            let _permit = sem.acquire().await;
+                            let dir = rt.create(&cfg).await.map_err(|e| e.to_string())?;
+                            let _ = db.set_vm_state(&vname, VmState::Booting, None, None);
+                            if let Err(e) = rt.start(&dir).await {
+                                let _ = dir.remove();
+                                return Err(e.to_string());
+                            }
+                            dir
+                        };
+                        match kobako_runtime::wait_ready(&dir, timeout).await {
+                            Ok((c, _)) => (c, Some(t_boot.elapsed().as_millis() as u64)),
+                            Err(e) => {
+                                let _ = rt.kill(&dir).await;
+                                return Err(e.to_string());
+                            }
+                        }
+                    }
+                };
+                configure(&client, &vm)
+                    .await
+                    .map_err(|e| format!("configuring: {e}"))?;
+                Ok::<_, String>(boot_ms)
+            }),
+        ));
+    }
+    for (i, t) in tasks {
+        let vname = reports[i].name.clone();
+        match t
+            .await
+            .unwrap_or_else(|e| Err(format!("start task failed: {e}")))
+        {
+            Ok(boot_ms) => {
+                db.set_vm_state(&vname, VmState::Ready, None, boot_ms.map(|b| b as i64))?;
+                match boot_ms {
+                    Some(ms) => progress.event(&format!("  {vname} ready in {ms} ms")),
+                    None => progress.event(&format!("  {vname} ready (was running)")),
+                }
+                reports[i].state = "ready".into();
+                reports[i].boot_ms = boot_ms;
+            }
+            Err(e) => {
+                db.set_vm_state(&vname, VmState::Failed, Some(&e), None)?;
+                progress.event(&format!("  {vname} failed: {e}"));
+                reports[i].state = "failed".into();
+                reports[i].error = Some(e);
+            }
+        }
+    }
+    let failed = reports.iter().filter(|r| r.error.is_some()).count();
+    let (state, reason) = match failed {
+        0 => (LabState::Ready, None),
+        n => (
+            LabState::Degraded,
+            Some(format!("{n} of {} VMs failed", reports.len())),
+        ),
+    };
+    db.set_lab_state(&name, state, reason.as_deref())?;
+    Ok(UpReport {
+        lab: name,
+        state,
+        vms: reports,
+        removed: plan.remove,
+        total_ms: t0.elapsed().as_millis() as u64,
+    })
+}
+
+/// Take a lab down: the net daemon, every VM, the host network, then the stored state.
+/// Returns how many VMs were stopped. Idempotent until the state is gone (then `NotFound`).
+pub async fn down(rt: Arc<dyn Runtime>, name: &str) -> Result<usize> {
+    let _lock = LabLock::acquire(name, LOCK_WAIT)?;
+    let db = super::db()?;
+    let rec = LabRecord::load_from(&db, name).ok().flatten();
+    let prefix = format!("{name}.");
+    let mut names: Vec<String> = rec.as_ref().map(|r| r.vms.clone()).unwrap_or_default();
+    // Also VMs of the lab the store does not know (a crash before it was written).
+    for d in kobako_runtime::vmdir::list() {
+        if d.name.starts_with(&prefix)
+            && d.name[prefix.len()..].split('.').count() == 2
+            && !names.contains(&d.name)
+        {
+            names.push(d.name);
+        }
+    }
+    let net_name = NetLabName::new(name).map_err(net_err(name))?;
+    let has_net = LabNet::open(&net_name).ok().flatten().is_some();
+    let stored = db.lab(name)?.is_some();
+    let has_vms = names.iter().any(|n| VmDir::for_name(n).exists());
+    if !has_vms && !has_net && !stored {
+        return Err(LabError::NotFound(name.into()));
+    }
+    if stored {
+        db.set_lab_state(name, LabState::Stopping, None)?;
+    }
+    super::netd::stop(name);
+    let stopped = stop_all(&rt, &names).await?;
+    tokio::task::spawn_blocking(move || LabNet::delete(&net_name))
+        .await
+        .map_err(|e| LabError::Other(e.to_string()))?
+        .map_err(net_err(name))?;
+    let _ = std::fs::remove_dir_all(lab_run_dir(name));
+    db.delete_lab(name)?;
+    db.event(
+        Some(name),
+        None,
+        "lab.state",
+        &serde_json::json!({"state": LabState::Stopped, "removed": true}),
+    )?;
+    Ok(stopped)
+}
+
+/// Restart VMs of a running lab: `target` is `node` (all its VMs), `node.vm`, or `None` for
+/// every VM. The VMs are stopped, then the stored lab is brought up again (which boots them
+/// and applies their configuration).
+pub async fn restart(
+    rt: Arc<dyn Runtime>,
+    name: &str,
+    target: Option<&str>,
+    resolve: &Resolver,
+    progress: &dyn Progress,
+) -> Result<UpReport> {
+    let rec = LabRecord::load(name).ok_or_else(|| LabError::NotFound(name.into()))?;
+    let lab = &rec.lab;
+    let names: Vec<String> = match target {
+        None => rec.vms.clone(),
+        Some(t) if t.contains('.') => {
+            let vm = lab.find_vm(t).map_err(LabError::Other)?;
+            vec![vm_name(lab, vm)]
+        }
+        Some(t) => {
+            let node = lab.node(t).ok_or_else(|| {
+                LabError::Other(format!(
+                    "lab '{name}' has no node '{t}'{}",
+                    crate::spec::error::suggest(t, lab.nodes.iter().map(|n| n.name.as_str()))
+                ))
+            })?;
+            node.vms.iter().map(|v| vm_name(lab, v)).collect()
+        }
+    };
+    {
+        let _lock = LabLock::acquire(name, LOCK_WAIT)?;
+        progress.event(&format!("stopping {}", names.join(", ")));
+        let db = super::db()?;
+        stop_all(&rt, &names).await?;
+        for n in &names {
+            db.set_vm_state(n, VmState::Stopped, Some("restarting"), None)?;
+        }
+    }
+    up(
+        rt,
+        lab,
+        rec.file.clone(),
+        rec.owner.clone(),
+        resolve,
+        progress,
+    )
+    .await
+}
