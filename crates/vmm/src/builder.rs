@@ -17,6 +17,8 @@ use crate::config::VmResources;
 use crate::devices::boot_timer::{BootTime, BootTimer, BOOT_TIMER_PORT};
 use crate::devices::i8042::{I8042, I8042_PORT, KBD_IRQ};
 use crate::devices::serial::{SerialDevice, SerialOut, COM1_IRQ, COM1_PORT};
+use crate::devices::virtio::mmio::{MMIO_LEN, NOTIFY_REG_OFFSET};
+use crate::devices::virtio::setup::{self as virtio_setup, VirtioSlot};
 use crate::devices::{Bus, EventFdTrigger, SharedDevice};
 use crate::seccomp::Filters;
 use crate::vstate::vcpu::{Vcpu, VcpuCommand, VcpuEvent, VcpuThread};
@@ -45,6 +47,14 @@ pub enum BuildError {
     },
     #[error("Cannot add a device to a bus")]
     Bus(#[from] crate::devices::bus::BusError),
+    #[error("Cannot set up the virtio devices")]
+    Virtio(#[from] crate::devices::virtio::setup::SetupError),
+    #[error("Cannot register the eventfds of virtio device {what}")]
+    VirtioFd {
+        what: String,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     #[error("KVM_GET_SUPPORTED_CPUID failed")]
     Cpuid(#[source] kvm_ioctls::Error),
     #[error("Cannot start vCPU thread")]
@@ -122,6 +132,8 @@ pub struct BuiltVm {
     pub serial: Arc<Mutex<SerialDevice>>,
     pub i8042: Arc<Mutex<I8042>>,
     pub boot_time: Arc<Mutex<Option<BootTime>>>,
+    /// Virtio devices, in MMIO/IRQ order.
+    pub virtio: Vec<VirtioSlot>,
 }
 
 /// Builds the VM described by `res`.
@@ -143,11 +155,15 @@ pub fn build(
     )?;
     vm.setup_irqchip()?;
 
+    // Virtio devices (their places go on the command line).
+    let virtio = virtio_setup::create(res, &vm.memory)?;
+
     // Kernel, command line, initrd, boot protocol structures.
-    let cmdline = bs
+    let mut cmdline = bs
         .boot_args
         .clone()
         .unwrap_or_else(|| "console=ttyS0 reboot=k panic=1".to_string());
+    cmdline.push_str(&virtio_setup::cmdline_entries(res, &virtio));
     let entry = boot::load(
         &vm.memory,
         &boot::BootSpec {
@@ -197,6 +213,30 @@ pub fn build(
         1,
     )?;
     let mut mmio_bus = Bus::new();
+    for slot in &virtio {
+        let t = slot.transport.lock().unwrap_or_else(|e| e.into_inner());
+        let what = format!("{:?}", slot.id);
+        vm.fd
+            .register_irqfd(t.irq_evt(), slot.irq)
+            .map_err(|source| BuildError::VirtioFd {
+                what: what.clone(),
+                source,
+            })?;
+        for (q, evt) in t.queue_evts().iter().enumerate() {
+            vm.fd
+                .register_ioevent(
+                    evt,
+                    &kvm_ioctls::IoEventAddress::Mmio(slot.base + NOTIFY_REG_OFFSET),
+                    q as u32,
+                )
+                .map_err(|source| BuildError::VirtioFd {
+                    what: what.clone(),
+                    source,
+                })?;
+        }
+        drop(t);
+        mmio_bus.insert(slot.transport.clone(), slot.base, MMIO_LEN)?;
+    }
     for (base, len, dev) in extra.pio {
         io_bus.insert(dev, base, len)?;
     }
@@ -248,5 +288,6 @@ pub fn build(
         serial,
         i8042,
         boot_time,
+        virtio,
     })
 }

@@ -193,6 +193,14 @@ pub struct Vsock {
     pub uds_path: PathBuf,
 }
 
+/// `PUT /entropy`: a virtio-rng device fed from the host's getrandom.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntropyConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiter>,
+}
+
 /// `PUT /logger`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -292,8 +300,8 @@ pub struct FullConfig {
     pub balloon: Option<serde_json::Value>,
     #[serde(rename = "mmds-config", default, skip_serializing)]
     pub mmds_config: Option<serde_json::Value>,
-    #[serde(default, skip_serializing)]
-    pub entropy: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<EntropyConfig>,
     #[serde(rename = "cpu-config", default, skip_serializing)]
     pub cpu_config: Option<serde_json::Value>,
     #[serde(default, skip_serializing)]
@@ -379,6 +387,7 @@ pub struct VmResources {
     pub drives: BTreeMap<String, Drive>,
     pub net: BTreeMap<String, NetworkInterface>,
     pub vsock: Option<Vsock>,
+    pub entropy: Option<EntropyConfig>,
     pub logger: Option<LoggerConfig>,
     pub metrics: Option<MetricsConfig>,
     pub serial: Option<SerialConfig>,
@@ -604,7 +613,6 @@ impl VmResources {
         for (name, v) in [
             ("balloon", &cfg.balloon),
             ("mmds-config", &cfg.mmds_config),
-            ("entropy", &cfg.entropy),
             ("cpu-config", &cfg.cpu_config),
             ("pmem", &cfg.pmem),
             ("memory-hotplug", &cfg.memory_hotplug),
@@ -633,6 +641,7 @@ impl VmResources {
         if let Some(v) = cfg.vsock {
             r.set_vsock(v)?;
         }
+        r.entropy = cfg.entropy;
         r.logger = cfg.logger;
         r.metrics = cfg.metrics;
         r.serial = cfg.serial;
@@ -647,6 +656,7 @@ impl VmResources {
             drives: self.drives.values().cloned().collect(),
             network_interfaces: self.net.values().cloned().collect(),
             vsock: self.vsock.clone(),
+            entropy: self.entropy.clone(),
             logger: self.logger.clone(),
             metrics: self.metrics.clone(),
             serial: self.serial.clone(),

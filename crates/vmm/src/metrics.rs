@@ -13,6 +13,10 @@ pub struct Metrics {
     pub kicks: AtomicU64,
     pub api_requests: AtomicU64,
     pub api_errors: AtomicU64,
+    pub virtio_interrupts: AtomicU64,
+    pub virtio_bad_chains: AtomicU64,
+    pub virtio_bad_requests: AtomicU64,
+    pub rate_limited: AtomicU64,
 }
 
 /// The process-wide counters.
@@ -24,6 +28,10 @@ pub static METRICS: Metrics = Metrics {
     kicks: AtomicU64::new(0),
     api_requests: AtomicU64::new(0),
     api_errors: AtomicU64::new(0),
+    virtio_interrupts: AtomicU64::new(0),
+    virtio_bad_chains: AtomicU64::new(0),
+    virtio_bad_requests: AtomicU64::new(0),
+    rate_limited: AtomicU64::new(0),
 };
 
 /// Increments a counter.
@@ -53,6 +61,12 @@ impl Metrics {
             "api_server": {
                 "requests": g(&self.api_requests),
                 "errors": g(&self.api_errors),
+            },
+            "virtio": {
+                "interrupts": g(&self.virtio_interrupts),
+                "bad_chains": g(&self.virtio_bad_chains),
+                "bad_requests": g(&self.virtio_bad_requests),
+                "rate_limited": g(&self.rate_limited),
             },
             "boot_time": boot,
         })

@@ -97,6 +97,21 @@ const VMM: &[i64] = &[
     libc::SYS_clock_nanosleep,
     libc::SYS_unlink,
     libc::SYS_unlinkat,
+    // Virtio devices: disk images, taps, vsock sockets, rate-limiter timers.
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_preadv,
+    libc::SYS_pwritev,
+    libc::SYS_readv,
+    libc::SYS_fdatasync,
+    libc::SYS_fallocate,
+    libc::SYS_ftruncate,
+    libc::SYS_timerfd_settime,
+    libc::SYS_socket,
+    libc::SYS_connect,
+    libc::SYS_shutdown,
+    libc::SYS_recvmsg,
+    libc::SYS_sendmsg,
 ];
 
 const VCPU: &[i64] = &[

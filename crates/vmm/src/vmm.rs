@@ -36,6 +36,8 @@ const TOKEN_STDIN: u64 = 4;
 const TOKEN_CONSOLE_LISTENER: u64 = 5;
 /// Console clients use `TOKEN_CONSOLE_CLIENT + fd`.
 const TOKEN_CONSOLE_CLIENT: u64 = 1 << 32;
+/// Virtio devices use `TOKEN_VIRTIO + index` (their transport's epoll fd).
+const TOKEN_VIRTIO: u64 = 1 << 40;
 
 /// Instance state as reported by `GET /`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,6 +169,10 @@ impl EventLoop {
                         self.on_console_accept();
                         None
                     }
+                    t if t >= TOKEN_VIRTIO => {
+                        self.on_virtio((t - TOKEN_VIRTIO) as usize);
+                        None
+                    }
                     t if t >= TOKEN_CONSOLE_CLIENT => {
                         self.on_console_client((t - TOKEN_CONSOLE_CLIENT) as i32);
                         None
@@ -244,6 +250,15 @@ impl EventLoop {
                 Some(stop_code(stop))
             }
             _ => None,
+        }
+    }
+
+    fn on_virtio(&mut self, idx: usize) {
+        if let Some(slot) = self.vm.as_ref().and_then(|vm| vm.virtio.get(idx)) {
+            slot.transport
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .process_events();
         }
     }
 
@@ -379,6 +394,14 @@ impl EventLoop {
         };
         add(vm.vcpu_evt.as_raw_fd(), TOKEN_VCPU).map_err(|e| e.to_string())?;
         add(vm.reset_evt.as_raw_fd(), TOKEN_RESET).map_err(|e| e.to_string())?;
+        for (i, slot) in vm.virtio.iter().enumerate() {
+            let fd = slot
+                .transport
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .epoll_fd();
+            add(fd, TOKEN_VIRTIO + i as u64).map_err(|e| e.to_string())?;
+        }
         // stdin may be /dev/null or a regular file, which epoll refuses: then no console input.
         if use_stdin && add(0, TOKEN_STDIN).is_ok() {
             self.stdin_open = true;
@@ -566,6 +589,10 @@ impl EventLoop {
             R::PutVsock(v) => {
                 gate("PUT /vsock").unwrap_or_else(|| Self::cfg(self.res.set_vsock(v)))
             }
+            R::PutEntropy(e) => gate("PUT /entropy").unwrap_or_else(|| {
+                self.res.entropy = Some(e);
+                ApiResponse::Empty
+            }),
             R::PutMetrics(m) => gate("PUT /metrics").unwrap_or_else(|| {
                 match OpenOptions::new().create(true).append(true).open(&m.metrics_path) {
                     Ok(_) => {

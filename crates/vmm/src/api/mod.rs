@@ -18,6 +18,7 @@
 //! | PUT/PATCH | `/drives/{drive_id}` | PUT pre-boot; stored, **no block device attached yet** |
 //! | PUT/PATCH | `/network-interfaces/{iface_id}` | PUT pre-boot; stored, **no net device yet** |
 //! | PUT | `/vsock` | pre-boot; stored, **no vsock device yet** |
+//! | PUT | `/entropy` | pre-boot; a virtio-rng device (optional rate limiter) |
 //! | PUT | `/actions` | `InstanceStart`, `SendCtrlAltDel`, `FlushMetrics` |
 //! | PATCH | `/vm` | `{"state": "Paused" \| "Resumed"}`, post-boot |
 //! | GET | `/vm/config` | the whole configuration, in `--config-file` format |
@@ -52,6 +53,7 @@ pub enum ApiRequest {
     PutNet(String, NetworkInterface),
     PatchNet(String, NetworkInterfaceUpdate),
     PutVsock(Vsock),
+    PutEntropy(EntropyConfig),
     PutMetrics(MetricsConfig),
     PutLogger(LoggerConfig),
     PutSerial(SerialConfig),
@@ -116,6 +118,7 @@ pub fn route(req: &Request) -> Result<ApiRequest, Response> {
             ApiRequest::PatchNet(id.to_string(), body(req)?)
         }
         ("PUT", "vsock", None) => ApiRequest::PutVsock(body(req)?),
+        ("PUT", "entropy", None) => ApiRequest::PutEntropy(body(req)?),
         ("PUT", "actions", None) => ApiRequest::Action(body::<Action>(req)?.action_type),
         ("PATCH", "vm", None) => ApiRequest::PatchVm(body::<VmStateChange>(req)?.state),
         ("GET", "vm", Some("config")) => ApiRequest::GetFullConfig,

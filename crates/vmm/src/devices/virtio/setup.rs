@@ -1,0 +1,102 @@
+//! From the validated configuration to virtio-mmio devices: one 4 KiB window each from
+//! [`MMIO_BASE`], one IRQ each from [`FIRST_IRQ`], in Firecracker's order (block devices with
+//! the root device first, network interfaces, vsock, entropy), and the kernel command-line
+//! entries (`virtio_mmio.device=4K@0xd0000000:5`) that tell the guest where they are.
+
+use std::sync::{Arc, Mutex};
+
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::mmio::{MmioTransport, MMIO_LEN};
+use super::VirtioDevice;
+use crate::config::VmResources;
+
+/// First device window (in the 3-4 GiB MMIO gap, below the IOAPIC).
+pub const MMIO_BASE: u64 = 0xd000_0000;
+/// IRQs 5..=23 of the IOAPIC (0-4 are the timer, keyboard, cascade and COM ports).
+pub const FIRST_IRQ: u32 = 5;
+pub const LAST_IRQ: u32 = 23;
+
+/// Which configured object a device is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceId {
+    Block(String),
+    Net(String),
+    Vsock,
+    Rng,
+}
+
+/// A device placed on the MMIO bus.
+#[derive(Debug)]
+pub struct VirtioSlot {
+    pub id: DeviceId,
+    pub transport: Arc<Mutex<MmioTransport>>,
+    pub base: u64,
+    pub irq: u32,
+}
+
+/// Why the devices could not be created; the message names the object and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {why}")]
+pub struct SetupError {
+    pub what: String,
+    pub why: String,
+}
+
+fn err(what: impl Into<String>, why: impl std::fmt::Display) -> SetupError {
+    SetupError {
+        what: what.into(),
+        why: why.to_string(),
+    }
+}
+
+/// Creates every configured device.
+pub fn create(res: &VmResources, mem: &GuestMemoryMmap) -> Result<Vec<VirtioSlot>, SetupError> {
+    let mut devs: Vec<(DeviceId, Box<dyn VirtioDevice>)> = Vec::new();
+    if let Some(e) = &res.entropy {
+        let dev = super::rng::Rng::new(e.rate_limiter.as_ref()).map_err(|e| err("entropy", e))?;
+        devs.push((DeviceId::Rng, Box::new(dev)));
+    }
+    let max = (LAST_IRQ - FIRST_IRQ + 1) as usize;
+    if devs.len() > max {
+        return Err(err(
+            "virtio devices",
+            format!(
+                "{} configured, at most {max} fit (one IRQ each)",
+                devs.len()
+            ),
+        ));
+    }
+    let mut slots = Vec::new();
+    for (i, (id, dev)) in devs.into_iter().enumerate() {
+        let what = format!("{id:?}");
+        let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| err(&what, e))?;
+        let t = MmioTransport::new(dev, mem.clone(), irq_evt).map_err(|e| err(&what, e))?;
+        slots.push(VirtioSlot {
+            id,
+            transport: Arc::new(Mutex::new(t)),
+            base: MMIO_BASE + i as u64 * MMIO_LEN,
+            irq: FIRST_IRQ + i as u32,
+        });
+    }
+    Ok(slots)
+}
+
+/// Kernel command-line additions: the root device (as Firecracker: `root=/dev/vda` or
+/// `root=PARTUUID=...`, `ro`/`rw`) and one `virtio_mmio.device=` per device.
+pub fn cmdline_entries(res: &VmResources, slots: &[VirtioSlot]) -> String {
+    let mut s = String::new();
+    let has_block = slots.iter().any(|s| matches!(s.id, DeviceId::Block(_)));
+    if let Some(root) = res.drives.values().find(|d| d.is_root_device && has_block) {
+        match &root.partuuid {
+            Some(u) => s.push_str(&format!(" root=PARTUUID={u}")),
+            None => s.push_str(" root=/dev/vda"),
+        }
+        s.push_str(if root.is_read_only { " ro" } else { " rw" });
+    }
+    for sl in slots {
+        s.push_str(&format!(" virtio_mmio.device=4K@{:#x}:{}", sl.base, sl.irq));
+    }
+    s
+}

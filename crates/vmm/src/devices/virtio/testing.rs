@@ -1,0 +1,276 @@
+//! A virtio driver for tests and fuzzing: it negotiates with a transport through its MMIO
+//! registers and lays out split virtqueues (descriptor table, available and used rings,
+//! indirect tables, event index fields) in guest memory exactly as a guest kernel does.
+//! Nothing here is a stand-in for the device side: devices under test run unmodified.
+
+use std::sync::atomic::{fence, Ordering};
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::mmio::{
+    MmioTransport, STATUS_ACKNOWLEDGE, STATUS_DRIVER, STATUS_DRIVER_OK, STATUS_FEATURES_OK,
+};
+use crate::devices::BusDevice;
+
+pub const VIRTQ_DESC_F_NEXT: u16 = 1;
+pub const VIRTQ_DESC_F_WRITE: u16 = 2;
+pub const VIRTQ_DESC_F_INDIRECT: u16 = 4;
+
+/// Guest memory for a test: one region at 0.
+pub fn guest_memory(size: usize) -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).expect("test guest memory")
+}
+
+/// One buffer of a chain to submit: `(guest address, length, device-writable)`.
+pub type TestBuf = (u64, u32, bool);
+
+/// The driver side of one split virtqueue.
+#[derive(Debug, Clone)]
+pub struct DriverQueue {
+    pub size: u16,
+    pub desc: u64,
+    pub avail: u64,
+    pub used: u64,
+    next_desc: u16,
+    avail_idx: u16,
+    last_used: u16,
+}
+
+impl DriverQueue {
+    /// Writes a raw descriptor (for malformed-chain tests too).
+    pub fn write_desc(
+        &self,
+        mem: &GuestMemoryMmap,
+        idx: u16,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        next: u16,
+    ) {
+        let a = self.desc + u64::from(idx) * 16;
+        mem.write_obj(addr.to_le(), GuestAddress(a)).unwrap();
+        mem.write_obj(len.to_le(), GuestAddress(a + 8)).unwrap();
+        mem.write_obj(flags.to_le(), GuestAddress(a + 12)).unwrap();
+        mem.write_obj(next.to_le(), GuestAddress(a + 14)).unwrap();
+    }
+
+    /// Makes `head` available (ring entry, then the index, with a release fence between).
+    pub fn publish(&mut self, mem: &GuestMemoryMmap, head: u16) {
+        let slot = self.avail + 4 + u64::from(self.avail_idx % self.size) * 2;
+        mem.write_obj(head.to_le(), GuestAddress(slot)).unwrap();
+        fence(Ordering::Release);
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        mem.write_obj(self.avail_idx.to_le(), GuestAddress(self.avail + 2))
+            .unwrap();
+    }
+
+    fn alloc_desc(&mut self) -> u16 {
+        let i = self.next_desc;
+        self.next_desc = (self.next_desc + 1) % self.size;
+        i
+    }
+
+    /// Submits a chain in the descriptor table; returns its head.
+    pub fn add(&mut self, mem: &GuestMemoryMmap, bufs: &[TestBuf]) -> u16 {
+        let idx: Vec<u16> = bufs.iter().map(|_| self.alloc_desc()).collect();
+        for (i, &(addr, len, w)) in bufs.iter().enumerate() {
+            let last = i + 1 == bufs.len();
+            let flags =
+                if w { VIRTQ_DESC_F_WRITE } else { 0 } | if last { 0 } else { VIRTQ_DESC_F_NEXT };
+            let next = if last { 0 } else { idx[i + 1] };
+            self.write_desc(mem, idx[i], addr, len, flags, next);
+        }
+        self.publish(mem, idx[0]);
+        idx[0]
+    }
+
+    /// Submits a chain as an indirect table written at `table`; returns its head.
+    pub fn add_indirect(&mut self, mem: &GuestMemoryMmap, table: u64, bufs: &[TestBuf]) -> u16 {
+        for (i, &(addr, len, w)) in bufs.iter().enumerate() {
+            let last = i + 1 == bufs.len();
+            let flags =
+                if w { VIRTQ_DESC_F_WRITE } else { 0 } | if last { 0 } else { VIRTQ_DESC_F_NEXT };
+            let a = table + i as u64 * 16;
+            mem.write_obj(addr.to_le(), GuestAddress(a)).unwrap();
+            mem.write_obj(len.to_le(), GuestAddress(a + 8)).unwrap();
+            mem.write_obj(flags.to_le(), GuestAddress(a + 12)).unwrap();
+            mem.write_obj(((i + 1) as u16).to_le(), GuestAddress(a + 14))
+                .unwrap();
+        }
+        let head = self.alloc_desc();
+        self.write_desc(
+            mem,
+            head,
+            table,
+            bufs.len() as u32 * 16,
+            VIRTQ_DESC_F_INDIRECT,
+            0,
+        );
+        self.publish(mem, head);
+        head
+    }
+
+    /// New used entries `(id, len)` since the last call.
+    pub fn take_used(&mut self, mem: &GuestMemoryMmap) -> Vec<(u32, u32)> {
+        let idx: u16 = u16::from_le(mem.read_obj(GuestAddress(self.used + 2)).unwrap());
+        fence(Ordering::Acquire);
+        let mut out = Vec::new();
+        while self.last_used != idx {
+            let e = self.used + 4 + u64::from(self.last_used % self.size) * 8;
+            let id: u32 = u32::from_le(mem.read_obj(GuestAddress(e)).unwrap());
+            let len: u32 = u32::from_le(mem.read_obj(GuestAddress(e + 4)).unwrap());
+            out.push((id, len));
+            self.last_used = self.last_used.wrapping_add(1);
+        }
+        out
+    }
+
+    /// Event index: interrupt me when the used index passes `v` (`used_event` field).
+    pub fn set_used_event(&self, mem: &GuestMemoryMmap, v: u16) {
+        let a = self.avail + 4 + u64::from(self.size) * 2;
+        mem.write_obj(v.to_le(), GuestAddress(a)).unwrap();
+    }
+
+    /// The device's `avail_event` field (where it wants the next notification).
+    pub fn avail_event(&self, mem: &GuestMemoryMmap) -> u16 {
+        let a = self.used + 4 + u64::from(self.size) * 8;
+        u16::from_le(mem.read_obj(GuestAddress(a)).unwrap())
+    }
+
+    pub fn used_idx(&self, mem: &GuestMemoryMmap) -> u16 {
+        u16::from_le(mem.read_obj(GuestAddress(self.used + 2)).unwrap())
+    }
+
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
+    }
+
+    /// Jumps the driver's and (after reset) the device's ring positions: only for a queue the
+    /// device has not used yet; used by tests to start near the u16 wrap of the indices.
+    pub fn next_desc(&self) -> u16 {
+        self.next_desc
+    }
+}
+
+/// Drives a transport through its registers.
+#[derive(Debug)]
+pub struct TestDriver {
+    pub mem: GuestMemoryMmap,
+    pub queues: Vec<DriverQueue>,
+    next_free: u64,
+}
+
+fn rd(t: &mut MmioTransport, off: u64) -> u32 {
+    let mut b = [0u8; 4];
+    t.read(off, &mut b);
+    u32::from_le_bytes(b)
+}
+
+fn wr(t: &mut MmioTransport, off: u64, v: u32) {
+    t.write(off, &v.to_le_bytes());
+}
+
+impl TestDriver {
+    /// Rings are placed from 1 MiB up; [`TestDriver::alloc`] hands out memory after them.
+    pub fn new(mem: GuestMemoryMmap) -> TestDriver {
+        TestDriver {
+            mem,
+            queues: Vec::new(),
+            next_free: 1 << 20,
+        }
+    }
+
+    /// Bump allocation of guest memory (aligned to `align`).
+    pub fn alloc(&mut self, len: u64, align: u64) -> u64 {
+        let a = self.next_free.div_ceil(align) * align;
+        self.next_free = a + len;
+        a
+    }
+
+    /// The Linux driver's sequence: reset, ACKNOWLEDGE, DRIVER, features (offered & `want`),
+    /// FEATURES_OK (checked), queues of `sizes` (0 = device maximum), DRIVER_OK. Returns the
+    /// negotiated features, or the status when the device refused.
+    pub fn init(&mut self, t: &mut MmioTransport, want: u64, sizes: &[u16]) -> Result<u64, u32> {
+        assert_eq!(rd(t, 0), 0x7472_6976, "magic");
+        assert_eq!(rd(t, 4), 2, "version");
+        wr(t, 0x70, 0);
+        wr(t, 0x70, STATUS_ACKNOWLEDGE);
+        wr(t, 0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        wr(t, 0x14, 0);
+        let lo = rd(t, 0x10);
+        wr(t, 0x14, 1);
+        let hi = rd(t, 0x10);
+        let feats = (u64::from(hi) << 32 | u64::from(lo)) & want;
+        wr(t, 0x24, 0);
+        wr(t, 0x20, feats as u32);
+        wr(t, 0x24, 1);
+        wr(t, 0x20, (feats >> 32) as u32);
+        let s = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
+        wr(t, 0x70, s);
+        if rd(t, 0x70) & STATUS_FEATURES_OK == 0 {
+            return Err(rd(t, 0x70));
+        }
+        self.queues.clear();
+        for (i, &want_size) in sizes.iter().enumerate() {
+            wr(t, 0x30, i as u32);
+            let max = rd(t, 0x34) as u16;
+            assert!(max > 0, "queue {i} exists");
+            let size = if want_size == 0 { max } else { want_size };
+            let desc = self.alloc(16 * u64::from(size), 16);
+            let avail = self.alloc(6 + 2 * u64::from(size), 2);
+            let used = self.alloc(6 + 8 * u64::from(size), 4);
+            wr(t, 0x38, u32::from(size));
+            for (off, a) in [(0x80, desc), (0x90, avail), (0xa0, used)] {
+                wr(t, off, a as u32);
+                wr(t, off + 4, (a >> 32) as u32);
+            }
+            wr(t, 0x44, 1);
+            self.queues.push(DriverQueue {
+                size,
+                desc,
+                avail,
+                used,
+                next_desc: 0,
+                avail_idx: 0,
+                last_used: 0,
+            });
+        }
+        wr(t, 0x70, s | STATUS_DRIVER_OK);
+        let st = rd(t, 0x70);
+        if st & STATUS_DRIVER_OK == 0 || st & super::mmio::STATUS_NEEDS_RESET != 0 {
+            return Err(st);
+        }
+        Ok(feats)
+    }
+
+    /// QueueNotify through the register, then lets the transport process it.
+    pub fn notify(&self, t: &mut MmioTransport, q: u16) {
+        wr(t, 0x50, u32::from(q));
+        t.process_events();
+    }
+
+    /// Interrupts raised since the last call (the irqfd's counter), acknowledging them.
+    pub fn take_interrupts(&self, t: &mut MmioTransport) -> u64 {
+        let n = t.irq_evt().read().unwrap_or(0);
+        let st = rd(t, 0x60);
+        wr(t, 0x64, st);
+        n
+    }
+
+    pub fn read_config(&self, t: &mut MmioTransport, off: u64, out: &mut [u8]) {
+        t.read(0x100 + off, out);
+    }
+
+    pub fn status(&self, t: &mut MmioTransport) -> u32 {
+        rd(t, 0x70)
+    }
+
+    /// Writes a register (for tests of the transport's rules).
+    pub fn write_reg(&self, t: &mut MmioTransport, off: u64, v: u32) {
+        wr(t, off, v);
+    }
+
+    pub fn read_reg(&self, t: &mut MmioTransport, off: u64) -> u32 {
+        rd(t, off)
+    }
+}
