@@ -566,12 +566,7 @@ impl EventLoop {
                 InstanceState::NotStarted => ApiResponse::Error(
                     "The requested operation is not supported before starting the microVM: PATCH /drives.".into(),
                 ),
-                _ => match self.res.drives.contains_key(&id) && id == d.drive_id {
-                    false => Self::cfg(self.res.patch_drive(&id, d)),
-                    true => ApiResponse::Error(
-                        "Updating a drive after boot needs the block device, which kobako-vmm does not have yet.".into(),
-                    ),
-                },
+                _ => self.patch_drive(id, d),
             },
             R::PutNet(id, n) => gate("PUT /network-interfaces")
                 .unwrap_or_else(|| Self::cfg(self.res.put_net(&id, n))),
@@ -638,6 +633,25 @@ impl EventLoop {
                 }
             },
             R::PatchVm(target) => self.patch_vm(target),
+        }
+    }
+
+    /// Post-boot `PATCH /drives/{id}`: validated against the configuration, applied to the
+    /// live block device, then recorded.
+    fn patch_drive(&mut self, id: String, d: DriveUpdate) -> ApiResponse {
+        let mut res = self.res.clone();
+        if let Err(e) = res.patch_drive(&id, d.clone()) {
+            return ApiResponse::Error(e.to_string());
+        }
+        let Some(vm) = &self.vm else {
+            return ApiResponse::Error("The microVM is not running.".into());
+        };
+        match crate::devices::virtio::setup::patch_drive(&vm.virtio, &id, &d) {
+            Ok(()) => {
+                self.res = res;
+                ApiResponse::Empty
+            }
+            Err(e) => ApiResponse::Error(e),
         }
     }
 

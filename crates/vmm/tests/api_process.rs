@@ -114,7 +114,10 @@ fn getting_started_sequence_boots_and_reports_boot_time() {
         .unwrap();
     assert_eq!(code, kobako_vmm::EXIT_GUEST_RESET, "stderr: {err}");
     assert!(
-        out.contains("PVH OK cmdline=console=ttyS0 reboot=k panic=1 pci=off\n"),
+        // The root drive (a virtio-blk device at the first MMIO slot) is on the command line.
+        out.contains(
+            "PVH OK cmdline=console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda rw virtio_mmio.device=4K@0xd0000000:5"
+        ),
         "stdout: {out:?}"
     );
     let log = std::fs::read_to_string(&log).unwrap();

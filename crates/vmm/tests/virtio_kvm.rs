@@ -85,3 +85,94 @@ fn virtio_rng_in_the_vmm_process_with_seccomp() {
     );
     assert!(stdout.contains("VIRTIO RNG OK\n"), "{stdout}");
 }
+
+#[test]
+fn drive_patch_after_boot_swaps_image_and_limiter() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let kernel = write(dir.path(), "vmlinux", &elf(guests::TICKER, false));
+    let disk1 = write(dir.path(), "a.raw", &vec![1u8; 1 << 20]);
+    let disk2 = write(dir.path(), "b.raw", &vec![2u8; 2 << 20]);
+    let _vmm = spawn_api(&sock, &["--id", "patch"]);
+    let ok = |r: (u16, String)| assert_eq!(r.0, 204, "{}", r.1);
+    ok(http(
+        &sock,
+        "PUT",
+        "/boot-source",
+        Some(&format!(
+            r#"{{"kernel_image_path": "{}"}}"#,
+            kernel.display()
+        )),
+    ));
+    ok(http(
+        &sock,
+        "PUT",
+        "/serial",
+        Some(r#"{"serial_out_path": "none"}"#),
+    ));
+    ok(http(
+        &sock,
+        "PUT",
+        "/drives/data",
+        Some(&format!(
+            r#"{{"drive_id": "data", "path_on_host": "{}", "is_root_device": false}}"#,
+            disk1.display()
+        )),
+    ));
+    ok(http(&sock, "PUT", "/entropy", Some("{}")));
+    // PATCH before boot is refused, as in Firecracker.
+    assert_eq!(
+        http(
+            &sock,
+            "PATCH",
+            "/drives/data",
+            Some(r#"{"drive_id": "data"}"#)
+        )
+        .0,
+        400
+    );
+    ok(http(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    ));
+    ok(http(
+        &sock,
+        "PATCH",
+        "/drives/data",
+        Some(&format!(
+            r#"{{"drive_id": "data", "path_on_host": "{}",
+                 "rate_limiter": {{"bandwidth": {{"size": 1048576, "refill_time": 1000}}}}}}"#,
+            disk2.display()
+        )),
+    ));
+    let r = http(
+        &sock,
+        "PATCH",
+        "/drives/data",
+        Some(r#"{"drive_id": "data", "path_on_host": "/nonexistent/disk"}"#),
+    );
+    assert_eq!(r.0, 400, "{}", r.1);
+    assert!(r.1.contains("/nonexistent/disk"), "{}", r.1);
+    let r = http(
+        &sock,
+        "PATCH",
+        "/drives/nope",
+        Some(r#"{"drive_id": "nope"}"#),
+    );
+    assert_eq!(r.0, 400, "{}", r.1);
+    let (_, body) = http(&sock, "GET", "/vm/config", None);
+    let full: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        full["drives"][0]["path_on_host"],
+        disk2.display().to_string()
+    );
+    assert_eq!(
+        full["drives"][0]["rate_limiter"]["bandwidth"]["size"],
+        1048576
+    );
+    assert!(full["entropy"].is_object(), "{full}");
+    // Entropy is pre-boot only.
+    assert_eq!(http(&sock, "PUT", "/entropy", Some("{}")).0, 400);
+}

@@ -54,6 +54,13 @@ fn err(what: impl Into<String>, why: impl std::fmt::Display) -> SetupError {
 /// Creates every configured device.
 pub fn create(res: &VmResources, mem: &GuestMemoryMmap) -> Result<Vec<VirtioSlot>, SetupError> {
     let mut devs: Vec<(DeviceId, Box<dyn VirtioDevice>)> = Vec::new();
+    let mut drives: Vec<_> = res.drives.values().collect();
+    drives.sort_by_key(|d| !d.is_root_device);
+    for d in drives {
+        let what = format!("drive {:?}", d.drive_id);
+        let dev = super::block::Block::from_config(d).map_err(|e| err(&what, e))?;
+        devs.push((DeviceId::Block(d.drive_id.clone()), Box::new(dev)));
+    }
     if let Some(e) = &res.entropy {
         let dev = super::rng::Rng::new(e.rate_limiter.as_ref()).map_err(|e| err("entropy", e))?;
         devs.push((DeviceId::Rng, Box::new(dev)));
@@ -99,4 +106,38 @@ pub fn cmdline_entries(res: &VmResources, slots: &[VirtioSlot]) -> String {
         s.push_str(&format!(" virtio_mmio.device=4K@{:#x}:{}", sl.base, sl.irq));
     }
     s
+}
+
+fn slot<'a>(slots: &'a [VirtioSlot], id: &DeviceId) -> Option<&'a VirtioSlot> {
+    slots.iter().find(|s| &s.id == id)
+}
+
+/// `PATCH /drives/{id}` after boot: a new image file and/or rate limiter, applied to the live
+/// device (the guest gets a configuration interrupt when the capacity changed).
+pub fn patch_drive(
+    slots: &[VirtioSlot],
+    id: &str,
+    u: &crate::config::DriveUpdate,
+) -> Result<(), String> {
+    let s = slot(slots, &DeviceId::Block(id.to_string()))
+        .ok_or_else(|| format!("No block device for drive {id:?}."))?;
+    let mut t = s.transport.lock().unwrap_or_else(|e| e.into_inner());
+    let dev = t
+        .device_mut()
+        .as_any_mut()
+        .downcast_mut::<super::block::Block>()
+        .ok_or_else(|| format!("Device of drive {id:?} is not a block device."))?;
+    let mut changed = false;
+    if let Some(p) = &u.path_on_host {
+        changed = dev
+            .replace_image(p)
+            .map_err(|e| format!("Cannot update drive {id:?}: {e}"))?;
+    }
+    if let Some(r) = &u.rate_limiter {
+        dev.update_limiter(r);
+    }
+    if changed {
+        t.notify_config_change();
+    }
+    Ok(())
 }
