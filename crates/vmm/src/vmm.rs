@@ -574,12 +574,7 @@ impl EventLoop {
                 InstanceState::NotStarted => ApiResponse::Error(
                     "The requested operation is not supported before starting the microVM: PATCH /network-interfaces.".into(),
                 ),
-                _ => match self.res.net.contains_key(&id) && id == n.iface_id {
-                    false => Self::cfg(self.res.patch_net(&id, n)),
-                    true => ApiResponse::Error(
-                        "Updating a network interface after boot needs the net device, which kobako-vmm does not have yet.".into(),
-                    ),
-                },
+                _ => self.patch_net(id, n),
             },
             R::PutVsock(v) => {
                 gate("PUT /vsock").unwrap_or_else(|| Self::cfg(self.res.set_vsock(v)))
@@ -647,6 +642,24 @@ impl EventLoop {
             return ApiResponse::Error("The microVM is not running.".into());
         };
         match crate::devices::virtio::setup::patch_drive(&vm.virtio, &id, &d) {
+            Ok(()) => {
+                self.res = res;
+                ApiResponse::Empty
+            }
+            Err(e) => ApiResponse::Error(e),
+        }
+    }
+
+    /// Post-boot `PATCH /network-interfaces/{id}` (rate limiters).
+    fn patch_net(&mut self, id: String, n: NetworkInterfaceUpdate) -> ApiResponse {
+        let mut res = self.res.clone();
+        if let Err(e) = res.patch_net(&id, n.clone()) {
+            return ApiResponse::Error(e.to_string());
+        }
+        let Some(vm) = &self.vm else {
+            return ApiResponse::Error("The microVM is not running.".into());
+        };
+        match crate::devices::virtio::setup::patch_net(&vm.virtio, &id, &n) {
             Ok(()) => {
                 self.res = res;
                 ApiResponse::Empty

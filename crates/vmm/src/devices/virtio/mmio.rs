@@ -162,6 +162,14 @@ impl MmioTransport {
         }
     }
 
+    /// Signals every queue's eventfd, so the device looks at its rings again (after a
+    /// limiter update, for example).
+    pub fn kick_queues(&self) {
+        for e in &self.queue_evts {
+            let _ = e.write(1);
+        }
+    }
+
     /// Handles whatever is ready: queue notifications and the device's own fds.
     pub fn process_events(&mut self) {
         let mut events = [EpollEvent::default(); 16];

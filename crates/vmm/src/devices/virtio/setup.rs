@@ -61,6 +61,11 @@ pub fn create(res: &VmResources, mem: &GuestMemoryMmap) -> Result<Vec<VirtioSlot
         let dev = super::block::Block::from_config(d).map_err(|e| err(&what, e))?;
         devs.push((DeviceId::Block(d.drive_id.clone()), Box::new(dev)));
     }
+    for n in res.net.values() {
+        let what = format!("network interface {:?}", n.iface_id);
+        let dev = super::net::Net::from_config(n).map_err(|e| err(&what, e))?;
+        devs.push((DeviceId::Net(n.iface_id.clone()), Box::new(dev)));
+    }
     if let Some(e) = &res.entropy {
         let dev = super::rng::Rng::new(e.rate_limiter.as_ref()).map_err(|e| err("entropy", e))?;
         devs.push((DeviceId::Rng, Box::new(dev)));
@@ -139,5 +144,25 @@ pub fn patch_drive(
     if changed {
         t.notify_config_change();
     }
+    Ok(())
+}
+
+/// `PATCH /network-interfaces/{id}` after boot: new RX/TX rate limiters.
+pub fn patch_net(
+    slots: &[VirtioSlot],
+    id: &str,
+    u: &crate::config::NetworkInterfaceUpdate,
+) -> Result<(), String> {
+    let s = slot(slots, &DeviceId::Net(id.to_string()))
+        .ok_or_else(|| format!("No network device for interface {id:?}."))?;
+    let mut t = s.transport.lock().unwrap_or_else(|e| e.into_inner());
+    let dev = t
+        .device_mut()
+        .as_any_mut()
+        .downcast_mut::<super::net::Net>()
+        .ok_or_else(|| format!("Device of interface {id:?} is not a network device."))?;
+    dev.update_limiters(u.rx_rate_limiter.as_ref(), u.tx_rate_limiter.as_ref());
+    // Frames that waited for the old limits go now.
+    t.kick_queues();
     Ok(())
 }
