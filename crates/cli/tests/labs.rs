@@ -323,6 +323,28 @@ links:
     let o = lab_cmd(&env, state.path(), &["impair", "ab", "--loss", "150%"]);
     assert!(!o.status.success(), "150% loss accepted");
 
+    // Capture the link while pinging across it: a valid pcapng with the echoes both ways.
+    let pcap = env.run.path().join("ab.pcapng");
+    let cap = env
+        .cmd(&["capture", "ab", "-c", "4", "-w", pcap.to_str().unwrap()])
+        .env("KOBAKO_STATE", state.path())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(rtt_ms(&env, state.path(), "a.h", "10.77.0.2", "3").is_some());
+    let o = cap.wait_with_output().unwrap();
+    assert!(o.status.success(), "capture failed: {}", text(&o.stderr));
+    let t = std::process::Command::new("tshark")
+        .args(["-r", pcap.to_str().unwrap(), "-Y", "icmp"])
+        .output()
+        .unwrap();
+    let shown = text(&t.stdout);
+    assert!(
+        shown.contains("Echo (ping) request") && shown.contains("Echo (ping) reply"),
+        "tshark: {shown}{}",
+        text(&t.stderr)
+    );
+
     // Restart one VM: a new VM process, configured again (the link still works).
     let pid = |env: &Env| {
         std::fs::read_to_string(env.run.path().join("vms/kbt-link.b.h/vm.pid")).unwrap()
@@ -337,6 +359,88 @@ links:
     env.assert_clean();
     assert!(!netns_exists("kb-kbt-link"));
     assert!(!netd_running("kbt-link"), "net daemon left behind");
+}
+
+#[test]
+fn published_port_answers_on_the_host_and_the_lab_cannot_reach_the_host() {
+    let env = Env::new();
+    let state = tempfile::tempdir().unwrap();
+    let p = env.run.path().join("pub.yaml");
+    std::fs::write(
+        &p,
+        r#"name: kbt-pub
+defaults: { image: tiny, memory: 96M }
+networks:
+  lan: { subnet: 10.78.0.0/24 }
+nodes:
+  web:
+    vms:
+      srv:
+        interfaces: { eth1: { network: lan } }
+        files: { /www/index.html: { content: "hello from kbt-pub\n" } }
+        run:
+          - { name: httpd, command: "exec httpd -f -p 8080 -h /www" }
+publish: ["18081:web.srv:8080/tcp"]
+"#,
+    )
+    .unwrap();
+    let _down = Down {
+        env: &env,
+        state: state.path(),
+        lab: "kbt-pub",
+    };
+    let out = ok(&lab_cmd(&env, state.path(), &["up", p.to_str().unwrap()]));
+    assert!(out.contains("1 of 1 VMs ready"), "{out}");
+    // The host's own address (not loopback: DNAT is for traffic to a local address).
+    let host_ip = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "ip -4 -o route get 1.1.1.1 | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p'",
+        ])
+        .output()
+        .unwrap();
+    let host_ip = text(&host_ip.stdout).trim().to_string();
+    assert!(!host_ip.is_empty(), "no host address");
+    let mut body = String::new();
+    for _ in 0..50 {
+        let c = std::process::Command::new("curl")
+            .args(["-s", "-m", "3", &format!("http://{host_ip}:18081/")])
+            .output()
+            .unwrap();
+        body = text(&c.stdout);
+        if body.contains("hello from kbt-pub") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        body.contains("hello from kbt-pub"),
+        "published port: {body:?}"
+    );
+    // The lab cannot open connections to the host itself (here: a listener on the host).
+    let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let o = lab_cmd(
+        &env,
+        state.path(),
+        &[
+            "exec",
+            "web.srv",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo x | nc -w 3 {host_ip} {port} && echo CONNECTED"),
+        ],
+    );
+    assert!(
+        !text(&o.stdout).contains("CONNECTED") && l.accept().is_err(),
+        "the lab reached the host: {}",
+        text(&o.stdout)
+    );
+    ok(&lab_cmd(&env, state.path(), &["down", "kbt-pub"]));
+    env.assert_clean();
+    assert!(!netns_exists("kb-kbt-pub"));
 }
 
 #[test]

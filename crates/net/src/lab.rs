@@ -149,6 +149,10 @@ pub struct Uplink {
     /// Also set the host's `net.ipv4.ip_forward=1` (needed for traffic to leave the host,
     /// not for reaching the host itself). Off by default: it changes host configuration.
     pub enable_host_forwarding: bool,
+    /// Whether lab traffic may leave through the host (NAT to the outside). Without it the
+    /// uplink only carries published ports: the host forwards nothing the lab starts.
+    /// Either way the lab can never open a connection to the host itself.
+    pub outbound: bool,
 }
 
 impl Uplink {
@@ -164,6 +168,7 @@ impl Uplink {
             lab_addr: Ipv4Addr::from(base + 2),
             published: Vec::new(),
             enable_host_forwarding: false,
+            outbound: true,
         }
     }
 
@@ -992,12 +997,14 @@ impl LabNet {
             &[
                 Chain {
                     name: "prerouting",
+                    kind: "nat",
                     hook: Hook::Prerouting,
                     priority: -100,
                     rules: lab_pre,
                 },
                 Chain {
                     name: "postrouting",
+                    kind: "nat",
                     hook: Hook::Postrouting,
                     priority: 100,
                     rules: vec![lab_post],
@@ -1013,6 +1020,17 @@ impl LabNet {
             r.extend(Expr::dnat(u.lab_addr, p.host_port));
             host_dnat.push(r);
         }
+        // The lab never opens connections to the host itself (its API, sshd, ...): only
+        // answers to connections the host made (published ports) come in. Without
+        // `outbound`, the host forwards nothing the lab starts either.
+        let guard = || {
+            let mut established: Vec<Expr> = Expr::iifname_eq(&host_if).into();
+            established.extend(Expr::ct_established_or_related());
+            established.push(Expr::Verdict(true));
+            let mut drop: Vec<Expr> = Expr::iifname_eq(&host_if).into();
+            drop.push(Expr::Verdict(false));
+            vec![established, drop]
+        };
         let mut host_post: Vec<Expr> = Expr::saddr_eq(u.lab_addr).into();
         host_post.extend(Expr::oifname(&host_if, false));
         host_post.push(Expr::Masq);
@@ -1021,21 +1039,38 @@ impl LabNet {
             &[
                 Chain {
                     name: "prerouting",
+                    kind: "nat",
                     hook: Hook::Prerouting,
                     priority: -100,
                     rules: host_dnat.clone(),
                 },
                 Chain {
                     name: "output",
+                    kind: "nat",
                     hook: Hook::Output,
                     priority: -100,
                     rules: host_dnat,
                 },
                 Chain {
                     name: "postrouting",
+                    kind: "nat",
                     hook: Hook::Postrouting,
                     priority: 100,
                     rules: vec![host_post],
+                },
+                Chain {
+                    name: "input",
+                    kind: "filter",
+                    hook: Hook::Input,
+                    priority: 0,
+                    rules: guard(),
+                },
+                Chain {
+                    name: "forward",
+                    kind: "filter",
+                    hook: Hook::Forward,
+                    priority: 0,
+                    rules: if u.outbound { Vec::new() } else { guard() },
                 },
             ],
         )?;

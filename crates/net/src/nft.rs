@@ -56,6 +56,10 @@ const NFT_REG_2: u32 = 2;
 pub enum Hook {
     /// NF_INET_PRE_ROUTING
     Prerouting = 0,
+    /// NF_INET_LOCAL_IN
+    Input = 1,
+    /// NF_INET_FORWARD
+    Forward = 2,
     /// NF_INET_LOCAL_OUT
     Output = 3,
     /// NF_INET_POST_ROUTING
@@ -91,6 +95,12 @@ pub enum Expr {
     },
     /// Masquerade.
     Masq,
+    /// `ct state` into reg 1.
+    CtState,
+    /// reg 1 = (reg 1 & mask) ^ 0, 4 bytes.
+    And(u32),
+    /// A verdict: accept (true) or drop (false).
+    Verdict(bool),
 }
 
 impl Expr {
@@ -134,6 +144,16 @@ impl Expr {
         ]
     }
 
+    /// `ct state established,related`.
+    pub fn ct_established_or_related() -> [Expr; 3] {
+        // NF_CT_STATE_BIT(IP_CT_ESTABLISHED) = 2, NF_CT_STATE_BIT(IP_CT_RELATED) = 4
+        [
+            Expr::CtState,
+            Expr::And(2 | 4),
+            Expr::Cmp(false, 0u32.to_ne_bytes().to_vec()),
+        ]
+    }
+
     fn encode(&self, m: &mut Msg) {
         m.nest(NFTA_LIST_ELEM | NLA_F_NESTED);
         let name = match self {
@@ -144,6 +164,9 @@ impl Expr {
             Expr::Immediate(..) => "immediate",
             Expr::Dnat { .. } => "nat",
             Expr::Masq => "masq",
+            Expr::CtState => "ct",
+            Expr::And(_) => "bitwise",
+            Expr::Verdict(_) => "immediate",
         };
         m.attr_str(NFTA_EXPR_NAME, name);
         match self {
@@ -194,6 +217,33 @@ impl Expr {
                             m.attr_u32_be(5, NFT_REG_2);
                         }
                     }
+                    Expr::CtState => {
+                        // NFTA_CT_DREG = 1, NFTA_CT_KEY = 2 (NFT_CT_STATE = 0)
+                        m.attr_u32_be(1, NFT_REG_1).attr_u32_be(2, 0);
+                    }
+                    Expr::And(mask) => {
+                        // NFTA_BITWISE_SREG = 1, DREG = 2, LEN = 3, MASK = 4, XOR = 5
+                        m.attr_u32_be(1, NFT_REG_1)
+                            .attr_u32_be(2, NFT_REG_1)
+                            .attr_u32_be(3, 4);
+                        m.nest(4 | NLA_F_NESTED)
+                            .attr(NFTA_DATA_VALUE, &mask.to_ne_bytes())
+                            .nest_end();
+                        m.nest(5 | NLA_F_NESTED)
+                            .attr(NFTA_DATA_VALUE, &[0u8; 4])
+                            .nest_end();
+                    }
+                    Expr::Verdict(accept) => {
+                        // NFTA_IMMEDIATE_DREG = 1 (NFT_REG_VERDICT = 0), NFTA_IMMEDIATE_DATA =
+                        // 2 { NFTA_DATA_VERDICT = 2 { NFTA_VERDICT_CODE = 1 } }; NF_DROP 0,
+                        // NF_ACCEPT 1
+                        m.attr_u32_be(1, 0);
+                        m.nest(2 | NLA_F_NESTED);
+                        m.nest(2 | NLA_F_NESTED)
+                            .attr_u32_be(1, u32::from(*accept))
+                            .nest_end();
+                        m.nest_end();
+                    }
                     Expr::Masq => {}
                 }
                 m.nest_end();
@@ -203,11 +253,13 @@ impl Expr {
     }
 }
 
-/// A NAT base chain and its rules.
+/// A base chain and its rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chain {
     /// Chain name.
     pub name: &'static str,
+    /// Chain type: `nat` or `filter`.
+    pub kind: &'static str,
     /// Hook.
     pub hook: Hook,
     /// Priority (-100 dstnat, 100 srcnat).
@@ -258,7 +310,7 @@ pub(crate) fn table_batch(family: u8, table: &str, chains: &[Chain]) -> (Vec<Msg
             .attr_u32_be(NFTA_HOOK_PRIORITY, c.priority as u32)
             .nest_end();
         m.attr_u32_be(NFTA_CHAIN_POLICY, 1) // NF_ACCEPT
-            .attr_str(NFTA_CHAIN_TYPE, "nat");
+            .attr_str(NFTA_CHAIN_TYPE, c.kind);
         push(m, true);
         for r in &c.rules {
             let mut m = nft_msg(

@@ -190,6 +190,7 @@ fn ensure_network(lab: &Lab) -> Result<String> {
     } else {
         let mut up = kobako_net::Uplink::derived(&name);
         up.enable_host_forwarding = !lab.uplink.is_empty();
+        up.outbound = !lab.uplink.is_empty();
         for p in &lab.publish {
             let std::net::IpAddr::V4(target) = p.target else {
                 return Err(LabError::Other(format!(
