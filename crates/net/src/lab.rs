@@ -1070,7 +1070,17 @@ impl LabNet {
                     kind: "filter",
                     hook: Hook::Forward,
                     priority: 0,
-                    rules: if u.outbound { Vec::new() } else { guard() },
+                    rules: if u.outbound {
+                        // Out to the world, never into another lab (its uplink or published
+                        // ports): `iifname OURS oifname "kbu*" drop`.
+                        let mut r: Vec<Expr> = Expr::iifname_eq(&host_if).into();
+                        r.push(Expr::Meta(7));
+                        r.push(Expr::Cmp(true, b"kbu".to_vec()));
+                        r.push(Expr::Verdict(false));
+                        vec![r]
+                    } else {
+                        guard()
+                    },
                 },
             ],
         )?;
