@@ -42,7 +42,7 @@ pub fn vm_name(s: &str) -> Result<String> {
 }
 
 /// The boot config of a lab VM: the same resolution as `kobako vm run --image ...`.
-fn resolver(
+pub(crate) fn resolver(
 ) -> impl Fn(&spec::Vm, &str) -> std::result::Result<kobako_runtime::config::VmConfig, String>
        + Send
        + Sync {

@@ -3,6 +3,7 @@
 //! `vm supervise`.
 
 mod bench;
+mod bench_lab;
 mod console;
 mod guest_cmd;
 mod image_cmd;
@@ -123,6 +124,8 @@ enum BenchCmd {
     Boot(bench::BenchBootArgs),
     /// N tiny VMs started together vs this machine's CPU-bound floor.
     Node(bench::BenchNodeArgs),
+    /// A generated lab of N tiny VMs through `up` and `down`: time, memory, CPU floor.
+    Lab(bench_lab::BenchLabArgs),
 }
 
 fn main() {
@@ -166,6 +169,7 @@ fn main() {
                     Cmd::Vm(c) => vm_cmd::run(c).await,
                     Cmd::Bench(BenchCmd::Boot(a)) => bench::boot(a).await,
                     Cmd::Bench(BenchCmd::Node(a)) => bench::node(a).await,
+                    Cmd::Bench(BenchCmd::Lab(a)) => bench_lab::lab(a).await,
                     Cmd::Exec(a) => guest_cmd::exec(a).await,
                     Cmd::Up { file, json } => lab_cmd::up(&file, json).await,
                     Cmd::Down { name, json } => lab_cmd::down(&name, json).await,
