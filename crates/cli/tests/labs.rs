@@ -444,6 +444,50 @@ publish: ["18081:web.srv:8080/tcp"]
 }
 
 #[test]
+fn a_vm_that_cannot_start_is_reported_and_the_rest_comes_up() {
+    let env = Env::new();
+    let state = tempfile::tempdir().unwrap();
+    let p = env.run.path().join("partial.yaml");
+    std::fs::write(
+        &p,
+        "name: kbt-part\ndefaults: { image: tiny, memory: 96M }\nnodes:\n  n:\n    vms:\n      good: {}\n      bad: { image: no-such-image }\n",
+    )
+    .unwrap();
+    let _down = Down {
+        env: &env,
+        state: state.path(),
+        lab: "kbt-part",
+    };
+    let o = lab_cmd(&env, state.path(), &["up", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(out.contains("1 of 2 VMs ready"), "{out}");
+    assert!(
+        out.contains("no-such-image"),
+        "the reason is missing: {out}"
+    );
+    let ls: serde_json::Value =
+        serde_json::from_str(&ok(&lab_cmd(&env, state.path(), &["ls", "--json"]))).unwrap();
+    assert_eq!(ls[0]["state"], "degraded");
+    let inspect: serde_json::Value = serde_json::from_str(&ok(&lab_cmd(
+        &env,
+        state.path(),
+        &["inspect", "kbt-part", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(inspect["vms"]["kbt-part.n.good"]["state"], "ready");
+    assert_eq!(inspect["vms"]["kbt-part.n.bad"]["state"], "failed");
+    assert!(inspect["vms"]["kbt-part.n.bad"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("no-such-image"));
+    // The good VM runs, nothing of the bad one exists.
+    assert_eq!(env.leftovers(), vec!["kbt-part.n.good".to_string()]);
+    ok(&lab_cmd(&env, state.path(), &["down", "kbt-part"]));
+    env.assert_clean();
+}
+
+#[test]
 fn kill_during_up_then_up_converges_without_duplicates() {
     let env = Env::new();
     let state = tempfile::tempdir().unwrap();
