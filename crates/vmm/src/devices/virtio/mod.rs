@@ -17,6 +17,7 @@
 //! calls [`mmio::MmioTransport::process_events`] (queue notifications, tap/socket/timer fds).
 
 pub mod block;
+pub mod fuzzing;
 pub mod mmio;
 pub mod net;
 pub mod queue;
