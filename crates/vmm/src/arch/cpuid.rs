@@ -10,7 +10,7 @@
 //! | 0x1 | ECX.HYPERVISOR set | guests must know they are virtualised (kvm-clock, paravirt ops) |
 //! | 0x1 | ECX.CX16 cleared **on PVM hosts** | kvm_pvm's instruction emulator cannot run `cmpxchg16b` (SLUB's fast path); see shared/reference/pvm-guest-notes.md. Without CX16 Linux falls back to a lock-based path |
 //! | 0x4 | EAX[31:26] = vCPU count - 1, EAX[25:14] = 0 | cores per package as we expose them, one thread per core |
-//! | 0x6 | zeroed | thermal and power management are not virtualised |
+//! | 0x6 | EAX = ARAT only, rest zeroed | thermal and power management are not virtualised; ARAT (the LAPIC timer keeps running in deep C-states) is what KVM's LAPIC timer does, and without it Linux keeps the PIT as its tick (`apic_needs_pit()`), which on PVM costs more emulated work than the 4 ms tick period (the boot starves) |
 //! | 0xa | zeroed | no virtual PMU is promised |
 //! | 0xb | rebuilt: level 0 = SMT (1 thread), level 1 = core (vCPU count), EDX = x2APIC ID | same topology as leaf 1 |
 //!
@@ -31,6 +31,8 @@ pub struct CpuidParams {
 const LEAF1_ECX_CX16: u32 = 1 << 13;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const LEAF1_EDX_HTT: u32 = 1 << 28;
+/// Leaf 6 EAX bit 2: Always Running APIC Timer.
+const LEAF6_EAX_ARAT: u32 = 1 << 2;
 
 /// True when /dev/kvm is the PVM module (`kvm_pvm`).
 pub fn host_is_pvm() -> bool {
@@ -55,7 +57,13 @@ fn normalise_entry(e: &mut kvm_cpuid_entry2, p: &CpuidParams) {
         0x4 => {
             e.eax = (e.eax & 0x3fff) | ((count - 1) << 26);
         }
-        0x6 | 0xa => {
+        0x6 => {
+            e.eax = LEAF6_EAX_ARAT;
+            e.ebx = 0;
+            e.ecx = 0;
+            e.edx = 0;
+        }
+        0xa => {
             e.eax = 0;
             e.ebx = 0;
             e.ecx = 0;
@@ -125,7 +133,8 @@ mod tests {
         assert_eq!((l1.ebx >> 16) & 0xff, 4);
         assert_eq!(l1.ecx & LEAF1_ECX_CX16, 0);
         assert_ne!(l1.ecx & LEAF1_ECX_HYPERVISOR, 0);
-        assert_eq!(out.as_slice()[1].eax, 0);
+        assert_eq!(out.as_slice()[1].eax, LEAF6_EAX_ARAT);
+        assert_eq!(out.as_slice()[1].ecx, 0);
         let lb = out.as_slice()[2];
         assert_eq!((lb.eax, lb.ebx, lb.edx), (2, 4, 2));
         let not_pvm = normalise(&cpuid, &CpuidParams { pvm: false, ..p });
