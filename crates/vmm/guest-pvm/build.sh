@@ -11,12 +11,14 @@ out=${OUT:-/var/cache/kobako/kernel-pvm}
 tarball=/usr/src/linux-source-6.1.tar.xz
 [ -f "$tarball" ] || { echo "need $tarball: apt-get install linux-source-6.1" >&2; exit 1; }
 mkdir -p "$out"
-if [ ! -f "$out/src/.patched" ]; then
+# .patched holds the checksum of the patch the tree carries: a changed patch re-extracts it.
+want=$(sha256sum < "$here/pvm-tolerant.patch" | cut -d' ' -f1)
+if [ "$(cat "$out/src/.patched" 2>/dev/null)" != "$want" ]; then
   rm -rf "$out/src"
   mkdir -p "$out/src"
   tar -xJf "$tarball" -C "$out/src" --strip-components=1
   (cd "$out/src" && patch -p1 < "$here/pvm-tolerant.patch")
-  touch "$out/src/.patched"
+  echo "$want" > "$out/src/.patched"
 fi
 cat "$repo/guest/kernel/microvm.config" "$here/pvm.config" > "$out/fragment.config"
 make -C "$out/src" O="$out/build" allnoconfig KCONFIG_ALLCONFIG="$out/fragment.config" >/dev/null
