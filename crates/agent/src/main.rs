@@ -86,6 +86,11 @@ fn main() {
             init::shutdown(false, pid1);
         }
     }
+    if params.get("bootmark").is_some_and(|v| v == "1") {
+        if let Err(e) = init::boot_mark() {
+            init::console(&format!("kobako-agent: boot-complete signal: {e}"));
+        }
+    }
     let info = ready_info(agent_start_ms);
     match open_port(Duration::from_secs(10)) {
         Some(port) => serve(port, info, pid1),
