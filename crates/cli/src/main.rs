@@ -93,6 +93,25 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Checkpoint a running lab (every VM's memory, devices and disks, link states and
+    /// impairments) as NAME; `--list` shows checkpoints, `--delete` removes one.
+    Checkpoint {
+        lab: String,
+        name: Option<String>,
+        #[arg(long, conflicts_with = "delete")]
+        list: bool,
+        #[arg(long)]
+        delete: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring a lab back to a checkpoint: its VMs continue from there, links as they were.
+    Restore {
+        lab: String,
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Attach to a VM's serial console (`NODE.VM`, `LAB/NODE.VM` or a VM name).
     Console { vm: String },
     #[command(subcommand, hide = true)]
@@ -184,6 +203,16 @@ fn main() {
                     Cmd::Graph { name, format } => lab_cmd::graph(&name, &format),
                     Cmd::Save { name, output } => lab_cmd::save(&name, output.as_deref()),
                     Cmd::Restart { target, json } => lab_cmd::restart(&target, json).await,
+                    Cmd::Checkpoint {
+                        lab,
+                        name,
+                        list,
+                        delete,
+                        json,
+                    } => lab_cmd::checkpoint(&lab, name.as_deref(), list, delete, json).await,
+                    Cmd::Restore { lab, name, json } => {
+                        lab_cmd::restore_checkpoint(&lab, &name, json).await
+                    }
                     Cmd::Console { vm } => vm_cmd::console(&lab_cmd::vm_name(&vm)?).await,
                     Cmd::Ls { json } => lab_cmd::ls(json),
                     Cmd::Inspect { name, json } => lab_cmd::inspect(&name, json),

@@ -1,6 +1,6 @@
 //! `kobako vm ...`: run, ls, stop, rm, console, exec, and the internal `supervise`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -43,6 +43,30 @@ pub enum VmCmd {
     Pause { name: String },
     /// Resume a paused VM.
     Resume { name: String },
+    /// Snapshot a running VM (memory, devices, writable disk) into a new directory.
+    Snapshot {
+        name: String,
+        /// Directory to create for the snapshot.
+        dir: PathBuf,
+        /// Leave the VM paused afterwards (default: it continues).
+        #[arg(long)]
+        leave_paused: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a new VM from a snapshot (it continues where the snapshot was taken).
+    Restore {
+        /// Snapshot directory.
+        dir: PathBuf,
+        /// Name of the new VM.
+        #[arg(long)]
+        name: String,
+        /// Check every checksum of the snapshot first (reads all of it).
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// (internal) supervise one VM process; started by `vm run`.
     #[command(hide = true)]
     Supervise { dir: PathBuf },
@@ -121,6 +145,7 @@ pub fn config_from(args: &RunArgs) -> Result<(VmConfig, String)> {
         extra_disks: Vec::new(),
         nics: Vec::new(),
         netns: None,
+        incoming: None,
     };
     if let Err(e) = probe.validate() {
         if !e.to_string().contains("no such file") {
@@ -185,7 +210,81 @@ pub async fn run(cmd: VmCmd) -> Result<i32> {
             runtime()?.resume(&VmDir::open(&name)?).await?;
             Ok(0)
         }
+        VmCmd::Snapshot {
+            name,
+            dir,
+            leave_paused,
+            json,
+        } => {
+            let vm = VmDir::open(&crate::lab_cmd::vm_name(&name)?)?;
+            let t0 = std::time::Instant::now();
+            let m = runtime()?.snapshot(&vm, &dir, leave_paused).await?;
+            let ms = t0.elapsed().as_millis();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                eprintln!(
+                    "{}: snapshot in {} ({} MiB memory state{}), guest stopped for {} ms, {ms} ms in all",
+                    vm.name,
+                    dir.display(),
+                    m.memory.size >> 20,
+                    m.root
+                        .as_ref()
+                        .map(|r| format!(", {} MiB disk", r.size >> 20))
+                        .unwrap_or_default(),
+                    m.paused_ms
+                );
+            }
+            Ok(0)
+        }
+        VmCmd::Restore {
+            dir,
+            name,
+            verify,
+            json,
+        } => restore(&dir, &name, verify, json).await,
         VmCmd::Supervise { dir } => Ok(kobako_runtime::supervisor::run(&dir)),
+    }
+}
+
+/// `vm restore DIR --name NAME`: a new VM from a snapshot, detached; reports the time to ready.
+async fn restore(dir: &Path, name: &str, verify: bool, json: bool) -> Result<i32> {
+    let rt = runtime()?;
+    let t0 = std::time::Instant::now();
+    let overlay = kobako_image::store::overlays_root().join(name);
+    if VmDir::for_name(name).exists() {
+        bail!("a VM named '{name}' already exists (stop it or pick another --name)");
+    }
+    let cfg = rt.restore_config(dir, name, &overlay, verify)?;
+    let vm = match rt.create(&cfg).await {
+        Ok(vm) => vm,
+        Err(e) => {
+            resolve::discard(&cfg.owned_paths);
+            return Err(e.into());
+        }
+    };
+    if let Err(e) = rt.start(&vm).await {
+        let _ = vm.remove();
+        return Err(e.into());
+    }
+    match kobako_runtime::wait_ready(&vm, Duration::from_secs(cfg.ready_timeout_secs)).await {
+        Ok((client, _)) => {
+            let ms = t0.elapsed().as_millis();
+            kobako_runtime::snapshot::adjust_clock(&client).await?;
+            if json {
+                println!("{}", serde_json::json!({"name": name, "ready_ms": ms}));
+            } else {
+                eprintln!(
+                    "{name}: restored from {}, agent ready in {ms} ms",
+                    dir.display()
+                );
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            let _ = rt.kill(&vm).await;
+            Err(e.into())
+        }
     }
 }
 

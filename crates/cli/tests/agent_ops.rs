@@ -401,6 +401,7 @@ fn network_config_applies_on_a_real_tap() {
                 mac: "52:54:00:aa:bb:01".into(),
             }],
             netns: Some("kbt-agentnet".into()),
+            incoming: None,
         };
         let rt = kobako_runtime::qemu::QemuRuntime::new(KOBAKO.into());
         let vm = rt.create(&cfg).await.unwrap();

@@ -543,3 +543,119 @@ fn kill_during_up_then_up_converges_without_duplicates() {
     env.assert_clean();
     assert!(!netns_exists("kb-kbt-kill"));
 }
+
+#[test]
+fn checkpoint_and_restore_bring_back_vm_state_and_link_impairments() {
+    let env = Env::new();
+    let state = tempfile::tempdir().unwrap();
+    let p = env.run.path().join("cp.yaml");
+    std::fs::write(
+        &p,
+        r#"name: kbt-cp
+defaults: { image: tiny, memory: 96M }
+nodes:
+  a:
+    vms:
+      h: { interfaces: { eth1: { addresses: [10.79.0.1/30] } } }
+  b:
+    vms:
+      h: { interfaces: { eth1: { addresses: [10.79.0.2/30] } } }
+links:
+  - { name: ab, endpoints: ["a.h:eth1", "b.h:eth1"] }
+"#,
+    )
+    .unwrap();
+    let _down = Down {
+        env: &env,
+        state: state.path(),
+        lab: "kbt-cp",
+    };
+    let run = |args: &[&str]| ok(&lab_cmd(&env, state.path(), args));
+    run(&["up", p.to_str().unwrap()]);
+    // A process counting in the guest, a file, an impaired link: the state to come back to.
+    run(&[
+        "exec",
+        "a.h",
+        "--",
+        "sh",
+        "-c",
+        "echo stage1 > /root/stage; (i=0; while true; do i=$((i+1)); echo $i > /root/count; sleep 0.2; done) >/dev/null 2>&1 &",
+    ]);
+    run(&["impair", "ab", "--delay", "50ms"]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let out = run(&["checkpoint", "kbt-cp", "stage1"]);
+    let _ = out;
+    let count_at = |vm: &str| -> u64 {
+        run(&["exec", vm, "--", "cat", "/root/count"])
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let saved = count_at("a.h");
+    // Move on: other file content, no impairment, link cut.
+    run(&["exec", "a.h", "--", "sh", "-c", "echo stage2 > /root/stage"]);
+    run(&["impair", "ab", "--clear"]);
+    run(&["link", "ab", "down"]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let pid_before = std::fs::read_to_string(env.run.path().join("vms/kbt-cp.a.h/vm.pid")).unwrap();
+
+    let out = run(&["restore", "kbt-cp", "stage1"]);
+    assert!(out.contains("2 of 2 VMs ready"), "{out}");
+    let pid_after = std::fs::read_to_string(env.run.path().join("vms/kbt-cp.a.h/vm.pid")).unwrap();
+    assert_ne!(pid_before, pid_after, "restore kept the old VM process");
+    assert_eq!(
+        run(&["exec", "a.h", "--", "cat", "/root/stage"]).trim(),
+        "stage1"
+    );
+    // The counter continues from (about) where the checkpoint caught it, not from 0 or later.
+    let c = count_at("a.h");
+    assert!(
+        c >= saved.saturating_sub(2) && c < saved + 40,
+        "counter {c} after restore, {saved} at checkpoint"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert!(count_at("a.h") > c, "the counting process did not continue");
+    // The guest clock follows the host's again.
+    let guest: i64 = run(&["exec", "a.h", "--", "date", "+%s"])
+        .trim()
+        .parse()
+        .unwrap();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (guest - host).abs() <= 3,
+        "guest clock {guest}, host {host}"
+    );
+    // Link up again with the checkpoint's 50 ms each way.
+    let rtt = rtt_ms(&env, state.path(), "a.h", "10.79.0.2", "3").expect("restored link: no ping");
+    assert!(rtt >= 100.0, "restored impairment: rtt {rtt} ms");
+    assert!(run(&["inspect", "kbt-cp"]).contains("delay 50ms"));
+
+    // Listing, refusing a duplicate, deleting.
+    let list = run(&["checkpoint", "kbt-cp", "--list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(v[0]["name"], "stage1");
+    assert_eq!(v[0]["vms"], 2);
+    let o = lab_cmd(&env, state.path(), &["checkpoint", "kbt-cp", "stage1"]);
+    assert!(
+        text(&o.stderr).contains("already has a checkpoint"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = lab_cmd(&env, state.path(), &["restore", "kbt-cp", "nosuch"]);
+    assert!(
+        text(&o.stderr).contains("no checkpoint 'nosuch'"),
+        "{}",
+        text(&o.stderr)
+    );
+    run(&["checkpoint", "kbt-cp", "stage1", "--delete"]);
+    assert_eq!(
+        run(&["checkpoint", "kbt-cp", "--list", "--json"]).trim(),
+        "[]"
+    );
+
+    run(&["down", "kbt-cp"]);
+    env.assert_clean();
+}

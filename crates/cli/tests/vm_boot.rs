@@ -238,3 +238,84 @@ fn kobako_vmm_is_the_own_vmm() {
     assert!(!o.status.success());
     assert!(text(&o.stderr).contains("--bogus"), "{}", text(&o.stderr));
 }
+
+#[test]
+fn snapshot_and_restore_continue_the_guest_and_refuse_what_does_not_fit() {
+    let env = Env::new();
+    ok(&env.run(&["vm", "run", "-d", "--name", "snap-a", "--memory", "96M"]));
+    ok(&env.run(&[
+        "vm",
+        "exec",
+        "snap-a",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /root/f; (i=0; while true; do i=$((i+1)); echo $i > /root/n; sleep 0.1; done) >/dev/null 2>&1 &",
+    ]));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let snap = env.run.path().join("snap");
+    let snap_s = snap.to_str().unwrap();
+    let m = ok(&env.run(&["vm", "snapshot", "snap-a", snap_s, "--json"]));
+    let m: serde_json::Value = serde_json::from_str(&m).unwrap();
+    assert_eq!(m["runtime"], "qemu");
+    assert!(m["memory"]["size"].as_u64().unwrap() > 1 << 20);
+    // The original continues.
+    ok(&env.run(&["vm", "exec", "snap-a", "--", "true"]));
+    let o = env.run(&["vm", "snapshot", "snap-a", snap_s]);
+    assert!(text(&o.stderr).contains("exists"), "{}", text(&o.stderr));
+
+    ok(&env.run(&["vm", "restore", snap_s, "--name", "snap-b", "--verify"]));
+    assert_eq!(
+        ok(&env.run(&["vm", "exec", "snap-b", "--", "cat", "/root/f"])).trim(),
+        "kept"
+    );
+    let n1: u64 = ok(&env.run(&["vm", "exec", "snap-b", "--", "cat", "/root/n"]))
+        .trim()
+        .parse()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    let n2: u64 = ok(&env.run(&["vm", "exec", "snap-b", "--", "cat", "/root/n"]))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(n1 > 0 && n2 > n1, "restored counter: {n1} then {n2}");
+    let o = env.run(&["vm", "restore", snap_s, "--name", "snap-b"]);
+    assert!(
+        text(&o.stderr).contains("already exists"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // Not a snapshot; a truncated memory file: refused with the reason, nothing started.
+    let o = env.run(&[
+        "vm",
+        "restore",
+        env.run.path().to_str().unwrap(),
+        "--name",
+        "snap-c",
+    ]);
+    assert!(
+        text(&o.stderr).contains("not a kobako VM snapshot"),
+        "{}",
+        text(&o.stderr)
+    );
+    let mem = snap.join("memory.bin");
+    let len = std::fs::metadata(&mem).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&mem)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let o = env.run(&["vm", "restore", snap_s, "--name", "snap-c"]);
+    assert!(
+        text(&o.stderr).contains("bytes, the manifest says"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!env.leftovers().contains(&"snap-c".to_string()));
+
+    ok(&env.run(&["vm", "stop", "snap-a"]));
+    ok(&env.run(&["vm", "stop", "snap-b"]));
+    env.assert_clean();
+}

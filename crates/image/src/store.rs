@@ -501,6 +501,11 @@ pub fn now_rfc3339() -> String {
     rfc3339(secs)
 }
 
+/// Milliseconds since the epoch as RFC 3339 UTC.
+pub fn rfc3339_ms(ms: i64) -> String {
+    rfc3339((ms.max(0) / 1000) as u64)
+}
+
 fn rfc3339(secs: u64) -> String {
     let days = (secs / 86400) as i64;
     let rem = secs % 86400;

@@ -76,6 +76,9 @@ pub struct VmConfig {
     /// Run the VM process in this named network namespace (/run/netns/NAME), e.g. its lab's.
     #[serde(default)]
     pub netns: Option<String>,
+    /// Restore the VM from this memory/device state file (a snapshot) instead of booting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incoming: Option<PathBuf>,
 }
 
 /// A virtio-net interface attached to a host tap.
@@ -143,6 +146,14 @@ impl VmConfig {
     /// Check everything that can be checked before starting: name, sizes against the host, files.
     pub fn validate(&self) -> Result<(), RuntimeError> {
         validate_name(&self.name)?;
+        if let Some(state) = &self.incoming {
+            if state.to_string_lossy().contains('\'') || !state.is_file() {
+                return Err(RuntimeError::Invalid(format!(
+                    "snapshot state {}: no such file (or a path with a quote)",
+                    state.display()
+                )));
+            }
+        }
         let cpus = host::cpus();
         if self.vcpus == 0 {
             return Err(RuntimeError::Invalid(
@@ -316,6 +327,7 @@ mod tests {
             extra_disks: Vec::new(),
             nics: Vec::new(),
             netns: None,
+            incoming: None,
         }
     }
 

@@ -18,6 +18,7 @@ pub mod group;
 pub mod host;
 pub mod qemu;
 pub mod qmp;
+pub mod snapshot;
 pub mod supervisor;
 pub mod vmdir;
 
@@ -124,6 +125,35 @@ pub trait Runtime: Send + Sync {
     async fn resume(&self, vm: &VmDir) -> Result<()>;
     async fn status(&self, vm: &VmDir) -> Result<VmStatus>;
     fn console(&self, vm: &VmDir) -> Console;
+    /// Snapshots a running VM (memory, devices, writable disks) into the new directory `dest`;
+    /// the guest continues afterwards unless `leave_paused`. See [`snapshot`].
+    async fn snapshot(
+        &self,
+        vm: &VmDir,
+        _dest: &std::path::Path,
+        _leave_paused: bool,
+    ) -> Result<snapshot::Manifest> {
+        Err(RuntimeError::Invalid(format!(
+            "VM '{}': the {} runtime cannot take snapshots yet",
+            vm.name,
+            self.name()
+        )))
+    }
+    /// The configuration restoring snapshot `dir` as VM `name` (refused with the reason when
+    /// the snapshot does not fit this host); a disk-rooted VM gets its overlay in `overlay_dir`.
+    fn restore_config(
+        &self,
+        dir: &std::path::Path,
+        _name: &str,
+        _overlay_dir: &std::path::Path,
+        _verify: bool,
+    ) -> Result<VmConfig> {
+        Err(RuntimeError::Invalid(format!(
+            "snapshot {}: the {} runtime cannot restore snapshots yet",
+            dir.display(),
+            self.name()
+        )))
+    }
 }
 
 /// Wait until the VM's agent is ready. Returns a connected client and the agent's report.

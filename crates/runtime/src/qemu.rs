@@ -116,6 +116,13 @@ impl QemuRuntime {
                 "virtio-blk-device,drive=root".into(),
             ]),
         }
+        if let Some(state) = &cfg.incoming {
+            // Restore instead of boot: QEMU reads the migration stream and runs on from it.
+            a.extend([
+                "-incoming".into(),
+                format!("exec:cat '{}'", state.display()),
+            ]);
+        }
         for (i, n) in cfg.nics.iter().enumerate() {
             a.extend([
                 "-netdev".into(),
@@ -164,6 +171,26 @@ async fn wait_gone(pid: i32, timeout: Duration) -> bool {
 impl Runtime for QemuRuntime {
     fn name(&self) -> &'static str {
         "qemu"
+    }
+
+    async fn snapshot(
+        &self,
+        vm: &VmDir,
+        dest: &Path,
+        leave_paused: bool,
+    ) -> Result<crate::snapshot::Manifest> {
+        crate::snapshot::snapshot(&self.qemu, vm, dest, leave_paused).await
+    }
+
+    fn restore_config(
+        &self,
+        dir: &Path,
+        name: &str,
+        overlay_dir: &Path,
+        verify: bool,
+    ) -> Result<VmConfig> {
+        let m = crate::snapshot::load(&self.qemu, dir, verify)?;
+        crate::snapshot::restore_config(dir, &m, name, overlay_dir)
     }
 
     async fn create(&self, cfg: &VmConfig) -> Result<VmDir> {
@@ -229,6 +256,9 @@ impl Runtime for QemuRuntime {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if vm.file("qmp.sock").exists() && vm.vm_pid().is_some() {
+                if vm.config()?.incoming.is_some() {
+                    crate::snapshot::continue_restored(vm).await?;
+                }
                 return Ok(());
             }
             let gone = !alive(sup_pid);

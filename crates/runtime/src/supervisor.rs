@@ -100,7 +100,7 @@ pub fn run(dir: &Path) -> i32 {
 }
 
 fn supervise(vm: VmDir) -> Result<(), String> {
-    let launch = vm.launch().map_err(|e| e.to_string())?;
+    let mut launch = vm.launch().map_err(|e| e.to_string())?;
     std::fs::write(vm.file("supervisor.pid"), std::process::id().to_string())
         .map_err(|e| format!("write supervisor.pid: {e}"))?;
     let agent_sock = vm.file("agent.sock");
@@ -158,6 +158,8 @@ fn supervise(vm: VmDir) -> Result<(), String> {
                 quick_reboots = 0;
             }
             if quick_reboots < 5 {
+                // A VM restored from a snapshot reboots into a fresh boot, not the snapshot.
+                strip_incoming(&mut launch.argv);
                 *lock(&shared.ready) = None;
                 let _ = std::fs::remove_file(vm.file("ready.json"));
                 continue;
@@ -179,6 +181,13 @@ fn supervise(vm: VmDir) -> Result<(), String> {
         let _ = vm.remove();
     }
     Ok(())
+}
+
+/// Removes QEMU's `-incoming SOURCE` (restore from a snapshot) from an argv.
+fn strip_incoming(argv: &mut Vec<String>) {
+    if let Some(i) = argv.iter().position(|a| a == "-incoming") {
+        argv.drain(i..(i + 2).min(argv.len()));
+    }
 }
 
 /// Start the VM process (in its network namespace, dying with us). Returns its pid and when it

@@ -152,7 +152,7 @@ pub struct VmRow {
 }
 
 /// A stored link's live state.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LinkRow {
     pub lab: String,
     pub name: String,

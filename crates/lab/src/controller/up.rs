@@ -147,7 +147,7 @@ fn net_err(lab: &str) -> impl Fn(kobako_net::NetError) -> LabError + '_ {
 }
 
 /// Build (or complete) the lab's host network. Blocking: call from `spawn_blocking`.
-fn ensure_network(lab: &Lab) -> Result<String> {
+pub(crate) fn ensure_network(lab: &Lab) -> Result<String> {
     let e = net_err(lab.name.as_str());
     let name = NetLabName::new(lab.name.as_str()).map_err(&e)?;
     let net = LabNet::ensure(&name).map_err(&e)?;
@@ -307,7 +307,7 @@ fn addresses(vm: &Vm) -> Vec<String> {
         .collect()
 }
 
-async fn stop_all(rt: &Arc<dyn Runtime>, names: &[String]) -> Result<usize> {
+pub(crate) async fn stop_all(rt: &Arc<dyn Runtime>, names: &[String]) -> Result<usize> {
     let stops: Vec<_> = names
         .iter()
         .map(|n| {
