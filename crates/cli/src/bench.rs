@@ -74,6 +74,8 @@ pub async fn boot(a: BenchBootArgs) -> Result<i32> {
         accel: a.accel.clone(),
         timeout: 60,
         json: false,
+        // This benchmark compares kobako on QEMU with raw QEMU.
+        runtime: "qemu".into(),
     };
     let (base, why) = config_from(&run_args)?;
     eprintln!(
@@ -278,6 +280,8 @@ pub async fn node(a: BenchNodeArgs) -> Result<i32> {
         accel: a.accel.clone(),
         timeout: 120,
         json: false,
+        // The node benchmark measures the QEMU runtime.
+        runtime: "qemu".into(),
     };
     let (base, why) = config_from(&run_args)?;
     let rt: Arc<dyn Runtime> = Arc::new(runtime()?);

@@ -60,6 +60,8 @@ pub(crate) fn resolver(
             accel: accel.clone(),
             timeout: 120,
             json: false,
+            // Labs need NICs and the agent channel: QEMU (the vmm runtime has no virtio yet).
+            runtime: "qemu".into(),
         };
         config_from(&args)
             .map(|(cfg, _)| cfg)

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use kobako_runtime::agent::AgentClient;
 use kobako_runtime::config::{parse_mib, VmConfig};
 use kobako_runtime::qemu::QemuRuntime;
+use kobako_runtime::vmm::VmmRuntime;
 use kobako_runtime::{Runtime, VmDir, VmState};
 
 use crate::console::{self, ConsoleEnd};
@@ -106,6 +107,10 @@ pub struct RunArgs {
     /// Seconds to wait for the agent before giving up.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
+    /// VM runtime: auto (the own VMM where KVM runs standard guests and the VM needs no
+    /// devices it lacks yet, else QEMU), qemu or vmm.
+    #[arg(long, env = "KOBAKO_RUNTIME", default_value = "auto")]
+    pub runtime: String,
     /// Print the result as JSON (with -d).
     #[arg(long)]
     pub json: bool,
@@ -114,6 +119,43 @@ pub struct RunArgs {
 pub fn runtime() -> Result<QemuRuntime> {
     let exe = std::env::current_exe().context("locate the kobako executable")?;
     Ok(QemuRuntime::new(exe))
+}
+
+/// A runtime by name.
+pub fn runtime_named(name: &str) -> Result<Box<dyn Runtime>> {
+    let exe = std::env::current_exe().context("locate the kobako executable")?;
+    match name {
+        "qemu" => Ok(Box::new(QemuRuntime::new(exe))),
+        "vmm" => Ok(Box::new(VmmRuntime::new(exe))),
+        other => bail!("--runtime {other}: use auto, qemu or vmm"),
+    }
+}
+
+/// The runtime that created an existing VM (recorded in its launch.json).
+pub fn runtime_of(vm: &VmDir) -> Result<Box<dyn Runtime>> {
+    let name = vm
+        .launch()
+        .map(|l| l.runtime)
+        .unwrap_or_else(|_| "qemu".into());
+    runtime_named(&name)
+}
+
+/// `--runtime auto|qemu|vmm` for a VM config. Returns the runtime name and why.
+fn choose_runtime(arg: &str, cfg: &VmConfig) -> Result<(String, String)> {
+    match arg {
+        "auto" => {
+            let needs_devices = !matches!(cfg.root, kobako_runtime::config::Root::Initramfs { .. })
+                || !cfg.nics.is_empty()
+                || !cfg.extra_disks.is_empty();
+            let c = kobako_runtime::host::detect_runtime(needs_devices);
+            Ok((c.kind.name().to_string(), c.reason))
+        }
+        "qemu" | "vmm" => Ok((
+            arg.to_string(),
+            format!("runtime {arg}: forced with --runtime"),
+        )),
+        other => bail!("--runtime {other}: use auto, qemu or vmm"),
+    }
 }
 
 fn random_name() -> String {
@@ -188,7 +230,9 @@ pub async fn run(cmd: VmCmd) -> Result<i32> {
         VmCmd::Ls { json } => ls(json).await,
         VmCmd::Stop { name, timeout } => {
             let vm = VmDir::open(&name)?;
-            runtime()?.stop(&vm, Duration::from_secs(timeout)).await?;
+            runtime_of(&vm)?
+                .stop(&vm, Duration::from_secs(timeout))
+                .await?;
             eprintln!("{name}: stopped");
             Ok(0)
         }
@@ -197,17 +241,19 @@ pub async fn run(cmd: VmCmd) -> Result<i32> {
             if vm.vm_pid().is_some() && !force {
                 bail!("VM '{name}' is running: stop it with `kobako vm stop {name}` or use `kobako vm rm -f {name}`");
             }
-            runtime()?.kill(&vm).await?;
+            runtime_of(&vm)?.kill(&vm).await?;
             Ok(0)
         }
         VmCmd::Console { name } => console(&name).await,
         VmCmd::Exec(a) => crate::guest_cmd::exec(a).await,
         VmCmd::Pause { name } => {
-            runtime()?.pause(&VmDir::open(&name)?).await?;
+            let vm = VmDir::open(&name)?;
+            runtime_of(&vm)?.pause(&vm).await?;
             Ok(0)
         }
         VmCmd::Resume { name } => {
-            runtime()?.resume(&VmDir::open(&name)?).await?;
+            let vm = VmDir::open(&name)?;
+            runtime_of(&vm)?.resume(&vm).await?;
             Ok(0)
         }
         VmCmd::Snapshot {
@@ -290,11 +336,23 @@ async fn restore(dir: &Path, name: &str, verify: bool, json: bool) -> Result<i32
 
 /// Everything `vm run` does; returns the process exit code.
 async fn run_vm(args: RunArgs) -> Result<i32> {
-    let (cfg, why) = config_from(&args)?;
-    let rt = runtime()?;
-    tracing::info!(accel = %cfg.accel, "{why}");
-    if cfg.accel == kobako_runtime::Accel::Tcg && args.accel == "auto" && !args.json {
+    let (mut cfg, why) = config_from(&args)?;
+    let (rt_name, rt_why) = choose_runtime(&args.runtime, &cfg)?;
+    let rt = runtime_named(&rt_name)?;
+    if rt_name == "vmm" {
+        // The VMM is KVM only; `accel` only describes the QEMU runtime's choice.
+        cfg.accel = kobako_runtime::Accel::Kvm;
+    }
+    tracing::info!(accel = %cfg.accel, runtime = %rt_name, "{why}; {rt_why}");
+    if rt_name == "qemu"
+        && cfg.accel == kobako_runtime::Accel::Tcg
+        && args.accel == "auto"
+        && !args.json
+    {
         eprintln!("kobako: {why}");
+    }
+    if args.runtime == "auto" && !args.json {
+        eprintln!("kobako: {rt_why}");
     }
     let vm = match rt.create(&cfg).await {
         Ok(vm) => vm,
@@ -309,14 +367,54 @@ async fn run_vm(args: RunArgs) -> Result<i32> {
         let _ = vm.remove();
         return Err(e.into());
     }
-    let (client, info) =
-        match kobako_runtime::wait_ready(&vm, Duration::from_secs(cfg.ready_timeout_secs)).await {
+    let timeout = Duration::from_secs(cfg.ready_timeout_secs);
+    if rt_name == "vmm" {
+        // No agent channel yet: readiness is the agent's boot-complete signal.
+        let rec = match kobako_runtime::wait_booted(&vm, timeout).await {
             Ok(r) => r,
             Err(e) => {
                 let _ = rt.kill(&vm).await;
                 return Err(e.into());
             }
         };
+        let boot = t0.elapsed();
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "name": cfg.name, "runtime": "vmm", "ready_ms": boot.as_millis() as u64,
+                    "vmm_boot_wall_us": rec.vmm_wall_us, "vmm_boot_cpu_us": rec.vmm_cpu_us,
+                })
+            );
+        } else {
+            eprintln!(
+                "{}: guest signalled boot complete in {} ms (vmm: {:.1} ms from VMM start, {:.1} \
+                 VMM CPU ms; {} vCPU, {} MiB; no agent channel on the vmm runtime yet)",
+                cfg.name,
+                boot.as_millis(),
+                rec.vmm_wall_us as f64 / 1000.0,
+                rec.vmm_cpu_us as f64 / 1000.0,
+                cfg.vcpus,
+                cfg.memory_mib,
+            );
+        }
+        if args.detach {
+            vm.detach()?;
+            if !args.json {
+                println!("{}", cfg.name);
+            }
+            return Ok(0);
+        }
+        eprintln!("{}", console::hint());
+        return attach_until_end(&vm, None).await;
+    }
+    let (client, info) = match kobako_runtime::wait_ready(&vm, timeout).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = rt.kill(&vm).await;
+            return Err(e.into());
+        }
+    };
     let boot = t0.elapsed();
     if args.json {
         println!(
@@ -395,7 +493,7 @@ async fn rebooted(vm: &VmDir) -> bool {
 
 /// After a console session: wait for the VM's end or detach/stop as asked; clean up.
 async fn finish_console(vm: &VmDir, end: ConsoleEnd) -> Result<i32> {
-    let rt = runtime()?;
+    let rt = runtime_of(vm)?;
     match end {
         ConsoleEnd::Detach => {
             vm.detach()?;
@@ -438,9 +536,9 @@ async fn finish_console(vm: &VmDir, end: ConsoleEnd) -> Result<i32> {
 }
 
 async fn ls(json: bool) -> Result<i32> {
-    let rt = runtime()?;
     let mut rows = Vec::new();
     for vm in kobako_runtime::vmdir::list() {
+        let Ok(rt) = runtime_of(&vm) else { continue };
         if let Ok(s) = rt.status(&vm).await {
             rows.push(s);
         }

@@ -19,7 +19,7 @@ pub fn detect_accel() -> AccelChoice {
         .lines()
         .filter(|l| l.starts_with("flags"))
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    let pvm = kvm_is_pvm();
     let kvm_ok = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -41,6 +41,56 @@ pub fn detect_accel() -> AccelChoice {
         (false, _, _) => AccelChoice {
             accel: Accel::Tcg,
             reason: "no usable /dev/kvm: using TCG (software CPU, slower)".into(),
+        },
+    }
+}
+
+/// True when /dev/kvm is the PVM module (`kvm_pvm`).
+pub fn kvm_is_pvm() -> bool {
+    std::path::Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// Which runtime runs VMs here, and why (printed like the accelerator choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeKind {
+    Qemu,
+    Vmm,
+}
+
+impl RuntimeKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RuntimeKind::Qemu => "qemu",
+            RuntimeKind::Vmm => "vmm",
+        }
+    }
+}
+
+/// The runtime choice and its reason.
+#[derive(Debug, Clone)]
+pub struct RuntimeChoice {
+    pub kind: RuntimeKind,
+    pub reason: String,
+}
+
+/// Prefer the own VMM where KVM runs standard guests (the same test as [`detect_accel`]);
+/// elsewhere QEMU, which also has TCG. Until the VMM has virtio devices (no agent channel, no
+/// disks, no NICs) a VM that needs them stays on QEMU: `needs_devices` says so.
+pub fn detect_runtime(needs_devices: bool) -> RuntimeChoice {
+    let accel = detect_accel();
+    match (accel.accel, needs_devices) {
+        (Accel::Kvm, false) => RuntimeChoice {
+            kind: RuntimeKind::Vmm,
+            reason: "runtime vmm: KVM with hardware virtualization".into(),
+        },
+        (Accel::Kvm, true) => RuntimeChoice {
+            kind: RuntimeKind::Qemu,
+            reason: "runtime qemu: this VM needs an agent channel, disks or NICs, which the own                      VMM does not have yet"
+                .into(),
+        },
+        (Accel::Tcg, _) => RuntimeChoice {
+            kind: RuntimeKind::Qemu,
+            reason: format!("runtime qemu: {}", accel.reason),
         },
     }
 }
@@ -98,8 +148,13 @@ mod tests {
         let c = detect_accel();
         assert!(!c.reason.is_empty());
         // On PVM hosts (like the CI machines) KVM must never be chosen for standard guests.
-        if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        if kvm_is_pvm() {
             assert_eq!(c.accel, Accel::Tcg);
+            assert_eq!(detect_runtime(false).kind, RuntimeKind::Qemu);
         }
+        if c.accel == Accel::Tcg {
+            assert_eq!(detect_runtime(false).kind, RuntimeKind::Qemu);
+        }
+        assert_eq!(detect_runtime(true).kind, RuntimeKind::Qemu);
     }
 }

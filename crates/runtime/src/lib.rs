@@ -1,7 +1,9 @@
 //! kobako-runtime: what runs one VM, behind one trait.
 //!
 //! - [`Runtime`]: create, start, stop, kill, pause, resume, status, console of a VM. Implemented by
-//!   [`qemu::QemuRuntime`] (QEMU `microvm`, KVM where the host runs standard guests, TCG otherwise).
+//!   [`qemu::QemuRuntime`] (QEMU `microvm`, KVM where the host runs standard guests, TCG otherwise)
+//!   and [`vmm::VmmRuntime`] (kobako's own VMM; [`host::detect_runtime`] picks it where KVM runs
+//!   standard guests).
 //! - [`supervisor`]: every VM process is started by a small supervisor process
 //!   (`kobako vm supervise`), which outlives the CLI or server that started it: it waits for the VM
 //!   process, records how it ended, removes the VM's runtime files, and owns the single host end of
@@ -14,6 +16,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod fcapi;
 pub mod group;
 pub mod host;
 pub mod qemu;
@@ -21,6 +24,7 @@ pub mod qmp;
 pub mod snapshot;
 pub mod supervisor;
 pub mod vmdir;
+pub mod vmm;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -207,5 +211,36 @@ pub async fn wait_ready(
             }
             Err(exited(vm))
         }
+    }
+}
+
+/// Wait for the guest's boot-complete signal on a VM without an agent channel (the `vmm`
+/// runtime): the supervisor writes `booted.json` when the VMM reports it. Fails with the
+/// console's last lines if the VM exits first or `timeout` passes.
+pub async fn wait_booted(vm: &VmDir, timeout: Duration) -> Result<vmdir::BootRecord> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(rec) = vm.booted() {
+            return Ok(rec);
+        }
+        if vm.supervisor_pid().is_none() || (vm.exit().is_some() && vm.vm_pid().is_none()) {
+            let how = vm
+                .exit()
+                .map(|e| e.describe())
+                .unwrap_or_else(|| "VM process ended".into());
+            return Err(RuntimeError::ExitedEarly {
+                name: vm.name.clone(),
+                how,
+                console: vm.console_tail(15),
+            });
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(RuntimeError::ReadyTimeout {
+                name: vm.name.clone(),
+                secs: timeout.as_secs(),
+                console: vm.console_tail(15),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

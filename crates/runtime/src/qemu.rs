@@ -156,7 +156,7 @@ impl QemuRuntime {
 }
 
 /// Wait until a pid is gone.
-async fn wait_gone(pid: i32, timeout: Duration) -> bool {
+pub(crate) async fn wait_gone(pid: i32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while alive(pid) {
         if Instant::now() > deadline {
@@ -216,6 +216,9 @@ impl Runtime for QemuRuntime {
             channel: GuestChannel::Unix {
                 path: vm.file("agent-guest.sock"),
             },
+            runtime: "qemu".into(),
+            reset_exit_code: None,
+            console_log_from: None,
         };
         let r = write_json(&vm.file("config.json"), cfg)
             .and_then(|_| write_json(&vm.file("launch.json"), &launch));
@@ -227,60 +230,11 @@ impl Runtime for QemuRuntime {
     }
 
     async fn start(&self, vm: &VmDir) -> Result<()> {
-        let log = std::fs::File::create(vm.file("supervisor.log"))
-            .map_err(io("create supervisor.log"))?;
-        let mut cmd = Command::new(&self.kobako_exe);
-        cmd.args(["vm", "supervise"])
-            .arg(&vm.path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(io("supervisor log"))?)
-            .stderr(log);
-        // SAFETY: setsid in the child between fork and exec; async-signal-safe. The supervisor
-        // gets its own session so it outlives this process and its terminal.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
+        start_supervised(&self.kobako_exe, vm, "qmp.sock", "QEMU").await?;
+        if vm.config()?.incoming.is_some() {
+            crate::snapshot::continue_restored(vm).await?;
         }
-        let mut child = cmd
-            .spawn()
-            .map_err(io(format!("start {}", self.kobako_exe.display())))?;
-        // Reap the supervisor whenever it ends, so it never lingers as a zombie of a long-lived
-        // caller (the server).
-        let sup_pid = child.id() as i32;
-        std::thread::spawn(move || {
-            let _ = child.wait();
-        });
-        // Running means: the VM process exists and QEMU created its sockets.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if vm.file("qmp.sock").exists() && vm.vm_pid().is_some() {
-                if vm.config()?.incoming.is_some() {
-                    crate::snapshot::continue_restored(vm).await?;
-                }
-                return Ok(());
-            }
-            let gone = !alive(sup_pid);
-            if gone || Instant::now() > deadline {
-                let detail = [
-                    crate::vmdir::tail(&vm.file("vm.log"), 5),
-                    crate::vmdir::tail(&vm.file("supervisor.log"), 5),
-                ]
-                .join("\n");
-                let _ = vm.remove();
-                return Err(RuntimeError::ExitedEarly {
-                    name: vm.name.clone(),
-                    how: if gone {
-                        "the VM process failed to start".into()
-                    } else {
-                        "QEMU did not create its control socket within 10 s".into()
-                    },
-                    console: detail,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        Ok(())
     }
 
     async fn stop(&self, vm: &VmDir, grace: Duration) -> Result<()> {
@@ -372,8 +326,69 @@ impl Runtime for QemuRuntime {
     }
 }
 
+/// Start `kobako vm supervise DIR` (own session) and wait until the VM process runs and created
+/// its control socket `control` (`what` names the VM process in errors).
+pub(crate) async fn start_supervised(
+    kobako_exe: &Path,
+    vm: &VmDir,
+    control: &str,
+    what: &str,
+) -> Result<()> {
+    let log =
+        std::fs::File::create(vm.file("supervisor.log")).map_err(io("create supervisor.log"))?;
+    let mut cmd = Command::new(kobako_exe);
+    cmd.args(["vm", "supervise"])
+        .arg(&vm.path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(io("supervisor log"))?)
+        .stderr(log);
+    // SAFETY: setsid in the child between fork and exec; async-signal-safe. The supervisor
+    // gets its own session so it outlives this process and its terminal.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(io(format!("start {}", kobako_exe.display())))?;
+    // Reap the supervisor whenever it ends, so it never lingers as a zombie of a long-lived
+    // caller (the server).
+    let sup_pid = child.id() as i32;
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    // Running means: the VM process exists and created its control socket.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if vm.file(control).exists() && vm.vm_pid().is_some() {
+            return Ok(());
+        }
+        let gone = !alive(sup_pid);
+        if gone || Instant::now() > deadline {
+            let detail = [
+                crate::vmdir::tail(&vm.file("vm.log"), 5),
+                crate::vmdir::tail(&vm.file("supervisor.log"), 5),
+            ]
+            .join("\n");
+            let _ = vm.remove();
+            return Err(RuntimeError::ExitedEarly {
+                name: vm.name.clone(),
+                how: if gone {
+                    "the VM process failed to start".into()
+                } else {
+                    format!("{what} did not create its control socket within 10 s")
+                },
+                console: detail,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// After the VM process is gone: let the supervisor clean up, then make sure nothing is left.
-async fn finish(vm: &VmDir) -> Result<()> {
+pub(crate) async fn finish(vm: &VmDir) -> Result<()> {
     if let Some(sup) = vm.supervisor_pid() {
         wait_gone(sup, Duration::from_secs(3)).await;
     }

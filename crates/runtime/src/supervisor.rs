@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use kobako_agent::proto::{self, Frame, Kind, Msg};
 
-use crate::vmdir::{write_json, ExitRecord, GuestChannel, Launch, ReadyRecord, VmDir};
+use crate::vmdir::{write_json, BootRecord, ExitRecord, GuestChannel, Launch, ReadyRecord, VmDir};
 
 type Writer = Arc<Mutex<UnixStream>>;
 
@@ -50,6 +50,8 @@ struct Shared {
     next_client: AtomicU64,
     ready: Mutex<Option<kobako_agent::proto::ReadyInfo>>,
     shutdown: Mutex<Option<bool>>,
+    /// The runtime has no agent channel at all (kobako-vmm before virtio).
+    no_channel: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -119,6 +121,7 @@ fn supervise(vm: VmDir) -> Result<(), String> {
         next_client: AtomicU64::new(1),
         ready: Mutex::new(None),
         shutdown: Mutex::new(None),
+        no_channel: matches!(launch.channel, GuestChannel::BootSignal { .. }),
     });
     {
         let shared = shared.clone();
@@ -145,13 +148,31 @@ fn supervise(vm: VmDir) -> Result<(), String> {
             let channel = launch.channel.clone();
             std::thread::Builder::new()
                 .name("guest".into())
-                .spawn(move || guest_loop(shared, channel, pid))
+                .spawn(move || match channel {
+                    GuestChannel::Unix { .. } => guest_loop(shared, channel, pid),
+                    GuestChannel::BootSignal { api_sock } => {
+                        boot_signal_loop(shared, &api_sock, pid)
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(sock) = launch.console_log_from.clone() {
+            let log = vm.file("console.log");
+            std::thread::Builder::new()
+                .name("console-log".into())
+                .spawn(move || console_log_loop(&sock, &log, pid))
                 .map_err(|e| e.to_string())?;
         }
         let (code, signal, max_rss_kib) = wait_vm(pid);
         let _ = std::fs::remove_file(vm.file("vm.pid"));
         let shutdown = lock(&shared.shutdown).take();
-        if shutdown == Some(true) {
+        // A reset the VM process reports by its exit status (kobako-vmm) restarts the guest
+        // like an announced reboot, unless a stop is under way or the agent said power-off.
+        let reset = launch.reset_exit_code.is_some()
+            && code == launch.reset_exit_code
+            && shutdown != Some(false)
+            && !vm.file("stopping").exists();
+        if shutdown == Some(true) || reset {
             if boot_started.elapsed() < Duration::from_secs(2) {
                 quick_reboots += 1;
             } else {
@@ -162,6 +183,7 @@ fn supervise(vm: VmDir) -> Result<(), String> {
                 strip_incoming(&mut launch.argv);
                 *lock(&shared.ready) = None;
                 let _ = std::fs::remove_file(vm.file("ready.json"));
+                let _ = std::fs::remove_file(vm.file("booted.json"));
                 continue;
             }
         }
@@ -258,6 +280,7 @@ fn wait_vm(pid: i32) -> (Option<i32>, Option<i32>, u64) {
 
 fn connect_guest(channel: &GuestChannel, vm_pid: i32) -> Option<UnixStream> {
     match channel {
+        GuestChannel::BootSignal { .. } => None,
         GuestChannel::Unix { path } => loop {
             if let Ok(s) = UnixStream::connect(path) {
                 return Some(s);
@@ -361,7 +384,10 @@ fn client_loop(shared: Arc<Shared>, conn: UnixStream) {
             stream: guest_stream,
             ..frame
         }) {
-            let msg = if shared.ready.lock().map(|r| r.is_some()).unwrap_or(false) {
+            let msg = if shared.no_channel {
+                "this VM's runtime (vmm) has no agent channel yet (its virtio devices are not \
+                 built): run the VM with --runtime qemu to use exec, cp or shell"
+            } else if shared.ready.lock().map(|r| r.is_some()).unwrap_or(false) {
                 "the guest's agent channel is closed (the VM is shutting down)"
             } else {
                 "the guest agent is not connected yet (VM still booting)"
@@ -397,5 +423,52 @@ fn client_loop(shared: Arc<Shared>, conn: UnixStream) {
                 signal: libc::SIGKILL,
             },
         ));
+    }
+}
+
+/// The readiness of a VM without an agent channel: poll the VMM's API for the guest's
+/// boot-complete signal and record it in `booted.json`.
+fn boot_signal_loop(shared: Arc<Shared>, api_sock: &Path, vm_pid: i32) {
+    while crate::vmdir::alive(vm_pid) {
+        if let Ok(Some((wall_us, cpu_us))) = crate::fcapi::boot_time(api_sock) {
+            let _ = write_json(
+                &shared.vm.file("booted.json"),
+                &BootRecord {
+                    boot_ms: lock(&shared.started).elapsed().as_millis() as u64,
+                    vmm_wall_us: wall_us,
+                    vmm_cpu_us: cpu_us,
+                },
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Copy everything the console socket prints into the console log (append), for runtimes whose
+/// console has no log of its own. Ends when the VM process closes the socket.
+fn console_log_loop(sock: &Path, log: &Path, vm_pid: i32) {
+    use std::io::{Read, Write};
+    let mut conn = loop {
+        if let Ok(c) = UnixStream::connect(sock) {
+            break c;
+        }
+        if !crate::vmdir::alive(vm_pid) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let Ok(mut out) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    else {
+        return;
+    };
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = conn.read(&mut buf) {
+        if n == 0 || out.write_all(&buf[..n]).is_err() {
+            break;
+        }
     }
 }

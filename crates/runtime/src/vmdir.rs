@@ -5,8 +5,11 @@
 //! config.json      VmConfig                       (written by create)
 //! launch.json      argv of the VM process + where its agent channel is   (written by create)
 //! supervisor.pid   pid of `kobako vm supervise`
-//! vm.pid           pid of the VM process (qemu-system-x86_64 ...)
+//! vm.pid           pid of the VM process (qemu-system-x86_64 ... or kobako vmm ...)
 //! qmp.sock         QMP (QEMU runtime)
+//! api.sock, vmm.json  Firecracker-compatible API socket and config file (vmm runtime)
+//! booted.json      the guest's boot-complete signal as the VMM recorded it (vmm runtime)
+//! stopping         present once `vm stop`/`kill` began: a guest reset then ends the VM
 //! console.sock     live serial console;  console.log: all console output
 //! agent.sock       the agent channel, multiplexed by the supervisor for any number of clients
 //! vm.log           the VM process's own stderr (QEMU errors)
@@ -35,6 +38,14 @@ pub fn run_root() -> PathBuf {
 pub enum GuestChannel {
     /// A stream socket the VM process listens on (QEMU chardev server of a virtio-serial port).
     Unix { path: PathBuf },
+    /// No agent channel (kobako-vmm until its virtio devices land): readiness is the guest's
+    /// boot-complete signal (the agent's write to port 0x3f0 with `kobako.bootmark=1`), read
+    /// from the VMM's API socket (`GET /kobako/boot-time`) and written to `booted.json`.
+    BootSignal { api_sock: PathBuf },
+}
+
+fn default_runtime() -> String {
+    "qemu".into()
 }
 
 /// How to launch the VM process.
@@ -45,6 +56,28 @@ pub struct Launch {
     #[serde(default)]
     pub netns: Option<String>,
     pub channel: GuestChannel,
+    /// The runtime that created the VM ("qemu", "vmm"): later commands pick the same one.
+    #[serde(default = "default_runtime")]
+    pub runtime: String,
+    /// Exit status of the VM process that means "the guest reset itself" (kobako-vmm: 80). The
+    /// supervisor starts a new VM process then, unless a stop is under way or the agent
+    /// announced a power-off. QEMU (`-no-reboot`) has no such status: the agent's message decides.
+    #[serde(default)]
+    pub reset_exit_code: Option<i32>,
+    /// A console socket the supervisor copies into `console.log` (runtimes whose console does not
+    /// log by itself).
+    #[serde(default)]
+    pub console_log_from: Option<PathBuf>,
+}
+
+/// Written by the supervisor when the VMM reports the guest's boot-complete signal.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BootRecord {
+    /// Milliseconds from the VM process's spawn until the supervisor saw the signal.
+    pub boot_ms: u64,
+    /// The VMM's own measure: wall and CPU time from its process start to the guest's write.
+    pub vmm_wall_us: u64,
+    pub vmm_cpu_us: u64,
 }
 
 /// Written by the supervisor when the agent first reports Ready.
@@ -124,6 +157,10 @@ impl VmDir {
 
     pub fn ready(&self) -> Option<ReadyRecord> {
         read_json(&self.file("ready.json")).ok()
+    }
+
+    pub fn booted(&self) -> Option<BootRecord> {
+        read_json(&self.file("booted.json")).ok()
     }
 
     pub fn exit(&self) -> Option<ExitRecord> {

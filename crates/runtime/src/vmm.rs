@@ -1,0 +1,326 @@
+//! The `vmm` runtime: kobako's own KVM VMM (`kobako vmm`, crate kobako-vmm) as the VM process.
+//!
+//! The VMM is configured by a Firecracker-format `vmm.json` (`--config-file`, so it boots at once)
+//! and keeps its API socket (`api.sock`) for control: pause/resume (`PATCH /vm`), Ctrl-Alt-Del,
+//! state, and the guest's boot-complete signal (`GET /kobako/boot-time`). The serial console is
+//! the VMM's `unix:` console socket (`console.sock`), which the supervisor copies into
+//! `console.log`.
+//!
+//! What it cannot do yet: the VMM has no virtio devices (they are being built), so there is no
+//! agent channel, no disk and no NIC. Readiness is therefore the guest's boot-complete signal:
+//! the kernel command line carries `kobako.bootmark=1` and the agent (PID 1 of the tiny image)
+//! writes 123 to port 0x3f0 once userspace is up. Only an initramfs root is accepted.
+//!
+//! Resets: guests get `reboot=k` (the i8042 reset, the VMM's exit status 80); the supervisor
+//! starts a new VMM process then, like QEMU's reset button, unless `vm stop` is under way.
+//! On PVM hosts (kvm_pvm) the command line also gets the PVM-tolerant kernel's workarounds
+//! (crates/vmm/guest-pvm), since an unpatched kernel cannot boot there at all.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{Root, VmConfig};
+use crate::qemu::{finish, start_supervised, wait_gone};
+use crate::vmdir::{write_json, GuestChannel, Launch, VmDir};
+use crate::{io, Console, Result, Runtime, RuntimeError, VmState, VmStatus};
+
+/// Exit status of `kobako vmm` when the guest reset itself (kobako_vmm::EXIT_GUEST_RESET).
+pub const EXIT_GUEST_RESET: i32 = 80;
+
+/// Command-line parameters the PVM-tolerant guest kernel needs on a kvm_pvm host (see
+/// crates/vmm/guest-pvm/README.md).
+pub const PVM_CMDLINE: &str = "kobako_pvm noxsave clearcpuid=popcnt,smap,erms,fsrm \
+                               noreplace-smp mitigations=off";
+
+/// The own-VMM runtime.
+pub struct VmmRuntime {
+    /// The `kobako` executable: re-run as `kobako vm supervise DIR` and as `kobako vmm ...`.
+    pub kobako_exe: PathBuf,
+}
+
+impl VmmRuntime {
+    pub fn new(kobako_exe: PathBuf) -> VmmRuntime {
+        VmmRuntime { kobako_exe }
+    }
+
+    /// The guest command line: the common one, then what this runtime needs last (later
+    /// `reboot=` wins).
+    pub fn cmdline(cfg: &VmConfig, pvm: bool) -> String {
+        let mut c = cfg.cmdline();
+        if pvm {
+            c.push(' ');
+            c.push_str(PVM_CMDLINE);
+        }
+        c.push_str(" reboot=k kobako.bootmark=1");
+        c
+    }
+
+    /// The Firecracker-format configuration file of a VM.
+    pub fn config_file(cfg: &VmConfig, dir: &Path, pvm: bool) -> Result<serde_json::Value> {
+        let Root::Initramfs { path: initrd } = &cfg.root else {
+            return Err(RuntimeError::Invalid(
+                "the vmm runtime boots only an initramfs root until its virtio devices land: \
+                 use --root initramfs, or --runtime qemu for a disk root"
+                    .into(),
+            ));
+        };
+        if !cfg.nics.is_empty() || !cfg.extra_disks.is_empty() {
+            return Err(RuntimeError::Invalid(
+                "the vmm runtime has no virtio-net/virtio-blk yet: use --runtime qemu for VMs \
+                 with NICs or extra disks"
+                    .into(),
+            ));
+        }
+        Ok(serde_json::json!({
+            "boot-source": {
+                "kernel_image_path": cfg.kernel,
+                "initrd_path": initrd,
+                "boot_args": Self::cmdline(cfg, pvm),
+            },
+            "machine-config": {
+                "vcpu_count": cfg.vcpus,
+                "mem_size_mib": cfg.memory_mib,
+            },
+            "serial": { "serial_out_path": format!("unix:{}", dir.join("console.sock").display()) },
+        }))
+    }
+
+    fn api(&self, vm: &VmDir, method: &str, path: &str, body: Option<&str>) -> Result<()> {
+        let r = crate::fcapi::request(
+            &vm.file("api.sock"),
+            method,
+            path,
+            body,
+            Duration::from_secs(5),
+        )
+        .map_err(io(format!("VMM API of '{}'", vm.name)))?;
+        if r.status / 100 == 2 {
+            Ok(())
+        } else {
+            Err(RuntimeError::Invalid(format!(
+                "VMM API {method} {path} of '{}': {} {}",
+                vm.name, r.status, r.body
+            )))
+        }
+    }
+}
+
+/// Is `/dev/kvm` usable by this process? The vmm runtime needs it on every host.
+fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+#[async_trait::async_trait]
+impl Runtime for VmmRuntime {
+    fn name(&self) -> &'static str {
+        "vmm"
+    }
+
+    async fn create(&self, cfg: &VmConfig) -> Result<VmDir> {
+        cfg.validate()?;
+        if !kvm_usable() {
+            return Err(RuntimeError::Invalid(
+                "the vmm runtime needs a usable /dev/kvm (load kvm_intel/kvm_amd and check the \
+                 permissions), or use --runtime qemu"
+                    .into(),
+            ));
+        }
+        let vm = VmDir::for_name(&cfg.name);
+        if vm.exists() {
+            if vm.supervisor_pid().is_some() || vm.vm_pid().is_some() {
+                return Err(RuntimeError::Exists(cfg.name.clone()));
+            }
+            vm.remove()?;
+        }
+        let pvm = crate::host::kvm_is_pvm();
+        let fc = Self::config_file(cfg, &vm.path, pvm)?;
+        std::fs::create_dir_all(&vm.path).map_err(io(format!("create {}", vm.path.display())))?;
+        let p = |f: &str| vm.file(f).display().to_string();
+        let launch = Launch {
+            netns: cfg.netns.clone(),
+            argv: vec![
+                self.kobako_exe.display().to_string(),
+                "vmm".into(),
+                "--id".into(),
+                cfg.name.clone(),
+                "--api-sock".into(),
+                p("api.sock"),
+                "--config-file".into(),
+                p("vmm.json"),
+                "--level".into(),
+                "Info".into(),
+            ],
+            channel: GuestChannel::BootSignal {
+                api_sock: vm.file("api.sock"),
+            },
+            runtime: "vmm".into(),
+            reset_exit_code: Some(EXIT_GUEST_RESET),
+            console_log_from: Some(vm.file("console.sock")),
+        };
+        let r = write_json(&vm.file("vmm.json"), &fc)
+            .and_then(|_| write_json(&vm.file("config.json"), cfg))
+            .and_then(|_| write_json(&vm.file("launch.json"), &launch));
+        if let Err(e) = r {
+            let _ = vm.remove();
+            return Err(e);
+        }
+        Ok(vm)
+    }
+
+    async fn start(&self, vm: &VmDir) -> Result<()> {
+        // A restarted VM (same directory) must not inherit an old stop request.
+        let _ = std::fs::remove_file(vm.file("stopping"));
+        start_supervised(&self.kobako_exe, vm, "api.sock", "kobako vmm").await
+    }
+
+    async fn stop(&self, vm: &VmDir, grace: Duration) -> Result<()> {
+        let _ = std::fs::write(vm.file("stopping"), b"");
+        if let Some(pid) = vm.vm_pid() {
+            // Ctrl-Alt-Del: the agent (PID 1) takes it as a shutdown request; the guest resets,
+            // the VMM exits and `stopping` keeps the supervisor from starting it again.
+            let asked = self
+                .api(
+                    vm,
+                    "PUT",
+                    "/actions",
+                    Some(r#"{"action_type": "SendCtrlAltDel"}"#),
+                )
+                .is_ok();
+            if !(asked && wait_gone(pid, grace).await) {
+                // SAFETY: kill(2) on the VM process pid recorded by its supervisor.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                wait_gone(pid, Duration::from_secs(2)).await;
+            }
+        }
+        finish(vm).await
+    }
+
+    async fn kill(&self, vm: &VmDir) -> Result<()> {
+        let _ = std::fs::write(vm.file("stopping"), b"");
+        if let Some(pid) = vm.vm_pid() {
+            // SAFETY: kill(2) on the VM process pid recorded by its supervisor.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            wait_gone(pid, Duration::from_secs(2)).await;
+        }
+        finish(vm).await
+    }
+
+    async fn pause(&self, vm: &VmDir) -> Result<()> {
+        if vm.vm_pid().is_none() {
+            return Err(RuntimeError::NotRunning(vm.name.clone()));
+        }
+        self.api(vm, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#))
+    }
+
+    async fn resume(&self, vm: &VmDir) -> Result<()> {
+        if vm.vm_pid().is_none() {
+            return Err(RuntimeError::NotRunning(vm.name.clone()));
+        }
+        self.api(vm, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#))
+    }
+
+    async fn status(&self, vm: &VmDir) -> Result<VmStatus> {
+        let cfg = vm.config()?;
+        let pid = vm.vm_pid();
+        let booted = vm.booted();
+        let state = match (pid, &booted) {
+            (None, _) => VmState::Exited,
+            (Some(_), None) => VmState::Booting,
+            (Some(_), Some(_)) => {
+                let paused = crate::fcapi::request(
+                    &vm.file("api.sock"),
+                    "GET",
+                    "/",
+                    None,
+                    Duration::from_secs(2),
+                )
+                .ok()
+                .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
+                .is_some_and(|v| v["state"] == "Paused");
+                if paused {
+                    VmState::Paused
+                } else {
+                    VmState::Running
+                }
+            }
+        };
+        Ok(VmStatus {
+            name: cfg.name,
+            state,
+            pid,
+            vcpus: cfg.vcpus,
+            memory_mib: cfg.memory_mib,
+            accel: cfg.accel,
+            boot_ms: booted.map(|b| b.boot_ms),
+        })
+    }
+
+    fn console(&self, vm: &VmDir) -> Console {
+        Console {
+            socket: vm.file("console.sock"),
+            log: vm.file("console.log"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KernelKind;
+    use crate::Accel;
+
+    fn cfg(root: Root) -> VmConfig {
+        VmConfig {
+            name: "t".into(),
+            kernel: "/boot/vmlinux".into(),
+            kernel_kind: KernelKind::ElfPvh,
+            root,
+            vcpus: 2,
+            memory_mib: 96,
+            extra_cmdline: "foo=bar".into(),
+            accel: Accel::Kvm,
+            ready_timeout_secs: 60,
+            owned_paths: Vec::new(),
+            extra_disks: Vec::new(),
+            nics: Vec::new(),
+            netns: None,
+        }
+    }
+
+    #[test]
+    fn config_file_is_firecracker_format_with_bootmark_last() {
+        let c = cfg(Root::Initramfs {
+            path: "/i.cpio".into(),
+        });
+        let v = VmmRuntime::config_file(&c, Path::new("/run/x"), false).unwrap();
+        assert_eq!(v["machine-config"]["vcpu_count"], 2);
+        assert_eq!(v["machine-config"]["mem_size_mib"], 96);
+        assert_eq!(v["boot-source"]["initrd_path"], "/i.cpio");
+        assert_eq!(v["serial"]["serial_out_path"], "unix:/run/x/console.sock");
+        let args = v["boot-source"]["boot_args"].as_str().unwrap();
+        assert!(
+            args.ends_with("foo=bar reboot=k kobako.bootmark=1"),
+            "{args}"
+        );
+        assert!(!args.contains("kobako_pvm"));
+        let pvm = VmmRuntime::cmdline(&c, true);
+        assert!(pvm.contains("kobako_pvm noxsave"), "{pvm}");
+    }
+
+    #[test]
+    fn disk_roots_and_nics_are_refused_with_the_fix() {
+        let c = cfg(Root::Disk {
+            path: "/d.qcow2".into(),
+            format: "qcow2".into(),
+            read_only: false,
+        });
+        let e = VmmRuntime::config_file(&c, Path::new("/x"), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--runtime qemu"), "{e}");
+    }
+}
