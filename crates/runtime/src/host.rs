@@ -74,8 +74,8 @@ pub struct RuntimeChoice {
 }
 
 /// Prefer the own VMM where KVM runs standard guests (the same test as [`detect_accel`]);
-/// elsewhere QEMU, which also has TCG. Until the VMM has virtio devices (no agent channel, no
-/// disks, no NICs) a VM that needs them stays on QEMU: `needs_devices` says so.
+/// elsewhere QEMU, which also has TCG. Until the vmm runtime has vsock and wires disks and NICs,
+/// a VM that needs a disk or NIC stays on QEMU: `needs_devices` says so.
 pub fn detect_runtime(needs_devices: bool) -> RuntimeChoice {
     let accel = detect_accel();
     match (accel.accel, needs_devices) {

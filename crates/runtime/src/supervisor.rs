@@ -385,8 +385,8 @@ fn client_loop(shared: Arc<Shared>, conn: UnixStream) {
             ..frame
         }) {
             let msg = if shared.no_channel {
-                "this VM's runtime (vmm) has no agent channel yet (its virtio devices are not \
-                 built): run the VM with --runtime qemu to use exec, cp or shell"
+                "this VM's runtime (vmm) has no agent channel yet (no vsock device): run the VM \
+                 with --runtime qemu to use exec, cp or shell"
             } else if shared.ready.lock().map(|r| r.is_some()).unwrap_or(false) {
                 "the guest's agent channel is closed (the VM is shutting down)"
             } else {

@@ -38,7 +38,7 @@ pub fn run_root() -> PathBuf {
 pub enum GuestChannel {
     /// A stream socket the VM process listens on (QEMU chardev server of a virtio-serial port).
     Unix { path: PathBuf },
-    /// No agent channel (kobako-vmm until its virtio devices land): readiness is the guest's
+    /// No agent channel (kobako-vmm until it has vsock): readiness is the guest's
     /// boot-complete signal (the agent's write to port 0x3f0 with `kobako.bootmark=1`), read
     /// from the VMM's API socket (`GET /kobako/boot-time`) and written to `booted.json`.
     BootSignal { api_sock: PathBuf },

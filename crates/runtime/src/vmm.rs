@@ -6,8 +6,8 @@
 //! the VMM's `unix:` console socket (`console.sock`), which the supervisor copies into
 //! `console.log`.
 //!
-//! What it cannot do yet: the VMM has no virtio devices (they are being built), so there is no
-//! agent channel, no disk and no NIC. Readiness is therefore the guest's boot-complete signal:
+//! What it cannot do yet: the VMM has no vsock device, so there is no agent channel, and this
+//! runtime does not wire the VMM's virtio-blk/net into `vmm.json` yet, so no disk and no NIC. Readiness is therefore the guest's boot-complete signal:
 //! the kernel command line carries `kobako.bootmark=1` and the agent (PID 1 of the tiny image)
 //! writes 123 to port 0x3f0 once userspace is up. Only an initramfs root is accepted.
 //!
@@ -59,15 +59,15 @@ impl VmmRuntime {
     pub fn config_file(cfg: &VmConfig, dir: &Path, pvm: bool) -> Result<serde_json::Value> {
         let Root::Initramfs { path: initrd } = &cfg.root else {
             return Err(RuntimeError::Invalid(
-                "the vmm runtime boots only an initramfs root until its virtio devices land: \
-                 use --root initramfs, or --runtime qemu for a disk root"
+                "the vmm runtime boots only an initramfs root for now (its disks are not wired \
+                 yet): use --root initramfs, or --runtime qemu for a disk root"
                     .into(),
             ));
         };
         if !cfg.nics.is_empty() || !cfg.extra_disks.is_empty() {
             return Err(RuntimeError::Invalid(
-                "the vmm runtime has no virtio-net/virtio-blk yet: use --runtime qemu for VMs \
-                 with NICs or extra disks"
+                "the vmm runtime does not wire NICs or extra disks yet: use --runtime qemu for \
+                 VMs with NICs or extra disks"
                     .into(),
             ));
         }
