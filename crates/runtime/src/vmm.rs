@@ -288,6 +288,7 @@ mod tests {
             extra_disks: Vec::new(),
             nics: Vec::new(),
             netns: None,
+            incoming: None,
         }
     }
 
