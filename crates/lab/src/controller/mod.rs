@@ -226,7 +226,7 @@ pub fn resolve_vm(s: &str, lab: Option<&str>) -> Result<String> {
                 }
             }
             Err(LabError::Other(format!(
-                "no VM '{s}'{} (see `kobako vm ls` and `kobako inspect LAB`)",
+                "no VM named '{s}'{} (see `kobako vm ls` and `kobako inspect LAB`)",
                 crate::spec::error::suggest(s, names.iter().map(|s| s.as_str()))
             )))
         }
