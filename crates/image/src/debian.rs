@@ -53,6 +53,10 @@ pub enum DebianError {
     UnknownPreset(String),
     #[error("package name '{0}' is not a Debian package name")]
     BadPackage(String),
+    #[error("apt source '{0}' is not a sources.list line (write it like 'deb http://deb.debian.org/debian bookworm-backports main')")]
+    BadSource(String),
+    #[error("unit name '{0}' is not a systemd unit name (like redis-server.service)")]
+    BadUnit(String),
     #[error("mmdebstrap failed (exit {code:?}); last lines:\n{tail}\n(is the Debian mirror reachable? is a package name wrong?)")]
     Mmdebstrap { code: Option<i32>, tail: String },
 }
@@ -67,8 +71,18 @@ pub struct DebianOptions {
     pub with: Vec<String>,
     pub suite: String,
     pub mirror: String,
+    /// More apt sources, as sources.list lines (`deb http://deb.debian.org/debian
+    /// bookworm-backports main`): mmdebstrap adds them after the mirror. Their packages are
+    /// installed only when asked for with `pkg/suite` (backports are pinned low by apt).
+    pub sources: Vec<String>,
+    /// systemd units to mask in the image (services a package enables that kobako VMs start
+    /// themselves, or not at all).
+    pub mask: Vec<String>,
     /// Filesystem size the guest sees; default: the content plus 2 GiB, at least 4 GiB.
     pub size_bytes: Option<u64>,
+    /// The named recipe this build follows and its digest ([`crate::recipes`]), recorded in
+    /// the manifest so a changed recipe is rebuilt.
+    pub recipe: Option<(String, String)>,
 }
 
 impl DebianOptions {
@@ -79,7 +93,10 @@ impl DebianOptions {
             with: Vec::new(),
             suite: "bookworm".into(),
             mirror: "http://deb.debian.org/debian".into(),
+            sources: Vec::new(),
+            mask: Vec::new(),
             size_bytes: None,
+            recipe: None,
         }
     }
 
@@ -93,12 +110,19 @@ impl DebianOptions {
             }
         }
         for p in &self.packages {
-            let ok = !p.is_empty()
-                && p.chars().all(|c| {
-                    c.is_ascii_lowercase()
-                        || c.is_ascii_digit()
-                        || matches!(c, '+' | '-' | '.' | ':' | '=' | '~')
-                });
+            // `name`, `name=version` or `name/suite` (apt's syntax for another suite's version).
+            let word = |w: &str| {
+                !w.is_empty()
+                    && w.chars().all(|c| {
+                        c.is_ascii_lowercase()
+                            || c.is_ascii_digit()
+                            || matches!(c, '+' | '-' | '.' | ':' | '=' | '~')
+                    })
+            };
+            let ok = match p.split_once('/') {
+                Some((name, suite)) => word(name) && word(suite) && !suite.contains('='),
+                None => word(p),
+            };
             if !ok {
                 return Err(DebianError::BadPackage(p.clone()));
             }
@@ -107,6 +131,29 @@ impl DebianOptions {
         let mut seen = std::collections::HashSet::new();
         v.retain(|p| seen.insert(p.clone()));
         Ok(v)
+    }
+}
+
+impl DebianOptions {
+    /// Extra sources must be one `deb URI SUITE COMPONENT...` line each; masked units plain
+    /// unit names (they become file names in the image).
+    pub fn check_sources_and_units(&self) -> Result<(), DebianError> {
+        for s in &self.sources {
+            let w: Vec<&str> = s.split_whitespace().collect();
+            if w.len() < 4 || w[0] != "deb" || !w[1].contains("://") || s.contains('\n') {
+                return Err(DebianError::BadSource(s.clone()));
+            }
+        }
+        for u in &self.mask {
+            let ok = u.contains('.')
+                && !u.starts_with('.')
+                && u.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+            if !ok {
+                return Err(DebianError::BadUnit(u.clone()));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -119,6 +166,7 @@ pub fn build(
 ) -> Result<store::Image, DebianError> {
     let t0 = Instant::now();
     let packages = opts.all_packages()?;
+    opts.check_sources_and_units()?;
     deps::ensure(BUILD_PACKAGES, progress)?;
     let apt_cache = cache::root().join("apt");
     std::fs::create_dir_all(&apt_cache).map_err(disk::io("create the apt cache"))?;
@@ -142,6 +190,9 @@ pub fn build(
     let agent_bytes =
         std::fs::read(agent).map_err(disk::io(format!("read {}", agent.display())))?;
     customize(&root, &agent_bytes)?;
+    for unit in &opts.mask {
+        link(&root, "/dev/null", &format!("etc/systemd/system/{unit}"))?;
+    }
     let cloud_init = root.join("usr/bin/cloud-init").exists();
 
     let content = disk::tree_bytes(&root);
@@ -172,13 +223,18 @@ pub fn build(
         virtual_size: size,
         created: store::now_rfc3339(),
         packages,
-        source: format!("mmdebstrap {} minbase {}", opts.suite, opts.mirror),
+        source: std::iter::once(format!("mmdebstrap {} minbase {}", opts.suite, opts.mirror))
+            .chain(opts.sources.iter().map(|s| format!("+ {s}")))
+            .chain(opts.recipe.iter().map(|(n, _)| format!("(recipe {n})")))
+            .collect::<Vec<_>>()
+            .join(" "),
         sha256,
         cloud_init,
         build_secs: Some((build_secs * 10.0).round() / 10.0),
         init: None,
         agent_sha256: Some(disk::sha256_file(agent)?),
         recipe: Some(RECIPE),
+        recipe_digest: opts.recipe.as_ref().map(|(_, d)| d.clone()),
     };
     let img = st.commit(m)?;
     progress.step(&format!(
@@ -233,6 +289,8 @@ fn mmdebstrap(
     .arg(&opts.suite)
     .arg(root)
     .arg(&opts.mirror)
+    // Further sources.list lines (mmdebstrap(1): every MIRROR starting with "deb " is a line).
+    .args(&opts.sources)
     .env("DEBIAN_FRONTEND", "noninteractive")
     .stdin(Stdio::null())
     .stdout(Stdio::piped())
@@ -501,6 +559,13 @@ mod tests {
         assert_eq!(p.iter().filter(|x| *x == "iproute2").count(), 1);
         o.packages = vec!["rm -rf".into()];
         assert!(o.all_packages().is_err());
+        // apt's `pkg/suite`, but nothing else with a slash.
+        o.packages = vec!["suricata/bookworm-backports".into()];
+        assert!(o.all_packages().is_ok());
+        for bad in ["/etc/passwd", "a/", "a/b/c", "a/b=1"] {
+            o.packages = vec![bad.into()];
+            assert!(o.all_packages().is_err(), "{bad}");
+        }
         o.packages = vec![];
         o.with = vec!["k8s".into()];
         assert!(o
@@ -508,6 +573,27 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("unknown preset"));
+    }
+
+    #[test]
+    fn sources_and_masked_units_are_checked() {
+        let mut o = DebianOptions::new("x");
+        o.sources = vec!["deb http://deb.debian.org/debian bookworm-backports main".into()];
+        o.mask = vec!["redis-server.service".into(), "getty@tty2.service".into()];
+        o.check_sources_and_units().unwrap();
+        for bad in [
+            "http://deb.debian.org/debian",
+            "deb bookworm main x",
+            "deb http://x bookworm\ndeb http://y sid main",
+        ] {
+            o.sources = vec![bad.into()];
+            assert!(o.check_sources_and_units().is_err(), "{bad}");
+        }
+        o.sources.clear();
+        for bad in ["../../etc/passwd.service", "redis", ".service"] {
+            o.mask = vec![bad.into()];
+            assert!(o.check_sources_and_units().is_err(), "{bad}");
+        }
     }
 
     #[test]

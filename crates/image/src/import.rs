@@ -202,6 +202,7 @@ pub fn import(
         init,
         agent_sha256: Some(disk::sha256_file(agent)?),
         recipe: None,
+        recipe_digest: None,
     };
     let img = st.commit(m)?;
     progress.step(&format!(

@@ -91,6 +91,10 @@ pub struct Manifest {
     /// Version of the Debian recipe that built it ([`crate::debian::RECIPE`]).
     #[serde(default)]
     pub recipe: Option<u32>,
+    /// Digest of the named recipe it was built from (`debian-web`, ... see
+    /// [`crate::recipes`]); `None` for images built or imported by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe_digest: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -319,6 +323,7 @@ impl Store {
             init: None,
             agent_sha256: None,
             recipe: None,
+            recipe_digest: None,
         };
         st.commit(m)
     }
@@ -548,6 +553,7 @@ mod tests {
             init: None,
             agent_sha256: None,
             recipe: None,
+            recipe_digest: None,
         }
     }
 
