@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Subcommand;
 use kobako_image::store::{Image, Store};
-use kobako_image::{debian, import, kernel, tiny, StderrProgress};
+use kobako_image::{debian, import, kernel, recipes, tiny, StderrProgress};
 
 #[derive(Subcommand)]
 pub enum ImageCmd {
@@ -33,8 +33,9 @@ pub enum ImageCmd {
     Rm { name: String },
     /// Disk usage of the image store and the VM overlays.
     Du,
-    /// Build an image.
-    #[command(subcommand)]
+    /// Build an image: `debian` with options, or a named recipe (built when missing or
+    /// outdated; `kobako up` does this by itself).
+    #[command(subcommand, after_help = recipes_help())]
     Build(BuildCmd),
     /// Import a rootfs tarball (tar, tar.gz, tar.xz, tar.zst) or an OCI image layout directory.
     Import {
@@ -68,6 +69,45 @@ pub enum BuildCmd {
         #[arg(long)]
         size: Option<String>,
     },
+    /// A named recipe (see below).
+    #[command(external_subcommand)]
+    Recipe(Vec<String>),
+}
+
+fn recipes_help() -> String {
+    let mut s = String::from("Recipes (kobako image build NAME):\n");
+    for r in recipes::RECIPES {
+        s.push_str(&format!("  {:<14} {}\n", r.name, r.description));
+    }
+    s
+}
+
+/// `kobako image build NAME`: build the recipe's image unless it is current.
+fn build_recipe(args: &[String]) -> Result<()> {
+    let (name, rest) = args.split_first().expect("clap gives the subcommand name");
+    let Some(r) = recipes::find(name) else {
+        anyhow::bail!(
+            "no image recipe named '{name}' (recipes: debian, {}); for your own packages use `kobako image build debian --name {name} --packages ...`",
+            recipes::names()
+        );
+    };
+    if let Some(extra) = rest.first() {
+        anyhow::bail!(
+            "kobako image build {name}: unexpected '{extra}' (a recipe takes no options; for other packages use `kobako image build debian --name NAME --packages ...`)"
+        );
+    }
+    let agent = tiny::find_agent()?;
+    let s = store();
+    let before = s.get(name).ok().map(|i| i.manifest.created);
+    let img = recipes::ensure(&s, r, &agent, &users, &StderrProgress)?;
+    if before.as_ref() == Some(&img.manifest.created) {
+        eprintln!(
+            "image '{name}' is up to date (built {})",
+            img.manifest.created
+        );
+    }
+    println!("{}", img.manifest.name);
+    Ok(())
 }
 
 fn parse_size(s: &Option<String>) -> Result<Option<u64>> {
@@ -114,7 +154,7 @@ pub fn vm_disks() -> Vec<(String, Vec<PathBuf>)> {
 
 /// VMs using an image: those the runtime knows (root and extra disks), and any overlay under the
 /// overlays directory whose backing chain reaches the image (VMs of another `KOBAKO_RUN`).
-fn users(img: &Image) -> Vec<String> {
+pub fn users(img: &Image) -> Vec<String> {
     let mut vms = vm_disks();
     if let Ok(rd) = std::fs::read_dir(kobako_image::store::overlays_root()) {
         for e in rd.flatten() {
@@ -130,12 +170,20 @@ fn users(img: &Image) -> Vec<String> {
 }
 
 /// Does the image carry the agent this kobako would install (and, for Debian images, the current
-/// recipe)? (None: unknown.)
+/// recipe; for images of a named recipe, that recipe as it is now)? (None: unknown.)
 pub fn agent_is_current(img: &Image) -> Option<bool> {
     if img.manifest.kind == kobako_image::store::ImageKind::Debian
         && img.manifest.recipe != Some(debian::RECIPE)
     {
         return Some(false);
+    }
+    if let (Some(d), Some(r)) = (
+        &img.manifest.recipe_digest,
+        recipes::find(&img.manifest.name),
+    ) {
+        if *d != r.digest() {
+            return Some(false);
+        }
     }
     let recorded = img.manifest.agent_sha256.as_ref()?;
     let agent = tiny::find_agent().ok()?;
@@ -276,6 +324,7 @@ pub fn run(cmd: ImageCmd) -> Result<()> {
             let img = debian::build(&store(), &o, &agent, &StderrProgress)?;
             println!("{}", img.manifest.name);
         }
+        ImageCmd::Build(BuildCmd::Recipe(args)) => build_recipe(&args)?,
         ImageCmd::Import { source, name, size } => {
             let agent = tiny::find_agent()?;
             let o = import::ImportOptions {

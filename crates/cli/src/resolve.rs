@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use kobako_image::store::{self, Image, Store, StoreError};
-use kobako_image::{cloudinit, disk, kernel, tiny, StderrProgress};
+use kobako_image::{cloudinit, disk, kernel, recipes, tiny, StderrProgress};
 use kobako_runtime::config::{Disk, KernelKind, Root};
 use kobako_runtime::{host, Accel, VmDir};
 
@@ -99,6 +99,8 @@ fn parse_spec(arg: &str) -> Result<ImageSpec> {
 /// Resolve `--image` for the VM `vm`:
 /// - `tiny` (built if missing): the initramfs, or with `--root disk` a qcow2 overlay on the
 ///   stored tiny ext4;
+/// - a named recipe (`debian-web`, `debian-router`; [`recipes`]): its stored image, built first
+///   when missing or outdated, then as below;
 /// - the name of a stored image (`kobako image ls`): a fresh qcow2 overlay on its read-only base,
 ///   under the overlays directory, owned by the VM; plus a cloud-init NoCloud seed when the image
 ///   has cloud-init (or `,cloud-init` / `,user-data=FILE` is given);
@@ -136,12 +138,20 @@ pub fn image(arg: &str, root: RootKind, vm: &str) -> Result<VmImage> {
         } else {
             crate::image_cmd::store()
         };
-        let img = match store.get(arg) {
-            Ok(i) => i,
-            Err(e @ StoreError::NotFound { .. }) => {
-                bail!("unknown image '{arg}': {e} (or give the path of an initramfs, ext4 or qcow2 file)")
+        let img = if let Some(r) = recipes::find(arg) {
+            // A named recipe: built once when missing, rebuilt when outdated.
+            let agent = tiny::find_agent()?;
+            recipes::ensure(&store, r, &agent, &crate::image_cmd::users, &StderrProgress)
+                .with_context(|| format!("building image '{arg}' from its recipe"))?
+        } else {
+            match store.get(arg) {
+                Ok(i) => i,
+                Err(e @ StoreError::NotFound { .. }) => bail!(
+                    "unknown image '{arg}': {e}; kobako builds these by name when needed: {} (or give the path of an initramfs, ext4 or qcow2 file)",
+                    recipes::names()
+                ),
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         };
         if crate::image_cmd::agent_is_current(&img) == Some(false) {
             eprintln!(

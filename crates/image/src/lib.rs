@@ -11,6 +11,8 @@
 //!   and the per-VM qcow2 overlays on them.
 //! - [`debian`]: Debian images built with mmdebstrap; [`import`]: rootfs tarballs and OCI image
 //!   layouts; [`cloudinit`]: NoCloud seed disks; [`disk`]: qemu-img / mkfs helpers.
+//! - [`recipes`]: named images kobako builds on demand (`debian-web`, `debian-router`: the node
+//!   templates' images).
 
 pub mod cache;
 pub mod cloudinit;
@@ -20,6 +22,7 @@ pub mod deps;
 pub mod disk;
 pub mod import;
 pub mod kernel;
+pub mod recipes;
 pub mod store;
 pub mod tiny;
 
