@@ -27,6 +27,10 @@ pub struct QemuRuntime {
 /// Debian package that provides the QEMU binary.
 pub const PACKAGE: &str = "qemu-system-x86";
 
+/// The guest CPU under TCG: qemu64 plus the x86-64-v2 features (what Debian software may
+/// assume of any machine it runs on; `-cpu host` is used under KVM).
+pub const TCG_CPU: &str = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16";
+
 impl QemuRuntime {
     pub fn new(kobako_exe: PathBuf) -> QemuRuntime {
         QemuRuntime {
@@ -53,7 +57,15 @@ impl QemuRuntime {
         ];
         match cfg.accel {
             Accel::Kvm => a.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
-            Accel::Tcg => a.extend(["-accel".into(), "tcg,thread=multi".into()]),
+            // TCG's default model (qemu64) lacks SSSE3/SSE4/POPCNT, which real x86-64 CPUs
+            // have had since 2008 and some distribution software requires (suricata's
+            // hyperscan dies with SIGILL): emulate the x86-64-v2 level instead.
+            Accel::Tcg => a.extend([
+                "-accel".into(),
+                "tcg,thread=multi".into(),
+                "-cpu".into(),
+                TCG_CPU.into(),
+            ]),
         }
         a
     }
