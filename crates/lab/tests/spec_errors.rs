@@ -1011,7 +1011,7 @@ fn errors_serialize_for_json_output() {
 #[test]
 fn hosts_name_node_peers_and_other_nodes() {
     let lab = spec::load_file(
-        &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/node-a.yaml"),
+        &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/web-stack.yaml"),
         &host(),
     )
     .unwrap()
