@@ -146,8 +146,8 @@ pub fn image(arg: &str, root: RootKind, vm: &str) -> Result<VmImage> {
         } else {
             match store.get(arg) {
                 Ok(i) => i,
-                Err(e @ StoreError::NotFound { .. }) => bail!(
-                    "unknown image '{arg}': {e}; kobako builds these by name when needed: {} (or give the path of an initramfs, ext4 or qcow2 file)",
+                Err(StoreError::NotFound { known, .. }) => bail!(
+                    "unknown image '{arg}' (stored: {known}; built on demand: {}): build it with `kobako image build debian --name {arg} --packages ...` or `kobako image import FILE --name {arg}`, use one of those, or give the path of an initramfs, ext4 or qcow2 file",
                     recipes::names()
                 ),
                 Err(e) => return Err(e.into()),

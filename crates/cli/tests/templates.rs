@@ -170,11 +170,13 @@ fn web_stack_answers_through_its_cache_and_logs_to_the_logger() {
 
     // The API answers the client across the front network once its service runs.
     let url = |path: &str| format!("http://10.20.0.10:8080{path}");
+    let t = Instant::now();
     let health = lab.exec_until_ok(
         "client.pc",
         &["wget", "-qO-", &url("/health")],
         Duration::from_secs(150),
     );
+    eprintln!("API answering {:.1} s after up", t.elapsed().as_secs_f64());
     assert!(health.contains("\"status\": \"ok\""), "{health}");
 
     let stats = || ok(&lab.exec("web.cache", &["redis-cli", "info", "stats"]));
@@ -271,11 +273,16 @@ fn router_vpn_ids_forwards_tunnels_and_alerts() {
     );
 
     // IDS: suricata runs on the mirror port; nothing has alerted yet.
+    let t = Instant::now();
     let started = lab.wait_for_text(
         "edge.ids",
         "/var/log/kobako/suricata.log",
         "Engine started",
         Duration::from_secs(240),
+    );
+    eprintln!(
+        "suricata engine started {:.1} s after the tunnel checks",
+        t.elapsed().as_secs_f64()
     );
     let alerts = lab
         .exec("edge.ids", &["cat", "/var/log/suricata/fast.log"])
@@ -310,4 +317,46 @@ fn router_vpn_ids_forwards_tunnels_and_alerts() {
     );
 
     lab.down();
+}
+
+#[test]
+fn an_unknown_image_says_how_to_build_or_import_it() {
+    let env = Env::new();
+    let state = tempfile::tempdir().unwrap();
+    let file = env.run.path().join("unknown.yaml");
+    std::fs::write(
+        &file,
+        "name: tpl-unknown\nnodes:\n  n:\n    vms:\n      v: { image: tpl-no-such-image }\n",
+    )
+    .unwrap();
+    let o = env
+        .cmd(&["up", file.to_str().unwrap()])
+        .env("KOBAKO_STATE", state.path())
+        .output()
+        .unwrap();
+    let all = format!("{}{}", text(&o.stdout), text(&o.stderr));
+    assert!(!o.status.success(), "{all}");
+    for want in [
+        "unknown image 'tpl-no-such-image'",
+        "kobako image build debian --name tpl-no-such-image",
+        "kobako image import",
+        "debian-web, debian-router",
+    ] {
+        assert!(all.contains(want), "'{want}' missing in:\n{all}");
+    }
+    let _ = env
+        .cmd(&["down", "tpl-unknown"])
+        .env("KOBAKO_STATE", state.path())
+        .output();
+    env.assert_clean();
+
+    // And a recipe name kobako does not know, with what it does know.
+    let o = env.run(&["image", "build", "tpl-no-such-recipe"]);
+    let err = text(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("no image recipe named 'tpl-no-such-recipe'")
+            && err.contains("debian-web, debian-router"),
+        "{err}"
+    );
 }
