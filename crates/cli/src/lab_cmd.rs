@@ -14,7 +14,7 @@ use kobako_state::VmState;
 use crate::resolve::RootKind;
 use crate::vm_cmd::{config_from, runtime, RunArgs};
 
-struct Stderr;
+pub(crate) struct Stderr;
 
 impl Progress for Stderr {
     fn event(&self, line: &str) {

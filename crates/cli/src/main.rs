@@ -5,6 +5,7 @@
 mod bench;
 mod bench_lab;
 mod console;
+mod fn_cmd;
 mod guest_cmd;
 mod image_cmd;
 mod lab_cmd;
@@ -112,6 +113,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Function as a VM: deploy a handler once as a warm snapshot, invoke it in fresh clones.
+    #[command(name = "fn", subcommand)]
+    Function(fn_cmd::FnCmd),
     /// Attach to a VM's serial console (`NODE.VM`, `LAB/NODE.VM` or a VM name).
     Console { vm: String },
     #[command(subcommand, hide = true)]
@@ -210,6 +214,7 @@ fn main() {
                         delete,
                         json,
                     } => lab_cmd::checkpoint(&lab, name.as_deref(), list, delete, json).await,
+                    Cmd::Function(c) => fn_cmd::run(c).await,
                     Cmd::Restore { lab, name, json } => {
                         lab_cmd::restore_checkpoint(&lab, &name, json).await
                     }

@@ -319,3 +319,105 @@ fn snapshot_and_restore_continue_the_guest_and_refuse_what_does_not_fit() {
     ok(&env.run(&["vm", "stop", "snap-b"]));
     env.assert_clean();
 }
+
+#[test]
+fn functions_run_each_invocation_in_a_fresh_clone() {
+    let env = Env::new();
+    let state = tempfile::tempdir().unwrap();
+    let cmd = |args: &[&str]| {
+        let mut c = env.cmd(args);
+        c.env("KOBAKO_STATE", state.path());
+        c
+    };
+    let o = cmd(&[
+        "fn",
+        "deploy",
+        "kbt-upper",
+        "--memory",
+        "96M",
+        "--concurrency",
+        "1",
+        "--timeout",
+        "3",
+        "--run",
+        "if [ \"$(cat /tmp/seen 2>/dev/null)\" ]; then echo dirty; fi; echo x > /tmp/seen; \
+         tr a-z A-Z; echo \"$(hostname) $(cat /etc/machine-id)\"; \
+         exit 0",
+    ])
+    .output()
+    .unwrap();
+    ok(&o);
+    let invoke = |input: &str| {
+        let mut c = cmd(&["fn", "invoke", "kbt-upper"]);
+        c.stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut ch = c.spawn().unwrap();
+        use std::io::Write;
+        ch.stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        ch.wait_with_output().unwrap()
+    };
+    let a = invoke("hello\n");
+    assert_eq!(a.status.code(), Some(0), "{}", text(&a.stderr));
+    let out_a = text(&a.stdout);
+    assert!(out_a.starts_with("HELLO\n"), "{out_a}");
+    // Every invocation starts from the deployed state (no /tmp/seen) with its own identity.
+    let b = invoke("again\n");
+    let out_b = text(&b.stdout);
+    assert!(
+        !out_b.contains("dirty"),
+        "a clone saw the previous one's file: {out_b}"
+    );
+    let id = |s: &str| s.lines().nth(1).unwrap_or_default().to_string();
+    assert_ne!(
+        id(&out_a),
+        id(&out_b),
+        "two clones share hostname/machine-id"
+    );
+    // Three at once with one slot: all answer (one after the other).
+    let hs: Vec<_> = (0..3)
+        .map(|_| {
+            let mut c = cmd(&["fn", "invoke", "kbt-upper", "--json"]);
+            c.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    for h in hs {
+        let o = h.wait_with_output().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text(&o.stdout)).unwrap();
+        assert_eq!(v["code"], 0, "{v}");
+        assert!(v["timings"]["restore_ms"].as_u64().unwrap() > 0);
+    }
+    // A handler that runs too long is killed: status 124, the clone is gone.
+    ok(&cmd(&[
+        "fn",
+        "deploy",
+        "kbt-slow",
+        "--memory",
+        "96M",
+        "--timeout",
+        "1",
+        "--run",
+        "sleep 30",
+    ])
+    .output()
+    .unwrap());
+    let o = cmd(&["fn", "invoke", "kbt-slow"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(124), "{}", text(&o.stderr));
+    let ls = ok(&cmd(&["fn", "ls", "--json"]).output().unwrap());
+    assert!(ls.contains("kbt-upper") && ls.contains("kbt-slow"), "{ls}");
+    let o = cmd(&["fn", "invoke", "nosuch"]).output().unwrap();
+    assert!(
+        text(&o.stderr).contains("no function 'nosuch'"),
+        "{}",
+        text(&o.stderr)
+    );
+    ok(&cmd(&["fn", "rm", "kbt-upper"]).output().unwrap());
+    ok(&cmd(&["fn", "rm", "kbt-slow"]).output().unwrap());
+    env.assert_clean();
+}

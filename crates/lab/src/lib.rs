@@ -8,4 +8,5 @@
 //! through kobako-runtime, guest configuration through the agent) and takes it down.
 
 pub mod controller;
+pub mod functions;
 pub mod spec;
