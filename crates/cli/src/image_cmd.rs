@@ -65,6 +65,11 @@ pub enum BuildCmd {
         /// Debian suite.
         #[arg(long, default_value = "bookworm")]
         suite: String,
+        /// More apt sources, one sources.list line each (repeatable), e.g.
+        /// "deb http://deb.debian.org/debian bookworm-backports main"; take a package from it
+        /// with PKG/SUITE in --packages (suricata/bookworm-backports).
+        #[arg(long = "source", value_name = "LINE")]
+        sources: Vec<String>,
         /// Filesystem size, e.g. 8G (default: content + 2 GiB, at least 4 GiB).
         #[arg(long)]
         size: Option<String>,
@@ -313,6 +318,7 @@ pub fn run(cmd: ImageCmd) -> Result<()> {
             packages,
             with,
             suite,
+            sources,
             size,
         }) => {
             let agent = tiny::find_agent()?;
@@ -320,6 +326,7 @@ pub fn run(cmd: ImageCmd) -> Result<()> {
             o.packages = packages;
             o.with = with;
             o.suite = suite;
+            o.sources = sources;
             o.size_bytes = parse_size(&size)?;
             let img = debian::build(&store(), &o, &agent, &StderrProgress)?;
             println!("{}", img.manifest.name);
