@@ -1,0 +1,669 @@
+//! `/labs`, lab operations, links, `/operations`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use kobako_lab::spec::{self, FileSource, HostLimits, Lab};
+use kobako_state::{LabRow, LabState};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::auth::Caller;
+use crate::error::{ApiBytes, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::ops::{self, LabOp, Operation};
+use crate::AppState;
+
+/// A lab in a list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LabSummary {
+    pub name: String,
+    /// Who owns it (none: created locally by root).
+    pub owner: Option<String>,
+    /// pending, starting, ready, degraded, failed, stopping, stopped.
+    pub state: String,
+    pub reason: Option<String>,
+    pub file: Option<String>,
+    pub vms: usize,
+    pub vms_ready: usize,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// A VM of a lab, as stored and as seen on the host.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VmInfo {
+    /// `<lab>.<node>.<vm>`.
+    pub name: String,
+    pub lab: String,
+    pub node: String,
+    pub vm: String,
+    /// pending, booting, ready, failed, stopped.
+    pub state: String,
+    pub reason: Option<String>,
+    /// Milliseconds from process start to agent ready.
+    pub boot_ms: Option<i64>,
+    /// Pid of the VM process while it runs.
+    pub pid: Option<i32>,
+    pub image: Option<String>,
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    /// `iface:address/prefix`.
+    pub addresses: Vec<String>,
+    pub updated_ms: i64,
+}
+
+/// A link and its live state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LinkInfo {
+    pub name: String,
+    /// `node.vm:iface` of both ends.
+    pub endpoints: Vec<String>,
+    pub up: bool,
+    /// Current impairment (lab file notation), none when unimpaired.
+    #[schema(value_type = Option<Object>)]
+    pub impairment: Option<serde_json::Value>,
+}
+
+/// A lab with its VMs, links and resolved spec.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LabDetail {
+    #[serde(flatten)]
+    pub summary: LabSummary,
+    pub vms: Vec<VmInfo>,
+    pub links: Vec<LinkInfo>,
+    /// The resolved lab (kobako_lab::spec::Lab as JSON).
+    #[schema(value_type = Object)]
+    pub spec: serde_json::Value,
+}
+
+fn summary(db: &kobako_state::Db, l: &LabRow) -> ApiResult<LabSummary> {
+    let vms = db.vms(&l.name)?;
+    Ok(LabSummary {
+        name: l.name.clone(),
+        owner: l.owner.clone(),
+        state: l.state.to_string(),
+        reason: l.reason.clone(),
+        file: l.file.clone(),
+        vms: vms.len(),
+        vms_ready: vms
+            .iter()
+            .filter(|v| v.state == kobako_state::VmState::Ready)
+            .count(),
+        created_ms: l.created_ms,
+        updated_ms: l.updated_ms,
+    })
+}
+
+pub(crate) fn vm_info(row: &kobako_state::VmRow, lab: Option<&Lab>) -> VmInfo {
+    let dir = kobako_runtime::VmDir::for_name(&row.name);
+    let pid = dir.vm_pid();
+    let svm = lab.and_then(|l| {
+        l.vms()
+            .find(|v| v.id.node.as_str() == row.node && v.id.vm.as_str() == row.vm)
+    });
+    VmInfo {
+        name: row.name.clone(),
+        lab: row.lab.clone(),
+        node: row.node.clone(),
+        vm: row.vm.clone(),
+        state: row.state.to_string(),
+        reason: row.reason.clone(),
+        boot_ms: row
+            .boot_ms
+            .or_else(|| dir.ready().map(|r| r.boot_ms as i64)),
+        pid,
+        image: svm.map(|v| v.image.clone()),
+        vcpus: svm.map(|v| v.vcpus),
+        memory_mib: svm.map(|v| v.memory.0),
+        addresses: svm
+            .map(|v| {
+                v.interfaces
+                    .iter()
+                    .flat_map(|i| {
+                        i.addresses
+                            .iter()
+                            .map(move |a| format!("{}:{a}", i.name.as_str()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        updated_ms: row.updated_ms,
+    }
+}
+
+fn detail(db: &kobako_state::Db, l: LabRow) -> ApiResult<LabDetail> {
+    let lab: Option<Lab> = serde_json::from_value(l.spec.clone()).ok();
+    let vms = db
+        .vms(&l.name)?
+        .iter()
+        .map(|v| vm_info(v, lab.as_ref()))
+        .collect();
+    let stored = db.links(&l.name)?;
+    let links = lab
+        .as_ref()
+        .map(|lab| {
+            lab.links
+                .iter()
+                .map(|k| {
+                    let s = stored.iter().find(|s| s.name == k.name.as_str());
+                    LinkInfo {
+                        name: k.name.as_str().to_string(),
+                        endpoints: k.endpoints.iter().map(|e| e.to_string()).collect(),
+                        up: s.map(|s| s.up).unwrap_or(k.state == spec::LinkState::Up),
+                        impairment: s.and_then(|s| s.impairment.clone()).or_else(|| {
+                            (!k.impair.is_none())
+                                .then(|| serde_json::to_value(k.impair).unwrap_or_default())
+                        }),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(LabDetail {
+        summary: summary(db, &l)?,
+        vms,
+        links,
+        spec: l.spec,
+    })
+}
+
+/// Loads a lab the caller may see (`write`: may change); 404 / 403 otherwise.
+pub(crate) async fn lab_for(
+    st: &AppState,
+    caller: &Caller,
+    name: &str,
+    write: bool,
+) -> ApiResult<LabRow> {
+    if write {
+        caller.require_write()?;
+    }
+    let n = name.to_string();
+    let row = st.db.run(move |db| Ok(db.lab(&n)?)).await?.ok_or_else(|| {
+        ApiError::not_found(format!("no lab '{name}' (GET /api/v1/labs lists them)"))
+    })?;
+    let owner = row.owner.as_deref();
+    if !caller.can_see(owner) || (write && !caller.can_change(owner)) {
+        return Err(ApiError::forbidden(format!(
+            "lab '{name}' belongs to {}; members may only use their own labs",
+            owner.unwrap_or("root")
+        )));
+    }
+    Ok(row)
+}
+
+/// Labs you may see (members: their own).
+#[utoipa::path(get, path = "/api/v1/labs", tag = "labs",
+    responses((status = 200, description = "Labs", body = [LabSummary])))]
+pub async fn list_labs(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<LabSummary>>> {
+    let v = st
+        .db
+        .run(move |db| {
+            db.labs()?
+                .iter()
+                .filter(|l| caller.can_see(l.owner.as_deref()))
+                .map(|l| summary(db, l))
+                .collect::<ApiResult<Vec<_>>>()
+        })
+        .await?;
+    Ok(Json(v))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CreateQuery {
+    /// Name the file has in error messages (default `lab.yaml`).
+    pub file: Option<String>,
+}
+
+/// The quota left for `caller`'s labs, counting labs that are up (not `lab` itself).
+fn quota_check(
+    db: &kobako_state::Db,
+    caller: &Caller,
+    lab: &Lab,
+    running_only: bool,
+) -> ApiResult<()> {
+    if caller.user.max_vms.is_none() && caller.user.max_memory_mib.is_none() {
+        return Ok(());
+    }
+    let mut vms = 0i64;
+    let mut mem = 0i64;
+    if running_only {
+        for l in db.labs()? {
+            if l.owner.as_deref() != Some(caller.name()) || l.name == lab.name.as_str() {
+                continue;
+            }
+            if matches!(
+                l.state,
+                LabState::Pending | LabState::Stopped | LabState::Failed
+            ) {
+                continue;
+            }
+            if let Ok(other) = serde_json::from_value::<Lab>(l.spec.clone()) {
+                vms += other.vms().count() as i64;
+                mem += other.vms().map(|v| v.memory.0 as i64).sum::<i64>();
+            }
+        }
+    }
+    let want_vms = lab.vms().count() as i64;
+    let want_mem: i64 = lab.vms().map(|v| v.memory.0 as i64).sum();
+    let over = |what: &str, used: i64, want: i64, max: i64, unit: &str| {
+        let msg = format!(
+            "quota exceeded: lab '{}' needs {want}{unit} {what}, you have {used}{unit} in use of {max}{unit}; take another lab down or ask an admin for a larger quota",
+            lab.name.as_str()
+        );
+        if running_only {
+            ApiError::new(StatusCode::CONFLICT, "quota_exceeded", msg)
+        } else {
+            ApiError::unprocessable("quota_exceeded", msg)
+        }
+    };
+    if let Some(max) = caller.user.max_vms {
+        if vms + want_vms > max {
+            return Err(over("VMs", vms, want_vms, max, ""));
+        }
+    }
+    if let Some(max) = caller.user.max_memory_mib {
+        if mem + want_mem > max {
+            return Err(over("of memory", mem, want_mem, max, " MiB"));
+        }
+    }
+    Ok(())
+}
+
+/// Create labs from a lab file (YAML or JSON body). Nothing starts: POST .../up does that.
+/// A file with `copies:` creates every copy. Mistakes are 422 with each error's file, line,
+/// column, path and fix in `error.details`.
+#[utoipa::path(post, path = "/api/v1/labs", tag = "labs",
+    params(CreateQuery),
+    request_body(content = String, description = "The lab file (YAML or JSON)",
+        content_type = "application/yaml"),
+    responses((status = 201, description = "Created", body = [LabSummary])))]
+pub async fn create_lab(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<CreateQuery>,
+    ApiBytes(body): ApiBytes,
+) -> ApiResult<(StatusCode, Json<Vec<LabSummary>>)> {
+    caller.require_write()?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("the lab file is not UTF-8 text"))?;
+    let file = q.file.unwrap_or_else(|| "lab.yaml".into());
+    let labs = spec::load_str(&file, text, &HostLimits::detect()).map_err(|errs| {
+        let first = errs.0.first().map(|e| e.to_string()).unwrap_or_default();
+        ApiError::unprocessable(
+            "invalid_lab",
+            format!(
+                "{} problem(s) in the lab file; first: {first}",
+                errs.0.len()
+            ),
+        )
+        .with_details(serde_json::to_value(&errs).unwrap_or_default())
+    })?;
+    if !caller.is_admin()
+        && labs
+            .iter()
+            .flat_map(|l| l.vms())
+            .flat_map(|v| v.files.iter())
+            .any(|f| matches!(f.source, FileSource::Host(_)))
+    {
+        return Err(ApiError::forbidden(
+            "files copied from the server's filesystem (`files: - src:`) are for admins; use `content:` instead",
+        ));
+    }
+    let owner = (!caller.local).then(|| caller.name().to_string());
+    let created = st
+        .db
+        .run(move |db| {
+            for lab in &labs {
+                quota_check(db, &caller, lab, false)?;
+                if db.lab(lab.name.as_str())?.is_some() {
+                    return Err(ApiError::conflict(format!(
+                        "lab '{}' exists: DELETE it first (or pick another name)",
+                        lab.name.as_str()
+                    )));
+                }
+            }
+            let mut out = Vec::new();
+            for lab in &labs {
+                let name = lab.name.as_str();
+                let spec = serde_json::to_value(lab).map_err(ApiError::internal)?;
+                db.put_lab(name, Some(&format!("api:{file}")), &spec, owner.as_deref())?;
+                let vms: Vec<_> = lab
+                    .vms()
+                    .map(|v| {
+                        (
+                            kobako_lab::controller::vm_name(lab, v),
+                            v.id.node.as_str().to_string(),
+                            v.id.vm.as_str().to_string(),
+                        )
+                    })
+                    .collect();
+                db.sync_vms(name, &vms)?;
+                db.event(
+                    Some(name),
+                    None,
+                    "lab.created",
+                    &serde_json::json!({"owner": owner}),
+                )?;
+                let row = db
+                    .lab(name)?
+                    .ok_or_else(|| ApiError::internal("lab vanished"))?;
+                out.push(summary(db, &row)?);
+            }
+            Ok(out)
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// One lab: state, VMs (state, boot time, addresses, pid), links, resolved spec.
+#[utoipa::path(get, path = "/api/v1/labs/{name}", tag = "labs",
+    params(("name" = String, Path, description = "Lab name")),
+    responses((status = 200, description = "The lab", body = LabDetail)))]
+pub async fn get_lab(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<LabDetail>> {
+    let row = lab_for(&st, &caller, &name, false).await?;
+    Ok(Json(st.db.run(move |db| detail(db, row)).await?))
+}
+
+/// Delete a lab that is down (409 while any of its VMs runs: POST .../down first).
+#[utoipa::path(delete, path = "/api/v1/labs/{name}", tag = "labs",
+    params(("name" = String, Path, description = "Lab name")),
+    responses((status = 204, description = "Deleted")))]
+pub async fn delete_lab(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    lab_for(&st, &caller, &name, true).await?;
+    let root = st.state_dir.clone();
+    st.db
+        .run(move |db| {
+            let _lock = kobako_state::LabLock::acquire_in(&root, &name, std::time::Duration::ZERO)?;
+            let running = db
+                .vms(&name)?
+                .iter()
+                .filter(|v| kobako_runtime::VmDir::for_name(&v.name).vm_pid().is_some())
+                .count();
+            if running > 0 {
+                return Err(ApiError::conflict(format!(
+                    "lab '{name}' has {running} VM(s) running: POST /api/v1/labs/{name}/down first"
+                )));
+            }
+            db.delete_lab(&name)?;
+            db.event(Some(&name), None, "lab.deleted", &serde_json::json!({}))?;
+            Ok(())
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn lab_op(
+    st: AppState,
+    caller: Caller,
+    name: String,
+    op: LabOp,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    let row = lab_for(&st, &caller, &name, true).await?;
+    if op != LabOp::Down {
+        let lab: Lab = serde_json::from_value(row.spec.clone()).map_err(ApiError::internal)?;
+        let c = caller.clone();
+        st.db.run(move |db| quota_check(db, &c, &lab, true)).await?;
+    }
+    let o = ops::start_lab_op(&st, name, op, caller.name().to_string()).await?;
+    Ok((StatusCode::ACCEPTED, Json(o)))
+}
+
+/// Bring the lab up (or converge it): 202 and an operation to follow.
+#[utoipa::path(post, path = "/api/v1/labs/{name}/up", tag = "labs",
+    params(("name" = String, Path, description = "Lab name")),
+    responses((status = 202, description = "Started", body = Operation)))]
+pub async fn lab_up(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    lab_op(st, caller, name, LabOp::Up).await
+}
+
+/// Take the lab down (VMs, network); the lab stays, to be brought up again or deleted.
+#[utoipa::path(post, path = "/api/v1/labs/{name}/down", tag = "labs",
+    params(("name" = String, Path, description = "Lab name")),
+    responses((status = 202, description = "Started", body = Operation)))]
+pub async fn lab_down(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    lab_op(st, caller, name, LabOp::Down).await
+}
+
+/// Down, then up.
+#[utoipa::path(post, path = "/api/v1/labs/{name}/restart", tag = "labs",
+    params(("name" = String, Path, description = "Lab name")),
+    responses((status = 202, description = "Started", body = Operation)))]
+pub async fn lab_restart(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    lab_op(st, caller, name, LabOp::Restart).await
+}
+
+// ---- links ---------------------------------------------------------------------------------
+
+async fn set_link(
+    st: AppState,
+    caller: Caller,
+    lab: String,
+    link: String,
+    up: bool,
+) -> ApiResult<Json<LinkInfo>> {
+    let row = lab_for(&st, &caller, &lab, true).await?;
+    let spec_lab: Lab = serde_json::from_value(row.spec.clone()).map_err(ApiError::internal)?;
+    let Some(l) = spec_lab.link(&link).cloned() else {
+        let names: Vec<&str> = spec_lab.links.iter().map(|l| l.name.as_str()).collect();
+        return Err(ApiError::not_found(format!(
+            "lab '{lab}' has no link '{link}' (links: {})",
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
+        )));
+    };
+    let (l2, k2) = (lab.clone(), link.clone());
+    tokio::task::spawn_blocking(move || kobako_lab::controller::set_link_state(&l2, &k2, up))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| match e {
+            kobako_lab::controller::LabError::NotFound(_) => ApiError::conflict(format!(
+                "lab '{lab}' is not up: POST /api/v1/labs/{lab}/up first"
+            )),
+            e => ApiError::internal(e),
+        })?;
+    let (l3, k3) = (lab.clone(), link.clone());
+    let imp = st
+        .db
+        .run(move |db| {
+            let cur = db.links(&l3)?.into_iter().find(|x| x.name == k3);
+            let imp = cur.and_then(|c| c.impairment);
+            db.set_link(&l3, &k3, up, imp.as_ref())?;
+            Ok(imp)
+        })
+        .await?;
+    Ok(Json(LinkInfo {
+        name: link,
+        endpoints: l.endpoints.iter().map(|e| e.to_string()).collect(),
+        up,
+        impairment: imp,
+    }))
+}
+
+/// Heal a link (both ends' taps up).
+#[utoipa::path(post, path = "/api/v1/labs/{name}/links/{link}/up", tag = "links",
+    params(("name" = String, Path, description = "Lab name"), ("link" = String, Path, description = "Link name")),
+    responses((status = 200, description = "Link up", body = LinkInfo)))]
+pub async fn link_up(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath((name, link)): ApiPath<(String, String)>,
+) -> ApiResult<Json<LinkInfo>> {
+    set_link(st, caller, name, link, true).await
+}
+
+/// Cut a link (both ends' taps down: no frame crosses it).
+#[utoipa::path(post, path = "/api/v1/labs/{name}/links/{link}/down", tag = "links",
+    params(("name" = String, Path, description = "Lab name"), ("link" = String, Path, description = "Link name")),
+    responses((status = 200, description = "Link down", body = LinkInfo)))]
+pub async fn link_down(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath((name, link)): ApiPath<(String, String)>,
+) -> ApiResult<Json<LinkInfo>> {
+    set_link(st, caller, name, link, false).await
+}
+
+/// An impairment in lab file notation (`delay: 20ms`, `loss: 1%`, `rate: 10mbit`).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImpairRequest {
+    /// e.g. `20ms`
+    pub delay: Option<String>,
+    /// e.g. `5ms`
+    pub jitter: Option<String>,
+    /// e.g. `1%`
+    pub loss: Option<String>,
+    /// e.g. `10mbit`
+    pub rate: Option<String>,
+    pub corrupt: Option<String>,
+    pub duplicate: Option<String>,
+    pub reorder: Option<String>,
+}
+
+fn parse_impair(r: &ImpairRequest) -> ApiResult<spec::Impairment> {
+    fn p<T: std::str::FromStr>(what: &str, v: &Option<String>) -> ApiResult<Option<T>>
+    where
+        T::Err: std::fmt::Display,
+    {
+        v.as_deref()
+            .map(|s| {
+                s.parse::<T>().map_err(|e| {
+                    ApiError::unprocessable("invalid_impairment", format!("{what} '{s}': {e}"))
+                })
+            })
+            .transpose()
+    }
+    let chance = |what: &str, v: &Option<String>| -> ApiResult<Option<spec::Chance>> {
+        Ok(p::<spec::Percent>(what, v)?.map(|percent| spec::Chance {
+            percent,
+            correlation: spec::Percent(0),
+        }))
+    };
+    Ok(spec::Impairment {
+        delay: p("delay", &r.delay)?,
+        jitter: p("jitter", &r.jitter)?,
+        loss: chance("loss", &r.loss)?,
+        rate: p("rate", &r.rate)?,
+        corrupt: chance("corrupt", &r.corrupt)?,
+        duplicate: chance("duplicate", &r.duplicate)?,
+        reorder: chance("reorder", &r.reorder)?,
+    })
+}
+
+fn impair_unavailable() -> ApiError {
+    // TODO(controller): call `kobako_lab::controller::impair(lab, link, &Impairment)` once the
+    // controller has it (it needs the long-lived userspace relay on kernels without netem).
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not_implemented",
+        "live link impairments are not available yet: the lab controller has no impair function (declare `impair:` on the link in the lab file instead)",
+    )
+}
+
+/// Set a link's impairment (delay, jitter, loss, rate, ...), both directions.
+#[utoipa::path(post, path = "/api/v1/labs/{name}/links/{link}/impair", tag = "links",
+    params(("name" = String, Path, description = "Lab name"), ("link" = String, Path, description = "Link name")),
+    request_body = ImpairRequest,
+    responses((status = 200, description = "Applied", body = LinkInfo)))]
+pub async fn link_impair(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath((name, link)): ApiPath<(String, String)>,
+    ApiJson(req): ApiJson<ImpairRequest>,
+) -> ApiResult<Json<LinkInfo>> {
+    let row = lab_for(&st, &caller, &name, true).await?;
+    let _imp = parse_impair(&req)?;
+    let spec_lab: Lab = serde_json::from_value(row.spec).map_err(ApiError::internal)?;
+    if spec_lab.link(&link).is_none() {
+        return Err(ApiError::not_found(format!(
+            "lab '{name}' has no link '{link}'"
+        )));
+    }
+    Err(impair_unavailable())
+}
+
+/// Remove a link's impairment.
+#[utoipa::path(delete, path = "/api/v1/labs/{name}/links/{link}/impair", tag = "links",
+    params(("name" = String, Path, description = "Lab name"), ("link" = String, Path, description = "Link name")),
+    responses((status = 200, description = "Cleared", body = LinkInfo)))]
+pub async fn link_clear(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath((name, link)): ApiPath<(String, String)>,
+) -> ApiResult<Json<LinkInfo>> {
+    let row = lab_for(&st, &caller, &name, true).await?;
+    let spec_lab: Lab = serde_json::from_value(row.spec).map_err(ApiError::internal)?;
+    if spec_lab.link(&link).is_none() {
+        return Err(ApiError::not_found(format!(
+            "lab '{name}' has no link '{link}'"
+        )));
+    }
+    Err(impair_unavailable())
+}
+
+// ---- operations ----------------------------------------------------------------------------
+
+/// Recent operations (yours; admins and viewers: everyone's).
+#[utoipa::path(get, path = "/api/v1/operations", tag = "operations",
+    responses((status = 200, description = "Newest first (at most 100)", body = [Operation])))]
+pub async fn list_operations(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> ApiResult<Json<Vec<Operation>>> {
+    let user = (caller.user.role == crate::auth::Role::Member).then(|| caller.name().to_string());
+    Ok(Json(
+        st.db
+            .run(move |db| ops::list(db, user.as_deref(), 100))
+            .await?,
+    ))
+}
+
+/// One operation and its progress.
+#[utoipa::path(get, path = "/api/v1/operations/{id}", tag = "operations",
+    params(("id" = String, Path, description = "Operation id")),
+    responses((status = 200, description = "The operation", body = Operation)))]
+pub async fn get_operation(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Operation>> {
+    let i = id.clone();
+    let op = st
+        .db
+        .run(move |db| ops::get(db, &i))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no operation '{id}'")))?;
+    if caller.user.role == crate::auth::Role::Member && op.user != caller.name() {
+        return Err(ApiError::forbidden(
+            "this operation was started by another user",
+        ));
+    }
+    Ok(Json(op))
+}

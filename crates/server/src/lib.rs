@@ -1,0 +1,255 @@
+//! `kobako serve`: the REST API over the same controller and state database as the CLI.
+//!
+//! - [`serve`] listens on HTTPS (rustls; a self-signed certificate is made on first start
+//!   unless one is given) and on a Unix socket for the local CLI (mode 0600; requests over it
+//!   are the local admin `root`, checked by `SO_PEERCRED`).
+//! - [`api`] holds the handlers, registered through `utoipa_axum` so the OpenAPI document
+//!   (`/api/v1/openapi.json`) is generated from them and cannot drift.
+//! - [`auth`]: users, JWT access + rotating refresh tokens, API tokens, roles, login rate limit.
+//! - [`ops`]: long calls (lab up/down/restart, image builds) return 202 and an operation whose
+//!   progress is stored in the database and streamed as events.
+//! - Errors always have the shape `{"error":{"code","message"}}` ([`error`]); a panicking
+//!   handler is caught and answered with a generic 500.
+//!
+//! What runs (VMs, their supervisors, lab networks) never depends on this process: killed
+//! with -9 and restarted, the server reads the state database, checks each VM's process and
+//! carries on (operations that were running are marked `interrupted`).
+
+pub mod api;
+pub mod auth;
+pub mod db;
+pub mod error;
+pub mod ops;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Router;
+use kobako_lab::controller::Resolver;
+use kobako_runtime::Runtime;
+
+/// What the CLI gives the server: the runtime, how to turn a lab VM into a VM config (the
+/// image store and kernel resolution live in the CLI), and how to build images.
+pub struct Hooks {
+    pub runtime: Arc<dyn Runtime>,
+    pub resolver: Arc<Resolver>,
+    /// Builds an image (`kind`, `name`, `packages`), reporting progress lines.
+    pub build_image: Option<Arc<ImageBuilder>>,
+}
+
+pub type ImageBuilder = dyn Fn(&str, &str, &[String], &(dyn Fn(&str) + Send + Sync)) -> Result<(), String>
+    + Send
+    + Sync;
+
+/// `kobako serve` options.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// HTTPS address (`None`: Unix socket only).
+    pub listen: Option<SocketAddr>,
+    /// Unix socket path (`None`: HTTPS only).
+    pub socket: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The state directory (`$KOBAKO_STATE`).
+    pub state_dir: PathBuf,
+}
+
+/// Default Unix socket: `$KOBAKO_RUN/server.sock`.
+pub fn default_socket() -> PathBuf {
+    kobako_runtime::vmdir::run_root().join("server.sock")
+}
+
+/// The server's own files: `<state>/server`.
+pub fn server_dir(state: &std::path::Path) -> PathBuf {
+    state.join("server")
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: db::Pool,
+    pub keys: Arc<auth::Keys>,
+    pub limiter: Arc<auth::Limiter>,
+    pub hooks: Arc<Hooks>,
+    pub state_dir: PathBuf,
+    /// argon2 hash of a random password, verified for unknown users (constant-ish timing).
+    pub dummy_hash: Arc<String>,
+}
+
+/// Who made the current request, filled by the [`auth::Caller`] extractor for the audit log.
+#[derive(Clone, Default)]
+pub struct AuditSlot(pub Arc<Mutex<AuditInfo>>);
+
+#[derive(Default)]
+pub struct AuditInfo {
+    pub user: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl AppState {
+    pub fn open(state_dir: PathBuf, hooks: Hooks) -> Result<AppState> {
+        let dir = server_dir(&state_dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let db = db::Pool::open(&state_dir, 4).context("open the state database")?;
+        let keys = auth::Keys::load_or_create(&dir)?;
+        let dummy =
+            auth::hash_password(&auth::random_token(12)).map_err(|e| anyhow::anyhow!(e.message))?;
+        Ok(AppState {
+            db,
+            keys: Arc::new(keys),
+            limiter: Arc::new(auth::Limiter::default()),
+            hooks: Arc::new(hooks),
+            state_dir,
+            dummy_hash: Arc::new(dummy),
+        })
+    }
+}
+
+/// Records every mutating call (method other than GET/HEAD/OPTIONS) in the `audit` table.
+async fn audit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let mutating = !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS");
+    let slot = AuditSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    if mutating {
+        let status = resp.status().as_u16();
+        let (user, detail) = {
+            let mut g = slot.0.lock().unwrap_or_else(|e| e.into_inner());
+            (g.user.take(), g.detail.take())
+        };
+        let user = user.unwrap_or_else(|| "-".into());
+        let _ = state
+            .db
+            .run(move |db| {
+                db.conn()
+                    .execute(
+                        "INSERT INTO audit(ts_ms, user, method, path, status, detail)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        kobako_state::rusqlite::params![
+                            kobako_state::now_ms(),
+                            user,
+                            method.as_str(),
+                            path,
+                            status,
+                            detail
+                        ],
+                    )
+                    .map_err(db::sql)?;
+                Ok(())
+            })
+            .await;
+    }
+    resp
+}
+
+/// The whole application: API routes (with their OpenAPI document), fallbacks, body limit,
+/// audit, catch-panic.
+pub fn app(state: AppState) -> Router {
+    let (router, doc) = api::router().split_for_parts();
+    let doc = api::finish_doc(doc);
+    let doc = Arc::new(serde_json::to_value(&doc).unwrap_or_default());
+    router
+        .route(
+            "/api/v1/openapi.json",
+            axum::routing::get(move || {
+                let d = doc.clone();
+                async move { axum::Json((*d).clone()) }
+            }),
+        )
+        .fallback(error::route_not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), audit))
+        // Lab files and JSON bodies are small; file uploads have their own larger limit.
+        .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            error::panic_response,
+        ))
+        .with_state(state)
+}
+
+/// What `serve` prints once it listens.
+pub struct Started {
+    pub admin_password: Option<String>,
+    pub cert: Option<PathBuf>,
+}
+
+/// Starts the server and runs until the process ends.
+pub async fn serve(cfg: ServeConfig, hooks: Hooks, on_start: impl FnOnce(&Started)) -> Result<()> {
+    // rustls needs one crypto provider for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let state = AppState::open(cfg.state_dir.clone(), hooks)?;
+    let dir = server_dir(&cfg.state_dir);
+    let admin_password = auth::bootstrap_admin(&state.db.get(), &dir)?;
+    ops::recover(&state).await?;
+    let app = app(state.clone());
+    tokio::spawn(ops::watch_vms(state.clone()));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut cert_path = None;
+    if let Some(addr) = cfg.listen {
+        let (cert, key, _) = tls::ensure_cert(&dir, cfg.cert.clone(), cfg.key.clone())?;
+        let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&cert, &key)
+            .await
+            .with_context(|| {
+                format!(
+                    "load the TLS certificate {} and key {}",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+        cert_path = Some(cert);
+        let std_listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("listen on {addr} (in use? pick another with --listen)"))?;
+        std_listener.set_nonblocking(true)?;
+        let app = app.clone();
+        tasks.spawn(async move {
+            axum_server::from_tcp_rustls(std_listener, tls)
+                .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+                .await
+                .context("HTTPS server")
+        });
+    }
+    if let Some(sock) = cfg.socket.clone() {
+        if let Some(d) = sock.parent() {
+            std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+        }
+        let _ = std::fs::remove_file(&sock);
+        // Bind with a restrictive umask so the socket is never briefly open to others.
+        // SAFETY: umask only changes this process's file creation mask; no memory involved.
+        let old = unsafe { libc::umask(0o177) };
+        let l = tokio::net::UnixListener::bind(&sock);
+        // SAFETY: as above, restoring the previous mask.
+        unsafe { libc::umask(old) };
+        let l = l.with_context(|| format!("listen on {}", sock.display()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
+        let app = app.clone();
+        tasks.spawn(async move {
+            axum::serve(
+                l,
+                app.into_make_service_with_connect_info::<auth::UdsPeer>(),
+            )
+            .await
+            .context("Unix socket server")
+        });
+    }
+    if tasks.is_empty() {
+        anyhow::bail!("nothing to serve: give --listen or --socket");
+    }
+    on_start(&Started {
+        admin_password,
+        cert: cert_path,
+    });
+    while let Some(r) = tasks.join_next().await {
+        r.context("server task")??;
+    }
+    Ok(())
+}

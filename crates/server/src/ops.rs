@@ -1,0 +1,427 @@
+//! Long operations: lab up/down/restart and image builds.
+//!
+//! A request that starts one gets `202 Accepted` with the operation (`GET
+//! /api/v1/operations/{id}`); the work runs in a task of this process. Progress lines are
+//! appended to the operation's row and published as `op.progress` events, so the event stream
+//! shows them live. The lab's `flock` ([`kobako_state::LabLock`]) is taken before the 202, so a
+//! second change to the same lab is refused with 409 instead of racing; the lock dies with the
+//! process.
+//!
+//! After a restart ([`recover`]) operations still marked running are `interrupted`, and
+//! [`watch_vms`] keeps the stored VM states true to what runs (a VM whose process ended is
+//! `stopped` with the reason from its exit record).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kobako_lab::controller::{self, LabError, Progress};
+use kobako_lab::spec::Lab;
+use kobako_state::rusqlite::{params, OptionalExtension};
+use kobako_state::{now_ms, Db, LabLock, LabState, VmState};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::db::sql;
+use crate::error::{ApiError, ApiResult};
+use crate::AppState;
+
+/// One progress line.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+pub struct ProgressLine {
+    pub ts_ms: i64,
+    pub message: String,
+}
+
+/// A long-running call.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Operation {
+    pub id: String,
+    /// `lab.up`, `lab.down`, `lab.restart`, `image.build`.
+    pub kind: String,
+    pub lab: Option<String>,
+    /// Who started it.
+    pub user: String,
+    /// `running`, `succeeded`, `failed` or `interrupted` (the server stopped during it).
+    pub state: String,
+    pub progress: Vec<ProgressLine>,
+    /// What it produced (for `lab.up`: every VM's state, boot time and addresses).
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    pub error: Option<String>,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+const OP_COLS: &str = "id, kind, lab, user, state, progress, result, error, created_ms, updated_ms";
+
+fn op_from_row(r: &kobako_state::rusqlite::Row<'_>) -> kobako_state::rusqlite::Result<Operation> {
+    let progress: String = r.get(5)?;
+    let result: Option<String> = r.get(6)?;
+    Ok(Operation {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        lab: r.get(2)?,
+        user: r.get(3)?,
+        state: r.get(4)?,
+        progress: serde_json::from_str(&progress).unwrap_or_default(),
+        result: result.and_then(|s| serde_json::from_str(&s).ok()),
+        error: r.get(7)?,
+        created_ms: r.get(8)?,
+        updated_ms: r.get(9)?,
+    })
+}
+
+pub fn get(db: &Db, id: &str) -> ApiResult<Option<Operation>> {
+    db.conn()
+        .query_row(
+            &format!("SELECT {OP_COLS} FROM operations WHERE id = ?1"),
+            params![id],
+            op_from_row,
+        )
+        .optional()
+        .map_err(sql)
+}
+
+/// The newest operations (of `user` when given).
+pub fn list(db: &Db, user: Option<&str>, limit: i64) -> ApiResult<Vec<Operation>> {
+    let c = db.conn();
+    let mut st = c
+        .prepare(&format!(
+            "SELECT {OP_COLS} FROM operations WHERE ?1 IS NULL OR user = ?1
+             ORDER BY created_ms DESC LIMIT ?2"
+        ))
+        .map_err(sql)?;
+    let rows = st
+        .query_map(params![user, limit], op_from_row)
+        .map_err(sql)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(sql)
+}
+
+fn create(db: &Db, kind: &str, lab: Option<&str>, user: &str) -> ApiResult<Operation> {
+    let id = format!("op-{}", crate::auth::random_token(9));
+    let now = now_ms();
+    db.conn()
+        .execute(
+            "INSERT INTO operations(id, kind, lab, user, state, created_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?5)",
+            params![id, kind, lab, user, now],
+        )
+        .map_err(sql)?;
+    get(db, &id)?.ok_or_else(|| ApiError::internal("operation vanished"))
+}
+
+/// Appends a progress line (and an `op.progress` event).
+fn push(db: &Db, id: &str, lab: Option<&str>, message: &str) {
+    let line = ProgressLine {
+        ts_ms: now_ms(),
+        message: message.to_string(),
+    };
+    let r = db.conn().execute(
+        "UPDATE operations SET progress = json_insert(progress, '$[#]', json(?2)), updated_ms = ?3
+         WHERE id = ?1",
+        params![
+            id,
+            serde_json::to_string(&line).unwrap_or_default(),
+            line.ts_ms
+        ],
+    );
+    if let Err(e) = r {
+        tracing::warn!("operation {id}: cannot record progress: {e}");
+    }
+    let _ = db.event(
+        lab,
+        None,
+        "op.progress",
+        &serde_json::json!({"op": id, "message": message}),
+    );
+}
+
+fn finish(db: &Db, id: &str, lab: Option<&str>, r: Result<serde_json::Value, String>) {
+    let (state, result, error) = match &r {
+        Ok(v) => ("succeeded", Some(v.to_string()), None),
+        Err(e) => ("failed", None, Some(e.clone())),
+    };
+    let _ = db.conn().execute(
+        "UPDATE operations SET state = ?2, result = ?3, error = ?4, updated_ms = ?5 WHERE id = ?1",
+        params![id, state, result, error, now_ms()],
+    );
+    let _ = db.event(
+        lab,
+        None,
+        "op.state",
+        &serde_json::json!({"op": id, "state": state, "error": error}),
+    );
+}
+
+struct OpProgress {
+    db: Arc<Db>,
+    id: String,
+    lab: Option<String>,
+}
+
+impl Progress for OpProgress {
+    fn event(&self, line: &str) {
+        push(&self.db, &self.id, self.lab.as_deref(), line);
+    }
+}
+
+/// What a lab operation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabOp {
+    Up,
+    Down,
+    Restart,
+}
+
+impl LabOp {
+    fn kind(self) -> &'static str {
+        match self {
+            LabOp::Up => "lab.up",
+            LabOp::Down => "lab.down",
+            LabOp::Restart => "lab.restart",
+        }
+    }
+}
+
+/// Takes the lab's lock (409 when another process changes it) and starts `op` in a task.
+pub async fn start_lab_op(
+    state: &AppState,
+    lab: String,
+    op: LabOp,
+    user: String,
+) -> ApiResult<Operation> {
+    let root = state.state_dir.clone();
+    let l2 = lab.clone();
+    let lock = tokio::task::spawn_blocking(move || LabLock::acquire_in(&root, &l2, Duration::ZERO))
+        .await
+        .map_err(ApiError::internal)??;
+    let l2 = lab.clone();
+    let operation = state
+        .db
+        .run(move |db| create(db, op.kind(), Some(&l2), &user))
+        .await?;
+    let st = state.clone();
+    let id = operation.id.clone();
+    tokio::spawn(async move {
+        let db = st.db.get();
+        let progress = OpProgress {
+            db: db.clone(),
+            id: id.clone(),
+            lab: Some(lab.clone()),
+        };
+        let r = run_lab_op(&st, &db, &lab, op, &progress).await;
+        if let Err(e) = &r {
+            tracing::warn!("{} {lab}: {e}", op.kind());
+        }
+        finish(&db, &id, Some(&lab), r);
+        drop(lock);
+    });
+    Ok(operation)
+}
+
+fn lab_vms(lab: &Lab) -> Vec<(String, String, String)> {
+    lab.vms()
+        .map(|v| {
+            (
+                controller::vm_name(lab, v),
+                v.id.node.as_str().to_string(),
+                v.id.vm.as_str().to_string(),
+            )
+        })
+        .collect()
+}
+
+async fn run_lab_op(
+    st: &AppState,
+    db: &Db,
+    name: &str,
+    op: LabOp,
+    progress: &OpProgress,
+) -> Result<serde_json::Value, String> {
+    let row = db
+        .lab(name)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("lab '{name}' was deleted"))?;
+    let lab: Lab = serde_json::from_value(row.spec.clone())
+        .map_err(|e| format!("stored spec of lab '{name}' is not readable: {e}"))?;
+    let rt = st.hooks.runtime.clone();
+    if matches!(op, LabOp::Down | LabOp::Restart) {
+        db.set_lab_state(name, LabState::Stopping, None)
+            .map_err(|e| e.to_string())?;
+        progress.event("stopping VMs and removing the lab network");
+        let n = match controller::down(rt.clone(), name).await {
+            Ok(n) => n,
+            Err(LabError::NotFound(_)) => 0,
+            Err(e) => {
+                let msg = e.to_string();
+                let _ = db.set_lab_state(name, LabState::Failed, Some(&msg));
+                return Err(msg);
+            }
+        };
+        for v in db.vms(name).map_err(|e| e.to_string())? {
+            let _ = db.set_vm_state(&v.name, VmState::Stopped, None, None);
+        }
+        db.set_lab_state(name, LabState::Stopped, None)
+            .map_err(|e| e.to_string())?;
+        progress.event(&format!("{n} VM(s) stopped"));
+        if op == LabOp::Down {
+            return Ok(serde_json::json!({"lab": name, "stopped": n}));
+        }
+    }
+    // Up (or the second half of restart).
+    db.sync_vms(name, &lab_vms(&lab))
+        .map_err(|e| e.to_string())?;
+    db.set_lab_state(name, LabState::Starting, None)
+        .map_err(|e| e.to_string())?;
+    for (v, _, _) in lab_vms(&lab) {
+        let running = kobako_runtime::VmDir::for_name(&v).vm_pid().is_some();
+        if !running {
+            let _ = db.set_vm_state(&v, VmState::Booting, None, None);
+        }
+    }
+    let resolver = st.hooks.resolver.clone();
+    let report = controller::up(rt, &lab, row.file.clone(), &*resolver, progress).await;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = e.to_string();
+            let _ = db.set_lab_state(name, LabState::Failed, Some(&msg));
+            for (v, _, _) in lab_vms(&lab) {
+                if kobako_runtime::VmDir::for_name(&v).vm_pid().is_none() {
+                    let _ = db.set_vm_state(&v, VmState::Failed, Some(&msg), None);
+                }
+            }
+            return Err(msg);
+        }
+    };
+    let mut failed = 0;
+    for v in &report.vms {
+        match &v.error {
+            None => {
+                let boot = v.boot_ms.map(|b| b as i64);
+                let _ = db.set_vm_state(&v.name, VmState::Ready, None, boot);
+            }
+            Some(e) => {
+                failed += 1;
+                let _ = db.set_vm_state(&v.name, VmState::Failed, Some(e), None);
+            }
+        }
+    }
+    let (ls, reason) = if failed == 0 {
+        (LabState::Ready, None)
+    } else {
+        (
+            LabState::Degraded,
+            Some(format!("{failed} of {} VM(s) failed", report.vms.len())),
+        )
+    };
+    db.set_lab_state(name, ls, reason.as_deref())
+        .map_err(|e| e.to_string())?;
+    progress.event(&format!(
+        "{} of {} VM(s) ready in {} ms",
+        report.vms.len() - failed,
+        report.vms.len(),
+        report.total_ms
+    ));
+    serde_json::to_value(&report).map_err(|e| e.to_string())
+}
+
+/// Starts an image build as an operation.
+pub async fn start_image_build(
+    state: &AppState,
+    kind: String,
+    name: String,
+    packages: Vec<String>,
+    user: String,
+) -> ApiResult<Operation> {
+    let Some(builder) = state.hooks.build_image.clone() else {
+        return Err(ApiError::unavailable(
+            "this server was started without image building",
+        ));
+    };
+    let operation = state
+        .db
+        .run(move |db| create(db, "image.build", None, &user))
+        .await?;
+    let db = state.db.get();
+    let id = operation.id.clone();
+    tokio::task::spawn_blocking(move || {
+        let p = {
+            let db = db.clone();
+            let id = id.clone();
+            move |line: &str| push(&db, &id, None, line)
+        };
+        let r = builder(&kind, &name, &packages, &p)
+            .map(|_| serde_json::json!({"image": name, "kind": kind}));
+        finish(&db, &id, None, r);
+    });
+    Ok(operation)
+}
+
+/// After a (re)start: operations that were running are `interrupted`; labs caught half-way
+/// are marked so, and their VMs are checked by [`watch_vms`].
+pub async fn recover(state: &AppState) -> anyhow::Result<()> {
+    let db = state.db.get();
+    let n = db
+        .conn()
+        .execute(
+            "UPDATE operations SET state = 'interrupted', error = 'the server stopped during this operation', updated_ms = ?1 WHERE state = 'running'",
+            params![now_ms()],
+        )?;
+    if n > 0 {
+        tracing::warn!("{n} operation(s) were interrupted by a server restart");
+    }
+    for lab in db.labs()? {
+        if matches!(lab.state, LabState::Starting | LabState::Stopping) {
+            let _ = db.set_lab_state(
+                &lab.name,
+                LabState::Degraded,
+                Some("the server stopped while changing this lab: run up or down again"),
+            );
+        }
+    }
+    check_vms(&db);
+    Ok(())
+}
+
+/// Compares stored VM states with what runs; a VM whose process ended becomes `stopped`.
+fn check_vms(db: &Db) {
+    let Ok(labs) = db.labs() else { return };
+    for lab in labs {
+        if !matches!(lab.state, LabState::Ready | LabState::Degraded) {
+            continue;
+        }
+        let Ok(vms) = db.vms(&lab.name) else { continue };
+        let mut lost = 0;
+        for v in &vms {
+            if v.state != VmState::Ready {
+                continue;
+            }
+            let dir = kobako_runtime::VmDir::for_name(&v.name);
+            if dir.vm_pid().is_none() {
+                let how = dir
+                    .exit()
+                    .map(|e| e.describe())
+                    .unwrap_or_else(|| "VM process is gone".into());
+                let _ = db.set_vm_state(&v.name, VmState::Stopped, Some(&how), None);
+                lost += 1;
+            }
+        }
+        if lost > 0 {
+            let _ = db.set_lab_state(
+                &lab.name,
+                LabState::Degraded,
+                Some(&format!("{lost} VM(s) stopped on their own")),
+            );
+        }
+    }
+}
+
+/// Every 2 s: [`check_vms`] (on the blocking pool).
+pub async fn watch_vms(state: AppState) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let db = state.db.get();
+        let _ = tokio::task::spawn_blocking(move || check_vms(&db)).await;
+    }
+}

@@ -1,0 +1,64 @@
+//! HTTPS: a given certificate and key, or a self-signed one made on first start
+//! (`<state>/server/tls/{cert,key}.pem`, the key 0600) for `localhost`, `127.0.0.1`, `::1` and
+//! the host name. Clients pin `cert.pem` (curl `--cacert`).
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// Writes `data` to `path` with mode 0600 (atomically: temporary file, then rename).
+pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("create {}", tmp.display()))?;
+    f.write_all(data)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
+    Ok(())
+}
+
+/// The certificate and key to serve: given paths, or the self-signed pair under `dir`
+/// (generated when missing). Returns (cert, key, generated now).
+pub fn ensure_cert(
+    dir: &Path,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<(PathBuf, PathBuf, bool)> {
+    match (cert, key) {
+        (Some(c), Some(k)) => return Ok((c, k, false)),
+        (None, None) => {}
+        _ => anyhow::bail!("--cert and --key go together: give both or neither"),
+    }
+    let c = dir.join("tls/cert.pem");
+    let k = dir.join("tls/key.pem");
+    if c.exists() && k.exists() {
+        return Ok((c, k, false));
+    }
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let h = h.trim();
+        if !h.is_empty() && h != "localhost" {
+            names.push(h.to_string());
+        }
+    }
+    let ck = rcgen::generate_simple_self_signed(names).context("generate a TLS certificate")?;
+    write_private(&k, ck.key_pair.serialize_pem().as_bytes())?;
+    std::fs::create_dir_all(dir.join("tls"))?;
+    std::fs::write(&c, ck.cert.pem()).with_context(|| format!("write {}", c.display()))?;
+    Ok((c, k, true))
+}
