@@ -10,6 +10,7 @@ mod guest_cmd;
 mod image_cmd;
 mod lab_cmd;
 mod resolve;
+mod serve_cmd;
 mod vm_cmd;
 
 use clap::{Parser, Subcommand};
@@ -139,6 +140,14 @@ enum Cmd {
     /// Benchmarks that print figures.
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// The REST API server (HTTPS + a Unix socket for the local CLI).
+    Serve(serve_cmd::ServeArgs),
+    /// Users of the API server (works on the state database; no server needed).
+    #[command(subcommand)]
+    User(serve_cmd::UserCmd),
+    /// API tokens for scripts.
+    #[command(subcommand)]
+    Token(serve_cmd::TokenCmd),
 }
 
 #[derive(Subcommand)]
@@ -176,6 +185,9 @@ fn main() {
         .init();
     let res = match cli.cmd {
         Cmd::Image(c) => image_cmd::run(c).map(|_| 0),
+        Cmd::Serve(a) => serve_cmd::serve(a),
+        Cmd::User(c) => serve_cmd::user(c),
+        Cmd::Token(c) => serve_cmd::token(c),
         cmd => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -223,9 +235,12 @@ fn main() {
                     Cmd::Inspect { name, json } => lab_cmd::inspect(&name, json),
                     Cmd::Shell { vm, user } => guest_cmd::shell(&vm, user).await,
                     Cmd::Cp { src, dst } => guest_cmd::cp(&src, &dst).await,
-                    Cmd::Image(_) | Cmd::Vmm { .. } | Cmd::Lab(_) => {
-                        unreachable!("handled above")
-                    }
+                    Cmd::Image(_)
+                    | Cmd::Vmm { .. }
+                    | Cmd::Lab(_)
+                    | Cmd::Serve(_)
+                    | Cmd::User(_)
+                    | Cmd::Token(_) => unreachable!("handled above"),
                 }
             })
         }

@@ -1,0 +1,358 @@
+//! `kobako serve` (the REST API server, crate `kobako-server`) and its local admin commands
+//! `kobako user ...` and `kobako token ...`, which work on the state database directly (root
+//! on this host owns it; no running server is needed).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use kobako_image::store::Store;
+use kobako_image::{debian, tiny};
+use kobako_lab::spec;
+use kobako_server::auth::{self, Role};
+use kobako_server::{Hooks, ServeConfig};
+
+use crate::resolve::RootKind;
+use crate::vm_cmd::{config_from, runtime, RunArgs};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// HTTPS address (`0.0.0.0:8443` to serve other machines).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// Serve only the Unix socket (no HTTPS).
+    #[arg(long)]
+    pub no_https: bool,
+    /// Unix socket for the local CLI (default `$KOBAKO_RUN/server.sock`, i.e.
+    /// /run/kobako/server.sock).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// TLS certificate (PEM); default: a self-signed one made on first start.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+/// `kobako serve`.
+pub fn serve(a: ServeArgs) -> Result<i32> {
+    let state_dir = kobako_state::state_root();
+    let cfg = ServeConfig {
+        listen: (!a.no_https).then_some(a.listen),
+        socket: Some(a.socket.unwrap_or_else(kobako_server::default_socket)),
+        cert: a.cert,
+        key: a.key,
+        state_dir: state_dir.clone(),
+    };
+    let rt: Arc<dyn kobako_runtime::Runtime> = Arc::new(runtime()?);
+    let accel = std::env::var("KOBAKO_ACCEL").unwrap_or_else(|_| "auto".into());
+    // Same VM resolution as `kobako up` (lab_cmd): image store, kernel, accelerator.
+    let resolver = move |vm: &spec::Vm, name: &str| {
+        let args = RunArgs {
+            kernel: vm.kernel.clone(),
+            image: vm.image.clone(),
+            root: RootKind::Initramfs,
+            vcpus: vm.vcpus,
+            memory: format!("{}M", vm.memory.0),
+            cmdline: String::new(),
+            name: Some(name.to_string()),
+            detach: true,
+            accel: accel.clone(),
+            timeout: 120,
+            json: false,
+        };
+        config_from(&args)
+            .map(|(cfg, _)| cfg)
+            .map_err(|e| format!("{e:#}"))
+    };
+    let hooks = Hooks {
+        runtime: rt,
+        resolver: Arc::new(resolver),
+        build_image: Some(Arc::new(build_image)),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    runtime.block_on(kobako_server::serve(cfg.clone(), hooks, |s| {
+        if let Some(addr) = cfg.listen {
+            eprintln!("kobako serve: https://{addr}/api/v1 (OpenAPI: /api/v1/openapi.json)");
+        }
+        if let Some(c) = &s.cert {
+            eprintln!("  certificate: {} (clients: curl --cacert {})", c.display(), c.display());
+        }
+        if let Some(sock) = &cfg.socket {
+            eprintln!(
+                "  local socket: {} (root only: curl --unix-socket {} http://localhost/api/v1/labs)",
+                sock.display(),
+                sock.display()
+            );
+        }
+        if let Some(pw) = &s.admin_password {
+            let file = kobako_server::server_dir(&state_dir).join("initial-admin-password");
+            eprintln!(
+                "  first start: created user 'admin' with password {pw}\n  (also in {}; change it with `kobako user passwd admin`)",
+                file.display()
+            );
+        }
+    }))?;
+    Ok(0)
+}
+
+struct LineProgress<'a>(&'a (dyn Fn(&str) + Send + Sync));
+
+impl kobako_image::Progress for LineProgress<'_> {
+    fn step(&self, msg: &str) {
+        (self.0)(msg)
+    }
+}
+
+fn build_image(
+    kind: &str,
+    name: &str,
+    packages: &[String],
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> std::result::Result<(), String> {
+    let p = LineProgress(progress);
+    let r: Result<()> = (|| {
+        let agent = tiny::find_agent()?;
+        match kind {
+            "tiny" => {
+                let img = tiny::build(&agent, &p)?;
+                Store::default().register_tiny(&img)?;
+            }
+            "debian" => {
+                let mut o = debian::DebianOptions::new(name);
+                o.packages = packages.to_vec();
+                debian::build(&Store::default(), &o, &agent, &p)?;
+            }
+            other => bail!("image kind '{other}': debian or tiny"),
+        }
+        Ok(())
+    })();
+    r.map_err(|e| format!("{e:#}"))
+}
+
+fn db() -> Result<kobako_server::db::Pool> {
+    kobako_server::db::Pool::open(&kobako_state::state_root(), 1)
+        .context("open the state database (run as root, or set KOBAKO_STATE)")
+}
+
+fn api(e: kobako_server::error::ApiError) -> anyhow::Error {
+    anyhow::anyhow!("{}", e.message)
+}
+
+fn read_password(prompt: &str) -> Result<String> {
+    use std::io::BufRead;
+    // Not echoed when stdin is a terminal.
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    if tty {
+        eprint!("{prompt}: ");
+        let _ = std::process::Command::new("stty").arg("-echo").status();
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if tty {
+        let _ = std::process::Command::new("stty").arg("echo").status();
+        eprintln!();
+    }
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+#[derive(Subcommand)]
+pub enum UserCmd {
+    /// Add a user. The password is read from stdin (one line), or generated and printed with
+    /// --generate-password.
+    Add {
+        name: String,
+        /// admin, member (own labs only) or viewer (read-only).
+        #[arg(long, default_value = "member")]
+        role: String,
+        /// Most VMs this user's labs may run at once.
+        #[arg(long)]
+        max_vms: Option<i64>,
+        /// Most memory (MiB) this user's labs may use at once.
+        #[arg(long)]
+        max_memory_mib: Option<i64>,
+        #[arg(long)]
+        generate_password: bool,
+    },
+    /// List users.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a user (their labs stay).
+    Rm { name: String },
+    /// Set a user's password (read from stdin, one line).
+    Passwd { name: String },
+    /// Change a user's role or quotas (`--max-vms none` removes a limit).
+    Set {
+        name: String,
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        max_vms: Option<String>,
+        #[arg(long)]
+        max_memory_mib: Option<String>,
+    },
+}
+
+fn role(s: &str) -> Result<Role> {
+    Role::parse(s).ok_or_else(|| anyhow::anyhow!("role '{s}': admin, member or viewer"))
+}
+
+fn limit(s: &Option<String>) -> Result<Option<Option<i64>>> {
+    match s.as_deref() {
+        None => Ok(None),
+        Some("none") => Ok(Some(None)),
+        Some(v) => Ok(Some(Some(v.parse().with_context(|| {
+            format!("'{v}': a number, or none to remove the limit")
+        })?))),
+    }
+}
+
+/// `kobako user ...`.
+pub fn user(c: UserCmd) -> Result<i32> {
+    let pool = db()?;
+    let db = pool.get();
+    match c {
+        UserCmd::Add {
+            name,
+            role: r,
+            max_vms,
+            max_memory_mib,
+            generate_password,
+        } => {
+            let r = role(&r)?;
+            let pw = if generate_password {
+                auth::random_token(12)
+            } else {
+                read_password(&format!("password for {name}"))?
+            };
+            let u = auth::add_user(&db, &name, &pw, r, max_vms, max_memory_mib).map_err(api)?;
+            eprintln!("user {} added ({})", u.name, u.role.as_str());
+            if generate_password {
+                println!("{pw}");
+            }
+        }
+        UserCmd::Ls { json } => {
+            let users = auth::list_users(&db).map_err(api)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&users)?);
+            } else {
+                println!(
+                    "{:<24} {:<7} {:>7} {:>10}",
+                    "USER", "ROLE", "MAX-VMS", "MAX-MEM"
+                );
+                for u in users {
+                    let vms = u.max_vms.map_or("-".into(), |v| v.to_string());
+                    let mem = u.max_memory_mib.map_or("-".into(), |v| format!("{v}M"));
+                    println!(
+                        "{:<24} {:<7} {:>7} {:>10}",
+                        u.name,
+                        u.role.as_str(),
+                        vms,
+                        mem
+                    );
+                }
+            }
+        }
+        UserCmd::Rm { name } => {
+            auth::delete_user(&db, &name).map_err(api)?;
+            eprintln!("user {name} removed");
+        }
+        UserCmd::Passwd { name } => {
+            let pw = read_password(&format!("new password for {name}"))?;
+            auth::update_user(&db, &name, None, Some(&pw), None, None).map_err(api)?;
+            eprintln!("password of {name} changed (their sessions were ended)");
+        }
+        UserCmd::Set {
+            name,
+            role: r,
+            max_vms,
+            max_memory_mib,
+        } => {
+            let r = r.as_deref().map(role).transpose()?;
+            let u = auth::update_user(
+                &db,
+                &name,
+                r,
+                None,
+                limit(&max_vms)?,
+                limit(&max_memory_mib)?,
+            )
+            .map_err(api)?;
+            println!("{}", serde_json::to_string(&u)?);
+        }
+    }
+    Ok(0)
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Create an API token for a user; prints the secret once.
+    Create {
+        /// What it is for.
+        name: String,
+        #[arg(long)]
+        user: String,
+        /// Days until it expires (default: never).
+        #[arg(long)]
+        expires_days: Option<u32>,
+    },
+    /// List API tokens.
+    Ls {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+/// `kobako token ...`.
+pub fn token(c: TokenCmd) -> Result<i32> {
+    let pool = db()?;
+    let db = pool.get();
+    match c {
+        TokenCmd::Create {
+            name,
+            user,
+            expires_days,
+        } => {
+            if auth::get_user(&db, &user).map_err(api)?.is_none() {
+                bail!("no user '{user}' (kobako user ls)");
+            }
+            let (t, secret) = auth::create_token(&db, &user, &name, expires_days).map_err(api)?;
+            eprintln!("token {} for {} (shown once):", t.id, t.user);
+            println!("{secret}");
+        }
+        TokenCmd::Ls { user, json } => {
+            let v = auth::list_tokens(&db, user.as_deref()).map_err(api)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{:<10} {:<16} {:<24} {:<8}", "ID", "USER", "NAME", "STATE");
+                for t in v {
+                    println!(
+                        "{:<10} {:<16} {:<24} {:<8}",
+                        t.id,
+                        t.user,
+                        t.name,
+                        if t.revoked { "revoked" } else { "active" }
+                    );
+                }
+            }
+        }
+        TokenCmd::Revoke { id } => {
+            auth::revoke_token(&db, &id, None).map_err(api)?;
+            eprintln!("token {id} revoked");
+        }
+    }
+    Ok(0)
+}
