@@ -1,0 +1,973 @@
+//! `kobako serve` over real HTTPS (and its Unix socket), with real tiny-image VMs: auth,
+//! roles, quotas, labs up/down, exec, files, links, events, console and TTY WebSockets, the
+//! OpenAPI document, bad input, and a server killed with -9 while its VMs run.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::KOBAKO;
+use serde_json::{json, Value};
+
+/// A `kobako serve` with its own state and run directories.
+pub struct Server {
+    pub state: tempfile::TempDir,
+    pub run: tempfile::TempDir,
+    pub port: u16,
+    pub child: Option<Child>,
+    pub agent: ureq::Agent,
+    pub log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let state = tempfile::Builder::new()
+            .prefix("kobako-srv-state")
+            .tempdir()
+            .unwrap();
+        let run = tempfile::Builder::new()
+            .prefix("kobako-srv-run")
+            .tempdir()
+            .unwrap();
+        let log = state.path().join("serve.log");
+        let mut s = Server {
+            state,
+            run,
+            port: free_port(),
+            child: None,
+            agent: ureq::agent(),
+            log,
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(KOBAKO);
+        c.args(args)
+            .env("KOBAKO_STATE", self.state.path())
+            .env("KOBAKO_RUN", self.run.path())
+            .env("KOBAKO_LOG", "info");
+        c
+    }
+
+    /// Starts (or restarts) the server process and waits for /health.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = self
+            .cmd(&["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let t0 = Instant::now();
+        loop {
+            let cert = self.state.path().join("server/tls/cert.pem");
+            if cert.exists() {
+                self.agent = agent_for(&cert);
+                if let Ok(r) = self.agent.get(&self.url("/health")).call() {
+                    if r.status() == 200 {
+                        return;
+                    }
+                }
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("kobako serve exited with {st}: {}", self.log_text());
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(90),
+                "server did not answer: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: sending a signal to our own child process; no memory involved.
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}/api/v1{path}", self.port)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.run.path().join("server.sock")
+    }
+
+    pub fn admin_password(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("server/initial-admin-password"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// One request; returns (status, JSON body or the text as a JSON string).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Body>,
+    ) -> (u16, Value) {
+        let mut r = self.agent.request(method, &self.url(path));
+        if let Some(t) = token {
+            r = r.set("authorization", &format!("Bearer {t}"));
+        }
+        let res = match body {
+            None => r.call(),
+            Some(Body::Json(v)) => r.send_json(v),
+            Some(Body::Raw(ct, b)) => r.set("content-type", ct).send_bytes(&b),
+        };
+        let resp = match res {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = resp.status();
+        let mut text = String::new();
+        resp.into_reader().read_to_string(&mut text).unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+
+    pub fn login(&self, user: &str, pw: &str) -> Value {
+        let (s, v) = self.call(
+            "POST",
+            "/auth/login",
+            None,
+            Some(Body::Json(json!({"username": user, "password": pw}))),
+        );
+        assert_eq!(s, 200, "login {user}: {v}");
+        v
+    }
+
+    /// Polls an operation until it is no longer running.
+    pub fn wait_op(&self, token: &str, op: &Value, timeout: Duration) -> Value {
+        let id = op["id"].as_str().unwrap();
+        let t0 = Instant::now();
+        loop {
+            let (s, v) = self.call("GET", &format!("/operations/{id}"), Some(token), None);
+            assert_eq!(s, 200, "{v}");
+            if v["state"] != "running" {
+                return v;
+            }
+            assert!(t0.elapsed() < timeout, "operation still running: {v}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Request over the Unix socket (as root): (status, body). The body is written from
+    /// another thread, so a server that answers before reading it all (413) is seen.
+    pub fn local(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Value) {
+        let mut s = std::os::unix::net::UnixStream::connect(self.socket()).unwrap();
+        let body = body.unwrap_or(b"").to_vec();
+        write!(
+            s,
+            "{method} /api/v1{path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        let mut w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let _ = w.write_all(&body);
+        });
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        let _ = writer.join();
+        let out = String::from_utf8_lossy(&out).into_owned();
+        let status: u16 = out
+            .split(' ')
+            .nth(1)
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP response: {out:?}"));
+        let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+        // Chunked bodies: take the JSON between the chunk size lines.
+        let body = if body.starts_with('{') || body.starts_with('[') {
+            body.to_string()
+        } else {
+            body.lines().nth(1).unwrap_or("").to_string()
+        };
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+        // Never leave VMs behind: stop every VM of this run directory.
+        let vms = self.run.path().join("vms");
+        if let Ok(rd) = std::fs::read_dir(&vms) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let _ = self.cmd(&["vm", "rm", "-f", &name]).output();
+            }
+        }
+    }
+}
+
+pub enum Body {
+    Json(Value),
+    Raw(&'static str, Vec<u8>),
+}
+
+/// A TLS client that trusts exactly the server's self-signed certificate.
+pub fn agent_for(cert: &Path) -> ureq::Agent {
+    let pem = std::fs::read_to_string(cert).unwrap();
+    let b64: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .join("");
+    let der = base64_decode(&b64);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der.into()).unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    ureq::AgentBuilder::new()
+        .tls_config(Arc::new(cfg))
+        .timeout_connect(Duration::from_secs(10))
+        .timeout_read(Duration::from_secs(120))
+        .build()
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = T.iter().position(|x| *x == c).unwrap() as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+fn lab_yaml(name: &str, vms: usize, memory: &str) -> Vec<u8> {
+    let mut s = format!("name: {name}\nnodes:\n  n:\n    vms:\n");
+    for i in 0..vms {
+        s += &format!("      v{i}: {{image: tiny, memory: {memory}}}\n");
+    }
+    s.into_bytes()
+}
+
+/// Two single-VM nodes joined by a link `l1`.
+fn linked_lab(name: &str) -> Vec<u8> {
+    format!(
+        r#"name: {name}
+defaults: {{ image: tiny, memory: 128M }}
+nodes:
+  a:
+    vms:
+      x: {{ interfaces: {{ eth1: {{ addresses: [10.77.0.1/30] }} }} }}
+  b:
+    vms:
+      y: {{ interfaces: {{ eth1: {{ addresses: [10.77.0.2/30] }} }} }}
+links:
+  - {{ name: l1, endpoints: ["a.x:eth1", "b.y:eth1"] }}
+"#
+    )
+    .into_bytes()
+}
+
+fn yaml(b: Vec<u8>) -> Option<Body> {
+    Some(Body::Raw("application/yaml", b))
+}
+
+fn tok(v: &Value) -> String {
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+/// Reads SSE events from `path` until `until` matches one (or the timeout passes).
+fn sse_until(
+    srv: &Server,
+    token: &str,
+    last_id: Option<i64>,
+    query: &str,
+    until: impl Fn(&Value) -> bool,
+    timeout: Duration,
+) -> Vec<Value> {
+    let mut r = srv
+        .agent
+        .get(&srv.url(&format!("/events{query}")))
+        .set("authorization", &format!("Bearer {token}"))
+        .timeout(timeout);
+    if let Some(id) = last_id {
+        r = r.set("last-event-id", &id.to_string());
+    }
+    let resp = r.call().unwrap();
+    assert_eq!(resp.header("content-type"), Some("text/event-stream"));
+    let mut rd = BufReader::new(resp.into_reader());
+    let mut out = Vec::new();
+    let t0 = Instant::now();
+    let mut line = String::new();
+    while t0.elapsed() < timeout {
+        line.clear();
+        match rd.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if let Some(d) = line.strip_prefix("data:") {
+            let v: Value = serde_json::from_str(d.trim()).unwrap();
+            let done = until(&v);
+            out.push(v);
+            if done {
+                return out;
+            }
+        }
+    }
+    panic!("no matching event within {timeout:?}; got {out:?}");
+}
+
+#[test]
+fn auth_roles_and_bad_input_without_vms() {
+    let srv = Server::start();
+    // The first start made an admin with a random password, stored 0600.
+    let pwfile = srv.state.path().join("server/initial-admin-password");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&pwfile).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(srv.socket())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let admin = srv.login("admin", &srv.admin_password());
+
+    // 401 without, with a garbage, a tampered and a wrong-key token.
+    let (s, v) = srv.call("GET", "/labs", None, None);
+    assert_eq!(s, 401);
+    assert_eq!(v["error"]["code"], "unauthorized");
+    assert_eq!(srv.call("GET", "/labs", Some("nonsense"), None).0, 401);
+    let t = tok(&admin);
+    let mut tampered = t.clone().into_bytes();
+    let i = tampered.len() - 3;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    let (s, v) = srv.call(
+        "GET",
+        "/labs",
+        Some(&String::from_utf8(tampered).unwrap()),
+        None,
+    );
+    assert_eq!(s, 401, "{v}");
+    assert_eq!(srv.call("GET", "/labs", Some(&t), None).0, 200);
+
+    // Wrong passwords: 401, then 429 after five failures for that user and address.
+    for _ in 0..5 {
+        let (s, _) = srv.call(
+            "POST",
+            "/auth/login",
+            None,
+            Some(Body::Json(
+                json!({"username": "admin", "password": "wrong-password"}),
+            )),
+        );
+        assert_eq!(s, 401);
+    }
+    let (s, v) = srv.call(
+        "POST",
+        "/auth/login",
+        None,
+        Some(Body::Json(
+            json!({"username": "admin", "password": srv.admin_password()}),
+        )),
+    );
+    assert_eq!(s, 429, "{v}");
+
+    // Refresh rotates: the new pair works, the old refresh token does not.
+    let (s, r2) = srv.call(
+        "POST",
+        "/auth/refresh",
+        None,
+        Some(Body::Json(json!({"refresh_token": admin["refresh_token"]}))),
+    );
+    assert_eq!(s, 200, "{r2}");
+    assert_eq!(
+        srv.call("GET", "/auth/me", Some(&tok(&r2)), None).1["name"],
+        "admin"
+    );
+    let (s, _) = srv.call(
+        "POST",
+        "/auth/refresh",
+        None,
+        Some(Body::Json(json!({"refresh_token": admin["refresh_token"]}))),
+    );
+    assert_eq!(s, 401);
+    let t = tok(&r2);
+
+    // Users: member, viewer; an API token.
+    let (s, v) = srv.call(
+        "POST",
+        "/users",
+        Some(&t),
+        Some(Body::Json(
+            json!({"name": "dana", "password": "dana-password", "role": "member"}),
+        )),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, _) = srv.call(
+        "POST",
+        "/users",
+        Some(&t),
+        Some(Body::Json(
+            json!({"name": "vic", "password": "vic-password", "role": "viewer"}),
+        )),
+    );
+    assert_eq!(s, 201);
+    let dana = tok(&srv.login("dana", "dana-password"));
+    let vic = tok(&srv.login("vic", "vic-password"));
+    assert_eq!(srv.call("GET", "/users", Some(&dana), None).0, 403);
+    let (s, v) = srv.call(
+        "POST",
+        "/tokens",
+        Some(&dana),
+        Some(Body::Json(json!({"name": "ci"}))),
+    );
+    assert_eq!(s, 201, "{v}");
+    let api_token = v["secret"].as_str().unwrap().to_string();
+    assert_eq!(
+        srv.call("GET", "/auth/me", Some(&api_token), None).1["name"],
+        "dana"
+    );
+    let id = v["token"]["id"].as_str().unwrap();
+    assert_eq!(
+        srv.call("DELETE", &format!("/tokens/{id}"), Some(&dana), None)
+            .0,
+        204
+    );
+    assert_eq!(srv.call("GET", "/auth/me", Some(&api_token), None).0, 401);
+
+    // Bad input: malformed JSON, unknown fields, wrong types: 4xx with the error body.
+    let (s, v) = srv.call(
+        "POST",
+        "/users",
+        Some(&t),
+        Some(Body::Raw("application/json", b"{".to_vec())),
+    );
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["code"], "bad_request");
+    let (s, v) = srv.call(
+        "POST",
+        "/users",
+        Some(&t),
+        Some(Body::Json(
+            json!({"name": "x1", "role": "member", "colour": "red"}),
+        )),
+    );
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("colour"),
+        "{v}"
+    );
+    // A huge body: 413, nothing created.
+    let big = vec![b'a'; 3 * 1024 * 1024];
+    let (s, v) = srv.local("POST", "/labs", Some(&big));
+    assert_eq!(s, 413, "{v}");
+    assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
+    // A lab file with a mistake: 422 with file, line and column.
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&dana),
+        yaml(b"name: srvbad\nnodes:\n  n:\n    vms:\n      a: {imgae: tiny}\n".to_vec()),
+    );
+    assert_eq!(s, 422, "{v}");
+    let d = &v["error"]["details"][0];
+    assert_eq!(d["pos"]["line"], 5, "{v}");
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean 'image'"),
+        "{v}"
+    );
+    // Labs: the viewer cannot create; the member can, and the other member cannot touch it.
+    let (s, _) = srv.call(
+        "POST",
+        "/labs",
+        Some(&vic),
+        yaml(lab_yaml("srvv", 1, "128M")),
+    );
+    assert_eq!(s, 403);
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&dana),
+        yaml(lab_yaml("srvd", 1, "128M")),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, _) = srv.call(
+        "POST",
+        "/labs",
+        Some(&dana),
+        yaml(lab_yaml("srvd", 1, "128M")),
+    );
+    assert_eq!(s, 409);
+    let (s, v) = srv.call(
+        "POST",
+        "/users",
+        Some(&t),
+        Some(Body::Json(
+            json!({"name": "eve", "password": "eve-password", "role": "member", "max_vms": 1}),
+        )),
+    );
+    assert_eq!(s, 201, "{v}");
+    let eve = tok(&srv.login("eve", "eve-password"));
+    assert_eq!(srv.call("GET", "/labs/srvd", Some(&eve), None).0, 403);
+    assert_eq!(srv.call("POST", "/labs/srvd/up", Some(&eve), None).0, 403);
+    assert_eq!(srv.call("DELETE", "/labs/srvd", Some(&eve), None).0, 403);
+    assert_eq!(srv.call("GET", "/labs", Some(&eve), None).1, json!([]));
+    assert_eq!(srv.call("GET", "/labs/srvd", Some(&vic), None).0, 200);
+    assert_eq!(srv.call("POST", "/labs/srvd/up", Some(&vic), None).0, 403);
+    assert_eq!(srv.call("DELETE", "/labs/srvd", Some(&vic), None).0, 403);
+    // Quota: eve may run one VM; a two-VM lab is refused with a clear message.
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&eve),
+        yaml(lab_yaml("srve", 2, "128M")),
+    );
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"]["code"], "quota_exceeded");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("needs 2 VMs"),
+        "{v}"
+    );
+    // Files from the server's filesystem are for admins.
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&dana),
+        yaml(b"name: srvf\nnodes:\n  n:\n    vms:\n      a:\n        files:\n          /tmp/x: {src: /etc/shadow}\n".to_vec()),
+    );
+    assert_eq!(s, 403, "{v}");
+    // Deleting a lab that is down.
+    assert_eq!(srv.call("DELETE", "/labs/srvd", Some(&dana), None).0, 204);
+    assert_eq!(srv.call("GET", "/labs/srvd", Some(&dana), None).0, 404);
+
+    // Templates, images, health, the Unix socket as root.
+    let (s, v) = srv.call("GET", "/templates", Some(&vic), None);
+    assert_eq!(s, 200);
+    assert!(v
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["name"] == "web-stack"));
+    assert_eq!(srv.call("GET", "/images", Some(&vic), None).0, 200);
+    let (s, v) = srv.local("GET", "/auth/me", None);
+    assert_eq!((s, &v["name"]), (200, &json!("root")), "{v}");
+
+    // The audit log names who changed what.
+    let (s, v) = srv.call("GET", "/audit?limit=200", Some(&t), None);
+    assert_eq!(s, 200);
+    let entries = v.as_array().unwrap();
+    assert!(entries.iter().any(|e| e["user"] == "dana"
+        && e["method"] == "DELETE"
+        && e["path"] == "/api/v1/labs/srvd"
+        && e["status"] == 204));
+    assert!(entries
+        .iter()
+        .any(|e| e["user"] == "vic" && e["method"] == "POST" && e["status"] == 403));
+
+    // CLI admin commands on the same database.
+    let o = srv.cmd(&["user", "ls", "--json"]).output().unwrap();
+    let users: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(users.as_array().unwrap().len(), 4, "{users}");
+    let o = srv
+        .cmd(&["token", "create", "script", "--user", "vic"])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let secret = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert_eq!(
+        srv.call("GET", "/auth/me", Some(&secret), None).1["role"],
+        "viewer"
+    );
+}
+
+#[test]
+fn every_openapi_operation_is_routed() {
+    let srv = Server::start();
+    let (s, doc) = srv.call("GET", "/openapi.json", None, None);
+    assert_eq!(s, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    let mut n = 0;
+    for (path, item) in paths {
+        for (method, _) in item.as_object().unwrap() {
+            let concrete = path
+                .replace("{name}", "srvnone")
+                .replace("{link}", "l")
+                .replace("{id}", "x")
+                .replace("/api/v1", "");
+            let (s, v) = srv.call(&method.to_uppercase(), &concrete, None, None);
+            // Routed: whatever the handler says (401 without a token, 4xx for a missing body),
+            // never the fallback for unknown routes or methods.
+            assert!(
+                v["error"]["code"] != "route_not_found"
+                    && v["error"]["code"] != "method_not_allowed",
+                "{method} {path}: {s} {v}"
+            );
+            n += 1;
+        }
+    }
+    assert!(n >= 30, "only {n} operations documented");
+    for must in [
+        "/api/v1/labs",
+        "/api/v1/labs/{name}/up",
+        "/api/v1/vms/{name}/exec",
+        "/api/v1/vms/{name}/console",
+        "/api/v1/events",
+        "/api/v1/auth/login",
+        "/api/v1/users",
+        "/api/v1/tokens",
+        "/api/v1/operations/{id}",
+    ] {
+        assert!(
+            paths.contains_key(must),
+            "{must} missing from the OpenAPI document"
+        );
+    }
+}
+
+#[test]
+fn labs_over_the_api_with_real_vms_and_a_server_killed_with_9() {
+    let mut srv = Server::start();
+    let admin = tok(&srv.login("admin", &srv.admin_password()));
+    let (s, _) = srv.call(
+        "POST",
+        "/users",
+        Some(&admin),
+        Some(Body::Json(json!({"name": "alice", "password": "alice-password", "role": "member", "max_vms": 2, "max_memory_mib": 512}))),
+    );
+    assert_eq!(s, 201);
+    let alice = tok(&srv.login("alice", "alice-password"));
+    let lab = format!("srv{}", std::process::id() % 100000);
+    let (s, v) = srv.call("POST", "/labs", Some(&alice), yaml(linked_lab(&lab)));
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v[0]["state"], "pending");
+
+    // Up: 202 + operation; progress lines; every VM ready with a boot time and a pid.
+    let t0 = Instant::now();
+    let (s, op) = srv.call("POST", &format!("/labs/{lab}/up"), Some(&alice), None);
+    assert_eq!(s, 202, "{op}");
+    // A second change while the first runs: 409.
+    let (s, v) = srv.call("POST", &format!("/labs/{lab}/up"), Some(&alice), None);
+    assert_eq!(s, 409, "{v}");
+    let done = srv.wait_op(&alice, &op, Duration::from_secs(180));
+    assert_eq!(done["state"], "succeeded", "{done}\n{}", srv.log_text());
+    eprintln!("lab up through the API: {:?}", t0.elapsed());
+    assert!(done["progress"].as_array().unwrap().len() >= 3, "{done}");
+    let (s, l) = srv.call("GET", &format!("/labs/{lab}"), Some(&alice), None);
+    assert_eq!(s, 200);
+    assert_eq!(l["state"], "ready", "{l}");
+    let vms = l["vms"].as_array().unwrap();
+    assert_eq!(vms.len(), 2);
+    for v in vms {
+        assert_eq!(v["state"], "ready", "{v}");
+        assert!(v["boot_ms"].as_i64().unwrap() > 0);
+        assert!(v["pid"].as_i64().is_some());
+    }
+    let x = format!("{lab}.a.x");
+    let pids: Vec<i64> = vms.iter().map(|v| v["pid"].as_i64().unwrap()).collect();
+    assert_eq!(l["links"][0]["name"], "l1");
+    assert_eq!(l["links"][0]["up"], true);
+
+    // Quota: a third VM does not fit next to the two that run: 409 at up.
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&alice),
+        yaml(lab_yaml(&format!("{lab}q"), 1, "128M")),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = srv.call("POST", &format!("/labs/{lab}q/up"), Some(&alice), None);
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["error"]["code"], "quota_exceeded");
+    assert_eq!(
+        srv.call("DELETE", &format!("/labs/{lab}q"), Some(&alice), None)
+            .0,
+        204
+    );
+
+    // Exec: output and exit code; stdin.
+    let (s, v) = srv.call(
+        "POST",
+        &format!("/vms/{x}/exec"),
+        Some(&alice),
+        Some(Body::Json(
+            json!({"argv": ["sh", "-c", "echo out; echo err >&2; exit 3"]}),
+        )),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["exit_code"], 3);
+    assert_eq!(v["stdout"], "out\n");
+    assert_eq!(v["stderr"], "err\n");
+    let (s, v) = srv.call(
+        "POST",
+        &format!("/vms/{x}/exec"),
+        Some(&alice),
+        Some(Body::Json(
+            json!({"argv": ["cat"], "stdin": "fed through stdin"}),
+        )),
+    );
+    assert_eq!(
+        (s, v["stdout"].as_str()),
+        (200, Some("fed through stdin")),
+        "{v}"
+    );
+    let (s, v) = srv.call("GET", &format!("/vms/{x}"), Some(&alice), None);
+    assert_eq!(s, 200);
+    assert_eq!(v["addresses"][0], "eth1:10.77.0.1/30", "{v}");
+
+    // Files both ways, checksummed; traversal refused.
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let (s, v) = srv.call(
+        "PUT",
+        &format!("/vms/{x}/files?path=/tmp/blob&mode=600"),
+        Some(&alice),
+        Some(Body::Raw("application/octet-stream", data.clone())),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["size"], 300_000);
+    let r = srv
+        .agent
+        .get(&srv.url(&format!("/vms/{x}/files?path=/tmp/blob")))
+        .set("authorization", &format!("Bearer {alice}"))
+        .call()
+        .unwrap();
+    let mut back = Vec::new();
+    r.into_reader().read_to_end(&mut back).unwrap();
+    assert!(back == data, "downloaded file differs");
+    let (s, v) = srv.call(
+        "GET",
+        &format!("/vms/{x}/files?path=/tmp/../etc/shadow"),
+        Some(&alice),
+        None,
+    );
+    assert_eq!(s, 400, "{v}");
+
+    // Links: cut and heal (stored and reported).
+    let (s, v) = srv.call(
+        "POST",
+        &format!("/labs/{lab}/links/l1/down"),
+        Some(&alice),
+        None,
+    );
+    assert_eq!((s, &v["up"]), (200, &json!(false)), "{v}");
+    let ping = |srv: &Server| {
+        srv.call(
+            "POST",
+            &format!("/vms/{x}/exec"),
+            Some(&alice),
+            Some(Body::Json(
+                json!({"argv": ["ping", "-c", "2", "-W", "2", "10.77.0.2"]}),
+            )),
+        )
+        .1["exit_code"]
+            .as_i64()
+            .unwrap()
+    };
+    assert_ne!(ping(&srv), 0, "ping crossed a cut link");
+    let (s, _) = srv.call(
+        "POST",
+        &format!("/labs/{lab}/links/l1/up"),
+        Some(&alice),
+        None,
+    );
+    assert_eq!(s, 200);
+    assert_eq!(ping(&srv), 0, "ping does not cross the healed link");
+    // Live impairment needs the controller's impair (not there yet): 501, clearly.
+    let (s, v) = srv.call(
+        "POST",
+        &format!("/labs/{lab}/links/l1/impair"),
+        Some(&alice),
+        Some(Body::Json(json!({"delay": "20ms"}))),
+    );
+    assert_eq!(s, 501, "{v}");
+
+    // Events: the lab's history from the start, as SSE with ids.
+    let evs = sse_until(
+        &srv,
+        &alice,
+        Some(0),
+        &format!("?lab={lab}"),
+        |e| e["kind"] == "link.state" && e["data"]["up"] == true,
+        Duration::from_secs(20),
+    );
+    assert!(evs
+        .iter()
+        .any(|e| e["kind"] == "vm.state" && e["data"]["state"] == "ready"));
+    assert!(evs
+        .iter()
+        .any(|e| e["kind"] == "lab.state" && e["data"]["state"] == "ready"));
+    let last_id = evs.last().unwrap()["id"].as_i64().unwrap();
+
+    // Console and TTY over WebSocket (on the Unix socket, as root).
+    {
+        let sock = std::os::unix::net::UnixStream::connect(srv.socket()).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let (mut ws, _) = tungstenite::client(
+            format!("ws://localhost/api/v1/vms/{x}/tty?command=echo%20hi-from-$((6*7))"),
+            sock,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        loop {
+            match ws.read().unwrap() {
+                tungstenite::Message::Binary(b) => out.extend_from_slice(&b),
+                tungstenite::Message::Text(t) => {
+                    assert!(t.contains("\"code\":0"), "{t}");
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert!(
+            String::from_utf8_lossy(&out).contains("hi-from-42"),
+            "{out:?}"
+        );
+    }
+    {
+        let sock = std::os::unix::net::UnixStream::connect(srv.socket()).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let (mut ws, _) =
+            tungstenite::client(format!("ws://localhost/api/v1/vms/{x}/console"), sock).unwrap();
+        ws.send(tungstenite::Message::Binary(
+            b"echo console-$((40+2))\n".to_vec().into(),
+        ))
+        .unwrap();
+        let mut out = Vec::new();
+        let t0 = Instant::now();
+        while !String::from_utf8_lossy(&out).contains("console-42") {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{}",
+                String::from_utf8_lossy(&out)
+            );
+            if let tungstenite::Message::Binary(b) = ws.read().unwrap() {
+                out.extend_from_slice(&b);
+            }
+        }
+        let _ = ws.close(None);
+    }
+
+    // kill -9 the server while the VMs run: they keep running (same pids), and after a
+    // restart the API shows them ready and the event stream resumes from the last id seen.
+    srv.kill9();
+    for (v, pid) in vms.iter().zip(&pids) {
+        let d = srv.run.path().join("vms").join(v["name"].as_str().unwrap());
+        assert_eq!(
+            std::fs::read_to_string(d.join("vm.pid")).unwrap().trim(),
+            pid.to_string()
+        );
+    }
+    srv.spawn();
+    let alice = tok(&srv.login("alice", "alice-password"));
+    let (s, l) = srv.call("GET", &format!("/labs/{lab}"), Some(&alice), None);
+    assert_eq!(s, 200);
+    assert_eq!(l["state"], "ready", "{l}");
+    let now: Vec<i64> = l["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["pid"].as_i64().unwrap())
+        .collect();
+    assert_eq!(now, pids, "a VM was restarted");
+    let (s, _) = srv.call(
+        "POST",
+        &format!("/labs/{lab}/links/l1/down"),
+        Some(&alice),
+        None,
+    );
+    assert_eq!(s, 200);
+    let evs = sse_until(
+        &srv,
+        &alice,
+        Some(last_id),
+        &format!("?lab={lab}"),
+        |e| e["kind"] == "link.state" && e["data"]["up"] == false,
+        Duration::from_secs(20),
+    );
+    assert!(evs[0]["id"].as_i64().unwrap() > last_id);
+    // The exec still works through the re-read VM directory.
+    let (s, v) = srv.call(
+        "POST",
+        &format!("/vms/{x}/exec"),
+        Some(&alice),
+        Some(Body::Json(json!({"argv": ["true"]}))),
+    );
+    assert_eq!((s, &v["exit_code"]), (200, &json!(0)), "{v}");
+
+    // Down: VMs stop, the lab stays (stopped) and can then be deleted.
+    let (s, op) = srv.call("POST", &format!("/labs/{lab}/down"), Some(&alice), None);
+    assert_eq!(s, 202);
+    let done = srv.wait_op(&alice, &op, Duration::from_secs(60));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, l) = srv.call("GET", &format!("/labs/{lab}"), Some(&alice), None);
+    assert_eq!(l["state"], "stopped");
+    assert!(l["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|v| v["pid"].is_null()));
+    assert_eq!(
+        srv.call("DELETE", &format!("/labs/{lab}"), Some(&alice), None)
+            .0,
+        204
+    );
+    let left: Vec<_> = std::fs::read_dir(srv.run.path().join("vms"))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "VM directories left: {left:?}");
+}
