@@ -825,14 +825,50 @@ fn labs_over_the_api_with_real_vms_and_a_server_killed_with_9() {
     );
     assert_eq!(s, 200);
     assert_eq!(ping(&srv), 0, "ping does not cross the healed link");
-    // Live impairment needs the controller's impair (not there yet): 501, clearly.
+    // Live impairment: 200 ms of delay shows in the RTT, and goes when cleared.
+    let rtt = |srv: &Server| -> f64 {
+        let (_, v) = srv.call(
+            "POST",
+            &format!("/vms/{x}/exec"),
+            Some(&alice),
+            Some(Body::Json(
+                json!({"argv": ["ping", "-c", "3", "-i", "0.3", "10.77.0.2"]}),
+            )),
+        );
+        let out = v["stdout"].as_str().unwrap_or_default().to_string();
+        // busybox: "round-trip min/avg/max = 0.321/0.455/0.600 ms"
+        out.lines()
+            .find_map(|l| l.split(" = ").nth(1))
+            .and_then(|t| t.split('/').nth(1))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no RTT in {v}"))
+    };
     let (s, v) = srv.call(
         "POST",
         &format!("/labs/{lab}/links/l1/impair"),
         Some(&alice),
-        Some(Body::Json(json!({"delay": "20ms"}))),
+        Some(Body::Json(json!({"delay": "100ms"}))),
     );
-    assert_eq!(s, 501, "{v}");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["impairment"]["delay"], "100ms", "{v}");
+    let slow = rtt(&srv);
+    assert!(slow >= 190.0, "RTT {slow} ms with 100 ms each way");
+    let (s, v) = srv.call(
+        "POST",
+        &format!("/labs/{lab}/links/l1/impair"),
+        Some(&alice),
+        Some(Body::Json(json!({"delay": "soon"}))),
+    );
+    assert_eq!(s, 422, "{v}");
+    let (s, v) = srv.call(
+        "DELETE",
+        &format!("/labs/{lab}/links/l1/impair"),
+        Some(&alice),
+        None,
+    );
+    assert_eq!((s, &v["impairment"]), (200, &Value::Null), "{v}");
+    let fast = rtt(&srv);
+    assert!(fast < 100.0, "RTT {fast} ms after clearing");
 
     // Events: the lab's history from the start, as SSE with ids.
     let evs = sse_until(
@@ -840,15 +876,15 @@ fn labs_over_the_api_with_real_vms_and_a_server_killed_with_9() {
         &alice,
         Some(0),
         &format!("?lab={lab}"),
-        |e| e["kind"] == "link.state" && e["data"]["up"] == true,
+        |e| e["kind"] == "lab.state" && e["data"]["state"] == "ready",
         Duration::from_secs(20),
     );
-    assert!(evs
+    let ready = evs
         .iter()
-        .any(|e| e["kind"] == "vm.state" && e["data"]["state"] == "ready"));
-    assert!(evs
-        .iter()
-        .any(|e| e["kind"] == "lab.state" && e["data"]["state"] == "ready"));
+        .filter(|e| e["kind"] == "vm.state" && e["data"]["state"] == "ready")
+        .count();
+    assert_eq!(ready, 2, "{evs:?}");
+    assert!(evs.iter().all(|e| e["lab"] == lab.as_str()));
     let last_id = evs.last().unwrap()["id"].as_i64().unwrap();
 
     // Console and TTY over WebSocket (on the Unix socket, as root).

@@ -80,6 +80,8 @@ pub struct AppState {
     pub state_dir: PathBuf,
     /// argon2 hash of a random password, verified for unknown users (constant-ish timing).
     pub dummy_hash: Arc<String>,
+    /// Labs with an operation running in this process.
+    pub busy: ops::Busy,
 }
 
 /// Who made the current request, filled by the [`auth::Caller`] extractor for the audit log.
@@ -107,6 +109,7 @@ impl AppState {
             hooks: Arc::new(hooks),
             state_dir,
             dummy_hash: Arc::new(dummy),
+            busy: Default::default(),
         })
     }
 }

@@ -183,16 +183,35 @@ impl LabOp {
     }
 }
 
-/// Takes the lab's lock (409 when another process changes it) and starts `op` in a task.
+/// Starts `op` in a task. 409 when this server already runs an operation on the lab or
+/// another process holds the lab's lock (the controller takes that lock itself while it
+/// works, so it is only probed here).
 pub async fn start_lab_op(
     state: &AppState,
     lab: String,
     op: LabOp,
     user: String,
 ) -> ApiResult<Operation> {
+    let busy = || {
+        ApiError::conflict(format!(
+            "lab '{lab}' is being changed by another operation: wait for it (GET /api/v1/operations)"
+        ))
+    };
+    if !state
+        .busy
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(lab.clone())
+    {
+        return Err(busy());
+    }
+    let guard = BusyGuard {
+        set: state.busy.clone(),
+        lab: lab.clone(),
+    };
     let root = state.state_dir.clone();
     let l2 = lab.clone();
-    let lock = tokio::task::spawn_blocking(move || LabLock::acquire_in(&root, &l2, Duration::ZERO))
+    tokio::task::spawn_blocking(move || LabLock::acquire_in(&root, &l2, Duration::ZERO))
         .await
         .map_err(ApiError::internal)??;
     let l2 = lab.clone();
@@ -214,21 +233,26 @@ pub async fn start_lab_op(
             tracing::warn!("{} {lab}: {e}", op.kind());
         }
         finish(&db, &id, Some(&lab), r);
-        drop(lock);
+        drop(guard);
     });
     Ok(operation)
 }
 
-fn lab_vms(lab: &Lab) -> Vec<(String, String, String)> {
-    lab.vms()
-        .map(|v| {
-            (
-                controller::vm_name(lab, v),
-                v.id.node.as_str().to_string(),
-                v.id.vm.as_str().to_string(),
-            )
-        })
-        .collect()
+/// Labs with an operation running in this server.
+pub type Busy = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
+struct BusyGuard {
+    set: Busy,
+    lab: String,
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.lab);
+    }
 }
 
 async fn run_lab_op(
@@ -245,85 +269,79 @@ async fn run_lab_op(
     let lab: Lab = serde_json::from_value(row.spec.clone())
         .map_err(|e| format!("stored spec of lab '{name}' is not readable: {e}"))?;
     let rt = st.hooks.runtime.clone();
-    if matches!(op, LabOp::Down | LabOp::Restart) {
-        db.set_lab_state(name, LabState::Stopping, None)
-            .map_err(|e| e.to_string())?;
-        progress.event("stopping VMs and removing the lab network");
-        let n = match controller::down(rt.clone(), name).await {
-            Ok(n) => n,
-            Err(LabError::NotFound(_)) => 0,
-            Err(e) => {
-                let msg = e.to_string();
-                let _ = db.set_lab_state(name, LabState::Failed, Some(&msg));
-                return Err(msg);
-            }
-        };
-        for v in db.vms(name).map_err(|e| e.to_string())? {
-            let _ = db.set_vm_state(&v.name, VmState::Stopped, None, None);
-        }
-        db.set_lab_state(name, LabState::Stopped, None)
-            .map_err(|e| e.to_string())?;
-        progress.event(&format!("{n} VM(s) stopped"));
-        if op == LabOp::Down {
-            return Ok(serde_json::json!({"lab": name, "stopped": n}));
-        }
-    }
-    // Up (or the second half of restart).
-    db.sync_vms(name, &lab_vms(&lab))
-        .map_err(|e| e.to_string())?;
-    db.set_lab_state(name, LabState::Starting, None)
-        .map_err(|e| e.to_string())?;
-    for (v, _, _) in lab_vms(&lab) {
-        let running = kobako_runtime::VmDir::for_name(&v).vm_pid().is_some();
-        if !running {
-            let _ = db.set_vm_state(&v, VmState::Booting, None, None);
-        }
-    }
     let resolver = st.hooks.resolver.clone();
-    let report = controller::up(rt, &lab, row.file.clone(), &*resolver, progress).await;
-    let report = match report {
-        Ok(r) => r,
-        Err(e) => {
-            let msg = e.to_string();
-            let _ = db.set_lab_state(name, LabState::Failed, Some(&msg));
-            for (v, _, _) in lab_vms(&lab) {
-                if kobako_runtime::VmDir::for_name(&v).vm_pid().is_none() {
-                    let _ = db.set_vm_state(&v, VmState::Failed, Some(&msg), None);
-                }
-            }
-            return Err(msg);
+    match op {
+        LabOp::Down => {
+            progress.event("stopping VMs and removing the lab network");
+            let n = match controller::down(rt, name).await {
+                Ok(n) => n,
+                Err(LabError::NotFound(_)) => 0,
+                Err(e) => return Err(e.to_string()),
+            };
+            // The controller forgets a lab that is down; the API keeps it (stopped) until
+            // DELETE, so it can be brought up again.
+            keep_stopped(db, &row, &lab).map_err(|e| e.to_string())?;
+            progress.event(&format!("{n} VM(s) stopped"));
+            Ok(serde_json::json!({"lab": name, "stopped": n}))
         }
-    };
-    let mut failed = 0;
-    for v in &report.vms {
-        match &v.error {
-            None => {
-                let boot = v.boot_ms.map(|b| b as i64);
-                let _ = db.set_vm_state(&v.name, VmState::Ready, None, boot);
+        LabOp::Up | LabOp::Restart => {
+            let report = if op == LabOp::Restart
+                && db
+                    .vms(name)
+                    .map_err(|e| e.to_string())?
+                    .iter()
+                    .any(|v| kobako_runtime::VmDir::for_name(&v.name).vm_pid().is_some())
+            {
+                controller::restart(rt, name, None, &*resolver, progress).await
+            } else {
+                controller::up(
+                    rt,
+                    &lab,
+                    row.file.clone(),
+                    row.owner.clone(),
+                    &*resolver,
+                    progress,
+                )
+                .await
             }
-            Some(e) => {
-                failed += 1;
-                let _ = db.set_vm_state(&v.name, VmState::Failed, Some(e), None);
-            }
+            .map_err(|e| e.to_string())?;
+            let failed = report.vms.iter().filter(|v| v.error.is_some()).count();
+            progress.event(&format!(
+                "{} of {} VM(s) ready in {} ms",
+                report.vms.len() - failed,
+                report.vms.len(),
+                report.total_ms
+            ));
+            serde_json::to_value(&report).map_err(|e| e.to_string())
         }
     }
-    let (ls, reason) = if failed == 0 {
-        (LabState::Ready, None)
-    } else {
-        (
-            LabState::Degraded,
-            Some(format!("{failed} of {} VM(s) failed", report.vms.len())),
-        )
-    };
-    db.set_lab_state(name, ls, reason.as_deref())
-        .map_err(|e| e.to_string())?;
-    progress.event(&format!(
-        "{} of {} VM(s) ready in {} ms",
-        report.vms.len() - failed,
-        report.vms.len(),
-        report.total_ms
-    ));
-    serde_json::to_value(&report).map_err(|e| e.to_string())
+}
+
+/// Stores `lab` again as `stopped` (after the controller's `down` removed it).
+fn keep_stopped(db: &Db, row: &kobako_state::LabRow, lab: &Lab) -> kobako_state::Result<()> {
+    db.put_lab(
+        &row.name,
+        row.file.as_deref(),
+        &row.spec,
+        row.owner.as_deref(),
+    )?;
+    db.sync_vms(&row.name, &lab_vms(lab))?;
+    for (v, _, _) in lab_vms(lab) {
+        db.set_vm_state(&v, VmState::Stopped, None, None)?;
+    }
+    db.set_lab_state(&row.name, LabState::Stopped, None)
+}
+
+fn lab_vms(lab: &Lab) -> Vec<(String, String, String)> {
+    lab.vms()
+        .map(|v| {
+            (
+                controller::vm_name(lab, v),
+                v.id.node.as_str().to_string(),
+                v.id.vm.as_str().to_string(),
+            )
+        })
+        .collect()
 }
 
 /// Starts an image build as an operation.

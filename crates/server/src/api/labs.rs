@@ -458,16 +458,30 @@ pub async fn lab_restart(
 
 // ---- links ---------------------------------------------------------------------------------
 
-async fn set_link(
-    st: AppState,
-    caller: Caller,
-    lab: String,
-    link: String,
-    up: bool,
-) -> ApiResult<Json<LinkInfo>> {
-    let row = lab_for(&st, &caller, &lab, true).await?;
+fn link_err(lab: &str, e: kobako_lab::controller::LabError) -> ApiError {
+    use kobako_lab::controller::LabError;
+    match e {
+        LabError::NotFound(_) => ApiError::conflict(format!(
+            "lab '{lab}' is not up: POST /api/v1/labs/{lab}/up first"
+        )),
+        LabError::Net { source, .. } => {
+            ApiError::unprocessable("invalid_impairment", source.to_string())
+        }
+        LabError::State(s) => s.into(),
+        e => ApiError::internal(e),
+    }
+}
+
+/// The lab (may change, is up) and its link `link`.
+async fn running_link(
+    st: &AppState,
+    caller: &Caller,
+    lab: &str,
+    link: &str,
+) -> ApiResult<spec::Link> {
+    let row = lab_for(st, caller, lab, true).await?;
     let spec_lab: Lab = serde_json::from_value(row.spec.clone()).map_err(ApiError::internal)?;
-    let Some(l) = spec_lab.link(&link).cloned() else {
+    let Some(l) = spec_lab.link(link).cloned() else {
         let names: Vec<&str> = spec_lab.links.iter().map(|l| l.name.as_str()).collect();
         return Err(ApiError::not_found(format!(
             "lab '{lab}' has no link '{link}' (links: {})",
@@ -478,32 +492,47 @@ async fn set_link(
             }
         )));
     };
+    if !matches!(
+        row.state,
+        LabState::Ready | LabState::Degraded | LabState::Starting
+    ) {
+        return Err(ApiError::conflict(format!(
+            "lab '{lab}' is {}: POST /api/v1/labs/{lab}/up first",
+            row.state
+        )));
+    }
+    Ok(l)
+}
+
+/// The link as stored after a change.
+async fn link_info(st: &AppState, lab: &str, l: &spec::Link) -> ApiResult<LinkInfo> {
+    let (l2, k2) = (lab.to_string(), l.name.as_str().to_string());
+    let row = st
+        .db
+        .run(move |db| Ok(db.links(&l2)?.into_iter().find(|x| x.name == k2)))
+        .await?;
+    Ok(LinkInfo {
+        name: l.name.as_str().to_string(),
+        endpoints: l.endpoints.iter().map(|e| e.to_string()).collect(),
+        up: row.as_ref().map(|r| r.up).unwrap_or(true),
+        impairment: row.and_then(|r| r.impairment),
+    })
+}
+
+async fn set_link(
+    st: AppState,
+    caller: Caller,
+    lab: String,
+    link: String,
+    up: bool,
+) -> ApiResult<Json<LinkInfo>> {
+    let l = running_link(&st, &caller, &lab, &link).await?;
     let (l2, k2) = (lab.clone(), link.clone());
     tokio::task::spawn_blocking(move || kobako_lab::controller::set_link_state(&l2, &k2, up))
         .await
         .map_err(ApiError::internal)?
-        .map_err(|e| match e {
-            kobako_lab::controller::LabError::NotFound(_) => ApiError::conflict(format!(
-                "lab '{lab}' is not up: POST /api/v1/labs/{lab}/up first"
-            )),
-            e => ApiError::internal(e),
-        })?;
-    let (l3, k3) = (lab.clone(), link.clone());
-    let imp = st
-        .db
-        .run(move |db| {
-            let cur = db.links(&l3)?.into_iter().find(|x| x.name == k3);
-            let imp = cur.and_then(|c| c.impairment);
-            db.set_link(&l3, &k3, up, imp.as_ref())?;
-            Ok(imp)
-        })
-        .await?;
-    Ok(Json(LinkInfo {
-        name: link,
-        endpoints: l.endpoints.iter().map(|e| e.to_string()).collect(),
-        up,
-        impairment: imp,
-    }))
+        .map_err(|e| link_err(&lab, e))?;
+    Ok(Json(link_info(&st, &lab, &l).await?))
 }
 
 /// Heal a link (both ends' taps up).
@@ -577,17 +606,23 @@ fn parse_impair(r: &ImpairRequest) -> ApiResult<spec::Impairment> {
     })
 }
 
-fn impair_unavailable() -> ApiError {
-    // TODO(controller): call `kobako_lab::controller::impair(lab, link, &Impairment)` once the
-    // controller has it (it needs the long-lived userspace relay on kernels without netem).
-    ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "live link impairments are not available yet: the lab controller has no impair function (declare `impair:` on the link in the lab file instead)",
-    )
+async fn impair(
+    st: AppState,
+    caller: Caller,
+    lab: String,
+    link: String,
+    imp: Option<spec::Impairment>,
+) -> ApiResult<Json<LinkInfo>> {
+    let l = running_link(&st, &caller, &lab, &link).await?;
+    let (l2, k2) = (lab.clone(), link.clone());
+    tokio::task::spawn_blocking(move || kobako_lab::controller::impair(&l2, &k2, imp))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| link_err(&lab, e))?;
+    Ok(Json(link_info(&st, &lab, &l).await?))
 }
 
-/// Set a link's impairment (delay, jitter, loss, rate, ...), both directions.
+/// Set a link's impairment (delay, jitter, loss, rate, ...), both directions, live.
 #[utoipa::path(post, path = "/api/v1/labs/{name}/links/{link}/impair", tag = "links",
     params(("name" = String, Path, description = "Lab name"), ("link" = String, Path, description = "Link name")),
     request_body = ImpairRequest,
@@ -598,15 +633,8 @@ pub async fn link_impair(
     ApiPath((name, link)): ApiPath<(String, String)>,
     ApiJson(req): ApiJson<ImpairRequest>,
 ) -> ApiResult<Json<LinkInfo>> {
-    let row = lab_for(&st, &caller, &name, true).await?;
-    let _imp = parse_impair(&req)?;
-    let spec_lab: Lab = serde_json::from_value(row.spec).map_err(ApiError::internal)?;
-    if spec_lab.link(&link).is_none() {
-        return Err(ApiError::not_found(format!(
-            "lab '{name}' has no link '{link}'"
-        )));
-    }
-    Err(impair_unavailable())
+    let imp = parse_impair(&req)?;
+    impair(st, caller, name, link, Some(imp)).await
 }
 
 /// Remove a link's impairment.
@@ -618,14 +646,7 @@ pub async fn link_clear(
     caller: Caller,
     ApiPath((name, link)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<LinkInfo>> {
-    let row = lab_for(&st, &caller, &name, true).await?;
-    let spec_lab: Lab = serde_json::from_value(row.spec).map_err(ApiError::internal)?;
-    if spec_lab.link(&link).is_none() {
-        return Err(ApiError::not_found(format!(
-            "lab '{name}' has no link '{link}'"
-        )));
-    }
-    Err(impair_unavailable())
+    impair(st, caller, name, link, None).await
 }
 
 // ---- operations ----------------------------------------------------------------------------
