@@ -10,12 +10,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use kobako_image::store::Store;
 use kobako_image::{debian, tiny};
-use kobako_lab::spec;
 use kobako_server::auth::{self, Role};
 use kobako_server::{Hooks, ServeConfig};
 
-use crate::resolve::RootKind;
-use crate::vm_cmd::{config_from, runtime, RunArgs};
+use crate::vm_cmd::runtime;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -48,26 +46,8 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
         state_dir: state_dir.clone(),
     };
     let rt: Arc<dyn kobako_runtime::Runtime> = Arc::new(runtime()?);
-    let accel = std::env::var("KOBAKO_ACCEL").unwrap_or_else(|_| "auto".into());
-    // Same VM resolution as `kobako up` (lab_cmd): image store, kernel, accelerator.
-    let resolver = move |vm: &spec::Vm, name: &str| {
-        let args = RunArgs {
-            kernel: vm.kernel.clone(),
-            image: vm.image.clone(),
-            root: RootKind::Initramfs,
-            vcpus: vm.vcpus,
-            memory: format!("{}M", vm.memory.0),
-            cmdline: String::new(),
-            name: Some(name.to_string()),
-            detach: true,
-            accel: accel.clone(),
-            timeout: 120,
-            json: false,
-        };
-        config_from(&args)
-            .map(|(cfg, _)| cfg)
-            .map_err(|e| format!("{e:#}"))
-    };
+    // The same VM resolution as `kobako up` (image store, kernel, accelerator, runtime).
+    let resolver = crate::lab_cmd::resolver();
     let hooks = Hooks {
         runtime: rt,
         resolver: Arc::new(resolver),
