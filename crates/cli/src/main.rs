@@ -10,6 +10,7 @@ mod guest_cmd;
 mod image_cmd;
 mod lab_cmd;
 mod resolve;
+mod scenario_cmd;
 mod serve_cmd;
 mod vm_cmd;
 
@@ -117,6 +118,9 @@ enum Cmd {
     /// Function as a VM: deploy a handler once as a warm snapshot, invoke it in fresh clones.
     #[command(name = "fn", subcommand)]
     Function(fn_cmd::FnCmd),
+    /// Scenarios: timed fault injection and checks against a running lab, with reports.
+    #[command(subcommand)]
+    Scenario(scenario_cmd::ScenarioCmd),
     /// Attach to a VM's serial console (`NODE.VM`, `LAB/NODE.VM` or a VM name).
     Console { vm: String },
     #[command(subcommand, hide = true)]
@@ -227,6 +231,7 @@ fn main() {
                         json,
                     } => lab_cmd::checkpoint(&lab, name.as_deref(), list, delete, json).await,
                     Cmd::Function(c) => fn_cmd::run(c).await,
+                    Cmd::Scenario(c) => scenario_cmd::run(c).await,
                     Cmd::Restore { lab, name, json } => {
                         lab_cmd::restore_checkpoint(&lab, &name, json).await
                     }

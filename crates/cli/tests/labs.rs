@@ -659,3 +659,139 @@ links:
     run(&["down", "kbt-cp"]);
     env.assert_clean();
 }
+
+#[test]
+fn scenarios_pass_fail_with_the_failed_assertion_and_undo_their_faults() {
+    let env = Env::new();
+    let state = tempfile::tempdir().unwrap();
+    let p = env.run.path().join("scn.yaml");
+    std::fs::write(
+        &p,
+        r#"name: kbt-scn
+defaults: { image: tiny, memory: 96M }
+nodes:
+  a:
+    vms:
+      h: { interfaces: { eth1: { addresses: [10.81.0.1/30] } } }
+  b:
+    vms:
+      h: { interfaces: { eth1: { addresses: [10.81.0.2/30] } } }
+links:
+  - { name: ab, endpoints: ["a.h:eth1", "b.h:eth1"] }
+"#,
+    )
+    .unwrap();
+    let _down = Down {
+        env: &env,
+        state: state.path(),
+        lab: "kbt-scn",
+    };
+    let run = |args: &[&str]| lab_cmd(&env, state.path(), args);
+    ok(&run(&["up", p.to_str().unwrap()]));
+    let good = env.run.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        r#"name: delay-and-cut
+lab: kbt-scn
+steps:
+  - wait_ready: 60s
+  - name: baseline
+    rtt: { from: a.h, to: 10.81.0.2, count: 3 }
+    expect: { max_loss: 0 }
+  - impair: { link: ab, delay: 100ms }
+  - name: delayed both ways
+    rtt: { from: a.h, to: 10.81.0.2, count: 3 }
+    expect: { min_ms: 195, max_loss: 0 }
+  - link: { link: ab, state: down }
+  - name: cut
+    exec: { vm: a.h, cmd: "ping -c1 -W1 10.81.0.2" }
+    expect: { exit: 1 }
+"#,
+    )
+    .unwrap();
+    let junit = env.run.path().join("junit.xml");
+    let html = env.run.path().join("report.html");
+    let o = run(&[
+        "scenario",
+        "run",
+        good.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    let out = ok(&o);
+    assert!(
+        out.contains("PASSED") && out.contains("6 passed, 0 failed"),
+        "{out}{}",
+        text(&o.stderr)
+    );
+    let j = std::fs::read_to_string(&junit).unwrap();
+    assert!(j.contains("tests=\"6\" failures=\"0\""), "{j}");
+    assert!(std::fs::read_to_string(&html)
+        .unwrap()
+        .contains("<polyline"));
+    // Faults undone: the link is up and unimpaired again.
+    let rtt = rtt_ms(&env, state.path(), "a.h", "10.81.0.2", "3").expect("link not healed");
+    assert!(rtt < 100.0, "impairment left behind: {rtt} ms");
+
+    // A deliberately failing run: the report names the step, what was expected and seen, when.
+    let bad = env.run.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        r#"name: too-slow
+steps:
+  - impair: { link: ab, delay: 100ms }
+  - name: within 50 ms
+    rtt: { from: a.h, to: 10.81.0.2, count: 2 }
+    expect: { max_ms: 50 }
+  - name: never reached
+    sleep: 1s
+"#,
+    )
+    .unwrap();
+    let json = env.run.path().join("bad.json");
+    let o = run(&[
+        "scenario",
+        "run",
+        bad.to_str().unwrap(),
+        "--lab",
+        "kbt-scn",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("FAILED") && out.contains("failed: within 50 ms at"),
+        "{out}"
+    );
+    assert!(out.contains("expected: rtt ≤ 50 ms"), "{out}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["steps"][1]["status"], "failed");
+    assert!(r["steps"][1]["metrics"]["rtt_ms"].as_f64().unwrap() >= 190.0);
+    assert_eq!(r["steps"][2]["status"], "skipped");
+    assert!(r["cleanup"][0].as_str().unwrap().contains("link ab"), "{r}");
+    let rtt = rtt_ms(&env, state.path(), "a.h", "10.81.0.2", "3").expect("link broken");
+    assert!(
+        rtt < 100.0,
+        "impairment left behind after a failed run: {rtt} ms"
+    );
+    // A bad scenario file: located error, nothing run.
+    std::fs::write(
+        &bad,
+        "name: x\nsteps:\n  - impair: { link: ab, dealy: 5ms }\n",
+    )
+    .unwrap();
+    let o = run(&["scenario", "run", bad.to_str().unwrap(), "--lab", "kbt-scn"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("bad.yaml:3:"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    ok(&run(&["down", "kbt-scn"]));
+    env.assert_clean();
+}

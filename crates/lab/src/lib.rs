@@ -9,4 +9,5 @@
 
 pub mod controller;
 pub mod functions;
+pub mod scenario;
 pub mod spec;

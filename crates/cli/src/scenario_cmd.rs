@@ -1,0 +1,100 @@
+//! `kobako scenario run FILE`: fault injection and checks against a running lab.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use kobako_lab::scenario;
+use kobako_runtime::Runtime;
+
+use crate::vm_cmd::runtime;
+
+#[derive(Subcommand)]
+pub enum ScenarioCmd {
+    /// Run a scenario file against a running lab; exit status 1 if any step fails.
+    Run(RunArgs),
+    /// Check a scenario file without running it.
+    Check { file: String },
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    pub file: String,
+    /// The lab (default: the scenario's `lab:`).
+    #[arg(long)]
+    pub lab: Option<String>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<String>,
+    /// Write JUnit XML here.
+    #[arg(long)]
+    pub junit: Option<String>,
+    /// Write an HTML report (timeline, RTT plot) here.
+    #[arg(long)]
+    pub html: Option<String>,
+}
+
+fn load(file: &str) -> Result<scenario::Scenario> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("read {file}"))?;
+    match scenario::load_str(file, &text) {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            eprintln!("{e}");
+            bail!("{file}: {} problem(s); nothing was run", e.0.len())
+        }
+    }
+}
+
+pub async fn run(cmd: ScenarioCmd) -> Result<i32> {
+    match cmd {
+        ScenarioCmd::Check { file } => {
+            let s = load(&file)?;
+            eprintln!(
+                "{file}: scenario '{}' with {} steps is valid",
+                s.name,
+                s.steps.len()
+            );
+            Ok(0)
+        }
+        ScenarioCmd::Run(a) => {
+            let s = load(&a.file)?;
+            let Some(lab) = a.lab.clone().or_else(|| s.lab.clone()) else {
+                bail!("which lab? give --lab NAME or `lab:` in {}", a.file);
+            };
+            let rt: Arc<dyn Runtime> = Arc::new(runtime()?);
+            let resolve = crate::lab_cmd::resolver();
+            eprintln!("scenario {} on lab {lab}: {} steps", s.name, s.steps.len());
+            let r = scenario::run(rt, &s, &lab, &resolve, &crate::lab_cmd::Stderr).await?;
+            if let Some(p) = &a.json {
+                std::fs::write(p, serde_json::to_string_pretty(&r)?)
+                    .with_context(|| format!("write {p}"))?;
+            }
+            if let Some(p) = &a.junit {
+                std::fs::write(p, r.junit()).with_context(|| format!("write {p}"))?;
+            }
+            if let Some(p) = &a.html {
+                std::fs::write(p, r.html()).with_context(|| format!("write {p}"))?;
+            }
+            let passed = r.steps.iter().filter(|s| s.status == "passed").count();
+            let failed = r.steps.iter().filter(|s| s.status == "failed").count();
+            let skipped = r.steps.iter().filter(|s| s.status == "skipped").count();
+            println!(
+                "scenario {}: {} in {} ms — {passed} passed, {failed} failed, {skipped} skipped",
+                r.scenario,
+                if r.passed { "PASSED" } else { "FAILED" },
+                r.duration_ms
+            );
+            for st in r.steps.iter().filter(|s| s.status == "failed") {
+                println!(
+                    "  failed: {} at {} ms: {}\n    expected: {}\n    observed: {}",
+                    st.name,
+                    st.started_ms,
+                    st.message.as_deref().unwrap_or(""),
+                    st.expected.as_deref().unwrap_or("-"),
+                    st.observed.as_deref().unwrap_or("-")
+                );
+            }
+            Ok(if r.passed { 0 } else { 1 })
+        }
+    }
+}
