@@ -161,6 +161,23 @@ fn three_networks_declared_paths_work_and_undeclared_do_not() {
     let ls = ok(&lab_cmd(&env, state.path(), &["ls", "--json"]));
     assert!(ls.contains("\"kbt-paths\""), "{ls}");
 
+    // The example scenario for this lab passes (router paused: a and b cut apart, then back).
+    let scn = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/scenarios/router-failure.yaml");
+    let o = lab_cmd(
+        &env,
+        state.path(),
+        &[
+            "scenario",
+            "run",
+            scn.to_str().unwrap(),
+            "--lab",
+            "kbt-paths",
+        ],
+    );
+    let out = ok(&o);
+    assert!(out.contains("PASSED"), "{out}{}", text(&o.stderr));
+
     ok(&lab_cmd(&env, state.path(), &["down", "kbt-paths"]));
     env.assert_clean();
     assert!(!netns_exists("kb-kbt-paths"), "namespace left behind");
