@@ -14,6 +14,24 @@ PACKAGES=(
   iproute2 nftables tshark iputils-ping
 )
 
+# schemathesis (PyPI) for scripts/api-fuzz.sh, in its own venv; skipped when present.
+api_fuzz_venv() {
+  local v=/var/cache/kobako/venv-api
+  [ -x "$v/bin/st" ] && return 0
+  echo "setup: schemathesis venv in $v"
+  mkdir -p /var/cache/kobako
+  python3 -m venv "$v" >/tmp/kobako-venv.log 2>&1 || {
+    apt-get install -y -q --no-install-recommends python3-venv >>/tmp/kobako-venv.log 2>&1
+    python3 -m venv "$v" >>/tmp/kobako-venv.log 2>&1
+  }
+  "$v/bin/pip" install -q 'schemathesis>=4.32,<5' >>/tmp/kobako-venv.log 2>&1 || {
+    echo "setup: pip install schemathesis failed; see /tmp/kobako-venv.log" >&2
+    rm -rf "$v"
+    return 1
+  }
+}
+api_fuzz_venv
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then

@@ -14,3 +14,5 @@ echo "== cargo clippy"
 cargo clippy -q --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace --no-fail-fast -- --test-threads=2
+echo "== API fuzz (schemathesis against the OpenAPI document)"
+scripts/api-fuzz.sh target/debug/kobako

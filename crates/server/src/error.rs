@@ -30,7 +30,6 @@ pub struct ErrorDetail {
     pub message: String,
     /// Extra structured detail (lab file errors: file, line, column, path, message, fix).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
     pub details: Option<serde_json::Value>,
 }
 

@@ -23,7 +23,9 @@ pub struct LabSummary {
     pub state: String,
     pub reason: Option<String>,
     pub file: Option<String>,
-    pub vms: usize,
+    /// How many VMs the lab declares.
+    pub vm_count: usize,
+    /// How many of them are ready.
     pub vms_ready: usize,
     pub created_ms: i64,
     pub updated_ms: i64,
@@ -84,7 +86,7 @@ fn summary(db: &kobako_state::Db, l: &LabRow) -> ApiResult<LabSummary> {
         state: l.state.to_string(),
         reason: l.reason.clone(),
         file: l.file.clone(),
-        vms: vms.len(),
+        vm_count: vms.len(),
         vms_ready: vms
             .iter()
             .filter(|v| v.state == kobako_state::VmState::Ready)
