@@ -103,6 +103,9 @@ pub async fn lab(a: BenchLabArgs) -> Result<i32> {
     }
     let host_used_mib = avail_before.saturating_sub(mem_available_kib()) as f64 / 1024.0;
     let failed = report.vms.iter().filter(|v| v.error.is_some()).count();
+    for v in report.vms.iter().filter(|v| v.error.is_some()).take(3) {
+        eprintln!("  {} failed: {}", v.name, v.error.as_deref().unwrap_or(""));
+    }
     let t1 = Instant::now();
     let stopped = controller::down(rt, &name).await?;
     let down_ms = t1.elapsed().as_secs_f64() * 1000.0;

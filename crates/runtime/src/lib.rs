@@ -172,10 +172,15 @@ pub async fn wait_ready(
             .exit()
             .map(|e| e.describe())
             .unwrap_or_else(|| "VM process ended".into());
+        let mut console = vm.console_tail(15);
+        let log = vmdir::tail(&vm.file("vm.log"), 5);
+        if !log.trim().is_empty() {
+            console.push_str(&format!("\nVM process output:\n{log}"));
+        }
         RuntimeError::ExitedEarly {
             name: vm.name.clone(),
             how,
-            console: vm.console_tail(15),
+            console,
         }
     };
     // The supervisor binds agent.sock before it starts the VM process.

@@ -52,6 +52,8 @@ struct Shared {
     shutdown: Mutex<Option<bool>>,
     /// The runtime has no agent channel at all (kobako-vmm before virtio).
     no_channel: bool,
+    /// The agent said Ready at least once (in any boot).
+    ever_ready: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -122,6 +124,7 @@ fn supervise(vm: VmDir) -> Result<(), String> {
         ready: Mutex::new(None),
         shutdown: Mutex::new(None),
         no_channel: matches!(launch.channel, GuestChannel::BootSignal { .. }),
+        ever_ready: std::sync::atomic::AtomicBool::new(false),
     });
     {
         let shared = shared.clone();
@@ -196,13 +199,20 @@ fn supervise(vm: VmDir) -> Result<(), String> {
         };
     };
     let _ = std::fs::remove_file(&agent_sock);
-    if vm.file("attached").exists() {
-        // A foreground `vm run` reads exit.json and removes the directory.
+    // A VM that ended before its agent was ever ready keeps its directory (exit.json, vm.log,
+    // console.log) for whoever waits for it to report why; that waiter (or `down`/`vm rm`)
+    // removes it. A foreground `vm run` likewise reads exit.json and removes the directory.
+    let died_booting = !launch_has_no_agent(&shared) && !shared.ever_ready.load(Ordering::Relaxed);
+    if vm.file("attached").exists() || died_booting {
         let _ = write_json(&vm.file("exit.json"), &rec);
     } else {
         let _ = vm.remove();
     }
     Ok(())
+}
+
+fn launch_has_no_agent(shared: &Shared) -> bool {
+    shared.no_channel
 }
 
 /// Removes QEMU's `-incoming SOURCE` (restore from a snapshot) from an argv.
@@ -306,6 +316,7 @@ fn guest_loop(shared: Arc<Shared>, channel: GuestChannel, vm_pid: i32) {
         if frame.stream == 0 {
             match frame.to_msg() {
                 Ok(Msg::Ready(info)) => {
+                    shared.ever_ready.store(true, Ordering::Relaxed);
                     let first = lock(&shared.ready).is_none();
                     *lock(&shared.ready) = Some(info.clone());
                     if first {
