@@ -33,7 +33,12 @@ fi
 echo
 $K up examples/web-stack.yaml
 echo
-echo "the web-stack API, published on this host's port 8080:"
+echo "the web-stack API, published on this host's port 8080 (its services may take a minute"
+echo "to start after the VMs are ready under TCG):"
+for _ in $(seq 1 120); do
+  curl -s -m 2 "http://$HOST:8080/health" >/dev/null 2>&1 && break
+  sleep 1
+done
 for i in 1 2; do
   printf '  GET /item/hello -> '
   curl -s -m 10 "http://$HOST:8080/item/hello" || echo "(no answer yet)"
