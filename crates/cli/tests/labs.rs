@@ -239,27 +239,35 @@ fn netd_running(lab: &str) -> bool {
     })
 }
 
+/// A lab file of two tiny VMs `a.h` and `b.h` joined by link `ab` (`NET.1/30` and `NET.2/30`).
+fn two_hosts(env: &Env, lab: &str, net: &str) -> std::path::PathBuf {
+    let p = env.run.path().join(format!("{lab}.yaml"));
+    std::fs::write(
+        &p,
+        format!(
+            r#"name: {lab}
+defaults: {{ image: tiny, memory: 96M }}
+nodes:
+  a:
+    vms:
+      h: {{ interfaces: {{ eth1: {{ addresses: [{net}.1/30] }} }} }}
+  b:
+    vms:
+      h: {{ interfaces: {{ eth1: {{ addresses: [{net}.2/30] }} }} }}
+links:
+  - {{ name: ab, endpoints: ["a.h:eth1", "b.h:eth1"] }}
+"#
+        ),
+    )
+    .unwrap();
+    p
+}
+
 #[test]
 fn link_down_cuts_traffic_impair_changes_rtt_and_restart_reboots() {
     let env = Env::new();
     let state = tempfile::tempdir().unwrap();
-    let p = env.run.path().join("link.yaml");
-    std::fs::write(
-        &p,
-        r#"name: kbt-link
-defaults: { image: tiny, memory: 96M }
-nodes:
-  a:
-    vms:
-      h: { interfaces: { eth1: { addresses: [10.77.0.1/30] } } }
-  b:
-    vms:
-      h: { interfaces: { eth1: { addresses: [10.77.0.2/30] } } }
-links:
-  - { name: ab, endpoints: ["a.h:eth1", "b.h:eth1"] }
-"#,
-    )
-    .unwrap();
+    let p = two_hosts(&env, "kbt-link", "10.77.0");
     let _down = Down {
         env: &env,
         state: state.path(),
@@ -565,23 +573,7 @@ fn kill_during_up_then_up_converges_without_duplicates() {
 fn checkpoint_and_restore_bring_back_vm_state_and_link_impairments() {
     let env = Env::new();
     let state = tempfile::tempdir().unwrap();
-    let p = env.run.path().join("cp.yaml");
-    std::fs::write(
-        &p,
-        r#"name: kbt-cp
-defaults: { image: tiny, memory: 96M }
-nodes:
-  a:
-    vms:
-      h: { interfaces: { eth1: { addresses: [10.79.0.1/30] } } }
-  b:
-    vms:
-      h: { interfaces: { eth1: { addresses: [10.79.0.2/30] } } }
-links:
-  - { name: ab, endpoints: ["a.h:eth1", "b.h:eth1"] }
-"#,
-    )
-    .unwrap();
+    let p = two_hosts(&env, "kbt-cp", "10.79.0");
     let _down = Down {
         env: &env,
         state: state.path(),
@@ -681,23 +673,7 @@ links:
 fn scenarios_pass_fail_with_the_failed_assertion_and_undo_their_faults() {
     let env = Env::new();
     let state = tempfile::tempdir().unwrap();
-    let p = env.run.path().join("scn.yaml");
-    std::fs::write(
-        &p,
-        r#"name: kbt-scn
-defaults: { image: tiny, memory: 96M }
-nodes:
-  a:
-    vms:
-      h: { interfaces: { eth1: { addresses: [10.81.0.1/30] } } }
-  b:
-    vms:
-      h: { interfaces: { eth1: { addresses: [10.81.0.2/30] } } }
-links:
-  - { name: ab, endpoints: ["a.h:eth1", "b.h:eth1"] }
-"#,
-    )
-    .unwrap();
+    let p = two_hosts(&env, "kbt-scn", "10.81.0");
     let _down = Down {
         env: &env,
         state: state.path(),
