@@ -12,7 +12,13 @@ PACKAGES=(
   linux-source build-essential bc bison flex libelf-dev libssl-dev xz-utils
   # host networking tests and capture checks
   iproute2 nftables tshark iputils-ping
+  # web UI end-to-end test (headless, driven by playwright-core from npm) and its curl checks
+  chromium curl
 )
+# The web UI's build (web/): Debian's nodejs and npm, unless a node is already installed.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  PACKAGES+=(nodejs npm)
+fi
 
 # schemathesis (PyPI) for scripts/api-fuzz.sh, in its own venv; skipped when present.
 api_fuzz_venv() {

@@ -1,0 +1,369 @@
+// End-to-end test of the web UI in headless Chromium (Debian's `chromium`, driven by
+// playwright-core: no browser download) against a real `kobako serve` with real VMs.
+// Run by crates/cli/tests/ui.rs, which starts the server; by hand:
+//
+//   KOBAKO_UI_URL=https://127.0.0.1:8443 KOBAKO_UI_ADMIN_PASSWORD=... node web/e2e/ui.mjs
+//
+// Env: KOBAKO_UI_LAB (lab name, default ui-e2e-<pid>), KOBAKO_UI_SHOTS (screenshot directory,
+// default target/ui-screenshots), CHROMIUM (browser executable), KOBAKO_UI_WEBSTACK=1 (also
+// run the web-stack template lab; needs the debian-web image).
+// Prints one line per measurement and step; exits non-zero on the first failed expectation.
+import { chromium } from "playwright-core";
+import { existsSync, mkdirSync } from "node:fs";
+
+const URL0 = process.env.KOBAKO_UI_URL ?? "https://127.0.0.1:8443";
+const ADMIN_PW = process.env.KOBAKO_UI_ADMIN_PASSWORD;
+const LAB = process.env.KOBAKO_UI_LAB ?? `ui-e2e-${process.pid}`;
+const SHOTS = process.env.KOBAKO_UI_SHOTS ?? "target/ui-screenshots";
+const SUFFIX = LAB.replace(/^ui-?/, "").replace(/[^a-z0-9]/g, "").slice(-8) || "x";
+const MEMBER = `uimember${SUFFIX}`;
+const VIEWER = `uiviewer${SUFFIX}`;
+const PW = "ui-test-password-1";
+const BOOT_TIMEOUT = Number(process.env.KOBAKO_UI_BOOT_TIMEOUT ?? 300) * 1000;
+
+if (!ADMIN_PW) throw new Error("KOBAKO_UI_ADMIN_PASSWORD is not set");
+const exe =
+  process.env.CHROMIUM ?? ["/usr/lib/chromium/chromium", "/usr/bin/chromium"].find((p) => existsSync(p));
+if (!exe || !existsSync(exe)) {
+  console.error("ui-e2e: FAIL: no Chromium found (install Debian's `chromium`: scripts/setup.sh does)");
+  process.exit(2);
+}
+mkdirSync(SHOTS, { recursive: true });
+
+const results = { passed: 0, failed: 0 };
+const t0 = Date.now();
+const log = (...a) => console.log(`ui-e2e [${((Date.now() - t0) / 1000).toFixed(1)}s]`, ...a);
+function expect(cond, what) {
+  if (!cond) throw new Error(`expectation failed: ${what}`);
+  results.passed++;
+}
+
+const LABFILE = `name: ${LAB}
+defaults: { image: tiny, memory: 96M }
+nodes:
+  a:
+    vms:
+      h: { interfaces: { eth1: { addresses: [10.99.1.1/30] } } }
+  b:
+    vms:
+      h: { interfaces: { eth1: { addresses: [10.99.1.2/30] } } }
+links:
+  - { name: ab, endpoints: ["a.h:eth1", "b.h:eth1"] }
+`;
+
+const browser = await chromium.launch({
+  executablePath: exe,
+  headless: true,
+  args: ["--no-sandbox", "--ignore-certificate-errors", "--disable-gpu", "--disable-dev-shm-usage"],
+});
+
+async function newPage() {
+  const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1366, height: 820 } });
+  const page = await ctx.newPage();
+  page.on("dialog", (d) => void d.accept());
+  page.on("pageerror", (e) => log("page error:", e.message));
+  return page;
+}
+
+async function shot(page, name) {
+  const p = `${SHOTS}/${name}.png`;
+  await page.screenshot({ path: p, fullPage: true });
+  log(`screenshot ${p}`);
+}
+
+async function login(page, user, pw) {
+  await page.goto(`${URL0}/login`);
+  await page.getByLabel("User name").fill(user);
+  await page.getByLabel("Password").fill(pw);
+  await page.getByRole("button", { name: "Log in" }).click();
+  await page.getByTestId("whoami").waitFor();
+}
+
+/** The API as the page's logged-in user (to check what the server refuses). */
+async function pageApi(page, method, path, body) {
+  return page.evaluate(
+    async ([method, path, body]) => {
+      const s = JSON.parse(localStorage.getItem("kobako.session") ?? "{}");
+      const r = await fetch(`/api/v1${path}`, {
+        method,
+        headers: { Authorization: `Bearer ${s.access}`, "Content-Type": "application/json" },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      return { status: r.status, body: await r.text() };
+    },
+    [method, path, body],
+  );
+}
+
+function stats(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  return { n: s.length, median: s[Math.floor(s.length / 2)], max: s[s.length - 1] };
+}
+
+async function waitAllVms(page, state, timeout) {
+  await page.waitForFunction(
+    (state) => {
+      const vms = [...document.querySelectorAll(".vmnode[data-vm]")];
+      return vms.length > 0 && vms.every((v) => v.getAttribute("data-state") === state);
+    },
+    state,
+    { timeout, polling: 100 },
+  );
+}
+
+async function rtt(page) {
+  const seq = Number((await page.getByTestId("rtt").getAttribute("data-seq", { timeout: 100 }).catch(() => null)) ?? 0);
+  await page.getByRole("button", { name: "Measure RTT" }).click();
+  await page.waitForFunction(
+    (seq) => Number(document.querySelector("[data-testid=rtt]")?.getAttribute("data-seq") ?? 0) > seq,
+    seq,
+    { timeout: 30_000 },
+  );
+  const text = await page.getByTestId("rtt").textContent();
+  const m = text.match(/RTT ([\d.]+) ms/);
+  return { text, ms: m ? Number(m[1]) : null };
+}
+
+let admin;
+let failed = null;
+try {
+  // ---- first page load -------------------------------------------------------------------
+  admin = await newPage();
+  const loads = [];
+  for (let i = 0; i < 3; i++) {
+    const start = Date.now();
+    await admin.goto(`${URL0}/`, { waitUntil: "load" });
+    await admin.getByLabel("User name").waitFor();
+    loads.push(Date.now() - start);
+    if (i === 0) await admin.context().clearCookies();
+  }
+  const nav = await admin.evaluate(() => {
+    const n = performance.getEntriesByType("navigation")[0];
+    return { domContentLoaded: Math.round(n.domContentLoadedEventEnd), load: Math.round(n.loadEventEnd) };
+  });
+  log(`first page load: ${loads[0]} ms to a usable login form (cold), then ${loads.slice(1).join(", ")} ms; navigation timing load=${nav.load} ms`);
+  expect(loads[0] < 1000, `first page loads in under 1 s (took ${loads[0]} ms)`);
+  await shot(admin, "01-login");
+
+  // Wrong password: a clear message, still on the login page.
+  await admin.getByLabel("User name").fill("admin");
+  await admin.getByLabel("Password").fill("not-the-password");
+  await admin.getByRole("button", { name: "Log in" }).click();
+  await admin.getByRole("alert").waitFor();
+  expect(/password|credentials|invalid/i.test(await admin.getByRole("alert").textContent()), "bad login explained");
+
+  await login(admin, "admin", ADMIN_PW);
+  await admin.waitForURL(/\/labs$/);
+  await admin.getByRole("heading", { name: "Labs" }).waitFor();
+  await shot(admin, "02-labs");
+
+  // ---- admin: users with roles and quotas ----------------------------------------------
+  await admin.getByRole("link", { name: "Users" }).click();
+  await admin.getByRole("heading", { name: "Users" }).waitFor();
+  for (const [name, role] of [
+    [MEMBER, "member"],
+    [VIEWER, "viewer"],
+  ]) {
+    const form = admin.locator("form", { has: admin.getByRole("heading", { name: "Add a user" }) });
+    await form.getByLabel("Name").fill(name);
+    await form.getByLabel("Role").selectOption(role);
+    await form.getByLabel("Password").fill(PW);
+    if (role === "member") await form.getByLabel("Max VMs").fill("4");
+    await form.getByRole("button", { name: "Add user" }).click();
+    await admin.locator(`tr[data-user="${name}"]`).waitFor();
+  }
+  expect((await admin.locator(`tr[data-user="${MEMBER}"]`).textContent()).includes("4"), "member quota shown");
+  await shot(admin, "03-users");
+
+  // ---- editor: a lab file drawn, edited from the graph's forms, errors at their line --------
+  await admin.getByRole("link", { name: "Labs" }).click();
+  await admin.getByRole("link", { name: "New lab" }).click();
+  await admin.getByRole("heading", { name: "New lab" }).waitFor();
+  await admin.getByLabel("Lab name").fill(LAB);
+  await admin.locator('.vmnode[data-vm="a.h"]').waitFor();
+  const addVm = admin.locator("form", { has: admin.getByRole("heading", { name: "Add a VM" }) });
+  await addVm.getByLabel("Node").fill("c");
+  await addVm.getByLabel("VM name").fill("h");
+  await addVm.getByLabel("Memory").fill("112M");
+  await addVm.getByRole("button", { name: "Add VM" }).click();
+  await admin.locator('.vmnode[data-vm="c.h"]').waitFor();
+  const addLink = admin.locator("form", { has: admin.getByRole("heading", { name: "Add a link" }) });
+  await addLink.getByLabel("From").selectOption("a.h");
+  await addLink.getByLabel("To").selectOption("c.h");
+  await addLink.getByRole("button", { name: "Add link" }).click();
+  let yaml = await admin.getByLabel("Lab file (YAML)").inputValue();
+  expect(yaml.includes("a.h:eth2") && yaml.includes("c.h:eth1") && yaml.includes("112M"), "editor writes the VM and link into the lab file");
+  await admin.locator('.vmnode[data-vm="b.h"]').click();
+  const vmForm = admin.locator("form", { has: admin.getByRole("heading", { name: "VM b.h" }) });
+  await vmForm.getByLabel("vCPUs").fill("2");
+  await vmForm.getByRole("button", { name: "Apply to lab file" }).click();
+  yaml = await admin.getByLabel("Lab file (YAML)").inputValue();
+  expect(/vcpus: 2/.test(yaml), "VM edit lands in the lab file");
+  await shot(admin, "04-editor");
+
+  // A broken file: the server's errors are shown at their line.
+  const bad = LABFILE.replace("memory: 96M", "memory: 96M, colour: blue");
+  await admin.getByLabel("Lab file (YAML)").fill(bad);
+  await admin.getByRole("button", { name: "Create lab", exact: true }).click();
+  const errs = admin.getByRole("list", { name: "Problems in the lab file" });
+  await errs.waitFor();
+  const errText = await errs.textContent();
+  log(`validation error shown: ${errText.slice(0, 160)}`);
+  expect(/line 2/.test(errText) && /colour/.test(errText), "validation error at line 2 naming the unknown key");
+  expect((await admin.locator(".gutter .bad").count()) >= 1, "error line marked in the gutter");
+  await shot(admin, "05-editor-errors");
+
+  // ---- create and start --------------------------------------------------------------------
+  await admin.getByLabel("Lab file (YAML)").fill(LABFILE);
+  await admin.getByRole("button", { name: "Create and start" }).click();
+  await admin.waitForURL(new RegExp(`/labs/${LAB}$`));
+  await admin.locator('.vmnode[data-vm="a.h"]').waitFor();
+  const startUp = Date.now();
+  await waitAllVms(admin, "ready", BOOT_TIMEOUT);
+  log(`all VMs ready in the graph ${((Date.now() - startUp) / 1000).toFixed(1)} s after the page showed the lab`);
+  const shown = await admin.evaluate(() => window.__kobakoShown ?? []);
+  const lat = shown.filter((s) => s.eventTs && s.state === "ready").map((s) => s.shownMs - s.eventTs);
+  const latAll = shown.filter((s) => s.eventTs).map((s) => s.shownMs - s.eventTs);
+  const ls = stats(latAll);
+  log(`event-to-screen latency (event written → colour painted): ready ${lat.join(", ")} ms; all ${ls.n} state changes median ${ls.median} ms, max ${ls.max} ms`);
+  expect(lat.length === 2, `both VMs turned ready from events (${lat.length})`);
+  expect(ls.max < 1000, `state changes appear within 1 s of the event (max ${ls.max} ms)`);
+  const bootText = await admin.locator(".vmnode .boot").first().textContent();
+  expect(/booted in \d+ ms/.test(bootText), `boot time shown (${bootText.trim()})`);
+  await shot(admin, "06-lab-ready");
+
+  // ---- console --------------------------------------------------------------------------
+  await admin.getByRole("button", { name: "a.h", exact: true }).click();
+  await admin.getByRole("button", { name: "Open console" }).click();
+  await admin.locator(".termstatus", { hasText: "connected" }).waitFor();
+  await admin.locator(".xterm").click();
+  await admin.keyboard.type("echo ui-$((6*7))-$(hostname)\n", { delay: 20 });
+  await admin.waitForFunction(
+    () => /ui-42-/.test(document.querySelector(".xterm-rows")?.textContent ?? ""),
+    undefined,
+    { timeout: 30_000 },
+  );
+  const termText = await admin.locator(".xterm-rows").textContent();
+  expect(/ui-42-\S+/.test(termText), "console command output shown");
+  log(`console: ${termText.match(/ui-42-\S+/)[0]}`);
+  await shot(admin, "07-console");
+  await admin.getByRole("button", { name: "Close" }).click();
+
+  // ---- link: RTT, 100 ms delay, cut and heal ---------------------------------------------
+  await admin.getByRole("button", { name: "ab", exact: true }).click();
+  await admin.locator('[data-panel="link"]').waitFor();
+  const base = await rtt(admin);
+  log(`link ab before: ${base.text}`);
+  expect(base.ms !== null, "ping across the link works");
+  await admin.getByLabel("Delay").fill("100ms");
+  await admin.getByRole("button", { name: "Apply" }).click();
+  await admin
+    .locator('[data-panel="link"] .ok', { hasText: "applied" })
+    .or(admin.locator('[data-panel="link"] .error'))
+    .first()
+    .waitFor();
+  const applyErr = await admin.locator('[data-panel="link"] .error').count();
+  if (applyErr) log(`impairment refused: ${await admin.locator('[data-panel="link"] .error').textContent()}`);
+  expect(applyErr === 0, "impairment applied");
+  await admin.locator("[data-testid=impairment]", { hasText: "delay" }).waitFor();
+  const slow = await rtt(admin);
+  log(`link ab with delay 100ms: ${slow.text}`);
+  expect(slow.ms !== null && slow.ms >= 195, `RTT reflects 100 ms each way (${slow.ms} ms, before ${base.ms} ms)`);
+  await admin.locator('tr[data-linkrow="ab"]', { hasText: "delay" }).waitFor();
+  await shot(admin, "08-link-impaired");
+  await admin.getByRole("button", { name: "Clear" }).click();
+  await admin.locator("[data-testid=impairment]", { hasText: "none" }).waitFor();
+  await admin.getByRole("button", { name: "Cut link" }).click();
+  await admin.getByRole("button", { name: "Heal link" }).waitFor();
+  const cut = await rtt(admin);
+  expect(cut.ms === null, `no ping across a cut link (${cut.text})`);
+  await admin.getByRole("button", { name: "Heal link" }).click();
+  await admin.getByRole("button", { name: "Cut link" }).waitFor();
+  const healed = await rtt(admin);
+  expect(healed.ms !== null, `ping again after heal (${healed.text})`);
+  log("link cut and healed");
+
+  // ---- member: only their labs -----------------------------------------------------------
+  const member = await newPage();
+  await login(member, MEMBER, PW);
+  await member.getByRole("heading", { name: "Labs" }).waitFor();
+  await member.getByText("No labs yet.").waitFor();
+  expect((await member.locator(`tr[data-lab="${LAB}"]`).count()) === 0, "member does not see the admin's lab");
+  const mlab = `${LAB}-m`;
+  await member.getByRole("link", { name: "New lab" }).click();
+  await member.getByLabel("Lab name").fill(mlab);
+  await member.getByRole("button", { name: "Create lab", exact: true }).click();
+  await member.waitForURL(new RegExp(`/labs/${mlab}$`));
+  await member.getByRole("link", { name: "Labs" }).click();
+  await member.locator(`tr[data-lab="${mlab}"]`).waitFor();
+  expect((await member.locator("tr[data-lab]").count()) === 1, "member sees exactly their own lab");
+  expect((await pageApi(member, "GET", `/labs/${LAB}`)).status === 403, "API refuses the member another's lab");
+  await shot(member, "09-member-labs");
+  expect((await pageApi(member, "DELETE", `/labs/${mlab}`)).status === 204, "member deletes their lab");
+
+  // ---- viewer: sees everything, no edit controls, API refuses edits -----------------------
+  const viewer = await newPage();
+  await login(viewer, VIEWER, PW);
+  await viewer.locator(`tr[data-lab="${LAB}"]`).waitFor();
+  expect((await viewer.getByRole("link", { name: "New lab" }).count()) === 0, "viewer has no New lab button");
+  await viewer.getByRole("link", { name: LAB }).click();
+  await viewer.locator('.vmnode[data-vm="a.h"][data-state="ready"]').waitFor();
+  await viewer.getByText("read only").waitFor();
+  for (const b of ["Start", "Stop", "Restart", "Delete", "Edit lab file"]) {
+    expect((await viewer.getByRole("button", { name: b, exact: true }).count()) === 0, `viewer has no ${b} button`);
+  }
+  await viewer.getByRole("button", { name: "a.h", exact: true }).click();
+  expect((await viewer.getByRole("button", { name: "Open console" }).count()) === 0, "viewer has no console button");
+  await viewer.getByRole("button", { name: "ab", exact: true }).click();
+  expect((await viewer.getByRole("button", { name: "Apply" }).count()) === 0, "viewer has no impairment form");
+  await shot(viewer, "10-viewer-lab");
+  for (const [m, p, b] of [
+    ["POST", `/labs/${LAB}/down`],
+    ["DELETE", `/labs/${LAB}`],
+    ["POST", `/labs/${LAB}/links/ab/down`],
+    ["POST", `/labs/${LAB}/links/ab/impair`, { delay: "1ms" }],
+    ["POST", `/vms/${LAB}.a.h/exec`, { argv: ["true"] }],
+  ]) {
+    const r = await pageApi(viewer, m, p, b);
+    expect(r.status === 403, `API refuses the viewer ${m} ${p} (${r.status})`);
+  }
+  log("member and viewer checks passed");
+  await viewer.context().close();
+  await member.context().close();
+
+  // ---- admin pages, then stop and delete ------------------------------------------------
+  await admin.getByRole("link", { name: "API tokens" }).click();
+  const tf = admin.locator("form", { has: admin.getByRole("heading", { name: "New token" }) });
+  await tf.getByLabel("What it is for").fill("ui-e2e");
+  await tf.getByRole("button", { name: "Create token" }).click();
+  await admin.locator("code.secret").waitFor();
+  expect((await admin.locator("code.secret").textContent()).startsWith("kbk_"), "token secret shown once");
+  await shot(admin, "11-tokens");
+  await admin.getByRole("button", { name: "Revoke ui-e2e" }).first().click();
+  await admin.getByRole("link", { name: "Audit log" }).click();
+  await admin.getByRole("table", { name: "Audit log" }).waitFor();
+  await shot(admin, "12-audit");
+
+  await admin.getByRole("link", { name: "Labs" }).click();
+  await admin.getByRole("link", { name: LAB }).click();
+  await admin.getByRole("button", { name: "Stop", exact: true }).click();
+  await waitAllVms(admin, "stopped", 120_000);
+  await admin.getByRole("button", { name: "Delete", exact: true }).click();
+  await admin.waitForURL(/\/labs$/);
+  await admin.getByRole("heading", { name: "Labs" }).waitFor();
+  await admin.waitForFunction((lab) => !document.querySelector(`tr[data-lab="${lab}"]`), LAB);
+  log("lab stopped and deleted");
+} catch (e) {
+  failed = e;
+  results.failed++;
+  console.error(`ui-e2e: FAIL: ${e.message}`);
+  if (admin) await shot(admin, "zz-failure").catch(() => {});
+} finally {
+  // Whatever happened: users removed (the lab is cleaned up by the caller if it is left).
+  if (admin) {
+    for (const u of [MEMBER, VIEWER]) await pageApi(admin, "DELETE", `/users/${u}`).catch(() => {});
+  }
+  await browser.close();
+}
+console.log(`${results.passed} passed, ${results.failed} failed`);
+process.exit(failed ? 1 : 0);

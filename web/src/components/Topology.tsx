@@ -1,0 +1,248 @@
+// The lab drawn with React Flow: nodes as boxes holding their VMs, lab networks as pills,
+// links as edges between VMs. VM colours follow their live state (from the event stream).
+import { useEffect, useMemo } from "react";
+import {
+  Background,
+  Controls,
+  Handle,
+  Position,
+  ReactFlow,
+  type Connection,
+  type Edge,
+  type Node,
+  type NodeProps,
+} from "@xyflow/react";
+import "@xyflow/react/dist/style.css";
+import type { Topology, TopoVm } from "../labfile";
+
+export interface VmLive {
+  state: string;
+  boot_ms: number | null;
+  reason?: string | null;
+  /** ts_ms of the event that set this state (for the latency measurement). */
+  eventTs?: number;
+}
+
+export type Selection =
+  | { kind: "vm"; id: string }
+  | { kind: "link"; name: string }
+  | { kind: "network"; name: string }
+  | null;
+
+const VM_W = 190;
+const VM_H = 58;
+const GAP = 12;
+const HEAD = 30;
+const GROUP_W = VM_W + 2 * GAP;
+const COL = GROUP_W + 70;
+
+type VmData = { vm: TopoVm; live?: VmLive; selected: boolean; connectable: boolean };
+type NetData = { name: string; subnet?: string };
+type GroupData = { name: string; template?: string; nodeNetwork?: string };
+
+declare global {
+  interface Window {
+    __kobakoShown?: { vm: string; state: string; eventTs?: number; shownMs: number }[];
+  }
+}
+
+function VmNode({ data }: NodeProps<Node<VmData>>) {
+  const id = `${data.vm.node}.${data.vm.name}`;
+  const state = data.live?.state ?? "draft";
+  useEffect(() => {
+    // Painted: record when, for the event-to-screen measurement.
+    const eventTs = data.live?.eventTs;
+    requestAnimationFrame(() => {
+      (window.__kobakoShown ??= []).push({ vm: id, state, eventTs, shownMs: Date.now() });
+    });
+  }, [id, state, data.live?.eventTs]);
+  const boot = data.live?.boot_ms;
+  return (
+    <div
+      className={`vmnode state-${state}${data.selected ? " selected" : ""}`}
+      data-vm={id}
+      data-state={state}
+      title={data.live?.reason ?? undefined}
+    >
+      <Handle type="target" position={Position.Left} isConnectable={data.connectable} />
+      <div className="vmname">{data.vm.name}</div>
+      <div className="vmmeta">
+        {data.vm.image} · {data.vm.vcpus} vCPU · {data.vm.memory}
+      </div>
+      <div className="vmstate">
+        <span className="dot" aria-hidden="true" />
+        {state}
+        {boot != null && state === "ready" ? <span className="boot"> · booted in {boot} ms</span> : null}
+      </div>
+      <Handle type="source" position={Position.Right} isConnectable={data.connectable} />
+    </div>
+  );
+}
+
+function NetNode({ data }: NodeProps<Node<NetData>>) {
+  return (
+    <div className="netnode" data-network={data.name}>
+      <Handle type="target" position={Position.Bottom} isConnectable={false} />
+      <strong>{data.name}</strong>
+      {data.subnet ? <span> {data.subnet}</span> : null}
+    </div>
+  );
+}
+
+function GroupNode({ data }: NodeProps<Node<GroupData>>) {
+  return (
+    <div className="groupnode" data-node={data.name}>
+      <div className="grouphead">
+        <strong>{data.name}</strong>
+        {data.template ? <span className="tmpl"> ({data.template})</span> : null}
+      </div>
+      {data.nodeNetwork ? <div className="groupnet">node network {data.nodeNetwork}</div> : null}
+    </div>
+  );
+}
+
+const nodeTypes = { vm: VmNode, net: NetNode, group: GroupNode };
+
+export function impairText(imp: Record<string, unknown> | null | undefined): string {
+  if (!imp) return "";
+  const parts: string[] = [];
+  for (const [k, v] of Object.entries(imp)) {
+    if (v == null) continue;
+    if (typeof v === "object") {
+      const p = (v as Record<string, unknown>).percent;
+      if (p != null) parts.push(`${k} ${String(p)}`);
+    } else parts.push(`${k} ${String(v)}`);
+  }
+  return parts.join(", ");
+}
+
+export function Topology({
+  topo,
+  live,
+  linkLive,
+  selection,
+  onSelect,
+  onConnect,
+}: {
+  topo: Topology;
+  live?: Map<string, VmLive>;
+  linkLive?: Map<string, { up: boolean; impairment: Record<string, unknown> | null }>;
+  selection: Selection;
+  onSelect: (s: Selection) => void;
+  /** Editor: called with `node.vm` of both ends when a link is drawn. */
+  onConnect?: (a: string, b: string) => void;
+}) {
+  const { nodes, edges } = useMemo(() => {
+    const nodes: Node[] = [];
+    const edges: Edge[] = [];
+    const perRow = Math.max(2, Math.min(5, Math.ceil(Math.sqrt(topo.nodes.length + 1))));
+    const netY = topo.networks.length ? 0 : -80;
+    topo.networks.forEach((n, i) => {
+      nodes.push({
+        id: `net:${n.name}`,
+        type: "net",
+        position: { x: 40 + i * COL, y: netY },
+        data: { name: n.name, subnet: n.subnet },
+        selectable: true,
+      });
+    });
+    let rowY = netY + 110;
+    let rowH = 0;
+    topo.nodes.forEach((n, i) => {
+      if (i > 0 && i % perRow === 0) {
+        rowY += rowH + 60;
+        rowH = 0;
+      }
+      const h = HEAD + (n.nodeNetwork ? 18 : 0) + n.vms.length * (VM_H + GAP) + GAP;
+      rowH = Math.max(rowH, h);
+      const gid = `node:${n.name}`;
+      nodes.push({
+        id: gid,
+        type: "group",
+        position: { x: (i % perRow) * COL, y: rowY },
+        style: { width: GROUP_W, height: h },
+        data: { name: n.name, template: n.template, nodeNetwork: n.nodeNetwork },
+        selectable: false,
+        draggable: true,
+      });
+      n.vms.forEach((v, j) => {
+        const id = `${n.name}.${v.name}`;
+        nodes.push({
+          id,
+          type: "vm",
+          parentId: gid,
+          extent: "parent",
+          position: { x: GAP, y: HEAD + (n.nodeNetwork ? 18 : 0) + j * (VM_H + GAP) },
+          data: {
+            vm: v,
+            live: live?.get(id),
+            selected: selection?.kind === "vm" && selection.id === id,
+            connectable: !!onConnect,
+          },
+          draggable: false,
+        });
+        for (const i of v.ifaces) {
+          if (i.network) {
+            edges.push({
+              id: `att:${id}:${i.name}`,
+              source: id,
+              target: `net:${i.network}`,
+              className: "attach",
+              label: `${i.name}${i.addresses[0] ? " " + i.addresses[0] : ""}`,
+              style: { stroke: "#7a8aa0" },
+            });
+          }
+        }
+      });
+    });
+    for (const l of topo.links) {
+      const ll = linkLive?.get(l.name);
+      const up = ll ? ll.up : l.up;
+      const imp = impairText(ll ? ll.impairment : l.impair);
+      const sel = selection?.kind === "link" && selection.name === l.name;
+      edges.push({
+        id: `link:${l.name}`,
+        source: l.a.split(":")[0],
+        target: l.b.split(":")[0],
+        label: `${l.name}${up ? "" : " (cut)"}${imp ? ` · ${imp}` : ""}`,
+        className: `link ${up ? "up" : "down"}${sel ? " selected" : ""}`,
+        style: {
+          stroke: up ? (imp ? "#c77c00" : "#2a7de1") : "#c0392b",
+          strokeWidth: sel ? 5 : 3,
+          strokeDasharray: up ? undefined : "6 5",
+        },
+        labelStyle: { fontWeight: 600 },
+        data: { link: l.name },
+      });
+    }
+    return { nodes, edges };
+  }, [topo, live, linkLive, selection, onConnect]);
+
+  return (
+    <div className="topology" aria-label={`Topology of ${topo.name}`}>
+      <ReactFlow
+        nodes={nodes}
+        edges={edges}
+        nodeTypes={nodeTypes}
+        fitView
+        fitViewOptions={{ padding: 0.15 }}
+        minZoom={0.2}
+        proOptions={{ hideAttribution: true }}
+        nodesConnectable={!!onConnect}
+        nodesDraggable={false}
+        onConnect={(c: Connection) => onConnect?.(c.source, c.target)}
+        onNodeClick={(_, n) => {
+          if (n.type === "vm") onSelect({ kind: "vm", id: n.id });
+          else if (n.type === "net") onSelect({ kind: "network", name: (n.data as NetData).name });
+        }}
+        onEdgeClick={(_, e) => {
+          if (e.id.startsWith("link:")) onSelect({ kind: "link", name: e.id.slice(5) });
+        }}
+        onPaneClick={() => onSelect(null)}
+      >
+        <Background gap={20} size={1} />
+        <Controls showInteractive={false} />
+      </ReactFlow>
+    </div>
+  );
+}

@@ -1,0 +1,439 @@
+// One lab: its topology with live VM states, operations (up/down/restart/delete), VM details
+// with console and shell, and per-link controls (cut/heal, impairment, RTT measurement).
+import { useMemo, useRef, useState, type FormEvent } from "react";
+import { api, canWrite, errorText, type LabDetail, type LinkInfo, type User, type VmInfo } from "../api";
+import type { KEvent } from "../events";
+import { specTopology } from "../labfile";
+import { impairText, Topology, type Selection, type VmLive } from "../components/Topology";
+import { Terminal } from "../components/Terminal";
+import { Link, navigate } from "../router";
+import { ago, ErrorBox, StateBadge, useEvents, useLoad } from "../util";
+
+interface OpLine {
+  ts: number;
+  text: string;
+  failed?: boolean;
+}
+
+export default function LabView({ user, name }: { user: User; name: string }) {
+  const { data: lab, error, reload, setData } = useLoad(() => api.lab(name), [name]);
+  const [sel, setSel] = useState<Selection>(null);
+  const [term, setTerm] = useState<{ vm: string; mode: "console" | "shell" } | null>(null);
+  const [busy, setBusy] = useState<string | null>(null);
+  const [actionError, setActionError] = useState<unknown>(null);
+  const [log, setLog] = useState<OpLine[]>([]);
+  const [eventTs, setEventTs] = useState<Map<string, number>>(new Map());
+  const [deleted, setDeleted] = useState(false);
+  const timer = useRef<number>();
+  const write = canWrite(user);
+
+  useEvents((e: KEvent) => {
+    if (e.lab !== name) return;
+    if (e.kind === "vm.state" && e.vm) {
+      const st = String(e.data.state ?? "");
+      const boot = typeof e.data.boot_ms === "number" ? e.data.boot_ms : null;
+      // Shown at once from the event; the full reload below fills in the rest.
+      setData((d: LabDetail | null) =>
+        d
+          ? {
+              ...d,
+              vms: d.vms.map((v) =>
+                v.name === e.vm ? { ...v, state: st, boot_ms: boot ?? v.boot_ms, reason: (e.data.reason as string) ?? null } : v,
+              ),
+            }
+          : d,
+      );
+      setEventTs((m) => new Map(m).set(e.vm!, e.ts_ms));
+    } else if (e.kind === "lab.state") {
+      setData((d: LabDetail | null) => (d ? { ...d, state: String(e.data.state ?? d.state) } : d));
+    } else if (e.kind === "op.progress") {
+      setLog((l) => [...l.slice(-200), { ts: e.ts_ms, text: String(e.data.message ?? "") }]);
+    } else if (e.kind === "op.state") {
+      const failed = e.data.state === "failed";
+      setLog((l) => [
+        ...l,
+        { ts: e.ts_ms, text: `operation ${String(e.data.state)}${e.data.error ? ": " + String(e.data.error) : ""}`, failed },
+      ]);
+    } else if (e.kind === "lab.deleted") {
+      setDeleted(true);
+      return;
+    }
+    window.clearTimeout(timer.current);
+    timer.current = window.setTimeout(reload, 300);
+  });
+
+  const topo = useMemo(() => (lab ? specTopology(lab.spec) : null), [lab?.spec]);
+  const live = useMemo(() => {
+    const m = new Map<string, VmLive>();
+    for (const v of lab?.vms ?? []) {
+      m.set(`${v.node}.${v.vm}`, { state: v.state, boot_ms: v.boot_ms, reason: v.reason, eventTs: eventTs.get(v.name) });
+    }
+    return m;
+  }, [lab?.vms, eventTs]);
+  const linkLive = useMemo(() => new Map((lab?.links ?? []).map((l) => [l.name, l])), [lab?.links]);
+
+  if (deleted) {
+    return (
+      <div className="empty">
+        <h1>Lab {name} was deleted</h1>
+        <p>
+          <Link to="/labs">Back to the labs</Link>
+        </p>
+      </div>
+    );
+  }
+  if (error && !lab) {
+    return (
+      <section>
+        <h1>Lab {name}</h1>
+        <ErrorBox error={error} />
+        <p>
+          <Link to="/labs">Back to the labs</Link>
+        </p>
+      </section>
+    );
+  }
+  if (!lab || !topo) return <p className="loading">Loading lab {name}…</p>;
+
+  const running = lab.vms.some((v) => v.pid != null || v.state === "ready" || v.state === "booting");
+  const act = async (what: string, f: () => Promise<unknown>) => {
+    setBusy(what);
+    setActionError(null);
+    try {
+      await f();
+    } catch (e) {
+      setActionError(e);
+    } finally {
+      setBusy(null);
+      reload();
+    }
+  };
+  const op = (o: "up" | "down" | "restart") =>
+    act(o, async () => {
+      setLog((l) => [...l, { ts: Date.now(), text: `${o} requested` }]);
+      await api.labOp(name, o);
+    });
+  const del = () => {
+    if (!window.confirm(`Delete lab ${name}? Its lab file and state are removed.`)) return;
+    void act("delete", async () => {
+      await api.deleteLab(name);
+      navigate("/labs");
+    });
+  };
+  const selVm = sel?.kind === "vm" ? lab.vms.find((v) => `${v.node}.${v.vm}` === sel.id) : undefined;
+  const selLink = sel?.kind === "link" ? lab.links.find((l) => l.name === sel.name) : undefined;
+  const ready = lab.vms.filter((v) => v.state === "ready").length;
+
+  return (
+    <section className="labview">
+      <div className="pagehead">
+        <h1>
+          {lab.name} <StateBadge state={lab.state} />
+        </h1>
+        <span className="muted">
+          {ready} of {lab.vms.length} VMs ready · owner {lab.owner ?? "root (local)"}
+          {lab.reason ? ` · ${lab.reason}` : ""}
+        </span>
+        {write ? (
+          <div className="actions" role="group" aria-label="Lab actions">
+            <button type="button" className="primary" disabled={!!busy} onClick={() => void op("up")}>
+              Start
+            </button>
+            <button type="button" disabled={!!busy} onClick={() => void op("restart")}>
+              Restart
+            </button>
+            <button type="button" disabled={!!busy} onClick={() => void op("down")}>
+              Stop
+            </button>
+            <button
+              type="button"
+              disabled={!!busy || running}
+              title={running ? "Stop the lab first" : undefined}
+              onClick={() => navigate(`/labs/${encodeURIComponent(name)}/edit`)}
+            >
+              Edit lab file
+            </button>
+            <button type="button" className="danger" disabled={!!busy || running} title={running ? "Stop the lab first" : undefined} onClick={del}>
+              Delete
+            </button>
+          </div>
+        ) : (
+          <span className="readonly">read only</span>
+        )}
+      </div>
+      <ErrorBox error={actionError} />
+      <div className="labgrid">
+        <Topology topo={topo} live={live} linkLive={linkLive} selection={sel} onSelect={setSel} />
+        <aside className="side" aria-label="Details">
+          {selVm ? (
+            <VmPanel vm={selVm} write={write} onTerm={(mode) => setTerm({ vm: selVm.name, mode })} />
+          ) : selLink ? (
+            <LinkPanel key={selLink.name} lab={lab} link={selLink} write={write} onChanged={reload} />
+          ) : (
+            <p className="muted">Select a VM or a link (in the graph or the lists below) to see and operate it.</p>
+          )}
+        </aside>
+      </div>
+      {term ? <Terminal key={`${term.vm}:${term.mode}`} vm={term.vm} mode={term.mode} onClose={() => setTerm(null)} /> : null}
+      <div className="tables">
+        <table className="list" aria-label="VMs">
+          <thead>
+            <tr>
+              <th scope="col">VM</th>
+              <th scope="col">State</th>
+              <th scope="col">Boot</th>
+              <th scope="col">Size</th>
+              <th scope="col">Addresses</th>
+            </tr>
+          </thead>
+          <tbody>
+            {lab.vms.map((v) => (
+              <tr key={v.name} data-vmrow={v.name} className={sel?.kind === "vm" && sel.id === `${v.node}.${v.vm}` ? "sel" : undefined}>
+                <td>
+                  <button type="button" className="linkish" onClick={() => setSel({ kind: "vm", id: `${v.node}.${v.vm}` })}>
+                    {v.node}.{v.vm}
+                  </button>
+                </td>
+                <td>
+                  <StateBadge state={v.state} />
+                  {v.reason ? <span className="muted small"> {v.reason}</span> : null}
+                </td>
+                <td>{v.boot_ms != null ? `${v.boot_ms} ms` : "–"}</td>
+                <td>
+                  {v.image} · {v.vcpus} vCPU · {v.memory_mib} MiB
+                </td>
+                <td className="small">{v.addresses.join(", ") || "–"}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+        {lab.links.length ? (
+          <table className="list" aria-label="Links">
+            <thead>
+              <tr>
+                <th scope="col">Link</th>
+                <th scope="col">Ends</th>
+                <th scope="col">State</th>
+                <th scope="col">Impairment</th>
+              </tr>
+            </thead>
+            <tbody>
+              {lab.links.map((l) => (
+                <tr key={l.name} data-linkrow={l.name}>
+                  <td>
+                    <button type="button" className="linkish" onClick={() => setSel({ kind: "link", name: l.name })}>
+                      {l.name}
+                    </button>
+                  </td>
+                  <td className="small">{l.endpoints.join(" ↔ ")}</td>
+                  <td>{l.up ? "up" : <span className="bad">cut</span>}</td>
+                  <td>{impairText(l.impairment) || "none"}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        ) : (
+          <p className="muted">This lab has no point-to-point links.</p>
+        )}
+        <section aria-label="Activity" className="activity">
+          <h2>Activity</h2>
+          {log.length === 0 ? (
+            <p className="muted small">Operations on this lab show their progress here.</p>
+          ) : (
+            <ol className="log" aria-live="polite">
+              {log.map((l, i) => (
+                <li key={i} className={l.failed ? "bad" : undefined}>
+                  <time>{new Date(l.ts).toLocaleTimeString()}</time> {l.text}
+                </li>
+              ))}
+            </ol>
+          )}
+          <p className="muted small">Lab created {ago(lab.created_ms)} from {lab.file ?? "a lab file"}.</p>
+        </section>
+      </div>
+    </section>
+  );
+}
+
+function VmPanel({ vm, write, onTerm }: { vm: VmInfo; write: boolean; onTerm: (m: "console" | "shell") => void }) {
+  const up = vm.pid != null || vm.state === "ready";
+  return (
+    <div className="panel" data-panel="vm">
+      <h2>
+        VM {vm.node}.{vm.vm}
+      </h2>
+      <dl>
+        <dt>State</dt>
+        <dd>
+          <StateBadge state={vm.state} /> {vm.reason ?? ""}
+        </dd>
+        <dt>Boot time</dt>
+        <dd>{vm.boot_ms != null ? `${vm.boot_ms} ms (process start to agent ready)` : "–"}</dd>
+        <dt>Image</dt>
+        <dd>{vm.image ?? "–"}</dd>
+        <dt>Size</dt>
+        <dd>
+          {vm.vcpus} vCPU, {vm.memory_mib} MiB
+        </dd>
+        <dt>Addresses</dt>
+        <dd>{vm.addresses.length ? vm.addresses.join(", ") : "–"}</dd>
+        <dt>Full name</dt>
+        <dd>
+          <code>{vm.name}</code>
+        </dd>
+      </dl>
+      {write ? (
+        <div className="actions">
+          <button type="button" disabled={!up} onClick={() => onTerm("console")}>
+            Open console
+          </button>
+          <button type="button" disabled={vm.state !== "ready"} onClick={() => onTerm("shell")}>
+            Open shell
+          </button>
+        </div>
+      ) : null}
+      {write && !up ? <p className="muted small">Start the lab to open a console.</p> : null}
+    </div>
+  );
+}
+
+const IMPAIR_FIELDS: { key: "delay" | "jitter" | "loss" | "rate"; label: string; hint: string }[] = [
+  { key: "delay", label: "Delay", hint: "e.g. 100ms" },
+  { key: "jitter", label: "Jitter", hint: "e.g. 5ms" },
+  { key: "loss", label: "Loss", hint: "e.g. 1%" },
+  { key: "rate", label: "Rate", hint: "e.g. 10mbit" },
+];
+
+function fieldValue(imp: Record<string, unknown> | null, k: string): string {
+  const v = imp?.[k];
+  if (v == null) return "";
+  if (typeof v === "object") return String((v as Record<string, unknown>).percent ?? "");
+  return String(v);
+}
+
+function LinkPanel({ lab, link, write, onChanged }: { lab: LabDetail; link: LinkInfo; write: boolean; onChanged: () => void }) {
+  const [vals, setVals] = useState<Record<string, string>>(() =>
+    Object.fromEntries(IMPAIR_FIELDS.map((f) => [f.key, fieldValue(link.impairment, f.key)])),
+  );
+  const [msg, setMsg] = useState<string | null>(null);
+  const [err, setErr] = useState<unknown>(null);
+  const [busy, setBusy] = useState(false);
+  const [rtt, setRtt] = useState<{ text: string; seq: number } | null>(null);
+
+  const run = async (f: () => Promise<string | null>) => {
+    setBusy(true);
+    setErr(null);
+    setMsg(null);
+    try {
+      setMsg(await f());
+      onChanged();
+    } catch (e) {
+      setErr(e);
+    } finally {
+      setBusy(false);
+    }
+  };
+  const apply = (e: FormEvent) => {
+    e.preventDefault();
+    const body = Object.fromEntries(Object.entries(vals).filter(([, v]) => v.trim() !== "").map(([k, v]) => [k, v.trim()]));
+    void run(async () => {
+      if (Object.keys(body).length === 0) {
+        await api.clearImpair(lab.name, link.name);
+        return "impairment cleared";
+      }
+      const r = await api.impair(lab.name, link.name, body);
+      return `applied: ${impairText(r.impairment) || "none"}`;
+    });
+  };
+
+  // RTT across the link: ping the far end's address from the near end, through the agent.
+  const [endA, endB] = link.endpoints;
+  const far = lab.vms.find((v) => `${v.node}.${v.vm}` === endB.split(":")[0]);
+  const near = lab.vms.find((v) => `${v.node}.${v.vm}` === endA.split(":")[0]);
+  const farAddr = far?.addresses.find((a) => a.startsWith(`${endB.split(":")[1]}:`))?.split(":")[1]?.split("/")[0];
+  const measure = () =>
+    void run(async () => {
+      if (!near || !farAddr) throw new Error("the far end of this link has no IPv4 address to ping");
+      const r = await api.exec(near.name, ["ping", "-c", "3", "-W", "2", farAddr], 20);
+      const m = r.stdout.match(/= [\d.]+\/([\d.]+)\//);
+      const text = m ? `RTT ${m[1]} ms (avg of 3 pings ${near.node}.${near.vm} → ${farAddr})` : `no answer from ${farAddr} (exit ${r.exit_code})`;
+      setRtt((r) => ({ text, seq: (r?.seq ?? 0) + 1 }));
+      return null;
+    });
+
+  return (
+    <div className="panel" data-panel="link">
+      <h2>Link {link.name}</h2>
+      <p className="small">{link.endpoints.join(" ↔ ")}</p>
+      <p>
+        State: {link.up ? <strong>up</strong> : <strong className="bad">cut</strong>} · impairment:{" "}
+        <span data-testid="impairment">{impairText(link.impairment) || "none"}</span>
+      </p>
+      {write ? (
+        <>
+          <div className="actions">
+            {link.up ? (
+              <button type="button" disabled={busy} onClick={() => void run(async () => (await api.linkState(lab.name, link.name, false), "link cut"))}>
+                Cut link
+              </button>
+            ) : (
+              <button type="button" disabled={busy} onClick={() => void run(async () => (await api.linkState(lab.name, link.name, true), "link healed"))}>
+                Heal link
+              </button>
+            )}
+            <button type="button" disabled={busy || !farAddr} onClick={measure}>
+              Measure RTT
+            </button>
+          </div>
+          <form onSubmit={apply} aria-labelledby="impair-h" className="impair">
+            <h3 id="impair-h">Impairment (both directions)</h3>
+            {IMPAIR_FIELDS.map((f) => (
+              <label key={f.key}>
+                {f.label}
+                <input
+                  name={f.key}
+                  value={vals[f.key]}
+                  placeholder={f.hint}
+                  onChange={(e) => setVals({ ...vals, [f.key]: e.target.value })}
+                />
+              </label>
+            ))}
+            <div className="actions">
+              <button type="submit" className="primary" disabled={busy}>
+                Apply
+              </button>
+              <button
+                type="button"
+                disabled={busy}
+                onClick={() => {
+                  setVals({ delay: "", jitter: "", loss: "", rate: "" });
+                  void run(async () => (await api.clearImpair(lab.name, link.name), "impairment cleared"));
+                }}
+              >
+                Clear
+              </button>
+            </div>
+          </form>
+        </>
+      ) : null}
+      {rtt ? (
+        <p data-testid="rtt" data-seq={rtt.seq} className="rtt" role="status">
+          {rtt.text}
+        </p>
+      ) : null}
+      {msg ? (
+        <p className="ok" role="status">
+          {msg}
+        </p>
+      ) : null}
+      {err ? (
+        <p className="error" role="alert">
+          {errorText(err)}
+        </p>
+      ) : null}
+      <p className="muted small">
+        Packet capture: not offered by the API yet (<code>kobako capture {link.name}</code> on the server host).
+      </p>
+    </div>
+  );
+}
