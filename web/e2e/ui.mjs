@@ -128,21 +128,28 @@ let admin;
 let failed = null;
 try {
   // ---- first page load -------------------------------------------------------------------
-  admin = await newPage();
+  // The browser process is started and warm; each measurement is a new context (empty cache,
+  // new connection): navigation start to a usable login form.
+  const warm = await newPage();
+  await warm.goto("about:blank");
   const loads = [];
   for (let i = 0; i < 3; i++) {
+    const p = await newPage();
     const start = Date.now();
-    await admin.goto(`${URL0}/`, { waitUntil: "load" });
-    await admin.getByLabel("User name").waitFor();
+    await p.goto(`${URL0}/`, { waitUntil: "load" });
+    await p.getByLabel("User name").waitFor();
     loads.push(Date.now() - start);
-    if (i === 0) await admin.context().clearCookies();
+    if (i < 2) await p.context().close();
+    else admin = p;
   }
+  await warm.context().close();
   const nav = await admin.evaluate(() => {
     const n = performance.getEntriesByType("navigation")[0];
-    return { domContentLoaded: Math.round(n.domContentLoadedEventEnd), load: Math.round(n.loadEventEnd) };
+    return { dcl: Math.round(n.domContentLoadedEventEnd), load: Math.round(n.loadEventEnd) };
   });
-  log(`first page load: ${loads[0]} ms to a usable login form (cold), then ${loads.slice(1).join(", ")} ms; navigation timing load=${nav.load} ms`);
-  expect(loads[0] < 1000, `first page loads in under 1 s (took ${loads[0]} ms)`);
+  const ld = stats(loads);
+  log(`first page load (empty cache, new connection, to a usable login form): ${loads.join(", ")} ms (median ${ld.median} ms); navigation timing of the last: DOMContentLoaded ${nav.dcl} ms, load ${nav.load} ms`);
+  expect(ld.median < 1000, `first page loads in under 1 s (median ${ld.median} ms)`);
   await shot(admin, "01-login");
 
   // Wrong password: a clear message, still on the login page.

@@ -81,7 +81,7 @@ export interface SpecVm {
   id: { node: string; vm: string };
   image: string;
   vcpus: number;
-  memory: number;
+  memory: number | string;
   interfaces: SpecIface[];
 }
 export type Attachment = "node_network" | { network: string } | { link: string };

@@ -50,7 +50,9 @@ function str(v: unknown, d: string): string {
   return typeof v === "string" || typeof v === "number" ? String(v) : d;
 }
 
-export function mib(m: number): string {
+/** Memory as a lab file writes it (the resolved spec has "96M" already, or MiB). */
+export function mib(m: number | string): string {
+  if (typeof m === "string") return m;
   return m % 1024 === 0 ? `${m / 1024}G` : `${m}M`;
 }
 

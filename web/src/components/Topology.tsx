@@ -1,12 +1,13 @@
 // The lab drawn with React Flow: nodes as boxes holding their VMs, lab networks as pills,
 // links as edges between VMs. VM colours follow their live state (from the event stream).
-import { useEffect, useMemo } from "react";
+import { useEffect, useMemo, useRef } from "react";
 import {
   Background,
   Controls,
   Handle,
   Position,
   ReactFlow,
+  useNodesState,
   type Connection,
   type Edge,
   type Node,
@@ -101,7 +102,8 @@ function GroupNode({ data }: NodeProps<Node<GroupData>>) {
   );
 }
 
-const nodeTypes = { vm: VmNode, net: NetNode, group: GroupNode };
+// Not "group": React Flow styles its built-in group type with a border of its own.
+const nodeTypes = { vm: VmNode, net: NetNode, nodegroup: GroupNode };
 
 export function impairText(imp: Record<string, unknown> | null | undefined): string {
   if (!imp) return "";
@@ -132,7 +134,10 @@ export function Topology({
   /** Editor: called with `node.vm` of both ends when a link is drawn. */
   onConnect?: (a: string, b: string) => void;
 }) {
-  const { nodes, edges } = useMemo(() => {
+  const connectRef = useRef(onConnect);
+  connectRef.current = onConnect;
+  const editable = !!onConnect;
+  const { nodes: layout, edges } = useMemo(() => {
     const nodes: Node[] = [];
     const edges: Edge[] = [];
     const perRow = Math.max(2, Math.min(5, Math.ceil(Math.sqrt(topo.nodes.length + 1))));
@@ -158,7 +163,7 @@ export function Topology({
       const gid = `node:${n.name}`;
       nodes.push({
         id: gid,
-        type: "group",
+        type: "nodegroup",
         position: { x: (i % perRow) * COL, y: rowY },
         style: { width: GROUP_W, height: h },
         data: { name: n.name, template: n.template, nodeNetwork: n.nodeNetwork },
@@ -177,7 +182,7 @@ export function Topology({
             vm: v,
             live: live?.get(id),
             selected: selection?.kind === "vm" && selection.id === id,
-            connectable: !!onConnect,
+            connectable: editable,
           },
           draggable: false,
         });
@@ -216,7 +221,20 @@ export function Topology({
       });
     }
     return { nodes, edges };
-  }, [topo, live, linkLive, selection, onConnect]);
+  }, [topo, live, linkLive, selection, editable]);
+
+  // React Flow measures nodes and keeps positions in its node state: new layouts keep the
+  // measurements and where the user dragged a node to.
+  const [nodes, setNodes, onNodesChange] = useNodesState<Node>(layout);
+  useEffect(() => {
+    setNodes((prev) => {
+      const old = new Map(prev.map((n) => [n.id, n]));
+      return layout.map((n) => {
+        const p = old.get(n.id);
+        return p ? { ...n, position: p.position, measured: p.measured } : n;
+      });
+    });
+  }, [layout, setNodes]);
 
   return (
     <div className="topology" aria-label={`Topology of ${topo.name}`}>
@@ -225,12 +243,12 @@ export function Topology({
         edges={edges}
         nodeTypes={nodeTypes}
         fitView
-        fitViewOptions={{ padding: 0.15 }}
+        fitViewOptions={{ padding: 0.15, maxZoom: 1.1 }}
         minZoom={0.2}
         proOptions={{ hideAttribution: true }}
-        nodesConnectable={!!onConnect}
-        nodesDraggable={false}
-        onConnect={(c: Connection) => onConnect?.(c.source, c.target)}
+        onNodesChange={onNodesChange}
+        nodesConnectable={editable}
+        onConnect={(c: Connection) => connectRef.current?.(c.source, c.target)}
         onNodeClick={(_, n) => {
           if (n.type === "vm") onSelect({ kind: "vm", id: n.id });
           else if (n.type === "net") onSelect({ kind: "network", name: (n.data as NetData).name });
