@@ -21,6 +21,7 @@ pub mod db;
 pub mod error;
 pub mod ops;
 pub mod tls;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -167,7 +168,7 @@ pub fn app(state: AppState) -> Router {
                 async move { axum::Json((*d).clone()) }
             }),
         )
-        .fallback(error::route_not_found)
+        .fallback(web::fallback)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), audit))
         // Lab files and JSON bodies are small; file uploads have their own larger limit.
