@@ -164,6 +164,24 @@ try {
   await admin.getByRole("heading", { name: "Labs" }).waitFor();
   await shot(admin, "02-labs");
 
+  // Token refresh before expiry: make the stored access token look about to expire, reload,
+  // and the page exchanges the refresh token for a new pair on its own.
+  const before = await admin.evaluate(() => {
+    const s = JSON.parse(localStorage.getItem("kobako.session"));
+    s.expires = Date.now() + 2000;
+    localStorage.setItem("kobako.session", JSON.stringify(s));
+    return s.access;
+  });
+  await admin.reload();
+  await admin.waitForFunction(
+    (old) => JSON.parse(localStorage.getItem("kobako.session") ?? "{}").access !== old,
+    before,
+    { timeout: 10_000 },
+  );
+  await admin.getByTestId("whoami").waitFor();
+  expect((await pageApi(admin, "GET", "/auth/me")).status === 200, "refreshed token works");
+  log("access token refreshed before expiry");
+
   // ---- admin: users with roles and quotas ----------------------------------------------
   await admin.getByRole("link", { name: "Users" }).click();
   await admin.getByRole("heading", { name: "Users" }).waitFor();
@@ -250,7 +268,7 @@ try {
     undefined,
     { timeout: 30_000 },
   );
-  const termText = await admin.locator(".xterm-rows").textContent();
+  const termText = await admin.locator(".xterm-rows").innerText();
   expect(/ui-42-\S+/.test(termText), "console command output shown");
   log(`console: ${termText.match(/ui-42-\S+/)[0]}`);
   await shot(admin, "07-console");
@@ -360,6 +378,51 @@ try {
   await admin.getByRole("heading", { name: "Labs" }).waitFor();
   await admin.waitForFunction((lab) => !document.querySelector(`tr[data-lab="${lab}"]`), LAB);
   log("lab stopped and deleted");
+
+  // ---- the web-stack template (Debian VMs), when its image exists ----------------------------
+  const images = JSON.parse((await pageApi(admin, "GET", "/images")).body).map((i) => i.name);
+  const want = process.env.KOBAKO_UI_WEBSTACK ?? "auto";
+  if (want === "1" || (want === "auto" && images.includes("debian-web"))) {
+    const ws = `${LAB}-ws`;
+    await admin.getByRole("link", { name: "New lab" }).click();
+    await admin.getByLabel("Start from").selectOption("web-stack");
+    await admin.getByLabel("Lab name").fill(ws);
+    await admin.locator('.vmnode[data-vm="web-stack.api"]').waitFor();
+    await admin.getByRole("button", { name: "Create and start" }).click();
+    await admin.waitForURL(new RegExp(`/labs/${ws}$`));
+    const t = Date.now();
+    await waitAllVms(admin, "ready", BOOT_TIMEOUT * 2);
+    log(`web-stack: 3 Debian VMs ready in the graph after ${((Date.now() - t) / 1000).toFixed(1)} s`);
+    await shot(admin, "13-web-stack");
+    await admin.getByRole("button", { name: "web-stack.api", exact: true }).click();
+    await admin.getByRole("button", { name: "Open shell" }).click();
+    await admin.locator(".termstatus", { hasText: "connected" }).waitFor();
+    await admin.locator(".xterm").click();
+    await admin.keyboard.type("curl -s http://api:8080/item/ui; echo; echo ui-$((6*7))\n", { delay: 10 });
+    await admin.waitForFunction(() => /"cache":\s*"(miss|hit)"/.test(document.querySelector(".xterm-rows")?.textContent ?? ""), undefined, { timeout: 60_000 });
+    log("web-stack: the API answered through the cache in the shell");
+    await shot(admin, "14-web-stack-shell");
+    await admin.getByRole("button", { name: "Close" }).click();
+    await admin.getByRole("button", { name: "Stop", exact: true }).click();
+    await waitAllVms(admin, "stopped", 180_000);
+    await admin.getByRole("button", { name: "Delete", exact: true }).click();
+    await admin.waitForURL(/\/labs$/);
+    log("web-stack lab stopped and deleted");
+  } else {
+    log(`web-stack variant skipped: no debian-web image (images: ${images.join(", ") || "none"})`);
+  }
+
+  // ---- users removed, log out ------------------------------------------------------------
+  for (const u of [MEMBER, VIEWER]) {
+    expect((await pageApi(admin, "DELETE", `/users/${u}`)).status === 204, `user ${u} removed`);
+  }
+  await admin.getByRole("button", { name: "Log out" }).click();
+  await admin.getByLabel("User name").waitFor();
+  expect((await admin.evaluate(() => localStorage.getItem("kobako.session"))) === null, "logged out");
+  await admin.goto(`${URL0}/labs`);
+  await admin.waitForURL(/\/login/);
+  log("logged out");
+  admin = null;
 } catch (e) {
   failed = e;
   results.failed++;

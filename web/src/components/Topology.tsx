@@ -35,7 +35,8 @@ const VM_H = 58;
 const GAP = 12;
 const HEAD = 30;
 const GROUP_W = VM_W + 2 * GAP;
-const COL = GROUP_W + 70;
+// Room between node boxes for a link's label (name and impairment).
+const COL = GROUP_W + 180;
 
 type VmData = { vm: TopoVm; live?: VmLive; selected: boolean; connectable: boolean };
 type NetData = { name: string; subnet?: string };
