@@ -398,8 +398,12 @@ try {
     await admin.getByRole("button", { name: "Open shell" }).click();
     await admin.locator(".termstatus", { hasText: "connected" }).waitFor();
     await admin.locator(".xterm").click();
-    await admin.keyboard.type("curl -s http://api:8080/item/ui; echo; echo ui-$((6*7))\n", { delay: 10 });
-    await admin.waitForFunction(() => /"cache":\s*"(miss|hit)"/.test(document.querySelector(".xterm-rows")?.textContent ?? ""), undefined, { timeout: 60_000 });
+    // The API service may still be starting right after the agent is ready: retry for a while.
+    await admin.keyboard.type(
+      "for i in $(seq 1 60); do curl -sf http://api:8080/item/ui && break; sleep 1; done; echo\n",
+      { delay: 10 },
+    );
+    await admin.waitForFunction(() => /"cache":\s*"(miss|hit)"/.test(document.querySelector(".xterm-rows")?.textContent ?? ""), undefined, { timeout: 90_000 });
     log("web-stack: the API answered through the cache in the shell");
     await shot(admin, "14-web-stack-shell");
     await admin.getByRole("button", { name: "Close" }).click();
