@@ -304,7 +304,10 @@ try {
   expect(cut.ms === null, `no ping across a cut link (${cut.text})`);
   await admin.getByRole("button", { name: "Heal link" }).click();
   await admin.getByRole("button", { name: "Cut link" }).waitFor();
-  const healed = await rtt(admin);
+  // The first echoes after a heal may still be lost (neighbour entries, taps coming up): a user
+  // would measure again, so does the test (up to 4 times).
+  let healed = await rtt(admin);
+  for (let i = 0; i < 3 && healed.ms === null; i++) healed = await rtt(admin);
   expect(healed.ms !== null, `ping again after heal (${healed.text})`);
   log("link cut and healed");
 
