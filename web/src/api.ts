@@ -26,7 +26,7 @@ export interface LabSummary {
   state: string;
   reason: string | null;
   file: string | null;
-  vms: number;
+  vm_count: number;
   vms_ready: number;
   created_ms: number;
   updated_ms: number;
@@ -55,8 +55,7 @@ export interface LinkInfo {
   impairment: Record<string, unknown> | null;
 }
 
-export interface LabDetail extends Omit<LabSummary, "vms"> {
-  // The summary's VM count has the same key; JSON keeps the list (it comes last).
+export interface LabDetail extends LabSummary {
   vms: VmInfo[];
   links: LinkInfo[];
   spec: SpecLab;

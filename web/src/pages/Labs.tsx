@@ -58,7 +58,7 @@ export function Labs({ user }: { user: User }) {
                   {l.reason ? <span className="muted small"> {l.reason}</span> : null}
                 </td>
                 <td>
-                  {l.vms_ready} / {l.vms}
+                  {l.vms_ready} / {l.vm_count}
                 </td>
                 <td>{l.owner ?? <span className="muted">root (local)</span>}</td>
                 <td>{ago(l.updated_ms)}</td>
