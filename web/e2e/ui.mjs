@@ -195,7 +195,14 @@ try {
     await form.getByLabel("Password").fill(PW);
     if (role === "member") await form.getByLabel("Max VMs").fill("4");
     await form.getByRole("button", { name: "Add user" }).click();
-    await admin.locator(`tr[data-user="${name}"]`).waitFor();
+    const row = admin.locator(`tr[data-user="${name}"]`);
+    // A refused request shows its error; a transient one (server busy) is worth one more click.
+    await row.or(form.getByRole("alert")).first().waitFor();
+    if (!(await row.count())) {
+      log(`add user ${name}: ${await form.getByRole("alert").textContent()}; trying again`);
+      await form.getByRole("button", { name: "Add user" }).click();
+    }
+    await row.waitFor();
   }
   expect((await admin.locator(`tr[data-user="${MEMBER}"]`).textContent()).includes("4"), "member quota shown");
   await shot(admin, "03-users");

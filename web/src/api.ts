@@ -306,7 +306,11 @@ export async function request<T>(
       }
     }
     if (auth && session) headers.Authorization = `Bearer ${session.access}`;
-    return fetch(`/api/v1${path}`, { method, headers, body: data });
+    try {
+      return await fetch(`/api/v1${path}`, { method, headers, body: data });
+    } catch (e) {
+      throw new ApiError(0, "network", `cannot reach the server (${errorText(e)}): try again`);
+    }
   };
   let r = await send();
   if (r.status === 401 && auth && session) {
