@@ -160,7 +160,7 @@ fn web_ui_end_to_end() {
         shots.display(),
         std::fs::read_to_string(&log_path).unwrap_or_default()
     );
-    assert!(out.contains("first page load:") && out.contains("event-to-screen latency"));
+    assert!(out.contains("first page load (") && out.contains("event-to-screen latency"));
     assert!(out.contains(" passed, 0 failed"), "{out}");
 
     // The lab was stopped and deleted through the UI: nothing is left running.
