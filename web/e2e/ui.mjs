@@ -9,7 +9,7 @@
 // run the web-stack template lab; needs the debian-web image).
 // Prints one line per measurement and step; exits non-zero on the first failed expectation.
 import { chromium } from "playwright-core";
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync } from "node:fs";
 
 const URL0 = process.env.KOBAKO_UI_URL ?? "https://127.0.0.1:8443";
 const ADMIN_PW = process.env.KOBAKO_UI_ADMIN_PASSWORD;
@@ -29,6 +29,7 @@ if (!exe || !existsSync(exe)) {
   process.exit(2);
 }
 mkdirSync(SHOTS, { recursive: true });
+rmSync(`${SHOTS}/zz-failure.png`, { force: true });
 
 const results = { passed: 0, failed: 0 };
 const t0 = Date.now();
@@ -253,6 +254,15 @@ try {
   const startUp = Date.now();
   await waitAllVms(admin, "ready", BOOT_TIMEOUT);
   log(`all VMs ready in the graph ${((Date.now() - startUp) / 1000).toFixed(1)} s after the page showed the lab`);
+  // The colour may already have come from a reload another event triggered; wait (briefly) for
+  // the VMs' own ready events to be painted too, which is what is measured.
+  await admin
+    .waitForFunction(
+      () => new Set((window.__kobakoShown ?? []).filter((s) => s.eventTs && s.state === "ready").map((s) => s.vm)).size >= 2,
+      undefined,
+      { timeout: 5000 },
+    )
+    .catch(() => {});
   const shown = await admin.evaluate(() => window.__kobakoShown ?? []);
   const lat = shown.filter((s) => s.eventTs && s.state === "ready").map((s) => s.shownMs - s.eventTs);
   const latAll = shown.filter((s) => s.eventTs).map((s) => s.shownMs - s.eventTs);

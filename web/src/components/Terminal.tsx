@@ -45,6 +45,8 @@ export function Terminal({
       term.focus();
       // The serial console prints nothing until asked: a newline shows the prompt.
       if (mode === "console") ws.send(enc.encode("\r"));
+      // The terminal may have been fitted to its box after the URL was made: tell the pty.
+      else ws.send(JSON.stringify({ resize: { rows: term.rows, cols: term.cols } }));
     };
     ws.onmessage = (m) => {
       if (typeof m.data === "string") {
