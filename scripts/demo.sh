@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# PROFILE=dev scripts/demo.sh uses a debug build (faster to build, slower to run).
+export PROFILE=${PROFILE:-release}
 scripts/build.sh
-K=target/release/kobako
+if [ "$PROFILE" = release ]; then K=target/release/kobako; else K=target/debug/kobako; fi
 $K image kernel
 $K image tiny
 

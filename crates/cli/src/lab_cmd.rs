@@ -244,9 +244,9 @@ pub fn ls(json: bool) -> Result<i32> {
             "{:<24} {:<9} {:>5} {:>6} {:>7}M  {}",
             r["name"].as_str().unwrap_or_default(),
             r["state"].as_str().unwrap_or_default(),
-            r["vms"],
-            r["ready"],
-            r["memory_mib"],
+            r["vms"].as_u64().unwrap_or(0),
+            r["ready"].as_u64().unwrap_or(0),
+            r["memory_mib"].as_u64().unwrap_or(0),
             r["file"].as_str().unwrap_or_default()
         );
     }
