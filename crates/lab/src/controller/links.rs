@@ -166,13 +166,8 @@ pub fn impair(lab: &str, link: &str, imp: Option<Impairment>) -> Result<()> {
             source,
         })?;
     }
-    let up = db
-        .links(lab)?
-        .into_iter()
-        .find(|r| r.name == link)
-        .map(|r| r.up)
-        .unwrap_or(true);
     let before = db.links(lab)?.into_iter().find(|r| r.name == link);
+    let up = before.as_ref().map(|r| r.up).unwrap_or(true);
     let value = imp.map(|i| serde_json::to_value(i).unwrap_or_default());
     db.set_link(lab, link, up, value.as_ref())?;
     if let Err(e) = apply_links(&db, &rec.lab) {

@@ -74,8 +74,10 @@ pub fn ensure(lab: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if running(lab) {
-            // Reaped by init once we exit; not waited for here (it is meant to outlive us).
-            std::mem::forget(child);
+            // It outlives us; while we live (e.g. the server), reap it when it ends.
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
             return Ok(());
         }
         if let Ok(Some(st)) = child.try_wait() {
