@@ -5,22 +5,6 @@ mod common;
 
 use common::*;
 
-/// A lab file from examples/ under another name (so tests never collide with a user's lab).
-fn example_as(env: &Env, example: &str, name: &str) -> std::path::PathBuf {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples")
-        .join(example);
-    let text = std::fs::read_to_string(&src).unwrap();
-    let first = text
-        .lines()
-        .find(|l| l.starts_with("name:"))
-        .expect("example has a name");
-    let text = text.replacen(first, &format!("name: {name}"), 1);
-    let p = env.run.path().join(example);
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
 fn lab_cmd(env: &Env, state: &std::path::Path, args: &[&str]) -> std::process::Output {
     env.cmd(args).env("KOBAKO_STATE", state).output().unwrap()
 }
@@ -47,7 +31,7 @@ fn netns_exists(name: &str) -> bool {
 fn three_networks_declared_paths_work_and_undeclared_do_not() {
     let env = Env::new();
     let state = tempfile::tempdir().unwrap();
-    let file = example_as(&env, "three-networks.yaml", "kbt-paths");
+    let file = env.example_as("three-networks.yaml", "kbt-paths");
     let _down = Down {
         env: &env,
         state: state.path(),
@@ -516,7 +500,7 @@ fn a_vm_that_cannot_start_is_reported_and_the_rest_comes_up() {
 fn kill_during_up_then_up_converges_without_duplicates() {
     let env = Env::new();
     let state = tempfile::tempdir().unwrap();
-    let file = example_as(&env, "tiny-five.yaml", "kbt-kill");
+    let file = env.example_as("tiny-five.yaml", "kbt-kill");
     let _down = Down {
         env: &env,
         state: state.path(),

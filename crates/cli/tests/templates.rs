@@ -36,17 +36,7 @@ struct Lab {
 impl Lab {
     fn from_example(example: &str, name: &str) -> Lab {
         let env = Env::new();
-        let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../examples")
-            .join(example);
-        let text = std::fs::read_to_string(&src).unwrap();
-        let first = text
-            .lines()
-            .find(|l| l.starts_with("name:"))
-            .expect("example has a name");
-        let text = text.replacen(first, &format!("name: {name}"), 1);
-        let file = env.run.path().join(example);
-        std::fs::write(&file, text).unwrap();
+        let file = env.example_as(example, name);
         Lab {
             env,
             state: tempfile::tempdir().unwrap(),

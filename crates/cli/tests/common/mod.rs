@@ -32,6 +32,23 @@ impl Env {
         self.cmd(args).output().unwrap()
     }
 
+    /// A lab file from examples/ renamed to `name` (so tests never collide with a user's lab),
+    /// written into this environment's run directory.
+    pub fn example_as(&self, example: &str, name: &str) -> PathBuf {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples")
+            .join(example);
+        let text = std::fs::read_to_string(&src).unwrap();
+        let first = text
+            .lines()
+            .find(|l| l.starts_with("name:"))
+            .expect("example has a name");
+        let text = text.replacen(first, &format!("name: {name}"), 1);
+        let p = self.run.path().join(example);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
     pub fn vms_dir(&self) -> PathBuf {
         self.run.path().join("vms")
     }
