@@ -3,8 +3,14 @@
 //! the middle of it. Prints latency percentiles, throughput and the `up` result.
 //!
 //! ```sh
-//! cargo build --release -p kobako && cargo run --release -p kobako --example api_load -- 100 30
+//! cargo build --release -p kobako && cargo run --release -p kobako --example api_load -- 100 30 [INTERVAL_MS]
 //! ```
+//!
+//! Without `INTERVAL_MS` every client sends its next request as soon as the previous one
+//! answered (a closed loop: the latency then mostly measures the queue of 100 clients on this
+//! machine's cores, by Little's law clients / throughput). With it, each client sends one
+//! request every `INTERVAL_MS` (a UI-like paced load), so the figures show the service latency
+//! at that offered rate.
 //!
 //! It starts its own server (the `kobako` next to this example's directory, or `$KOBAKO_BIN`)
 //! with temporary state and run directories, on 127.0.0.1 only, and removes everything after.
@@ -101,6 +107,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let clients: usize = args.first().map_or(100, |s| s.parse().unwrap());
     let secs: u64 = args.get(1).map_or(30, |s| s.parse().unwrap());
+    let interval = Duration::from_millis(args.get(2).map_or(0, |s| s.parse().unwrap()));
     let state = tempfile::Builder::new()
         .prefix("kobako-load")
         .tempdir()
@@ -177,12 +184,21 @@ fn main() {
     let url = format!("{base}/labs/{read_lab}");
     let start = Instant::now();
     let workers: Vec<_> = (0..clients)
-        .map(|_| {
+        .map(|i| {
             let (a, url, tok) = (agent_for(&cert), url.clone(), tok.clone());
             let (stop, lat, errors) = (stop.clone(), lat.clone(), errors.clone());
             std::thread::spawn(move || {
                 let mut mine = Vec::new();
+                // Paced clients start spread over one interval.
+                let mut next = Instant::now() + interval * i as u32 / clients as u32;
                 while !stop.load(Ordering::Relaxed) {
+                    if !interval.is_zero() {
+                        let now = Instant::now();
+                        if next > now {
+                            std::thread::sleep(next - now);
+                        }
+                        next += interval;
+                    }
                     let t = Instant::now();
                     match a
                         .get(&url)
@@ -215,7 +231,12 @@ fn main() {
     let mut v = lat.lock().unwrap().clone();
     v.sort();
     println!(
-        "{clients} clients, {:.1} s: {} requests ({:.0}/s), {} errors",
+        "{clients} clients ({}), {:.1} s: {} requests ({:.0}/s), {} errors",
+        if interval.is_zero() {
+            "closed loop".to_string()
+        } else {
+            format!("each one request every {} ms", interval.as_millis())
+        },
         elapsed.as_secs_f64(),
         v.len(),
         v.len() as f64 / elapsed.as_secs_f64(),

@@ -33,12 +33,57 @@ pub struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
+    /// OpenID Connect: the issuer URL (turns on "sign in with ..." in the API and the UI).
+    #[arg(long, requires = "oidc_client_id")]
+    pub oidc_issuer: Option<String>,
+    /// OpenID Connect: the client id registered at the issuer.
+    #[arg(long, requires = "oidc_issuer")]
+    pub oidc_client_id: Option<String>,
+    /// OpenID Connect: a file holding the client secret (none: a public client, PKCE only).
+    #[arg(long, requires = "oidc_issuer")]
+    pub oidc_client_secret_file: Option<PathBuf>,
+    /// OpenID Connect: role of users created by their first login (admin, member, viewer).
+    #[arg(long, default_value = "viewer")]
+    pub oidc_role: String,
+    /// OpenID Connect: the callback URL registered at the issuer
+    /// (default https://<Host of the request>/api/v1/auth/oidc/callback).
+    #[arg(long, requires = "oidc_issuer")]
+    pub oidc_redirect_url: Option<String>,
+    /// OpenID Connect: the ID token claim naming the kobako user (then `email`'s local part).
+    #[arg(long, default_value = "preferred_username")]
+    pub oidc_username_claim: String,
 }
 
 /// `kobako serve`.
 pub fn serve(a: ServeArgs) -> Result<i32> {
     let state_dir = kobako_state::state_root();
+    let oidc = match (a.oidc_issuer, a.oidc_client_id) {
+        (Some(issuer), Some(client_id)) => {
+            let role = Role::parse(&a.oidc_role).with_context(|| {
+                format!("--oidc-role {}: use admin, member or viewer", a.oidc_role)
+            })?;
+            let client_secret = match &a.oidc_client_secret_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("--oidc-client-secret-file {}", f.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => None,
+            };
+            Some(kobako_server::oidc::OidcConfig {
+                issuer,
+                client_id,
+                client_secret,
+                role,
+                redirect_url: a.oidc_redirect_url,
+                username_claim: a.oidc_username_claim,
+            })
+        }
+        _ => None,
+    };
     let cfg = ServeConfig {
+        oidc,
         listen: (!a.no_https).then_some(a.listen),
         socket: Some(a.socket.unwrap_or_else(kobako_server::default_socket)),
         cert: a.cert,

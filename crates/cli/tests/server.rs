@@ -5,12 +5,11 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::KOBAKO;
+use common::{agent_for, KOBAKO};
 use serde_json::{json, Value};
 
 /// A `kobako serve` with its own state and run directories.
@@ -239,48 +238,6 @@ impl Drop for Server {
 pub enum Body {
     Json(Value),
     Raw(&'static str, Vec<u8>),
-}
-
-/// A TLS client that trusts exactly the server's self-signed certificate.
-pub fn agent_for(cert: &Path) -> ureq::Agent {
-    let pem = std::fs::read_to_string(cert).unwrap();
-    let b64: String = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect::<Vec<_>>()
-        .join("");
-    let der = base64_decode(&b64);
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(der.into()).unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    ureq::AgentBuilder::new()
-        .tls_config(Arc::new(cfg))
-        .timeout_connect(Duration::from_secs(10))
-        .timeout_read(Duration::from_secs(120))
-        .build()
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes().filter(|c| *c != b'=') {
-        let v = T.iter().position(|x| *x == c).unwrap() as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
 }
 
 fn lab_yaml(name: &str, vms: usize, memory: &str) -> Vec<u8> {

@@ -453,7 +453,7 @@ pub struct TokenPair {
     pub user: User,
 }
 
-fn issue_pair(state: &AppState, db: &Db, user: User) -> ApiResult<TokenPair> {
+pub fn issue_pair(state: &AppState, db: &Db, user: User) -> ApiResult<TokenPair> {
     let access = state.keys.issue(&user.name)?;
     let refresh = random_token(32);
     let now = now_ms();
@@ -778,11 +778,21 @@ impl FromRequestParts<AppState> for Caller {
         } else {
             keys.verify(&token)?
         };
-        let user = state
-            .db
-            .run(move |db| get_user(db, &name))
-            .await?
-            .ok_or_else(|| ApiError::unauthorized("the token's user no longer exists"))?;
+        let user = match state.cache.user(&name) {
+            Some(u) => u,
+            None => {
+                let version = state.cache.version();
+                let u = state
+                    .db
+                    .run(move |db| get_user(db, &name))
+                    .await?
+                    .ok_or_else(|| ApiError::unauthorized("the token's user no longer exists"))?;
+                if let Some(v) = version {
+                    state.cache.put_user(v, &u);
+                }
+                u
+            }
+        };
         if let Some(slot) = parts.extensions.get::<crate::AuditSlot>() {
             slot.0.lock().unwrap_or_else(|e| e.into_inner()).user = Some(user.name.clone());
         }

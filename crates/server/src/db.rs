@@ -13,7 +13,8 @@ use kobako_state::Db;
 
 use crate::error::{ApiError, ApiResult};
 
-pub const SERVER_MIGRATIONS: &[&str] = &[r#"
+pub const SERVER_MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users(
     name            TEXT PRIMARY KEY,
     hash            TEXT NOT NULL,
@@ -61,7 +62,12 @@ CREATE TABLE audit(
     status      INTEGER NOT NULL,
     detail      TEXT
 );
-"#];
+"#,
+    r#"
+-- OpenID Connect: the issuer's subject a user is bound to (NULL: a local user).
+ALTER TABLE users ADD COLUMN oidc_subject TEXT;
+"#,
+];
 
 /// A few connections to the state database, handed out round-robin. Every call runs on the
 /// blocking pool ([`Pool::run`]) so SQLite never blocks the async workers.

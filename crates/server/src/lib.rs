@@ -17,8 +17,10 @@
 
 pub mod api;
 pub mod auth;
+pub mod cache;
 pub mod db;
 pub mod error;
+pub mod oidc;
 pub mod ops;
 pub mod tls;
 pub mod web;
@@ -59,6 +61,8 @@ pub struct ServeConfig {
     pub key: Option<PathBuf>,
     /// The state directory (`$KOBAKO_STATE`).
     pub state_dir: PathBuf,
+    /// OpenID Connect login (optional).
+    pub oidc: Option<oidc::OidcConfig>,
 }
 
 /// Default Unix socket: `$KOBAKO_RUN/server.sock`.
@@ -83,6 +87,10 @@ pub struct AppState {
     pub dummy_hash: Arc<String>,
     /// Labs with an operation running in this process.
     pub busy: ops::Busy,
+    /// Hot read paths served from memory while the database is unchanged.
+    pub cache: Arc<cache::ReadCache>,
+    /// OpenID Connect login, when configured.
+    pub oidc: Option<Arc<oidc::Oidc>>,
 }
 
 /// Who made the current request, filled by the [`auth::Caller`] extractor for the audit log.
@@ -100,6 +108,7 @@ impl AppState {
         let dir = server_dir(&state_dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let db = db::Pool::open(&state_dir, 4).context("open the state database")?;
+        let watch = kobako_state::Db::open_in(&state_dir).context("open the state database")?;
         let keys = auth::Keys::load_or_create(&dir)?;
         let dummy =
             auth::hash_password(&auth::random_token(12)).map_err(|e| anyhow::anyhow!(e.message))?;
@@ -111,6 +120,8 @@ impl AppState {
             state_dir,
             dummy_hash: Arc::new(dummy),
             busy: Default::default(),
+            cache: Arc::new(cache::ReadCache::new(watch)),
+            oidc: None,
         })
     }
 }
@@ -189,7 +200,10 @@ pub struct Started {
 pub async fn serve(cfg: ServeConfig, hooks: Hooks, on_start: impl FnOnce(&Started)) -> Result<()> {
     // rustls needs one crypto provider for the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let state = AppState::open(cfg.state_dir.clone(), hooks)?;
+    let mut state = AppState::open(cfg.state_dir.clone(), hooks)?;
+    if let Some(o) = cfg.oidc.clone() {
+        state.oidc = Some(Arc::new(oidc::Oidc::new(o)?));
+    }
     let dir = server_dir(&cfg.state_dir);
     let admin_password = auth::bootstrap_admin(&state.db.get(), &dir)?;
     ops::recover(&state).await?;

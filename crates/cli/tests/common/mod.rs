@@ -208,3 +208,51 @@ pub fn assert_fails_with(env: &Env, args: &[&str], needle: &str) {
     assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
     env.assert_clean();
 }
+
+/// TLS settings that trust exactly the server's self-signed certificate.
+pub fn tls_for(cert: &std::path::Path) -> std::sync::Arc<rustls::ClientConfig> {
+    let pem = std::fs::read_to_string(cert).unwrap();
+    let b64: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .join("");
+    let der = base64_decode(&b64);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der.into()).unwrap();
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+/// A TLS client that trusts exactly the server's self-signed certificate.
+pub fn agent_for(cert: &std::path::Path) -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .tls_config(tls_for(cert))
+        .timeout_connect(std::time::Duration::from_secs(10))
+        .timeout_read(std::time::Duration::from_secs(120))
+        .build()
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = T.iter().position(|x| *x == c).unwrap() as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}

@@ -2,6 +2,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::Json;
 use kobako_lab::spec::{self, FileSource, HostLimits, Lab};
 use kobako_state::{LabRow, LabState};
@@ -180,17 +181,28 @@ pub(crate) async fn lab_for(
         caller.require_write()?;
     }
     let n = name.to_string();
-    let row = st.db.run(move |db| Ok(db.lab(&n)?)).await?.ok_or_else(|| {
-        ApiError::not_found(format!("no lab '{name}' (GET /api/v1/labs lists them)"))
-    })?;
-    let owner = row.owner.as_deref();
+    let row = st
+        .db
+        .run(move |db| Ok(db.lab(&n)?))
+        .await?
+        .ok_or_else(|| not_found(name))?;
+    check_access(caller, name, row.owner.as_deref(), write)?;
+    Ok(row)
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::not_found(format!("no lab '{name}' (GET /api/v1/labs lists them)"))
+}
+
+/// 403 unless `caller` may see (`write`: change) a lab owned by `owner`.
+fn check_access(caller: &Caller, name: &str, owner: Option<&str>, write: bool) -> ApiResult<()> {
     if !caller.can_see(owner) || (write && !caller.can_change(owner)) {
         return Err(ApiError::forbidden(format!(
             "lab '{name}' belongs to {}; members may only use their own labs",
             owner.unwrap_or("root")
         )));
     }
-    Ok(row)
+    Ok(())
 }
 
 /// Labs you may see (members: their own).
@@ -369,9 +381,39 @@ pub async fn get_lab(
     State(st): State<AppState>,
     caller: Caller,
     ApiPath(name): ApiPath<String>,
-) -> ApiResult<Json<LabDetail>> {
-    let row = lab_for(&st, &caller, &name, false).await?;
-    Ok(Json(st.db.run(move |db| detail(db, row)).await?))
+) -> ApiResult<axum::response::Response> {
+    let cached = match st.cache.lab(&name) {
+        Some(c) => c,
+        None => {
+            // The version before the reads: a commit during them keeps the result out.
+            let version = st.cache.version();
+            let n = name.clone();
+            let built = st
+                .db
+                .run(move |db| {
+                    let Some(row) = db.lab(&n)? else {
+                        return Ok(None);
+                    };
+                    let owner = row.owner.clone();
+                    let body = serde_json::to_vec(&detail(db, row)?).map_err(ApiError::internal)?;
+                    Ok(Some((owner, axum::body::Bytes::from(body))))
+                })
+                .await?;
+            let Some((owner, body)) = built else {
+                return Err(not_found(&name));
+            };
+            if let Some(v) = version {
+                st.cache.put_lab(v, &name, owner.clone(), body.clone());
+            }
+            std::sync::Arc::new(crate::cache::CachedLab::new(owner, body))
+        }
+    };
+    check_access(&caller, &name, cached.owner.as_deref(), false)?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        cached.body.clone(),
+    )
+        .into_response())
 }
 
 /// Delete a lab that is down (409 while any of its VMs runs: POST .../down first).

@@ -5,6 +5,7 @@ pub mod auth_api;
 pub mod events;
 pub mod labs;
 pub mod misc;
+pub mod oidc_api;
 pub mod vms;
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -39,6 +40,9 @@ const PUBLIC: &[&str] = &[
     "/api/v1/auth/login",
     "/api/v1/auth/refresh",
     "/api/v1/auth/logout",
+    "/api/v1/auth/oidc",
+    "/api/v1/auth/oidc/login",
+    "/api/v1/auth/oidc/callback",
 ];
 
 /// Every API route with its OpenAPI description.
@@ -49,6 +53,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(auth_api::refresh))
         .routes(routes!(auth_api::logout))
         .routes(routes!(auth_api::me))
+        .routes(routes!(oidc_api::oidc_info))
+        .routes(routes!(oidc_api::oidc_login))
+        .routes(routes!(oidc_api::oidc_callback))
         .routes(routes!(auth_api::list_users, auth_api::create_user))
         .routes(routes!(
             auth_api::get_user,
