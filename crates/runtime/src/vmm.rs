@@ -28,9 +28,14 @@ use crate::{io, Console, Result, Runtime, RuntimeError, VmState, VmStatus};
 pub const EXIT_GUEST_RESET: i32 = 80;
 
 /// Command-line parameters the PVM-tolerant guest kernel needs on a kvm_pvm host (see
-/// crates/vmm/guest-pvm/README.md).
-pub const PVM_CMDLINE: &str = "kobako_pvm noxsave clearcpuid=popcnt,smap,erms,fsrm \
-                               noreplace-smp mitigations=off";
+/// crates/vmm/guest-pvm/README.md). `clearcpuid` drops what the host's instruction emulator
+/// cannot run in kernel mode: popcnt and SMAP's clac/stac, and the SIMD extensions the
+/// kernel's crypto (blake2s, chacha, poly1305, curve25519 for the RNG) would switch to, whose
+/// `kernel_fpu_begin()` executes `ldmxcsr` (measured: an emulation failure there at 73 s).
+/// One `clearcpuid=` only: the kernel reads the last one given.
+pub const PVM_CMDLINE: &str = "kobako_pvm noxsave \
+    clearcpuid=popcnt,smap,erms,fsrm,ssse3,sse4_1,sse4_2,avx,avx2,avx512f,adx,bmi2 \
+    noreplace-smp mitigations=off";
 
 /// The own-VMM runtime.
 pub struct VmmRuntime {

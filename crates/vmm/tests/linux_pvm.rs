@@ -59,7 +59,8 @@ fn linux_boots_to_userspace_marker() {
     let log = dir.path().join("vmm.log");
     let mut cmdline = String::from(
         "console=ttyS0 reboot=k panic=-1 nokaslr mitigations=off kobako_pvm noxsave \
-         clearcpuid=popcnt,smap,erms,fsrm noreplace-smp",
+         clearcpuid=popcnt,smap,erms,fsrm,ssse3,sse4_1,sse4_2,avx,avx2,avx512f,adx,bmi2 \
+         noreplace-smp",
     );
     if let Ok(extra) = std::env::var("KOBAKO_PVM_CMDLINE_EXTRA") {
         cmdline.push(' ');
