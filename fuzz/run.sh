@@ -9,7 +9,7 @@ if ! rustup toolchain list 2>/dev/null | grep -q nightly || ! cargo +nightly fuz
   echo "fuzz: nightly or cargo-fuzz missing (cargo install cargo-fuzz); skipped"
   exit 0
 fi
-for t in descriptor_chains qcow2_image; do
+for t in descriptor_chains qcow2_image vsock_packets; do
   echo "== fuzz $t (${secs}s)"
   cargo +nightly fuzz run "$t" -- -max_total_time="$secs"
 done

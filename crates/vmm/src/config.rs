@@ -6,9 +6,8 @@
 //! sends them over). Validation turns wire types into stored state and returns a
 //! [`ConfigError`] whose message becomes the `fault_message` of a 400 response.
 //!
-//! Drives, network interfaces and vsock are accepted, validated and stored (and returned by
-//! `GET /vm/config`), but no device is attached for them yet: the virtio devices come in a
-//! later issue.
+//! Drives, network interfaces, vsock and entropy become virtio-mmio devices at InstanceStart
+//! (`devices::virtio::setup`); all are returned by `GET /vm/config`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -147,6 +146,12 @@ pub struct Drive {
     pub rate_limiter: Option<RateLimiter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub socket: Option<PathBuf>,
+    /// kobako extension: `"raw"` or `"qcow2"`. Absent: probed from the file's magic (as qemu
+    /// does without a format). Give it for images a guest can write: a raw disk whose guest
+    /// wrote a qcow2 header must not be opened as qcow2 (its backing file could be any host
+    /// file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_format: Option<String>,
 }
 
 /// `PATCH /drives/{drive_id}`.
@@ -462,6 +467,14 @@ impl VmResources {
             });
         }
         check_id("drive_id", &d.drive_id)?;
+        if let Some(f) = &d.image_format {
+            if f != "raw" && f != "qcow2" {
+                return Err(ConfigError::Invalid {
+                    what: "image_format",
+                    why: format!("{f:?}: use \"raw\" or \"qcow2\" (or leave it out to probe)"),
+                });
+            }
+        }
         match (&d.path_on_host, &d.socket) {
             (Some(p), _) => check_file("path_on_host", p)?,
             (None, Some(_)) => {}

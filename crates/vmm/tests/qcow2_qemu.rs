@@ -163,7 +163,7 @@ fn qemu_made_images_read_back_exactly() {
                 p(&top),
             ],
         );
-        let mut ours = disk::open(&top, true).unwrap();
+        let mut ours = disk::open(&top, true, None).unwrap();
         assert_eq!(ours.format(), "qcow2");
         assert_eq!(ours.size(), 8 << 20);
         assert_same(&read_all(ours.as_mut()), &qemu_raw(&top, d), &what);
@@ -188,7 +188,7 @@ fn qemu_made_images_read_back_exactly() {
             "qemu-io",
             &["-c", "write -P 0x77 4095 10000", p(&top_raw_backing)],
         );
-        let mut ours = disk::open(&top_raw_backing, true).unwrap();
+        let mut ours = disk::open(&top_raw_backing, true, None).unwrap();
         assert_same(
             &read_all(ours.as_mut()),
             &qemu_raw(&top_raw_backing, d),
@@ -314,7 +314,7 @@ fn images_we_write_pass_qemu_img_check_and_convert_exactly() {
             }
         }
         {
-            let mut img = disk::open(&top, false).unwrap();
+            let mut img = disk::open(&top, false, None).unwrap();
             random_writes(
                 img.as_mut(),
                 &mut model,
@@ -332,7 +332,7 @@ fn images_we_write_pass_qemu_img_check_and_convert_exactly() {
         assert_same(&qemu_raw(&top, d), &model, &format!("{what}: qemu's read"));
         // Reopen and keep writing (state comes from the file, not our caches).
         {
-            let mut img = disk::open(&top, false).unwrap();
+            let mut img = disk::open(&top, false, None).unwrap();
             random_writes(img.as_mut(), &mut model, 99, 100, compat == "1.1");
         }
         check_clean(&top);
@@ -347,7 +347,7 @@ fn images_we_write_pass_qemu_img_check_and_convert_exactly() {
     );
     let mut model = std::fs::read(&base_raw).unwrap();
     {
-        let mut img = disk::open(&c, false).unwrap();
+        let mut img = disk::open(&c, false, None).unwrap();
         random_writes(img.as_mut(), &mut model, 5, 200, true);
         // Every cluster rewritten: no compressed data may stay referenced.
         let all = pattern(size, 11);
@@ -377,14 +377,14 @@ fn unsupported_images_are_refused_with_the_fix() {
             "1M",
         ],
     );
-    let e = disk::open(&enc, true).unwrap_err().to_string();
+    let e = disk::open(&enc, true, None).unwrap_err().to_string();
     assert!(e.contains("compression_type=zlib"), "{e}");
     let snap = d.join("snap.qcow2");
     run("qemu-img", &["create", "-q", "-f", "qcow2", p(&snap), "1M"]);
     run("qemu-img", &["snapshot", "-c", "s1", p(&snap)]);
-    let e = disk::open(&snap, false).unwrap_err().to_string();
+    let e = disk::open(&snap, false, None).unwrap_err().to_string();
     assert!(e.contains("snapshots"), "{e}");
-    assert!(disk::open(&snap, true).is_ok(), "read-only is fine");
+    assert!(disk::open(&snap, true, None).is_ok(), "read-only is fine");
     let missing = d.join("orphan.qcow2");
     run(
         "qemu-img",
@@ -402,12 +402,23 @@ fn unsupported_images_are_refused_with_the_fix() {
             "1M",
         ],
     );
-    let e = disk::open(&missing, true).unwrap_err().to_string();
+    let e = disk::open(&missing, true, None).unwrap_err().to_string();
     assert!(e.contains("/nonexistent/base.raw"), "{e}");
     // Garbage with the magic: an error, not a panic.
     let junk = d.join("junk.qcow2");
     let mut b = b"QFI\xfb".to_vec();
     b.extend(pattern(4096, 1));
     std::fs::write(&junk, &b).unwrap();
-    assert!(disk::open(&junk, true).is_err());
+    assert!(disk::open(&junk, true, None).is_err());
+    // A raw disk whose guest wrote a qcow2 header (here: one naming a backing file) stays raw
+    // when the format is given; a "qcow2" drive without the header is refused.
+    let raw = disk::open(&missing, true, Some("raw")).unwrap();
+    assert_eq!(raw.format(), "raw");
+    assert_eq!(raw.size(), std::fs::metadata(&missing).unwrap().len());
+    std::fs::write(d.join("plain.raw"), pattern(4096, 2)).unwrap();
+    let e = disk::open(&d.join("plain.raw"), true, Some("qcow2"))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("no qcow2 header"), "{e}");
 }

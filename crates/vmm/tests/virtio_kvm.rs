@@ -176,3 +176,58 @@ fn drive_patch_after_boot_swaps_image_and_limiter() {
     // Entropy is pre-boot only.
     assert_eq!(http(&sock, "PUT", "/entropy", Some("{}")).0, 400);
 }
+
+#[test]
+fn vsock_host_side_in_the_vmm_process_with_seccomp() {
+    // `PUT /vsock` wired: the VMM (seccomp on) listens on uds_path, accepts host connections
+    // and reads their CONNECT line on its event loop. The ticker guest has no vsock driver, so
+    // the connection waits for the guest (no `OK`); the host gives up, a garbage line is
+    // refused, and the VMM keeps running inside its filters throughout.
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write(dir.path(), "vmlinux", &elf(guests::TICKER, false));
+    let sock = dir.path().join("api.sock");
+    let uds = dir.path().join("v.sock");
+    let mut child = spawn_api(&sock, &[]);
+    let body = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display());
+    assert_eq!(http(&sock, "PUT", "/boot-source", Some(&body)).0, 204);
+    let v = format!(r#"{{"guest_cid": 3, "uds_path": "{}"}}"#, uds.display());
+    assert_eq!(http(&sock, "PUT", "/vsock", Some(&v)).0, 204);
+    assert!(
+        !uds.exists(),
+        "the device (and its socket) exists from InstanceStart on"
+    );
+    let start = r#"{"action_type": "InstanceStart"}"#;
+    assert_eq!(http(&sock, "PUT", "/actions", Some(start)).0, 204);
+    let (_, cfg) = http(&sock, "GET", "/vm/config", None);
+    assert!(cfg.contains("\"guest_cid\":3"), "{cfg}");
+
+    let mut waiting = std::os::unix::net::UnixStream::connect(&uds).unwrap();
+    waiting.write_all(b"CONNECT 52\n").unwrap();
+    waiting
+        .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    let mut b = [0u8; 16];
+    let e = waiting.read(&mut b).unwrap_err();
+    assert_eq!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock,
+        "no OK without a guest driver"
+    );
+    let mut junk = std::os::unix::net::UnixStream::connect(&uds).unwrap();
+    junk.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    junk.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    // Closed (a reset when the VMM closed it with our unread "\r\n" still queued).
+    match junk.read(&mut b) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        r => panic!("a garbage line must close the connection: {r:?}"),
+    }
+    drop(waiting);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(child.try_wait().unwrap().is_none(), "VMM still running");
+    assert_eq!(http(&sock, "GET", "/", None).0, 200);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

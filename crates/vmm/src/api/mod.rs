@@ -15,9 +15,9 @@
 //! | GET | `/version` | `{firecracker_version}` (our version) |
 //! | PUT | `/boot-source` | pre-boot; the kernel must exist and be an ELF vmlinux or bzImage |
 //! | GET/PUT/PATCH | `/machine-config` | PUT/PATCH pre-boot |
-//! | PUT/PATCH | `/drives/{drive_id}` | PUT pre-boot; stored, **no block device attached yet** |
-//! | PUT/PATCH | `/network-interfaces/{iface_id}` | PUT pre-boot; stored, **no net device yet** |
-//! | PUT | `/vsock` | pre-boot; stored, **no vsock device yet** |
+//! | PUT/PATCH | `/drives/{drive_id}` | PUT pre-boot; virtio-blk (raw/qcow2); PATCH also post-boot |
+//! | PUT/PATCH | `/network-interfaces/{iface_id}` | PUT pre-boot; virtio-net on a tap; PATCH also post-boot |
+//! | PUT | `/vsock` | pre-boot; virtio-vsock, Firecracker's host side on `uds_path` |
 //! | PUT | `/entropy` | pre-boot; a virtio-rng device (optional rate limiter) |
 //! | PUT | `/actions` | `InstanceStart`, `SendCtrlAltDel`, `FlushMetrics` |
 //! | PATCH | `/vm` | `{"state": "Paused" \| "Resumed"}`, post-boot |

@@ -154,6 +154,12 @@ impl MmioTransport {
         self.device.as_mut()
     }
 
+    /// Runs `f` on the device with the transport's epoll set (for device operations that
+    /// register fds, such as the vsock transport-reset event), on the event loop's thread.
+    pub fn with_device<R>(&mut self, f: impl FnOnce(&mut dyn VirtioDevice, &Epoll) -> R) -> R {
+        f(self.device.as_mut(), &self.epoll)
+    }
+
     /// Raises a configuration-change interrupt (after an update the guest must see).
     pub fn notify_config_change(&mut self) {
         self.config_generation = self.config_generation.wrapping_add(1);
@@ -187,7 +193,7 @@ impl MmioTransport {
                         self.device.queue_event(token as usize, &self.epoll);
                     }
                 } else {
-                    self.device.event(token, &self.epoll);
+                    self.device.event_set(token, ev.event_set(), &self.epoll);
                 }
             }
             if n < events.len() {

@@ -151,6 +151,10 @@ pub trait VirtioDevice: Send {
     }
     /// One of the device's own fds is ready (also called while inactive: drain it).
     fn event(&mut self, _token: u64, _epoll: &Epoll) {}
+    /// Like [`VirtioDevice::event`], with the ready set (HUP/ERR/OUT matter to socket devices).
+    fn event_set(&mut self, token: u64, _events: vmm_sys_util::epoll::EventSet, epoll: &Epoll) {
+        self.event(token, epoll)
+    }
     /// For post-boot updates through the API.
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }

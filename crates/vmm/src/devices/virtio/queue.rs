@@ -307,9 +307,15 @@ impl VirtQueue {
         let _ = self.q.disable_notification(mem);
     }
 
-    /// Re-enables notifications; true if more chains arrived meanwhile (drain again).
+    /// Re-enables notifications; true if more chains arrived meanwhile (drain again). A corrupt
+    /// available index (more entries than the ring holds) makes `pop` return nothing while the
+    /// index still differs: that is false here, so a device's drain loop stops instead of
+    /// spinning (found by the descriptor fuzzer).
     pub fn enable_notification(&mut self, mem: &GuestMemoryMmap) -> bool {
-        self.q.enable_notification(mem).unwrap_or(false)
+        match self.q.enable_notification(mem) {
+            Ok(true) => self.q.iter(mem).is_ok(),
+            _ => false,
+        }
     }
 
     /// Whether the driver wants an interrupt for what was added since the last call.

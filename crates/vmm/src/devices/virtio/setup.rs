@@ -66,6 +66,10 @@ pub fn create(res: &VmResources, mem: &GuestMemoryMmap) -> Result<Vec<VirtioSlot
         let dev = super::net::Net::from_config(n).map_err(|e| err(&what, e))?;
         devs.push((DeviceId::Net(n.iface_id.clone()), Box::new(dev)));
     }
+    if let Some(v) = &res.vsock {
+        let dev = super::vsock::Vsock::from_config(v).map_err(|e| err("vsock", e))?;
+        devs.push((DeviceId::Vsock, Box::new(dev)));
+    }
     if let Some(e) = &res.entropy {
         let dev = super::rng::Rng::new(e.rate_limiter.as_ref()).map_err(|e| err("entropy", e))?;
         devs.push((DeviceId::Rng, Box::new(dev)));

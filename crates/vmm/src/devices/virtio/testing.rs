@@ -274,3 +274,153 @@ impl TestDriver {
         rd(t, off)
     }
 }
+
+/// RX buffers a [`VsockGuest`] keeps posted, and their size (a 4 KiB page plus the header, as
+/// Linux 6.1 posts them: header and data in two descriptors).
+pub const VSOCK_RX_SLOTS: usize = 32;
+pub const VSOCK_RX_BUF: u32 = 4096 + super::vsock::HDR_LEN as u32;
+
+/// The guest side of a vsock device (its driver's rings and buffers; the credit bookkeeping is
+/// the caller's, as a guest kernel's socket layer does it). Used by the device's unit tests and
+/// by the runtime's test of the host-side handshake.
+#[derive(Debug)]
+pub struct VsockGuest {
+    pub t: MmioTransport,
+    pub d: TestDriver,
+    pub mem: GuestMemoryMmap,
+    pub rxq: DriverQueue,
+    pub txq: DriverQueue,
+    pub evq: DriverQueue,
+    rx_slots: std::collections::HashMap<u32, u64>,
+    free_slots: Vec<u64>,
+    /// Where [`VsockGuest::send`] builds packets.
+    pub tx_area: u64,
+}
+
+impl VsockGuest {
+    /// A vsock device with `cid` listening on `uds`, initialised through its registers, with
+    /// [`VSOCK_RX_SLOTS`] receive buffers posted.
+    pub fn new(cid: u64, uds: &std::path::Path) -> VsockGuest {
+        use super::vsock::{Vsock, HDR_LEN, MAX_PKT_PAYLOAD};
+        let dev = Vsock::new(cid, uds).expect("vsock device");
+        let mem = guest_memory(32 << 20);
+        let evt = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK)
+            .expect("eventfd");
+        let mut t = MmioTransport::new(Box::new(dev), mem.clone(), evt).expect("transport");
+        let mut d = TestDriver::new(mem.clone());
+        d.init(&mut t, u64::MAX, &[0, 0, 0])
+            .expect("vsock negotiation");
+        let mut cfg = [0u8; 8];
+        d.read_config(&mut t, 0, &mut cfg);
+        assert_eq!(
+            u64::from_le_bytes(cfg),
+            cid,
+            "guest_cid in the config space"
+        );
+        let (rxq, txq, evq) = (
+            d.queues[0].clone(),
+            d.queues[1].clone(),
+            d.queues[2].clone(),
+        );
+        let free_slots = (0..VSOCK_RX_SLOTS)
+            .map(|_| d.alloc(u64::from(VSOCK_RX_BUF), 8))
+            .collect();
+        let tx_area = d.alloc(u64::from(MAX_PKT_PAYLOAD) + HDR_LEN as u64, 8);
+        let mut g = VsockGuest {
+            t,
+            d,
+            mem,
+            rxq,
+            txq,
+            evq,
+            rx_slots: Default::default(),
+            free_slots,
+            tx_area,
+        };
+        g.post_rx();
+        g
+    }
+
+    /// Posts every free receive buffer and notifies the RX queue.
+    pub fn post_rx(&mut self) {
+        use super::vsock::HDR_LEN;
+        while let Some(a) = self.free_slots.pop() {
+            let h = self.rxq.add(
+                &self.mem,
+                &[
+                    (a, HDR_LEN as u32, true),
+                    (a + HDR_LEN as u64, VSOCK_RX_BUF - HDR_LEN as u32, true),
+                ],
+            );
+            self.rx_slots.insert(u32::from(h), a);
+        }
+        self.d.notify(&mut self.t, 0);
+    }
+
+    /// Lets the device handle whatever is ready (its sockets, queue notifications).
+    pub fn pump(&mut self) {
+        for _ in 0..4 {
+            self.t.process_events();
+        }
+    }
+
+    /// Packets the device put in receive buffers since the last call (buffers posted again).
+    /// Checks what every packet must satisfy: used length = header + `len`, host source CID,
+    /// STREAM type.
+    pub fn recv(&mut self) -> Vec<(super::vsock::PacketHeader, Vec<u8>)> {
+        use super::vsock::{PacketHeader, HDR_LEN, HOST_CID, TYPE_STREAM};
+        self.pump();
+        let mut out = Vec::new();
+        for (id, len) in self.rxq.take_used(&self.mem) {
+            let a = self.rx_slots.remove(&id).expect("a buffer we posted");
+            self.free_slots.push(a);
+            assert!(len as usize >= HDR_LEN, "used length {len}");
+            let mut b = vec![0u8; len as usize];
+            self.mem.read_slice(&mut b, GuestAddress(a)).unwrap();
+            let h = PacketHeader::decode(&b).unwrap();
+            assert_eq!(
+                h.len as usize,
+                b.len() - HDR_LEN,
+                "used length = header + len"
+            );
+            assert_eq!((h.src_cid, h.type_), (HOST_CID, TYPE_STREAM));
+            out.push((h, b[HDR_LEN..].to_vec()));
+        }
+        self.post_rx();
+        out
+    }
+
+    /// Submits a raw TX chain and lets the device process it.
+    pub fn send_raw(&mut self, bufs: &[TestBuf]) {
+        self.txq.add(&self.mem, bufs);
+        self.d.notify(&mut self.t, 1);
+        let _ = self.txq.take_used(&self.mem);
+    }
+
+    /// Sends one packet (header and payload in two descriptors, as Linux 6.1 does).
+    pub fn send(&mut self, h: super::vsock::PacketHeader, payload: &[u8]) {
+        use super::vsock::HDR_LEN;
+        let a = self.tx_area;
+        self.mem.write_slice(&h.encode(), GuestAddress(a)).unwrap();
+        self.mem
+            .write_slice(payload, GuestAddress(a + HDR_LEN as u64))
+            .unwrap();
+        if payload.is_empty() {
+            self.send_raw(&[(a, HDR_LEN as u32, false)]);
+        } else {
+            self.send_raw(&[
+                (a, HDR_LEN as u32, false),
+                (a + HDR_LEN as u64, payload.len() as u32, false),
+            ]);
+        }
+    }
+
+    /// The device (for counters and direct calls).
+    pub fn dev(&mut self) -> &mut super::vsock::Vsock {
+        self.t
+            .device_mut()
+            .as_any_mut()
+            .downcast_mut::<super::vsock::Vsock>()
+            .expect("a vsock device")
+    }
+}

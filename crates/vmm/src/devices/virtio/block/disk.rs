@@ -37,8 +37,12 @@ pub enum DiskError {
     Qcow2(#[from] Qcow2Error),
 }
 
-/// Opens `path` as qcow2 (by its magic) or raw.
-pub fn open(path: &Path, read_only: bool) -> Result<Box<dyn DiskImage>, DiskError> {
+/// Opens `path` as qcow2 (by its magic) or raw; `format` ("raw"/"qcow2") overrides the probe.
+pub fn open(
+    path: &Path,
+    read_only: bool,
+    format: Option<&str>,
+) -> Result<Box<dyn DiskImage>, DiskError> {
     let file = OpenOptions::new()
         .read(true)
         .write(!read_only)
@@ -49,7 +53,17 @@ pub fn open(path: &Path, read_only: bool) -> Result<Box<dyn DiskImage>, DiskErro
         })?;
     let mut magic = [0u8; 4];
     let n = file.read_at(&mut magic, 0).unwrap_or(0);
-    if n == 4 && magic == super::qcow2::MAGIC {
+    let is_qcow2 = n == 4 && magic == super::qcow2::MAGIC;
+    if format == Some("qcow2") && !is_qcow2 {
+        return Err(DiskError::Open {
+            path: path.display().to_string(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                "image_format is qcow2 but the file has no qcow2 header",
+            ),
+        });
+    }
+    if is_qcow2 && format != Some("raw") {
         Ok(Box::new(Qcow2::open_file(file, path, read_only)?))
     } else {
         Ok(Box::new(Raw::new(file).map_err(|source| {

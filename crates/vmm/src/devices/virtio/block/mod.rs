@@ -67,6 +67,8 @@ pub struct Block {
     id: String,
     disk: Box<dyn DiskImage>,
     read_only: bool,
+    /// The configured `image_format` (None: probed), kept for `PATCH` replacements.
+    image_format: Option<String>,
     limiter: RateLimiter,
     active: Option<Active>,
     buf: Vec<u8>,
@@ -104,6 +106,7 @@ impl Block {
             id: id.to_string(),
             disk,
             read_only,
+            image_format: None,
             limiter: RateLimiter::new(limiter).map_err(BlockError::Limiter)?,
             active: None,
             buf: Vec::new(),
@@ -115,14 +118,16 @@ impl Block {
         let path = d.path_on_host.as_ref().ok_or_else(|| BlockError::NoPath {
             id: d.drive_id.clone(),
         })?;
-        let disk = disk::open(path, d.is_read_only)?;
-        Self::new(&d.drive_id, disk, d.is_read_only, d.rate_limiter.as_ref())
+        let disk = disk::open(path, d.is_read_only, d.image_format.as_deref())?;
+        let mut b = Self::new(&d.drive_id, disk, d.is_read_only, d.rate_limiter.as_ref())?;
+        b.image_format = d.image_format.clone();
+        Ok(b)
     }
 
     /// `PATCH /drives/{id}` with a new `path_on_host`: opens it first, so a bad path leaves
     /// the current image in place. Returns true when the capacity changed.
     pub fn replace_image(&mut self, path: &Path) -> Result<bool, BlockError> {
-        let disk = disk::open(path, self.read_only)?;
+        let disk = disk::open(path, self.read_only, self.image_format.as_deref())?;
         let _ = self.disk.flush();
         let changed = disk.size() != self.disk.size();
         self.disk = disk;
@@ -409,6 +414,7 @@ mod tests {
             io_engine: None,
             rate_limiter: limiter,
             socket: None,
+            image_format: None,
         };
         let mem = guest_memory(32 << 20);
         let dev = Block::from_config(&drive).unwrap();
