@@ -4,6 +4,8 @@
 //!   `kobako-runtime`).
 //! - The binary (`src/main.rs` and its modules) is PID 1 on tiny images (mounts, hostname,
 //!   loopback, reaping, console shell, clean power-off) and a plain service on distro images; in
-//!   both cases it serves the protocol on the virtio-serial port named [`proto::PORT_NAME`].
+//!   both cases it serves the protocol on the virtio-serial port named [`proto::PORT_NAME`] (QEMU
+//!   runtime) and, when the guest has AF_VSOCK, on vsock port [`proto::VSOCK_PORT`] (kobako's
+//!   own VMM, which has no virtio-serial).
 
 pub mod proto;

@@ -1,5 +1,7 @@
 //! kobako-agent: PID 1 on tiny images, a service on distro images; serves the agent protocol
-//! (`kobako_agent::proto`) on the virtio-serial port `kobako.agent`.
+//! (`kobako_agent::proto`) on the virtio-serial port `kobako.agent` and, when the guest has
+//! AF_VSOCK, on vsock port `proto::VSOCK_PORT` (one host connection at a time; a new one takes
+//! over the output of running sessions, as a virtio-serial reconnect does).
 //!
 //! Threads: main (init, then reads frames from the host), reaper (waitpid), signals (sigwait for
 //! power-off/reboot requests from busybox `poweroff`/`reboot`), console (respawned shell), and per
@@ -92,16 +94,101 @@ fn main() {
         }
     }
     let info = ready_info(agent_start_ms);
+    let sessions: Sessions = Arc::new(Mutex::new(HashMap::new()));
+    let vsock = match vsock_listener(proto::VSOCK_PORT) {
+        Ok(l) => {
+            let (info, sessions) = (info.clone(), sessions.clone());
+            std::thread::Builder::new()
+                .name("vsock".into())
+                .spawn(move || serve_vsock(l, info, sessions, pid1))
+                .is_ok()
+        }
+        Err(_) => false, // no AF_VSOCK in this kernel: virtio-serial only
+    };
     match open_port(Duration::from_secs(10)) {
-        Some(port) => serve(port, info, pid1),
+        Some(port) => serve(port, info, sessions, pid1),
         None => {
-            init::console(&format!(
-                "kobako-agent: no virtio-serial port named {}; running without a host channel",
-                proto::PORT_NAME
-            ));
+            if !vsock {
+                init::console(&format!(
+                    "kobako-agent: no virtio-serial port named {} and no vsock; running without \
+                     a host channel",
+                    proto::PORT_NAME
+                ));
+            }
             loop {
                 std::thread::park();
             }
+        }
+    }
+}
+
+/// A listening AF_VSOCK stream socket on `port` (any CID), or why not.
+fn vsock_listener(port: u32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: socket(2) with constant arguments; the fd is owned by the OwnedFd below.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket we own.
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_vm is plain data; zeroed is valid, then the fields are set.
+    let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+    addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+    addr.svm_port = port;
+    addr.svm_cid = libc::VMADDR_CID_ANY;
+    // SAFETY: bind/listen on our socket with a live sockaddr_vm and its size.
+    let r = unsafe {
+        if libc::bind(
+            fd,
+            &addr as *const libc::sockaddr_vm as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+        ) != 0
+        {
+            -1
+        } else {
+            libc::listen(fd, 4)
+        }
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(sock)
+}
+
+/// Serves host connections on the vsock listener, one at a time.
+fn serve_vsock(
+    listener: std::os::fd::OwnedFd,
+    mut info: ReadyInfo,
+    sessions: Sessions,
+    pid1: bool,
+) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    loop {
+        // SAFETY: accept4 on our listening socket; no address wanted.
+        let fd = unsafe {
+            libc::accept4(
+                listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        // SAFETY: `fd` is a fresh connected socket we own.
+        let conn = unsafe { File::from_raw_fd(fd) };
+        let Ok(mut reader) = conn.try_clone() else {
+            continue;
+        };
+        *OUT.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn);
+        info.ready_ms = boottime_ms();
+        send(&Frame::msg(0, &Msg::Ready(info.clone())));
+        // Until the host closes (or the stream is corrupt: nothing to resynchronise on).
+        while let Ok(frame) = proto::read_frame(&mut reader) {
+            handle_frame(frame, &info, &sessions, pid1);
         }
     }
 }
@@ -252,7 +339,7 @@ pub fn fail(stream: u32, message: impl Into<String>) {
     );
 }
 
-fn serve(port: File, mut info: ReadyInfo, pid1: bool) {
+fn serve(port: File, mut info: ReadyInfo, sessions: Sessions, pid1: bool) {
     let mut reader = match port.try_clone() {
         Ok(r) => r,
         Err(e) => {
@@ -262,7 +349,6 @@ fn serve(port: File, mut info: ReadyInfo, pid1: bool) {
     };
     *OUT.lock().unwrap_or_else(|e| e.into_inner()) = Some(port);
     info.ready_ms = boottime_ms();
-    let sessions: Sessions = Arc::new(Mutex::new(HashMap::new()));
     // Blocks until the host side is connected (virtio-serial holds writes while it is not).
     send(&Frame::msg(0, &Msg::Ready(info.clone())));
     loop {
@@ -281,19 +367,23 @@ fn serve(port: File, mut info: ReadyInfo, pid1: bool) {
                 continue;
             }
         };
-        match frame.kind {
-            Kind::Msg => match frame.to_msg() {
-                Ok(msg) => handle_msg(frame.stream, msg, &info, &sessions, pid1),
-                Err(e) => send(&Frame::msg(
-                    frame.stream,
-                    &Msg::Error {
-                        message: e.to_string(),
-                    },
-                )),
-            },
-            Kind::Stdin => deliver(&sessions, frame.stream, Input::Data(frame.payload)),
-            Kind::Stdout | Kind::Stderr => {}
-        }
+        handle_frame(frame, &info, &sessions, pid1);
+    }
+}
+
+fn handle_frame(frame: Frame, info: &ReadyInfo, sessions: &Sessions, pid1: bool) {
+    match frame.kind {
+        Kind::Msg => match frame.to_msg() {
+            Ok(msg) => handle_msg(frame.stream, msg, info, sessions, pid1),
+            Err(e) => send(&Frame::msg(
+                frame.stream,
+                &Msg::Error {
+                    message: e.to_string(),
+                },
+            )),
+        },
+        Kind::Stdin => deliver(sessions, frame.stream, Input::Data(frame.payload)),
+        Kind::Stdout | Kind::Stderr => {}
     }
 }
 

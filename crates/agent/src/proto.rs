@@ -31,6 +31,11 @@ pub const HEADER_LEN: usize = 9;
 /// Name of the virtio-serial port the agent listens on (QEMU: `virtserialport,name=...`).
 pub const PORT_NAME: &str = "kobako.agent";
 
+/// The AF_VSOCK port the agent also listens on when the guest has vsock (kobako's own VMM,
+/// whose host side is Firecracker's: the host connects to the VMM's `uds_path` and writes
+/// `CONNECT 1024\n`).
+pub const VSOCK_PORT: u32 = 1024;
+
 /// What a frame's payload holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]

@@ -14,6 +14,10 @@ use kobako_runtime::{Runtime, VmDir, VmState};
 use crate::console::{self, ConsoleEnd};
 use crate::resolve::{self, RootKind};
 
+/// How long `vm run --runtime vmm` waits for the agent over vsock after the guest's
+/// boot-complete signal (the agent sends that signal just before it listens on vsock).
+const VMM_AGENT_GRACE_SECS: u64 = 10;
+
 #[derive(Subcommand)]
 pub enum VmCmd {
     /// Boot a microVM, report the time to agent-ready, attach its console.
@@ -368,15 +372,24 @@ async fn run_vm(args: RunArgs) -> Result<i32> {
         return Err(e.into());
     }
     let timeout = Duration::from_secs(cfg.ready_timeout_secs);
+    let mut ready = None;
     if rt_name == "vmm" {
-        // No agent channel yet: readiness is the agent's boot-complete signal.
-        let rec = match kobako_runtime::wait_booted(&vm, timeout).await {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = rt.kill(&vm).await;
-                return Err(e.into());
-            }
-        };
+        // The agent signals boot-complete first (port 0x3f0), then listens on vsock, which the
+        // supervisor connects to: wait for the signal, then give the agent a moment. A guest
+        // without AF_VSOCK (or another init) stays on the boot signal alone.
+        if let Err(e) = kobako_runtime::wait_booted(&vm, timeout).await {
+            let _ = rt.kill(&vm).await;
+            return Err(e.into());
+        }
+        match kobako_runtime::wait_ready(&vm, Duration::from_secs(VMM_AGENT_GRACE_SECS)).await {
+            Ok(r) => ready = Some(r),
+            Err(e) => tracing::info!("no agent over vsock after the boot signal: {e}"),
+        }
+    }
+    if rt_name == "vmm" && ready.is_none() {
+        let rec = vm
+            .booted()
+            .ok_or_else(|| anyhow::anyhow!("{}: boot record vanished", cfg.name))?;
         let boot = t0.elapsed();
         if args.json {
             println!(
@@ -389,7 +402,7 @@ async fn run_vm(args: RunArgs) -> Result<i32> {
         } else {
             eprintln!(
                 "{}: guest signalled boot complete in {} ms (vmm: {:.1} ms from VMM start, {:.1} \
-                 VMM CPU ms; {} vCPU, {} MiB; no agent channel on the vmm runtime yet)",
+                 VMM CPU ms; {} vCPU, {} MiB; no agent over vsock: exec/cp/shell unavailable)",
                 cfg.name,
                 boot.as_millis(),
                 rec.vmm_wall_us as f64 / 1000.0,
@@ -408,12 +421,15 @@ async fn run_vm(args: RunArgs) -> Result<i32> {
         eprintln!("{}", console::hint());
         return attach_until_end(&vm, None).await;
     }
-    let (client, info) = match kobako_runtime::wait_ready(&vm, timeout).await {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = rt.kill(&vm).await;
-            return Err(e.into());
-        }
+    let (client, info) = match ready {
+        Some(r) => r,
+        None => match kobako_runtime::wait_ready(&vm, timeout).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = rt.kill(&vm).await;
+                return Err(e.into());
+            }
+        },
     };
     let boot = t0.elapsed();
     if args.json {

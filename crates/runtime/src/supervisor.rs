@@ -156,6 +156,13 @@ fn supervise(vm: VmDir) -> Result<(), String> {
                     GuestChannel::BootSignal { api_sock } => {
                         boot_signal_loop(shared, &api_sock, pid)
                     }
+                    GuestChannel::Vsock { ref api_sock, .. } => {
+                        let (sh, sock) = (shared.clone(), api_sock.clone());
+                        let _ = std::thread::Builder::new()
+                            .name("boot-signal".into())
+                            .spawn(move || boot_signal_loop(sh, &sock, pid));
+                        guest_loop(shared, channel, pid)
+                    }
                 })
                 .map_err(|e| e.to_string())?;
         }
@@ -291,6 +298,22 @@ fn wait_vm(pid: i32) -> (Option<i32>, Option<i32>, u64) {
 fn connect_guest(channel: &GuestChannel, vm_pid: i32) -> Option<UnixStream> {
     match channel {
         GuestChannel::BootSignal { .. } => None,
+        GuestChannel::Vsock { uds_path, port, .. } => {
+            // The guest's agent listens once userspace is up: until then the VMM answers with
+            // a closed socket (RST from the guest) or no answer (driver not up). Back off from
+            // 10 ms to 200 ms between tries, so a booting guest is not flooded.
+            let mut pause = Duration::from_millis(10);
+            loop {
+                match crate::fcapi::vsock_connect(uds_path, *port, Duration::from_secs(2)) {
+                    Ok(s) => return Some(s),
+                    Err(_) if crate::vmdir::alive(vm_pid) => {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(Duration::from_millis(200));
+                    }
+                    Err(_) => return None,
+                }
+            }
+        }
         GuestChannel::Unix { path } => loop {
             if let Ok(s) = UnixStream::connect(path) {
                 return Some(s);
@@ -396,8 +419,8 @@ fn client_loop(shared: Arc<Shared>, conn: UnixStream) {
             ..frame
         }) {
             let msg = if shared.no_channel {
-                "this VM's runtime (vmm) has no agent channel yet (no vsock device): run the VM \
-                 with --runtime qemu to use exec, cp or shell"
+                "this VM has no agent channel (it was started with only the boot-complete \
+                 signal): run the VM with --runtime qemu, or recreate it, to use exec, cp or shell"
             } else if shared.ready.lock().map(|r| r.is_some()).unwrap_or(false) {
                 "the guest's agent channel is closed (the VM is shutting down)"
             } else {

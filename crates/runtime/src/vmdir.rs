@@ -8,6 +8,7 @@
 //! vm.pid           pid of the VM process (qemu-system-x86_64 ... or kobako vmm ...)
 //! qmp.sock         QMP (QEMU runtime)
 //! api.sock, vmm.json  Firecracker-compatible API socket and config file (vmm runtime)
+//! vsock.sock       the VMM's vsock uds_path (host side of the agent channel, vmm runtime)
 //! booted.json      the guest's boot-complete signal as the VMM recorded it (vmm runtime)
 //! stopping         present once `vm stop`/`kill` began: a guest reset then ends the VM
 //! console.sock     live serial console;  console.log: all console output
@@ -38,10 +39,18 @@ pub fn run_root() -> PathBuf {
 pub enum GuestChannel {
     /// A stream socket the VM process listens on (QEMU chardev server of a virtio-serial port).
     Unix { path: PathBuf },
-    /// No agent channel (kobako-vmm until it has vsock): readiness is the guest's
-    /// boot-complete signal (the agent's write to port 0x3f0 with `kobako.bootmark=1`), read
-    /// from the VMM's API socket (`GET /kobako/boot-time`) and written to `booted.json`.
+    /// No agent channel: readiness is the guest's boot-complete signal (the agent's write to
+    /// port 0x3f0 with `kobako.bootmark=1`), read from the VMM's API socket
+    /// (`GET /kobako/boot-time`) and written to `booted.json`.
     BootSignal { api_sock: PathBuf },
+    /// kobako-vmm's vsock with Firecracker's host side: connect to `uds_path`, write
+    /// `CONNECT <port>\n`, read `OK ...\n`, then the agent protocol. The boot-complete signal
+    /// is recorded too (`booted.json`), so a guest without AF_VSOCK is still seen booting.
+    Vsock {
+        uds_path: PathBuf,
+        port: u32,
+        api_sock: PathBuf,
+    },
 }
 
 fn default_runtime() -> String {

@@ -6,10 +6,13 @@
 //! the VMM's `unix:` console socket (`console.sock`), which the supervisor copies into
 //! `console.log`.
 //!
-//! What it cannot do yet: the VMM has no vsock device, so there is no agent channel, and this
-//! runtime does not wire the VMM's virtio-blk/net into `vmm.json` yet, so no disk and no NIC. Readiness is therefore the guest's boot-complete signal:
-//! the kernel command line carries `kobako.bootmark=1` and the agent (PID 1 of the tiny image)
-//! writes 123 to port 0x3f0 once userspace is up. Only an initramfs root is accepted.
+//! Devices: the root disk (initramfs or a raw/qcow2 disk as `/dev/vda`), extra disks, NICs on
+//! their taps (the supervisor starts the VMM inside the VM's network namespace, where the taps
+//! are), virtio-rng, and vsock, whose host side is Firecracker's (`vsock.sock`, `CONNECT
+//! 1024\n`): the supervisor reaches the agent through it, so `vm exec`/`cp`/`shell` and
+//! readiness work as with QEMU. The command line also carries `kobako.bootmark=1`: the agent
+//! writes 123 to port 0x3f0 first, the VMM records the boot time (`booted.json`), and a guest
+//! without AF_VSOCK is still seen booting (readiness falls back to that signal).
 //!
 //! Resets: guests get `reboot=k` (the i8042 reset, the VMM's exit status 80); the supervisor
 //! starts a new VMM process then, like QEMU's reset button, unless `vm stop` is under way.
@@ -23,6 +26,11 @@ use crate::config::{Root, VmConfig};
 use crate::qemu::{finish, start_supervised, wait_gone};
 use crate::vmdir::{write_json, GuestChannel, Launch, VmDir};
 use crate::{io, Console, Result, Runtime, RuntimeError, VmState, VmStatus};
+
+/// The guest's vsock CID (each VM has its own VMM and socket, so all can use the first free one).
+pub const GUEST_CID: u32 = 3;
+/// The VMM's vsock `uds_path` in the VM directory.
+pub const VSOCK_SOCKET: &str = "vsock.sock";
 
 /// Exit status of `kobako vmm` when the guest reset itself (kobako_vmm::EXIT_GUEST_RESET).
 pub const EXIT_GUEST_RESET: i32 = 80;
@@ -60,32 +68,80 @@ impl VmmRuntime {
         c
     }
 
-    /// The Firecracker-format configuration file of a VM.
+    /// The Firecracker-format configuration file of a VM: kernel and initramfs or root disk,
+    /// extra disks (raw or qcow2: the VMM reads the format from the file), NICs on their taps
+    /// (opened in the VM's network namespace, which the supervisor enters), the vsock device
+    /// for the agent channel, an entropy device, and the console socket.
     pub fn config_file(cfg: &VmConfig, dir: &Path, pvm: bool) -> Result<serde_json::Value> {
-        let Root::Initramfs { path: initrd } = &cfg.root else {
-            return Err(RuntimeError::Invalid(
-                "the vmm runtime boots only an initramfs root for now (its disks are not wired \
-                 yet): use --root initramfs, or --runtime qemu for a disk root"
-                    .into(),
-            ));
+        let check_format = |what: &str, format: &str| -> Result<()> {
+            if format == "raw" || format == "qcow2" {
+                Ok(())
+            } else {
+                Err(RuntimeError::Invalid(format!(
+                    "{what}: format {format:?} is not supported by the vmm runtime (raw or \
+                     qcow2), or use --runtime qemu"
+                )))
+            }
         };
-        if !cfg.nics.is_empty() || !cfg.extra_disks.is_empty() {
-            return Err(RuntimeError::Invalid(
-                "the vmm runtime does not wire NICs or extra disks yet: use --runtime qemu for \
-                 VMs with NICs or extra disks"
-                    .into(),
-            ));
+        let mut boot = serde_json::json!({
+            "kernel_image_path": cfg.kernel,
+            "boot_args": Self::cmdline(cfg, pvm),
+        });
+        let mut drives = Vec::new();
+        match &cfg.root {
+            Root::Initramfs { path } => boot["initrd_path"] = serde_json::json!(path),
+            Root::Disk {
+                path,
+                format,
+                read_only,
+            } => {
+                check_format("root disk", format)?;
+                drives.push(serde_json::json!({
+                    "drive_id": "root",
+                    "path_on_host": path,
+                    "is_root_device": true,
+                    "is_read_only": read_only,
+                    // Never probed: a guest-written raw disk must stay raw.
+                    "image_format": format,
+                }));
+            }
         }
+        // Drive and interface ids sort in the guest's order (the VMM keeps them by id).
+        for (i, d) in cfg.extra_disks.iter().enumerate() {
+            check_format(&format!("disk {}", d.path.display()), &d.format)?;
+            drives.push(serde_json::json!({
+                "drive_id": format!("disk{:02}", i + 1),
+                "path_on_host": d.path,
+                "is_root_device": false,
+                "is_read_only": d.read_only,
+                "image_format": d.format,
+            }));
+        }
+        let nics: Vec<_> = cfg
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                serde_json::json!({
+                    "iface_id": format!("net{i:02}"),
+                    "host_dev_name": n.tap,
+                    "guest_mac": n.mac,
+                })
+            })
+            .collect();
         Ok(serde_json::json!({
-            "boot-source": {
-                "kernel_image_path": cfg.kernel,
-                "initrd_path": initrd,
-                "boot_args": Self::cmdline(cfg, pvm),
-            },
+            "boot-source": boot,
             "machine-config": {
                 "vcpu_count": cfg.vcpus,
                 "mem_size_mib": cfg.memory_mib,
             },
+            "drives": drives,
+            "network-interfaces": nics,
+            "vsock": {
+                "guest_cid": GUEST_CID,
+                "uds_path": dir.join(VSOCK_SOCKET),
+            },
+            "entropy": {},
             "serial": { "serial_out_path": format!("unix:{}", dir.join("console.sock").display()) },
         }))
     }
@@ -159,7 +215,9 @@ impl Runtime for VmmRuntime {
                 "--level".into(),
                 "Info".into(),
             ],
-            channel: GuestChannel::BootSignal {
+            channel: GuestChannel::Vsock {
+                uds_path: vm.file(VSOCK_SOCKET),
+                port: kobako_agent::proto::VSOCK_PORT,
                 api_sock: vm.file("api.sock"),
             },
             runtime: "vmm".into(),
@@ -318,15 +376,60 @@ mod tests {
     }
 
     #[test]
-    fn disk_roots_and_nics_are_refused_with_the_fix() {
-        let c = cfg(Root::Disk {
+    fn disks_nics_and_vsock_are_wired() {
+        let mut c = cfg(Root::Disk {
             path: "/d.qcow2".into(),
             format: "qcow2".into(),
             read_only: false,
         });
+        c.extra_disks = vec![crate::config::Disk {
+            path: "/seed.raw".into(),
+            format: "raw".into(),
+            read_only: true,
+        }];
+        c.nics = vec![
+            crate::config::Nic {
+                tap: "tap-a".into(),
+                mac: "52:54:00:00:00:01".into(),
+            },
+            crate::config::Nic {
+                tap: "tap-b".into(),
+                mac: "52:54:00:00:00:02".into(),
+            },
+        ];
+        let v = VmmRuntime::config_file(&c, Path::new("/run/x"), false).unwrap();
+        assert!(v["boot-source"].get("initrd_path").is_none());
+        let d = &v["drives"];
+        assert_eq!(d[0]["drive_id"], "root");
+        assert_eq!(d[0]["path_on_host"], "/d.qcow2");
+        assert_eq!(d[0]["is_root_device"], true);
+        assert_eq!(d[0]["is_read_only"], false);
+        assert_eq!(d[1]["path_on_host"], "/seed.raw");
+        assert_eq!(d[1]["is_read_only"], true);
+        assert_eq!(
+            (d[0]["image_format"].as_str(), d[1]["image_format"].as_str()),
+            (Some("qcow2"), Some("raw"))
+        );
+        assert!(d[0]["drive_id"].as_str() > Some("") && d[1]["drive_id"] == "disk01");
+        let n = &v["network-interfaces"];
+        assert_eq!(n[0]["host_dev_name"], "tap-a");
+        assert_eq!(n[1]["guest_mac"], "52:54:00:00:00:02");
+        assert!(n[0]["iface_id"].as_str() < n[1]["iface_id"].as_str());
+        assert_eq!(v["vsock"]["uds_path"], "/run/x/vsock.sock");
+        assert_eq!(v["vsock"]["guest_cid"], 3);
+        // The VMM's own parser takes the whole document (Firecracker's schema, no unknown field).
+        let full: kobako_vmm::config::FullConfig = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!((full.drives.len(), full.network_interfaces.len()), (2, 2));
+        let args = v["boot-source"]["boot_args"].as_str().unwrap();
+        assert!(args.contains("root=/dev/vda"), "{args}");
+
+        c.extra_disks[0].format = "vmdk".into();
         let e = VmmRuntime::config_file(&c, Path::new("/x"), false)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("--runtime qemu"), "{e}");
+        assert!(
+            e.contains("raw or qcow2") && e.contains("--runtime qemu"),
+            "{e}"
+        );
     }
 }
