@@ -13,8 +13,17 @@ use crate::vm_cmd::runtime;
 pub enum ScenarioCmd {
     /// Run a scenario file against a running lab; exit status 1 if any step fails.
     Run(RunArgs),
-    /// Check a scenario file without running it.
-    Check { file: String },
+    /// Check a scenario file without running it (names too, against a lab file or running lab).
+    Check {
+        file: String,
+        /// Check VM and link names against this running lab (default: the scenario's `lab:`,
+        /// if it is up).
+        #[arg(long)]
+        lab: Option<String>,
+        /// Check VM and link names against this lab file.
+        #[arg(long, conflicts_with = "lab")]
+        lab_file: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -45,15 +54,55 @@ fn load(file: &str) -> Result<scenario::Scenario> {
     }
 }
 
+fn check_names(file: &str, s: &scenario::Scenario, lab: &kobako_lab::spec::Lab) -> Result<()> {
+    if let Err(e) = scenario::check_against(s, lab) {
+        eprintln!("{e}");
+        bail!(
+            "{file}: {} problem(s) against lab '{}'; nothing was run",
+            e.0.len(),
+            lab.name.as_str()
+        );
+    }
+    Ok(())
+}
+
 pub async fn run(cmd: ScenarioCmd) -> Result<i32> {
     match cmd {
-        ScenarioCmd::Check { file } => {
+        ScenarioCmd::Check {
+            file,
+            lab,
+            lab_file,
+        } => {
             let s = load(&file)?;
-            eprintln!(
-                "{file}: scenario '{}' with {} steps is valid",
-                s.name,
-                s.steps.len()
-            );
+            let against = if let Some(lf) = &lab_file {
+                let labs = kobako_lab::spec::load_file(
+                    std::path::Path::new(lf),
+                    &kobako_lab::spec::HostLimits::detect(),
+                )
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let name = s.lab.clone();
+                labs.into_iter()
+                    .find(|l| name.as_deref().is_none_or(|n| l.name.as_str() == n))
+            } else {
+                lab.or(s.lab.clone())
+                    .and_then(|l| kobako_lab::controller::LabRecord::load(&l))
+                    .map(|r| r.lab)
+            };
+            let n = scenario::walk(&s.steps).len();
+            match &against {
+                Some(l) => {
+                    check_names(&file, &s, l)?;
+                    eprintln!(
+                        "{file}: scenario '{}' with {n} steps is valid for lab '{}'",
+                        s.name,
+                        l.name.as_str()
+                    );
+                }
+                None => eprintln!(
+                    "{file}: scenario '{}' with {n} steps is valid (names not checked: give --lab-file or bring the lab up)",
+                    s.name
+                ),
+            }
             Ok(0)
         }
         ScenarioCmd::Run(a) => {
@@ -61,9 +110,17 @@ pub async fn run(cmd: ScenarioCmd) -> Result<i32> {
             let Some(lab) = a.lab.clone().or_else(|| s.lab.clone()) else {
                 bail!("which lab? give --lab NAME or `lab:` in {}", a.file);
             };
+            let Some(rec) = kobako_lab::controller::LabRecord::load(&lab) else {
+                bail!("lab '{lab}' is not up (see `kobako ls`; `kobako up FILE` starts it)");
+            };
+            check_names(&a.file, &s, &rec.lab)?;
             let rt: Arc<dyn Runtime> = Arc::new(runtime()?);
             let resolve = crate::lab_cmd::resolver();
-            eprintln!("scenario {} on lab {lab}: {} steps", s.name, s.steps.len());
+            eprintln!(
+                "scenario {} on lab {lab}: {} steps",
+                s.name,
+                scenario::walk(&s.steps).len()
+            );
             let r = scenario::run(rt, &s, &lab, &resolve, &crate::lab_cmd::Stderr).await?;
             if let Some(p) = &a.json {
                 std::fs::write(p, serde_json::to_string_pretty(&r)?)
@@ -86,7 +143,8 @@ pub async fn run(cmd: ScenarioCmd) -> Result<i32> {
             );
             for st in r.steps.iter().filter(|s| s.status == "failed") {
                 println!(
-                    "  failed: {} at {} ms: {}\n    expected: {}\n    observed: {}",
+                    "  failed: {} {} at {} ms: {}\n    expected: {}\n    observed: {}",
+                    st.id,
                     st.name,
                     st.started_ms,
                     st.message.as_deref().unwrap_or(""),

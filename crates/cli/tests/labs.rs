@@ -740,7 +740,7 @@ steps:
     assert_eq!(o.status.code(), Some(1));
     let out = text(&o.stdout);
     assert!(
-        out.contains("FAILED") && out.contains("failed: within 50 ms at"),
+        out.contains("FAILED") && out.contains("failed: 2 within 50 ms at"),
         "{out}"
     );
     assert!(out.contains("expected: rtt ≤ 50 ms"), "{out}");

@@ -210,6 +210,23 @@ pub fn set_link_state(lab: &str, link: &str, up: bool) -> Result<()> {
     Ok(())
 }
 
+/// Takes one interface of a VM off its network (`up == false`: the host side of its tap goes
+/// down, so no frame crosses it either way) or puts it back. Not stored: a scenario's
+/// `partition` undoes it; `kobako up` brings every tap back up.
+pub fn set_port_state(lab: &str, vm: &str, iface: &str, up: bool) -> Result<()> {
+    let db = super::db()?;
+    let rec = LabRecord::load_from(&db, lab)?.ok_or_else(|| LabError::NotFound(lab.into()))?;
+    let v = rec.lab.find_vm(vm).map_err(LabError::Other)?;
+    let e = |source| LabError::Net {
+        lab: lab.into(),
+        source,
+    };
+    let net = LabNet::open(&NetLabName::new(lab).map_err(e)?)
+        .map_err(e)?
+        .ok_or_else(|| LabError::NotFound(lab.into()))?;
+    net.set_link_up(&tap_name(v, iface), up).map_err(e)
+}
+
 /// Starts a pcapng capture of a link, on the tap of endpoint `end` (0 or 1): both directions
 /// of the link's traffic pass there. Returns the capture and a description of where it runs.
 pub fn capture<W: std::io::Write + Send + 'static>(

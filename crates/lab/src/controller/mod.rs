@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use crate::spec::{Attachment, Lab, Vm};
 
-pub use links::{capture, impair, set_link_state, to_net_impairment};
+pub use links::{capture, impair, set_link_state, set_port_state, to_net_impairment};
 pub use up::{down, plan, restart, up, Plan, UpReport, VmReport};
 
 /// Errors of the controller, each naming the lab object involved.

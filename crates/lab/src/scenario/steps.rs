@@ -1,56 +1,246 @@
-//! What each step kind does. A step kind is a field of [`Step`](super::Step) (parsed and
-//! validated there), one name in `Step::actions`, and one branch here that returns an
-//! [`Outcome`]: what was expected, what was observed, why it failed, and measured numbers.
+//! What each step kind does, and the host API steps use ([`Ctx`]).
+//!
+//! A step kind is a field of [`Step`](super::Step) (parsed there, its names checked in
+//! `check_against`), one name in `ACTIONS`, and one branch of [`run_once`] returning an
+//! [`Outcome`]: what was expected, what was observed, why it failed, and measured numbers. A
+//! kind that delegates to a module (a WASM step) gets a [`Ctx`]: exec in a VM, impair/cut a
+//! link (undone like any fault), sleep, step variables; it reports through its `Outcome`.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kobako_agent::proto::ExecRequest;
 use kobako_runtime::{Runtime, VmDir};
 
 use super::model::*;
-use super::run::{other, Undo};
-use crate::controller::{self, Progress, Resolver, Result};
+use crate::controller::{self, LabError, LabRecord, Progress, Resolver, Result};
 use crate::spec::model::Chance;
 use crate::spec::units::Percent;
-use crate::spec::Impairment;
+use crate::spec::{Attachment, Impairment};
 
-async fn agent(lab: &str, vm: &str) -> Result<kobako_runtime::agent::AgentClient> {
-    let name = controller::resolve_vm(vm, Some(lab))?;
-    let dir = VmDir::for_name(&name);
-    if dir.vm_pid().is_none() {
-        return Err(other(format!("VM {name} is not running")));
-    }
-    let (c, _) = kobako_runtime::wait_ready(&dir, Duration::from_secs(30))
-        .await
-        .map_err(other)?;
-    Ok(c)
+pub(super) fn other(e: impl std::fmt::Display) -> LabError {
+    LabError::Other(e.to_string())
 }
 
-async fn sh(lab: &str, vm: &str, cmd: &str, timeout: Duration) -> Result<(i32, String, String)> {
-    let c = agent(lab, vm).await?;
-    let out = c
-        .exec(ExecRequest {
-            argv: vec!["sh".into(), "-c".into(), cmd.into()],
-            env: Vec::new(),
-            cwd: None,
-            timeout_ms: Some(timeout.as_millis() as u64),
-            stdin: false,
-            tty: None,
-            user: None,
-        })
-        .await
-        .map_err(other)?;
-    let code = if out.timed_out {
-        124
-    } else {
-        out.code.unwrap_or(128 + out.signal.unwrap_or(0))
-    };
-    Ok((
-        code,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+/// A fault a step left, and how it is undone.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// A link's state or impairment changed (undone: back to what it was before the run).
+    Link(String),
+    /// A paused VM (runtime name).
+    Paused(String),
+    /// A killed VM (`node.vm`): restarted.
+    Killed(String),
+    /// A VM interface taken off its network by `partition` (`node.vm`, interface).
+    Port(String, String),
+}
+
+/// What one attempt of a step saw.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub expected: Option<String>,
+    pub observed: Option<String>,
+    pub failure: Option<String>,
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+    /// Faults this attempt left (undone at the end, or after the step's `for`).
+    pub faults: Vec<Fault>,
+}
+
+impl Outcome {
+    fn metric(&mut self, k: &str, v: impl Into<serde_json::Value>) {
+        self.metrics.insert(k.into(), v.into());
+    }
+}
+
+/// A run's context: the lab, the runtime, the faults to undo, step variables. Locks are never
+/// held across an await.
+pub struct Ctx<'a> {
+    pub rt: Arc<dyn Runtime>,
+    pub lab: String,
+    pub rec: LabRecord,
+    pub resolve: &'a Resolver,
+    pub progress: &'a dyn Progress,
+    pub t0: Instant,
+    /// Link rows before the run (what undo goes back to).
+    pub(super) links_before: Vec<kobako_state::LinkRow>,
+    pub(super) faults: Mutex<Vec<Fault>>,
+    /// When each named step ended (for `since`).
+    pub(super) marks: Mutex<BTreeMap<String, Instant>>,
+    /// Step variables (read and written by module steps).
+    pub vars: Mutex<BTreeMap<String, String>>,
+}
+
+impl Ctx<'_> {
+    /// Milliseconds since the start of the run.
+    pub fn now_ms(&self) -> u64 {
+        self.t0.elapsed().as_millis() as u64
+    }
+
+    /// Runs `sh -c cmd` in VM `vm` (`node.vm`): exit code (124 on timeout), stdout, stderr.
+    pub async fn exec(
+        &self,
+        vm: &str,
+        cmd: &str,
+        timeout: Duration,
+    ) -> Result<(i32, String, String)> {
+        let name = controller::resolve_vm(vm, Some(&self.lab))?;
+        let dir = VmDir::for_name(&name);
+        if dir.vm_pid().is_none() {
+            return Err(other(format!("VM {name} is not running")));
+        }
+        let (c, _) = kobako_runtime::wait_ready(&dir, Duration::from_secs(30))
+            .await
+            .map_err(other)?;
+        let out = c
+            .exec(ExecRequest {
+                argv: vec!["sh".into(), "-c".into(), cmd.into()],
+                env: Vec::new(),
+                cwd: None,
+                timeout_ms: Some(timeout.as_millis() as u64),
+                stdin: false,
+                tty: None,
+                user: None,
+            })
+            .await
+            .map_err(other)?;
+        let code = if out.timed_out {
+            124
+        } else {
+            out.code.unwrap_or(128 + out.signal.unwrap_or(0))
+        };
+        Ok((
+            code,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Sets (`Some`) or clears a link's impairment; undone at the end of the run.
+    pub fn impair(&self, link: &str, imp: Option<Impairment>) -> Result<Fault> {
+        controller::impair(&self.lab, link, imp)?;
+        Ok(Fault::Link(link.into()))
+    }
+
+    /// Cuts or heals a link; undone at the end of the run.
+    pub fn set_link(&self, link: &str, up: bool) -> Result<Fault> {
+        controller::set_link_state(&self.lab, link, up)?;
+        Ok(Fault::Link(link.into()))
+    }
+
+    /// An address for `t` as seen from VM `from`: itself if it is one, else the address of VM
+    /// `t` on a subnet `from` is on, else its first address on a network or link (not the
+    /// node network).
+    pub fn address(&self, from: &str, t: &str) -> Result<String> {
+        if t.parse::<std::net::IpAddr>().is_ok() {
+            return Ok(t.into());
+        }
+        let lab = &self.rec.lab;
+        let vm = lab.find_vm(t).map_err(other)?;
+        let mine: Vec<crate::spec::Cidr> = lab
+            .find_vm(from)
+            .map(|f| {
+                f.interfaces
+                    .iter()
+                    .flat_map(|i| i.addresses.iter().copied())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let all = || {
+            vm.interfaces
+                .iter()
+                .filter(|i| !matches!(i.attach, Attachment::NodeNetwork))
+                .flat_map(|i| i.addresses.iter())
+        };
+        all()
+            .find(|c| mine.iter().any(|m| m.network().contains(c.addr)))
+            .or_else(|| all().next())
+            .or_else(|| vm.interfaces.iter().flat_map(|i| i.addresses.iter()).next())
+            .map(|c| c.addr.to_string())
+            .ok_or_else(|| other(format!("VM {t} has no address to reach it by")))
+    }
+
+    pub(super) fn add_faults(&self, f: &[Fault]) {
+        let mut all = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+        for x in f {
+            if !all.contains(x) {
+                all.push(x.clone());
+            }
+        }
+    }
+
+    /// Undoes faults `which` (all when `None`), newest first; one line per fault.
+    pub(super) async fn undo(&self, which: Option<&[Fault]>) -> Vec<String> {
+        let todo: Vec<Fault> = {
+            let mut all = self.faults.lock().unwrap_or_else(|e| e.into_inner());
+            let (take, keep): (Vec<Fault>, Vec<Fault>) = all
+                .drain(..)
+                .partition(|f| which.is_none_or(|w| w.contains(f)));
+            *all = keep;
+            take
+        };
+        let mut done = Vec::new();
+        for f in todo.iter().rev() {
+            done.push(self.undo_one(f).await);
+        }
+        done
+    }
+
+    async fn undo_one(&self, f: &Fault) -> String {
+        let lab = &self.lab;
+        match f {
+            Fault::Paused(v) => match self.rt.resume(&VmDir::for_name(v)).await {
+                Ok(()) => format!("resumed {v}"),
+                Err(e) => format!("{v}: could not be resumed ({e})"),
+            },
+            Fault::Port(v, i) => match controller::set_port_state(lab, v, i, true) {
+                Ok(()) => format!("{v} {i}: back on its network"),
+                Err(e) => format!("{v} {i}: could not be put back ({e})"),
+            },
+            Fault::Killed(v) => {
+                let target = v.clone();
+                match controller::restart(
+                    self.rt.clone(),
+                    lab,
+                    Some(&target),
+                    self.resolve,
+                    self.progress,
+                )
+                .await
+                {
+                    Ok(r) if r.ok() => format!("restarted {v}"),
+                    Ok(_) => format!("{v}: restarted but not ready"),
+                    Err(e) => format!("{v}: could not be restarted ({e})"),
+                }
+            }
+            Fault::Link(l) => {
+                let before = self.links_before.iter().find(|r| &r.name == l);
+                let (up, imp) = match before {
+                    Some(r) => (
+                        r.up,
+                        r.impairment
+                            .clone()
+                            .and_then(|v| serde_json::from_value::<Impairment>(v).ok()),
+                    ),
+                    None => (true, None),
+                };
+                let a = controller::impair(lab, l, imp.clone());
+                let b = controller::set_link_state(lab, l, up);
+                match (a, b) {
+                    (Ok(()), Ok(())) => format!(
+                        "link {l}: back to {}{}",
+                        if up { "up" } else { "down" },
+                        if imp.is_some() {
+                            " with its impairment"
+                        } else {
+                            ""
+                        }
+                    ),
+                    (Err(e), _) | (_, Err(e)) => format!("link {l}: could not be restored ({e})"),
+                }
+            }
+        }
+    }
 }
 
 /// `ping` output → (average rtt ms if any reply, loss %).
@@ -75,11 +265,26 @@ pub fn parse_ping(out: &str) -> (Option<f64>, Option<f64>) {
     (avg, loss)
 }
 
-pub(super) struct Outcome {
-    pub(super) expected: Option<String>,
-    pub(super) observed: Option<String>,
-    pub(super) failure: Option<String>,
-    pub(super) metrics: serde_json::Value,
+/// `traceroute -n` output → the hop addresses, in order (`*` for a silent hop).
+pub fn parse_traceroute(out: &str) -> Vec<String> {
+    out.lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|w| w.parse::<u32>().is_ok())
+        })
+        .map(|l| l.split_whitespace().nth(1).unwrap_or("*").to_string())
+        .collect()
+}
+
+/// The HTTP status in `wget -S` / curl output (`HTTP/1.1 404 Not Found` → 404).
+pub fn parse_http_status(out: &str) -> Option<u16> {
+    out.lines()
+        .filter_map(|l| {
+            let i = l.find("HTTP/")?;
+            l[i..].split_whitespace().nth(1)?.parse().ok()
+        })
+        .next_back()
 }
 
 fn check_num(what: &str, v: Option<f64>, min: Option<f64>, max: Option<f64>) -> Option<String> {
@@ -102,21 +307,28 @@ fn check_num(what: &str, v: Option<f64>, min: Option<f64>, max: Option<f64>) -> 
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn run_step(
-    rt: &Arc<dyn Runtime>,
-    lab: &str,
-    st: &Step,
-    undo: &mut Undo,
-    resolve: &Resolver,
-    progress: &dyn Progress,
-) -> Result<Outcome> {
-    let mut o = Outcome {
-        expected: None,
-        observed: None,
-        failure: None,
-        metrics: serde_json::json!({}),
-    };
+fn range(what: &str, unit: &str, min: Option<f64>, max: Option<f64>, out: &mut Vec<String>) {
+    if let Some(m) = min {
+        out.push(format!("{what} ≥ {m}{unit}"));
+    }
+    if let Some(m) = max {
+        out.push(format!("{what} ≤ {m}{unit}"));
+    }
+}
+
+/// Seconds from two `/proc/uptime` readings in a line `KBT A B`.
+fn uptime_secs(out: &str) -> Option<f64> {
+    let l = out.lines().find(|l| l.starts_with("KBT "))?;
+    let mut w = l.split_whitespace().skip(1);
+    let a: f64 = w.next()?.parse().ok()?;
+    let b: f64 = w.next()?.parse().ok()?;
+    Some(b - a)
+}
+
+/// Runs step `st` once.
+pub(super) async fn run_once(ctx: &Ctx<'_>, st: &Step) -> Result<Outcome> {
+    let lab = ctx.lab.as_str();
+    let mut o = Outcome::default();
     let ex = st.expect.clone().unwrap_or_default();
     if let Some(t) = st.wait_ready {
         let deadline = Instant::now() + t.duration();
@@ -154,20 +366,18 @@ pub(super) async fn run_step(
             duplicate: chance(i.duplicate),
             reorder: None,
         };
-        undo.touched.push(i.link.clone());
-        controller::impair(lab, &i.link, Some(imp))?;
+        o.faults.push(ctx.impair(&i.link, Some(imp))?);
     } else if let Some(l) = &st.clear {
-        undo.touched.push(l.clone());
-        controller::impair(lab, l, None)?;
+        o.faults.push(ctx.impair(l, None)?);
     } else if let Some(l) = &st.link {
-        undo.touched.push(l.link.clone());
-        controller::set_link_state(lab, &l.link, l.state == UpDown::Up)?;
+        o.faults.push(ctx.set_link(&l.link, l.state == UpDown::Up)?);
     } else if let Some(e) = &st.exec {
         let timeout = e
             .timeout
             .map(|t| t.duration())
             .unwrap_or(Duration::from_secs(30));
-        let (code, out, err) = sh(lab, &e.vm, &e.cmd, timeout).await?;
+        let t = Instant::now();
+        let (code, out, err) = ctx.exec(&e.vm, &e.cmd, timeout).await?;
         let want_exit = ex.exit.unwrap_or(0);
         o.expected = Some(format!(
             "exit {want_exit}{}{}",
@@ -182,7 +392,8 @@ pub(super) async fn run_step(
         ));
         let short: String = out.chars().take(400).collect();
         o.observed = Some(format!("exit {code}, stdout {short:?}"));
-        o.metrics = serde_json::json!({"exit": code});
+        o.metric("exit", code);
+        o.metric("time_ms", t.elapsed().as_millis() as u64);
         if code != want_exit {
             o.failure = Some(format!(
                 "exit {code}, expected {want_exit}{}",
@@ -198,34 +409,22 @@ pub(super) async fn run_step(
             o.failure = Some(format!("stdout contains {s:?}"));
         }
     } else if let Some(r) = &st.rtt {
-        let cmd = format!("ping -c {} -W 2 {}", r.count.max(1), r.to);
-        let (_, out, _) = sh(
-            lab,
-            &r.from,
-            &cmd,
-            Duration::from_secs(10 + 3 * r.count as u64),
-        )
-        .await?;
+        let to = ctx.address(&r.from, &r.to)?;
+        let cmd = format!("ping -c {} -W 2 {to}", r.count.max(1));
+        let (_, out, _) = ctx
+            .exec(&r.from, &cmd, Duration::from_secs(10 + 3 * r.count as u64))
+            .await?;
         let (avg, loss) = parse_ping(&out);
-        o.metrics = serde_json::json!({"rtt_ms": avg, "loss_pct": loss});
+        o.metric("rtt_ms", avg);
+        o.metric("loss_pct", loss);
         o.observed = Some(format!(
             "rtt {} ms, loss {}%",
             avg.map(|v| format!("{v:.1}")).unwrap_or("-".into()),
             loss.map(|v| format!("{v:.0}")).unwrap_or("-".into())
         ));
         let mut want = Vec::new();
-        if let Some(m) = ex.min_ms {
-            want.push(format!("rtt ≥ {m} ms"));
-        }
-        if let Some(m) = ex.max_ms {
-            want.push(format!("rtt ≤ {m} ms"));
-        }
-        if let Some(m) = ex.min_loss {
-            want.push(format!("loss ≥ {m}%"));
-        }
-        if let Some(m) = ex.max_loss {
-            want.push(format!("loss ≤ {m}%"));
-        }
+        range("rtt", " ms", ex.min_ms, ex.max_ms, &mut want);
+        range("loss", "%", ex.min_loss, ex.max_loss, &mut want);
         o.expected = (!want.is_empty()).then(|| want.join(", "));
         o.failure = check_num("rtt ms", avg, ex.min_ms, ex.max_ms)
             .or_else(|| check_num("loss %", loss, ex.min_loss, ex.max_loss));
@@ -233,18 +432,326 @@ pub(super) async fn run_step(
         tokio::time::sleep(d.duration()).await;
     } else if let Some(v) = &st.pause {
         let name = controller::resolve_vm(v, Some(lab))?;
-        rt.pause(&VmDir::for_name(&name)).await.map_err(other)?;
-        undo.paused.push(name);
+        ctx.rt.pause(&VmDir::for_name(&name)).await.map_err(other)?;
+        o.faults.push(Fault::Paused(name));
     } else if let Some(v) = &st.resume {
         let name = controller::resolve_vm(v, Some(lab))?;
-        rt.resume(&VmDir::for_name(&name)).await.map_err(other)?;
-        undo.paused.retain(|p| p != &name);
+        ctx.rt
+            .resume(&VmDir::for_name(&name))
+            .await
+            .map_err(other)?;
+        ctx.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|f| f != &Fault::Paused(name.clone()));
     } else if let Some(t) = &st.restart {
         let target = t.strip_prefix(&format!("{lab}/")).unwrap_or(t);
-        let r = controller::restart(rt.clone(), lab, Some(target), resolve, progress).await?;
+        let r = controller::restart(ctx.rt.clone(), lab, Some(target), ctx.resolve, ctx.progress)
+            .await?;
         if !r.ok() {
             o.failure = Some("restarted VMs did not all become ready".into());
         }
+        ctx.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|f| !matches!(f, Fault::Killed(k) if k == target || k.starts_with(&format!("{target}."))));
+    } else if let Some(v) = &st.kill {
+        let short = v.strip_prefix(&format!("{lab}/")).unwrap_or(v).to_string();
+        let name = controller::resolve_vm(&short, Some(lab))?;
+        ctx.rt.kill(&VmDir::for_name(&name)).await.map_err(other)?;
+        o.observed = Some(format!("{name} killed"));
+        o.faults.push(Fault::Killed(short));
+    } else if let Some(c) = &st.restore {
+        let r = controller::checkpoint::restore(ctx.rt.clone(), lab, c, ctx.progress).await?;
+        o.observed = Some(format!("checkpoint {c} restored"));
+        if !r.ok() {
+            o.failure = Some(format!("after restoring {c}, not every VM is ready"));
+        }
+    } else if let Some(set) = &st.partition {
+        o.faults = partition(ctx, set)?;
+        o.observed = Some(format!(
+            "{} cut off ({} links, {} network ports)",
+            set.join(", "),
+            o.faults
+                .iter()
+                .filter(|f| matches!(f, Fault::Link(_)))
+                .count(),
+            o.faults
+                .iter()
+                .filter(|f| matches!(f, Fault::Port(..)))
+                .count()
+        ));
+    } else if let Some(h) = &st.heal {
+        let done = if h == "all" {
+            ctx.undo(None).await
+        } else {
+            ctx.undo(Some(&[Fault::Link(h.clone())])).await
+        };
+        o.observed = Some(if done.is_empty() {
+            "nothing to heal".into()
+        } else {
+            done.join("; ")
+        });
+    } else if let Some(h) = &st.http {
+        let secs = h
+            .timeout
+            .map(|t| t.duration().as_secs().max(1))
+            .unwrap_or(10);
+        let url = h.url.replace('\'', "");
+        let cmd = format!(
+            "rm -f /tmp/.kb-http; read a _ < /proc/uptime; \
+             if command -v curl >/dev/null 2>&1; then curl -s -o /tmp/.kb-http -w 'HTTP/1.1 %{{http_code}}\\n' -m {secs} '{url}'; \
+             else timeout {secs} wget -S -q -O /tmp/.kb-http '{url}' 2>&1; fi; rc=$?; read b _ < /proc/uptime; \
+             echo; echo \"KBT $a $b\"; echo \"KBRC $rc\"; echo KBBODY; head -c 4000 /tmp/.kb-http 2>/dev/null"
+        );
+        let (_, out, err) = ctx
+            .exec(&h.from, &cmd, Duration::from_secs(secs + 10))
+            .await?;
+        let (head, body) = out.split_once("KBBODY\n").unwrap_or((&out, ""));
+        let status = parse_http_status(head);
+        let ms = uptime_secs(head).map(|s| (s * 1000.0).round());
+        o.metric("status", status);
+        o.metric("time_ms", ms);
+        let want = ex.status.unwrap_or(200);
+        let mut w = vec![format!("status {want}")];
+        range("time", " ms", ex.min_ms, ex.max_ms, &mut w);
+        if let Some(s) = &ex.stdout_contains {
+            w.push(format!("body contains {s:?}"));
+        }
+        o.expected = Some(w.join(", "));
+        let short: String = body.chars().take(200).collect();
+        o.observed = Some(format!(
+            "status {}, {} ms, body {short:?}",
+            status.map(|s| s.to_string()).unwrap_or("-".into()),
+            ms.map(|m| format!("{m:.0}")).unwrap_or("-".into())
+        ));
+        o.failure = if status != Some(want) {
+            Some(match status {
+                Some(s) => format!("status {s}, expected {want}"),
+                None => format!(
+                    "no HTTP response ({})",
+                    (head.trim().to_string() + " " + err.trim()).trim()
+                ),
+            })
+        } else if let Some(f) = check_num("time ms", ms, ex.min_ms, ex.max_ms) {
+            Some(f)
+        } else if let Some(s) = ex.stdout_contains.as_ref().filter(|s| !body.contains(*s)) {
+            Some(format!("body does not contain {s:?}"))
+        } else {
+            None
+        };
+    } else if let Some(r) = &st.reach {
+        reach(ctx, r, &ex, &mut o).await?;
+    } else if let Some(t) = &st.throughput {
+        throughput(ctx, t, &ex, &mut o).await?;
+    } else if let Some(p) = &st.path {
+        let to = ctx.address(&p.from, &p.to)?;
+        let (_, out, err) = ctx
+            .exec(
+                &p.from,
+                &format!("traceroute -n -m 8 -q 1 -w 1 {to} 2>&1"),
+                Duration::from_secs(30),
+            )
+            .await?;
+        let hops = parse_traceroute(&out);
+        o.metric("hops", hops.len());
+        o.observed = Some(if hops.is_empty() {
+            format!("no route traced: {}", (out + &err).trim())
+        } else {
+            format!("hops {}", hops.join(" → "))
+        });
+        if let Some(v) = &ex.via {
+            o.expected = Some(format!("via {v}"));
+            if !hops.iter().any(|h| h == v) {
+                o.failure = Some(format!("the route does not pass {v}"));
+            }
+        }
     }
     Ok(o)
+}
+
+/// Cuts VMs `set` off from the rest: links to a VM outside the set go down, and so does each
+/// of their ports on a network shared with a VM outside the set (so the set's VMs lose that
+/// network entirely; links between them keep working).
+fn partition(ctx: &Ctx<'_>, set: &[String]) -> Result<Vec<Fault>> {
+    let lab = &ctx.rec.lab;
+    let mut inside = BTreeSet::new();
+    for v in set {
+        let short = v.strip_prefix(&format!("{}/", ctx.lab)).unwrap_or(v);
+        inside.insert(lab.find_vm(short).map_err(other)?.id.clone());
+    }
+    let mut faults = Vec::new();
+    for l in &lab.links {
+        let [a, b] = &l.endpoints;
+        if inside.contains(&a.vm) != inside.contains(&b.vm) {
+            faults.push(ctx.set_link(l.name.as_str(), false)?);
+        }
+    }
+    for vm in lab.vms().filter(|v| inside.contains(&v.id)) {
+        for i in &vm.interfaces {
+            if matches!(i.attach, Attachment::Link(_)) {
+                continue;
+            }
+            let shared_outside = lab.vms().filter(|o| !inside.contains(&o.id)).any(|o| {
+                o.interfaces.iter().any(|oi| match (&oi.attach, &i.attach) {
+                    (Attachment::Network(x), Attachment::Network(y)) => x == y,
+                    (Attachment::NodeNetwork, Attachment::NodeNetwork) => o.id.node == vm.id.node,
+                    _ => false,
+                })
+            });
+            if shared_outside {
+                let name = format!("{}.{}", vm.id.node.as_str(), vm.id.vm.as_str());
+                controller::set_port_state(&ctx.lab, &name, i.name.as_str(), false)?;
+                faults.push(Fault::Port(name, i.name.as_str().into()));
+            }
+        }
+    }
+    Ok(faults)
+}
+
+async fn reach(ctx: &Ctx<'_>, r: &ReachStep, ex: &Expect, o: &mut Outcome) -> Result<()> {
+    // Per source: the address of each other VM it would use.
+    let mut plan: Vec<(String, Vec<(String, String)>)> = Vec::new();
+    for from in &r.vms {
+        let mut targets = Vec::new();
+        for to in r.vms.iter().filter(|v| *v != from) {
+            targets.push((to.clone(), ctx.address(from, to)?));
+        }
+        plan.push((from.clone(), targets));
+    }
+    let probes = plan.iter().map(|(from, targets)| {
+        let cmd = format!(
+            "for t in {}; do (if ping -c 2 -W 1 $t >/dev/null 2>&1; then echo \"R $t\"; else echo \"N $t\"; fi) & done; wait",
+            targets.iter().map(|t| t.1.as_str()).collect::<Vec<_>>().join(" ")
+        );
+        async move {
+            let res = ctx.exec(from, &cmd, Duration::from_secs(30)).await;
+            (from.clone(), targets, res)
+        }
+    });
+    let results = futures_util::future::join_all(probes).await;
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut notes = Vec::new();
+    for (from, targets, res) in results {
+        // A VM that cannot run the probe (killed, paused) reaches nobody.
+        let out = match res {
+            Ok((_, out, _)) => out,
+            Err(e) => {
+                notes.push(format!("{from}: {e}"));
+                String::new()
+            }
+        };
+        let mut to: Vec<String> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("R "))
+            .filter_map(|a| {
+                targets
+                    .iter()
+                    .find(|t| t.1 == a.trim())
+                    .map(|t| t.0.clone())
+            })
+            .collect();
+        to.sort();
+        seen.insert(from, to);
+    }
+    let show = |m: &BTreeMap<String, Vec<String>>| {
+        m.iter()
+            .map(|(k, v)| format!("{k} → [{}]", v.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    o.observed = Some(format!(
+        "{}{}",
+        show(&seen),
+        if notes.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", notes.join("; "))
+        }
+    ));
+    o.metric("reachable", seen.values().map(|v| v.len()).sum::<usize>());
+    let mut mismatches = Vec::new();
+    if let Some(want) = &ex.reach {
+        let want: BTreeMap<String, Vec<String>> = want
+            .iter()
+            .map(|(k, v)| {
+                let mut v = v.clone();
+                v.sort();
+                (k.clone(), v)
+            })
+            .collect();
+        o.expected = Some(show(&want));
+        for (from, tos) in &want {
+            let got = seen.get(from).cloned().unwrap_or_default();
+            for t in tos.iter().filter(|t| !got.contains(t)) {
+                mismatches.push(format!("{from} cannot reach {t}"));
+            }
+            for t in got.iter().filter(|t| !tos.contains(t)) {
+                mismatches.push(format!("{from} reaches {t}"));
+            }
+        }
+    }
+    o.metric("mismatches", mismatches.len());
+    if !mismatches.is_empty() {
+        o.failure = Some(mismatches.join(", "));
+    }
+    Ok(())
+}
+
+async fn throughput(ctx: &Ctx<'_>, t: &ThroughputStep, ex: &Expect, o: &mut Outcome) -> Result<()> {
+    let kib = t.size.map(|m| m.0 * 1024).unwrap_or(4096).max(1);
+    let to = ctx.address(&t.from, &t.to)?;
+    let serve = format!(
+        "mkdir -p /tmp/kbtp && dd if=/dev/zero of=/tmp/kbtp/f bs=1024 count={kib} 2>/dev/null && \
+         (setsid busybox httpd -f -p 5201 -h /tmp/kbtp >/dev/null 2>&1 </dev/null & echo $! > /tmp/kbtp/pid) && sleep 0.3"
+    );
+    let (code, _, err) = ctx.exec(&t.to, &serve, Duration::from_secs(30)).await?;
+    if code != 0 {
+        o.failure = Some(format!(
+            "could not serve the test data on {}: {}",
+            t.to,
+            err.trim()
+        ));
+        return Ok(());
+    }
+    let get = format!(
+        "read a _ < /proc/uptime; \
+         if command -v wget >/dev/null 2>&1; then timeout 60 wget -q -O /dev/null http://{to}:5201/f; \
+         else curl -s -o /dev/null -m 60 http://{to}:5201/f; fi; rc=$?; read b _ < /proc/uptime; \
+         echo \"KBT $a $b\"; exit $rc"
+    );
+    let r = ctx.exec(&t.from, &get, Duration::from_secs(70)).await;
+    let _ = ctx
+        .exec(
+            &t.to,
+            "kill $(cat /tmp/kbtp/pid) 2>/dev/null; rm -rf /tmp/kbtp",
+            Duration::from_secs(10),
+        )
+        .await;
+    let (code, out, err) = r?;
+    let bytes = kib * 1024;
+    let secs = uptime_secs(&out).map(|s| s.max(0.01));
+    let mbps = secs.map(|s| bytes as f64 * 8.0 / s / 1e6);
+    o.metric("bytes", bytes);
+    o.metric("time_ms", secs.map(|s| (s * 1000.0).round()));
+    o.metric("mbps", mbps.map(|m| (m * 100.0).round() / 100.0));
+    let mut w = Vec::new();
+    range("throughput", " Mbit/s", ex.min_mbps, ex.max_mbps, &mut w);
+    o.expected = (!w.is_empty()).then(|| w.join(", "));
+    o.observed = Some(format!(
+        "{} KiB in {} s = {} Mbit/s",
+        kib,
+        secs.map(|s| format!("{s:.2}")).unwrap_or("-".into()),
+        mbps.map(|m| format!("{m:.2}")).unwrap_or("-".into())
+    ));
+    o.failure = if code != 0 {
+        Some(format!(
+            "download from {} failed (exit {code}) {}",
+            t.to,
+            err.trim()
+        ))
+    } else {
+        check_num("Mbit/s", mbps, ex.min_mbps, ex.max_mbps)
+    };
+    Ok(())
 }

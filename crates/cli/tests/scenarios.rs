@@ -1,0 +1,377 @@
+//! Real-guest scenario tests on one two-paths lab (examples/two-paths.yaml, 4 tiny VMs) shared
+//! by every case: the example scenarios pass, a deliberately failing run names the failed
+//! assertion with what it expected, what it saw and when, faults are undone at the end and on
+//! Ctrl-C, and bad files are refused before any step runs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const LAB: &str = "scn-paths";
+
+struct Lab {
+    env: Env,
+    state: tempfile::TempDir,
+}
+
+impl Lab {
+    fn cmd(&self, args: &[&str]) -> std::process::Command {
+        let mut c = self.env.cmd(args);
+        c.env("KOBAKO_STATE", self.state.path());
+        c
+    }
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        self.cmd(args).output().unwrap()
+    }
+    fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.env.run.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+    /// `scenario run FILE --lab scn-paths --json J`; the output and the report.
+    fn scenario(&self, file: &Path, extra: &[&str]) -> (std::process::Output, serde_json::Value) {
+        let json = self.env.run.path().join("report.json");
+        let _ = std::fs::remove_file(&json);
+        let mut args = vec![
+            "scenario",
+            "run",
+            file.to_str().unwrap(),
+            "--lab",
+            LAB,
+            "--json",
+            json.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let t = Instant::now();
+        let o = self.run(&args);
+        eprintln!(
+            "scenario {} in {:.1} s:\n{}{}",
+            file.display(),
+            t.elapsed().as_secs_f64(),
+            text(&o.stderr),
+            text(&o.stdout)
+        );
+        let r = std::fs::read_to_string(&json)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(serde_json::Value::Null);
+        (o, r)
+    }
+    /// The first hop from client.h to the server's service address.
+    fn first_hop(&self) -> String {
+        let o = self.run(&[
+            "exec",
+            &format!("{LAB}.client.h"),
+            "--",
+            "traceroute",
+            "-n",
+            "-m",
+            "1",
+            "-q",
+            "1",
+            "-w",
+            "2",
+            "10.2.0.10",
+        ]);
+        text(&o.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("")
+            .to_string()
+    }
+    /// Waits (20 s at most) until the first hop is `want`.
+    fn wait_first_hop(&self, want: &str, why: &str) {
+        let t = Instant::now();
+        loop {
+            let hop = self.first_hop();
+            if hop == want {
+                return;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "{why}: first hop '{hop}', not {want}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    fn rtt(&self) -> Option<f64> {
+        let o = self.run(&[
+            "exec",
+            &format!("{LAB}.client.h"),
+            "--",
+            "ping",
+            "-c",
+            "3",
+            "-W",
+            "2",
+            "10.2.0.10",
+        ]);
+        kobako_lab::scenario::parse_ping(&text(&o.stdout)).0
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = self.run(&["down", LAB]);
+    }
+}
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/scenarios")
+        .join(name)
+}
+
+fn step<'a>(r: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    r["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no step '{name}' in {r}"))
+}
+
+#[test]
+fn scenarios_on_a_two_path_lab() {
+    let env = Env::new();
+    let file = env.example_as("two-paths.yaml", LAB);
+    let lab = Lab {
+        env,
+        state: tempfile::tempdir().unwrap(),
+    };
+    let out = ok(&lab.run(&["up", file.to_str().unwrap()]));
+    assert!(out.contains("4 of 4 VMs ready"), "{out}");
+
+    // ---- Bad input: refused with file, line and fix before any step runs (the cut in step 1
+    // does not happen).
+    let bad = lab.file(
+        "bad.yaml",
+        "name: bad\nsteps:\n  - link: { link: s1, state: down }\n  - rtt: { from: client.hh, to: 10.2.0.10 }\n  - impair: { link: s3, delay: 10ms }\n  - rtt: { from: client.h, to: 10.2.0.10 }\n    assert: [\"rtt_ms <> 5\"]\n",
+    );
+    let (o, _) = lab.scenario(&bad, &[]);
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(err.contains("bad.yaml:7:") && err.contains("fix:"), "{err}");
+    let o = lab.run(&[
+        "scenario",
+        "check",
+        bad.to_str().unwrap(),
+        "--lab-file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    std::fs::write(
+        &bad,
+        "name: bad\nsteps:\n  - link: { link: s1, state: down }\n  - rtt: { from: client.hh, to: 10.2.0.10 }\n  - impair: { link: s3, delay: 10ms }\n",
+    )
+    .unwrap();
+    let (o, _) = lab.scenario(&bad, &[]);
+    assert!(!o.status.success());
+    let err2 = text(&o.stderr);
+    assert!(
+        err2.contains("bad.yaml:4:")
+            && err2.contains("no VM 'client.hh'")
+            && err2.contains("client.h"),
+        "{err2}"
+    );
+    assert!(
+        err2.contains("bad.yaml:5:")
+            && err2.contains("no link 's3'")
+            && err2.contains("nothing was run"),
+        "{err2}"
+    );
+    assert!(err.contains("bad.yaml:7:"), "{err}");
+    lab.wait_first_hop("10.11.0.1", "after a refused scenario");
+
+    // ---- The failover example: within 5 s of the cut, traffic flows via r2.
+    let html = lab.env.run.path().join("failover.html");
+    let junit = lab.env.run.path().join("failover.xml");
+    let (o, r) = lab.scenario(
+        &example("failover.yaml"),
+        &[
+            "--html",
+            html.to_str().unwrap(),
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+    );
+    let out = ok(&o);
+    assert!(
+        out.contains("PASSED") && out.contains("11 passed, 0 failed"),
+        "{out}"
+    );
+    let sw = step(&r, "within 5 s of the cut, traffic flows via r2");
+    let took = sw["metrics"]["elapsed_ms"].as_u64().unwrap();
+    eprintln!("failover: traffic via r2 {took} ms after the cut");
+    assert!(took <= 5000, "{sw}");
+    assert!(
+        sw["observed"].as_str().unwrap().contains("10.12.0.1"),
+        "{sw}"
+    );
+    let pings = step(&r, "ping during the cut");
+    let samples = pings["samples"].as_array().unwrap();
+    let lost = samples.iter().filter(|s| s["ok"] == false).count();
+    eprintln!(
+        "failover: {lost} of {} pings lost during the switch",
+        samples.len()
+    );
+    assert!(
+        samples.len() >= 6 && lost >= 1,
+        "the cut lost no ping: {pings}"
+    );
+    let h = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        h.contains("class=\"rtt\"") && h.contains("class=\"loss\"") && h.contains(">cut</text>"),
+        "{h}"
+    );
+    let j = std::fs::read_to_string(&junit).unwrap();
+    assert!(j.contains("tests=\"11\" failures=\"0\""), "{j}");
+    lab.wait_first_hop("10.11.0.1", "not back on r1 after the run");
+
+    // ---- The web SLO example: 200 ms more RTT and 5% loss, 90% of requests within 2 s.
+    let (o, r) = lab.scenario(&example("web-slo.yaml"), &[]);
+    let out = ok(&o);
+    assert!(out.contains("PASSED"), "{out}");
+    let rtt = step(&r, "the RTT shows the delay")["metrics"]["rtt_ms"]
+        .as_f64()
+        .unwrap();
+    let slo = step(&r, "SLO under impairment");
+    let n = slo["samples"].as_array().unwrap().len();
+    eprintln!(
+        "web-slo: rtt {rtt} ms under impairment; SLO {} over {n} requests",
+        slo["metrics"]["pass_pct"]
+    );
+    assert!(rtt >= 195.0, "{r}");
+    assert!(n >= 10, "{slo}");
+    let after = lab.rtt().expect("no reply after web-slo");
+    assert!(after < 100.0, "impairment left behind: {after} ms");
+
+    // ---- A deliberately failing run: the report names the assertion, expected, observed, when.
+    let failing = lab.file(
+        "failing.yaml",
+        r#"name: stays-on-r1
+steps:
+  - name: cut
+    link: { link: s1, state: down }
+  - name: still via r1 two seconds after the cut
+    path: { from: client.h, to: 10.2.0.10 }
+    after: 4s
+    expect: { via: 10.11.0.1 }
+    within: 2s
+    since: cut
+  - name: never reached
+    sleep: 1s
+"#,
+    );
+    let (o, r) = lab.scenario(&failing, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("FAILED")
+            && out.contains("failed: 2 still via r1 two seconds after the cut at"),
+        "{out}"
+    );
+    assert!(
+        out.contains("expected: via 10.11.0.1, within 2s of 'cut'"),
+        "{out}"
+    );
+    let f = &r["steps"][1];
+    assert_eq!(f["status"], "failed");
+    assert!(
+        f["message"]
+            .as_str()
+            .unwrap()
+            .contains("not within 2s: the route does not pass 10.11.0.1"),
+        "{f}"
+    );
+    assert!(f["started_ms"].as_u64().unwrap() >= 4000, "{f}");
+    assert_eq!(r["steps"][2]["status"], "skipped");
+    assert!(
+        r["cleanup"][0]
+            .as_str()
+            .unwrap()
+            .contains("link s1: back to up"),
+        "{r}"
+    );
+    let t = Instant::now();
+    while lab.first_hop() != "10.11.0.1" {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "traffic not back on r1 after the failed run"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // ---- Partition, kill, throughput and the rate limit it measures; the killed VM is
+    // restarted at the end.
+    let faults = lab.file(
+        "faults.yaml",
+        r#"name: faults
+steps:
+  - name: fast
+    throughput: { from: client.h, to: server.h, size: 2M }
+    expect: { min_mbps: 4 }
+  - impair: { link: s1, rate: 2mbit }
+  - name: limited
+    throughput: { from: client.h, to: server.h, size: 1M }
+    expect: { max_mbps: 2.5 }
+  - clear: s1
+  - name: server cut off
+    partition: [server.h]
+  - name: nobody reaches the server
+    reach: { vms: [client.h, core.r1, server.h] }
+    expect: { reach: { client.h: [core.r1], core.r1: [client.h], server.h: [] } }
+  - heal: all
+  - kill: core.r2
+  - name: r2 is gone, the rest is back
+    reach: { vms: [client.h, core.r1, core.r2, server.h] }
+    expect: { reach: { client.h: [core.r1], core.r1: [client.h, server.h], server.h: [core.r1] } }
+"#,
+    );
+    let (o, r) = lab.scenario(&faults, &[]);
+    let out = ok(&o);
+    assert!(out.contains("PASSED"), "{out}");
+    let fast = step(&r, "fast")["metrics"]["mbps"].as_f64().unwrap();
+    let limited = step(&r, "limited")["metrics"]["mbps"].as_f64().unwrap();
+    eprintln!("throughput: {fast} Mbit/s unlimited, {limited} Mbit/s at rate 2mbit");
+    assert!(
+        r["cleanup"].to_string().contains("restarted core.r2"),
+        "{r}"
+    );
+    ok(&lab.run(&["exec", &format!("{LAB}.core.r2"), "--", "true"]));
+
+    // ---- Ctrl-C: the run stops, the fault it made is undone, the exit status says so.
+    let sigint = lab.file(
+        "sigint.yaml",
+        "name: sigint\nsteps:\n  - impair: { link: c1, delay: 150ms }\n  - sleep: 60s\n",
+    );
+    let child = lab
+        .cmd(&["scenario", "run", sigint.to_str().unwrap(), "--lab", LAB])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child
+        .wait_with_output_timeout(Duration::from_secs(30))
+        .expect("scenario did not stop on SIGINT");
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("interrupted") && err.contains("cleanup: link c1: back to up"),
+        "{err}"
+    );
+    let after = lab.rtt().expect("no reply after Ctrl-C");
+    assert!(
+        after < 100.0,
+        "impairment left behind after Ctrl-C: {after} ms"
+    );
+
+    ok(&lab.run(&["down", LAB]));
+    lab.env.assert_clean();
+}
