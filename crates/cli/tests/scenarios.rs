@@ -312,11 +312,11 @@ steps:
         r#"name: faults
 steps:
   - name: fast
-    throughput: { from: client.h, to: server.h, size: 2M }
+    throughput: { from: client.h, to: server.h, address: 10.2.0.10, size: 2M }
     expect: { min_mbps: 4 }
   - impair: { link: s1, rate: 2mbit }
   - name: limited
-    throughput: { from: client.h, to: server.h, size: 1M }
+    throughput: { from: client.h, to: server.h, address: 10.2.0.10, size: 1M }
     expect: { max_mbps: 2.5 }
   - clear: s1
   - name: server cut off

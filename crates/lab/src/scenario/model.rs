@@ -190,7 +190,7 @@ pub struct ReachStep {
 pub struct ThroughputStep {
     /// The VM that downloads…
     pub from: String,
-    /// …from this VM (a throwaway `httpd` serves `size` bytes on port 5201).
+    /// …from this VM (a throwaway busybox `httpd` serves `size` bytes, default 4M, on a port from 5201).
     pub to: String,
     /// The address of `to` to download from (default: its address as seen from `from`).
     #[serde(default)]

@@ -700,11 +700,24 @@ async fn reach(ctx: &Ctx<'_>, r: &ReachStep, ex: &Expect, o: &mut Outcome) -> Re
 
 async fn throughput(ctx: &Ctx<'_>, t: &ThroughputStep, ex: &Expect, o: &mut Outcome) -> Result<()> {
     let kib = t.size.map(|m| m.0 * 1024).unwrap_or(4096).max(1);
-    let to = ctx.address(&t.from, &t.to)?;
-    let serve = format!(
-        "mkdir -p /tmp/kbtp && dd if=/dev/zero of=/tmp/kbtp/f bs=1024 count={kib} 2>/dev/null && \
-         (setsid busybox httpd -f -p 5201 -h /tmp/kbtp >/dev/null 2>&1 </dev/null & echo $! > /tmp/kbtp/pid) && sleep 0.3"
+    let to = match &t.address {
+        Some(a) => a.clone(),
+        None => ctx.address(&t.from, &t.to)?,
+    };
+    // A fresh port and directory per step; the server is stopped by its command line and
+    // ends by itself after 120 s in any case.
+    let port = 5201 + (ctx.now_ms() % 2000) as u32;
+    let dir = format!("/tmp/kbtp{port}");
+    let stop = format!(
+        "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q 'httpd -f -p [{d}]{rest:03} ' && kill ${{p#/proc/}}; done; rm -rf {dir}",
+        d = port / 1000,
+        rest = port % 1000
     );
+    let serve = format!(
+        "mkdir -p {dir} && dd if=/dev/zero of={dir}/f bs=1024 count={kib} 2>/dev/null && \
+         (setsid timeout 120 busybox httpd -f -p {port} -h {dir} >/dev/null 2>&1 </dev/null &) && sleep 0.3"
+    );
+
     let (code, _, err) = ctx.exec(&t.to, &serve, Duration::from_secs(30)).await?;
     if code != 0 {
         o.failure = Some(format!(
@@ -716,18 +729,12 @@ async fn throughput(ctx: &Ctx<'_>, t: &ThroughputStep, ex: &Expect, o: &mut Outc
     }
     let get = format!(
         "read a _ < /proc/uptime; \
-         if command -v wget >/dev/null 2>&1; then timeout 60 wget -q -O /dev/null http://{to}:5201/f; \
-         else curl -s -o /dev/null -m 60 http://{to}:5201/f; fi; rc=$?; read b _ < /proc/uptime; \
+         if command -v wget >/dev/null 2>&1; then timeout 60 wget -q -O /dev/null http://{to}:{port}/f; \
+         else curl -s -o /dev/null -m 60 http://{to}:{port}/f; fi; rc=$?; read b _ < /proc/uptime; \
          echo \"KBT $a $b\"; exit $rc"
     );
     let r = ctx.exec(&t.from, &get, Duration::from_secs(70)).await;
-    let _ = ctx
-        .exec(
-            &t.to,
-            "kill $(cat /tmp/kbtp/pid) 2>/dev/null; rm -rf /tmp/kbtp",
-            Duration::from_secs(10),
-        )
-        .await;
+    let _ = ctx.exec(&t.to, &stop, Duration::from_secs(10)).await;
     let (code, out, err) = r?;
     let bytes = kib * 1024;
     let secs = uptime_secs(&out).map(|s| s.max(0.01));
@@ -738,20 +745,22 @@ async fn throughput(ctx: &Ctx<'_>, t: &ThroughputStep, ex: &Expect, o: &mut Outc
     let mut w = Vec::new();
     range("throughput", " Mbit/s", ex.min_mbps, ex.max_mbps, &mut w);
     o.expected = (!w.is_empty()).then(|| w.join(", "));
+    if code != 0 {
+        o.metrics.clear();
+        o.observed = Some(format!("download from {to} failed (exit {code})"));
+        o.failure = Some(format!(
+            "download from {} ({to}) failed: {}",
+            t.to,
+            err.trim()
+        ));
+        return Ok(());
+    }
     o.observed = Some(format!(
         "{} KiB in {} s = {} Mbit/s",
         kib,
         secs.map(|s| format!("{s:.2}")).unwrap_or("-".into()),
         mbps.map(|m| format!("{m:.2}")).unwrap_or("-".into())
     ));
-    o.failure = if code != 0 {
-        Some(format!(
-            "download from {} failed (exit {code}) {}",
-            t.to,
-            err.trim()
-        ))
-    } else {
-        check_num("Mbit/s", mbps, ex.min_mbps, ex.max_mbps)
-    };
+    o.failure = check_num("Mbit/s", mbps, ex.min_mbps, ex.max_mbps);
     Ok(())
 }
