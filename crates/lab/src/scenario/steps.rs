@@ -224,7 +224,7 @@ impl Ctx<'_> {
                     ),
                     None => (true, None),
                 };
-                let a = controller::impair(lab, l, imp.clone());
+                let a = controller::impair(lab, l, imp);
                 let b = controller::set_link_state(lab, l, up);
                 match (a, b) {
                     (Ok(()), Ok(())) => format!(
@@ -535,10 +535,11 @@ pub(super) async fn run_once(ctx: &Ctx<'_>, st: &Step) -> Result<Outcome> {
             })
         } else if let Some(f) = check_num("time ms", ms, ex.min_ms, ex.max_ms) {
             Some(f)
-        } else if let Some(s) = ex.stdout_contains.as_ref().filter(|s| !body.contains(*s)) {
-            Some(format!("body does not contain {s:?}"))
         } else {
-            None
+            ex.stdout_contains
+                .as_ref()
+                .filter(|s| !body.contains(*s))
+                .map(|s| format!("body does not contain {s:?}"))
         };
     } else if let Some(r) = &st.reach {
         reach(ctx, r, &ex, &mut o).await?;
