@@ -121,7 +121,7 @@ impl Exec<'_> {
                     .iter()
                     .enumerate()
                     .map(|(i, s)| self.step(s, format!("{id}.{}", i + 1)));
-                futures_util::future::join_all(branches).await;
+                super::steps::join_all(branches).await;
                 if self.failed.load(Ordering::SeqCst) {
                     res.status = "failed".into();
                     res.message = Some("a step of the group failed".into());

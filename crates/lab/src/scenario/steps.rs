@@ -243,6 +243,32 @@ impl Ctx<'_> {
     }
 }
 
+/// Runs `futs` concurrently (in this task); their outputs in order.
+pub(super) async fn join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut futs: Vec<std::pin::Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
+
 /// `ping` output → (average rtt ms if any reply, loss %).
 pub fn parse_ping(out: &str) -> (Option<f64>, Option<f64>) {
     let loss = out
@@ -630,7 +656,7 @@ async fn reach(ctx: &Ctx<'_>, r: &ReachStep, ex: &Expect, o: &mut Outcome) -> Re
             (from.clone(), targets, res)
         }
     });
-    let results = futures_util::future::join_all(probes).await;
+    let results = join_all(probes).await;
     let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut notes = Vec::new();
     for (from, targets, res) in results {
