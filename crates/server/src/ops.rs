@@ -153,10 +153,18 @@ fn finish(db: &Db, id: &str, lab: Option<&str>, r: Result<serde_json::Value, Str
     );
 }
 
-struct OpProgress {
+/// Progress lines of an operation (rows and `op.progress` events).
+pub struct OpProgress {
     db: Arc<Db>,
     id: String,
     lab: Option<String>,
+}
+
+impl OpProgress {
+    /// The operation's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
 }
 
 impl Progress for OpProgress {
@@ -192,6 +200,25 @@ pub async fn start_lab_op(
     op: LabOp,
     user: String,
 ) -> ApiResult<Operation> {
+    start_lab_task(state, lab, op.kind(), user, move |st, db, lab, progress| {
+        Box::pin(async move { run_lab_op(&st, &db, &lab, op, &progress).await })
+    })
+    .await
+}
+
+/// What a task started by [`start_lab_task`] or [`start_task`] returns.
+pub type TaskFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, String>> + Send>>;
+
+/// Runs `task` as an operation of kind `kind` on `lab`, with the same exclusion as
+/// [`start_lab_op`] (one change of a lab at a time: 409 otherwise).
+pub async fn start_lab_task(
+    state: &AppState,
+    lab: String,
+    kind: &str,
+    user: String,
+    task: impl FnOnce(AppState, Arc<Db>, String, OpProgress) -> TaskFuture + Send + 'static,
+) -> ApiResult<Operation> {
     let busy = || {
         ApiError::conflict(format!(
             "lab '{lab}' is being changed by another operation: wait for it (GET /api/v1/operations)"
@@ -214,26 +241,51 @@ pub async fn start_lab_op(
     tokio::task::spawn_blocking(move || LabLock::acquire_in(&root, &l2, Duration::ZERO))
         .await
         .map_err(ApiError::internal)??;
-    let l2 = lab.clone();
+    start_task(
+        state,
+        Some(lab),
+        kind,
+        user,
+        move |st, db, lab, progress| {
+            Box::pin(async move {
+                let r = task(st, db, lab.unwrap_or_default(), progress).await;
+                drop(guard);
+                r
+            })
+        },
+    )
+    .await
+}
+
+/// Runs `task` as an operation of kind `kind` (about `lab`, if any) without taking the lab:
+/// 202 at once, progress and the result in the operation's row and in events.
+pub async fn start_task(
+    state: &AppState,
+    lab: Option<String>,
+    kind: &str,
+    user: String,
+    task: impl FnOnce(AppState, Arc<Db>, Option<String>, OpProgress) -> TaskFuture + Send + 'static,
+) -> ApiResult<Operation> {
+    let (l2, k2) = (lab.clone(), kind.to_string());
     let operation = state
         .db
-        .run(move |db| create(db, op.kind(), Some(&l2), &user))
+        .run(move |db| create(db, &k2, l2.as_deref(), &user))
         .await?;
     let st = state.clone();
     let id = operation.id.clone();
+    let kind = kind.to_string();
     tokio::spawn(async move {
         let db = st.db.get();
         let progress = OpProgress {
             db: db.clone(),
             id: id.clone(),
-            lab: Some(lab.clone()),
+            lab: lab.clone(),
         };
-        let r = run_lab_op(&st, &db, &lab, op, &progress).await;
+        let r = task(st, db.clone(), lab.clone(), progress).await;
         if let Err(e) = &r {
-            tracing::warn!("{} {lab}: {e}", op.kind());
+            tracing::warn!("{kind} {}: {e}", lab.as_deref().unwrap_or("-"));
         }
-        finish(&db, &id, Some(&lab), r);
-        drop(guard);
+        finish(&db, &id, lab.as_deref(), r);
     });
     Ok(operation)
 }

@@ -5,7 +5,8 @@
 //!   ports), VMs booted in parallel within the host's limits, then addresses, routes, hosts,
 //!   files and services through each agent. It is idempotent and converges: a crash half-way
 //!   (even `kill -9`) is repaired by the next `up`, which keeps VMs that already run.
-//! - Live changes: [`impair`] and [`set_link_state`] (both ends of a link), [`restart`].
+//! - Live changes: [`impair`] and [`set_link_state`] (both ends of a link), [`restart`],
+//!   [`stop_vms`] / [`start_vms`] of a node or VM ([`vmops`]).
 //! - `down` removes every VM process, tap, bridge, namespace, overlay and the lab's state.
 //!
 //! State: the SQLite store of `kobako-state` (desired spec, per-VM and per-lab state with
@@ -20,6 +21,7 @@ pub mod checkpoint;
 mod links;
 pub mod netd;
 mod up;
+pub mod vmops;
 
 use std::path::PathBuf;
 
@@ -31,6 +33,7 @@ use crate::spec::{Attachment, Lab, Vm};
 
 pub use links::{capture, impair, set_link_state, set_port_state, to_net_impairment};
 pub use up::{down, plan, restart, up, Plan, UpReport, VmReport};
+pub use vmops::{start_vms, stop_vms};
 
 /// Errors of the controller, each naming the lab object involved.
 #[derive(Debug, thiserror::Error)]

@@ -17,7 +17,7 @@ use super::{Resolver, Result};
 use crate::spec::{Attachment, FileSource, Lab, Vm};
 
 /// How long `up`/`down` wait for another process changing the same lab.
-const LOCK_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// One VM's outcome of `up`.
 #[derive(Debug, Clone, Serialize)]
@@ -342,6 +342,20 @@ pub async fn up(
     resolve: &Resolver,
     progress: &dyn Progress,
 ) -> Result<UpReport> {
+    up_some(rt, lab, file, owner, resolve, progress, None).await
+}
+
+/// [`up`], booting only the VMs in `only` (runtime names) among those that do not run: the
+/// others stay stopped (a VM stopped on purpose is not started by restarting its neighbour).
+pub(crate) async fn up_some(
+    rt: Arc<dyn Runtime>,
+    lab: &Lab,
+    file: Option<String>,
+    owner: Option<String>,
+    resolve: &Resolver,
+    progress: &dyn Progress,
+    only: Option<&[String]>,
+) -> Result<UpReport> {
     let t0 = Instant::now();
     let name = lab.name.as_str().to_string();
     let _lock = LabLock::acquire(&name, LOCK_WAIT)?;
@@ -408,6 +422,8 @@ pub async fn up(
                 "kept"
             } else if plan.replace.iter().any(|(r, _)| r == &n) {
                 "replaced"
+            } else if only.is_some_and(|o| !o.contains(&n)) {
+                "left stopped"
             } else {
                 "created"
             };
@@ -435,6 +451,10 @@ pub async fn up(
         let rt = rt.clone();
         let db = db.clone();
         let sem = sem.clone();
+        if reports[i].action == "left stopped" {
+            reports[i].state = "stopped".into();
+            continue;
+        }
         let kept = reports[i].action == "kept";
         let cfg = if kept {
             None
@@ -530,9 +550,14 @@ pub async fn up(
         }
     }
     let failed = reports.iter().filter(|r| r.error.is_some()).count();
-    let (state, reason) = match failed {
-        0 => (LabState::Ready, None),
-        n => (
+    let stopped = reports.iter().filter(|r| r.state == "stopped").count();
+    let (state, reason) = match (failed, stopped) {
+        (0, 0) => (LabState::Ready, None),
+        (0, s) => (
+            LabState::Degraded,
+            Some(format!("{s} of {} VMs stopped", reports.len())),
+        ),
+        (n, _) => (
             LabState::Degraded,
             Some(format!("{n} of {} VMs failed", reports.len())),
         ),
@@ -592,8 +617,8 @@ pub async fn down(rt: Arc<dyn Runtime>, name: &str) -> Result<usize> {
 }
 
 /// Restart VMs of a running lab: `target` is `node` (all its VMs), `node.vm`, or `None` for
-/// every VM. The VMs are stopped, then the stored lab is brought up again (which boots them
-/// and applies their configuration).
+/// every VM. The VMs are stopped, then the stored lab is brought up again booting only them
+/// (and applying their configuration); other stopped VMs stay stopped.
 pub async fn restart(
     rt: Arc<dyn Runtime>,
     name: &str,
@@ -603,22 +628,7 @@ pub async fn restart(
 ) -> Result<UpReport> {
     let rec = LabRecord::load(name).ok_or_else(|| LabError::NotFound(name.into()))?;
     let lab = &rec.lab;
-    let names: Vec<String> = match target {
-        None => rec.vms.clone(),
-        Some(t) if t.contains('.') => {
-            let vm = lab.find_vm(t).map_err(LabError::Other)?;
-            vec![vm_name(lab, vm)]
-        }
-        Some(t) => {
-            let node = lab.node(t).ok_or_else(|| {
-                LabError::Other(format!(
-                    "lab '{name}' has no node '{t}'{}",
-                    crate::spec::error::suggest(t, lab.nodes.iter().map(|n| n.name.as_str()))
-                ))
-            })?;
-            node.vms.iter().map(|v| vm_name(lab, v)).collect()
-        }
-    };
+    let names = super::vmops::targets(lab, target)?;
     {
         let _lock = LabLock::acquire(name, LOCK_WAIT)?;
         progress.event(&format!("stopping {}", names.join(", ")));
@@ -628,13 +638,14 @@ pub async fn restart(
             db.set_vm_state(n, VmState::Stopped, Some("restarting"), None)?;
         }
     }
-    up(
+    up_some(
         rt,
         lab,
         rec.file.clone(),
         rec.owner.clone(),
         resolve,
         progress,
+        Some(&names),
     )
     .await
 }

@@ -442,6 +442,9 @@ pub async fn delete_lab(
             }
             db.delete_lab(&name)?;
             db.event(Some(&name), None, "lab.deleted", &serde_json::json!({}))?;
+            // What the UI kept about the lab goes with it.
+            super::captures::forget_lab(&root, &name);
+            super::layout::forget_lab(&root, &name);
             Ok(())
         })
         .await?;
@@ -517,7 +520,7 @@ fn link_err(lab: &str, e: kobako_lab::controller::LabError) -> ApiError {
 }
 
 /// The lab (may change, is up) and its link `link`.
-async fn running_link(
+pub(crate) async fn running_link(
     st: &AppState,
     caller: &Caller,
     lab: &str,

@@ -2,9 +2,12 @@
 //! the OpenAPI document with the path, parameters and bodies its handler declares.
 
 pub mod auth_api;
+pub mod captures;
 pub mod events;
 pub mod labs;
+pub mod layout;
 pub mod misc;
+pub mod nodes;
 pub mod oidc_api;
 pub mod vms;
 
@@ -66,12 +69,23 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(auth_api::revoke_token))
         .routes(routes!(labs::list_labs, labs::create_lab))
         .routes(routes!(labs::get_lab, labs::delete_lab))
+        .routes(routes!(layout::get_layout, layout::put_layout))
         .routes(routes!(labs::lab_up))
         .routes(routes!(labs::lab_down))
         .routes(routes!(labs::lab_restart))
+        .routes(routes!(nodes::node_start))
+        .routes(routes!(nodes::node_stop))
+        .routes(routes!(nodes::node_restart))
+        .routes(routes!(nodes::vm_start))
+        .routes(routes!(nodes::vm_stop))
+        .routes(routes!(nodes::vm_restart))
         .routes(routes!(labs::link_up))
         .routes(routes!(labs::link_down))
         .routes(routes!(labs::link_impair, labs::link_clear))
+        .routes(routes!(captures::start_capture))
+        .routes(routes!(captures::list_captures))
+        .routes(routes!(captures::download_capture))
+        .routes(routes!(captures::stop_capture))
         .routes(routes!(labs::list_operations))
         .routes(routes!(labs::get_operation))
         .routes(routes!(vms::get_vm))
