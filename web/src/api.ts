@@ -114,6 +114,35 @@ export interface Operation {
   updated_ms: number;
 }
 
+/** A packet capture of a link (POST /labs/{lab}/links/{link}/captures). */
+export interface CaptureInfo {
+  id: string;
+  lab: string;
+  link: string;
+  at: string;
+  user: string;
+  operation: string;
+  state: "running" | "done" | "failed" | "interrupted";
+  packets: number;
+  bytes: number;
+  duration_s: number;
+  max_packets: number;
+  ended_by: string | null;
+  error: string | null;
+  started_ms: number;
+  ended_ms: number | null;
+  download: string;
+}
+
+/** Where the UI draws a lab's boxes (GET/PUT /labs/{lab}/layout). */
+export interface Layout {
+  positions: Record<string, { x: number; y: number }>;
+  user?: string | null;
+  updated_ms?: number;
+}
+
+export type MemberOp = "start" | "stop" | "restart";
+
 export interface ApiToken {
   id: string;
   user: string;
@@ -346,6 +375,16 @@ export const api = {
   deleteLab: (n: string) => request<void>("DELETE", `/labs/${enc(n)}`),
   labOp: (n: string, op: "up" | "down" | "restart") =>
     request<Operation>("POST", `/labs/${enc(n)}/${op}`),
+  /** Start/stop/restart a node (`web`) or one VM (`web.api`) of a lab that is up. */
+  memberOp: (lab: string, target: string, op: MemberOp) =>
+    request<Operation>("POST", `/labs/${enc(lab)}/nodes/${enc(target)}/${op}`),
+  captures: (lab: string) => request<CaptureInfo[]>("GET", `/labs/${enc(lab)}/captures`),
+  startCapture: (lab: string, link: string, opts: { duration_s?: number; max_packets?: number; endpoint?: number }) =>
+    request<CaptureInfo>("POST", `/labs/${enc(lab)}/links/${enc(link)}/captures`, opts),
+  stopCapture: (lab: string, id: string) => request<void>("POST", `/labs/${enc(lab)}/captures/${enc(id)}/stop`),
+  layout: (lab: string) => request<Layout>("GET", `/labs/${enc(lab)}/layout`),
+  saveLayout: (lab: string, positions: Layout["positions"]) =>
+    request<Layout>("PUT", `/labs/${enc(lab)}/layout`, { positions }),
   operation: (id: string) => request<Operation>("GET", `/operations/${enc(id)}`),
   linkState: (lab: string, link: string, up: boolean) =>
     request<LinkInfo>("POST", `/labs/${enc(lab)}/links/${enc(link)}/${up ? "up" : "down"}`),
@@ -374,6 +413,30 @@ export const api = {
   revokeToken: (id: string) => request<void>("DELETE", `/tokens/${enc(id)}`),
   audit: () => request<AuditEntry[]>("GET", "/audit?limit=200"),
 };
+
+/** Fetches a file of the API with the session's token and hands it to the browser as a
+ * download named `name` (a plain link could not send the token). */
+export async function download(path: string, name: string): Promise<number> {
+  const get = () =>
+    fetch(`/api/v1${path}`, { headers: session ? { Authorization: `Bearer ${session.access}` } : {} }).catch((e) => {
+      throw new ApiError(0, "network", `cannot reach the server (${errorText(e)}): try again`);
+    });
+  let r = await get();
+  if (r.status === 401 && session && (await refresh())) r = await get();
+  if (!r.ok) {
+    const j = (await r.json().catch(() => null)) as { error?: { code?: string; message?: string } } | null;
+    throw new ApiError(r.status, j?.error?.code ?? `http_${r.status}`, j?.error?.message ?? `GET ${path}: HTTP ${r.status}`);
+  }
+  const blob = await r.blob();
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+  window.setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+  return blob.size;
+}
 
 function enc(s: string): string {
   return encodeURIComponent(s);

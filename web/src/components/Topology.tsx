@@ -11,6 +11,8 @@ import {
   type Connection,
   type Edge,
   type Node,
+  type NodeChange,
+  type ReactFlowInstance,
   type NodeProps,
 } from "@xyflow/react";
 import "@xyflow/react/dist/style.css";
@@ -119,6 +121,9 @@ export function impairText(imp: Record<string, unknown> | null | undefined): str
   return parts.join(", ");
 }
 
+/** Positions of the movable items (`node:NAME`, `net:NAME`). */
+export type Positions = Record<string, { x: number; y: number }>;
+
 export function Topology({
   topo,
   live,
@@ -126,6 +131,8 @@ export function Topology({
   selection,
   onSelect,
   onConnect,
+  positions,
+  onMoved,
 }: {
   topo: Topology;
   live?: Map<string, VmLive>;
@@ -134,9 +141,18 @@ export function Topology({
   onSelect: (s: Selection) => void;
   /** Editor: called with `node.vm` of both ends when a link is drawn. */
   onConnect?: (a: string, b: string) => void;
+  /** Where the items were left last time (a saved layout). */
+  positions?: Positions;
+  /** Called (debounced) with every movable item's position after the user moved one (by
+   * dragging or with the arrow keys). */
+  onMoved?: (p: Positions) => void;
 }) {
   const connectRef = useRef(onConnect);
   connectRef.current = onConnect;
+  const movedRef = useRef(onMoved);
+  movedRef.current = onMoved;
+  const saved = useRef(positions);
+  saved.current = positions;
   const editable = !!onConnect;
   const { nodes: layout, edges } = useMemo(() => {
     const nodes: Node[] = [];
@@ -168,7 +184,8 @@ export function Topology({
         position: { x: (i % perRow) * COL, y: rowY },
         style: { width: GROUP_W, height: h },
         data: { name: n.name, template: n.template, nodeNetwork: n.nodeNetwork },
-        selectable: false,
+        ariaLabel: `Node ${n.name} (Enter, then arrow keys: move it)`,
+        selectable: true,
         draggable: true,
       });
       n.vms.forEach((v, j) => {
@@ -185,6 +202,7 @@ export function Topology({
             selected: selection?.kind === "vm" && selection.id === id,
             connectable: editable,
           },
+          ariaLabel: `VM ${id}, ${live?.get(id)?.state ?? "not started"} (Enter: details)`,
           draggable: false,
         });
         for (const i of v.ifaces) {
@@ -194,6 +212,7 @@ export function Topology({
               source: id,
               target: `net:${i.network}`,
               className: "attach",
+              focusable: false,
               label: `${i.name}${i.addresses[0] ? " " + i.addresses[0] : ""}`,
               style: { stroke: "#7a8aa0" },
             });
@@ -218,6 +237,7 @@ export function Topology({
           strokeDasharray: up ? undefined : "6 5",
         },
         labelStyle: { fontWeight: 600 },
+        ariaLabel: `Link ${l.name} ${l.a} to ${l.b}${up ? "" : ", cut"}${imp ? `, ${imp}` : ""} (Enter: details)`,
         data: { link: l.name },
       });
     }
@@ -226,19 +246,64 @@ export function Topology({
 
   // React Flow measures nodes and keeps positions in its node state: new layouts keep the
   // measurements and where the user dragged a node to.
-  const [nodes, setNodes, onNodesChange] = useNodesState<Node>(layout);
+  // A saved layout places the items it knows; new items get the computed place.
+  const place = (n: Node): Node => {
+    const p = n.type !== "vm" ? saved.current?.[n.id] : undefined;
+    return p ? { ...n, position: { x: p.x, y: p.y } } : n;
+  };
+  const [nodes, setNodes, onNodesChange] = useNodesState<Node>(layout.map(place));
   useEffect(() => {
     setNodes((prev) => {
       const old = new Map(prev.map((n) => [n.id, n]));
       return layout.map((n) => {
         const p = old.get(n.id);
-        return p ? { ...n, position: p.position, measured: p.measured } : n;
+        return p ? { ...n, position: p.position, measured: p.measured, selected: p.selected } : place(n);
       });
     });
+    // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [layout, setNodes]);
+  const nodesRef = useRef(nodes);
+  nodesRef.current = nodes;
+  // A VM, node or network added or removed (the editor): show the whole drawing again.
+  const flow = useRef<ReactFlowInstance<Node, Edge> | null>(null);
+  const shape = layout.map((n) => n.id).join(" ");
+  const firstShape = useRef(shape);
+  useEffect(() => {
+    if (shape === firstShape.current) return;
+    firstShape.current = shape;
+    const t = window.setTimeout(() => void flow.current?.fitView({ padding: 0.15, maxZoom: 1.1, duration: 200 }), 50);
+    return () => window.clearTimeout(t);
+  }, [shape]);
+  const saveTimer = useRef<number>();
+  const changed = (changes: NodeChange<Node>[]) => {
+    onNodesChange(changes);
+    // A drag ends with `dragging: false`; an arrow key moves without `dragging`.
+    if (!changes.some((c) => c.type === "position" && c.position && !c.dragging)) return;
+    window.clearTimeout(saveTimer.current);
+    saveTimer.current = window.setTimeout(() => {
+      const out: Positions = {};
+      for (const n of nodesRef.current) {
+        if (n.type !== "vm") out[n.id] = { x: Math.round(n.position.x), y: Math.round(n.position.y) };
+      }
+      movedRef.current?.(out);
+    }, 400);
+  };
+  useEffect(() => () => window.clearTimeout(saveTimer.current), []);
 
   return (
-    <div className="topology" aria-label={`Topology of ${topo.name}`}>
+    <div
+      className="topology"
+      aria-label={`Topology of ${topo.name}`}
+      onKeyDown={(e) => {
+        // Keyboard: Tab reaches every VM and link of the graph; Enter opens it in the panel.
+        if (e.key !== "Enter") return;
+        const id = (e.target as HTMLElement).closest("[data-id]")?.getAttribute("data-id");
+        if (!id) return;
+        if (id.startsWith("link:")) onSelect({ kind: "link", name: id.slice(5) });
+        else if (id.startsWith("net:")) onSelect({ kind: "network", name: id.slice(4) });
+        else if (!id.startsWith("node:") && !id.startsWith("att:")) onSelect({ kind: "vm", id });
+      }}
+    >
       <ReactFlow
         nodes={nodes}
         edges={edges}
@@ -247,7 +312,10 @@ export function Topology({
         fitViewOptions={{ padding: 0.15, maxZoom: 1.1 }}
         minZoom={0.2}
         proOptions={{ hideAttribution: true }}
-        onNodesChange={onNodesChange}
+        onNodesChange={changed}
+        onInit={(f) => {
+          flow.current = f;
+        }}
         nodesConnectable={editable}
         onConnect={(c: Connection) => connectRef.current?.(c.source, c.target)}
         onNodeClick={(_, n) => {

@@ -1,10 +1,22 @@
 // One lab: its topology with live VM states, operations (up/down/restart/delete), VM details
 // with console and shell, and per-link controls (cut/heal, impairment, RTT measurement).
-import { useMemo, useRef, useState, type FormEvent } from "react";
-import { api, canWrite, errorText, type LabDetail, type LinkInfo, type User, type VmInfo } from "../api";
+import { useEffect, useMemo, useRef, useState, type FormEvent } from "react";
+import {
+  api,
+  canWrite,
+  download,
+  errorText,
+  type CaptureInfo,
+  type LabDetail,
+  type Layout,
+  type LinkInfo,
+  type MemberOp,
+  type User,
+  type VmInfo,
+} from "../api";
 import type { KEvent } from "../events";
 import { specTopology } from "../labfile";
-import { impairText, Topology, type Selection, type VmLive } from "../components/Topology";
+import { impairText, Topology, type Positions, type Selection, type VmLive } from "../components/Topology";
 import { Terminal } from "../components/Terminal";
 import { Link, navigate } from "../router";
 import { ago, ErrorBox, StateBadge, useEvents, useLoad } from "../util";
@@ -17,6 +29,10 @@ interface OpLine {
 
 export default function LabView({ user, name }: { user: User; name: string }) {
   const { data: lab, error, reload, setData } = useLoad(() => api.lab(name), [name]);
+  // Where the boxes were left (saved per lab by the server); drawn once it is known.
+  const { data: layout, error: layoutError } = useLoad<Layout>(() => api.layout(name), [name]);
+  const [layoutMsg, setLayoutMsg] = useState<string | null>(null);
+  const [captureSeq, setCaptureSeq] = useState(0);
   const [sel, setSel] = useState<Selection>(null);
   const [term, setTerm] = useState<{ vm: string; mode: "console" | "shell" } | null>(null);
   const [busy, setBusy] = useState<string | null>(null);
@@ -48,6 +64,7 @@ export default function LabView({ user, name }: { user: User; name: string }) {
       setData((d: LabDetail | null) => (d ? { ...d, state: String(e.data.state ?? d.state) } : d));
     } else if (e.kind === "op.progress") {
       setLog((l) => [...l.slice(-200), { ts: e.ts_ms, text: String(e.data.message ?? "") }]);
+      if (/^capture /.test(String(e.data.message ?? ""))) setCaptureSeq((n) => n + 1);
     } else if (e.kind === "op.state") {
       const failed = e.data.state === "failed";
       setLog((l) => [
@@ -93,7 +110,7 @@ export default function LabView({ user, name }: { user: User; name: string }) {
       </section>
     );
   }
-  if (!lab || !topo) return <p className="loading">Loading lab {name}…</p>;
+  if (!lab || !topo || (!layout && !layoutError)) return <p className="loading">Loading lab {name}…</p>;
 
   const running = lab.vms.some((v) => v.pid != null || v.state === "ready" || v.state === "booting");
   const act = async (what: string, f: () => Promise<unknown>) => {
@@ -113,6 +130,18 @@ export default function LabView({ user, name }: { user: User; name: string }) {
       setLog((l) => [...l, { ts: Date.now(), text: `${o} requested` }]);
       await api.labOp(name, o);
     });
+  const memberOp = (target: string, o: MemberOp) =>
+    act(`${o} ${target}`, async () => {
+      setLog((l) => [...l, { ts: Date.now(), text: `${o} ${target} requested` }]);
+      await api.memberOp(name, target, o);
+    });
+  const saveLayout = (p: Positions) => {
+    if (!write) return;
+    api.saveLayout(name, p).then(
+      () => setLayoutMsg("layout saved"),
+      (e) => setLayoutMsg(`layout not saved: ${errorText(e)}`),
+    );
+  };
   const del = () => {
     if (!window.confirm(`Delete lab ${name}? Its lab file and state are removed.`)) return;
     void act("delete", async () => {
@@ -123,6 +152,7 @@ export default function LabView({ user, name }: { user: User; name: string }) {
   const selVm = sel?.kind === "vm" ? lab.vms.find((v) => `${v.node}.${v.vm}` === sel.id) : undefined;
   const selLink = sel?.kind === "link" ? lab.links.find((l) => l.name === sel.name) : undefined;
   const ready = lab.vms.filter((v) => v.state === "ready").length;
+  const labUp = ["ready", "degraded", "starting"].includes(lab.state);
 
   return (
     <section className="labview">
@@ -136,7 +166,7 @@ export default function LabView({ user, name }: { user: User; name: string }) {
         </span>
         {write ? (
           <div className="actions" role="group" aria-label="Lab actions">
-            <button type="button" className="primary" disabled={!!busy} onClick={() => void op("up")}>
+            <button type="button" className={labUp ? undefined : "primary"} disabled={!!busy} onClick={() => void op("up")}>
               Start
             </button>
             <button type="button" disabled={!!busy} onClick={() => void op("restart")}>
@@ -162,15 +192,40 @@ export default function LabView({ user, name }: { user: User; name: string }) {
         )}
       </div>
       <ErrorBox error={actionError} />
+      {write ? (
+        <p className="muted small layoutnote" role="status">
+          Drag the node boxes (or select one and use the arrow keys) to arrange the drawing; it is kept for this lab
+          {layoutMsg ? ` — ${layoutMsg}` : layout?.updated_ms ? ` — last arranged by ${layout.user ?? "?"} ${ago(layout.updated_ms)}` : ""}.
+        </p>
+      ) : null}
       <div className="labgrid">
-        <Topology topo={topo} live={live} linkLive={linkLive} selection={sel} onSelect={setSel} />
+        <Topology
+          topo={topo}
+          live={live}
+          linkLive={linkLive}
+          selection={sel}
+          onSelect={setSel}
+          positions={layout?.positions}
+          onMoved={write ? saveLayout : undefined}
+        />
         <aside className="side" aria-label="Details">
           {selVm ? (
-            <VmPanel vm={selVm} write={write} onTerm={(mode) => setTerm({ vm: selVm.name, mode })} />
+            <VmPanel
+              vm={selVm}
+              nodeVms={lab.vms.filter((v) => v.node === selVm.node).length}
+              labUp={labUp}
+              write={write}
+              busy={!!busy}
+              onTerm={(mode) => setTerm({ vm: selVm.name, mode })}
+              onOp={memberOp}
+            />
           ) : selLink ? (
-            <LinkPanel key={selLink.name} lab={lab} link={selLink} write={write} onChanged={reload} />
+            <LinkPanel key={selLink.name} lab={lab} link={selLink} write={write} onChanged={reload} captureSeq={captureSeq} />
           ) : (
-            <p className="muted">Select a VM or a link (in the graph or the lists below) to see and operate it.</p>
+            <p className="muted">
+              Select a VM or a link (click it in the graph, or Tab to it and press Enter, or use the lists below) to see and
+              operate it.
+            </p>
           )}
         </aside>
       </div>
@@ -255,13 +310,42 @@ export default function LabView({ user, name }: { user: User; name: string }) {
   );
 }
 
-function VmPanel({ vm, write, onTerm }: { vm: VmInfo; write: boolean; onTerm: (m: "console" | "shell") => void }) {
-  const up = vm.pid != null || vm.state === "ready";
+function VmPanel({
+  vm,
+  nodeVms,
+  labUp,
+  write,
+  busy,
+  onTerm,
+  onOp,
+}: {
+  vm: VmInfo;
+  nodeVms: number;
+  labUp: boolean;
+  write: boolean;
+  busy: boolean;
+  onTerm: (m: "console" | "shell") => void;
+  onOp: (target: string, op: MemberOp) => void;
+}) {
+  // From the state (live from events); the pid is only as fresh as the last reload.
+  const up = vm.state === "ready" || vm.state === "booting";
+  const id = `${vm.node}.${vm.vm}`;
+  const opButtons = (target: string, what: string, running: boolean) => (
+    <div className="actions" role="group" aria-label={`${what} actions`}>
+      <button type="button" disabled={busy || !labUp || running} onClick={() => onOp(target, "start")} aria-label={`Start ${what}`}>
+        Start
+      </button>
+      <button type="button" disabled={busy || !labUp} onClick={() => onOp(target, "restart")} aria-label={`Restart ${what}`}>
+        Restart
+      </button>
+      <button type="button" disabled={busy || !labUp || !running} onClick={() => onOp(target, "stop")} aria-label={`Stop ${what}`}>
+        Stop
+      </button>
+    </div>
+  );
   return (
     <div className="panel" data-panel="vm">
-      <h2>
-        VM {vm.node}.{vm.vm}
-      </h2>
+      <h2>VM {id}</h2>
       <dl>
         <dt>State</dt>
         <dd>
@@ -283,16 +367,28 @@ function VmPanel({ vm, write, onTerm }: { vm: VmInfo; write: boolean; onTerm: (m
         </dd>
       </dl>
       {write ? (
-        <div className="actions">
-          <button type="button" disabled={!up} onClick={() => onTerm("console")}>
-            Open console
-          </button>
-          <button type="button" disabled={vm.state !== "ready"} onClick={() => onTerm("shell")}>
-            Open shell
-          </button>
-        </div>
+        <>
+          <div className="actions">
+            <button type="button" disabled={!up} onClick={() => onTerm("console")}>
+              Open console
+            </button>
+            <button type="button" disabled={vm.state !== "ready"} onClick={() => onTerm("shell")}>
+              Open shell
+            </button>
+          </div>
+          <h3>This VM</h3>
+          {opButtons(id, `VM ${id}`, up)}
+          {nodeVms > 1 ? (
+            <>
+              <h3>
+                Node {vm.node} ({nodeVms} VMs)
+              </h3>
+              {opButtons(vm.node, `node ${vm.node}`, true)}
+            </>
+          ) : null}
+          {!labUp ? <p className="muted small">Start the lab to operate its VMs and open consoles.</p> : null}
+        </>
       ) : null}
-      {write && !up ? <p className="muted small">Start the lab to open a console.</p> : null}
     </div>
   );
 }
@@ -311,7 +407,19 @@ function fieldValue(imp: Record<string, unknown> | null, k: string): string {
   return String(v);
 }
 
-function LinkPanel({ lab, link, write, onChanged }: { lab: LabDetail; link: LinkInfo; write: boolean; onChanged: () => void }) {
+function LinkPanel({
+  lab,
+  link,
+  write,
+  onChanged,
+  captureSeq,
+}: {
+  lab: LabDetail;
+  link: LinkInfo;
+  write: boolean;
+  onChanged: () => void;
+  captureSeq: number;
+}) {
   const [vals, setVals] = useState<Record<string, string>>(() =>
     Object.fromEntries(IMPAIR_FIELDS.map((f) => [f.key, fieldValue(link.impairment, f.key)])),
   );
@@ -431,9 +539,111 @@ function LinkPanel({ lab, link, write, onChanged }: { lab: LabDetail; link: Link
           {errorText(err)}
         </p>
       ) : null}
-      <p className="muted small">
-        Packet capture: not offered by the API yet (<code>kobako capture {link.name}</code> on the server host).
-      </p>
+      <Captures lab={lab} link={link} write={write} seq={captureSeq} />
     </div>
+  );
+}
+
+const ENDED: Record<string, string> = {
+  duration: "time limit reached",
+  packets: "packet limit reached",
+  size: "size limit reached",
+  stopped: "stopped",
+};
+
+function bytes(n: number): string {
+  return n < 10_000 ? `${n} B` : n < 10_000_000 ? `${Math.round(n / 1024)} KiB` : `${Math.round(n / 1048576)} MiB`;
+}
+
+/** Packet captures of one link: start one (bounded by time and packets), stop it, download. */
+function Captures({ lab, link, write, seq }: { lab: LabDetail; link: LinkInfo; write: boolean; seq: number }) {
+  const [n, setN] = useState(0);
+  const { data, error } = useLoad(() => api.captures(lab.name), [lab.name, seq, n]);
+  const [secs, setSecs] = useState("10");
+  const [max, setMax] = useState("1000");
+  const [err, setErr] = useState<unknown>(null);
+  const [busy, setBusy] = useState(false);
+  const mine = (data ?? []).filter((c) => c.link === link.name);
+  const running = mine.some((c) => c.state === "running");
+  // While one runs, its packet count is refreshed every second.
+  useEffect(() => {
+    if (!running) return;
+    const t = window.setInterval(() => setN((x) => x + 1), 1000);
+    return () => window.clearInterval(t);
+  }, [running]);
+  const run = async (f: () => Promise<unknown>) => {
+    setBusy(true);
+    setErr(null);
+    try {
+      await f();
+    } catch (e) {
+      setErr(e);
+    } finally {
+      setBusy(false);
+      setN((x) => x + 1);
+    }
+  };
+  const start = (e: FormEvent) => {
+    e.preventDefault();
+    void run(() => api.startCapture(lab.name, link.name, { duration_s: Number(secs), max_packets: Number(max) }));
+  };
+  const save = (c: CaptureInfo) =>
+    void run(() => download(c.download.replace(/^\/api\/v1/, ""), `${c.lab}-${c.link}-${c.id}.pcapng`));
+  return (
+    <section className="captures" aria-labelledby="cap-h">
+      <h3 id="cap-h">Packet capture</h3>
+      {write ? (
+        <form onSubmit={start} className="capform">
+          <label>
+            Seconds <input type="number" min={1} max={600} step="any" value={secs} required onChange={(e) => setSecs(e.target.value)} />
+          </label>
+          <label>
+            Max packets <input type="number" min={1} max={1000000} value={max} required onChange={(e) => setMax(e.target.value)} />
+          </label>
+          <button type="submit" disabled={busy || running || !link.up}>
+            Start capture
+          </button>
+        </form>
+      ) : null}
+      {err ? (
+        <p className="error" role="alert">
+          {errorText(err)}
+        </p>
+      ) : null}
+      <ErrorBox error={error} />
+      {data && mine.length === 0 ? (
+        <p className="muted small">
+          No captures of this link yet.{" "}
+          {write ? "They see both directions at one end (no tools needed in the VMs) and download as pcapng for Wireshark." : ""}
+        </p>
+      ) : null}
+      {mine.length ? (
+        <ul className="caplist" aria-label={`Captures of link ${link.name}`}>
+          {mine.map((c) => (
+            <li key={c.id} data-capture={c.id} data-state={c.state}>
+              <span>
+                <StateBadge state={c.state} /> {c.packets} packets, {bytes(c.bytes)}
+                <span className="muted small">
+                  {" "}
+                  · {new Date(c.started_ms).toLocaleTimeString()} · at {c.at.split(" ")[0]}
+                  {c.ended_by ? ` · ${ENDED[c.ended_by] ?? c.ended_by}` : ""}
+                  {c.error ? ` · ${c.error}` : ""}
+                </span>
+              </span>
+              <span className="actions">
+                {c.state === "running" && write ? (
+                  <button type="button" disabled={busy} onClick={() => void run(() => api.stopCapture(lab.name, c.id))}>
+                    Stop capture
+                  </button>
+                ) : null}
+                <button type="button" disabled={busy} onClick={() => save(c)} aria-label={`Download capture ${c.id}`}>
+                  Download
+                </button>
+              </span>
+            </li>
+          ))}
+        </ul>
+      ) : null}
+    </section>
   );
 }

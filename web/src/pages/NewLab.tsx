@@ -5,7 +5,7 @@
 import { useEffect, useMemo, useRef, useState, type ChangeEvent, type FormEvent } from "react";
 import { api, ApiError, canWrite, type ImageInfo, type SpecError, type TemplateInfo, type User } from "../api";
 import { addLink, addVm, draftTopology, parseDocument, setVm, specToYaml, starter, type Topology as Topo } from "../labfile";
-import { Topology, type Selection } from "../components/Topology";
+import { Topology, type Positions, type Selection } from "../components/Topology";
 import { Link, navigate } from "../router";
 import { ErrorBox } from "../util";
 
@@ -87,6 +87,9 @@ export default function NewLab({ user, edit }: { user: User; edit?: string }) {
   const [sel, setSel] = useState<Selection>(null);
   const [focusLine, setFocusLine] = useState<number | null>(null);
   const [original, setOriginal] = useState<string | null>(null);
+  // Where the user put the boxes: saved with the lab when it is created.
+  const [positions, setPositions] = useState<Positions | null>(null);
+  const [layoutReady, setLayoutReady] = useState(!edit);
 
   useEffect(() => {
     api.templates().then(setTemplates, setError);
@@ -98,6 +101,13 @@ export default function NewLab({ user, edit }: { user: User; edit?: string }) {
         setOriginal(y);
         setName(d.name);
       }, setError);
+      api.layout(edit).then(
+        (l) => {
+          if (Object.keys(l.positions).length) setPositions(l.positions);
+          setLayoutReady(true);
+        },
+        () => setLayoutReady(true),
+      );
     } else {
       setText(starter(`ui-lab-${Math.random().toString(36).slice(2, 6)}`));
     }
@@ -195,6 +205,7 @@ export default function NewLab({ user, edit }: { user: User; edit?: string }) {
       } else {
         await api.createLab(text, `${name || "lab"}.yaml`);
       }
+      if (positions) await api.saveLayout(name, positions).catch(() => {});
       if (start) await api.labOp(name, "up");
       navigate(`/labs/${encodeURIComponent(name)}`);
     } catch (e) {
@@ -304,12 +315,14 @@ export default function NewLab({ user, edit }: { user: User; edit?: string }) {
         </div>
         <div className="pane">
           <h2>Topology</h2>
-          {shown ? (
+          {shown && layoutReady ? (
             <Topology
               topo={shown}
               selection={sel}
               onSelect={setSel}
               onConnect={(a, b) => change((d) => addLink(d, shown, a, b))}
+              positions={positions ?? undefined}
+              onMoved={setPositions}
             />
           ) : (
             <p className="empty">Nothing to draw yet.</p>
@@ -318,7 +331,8 @@ export default function NewLab({ user, edit }: { user: User; edit?: string }) {
           <div className="forms">
             {selVm ? (
               <VmForm
-                key={`${selVm.node}.${selVm.name}`}
+                // A new form when the file changes what it shows (edited text, another file).
+                key={`${selVm.node}.${selVm.name}:${selVm.image}:${selVm.vcpus}:${selVm.memory}`}
                 title={`VM ${selVm.node}.${selVm.name}`}
                 images={images}
                 init={{ node: selVm.node, name: selVm.name, image: selVm.image, vcpus: selVm.vcpus, memory: selVm.memory }}
@@ -408,22 +422,25 @@ function VmForm({
 }
 
 function LinkForm({ vms, onSubmit }: { vms: string[]; onSubmit: (a: string, b: string) => void }) {
-  const [a, setA] = useState("");
-  const [b, setB] = useState("");
+  const [a0, setA] = useState("");
+  const [b0, setB] = useState("");
+  // Choices that no longer exist (the file changed) fall back to two different VMs.
+  const a = vms.includes(a0) ? a0 : (vms[0] ?? "");
+  const b = vms.includes(b0) && b0 !== a ? b0 : (vms.find((v) => v !== a) ?? "");
   return (
     <form
       className="card"
       aria-labelledby="addlink-h"
       onSubmit={(e) => {
         e.preventDefault();
-        onSubmit(a || vms[0], b || vms[1]);
+        onSubmit(a, b);
       }}
     >
       <h3 id="addlink-h">Add a link</h3>
       <div className="row">
         <label>
           From{" "}
-          <select value={a || vms[0]} onChange={(e) => setA(e.target.value)}>
+          <select value={a} onChange={(e) => setA(e.target.value)}>
             {vms.map((v) => (
               <option key={v}>{v}</option>
             ))}
@@ -431,14 +448,14 @@ function LinkForm({ vms, onSubmit }: { vms: string[]; onSubmit: (a: string, b: s
         </label>
         <label>
           To{" "}
-          <select value={b || vms[1]} onChange={(e) => setB(e.target.value)}>
+          <select value={b} onChange={(e) => setB(e.target.value)}>
             {vms.map((v) => (
               <option key={v}>{v}</option>
             ))}
           </select>
         </label>
       </div>
-      <button type="submit" disabled={vms.length < 2}>
+      <button type="submit" disabled={vms.length < 2 || a === b}>
         Add link
       </button>
     </form>
