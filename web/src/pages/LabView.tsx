@@ -38,7 +38,8 @@ export default function LabView({ user, name }: { user: User; name: string }) {
   const [busy, setBusy] = useState<string | null>(null);
   const [actionError, setActionError] = useState<unknown>(null);
   const [log, setLog] = useState<OpLine[]>([]);
-  const [eventTs, setEventTs] = useState<Map<string, number>>(new Map());
+  // The last vm.state event of each VM: when it was written and the state it set.
+  const [eventTs, setEventTs] = useState<Map<string, { ts: number; state: string }>>(new Map());
   const [deleted, setDeleted] = useState(false);
   const timer = useRef<number>();
   const write = canWrite(user);
@@ -59,7 +60,7 @@ export default function LabView({ user, name }: { user: User; name: string }) {
             }
           : d,
       );
-      setEventTs((m) => new Map(m).set(e.vm!, e.ts_ms));
+      setEventTs((m) => new Map(m).set(e.vm!, { ts: e.ts_ms, state: st }));
     } else if (e.kind === "lab.state") {
       setData((d: LabDetail | null) => (d ? { ...d, state: String(e.data.state ?? d.state) } : d));
     } else if (e.kind === "op.progress") {
@@ -83,7 +84,15 @@ export default function LabView({ user, name }: { user: User; name: string }) {
   const live = useMemo(() => {
     const m = new Map<string, VmLive>();
     for (const v of lab?.vms ?? []) {
-      m.set(`${v.node}.${v.vm}`, { state: v.state, boot_ms: v.boot_ms, reason: v.reason, eventTs: eventTs.get(v.name) });
+      // The event's time only goes with the state that event set (a reload may show a newer
+      // state before its own event arrives).
+      const ev = eventTs.get(v.name);
+      m.set(`${v.node}.${v.vm}`, {
+        state: v.state,
+        boot_ms: v.boot_ms,
+        reason: v.reason,
+        eventTs: ev && ev.state === v.state ? ev.ts : undefined,
+      });
     }
     return m;
   }, [lab?.vms, eventTs]);
