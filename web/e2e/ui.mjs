@@ -248,6 +248,13 @@ try {
   await addLink.getByRole("button", { name: "Add link" }).click();
   let yaml = await admin.getByLabel("Lab file (YAML)").inputValue();
   expect(yaml.includes("a.h:eth2") && yaml.includes("c.h:eth1") && yaml.includes("112M"), "editor writes the VM and link into the lab file");
+  // Drag to add a VM: the palette's "+ VM" onto node c, then onto empty space (a new node).
+  await admin.locator(".paletteitem").dragTo(admin.locator('.groupnode[data-node="c"] .grouphead'));
+  await admin.locator('.vmnode[data-vm="c.vm1"]').waitFor();
+  await admin.locator(".paletteitem").dragTo(admin.locator(".editgrid .react-flow__pane"), { targetPosition: { x: 18, y: 120 } });
+  await admin.locator('.vmnode[data-vm="n4.vm1"]').waitFor();
+  yaml = await admin.getByLabel("Lab file (YAML)").inputValue();
+  expect(/\n  n4:\n/.test(yaml) && /vm1:/.test(yaml), "dropped VMs are in the lab file");
   await admin.locator('.vmnode[data-vm="b.h"]').click();
   const vmForm = admin.locator("form", { has: admin.getByRole("heading", { name: "VM b.h" }) });
   await vmForm.getByLabel("vCPUs").fill("2");

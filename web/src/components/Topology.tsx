@@ -121,6 +121,9 @@ export function impairText(imp: Record<string, unknown> | null | undefined): str
   return parts.join(", ");
 }
 
+/** The drag data type of the editor's "VM" palette item. */
+export const VM_DRAG = "application/x-kobako-vm";
+
 /** Positions of the movable items (`node:NAME`, `net:NAME`). */
 export type Positions = Record<string, { x: number; y: number }>;
 
@@ -133,6 +136,7 @@ export function Topology({
   onConnect,
   positions,
   onMoved,
+  onDropVm,
 }: {
   topo: Topology;
   live?: Map<string, VmLive>;
@@ -146,6 +150,9 @@ export function Topology({
   /** Called (debounced) with every movable item's position after the user moved one (by
    * dragging or with the arrow keys). */
   onMoved?: (p: Positions) => void;
+  /** Editor: a VM was dropped from the palette, on a node box (its name) or outside any
+   * (null: a new node), at this point of the drawing. */
+  onDropVm?: (node: string | null, at: { x: number; y: number }) => void;
 }) {
   const connectRef = useRef(onConnect);
   connectRef.current = onConnect;
@@ -294,6 +301,22 @@ export function Topology({
     <div
       className="topology"
       aria-label={`Topology of ${topo.name}`}
+      onDragOver={(e) => {
+        if (onDropVm && e.dataTransfer.types.includes(VM_DRAG)) {
+          e.preventDefault();
+          e.dataTransfer.dropEffect = "copy";
+        }
+      }}
+      onDrop={(e) => {
+        if (!onDropVm || !e.dataTransfer.types.includes(VM_DRAG)) return;
+        e.preventDefault();
+        const box = document
+          .elementsFromPoint(e.clientX, e.clientY)
+          .map((el) => el.closest("[data-node]"))
+          .find((el) => el);
+        const at = flow.current?.screenToFlowPosition({ x: e.clientX, y: e.clientY }) ?? { x: 0, y: 0 };
+        onDropVm(box?.getAttribute("data-node") ?? null, at);
+      }}
       onKeyDown={(e) => {
         // Keyboard: Tab reaches every VM and link of the graph; Enter opens it in the panel.
         if (e.key !== "Enter") return;

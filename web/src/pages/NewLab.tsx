@@ -5,7 +5,7 @@
 import { useEffect, useMemo, useRef, useState, type ChangeEvent, type FormEvent } from "react";
 import { api, ApiError, canWrite, type ImageInfo, type SpecError, type TemplateInfo, type User } from "../api";
 import { addLink, addVm, draftTopology, parseDocument, setVm, specToYaml, starter, type Topology as Topo } from "../labfile";
-import { Topology, type Positions, type Selection } from "../components/Topology";
+import { Topology, VM_DRAG, type Positions, type Selection } from "../components/Topology";
 import { Link, navigate } from "../router";
 import { ErrorBox } from "../util";
 
@@ -323,11 +323,42 @@ export default function NewLab({ user, edit }: { user: User; edit?: string }) {
               onConnect={(a, b) => change((d) => addLink(d, shown, a, b))}
               positions={positions ?? undefined}
               onMoved={setPositions}
+              onDropVm={(node, at) => {
+                // Dropped on a node box: one more VM there; elsewhere: a new node with one VM.
+                const names = new Set(shown.nodes.map((n) => n.name));
+                let n = node;
+                if (!n) {
+                  let k = shown.nodes.length + 1;
+                  while (names.has(`n${k}`)) k++;
+                  n = `n${k}`;
+                  // The box's header where it was dropped.
+                  setPositions((p) => ({ ...(p ?? {}), [`node:${n}`]: { x: Math.round(at.x - 107), y: Math.round(at.y - 15) } }));
+                }
+                const taken = new Set(shown.nodes.find((x) => x.name === n)?.vms.map((v) => v.name) ?? []);
+                let v = 1;
+                while (taken.has(`vm${v}`)) v++;
+                const target = n;
+                change((d) => addVm(d, target, `vm${v}`, { image: "tiny", vcpus: 1, memory: "128M" }));
+              }}
             />
           ) : (
             <p className="empty">Nothing to draw yet.</p>
           )}
-          <p className="muted small">Drag from a VM’s right handle to another VM to link them, or use the forms below.</p>
+          <p className="muted small palette">
+            <span
+              className="paletteitem"
+              draggable
+              onDragStart={(e) => {
+                e.dataTransfer.setData(VM_DRAG, "vm");
+                e.dataTransfer.effectAllowed = "copy";
+              }}
+              title="Drag onto a node box to add a VM to it, or onto empty space for a new node"
+            >
+              + VM
+            </span>{" "}
+            Drag this onto a node (or empty space) to add a VM; drag from a VM’s right handle to another VM to link
+            them; or use the forms below.
+          </p>
           <div className="forms">
             {selVm ? (
               <VmForm
