@@ -9,6 +9,12 @@
 //! `KOBAKO_PVM_CMDLINE_EXTRA` appends to the command line; `KOBAKO_PVM_TIMEOUT` (seconds,
 //! default 900) bounds the boot. 64 MiB of RAM: memory-map initialisation is emulated too and
 //! scales with the RAM size (256 MiB cost ~20 s more of an idle host's boot).
+//!
+//! `linux_devices_disk_net_rng_and_agent_over_vsock` boots the same kernel with a busybox /init
+//! that mounts ext4 from a qcow2 overlay, pings the host side of a tap (in its own network
+//! namespace: root), reads /dev/hwrng, and execs the kobako agent, which the test reaches over
+//! vsock through uds_path. It needs the static agent (`scripts/build.sh`, or `KOBAKO_AGENT`),
+//! busybox-static, mkfs.ext4 and qemu-img; `KOBAKO_PVM_TIMEOUT` defaults to 1500 s there.
 
 mod common;
 
@@ -123,4 +129,288 @@ fn linux_boots_to_userspace_marker() {
     );
     assert_eq!(code, kobako_vmm::EXIT_GUEST_RESET);
     assert!(log.contains("Guest-boot-time"), "no boot-complete signal");
+}
+
+/// A cpio "newc" archive of directories (`data` None, mode 0o040755), files and symlinks
+/// (mode 0o120777, `data` = target).
+fn cpio(entries: &[(&str, u32, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut ino = 1u32;
+    let mut entry = |out: &mut Vec<u8>, mode: u32, name: &str, data: &[u8]| {
+        let hdr = format!(
+            "070701{ino:08x}{mode:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
+            0, 0, 1, 0, data.len(), 0, 0, 0, 0, name.len() + 1, 0
+        );
+        ino += 1;
+        out.extend_from_slice(hdr.as_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(data);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+    };
+    for (name, mode, data) in entries {
+        entry(&mut out, *mode, name, data);
+    }
+    entry(&mut out, 0, "TRAILER!!!", &[]);
+    out
+}
+
+/// The static guest agent (`scripts/build.sh` builds it): `$KOBAKO_AGENT`, else the workspace's
+/// `target/x86_64-unknown-linux-gnu/agent/kobako-agent`.
+fn find_agent() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("KOBAKO_AGENT") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/<test> -> target/x86_64-unknown-linux-gnu/agent/kobako-agent
+    let p = exe
+        .ancestors()
+        .nth(3)
+        .unwrap()
+        .join("x86_64-unknown-linux-gnu/agent/kobako-agent");
+    assert!(
+        p.is_file(),
+        "{} missing: build the static agent (cargo build --profile agent -p kobako-agent \
+         --target x86_64-unknown-linux-gnu, as scripts/build.sh does) or set KOBAKO_AGENT",
+        p.display()
+    );
+    p
+}
+
+fn sh(cmd: &str) -> std::process::Output {
+    let out = std::process::Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Removes the test's network namespace (with its tap) even when the test fails.
+struct Netns(&'static str);
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", self.0])
+            .status();
+    }
+}
+
+/// Firecracker's host side of vsock: `CONNECT port`, `OK ...`, then what the guest sends.
+fn vsock_hello(uds: &std::path::Path, port: u32) -> Option<String> {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(uds).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes()).ok()?;
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    // The OK line, then the agent's first frame (Ready, a JSON payload).
+    while !String::from_utf8_lossy(&got).contains("agent_version") {
+        let n = s.read(&mut b).ok()?;
+        if n == 0 {
+            return None; // RST: nothing listens yet
+        }
+        got.extend_from_slice(&b[..n]);
+    }
+    Some(String::from_utf8_lossy(&got).into_owned())
+}
+
+#[test]
+#[ignore = "needs the PVM-tolerant kernel, the static agent, root (netns, tap) and an idle host"]
+fn linux_devices_disk_net_rng_and_agent_over_vsock() {
+    // The PVM kernel with: an ext4 file system on a qcow2 overlay over a raw base (mounted,
+    // a file read back), a NIC on a tap in a private network namespace (the guest pings the
+    // host side), /dev/hwrng (virtio-rng) read, and the kobako agent (exec'd as PID 1 by a
+    // busybox /init) reached from the host over vsock through uds_path (`CONNECT 1024`).
+    // Afterwards `qemu-img check` passes on the overlay the guest wrote to (ext4 mount).
+    let kernel = std::env::var("KOBAKO_PVM_KERNEL")
+        .unwrap_or_else(|_| "/var/cache/kobako/kernel-pvm/vmlinux".into());
+    assert!(
+        std::path::Path::new(&kernel).exists(),
+        "{kernel} missing: build it with crates/vmm/guest-pvm/build.sh"
+    );
+    let agent = std::fs::read(find_agent()).unwrap();
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static (scripts/setup.sh)");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+
+    // Disk: ext4 base (raw) with one file, a qcow2 overlay on it.
+    let token = format!("{:x}", std::process::id() as u64 * 2654435761);
+    std::fs::create_dir(d.join("fs")).unwrap();
+    std::fs::write(d.join("fs/hello.txt"), format!("overlay-{token}\n")).unwrap();
+    let p = |n: &str| d.join(n).display().to_string();
+    sh(&format!(
+        "mkfs.ext4 -q -F -d {} {} 16M",
+        p("fs"),
+        p("base.raw")
+    ));
+    sh(&format!(
+        "qemu-img create -q -f qcow2 -b {} -F raw {}",
+        p("base.raw"),
+        p("overlay.qcow2")
+    ));
+
+    // Network: a tap in a private namespace, host side 172.31.250.1/24.
+    let ns = Netns("kbvmm-pvm-dev");
+    let _ = std::process::Command::new("ip")
+        .args(["netns", "del", ns.0])
+        .status();
+    sh(&format!(
+        "ip netns add {n} && ip -n {n} link set lo up && \
+         ip -n {n} tuntap add dev kbtap0 mode tap && \
+         ip -n {n} addr add 172.31.250.1/24 dev kbtap0 && ip -n {n} link set kbtap0 up",
+        n = ns.0
+    ));
+
+    let init = b"#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /mnt /usr/bin /usr/sbin /sbin
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+echo KOBAKO-STAGE-USERSPACE
+if mount -t ext4 /dev/vda /mnt; then echo \"KOBAKO-DISK $(cat /mnt/hello.txt)\"; umount /mnt; else echo KOBAKO-DISK-FAIL; fi
+ip link set eth0 up && ip addr add 172.31.250.2/24 dev eth0
+if ping -c 1 -w 300 172.31.250.1 >/dev/null; then echo KOBAKO-PING-OK; else echo KOBAKO-PING-FAIL; fi
+echo \"KOBAKO-HWRNG $(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | wc -c) $(cat /sys/class/misc/hw_random/rng_current)\"
+echo KOBAKO-STAGE-AGENT
+exec /agent
+";
+    let initrd = write(
+        d,
+        "initrd.cpio",
+        &cpio(&[
+            ("bin", 0o040755, b""),
+            ("bin/busybox", 0o100755, &busybox),
+            ("bin/sh", 0o120777, b"busybox"),
+            ("agent", 0o100755, &agent),
+            ("init", 0o100755, init),
+        ]),
+    );
+    let uds = d.join("v.sock");
+    let mut cmdline = String::from(
+        "console=ttyS0 reboot=k panic=-1 nokaslr mitigations=off kobako_pvm noxsave \
+         clearcpuid=popcnt,smap,erms,fsrm,ssse3,sse4_1,sse4_2,avx,avx2,avx512f,adx,bmi2 \
+         noreplace-smp rdinit=/init kobako.bootmark=1 kobako.console=off kobako.hostname=pvm",
+    );
+    if let Ok(extra) = std::env::var("KOBAKO_PVM_CMDLINE_EXTRA") {
+        cmdline.push(' ');
+        cmdline.push_str(&extra);
+    }
+    let log = d.join("vmm.log");
+    let cfg = write(
+        d,
+        "vm.json",
+        serde_json::json!({
+            "boot-source": {
+                "kernel_image_path": kernel,
+                "initrd_path": initrd,
+                "boot_args": cmdline,
+            },
+            "machine-config": { "vcpu_count": 1, "mem_size_mib": 96 },
+            "drives": [{
+                "drive_id": "data", "path_on_host": d.join("overlay.qcow2"),
+                "is_root_device": false, "is_read_only": false, "image_format": "qcow2",
+            }],
+            "network-interfaces": [{
+                "iface_id": "eth0", "host_dev_name": "kbtap0", "guest_mac": "06:00:ac:1f:fa:02",
+            }],
+            "vsock": { "guest_cid": 3, "uds_path": uds },
+            "entropy": {},
+        })
+        .to_string()
+        .as_bytes(),
+    );
+    let t0 = Instant::now();
+    let mut child = Vmm(std::process::Command::new("ip")
+        .args(["netns", "exec", ns.0])
+        .arg(vmm_bin())
+        .args(["--no-api", "--level", "Info", "--config-file"])
+        .arg(&cfg)
+        .arg("--log-path")
+        .arg(&log)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap());
+    let mut stdout = child.stdout.take().unwrap();
+    let console = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let c2 = console.clone();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            c2.lock().unwrap().extend_from_slice(&b[..n]);
+        }
+    });
+    let secs: u64 = std::env::var("KOBAKO_PVM_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1500);
+    let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+    let text = || String::from_utf8_lossy(&console.lock().unwrap()).into_owned();
+    let mut hello = None;
+    let mut exited = None;
+    while Instant::now() < deadline {
+        if let Some(st) = child.try_wait().unwrap() {
+            exited = st.code();
+            break;
+        }
+        // Try vsock only once the agent is about to run (each try is a REQUEST the slow
+        // guest kernel must answer).
+        if text().contains("KOBAKO-STAGE-AGENT") {
+            hello = vsock_hello(&uds, 1024);
+            if hello.is_some() {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let _ = child.kill();
+    let _ = child.wait();
+    let console = text();
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    println!("--- console ---\n{console}\n--- vmm log ---\n{log}");
+    println!("after {elapsed:.1} s; exited early: {exited:?}; vsock: {hello:?}");
+    assert!(
+        console.contains("KOBAKO-STAGE-USERSPACE"),
+        "no userspace (timeout {secs} s)"
+    );
+    assert!(
+        console.contains(&format!("KOBAKO-DISK overlay-{token}")),
+        "file on the qcow2 overlay not read"
+    );
+    assert!(
+        console.contains("KOBAKO-PING-OK"),
+        "no ping reply from the tap's host side"
+    );
+    assert!(
+        console.contains("KOBAKO-HWRNG 32 virtio_rng"),
+        "/dev/hwrng (virtio-rng) not read"
+    );
+    let hello = hello.expect("agent not reached over vsock via uds_path");
+    assert!(hello.starts_with("OK "), "{hello}");
+    assert!(log.contains("Guest-boot-time"), "no boot-complete signal");
+    let check = std::process::Command::new("qemu-img")
+        .args(["check", "-q"])
+        .arg(d.join("overlay.qcow2"))
+        .status()
+        .unwrap();
+    assert!(
+        check.success(),
+        "qemu-img check of the overlay the guest wrote"
+    );
 }
