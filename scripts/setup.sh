@@ -14,6 +14,9 @@ PACKAGES=(
   iproute2 nftables tshark iputils-ping
   # web UI end-to-end test (headless, driven by playwright-core from npm) and its curl checks
   chromium curl
+  # the WASM step example's rebuild check (examples/scenarios/wasm/*/build.sh): Debian's rustc
+  # with its wasm32 std (rustup's toolchain stays first in PATH for everything else)
+  rustc libstd-rust-dev-wasm32
 )
 # The web UI's build (web/): Debian's nodejs and npm, unless a node is already installed.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
