@@ -627,6 +627,7 @@ fn every_openapi_operation_is_routed() {
         "/api/v1/users",
         "/api/v1/tokens",
         "/api/v1/operations/{id}",
+        "/api/v1/labs/{name}/scenarios",
     ] {
         assert!(
             paths.contains_key(must),
@@ -826,6 +827,73 @@ fn labs_over_the_api_with_real_vms_and_a_server_killed_with_9() {
     assert_eq!((s, &v["impairment"]), (200, &Value::Null), "{v}");
     let fast = rtt(&srv);
     assert!(fast < 100.0, "RTT {fast} ms after clearing");
+
+    // Scenarios: checked against the lab before anything runs (422 naming file, line, fix);
+    // run as an operation whose progress is the step lines and whose result is the report; a
+    // failing one is a failed operation naming the step, and its fault is undone.
+    let (s, v) = srv.call(
+        "POST",
+        &format!("/labs/{lab}/scenarios?file=bad.yaml"),
+        Some(&alice),
+        yaml(b"name: bad\nsteps:\n  - link: { link: l1, state: down }\n  - impair: { link: l9, delay: 5ms }\n".to_vec()),
+    );
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_scenario", "{v}");
+    let m = v["error"]["message"].as_str().unwrap();
+    assert!(
+        m.contains("bad.yaml:4:") && m.contains("no link 'l9'") && m.contains("nothing was run"),
+        "{m}"
+    );
+    assert_eq!(ping(&srv), 0, "a refused scenario cut the link");
+    let scn = |expect: &str| {
+        format!(
+            "name: api\nsteps:\n  - impair: {{ link: l1, delay: 100ms }}\n  - name: slow\n    rtt: {{ from: a.x, to: 10.77.0.2, count: 2 }}\n    expect: {{ {expect} }}\n"
+        )
+        .into_bytes()
+    };
+    let (s, op) = srv.call(
+        "POST",
+        &format!("/labs/{lab}/scenarios"),
+        Some(&alice),
+        yaml(scn("min_ms: 190")),
+    );
+    assert_eq!(s, 202, "{op}");
+    assert_eq!(op["kind"], "lab.scenario");
+    let done = srv.wait_op(&alice, &op, Duration::from_secs(60));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"]["passed"], true, "{done}");
+    assert!(
+        done["result"]["report"]["steps"][1]["metrics"]["rtt_ms"]
+            .as_f64()
+            .unwrap()
+            >= 190.0
+    );
+    assert!(done["result"]["junit"]
+        .as_str()
+        .unwrap()
+        .contains("failures=\"0\""));
+    assert!(done["result"]["html"].as_str().unwrap().contains("<svg"));
+    assert!(done["progress"].to_string().contains("ok   slow"), "{done}");
+    let (s, op) = srv.call(
+        "POST",
+        &format!("/labs/{lab}/scenarios"),
+        Some(&alice),
+        yaml(scn("max_ms: 50")),
+    );
+    assert_eq!(s, 202, "{op}");
+    let done = srv.wait_op(&alice, &op, Duration::from_secs(60));
+    assert_eq!(done["state"], "failed", "{done}");
+    let e = done["error"].as_str().unwrap();
+    assert!(
+        e.contains("step 2 'slow'") && e.contains("rtt ms") && e.contains("> 50"),
+        "{e}"
+    );
+    assert_eq!(
+        done["result"]["report"]["steps"][1]["expected"], "rtt ≤ 50 ms",
+        "{done}"
+    );
+    let fast = rtt(&srv);
+    assert!(fast < 100.0, "RTT {fast} ms after a failed scenario");
 
     // Events: the lab's history from the start, as SSE with ids.
     let evs = sse_until(

@@ -36,7 +36,7 @@ pub struct ProgressLine {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Operation {
     pub id: String,
-    /// `lab.up`, `lab.down`, `lab.restart`, `image.build`.
+    /// `lab.up`, `lab.down`, `lab.restart`, `lab.scenario`, `image.build`.
     pub kind: String,
     pub lab: Option<String>,
     /// Who started it.
@@ -137,10 +137,27 @@ fn push(db: &Db, id: &str, lab: Option<&str>, message: &str) {
 }
 
 fn finish(db: &Db, id: &str, lab: Option<&str>, r: Result<serde_json::Value, String>) {
-    let (state, result, error) = match &r {
-        Ok(v) => ("succeeded", Some(v.to_string()), None),
-        Err(e) => ("failed", None, Some(e.clone())),
+    match r {
+        Ok(v) => finish_with(db, id, lab, Some(v), None),
+        Err(e) => finish_with(db, id, lab, None, Some(e)),
+    }
+}
+
+/// Ends an operation: `failed` when there is an `error` (a result may still come with it, e.g.
+/// the report of a failed scenario), else `succeeded`.
+fn finish_with(
+    db: &Db,
+    id: &str,
+    lab: Option<&str>,
+    result: Option<serde_json::Value>,
+    error: Option<String>,
+) {
+    let state = if error.is_some() {
+        "failed"
+    } else {
+        "succeeded"
     };
+    let result = result.map(|v| v.to_string());
     let _ = db.conn().execute(
         "UPDATE operations SET state = ?2, result = ?3, error = ?4, updated_ms = ?5 WHERE id = ?1",
         params![id, state, result, error, now_ms()],
@@ -286,6 +303,58 @@ pub async fn start_task(
             tracing::warn!("{kind} {}: {e}", lab.as_deref().unwrap_or("-"));
         }
         finish(&db, &id, lab.as_deref(), r);
+    });
+    Ok(operation)
+}
+
+/// The progress sink of a running operation.
+pub(crate) type OpSink = Arc<dyn Progress>;
+
+/// Starts an operation of `kind` on lab `lab` that is neither up, down nor restart (a
+/// scenario run): 409 while this server runs another operation on the lab. `work` gets the
+/// progress sink and returns the result and, when the operation failed, why.
+pub(crate) async fn start_custom<F, Fut>(
+    state: &AppState,
+    lab: String,
+    kind: &'static str,
+    user: String,
+    work: F,
+) -> ApiResult<Operation>
+where
+    F: FnOnce(AppState, OpSink) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = (Option<serde_json::Value>, Option<String>)> + Send,
+{
+    if !state
+        .busy
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(lab.clone())
+    {
+        return Err(ApiError::conflict(format!(
+            "lab '{lab}' is being changed by another operation: wait for it (GET /api/v1/operations)"
+        )));
+    }
+    let guard = BusyGuard {
+        set: state.busy.clone(),
+        lab: lab.clone(),
+    };
+    let l2 = lab.clone();
+    let operation = state
+        .db
+        .run(move |db| create(db, kind, Some(&l2), &user))
+        .await?;
+    let st = state.clone();
+    let id = operation.id.clone();
+    tokio::spawn(async move {
+        let db = st.db.get();
+        let sink: OpSink = Arc::new(OpProgress {
+            db: db.clone(),
+            id: id.clone(),
+            lab: Some(lab.clone()),
+        });
+        let (result, error) = work(st, sink).await;
+        finish_with(&db, &id, Some(&lab), result, error);
+        drop(guard);
     });
     Ok(operation)
 }

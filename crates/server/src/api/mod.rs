@@ -9,6 +9,7 @@ pub mod layout;
 pub mod misc;
 pub mod nodes;
 pub mod oidc_api;
+pub mod scenarios;
 pub mod vms;
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -86,6 +87,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(captures::list_captures))
         .routes(routes!(captures::download_capture))
         .routes(routes!(captures::stop_capture))
+        .routes(routes!(scenarios::run_scenario))
         .routes(routes!(labs::list_operations))
         .routes(routes!(labs::get_operation))
         .routes(routes!(vms::get_vm))

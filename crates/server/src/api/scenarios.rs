@@ -1,0 +1,116 @@
+//! Scenario runs over the API: `POST /api/v1/labs/{name}/scenarios` with a scenario file checks
+//! it (structure, assertions, names against the lab) before anything runs, then runs it as an
+//! operation (`lab.scenario`): its progress lines are the live step lines, its result the
+//! report (JSON, JUnit XML, HTML). A failed scenario is a failed operation that still carries
+//! its report. Changing a lab's links and VMs, it needs write access to the lab, like `up`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use kobako_lab::controller::LabRecord;
+use kobako_lab::scenario;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::api::labs::lab_for;
+use crate::auth::Caller;
+use crate::error::{ApiBytes, ApiError, ApiPath, ApiQuery, ApiResult};
+use crate::ops::{self, Operation};
+use crate::AppState;
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ScenarioQuery {
+    /// The file's name as shown in errors (default `scenario.yaml`).
+    pub file: Option<String>,
+}
+
+fn invalid(errs: kobako_lab::spec::SpecErrors, what: &str) -> ApiError {
+    let first = errs.0.first().map(|e| e.to_string()).unwrap_or_default();
+    ApiError::unprocessable(
+        "invalid_scenario",
+        format!(
+            "{} problem(s) {what}; nothing was run; first: {first}",
+            errs.0.len()
+        ),
+    )
+    .with_details(serde_json::to_value(&errs).unwrap_or_default())
+}
+
+/// Run a scenario (the YAML of `kobako scenario run`) against the running lab: 202 and an
+/// operation whose progress is the step lines and whose result is the report
+/// (`{passed, report, junit, html}`); the operation fails when the scenario does.
+#[utoipa::path(post, path = "/api/v1/labs/{name}/scenarios", tag = "labs",
+    params(("name" = String, Path, description = "Lab name"), ScenarioQuery),
+    request_body(content = String, content_type = "application/yaml", description = "The scenario file"),
+    responses((status = 202, description = "Started", body = Operation)))]
+pub async fn run_scenario(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ScenarioQuery>,
+    ApiBytes(body): ApiBytes,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    lab_for(&st, &caller, &name, true).await?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("the scenario file is not UTF-8 text"))?;
+    let file = q.file.unwrap_or_else(|| "scenario.yaml".into());
+    let s = scenario::load_str(&file, text).map_err(|e| invalid(e, "in the scenario file"))?;
+    let n = name.clone();
+    let rec = tokio::task::spawn_blocking(move || LabRecord::load(&n))
+        .await
+        .map_err(ApiError::internal)?
+        .filter(|r| {
+            r.vms
+                .iter()
+                .any(|v| kobako_runtime::VmDir::for_name(v).vm_pid().is_some())
+        })
+        .ok_or_else(|| {
+            ApiError::conflict(format!(
+                "lab '{name}' is not running: bring it up first (POST /api/v1/labs/{name}/up)"
+            ))
+        })?;
+    scenario::check_against(&s, &rec.lab)
+        .map_err(|e| invalid(e, &format!("against lab '{name}'")))?;
+    let lab = name.clone();
+    let op = ops::start_custom(
+        &st,
+        name,
+        "lab.scenario",
+        caller.name().to_string(),
+        move |st, sink| async move {
+            let rt = st.hooks.runtime.clone();
+            let resolver = st.hooks.resolver.clone();
+            let r =
+                scenario::run_until(rt, &s, &lab, &*resolver, &*sink, std::future::pending()).await;
+            match r {
+                Err(e) => (None, Some(e.to_string())),
+                Ok(rep) => {
+                    let error = (!rep.passed).then(|| {
+                        let f = rep.steps.iter().find(|s| s.status == "failed");
+                        format!(
+                            "scenario '{}' failed{}",
+                            rep.scenario,
+                            f.map(|f| format!(
+                                ": step {} '{}' at {} ms: {}",
+                                f.id,
+                                f.name,
+                                f.started_ms,
+                                f.message.as_deref().unwrap_or("")
+                            ))
+                            .unwrap_or_default()
+                        )
+                    });
+                    let v = serde_json::json!({
+                        "passed": rep.passed,
+                        "junit": rep.junit(),
+                        "html": rep.html(),
+                        "report": rep,
+                    });
+                    (Some(v), error)
+                }
+            }
+        },
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(op)))
+}
