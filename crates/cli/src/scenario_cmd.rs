@@ -48,7 +48,9 @@ fn load(file: &str) -> Result<scenario::Scenario> {
     match scenario::load_str(file, &text) {
         Ok(s) => Ok(s),
         Err(e) => {
-            eprintln!("{e}");
+            for x in &e.0 {
+                eprintln!("{x}");
+            }
             bail!("{file}: {} problem(s); nothing was run", e.0.len())
         }
     }
@@ -56,7 +58,9 @@ fn load(file: &str) -> Result<scenario::Scenario> {
 
 fn check_names(file: &str, s: &scenario::Scenario, lab: &kobako_lab::spec::Lab) -> Result<()> {
     if let Err(e) = scenario::check_against(s, lab) {
-        eprintln!("{e}");
+        for x in &e.0 {
+            eprintln!("{x}");
+        }
         bail!(
             "{file}: {} problem(s) against lab '{}'; nothing was run",
             e.0.len(),
@@ -81,8 +85,18 @@ pub async fn run(cmd: ScenarioCmd) -> Result<i32> {
                 )
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
                 let name = s.lab.clone();
-                labs.into_iter()
-                    .find(|l| name.as_deref().is_none_or(|n| l.name.as_str() == n))
+                let names: Vec<String> = labs.iter().map(|l| l.name.as_str().to_string()).collect();
+                let found = labs
+                    .into_iter()
+                    .find(|l| name.as_deref().is_none_or(|n| l.name.as_str() == n));
+                if found.is_none() {
+                    bail!(
+                        "{lf} has no lab '{}' (it has: {}); the scenario's `lab:` names the lab it is for",
+                        name.unwrap_or_default(),
+                        names.join(", ")
+                    );
+                }
+                found
             } else {
                 lab.or(s.lab.clone())
                     .and_then(|l| kobako_lab::controller::LabRecord::load(&l))

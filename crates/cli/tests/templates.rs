@@ -306,6 +306,27 @@ fn router_vpn_ids_forwards_tunnels_and_alerts() {
         "{alert}\n(suricata: {started})"
     );
 
+    // The example scenario on the same lab: the alert fires again within 30 s of the request.
+    let scn = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/scenarios/ids-alert.yaml");
+    let json = lab.env.run.path().join("ids.json");
+    let o = lab.cmd(&[
+        "scenario",
+        "run",
+        scn.to_str().unwrap(),
+        "--lab",
+        &lab.name,
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    let out = ok(&o);
+    assert!(out.contains("PASSED"), "{out}{}", text(&o.stderr));
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    eprintln!(
+        "ids-alert scenario: alert {} ms after the request",
+        r["steps"][6]["metrics"]["elapsed_ms"]
+    );
+
     lab.down();
 }
 

@@ -16,11 +16,12 @@
 //!   - link: { link: ab, state: down }
 //!   - sleep: 2s
 //! ```
-//! Every step has exactly one action (`wait_ready`, `impair`, `clear`, `link`, `exec`, `rtt`,
-//! `sleep`, `pause`, `resume`, `restart`), an optional `name`, `after` and `expect`. The file is
-//! checked like a lab file (line, column, path, fix). Faults are undone at the end, on failure
-//! and on Ctrl-C: links get back the state and impairment they had before the run, paused VMs
-//! continue. The first failed step ends the run; the rest are reported as skipped.
+//! Every step has exactly one action (see `ACTIONS`: faults, checks, measurements, groups), an
+//! optional `name`, timing (`at`, `after`, `every`/`for`, `within`/`since`), `expect` and
+//! `assert`. The file is checked like a lab file (line, column, path, fix), and its VM and link
+//! names against the lab, before any step runs. Faults are undone at the end, on failure and on
+//! Ctrl-C unless kept. The first failed step ends the run; the rest are reported as skipped.
+//! README.md (Scenarios) documents the file; docs/ARCHITECTURE.md the design.
 
 mod model;
 mod report;
