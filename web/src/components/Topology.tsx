@@ -264,7 +264,10 @@ export function Topology({
       const old = new Map(prev.map((n) => [n.id, n]));
       return layout.map((n) => {
         const p = old.get(n.id);
-        return p ? { ...n, position: p.position, measured: p.measured, selected: p.selected } : place(n);
+        if (!p) return place(n);
+        // VMs sit where their node box puts them (a box grows with a node network line);
+        // boxes and networks stay where they were moved.
+        return { ...n, position: n.type === "vm" ? n.position : p.position, measured: p.measured, selected: p.selected };
       });
     });
     // eslint-disable-next-line react-hooks/exhaustive-deps
