@@ -9,6 +9,7 @@
 
 mod exec;
 mod files;
+mod identity;
 mod init;
 mod netcfg;
 mod reaper;
@@ -495,6 +496,18 @@ fn handle_msg(stream: u32, msg: Msg, info: &ReadyInfo, sessions: &Sessions, pid1
             Ok(data) => reply(stream, &Msg::Logs { data }),
             Err(e) => fail(stream, e),
         },
+        Msg::Identity(id) => {
+            spawn_worker(format!("id-{stream}"), move || match identity::apply(&id) {
+                Ok(()) => reply(
+                    stream,
+                    &Msg::Done {
+                        sha256: None,
+                        size: None,
+                    },
+                ),
+                Err(e) => fail(stream, e),
+            })
+        }
         Msg::Shutdown { reboot } => go_down(reboot, pid1),
         other => fail(stream, format!("unexpected message from host: {other:?}")),
     }

@@ -19,6 +19,7 @@ const NLMSG_ERROR: u16 = 2;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_BROADCAST: u16 = 4;
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const RTA_DST: u16 = 1;
@@ -294,6 +295,25 @@ fn add_route(nl: &mut Nl, r: &RouteConfig) -> Result<(), String> {
     }
     nl.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, &b)
         .map_err(|e| format!("route {}: {e}", r.dst))
+}
+
+/// Gives the interface whose MAC is `old` the MAC `new` (virtio-net tells the device, so the
+/// host side filters on the new one too).
+pub fn set_mac(old: &str, new: &str) -> Result<(), String> {
+    let bytes: Vec<u8> = new
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("MAC '{new}' is not of the form 52:54:00:12:34:56"))?;
+    if bytes.len() != 6 {
+        return Err(format!("MAC '{new}' is not of the form 52:54:00:12:34:56"));
+    }
+    let name = by_mac(old)?;
+    let mut nl = Nl::open()?;
+    let mut b = ifinfomsg(ifindex(&name)?, 0, 0);
+    attr(&mut b, IFLA_ADDRESS, &bytes);
+    nl.request(RTM_NEWLINK, 0, &b)
+        .map_err(|e| format!("{name}: MAC {new}: {e}"))
 }
 
 /// Apply a whole configuration; stops at the first error and says which item failed.

@@ -218,6 +218,8 @@ pub enum Msg {
     ServiceStatus,
     /// The last `tail_bytes` of a service's log.
     ServiceLogs { name: String, tail_bytes: u64 },
+    /// Give a guest restored from a snapshot its own identity (answered with `Done`).
+    Identity(Identity),
 
     // ---- guest -> host ----
     /// The agent is up. Sent unsolicited when a host connects and in answer to `Hello`.
@@ -295,6 +297,31 @@ pub struct DirEntry {
     /// Link target for symlinks.
     #[serde(default)]
     pub target: Option<String>,
+}
+
+/// A fresh identity for a guest restored from a snapshot (a warm clone, a function's clone, a
+/// restored checkpoint): every clone of one snapshot starts with the same memory, so the same
+/// kernel RNG state, MAC addresses, hostname, machine-id and a clock stopped at the snapshot.
+/// Applied in this order: RNG, clock, MACs, hostname, machine-id.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// Host randomness (hex, at least 32 bytes): added to the kernel's pool with full credit
+    /// (`RNDADDENTROPY`), then the kernel's CRNG is reseeded from it (`RNDRESEEDCRNG`), so the
+    /// very next random byte differs between clones.
+    #[serde(default)]
+    pub seed: String,
+    /// The host's wall clock (nanoseconds since the epoch), set with `clock_settime`.
+    #[serde(default)]
+    pub realtime_ns: Option<u64>,
+    /// `(current MAC, new MAC)`: each interface found by its current MAC gets the new one.
+    #[serde(default)]
+    pub macs: Vec<(String, String)>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// 32 lowercase hex digits, written to /etc/machine-id.
+    #[serde(default)]
+    pub machine_id: Option<String>,
 }
 
 /// Network configuration applied by the agent (over rtnetlink, no guest tools needed).

@@ -43,6 +43,9 @@ enum Cmd {
         file: String,
         #[arg(long)]
         json: bool,
+        /// Boot every VM instead of cloning it from a warm snapshot (also `KOBAKO_WARM=0`).
+        #[arg(long)]
+        cold: bool,
     },
     /// Take a lab down: its VMs, network and state.
     Down {
@@ -210,7 +213,12 @@ fn main() {
                     Cmd::Bench(BenchCmd::Node(a)) => bench::node(a).await,
                     Cmd::Bench(BenchCmd::Lab(a)) => bench_lab::lab(a).await,
                     Cmd::Exec(a) => guest_cmd::exec(a).await,
-                    Cmd::Up { file, json } => lab_cmd::up(&file, json).await,
+                    Cmd::Up { file, json, cold } => {
+                        if cold {
+                            kobako_lab::controller::warm::disable();
+                        }
+                        lab_cmd::up(&file, json).await
+                    }
                     Cmd::Down { name, json } => lab_cmd::down(&name, json).await,
                     Cmd::Link {
                         lab,

@@ -320,7 +320,13 @@ async fn restore(dir: &Path, name: &str, verify: bool, json: bool) -> Result<i32
     match kobako_runtime::wait_ready(&vm, Duration::from_secs(cfg.ready_timeout_secs)).await {
         Ok((client, _)) => {
             let ms = t0.elapsed().as_millis();
-            kobako_runtime::snapshot::adjust_clock(&client).await?;
+            // Its own hostname, RNG stream and today's clock (the machine-id stays: a restore
+            // is the same machine).
+            let id = kobako_runtime::snapshot::NewIdentity {
+                hostname: Some(kobako_runtime::config::hostname_of(name)),
+                ..Default::default()
+            };
+            kobako_runtime::snapshot::fresh_identity(&client, &id).await?;
             if json {
                 println!("{}", serde_json::json!({"name": name, "ready_ms": ms}));
             } else {

@@ -9,8 +9,8 @@
 //! invocations.jsonl   one line per invocation: timings, exit, bytes
 //! ```
 //! An invocation: take a slot → restore a clone from `warm/` (its own name and overlay) → give
-//! it a fresh identity through the agent (hostname, machine-id, RNG reseeded from the host's
-//! getrandom, clock) → run the handler with the caller's stdin → collect stdout, stderr and the
+//! it a fresh identity through the agent (hostname, machine-id, kernel RNG reseeded from the
+//! host's randomness, clock; [`kobako_runtime::snapshot::fresh_identity`]) → run the handler with the caller's stdin → collect stdout, stderr and the
 //! exit status → destroy the clone. Nothing of a clone survives it.
 
 use std::io::Write;
@@ -344,46 +344,14 @@ async fn run_clone(
     t.restore_ms = t1.elapsed().as_millis() as u64;
     // A fresh identity: every clone starts from the same memory image.
     let t2 = Instant::now();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64().round() as u64)
-        .unwrap_or(0);
-    let host = clone.replace('_', "-");
-    let script = format!(
-        "cat > /dev/urandom; hostname {host}; echo {host} > /etc/hostname 2>/dev/null; \
-         echo {} > /etc/machine-id; date -u -s @{now} > /dev/null",
-        random_hex(16)
-    );
-    let mut s = client
-        .exec_stream(ExecRequest {
-            argv: vec!["sh".into(), "-c".into(), script],
-            env: Vec::new(),
-            cwd: None,
-            timeout_ms: Some(10_000),
-            stdin: true,
-            tty: None,
-            user: None,
-        })
+    let id = kobako_runtime::snapshot::NewIdentity {
+        hostname: Some(clone.replace('_', "-")),
+        macs: Vec::new(),
+        machine_id: true,
+    };
+    kobako_runtime::snapshot::fresh_identity(&client, &id)
         .await
-        .map_err(other)?;
-    s.stdin(random_hex(256).as_bytes()).await.map_err(other)?;
-    s.close_stdin().await.map_err(other)?;
-    let mut err = Vec::new();
-    while let Some(ev) = s.next().await.map_err(other)? {
-        match ev {
-            ExecEvent::Stderr(b) => err.extend(b),
-            ExecEvent::Stdout(_) => {}
-            ExecEvent::Exited { code, .. } => {
-                if code != Some(0) {
-                    return Err(other(format!(
-                        "giving clone {clone} its identity failed: {}",
-                        String::from_utf8_lossy(&err).trim()
-                    )));
-                }
-            }
-        }
-    }
-    drop(s);
+        .map_err(|e| other(format!("giving clone {clone} its identity failed: {e}")))?;
     t.identity_ms = t2.elapsed().as_millis() as u64;
     let t3 = Instant::now();
     let mut s = client

@@ -422,6 +422,11 @@ impl AgentClient {
         self.call(Msg::NetConfig(cfg)).await.map(|_| ())
     }
 
+    /// Gives a restored guest its own identity (RNG, clock, MACs, hostname, machine-id).
+    pub async fn identity(&self, id: proto::Identity) -> Result<()> {
+        self.call(Msg::Identity(id)).await.map(|_| ())
+    }
+
     pub async fn set_services(&self, services: Vec<proto::ServiceSpec>) -> Result<()> {
         self.call(Msg::SetServices { services }).await.map(|_| ())
     }

@@ -282,7 +282,7 @@ impl VmConfig {
 }
 
 /// A hostname from a VM name (hostnames allow letters, digits and '-').
-fn hostname_of(name: &str) -> String {
+pub fn hostname_of(name: &str) -> String {
     let h: String = name
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })

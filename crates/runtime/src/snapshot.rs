@@ -432,19 +432,76 @@ pub fn restore_config(
     Ok(cfg)
 }
 
-/// Sets a restored guest's clock to the host's (it resumes at the time of its snapshot).
-/// Second precision, through the agent's `date`; the guest's monotonic clock is unaffected.
-pub async fn adjust_clock(client: &crate::agent::AgentClient) -> Result<()> {
+/// `n` bytes from the host's CSPRNG.
+pub fn host_random(n: usize) -> Vec<u8> {
+    let mut b = vec![0u8; n];
+    if let Ok(mut r) = std::fs::File::open("/dev/urandom") {
+        let _ = r.read_exact(&mut b);
+    }
+    b
+}
+
+/// What a restored guest is given by [`fresh_identity`].
+#[derive(Debug, Clone, Default)]
+pub struct NewIdentity {
+    pub hostname: Option<String>,
+    /// `(MAC in the snapshot, MAC of this VM)` per NIC.
+    pub macs: Vec<(String, String)>,
+    /// A new random machine-id (clones); a restored checkpoint keeps its own.
+    pub machine_id: bool,
+}
+
+/// Gives a guest restored from a snapshot its own identity through the agent: the kernel RNG
+/// reseeded from 64 bytes of the host's randomness, the host's clock (ns), and what `id` asks
+/// (MACs, hostname, a new machine-id). Returns the machine-id given, if any.
+///
+/// Agents older than the `identity` message get the same through a shell (RNG: the bytes are
+/// mixed into the pool without a forced reseed; MACs cannot be changed that way).
+pub async fn fresh_identity(
+    client: &crate::agent::AgentClient,
+    id: &NewIdentity,
+) -> Result<Option<String>> {
+    let machine_id = id.machine_id.then(|| hex::encode(host_random(16)));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64().round() as u64)
-        .unwrap_or(0);
+        .unwrap_or_default();
+    let req = kobako_agent::proto::Identity {
+        seed: hex::encode(host_random(64)),
+        realtime_ns: Some(now.as_nanos() as u64),
+        macs: id.macs.clone(),
+        hostname: id.hostname.clone(),
+        machine_id: machine_id.clone(),
+    };
+    match client.identity(req).await {
+        Ok(()) => return Ok(machine_id),
+        Err(RuntimeError::Agent(m)) if m.contains("unknown variant") => {}
+        Err(e) => return Err(e),
+    }
+    if id.macs.iter().any(|(a, b)| !a.eq_ignore_ascii_case(b)) {
+        return Err(RuntimeError::Agent(
+            "the guest's kobako-agent is too old to change MAC addresses (rebuild the image)"
+                .into(),
+        ));
+    }
+    let mut script = format!(
+        "echo {} > /dev/urandom; date -u -s @{} > /dev/null",
+        hex::encode(host_random(64)),
+        now.as_secs()
+    );
+    if let Some(h) = &id.hostname {
+        script.push_str(&format!(
+            "; hostname '{h}'; echo '{h}' > /etc/hostname 2>/dev/null"
+        ));
+    }
+    if let Some(m) = &machine_id {
+        script.push_str(&format!("; echo {m} > /etc/machine-id"));
+    }
     let out = client
         .exec(kobako_agent::proto::ExecRequest {
-            argv: vec!["date".into(), "-u".into(), "-s".into(), format!("@{now}")],
+            argv: vec!["sh".into(), "-c".into(), script],
             env: Vec::new(),
             cwd: None,
-            timeout_ms: Some(5000),
+            timeout_ms: Some(10_000),
             stdin: false,
             tty: None,
             user: None,
@@ -452,9 +509,9 @@ pub async fn adjust_clock(client: &crate::agent::AgentClient) -> Result<()> {
         .await?;
     if out.code != Some(0) {
         return Err(RuntimeError::Agent(format!(
-            "setting the restored guest's clock failed: {}",
+            "giving the restored guest its identity failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(())
+    Ok(machine_id)
 }

@@ -361,7 +361,9 @@ pub async fn restore(
                         return Err(e.to_string());
                     }
                 };
-            kobako_runtime::snapshot::adjust_clock(&client)
+            // Same identity, but its own RNG stream and today's clock (a checkpoint restored
+            // twice must not replay the same random numbers).
+            kobako_runtime::snapshot::fresh_identity(&client, &Default::default())
                 .await
                 .map_err(|e| e.to_string())?;
             Ok::<u64, String>(t.elapsed().as_millis() as u64)
@@ -379,6 +381,7 @@ pub async fn restore(
             boot_ms: None,
             addresses: Vec::new(),
             error: None,
+            warm: false,
         };
         match r {
             Ok(ms) => {

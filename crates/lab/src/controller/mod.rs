@@ -22,6 +22,7 @@ mod links;
 pub mod netd;
 mod up;
 pub mod vmops;
+pub mod warm;
 
 use std::path::PathBuf;
 

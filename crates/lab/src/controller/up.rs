@@ -29,6 +29,8 @@ pub struct VmReport {
     pub boot_ms: Option<u64>,
     pub addresses: Vec<String>,
     pub error: Option<String>,
+    /// Restored from a warm snapshot instead of booted (see [`super::warm`]).
+    pub warm: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -434,6 +436,7 @@ pub(crate) async fn up_some(
                 boot_ms: None,
                 addresses: addresses(vm),
                 error: None,
+                warm: false,
             }
         })
         .collect();
@@ -444,6 +447,7 @@ pub(crate) async fn up_some(
         kobako_runtime::group::default_parallelism(),
     ));
     let t_boot = Instant::now();
+    let pool = super::warm::enabled().then(super::warm::Pool::default);
     let mut tasks = Vec::new();
     for (i, vm) in vms.iter().enumerate() {
         let vname = reports[i].name.clone();
@@ -455,6 +459,7 @@ pub(crate) async fn up_some(
             reports[i].state = "stopped".into();
             continue;
         }
+        let pool = pool.clone();
         let kept = reports[i].action == "kept";
         let cfg = if kept {
             None
@@ -490,15 +495,41 @@ pub(crate) async fn up_some(
         tasks.push((
             i,
             tokio::spawn(async move {
-                let (client, boot_ms) = match cfg {
-                    None => {
+                // A warm clone when there is (or can be made) a warm snapshot of this
+                // configuration; a cold boot otherwise, or when the clone fails.
+                let mut cloned = None;
+                let mut note = None;
+                if let (Some(pool), Some(cfg)) = (&pool, &cfg) {
+                    match pool.get(&rt, cfg).await {
+                        Ok(w) => {
+                            let _permit = sem.acquire().await;
+                            let _ =
+                                db.set_vm_state(&vname, VmState::Booting, Some("warm clone"), None);
+                            match super::warm::clone(&rt, &w, cfg).await {
+                                Ok((_, c)) => {
+                                    // The resolver's own overlay (disk roots) is not used.
+                                    let _ = kobako_runtime::vmdir::remove_paths(&cfg.owned_paths);
+                                    cloned = Some(c);
+                                }
+                                Err(e) => {
+                                    note = Some(format!("warm clone failed ({e}); booting cold"))
+                                }
+                            }
+                        }
+                        Err(e) => note = Some(format!("no warm snapshot ({e}); booting cold")),
+                    }
+                }
+                let warm = cloned.is_some();
+                let (client, boot_ms) = match (cfg, cloned) {
+                    (_, Some(c)) => (c, Some(t_boot.elapsed().as_millis() as u64)),
+                    (None, None) => {
                         let dir = VmDir::for_name(&vname);
                         let (c, _) = kobako_runtime::wait_ready(&dir, Duration::from_secs(60))
                             .await
                             .map_err(|e| e.to_string())?;
                         (c, None)
                     }
-                    Some(cfg) => {
+                    (Some(cfg), None) => {
                         let timeout = Duration::from_secs(cfg.ready_timeout_secs);
                         let dir = {
                             let _permit = sem.acquire().await;
@@ -522,7 +553,7 @@ pub(crate) async fn up_some(
                 configure(&client, &vm)
                     .await
                     .map_err(|e| format!("configuring: {e}"))?;
-                Ok::<_, String>(boot_ms)
+                Ok::<_, String>((boot_ms, warm, note))
             }),
         ));
     }
@@ -532,14 +563,21 @@ pub(crate) async fn up_some(
             .await
             .unwrap_or_else(|e| Err(format!("start task failed: {e}")))
         {
-            Ok(boot_ms) => {
+            Ok((boot_ms, warm, note)) => {
                 db.set_vm_state(&vname, VmState::Ready, None, boot_ms.map(|b| b as i64))?;
+                if let Some(n) = note {
+                    progress.event(&format!("  {vname}: {n}"));
+                }
                 match boot_ms {
+                    Some(ms) if warm => {
+                        progress.event(&format!("  {vname} ready in {ms} ms (warm clone)"))
+                    }
                     Some(ms) => progress.event(&format!("  {vname} ready in {ms} ms")),
                     None => progress.event(&format!("  {vname} ready (was running)")),
                 }
                 reports[i].state = "ready".into();
                 reports[i].boot_ms = boot_ms;
+                reports[i].warm = warm;
             }
             Err(e) => {
                 db.set_vm_state(&vname, VmState::Failed, Some(&e), None)?;

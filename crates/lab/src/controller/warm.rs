@@ -1,0 +1,527 @@
+//! Warm clones: `up` restores VMs from a snapshot of an already booted VM instead of booting
+//! them, when one exists for the same boot configuration.
+//!
+//! `$KOBAKO_CACHE/warm/<key>/` (default `/var/cache/kobako/warm`):
+//! ```text
+//! warm.json   what it was made from (the key's inputs), the snapshot's MACs, timings
+//! snap/       a VM snapshot (kobako_runtime::snapshot) taken when the agent was ready
+//! ```
+//! The key is a hash of everything the snapshot depends on: runtime and QEMU version, kobako's
+//! version, accelerator, vCPUs, memory, kernel (path, size, mtime), root (initramfs, or the
+//! base image under a disk overlay: path, size, mtime), the image's kernel parameters, and the
+//! number of NICs (virtio-net, the only model). A change of any of them is another key, so a
+//! snapshot is never used for a configuration it was not made from; a VM with extra disks
+//! (a cloud-init seed) is never cloned. At most [`KEEP`] warm snapshots are kept.
+//!
+//! Building one: a VM of the configuration boots once, with a neutral name and NICs on private
+//! taps in a private namespace, is snapshotted when its agent is ready, and is killed. A clone:
+//! the snapshot restored under the lab VM's name, on the lab VM's taps, then given its own
+//! identity through the agent at once (kernel RNG reseeded from the host, clock, each NIC's MAC
+//! changed from the snapshot's to the lab's, hostname, a new machine-id) before the lab
+//! configures it like a booted VM (interfaces by MAC, addresses, routes, files, services).
+//!
+//! Opt out: `kobako up --cold`, or `KOBAKO_WARM=0` (the server reads it too).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kobako_runtime::agent::AgentClient;
+use kobako_runtime::config::{Nic, Root, VmConfig};
+use kobako_runtime::snapshot::{self, NewIdentity};
+use kobako_runtime::{Runtime, VmDir};
+use serde::{Deserialize, Serialize};
+
+/// Changes whenever what a warm snapshot holds changes meaning.
+const FORMAT: u32 = 1;
+/// Warm snapshots kept in the cache (the least recently used go first).
+pub const KEEP: usize = 8;
+
+static DISABLED: AtomicBool = AtomicBool::new(false);
+
+/// Turns warm clones off for this process (`kobako up --cold`).
+pub fn disable() {
+    DISABLED.store(true, Ordering::SeqCst);
+}
+
+/// Whether `up` clones VMs from warm snapshots (default yes; `KOBAKO_WARM=0` or [`disable`]).
+pub fn enabled() -> bool {
+    !DISABLED.load(Ordering::SeqCst)
+        && std::env::var("KOBAKO_WARM")
+            .map(|v| v != "0")
+            .unwrap_or(true)
+}
+
+/// Where warm snapshots live.
+pub fn root() -> PathBuf {
+    std::env::var_os("KOBAKO_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/kobako"))
+        .join("warm")
+}
+
+/// What a warm snapshot was made from and holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WarmFile {
+    pub key: String,
+    pub inputs: serde_json::Value,
+    pub created_ms: i64,
+    /// Cold boot of the VM that was snapshotted (to agent ready).
+    pub boot_ms: u64,
+    pub snapshot_ms: u64,
+    /// The snapshot's NIC MACs, in order (clones change them to their own).
+    pub macs: Vec<String>,
+}
+
+/// A usable warm snapshot.
+#[derive(Debug, Clone)]
+pub struct Warm {
+    pub dir: PathBuf,
+    pub file: WarmFile,
+}
+
+impl Warm {
+    pub fn snap(&self) -> PathBuf {
+        self.dir.join("snap")
+    }
+}
+
+fn file_id(p: &Path) -> Option<serde_json::Value> {
+    let md = std::fs::metadata(p).ok()?;
+    let mtime = md
+        .modified()
+        .ok()?
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_nanos()
+        .to_string();
+    Some(serde_json::json!({"path": p, "size": md.len(), "mtime_ns": mtime}))
+}
+
+/// The backing file named in a qcow2 header (the image under a VM's overlay).
+fn qcow2_backing(p: &Path) -> Option<PathBuf> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(p).ok()?;
+    let mut h = [0u8; 20];
+    f.read_exact(&mut h).ok()?;
+    if &h[0..4] != b"QFI\xfb" {
+        return None;
+    }
+    let off = u64::from_be_bytes(h[8..16].try_into().ok()?);
+    let len = u32::from_be_bytes(h[16..20].try_into().ok()?) as usize;
+    if off == 0 || len == 0 || len > 4096 {
+        return None;
+    }
+    f.seek(SeekFrom::Start(off)).ok()?;
+    let mut name = vec![0u8; len];
+    f.read_exact(&mut name).ok()?;
+    let name = PathBuf::from(String::from_utf8(name).ok()?);
+    Some(if name.is_absolute() {
+        name
+    } else {
+        p.parent()?.join(name)
+    })
+}
+
+fn qemu_version() -> &'static str {
+    static V: OnceLock<String> = OnceLock::new();
+    V.get_or_init(|| snapshot::qemu_version(Path::new("qemu-system-x86_64")))
+}
+
+/// The warm-snapshot key of a VM's boot configuration and its inputs, or why it cannot be
+/// cloned.
+pub fn key(rt: &dyn Runtime, cfg: &VmConfig) -> Result<(String, serde_json::Value), String> {
+    if rt.name() != "qemu" {
+        return Err(format!("the {} runtime has no snapshots", rt.name()));
+    }
+    if !cfg.extra_disks.is_empty() {
+        return Err("it has extra disks (e.g. a cloud-init seed)".into());
+    }
+    let root = match &cfg.root {
+        Root::Initramfs { path } => serde_json::json!({"initramfs": file_id(path)}),
+        Root::Disk {
+            path,
+            format,
+            read_only,
+        } => {
+            if *read_only {
+                serde_json::json!({"disk_ro": file_id(path), "format": format})
+            } else if format == "qcow2" {
+                let base = qcow2_backing(path)
+                    .ok_or("its writable root disk is not an overlay on an image")?;
+                serde_json::json!({"overlay_on": file_id(&base)})
+            } else {
+                return Err("its root disk is a writable raw disk".into());
+            }
+        }
+    };
+    let inputs = serde_json::json!({
+        "format": FORMAT,
+        "runtime": rt.name(),
+        "qemu": qemu_version(),
+        "kobako": env!("CARGO_PKG_VERSION"),
+        "accel": cfg.accel,
+        "vcpus": cfg.vcpus,
+        "memory_mib": cfg.memory_mib,
+        "kernel": file_id(&cfg.kernel).ok_or("its kernel file is missing")?,
+        "kernel_kind": cfg.kernel_kind,
+        "root": root,
+        "cmdline": cfg.extra_cmdline,
+        "nics": cfg.nics.len(),
+        "nic_model": "virtio-net-device",
+    });
+    let text = serde_json::to_vec(&inputs).map_err(|e| e.to_string())?;
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    sha2::Digest::update(&mut h, &text);
+    let key = hex::encode(sha2::Digest::finalize(h))[..16].to_string();
+    Ok((key, inputs))
+}
+
+/// The MAC of NIC `i` of a warm VM (locally administered, never used by a lab: labs derive
+/// theirs from names under 52:54:00 or set their own).
+fn warm_mac(i: usize) -> String {
+    format!("0a:6b:77:00:00:{:02x}", i)
+}
+
+/// An exclusive lock on a warm key, taken without blocking the runtime.
+async fn lock(key: &str) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let p = root().join(format!("{key}.lock"));
+    std::fs::create_dir_all(root()).map_err(|e| format!("{}: {e}", root().display()))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(|e| format!("{}: {e}", p.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(f);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("warm snapshot {key} is locked by another process"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn read(dir: &Path) -> Option<Warm> {
+    let file: WarmFile =
+        serde_json::from_slice(&std::fs::read(dir.join("warm.json")).ok()?).ok()?;
+    Some(Warm {
+        dir: dir.to_path_buf(),
+        file,
+    })
+}
+
+/// The warm snapshot of `cfg`'s configuration, built first when there is none.
+pub async fn ensure(rt: &Arc<dyn Runtime>, cfg: &VmConfig) -> Result<Warm, String> {
+    let (key, inputs) = key(rt.as_ref(), cfg)?;
+    let dir = root().join(&key);
+    let _lock = lock(&key).await?;
+    if let Some(w) = read(&dir) {
+        // Still restorable here (QEMU version, kernel, files)? Otherwise rebuild.
+        if snapshot::load(Path::new("qemu-system-x86_64"), &w.snap(), false).is_ok() {
+            touch(&dir);
+            return Ok(w);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    if let Ok(why) = std::fs::read_to_string(dir.with_extension("unsupported")) {
+        return Err(why);
+    }
+    let w = build(rt, cfg, &key, inputs).await?;
+    prune(&key);
+    Ok(w)
+}
+
+fn touch(dir: &Path) {
+    let _ = std::fs::File::options()
+        .write(true)
+        .open(dir.join("warm.json"))
+        .and_then(|f| f.set_modified(SystemTime::now()));
+}
+
+/// Removes the least recently used warm snapshots beyond [`KEEP`] (never `keep`).
+fn prune(keep: &str) {
+    let Ok(rd) = std::fs::read_dir(root()) else {
+        return;
+    };
+    let mut all: Vec<(SystemTime, PathBuf)> = rd
+        .flatten()
+        .filter(|e| e.path().join("warm.json").exists())
+        .filter(|e| e.file_name().to_string_lossy() != keep)
+        .filter_map(|e| {
+            let t = std::fs::metadata(e.path().join("warm.json"))
+                .and_then(|m| m.modified())
+                .ok()?;
+            Some((t, e.path()))
+        })
+        .collect();
+    all.sort();
+    while all.len() >= KEEP {
+        let (_, p) = all.remove(0);
+        let _ = std::fs::remove_dir_all(&p);
+    }
+}
+
+async fn build(
+    rt: &Arc<dyn Runtime>,
+    cfg: &VmConfig,
+    key: &str,
+    inputs: serde_json::Value,
+) -> Result<Warm, String> {
+    let staging = root().join(format!(".staging-{key}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+    let name = format!("kobako-warm-{}-{}", &key[..8], std::process::id() % 100_000);
+    let mut wcfg = cfg.clone();
+    wcfg.name = name.clone();
+    wcfg.owned_paths = Vec::new();
+    // Its own overlay on the same base when disk-rooted.
+    if let Root::Disk {
+        path,
+        read_only: false,
+        ..
+    } = &cfg.root
+    {
+        let base = qcow2_backing(path).ok_or("no base image")?;
+        let ov = staging.join("build-root.qcow2");
+        let out = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(&base)
+            .arg(&ov)
+            .output()
+            .map_err(|e| format!("qemu-img: {e}"))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(format!(
+                "qemu-img create: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        wcfg.root = Root::Disk {
+            path: ov,
+            format: "qcow2".into(),
+            read_only: false,
+        };
+    }
+    // NICs on private taps (QEMU creates them) in a private namespace: the device state in the
+    // snapshot is that of a virtio-net on a tap, like a lab VM's.
+    let netns = if cfg.nics.is_empty() {
+        None
+    } else {
+        let ns = name.clone();
+        kobako_net::Netns::create(&ns).map_err(|e| format!("namespace {ns}: {e}"))?;
+        Some(ns)
+    };
+    wcfg.netns = netns.clone();
+    wcfg.nics = (0..cfg.nics.len())
+        .map(|i| Nic {
+            tap: format!("kw{i}"),
+            mac: warm_mac(i),
+        })
+        .collect();
+    let t0 = Instant::now();
+    let result = async {
+        let vm = rt.create(&wcfg).await.map_err(|e| e.to_string())?;
+        let r = async {
+            rt.start(&vm).await.map_err(|e| e.to_string())?;
+            let (client, _) =
+                kobako_runtime::wait_ready(&vm, Duration::from_secs(wcfg.ready_timeout_secs))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let boot_ms = t0.elapsed().as_millis() as u64;
+            // Clones need the agent's `identity` (MACs, RNG reseed): an image with an older
+            // agent is remembered as unsupported and its VMs boot cold.
+            if let Err(e) = client
+                .identity(kobako_agent::proto::Identity::default())
+                .await
+            {
+                let why = format!("the image's kobako-agent cannot give clones an identity ({e}); rebuild the image");
+                let _ = std::fs::write(root().join(key).with_extension("unsupported"), &why);
+                return Err(why);
+            }
+            drop(client);
+            let t1 = Instant::now();
+            rt.snapshot(&vm, &staging.join("snap"), true)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((boot_ms, t1.elapsed().as_millis() as u64))
+        }
+        .await;
+        let _ = rt.kill(&vm).await;
+        r
+    }
+    .await;
+    if let Some(ns) = &netns {
+        let _ = kobako_net::Netns::delete(ns);
+    }
+    let _ = std::fs::remove_file(staging.join("build-root.qcow2"));
+    let (boot_ms, snapshot_ms) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+    };
+    let file = WarmFile {
+        key: key.into(),
+        inputs,
+        created_ms: kobako_state::now_ms(),
+        boot_ms,
+        snapshot_ms,
+        macs: wcfg.nics.iter().map(|n| n.mac.clone()).collect(),
+    };
+    let dir = root().join(key);
+    let write = || -> std::io::Result<()> {
+        std::fs::write(
+            staging.join("warm.json"),
+            serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(&staging, &dir)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(format!("saving warm snapshot {}: {e}", dir.display()));
+    }
+    Ok(Warm { dir, file })
+}
+
+/// Restores a clone of `warm` as the VM `cfg` describes (its name, namespace, taps and MACs)
+/// and gives it its own identity. The VM is ready (agent) when this returns; on an error
+/// nothing of it is left running.
+pub async fn clone(
+    rt: &Arc<dyn Runtime>,
+    warm: &Warm,
+    cfg: &VmConfig,
+) -> Result<(VmDir, AgentClient), String> {
+    if warm.file.macs.len() != cfg.nics.len() {
+        return Err(format!(
+            "warm snapshot has {} NICs, the VM {}",
+            warm.file.macs.len(),
+            cfg.nics.len()
+        ));
+    }
+    let overlay = kobako_state::state_root().join("vms").join(&cfg.name);
+    let mut rcfg = rt
+        .restore_config(&warm.snap(), &cfg.name, &overlay, false)
+        .map_err(|e| e.to_string())?;
+    rcfg.netns = cfg.netns.clone();
+    rcfg.nics = cfg.nics.clone();
+    rcfg.ready_timeout_secs = cfg.ready_timeout_secs;
+    let vm = match rt.create(&rcfg).await {
+        Ok(vm) => vm,
+        Err(e) => {
+            let _ = kobako_runtime::vmdir::remove_paths(&rcfg.owned_paths);
+            return Err(e.to_string());
+        }
+    };
+    let r = async {
+        rt.start(&vm).await.map_err(|e| e.to_string())?;
+        let (client, _) =
+            kobako_runtime::wait_ready(&vm, Duration::from_secs(rcfg.ready_timeout_secs))
+                .await
+                .map_err(|e| e.to_string())?;
+        let id = NewIdentity {
+            hostname: Some(kobako_runtime::config::hostname_of(&cfg.name)),
+            macs: warm
+                .file
+                .macs
+                .iter()
+                .cloned()
+                .zip(cfg.nics.iter().map(|n| n.mac.clone()))
+                .collect(),
+            machine_id: true,
+        };
+        snapshot::fresh_identity(&client, &id)
+            .await
+            .map_err(|e| format!("giving the clone its identity: {e}"))?;
+        Ok(client)
+    }
+    .await;
+    match r {
+        Ok(c) => Ok((vm, c)),
+        Err(e) => {
+            let _ = rt.kill(&vm).await;
+            Err(e)
+        }
+    }
+}
+
+type Cell = Arc<tokio::sync::OnceCell<Result<Warm, String>>>;
+
+/// The warm snapshots one `up` uses: each key built (or found) once, shared by its VMs.
+#[derive(Default, Clone)]
+pub struct Pool {
+    cells: Arc<std::sync::Mutex<HashMap<String, Cell>>>,
+}
+
+impl Pool {
+    /// The warm snapshot for `cfg`, or why there is none (the VM then boots cold).
+    pub async fn get(&self, rt: &Arc<dyn Runtime>, cfg: &VmConfig) -> Result<Warm, String> {
+        let (k, _) = key(rt.as_ref(), cfg)?;
+        let cell = self
+            .cells
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(k)
+            .or_default()
+            .clone();
+        cell.get_or_init(|| ensure(rt, cfg)).await.clone()
+    }
+}
+
+/// Warm snapshots in the cache.
+pub fn list() -> Vec<Warm> {
+    let mut v: Vec<Warm> = std::fs::read_dir(root())
+        .map(|rd| rd.flatten().filter_map(|e| read(&e.path())).collect())
+        .unwrap_or_default();
+    v.sort_by_key(|w| w.file.created_ms);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qcow2_backing_is_read_from_the_header() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("base.qcow2");
+        let ov = d.path().join("ov.qcow2");
+        let ok = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&base)
+            .arg("1M")
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!("qemu-img not installed; skipped");
+            return;
+        }
+        assert!(std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+            .arg(&base)
+            .arg(&ov)
+            .status()
+            .unwrap()
+            .success());
+        assert_eq!(qcow2_backing(&ov), Some(base.clone()));
+        assert_eq!(qcow2_backing(&base), None);
+    }
+
+    #[test]
+    fn warm_macs_are_distinct_and_locally_administered() {
+        let a = warm_mac(0);
+        assert_ne!(a, warm_mac(1));
+        let first = u8::from_str_radix(&a[..2], 16).unwrap();
+        assert_eq!(first & 0b10, 0b10, "locally administered bit");
+        assert_eq!(first & 0b1, 0, "unicast");
+    }
+}
