@@ -131,11 +131,42 @@ pub async fn snapshot(
     }
     let cfg = vm.config()?;
     std::fs::create_dir_all(dest).map_err(io(format!("create {}", dest.display())))?;
-    let res = take(qemu, vm, &cfg, dest, leave_paused).await;
-    if res.is_err() {
-        let _ = std::fs::remove_dir_all(dest);
+    match take(qemu, vm, &cfg, dest, leave_paused).await {
+        Ok(m) => Ok(m),
+        Err(e) => {
+            // A full disk shows up as a failed write somewhere (QEMU's, a copy's): say so.
+            let free = free_bytes(dest);
+            let _ = std::fs::remove_dir_all(dest);
+            let need = u64::from(cfg.memory_mib) << 20;
+            if let Some(free) = free.filter(|f| *f < need) {
+                return Err(RuntimeError::Invalid(format!(
+                "snapshot of VM '{}' failed: the file system of {} is full ({} MiB free; the snapshot needs up to {} MiB plus its disks): free space or choose another directory ({e})",
+                vm.name,
+                dest.display(),
+                free >> 20,
+                cfg.memory_mib
+            )));
+            }
+            Err(e)
+        }
     }
-    res
+}
+
+/// Bytes available to us on the file system holding `p` (or its nearest existing parent).
+pub fn free_bytes(p: &Path) -> Option<u64> {
+    let mut p = p.to_path_buf();
+    while !p.exists() {
+        p = p.parent()?.to_path_buf();
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs fills the zeroed struct we pass; the path is NUL-terminated.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return None;
+        }
+        Some(st.f_bavail as u64 * st.f_frsize as u64)
+    }
 }
 
 async fn take(

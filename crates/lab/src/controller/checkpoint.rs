@@ -271,16 +271,18 @@ pub async fn restore(
         })?;
     let _lock = LabLock::acquire(lab, LOCK_WAIT)?;
     let db = Arc::new(super::db()?);
-    // Check every snapshot fits this host before anything is stopped (QEMU's state format is
-    // bound to its version; the own VMM's snapshots will get their own check).
+    // Check every snapshot fits this host and is intact (checksums) before anything is
+    // stopped: a refused restore leaves the running lab as it was. QEMU's state format is
+    // bound to its version; the own VMM's snapshots will get their own check.
     let overlays = kobako_state::state_root().join("vms");
     for v in &cp.vms {
         let snap = dir.join("vms").join(v);
-        kobako_runtime::snapshot::load(&PathBuf::from("qemu-system-x86_64"), &snap, false)
-            .map_err(|e| LabError::Vm {
+        kobako_runtime::snapshot::load(&PathBuf::from("qemu-system-x86_64"), &snap, true).map_err(
+            |e| LabError::Vm {
                 vm: v.clone(),
                 message: e.to_string(),
-            })?;
+            },
+        )?;
     }
     let spec = serde_json::to_value(&cp.spec).map_err(|e| LabError::Other(e.to_string()))?;
     let owner = db.lab(lab)?.and_then(|r| r.owner);

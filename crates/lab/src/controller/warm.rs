@@ -392,6 +392,11 @@ async fn build(
     Ok(Warm { dir, file })
 }
 
+fn warm_manifest_root(warm: &Warm) -> Option<PathBuf> {
+    let p = warm.snap().join("root.qcow2");
+    p.exists().then_some(p)
+}
+
 /// Restores a clone of `warm` as the VM `cfg` describes (its name, namespace, taps and MACs)
 /// and gives it its own identity. The VM is ready (agent) when this returns; on an error
 /// nothing of it is left running.
@@ -411,6 +416,14 @@ pub async fn clone(
     let mut rcfg = rt
         .restore_config(&warm.snap(), &cfg.name, &overlay, false)
         .map_err(|e| e.to_string())?;
+    // A disk root: the clone's overlay is a copy of the snapshot's (an overlay on the image
+    // itself), so neither the clone nor a checkpoint of it depends on this cache entry.
+    if let (Root::Disk { path, .. }, Some(r)) = (&rcfg.root, &warm_manifest_root(warm)) {
+        if let Err(e) = std::fs::copy(r, path) {
+            let _ = kobako_runtime::vmdir::remove_paths(&rcfg.owned_paths);
+            return Err(format!("copy {} to {}: {e}", r.display(), path.display()));
+        }
+    }
     rcfg.netns = cfg.netns.clone();
     rcfg.nics = cfg.nics.clone();
     rcfg.ready_timeout_secs = cfg.ready_timeout_secs;
