@@ -82,6 +82,7 @@ pub async fn run(cmd: FnCmd) -> Result<i32> {
             let (cfg, _) = config_from(&args)?;
             let f = Function {
                 name,
+                owner: None,
                 image,
                 memory_mib: cfg.memory_mib,
                 run,

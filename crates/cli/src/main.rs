@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_lab;
+mod bench_snap;
 mod console;
 mod fn_cmd;
 mod guest_cmd;
@@ -165,6 +166,8 @@ enum BenchCmd {
     Node(bench::BenchNodeArgs),
     /// A generated lab of N tiny VMs through `up` and `down`: time, memory, CPU floor.
     Lab(bench_lab::BenchLabArgs),
+    /// Cold boot vs warm clone (one VM, a node of VMs) and `fn invoke` latency.
+    Snapshot(bench_snap::BenchSnapArgs),
 }
 
 fn main() {
@@ -212,6 +215,7 @@ fn main() {
                     Cmd::Bench(BenchCmd::Boot(a)) => bench::boot(a).await,
                     Cmd::Bench(BenchCmd::Node(a)) => bench::node(a).await,
                     Cmd::Bench(BenchCmd::Lab(a)) => bench_lab::lab(a).await,
+                    Cmd::Bench(BenchCmd::Snapshot(a)) => bench_snap::snapshot(a).await,
                     Cmd::Exec(a) => guest_cmd::exec(a).await,
                     Cmd::Up { file, json, cold } => {
                         if cold {

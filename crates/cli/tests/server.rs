@@ -1032,3 +1032,177 @@ fn labs_over_the_api_with_real_vms_and_a_server_killed_with_9() {
         .unwrap_or_default();
     assert!(left.is_empty(), "VM directories left: {left:?}");
 }
+
+#[test]
+fn snap_checkpoints_and_functions_over_the_api() {
+    let srv = Server::start();
+    let admin = tok(&srv.login("admin", &srv.admin_password()));
+    for u in ["snapm", "snapo"] {
+        let (s, v) = srv.call(
+            "POST",
+            "/users",
+            Some(&admin),
+            Some(Body::Json(
+                json!({"name": u, "password": format!("{u}-password"), "role": "member"}),
+            )),
+        );
+        assert_eq!(s, 201, "{v}");
+    }
+    let me = tok(&srv.login("snapm", "snapm-password"));
+    let other = tok(&srv.login("snapo", "snapo-password"));
+    let lab = format!("snapapi{}", std::process::id() % 100000);
+    let (s, v) = srv.call("POST", "/labs", Some(&me), yaml(lab_yaml(&lab, 1, "96M")));
+    assert_eq!(s, 201, "{v}");
+    let (s, op) = srv.call("POST", &format!("/labs/{lab}/up"), Some(&me), None);
+    assert_eq!(s, 202, "{op}");
+    let done = srv.wait_op(&me, &op, Duration::from_secs(180));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let vm = format!("{lab}.n.v0");
+    let exec = |cmd: &str| -> String {
+        let (s, v) = srv.call(
+            "POST",
+            &format!("/vms/{vm}/exec"),
+            Some(&me),
+            Some(Body::Json(json!({"argv": ["sh", "-c", cmd]}))),
+        );
+        assert_eq!(s, 200, "{v}");
+        v["stdout"].as_str().unwrap().to_string()
+    };
+
+    // Checkpoints: take, list, restore brings the file back, delete; others may not look.
+    exec("echo stage1 > /root/stage");
+    let cps = format!("/labs/{lab}/checkpoints");
+    let (s, v) = srv.call(
+        "POST",
+        &cps,
+        Some(&me),
+        Some(Body::Json(json!({"name": "bad name"}))),
+    );
+    assert_eq!(s, 400, "{v}");
+    let (s, op) = srv.call(
+        "POST",
+        &cps,
+        Some(&me),
+        Some(Body::Json(json!({"name": "s1"}))),
+    );
+    assert_eq!(s, 202, "{op}");
+    assert_eq!(op["kind"], "lab.checkpoint");
+    let done = srv.wait_op(&me, &op, Duration::from_secs(120));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (s, v) = srv.call(
+        "POST",
+        &cps,
+        Some(&me),
+        Some(Body::Json(json!({"name": "s1"}))),
+    );
+    assert_eq!(s, 409, "{v}");
+    let (s, list) = srv.call("GET", &cps, Some(&me), None);
+    assert_eq!(s, 200);
+    assert_eq!(list[0]["name"], "s1", "{list}");
+    assert_eq!(list[0]["vms"], 1);
+    assert_eq!(srv.call("GET", &cps, Some(&other), None).0, 403);
+    assert_eq!(
+        srv.call("POST", &format!("{cps}/s1/restore"), Some(&other), None)
+            .0,
+        403
+    );
+    exec("echo stage2 > /root/stage");
+    let (s, v) = srv.call("POST", &format!("{cps}/nosuch/restore"), Some(&me), None);
+    assert_eq!(s, 404, "{v}");
+    let (s, op) = srv.call("POST", &format!("{cps}/s1/restore"), Some(&me), None);
+    assert_eq!(s, 202, "{op}");
+    let done = srv.wait_op(&me, &op, Duration::from_secs(120));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(exec("cat /root/stage").trim(), "stage1");
+    assert_eq!(
+        srv.call("DELETE", &format!("{cps}/s1"), Some(&me), None).0,
+        204
+    );
+    assert_eq!(srv.call("GET", &cps, Some(&me), None).1, json!([]));
+
+    // Functions: deploy (an operation), invoke with a body, the limit and the timeout hold.
+    let (s, op) = srv.call(
+        "POST",
+        "/functions",
+        Some(&me),
+        Some(Body::Json(
+            json!({"name": "snap-upper", "run": "tr a-z A-Z", "memory": "96M",
+            "concurrency": 1, "timeout_secs": 20}),
+        )),
+    );
+    assert_eq!(s, 202, "{op}");
+    let done = srv.wait_op(&me, &op, Duration::from_secs(180));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["result"]["owner"], "snapm");
+    let invoke = |token: &str, name: &str, body: &str| {
+        srv.call(
+            "POST",
+            &format!("/functions/{name}/invoke"),
+            Some(token),
+            Some(Body::Raw(
+                "application/octet-stream",
+                body.as_bytes().to_vec(),
+            )),
+        )
+    };
+    let (s, v) = invoke(&me, "snap-upper", "hello");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["stdout"], "HELLO");
+    assert_eq!(v["exit"], 0);
+    assert_eq!(invoke(&other, "snap-upper", "x").0, 403);
+    assert_eq!(invoke(&me, "nosuch", "x").0, 404);
+    let (_, l) = srv.call("GET", "/functions", Some(&other), None);
+    assert_eq!(l, json!([]), "another member sees my function");
+    // Three at once with one slot: all answer, one after the other (two of them waited).
+    let (me_ref, invoke_ref) = (&me, &invoke);
+    let waits: Vec<u64> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..3)
+            .map(|i| sc.spawn(move || invoke_ref(me_ref, "snap-upper", &format!("req{i}"))))
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                let (s, v) = h.join().unwrap();
+                assert_eq!(s, 200, "{v}");
+                assert!(v["stdout"].as_str().unwrap().starts_with("REQ"), "{v}");
+                v["timings"]["slot_wait_ms"].as_u64().unwrap()
+            })
+            .collect()
+    });
+    assert!(
+        waits.iter().filter(|w| **w >= 200).count() >= 2,
+        "the concurrency limit of 1 did not make invocations wait: {waits:?}"
+    );
+    // The per-invocation timeout: killed, 124.
+    let (s, op) = srv.call(
+        "POST",
+        "/functions",
+        Some(&me),
+        Some(Body::Json(
+            json!({"name": "snap-slow", "run": "sleep 30", "memory": "96M",
+            "timeout_secs": 1}),
+        )),
+    );
+    assert_eq!(s, 202, "{op}");
+    assert_eq!(
+        srv.wait_op(&me, &op, Duration::from_secs(180))["state"],
+        "succeeded"
+    );
+    let t0 = Instant::now();
+    let (s, v) = invoke(&me, "snap-slow", "");
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["exit"], 124, "{v}");
+    assert_eq!(v["timed_out"], true);
+    assert!(t0.elapsed() < Duration::from_secs(25), "{:?}", t0.elapsed());
+    for f in ["snap-upper", "snap-slow"] {
+        assert_eq!(
+            srv.call("DELETE", &format!("/functions/{f}"), Some(&me), None)
+                .0,
+            204
+        );
+    }
+    assert_eq!(invoke(&me, "snap-upper", "x").0, 404);
+
+    let (s, op) = srv.call("POST", &format!("/labs/{lab}/down"), Some(&me), None);
+    assert_eq!(s, 202);
+    srv.wait_op(&me, &op, Duration::from_secs(60));
+}

@@ -191,7 +191,8 @@ fn restore_refuses_other_versions_kernels_formats_and_corrupt_memory() {
     ok(&env.run(&["vm", "run", "-d", "--name", "snap-src", "--memory", "64M"]));
     let snap = env.run.path().join("snap");
     ok(&env.run(&["vm", "snapshot", "snap-src", snap.to_str().unwrap()]));
-    let cases: Vec<(&str, Box<dyn Fn(&std::path::Path)>, &str)> = vec![
+    type Spoil = Box<dyn Fn(&std::path::Path)>;
+    let cases: Vec<(&str, Spoil, &str)> = vec![
         (
             "another QEMU",
             Box::new(|d| {

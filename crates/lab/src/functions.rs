@@ -30,6 +30,9 @@ use crate::controller::{LabError, Progress, Result};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Function {
     pub name: String,
+    /// Who deployed it over the API (`None`: root, locally).
+    #[serde(default)]
+    pub owner: Option<String>,
     pub image: String,
     pub memory_mib: u32,
     /// `sh -c` command; stdin is the invocation's input, stdout its output.

@@ -107,7 +107,8 @@ fn boot_diff(old: &Vm, new: &Vm) -> Option<String> {
 }
 
 fn running(name: &str) -> bool {
-    VmDir::for_name(name).vm_pid().is_some()
+    // A warm clone whose `up` died before it got its identity is replaced, not kept.
+    VmDir::for_name(name).vm_pid().is_some() && !super::warm::pending(name)
 }
 
 /// The diff between `lab` and what runs (and what was last applied, from `db`).

@@ -43,7 +43,12 @@ static DISABLED: AtomicBool = AtomicBool::new(false);
 
 /// Turns warm clones off for this process (`kobako up --cold`).
 pub fn disable() {
-    DISABLED.store(true, Ordering::SeqCst);
+    set_enabled(false);
+}
+
+/// Turns warm clones on or off for this process (`KOBAKO_WARM=0` still wins).
+pub fn set_enabled(on: bool) {
+    DISABLED.store(!on, Ordering::SeqCst);
 }
 
 /// Whether `up` clones VMs from warm snapshots (default yes; `KOBAKO_WARM=0` or [`disable`]).
@@ -275,8 +280,26 @@ async fn build(
     key: &str,
     inputs: serde_json::Value,
 ) -> Result<Warm, String> {
+    // Left by a build that was killed (we hold the key's lock, so no build runs): its VM,
+    // namespace and staging directory.
+    let stale = format!("kobako-warm-{}-", &key[..8]);
+    for d in kobako_runtime::vmdir::list() {
+        if d.name.starts_with(&stale) {
+            let _ = rt.kill(&d).await;
+            let _ = kobako_net::Netns::delete(&d.name);
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(root()) {
+        for e in rd.flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!(".staging-{key}-"))
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     let staging = root().join(format!(".staging-{key}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
     let name = format!("kobako-warm-{}-{}", &key[..8], std::process::id() % 100_000);
     let mut wcfg = cfg.clone();
@@ -392,6 +415,14 @@ async fn build(
     Ok(Warm { dir, file })
 }
 
+/// In a clone's runtime directory until it has its own identity.
+const PENDING: &str = "clone-pending";
+
+/// Whether VM `name` is a clone that never got its identity (its `up` died half-way).
+pub fn pending(name: &str) -> bool {
+    VmDir::for_name(name).file(PENDING).exists()
+}
+
 fn warm_manifest_root(warm: &Warm) -> Option<PathBuf> {
     let p = warm.snap().join("root.qcow2");
     p.exists().then_some(p)
@@ -434,6 +465,8 @@ pub async fn clone(
             return Err(e.to_string());
         }
     };
+    // Until it has its identity, a clone is not a lab VM: `up` after a crash here replaces it.
+    let _ = std::fs::write(vm.file(PENDING), b"");
     let r = async {
         rt.start(&vm).await.map_err(|e| e.to_string())?;
         let (client, _) =
@@ -458,7 +491,10 @@ pub async fn clone(
     }
     .await;
     match r {
-        Ok(c) => Ok((vm, c)),
+        Ok(c) => {
+            let _ = std::fs::remove_file(vm.file(PENDING));
+            Ok((vm, c))
+        }
         Err(e) => {
             let _ = rt.kill(&vm).await;
             Err(e)

@@ -3,7 +3,9 @@
 
 pub mod auth_api;
 pub mod captures;
+pub mod checkpoints;
 pub mod events;
+pub mod functions;
 pub mod labs;
 pub mod layout;
 pub mod misc;
@@ -33,7 +35,7 @@ Errors are `{\"error\":{\"code\",\"message\"}}`.",
     tags(
         (name = "auth"), (name = "labs"), (name = "vms"), (name = "links"),
         (name = "operations"), (name = "images"), (name = "users"), (name = "tokens"),
-        (name = "events"), (name = "system")
+        (name = "events"), (name = "system"), (name = "checkpoints"), (name = "functions")
     )
 )]
 struct ApiDoc;
@@ -100,6 +102,18 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(misc::list_templates))
         .routes(routes!(misc::audit_log))
         .routes(routes!(events::events))
+        .routes(routes!(
+            checkpoints::list_checkpoints,
+            checkpoints::create_checkpoint
+        ))
+        .routes(routes!(checkpoints::restore_checkpoint))
+        .routes(routes!(checkpoints::delete_checkpoint))
+        .routes(routes!(
+            functions::list_functions,
+            functions::deploy_function
+        ))
+        .routes(routes!(functions::invoke_function))
+        .routes(routes!(functions::delete_function))
 }
 
 /// Completes the generated document: the bearer scheme, security on every non-public route,
