@@ -3,8 +3,6 @@
 //! Authorised like the lab's other actions: whoever may see the lab may list its checkpoints,
 //! whoever may change it may take, restore and delete them.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -116,21 +114,20 @@ pub async fn create_checkpoint(
         )));
     }
     let rt = st.hooks.runtime.clone();
-    let (lab, cp) = (name.clone(), body.name);
-    let task: ops::Task = Box::new(move |progress| {
-        Box::pin(async move {
-            let info = checkpoint::checkpoint(rt, &lab, &cp, &*progress)
-                .await
-                .map_err(|e| e.to_string())?;
-            serde_json::to_value(CheckpointInfo::from(info)).map_err(|e| e.to_string())
-        })
-    });
-    let o = ops::start_task(
+    let cp = body.name;
+    let o = ops::start_lab_task(
         &st,
+        name,
         "lab.checkpoint",
-        Some(name),
         caller.name().to_string(),
-        task,
+        move |_, _, lab, progress| {
+            Box::pin(async move {
+                let info = checkpoint::checkpoint(rt, &lab, &cp, &progress)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                serde_json::to_value(CheckpointInfo::from(info)).map_err(|e| e.to_string())
+            })
+        },
     )
     .await?;
     Ok((StatusCode::ACCEPTED, Json(o)))
@@ -164,29 +161,27 @@ pub async fn restore_checkpoint(
     lab_for(&st, &caller, &name, true).await?;
     existing(&name, &cp).await?;
     let rt = st.hooks.runtime.clone();
-    let lab = name.clone();
-    let task: ops::Task = Box::new(move |progress: Arc<dyn kobako_lab::controller::Progress>| {
-        Box::pin(async move {
-            let report = checkpoint::restore(rt, &lab, &cp, &*progress)
-                .await
-                .map_err(|e| e.to_string())?;
-            if !report.ok() {
-                let failed: Vec<String> = report
-                    .vms
-                    .iter()
-                    .filter_map(|v| v.error.as_ref().map(|e| format!("{}: {e}", v.name)))
-                    .collect();
-                return Err(format!("restored with failures: {}", failed.join("; ")));
-            }
-            serde_json::to_value(&report).map_err(|e| e.to_string())
-        })
-    });
-    let o = ops::start_task(
+    let o = ops::start_lab_task(
         &st,
+        name,
         "lab.restore",
-        Some(name),
         caller.name().to_string(),
-        task,
+        move |_, _, lab, progress| {
+            Box::pin(async move {
+                let report = checkpoint::restore(rt, &lab, &cp, &progress)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !report.ok() {
+                    let failed: Vec<String> = report
+                        .vms
+                        .iter()
+                        .filter_map(|v| v.error.as_ref().map(|e| format!("{}: {e}", v.name)))
+                        .collect();
+                    return Err(format!("restored with failures: {}", failed.join("; ")));
+                }
+                serde_json::to_value(&report).map_err(|e| e.to_string())
+            })
+        },
     )
     .await?;
     Ok((StatusCode::ACCEPTED, Json(o)))

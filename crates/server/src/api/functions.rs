@@ -231,7 +231,7 @@ pub async fn deploy_function(
     let resolver = st.hooks.resolver.clone();
     let rt = st.hooks.runtime.clone();
     let owner = (!caller.local).then(|| caller.name().to_string());
-    let task: ops::Task = Box::new(move |progress| {
+    let task = move |_, _, _, progress: ops::OpProgress| -> ops::TaskFuture {
         Box::pin(async move {
             let vm_name = format!("fn-{}-warm", body.name);
             let cfg = tokio::task::spawn_blocking(move || resolver(&vm, &vm_name))
@@ -250,13 +250,13 @@ pub async fn deploy_function(
                 boot_ms: 0,
                 snapshot_bytes: 0,
             };
-            let r = functions::deploy(rt, f, cfg, &*progress).await;
+            let r = functions::deploy(rt, f, cfg, &progress).await;
             let _ = kobako_runtime::vmdir::remove_paths(&owned);
             let f = r.map_err(|e| e.to_string())?;
             serde_json::to_value(FunctionInfo::from(f)).map_err(|e| e.to_string())
         })
-    });
-    let o = ops::start_task(&st, "fn.deploy", None, caller.name().to_string(), task).await?;
+    };
+    let o = ops::start_task(&st, None, "fn.deploy", caller.name().to_string(), task).await?;
     Ok((StatusCode::ACCEPTED, Json(o)))
 }
 
