@@ -20,7 +20,9 @@
 //! changed from the snapshot's to the lab's, hostname, a new machine-id) before the lab
 //! configures it like a booted VM (interfaces by MAC, addresses, routes, files, services).
 //!
-//! Opt out: `kobako up --cold`, or `KOBAKO_WARM=0` (the server reads it too).
+//! Opt out: `kobako up --cold`, or `KOBAKO_WARM=0` (the server reads it too). Disk-rooted VMs
+//! (Debian images) are cloned only with `KOBAKO_WARM=all`: the path exists but is not yet
+//! tested or measured on real Debian guests.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -146,6 +148,11 @@ pub fn key(rt: &dyn Runtime, cfg: &VmConfig) -> Result<(String, serde_json::Valu
     }
     let root = match &cfg.root {
         Root::Initramfs { path } => serde_json::json!({"initramfs": file_id(path)}),
+        Root::Disk { .. } if std::env::var("KOBAKO_WARM").as_deref() != Ok("all") => {
+            return Err(
+                "disk-rooted VMs boot cold unless KOBAKO_WARM=all (not yet measured)".into(),
+            )
+        }
         Root::Disk {
             path,
             format,
