@@ -27,11 +27,13 @@ mod model;
 mod report;
 mod run;
 mod steps;
+mod wasm;
 
 pub use model::*;
 pub use report::{Report, Sample, StepResult};
 pub use run::{run, run_until};
 pub use steps::{parse_http_status, parse_ping, parse_traceroute, Ctx, Fault, Outcome};
+pub use wasm::WasmStep;
 
 #[cfg(test)]
 mod tests {

@@ -111,6 +111,9 @@ pub struct Step {
     /// Run these steps in order (a branch of a parallel group).
     #[serde(default)]
     pub steps: Option<Vec<Step>>,
+    /// A WebAssembly module run against the lab (`scenario::wasm`).
+    #[serde(default)]
+    pub wasm: Option<super::wasm::WasmStep>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -270,6 +273,7 @@ pub const ACTIONS: &[&str] = &[
     "path",
     "parallel",
     "steps",
+    "wasm",
 ];
 
 impl Step {
@@ -295,6 +299,7 @@ impl Step {
             self.path.is_some(),
             self.parallel.is_some(),
             self.steps.is_some(),
+            self.wasm.is_some(),
         ];
         ACTIONS
             .iter()
@@ -323,6 +328,7 @@ impl Step {
             "throughput" => &["mbps", "bytes", "time_ms"],
             "reach" => &["mismatches", "reachable"],
             "path" => &["hops"],
+            "wasm" => &["fuel", "host_calls"],
             _ => &[],
         }
     }
@@ -541,6 +547,7 @@ pub fn load_str(file: &str, text: &str) -> std::result::Result<Scenario, SpecErr
             names.push(n.clone());
         }
     }
+    super::wasm::check(file, &mut s.steps, &Path::root(), "steps", &src, &mut errs);
     if errs.is_empty() {
         s.source = Some(src);
         Ok(s)

@@ -84,36 +84,7 @@ impl Ctx<'_> {
         cmd: &str,
         timeout: Duration,
     ) -> Result<(i32, String, String)> {
-        let name = controller::resolve_vm(vm, Some(&self.lab))?;
-        let dir = VmDir::for_name(&name);
-        if dir.vm_pid().is_none() {
-            return Err(other(format!("VM {name} is not running")));
-        }
-        let (c, _) = kobako_runtime::wait_ready(&dir, Duration::from_secs(30))
-            .await
-            .map_err(other)?;
-        let out = c
-            .exec(ExecRequest {
-                argv: vec!["sh".into(), "-c".into(), cmd.into()],
-                env: Vec::new(),
-                cwd: None,
-                timeout_ms: Some(timeout.as_millis() as u64),
-                stdin: false,
-                tty: None,
-                user: None,
-            })
-            .await
-            .map_err(other)?;
-        let code = if out.timed_out {
-            124
-        } else {
-            out.code.unwrap_or(128 + out.signal.unwrap_or(0))
-        };
-        Ok((
-            code,
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+        exec_in(&self.lab, vm, cmd, timeout).await
     }
 
     /// Sets (`Some`) or clears a link's impairment; undone at the end of the run.
@@ -241,6 +212,45 @@ impl Ctx<'_> {
             }
         }
     }
+}
+
+/// Runs `sh -c cmd` in VM `vm` (`node.vm`) of lab `lab`: exit code (124 on timeout), stdout, stderr.
+pub(super) async fn exec_in(
+    lab: &str,
+    vm: &str,
+    cmd: &str,
+    timeout: Duration,
+) -> Result<(i32, String, String)> {
+    let name = controller::resolve_vm(vm, Some(lab))?;
+    let dir = VmDir::for_name(&name);
+    if dir.vm_pid().is_none() {
+        return Err(other(format!("VM {name} is not running")));
+    }
+    let (c, _) = kobako_runtime::wait_ready(&dir, Duration::from_secs(30))
+        .await
+        .map_err(other)?;
+    let out = c
+        .exec(ExecRequest {
+            argv: vec!["sh".into(), "-c".into(), cmd.into()],
+            env: Vec::new(),
+            cwd: None,
+            timeout_ms: Some(timeout.as_millis() as u64),
+            stdin: false,
+            tty: None,
+            user: None,
+        })
+        .await
+        .map_err(other)?;
+    let code = if out.timed_out {
+        124
+    } else {
+        out.code.unwrap_or(128 + out.signal.unwrap_or(0))
+    };
+    Ok((
+        code,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 /// Runs `futs` concurrently (in this task); their outputs in order.
@@ -470,6 +480,8 @@ pub(super) async fn run_once(ctx: &Ctx<'_>, st: &Step) -> Result<Outcome> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|f| f != &Fault::Paused(name.clone()));
+    } else if let Some(w) = &st.wasm {
+        o = super::wasm::run(ctx, w).await?;
     } else if let Some(t) = &st.restart {
         let target = t.strip_prefix(&format!("{lab}/")).unwrap_or(t);
         let r = controller::restart(ctx.rt.clone(), lab, Some(target), ctx.resolve, ctx.progress)
