@@ -120,6 +120,24 @@ impl Drop for Lab {
     }
 }
 
+/// `run() -> i32 { loop {} }` with a memory (hand-assembled).
+const LOOP_WASM: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x01, 0x05, 0x01, 0x60, 0x00, 0x01, 0x7f, 0x03,
+    0x02, 0x01, 0x00, 0x05, 0x03, 0x01, 0x00, 0x01, 0x07, 0x10, 0x02, 0x06, 0x6d, 0x65, 0x6d, 0x6f,
+    0x72, 0x79, 0x02, 0x00, 0x03, 0x72, 0x75, 0x6e, 0x00, 0x00, 0x0a, 0x0b, 0x01, 0x09, 0x00, 0x03,
+    0x40, 0x0c, 0x00, 0x0b, 0x41, 0x00, 0x0b,
+];
+
+/// A module importing `wasi_snapshot_preview1.fd_write` (hand-assembled).
+const WASI_WASM: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x01, 0x0d, 0x02, 0x60, 0x04, 0x7f, 0x7f, 0x7f,
+    0x7f, 0x01, 0x7f, 0x60, 0x00, 0x01, 0x7f, 0x02, 0x23, 0x01, 0x16, 0x77, 0x61, 0x73, 0x69, 0x5f,
+    0x73, 0x6e, 0x61, 0x70, 0x73, 0x68, 0x6f, 0x74, 0x5f, 0x70, 0x72, 0x65, 0x76, 0x69, 0x65, 0x77,
+    0x31, 0x08, 0x66, 0x64, 0x5f, 0x77, 0x72, 0x69, 0x74, 0x65, 0x00, 0x00, 0x03, 0x02, 0x01, 0x01,
+    0x05, 0x03, 0x01, 0x00, 0x01, 0x07, 0x10, 0x02, 0x06, 0x6d, 0x65, 0x6d, 0x6f, 0x72, 0x79, 0x02,
+    0x00, 0x03, 0x72, 0x75, 0x6e, 0x00, 0x01, 0x0a, 0x06, 0x01, 0x04, 0x00, 0x41, 0x00, 0x0b,
+];
+
 fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples/scenarios")
@@ -342,6 +360,91 @@ steps:
         "{r}"
     );
     ok(&lab.run(&["exec", &format!("{LAB}.core.r2"), "--", "true"]));
+
+    // ---- WASM steps. The example module (Rust, checked in built) measures, puts 100 ms on
+    // c1, checks the round trip grew, clears it, checks it is back.
+    let (o, r) = lab.scenario(&example("wasm-delay-probe.yaml"), &[]);
+    let out = ok(&o);
+    assert!(out.contains("PASSED"), "{out}");
+    let w = step(&r, "delay on c1 shows up and goes away");
+    let num = |k: &str| -> f64 { w["metrics"]["vars"][k].as_str().unwrap().parse().unwrap() };
+    let (base, delayed, restored) = (num("baseline_ms"), num("delayed_ms"), num("restored_ms"));
+    eprintln!("wasm step: rtt {base} ms, {delayed} ms with 100 ms on c1, {restored} ms cleared");
+    assert!(delayed >= base + 190.0 && restored < 100.0, "{w}");
+    assert!(
+        w["metrics"]["calls"]
+            .to_string()
+            .contains("impair c1: delay 100 ms"),
+        "{w}"
+    );
+    // c1 answers directly (client.h ─c1─ core.r1) and without delay.
+    let c1_rtt = || {
+        let o = lab.run(&[
+            "exec",
+            &format!("{LAB}.client.h"),
+            "--",
+            "ping",
+            "-c",
+            "2",
+            "-W",
+            "2",
+            "10.11.0.1",
+        ]);
+        kobako_lab::scenario::parse_ping(&text(&o.stdout)).0
+    };
+    assert!(c1_rtt().expect("c1 cut") < 100.0);
+
+    // A module that loops forever: stopped at its deadline and reported; the lab untouched
+    // (the cut after it is skipped, c1 still answers).
+    std::fs::write(lab.env.run.path().join("loop.wasm"), LOOP_WASM).unwrap();
+    let spin = lab.file(
+        "spin.yaml",
+        "name: spin\nsteps:\n  - name: spins\n    wasm: { module: loop.wasm, timeout: 2s, fuel: 1000000000000 }\n  - name: never\n    link: { link: c1, state: down }\n",
+    );
+    let t = Instant::now();
+    let (o, r) = lab.scenario(&spin, &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    let s = step(&r, "spins");
+    assert!(
+        s["message"]
+            .as_str()
+            .unwrap()
+            .contains("deadline of 2s passed"),
+        "{s}"
+    );
+    assert_eq!(step(&r, "never")["status"], "skipped");
+    // The same with fuel as the limit.
+    let spin = lab.file(
+        "spin.yaml",
+        "name: spin\nsteps:\n  - name: spins\n    wasm: { module: loop.wasm, fuel: 20000000 }\n",
+    );
+    let (o, r) = lab.scenario(&spin, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let s = step(&r, "spins");
+    assert!(
+        s["message"].as_str().unwrap().contains("used all its fuel"),
+        "{s}"
+    );
+    assert!(c1_rtt().expect("c1 touched by a stopped module") < 100.0);
+
+    // A module that asks for the host (WASI) is refused before any step runs: the cut in step 1
+    // does not happen.
+    std::fs::write(lab.env.run.path().join("wasi.wasm"), WASI_WASM).unwrap();
+    let wasi = lab.file(
+        "wasi.yaml",
+        "name: wasi\nsteps:\n  - link: { link: c1, state: down }\n  - wasm:\n      module: wasi.wasm\n",
+    );
+    let (o, _) = lab.scenario(&wasi, &[]);
+    assert!(!o.status.success());
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("wasi.yaml:5:")
+            && err.contains("wasi_snapshot_preview1.fd_write")
+            && err.contains("no WASI"),
+        "{err}"
+    );
+    assert!(c1_rtt().expect("c1 cut by a refused scenario") < 100.0);
 
     // ---- Ctrl-C: the run stops, the fault it made is undone, the exit status says so.
     let sigint = lab.file(
