@@ -13,6 +13,24 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy -q --workspace --all-targets -- -D warnings
 echo "== cargo test"
+cargo test --workspace --no-run -q
+# Linux through our own VMM on this host's /dev/kvm. On PVM hosts (no VT-x/AMD-V: /dev/kvm is
+# kvm_pvm) only the PVM-tolerant kernel boots, and every kernel instruction is emulated, so
+# this one boot takes minutes of one core: it runs beside the rest of the suite.
+pvm=
+if [ -e /sys/module/kvm_pvm ]; then
+  crates/vmm/guest-pvm/build.sh >/dev/null
+  (KOBAKO_PVM_CMDLINE_EXTRA=quiet cargo test -q -p kobako-vmm --test linux_pvm -- --ignored \
+    --nocapture linux_boots_to_userspace_marker > target/linux-pvm.log 2>&1) &
+  pvm=$!
+else
+  echo "linux_pvm: SKIPPED: /dev/kvm here is not kvm_pvm (the vm_boot tests boot Linux on it)"
+fi
 cargo test --workspace --no-fail-fast -- --test-threads=2
+if [ -n "$pvm" ]; then
+  echo "== Linux on kobako-vmm (PVM host)"
+  if ! wait "$pvm"; then tail -n 40 target/linux-pvm.log; exit 1; fi
+  grep -E "Guest-boot-time|exit code" target/linux-pvm.log
+fi
 echo "== API fuzz (schemathesis against the OpenAPI document)"
 scripts/api-fuzz.sh target/debug/kobako
