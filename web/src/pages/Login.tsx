@@ -1,4 +1,4 @@
-import { useState, type FormEvent } from "react";
+import { useEffect, useState, type FormEvent } from "react";
 import { errorText, login } from "../api";
 import { navigate } from "../router";
 
@@ -7,6 +7,16 @@ export function Login() {
   const [password, setPw] = useState("");
   const [err, setErr] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
+  // OpenID Connect, when the server has it (`kobako serve --oidc-issuer ...`).
+  const [sso, setSso] = useState<{ issuer: string; login_url: string } | null>(null);
+  useEffect(() => {
+    fetch("/api/v1/auth/oidc")
+      .then((r) => (r.ok ? r.json() : null))
+      .then((v) => {
+        if (v && v.enabled && v.login_url) setSso({ issuer: v.issuer, login_url: v.login_url });
+      })
+      .catch(() => undefined);
+  }, []);
 
   const submit = async (e: FormEvent) => {
     e.preventDefault();
@@ -47,6 +57,11 @@ export function Login() {
         <button type="submit" className="primary" disabled={busy}>
           {busy ? "Logging in…" : "Log in"}
         </button>
+        {sso ? (
+          <a className="button" href={sso.login_url}>
+            Sign in with {hostOf(sso.issuer)}
+          </a>
+        ) : null}
         <p className="muted small">
           First start: <code>kobako serve</code> prints the <code>admin</code> password (also in
           <code> /var/lib/kobako/server/initial-admin-password</code>).
@@ -54,4 +69,12 @@ export function Login() {
       </form>
     </main>
   );
+}
+
+function hostOf(url: string): string {
+  try {
+    return new URL(url).host;
+  } catch {
+    return url;
+  }
 }
