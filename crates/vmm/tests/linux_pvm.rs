@@ -15,6 +15,8 @@
 //! namespace: root), reads /dev/hwrng, and execs the kobako agent, which the test reaches over
 //! vsock through uds_path. It needs the static agent (`scripts/build.sh`, or `KOBAKO_AGENT`),
 //! busybox-static, mkfs.ext4 and qemu-img; `KOBAKO_PVM_TIMEOUT` defaults to 1500 s there.
+//! Measured: all four checks and the agent's ready message over vsock, boot complete at 449 s
+//! (load ~5). `scripts/test.sh` runs both tests, one after the other.
 
 mod common;
 
