@@ -446,6 +446,31 @@ steps:
     );
     assert!(c1_rtt().expect("c1 cut by a refused scenario") < 100.0);
 
+    // ---- restore: a checkpoint taken before a change, restored by a step, brings the old
+    // state back (the guest's file from before the checkpoint, not the later one).
+    let mark = |what: &str| {
+        ok(&lab.run(&[
+            "exec",
+            &format!("{LAB}.client.h"),
+            "--",
+            "sh",
+            "-c",
+            &format!("echo {what} > /tmp/kb-mark"),
+        ]))
+    };
+    mark("before");
+    ok(&lab.run(&["checkpoint", LAB, "scn-stage1"]));
+    mark("after");
+    let back = lab.file(
+        "restore.yaml",
+        "name: back\nsteps:\n  - name: back to stage1\n    restore: scn-stage1\n  - name: the old mark\n    exec: { vm: client.h, cmd: cat /tmp/kb-mark }\n    expect: { stdout_contains: before }\n",
+    );
+    let (o, r) = lab.scenario(&back, &[]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(step(&r, "back to stage1")["status"], "passed", "{r}");
+    assert_eq!(step(&r, "the old mark")["status"], "passed", "{r}");
+    ok(&lab.run(&["checkpoint", LAB, "scn-stage1", "--delete"]));
+
     // ---- Ctrl-C: the run stops, the fault it made is undone, the exit status says so.
     let sigint = lab.file(
         "sigint.yaml",

@@ -8,10 +8,9 @@ mod common;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::KOBAKO;
+use common::{agent_for, KOBAKO};
 use serde_json::{json, Value};
 
 struct Server {
@@ -180,53 +179,6 @@ impl Drop for Server {
             }
         }
     }
-}
-
-fn agent_for(cert: &Path) -> ureq::Agent {
-    let pem = std::fs::read(cert).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile_certs(&pem) {
-        roots.add(c.into()).unwrap();
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    ureq::AgentBuilder::new()
-        .tls_config(Arc::new(cfg))
-        .timeout_connect(Duration::from_secs(10))
-        .timeout_read(Duration::from_secs(120))
-        .build()
-}
-
-/// The DER certificates of a PEM file.
-fn rustls_pemfile_certs(pem: &[u8]) -> Vec<Vec<u8>> {
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let text = String::from_utf8_lossy(pem);
-    let mut out = Vec::new();
-    for block in text.split("-----BEGIN CERTIFICATE-----").skip(1) {
-        let b64: String = block
-            .split("-----END CERTIFICATE-----")
-            .next()
-            .unwrap_or("")
-            .chars()
-            .filter(|c| !c.is_whitespace() && *c != '=')
-            .collect();
-        let (mut der, mut acc, mut bits) = (Vec::new(), 0u32, 0);
-        for c in b64.bytes() {
-            acc = (acc << 6) | T.iter().position(|x| *x == c).unwrap() as u32;
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                der.push((acc >> bits) as u8);
-            }
-        }
-        out.push(der);
-    }
-    out
 }
 
 /// Frames of a pcapng file (Enhanced Packet Blocks' data), after checking its header.
