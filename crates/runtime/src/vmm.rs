@@ -35,15 +35,9 @@ pub const VSOCK_SOCKET: &str = "vsock.sock";
 /// Exit status of `kobako vmm` when the guest reset itself (kobako_vmm::EXIT_GUEST_RESET).
 pub const EXIT_GUEST_RESET: i32 = 80;
 
-/// Command-line parameters the PVM-tolerant guest kernel needs on a kvm_pvm host (see
-/// crates/vmm/guest-pvm/README.md). `clearcpuid` drops what the host's instruction emulator
-/// cannot run in kernel mode: popcnt and SMAP's clac/stac, and the SIMD extensions the
-/// kernel's crypto (blake2s, chacha, poly1305, curve25519 for the RNG) would switch to, whose
-/// `kernel_fpu_begin()` executes `ldmxcsr` (measured: an emulation failure there at 73 s).
-/// One `clearcpuid=` only: the kernel reads the last one given.
-pub const PVM_CMDLINE: &str = "kobako_pvm noxsave \
-    clearcpuid=popcnt,smap,erms,fsrm,ssse3,sse4_1,sse4_2,avx,avx2,avx512f,adx,bmi2 \
-    noreplace-smp mitigations=off";
+/// Command-line parameters the PVM-tolerant guest kernel needs on a kvm_pvm host (one
+/// definition, in kobako-vmm, shared with its Linux tests).
+pub use kobako_vmm::PVM_GUEST_CMDLINE as PVM_CMDLINE;
 
 /// The own-VMM runtime.
 pub struct VmmRuntime {

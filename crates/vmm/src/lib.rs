@@ -31,6 +31,16 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 /// Version reported by `GET /` and `GET /version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Command-line parameters the PVM-tolerant guest kernel needs on a kvm_pvm host (see
+/// crates/vmm/guest-pvm/README.md). `clearcpuid` drops what the host's instruction emulator
+/// cannot run in kernel mode: popcnt and SMAP's clac/stac, and the SIMD extensions the
+/// kernel's crypto (blake2s, chacha, poly1305, curve25519 for the RNG) would switch to, whose
+/// `kernel_fpu_begin()` executes `ldmxcsr` (measured: an emulation failure there at 73 s).
+/// One `clearcpuid=` only: the kernel reads the last one given.
+pub const PVM_GUEST_CMDLINE: &str = "kobako_pvm noxsave \
+    clearcpuid=popcnt,smap,erms,fsrm,ssse3,sse4_1,sse4_2,avx,avx2,avx512f,adx,bmi2 \
+    noreplace-smp mitigations=off";
+
 /// The guest powered off (KVM system event shutdown, or HLT reaching the VMM).
 pub const EXIT_OK: i32 = 0;
 /// Generic failure (e.g. the API socket cannot be created).

@@ -25,6 +25,18 @@ use std::time::Instant;
 
 use common::*;
 
+/// The PVM-tolerant kernel (`KOBAKO_PVM_KERNEL`, default the build.sh output); fails the test
+/// with how to build it when missing.
+fn pvm_kernel() -> String {
+    let kernel = std::env::var("KOBAKO_PVM_KERNEL")
+        .unwrap_or_else(|_| "/var/cache/kobako/kernel-pvm/vmlinux".into());
+    assert!(
+        std::path::Path::new(&kernel).exists(),
+        "{kernel} missing: build it with crates/vmm/guest-pvm/build.sh"
+    );
+    kernel
+}
+
 /// A cpio "newc" archive with one executable file `/init`.
 fn initramfs(init: &[u8]) -> Vec<u8> {
     fn entry(out: &mut Vec<u8>, ino: u32, mode: u32, name: &str, data: &[u8]) {
@@ -52,12 +64,7 @@ fn initramfs(init: &[u8]) -> Vec<u8> {
 #[test]
 #[ignore = "needs the PVM-tolerant kernel (guest-pvm/build.sh) and minutes of an idle host"]
 fn linux_boots_to_userspace_marker() {
-    let kernel = std::env::var("KOBAKO_PVM_KERNEL")
-        .unwrap_or_else(|_| "/var/cache/kobako/kernel-pvm/vmlinux".into());
-    assert!(
-        std::path::Path::new(&kernel).exists(),
-        "{kernel} missing: build it with crates/vmm/guest-pvm/build.sh"
-    );
+    let kernel = pvm_kernel();
     let dir = tempfile::tempdir().unwrap();
     let initrd = write(
         dir.path(),
@@ -65,11 +72,9 @@ fn linux_boots_to_userspace_marker() {
         &initramfs(&elf(guests::INIT, false)),
     );
     let log = dir.path().join("vmm.log");
-    let mut cmdline = String::from(
-        "console=ttyS0 reboot=k panic=-1 nokaslr mitigations=off kobako_pvm noxsave \
-         clearcpuid=popcnt,smap,erms,fsrm,ssse3,sse4_1,sse4_2,avx,avx2,avx512f,adx,bmi2 \
-         noreplace-smp",
-    );
+    let mut cmdline = String::from("console=ttyS0 reboot=k panic=-1 nokaslr");
+    cmdline.push(' ');
+    cmdline.push_str(kobako_vmm::PVM_GUEST_CMDLINE);
     if let Ok(extra) = std::env::var("KOBAKO_PVM_CMDLINE_EXTRA") {
         cmdline.push(' ');
         cmdline.push_str(&extra);
@@ -235,12 +240,7 @@ fn linux_devices_disk_net_rng_and_agent_over_vsock() {
     // host side), /dev/hwrng (virtio-rng) read, and the kobako agent (exec'd as PID 1 by a
     // busybox /init) reached from the host over vsock through uds_path (`CONNECT 1024`).
     // Afterwards `qemu-img check` passes on the overlay the guest wrote to (ext4 mount).
-    let kernel = std::env::var("KOBAKO_PVM_KERNEL")
-        .unwrap_or_else(|_| "/var/cache/kobako/kernel-pvm/vmlinux".into());
-    assert!(
-        std::path::Path::new(&kernel).exists(),
-        "{kernel} missing: build it with crates/vmm/guest-pvm/build.sh"
-    );
+    let kernel = pvm_kernel();
     let agent = std::fs::read(find_agent()).unwrap();
     let busybox = std::fs::read("/bin/busybox").expect("busybox-static (scripts/setup.sh)");
     let dir = tempfile::tempdir().unwrap();
@@ -301,10 +301,11 @@ exec /agent
     );
     let uds = d.join("v.sock");
     let mut cmdline = String::from(
-        "console=ttyS0 reboot=k panic=-1 nokaslr mitigations=off kobako_pvm noxsave \
-         clearcpuid=popcnt,smap,erms,fsrm,ssse3,sse4_1,sse4_2,avx,avx2,avx512f,adx,bmi2 \
-         noreplace-smp rdinit=/init kobako.bootmark=1 kobako.console=off kobako.hostname=pvm",
+        "console=ttyS0 reboot=k panic=-1 nokaslr rdinit=/init kobako.bootmark=1 \
+         kobako.console=off kobako.hostname=pvm",
     );
+    cmdline.push(' ');
+    cmdline.push_str(kobako_vmm::PVM_GUEST_CMDLINE);
     if let Ok(extra) = std::env::var("KOBAKO_PVM_CMDLINE_EXTRA") {
         cmdline.push(' ');
         cmdline.push_str(&extra);
