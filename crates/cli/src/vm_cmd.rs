@@ -268,7 +268,7 @@ pub async fn run(cmd: VmCmd) -> Result<i32> {
         } => {
             let vm = VmDir::open(&crate::lab_cmd::vm_name(&name)?)?;
             let t0 = std::time::Instant::now();
-            let m = runtime()?.snapshot(&vm, &dir, leave_paused).await?;
+            let m = runtime_of(&vm)?.snapshot(&vm, &dir, leave_paused).await?;
             let ms = t0.elapsed().as_millis();
             if json {
                 println!("{}", serde_json::to_string_pretty(&m)?);
@@ -299,7 +299,15 @@ pub async fn run(cmd: VmCmd) -> Result<i32> {
 
 /// `vm restore DIR --name NAME`: a new VM from a snapshot, detached; reports the time to ready.
 async fn restore(dir: &Path, name: &str, verify: bool, json: bool) -> Result<i32> {
-    let rt = runtime()?;
+    // The runtime that made the snapshot restores it.
+    let made_by = kobako_runtime::snapshot::runtime_of(dir)?;
+    let rt = runtime_named(&made_by).map_err(|_| {
+        anyhow::anyhow!(
+            "snapshot {} cannot be restored here: it was made by the '{made_by}' runtime, which \
+             this kobako does not have",
+            dir.display()
+        )
+    })?;
     let t0 = std::time::Instant::now();
     let overlay = kobako_image::store::overlays_root().join(name);
     if VmDir::for_name(name).exists() {

@@ -213,9 +213,15 @@ fn restore_refuses_other_versions_kernels_formats_and_corrupt_memory() {
             "unknown kind/format",
         ),
         (
+            "an unknown runtime",
+            Box::new(|d| edit_manifest(d, |m| m["runtime"] = "firecracker".into())),
+            "made by the 'firecracker' runtime",
+        ),
+        (
+            // Restored by the runtime it names, which finds no VMM state in it.
             "another runtime",
             Box::new(|d| edit_manifest(d, |m| m["runtime"] = "vmm".into())),
-            "made by the 'vmm' runtime",
+            "its VM state file (vmstate.bin) is not in the manifest",
         ),
         (
             "a corrupt memory file",

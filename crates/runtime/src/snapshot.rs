@@ -4,8 +4,11 @@
 //! A snapshot is a directory:
 //! ```text
 //! manifest.json   what it is and what it needs (runtime, versions, kernel, VM config, files)
-//! memory.bin      QEMU's migration stream (RAM with zero pages elided + device state)
-//! root.qcow2      the VM's writable root disk at that moment (absent for initramfs VMs)
+//! memory.bin      QEMU: its migration stream (RAM with zero pages elided + device state);
+//!                 vmm: the guest's RAM (sparse)
+//! vmstate.bin     vmm only: kobako-vmm's vCPU/VM/device state and configuration
+//! root.<format>   the VM's writable root disk at that moment (absent for initramfs VMs)
+//! disk<i>.<fmt>   extra disks that belong to the VM alone (e.g. its cloud-init seed)
 //! ```
 //! QEMU runtime: `stop`, then `migrate` to a file (QEMU 7.2's fastest form here: `exec:cat >
 //! FILE`, bandwidth unlimited, one pass since the guest is stopped; completion flushes and
@@ -13,10 +16,15 @@
 //! then `cont` unless asked to leave the VM paused. Restore starts a new QEMU with the snapshot's
 //! configuration and `-incoming` from the memory file, its root disk a new qcow2 overlay on the
 //! snapshot's copy (so a snapshot can be restored any number of times and stays unchanged).
+//! The vmm runtime ([`crate::vmm`]) does the same through kobako-vmm's Firecracker-compatible
+//! `PATCH /vm`, `PUT /snapshot/create` and `kobako vmm --snapshot-load`, with the helpers here
+//! (`begin`, `copy_disks`, `write_manifest`, `failed`, `load_for`,
+//! `restore_config_with`): one manifest format, one set of refusals.
 //!
 //! Restores are refused with the reason when the manifest does not match this host: another
-//! runtime, another QEMU version (the migration stream is version-bound), a kernel file that
-//! changed or vanished, a memory file of the wrong size.
+//! runtime, another QEMU version (the migration stream is version-bound) or, for the vmm
+//! runtime, another kobako version, a kernel file that changed or vanished, a file of the
+//! wrong size (truncated), or (when verifying) a checksum that does not match.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -46,6 +54,9 @@ pub struct Manifest {
     pub kind: String,
     pub format: u32,
     pub runtime: String,
+    /// `qemu-system-x86_64 --version` for QEMU snapshots (its state format is version-bound);
+    /// empty for the vmm runtime, whose state format goes with `kobako_version`.
+    #[serde(default)]
     pub qemu_version: String,
     pub kobako_version: String,
     pub created_ms: i64,
@@ -55,7 +66,12 @@ pub struct Manifest {
     pub config: VmConfig,
     pub kernel_size: u64,
     pub kernel_sha256: String,
+    /// Guest memory (QEMU: the migration stream, device state included; vmm: all guest RAM,
+    /// sparse).
     pub memory: SnapFile,
+    /// The VMM's vCPU/VM/device state file (vmm runtime only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmstate: Option<SnapFile>,
     /// The writable root disk, copied.
     pub root: Option<SnapFile>,
     /// Extra disks that belonged to the VM alone (e.g. its cloud-init seed), copied, by index
@@ -120,6 +136,16 @@ pub async fn snapshot(
     dest: &Path,
     leave_paused: bool,
 ) -> Result<Manifest> {
+    let cfg = begin(vm, dest)?;
+    match take(qemu, vm, &cfg, dest, leave_paused).await {
+        Ok(m) => Ok(m),
+        Err(e) => Err(failed(vm, &cfg, dest, e)),
+    }
+}
+
+/// The first step of every runtime's snapshot: the VM runs, `dest` does not exist yet (and is
+/// created empty). Returns the VM's configuration.
+pub(crate) fn begin(vm: &VmDir, dest: &Path) -> Result<VmConfig> {
     if vm.vm_pid().is_none() {
         return Err(RuntimeError::NotRunning(vm.name.clone()));
     }
@@ -131,25 +157,26 @@ pub async fn snapshot(
     }
     let cfg = vm.config()?;
     std::fs::create_dir_all(dest).map_err(io(format!("create {}", dest.display())))?;
-    match take(qemu, vm, &cfg, dest, leave_paused).await {
-        Ok(m) => Ok(m),
-        Err(e) => {
-            // A full disk shows up as a failed write somewhere (QEMU's, a copy's): say so.
-            let free = free_bytes(dest);
-            let _ = std::fs::remove_dir_all(dest);
-            let need = u64::from(cfg.memory_mib) << 20;
-            if let Some(free) = free.filter(|f| *f < need) {
-                return Err(RuntimeError::Invalid(format!(
-                "snapshot of VM '{}' failed: the file system of {} is full ({} MiB free; the snapshot needs up to {} MiB plus its disks): free space or choose another directory ({e})",
-                vm.name,
-                dest.display(),
-                free >> 20,
-                cfg.memory_mib
-            )));
-            }
-            Err(e)
-        }
+    Ok(cfg)
+}
+
+/// A snapshot failed with `e`: removes `dest` (nothing half-written stays) and says why, naming
+/// a full file system when that is the likely cause (a failed write somewhere: the runtime's,
+/// a disk copy's).
+pub(crate) fn failed(vm: &VmDir, cfg: &VmConfig, dest: &Path, e: RuntimeError) -> RuntimeError {
+    let free = free_bytes(dest);
+    let _ = std::fs::remove_dir_all(dest);
+    let need = u64::from(cfg.memory_mib) << 20;
+    if let Some(free) = free.filter(|f| *f < need) {
+        return RuntimeError::Invalid(format!(
+            "snapshot of VM '{}' failed: the file system of {} is full ({} MiB free; the snapshot needs up to {} MiB plus its disks): free space or choose another directory ({e})",
+            vm.name,
+            dest.display(),
+            free >> 20,
+            cfg.memory_mib
+        ));
     }
+    e
 }
 
 /// Bytes available to us on the file system holding `p` (or its nearest existing parent).
@@ -167,6 +194,109 @@ pub fn free_bytes(p: &Path) -> Option<u64> {
         }
         Some(st.f_bavail as u64 * st.f_frsize as u64)
     }
+}
+
+/// The writable disks of a stopped VM whose runtime flushed them, copied into `dest`: the root
+/// (`root.<format>`, unless read-only: that one is used where it is) and the extra disks that
+/// belong to this VM alone (`disk<i>.<format>`). Returns the root copy's file name and
+/// `(index in extra_disks, file name)` of the others.
+pub(crate) fn copy_disks(cfg: &VmConfig, dest: &Path) -> Result<DiskCopies> {
+    let root = match &cfg.root {
+        Root::Disk {
+            path,
+            format,
+            read_only,
+        } if !read_only => {
+            let name = format!("root.{format}");
+            let to = dest.join(&name);
+            std::fs::copy(path, &to).map_err(io(format!(
+                "copy {} to {}",
+                path.display(),
+                to.display()
+            )))?;
+            Some(name)
+        }
+        _ => None,
+    };
+    let mut extra = Vec::new();
+    for (i, d) in cfg.extra_disks.iter().enumerate() {
+        if cfg.owned_paths.iter().any(|o| d.path.starts_with(o)) {
+            let name = format!("disk{i}.{}", d.format);
+            std::fs::copy(&d.path, dest.join(&name))
+                .map_err(io(format!("copy {}", d.path.display())))?;
+            extra.push((i, name));
+        }
+    }
+    Ok((root, extra))
+}
+
+/// The root copy's file name and `(index in extra_disks, file name)` of the other copies.
+pub(crate) type DiskCopies = (Option<String>, Vec<(usize, String)>);
+
+/// What a runtime saved for one snapshot, for [`write_manifest`].
+pub(crate) struct Saved {
+    pub runtime: &'static str,
+    pub qemu_version: String,
+    /// File names in the snapshot directory.
+    pub memory: &'static str,
+    pub vmstate: Option<&'static str>,
+    pub root: Option<String>,
+    pub extra: Vec<(usize, String)>,
+    pub paused_ms: u64,
+}
+
+fn snap_file(dir: &Path, name: &str) -> Result<SnapFile> {
+    let (size, sha256) = sha256_file(&dir.join(name))?;
+    Ok(SnapFile {
+        file: name.to_string(),
+        size,
+        sha256,
+    })
+}
+
+/// Checksums what was saved into `dest` and writes its manifest (last: a directory without one
+/// is no snapshot).
+pub(crate) fn write_manifest(
+    vm: &VmDir,
+    cfg: &VmConfig,
+    dest: &Path,
+    s: Saved,
+) -> Result<Manifest> {
+    let mut extra = Vec::new();
+    for (i, name) in &s.extra {
+        extra.push((*i, snap_file(dest, name)?));
+    }
+    let root = match &s.root {
+        Some(name) => Some(snap_file(dest, name)?),
+        None => None,
+    };
+    let vmstate = match s.vmstate {
+        Some(name) => Some(snap_file(dest, name)?),
+        None => None,
+    };
+    let (kernel_size, kernel_sha256) = sha256_file(&cfg.kernel)?;
+    let m = Manifest {
+        kind: KIND.into(),
+        format: 1,
+        runtime: s.runtime.into(),
+        qemu_version: s.qemu_version,
+        kobako_version: env!("CARGO_PKG_VERSION").into(),
+        created_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+        vm: vm.name.clone(),
+        config: cfg.clone(),
+        kernel_size,
+        kernel_sha256,
+        memory: snap_file(dest, s.memory)?,
+        vmstate,
+        root,
+        extra,
+        paused_ms: s.paused_ms,
+    };
+    crate::vmdir::write_json(&dest.join(MANIFEST), &m)?;
+    Ok(m)
 }
 
 async fn take(
@@ -218,88 +348,29 @@ async fn take(
                 _ => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
-        // Disks are flushed and inactive now: copy the writable root.
-        let root = match &cfg.root {
-            Root::Disk {
-                path, read_only, ..
-            } if !read_only => {
-                let to = dest.join("root.qcow2");
-                std::fs::copy(path, &to).map_err(io(format!(
-                    "copy {} to {}",
-                    path.display(),
-                    to.display()
-                )))?;
-                Some(to)
-            }
-            _ => None,
-        };
-        let mut extra = Vec::new();
-        for (i, d) in cfg.extra_disks.iter().enumerate() {
-            if cfg.owned_paths.iter().any(|o| d.path.starts_with(o)) {
-                let name = format!("disk{i}.{}", d.format);
-                std::fs::copy(&d.path, dest.join(&name))
-                    .map_err(io(format!("copy {}", d.path.display())))?;
-                extra.push((i, name));
-            }
-        }
-        Ok((root, extra))
+        // Disks are flushed and inactive now: copy the writable ones.
+        copy_disks(cfg, dest)
     }
     .await;
     let paused_ms = t0.elapsed().as_millis() as u64;
     if was_running && !leave_paused {
         q.execute("cont", None).await?;
     }
-    let (root, extra_files) = result?;
-    let mut extra = Vec::new();
-    for (i, name) in extra_files {
-        let (size, sha256) = sha256_file(&dest.join(&name))?;
-        extra.push((
-            i,
-            SnapFile {
-                file: name,
-                size,
-                sha256,
-            },
-        ));
-    }
-    let (msize, msha) = sha256_file(&mem)?;
-    let root = match root {
-        Some(p) => {
-            let (size, sha256) = sha256_file(&p)?;
-            Some(SnapFile {
-                file: "root.qcow2".into(),
-                size,
-                sha256,
-            })
-        }
-        None => None,
-    };
-    let (kernel_size, kernel_sha256) = sha256_file(&cfg.kernel)?;
-    let m = Manifest {
-        kind: KIND.into(),
-        format: 1,
-        runtime: "qemu".into(),
-        qemu_version: qemu_version(qemu),
-        kobako_version: env!("CARGO_PKG_VERSION").into(),
-        created_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0),
-        vm: vm.name.clone(),
-        config: cfg.clone(),
-        kernel_size,
-        kernel_sha256,
-        memory: SnapFile {
-            file: "memory.bin".into(),
-            size: msize,
-            sha256: msha,
+    let (root, extra) = result?;
+    write_manifest(
+        vm,
+        cfg,
+        dest,
+        Saved {
+            runtime: "qemu",
+            qemu_version: qemu_version(qemu),
+            memory: "memory.bin",
+            vmstate: None,
+            root,
+            extra,
+            paused_ms,
         },
-        root,
-        extra,
-        paused_ms,
-    };
-    crate::vmdir::write_json(&dest.join(MANIFEST), &m)?;
-    Ok(m)
+    )
 }
 
 /// After a restore: waits for QEMU to finish reading the state, then continues the guest (the
@@ -343,15 +414,44 @@ pub async fn continue_restored(vm: &VmDir) -> Result<()> {
     Ok(())
 }
 
-/// Reads and checks a snapshot's manifest against this host. `verify` also checks the memory and
-/// disk checksums (reads every byte).
+/// Reads and checks a QEMU snapshot's manifest against this host. `verify` also checks the
+/// memory and disk checksums (reads every byte).
 pub fn load(qemu: &Path, dir: &Path, verify: bool) -> Result<Manifest> {
-    let m: Manifest = crate::vmdir::read_json(&dir.join(MANIFEST)).map_err(|e| {
+    let here = qemu_version(qemu);
+    load_for(dir, "qemu", verify, |m| {
+        (m.qemu_version != here).then(|| {
+            format!(
+                "made with '{}', this host has '{here}' (QEMU's state format is version-bound)",
+                m.qemu_version
+            )
+        })
+    })
+}
+
+/// The runtime that made the snapshot in `dir` ("qemu", "vmm"), to restore it with the same.
+pub fn runtime_of(dir: &Path) -> Result<String> {
+    read_manifest(dir).map(|m| m.runtime)
+}
+
+fn read_manifest(dir: &Path) -> Result<Manifest> {
+    crate::vmdir::read_json(&dir.join(MANIFEST)).map_err(|e| {
         RuntimeError::Invalid(format!(
             "{} is not a kobako VM snapshot ({e})",
             dir.display()
         ))
-    })?;
+    })
+}
+
+/// Reads and checks a snapshot's manifest for `runtime` on this host: kind, runtime, what
+/// `engine` says (`Some(reason)` refuses: the runtime's own version rules), the kernel, every
+/// file's size, and with `verify` every checksum (reads every byte).
+pub(crate) fn load_for(
+    dir: &Path,
+    runtime: &str,
+    verify: bool,
+    engine: impl FnOnce(&Manifest) -> Option<String>,
+) -> Result<Manifest> {
+    let m = read_manifest(dir)?;
     let refuse = |why: String| {
         Err(RuntimeError::Invalid(format!(
             "snapshot {} cannot be restored here: {why}",
@@ -361,15 +461,14 @@ pub fn load(qemu: &Path, dir: &Path, verify: bool) -> Result<Manifest> {
     if m.kind != KIND || m.format != 1 {
         return refuse(format!("unknown kind/format {} {}", m.kind, m.format));
     }
-    if m.runtime != "qemu" {
-        return refuse(format!("it was made by the '{}' runtime", m.runtime));
-    }
-    let here = qemu_version(qemu);
-    if m.qemu_version != here {
+    if m.runtime != runtime {
         return refuse(format!(
-            "made with '{}', this host has '{here}' (QEMU's state format is version-bound)",
-            m.qemu_version
+            "it was made by the '{}' runtime, not '{runtime}' (restore it with --runtime {})",
+            m.runtime, m.runtime
         ));
+    }
+    if let Some(why) = engine(&m) {
+        return refuse(why);
     }
     match std::fs::metadata(&m.config.kernel) {
         Ok(md) if md.len() == m.kernel_size => {}
@@ -382,16 +481,18 @@ pub fn load(qemu: &Path, dir: &Path, verify: bool) -> Result<Manifest> {
         Err(e) => return refuse(format!("kernel {}: {e}", m.config.kernel.display())),
     }
     let mut files = vec![&m.memory];
+    files.extend(m.vmstate.as_ref());
     files.extend(m.root.as_ref());
     files.extend(m.extra.iter().map(|(_, f)| f));
     for f in files {
         let p = dir.join(&f.file);
-        let size = std::fs::metadata(&p)
-            .map(|md| md.len())
-            .map_err(io(format!("snapshot file {}", p.display())))?;
+        let size = match std::fs::metadata(&p) {
+            Ok(md) => md.len(),
+            Err(e) => return refuse(format!("{}: {e}", p.display())),
+        };
         if size != f.size {
             return refuse(format!(
-                "{} has {size} bytes, the manifest says {}",
+                "{} has {size} bytes, the manifest says {} (truncated or replaced)",
                 f.file, f.size
             ));
         }
@@ -414,53 +515,119 @@ pub fn load(qemu: &Path, dir: &Path, verify: bool) -> Result<Manifest> {
     Ok(m)
 }
 
-/// The configuration that restores snapshot `dir` (manifest `m`) as VM `name`: `-incoming` from
-/// its memory file, and (for disk-rooted VMs) a new qcow2 overlay on the snapshot's root copy in
-/// `overlay_dir`, owned by the new VM. NICs, namespace and timeouts are the caller's to adjust.
+/// The configuration that restores QEMU snapshot `dir` (manifest `m`) as VM `name`:
+/// `-incoming` from its memory file, and (for disk-rooted VMs) a new qcow2 overlay on the
+/// snapshot's root copy in `overlay_dir`, owned by the new VM. NICs, namespace and timeouts are
+/// the caller's to adjust.
 pub fn restore_config(
     dir: &Path,
     m: &Manifest,
     name: &str,
     overlay_dir: &Path,
 ) -> Result<VmConfig> {
+    restore_config_with(dir, m, name, overlay_dir, dir.join(&m.memory.file), false)
+}
+
+/// [`restore_config`] for any runtime: `incoming` is what the runtime restores from (QEMU: the
+/// memory file; vmm: the VM state file). With `same_formats` (the vmm runtime, whose restored
+/// devices keep their image format and read-only flag) a raw root is copied rather than given
+/// a qcow2 overlay, and a writable extra disk of the VM's own gets a private copy; otherwise
+/// (QEMU) the root gets a qcow2 overlay whatever its format and private extra disks are used
+/// read-only from the snapshot.
+pub(crate) fn restore_config_with(
+    dir: &Path,
+    m: &Manifest,
+    name: &str,
+    overlay_dir: &Path,
+    incoming: PathBuf,
+    same_formats: bool,
+) -> Result<VmConfig> {
     let mut cfg = m.config.clone();
     cfg.name = name.to_string();
-    cfg.incoming = Some(dir.join(&m.memory.file));
+    cfg.incoming = Some(incoming);
     cfg.owned_paths = Vec::new();
-    for (i, f) in &m.extra {
-        if let Some(d) = cfg.extra_disks.get_mut(*i) {
-            d.path = dir.join(&f.file);
-            d.read_only = true;
+    let made = |cfg: &mut VmConfig| -> Result<()> {
+        if !cfg.owned_paths.iter().any(|p| p == overlay_dir) {
+            std::fs::create_dir_all(overlay_dir)
+                .map_err(io(format!("create {}", overlay_dir.display())))?;
+            cfg.owned_paths.push(overlay_dir.to_path_buf());
         }
-    }
-    let disk_rooted = matches!(cfg.root, Root::Disk { .. });
-    if let (Some(root), true) = (&m.root, disk_rooted) {
-        std::fs::create_dir_all(overlay_dir)
-            .map_err(io(format!("create {}", overlay_dir.display())))?;
-        let overlay = overlay_dir.join("root.qcow2");
-        let base: PathBuf = dir.join(&root.file);
-        let out = std::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-            .arg(&base)
-            .arg(&overlay)
-            .output()
-            .map_err(io("run qemu-img (install qemu-utils)"))?;
-        if !out.status.success() {
-            let _ = std::fs::remove_dir_all(overlay_dir);
-            return Err(RuntimeError::Invalid(format!(
-                "qemu-img create {}: {}",
-                overlay.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+        Ok(())
+    };
+    let result = (|| {
+        for (i, f) in &m.extra {
+            let Some(d) = cfg.extra_disks.get(*i).cloned() else {
+                continue;
+            };
+            let copy = dir.join(&f.file);
+            let path = if same_formats && !d.read_only {
+                made(&mut cfg)?;
+                let to = overlay_dir.join(&f.file);
+                std::fs::copy(&copy, &to).map_err(io(format!(
+                    "copy {} to {}",
+                    copy.display(),
+                    to.display()
+                )))?;
+                to
+            } else {
+                copy
+            };
+            let d = &mut cfg.extra_disks[*i];
+            d.path = path;
+            d.read_only = d.read_only || !same_formats;
         }
-        cfg.root = Root::Disk {
-            path: overlay,
-            format: "qcow2".into(),
-            read_only: false,
+        let root_format = match &cfg.root {
+            Root::Disk { format, .. } => Some(format.clone()),
+            Root::Initramfs { .. } => None,
         };
-        cfg.owned_paths.push(overlay_dir.to_path_buf());
+        if let (Some(root), Some(format)) = (&m.root, root_format) {
+            made(&mut cfg)?;
+            let base: PathBuf = dir.join(&root.file);
+            if same_formats && format != "qcow2" {
+                let to = overlay_dir.join(format!("root.{format}"));
+                std::fs::copy(&base, &to).map_err(io(format!(
+                    "copy {} to {}",
+                    base.display(),
+                    to.display()
+                )))?;
+                cfg.root = Root::Disk {
+                    path: to,
+                    format,
+                    read_only: false,
+                };
+            } else {
+                let overlay = overlay_dir.join("root.qcow2");
+                let out = std::process::Command::new("qemu-img")
+                    .args(["create", "-q", "-f", "qcow2", "-F", &format, "-b"])
+                    .arg(&base)
+                    .arg(&overlay)
+                    .output()
+                    .map_err(io("run qemu-img (install qemu-utils)"))?;
+                if !out.status.success() {
+                    return Err(RuntimeError::Invalid(format!(
+                        "qemu-img create {}: {}",
+                        overlay.display(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    )));
+                }
+                cfg.root = Root::Disk {
+                    path: overlay,
+                    format: "qcow2".into(),
+                    read_only: false,
+                };
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(cfg),
+        Err(e) => {
+            if cfg.owned_paths.iter().any(|p| p == overlay_dir) {
+                let _ = std::fs::remove_dir_all(overlay_dir);
+            }
+            Err(e)
+        }
     }
-    Ok(cfg)
 }
 
 /// `n` bytes from the host's CSPRNG.

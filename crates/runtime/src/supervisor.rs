@@ -190,7 +190,7 @@ fn supervise(vm: VmDir) -> Result<(), String> {
             }
             if quick_reboots < 5 {
                 // A VM restored from a snapshot reboots into a fresh boot, not the snapshot.
-                strip_incoming(&mut launch.argv);
+                strip_incoming(&mut launch.argv, &vm);
                 *lock(&shared.ready) = None;
                 let _ = std::fs::remove_file(vm.file("ready.json"));
                 let _ = std::fs::remove_file(vm.file("booted.json"));
@@ -222,10 +222,19 @@ fn launch_has_no_agent(shared: &Shared) -> bool {
     shared.no_channel
 }
 
-/// Removes QEMU's `-incoming SOURCE` (restore from a snapshot) from an argv.
-fn strip_incoming(argv: &mut Vec<String>) {
+/// Turns a restore into a fresh boot: removes QEMU's `-incoming SOURCE`, and replaces
+/// kobako-vmm's `--snapshot-load FILE` with `--config-file` and the VM's `vmm.json`.
+fn strip_incoming(argv: &mut Vec<String>, vm: &VmDir) {
     if let Some(i) = argv.iter().position(|a| a == "-incoming") {
         argv.drain(i..(i + 2).min(argv.len()));
+    }
+    if let Some(i) = argv.iter().position(|a| a == "--snapshot-load") {
+        argv[i] = "--config-file".into();
+        let cfg = vm.file("vmm.json").display().to_string();
+        match argv.get_mut(i + 1) {
+            Some(a) => *a = cfg,
+            None => argv.push(cfg),
+        }
     }
 }
 
@@ -462,8 +471,12 @@ fn client_loop(shared: Arc<Shared>, conn: UnixStream) {
 
 /// The readiness of a VM without an agent channel: poll the VMM's API for the guest's
 /// boot-complete signal and record it in `booted.json`.
+///
+/// A guest restored from a snapshot does not signal again: the loop ends once its agent is
+/// ready, and polls less often after the first seconds.
 fn boot_signal_loop(shared: Arc<Shared>, api_sock: &Path, vm_pid: i32) {
-    while crate::vmdir::alive(vm_pid) {
+    let t0 = Instant::now();
+    while crate::vmdir::alive(vm_pid) && lock(&shared.ready).is_none() {
         if let Ok(Some((wall_us, cpu_us))) = crate::fcapi::boot_time(api_sock) {
             let _ = write_json(
                 &shared.vm.file("booted.json"),
@@ -475,7 +488,11 @@ fn boot_signal_loop(shared: Arc<Shared>, api_sock: &Path, vm_pid: i32) {
             );
             return;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(if t0.elapsed() < Duration::from_secs(10) {
+            Duration::from_millis(5)
+        } else {
+            Duration::from_millis(50)
+        });
     }
 }
 
@@ -504,5 +521,43 @@ fn console_log_loop(sock: &Path, log: &Path, vm_pid: i32) {
         if n == 0 || out.write_all(&buf[..n]).is_err() {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_restored_vm_reboots_into_a_fresh_boot() {
+        let vm = VmDir {
+            name: "v".into(),
+            path: "/run/kobako/vms/v".into(),
+        };
+        let mut vmm: Vec<String> = ["kobako", "vmm", "--api-sock", "a", "--snapshot-load"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([
+                "/run/kobako/vms/v/restore.json".into(),
+                "--level".into(),
+                "Info".into(),
+            ])
+            .collect();
+        strip_incoming(&mut vmm, &vm);
+        assert_eq!(
+            vmm[4..],
+            [
+                "--config-file",
+                "/run/kobako/vms/v/vmm.json",
+                "--level",
+                "Info"
+            ]
+        );
+        let mut qemu: Vec<String> = ["qemu", "-m", "128M", "-incoming", "exec:cat 'x'", "-S"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        strip_incoming(&mut qemu, &vm);
+        assert_eq!(qemu, ["qemu", "-m", "128M", "-S"]);
     }
 }

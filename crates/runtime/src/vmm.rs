@@ -14,6 +14,14 @@
 //! writes 123 to port 0x3f0 first, the VMM records the boot time (`booted.json`), and a guest
 //! without AF_VSOCK is still seen booting (readiness falls back to that signal).
 //!
+//! Snapshots: pause (`PATCH /vm`), `PUT /snapshot/create` into `vmstate.bin` + `memory.bin`
+//! (the VMM flushes the disks first), copy the writable disks, resume; the manifest and the
+//! refusals are [`crate::snapshot`]'s. A restored VM is started with `kobako vmm --snapshot-load
+//! restore.json` ([`VmmRuntime::restore_file`]): the memory file mapped privately, the new VM's
+//! taps, vsock socket, disks and console in place of the snapshot's. Its vsock connections do
+//! not survive (the guest sees a transport reset); the supervisor connects again and the agent
+//! answers on the same port. A guest reboot boots it afresh from `vmm.json`.
+//!
 //! Resets: guests get `reboot=k` (the i8042 reset, the VMM's exit status 80); the supervisor
 //! starts a new VMM process then, like QEMU's reset button, unless `vm stop` is under way.
 //! On PVM hosts (kvm_pvm) the command line also gets the PVM-tolerant kernel's workarounds
@@ -34,6 +42,17 @@ pub const VSOCK_SOCKET: &str = "vsock.sock";
 
 /// Exit status of `kobako vmm` when the guest reset itself (kobako_vmm::EXIT_GUEST_RESET).
 pub const EXIT_GUEST_RESET: i32 = 80;
+
+/// Exit status of `kobako vmm --snapshot-load` when it refused the snapshot (the reason is in
+/// its log, `vm.log`).
+pub const EXIT_SNAPSHOT_LOAD: i32 = 152;
+
+/// A vmm snapshot's files: the VMM's state file (vCPUs, VM, devices, configuration) and the
+/// guest's RAM (sparse, `memory_mib` MiB; mapped privately on restore, never written).
+pub const STATE_FILE: &str = "vmstate.bin";
+pub const MEMORY_FILE: &str = "memory.bin";
+/// The `--snapshot-load` document in the VM directory of a restored VM.
+pub const RESTORE_FILE: &str = "restore.json";
 
 /// Command-line parameters the PVM-tolerant guest kernel needs on a kvm_pvm host (one
 /// definition, in kobako-vmm, shared with its Linux tests).
@@ -141,23 +160,210 @@ impl VmmRuntime {
     }
 
     fn api(&self, vm: &VmDir, method: &str, path: &str, body: Option<&str>) -> Result<()> {
-        let r = crate::fcapi::request(
-            &vm.file("api.sock"),
-            method,
-            path,
-            body,
-            Duration::from_secs(5),
+        api_call(vm, method, path, body, Duration::from_secs(5)).map(|_| ())
+    }
+
+    /// The `--snapshot-load` document restoring `cfg` (made by [`Runtime::restore_config`]:
+    /// `incoming` is the snapshot's VM state file, `memory.bin` beside it) in VM directory
+    /// `dir`: the memory file mapped privately, the guest resumed at once, and the new VM's own
+    /// host resources in place of the snapshot's: its taps (interface ids `net00`.. as
+    /// [`Self::config_file`] names them), its vsock socket, its disks (the root overlay,
+    /// private copies) and its console socket.
+    pub fn restore_file(cfg: &VmConfig, dir: &Path) -> Result<serde_json::Value> {
+        let Some(state) = &cfg.incoming else {
+            return Err(RuntimeError::Invalid(format!(
+                "VM '{}' is not a restore (no snapshot state file)",
+                cfg.name
+            )));
+        };
+        let memory = state.with_file_name(MEMORY_FILE);
+        let mut drives = Vec::new();
+        if let Root::Disk { path, .. } = &cfg.root {
+            drives.push(serde_json::json!({"drive_id": "root", "path_on_host": path}));
+        }
+        for (i, d) in cfg.extra_disks.iter().enumerate() {
+            drives.push(serde_json::json!({
+                "drive_id": format!("disk{:02}", i + 1),
+                "path_on_host": d.path,
+            }));
+        }
+        let nics: Vec<_> = cfg
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| serde_json::json!({"iface_id": format!("net{i:02}"), "host_dev_name": n.tap}))
+            .collect();
+        let mut v = serde_json::json!({
+            "snapshot_path": state,
+            "mem_backend": {"backend_type": "File", "backend_path": memory},
+            "resume_vm": true,
+            "vsock_override": {"uds_path": dir.join(VSOCK_SOCKET)},
+            "serial": { "serial_out_path": format!("unix:{}", dir.join("console.sock").display()) },
+        });
+        if !nics.is_empty() {
+            v["network_overrides"] = serde_json::Value::Array(nics);
+        }
+        if !drives.is_empty() {
+            v["drive_overrides"] = serde_json::Value::Array(drives);
+        }
+        Ok(v)
+    }
+
+    /// Pause, `PUT /snapshot/create`, copy the writable disks, resume (unless `leave_paused`),
+    /// then the manifest.
+    async fn take(
+        &self,
+        vm: &VmDir,
+        cfg: &VmConfig,
+        dest: &Path,
+        leave_paused: bool,
+    ) -> Result<crate::snapshot::Manifest> {
+        let was_running = instance_state(vm).as_deref() == Some("Running");
+        let t0 = std::time::Instant::now();
+        if was_running {
+            self.api(vm, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#))?;
+        }
+        let body = serde_json::json!({
+            "snapshot_type": "Full",
+            "snapshot_path": dest.join(STATE_FILE),
+            "mem_file_path": dest.join(MEMORY_FILE),
+        })
+        .to_string();
+        let result = {
+            let (vm, dest, cfg) = (vm.clone(), dest.to_path_buf(), cfg.clone());
+            // Writing the memory file takes a while for large guests: off the async threads.
+            tokio::task::spawn_blocking(move || {
+                api_call(
+                    &vm,
+                    "PUT",
+                    "/snapshot/create",
+                    Some(&body),
+                    Duration::from_secs(300),
+                )?;
+                // The VMM flushed the block devices first: the copies are consistent.
+                crate::snapshot::copy_disks(&cfg, &dest)
+            })
+            .await
+            .unwrap_or_else(|e| Err(RuntimeError::Invalid(format!("snapshot task: {e}"))))
+        };
+        let paused_ms = t0.elapsed().as_millis() as u64;
+        if was_running && !leave_paused {
+            self.api(vm, "PATCH", "/vm", Some(r#"{"state": "Resumed"}"#))?;
+        }
+        let (root, extra) = result?;
+        crate::snapshot::write_manifest(
+            vm,
+            cfg,
+            dest,
+            crate::snapshot::Saved {
+                runtime: "vmm",
+                qemu_version: String::new(),
+                memory: MEMORY_FILE,
+                vmstate: Some(STATE_FILE),
+                root,
+                extra,
+                paused_ms,
+            },
         )
+    }
+}
+
+/// One request to a VM's VMM API; a refusal becomes an error with the VMM's reason.
+fn api_call(
+    vm: &VmDir,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<String> {
+    let r = crate::fcapi::request(&vm.file("api.sock"), method, path, body, timeout)
         .map_err(io(format!("VMM API of '{}'", vm.name)))?;
-        if r.status / 100 == 2 {
-            Ok(())
-        } else {
-            Err(RuntimeError::Invalid(format!(
-                "VMM API {method} {path} of '{}': {} {}",
-                vm.name, r.status, r.body
-            )))
+    if r.status / 100 == 2 {
+        Ok(r.body)
+    } else {
+        let why = serde_json::from_str::<serde_json::Value>(&r.body)
+            .ok()
+            .and_then(|v| v["fault_message"].as_str().map(str::to_string))
+            .unwrap_or(r.body);
+        Err(RuntimeError::Invalid(format!(
+            "VM '{}': {method} {path} refused by the VMM ({}): {why}",
+            vm.name, r.status
+        )))
+    }
+}
+
+/// The VMM's instance state ("Not started", "Running", "Paused"), when it answers.
+fn instance_state(vm: &VmDir) -> Option<String> {
+    let r = crate::fcapi::request(
+        &vm.file("api.sock"),
+        "GET",
+        "/",
+        None,
+        Duration::from_secs(2),
+    )
+    .ok()?;
+    let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+    v["state"].as_str().map(str::to_string)
+}
+
+/// After `kobako vmm --snapshot-load`: waits until the VMM has restored and resumed the guest,
+/// or fails with the VMM's reason (it exits with [`EXIT_SNAPSHOT_LOAD`] and logs why).
+async fn wait_restored(vm: &VmDir) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if vm.vm_pid().is_none() {
+            // Give the supervisor a moment to record the exit.
+            for _ in 0..100 {
+                if vm.exit().is_some() || vm.supervisor_pid().is_none() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let how = vm
+                .exit()
+                .map(|e| match e.code {
+                    Some(EXIT_SNAPSHOT_LOAD) => "the VMM refused the snapshot".to_string(),
+                    _ => e.describe(),
+                })
+                .unwrap_or_else(|| "the VMM ended".into());
+            return Err(RuntimeError::ExitedEarly {
+                name: vm.name.clone(),
+                how,
+                console: crate::vmdir::tail(&vm.file("vm.log"), 8),
+            });
+        }
+        match instance_state(vm).as_deref() {
+            Some("Running") | Some("Paused") => return Ok(()),
+            _ if std::time::Instant::now() > deadline => {
+                return Err(RuntimeError::ReadyTimeout {
+                    name: vm.name.clone(),
+                    secs: 120,
+                    console: crate::vmdir::tail(&vm.file("vm.log"), 8),
+                })
+            }
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     }
+}
+
+/// Reads and checks a vmm snapshot against this host (see [`VmmRuntime::restore_config`]).
+pub fn load(dir: &Path, verify: bool) -> Result<crate::snapshot::Manifest> {
+    let ours = env!("CARGO_PKG_VERSION");
+    crate::snapshot::load_for(dir, "vmm", verify, |m| {
+        if m.kobako_version != ours {
+            Some(format!(
+                "made by kobako {}, this is kobako {ours} (the VMM's state format goes with the \
+                 version): take a new snapshot",
+                m.kobako_version
+            ))
+        } else if m.vmstate.is_none() {
+            Some(format!(
+                "its VM state file ({STATE_FILE}) is not in the manifest"
+            ))
+        } else {
+            None
+        }
+    })
 }
 
 /// Is `/dev/kvm` usable by this process? The vmm runtime needs it on every host.
@@ -192,9 +398,18 @@ impl Runtime for VmmRuntime {
             vm.remove()?;
         }
         let pvm = crate::host::kvm_is_pvm();
+        // vmm.json also serves a restored VM: a guest reboot boots it afresh from its disks.
         let fc = Self::config_file(cfg, &vm.path, pvm)?;
+        let restore = match cfg.incoming {
+            Some(_) => Some(Self::restore_file(cfg, &vm.path)?),
+            None => None,
+        };
         std::fs::create_dir_all(&vm.path).map_err(io(format!("create {}", vm.path.display())))?;
         let p = |f: &str| vm.file(f).display().to_string();
+        let (how, what) = match restore {
+            Some(_) => ("--snapshot-load", RESTORE_FILE),
+            None => ("--config-file", "vmm.json"),
+        };
         let launch = Launch {
             netns: cfg.netns.clone(),
             argv: vec![
@@ -204,8 +419,8 @@ impl Runtime for VmmRuntime {
                 cfg.name.clone(),
                 "--api-sock".into(),
                 p("api.sock"),
-                "--config-file".into(),
-                p("vmm.json"),
+                how.into(),
+                p(what),
                 "--level".into(),
                 "Info".into(),
             ],
@@ -219,6 +434,10 @@ impl Runtime for VmmRuntime {
             console_log_from: Some(vm.file("console.sock")),
         };
         let r = write_json(&vm.file("vmm.json"), &fc)
+            .and_then(|_| match &restore {
+                Some(r) => write_json(&vm.file(RESTORE_FILE), r),
+                None => Ok(()),
+            })
             .and_then(|_| write_json(&vm.file("config.json"), cfg))
             .and_then(|_| write_json(&vm.file("launch.json"), &launch));
         if let Err(e) = r {
@@ -231,7 +450,40 @@ impl Runtime for VmmRuntime {
     async fn start(&self, vm: &VmDir) -> Result<()> {
         // A restarted VM (same directory) must not inherit an old stop request.
         let _ = std::fs::remove_file(vm.file("stopping"));
-        start_supervised(&self.kobako_exe, vm, "api.sock", "kobako vmm").await
+        start_supervised(&self.kobako_exe, vm, "api.sock", "kobako vmm").await?;
+        if vm.config()?.incoming.is_some() {
+            wait_restored(vm).await?;
+        }
+        Ok(())
+    }
+
+    async fn snapshot(
+        &self,
+        vm: &VmDir,
+        dest: &Path,
+        leave_paused: bool,
+    ) -> Result<crate::snapshot::Manifest> {
+        let cfg = crate::snapshot::begin(vm, dest)?;
+        match self.take(vm, &cfg, dest, leave_paused).await {
+            Ok(m) => Ok(m),
+            Err(e) => Err(crate::snapshot::failed(vm, &cfg, dest, e)),
+        }
+    }
+
+    /// Refused (with the reason) when the snapshot is another runtime's, another kobako
+    /// version's (the VMM's state format goes with it), the kernel changed, a file has the wrong
+    /// size or (with `verify`) checksum. The configuration restores through
+    /// `kobako vmm --snapshot-load` ([`Self::restore_file`]) with a new qcow2 overlay on the
+    /// snapshot's root copy.
+    fn restore_config(
+        &self,
+        dir: &Path,
+        name: &str,
+        overlay_dir: &Path,
+        verify: bool,
+    ) -> Result<VmConfig> {
+        let m = load(dir, verify)?;
+        crate::snapshot::restore_config_with(dir, &m, name, overlay_dir, dir.join(STATE_FILE), true)
     }
 
     async fn stop(&self, vm: &VmDir, grace: Duration) -> Result<()> {
@@ -284,21 +536,13 @@ impl Runtime for VmmRuntime {
         let cfg = vm.config()?;
         let pid = vm.vm_pid();
         let booted = vm.booted();
-        let state = match (pid, &booted) {
+        // A restored guest never signals boot again: its agent's Ready says it runs.
+        let up = booted.is_some() || vm.ready().is_some();
+        let state = match (pid, up) {
             (None, _) => VmState::Exited,
-            (Some(_), None) => VmState::Booting,
-            (Some(_), Some(_)) => {
-                let paused = crate::fcapi::request(
-                    &vm.file("api.sock"),
-                    "GET",
-                    "/",
-                    None,
-                    Duration::from_secs(2),
-                )
-                .ok()
-                .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
-                .is_some_and(|v| v["state"] == "Paused");
-                if paused {
+            (Some(_), false) => VmState::Booting,
+            (Some(_), true) => {
+                if instance_state(vm).as_deref() == Some("Paused") {
                     VmState::Paused
                 } else {
                     VmState::Running
@@ -312,7 +556,9 @@ impl Runtime for VmmRuntime {
             vcpus: cfg.vcpus,
             memory_mib: cfg.memory_mib,
             accel: cfg.accel,
-            boot_ms: booted.map(|b| b.boot_ms),
+            boot_ms: booted
+                .map(|b| b.boot_ms)
+                .or_else(|| vm.ready().map(|r| r.boot_ms)),
         })
     }
 
@@ -425,5 +671,269 @@ mod tests {
             e.contains("raw or qcow2") && e.contains("--runtime qemu"),
             "{e}"
         );
+    }
+
+    /// A VM of the vmm runtime as the snapshot code sees it: a kernel, a qcow2 root and a
+    /// private writable raw disk in `vm/`, one NIC.
+    fn vm_files(d: &Path) -> VmConfig {
+        std::fs::create_dir_all(d.join("vm")).unwrap();
+        std::fs::write(d.join("vmlinux"), b"not really a kernel").unwrap();
+        let root = d.join("vm/root.qcow2");
+        let ok = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&root)
+            .arg("16M")
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        std::fs::write(d.join("vm/data.raw"), vec![7u8; 4096]).unwrap();
+        let mut c = cfg(Root::Disk {
+            path: root,
+            format: "qcow2".into(),
+            read_only: false,
+        });
+        c.name = "orig".into();
+        c.kernel = d.join("vmlinux");
+        c.owned_paths = vec![d.join("vm")];
+        c.extra_disks = vec![crate::config::Disk {
+            path: d.join("vm/data.raw"),
+            format: "raw".into(),
+            read_only: false,
+        }];
+        c.nics = vec![crate::config::Nic {
+            tap: "tap-orig".into(),
+            mac: "52:54:00:00:00:01".into(),
+        }];
+        c
+    }
+
+    /// What `VmmRuntime::snapshot` writes after the VMM saved its two files: the disk copies
+    /// and the manifest (through the shared snapshot code).
+    fn fake_snapshot(d: &Path, c: &VmConfig) -> (PathBuf, crate::snapshot::Manifest) {
+        let snap = d.join("snap");
+        std::fs::create_dir(&snap).unwrap();
+        std::fs::write(snap.join(STATE_FILE), b"KOBAKO-VMSTATE...").unwrap();
+        let mem = std::fs::File::create(snap.join(MEMORY_FILE)).unwrap();
+        mem.set_len(u64::from(c.memory_mib) << 20).unwrap();
+        let (root, extra) = crate::snapshot::copy_disks(c, &snap).unwrap();
+        let vm = VmDir {
+            name: c.name.clone(),
+            path: d.join("run/orig"),
+        };
+        let m = crate::snapshot::write_manifest(
+            &vm,
+            c,
+            &snap,
+            crate::snapshot::Saved {
+                runtime: "vmm",
+                qemu_version: String::new(),
+                memory: MEMORY_FILE,
+                vmstate: Some(STATE_FILE),
+                root,
+                extra,
+                paused_ms: 3,
+            },
+        )
+        .unwrap();
+        (snap, m)
+    }
+
+    #[test]
+    fn vmm_snapshot_manifest_and_restore_document() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        let c = vm_files(d);
+        let (snap, m) = fake_snapshot(d, &c);
+        assert_eq!((m.runtime.as_str(), m.qemu_version.as_str()), ("vmm", ""));
+        assert_eq!(m.memory.size, 96 << 20);
+        assert_eq!(m.vmstate.as_ref().unwrap().file, STATE_FILE);
+        assert_eq!(m.root.as_ref().unwrap().file, "root.qcow2");
+        assert_eq!(m.extra.len(), 1);
+        assert_eq!((m.extra[0].0, m.extra[0].1.file.as_str()), (0, "disk0.raw"));
+        assert_eq!(m.kernel_size, 19);
+        // The manifest on disk reads back, and older manifests (QEMU's, before vmstate) too.
+        let on_disk: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(snap.join("manifest.json")).unwrap()).unwrap();
+        assert_eq!(on_disk["vmstate"]["file"], STATE_FILE);
+        let mut old = on_disk.clone();
+        old.as_object_mut().unwrap().remove("vmstate");
+        old["qemu_version"] = "QEMU emulator version 7.2.19".into();
+        let old: crate::snapshot::Manifest = serde_json::from_value(old).unwrap();
+        assert!(old.vmstate.is_none());
+        let mut no_qemu = on_disk;
+        no_qemu.as_object_mut().unwrap().remove("qemu_version");
+        assert!(serde_json::from_value::<crate::snapshot::Manifest>(no_qemu).is_ok());
+
+        let rt = VmmRuntime::new("/usr/bin/kobako".into());
+        let overlay = d.join("overlays/copy");
+        let r = rt.restore_config(&snap, "copy", &overlay, true).unwrap();
+        assert_eq!(r.name, "copy");
+        assert_eq!(r.incoming.as_deref(), Some(snap.join(STATE_FILE).as_path()));
+        assert_eq!(r.owned_paths, vec![overlay.clone()]);
+        let Root::Disk {
+            path,
+            format,
+            read_only,
+        } = &r.root
+        else {
+            panic!("{:?}", r.root)
+        };
+        assert_eq!(
+            (path, format.as_str(), read_only),
+            (&overlay.join("root.qcow2"), "qcow2", &false)
+        );
+        // A new overlay on the snapshot's copy: the snapshot itself is never written.
+        let info = std::process::Command::new("qemu-img")
+            .args(["info", "--output", "json"])
+            .arg(path)
+            .output()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(
+            info["backing-filename"].as_str(),
+            Some(snap.join("root.qcow2").to_str().unwrap())
+        );
+        // The writable private disk is the new VM's own copy (the restored device writes to it).
+        assert_eq!(r.extra_disks[0].path, overlay.join("disk0.raw"));
+        assert!(!r.extra_disks[0].read_only);
+        assert_eq!(
+            std::fs::read(&r.extra_disks[0].path).unwrap(),
+            vec![7u8; 4096]
+        );
+
+        let doc = VmmRuntime::restore_file(&r, Path::new("/run/kobako/vms/copy")).unwrap();
+        assert_eq!(
+            doc["snapshot_path"],
+            snap.join(STATE_FILE).to_str().unwrap()
+        );
+        assert_eq!(doc["mem_backend"]["backend_type"], "File");
+        assert_eq!(
+            doc["mem_backend"]["backend_path"],
+            snap.join(MEMORY_FILE).to_str().unwrap()
+        );
+        assert_eq!(doc["resume_vm"], true);
+        assert_eq!(doc["network_overrides"][0]["iface_id"], "net00");
+        assert_eq!(doc["network_overrides"][0]["host_dev_name"], "tap-orig");
+        assert_eq!(
+            doc["vsock_override"]["uds_path"],
+            "/run/kobako/vms/copy/vsock.sock"
+        );
+        assert_eq!(
+            doc["serial"]["serial_out_path"],
+            "unix:/run/kobako/vms/copy/console.sock"
+        );
+        assert_eq!(doc["drive_overrides"][0]["drive_id"], "root");
+        assert_eq!(
+            doc["drive_overrides"][0]["path_on_host"],
+            overlay.join("root.qcow2").to_str().unwrap()
+        );
+        assert_eq!(doc["drive_overrides"][1]["drive_id"], "disk01");
+        // The ids are the ones the boot configuration gave the devices.
+        let fc = VmmRuntime::config_file(&r, Path::new("/run/kobako/vms/copy"), false).unwrap();
+        assert_eq!(
+            fc["drives"][1]["drive_id"],
+            doc["drive_overrides"][1]["drive_id"]
+        );
+        assert_eq!(
+            fc["network-interfaces"][0]["iface_id"],
+            doc["network_overrides"][0]["iface_id"]
+        );
+        // A VM that is no restore has no such document.
+        let e = VmmRuntime::restore_file(&c, Path::new("/x"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a restore"), "{e}");
+    }
+
+    #[test]
+    fn vmm_snapshots_are_refused_with_the_reason() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        let c = vm_files(d);
+        let (snap, m) = fake_snapshot(d, &c);
+        let rt = VmmRuntime::new("/usr/bin/kobako".into());
+        let refused = |verify: bool| {
+            let e = rt
+                .restore_config(&snap, "copy", &d.join("ov"), verify)
+                .unwrap_err()
+                .to_string();
+            assert!(!d.join("ov").exists(), "overlay left behind after: {e}");
+            e
+        };
+        let edit = |f: &dyn Fn(&mut crate::snapshot::Manifest)| {
+            let mut m2 = m.clone();
+            f(&mut m2);
+            write_json(&snap.join("manifest.json"), &m2).unwrap();
+        };
+        assert!(load(&snap, true).is_ok());
+
+        // Another runtime's snapshot, both ways.
+        edit(&|m| m.runtime = "qemu".into());
+        let e = refused(false);
+        assert!(
+            e.contains("made by the 'qemu' runtime") && e.contains("--runtime qemu"),
+            "{e}"
+        );
+        edit(&|_| {});
+        let e = crate::snapshot::load(Path::new("/usr/bin/qemu-system-x86_64"), &snap, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("made by the 'vmm' runtime"), "{e}");
+
+        // Another kobako (the VMM's state format).
+        edit(&|m| m.kobako_version = "0.0.1-other".into());
+        let e = refused(false);
+        assert!(
+            e.contains("made by kobako 0.0.1-other") && e.contains("take a new snapshot"),
+            "{e}"
+        );
+        edit(&|_| {});
+
+        // The kernel changed: size, then (same size) content with verify.
+        std::fs::write(&c.kernel, b"not really a kernel!").unwrap();
+        let e = refused(false);
+        assert!(e.contains("kernel") && e.contains("changed"), "{e}");
+        std::fs::write(&c.kernel, b"NOT really a kernel").unwrap();
+        let e = refused(true);
+        assert!(e.contains("changed"), "{e}");
+        std::fs::write(&c.kernel, b"not really a kernel").unwrap();
+
+        // A truncated memory file.
+        let mem = std::fs::OpenOptions::new()
+            .write(true)
+            .open(snap.join(MEMORY_FILE))
+            .unwrap();
+        mem.set_len(1 << 20).unwrap();
+        let e = refused(false);
+        assert!(
+            e.contains("memory.bin has 1048576 bytes") && e.contains("truncated"),
+            "{e}"
+        );
+        mem.set_len(96 << 20).unwrap();
+
+        // A corrupted state file: found by verify only.
+        std::fs::write(snap.join(STATE_FILE), b"KOBAKO-VMSTATE..!").unwrap();
+        assert!(load(&snap, false).is_ok());
+        let e = refused(true);
+        assert!(e.contains("vmstate.bin does not match its checksum"), "{e}");
+
+        // A missing state file, a manifest without one, no manifest at all.
+        std::fs::remove_file(snap.join(STATE_FILE)).unwrap();
+        let e = refused(false);
+        assert!(
+            e.contains("vmstate.bin") && e.contains("No such file"),
+            "{e}"
+        );
+        edit(&|m| m.vmstate = None);
+        let e = refused(false);
+        assert!(
+            e.contains("state file (vmstate.bin) is not in the manifest"),
+            "{e}"
+        );
+        let e = rt
+            .restore_config(d, "copy", &d.join("ov"), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not a kobako VM snapshot"), "{e}");
     }
 }
