@@ -21,7 +21,9 @@ use crate::devices::virtio::mmio::{MMIO_LEN, NOTIFY_REG_OFFSET};
 use crate::devices::virtio::setup::{self as virtio_setup, VirtioSlot};
 use crate::devices::{Bus, EventFdTrigger, SharedDevice};
 use crate::seccomp::Filters;
-use crate::vstate::vcpu::{Vcpu, VcpuCommand, VcpuEvent, VcpuThread};
+use crate::snapshot::MicrovmState;
+use crate::vstate::vcpu::{SavedSlot, Vcpu, VcpuCommand, VcpuEvent, VcpuThread};
+use crate::vstate::vcpu_state::SaveCaps;
 use crate::vstate::vm::Vm;
 
 /// Failure to build the VM; the message becomes InstanceStart's `fault_message`.
@@ -57,6 +59,8 @@ pub enum BuildError {
     },
     #[error("KVM_GET_SUPPORTED_CPUID failed")]
     Cpuid(#[source] kvm_ioctls::Error),
+    #[error("Cannot restore the snapshot: {0}")]
+    Snapshot(String),
     #[error("Cannot start vCPU thread")]
     Thread(#[source] std::io::Error),
 }
@@ -117,6 +121,8 @@ impl std::fmt::Debug for ExtraDevices {
 pub struct VcpuHandle {
     pub commands: Sender<VcpuCommand>,
     pub thread: JoinHandle<()>,
+    /// Filled by the thread on [`VcpuCommand::Save`].
+    pub saved: SavedSlot,
 }
 
 /// A built VM whose vCPU threads wait for `Resume`.
@@ -136,50 +142,64 @@ pub struct BuiltVm {
     pub virtio: Vec<VirtioSlot>,
 }
 
-/// Builds the VM described by `res`.
+/// Builds the VM described by `res`, ready to boot its kernel.
 pub fn build(
     res: &VmResources,
     serial_out: SerialOut,
     filters: Option<&Filters>,
     extra: ExtraDevices,
 ) -> Result<BuiltVm, BuildError> {
-    let bs = res.boot_source.as_ref().ok_or(BuildError::NoBootSource)?;
+    build_from(res, serial_out, filters, extra, None)
+}
+
+/// Builds the VM of a snapshot: `res` is the snapshot's configuration (with the load's
+/// overrides applied), `mem` its memory file; every vCPU, the interrupt controllers and the
+/// devices continue from `state`.
+pub fn restore(
+    res: &VmResources,
+    serial_out: SerialOut,
+    filters: Option<&Filters>,
+    state: &MicrovmState,
+    mem: &std::fs::File,
+) -> Result<BuiltVm, BuildError> {
+    build_from(
+        res,
+        serial_out,
+        filters,
+        ExtraDevices::default(),
+        Some((state, mem)),
+    )
+}
+
+fn build_from(
+    res: &VmResources,
+    serial_out: SerialOut,
+    filters: Option<&Filters>,
+    extra: ExtraDevices,
+    snapshot: Option<(&MicrovmState, &std::fs::File)>,
+) -> Result<BuiltVm, BuildError> {
     let mem_bytes = res.machine.mem_size_mib << 20;
     let vcpu_count = res.machine.vcpu_count;
     let pvm = cpuid::host_is_pvm();
 
     // Memory and interrupt controllers.
-    let mut vm = Vm::with_thp(
-        mem_bytes,
-        res.machine.huge_pages == crate::config::HugePages::Transparent,
-    )?;
+    let mut vm = match snapshot {
+        None => Vm::with_thp(
+            mem_bytes,
+            res.machine.huge_pages == crate::config::HugePages::Transparent,
+        )?,
+        Some((_, file)) => Vm::from_memory_file(mem_bytes, file)?,
+    };
     vm.setup_irqchip()?;
 
     // Virtio devices (their places go on the command line).
     let virtio = virtio_setup::create(res, &vm.memory)?;
 
-    // Kernel, command line, initrd, boot protocol structures.
-    let mut cmdline = bs
-        .boot_args
-        .clone()
-        .unwrap_or_else(|| "console=ttyS0 reboot=k panic=1".to_string());
-    cmdline.push_str(&virtio_setup::cmdline_entries(res, &virtio));
-    let entry = boot::load(
-        &vm.memory,
-        &boot::BootSpec {
-            kernel: &bs.kernel_image_path,
-            initrd: bs.initrd_path.as_deref(),
-            cmdline: &cmdline,
-            mem_bytes,
-        },
-    )?;
-    regs::write_gdt(&vm.memory, entry.mode)?;
-    if entry.mode == regs::EntryMode::Long64 {
-        // Always cover the first 4 GiB so the MMIO gap (devices, IOAPIC, LAPIC) is reachable
-        // with the boot page tables, plus all RAM above it (up to the layout's cap).
-        regs::write_page_tables(&vm.memory, layout::ram_end(mem_bytes).max(1 << 32))?;
-    }
-    mptable::setup(&vm.memory, vcpu_count)?;
+    // Kernel, command line, initrd, boot protocol structures (a snapshot has them in RAM).
+    let entry = match snapshot {
+        Some(_) => None,
+        None => Some(load_kernel(res, &vm, &virtio)?),
+    };
 
     // Legacy devices on the I/O bus; interrupts as irqfds.
     let mut io_bus = Bus::new();
@@ -187,10 +207,14 @@ pub fn build(
     vm.fd
         .register_irqfd(&serial_irq, COM1_IRQ)
         .map_err(|e| dev_err("serial irqfd")(e.into()))?;
-    let serial = Arc::new(Mutex::new(SerialDevice::new(
-        EventFdTrigger(serial_irq),
-        serial_out,
-    )));
+    let serial = match snapshot {
+        None => SerialDevice::new(EventFdTrigger(serial_irq), serial_out),
+        Some((st, _)) => {
+            SerialDevice::from_state(EventFdTrigger(serial_irq), serial_out, &st.serial)
+                .map_err(dev_err("serial state"))?
+        }
+    };
+    let serial = Arc::new(Mutex::new(serial));
     io_bus.insert(serial.clone(), COM1_PORT, 8)?;
 
     let reset_evt = EventFd::new(EFD_NONBLOCK).map_err(dev_err("reset eventfd"))?;
@@ -202,6 +226,12 @@ pub fn build(
         reset_evt.try_clone().map_err(dev_err("reset eventfd"))?,
         EventFdTrigger(kbd_irq),
     )));
+    if let Some((st, _)) = snapshot {
+        i8042
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restore(&st.i8042);
+    }
     io_bus.insert(i8042.clone(), I8042_PORT, 5)?;
 
     let boot_time = Arc::new(Mutex::new(None));
@@ -237,6 +267,24 @@ pub fn build(
         drop(t);
         mmio_bus.insert(slot.transport.clone(), slot.base, MMIO_LEN)?;
     }
+    if let Some((st, _)) = snapshot {
+        // After the irqfds and ioeventfds exist: a restored device may raise its interrupt
+        // or look at its queues at once.
+        if st.virtio.len() != virtio.len() {
+            return Err(BuildError::Snapshot(format!(
+                "the snapshot has {} virtio devices, its configuration {}",
+                st.virtio.len(),
+                virtio.len()
+            )));
+        }
+        for (slot, (id, ts)) in virtio.iter().zip(&st.virtio) {
+            slot.transport
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .restore(ts)
+                .map_err(|e| BuildError::Snapshot(format!("device {id}: {e}")))?;
+        }
+    }
     for (base, len, dev) in extra.pio {
         io_bus.insert(dev, base, len)?;
     }
@@ -251,6 +299,10 @@ pub fn build(
         .kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(BuildError::Cpuid)?;
+    let caps = Arc::new(save_caps(&vm));
+    if let Some((st, _)) = snapshot {
+        check_snapshot_fits(st, &supported, vcpu_count)?;
+    }
     crate::vstate::vcpu::register_kick_handler().map_err(|e| {
         dev_err("vCPU kick signal handler")(std::io::Error::from_raw_os_error(e.errno()))
     })?;
@@ -258,8 +310,13 @@ pub fn build(
     let (ev_tx, ev_rx) = channel();
     let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
     for index in 0..vcpu_count {
-        let vcpu = Vcpu::new(&vm, index, vcpu_count, pvm, &supported, &entry)?;
+        let vcpu = match (snapshot, &entry) {
+            (Some((st, _)), _) => Vcpu::restore(&vm, &st.vcpus[usize::from(index)])?,
+            (None, Some(entry)) => Vcpu::new(&vm, index, vcpu_count, pvm, &supported, entry)?,
+            (None, None) => return Err(BuildError::NoBootSource),
+        };
         let (cmd_tx, cmd_rx) = channel();
+        let saved: SavedSlot = Arc::new(Mutex::new(None));
         let t = VcpuThread {
             vcpu,
             io_bus: io_bus.clone(),
@@ -268,6 +325,8 @@ pub fn build(
             events: ev_tx.clone(),
             wake: vcpu_evt.try_clone().map_err(dev_err("vCPU eventfd"))?,
             seccomp: filters.map(|f| f.vcpu.clone()),
+            saved: saved.clone(),
+            caps: caps.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("fc_vcpu {index}"))
@@ -277,7 +336,14 @@ pub fn build(
         vcpus.push(VcpuHandle {
             commands: cmd_tx,
             thread,
+            saved,
         });
+    }
+    if let Some((st, _)) = snapshot {
+        // After the vCPUs (Firecracker's order): the LAPICs exist, then the IOAPIC/PIC routes
+        // and the PIT and clock go back.
+        vm.restore_state(&st.vm)
+            .map_err(|e| BuildError::Snapshot(crate::error_chain(&e)))?;
     }
     Ok(BuiltVm {
         vm,
@@ -290,4 +356,86 @@ pub fn build(
         boot_time,
         virtio,
     })
+}
+
+/// Kernel, command line, initrd, GDT, page tables and MP table of a cold boot.
+fn load_kernel(
+    res: &VmResources,
+    vm: &Vm,
+    virtio: &[VirtioSlot],
+) -> Result<regs::EntryPoint, BuildError> {
+    let bs = res.boot_source.as_ref().ok_or(BuildError::NoBootSource)?;
+    let mem_bytes = res.machine.mem_size_mib << 20;
+    let mut cmdline = bs
+        .boot_args
+        .clone()
+        .unwrap_or_else(|| "console=ttyS0 reboot=k panic=1".to_string());
+    cmdline.push_str(&virtio_setup::cmdline_entries(res, virtio));
+    let entry = boot::load(
+        &vm.memory,
+        &boot::BootSpec {
+            kernel: &bs.kernel_image_path,
+            initrd: bs.initrd_path.as_deref(),
+            cmdline: &cmdline,
+            mem_bytes,
+        },
+    )?;
+    regs::write_gdt(&vm.memory, entry.mode)?;
+    if entry.mode == regs::EntryMode::Long64 {
+        // Always cover the first 4 GiB so the MMIO gap (devices, IOAPIC, LAPIC) is reachable
+        // with the boot page tables, plus all RAM above it (up to the layout's cap).
+        regs::write_page_tables(&vm.memory, layout::ram_end(mem_bytes).max(1 << 32))?;
+    }
+    mptable::setup(&vm.memory, res.machine.vcpu_count)?;
+    Ok(entry)
+}
+
+/// What the vCPU threads need to save their state later (asked now: /dev/kvm is closed to
+/// the process once seccomp is on).
+fn save_caps(vm: &Vm) -> SaveCaps {
+    use kvm_ioctls::Cap;
+    let msr_list = vm
+        .kvm
+        .get_msr_index_list()
+        .map(|l| l.as_slice().to_vec())
+        .unwrap_or_default();
+    // KVM_CAP_XSAVE2 gives the XSAVE area size when it exceeds the legacy 4 KiB (AMX).
+    let xsave2 = vm.kvm.check_extension_int(Cap::Xsave2);
+    SaveCaps {
+        msr_list,
+        xsave: vm.kvm.check_extension(Cap::Xsave) && xsave2 <= 4096,
+        xcrs: vm.kvm.check_extension(Cap::Xcrs),
+        irqchip: vm.irqchip,
+    }
+}
+
+/// Refuses a snapshot this host cannot run, with the reason.
+fn check_snapshot_fits(
+    st: &MicrovmState,
+    supported: &kvm_bindings::CpuId,
+    vcpu_count: u8,
+) -> Result<(), BuildError> {
+    if st.vcpus.len() != usize::from(vcpu_count) {
+        return Err(BuildError::Snapshot(format!(
+            "it has state for {} vCPUs, its configuration says {vcpu_count}",
+            st.vcpus.len()
+        )));
+    }
+    let vendor = crate::snapshot::cpu_vendor();
+    if st.cpu_vendor != vendor {
+        return Err(BuildError::Snapshot(format!(
+            "it was taken on a {} CPU and this host has a {vendor} CPU: load it on a host like the one that took it",
+            st.cpu_vendor
+        )));
+    }
+    for v in &st.vcpus {
+        let missing = crate::snapshot::missing_cpu_features(&v.cpuid, supported.as_slice());
+        if let Some((leaf, reg, bits)) = missing.first() {
+            return Err(BuildError::Snapshot(format!(
+                "its vCPU {} uses CPU features this host's KVM lacks (CPUID leaf {leaf:#x} {reg} bits {bits:#x}): load it on a host with the same CPU model",
+                v.index
+            )));
+        }
+    }
+    Ok(())
 }

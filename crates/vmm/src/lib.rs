@@ -17,6 +17,7 @@ pub mod devices;
 pub mod logger;
 pub mod metrics;
 pub mod seccomp;
+pub mod snapshot;
 pub mod timing;
 pub mod vmm;
 pub mod vstate;
@@ -90,6 +91,8 @@ pub struct Args {
     pub log_path: Option<PathBuf>,
     pub level: Option<String>,
     pub metrics_path: Option<PathBuf>,
+    /// `--snapshot-load FILE`: a `PUT /snapshot/load` body to apply at once.
+    pub snapshot_load: Option<PathBuf>,
 }
 
 impl Default for Args {
@@ -104,6 +107,7 @@ impl Default for Args {
             log_path: None,
             level: None,
             metrics_path: None,
+            snapshot_load: None,
         }
     }
 }
@@ -118,7 +122,7 @@ pub enum Cli {
 
 const USAGE: &str = "usage: kobako vmm [--api-sock PATH] [--config-file PATH] [--no-api] \
 [--no-seccomp] [--boot-timer] [--id ID] [--log-path PATH] [--level LEVEL] [--metrics-path PATH] \
-[--show-level] [--show-log-origin] [--help] [--version]";
+[--snapshot-load FILE] [--show-level] [--show-log-origin] [--help] [--version]";
 
 /// Parses Firecracker-like flags (`--flag VALUE` or `--flag=VALUE`). `args` excludes the
 /// program name.
@@ -160,6 +164,7 @@ pub fn parse_args(args: &[OsString]) -> Result<Cli, String> {
                 a.level = Some(l);
             }
             "--metrics-path" => a.metrics_path = Some(value("--metrics-path")?.into()),
+            "--snapshot-load" => a.snapshot_load = Some(value("--snapshot-load")?.into()),
             "--no-api" => a.no_api = true,
             "--no-seccomp" => a.no_seccomp = true,
             "--boot-timer" => a.boot_timer = true,
@@ -169,8 +174,14 @@ pub fn parse_args(args: &[OsString]) -> Result<Cli, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    if a.no_api && a.config_file.is_none() {
-        return Err("--no-api needs --config-file".into());
+    if a.no_api && a.config_file.is_none() && a.snapshot_load.is_none() {
+        return Err("--no-api needs --config-file or --snapshot-load".into());
+    }
+    if a.config_file.is_some() && a.snapshot_load.is_some() {
+        return Err(
+            "--config-file and --snapshot-load exclude each other (a snapshot brings its configuration)"
+                .into(),
+        );
     }
     Ok(Cli::Run(a))
 }
@@ -198,6 +209,7 @@ pub fn run_vm(
         id: id.to_string(),
         filters,
         start_now: true,
+        load: None,
     };
     match vmm::EventLoop::new(res, None, opts, extra) {
         Ok(l) => l.run(),
@@ -272,7 +284,26 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
         });
     }
 
-    if a.no_api {
+    let load = match &a.snapshot_load {
+        None => None,
+        Some(path) => match std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                serde_json::from_slice::<config::SnapshotLoadParams>(&b).map_err(|e| e.to_string())
+            }) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                log_error!("invalid snapshot load file {}: {e}", path.display());
+                eprintln!(
+                    "kobako vmm: invalid snapshot load file {}: {e}",
+                    path.display()
+                );
+                return EXIT_BAD_CONFIGURATION;
+            }
+        },
+    };
+
+    if a.no_api && load.is_none() {
         return run_vm(res, builder::ExtraDevices::default(), !a.no_seccomp, &a.id);
     }
 
@@ -287,6 +318,21 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
             }
         }
     };
+    if a.no_api {
+        let opts = vmm::LoopOptions {
+            id: a.id.clone(),
+            filters,
+            start_now: false,
+            load,
+        };
+        return match vmm::EventLoop::new(res, None, opts, builder::ExtraDevices::default()) {
+            Ok(l) => l.run(),
+            Err(e) => {
+                log_error!("cannot create the event loop: {e}");
+                EXIT_GENERIC
+            }
+        };
+    }
     let listener = match UnixListener::bind(&a.api_sock) {
         Ok(l) => l,
         Err(e) => {
@@ -345,6 +391,7 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
         id: a.id.clone(),
         filters,
         start_now: a.config_file.is_some(),
+        load,
     };
     let code =
         match vmm::EventLoop::new(res, Some(endpoint), opts, builder::ExtraDevices::default()) {

@@ -22,6 +22,36 @@ pub const KVM_RUN: u64 = 0xae80;
 /// `KVM_GET_REGS` = `_IOR(KVMIO, 0x81, struct kvm_regs)`, `sizeof(struct kvm_regs)` = 144.
 pub const KVM_GET_REGS: u64 = (2 << 30) | (144 << 16) | (0xae << 8) | 0x81;
 
+const fn kvm_ioc(dir: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | (0xae << 8) | nr
+}
+const fn ior<T>(nr: u64) -> u64 {
+    kvm_ioc(2, nr, std::mem::size_of::<T>())
+}
+const fn iowr<T>(nr: u64) -> u64 {
+    kvm_ioc(3, nr, std::mem::size_of::<T>())
+}
+
+/// What a paused vCPU thread reads for `PUT /snapshot/create` (include/uapi/linux/kvm.h).
+pub const VCPU_SAVE_IOCTLS: [u64; 9] = [
+    iowr::<kvm_bindings::kvm_cpuid2>(0x91),     // KVM_GET_CPUID2
+    ior::<kvm_bindings::kvm_mp_state>(0x98),    // KVM_GET_MP_STATE
+    ior::<kvm_bindings::kvm_sregs>(0x83),       // KVM_GET_SREGS
+    ior::<kvm_bindings::kvm_xsave>(0xa4),       // KVM_GET_XSAVE
+    ior::<kvm_bindings::kvm_xcrs>(0xa6),        // KVM_GET_XCRS
+    ior::<kvm_bindings::kvm_debugregs>(0xa1),   // KVM_GET_DEBUGREGS
+    ior::<kvm_bindings::kvm_lapic_state>(0x8e), // KVM_GET_LAPIC
+    iowr::<kvm_bindings::kvm_msrs>(0x88),       // KVM_GET_MSRS
+    ior::<kvm_bindings::kvm_vcpu_events>(0x9f), // KVM_GET_VCPU_EVENTS
+];
+
+/// What the event loop reads from the VM fd for a snapshot.
+pub const VM_SAVE_IOCTLS: [u64; 3] = [
+    iowr::<kvm_bindings::kvm_irqchip>(0x62),   // KVM_GET_IRQCHIP
+    ior::<kvm_bindings::kvm_clock_data>(0x7c), // KVM_GET_CLOCK
+    ior::<kvm_bindings::kvm_pit_state2>(0x9f), // KVM_GET_PIT2
+];
+
 /// `TUNSETOFFLOAD` = `_IOW('T', 208, unsigned int)`.
 pub const TUNSETOFFLOAD: u64 = 0x4004_54d0;
 
@@ -181,8 +211,17 @@ pub fn build_filters() -> Result<Filters, SeccompError> {
     Ok(Filters {
         api: compile("api", API, &[libc::FIONBIO])?,
         // TUNSETOFFLOAD: a tap's offloads follow what the guest driver acked.
-        vmm: compile("vmm", VMM, &[libc::FIONBIO, TUNSETOFFLOAD])?,
-        vcpu: compile("vcpu", VCPU, &[KVM_RUN, KVM_GET_REGS])?,
+        // The VM fd reads: `PUT /snapshot/create`.
+        vmm: compile(
+            "vmm",
+            VMM,
+            &[&[libc::FIONBIO, TUNSETOFFLOAD][..], &VM_SAVE_IOCTLS[..]].concat(),
+        )?,
+        vcpu: compile(
+            "vcpu",
+            VCPU,
+            &[&[KVM_RUN, KVM_GET_REGS][..], &VCPU_SAVE_IOCTLS[..]].concat(),
+        )?,
     })
 }
 
@@ -203,5 +242,17 @@ mod tests {
             std::mem::size_of::<kvm_bindings::kvm_regs>()
         );
         assert_eq!(std::mem::size_of::<kvm_bindings::kvm_regs>(), 144);
+        // Values from the kernel headers (x86_64).
+        assert!(VCPU_SAVE_IOCTLS.contains(&0x8138_ae83), "KVM_GET_SREGS");
+        assert!(VCPU_SAVE_IOCTLS.contains(&0xc008_ae88), "KVM_GET_MSRS");
+        assert!(VCPU_SAVE_IOCTLS.contains(&0x9000_aea4), "KVM_GET_XSAVE");
+        assert!(
+            VCPU_SAVE_IOCTLS.contains(&0x8040_ae9f),
+            "KVM_GET_VCPU_EVENTS"
+        );
+        assert!(VCPU_SAVE_IOCTLS.contains(&0x8400_ae8e), "KVM_GET_LAPIC");
+        assert!(VM_SAVE_IOCTLS.contains(&0x8070_ae9f), "KVM_GET_PIT2");
+        assert!(VM_SAVE_IOCTLS.contains(&0xc208_ae62), "KVM_GET_IRQCHIP");
+        assert!(VM_SAVE_IOCTLS.contains(&0x8030_ae7c), "KVM_GET_CLOCK");
     }
 }

@@ -255,6 +255,8 @@ fn real_mode_guest_runs_on_a_bare_vcpu() {
         events: ev_tx,
         wake: EventFd::new(EFD_NONBLOCK).unwrap(),
         seccomp: None,
+        saved: Default::default(),
+        caps: Default::default(),
     };
     let h = std::thread::spawn(move || t.run());
     cmd_tx.send(VcpuCommand::Resume).unwrap();

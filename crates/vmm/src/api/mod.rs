@@ -23,6 +23,8 @@
 //! | PATCH | `/vm` | `{"state": "Paused" \| "Resumed"}`, post-boot |
 //! | GET | `/vm/config` | the whole configuration, in `--config-file` format |
 //! | PUT | `/metrics`, `/logger`, `/serial` | pre-boot |
+//! | PUT | `/snapshot/create` | `{snapshot_type: "Full", snapshot_path, mem_file_path}`, paused VM only (see [`crate::snapshot`]) |
+//! | PUT | `/snapshot/load` | before any configuration but logger/metrics/serial; `mem_backend` File, overrides for taps, vsock and (kobako) drives |
 //! | GET | `/kobako/boot-time` | kobako extension: `{wall_us, cpu_us}` once the guest signalled boot |
 
 pub mod http;
@@ -59,6 +61,8 @@ pub enum ApiRequest {
     PutSerial(SerialConfig),
     Action(ActionType),
     PatchVm(VmStateName),
+    SnapshotCreate(SnapshotCreateParams),
+    SnapshotLoad(SnapshotLoadParams),
 }
 
 /// The event loop's answer.
@@ -126,6 +130,8 @@ pub fn route(req: &Request) -> Result<ApiRequest, Response> {
         ("PUT", "logger", None) => ApiRequest::PutLogger(body(req)?),
         ("PUT", "serial", None) => ApiRequest::PutSerial(body(req)?),
         ("GET", "kobako", Some("boot-time")) => ApiRequest::GetBootTime,
+        ("PUT", "snapshot", Some("create")) => ApiRequest::SnapshotCreate(body(req)?),
+        ("PUT", "snapshot", Some("load")) => ApiRequest::SnapshotLoad(body(req)?),
         ("PUT", "drives" | "network-interfaces", None) => {
             return Err(Response::fault(400, "Missing id in the request path."))
         }

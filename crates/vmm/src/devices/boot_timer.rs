@@ -22,6 +22,17 @@ pub struct BootTime {
     pub cpu_us: u64,
 }
 
+impl BootTime {
+    /// Now, measured from process start.
+    pub fn now() -> BootTime {
+        let now = Stamp::now();
+        BootTime {
+            wall_us: now.wall_since(&PROCESS_START),
+            cpu_us: now.cpu_us,
+        }
+    }
+}
+
 /// The device; shares its result with the event loop through `recorded`.
 #[derive(Debug)]
 pub struct BootTimer {
@@ -37,11 +48,7 @@ impl BusDevice for BootTimer {
         if offset != 0 || data.first() != Some(&BOOT_COMPLETE_VALUE) {
             return;
         }
-        let now = Stamp::now();
-        let t = BootTime {
-            wall_us: now.wall_since(&PROCESS_START),
-            cpu_us: now.cpu_us,
-        };
+        let t = BootTime::now();
         let mut slot = self.recorded.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
             *slot = Some(t);

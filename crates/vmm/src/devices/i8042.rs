@@ -66,6 +66,26 @@ impl I8042 {
         }
     }
 
+    /// The controller's registers and queued bytes, for a snapshot.
+    pub fn save(&self) -> I8042Snap {
+        I8042Snap {
+            status: self.status,
+            control: self.control,
+            outp: self.outp,
+            cmd: self.cmd,
+            buf: self.buf.iter().copied().collect(),
+        }
+    }
+
+    /// Back to a snapshot's state.
+    pub fn restore(&mut self, s: &I8042Snap) {
+        self.status = s.status;
+        self.control = s.control;
+        self.outp = s.outp;
+        self.cmd = s.cmd;
+        self.buf = s.buf.iter().copied().take(16).collect();
+    }
+
     fn push(&mut self, b: u8) {
         if self.buf.len() < 16 {
             self.buf.push_back(b);
@@ -186,4 +206,14 @@ mod tests {
             vec![0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14]
         );
     }
+}
+
+/// The i8042's state in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042Snap {
+    pub status: u8,
+    pub control: u8,
+    pub outp: u8,
+    pub cmd: u8,
+    pub buf: Vec<u8>,
 }

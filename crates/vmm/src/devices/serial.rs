@@ -81,6 +81,42 @@ impl SerialDevice {
         }
     }
 
+    /// A UART that continues from a snapshot's register state.
+    pub fn from_state(irq: EventFdTrigger, out: SerialOut, s: &SerialSnap) -> io::Result<Self> {
+        let st = vm_superio::serial::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        };
+        let uart = Serial::from_state(&st, irq, NoEvents, out)
+            .map_err(|e| io::Error::other(format!("serial state: {e:?}")))?;
+        Ok(SerialDevice { uart })
+    }
+
+    /// The UART's registers and pending input, for a snapshot.
+    pub fn save(&self) -> SerialSnap {
+        let s = self.uart.state();
+        SerialSnap {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
     /// Host input for the guest; returns how many bytes fitted in the FIFO.
     pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
         self.uart.enqueue_raw_bytes(bytes).unwrap_or(0)
@@ -105,4 +141,19 @@ impl BusDevice for SerialDevice {
             }
         }
     }
+}
+
+/// The 16550's state in a snapshot (vm-superio's `SerialState`, which has no serde).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnap {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
 }

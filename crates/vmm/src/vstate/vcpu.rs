@@ -22,6 +22,7 @@ use crate::arch::{cpuid, regs};
 use crate::devices::Bus;
 use crate::metrics::{inc, METRICS};
 use crate::timing::{rss_kib_from, Stamp, PROCESS_START};
+use crate::vstate::vcpu_state::{self, SaveCaps, VcpuState};
 
 /// Commands from the event loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,9 @@ pub enum VcpuCommand {
     Resume,
     Pause,
     Exit,
+    /// While paused: read the vCPU's state into its [`VcpuThread::saved`] slot, then report
+    /// [`VcpuEvent::Saved`].
+    Save,
 }
 
 /// Why a vCPU stopped for good.
@@ -55,6 +59,8 @@ pub enum VcpuStop {
 pub enum VcpuEvent {
     Paused(u8),
     Resumed(u8),
+    /// The state asked for by [`VcpuCommand::Save`] is in the slot.
+    Saved(u8),
     Stopped(u8, VcpuStop),
 }
 
@@ -73,6 +79,8 @@ pub enum VcpuError {
         #[source]
         source: kvm_ioctls::Error,
     },
+    #[error("cannot restore the state of vCPU {index}: {why}")]
+    Restore { index: u8, why: String },
     #[error("cannot set up registers of vCPU {index}")]
     Regs {
         index: u8,
@@ -86,6 +94,8 @@ pub enum VcpuError {
 pub struct Vcpu {
     pub index: u8,
     pub fd: VcpuFd,
+    /// The CPUID table it was given (for snapshots).
+    pub cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
 }
 
 impl Vcpu {
@@ -124,7 +134,26 @@ impl Vcpu {
         if index == 0 {
             regs::setup_boot_regs(&fd, entry).map_err(r)?;
         }
-        Ok(Vcpu { index, fd })
+        Ok(Vcpu {
+            index,
+            fd,
+            cpuid: c.as_slice().to_vec(),
+        })
+    }
+
+    /// Creates vCPU `state.index` and gives it the saved state.
+    pub fn restore(vm: &crate::vstate::vm::Vm, state: &VcpuState) -> Result<Vcpu, VcpuError> {
+        let index = state.index;
+        let fd = vm
+            .fd
+            .create_vcpu(u64::from(index))
+            .map_err(|source| VcpuError::Create { index, source })?;
+        vcpu_state::restore(&fd, state).map_err(|why| VcpuError::Restore { index, why })?;
+        Ok(Vcpu {
+            index,
+            fd,
+            cpuid: state.cpuid.clone(),
+        })
     }
 }
 
@@ -162,7 +191,14 @@ pub struct VcpuThread {
     pub events: Sender<VcpuEvent>,
     pub wake: EventFd,
     pub seccomp: Option<seccompiler::BpfProgram>,
+    /// Where [`VcpuCommand::Save`] leaves the state (or why it could not be read).
+    pub saved: SavedSlot,
+    /// What the state reads need to know about the host.
+    pub caps: Arc<SaveCaps>,
 }
+
+/// A vCPU's saved state, handed from its thread to the event loop.
+pub type SavedSlot = Arc<std::sync::Mutex<Option<Result<VcpuState, String>>>>;
 
 impl VcpuThread {
     fn report(&self, ev: VcpuEvent) {
@@ -218,6 +254,15 @@ impl VcpuThread {
                         self.report(VcpuEvent::Resumed(idx));
                     }
                     VcpuCommand::Exit => return,
+                    VcpuCommand::Save => {
+                        let r = if paused {
+                            vcpu_state::save(&self.vcpu.fd, idx, &self.vcpu.cpuid, &self.caps)
+                        } else {
+                            Err("the vCPU is running; pause the microVM first".into())
+                        };
+                        *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                        self.report(VcpuEvent::Saved(idx));
+                    }
                 }
             }
             if first_run {

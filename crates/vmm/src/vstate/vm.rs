@@ -5,9 +5,17 @@
 //! Created and configured on the event-loop thread by the builder; afterwards the `VmFd` is
 //! only used by that thread (irqfd registration) and the vCPU fds by their own threads.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use std::fs::File;
+
+use kvm_bindings::{
+    kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{Kvm, VmFd};
+use serde::{Deserialize, Serialize};
+use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{FileOffset, GuestRegionMmap};
 
 use crate::arch::layout;
 
@@ -26,6 +34,8 @@ pub enum VmError {
         #[source]
         source: vm_memory::mmap::FromRangesError,
     },
+    #[error("cannot map the snapshot memory file: {0}")]
+    MemoryFile(String),
     #[error("KVM ioctl {what} failed")]
     Kvm {
         what: &'static str,
@@ -52,12 +62,7 @@ impl Vm {
 
     /// Like [`Vm::new`]; with `thp`, guest memory is advised for transparent huge pages.
     pub fn with_thp(mem_bytes: u64, thp: bool) -> Result<Vm, VmError> {
-        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
-        let v = kvm.get_api_version();
-        if v != 12 {
-            return Err(VmError::ApiVersion(v));
-        }
-        let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+        let (kvm, fd) = Self::open()?;
         let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(mem_bytes)
             .into_iter()
             .map(|(s, l)| (GuestAddress(s), l as usize))
@@ -66,6 +71,51 @@ impl Vm {
             mib: mem_bytes >> 20,
             source,
         })?;
+        Self::with_memory(kvm, fd, memory, thp)
+    }
+
+    /// A VM whose RAM is the snapshot memory file `file` (the regions of
+    /// [`layout::ram_ranges`] one after the other), mapped private: pages are read from the
+    /// file when the guest first touches them, and the guest's writes never reach the file, so
+    /// one snapshot can be restored any number of times.
+    pub fn from_memory_file(mem_bytes: u64, file: &File) -> Result<Vm, VmError> {
+        let (kvm, fd) = Self::open()?;
+        let mut regions = Vec::new();
+        let mut offset = 0u64;
+        for (start, len) in layout::ram_ranges(mem_bytes) {
+            let fo = FileOffset::new(
+                file.try_clone()
+                    .map_err(|e| VmError::MemoryFile(e.to_string()))?,
+                offset,
+            );
+            let region = MmapRegionBuilder::new(len as usize)
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+                .with_file_offset(fo)
+                .build()
+                .map_err(|e| VmError::MemoryFile(e.to_string()))?;
+            regions.push(
+                GuestRegionMmap::new(region, GuestAddress(start))
+                    .ok_or_else(|| VmError::MemoryFile("region overflows".into()))?,
+            );
+            offset += len;
+        }
+        let memory = GuestMemoryMmap::from_regions(regions)
+            .map_err(|e| VmError::MemoryFile(e.to_string()))?;
+        Self::with_memory(kvm, fd, memory, false)
+    }
+
+    fn open() -> Result<(Kvm, VmFd), VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let v = kvm.get_api_version();
+        if v != 12 {
+            return Err(VmError::ApiVersion(v));
+        }
+        let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+        Ok((kvm, fd))
+    }
+
+    fn with_memory(kvm: Kvm, fd: VmFd, memory: GuestMemoryMmap, thp: bool) -> Result<Vm, VmError> {
         for (slot, region) in memory.iter().enumerate() {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -109,6 +159,44 @@ impl Vm {
         })
     }
 
+    /// The interrupt controllers', PIT's and kvmclock's state (vCPUs paused).
+    pub fn save_state(&self) -> Result<VmState, VmError> {
+        let k = |what| move |source| VmError::Kvm { what, source };
+        let chip = |id| -> Result<kvm_irqchip, VmError> {
+            let mut c = kvm_irqchip {
+                chip_id: id,
+                ..Default::default()
+            };
+            self.fd.get_irqchip(&mut c).map_err(k("KVM_GET_IRQCHIP"))?;
+            Ok(c)
+        };
+        Ok(VmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER)?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE)?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC)?,
+            pit: self.fd.get_pit2().map_err(k("KVM_GET_PIT2"))?,
+            clock: self.fd.get_clock().map_err(k("KVM_GET_CLOCK"))?,
+        })
+    }
+
+    /// Puts back what [`Vm::save_state`] read (after [`Vm::setup_irqchip`]).
+    pub fn restore_state(&self, s: &VmState) -> Result<(), VmError> {
+        let k = |what| move |source| VmError::Kvm { what, source };
+        self.fd.set_pit2(&s.pit).map_err(k("KVM_SET_PIT2"))?;
+        // The guest's clock goes on from where it was when the snapshot was taken (not
+        // KVM_CLOCK_REALTIME, which would jump it by the time the snapshot sat on disk: the
+        // agent sets the wall clock after a restore instead).
+        let clock = kvm_clock_data {
+            clock: s.clock.clock,
+            ..Default::default()
+        };
+        self.fd.set_clock(&clock).map_err(k("KVM_SET_CLOCK"))?;
+        for c in [&s.pic_master, &s.pic_slave, &s.ioapic] {
+            self.fd.set_irqchip(c).map_err(k("KVM_SET_IRQCHIP"))?;
+        }
+        Ok(())
+    }
+
     /// TSS area, in-kernel PIC/IOAPIC/LAPIC, and the PIT (speaker port stubbed).
     pub fn setup_irqchip(&mut self) -> Result<(), VmError> {
         let k = |what| move |source| VmError::Kvm { what, source };
@@ -124,4 +212,14 @@ impl Vm {
         self.irqchip = true;
         Ok(())
     }
+}
+
+/// The VM-wide KVM state of a snapshot.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmState {
+    pub pic_master: kvm_irqchip,
+    pub pic_slave: kvm_irqchip,
+    pub ioapic: kvm_irqchip,
+    pub pit: kvm_pit_state2,
+    pub clock: kvm_clock_data,
 }

@@ -108,6 +108,11 @@ impl Interrupt {
         &self.inner.evt
     }
 
+    /// Sets the status bits saved in a snapshot and raises the line once.
+    pub fn restore_status(&self, bits: u32) {
+        self.signal(bits);
+    }
+
     fn clear(&self) {
         self.inner.status.store(0, Ordering::SeqCst);
     }
@@ -154,6 +159,14 @@ pub trait VirtioDevice: Send {
     /// Like [`VirtioDevice::event`], with the ready set (HUP/ERR/OUT matter to socket devices).
     fn event_set(&mut self, token: u64, _events: vmm_sys_util::epoll::EventSet, epoll: &Epoll) {
         self.event(token, epoll)
+    }
+    /// The device was activated again from a snapshot (vsock drops its connections and tells
+    /// the guest with a transport-reset event; others have nothing to do).
+    fn restored(&mut self, _epoll: &Epoll) {}
+    /// Makes everything written so far durable (block devices, before a snapshot's disks are
+    /// copied); others have nothing to do.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
     /// For post-boot updates through the API.
     fn as_any_mut(&mut self) -> &mut dyn Any;

@@ -1116,6 +1116,11 @@ impl VirtioDevice for Vsock {
         }
         self.process_rx(epoll);
     }
+    fn restored(&mut self, epoll: &Epoll) {
+        // Connections lived in the old process: the guest must drop its sockets.
+        self.transport_reset(epoll);
+    }
+
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }

@@ -378,6 +378,10 @@ impl VirtioDevice for Block {
             self.process();
         }
     }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.disk.flush()
+    }
+
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
