@@ -1038,12 +1038,14 @@ fn snap_checkpoints_and_functions_over_the_api() {
     let srv = Server::start();
     let admin = tok(&srv.login("admin", &srv.admin_password()));
     for u in ["snapm", "snapo"] {
+        // snapm: room for its lab's VM and two function clones.
         let (s, v) = srv.call(
             "POST",
             "/users",
             Some(&admin),
             Some(Body::Json(
-                json!({"name": u, "password": format!("{u}-password"), "role": "member"}),
+                json!({"name": u, "password": format!("{u}-password"), "role": "member",
+                       "max_vms": 3, "max_memory_mib": 1024}),
             )),
         );
         assert_eq!(s, 201, "{v}");
@@ -1120,6 +1122,25 @@ fn snap_checkpoints_and_functions_over_the_api() {
     );
     assert_eq!(srv.call("GET", &cps, Some(&me), None).1, json!([]));
 
+    // Functions count against the quota: `concurrency` clones can run at once.
+    let (s, v) = srv.call(
+        "POST",
+        "/functions",
+        Some(&me),
+        Some(Body::Json(
+            json!({"name": "snap-big", "run": "cat", "memory": "96M", "concurrency": 3}),
+        )),
+    );
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["error"]["code"], "quota_exceeded", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("3 concurrent clones"),
+        "{v}"
+    );
+
     // Functions: deploy (an operation), invoke with a body, the limit and the timeout hold.
     let (s, op) = srv.call(
         "POST",
@@ -1179,7 +1200,7 @@ fn snap_checkpoints_and_functions_over_the_api() {
         Some(&me),
         Some(Body::Json(
             json!({"name": "snap-slow", "run": "sleep 30", "memory": "96M",
-            "timeout_secs": 1}),
+            "concurrency": 1, "timeout_secs": 1}),
         )),
     );
     assert_eq!(s, 202, "{op}");
@@ -1193,6 +1214,28 @@ fn snap_checkpoints_and_functions_over_the_api() {
     assert_eq!(v["exit"], 124, "{v}");
     assert_eq!(v["timed_out"], true);
     assert!(t0.elapsed() < Duration::from_secs(25), "{:?}", t0.elapsed());
+    // The lab's VM and the two functions use the quota of 3: one more VM does not fit.
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&me),
+        yaml(lab_yaml(&format!("{lab}q"), 1, "96M")),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = srv.call("POST", &format!("/labs/{lab}q/up"), Some(&me), None);
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("deployed functions"),
+        "{v}"
+    );
+    assert_eq!(
+        srv.call("DELETE", &format!("/labs/{lab}q"), Some(&me), None)
+            .0,
+        204
+    );
     for f in ["snap-upper", "snap-slow"] {
         assert_eq!(
             srv.call("DELETE", &format!("/functions/{f}"), Some(&me), None)

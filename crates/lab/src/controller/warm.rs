@@ -260,7 +260,11 @@ fn touch(dir: &Path) {
 
 /// Removes the least recently used warm snapshots beyond [`KEEP`] (never `keep`).
 fn prune(keep: &str) {
-    let Ok(rd) = std::fs::read_dir(root()) else {
+    prune_in(&root(), keep)
+}
+
+fn prune_in(root: &Path, keep: &str) {
+    let Ok(rd) = std::fs::read_dir(root) else {
         return;
     };
     let mut all: Vec<(SystemTime, PathBuf)> = rd
@@ -277,8 +281,37 @@ fn prune(keep: &str) {
     all.sort();
     while all.len() >= KEEP {
         let (_, p) = all.remove(0);
-        let _ = std::fs::remove_dir_all(&p);
+        remove_if_unlocked(&p);
     }
+    // Lock files of entries gone by now (pruned by older versions, or failed builds).
+    if let Ok(rd) = std::fs::read_dir(root) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "lock")
+                && !p.with_extension("").exists()
+                && !p.with_extension("unsupported").exists()
+            {
+                remove_if_unlocked(&p.with_extension(""));
+            }
+        }
+    }
+}
+
+/// Removes a warm entry and its lock file, unless another process holds its lock (it is
+/// being built or used right now).
+fn remove_if_unlocked(dir: &Path) {
+    use std::os::fd::AsRawFd;
+    let lock = dir.with_extension("lock");
+    let Ok(f) = std::fs::OpenOptions::new().write(true).open(&lock) else {
+        let _ = std::fs::remove_dir_all(dir);
+        return;
+    };
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(&lock);
 }
 
 async fn build(
@@ -570,6 +603,49 @@ mod tests {
             .success());
         assert_eq!(qcow2_backing(&ov), Some(base.clone()));
         assert_eq!(qcow2_backing(&base), None);
+    }
+
+    #[test]
+    fn prune_keeps_the_newest_and_removes_lock_files_nobody_holds() {
+        use std::os::fd::AsRawFd;
+        let d = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        for i in 0..10u64 {
+            let e = d.path().join(format!("k{i}"));
+            std::fs::create_dir(&e).unwrap();
+            let f = std::fs::File::create(e.join("warm.json")).unwrap();
+            f.set_modified(now - Duration::from_secs(100 - i)).unwrap();
+            std::fs::write(d.path().join(format!("k{i}.lock")), b"").unwrap();
+        }
+        std::fs::write(d.path().join("orphan.lock"), b"").unwrap();
+        std::fs::write(d.path().join("busy.lock"), b"").unwrap();
+        std::fs::write(d.path().join("odd.lock"), b"").unwrap();
+        std::fs::write(d.path().join("odd.unsupported"), b"why").unwrap();
+        let held = std::fs::File::open(d.path().join("busy.lock")).unwrap();
+        // SAFETY: flock on a descriptor we own.
+        assert_eq!(
+            unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+            0
+        );
+        prune_in(d.path(), "k0");
+        let mut left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        // k0 (kept by name) and the 7 newest, each with its lock; a held lock and an
+        // "unsupported" marker's lock stay.
+        let mut want = vec!["busy.lock", "odd.lock", "odd.unsupported"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        for i in [0, 3, 4, 5, 6, 7, 8, 9] {
+            want.push(format!("k{i}"));
+            want.push(format!("k{i}.lock"));
+        }
+        want.sort();
+        assert_eq!(left, want);
     }
 
     #[test]

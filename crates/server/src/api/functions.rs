@@ -202,6 +202,7 @@ pub async fn deploy_function(
     }
     let memory = kobako_runtime::config::parse_mib(&body.memory)
         .map_err(|e| ApiError::bad_request(format!("memory: {e}")))?;
+    fn_quota_check(&st, &caller, &name, body.concurrency, memory).await?;
     let image_ok = !body.image.is_empty()
         && body
             .image
@@ -258,6 +259,49 @@ pub async fn deploy_function(
     };
     let o = ops::start_task(&st, None, "fn.deploy", caller.name().to_string(), task).await?;
     Ok((StatusCode::ACCEPTED, Json(o)))
+}
+
+/// A deployed function reserves `concurrency` VMs of `memory` MiB of its owner's quota (its
+/// clones can all run at once), beside the owner's labs that are up.
+async fn fn_quota_check(
+    st: &AppState,
+    caller: &Caller,
+    name: &str,
+    concurrency: u32,
+    memory: u32,
+) -> ApiResult<()> {
+    let (max_vms, max_mem) = (caller.user.max_vms, caller.user.max_memory_mib);
+    if caller.local || (max_vms.is_none() && max_mem.is_none()) {
+        return Ok(());
+    }
+    let owner = caller.name().to_string();
+    let skip = name.to_string();
+    let (vms, mem) = st
+        .db
+        .run(move |db| crate::api::labs::quota_usage(db, &owner, None, Some(&skip)))
+        .await?;
+    let want_vms = i64::from(concurrency);
+    let want_mem = i64::from(concurrency) * i64::from(memory);
+    let over = |what: &str, used: i64, want: i64, max: i64, unit: &str| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "quota_exceeded",
+            format!(
+                "quota exceeded: function '{name}' reserves {want}{unit} {what} ({concurrency} concurrent clones), you have {used}{unit} in use of {max}{unit} (labs that are up and deployed functions); lower its concurrency or memory, remove a function, take a lab down or ask an admin for a larger quota"
+            ),
+        )
+    };
+    if let Some(max) = max_vms {
+        if vms + want_vms > max {
+            return Err(over("VMs", vms, want_vms, max, ""));
+        }
+    }
+    if let Some(max) = max_mem {
+        if mem + want_mem > max {
+            return Err(over("of memory", mem, want_mem, max, " MiB"));
+        }
+    }
+    Ok(())
 }
 
 /// Invoke a function: the request body is its stdin; it runs in a fresh clone of the warm

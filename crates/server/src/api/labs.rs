@@ -232,7 +232,44 @@ pub struct CreateQuery {
     pub file: Option<String>,
 }
 
-/// The quota left for `caller`'s labs, counting labs that are up (not `lab` itself).
+/// VMs and MiB of memory `owner` has in use: labs that are up (but `skip_lab`) and the
+/// reservations of deployed functions (`concurrency` clones of `memory_mib` each; but
+/// `skip_fn`), which can all run at once.
+pub(crate) fn quota_usage(
+    db: &kobako_state::Db,
+    owner: &str,
+    skip_lab: Option<&str>,
+    skip_fn: Option<&str>,
+) -> ApiResult<(i64, i64)> {
+    let mut vms = 0i64;
+    let mut mem = 0i64;
+    for l in db.labs()? {
+        if l.owner.as_deref() != Some(owner) || Some(l.name.as_str()) == skip_lab {
+            continue;
+        }
+        if matches!(
+            l.state,
+            LabState::Pending | LabState::Stopped | LabState::Failed
+        ) {
+            continue;
+        }
+        if let Ok(other) = serde_json::from_value::<Lab>(l.spec.clone()) {
+            vms += other.vms().count() as i64;
+            mem += other.vms().map(|v| v.memory.0 as i64).sum::<i64>();
+        }
+    }
+    for f in kobako_lab::functions::list() {
+        if f.owner.as_deref() != Some(owner) || Some(f.name.as_str()) == skip_fn {
+            continue;
+        }
+        vms += i64::from(f.concurrency);
+        mem += i64::from(f.concurrency) * i64::from(f.memory_mib);
+    }
+    Ok((vms, mem))
+}
+
+/// The quota left for `caller`'s labs, counting labs that are up (not `lab` itself) and
+/// deployed functions.
 fn quota_check(
     db: &kobako_state::Db,
     caller: &Caller,
@@ -242,30 +279,16 @@ fn quota_check(
     if caller.user.max_vms.is_none() && caller.user.max_memory_mib.is_none() {
         return Ok(());
     }
-    let mut vms = 0i64;
-    let mut mem = 0i64;
-    if running_only {
-        for l in db.labs()? {
-            if l.owner.as_deref() != Some(caller.name()) || l.name == lab.name.as_str() {
-                continue;
-            }
-            if matches!(
-                l.state,
-                LabState::Pending | LabState::Stopped | LabState::Failed
-            ) {
-                continue;
-            }
-            if let Ok(other) = serde_json::from_value::<Lab>(l.spec.clone()) {
-                vms += other.vms().count() as i64;
-                mem += other.vms().map(|v| v.memory.0 as i64).sum::<i64>();
-            }
-        }
-    }
+    let (vms, mem) = if running_only {
+        quota_usage(db, caller.name(), Some(lab.name.as_str()), None)?
+    } else {
+        (0, 0)
+    };
     let want_vms = lab.vms().count() as i64;
     let want_mem: i64 = lab.vms().map(|v| v.memory.0 as i64).sum();
     let over = |what: &str, used: i64, want: i64, max: i64, unit: &str| {
         let msg = format!(
-            "quota exceeded: lab '{}' needs {want}{unit} {what}, you have {used}{unit} in use of {max}{unit}; take another lab down or ask an admin for a larger quota",
+            "quota exceeded: lab '{}' needs {want}{unit} {what}, you have {used}{unit} in use of {max}{unit} (labs that are up and deployed functions' concurrency); take another lab down, remove a function or ask an admin for a larger quota",
             lab.name.as_str()
         );
         if running_only {
