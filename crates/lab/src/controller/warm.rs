@@ -623,10 +623,8 @@ mod tests {
         std::fs::write(d.path().join("odd.unsupported"), b"why").unwrap();
         let held = std::fs::File::open(d.path().join("busy.lock")).unwrap();
         // SAFETY: flock on a descriptor we own.
-        assert_eq!(
-            unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
-            0
-        );
+        let rc = unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(rc, 0);
         prune_in(d.path(), "k0");
         let mut left: Vec<String> = std::fs::read_dir(d.path())
             .unwrap()
