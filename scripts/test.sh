@@ -32,7 +32,7 @@ cargo test --workspace --no-fail-fast -- --test-threads=2
 if [ -n "$pvm" ]; then
   echo "== Linux on kobako-vmm (PVM host)"
   if ! wait "$pvm"; then tail -n 40 target/linux-pvm.log; exit 1; fi
-  grep -E "Guest-boot-time|exit code|KOBAKO-|test result" target/linux-pvm.log
+  grep -E "Guest-boot-time|exit code|KOBAKO-|snapshot:|test result" target/linux-pvm.log | grep -v KOBAKO-TICK
 fi
 echo "== API fuzz (schemathesis against the OpenAPI document)"
 scripts/api-fuzz.sh target/debug/kobako

@@ -17,6 +17,13 @@
 //! busybox-static, mkfs.ext4 and qemu-img; `KOBAKO_PVM_TIMEOUT` defaults to 1500 s there.
 //! Measured: all four checks and the agent's ready message over vsock, boot complete at 449 s
 //! (load ~5). `scripts/test.sh` runs both tests, one after the other.
+//!
+//! The same test then snapshots that guest (no second cold boot): pause, `PUT /snapshot/create`,
+//! the disk copied, the VMM killed, a new VMM started with `--snapshot-load` (another tap, vsock
+//! socket and disk file through the overrides). The guest must continue: a file written through
+//! the agent before the snapshot is read through the agent after it, the agent is the same
+//! process, and a counter the guest prints every 5 s goes on from where it was. It prints the
+//! cold boot and restore times (`KOBAKO-RESTORE ...`).
 
 mod common;
 
@@ -285,6 +292,7 @@ if mount -t ext4 /dev/vda /mnt; then echo \"KOBAKO-DISK $(cat /mnt/hello.txt)\";
 ip link set eth0 up && ip addr add 172.31.250.2/24 dev eth0
 if ping -c 1 -w 300 172.31.250.1 >/dev/null; then echo KOBAKO-PING-OK; else echo KOBAKO-PING-FAIL; fi
 echo \"KOBAKO-HWRNG $(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | wc -c) $(cat /sys/class/misc/hw_random/rng_current)\"
+(n=0; while :; do n=$((n+1)); echo $n > /tmp/kobako-tick; echo KOBAKO-TICK $n; sleep 5; done) &
 echo KOBAKO-STAGE-AGENT
 exec /agent
 ";
@@ -334,11 +342,14 @@ exec /agent
         .to_string()
         .as_bytes(),
     );
+    let api = d.join("api.sock");
     let t0 = Instant::now();
     let mut child = Vmm(std::process::Command::new("ip")
         .args(["netns", "exec", ns.0])
         .arg(vmm_bin())
-        .args(["--no-api", "--level", "Info", "--config-file"])
+        .arg("--api-sock")
+        .arg(&api)
+        .args(["--level", "Info", "--config-file"])
         .arg(&cfg)
         .arg("--log-path")
         .arg(&log)
@@ -382,6 +393,11 @@ exec /agent
         std::thread::sleep(std::time::Duration::from_secs(1));
     }
     let elapsed = t0.elapsed().as_secs_f64();
+    // The same guest, snapshotted and restored into a new VMM process (no second cold boot).
+    let restored = hello
+        .as_ref()
+        .filter(|_| exited.is_none())
+        .map(|h| snapshot_and_restore(d, ns.0, &api, &uds, h, &mut child, elapsed));
     let _ = child.kill();
     let _ = child.wait();
     let console = text();
@@ -416,4 +432,268 @@ exec /agent
         check.success(),
         "qemu-img check of the overlay the guest wrote"
     );
+    if let Err(e) = restored.expect("snapshot stage not reached") {
+        panic!("snapshot/restore: {e}");
+    }
+}
+
+/// Runs `argv` in the guest through the agent (a raw agent-protocol client: `exec` on stream 1,
+/// stdout collected until `exited`). `None` while the agent does not answer.
+fn agent_exec(uds: &std::path::Path, argv: &[&str]) -> Option<(String, i64)> {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(uds).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .ok()?;
+    s.write_all(b"CONNECT 1024\n").ok()?;
+    let mut b = [0u8; 1];
+    let mut line = Vec::new();
+    while b[0] != b'\n' {
+        if s.read(&mut b).ok()? == 0 {
+            return None;
+        }
+        line.push(b[0]);
+    }
+    if !line.starts_with(b"OK ") {
+        return None;
+    }
+    let frame = |s: &mut std::os::unix::net::UnixStream| -> Option<(u32, u8, Vec<u8>)> {
+        let mut h = [0u8; 9];
+        s.read_exact(&mut h).ok()?;
+        let len = u32::from_le_bytes(h[..4].try_into().unwrap()) as usize;
+        let mut p = vec![0u8; len];
+        s.read_exact(&mut p).ok()?;
+        Some((u32::from_le_bytes(h[4..8].try_into().unwrap()), h[8], p))
+    };
+    let req = serde_json::json!({"type": "exec", "argv": argv, "timeout_ms": 100_000}).to_string();
+    let mut out = Vec::new();
+    out.extend_from_slice(&(req.len() as u32).to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.push(1); // a JSON message
+    out.extend_from_slice(req.as_bytes());
+    s.write_all(&out).ok()?;
+    let mut stdout = Vec::new();
+    loop {
+        let (stream, kind, p) = frame(&mut s)?;
+        match (stream, kind) {
+            (1, 3) => stdout.extend_from_slice(&p),
+            (1, 1) => {
+                let m: serde_json::Value = serde_json::from_slice(&p).ok()?;
+                match m["type"].as_str() {
+                    Some("exited") => {
+                        return Some((
+                            String::from_utf8_lossy(&stdout).into_owned(),
+                            m["code"].as_i64().unwrap_or(-1),
+                        ))
+                    }
+                    Some("error") => panic!("agent refused the exec: {m}"),
+                    _ => {}
+                }
+            }
+            _ => {} // Ready on stream 0, stderr
+        }
+    }
+}
+
+/// `agent_start_ms` of the agent's Ready message (the same agent process answers after a
+/// restore; a new boot would start it again).
+fn agent_start_ms(hello: &str) -> Option<u64> {
+    let i = hello.find("\"agent_start_ms\":")? + "\"agent_start_ms\":".len();
+    hello[i..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Snapshot of the booted guest of `linux_devices_disk_net_rng_and_agent_over_vsock` through
+/// the API (pause, `PUT /snapshot/create`, the disk copied as the vmm runtime does), the VMM
+/// killed, and a new VMM started with `--snapshot-load` (memory file mapped privately, another
+/// tap, vsock socket and disk file through the overrides). The guest continues: a file written
+/// through the agent before the snapshot is read through the agent after it, the agent is the
+/// same process (its start time), and its counter on the console goes on from where it was.
+/// Prints the cold boot and restore times.
+fn snapshot_and_restore(
+    d: &std::path::Path,
+    ns: &str,
+    api: &std::path::Path,
+    uds: &std::path::Path,
+    hello: &str,
+    child: &mut Vmm,
+    boot_s: f64,
+) -> Result<(), String> {
+    let token = format!("before-snapshot-{}", std::process::id());
+    let (tick, code) = agent_exec(
+        uds,
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("echo {token} > /tmp/snap-file && (cat /tmp/kobako-tick || echo 0)"),
+        ],
+    )
+    .ok_or("exec through the agent before the snapshot failed")?;
+    let tick_before: u64 = tick.trim().parse().map_err(|_| format!("tick {tick:?}"))?;
+    if code != 0 {
+        return Err(format!("exec before the snapshot: exit code {code}"));
+    }
+    let t = Instant::now();
+    let (st, body) = http(api, "PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
+    if st / 100 != 2 {
+        return Err(format!("pause: {st} {body}"));
+    }
+    let snap = d.join("snap");
+    std::fs::create_dir(&snap).unwrap();
+    let req = serde_json::json!({
+        "snapshot_type": "Full",
+        "snapshot_path": snap.join("vmstate.bin"),
+        "mem_file_path": snap.join("memory.bin"),
+    })
+    .to_string();
+    let (st, body) = http(api, "PUT", "/snapshot/create", Some(&req));
+    if st / 100 != 2 {
+        return Err(format!("snapshot/create: {st} {body}"));
+    }
+    // Flushed by the VMM: the copy is the disk at the snapshot's instant.
+    std::fs::copy(d.join("overlay.qcow2"), snap.join("disk.qcow2")).unwrap();
+    let snap_s = t.elapsed().as_secs_f64();
+    let mem = std::fs::metadata(snap.join("memory.bin")).unwrap().len();
+    let state = std::fs::metadata(snap.join("vmstate.bin")).unwrap().len();
+    if mem != 96 << 20 {
+        return Err(format!("memory.bin has {mem} bytes, not 96 MiB"));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Another tap for the restored NIC, another vsock socket, the disk copy.
+    sh(&format!(
+        "ip -n {ns} tuntap add dev kbtap1 mode tap && ip -n {ns} link set kbtap1 up"
+    ));
+    let uds2 = d.join("v2.sock");
+    let load = write(
+        d,
+        "restore.json",
+        serde_json::json!({
+            "snapshot_path": snap.join("vmstate.bin"),
+            "mem_backend": {"backend_type": "File", "backend_path": snap.join("memory.bin")},
+            "resume_vm": true,
+            "network_overrides": [{"iface_id": "eth0", "host_dev_name": "kbtap1"}],
+            "vsock_override": {"uds_path": uds2},
+            "drive_overrides": [{"drive_id": "data", "path_on_host": snap.join("disk.qcow2")}],
+        })
+        .to_string()
+        .as_bytes(),
+    );
+    let log2 = d.join("vmm2.log");
+    let t1 = Instant::now();
+    let mut child2 = Vmm(std::process::Command::new("ip")
+        .args(["netns", "exec", ns])
+        .arg(vmm_bin())
+        .arg("--api-sock")
+        .arg(d.join("api2.sock"))
+        .args(["--level", "Info", "--snapshot-load"])
+        .arg(&load)
+        .arg("--log-path")
+        .arg(&log2)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap());
+    let mut stdout = child2.stdout.take().unwrap();
+    let console = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let c2 = console.clone();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            c2.lock().unwrap().extend_from_slice(&b[..n]);
+        }
+    });
+    let text = || String::from_utf8_lossy(&console.lock().unwrap()).into_owned();
+    let fail = |why: String, child2: &mut Vmm| {
+        let _ = child2.kill();
+        let _ = child2.wait();
+        let log = std::fs::read_to_string(&log2).unwrap_or_default();
+        format!(
+            "{why}\n--- restored console ---\n{}\n--- vmm log ---\n{log}",
+            text()
+        )
+    };
+    // The agent's Ready through the new vsock socket.
+    let deadline = Instant::now() + std::time::Duration::from_secs(300);
+    let hello2 = loop {
+        if let Some(st) = child2.try_wait().unwrap() {
+            return Err(fail(format!("the restoring VMM exited: {st}"), &mut child2));
+        }
+        if let Some(h) = vsock_hello(&uds2, 1024) {
+            break h;
+        }
+        if Instant::now() > deadline {
+            return Err(fail(
+                "no agent over vsock after the restore".into(),
+                &mut child2,
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let restore_s = t1.elapsed().as_secs_f64();
+    let got = agent_exec(&uds2, &["/bin/cat", "/tmp/snap-file", "/tmp/kobako-tick"]);
+    let exec_s = t1.elapsed().as_secs_f64();
+    // The counter goes on on the console.
+    let ticks = |s: &str| -> Vec<u64> {
+        s.lines()
+            .filter_map(|l| l.trim().strip_prefix("KOBAKO-TICK "))
+            .filter_map(|n| n.trim().parse().ok())
+            .collect()
+    };
+    wait_for(120, || ticks(&text()).len() >= 2);
+    let after = ticks(&text());
+    let log = std::fs::read_to_string(&log2).unwrap_or_default();
+    let _ = child2.kill();
+    let _ = child2.wait();
+    println!(
+        "snapshot: paused + state + memory ({} MiB) + disk copy in {snap_s:.2} s; state file {state} bytes",
+        mem >> 20
+    );
+    println!(
+        "KOBAKO-RESTORE cold boot to agent {boot_s:.1} s; restore to agent {restore_s:.2} s \
+         (ratio {:.4}); first exec answered {exec_s:.2} s after the restore began",
+        restore_s / boot_s
+    );
+    println!("restored console: {:?}\nrestored vmm log:\n{log}", text());
+    let (out, code) = got.ok_or("exec through the agent after the restore failed")?;
+    let mut lines = out.lines();
+    if lines.next() != Some(token.as_str()) || code != 0 {
+        return Err(format!(
+            "file written before the snapshot: got {out:?} (exit {code})"
+        ));
+    }
+    let tick_after: u64 = lines.next().unwrap_or("").trim().parse().unwrap_or(0);
+    if tick_after < tick_before {
+        return Err(format!(
+            "counter went back: {tick_before} before, {tick_after} after"
+        ));
+    }
+    if agent_start_ms(hello) != agent_start_ms(&hello2) || agent_start_ms(hello).is_none() {
+        return Err(format!(
+            "another agent answered: before {hello:?}, after {hello2:?}"
+        ));
+    }
+    match after.first() {
+        Some(&first) if first >= tick_before && after.windows(2).all(|w| w[1] == w[0] + 1) => {}
+        _ => {
+            return Err(format!(
+                "console counter after the restore {after:?} does not go on from {tick_before}"
+            ))
+        }
+    }
+    let check = std::process::Command::new("qemu-img")
+        .args(["check", "-q"])
+        .arg(snap.join("disk.qcow2"))
+        .status()
+        .unwrap();
+    if !check.success() {
+        return Err("qemu-img check of the restored disk failed".into());
+    }
+    Ok(())
 }
