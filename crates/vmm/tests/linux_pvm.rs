@@ -282,7 +282,7 @@ fn linux_devices_disk_net_rng_and_agent_over_vsock() {
     ));
 
     let init = b"#!/bin/busybox sh
-/bin/busybox mkdir -p /proc /sys /dev /mnt /usr/bin /usr/sbin /sbin
+/bin/busybox mkdir -p /proc /sys /dev /mnt /tmp /usr/bin /usr/sbin /sbin
 /bin/busybox --install -s
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
