@@ -828,6 +828,14 @@ mod tests {
             overlay.join("root.qcow2").to_str().unwrap()
         );
         assert_eq!(doc["drive_overrides"][1]["drive_id"], "disk01");
+        // The VMM's own parser takes the document (no unknown field) as a File-backed load.
+        let parsed: kobako_vmm::config::SnapshotLoadParams =
+            serde_json::from_value(doc.clone()).unwrap();
+        assert_eq!(parsed.memory_file().unwrap(), snap.join(MEMORY_FILE));
+        assert_eq!(
+            (parsed.drive_overrides.len(), parsed.network_overrides.len()),
+            (2, 1)
+        );
         // The ids are the ones the boot configuration gave the devices.
         let fc = VmmRuntime::config_file(&r, Path::new("/run/kobako/vms/copy"), false).unwrap();
         assert_eq!(
