@@ -873,3 +873,157 @@ fn agent_operations_on_debian() {
     ok(&env.run(&["vm", "stop", &vm]));
     env.assert_clean();
 }
+
+/// Debian (disk-rooted, systemd) VMs of a lab as warm clones: one cold boot of the image makes
+/// the warm snapshot (or it is in the machine's cache already), then each lab VM is restored
+/// from it on its own overlay and gets its own identity before the lab configures it.
+#[test]
+fn debian_warm_clones_get_their_own_identity_and_overlays() {
+    let _s = serial();
+    let env = Env::new();
+    // Without cloud-init: a VM with a seed disk always boots cold (its seed is its own).
+    let (image, _) = cached_image(&env, "kbt-debian-plain", &[]);
+    let state = tempfile::tempdir().unwrap();
+    let lab = unique("kbt-dw");
+    let file = env.run.path().join("lab.yaml");
+    let write_lab = |n: usize| {
+        let mut y = format!(
+            "name: {lab}\ndefaults: {{ image: {image}, memory: 512M }}\nnodes:\n  n:\n    vms:\n"
+        );
+        for i in 0..n {
+            y.push_str(&format!("      v{i}: {{}}\n"));
+        }
+        std::fs::write(&file, y).unwrap();
+    };
+    let up = |extra: &[&str]| -> (serde_json::Value, f64) {
+        let mut args = vec!["up", file.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        let t = std::time::Instant::now();
+        let out = ok(&env
+            .cmd(&args)
+            .env("KOBAKO_STATE", state.path())
+            .env("KOBAKO_WARM", "all")
+            .output()
+            .unwrap());
+        (
+            serde_json::from_str(&out).unwrap(),
+            t.elapsed().as_secs_f64(),
+        )
+    };
+    struct Down<'a>(&'a Env, &'a Path, &'a str);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = self
+                .0
+                .cmd(&["down", self.2])
+                .env("KOBAKO_STATE", self.1)
+                .output();
+        }
+    }
+    let _down = Down(&env, state.path(), &lab);
+    let lab_exec = |vm: &str, sh: &str| -> String {
+        ok(&env
+            .cmd(&["exec", vm, "--", "sh", "-c", sh])
+            .env("KOBAKO_STATE", state.path())
+            .output()
+            .unwrap())
+    };
+
+    // Cold, for the comparison in this run.
+    write_lab(1);
+    let (r, cold_s) = up(&["--cold"]);
+    let cold_ms = r[0]["vms"][0]["boot_ms"].as_u64().unwrap();
+    assert_eq!(r[0]["vms"][0]["warm"], false);
+    ok(&env
+        .cmd(&["down", &lab])
+        .env("KOBAKO_STATE", state.path())
+        .output()
+        .unwrap());
+
+    // Warm: the first use of this configuration may build the snapshot (one more cold boot);
+    // the second `up` only clones.
+    write_lab(2);
+    let (_, first_s) = up(&[]);
+    ok(&env
+        .cmd(&["down", &lab])
+        .env("KOBAKO_STATE", state.path())
+        .output()
+        .unwrap());
+    let (r, warm_s) = up(&[]);
+    let vms = r[0]["vms"].as_array().unwrap();
+    for v in vms {
+        assert_eq!(v["state"], "ready", "{v}");
+        assert_eq!(v["warm"], true, "not a warm clone: {v}");
+    }
+    let clone_ms: Vec<u64> = vms.iter().map(|v| v["boot_ms"].as_u64().unwrap()).collect();
+    eprintln!(
+        "debian: cold boot to agent ready {cold_ms} ms (1-VM up {cold_s:.1} s); warm clones {clone_ms:?} ms (2-VM up {warm_s:.1} s; the first warm up, building the snapshot if none was cached, {first_s:.1} s)"
+    );
+    let mut seen: Vec<Vec<String>> = vec![Vec::new(); 5];
+    for i in 0..2 {
+        let vm = format!("{lab}.n.v{i}");
+        let out = lab_exec(
+            &vm,
+            "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; hostname; \
+             cat /etc/machine-id; cat /sys/class/net/eth0/address; cat /proc/1/comm",
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 5, "{out}");
+        assert_eq!(lines[1], format!("n-v{i}"), "hostname of {vm}");
+        assert_eq!(lines[4], "systemd", "{vm}: systemd is init");
+        for (k, l) in lines.iter().enumerate() {
+            seen[k].push(l.to_string());
+        }
+        // Its own writable overlay.
+        lab_exec(&vm, &format!("echo from-v{i} > /root/who && sync"));
+    }
+    for (k, what) in ["first random bytes", "hostname", "machine-id", "MAC"]
+        .iter()
+        .enumerate()
+    {
+        assert_ne!(seen[k][0], seen[k][1], "{what} is the same in both clones");
+    }
+    assert_eq!(
+        lab_exec(&format!("{lab}.n.v0"), "cat /root/who"),
+        "from-v0\n"
+    );
+    assert_eq!(
+        lab_exec(&format!("{lab}.n.v1"), "cat /root/who"),
+        "from-v1\n"
+    );
+    // The machine-id systemd sees is the new one, and the clock is the host's.
+    let mid = lab_exec(&format!("{lab}.n.v1"), "cat /etc/machine-id")
+        .trim()
+        .to_string();
+    assert_eq!(mid, seen[2][1]);
+    let guest: i64 = lab_exec(&format!("{lab}.n.v0"), "date +%s")
+        .trim()
+        .parse()
+        .unwrap();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (guest - host).abs() <= 3,
+        "guest clock {guest}, host {host}"
+    );
+    // The clones reach each other on the node network (the lab found eth0 by its new MAC).
+    let addr = |v: &serde_json::Value| -> String {
+        let a = v["addresses"][0].as_str().unwrap();
+        a.split_once(':')
+            .unwrap()
+            .1
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let other = addr(&vms[1]);
+    // Minbase has no ping: a TCP connection to a closed port is refused only if v1 answers.
+    let o = lab_exec(
+        &format!("{lab}.n.v0"),
+        &format!("timeout 10 bash -c 'exec 3<>/dev/tcp/{other}/9' 2>&1; true"),
+    );
+    assert!(o.contains("Connection refused"), "v0 -> v1 ({other}): {o}");
+}

@@ -36,8 +36,8 @@ use kobako_runtime::snapshot::{self, NewIdentity};
 use kobako_runtime::{Runtime, VmDir};
 use serde::{Deserialize, Serialize};
 
-/// Changes whenever what a warm snapshot holds changes meaning.
-const FORMAT: u32 = 1;
+/// Changes whenever what a warm snapshot holds changes meaning (2: taken after systemd settled).
+const FORMAT: u32 = 2;
 /// Warm snapshots kept in the cache (the least recently used go first).
 pub const KEEP: usize = 8;
 
@@ -195,6 +195,29 @@ pub fn key(rt: &dyn Runtime, cfg: &VmConfig) -> Result<(String, serde_json::Valu
 /// theirs from names under 52:54:00 or set their own).
 fn warm_mac(i: usize) -> String {
     format!("0a:6b:77:00:00:{:02x}", i)
+}
+
+/// Waits until a systemd guest has finished booting (no start-up job left) before it is
+/// snapshotted: a unit still running at the snapshot finishes in every clone, after the clone got
+/// its identity (measured: Debian's hostname unit, still running when the agent was ready, set
+/// the warm VM's name back in one clone of two). Guests without systemd (tiny: the agent is
+/// init) are settled once their agent is ready.
+async fn settle(client: &AgentClient) {
+    let req = kobako_agent::proto::ExecRequest {
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "[ \"$(cat /proc/1/comm)\" != systemd ] || systemctl is-system-running --wait".into(),
+        ],
+        env: Vec::new(),
+        cwd: None,
+        timeout_ms: Some(120_000),
+        stdin: false,
+        tty: None,
+        user: None,
+    };
+    // "degraded" (a failed unit) exits non-zero but is settled too; only the wait matters.
+    let _ = client.exec(req).await;
 }
 
 /// An exclusive lock on a warm key, taken without blocking the runtime.
@@ -409,6 +432,7 @@ async fn build(
                 let _ = std::fs::write(root().join(key).with_extension("unsupported"), &why);
                 return Err(why);
             }
+            settle(&client).await;
             drop(client);
             let t1 = Instant::now();
             rt.snapshot(&vm, &staging.join("snap"), true)
