@@ -902,7 +902,6 @@ fn debian_warm_clones_get_their_own_identity_and_overlays() {
         let out = ok(&env
             .cmd(&args)
             .env("KOBAKO_STATE", state.path())
-            .env("KOBAKO_WARM", "all")
             .output()
             .unwrap());
         (

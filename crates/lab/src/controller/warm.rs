@@ -20,9 +20,11 @@
 //! changed from the snapshot's to the lab's, hostname, a new machine-id) before the lab
 //! configures it like a booted VM (interfaces by MAC, addresses, routes, files, services).
 //!
-//! Opt out: `kobako up --cold`, or `KOBAKO_WARM=0` (the server reads it too). Disk-rooted VMs
-//! (Debian images) are cloned only with `KOBAKO_WARM=all`: the path exists but is not yet
-//! tested or measured on real Debian guests.
+//! Disk-rooted VMs (Debian images: systemd, the agent a service) are cloned too; their warm VM
+//! is snapshotted once systemd has finished booting (see [`settle`]), and each clone runs on its
+//! own overlay over the image, like a booted VM.
+//!
+//! Opt out: `kobako up --cold`, or `KOBAKO_WARM=0` (the server reads it too).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -148,11 +150,6 @@ pub fn key(rt: &dyn Runtime, cfg: &VmConfig) -> Result<(String, serde_json::Valu
     }
     let root = match &cfg.root {
         Root::Initramfs { path } => serde_json::json!({"initramfs": file_id(path)}),
-        Root::Disk { .. } if std::env::var("KOBAKO_WARM").as_deref() != Ok("all") => {
-            return Err(
-                "disk-rooted VMs boot cold unless KOBAKO_WARM=all (not yet measured)".into(),
-            )
-        }
         Root::Disk {
             path,
             format,
