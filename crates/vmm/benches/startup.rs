@@ -11,7 +11,12 @@
 //! /proc/self/statm by the VMM before the guest runs: everything but guest memory the guest
 //! touches, i.e. the VMM's overhead plus the few pages of boot structures.
 //!
-//! The guest is the PVH test guest (it prints, signals boot complete and resets).
+//! - Snapshot: the `snapcount` guest (virtio-rng in a loop, a counter) booted with 128 MiB,
+//!   paused, `PUT /snapshot/create` timed; then `--no-api --snapshot-load` into new processes:
+//!   process start → first KVM_RUN of the restored vCPU (wall, CPU, RSS), and the time to the
+//!   guest's next console line.
+//!
+//! The guest of the first two is the PVH test guest (it prints, signals boot complete and resets).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -146,6 +151,107 @@ fn main() {
         cf_rss.push(field(&l, "first KVM_RUN", "rss_kib") as f64 / 1024.0);
     }
 
+    // Snapshot create and load.
+    let mut g = common::guests::SNAPCOUNT.to_vec();
+    g[8..16].copy_from_slice(&0x30_0000u64.to_le_bytes());
+    g[16..24].copy_from_slice(&0xd000_0000u64.to_le_bytes());
+    g[24..32].copy_from_slice(&2000u64.to_le_bytes());
+    let sc = common::write(dir.path(), "snapcount", &common::elf(&g, false));
+    let sock = dir.path().join("snap.sock");
+    let serial = dir.path().join("snap.serial");
+    let orig = common::spawn_api(&sock, &[]);
+    for (m, p, b) in [
+        (
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count": 1, "mem_size_mib": 128}"#.to_string(),
+        ),
+        (
+            "PUT",
+            "/boot-source",
+            format!(r#"{{"kernel_image_path": "{}"}}"#, sc.display()),
+        ),
+        ("PUT", "/entropy", "{}".to_string()),
+        (
+            "PUT",
+            "/serial",
+            format!(r#"{{"serial_out_path": "{}"}}"#, serial.display()),
+        ),
+        (
+            "PUT",
+            "/actions",
+            r#"{"action_type": "InstanceStart"}"#.to_string(),
+        ),
+    ] {
+        assert_eq!(common::http(&sock, m, p, Some(&b)).0, 204, "{p}");
+    }
+    assert!(common::wait_for(30, || std::fs::read_to_string(&serial)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        > 20));
+    assert_eq!(
+        common::http(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
+        204
+    );
+    let (state, mem) = (dir.path().join("vm.state"), dir.path().join("vm.mem"));
+    let mut create = vec![];
+    for _ in 0..5 {
+        let body = format!(
+            r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+            state.display(),
+            mem.display()
+        );
+        let t0 = mono_ns();
+        assert_eq!(
+            common::http(&sock, "PUT", "/snapshot/create", Some(&body)).0,
+            204
+        );
+        create.push((mono_ns() - t0) as f64 / 1e6);
+    }
+    drop(orig);
+    let (mut ld_wall, mut ld_cpu, mut ld_rss, mut ld_line) = (vec![], vec![], vec![], vec![]);
+    for i in 0..runs {
+        let log = dir.path().join(format!("ld{i}.log"));
+        let out = dir.path().join(format!("ld{i}.serial"));
+        let body = common::write(
+            dir.path(),
+            &format!("ld{i}.json"),
+            format!(
+                r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "File", "backend_path": "{}"}}, "resume_vm": true, "serial": {{"serial_out_path": "{}"}}}}"#,
+                state.display(),
+                mem.display(),
+                out.display()
+            )
+            .as_bytes(),
+        );
+        let t0 = mono_ns();
+        let child = common::Vmm(
+            Command::new(&bin)
+                .args(["--no-api", "--snapshot-load"])
+                .arg(&body)
+                .arg("--log-path")
+                .arg(&log)
+                .args(["--level", "Info"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        while !std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains('\n')
+        {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        ld_line.push((mono_ns() - t0) as f64 / 1e6);
+        drop(child);
+        let l = std::fs::read_to_string(&log).unwrap();
+        ld_wall.push((field(&l, "first KVM_RUN", "mono_ns") - t0) as f64 / 1e6);
+        ld_cpu.push(field(&l, "first KVM_RUN", "cpu_us") as f64 / 1e3);
+        ld_rss.push(field(&l, "first KVM_RUN", "rss_kib") as f64 / 1024.0);
+    }
+
     println!(
         "kobako-vmm start-up, {runs} runs each (binary: {})",
         bin.display()
@@ -158,4 +264,18 @@ fn main() {
     Stats(cf_wall).line("config file: start -> first KVM_RUN (wall)", "ms");
     Stats(cf_cpu).line("config file: start -> first KVM_RUN (CPU)", "ms");
     Stats(cf_rss).line("config file: RSS at first KVM_RUN", "MiB");
+    use std::os::unix::fs::MetadataExt;
+    let on_disk = std::fs::metadata(&mem)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0);
+    println!(
+        "snapshot of a 128 MiB guest: memory file {} KiB on disk, state file {} KiB",
+        on_disk >> 10,
+        std::fs::metadata(&state).map(|m| m.len()).unwrap_or(0) >> 10
+    );
+    Stats(create).line("snapshot/create (paused guest, API call)", "ms");
+    Stats(ld_wall).line("snapshot load: start -> first KVM_RUN (wall)", "ms");
+    Stats(ld_cpu).line("snapshot load: start -> first KVM_RUN (CPU)", "ms");
+    Stats(ld_rss).line("snapshot load: RSS at first KVM_RUN", "MiB");
+    Stats(ld_line).line("snapshot load: start -> next console line", "ms");
 }
