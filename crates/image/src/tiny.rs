@@ -65,10 +65,15 @@ pub fn find_agent() -> Result<PathBuf, TinyError> {
             }
         }
     }
+    // $KOBAKO_AGENT is taken as given (a dynamic one is refused later, naming it); a build
+    // output next to us counts only when static: `cargo build -p kobako-agent` by hand leaves a
+    // dynamic binary in target/debug that must not hide the static one.
+    let explicit = std::env::var_os("KOBAKO_AGENT").is_some();
     candidates
         .iter()
-        .find(|p| p.is_file())
-        .cloned()
+        .enumerate()
+        .find(|(i, p)| p.is_file() && ((explicit && *i == 0) || is_static_file(p)))
+        .map(|(_, p)| p.clone())
         .ok_or_else(|| TinyError::NoAgent {
             looked: candidates
                 .iter()
@@ -76,6 +81,17 @@ pub fn find_agent() -> Result<PathBuf, TinyError> {
                 .collect::<Vec<_>>()
                 .join(", "),
         })
+}
+
+/// Whether the file at `p` is a static ELF executable (its program headers are in the first
+/// 64 KiB, as in every executable a linker writes).
+fn is_static_file(p: &Path) -> bool {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(64 << 10);
+    std::fs::File::open(p)
+        .and_then(|f| f.take(64 << 10).read_to_end(&mut head))
+        .is_ok()
+        && is_static_elf(&head)
 }
 
 fn is_static_elf(data: &[u8]) -> bool {
@@ -274,6 +290,9 @@ mod tests {
         assert!(!is_static_elf(b"#!/bin/sh\n"));
         if let Ok(bb) = std::fs::read(BUSYBOX) {
             assert!(is_static_elf(&bb), "busybox-static must be static");
+            assert!(is_static_file(Path::new(BUSYBOX)), "from its first 64 KiB");
         }
+        assert!(!is_static_file(Path::new("/bin/true")));
+        assert!(!is_static_file(Path::new("/nonexistent")));
     }
 }
