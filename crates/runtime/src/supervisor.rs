@@ -336,61 +336,97 @@ fn connect_guest(channel: &GuestChannel, vm_pid: i32) -> Option<UnixStream> {
 }
 
 fn guest_loop(shared: Arc<Shared>, channel: GuestChannel, vm_pid: i32) {
-    let Some(stream) = connect_guest(&channel, vm_pid) else {
+    let Some((stream, first)) = connect_agent(&channel, vm_pid) else {
         return;
     };
     let Ok(mut reader) = stream.try_clone() else {
         return;
     };
     *lock(&shared.guest) = Some(stream);
+    if let Some(frame) = first {
+        from_guest(&shared, frame);
+    }
     // A read error means the VM process closed the channel: it is ending.
     while let Ok(frame) = proto::read_frame(&mut reader) {
-        if frame.stream == 0 {
-            match frame.to_msg() {
-                Ok(Msg::Ready(info)) => {
-                    shared.ever_ready.store(true, Ordering::Relaxed);
-                    let first = lock(&shared.ready).is_none();
-                    *lock(&shared.ready) = Some(info.clone());
-                    if first {
-                        let _ = write_json(
-                            &shared.vm.file("ready.json"),
-                            &ReadyRecord {
-                                boot_ms: lock(&shared.started).elapsed().as_millis() as u64,
-                                info,
-                            },
-                        );
-                    }
-                }
-                Ok(Msg::ShuttingDown { reboot }) => *lock(&shared.shutdown) = Some(reboot),
-                _ => {}
-            }
-            shared.broadcast(&frame);
-            continue;
-        }
-        let route = lock(&shared.routes).to_client.get(&frame.stream).copied();
-        let Some((client, client_stream)) = route else {
-            continue; // the client went away
-        };
-        let ends = frame.kind == Kind::Msg
-            && matches!(
-                frame.to_msg(),
-                Ok(Msg::Exited { .. }) | Ok(Msg::Error { .. })
-            );
-        let guest_stream = frame.stream;
-        shared.to_client(
-            client,
-            &Frame {
-                stream: client_stream,
-                ..frame
-            },
-        );
-        if ends {
-            let mut r = lock(&shared.routes);
-            r.to_client.remove(&guest_stream);
-            r.to_guest.remove(&(client, client_stream));
-        }
+        from_guest(&shared, frame);
     }
     *lock(&shared.guest) = None;
+}
+
+/// Connects to the guest's agent. On vsock the agent's first frame (`Ready`, sent as soon as it
+/// accepts) is awaited here, with a deadline that doubles from 3 s up to 30 s per try: a guest
+/// restored from a snapshot drops its sockets when it handles the VMM's transport reset, and a
+/// connection the host opened just before that is dead in the guest without the host being
+/// told. Such a connection is dropped and the next one is served.
+fn connect_agent(channel: &GuestChannel, vm_pid: i32) -> Option<(UnixStream, Option<Frame>)> {
+    let mut wait = Duration::from_secs(3);
+    loop {
+        let stream = connect_guest(channel, vm_pid)?;
+        if !matches!(channel, GuestChannel::Vsock { .. }) {
+            return Some((stream, None));
+        }
+        let mut reader = stream.try_clone().ok()?;
+        stream.set_read_timeout(Some(wait)).ok()?;
+        match proto::read_frame(&mut reader) {
+            Ok(frame) => {
+                stream.set_read_timeout(None).ok()?;
+                return Some((stream, Some(frame)));
+            }
+            Err(_) if crate::vmdir::alive(vm_pid) => {
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// One frame from the guest: stream-0 events recorded and broadcast, the rest routed to the
+/// client that owns the stream.
+fn from_guest(shared: &Shared, frame: Frame) {
+    if frame.stream == 0 {
+        match frame.to_msg() {
+            Ok(Msg::Ready(info)) => {
+                shared.ever_ready.store(true, Ordering::Relaxed);
+                let first = lock(&shared.ready).is_none();
+                *lock(&shared.ready) = Some(info.clone());
+                if first {
+                    let _ = write_json(
+                        &shared.vm.file("ready.json"),
+                        &ReadyRecord {
+                            boot_ms: lock(&shared.started).elapsed().as_millis() as u64,
+                            info,
+                        },
+                    );
+                }
+            }
+            Ok(Msg::ShuttingDown { reboot }) => *lock(&shared.shutdown) = Some(reboot),
+            _ => {}
+        }
+        shared.broadcast(&frame);
+        return;
+    }
+    let route = lock(&shared.routes).to_client.get(&frame.stream).copied();
+    let Some((client, client_stream)) = route else {
+        return; // the client went away
+    };
+    let ends = frame.kind == Kind::Msg
+        && matches!(
+            frame.to_msg(),
+            Ok(Msg::Exited { .. }) | Ok(Msg::Error { .. })
+        );
+    let guest_stream = frame.stream;
+    shared.to_client(
+        client,
+        &Frame {
+            stream: client_stream,
+            ..frame
+        },
+    );
+    if ends {
+        let mut r = lock(&shared.routes);
+        r.to_client.remove(&guest_stream);
+        r.to_guest.remove(&(client, client_stream));
+    }
 }
 
 fn client_loop(shared: Arc<Shared>, conn: UnixStream) {
