@@ -556,9 +556,14 @@ impl Runtime for VmmRuntime {
             vcpus: cfg.vcpus,
             memory_mib: cfg.memory_mib,
             accel: cfg.accel,
-            boot_ms: booted
-                .map(|b| b.boot_ms)
-                .or_else(|| vm.ready().map(|r| r.boot_ms)),
+            // A restored VM: the time to its agent's Ready, as for QEMU restores (the VMM's own
+            // record is only its load).
+            boot_ms: match cfg.incoming {
+                Some(_) => vm.ready().map(|r| r.boot_ms),
+                None => booted
+                    .map(|b| b.boot_ms)
+                    .or_else(|| vm.ready().map(|r| r.boot_ms)),
+            },
         })
     }
 
