@@ -267,24 +267,6 @@ fn build_from(
         drop(t);
         mmio_bus.insert(slot.transport.clone(), slot.base, MMIO_LEN)?;
     }
-    if let Some((st, _)) = snapshot {
-        // After the irqfds and ioeventfds exist: a restored device may raise its interrupt
-        // or look at its queues at once.
-        if st.virtio.len() != virtio.len() {
-            return Err(BuildError::Snapshot(format!(
-                "the snapshot has {} virtio devices, its configuration {}",
-                st.virtio.len(),
-                virtio.len()
-            )));
-        }
-        for (slot, (id, ts)) in virtio.iter().zip(&st.virtio) {
-            slot.transport
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .restore(ts)
-                .map_err(|e| BuildError::Snapshot(format!("device {id}: {e}")))?;
-        }
-    }
     for (base, len, dev) in extra.pio {
         io_bus.insert(dev, base, len)?;
     }
@@ -345,6 +327,27 @@ fn build_from(
         vm.restore_state(&st.vm)
             .map_err(|e| BuildError::Snapshot(crate::error_chain(&e)))?;
     }
+    if let Some((st, _)) = snapshot {
+        // Last: a restored device may raise its interrupt at once (vsock's transport reset,
+        // a pending InterruptStatus), which must land in the restored interrupt controllers,
+        // not in fresh ones that KVM_SET_IRQCHIP/KVM_SET_LAPIC then overwrite (the vCPUs are
+        // parked, so the interrupt waits for them).
+        if st.virtio.len() != virtio.len() {
+            return Err(BuildError::Snapshot(format!(
+                "the snapshot has {} virtio devices, its configuration {}",
+                st.virtio.len(),
+                virtio.len()
+            )));
+        }
+        for (slot, (id, ts)) in virtio.iter().zip(&st.virtio) {
+            slot.transport
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .restore(ts)
+                .map_err(|e| BuildError::Snapshot(format!("device {id}: {e}")))?;
+        }
+    }
+
     Ok(BuiltVm {
         vm,
         vcpus,
