@@ -22,10 +22,13 @@ cargo test --workspace --no-run -q
 pvm=
 if [ -e /sys/module/kvm_pvm ]; then
   crates/vmm/guest-pvm/build.sh >/dev/null
-  # Both boots, one after the other: the userspace marker, then ext4 on a qcow2 overlay, a
-  # ping over a tap, /dev/hwrng and the agent over vsock (needs the static agent: built above).
-  (KOBAKO_PVM_TIMEOUT=1800 KOBAKO_PVM_CMDLINE_EXTRA=quiet cargo test -q -p kobako-vmm --test linux_pvm -- --ignored \
-    --nocapture --test-threads=1 > target/linux-pvm.log 2>&1) &
+  # The boots one after the other: the userspace marker, then ext4 on a qcow2 overlay, a
+  # ping over a tap, /dev/hwrng and the agent over vsock (needs the static agent: built above)
+  # with a snapshot restored into a new VMM process, then `vm snapshot`/`vm restore` of a
+  # `--runtime vmm` VM through the whole runtime (its own boot: ~4-8 min here).
+  ( (KOBAKO_PVM_TIMEOUT=1800 KOBAKO_PVM_CMDLINE_EXTRA=quiet cargo test -q -p kobako-vmm --test linux_pvm -- --ignored \
+    --nocapture --test-threads=1 &&
+    cargo test -q -p kobako --test vmm_snapshot -- --ignored --nocapture) > target/linux-pvm.log 2>&1) &
   pvm=$!
 else
   echo "linux_pvm: SKIPPED: /dev/kvm here is not kvm_pvm (the vm_boot tests boot Linux on it)"
@@ -34,7 +37,7 @@ cargo test --workspace --no-fail-fast -- --test-threads=2
 if [ -n "$pvm" ]; then
   echo "== Linux on kobako-vmm (PVM host)"
   if ! wait "$pvm"; then tail -n 40 target/linux-pvm.log; exit 1; fi
-  grep -E "Guest-boot-time|exit code|KOBAKO-|snapshot:|test result" target/linux-pvm.log | grep -v KOBAKO-TICK
+  grep -E "Guest-boot-time|exit code|KOBAKO-|snapshot:|vmm runtime:|test result" target/linux-pvm.log | grep -v KOBAKO-TICK
 fi
 echo "== API fuzz (schemathesis against the OpenAPI document)"
 scripts/api-fuzz.sh target/debug/kobako

@@ -4,8 +4,8 @@
 //!
 //! On this PVM host the boot alone takes minutes (every guest kernel instruction is emulated;
 //! the PVM-tolerant kernel from `crates/vmm/guest-pvm/build.sh`, `KOBAKO_PVM_KERNEL` overrides),
-//! so the test is `#[ignore]`d and `scripts/test.sh` does not run it (the raw-VMM snapshot is
-//! checked there, in `crates/vmm/tests/linux_pvm.rs`, on a boot it already pays for):
+//! so the test is `#[ignore]`d from the parallel suite and `scripts/test.sh` runs it in the
+//! background after `crates/vmm/tests/linux_pvm.rs`, on PVM hosts:
 //! `cargo test -p kobako --test vmm_snapshot -- --ignored --nocapture`. On hosts whose KVM runs
 //! standard guests it uses the default kernel and takes seconds. Without `/dev/kvm` it says so
 //! and passes.
