@@ -728,7 +728,7 @@ impl VmResources {
     }
 
     /// Applies a whole `--config-file` document.
-    pub fn from_full(cfg: FullConfig) -> Result<VmResources, ConfigError> {
+    pub fn from_full(mut cfg: FullConfig) -> Result<VmResources, ConfigError> {
         for (name, v) in [
             ("balloon", &cfg.balloon),
             ("mmds-config", &cfg.mmds_config),
@@ -743,12 +743,29 @@ impl VmResources {
             }
         }
         let mut r = VmResources::default();
-        if let Some(mc) = cfg.machine_config {
+        if let Some(mc) = cfg.machine_config.take() {
             r.set_machine_config(mc)?;
         }
-        if let Some(b) = cfg.boot_source {
+        if let Some(b) = cfg.boot_source.take() {
             r.set_boot_source(b)?;
         }
+        r.apply_devices(cfg)?;
+        Ok(r)
+    }
+
+    /// The configuration stored in a snapshot: as [`VmResources::from_full`], except that the
+    /// kernel is not checked (it is in the memory file; its path is kept for `GET /vm/config`).
+    pub fn from_snapshot(mut cfg: FullConfig) -> Result<VmResources, ConfigError> {
+        let mut r = VmResources::default();
+        r.set_machine_config(cfg.machine_config.take().unwrap_or_default())?;
+        r.boot_source = cfg.boot_source.take();
+        r.apply_devices(cfg)?;
+        Ok(r)
+    }
+
+    /// Drives, interfaces, vsock, entropy, logger, metrics and serial of a document.
+    fn apply_devices(&mut self, cfg: FullConfig) -> Result<(), ConfigError> {
+        let r = self;
         for d in cfg.drives {
             let id = d.drive_id.clone();
             r.put_drive(&id, d)?;
@@ -764,7 +781,7 @@ impl VmResources {
         r.logger = cfg.logger;
         r.metrics = cfg.metrics;
         r.serial = cfg.serial;
-        Ok(r)
+        Ok(())
     }
 
     /// `GET /vm/config`.

@@ -649,31 +649,16 @@ impl EventLoop {
                 }
             }
         }
-        let mc = cfg.machine_config.clone().unwrap_or_default();
-        if mc.mem_size_mib << 20 != st.mem_bytes {
+        let mem_mib = cfg.machine_config.as_ref().map_or(0, |m| m.mem_size_mib);
+        if mem_mib << 20 != st.mem_bytes {
             return Err(format!(
                 "the snapshot is inconsistent: {} MiB configured, {} MiB of memory state",
-                mc.mem_size_mib,
+                mem_mib,
                 st.mem_bytes >> 20
             ));
         }
-        let ctx = |e: ConfigError| format!("the snapshot's configuration cannot be used here: {e}");
-        let mut res = VmResources::default();
-        res.set_machine_config(mc).map_err(ctx)?;
-        // The kernel is in the memory file: its path is kept for GET /vm/config only.
-        res.boot_source = cfg.boot_source;
-        for d in cfg.drives {
-            let id = d.drive_id.clone();
-            res.put_drive(&id, d).map_err(ctx)?;
-        }
-        for n in cfg.network_interfaces {
-            let id = n.iface_id.clone();
-            res.put_net(&id, n).map_err(ctx)?;
-        }
-        if let Some(v) = cfg.vsock {
-            res.set_vsock(v).map_err(ctx)?;
-        }
-        res.entropy = cfg.entropy;
+        let mut res = VmResources::from_snapshot(cfg)
+            .map_err(|e| format!("the snapshot's configuration cannot be used here: {e}"))?;
         res.logger = self.res.logger.clone();
         res.metrics = self.res.metrics.clone();
         res.serial = p.serial.clone().or_else(|| self.res.serial.clone());
