@@ -572,7 +572,7 @@ fn checkpoint_and_restore_bring_back_vm_state_and_link_impairments() {
         "--",
         "sh",
         "-c",
-        "echo stage1 > /root/stage; (i=0; while true; do i=$((i+1)); echo $i > /root/count; sleep 0.2; done) >/dev/null 2>&1 &",
+        "echo stage1 > /root/stage; (i=0; while true; do i=$((i+1)); echo $i > /root/count.new; mv /root/count.new /root/count; sleep 0.2; done) >/dev/null 2>&1 &",
     ]);
     run(&["impair", "ab", "--delay", "50ms"]);
     std::thread::sleep(std::time::Duration::from_secs(1));

@@ -288,7 +288,7 @@ fn checkpoint_on_a_full_disk_and_a_corrupt_checkpoint_leave_the_lab_running() {
         "--",
         "sh",
         "-c",
-        "(i=0; while true; do i=$((i+1)); echo $i > /root/count; sleep 0.1; done) >/dev/null 2>&1 &",
+        "(i=0; while true; do i=$((i+1)); echo $i > /root/count.new; mv /root/count.new /root/count; sleep 0.1; done) >/dev/null 2>&1 &",
     ]);
     let count = || -> u64 {
         run(&["exec", "snap-full.n.v0", "--", "cat", "/root/count"])

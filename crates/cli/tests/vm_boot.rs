@@ -250,7 +250,7 @@ fn snapshot_and_restore_continue_the_guest_and_refuse_what_does_not_fit() {
         "--",
         "sh",
         "-c",
-        "echo kept > /root/f; (i=0; while true; do i=$((i+1)); echo $i > /root/n; sleep 0.1; done) >/dev/null 2>&1 &",
+        "echo kept > /root/f; (i=0; while true; do i=$((i+1)); echo $i > /root/n.new; mv /root/n.new /root/n; sleep 0.1; done) >/dev/null 2>&1 &",
     ]));
     std::thread::sleep(std::time::Duration::from_millis(500));
     let snap = env.run.path().join("snap");

@@ -74,7 +74,7 @@ fn vmm_vm_snapshot_and_restore_continue_the_guest() {
         &[
             "sh",
             "-c",
-            "echo kept > /tmp/f; (i=0; while :; do i=$((i+1)); echo $i > /tmp/n; sleep 1; done) \
+            "echo kept > /tmp/f; (i=0; while :; do i=$((i+1)); echo $i > /tmp/n.new; mv /tmp/n.new /tmp/n; sleep 1; done) \
              </dev/null >/dev/null 2>&1 &",
         ],
     )
