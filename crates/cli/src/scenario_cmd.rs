@@ -152,7 +152,11 @@ pub async fn run(cmd: ScenarioCmd) -> Result<i32> {
             println!(
                 "scenario {}: {} in {} ms — {passed} passed, {failed} failed, {skipped} skipped",
                 r.scenario,
-                if r.passed { "PASSED" } else { "FAILED" },
+                match (&r.interrupted, r.passed) {
+                    (Some(why), _) => format!("STOPPED ({why})"),
+                    (None, true) => "PASSED".into(),
+                    (None, false) => "FAILED".into(),
+                },
                 r.duration_ms
             );
             for st in r.steps.iter().filter(|s| s.status == "failed") {

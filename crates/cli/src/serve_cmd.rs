@@ -124,6 +124,10 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
             );
         }
     }))?;
+    // Stopped by SIGTERM/SIGINT (scenario runs were cancelled): open consoles and streams
+    // are not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    eprintln!("kobako serve: stopped");
     Ok(0)
 }
 

@@ -104,6 +104,25 @@ impl Server {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGTERM, as a service manager stops it; the exit status.
+    pub fn term(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("server running");
+        // SAFETY: sending a signal to our own child process; no memory involved.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the server did not stop within 30 s of SIGTERM: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             // SAFETY: sending a signal to our own child process; no memory involved.
@@ -894,6 +913,119 @@ fn labs_over_the_api_with_real_vms_and_a_server_killed_with_9() {
     );
     let fast = rtt(&srv);
     assert!(fast < 100.0, "RTT {fast} ms after a failed scenario");
+
+    // Cancel: a long scenario stopped half-way ends `cancelled` with its report (the steps not
+    // run skipped, naming who cancelled) and its fault undone; only its owner or an admin may.
+    let (s, op) = srv.call(
+        "POST",
+        &format!("/labs/{lab}/scenarios"),
+        Some(&alice),
+        yaml(b"name: long\nsteps:\n  - link: { link: l1, state: down }\n  - sleep: 300s\n  - name: never\n    rtt: { from: a.x, to: 10.77.0.2, count: 1 }\n".to_vec()),
+    );
+    assert_eq!(s, 202, "{op}");
+    let id = op["id"].as_str().unwrap().to_string();
+    let t0 = Instant::now();
+    loop {
+        let (_, v) = srv.call("GET", &format!("/operations/{id}"), Some(&alice), None);
+        if v["progress"].to_string().contains("ok ") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "{v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_ne!(ping(&srv), 0, "the scenario's first step did not cut l1");
+    let (s, _) = srv.call(
+        "POST",
+        "/users",
+        Some(&admin),
+        Some(Body::Json(
+            json!({"name": "bob", "password": "bob-password", "role": "member"}),
+        )),
+    );
+    assert_eq!(s, 201);
+    let bob = tok(&srv.login("bob", "bob-password"));
+    let (s, v) = srv.call(
+        "POST",
+        &format!("/operations/{id}/cancel"),
+        Some(&bob),
+        None,
+    );
+    assert_eq!(s, 403, "another member cancelled alice's scenario: {v}");
+    let (s, v) = srv.call(
+        "POST",
+        &format!("/operations/{id}/cancel"),
+        Some(&alice),
+        None,
+    );
+    assert_eq!(s, 202, "{v}");
+    let t1 = Instant::now();
+    let done = srv.wait_op(&alice, &op, Duration::from_secs(30));
+    eprintln!("scenario cancelled in {:?}", t1.elapsed());
+    assert_eq!(done["state"], "cancelled", "{done}");
+    assert_eq!(done["error"], "cancelled by alice", "{done}");
+    let steps = &done["result"]["report"]["steps"];
+    assert_eq!(steps[0]["status"], "passed", "{done}");
+    for i in [1, 2] {
+        assert_eq!(steps[i]["status"], "skipped", "{done}");
+        assert_eq!(steps[i]["message"], "cancelled by alice", "{done}");
+    }
+    assert!(done["result"]["html"]
+        .as_str()
+        .unwrap()
+        .contains("STOPPED (cancelled by alice)"));
+    assert_eq!(ping(&srv), 0, "the cancelled scenario left l1 cut");
+    let (s, v) = srv.call(
+        "POST",
+        &format!("/operations/{id}/cancel"),
+        Some(&alice),
+        None,
+    );
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already ended (cancelled)"),
+        "{v}"
+    );
+    let (s, v) = srv.call("POST", "/operations/nope/cancel", Some(&alice), None);
+    assert_eq!(s, 404, "{v}");
+
+    // A server stopped with SIGTERM during a scenario run cancels it first: after the restart
+    // the run is `cancelled` (not `interrupted`) and its fault is undone.
+    let (s, op) = srv.call(
+        "POST",
+        &format!("/labs/{lab}/scenarios"),
+        Some(&alice),
+        yaml(
+            b"name: long\nsteps:\n  - impair: { link: l1, loss: 100% }\n  - sleep: 300s\n".to_vec(),
+        ),
+    );
+    assert_eq!(s, 202, "{op}");
+    let id = op["id"].as_str().unwrap().to_string();
+    let t0 = Instant::now();
+    while !srv
+        .call("GET", &format!("/operations/{id}"), Some(&alice), None)
+        .1["progress"]
+        .to_string()
+        .contains("ok ")
+    {
+        assert!(t0.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let t1 = Instant::now();
+    let st = srv.term();
+    eprintln!("server stopped {:?} after SIGTERM", t1.elapsed());
+    assert!(st.success(), "{st}: {}", srv.log_text());
+    srv.spawn();
+    let (_, done) = srv.call("GET", &format!("/operations/{id}"), Some(&alice), None);
+    assert_eq!(done["state"], "cancelled", "{done}");
+    assert_eq!(done["error"], "cancelled: the server is stopping", "{done}");
+    assert_eq!(
+        ping(&srv),
+        0,
+        "the scenario stopped with the server left l1 impaired"
+    );
 
     // Events: the lab's history from the start, as SSE with ids.
     let evs = sse_until(

@@ -87,6 +87,8 @@ pub struct AppState {
     pub dummy_hash: Arc<String>,
     /// Labs with an operation running in this process.
     pub busy: ops::Busy,
+    /// Operations of this process that can be cancelled (scenario runs).
+    pub cancels: Arc<ops::Cancels>,
     /// Hot read paths served from memory while the database is unchanged.
     pub cache: Arc<cache::ReadCache>,
     /// OpenID Connect login, when configured.
@@ -120,6 +122,7 @@ impl AppState {
             state_dir,
             dummy_hash: Arc::new(dummy),
             busy: Default::default(),
+            cancels: Default::default(),
             cache: Arc::new(cache::ReadCache::new(watch)),
             oidc: None,
         })
@@ -266,8 +269,36 @@ pub async fn serve(cfg: ServeConfig, hooks: Hooks, on_start: impl FnOnce(&Starte
         admin_password,
         cert: cert_path,
     });
-    while let Some(r) = tasks.join_next().await {
-        r.context("server task")??;
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("handle SIGINT")?;
+    loop {
+        tokio::select! {
+            r = tasks.join_next() => match r {
+                Some(r) => r.context("server task")??,
+                None => return Ok(()),
+            },
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
     }
+    stop_operations(&state).await;
     Ok(())
+}
+
+/// On SIGTERM/SIGINT: scenario runs are cancelled so that their faults are undone and they
+/// end `cancelled` (instead of leaving links cut for `recover` to call `interrupted`); waits
+/// up to 20 s for them. Other operations are left to be marked `interrupted` at the next start.
+async fn stop_operations(state: &AppState) {
+    let n = state
+        .cancels
+        .cancel_all("cancelled: the server is stopping");
+    if n == 0 {
+        return;
+    }
+    tracing::warn!("stopping: cancelling {n} scenario run(s) and undoing their faults");
+    let t0 = std::time::Instant::now();
+    while state.cancels.running() > 0 && t0.elapsed() < std::time::Duration::from_secs(20) {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -7,6 +7,10 @@
 //! second change to the same lab is refused with 409 instead of racing; the lock dies with the
 //! process.
 //!
+//! Scenario runs can be cancelled (`POST /api/v1/operations/{id}/cancel`, or a server
+//! stopping on SIGTERM/SIGINT): their remaining steps are skipped, their faults undone, and
+//! they end `cancelled` with the report ([`Cancels`]).
+//!
 //! After a restart ([`recover`]) operations still marked running are `interrupted`, and
 //! [`watch_vms`] keeps the stored VM states true to what runs (a VM whose process ended is
 //! `stopped` with the reason from its exit record).
@@ -41,7 +45,8 @@ pub struct Operation {
     pub lab: Option<String>,
     /// Who started it.
     pub user: String,
-    /// `running`, `succeeded`, `failed` or `interrupted` (the server stopped during it).
+    /// `running`, `succeeded`, `failed`, `cancelled` (a scenario run stopped by a user or by
+    /// the server stopping; faults undone) or `interrupted` (the server died during it).
     pub state: String,
     pub progress: Vec<ProgressLine>,
     /// What it produced (for `lab.up`: every VM's state, boot time and addresses).
@@ -157,6 +162,17 @@ fn finish_with(
     } else {
         "succeeded"
     };
+    finish_as(db, id, lab, state, result, error)
+}
+
+fn finish_as(
+    db: &Db,
+    id: &str,
+    lab: Option<&str>,
+    state: &str,
+    result: Option<serde_json::Value>,
+    error: Option<String>,
+) {
     let result = result.map(|v| v.to_string());
     let _ = db.conn().execute(
         "UPDATE operations SET state = ?2, result = ?3, error = ?4, updated_ms = ?5 WHERE id = ?1",
@@ -310,9 +326,92 @@ pub async fn start_task(
 /// The progress sink of a running operation.
 pub(crate) type OpSink = Arc<dyn Progress>;
 
+/// Operations of this process that can be cancelled, by id: `Some(sender)` while running,
+/// `None` once a cancel was requested (the entry goes when the operation ends).
+#[derive(Default)]
+pub struct Cancels(std::sync::Mutex<std::collections::HashMap<String, Option<CancelTx>>>);
+
+type CancelTx = tokio::sync::oneshot::Sender<String>;
+
+/// What [`Cancels::cancel`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The operation was told to stop.
+    Requested,
+    /// A cancel had already been requested; it is on its way.
+    AlreadyRequested,
+    /// Not a cancellable operation of this process.
+    NotCancellable,
+}
+
+/// Completes with the reason when the operation is cancelled; never otherwise.
+pub(crate) struct Cancelled(tokio::sync::oneshot::Receiver<String>);
+
+impl Cancelled {
+    pub(crate) async fn wait(self) -> String {
+        match self.0.await {
+            Ok(why) => why,
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+impl Cancels {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Option<CancelTx>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn register(&self, id: &str) -> Cancelled {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.lock().insert(id.to_string(), Some(tx));
+        Cancelled(rx)
+    }
+
+    /// Tells operation `id` to stop, `why` being the reason its report shows.
+    pub fn cancel(&self, id: &str, why: &str) -> CancelOutcome {
+        match self.lock().get_mut(id) {
+            None => CancelOutcome::NotCancellable,
+            Some(slot) => match slot.take() {
+                Some(tx) => {
+                    let _ = tx.send(why.to_string());
+                    CancelOutcome::Requested
+                }
+                None => CancelOutcome::AlreadyRequested,
+            },
+        }
+    }
+
+    /// Whether a cancel of `id` was requested.
+    fn requested(&self, id: &str) -> bool {
+        matches!(self.lock().get(id), Some(None))
+    }
+
+    /// Forgets `id`: it ended and its row is written.
+    fn forget(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    /// Cancels every operation; how many were told.
+    pub fn cancel_all(&self, why: &str) -> usize {
+        let ids: Vec<String> = self.lock().keys().cloned().collect();
+        ids.iter()
+            .filter(|id| self.cancel(id, why) == CancelOutcome::Requested)
+            .count()
+    }
+
+    /// Cancellable operations whose row is not written yet.
+    pub fn running(&self) -> usize {
+        self.lock().len()
+    }
+}
+
 /// Starts an operation of `kind` on lab `lab` that is neither up, down nor restart (a
 /// scenario run): 409 while this server runs another operation on the lab. `work` gets the
-/// progress sink and returns the result and, when the operation failed, why.
+/// progress sink and a future that completes when the operation is cancelled (with the
+/// reason), and returns the result and, when the operation failed, why. A cancelled
+/// operation ends `cancelled` (its error is the reason) whatever `work` returned.
 pub(crate) async fn start_custom<F, Fut>(
     state: &AppState,
     lab: String,
@@ -321,7 +420,7 @@ pub(crate) async fn start_custom<F, Fut>(
     work: F,
 ) -> ApiResult<Operation>
 where
-    F: FnOnce(AppState, OpSink) -> Fut + Send + 'static,
+    F: FnOnce(AppState, OpSink, Cancelled) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = (Option<serde_json::Value>, Option<String>)> + Send,
 {
     if !state
@@ -345,6 +444,7 @@ where
         .await?;
     let st = state.clone();
     let id = operation.id.clone();
+    let cancelled = state.cancels.register(&id);
     tokio::spawn(async move {
         let db = st.db.get();
         let sink: OpSink = Arc::new(OpProgress {
@@ -352,8 +452,21 @@ where
             id: id.clone(),
             lab: Some(lab.clone()),
         });
-        let (result, error) = work(st, sink).await;
-        finish_with(&db, &id, Some(&lab), result, error);
+        let cancels = st.cancels.clone();
+        let (result, error) = work(st, sink, cancelled).await;
+        // Cancelled when the work says it stopped early (a cancel that came as it ended
+        // normally does not turn its result into `cancelled`).
+        let stopped = result
+            .as_ref()
+            .and_then(|r| r["report"]["interrupted"].as_str())
+            .map(String::from);
+        match stopped {
+            Some(why) if cancels.requested(&id) => {
+                finish_as(&db, &id, Some(&lab), "cancelled", result, Some(why))
+            }
+            _ => finish_with(&db, &id, Some(&lab), result, error),
+        }
+        cancels.forget(&id);
         drop(guard);
     });
     Ok(operation)
@@ -562,5 +675,41 @@ pub async fn watch_vms(state: AppState) {
         tokio::time::sleep(Duration::from_secs(2)).await;
         let db = state.db.get();
         let _ = tokio::task::spawn_blocking(move || check_vms(&db)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn cancels_reach_the_operation_once_and_are_forgotten_when_it_ends() {
+        let c = Cancels::default();
+        let a = c.register("a");
+        let _b = c.register("b");
+        assert_eq!(c.cancel("x", "why"), CancelOutcome::NotCancellable);
+        assert_eq!(
+            c.cancel("a", "cancelled by alice"),
+            CancelOutcome::Requested
+        );
+        assert_eq!(c.cancel("a", "again"), CancelOutcome::AlreadyRequested);
+        assert_eq!(a.wait().await, "cancelled by alice");
+        assert!(c.requested("a") && !c.requested("b"));
+        assert_eq!(c.running(), 2);
+        // Only the one not cancelled yet is told.
+        assert_eq!(c.cancel_all("stopping"), 1);
+        c.forget("a");
+        c.forget("b");
+        assert_eq!(c.running(), 0);
+        assert_eq!(c.cancel("a", "late"), CancelOutcome::NotCancellable);
+    }
+
+    #[tokio::test]
+    async fn an_operation_never_cancelled_never_completes_its_cancel_future() {
+        let c = Cancels::default();
+        let a = c.register("a");
+        c.forget("a"); // the sender is dropped
+        let r = tokio::time::timeout(std::time::Duration::from_millis(50), a.wait()).await;
+        assert!(r.is_err(), "a dropped registration looked like a cancel");
     }
 }

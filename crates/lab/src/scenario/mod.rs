@@ -87,6 +87,7 @@ mod tests {
             scenario: "s<1>".into(),
             lab: "l".into(),
             passed: false,
+            interrupted: None,
             started_ms: 0,
             duration_ms: 1000,
             steps: vec![

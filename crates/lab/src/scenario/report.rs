@@ -45,6 +45,9 @@ pub struct Report {
     pub steps: Vec<StepResult>,
     /// What was undone at the end.
     pub cleanup: Vec<String>,
+    /// Why the run stopped before its end (`interrupted (Ctrl-C)`, `cancelled by alice`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<String>,
 }
 
 fn xml(s: &str) -> String {
@@ -236,7 +239,11 @@ impl Report {
              <h2>RTT and loss over time</h2><p>blue: RTT (ms), red dashed: loss (%), grey: fault steps</p>{svg}\
              <h2>Cleanup</h2><ul>{cleanup}</ul></body></html>\n",
             name = xml(&self.scenario),
-            verdict = if self.passed { "PASSED" } else { "FAILED" },
+            verdict = match (&self.interrupted, self.passed) {
+                (Some(why), _) => format!("STOPPED ({})", xml(why)),
+                (None, true) => "PASSED".into(),
+                (None, false) => "FAILED".into(),
+            },
             lab = xml(&self.lab),
             n = self.steps.len(),
             dur = self.duration_ms,

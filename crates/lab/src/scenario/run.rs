@@ -324,11 +324,14 @@ pub async fn run(
 ) -> Result<Report> {
     run_until(rt, s, lab, resolve, progress, async {
         let _ = tokio::signal::ctrl_c().await;
+        "interrupted (Ctrl-C)".to_string()
     })
     .await
 }
 
-/// Runs scenario `s` against running lab `lab` until it ends or `stop` completes. Names are
+/// Runs scenario `s` against running lab `lab` until it ends or `stop` completes with the
+/// reason ("interrupted (Ctrl-C)", "cancelled by alice"): the steps not run are reported
+/// as skipped with that reason, and faults are undone as after a normal end. Names are
 /// checked against the lab before any step runs.
 pub async fn run_until(
     rt: Arc<dyn Runtime>,
@@ -336,7 +339,7 @@ pub async fn run_until(
     lab: &str,
     resolve: &Resolver,
     progress: &dyn Progress,
-    stop: impl Future<Output = ()>,
+    stop: impl Future<Output = String>,
 ) -> Result<Report> {
     let rec = LabRecord::load(lab).ok_or_else(|| LabError::NotFound(lab.into()))?;
     check_against(s, &rec.lab).map_err(|e| LabError::Other(e.to_string()))?;
@@ -361,11 +364,11 @@ pub async fn run_until(
         results: Mutex::new(BTreeMap::new()),
     };
     let interrupted = tokio::select! {
-        _ = ex.seq(&s.steps, "") => false,
-        _ = stop => true,
+        _ = ex.seq(&s.steps, "") => None,
+        why = stop => Some(why),
     };
-    if interrupted {
-        progress.event("interrupted: undoing faults");
+    if let Some(why) = &interrupted {
+        progress.event(&format!("{why}: undoing faults"));
     }
     let cleanup = if s.keep {
         let kept = ex
@@ -394,7 +397,7 @@ pub async fn run_until(
             duration_ms: 0,
             expected: None,
             observed: None,
-            message: interrupted.then(|| "interrupted (Ctrl-C)".to_string()),
+            message: interrupted.clone(),
             metrics: serde_json::json!({}),
             samples: Vec::new(),
         });
@@ -405,7 +408,8 @@ pub async fn run_until(
     Ok(Report {
         scenario: s.name.clone(),
         lab: lab.into(),
-        passed: !failed && !interrupted,
+        passed: !failed && interrupted.is_none(),
+        interrupted,
         started_ms,
         duration_ms: t0.elapsed().as_millis() as u64,
         steps,

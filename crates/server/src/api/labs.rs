@@ -758,3 +758,58 @@ pub async fn get_operation(
     }
     Ok(Json(op))
 }
+
+/// Cancel a running scenario run: its remaining steps are skipped and its faults undone (as
+/// Ctrl-C does to `kobako scenario run`); the operation then ends `cancelled`, still with its
+/// report. Only scenario runs (`lab.scenario`) can be cancelled; members cancel their own
+/// operations, admins any.
+#[utoipa::path(post, path = "/api/v1/operations/{id}/cancel", tag = "operations",
+    params(("id" = String, Path, description = "Operation id")),
+    responses((status = 202, description = "Cancel requested; poll the operation until it is `cancelled`", body = Operation)))]
+pub async fn cancel_operation(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<(StatusCode, Json<Operation>)> {
+    let i = id.clone();
+    let op = st
+        .db
+        .run(move |db| ops::get(db, &i))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no operation '{id}'")))?;
+    match caller.user.role {
+        crate::auth::Role::Admin => {}
+        crate::auth::Role::Member if op.user == caller.name() => {}
+        crate::auth::Role::Member => {
+            return Err(ApiError::forbidden(
+                "this operation was started by another user: only they or an admin can cancel it",
+            ))
+        }
+        crate::auth::Role::Viewer => {
+            return Err(ApiError::forbidden("viewers cannot cancel operations"))
+        }
+    }
+    if op.state != "running" {
+        return Err(ApiError::conflict(format!(
+            "operation '{id}' has already ended ({}): nothing to cancel",
+            op.state
+        )));
+    }
+    let why = format!("cancelled by {}", caller.name());
+    match st.cancels.cancel(&id, &why) {
+        ops::CancelOutcome::Requested | ops::CancelOutcome::AlreadyRequested => {}
+        ops::CancelOutcome::NotCancellable => {
+            return Err(ApiError::conflict(format!(
+                "operations of kind '{}' cannot be cancelled (only scenario runs, lab.scenario, can): wait for it to end (GET /api/v1/operations/{id})",
+                op.kind
+            )))
+        }
+    }
+    let i = id.clone();
+    let op = st
+        .db
+        .run(move |db| ops::get(db, &i))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no operation '{id}'")))?;
+    Ok((StatusCode::ACCEPTED, Json(op)))
+}

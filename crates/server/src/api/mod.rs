@@ -92,6 +92,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(scenarios::run_scenario))
         .routes(routes!(labs::list_operations))
         .routes(routes!(labs::get_operation))
+        .routes(routes!(labs::cancel_operation))
         .routes(routes!(vms::get_vm))
         .routes(routes!(vms::exec))
         .routes(routes!(vms::download, vms::upload))

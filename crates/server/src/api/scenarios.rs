@@ -2,7 +2,8 @@
 //! it (structure, assertions, names against the lab) before anything runs, then runs it as an
 //! operation (`lab.scenario`): its progress lines are the live step lines, its result the
 //! report (JSON, JUnit XML, HTML). A failed scenario is a failed operation that still carries
-//! its report. Changing a lab's links and VMs, it needs write access to the lab, like `up`.
+//! its report; `POST /api/v1/operations/{id}/cancel` stops a run (faults undone, operation
+//! `cancelled`, report with the steps not run as skipped). Changing a lab's links and VMs, it needs write access to the lab, like `up`.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -77,11 +78,10 @@ pub async fn run_scenario(
         name,
         "lab.scenario",
         caller.name().to_string(),
-        move |st, sink| async move {
+        move |st, sink, cancelled| async move {
             let rt = st.hooks.runtime.clone();
             let resolver = st.hooks.resolver.clone();
-            let r =
-                scenario::run_until(rt, &s, &lab, &*resolver, &*sink, std::future::pending()).await;
+            let r = scenario::run_until(rt, &s, &lab, &*resolver, &*sink, cancelled.wait()).await;
             match r {
                 Err(e) => (None, Some(e.to_string())),
                 Ok(rep) => {
