@@ -167,6 +167,49 @@ pub async fn restart(target: &str, json: bool) -> Result<i32> {
     Ok(if report.ok() { 0 } else { 1 })
 }
 
+/// The lab and `NODE[.VM]` of a `stop`/`start` target (a whole lab is `down`/`up`).
+fn node_target(target: &str, verb: &str) -> Result<(String, String)> {
+    match split_target(target)? {
+        (lab, Some(what)) => Ok((lab, what)),
+        (lab, None) => bail!(
+            "'{target}' is a lab: `kobako {verb}` takes a node or VM of it (NODE, NODE.VM or {lab}/NODE.VM); a whole lab is {}",
+            if verb == "stop" {
+                "taken down with `kobako down LAB`"
+            } else {
+                "brought up with `kobako up FILE`"
+            }
+        ),
+    }
+}
+
+/// `kobako stop NODE[.VM]`.
+pub async fn stop(target: &str) -> Result<i32> {
+    let (lab, what) = node_target(target, "stop")?;
+    let rt: Arc<dyn Runtime> = Arc::new(runtime()?);
+    let who = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "root".into());
+    let n = controller::stop_vms(rt, &lab, &what, &format!("stopped by {who}"), &Stderr).await?;
+    println!(
+        "{n} VM(s) of {lab}/{what} stopped; lab {lab} is degraded until `kobako start {lab}/{what}`"
+    );
+    Ok(0)
+}
+
+/// `kobako start NODE[.VM]`.
+pub async fn start(target: &str, json: bool) -> Result<i32> {
+    let (lab, what) = node_target(target, "start")?;
+    let rt: Arc<dyn Runtime> = Arc::new(runtime()?);
+    let resolve = resolver();
+    let report = controller::start_vms(rt, &lab, &what, &resolve, &Stderr).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(if report.ok() { 0 } else { 1 })
+}
+
 /// `LAB`, `LAB/NODE[.VM]`, or `NODE[.VM]` of the one lab that has it.
 fn split_target(t: &str) -> Result<(String, Option<String>)> {
     if let Some((l, w)) = t.split_once('/') {

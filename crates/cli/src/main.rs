@@ -94,6 +94,16 @@ enum Cmd {
         #[arg(short, long)]
         output: Option<String>,
     },
+    /// Stop a node (`NODE`) or one VM (`NODE.VM`) of a running lab, keeping it in the lab (its
+    /// links stay; the lab is `degraded` until `start`); `LAB/NODE.VM` when ambiguous.
+    Stop { target: String },
+    /// Start the stopped VMs of a node (`NODE`) or one VM (`NODE.VM`) again: booted and
+    /// configured as at `up`; `LAB/NODE.VM` when ambiguous.
+    Start {
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Restart a lab (`LAB`), a node (`NODE`) or one VM (`NODE.VM`); `LAB/NODE.VM` when ambiguous.
     Restart {
         target: String,
@@ -235,6 +245,8 @@ fn main() {
                     Cmd::Graph { name, format } => lab_cmd::graph(&name, &format),
                     Cmd::Save { name, output } => lab_cmd::save(&name, output.as_deref()),
                     Cmd::Restart { target, json } => lab_cmd::restart(&target, json).await,
+                    Cmd::Stop { target } => lab_cmd::stop(&target).await,
+                    Cmd::Start { target, json } => lab_cmd::start(&target, json).await,
                     Cmd::Checkpoint {
                         lab,
                         name,

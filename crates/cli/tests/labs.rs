@@ -364,6 +364,37 @@ fn link_down_cuts_traffic_impair_changes_rtt_and_restart_reboots() {
     assert_ne!(before, pid(&env), "restart kept the old VM process");
     assert!(rtt_ms(&env, state.path(), "a.h", "10.77.0.2", "2").is_some());
 
+    // Stop one VM (a crashed or switched-off host): its process ends, the lab is degraded and
+    // says why, the peer cannot reach it; start boots it again, configured, reachable.
+    let before = pid(&env);
+    let out = ok(&lab_cmd(&env, state.path(), &["stop", "b.h"]));
+    eprintln!("stop: {out}");
+    assert!(out.contains("1 VM(s) of kbt-link/b.h stopped"), "{out}");
+    let alive = |p: &str| std::path::Path::new(&format!("/proc/{}", p.trim())).exists();
+    assert!(
+        !alive(&before),
+        "the stopped VM's process {before} still runs"
+    );
+    let ls = ok(&lab_cmd(&env, state.path(), &["ls"]));
+    assert!(ls.contains("degraded"), "{ls}");
+    let insp = ok(&lab_cmd(&env, state.path(), &["inspect", "kbt-link"]));
+    assert!(insp.contains("stopped by"), "{insp}");
+    assert!(rtt_ms(&env, state.path(), "a.h", "10.77.0.2", "1").is_none());
+    let o = lab_cmd(&env, state.path(), &["stop", "kbt-link"]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("kobako down"),
+        "{}",
+        text(&o.stderr)
+    );
+    let out = ok(&lab_cmd(&env, state.path(), &["start", "b.h"]));
+    eprintln!("start: {out}");
+    assert!(out.contains("ready"), "{out}");
+    assert_ne!(before, pid(&env));
+    assert!(rtt_ms(&env, state.path(), "a.h", "10.77.0.2", "2").is_some());
+    let ls = ok(&lab_cmd(&env, state.path(), &["ls"]));
+    assert!(!ls.contains("degraded"), "{ls}");
+
     ok(&lab_cmd(&env, state.path(), &["down", "kbt-link"]));
     env.assert_clean();
     assert!(!netns_exists("kb-kbt-link"));
