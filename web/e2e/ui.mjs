@@ -393,6 +393,40 @@ try {
   await admin.locator("h1 .badge", { hasText: "ready" }).waitFor({ timeout: 30_000 });
   log("VM b.h stopped and started from its panel");
 
+  // ---- scenario: a bad file is located, a good one reports, a long one is cancelled ----------
+  const scn = admin.locator('[data-panel="scenario"]');
+  const scnYaml = scn.getByLabel("Scenario YAML");
+  await scnYaml.fill("name: bad\nsteps:\n  - impair: { link: zz, delay: 5ms }\n");
+  await scn.getByRole("button", { name: "Run scenario" }).click();
+  const scnErr = await scn.getByRole("alert").textContent();
+  expect(/scenario\.yaml:3/.test(scnErr) && /no link 'zz'/.test(scnErr), `bad scenario located (${scnErr})`);
+  await scnYaml.fill(
+    "name: ui-slow\nsteps:\n  - impair: { link: ab, delay: 100ms }\n  - name: slow\n    rtt: { from: a.h, to: 10.99.1.2, count: 2 }\n    expect: { min_ms: 190 }\n",
+  );
+  await scn.getByRole("button", { name: "Run scenario" }).click();
+  await scn.locator('[data-testid="scenario-run"]:not([data-state="running"])').waitFor({ timeout: 60_000 });
+  const scnState = await scn.locator('[data-testid="scenario-run"]').getAttribute("data-state");
+  expect(scnState === "succeeded", `scenario passed in the browser (${scnState}: ${await scn.locator('[data-testid="scenario-run"]').textContent()})`);
+  const slowRow = scn.locator('tr[data-step="2"]');
+  expect((await slowRow.getAttribute("data-status")) === "passed", "report row of the RTT step passed");
+  log(`scenario ui-slow: ${(await slowRow.textContent()).trim()}`);
+  const [junit] = await Promise.all([admin.waitForEvent("download"), scn.getByRole("button", { name: "Download JUnit XML" }).click()]);
+  const junitText = readFileSync(await junit.path(), "utf8");
+  expect(junit.suggestedFilename() === "ui-slow.junit.xml" && /failures="0"/.test(junitText), "JUnit XML of the run downloaded");
+  await admin.locator('tr[data-linkrow="ab"]', { hasText: "none" }).waitFor();
+  await shot(admin, "10b-scenario-report");
+  await scnYaml.fill("name: ui-long\nsteps:\n  - link: { link: ab, state: down }\n  - sleep: 300s\n");
+  await scn.getByRole("button", { name: "Run scenario" }).click();
+  await admin.waitForFunction(() => /ok /.test(document.querySelector('[aria-label="Scenario steps"]')?.textContent ?? ""), undefined, { timeout: 60_000 });
+  await admin.locator('tr[data-linkrow="ab"]', { hasText: "cut" }).waitFor();
+  await scn.getByRole("button", { name: "Cancel scenario" }).click();
+  await scn.locator('[data-testid="scenario-run"][data-state="cancelled"]').waitFor({ timeout: 30_000 });
+  expect((await scn.locator('tr[data-step="2"]').getAttribute("data-status")) === "skipped", "the step not run is skipped");
+  expect(/cancelled by admin/.test(await scn.locator('[data-testid="scenario-run"]').textContent()), "the run says who cancelled it");
+  await admin.locator('tr[data-linkrow="ab"]', { hasText: "up" }).waitFor({ timeout: 15_000 });
+  await shot(admin, "10c-scenario-cancelled");
+  log("scenarios: bad file located, ui-slow passed, ui-long cancelled and its link cut undone");
+
   // ---- keyboard: Tab reaches the graph's VMs; Enter opens one ---------------------------------
   await admin.getByRole("heading", { name: LAB }).click();
   let tabs = 0;

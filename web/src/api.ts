@@ -386,6 +386,9 @@ export const api = {
   saveLayout: (lab: string, positions: Layout["positions"]) =>
     request<Layout>("PUT", `/labs/${enc(lab)}/layout`, { positions }),
   operation: (id: string) => request<Operation>("GET", `/operations/${enc(id)}`),
+  cancelOperation: (id: string) => request<Operation>("POST", `/operations/${enc(id)}/cancel`),
+  runScenario: (lab: string, text: string, file = "scenario.yaml") =>
+    request<Operation>("POST", `/labs/${enc(lab)}/scenarios?file=${enc(file)}`, text, true, "application/yaml"),
   linkState: (lab: string, link: string, up: boolean) =>
     request<LinkInfo>("POST", `/labs/${enc(lab)}/links/${enc(link)}/${up ? "up" : "down"}`),
   impair: (lab: string, link: string, imp: Record<string, string>) =>

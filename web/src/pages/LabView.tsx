@@ -18,6 +18,7 @@ import type { KEvent } from "../events";
 import { specTopology } from "../labfile";
 import { impairText, Topology, type Positions, type Selection, type VmLive } from "../components/Topology";
 import { Terminal } from "../components/Terminal";
+import { ScenarioPanel } from "../components/Scenario";
 import { Link, navigate } from "../router";
 import { ago, ErrorBox, StateBadge, useEvents, useLoad } from "../util";
 
@@ -299,6 +300,7 @@ export default function LabView({ user, name }: { user: User; name: string }) {
         ) : (
           <p className="muted">This lab has no point-to-point links.</p>
         )}
+        {write ? <ScenarioPanel lab={name} labUp={labUp} /> : null}
         <section aria-label="Activity" className="activity">
           <h2>Activity</h2>
           {log.length === 0 ? (
