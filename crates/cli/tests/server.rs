@@ -764,6 +764,108 @@ fn labs_over_the_api_with_real_vms_and_a_server_killed_with_9() {
     let mut back = Vec::new();
     r.into_reader().read_to_end(&mut back).unwrap();
     assert!(back == data, "downloaded file differs");
+    // Without a Content-Length (chunked) the upload is buffered; same file in the guest.
+    let r = srv
+        .agent
+        .put(&srv.url(&format!("/vms/{x}/files?path=/tmp/chunked")))
+        .set("authorization", &format!("Bearer {alice}"))
+        .send(std::io::Cursor::new(data.clone()));
+    let v: Value = r.unwrap().into_json().unwrap();
+    assert_eq!(v["size"], 300_000, "{v}");
+    assert_eq!(
+        v["sha256"],
+        srv.call(
+            "PUT",
+            &format!("/vms/{x}/files?path=/tmp/blob"),
+            Some(&alice),
+            Some(Body::Raw("application/octet-stream", data.clone()))
+        )
+        .1["sha256"]
+    );
+    let sum = srv.call(
+        "POST",
+        &format!("/vms/{x}/exec"),
+        Some(&alice),
+        Some(Body::Json(json!({"argv": ["sha256sum", "/tmp/chunked"]}))),
+    );
+    assert!(
+        sum.1["stdout"]
+            .as_str()
+            .unwrap()
+            .starts_with(v["sha256"].as_str().unwrap()),
+        "{sum:?}"
+    );
+    // A streamed upload whose body breaks off writes nothing.
+    {
+        let mut s = std::os::unix::net::UnixStream::connect(srv.socket()).unwrap();
+        write!(
+            s,
+            "PUT /api/v1/vms/{x}/files?path=/tmp/partial HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/octet-stream\r\ncontent-length: 1000000\r\n\r\n"
+        )
+        .unwrap();
+        s.write_all(&[7u8; 5000]).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(
+            out.starts_with("HTTP/1.1 400") && out.contains("nothing was written"),
+            "{out}"
+        );
+    }
+    let (_, v) = srv.call(
+        "POST",
+        &format!("/vms/{x}/exec"),
+        Some(&alice),
+        Some(Body::Json(json!({"argv": ["sh", "-c", "ls -a /tmp"]}))),
+    );
+    assert!(
+        !v["stdout"].as_str().unwrap().contains("partial"),
+        "a broken-off upload left {v}"
+    );
+    // Files over 16 MiB are streamed (a sparse 40 MiB file: all zeros).
+    let (s, v) = srv.call(
+        "POST",
+        &format!("/vms/{x}/exec"),
+        Some(&alice),
+        Some(Body::Json(
+            json!({"argv": ["dd", "if=/dev/zero", "of=/tmp/sparse", "bs=1", "count=0", "seek=40M"]}),
+        )),
+    );
+    assert_eq!((s, &v["exit_code"]), (200, &json!(0)), "{v}");
+    let t0 = Instant::now();
+    let r = srv
+        .agent
+        .get(&srv.url(&format!("/vms/{x}/files?path=/tmp/sparse")))
+        .set("authorization", &format!("Bearer {alice}"))
+        .call()
+        .unwrap();
+    assert_eq!(r.header("content-length"), Some("41943040"));
+    assert!(r.header("x-kobako-sha256").is_none());
+    let (mut n, mut nonzero, mut buf) = (0u64, 0u64, vec![0u8; 1 << 20]);
+    let mut rd = r.into_reader();
+    loop {
+        let k = rd.read(&mut buf).unwrap();
+        if k == 0 {
+            break;
+        }
+        n += k as u64;
+        nonzero += buf[..k].iter().filter(|b| **b != 0).count() as u64;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "streamed download of 40 MiB: {secs:.1} s ({:.0} MiB/s)",
+        40.0 / secs
+    );
+    assert_eq!((n, nonzero), (40 << 20, 0));
+    let (_, v) = srv.call(
+        "POST",
+        &format!("/vms/{x}/exec"),
+        Some(&alice),
+        Some(Body::Json(
+            json!({"argv": ["rm", "/tmp/sparse", "/tmp/chunked"]}),
+        )),
+    );
+    assert_eq!(v["exit_code"], 0, "{v}");
     let (s, v) = srv.call(
         "GET",
         &format!("/vms/{x}/files?path=/tmp/../etc/shadow"),

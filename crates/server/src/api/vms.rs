@@ -29,6 +29,9 @@ use crate::AppState;
 
 /// Largest file moved through the API in one request.
 pub const MAX_FILE: u64 = 256 * 1024 * 1024;
+/// Downloads up to this size are read whole first (checksum header, error statuses); larger
+/// ones are streamed, so a request holds at most this much memory.
+pub const BUFFERED_DOWNLOAD: u64 = 16 * 1024 * 1024;
 
 /// The VM row (and its lab) after checking the caller may use it.
 async fn vm_for(st: &AppState, caller: &Caller, name: &str, write: bool) -> ApiResult<VmInfo> {
@@ -250,7 +253,10 @@ fn check_guest_path(p: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// Download a file from a VM (`application/octet-stream`, SHA-256 in `x-kobako-sha256`).
+/// Download a file from a VM (`application/octet-stream`). Files up to 16 MiB are read whole
+/// first and carry their SHA-256 in `x-kobako-sha256` (a failed read is an error status);
+/// larger ones are streamed as the agent reads them (`Content-Length` from the file's size; a
+/// failure mid-way aborts the response, so the client sees a short body).
 #[utoipa::path(get, path = "/api/v1/vms/{name}/files", tag = "vms",
     params(("name" = String, Path, description = "VM name"), FileQuery),
     responses((status = 200, description = "The file", content_type = "application/octet-stream", body = Vec<u8>)))]
@@ -267,15 +273,8 @@ pub async fn download(
         .stat(&q.path)
         .await
         .map_err(|e| ApiError::not_found(format!("{}: {e}", q.path)))?;
-    if info.size > MAX_FILE {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!(
-                "{} is {} bytes; the API moves at most {MAX_FILE} (use `kobako cp` on the host)",
-                q.path, info.size
-            ),
-        ));
+    if info.size > BUFFERED_DOWNLOAD {
+        return Ok(stream_download(client, q.path, info.size));
     }
     let mut buf = Vec::with_capacity(info.size as usize);
     let (_, sha, _) = client
@@ -292,6 +291,45 @@ pub async fn download(
         .into_response())
 }
 
+/// The agent writes the file into a pipe from a task; the response body reads the pipe. At the
+/// pipe's end the task's result decides: an error ends the body with an error (hyper then
+/// aborts the connection instead of ending the response cleanly).
+fn stream_download(client: AgentClient, path: String, size: u64) -> Response {
+    let (w, r) = tokio::io::duplex(512 * 1024);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let r = client.get_file(&path, w, &|_| {}).await;
+        let _ = tx.send(r.map(|_| ()).map_err(|e| format!("{path}: {e}")));
+    });
+    let body = futures_util::stream::unfold((r, Some(rx)), |(mut r, rx)| async move {
+        let rx = rx?;
+        let mut buf = vec![0u8; 256 * 1024];
+        match r.read(&mut buf).await {
+            Ok(0) => match rx.await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some((Err(std::io::Error::other(e)), (r, None))),
+                Err(_) => Some((
+                    Err(std::io::Error::other("the transfer task ended")),
+                    (r, None),
+                )),
+            },
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(axum::body::Bytes::from(buf)), (r, Some(rx))))
+            }
+            Err(e) => Some((Err(e), (r, None))),
+        }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Uploaded {
     pub path: String,
@@ -299,7 +337,9 @@ pub struct Uploaded {
     pub sha256: String,
 }
 
-/// Upload a file into a VM (raw body; written atomically, SHA-256 checked by the guest).
+/// Upload a file into a VM (raw body; written atomically, SHA-256 checked by the guest). With a
+/// `Content-Length` the body is streamed to the guest as it arrives (any size the guest has room
+/// for); without one (chunked) it is buffered, up to 256 MiB.
 #[utoipa::path(put, path = "/api/v1/vms/{name}/files", tag = "vms",
     params(("name" = String, Path, description = "VM name"), FileQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
@@ -309,6 +349,7 @@ pub async fn upload(
     caller: Caller,
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<FileQuery>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> ApiResult<Json<Uploaded>> {
     vm_for(&st, &caller, &name, true).await?;
@@ -324,13 +365,62 @@ pub async fn upload(
                 ))
             })?,
     };
-    // Read the body with this endpoint's own limit (larger than the API's 1 MiB default).
-    let mut data = Vec::new();
+    let failed = |e: kobako_runtime::RuntimeError| {
+        ApiError::unprocessable("transfer_failed", format!("{}: {e}", q.path))
+    };
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let mut stream = body.into_data_stream();
+    if let Some(size) = length {
+        // Streamed: a task feeds the body into a pipe the agent client reads. A body that
+        // breaks off ends the pipe early; the guest then refuses the short file (it checks the
+        // size) and nothing is written.
+        let client = agent(&name).await?;
+        let (mut w, r) = tokio::io::duplex(512 * 1024);
+        let (tx, rx) = tokio::sync::oneshot::channel::<Option<String>>();
+        tokio::spawn(async move {
+            let mut why = None;
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(c) => {
+                        if w.write_all(&c).await.is_err() {
+                            break; // the upload already failed on the agent's side
+                        }
+                    }
+                    Err(e) => {
+                        why = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+            let _ = tx.send(why);
+        });
+        let r = client.put_file(r, size, &q.path, mode, &|_| {}).await;
+        if let Ok(Some(why)) = rx.await {
+            return Err(body_rejection(
+                StatusCode::BAD_REQUEST,
+                format!("the request body broke off ({why}); nothing was written"),
+            ));
+        }
+        return Ok(Json(Uploaded {
+            size,
+            sha256: r.map_err(failed)?,
+            path: q.path,
+        }));
+    }
+    let mut data = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| body_rejection(StatusCode::BAD_REQUEST, e.to_string()))?;
         if data.len() as u64 + chunk.len() as u64 > MAX_FILE {
-            return Err(body_rejection(StatusCode::PAYLOAD_TOO_LARGE, String::new()));
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!(
+                    "a chunked upload is buffered and may be at most {MAX_FILE} bytes: send a Content-Length to stream a larger file"
+                ),
+            ));
         }
         data.extend_from_slice(&chunk);
     }
@@ -338,7 +428,7 @@ pub async fn upload(
     let sha = client
         .put_file(&data[..], data.len() as u64, &q.path, mode, &|_| {})
         .await
-        .map_err(|e| ApiError::unprocessable("transfer_failed", format!("{}: {e}", q.path)))?;
+        .map_err(failed)?;
     Ok(Json(Uploaded {
         path: q.path,
         size: data.len() as u64,
