@@ -134,7 +134,26 @@ impl AgentClient {
 
     async fn send(&self, f: &Frame) -> Result<()> {
         let mut w = self.writer.lock().await;
-        w.write_all(&f.encode()).await.map_err(agent_err)
+        w.write_all(&f.encode()).await.map_err(|e| {
+            use std::io::ErrorKind::*;
+            match e.kind() {
+                // The other end is gone: the VM stopped (or was killed) or its supervisor ended.
+                BrokenPipe | ConnectionReset | ConnectionAborted | NotConnected => {
+                    RuntimeError::Agent(format!("the agent channel closed ({e})"))
+                }
+                _ => agent_err(e),
+            }
+        })
+    }
+
+    /// `send` for a transfer: a closed channel is named with the transfer it cut.
+    async fn send_in(&self, f: &Frame, what: &str) -> Result<()> {
+        self.send(f).await.map_err(|e| match e {
+            RuntimeError::Agent(m) if m.starts_with("the agent channel closed") => {
+                RuntimeError::Agent(format!("the agent channel closed during the {what}"))
+            }
+            e => e,
+        })
     }
 
     /// Events on stream 0 from now on (Ready, ShuttingDown).
@@ -464,16 +483,19 @@ impl AgentClient {
         use sha2::Digest;
         let (id, mut rx) = self.open_stream();
         let r = async {
-            self.send(&Frame::msg(
-                id,
-                &Msg::PutFile(proto::PutFile {
-                    path: path.into(),
-                    mode,
-                    uid: None,
-                    gid: None,
-                    size,
-                }),
-            ))
+            self.send_in(
+                &Frame::msg(
+                    id,
+                    &Msg::PutFile(proto::PutFile {
+                        path: path.into(),
+                        mode,
+                        uid: None,
+                        gid: None,
+                        size,
+                    }),
+                ),
+                "upload",
+            )
             .await?;
             let mut h = sha2::Sha256::new();
             let mut buf = vec![0u8; 256 * 1024];
@@ -490,22 +512,28 @@ impl AgentClient {
                     break;
                 }
                 h.update(&buf[..n]);
-                self.send(&Frame {
-                    stream: id,
-                    kind: Kind::Stdin,
-                    payload: buf[..n].to_vec(),
-                })
+                self.send_in(
+                    &Frame {
+                        stream: id,
+                        kind: Kind::Stdin,
+                        payload: buf[..n].to_vec(),
+                    },
+                    "upload",
+                )
                 .await?;
                 sent += n as u64;
                 progress(sent);
             }
             let sha = hex::encode(h.finalize());
-            self.send(&Frame::msg(
-                id,
-                &Msg::PutEnd {
-                    sha256: sha.clone(),
-                },
-            ))
+            self.send_in(
+                &Frame::msg(
+                    id,
+                    &Msg::PutEnd {
+                        sha256: sha.clone(),
+                    },
+                ),
+                "upload",
+            )
             .await?;
             while let Some(f) = rx.recv().await {
                 match f.to_msg() {
@@ -534,7 +562,7 @@ impl AgentClient {
         use sha2::Digest;
         let (id, mut rx) = self.open_stream();
         let r = async {
-            self.send(&Frame::msg(id, &Msg::GetFile { path: path.into() }))
+            self.send_in(&Frame::msg(id, &Msg::GetFile { path: path.into() }), "download")
                 .await?;
             let mut h = sha2::Sha256::new();
             let mut got = 0u64;
@@ -573,5 +601,43 @@ impl AgentClient {
         .await;
         self.close_stream(id);
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A VM killed between two requests: the next transfer says the channel closed during it
+    /// (not a bare "Broken pipe").
+    #[tokio::test]
+    async fn transfers_on_a_closed_channel_say_so() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("agent.sock");
+        let l = tokio::net::UnixListener::bind(&sock).unwrap();
+        let accept = tokio::spawn(async move { drop(l.accept().await.unwrap()) });
+        let c = AgentClient::connect(&sock).await.unwrap();
+        accept.await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), c.closed())
+            .await
+            .unwrap();
+        let e = c
+            .get_file("/etc/hostname", tokio::io::sink(), &|_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the agent channel closed during the download"),
+            "{e}"
+        );
+        let e = c
+            .put_file(&b"data"[..], 4, "/tmp/x", 0o644, &|_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("the agent channel closed during the upload"),
+            "{e}"
+        );
     }
 }
