@@ -427,6 +427,35 @@ try {
   await shot(admin, "10c-scenario-cancelled");
   log("scenarios: bad file located, ui-slow passed, ui-long cancelled and its link cut undone");
 
+  // ---- checkpoints: take one, change the lab, restore it (file and link back), delete it -------
+  const cpp = admin.locator('[data-panel="checkpoints"]');
+  await cpp.getByText("No checkpoints of this lab yet.").waitFor();
+  const sh = (cmd) => pageApi(admin, "POST", `/vms/${LAB}.a.h/exec`, { argv: ["sh", "-c", cmd] });
+  expect((await sh("echo stage1 > /root/stage")).status === 200, "marker written");
+  await cpp.getByLabel("Checkpoint name").fill("stage-1");
+  const tCp = Date.now();
+  await cpp.getByRole("button", { name: "Checkpoint now" }).click();
+  await cpp.getByText("checkpoint stage-1 taken").or(cpp.getByRole("alert")).first().waitFor({ timeout: 120_000 });
+  expect((await cpp.getByRole("alert").count()) === 0, `checkpoint taken (${await cpp.getByRole("alert").textContent().catch(() => "")})`);
+  const cpRow = cpp.locator('tr[data-checkpoint="stage-1"]');
+  log(`checkpoint from the browser in ${Date.now() - tCp} ms: ${(await cpRow.textContent()).trim()}`);
+  await pageApi(admin, "POST", `/labs/${LAB}/links/ab/down`);
+  await sh("echo stage2 > /root/stage");
+  await admin.locator('tr[data-linkrow="ab"]', { hasText: "cut" }).waitFor();
+  const tRs = Date.now();
+  await cpp.getByRole("button", { name: "Restore stage-1" }).click();
+  await cpp.getByText("lab restored to stage-1").or(cpp.getByRole("alert")).first().waitFor({ timeout: 180_000 });
+  expect((await cpp.getByRole("alert").count()) === 0, `lab restored (${await cpp.getByRole("alert").textContent().catch(() => "")})`);
+  log(`restore from the browser in ${Date.now() - tRs} ms`);
+  await admin.locator('tr[data-linkrow="ab"]', { hasText: "up" }).waitFor({ timeout: 15_000 });
+  const stage = JSON.parse((await pageApi(admin, "POST", `/vms/${LAB}.a.h/exec`, { argv: ["cat", "/root/stage"] })).body);
+  expect(stage.stdout.trim() === "stage1", `the VM is back at the checkpoint (${JSON.stringify(stage)})`);
+  await waitAllVms(admin, "ready", 60_000);
+  await shot(admin, "10d-checkpoints");
+  await cpp.getByRole("button", { name: "Delete checkpoint stage-1" }).click();
+  await cpp.getByText("No checkpoints of this lab yet.").waitFor();
+  log("checkpoint stage-1 taken, lab changed, restored (file and link back), deleted");
+
   // ---- keyboard: Tab reaches the graph's VMs; Enter opens one ---------------------------------
   await admin.getByRole("heading", { name: LAB }).click();
   let tabs = 0;

@@ -114,6 +114,16 @@ export interface Operation {
   updated_ms: number;
 }
 
+/** A lab checkpoint (GET /labs/{lab}/checkpoints). */
+export interface CheckpointInfo {
+  lab: string;
+  name: string;
+  created_ms: number;
+  vms: number;
+  bytes: number;
+  paused_ms: number;
+}
+
 /** A packet capture of a link (POST /labs/{lab}/links/{link}/captures). */
 export interface CaptureInfo {
   id: string;
@@ -386,6 +396,11 @@ export const api = {
   saveLayout: (lab: string, positions: Layout["positions"]) =>
     request<Layout>("PUT", `/labs/${enc(lab)}/layout`, { positions }),
   operation: (id: string) => request<Operation>("GET", `/operations/${enc(id)}`),
+  checkpoints: (lab: string) => request<CheckpointInfo[]>("GET", `/labs/${enc(lab)}/checkpoints`),
+  createCheckpoint: (lab: string, name: string) => request<Operation>("POST", `/labs/${enc(lab)}/checkpoints`, { name }),
+  restoreCheckpoint: (lab: string, name: string) =>
+    request<Operation>("POST", `/labs/${enc(lab)}/checkpoints/${enc(name)}/restore`),
+  deleteCheckpoint: (lab: string, name: string) => request<void>("DELETE", `/labs/${enc(lab)}/checkpoints/${enc(name)}`),
   cancelOperation: (id: string) => request<Operation>("POST", `/operations/${enc(id)}/cancel`),
   runScenario: (lab: string, text: string, file = "scenario.yaml") =>
     request<Operation>("POST", `/labs/${enc(lab)}/scenarios?file=${enc(file)}`, text, true, "application/yaml"),

@@ -19,6 +19,7 @@ import { specTopology } from "../labfile";
 import { impairText, Topology, type Positions, type Selection, type VmLive } from "../components/Topology";
 import { Terminal } from "../components/Terminal";
 import { ScenarioPanel } from "../components/Scenario";
+import { CheckpointPanel } from "../components/Checkpoints";
 import { Link, navigate } from "../router";
 import { ago, ErrorBox, StateBadge, useEvents, useLoad } from "../util";
 
@@ -300,6 +301,7 @@ export default function LabView({ user, name }: { user: User; name: string }) {
         ) : (
           <p className="muted">This lab has no point-to-point links.</p>
         )}
+        <CheckpointPanel lab={name} labUp={labUp} write={write} onChanged={reload} />
         {write ? <ScenarioPanel lab={name} labUp={labUp} /> : null}
         <section aria-label="Activity" className="activity">
           <h2>Activity</h2>
