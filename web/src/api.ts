@@ -446,6 +446,12 @@ export async function download(path: string, name: string): Promise<number> {
     throw new ApiError(r.status, j?.error?.code ?? `http_${r.status}`, j?.error?.message ?? `GET ${path}: HTTP ${r.status}`);
   }
   const blob = await r.blob();
+  saveBlob(blob, name);
+  return blob.size;
+}
+
+/** Hands `blob` to the browser as a download named `name`. */
+export function saveBlob(blob: Blob, name: string) {
   const a = document.createElement("a");
   a.href = URL.createObjectURL(blob);
   a.download = name;
@@ -453,7 +459,6 @@ export async function download(path: string, name: string): Promise<number> {
   a.click();
   a.remove();
   window.setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
-  return blob.size;
 }
 
 function enc(s: string): string {

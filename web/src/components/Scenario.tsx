@@ -3,7 +3,7 @@
 // HTML report, JUnit XML) once it ends. The run is an operation of the server, so it goes on
 // if this page is closed.
 import { useEffect, useRef, useState } from "react";
-import { api, type Operation } from "../api";
+import { api, saveBlob, type Operation } from "../api";
 import { ErrorBox, StateBadge } from "../util";
 
 const EXAMPLE = `name: slow-link
@@ -30,16 +30,6 @@ interface ScenarioResult {
   junit: string;
   html: string;
   report: { scenario: string; duration_ms: number; steps: StepRow[]; cleanup: string[]; interrupted?: string };
-}
-
-function saveBlob(text: string, type: string, name: string) {
-  const a = document.createElement("a");
-  a.href = URL.createObjectURL(new Blob([text], { type }));
-  a.download = name;
-  document.body.appendChild(a);
-  a.click();
-  a.remove();
-  window.setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
 }
 
 export function ScenarioPanel({ lab, labUp }: { lab: string; labUp: boolean }) {
@@ -171,10 +161,10 @@ export function ScenarioPanel({ lab, labUp }: { lab: string; labUp: boolean }) {
             </tbody>
           </table>
           <div className="actions">
-            <button type="button" onClick={() => saveBlob(res.html, "text/html", `${name}.html`)}>
+            <button type="button" onClick={() => saveBlob(new Blob([res.html], { type: "text/html" }), `${name}.html`)}>
               Download HTML report
             </button>
-            <button type="button" onClick={() => saveBlob(res.junit, "application/xml", `${name}.junit.xml`)}>
+            <button type="button" onClick={() => saveBlob(new Blob([res.junit], { type: "application/xml" }), `${name}.junit.xml`)}>
               Download JUnit XML
             </button>
           </div>

@@ -3,7 +3,7 @@
 // add a link, change a VM) are written back into it. The server validates it on save and its
 // errors are shown at their lines.
 import { useEffect, useMemo, useRef, useState, type ChangeEvent, type FormEvent } from "react";
-import { api, ApiError, canWrite, type ImageInfo, type SpecError, type TemplateInfo, type User } from "../api";
+import { api, ApiError, canWrite, saveBlob, type ImageInfo, type SpecError, type TemplateInfo, type User } from "../api";
 import { addLink, addVm, draftTopology, parseDocument, setVm, specToYaml, starter, type Topology as Topo } from "../labfile";
 import { Topology, VM_DRAG, type Positions, type Selection } from "../components/Topology";
 import { Link, navigate } from "../router";
@@ -224,13 +224,7 @@ export default function NewLab({ user, edit }: { user: User; edit?: string }) {
     }
   };
 
-  const download = () => {
-    const a = document.createElement("a");
-    a.href = URL.createObjectURL(new Blob([text], { type: "application/yaml" }));
-    a.download = `${name || "lab"}.yaml`;
-    a.click();
-    URL.revokeObjectURL(a.href);
-  };
+  const download = () => saveBlob(new Blob([text], { type: "application/yaml" }), `${name || "lab"}.yaml`);
 
   const vmIds = shown ? shown.nodes.flatMap((n) => n.vms.map((v) => `${n.name}.${v.name}`)) : [];
   const selVm =

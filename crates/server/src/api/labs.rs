@@ -736,6 +736,14 @@ pub async fn list_operations(
     ))
 }
 
+async fn find_operation(st: &AppState, id: &str) -> ApiResult<Operation> {
+    let i = id.to_string();
+    st.db
+        .run(move |db| ops::get(db, &i))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no operation '{id}'")))
+}
+
 /// One operation and its progress.
 #[utoipa::path(get, path = "/api/v1/operations/{id}", tag = "operations",
     params(("id" = String, Path, description = "Operation id")),
@@ -745,12 +753,7 @@ pub async fn get_operation(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Operation>> {
-    let i = id.clone();
-    let op = st
-        .db
-        .run(move |db| ops::get(db, &i))
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no operation '{id}'")))?;
+    let op = find_operation(&st, &id).await?;
     if caller.user.role == crate::auth::Role::Member && op.user != caller.name() {
         return Err(ApiError::forbidden(
             "this operation was started by another user",
@@ -771,12 +774,7 @@ pub async fn cancel_operation(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
-    let i = id.clone();
-    let op = st
-        .db
-        .run(move |db| ops::get(db, &i))
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no operation '{id}'")))?;
+    let op = find_operation(&st, &id).await?;
     match caller.user.role {
         crate::auth::Role::Admin => {}
         crate::auth::Role::Member if op.user == caller.name() => {}
@@ -805,11 +803,5 @@ pub async fn cancel_operation(
             )))
         }
     }
-    let i = id.clone();
-    let op = st
-        .db
-        .run(move |db| ops::get(db, &i))
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no operation '{id}'")))?;
-    Ok((StatusCode::ACCEPTED, Json(op)))
+    Ok((StatusCode::ACCEPTED, Json(find_operation(&st, &id).await?)))
 }
