@@ -568,6 +568,31 @@ try {
   await admin.waitForFunction((lab) => !document.querySelector(`tr[data-lab="${lab}"]`), LAB);
   log("lab stopped and deleted");
 
+  // ---- functions: deploy a handler, invoke it with a request, delete it --------------------
+  const FN = `ui-${SUFFIX}`;
+  await admin.getByRole("link", { name: "Functions" }).click();
+  await admin.getByRole("heading", { name: "Functions" }).waitFor();
+  const dep = admin.getByRole("form", { name: "Deploy a function" });
+  await dep.getByLabel("Function name").fill(FN);
+  await dep.getByLabel(/^Handler/).fill("tr a-z A-Z");
+  const tDep = Date.now();
+  await dep.getByRole("button", { name: "Deploy" }).click();
+  await admin.locator(`tr[data-function="${FN}"]`).or(dep.getByRole("alert")).first().waitFor({ timeout: BOOT_TIMEOUT });
+  expect((await dep.getByRole("alert").count()) === 0, `function deployed (${await dep.getByRole("alert").textContent().catch(() => "")})`);
+  log(`function ${FN} deployed from the browser in ${Date.now() - tDep} ms: ${(await admin.locator(`tr[data-function="${FN}"]`).textContent()).trim()}`);
+  const inv = admin.locator('[data-panel="invoke"]');
+  await inv.getByLabel("Request (stdin)").fill("hello kobako");
+  await inv.getByRole("button", { name: "Run" }).click();
+  await inv.locator('[data-testid="invocation"]').or(inv.getByRole("alert")).first().waitFor({ timeout: 60_000 });
+  const out = await inv.getByTestId("stdout").textContent().catch(() => "");
+  expect(out.trim() === "HELLO KOBAKO", `the handler answered in a clone (${out}; ${await inv.textContent()})`);
+  expect((await inv.locator('[data-testid="invocation"]').getAttribute("data-exit")) === "0", "exit 0");
+  log(`invoked: ${(await inv.locator('[data-testid="invocation"] p').first().textContent()).trim()}; ${(await inv.getByTestId("timings").textContent()).trim()}`);
+  await shot(admin, "15-functions");
+  await admin.getByRole("button", { name: `Delete function ${FN}` }).click();
+  await admin.getByText("No functions yet.").waitFor();
+  log(`function ${FN} deleted`);
+
   // ---- the web-stack template (Debian VMs), when its image exists ----------------------------
   const images = JSON.parse((await pageApi(admin, "GET", "/images")).body).map((i) => i.name);
   const want = process.env.KOBAKO_UI_WEBSTACK ?? "auto";

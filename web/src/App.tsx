@@ -10,6 +10,7 @@ import { Labs } from "./pages/Labs";
 const LabView = lazy(() => import("./pages/LabView"));
 const NewLab = lazy(() => import("./pages/NewLab"));
 const Admin = lazy(() => import("./pages/Admin"));
+const Functions = lazy(() => import("./pages/Functions"));
 
 function useUser(): User | null {
   const [u, setU] = useState(currentUser());
@@ -38,6 +39,7 @@ export function App() {
   else if (path === "/labs/new") page = <NewLab user={user} />;
   else if ((m = path.match(/^\/labs\/([^/]+)\/edit$/))) page = <NewLab user={user} edit={decodeURIComponent(m[1])} />;
   else if ((m = path.match(/^\/labs\/([^/]+)$/))) page = <LabView user={user} name={decodeURIComponent(m[1])} />;
+  else if (path === "/functions") page = <Functions user={user} />;
   else if (path === "/admin/users") page = <Admin user={user} tab="users" />;
   else if (path === "/tokens") page = <Admin user={user} tab="tokens" />;
   else if (path === "/admin/audit") page = <Admin user={user} tab="audit" />;
@@ -63,6 +65,7 @@ export function App() {
         </Link>
         <nav aria-label="Main">
           {nav("/labs", "Labs")}
+          {nav("/functions", "Functions")}
           {nav("/tokens", "API tokens")}
           {user.role === "admin" ? nav("/admin/users", "Users") : null}
           {user.role === "admin" ? nav("/admin/audit", "Audit log") : null}

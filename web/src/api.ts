@@ -114,6 +114,31 @@ export interface Operation {
   updated_ms: number;
 }
 
+/** A deployed function (GET /functions). */
+export interface FunctionInfo {
+  name: string;
+  owner: string | null;
+  image: string;
+  memory_mib: number;
+  run: string;
+  timeout_secs: number;
+  concurrency: number;
+  deployed_ms: number;
+  boot_ms: number;
+  snapshot_bytes: number;
+}
+
+/** What one invocation returned (POST /functions/{name}/invoke). */
+export interface InvocationResult {
+  function: string;
+  clone: string;
+  stdout: string;
+  stderr: string;
+  exit: number;
+  timed_out: boolean;
+  timings: Record<string, number>;
+}
+
 /** A lab checkpoint (GET /labs/{lab}/checkpoints). */
 export interface CheckpointInfo {
   lab: string;
@@ -396,6 +421,12 @@ export const api = {
   saveLayout: (lab: string, positions: Layout["positions"]) =>
     request<Layout>("PUT", `/labs/${enc(lab)}/layout`, { positions }),
   operation: (id: string) => request<Operation>("GET", `/operations/${enc(id)}`),
+  functions: () => request<FunctionInfo[]>("GET", "/functions"),
+  deployFunction: (f: { name: string; run: string; image: string; memory: string; timeout_secs: number; concurrency: number }) =>
+    request<Operation>("POST", "/functions", f),
+  invokeFunction: (name: string, stdin: string) =>
+    request<InvocationResult>("POST", `/functions/${enc(name)}/invoke`, stdin, true, "application/octet-stream"),
+  deleteFunction: (name: string) => request<void>("DELETE", `/functions/${enc(name)}`),
   checkpoints: (lab: string) => request<CheckpointInfo[]>("GET", `/labs/${enc(lab)}/checkpoints`),
   createCheckpoint: (lab: string, name: string) => request<Operation>("POST", `/labs/${enc(lab)}/checkpoints`, { name }),
   restoreCheckpoint: (lab: string, name: string) =>
