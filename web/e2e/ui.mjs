@@ -592,6 +592,8 @@ try {
   await admin.getByRole("button", { name: `Delete function ${FN}` }).click();
   await admin.getByText("No functions yet.").waitFor();
   log(`function ${FN} deleted`);
+  await admin.getByRole("link", { name: "Labs" }).click();
+  await admin.getByRole("heading", { name: "Labs" }).waitFor();
 
   // ---- the web-stack template (Debian VMs), when its image exists ----------------------------
   const images = JSON.parse((await pageApi(admin, "GET", "/images")).body).map((i) => i.name);
