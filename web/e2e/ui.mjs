@@ -96,6 +96,21 @@ async function pageApi(page, method, path, body) {
   );
 }
 
+/** The progress lines of the newest operation of `kind`, as "+ms message" (where the time went). */
+async function opTrace(page, kind, clicked) {
+  const ops = JSON.parse((await pageApi(page, "GET", "/operations")).body);
+  const o = ops.find((x) => x.kind === kind);
+  if (!o) return `no ${kind} operation`;
+  return `created ${o.created_ms - clicked} ms after the click, ${o.state} in ${o.updated_ms - o.created_ms} ms, seen ${Date.now() - o.updated_ms} ms after: ` + o.progress.map((l) => `+${l.ts_ms - o.created_ms} ${l.message}`).join("; ");
+}
+
+/** Fails with the alert's text when `scope` shows one (without waiting for one to appear). */
+async function noAlert(scope, what) {
+  const a = scope.getByRole("alert");
+  const n = await a.count();
+  expect(n === 0, `${what}${n ? ` (${await a.first().textContent()})` : ""}`);
+}
+
 /** Frames (Enhanced Packet Block data) of a pcapng file. */
 function pcapngFrames(b) {
   const out = [];
@@ -436,17 +451,19 @@ try {
   const tCp = Date.now();
   await cpp.getByRole("button", { name: "Checkpoint now" }).click();
   await cpp.getByText("checkpoint stage-1 taken").or(cpp.getByRole("alert")).first().waitFor({ timeout: 120_000 });
-  expect((await cpp.getByRole("alert").count()) === 0, `checkpoint taken (${await cpp.getByRole("alert").textContent().catch(() => "")})`);
+  await noAlert(cpp, "checkpoint taken");
   const cpRow = cpp.locator('tr[data-checkpoint="stage-1"]');
   log(`checkpoint from the browser in ${Date.now() - tCp} ms: ${(await cpRow.textContent()).trim()}`);
+  log(`checkpoint operation: ${await opTrace(admin, "lab.checkpoint", tCp)}`);
   await pageApi(admin, "POST", `/labs/${LAB}/links/ab/down`);
   await sh("echo stage2 > /root/stage");
   await admin.locator('tr[data-linkrow="ab"]', { hasText: "cut" }).waitFor();
   const tRs = Date.now();
   await cpp.getByRole("button", { name: "Restore stage-1" }).click();
   await cpp.getByText("lab restored to stage-1").or(cpp.getByRole("alert")).first().waitFor({ timeout: 180_000 });
-  expect((await cpp.getByRole("alert").count()) === 0, `lab restored (${await cpp.getByRole("alert").textContent().catch(() => "")})`);
+  await noAlert(cpp, "lab restored");
   log(`restore from the browser in ${Date.now() - tRs} ms`);
+  log(`restore operation: ${await opTrace(admin, "lab.restore", tRs)}`);
   await admin.locator('tr[data-linkrow="ab"]', { hasText: "up" }).waitFor({ timeout: 15_000 });
   const stage = JSON.parse((await pageApi(admin, "POST", `/vms/${LAB}.a.h/exec`, { argv: ["cat", "/root/stage"] })).body);
   expect(stage.stdout.trim() === "stage1", `the VM is back at the checkpoint (${JSON.stringify(stage)})`);
@@ -578,13 +595,15 @@ try {
   const tDep = Date.now();
   await dep.getByRole("button", { name: "Deploy" }).click();
   await admin.locator(`tr[data-function="${FN}"]`).or(dep.getByRole("alert")).first().waitFor({ timeout: BOOT_TIMEOUT });
-  expect((await dep.getByRole("alert").count()) === 0, `function deployed (${await dep.getByRole("alert").textContent().catch(() => "")})`);
+  await noAlert(dep, "function deployed");
   log(`function ${FN} deployed from the browser in ${Date.now() - tDep} ms: ${(await admin.locator(`tr[data-function="${FN}"]`).textContent()).trim()}`);
+  log(`deploy operation: ${await opTrace(admin, "fn.deploy", tDep)}`);
   const inv = admin.locator('[data-panel="invoke"]');
   await inv.getByLabel("Request (stdin)").fill("hello kobako");
   await inv.getByRole("button", { name: "Run" }).click();
   await inv.locator('[data-testid="invocation"]').or(inv.getByRole("alert")).first().waitFor({ timeout: 60_000 });
-  const out = await inv.getByTestId("stdout").textContent().catch(() => "");
+  await noAlert(inv, "invocation answered");
+  const out = await inv.getByTestId("stdout").textContent();
   expect(out.trim() === "HELLO KOBAKO", `the handler answered in a clone (${out}; ${await inv.textContent()})`);
   expect((await inv.locator('[data-testid="invocation"]').getAttribute("data-exit")) === "0", "exit 0");
   log(`invoked: ${(await inv.locator('[data-testid="invocation"] p').first().textContent()).trim()}; ${(await inv.getByTestId("timings").textContent()).trim()}`);
