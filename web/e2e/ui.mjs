@@ -146,7 +146,9 @@ async function rtt(page) {
   await page.waitForFunction(
     (seq) => Number(document.querySelector("[data-testid=rtt]")?.getAttribute("data-seq") ?? 0) > seq,
     seq,
-    { timeout: 30_000 },
+    // A measurement across a cut link waits for every ping to time out; on a loaded host
+    // that has taken over 30 s.
+    { timeout: 60_000 },
   );
   const text = await page.getByTestId("rtt").textContent();
   const m = text.match(/RTT ([\d.]+) ms/);
