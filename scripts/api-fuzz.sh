@@ -12,9 +12,15 @@ ST=/var/cache/kobako/venv-api/bin/st
 STATE=$(mktemp -d /tmp/kobako-fuzz-state.XXXXXX)
 RUN=$(mktemp -d /tmp/kobako-fuzz-run.XXXXXX)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-KOBAKO_STATE=$STATE KOBAKO_RUN=$RUN "$K" serve --listen 127.0.0.1:$PORT >"$STATE/serve.log" 2>&1 &
+KOBAKO_LOG=${KOBAKO_LOG:-info} KOBAKO_STATE=$STATE KOBAKO_RUN=$RUN "$K" serve --listen 127.0.0.1:$PORT >"$STATE/serve.log" 2>&1 &
 SERVER=$!
 cleanup() {
+  local rc=$?
+  if [ "$rc" != 0 ] && [ -f "$STATE/serve.log" ]; then
+    # For a failed run: what the server said (a dropped connection leaves no HTTP status).
+    echo "api-fuzz: failed (rc $rc); server log: $( { grep -ci panicked "$STATE/serve.log" || true; } ) panic line(s), last warnings:"
+    grep -iE "warn|error|panick" "$STATE/serve.log" | tail -20 || true
+  fi
   kill "$SERVER" 2>/dev/null || true
   wait "$SERVER" 2>/dev/null || true
   # Nothing may outlive the run: stop any VM it started (none are expected: see the excludes).
