@@ -190,9 +190,13 @@ pub async fn stop(target: &str) -> Result<i32> {
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "root".into());
     let n = controller::stop_vms(rt, &lab, &what, &format!("stopped by {who}"), &Stderr).await?;
-    println!(
-        "{n} VM(s) of {lab}/{what} stopped; lab {lab} is degraded until `kobako start {lab}/{what}`"
-    );
+    if n == 0 {
+        println!("{lab}/{what} was already stopped; `kobako start {lab}/{what}` starts it");
+    } else {
+        println!(
+            "{n} VM(s) of {lab}/{what} stopped; lab {lab} is degraded until `kobako start {lab}/{what}`"
+        );
+    }
     Ok(0)
 }
 

@@ -380,6 +380,8 @@ fn link_down_cuts_traffic_impair_changes_rtt_and_restart_reboots() {
     let insp = ok(&lab_cmd(&env, state.path(), &["inspect", "kbt-link"]));
     assert!(insp.contains("stopped by"), "{insp}");
     assert!(rtt_ms(&env, state.path(), "a.h", "10.77.0.2", "1").is_none());
+    let out = ok(&lab_cmd(&env, state.path(), &["stop", "b.h"]));
+    assert!(out.contains("already stopped"), "{out}");
     let o = lab_cmd(&env, state.path(), &["stop", "kbt-link"]);
     assert!(!o.status.success());
     assert!(
