@@ -436,6 +436,9 @@ try {
   await scn.getByRole("button", { name: "Run scenario" }).click();
   await admin.waitForFunction(() => /ok /.test(document.querySelector('[aria-label="Scenario steps"]')?.textContent ?? ""), undefined, { timeout: 60_000 });
   await admin.locator('tr[data-linkrow="ab"]', { hasText: "cut" }).waitFor();
+  // The run belongs to the server: after a reload the panel follows it again.
+  await admin.reload();
+  await scn.locator('[data-testid="scenario-run"][data-state="running"]').waitFor();
   await scn.getByRole("button", { name: "Cancel scenario" }).click();
   await scn.locator('[data-testid="scenario-run"][data-state="cancelled"]').waitFor({ timeout: 30_000 });
   expect((await scn.locator('tr[data-step="2"]').getAttribute("data-status")) === "skipped", "the step not run is skipped");

@@ -421,6 +421,7 @@ export const api = {
   saveLayout: (lab: string, positions: Layout["positions"]) =>
     request<Layout>("PUT", `/labs/${enc(lab)}/layout`, { positions }),
   operation: (id: string) => request<Operation>("GET", `/operations/${enc(id)}`),
+  operations: () => request<Operation[]>("GET", "/operations"),
   functions: () => request<FunctionInfo[]>("GET", "/functions"),
   deployFunction: (f: { name: string; run: string; image: string; memory: string; timeout_secs: number; concurrency: number }) =>
     request<Operation>("POST", "/functions", f),

@@ -42,6 +42,24 @@ export function ScenarioPanel({ lab, labUp }: { lab: string; labUp: boolean }) {
   const running = op?.state === "running";
 
   useEffect(() => () => window.clearTimeout(poll.current), []);
+  // A run started earlier (another tab, before a reload) is picked up again: runs belong to
+  // the server, so the panel follows the newest one of this lab that still runs.
+  useEffect(() => {
+    let live = true;
+    api.operations().then(
+      (ops) => {
+        const o = ops.find((x) => x.kind === "lab.scenario" && x.lab === lab && x.state === "running");
+        if (live && o) {
+          setOp(o);
+          follow(o.id);
+        }
+      },
+      () => {},
+    );
+    return () => {
+      live = false;
+    };
+  }, [lab]);
   const follow = (id: string) => {
     window.clearTimeout(poll.current);
     poll.current = window.setTimeout(async () => {
