@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 K=${1:-target/debug/kobako}
 ST=/var/cache/kobako/venv-api/bin/st
-[ -x "$ST" ] || KOBAKO_API_FUZZ=1 scripts/setup.sh
+[ -x "$ST" ] && [ -f /var/cache/kobako/venv-api/.kobako-req ] || KOBAKO_API_FUZZ=1 scripts/setup.sh
 STATE=$(mktemp -d /tmp/kobako-fuzz-state.XXXXXX)
 RUN=$(mktemp -d /tmp/kobako-fuzz-run.XXXXXX)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -60,6 +60,6 @@ timeout 900 "$ST" run "$BASE/openapi.json" \
   --exclude-path /api/v1/labs/{name}/restart \
   --max-examples "${MAX_EXAMPLES:-30}" \
   --request-timeout 30 \
-  --workers 2 \
+  --workers 1 \
   --seed "${SEED:-1}"
 echo "api-fuzz: server log $( { grep -ci panicked "$STATE/serve.log" || true; } ) panic line(s)"

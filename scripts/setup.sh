@@ -23,21 +23,26 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   PACKAGES+=(nodejs npm)
 fi
 
-# schemathesis (PyPI) for scripts/api-fuzz.sh, in its own venv; skipped when present.
+# schemathesis (PyPI) for scripts/api-fuzz.sh, in its own venv; skipped when present with
+# these versions. Pinned: a fuzz run is only comparable with the same generator (and newer
+# releases brought their own internal errors into our CI).
+API_FUZZ_REQ="schemathesis==4.32.5 hypothesis==6.170.17"
 api_fuzz_venv() {
   local v=/var/cache/kobako/venv-api
-  [ -x "$v/bin/st" ] && return 0
+  [ -x "$v/bin/st" ] && [ "$(cat "$v/.kobako-req" 2>/dev/null)" = "$API_FUZZ_REQ" ] && return 0
   echo "setup: schemathesis venv in $v"
   mkdir -p /var/cache/kobako
   python3 -m venv "$v" >/tmp/kobako-venv.log 2>&1 || {
     apt-get install -y -q --no-install-recommends python3-venv >>/tmp/kobako-venv.log 2>&1
     python3 -m venv "$v" >>/tmp/kobako-venv.log 2>&1
   }
-  "$v/bin/pip" install -q 'schemathesis>=4.32,<5' >>/tmp/kobako-venv.log 2>&1 || {
+  # shellcheck disable=SC2086 # the requirement list is split on purpose
+  "$v/bin/pip" install -q $API_FUZZ_REQ >>/tmp/kobako-venv.log 2>&1 || {
     echo "setup: pip install schemathesis failed; see /tmp/kobako-venv.log" >&2
     rm -rf "$v"
     return 1
   }
+  echo "$API_FUZZ_REQ" >"$v/.kobako-req"
 }
 api_fuzz_venv
 
