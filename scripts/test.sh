@@ -30,13 +30,19 @@ if [ -e /sys/module/kvm_pvm ]; then
     --nocapture --test-threads=1 &&
     cargo test -q -p kobako --test vmm_snapshot -- --ignored --nocapture) > target/linux-pvm.log 2>&1) &
   pvm=$!
+  # When the suite fails early (set -e), the background boots must still end on their own: a
+  # test killed half-way leaves its VM processes running (they are not our children).
+  trap '[ -n "$pvm" ] && { echo "test.sh: waiting for the background Linux boots to finish and clean up"; wait "$pvm" || true; }' EXIT
 else
   echo "linux_pvm: SKIPPED: /dev/kvm here is not kvm_pvm (the vm_boot tests boot Linux on it)"
 fi
 cargo test --workspace --no-fail-fast -- --test-threads=2
 if [ -n "$pvm" ]; then
   echo "== Linux on kobako-vmm (PVM host)"
-  if ! wait "$pvm"; then tail -n 40 target/linux-pvm.log; exit 1; fi
+  rc=0
+  wait "$pvm" || rc=$?
+  pvm=
+  if [ "$rc" != 0 ]; then tail -n 40 target/linux-pvm.log; exit 1; fi
   grep -E "Guest-boot-time|exit code|KOBAKO-|snapshot:|vmm runtime:|test result" target/linux-pvm.log | grep -v KOBAKO-TICK
 fi
 echo "== API fuzz (schemathesis against the OpenAPI document)"
