@@ -152,11 +152,7 @@ pub async fn run(cmd: ScenarioCmd) -> Result<i32> {
             println!(
                 "scenario {}: {} in {} ms — {passed} passed, {failed} failed, {skipped} skipped",
                 r.scenario,
-                match (&r.interrupted, r.passed) {
-                    (Some(why), _) => format!("STOPPED ({why})"),
-                    (None, true) => "PASSED".into(),
-                    (None, false) => "FAILED".into(),
-                },
+                r.verdict(),
                 r.duration_ms
             );
             for st in r.steps.iter().filter(|s| s.status == "failed") {

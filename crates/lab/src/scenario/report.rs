@@ -58,6 +58,15 @@ fn xml(s: &str) -> String {
 }
 
 impl Report {
+    /// `PASSED`, `FAILED`, or `STOPPED (why)` for a run that was interrupted or cancelled.
+    pub fn verdict(&self) -> String {
+        match (&self.interrupted, self.passed) {
+            (Some(why), _) => format!("STOPPED ({why})"),
+            (None, true) => "PASSED".into(),
+            (None, false) => "FAILED".into(),
+        }
+    }
+
     /// JUnit XML: one test case per step.
     pub fn junit(&self) -> String {
         let failures = self.steps.iter().filter(|s| s.status == "failed").count();
@@ -239,11 +248,7 @@ impl Report {
              <h2>RTT and loss over time</h2><p>blue: RTT (ms), red dashed: loss (%), grey: fault steps</p>{svg}\
              <h2>Cleanup</h2><ul>{cleanup}</ul></body></html>\n",
             name = xml(&self.scenario),
-            verdict = match (&self.interrupted, self.passed) {
-                (Some(why), _) => format!("STOPPED ({})", xml(why)),
-                (None, true) => "PASSED".into(),
-                (None, false) => "FAILED".into(),
-            },
+            verdict = xml(&self.verdict()),
             lab = xml(&self.lab),
             n = self.steps.len(),
             dur = self.duration_ms,
