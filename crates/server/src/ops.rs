@@ -407,11 +407,20 @@ impl Cancels {
     }
 }
 
+/// How the work of [`start_custom`] ended.
+pub(crate) struct Ended {
+    pub result: Option<serde_json::Value>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Why it stopped before its end, when it was cancelled.
+    pub stopped: Option<String>,
+}
+
 /// Starts an operation of `kind` on lab `lab` that is neither up, down nor restart (a
 /// scenario run): 409 while this server runs another operation on the lab. `work` gets the
 /// progress sink and a future that completes when the operation is cancelled (with the
-/// reason), and returns the result and, when the operation failed, why. A cancelled
-/// operation ends `cancelled` (its error is the reason) whatever `work` returned.
+/// reason), and says how it ended. Work that stopped early after a cancel ends `cancelled`
+/// (its error is the reason); a cancel that came as it ended normally changes nothing.
 pub(crate) async fn start_custom<F, Fut>(
     state: &AppState,
     lab: String,
@@ -421,7 +430,7 @@ pub(crate) async fn start_custom<F, Fut>(
 ) -> ApiResult<Operation>
 where
     F: FnOnce(AppState, OpSink, Cancelled) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = (Option<serde_json::Value>, Option<String>)> + Send,
+    Fut: std::future::Future<Output = Ended> + Send,
 {
     if !state
         .busy
@@ -453,18 +462,12 @@ where
             lab: Some(lab.clone()),
         });
         let cancels = st.cancels.clone();
-        let (result, error) = work(st, sink, cancelled).await;
-        // Cancelled when the work says it stopped early (a cancel that came as it ended
-        // normally does not turn its result into `cancelled`).
-        let stopped = result
-            .as_ref()
-            .and_then(|r| r["report"]["interrupted"].as_str())
-            .map(String::from);
-        match stopped {
+        let ended = work(st, sink, cancelled).await;
+        match ended.stopped {
             Some(why) if cancels.requested(&id) => {
-                finish_as(&db, &id, Some(&lab), "cancelled", result, Some(why))
+                finish_as(&db, &id, Some(&lab), "cancelled", ended.result, Some(why))
             }
-            _ => finish_with(&db, &id, Some(&lab), result, error),
+            _ => finish_with(&db, &id, Some(&lab), ended.result, ended.error),
         }
         cancels.forget(&id);
         drop(guard);

@@ -83,7 +83,11 @@ pub async fn run_scenario(
             let resolver = st.hooks.resolver.clone();
             let r = scenario::run_until(rt, &s, &lab, &*resolver, &*sink, cancelled.wait()).await;
             match r {
-                Err(e) => (None, Some(e.to_string())),
+                Err(e) => ops::Ended {
+                    result: None,
+                    error: Some(e.to_string()),
+                    stopped: None,
+                },
                 Ok(rep) => {
                     let error = (!rep.passed).then(|| {
                         let f = rep.steps.iter().find(|s| s.status == "failed");
@@ -100,13 +104,18 @@ pub async fn run_scenario(
                             .unwrap_or_default()
                         )
                     });
+                    let stopped = rep.interrupted.clone();
                     let v = serde_json::json!({
                         "passed": rep.passed,
                         "junit": rep.junit(),
                         "html": rep.html(),
                         "report": rep,
                     });
-                    (Some(v), error)
+                    ops::Ended {
+                        result: Some(v),
+                        error,
+                        stopped,
+                    }
                 }
             }
         },
