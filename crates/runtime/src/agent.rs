@@ -133,26 +133,30 @@ impl AgentClient {
     }
 
     async fn send(&self, f: &Frame) -> Result<()> {
-        let mut w = self.writer.lock().await;
-        w.write_all(&f.encode()).await.map_err(|e| {
-            use std::io::ErrorKind::*;
-            match e.kind() {
-                // The other end is gone: the VM stopped (or was killed) or its supervisor ended.
-                BrokenPipe | ConnectionReset | ConnectionAborted | NotConnected => {
-                    RuntimeError::Agent(format!("the agent channel closed ({e})"))
-                }
-                _ => agent_err(e),
-            }
-        })
+        self.write(f, None).await
     }
 
     /// `send` for a transfer: a closed channel is named with the transfer it cut.
     async fn send_in(&self, f: &Frame, what: &str) -> Result<()> {
-        self.send(f).await.map_err(|e| match e {
-            RuntimeError::Agent(m) if m.starts_with("the agent channel closed") => {
-                RuntimeError::Agent(format!("the agent channel closed during the {what}"))
+        self.write(f, Some(what)).await
+    }
+
+    async fn write(&self, f: &Frame, during: Option<&str>) -> Result<()> {
+        let mut w = self.writer.lock().await;
+        w.write_all(&f.encode()).await.map_err(|e| {
+            use std::io::ErrorKind::*;
+            // The other end is gone: the VM stopped (or was killed) or its supervisor ended.
+            let closed = matches!(
+                e.kind(),
+                BrokenPipe | ConnectionReset | ConnectionAborted | NotConnected
+            );
+            match (closed, during) {
+                (true, Some(what)) => {
+                    RuntimeError::Agent(format!("the agent channel closed during the {what}"))
+                }
+                (true, None) => RuntimeError::Agent(format!("the agent channel closed ({e})")),
+                (false, _) => agent_err(e),
             }
-            e => e,
         })
     }
 
