@@ -482,6 +482,20 @@ export async function download(path: string, name: string): Promise<number> {
   return blob.size;
 }
 
+/** Polls operation `id` (every 400 ms) until it ends. Resolves when it succeeded, throws its
+ * error otherwise; resolves `false` without waiting further once `alive()` says the page that
+ * asked is gone. */
+export async function waitOperation(id: string, what: string, alive: () => boolean): Promise<boolean> {
+  for (;;) {
+    await new Promise((r) => window.setTimeout(r, 400));
+    if (!alive()) return false;
+    const o = await api.operation(id);
+    if (o.state === "running") continue;
+    if (o.state !== "succeeded") throw new Error(o.error ?? `${what}: ${o.state}`);
+    return true;
+  }
+}
+
 /** Hands `blob` to the browser as a download named `name`. */
 export function saveBlob(blob: Blob, name: string) {
   const a = document.createElement("a");

@@ -1,7 +1,7 @@
 // A lab's checkpoints: take one ("stage 2 starts here"), bring the lab back to one, delete.
 // Taking and restoring are operations of the server; this panel follows them to their end.
 import { useEffect, useRef, useState, type FormEvent } from "react";
-import { api, type CheckpointInfo } from "../api";
+import { api, waitOperation, type CheckpointInfo } from "../api";
 import { ago, ErrorBox, useLoad } from "../util";
 
 function mib(b: number): string {
@@ -33,17 +33,8 @@ export function CheckpointPanel({
     setError(null);
     setMsg(null);
     try {
-      let op = await start();
-      for (;;) {
-        const o = await api.operation(op.id);
-        if (o.state !== "running") {
-          if (o.state !== "succeeded") throw new Error(o.error ?? `${what}: ${o.state}`);
-          break;
-        }
-        op = o;
-        await new Promise((r) => window.setTimeout(r, 400));
-        if (!alive.current) return;
-      }
+      const op = await start();
+      if (!(await waitOperation(op.id, what, () => alive.current))) return;
       setMsg(done);
     } catch (e) {
       setError(e);

@@ -2,7 +2,7 @@
 // with a request on stdin (each invocation runs in a fresh clone that is destroyed after), see
 // its answer, exit status and where the time went; delete it.
 import { useEffect, useRef, useState, type FormEvent } from "react";
-import { api, canWrite, type FunctionInfo, type ImageInfo, type InvocationResult, type User } from "../api";
+import { api, canWrite, waitOperation, type FunctionInfo, type ImageInfo, type InvocationResult, type User } from "../api";
 import { ago, ErrorBox, useLoad } from "../util";
 
 function mib(b: number): string {
@@ -26,14 +26,7 @@ export default function Functions({ user }: { user: User }) {
     setDeploying(form.name);
     try {
       const op = await api.deployFunction(form);
-      for (;;) {
-        await new Promise((r) => window.setTimeout(r, 500));
-        if (!alive.current) return;
-        const o = await api.operation(op.id);
-        if (o.state === "running") continue;
-        if (o.state !== "succeeded") throw new Error(o.error ?? `deploy: ${o.state}`);
-        break;
-      }
+      if (!(await waitOperation(op.id, "deploy", () => alive.current))) return;
       setOpen(form.name);
       setForm((f) => ({ ...f, name: "", run: "" }));
     } catch (err) {
