@@ -9,6 +9,14 @@ export function ago(ms: number): string {
   return new Date(ms).toLocaleDateString();
 }
 
+/** A size in bytes as people read it: 812 B, 96 KiB, 4.5 MiB, 130 MiB. */
+export function bytes(n: number): string {
+  if (n < 10_000) return `${n} B`;
+  if (n < 1024 * 1024) return `${Math.round(n / 1024)} KiB`;
+  const m = n / (1024 * 1024);
+  return `${m.toFixed(m < 10 ? 1 : 0)} MiB`;
+}
+
 export function StateBadge({ state }: { state: string }) {
   return (
     <span className={`badge state-${state}`} data-state={state}>

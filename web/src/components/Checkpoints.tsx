@@ -2,11 +2,7 @@
 // Taking and restoring are operations of the server; this panel follows them to their end.
 import { useEffect, useRef, useState, type FormEvent } from "react";
 import { api, waitOperation, type CheckpointInfo } from "../api";
-import { ago, ErrorBox, useLoad } from "../util";
-
-function mib(b: number): string {
-  return `${(b / (1024 * 1024)).toFixed(b < 10 * 1024 * 1024 ? 1 : 0)} MiB`;
-}
+import { ago, bytes, ErrorBox, useLoad } from "../util";
 
 export function CheckpointPanel({
   lab,
@@ -121,7 +117,7 @@ export function CheckpointPanel({
                 <td>{c.name}</td>
                 <td>{ago(c.created_ms)}</td>
                 <td>{c.vms}</td>
-                <td>{mib(c.bytes)}</td>
+                <td>{bytes(c.bytes)}</td>
                 <td>{c.paused_ms} ms</td>
                 {write ? (
                   <td>

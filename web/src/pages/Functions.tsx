@@ -3,11 +3,7 @@
 // its answer, exit status and where the time went; delete it.
 import { useEffect, useRef, useState, type FormEvent } from "react";
 import { api, canWrite, waitOperation, type FunctionInfo, type ImageInfo, type InvocationResult, type User } from "../api";
-import { ago, ErrorBox, useLoad } from "../util";
-
-function mib(b: number): string {
-  return `${(b / (1024 * 1024)).toFixed(1)} MiB`;
-}
+import { ago, bytes, ErrorBox, useLoad } from "../util";
 
 export default function Functions({ user }: { user: User }) {
   const { data, error, reload } = useLoad<FunctionInfo[]>(api.functions, []);
@@ -87,7 +83,7 @@ export default function Functions({ user }: { user: User }) {
                   {f.concurrency} at once · {f.timeout_secs} s
                 </td>
                 <td className="small">
-                  {mib(f.snapshot_bytes)}, cold boot {f.boot_ms} ms, deployed {ago(f.deployed_ms)}
+                  {bytes(f.snapshot_bytes)}, cold boot {f.boot_ms} ms, deployed {ago(f.deployed_ms)}
                 </td>
                 <td>{f.owner ?? "root (local)"}</td>
                 <td>

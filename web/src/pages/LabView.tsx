@@ -21,7 +21,7 @@ import { Terminal } from "../components/Terminal";
 import { ScenarioPanel } from "../components/Scenario";
 import { CheckpointPanel } from "../components/Checkpoints";
 import { Link, navigate } from "../router";
-import { ago, ErrorBox, StateBadge, useEvents, useLoad } from "../util";
+import { ago, bytes, ErrorBox, StateBadge, useEvents, useLoad } from "../util";
 
 interface OpLine {
   ts: number;
@@ -563,10 +563,6 @@ const ENDED: Record<string, string> = {
   size: "size limit reached",
   stopped: "stopped",
 };
-
-function bytes(n: number): string {
-  return n < 10_000 ? `${n} B` : n < 10_000_000 ? `${Math.round(n / 1024)} KiB` : `${Math.round(n / 1048576)} MiB`;
-}
 
 /** Packet captures of one link: start one (bounded by time and packets), stop it, download. */
 function Captures({ lab, link, write, seq }: { lab: LabDetail; link: LinkInfo; write: boolean; seq: number }) {
