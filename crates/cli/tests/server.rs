@@ -609,6 +609,94 @@ fn auth_roles_and_bad_input_without_vms() {
     );
 }
 
+/// A client that opens connections and never finishes a request (slowloris) cannot keep them:
+/// without a TLS handshake the server closes one after 10 s, without a whole request head (or
+/// idle after a response) after 30 s; meanwhile it answers everyone else.
+#[test]
+fn connections_that_never_finish_a_request_are_closed() {
+    let srv = Server::start();
+    let tls = common::tls_for(&srv.state.path().join("server/tls/cert.pem"));
+    let connect = || {
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+        tcp
+    };
+    let tls_conn = |first: &[u8]| {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let conn = rustls::ClientConnection::new(tls.clone(), name).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, connect());
+        s.write_all(first).unwrap();
+        s.flush().unwrap();
+        s
+    };
+    // Reads until the server closes; when that was, and what came before.
+    fn until_closed(
+        mut r: impl Read + Send + 'static,
+        t0: Instant,
+    ) -> std::thread::JoinHandle<(Duration, String, String)> {
+        std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            let how = loop {
+                match r.read(&mut buf) {
+                    Ok(0) => break "closed".to_string(),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut =>
+                    {
+                        break format!("still open: {e}")
+                    }
+                    // Closed without TLS close_notify, or reset: closed all the same.
+                    Err(e) => break format!("closed ({e})"),
+                }
+            };
+            (
+                t0.elapsed(),
+                how,
+                String::from_utf8_lossy(&got).into_owned(),
+            )
+        })
+    }
+    let t0 = Instant::now();
+    let no_tls = until_closed(connect(), t0);
+    let half_head = until_closed(
+        tls_conn(b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\n"),
+        t0,
+    );
+    let idle = until_closed(
+        tls_conn(b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+        t0,
+    );
+    // The server goes on answering while those connections hang.
+    std::thread::sleep(Duration::from_secs(2));
+    let (s, _) = srv.call("GET", "/health", None, None);
+    assert_eq!(s, 200);
+
+    let (t, how, _) = no_tls.join().unwrap();
+    eprintln!("no TLS handshake: {how} after {t:?}");
+    assert!(
+        how.starts_with("closed") && t >= Duration::from_secs(8) && t < Duration::from_secs(25),
+        "no TLS handshake: {how} after {t:?}"
+    );
+    let (t, how, got) = half_head.join().unwrap();
+    eprintln!("half a request head: {how} after {t:?}");
+    assert!(got.is_empty(), "answered half a request: {got}");
+    assert!(
+        how.starts_with("closed") && t >= Duration::from_secs(25) && t < Duration::from_secs(50),
+        "half a request head: {how} after {t:?}"
+    );
+    let (t, how, got) = idle.join().unwrap();
+    eprintln!("idle after a response: {how} after {t:?}");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(
+        how.starts_with("closed") && t >= Duration::from_secs(25) && t < Duration::from_secs(50),
+        "idle after a response: {how} after {t:?}"
+    );
+    let (s, _) = srv.call("GET", "/health", None, None);
+    assert_eq!(s, 200);
+}
+
 #[test]
 fn every_openapi_operation_is_routed() {
     let srv = Server::start();

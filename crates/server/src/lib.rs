@@ -193,6 +193,10 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// How long the HTTPS listener waits for a request's head (from the first byte, or from the end
+/// of the previous response on a kept-alive connection) before it closes the connection.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What `serve` prints once it listens.
 pub struct Started {
     pub admin_password: Option<String>,
@@ -231,8 +235,17 @@ pub async fn serve(cfg: ServeConfig, hooks: Hooks, on_start: impl FnOnce(&Starte
             .with_context(|| format!("listen on {addr} (in use? pick another with --listen)"))?;
         std_listener.set_nonblocking(true)?;
         let app = app.clone();
+        let mut server = axum_server::from_tcp_rustls(std_listener, tls);
+        // A client that never finishes its request head (slowloris), or keeps a connection
+        // idle, is cut after HEADER_TIMEOUT; without a timer hyper ignores its own default.
+        // (axum-server already drops a TLS handshake that takes over 10 s.)
+        server
+            .http_builder()
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT);
         tasks.spawn(async move {
-            axum_server::from_tcp_rustls(std_listener, tls)
+            server
                 .serve(app.into_make_service_with_connect_info::<SocketAddr>())
                 .await
                 .context("HTTPS server")
