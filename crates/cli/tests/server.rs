@@ -611,7 +611,8 @@ fn auth_roles_and_bad_input_without_vms() {
 
 /// A client that opens connections and never finishes a request (slowloris) cannot keep them:
 /// without a TLS handshake the server closes one after 10 s, without a whole request head (or
-/// idle after a response) after 30 s; meanwhile it answers everyone else.
+/// idle after a response) after 30 s, and a body that stops arriving for 30 s is answered 408;
+/// meanwhile it answers everyone else.
 #[test]
 fn connections_that_never_finish_a_request_are_closed() {
     let srv = Server::start();
@@ -668,6 +669,10 @@ fn connections_that_never_finish_a_request_are_closed() {
         tls_conn(b"GET /api/v1/health HTTP/1.1\r\nHost: localhost\r\n\r\n"),
         t0,
     );
+    let stalled_body = until_closed(
+        tls_conn(b"POST /api/v1/auth/login HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"username\":"),
+        t0,
+    );
     // The server goes on answering while those connections hang.
     std::thread::sleep(Duration::from_secs(2));
     let (s, _) = srv.call("GET", "/health", None, None);
@@ -692,6 +697,18 @@ fn connections_that_never_finish_a_request_are_closed() {
     assert!(
         how.starts_with("closed") && t >= Duration::from_secs(25) && t < Duration::from_secs(50),
         "idle after a response: {how} after {t:?}"
+    );
+    let (t, how, got) = stalled_body.join().unwrap();
+    eprintln!("a body that stopped: {how} after {t:?}: {got}");
+    assert!(
+        got.starts_with("HTTP/1.1 408")
+            && got.contains("request_timeout")
+            && got.contains("no data for 30 s"),
+        "{got}"
+    );
+    assert!(
+        how.starts_with("closed") && t >= Duration::from_secs(25) && t < Duration::from_secs(50),
+        "a body that stopped: {how} after {t:?}"
     );
     let (s, _) = srv.call("GET", "/health", None, None);
     assert_eq!(s, 200);

@@ -145,9 +145,35 @@ impl From<JsonRejection> for ApiError {
                 "unsupported_media_type",
                 "send the body as JSON with `Content-Type: application/json`",
             ),
+            other if body_stalled(&other) => body_timeout(),
             other => body_rejection(other.status(), other.body_text()),
         }
     }
+}
+
+/// Whether reading a body failed because the client paused longer than
+/// [`crate::BODY_TIMEOUT`] (somewhere in the error's chain of sources).
+pub fn body_stalled(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// 408 for a body that stopped arriving.
+pub fn body_timeout() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        format!(
+            "the request body stopped arriving (no data for {} s); nothing was done — send it again without pausing",
+            crate::BODY_TIMEOUT.as_secs()
+        ),
+    )
 }
 
 /// Rejections of reading the body itself (too large, broken stream).
@@ -256,6 +282,12 @@ impl<S: Send + Sync> FromRequest<S> for ApiBytes {
         axum::body::Bytes::from_request(req, state)
             .await
             .map(ApiBytes)
-            .map_err(|r| body_rejection(r.status(), r.body_text()))
+            .map_err(|r| {
+                if body_stalled(&r) {
+                    body_timeout()
+                } else {
+                    body_rejection(r.status(), r.body_text())
+                }
+            })
     }
 }

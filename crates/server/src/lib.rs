@@ -187,6 +187,9 @@ pub fn app(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), audit))
         // Lab files and JSON bodies are small; file uploads have their own larger limit.
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            BODY_TIMEOUT,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             error::panic_response,
         ))
@@ -196,6 +199,11 @@ pub fn app(state: AppState) -> Router {
 /// How long the HTTPS listener waits for a request's head (from the first byte, or from the end
 /// of the previous response on a kept-alive connection) before it closes the connection.
 pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long a request body may pause (no data while the handler waits for it) before the
+/// request is refused with 408: a client that announces a body and then sends it at a trickle
+/// or not at all does not hold a handler. A guest that reads an upload slowly does not count.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What `serve` prints once it listens.
 pub struct Started {

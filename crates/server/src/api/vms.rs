@@ -24,7 +24,9 @@ use utoipa::{IntoParams, ToSchema};
 use super::labs::{lab_for, vm_info, VmInfo};
 use crate::auth::Caller;
 use crate::db::sql;
-use crate::error::{body_rejection, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
+use crate::error::{
+    body_rejection, body_stalled, body_timeout, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult,
+};
 use crate::AppState;
 
 /// Largest file moved through the API in one request.
@@ -379,7 +381,7 @@ pub async fn upload(
         // size) and nothing is written.
         let client = agent(&name).await?;
         let (mut w, r) = tokio::io::duplex(512 * 1024);
-        let (tx, rx) = tokio::sync::oneshot::channel::<Option<String>>();
+        let (tx, rx) = tokio::sync::oneshot::channel::<Option<ApiError>>();
         tokio::spawn(async move {
             let mut why = None;
             while let Some(chunk) = stream.next().await {
@@ -390,7 +392,14 @@ pub async fn upload(
                         }
                     }
                     Err(e) => {
-                        why = Some(e.to_string());
+                        why = Some(if body_stalled(&e) {
+                            body_timeout()
+                        } else {
+                            body_rejection(
+                                StatusCode::BAD_REQUEST,
+                                format!("the request body broke off ({e}); nothing was written"),
+                            )
+                        });
                         break;
                     }
                 }
@@ -398,11 +407,8 @@ pub async fn upload(
             let _ = tx.send(why);
         });
         let r = client.put_file(r, size, &q.path, mode, &|_| {}).await;
-        if let Ok(Some(why)) = rx.await {
-            return Err(body_rejection(
-                StatusCode::BAD_REQUEST,
-                format!("the request body broke off ({why}); nothing was written"),
-            ));
+        if let Ok(Some(e)) = rx.await {
+            return Err(e);
         }
         return Ok(Json(Uploaded {
             size,
@@ -412,7 +418,13 @@ pub async fn upload(
     }
     let mut data = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| body_rejection(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let chunk = chunk.map_err(|e| {
+            if body_stalled(&e) {
+                body_timeout()
+            } else {
+                body_rejection(StatusCode::BAD_REQUEST, e.to_string())
+            }
+        })?;
         if data.len() as u64 + chunk.len() as u64 > MAX_FILE {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
