@@ -145,15 +145,28 @@ impl From<JsonRejection> for ApiError {
                 "unsupported_media_type",
                 "send the body as JSON with `Content-Type: application/json`",
             ),
-            other if body_stalled(&other) => body_timeout(),
-            other => body_rejection(other.status(), other.body_text()),
+            other => body_error(&other, other.status(), || other.body_text()),
         }
+    }
+}
+
+/// An error reading a request body: 408 when the client paused longer than
+/// [`crate::BODY_TIMEOUT`], else [`body_rejection`] with `status` and `text`.
+pub fn body_error(
+    e: &(dyn std::error::Error + 'static),
+    status: StatusCode,
+    text: impl FnOnce() -> String,
+) -> ApiError {
+    if body_stalled(e) {
+        body_timeout()
+    } else {
+        body_rejection(status, text())
     }
 }
 
 /// Whether reading a body failed because the client paused longer than
 /// [`crate::BODY_TIMEOUT`] (somewhere in the error's chain of sources).
-pub fn body_stalled(e: &(dyn std::error::Error + 'static)) -> bool {
+fn body_stalled(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(e) = cur {
         if e.is::<tower_http::timeout::TimeoutError>() {
@@ -165,7 +178,7 @@ pub fn body_stalled(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// 408 for a body that stopped arriving.
-pub fn body_timeout() -> ApiError {
+fn body_timeout() -> ApiError {
     ApiError::new(
         StatusCode::REQUEST_TIMEOUT,
         "request_timeout",
@@ -282,12 +295,6 @@ impl<S: Send + Sync> FromRequest<S> for ApiBytes {
         axum::body::Bytes::from_request(req, state)
             .await
             .map(ApiBytes)
-            .map_err(|r| {
-                if body_stalled(&r) {
-                    body_timeout()
-                } else {
-                    body_rejection(r.status(), r.body_text())
-                }
-            })
+            .map_err(|r| body_error(&r, r.status(), || r.body_text()))
     }
 }

@@ -24,9 +24,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::labs::{lab_for, vm_info, VmInfo};
 use crate::auth::Caller;
 use crate::db::sql;
-use crate::error::{
-    body_rejection, body_stalled, body_timeout, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult,
-};
+use crate::error::{body_error, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::AppState;
 
 /// Largest file moved through the API in one request.
@@ -392,14 +390,9 @@ pub async fn upload(
                         }
                     }
                     Err(e) => {
-                        why = Some(if body_stalled(&e) {
-                            body_timeout()
-                        } else {
-                            body_rejection(
-                                StatusCode::BAD_REQUEST,
-                                format!("the request body broke off ({e}); nothing was written"),
-                            )
-                        });
+                        why = Some(body_error(&e, StatusCode::BAD_REQUEST, || {
+                            format!("the request body broke off ({e}); nothing was written")
+                        }));
                         break;
                     }
                 }
@@ -418,13 +411,7 @@ pub async fn upload(
     }
     let mut data = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            if body_stalled(&e) {
-                body_timeout()
-            } else {
-                body_rejection(StatusCode::BAD_REQUEST, e.to_string())
-            }
-        })?;
+        let chunk = chunk.map_err(|e| body_error(&e, StatusCode::BAD_REQUEST, || e.to_string()))?;
         if data.len() as u64 + chunk.len() as u64 > MAX_FILE {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
