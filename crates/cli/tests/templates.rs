@@ -170,7 +170,19 @@ fn web_stack_answers_through_its_cache_and_logs_to_the_logger() {
     assert!(health.contains("\"status\": \"ok\""), "{health}");
 
     let stats = || ok(&lab.exec("web.cache", &["redis-cli", "info", "stats"]));
-    let before = stats();
+    // "ready" is the guest agent; redis starts on its own (a CI run saw the cache VM ready
+    // 55 s after `up` under load, its redis still refusing connections).
+    let before = lab.exec_until_ok(
+        "web.cache",
+        &["redis-cli", "info", "stats"],
+        Duration::from_secs(120),
+    );
+    // Likewise rsyslog on the logger: the API's log lines go over UDP, lost if nobody listens.
+    lab.exec_until_ok(
+        "web.logger",
+        &["sh", "-c", "grep -q ':0202 ' /proc/net/udp"],
+        Duration::from_secs(120),
+    );
     let key = format!("tpl-{}", std::process::id());
     let get = || -> serde_json::Value {
         let body = ok(&lab.exec(
