@@ -303,9 +303,16 @@ fn copy_errors_are_clear_and_leave_no_partial_files() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Kill the VM once the host-side partial file exists.
+    // Kill the VM once data arrives in the host-side partial file (it is created before the
+    // request is sent: killing at its mere existence could come before the download began).
     let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline && std::fs::read_dir(&dl).unwrap().count() == 0 {
+    let receiving = || {
+        std::fs::read_dir(&dl)
+            .unwrap()
+            .flatten()
+            .any(|e| e.metadata().is_ok_and(|m| m.len() > 0))
+    };
+    while Instant::now() < deadline && !receiving() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let pid = std::fs::read_to_string(env.run.path().join("vms/t-cperr/vm.pid")).unwrap();
