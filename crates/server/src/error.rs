@@ -190,7 +190,7 @@ fn body_timeout() -> ApiError {
 }
 
 /// Rejections of reading the body itself (too large, broken stream).
-pub fn body_rejection(status: StatusCode, text: String) -> ApiError {
+fn body_rejection(status: StatusCode, text: String) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             status,

@@ -196,8 +196,9 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// How long the HTTPS listener waits for a request's head (from the first byte, or from the end
-/// of the previous response on a kept-alive connection) before it closes the connection.
+/// How long the HTTPS listener waits for a whole request head (from the end of the TLS
+/// handshake, or of the previous response on a kept-alive connection) before it closes the
+/// connection.
 pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long a request body may pause (no data while the handler waits for it) before the
