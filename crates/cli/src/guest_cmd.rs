@@ -293,10 +293,21 @@ pub async fn cp(src: &str, dst: &str) -> Result<i32> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "root".into());
             let target = if d.is_dir() { d.join(&name) } else { d.clone() };
-            if info.kind == FileKind::Dir {
-                download_dir(&c, &path, &target).await?;
-            } else {
-                download_file(&c, &path, &target, info.mode).await?;
+            match info.kind {
+                FileKind::Dir => {
+                    let refused = download_dir(&c, &path, &target).await?;
+                    if refused > 0 {
+                        eprintln!(
+                            "kobako cp: {refused} entries of {vm}:{path} were refused (named above); the rest is in {}",
+                            target.display()
+                        );
+                        return Ok(1);
+                    }
+                }
+                FileKind::Other => bail!(
+                    "{vm}:{path}: a device node, fifo or socket; copy a regular file or a directory"
+                ),
+                FileKind::File | FileKind::Symlink => download_file(&c, &path, &target).await?,
             }
             Ok(0)
         }
@@ -348,23 +359,43 @@ async fn upload_dir(c: &AgentClient, src: &Path, dst: &str) -> Result<()> {
     Ok(())
 }
 
-async fn download_file(c: &AgentClient, src: &str, dst: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+/// The most a download (one file or a whole directory) writes on the host.
+pub const MAX_DOWNLOAD: u64 = 64 << 30;
+/// The most entries a directory download creates.
+pub const MAX_ENTRIES: usize = 100_000;
+
+/// One file to `dst` (a host path the user named): through a temporary name created with
+/// `O_EXCL|O_NOFOLLOW`, renamed into place when complete. Permission bits are the guest file's
+/// without setuid, setgid and sticky.
+async fn download_file(c: &AgentClient, src: &str, dst: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let name = dst
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dst.with_file_name(format!(".{name}.kobako-part"));
-    let f = tokio::fs::File::create(&tmp)
-        .await
+    let _ = std::fs::remove_file(&tmp);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
         .with_context(|| format!("{}", dst.display()))?;
     let size = c.stat(src).await.map(|i| i.size).unwrap_or(0);
     let meter = Meter::new(size);
     let cb = meter.cb(size);
-    let r = c.get_file(src, tokio::io::BufWriter::new(f), &cb).await;
+    let r = c
+        .get_file(
+            src,
+            MAX_DOWNLOAD,
+            tokio::io::BufWriter::new(tokio::fs::File::from_std(f)),
+            &cb,
+        )
+        .await;
     match r {
-        Ok(_) => {
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        Ok((_, _, info)) => {
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(info.mode & 0o777))?;
             std::fs::rename(&tmp, dst)?;
             Ok(())
         }
@@ -375,28 +406,298 @@ async fn download_file(c: &AgentClient, src: &str, dst: &Path, mode: u32) -> Res
     }
 }
 
-async fn download_dir(c: &AgentClient, src: &str, dst: &Path) -> Result<()> {
-    std::fs::create_dir(dst).with_context(|| format!("{}", dst.display()))?;
-    for e in c.list_dir(src).await? {
-        let local = dst.join(&e.path);
-        let remote = join_guest(src, &e.path);
-        match e.kind {
-            FileKind::Dir => std::fs::create_dir_all(&local)?,
-            FileKind::File => download_file(c, &remote, &local, e.mode).await?,
-            FileKind::Symlink => {
-                if let Some(t) = &e.target {
-                    let _ = std::os::unix::fs::symlink(t, &local);
-                }
-            }
-            FileKind::Other => {}
+/// A listing path as a relative path of plain components, or why not. Guests list
+/// '/'-separated paths relative to the listed directory.
+/// The error names the entry and why it could leave the destination.
+fn safe_rel(p: &str) -> std::result::Result<PathBuf, String> {
+    let bad = |why: &str| Err(format!("{}: {why}", p.escape_debug()));
+    if p.is_empty() || p.len() > 4096 {
+        return bad("empty or over 4096 bytes");
+    }
+    if p.contains('\0') {
+        return bad("contains NUL");
+    }
+    if p.starts_with('/') {
+        return bad("absolute path");
+    }
+    let mut out = PathBuf::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => return bad("empty or '.' component"),
+            ".." => return bad("'..' component"),
+            c if c.len() > 255 => return bad("component over 255 bytes"),
+            c => out.push(c),
         }
     }
-    Ok(())
+    Ok(out)
+}
+
+/// `openat2(2)`: `path` resolved from `dir` with `resolve` flags (`RESOLVE_*`).
+fn openat2(
+    dir: std::os::fd::BorrowedFd<'_>,
+    path: &Path,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: open_how is plain data; zeroed is valid, the fields used are set below.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.mode = u64::from(mode);
+    how.resolve = resolve;
+    // SAFETY: valid dirfd, NUL-terminated path and a live open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Never leave the destination, never follow a symlink (the guest made them all), never
+/// cross into another mount.
+const BENEATH: u64 = libc::RESOLVE_BENEATH
+    | libc::RESOLVE_NO_SYMLINKS
+    | libc::RESOLVE_NO_MAGICLINKS
+    | libc::RESOLVE_NO_XDEV;
+
+/// A directory download's destination: a directory fd every entry is created beneath.
+struct Dest {
+    root: std::os::fd::OwnedFd,
+}
+
+impl Dest {
+    /// The parent directory of `rel` (opened beneath the root, symlinks refused) and the
+    /// entry's own name.
+    fn parent(&self, rel: &Path) -> std::io::Result<(std::os::fd::OwnedFd, std::ffi::CString)> {
+        use std::os::fd::AsFd;
+        use std::os::unix::ffi::OsStrExt;
+        let parent = rel.parent().filter(|p| !p.as_os_str().is_empty());
+        let dir = openat2(
+            self.root.as_fd(),
+            parent.unwrap_or(Path::new(".")),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+            BENEATH,
+        )?;
+        let name = rel.file_name().unwrap_or_default().as_bytes();
+        let name = std::ffi::CString::new(name)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        Ok((dir, name))
+    }
+
+    fn mkdir(&self, rel: &Path, mode: u32) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (dir, name) = self.parent(rel)?;
+        // Owner rwx so the download can fill it; no setgid/sticky.
+        let mode = (mode & 0o777) | 0o700;
+        // SAFETY: valid dirfd and NUL-terminated name.
+        if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// A new regular file (an existing name, symlink or not, is an error: never written
+    /// through).
+    fn create(&self, rel: &Path) -> std::io::Result<std::fs::File> {
+        use std::os::fd::AsFd;
+        let (dir, _) = self.parent(rel)?;
+        let fd = openat2(
+            dir.as_fd(),
+            Path::new(rel.file_name().unwrap_or_default()),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            0o600,
+            BENEATH,
+        )?;
+        Ok(std::fs::File::from(fd))
+    }
+
+    fn remove(&self, rel: &Path) {
+        use std::os::fd::AsRawFd;
+        if let Ok((dir, name)) = self.parent(rel) {
+            // SAFETY: valid dirfd and NUL-terminated name.
+            unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) };
+        }
+    }
+
+    /// The guest's symlink as a symlink (its target is never followed by this download).
+    fn symlink(&self, rel: &Path, target: &str) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (dir, name) = self.parent(rel)?;
+        let t = std::ffi::CString::new(target)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: valid dirfd and NUL-terminated strings.
+        if unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), name.as_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// A guest directory into `dst` (created; it must not exist). Every entry of the guest's
+/// listing is checked and created beneath `dst` through directory fds: names that could leave
+/// it are refused, symlinks are recreated as symlinks and never followed, special files are
+/// skipped, setuid/setgid/sticky bits are dropped, and the total is capped at `MAX_DOWNLOAD`
+/// bytes and `MAX_ENTRIES` entries. Returns how many entries were refused (each named on
+/// stderr).
+async fn download_dir(c: &AgentClient, src: &str, dst: &Path) -> Result<usize> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir(dst).with_context(|| format!("{}", dst.display()))?;
+    let root = std::fs::File::open(dst).with_context(|| format!("{}", dst.display()))?;
+    let dest = Dest { root: root.into() };
+    let entries = c.list_dir(src).await?;
+    if entries.len() > MAX_ENTRIES {
+        bail!(
+            "{src}: the guest lists {} entries, more than the {MAX_ENTRIES} a download creates; copy a smaller directory",
+            entries.len()
+        );
+    }
+    let mut budget = MAX_DOWNLOAD;
+    let mut refused = 0;
+    for e in entries {
+        let rel = match safe_rel(&e.path) {
+            Ok(r) => r,
+            Err(why) => {
+                eprintln!("kobako cp: refused a guest entry: {why}");
+                refused += 1;
+                continue;
+            }
+        };
+        let local = dst.join(&rel);
+        let remote = join_guest(src, &e.path);
+        let r: Result<()> = match e.kind {
+            FileKind::Dir => dest.mkdir(&rel, e.mode).map_err(Into::into),
+            FileKind::File => match dest.create(&rel) {
+                Err(err) => Err(err.into()),
+                Ok(f) => {
+                    let w = tokio::io::BufWriter::new(tokio::fs::File::from_std(f));
+                    match c.get_file(&remote, budget, w, &|_| {}).await {
+                        Ok((n, _, info)) => {
+                            budget -= n;
+                            // Through the fd just written: no path to swap.
+                            let f = std::fs::File::from(dest.parent(&rel).and_then(|(d, _)| {
+                                openat2(
+                                    d.as_fd(),
+                                    Path::new(rel.file_name().unwrap_or_default()),
+                                    libc::O_RDONLY | libc::O_NOFOLLOW,
+                                    0,
+                                    BENEATH,
+                                )
+                            })?);
+                            f.set_permissions(std::fs::Permissions::from_mode(info.mode & 0o777))
+                                .map_err(Into::into)
+                        }
+                        Err(err) => {
+                            dest.remove(&rel);
+                            Err(err.into())
+                        }
+                    }
+                }
+            },
+            FileKind::Symlink => match &e.target {
+                Some(t) => dest.symlink(&rel, t).map_err(Into::into),
+                None => Ok(()),
+            },
+            FileKind::Other => {
+                eprintln!(
+                    "kobako cp: skipped {}: a device node, fifo or socket",
+                    e.path.escape_debug()
+                );
+                Ok(())
+            }
+        };
+        if let Err(err) = r {
+            let why = match err
+                .downcast_ref::<std::io::Error>()
+                .and_then(|e| e.raw_os_error())
+            {
+                Some(libc::ELOOP) | Some(libc::EXDEV) => {
+                    "it lies under a symlink or another mount (never followed)".to_string()
+                }
+                Some(libc::EEXIST) => "the name already exists (listed twice?)".to_string(),
+                _ => format!("{err:#}"),
+            };
+            eprintln!(
+                "kobako cp: refused {} ({}): {why}",
+                e.path.escape_debug(),
+                local.display()
+            );
+            refused += 1;
+        }
+    }
+    Ok(refused)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_listing_names_that_could_leave_the_destination_are_refused() {
+        assert_eq!(safe_rel("a/b").unwrap(), PathBuf::from("a/b"));
+        let long = "x".repeat(256);
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "./a",
+            "a/.",
+            "a\0b",
+            &long,
+        ] {
+            assert!(safe_rel(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// `d/link -> <outside>` then `d/link/passwd`: the file is refused, never written through.
+    #[test]
+    fn files_under_a_guest_symlink_are_never_written_through() {
+        let out = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let dst = out.path().join("x");
+        std::fs::create_dir(&dst).unwrap();
+        let dest = Dest {
+            root: std::fs::File::open(&dst).unwrap().into(),
+        };
+        dest.mkdir(Path::new("d"), 0o7755).unwrap();
+        dest.symlink(Path::new("d/link"), outside.path().to_str().unwrap())
+            .unwrap();
+        let e = dest.create(Path::new("d/link/passwd")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP), "{e}");
+        // The link itself is a name that exists: never opened through.
+        let e = dest.create(Path::new("d/link")).unwrap_err();
+        assert!(
+            matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::ELOOP)),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(dst.join("d"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(
+            m & 0o7777,
+            0o755,
+            "setgid/sticky of a guest directory are dropped"
+        );
+    }
 
     #[test]
     fn locations() {

@@ -3,6 +3,13 @@
 //! One connection carries any number of concurrent requests: each gets its own stream id; a
 //! reader task routes incoming frames to the request that owns the stream. Stream-0 events
 //! (Ready, ShuttingDown) are published on a watch (ready) and a broadcast channel (all events).
+//!
+//! The guest is untrusted: every buffer it fills here has a cap. A frame header announcing more
+//! than [`proto::MAX_PAYLOAD`] closes the channel before anything is allocated; each request
+//! queues at most [`STREAM_QUEUE`] frames (the reader waits for a slow consumer instead of
+//! buffering a whole file); output collected in memory stops at [`AgentClient::max_output`]
+//! bytes (the rest is counted, dropped and replaced by a marker); a download stops at the size
+//! the guest announced and refuses a file larger than the caller's maximum.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -18,7 +25,14 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::{Result, RuntimeError};
 
-type Streams = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Frame>>>>;
+type Streams = Arc<Mutex<HashMap<u32, mpsc::Sender<Frame>>>>;
+
+/// Frames queued per request before the reader waits for the request to take them (at most
+/// this many times [`proto::MAX_PAYLOAD`] bytes; the agent sends 256 KiB data frames).
+pub const STREAM_QUEUE: usize = 32;
+
+/// Default cap of the output an `exec` collects in memory, per stream (stdout, stderr).
+pub const DEFAULT_MAX_OUTPUT: usize = 16 << 20;
 
 /// A connection to one VM's agent.
 pub struct AgentClient {
@@ -28,6 +42,7 @@ pub struct AgentClient {
     ready: watch::Receiver<Option<ReadyInfo>>,
     events: broadcast::Sender<Msg>,
     closed: watch::Receiver<bool>,
+    max_output: usize,
 }
 
 /// The result of a finished `exec`.
@@ -38,6 +53,52 @@ pub struct ExecOutput {
     pub code: Option<i32>,
     pub signal: Option<i32>,
     pub timed_out: bool,
+    /// Output was cut at the cap (the streams end with [`truncation_marker`]).
+    pub truncated: bool,
+}
+
+/// The line that replaces output beyond a cap.
+pub fn truncation_marker(kept: usize) -> String {
+    format!("\n[kobako: output truncated after {kept} bytes]\n")
+}
+
+/// Output collected in memory up to a cap: bytes past it are counted and dropped, and the
+/// buffer ends with [`truncation_marker`] once finished.
+#[derive(Debug, Clone)]
+pub struct CappedBuf {
+    data: Vec<u8>,
+    max: usize,
+    dropped: u64,
+}
+
+impl CappedBuf {
+    pub fn new(max: usize) -> CappedBuf {
+        CappedBuf {
+            data: Vec::new(),
+            max,
+            dropped: 0,
+        }
+    }
+
+    pub fn push(&mut self, b: &[u8]) {
+        let room = self.max.saturating_sub(self.data.len());
+        let take = room.min(b.len());
+        self.data.extend_from_slice(&b[..take]);
+        self.dropped += (b.len() - take) as u64;
+    }
+
+    pub fn truncated(&self) -> bool {
+        self.dropped > 0
+    }
+
+    /// The bytes kept, with the marker appended when something was dropped.
+    pub fn finish(mut self) -> Vec<u8> {
+        if self.dropped > 0 {
+            let m = truncation_marker(self.data.len());
+            self.data.extend_from_slice(m.as_bytes());
+        }
+        self.data
+    }
 }
 
 impl ExecOutput {
@@ -114,7 +175,9 @@ impl AgentClient {
                         .get(&f.stream)
                         .cloned();
                     if let Some(tx) = tx {
-                        let _ = tx.send(f);
+                        // Waits while the request is STREAM_QUEUE frames behind; fails at once
+                        // when the request is gone.
+                        let _ = tx.send(f).await;
                     }
                 }
                 // Channel closed: wake every pending request (dropping senders ends their loops).
@@ -129,7 +192,19 @@ impl AgentClient {
             ready: ready_rx,
             events: events_tx,
             closed: closed_rx,
+            max_output: DEFAULT_MAX_OUTPUT,
         })
+    }
+
+    /// Cap the output `exec` collects in memory (per stream), instead of [`DEFAULT_MAX_OUTPUT`].
+    pub fn with_max_output(mut self, bytes: usize) -> AgentClient {
+        self.max_output = bytes;
+        self
+    }
+
+    /// The cap of the output `exec` collects in memory, per stream.
+    pub fn max_output(&self) -> usize {
+        self.max_output
     }
 
     async fn send(&self, f: &Frame) -> Result<()> {
@@ -209,9 +284,9 @@ impl AgentClient {
         }
     }
 
-    fn open_stream(&self) -> (u32, mpsc::UnboundedReceiver<Frame>) {
+    fn open_stream(&self) -> (u32, mpsc::Receiver<Frame>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         self.streams
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -226,16 +301,19 @@ impl AgentClient {
             .remove(&id);
     }
 
-    /// Run a command to completion and collect its output.
+    /// Run a command to completion and collect its output (each stream up to
+    /// [`AgentClient::max_output`] bytes, then the truncation marker; the exit is still
+    /// reported).
     pub async fn exec(&self, req: ExecRequest) -> Result<ExecOutput> {
         let (id, mut rx) = self.open_stream();
         let r = async {
             self.send(&Frame::msg(id, &Msg::Exec(req))).await?;
-            let mut out = ExecOutput::default();
+            let mut stdout = CappedBuf::new(self.max_output);
+            let mut stderr = CappedBuf::new(self.max_output);
             while let Some(f) = rx.recv().await {
                 match f.kind {
-                    Kind::Stdout => out.stdout.extend_from_slice(&f.payload),
-                    Kind::Stderr => out.stderr.extend_from_slice(&f.payload),
+                    Kind::Stdout => stdout.push(&f.payload),
+                    Kind::Stderr => stderr.push(&f.payload),
                     Kind::Stdin => {}
                     Kind::Msg => match f.to_msg().map_err(agent_err)? {
                         Msg::Started { .. } => {}
@@ -244,10 +322,14 @@ impl AgentClient {
                             signal,
                             timed_out,
                         } => {
-                            out.code = code;
-                            out.signal = signal;
-                            out.timed_out = timed_out;
-                            return Ok(out);
+                            return Ok(ExecOutput {
+                                truncated: stdout.truncated() || stderr.truncated(),
+                                stdout: stdout.finish(),
+                                stderr: stderr.finish(),
+                                code,
+                                signal,
+                                timed_out,
+                            });
                         }
                         Msg::Error { message } => return Err(RuntimeError::Agent(message)),
                         _ => {}
@@ -288,7 +370,7 @@ pub enum ExecEvent {
 pub struct ExecSession<'a> {
     client: &'a AgentClient,
     id: u32,
-    rx: mpsc::UnboundedReceiver<Frame>,
+    rx: mpsc::Receiver<Frame>,
     finished: bool,
 }
 
@@ -556,10 +638,13 @@ impl AgentClient {
     }
 
     /// Read `path` from the guest into `dst`; returns (size, SHA-256), both checked against the
-    /// agent's own count.
+    /// agent's own count. The guest must describe the file before its data; a file announced
+    /// larger than `max` is refused before any byte is written, and data beyond the announced
+    /// size ends the transfer with an error (the guest cannot make `dst` grow past it).
     pub async fn get_file(
         &self,
         path: &str,
+        max: u64,
         mut dst: impl tokio::io::AsyncWrite + Unpin,
         progress: Progress<'_>,
     ) -> Result<(u64, String, proto::FileInfo)> {
@@ -570,17 +655,42 @@ impl AgentClient {
                 .await?;
             let mut h = sha2::Sha256::new();
             let mut got = 0u64;
-            let mut info = None;
+            let mut info: Option<proto::FileInfo> = None;
             while let Some(f) = rx.recv().await {
                 match f.kind {
                     Kind::Stdout => {
+                        let Some(i) = &info else {
+                            return Err(agent_err(format!(
+                                "{path}: the guest sent file data before describing the file"
+                            )));
+                        };
+                        let n = f.payload.len() as u64;
+                        if got + n > i.size {
+                            return Err(agent_err(format!(
+                                "{path}: the guest sent more than the {} bytes it announced; transfer stopped",
+                                i.size
+                            )));
+                        }
                         h.update(&f.payload);
-                        got += f.payload.len() as u64;
+                        got += n;
                         dst.write_all(&f.payload).await.map_err(agent_err)?;
                         progress(got);
                     }
                     Kind::Msg => match f.to_msg().map_err(agent_err)? {
-                        Msg::FileInfo(i) => info = Some(i),
+                        Msg::FileInfo(i) => {
+                            if info.is_some() {
+                                return Err(agent_err(format!(
+                                    "{path}: the guest described the file twice"
+                                )));
+                            }
+                            if i.size > max {
+                                return Err(agent_err(format!(
+                                    "{path}: the file has {} bytes, more than the {max} bytes this transfer allows",
+                                    i.size
+                                )));
+                            }
+                            info = Some(i);
+                        }
                         Msg::Done { sha256, size } => {
                             dst.flush().await.map_err(agent_err)?;
                             let mine = hex::encode(h.finalize());
@@ -612,6 +722,166 @@ impl AgentClient {
 mod tests {
     use super::*;
 
+    /// A fake agent on `agent.sock`: answers every request frame with `answer(request)`'s raw
+    /// bytes (frames it encodes itself, so it can lie about anything).
+    async fn lying_agent(
+        answer: impl Fn(&Frame) -> Vec<u8> + Send + 'static,
+    ) -> (tempfile::TempDir, AgentClient) {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("agent.sock");
+        let l = tokio::net::UnixListener::bind(&sock).unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            while let Ok(f) = read_frame(&mut s).await {
+                if s.write_all(&answer(&f)).await.is_err() {
+                    break;
+                }
+            }
+            // Keep the connection open until the client goes.
+            let mut b = [0u8; 1];
+            let _ = s.read(&mut b).await;
+        });
+        let c = AgentClient::connect(&sock).await.unwrap();
+        (d, c)
+    }
+
+    fn data(stream: u32, kind: Kind, n: usize) -> Vec<u8> {
+        Frame {
+            stream,
+            kind,
+            payload: vec![b'x'; n],
+        }
+        .encode()
+    }
+
+    fn msg(stream: u32, m: &Msg) -> Vec<u8> {
+        Frame::msg(stream, m).encode()
+    }
+
+    fn file_info(size: u64) -> Msg {
+        Msg::FileInfo(proto::FileInfo {
+            exists: true,
+            kind: proto::FileKind::File,
+            size,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+        })
+    }
+
+    #[tokio::test]
+    async fn agent_announcing_a_4_gib_frame_gets_the_channel_closed() {
+        let (_d, c) = lying_agent(|f| {
+            let mut h = Vec::new();
+            h.extend_from_slice(&u32::MAX.to_le_bytes());
+            h.extend_from_slice(&f.stream.to_le_bytes());
+            h.push(Kind::Stdout as u8);
+            h
+        })
+        .await;
+        let e = tokio::time::timeout(
+            Duration::from_secs(5),
+            c.exec(ExecRequest {
+                argv: vec!["x".into()],
+                ..Default::default()
+            }),
+        )
+        .await
+        .expect("a 4 GiB header must end the request, not wait for 4 GiB")
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("channel closed"), "{e}");
+        tokio::time::timeout(Duration::from_secs(5), c.closed())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn agent_flooding_exec_output_is_cut_at_the_cap_and_the_exit_code_kept() {
+        let (_d, c) = lying_agent(|f| {
+            let mut out = Vec::new();
+            for _ in 0..3 {
+                out.extend(data(f.stream, Kind::Stdout, proto::MAX_PAYLOAD));
+            }
+            out.extend(data(f.stream, Kind::Stderr, 10));
+            out.extend(msg(
+                f.stream,
+                &Msg::Exited {
+                    code: Some(7),
+                    signal: None,
+                    timed_out: false,
+                },
+            ));
+            out
+        })
+        .await;
+        let c = c.with_max_output(1 << 20);
+        let o = c
+            .exec(ExecRequest {
+                argv: vec!["yes".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(o.status(), 7);
+        assert!(o.truncated);
+        let marker = truncation_marker(1 << 20);
+        assert_eq!(o.stdout.len(), (1 << 20) + marker.len());
+        assert!(o.stdout.ends_with(marker.as_bytes()));
+        assert!(marker.contains("[kobako: output truncated after 1048576 bytes]"));
+        assert_eq!(o.stderr, b"xxxxxxxxxx");
+    }
+
+    #[tokio::test]
+    async fn agent_sending_more_than_it_announced_is_stopped_at_the_announced_size() {
+        let (_d, c) = lying_agent(|f| {
+            let mut out = msg(f.stream, &file_info(10));
+            out.extend(data(f.stream, Kind::Stdout, 10));
+            out.extend(data(f.stream, Kind::Stdout, proto::MAX_PAYLOAD));
+            out
+        })
+        .await;
+        let mut got = Vec::new();
+        let e = c
+            .get_file("/f", u64::MAX, &mut got, &|_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than the 10 bytes it announced"), "{e}");
+        assert_eq!(got.len(), 10);
+    }
+
+    #[tokio::test]
+    async fn agent_announcing_a_file_above_the_maximum_is_refused_before_writing() {
+        let (_d, c) = lying_agent(|f| {
+            let mut out = msg(f.stream, &file_info(1 << 40));
+            out.extend(data(f.stream, Kind::Stdout, 100));
+            out
+        })
+        .await;
+        let mut got = Vec::new();
+        let e = c
+            .get_file("/f", 1 << 20, &mut got, &|_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than the 1048576 bytes"), "{e}");
+        assert!(got.is_empty());
+    }
+
+    #[tokio::test]
+    async fn agent_sending_data_before_describing_the_file_is_refused() {
+        let (_d, c) = lying_agent(|f| data(f.stream, Kind::Stdout, 100)).await;
+        let mut got = Vec::new();
+        let e = c
+            .get_file("/f", u64::MAX, &mut got, &|_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("before describing the file"), "{e}");
+        assert!(got.is_empty());
+    }
+
     /// A VM killed between two requests: the next transfer says the channel closed during it
     /// (not a bare "Broken pipe").
     #[tokio::test]
@@ -626,7 +896,7 @@ mod tests {
             .await
             .unwrap();
         let e = c
-            .get_file("/etc/hostname", tokio::io::sink(), &|_| {})
+            .get_file("/etc/hostname", u64::MAX, tokio::io::sink(), &|_| {})
             .await
             .unwrap_err()
             .to_string();

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
 use kobako_agent::proto::{ExecRequest, TtySize};
-use kobako_runtime::agent::{AgentClient, ExecEvent};
+use kobako_runtime::agent::{AgentClient, CappedBuf, ExecEvent};
 use kobako_runtime::VmDir;
 use kobako_state::rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
@@ -49,7 +49,14 @@ async fn vm_for(st: &AppState, caller: &Caller, name: &str, write: bool) -> ApiR
         .await?;
     match lab {
         Some(lab) => {
-            let row = lab_for(st, caller, &lab, write).await?;
+            // A VM of a lab the caller cannot see is not there (404 naming the VM, not its lab).
+            let row = lab_for(st, caller, &lab, write).await.map_err(|e| {
+                if e.status == axum::http::StatusCode::NOT_FOUND {
+                    ApiError::not_found(format!("no VM '{name}'"))
+                } else {
+                    e
+                }
+            })?;
             let spec: Option<kobako_lab::spec::Lab> = serde_json::from_value(row.spec).ok();
             let n = name.to_string();
             let vms = st.db.run(move |db| Ok(db.vms(&lab)?)).await?;
@@ -136,7 +143,8 @@ pub struct ExecResult {
     pub exit_code: i32,
     pub signal: Option<i32>,
     pub timed_out: bool,
-    /// Output as UTF-8 (invalid bytes replaced).
+    /// Output as UTF-8 (invalid bytes replaced), at most 16 MiB per stream: longer output is cut
+    /// and ends with `[kobako: output truncated after N bytes]`.
     pub stdout: String,
     pub stderr: String,
 }
@@ -187,11 +195,14 @@ pub async fn exec(
         s.close_stdin()
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        // The same cap as `exec` without stdin: what the guest prints past it is dropped.
+        let mut stdout = CappedBuf::new(client.max_output());
+        let mut stderr = CappedBuf::new(client.max_output());
         let mut out = kobako_runtime::agent::ExecOutput::default();
         loop {
             match s.next().await {
-                Ok(Some(ExecEvent::Stdout(b))) => out.stdout.extend(b),
-                Ok(Some(ExecEvent::Stderr(b))) => out.stderr.extend(b),
+                Ok(Some(ExecEvent::Stdout(b))) => stdout.push(&b),
+                Ok(Some(ExecEvent::Stderr(b))) => stderr.push(&b),
                 Ok(Some(ExecEvent::Exited {
                     code,
                     signal,
@@ -206,6 +217,9 @@ pub async fn exec(
                 Err(e) => return Err(exec_err(e)),
             }
         }
+        out.truncated = stdout.truncated() || stderr.truncated();
+        out.stdout = stdout.finish();
+        out.stderr = stderr.finish();
         out
     } else {
         client.exec(req).await.map_err(exec_err)?
@@ -276,9 +290,12 @@ pub async fn download(
     if info.size > BUFFERED_DOWNLOAD {
         return Ok(stream_download(client, q.path, info.size));
     }
+    // The buffer holds at most BUFFERED_DOWNLOAD bytes whatever the guest says (the stat
+    // describes a symlink itself; the read follows it), and never more than the guest announced
+    // when it started sending.
     let mut buf = Vec::with_capacity(info.size as usize);
     let (_, sha, _) = client
-        .get_file(&q.path, &mut buf, &|_| {})
+        .get_file(&q.path, BUFFERED_DOWNLOAD, &mut buf, &|_| {})
         .await
         .map_err(|e| ApiError::unprocessable("transfer_failed", format!("{}: {e}", q.path)))?;
     Ok((
@@ -298,7 +315,8 @@ fn stream_download(client: AgentClient, path: String, size: u64) -> Response {
     let (w, r) = tokio::io::duplex(512 * 1024);
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let r = client.get_file(&path, w, &|_| {}).await;
+        // At most the announced size, which is the response's Content-Length.
+        let r = client.get_file(&path, size, w, &|_| {}).await;
         let _ = tx.send(r.map(|_| ()).map_err(|e| format!("{path}: {e}")));
     });
     let body = futures_util::stream::unfold((r, Some(rx)), |(mut r, rx)| async move {
@@ -461,10 +479,42 @@ pub async fn console(
     let sock = tokio::net::UnixStream::connect(dir.file("console.sock"))
         .await
         .map_err(|e| ApiError::unavailable(format!("console of '{name}': {e}")))?;
-    let tail = std::fs::read(dir.file("console.log"))
-        .map(|b| b[b.len().saturating_sub(8192)..].to_vec())
-        .unwrap_or_default();
-    Ok(ws.on_upgrade(move |socket| bridge_console(socket, sock, tail)))
+    let tail = read_tail(&dir.file("console.log"), CONSOLE_TAIL).unwrap_or_default();
+    Ok(ws.on_upgrade(move |socket| {
+        until_session_end(st, caller, bridge_console(socket, sock, tail))
+    }))
+}
+
+/// Runs a WebSocket bridge until it ends, or until the caller's session does (token expired
+/// or revoked, user removed or role changed: checked every few seconds); then the bridge is
+/// dropped, which closes the WebSocket and the console or terminal behind it.
+async fn until_session_end(
+    st: AppState,
+    caller: Caller,
+    bridge: impl std::future::Future<Output = ()>,
+) {
+    let user = caller.user.name.clone();
+    tokio::select! {
+        _ = bridge => {}
+        e = crate::auth::session_end(st, caller) => {
+            tracing::info!("WebSocket of user '{user}' closed: {e}");
+        }
+    }
+}
+
+/// How much of the console log a console client gets before the live output.
+pub const CONSOLE_TAIL: u64 = 8192;
+
+/// The last `n` bytes of a file, read from `len - n` (the guest fills the console log: it is
+/// never read whole).
+fn read_tail(path: &std::path::Path, n: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(n)))?;
+    let mut out = Vec::with_capacity(n.min(len) as usize);
+    f.take(n).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 async fn bridge_console(mut ws: WebSocket, sock: tokio::net::UnixStream, tail: Vec<u8>) {
@@ -508,8 +558,11 @@ pub struct TtyQuery {
     #[param(minimum = 1, maximum = 1000)]
     pub cols: Option<u16>,
     pub user: Option<String>,
-    /// Bearer token (browsers cannot set headers on WebSocket requests).
+    /// Bearer token (deprecated: use `ticket`, tokens in URLs end up in proxy logs).
     pub access_token: Option<String>,
+    /// Single-use ticket from POST /api/v1/auth/ticket (browsers cannot set headers on
+    /// WebSocket requests).
+    pub ticket: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -549,7 +602,9 @@ pub async fn tty(
         }),
         user: q.user,
     };
-    Ok(ws.on_upgrade(move |socket| bridge_tty(socket, client, req)))
+    Ok(ws.on_upgrade(move |socket| {
+        until_session_end(st, caller, bridge_tty(socket, client, req))
+    }))
 }
 
 async fn bridge_tty(mut ws: WebSocket, client: AgentClient, req: ExecRequest) {
@@ -607,4 +662,25 @@ async fn bridge_tty(mut ws: WebSocket, client: AgentClient, req: ExecRequest) {
         }
     }
     let _ = ws.send(Message::Close(None)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guest that filled its console log: the console reads only the tail, not the file.
+    #[test]
+    fn console_tail_of_a_huge_log_reads_only_the_tail() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("console.log");
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(64 << 30).unwrap(); // sparse: 64 GiB that would never fit in memory
+        drop(f);
+        let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
+        std::io::Write::write_all(&mut f, b"login: ").unwrap();
+        let t = read_tail(&p, CONSOLE_TAIL).unwrap();
+        assert_eq!(t.len(), CONSOLE_TAIL as usize);
+        assert!(t.ends_with(b"login: "));
+        assert_eq!(read_tail(&p, 3).unwrap(), b"n: ");
+    }
 }
