@@ -74,6 +74,7 @@ pub async fn boot(a: BenchBootArgs) -> Result<i32> {
         accel: a.accel.clone(),
         timeout: 60,
         json: false,
+        names_only: false,
         // This benchmark compares kobako on QEMU with raw QEMU.
         runtime: "qemu".into(),
     };
@@ -280,6 +281,7 @@ pub async fn node(a: BenchNodeArgs) -> Result<i32> {
         accel: a.accel.clone(),
         timeout: 120,
         json: false,
+        names_only: false,
         // The node benchmark measures the QEMU runtime.
         runtime: "qemu".into(),
     };

@@ -89,6 +89,7 @@ pub async fn snapshot(a: BenchSnapArgs) -> Result<i32> {
         accel: std::env::var("KOBAKO_ACCEL").unwrap_or_else(|_| "auto".into()),
         timeout: 120,
         json: false,
+        names_only: false,
         runtime: "qemu".into(),
     };
     let (base, _) = config_from(&args(format!("bsnap-{tag}")))?;

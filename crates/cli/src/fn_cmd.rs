@@ -77,6 +77,7 @@ pub async fn run(cmd: FnCmd) -> Result<i32> {
                 accel,
                 timeout: 120,
                 json: false,
+                names_only: true,
                 runtime: "qemu".into(),
             };
             let (cfg, _) = config_from(&args)?;

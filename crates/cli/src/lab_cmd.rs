@@ -60,6 +60,7 @@ pub(crate) fn resolver(
             accel: accel.clone(),
             timeout: 120,
             json: false,
+            names_only: true,
             // Labs need NICs and the agent channel: QEMU (the vmm runtime has no virtio yet).
             runtime: "qemu".into(),
         };

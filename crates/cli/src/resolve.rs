@@ -104,8 +104,9 @@ fn parse_spec(arg: &str) -> Result<ImageSpec> {
 /// - the name of a stored image (`kobako image ls`): a fresh qcow2 overlay on its read-only base,
 ///   under the overlays directory, owned by the VM; plus a cloud-init NoCloud seed when the image
 ///   has cloud-init (or `,cloud-init` / `,user-data=FILE` is given);
-/// - a path to an initramfs (newc cpio), a raw ext4 image or a qcow2 image: booted as it is.
-pub fn image(arg: &str, root: RootKind, vm: &str) -> Result<VmImage> {
+/// - a path to an initramfs (newc cpio), a raw ext4 image or a qcow2 image: booted as it is
+///   (anything with a '/'; with `names_only` false also a bare name that exists as a file).
+pub fn image(arg: &str, root: RootKind, vm: &str, names_only: bool) -> Result<VmImage> {
     let spec = parse_spec(arg)?;
     let arg = spec.image.as_str();
     if arg == "tiny" && root == RootKind::Initramfs {
@@ -124,7 +125,7 @@ pub fn image(arg: &str, root: RootKind, vm: &str) -> Result<VmImage> {
             ..Default::default()
         });
     }
-    let looks_like_path = arg.contains('/') || Path::new(arg).exists();
+    let looks_like_path = arg.contains('/') || (!names_only && Path::new(arg).exists());
     if !looks_like_path {
         let store = if arg == "tiny" {
             let agent = tiny::find_agent()?;

@@ -118,6 +118,10 @@ pub struct RunArgs {
     /// Print the result as JSON (with -d).
     #[arg(long)]
     pub json: bool,
+    /// `image` is read as a path only when it has a '/' (lab files and functions: a bare name
+    /// is always a store name, never a file that happens to exist in the working directory).
+    #[arg(skip)]
+    pub names_only: bool,
 }
 
 pub fn runtime() -> Result<QemuRuntime> {
@@ -199,7 +203,7 @@ pub fn config_from(args: &RunArgs) -> Result<(VmConfig, String)> {
         }
     }
     let (kernel, kernel_kind) = resolve::kernel(&args.kernel)?;
-    let img = resolve::image(&args.image, args.root, &name)?;
+    let img = resolve::image(&args.image, args.root, &name, args.names_only)?;
     let cfg = VmConfig {
         kernel,
         kernel_kind,

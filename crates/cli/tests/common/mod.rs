@@ -1,6 +1,8 @@
 //! The real-guest test fixture shared by the CLI's integration tests.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 

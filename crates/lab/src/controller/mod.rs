@@ -193,6 +193,39 @@ pub fn resolve_vm(s: &str, lab: Option<&str>) -> Result<String> {
     if let Some((l, v)) = s.split_once('/') {
         return resolve_vm(v, Some(l));
     }
+/// The runtime name of VM `s` of lab `lab`, and of no other lab: `node.vm`, or `lab/node.vm`
+/// / `lab.node.vm` naming this same lab. Scenario steps (YAML and WASM) resolve their VMs
+/// here: a name that points anywhere else (another lab's prefix, an extra `/` or `.`, `..`,
+/// a bare runtime name) is an error and nothing is touched.
+pub fn resolve_in_lab(lab: &str, s: &str) -> Result<String> {
+    let db = db()?;
+    let rec = LabRecord::load_from(&db, lab)?.ok_or_else(|| LabError::NotFound(lab.into()))?;
+    let short = if rec.lab.find_vm(s).is_ok() {
+        s
+    } else if let Some(rest) = s
+        .strip_prefix(&format!("{lab}/"))
+        .or_else(|| s.strip_prefix(&format!("{lab}.")))
+    {
+        rest
+    } else {
+        s
+    };
+    match rec.lab.find_vm(short) {
+        Ok(vm) => Ok(vm_name(&rec.lab, vm)),
+        Err(why) => {
+            let names: Vec<String> = rec
+                .lab
+                .vms()
+                .map(|v| format!("{}.{}", v.id.node.as_str(), v.id.vm.as_str()))
+                .collect();
+            Err(LabError::Other(format!(
+                "VM '{s}' is not a VM of lab '{lab}' ({why}): a step reaches its own lab only; write NODE.VM, one of: {}",
+                names.join(", ")
+            )))
+        }
+    }
+}
+
     if lab.is_none() && kobako_runtime::VmDir::for_name(s).exists() {
         return Ok(s.to_string());
     }

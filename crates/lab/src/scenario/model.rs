@@ -440,8 +440,23 @@ fn err(src: &Source, path: &Path, message: String, fix: &str) -> SpecError {
     src.error(path, message, Some(fix.into()))
 }
 
-/// Parses and checks a scenario file (structure, one action per step, timing, assertions).
+/// Parses and checks a scenario file (structure, one action per step, timing, assertions);
+/// the module of each `wasm` step is read from disk (relative to `file`'s directory).
 pub fn load_str(file: &str, text: &str) -> std::result::Result<Scenario, SpecErrors> {
+    load_with(file, text, true)
+}
+
+/// [`load_str`] for a scenario from someone who may not read the server's files (a member
+/// over the API): a `wasm` step is an error at its `module`, and no module file is opened.
+pub fn load_str_untrusted(file: &str, text: &str) -> std::result::Result<Scenario, SpecErrors> {
+    load_with(file, text, false)
+}
+
+fn load_with(
+    file: &str,
+    text: &str,
+    read_modules: bool,
+) -> std::result::Result<Scenario, SpecErrors> {
     let (v, mut errs) = crate::spec::parse::parse::<Scenario>(file, text);
     let Some((mut s, src)) = v else {
         return Err(SpecErrors(errs));
@@ -547,7 +562,15 @@ pub fn load_str(file: &str, text: &str) -> std::result::Result<Scenario, SpecErr
             names.push(n.clone());
         }
     }
-    super::wasm::check(file, &mut s.steps, &Path::root(), "steps", &src, &mut errs);
+    super::wasm::check(
+        file,
+        &mut s.steps,
+        &Path::root(),
+        "steps",
+        &src,
+        read_modules,
+        &mut errs,
+    );
     if errs.is_empty() {
         s.source = Some(src);
         Ok(s)

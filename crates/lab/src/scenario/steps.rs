@@ -221,7 +221,7 @@ pub(super) async fn exec_in(
     cmd: &str,
     timeout: Duration,
 ) -> Result<(i32, String, String)> {
-    let name = controller::resolve_vm(vm, Some(lab))?;
+    let name = controller::resolve_in_lab(lab, vm)?;
     let dir = VmDir::for_name(&name);
     if dir.vm_pid().is_none() {
         return Err(other(format!("VM {name} is not running")));
@@ -467,11 +467,11 @@ pub(super) async fn run_once(ctx: &Ctx<'_>, st: &Step) -> Result<Outcome> {
     } else if let Some(d) = st.sleep {
         tokio::time::sleep(d.duration()).await;
     } else if let Some(v) = &st.pause {
-        let name = controller::resolve_vm(v, Some(lab))?;
+        let name = controller::resolve_in_lab(lab, v)?;
         ctx.rt.pause(&VmDir::for_name(&name)).await.map_err(other)?;
         o.faults.push(Fault::Paused(name));
     } else if let Some(v) = &st.resume {
-        let name = controller::resolve_vm(v, Some(lab))?;
+        let name = controller::resolve_in_lab(lab, v)?;
         ctx.rt
             .resume(&VmDir::for_name(&name))
             .await
@@ -495,7 +495,7 @@ pub(super) async fn run_once(ctx: &Ctx<'_>, st: &Step) -> Result<Outcome> {
             .retain(|f| !matches!(f, Fault::Killed(k) if k == target || k.starts_with(&format!("{target}."))));
     } else if let Some(v) = &st.kill {
         let short = v.strip_prefix(&format!("{lab}/")).unwrap_or(v).to_string();
-        let name = controller::resolve_vm(&short, Some(lab))?;
+        let name = controller::resolve_in_lab(lab, &short)?;
         ctx.rt.kill(&VmDir::for_name(&name)).await.map_err(other)?;
         o.observed = Some(format!("{name} killed"));
         o.faults.push(Fault::Killed(short));

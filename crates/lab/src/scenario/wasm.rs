@@ -52,23 +52,25 @@ pub struct WasmStep {
 }
 
 /// Loads and checks the module of every `wasm` step (groups included); errors point at the
-/// step's `module` with the loader's fix.
+/// step's `module` with the loader's fix. Without `read`, no module is opened and every
+/// `wasm` step is an error (the caller may not read the server's files).
 pub(super) fn check(
     file: &str,
     steps: &mut [Step],
     at: &SpecPath,
     key: &str,
     src: &Source,
+    read: bool,
     errs: &mut Vec<SpecError>,
 ) {
     let dir = Path::new(file).parent().unwrap_or(Path::new("."));
     for (i, st) in steps.iter_mut().enumerate() {
         let path = at.key(key).index(i);
         if let Some(g) = st.parallel.as_mut() {
-            check(file, g, &path, "parallel", src, errs);
+            check(file, g, &path, "parallel", src, read, errs);
         }
         if let Some(g) = st.steps.as_mut() {
-            check(file, g, &path, "steps", src, errs);
+            check(file, g, &path, "steps", src, read, errs);
         }
         let Some(w) = st.wasm.as_mut() else { continue };
         let path = path.key("wasm");
@@ -80,6 +82,20 @@ pub(super) fn check(
                     Some("give it a scalar value, e.g. `delay_ms: 100`".into()),
                 ));
             }
+        }
+        if !read {
+            errs.push(src.error(
+                &path.key("module"),
+                format!(
+                    "wasm step module '{}': modules are read from the server's filesystem, which only admins may name",
+                    w.module
+                ),
+                Some(
+                    "ask an admin to run this scenario, or run it as root on the server with `kobako scenario run`"
+                        .into(),
+                ),
+            ));
+            continue;
         }
         match kobako_wasmstep::Module::load(&dir.join(&w.module)) {
             Ok(m) => w.loaded = Some(m),

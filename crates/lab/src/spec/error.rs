@@ -136,6 +136,24 @@ pub struct SpecError {
     pub message: String,
     /// How to fix it.
     pub fix: Option<String>,
+    /// Set when the document broke one of the parser's limits ([`Limit`]): the file was not
+    /// read to its end, so this is the only error reported. Callers answer it differently
+    /// (the API: 400/413 instead of 422).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<Limit>,
+}
+
+/// A limit of the lab and scenario file parser, broken by a document (see
+/// [`super::yaml::Limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Limit {
+    /// The text is larger than [`super::yaml::Limits::max_bytes`].
+    Size,
+    /// More values than [`super::yaml::Limits::max_values`], aliases expanded.
+    Values,
+    /// Deeper than [`super::yaml::Limits::max_depth`].
+    Depth,
 }
 
 impl fmt::Display for SpecError {
@@ -166,6 +184,11 @@ impl SpecErrors {
     /// True if some error's message contains `needle` (for tests and tools).
     pub fn contains(&self, needle: &str) -> bool {
         self.0.iter().any(|e| e.message.contains(needle))
+    }
+
+    /// The limit the document broke, if that is why it was refused.
+    pub fn limit(&self) -> Option<Limit> {
+        self.0.iter().find_map(|e| e.limit)
     }
 
     pub(crate) fn sorted(mut v: Vec<SpecError>) -> SpecErrors {

@@ -14,6 +14,7 @@
 //! - [`mod@resolve`]: defaults → template → node → VM, every name and address checked, derived
 //!   values computed (MACs, addresses, lab id); [`model`] is the result.
 //! - [`templates`]: node templates shipped with kobako.
+//! - [`trust`]: what in a lab names a host file (only admins may).
 //! - [`export`]: Mermaid/DOT graphs and the lab as a lab file again (`kobako save`).
 
 //! # The lab file
@@ -78,12 +79,14 @@ pub mod parse;
 pub mod raw;
 pub mod resolve;
 pub mod templates;
+pub mod trust;
 pub mod units;
 pub mod yaml;
 
-pub use error::{Path, Pos, SpecError, SpecErrors};
+pub use error::{Limit, Path, Pos, SpecError, SpecErrors};
 pub use model::*;
 pub use raw::{LinkState, RawLab, Restart};
+pub use trust::{HostPathUse, ImageSource, KernelSource};
 pub use resolve::{load_file, load_one, load_str, parse_lab, resolve, LabFile};
 pub use units::{BitRate, MemMib, Micros, Percent};
 

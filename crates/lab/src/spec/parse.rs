@@ -29,6 +29,7 @@ impl Source {
             path: path.clone(),
             message,
             fix,
+            limit: None,
         }
     }
 
@@ -41,6 +42,7 @@ impl Source {
             path: path.clone(),
             message,
             fix,
+            limit: None,
         }
     }
 }
@@ -104,6 +106,7 @@ pub fn deserialize<T: DeserializeOwned>(src: &Source) -> (Option<T>, Vec<SpecErr
                     path: n.path.clone(),
                     message: format!("unknown key '{key}'{hint}"),
                     fix: Some(fix),
+                    limit: None,
                 },
             )
         } else if let Some(rest) = msg.strip_prefix("missing field ") {
@@ -117,6 +120,7 @@ pub fn deserialize<T: DeserializeOwned>(src: &Source) -> (Option<T>, Vec<SpecErr
                     path: n.path.clone(),
                     message: format!("missing '{field}'"),
                     fix: Some(format!("add `{field}:` here")),
+                    limit: None,
                 },
             )
         } else {
@@ -130,6 +134,7 @@ pub fn deserialize<T: DeserializeOwned>(src: &Source) -> (Option<T>, Vec<SpecErr
                     path: n.path.clone(),
                     message,
                     fix,
+                    limit: None,
                 },
             )
         };

@@ -106,6 +106,7 @@ pub fn load_file(path: &FsPath, host: &HostLimits) -> Result<Vec<Lab>, SpecError
             path: Path::root(),
             message: format!("cannot read the lab file: {e}"),
             fix: Some("check the path".into()),
+            limit: None,
         }])
     })?;
     let base = path
@@ -131,6 +132,7 @@ pub fn load_one(file: &str, text: &str, host: &HostLimits) -> Result<Lab, SpecEr
             path: Path::parse("copies"),
             message: format!("this file makes {} labs, one was expected", labs.len()),
             fix: Some("use load_str for files with copies".into()),
+            limit: None,
         }]));
     }
     Ok(labs.remove(0))

@@ -6,7 +6,7 @@
 //! made from this tree, and every error (serde's or the resolver's) is located by its path in
 //! the tree.
 
-use super::error::{Path, Pos, SpecError};
+use super::error::{Limit, Path, Pos, SpecError};
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 use yaml_rust2::Yaml;
@@ -150,6 +150,39 @@ fn pos(m: &Marker) -> Pos {
     }
 }
 
+/// What one document may cost to read: lab and scenario files come from members of a shared
+/// server, so the tree built from them is bounded in bytes, values and depth. Aliases count
+/// with their whole expansion (a "billion laughs" document of a few hundred bytes would
+/// otherwise expand to gigabytes), and the parse stops at the first limit broken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes of text.
+    pub max_bytes: usize,
+    /// Values (scalars, lists, mappings) in the tree, aliases expanded.
+    pub max_values: usize,
+    /// Nesting of lists and mappings.
+    pub max_depth: usize,
+}
+
+impl Limits {
+    /// The limits of lab and scenario files: far above any real lab (the largest example
+    /// has ~600 values; a 200-VM generated lab ~12,000) and far below what hurts a server.
+    pub const FILES: Limits = Limits {
+        max_bytes: 1024 * 1024,
+        max_values: 100_000,
+        max_depth: 64,
+    };
+}
+
+/// Values in a tree (the node itself included).
+fn count(n: &MNode) -> usize {
+    match &n.kind {
+        MKind::Seq(items) => 1 + items.iter().map(count).sum::<usize>(),
+        MKind::Map(entries) => 1 + entries.iter().map(|(_, v)| count(v)).sum::<usize>(),
+        _ => 1,
+    }
+}
+
 enum Frame {
     Seq(Vec<MNode>, Marker, usize),
     /// Entries, pending key (name, position), start, anchor.
@@ -158,7 +191,13 @@ enum Frame {
 
 struct Builder {
     stack: Vec<Frame>,
-    anchors: Vec<(usize, MNode)>,
+    /// Anchor id, value, and how many values it expands to.
+    anchors: Vec<(usize, MNode, usize)>,
+    limits: Limits,
+    /// Values built so far (aliases expanded).
+    values: usize,
+    /// The limit broken, where: once set, events are ignored.
+    broken: Option<(Limit, Pos, String)>,
     root: Option<MNode>,
     errors: Vec<(Pos, Path, String, String)>,
     docs: usize,
@@ -183,7 +222,8 @@ impl Builder {
 
     fn push_value(&mut self, mut node: MNode, anchor: usize) {
         if anchor != 0 {
-            self.anchors.push((anchor, node.clone()));
+            let n = count(&node);
+            self.anchors.push((anchor, node.clone(), n));
         }
         match self.stack.last_mut() {
             None => {
@@ -247,8 +287,56 @@ impl Builder {
     }
 }
 
+impl Builder {
+    /// Counts `n` more values; false (and the limit recorded) when that is too many.
+    fn take(&mut self, n: usize, at: &Marker) -> bool {
+        self.values = self.values.saturating_add(n);
+        if self.values > self.limits.max_values {
+            self.broken = Some((
+                Limit::Values,
+                pos(at),
+                format!(
+                    "the document holds more than {} values (YAML aliases count with everything they repeat)",
+                    self.limits.max_values
+                ),
+            ));
+            return false;
+        }
+        true
+    }
+}
+
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
+        if self.broken.is_some() {
+            return;
+        }
+        let cost = match &ev {
+            Event::Alias(id) => self
+                .anchors
+                .iter()
+                .rev()
+                .find(|(a, _, _)| a == id)
+                .map_or(1, |(_, _, n)| *n),
+            Event::Scalar(..) | Event::SequenceStart(..) | Event::MappingStart(..) => 1,
+            _ => 0,
+        };
+        if cost > 0 && !self.take(cost, &mark) {
+            return;
+        }
+        if matches!(ev, Event::SequenceStart(..) | Event::MappingStart(..))
+            && self.stack.len() >= self.limits.max_depth
+        {
+            self.broken = Some((
+                Limit::Depth,
+                pos(&mark),
+                format!(
+                    "the document nests lists and mappings more than {} deep",
+                    self.limits.max_depth
+                ),
+            ));
+            return;
+        }
         match ev {
             Event::DocumentStart => {
                 self.docs += 1;
@@ -295,8 +383,8 @@ impl MarkedEventReceiver for Builder {
                     .anchors
                     .iter()
                     .rev()
-                    .find(|(a, _)| *a == id)
-                    .map(|(_, n)| n.clone())
+                    .find(|(a, _, _)| *a == id)
+                    .map(|(_, n, _)| n.clone())
                     .unwrap_or(MNode {
                         kind: MKind::Null,
                         pos: p,
@@ -361,25 +449,81 @@ fn set_paths(n: &mut MNode, path: Path) {
     }
 }
 
-/// Parses `src` (named `file` in errors) into a positioned tree. Syntax errors stop the parse;
-/// duplicate keys are reported and the later entry dropped.
+/// Parses `src` (named `file` in errors) into a positioned tree, within [`Limits::FILES`].
+/// Syntax errors stop the parse; duplicate keys are reported and the later entry dropped.
 pub fn parse(file: &str, src: &str) -> Result<(MNode, Vec<SpecError>), Vec<SpecError>> {
+    parse_within(file, src, Limits::FILES)
+}
+
+/// [`parse`] within `limits`. A broken limit stops the parse: its error is the only one.
+pub fn parse_within(
+    file: &str,
+    src: &str,
+    limits: Limits,
+) -> Result<(MNode, Vec<SpecError>), Vec<SpecError>> {
+    let limit_error = |limit, pos, message: String, fix: &str| SpecError {
+        file: file.to_string(),
+        pos,
+        path: Path::root(),
+        message,
+        fix: Some(fix.to_string()),
+        limit: Some(limit),
+    };
+    if src.len() > limits.max_bytes {
+        return Err(vec![limit_error(
+            Limit::Size,
+            Pos { line: 1, col: 1 },
+            format!(
+                "the document is {} bytes, more than the {} bytes a file may have",
+                src.len(),
+                limits.max_bytes
+            ),
+            "split it, or generate fewer labs per file (`copies:` makes many from one)",
+        )]);
+    }
     let mut b = Builder {
         stack: Vec::new(),
         anchors: Vec::new(),
+        limits,
+        values: 0,
+        broken: None,
         root: None,
         errors: Vec::new(),
         docs: 0,
         segs: Vec::new(),
     };
     let mut parser = Parser::new_from_str(src);
-    if let Err(e) = parser.load(&mut b, true) {
+    let loaded = parser.load(&mut b, true);
+    // yaml-rust2's scanner has its own nesting limit (a few hundred flow levels) and may hit
+    // it while scanning ahead, before the builder saw 64 levels: that is the same limit.
+    if let Err(e) = &loaded {
+        if b.broken.is_none() && e.info().contains("recursion limit") {
+            b.broken = Some((
+                Limit::Depth,
+                pos(e.marker()),
+                format!(
+                    "the document nests lists and mappings more than {} deep",
+                    limits.max_depth
+                ),
+            ));
+        }
+    }
+    if let Some((limit, pos, message)) = b.broken {
+        return Err(vec![limit_error(
+            limit,
+            pos,
+            message,
+            "write the values out plainly: lab files need neither deep nesting nor aliases that repeat large parts",
+        )]);
+    }
+    if let Err(e) = loaded {
         return Err(vec![SpecError {
             file: file.to_string(),
             pos: pos(e.marker()),
             path: Path::root(),
             message: format!("YAML syntax error: {}", e.info()),
             fix: Some("check indentation, quoting and `key: value` pairs near here".into()),
+            limit: None,
         }]);
     }
     let mut root = b.root.unwrap_or(MNode {
@@ -398,7 +542,59 @@ pub fn parse(file: &str, src: &str) -> Result<(MNode, Vec<SpecError>), Vec<SpecE
             path,
             message,
             fix: Some(fix),
+            limit: None,
         })
         .collect();
     Ok((root, errors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nine levels of nine aliases: ~387 million values once expanded, 700 bytes of text.
+    fn billion_laughs() -> String {
+        let mut s = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let prev = format!("*a{}", i - 1);
+            s += &format!("a{i}: &a{i} [{}]\n", vec![prev; 9].join(", "));
+        }
+        s
+    }
+
+    #[test]
+    fn an_alias_bomb_stops_at_the_value_limit_without_expanding() {
+        let t0 = std::time::Instant::now();
+        let errs = parse("bomb.yaml", &billion_laughs()).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].limit, Some(Limit::Values));
+        assert!(errs[0].message.contains("more than 100000 values"), "{}", errs[0]);
+        // Bounded work: the tree stops growing at the limit.
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn deep_nesting_stops_at_the_depth_limit() {
+        let deep = format!("a: {}1{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let errs = parse("deep.yaml", &deep).unwrap_err();
+        assert_eq!(errs[0].limit, Some(Limit::Depth), "{errs:?}");
+        assert!(errs[0].message.contains("more than 64 deep"));
+        let ok = format!("a: {}1{}\n", "[".repeat(60), "]".repeat(60));
+        assert!(parse("ok.yaml", &ok).is_ok());
+    }
+
+    #[test]
+    fn a_document_over_the_size_limit_is_not_parsed() {
+        let big = format!("a: \"{}\"\n", "x".repeat(2 * 1024 * 1024));
+        let errs = parse("big.yaml", &big).unwrap_err();
+        assert_eq!(errs[0].limit, Some(Limit::Size));
+        assert!(errs[0].message.contains("more than the 1048576 bytes"));
+    }
+
+    #[test]
+    fn small_aliases_still_work() {
+        let (root, errs) = parse("a.yaml", "d: &d {image: tiny}\nx: *d\ny: *d\n").unwrap();
+        assert!(errs.is_empty());
+        assert_eq!(root.to_json()["y"]["image"], "tiny");
+    }
 }

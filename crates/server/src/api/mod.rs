@@ -6,6 +6,7 @@ pub mod captures;
 pub mod checkpoints;
 pub mod events;
 pub mod functions;
+pub mod labfile;
 pub mod labs;
 pub mod layout;
 pub mod misc;

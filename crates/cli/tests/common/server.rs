@@ -1,0 +1,259 @@
+//! `kobako serve` with its own state and run directories, as the integration tests start it.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{agent_for, KOBAKO};
+use serde_json::{json, Value};
+
+/// A `kobako serve` with its own state and run directories.
+pub struct Server {
+    pub state: tempfile::TempDir,
+    pub run: tempfile::TempDir,
+    pub port: u16,
+    pub child: Option<Child>,
+    pub agent: ureq::Agent,
+    pub log: PathBuf,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let state = tempfile::Builder::new()
+            .prefix("kobako-srv-state")
+            .tempdir()
+            .unwrap();
+        let run = tempfile::Builder::new()
+            .prefix("kobako-srv-run")
+            .tempdir()
+            .unwrap();
+        let log = state.path().join("serve.log");
+        let mut s = Server {
+            state,
+            run,
+            port: free_port(),
+            child: None,
+            agent: ureq::agent(),
+            log,
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(KOBAKO);
+        c.args(args)
+            .env("KOBAKO_STATE", self.state.path())
+            .env("KOBAKO_RUN", self.run.path())
+            .env("KOBAKO_LOG", "info");
+        c
+    }
+
+    /// Starts (or restarts) the server process and waits for /health.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = self
+            .cmd(&["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            // In its state directory, as a service manager may start it: a name a member
+            // sends must never resolve to a file there (tests/attacks.rs).
+            .current_dir(self.state.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let t0 = Instant::now();
+        loop {
+            let cert = self.state.path().join("server/tls/cert.pem");
+            if cert.exists() {
+                self.agent = agent_for(&cert);
+                if let Ok(r) = self.agent.get(&self.url("/health")).call() {
+                    if r.status() == 200 {
+                        return;
+                    }
+                }
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("kobako serve exited with {st}: {}", self.log_text());
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(90),
+                "server did not answer: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, as a service manager stops it; the exit status.
+    pub fn term(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("server running");
+        // SAFETY: sending a signal to our own child process; no memory involved.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "the server did not stop within 30 s of SIGTERM: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: sending a signal to our own child process; no memory involved.
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}/api/v1{path}", self.port)
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.run.path().join("server.sock")
+    }
+
+    pub fn admin_password(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("server/initial-admin-password"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// One request; returns (status, JSON body or the text as a JSON string).
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Body>,
+    ) -> (u16, Value) {
+        let mut r = self.agent.request(method, &self.url(path));
+        if let Some(t) = token {
+            r = r.set("authorization", &format!("Bearer {t}"));
+        }
+        let res = match body {
+            None => r.call(),
+            Some(Body::Json(v)) => r.send_json(v),
+            Some(Body::Raw(ct, b)) => r.set("content-type", ct).send_bytes(&b),
+        };
+        let resp = match res {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        let status = resp.status();
+        let mut text = String::new();
+        resp.into_reader().read_to_string(&mut text).unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, v)
+    }
+
+    pub fn login(&self, user: &str, pw: &str) -> Value {
+        let (s, v) = self.call(
+            "POST",
+            "/auth/login",
+            None,
+            Some(Body::Json(json!({"username": user, "password": pw}))),
+        );
+        assert_eq!(s, 200, "login {user}: {v}");
+        v
+    }
+
+    /// Polls an operation until it is no longer running.
+    pub fn wait_op(&self, token: &str, op: &Value, timeout: Duration) -> Value {
+        let id = op["id"].as_str().unwrap();
+        let t0 = Instant::now();
+        loop {
+            let (s, v) = self.call("GET", &format!("/operations/{id}"), Some(token), None);
+            assert_eq!(s, 200, "{v}");
+            if v["state"] != "running" {
+                return v;
+            }
+            assert!(t0.elapsed() < timeout, "operation still running: {v}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Request over the Unix socket (as root): (status, body). The body is written from
+    /// another thread, so a server that answers before reading it all (413) is seen.
+    pub fn local(&self, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Value) {
+        let mut s = std::os::unix::net::UnixStream::connect(self.socket()).unwrap();
+        let body = body.unwrap_or(b"").to_vec();
+        write!(
+            s,
+            "{method} /api/v1{path} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        let mut w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let _ = w.write_all(&body);
+        });
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        let _ = writer.join();
+        let out = String::from_utf8_lossy(&out).into_owned();
+        let status: u16 = out
+            .split(' ')
+            .nth(1)
+            .and_then(|x| x.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP response: {out:?}"));
+        let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+        // Chunked bodies: take the JSON between the chunk size lines.
+        let body = if body.starts_with('{') || body.starts_with('[') {
+            body.to_string()
+        } else {
+            body.lines().nth(1).unwrap_or("").to_string()
+        };
+        (
+            status,
+            serde_json::from_str(&body).unwrap_or(Value::String(body)),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+        // Never leave VMs behind: stop every VM of this run directory.
+        let vms = self.run.path().join("vms");
+        if let Ok(rd) = std::fs::read_dir(&vms) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let _ = self.cmd(&["vm", "rm", "-f", &name]).output();
+            }
+        }
+    }
+}
+
+pub enum Body {
+    Json(Value),
+    Raw(&'static str, Vec<u8>),
+}

@@ -1,0 +1,79 @@
+//! Lab and scenario files from a request: where a member's text enters the server.
+//!
+//! The text is parsed on the blocking pool (a large or hostile document never holds an async
+//! worker) within the parser's limits (`kobako_lab::spec::yaml::Limits::FILES`): a document
+//! over them is a 413 (size) or 400 (values, depth) naming the limit, any other mistake a 422
+//! with every error located. A member's lab may name only store objects: a field that names a
+//! host file is a 403 listing each such field ([`refuse_host_paths`]).
+
+use axum::http::StatusCode;
+use kobako_lab::spec::{self, HostLimits, Lab, Limit, SpecErrors};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+
+/// The name a file has in error messages: the `?file=` query or `default`. It is only a
+/// label (never opened): printable, at most 128 bytes.
+pub fn display_name(q: Option<String>, default: &str) -> ApiResult<String> {
+    let Some(f) = q else {
+        return Ok(default.to_string());
+    };
+    if f.is_empty() || f.len() > 128 || f.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "`file` (the name errors give the document) must be 1 to 128 printable characters",
+        ));
+    }
+    Ok(f)
+}
+
+/// The API error for a document that could not be read.
+pub fn invalid(errs: SpecErrors, code: &'static str, what: &str) -> ApiError {
+    let first = errs.0.first().map(|e| e.to_string()).unwrap_or_default();
+    let details = serde_json::to_value(&errs).unwrap_or_default();
+    match errs.limit() {
+        Some(limit) => {
+            let status = match limit {
+                Limit::Size => StatusCode::PAYLOAD_TOO_LARGE,
+                Limit::Values | Limit::Depth => StatusCode::BAD_REQUEST,
+            };
+            ApiError::new(status, "document_too_large", first).with_details(details)
+        }
+        None => ApiError::unprocessable(
+            code,
+            format!("{} problem(s) {what}; first: {first}", errs.0.len()),
+        )
+        .with_details(details),
+    }
+}
+
+/// Parses and resolves a lab file on the blocking pool.
+pub async fn load_labs(file: String, text: String) -> ApiResult<Vec<Lab>> {
+    tokio::task::spawn_blocking(move || spec::load_str(&file, &text, &HostLimits::detect()))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| invalid(e, "invalid_lab", "in the lab file"))
+}
+
+/// 403 when `caller` is not an admin and a lab names a host file (image, kernel or file
+/// source): every such field is listed in `error.details`, with what to write instead.
+pub fn refuse_host_paths<'a>(caller: &Caller, labs: impl IntoIterator<Item = &'a Lab>) -> ApiResult<()> {
+    if caller.is_admin() {
+        return Ok(());
+    }
+    let uses: Vec<_> = labs.into_iter().flat_map(|l| l.host_paths()).collect();
+    let Some(first) = uses.first() else {
+        return Ok(());
+    };
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "host_path_forbidden",
+        format!(
+            "`{}` names the server's file {}: only admins may use host paths in a lab ({} field(s) do); {}",
+            first.field,
+            first.path,
+            uses.len(),
+            first.instead
+        ),
+    )
+    .with_details(serde_json::to_value(&uses).unwrap_or_default()))
+}
