@@ -20,7 +20,6 @@
 //! Downloaded .debs are kept in `$KOBAKO_CACHE/apt` (mmdebstrap sync-in/sync-out hooks), so a
 //! rebuild downloads only what changed. Progress lines go to the given [`Progress`].
 
-use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -405,23 +404,18 @@ ExecStart=
 ExecStart=-/sbin/agetty --autologin root --keep-baud 115200,57600,38400,9600 %I $TERM
 ";
 
+/// Writes and links resolve inside the tree (its own symlinks stop at its root): an imported
+/// tree's `etc -> /host/dir` can never make them write on the host.
 fn write(root: &Path, rel: &str, content: &[u8], mode: u32) -> Result<(), DiskError> {
-    let p = root.join(rel);
-    if let Some(d) = p.parent() {
-        std::fs::create_dir_all(d).map_err(disk::io(format!("mkdir {}", d.display())))?;
-    }
-    std::fs::write(&p, content).map_err(disk::io(format!("write /{rel}")))?;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
-        .map_err(disk::io(format!("chmod /{rel}")))
+    crate::inroot::Root::open(root)
+        .and_then(|t| t.write(rel, content, mode))
+        .map_err(disk::io(format!("write /{rel} in {}", root.display())))
 }
 
 fn link(root: &Path, target: &str, rel: &str) -> Result<(), DiskError> {
-    let p = root.join(rel);
-    if let Some(d) = p.parent() {
-        std::fs::create_dir_all(d).map_err(disk::io(format!("mkdir {}", d.display())))?;
-    }
-    let _ = std::fs::remove_file(&p);
-    symlink(target, &p).map_err(disk::io(format!("symlink /{rel}")))
+    crate::inroot::Root::open(root)
+        .and_then(|t| t.symlink(target, rel))
+        .map_err(disk::io(format!("symlink /{rel} in {}", root.display())))
 }
 
 /// Write the agent, units and config files into a Debian tree.
@@ -445,7 +439,12 @@ pub(crate) fn customize(root: &Path, agent: &[u8]) -> Result<(), DiskError> {
 /// itself must be at /usr/local/sbin/kobako-agent.
 pub(crate) fn customize_systemd(root: &Path) -> Result<(), DiskError> {
     // Debian keeps units in /lib/systemd (usr-merged: /usr/lib/systemd); both resolve.
-    let sysdir = if root.join("lib/systemd/system").is_dir() {
+    let in_tree = |rel: &str| {
+        crate::inroot::Root::open(root)
+            .map(|t| t.is_dir(rel))
+            .unwrap_or(false)
+    };
+    let sysdir = if in_tree("lib/systemd/system") {
         "/lib/systemd/system"
     } else {
         "/usr/lib/systemd/system"
@@ -528,7 +527,7 @@ pub(crate) fn customize_systemd(root: &Path) -> Result<(), DiskError> {
     }
     // cloud-init (when installed): only the NoCloud seed, and no locale generation (minbase has
     // no locales; update-locale fails and marks the run as errored).
-    if root.join("etc/cloud").is_dir() {
+    if in_tree("etc/cloud") {
         w(
             "etc/cloud/cloud.cfg.d/90-kobako.cfg",
             CLOUD_CFG.as_bytes(),

@@ -169,7 +169,9 @@ pub fn import(
     progress.step("import: injecting kobako-agent");
     let agent_bytes = std::fs::read(agent).map_err(rd(format!("read {}", agent.display())))?;
     let init = inject_agent(&root, &agent_bytes)?;
-    let cloud_init = root.join("usr/bin/cloud-init").exists();
+    let cloud_init = crate::inroot::Root::open(&root)
+        .map(|t| t.exists("usr/bin/cloud-init"))
+        .unwrap_or(false);
     let content = disk::tree_bytes(&root);
     let size = opts
         .size_bytes
@@ -216,22 +218,35 @@ pub fn import(
 
 /// Put the agent into a tree. Returns the init to boot with when it is not `/sbin/init` (trees
 /// without systemd boot the agent as PID 1).
+///
+/// The tree is untrusted (its symlinks may point anywhere on the host): every path is resolved
+/// inside it ([`crate::inroot`]), and a path that cannot be (a link to a directory the tree
+/// does not have) fails the import, naming the path.
 fn inject_agent(root: &Path, agent: &[u8]) -> Result<Option<String>, ImportError> {
-    use std::os::unix::fs::PermissionsExt;
+    let tree = crate::inroot::Root::open(root).map_err(rd("open the staging tree"))?;
+    let inside = |what: String| {
+        move |e: std::io::Error| {
+            ImportError::Read {
+            what: format!(
+                "{what} inside the imported tree (its symlinks are resolved inside it; fix the link or add the directory)"
+            ),
+            source: e,
+        }
+        }
+    };
     for d in ["dev", "proc", "sys", "run", "tmp", "usr/local/sbin"] {
-        let p = root.join(d);
-        if p.symlink_metadata().is_err() {
-            std::fs::create_dir_all(&p).map_err(rd(format!("mkdir /{d}")))?;
+        if root.join(d).symlink_metadata().is_err() {
+            tree.mkdir_all(d, 0o755)
+                .map_err(inside(format!("mkdir /{d}")))?;
         }
     }
-    let _ = std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777));
-    let a = root.join(AGENT_PATH.trim_start_matches('/'));
-    std::fs::write(&a, agent).map_err(rd("write the agent"))?;
-    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o755))
-        .map_err(rd("chmod the agent"))?;
+    // Only a real directory (not through a symlink) becomes world-writable.
+    let _ = tree.chmod_dir("tmp", 0o1777);
+    tree.write(AGENT_PATH, agent, 0o755)
+        .map_err(inside(format!("write {AGENT_PATH}")))?;
     let has_systemd = ["lib/systemd/systemd", "usr/lib/systemd/systemd"]
         .iter()
-        .any(|p| root.join(p).exists())
+        .any(|p| tree.exists(p))
         && root.join("sbin/init").symlink_metadata().is_ok();
     if has_systemd {
         crate::debian::customize_systemd(root)?;
@@ -769,6 +784,135 @@ mod tests {
         let l = layer(&[("link/.wh.precious", Some(""))]);
         apply_layer(&l[..], &root, true, "evil").unwrap();
         assert!(outside.path().join("precious").exists());
+    }
+
+    /// A rootfs tarball from (path, content, symlink target).
+    fn tarball(entries: &[(&str, Option<&str>, Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (p, c, link) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_700_000_000);
+            match (c, link) {
+                (_, Some(t)) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    h.set_mode(0o777);
+                    b.append_link(&mut h, p, t).unwrap();
+                }
+                (Some(data), None) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(data.len() as u64);
+                    h.set_mode(0o644);
+                    h.set_cksum();
+                    b.append_data(&mut h, p, data.as_bytes()).unwrap();
+                }
+                (None, None) => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    h.set_mode(0o755);
+                    h.set_cksum();
+                    b.append_data(&mut h, p, std::io::empty()).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn listing(d: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A rootfs whose `etc`, `tmp` and `usr/local/sbin` are symlinks to host directories, and
+    /// whose `sbin/init` climbs out with `..`: the host directories are untouched (no file, no
+    /// mode change) and the import fails naming the path, or writes inside the tree.
+    #[test]
+    fn import_of_a_rootfs_whose_dirs_link_to_host_dirs_never_writes_there() {
+        use std::os::unix::fs::PermissionsExt;
+        let host = tempfile::tempdir().unwrap();
+        let h = |n: &str| {
+            let p = host.path().join(n);
+            std::fs::create_dir(&p).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p.to_str().unwrap().to_string()
+        };
+        let (etc, tmp, sbin) = (h("etc"), h("tmp"), h("sbin"));
+        std::fs::write(host.path().join("shadow"), "secret").unwrap();
+        let climb = format!("../../../../../../..{}/shadow", host.path().display());
+        let before = || {
+            ["etc", "tmp", "sbin"]
+                .iter()
+                .map(|d| {
+                    let p = host.path().join(d);
+                    (
+                        listing(&p),
+                        std::fs::metadata(&p).unwrap().permissions().mode(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let was = before();
+        // Plain tree (the agent becomes init), and a systemd tree (units and fstab written).
+        for systemd in [false, true] {
+            let d = tempfile::tempdir().unwrap();
+            let root = d.path().join("root");
+            std::fs::create_dir(&root).unwrap();
+            let mut entries = vec![
+                ("bin", None, None),
+                ("etc", None, Some(etc.as_str())),
+                ("tmp", None, Some(tmp.as_str())),
+                ("usr", None, None),
+                ("usr/local", None, None),
+                ("sbin", None, None),
+                ("sbin/init", None, Some(climb.as_str())),
+            ];
+            if !systemd {
+                entries.push(("usr/local/sbin", None, Some(sbin.as_str())));
+            } else {
+                // The agent goes in; the units then meet `etc`.
+                entries.push(("lib", None, None));
+                entries.push(("lib/systemd", None, None));
+                entries.push(("lib/systemd/systemd", Some("elf"), None));
+            }
+            apply_layer(&tarball(&entries)[..], &root, false, "evil.tar").unwrap();
+            // A later entry through the `etc` link: refused by the unpacker.
+            let e = apply_layer(
+                &tarball(&[("etc/passwd", Some("root::0:0::/:/bin/sh"), None)])[..],
+                &root,
+                false,
+                "evil.tar",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains("etc/passwd"), "{e}");
+            let r = inject_agent(&root, b"agent");
+            eprintln!(
+                "systemd={systemd}: {:?}",
+                r.as_ref().map_err(|e| e.to_string())
+            );
+            match r {
+                Ok(_) => {}
+                Err(e) => {
+                    let e = e.to_string();
+                    assert!(
+                        e.contains("inside the imported tree") || e.contains(" in "),
+                        "{e}"
+                    );
+                }
+            }
+            assert_eq!(before(), was, "systemd={systemd}");
+            assert_eq!(
+                std::fs::read_to_string(host.path().join("shadow")).unwrap(),
+                "secret"
+            );
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod debian;
 pub mod deps;
 pub mod disk;
 pub mod import;
+pub mod inroot;
 pub mod kernel;
 pub mod recipes;
 pub mod store;
