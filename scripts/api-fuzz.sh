@@ -8,11 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 K=${1:-target/debug/kobako}
 ST=/var/cache/kobako/venv-api/bin/st
-[ -x "$ST" ] && [ -f /var/cache/kobako/venv-api/.kobako-req ] || KOBAKO_API_FUZZ=1 scripts/setup.sh
+if ! [ -x "$ST" ] || ! [ -f /var/cache/kobako/venv-api/.kobako-req ]; then KOBAKO_API_FUZZ=1 scripts/setup.sh; fi
 STATE=$(mktemp -d /tmp/kobako-fuzz-state.XXXXXX)
 RUN=$(mktemp -d /tmp/kobako-fuzz-run.XXXXXX)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-KOBAKO_LOG=${KOBAKO_LOG:-info} KOBAKO_STATE=$STATE KOBAKO_RUN=$RUN "$K" serve --listen 127.0.0.1:$PORT >"$STATE/serve.log" 2>&1 &
+KOBAKO_LOG=${KOBAKO_LOG:-info} KOBAKO_STATE=$STATE KOBAKO_RUN=$RUN "$K" serve --listen "127.0.0.1:$PORT" >"$STATE/serve.log" 2>&1 &
 SERVER=$!
 cleanup() {
   local rc=$?
@@ -25,7 +25,7 @@ cleanup() {
   wait "$SERVER" 2>/dev/null || true
   # Nothing may outlive the run: stop any VM it started (none are expected: see the excludes).
   for d in "$RUN"/vms/*; do
-    [ -e "$d" ] && KOBAKO_STATE=$STATE KOBAKO_RUN=$RUN "$K" vm rm -f "$(basename "$d")" >/dev/null 2>&1 || true
+    if [ -e "$d" ]; then KOBAKO_STATE=$STATE KOBAKO_RUN=$RUN "$K" vm rm -f "$(basename "$d")" >/dev/null 2>&1 || true; fi
   done
   rm -rf "$STATE" "$RUN"
 }
@@ -52,12 +52,12 @@ timeout 900 "$ST" run "$BASE/openapi.json" \
   --tls-verify "$CERT" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
   --exclude-path /api/v1/events \
-  --exclude-path /api/v1/vms/{name}/console \
-  --exclude-path /api/v1/vms/{name}/tty \
+  --exclude-path '/api/v1/vms/{name}/console' \
+  --exclude-path '/api/v1/vms/{name}/tty' \
   --exclude-path /api/v1/images/build \
-  --exclude-path /api/v1/labs/{name}/up \
-  --exclude-path /api/v1/labs/{name}/down \
-  --exclude-path /api/v1/labs/{name}/restart \
+  --exclude-path '/api/v1/labs/{name}/up' \
+  --exclude-path '/api/v1/labs/{name}/down' \
+  --exclude-path '/api/v1/labs/{name}/restart' \
   --max-examples "${MAX_EXAMPLES:-30}" \
   --request-timeout 30 \
   --workers 1 \

@@ -41,7 +41,7 @@ for _ in $(seq 1 120); do
   curl -s -m 2 "http://$HOST:8080/health" >/dev/null 2>&1 && break
   sleep 1
 done
-for i in 1 2; do
+for _ in 1 2; do
   printf '  GET /item/hello -> '
   curl -s -m 10 "http://$HOST:8080/item/hello" || echo "(no answer yet)"
 done

@@ -17,6 +17,8 @@ PACKAGES=(
   # the WASM step example's rebuild check (examples/scenarios/wasm/*/build.sh): Debian's rustc
   # with its wasm32 std (rustup's toolchain stays first in PATH for everything else)
   rustc libstd-rust-dev-wasm32
+  # lints of the shell scripts (scripts/test.sh)
+  shellcheck
 )
 # The web UI's build (web/): Debian's nodejs and npm, unless a node is already installed.
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then

@@ -14,6 +14,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy -q --workspace --all-targets -- -D warnings
+echo "== shellcheck"
+shellcheck scripts/*.sh .ci/run crates/vmm/guest-pvm/build.sh examples/scenarios/wasm/*/build.sh
 echo "== cargo test"
 cargo test --workspace --no-run -q
 # Linux through our own VMM on this host's /dev/kvm. On PVM hosts (no VT-x/AMD-V: /dev/kvm is
