@@ -166,12 +166,15 @@ fn serve_vsock(
 ) {
     use std::os::fd::{AsRawFd, FromRawFd};
     loop {
-        // SAFETY: accept4 on our listening socket; no address wanted.
+        // SAFETY: sockaddr_vm is plain data; zeroed is valid.
+        let mut peer: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+        // SAFETY: accept4 on our listening socket, with a live sockaddr_vm and its size.
         let fd = unsafe {
             libc::accept4(
                 listener.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
+                &mut peer as *mut libc::sockaddr_vm as *mut libc::sockaddr,
+                &mut len,
                 libc::SOCK_CLOEXEC,
             )
         };
@@ -181,6 +184,17 @@ fn serve_vsock(
         }
         // SAFETY: `fd` is a fresh connected socket we own.
         let conn = unsafe { File::from_raw_fd(fd) };
+        if !peer_is_host(&peer, len) {
+            // A process in this guest (vsock loopback, CID 1) or another VM: it would run
+            // commands as root and take over the host's sessions. Closed unanswered.
+            eprintln!(
+                "kobako-agent: refused a vsock connection from CID {} (only the host, CID {}, is served)",
+                peer.svm_cid,
+                libc::VMADDR_CID_HOST
+            );
+            drop(conn);
+            continue;
+        }
         let Ok(mut reader) = conn.try_clone() else {
             continue;
         };
@@ -192,6 +206,16 @@ fn serve_vsock(
             handle_frame(frame, &info, &sessions, pid1);
         }
     }
+}
+
+/// Is an accepted vsock peer the host? Only the host (`VMADDR_CID_HOST`, 2) may speak the
+/// protocol; the guest itself (`VMADDR_CID_LOCAL`, 1, vsock loopback) and any other CID are
+/// refused. The virtio-serial port has no peer address: only the hypervisor can open it (a
+/// guest process cannot reach its host end), so it needs no such check.
+fn peer_is_host(peer: &libc::sockaddr_vm, len: libc::socklen_t) -> bool {
+    len as usize >= std::mem::size_of::<libc::sockaddr_vm>()
+        && i32::from(peer.svm_family) == libc::AF_VSOCK
+        && peer.svm_cid == libc::VMADDR_CID_HOST
 }
 
 fn ready_info(agent_start_ms: u64) -> ReadyInfo {
@@ -510,5 +534,48 @@ fn handle_msg(stream: u32, msg: Msg, info: &ReadyInfo, sessions: &Sessions, pid1
         }
         Msg::Shutdown { reboot } => go_down(reboot, pid1),
         other => fail(stream, format!("unexpected message from host: {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(family: i32, cid: u32) -> libc::sockaddr_vm {
+        // SAFETY: sockaddr_vm is plain data; zeroed is valid.
+        let mut a: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+        a.svm_family = family as libc::sa_family_t;
+        a.svm_cid = cid;
+        a.svm_port = 12345;
+        a
+    }
+
+    /// A process in the guest connecting over vsock loopback (or another VM) would run
+    /// commands as root: only the host's CID is served.
+    #[test]
+    fn vsock_peer_other_than_the_host_is_refused() {
+        let full = std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t;
+        assert!(peer_is_host(
+            &peer(libc::AF_VSOCK, libc::VMADDR_CID_HOST),
+            full
+        ));
+        for cid in [
+            libc::VMADDR_CID_LOCAL,
+            libc::VMADDR_CID_HYPERVISOR,
+            3,
+            42,
+            libc::VMADDR_CID_ANY,
+        ] {
+            assert!(!peer_is_host(&peer(libc::AF_VSOCK, cid), full), "{cid}");
+        }
+        // A short or foreign address is not trusted either.
+        assert!(!peer_is_host(
+            &peer(libc::AF_VSOCK, libc::VMADDR_CID_HOST),
+            4
+        ));
+        assert!(!peer_is_host(
+            &peer(libc::AF_UNIX, libc::VMADDR_CID_HOST),
+            full
+        ));
     }
 }
