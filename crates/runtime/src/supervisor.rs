@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -166,11 +167,23 @@ fn supervise(vm: VmDir) -> Result<(), String> {
                 })
                 .map_err(|e| e.to_string())?;
         }
+        let log = vm.file("console.log");
         if let Some(sock) = launch.console_log_from.clone() {
-            let log = vm.file("console.log");
             std::thread::Builder::new()
                 .name("console-log".into())
                 .spawn(move || console_log_loop(&sock, &log, pid))
+                .map_err(|e| e.to_string())?;
+        } else {
+            // The VMM writes the log itself (QEMU's chardev logfile, opened O_APPEND): cut it
+            // back to its tail whenever it outgrows the cap.
+            std::thread::Builder::new()
+                .name("console-cap".into())
+                .spawn(move || {
+                    while crate::vmdir::alive(pid) {
+                        let _ = cap_log(&log, CONSOLE_LOG_MAX, CONSOLE_LOG_KEEP);
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                })
                 .map_err(|e| e.to_string())?;
         }
         let (code, signal, max_rss_kib) = wait_vm(pid);
@@ -552,17 +565,94 @@ fn console_log_loop(sock: &Path, log: &Path, vm_pid: i32) {
     else {
         return;
     };
+    let mut size = out.metadata().map(|m| m.len()).unwrap_or(0);
     let mut buf = [0u8; 4096];
     while let Ok(n) = conn.read(&mut buf) {
         if n == 0 || out.write_all(&buf[..n]).is_err() {
             break;
         }
+        size += n as u64;
+        if size > CONSOLE_LOG_MAX {
+            let _ = cap_log(log, CONSOLE_LOG_MAX, CONSOLE_LOG_KEEP);
+            size = out.metadata().map(|m| m.len()).unwrap_or(0);
+        }
     }
+}
+
+/// The console log (written by the guest) is cut back when it grows past this...
+pub const CONSOLE_LOG_MAX: u64 = 8 << 20;
+/// ...to its last this many bytes, after a marker line.
+pub const CONSOLE_LOG_KEEP: u64 = 2 << 20;
+/// The first line of a log that was cut back.
+pub const CONSOLE_LOG_MARKER: &[u8] = b"[kobako: console log truncated, older output dropped]\n";
+
+/// Cut `path` back to its last `keep` bytes (after [`CONSOLE_LOG_MARKER`]) when it is larger
+/// than `max`; returns whether it did. Writers must append (`O_APPEND`): their next write then
+/// lands after the tail. Output a writer appends between the read of the tail and the
+/// truncation is lost (a window of microseconds, once per `max - keep` bytes).
+pub fn cap_log(path: &Path, max: u64, keep: u64) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let len = f.metadata()?.len();
+    if len <= max {
+        return Ok(false);
+    }
+    f.seek(SeekFrom::Start(len - keep.min(len)))?;
+    let mut tail = Vec::with_capacity(keep as usize);
+    Read::by_ref(&mut f).take(keep).read_to_end(&mut tail)?;
+    f.set_len(0)?;
+    let mut out = Vec::with_capacity(CONSOLE_LOG_MARKER.len() + tail.len());
+    out.extend_from_slice(CONSOLE_LOG_MARKER);
+    out.extend_from_slice(&tail);
+    f.write_all(&out)?;
+    Ok(true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A guest printing without end: the log is cut back to its tail, and an appending writer
+    /// (QEMU's logfile) goes on after it.
+    #[test]
+    fn guest_flooding_the_console_log_gets_it_cut_to_its_tail() {
+        use std::io::Write;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("console.log");
+        let mut w = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .unwrap();
+        assert!(
+            !cap_log(&p, 1000, 100).unwrap(),
+            "missing or small: untouched"
+        );
+        let line = b"0123456789abcdef";
+        for _ in 0..100 {
+            w.write_all(line).unwrap();
+        }
+        w.write_all(b"last words").unwrap();
+        assert!(cap_log(&p, 1000, 100).unwrap());
+        let got = std::fs::read(&p).unwrap();
+        assert_eq!(got.len(), CONSOLE_LOG_MARKER.len() + 100);
+        assert!(got.starts_with(CONSOLE_LOG_MARKER));
+        assert!(got.ends_with(b"last words"));
+        w.write_all(b"+more").unwrap();
+        let got = std::fs::read(&p).unwrap();
+        assert!(got.ends_with(b"last words+more"), "appended after the tail");
+        // A symlink planted at the log's name is not followed.
+        let target = d.path().join("target");
+        std::fs::write(&target, vec![b'x'; 2000]).unwrap();
+        let link = d.path().join("link.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(cap_log(&link, 1000, 100).is_err());
+        assert_eq!(std::fs::metadata(&target).unwrap().len(), 2000);
+    }
 
     #[test]
     fn a_restored_vm_reboots_into_a_fresh_boot() {
