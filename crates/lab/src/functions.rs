@@ -371,12 +371,15 @@ async fn run_clone(
         .map_err(other)?;
     s.stdin(&input).await.map_err(other)?;
     s.close_stdin().await.map_err(other)?;
-    let (mut out, mut err) = (Vec::new(), Vec::new());
+    // The handler runs in the guest: what it prints is kept up to the client's output cap
+    // (16 MiB per stream), then cut with a marker; the exit status is still reported.
+    let mut out = kobako_runtime::agent::CappedBuf::new(client.max_output());
+    let mut err = kobako_runtime::agent::CappedBuf::new(client.max_output());
     let mut status = (None, None, false);
     while let Some(ev) = s.next().await.map_err(other)? {
         match ev {
-            ExecEvent::Stdout(b) => out.extend(b),
-            ExecEvent::Stderr(b) => err.extend(b),
+            ExecEvent::Stdout(b) => out.push(&b),
+            ExecEvent::Stderr(b) => err.push(&b),
             ExecEvent::Exited {
                 code,
                 signal,
@@ -385,5 +388,5 @@ async fn run_clone(
         }
     }
     t.run_ms = t3.elapsed().as_millis() as u64;
-    Ok((out, err, status.0, status.1, status.2))
+    Ok((out.finish(), err.finish(), status.0, status.1, status.2))
 }
