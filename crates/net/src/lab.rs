@@ -146,14 +146,31 @@ pub struct Uplink {
     pub lab_addr: Ipv4Addr,
     /// Host ports forwarded into the lab.
     pub published: Vec<PublishedPort>,
-    /// Also set the host's `net.ipv4.ip_forward=1` (needed for traffic to leave the host,
-    /// not for reaching the host itself). Off by default: it changes host configuration.
-    pub enable_host_forwarding: bool,
     /// Whether lab traffic may leave through the host (NAT to the outside). Without it the
     /// uplink only carries published ports: the host forwards nothing the lab starts.
-    /// Either way the lab can never open a connection to the host itself.
+    /// Either way the lab can never open a connection to the host itself. Traffic leaving
+    /// the host also needs the host's `net.ipv4.ip_forward` (see [`crate::sysctl`]).
     pub outbound: bool,
+    /// Ranges of [`EGRESS_BLOCKED`] this lab may reach anyway (an admin's decision, e.g. a
+    /// lab that must talk to a LAN). The host's own addresses and other labs stay closed.
+    pub allow: Vec<Ipv4Cidr>,
 }
+
+/// Destinations outbound lab traffic never reaches unless [`Uplink::allow`] opens them:
+/// "this network", private (RFC 1918), shared address space (RFC 6598: other labs' uplinks),
+/// loopback, link-local (cloud metadata at 169.254.169.254), multicast and reserved/broadcast.
+/// The host's own addresses are closed separately and always (the input hook).
+pub const EGRESS_BLOCKED: &[(Ipv4Addr, u8)] = &[
+    (Ipv4Addr::new(0, 0, 0, 0), 8),
+    (Ipv4Addr::new(10, 0, 0, 0), 8),
+    (Ipv4Addr::new(100, 64, 0, 0), 10),
+    (Ipv4Addr::new(127, 0, 0, 0), 8),
+    (Ipv4Addr::new(169, 254, 0, 0), 16),
+    (Ipv4Addr::new(172, 16, 0, 0), 12),
+    (Ipv4Addr::new(192, 168, 0, 0), 16),
+    (Ipv4Addr::new(224, 0, 0, 0), 4),
+    (Ipv4Addr::new(240, 0, 0, 0), 4),
+];
 
 impl Uplink {
     /// A transfer /30 in 100.64.0.0/10 (shared address space, RFC 6598) derived from the lab
@@ -167,8 +184,8 @@ impl Uplink {
             host_addr: Ipv4Cidr::from_parts(Ipv4Addr::from(base + 1), 30),
             lab_addr: Ipv4Addr::from(base + 2),
             published: Vec::new(),
-            enable_host_forwarding: false,
             outbound: true,
+            allow: Vec::new(),
         }
     }
 
@@ -198,6 +215,42 @@ impl Uplink {
         }
         Ok(())
     }
+}
+
+/// The forward rules of an outbound uplink (`kbu` = the lab's host end), in order:
+/// 1. `iifname kbu oifname "kbu*" drop` — never into another lab (its uplink or published ports);
+/// 2. `iifname kbu ct state established,related accept` — answers (published ports to LAN
+///    clients included);
+/// 3. `iifname kbu ip daddr ALLOWED accept` for each range the lab's policy opens;
+/// 4. `iifname kbu ip daddr BLOCKED drop` for each of [`EGRESS_BLOCKED`].
+///
+/// The host's own addresses never reach this chain (they are delivered locally: the input
+/// chain drops what the lab starts), so `allow` cannot open them.
+pub(crate) fn egress_rules(host_if: &IfName, allow: &[Ipv4Cidr]) -> Vec<Vec<Expr>> {
+    let from = || -> Vec<Expr> { Expr::iifname_eq(host_if).into() };
+    let mut rules = Vec::new();
+    let mut r = from();
+    r.push(Expr::Meta(7));
+    r.push(Expr::Cmp(true, b"kbu".to_vec()));
+    r.push(Expr::Verdict(false));
+    rules.push(r);
+    let mut r = from();
+    r.extend(Expr::ct_established_or_related());
+    r.push(Expr::Verdict(true));
+    rules.push(r);
+    for a in allow {
+        let mut r = from();
+        r.extend(Expr::daddr_in(*a));
+        r.push(Expr::Verdict(true));
+        rules.push(r);
+    }
+    for &(a, p) in EGRESS_BLOCKED {
+        let mut r = from();
+        r.extend(Expr::daddr_in(Ipv4Cidr::from_parts(a, p)));
+        r.push(Expr::Verdict(false));
+        rules.push(r);
+    }
+    rules
 }
 
 /// Per-port state kept in memory for the fallback datapath.
@@ -960,6 +1013,11 @@ impl LabNet {
             .rt
             .ensure_veth(&up_if, None, &host_if, Some(&host), None, None)?;
         let host_l = hrt.require(host_if.as_str())?;
+        // IPv4 only: without IPv6 on either end (the lab end inherits the lab namespace's
+        // `disable_ipv6`), no IPv6 packet from the lab reaches the host or beyond it — no
+        // link-local (fe80::/10), no metadata (fd00:ec2::254), no host addresses. Absent on
+        // kernels without IPv6: ignored.
+        let _ = host.set_sysctl(&format!("ipv6/conf/{host_if}/disable_ipv6"), "1");
         hrt.add_addr(&host_l, u.host_addr)?;
         hrt.set_link(
             &host_l,
@@ -1071,22 +1129,13 @@ impl LabNet {
                     hook: Hook::Forward,
                     priority: 0,
                     rules: if u.outbound {
-                        // Out to the world, never into another lab (its uplink or published
-                        // ports): `iifname OURS oifname "kbu*" drop`.
-                        let mut r: Vec<Expr> = Expr::iifname_eq(&host_if).into();
-                        r.push(Expr::Meta(7));
-                        r.push(Expr::Cmp(true, b"kbu".to_vec()));
-                        r.push(Expr::Verdict(false));
-                        vec![r]
+                        egress_rules(&host_if, &u.allow)
                     } else {
                         guard()
                     },
                 },
             ],
         )?;
-        if u.enable_host_forwarding {
-            host.set_sysctl("ipv4/ip_forward", "1")?;
-        }
         Ok(())
     }
 
@@ -1154,6 +1203,24 @@ mod tests {
         assert!(vlan_bridge_name(&b, 4094).as_str().len() <= 15);
         let (a, z) = leg_names(&b, Some(4094));
         assert!(a.as_str().len() <= 15 && z.as_str().len() <= 15, "{a} {z}");
+    }
+
+    #[test]
+    fn egress_rules_order() {
+        let kbu = IfName::new("kbu12345678").unwrap();
+        let allow = ["10.0.0.0/8".parse().unwrap()];
+        let r = egress_rules(&kbu, &allow);
+        // other labs, answers, one allowed range, then every blocked range
+        assert_eq!(r.len(), 3 + EGRESS_BLOCKED.len());
+        assert_eq!(r[0].last(), Some(&Expr::Verdict(false)));
+        assert!(r[1].contains(&Expr::CtState));
+        assert_eq!(r[2].last(), Some(&Expr::Verdict(true)));
+        assert!(r[2].contains(&Expr::Cmp(true, vec![10, 0, 0, 0])));
+        assert!(r[3..]
+            .iter()
+            .all(|x| x.last() == Some(&Expr::Verdict(false))));
+        // Every rule is about this lab's traffic only.
+        assert!(r.iter().all(|x| x[..2] == Expr::iifname_eq(&kbu)));
     }
 
     #[test]

@@ -62,14 +62,16 @@ pub mod netns;
 pub mod nft;
 mod relay;
 pub mod rtnl;
+pub mod sysctl;
 pub mod tap;
 pub mod types;
 
 pub use backend::{LabNetwork, NetCall, RecordingNetwork};
 pub use error::{NetError, Result};
 pub use impair::{Impairment, ImpairmentBuilder, Percent, Shaping};
-pub use lab::{LabNet, PortKind, PortSpec, Proto, PublishedPort, Uplink};
+pub use lab::{LabNet, PortKind, PortSpec, Proto, PublishedPort, Uplink, EGRESS_BLOCKED};
 pub use netlink::NetlinkError;
 pub use netns::Netns;
 pub use rtnl::{BridgeOpts, Link, LinkChange, PortVlan, Qdisc, Rtnl};
+pub use sysctl::{HostSysctl, HostSysctls};
 pub use types::{IfName, Ipv4Cidr, LabName, MacAddr, VlanId};

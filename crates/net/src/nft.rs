@@ -17,7 +17,7 @@ use crate::netlink::{
     NLM_F_DUMP,
 };
 use crate::netns::Netns;
-use crate::types::IfName;
+use crate::types::{IfName, Ipv4Cidr};
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 16;
@@ -99,6 +99,9 @@ pub enum Expr {
     CtState,
     /// reg 1 = (reg 1 & mask) ^ 0, 4 bytes.
     And(u32),
+    /// reg 1 = (reg 1 & mask) ^ 0 over `mask.len()` bytes, mask in wire order (for payload
+    /// loads, which are in network byte order).
+    Mask(Vec<u8>),
     /// A verdict: accept (true) or drop (false).
     Verdict(bool),
 }
@@ -144,6 +147,21 @@ impl Expr {
         ]
     }
 
+    /// `ip daddr PREFIX` (e.g. `ip daddr 10.0.0.0/8`): load, mask, compare with the network.
+    pub fn daddr_in(net: Ipv4Cidr) -> Vec<Expr> {
+        let p = u32::from(net.prefix());
+        let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
+        let mut v = vec![Expr::Payload(1, 16, 4)];
+        if p < 32 {
+            v.push(Expr::Mask(mask.to_be_bytes().to_vec()));
+        }
+        v.push(Expr::Cmp(
+            true,
+            (u32::from(net.addr()) & mask).to_be_bytes().to_vec(),
+        ));
+        v
+    }
+
     /// `ct state established,related`.
     pub fn ct_established_or_related() -> [Expr; 3] {
         // NF_CT_STATE_BIT(IP_CT_ESTABLISHED) = 2, NF_CT_STATE_BIT(IP_CT_RELATED) = 4
@@ -165,7 +183,7 @@ impl Expr {
             Expr::Dnat { .. } => "nat",
             Expr::Masq => "masq",
             Expr::CtState => "ct",
-            Expr::And(_) => "bitwise",
+            Expr::And(_) | Expr::Mask(_) => "bitwise",
             Expr::Verdict(_) => "immediate",
         };
         m.attr_str(NFTA_EXPR_NAME, name);
@@ -231,6 +249,17 @@ impl Expr {
                             .nest_end();
                         m.nest(5 | NLA_F_NESTED)
                             .attr(NFTA_DATA_VALUE, &[0u8; 4])
+                            .nest_end();
+                    }
+                    Expr::Mask(mask) => {
+                        m.attr_u32_be(1, NFT_REG_1)
+                            .attr_u32_be(2, NFT_REG_1)
+                            .attr_u32_be(3, mask.len() as u32);
+                        m.nest(4 | NLA_F_NESTED)
+                            .attr(NFTA_DATA_VALUE, mask)
+                            .nest_end();
+                        m.nest(5 | NLA_F_NESTED)
+                            .attr(NFTA_DATA_VALUE, &vec![0u8; mask.len()])
                             .nest_end();
                     }
                     Expr::Verdict(accept) => {
@@ -426,6 +455,24 @@ mod tests {
         let value = attrs(data).next().unwrap().1;
         assert_eq!(value.len(), 16);
         assert_eq!(&value[..3], b"up\0");
+    }
+
+    #[test]
+    fn daddr_prefix_is_masked_in_network_order() {
+        let e = Expr::daddr_in("172.16.0.0/12".parse().unwrap());
+        assert_eq!(
+            e,
+            vec![
+                Expr::Payload(1, 16, 4),
+                Expr::Mask(vec![255, 240, 0, 0]),
+                Expr::Cmp(true, vec![172, 16, 0, 0]),
+            ]
+        );
+        // Host bits in the prefix are ignored; a /32 needs no mask.
+        let e = Expr::daddr_in("10.1.2.3/8".parse().unwrap());
+        assert_eq!(e[2], Expr::Cmp(true, vec![10, 0, 0, 0]));
+        let e = Expr::daddr_in("169.254.169.254/32".parse().unwrap());
+        assert_eq!(e.len(), 2);
     }
 
     #[test]

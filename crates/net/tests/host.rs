@@ -575,10 +575,12 @@ fn uplink_masquerades_lab_traffic_leaving_the_host() {
     let e = Endpoint::new("kbe-nat");
     attach(net, "br0", "pe", &e, "", PortVlan::None);
     e.address("10.70.0.2/24", Some(Ipv4Addr::new(10, 70, 0, 1)));
-    let up = Uplink::derived(&lab.name);
+    let mut up = Uplink::derived(&lab.name);
+    // The stand-in "outside" is a private range, which an uplink reaches only when allowed.
+    up.allow.push(cidr("192.168.252.0/24"));
     net.set_uplink(Some(&up)).unwrap();
     // Forwarding only on the two kb interfaces involved (not the host's global switch, which
-    // `Uplink::enable_host_forwarding` would set): in via the uplink, replies in via kbinet0.
+    // `HostSysctls` would set): in via the uplink, replies in via kbinet0.
     let kbu = lab.name.uplink_host_ifname();
     host.set_sysctl(&format!("ipv4/conf/{kbu}/forwarding"), "1")
         .unwrap();
