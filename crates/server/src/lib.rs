@@ -222,6 +222,7 @@ pub async fn serve(cfg: ServeConfig, hooks: Hooks, on_start: impl FnOnce(&Starte
     }
     let dir = server_dir(&cfg.state_dir);
     let admin_password = auth::bootstrap_admin(&state.db.get(), &dir)?;
+    api::policy::configure_controller(&state, cfg.listen.iter().map(|a| a.port()).collect());
     ops::recover(&state).await?;
     let app = app(state.clone());
     tokio::spawn(ops::watch_vms(state.clone()));

@@ -20,6 +20,7 @@
 pub mod checkpoint;
 mod links;
 pub mod netd;
+pub mod netpolicy;
 mod up;
 pub mod vmops;
 pub mod warm;
@@ -51,6 +52,12 @@ pub enum LabError {
     NotFound(String),
     #[error(transparent)]
     State(#[from] kobako_state::StateError),
+    #[error("lab '{lab}': {source}")]
+    Publish {
+        lab: String,
+        #[source]
+        source: netpolicy::PublishDenied,
+    },
     #[error("{0}")]
     Other(String),
 }

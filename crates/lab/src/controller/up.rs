@@ -5,14 +5,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kobako_agent::proto::{self, IfaceConfig, NetConfig, RouteConfig, ServiceSpec};
-use kobako_net::{LabName as NetLabName, LabNet, PortSpec, PortVlan, VlanId};
+use kobako_net::{
+    HostSysctl, HostSysctls, LabName as NetLabName, LabNet, PortSpec, PortVlan, VlanId,
+};
 use kobako_runtime::agent::AgentClient;
 use kobako_runtime::config::Nic;
 use kobako_runtime::{Runtime, VmDir};
 use kobako_state::{Db, LabLock, LabState, VmState};
 use serde::Serialize;
 
-use super::{bridge_for, lab_run_dir, links, tap_name, vm_name, LabError, LabRecord, Progress};
+use super::{
+    bridge_for, lab_run_dir, links, netpolicy, tap_name, vm_name, LabError, LabRecord, Progress,
+};
 use super::{Resolver, Result};
 use crate::spec::{Attachment, FileSource, Lab, Vm};
 
@@ -153,6 +157,35 @@ fn net_err(lab: &str) -> impl Fn(kobako_net::NetError) -> LabError + '_ {
 pub(crate) fn ensure_network(lab: &Lab) -> Result<String> {
     let e = net_err(lab.name.as_str());
     let name = NetLabName::new(lab.name.as_str()).map_err(&e)?;
+    // Host ports and egress: the lab's owner and its policy decide (see `netpolicy`). The
+    // ports are checked before anything is made, under a host-wide lock held until they are
+    // published, so two `up`s cannot both take one port.
+    let db = super::db()?;
+    let owner = db.lab(lab.name.as_str())?.and_then(|r| r.owner);
+    let (who, policy) = netpolicy::effective(&db, lab.name.as_str(), owner.as_deref())?;
+    let _ports_lock = if lab.publish.is_empty() {
+        None
+    } else {
+        let l = netpolicy::lock_host_ports()?;
+        let denied = |source| LabError::Publish {
+            lab: lab.name.as_str().to_string(),
+            source,
+        };
+        netpolicy::check_allowed(
+            &lab.publish,
+            who,
+            &policy,
+            &netpolicy::host_config().server_ports,
+        )
+        .map_err(denied)?;
+        let asker = match (who, owner.as_deref()) {
+            (netpolicy::Principal::Member, Some(o)) => netpolicy::Asker::Member(o),
+            _ => netpolicy::Asker::Admin,
+        };
+        netpolicy::check_free(&db, lab, who, asker).map_err(denied)?;
+        Some(l)
+    };
+    drop(db);
     let net = LabNet::ensure(&name).map_err(&e)?;
     let netns = net.netns().name().to_string();
     // Networks whose gateway is the host side: the bridge gets the gateway address.
@@ -192,8 +225,8 @@ pub(crate) fn ensure_network(lab: &Lab) -> Result<String> {
         net.set_uplink(None).map_err(&e)?;
     } else {
         let mut up = kobako_net::Uplink::derived(&name);
-        up.enable_host_forwarding = !lab.uplink.is_empty();
         up.outbound = !lab.uplink.is_empty();
+        up.allow = policy.uplink_allow.iter().map(|a| a.cidr()).collect();
         for p in &lab.publish {
             let std::net::IpAddr::V4(target) = p.target else {
                 return Err(LabError::Other(format!(
@@ -212,6 +245,16 @@ pub(crate) fn ensure_network(lab: &Lab) -> Result<String> {
             });
         }
         net.set_uplink(Some(&up)).map_err(&e)?;
+    }
+    // Traffic leaving the host needs the host's IPv4 forwarding: held while a lab with an
+    // uplink is up, restored when the last one goes (the original value is recorded first).
+    let sysctls = HostSysctls::new(kobako_net::sysctl::HOST_DIR);
+    if lab.uplink.is_empty() {
+        sysctls.release(&name).map_err(&e)?;
+    } else {
+        sysctls
+            .acquire(&name, HostSysctl::Ipv4Forward, "1")
+            .map_err(&e)?;
     }
     Ok(netns)
 }
@@ -640,10 +683,15 @@ pub async fn down(rt: Arc<dyn Runtime>, name: &str) -> Result<usize> {
     }
     super::netd::stop(name);
     let stopped = stop_all(&rt, &names).await?;
-    tokio::task::spawn_blocking(move || LabNet::delete(&net_name))
-        .await
-        .map_err(|e| LabError::Other(e.to_string()))?
-        .map_err(net_err(name))?;
+    tokio::task::spawn_blocking(move || {
+        LabNet::delete(&net_name)?;
+        HostSysctls::new(kobako_net::sysctl::HOST_DIR)
+            .release(&net_name)
+            .map(|_| ())
+    })
+    .await
+    .map_err(|e| LabError::Other(e.to_string()))?
+    .map_err(net_err(name))?;
     let _ = std::fs::remove_dir_all(lab_run_dir(name));
     db.delete_lab(name)?;
     db.event(

@@ -350,6 +350,7 @@ pub async fn create_lab(
             "files copied from the server's filesystem (`files: - src:`) are for admins; use `content:` instead",
         ));
     }
+    super::policy::check_create(&st, &caller, &labs).await?;
     let owner = (!caller.local).then(|| caller.name().to_string());
     let created = st
         .db
@@ -483,6 +484,7 @@ async fn lab_op(
     let row = lab_for(&st, &caller, &name, true).await?;
     if op != LabOp::Down {
         let lab: Lab = serde_json::from_value(row.spec.clone()).map_err(ApiError::internal)?;
+        super::policy::check_up(&st, &caller, &row, &lab).await?;
         let c = caller.clone();
         st.db.run(move |db| quota_check(db, &c, &lab, true)).await?;
     }

@@ -12,6 +12,7 @@ pub mod layout;
 pub mod misc;
 pub mod nodes;
 pub mod oidc_api;
+pub mod policy;
 pub mod scenarios;
 pub mod vms;
 
@@ -74,6 +75,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(labs::list_labs, labs::create_lab))
         .routes(routes!(labs::get_lab, labs::delete_lab))
         .routes(routes!(layout::get_layout, layout::put_layout))
+        .routes(routes!(policy::get_policy, policy::put_policy))
         .routes(routes!(labs::lab_up))
         .routes(routes!(labs::lab_down))
         .routes(routes!(labs::lab_restart))
