@@ -1,0 +1,442 @@
+//! Host ports and egress are an admin's decision (issue 17 item 5), attacked through a real
+//! `kobako serve` (real HTTPS, real SQLite) and the real lab controller (`kobako up`/`down`
+//! against the same state): a member publishing the host's SSH port, a privileged port or the
+//! server's own port; a member granting itself a policy; a member publishing a port a host
+//! service listens on, or that another lab already publishes; and the host sysctl an uplink
+//! needs, restored when the lab goes.
+//!
+//! Most of these need no VM: the checks run before any VM boots. The lab whose port another
+//! lab then tries to take is brought up for real; whether its VM boots (the tiny image may not
+//! be built yet) does not matter — its host network (namespace, published ports) is up either
+//! way, which is what makes the port taken.
+//!
+//! Run as root: `cargo test -p kobako --test attacks_net`.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::server::{Body, Server};
+use common::text;
+use serde_json::{json, Value};
+
+fn tok(v: &Value) -> String {
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+fn yaml(s: &str) -> Option<Body> {
+    Some(Body::Raw("application/yaml", s.as_bytes().to_vec()))
+}
+
+fn admin(srv: &Server) -> String {
+    tok(&srv.login("admin", &srv.admin_password()))
+}
+
+fn member(srv: &Server, admin: &str, name: &str) -> String {
+    let body = json!({"name": name, "password": format!("{name}-password"), "role": "member"});
+    let (s, v) = srv.call("POST", "/users", Some(admin), Some(Body::Json(body)));
+    assert_eq!(s, 201, "{v}");
+    tok(&srv.login(name, &format!("{name}-password")))
+}
+
+/// A one-VM lab publishing host port `port` to the VM's 8080 (and an uplink if asked).
+fn publishing_lab(name: &str, port: u16, uplink: bool) -> String {
+    format!(
+        r#"name: {name}
+defaults: {{ image: tiny, memory: 64M }}
+networks:
+  lan: {{ subnet: 10.79.0.0/24 }}
+nodes:
+  web:
+    vms:
+      srv: {{ interfaces: {{ eth1: {{ network: lan }} }} }}
+publish: ["{port}:web.srv:8080/tcp"]
+uplink: {uplink}
+"#
+    )
+}
+
+fn lab_names(srv: &Server, token: &str) -> Vec<String> {
+    let (s, v) = srv.call("GET", "/labs", Some(token), None);
+    assert_eq!(s, 200, "{v}");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn netns_exists(lab: &str) -> bool {
+    Path::new("/run/netns").join(format!("kb-{lab}")).exists()
+}
+
+fn message(v: &Value) -> &str {
+    v["error"]["message"].as_str().unwrap_or_default()
+}
+
+/// Takes a lab down through the CLI (as root, same state) however far its `up` got.
+struct Down<'a> {
+    srv: &'a Server,
+    labs: Vec<String>,
+}
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        for l in &self.labs {
+            let _ = self.srv.cmd(&["down", l]).output();
+        }
+    }
+}
+
+/// A free TCP port on all host addresses, held by a listener (a "host service").
+fn host_service() -> std::net::TcpListener {
+    std::net::TcpListener::bind("0.0.0.0:0").unwrap()
+}
+
+fn free_port() -> u16 {
+    host_service().local_addr().unwrap().port()
+}
+
+#[test]
+fn member_publishing_the_hosts_ssh_port_is_refused() {
+    let srv = Server::start();
+    let adm = admin(&srv);
+    let dana = member(&srv, &adm, "dana");
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&dana),
+        yaml(&publishing_lab("kbt-pn-ssh", 22, false)),
+    );
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(v["error"]["code"], "port_not_allowed", "{v}");
+    let m = message(&v);
+    assert!(
+        m.contains("22") && m.contains("SSH") && m.contains("2222"),
+        "{m}"
+    );
+    // Nothing was created.
+    assert!(lab_names(&srv, &adm).is_empty());
+    assert!(!netns_exists("kbt-pn-ssh"));
+}
+
+#[test]
+fn member_publishing_a_privileged_port_is_refused_but_an_admin_may() {
+    let srv = Server::start();
+    let adm = admin(&srv);
+    let dana = member(&srv, &adm, "dana");
+    let lab = publishing_lab("kbt-pn-80", 80, false);
+    let (s, v) = srv.call("POST", "/labs", Some(&dana), yaml(&lab));
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(v["error"]["code"], "port_not_allowed", "{v}");
+    let m = message(&v);
+    assert!(
+        m.contains("port 80 is below 1024") && m.contains("ask an admin"),
+        "{m}"
+    );
+    assert!(lab_names(&srv, &adm).is_empty());
+    // The same file from an admin: host ports are an admin's decision.
+    let (s, v) = srv.call("POST", "/labs", Some(&adm), yaml(&lab));
+    assert_eq!(s, 201, "{v}");
+}
+
+#[test]
+fn member_publishing_the_servers_own_port_is_refused_even_with_a_policy() {
+    let srv = Server::start();
+    let adm = admin(&srv);
+    let dana = member(&srv, &adm, "dana");
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&dana),
+        yaml(&publishing_lab("kbt-pn-own", srv.port, false)),
+    );
+    assert_eq!(s, 403, "{v}");
+    assert!(message(&v).contains("server's own port"), "{v}");
+    assert!(lab_names(&srv, &adm).is_empty());
+
+    // An admin grants dana's lab every port; the server's own stays closed, others open.
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&dana),
+        yaml(&publishing_lab("kbt-pn-own", 18_090, false)),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = srv.call(
+        "PUT",
+        "/labs/kbt-pn-own/policy",
+        Some(&adm),
+        Some(Body::Json(json!({"publish_ports": ["1-65535"]}))),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        srv.call("DELETE", "/labs/kbt-pn-own", Some(&dana), None).0,
+        204
+    );
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&dana),
+        yaml(&publishing_lab("kbt-pn-own", srv.port, false)),
+    );
+    assert_eq!(s, 403, "{v}");
+    assert!(message(&v).contains("server's own port"), "{v}");
+    // The grant does work for what it may open: port 80 for dana's lab of that name.
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&dana),
+        yaml(&publishing_lab("kbt-pn-own", 80, false)),
+    );
+    assert_eq!(s, 201, "{v}");
+}
+
+#[test]
+fn member_granting_its_own_lab_a_policy_is_refused() {
+    let srv = Server::start();
+    let adm = admin(&srv);
+    let dana = member(&srv, &adm, "dana");
+    let erin = member(&srv, &adm, "erin");
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&dana),
+        yaml(&publishing_lab("kbt-pn-self", 18_091, true)),
+    );
+    assert_eq!(s, 201, "{v}");
+    let wide = json!({"publish_ports": ["1-1023"], "uplink_allow": ["0.0.0.0/0"]});
+    // The owner: 403 naming who decides. Another member: the lab does not exist for her.
+    let (s, v) = srv.call(
+        "PUT",
+        "/labs/kbt-pn-self/policy",
+        Some(&dana),
+        Some(Body::Json(wide.clone())),
+    );
+    assert_eq!(s, 403, "{v}");
+    assert!(message(&v).contains("admin"), "{v}");
+    let (s, v) = srv.call(
+        "PUT",
+        "/labs/kbt-pn-self/policy",
+        Some(&erin),
+        Some(Body::Json(wide)),
+    );
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(
+        srv.call("GET", "/labs/kbt-pn-self/policy", Some(&erin), None)
+            .0,
+        404
+    );
+    // Nothing changed: the owner sees the member defaults and no grant.
+    let (s, v) = srv.call("GET", "/labs/kbt-pn-self/policy", Some(&dana), None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["restricted"], true, "{v}");
+    assert_eq!(v["publish_ports"], json!([]), "{v}");
+    assert_eq!(v["uplink_allow"], json!([]), "{v}");
+    assert_eq!(v["set_by"], Value::Null, "{v}");
+    assert_eq!(v["defaults"]["min_publish_port"], 1024, "{v}");
+    let never = v["defaults"]["never_publish"].as_array().unwrap();
+    assert!(
+        never.contains(&json!(22)) && never.contains(&json!(srv.port)),
+        "{v}"
+    );
+    let blocked = v["defaults"]["uplink_blocked"].as_array().unwrap();
+    for r in [
+        "10.0.0.0/8",
+        "169.254.0.0/16",
+        "192.168.0.0/16",
+        "127.0.0.0/8",
+    ] {
+        assert!(blocked.contains(&json!(r)), "{r}: {v}");
+    }
+}
+
+#[test]
+fn admin_policy_is_validated_stored_and_shown() {
+    let srv = Server::start();
+    let adm = admin(&srv);
+    let dana = member(&srv, &adm, "dana");
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&dana),
+        yaml(&publishing_lab("kbt-pn-pol", 18_092, true)),
+    );
+    assert_eq!(s, 201, "{v}");
+    let put = |body: Value| {
+        srv.call(
+            "PUT",
+            "/labs/kbt-pn-pol/policy",
+            Some(&adm),
+            Some(Body::Json(body)),
+        )
+    };
+    // Bad input names the problem and the fix; nothing is stored.
+    let (s, v) = put(json!({"uplink_allow": ["10.1.0.0/8"]}));
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"]["code"], "invalid_policy");
+    assert!(message(&v).contains("10.0.0.0/8"), "{v}");
+    let (s, v) = put(json!({"publish_ports": ["9000-8000"]}));
+    assert_eq!(s, 422, "{v}");
+    assert!(message(&v).contains("8000-9000"), "{v}");
+    let (s, v) = put(json!({"publish_ports": ["80"], "host_paths": ["/"]}));
+    assert!(s == 400 || s == 422, "{s} {v}");
+    let many: Vec<String> = (1000..1100).map(|p| p.to_string()).collect();
+    let (s, v) = put(json!({ "publish_ports": many }));
+    assert_eq!(s, 422, "{v}");
+    let (_, v) = srv.call("GET", "/labs/kbt-pn-pol/policy", Some(&adm), None);
+    assert_eq!(v["publish_ports"], json!([]), "{v}");
+    // A good one is stored, shown to the owner, and recorded as an event.
+    let (s, v) = put(json!({"publish_ports": ["80", "8000-8100"], "uplink_allow": ["10.0.0.0/8"]}));
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = srv.call("GET", "/labs/kbt-pn-pol/policy", Some(&dana), None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["publish_ports"], json!(["80", "8000-8100"]), "{v}");
+    assert_eq!(v["uplink_allow"], json!(["10.0.0.0/8"]), "{v}");
+    assert_eq!(v["set_by"], "admin", "{v}");
+    assert_eq!(v["owner"], "dana", "{v}");
+}
+
+#[test]
+fn member_publishing_a_port_a_host_service_listens_on_is_refused_at_up() {
+    let srv = Server::start();
+    let adm = admin(&srv);
+    let dana = member(&srv, &adm, "dana");
+    let service = host_service();
+    let port = service.local_addr().unwrap().port();
+    // Allowed at create (the port could be free by the time the lab goes up) ...
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&dana),
+        yaml(&publishing_lab("kbt-pn-busy", port, false)),
+    );
+    assert_eq!(s, 201, "{v}");
+    let _down = Down {
+        srv: &srv,
+        labs: vec!["kbt-pn-busy".into()],
+    };
+    // ... refused at up: 409 naming the port, before anything is made.
+    let (s, v) = srv.call("POST", "/labs/kbt-pn-busy/up", Some(&dana), None);
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["error"]["code"], "port_in_use", "{v}");
+    assert!(
+        message(&v).contains(&format!("host port {port}/tcp is in use on the host")),
+        "{v}"
+    );
+    assert!(!netns_exists("kbt-pn-busy"));
+    let (_, ops) = srv.call("GET", "/operations", Some(&dana), None);
+    assert_eq!(ops, json!([]), "no operation may start");
+    drop(service);
+}
+
+#[test]
+fn lab_publishing_a_port_another_lab_holds_is_refused_at_up() {
+    let srv = Server::start();
+    let adm = admin(&srv);
+    let dana = member(&srv, &adm, "dana");
+    let erin = member(&srv, &adm, "erin");
+    let port = free_port();
+    let _down = Down {
+        srv: &srv,
+        labs: vec!["kbt-pn-a".into(), "kbt-pn-b".into(), "kbt-pn-c".into()],
+    };
+    // Dana's lab holds the port (its host network is up, whether or not its VM boots).
+    for (tok, lab) in [
+        (&dana, "kbt-pn-a"),
+        (&erin, "kbt-pn-b"),
+        (&dana, "kbt-pn-c"),
+    ] {
+        let (s, v) = srv.call(
+            "POST",
+            "/labs",
+            Some(tok),
+            yaml(&publishing_lab(lab, port, false)),
+        );
+        assert_eq!(s, 201, "{v}");
+    }
+    let (s, op) = srv.call("POST", "/labs/kbt-pn-a/up", Some(&dana), None);
+    assert_eq!(s, 202, "{op}");
+    srv.wait_op(&dana, &op, Duration::from_secs(240));
+    assert!(
+        netns_exists("kbt-pn-a"),
+        "the first lab's network must be up"
+    );
+
+    // Erin's lab: 409 "in use", without naming dana's lab.
+    let (s, v) = srv.call("POST", "/labs/kbt-pn-b/up", Some(&erin), None);
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["error"]["code"], "port_in_use", "{v}");
+    assert!(
+        message(&v).contains(&format!("host port {port}/tcp is in use")),
+        "{v}"
+    );
+    assert!(
+        !message(&v).contains("kbt-pn-a"),
+        "another member's lab is named: {v}"
+    );
+    assert!(!netns_exists("kbt-pn-b"));
+    // Dana's second lab: 409 naming her own lab that holds it.
+    let (s, v) = srv.call("POST", "/labs/kbt-pn-c/up", Some(&dana), None);
+    assert_eq!(s, 409, "{v}");
+    assert!(message(&v).contains("published by lab 'kbt-pn-a'"), "{v}");
+    // An admin bringing erin's lab up is refused too, and told which lab holds the port.
+    let (s, v) = srv.call("POST", "/labs/kbt-pn-b/up", Some(&adm), None);
+    assert_eq!(s, 409, "{v}");
+    assert!(message(&v).contains("kbt-pn-a"), "{v}");
+    // The controller refuses it as well (root's CLI, same state: no server in between).
+    let f = srv.state.path().join("kbt-pn-d.yaml");
+    std::fs::write(&f, publishing_lab("kbt-pn-d", port, false)).unwrap();
+    let o = srv.cmd(&["up", f.to_str().unwrap()]).output().unwrap();
+    let _down_d = Down {
+        srv: &srv,
+        labs: vec!["kbt-pn-d".into()],
+    };
+    assert!(!o.status.success(), "{}", text(&o.stdout));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "host port {port}/tcp is already published by lab 'kbt-pn-a'"
+        )),
+        "{err}"
+    );
+    assert!(!netns_exists("kbt-pn-d"));
+}
+
+#[test]
+fn host_forwarding_is_restored_when_the_last_uplinked_lab_goes_down() {
+    let srv = Server::start();
+    let holders = Path::new("/run/kobako/host-sysctl/ipv4.ip_forward/holders");
+    let before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let f = srv.state.path().join("kbt-pn-fwd.yaml");
+    std::fs::write(&f, publishing_lab("kbt-pn-fwd", free_port(), true)).unwrap();
+    let _down = Down {
+        srv: &srv,
+        labs: vec!["kbt-pn-fwd".into()],
+    };
+    // Root's CLI drives the real controller; the VM may or may not boot, the uplink is made first.
+    let _ = srv.cmd(&["up", f.to_str().unwrap()]).output().unwrap();
+    assert!(netns_exists("kbt-pn-fwd"));
+    assert!(
+        holders.join("kbt-pn-fwd").exists(),
+        "the lab holds ip_forward"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+            .unwrap()
+            .trim(),
+        "1"
+    );
+    let o = srv.cmd(&["down", "kbt-pn-fwd"]).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!holders.join("kbt-pn-fwd").exists());
+    let others = std::fs::read_dir(holders).map(|d| d.count()).unwrap_or(0);
+    let now = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    if others == 0 {
+        assert_eq!(now, before, "ip_forward not restored");
+    } else {
+        // Labs of other kobako processes on this host still need it.
+        assert_eq!(now.trim(), "1");
+    }
+}
