@@ -5,7 +5,9 @@
 //! service listens on, or that another lab already publishes; and the host sysctl an uplink
 //! needs, restored when the lab goes.
 //!
-//! Most of these need no VM: the checks run before any VM boots. The lab whose port another
+//! Most of these need no VM: the checks run before any VM boots; one tiny VM checks egress end
+//! to end (a LAN and an "internet" on this machine's side of the host, in namespaces the test
+//! makes; nothing leaves the machine). The lab whose port another
 //! lab then tries to take is brought up for real; whether its VM boots (the tiny image may not
 //! be built yet) does not matter — its host network (namespace, published ports) is up either
 //! way, which is what makes the port taken.
@@ -439,4 +441,186 @@ fn host_forwarding_is_restored_when_the_last_uplinked_lab_goes_down() {
         // Labs of other kobako processes on this host still need it.
         assert_eq!(now.trim(), "1");
     }
+}
+
+/// A host veth `host_if` (`host_cidr`) to `eth0` (`peer_cidr`) of a new namespace `ns`: a
+/// network on this machine's side of the host, standing in for a LAN or the internet.
+struct HostNet {
+    ns: kobako_net::Netns,
+    name: &'static str,
+    host_if: &'static str,
+}
+
+impl HostNet {
+    fn new(name: &'static str, host_if: &'static str, host_cidr: &str, peer_cidr: &str) -> HostNet {
+        use kobako_net::{IfName, LinkChange, Netns, Rtnl};
+        let _ = Netns::delete(name);
+        let ns = Netns::create(name).unwrap();
+        let host = Rtnl::open(&Netns::host().unwrap()).unwrap();
+        host.delete_link(host_if).unwrap();
+        let up = LinkChange {
+            up: Some(true),
+            ..Default::default()
+        };
+        let l = host
+            .ensure_veth(
+                &IfName::new(host_if).unwrap(),
+                None,
+                &IfName::new("eth0").unwrap(),
+                Some(&ns),
+                None,
+                None,
+            )
+            .unwrap();
+        host.add_addr(&l, host_cidr.parse().unwrap()).unwrap();
+        host.set_link(&l, up.clone()).unwrap();
+        let rt = Rtnl::open(&ns).unwrap();
+        for n in ["lo", "eth0"] {
+            let l = rt.require(n).unwrap();
+            rt.set_link(&l, up.clone()).unwrap();
+        }
+        let e = rt.require("eth0").unwrap();
+        rt.add_addr(&e, peer_cidr.parse().unwrap()).unwrap();
+        HostNet { ns, name, host_if }
+    }
+}
+
+impl Drop for HostNet {
+    fn drop(&mut self) {
+        use kobako_net::{Netns, Rtnl};
+        let _ = Rtnl::open(&Netns::host().unwrap()).map(|r| r.delete_link(self.host_if));
+        let _ = Netns::delete(self.name);
+    }
+}
+
+/// An HTTP responder bound in `ns` (or the host with `None`) that answers with the client's
+/// address and records every client.
+struct Responder {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Responder {
+    fn new(ns: Option<&kobako_net::Netns>, addr: &str) -> Responder {
+        use std::io::{Read, Write};
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        let l = match ns {
+            Some(ns) => ns
+                .run(move || std::net::TcpListener::bind(addr).unwrap())
+                .unwrap(),
+            None => std::net::TcpListener::bind(addr).unwrap(),
+        };
+        l.set_nonblocking(true).unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s2, st2) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st2.load(std::sync::atomic::Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, peer)) => {
+                        c.set_nonblocking(false).unwrap();
+                        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                        let mut buf = [0u8; 1024];
+                        let _ = c.read(&mut buf);
+                        let ip = peer.ip().to_string();
+                        let _ = write!(
+                            c,
+                            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{ip}",
+                            ip.len()
+                        );
+                        s2.lock().unwrap().push(ip);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Responder { seen, stop }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// An HTTP request from the lab's VM with busybox `nc` (busybox `wget` of the tiny image died
+/// with SIGSEGV here): the response body, or `Err(why)`.
+fn http_from_vm(srv: &Server, vm: &str, host: &str, port: u16) -> Result<String, String> {
+    let sh = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {host} {port}");
+    let o = srv
+        .cmd(&["exec", vm, "--", "sh", "-c", &sh])
+        .output()
+        .unwrap();
+    let out = text(&o.stdout);
+    match out.split_once("\r\n\r\n") {
+        Some((_, body)) if o.status.success() => Ok(body.to_string()),
+        _ => Err(format!(
+            "exit {:?}: {out:?} {}",
+            o.status.code(),
+            text(&o.stderr)
+        )),
+    }
+}
+
+/// The one real-VM check of egress: a tiny VM in a lab with `uplink: true`.
+#[test]
+fn vm_in_an_uplinked_lab_cannot_reach_the_hosts_lan_until_an_admin_allows_it() {
+    let lan = HostNet::new("kbt-pnlan", "kbpnlan0", "10.234.0.1/24", "10.234.0.2/24");
+    let internet = HostNet::new("kbt-pnpub", "kbpnpub0", "198.18.9.1/24", "198.18.9.2/24");
+    let on_lan = Responder::new(Some(&lan.ns), "10.234.0.2:7200");
+    let on_internet = Responder::new(Some(&internet.ns), "198.18.9.2:7200");
+    let on_host = Responder::new(None, "10.234.0.1:7201");
+
+    let srv = Server::start();
+    let adm = admin(&srv);
+    let lab = "kbt-pn-vm";
+    let _down = Down {
+        srv: &srv,
+        labs: vec![lab.into()],
+    };
+    let file = format!(
+        "name: {lab}\ndefaults: {{ image: tiny, memory: 96M }}\nnetworks:\n  lan: {{ subnet: 10.80.0.0/24 }}\nnodes:\n  n:\n    vms:\n      v: {{ interfaces: {{ eth1: {{ network: lan }} }} }}\nuplink: true\n"
+    );
+    let (s, v) = srv.call("POST", "/labs", Some(&adm), yaml(&file));
+    assert_eq!(s, 201, "{v}");
+    let up = |what: &str| {
+        let (s, op) = srv.call("POST", &format!("/labs/{lab}/up"), Some(&adm), None);
+        assert_eq!(s, 202, "{what}: {op}");
+        let done = srv.wait_op(&adm, &op, Duration::from_secs(300));
+        assert_eq!(done["state"], "succeeded", "{what}: {done}");
+    };
+    up("first up");
+    let vm = format!("{lab}.n.v");
+
+    // The uplink works: the internet stand-in answers and sees the host.
+    let r = http_from_vm(&srv, &vm, "198.18.9.2", 7200);
+    assert_eq!(r.as_deref(), Ok("198.18.9.1"), "uplink to a public address");
+    assert_eq!(on_internet.seen(), ["198.18.9.1"]);
+
+    // The attacks: the LAN behind the host, and the host's own address on it.
+    let r = http_from_vm(&srv, &vm, "10.234.0.2", 7200);
+    assert!(r.is_err(), "the VM reached the host's LAN: {r:?}");
+    let r = http_from_vm(&srv, &vm, "10.234.0.1", 7201);
+    assert!(r.is_err(), "the VM reached the host: {r:?}");
+    assert!(on_lan.seen().is_empty() && on_host.seen().is_empty());
+
+    // An admin allows the LAN for this lab; the next up applies it. The host stays closed.
+    let (s, v) = srv.call(
+        "PUT",
+        &format!("/labs/{lab}/policy"),
+        Some(&adm),
+        Some(Body::Json(json!({"uplink_allow": ["10.234.0.0/24"]}))),
+    );
+    assert_eq!(s, 200, "{v}");
+    up("up after the policy");
+    let r = http_from_vm(&srv, &vm, "10.234.0.2", 7200);
+    assert_eq!(r.as_deref(), Ok("10.234.0.1"), "allowed LAN");
+    let r = http_from_vm(&srv, &vm, "10.234.0.1", 7201);
+    assert!(r.is_err(), "the VM reached the host: {r:?}");
+    assert!(on_host.seen().is_empty());
 }
