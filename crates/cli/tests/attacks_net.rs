@@ -473,11 +473,11 @@ impl HostNet {
             )
             .unwrap();
         host.add_addr(&l, host_cidr.parse().unwrap()).unwrap();
-        host.set_link(&l, up.clone()).unwrap();
+        host.set_link(&l, up).unwrap();
         let rt = Rtnl::open(&ns).unwrap();
         for n in ["lo", "eth0"] {
             let l = rt.require(n).unwrap();
-            rt.set_link(&l, up.clone()).unwrap();
+            rt.set_link(&l, up).unwrap();
         }
         let e = rt.require("eth0").unwrap();
         rt.add_addr(&e, peer_cidr.parse().unwrap()).unwrap();
