@@ -196,6 +196,56 @@ fn member_publishing_the_servers_own_port_is_refused_even_with_a_policy() {
 }
 
 #[test]
+fn member_re_created_under_a_deleted_members_name_gets_none_of_its_grants() {
+    let srv = Server::start();
+    let adm = admin(&srv);
+    let dana = member(&srv, &adm, "dana");
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&dana),
+        yaml(&publishing_lab("kbt-pn-heir", 18_093, true)),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = srv.call(
+        "PUT",
+        "/labs/kbt-pn-heir/policy",
+        Some(&adm),
+        Some(Body::Json(
+            json!({"publish_ports": ["80"], "uplink_allow": ["10.0.0.0/8"]}),
+        )),
+    );
+    assert_eq!(s, 200, "{v}");
+    // Dana goes (with her labs); a new "dana" arrives later.
+    let (s, v) = srv.call("DELETE", "/users/dana", Some(&adm), None);
+    assert!(s == 200 || s == 204, "{s} {v}");
+    std::thread::sleep(Duration::from_millis(5));
+    let heir = member(&srv, &adm, "dana");
+    // The old grant does not open port 80 for her lab of the same name ...
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&heir),
+        yaml(&publishing_lab("kbt-pn-heir", 80, true)),
+    );
+    assert_eq!(s, 403, "{v}");
+    assert!(message(&v).contains("port 80 is below 1024"), "{v}");
+    // ... nor the LAN for its uplink: her lab shows the defaults only.
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&heir),
+        yaml(&publishing_lab("kbt-pn-heir", 18_093, true)),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = srv.call("GET", "/labs/kbt-pn-heir/policy", Some(&heir), None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["publish_ports"], json!([]), "{v}");
+    assert_eq!(v["uplink_allow"], json!([]), "{v}");
+    assert_eq!(v["set_by"], Value::Null, "{v}");
+}
+
+#[test]
 fn member_granting_its_own_lab_a_policy_is_refused() {
     let srv = Server::start();
     let adm = admin(&srv);

@@ -28,24 +28,34 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::{Lab, Proto, Publish};
 
-/// Whether a user (a lab's owner, by name) is an admin.
-pub type IsAdmin = dyn Fn(&str) -> bool + Send + Sync;
+/// What the server knows about a lab's owner (a user).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnerInfo {
+    /// The user is an admin.
+    pub admin: bool,
+    /// When the user was created: a policy granted before that was granted to someone else
+    /// of the same name (a deleted user) and does not apply.
+    pub since_ms: i64,
+}
+
+/// Looks a lab's owner up by name (`None`: no such user).
+pub type OwnerLookup = dyn Fn(&str) -> Option<OwnerInfo> + Send + Sync;
 
 /// What the process serving labs tells the controller about the host.
 #[derive(Clone, Default)]
 pub struct HostNetConfig {
     /// The server's own listen ports: a member's lab never publishes them.
     pub server_ports: Vec<u16>,
-    /// Whether the user `name` (a lab's owner) is an admin. Without it, every lab that has an
-    /// owner is treated as a member's.
-    pub owner_is_admin: Option<Arc<IsAdmin>>,
+    /// Who a lab's owner is. Without it, every lab that has an owner is treated as a member's
+    /// with nothing granted.
+    pub owner: Option<Arc<OwnerLookup>>,
 }
 
 impl fmt::Debug for HostNetConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HostNetConfig")
             .field("server_ports", &self.server_ports)
-            .field("owner_is_admin", &self.owner_is_admin.is_some())
+            .field("owner", &self.owner.is_some())
             .finish()
     }
 }
@@ -263,30 +273,52 @@ fn proto_name(p: Proto) -> &'static str {
     }
 }
 
-/// The principal and policy that apply to lab `lab` owned by `owner`: no owner or an admin
-/// owner is [`Principal::Admin`]; the stored policy applies only if it was granted to this
-/// owner.
+/// The principal and policy that apply to lab `lab` owned by `owner`, looking the owner up
+/// through [`HostNetConfig::owner`] (see [`effective_with`]).
 pub fn effective(
     db: &Db,
     lab: &str,
     owner: Option<&str>,
 ) -> kobako_state::Result<(Principal, NetPolicy)> {
-    let who = match owner {
-        None => Principal::Admin,
-        Some(o) => match &host_config().owner_is_admin {
-            Some(f) if f(o) => Principal::Admin,
-            _ => Principal::Member,
-        },
-    };
-    let policy = stored_policy(db, lab, owner)?;
-    Ok((who, policy))
+    let info = owner.and_then(|o| host_config().owner.as_ref().and_then(|f| f(o)));
+    effective_with(db, lab, owner, info)
 }
 
-/// The policy stored for `lab` if it was granted to `owner` (else the empty policy).
-pub fn stored_policy(db: &Db, lab: &str, owner: Option<&str>) -> kobako_state::Result<NetPolicy> {
+/// The principal and policy for lab `lab` owned by `owner` (`info`: what is known of that
+/// user). No owner (the local CLI, root) is [`Principal::Admin`]; an owner nobody knows is a
+/// member with nothing granted. The stored policy applies only if it was granted to this owner,
+/// after this user was created.
+pub fn effective_with(
+    db: &Db,
+    lab: &str,
+    owner: Option<&str>,
+    info: Option<OwnerInfo>,
+) -> kobako_state::Result<(Principal, NetPolicy)> {
+    Ok(match (owner, info) {
+        (None, _) => (Principal::Admin, stored_policy(db, lab, None, 0)?),
+        (Some(o), Some(i)) => (
+            if i.admin {
+                Principal::Admin
+            } else {
+                Principal::Member
+            },
+            stored_policy(db, lab, Some(o), i.since_ms)?,
+        ),
+        (Some(_), None) => (Principal::Member, NetPolicy::default()),
+    })
+}
+
+/// The policy stored for `lab` if it was granted to `owner` at or after `since_ms` (else the
+/// empty policy).
+fn stored_policy(
+    db: &Db,
+    lab: &str,
+    owner: Option<&str>,
+    since_ms: i64,
+) -> kobako_state::Result<NetPolicy> {
     Ok(db
         .net_policy(lab)?
-        .filter(|r| r.owner.as_deref() == owner)
+        .filter(|r| r.owner.as_deref() == owner && r.updated_ms >= since_ms)
         .and_then(|r| serde_json::from_value(r.policy).ok())
         .unwrap_or_default())
 }
@@ -391,11 +423,12 @@ pub fn check_free(
     Ok(())
 }
 
-/// Whether lab `name` has a host network (its namespace exists).
+/// Whether lab `name` has a host network (its namespace exists). Only looks: opening the lab
+/// (`LabNet::open`) would touch it.
 fn lab_is_up(name: &str) -> bool {
     kobako_net::LabName::new(name)
         .ok()
-        .and_then(|n| kobako_net::LabNet::open(&n).ok().flatten())
+        .and_then(|n| kobako_net::Netns::open(&n.netns_name()).ok().flatten())
         .is_some()
 }
 

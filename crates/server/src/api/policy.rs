@@ -13,7 +13,9 @@
 
 use axum::extract::State;
 use axum::Json;
-use kobako_lab::controller::netpolicy::{self, Asker, NetPolicy, Principal, PublishDenied};
+use kobako_lab::controller::netpolicy::{
+    self, Asker, NetPolicy, OwnerInfo, Principal, PublishDenied,
+};
 use kobako_lab::spec::Lab;
 use kobako_state::LabRow;
 use serde::{Deserialize, Serialize};
@@ -64,16 +66,37 @@ pub struct PolicyBody {
     pub uplink_allow: Vec<String>,
 }
 
-/// Tells the lab controller of this process the server's own listen ports and who is an admin
-/// (by the users table, read when a lab is brought up, so role changes count).
+/// Tells the lab controller of this process the server's own listen ports and who a lab's
+/// owner is (by the users table, read when a lab is brought up, so role changes count).
 pub fn configure_controller(st: &AppState, server_ports: Vec<u16>) {
     let pool = st.db.clone();
     netpolicy::configure(netpolicy::HostNetConfig {
         server_ports,
-        owner_is_admin: Some(std::sync::Arc::new(move |name: &str| {
-            owner_is_admin(&pool.get(), Some(name)).unwrap_or(false)
+        owner: Some(std::sync::Arc::new(move |name: &str| {
+            owner_info(&pool.get(), name).ok().flatten()
         })),
     });
+}
+
+fn owner_info(db: &kobako_state::Db, name: &str) -> ApiResult<Option<OwnerInfo>> {
+    Ok(auth::get_user(db, name)?.map(|u| OwnerInfo {
+        admin: u.role == Role::Admin,
+        since_ms: u.created_ms,
+    }))
+}
+
+/// The principal and the policy in force for the stored lab `row`.
+fn effective(db: &kobako_state::Db, row: &LabRow) -> ApiResult<(Principal, NetPolicy)> {
+    let info = match row.owner.as_deref() {
+        Some(o) => owner_info(db, o)?,
+        None => None,
+    };
+    Ok(netpolicy::effective_with(
+        db,
+        &row.name,
+        row.owner.as_deref(),
+        info,
+    )?)
 }
 
 fn defaults() -> Defaults {
@@ -89,19 +112,13 @@ fn defaults() -> Defaults {
     }
 }
 
-fn owner_is_admin(db: &kobako_state::Db, owner: Option<&str>) -> ApiResult<bool> {
-    Ok(match owner {
-        None => true,
-        Some(o) => auth::get_user(db, o)?.is_some_and(|u| u.role == Role::Admin),
-    })
-}
-
 fn view(db: &kobako_state::Db, row: &LabRow) -> ApiResult<PolicyView> {
-    let stored = db.net_policy(&row.name)?.filter(|p| p.owner == row.owner);
-    let policy: NetPolicy = stored
-        .as_ref()
-        .and_then(|p| serde_json::from_value(p.policy.clone()).ok())
-        .unwrap_or_default();
+    let (who, policy) = effective(db, row)?;
+    // Who set it and when, only while it is in force (a grant to a deleted user of the same
+    // name is not shown).
+    let stored = db
+        .net_policy(&row.name)?
+        .filter(|_| policy != NetPolicy::default());
     Ok(PolicyView {
         lab: row.name.clone(),
         owner: row.owner.clone(),
@@ -113,7 +130,7 @@ fn view(db: &kobako_state::Db, row: &LabRow) -> ApiResult<PolicyView> {
             .collect(),
         set_by: stored.as_ref().map(|p| p.set_by.clone()),
         updated_ms: stored.as_ref().map(|p| p.updated_ms),
-        restricted: !owner_is_admin(db, row.owner.as_deref())?,
+        restricted: who == Principal::Member,
         defaults: defaults(),
     })
 }
@@ -212,11 +229,16 @@ pub(crate) async fn check_create(st: &AppState, caller: &Caller, labs: &[Lab]) -
         return Ok(());
     }
     let owner = caller.name().to_string();
+    let info = OwnerInfo {
+        admin: false,
+        since_ms: caller.user.created_ms,
+    };
     let labs = labs.to_vec();
     st.db
         .run(move |db| {
             for lab in &labs {
-                let policy = netpolicy::stored_policy(db, lab.name.as_str(), Some(&owner))?;
+                let (_, policy) =
+                    netpolicy::effective_with(db, lab.name.as_str(), Some(&owner), Some(info))?;
                 netpolicy::check_allowed(
                     &lab.publish,
                     Principal::Member,
@@ -254,12 +276,7 @@ pub(crate) async fn check_up(
     let lab = lab.clone();
     st.db
         .run(move |db| {
-            let policy = netpolicy::stored_policy(db, &row.name, row.owner.as_deref())?;
-            let who = if owner_is_admin(db, row.owner.as_deref())? {
-                Principal::Admin
-            } else {
-                Principal::Member
-            };
+            let (who, policy) = effective(db, &row)?;
             netpolicy::check_allowed(
                 &lab.publish,
                 who,
