@@ -6,7 +6,7 @@
 //!
 //! The guest is untrusted: every buffer it fills here has a cap. A frame header announcing more
 //! than [`proto::MAX_PAYLOAD`] closes the channel before anything is allocated; each request
-//! queues at most [`STREAM_QUEUE`] frames (the reader waits for a slow consumer instead of
+//! has at most [`STREAM_BUDGET`] bytes queued (the reader waits for a slow consumer instead of
 //! buffering a whole file); output collected in memory stops at [`AgentClient::max_output`]
 //! bytes (the rest is counted, dropped and replaced by a marker); a download stops at the size
 //! the guest announced and refuses a file larger than the caller's maximum.
@@ -21,15 +21,51 @@ use kobako_agent::proto::{self, ExecRequest, Frame, Kind, Msg, ReadyInfo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch, Semaphore};
 
 use crate::{Result, RuntimeError};
 
-type Streams = Arc<Mutex<HashMap<u32, mpsc::Sender<Frame>>>>;
+type Streams = Arc<Mutex<HashMap<u32, (mpsc::UnboundedSender<Frame>, Arc<Semaphore>)>>>;
 
-/// Frames queued per request before the reader waits for the request to take them (at most
-/// this many times [`proto::MAX_PAYLOAD`] bytes; the agent sends 256 KiB data frames).
-pub const STREAM_QUEUE: usize = 32;
+/// Bytes a request may have queued and not yet taken before the reader waits for it (so a
+/// slow consumer holds back the guest instead of buffering a whole file). Large enough that a
+/// request writing its stdin before it reads never waits on its own output in practice.
+pub const STREAM_BUDGET: usize = 32 << 20;
+
+/// What a frame costs against [`STREAM_BUDGET`] at least (its bookkeeping): a flood of tiny
+/// frames is bounded too.
+const FRAME_COST: usize = 512;
+
+fn cost(f: &Frame) -> usize {
+    f.payload.len().max(FRAME_COST)
+}
+
+/// The receiving end of one request's frames; taking a frame returns its cost to the budget.
+/// Dropping it closes the budget, so a reader waiting for room moves on.
+struct StreamRx {
+    rx: mpsc::UnboundedReceiver<Frame>,
+    budget: Arc<Semaphore>,
+}
+
+impl StreamRx {
+    async fn recv(&mut self) -> Option<Frame> {
+        let f = self.rx.recv().await?;
+        self.budget.add_permits(cost(&f));
+        Some(f)
+    }
+
+    fn try_recv(&mut self) -> std::result::Result<Frame, mpsc::error::TryRecvError> {
+        let f = self.rx.try_recv()?;
+        self.budget.add_permits(cost(&f));
+        Ok(f)
+    }
+}
+
+impl Drop for StreamRx {
+    fn drop(&mut self) {
+        self.budget.close();
+    }
+}
 
 /// Default cap of the output an `exec` collects in memory, per stream (stdout, stderr).
 pub const DEFAULT_MAX_OUTPUT: usize = 16 << 20;
@@ -174,10 +210,13 @@ impl AgentClient {
                         .unwrap_or_else(|e| e.into_inner())
                         .get(&f.stream)
                         .cloned();
-                    if let Some(tx) = tx {
-                        // Waits while the request is STREAM_QUEUE frames behind; fails at once
-                        // when the request is gone.
-                        let _ = tx.send(f).await;
+                    if let Some((tx, budget)) = tx {
+                        // Waits while the request has STREAM_BUDGET bytes queued; fails at
+                        // once when the request is gone (its budget closed).
+                        if let Ok(p) = budget.acquire_many(cost(&f) as u32).await {
+                            p.forget();
+                            let _ = tx.send(f);
+                        }
                     }
                 }
                 // Channel closed: wake every pending request (dropping senders ends their loops).
@@ -284,21 +323,26 @@ impl AgentClient {
         }
     }
 
-    fn open_stream(&self) -> (u32, mpsc::Receiver<Frame>) {
+    fn open_stream(&self) -> (u32, StreamRx) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let budget = Arc::new(Semaphore::new(STREAM_BUDGET));
         self.streams
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
-        (id, rx)
+            .insert(id, (tx, budget.clone()));
+        (id, StreamRx { rx, budget })
     }
 
     fn close_stream(&self, id: u32) {
-        self.streams
+        let gone = self
+            .streams
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&id);
+        if let Some((_, budget)) = gone {
+            budget.close();
+        }
     }
 
     /// Run a command to completion and collect its output (each stream up to
@@ -370,7 +414,7 @@ pub enum ExecEvent {
 pub struct ExecSession<'a> {
     client: &'a AgentClient,
     id: u32,
-    rx: mpsc::Receiver<Frame>,
+    rx: StreamRx,
     finished: bool,
 }
 
@@ -830,6 +874,63 @@ mod tests {
         assert!(o.stdout.ends_with(marker.as_bytes()));
         assert!(marker.contains("[kobako: output truncated after 1048576 bytes]"));
         assert_eq!(o.stderr, b"xxxxxxxxxx");
+    }
+
+    /// A guest sending 96 MiB to a request that does not read: the reader stops taking
+    /// frames at the request's budget (the guest is held back, memory stays bounded), and the
+    /// request still gets everything once it reads.
+    #[tokio::test]
+    async fn agent_flooding_a_request_that_does_not_read_is_held_back() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("agent.sock");
+        let l = tokio::net::UnixListener::bind(&sock).unwrap();
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let s2 = sent.clone();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let f = read_frame(&mut s).await.unwrap();
+            for _ in 0..96 {
+                let b = data(f.stream, Kind::Stdout, proto::MAX_PAYLOAD);
+                if s.write_all(&b).await.is_err() {
+                    return;
+                }
+                s2.fetch_add(proto::MAX_PAYLOAD as u64, Ordering::Relaxed);
+            }
+            let e = msg(
+                f.stream,
+                &Msg::Exited {
+                    code: Some(0),
+                    signal: None,
+                    timed_out: false,
+                },
+            );
+            let _ = s.write_all(&e).await;
+            let mut b = [0u8; 1];
+            let _ = s.read(&mut b).await;
+        });
+        let c = AgentClient::connect(&sock).await.unwrap();
+        let mut sess = c
+            .exec_stream(ExecRequest {
+                argv: vec!["cat".into(), "/dev/zero".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let held = sent.load(Ordering::Relaxed);
+        eprintln!("taken from a guest nobody reads: {} MiB of 96", held >> 20);
+        // The budget plus what the socket buffers hold.
+        assert!(
+            held <= (STREAM_BUDGET + (8 << 20)) as u64,
+            "{held} bytes taken from a guest nobody reads"
+        );
+        let mut got = 0usize;
+        while let Some(ev) = sess.next().await.unwrap() {
+            if let ExecEvent::Stdout(b) = ev {
+                got += b.len();
+            }
+        }
+        assert_eq!(got, 96 * proto::MAX_PAYLOAD);
     }
 
     #[tokio::test]
