@@ -175,9 +175,16 @@ pub fn image(arg: &str, root: RootKind, vm: &str, names_only: bool) -> Result<Vm
         disk::Sniff::Qcow2 => {
             // A damaged qcow2 fails here, with qemu-img's words, instead of inside QEMU.
             kobako_image::deps::ensure(disk::PACKAGES, &StderrProgress)?;
-            disk::info(p, Some("qcow2")).map_err(|e| {
-                anyhow!("{arg}: not a usable qcow2 image: {e}")
-            })?;
+            let info = disk::info(p, Some("qcow2"))
+                .map_err(|e| anyhow!("{arg}: not a usable qcow2 image: {e}"))?;
+            // The format of a path is read from its first bytes at every boot: a guest that
+            // wrote a qcow2 header naming a backing file into its raw disk would make the
+            // next boot read that host file. A qcow2 path boots only without a backing file.
+            if let Some(b) = info.backing {
+                bail!(
+                    "{arg}: this qcow2 image names a backing file ({b}); kobako boots a qcow2 file given by path only when it stands alone: flatten it (`qemu-img convert -O qcow2 {arg} flat.qcow2`) or import it into the store (`kobako image import`)"
+                );
+            }
             out.root = Some(Root::Disk {
                 path: p.to_path_buf(),
                 format: "qcow2".into(),

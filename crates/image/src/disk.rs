@@ -195,6 +195,8 @@ pub struct Info {
     pub format: String,
     pub virtual_size: u64,
     pub actual_size: u64,
+    /// The backing file named in the image's header, as written there (qcow2 overlays).
+    pub backing: Option<String>,
 }
 
 /// `qemu-img info --output=json` of one file (no backing chain).
@@ -213,6 +215,7 @@ pub fn info(p: &Path, format: Option<&str>) -> Result<Info, DiskError> {
         format: v["format"].as_str().unwrap_or("").to_string(),
         virtual_size: v["virtual-size"].as_u64().unwrap_or(0),
         actual_size: v["actual-size"].as_u64().unwrap_or(0),
+        backing: v["backing-filename"].as_str().map(str::to_string),
     })
 }
 
