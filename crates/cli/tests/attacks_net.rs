@@ -355,9 +355,8 @@ fn member_publishing_a_port_a_host_service_listens_on_is_refused_at_up() {
     let srv = Server::start();
     let adm = admin(&srv);
     let dana = member(&srv, &adm, "dana");
-    let service = host_service();
-    let port = service.local_addr().unwrap().port();
-    // Allowed at create (the port could be free by the time the lab goes up) ...
+    let port = free_port();
+    // Created while the port is free ...
     let (s, v) = srv.call(
         "POST",
         "/labs",
@@ -369,7 +368,18 @@ fn member_publishing_a_port_a_host_service_listens_on_is_refused_at_up() {
         srv: &srv,
         labs: vec!["kbt-pn-busy".into()],
     };
-    // ... refused at up: 409 naming the port, before anything is made.
+    // ... then a host service takes it: a new lab on it is refused at create ...
+    let service = std::net::TcpListener::bind(("0.0.0.0", port)).unwrap();
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&dana),
+        yaml(&publishing_lab("kbt-pn-busy2", port, false)),
+    );
+    assert_eq!(s, 409, "{v}");
+    assert_eq!(v["error"]["code"], "port_in_use", "{v}");
+    assert_eq!(lab_names(&srv, &dana), ["kbt-pn-busy"]);
+    // ... and the existing one at up: 409 naming the port, before anything is made.
     let (s, v) = srv.call("POST", "/labs/kbt-pn-busy/up", Some(&dana), None);
     assert_eq!(s, 409, "{v}");
     assert_eq!(v["error"]["code"], "port_in_use", "{v}");
@@ -416,7 +426,20 @@ fn lab_publishing_a_port_another_lab_holds_is_refused_at_up() {
         "the first lab's network must be up"
     );
 
-    // Erin's lab: 409 "in use", without naming dana's lab.
+    // A new lab of erin's on that port: refused at create, "in use", dana's lab not named.
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&erin),
+        yaml(&publishing_lab("kbt-pn-e", port, false)),
+    );
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        !message(&v).contains("kbt-pn-a"),
+        "another member's lab is named: {v}"
+    );
+    assert!(!lab_names(&srv, &adm).contains(&"kbt-pn-e".to_string()));
+    // Erin's lab created before: 409 "in use" at up, without naming dana's lab.
     let (s, v) = srv.call("POST", "/labs/kbt-pn-b/up", Some(&erin), None);
     assert_eq!(s, 409, "{v}");
     assert_eq!(v["error"]["code"], "port_in_use", "{v}");

@@ -223,7 +223,8 @@ fn denied(e: PublishDenied) -> ApiError {
 }
 
 /// At create: a member's labs publish only what the defaults (and a policy already granted to
-/// this member for that lab name) allow. 403 naming the port and the fix.
+/// this member for that lab name) allow (403 naming the port and the fix), and no port taken
+/// now (409).
 pub(crate) async fn check_create(st: &AppState, caller: &Caller, labs: &[Lab]) -> ApiResult<()> {
     if caller.local || caller.is_admin() || labs.iter().all(|l| l.publish.is_empty()) {
         return Ok(());
@@ -246,6 +247,10 @@ pub(crate) async fn check_create(st: &AppState, caller: &Caller, labs: &[Lab]) -
                     &netpolicy::host_config().server_ports,
                 )
                 .map_err(|e| denied_in(lab, e))?;
+                // Taken now (by a host service or a lab that is up): say so at once; `up`
+                // checks again, as the port may be taken in between.
+                netpolicy::check_free(db, lab, Principal::Member, Asker::Member(&owner))
+                    .map_err(|e| denied_in(lab, e))?;
             }
             Ok(())
         })
