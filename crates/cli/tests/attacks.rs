@@ -149,7 +149,8 @@ fn member_scenario_wasm_module_from_the_server_disk_is_refused() {
         yaml(&one_vm("wasmatk", "{ image: tiny }")),
     );
     assert_eq!(s, 201, "{v}");
-    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/scenarios");
+    let examples =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/scenarios");
     let module = examples.join("wasm/delay-probe/delay_probe.wasm");
     assert!(module.exists());
     // An absolute module path, and one relative to a `?file=` placed in the examples.
@@ -191,9 +192,16 @@ fn documents_built_to_exhaust_the_parser_are_refused_and_the_server_keeps_servin
     // "Billion laughs": ten levels of nine aliases, ~3.9e9 values once expanded.
     let mut bomb = String::from("name: bomb\nx0: &x0 [a, a, a, a, a, a, a, a, a]\n");
     for i in 1..10 {
-        bomb += &format!("x{i}: &x{i} [{}]\n", vec![format!("*x{}", i - 1); 9].join(", "));
+        bomb += &format!(
+            "x{i}: &x{i} [{}]\n",
+            vec![format!("*x{}", i - 1); 9].join(", ")
+        );
     }
-    let deep = format!("name: deep\nnodes: {}1{}\n", "[".repeat(50_000), "]".repeat(50_000));
+    let deep = format!(
+        "name: deep\nnodes: {}1{}\n",
+        "[".repeat(50_000),
+        "]".repeat(50_000)
+    );
     let big = format!("name: big\ndescription: \"{}\"\n", "x".repeat(1024 * 1024));
     let t0 = Instant::now();
     // Meanwhile, another client keeps being served.
@@ -251,7 +259,12 @@ fn member_scenario_aimed_at_another_members_vm_fails_and_touches_nothing() {
     assert_eq!(s, 201, "{v}");
     let mallory = tok(&srv.login("mallory", "mallory-password"));
     for (who, lab) in [(&alice, "victim"), (&mallory, "attacker")] {
-        let (s, v) = srv.call("POST", "/labs", Some(who), yaml(&one_vm(lab, "{ image: tiny }")));
+        let (s, v) = srv.call(
+            "POST",
+            "/labs",
+            Some(who),
+            yaml(&one_vm(lab, "{ image: tiny }")),
+        );
         assert_eq!(s, 201, "{v}");
         let (s, op) = srv.call("POST", &format!("/labs/{lab}/up"), Some(who), None);
         assert_eq!(s, 202, "{op}");
@@ -265,9 +278,17 @@ fn member_scenario_aimed_at_another_members_vm_fails_and_touches_nothing() {
     };
     let pid = victim_pid();
     // Mallory cannot even see the victim's VM.
-    assert_eq!(srv.call("GET", "/vms/victim.n.v", Some(&mallory), None).0, 404);
+    assert_eq!(
+        srv.call("GET", "/vms/victim.n.v", Some(&mallory), None).0,
+        404
+    );
     // YAML steps aimed at it by every spelling: refused before anything runs.
-    for target in ["victim/n.v", "victim.n.v", "attacker/../victim/n.v", "n.v/../../victim"] {
+    for target in [
+        "victim/n.v",
+        "victim.n.v",
+        "attacker/../victim/n.v",
+        "n.v/../../victim",
+    ] {
         for step in [
             format!("pause: {target}"),
             format!("kill: {target}"),
@@ -307,12 +328,18 @@ fn member_scenario_aimed_at_another_members_vm_fails_and_touches_nothing() {
             "{target}: {report}"
         );
     }
-    assert_eq!(victim_pid(), pid, "the victim VM was neither killed nor restarted");
+    assert_eq!(
+        victim_pid(),
+        pid,
+        "the victim VM was neither killed nor restarted"
+    );
     let (s, v) = srv.call(
         "POST",
         "/vms/victim.n.v/exec",
         Some(&alice),
-        Some(Body::Json(json!({"argv": ["sh", "-c", "test -e /tmp/pwned && echo PWNED; cat /proc/loadavg"]}))),
+        Some(Body::Json(
+            json!({"argv": ["sh", "-c", "test -e /tmp/pwned && echo PWNED; cat /proc/loadavg"]}),
+        )),
     );
     assert_eq!(s, 200, "{v}");
     assert!(!v.to_string().contains("PWNED"), "{v}");
@@ -320,4 +347,34 @@ fn member_scenario_aimed_at_another_members_vm_fails_and_touches_nothing() {
         let (_, op) = srv.call("POST", &format!("/labs/{lab}/down"), Some(who), None);
         srv.wait_op(who, &op, Duration::from_secs(120));
     }
+}
+
+#[test]
+fn a_disk_whose_header_names_a_host_file_as_backing_is_not_booted() {
+    // What a guest could leave in a raw disk it was given by path: a qcow2 header whose
+    // backing file is a host secret. The next boot must not open it.
+    let env = common::Env::new();
+    let disk = env.run.path().join("disk.img");
+    let secret = env.run.path().join("secret");
+    std::fs::write(&secret, "host secret\n").unwrap();
+    let out = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&secret)
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", common::text(&out.stderr));
+    common::assert_fails_with(
+        &env,
+        &[
+            "vm",
+            "run",
+            "-d",
+            "--name",
+            "backing",
+            "--image",
+            disk.to_str().unwrap(),
+        ],
+        "names a backing file",
+    );
 }

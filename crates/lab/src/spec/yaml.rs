@@ -568,7 +568,11 @@ mod tests {
         let errs = parse("bomb.yaml", &billion_laughs()).unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].limit, Some(Limit::Values));
-        assert!(errs[0].message.contains("more than 100000 values"), "{}", errs[0]);
+        assert!(
+            errs[0].message.contains("more than 100000 values"),
+            "{}",
+            errs[0]
+        );
         // Bounded work: the tree stops growing at the limit.
         assert!(t0.elapsed() < std::time::Duration::from_secs(5));
     }

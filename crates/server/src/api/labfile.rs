@@ -56,7 +56,10 @@ pub async fn load_labs(file: String, text: String) -> ApiResult<Vec<Lab>> {
 
 /// 403 when `caller` is not an admin and a lab names a host file (image, kernel or file
 /// source): every such field is listed in `error.details`, with what to write instead.
-pub fn refuse_host_paths<'a>(caller: &Caller, labs: impl IntoIterator<Item = &'a Lab>) -> ApiResult<()> {
+pub fn refuse_host_paths<'a>(
+    caller: &Caller,
+    labs: impl IntoIterator<Item = &'a Lab>,
+) -> ApiResult<()> {
     if caller.is_admin() {
         return Ok(());
     }
