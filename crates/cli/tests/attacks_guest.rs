@@ -501,3 +501,118 @@ fn api_console_of_a_flooded_log_sends_only_its_tail() {
     }
     assert_eq!(live, b"live!");
 }
+
+/// A real tiny guest makes `/tmp/d/l -> /etc` (and a link to a host file, a fifo, a setuid
+/// file); `kobako cp vm:/tmp/d ./out` recreates the links as links, writes nothing through
+/// them, skips the fifo and drops setuid.
+#[test]
+fn cp_of_a_real_guest_dir_with_a_symlink_to_etc_never_follows_it() {
+    use common::{exec, ok, Env};
+    let env = Env::new();
+    ok(&env.run(&["vm", "run", "-d", "--name", "t-cpln"]));
+    ok(&exec(
+        &env,
+        "t-cpln",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /tmp/d && echo hi > /tmp/d/f && ln -s /etc /tmp/d/l && \
+             ln -s /etc/hostname /tmp/d/h && mkfifo /tmp/d/p && \
+             echo x > /tmp/d/s && chmod 4755 /tmp/d/s",
+        ],
+    ));
+    let host_etc = || tree(Path::new("/etc")).len();
+    let before = host_etc();
+    let out = tempfile::tempdir().unwrap();
+    let o = env.run(&["cp", "t-cpln:/tmp/d", out.path().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{err}");
+    let d = out.path().join("d");
+    assert_eq!(tree(&d), ["f", "h", "l", "s"], "{err}");
+    for (link, target) in [("l", "/etc"), ("h", "/etc/hostname")] {
+        let p = d.join(link);
+        assert!(std::fs::symlink_metadata(&p)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_link(&p).unwrap(), PathBuf::from(target));
+    }
+    assert!(err.contains("skipped p"), "{err}");
+    assert_eq!(std::fs::read(d.join("f")).unwrap(), b"hi\n");
+    let m = std::fs::metadata(d.join("s")).unwrap().permissions().mode();
+    assert_eq!(m & 0o7777, 0o755);
+    assert_eq!(host_etc(), before, "the host's /etc changed");
+    ok(&env.run(&["vm", "stop", "t-cpln"]));
+    env.assert_clean();
+}
+
+/// `kobako image import` of a rootfs tarball whose `etc`, `tmp` and `usr/local/sbin` are
+/// symlinks to host directories: kobako's own writes (the agent, `/tmp`'s mode) resolve inside
+/// the tree, so the import fails naming the path, the host directories are untouched (no file,
+/// no mode change) and no image is left.
+#[test]
+fn image_import_of_a_rootfs_linking_to_host_dirs_never_writes_there() {
+    let work = tempfile::tempdir().unwrap();
+    let images = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let host = tempfile::tempdir().unwrap();
+    let hd = |n: &str| {
+        let p = host.path().join(n);
+        std::fs::create_dir(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    };
+    let (etc, tmp, sbin) = (hd("etc"), hd("tmp"), hd("sbin"));
+    let snapshot = || {
+        [&etc, &tmp, &sbin]
+            .iter()
+            .map(|p| (tree(p), std::fs::metadata(p).unwrap().permissions().mode()))
+            .collect::<Vec<_>>()
+    };
+    let before = snapshot();
+    let root = work.path().join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::write(root.join("bin/sh"), "not really").unwrap();
+    std::fs::create_dir_all(root.join("usr/local")).unwrap();
+    std::os::unix::fs::symlink(&etc, root.join("etc")).unwrap();
+    std::os::unix::fs::symlink(&tmp, root.join("tmp")).unwrap();
+    std::os::unix::fs::symlink(&sbin, root.join("usr/local/sbin")).unwrap();
+    let tarball = work.path().join("evil.tar");
+    let st = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tarball)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = std::process::Command::new(common::KOBAKO)
+        .args([
+            "image",
+            "import",
+            tarball.to_str().unwrap(),
+            "--name",
+            "kbt-evil",
+        ])
+        .env("KOBAKO_IMAGES", images.path())
+        .env("KOBAKO_STATE", state.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!("{err}");
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("/usr/local/sbin/kobako-agent inside the imported tree"),
+        "{err}"
+    );
+    assert_eq!(snapshot(), before, "a host directory changed");
+    let o = std::process::Command::new(common::KOBAKO)
+        .args(["image", "inspect", "--json", "kbt-evil"])
+        .env("KOBAKO_IMAGES", images.path())
+        .env("KOBAKO_STATE", state.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "an image was left");
+}

@@ -228,7 +228,7 @@ fn inject_agent(root: &Path, agent: &[u8]) -> Result<Option<String>, ImportError
         move |e: std::io::Error| {
             ImportError::Read {
             what: format!(
-                "{what} inside the imported tree (its symlinks are resolved inside it; fix the link or add the directory)"
+                "{what} inside the imported tree: a symlink on the way points outside the tree or to nothing in it (kobako resolves the tree's symlinks inside the tree, never on the host); fix the link in the archive"
             ),
             source: e,
         }
