@@ -362,23 +362,32 @@ pub enum Asker<'a> {
 }
 
 /// Whether the lab's host ports are free now: not published by another lab that is up (its
-/// namespace exists), and — for a member's lab — not a port a host service listens on.
+/// namespace exists), and — for a member's lab — not a port a host service listens on. The
+/// outer error: the other labs could not be read (nothing is assumed free then).
 pub fn check_free(
     db: &Db,
     lab: &Lab,
     who: Principal,
     asker: Asker<'_>,
-) -> Result<(), PublishDenied> {
+) -> kobako_state::Result<Result<(), PublishDenied>> {
     if lab.publish.is_empty() {
-        return Ok(());
+        return Ok(Ok(()));
     }
+    Ok(check_free_in(&db.labs()?, lab, who, asker))
+}
+
+fn check_free_in(
+    rows: &[kobako_state::LabRow],
+    lab: &Lab,
+    who: Principal,
+    asker: Asker<'_>,
+) -> Result<(), PublishDenied> {
     #[derive(Deserialize)]
     struct Published {
         #[serde(default)]
         publish: Vec<Publish>,
     }
     let name = lab.name.as_str();
-    let rows = db.labs().unwrap_or_default();
     for row in rows.iter().filter(|r| r.name != name) {
         if !lab_is_up(&row.name) {
             continue;

@@ -182,7 +182,7 @@ pub(crate) fn ensure_network(lab: &Lab) -> Result<String> {
             (netpolicy::Principal::Member, Some(o)) => netpolicy::Asker::Member(o),
             _ => netpolicy::Asker::Admin,
         };
-        netpolicy::check_free(&db, lab, who, asker).map_err(denied)?;
+        netpolicy::check_free(&db, lab, who, asker)?.map_err(denied)?;
         Some(l)
     };
     drop(db);

@@ -249,7 +249,7 @@ pub(crate) async fn check_create(st: &AppState, caller: &Caller, labs: &[Lab]) -
                 .map_err(|e| denied_in(lab, e))?;
                 // Taken now (by a host service or a lab that is up): say so at once; `up`
                 // checks again, as the port may be taken in between.
-                netpolicy::check_free(db, lab, Principal::Member, Asker::Member(&owner))
+                netpolicy::check_free(db, lab, Principal::Member, Asker::Member(&owner))?
                     .map_err(|e| denied_in(lab, e))?;
             }
             Ok(())
@@ -294,7 +294,7 @@ pub(crate) async fn check_up(
             } else {
                 Asker::Member(&caller_name)
             };
-            netpolicy::check_free(db, &lab, who, asker).map_err(|e| denied_in(&lab, e))
+            netpolicy::check_free(db, &lab, who, asker)?.map_err(|e| denied_in(&lab, e))
         })
         .await
 }
