@@ -828,3 +828,150 @@ fn expect_100_continue_and_keep_alive() {
         (Some(2), Some(256))
     );
 }
+
+/// Resident set of a process, from /proc/PID/status (KiB).
+fn vm_rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends raw bytes on a fresh connection and returns what comes back until EOF (or a reset:
+/// a server that answers and closes before reading everything makes the next read fail).
+fn raw_exchange(sock: &std::path::Path, bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn assert_alive_and_answering(child: &mut Vmm, sock: &std::path::Path) {
+    assert_eq!(child.try_wait().unwrap(), None, "the VMM exited");
+    let r = http(sock, "GET", "/", None);
+    assert_eq!(r.0, 200, "{}", r.1);
+    let r = http(sock, "GET", "/machine-config", None);
+    assert_eq!(r.0, 200, "{}", r.1);
+}
+
+#[test]
+fn long_request_echoed_in_errors_does_not_kill_the_vmm() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let mut child = spawn_api(&sock, &[]);
+    for len in [300, 4_000, 24_000, 50_000] {
+        let long = "a".repeat(len);
+        // The event loop echoes the path it could not open; serde echoes the bad string.
+        for (path, body) in [
+            (
+                "/logger",
+                format!(r#"{{"log_path": "/{long}", "level": "Warning"}}"#),
+            ),
+            (
+                "/machine-config",
+                format!(r#"{{"vcpu_count": "{long}", "mem_size_mib": 128}}"#),
+            ),
+            (
+                "/metrics",
+                format!(r#"{{"metrics_path": "/nonexistent/{long}"}}"#),
+            ),
+        ] {
+            if body.len() > 51_200 {
+                continue;
+            }
+            let r = http(&sock, "PUT", path, Some(&body));
+            assert_eq!(
+                r.0,
+                400,
+                "PUT {path} with a {len}-char value: {}",
+                &r.1[..r.1.len().min(300)]
+            );
+            let msg = json(&r.1)["fault_message"].as_str().unwrap().to_string();
+            assert!(
+                msg.chars().count() <= 640,
+                "PUT {path}: a {}-char fault_message echoes the request",
+                msg.len()
+            );
+            assert_eq!(
+                child.try_wait().unwrap(),
+                None,
+                "the VMM exited after PUT {path} ({len} chars)"
+            );
+        }
+        // A long path: echoed in "Invalid request method and/or path" or refused as too long.
+        let resp = raw_exchange(
+            &sock,
+            format!("GET /{long} HTTP/1.1\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert!(
+            resp.starts_with("HTTP/1.1 400") || resp.starts_with("HTTP/1.1 414"),
+            "{}",
+            &resp[..resp.len().min(300)]
+        );
+        assert!(
+            resp.len() <= 1_000,
+            "a {}-byte answer echoes the path",
+            resp.len()
+        );
+        assert_eq!(
+            child.try_wait().unwrap(),
+            None,
+            "the VMM exited after a {len}-char path"
+        );
+    }
+    assert_alive_and_answering(&mut child, &sock);
+}
+
+#[test]
+fn two_thousand_held_api_connections_do_not_kill_the_vmm() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let mut child = spawn_api(&sock, &[]);
+    let pid = child.id();
+    let rss_before = vm_rss_kib(pid);
+    let mut held = Vec::new();
+    for i in 0..2000 {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        // Half of them start a request and never finish it.
+        if i % 2 == 0 {
+            let _ = s.write_all(
+                b"PUT /machine-config HTTP/1.1\r\nContent-Length: 40000\r\n\r\n{\"vcpu_count\": ",
+            );
+        }
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        child.try_wait().unwrap(),
+        None,
+        "the VMM exited with 2000 connections open"
+    );
+    // While they are held, a new client is told the API is busy instead of waiting forever.
+    let resp = raw_exchange(&sock, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n");
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp:?}");
+    assert!(resp.contains("fault_message"), "{resp:?}");
+    let rss_flood = vm_rss_kib(pid);
+    drop(held);
+    assert!(
+        wait_for(10, || http(&sock, "GET", "/", None).0 == 200),
+        "the API never recovered"
+    );
+    assert_alive_and_answering(&mut child, &sock);
+    let rss_after = vm_rss_kib(pid);
+    eprintln!("VMM RSS: before {rss_before} KiB, flood {rss_flood} KiB, after {rss_after} KiB");
+    assert!(
+        rss_flood < rss_before + 16 * 1024,
+        "RSS grew from {rss_before} to {rss_flood} KiB"
+    );
+}

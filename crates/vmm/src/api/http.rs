@@ -14,6 +14,36 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 /// Largest accepted request body (Firecracker's default `--http-api-max-payload-size`).
 pub const MAX_BODY: usize = 51200;
 const MAX_HEADER: usize = 8192;
+/// Most API connections open at once. The next one is accepted, answered 503 and closed, so
+/// the API thread holds at most this many buffers of at most `MAX_HEADER + MAX_BODY + 1024`
+/// bytes plus one read chunk (about 3.8 MiB in all).
+pub const MAX_CONNECTIONS: usize = 64;
+/// Longest text taken from a request into an error message or a log line (characters).
+pub const MAX_ECHO: usize = 256;
+/// Longest `fault_message` (characters); longer ones keep their start and end.
+pub const MAX_FAULT: usize = 640;
+
+/// `s` if it has at most `max` characters, else its first `max` characters and "…".
+pub fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        None => std::borrow::Cow::Borrowed(s),
+        Some((i, _)) => std::borrow::Cow::Owned(format!("{}…", &s[..i])),
+    }
+}
+
+/// `s` if it has at most `max` characters, else its start and its end (where error messages
+/// put the reason) around "…".
+fn clip_middle(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    let n = s.chars().count();
+    if n <= max {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let tail = max / 3;
+    let head = max - tail - 1;
+    let head_end = s.char_indices().nth(head).map_or(s.len(), |(i, _)| i);
+    let tail_start = s.char_indices().nth(n - tail).map_or(s.len(), |(i, _)| i);
+    std::borrow::Cow::Owned(format!("{}…{}", &s[..head_end], &s[tail_start..]))
+}
 
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +76,10 @@ impl Response {
         }
     }
 
-    /// A Firecracker-style error: `{"fault_message": "..."}`.
+    /// A Firecracker-style error: `{"fault_message": "..."}`, at most [`MAX_FAULT`]
+    /// characters (a message that quotes a huge request keeps its start and its end).
     pub fn fault(status: u16, msg: &str) -> Self {
+        let msg = clip_middle(msg, MAX_FAULT);
         Response::json(status, &serde_json::json!({ "fault_message": msg }))
     }
 
@@ -61,6 +93,7 @@ impl Response {
             413 => "Payload Too Large",
             500 => "Internal Server Error",
             501 => "Not Implemented",
+            503 => "Service Unavailable",
             _ => "",
         }
     }
@@ -216,8 +249,14 @@ pub fn serve(
         };
         for ev in events.iter().take(n) {
             if ev.data() == LISTENER {
-                while let Ok((s, _)) = listener.accept() {
+                while let Ok((mut s, _)) = listener.accept() {
                     if s.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    if conns.len() >= MAX_CONNECTIONS {
+                        // A fresh socket's send buffer takes this short answer whole; if not,
+                        // the client gets nothing but the close.
+                        let _ = s.write_all(&busy().to_bytes(true));
                         continue;
                     }
                     let fd = s.as_raw_fd();
@@ -257,6 +296,13 @@ pub fn serve(
             }
         }
     }
+}
+
+fn busy() -> Response {
+    Response::fault(
+        503,
+        &format!("Too many API connections are open (at most {MAX_CONNECTIONS}): close idle ones and retry."),
+    )
 }
 
 fn write_all_blocking(s: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
@@ -357,5 +403,27 @@ mod tests {
         ));
         let bytes = Response::no_content().to_bytes(false);
         assert!(bytes.starts_with(b"HTTP/1.1 204 No Content\r\n"));
+    }
+
+    #[test]
+    fn faults_and_echoes_are_capped() {
+        assert_eq!(clip("abc", 3), "abc");
+        assert_eq!(clip("abcd", 3), "abc…");
+        assert_eq!(clip("ééé", 2), "éé…");
+        let long = format!("Cannot open {}: File name too long", "a".repeat(30_000));
+        let r = Response::fault(400, &long);
+        let v: serde_json::Value = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
+        let m = v["fault_message"].as_str().unwrap();
+        assert_eq!(m.chars().count(), MAX_FAULT);
+        assert!(
+            m.starts_with("Cannot open aaa") && m.ends_with("aaa: File name too long"),
+            "{m}"
+        );
+        assert!(m.contains('…'));
+        let short = Response::fault(400, "short");
+        assert!(short.body.unwrap().contains("\"short\""));
+        assert!(busy()
+            .to_bytes(true)
+            .starts_with(b"HTTP/1.1 503 Service Unavailable\r\n"));
     }
 }

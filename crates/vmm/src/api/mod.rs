@@ -144,7 +144,8 @@ fn invalid(req: &Request) -> Response {
         400,
         &format!(
             "Invalid request method and/or path: {} {}.",
-            req.method, req.path
+            http::clip(&req.method, 16),
+            http::clip(&req.path, http::MAX_ECHO)
         ),
     )
 }
@@ -183,7 +184,11 @@ pub fn run_api_thread(
     }
     let r = http::serve(listener, |req| {
         inc(&METRICS.api_requests);
-        crate::log_debug!("API {} {}", req.method, req.path);
+        let (method, path) = (
+            http::clip(&req.method, 16),
+            http::clip(&req.path, http::MAX_ECHO),
+        );
+        crate::log_debug!("API {method} {path}");
         let resp = match route(&req) {
             Ok(r) => chan.call(r),
             Err(resp) => resp,
@@ -191,9 +196,7 @@ pub fn run_api_thread(
         if resp.status >= 400 {
             inc(&METRICS.api_errors);
             crate::log_warn!(
-                "API {} {} -> {} {}",
-                req.method,
-                req.path,
+                "API {method} {path} -> {} {}",
                 resp.status,
                 resp.body.as_deref().unwrap_or("")
             );
