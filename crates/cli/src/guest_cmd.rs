@@ -432,39 +432,7 @@ fn safe_rel(p: &str) -> std::result::Result<PathBuf, String> {
     Ok(out)
 }
 
-/// `openat2(2)`: `path` resolved from `dir` with `resolve` flags (`RESOLVE_*`).
-fn openat2(
-    dir: std::os::fd::BorrowedFd<'_>,
-    path: &Path,
-    flags: i32,
-    mode: u32,
-    resolve: u64,
-) -> std::io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: open_how is plain data; zeroed is valid, the fields used are set below.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.mode = u64::from(mode);
-    how.resolve = resolve;
-    // SAFETY: valid dirfd, NUL-terminated path and a live open_how of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new descriptor that nothing else owns.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
-}
+use kobako_image::inroot::openat2;
 
 /// Never leave the destination, never follow a symlink (the guest made them all), never
 /// cross into another mount.
@@ -555,9 +523,14 @@ impl Dest {
 /// stderr).
 async fn download_dir(c: &AgentClient, src: &str, dst: &Path) -> Result<usize> {
     use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir(dst).with_context(|| format!("{}", dst.display()))?;
-    let root = std::fs::File::open(dst).with_context(|| format!("{}", dst.display()))?;
+    let root = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dst)
+        .with_context(|| format!("{}", dst.display()))?;
     let dest = Dest { root: root.into() };
     let entries = c.list_dir(src).await?;
     if entries.len() > MAX_ENTRIES {

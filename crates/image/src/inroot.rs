@@ -17,25 +17,26 @@ fn cstr(b: &[u8]) -> std::io::Result<CString> {
     CString::new(b).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
 }
 
-/// `openat2(2)` with `RESOLVE_IN_ROOT`: `path` resolved inside `root` (`..` and absolute
-/// symlinks stop at `root`; magic links and other mounts are refused).
-pub fn open_in_root(
-    root: BorrowedFd<'_>,
+/// `openat2(2)`: `path` resolved from `dir` under the `resolve` flags (`libc::RESOLVE_*`);
+/// `O_CLOEXEC` is always added.
+pub fn openat2(
+    dir: BorrowedFd<'_>,
     path: &Path,
     flags: i32,
     mode: u32,
+    resolve: u64,
 ) -> std::io::Result<OwnedFd> {
     let c = cstr(path.as_os_str().as_bytes())?;
     // SAFETY: open_how is plain data; zeroed is valid, the fields used are set below.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
     how.mode = u64::from(mode);
-    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_XDEV;
+    how.resolve = resolve;
     // SAFETY: valid dirfd, NUL-terminated path and a live open_how of the size passed.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_openat2,
-            root.as_raw_fd(),
+            dir.as_raw_fd(),
             c.as_ptr(),
             &how as *const libc::open_how,
             std::mem::size_of::<libc::open_how>(),
@@ -46,6 +47,23 @@ pub fn open_in_root(
     }
     // SAFETY: the kernel returned a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// [`openat2`] with `RESOLVE_IN_ROOT`: `path` resolved inside `root` (`..` and absolute
+/// symlinks stop at `root`; magic links and other mounts are refused).
+pub fn open_in_root(
+    root: BorrowedFd<'_>,
+    path: &Path,
+    flags: i32,
+    mode: u32,
+) -> std::io::Result<OwnedFd> {
+    openat2(
+        root,
+        path,
+        flags,
+        mode,
+        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_XDEV,
+    )
 }
 
 /// The root of a tree, opened once; every operation resolves beneath it.
