@@ -64,6 +64,20 @@ pub enum HugePages {
     Hugetlbfs2M,
 }
 
+/// Firecracker's CPU templates (its `CpuTemplate` enum). kobako-vmm applies none of them (it
+/// normalises CPUID its own way, see `arch/cpuid.rs`): only `None` is accepted; any other name
+/// is refused at `PUT`/`PATCH /machine-config` rather than stored and silently not applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CpuTemplate {
+    C3,
+    T2,
+    T2S,
+    T2CL,
+    T2A,
+    V1N1,
+    None,
+}
+
 /// `GET|PUT /machine-config` (the full, stored form).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,7 +87,7 @@ pub struct MachineConfig {
     #[serde(default)]
     pub smt: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_template: Option<String>,
+    pub cpu_template: Option<CpuTemplate>,
     #[serde(default)]
     pub track_dirty_pages: bool,
     #[serde(default)]
@@ -101,7 +115,7 @@ pub struct MachineConfigUpdate {
     pub vcpu_count: Option<u8>,
     pub mem_size_mib: Option<u64>,
     pub smt: Option<bool>,
-    pub cpu_template: Option<String>,
+    pub cpu_template: Option<CpuTemplate>,
     pub track_dirty_pages: Option<bool>,
     pub huge_pages: Option<HugePages>,
 }
@@ -227,6 +241,12 @@ pub struct LoggerConfig {
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     pub metrics_path: PathBuf,
+    /// Each metrics line gets a top-level `"id"`: the instance id (`--id`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub emit_id: bool,
+    /// Operator-defined pairs, written under a top-level `"properties"` on each line.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
 }
 
 /// `PUT /serial` (Firecracker ≥ 1.11): where the guest console goes. kobako extension: a path
@@ -314,12 +334,22 @@ pub struct SnapshotLoadParams {
     pub mem_file_path: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mem_backend: Option<MemBackend>,
+    /// Accepted (Firecracker deprecated it); dirty pages are not tracked, and `Diff` snapshots
+    /// are refused at `PUT /snapshot/create`.
     #[serde(default)]
     pub enable_diff_snapshots: bool,
+    /// As `enable_diff_snapshots`.
     #[serde(default)]
     pub track_dirty_pages: bool,
     #[serde(default)]
     pub resume_vm: bool,
+    /// Only `false`: kvmclock resumes where it was at snapshot time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clock_realtime: bool,
+    /// Memory of a loaded snapshot is a private mapping of its memory file with regular pages:
+    /// `Snapshot` (default) and `None` are that; `Transparent` and `2M` are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub huge_pages: Option<LoadHugePages>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub network_overrides: Vec<NetworkOverride>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -333,7 +363,33 @@ pub struct SnapshotLoadParams {
     pub serial: Option<SerialConfig>,
 }
 
+/// `huge_pages` of `PUT /snapshot/load`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoadHugePages {
+    Snapshot,
+    None,
+    Transparent,
+    #[serde(rename = "2M")]
+    Hugetlbfs2M,
+}
+
 impl SnapshotLoadParams {
+    /// Refuses the load options kobako-vmm does not implement (before anything is read).
+    pub fn check_supported(&self) -> Result<(), ConfigError> {
+        if self.clock_realtime {
+            return Err(ConfigError::NotSupported(
+                "clock_realtime is not supported by kobako-vmm: kvmclock resumes from where it was at snapshot time; load with clock_realtime false (or leave it out).".into(),
+            ));
+        }
+        match self.huge_pages {
+            None | Some(LoadHugePages::Snapshot | LoadHugePages::None) => Ok(()),
+            Some(h) => Err(ConfigError::NotSupported(format!(
+                "huge_pages {:?} on snapshot load is not supported by kobako-vmm: a loaded snapshot's memory is a private mapping of the memory file with regular pages; use \"None\" or \"Snapshot\" (or leave it out).",
+                if h == LoadHugePages::Transparent { "Transparent" } else { "2M" }
+            ))),
+        }
+    }
+
     /// The memory file, from `mem_backend` or `mem_file_path`.
     pub fn memory_file(&self) -> Result<&std::path::Path, ConfigError> {
         match (&self.mem_backend, &self.mem_file_path) {
@@ -455,6 +511,11 @@ fn validate_machine(mc: &MachineConfig) -> Result<(), ConfigError> {
             host_mib,
         });
     }
+    if let Some(t) = mc.cpu_template.filter(|t| *t != CpuTemplate::None) {
+        return Err(ConfigError::NotSupported(format!(
+            "CPU template {t:?} is not supported by kobako-vmm (it applies its own CPUID normalisation, no templates): leave cpu_template out or set it to \"None\"."
+        )));
+    }
     if mc.huge_pages == HugePages::Hugetlbfs2M {
         return Err(ConfigError::NotSupported(
             "huge_pages \"2M\" (hugetlbfs) is not supported yet; use \"None\" or \"Transparent\""
@@ -534,8 +595,10 @@ impl VmResources {
     }
 
     /// `PUT /machine-config`.
-    pub fn set_machine_config(&mut self, mc: MachineConfig) -> Result<(), ConfigError> {
+    pub fn set_machine_config(&mut self, mut mc: MachineConfig) -> Result<(), ConfigError> {
         validate_machine(&mc)?;
+        // "None" is the same as no template.
+        mc.cpu_template = None;
         self.machine = mc;
         Ok(())
     }
@@ -581,9 +644,30 @@ impl VmResources {
                 });
             }
         }
+        for (what, v, ok) in [
+            ("cache_type", &d.cache_type, &["Unsafe", "Writeback"]),
+            ("io_engine", &d.io_engine, &["Sync", "Async"]),
+        ] {
+            if let Some(v) = v.as_deref().filter(|v| !ok.contains(v)) {
+                return Err(ConfigError::Invalid {
+                    what,
+                    why: format!("{v:?}: use {:?} or {:?}", ok[0], ok[1]),
+                });
+            }
+        }
         match (&d.path_on_host, &d.socket) {
-            (Some(p), _) => check_file("path_on_host", p)?,
-            (None, Some(_)) => {}
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    what: "drive",
+                    why: "give path_on_host (a virtio-blk drive) or socket (vhost-user), not both".into(),
+                })
+            }
+            (Some(p), None) => check_file("path_on_host", p)?,
+            (None, Some(_)) => {
+                return Err(ConfigError::NotSupported(
+                    "vhost-user block devices (socket) are not supported by kobako-vmm: give path_on_host, the image file of a virtio-blk drive, instead of socket.".into(),
+                ))
+            }
             (None, None) => {
                 return Err(ConfigError::Invalid {
                     what: "drive",

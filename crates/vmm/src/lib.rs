@@ -281,6 +281,8 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
     if let Some(p) = &a.metrics_path {
         res.metrics = Some(config::MetricsConfig {
             metrics_path: p.clone(),
+            emit_id: false,
+            properties: Default::default(),
         });
     }
 

@@ -563,8 +563,9 @@ impl EventLoop {
         {
             return Err("Loading a snapshot is only allowed before the microVM is configured (logger, metrics and serial may be set): the snapshot brings its own configuration; use network_overrides, vsock_override and drive_overrides to change where it connects.".into());
         }
+        p.check_supported().map_err(|e| e.to_string())?;
         if p.enable_diff_snapshots || p.track_dirty_pages {
-            return Err("Dirty page tracking is not supported by kobako-vmm: load with enable_diff_snapshots and track_dirty_pages false.".into());
+            crate::log_info!("snapshot load: dirty pages are not tracked (Diff snapshots are refused); enable_diff_snapshots/track_dirty_pages ignored");
         }
         let mem_path = p.memory_file().map_err(|e| e.to_string())?.to_path_buf();
         let st = crate::snapshot::read_state(&p.snapshot_path)?;
@@ -740,7 +741,19 @@ impl EventLoop {
             .vm
             .as_ref()
             .and_then(|v| *v.boot_time.lock().unwrap_or_else(|e| e.into_inner()));
-        let line = METRICS.snapshot(boot).to_string() + "\n";
+        let mut v = METRICS.snapshot(boot);
+        if let Some(o) = v.as_object_mut() {
+            if m.emit_id {
+                o.insert("id".into(), self.opts.id.clone().into());
+            }
+            if !m.properties.is_empty() {
+                o.insert(
+                    "properties".into(),
+                    serde_json::to_value(&m.properties).unwrap_or_default(),
+                );
+            }
+        }
+        let line = v.to_string() + "\n";
         match OpenOptions::new()
             .create(true)
             .append(true)

@@ -975,3 +975,196 @@ fn two_thousand_held_api_connections_do_not_kill_the_vmm() {
         "RSS grew from {rss_before} to {rss_flood} KiB"
     );
 }
+
+#[test]
+fn unsupported_options_are_refused_at_put_and_harmless_ones_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let metrics = dir.path().join("metrics.json");
+    let mut child = spawn_api(&sock, &["--id", "opts"]);
+    let config = || json(&http(&sock, "GET", "/vm/config", None).1);
+    let before = config();
+
+    // Snapshot load options first (a load is allowed only before any configuration). Each
+    // is refused before the (missing) files are read; the VMM stays "Not started".
+    let load = |extra: &str| {
+        http(
+            &sock,
+            "PUT",
+            "/snapshot/load",
+            Some(&format!(
+                r#"{{"snapshot_path": "/nonexistent/state", "mem_backend": {{"backend_type": "File", "backend_path": "/nonexistent/mem"}}{extra}}}"#
+            )),
+        )
+    };
+    assert_fault(
+        load(r#", "clock_realtime": true"#),
+        "clock_realtime is not supported",
+    );
+    assert_fault(
+        load(r#", "huge_pages": "2M""#),
+        "huge_pages \"2M\" on snapshot load is not supported",
+    );
+    assert_fault(load(r#", "huge_pages": "Transparent""#), "is not supported");
+    assert_fault(load(r#", "huge_pages": "Bogus""#), "unknown variant");
+    // Harmless ones are accepted: the load gets as far as the missing state file.
+    for extra in [
+        r#", "clock_realtime": false, "huge_pages": "Snapshot""#,
+        r#", "huge_pages": "None""#,
+        r#", "track_dirty_pages": true, "enable_diff_snapshots": true"#,
+    ] {
+        let r = load(extra);
+        assert_eq!(r.0, 400);
+        assert!(r.1.contains("/nonexistent/state"), "{extra}: {}", r.1);
+    }
+    assert_eq!(
+        json(&http(&sock, "GET", "/", None).1)["state"],
+        "Not started"
+    );
+    assert_fault(
+        http(
+            &sock,
+            "PUT",
+            "/snapshot/create",
+            Some(
+                r#"{"snapshot_type": "Diff", "snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#,
+            ),
+        ),
+        "Diff snapshots are not supported",
+    );
+
+    // cpu_template: only Firecracker's names parse, and only "None" is accepted.
+    let mc =
+        |t: &str| format!(r#"{{"vcpu_count": 2, "mem_size_mib": 256, "cpu_template": "{t}"}}"#);
+    assert_fault(
+        http(&sock, "PUT", "/machine-config", Some(&mc("Bogus"))),
+        "unknown variant",
+    );
+    for t in ["T2", "C3", "T2S", "T2CL", "T2A", "V1N1"] {
+        assert_fault(
+            http(&sock, "PUT", "/machine-config", Some(&mc(t))),
+            &format!("CPU template {t} is not supported"),
+        );
+        assert_fault(
+            http(
+                &sock,
+                "PATCH",
+                "/machine-config",
+                Some(&format!(r#"{{"cpu_template": "{t}"}}"#)),
+            ),
+            "is not supported",
+        );
+    }
+    assert_eq!(
+        config(),
+        before,
+        "a refused template changed the configuration"
+    );
+    assert_eq!(
+        http(&sock, "PUT", "/machine-config", Some(&mc("None"))).0,
+        204
+    );
+    let m = json(&http(&sock, "GET", "/machine-config", None).1);
+    assert_eq!(
+        (m["vcpu_count"].as_u64(), m.get("cpu_template")),
+        (Some(2), None)
+    );
+
+    // vhost-user drives are refused at PUT, not at InstanceStart; so are unknown cache/io modes.
+    let img = write(dir.path(), "disk.img", &[0u8; 4096]);
+    for (body, needle) in [
+        (
+            r#"{"drive_id": "vu", "is_root_device": false, "socket": "/run/vhost.sock"}"#
+                .to_string(),
+            "vhost-user block devices (socket) are not supported",
+        ),
+        (
+            format!(
+                r#"{{"drive_id": "vu", "is_root_device": false, "path_on_host": "{}", "socket": "/run/vhost.sock"}}"#,
+                img.display()
+            ),
+            "not both",
+        ),
+        (
+            format!(
+                r#"{{"drive_id": "vu", "is_root_device": false, "path_on_host": "{}", "cache_type": "Bogus"}}"#,
+                img.display()
+            ),
+            "cache_type",
+        ),
+        (
+            format!(
+                r#"{{"drive_id": "vu", "is_root_device": false, "path_on_host": "{}", "io_engine": "Bogus"}}"#,
+                img.display()
+            ),
+            "io_engine",
+        ),
+    ] {
+        assert_fault(http(&sock, "PUT", "/drives/vu", Some(&body)), needle);
+    }
+    assert!(
+        config()
+            .get("drives")
+            .is_none_or(|d| d.as_array().unwrap().is_empty()),
+        "{}",
+        config()
+    );
+    let r = http(
+        &sock,
+        "PUT",
+        "/drives/vu",
+        Some(&format!(
+            r#"{{"drive_id": "vu", "is_root_device": false, "path_on_host": "{}", "cache_type": "Writeback", "io_engine": "Async"}}"#,
+            img.display()
+        )),
+    );
+    assert_eq!(r.0, 204, "{}", r.1);
+
+    // Metrics: emit_id and properties are written on every line.
+    let r = http(
+        &sock,
+        "PUT",
+        "/metrics",
+        Some(&format!(
+            r#"{{"metrics_path": "{}", "emit_id": true, "properties": {{"lab": "l1", "node": "n"}}}}"#,
+            metrics.display()
+        )),
+    );
+    assert_eq!(r.0, 204, "{}", r.1);
+    let r = http(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "FlushMetrics"}"#),
+    );
+    assert_eq!(r.0, 204, "{}", r.1);
+    let line = json(
+        std::fs::read_to_string(&metrics)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    );
+    assert_eq!(line["id"], "opts");
+    assert_eq!(
+        line["properties"],
+        serde_json::json!({"lab": "l1", "node": "n"})
+    );
+
+    // Methods a path does not take and Firecracker endpoints not implemented: 400 (the only
+    // error status Firecracker's API description declares), saying which.
+    assert_fault(
+        http(&sock, "DELETE", "/machine-config", None),
+        "This path takes GET, PUT or PATCH.",
+    );
+    assert_fault(
+        http(
+            &sock,
+            "PUT",
+            "/balloon",
+            Some(r#"{"amount_mib": 1, "deflate_on_oom": true}"#),
+        ),
+        "the memory balloon device is not supported by kobako-vmm",
+    );
+    assert_alive_and_answering(&mut child, &sock);
+}

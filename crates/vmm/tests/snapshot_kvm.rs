@@ -420,12 +420,25 @@ fn bad_snapshots_and_requests_are_refused_and_change_nothing() {
             "PUT",
             "/snapshot/load",
             Some(&format!(
-                r#"{{"snapshot_path": "{}", "mem_file_path": "{}", "enable_diff_snapshots": true}}"#,
+                r#"{{"snapshot_path": "{}", "mem_file_path": "{}", "clock_realtime": true}}"#,
                 s.state.display(),
                 s.mem.display()
             )),
         ),
-        "Dirty page tracking is not supported",
+        "clock_realtime is not supported",
+    );
+    fault(
+        http(
+            &sock,
+            "PUT",
+            "/snapshot/load",
+            Some(&format!(
+                r#"{{"snapshot_path": "{}", "mem_file_path": "{}", "huge_pages": "Transparent"}}"#,
+                s.state.display(),
+                s.mem.display()
+            )),
+        ),
+        "huge_pages \"Transparent\" on snapshot load is not supported",
     );
     // After all that, the same process loads the good snapshot and runs it.
     ok(load(&s.state, &s.mem));

@@ -135,8 +135,59 @@ pub fn route(req: &Request) -> Result<ApiRequest, Response> {
         ("PUT", "drives" | "network-interfaces", None) => {
             return Err(Response::fault(400, "Missing id in the request path."))
         }
-        _ => return Err(invalid(req)),
+        _ => return Err(unrouted(req, first, second)),
     })
+}
+
+/// Endpoints of Firecracker's API that kobako-vmm does not implement (first path segment,
+/// what it is).
+const NOT_IMPLEMENTED: &[(&str, &str)] = &[
+    ("balloon", "the memory balloon device"),
+    ("cpu-config", "custom CPU templates"),
+    ("mmds", "the microVM metadata service (MMDS)"),
+    ("pmem", "virtio-pmem devices"),
+    ("hotplug", "memory hotplug"),
+];
+
+/// The methods each implemented path takes.
+fn methods_of(first: &str, second: Option<&str>) -> Option<&'static str> {
+    Some(match (first, second) {
+        ("" | "version", None) => "GET",
+        ("machine-config", None) => "GET, PUT or PATCH",
+        ("drives" | "network-interfaces", Some(_)) => "PUT or PATCH",
+        ("vm", None) => "PATCH",
+        ("vm", Some("config")) | ("kobako", Some("boot-time")) => "GET",
+        ("snapshot", Some("create" | "load"))
+        | (
+            "boot-source" | "vsock" | "entropy" | "actions" | "metrics" | "logger" | "serial",
+            None,
+        ) => "PUT",
+        _ => return None,
+    })
+}
+
+/// The error for a request no route took: an endpoint kobako-vmm does not implement, a
+/// method the path does not take, or an unknown path. Always 400, as Firecracker answers
+/// (its API description declares only 400 and `default` errors).
+fn unrouted(req: &Request, first: &str, second: Option<&str>) -> Response {
+    let (method, path) = (
+        http::clip(&req.method, 16),
+        http::clip(&req.path, http::MAX_ECHO),
+    );
+    if let Some((_, what)) = NOT_IMPLEMENTED.iter().find(|(p, _)| *p == first) {
+        return Response::fault(
+            400,
+            &format!("{method} {path}: {what} is not supported by kobako-vmm."),
+        );
+    }
+    match methods_of(first, second) {
+        // A known path whose route did not match: the method is not one it takes.
+        Some(m) => Response::fault(
+            400,
+            &format!("Invalid request method and/or path: {method} {path}. This path takes {m}."),
+        ),
+        None => invalid(req),
+    }
 }
 
 fn invalid(req: &Request) -> Response {
@@ -261,5 +312,22 @@ mod tests {
             400
         );
         assert_eq!(route(&req("GET", "/nope/a/b", "")).unwrap_err().status, 400);
+        let msg = |r: Response| r.body.unwrap();
+        assert!(msg(route(&req("PUT", "/balloon", "{}")).unwrap_err())
+            .contains("the memory balloon device is not supported by kobako-vmm"));
+        assert!(
+            msg(route(&req("GET", "/mmds", "")).unwrap_err()).contains("(MMDS) is not supported")
+        );
+        assert!(
+            msg(route(&req("DELETE", "/machine-config", "")).unwrap_err())
+                .contains("This path takes GET, PUT or PATCH.")
+        );
+        assert!(
+            msg(route(&req("GET", "/actions", "")).unwrap_err()).contains("This path takes PUT.")
+        );
+        assert!(
+            msg(route(&req("GET", "/drives/x", "")).unwrap_err()).contains("takes PUT or PATCH")
+        );
+        assert!(!msg(route(&req("GET", "/nope", "")).unwrap_err()).contains("takes"));
     }
 }
