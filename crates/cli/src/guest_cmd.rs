@@ -522,7 +522,6 @@ impl Dest {
 /// bytes and `MAX_ENTRIES` entries. Returns how many entries were refused (each named on
 /// stderr).
 async fn download_dir(c: &AgentClient, src: &str, dst: &Path) -> Result<usize> {
-    use std::os::fd::AsFd;
     use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir(dst).with_context(|| format!("{}", dst.display()))?;
@@ -557,24 +556,20 @@ async fn download_dir(c: &AgentClient, src: &str, dst: &Path) -> Result<usize> {
             FileKind::File => match dest.create(&rel) {
                 Err(err) => Err(err.into()),
                 Ok(f) => {
+                    // The permissions are set through the descriptor written: no path to swap.
+                    let mine = f.try_clone();
                     let w = tokio::io::BufWriter::new(tokio::fs::File::from_std(f));
-                    match c.get_file(&remote, budget, w, &|_| {}).await {
-                        Ok((n, _, info)) => {
-                            budget -= n;
-                            // Through the fd just written: no path to swap.
-                            let f = std::fs::File::from(dest.parent(&rel).and_then(|(d, _)| {
-                                openat2(
-                                    d.as_fd(),
-                                    Path::new(rel.file_name().unwrap_or_default()),
-                                    libc::O_RDONLY | libc::O_NOFOLLOW,
-                                    0,
-                                    BENEATH,
-                                )
-                            })?);
-                            f.set_permissions(std::fs::Permissions::from_mode(info.mode & 0o777))
+                    match (c.get_file(&remote, budget, w, &|_| {}).await, mine) {
+                        (Ok((n, _, info)), Ok(mine)) => {
+                            budget = budget.saturating_sub(n);
+                            mine.set_permissions(std::fs::Permissions::from_mode(info.mode & 0o777))
                                 .map_err(Into::into)
                         }
-                        Err(err) => {
+                        (Ok(_), Err(err)) => {
+                            dest.remove(&rel);
+                            Err(err.into())
+                        }
+                        (Err(err), _) => {
                             dest.remove(&rel);
                             Err(err.into())
                         }
