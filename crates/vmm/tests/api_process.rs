@@ -1168,3 +1168,33 @@ fn unsupported_options_are_refused_at_put_and_harmless_ones_accepted() {
     );
     assert_alive_and_answering(&mut child, &sock);
 }
+
+#[test]
+fn client_that_never_reads_its_answers_does_not_block_the_api() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let mut child = spawn_api(&sock, &[]);
+    // Pipelined requests whose answers (~3 MB) fill the socket buffers: the client never reads.
+    let mut stuck = UnixStream::connect(&sock).unwrap();
+    stuck.set_nonblocking(true).unwrap();
+    let req = b"GET /machine-config HTTP/1.1\r\n\r\n".repeat(20_000);
+    let mut sent = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while sent < req.len() && std::time::Instant::now() < deadline {
+        match stuck.write(&req[sent..]) {
+            Ok(n) => sent += n,
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    // Another client is still answered, at once.
+    let t = std::time::Instant::now();
+    assert_alive_and_answering(&mut child, &sock);
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    eprintln!(
+        "sent {sent} bytes of pipelined requests; RSS {} KiB",
+        vm_rss_kib(child.id())
+    );
+    drop(stuck);
+    assert_alive_and_answering(&mut child, &sock);
+}

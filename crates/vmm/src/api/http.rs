@@ -222,6 +222,15 @@ struct Conn {
     buf: Vec<u8>,
     /// `100 Continue` already sent for the request at the front of `buf`.
     continued: bool,
+    /// Answer bytes the socket has not taken yet. While any are left the connection is
+    /// watched for writability only and nothing more is read or parsed from it, so a client
+    /// that sends requests without reading the answers holds one answer here, never blocks
+    /// the API thread and never makes it buffer more.
+    out: Vec<u8>,
+    /// Close once `out` is written.
+    close_after: bool,
+    /// The connection is registered for `OUT` (else for `IN`).
+    writing: bool,
 }
 
 const LISTENER: u64 = u64::MAX;
@@ -261,11 +270,7 @@ pub fn serve(
                     }
                     let fd = s.as_raw_fd();
                     if epoll
-                        .ctl(
-                            ControlOperation::Add,
-                            fd,
-                            EpollEvent::new(EventSet::IN | EventSet::READ_HANG_UP, fd as u64),
-                        )
+                        .ctl(ControlOperation::Add, fd, interest(fd, false))
                         .is_ok()
                     {
                         conns.insert(
@@ -274,6 +279,9 @@ pub fn serve(
                                 stream: s,
                                 buf: Vec::new(),
                                 continued: false,
+                                out: Vec::new(),
+                                close_after: false,
+                                writing: false,
                             },
                         );
                     }
@@ -282,7 +290,17 @@ pub fn serve(
             }
             let fd = ev.data() as RawFd;
             let keep = match conns.get_mut(&fd) {
-                Some(c) => service(c, &mut handle),
+                Some(c) => {
+                    let mut keep = service(c, &mut handle);
+                    let want_out = !c.out.is_empty();
+                    if keep && want_out != c.writing {
+                        c.writing = want_out;
+                        keep = epoll
+                            .ctl(ControlOperation::Modify, fd, interest(fd, want_out))
+                            .is_ok();
+                    }
+                    keep
+                }
                 None => false,
             };
             if !keep {
@@ -298,6 +316,17 @@ pub fn serve(
     }
 }
 
+/// What to wait for on a connection: readable (or the peer's half-close), or writable while
+/// an answer is pending (not the half-close then: it would wake us in a loop).
+fn interest(fd: RawFd, writing: bool) -> EpollEvent {
+    let set = if writing {
+        EventSet::OUT
+    } else {
+        EventSet::IN | EventSet::READ_HANG_UP
+    };
+    EpollEvent::new(set, fd as u64)
+}
+
 fn busy() -> Response {
     Response::fault(
         503,
@@ -305,17 +334,40 @@ fn busy() -> Response {
     )
 }
 
-fn write_all_blocking(s: &mut UnixStream, bytes: &[u8]) -> io::Result<()> {
-    // Responses are small; switch to blocking for the write so a full socket buffer does not
-    // drop part of a response.
-    s.set_nonblocking(false)?;
-    let r = s.write_all(bytes);
-    s.set_nonblocking(true)?;
-    r
+/// Writes what the socket takes now; Err = the connection is broken.
+fn flush(c: &mut Conn) -> io::Result<()> {
+    while !c.out.is_empty() {
+        match c.stream.write(&c.out) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                c.out.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
-/// Reads what is available and answers complete requests; false = close the connection.
+/// Queues `bytes` and writes what the socket takes; false = the connection is broken.
+fn send(c: &mut Conn, bytes: &[u8]) -> bool {
+    c.out.extend_from_slice(bytes);
+    flush(c).is_ok()
+}
+
+/// Writes pending answer bytes, reads what is available and answers complete requests, one
+/// at a time; false = close the connection.
 fn service(c: &mut Conn, handle: &mut impl FnMut(Request) -> Response) -> bool {
+    if flush(c).is_err() {
+        return false;
+    }
+    if !c.out.is_empty() {
+        return true;
+    }
+    if c.close_after {
+        return false;
+    }
     let mut tmp = [0u8; 4096];
     let mut eof = false;
     loop {
@@ -341,28 +393,36 @@ fn service(c: &mut Conn, handle: &mut impl FnMut(Request) -> Response) -> bool {
             Parse::NeedContinue => {
                 if !c.continued {
                     c.continued = true;
-                    if write_all_blocking(&mut c.stream, b"HTTP/1.1 100 Continue\r\n\r\n").is_err()
-                    {
+                    if !send(c, b"HTTP/1.1 100 Continue\r\n\r\n") {
                         return false;
                     }
                 }
                 break;
             }
             Parse::Bad(resp) => {
-                let _ = write_all_blocking(&mut c.stream, &resp.to_bytes(true));
-                return false;
+                c.close_after = true;
+                return send(c, &resp.to_bytes(true)) && !c.out.is_empty();
             }
             Parse::Done(req, used) => {
                 c.buf.drain(..used);
                 c.continued = false;
                 let close = req.close;
                 let resp = handle(req);
-                if write_all_blocking(&mut c.stream, &resp.to_bytes(close)).is_err() || close {
+                if !send(c, &resp.to_bytes(close)) {
                     return false;
+                }
+                if close {
+                    c.close_after = true;
+                    return !c.out.is_empty();
+                }
+                if !c.out.is_empty() {
+                    // The rest waits until the client has taken this answer.
+                    return true;
                 }
             }
         }
     }
+    // A client that half-closed after its requests still gets pending answers (none here).
     !eof
 }
 
