@@ -136,6 +136,7 @@ mod tests {
             role,
             max_vms: None,
             max_memory_mib: None,
+            max_disk_mib: None,
             created_ms: 0,
         }
     }

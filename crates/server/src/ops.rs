@@ -227,14 +227,22 @@ impl LabOp {
 /// Starts `op` in a task. 409 when this server already runs an operation on the lab or
 /// another process holds the lab's lock (the controller takes that lock itself while it
 /// works, so it is only probed here).
+///
+/// `hold` (the quota reserved for the VMs `op` starts) is kept until the operation ends: by
+/// then the lab's stored state counts them (or they failed and count no more).
 pub async fn start_lab_op(
     state: &AppState,
     lab: String,
     op: LabOp,
     user: String,
+    hold: Option<Reservation>,
 ) -> ApiResult<Operation> {
     start_lab_task(state, lab, op.kind(), user, move |st, db, lab, progress| {
-        Box::pin(async move { run_lab_op(&st, &db, &lab, op, &progress).await })
+        Box::pin(async move {
+            let r = run_lab_op(&st, &db, &lab, op, &progress).await;
+            drop(hold);
+            r
+        })
     })
     .await
 }
@@ -321,6 +329,108 @@ pub async fn start_task(
         finish(&db, &id, lab.as_deref(), r);
     });
     Ok(operation)
+}
+
+// ---- quota reservations ------------------------------------------------------------------
+
+/// Resources counted against a user's quota.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub vms: i64,
+    pub memory_mib: i64,
+    pub disk_mib: i64,
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, o: Usage) {
+        self.vms += o.vms;
+        self.memory_mib += o.memory_mib;
+        self.disk_mib += o.disk_mib;
+    }
+}
+
+/// What a reservation is for. While one is held, it stands for the thing it names (a lab's
+/// VMs, a function's clones): the stored state of that thing is not counted beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Claim {
+    /// The VMs of a lab being brought up, restarted or restored.
+    Lab(String),
+    /// The clones of a function being deployed.
+    Function(String),
+    /// Disk a checkpoint or capture being written may take (named for messages).
+    Disk(String),
+}
+
+struct Reserved {
+    owner: String,
+    claim: Claim,
+    usage: Usage,
+}
+
+#[derive(Default)]
+struct Table {
+    next: u64,
+    held: std::collections::HashMap<u64, Reserved>,
+}
+
+/// Quota held back by requests between their check and the moment what they start is counted
+/// from the store (the end of their operation). Checking and reserving happen under one lock
+/// ([`reservations`]), so two requests never both take the last of a quota.
+fn table() -> &'static std::sync::Mutex<Table> {
+    static T: std::sync::OnceLock<std::sync::Mutex<Table>> = std::sync::OnceLock::new();
+    T.get_or_init(Default::default)
+}
+
+/// The reservation table, locked: read what is held, then [`Reservations::reserve`] before
+/// letting go, so the check and the reservation are one step.
+pub struct Reservations(std::sync::MutexGuard<'static, Table>);
+
+/// Locks the reservation table (short: callers read the store and decide while holding it).
+pub fn reservations() -> Reservations {
+    Reservations(table().lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+impl Reservations {
+    /// `owner`'s reservations: what each is for and holds.
+    pub fn of(&self, owner: &str) -> Vec<(Claim, Usage)> {
+        self.0
+            .held
+            .values()
+            .filter(|r| r.owner == owner)
+            .map(|r| (r.claim.clone(), r.usage))
+            .collect()
+    }
+
+    /// Holds `usage` of `owner`'s quota for `claim` until the returned value is dropped.
+    pub fn reserve(&mut self, owner: &str, claim: Claim, usage: Usage) -> Reservation {
+        self.0.next += 1;
+        let id = self.0.next;
+        self.0.held.insert(
+            id,
+            Reserved {
+                owner: owner.to_string(),
+                claim,
+                usage,
+            },
+        );
+        Reservation { id }
+    }
+}
+
+/// Quota held for a request until dropped (move it into the operation's task).
+#[derive(Debug)]
+pub struct Reservation {
+    id: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        table()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .held
+            .remove(&self.id);
+    }
 }
 
 /// The progress sink of a running operation.
@@ -475,10 +585,30 @@ where
     Ok(operation)
 }
 
+/// Marks `lab` busy (as an operation does) until the returned guard is dropped: 409 while an
+/// operation of this server changes it.
+pub(crate) fn hold_lab(state: &AppState, lab: &str) -> ApiResult<BusyGuard> {
+    if !state
+        .busy
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(lab.to_string())
+    {
+        return Err(ApiError::conflict(format!(
+            "lab '{lab}' is being changed by another operation: wait for it (GET /api/v1/operations)"
+        )));
+    }
+    Ok(BusyGuard {
+        set: state.busy.clone(),
+        lab: lab.to_string(),
+    })
+}
+
 /// Labs with an operation running in this server.
 pub type Busy = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
 
-struct BusyGuard {
+/// A lab marked busy until dropped.
+pub(crate) struct BusyGuard {
     set: Busy,
     lab: String,
 }

@@ -131,6 +131,24 @@ pub fn delete(lab: &str, name: &str) -> Result<()> {
     std::fs::remove_dir_all(&d).map_err(|e| LabError::Other(format!("{}: {e}", d.display())))
 }
 
+/// Deletes every checkpoint of `lab` (memory images, device states, disk copies) and what
+/// an interrupted one left (staging directories): the lab is being deleted. Returns how many
+/// checkpoints there were.
+pub fn delete_all(lab: &str) -> Result<usize> {
+    if lab.is_empty() || lab.starts_with('.') || lab.contains(['/', '\\', '\0']) {
+        return Err(LabError::Other(format!(
+            "lab name '{lab}' is not a directory name"
+        )));
+    }
+    let d = root(lab);
+    let n = list(lab)?.len();
+    match std::fs::remove_dir_all(&d) {
+        Ok(()) => Ok(n),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(LabError::Other(format!("{}: {e}", d.display()))),
+    }
+}
+
 /// Takes checkpoint `name` of the running lab `lab`.
 pub async fn checkpoint(
     rt: Arc<dyn Runtime>,

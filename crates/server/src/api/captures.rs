@@ -264,6 +264,21 @@ pub async fn start_capture(
         "cap-{}",
         crate::auth::random_token(8).replace(['-', '_'], "x")
     );
+    // The file may grow to what is left of the caller's disk quota (at most MAX_BYTES); that
+    // much is held until the capture ends.
+    let (c, what) = (
+        caller.clone(),
+        format!("capture of link '{link}' of lab '{lab}'"),
+    );
+    let claim = ops::Claim::Disk(format!("capture {id}"));
+    let (cap_mib, hold) = st
+        .db
+        .run(move |db| {
+            super::labs::disk_reserve_upto(db, &c, claim, (MAX_BYTES >> 20) as i64, &what)
+        })
+        .await?;
+    let cap_bytes = (cap_mib.max(1) as u64) << 20;
+    let cap_bytes = cap_bytes.min(MAX_BYTES);
     let d = dir(&st, &lab);
     let path = d.join(format!("{id}.pcapng"));
     let written = Arc::new(AtomicU64::new(0));
@@ -282,7 +297,7 @@ pub async fn start_capture(
         let sink = Capped {
             f,
             written: w2,
-            cap: MAX_BYTES,
+            cap: cap_bytes,
             full: f2,
         };
         let opts = kobako_net::capture::CaptureOptions {
@@ -341,6 +356,7 @@ pub async fn start_capture(
         user,
         move |_st, _db, _lab, progress| {
             Box::pin(async move {
+                let _hold = hold;
                 let mut info = i2;
                 info.operation = rx.await.unwrap_or_default();
                 let d = d.clone();

@@ -101,7 +101,7 @@ pub async fn create_checkpoint(
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<NewCheckpoint>,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
-    lab_for(&st, &caller, &name, true).await?;
+    let row = lab_for(&st, &caller, &name, true).await?;
     check_name(&body.name)?;
     if list_of(name.clone())
         .await?
@@ -113,6 +113,23 @@ pub async fn create_checkpoint(
             body.name
         )));
     }
+    // A checkpoint takes at least every VM's memory of disk: that much of the caller's disk
+    // quota is held while it is written (then the checkpoint's real size counts).
+    let spec: kobako_lab::spec::Lab =
+        serde_json::from_value(row.spec.clone()).map_err(ApiError::internal)?;
+    let want = ops::Usage {
+        disk_mib: super::labs::lab_usage(&spec).memory_mib.max(1),
+        ..Default::default()
+    };
+    let (c, what) = (
+        caller.clone(),
+        format!("checkpoint '{}' of lab '{name}'", body.name),
+    );
+    let claim = ops::Claim::Disk(what.clone());
+    let hold = st
+        .db
+        .run(move |db| super::labs::quota_reserve(db, &c, claim, want, &what))
+        .await?;
     let rt = st.hooks.runtime.clone();
     let cp = body.name;
     let o = ops::start_lab_task(
@@ -122,6 +139,7 @@ pub async fn create_checkpoint(
         caller.name().to_string(),
         move |_, _, lab, progress| {
             Box::pin(async move {
+                let _hold = hold;
                 let info = checkpoint::checkpoint(rt, &lab, &cp, &progress)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -158,8 +176,12 @@ pub async fn restore_checkpoint(
     caller: Caller,
     ApiPath((name, cp)): ApiPath<(String, String)>,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
-    lab_for(&st, &caller, &name, true).await?;
+    let row = lab_for(&st, &caller, &name, true).await?;
     existing(&name, &cp).await?;
+    // Restoring boots every VM of the lab: counted against the quota like `up`.
+    let spec: kobako_lab::spec::Lab =
+        serde_json::from_value(row.spec.clone()).map_err(ApiError::internal)?;
+    let hold = super::labs::reserve_lab(&st, &caller, &spec).await?;
     let rt = st.hooks.runtime.clone();
     let o = ops::start_lab_task(
         &st,
@@ -168,6 +190,7 @@ pub async fn restore_checkpoint(
         caller.name().to_string(),
         move |_, _, lab, progress| {
             Box::pin(async move {
+                let _hold = hold;
                 let report = checkpoint::restore(rt, &lab, &cp, &progress)
                     .await
                     .map_err(|e| e.to_string())?;

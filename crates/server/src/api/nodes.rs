@@ -62,6 +62,12 @@ async fn run(
         if target.contains('.') { "vm" } else { "node" },
         action.verb()
     );
+    // Starting VMs counts the whole lab against the caller's quota (as `up` does), held
+    // until the operation ends.
+    let hold = match action {
+        Action::Stop => None,
+        Action::Start | Action::Restart => super::labs::reserve_lab(&st, &caller, &spec).await?,
+    };
     let user = caller.name().to_string();
     let o = ops::start_lab_task(
         &st,
@@ -70,6 +76,7 @@ async fn run(
         user.clone(),
         move |st, _db, lab, progress| {
             Box::pin(async move {
+                let _hold = hold;
                 let rt = st.hooks.runtime.clone();
                 let resolver = st.hooks.resolver.clone();
                 match action {
