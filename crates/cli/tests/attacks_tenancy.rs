@@ -499,3 +499,142 @@ fn member_checkpoint_beyond_the_disk_quota_is_refused() {
     );
     assert_ne!(v["error"]["code"], "quota_exceeded", "{s} {v}");
 }
+
+/// Labs that each fit the quota alone, brought up all at once: exactly as many start as fit
+/// together, the others are refused before anything starts (tiny VMs).
+#[test]
+fn concurrent_lab_ups_beyond_the_quota_start_only_what_fits() {
+    let srv = Server::start();
+    let admin = admin(&srv);
+    let ann = member(
+        &srv,
+        &admin,
+        "ann",
+        json!({"max_vms": 2, "max_memory_mib": 1024}),
+    );
+    let labs: Vec<String> = (0..5).map(|i| format!("race{i}")).collect();
+    for l in &labs {
+        create_lab(&srv, &ann, &one_vm_lab(l, "64M"));
+    }
+    let go = std::sync::Arc::new(std::sync::Barrier::new(labs.len()));
+    let srv = std::sync::Arc::new(srv);
+    let answers: Vec<(String, u16, Value)> = labs
+        .iter()
+        .map(|l| {
+            let (srv, go, ann, l) = (srv.clone(), go.clone(), ann.clone(), l.clone());
+            std::thread::spawn(move || {
+                go.wait();
+                let (s, v) = srv.call("POST", &format!("/labs/{l}/up"), Some(&ann), None);
+                (l, s, v)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let started: Vec<_> = answers.iter().filter(|a| a.1 == 202).collect();
+    assert_eq!(started.len(), 2, "exactly the quota starts: {answers:?}");
+    for (_, s, v) in answers.iter().filter(|a| a.1 != 202) {
+        assert_quota_exceeded(*s, v, "max_vms");
+    }
+    for (_, _, op) in &started {
+        let done = srv.wait_op(&ann, op, Duration::from_secs(120));
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
+    // Once they run, they are counted from the store: still no room.
+    let refused: Vec<&String> = labs
+        .iter()
+        .filter(|l| !started.iter().any(|a| &a.0 == *l))
+        .collect();
+    let (s, v) = srv.call(
+        "POST",
+        &format!("/labs/{}/up", refused[0]),
+        Some(&ann),
+        None,
+    );
+    assert_quota_exceeded(s, &v, "max_vms");
+    for l in &refused {
+        let (_, lab) = srv.call("GET", &format!("/labs/{l}"), Some(&ann), None);
+        assert_eq!(
+            lab["state"], "pending",
+            "a refused lab started nothing: {lab}"
+        );
+    }
+    for (l, _, _) in &started {
+        down(&srv, &ann, l);
+    }
+}
+
+/// Two tiny VMs joined by link `l1`.
+fn linked_lab(name: &str) -> String {
+    format!(
+        "name: {name}\ndefaults: {{ image: tiny, memory: 64M }}\nnodes:\n  a:\n    vms:\n      x: {{ interfaces: {{ eth1: {{ addresses: [10.77.0.1/30] }} }} }}\n  b:\n    vms:\n      y: {{ interfaces: {{ eth1: {{ addresses: [10.77.0.2/30] }} }} }}\nlinks:\n  - {{ name: l1, endpoints: [\"a.x:eth1\", \"b.y:eth1\"] }}\n"
+    )
+}
+
+/// The same attack as [`deleted_lab_leaves_nothing_to_a_member_who_takes_its_name`] with a
+/// checkpoint and a capture made by real VMs (tiny).
+#[test]
+fn deleted_lab_real_checkpoint_and_capture_do_not_reach_the_next_owner_of_its_name() {
+    let srv = Server::start();
+    let admin = admin(&srv);
+    let ann = member(&srv, &admin, "ann", json!({}));
+    let bob = member(&srv, &admin, "bob", json!({}));
+    create_lab(&srv, &ann, &linked_lab("x"));
+    let (s, op) = srv.call("POST", "/labs/x/up", Some(&ann), None);
+    assert_eq!(s, 202, "{op}");
+    let done = srv.wait_op(&ann, &op, Duration::from_secs(120));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (s, op) = srv.call(
+        "POST",
+        "/labs/x/checkpoints",
+        Some(&ann),
+        Some(Body::Json(json!({"name": "c1"}))),
+    );
+    assert_eq!(s, 202, "{op}");
+    let done = srv.wait_op(&ann, &op, Duration::from_secs(120));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (s, cap) = srv.call(
+        "POST",
+        "/labs/x/links/l1/captures",
+        Some(&ann),
+        Some(Body::Json(json!({"duration_s": 0.5}))),
+    );
+    assert_eq!(s, 202, "{cap}");
+    let done = srv.wait_op(
+        &ann,
+        &json!({"id": cap["operation"]}),
+        Duration::from_secs(30),
+    );
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let cap_id = cap["id"].as_str().unwrap().to_string();
+    let cp_dir = srv.state.path().join("checkpoints/x");
+    let cap_dir = srv.state.path().join("server/captures/x");
+    assert!(cp_dir.join("c1").exists() && cap_dir.exists());
+    down(&srv, &ann, "x");
+    let (s, v) = srv.call("DELETE", "/labs/x", Some(&ann), None);
+    assert_eq!(s, 204, "{v}");
+    assert!(
+        gone(&cp_dir) && gone(&cap_dir),
+        "checkpoint and capture files are removed"
+    );
+
+    create_lab(&srv, &bob, &linked_lab("x"));
+    assert!(list(&srv, &bob, "/labs/x/checkpoints").is_empty());
+    assert!(list(&srv, &bob, "/labs/x/captures").is_empty());
+    let (s, _) = srv.call(
+        "GET",
+        &format!("/labs/x/captures/{cap_id}"),
+        Some(&bob),
+        None,
+    );
+    assert_eq!(s, 404);
+    let (s, _) = srv.call("POST", "/labs/x/checkpoints/c1/restore", Some(&bob), None);
+    assert_eq!(s, 404);
+    assert!(list(&srv, &bob, "/operations").is_empty());
+    let ev = events_of(&srv, &bob, "x");
+    assert!(
+        ev.iter().all(|e| e["kind"] == "lab.created"),
+        "bob sees only his own lab's events: {ev:?}"
+    );
+}
