@@ -193,13 +193,6 @@ pub type Resolver = dyn Fn(&Vm, &str) -> std::result::Result<kobako_runtime::con
     + Send
     + Sync;
 
-/// Finds the runtime name of a VM as a user types it: a runtime name (`lab.node.vm`, or any
-/// single VM's name), `lab/node.vm`, or `node.vm` when exactly one lab has that VM (`lab`
-/// narrows the search). The error says what exists.
-pub fn resolve_vm(s: &str, lab: Option<&str>) -> Result<String> {
-    if let Some((l, v)) = s.split_once('/') {
-        return resolve_vm(v, Some(l));
-    }
 /// The runtime name of VM `s` of lab `lab`, and of no other lab: `node.vm`, or `lab/node.vm`
 /// / `lab.node.vm` naming this same lab. Scenario steps (YAML and WASM) resolve their VMs
 /// here: a name that points anywhere else (another lab's prefix, an extra `/` or `.`, `..`,
@@ -233,6 +226,13 @@ pub fn resolve_in_lab(lab: &str, s: &str) -> Result<String> {
     }
 }
 
+/// Finds the runtime name of a VM as a user types it: a runtime name (`lab.node.vm`, or any
+/// single VM's name), `lab/node.vm`, or `node.vm` when exactly one lab has that VM (`lab`
+/// narrows the search). The error says what exists.
+pub fn resolve_vm(s: &str, lab: Option<&str>) -> Result<String> {
+    if let Some((l, v)) = s.split_once('/') {
+        return resolve_vm(v, Some(l));
+    }
     if lab.is_none() && kobako_runtime::VmDir::for_name(s).exists() {
         return Ok(s.to_string());
     }
