@@ -511,11 +511,12 @@ function enc(s: string): string {
   return encodeURIComponent(s);
 }
 
-/** A WebSocket URL on this server with the access token in the query (browsers cannot set
- * headers on WebSockets). */
-export function wsUrl(path: string, query: Record<string, string> = {}): string {
+/** A WebSocket URL on this server with a single-use ticket in the query (browsers cannot set
+ * headers on WebSockets; a ticket, unlike the access token, is worthless once used). */
+export async function wsUrl(path: string, query: Record<string, string> = {}): Promise<string> {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
-  const q = new URLSearchParams({ ...query, access_token: accessToken() ?? "" });
+  const { ticket } = await request<{ ticket: string }>("POST", "/auth/ticket");
+  const q = new URLSearchParams({ ...query, ticket });
   return `${proto}//${location.host}/api/v1${path}?${q}`;
 }
 

@@ -1,6 +1,8 @@
 // The server's event stream (SSE, /api/v1/events): one EventSource for the page, resumed
 // after the last event id when it has to be reopened (new access token, server restart).
-import { accessToken, onSession } from "./api";
+// EventSource cannot send an Authorization header: each opening trades the access token for a
+// single-use ticket (POST /auth/ticket), so no token ends up in a URL (or a proxy's log).
+import { accessToken, onSession, request } from "./api";
 
 export interface KEvent {
   id: number;
@@ -17,6 +19,7 @@ let es: EventSource | null = null;
 let lastId: number | null = null;
 let retry: number | undefined;
 let token: string | null = null;
+let opening = 0;
 
 const KINDS = [
   "lab.state",
@@ -30,11 +33,21 @@ const KINDS = [
   "message",
 ];
 
-function open() {
+async function open() {
   close();
   token = accessToken();
   if (!token || listeners.size === 0) return;
-  const q = new URLSearchParams({ access_token: token });
+  const mine = ++opening;
+  let ticket: string;
+  try {
+    ticket = (await request<{ ticket: string }>("POST", "/auth/ticket")).ticket;
+  } catch {
+    if (mine === opening) retry = window.setTimeout(open, 1000);
+    return;
+  }
+  // Closed, or opened again, while the ticket was on its way.
+  if (mine !== opening || listeners.size === 0) return;
+  const q = new URLSearchParams({ ticket });
   if (lastId !== null) q.set("after", String(lastId));
   const src = new EventSource(`/api/v1/events?${q}`);
   es = src;
@@ -49,9 +62,11 @@ function open() {
   };
   for (const k of KINDS) src.addEventListener(k, handle as EventListener);
   src.onerror = () => {
-    // The browser retries by itself while the stream is CONNECTING; a refused request
-    // (expired token, server gone) closes it: reopen with the current token.
-    if (src.readyState === EventSource.CLOSED && es === src) {
+    // The browser retries by itself with the same (used-up) ticket, which is refused: the
+    // stream is CLOSED then (also after an expired token, the server gone, or the server
+    // ending the session): reopen with a new ticket.
+    if (src.readyState !== EventSource.OPEN && es === src) {
+      src.close();
       window.clearTimeout(retry);
       retry = window.setTimeout(open, 1000);
     }
@@ -59,6 +74,7 @@ function open() {
 }
 
 function close() {
+  opening++;
   window.clearTimeout(retry);
   es?.close();
   es = null;

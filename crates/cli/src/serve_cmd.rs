@@ -52,6 +52,12 @@ pub struct ServeArgs {
     /// OpenID Connect: the ID token claim naming the kobako user (then `email`'s local part).
     #[arg(long, default_value = "preferred_username")]
     pub oidc_username_claim: String,
+    /// Admit only users whose verified email is in this domain (repeat for several).
+    #[arg(long = "oidc-allowed-domain", requires = "oidc_issuer")]
+    pub oidc_allowed_domains: Vec<String>,
+    /// Admit only users whose `groups` claim holds this group (repeat for several).
+    #[arg(long = "oidc-allowed-group", requires = "oidc_issuer")]
+    pub oidc_allowed_groups: Vec<String>,
 }
 
 /// `kobako serve`.
@@ -78,6 +84,8 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
                 role,
                 redirect_url: a.oidc_redirect_url,
                 username_claim: a.oidc_username_claim,
+                allowed_domains: a.oidc_allowed_domains,
+                allowed_groups: a.oidc_allowed_groups,
             })
         }
         _ => None,
@@ -116,10 +124,11 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
                 sock.display()
             );
         }
-        if let Some(pw) = &s.admin_password {
+        if s.admin_password.is_some() {
+            // The password itself never goes to stderr (journals and log files keep it).
             let file = kobako_server::server_dir(&state_dir).join("initial-admin-password");
             eprintln!(
-                "  first start: created user 'admin' with password {pw}\n  (also in {}; change it with `kobako user passwd admin`)",
+                "  first start: created user 'admin'; its password is in {} (mode 0600, root only; change it with `kobako user passwd admin`)",
                 file.display()
             );
         }

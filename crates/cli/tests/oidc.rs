@@ -227,6 +227,8 @@ struct Server {
     port: u16,
     child: Child,
     agent: ureq::Agent,
+    /// The browser's login binding cookie (`kobako_oidc`), as the last login set it.
+    cookie: Mutex<Option<String>>,
 }
 
 impl Drop for Server {
@@ -264,6 +266,7 @@ impl Server {
             port,
             child,
             agent: ureq::agent(),
+            cookie: Mutex::new(None),
         };
         loop {
             if cert.exists() {
@@ -299,6 +302,9 @@ impl Server {
         if let Some(t) = token {
             r = r.set("authorization", &format!("Bearer {t}"));
         }
+        if let Some(c) = self.cookie.lock().unwrap().as_deref() {
+            r = r.set("cookie", &format!("kobako_oidc={c}"));
+        }
         let resp = match r.call() {
             Ok(r) | Err(ureq::Error::Status(_, r)) => r,
             Err(e) => panic!("GET {path}: {e}"),
@@ -322,6 +328,18 @@ fn authorize(srv: &Server, idp: &Idp, claims: Value, hs256: Option<&str>) -> (St
             Ok(r) | Err(ureq::Error::Status(_, r)) => r,
             Err(e) => panic!("login: {e}"),
         };
+        // The browser keeps the login's binding cookie.
+        if let Some(c) = resp.header("set-cookie") {
+            assert!(
+                c.contains("HttpOnly") && c.contains("Secure") && c.contains("SameSite=Lax"),
+                "{c}"
+            );
+            let v = c
+                .strip_prefix("kobako_oidc=")
+                .and_then(|r| r.split(';').next())
+                .unwrap_or_else(|| panic!("{c}"));
+            *srv.cookie.lock().unwrap() = Some(v.to_string());
+        }
         (
             resp.status(),
             resp.header("location").map(str::to_string),
@@ -619,4 +637,188 @@ fn a_non_https_issuer_is_refused_at_start() {
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("must be an https:// URL"), "{e}");
+}
+
+// ---- attacks on the login flow (issue 17 item 7) ---------------------------------------------
+
+/// A server signing in at `idp` (client `kobako` with the provider's secret), and `extra` flags.
+fn idp_server(idp: &Idp, extra: &[&str]) -> Server {
+    let secret = idp._dir.path().join("client-secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let secret = secret.to_str().unwrap().to_string();
+    let mut args = vec![
+        "--oidc-issuer",
+        &idp.url,
+        "--oidc-client-id",
+        "kobako",
+        "--oidc-client-secret-file",
+        &secret,
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+/// Users (name list) as the admin sees them.
+fn user_names(srv: &Server) -> Vec<String> {
+    let pw =
+        std::fs::read_to_string(srv.state.path().join("server/initial-admin-password")).unwrap();
+    let r = srv
+        .agent
+        .post(&srv.url("/auth/login"))
+        .send_json(json!({"username": "admin", "password": pw.trim()}))
+        .unwrap();
+    let at = r.into_json::<Value>().unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, _, users) = srv.get("/users", Some(&at));
+    serde_json::from_str::<Value>(&users)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn callback(srv: &Server, code: &str, state: &str) -> (u16, String) {
+    let (s, _, body) = srv.get(
+        &format!("/auth/oidc/callback?code={code}&state={state}"),
+        None,
+    );
+    (s, body)
+}
+
+/// Login CSRF: the attacker starts a login in their own browser, signs in at the provider as
+/// themselves, and makes the victim's browser open the callback link (code and state): the
+/// victim would be signed in to the attacker's account. The state is bound to the browser that
+/// started it, so the link fails in any other browser (without the cookie, or with its own).
+#[test]
+fn oidc_login_started_in_another_browser_is_refused() {
+    let idp = Idp::start();
+    let srv = idp_server(&idp, &[]);
+    let (code, state) = authorize(&srv, &idp, claims(&idp, "sub-att", "attacker"), None);
+    // The victim's browser: no cookie at all.
+    *srv.cookie.lock().unwrap() = None;
+    let (s, e) = callback(&srv, &code, &state);
+    assert_eq!(s, 400, "{e}");
+    assert!(e.contains("started in another browser"), "{e}");
+
+    // The victim's browser with a login of its own in progress (its own cookie).
+    let (code, state) = authorize(&srv, &idp, claims(&idp, "sub-att", "attacker"), None);
+    let (vcode, vstate) = authorize(&srv, &idp, claims(&idp, "sub-vic", "victim"), None);
+    let (s, e) = callback(&srv, &code, &state);
+    assert_eq!(s, 400, "{e}");
+    assert!(e.contains("started in another browser"), "{e}");
+    assert_eq!(user_names(&srv), ["admin"], "nobody signed in");
+
+    // The victim's own login, in its own browser, works.
+    let (s, page) = callback(&srv, &vcode, &vstate);
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(session_of(&page)["user"]["name"], "victim");
+}
+
+/// An account at the provider with someone else's address, not verified, used to take the
+/// kobako user named after that address.
+#[test]
+fn oidc_unverified_email_cannot_name_a_user() {
+    let idp = Idp::start();
+    let srv = idp_server(&idp, &["--oidc-username-claim", "email"]);
+    let with_email = |sub: &str, verified: Option<Value>| {
+        let mut c = json!({"iss": idp.url, "aud": "kobako", "sub": sub,
+            "email": "boss@example.org", "iat": now(), "exp": now() + 300});
+        if let Some(v) = verified {
+            c["email_verified"] = v;
+        }
+        c
+    };
+    for (what, v) in [
+        ("email_verified false", Some(json!(false))),
+        ("no email_verified", None),
+        ("email_verified \"no\"", Some(json!("no"))),
+    ] {
+        let (code, state) = authorize(&srv, &idp, with_email(&format!("sub-{what}"), v), None);
+        let (s, e) = callback(&srv, &code, &state);
+        assert_eq!(s, 403, "{what}: {e}");
+        assert!(e.contains("not verified"), "{what}: {e}");
+    }
+    assert_eq!(user_names(&srv), ["admin"]);
+    let (code, state) = authorize(&srv, &idp, with_email("sub-boss", Some(json!(true))), None);
+    let (s, page) = callback(&srv, &code, &state);
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(session_of(&page)["user"]["name"], "boss");
+}
+
+/// Anyone with an account at a shared provider (a public Google, GitLab) signing in to a
+/// server meant for one organisation: --oidc-allowed-domain and --oidc-allowed-group.
+#[test]
+fn oidc_login_outside_allowed_domains_or_groups_is_refused() {
+    let idp = Idp::start();
+    let srv = idp_server(
+        &idp,
+        &[
+            "--oidc-allowed-domain",
+            "example.org",
+            "--oidc-allowed-group",
+            "kobako-users",
+        ],
+    );
+    let c = |user: &str, email: &str, verified: bool, groups: Value| {
+        json!({"iss": idp.url, "aud": "kobako", "sub": format!("sub-{user}"),
+            "preferred_username": user, "email": email, "email_verified": verified,
+            "groups": groups, "iat": now(), "exp": now() + 300})
+    };
+    let refused = [
+        (
+            "other domain",
+            c("out1", "x@evil.org", true, json!(["kobako-users"])),
+            "domain 'evil.org'",
+        ),
+        (
+            "look-alike domain",
+            c(
+                "out2",
+                "x@example.org.evil.org",
+                true,
+                json!(["kobako-users"]),
+            ),
+            "is not admitted",
+        ),
+        (
+            "unverified email",
+            c("out3", "x@example.org", false, json!(["kobako-users"])),
+            "verified email",
+        ),
+        (
+            "no group",
+            c("out4", "x@example.org", true, json!([])),
+            "groups",
+        ),
+        (
+            "other group",
+            c("out5", "x@example.org", true, json!(["staff"])),
+            "groups",
+        ),
+    ];
+    for (what, claims, needle) in refused {
+        let (code, state) = authorize(&srv, &idp, claims, None);
+        let (s, e) = callback(&srv, &code, &state);
+        assert_eq!(s, 403, "{what}: {e}");
+        assert!(e.contains(needle), "{what}: {e}");
+    }
+    assert_eq!(user_names(&srv), ["admin"], "refused logins created users");
+    let (code, state) = authorize(
+        &srv,
+        &idp,
+        c(
+            "inside",
+            "In@Example.ORG",
+            true,
+            json!(["staff", "kobako-users"]),
+        ),
+        None,
+    );
+    let (s, page) = callback(&srv, &code, &state);
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(session_of(&page)["user"]["name"], "inside");
 }

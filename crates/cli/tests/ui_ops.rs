@@ -448,7 +448,8 @@ links:
             v["reason"].as_str().map(String::from),
         )
     };
-    for (tok, who, code) in [(&viewer, "viewer", 403), (&member, "member", 403)] {
+    // The viewer sees the lab but may not change it (403); to a member it is not there (404).
+    for (tok, who, code) in [(&viewer, "viewer", 403), (&member, "member", 404)] {
         let (s, v) = srv.call("POST", &format!("/vms/{lab}.b.y/stop"), tok, None);
         assert_eq!(s, code, "{who} stops a VM: {v}");
         let (s, v) = srv.call("POST", &format!("/labs/{lab}/nodes/b/restart"), tok, None);

@@ -67,7 +67,27 @@ CREATE TABLE audit(
 -- OpenID Connect: the issuer's subject a user is bound to (NULL: a local user).
 ALTER TABLE users ADD COLUMN oidc_subject TEXT;
 "#,
+    r#"
+-- A random value per user row, carried in access tokens: a user removed and created again
+-- under the same name, or whose password changed, does not accept older access tokens.
+-- Made by a trigger so every INSERT gets one (password users, OIDC sign-ins).
+ALTER TABLE users ADD COLUMN token_gen TEXT;
+UPDATE users SET token_gen = lower(hex(randomblob(16))) WHERE token_gen IS NULL;
+CREATE TRIGGER users_token_gen AFTER INSERT ON users WHEN NEW.token_gen IS NULL
+BEGIN
+    UPDATE users SET token_gen = lower(hex(randomblob(16))) WHERE name = NEW.name;
+END;
+"#,
 ];
+
+/// Migrations of component `tenancy` (after [`SERVER_MIGRATIONS`]; a component of their own so
+/// they never race other steps for a version number).
+pub const TENANCY_MIGRATIONS: &[&str] = &[r#"
+-- Most MiB of disk a user's checkpoints and captures may take (NULL: no limit).
+ALTER TABLE users ADD COLUMN max_disk_mib INTEGER;
+CREATE INDEX IF NOT EXISTS operations_lab ON operations(lab);
+CREATE INDEX IF NOT EXISTS operations_user ON operations(user);
+"#];
 
 /// A few connections to the state database, handed out round-robin. Every call runs on the
 /// blocking pool ([`Pool::run`]) so SQLite never blocks the async workers.
@@ -83,6 +103,7 @@ impl Pool {
         for _ in 0..size.max(1) {
             let db = Db::open_in(dir)?;
             db.migrate("server", SERVER_MIGRATIONS)?;
+            db.migrate("tenancy", TENANCY_MIGRATIONS)?;
             dbs.push(Arc::new(db));
         }
         Ok(Pool {

@@ -18,6 +18,7 @@
 pub mod api;
 pub mod auth;
 pub mod cache;
+pub(crate) mod cascade;
 pub mod db;
 pub mod error;
 pub mod oidc;
@@ -93,6 +94,8 @@ pub struct AppState {
     pub cache: Arc<cache::ReadCache>,
     /// OpenID Connect login, when configured.
     pub oidc: Option<Arc<oidc::Oidc>>,
+    /// Users' token generations (cached) and stream tickets.
+    pub sessions: Arc<auth::Sessions>,
 }
 
 /// Who made the current request, filled by the [`auth::Caller`] extractor for the audit log.
@@ -109,7 +112,9 @@ impl AppState {
     pub fn open(state_dir: PathBuf, hooks: Hooks) -> Result<AppState> {
         let dir = server_dir(&state_dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        create_private_db(&state_dir)?;
         let db = db::Pool::open(&state_dir, 4).context("open the state database")?;
+        secure_state(&state_dir)?;
         let watch = kobako_state::Db::open_in(&state_dir).context("open the state database")?;
         let keys = auth::Keys::load_or_create(&dir)?;
         let dummy =
@@ -125,8 +130,72 @@ impl AppState {
             cancels: Default::default(),
             cache: Arc::new(cache::ReadCache::new(watch)),
             oidc: None,
+            sessions: Default::default(),
         })
     }
+}
+
+/// Creates `kobako.db` empty with mode 0600 when missing, so SQLite (which gives its `-wal` and
+/// `-shm` files the database's mode) never makes it readable by others.
+fn create_private_db(state_dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("create {}", state_dir.display()))?;
+    let p = state_dir.join("kobako.db");
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&p)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("create {}", p.display())),
+    }
+}
+
+/// The server's secrets and private state, as (path, is a directory): the state database
+/// (users, token hashes), the JWT and TLS keys, the initial admin password, and the
+/// directories of captures, checkpoints, function and warm snapshots (guest memory images).
+pub fn private_paths(state_dir: &std::path::Path) -> Vec<(PathBuf, bool)> {
+    let srv = server_dir(state_dir);
+    let mut v = vec![
+        (srv.clone(), true),
+        (srv.join("tls"), true),
+        (srv.join("captures"), true),
+        (state_dir.join("checkpoints"), true),
+        (state_dir.join("functions"), true),
+        (kobako_lab::controller::warm::root(), true),
+        (srv.join("jwt.key"), false),
+        (srv.join("tls/key.pem"), false),
+        (srv.join("initial-admin-password"), false),
+    ];
+    for f in ["kobako.db", "kobako.db-wal", "kobako.db-shm"] {
+        v.push((state_dir.join(f), false));
+    }
+    v
+}
+
+/// On every start: makes [`private_paths`] 0700 (directories, created when missing) / 0600
+/// (files) and owned by this user, logging each change (an install from before this check, or
+/// a file someone opened up).
+pub fn secure_state(state_dir: &std::path::Path) -> Result<()> {
+    for (p, dir) in private_paths(state_dir) {
+        for f in tls::make_private(&p, dir, dir)? {
+            match f {
+                tls::Fixed::Created => {}
+                tls::Fixed::Mode { from, to } => tracing::warn!(
+                    "{} was mode {from:o}, open to other users: made it {to:o}",
+                    p.display()
+                ),
+                tls::Fixed::Owner { from, to } => tracing::warn!(
+                    "{} was owned by uid {from}: gave it to uid {to} (the server)",
+                    p.display()
+                ),
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Records every mutating call (method other than GET/HEAD/OPTIONS) in the `audit` table.

@@ -14,6 +14,14 @@
 //! with `--oidc-role` (default `viewer`: an admin promotes) and binds it to the token's `sub`;
 //! later logins must carry the same `sub`. A local (password) user of that name is never taken
 //! over. OIDC users have no password (`kobako user passwd` can give them one).
+//!
+//! Hardening: an `email` that names the user must come with `email_verified: true` (anyone
+//! can put any address in an unverified profile); `--oidc-allowed-domain` and
+//! `--oidc-allowed-group` restrict who may sign in at all (the verified email's domain, the
+//! `groups` claim). The `state` is bound to the browser that started the login by an HttpOnly
+//! cookie holding a random value (its hash is kept with the state), so a login link started
+//! in one browser — an attacker's — cannot be completed in another (login CSRF). Logins in
+//! flight are capped ([`PENDING_MAX`]) and expire after ten minutes.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -34,7 +42,9 @@ use crate::AppState;
 /// How long a started login may take at the identity provider.
 const PENDING_TTL: Duration = Duration::from_secs(600);
 /// Most logins in flight (a flood of `/login` calls cannot grow memory without bound).
-const PENDING_MAX: usize = 10_000;
+pub const PENDING_MAX: usize = 10_000;
+/// The cookie binding a login's `state` to the browser that started it.
+pub const BINDING_COOKIE: &str = "kobako_oidc";
 /// How long the issuer's metadata and keys are trusted before they are fetched again.
 const META_TTL: Duration = Duration::from_secs(3600);
 
@@ -51,6 +61,10 @@ pub struct OidcConfig {
     pub redirect_url: Option<String>,
     /// Claim that names the user (default `preferred_username`, then `email`).
     pub username_claim: String,
+    /// When not empty: only users whose verified email is in one of these domains.
+    pub allowed_domains: Vec<String>,
+    /// When not empty: only users whose `groups` claim holds one of these.
+    pub allowed_groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +76,8 @@ struct Discovery {
 }
 
 struct Pending {
+    /// SHA-256 of the browser binding cookie's value.
+    binding: String,
     nonce: String,
     verifier: String,
     redirect_uri: String,
@@ -158,10 +174,12 @@ impl Oidc {
         Ok((d, keys))
     }
 
-    /// Starts a login: the URL to send the browser to (call from a blocking thread).
-    pub fn begin(&self, redirect_uri: String) -> ApiResult<String> {
+    /// Starts a login: the URL to send the browser to and the value of the binding cookie to
+    /// set in that browser (call from a blocking thread).
+    pub fn begin(&self, redirect_uri: String) -> ApiResult<(String, String)> {
         let (d, _) = self.meta(false)?;
         let state = auth::random_token(24);
+        let binding = auth::random_token(24);
         let nonce = auth::random_token(24);
         let verifier = auth::random_token(48);
         let challenge = b64(&sha2::Sha256::digest(verifier.as_bytes()));
@@ -183,17 +201,29 @@ impl Oidc {
         p.insert(
             state,
             Pending {
+                binding: auth::token_hash(&binding),
                 nonce,
                 verifier,
                 redirect_uri,
                 created: Instant::now(),
             },
         );
-        Ok(url)
+        Ok((url, binding))
     }
 
-    /// Finishes a login: exchanges `code`, verifies the ID token, returns (subject, user name).
-    pub fn finish(&self, code: &str, state: &str) -> ApiResult<(String, String)> {
+    /// Logins in flight.
+    pub fn pending_len(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Finishes a login: checks the browser's binding cookie, exchanges `code`, verifies the
+    /// ID token, returns (subject, user name).
+    pub fn finish(
+        &self,
+        code: &str,
+        state: &str,
+        binding: Option<&str>,
+    ) -> ApiResult<(String, String)> {
         let pending = self
             .pending
             .lock()
@@ -205,6 +235,13 @@ impl Oidc {
                     "unknown or expired login state: start again at /api/v1/auth/oidc/login",
                 )
             })?;
+        // The state is used up either way: a link sent to someone else is good for nothing.
+        if binding.map(auth::token_hash).as_deref() != Some(pending.binding.as_str()) {
+            return Err(ApiError::bad_request(
+                "this login was started in another browser (or its cookie was blocked): \
+                 start again at /api/v1/auth/oidc/login in this browser",
+            ));
+        }
         let (d, _) = self.meta(false)?;
         let mut form = vec![
             ("grant_type", "authorization_code"),
@@ -253,7 +290,48 @@ impl Oidc {
             .ok_or_else(|| ApiError::unauthorized("the ID token has no subject (`sub`)"))?
             .to_string();
         let name = self.user_name(&claims)?;
+        self.check_allowed(&claims)?;
         Ok((sub, name))
+    }
+
+    /// `--oidc-allowed-domain` / `--oidc-allowed-group`.
+    fn check_allowed(&self, claims: &serde_json::Value) -> ApiResult<()> {
+        if !self.cfg.allowed_domains.is_empty() {
+            let email = verified_email(claims).ok_or_else(|| {
+                ApiError::forbidden(
+                    "this server only admits some email domains, and the ID token has no \
+                     verified email (`email` with `email_verified: true`)",
+                )
+            })?;
+            let domain = email.rsplit_once('@').map(|x| x.1).unwrap_or_default();
+            if !self
+                .cfg
+                .allowed_domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(domain))
+            {
+                return Err(ApiError::forbidden(format!(
+                    "email domain '{domain}' is not admitted on this server (ask an admin)"
+                )));
+            }
+        }
+        if !self.cfg.allowed_groups.is_empty() {
+            let groups: Vec<&str> = claims
+                .get("groups")
+                .and_then(|g| g.as_array())
+                .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                .unwrap_or_default();
+            if !groups
+                .iter()
+                .any(|g| self.cfg.allowed_groups.iter().any(|a| a == g))
+            {
+                return Err(ApiError::forbidden(
+                    "none of your groups at the identity provider is admitted on this server \
+                     (ask an admin)",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Signature (asymmetric algorithms only), issuer, audience and expiry of an ID token.
@@ -314,15 +392,34 @@ impl Oidc {
 
     fn user_name(&self, claims: &serde_json::Value) -> ApiResult<String> {
         let pick = |c: &str| claims.get(c).and_then(|v| v.as_str()).map(str::to_string);
-        let raw = pick(&self.cfg.username_claim)
-            .or_else(|| pick("email").map(|e| e.split('@').next().unwrap_or_default().into()))
-            .ok_or_else(|| {
-                ApiError::forbidden(format!(
-                    "the ID token has no `{}` or `email` claim to name a kobako user \
-                     (set --oidc-username-claim)",
-                    self.cfg.username_claim
-                ))
+        // An email names the user only when the provider verified it.
+        let from_email = || -> ApiResult<Option<String>> {
+            if pick("email").is_none() {
+                return Ok(None);
+            }
+            let e = verified_email(claims).ok_or_else(|| {
+                ApiError::forbidden(
+                    "the ID token's email is not verified (`email_verified` is not true): \
+                     verify it at the identity provider first",
+                )
             })?;
+            Ok(Some(e.split('@').next().unwrap_or_default().to_string()))
+        };
+        let raw = if self.cfg.username_claim == "email" {
+            from_email()?
+        } else {
+            match pick(&self.cfg.username_claim) {
+                Some(n) => Some(n),
+                None => from_email()?,
+            }
+        };
+        let raw = raw.ok_or_else(|| {
+            ApiError::forbidden(format!(
+                "the ID token has no `{}` or `email` claim to name a kobako user \
+                     (set --oidc-username-claim)",
+                self.cfg.username_claim
+            ))
+        })?;
         let name = raw.to_ascii_lowercase();
         auth::check_user_name(&name).map_err(|_| {
             ApiError::forbidden(format!(
@@ -336,6 +433,35 @@ impl Oidc {
         }
         Ok(name)
     }
+}
+
+/// The `email` claim when `email_verified` is true (a JSON boolean, or the string "true" as
+/// some providers send it).
+fn verified_email(claims: &serde_json::Value) -> Option<&str> {
+    let verified = match claims.get("email_verified") {
+        Some(serde_json::Value::Bool(b)) => *b,
+        Some(serde_json::Value::String(s)) => s == "true",
+        _ => false,
+    };
+    claims
+        .get("email")
+        .and_then(|v| v.as_str())
+        .filter(|_| verified)
+}
+
+/// The binding cookie's value from a request's `Cookie` headers.
+pub fn binding_from(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            kv.trim()
+                .strip_prefix(BINDING_COOKIE)
+                .and_then(|r| r.strip_prefix('='))
+                .map(str::to_string)
+        })
 }
 
 /// Percent-encodes a query value.
@@ -453,6 +579,8 @@ mod tests {
             role: Role::Viewer,
             redirect_url: None,
             username_claim: "preferred_username".into(),
+            allowed_domains: vec![],
+            allowed_groups: vec![],
         };
         assert!(Oidc::new(cfg("http://idp.example.com")).is_err());
         assert!(Oidc::new(cfg("https://idp.example.com/")).is_ok());
@@ -464,6 +592,80 @@ mod tests {
             "https://idp.example.com"
         );
         assert!(Oidc::new(cfg("http://127.0.0.1:9999")).is_ok());
+    }
+
+    fn oidc(claim: &str, domains: &[&str], groups: &[&str]) -> Oidc {
+        Oidc::new(OidcConfig {
+            issuer: "https://idp.example.com".into(),
+            client_id: "kobako".into(),
+            client_secret: None,
+            role: Role::Viewer,
+            redirect_url: None,
+            username_claim: claim.into(),
+            allowed_domains: domains.iter().map(|d| d.to_string()).collect(),
+            allowed_groups: groups.iter().map(|d| d.to_string()).collect(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn an_email_names_a_user_only_when_verified() {
+        let o = oidc("email", &[], &[]);
+        let c = |v: serde_json::Value| {
+            let mut c = serde_json::json!({"email": "Boss@example.org"});
+            if !v.is_null() {
+                c["email_verified"] = v;
+            }
+            c
+        };
+        assert_eq!(o.user_name(&c(true.into())).unwrap(), "boss");
+        assert_eq!(o.user_name(&c("true".into())).unwrap(), "boss");
+        for v in [
+            false.into(),
+            serde_json::Value::Null,
+            "yes".into(),
+            1.into(),
+        ] {
+            let e = o.user_name(&c(v.clone())).unwrap_err();
+            assert_eq!(e.status, StatusCode::FORBIDDEN, "{v}");
+        }
+        // The default claim falls back to the email, with the same rule.
+        let o = oidc("preferred_username", &[], &[]);
+        assert!(o.user_name(&c(false.into())).is_err());
+        let named = serde_json::json!({"preferred_username": "ann", "email": "x@y"});
+        assert_eq!(o.user_name(&named).unwrap(), "ann");
+    }
+
+    #[test]
+    fn allowed_domains_and_groups() {
+        let o = oidc("preferred_username", &["example.org"], &["ops"]);
+        let c = |email: &str, verified: bool, groups: serde_json::Value| serde_json::json!({"email": email, "email_verified": verified, "groups": groups});
+        assert!(o
+            .check_allowed(&c("a@EXAMPLE.org", true, serde_json::json!(["ops"])))
+            .is_ok());
+        for bad in [
+            c("a@example.org", false, serde_json::json!(["ops"])),
+            c("a@sub.example.org", true, serde_json::json!(["ops"])),
+            c("a@example.org.evil", true, serde_json::json!(["ops"])),
+            c("a@example.org", true, serde_json::json!("ops")),
+            c("a@example.org", true, serde_json::json!(["dev"])),
+        ] {
+            assert!(o.check_allowed(&bad).is_err(), "{bad}");
+        }
+        assert!(oidc("x", &[], &[])
+            .check_allowed(&serde_json::json!({}))
+            .is_ok());
+    }
+
+    #[test]
+    fn the_binding_cookie_is_read_among_others() {
+        let mut h = axum::http::HeaderMap::new();
+        h.append(
+            "cookie",
+            "a=1; kobako_oidcx=no; kobako_oidc=yes".parse().unwrap(),
+        );
+        assert_eq!(binding_from(&h).as_deref(), Some("yes"));
+        assert_eq!(binding_from(&axum::http::HeaderMap::new()), None);
     }
 
     #[test]
@@ -486,6 +688,7 @@ mod tests {
                 role: Role::Viewer,
                 max_vms: None,
                 max_memory_mib: None,
+                max_disk_mib: None,
                 created_ms: 0,
             },
         });

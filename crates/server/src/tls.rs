@@ -28,6 +28,63 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// What [`make_private`] changed on a path, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fixed {
+    Mode { from: u32, to: u32 },
+    Owner { from: u32, to: u32 },
+    Created,
+}
+
+/// Makes `path` private to this process's user: a directory 0700 (created when missing and
+/// `create`), a file 0600, owned by the effective uid. Only ever removes permissions; a
+/// symbolic link is refused (not followed). Returns what it changed.
+pub fn make_private(path: &Path, dir: bool, create: bool) -> Result<Vec<Fixed>> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let want = if dir { 0o700 } else { 0o600 };
+    let mut fixed = Vec::new();
+    let md = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create && dir => {
+            if let Some(p) = path.parent() {
+                std::fs::create_dir_all(p).with_context(|| format!("create {}", p.display()))?;
+            }
+            std::fs::DirBuilder::new()
+                .mode(want)
+                .create(path)
+                .with_context(|| format!("create {}", path.display()))?;
+            fixed.push(Fixed::Created);
+            std::fs::symlink_metadata(path)?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(fixed),
+        Err(e) => return Err(e).with_context(|| format!("stat {}", path.display())),
+    };
+    if md.file_type().is_symlink() {
+        anyhow::bail!(
+            "{} is a symbolic link; the server's private files must be real files (remove it)",
+            path.display()
+        );
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if md.uid() != uid {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .with_context(|| format!("chown {} to uid {uid}", path.display()))?;
+        fixed.push(Fixed::Owner {
+            from: md.uid(),
+            to: uid,
+        });
+    }
+    let mode = md.mode() & 0o7777;
+    if mode & !want != 0 {
+        let to = mode & want;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(to))
+            .with_context(|| format!("chmod {} to {to:o}", path.display()))?;
+        fixed.push(Fixed::Mode { from: mode, to });
+    }
+    Ok(fixed)
+}
+
 /// The certificate and key to serve: given paths, or the self-signed pair under `dir`
 /// (generated when missing). Returns (cert, key, generated now).
 pub fn ensure_cert(

@@ -37,36 +37,45 @@ export function Terminal({
             rows: String(term.rows),
             cols: String(term.cols),
           });
-    const ws = new WebSocket(url);
-    ws.binaryType = "arraybuffer";
+    let ws: WebSocket | null = null;
+    let gone = false;
     const enc = new TextEncoder();
-    ws.onopen = () => {
-      setStatus("connected");
-      term.focus();
-      // The serial console prints nothing until asked: a newline shows the prompt.
-      if (mode === "console") ws.send(enc.encode("\r"));
-      // The terminal may have been fitted to its box after the URL was made: tell the pty.
-      else ws.send(JSON.stringify({ resize: { rows: term.rows, cols: term.cols } }));
-    };
-    ws.onmessage = (m) => {
-      if (typeof m.data === "string") {
-        try {
-          const j = JSON.parse(m.data) as { exited?: { code: number }; error?: string };
-          if (j.exited) setStatus(`exited with code ${j.exited.code}`);
-          else if (j.error) setStatus(`error: ${j.error}`);
-        } catch {
-          term.write(m.data);
-        }
-      } else term.write(new Uint8Array(m.data as ArrayBuffer));
-    };
-    ws.onclose = (e) =>
-      setStatus((s) => (s.startsWith("exited") ? s : `disconnected${e.reason ? ": " + e.reason : ""}`));
-    ws.onerror = () => setStatus("could not connect (is the VM running?)");
+    url.then(
+      (u) => {
+        if (gone) return;
+        const sock = new WebSocket(u);
+        ws = sock;
+        sock.binaryType = "arraybuffer";
+        sock.onopen = () => {
+          setStatus("connected");
+          term.focus();
+          // The serial console prints nothing until asked: a newline shows the prompt.
+          if (mode === "console") sock.send(enc.encode("\r"));
+          // The terminal may have been fitted to its box after the URL was made: tell the pty.
+          else sock.send(JSON.stringify({ resize: { rows: term.rows, cols: term.cols } }));
+        };
+        sock.onmessage = (m) => {
+          if (typeof m.data === "string") {
+            try {
+              const j = JSON.parse(m.data) as { exited?: { code: number }; error?: string };
+              if (j.exited) setStatus(`exited with code ${j.exited.code}`);
+              else if (j.error) setStatus(`error: ${j.error}`);
+            } catch {
+              term.write(m.data);
+            }
+          } else term.write(new Uint8Array(m.data as ArrayBuffer));
+        };
+        sock.onclose = (e) =>
+          setStatus((s) => (s.startsWith("exited") ? s : `disconnected${e.reason ? ": " + e.reason : ""}`));
+        sock.onerror = () => setStatus("could not connect (is the VM running?)");
+      },
+      () => setStatus("could not connect (signed out?)"),
+    );
     const data = term.onData((d) => {
-      if (ws.readyState === WebSocket.OPEN) ws.send(enc.encode(d));
+      if (ws && ws.readyState === WebSocket.OPEN) ws.send(enc.encode(d));
     });
     const resize = term.onResize(({ rows, cols }) => {
-      if (mode === "shell" && ws.readyState === WebSocket.OPEN)
+      if (mode === "shell" && ws && ws.readyState === WebSocket.OPEN)
         ws.send(JSON.stringify({ resize: { rows, cols } }));
     });
     const ro = new ResizeObserver(() => fit.fit());
@@ -75,7 +84,8 @@ export function Terminal({
       ro.disconnect();
       data.dispose();
       resize.dispose();
-      ws.close();
+      gone = true;
+      ws?.close();
       term.dispose();
     };
   }, [vm, mode]);

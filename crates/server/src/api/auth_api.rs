@@ -11,7 +11,17 @@ use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::{AppState, AuditSlot};
 
 fn audit_user(slot: &AuditSlot, name: &str) {
-    slot.0.lock().unwrap_or_else(|e| e.into_inner()).user = Some(name.to_string());
+    // Bounded: the name is written to the audit table before it is checked.
+    let name: String = name.chars().take(auth::MAX_LOGIN_NAME).collect();
+    slot.0.lock().unwrap_or_else(|e| e.into_inner()).user = Some(name);
+}
+
+type Peer = Result<ConnectInfo<std::net::SocketAddr>, axum::extract::rejection::ExtensionRejection>;
+
+fn peer_ip(peer: Peer) -> String {
+    peer.map(|p| p.0.ip().to_string())
+        .ok()
+        .unwrap_or_else(|| "local".into())
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -22,26 +32,40 @@ pub struct LoginRequest {
 }
 
 /// Log in with a password: a 15-minute access token and a single-use refresh token.
+/// Usernames over 64 bytes and passwords over 1024 bytes are refused (400); 5 failures from one
+/// address lock that user out there for 5 minutes (429); a busy server answers 503.
 #[utoipa::path(post, path = "/api/v1/auth/login", tag = "auth",
     request_body = LoginRequest,
     responses((status = 200, description = "Logged in", body = TokenPair)))]
 pub async fn login(
     State(st): State<AppState>,
-    peer: Result<ConnectInfo<std::net::SocketAddr>, axum::extract::rejection::ExtensionRejection>,
+    peer: Peer,
     axum::Extension(slot): axum::Extension<AuditSlot>,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> ApiResult<Json<TokenPair>> {
     audit_user(&slot, &req.username);
-    let ip = peer
-        .map(|p| p.0.ip().to_string())
-        .ok()
-        .unwrap_or_else(|| "local".into());
-    let st2 = st.clone();
-    let pair = st
-        .db
-        .run(move |db| auth::login(&st2, db, &req.username, &req.password, &ip))
-        .await?;
+    let ip = peer_ip(peer);
+    let pair = auth::login(&st, &req.username, &req.password, &ip).await?;
     Ok(Json(pair))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ticket {
+    /// Single use: `?ticket=...` on `GET /api/v1/events`, `/vms/{name}/console` or `/tty`.
+    pub ticket: String,
+    /// Seconds it is valid.
+    pub expires_in: u64,
+}
+
+/// A short-lived single-use ticket standing for your credential, for the requests a browser
+/// cannot put an `Authorization` header on (EventSource, WebSocket): no token in URLs.
+#[utoipa::path(post, path = "/api/v1/auth/ticket", tag = "auth",
+    responses((status = 200, description = "A ticket", body = Ticket)))]
+pub async fn ticket(State(st): State<AppState>, caller: Caller) -> ApiResult<Json<Ticket>> {
+    Ok(Json(Ticket {
+        ticket: st.sessions.issue(&caller)?,
+        expires_in: auth::TICKET_TTL.as_secs(),
+    }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -109,6 +133,9 @@ pub struct CreateUser {
     pub max_vms: Option<i64>,
     #[schema(minimum = 0)]
     pub max_memory_mib: Option<i64>,
+    /// MiB of disk the user's checkpoints and packet captures may take.
+    #[schema(minimum = 0)]
+    pub max_disk_mib: Option<i64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -137,14 +164,19 @@ pub async fn create_user(
     let user = st
         .db
         .run(move |db| {
-            auth::add_user(
+            auth::check_disk_quota(req.max_disk_mib)?;
+            let u = auth::add_user(
                 db,
                 &req.name,
                 &pw,
                 req.role,
                 req.max_vms,
                 req.max_memory_mib,
-            )
+            )?;
+            match req.max_disk_mib {
+                Some(d) => auth::set_max_disk_mib(db, &u.name, Some(d)),
+                None => Ok(u),
+            }
         })
         .await?;
     Ok((
@@ -181,6 +213,12 @@ pub async fn get_user(
 pub struct UpdateUser {
     pub role: Option<Role>,
     pub password: Option<String>,
+    /// Your current password: required to change your own password.
+    pub current_password: Option<String>,
+    /// Keep the user's access, refresh and API tokens working after a password change
+    /// (default: they are all revoked).
+    #[serde(default)]
+    pub keep_tokens: bool,
     /// A number, or null to remove the limit.
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<i64>, minimum = 0)]
@@ -188,13 +226,19 @@ pub struct UpdateUser {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<i64>, minimum = 0)]
     pub max_memory_mib: Option<Option<i64>>,
+    /// MiB of disk for checkpoints and captures, or null to remove the limit.
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i64>, minimum = 0)]
+    pub max_disk_mib: Option<Option<i64>>,
 }
 
 fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
     Option::<i64>::deserialize(d).map(Some)
 }
 
-/// Change a user's role, password or quotas (admins; users may change their own password).
+/// Change a user's role, password or quotas (admins; users may change their own password,
+/// giving `current_password`). A password change ends every session of the user (access,
+/// refresh and API tokens) unless `keep_tokens` is true.
 #[utoipa::path(patch, path = "/api/v1/users/{name}", tag = "users",
     params(("name" = String, Path, description = "User name")),
     request_body = UpdateUser,
@@ -202,33 +246,61 @@ fn double_option<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option
 pub async fn update_user(
     State(st): State<AppState>,
     caller: Caller,
+    peer: Peer,
     ApiPath(name): ApiPath<String>,
-    ApiJson(req): ApiJson<UpdateUser>,
+    ApiJson(mut req): ApiJson<UpdateUser>,
 ) -> ApiResult<Json<User>> {
     let own_password_only = caller.name() == name
         && req.role.is_none()
         && req.max_vms.is_none()
-        && req.max_memory_mib.is_none();
+        && req.max_memory_mib.is_none()
+        && req.max_disk_mib.is_none();
     if !own_password_only {
         caller.require_admin()?;
+    }
+    if let Some(pw) = req.password.take() {
+        if caller.name() == name && !caller.local {
+            let Some(current) = req.current_password.take() else {
+                return Err(ApiError::bad_request(
+                    "current_password is required to change your own password",
+                ));
+            };
+            if !auth::check_password_of(&st, &name, &current, &peer_ip(peer)).await? {
+                return Err(ApiError::forbidden(
+                    "current_password is not your password (the password was not changed)",
+                ));
+            }
+        }
+        if pw.len() > auth::MAX_PASSWORD {
+            return Err(ApiError::bad_request(format!(
+                "password is {} bytes; passwords are at most {}",
+                pw.len(),
+                auth::MAX_PASSWORD
+            )));
+        }
+        let permit = st.limiter.hashing().await?;
+        let (n, keep) = (name.clone(), req.keep_tokens);
+        st.db
+            .run(move |db| auth::set_password(db, &n, &pw, keep))
+            .await?;
+        drop(permit);
     }
     let u = st
         .db
         .run(move |db| {
-            auth::update_user(
-                db,
-                &name,
-                req.role,
-                req.password.as_deref(),
-                req.max_vms,
-                req.max_memory_mib,
-            )
+            auth::check_disk_quota(req.max_disk_mib.flatten())?;
+            let u = auth::update_user(db, &name, req.role, None, req.max_vms, req.max_memory_mib)?;
+            match req.max_disk_mib {
+                Some(d) => auth::set_max_disk_mib(db, &name, d),
+                None => Ok(u),
+            }
         })
         .await?;
     Ok(Json(u))
 }
 
-/// Remove a user (admins only); their tokens go with them, their labs stay.
+/// Remove a user (admins only) and everything they have: their labs are taken down and
+/// deleted, their functions, operations and tokens go with them.
 #[utoipa::path(delete, path = "/api/v1/users/{name}", tag = "users",
     params(("name" = String, Path, description = "User name")),
     responses((status = 204, description = "Removed")))]
@@ -243,7 +315,7 @@ pub async fn delete_user(
             "you cannot remove yourself (another admin can)",
         ));
     }
-    st.db.run(move |db| auth::delete_user(db, &name)).await?;
+    crate::cascade::delete_user(&st, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

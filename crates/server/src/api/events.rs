@@ -5,10 +5,15 @@
 //! channel. Each SSE event carries the row id as `id:`, so a client that reconnects with
 //! `Last-Event-ID` (browsers do this by themselves) resumes exactly after the last one it saw,
 //! also across a server restart. Members only get events of their own labs.
+//!
+//! The stream re-checks the caller's credential every [`auth::SESSION_CHECK`]: when the token
+//! expired or was revoked, or the user was removed or changed role, a last `session.ended`
+//! event (data: `{"reason": ...}`) is sent and the stream ends. Browsers authenticate with a
+//! single-use `ticket` (POST /api/v1/auth/ticket) instead of a token in the URL.
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -19,7 +24,7 @@ use kobako_state::Event;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use crate::auth::{Caller, Role};
+use crate::auth::{self, Caller, Role};
 use crate::error::{ApiError, ApiQuery, ApiResult};
 use crate::AppState;
 
@@ -31,8 +36,10 @@ pub struct EventsQuery {
     pub after: Option<i64>,
     /// Only events of this lab.
     pub lab: Option<String>,
-    /// Bearer token (EventSource in browsers cannot set headers).
+    /// Bearer token (deprecated: use `ticket`, tokens in URLs end up in proxy logs).
     pub access_token: Option<String>,
+    /// Single-use ticket from POST /api/v1/auth/ticket (EventSource cannot set headers).
+    pub ticket: Option<String>,
 }
 
 struct Cursor {
@@ -41,7 +48,11 @@ struct Cursor {
     lab: Option<String>,
     last: i64,
     buf: VecDeque<Event>,
-    owners: HashMap<String, Option<String>>,
+    /// Owner and creation time of labs by name (a lab deleted and created again under the
+    /// same name, maybe by another member, is another lab: older events are not its own).
+    owners: HashMap<String, (Option<String>, i64)>,
+    checked: Instant,
+    ended: bool,
 }
 
 impl Cursor {
@@ -62,12 +73,15 @@ impl Cursor {
             let owner = self
                 .st
                 .db
-                .run(move |db| Ok(db.lab(&l2)?.and_then(|r| r.owner)))
+                .run(move |db| Ok(db.lab(&l2)?.map(|r| (r.owner, r.created_ms))))
                 .await
-                .unwrap_or(None);
+                .unwrap_or(None)
+                .unwrap_or((None, i64::MAX));
             self.owners.insert(lab.clone(), owner);
         }
-        self.owners.get(&lab).cloned().flatten().as_deref() == Some(self.caller.name())
+        self.owners.get(&lab).is_some_and(|(owner, created_ms)| {
+            owner.as_deref() == Some(self.caller.name()) && e.ts_ms >= *created_ms
+        })
     }
 }
 
@@ -105,9 +119,24 @@ pub async fn events(
         last,
         buf: VecDeque::new(),
         owners: HashMap::new(),
+        checked: Instant::now(),
+        ended: false,
     };
     let s = stream::unfold(cursor, |mut c| async move {
         loop {
+            if c.ended {
+                return None;
+            }
+            if c.checked.elapsed() >= auth::SESSION_CHECK {
+                c.checked = Instant::now();
+                if let Err(e) = auth::session_alive(&c.st, &c.caller).await {
+                    c.ended = true;
+                    let ev = SseEvent::default()
+                        .event("session.ended")
+                        .data(serde_json::json!({ "reason": e.to_string() }).to_string());
+                    return Some((Ok::<_, Infallible>(ev), c));
+                }
+            }
             while let Some(e) = c.buf.pop_front() {
                 if c.visible(&e).await {
                     let ev = SseEvent::default()

@@ -147,10 +147,15 @@ async fn function_for(caller: &Caller, name: &str, write: bool) -> ApiResult<Fun
         .map_err(ApiError::internal)?
         .map_err(fn_err)?;
     let owner = f.owner.as_deref();
-    if !caller.can_see(owner) || (write && !caller.can_change(owner)) {
+    // Another member's function is not there for this caller (404, no owner named).
+    if !caller.can_see(owner) {
+        return Err(ApiError::not_found(format!("no function '{name}'")));
+    }
+    if write && !caller.can_change(owner) {
         return Err(ApiError::forbidden(format!(
-            "function '{name}' belongs to {}; members may only use their own functions",
-            owner.unwrap_or("root")
+            "function '{name}': user '{}' is a {} and may use it but not change it",
+            caller.name(),
+            caller.user.role.as_str()
         )));
     }
     Ok(f)
@@ -186,9 +191,8 @@ pub async fn deploy_function(
     // Replacing someone else's function is changing it.
     if let Ok(old) = functions::get(&name) {
         if !caller.can_change(old.owner.as_deref()) {
-            return Err(ApiError::forbidden(format!(
-                "function '{name}' belongs to {}",
-                old.owner.as_deref().unwrap_or("root")
+            return Err(ApiError::conflict(format!(
+                "a function named '{name}' exists and is not yours: pick another name"
             )));
         }
     }

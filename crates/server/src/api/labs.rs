@@ -194,12 +194,17 @@ fn not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("no lab '{name}' (GET /api/v1/labs lists them)"))
 }
 
-/// 403 unless `caller` may see (`write`: change) a lab owned by `owner`.
+/// 404 when `caller` may not see a lab owned by `owner` (as if it did not exist: no owner is
+/// named), 403 when `write` and the caller may see but not change it.
 fn check_access(caller: &Caller, name: &str, owner: Option<&str>, write: bool) -> ApiResult<()> {
-    if !caller.can_see(owner) || (write && !caller.can_change(owner)) {
+    if !caller.can_see(owner) {
+        return Err(not_found(name));
+    }
+    if write && !caller.can_change(owner) {
         return Err(ApiError::forbidden(format!(
-            "lab '{name}' belongs to {}; members may only use their own labs",
-            owner.unwrap_or("root")
+            "lab '{name}': user '{}' is a {} and may read this lab but not change it",
+            caller.name(),
+            caller.user.role.as_str()
         )));
     }
     Ok(())
@@ -756,10 +761,9 @@ pub async fn get_operation(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Operation>> {
     let op = find_operation(&st, &id).await?;
+    // Another user's operation is not there for a member (404, as for an unknown id).
     if caller.user.role == crate::auth::Role::Member && op.user != caller.name() {
-        return Err(ApiError::forbidden(
-            "this operation was started by another user",
-        ));
+        return Err(ApiError::not_found(format!("no operation '{id}'")));
     }
     Ok(Json(op))
 }
@@ -781,9 +785,7 @@ pub async fn cancel_operation(
         crate::auth::Role::Admin => {}
         crate::auth::Role::Member if op.user == caller.name() => {}
         crate::auth::Role::Member => {
-            return Err(ApiError::forbidden(
-                "this operation was started by another user: only they or an admin can cancel it",
-            ))
+            return Err(ApiError::not_found(format!("no operation '{id}'")))
         }
         crate::auth::Role::Viewer => {
             return Err(ApiError::forbidden("viewers cannot cancel operations"))

@@ -61,6 +61,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(auth_api::refresh))
         .routes(routes!(auth_api::logout))
         .routes(routes!(auth_api::me))
+        .routes(routes!(auth_api::ticket))
         .routes(routes!(oidc_api::oidc_info))
         .routes(routes!(oidc_api::oidc_login))
         .routes(routes!(oidc_api::oidc_callback))

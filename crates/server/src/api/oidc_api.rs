@@ -73,10 +73,24 @@ pub async fn oidc_login(State(st): State<AppState>, headers: HeaderMap) -> ApiRe
             format!("https://{host}/api/v1/auth/oidc/callback")
         }
     };
-    let url = tokio::task::spawn_blocking(move || o.begin(redirect))
+    let (url, binding) = tokio::task::spawn_blocking(move || o.begin(redirect))
         .await
         .map_err(ApiError::internal)??;
-    Ok((StatusCode::FOUND, [(header::LOCATION, url)]).into_response())
+    // Binds the login's state to this browser: the callback must come with the same cookie.
+    // Lax: the identity provider's redirect back is a top-level GET navigation.
+    let cookie = format!(
+        "{}={binding}; Path=/api/v1/auth/oidc; Max-Age=600; HttpOnly; Secure; SameSite=Lax",
+        oidc::BINDING_COOKIE
+    );
+    Ok((
+        StatusCode::FOUND,
+        [
+            (header::LOCATION, url),
+            (header::SET_COOKIE, cookie),
+            (header::CACHE_CONTROL, "no-store".into()),
+        ],
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -94,6 +108,7 @@ pub struct CallbackQuery {
     responses((status = 200, description = "Signed in: a page that stores the session and opens the UI", content_type = "text/html", body = String)))]
 pub async fn oidc_callback(
     State(st): State<AppState>,
+    headers: HeaderMap,
     axum::Extension(slot): axum::Extension<AuditSlot>,
     ApiQuery(q): ApiQuery<CallbackQuery>,
 ) -> ApiResult<Response> {
@@ -112,9 +127,11 @@ pub async fn oidc_callback(
         ));
     };
     let o2 = o.clone();
-    let (sub, name) = tokio::task::spawn_blocking(move || o2.finish(&code, &state))
-        .await
-        .map_err(ApiError::internal)??;
+    let binding = oidc::binding_from(&headers);
+    let (sub, name) =
+        tokio::task::spawn_blocking(move || o2.finish(&code, &state, binding.as_deref()))
+            .await
+            .map_err(ApiError::internal)??;
     slot.0.lock().unwrap_or_else(|e| e.into_inner()).user = Some(name.clone());
     let role = o.cfg.role;
     let st2 = st.clone();
@@ -126,6 +143,10 @@ pub async fn oidc_callback(
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-store"),
+            (
+                header::SET_COOKIE,
+                "kobako_oidc=; Path=/api/v1/auth/oidc; Max-Age=0; HttpOnly; Secure; SameSite=Lax",
+            ),
         ],
         oidc::session_page(&pair),
     )

@@ -602,9 +602,7 @@ pub async fn tty(
         }),
         user: q.user,
     };
-    Ok(ws.on_upgrade(move |socket| {
-        until_session_end(st, caller, bridge_tty(socket, client, req))
-    }))
+    Ok(ws.on_upgrade(move |socket| until_session_end(st, caller, bridge_tty(socket, client, req))))
 }
 
 async fn bridge_tty(mut ws: WebSocket, client: AgentClient, req: ExecRequest) {
