@@ -398,6 +398,10 @@ fn api_exec_flood_and_lying_downloads_are_bounded() {
     let mut streamed = file(&vec![b'z'; 20 << 20], 0o644);
     streamed.extra = 30 << 20;
     files.insert("/streamed".to_string(), streamed);
+    let mut zero = file(b"", 0o666);
+    zero.kind = FileKind::Other;
+    zero.extra = 64 << 20;
+    files.insert("/dev/zero".to_string(), zero);
     lying_vm(
         srv.run.path(),
         "liar",
@@ -435,6 +439,9 @@ fn api_exec_flood_and_lying_downloads_are_bounded() {
     assert_eq!(s, 422, "{v}");
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("more than the 10 bytes it announced"), "{v}");
+
+    let (s, v) = srv.call("GET", "/vms/liar/files?path=/dev/zero", Some(&t), None);
+    assert_eq!((s, &v["error"]["code"]), (422, &json!("not_a_file")), "{v}");
 
     let r = srv
         .agent
@@ -504,7 +511,7 @@ fn api_console_of_a_flooded_log_sends_only_its_tail() {
 
 /// A real tiny guest makes `/tmp/d/l -> /etc` (and a link to a host file, a fifo, a setuid
 /// file); `kobako cp vm:/tmp/d ./out` recreates the links as links, writes nothing through
-/// them, skips the fifo and drops setuid.
+/// them, skips the fifo and drops setuid. `/dev/zero` is refused (it would never end).
 #[test]
 fn cp_of_a_real_guest_dir_with_a_symlink_to_etc_never_follows_it() {
     use common::{exec, ok, Env};
@@ -542,6 +549,17 @@ fn cp_of_a_real_guest_dir_with_a_symlink_to_etc_never_follows_it() {
     let m = std::fs::metadata(d.join("s")).unwrap().permissions().mode();
     assert_eq!(m & 0o7777, 0o755);
     assert_eq!(host_etc(), before, "the host's /etc changed");
+    // A pseudo-file that says 0 bytes still copies; a device with no end is refused.
+    let cpuinfo = out.path().join("cpuinfo");
+    ok(&env.run(&["cp", "t-cpln:/proc/cpuinfo", cpuinfo.to_str().unwrap()]));
+    assert!(std::fs::read_to_string(&cpuinfo)
+        .unwrap()
+        .contains("processor"));
+    let z = out.path().join("zero");
+    let o = env.run(&["cp", "t-cpln:/dev/zero", z.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("device node"));
+    assert!(!z.exists());
     ok(&env.run(&["vm", "stop", "t-cpln"]));
     env.assert_clean();
 }

@@ -67,6 +67,10 @@ impl Drop for StreamRx {
     }
 }
 
+/// What a regular file the guest announces with size 0 may still send: kernel pseudo-files
+/// (`/proc/cpuinfo`, `/sys/...`) report 0 and have content.
+pub const PSEUDO_FILE_MAX: u64 = 4 << 20;
+
 /// Default cap of the output an `exec` collects in memory, per stream (stdout, stderr).
 pub const DEFAULT_MAX_OUTPUT: usize = 16 << 20;
 
@@ -709,10 +713,14 @@ impl AgentClient {
                             )));
                         };
                         let n = f.payload.len() as u64;
-                        if got + n > i.size {
+                        let limit = if i.size == 0 && i.kind == proto::FileKind::File {
+                            PSEUDO_FILE_MAX.min(max)
+                        } else {
+                            i.size
+                        };
+                        if got + n > limit {
                             return Err(agent_err(format!(
-                                "{path}: the guest sent more than the {} bytes it announced; transfer stopped",
-                                i.size
+                                "{path}: the guest sent more than the {limit} bytes it announced; transfer stopped"
                             )));
                         }
                         h.update(&f.payload);
@@ -967,6 +975,61 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("more than the 1048576 bytes"), "{e}");
+        assert!(got.is_empty());
+    }
+
+    /// `/proc/cpuinfo` says 0 bytes and has some; `/dev/zero` (not a regular file) says 0 and
+    /// has no end.
+    #[tokio::test]
+    async fn files_announced_empty_send_at_most_the_pseudo_file_cap() {
+        let (_d, c) = lying_agent(|f| {
+            let mut out = msg(f.stream, &file_info(0));
+            out.extend(data(f.stream, Kind::Stdout, 1000));
+            out.extend(data(f.stream, Kind::Stdout, 0));
+            let sha = {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(vec![b'x'; 1000]))
+            };
+            out.extend(msg(
+                f.stream,
+                &Msg::Done {
+                    sha256: Some(sha),
+                    size: Some(1000),
+                },
+            ));
+            out
+        })
+        .await;
+        let mut got = Vec::new();
+        c.get_file("/proc/cpuinfo", u64::MAX, &mut got, &|_| {})
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 1000);
+        let (_d, c) = lying_agent(|f| {
+            let mut out = msg(
+                f.stream,
+                &Msg::FileInfo(proto::FileInfo {
+                    exists: true,
+                    kind: proto::FileKind::Other,
+                    size: 0,
+                    mode: 0o666,
+                    uid: 0,
+                    gid: 0,
+                }),
+            );
+            for _ in 0..8 {
+                out.extend(data(f.stream, Kind::Stdout, proto::MAX_PAYLOAD));
+            }
+            out
+        })
+        .await;
+        let mut got = Vec::new();
+        let e = c
+            .get_file("/dev/zero", u64::MAX, &mut got, &|_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("more than the 0 bytes"), "{e}");
         assert!(got.is_empty());
     }
 

@@ -287,6 +287,16 @@ pub async fn download(
         .stat(&q.path)
         .await
         .map_err(|e| ApiError::not_found(format!("{}: {e}", q.path)))?;
+    if info.exists && info.kind == kobako_agent::proto::FileKind::Other {
+        // /dev/zero and friends have no end; a fifo may never send anything.
+        return Err(ApiError::unprocessable(
+            "not_a_file",
+            format!(
+                "{}: a device node, fifo or socket in the guest; download a regular file (copy the data into one with exec first)",
+                q.path
+            ),
+        ));
+    }
     if info.size > BUFFERED_DOWNLOAD {
         return Ok(stream_download(client, q.path, info.size));
     }
