@@ -638,3 +638,45 @@ fn deleted_lab_real_checkpoint_and_capture_do_not_reach_the_next_owner_of_its_na
         "bob sees only his own lab's events: {ev:?}"
     );
 }
+
+/// `kobako user rm` (no server needed) removes the same things as the API, and refuses while
+/// a lab of the user is up (only the server takes labs down) instead of leaving it to a
+/// namesake.
+#[test]
+fn user_removed_from_the_command_line_leaves_nothing_to_a_namesake() {
+    let srv = Server::start();
+    let admin = admin(&srv);
+    let mal = member(&srv, &admin, "mal", json!({}));
+    create_lab(&srv, &mal, &one_vm_lab("mal-up", "64M"));
+    create_lab(&srv, &mal, &one_vm_lab("mal-down", "64M"));
+    save_layout(&srv, &mal, "mal-down");
+    let cp = plant_checkpoint(&srv, &mal, "mal-down", "c1", 1);
+    let f = plant_function(&srv, "mal-fn", "mal", 1);
+    let (s, op) = srv.call("POST", "/labs/mal-up/up", Some(&mal), None);
+    assert_eq!(s, 202, "{op}");
+    let done = srv.wait_op(&mal, &op, Duration::from_secs(120));
+    assert_eq!(done["state"], "succeeded", "{done}");
+
+    let o = srv.cmd(&["user", "rm", "mal"]).output().unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("mal-up") && err.contains("take it down first"),
+        "names the lab and the fix: {err}"
+    );
+    assert_eq!(list(&srv, &admin, "/labs").len(), 2, "nothing was removed");
+    assert!(cp.exists() && f.exists());
+
+    down(&srv, &mal, "mal-up");
+    let o = srv.cmd(&["user", "rm", "mal"]).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(gone(&cp) && gone(&f));
+    assert!(list(&srv, &admin, "/labs").is_empty());
+    assert!(list(&srv, &admin, "/functions").is_empty());
+    let mal2 = member(&srv, &admin, "mal", json!({}));
+    assert!(list(&srv, &mal2, "/labs").is_empty());
+    assert!(list(&srv, &mal2, "/operations").is_empty());
+    create_lab(&srv, &mal2, &one_vm_lab("mal-down", "64M"));
+    let (_, layout) = srv.call("GET", "/labs/mal-down/layout", Some(&mal2), None);
+    assert_eq!(layout["positions"], json!({}), "{layout}");
+}

@@ -233,3 +233,43 @@ pub(crate) async fn delete_user(st: &AppState, name: &str) -> ApiResult<()> {
     // What requests of the user still in flight created meanwhile.
     purge_owned(st, name).await
 }
+
+/// [`delete_user`] without a running server (`kobako serve user rm`): nothing of the user may
+/// run, since only the server takes labs down; 409 naming the first lab that is not down.
+pub fn delete_user_offline(db: &Db, state_dir: &Path, name: &str) -> ApiResult<()> {
+    if crate::auth::get_user(db, name)?.is_none() {
+        return Err(ApiError::not_found(format!("no user '{name}'")));
+    }
+    let labs: Vec<_> = db
+        .labs()?
+        .into_iter()
+        .filter(|l| l.owner.as_deref() == Some(name))
+        .collect();
+    for l in &labs {
+        let running = db
+            .vms(&l.name)?
+            .iter()
+            .any(|v| kobako_runtime::VmDir::for_name(&v.name).vm_pid().is_some());
+        if running || !matches!(l.state, LabState::Stopped | LabState::Pending) {
+            return Err(ApiError::conflict(format!(
+                "user '{name}' has lab '{}' {}: take it down first (kobako down {}), or remove the user through the running server (DELETE /api/v1/users/{name} takes their labs down)",
+                l.name, l.state, l.name
+            )));
+        }
+    }
+    for l in &labs {
+        let _lock = LabLock::acquire_in(state_dir, &l.name, Duration::ZERO)?;
+        forget_lab(db, state_dir, &l.name)?;
+    }
+    for f in kobako_lab::functions::list() {
+        if f.owner.as_deref() == Some(name) {
+            kobako_lab::functions::remove(&f.name).map_err(|e| {
+                ApiError::internal(format!("cannot remove function '{}': {e}", f.name))
+            })?;
+        }
+    }
+    db.conn()
+        .execute("DELETE FROM operations WHERE user = ?1", params![name])
+        .map_err(sql)?;
+    crate::auth::delete_user(db, name)
+}
