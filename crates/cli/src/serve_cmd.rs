@@ -300,8 +300,10 @@ pub fn user(c: UserCmd) -> Result<i32> {
             }
         }
         UserCmd::Rm { name } => {
-            auth::delete_user(&db, &name).map_err(api)?;
-            eprintln!("user {name} removed");
+            // With everything they have (labs, functions, operations, tokens).
+            kobako_server::cascade::delete_user_offline(&db, &kobako_state::state_root(), &name)
+                .map_err(api)?;
+            eprintln!("user {name} removed with their labs and functions");
         }
         UserCmd::Passwd { name } => {
             let pw = read_password(&format!("new password for {name}"))?;

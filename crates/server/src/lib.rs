@@ -18,7 +18,7 @@
 pub mod api;
 pub mod auth;
 pub mod cache;
-pub(crate) mod cascade;
+pub mod cascade;
 pub mod db;
 pub mod error;
 pub mod oidc;

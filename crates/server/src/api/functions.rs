@@ -206,7 +206,7 @@ pub async fn deploy_function(
     }
     let memory = kobako_runtime::config::parse_mib(&body.memory)
         .map_err(|e| ApiError::bad_request(format!("memory: {e}")))?;
-    fn_quota_check(&st, &caller, &name, body.concurrency, memory).await?;
+    let hold = fn_quota_check(&st, &caller, &name, body.concurrency, memory).await?;
     let image_ok = !body.image.is_empty()
         && body
             .image
@@ -238,6 +238,7 @@ pub async fn deploy_function(
     let owner = (!caller.local).then(|| caller.name().to_string());
     let task = move |_, _, _, progress: ops::OpProgress| -> ops::TaskFuture {
         Box::pin(async move {
+            let _hold = hold;
             let vm_name = format!("fn-{}-warm", body.name);
             let cfg = tokio::task::spawn_blocking(move || resolver(&vm, &vm_name))
                 .await
@@ -266,46 +267,28 @@ pub async fn deploy_function(
 }
 
 /// A deployed function reserves `concurrency` VMs of `memory` MiB of its owner's quota (its
-/// clones can all run at once), beside the owner's labs that are up.
+/// clones can all run at once), beside the owner's labs that are up and what other requests
+/// are starting. The reservation is returned to be held until the deployment is registered.
 async fn fn_quota_check(
     st: &AppState,
     caller: &Caller,
     name: &str,
     concurrency: u32,
     memory: u32,
-) -> ApiResult<()> {
-    let (max_vms, max_mem) = (caller.user.max_vms, caller.user.max_memory_mib);
-    if caller.local || (max_vms.is_none() && max_mem.is_none()) {
-        return Ok(());
-    }
-    let owner = caller.name().to_string();
-    let skip = name.to_string();
-    let (vms, mem) = st
-        .db
-        .run(move |db| crate::api::labs::quota_usage(db, &owner, None, Some(&skip)))
-        .await?;
-    let want_vms = i64::from(concurrency);
-    let want_mem = i64::from(concurrency) * i64::from(memory);
-    let over = |what: &str, used: i64, want: i64, max: i64, unit: &str| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "quota_exceeded",
-            format!(
-                "quota exceeded: function '{name}' reserves {want}{unit} {what} ({concurrency} concurrent clones), you have {used}{unit} in use of {max}{unit} (labs that are up and deployed functions); lower its concurrency or memory, remove a function, take a lab down or ask an admin for a larger quota"
-            ),
-        )
+) -> ApiResult<Option<ops::Reservation>> {
+    let want = ops::Usage {
+        vms: i64::from(concurrency),
+        memory_mib: i64::from(concurrency) * i64::from(memory),
+        disk_mib: 0,
     };
-    if let Some(max) = max_vms {
-        if vms + want_vms > max {
-            return Err(over("VMs", vms, want_vms, max, ""));
-        }
-    }
-    if let Some(max) = max_mem {
-        if mem + want_mem > max {
-            return Err(over("of memory", mem, want_mem, max, " MiB"));
-        }
-    }
-    Ok(())
+    let c = caller.clone();
+    let (claim, what) = (
+        ops::Claim::Function(name.to_string()),
+        format!("function '{name}' ({concurrency} concurrent clones of {memory} MiB)"),
+    );
+    st.db
+        .run(move |db| crate::api::labs::quota_reserve(db, &c, claim, want, &what))
+        .await
 }
 
 /// Invoke a function: the request body is its stdin; it runs in a fresh clone of the warm
@@ -321,7 +304,10 @@ pub async fn invoke_function(
     ApiPath(name): ApiPath<String>,
     ApiBytes(body): ApiBytes,
 ) -> ApiResult<Json<InvocationResult>> {
-    function_for(&caller, &name, true).await?;
+    let f = function_for(&caller, &name, true).await?;
+    // Its clones run within what the deployment reserved; this refuses them when the quota
+    // no longer holds it (lowered by an admin since).
+    drop(fn_quota_check(&st, &caller, &name, f.concurrency, f.memory_mib).await?);
     let inv = functions::invoke(st.hooks.runtime.clone(), &name, body.to_vec())
         .await
         .map_err(fn_err)?;

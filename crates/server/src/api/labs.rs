@@ -4,11 +4,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::Json;
-use kobako_lab::spec::{self, FileSource, HostLimits, Lab};
+use kobako_lab::spec::{self, Lab};
 use kobako_state::{LabRow, LabState};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::api::labfile;
 use crate::auth::Caller;
 use crate::error::{ApiBytes, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::ops::{self, LabOp, Operation};
@@ -237,19 +238,24 @@ pub struct CreateQuery {
     pub file: Option<String>,
 }
 
-/// VMs and MiB of memory `owner` has in use: labs that are up (but `skip_lab`) and the
-/// reservations of deployed functions (`concurrency` clones of `memory_mib` each; but
-/// `skip_fn`), which can all run at once.
+/// What `owner` has in use (VMs, MiB of memory; disk only when `disk`): labs that are up,
+/// the reservations of deployed functions (`concurrency` clones of `memory_mib` each, which can
+/// all run at once) and the reservations of requests still starting something (`held`); a
+/// reserved lab or function is counted by its reservation, not twice. `skip` is left out (the
+/// thing being checked).
 pub(crate) fn quota_usage(
     db: &kobako_state::Db,
     owner: &str,
-    skip_lab: Option<&str>,
-    skip_fn: Option<&str>,
-) -> ApiResult<(i64, i64)> {
-    let mut vms = 0i64;
-    let mut mem = 0i64;
-    for l in db.labs()? {
-        if l.owner.as_deref() != Some(owner) || Some(l.name.as_str()) == skip_lab {
+    held: &ops::Reservations,
+    skip: Option<&ops::Claim>,
+    disk: bool,
+) -> ApiResult<ops::Usage> {
+    let held = held.of(owner);
+    let claimed = |c: &ops::Claim| Some(c) == skip || held.iter().any(|(h, _)| h == c);
+    let mut u = ops::Usage::default();
+    let labs = db.labs()?;
+    for l in &labs {
+        if l.owner.as_deref() != Some(owner) || claimed(&ops::Claim::Lab(l.name.clone())) {
             continue;
         }
         if matches!(
@@ -259,57 +265,195 @@ pub(crate) fn quota_usage(
             continue;
         }
         if let Ok(other) = serde_json::from_value::<Lab>(l.spec.clone()) {
-            vms += other.vms().count() as i64;
-            mem += other.vms().map(|v| v.memory.0 as i64).sum::<i64>();
+            u.vms += other.vms().count() as i64;
+            u.memory_mib += other.vms().map(|v| v.memory.0 as i64).sum::<i64>();
         }
     }
     for f in kobako_lab::functions::list() {
-        if f.owner.as_deref() != Some(owner) || Some(f.name.as_str()) == skip_fn {
+        if f.owner.as_deref() != Some(owner) || claimed(&ops::Claim::Function(f.name.clone())) {
             continue;
         }
-        vms += i64::from(f.concurrency);
-        mem += i64::from(f.concurrency) * i64::from(f.memory_mib);
+        u.vms += i64::from(f.concurrency);
+        u.memory_mib += i64::from(f.concurrency) * i64::from(f.memory_mib);
     }
-    Ok((vms, mem))
+    for (c, h) in &held {
+        if Some(c) != skip {
+            u += *h;
+        }
+    }
+    if disk {
+        let bytes: u64 = labs
+            .iter()
+            .filter(|l| l.owner.as_deref() == Some(owner))
+            .map(|l| crate::cascade::lab_disk_bytes(&db_state_dir(db), &l.name))
+            .sum();
+        u.disk_mib += bytes.div_ceil(1024 * 1024) as i64;
+    }
+    Ok(u)
 }
 
-/// The quota left for `caller`'s labs, counting labs that are up (not `lab` itself) and
-/// deployed functions.
-fn quota_check(
+/// The state directory the database lives in (checkpoints and captures are under it).
+fn db_state_dir(db: &kobako_state::Db) -> std::path::PathBuf {
+    db.path()
+        .parent()
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(kobako_state::state_root)
+}
+
+/// Checks that `want` more of `caller`'s quota is free beside what is in use and reserved,
+/// and reserves it for `claim` in the same step (`None`: the caller has no such quota). 409
+/// `quota_exceeded` naming the quota, what `what` needs and what uses the rest.
+pub(crate) fn quota_reserve(
     db: &kobako_state::Db,
     caller: &Caller,
-    lab: &Lab,
-    running_only: bool,
-) -> ApiResult<()> {
-    if caller.user.max_vms.is_none() && caller.user.max_memory_mib.is_none() {
-        return Ok(());
+    claim: ops::Claim,
+    want: ops::Usage,
+    what: &str,
+) -> ApiResult<Option<ops::Reservation>> {
+    let u = &caller.user;
+    let limited = (want.vms > 0 && u.max_vms.is_some())
+        || (want.memory_mib > 0 && u.max_memory_mib.is_some())
+        || (want.disk_mib > 0 && u.max_disk_mib.is_some());
+    if caller.local || !limited {
+        return Ok(None);
     }
-    let (vms, mem) = if running_only {
-        quota_usage(db, caller.name(), Some(lab.name.as_str()), None)?
-    } else {
-        (0, 0)
+    let mut held = ops::reservations();
+    let used = quota_usage(db, caller.name(), &held, Some(&claim), want.disk_mib > 0)?;
+    let over = |quota: &str, used: i64, want: i64, max: i64, unit: &str, uses: &str| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "quota_exceeded",
+            format!(
+                "quota exceeded ({quota}): {what} needs {want}{unit}, you have {used}{unit} in use of {max}{unit} ({uses}); {}",
+                if quota == "max_disk_mib" {
+                    "delete checkpoints or captures, or ask an admin for a larger quota"
+                } else {
+                    "take another lab down, remove a function or ask an admin for a larger quota"
+                }
+            ),
+        )
     };
-    let want_vms = lab.vms().count() as i64;
-    let want_mem: i64 = lab.vms().map(|v| v.memory.0 as i64).sum();
-    let over = |what: &str, used: i64, want: i64, max: i64, unit: &str| {
-        let msg = format!(
-            "quota exceeded: lab '{}' needs {want}{unit} {what}, you have {used}{unit} in use of {max}{unit} (labs that are up and deployed functions' concurrency); take another lab down, remove a function or ask an admin for a larger quota",
-            lab.name.as_str()
-        );
-        if running_only {
-            ApiError::new(StatusCode::CONFLICT, "quota_exceeded", msg)
-        } else {
-            ApiError::unprocessable("quota_exceeded", msg)
+    const RUNNING: &str = "labs that are up or starting and deployed functions' concurrency";
+    if let Some(max) = u.max_vms.filter(|_| want.vms > 0) {
+        if used.vms + want.vms > max {
+            return Err(over("max_vms", used.vms, want.vms, max, " VM(s)", RUNNING));
         }
+    }
+    if let Some(max) = u.max_memory_mib.filter(|_| want.memory_mib > 0) {
+        if used.memory_mib + want.memory_mib > max {
+            return Err(over(
+                "max_memory_mib",
+                used.memory_mib,
+                want.memory_mib,
+                max,
+                " MiB of memory",
+                RUNNING,
+            ));
+        }
+    }
+    if let Some(max) = u.max_disk_mib.filter(|_| want.disk_mib > 0) {
+        if used.disk_mib + want.disk_mib > max {
+            return Err(over(
+                "max_disk_mib",
+                used.disk_mib,
+                want.disk_mib,
+                max,
+                " MiB of disk",
+                "checkpoints and packet captures of your labs, and those being written",
+            ));
+        }
+    }
+    Ok(Some(held.reserve(caller.name(), claim, want)))
+}
+
+/// Reserves up to `most` MiB of `caller`'s disk quota for `claim` (a capture that stops when
+/// its file is full): what is left of the quota, at most `most`. `None`: no disk quota, take
+/// `most`. 409 `quota_exceeded` when less than 1 MiB is left.
+pub(crate) fn disk_reserve_upto(
+    db: &kobako_state::Db,
+    caller: &Caller,
+    claim: ops::Claim,
+    most: i64,
+    what: &str,
+) -> ApiResult<(i64, Option<ops::Reservation>)> {
+    let Some(max) = caller.user.max_disk_mib.filter(|_| !caller.local) else {
+        return Ok((most, None));
+    };
+    let left = {
+        let held = ops::reservations();
+        let used = quota_usage(db, caller.name(), &held, Some(&claim), true)?;
+        max - used.disk_mib
+    };
+    let want = ops::Usage {
+        disk_mib: left.clamp(1, most.max(1)),
+        ..Default::default()
+    };
+    // Checked again with the reservation taken in one step (another request may have taken
+    // some meanwhile).
+    let r = quota_reserve(db, caller, claim, want, what)?;
+    Ok((want.disk_mib, r))
+}
+
+/// The VMs and memory `lab` runs when it is up.
+pub(crate) fn lab_usage(lab: &Lab) -> ops::Usage {
+    ops::Usage {
+        vms: lab.vms().count() as i64,
+        memory_mib: lab.vms().map(|v| v.memory.0 as i64).sum(),
+        disk_mib: 0,
+    }
+}
+
+/// Reserves `caller`'s quota for every VM of `lab` (being brought up, restarted, restored or
+/// having VMs started), beside the caller's other labs, functions and reservations.
+pub(crate) async fn reserve_lab(
+    st: &AppState,
+    caller: &Caller,
+    lab: &Lab,
+) -> ApiResult<Option<ops::Reservation>> {
+    let (c, want, name) = (
+        caller.clone(),
+        lab_usage(lab),
+        lab.name.as_str().to_string(),
+    );
+    st.db
+        .run(move |db| {
+            quota_reserve(
+                db,
+                &c,
+                ops::Claim::Lab(name.clone()),
+                want,
+                &format!("lab '{name}'"),
+            )
+        })
+        .await
+}
+
+/// Whether `lab` alone fits `caller`'s quota (422 `quota_exceeded` otherwise: the lab file
+/// asks for more than the quota allows at all). What runs is checked at `up` ([`reserve_lab`]).
+fn quota_check(
+    _db: &kobako_state::Db,
+    caller: &Caller,
+    lab: &Lab,
+    _running_only: bool,
+) -> ApiResult<()> {
+    let want = lab_usage(lab);
+    let over = |what: &str, want: i64, max: i64, unit: &str| {
+        ApiError::unprocessable(
+            "quota_exceeded",
+            format!(
+                "quota exceeded: lab '{}' needs {want}{unit} {what}, more than your quota of {max}{unit}; make the lab smaller or ask an admin for a larger quota",
+                lab.name.as_str()
+            ),
+        )
     };
     if let Some(max) = caller.user.max_vms {
-        if vms + want_vms > max {
-            return Err(over("VMs", vms, want_vms, max, ""));
+        if want.vms > max {
+            return Err(over("VMs", want.vms, max, ""));
         }
     }
     if let Some(max) = caller.user.max_memory_mib {
-        if mem + want_mem > max {
-            return Err(over("of memory", mem, want_mem, max, " MiB"));
+        if want.memory_mib > max {
+            return Err(over("of memory", want.memory_mib, max, " MiB"));
         }
     }
     Ok(())
@@ -330,31 +474,11 @@ pub async fn create_lab(
     ApiBytes(body): ApiBytes,
 ) -> ApiResult<(StatusCode, Json<Vec<LabSummary>>)> {
     caller.require_write()?;
-    let text = std::str::from_utf8(&body)
+    let text = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::bad_request("the lab file is not UTF-8 text"))?;
-    let file = q.file.unwrap_or_else(|| "lab.yaml".into());
-    let labs = spec::load_str(&file, text, &HostLimits::detect()).map_err(|errs| {
-        let first = errs.0.first().map(|e| e.to_string()).unwrap_or_default();
-        ApiError::unprocessable(
-            "invalid_lab",
-            format!(
-                "{} problem(s) in the lab file; first: {first}",
-                errs.0.len()
-            ),
-        )
-        .with_details(serde_json::to_value(&errs).unwrap_or_default())
-    })?;
-    if !caller.is_admin()
-        && labs
-            .iter()
-            .flat_map(|l| l.vms())
-            .flat_map(|v| v.files.iter())
-            .any(|f| matches!(f.source, FileSource::Host(_)))
-    {
-        return Err(ApiError::forbidden(
-            "files copied from the server's filesystem (`files: - src:`) are for admins; use `content:` instead",
-        ));
-    }
+    let file = labfile::display_name(q.file, "lab.yaml")?;
+    let labs = labfile::load_labs(file.clone(), text).await?;
+    labfile::refuse_host_paths(&caller, &labs)?;
     super::policy::check_create(&st, &caller, &labs).await?;
     let owner = (!caller.local).then(|| caller.name().to_string());
     let created = st
@@ -445,7 +569,8 @@ pub async fn get_lab(
         .into_response())
 }
 
-/// Delete a lab that is down (409 while any of its VMs runs: POST .../down first).
+/// Delete a lab that is down (409 while any of its VMs runs: POST .../down first), with
+/// everything kept about it: checkpoints, captures, layout, events, operations.
 #[utoipa::path(delete, path = "/api/v1/labs/{name}", tag = "labs",
     params(("name" = String, Path, description = "Lab name")),
     responses((status = 204, description = "Deleted")))]
@@ -455,6 +580,8 @@ pub async fn delete_lab(
     ApiPath(name): ApiPath<String>,
 ) -> ApiResult<StatusCode> {
     lab_for(&st, &caller, &name, true).await?;
+    // Not while this server runs an operation on it (a capture, a scenario run).
+    let _busy = ops::hold_lab(&st, &name)?;
     let root = st.state_dir.clone();
     st.db
         .run(move |db| {
@@ -469,11 +596,10 @@ pub async fn delete_lab(
                     "lab '{name}' has {running} VM(s) running: POST /api/v1/labs/{name}/down first"
                 )));
             }
-            db.delete_lab(&name)?;
+            // Everything of the lab goes with it: a later lab of the same name (maybe another
+            // member's) starts from nothing.
+            crate::cascade::forget_lab(db, &root, &name)?;
             db.event(Some(&name), None, "lab.deleted", &serde_json::json!({}))?;
-            // What the UI kept about the lab goes with it.
-            super::captures::forget_lab(&root, &name);
-            super::layout::forget_lab(&root, &name);
             Ok(())
         })
         .await?;
@@ -487,13 +613,16 @@ async fn lab_op(
     op: LabOp,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
     let row = lab_for(&st, &caller, &name, true).await?;
-    if op != LabOp::Down {
+    let hold = if op != LabOp::Down {
         let lab: Lab = serde_json::from_value(row.spec.clone()).map_err(ApiError::internal)?;
+        // Labs stored before host paths were checked at create: never boot one for a member.
+        labfile::refuse_host_paths(&caller, [&lab])?;
         super::policy::check_up(&st, &caller, &row, &lab).await?;
-        let c = caller.clone();
-        st.db.run(move |db| quota_check(db, &c, &lab, true)).await?;
-    }
-    let o = ops::start_lab_op(&st, name, op, caller.name().to_string()).await?;
+        reserve_lab(&st, &caller, &lab).await?
+    } else {
+        None
+    };
+    let o = ops::start_lab_op(&st, name, op, caller.name().to_string(), hold).await?;
     Ok((StatusCode::ACCEPTED, Json(o)))
 }
 
@@ -808,4 +937,133 @@ pub async fn cancel_operation(
         }
     }
     Ok((StatusCode::ACCEPTED, Json(find_operation(&st, &id).await?)))
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use std::sync::{Arc, Barrier};
+
+    use super::*;
+    use crate::auth::{Role, User};
+
+    /// A member with these quotas; each test its own name (reservations are per process).
+    fn member(name: &str, max_vms: Option<i64>, max_disk_mib: Option<i64>) -> Caller {
+        Caller {
+            user: User {
+                name: name.into(),
+                role: Role::Member,
+                max_vms,
+                max_memory_mib: None,
+                max_disk_mib,
+                created_ms: 0,
+            },
+            local: false,
+            cred: crate::auth::Credential::ApiToken { id: "t".into() },
+        }
+    }
+
+    fn db(dir: &std::path::Path) -> kobako_state::Db {
+        let db = kobako_state::Db::open_in(dir).unwrap();
+        db.migrate("server", crate::db::SERVER_MIGRATIONS).unwrap();
+        db.migrate("tenancy", crate::db::TENANCY_MIGRATIONS)
+            .unwrap();
+        db
+    }
+
+    #[test]
+    fn concurrent_reservations_never_share_the_last_of_a_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(db(dir.path()));
+        let caller = member("ann1", Some(3), None);
+        let go = Arc::new(Barrier::new(8));
+        let results: Vec<_> = (0..8)
+            .map(|i| {
+                let (db, caller, go) = (db.clone(), caller.clone(), go.clone());
+                std::thread::spawn(move || {
+                    go.wait();
+                    let want = ops::Usage {
+                        vms: 1,
+                        ..Default::default()
+                    };
+                    let claim = ops::Claim::Lab(format!("l{i}"));
+                    quota_reserve(&db, &caller, claim, want, &format!("lab 'l{i}'"))
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect();
+        let held: Vec<_> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().and_then(|h| h.as_ref()))
+            .collect();
+        assert_eq!(held.len(), 3, "exactly the quota is reserved");
+        for e in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert_eq!(e.code, "quota_exceeded");
+            assert_eq!(e.status, StatusCode::CONFLICT);
+            assert!(e.message.contains("max_vms"), "{}", e.message);
+        }
+        // A reservation released (its operation ended) frees its share.
+        drop(results);
+        let again = quota_reserve(
+            &db,
+            &caller,
+            ops::Claim::Lab("l9".into()),
+            ops::Usage {
+                vms: 3,
+                ..Default::default()
+            },
+            "lab 'l9'",
+        )
+        .unwrap();
+        assert!(again.is_some());
+    }
+
+    #[test]
+    fn a_reservation_of_a_thing_stands_for_it_and_is_not_counted_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(dir.path());
+        let caller = member("ann2", Some(2), None);
+        let want = ops::Usage {
+            vms: 2,
+            ..Default::default()
+        };
+        let a = quota_reserve(&db, &caller, ops::Claim::Lab("a".into()), want, "lab 'a'").unwrap();
+        // Checking `a` again (a restart) skips its own reservation; another lab does not fit.
+        assert!(quota_reserve(&db, &caller, ops::Claim::Lab("a".into()), want, "lab 'a'").is_ok());
+        let e =
+            quota_reserve(&db, &caller, ops::Claim::Lab("b".into()), want, "lab 'b'").unwrap_err();
+        assert!(e.message.contains("2 VM(s) in use of 2"), "{}", e.message);
+        drop(a);
+        // Other users' reservations and callers without quotas are not limited.
+        assert!(member("ann2", None, None).user.max_vms.is_none());
+        assert!(quota_reserve(
+            &db,
+            &member("ann2", None, None),
+            ops::Claim::Lab("b".into()),
+            want,
+            "b"
+        )
+        .unwrap()
+        .is_none());
+    }
+
+    #[test]
+    fn disk_reservations_take_what_is_left_and_refuse_when_nothing_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db(dir.path());
+        let caller = member("ann3", None, Some(10));
+        let (got, h1) =
+            disk_reserve_upto(&db, &caller, ops::Claim::Disk("c1".into()), 64, "capture").unwrap();
+        assert_eq!(got, 10, "all that is left, not the 64 asked");
+        assert!(h1.is_some());
+        let e = disk_reserve_upto(&db, &caller, ops::Claim::Disk("c2".into()), 64, "capture")
+            .unwrap_err();
+        assert_eq!(e.code, "quota_exceeded");
+        assert!(e.message.contains("max_disk_mib"), "{}", e.message);
+        drop(h1);
+        let (got, _h) =
+            disk_reserve_upto(&db, &caller, ops::Claim::Disk("c3".into()), 4, "capture").unwrap();
+        assert_eq!(got, 4);
+    }
 }
