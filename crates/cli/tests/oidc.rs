@@ -822,3 +822,60 @@ fn oidc_login_outside_allowed_domains_or_groups_is_refused() {
     assert_eq!(s, 200, "{page}");
     assert_eq!(session_of(&page)["user"]["name"], "inside");
 }
+
+/// A name recycled through OIDC (issue 17 item 3): a provider account deleted in kobako by an
+/// admin, and another account of the provider that takes the same name later, is a new user:
+/// it gets nothing of the deleted one (labs, tokens).
+#[test]
+fn oidc_user_recycling_a_deleted_users_name_inherits_nothing() {
+    let idp = Idp::start();
+    let srv = idp_server(&idp, &["--oidc-role", "member"]);
+    let (code, state) = authorize(&srv, &idp, claims(&idp, "sub-old", "kim"), None);
+    let (s, page) = callback(&srv, &code, &state);
+    assert_eq!(s, 200, "{page}");
+    let old = session_of(&page)["access"].as_str().unwrap().to_string();
+    let r = srv
+        .agent
+        .post(&srv.url("/labs"))
+        .set("authorization", &format!("Bearer {old}"))
+        .set("content-type", "application/yaml")
+        .send_bytes(b"name: kim-lab\nnodes:\n  n:\n    vms:\n      v: { image: tiny }\n")
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // The admin deletes kim; another account at the provider later signs in as kim.
+    let pw =
+        std::fs::read_to_string(srv.state.path().join("server/initial-admin-password")).unwrap();
+    let admin = srv
+        .agent
+        .post(&srv.url("/auth/login"))
+        .send_json(json!({"username": "admin", "password": pw.trim()}))
+        .unwrap()
+        .into_json::<Value>()
+        .unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = srv
+        .agent
+        .delete(&srv.url("/users/kim"))
+        .set("authorization", &format!("Bearer {admin}"))
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let (code, state) = authorize(&srv, &idp, claims(&idp, "sub-new", "kim"), None);
+    let (s, page) = callback(&srv, &code, &state);
+    assert_eq!(s, 200, "{page}");
+    let new = session_of(&page)["access"].as_str().unwrap().to_string();
+    let (s, _, labs) = srv.get("/labs", Some(&new));
+    assert_eq!(s, 200);
+    assert_eq!(
+        labs.trim(),
+        "[]",
+        "the new kim sees none of the old kim's labs"
+    );
+    let (s, _, labs) = srv.get("/labs", Some(&admin));
+    assert_eq!(labs.trim(), "[]", "the old kim's lab is gone: {s}");
+    let (s, _, e) = srv.get("/labs", Some(&old));
+    assert_eq!(s, 401, "the old kim's token is dead: {e}");
+}
