@@ -252,12 +252,12 @@ fn build_from(
                 what: what.clone(),
                 source,
             })?;
-        for (q, evt) in t.queue_evts().iter().enumerate() {
+        for (evt, q) in t.queue_evts().iter().zip(0u32..) {
             vm.fd
                 .register_ioevent(
                     evt,
                     &kvm_ioctls::IoEventAddress::Mmio(slot.base + NOTIFY_REG_OFFSET),
-                    q as u32,
+                    q,
                 )
                 .map_err(|source| BuildError::VirtioFd {
                     what: what.clone(),

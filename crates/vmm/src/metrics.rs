@@ -49,7 +49,7 @@ impl Metrics {
         serde_json::json!({
             "utc_timestamp_ms": std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or(0),
             "vcpu": {
                 "exit_io": g(&self.io_exits),

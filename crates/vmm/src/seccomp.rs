@@ -174,9 +174,28 @@ const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 /// Offsets in `struct seccomp_data` (include/uapi/linux/seccomp.h).
 const SECCOMP_DATA_NR: u32 = 0;
 const SECCOMP_DATA_ARCH: u32 = 4;
+// Classic BPF opcodes are 16 bits (struct sock_filter.code); libc types them u32.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "BPF opcodes fit in 16 bits"
+)]
 const BPF_LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "BPF opcodes fit in 16 bits"
+)]
 const BPF_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "BPF opcodes fit in 16 bits"
+)]
 const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+/// `__NR_openat` (257) as the 32-bit `seccomp_data.nr`.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "syscall numbers fit in 32 bits"
+)]
+const NR_OPENAT: u32 = libc::SYS_openat as u32;
 
 /// Instructions put in front of a compiled filter: on x86_64, `openat` returns `EACCES`;
 /// everything else (and any other arch) goes on to the filter unchanged. It can only turn
@@ -188,7 +207,7 @@ fn openat_refused_prefix() -> [sock_filter; 5] {
         // Another arch: skip the next 3 (to the compiled filter, which kills it).
         ins(BPF_JEQ_K, AUDIT_ARCH_X86_64, 0, 3),
         ins(BPF_LD_W_ABS, SECCOMP_DATA_NR, 0, 0),
-        ins(BPF_JEQ_K, libc::SYS_openat as u32, 0, 1),
+        ins(BPF_JEQ_K, NR_OPENAT, 0, 1),
         ins(
             BPF_RET_K,
             libc::SECCOMP_RET_ERRNO | libc::EACCES as u32,
@@ -237,7 +256,7 @@ extern "C" fn sigsys_handler(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut
         std::ptr::read_unaligned(base.add(16 + 8) as *const i32)
     };
     let mut msg = *b"kobako-vmm: blocked syscall 0000 (seccomp), exiting\n";
-    let mut n = nr.max(0) as u32;
+    let mut n = u32::try_from(nr).unwrap_or(0);
     for i in (28..32).rev() {
         msg[i] = b'0' + (n % 10) as u8;
         n /= 10;

@@ -115,7 +115,7 @@ pub fn read_state(path: &Path) -> Result<MicrovmState, String> {
     if len > MAX_BODY {
         return Err(format!("{} is corrupted (body length {len})", what()));
     }
-    let mut body = Vec::with_capacity(len as usize);
+    let mut body = Vec::with_capacity(crate::cast::usize_from(len));
     f.take(len)
         .read_to_end(&mut body)
         .map_err(|e| format!("{}: {e}", what()))?;
@@ -148,7 +148,7 @@ pub fn write_memory(mem: &GuestMemoryMmap, path: &Path) -> io::Result<u64> {
     let mut file_off = 0u64;
     let mut written = 0u64;
     for region in mem.iter() {
-        let len = region.len() as usize;
+        let len = crate::cast::usize_from(region.len());
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
             .map_err(|e| io::Error::other(e.to_string()))?;

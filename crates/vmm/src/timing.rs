@@ -23,7 +23,11 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     if rc != 0 {
         return 0;
     }
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+    // Both are >= 0 for the clocks used here (monotonic, CPU time, realtime after 1970).
+    let (Ok(sec), Ok(nsec)) = (u64::try_from(ts.tv_sec), u64::try_from(ts.tv_nsec)) else {
+        return 0;
+    };
+    sec * 1_000_000_000 + nsec
 }
 
 impl Stamp {
@@ -69,7 +73,8 @@ pub fn rss_kib_from(f: &mut std::fs::File) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     // SAFETY: sysconf has no memory-safety preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    let page =
+        u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096)).unwrap_or(4096);
     pages * page / 1024
 }
 

@@ -97,6 +97,16 @@ pub struct EventLoop {
     pending_exit: Option<i32>,
 }
 
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("id", &self.opts.id)
+            .field("state", &self.state)
+            .field("res", &self.res)
+            .finish_non_exhaustive()
+    }
+}
+
 fn stop_code(stop: &VcpuStop) -> i32 {
     match stop {
         VcpuStop::PowerOff => crate::EXIT_OK,
@@ -178,11 +188,14 @@ impl EventLoop {
                         None
                     }
                     t if t >= TOKEN_VIRTIO => {
-                        self.on_virtio((t - TOKEN_VIRTIO) as usize);
+                        self.on_virtio(crate::cast::usize_from(t - TOKEN_VIRTIO));
                         None
                     }
                     t if t >= TOKEN_CONSOLE_CLIENT => {
-                        self.on_console_client((t - TOKEN_CONSOLE_CLIENT) as i32);
+                        // Console client tokens are TOKEN_CONSOLE_CLIENT + the client's fd.
+                        if let Ok(fd) = i32::try_from(t - TOKEN_CONSOLE_CLIENT) {
+                            self.on_console_client(fd);
+                        }
                         None
                     }
                     _ => None,
@@ -303,7 +316,11 @@ impl EventLoop {
                 .ctl(
                     ControlOperation::Add,
                     fd,
-                    EpollEvent::new(EventSet::IN, TOKEN_CONSOLE_CLIENT + fd as u64),
+                    // An accepted socket's fd is >= 0.
+                    EpollEvent::new(
+                        EventSet::IN,
+                        TOKEN_CONSOLE_CLIENT + u64::from(fd.unsigned_abs()),
+                    ),
                 )
                 .is_ok()
             {
@@ -527,7 +544,7 @@ impl EventLoop {
         config.serial = None;
         let created_unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
         let serial = vm.serial.lock().unwrap_or_else(|e| e.into_inner()).save();
         let i8042 = vm.i8042.lock().unwrap_or_else(|e| e.into_inner()).save();

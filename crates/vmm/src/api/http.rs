@@ -288,7 +288,10 @@ pub fn serve(
                 }
                 continue;
             }
-            let fd = ev.data() as RawFd;
+            // Connection tokens are their fds (>= 0), the listener's is u64::MAX (above).
+            let Ok(fd) = RawFd::try_from(ev.data()) else {
+                continue;
+            };
             let keep = match conns.get_mut(&fd) {
                 Some(c) => {
                     let mut keep = service(c, &mut handle);
@@ -324,7 +327,8 @@ fn interest(fd: RawFd, writing: bool) -> EpollEvent {
     } else {
         EventSet::IN | EventSet::READ_HANG_UP
     };
-    EpollEvent::new(set, fd as u64)
+    // An accepted socket's fd is >= 0: unsigned_abs is the fd itself.
+    EpollEvent::new(set, u64::from(fd.unsigned_abs()))
 }
 
 fn busy() -> Response {

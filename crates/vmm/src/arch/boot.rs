@@ -29,6 +29,16 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMma
 use super::layout::*;
 use super::regs::{EntryMode, EntryPoint};
 
+/// [`CMDLINE_START`] as the setup header's 32-bit pointer (checked at compile time).
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "asserted to fit in 32 bits in the same const"
+)]
+const CMDLINE_START_U32: u32 = {
+    assert!(CMDLINE_START <= u32::MAX as u64);
+    CMDLINE_START as u32
+};
+
 /// Failure to load the kernel or write its boot information.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
@@ -149,7 +159,9 @@ pub fn load(mem: &GuestMemoryMmap, spec: &BootSpec<'_>) -> Result<EntryPoint, Bo
 
     let cmdline = Cmdline::try_from(spec.cmdline, CMDLINE_MAX_SIZE).map_err(BootError::Cmdline)?;
     load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline).map_err(BootError::CmdlineLoad)?;
-    let cmdline_len = spec.cmdline.len() as u32 + 1;
+    // Cmdline::try_from above refused anything longer than CMDLINE_MAX_SIZE (2 KiB).
+    let cmdline_len = u32::try_from(spec.cmdline.len() + 1)
+        .map_err(|_| BootError::Cmdline(linux_loader::cmdline::Error::TooLarge))?;
 
     let initrd = match spec.initrd {
         Some(p) => Some(load_initrd(mem, p, result.kernel_end, spec.mem_bytes)?),
@@ -217,7 +229,7 @@ fn load_initrd(
         .map(|a| a & !0xfff)
         .filter(|a| *a >= kernel_end.max(HIMEM_START))
         .ok_or(BootError::InitrdTooLarge { size })?;
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut f, size as usize)
+    mem.read_exact_volatile_from(GuestAddress(addr), &mut f, crate::cast::usize_from(size))
         .map_err(BootError::InitrdRead)?;
     Ok(InitrdPlacement { addr, size })
 }
@@ -268,7 +280,8 @@ fn write_pvh_info(
         version: 1,
         cmdline_paddr: CMDLINE_START,
         memmap_paddr: PVH_MEMMAP_START,
-        memmap_entries: map.len() as u32,
+        // e820_map has at most 4 entries.
+        memmap_entries: u32::try_from(map.len()).unwrap_or(u32::MAX),
         ..Default::default()
     };
     if let Some(rd) = initrd {
@@ -302,11 +315,13 @@ fn write_zero_page(
     params.hdr.boot_flag = 0xaa55;
     params.hdr.header = 0x5372_6448; // "HdrS"
     params.hdr.kernel_alignment = 0x0100_0000;
-    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
+    params.hdr.cmd_line_ptr = CMDLINE_START_U32;
     params.hdr.cmdline_size = cmdline_len;
     if let Some(rd) = initrd {
-        params.hdr.ramdisk_image = rd.addr as u32;
-        params.hdr.ramdisk_size = rd.size as u32;
+        // load_initrd placed it below the MMIO gap (3 GiB).
+        let too_large = || BootError::InitrdTooLarge { size: rd.size };
+        params.hdr.ramdisk_image = u32::try_from(rd.addr).map_err(|_| too_large())?;
+        params.hdr.ramdisk_size = u32::try_from(rd.size).map_err(|_| too_large())?;
     }
     let map = e820_map(mem_bytes);
     for (i, (addr, size, ty)) in map.iter().enumerate().take(params.e820_table.len()) {
@@ -316,7 +331,8 @@ fn write_zero_page(
             r#type: *ty,
         };
     }
-    params.e820_entries = map.len().min(params.e820_table.len()) as u8;
+    // At most e820_table.len() (128) entries.
+    params.e820_entries = u8::try_from(map.len().min(params.e820_table.len())).unwrap_or(u8::MAX);
     mem.checked_offset(
         GuestAddress(ZERO_PAGE_START),
         std::mem::size_of::<boot_params>(),

@@ -14,6 +14,8 @@ use super::layout::{APIC_ADDR, EBDA_START, IOAPIC_ADDR, MAX_VCPUS};
 pub enum MpTableError {
     #[error("{0} vCPUs do not fit in the MP table (1..={MAX_VCPUS})")]
     VcpuCount(u8),
+    #[error("the MP table address {0:#x} is not below 4 GiB")]
+    Address(u64),
     #[error("writing the MP table into guest memory")]
     Write(#[source] vm_memory::GuestMemoryError),
 }
@@ -71,7 +73,9 @@ pub fn build(base: u64, vcpus: u8) -> Result<Vec<u8>, MpTableError> {
 
     let mut header = Vec::with_capacity(44);
     header.extend_from_slice(b"PCMP");
-    header.extend_from_slice(&((44 + entries.len()) as u16).to_le_bytes());
+    // One entry per vCPU (at most 32) plus a fixed few: far below 64 KiB.
+    let table_len = u16::try_from(44 + entries.len()).unwrap_or(u16::MAX);
+    header.extend_from_slice(&table_len.to_le_bytes());
     header.push(4); // spec revision 1.4
     header.push(0); // checksum, filled below
     header.extend_from_slice(b"KOBAKO  ");
@@ -87,7 +91,8 @@ pub fn build(base: u64, vcpus: u8) -> Result<Vec<u8>, MpTableError> {
 
     let mut fp = Vec::with_capacity(16);
     fp.extend_from_slice(b"_MP_");
-    fp.extend_from_slice(&(table_addr as u32).to_le_bytes());
+    let table_addr32 = u32::try_from(table_addr).map_err(|_| MpTableError::Address(table_addr))?;
+    fp.extend_from_slice(&table_addr32.to_le_bytes());
     fp.extend_from_slice(&[1, 4, 0, 0, 0, 0, 0, 0]);
     fp[10] = checksum(&fp);
 

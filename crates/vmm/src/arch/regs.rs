@@ -75,6 +75,8 @@ fn segment_from_gdt(entry: u64, table_index: u8) -> kvm_segment {
     kvm_segment {
         base: ((entry >> 16) & 0xff_ffff) | (((entry >> 56) & 0xff) << 24),
         limit: {
+            // 20 bits: 16 from bits 0..16, 4 from bits 48..52.
+            #[allow(clippy::cast_possible_truncation, reason = "masked to 20 bits")]
             let raw = ((entry & 0xffff) | (((entry >> 48) & 0xf) << 16)) as u32;
             if (entry >> 55) & 1 == 1 {
                 (raw << 12) | 0xfff
@@ -174,7 +176,8 @@ pub fn setup_boot_regs(vcpu: &VcpuFd, entry: &EntryPoint) -> Result<(), RegsErro
             let data = segment_from_gdt(gdt[2], 2);
             let tss = segment_from_gdt(gdt[3], 3);
             sregs.gdt.base = GDT_ADDR;
-            sregs.gdt.limit = (gdt.len() * 8 - 1) as u16;
+            // A 4-entry table: limit 31.
+            sregs.gdt.limit = u16::try_from(gdt.len() * 8 - 1).unwrap_or(u16::MAX);
             sregs.idt.base = IDT_ADDR;
             sregs.idt.limit = 7;
             sregs.cs = code;
@@ -276,7 +279,8 @@ const APIC_MODE_EXTINT: u32 = 0x7;
 
 fn lapic_reg(state: &kvm_bindings::kvm_lapic_state, off: usize) -> u32 {
     let b = &state.regs[off..off + 4];
-    u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+    // The registers are `c_char` bytes: reinterpret each as unsigned.
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]].map(|c| c.to_ne_bytes()[0]))
 }
 
 fn set_lapic_reg(state: &mut kvm_bindings::kvm_lapic_state, off: usize, v: u32) {

@@ -94,13 +94,14 @@ impl I8042 {
     }
 
     fn push_key(&mut self, code: u16, release: bool) {
-        if code & 0xff00 != 0 {
-            self.push((code >> 8) as u8);
+        let [prefix, scancode] = code.to_be_bytes();
+        if prefix != 0 {
+            self.push(prefix);
         }
         if release {
             self.push(0xf0);
         }
-        self.push(code as u8);
+        self.push(scancode);
     }
 
     /// Queues Ctrl-Alt-Del press and release and raises the keyboard interrupt.

@@ -125,17 +125,17 @@ impl SerialDevice {
 
 impl BusDevice for SerialDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
-        if data.len() == 1 && offset < 8 {
-            data[0] = self.uart.read(offset as u8);
+        if let (1, Ok(off @ 0..8)) = (data.len(), u8::try_from(offset)) {
+            data[0] = self.uart.read(off);
         } else {
             data.fill(0);
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if data.len() == 1 && offset < 8 {
+        if let (1, Ok(off @ 0..8)) = (data.len(), u8::try_from(offset)) {
             // An interrupt-trigger or output error loses one byte; the guest cannot act on it.
-            let _ = self.uart.write(offset as u8, data[0]);
+            let _ = self.uart.write(off, data[0]);
             if offset == 0 {
                 let _ = self.uart.writer_mut().flush();
             }

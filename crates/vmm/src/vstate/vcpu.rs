@@ -197,6 +197,15 @@ pub struct VcpuThread {
     pub caps: Arc<SaveCaps>,
 }
 
+impl std::fmt::Debug for VcpuThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VcpuThread")
+            .field("vcpu", &self.vcpu)
+            .field("seccomp", &self.seccomp.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A vCPU's saved state, handed from its thread to the event loop.
 pub type SavedSlot = Arc<std::sync::Mutex<Option<Result<VcpuState, String>>>>;
 

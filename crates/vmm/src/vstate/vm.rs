@@ -65,7 +65,7 @@ impl Vm {
         let (kvm, fd) = Self::open()?;
         let ranges: Vec<(GuestAddress, usize)> = layout::ram_ranges(mem_bytes)
             .into_iter()
-            .map(|(s, l)| (GuestAddress(s), l as usize))
+            .map(|(s, l)| (GuestAddress(s), crate::cast::usize_from(l)))
             .collect();
         let memory = GuestMemoryMmap::from_ranges(&ranges).map_err(|source| VmError::Memory {
             mib: mem_bytes >> 20,
@@ -88,7 +88,7 @@ impl Vm {
                     .map_err(|e| VmError::MemoryFile(e.to_string()))?,
                 offset,
             );
-            let region = MmapRegionBuilder::new(len as usize)
+            let region = MmapRegionBuilder::new(crate::cast::usize_from(len))
                 .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
                 .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
                 .with_file_offset(fo)
@@ -116,7 +116,7 @@ impl Vm {
     }
 
     fn with_memory(kvm: Kvm, fd: VmFd, memory: GuestMemoryMmap, thp: bool) -> Result<Vm, VmError> {
-        for (slot, region) in memory.iter().enumerate() {
+        for (region, slot) in memory.iter().zip(0u32..) {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
                 .map_err(|_| VmError::Kvm {
@@ -127,7 +127,11 @@ impl Vm {
                 // SAFETY: advising a live mapping we own over exactly its length; madvise does
                 // not change its contents or validity.
                 let rc = unsafe {
-                    libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE)
+                    libc::madvise(
+                        host.cast(),
+                        crate::cast::usize_from(region.len()),
+                        libc::MADV_HUGEPAGE,
+                    )
                 };
                 if rc != 0 {
                     crate::log_warn!(
@@ -137,7 +141,7 @@ impl Vm {
                 }
             }
             let r = kvm_userspace_memory_region {
-                slot: slot as u32,
+                slot,
                 flags: 0,
                 guest_phys_addr: region.start_addr().raw_value(),
                 memory_size: region.len(),
@@ -201,7 +205,7 @@ impl Vm {
     pub fn setup_irqchip(&mut self) -> Result<(), VmError> {
         let k = |what| move |source| VmError::Kvm { what, source };
         self.fd
-            .set_tss_address(layout::KVM_TSS_ADDRESS as usize)
+            .set_tss_address(crate::cast::usize_from(layout::KVM_TSS_ADDRESS))
             .map_err(k("KVM_SET_TSS_ADDR"))?;
         self.fd.create_irq_chip().map_err(k("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config {

@@ -2,6 +2,11 @@
 //! bounded stable-Rust randomized test (`tests/fuzz_stable.rs`, run by scripts/test.sh).
 //! Each takes arbitrary bytes and must neither panic nor hang.
 
+#![allow(
+    clippy::cast_possible_truncation,
+    reason = "fuzz bodies map arbitrary input bytes onto addresses and lengths; truncating them is the intent"
+)]
+
 use std::io::Write;
 use std::os::fd::FromRawFd;
 

@@ -187,10 +187,11 @@ impl MmioTransport {
             };
             for ev in &events[..n] {
                 let token = ev.data();
-                if let Some(evt) = self.queue_evts.get(token as usize) {
+                if let Some(evt) = self.queue_evts.get(crate::cast::usize_from(token)) {
                     let _ = evt.read();
                     if self.active {
-                        self.device.queue_event(token as usize, &self.epoll);
+                        self.device
+                            .queue_event(crate::cast::usize_from(token), &self.epoll);
                     }
                 } else {
                     self.device.event_set(token, ev.event_set(), &self.epoll);
@@ -426,7 +427,7 @@ impl MmioTransport {
             0x010 => {
                 let f = self.device.features();
                 match self.device_features_sel {
-                    0 => f as u32,
+                    0 => (f & 0xffff_ffff) as u32,
                     1 => (f >> 32) as u32,
                     _ => 0,
                 }
@@ -459,7 +460,7 @@ impl MmioTransport {
                 if let Some(q) = self.queue().filter(|q| !q.ready()) {
                     // Sizes that are not powers of two ≤ max leave the size unchanged;
                     // virtio-queue refuses them.
-                    let _ = q.try_set_size(v.min(u32::from(u16::MAX)) as u16);
+                    let _ = q.try_set_size(u16::try_from(v).unwrap_or(u16::MAX));
                 }
             }
             0x044 if self.can_configure_queue() => {
@@ -531,6 +532,10 @@ impl BusDevice for MmioTransport {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "test sizes and indices are small"
+)]
 mod tests {
     use super::*;
     use crate::devices::virtio::rng::Rng;

@@ -90,7 +90,7 @@ impl Tap {
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, ifr.as_mut_ptr()) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        let sz: libc::c_int = VNET_HDR_LEN as libc::c_int;
+        let sz = libc::c_int::try_from(VNET_HDR_LEN).map_err(|_| io::ErrorKind::InvalidInput)?;
         // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer; `sz` outlives the call.
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &sz) } != 0 {
             return Err(io::Error::last_os_error());
@@ -278,7 +278,7 @@ impl Net {
                     let mut f = frame;
                     // num_buffers = 1 (no mergeable buffers).
                     f[10..12].copy_from_slice(&1u16.to_le_bytes());
-                    ChainWriter::new(&a.mem, &c.writable).write(&f) as u32
+                    crate::cast::len_u32(ChainWriter::new(&a.mem, &c.writable).write(&f))
                 }
                 Ok(_) => {
                     crate::metrics::inc(&crate::metrics::METRICS.virtio_bad_requests);
@@ -312,7 +312,7 @@ impl Net {
                     }
                     if (VNET_HDR_LEN as u64..=MAX_FRAME as u64).contains(&len) {
                         let n = ChainReader::new(&a.mem, &c.readable)
-                            .read(&mut self.frame[..len as usize]);
+                            .read(&mut self.frame[..crate::cast::usize_from(len)]);
                         // A full or vanished tap drops the frame, as a cable would.
                         let _ = self.tap.file.write(&self.frame[..n]);
                     } else {
@@ -374,7 +374,11 @@ impl VirtioDevice for Net {
         c[8..10].copy_from_slice(&1u16.to_le_bytes());
         c[10..12].copy_from_slice(&self.mtu.unwrap_or(1500).to_le_bytes());
         for (i, d) in data.iter_mut().enumerate() {
-            *d = c.get(offset as usize + i).copied().unwrap_or(0);
+            *d = crate::cast::usize_from(offset)
+                .checked_add(i)
+                .and_then(|j| c.get(j))
+                .copied()
+                .unwrap_or(0);
         }
     }
     fn activate(&mut self, mut ctx: ActiveContext, _epoll: &Epoll) -> Result<(), String> {
@@ -451,6 +455,11 @@ impl VirtioDevice for Net {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "libc constants that fit their C field types, test sizes, a read length checked > 0"
+)]
 mod tests {
     use super::*;
     use crate::devices::virtio::mmio::MmioTransport;

@@ -159,8 +159,9 @@ impl<'a> ChainReader<'a> {
         let mut n = 0;
         while n < out.len() && self.idx < self.bufs.len() {
             let b = self.bufs[self.idx];
-            let avail = (b.len - self.off) as usize;
-            let take = avail.min(out.len() - n);
+            let avail = b.len - self.off;
+            let take32 = u32::try_from(out.len() - n).map_or(avail, |rest| avail.min(rest));
+            let take = take32 as usize;
             if take > 0
                 && self
                     .mem
@@ -175,7 +176,7 @@ impl<'a> ChainReader<'a> {
                 break;
             }
             n += take;
-            self.off += take as u32;
+            self.off += take32;
             if self.off == b.len {
                 self.idx += 1;
                 self.off = 0;
@@ -227,8 +228,9 @@ impl<'a> ChainWriter<'a> {
         let mut n = 0;
         while n < data.len() && self.idx < self.bufs.len() {
             let b = self.bufs[self.idx];
-            let avail = (b.len - self.off) as usize;
-            let take = avail.min(data.len() - n);
+            let avail = b.len - self.off;
+            let take32 = u32::try_from(data.len() - n).map_or(avail, |rest| avail.min(rest));
+            let take = take32 as usize;
             if take > 0
                 && self
                     .mem
@@ -242,7 +244,7 @@ impl<'a> ChainWriter<'a> {
                 break;
             }
             n += take;
-            self.off += take as u32;
+            self.off += take32;
             if self.off == b.len {
                 self.idx += 1;
                 self.off = 0;

@@ -51,7 +51,7 @@ impl TokenBucket {
         }
         // Advance `last` by exactly the time those tokens took, keeping the remainder.
         let used_ns = tokens * period / u128::from(self.size);
-        self.last += Duration::from_nanos(used_ns.min(u128::from(u64::MAX)) as u64);
+        self.last += Duration::from_nanos(u64::try_from(used_ns).unwrap_or(u64::MAX));
         self.budget = (self.budget + tokens as i128).min(i128::from(self.size));
         if self.budget == i128::from(self.size) {
             self.last = now;
@@ -65,7 +65,7 @@ impl TokenBucket {
         }
         self.replenish(now);
         let need = i128::from((cost - self.burst).min(self.size));
-        (need - self.budget).max(0) as u64
+        u64::try_from((need - self.budget).max(0)).unwrap_or(u64::MAX)
     }
 
     fn take(&mut self, cost: u64) {
@@ -77,7 +77,7 @@ impl TokenBucket {
     fn wait_for(&self, missing: u64) -> Duration {
         let ns =
             u128::from(missing) * u128::from(self.refill_ms) * 1_000_000 / u128::from(self.size);
-        Duration::from_nanos(ns.min(u128::from(u64::MAX)) as u64 + 1)
+        Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX).saturating_add(1))
     }
 }
 

@@ -53,7 +53,7 @@ impl Rng {
             while let Some((head, chain)) = a.queue.pop(&a.mem) {
                 let len = match chain {
                     Ok(c) => {
-                        let want = (c.writable_len() as usize).min(MAX_PER_REQUEST);
+                        let want = crate::cast::usize_from(c.writable_len()).min(MAX_PER_REQUEST);
                         if !self.limiter.consume(want as u64, 1) {
                             a.queue.undo_pop();
                             break;
@@ -66,7 +66,7 @@ impl Rng {
                     }
                     Err(_) => 0,
                 };
-                a.queue.add_used(&a.mem, head, len as u32);
+                a.queue.add_used(&a.mem, head, crate::cast::len_u32(len));
                 used = true;
             }
             if self.limiter.is_blocked() || !a.queue.enable_notification(&a.mem) {

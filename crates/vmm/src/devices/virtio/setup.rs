@@ -85,15 +85,15 @@ pub fn create(res: &VmResources, mem: &GuestMemoryMmap) -> Result<Vec<VirtioSlot
         ));
     }
     let mut slots = Vec::new();
-    for (i, (id, dev)) in devs.into_iter().enumerate() {
+    for ((id, dev), i) in devs.into_iter().zip(0u32..) {
         let what = format!("{id:?}");
         let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| err(&what, e))?;
         let t = MmioTransport::new(dev, mem.clone(), irq_evt).map_err(|e| err(&what, e))?;
         slots.push(VirtioSlot {
             id,
             transport: Arc::new(Mutex::new(t)),
-            base: MMIO_BASE + i as u64 * MMIO_LEN,
-            irq: FIRST_IRQ + i as u32,
+            base: MMIO_BASE + u64::from(i) * MMIO_LEN,
+            irq: FIRST_IRQ + i,
         });
     }
     Ok(slots)

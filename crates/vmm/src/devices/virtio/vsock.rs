@@ -277,7 +277,7 @@ impl Conn {
                     self.tx_buf.drain(..n);
                     let not_payload = n.min(self.unpaid);
                     self.unpaid -= not_payload;
-                    self.fwd_cnt += Wrapping((n - not_payload) as u32);
+                    self.fwd_cnt += Wrapping(crate::cast::len_u32(n - not_payload));
                     total += n;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -376,6 +376,10 @@ fn bind_listener(path: &Path) -> io::Result<UnixListener> {
 }
 
 /// A non-blocking connect to a Unix socket (a full backlog must not stall the event loop).
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "AF_UNIX (1) fits sa_family_t, sizeof(sockaddr_un) (110) fits socklen_t"
+)]
 fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     use std::os::unix::ffi::OsStrExt;
     let bytes = path.as_os_str().as_bytes();
@@ -813,7 +817,7 @@ impl Vsock {
                         }
                     }
                     c.tx_buf.extend(&self.scratch[written..n]);
-                    c.fwd_cnt += Wrapping(written as u32);
+                    c.fwd_cnt += Wrapping(crate::cast::len_u32(written));
                     self.after_forward(key);
                 }
             }
@@ -921,7 +925,9 @@ impl Vsock {
                     continue;
                 }
             };
-            let room = (c.writable_len() - HDR_LEN as u64).min(u64::from(MAX_PKT_PAYLOAD)) as u32;
+            let room =
+                u32::try_from((c.writable_len() - HDR_LEN as u64).min(u64::from(MAX_PKT_PAYLOAD)))
+                    .unwrap_or(MAX_PKT_PAYLOAD);
             let written = if let Some(p) = self.ctrl.pop_front() {
                 let h = self.header(p.local, p.peer, p.op, p.flags, 0);
                 if let Some(conn) = self.conns.get_mut(&(p.local, p.peer)) {
@@ -930,7 +936,7 @@ impl Vsock {
                         conn.credit_update_queued = false;
                     }
                 }
-                ChainWriter::new(&mem, &c.writable).write(&h.encode()) as u32
+                crate::cast::len_u32(ChainWriter::new(&mem, &c.writable).write(&h.encode()))
             } else {
                 match self.read_host_data(room) {
                     Some((key, n)) => {
@@ -942,7 +948,8 @@ impl Vsock {
                         let mut w = ChainWriter::new(&mem, &c.writable);
                         w.write(&h.encode());
                         w.write(&self.scratch[..n as usize]);
-                        w.written() as u32
+                        // A header and at most `room` (MAX_PKT_PAYLOAD) bytes.
+                        u32::try_from(w.written()).unwrap_or(u32::MAX)
                     }
                     None => {
                         // Nothing after all (would-block or EOF handled): give the buffer back.
@@ -1002,7 +1009,7 @@ impl Vsock {
                 Ok(n) => {
                     // Keep it in the rotation: there may be more.
                     self.rx_ready.push_back(key);
-                    return Some((key, n as u32));
+                    return Some((key, crate::cast::len_u32(n)));
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                     self.rx_ready.push_front(key);
@@ -1037,9 +1044,9 @@ impl Vsock {
             return;
         };
         let len = match chain {
-            Ok(c) if c.writable_len() >= 4 => ChainWriter::new(&a.mem, &c.writable)
-                .write(&EVENT_TRANSPORT_RESET.to_le_bytes())
-                as u32,
+            Ok(c) if c.writable_len() >= 4 => crate::cast::len_u32(
+                ChainWriter::new(&a.mem, &c.writable).write(&EVENT_TRANSPORT_RESET.to_le_bytes()),
+            ),
             _ => 0,
         };
         a.ev.add_used(&a.mem, head, len);
@@ -1066,7 +1073,11 @@ impl VirtioDevice for Vsock {
         // struct virtio_vsock_config { le64 guest_cid; }
         let c = self.guest_cid.to_le_bytes();
         for (i, d) in data.iter_mut().enumerate() {
-            *d = c.get(offset as usize + i).copied().unwrap_or(0);
+            *d = crate::cast::usize_from(offset)
+                .checked_add(i)
+                .and_then(|j| c.get(j))
+                .copied()
+                .unwrap_or(0);
         }
     }
     fn activate(&mut self, mut ctx: ActiveContext, _epoll: &Epoll) -> Result<(), String> {
@@ -1133,6 +1144,10 @@ impl Drop for Vsock {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "test data, sizes and counters are small"
+)]
 mod tests {
     use super::*;
     use crate::devices::virtio::testing::{

@@ -125,7 +125,7 @@ impl DiskImage for Raw {
         let zeros = vec![0u8; 1 << 20];
         let mut done = 0;
         while done < len {
-            let n = (len - done).min(zeros.len() as u64) as usize;
+            let n = crate::cast::usize_from((len - done).min(zeros.len() as u64));
             self.file.write_all_at(&zeros[..n], off + done)?;
             done += n as u64;
         }

@@ -50,7 +50,8 @@ pub const VIRTIO_BLK_S_OK: u8 = 0;
 pub const VIRTIO_BLK_S_IOERR: u8 = 1;
 pub const VIRTIO_BLK_S_UNSUPP: u8 = 2;
 
-const SECTOR: u64 = 512;
+const SECTOR_U32: u32 = 512;
+const SECTOR: u64 = SECTOR_U32 as u64;
 const ID_BYTES: usize = 20;
 /// Largest data transfer of one request (the device's bounce buffer).
 const MAX_REQUEST_BYTES: u64 = 64 << 20;
@@ -153,9 +154,9 @@ impl Block {
         let mut c = [0u8; 60];
         c[0..8].copy_from_slice(&self.capacity_sectors().to_le_bytes());
         c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
-        c[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes());
+        c[20..24].copy_from_slice(&SECTOR_U32.to_le_bytes());
         c[34..36].copy_from_slice(&1u16.to_le_bytes()); // num_queues
-        let max_sectors = (u32::MAX / SECTOR as u32).to_le_bytes();
+        let max_sectors = (u32::MAX / SECTOR_U32).to_le_bytes();
         c[36..40].copy_from_slice(&max_sectors); // max_discard_sectors
         c[40..44].copy_from_slice(&MAX_SEGS.to_le_bytes());
         c[44..48].copy_from_slice(&1u32.to_le_bytes()); // discard_sector_alignment
@@ -220,19 +221,21 @@ impl Block {
                 if len > MAX_REQUEST_BYTES || !in_range(len, size) {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
-                self.buf.resize(len as usize, 0);
+                // len <= MAX_REQUEST_BYTES (64 MiB), checked above.
+                self.buf.resize(crate::cast::usize_from(len), 0);
                 if self.disk.read_at(sector * SECTOR, &mut self.buf).is_err() {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
                 let n = ChainWriter::new(mem, &c.writable).write(&self.buf);
-                (VIRTIO_BLK_S_OK, n as u32)
+                (VIRTIO_BLK_S_OK, crate::cast::len_u32(n))
             }
             VIRTIO_BLK_T_OUT => {
                 let len = r.remaining();
                 if self.read_only || len > MAX_REQUEST_BYTES || !in_range(len, size) {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
-                self.buf.resize(len as usize, 0);
+                // len <= MAX_REQUEST_BYTES (64 MiB), checked above.
+                self.buf.resize(crate::cast::usize_from(len), 0);
                 if !r.read_exact(&mut self.buf) {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
@@ -251,7 +254,7 @@ impl Block {
                 let n = b.len().min(ID_BYTES);
                 id[..n].copy_from_slice(&b[..n]);
                 let w = ChainWriter::new(mem, &c.writable).write(&id);
-                (VIRTIO_BLK_S_OK, w as u32)
+                (VIRTIO_BLK_S_OK, crate::cast::len_u32(w))
             }
             VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
                 if self.read_only {
@@ -349,7 +352,11 @@ impl VirtioDevice for Block {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let c = self.config_bytes();
         for (i, d) in data.iter_mut().enumerate() {
-            *d = c.get(offset as usize + i).copied().unwrap_or(0);
+            *d = crate::cast::usize_from(offset)
+                .checked_add(i)
+                .and_then(|j| c.get(j))
+                .copied()
+                .unwrap_or(0);
         }
     }
     fn activate(&mut self, mut ctx: ActiveContext, _epoll: &Epoll) -> Result<(), String> {
@@ -406,7 +413,7 @@ mod tests {
     fn rig(size: usize, read_only: bool, limiter: Option<crate::config::RateLimiter>) -> Rig {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.raw");
-        let init: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let init: Vec<u8> = (0..size).map(|i| u8::try_from(i % 251).unwrap()).collect();
         std::fs::write(&path, &init).unwrap();
         let drive = crate::config::Drive {
             drive_id: "rootfs".into(),
@@ -462,7 +469,7 @@ mod tests {
     fn write_then_read_across_segments_and_indirect() {
         let mut r = rig(1 << 20, false, None);
         // OUT of 3 sectors from three buffers of odd sizes.
-        let data: Vec<u8> = (0..1536u32).map(|i| (i * 7 % 256) as u8).collect();
+        let data: Vec<u8> = (0..1536u32).map(|i| (i * 7).to_le_bytes()[0]).collect();
         let h = r.header(VIRTIO_BLK_T_OUT, 10);
         let b = r.d.alloc(2048, 8);
         r.mem.write_slice(&data, GuestAddress(b)).unwrap();

@@ -271,10 +271,10 @@ impl Qcow2 {
                 "refcount table at {refcount_table_offset:#x} outside the file"
             )));
         }
-        let mut raw = vec![0u8; (l1_size * 8) as usize];
+        let mut raw = vec![0u8; crate::cast::usize_from(l1_size * 8)];
         file.read_exact_at(&mut raw, l1_offset).map_err(io_err)?;
         let l1 = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
-        let mut raw = vec![0u8; rt_len as usize];
+        let mut raw = vec![0u8; crate::cast::usize_from(rt_len)];
         file.read_exact_at(&mut raw, refcount_table_offset)
             .map_err(io_err)?;
         let refcount_table = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
@@ -292,7 +292,7 @@ impl Qcow2 {
                 break;
             }
             if ty == EXT_BACKING_FORMAT {
-                let mut v = vec![0u8; len as usize];
+                let mut v = vec![0u8; crate::cast::usize_from(len)];
                 file.read_exact_at(&mut v, off + 8).map_err(io_err)?;
                 backing_format = Some(String::from_utf8_lossy(&v).into_owned());
             }
@@ -369,7 +369,7 @@ impl Qcow2 {
             if l2_off % self.cluster_size != 0 || l2_off + self.cluster_size > self.file_len {
                 return Err(corrupt(format!("L2 table at {l2_off:#x} outside the file")));
             }
-            let mut raw = vec![0u8; self.cluster_size as usize];
+            let mut raw = vec![0u8; crate::cast::usize_from(self.cluster_size)];
             self.file.read_exact_at(&mut raw, l2_off)?;
             if self.l2_cache.len() >= L2_CACHE_TABLES {
                 self.l2_cache.clear();
@@ -386,8 +386,8 @@ impl Qcow2 {
     fn indices(&self, off: u64) -> (usize, usize) {
         let c = off >> self.cluster_bits;
         (
-            (c / self.l2_entries) as usize,
-            (c % self.l2_entries) as usize,
+            crate::cast::usize_from(c / self.l2_entries),
+            crate::cast::usize_from(c % self.l2_entries),
         )
     }
 
@@ -408,7 +408,7 @@ impl Qcow2 {
         let e = self.l2_entry(off)?;
         if e & COMPRESSED != 0 {
             let data = self.decompress(e)?;
-            let s = in_cluster as usize;
+            let s = crate::cast::usize_from(in_cluster);
             buf.copy_from_slice(&data[s..s + buf.len()]);
             return Ok(());
         }
@@ -433,7 +433,8 @@ impl Qcow2 {
             None => buf.fill(0),
             Some(b) => {
                 let bsize = b.size();
-                let avail = bsize.saturating_sub(off).min(buf.len() as u64) as usize;
+                let avail =
+                    crate::cast::usize_from(bsize.saturating_sub(off).min(buf.len() as u64));
                 if avail > 0 {
                     b.read_at(off, &mut buf[..avail])?;
                 }
@@ -455,9 +456,9 @@ impl Qcow2 {
                     "compressed cluster at {host:#x} outside the file"
                 )));
             }
-            let mut input = vec![0u8; (end - host) as usize];
+            let mut input = vec![0u8; crate::cast::usize_from(end - host)];
             self.file.read_exact_at(&mut input, host)?;
-            let mut out = vec![0u8; self.cluster_size as usize];
+            let mut out = vec![0u8; crate::cast::usize_from(self.cluster_size)];
             let mut d = flate2::Decompress::new(false);
             let st = d.decompress(&input, &mut out, flate2::FlushDecompress::Finish);
             match st {
@@ -497,7 +498,7 @@ impl Qcow2 {
     /// Reads the refcount of host cluster `c` (0 when its block is not allocated).
     fn refcount(&mut self, c: u64) -> io::Result<u64> {
         let rpb = self.cluster_size * 8 / self.refcount_bits();
-        let ti = (c / rpb) as usize;
+        let ti = crate::cast::usize_from(c / rpb);
         let block = self.refcount_table.get(ti).copied().unwrap_or(0) & REFT_OFFSET_MASK;
         if block == 0 {
             return Ok(0);
@@ -515,7 +516,7 @@ impl Qcow2 {
             return Err(corrupt("refcount block allocation does not converge"));
         }
         let rpb = self.cluster_size * 8 / self.refcount_bits();
-        let ti = (c / rpb) as usize;
+        let ti = crate::cast::usize_from(c / rpb);
         if ti >= self.refcount_table.len() {
             return Err(io::Error::other(
                 "the refcount table is full; grow the image with qemu-img convert",
@@ -525,8 +526,10 @@ impl Qcow2 {
         if block == 0 {
             block = self.next_free;
             self.next_free += self.cluster_size;
-            self.file
-                .write_all_at(&vec![0u8; self.cluster_size as usize], block)?;
+            self.file.write_all_at(
+                &vec![0u8; crate::cast::usize_from(self.cluster_size)],
+                block,
+            )?;
             self.file_len = self.file_len.max(self.next_free);
             self.refcount_table[ti] = block;
             self.file.write_all_at(
@@ -550,7 +553,7 @@ impl Qcow2 {
             Some(d) => self.file.write_all_at(d, off)?,
             None => self
                 .file
-                .write_all_at(&vec![0u8; self.cluster_size as usize], off)?,
+                .write_all_at(&vec![0u8; crate::cast::usize_from(self.cluster_size)], off)?,
         }
         self.file_len = self
             .file_len
@@ -572,7 +575,8 @@ impl Qcow2 {
             return Ok(l2_off);
         }
         let new = self.alloc_cluster(None)?;
-        self.l2_cache.insert(new, vec![0; self.l2_entries as usize]);
+        self.l2_cache
+            .insert(new, vec![0; crate::cast::usize_from(self.l2_entries)]);
         let e = new | COPIED;
         self.file
             .write_all_at(&e.to_be_bytes(), self.l1_offset + i1 as u64 * 8)?;
@@ -614,7 +618,7 @@ impl Qcow2 {
     /// Writes part of one cluster.
     fn write_cluster_part(&mut self, off: u64, data: &[u8]) -> io::Result<()> {
         let cs = self.cluster_size;
-        let in_cluster = (off & (cs - 1)) as usize;
+        let in_cluster = crate::cast::usize_from(off & (cs - 1));
         let (i1, i2) = self.indices(off);
         let l2_off = self.l2_for_write(i1)?;
         let e = self.l2_table(l2_off)?[i2];
@@ -629,7 +633,7 @@ impl Qcow2 {
         }
         // Build the whole cluster: its current content overlaid with the write.
         let cluster_start = off - in_cluster as u64;
-        let mut buf = vec![0u8; cs as usize];
+        let mut buf = vec![0u8; crate::cast::usize_from(cs)];
         if data.len() as u64 != cs {
             self.read_cluster_part(cluster_start, &mut buf)?;
         }
@@ -663,7 +667,7 @@ impl Qcow2 {
                     self.set_l2(l2_off, i2, (e & (L2_OFFSET_MASK | COPIED)) | ZERO_FLAG)?;
                 }
             } else {
-                self.write_cluster_part(pos, &vec![0u8; n as usize])?;
+                self.write_cluster_part(pos, &vec![0u8; crate::cast::usize_from(n)])?;
             }
             pos += n;
         }
@@ -738,7 +742,7 @@ impl DiskImage for Qcow2 {
         let mut done = 0usize;
         while done < buf.len() {
             let pos = off + done as u64;
-            let n = ((cs - (pos & (cs - 1))) as usize).min(buf.len() - done);
+            let n = crate::cast::usize_from(cs - (pos & (cs - 1))).min(buf.len() - done);
             self.read_cluster_part(pos, &mut buf[done..done + n])?;
             done += n;
         }
@@ -752,7 +756,7 @@ impl DiskImage for Qcow2 {
         let mut done = 0usize;
         while done < buf.len() {
             let pos = off + done as u64;
-            let n = ((cs - (pos & (cs - 1))) as usize).min(buf.len() - done);
+            let n = crate::cast::usize_from(cs - (pos & (cs - 1))).min(buf.len() - done);
             self.write_cluster_part(pos, &buf[done..done + n])?;
             done += n;
         }
