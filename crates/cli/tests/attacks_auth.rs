@@ -512,3 +512,75 @@ fn login_flood_does_not_starve_health_or_a_valid_login() {
     assert!(worst_health < Duration::from_secs(2), "{worst_health:?}");
     assert!(admin_in.unwrap() < Duration::from_secs(30));
 }
+
+/// A terminal in a VM kept open by a member after being demoted to viewer (and the same
+/// mechanism for expiry, revocation, removal): the WebSocket is closed by the server within a
+/// few seconds. Opened over HTTPS with a ticket, as the web UI does. Needs a tiny VM.
+#[test]
+fn tty_websocket_of_demoted_member_is_closed() {
+    let srv = Server::start();
+    let admin = admin(&srv);
+    add_user(&srv, &admin, "tia", "member");
+    let tia = tok(&srv.login("tia", "tia-password"));
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&tia),
+        Some(Body::Raw(
+            "application/yaml",
+            b"name: wsl\nnodes:\n  n:\n    vms:\n      v: {image: tiny, memory: 128M}\n".to_vec(),
+        )),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, op) = srv.call("POST", "/labs/wsl/up", Some(&tia), None);
+    assert_eq!(s, 202, "{op}");
+    let done = srv.wait_op(&tia, &op, Duration::from_secs(300));
+    assert_eq!(done["state"], "succeeded", "{done}");
+
+    let t = ticket(&srv, &tia);
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let cfg = common::tls_for(&srv.state.path().join("server/tls/cert.pem"));
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let conn = rustls::ClientConnection::new(cfg, name).unwrap();
+    let tls = rustls::StreamOwned::new(conn, tcp);
+    let (mut ws, _) = tungstenite::client(
+        format!(
+            "ws://127.0.0.1/api/v1/vms/wsl.n.v/tty?command=echo%20up%3B%20sleep%20120&ticket={t}"
+        ),
+        tls,
+    )
+    .expect("the terminal opens with a ticket");
+    // The command runs.
+    let mut out = Vec::new();
+    while !String::from_utf8_lossy(&out).contains("up") {
+        match ws.read().expect("terminal output") {
+            tungstenite::Message::Binary(b) => out.extend_from_slice(&b),
+            tungstenite::Message::Text(t) => panic!("terminal ended early: {t}"),
+            _ => {}
+        }
+    }
+    let (s, v) = srv.call(
+        "PATCH",
+        "/users/tia",
+        Some(&admin),
+        Some(Body::Json(json!({"role": "viewer"}))),
+    );
+    assert_eq!(s, 200, "{v}");
+    let t0 = Instant::now();
+    let end = loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => panic!("the command ended instead: {t}"),
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    let took = t0.elapsed();
+    eprintln!("demoted member's terminal closed after {took:?}: {end}");
+    assert!(
+        !matches!(&end, tungstenite::Error::Io(e) if e.kind() == std::io::ErrorKind::WouldBlock
+            || e.kind() == std::io::ErrorKind::TimedOut),
+        "the terminal was still open after 30 s: {end}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
