@@ -634,3 +634,39 @@ fn image_import_of_a_rootfs_linking_to_host_dirs_never_writes_there() {
         .unwrap();
     assert!(!o.status.success(), "an image was left");
 }
+
+/// A real guest writing 12 MB to its console: the console log on the host stays under the
+/// cap (8 MiB, cut back to its last 2 MiB after a marker) and keeps the latest output.
+#[test]
+fn guest_flooding_its_console_keeps_the_log_capped() {
+    use common::{exec, ok, Env};
+    let env = Env::new();
+    ok(&env.run(&["vm", "run", "-d", "--name", "t-flood"]));
+    ok(&exec(
+        &env,
+        "t-flood",
+        &[
+            "sh",
+            "-c",
+            "yes 0123456789abcdef0123456789abcdef | head -c 12000000 > /dev/console; \
+             echo the-last-line > /dev/console",
+        ],
+    ));
+    let log = env.run.path().join("vms/t-flood/console.log");
+    let t0 = std::time::Instant::now();
+    let text = loop {
+        let t = std::fs::read(&log).unwrap();
+        if t.windows(13).any(|w| w == b"the-last-line") || t0.elapsed() > Duration::from_secs(10) {
+            break t;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("console.log after a 12 MB flood: {} bytes", text.len());
+    // The cap, plus what QEMU can write between two checks (0.5 s).
+    assert!(text.len() < (8 << 20) + (2 << 20), "{} bytes", text.len());
+    let marker = b"[kobako: console log truncated, older output dropped]";
+    assert!(text.windows(marker.len()).any(|w| w == marker));
+    assert!(text.windows(13).any(|w| w == b"the-last-line"));
+    ok(&env.run(&["vm", "stop", "t-flood"]));
+    env.assert_clean();
+}

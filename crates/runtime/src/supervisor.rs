@@ -588,8 +588,10 @@ pub const CONSOLE_LOG_MARKER: &[u8] = b"[kobako: console log truncated, older ou
 
 /// Cut `path` back to its last `keep` bytes (after [`CONSOLE_LOG_MARKER`]) when it is larger
 /// than `max`; returns whether it did. Writers must append (`O_APPEND`): their next write then
-/// lands after the tail. Output a writer appends between the read of the tail and the
-/// truncation is lost (a window of microseconds, once per `max - keep` bytes).
+/// lands after the tail. Another writer's output between the read of the tail and the
+/// truncation is lost, and what it appends between the truncation and the rewrite lands before
+/// the marker (measured with QEMU writing a flooding guest's console byte by byte: 453 bytes,
+/// once per `max - keep` bytes).
 pub fn cap_log(path: &Path, max: u64, keep: u64) -> std::io::Result<bool> {
     use std::io::{Read, Seek, SeekFrom, Write};
     let mut f = std::fs::OpenOptions::new()
