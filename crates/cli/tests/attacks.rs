@@ -77,7 +77,7 @@ fn member_lab_file_host_paths_are_refused_and_nothing_is_created() {
         ),
         (
             "template image",
-            format!("name: atk5\ntemplates:\n  t: {{ vms: {{ v: {{ image: /etc/shadow }} }} }}\nnodes:\n  n: {{ template: t }}\n"),
+            "name: atk5\ntemplates:\n  t: { vms: { v: { image: /etc/shadow } } }\nnodes:\n  n: { template: t }\n".to_string(),
             "image",
         ),
         (

@@ -5,12 +5,9 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::server::{free_port, Body, Server};
-use common::{agent_for, KOBAKO};
+use common::server::{Body, Server};
 use serde_json::{json, Value};
 
 fn lab_yaml(name: &str, vms: usize, memory: &str) -> Vec<u8> {
