@@ -201,36 +201,36 @@ fn deleted_lab_leaves_nothing_to_a_member_who_takes_its_name() {
     let bob = member(&srv, &admin, "bob", json!({}));
 
     // Ann's lab `x` with a checkpoint, a capture, a layout, an operation and events.
-    create_lab(&srv, &ann, &one_vm_lab("x", "64M"));
-    let op = down(&srv, &ann, "x");
-    save_layout(&srv, &ann, "x");
-    let cp = plant_checkpoint(&srv, &ann, "x", "before", 1);
-    let cap = plant_capture(&srv, &ann, "x", "cap-annsecret", 4096);
+    create_lab(&srv, &ann, &one_vm_lab("tnc-x", "64M"));
+    let op = down(&srv, &ann, "tnc-x");
+    save_layout(&srv, &ann, "tnc-x");
+    let cp = plant_checkpoint(&srv, &ann, "tnc-x", "before", 1);
+    let cap = plant_capture(&srv, &ann, "tnc-x", "cap-annsecret", 4096);
     assert!(
-        !events_of(&srv, &ann, "x").is_empty(),
+        !events_of(&srv, &ann, "tnc-x").is_empty(),
         "ann sees her lab's events"
     );
 
-    let (s, v) = srv.call("DELETE", "/labs/x", Some(&ann), None);
+    let (s, v) = srv.call("DELETE", "/labs/tnc-x", Some(&ann), None);
     assert_eq!(s, 204, "{v}");
     assert!(
         gone(&cp) && gone(&cap),
         "checkpoint and capture files are removed"
     );
     assert!(
-        gone(&srv.state.path().join("checkpoints/x")),
+        gone(&srv.state.path().join("checkpoints/tnc-x")),
         "no checkpoint directory of x is left"
     );
 
     // Bob takes the name.
-    create_lab(&srv, &bob, &one_vm_lab("x", "64M"));
-    assert!(list(&srv, &bob, "/labs/x/checkpoints").is_empty());
-    assert!(list(&srv, &bob, "/labs/x/captures").is_empty());
-    let (s, layout) = srv.call("GET", "/labs/x/layout", Some(&bob), None);
+    create_lab(&srv, &bob, &one_vm_lab("tnc-x", "64M"));
+    assert!(list(&srv, &bob, "/labs/tnc-x/checkpoints").is_empty());
+    assert!(list(&srv, &bob, "/labs/tnc-x/captures").is_empty());
+    let (s, layout) = srv.call("GET", "/labs/tnc-x/layout", Some(&bob), None);
     assert_eq!(s, 200);
     assert_eq!(layout["positions"], json!({}), "no layout: {layout}");
     assert_eq!(layout["user"], Value::Null, "{layout}");
-    let ev = events_of(&srv, &bob, "x");
+    let ev = events_of(&srv, &bob, "tnc-x");
     assert!(
         ev.iter()
             .all(|e| e["kind"] == "lab.created" && e["data"]["owner"] == "bob"),
@@ -241,10 +241,15 @@ fn deleted_lab_leaves_nothing_to_a_member_who_takes_its_name() {
     for t in [&bob, &admin] {
         let (s, v) = srv.call("GET", &format!("/operations/{op}"), Some(t), None);
         assert_eq!(s, 404, "{v}");
-        let (s, v) = srv.call("GET", "/labs/x/captures/cap-annsecret", Some(t), None);
+        let (s, v) = srv.call("GET", "/labs/tnc-x/captures/cap-annsecret", Some(t), None);
         assert_eq!(s, 404, "{v}");
         assert_eq!(v["error"]["code"], "not_found", "{v}");
-        let (s, v) = srv.call("POST", "/labs/x/checkpoints/before/restore", Some(t), None);
+        let (s, v) = srv.call(
+            "POST",
+            "/labs/tnc-x/checkpoints/before/restore",
+            Some(t),
+            None,
+        );
         assert_eq!(s, 404, "{v}");
     }
     // Nothing of ann's operations is listed for the admin either.
@@ -260,10 +265,10 @@ fn deleted_user_leaves_nothing_to_a_user_recreated_with_its_name() {
     let srv = Server::start();
     let admin = admin(&srv);
     let mal = member(&srv, &admin, "mal", json!({"max_vms": 4}));
-    create_lab(&srv, &mal, &one_vm_lab("mal-lab", "64M"));
-    let op = down(&srv, &mal, "mal-lab");
-    save_layout(&srv, &mal, "mal-lab");
-    let cp = plant_checkpoint(&srv, &mal, "mal-lab", "c1", 1);
+    create_lab(&srv, &mal, &one_vm_lab("tnc-mal-lab", "64M"));
+    let op = down(&srv, &mal, "tnc-mal-lab");
+    save_layout(&srv, &mal, "tnc-mal-lab");
+    let cp = plant_checkpoint(&srv, &mal, "tnc-mal-lab", "c1", 1);
     let f = plant_function(&srv, "mal-fn", "mal", 1);
     assert_eq!(list(&srv, &mal, "/functions").len(), 1);
     let (s, v) = srv.call(
@@ -307,15 +312,15 @@ fn deleted_user_leaves_nothing_to_a_user_recreated_with_its_name() {
     assert!(list(&srv, &mal2, "/operations").is_empty());
     let (s, _) = srv.call("GET", &format!("/operations/{op}"), Some(&mal2), None);
     assert_eq!(s, 404);
-    let (s, _) = srv.call("GET", "/labs/mal-lab/layout", Some(&mal2), None);
+    let (s, _) = srv.call("GET", "/labs/tnc-mal-lab/layout", Some(&mal2), None);
     assert_eq!(s, 404);
     let (s, v) = srv.call("GET", "/tokens", Some(&mal2), None);
     assert_eq!(s, 200);
     assert_eq!(v.as_array().map(Vec::len), Some(0), "no tokens: {v}");
     // Their old lab's name is free and empty.
-    create_lab(&srv, &mal2, &one_vm_lab("mal-lab", "64M"));
-    assert!(list(&srv, &mal2, "/labs/mal-lab/checkpoints").is_empty());
-    let ev = events_of(&srv, &mal2, "mal-lab");
+    create_lab(&srv, &mal2, &one_vm_lab("tnc-mal-lab", "64M"));
+    assert!(list(&srv, &mal2, "/labs/tnc-mal-lab/checkpoints").is_empty());
+    let ev = events_of(&srv, &mal2, "tnc-mal-lab");
     assert!(
         ev.iter().all(|e| e["kind"] == "lab.created"),
         "only the new lab's events: {ev:?}"
@@ -512,7 +517,7 @@ fn concurrent_lab_ups_beyond_the_quota_start_only_what_fits() {
         "ann",
         json!({"max_vms": 2, "max_memory_mib": 1024}),
     );
-    let labs: Vec<String> = (0..5).map(|i| format!("race{i}")).collect();
+    let labs: Vec<String> = (0..5).map(|i| format!("tnc-race{i}")).collect();
     for l in &labs {
         create_lab(&srv, &ann, &one_vm_lab(l, "64M"));
     }
@@ -580,14 +585,14 @@ fn deleted_lab_real_checkpoint_and_capture_do_not_reach_the_next_owner_of_its_na
     let admin = admin(&srv);
     let ann = member(&srv, &admin, "ann", json!({}));
     let bob = member(&srv, &admin, "bob", json!({}));
-    create_lab(&srv, &ann, &linked_lab("x"));
-    let (s, op) = srv.call("POST", "/labs/x/up", Some(&ann), None);
+    create_lab(&srv, &ann, &linked_lab("tnc-real"));
+    let (s, op) = srv.call("POST", "/labs/tnc-real/up", Some(&ann), None);
     assert_eq!(s, 202, "{op}");
     let done = srv.wait_op(&ann, &op, Duration::from_secs(120));
     assert_eq!(done["state"], "succeeded", "{done}");
     let (s, op) = srv.call(
         "POST",
-        "/labs/x/checkpoints",
+        "/labs/tnc-real/checkpoints",
         Some(&ann),
         Some(Body::Json(json!({"name": "c1"}))),
     );
@@ -596,7 +601,7 @@ fn deleted_lab_real_checkpoint_and_capture_do_not_reach_the_next_owner_of_its_na
     assert_eq!(done["state"], "succeeded", "{done}");
     let (s, cap) = srv.call(
         "POST",
-        "/labs/x/links/l1/captures",
+        "/labs/tnc-real/links/l1/captures",
         Some(&ann),
         Some(Body::Json(json!({"duration_s": 0.5}))),
     );
@@ -608,31 +613,36 @@ fn deleted_lab_real_checkpoint_and_capture_do_not_reach_the_next_owner_of_its_na
     );
     assert_eq!(done["state"], "succeeded", "{done}");
     let cap_id = cap["id"].as_str().unwrap().to_string();
-    let cp_dir = srv.state.path().join("checkpoints/x");
-    let cap_dir = srv.state.path().join("server/captures/x");
+    let cp_dir = srv.state.path().join("checkpoints/tnc-real");
+    let cap_dir = srv.state.path().join("server/captures/tnc-real");
     assert!(cp_dir.join("c1").exists() && cap_dir.exists());
-    down(&srv, &ann, "x");
-    let (s, v) = srv.call("DELETE", "/labs/x", Some(&ann), None);
+    down(&srv, &ann, "tnc-real");
+    let (s, v) = srv.call("DELETE", "/labs/tnc-real", Some(&ann), None);
     assert_eq!(s, 204, "{v}");
     assert!(
         gone(&cp_dir) && gone(&cap_dir),
         "checkpoint and capture files are removed"
     );
 
-    create_lab(&srv, &bob, &linked_lab("x"));
-    assert!(list(&srv, &bob, "/labs/x/checkpoints").is_empty());
-    assert!(list(&srv, &bob, "/labs/x/captures").is_empty());
+    create_lab(&srv, &bob, &linked_lab("tnc-real"));
+    assert!(list(&srv, &bob, "/labs/tnc-real/checkpoints").is_empty());
+    assert!(list(&srv, &bob, "/labs/tnc-real/captures").is_empty());
     let (s, _) = srv.call(
         "GET",
-        &format!("/labs/x/captures/{cap_id}"),
+        &format!("/labs/tnc-real/captures/{cap_id}"),
         Some(&bob),
         None,
     );
     assert_eq!(s, 404);
-    let (s, _) = srv.call("POST", "/labs/x/checkpoints/c1/restore", Some(&bob), None);
+    let (s, _) = srv.call(
+        "POST",
+        "/labs/tnc-real/checkpoints/c1/restore",
+        Some(&bob),
+        None,
+    );
     assert_eq!(s, 404);
     assert!(list(&srv, &bob, "/operations").is_empty());
-    let ev = events_of(&srv, &bob, "x");
+    let ev = events_of(&srv, &bob, "tnc-real");
     assert!(
         ev.iter().all(|e| e["kind"] == "lab.created"),
         "bob sees only his own lab's events: {ev:?}"
@@ -647,12 +657,12 @@ fn user_removed_from_the_command_line_leaves_nothing_to_a_namesake() {
     let srv = Server::start();
     let admin = admin(&srv);
     let mal = member(&srv, &admin, "mal", json!({}));
-    create_lab(&srv, &mal, &one_vm_lab("mal-up", "64M"));
+    create_lab(&srv, &mal, &one_vm_lab("tnc-mal-up", "64M"));
     create_lab(&srv, &mal, &one_vm_lab("mal-down", "64M"));
     save_layout(&srv, &mal, "mal-down");
     let cp = plant_checkpoint(&srv, &mal, "mal-down", "c1", 1);
     let f = plant_function(&srv, "mal-fn", "mal", 1);
-    let (s, op) = srv.call("POST", "/labs/mal-up/up", Some(&mal), None);
+    let (s, op) = srv.call("POST", "/labs/tnc-mal-up/up", Some(&mal), None);
     assert_eq!(s, 202, "{op}");
     let done = srv.wait_op(&mal, &op, Duration::from_secs(120));
     assert_eq!(done["state"], "succeeded", "{done}");
@@ -661,13 +671,13 @@ fn user_removed_from_the_command_line_leaves_nothing_to_a_namesake() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("mal-up") && err.contains("take it down first"),
+        err.contains("tnc-mal-up") && err.contains("take it down first"),
         "names the lab and the fix: {err}"
     );
     assert_eq!(list(&srv, &admin, "/labs").len(), 2, "nothing was removed");
     assert!(cp.exists() && f.exists());
 
-    down(&srv, &mal, "mal-up");
+    down(&srv, &mal, "tnc-mal-up");
     let o = srv.cmd(&["user", "rm", "mal"]).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(gone(&cp) && gone(&f));

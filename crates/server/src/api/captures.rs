@@ -160,16 +160,26 @@ fn prune(dir: &Path) {
     }
 }
 
-/// Removes a deleted lab's captures (running ones are stopped).
+/// Removes a deleted lab's captures. Running ones are stopped first and their end awaited
+/// (at most 5 s: they look at the stop flag every 50 ms), so none writes its record into a
+/// later lab of the same name.
 pub(crate) fn forget_lab(state_dir: &Path, lab: &str) {
-    {
-        let live = running().lock().unwrap_or_else(|e| e.into_inner());
-        for r in live
-            .values()
-            .filter(|r| r.link.starts_with(&format!("{lab}/")))
-        {
-            r.stop.store(true, Ordering::Relaxed);
+    let prefix = format!("{lab}/");
+    let t0 = std::time::Instant::now();
+    loop {
+        let left = {
+            let live = running().lock().unwrap_or_else(|e| e.into_inner());
+            let mut n = 0;
+            for r in live.values().filter(|r| r.link.starts_with(&prefix)) {
+                r.stop.store(true, Ordering::Relaxed);
+                n += 1;
+            }
+            n
+        };
+        if left == 0 || t0.elapsed() > Duration::from_secs(5) {
+            break;
         }
+        std::thread::sleep(Duration::from_millis(20));
     }
     let _ = std::fs::remove_dir_all(crate::server_dir(state_dir).join("captures").join(lab));
 }
