@@ -382,6 +382,7 @@ async fn download_file(c: &AgentClient, src: &str, dst: &Path) -> Result<()> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&tmp)
         .with_context(|| format!("{}", dst.display()))?;
+    let mine = f.try_clone()?;
     let size = c.stat(src).await.map(|i| i.size).unwrap_or(0);
     let meter = Meter::new(size);
     let cb = meter.cb(size);
@@ -395,7 +396,7 @@ async fn download_file(c: &AgentClient, src: &str, dst: &Path) -> Result<()> {
         .await;
     match r {
         Ok((_, _, info)) => {
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(info.mode & 0o777))?;
+            mine.set_permissions(std::fs::Permissions::from_mode(info.mode & 0o777))?;
             std::fs::rename(&tmp, dst)?;
             Ok(())
         }
