@@ -690,3 +690,40 @@ fn user_removed_from_the_command_line_leaves_nothing_to_a_namesake() {
     let (_, layout) = srv.call("GET", "/labs/mal-down/layout", Some(&mal2), None);
     assert_eq!(layout["positions"], json!({}), "{layout}");
 }
+
+/// Starting or restarting one VM of a lab that is up counts the lab against the quota like
+/// `up` does: once an admin lowered the quota, a stopped VM cannot be started again (tiny VM).
+#[test]
+fn member_vm_start_beyond_a_lowered_quota_is_refused() {
+    let srv = Server::start();
+    let admin = admin(&srv);
+    let ann = member(&srv, &admin, "ann", json!({"max_vms": 1}));
+    create_lab(&srv, &ann, &one_vm_lab("tnc-vm", "64M"));
+    let (s, op) = srv.call("POST", "/labs/tnc-vm/up", Some(&ann), None);
+    assert_eq!(s, 202, "{op}");
+    let done = srv.wait_op(&ann, &op, Duration::from_secs(120));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (s, op) = srv.call("POST", "/labs/tnc-vm/nodes/n.v/stop", Some(&ann), None);
+    assert_eq!(s, 202, "{op}");
+    let done = srv.wait_op(&ann, &op, Duration::from_secs(60));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (s, v) = srv.call(
+        "PATCH",
+        "/users/ann",
+        Some(&admin),
+        Some(Body::Json(json!({"max_vms": 0}))),
+    );
+    assert_eq!(s, 200, "{v}");
+    let ann = tok(&srv.login("ann", "ann-password"));
+    for path in [
+        "/labs/tnc-vm/nodes/n.v/start",
+        "/labs/tnc-vm/nodes/n/restart",
+        "/vms/tnc-vm.n.v/start",
+    ] {
+        let (s, v) = srv.call("POST", path, Some(&ann), None);
+        assert_quota_exceeded(s, &v, "max_vms");
+    }
+    let (_, lab) = srv.call("GET", "/labs/tnc-vm", Some(&ann), None);
+    assert_eq!(lab["vms"][0]["state"], "stopped", "nothing started: {lab}");
+    down(&srv, &ann, "tnc-vm");
+}
