@@ -727,3 +727,32 @@ fn member_vm_start_beyond_a_lowered_quota_is_refused() {
     assert_eq!(lab["vms"][0]["state"], "stopped", "nothing started: {lab}");
     down(&srv, &ann, "tnc-vm");
 }
+
+/// Deleting a user whose lab runs takes the lab down first: no VM of theirs is left running
+/// for nobody (tiny VM).
+#[test]
+fn deleted_user_running_lab_is_taken_down_and_removed() {
+    let srv = Server::start();
+    let admin = admin(&srv);
+    let mal = member(&srv, &admin, "mal", json!({}));
+    create_lab(&srv, &mal, &one_vm_lab("tnc-run", "64M"));
+    let (s, op) = srv.call("POST", "/labs/tnc-run/up", Some(&mal), None);
+    assert_eq!(s, 202, "{op}");
+    let done = srv.wait_op(&mal, &op, Duration::from_secs(120));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let (_, lab) = srv.call("GET", "/labs/tnc-run", Some(&admin), None);
+    let pid = lab["vms"][0]["pid"].as_i64().expect("the VM runs");
+
+    let (s, v) = srv.call("DELETE", "/users/mal", Some(&admin), None);
+    assert_eq!(s, 204, "{v}");
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "the deleted user's VM process {pid} still runs"
+    );
+    assert!(list(&srv, &admin, "/labs").is_empty());
+    let mal2 = member(&srv, &admin, "mal", json!({}));
+    create_lab(&srv, &mal2, &one_vm_lab("tnc-run", "64M"));
+    let (_, lab) = srv.call("GET", "/labs/tnc-run", Some(&mal2), None);
+    assert_eq!(lab["state"], "pending", "{lab}");
+    assert!(lab["vms"][0]["pid"].is_null(), "{lab}");
+}
