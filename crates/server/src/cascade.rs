@@ -23,7 +23,8 @@ use crate::AppState;
 /// How long a user's deletion waits for operations on their labs or by them to end.
 const QUIET_WAIT: Duration = Duration::from_secs(120);
 
-fn dir_bytes(p: &Path) -> u64 {
+/// Bytes of the files under `p` (0 when it is missing).
+pub(crate) fn dir_bytes(p: &Path) -> u64 {
     std::fs::read_dir(p)
         .map(|rd| {
             rd.flatten()

@@ -113,12 +113,26 @@ pub async fn create_checkpoint(
             body.name
         )));
     }
-    // A checkpoint takes at least every VM's memory of disk: that much of the caller's disk
-    // quota is held while it is written (then the checkpoint's real size counts).
+    // A checkpoint takes up to every VM's memory plus a copy of its writable disk: that much of
+    // the caller's disk quota is held while it is written (then its real size counts).
     let spec: kobako_lab::spec::Lab =
         serde_json::from_value(row.spec.clone()).map_err(ApiError::internal)?;
+    let vm_names: Vec<String> = spec
+        .vms()
+        .map(|v| kobako_lab::controller::vm_name(&spec, v))
+        .collect();
+    let disks = tokio::task::spawn_blocking(move || {
+        let root = kobako_state::state_root().join("vms");
+        vm_names
+            .iter()
+            .map(|v| crate::cascade::dir_bytes(&root.join(v)))
+            .sum::<u64>()
+    })
+    .await
+    .map_err(ApiError::internal)?;
     let want = ops::Usage {
-        disk_mib: super::labs::lab_usage(&spec).memory_mib.max(1),
+        disk_mib: (super::labs::lab_usage(&spec).memory_mib + disks.div_ceil(1 << 20) as i64)
+            .max(1),
         ..Default::default()
     };
     let (c, what) = (

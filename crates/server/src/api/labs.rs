@@ -430,12 +430,7 @@ pub(crate) async fn reserve_lab(
 
 /// Whether `lab` alone fits `caller`'s quota (422 `quota_exceeded` otherwise: the lab file
 /// asks for more than the quota allows at all). What runs is checked at `up` ([`reserve_lab`]).
-fn quota_check(
-    _db: &kobako_state::Db,
-    caller: &Caller,
-    lab: &Lab,
-    _running_only: bool,
-) -> ApiResult<()> {
+fn quota_check(caller: &Caller, lab: &Lab) -> ApiResult<()> {
     let want = lab_usage(lab);
     let over = |what: &str, want: i64, max: i64, unit: &str| {
         ApiError::unprocessable(
@@ -485,7 +480,7 @@ pub async fn create_lab(
         .db
         .run(move |db| {
             for lab in &labs {
-                quota_check(db, &caller, lab, false)?;
+                quota_check(&caller, lab)?;
                 if db.lab(lab.name.as_str())?.is_some() {
                     return Err(ApiError::conflict(format!(
                         "lab '{}' exists: DELETE it first (or pick another name)",
