@@ -407,6 +407,9 @@ export const api = {
   lab: (n: string) => request<LabDetail>("GET", `/labs/${enc(n)}`),
   createLab: (text: string, file = "lab.yaml") =>
     request<LabSummary[]>("POST", `/labs?file=${enc(file)}`, text, true, "application/yaml"),
+  /** Replace the file of a lab that is not running (keeps its checkpoints, layout, events). */
+  replaceLab: (n: string, text: string, file = "lab.yaml") =>
+    request<LabSummary>("PUT", `/labs/${enc(n)}?file=${enc(file)}`, text, true, "application/yaml"),
   deleteLab: (n: string) => request<void>("DELETE", `/labs/${enc(n)}`),
   labOp: (n: string, op: "up" | "down" | "restart") =>
     request<Operation>("POST", `/labs/${enc(n)}/${op}`),

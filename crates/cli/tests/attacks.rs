@@ -378,3 +378,77 @@ fn a_disk_whose_header_names_a_host_file_as_backing_is_not_booted() {
         "names a backing file",
     );
 }
+
+#[test]
+fn member_replacing_a_lab_file_gets_the_create_checks_and_the_lab_keeps_its_objects() {
+    let srv = Server::start();
+    let (_admin, eve) = admin_and_member(&srv, "eve");
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&eve),
+        yaml(&one_vm("edit", "{ image: tiny }")),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, v) = srv.call(
+        "PUT",
+        "/labs/edit/layout",
+        Some(&eve),
+        Some(Body::Json(
+            json!({"positions": {"n": {"x": 1.0, "y": 2.0}}}),
+        )),
+    );
+    assert_eq!(s, 200, "{v}");
+    // A replacement is a lab file like any other: host paths, another name, another member.
+    let (s, v) = srv.call(
+        "PUT",
+        "/labs/edit",
+        Some(&eve),
+        yaml(&one_vm("edit", "{ image: /etc/shadow }")),
+    );
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(v["error"]["code"], "host_path_forbidden");
+    let (s, v) = srv.call(
+        "PUT",
+        "/labs/edit",
+        Some(&eve),
+        yaml(&one_vm("other", "{ image: tiny }")),
+    );
+    assert_eq!(s, 422, "{v}");
+    let (_, mallory) = {
+        let admin = tok(&srv.login("admin", &srv.admin_password()));
+        let (s, v) = srv.call(
+            "POST",
+            "/users",
+            Some(&admin),
+            Some(Body::Json(
+                json!({"name": "mallory", "password": "mallory-password", "role": "member"}),
+            )),
+        );
+        assert_eq!(s, 201, "{v}");
+        (admin, tok(&srv.login("mallory", "mallory-password")))
+    };
+    let (s, _) = srv.call(
+        "PUT",
+        "/labs/edit",
+        Some(&mallory),
+        yaml(&one_vm("edit", "{ image: tiny, memory: 256M }")),
+    );
+    assert_eq!(s, 404, "another member's lab is not there for mallory");
+    let (_, lab) = srv.call("GET", "/labs/edit", Some(&eve), None);
+    assert_eq!(lab["spec"]["nodes"][0]["vms"][0]["image"], "tiny", "{lab}");
+    assert_eq!(lab["spec"]["nodes"][0]["vms"][0]["memory"], "128M", "{lab}");
+    // The owner's replacement is taken, and the lab keeps its layout.
+    let (s, v) = srv.call(
+        "PUT",
+        "/labs/edit?file=edit.yaml",
+        Some(&eve),
+        yaml(&one_vm("edit", "{ image: tiny, memory: 256M }")),
+    );
+    assert_eq!(s, 200, "{v}");
+    let (_, lab) = srv.call("GET", "/labs/edit", Some(&eve), None);
+    assert_eq!(lab["spec"]["nodes"][0]["vms"][0]["memory"], "256M", "{lab}");
+    let (s, layout) = srv.call("GET", "/labs/edit/layout", Some(&eve), None);
+    assert_eq!(s, 200);
+    assert_eq!(layout["positions"]["n"]["x"], 1.0, "{layout}");
+}

@@ -192,9 +192,12 @@ export default function NewLab({ user, edit }: { user: User; edit?: string }) {
     setError(null);
     setServerErrors([]);
     try {
-      if (edit) {
-        // Replace: the API creates labs from files; a stopped lab is deleted and created again
-        // from the new file (and restored from the old one if the new file is refused).
+      if (edit && (name || edit) === edit) {
+        // Same name: the lab's file is replaced in place; its checkpoints, layout and events stay.
+        await api.replaceLab(edit, text, `${edit}.yaml`);
+      } else if (edit) {
+        // Renamed: the old lab is deleted and the new one created (the old one is created
+        // again from its file if the new file is refused).
         await api.deleteLab(edit);
         try {
           await api.createLab(text, `${name || edit}.yaml`);

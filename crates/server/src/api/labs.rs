@@ -521,6 +521,85 @@ pub async fn create_lab(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+/// Replace the lab file of a lab that is not running (pending, stopped or failed): the same
+/// checks as a create, the file must name this lab and make one lab; its checkpoints, saved
+/// layout, events, operations and admin policy stay (a delete and a create would remove
+/// them). A running lab is 409: take it down first, or `up` a changed file to converge it.
+#[utoipa::path(put, path = "/api/v1/labs/{name}", tag = "labs",
+    params(("name" = String, Path, description = "Lab name"), CreateQuery),
+    request_body(content = String, description = "The new lab file (YAML or JSON)",
+        content_type = "application/yaml"),
+    responses((status = 200, description = "Replaced", body = LabSummary)))]
+pub async fn replace_lab(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<CreateQuery>,
+    ApiBytes(body): ApiBytes,
+) -> ApiResult<Json<LabSummary>> {
+    let row = lab_for(&st, &caller, &name, true).await?;
+    let text = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::bad_request("the lab file is not UTF-8 text"))?;
+    let file = labfile::display_name(q.file, "lab.yaml")?;
+    let mut labs = labfile::load_labs(file.clone(), text).await?;
+    if labs.len() != 1 || labs[0].name.as_str() != name {
+        let named: Vec<&str> = labs.iter().map(|l| l.name.as_str()).collect();
+        return Err(ApiError::unprocessable(
+            "invalid_lab",
+            format!(
+                "the file makes lab(s) {}, not lab '{name}': a replacement keeps the lab's name and makes one lab (no `copies:`); to rename, create the new lab and delete this one",
+                named.join(", ")
+            ),
+        ));
+    }
+    let lab = labs.remove(0);
+    labfile::refuse_host_paths(&caller, [&lab])?;
+    super::policy::check_create(&st, &caller, std::slice::from_ref(&lab)).await?;
+    quota_check(&caller, &lab)?;
+    let running = !matches!(
+        row.state,
+        LabState::Pending | LabState::Stopped | LabState::Failed
+    ) || row_has_running_vm(&st, &name).await?;
+    if running {
+        return Err(ApiError::conflict(format!(
+            "lab '{name}' is {}: take it down first (POST /api/v1/labs/{name}/down), or bring the changed file up with `kobako up` to converge it",
+            row.state
+        )));
+    }
+    let out = st
+        .db
+        .run(move |db| {
+            let n = lab.name.as_str();
+            let spec = serde_json::to_value(&lab).map_err(ApiError::internal)?;
+            db.put_lab(n, Some(&format!("api:{file}")), &spec, None)?;
+            let vms: Vec<_> = lab
+                .vms()
+                .map(|v| {
+                    (
+                        kobako_lab::controller::vm_name(&lab, v),
+                        v.id.node.as_str().to_string(),
+                        v.id.vm.as_str().to_string(),
+                    )
+                })
+                .collect();
+            db.sync_vms(n, &vms)?;
+            db.event(Some(n), None, "lab.replaced", &serde_json::json!({}))?;
+            let row = db.lab(n)?.ok_or_else(|| ApiError::internal("lab vanished"))?;
+            summary(db, &row)
+        })
+        .await?;
+    Ok(Json(out))
+}
+
+/// True when a VM of lab `name` still has a process.
+async fn row_has_running_vm(st: &AppState, name: &str) -> ApiResult<bool> {
+    let n = name.to_string();
+    let vms = st.db.run(move |db| Ok(db.vms(&n)?)).await?;
+    Ok(vms
+        .iter()
+        .any(|v| kobako_runtime::VmDir::for_name(&v.name).vm_pid().is_some()))
+}
+
 /// One lab: state, VMs (state, boot time, addresses, pid), links, resolved spec.
 #[utoipa::path(get, path = "/api/v1/labs/{name}", tag = "labs",
     params(("name" = String, Path, description = "Lab name")),

@@ -74,7 +74,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(auth_api::list_tokens, auth_api::create_token))
         .routes(routes!(auth_api::revoke_token))
         .routes(routes!(labs::list_labs, labs::create_lab))
-        .routes(routes!(labs::get_lab, labs::delete_lab))
+        .routes(routes!(labs::get_lab, labs::replace_lab, labs::delete_lab))
         .routes(routes!(layout::get_layout, layout::put_layout))
         .routes(routes!(policy::get_policy, policy::put_policy))
         .routes(routes!(labs::lab_up))
