@@ -901,7 +901,8 @@ fn labs_over_the_api_with_real_vms_and_a_server_killed_with_9() {
         Some(&bob),
         None,
     );
-    assert_eq!(s, 403, "another member cancelled alice's scenario: {v}");
+    // Another member does not even see alice's operation: 404, as for a name that is not there.
+    assert_eq!(s, 404, "another member cancelled alice's scenario: {v}");
     let (s, v) = srv.call(
         "POST",
         &format!("/operations/{id}/cancel"),

@@ -116,6 +116,9 @@ pub fn ensure_cert(
     let ck = rcgen::generate_simple_self_signed(names).context("generate a TLS certificate")?;
     write_private(&k, ck.key_pair.serialize_pem().as_bytes())?;
     std::fs::create_dir_all(dir.join("tls"))?;
-    std::fs::write(&c, ck.cert.pem()).with_context(|| format!("write {}", c.display()))?;
+    // Atomically too: clients (and tests) read it as soon as it exists.
+    let tmp = c.with_extension("pem.tmp");
+    std::fs::write(&tmp, ck.cert.pem()).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, &c).with_context(|| format!("rename to {}", c.display()))?;
     Ok((c, k, true))
 }

@@ -86,8 +86,8 @@ pub mod yaml;
 pub use error::{Limit, Path, Pos, SpecError, SpecErrors};
 pub use model::*;
 pub use raw::{LinkState, RawLab, Restart};
-pub use trust::{HostPathUse, ImageSource, KernelSource};
 pub use resolve::{load_file, load_one, load_str, parse_lab, resolve, LabFile};
+pub use trust::{HostPathUse, ImageSource, KernelSource};
 pub use units::{BitRate, MemMib, Micros, Percent};
 
 /// The JSON Schema of lab files, pretty-printed (what `schema/lab.schema.json` holds).

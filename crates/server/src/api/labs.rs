@@ -584,7 +584,9 @@ pub async fn replace_lab(
                 .collect();
             db.sync_vms(n, &vms)?;
             db.event(Some(n), None, "lab.replaced", &serde_json::json!({}))?;
-            let row = db.lab(n)?.ok_or_else(|| ApiError::internal("lab vanished"))?;
+            let row = db
+                .lab(n)?
+                .ok_or_else(|| ApiError::internal("lab vanished"))?;
             summary(db, &row)
         })
         .await?;

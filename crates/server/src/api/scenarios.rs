@@ -27,7 +27,11 @@ pub struct ScenarioQuery {
 }
 
 fn invalid(errs: kobako_lab::spec::SpecErrors, what: &str) -> ApiError {
-    labfile::invalid(errs, "invalid_scenario", &format!("{what}; nothing was run"))
+    labfile::invalid(
+        errs,
+        "invalid_scenario",
+        &format!("{what}; nothing was run"),
+    )
 }
 
 /// Run a scenario (the YAML of `kobako scenario run`) against the running lab: 202 and an
