@@ -15,8 +15,9 @@ PACKAGES=(
   # web UI end-to-end test (headless, driven by playwright-core from npm) and its curl checks
   chromium curl
   # the WASM step example's rebuild check (examples/scenarios/wasm/*/build.sh): Debian's rustc
-  # with its wasm32 std (rustup's toolchain stays first in PATH for everything else)
-  rustc libstd-rust-dev-wasm32
+  # with its wasm32 std (rustup's toolchain stays first in PATH for everything else) and the
+  # linker rustc uses for wasm32 (rust-lld, from lld-14: only recommended, so named here)
+  rustc libstd-rust-dev-wasm32 lld-14
   # lints of the shell scripts (scripts/test.sh)
   shellcheck
 )

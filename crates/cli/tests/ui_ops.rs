@@ -336,7 +336,8 @@ links:
         &member,
         Some(json!({})),
     );
-    assert_eq!(s, 403, "member captures another's lab: {v}");
+    // Another member's lab is not there for her: 404, as for a name that does not exist.
+    assert_eq!(s, 404, "member captures another's lab: {v}");
 
     let t0 = Instant::now();
     let (s, cap) = srv.call(
@@ -391,7 +392,7 @@ links:
     assert_eq!(list[0]["id"], id.as_str(), "{list}");
     assert_eq!(list[0]["state"], "done", "{list}");
     let (s, v) = srv.call("GET", &format!("/labs/{lab}/captures/{id}"), &member, None);
-    assert_eq!(s, 403, "{v}");
+    assert_eq!(s, 404, "{v}");
     let (s, _, pcap, disp) =
         srv.call_raw("GET", &format!("/labs/{lab}/captures/{id}"), &viewer, None);
     assert_eq!(s, 200);
@@ -544,7 +545,7 @@ links:
         &member,
         Some(layout.clone()),
     );
-    assert_eq!(s, 403, "member saves another's layout: {v}");
+    assert_eq!(s, 404, "member saves another's layout: {v}");
     let (s, v) = srv.call(
         "PUT",
         &format!("/labs/{lab}/layout"),
