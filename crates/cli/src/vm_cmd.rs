@@ -126,14 +126,17 @@ pub struct RunArgs {
 
 pub fn runtime() -> Result<QemuRuntime> {
     let exe = std::env::current_exe().context("locate the kobako executable")?;
-    Ok(QemuRuntime::new(exe))
+    let mut rt = QemuRuntime::new(exe);
+    // QEMU's seccomp sandbox is on unless turned off for debugging (read here, at the edge).
+    rt.sandbox = std::env::var("KOBAKO_QEMU_SANDBOX").map_or(true, |v| v != "off");
+    Ok(rt)
 }
 
 /// A runtime by name.
 pub fn runtime_named(name: &str) -> Result<Box<dyn Runtime>> {
     let exe = std::env::current_exe().context("locate the kobako executable")?;
     match name {
-        "qemu" => Ok(Box::new(QemuRuntime::new(exe))),
+        "qemu" => Ok(Box::new(runtime()?)),
         "vmm" => Ok(Box::new(VmmRuntime::new(exe))),
         other => bail!("--runtime {other}: use auto, qemu or vmm"),
     }

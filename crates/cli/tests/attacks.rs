@@ -452,3 +452,49 @@ fn member_replacing_a_lab_file_gets_the_create_checks_and_the_lab_keeps_its_obje
     assert_eq!(s, 200);
     assert_eq!(layout["positions"]["n"]["x"], 1.0, "{layout}");
 }
+
+#[test]
+fn qemu_runs_under_its_sandbox_without_privileges_core_dumps_or_spawning() {
+    // The first pieces of the jail (issue 18): what a guest that escapes into QEMU finds.
+    let env = common::Env::new();
+    let name = format!("jail{}", std::process::id() % 100_000);
+    common::run_detached(&env, &name, &[]);
+    let pid: i32 = std::fs::read_to_string(env.vms_dir().join(&name).join("vm.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|x| x.trim().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("Seccomp:"), "2", "a seccomp filter: {status}");
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap();
+    assert!(
+        core.split_whitespace().nth(4) == Some("0"),
+        "no core dumps of guest memory: {core}"
+    );
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(cmdline.contains("spawn=deny"), "{cmdline}");
+    // And it still snapshots and restores: migrations go through descriptors, not `cat`.
+    let snap = env.run.path().join("snap");
+    common::ok(&env.run(&["vm", "snapshot", &name, snap.to_str().unwrap()]));
+    let again = format!("{name}r");
+    common::ok(&env.run(&["vm", "restore", snap.to_str().unwrap(), "--name", &again]));
+    let o = common::exec(&env, &again, &["uname", "-r"]);
+    assert!(o.status.success(), "{}", common::text(&o.stderr));
+    for n in [&name, &again] {
+        common::ok(&env.run(&["vm", "stop", n]));
+    }
+    env.assert_clean();
+}

@@ -22,7 +22,14 @@ pub struct QemuRuntime {
     /// The `kobako` executable, re-run as `kobako vm supervise DIR`.
     pub kobako_exe: PathBuf,
     pub qemu: PathBuf,
+    /// Run QEMU under its seccomp sandbox ([`SANDBOX`]); off only for debugging.
+    pub sandbox: bool,
 }
+
+/// QEMU's own seccomp filter (`-sandbox`): obsolete system calls, privilege changes (setuid and
+/// friends), spawning processes (snapshots and restores migrate through descriptors kobako
+/// opens, `fd:`) and resource control (scheduling, CPU and memory policy) are refused.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 /// Debian package that provides the QEMU binary.
 pub const PACKAGE: &str = "qemu-system-x86";
@@ -36,6 +43,7 @@ impl QemuRuntime {
         QemuRuntime {
             kobako_exe,
             qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
+            sandbox: true,
         }
     }
 
@@ -81,6 +89,9 @@ impl QemuRuntime {
                 format!("kobako-{},debug-threads=on", cfg.name),
             ],
         );
+        if self.sandbox {
+            a.extend(["-sandbox".into(), SANDBOX.into()]);
+        }
         a.extend([
             "-kernel".into(),
             cfg.kernel.display().to_string(),
@@ -128,11 +139,12 @@ impl QemuRuntime {
                 "virtio-blk-device,drive=root".into(),
             ]),
         }
-        if let Some(state) = &cfg.incoming {
-            // Restore instead of boot: QEMU reads the migration stream and runs on from it.
+        if cfg.incoming.is_some() {
+            // Restore instead of boot: QEMU reads the migration stream from the file the
+            // supervisor opened for it (`Launch::incoming_fd`) and runs on from it.
             a.extend([
                 "-incoming".into(),
-                format!("exec:cat '{}'", state.display()),
+                format!("fd:{}", crate::vmdir::INCOMING_FD),
             ]);
         }
         for (i, n) in cfg.nics.iter().enumerate() {
@@ -231,6 +243,7 @@ impl Runtime for QemuRuntime {
             runtime: "qemu".into(),
             reset_exit_code: None,
             console_log_from: None,
+            incoming_fd: cfg.incoming.clone(),
         };
         let r = write_json(&vm.file("config.json"), cfg)
             .and_then(|_| write_json(&vm.file("launch.json"), &launch));

@@ -10,8 +10,9 @@
 //! root.<format>   the VM's writable root disk at that moment (absent for initramfs VMs)
 //! disk<i>.<fmt>   extra disks that belong to the VM alone (e.g. its cloud-init seed)
 //! ```
-//! QEMU runtime: `stop`, then `migrate` to a file (QEMU 7.2's fastest form here: `exec:cat >
-//! FILE`, bandwidth unlimited, one pass since the guest is stopped; completion flushes and
+//! QEMU runtime: `stop`, then `migrate` to a file (`fd:`: the file opened here and handed to
+//! QEMU over QMP, so its sandbox needs no spawning; bandwidth unlimited, one pass since the
+//! guest is stopped; completion flushes and
 //! inactivates the disks, so copying them afterwards is consistent), copy the writable disks,
 //! then `cont` unless asked to leave the VM paused. Restore starts a new QEMU with the snapshot's
 //! configuration and `-incoming` from the memory file, its root disk a new qcow2 overlay on the
@@ -27,6 +28,7 @@
 //! wrong size (truncated), or (when verifying) a checksum that does not match.
 
 use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -325,9 +327,15 @@ async fn take(
             Some(serde_json::json!({"max-bandwidth": 1u64 << 40})),
         )
         .await?;
+        // Straight into the file: QEMU gets the open file (`getfd`) and migrates to it, so it
+        // needs to spawn nothing (its sandbox denies spawning).
+        let file = std::fs::File::create(&mem)
+            .map_err(|e| RuntimeError::Invalid(format!("create {}: {e}", mem.display())))?;
+        q.send_fd("kobako-snapshot", file.as_raw_fd()).await?;
+        drop(file);
         q.execute(
             "migrate",
-            Some(serde_json::json!({"uri": format!("exec:cat > '{}'", mem.display())})),
+            Some(serde_json::json!({"uri": "fd:kobako-snapshot"})),
         )
         .await?;
         let deadline = Instant::now() + Duration::from_secs(300);

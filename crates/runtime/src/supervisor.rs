@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 
 use kobako_agent::proto::{self, Frame, Kind, Msg};
 
-use crate::vmdir::{write_json, BootRecord, ExitRecord, GuestChannel, Launch, ReadyRecord, VmDir};
+use crate::vmdir::{
+    write_json, BootRecord, ExitRecord, GuestChannel, Launch, ReadyRecord, VmDir, INCOMING_FD,
+};
 
 type Writer = Arc<Mutex<UnixStream>>;
 
@@ -204,6 +206,7 @@ fn supervise(vm: VmDir) -> Result<(), String> {
             if quick_reboots < 5 {
                 // A VM restored from a snapshot reboots into a fresh boot, not the snapshot.
                 strip_incoming(&mut launch.argv, &vm);
+                launch.incoming_fd = None;
                 *lock(&shared.ready) = None;
                 let _ = std::fs::remove_file(vm.file("ready.json"));
                 let _ = std::fs::remove_file(vm.file("booted.json"));
@@ -251,6 +254,10 @@ fn strip_incoming(argv: &mut Vec<String>, vm: &VmDir) {
     }
 }
 
+/// Open files a VM process may hold (QEMU: a few dozen; kobako-vmm: its devices, API
+/// connections and vsock streams).
+const VM_MAX_FILES: libc::rlim_t = 4096;
+
 /// Start the VM process (in its network namespace, dying with us). Returns its pid and when it
 /// started.
 fn spawn_vm(vm: &VmDir, launch: &Launch, log: &std::fs::File) -> Result<(i32, Instant), String> {
@@ -269,14 +276,55 @@ fn spawn_vm(vm: &VmDir, launch: &Launch, log: &std::fs::File) -> Result<(i32, In
         None => None,
     };
     let netns_raw = netns_fd.as_ref().map(|f| f.as_raw_fd());
-    // SAFETY: prctl and setns in the child between fork and exec; async-signal-safe; the netns
-    // fd stays open in the parent until after spawn.
+    // A restore's migration stream, opened here (read-only) and found by the VM process at
+    // INCOMING_FD: it then needs to spawn nothing to read it.
+    let incoming: Option<std::fs::File> = match &launch.incoming_fd {
+        Some(p) => Some(
+            std::fs::File::open(p).map_err(|e| format!("snapshot state {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    let incoming_raw = incoming.as_ref().map(|f| f.as_raw_fd());
+    // SAFETY: prctl, setns, dup2, fcntl and setrlimit in the child between fork and exec are
+    // async-signal-safe; the netns and incoming fds stay open in the parent until after spawn.
     unsafe {
         cmd.pre_exec(move || {
             // Never leave an unsupervised VM behind: if the supervisor dies, so does the VM.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            // The first pieces of the jail (issue 18): the VM process and what it runs can
+            // never gain privileges through exec (setuid binaries, file capabilities), dump
+            // no core (guest memory would land on the host's disk), and open a bounded number
+            // of files.
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            let files = libc::rlimit {
+                rlim_cur: VM_MAX_FILES,
+                rlim_max: VM_MAX_FILES,
+            };
+            if libc::setrlimit(libc::RLIMIT_CORE, &core) != 0
+                || libc::setrlimit(libc::RLIMIT_NOFILE, &files) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             if let Some(fd) = netns_raw {
                 if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(fd) = incoming_raw {
+                // dup2 leaves the copy open across exec; when the file already sits at
+                // INCOMING_FD, dup2 does nothing and its close-on-exec flag is cleared here.
+                let ok = if fd == INCOMING_FD {
+                    libc::fcntl(fd, libc::F_SETFD, 0) == 0
+                } else {
+                    libc::dup2(fd, INCOMING_FD) == INCOMING_FD
+                };
+                if !ok {
                     return Err(std::io::Error::last_os_error());
                 }
             }

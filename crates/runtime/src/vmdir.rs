@@ -77,7 +77,14 @@ pub struct Launch {
     /// log by itself).
     #[serde(default)]
     pub console_log_from: Option<PathBuf>,
+    /// A file the supervisor opens read-only and gives the VM process as descriptor
+    /// [`INCOMING_FD`] (QEMU's `-incoming fd:3`: a restore that spawns no helper).
+    #[serde(default)]
+    pub incoming_fd: Option<PathBuf>,
 }
+
+/// The descriptor number a VM process finds [`Launch::incoming_fd`] at.
+pub const INCOMING_FD: i32 = 3;
 
 /// Written by the supervisor when the VMM reports the guest's boot-complete signal.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -432,6 +432,7 @@ impl Runtime for VmmRuntime {
             runtime: "vmm".into(),
             reset_exit_code: Some(EXIT_GUEST_RESET),
             console_log_from: Some(vm.file("console.sock")),
+            incoming_fd: None,
         };
         let r = write_json(&vm.file("vmm.json"), &fc)
             .and_then(|_| match &restore {
