@@ -9,41 +9,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::server::{Body, Server};
-use serde_json::{json, Value};
-
-fn tok(v: &Value) -> String {
-    v["access_token"].as_str().unwrap().to_string()
-}
-
-fn yaml(s: &str) -> Option<Body> {
-    Some(Body::Raw("application/yaml", s.as_bytes().to_vec()))
-}
+use common::server::{tok, yaml, Body, Server};
+use serde_json::json;
 
 /// The admin's token and a fresh member's (`name`).
 fn admin_and_member(srv: &Server, name: &str) -> (String, String) {
-    let admin = tok(&srv.login("admin", &srv.admin_password()));
-    let (s, v) = srv.call(
-        "POST",
-        "/users",
-        Some(&admin),
-        Some(Body::Json(
-            json!({"name": name, "password": format!("{name}-password"), "role": "member"}),
-        )),
-    );
-    assert_eq!(s, 201, "{v}");
-    let member = tok(&srv.login(name, &format!("{name}-password")));
+    let admin = srv.admin_token();
+    let member = srv.user(&admin, name, "member", json!({}));
     (admin, member)
-}
-
-fn lab_names(srv: &Server, token: &str) -> Vec<String> {
-    let (s, v) = srv.call("GET", "/labs", Some(token), None);
-    assert_eq!(s, 200, "{v}");
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["name"].as_str().unwrap().to_string())
-        .collect()
 }
 
 fn one_vm(lab: &str, vm: &str) -> String {
@@ -100,7 +73,7 @@ fn member_lab_file_host_paths_are_refused_and_nothing_is_created() {
             "{what}: every field listed: {v}"
         );
     }
-    assert!(lab_names(&srv, &admin).is_empty(), "nothing was stored");
+    assert!(srv.lab_names(&admin).is_empty(), "nothing was stored");
 
     // An admin keeps host paths (documented in docs/SECURITY.md).
     let (s, v) = srv.call("POST", "/labs", Some(&admin), yaml(&attacks[0].1));
@@ -238,7 +211,7 @@ fn documents_built_to_exhaust_the_parser_are_refused_and_the_server_keeps_servin
         h.join().unwrap()
     });
     eprintln!("slowest GET /labs while the attacks ran: {health:?}");
-    assert!(lab_names(&srv, &admin).is_empty());
+    assert!(srv.lab_names(&admin).is_empty());
     assert_eq!(srv.call("GET", "/labs", Some(&admin), None).0, 200);
     let log = srv.log_text();
     assert!(!log.contains("panicked"), "{log}");

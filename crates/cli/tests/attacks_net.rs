@@ -19,28 +19,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::server::{Body, Server};
+use common::server::{yaml, Body, Server};
 use common::text;
 use serde_json::{json, Value};
-
-fn tok(v: &Value) -> String {
-    v["access_token"].as_str().unwrap().to_string()
-}
-
-fn yaml(s: &str) -> Option<Body> {
-    Some(Body::Raw("application/yaml", s.as_bytes().to_vec()))
-}
-
-fn admin(srv: &Server) -> String {
-    tok(&srv.login("admin", &srv.admin_password()))
-}
-
-fn member(srv: &Server, admin: &str, name: &str) -> String {
-    let body = json!({"name": name, "password": format!("{name}-password"), "role": "member"});
-    let (s, v) = srv.call("POST", "/users", Some(admin), Some(Body::Json(body)));
-    assert_eq!(s, 201, "{v}");
-    tok(&srv.login(name, &format!("{name}-password")))
-}
 
 /// A one-VM lab publishing host port `port` to the VM's 8080 (and an uplink if asked).
 fn publishing_lab(name: &str, port: u16, uplink: bool) -> String {
@@ -57,16 +38,6 @@ publish: ["{port}:web.srv:8080/tcp"]
 uplink: {uplink}
 "#
     )
-}
-
-fn lab_names(srv: &Server, token: &str) -> Vec<String> {
-    let (s, v) = srv.call("GET", "/labs", Some(token), None);
-    assert_eq!(s, 200, "{v}");
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["name"].as_str().unwrap().to_string())
-        .collect()
 }
 
 fn netns_exists(lab: &str) -> bool {
@@ -103,8 +74,8 @@ fn free_port() -> u16 {
 #[test]
 fn member_publishing_the_hosts_ssh_port_is_refused() {
     let srv = Server::start();
-    let adm = admin(&srv);
-    let dana = member(&srv, &adm, "dana");
+    let adm = srv.admin_token();
+    let dana = srv.user(&adm, "dana", "member", json!({}));
     let (s, v) = srv.call(
         "POST",
         "/labs",
@@ -119,15 +90,15 @@ fn member_publishing_the_hosts_ssh_port_is_refused() {
         "{m}"
     );
     // Nothing was created.
-    assert!(lab_names(&srv, &adm).is_empty());
+    assert!(srv.lab_names(&adm).is_empty());
     assert!(!netns_exists("kbt-pn-ssh"));
 }
 
 #[test]
 fn member_publishing_a_privileged_port_is_refused_but_an_admin_may() {
     let srv = Server::start();
-    let adm = admin(&srv);
-    let dana = member(&srv, &adm, "dana");
+    let adm = srv.admin_token();
+    let dana = srv.user(&adm, "dana", "member", json!({}));
     let lab = publishing_lab("kbt-pn-80", 80, false);
     let (s, v) = srv.call("POST", "/labs", Some(&dana), yaml(&lab));
     assert_eq!(s, 403, "{v}");
@@ -137,7 +108,7 @@ fn member_publishing_a_privileged_port_is_refused_but_an_admin_may() {
         m.contains("port 80 is below 1024") && m.contains("ask an admin"),
         "{m}"
     );
-    assert!(lab_names(&srv, &adm).is_empty());
+    assert!(srv.lab_names(&adm).is_empty());
     // The same file from an admin: host ports are an admin's decision.
     let (s, v) = srv.call("POST", "/labs", Some(&adm), yaml(&lab));
     assert_eq!(s, 201, "{v}");
@@ -146,8 +117,8 @@ fn member_publishing_a_privileged_port_is_refused_but_an_admin_may() {
 #[test]
 fn member_publishing_the_servers_own_port_is_refused_even_with_a_policy() {
     let srv = Server::start();
-    let adm = admin(&srv);
-    let dana = member(&srv, &adm, "dana");
+    let adm = srv.admin_token();
+    let dana = srv.user(&adm, "dana", "member", json!({}));
     let (s, v) = srv.call(
         "POST",
         "/labs",
@@ -156,7 +127,7 @@ fn member_publishing_the_servers_own_port_is_refused_even_with_a_policy() {
     );
     assert_eq!(s, 403, "{v}");
     assert!(message(&v).contains("server's own port"), "{v}");
-    assert!(lab_names(&srv, &adm).is_empty());
+    assert!(srv.lab_names(&adm).is_empty());
 
     // An admin grants dana's lab every port; the server's own stays closed, others open.
     let (s, v) = srv.call(
@@ -198,8 +169,8 @@ fn member_publishing_the_servers_own_port_is_refused_even_with_a_policy() {
 #[test]
 fn member_re_created_under_a_deleted_members_name_gets_none_of_its_grants() {
     let srv = Server::start();
-    let adm = admin(&srv);
-    let dana = member(&srv, &adm, "dana");
+    let adm = srv.admin_token();
+    let dana = srv.user(&adm, "dana", "member", json!({}));
     let (s, v) = srv.call(
         "POST",
         "/labs",
@@ -220,7 +191,7 @@ fn member_re_created_under_a_deleted_members_name_gets_none_of_its_grants() {
     let (s, v) = srv.call("DELETE", "/users/dana", Some(&adm), None);
     assert!(s == 200 || s == 204, "{s} {v}");
     std::thread::sleep(Duration::from_millis(5));
-    let heir = member(&srv, &adm, "dana");
+    let heir = srv.user(&adm, "dana", "member", json!({}));
     // The old grant does not open port 80 for her lab of the same name ...
     let (s, v) = srv.call(
         "POST",
@@ -248,9 +219,9 @@ fn member_re_created_under_a_deleted_members_name_gets_none_of_its_grants() {
 #[test]
 fn member_granting_its_own_lab_a_policy_is_refused() {
     let srv = Server::start();
-    let adm = admin(&srv);
-    let dana = member(&srv, &adm, "dana");
-    let erin = member(&srv, &adm, "erin");
+    let adm = srv.admin_token();
+    let dana = srv.user(&adm, "dana", "member", json!({}));
+    let erin = srv.user(&adm, "erin", "member", json!({}));
     let (s, v) = srv.call(
         "POST",
         "/labs",
@@ -307,8 +278,8 @@ fn member_granting_its_own_lab_a_policy_is_refused() {
 #[test]
 fn admin_policy_is_validated_stored_and_shown() {
     let srv = Server::start();
-    let adm = admin(&srv);
-    let dana = member(&srv, &adm, "dana");
+    let adm = srv.admin_token();
+    let dana = srv.user(&adm, "dana", "member", json!({}));
     let (s, v) = srv.call(
         "POST",
         "/labs",
@@ -353,8 +324,8 @@ fn admin_policy_is_validated_stored_and_shown() {
 #[test]
 fn member_publishing_a_port_a_host_service_listens_on_is_refused_at_up() {
     let srv = Server::start();
-    let adm = admin(&srv);
-    let dana = member(&srv, &adm, "dana");
+    let adm = srv.admin_token();
+    let dana = srv.user(&adm, "dana", "member", json!({}));
     let port = free_port();
     // Created while the port is free ...
     let (s, v) = srv.call(
@@ -378,7 +349,7 @@ fn member_publishing_a_port_a_host_service_listens_on_is_refused_at_up() {
     );
     assert_eq!(s, 409, "{v}");
     assert_eq!(v["error"]["code"], "port_in_use", "{v}");
-    assert_eq!(lab_names(&srv, &dana), ["kbt-pn-busy"]);
+    assert_eq!(srv.lab_names(&dana), ["kbt-pn-busy"]);
     // ... and the existing one at up: 409 naming the port, before anything is made.
     let (s, v) = srv.call("POST", "/labs/kbt-pn-busy/up", Some(&dana), None);
     assert_eq!(s, 409, "{v}");
@@ -396,9 +367,9 @@ fn member_publishing_a_port_a_host_service_listens_on_is_refused_at_up() {
 #[test]
 fn lab_publishing_a_port_another_lab_holds_is_refused_at_up() {
     let srv = Server::start();
-    let adm = admin(&srv);
-    let dana = member(&srv, &adm, "dana");
-    let erin = member(&srv, &adm, "erin");
+    let adm = srv.admin_token();
+    let dana = srv.user(&adm, "dana", "member", json!({}));
+    let erin = srv.user(&adm, "erin", "member", json!({}));
     let port = free_port();
     let _down = Down {
         srv: &srv,
@@ -438,7 +409,7 @@ fn lab_publishing_a_port_another_lab_holds_is_refused_at_up() {
         !message(&v).contains("kbt-pn-a"),
         "another member's lab is named: {v}"
     );
-    assert!(!lab_names(&srv, &adm).contains(&"kbt-pn-e".to_string()));
+    assert!(!srv.lab_names(&adm).contains(&"kbt-pn-e".to_string()));
     // Erin's lab created before: 409 "in use" at up, without naming dana's lab.
     let (s, v) = srv.call("POST", "/labs/kbt-pn-b/up", Some(&erin), None);
     assert_eq!(s, 409, "{v}");
@@ -650,7 +621,7 @@ fn vm_in_an_uplinked_lab_cannot_reach_the_hosts_lan_until_an_admin_allows_it() {
     let on_host = Responder::new(None, "10.234.0.1:7201");
 
     let srv = Server::start();
-    let adm = admin(&srv);
+    let adm = srv.admin_token();
     let lab = "kbt-pn-vm";
     let _down = Down {
         srv: &srv,

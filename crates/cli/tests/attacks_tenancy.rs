@@ -14,31 +14,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::server::{Body, Server};
+use common::server::{tok, yaml, Body, Server};
 use serde_json::{json, Value};
-
-fn tok(v: &Value) -> String {
-    v["access_token"].as_str().unwrap().to_string()
-}
-
-fn yaml(s: &str) -> Option<Body> {
-    Some(Body::Raw("application/yaml", s.as_bytes().to_vec()))
-}
-
-fn admin(srv: &Server) -> String {
-    tok(&srv.login("admin", &srv.admin_password()))
-}
-
-/// Creates user `name` (role member, `extra` fields such as quotas); logs them in.
-fn member(srv: &Server, admin: &str, name: &str, extra: Value) -> String {
-    let mut body = json!({"name": name, "password": format!("{name}-password"), "role": "member"});
-    for (k, v) in extra.as_object().unwrap() {
-        body[k] = v.clone();
-    }
-    let (s, v) = srv.call("POST", "/users", Some(admin), Some(Body::Json(body)));
-    assert_eq!(s, 201, "{v}");
-    tok(&srv.login(name, &format!("{name}-password")))
-}
 
 fn one_vm_lab(name: &str, memory: &str) -> String {
     format!("name: {name}\nnodes:\n  n:\n    vms:\n      v: {{ image: tiny, memory: {memory} }}\n")
@@ -196,9 +173,9 @@ fn gone(p: &Path) -> bool {
 #[test]
 fn deleted_lab_leaves_nothing_to_a_member_who_takes_its_name() {
     let srv = Server::start();
-    let admin = admin(&srv);
-    let ann = member(&srv, &admin, "ann", json!({}));
-    let bob = member(&srv, &admin, "bob", json!({}));
+    let admin = srv.admin_token();
+    let ann = srv.user(&admin, "ann", "member", json!({}));
+    let bob = srv.user(&admin, "bob", "member", json!({}));
 
     // Ann's lab `x` with a checkpoint, a capture, a layout, an operation and events.
     create_lab(&srv, &ann, &one_vm_lab("tnc-x", "64M"));
@@ -263,8 +240,8 @@ fn deleted_lab_leaves_nothing_to_a_member_who_takes_its_name() {
 #[test]
 fn deleted_user_leaves_nothing_to_a_user_recreated_with_its_name() {
     let srv = Server::start();
-    let admin = admin(&srv);
-    let mal = member(&srv, &admin, "mal", json!({"max_vms": 4}));
+    let admin = srv.admin_token();
+    let mal = srv.user(&admin, "mal", "member", json!({"max_vms": 4}));
     create_lab(&srv, &mal, &one_vm_lab("tnc-mal-lab", "64M"));
     let op = down(&srv, &mal, "tnc-mal-lab");
     save_layout(&srv, &mal, "tnc-mal-lab");
@@ -299,7 +276,7 @@ fn deleted_user_leaves_nothing_to_a_user_recreated_with_its_name() {
     );
 
     // A new user of the same name inherits nothing, not even the old user's tokens.
-    let mal2 = member(&srv, &admin, "mal", json!({}));
+    let mal2 = srv.user(&admin, "mal", "member", json!({}));
     for t in [&mal, &api_token] {
         let (s, v) = srv.call("GET", "/labs", Some(t), None);
         assert_eq!(
@@ -330,10 +307,10 @@ fn deleted_user_leaves_nothing_to_a_user_recreated_with_its_name() {
 #[test]
 fn deleted_function_leaves_no_warm_snapshot() {
     let srv = Server::start();
-    let admin = admin(&srv);
-    let ann = member(&srv, &admin, "ann", json!({}));
+    let admin = srv.admin_token();
+    let ann = srv.user(&admin, "ann", "member", json!({}));
     let f = plant_function(&srv, "ann-fn", "ann", 1);
-    let bob = member(&srv, &admin, "bob", json!({}));
+    let bob = srv.user(&admin, "bob", "member", json!({}));
     let (s, _) = srv.call("DELETE", "/functions/ann-fn", Some(&bob), None);
     assert!(
         s == 403 || s == 404,
@@ -352,11 +329,11 @@ fn deleted_function_leaves_no_warm_snapshot() {
 #[test]
 fn member_up_beyond_a_lowered_quota_is_refused_and_starts_nothing() {
     let srv = Server::start();
-    let admin = admin(&srv);
-    let ann = member(
-        &srv,
+    let admin = srv.admin_token();
+    let ann = srv.user(
         &admin,
         "ann",
+        "member",
         json!({"max_vms": 2, "max_memory_mib": 256}),
     );
     create_lab(&srv, &ann, &one_vm_lab("q1", "128M"));
@@ -390,8 +367,8 @@ fn member_up_beyond_a_lowered_quota_is_refused_and_starts_nothing() {
 #[test]
 fn member_function_beyond_the_quota_is_refused_at_deploy_and_invoke() {
     let srv = Server::start();
-    let admin = admin(&srv);
-    let ann = member(&srv, &admin, "ann", json!({"max_vms": 2}));
+    let admin = srv.admin_token();
+    let ann = srv.user(&admin, "ann", "member", json!({"max_vms": 2}));
     // Deploying 3 concurrent clones reserves 3 VMs: refused, nothing deployed or started.
     let (s, v) = srv.call(
         "POST",
@@ -441,8 +418,8 @@ fn member_function_beyond_the_quota_is_refused_at_deploy_and_invoke() {
 #[test]
 fn member_checkpoint_beyond_the_disk_quota_is_refused() {
     let srv = Server::start();
-    let admin = admin(&srv);
-    let ann = member(&srv, &admin, "ann", json!({"max_disk_mib": 3}));
+    let admin = srv.admin_token();
+    let ann = srv.user(&admin, "ann", "member", json!({"max_disk_mib": 3}));
     let (s, u) = srv.call("GET", "/users/ann", Some(&ann), None);
     assert_eq!(s, 200);
     assert_eq!(u["max_disk_mib"], 3, "{u}");
@@ -510,11 +487,11 @@ fn member_checkpoint_beyond_the_disk_quota_is_refused() {
 #[test]
 fn concurrent_lab_ups_beyond_the_quota_start_only_what_fits() {
     let srv = Server::start();
-    let admin = admin(&srv);
-    let ann = member(
-        &srv,
+    let admin = srv.admin_token();
+    let ann = srv.user(
         &admin,
         "ann",
+        "member",
         json!({"max_vms": 2, "max_memory_mib": 1024}),
     );
     let labs: Vec<String> = (0..5).map(|i| format!("tnc-race{i}")).collect();
@@ -582,9 +559,9 @@ fn linked_lab(name: &str) -> String {
 #[test]
 fn deleted_lab_real_checkpoint_and_capture_do_not_reach_the_next_owner_of_its_name() {
     let srv = Server::start();
-    let admin = admin(&srv);
-    let ann = member(&srv, &admin, "ann", json!({}));
-    let bob = member(&srv, &admin, "bob", json!({}));
+    let admin = srv.admin_token();
+    let ann = srv.user(&admin, "ann", "member", json!({}));
+    let bob = srv.user(&admin, "bob", "member", json!({}));
     create_lab(&srv, &ann, &linked_lab("tnc-real"));
     let (s, op) = srv.call("POST", "/labs/tnc-real/up", Some(&ann), None);
     assert_eq!(s, 202, "{op}");
@@ -655,8 +632,8 @@ fn deleted_lab_real_checkpoint_and_capture_do_not_reach_the_next_owner_of_its_na
 #[test]
 fn user_removed_from_the_command_line_leaves_nothing_to_a_namesake() {
     let srv = Server::start();
-    let admin = admin(&srv);
-    let mal = member(&srv, &admin, "mal", json!({}));
+    let admin = srv.admin_token();
+    let mal = srv.user(&admin, "mal", "member", json!({}));
     create_lab(&srv, &mal, &one_vm_lab("tnc-mal-up", "64M"));
     create_lab(&srv, &mal, &one_vm_lab("mal-down", "64M"));
     save_layout(&srv, &mal, "mal-down");
@@ -683,7 +660,7 @@ fn user_removed_from_the_command_line_leaves_nothing_to_a_namesake() {
     assert!(gone(&cp) && gone(&f));
     assert!(list(&srv, &admin, "/labs").is_empty());
     assert!(list(&srv, &admin, "/functions").is_empty());
-    let mal2 = member(&srv, &admin, "mal", json!({}));
+    let mal2 = srv.user(&admin, "mal", "member", json!({}));
     assert!(list(&srv, &mal2, "/labs").is_empty());
     assert!(list(&srv, &mal2, "/operations").is_empty());
     create_lab(&srv, &mal2, &one_vm_lab("mal-down", "64M"));
@@ -696,8 +673,8 @@ fn user_removed_from_the_command_line_leaves_nothing_to_a_namesake() {
 #[test]
 fn member_vm_start_beyond_a_lowered_quota_is_refused() {
     let srv = Server::start();
-    let admin = admin(&srv);
-    let ann = member(&srv, &admin, "ann", json!({"max_vms": 1}));
+    let admin = srv.admin_token();
+    let ann = srv.user(&admin, "ann", "member", json!({"max_vms": 1}));
     create_lab(&srv, &ann, &one_vm_lab("tnc-vm", "64M"));
     let (s, op) = srv.call("POST", "/labs/tnc-vm/up", Some(&ann), None);
     assert_eq!(s, 202, "{op}");
@@ -733,8 +710,8 @@ fn member_vm_start_beyond_a_lowered_quota_is_refused() {
 #[test]
 fn deleted_user_running_lab_is_taken_down_and_removed() {
     let srv = Server::start();
-    let admin = admin(&srv);
-    let mal = member(&srv, &admin, "mal", json!({}));
+    let admin = srv.admin_token();
+    let mal = srv.user(&admin, "mal", "member", json!({}));
     create_lab(&srv, &mal, &one_vm_lab("tnc-run", "64M"));
     let (s, op) = srv.call("POST", "/labs/tnc-run/up", Some(&mal), None);
     assert_eq!(s, 202, "{op}");
@@ -750,7 +727,7 @@ fn deleted_user_running_lab_is_taken_down_and_removed() {
         "the deleted user's VM process {pid} still runs"
     );
     assert!(list(&srv, &admin, "/labs").is_empty());
-    let mal2 = member(&srv, &admin, "mal", json!({}));
+    let mal2 = srv.user(&admin, "mal", "member", json!({}));
     create_lab(&srv, &mal2, &one_vm_lab("tnc-run", "64M"));
     let (_, lab) = srv.call("GET", "/labs/tnc-run", Some(&mal2), None);
     assert_eq!(lab["state"], "pending", "{lab}");

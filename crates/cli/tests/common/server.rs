@@ -257,3 +257,43 @@ pub enum Body {
     Json(Value),
     Raw(&'static str, Vec<u8>),
 }
+
+/// The access token of a login answer.
+pub fn tok(v: &Value) -> String {
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+/// A YAML request body (lab and scenario files).
+pub fn yaml(s: &str) -> Option<Body> {
+    Some(Body::Raw("application/yaml", s.as_bytes().to_vec()))
+}
+
+impl Server {
+    /// The admin's access token.
+    pub fn admin_token(&self) -> String {
+        tok(&self.login("admin", &self.admin_password()))
+    }
+
+    /// Creates user `name` with `role` (password `NAME-password`; `extra` fields such as
+    /// quotas) as `admin`, logs it in and returns its access token.
+    pub fn user(&self, admin: &str, name: &str, role: &str, extra: Value) -> String {
+        let mut body = json!({"name": name, "password": format!("{name}-password"), "role": role});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        let (s, v) = self.call("POST", "/users", Some(admin), Some(Body::Json(body)));
+        assert_eq!(s, 201, "create user {name}: {v}");
+        tok(&self.login(name, &format!("{name}-password")))
+    }
+
+    /// The names of the labs `token` lists.
+    pub fn lab_names(&self, token: &str) -> Vec<String> {
+        let (s, v) = self.call("GET", "/labs", Some(token), None);
+        assert_eq!(s, 200, "{v}");
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
