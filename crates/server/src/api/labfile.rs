@@ -46,12 +46,24 @@ pub fn invalid(errs: SpecErrors, code: &'static str, what: &str) -> ApiError {
     }
 }
 
-/// Parses and resolves a lab file on the blocking pool.
-pub async fn load_labs(file: String, text: String) -> ApiResult<Vec<Lab>> {
-    tokio::task::spawn_blocking(move || spec::load_str(&file, &text, &HostLimits::detect()))
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| invalid(e, "invalid_lab", "in the lab file"))
+/// A request body that must be a text document (`what`: "lab file", "scenario file").
+pub fn text(body: &[u8], what: &str) -> ApiResult<String> {
+    String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::bad_request(format!("the {what} is not UTF-8 text")))
+}
+
+/// Parses and resolves a lab file (`body`, named `file` in errors: the `?file=` label) on the
+/// blocking pool; returns the name it was given and its labs.
+pub async fn load_labs(body: &[u8], file: Option<String>) -> ApiResult<(String, Vec<Lab>)> {
+    let text = text(body, "lab file")?;
+    let file = display_name(file, "lab.yaml")?;
+    let name = file.clone();
+    let labs =
+        tokio::task::spawn_blocking(move || spec::load_str(&name, &text, &HostLimits::detect()))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| invalid(e, "invalid_lab", "in the lab file"))?;
+    Ok((file, labs))
 }
 
 /// 403 when `caller` is not an admin and a lab names a host file (image, kernel or file

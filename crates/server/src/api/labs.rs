@@ -469,10 +469,7 @@ pub async fn create_lab(
     ApiBytes(body): ApiBytes,
 ) -> ApiResult<(StatusCode, Json<Vec<LabSummary>>)> {
     caller.require_write()?;
-    let text = String::from_utf8(body.to_vec())
-        .map_err(|_| ApiError::bad_request("the lab file is not UTF-8 text"))?;
-    let file = labfile::display_name(q.file, "lab.yaml")?;
-    let labs = labfile::load_labs(file.clone(), text).await?;
+    let (file, labs) = labfile::load_labs(&body, q.file).await?;
     labfile::refuse_host_paths(&caller, &labs)?;
     super::policy::check_create(&st, &caller, &labs).await?;
     let owner = (!caller.local).then(|| caller.name().to_string());
@@ -538,10 +535,7 @@ pub async fn replace_lab(
     ApiBytes(body): ApiBytes,
 ) -> ApiResult<Json<LabSummary>> {
     let row = lab_for(&st, &caller, &name, true).await?;
-    let text = String::from_utf8(body.to_vec())
-        .map_err(|_| ApiError::bad_request("the lab file is not UTF-8 text"))?;
-    let file = labfile::display_name(q.file, "lab.yaml")?;
-    let mut labs = labfile::load_labs(file.clone(), text).await?;
+    let (file, mut labs) = labfile::load_labs(&body, q.file).await?;
     if labs.len() != 1 || labs[0].name.as_str() != name {
         let named: Vec<&str> = labs.iter().map(|l| l.name.as_str()).collect();
         return Err(ApiError::unprocessable(

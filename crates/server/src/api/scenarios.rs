@@ -49,8 +49,7 @@ pub async fn run_scenario(
     ApiBytes(body): ApiBytes,
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
     lab_for(&st, &caller, &name, true).await?;
-    let text = String::from_utf8(body.to_vec())
-        .map_err(|_| ApiError::bad_request("the scenario file is not UTF-8 text"))?;
+    let text = labfile::text(&body, "scenario file")?;
     let file = labfile::display_name(q.file, "scenario.yaml")?;
     // Only an admin's scenario may read WASM modules from the server's disk (`file` then
     // also places them); parsing runs on the blocking pool, within the parser's limits.
