@@ -25,6 +25,9 @@ impl Progress for Stderr {
 /// Internal lab commands.
 #[derive(Subcommand)]
 pub enum LabCmd {
+    /// Check a lab file offline: everything `up` validates, plus that every image and kernel
+    /// exists or can be built. Nothing starts; exit 1 on any problem.
+    Check { file: String },
     /// (internal) The per-lab net daemon holding userspace impairment relays.
     #[command(hide = true)]
     Netd { lab: String },
@@ -101,6 +104,92 @@ fn print_report(report: &controller::UpReport) {
     );
 }
 
+/// What a lab needs that is not there yet, per VM field: unknown images, missing or unbootable
+/// image and kernel files. Empty when `up` will find (or build) everything.
+fn missing_artifacts(lab: &Lab) -> Vec<String> {
+    use kobako_image::{disk, kernel, recipes};
+    use spec::{ImageSource, KernelSource};
+    let store = crate::image_cmd::store();
+    let mut out = Vec::new();
+    for vm in lab.vms() {
+        let at = format!("{}: nodes.{}.vms.{}", lab.name, vm.id.node, vm.id.vm);
+        match ImageSource::of(&vm.image) {
+            ImageSource::Store(name) => {
+                if name != "tiny" && recipes::find(name).is_none() && store.get(name).is_err() {
+                    let known: Vec<String> = store
+                        .list()
+                        .map(|v| v.into_iter().map(|i| i.manifest.name).collect())
+                        .unwrap_or_default();
+                    out.push(format!(
+                        "{at}.image: unknown image '{name}' (stored: {}; built on demand: {}): build it with `kobako image build debian --name {name} --packages ...` or `kobako image import FILE --name {name}`, or use one of those",
+                        if known.is_empty() { "none".into() } else { known.join(", ") },
+                        recipes::names()
+                    ));
+                }
+            }
+            ImageSource::Host(p) => match disk::sniff(p) {
+                Ok(disk::Sniff::Cpio | disk::Sniff::Qcow2 | disk::Sniff::Ext4) => {}
+                Ok(_) => out.push(format!(
+                    "{at}.image: {} is not an initramfs, ext4 or qcow2 image (import archives with `kobako image import`)",
+                    p.display()
+                )),
+                Err(e) => out.push(format!("{at}.image: {}: {e}", p.display())),
+            },
+        }
+        if let KernelSource::Host(p) = KernelSource::of(&vm.kernel) {
+            if let Err(e) = kernel::inspect(p) {
+                out.push(format!("{at}.kernel: {e}"));
+            }
+        }
+    }
+    out
+}
+
+/// `kobako lab check FILE`: the lab file as `up` would take it, without starting anything.
+pub fn check(file: &str) -> Result<i32> {
+    let labs = match spec::load_file(std::path::Path::new(file), &HostLimits::detect()) {
+        Ok(l) => l,
+        Err(errs) => {
+            eprintln!("{errs}");
+            return Ok(1);
+        }
+    };
+    let mut problems = Vec::new();
+    for lab in &labs {
+        problems.extend(missing_artifacts(lab));
+    }
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        eprintln!(
+            "{file}: {} problem(s); `up` would not start",
+            problems.len()
+        );
+        return Ok(1);
+    }
+    let kernel = if kobako_image::kernel::cached().is_some() {
+        "cached"
+    } else {
+        "built at the first `up` (about 15 minutes)"
+    };
+    for lab in &labs {
+        let mut images: Vec<&str> = lab.vms().map(|v| v.image.as_str()).collect();
+        images.sort_unstable();
+        images.dedup();
+        println!(
+            "lab {}: OK — {} node(s), {} VM(s), {} network(s), {} link(s); images {}; guest kernel {kernel}",
+            lab.name,
+            lab.nodes.len(),
+            lab.vms().count(),
+            lab.networks.len(),
+            lab.links.len(),
+            images.join(", ")
+        );
+    }
+    Ok(0)
+}
+
 /// `kobako up FILE`.
 pub async fn up(file: &str, json: bool) -> Result<i32> {
     let labs = match spec::load_file(std::path::Path::new(file), &HostLimits::detect()) {
@@ -110,6 +199,14 @@ pub async fn up(file: &str, json: bool) -> Result<i32> {
             bail!("{file}: {} problem(s); nothing was started", errs.0.len());
         }
     };
+    // Every image and kernel must be there (or buildable) before any VM boots.
+    let missing: Vec<String> = labs.iter().flat_map(missing_artifacts).collect();
+    if !missing.is_empty() {
+        for m in &missing {
+            eprintln!("{m}");
+        }
+        bail!("{file}: {} problem(s); nothing was started", missing.len());
+    }
     let rt: Arc<dyn Runtime> = Arc::new(runtime()?);
     let resolve = resolver();
     let file_abs = std::fs::canonicalize(file)
@@ -740,5 +837,12 @@ pub async fn restore_checkpoint(lab: &str, name: &str, json: bool) -> Result<i32
 pub fn lab(cmd: LabCmd) -> i32 {
     match cmd {
         LabCmd::Netd { lab } => controller::netd::main(&lab),
+        LabCmd::Check { file } => match check(&file) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("kobako: error: {e:#}");
+                1
+            }
+        },
     }
 }

@@ -196,6 +196,9 @@ fn main() {
     if let Cmd::Lab(lab_cmd::LabCmd::Netd { lab }) = &cli.cmd {
         std::process::exit(lab_cmd::lab(lab_cmd::LabCmd::Netd { lab: lab.clone() }));
     }
+    if let Cmd::Lab(lab_cmd::LabCmd::Check { file }) = &cli.cmd {
+        std::process::exit(lab_cmd::lab(lab_cmd::LabCmd::Check { file: file.clone() }));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&cli.log)

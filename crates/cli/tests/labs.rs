@@ -490,9 +490,25 @@ fn a_vm_that_cannot_start_is_reported_and_the_rest_comes_up() {
     let env = Env::new();
     let state = tempfile::tempdir().unwrap();
     let p = env.run.path().join("partial.yaml");
+    // A failure no offline check sees (`lab check` and `up` refuse unknown images before
+    // anything starts): a qcow2 that names a backing file is refused only when its VM is
+    // resolved.
+    let disk = env.run.path().join("no-such-image.qcow2");
+    let backing = env.run.path().join("backing.raw");
+    std::fs::write(&backing, vec![0u8; 1 << 20]).unwrap();
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&backing)
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(made.success());
     std::fs::write(
         &p,
-        "name: kbt-part\ndefaults: { image: tiny, memory: 96M }\nnodes:\n  n:\n    vms:\n      good: {}\n      bad: { image: no-such-image }\n",
+        format!(
+            "name: kbt-part\ndefaults: {{ image: tiny, memory: 96M }}\nnodes:\n  n:\n    vms:\n      good: {{}}\n      bad: {{ image: {} }}\n",
+            disk.display()
+        ),
     )
     .unwrap();
     let _down = Down {
@@ -527,6 +543,50 @@ fn a_vm_that_cannot_start_is_reported_and_the_rest_comes_up() {
     assert_eq!(env.leftovers(), vec!["kbt-part.n.good".to_string()]);
     ok(&lab_cmd(&env, state.path(), &["down", "kbt-part"]));
     env.assert_clean();
+}
+
+#[test]
+fn an_unknown_image_is_found_by_lab_check_and_up_starts_nothing() {
+    let env = Env::new();
+    let state = tempfile::tempdir().unwrap();
+    let p = env.run.path().join("frr.yaml");
+    std::fs::write(
+        &p,
+        "name: kbt-frr\ndefaults: { image: tiny, memory: 96M }\nnodes:\n  n:\n    vms:\n      good: {}\n      r1: { image: frr }\n",
+    )
+    .unwrap();
+    let o = lab_cmd(&env, state.path(), &["lab", "check", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("nodes.n.vms.r1.image: unknown image 'frr'")
+            && err.contains("kobako image build"),
+        "{err}"
+    );
+    let o = lab_cmd(&env, state.path(), &["up", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("nothing was started"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(
+        env.leftovers().is_empty(),
+        "no VM booted: {:?}",
+        env.leftovers()
+    );
+    assert!(!netns_exists("kb-kbt-frr"));
+    // A good file passes, saying what it holds.
+    let good = env.example_as("tiny-five.yaml", "kbt-chk");
+    let out = ok(&lab_cmd(
+        &env,
+        state.path(),
+        &["lab", "check", good.to_str().unwrap()],
+    ));
+    assert!(
+        out.contains("lab kbt-chk: OK") && out.contains("5 VM(s)"),
+        "{out}"
+    );
 }
 
 #[test]
