@@ -107,6 +107,7 @@ fn print_report(report: &controller::UpReport) {
 /// What a lab needs that is not there yet, per VM field: unknown images, missing or unbootable
 /// image and kernel files. Empty when `up` will find (or build) everything.
 fn missing_artifacts(lab: &Lab) -> Vec<String> {
+    use kobako_image::store::StoreError;
     use kobako_image::{disk, kernel, recipes};
     use spec::{ImageSource, KernelSource};
     let store = crate::image_cmd::store();
@@ -114,19 +115,15 @@ fn missing_artifacts(lab: &Lab) -> Vec<String> {
     for vm in lab.vms() {
         let at = format!("{}: nodes.{}.vms.{}", lab.name, vm.id.node, vm.id.vm);
         match ImageSource::of(&vm.image) {
-            ImageSource::Store(name) => {
-                if name != "tiny" && recipes::find(name).is_none() && store.get(name).is_err() {
-                    let known: Vec<String> = store
-                        .list()
-                        .map(|v| v.into_iter().map(|i| i.manifest.name).collect())
-                        .unwrap_or_default();
-                    out.push(format!(
-                        "{at}.image: unknown image '{name}' (stored: {}; built on demand: {}): build it with `kobako image build debian --name {name} --packages ...` or `kobako image import FILE --name {name}`, or use one of those",
-                        if known.is_empty() { "none".into() } else { known.join(", ") },
-                        recipes::names()
-                    ));
-                }
-            }
+            ImageSource::Store(name) if name == "tiny" || recipes::find(name).is_some() => {}
+            ImageSource::Store(name) => match store.get(name) {
+                Ok(_) => {}
+                Err(StoreError::NotFound { known, .. }) => out.push(format!(
+                    "{at}.image: {}",
+                    crate::resolve::unknown_image(name, &known)
+                )),
+                Err(e) => out.push(format!("{at}.image: {e}")),
+            },
             ImageSource::Host(p) => match disk::sniff(p) {
                 Ok(disk::Sniff::Cpio | disk::Sniff::Qcow2 | disk::Sniff::Ext4) => {}
                 Ok(_) => out.push(format!(

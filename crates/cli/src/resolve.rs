@@ -96,6 +96,15 @@ fn parse_spec(arg: &str) -> Result<ImageSpec> {
     Ok(s)
 }
 
+/// What to say about an image name that is neither stored (`known`: the stored names) nor a
+/// recipe: `kobako up`, `kobako lab check` and `vm run` word it the same way.
+pub fn unknown_image(name: &str, known: &str) -> String {
+    format!(
+        "unknown image '{name}' (stored: {known}; built on demand: {}): build it with `kobako image build debian --name {name} --packages ...` or `kobako image import FILE --name {name}`, use one of those, or give the path of an initramfs, ext4 or qcow2 file",
+        recipes::names()
+    )
+}
+
 /// Resolve `--image` for the VM `vm`:
 /// - `tiny` (built if missing): the initramfs, or with `--root disk` a qcow2 overlay on the
 ///   stored tiny ext4;
@@ -147,10 +156,7 @@ pub fn image(arg: &str, root: RootKind, vm: &str, names_only: bool) -> Result<Vm
         } else {
             match store.get(arg) {
                 Ok(i) => i,
-                Err(StoreError::NotFound { known, .. }) => bail!(
-                    "unknown image '{arg}' (stored: {known}; built on demand: {}): build it with `kobako image build debian --name {arg} --packages ...` or `kobako image import FILE --name {arg}`, use one of those, or give the path of an initramfs, ext4 or qcow2 file",
-                    recipes::names()
-                ),
+                Err(StoreError::NotFound { known, .. }) => bail!("{}", unknown_image(arg, &known)),
                 Err(e) => return Err(e.into()),
             }
         };
