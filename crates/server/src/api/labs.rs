@@ -487,30 +487,8 @@ pub async fn create_lab(
             }
             let mut out = Vec::new();
             for lab in &labs {
-                let name = lab.name.as_str();
-                let spec = serde_json::to_value(lab).map_err(ApiError::internal)?;
-                db.put_lab(name, Some(&format!("api:{file}")), &spec, owner.as_deref())?;
-                let vms: Vec<_> = lab
-                    .vms()
-                    .map(|v| {
-                        (
-                            kobako_lab::controller::vm_name(lab, v),
-                            v.id.node.as_str().to_string(),
-                            v.id.vm.as_str().to_string(),
-                        )
-                    })
-                    .collect();
-                db.sync_vms(name, &vms)?;
-                db.event(
-                    Some(name),
-                    None,
-                    "lab.created",
-                    &serde_json::json!({"owner": owner}),
-                )?;
-                let row = db
-                    .lab(name)?
-                    .ok_or_else(|| ApiError::internal("lab vanished"))?;
-                out.push(summary(db, &row)?);
+                let event = ("lab.created", serde_json::json!({"owner": owner}));
+                out.push(store_lab(db, lab, &file, owner.as_deref(), event)?);
             }
             Ok(out)
         })
@@ -563,25 +541,9 @@ pub async fn replace_lab(
     let out = st
         .db
         .run(move |db| {
-            let n = lab.name.as_str();
-            let spec = serde_json::to_value(&lab).map_err(ApiError::internal)?;
-            db.put_lab(n, Some(&format!("api:{file}")), &spec, None)?;
-            let vms: Vec<_> = lab
-                .vms()
-                .map(|v| {
-                    (
-                        kobako_lab::controller::vm_name(&lab, v),
-                        v.id.node.as_str().to_string(),
-                        v.id.vm.as_str().to_string(),
-                    )
-                })
-                .collect();
-            db.sync_vms(n, &vms)?;
-            db.event(Some(n), None, "lab.replaced", &serde_json::json!({}))?;
-            let row = db
-                .lab(n)?
-                .ok_or_else(|| ApiError::internal("lab vanished"))?;
-            summary(db, &row)
+            // The stored owner stays (`put_lab` keeps it): a replacement changes only the file.
+            let event = ("lab.replaced", serde_json::json!({}));
+            store_lab(db, &lab, &file, None, event)
         })
         .await?;
     Ok(Json(out))
@@ -594,6 +556,36 @@ async fn row_has_running_vm(st: &AppState, name: &str) -> ApiResult<bool> {
     Ok(vms
         .iter()
         .any(|v| kobako_runtime::VmDir::for_name(&v.name).vm_pid().is_some()))
+}
+
+/// Stores `lab` (from the API file `file`) with its VM rows and records `event`; the lab as
+/// listed. `owner` is set only on a new lab (`put_lab` keeps an existing lab's owner).
+fn store_lab(
+    db: &kobako_state::Db,
+    lab: &Lab,
+    file: &str,
+    owner: Option<&str>,
+    (kind, data): (&str, serde_json::Value),
+) -> ApiResult<LabSummary> {
+    let name = lab.name.as_str();
+    let spec = serde_json::to_value(lab).map_err(ApiError::internal)?;
+    db.put_lab(name, Some(&format!("api:{file}")), &spec, owner)?;
+    let vms: Vec<_> = lab
+        .vms()
+        .map(|v| {
+            (
+                kobako_lab::controller::vm_name(lab, v),
+                v.id.node.as_str().to_string(),
+                v.id.vm.as_str().to_string(),
+            )
+        })
+        .collect();
+    db.sync_vms(name, &vms)?;
+    db.event(Some(name), None, kind, &data)?;
+    let row = db
+        .lab(name)?
+        .ok_or_else(|| ApiError::internal("lab vanished"))?;
+    summary(db, &row)
 }
 
 /// One lab: state, VMs (state, boot time, addresses, pid), links, resolved spec.
