@@ -8,6 +8,8 @@
 //!
 //! It also builds the VM (`InstanceStart`), installs its own seccomp filter once the VM is
 //! built, and then resumes the vCPUs.
+//!
+//! Snapshot create and load (`PUT /snapshot/...`, `--snapshot-load`) are in `persist`.
 
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
@@ -28,6 +30,8 @@ use crate::devices::serial::SerialOut;
 use crate::metrics::METRICS;
 use crate::seccomp::Filters;
 use crate::vstate::vcpu::{kick_signal, VcpuCommand, VcpuEvent, VcpuStop};
+
+mod persist;
 
 const TOKEN_API: u64 = 1;
 const TOKEN_VCPU: u64 = 2;
@@ -458,231 +462,6 @@ impl EventLoop {
         }
     }
 
-    /// `PUT /snapshot/create`: the VM must be paused; writes the memory file, then the state
-    /// file (so a state file on disk always has its memory beside it). On failure both are
-    /// removed and the VM stays paused, unchanged.
-    fn create_snapshot(&mut self, p: SnapshotCreateParams) -> Result<(), String> {
-        if p.snapshot_type == SnapshotType::Diff {
-            return Err(
-                "Diff snapshots are not supported by kobako-vmm: use \"snapshot_type\": \"Full\"."
-                    .into(),
-            );
-        }
-        match self.state {
-            InstanceState::Paused => {}
-            InstanceState::Running => {
-                return Err("The microVM must be paused to take a snapshot: PATCH /vm {\"state\": \"Paused\"} first.".into())
-            }
-            InstanceState::NotStarted => {
-                return Err(
-                    "The microVM has not started: there is nothing to snapshot yet.".into(),
-                )
-            }
-        }
-        let t0 = Instant::now();
-        let st = self.collect_state()?;
-        let Some(vm) = &self.vm else {
-            return Err("The microVM is not running.".into());
-        };
-        let cleanup = || {
-            let _ = std::fs::remove_file(&p.mem_file_path);
-            let _ = std::fs::remove_file(&p.snapshot_path);
-        };
-        let written = crate::snapshot::write_memory(&vm.vm.memory, &p.mem_file_path).map_err(|e| {
-            cleanup();
-            format!(
-                "Cannot write the memory file {}: {e}; free space or choose another path (nothing was kept).",
-                p.mem_file_path.display()
-            )
-        })?;
-        crate::snapshot::write_state(&p.snapshot_path, &st).map_err(|e| {
-            cleanup();
-            format!(
-                "Cannot write the snapshot file {}: {e}; free space or choose another path (nothing was kept).",
-                p.snapshot_path.display()
-            )
-        })?;
-        crate::log_info!(
-            "snapshot created: {} + {} ({} KiB of {} MiB RAM written) in {} ms",
-            p.snapshot_path.display(),
-            p.mem_file_path.display(),
-            written >> 10,
-            st.mem_bytes >> 20,
-            t0.elapsed().as_millis()
-        );
-        Ok(())
-    }
-
-    /// Reads everything but RAM from the paused VM (devices flushed first).
-    fn collect_state(&mut self) -> Result<crate::snapshot::MicrovmState, String> {
-        self.vcpus_do(VcpuCommand::Save)?;
-        let Some(vm) = &self.vm else {
-            return Err("The microVM is not running.".into());
-        };
-        let mut vcpus = Vec::with_capacity(vm.vcpus.len());
-        for v in &vm.vcpus {
-            match v.saved.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                Some(Ok(s)) => vcpus.push(s),
-                Some(Err(e)) => return Err(format!("Cannot read a vCPU's state: {e}")),
-                None => return Err("A vCPU did not report its state.".into()),
-            }
-        }
-        let mut virtio = Vec::with_capacity(vm.virtio.len());
-        for slot in &vm.virtio {
-            let mut t = slot.transport.lock().unwrap_or_else(|e| e.into_inner());
-            t.flush()
-                .map_err(|e| format!("Cannot flush device {:?}: {e}", slot.id))?;
-            virtio.push((format!("{:?}", slot.id), t.save()));
-        }
-        let vm_state = vm
-            .vm
-            .save_state()
-            .map_err(|e| format!("Cannot read the VM's state: {}", crate::error_chain(&e)))?;
-        let mut config = self.res.to_full();
-        config.logger = None;
-        config.metrics = None;
-        config.serial = None;
-        let created_unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        let serial = vm.serial.lock().unwrap_or_else(|e| e.into_inner()).save();
-        let i8042 = vm.i8042.lock().unwrap_or_else(|e| e.into_inner()).save();
-        Ok(crate::snapshot::MicrovmState {
-            vmm_version: crate::VERSION.to_string(),
-            created_unix_ms,
-            cpu_vendor: crate::snapshot::cpu_vendor(),
-            pvm: crate::arch::cpuid::host_is_pvm(),
-            config,
-            mem_bytes: self.res.machine.mem_size_mib << 20,
-            vm: vm_state,
-            vcpus,
-            serial,
-            i8042,
-            virtio,
-        })
-    }
-
-    /// `PUT /snapshot/load` (or `--snapshot-load`): a new microVM from a snapshot, before
-    /// anything else was configured. Nothing changes when it fails.
-    fn load_snapshot(&mut self, p: SnapshotLoadParams) -> Result<(), String> {
-        let t0 = Instant::now();
-        if self.state != InstanceState::NotStarted {
-            return Err("A snapshot can only be loaded into a new kobako-vmm process: this microVM has started.".into());
-        }
-        let r = &self.res;
-        if r.boot_source.is_some()
-            || !r.drives.is_empty()
-            || !r.net.is_empty()
-            || r.vsock.is_some()
-            || r.entropy.is_some()
-            || r.machine != MachineConfig::default()
-        {
-            return Err("Loading a snapshot is only allowed before the microVM is configured (logger, metrics and serial may be set): the snapshot brings its own configuration; use network_overrides, vsock_override and drive_overrides to change where it connects.".into());
-        }
-        p.check_supported().map_err(|e| e.to_string())?;
-        if p.enable_diff_snapshots || p.track_dirty_pages {
-            crate::log_info!("snapshot load: dirty pages are not tracked (Diff snapshots are refused); enable_diff_snapshots/track_dirty_pages ignored");
-        }
-        let mem_path = p.memory_file().map_err(|e| e.to_string())?.to_path_buf();
-        let st = crate::snapshot::read_state(&p.snapshot_path)?;
-        let mem = crate::snapshot::open_memory(&mem_path, st.mem_bytes)?;
-        let res = self.restored_resources(&st, &p)?;
-        let out = self
-            .serial_out(&res)
-            .map_err(|e| format!("Cannot open the serial console output: {e}"))?;
-        let use_stdin = matches!(out, SerialOut::Stdout(_));
-        let vm = match builder::restore(&res, out, self.opts.filters.as_ref(), &st, &mem) {
-            Ok(vm) => vm,
-            Err(e) => {
-                self.drop_console();
-                return Err(format!(
-                    "Cannot load snapshot {}: {}",
-                    p.snapshot_path.display(),
-                    crate::error_chain(&e)
-                ));
-            }
-        };
-        // The guest has booted already: "boot complete" is now, for whoever waits for it.
-        *vm.boot_time.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(crate::devices::boot_timer::BootTime::now());
-        self.res = res;
-        self.install(vm, use_stdin)?;
-        if p.resume_vm {
-            self.resume_all();
-            self.state = InstanceState::Running;
-        } else {
-            self.state = InstanceState::Paused;
-        }
-        crate::log_info!(
-            "snapshot loaded from {} in {} ms ({}; taken by kobako-vmm {})",
-            p.snapshot_path.display(),
-            t0.elapsed().as_millis(),
-            if p.resume_vm { "running" } else { "paused" },
-            st.vmm_version
-        );
-        Ok(())
-    }
-
-    /// The snapshot's configuration with the load's overrides, validated; logger and metrics
-    /// stay this process's, the console is the load's or this process's.
-    fn restored_resources(
-        &self,
-        st: &crate::snapshot::MicrovmState,
-        p: &SnapshotLoadParams,
-    ) -> Result<VmResources, String> {
-        let mut cfg = st.config.clone();
-        for o in &p.network_overrides {
-            let Some(n) = cfg
-                .network_interfaces
-                .iter_mut()
-                .find(|n| n.iface_id == o.iface_id)
-            else {
-                return Err(format!(
-                    "network_overrides names interface {:?}, which the snapshot does not have (it has: {})",
-                    o.iface_id,
-                    names(cfg.network_interfaces.iter().map(|n| n.iface_id.as_str()))
-                ));
-            };
-            n.host_dev_name = o.host_dev_name.clone();
-        }
-        for o in &p.drive_overrides {
-            let Some(d) = cfg.drives.iter_mut().find(|d| d.drive_id == o.drive_id) else {
-                return Err(format!(
-                    "drive_overrides names drive {:?}, which the snapshot does not have (it has: {})",
-                    o.drive_id,
-                    names(cfg.drives.iter().map(|d| d.drive_id.as_str()))
-                ));
-            };
-            d.path_on_host = Some(o.path_on_host.clone());
-        }
-        if let Some(o) = &p.vsock_override {
-            match &mut cfg.vsock {
-                Some(v) => v.uds_path = o.uds_path.clone(),
-                None => {
-                    return Err(
-                        "vsock_override given, but the snapshot's microVM has no vsock device."
-                            .into(),
-                    )
-                }
-            }
-        }
-        let mem_mib = cfg.machine_config.as_ref().map_or(0, |m| m.mem_size_mib);
-        if mem_mib << 20 != st.mem_bytes {
-            return Err(format!(
-                "the snapshot is inconsistent: {} MiB configured, {} MiB of memory state",
-                mem_mib,
-                st.mem_bytes >> 20
-            ));
-        }
-        let mut res = VmResources::from_snapshot(cfg)
-            .map_err(|e| format!("the snapshot's configuration cannot be used here: {e}"))?;
-        res.logger = self.res.logger.clone();
-        res.metrics = self.res.metrics.clone();
-        res.serial = p.serial.clone().or_else(|| self.res.serial.clone());
-        Ok(res)
-    }
-
     fn drop_console(&mut self) {
         if let Some(c) = self.console.take() {
             let _ = self.epoll.ctl(
@@ -1004,14 +783,5 @@ impl EventLoop {
                 }
             }
         }
-    }
-}
-
-fn names<'a>(it: impl Iterator<Item = &'a str>) -> String {
-    let v: Vec<&str> = it.collect();
-    if v.is_empty() {
-        "none".into()
-    } else {
-        v.join(", ")
     }
 }
