@@ -1,0 +1,315 @@
+//! Point-to-point links: endpoints, names, impairments, and the interfaces they attach.
+
+use super::draft::IfaceInfo;
+use super::{list, Build, Origin, Resolver, DEFAULT_MTU};
+use crate::spec::error::suggest;
+use crate::spec::model::*;
+use crate::spec::raw::*;
+
+impl Resolver<'_> {
+    fn endpoint(
+        &mut self,
+        b: &Build,
+        s: &str,
+        at: &Origin,
+        node: Option<&str>,
+    ) -> Option<(usize, usize, String)> {
+        let form = if node.is_some() {
+            "VM:IFACE"
+        } else {
+            "NODE.VM:IFACE"
+        };
+        let (left, iface) = match s.split_once(':') {
+            Some(x) => x,
+            None => {
+                self.err(
+                    at,
+                    format!("link endpoint '{s}' has no interface"),
+                    Some(format!("write it as {form}, e.g. '{s}:eth1'")),
+                );
+                return None;
+            }
+        };
+        let (nname, vname) = match (node, left.split_once('.')) {
+            (Some(n), None) => (n, left),
+            (None, Some((n, v))) => (n, v),
+            _ => {
+                self.err(
+                    at,
+                    format!("link endpoint '{s}' is not {form}"),
+                    Some(format!("write it as {form}")),
+                );
+                return None;
+            }
+        };
+        if b.broken.contains(nname) {
+            return None;
+        }
+        let Some(ni) = b.nodes.iter().position(|n| n.name.0 == nname) else {
+            self.err(
+                at,
+                format!(
+                    "link endpoint '{s}': no node '{nname}'{}",
+                    suggest(nname, b.nodes.iter().map(|n| n.name.as_str()))
+                ),
+                Some(format!(
+                    "nodes: {}",
+                    list(b.nodes.iter().map(|n| n.name.as_str()))
+                )),
+            );
+            return None;
+        };
+        let Some(vi) = b.nodes[ni].vms.iter().position(|v| v.vm.id.vm.0 == vname) else {
+            self.err(
+                at,
+                format!(
+                    "link endpoint '{s}': no VM '{vname}' in node '{nname}'{}",
+                    suggest(vname, b.nodes[ni].vms.iter().map(|v| v.vm.id.vm.as_str()))
+                ),
+                Some(format!(
+                    "VMs of '{nname}': {}",
+                    list(b.nodes[ni].vms.iter().map(|v| v.vm.id.vm.as_str()))
+                )),
+            );
+            return None;
+        };
+        if let Err(why) = check_ifname(iface) {
+            self.err(
+                at,
+                format!("link endpoint '{s}': interface name '{iface}' {why}"),
+                "use a short name like eth1".to_string(),
+            );
+            return None;
+        }
+        Some((ni, vi, iface.to_string()))
+    }
+
+    pub(super) fn link(&mut self, b: &mut Build, l: &RawLink, at: &Origin, node: Option<&str>) {
+        let sub = |k: &str| Origin {
+            src: at.src,
+            path: at.path.key(k),
+        };
+        if l.endpoints.len() != 2 {
+            self.err(
+                &sub("endpoints"),
+                format!("a link has 2 endpoints, this one has {}", l.endpoints.len()),
+                "write `endpoints: [\"node.vm:eth1\", \"node.vm:eth1\"]`; use a network for more"
+                    .to_string(),
+            );
+            return;
+        }
+        let mut ends = Vec::new();
+        for (i, e) in l.endpoints.iter().enumerate() {
+            let eat = Origin {
+                src: at.src,
+                path: at.path.key("endpoints").index(i),
+            };
+            if let Some(x) = self.endpoint(b, e, &eat, node) {
+                ends.push((x, eat));
+            }
+        }
+        let impair = self.impair(l.impair.as_ref(), &sub("impair"));
+        let mtu = self.mtu(l.mtu, &sub("mtu"));
+        if ends.len() != 2 {
+            return;
+        }
+        if ends[0].0 == ends[1].0 {
+            self.err(
+                &ends[1].1,
+                format!("link endpoints are the same interface '{}'", l.endpoints[1]),
+                "connect two different interfaces".to_string(),
+            );
+            return;
+        }
+        // Each endpoint: its interface must be free (not on a network or another link).
+        let mut ok = true;
+        for ((ni, vi, iface), eat) in &ends {
+            let key = (*ni, *vi, iface.clone());
+            if let Some(prev) = b.used_endpoints.get(&key) {
+                let line = self.sources[prev.src].root.deepest(&prev.path).pos.line;
+                let file = self.sources[prev.src].file.clone();
+                self.err(
+                    eat,
+                    format!(
+                        "link endpoint '{}.{}:{iface}' is already used by another link ({file} line {line})",
+                        b.nodes[*ni].name, b.nodes[*ni].vms[*vi].vm.id.vm
+                    ),
+                    "an interface joins one link: use another interface name (eth2, eth3 ...)".to_string(),
+                );
+                ok = false;
+                continue;
+            }
+            let vm = &b.nodes[*ni].vms[*vi].vm;
+            if let Some(i) = vm.interfaces.iter().find(|i| i.name.0 == *iface) {
+                match &i.attach {
+                    Attachment::Network(n) => {
+                        self.err(
+                            eat,
+                            format!(
+                                "link endpoint '{}:{iface}': the interface is on network '{n}'",
+                                vm.id
+                            ),
+                            "an interface is on a network or in a link: use another interface name"
+                                .to_string(),
+                        );
+                        ok = false;
+                    }
+                    Attachment::NodeNetwork => {
+                        self.err(
+                            eat,
+                            format!(
+                                "link endpoint '{}:{iface}': the interface is the node network's",
+                                vm.id
+                            ),
+                            "use another interface name (eth1, eth2 ...)".to_string(),
+                        );
+                        ok = false;
+                    }
+                    Attachment::Link(_) => {}
+                }
+            }
+        }
+        if !ok {
+            return;
+        }
+        for ((ni, vi, iface), eat) in &ends {
+            b.used_endpoints
+                .insert((*ni, *vi, iface.clone()), eat.clone());
+        }
+        let ep = |b: &Build, (ni, vi, iface): &(usize, usize, String)| Endpoint {
+            vm: b.nodes[*ni].vms[*vi].vm.id.clone(),
+            iface: IfaceName(iface.clone()),
+        };
+        let a = ep(b, &ends[0].0);
+        let z = ep(b, &ends[1].0);
+        let (name, explicit) = match &l.name {
+            Some(n) => {
+                let valid = !n.is_empty()
+                    && n.len() <= 64
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+                if !valid {
+                    self.err(
+                        &sub("name"),
+                        format!("link name '{n}' is not valid"),
+                        "use letters, digits, '-', '_', '.' and ':' (at most 64)".to_string(),
+                    );
+                }
+                (n.clone(), true)
+            }
+            None => {
+                let short = format!("{}-{}", a.vm, z.vm);
+                if b.links.iter().any(|(x, _)| x.name.0 == short) {
+                    (format!("{a}-{z}"), false)
+                } else {
+                    (short, false)
+                }
+            }
+        };
+        if let Some((_, prev)) = b.links.iter().find(|(x, _)| x.name.0 == name) {
+            let line = self.sources[prev.src].root.deepest(&prev.path).pos.line;
+            self.err(
+                &sub("name"),
+                format!("link name '{name}' used twice (first at line {line})"),
+                "give each link its own `name:`".to_string(),
+            );
+        }
+        let lname = LinkName(name);
+        // Attach (or create) the interfaces.
+        for (ni, vi, iface) in ends.iter().map(|(x, _)| x) {
+            let lab = b.lab.0.clone();
+            let bvm = &mut b.nodes[*ni].vms[*vi];
+            let id = bvm.vm.id.clone();
+            match bvm.vm.interfaces.iter_mut().find(|i| i.name.0 == *iface) {
+                Some(i) => {
+                    i.attach = Attachment::Link(lname.clone());
+                    if i.mtu == DEFAULT_MTU {
+                        i.mtu = mtu;
+                    }
+                }
+                None => {
+                    bvm.vm.interfaces.push(Interface {
+                        name: IfaceName(iface.clone()),
+                        attach: Attachment::Link(lname.clone()),
+                        addresses: Vec::new(),
+                        mac: MacAddr::derived(&lab, &id.node.0, &id.vm.0, iface),
+                        mac_explicit: false,
+                        mtu,
+                        vlan: None,
+                        gateway: None,
+                        no_gateway: false,
+                    });
+                    bvm.ifaces.push(IfaceInfo {
+                        at: at.clone(),
+                        explicit_addresses: true,
+                        raw_addresses: None,
+                    });
+                }
+            }
+        }
+        b.links.push((
+            Link {
+                name: lname,
+                name_explicit: explicit,
+                endpoints: [a, z],
+                impair,
+                state: l.state.unwrap_or_default(),
+                mtu,
+                node: node.map(|n| NodeName(n.to_string())),
+            },
+            at.clone(),
+        ));
+    }
+
+    fn impair(&mut self, r: Option<&RawImpair>, at: &Origin) -> Impairment {
+        let Some(r) = r else {
+            return Impairment::default();
+        };
+        let sub = |k: &str| Origin {
+            src: at.src,
+            path: at.path.key(k),
+        };
+        let chance = |p: &Option<RawPct>| {
+            p.map(|p| {
+                let (percent, correlation) = p.parts();
+                Chance {
+                    percent,
+                    correlation,
+                }
+            })
+        };
+        if r.jitter.is_some() && r.delay.is_none() {
+            self.err(
+                &sub("jitter"),
+                "jitter without delay".into(),
+                "add `delay:` (jitter varies the delay)".to_string(),
+            );
+        }
+        if let (Some(j), Some(d)) = (r.jitter, r.delay) {
+            if j > d {
+                self.err(
+                    &sub("jitter"),
+                    format!("jitter {j} is larger than the delay {d}"),
+                    "keep jitter at most the delay".to_string(),
+                );
+            }
+        }
+        if r.reorder.is_some() && r.delay.is_none() {
+            self.err(
+                &sub("reorder"),
+                "reorder without delay".into(),
+                "add `delay:` (netem reorders by sending some packets without the delay)"
+                    .to_string(),
+            );
+        }
+        Impairment {
+            delay: r.delay,
+            jitter: r.jitter,
+            loss: chance(&r.loss),
+            rate: r.rate,
+            corrupt: chance(&r.corrupt),
+            duplicate: chance(&r.duplicate),
+            reorder: chance(&r.reorder),
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Template chains: a node's template (recursively), then the node itself, merged into one
+//! definition per node whose every value remembers where it was written.
+
+use super::{p, Origin, Resolver, O};
+use crate::spec::error::{suggest, Path};
+use crate::spec::parse;
+use crate::spec::raw::*;
+use crate::spec::templates;
+use crate::spec::units::MemMib;
+use indexmap::IndexMap;
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct MVm {
+    pub(super) at: Option<Origin>,
+    pub(super) description: Option<O<String>>,
+    pub(super) image: Option<O<String>>,
+    pub(super) vcpus: Option<O<u32>>,
+    pub(super) memory: Option<O<MemMib>>,
+    pub(super) kernel: Option<O<String>>,
+    pub(super) interfaces: IndexMap<String, O<RawInterface>>,
+    pub(super) routes: Vec<O<RawRoute>>,
+    pub(super) run: Option<O<Vec<RawService>>>,
+    pub(super) files: IndexMap<String, O<RawFile>>,
+    pub(super) env: IndexMap<String, O<String>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct MNodeDef {
+    pub(super) description: Option<String>,
+    pub(super) template: Option<String>,
+    pub(super) vms: IndexMap<String, MVm>,
+    pub(super) subnet: Option<O<String>>,
+    pub(super) interface: Option<O<String>>,
+    pub(super) mtu: Option<O<u32>>,
+    pub(super) addresses: IndexMap<String, O<String>>,
+    pub(super) links: Vec<O<RawLink>>,
+}
+
+impl Resolver<'_> {
+    fn template(&mut self, name: &str) -> Option<(usize, RawNode, Path)> {
+        if let Some(t) = self.raw.templates.get(name) {
+            return Some((0, t.clone(), p("templates").key(name)));
+        }
+        if let Some((src, t)) = self.builtin.get(name) {
+            return Some((*src, t.clone(), Path::root()));
+        }
+        let text = templates::builtin(name)?;
+        let file = format!("<builtin>/{name}.yaml");
+        let (v, errors) = parse::parse::<RawNode>(&file, text);
+        self.errors.extend(errors);
+        let (t, src) = v?;
+        self.sources.push(src);
+        let idx = self.sources.len() - 1;
+        self.builtin.insert(name.to_string(), (idx, t.clone()));
+        Some((idx, t, Path::root()))
+    }
+
+    /// Merges `rn` (at `at`) over `def`: its template first, then its own fields.
+    /// False when a template could not be used (already reported).
+    pub(super) fn merge_node(
+        &mut self,
+        def: &mut MNodeDef,
+        rn: &RawNode,
+        at: &Origin,
+        chain: &mut Vec<String>,
+    ) -> bool {
+        let mut ok = true;
+        if let Some(t) = &rn.template {
+            let tat = Origin {
+                src: at.src,
+                path: at.path.key("template"),
+            };
+            if chain.contains(t) {
+                self.err(
+                    &tat,
+                    format!("template '{t}' uses itself ({} → {t})", chain.join(" → ")),
+                    "remove the `template:` that closes the loop".to_string(),
+                );
+                ok = false;
+            } else {
+                match self.template(t) {
+                    None => {
+                        let mut names: Vec<String> = self.raw.templates.keys().cloned().collect();
+                        names.extend(templates::BUILTIN.iter().map(|(n, _)| n.to_string()));
+                        self.err(
+                            &tat,
+                            format!(
+                                "unknown template '{t}'{}",
+                                suggest(t, names.iter().map(String::as_str))
+                            ),
+                            Some(format!("templates: {}", names.join(", "))),
+                        );
+                        ok = false;
+                    }
+                    Some((src, traw, tpath)) => {
+                        chain.push(t.clone());
+                        let tat = Origin { src, path: tpath };
+                        ok &= self.merge_node(def, &traw, &tat, chain);
+                        chain.pop();
+                        def.template = Some(t.clone());
+                    }
+                }
+            }
+        }
+        let o = |k: &str| Origin {
+            src: at.src,
+            path: at.path.key(k),
+        };
+        if rn.description.is_some() {
+            def.description = rn.description.clone();
+        }
+        if let Some(nn) = &rn.node_network {
+            let nat = o("node_network");
+            let sub = |k: &str| Origin {
+                src: nat.src,
+                path: nat.path.key(k),
+            };
+            if let Some(s) = &nn.subnet {
+                def.subnet = Some(O {
+                    v: s.clone(),
+                    at: sub("subnet"),
+                });
+            }
+            if let Some(s) = &nn.interface {
+                def.interface = Some(O {
+                    v: s.clone(),
+                    at: sub("interface"),
+                });
+            }
+            if let Some(m) = nn.mtu {
+                def.mtu = Some(O {
+                    v: m,
+                    at: sub("mtu"),
+                });
+            }
+            for (vm, a) in &nn.addresses {
+                def.addresses.insert(
+                    vm.clone(),
+                    O {
+                        v: a.clone(),
+                        at: Origin {
+                            src: nat.src,
+                            path: nat.path.key("addresses").key(vm),
+                        },
+                    },
+                );
+            }
+        }
+        for (i, l) in rn.links.iter().enumerate() {
+            def.links.push(O {
+                v: l.clone(),
+                at: Origin {
+                    src: at.src,
+                    path: at.path.key("links").index(i),
+                },
+            });
+        }
+        for (vname, rv) in &rn.vms {
+            let vat = Origin {
+                src: at.src,
+                path: at.path.key("vms").key(vname),
+            };
+            let m = def.vms.entry(vname.clone()).or_default();
+            merge_vm(m, rv, &vat);
+        }
+        ok
+    }
+}
+
+fn merge_vm(m: &mut MVm, rv: &RawVm, at: &Origin) {
+    let o = |k: &str| Origin {
+        src: at.src,
+        path: at.path.key(k),
+    };
+    m.at = Some(at.clone());
+    macro_rules! set {
+        ($f:ident) => {
+            if let Some(v) = &rv.$f {
+                m.$f = Some(O {
+                    v: v.clone(),
+                    at: o(stringify!($f)),
+                });
+            }
+        };
+    }
+    set!(description);
+    set!(image);
+    set!(vcpus);
+    set!(memory);
+    set!(kernel);
+    set!(run);
+    for (k, i) in &rv.interfaces {
+        let iat = Origin {
+            src: at.src,
+            path: at.path.key("interfaces").key(k),
+        };
+        match m.interfaces.get_mut(k) {
+            Some(prev) => {
+                let mut v = prev.v.clone();
+                let n = i.clone();
+                if n.network.is_some() {
+                    v.network = n.network;
+                }
+                if n.addresses.is_some() {
+                    v.addresses = n.addresses;
+                }
+                if n.mac.is_some() {
+                    v.mac = n.mac;
+                }
+                if n.mtu.is_some() {
+                    v.mtu = n.mtu;
+                }
+                if n.gateway.is_some() {
+                    v.gateway = n.gateway;
+                }
+                v.no_gateway |= n.no_gateway;
+                *prev = O { v, at: iat };
+            }
+            None => {
+                m.interfaces.insert(
+                    k.clone(),
+                    O {
+                        v: i.clone(),
+                        at: iat,
+                    },
+                );
+            }
+        }
+    }
+    if !rv.routes.is_empty() {
+        m.routes = rv
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| O {
+                v: r.clone(),
+                at: Origin {
+                    src: at.src,
+                    path: at.path.key("routes").index(i),
+                },
+            })
+            .collect();
+    }
+    for (k, f) in &rv.files {
+        m.files.insert(
+            k.clone(),
+            O {
+                v: f.clone(),
+                at: Origin {
+                    src: at.src,
+                    path: at.path.key("files").key(k),
+                },
+            },
+        );
+    }
+    for (k, e) in &rv.env {
+        m.env.insert(
+            k.clone(),
+            O {
+                v: e.0.clone(),
+                at: Origin {
+                    src: at.src,
+                    path: at.path.key("env").key(k),
+                },
+            },
+        );
+    }
+}

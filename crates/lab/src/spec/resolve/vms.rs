@@ -1,0 +1,496 @@
+//! One VM: machine (image, vCPUs, memory, kernel), interfaces, services, files, environment
+//! and routes, each checked where it was written.
+
+use super::draft::{IfaceInfo, BVm};
+use super::merge::MVm;
+use super::{p, Build, Origin, Resolver, DEFAULT_IMAGE, DEFAULT_MEMORY, DEFAULT_MTU, DEFAULT_VCPUS};
+use crate::spec::error::suggest;
+use crate::spec::model::*;
+use crate::spec::raw::*;
+use crate::spec::units::MemMib;
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+impl Resolver<'_> {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn vm(
+        &mut self,
+        b: &mut Build,
+        id: VmRef,
+        m: &MVm,
+        at: &Origin,
+        nn: Option<&NodeNetwork>,
+        node_addr: Option<&Cidr>,
+        hosts: &[(String, IpAddr)],
+    ) -> BVm {
+        let d = self.raw.defaults.clone().unwrap_or_default();
+        let image = m
+            .image
+            .as_ref()
+            .map(|o| o.v.clone())
+            .or(d.image.clone())
+            .unwrap_or_else(|| DEFAULT_IMAGE.into());
+        let vcpus = match &m.vcpus {
+            Some(o) => self.vcpus(o.v, &o.at),
+            None => match d.vcpus {
+                Some(v) => self.vcpus(v, &self.lab_at(p("defaults.vcpus"))),
+                None => DEFAULT_VCPUS,
+            },
+        };
+        let memory = match &m.memory {
+            Some(o) => self.memory(o.v, &o.at),
+            None => match d.memory {
+                Some(v) => self.memory(v, &self.lab_at(p("defaults.memory"))),
+                None => DEFAULT_MEMORY,
+            },
+        };
+        let kernel = m
+            .kernel
+            .as_ref()
+            .map(|o| o.v.clone())
+            .or(d.kernel.clone())
+            .unwrap_or_else(|| "default".into());
+        let image_at = m
+            .image
+            .as_ref()
+            .map_or_else(|| self.lab_at(p("defaults.image")), |o| o.at.clone());
+        if let Err(why) = check_image(&image) {
+            self.err(
+                &image_at,
+                format!("image '{image}' {why}"),
+                "name an image of the store (`kobako image ls`: tiny, debian-web ...) or give a path with '/'"
+                    .to_string(),
+            );
+        }
+        let kernel_at = m
+            .kernel
+            .as_ref()
+            .map_or_else(|| self.lab_at(p("defaults.kernel")), |o| o.at.clone());
+        if kernel != "default" && !kernel.contains('/') {
+            self.err(
+                &kernel_at,
+                format!("kernel '{kernel}' is neither `default` nor a path"),
+                "write `default`, or a path to a vmlinux/bzImage like ./vmlinux".to_string(),
+            );
+        }
+
+        let mut interfaces = Vec::new();
+        let mut iface_at = Vec::new();
+        if let Some(nn) = nn {
+            interfaces.push(Interface {
+                name: nn.interface.clone(),
+                attach: Attachment::NodeNetwork,
+                addresses: node_addr.into_iter().copied().collect(),
+                mac: MacAddr::derived(&b.lab.0, &id.node.0, &id.vm.0, &nn.interface.0),
+                mac_explicit: false,
+                mtu: nn.mtu,
+                vlan: None,
+                gateway: None,
+                no_gateway: true,
+            });
+            iface_at.push(IfaceInfo {
+                at: at.clone(),
+                explicit_addresses: true,
+                raw_addresses: None,
+            });
+        }
+        for (iname, ri) in &m.interfaces {
+            let iat = &ri.at;
+            if let Err(why) = check_ifname(iname) {
+                self.key_err(
+                    iat,
+                    format!("interface name '{iname}' {why}"),
+                    "use a short name like eth1".to_string(),
+                );
+            }
+            if nn.is_some_and(|n| n.interface.0 == *iname) {
+                self.key_err(
+                    iat,
+                    format!("interface '{iname}' is the node network's interface"),
+                    "use another name (eth1, eth2 ...), or rename node_network.interface"
+                        .to_string(),
+                );
+                continue;
+            }
+            let r = &ri.v;
+            let sub = |k: &str| Origin {
+                src: iat.src,
+                path: iat.path.key(k),
+            };
+            let (attach, vlan, net_mtu) = match &r.network {
+                Some(n) => match b.networks.iter().find(|(x, _)| x.name.0 == *n) {
+                    Some((x, _)) => (Some(Attachment::Network(x.name.clone())), x.vlan, x.mtu),
+                    None => {
+                        let names: Vec<&str> =
+                            b.networks.iter().map(|(x, _)| x.name.as_str()).collect();
+                        self.err(
+                            &sub("network"),
+                            format!("no network '{n}'{}", suggest(n, names.iter().copied())),
+                            Some(if names.is_empty() {
+                                "declare it under `networks:`".to_string()
+                            } else {
+                                format!("networks: {}", names.join(", "))
+                            }),
+                        );
+                        (None, None, DEFAULT_MTU)
+                    }
+                },
+                None => (None, None, DEFAULT_MTU),
+            };
+            let mac = match &r.mac {
+                Some(s) => match s.parse::<MacAddr>() {
+                    Ok(mac) if !mac.is_unicast() => {
+                        self.err(
+                            &sub("mac"),
+                            format!("{mac} is a multicast address"),
+                            "clear bit 0 of the first octet (e.g. 02:...)".to_string(),
+                        );
+                        Some(mac)
+                    }
+                    Ok(mac) => Some(mac),
+                    Err(e) => {
+                        self.err(&sub("mac"), e, None);
+                        None
+                    }
+                },
+                None => None,
+            };
+            let gateway = r.gateway.as_ref().and_then(|g| match g.parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    self.err(
+                        &sub("gateway"),
+                        format!("'{g}' is not an IP address"),
+                        "write an address like 10.0.0.1".to_string(),
+                    );
+                    None
+                }
+            });
+            let mtu = match r.mtu {
+                Some(x) => self.mtu(Some(x), &sub("mtu")),
+                None => net_mtu,
+            };
+            interfaces.push(Interface {
+                name: IfaceName(iname.clone()),
+                // A link attachment is filled in when links are resolved.
+                attach: attach.unwrap_or(Attachment::Link(LinkName(String::new()))),
+                addresses: Vec::new(),
+                mac: mac.unwrap_or_else(|| MacAddr::derived(&b.lab.0, &id.node.0, &id.vm.0, iname)),
+                mac_explicit: mac.is_some(),
+                mtu,
+                vlan,
+                gateway,
+                no_gateway: r.no_gateway,
+            });
+            iface_at.push(IfaceInfo {
+                at: iat.clone(),
+                explicit_addresses: r.addresses.is_some(),
+                raw_addresses: r.addresses.clone(),
+            });
+        }
+
+        // Services.
+        let mut services = Vec::new();
+        if let Some(run) = &m.run {
+            let mut names = HashSet::new();
+            for (i, s) in run.v.iter().enumerate() {
+                let sat = Origin {
+                    src: run.at.src,
+                    path: run.at.path.index(i),
+                };
+                let (name, command, restart) = match s {
+                    RawService::Command(c) => (None, c.clone(), Restart::Always),
+                    RawService::Full(f) => (
+                        f.name.clone(),
+                        f.command.clone(),
+                        f.restart.unwrap_or_default(),
+                    ),
+                };
+                if command.trim().is_empty() {
+                    self.err(
+                        &sat,
+                        "empty command".into(),
+                        "write the command to run".to_string(),
+                    );
+                }
+                let name = match name {
+                    Some(n) => {
+                        if let Err(why) = check_name(&n, 32, true) {
+                            self.err(&sat, format!("service name '{n}' {why}"), None);
+                        }
+                        if !names.insert(n.clone()) {
+                            self.err(
+                                &sat,
+                                format!("service name '{n}' used twice in {id}"),
+                                "give each service its own name".to_string(),
+                            );
+                        }
+                        n
+                    }
+                    None => {
+                        let base =
+                            service_name(&command).unwrap_or_else(|| format!("svc{}", i + 1));
+                        let mut n = base.clone();
+                        let mut k = 2;
+                        while !names.insert(n.clone()) {
+                            n = format!("{base}-{k}");
+                            k += 1;
+                        }
+                        n
+                    }
+                };
+                services.push(Service {
+                    name,
+                    command,
+                    restart,
+                });
+            }
+        }
+
+        // Files.
+        let mut files = Vec::new();
+        for (dst, f) in &m.files {
+            let fat = &f.at;
+            if !dst.starts_with('/') {
+                self.key_err(
+                    fat,
+                    format!("guest path '{dst}' is not absolute"),
+                    Some(format!(
+                        "write it from the root, e.g. /{}",
+                        dst.trim_start_matches("./")
+                    )),
+                );
+            }
+            let (src, content, mode) = match &f.v {
+                RawFile::Src(s) => (Some(s.clone()), None, None),
+                RawFile::Full(x) => (x.src.clone(), x.content.clone(), x.mode.clone()),
+            };
+            let source = match (src, content) {
+                (Some(_), Some(_)) => {
+                    self.err(
+                        fat,
+                        "both `src` and `content` given".into(),
+                        "keep one".to_string(),
+                    );
+                    continue;
+                }
+                (None, None) => {
+                    self.err(
+                        fat,
+                        "a file needs `src` (host path) or `content`".into(),
+                        "add one of them".to_string(),
+                    );
+                    continue;
+                }
+                (Some(s), None) => {
+                    if fat.src != 0 {
+                        self.err(
+                            fat,
+                            "a template shipped with kobako cannot copy host files".into(),
+                            "use `content:`".to_string(),
+                        );
+                    }
+                    let pth = PathBuf::from(&s);
+                    let full = match (&self.base_dir, pth.is_absolute()) {
+                        (Some(base), false) => base.join(pth),
+                        _ => pth,
+                    };
+                    // Read from disk files only: a lab given as text may come from elsewhere.
+                    if self.base_dir.is_some() && !full.is_file() {
+                        self.err(
+                            fat,
+                            format!("host file {} does not exist", full.display()),
+                            "fix the path (relative paths start at the lab file's directory)"
+                                .to_string(),
+                        );
+                    }
+                    FileSource::Host(full)
+                }
+                (None, Some(c)) => FileSource::Inline(c),
+            };
+            let mode = match mode {
+                None => 0o644,
+                Some(m) => match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
+                    Ok(v) if v <= 0o7777 => v,
+                    _ => {
+                        self.err(
+                            &Origin {
+                                src: fat.src,
+                                path: fat.path.key("mode"),
+                            },
+                            format!("'{m}' is not an octal file mode"),
+                            "write it like \"0644\" or \"0755\"".to_string(),
+                        );
+                        0o644
+                    }
+                },
+            };
+            files.push(FileCopy {
+                source,
+                dst: dst.clone(),
+                mode,
+            });
+        }
+
+        let mut env = BTreeMap::new();
+        for (k, v) in &m.env {
+            let ok = !k.is_empty()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                self.key_err(
+                    &v.at,
+                    format!("'{k}' is not an environment variable name"),
+                    "use letters, digits and '_', not starting with a digit".to_string(),
+                );
+            }
+            env.insert(k.clone(), v.v.clone());
+        }
+
+        let mut routes = Vec::new();
+        for r in &m.routes {
+            let sub = |k: &str| Origin {
+                src: r.at.src,
+                path: r.at.path.key(k),
+            };
+            let to = if r.v.to == "default" {
+                Some(Cidr {
+                    addr: IpAddr::V4(0.into()),
+                    prefix: 0,
+                })
+            } else {
+                match r.v.to.parse::<Cidr>() {
+                    Ok(c) => Some(c.network()),
+                    Err(e) => {
+                        self.err(
+                            &sub("to"),
+                            e,
+                            "write `default` or a subnet like 10.2.0.0/24".to_string(),
+                        );
+                        None
+                    }
+                }
+            };
+            let via = match r.v.via.parse::<IpAddr>() {
+                Ok(v) => Some(v),
+                Err(_) => {
+                    self.err(
+                        &sub("via"),
+                        format!("'{}' is not an IP address", r.v.via),
+                        "write the next hop's address, like 10.0.0.1".to_string(),
+                    );
+                    None
+                }
+            };
+            if let (Some(to), Some(via)) = (to, via) {
+                routes.push((
+                    Route {
+                        to,
+                        via,
+                        from_gateway: false,
+                    },
+                    r.at.clone(),
+                ));
+            }
+        }
+
+        BVm {
+            vm: Vm {
+                id,
+                description: m.description.as_ref().map(|o| o.v.clone()),
+                image,
+                vcpus,
+                memory,
+                kernel,
+                interfaces,
+                routes: Vec::new(),
+                services,
+                files,
+                env,
+                hosts: hosts.to_vec(),
+            },
+            at: at.clone(),
+            ifaces: iface_at,
+            routes,
+        }
+    }
+
+    fn vcpus(&mut self, v: u32, at: &Origin) -> u32 {
+        if v == 0 {
+            self.err(
+                at,
+                "0 vCPUs".into(),
+                "a VM needs at least 1 vCPU".to_string(),
+            );
+            return 1;
+        }
+        if v > self.host.cpus {
+            self.err(
+                at,
+                format!("{v} vCPUs, but the host has {}", self.host.cpus),
+                Some(format!("use at most {} vCPUs", self.host.cpus)),
+            );
+        }
+        v
+    }
+
+    fn memory(&mut self, v: MemMib, at: &Origin) -> MemMib {
+        if v < MIN_MEMORY {
+            self.err(
+                at,
+                format!("{v} of memory is too little to boot"),
+                Some(format!("use at least {MIN_MEMORY}")),
+            );
+        } else if v > self.host.memory {
+            self.err(
+                at,
+                format!("{v} of memory, but the host has {}", self.host.memory),
+                Some(format!("use at most {}", self.host.memory)),
+            );
+        }
+        v
+    }
+}
+
+/// A service name from its command: the program's file name (`exec python3 /x` → `python3`).
+fn service_name(command: &str) -> Option<String> {
+    let mut words = command.split_whitespace();
+    let mut w = words.next()?;
+    if w == "exec" {
+        w = words.next()?;
+    }
+    let base = w.rsplit('/').next()?;
+    let n: String = base
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect::<String>()
+        .trim_matches('-')
+        .chars()
+        .take(32)
+        .collect();
+    let n = n.trim_end_matches('-').to_string();
+    check_name(&n, 32, true).ok().map(|_| n)
+}
+
+/// An image of the store (`[a-z0-9][a-z0-9._-]*`, at most 64 bytes, as `kobako image`
+/// names them) or a path (anything with a '/').
+fn check_image(s: &str) -> Result<(), String> {
+    if s.contains('/') {
+        return Ok(());
+    }
+    if s.is_empty() || s.len() > 64 {
+        return Err("must be 1 to 64 bytes".into());
+    }
+    if !s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+        return Err("must start with a lowercase letter or digit".into());
+    }
+    match s
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(*c)))
+    {
+        Some(c) => Err(format!("contains '{c}'")),
+        None => Ok(()),
+    }
+}
