@@ -1,7 +1,7 @@
 //! Interface addresses: parsing one address against its subnet, explicit addresses first,
 //! then automatic ones, and unique MACs.
 
-use super::{Build, Origin, Resolver};
+use super::{LabDraft, Origin, Resolver};
 use crate::spec::model::*;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -87,7 +87,7 @@ impl Resolver<'_> {
         Some(c)
     }
 
-    pub(super) fn addresses(&mut self, b: &mut Build) {
+    pub(super) fn addresses(&mut self, b: &mut LabDraft) {
         // Interfaces declared without a network that no link uses.
         for n in &b.nodes {
             for v in &n.vms {

@@ -1,6 +1,6 @@
 //! `copies:`: which copies a lab file makes, and what the copies must not share (host ports).
 
-use super::{p, Resolver};
+use super::{spec_path, Resolver};
 use crate::spec::model::*;
 use std::collections::{HashMap, HashSet};
 
@@ -9,7 +9,7 @@ impl Resolver<'_> {
         let Some(c) = &self.raw.copies else {
             return vec![None];
         };
-        let at = self.lab_at(p("copies"));
+        let at = self.lab_at(spec_path("copies"));
         match (&c.count, &c.names) {
             (Some(_), Some(_)) => {
                 self.err(
@@ -29,7 +29,7 @@ impl Resolver<'_> {
             }
             (Some(n), None) => {
                 if *n == 0 || *n > 200 {
-                    let at = self.lab_at(p("copies.count"));
+                    let at = self.lab_at(spec_path("copies.count"));
                     self.err(
                         &at,
                         format!("{n} copies: between 1 and 200 are allowed"),
@@ -43,7 +43,7 @@ impl Resolver<'_> {
                 let mut seen = HashSet::new();
                 let mut out = Vec::new();
                 for (i, n) in names.iter().enumerate() {
-                    let at = self.lab_at(p("copies.names").index(i));
+                    let at = self.lab_at(spec_path("copies.names").index(i));
                     if let Err(why) = check_name(n, 24, true) {
                         self.err(&at, format!("copy name '{n}' {why}"), None);
                     } else if !seen.insert(n.clone()) {
@@ -76,7 +76,7 @@ impl Resolver<'_> {
         for l in labs {
             for pp in &l.publish {
                 if let Some(prev) = seen.insert((pp.host_port, pp.proto), l.name.as_str()) {
-                    let at = self.lab_at(p("copies"));
+                    let at = self.lab_at(spec_path("copies"));
                     self.err(
                         &at,
                         format!(

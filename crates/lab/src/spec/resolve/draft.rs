@@ -5,38 +5,49 @@ use super::Origin;
 use crate::spec::model::*;
 use std::collections::{HashMap, HashSet};
 
+/// A lab being resolved: networks, nodes and links so far. Links, addresses, gateways and
+/// publish complete it in turn; [`Resolver::lab`](super::Resolver) then turns it into a `Lab`.
 #[derive(Default)]
-pub(super) struct Build {
+pub(super) struct LabDraft {
     pub(super) lab: LabName,
     pub(super) networks: Vec<(Network, Origin)>,
     pub(super) uplinked: HashSet<String>,
-    pub(super) nodes: Vec<BNode>,
+    pub(super) nodes: Vec<NodeDraft>,
     pub(super) links: Vec<(Link, Origin)>,
+    /// (node index, VM index, interface) of every link endpoint → where that link is.
     pub(super) used_endpoints: HashMap<(usize, usize, String), Origin>,
     /// Nodes whose template failed: references to their VMs are not reported again.
     pub(super) broken: HashSet<String>,
 }
 
-pub(super) struct BNode {
+/// A node being resolved.
+pub(super) struct NodeDraft {
     pub(super) name: NodeName,
     pub(super) description: Option<String>,
     pub(super) template: Option<String>,
     pub(super) network: Option<NodeNetwork>,
-    pub(super) vms: Vec<BVm>,
+    pub(super) vms: Vec<VmDraft>,
     #[allow(dead_code)]
     pub(super) at: Origin,
 }
 
-pub(super) struct BVm {
+/// A VM being resolved: the VM so far, plus what later steps check against the file.
+pub(super) struct VmDraft {
     pub(super) vm: Vm,
     #[allow(dead_code)]
     pub(super) at: Origin,
-    pub(super) ifaces: Vec<IfaceInfo>,
+    /// One per `vm.interfaces`, same order.
+    pub(super) ifaces: Vec<InterfaceDecl>,
+    /// The explicit `routes:`; their next hops are checked once addresses are known.
     pub(super) routes: Vec<(Route, Origin)>,
 }
 
-pub(super) struct IfaceInfo {
+/// What the file said about one interface of a [`VmDraft`], for the address step.
+pub(super) struct InterfaceDecl {
+    /// Where the interface was declared (or the link or node that made it).
     pub(super) at: Origin,
+    /// No automatic address: the file gave `addresses:`, or a node network or link made it.
     pub(super) explicit_addresses: bool,
+    /// `addresses:` as written.
     pub(super) raw_addresses: Option<Vec<String>>,
 }

@@ -1,7 +1,7 @@
 //! Point-to-point links: endpoints, names, impairments, and the interfaces they attach.
 
-use super::draft::IfaceInfo;
-use super::{list, Build, Origin, Resolver, DEFAULT_MTU};
+use super::draft::InterfaceDecl;
+use super::{list, LabDraft, Origin, Resolver, DEFAULT_MTU};
 use crate::spec::error::suggest;
 use crate::spec::model::*;
 use crate::spec::raw::*;
@@ -9,7 +9,7 @@ use crate::spec::raw::*;
 impl Resolver<'_> {
     fn endpoint(
         &mut self,
-        b: &Build,
+        b: &LabDraft,
         s: &str,
         at: &Origin,
         node: Option<&str>,
@@ -84,7 +84,7 @@ impl Resolver<'_> {
         Some((ni, vi, iface.to_string()))
     }
 
-    pub(super) fn link(&mut self, b: &mut Build, l: &RawLink, at: &Origin, node: Option<&str>) {
+    pub(super) fn link(&mut self, b: &mut LabDraft, l: &RawLink, at: &Origin, node: Option<&str>) {
         let sub = |k: &str| Origin {
             src: at.src,
             path: at.path.key(k),
@@ -176,7 +176,7 @@ impl Resolver<'_> {
             b.used_endpoints
                 .insert((*ni, *vi, iface.clone()), eat.clone());
         }
-        let ep = |b: &Build, (ni, vi, iface): &(usize, usize, String)| Endpoint {
+        let ep = |b: &LabDraft, (ni, vi, iface): &(usize, usize, String)| Endpoint {
             vm: b.nodes[*ni].vms[*vi].vm.id.clone(),
             iface: IfaceName(iface.clone()),
         };
@@ -239,7 +239,7 @@ impl Resolver<'_> {
                         gateway: None,
                         no_gateway: false,
                     });
-                    bvm.ifaces.push(IfaceInfo {
+                    bvm.ifaces.push(InterfaceDecl {
                         at: at.clone(),
                         explicit_addresses: true,
                         raw_addresses: None,

@@ -1,7 +1,7 @@
 //! Template chains: a node's template (recursively), then the node itself, merged into one
 //! definition per node whose every value remembers where it was written.
 
-use super::{p, Origin, Resolver, O};
+use super::{spec_path, Located, Origin, Resolver};
 use crate::spec::error::{suggest, Path};
 use crate::spec::parse;
 use crate::spec::raw::*;
@@ -9,37 +9,42 @@ use crate::spec::templates;
 use crate::spec::units::MemMib;
 use indexmap::IndexMap;
 
+/// A VM's fields after merging its template chain and node: the last layer that sets a field
+/// wins, and each value keeps where that layer wrote it.
 #[derive(Debug, Clone, Default)]
-pub(super) struct MVm {
+pub(super) struct MergedVm {
+    /// The last layer that declared the VM.
     pub(super) at: Option<Origin>,
-    pub(super) description: Option<O<String>>,
-    pub(super) image: Option<O<String>>,
-    pub(super) vcpus: Option<O<u32>>,
-    pub(super) memory: Option<O<MemMib>>,
-    pub(super) kernel: Option<O<String>>,
-    pub(super) interfaces: IndexMap<String, O<RawInterface>>,
-    pub(super) routes: Vec<O<RawRoute>>,
-    pub(super) run: Option<O<Vec<RawService>>>,
-    pub(super) files: IndexMap<String, O<RawFile>>,
-    pub(super) env: IndexMap<String, O<String>>,
+    pub(super) description: Option<Located<String>>,
+    pub(super) image: Option<Located<String>>,
+    pub(super) vcpus: Option<Located<u32>>,
+    pub(super) memory: Option<Located<MemMib>>,
+    pub(super) kernel: Option<Located<String>>,
+    pub(super) interfaces: IndexMap<String, Located<RawInterface>>,
+    pub(super) routes: Vec<Located<RawRoute>>,
+    pub(super) run: Option<Located<Vec<RawService>>>,
+    pub(super) files: IndexMap<String, Located<RawFile>>,
+    pub(super) env: IndexMap<String, Located<String>>,
 }
 
+/// A node after merging its template chain (templates first, the node's own fields last).
 #[derive(Debug, Clone, Default)]
-pub(super) struct MNodeDef {
+pub(super) struct MergedNode {
     pub(super) description: Option<String>,
+    /// The node's own template (the first of the chain).
     pub(super) template: Option<String>,
-    pub(super) vms: IndexMap<String, MVm>,
-    pub(super) subnet: Option<O<String>>,
-    pub(super) interface: Option<O<String>>,
-    pub(super) mtu: Option<O<u32>>,
-    pub(super) addresses: IndexMap<String, O<String>>,
-    pub(super) links: Vec<O<RawLink>>,
+    pub(super) vms: IndexMap<String, MergedVm>,
+    pub(super) subnet: Option<Located<String>>,
+    pub(super) interface: Option<Located<String>>,
+    pub(super) mtu: Option<Located<u32>>,
+    pub(super) addresses: IndexMap<String, Located<String>>,
+    pub(super) links: Vec<Located<RawLink>>,
 }
 
 impl Resolver<'_> {
     fn template(&mut self, name: &str) -> Option<(usize, RawNode, Path)> {
         if let Some(t) = self.raw.templates.get(name) {
-            return Some((0, t.clone(), p("templates").key(name)));
+            return Some((0, t.clone(), spec_path("templates").key(name)));
         }
         if let Some((src, t)) = self.builtin.get(name) {
             return Some((*src, t.clone(), Path::root()));
@@ -59,7 +64,7 @@ impl Resolver<'_> {
     /// False when a template could not be used (already reported).
     pub(super) fn merge_node(
         &mut self,
-        def: &mut MNodeDef,
+        def: &mut MergedNode,
         rn: &RawNode,
         at: &Origin,
         chain: &mut Vec<String>,
@@ -116,28 +121,28 @@ impl Resolver<'_> {
                 path: nat.path.key(k),
             };
             if let Some(s) = &nn.subnet {
-                def.subnet = Some(O {
-                    v: s.clone(),
+                def.subnet = Some(Located {
+                    value: s.clone(),
                     at: sub("subnet"),
                 });
             }
             if let Some(s) = &nn.interface {
-                def.interface = Some(O {
-                    v: s.clone(),
+                def.interface = Some(Located {
+                    value: s.clone(),
                     at: sub("interface"),
                 });
             }
             if let Some(m) = nn.mtu {
-                def.mtu = Some(O {
-                    v: m,
+                def.mtu = Some(Located {
+                    value: m,
                     at: sub("mtu"),
                 });
             }
             for (vm, a) in &nn.addresses {
                 def.addresses.insert(
                     vm.clone(),
-                    O {
-                        v: a.clone(),
+                    Located {
+                        value: a.clone(),
                         at: Origin {
                             src: nat.src,
                             path: nat.path.key("addresses").key(vm),
@@ -147,8 +152,8 @@ impl Resolver<'_> {
             }
         }
         for (i, l) in rn.links.iter().enumerate() {
-            def.links.push(O {
-                v: l.clone(),
+            def.links.push(Located {
+                value: l.clone(),
                 at: Origin {
                     src: at.src,
                     path: at.path.key("links").index(i),
@@ -167,7 +172,7 @@ impl Resolver<'_> {
     }
 }
 
-fn merge_vm(m: &mut MVm, rv: &RawVm, at: &Origin) {
+fn merge_vm(m: &mut MergedVm, rv: &RawVm, at: &Origin) {
     let o = |k: &str| Origin {
         src: at.src,
         path: at.path.key(k),
@@ -176,8 +181,8 @@ fn merge_vm(m: &mut MVm, rv: &RawVm, at: &Origin) {
     macro_rules! set {
         ($f:ident) => {
             if let Some(v) = &rv.$f {
-                m.$f = Some(O {
-                    v: v.clone(),
+                m.$f = Some(Located {
+                    value: v.clone(),
                     at: o(stringify!($f)),
                 });
             }
@@ -196,7 +201,7 @@ fn merge_vm(m: &mut MVm, rv: &RawVm, at: &Origin) {
         };
         match m.interfaces.get_mut(k) {
             Some(prev) => {
-                let mut v = prev.v.clone();
+                let mut v = prev.value.clone();
                 let n = i.clone();
                 if n.network.is_some() {
                     v.network = n.network;
@@ -214,13 +219,13 @@ fn merge_vm(m: &mut MVm, rv: &RawVm, at: &Origin) {
                     v.gateway = n.gateway;
                 }
                 v.no_gateway |= n.no_gateway;
-                *prev = O { v, at: iat };
+                *prev = Located { value: v, at: iat };
             }
             None => {
                 m.interfaces.insert(
                     k.clone(),
-                    O {
-                        v: i.clone(),
+                    Located {
+                        value: i.clone(),
                         at: iat,
                     },
                 );
@@ -232,8 +237,8 @@ fn merge_vm(m: &mut MVm, rv: &RawVm, at: &Origin) {
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| O {
-                v: r.clone(),
+            .map(|(i, r)| Located {
+                value: r.clone(),
                 at: Origin {
                     src: at.src,
                     path: at.path.key("routes").index(i),
@@ -244,8 +249,8 @@ fn merge_vm(m: &mut MVm, rv: &RawVm, at: &Origin) {
     for (k, f) in &rv.files {
         m.files.insert(
             k.clone(),
-            O {
-                v: f.clone(),
+            Located {
+                value: f.clone(),
                 at: Origin {
                     src: at.src,
                     path: at.path.key("files").key(k),
@@ -256,8 +261,8 @@ fn merge_vm(m: &mut MVm, rv: &RawVm, at: &Origin) {
     for (k, e) in &rv.env {
         m.env.insert(
             k.clone(),
-            O {
-                v: e.0.clone(),
+            Located {
+                value: e.0.clone(),
                 at: Origin {
                     src: at.src,
                     path: at.path.key("env").key(k),

@@ -30,9 +30,11 @@ struct Origin {
     path: Path,
 }
 
+/// A value of the lab file with where it was written (the merged node and VM keep one per
+/// field, so an error points at the file and line that set it: lab file or template).
 #[derive(Debug, Clone)]
-struct O<T> {
-    v: T,
+struct Located<T> {
+    value: T,
     at: Origin,
 }
 
@@ -47,8 +49,8 @@ mod publish;
 mod routes;
 mod vms;
 
-use draft::Build;
-use merge::MNodeDef;
+use draft::LabDraft;
+use merge::MergedNode;
 use nodes::lab_hosts;
 
 /// The parsed lab file, before resolution.
@@ -186,7 +188,7 @@ pub fn resolve(lf: &LabFile, host: &HostLimits) -> Result<Vec<Lab>, SpecErrors> 
     if labs.len() > 1 {
         let total: u64 = labs.iter().map(|l| l.total_memory().0).sum();
         if total > host.memory.0 && labs.iter().all(|l| l.total_memory() <= host.memory) {
-            let at = r.lab_at(p("copies"));
+            let at = r.lab_at(spec_path("copies"));
             r.err(
                 &at,
                 format!(
@@ -206,6 +208,8 @@ pub fn resolve(lf: &LabFile, host: &HostLimits) -> Result<Vec<Lab>, SpecErrors> 
     }
 }
 
+/// One resolution of one lab file: the sources errors point into (the lab file first, then
+/// each shipped template read), and every error found so far.
 struct Resolver<'a> {
     sources: Vec<Source>,
     errors: Vec<SpecError>,
@@ -216,7 +220,8 @@ struct Resolver<'a> {
     builtin: HashMap<String, (usize, RawNode)>,
 }
 
-fn p(s: &str) -> Path {
+/// A path in the lab file from its dotted form (`copies.names`).
+fn spec_path(s: &str) -> Path {
     Path::parse(s)
 }
 
@@ -235,10 +240,9 @@ impl Resolver<'_> {
         Origin { src: 0, path }
     }
 
-
     fn lab(&mut self, copy: Option<&(String, u32)>) -> Option<Lab> {
         let raw = self.raw;
-        let name_at = self.lab_at(p("name"));
+        let name_at = self.lab_at(spec_path("name"));
         let base_name = raw.name.clone();
         if let Err(why) = check_name(&base_name, 40, true) {
             self.err(
@@ -252,7 +256,7 @@ impl Resolver<'_> {
             Some((c, i)) => {
                 let n = format!("{base_name}-{c}");
                 if n.len() > 40 {
-                    let at = self.lab_at(p("copies"));
+                    let at = self.lab_at(spec_path("copies"));
                     self.err(
                         &at,
                         format!("copy lab name '{n}' is longer than 40 bytes"),
@@ -276,7 +280,7 @@ impl Resolver<'_> {
         let (uplink, uplinked) = self.uplink(&networks);
 
         // Nodes: merge template chains.
-        let mut merged: Vec<(String, Origin, MNodeDef)> = Vec::new();
+        let mut merged: Vec<(String, Origin, MergedNode)> = Vec::new();
         let mut broken: HashSet<String> = HashSet::new();
         if raw.nodes.is_empty() {
             let at = self.lab_at(Path::root());
@@ -287,13 +291,13 @@ impl Resolver<'_> {
             );
         }
         for (tname, _) in &raw.templates {
-            let at = self.lab_at(p("templates").key(tname));
+            let at = self.lab_at(spec_path("templates").key(tname));
             if let Err(why) = check_name(tname, 32, false) {
                 self.key_err(&at, format!("template name '{tname}' {why}"), None);
             }
         }
         for (nname, rn) in &raw.nodes {
-            let at = self.lab_at(p("nodes").key(nname));
+            let at = self.lab_at(spec_path("nodes").key(nname));
             if let Err(why) = check_name(nname, 32, false) {
                 self.key_err(
                     &at,
@@ -301,7 +305,7 @@ impl Resolver<'_> {
                     "node names are hostnames: lowercase letters, digits and '-'".to_string(),
                 );
             }
-            let mut def = MNodeDef::default();
+            let mut def = MergedNode::default();
             let template_ok = self.merge_node(&mut def, rn, &at, &mut Vec::new());
             if !template_ok {
                 broken.insert(nname.clone());
@@ -316,7 +320,7 @@ impl Resolver<'_> {
             merged.push((nname.clone(), at, def));
         }
 
-        let mut b = Build {
+        let mut b = LabDraft {
             lab: lab_name.clone(),
             networks,
             uplinked,
@@ -329,12 +333,12 @@ impl Resolver<'_> {
         }
         // Links (lab level, then node level).
         for (i, l) in raw.links.iter().enumerate() {
-            let at = self.lab_at(p("links").index(i));
+            let at = self.lab_at(spec_path("links").index(i));
             self.link(&mut b, l, &at, None);
         }
         for (nname, _, def) in &merged {
             for l in &def.links {
-                self.link(&mut b, &l.v, &l.at, Some(nname));
+                self.link(&mut b, &l.value, &l.at, Some(nname));
             }
         }
         self.addresses(&mut b);
@@ -368,7 +372,7 @@ impl Resolver<'_> {
         })
     }
 
-    fn host_totals(&mut self, b: &Build) {
+    fn host_totals(&mut self, b: &LabDraft) {
         let total: u64 = b
             .nodes
             .iter()
@@ -380,7 +384,7 @@ impl Resolver<'_> {
                 .iter()
                 .all(|n| n.vms.iter().all(|v| v.vm.memory <= self.host.memory))
         {
-            let at = self.lab_at(p("nodes"));
+            let at = self.lab_at(spec_path("nodes"));
             self.key_err(
                 &at,
                 format!(
@@ -396,6 +400,7 @@ impl Resolver<'_> {
 
 /// Adds `vm.node` names of the other nodes' VMs (their first IPv4 address on a lab network)
 
+/// Names for a fix hint: `a, b, c`, or `(none)`.
 fn list<'a>(it: impl Iterator<Item = &'a str>) -> String {
     let v: Vec<&str> = it.collect();
     if v.is_empty() {

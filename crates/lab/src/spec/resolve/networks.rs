@@ -1,6 +1,6 @@
 //! Lab networks (`networks:`), subnets, MTUs and the uplink.
 
-use super::{list, p, Origin, Resolver, DEFAULT_MTU};
+use super::{list, spec_path, Origin, Resolver, DEFAULT_MTU};
 use crate::spec::error::suggest;
 use crate::spec::model::*;
 use crate::spec::raw::*;
@@ -11,7 +11,7 @@ impl Resolver<'_> {
     pub(super) fn networks(&mut self) -> Vec<(Network, Origin)> {
         let mut out: Vec<(Network, Origin)> = Vec::new();
         for (name, rn) in &self.raw.networks {
-            let at = self.lab_at(p("networks").key(name));
+            let at = self.lab_at(spec_path("networks").key(name));
             if let Err(why) = check_name(name, 32, false) {
                 self.key_err(&at, format!("network name '{name}' {why}"), None);
             }
@@ -184,7 +184,7 @@ impl Resolver<'_> {
             Some(RawUplink::Some(u)) => {
                 let mut v = Vec::new();
                 for (i, n) in u.networks.iter().enumerate() {
-                    let at = self.lab_at(p("uplink.networks").index(i));
+                    let at = self.lab_at(spec_path("uplink.networks").index(i));
                     match nets.iter().find(|(x, _)| x.name.0 == *n) {
                         None => self.err(
                             &at,

@@ -1,33 +1,33 @@
 //! Nodes: the node network, its addresses and host names, and the node's VMs.
 
-use super::draft::BNode;
-use super::merge::MNodeDef;
-use super::{list, Build, Origin, Resolver, DEFAULT_MTU, DEFAULT_NODE_SUBNET, NODE_NET_FIRST};
+use super::draft::NodeDraft;
+use super::merge::MergedNode;
+use super::{list, LabDraft, Origin, Resolver, DEFAULT_MTU, DEFAULT_NODE_SUBNET, NODE_NET_FIRST};
 use crate::spec::error::suggest;
 use crate::spec::model::*;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 impl Resolver<'_> {
-    pub(super) fn node(&mut self, b: &mut Build, nname: &str, at: &Origin, def: &MNodeDef) {
+    pub(super) fn node(&mut self, b: &mut LabDraft, nname: &str, at: &Origin, def: &MergedNode) {
         let node = NodeName(nname.to_string());
         // The node network.
         let network = if def.vms.len() >= 2 {
             let subnet = match &def.subnet {
-                Some(s) => self.subnet(&s.v, &s.at, true),
+                Some(s) => self.subnet(&s.value, &s.at, true),
                 None => DEFAULT_NODE_SUBNET.parse().ok(),
             };
             let ifname = match &def.interface {
                 Some(i) => {
-                    if let Err(why) = check_ifname(&i.v) {
-                        self.err(&i.at, format!("interface name '{}' {why}", i.v), None);
+                    if let Err(why) = check_ifname(&i.value) {
+                        self.err(&i.at, format!("interface name '{}' {why}", i.value), None);
                     }
-                    i.v.clone()
+                    i.value.clone()
                 }
                 None => "eth0".to_string(),
             };
             let mtu = match &def.mtu {
-                Some(m) => self.mtu(Some(m.v), &m.at),
+                Some(m) => self.mtu(Some(m.value), &m.at),
                 None => DEFAULT_MTU,
             };
             if let Some(s) = subnet {
@@ -75,7 +75,7 @@ impl Resolver<'_> {
                     );
                     continue;
                 }
-                if let Some(c) = self.address(&a.v, Some(nn.subnet), &a.at) {
+                if let Some(c) = self.address(&a.value, Some(nn.subnet), &a.at) {
                     if !used.insert(c.addr) {
                         self.err(&a.at, format!("address {} given twice", c.addr), None);
                     }
@@ -152,7 +152,7 @@ impl Resolver<'_> {
             );
             vms.push(vm);
         }
-        b.nodes.push(BNode {
+        b.nodes.push(NodeDraft {
             name: node,
             description: def.description.clone(),
             template: def.template.clone(),
@@ -163,10 +163,9 @@ impl Resolver<'_> {
     }
 }
 
-
 /// Adds `vm.node` names of the other nodes' VMs (their first IPv4 address on a lab network)
 /// to every VM's hosts, after its own node's names.
-pub(super) fn lab_hosts(b: &mut Build) {
+pub(super) fn lab_hosts(b: &mut LabDraft) {
     let mut lab_names: Vec<(NodeName, String, IpAddr)> = Vec::new();
     for n in &b.nodes {
         for v in &n.vms {

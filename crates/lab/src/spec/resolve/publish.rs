@@ -1,11 +1,11 @@
 //! `publish:`: host ports forwarded to VM ports, and the host gateway they need.
 
-use super::{list, p, Build, Resolver};
+use super::{list, spec_path, LabDraft, Resolver};
 use crate::spec::error::suggest;
 use crate::spec::model::*;
 
 impl Resolver<'_> {
-    pub(super) fn publish(&mut self, b: &mut Build, copy_index: u32) -> Vec<Publish> {
+    pub(super) fn publish(&mut self, b: &mut LabDraft, copy_index: u32) -> Vec<Publish> {
         let stride = self
             .raw
             .copies
@@ -14,7 +14,7 @@ impl Resolver<'_> {
             .unwrap_or(1);
         let mut out: Vec<Publish> = Vec::new();
         for (i, s) in self.raw.publish.iter().enumerate() {
-            let at = self.lab_at(p("publish").index(i));
+            let at = self.lab_at(spec_path("publish").index(i));
             let fix = "write HOSTPORT:NODE.VM:PORT[/tcp|/udp], e.g. 8080:web.api:80/tcp";
             let (body, proto) = match s.rsplit_once('/') {
                 Some((b, "tcp")) => (b, Proto::Tcp),

@@ -1,12 +1,12 @@
 //! Gateways (who holds each network's gateway) and every VM's routes, explicit and default.
 
-use super::{Build, Resolver};
+use super::{LabDraft, Resolver};
 use crate::spec::model::*;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 impl Resolver<'_> {
-    pub(super) fn gateways_and_routes(&mut self, b: &mut Build) {
+    pub(super) fn gateways_and_routes(&mut self, b: &mut LabDraft) {
         // Who owns each address.
         let mut vm_owned: HashMap<IpAddr, String> = HashMap::new();
         for n in &b.nodes {

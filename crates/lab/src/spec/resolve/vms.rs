@@ -1,9 +1,12 @@
 //! One VM: machine (image, vCPUs, memory, kernel), interfaces, services, files, environment
 //! and routes, each checked where it was written.
 
-use super::draft::{IfaceInfo, BVm};
-use super::merge::MVm;
-use super::{p, Build, Origin, Resolver, DEFAULT_IMAGE, DEFAULT_MEMORY, DEFAULT_MTU, DEFAULT_VCPUS};
+use super::draft::{InterfaceDecl, VmDraft};
+use super::merge::MergedVm;
+use super::{
+    spec_path, LabDraft, Origin, Resolver, DEFAULT_IMAGE, DEFAULT_MEMORY, DEFAULT_MTU,
+    DEFAULT_VCPUS,
+};
 use crate::spec::error::suggest;
 use crate::spec::model::*;
 use crate::spec::raw::*;
@@ -16,45 +19,45 @@ impl Resolver<'_> {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn vm(
         &mut self,
-        b: &mut Build,
+        b: &mut LabDraft,
         id: VmRef,
-        m: &MVm,
+        m: &MergedVm,
         at: &Origin,
         nn: Option<&NodeNetwork>,
         node_addr: Option<&Cidr>,
         hosts: &[(String, IpAddr)],
-    ) -> BVm {
+    ) -> VmDraft {
         let d = self.raw.defaults.clone().unwrap_or_default();
         let image = m
             .image
             .as_ref()
-            .map(|o| o.v.clone())
+            .map(|o| o.value.clone())
             .or(d.image.clone())
             .unwrap_or_else(|| DEFAULT_IMAGE.into());
         let vcpus = match &m.vcpus {
-            Some(o) => self.vcpus(o.v, &o.at),
+            Some(o) => self.vcpus(o.value, &o.at),
             None => match d.vcpus {
-                Some(v) => self.vcpus(v, &self.lab_at(p("defaults.vcpus"))),
+                Some(v) => self.vcpus(v, &self.lab_at(spec_path("defaults.vcpus"))),
                 None => DEFAULT_VCPUS,
             },
         };
         let memory = match &m.memory {
-            Some(o) => self.memory(o.v, &o.at),
+            Some(o) => self.memory(o.value, &o.at),
             None => match d.memory {
-                Some(v) => self.memory(v, &self.lab_at(p("defaults.memory"))),
+                Some(v) => self.memory(v, &self.lab_at(spec_path("defaults.memory"))),
                 None => DEFAULT_MEMORY,
             },
         };
         let kernel = m
             .kernel
             .as_ref()
-            .map(|o| o.v.clone())
+            .map(|o| o.value.clone())
             .or(d.kernel.clone())
             .unwrap_or_else(|| "default".into());
-        let image_at = m
-            .image
-            .as_ref()
-            .map_or_else(|| self.lab_at(p("defaults.image")), |o| o.at.clone());
+        let image_at = m.image.as_ref().map_or_else(
+            || self.lab_at(spec_path("defaults.image")),
+            |o| o.at.clone(),
+        );
         if let Err(why) = check_image(&image) {
             self.err(
                 &image_at,
@@ -63,10 +66,10 @@ impl Resolver<'_> {
                     .to_string(),
             );
         }
-        let kernel_at = m
-            .kernel
-            .as_ref()
-            .map_or_else(|| self.lab_at(p("defaults.kernel")), |o| o.at.clone());
+        let kernel_at = m.kernel.as_ref().map_or_else(
+            || self.lab_at(spec_path("defaults.kernel")),
+            |o| o.at.clone(),
+        );
         if kernel != "default" && !kernel.contains('/') {
             self.err(
                 &kernel_at,
@@ -89,7 +92,7 @@ impl Resolver<'_> {
                 gateway: None,
                 no_gateway: true,
             });
-            iface_at.push(IfaceInfo {
+            iface_at.push(InterfaceDecl {
                 at: at.clone(),
                 explicit_addresses: true,
                 raw_addresses: None,
@@ -113,7 +116,7 @@ impl Resolver<'_> {
                 );
                 continue;
             }
-            let r = &ri.v;
+            let r = &ri.value;
             let sub = |k: &str| Origin {
                 src: iat.src,
                 path: iat.path.key(k),
@@ -183,7 +186,7 @@ impl Resolver<'_> {
                 gateway,
                 no_gateway: r.no_gateway,
             });
-            iface_at.push(IfaceInfo {
+            iface_at.push(InterfaceDecl {
                 at: iat.clone(),
                 explicit_addresses: r.addresses.is_some(),
                 raw_addresses: r.addresses.clone(),
@@ -194,7 +197,7 @@ impl Resolver<'_> {
         let mut services = Vec::new();
         if let Some(run) = &m.run {
             let mut names = HashSet::new();
-            for (i, s) in run.v.iter().enumerate() {
+            for (i, s) in run.value.iter().enumerate() {
                 let sat = Origin {
                     src: run.at.src,
                     path: run.at.path.index(i),
@@ -262,7 +265,7 @@ impl Resolver<'_> {
                     )),
                 );
             }
-            let (src, content, mode) = match &f.v {
+            let (src, content, mode) = match &f.value {
                 RawFile::Src(s) => (Some(s.clone()), None, None),
                 RawFile::Full(x) => (x.src.clone(), x.content.clone(), x.mode.clone()),
             };
@@ -345,7 +348,7 @@ impl Resolver<'_> {
                     "use letters, digits and '_', not starting with a digit".to_string(),
                 );
             }
-            env.insert(k.clone(), v.v.clone());
+            env.insert(k.clone(), v.value.clone());
         }
 
         let mut routes = Vec::new();
@@ -354,13 +357,13 @@ impl Resolver<'_> {
                 src: r.at.src,
                 path: r.at.path.key(k),
             };
-            let to = if r.v.to == "default" {
+            let to = if r.value.to == "default" {
                 Some(Cidr {
                     addr: IpAddr::V4(0.into()),
                     prefix: 0,
                 })
             } else {
-                match r.v.to.parse::<Cidr>() {
+                match r.value.to.parse::<Cidr>() {
                     Ok(c) => Some(c.network()),
                     Err(e) => {
                         self.err(
@@ -372,12 +375,12 @@ impl Resolver<'_> {
                     }
                 }
             };
-            let via = match r.v.via.parse::<IpAddr>() {
+            let via = match r.value.via.parse::<IpAddr>() {
                 Ok(v) => Some(v),
                 Err(_) => {
                     self.err(
                         &sub("via"),
-                        format!("'{}' is not an IP address", r.v.via),
+                        format!("'{}' is not an IP address", r.value.via),
                         "write the next hop's address, like 10.0.0.1".to_string(),
                     );
                     None
@@ -395,10 +398,10 @@ impl Resolver<'_> {
             }
         }
 
-        BVm {
+        VmDraft {
             vm: Vm {
                 id,
-                description: m.description.as_ref().map(|o| o.v.clone()),
+                description: m.description.as_ref().map(|o| o.value.clone()),
                 image,
                 vcpus,
                 memory,
