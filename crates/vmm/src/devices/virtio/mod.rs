@@ -8,6 +8,7 @@
 //!   cursors devices read requests from and write replies into.
 //! - devices: [`rng`], [`block`] (raw and qcow2), [`net`] (tap), [`vsock`] (Firecracker's Unix
 //!   socket host side).
+//! - [`device_state`]: what every device holds once activated (memory, queues, interrupt).
 //! - [`rate_limiter`]: Firecracker's token buckets (bandwidth and ops).
 //! - [`testing`]: a driver that lays out virtqueues in guest memory and drives a transport
 //!   through its registers, as a guest kernel would (used by the unit tests and fuzz targets).
@@ -17,6 +18,7 @@
 //! calls [`mmio::MmioTransport::process_events`] (queue notifications, tap/socket/timer fds).
 
 pub mod block;
+pub mod device_state;
 pub mod fuzzing;
 pub mod mmio;
 pub mod net;

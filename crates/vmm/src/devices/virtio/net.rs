@@ -20,12 +20,12 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use super::device_state::{ActiveState, DeviceState};
 use super::queue::{ChainReader, ChainWriter};
 use super::rate_limiter::RateLimiter;
-use super::{ActiveContext, Interrupt, VirtQueue, VirtioDevice, COMMON_FEATURES, TYPE_NET};
+use super::{ActiveContext, VirtioDevice, COMMON_FEATURES, TYPE_NET};
 
 pub const QUEUE_SIZE: u16 = 256;
 const RX: usize = 0;
@@ -133,14 +133,6 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    rx: VirtQueue,
-    tx: VirtQueue,
-    irq: Interrupt,
-    offload_pending: Option<u32>,
-}
-
 /// The network device.
 pub struct Net {
     tap: Tap,
@@ -148,7 +140,10 @@ pub struct Net {
     mtu: Option<u16>,
     rx_limiter: RateLimiter,
     tx_limiter: RateLimiter,
-    active: Option<Active>,
+    state: DeviceState,
+    /// The tap offloads the driver's features ask for, applied by the event loop after
+    /// activation (Some only while activated).
+    offload_pending: Option<u32>,
     /// A frame read from the tap that found no receive buffer yet.
     pending: Option<Vec<u8>>,
     tap_watched: bool,
@@ -178,7 +173,8 @@ impl Net {
             mtu,
             rx_limiter: RateLimiter::new(rx)?,
             tx_limiter: RateLimiter::new(tx)?,
-            active: None,
+            state: DeviceState::Inactive,
+            offload_pending: None,
             pending: None,
             tap_watched: true,
             frame: vec![0u8; MAX_FRAME],
@@ -241,12 +237,13 @@ impl Net {
 
     /// Moves frames from the tap into receive buffers until one side runs out.
     fn process_rx(&mut self, epoll: &Epoll) {
-        let Some(a) = &mut self.active else {
+        let Some(ActiveState { mem, queues, irq }) = self.state.active_mut() else {
             // Not active: drop what the tap has so it does not stay readable forever.
             while self.tap.file.read(&mut self.frame).is_ok_and(|n| n > 0) {}
             self.pending = None;
             return;
         };
+        let rxq = &mut queues[RX];
         let mut used = false;
         let mut stalled = false;
         loop {
@@ -259,7 +256,7 @@ impl Net {
                     Err(_) => break, // WouldBlock (or the tap went away)
                 },
             };
-            let Some((head, chain)) = a.rx.pop(&a.mem) else {
+            let Some((head, chain)) = rxq.pop(mem) else {
                 self.pending = Some(frame);
                 stalled = true;
                 break;
@@ -268,7 +265,7 @@ impl Net {
                 .rx_limiter
                 .consume((frame.len() - VNET_HDR_LEN) as u64, 1)
             {
-                a.rx.undo_pop();
+                rxq.undo_pop();
                 self.pending = Some(frame);
                 stalled = true;
                 break;
@@ -278,7 +275,7 @@ impl Net {
                     let mut f = frame;
                     // num_buffers = 1 (no mergeable buffers).
                     f[10..12].copy_from_slice(&1u16.to_le_bytes());
-                    crate::cast::len_u32(ChainWriter::new(&a.mem, &c.writable).write(&f))
+                    crate::cast::len_u32(ChainWriter::new(mem, &c.writable).write(&f))
                 }
                 Ok(_) => {
                     crate::metrics::inc(&crate::metrics::METRICS.virtio_bad_requests);
@@ -286,32 +283,35 @@ impl Net {
                 }
                 Err(_) => 0,
             };
-            a.rx.add_used(&a.mem, head, len);
+            rxq.add_used(mem, head, len);
             used = true;
         }
-        if used && a.rx.needs_notification(&a.mem) {
-            a.irq.signal_used();
+        if used && rxq.needs_notification(mem) {
+            irq.signal_used();
         }
         self.watch_tap(epoll, !stalled);
     }
 
     fn process_tx(&mut self) {
-        let Some(a) = &mut self.active else { return };
+        let Some(ActiveState { mem, queues, irq }) = self.state.active_mut() else {
+            return;
+        };
+        let txq = &mut queues[TX];
         let mut used = false;
         loop {
-            a.tx.disable_notification(&a.mem);
-            while let Some((head, chain)) = a.tx.pop(&a.mem) {
+            txq.disable_notification(mem);
+            while let Some((head, chain)) = txq.pop(mem) {
                 if let Ok(c) = &chain {
                     let len = c.readable_len();
                     if !self
                         .tx_limiter
                         .consume(len.saturating_sub(VNET_HDR_LEN as u64), 1)
                     {
-                        a.tx.undo_pop();
+                        txq.undo_pop();
                         break;
                     }
                     if (VNET_HDR_LEN as u64..=MAX_FRAME as u64).contains(&len) {
-                        let n = ChainReader::new(&a.mem, &c.readable)
+                        let n = ChainReader::new(mem, &c.readable)
                             .read(&mut self.frame[..crate::cast::usize_from(len)]);
                         // A full or vanished tap drops the frame, as a cable would.
                         let _ = self.tap.file.write(&self.frame[..n]);
@@ -319,20 +319,20 @@ impl Net {
                         crate::metrics::inc(&crate::metrics::METRICS.virtio_bad_requests);
                     }
                 }
-                a.tx.add_used(&a.mem, head, 0);
+                txq.add_used(mem, head, 0);
                 used = true;
             }
-            if self.tx_limiter.is_blocked() || !a.tx.enable_notification(&a.mem) {
+            if self.tx_limiter.is_blocked() || !txq.enable_notification(mem) {
                 break;
             }
         }
-        if used && a.tx.needs_notification(&a.mem) {
-            a.irq.signal_used();
+        if used && txq.needs_notification(mem) {
+            irq.signal_used();
         }
     }
 
     fn apply_offload(&mut self) {
-        if let Some(flags) = self.active.as_mut().and_then(|a| a.offload_pending.take()) {
+        if let Some(flags) = self.offload_pending.take() {
             if let Err(e) = self.tap.set_offload(flags) {
                 crate::log_warn!("tap {}: TUNSETOFFLOAD {flags:#x}: {e}", self.tap.name);
             }
@@ -381,12 +381,10 @@ impl VirtioDevice for Net {
                 .unwrap_or(0);
         }
     }
-    fn activate(&mut self, mut ctx: ActiveContext, _epoll: &Epoll) -> Result<(), String> {
+    fn activate(&mut self, ctx: ActiveContext, _epoll: &Epoll) -> Result<(), String> {
         if ctx.queues.len() != 2 {
             return Err("virtio-net needs 2 queues".into());
         }
-        let tx = ctx.queues.pop().ok_or("tx queue")?;
-        let rx = ctx.queues.pop().ok_or("rx queue")?;
         let g = ctx.acked_features;
         let mut off = 0;
         for (bit, tun) in [
@@ -406,17 +404,13 @@ impl VirtioDevice for Net {
         // Activation runs on a vCPU thread (a Status write) whose seccomp filter has no tap
         // ioctls: the event loop applies the offloads at the first queue event, which the
         // transport raises right after activation.
-        self.active = Some(Active {
-            mem: ctx.mem,
-            rx,
-            tx,
-            irq: ctx.interrupt,
-            offload_pending: Some(off),
-        });
+        self.offload_pending = Some(off);
+        self.state.activate(ctx);
         Ok(())
     }
     fn reset(&mut self, _epoll: &Epoll) {
-        self.active = None;
+        self.state.reset();
+        self.offload_pending = None;
         self.pending = None;
     }
     fn queue_event(&mut self, idx: usize, epoll: &Epoll) {

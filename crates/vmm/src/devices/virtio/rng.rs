@@ -5,27 +5,21 @@
 use std::any::Any;
 use std::os::fd::RawFd;
 
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::Epoll;
 
+use super::device_state::{ActiveState, DeviceState};
 use super::queue::ChainWriter;
 use super::rate_limiter::RateLimiter;
-use super::{ActiveContext, Interrupt, VirtQueue, VirtioDevice, COMMON_FEATURES, TYPE_RNG};
+use super::{ActiveContext, VirtioDevice, COMMON_FEATURES, TYPE_RNG};
 
 const QUEUE_SIZE: u16 = 256;
 const TOKEN_LIMITER: u64 = super::DEVICE_TOKEN_BASE;
 /// Largest amount handed out per request (Linux asks for at most a page or so).
 const MAX_PER_REQUEST: usize = 64 << 10;
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: VirtQueue,
-    irq: Interrupt,
-}
-
 /// The entropy device.
 pub struct Rng {
-    active: Option<Active>,
+    state: DeviceState,
     limiter: RateLimiter,
     buf: Vec<u8>,
 }
@@ -39,42 +33,45 @@ impl std::fmt::Debug for Rng {
 impl Rng {
     pub fn new(limiter: Option<&crate::config::RateLimiter>) -> std::io::Result<Rng> {
         Ok(Rng {
-            active: None,
+            state: DeviceState::Inactive,
             limiter: RateLimiter::new(limiter)?,
             buf: Vec::new(),
         })
     }
 
     fn process(&mut self) {
-        let Some(a) = &mut self.active else { return };
+        let Some(ActiveState { mem, queues, irq }) = self.state.active_mut() else {
+            return;
+        };
+        let queue = &mut queues[0];
         let mut used = false;
         loop {
-            a.queue.disable_notification(&a.mem);
-            while let Some((head, chain)) = a.queue.pop(&a.mem) {
+            queue.disable_notification(mem);
+            while let Some((head, chain)) = queue.pop(mem) {
                 let len = match chain {
                     Ok(c) => {
                         let want = crate::cast::usize_from(c.writable_len()).min(MAX_PER_REQUEST);
                         if !self.limiter.consume(want as u64, 1) {
-                            a.queue.undo_pop();
+                            queue.undo_pop();
                             break;
                         }
                         self.buf.resize(want, 0);
                         match getrandom::fill(&mut self.buf) {
-                            Ok(()) => ChainWriter::new(&a.mem, &c.writable).write(&self.buf),
+                            Ok(()) => ChainWriter::new(mem, &c.writable).write(&self.buf),
                             Err(_) => 0,
                         }
                     }
                     Err(_) => 0,
                 };
-                a.queue.add_used(&a.mem, head, crate::cast::len_u32(len));
+                queue.add_used(mem, head, crate::cast::len_u32(len));
                 used = true;
             }
-            if self.limiter.is_blocked() || !a.queue.enable_notification(&a.mem) {
+            if self.limiter.is_blocked() || !queue.enable_notification(mem) {
                 break;
             }
         }
-        if used && a.queue.needs_notification(&a.mem) {
-            a.irq.signal_used();
+        if used && queue.needs_notification(mem) {
+            irq.signal_used();
         }
     }
 }
@@ -92,17 +89,15 @@ impl VirtioDevice for Rng {
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
-    fn activate(&mut self, mut ctx: ActiveContext, _epoll: &Epoll) -> Result<(), String> {
-        let queue = ctx.queues.pop().ok_or("virtio-rng needs its queue")?;
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queue,
-            irq: ctx.interrupt,
-        });
+    fn activate(&mut self, ctx: ActiveContext, _epoll: &Epoll) -> Result<(), String> {
+        if ctx.queues.is_empty() {
+            return Err("virtio-rng needs its queue".into());
+        }
+        self.state.activate(ctx);
         Ok(())
     }
     fn reset(&mut self, _epoll: &Epoll) {
-        self.active = None;
+        self.state.reset();
     }
     fn queue_event(&mut self, _idx: usize, _epoll: &Epoll) {
         self.process();

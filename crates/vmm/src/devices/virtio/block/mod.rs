@@ -21,9 +21,10 @@ use std::path::Path;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::Epoll;
 
+use super::device_state::{ActiveState, DeviceState};
 use super::queue::{Chain, ChainReader, ChainWriter};
 use super::rate_limiter::RateLimiter;
-use super::{ActiveContext, Interrupt, VirtQueue, VirtioDevice, COMMON_FEATURES, TYPE_BLOCK};
+use super::{ActiveContext, VirtioDevice, COMMON_FEATURES, TYPE_BLOCK};
 use disk::DiskImage;
 
 pub const QUEUE_SIZE: u16 = 256;
@@ -57,12 +58,6 @@ const ID_BYTES: usize = 20;
 const MAX_REQUEST_BYTES: u64 = 64 << 20;
 const TOKEN_LIMITER: u64 = super::DEVICE_TOKEN_BASE;
 
-struct Active {
-    mem: GuestMemoryMmap,
-    queue: VirtQueue,
-    irq: Interrupt,
-}
-
 /// The block device.
 pub struct Block {
     id: String,
@@ -71,7 +66,7 @@ pub struct Block {
     /// The configured `image_format` (None: probed), kept for `PATCH` replacements.
     image_format: Option<String>,
     limiter: RateLimiter,
-    active: Option<Active>,
+    state: DeviceState,
     buf: Vec<u8>,
 }
 
@@ -109,7 +104,7 @@ impl Block {
             read_only,
             image_format: None,
             limiter: RateLimiter::new(limiter).map_err(BlockError::Limiter)?,
-            active: None,
+            state: DeviceState::Inactive,
             buf: Vec::new(),
         })
     }
@@ -299,34 +294,37 @@ impl Block {
     }
 
     fn process(&mut self) {
-        let Some(mut a) = self.active.take() else {
+        // Taken out while `handle` needs `&mut self`; put back below.
+        let Some(mut a) = self.state.take() else {
             return;
         };
+        let ActiveState { mem, queues, irq } = &mut a;
+        let queue = &mut queues[0];
         let mut used = false;
         loop {
-            a.queue.disable_notification(&a.mem);
-            while let Some((head, chain)) = a.queue.pop(&a.mem) {
+            queue.disable_notification(mem);
+            while let Some((head, chain)) = queue.pop(mem) {
                 let len = match chain {
-                    Ok(c) => match self.handle(&a.mem, c) {
+                    Ok(c) => match self.handle(mem, c) {
                         Some(l) => l,
                         None => {
-                            a.queue.undo_pop();
+                            queue.undo_pop();
                             break;
                         }
                     },
                     Err(_) => 0,
                 };
-                a.queue.add_used(&a.mem, head, len);
+                queue.add_used(mem, head, len);
                 used = true;
             }
-            if self.limiter.is_blocked() || !a.queue.enable_notification(&a.mem) {
+            if self.limiter.is_blocked() || !queue.enable_notification(mem) {
                 break;
             }
         }
-        if used && a.queue.needs_notification(&a.mem) {
-            a.irq.signal_used();
+        if used && queue.needs_notification(mem) {
+            irq.signal_used();
         }
-        self.active = Some(a);
+        self.state.put_back(a);
     }
 }
 
@@ -359,19 +357,17 @@ impl VirtioDevice for Block {
                 .unwrap_or(0);
         }
     }
-    fn activate(&mut self, mut ctx: ActiveContext, _epoll: &Epoll) -> Result<(), String> {
-        let queue = ctx.queues.pop().ok_or("virtio-blk needs its queue")?;
-        self.active = Some(Active {
-            mem: ctx.mem,
-            queue,
-            irq: ctx.interrupt,
-        });
+    fn activate(&mut self, ctx: ActiveContext, _epoll: &Epoll) -> Result<(), String> {
+        if ctx.queues.is_empty() {
+            return Err("virtio-blk needs its queue".into());
+        }
+        self.state.activate(ctx);
         Ok(())
     }
     fn reset(&mut self, _epoll: &Epoll) {
         // Runs on a vCPU thread (a Status write), whose seccomp filter has no fdatasync: the
         // guest flushes before resetting; written data is in the page cache either way.
-        self.active = None;
+        self.state.reset();
     }
     fn queue_event(&mut self, _idx: usize, _epoll: &Epoll) {
         self.process();

@@ -7,33 +7,23 @@ use std::io;
 use std::os::fd::RawFd;
 use std::path::Path;
 
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{Epoll, EventSet};
 
 use super::muxer::{Muxer, TOKEN_LISTENER};
 use super::packet::{PacketHeader, EVENT_TRANSPORT_RESET, HDR_LEN, MAX_PKT_PAYLOAD};
 use super::{bad_packet, QUEUE_SIZE};
+use crate::devices::virtio::device_state::{ActiveState, DeviceState};
 use crate::devices::virtio::queue::{ChainReader, ChainWriter};
-use crate::devices::virtio::{
-    ActiveContext, Interrupt, VirtQueue, VirtioDevice, COMMON_FEATURES, TYPE_VSOCK,
-};
+use crate::devices::virtio::{ActiveContext, VirtioDevice, COMMON_FEATURES, TYPE_VSOCK};
 
 const RXQ: usize = 0;
 const TXQ: usize = 1;
 const EVQ: usize = 2;
 
-struct Active {
-    mem: GuestMemoryMmap,
-    rx: VirtQueue,
-    tx: VirtQueue,
-    ev: VirtQueue,
-    irq: Interrupt,
-}
-
 /// The vsock device.
 pub struct Vsock {
     guest_cid: u64,
-    active: Option<Active>,
+    state: DeviceState,
     muxer: Muxer,
     reset_event_pending: bool,
     /// One packet's payload, either direction.
@@ -55,7 +45,7 @@ impl Vsock {
     pub fn new(guest_cid: u64, uds_path: &Path) -> io::Result<Vsock> {
         Ok(Vsock {
             guest_cid,
-            active: None,
+            state: DeviceState::Inactive,
             muxer: Muxer::new(guest_cid, uds_path)?,
             reset_event_pending: false,
             scratch: vec![0u8; MAX_PKT_PAYLOAD as usize],
@@ -88,23 +78,24 @@ impl Vsock {
 
     /// Takes the guest's packets off the TX queue and hands the valid ones to the muxer.
     fn process_tx(&mut self, epoll: &Epoll) {
-        let Some(a) = &mut self.active else { return };
-        let mem = a.mem.clone();
+        let Some(ActiveState { mem, queues, irq }) = self.state.active_mut() else {
+            return;
+        };
+        let txq = &mut queues[TXQ];
         let mut used = false;
         let mut hdr = [0u8; HDR_LEN];
         loop {
-            let a = self.active.as_mut().expect("active");
-            a.tx.disable_notification(&mem);
-            let Some((head, chain)) = a.tx.pop(&mem) else {
-                if a.tx.enable_notification(&mem) {
+            txq.disable_notification(mem);
+            let Some((head, chain)) = txq.pop(mem) else {
+                if txq.enable_notification(mem) {
                     continue;
                 }
                 break;
             };
-            a.tx.add_used(&mem, head, 0);
+            txq.add_used(mem, head, 0);
             used = true;
             let Ok(c) = chain else { continue };
-            let mut r = ChainReader::new(&mem, &c.readable);
+            let mut r = ChainReader::new(mem, &c.readable);
             if !r.read_exact(&mut hdr) {
                 bad_packet();
                 continue;
@@ -125,29 +116,28 @@ impl Vsock {
             self.muxer
                 .handle_guest_packet(&h, &self.scratch[..n], epoll);
         }
-        let a = self.active.as_mut().expect("active");
-        if used && a.tx.needs_notification(&mem) {
-            a.irq.signal_used();
+        if used && txq.needs_notification(mem) {
+            irq.signal_used();
         }
     }
 
     /// Fills RX buffers: control packets first, then data from host sockets with credit.
     fn process_rx(&mut self, epoll: &Epoll) {
-        let Some(a) = self.active.as_mut() else {
+        let Some(ActiveState { mem, queues, irq }) = self.state.active_mut() else {
             return;
         };
-        let mem = a.mem.clone();
+        let rxq = &mut queues[RXQ];
         let mut used = false;
         // Anything to send?
         while self.muxer.has_rx() {
-            let Some((head, chain)) = a.rx.pop(&mem) else {
+            let Some((head, chain)) = rxq.pop(mem) else {
                 break; // the guest's RX notification brings us back
             };
             let c = match chain {
                 Ok(c) if c.writable_len() >= HDR_LEN as u64 => c,
                 _ => {
                     bad_packet();
-                    a.rx.add_used(&mem, head, 0);
+                    rxq.add_used(mem, head, 0);
                     used = true;
                     continue;
                 }
@@ -157,45 +147,48 @@ impl Vsock {
                     .unwrap_or(MAX_PKT_PAYLOAD);
             let Some(h) = self.muxer.next_rx(room, &mut self.scratch) else {
                 // Nothing after all (would-block or EOF handled): give the buffer back.
-                a.rx.undo_pop();
+                rxq.undo_pop();
                 continue;
             };
-            let mut w = ChainWriter::new(&mem, &c.writable);
+            let mut w = ChainWriter::new(mem, &c.writable);
             w.write(&h.encode());
             if h.len > 0 {
                 w.write(&self.scratch[..h.len as usize]);
             }
             // A header and at most `room` (MAX_PKT_PAYLOAD) bytes.
             let written = u32::try_from(w.written()).unwrap_or(u32::MAX);
-            a.rx.add_used(&mem, head, written);
+            rxq.add_used(mem, head, written);
             used = true;
         }
-        if used && a.rx.needs_notification(&mem) {
-            a.irq.signal_used();
+        if used && rxq.needs_notification(mem) {
+            irq.signal_used();
         }
         self.muxer.sync_all(epoll);
     }
 
     fn process_event_queue(&mut self) {
-        let Some(a) = &mut self.active else { return };
+        let Some(ActiveState { mem, queues, irq }) = self.state.active_mut() else {
+            return;
+        };
+        let evq = &mut queues[EVQ];
         if !self.reset_event_pending {
             return;
         }
-        let Some((head, chain)) = a.ev.pop(&a.mem) else {
+        let Some((head, chain)) = evq.pop(mem) else {
             return;
         };
         let len = match chain {
             Ok(c) if c.writable_len() >= 4 => crate::cast::len_u32(
-                ChainWriter::new(&a.mem, &c.writable).write(&EVENT_TRANSPORT_RESET.to_le_bytes()),
+                ChainWriter::new(mem, &c.writable).write(&EVENT_TRANSPORT_RESET.to_le_bytes()),
             ),
             _ => 0,
         };
-        a.ev.add_used(&a.mem, head, len);
+        evq.add_used(mem, head, len);
         if len == 4 {
             self.reset_event_pending = false;
         }
-        if a.ev.needs_notification(&a.mem) {
-            a.irq.signal_used();
+        if evq.needs_notification(mem) {
+            irq.signal_used();
         }
     }
 }
@@ -221,26 +214,17 @@ impl VirtioDevice for Vsock {
                 .unwrap_or(0);
         }
     }
-    fn activate(&mut self, mut ctx: ActiveContext, _epoll: &Epoll) -> Result<(), String> {
+    fn activate(&mut self, ctx: ActiveContext, _epoll: &Epoll) -> Result<(), String> {
         if ctx.queues.len() != 3 {
             return Err("virtio-vsock needs 3 queues".into());
         }
-        let ev = ctx.queues.pop().ok_or("event queue")?;
-        let tx = ctx.queues.pop().ok_or("tx queue")?;
-        let rx = ctx.queues.pop().ok_or("rx queue")?;
         // No syscalls here (vCPU thread): the queue events the transport raises right after
         // activation run the first RX pass (host connections that waited) on the event loop.
-        self.active = Some(Active {
-            mem: ctx.mem,
-            rx,
-            tx,
-            ev,
-            irq: ctx.interrupt,
-        });
+        self.state.activate(ctx);
         Ok(())
     }
     fn reset(&mut self, _epoll: &Epoll) {
-        self.active = None;
+        self.state.reset();
         self.muxer.drop_all();
     }
     fn queue_event(&mut self, idx: usize, epoll: &Epoll) {
