@@ -13,12 +13,13 @@
 
 pub mod disk;
 pub mod qcow2;
+mod wire;
 
 use std::any::Any;
 use std::os::fd::RawFd;
 use std::path::Path;
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::Epoll;
 
 use super::device_state::{ActiveState, DeviceState};
@@ -26,6 +27,7 @@ use super::queue::{Chain, ChainReader, ChainWriter};
 use super::rate_limiter::RateLimiter;
 use super::{ActiveContext, VirtioDevice, COMMON_FEATURES, TYPE_BLOCK};
 use disk::DiskImage;
+use wire::{Config, DiscardSegment, RequestHeader};
 
 pub const QUEUE_SIZE: u16 = 256;
 /// Segments per DISCARD / WRITE_ZEROES request.
@@ -145,20 +147,21 @@ impl Block {
         self.disk.size() / SECTOR
     }
 
-    fn config_bytes(&self) -> [u8; 60] {
-        let mut c = [0u8; 60];
-        c[0..8].copy_from_slice(&self.capacity_sectors().to_le_bytes());
-        c[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
-        c[20..24].copy_from_slice(&SECTOR_U32.to_le_bytes());
-        c[34..36].copy_from_slice(&1u16.to_le_bytes()); // num_queues
-        let max_sectors = (u32::MAX / SECTOR_U32).to_le_bytes();
-        c[36..40].copy_from_slice(&max_sectors); // max_discard_sectors
-        c[40..44].copy_from_slice(&MAX_SEGS.to_le_bytes());
-        c[44..48].copy_from_slice(&1u32.to_le_bytes()); // discard_sector_alignment
-        c[48..52].copy_from_slice(&max_sectors); // max_write_zeroes_sectors
-        c[52..56].copy_from_slice(&MAX_SEGS.to_le_bytes());
-        c[56] = 1; // write_zeroes_may_unmap
-        c
+    fn config(&self) -> Config {
+        let max_sectors = (u32::MAX / SECTOR_U32).to_le();
+        Config {
+            capacity: self.capacity_sectors().to_le(),
+            seg_max: SEG_MAX.to_le(),
+            blk_size: SECTOR_U32.to_le(),
+            num_queues: 1u16.to_le(),
+            max_discard_sectors: max_sectors,
+            max_discard_seg: MAX_SEGS.to_le(),
+            discard_sector_alignment: 1u32.to_le(),
+            max_write_zeroes_sectors: max_sectors,
+            max_write_zeroes_seg: MAX_SEGS.to_le(),
+            write_zeroes_may_unmap: 1,
+            ..Config::default()
+        }
     }
 
     /// Handles one chain; returns `Some(used length)`, or None when the rate limiter refused
@@ -169,14 +172,12 @@ impl Block {
             return Some(0);
         };
         let mut r = ChainReader::new(mem, &c.readable);
-        let mut hdr = [0u8; 16];
-        let (status, data_len) = if !r.read_exact(&mut hdr) {
+        let mut hdr = RequestHeader::default();
+        let (status, data_len) = if !r.read_exact(hdr.as_mut_slice()) {
             (VIRTIO_BLK_S_IOERR, 0)
         } else {
-            let ty = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
-            let mut s8 = [0u8; 8];
-            s8.copy_from_slice(&hdr[8..16]);
-            let sector = u64::from_le_bytes(s8);
+            let ty = u32::from_le(hdr.type_);
+            let sector = u64::from_le(hdr.sector);
             let cost = match ty {
                 VIRTIO_BLK_T_IN => c.writable_len(),
                 VIRTIO_BLK_T_OUT => r.remaining(),
@@ -255,20 +256,19 @@ impl Block {
                 if self.read_only {
                     return (VIRTIO_BLK_S_IOERR, 0);
                 }
-                let nseg = r.remaining() / 16;
-                if nseg == 0 || nseg > u64::from(MAX_SEGS) || r.remaining() % 16 != 0 {
+                let seg_len = std::mem::size_of::<DiscardSegment>() as u64;
+                let nseg = r.remaining() / seg_len;
+                if nseg == 0 || nseg > u64::from(MAX_SEGS) || r.remaining() % seg_len != 0 {
                     return (VIRTIO_BLK_S_UNSUPP, 0);
                 }
                 for _ in 0..nseg {
-                    let mut seg = [0u8; 16];
-                    if !r.read_exact(&mut seg) {
+                    let mut seg = DiscardSegment::default();
+                    if !r.read_exact(seg.as_mut_slice()) {
                         return (VIRTIO_BLK_S_IOERR, 0);
                     }
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(&seg[0..8]);
-                    let s = u64::from_le_bytes(a);
-                    let n = u64::from(u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]));
-                    let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
+                    let s = u64::from_le(seg.sector);
+                    let n = u64::from(u32::from_le(seg.num_sectors));
+                    let flags = u32::from_le(seg.flags);
                     let unmap = flags & 1 != 0;
                     let ok = s
                         .checked_mul(SECTOR)
@@ -348,7 +348,8 @@ impl VirtioDevice for Block {
         f
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.config_bytes();
+        let cfg = self.config();
+        let c = cfg.as_slice();
         for (i, d) in data.iter_mut().enumerate() {
             *d = crate::cast::usize_from(offset)
                 .checked_add(i)
