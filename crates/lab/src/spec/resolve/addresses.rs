@@ -6,6 +6,9 @@ use crate::spec::model::*;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
+/// Network name → its IPv4 and IPv6 subnets.
+type NetSubnets = HashMap<String, (Option<Cidr>, Option<Cidr>)>;
+
 impl Resolver<'_> {
     /// Parses an interface address; without a prefix, the subnet's prefix is used.
     pub(super) fn address(&mut self, s: &str, subnet: Option<Cidr>, at: &Origin) -> Option<Cidr> {
@@ -87,8 +90,34 @@ impl Resolver<'_> {
         Some(c)
     }
 
+    /// Gives every interface its addresses and checks MACs: explicit addresses first (they
+    /// reserve), then automatic ones, in file order.
     pub(super) fn addresses(&mut self, b: &mut LabDraft) {
-        // Interfaces declared without a network that no link uses.
+        self.unconnected_interfaces(b);
+        let net_subnets: NetSubnets = b
+            .networks
+            .iter()
+            .map(|(n, _)| (n.name.0.clone(), (n.subnet, n.subnet6)))
+            .collect();
+        let owner = self.explicit_addresses(b, &net_subnets);
+        // Gateways held by the host are reserved too; .1 is always kept for a gateway.
+        let mut reserved: HashSet<IpAddr> = owner.keys().copied().collect();
+        for (n, _) in &b.networks {
+            if let Some(g) = n.gateway {
+                reserved.insert(g);
+            }
+            for s in [n.subnet, n.subnet6].into_iter().flatten() {
+                if let Some(h) = s.host(1) {
+                    reserved.insert(h.addr);
+                }
+            }
+        }
+        self.automatic_addresses(b, &net_subnets, reserved);
+        self.unique_macs(b);
+    }
+
+    /// Interfaces declared without a network that no link uses.
+    fn unconnected_interfaces(&mut self, b: &LabDraft) {
         for n in &b.nodes {
             for v in &n.vms {
                 for (i, info) in v.vm.interfaces.iter().zip(&v.ifaces) {
@@ -109,13 +138,16 @@ impl Resolver<'_> {
                 }
             }
         }
-        // Explicit addresses first (they reserve), then automatic ones, in file order.
+    }
+
+    /// The `addresses:` the file gives, checked against the interface's network; returns who
+    /// owns each address (`node.vm:iface`) and where it was written.
+    fn explicit_addresses(
+        &mut self,
+        b: &mut LabDraft,
+        net_subnets: &NetSubnets,
+    ) -> HashMap<IpAddr, (String, Origin)> {
         let mut owner: HashMap<IpAddr, (String, Origin)> = HashMap::new();
-        let net_subnets: HashMap<String, (Option<Cidr>, Option<Cidr>)> = b
-            .networks
-            .iter()
-            .map(|(n, _)| (n.name.0.clone(), (n.subnet, n.subnet6)))
-            .collect();
         for ni in 0..b.nodes.len() {
             for vi in 0..b.nodes[ni].vms.len() {
                 for ii in 0..b.nodes[ni].vms[vi].vm.interfaces.len() {
@@ -185,18 +217,17 @@ impl Resolver<'_> {
                 }
             }
         }
-        // Gateways held by the host are reserved too; .1 is always kept for a gateway.
-        let mut reserved: HashSet<IpAddr> = owner.keys().copied().collect();
-        for (n, _) in &b.networks {
-            if let Some(g) = n.gateway {
-                reserved.insert(g);
-            }
-            for s in [n.subnet, n.subnet6].into_iter().flatten() {
-                if let Some(h) = s.host(1) {
-                    reserved.insert(h.addr);
-                }
-            }
-        }
+        owner
+    }
+
+    /// The next free address of its network's subnets (from `.2`) for every network interface
+    /// without `addresses:`; `reserved` are taken already.
+    fn automatic_addresses(
+        &mut self,
+        b: &mut LabDraft,
+        net_subnets: &NetSubnets,
+        mut reserved: HashSet<IpAddr>,
+    ) {
         let mut next: HashMap<(String, bool), u128> = HashMap::new();
         for ni in 0..b.nodes.len() {
             for vi in 0..b.nodes[ni].vms.len() {
@@ -238,7 +269,10 @@ impl Resolver<'_> {
                 }
             }
         }
-        // Explicit MACs must be unique in the lab.
+    }
+
+    /// Explicit MACs must be unique in the lab.
+    fn unique_macs(&mut self, b: &LabDraft) {
         let mut macs: HashMap<MacAddr, String> = HashMap::new();
         for n in &b.nodes {
             for v in &n.vms {

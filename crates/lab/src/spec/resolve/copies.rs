@@ -5,6 +5,8 @@ use crate::spec::model::*;
 use std::collections::{HashMap, HashSet};
 
 impl Resolver<'_> {
+    /// The copies `copies:` asks for as (copy name, index); `[None]` for a lab without copies
+    /// (or with broken `copies:`, already reported).
     pub(super) fn copies(&mut self) -> Vec<Option<(String, u32)>> {
         let Some(c) = &self.raw.copies else {
             return vec![None];
@@ -68,6 +70,7 @@ impl Resolver<'_> {
         }
     }
 
+    /// Copies must not publish the same host port (the first clash is reported).
     pub(super) fn check_copies_ports(&mut self, labs: &[Lab]) {
         if labs.len() < 2 {
             return;

@@ -7,6 +7,9 @@ use std::collections::{HashMap, HashSet};
 
 /// A lab being resolved: networks, nodes and links so far. Links, addresses, gateways and
 /// publish complete it in turn; [`Resolver::lab`](super::Resolver) then turns it into a `Lab`.
+/// A link endpoint: (node index, VM index, interface name) in a [`LabDraft`].
+pub(super) type EndpointKey = (usize, usize, String);
+
 #[derive(Default)]
 pub(super) struct LabDraft {
     pub(super) lab: LabName,
@@ -14,8 +17,8 @@ pub(super) struct LabDraft {
     pub(super) uplinked: HashSet<String>,
     pub(super) nodes: Vec<NodeDraft>,
     pub(super) links: Vec<(Link, Origin)>,
-    /// (node index, VM index, interface) of every link endpoint → where that link is.
-    pub(super) used_endpoints: HashMap<(usize, usize, String), Origin>,
+    /// Every link endpoint → where that link is.
+    pub(super) used_endpoints: HashMap<EndpointKey, Origin>,
     /// Nodes whose template failed: references to their VMs are not reported again.
     pub(super) broken: HashSet<String>,
 }

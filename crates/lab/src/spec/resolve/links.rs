@@ -1,19 +1,21 @@
 //! Point-to-point links: endpoints, names, impairments, and the interfaces they attach.
 
-use super::draft::InterfaceDecl;
+use super::draft::{EndpointKey, InterfaceDecl};
 use super::{list, LabDraft, Origin, Resolver, DEFAULT_MTU};
 use crate::spec::error::suggest;
 use crate::spec::model::*;
 use crate::spec::raw::*;
 
 impl Resolver<'_> {
+    /// Parses endpoint `s` (`NODE.VM:IFACE`, or `VM:IFACE` inside node `node`) into a VM's
+    /// interface; None when it names nothing (reported, unless its node's template failed).
     fn endpoint(
         &mut self,
         b: &LabDraft,
         s: &str,
         at: &Origin,
         node: Option<&str>,
-    ) -> Option<(usize, usize, String)> {
+    ) -> Option<EndpointKey> {
         let form = if node.is_some() {
             "VM:IFACE"
         } else {
@@ -84,6 +86,8 @@ impl Resolver<'_> {
         Some((ni, vi, iface.to_string()))
     }
 
+    /// Resolves link `l` (written at `at`; inside node `node` for a node's `links:`): two free
+    /// interfaces, a unique name, impairments; the interfaces are attached (or created).
     pub(super) fn link(&mut self, b: &mut LabDraft, l: &RawLink, at: &Origin, node: Option<&str>) {
         let sub = |k: &str| Origin {
             src: at.src,
@@ -121,9 +125,43 @@ impl Resolver<'_> {
             );
             return;
         }
-        // Each endpoint: its interface must be free (not on a network or another link).
-        let mut ok = true;
+        if !self.endpoints_free(b, &ends) {
+            return;
+        }
         for ((ni, vi, iface), eat) in &ends {
+            b.used_endpoints
+                .insert((*ni, *vi, iface.clone()), eat.clone());
+        }
+        let ep = |b: &LabDraft, (ni, vi, iface): &EndpointKey| Endpoint {
+            vm: b.nodes[*ni].vms[*vi].vm.id.clone(),
+            iface: IfaceName(iface.clone()),
+        };
+        let a = ep(b, &ends[0].0);
+        let z = ep(b, &ends[1].0);
+        let (name, explicit) = self.link_name(b, l, &sub("name"), &a, &z);
+        let lname = LinkName(name);
+        for (key, _) in &ends {
+            attach_link(b, key, &lname, mtu, at);
+        }
+        b.links.push((
+            Link {
+                name: lname,
+                name_explicit: explicit,
+                endpoints: [a, z],
+                impair,
+                state: l.state.unwrap_or_default(),
+                mtu,
+                node: node.map(|n| NodeName(n.to_string())),
+            },
+            at.clone(),
+        ));
+    }
+
+    /// Whether each endpoint's interface is free: not in another link, not on a network, not
+    /// the node network's. Every taken one is reported.
+    fn endpoints_free(&mut self, b: &LabDraft, ends: &[(EndpointKey, Origin)]) -> bool {
+        let mut ok = true;
+        for ((ni, vi, iface), eat) in ends {
             let key = (*ni, *vi, iface.clone());
             if let Some(prev) = b.used_endpoints.get(&key) {
                 let line = self.sources[prev.src].root.deepest(&prev.path).pos.line;
@@ -169,19 +207,19 @@ impl Resolver<'_> {
                 }
             }
         }
-        if !ok {
-            return;
-        }
-        for ((ni, vi, iface), eat) in &ends {
-            b.used_endpoints
-                .insert((*ni, *vi, iface.clone()), eat.clone());
-        }
-        let ep = |b: &LabDraft, (ni, vi, iface): &(usize, usize, String)| Endpoint {
-            vm: b.nodes[*ni].vms[*vi].vm.id.clone(),
-            iface: IfaceName(iface.clone()),
-        };
-        let a = ep(b, &ends[0].0);
-        let z = ep(b, &ends[1].0);
+        ok
+    }
+
+    /// The link's name and whether the file gave it (`name:` at `at`); by default `A-Z` of
+    /// its VMs, or with interfaces when that is taken. A name used twice is reported.
+    fn link_name(
+        &mut self,
+        b: &LabDraft,
+        l: &RawLink,
+        at: &Origin,
+        a: &Endpoint,
+        z: &Endpoint,
+    ) -> (String, bool) {
         let (name, explicit) = match &l.name {
             Some(n) => {
                 let valid = !n.is_empty()
@@ -190,7 +228,7 @@ impl Resolver<'_> {
                         .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
                 if !valid {
                     self.err(
-                        &sub("name"),
+                        at,
                         format!("link name '{n}' is not valid"),
                         "use letters, digits, '-', '_', '.' and ':' (at most 64)".to_string(),
                     );
@@ -209,58 +247,15 @@ impl Resolver<'_> {
         if let Some((_, prev)) = b.links.iter().find(|(x, _)| x.name.0 == name) {
             let line = self.sources[prev.src].root.deepest(&prev.path).pos.line;
             self.err(
-                &sub("name"),
+                at,
                 format!("link name '{name}' used twice (first at line {line})"),
                 "give each link its own `name:`".to_string(),
             );
         }
-        let lname = LinkName(name);
-        // Attach (or create) the interfaces.
-        for (ni, vi, iface) in ends.iter().map(|(x, _)| x) {
-            let lab = b.lab.0.clone();
-            let bvm = &mut b.nodes[*ni].vms[*vi];
-            let id = bvm.vm.id.clone();
-            match bvm.vm.interfaces.iter_mut().find(|i| i.name.0 == *iface) {
-                Some(i) => {
-                    i.attach = Attachment::Link(lname.clone());
-                    if i.mtu == DEFAULT_MTU {
-                        i.mtu = mtu;
-                    }
-                }
-                None => {
-                    bvm.vm.interfaces.push(Interface {
-                        name: IfaceName(iface.clone()),
-                        attach: Attachment::Link(lname.clone()),
-                        addresses: Vec::new(),
-                        mac: MacAddr::derived(&lab, &id.node.0, &id.vm.0, iface),
-                        mac_explicit: false,
-                        mtu,
-                        vlan: None,
-                        gateway: None,
-                        no_gateway: false,
-                    });
-                    bvm.ifaces.push(InterfaceDecl {
-                        at: at.clone(),
-                        explicit_addresses: true,
-                        raw_addresses: None,
-                    });
-                }
-            }
-        }
-        b.links.push((
-            Link {
-                name: lname,
-                name_explicit: explicit,
-                endpoints: [a, z],
-                impair,
-                state: l.state.unwrap_or_default(),
-                mtu,
-                node: node.map(|n| NodeName(n.to_string())),
-            },
-            at.clone(),
-        ));
+        (name, explicit)
     }
 
+    /// A link's `impair:` (netem settings); jitter and reorder need a delay.
     fn impair(&mut self, r: Option<&RawImpair>, at: &Origin) -> Impairment {
         let Some(r) = r else {
             return Impairment::default();
@@ -310,6 +305,41 @@ impl Resolver<'_> {
             corrupt: chance(&r.corrupt),
             duplicate: chance(&r.duplicate),
             reorder: chance(&r.reorder),
+        }
+    }
+}
+
+/// Attaches interface `key` to link `lname`: a declared interface keeps its MTU unless that
+/// is the default (then it takes the link's); an undeclared one is created.
+fn attach_link(b: &mut LabDraft, key: &EndpointKey, lname: &LinkName, mtu: u32, at: &Origin) {
+    let (ni, vi, iface) = key;
+    let lab = b.lab.0.clone();
+    let bvm = &mut b.nodes[*ni].vms[*vi];
+    let id = bvm.vm.id.clone();
+    match bvm.vm.interfaces.iter_mut().find(|i| i.name.0 == *iface) {
+        Some(i) => {
+            i.attach = Attachment::Link(lname.clone());
+            if i.mtu == DEFAULT_MTU {
+                i.mtu = mtu;
+            }
+        }
+        None => {
+            bvm.vm.interfaces.push(Interface {
+                name: IfaceName(iface.clone()),
+                attach: Attachment::Link(lname.clone()),
+                addresses: Vec::new(),
+                mac: MacAddr::derived(&lab, &id.node.0, &id.vm.0, iface),
+                mac_explicit: false,
+                mtu,
+                vlan: None,
+                gateway: None,
+                no_gateway: false,
+            });
+            bvm.ifaces.push(InterfaceDecl {
+                at: at.clone(),
+                explicit_addresses: true,
+                raw_addresses: None,
+            });
         }
     }
 }

@@ -3,11 +3,13 @@
 
 use super::{spec_path, Located, Origin, Resolver};
 use crate::spec::error::{suggest, Path};
+use crate::spec::model::check_name;
 use crate::spec::parse;
 use crate::spec::raw::*;
 use crate::spec::templates;
 use crate::spec::units::MemMib;
 use indexmap::IndexMap;
+use std::collections::HashSet;
 
 /// A VM's fields after merging its template chain and node: the last layer that sets a field
 /// wins, and each value keeps where that layer wrote it.
@@ -42,6 +44,54 @@ pub(super) struct MergedNode {
 }
 
 impl Resolver<'_> {
+    /// Every node of the lab with its template chain merged, in file order, and the nodes
+    /// whose template could not be used (already reported). Checks node and template names.
+    pub(super) fn merge_nodes(&mut self) -> (Vec<(String, Origin, MergedNode)>, HashSet<String>) {
+        let raw = self.raw;
+        let mut merged: Vec<(String, Origin, MergedNode)> = Vec::new();
+        let mut broken: HashSet<String> = HashSet::new();
+        if raw.nodes.is_empty() {
+            let at = self.lab_at(Path::root());
+            self.err(
+                &at,
+                "the lab has no nodes".into(),
+                "add `nodes:` with at least one node".to_string(),
+            );
+        }
+        for (tname, _) in &raw.templates {
+            let at = self.lab_at(spec_path("templates").key(tname));
+            if let Err(why) = check_name(tname, 32, false) {
+                self.key_err(&at, format!("template name '{tname}' {why}"), None);
+            }
+        }
+        for (nname, rn) in &raw.nodes {
+            let at = self.lab_at(spec_path("nodes").key(nname));
+            if let Err(why) = check_name(nname, 32, false) {
+                self.key_err(
+                    &at,
+                    format!("node name '{nname}' {why}"),
+                    "node names are hostnames: lowercase letters, digits and '-'".to_string(),
+                );
+            }
+            let mut def = MergedNode::default();
+            let template_ok = self.merge_node(&mut def, rn, &at, &mut Vec::new());
+            if !template_ok {
+                broken.insert(nname.clone());
+            }
+            if def.vms.is_empty() && template_ok {
+                self.err(
+                    &at,
+                    format!("node '{nname}' has no VMs"),
+                    "add `vms:` or a `template:`".to_string(),
+                );
+            }
+            merged.push((nname.clone(), at, def));
+        }
+        (merged, broken)
+    }
+
+    /// Template `name`: the lab file's own first, then a shipped one (parsed once, added to
+    /// the sources). Gives its source index, the template and its path there.
     fn template(&mut self, name: &str) -> Option<(usize, RawNode, Path)> {
         if let Some(t) = self.raw.templates.get(name) {
             return Some((0, t.clone(), spec_path("templates").key(name)));
@@ -62,7 +112,7 @@ impl Resolver<'_> {
 
     /// Merges `rn` (at `at`) over `def`: its template first, then its own fields.
     /// False when a template could not be used (already reported).
-    pub(super) fn merge_node(
+    fn merge_node(
         &mut self,
         def: &mut MergedNode,
         rn: &RawNode,
@@ -115,41 +165,7 @@ impl Resolver<'_> {
             def.description = rn.description.clone();
         }
         if let Some(nn) = &rn.node_network {
-            let nat = o("node_network");
-            let sub = |k: &str| Origin {
-                src: nat.src,
-                path: nat.path.key(k),
-            };
-            if let Some(s) = &nn.subnet {
-                def.subnet = Some(Located {
-                    value: s.clone(),
-                    at: sub("subnet"),
-                });
-            }
-            if let Some(s) = &nn.interface {
-                def.interface = Some(Located {
-                    value: s.clone(),
-                    at: sub("interface"),
-                });
-            }
-            if let Some(m) = nn.mtu {
-                def.mtu = Some(Located {
-                    value: m,
-                    at: sub("mtu"),
-                });
-            }
-            for (vm, a) in &nn.addresses {
-                def.addresses.insert(
-                    vm.clone(),
-                    Located {
-                        value: a.clone(),
-                        at: Origin {
-                            src: nat.src,
-                            path: nat.path.key("addresses").key(vm),
-                        },
-                    },
-                );
-            }
+            merge_node_network(def, nn, &o("node_network"));
         }
         for (i, l) in rn.links.iter().enumerate() {
             def.links.push(Located {
@@ -172,6 +188,8 @@ impl Resolver<'_> {
     }
 }
 
+/// Merges VM `rv` (written at `at`) over `m`: scalars and `run`/`routes` replace, interfaces
+/// merge field by field, `files` and `env` by key.
 fn merge_vm(m: &mut MergedVm, rv: &RawVm, at: &Origin) {
     let o = |k: &str| Origin {
         src: at.src,
@@ -266,6 +284,44 @@ fn merge_vm(m: &mut MergedVm, rv: &RawVm, at: &Origin) {
                 at: Origin {
                     src: at.src,
                     path: at.path.key("env").key(k),
+                },
+            },
+        );
+    }
+}
+
+/// Merges `node_network:` (written at `nat`) over the node's.
+fn merge_node_network(def: &mut MergedNode, nn: &RawNodeNetwork, nat: &Origin) {
+    let sub = |k: &str| Origin {
+        src: nat.src,
+        path: nat.path.key(k),
+    };
+    if let Some(s) = &nn.subnet {
+        def.subnet = Some(Located {
+            value: s.clone(),
+            at: sub("subnet"),
+        });
+    }
+    if let Some(s) = &nn.interface {
+        def.interface = Some(Located {
+            value: s.clone(),
+            at: sub("interface"),
+        });
+    }
+    if let Some(m) = nn.mtu {
+        def.mtu = Some(Located {
+            value: m,
+            at: sub("mtu"),
+        });
+    }
+    for (vm, a) in &nn.addresses {
+        def.addresses.insert(
+            vm.clone(),
+            Located {
+                value: a.clone(),
+                at: Origin {
+                    src: nat.src,
+                    path: nat.path.key("addresses").key(vm),
                 },
             },
         );

@@ -7,7 +7,7 @@ use super::model::*;
 use super::parse::{self, Source};
 use super::raw::*;
 use super::units::MemMib;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path as FsPath, PathBuf};
 
 /// Default image of a VM when nothing says otherwise.
@@ -50,7 +50,6 @@ mod routes;
 mod vms;
 
 use draft::LabDraft;
-use merge::MergedNode;
 use nodes::lab_hosts;
 
 /// The parsed lab file, before resolution.
@@ -125,6 +124,8 @@ pub fn load_one(file: &str, text: &str, host: &HostLimits) -> Result<Lab, SpecEr
     Ok(labs.remove(0))
 }
 
+/// Parses and resolves; relative `files:` sources are taken from `base_dir`. Errors that only
+/// follow from a structural error already reported are dropped.
 fn load_with_base(
     file: &str,
     text: &str,
@@ -226,99 +227,34 @@ fn spec_path(s: &str) -> Path {
 }
 
 impl Resolver<'_> {
+    /// Reports an error at the value written at `at`.
     fn err(&mut self, at: &Origin, message: String, fix: impl Into<Option<String>>) {
         let e = self.sources[at.src].error(&at.path, message, fix.into());
         self.errors.push(e);
     }
 
+    /// Reports an error at the key of the entry at `at` (a name that is wrong).
     fn key_err(&mut self, at: &Origin, message: String, fix: impl Into<Option<String>>) {
         let e = self.sources[at.src].key_error(&at.path, message, fix.into());
         self.errors.push(e);
     }
 
+    /// `path` in the lab file itself.
     fn lab_at(&self, path: Path) -> Origin {
         Origin { src: 0, path }
     }
 
+    /// Resolves the lab, or copy `copy` (name, index) of it, in order: networks and uplink,
+    /// nodes (templates merged) with their VMs, links, addresses, gateways and routes, publish,
+    /// host names.
     fn lab(&mut self, copy: Option<&(String, u32)>) -> Option<Lab> {
         let raw = self.raw;
-        let name_at = self.lab_at(spec_path("name"));
-        let base_name = raw.name.clone();
-        if let Err(why) = check_name(&base_name, 40, true) {
-            self.err(
-                &name_at,
-                format!("lab name '{base_name}' {why}"),
-                "use lowercase letters, digits and '-', e.g. `name: my-lab`".to_string(),
-            );
-        }
-        let (name, copy_info) = match copy {
-            None => (base_name.clone(), None),
-            Some((c, i)) => {
-                let n = format!("{base_name}-{c}");
-                if n.len() > 40 {
-                    let at = self.lab_at(spec_path("copies"));
-                    self.err(
-                        &at,
-                        format!("copy lab name '{n}' is longer than 40 bytes"),
-                        "use a shorter lab name or shorter copy names".to_string(),
-                    );
-                }
-                (
-                    n,
-                    Some(CopyInfo {
-                        of: LabName(base_name.clone()),
-                        name: c.clone(),
-                        index: *i,
-                    }),
-                )
-            }
-        };
-        let lab_name = LabName(name);
+        let (lab_name, copy_info) = self.lab_name(copy);
         let id = LabId::of(&lab_name);
 
         let networks = self.networks();
         let (uplink, uplinked) = self.uplink(&networks);
-
-        // Nodes: merge template chains.
-        let mut merged: Vec<(String, Origin, MergedNode)> = Vec::new();
-        let mut broken: HashSet<String> = HashSet::new();
-        if raw.nodes.is_empty() {
-            let at = self.lab_at(Path::root());
-            self.err(
-                &at,
-                "the lab has no nodes".into(),
-                "add `nodes:` with at least one node".to_string(),
-            );
-        }
-        for (tname, _) in &raw.templates {
-            let at = self.lab_at(spec_path("templates").key(tname));
-            if let Err(why) = check_name(tname, 32, false) {
-                self.key_err(&at, format!("template name '{tname}' {why}"), None);
-            }
-        }
-        for (nname, rn) in &raw.nodes {
-            let at = self.lab_at(spec_path("nodes").key(nname));
-            if let Err(why) = check_name(nname, 32, false) {
-                self.key_err(
-                    &at,
-                    format!("node name '{nname}' {why}"),
-                    "node names are hostnames: lowercase letters, digits and '-'".to_string(),
-                );
-            }
-            let mut def = MergedNode::default();
-            let template_ok = self.merge_node(&mut def, rn, &at, &mut Vec::new());
-            if !template_ok {
-                broken.insert(nname.clone());
-            }
-            if def.vms.is_empty() && template_ok {
-                self.err(
-                    &at,
-                    format!("node '{nname}' has no VMs"),
-                    "add `vms:` or a `template:`".to_string(),
-                );
-            }
-            merged.push((nname.clone(), at, def));
-        }
+        let (merged, broken) = self.merge_nodes();
 
         let mut b = LabDraft {
             lab: lab_name.clone(),
@@ -372,6 +308,44 @@ impl Resolver<'_> {
         })
     }
 
+    /// The lab's name (checked), or copy `copy`'s `LAB-COPY` and what it is a copy of.
+    fn lab_name(&mut self, copy: Option<&(String, u32)>) -> (LabName, Option<CopyInfo>) {
+        let raw = self.raw;
+        let name_at = self.lab_at(spec_path("name"));
+        let base_name = raw.name.clone();
+        if let Err(why) = check_name(&base_name, 40, true) {
+            self.err(
+                &name_at,
+                format!("lab name '{base_name}' {why}"),
+                "use lowercase letters, digits and '-', e.g. `name: my-lab`".to_string(),
+            );
+        }
+        let (name, copy_info) = match copy {
+            None => (base_name.clone(), None),
+            Some((c, i)) => {
+                let n = format!("{base_name}-{c}");
+                if n.len() > 40 {
+                    let at = self.lab_at(spec_path("copies"));
+                    self.err(
+                        &at,
+                        format!("copy lab name '{n}' is longer than 40 bytes"),
+                        "use a shorter lab name or shorter copy names".to_string(),
+                    );
+                }
+                (
+                    n,
+                    Some(CopyInfo {
+                        of: LabName(base_name.clone()),
+                        name: c.clone(),
+                        index: *i,
+                    }),
+                )
+            }
+        };
+        (LabName(name), copy_info)
+    }
+
+    /// The lab's VMs together must fit in the host's memory (when each one does).
     fn host_totals(&mut self, b: &LabDraft) {
         let total: u64 = b
             .nodes
@@ -397,8 +371,6 @@ impl Resolver<'_> {
         }
     }
 }
-
-/// Adds `vm.node` names of the other nodes' VMs (their first IPv4 address on a lab network)
 
 /// Names for a fix hint: `a, b, c`, or `(none)`.
 fn list<'a>(it: impl Iterator<Item = &'a str>) -> String {

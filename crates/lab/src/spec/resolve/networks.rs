@@ -8,6 +8,8 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 impl Resolver<'_> {
+    /// `networks:`, each checked, in file order with where it was written; subnets of one lab
+    /// must not overlap.
     pub(super) fn networks(&mut self) -> Vec<(Network, Origin)> {
         let mut out: Vec<(Network, Origin)> = Vec::new();
         for (name, rn) in &self.raw.networks {
@@ -39,41 +41,10 @@ impl Resolver<'_> {
                 v => v.map(|v| v as u16),
             };
             let mtu = self.mtu(rn.mtu, &sub("mtu"));
-            let gateway = rn.gateway.as_ref().and_then(|g| {
-                let at = sub("gateway");
-                match g.parse::<IpAddr>() {
-                    Err(_) => {
-                        self.err(
-                            &at,
-                            format!("'{g}' is not an IP address"),
-                            "write an address like 10.0.0.1".to_string(),
-                        );
-                        None
-                    }
-                    Ok(ip) => {
-                        let within = [subnet, subnet6].iter().flatten().any(|s| s.contains(ip));
-                        if !within {
-                            let s = [subnet, subnet6]
-                                .iter()
-                                .flatten()
-                                .map(|s| s.to_string())
-                                .collect::<Vec<_>>()
-                                .join(" or ");
-                            self.err(
-                                &at,
-                                if s.is_empty() {
-                                    format!("gateway {ip} on a network without a subnet")
-                                } else {
-                                    format!("gateway {ip} is outside the network's subnet {s}")
-                                },
-                                "give the network a subnet and the gateway an address in it"
-                                    .to_string(),
-                            );
-                        }
-                        Some(ip)
-                    }
-                }
-            });
+            let gateway = rn
+                .gateway
+                .as_ref()
+                .and_then(|g| self.network_gateway(g, [subnet, subnet6], &sub("gateway")));
             // Overlaps within the lab.
             for (other, oat) in &out {
                 for (mine, theirs, k) in [
@@ -112,6 +83,48 @@ impl Resolver<'_> {
         out
     }
 
+    /// A network's `gateway:` (written at `at`): an IP address in one of its `subnets`.
+    fn network_gateway(
+        &mut self,
+        g: &str,
+        subnets: [Option<Cidr>; 2],
+        at: &Origin,
+    ) -> Option<IpAddr> {
+        let [subnet, subnet6] = subnets;
+        match g.parse::<IpAddr>() {
+            Err(_) => {
+                self.err(
+                    at,
+                    format!("'{g}' is not an IP address"),
+                    "write an address like 10.0.0.1".to_string(),
+                );
+                None
+            }
+            Ok(ip) => {
+                let within = [subnet, subnet6].iter().flatten().any(|s| s.contains(ip));
+                if !within {
+                    let s = [subnet, subnet6]
+                        .iter()
+                        .flatten()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" or ");
+                    self.err(
+                        at,
+                        if s.is_empty() {
+                            format!("gateway {ip} on a network without a subnet")
+                        } else {
+                            format!("gateway {ip} is outside the network's subnet {s}")
+                        },
+                        "give the network a subnet and the gateway an address in it".to_string(),
+                    );
+                }
+                Some(ip)
+            }
+        }
+    }
+
+    /// A subnet (IPv4 when `v4`) written at `at`: the network address, at most /30 for IPv4.
     pub(super) fn subnet(&mut self, s: &str, at: &Origin, v4: bool) -> Option<Cidr> {
         match s.parse::<Cidr>() {
             Err(e) => {
@@ -158,6 +171,7 @@ impl Resolver<'_> {
         }
     }
 
+    /// An MTU written at `at` (68..65535), 1500 when not given or invalid.
     pub(super) fn mtu(&mut self, m: Option<u32>, at: &Origin) -> u32 {
         match m {
             None => DEFAULT_MTU,
@@ -173,6 +187,7 @@ impl Resolver<'_> {
         }
     }
 
+    /// The networks NATed through the host (`uplink:`), as a list and as a set of names.
     pub(super) fn uplink(&mut self, nets: &[(Network, Origin)]) -> (Vec<NetName>, HashSet<String>) {
         let names: Vec<String> = match &self.raw.uplink {
             None | Some(RawUplink::All(false)) => vec![],

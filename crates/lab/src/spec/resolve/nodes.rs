@@ -9,59 +9,117 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 impl Resolver<'_> {
+    /// Resolves node `nname` (written at `at`) from its merged definition: its node network,
+    /// the addresses and names on it, then its VMs.
     pub(super) fn node(&mut self, b: &mut LabDraft, nname: &str, at: &Origin, def: &MergedNode) {
         let node = NodeName(nname.to_string());
-        // The node network.
         let network = if def.vms.len() >= 2 {
-            let subnet = match &def.subnet {
-                Some(s) => self.subnet(&s.value, &s.at, true),
-                None => DEFAULT_NODE_SUBNET.parse().ok(),
-            };
-            let ifname = match &def.interface {
-                Some(i) => {
-                    if let Err(why) = check_ifname(&i.value) {
-                        self.err(&i.at, format!("interface name '{}' {why}", i.value), None);
-                    }
-                    i.value.clone()
-                }
-                None => "eth0".to_string(),
-            };
-            let mtu = match &def.mtu {
-                Some(m) => self.mtu(Some(m.value), &m.at),
-                None => DEFAULT_MTU,
-            };
-            if let Some(s) = subnet {
-                for (net, nat) in &b.networks {
-                    if let Some(ns) = net.subnet {
-                        if ns.overlaps(&s) {
-                            let here = def.subnet.as_ref().map_or(at.clone(), |x| x.at.clone());
-                            let line = self.sources[0].root.deepest(&nat.path).pos.line;
-                            self.err(
-                                &here,
-                                format!(
-                                    "node network {s} of node '{nname}' overlaps {ns} of network '{}' (line {line})",
-                                    net.name
-                                ),
-                                Some(format!(
-                                    "set nodes.{nname}.node_network.subnet to a free range"
-                                )),
-                            );
-                        }
-                    }
-                }
-            }
-            subnet.map(|s| NodeNetwork {
-                subnet: s,
-                interface: IfaceName(ifname),
-                mtu,
-            })
+            self.node_network(b, nname, at, def)
         } else {
             None
         };
+        let node_addr = self.node_addresses(nname, at, def, network.as_ref());
+        let hosts = node_hosts(nname, def, &node_addr);
 
-        // Node-network addresses.
+        let mut vms = Vec::new();
+        for (vname, m) in &def.vms {
+            let vat = m.at.clone().unwrap_or(at.clone());
+            if let Err(why) = check_name(vname, 32, false) {
+                self.key_err(
+                    &vat,
+                    format!("VM name '{vname}' {why}"),
+                    "VM names are hostnames: lowercase letters, digits and '-'".to_string(),
+                );
+            }
+            let id = VmRef {
+                node: node.clone(),
+                vm: VmName(vname.clone()),
+            };
+            let vm = self.vm(
+                b,
+                id,
+                m,
+                &vat,
+                network.as_ref(),
+                node_addr.get(vname),
+                &hosts,
+            );
+            vms.push(vm);
+        }
+        b.nodes.push(NodeDraft {
+            name: node,
+            description: def.description.clone(),
+            template: def.template.clone(),
+            network,
+            vms,
+            at: at.clone(),
+        });
+    }
+
+    /// The node network of a node with 2+ VMs (None when its subnet is invalid); it must not
+    /// overlap a lab network.
+    fn node_network(
+        &mut self,
+        b: &LabDraft,
+        nname: &str,
+        at: &Origin,
+        def: &MergedNode,
+    ) -> Option<NodeNetwork> {
+        let subnet = match &def.subnet {
+            Some(s) => self.subnet(&s.value, &s.at, true),
+            None => DEFAULT_NODE_SUBNET.parse().ok(),
+        };
+        let ifname = match &def.interface {
+            Some(i) => {
+                if let Err(why) = check_ifname(&i.value) {
+                    self.err(&i.at, format!("interface name '{}' {why}", i.value), None);
+                }
+                i.value.clone()
+            }
+            None => "eth0".to_string(),
+        };
+        let mtu = match &def.mtu {
+            Some(m) => self.mtu(Some(m.value), &m.at),
+            None => DEFAULT_MTU,
+        };
+        if let Some(s) = subnet {
+            for (net, nat) in &b.networks {
+                if let Some(ns) = net.subnet {
+                    if ns.overlaps(&s) {
+                        let here = def.subnet.as_ref().map_or(at.clone(), |x| x.at.clone());
+                        let line = self.sources[0].root.deepest(&nat.path).pos.line;
+                        self.err(
+                            &here,
+                            format!(
+                                "node network {s} of node '{nname}' overlaps {ns} of network '{}' (line {line})",
+                                net.name
+                            ),
+                            Some(format!(
+                                "set nodes.{nname}.node_network.subnet to a free range"
+                            )),
+                        );
+                    }
+                }
+            }
+        }
+        subnet.map(|s| NodeNetwork {
+            subnet: s,
+            interface: IfaceName(ifname),
+            mtu,
+        })
+    }
+
+    /// Each VM's address on the node network: `node_network.addresses` first, then the
+    /// others from `.10` in node order. Without a node network, such addresses are an error.
+    fn node_addresses(
+        &mut self,
+        nname: &str,
+        at: &Origin,
+        def: &MergedNode,
+        network: Option<&NodeNetwork>,
+    ) -> HashMap<String, Cidr> {
         let mut node_addr: HashMap<String, Cidr> = HashMap::new();
-        if let Some(nn) = &network {
+        if let Some(nn) = network {
             let mut used: HashSet<IpAddr> = HashSet::new();
             for (vm, a) in &def.addresses {
                 if !def.vms.contains_key(vm) {
@@ -119,48 +177,24 @@ impl Resolver<'_> {
                 );
             }
         }
-        let mut hosts: Vec<(String, IpAddr)> = Vec::new();
-        for vm in def.vms.keys() {
-            if let Some(c) = node_addr.get(vm) {
-                hosts.push((vm.clone(), c.addr));
-                hosts.push((format!("{vm}.{nname}"), c.addr));
-            }
-        }
-
-        let mut vms = Vec::new();
-        for (vname, m) in &def.vms {
-            let vat = m.at.clone().unwrap_or(at.clone());
-            if let Err(why) = check_name(vname, 32, false) {
-                self.key_err(
-                    &vat,
-                    format!("VM name '{vname}' {why}"),
-                    "VM names are hostnames: lowercase letters, digits and '-'".to_string(),
-                );
-            }
-            let id = VmRef {
-                node: node.clone(),
-                vm: VmName(vname.clone()),
-            };
-            let vm = self.vm(
-                b,
-                id,
-                m,
-                &vat,
-                network.as_ref(),
-                node_addr.get(vname),
-                &hosts,
-            );
-            vms.push(vm);
-        }
-        b.nodes.push(NodeDraft {
-            name: node,
-            description: def.description.clone(),
-            template: def.template.clone(),
-            network,
-            vms,
-            at: at.clone(),
-        });
+        node_addr
     }
+}
+
+/// The names of a node's VMs on its node network (`api` and `api.web`), in node order.
+fn node_hosts(
+    nname: &str,
+    def: &MergedNode,
+    node_addr: &HashMap<String, Cidr>,
+) -> Vec<(String, IpAddr)> {
+    let mut hosts: Vec<(String, IpAddr)> = Vec::new();
+    for vm in def.vms.keys() {
+        if let Some(c) = node_addr.get(vm) {
+            hosts.push((vm.clone(), c.addr));
+            hosts.push((format!("{vm}.{nname}"), c.addr));
+        }
+    }
+    hosts
 }
 
 /// Adds `vm.node` names of the other nodes' VMs (their first IPv4 address on a lab network)

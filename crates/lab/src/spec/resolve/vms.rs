@@ -4,7 +4,7 @@
 use super::draft::{InterfaceDecl, VmDraft};
 use super::merge::MergedVm;
 use super::{
-    spec_path, LabDraft, Origin, Resolver, DEFAULT_IMAGE, DEFAULT_MEMORY, DEFAULT_MTU,
+    spec_path, LabDraft, Located, Origin, Resolver, DEFAULT_IMAGE, DEFAULT_MEMORY, DEFAULT_MTU,
     DEFAULT_VCPUS,
 };
 use crate::spec::error::suggest;
@@ -15,11 +15,22 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+/// The machine of a VM: what boots.
+struct Machine {
+    image: String,
+    vcpus: u32,
+    memory: MemMib,
+    kernel: String,
+}
+
 impl Resolver<'_> {
+    /// Resolves VM `id` of a node from its merged definition `m` (declared at `at`): its own
+    /// values, checked where they were written. `nn` is the node network, where `node_addr`
+    /// is this VM's address; `hosts` are the names of its node peers.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn vm(
         &mut self,
-        b: &mut LabDraft,
+        b: &LabDraft,
         id: VmRef,
         m: &MergedVm,
         at: &Origin,
@@ -27,6 +38,35 @@ impl Resolver<'_> {
         node_addr: Option<&Cidr>,
         hosts: &[(String, IpAddr)],
     ) -> VmDraft {
+        let machine = self.vm_machine(m);
+        let (interfaces, ifaces) = self.vm_interfaces(b, &id, m, at, nn, node_addr);
+        let services = self.vm_services(&id, m);
+        let files = self.vm_files(m);
+        let env = self.vm_env(m);
+        let routes = self.vm_routes(m);
+        VmDraft {
+            vm: Vm {
+                id,
+                description: m.description.as_ref().map(|o| o.value.clone()),
+                image: machine.image,
+                vcpus: machine.vcpus,
+                memory: machine.memory,
+                kernel: machine.kernel,
+                interfaces,
+                routes: Vec::new(),
+                services,
+                files,
+                env,
+                hosts: hosts.to_vec(),
+            },
+            at: at.clone(),
+            ifaces,
+            routes,
+        }
+    }
+
+    /// Image, vCPUs, memory and kernel: the VM's own, else `defaults:`, else built in.
+    fn vm_machine(&mut self, m: &MergedVm) -> Machine {
         let d = self.raw.defaults.clone().unwrap_or_default();
         let image = m
             .image
@@ -77,7 +117,25 @@ impl Resolver<'_> {
                 "write `default`, or a path to a vmlinux/bzImage like ./vmlinux".to_string(),
             );
         }
+        Machine {
+            image,
+            vcpus,
+            memory,
+            kernel,
+        }
+    }
 
+    /// The VM's interfaces: the node network's first (if the node has one), then the declared
+    /// ones in file order; each with what the file said about it.
+    fn vm_interfaces(
+        &mut self,
+        b: &LabDraft,
+        id: &VmRef,
+        m: &MergedVm,
+        at: &Origin,
+        nn: Option<&NodeNetwork>,
+        node_addr: Option<&Cidr>,
+    ) -> (Vec<Interface>, Vec<InterfaceDecl>) {
         let mut interfaces = Vec::new();
         let mut iface_at = Vec::new();
         if let Some(nn) = nn {
@@ -99,101 +157,133 @@ impl Resolver<'_> {
             });
         }
         for (iname, ri) in &m.interfaces {
-            let iat = &ri.at;
-            if let Err(why) = check_ifname(iname) {
-                self.key_err(
-                    iat,
-                    format!("interface name '{iname}' {why}"),
-                    "use a short name like eth1".to_string(),
-                );
+            if let Some((iface, decl)) = self.declared_interface(b, id, iname, ri, nn) {
+                interfaces.push(iface);
+                iface_at.push(decl);
             }
-            if nn.is_some_and(|n| n.interface.0 == *iname) {
-                self.key_err(
-                    iat,
-                    format!("interface '{iname}' is the node network's interface"),
-                    "use another name (eth1, eth2 ...), or rename node_network.interface"
-                        .to_string(),
-                );
-                continue;
-            }
-            let r = &ri.value;
-            let sub = |k: &str| Origin {
-                src: iat.src,
-                path: iat.path.key(k),
-            };
-            let (attach, vlan, net_mtu) = match &r.network {
-                Some(n) => match b.networks.iter().find(|(x, _)| x.name.0 == *n) {
-                    Some((x, _)) => (Some(Attachment::Network(x.name.clone())), x.vlan, x.mtu),
-                    None => {
-                        let names: Vec<&str> =
-                            b.networks.iter().map(|(x, _)| x.name.as_str()).collect();
-                        self.err(
-                            &sub("network"),
-                            format!("no network '{n}'{}", suggest(n, names.iter().copied())),
-                            Some(if names.is_empty() {
-                                "declare it under `networks:`".to_string()
-                            } else {
-                                format!("networks: {}", names.join(", "))
-                            }),
-                        );
-                        (None, None, DEFAULT_MTU)
-                    }
-                },
-                None => (None, None, DEFAULT_MTU),
-            };
-            let mac = match &r.mac {
-                Some(s) => match s.parse::<MacAddr>() {
-                    Ok(mac) if !mac.is_unicast() => {
-                        self.err(
-                            &sub("mac"),
-                            format!("{mac} is a multicast address"),
-                            "clear bit 0 of the first octet (e.g. 02:...)".to_string(),
-                        );
-                        Some(mac)
-                    }
-                    Ok(mac) => Some(mac),
-                    Err(e) => {
-                        self.err(&sub("mac"), e, None);
-                        None
-                    }
-                },
-                None => None,
-            };
-            let gateway = r.gateway.as_ref().and_then(|g| match g.parse::<IpAddr>() {
-                Ok(ip) => Some(ip),
-                Err(_) => {
-                    self.err(
-                        &sub("gateway"),
-                        format!("'{g}' is not an IP address"),
-                        "write an address like 10.0.0.1".to_string(),
-                    );
-                    None
-                }
-            });
-            let mtu = match r.mtu {
-                Some(x) => self.mtu(Some(x), &sub("mtu")),
-                None => net_mtu,
-            };
-            interfaces.push(Interface {
-                name: IfaceName(iname.clone()),
-                // A link attachment is filled in when links are resolved.
-                attach: attach.unwrap_or(Attachment::Link(LinkName(String::new()))),
-                addresses: Vec::new(),
-                mac: mac.unwrap_or_else(|| MacAddr::derived(&b.lab.0, &id.node.0, &id.vm.0, iname)),
-                mac_explicit: mac.is_some(),
-                mtu,
-                vlan,
-                gateway,
-                no_gateway: r.no_gateway,
-            });
-            iface_at.push(InterfaceDecl {
-                at: iat.clone(),
-                explicit_addresses: r.addresses.is_some(),
-                raw_addresses: r.addresses.clone(),
-            });
         }
+        (interfaces, iface_at)
+    }
 
-        // Services.
+    /// One interface under `interfaces:`; None when it clashes with the node network's.
+    fn declared_interface(
+        &mut self,
+        b: &LabDraft,
+        id: &VmRef,
+        iname: &str,
+        ri: &Located<RawInterface>,
+        nn: Option<&NodeNetwork>,
+    ) -> Option<(Interface, InterfaceDecl)> {
+        let iat = &ri.at;
+        if let Err(why) = check_ifname(iname) {
+            self.key_err(
+                iat,
+                format!("interface name '{iname}' {why}"),
+                "use a short name like eth1".to_string(),
+            );
+        }
+        if nn.is_some_and(|n| n.interface.0 == *iname) {
+            self.key_err(
+                iat,
+                format!("interface '{iname}' is the node network's interface"),
+                "use another name (eth1, eth2 ...), or rename node_network.interface".to_string(),
+            );
+            return None;
+        }
+        let r = &ri.value;
+        let sub = |k: &str| Origin {
+            src: iat.src,
+            path: iat.path.key(k),
+        };
+        let (attach, vlan, net_mtu) = match &r.network {
+            Some(n) => self.interface_network(b, n, &sub("network")),
+            None => (None, None, DEFAULT_MTU),
+        };
+        let mac = match &r.mac {
+            Some(s) => self.interface_mac(s, &sub("mac")),
+            None => None,
+        };
+        let gateway = r.gateway.as_ref().and_then(|g| match g.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                self.err(
+                    &sub("gateway"),
+                    format!("'{g}' is not an IP address"),
+                    "write an address like 10.0.0.1".to_string(),
+                );
+                None
+            }
+        });
+        let mtu = match r.mtu {
+            Some(x) => self.mtu(Some(x), &sub("mtu")),
+            None => net_mtu,
+        };
+        let iface = Interface {
+            name: IfaceName(iname.to_string()),
+            // A link attachment is filled in when links are resolved.
+            attach: attach.unwrap_or(Attachment::Link(LinkName(String::new()))),
+            addresses: Vec::new(),
+            mac: mac.unwrap_or_else(|| MacAddr::derived(&b.lab.0, &id.node.0, &id.vm.0, iname)),
+            mac_explicit: mac.is_some(),
+            mtu,
+            vlan,
+            gateway,
+            no_gateway: r.no_gateway,
+        };
+        let decl = InterfaceDecl {
+            at: iat.clone(),
+            explicit_addresses: r.addresses.is_some(),
+            raw_addresses: r.addresses.clone(),
+        };
+        Some((iface, decl))
+    }
+
+    /// An interface's `network:` (written at `at`): the attachment, VLAN and MTU it gives.
+    fn interface_network(
+        &mut self,
+        b: &LabDraft,
+        n: &str,
+        at: &Origin,
+    ) -> (Option<Attachment>, Option<u16>, u32) {
+        match b.networks.iter().find(|(x, _)| x.name.0 == *n) {
+            Some((x, _)) => (Some(Attachment::Network(x.name.clone())), x.vlan, x.mtu),
+            None => {
+                let names: Vec<&str> = b.networks.iter().map(|(x, _)| x.name.as_str()).collect();
+                self.err(
+                    at,
+                    format!("no network '{n}'{}", suggest(n, names.iter().copied())),
+                    Some(if names.is_empty() {
+                        "declare it under `networks:`".to_string()
+                    } else {
+                        format!("networks: {}", names.join(", "))
+                    }),
+                );
+                (None, None, DEFAULT_MTU)
+            }
+        }
+    }
+
+    /// An interface's `mac:` (written at `at`); a multicast MAC is reported and kept.
+    fn interface_mac(&mut self, s: &str, at: &Origin) -> Option<MacAddr> {
+        match s.parse::<MacAddr>() {
+            Ok(mac) if !mac.is_unicast() => {
+                self.err(
+                    at,
+                    format!("{mac} is a multicast address"),
+                    "clear bit 0 of the first octet (e.g. 02:...)".to_string(),
+                );
+                Some(mac)
+            }
+            Ok(mac) => Some(mac),
+            Err(e) => {
+                self.err(at, e, None);
+                None
+            }
+        }
+    }
+
+    /// `run:`: the VM's services, each named (given, or from its program, unique in the VM).
+    fn vm_services(&mut self, id: &VmRef, m: &MergedVm) -> Vec<Service> {
         let mut services = Vec::new();
         if let Some(run) = &m.run {
             let mut names = HashSet::new();
@@ -250,8 +340,11 @@ impl Resolver<'_> {
                 });
             }
         }
+        services
+    }
 
-        // Files.
+    /// `files:`: what is copied into the guest, from the host or inline.
+    fn vm_files(&mut self, m: &MergedVm) -> Vec<FileCopy> {
         let mut files = Vec::new();
         for (dst, f) in &m.files {
             let fat = &f.at;
@@ -269,65 +362,12 @@ impl Resolver<'_> {
                 RawFile::Src(s) => (Some(s.clone()), None, None),
                 RawFile::Full(x) => (x.src.clone(), x.content.clone(), x.mode.clone()),
             };
-            let source = match (src, content) {
-                (Some(_), Some(_)) => {
-                    self.err(
-                        fat,
-                        "both `src` and `content` given".into(),
-                        "keep one".to_string(),
-                    );
-                    continue;
-                }
-                (None, None) => {
-                    self.err(
-                        fat,
-                        "a file needs `src` (host path) or `content`".into(),
-                        "add one of them".to_string(),
-                    );
-                    continue;
-                }
-                (Some(s), None) => {
-                    if fat.src != 0 {
-                        self.err(
-                            fat,
-                            "a template shipped with kobako cannot copy host files".into(),
-                            "use `content:`".to_string(),
-                        );
-                    }
-                    let pth = PathBuf::from(&s);
-                    let full = match (&self.base_dir, pth.is_absolute()) {
-                        (Some(base), false) => base.join(pth),
-                        _ => pth,
-                    };
-                    // Read from disk files only: a lab given as text may come from elsewhere.
-                    if self.base_dir.is_some() && !full.is_file() {
-                        self.err(
-                            fat,
-                            format!("host file {} does not exist", full.display()),
-                            "fix the path (relative paths start at the lab file's directory)"
-                                .to_string(),
-                        );
-                    }
-                    FileSource::Host(full)
-                }
-                (None, Some(c)) => FileSource::Inline(c),
+            let Some(source) = self.file_source(src, content, fat) else {
+                continue;
             };
             let mode = match mode {
                 None => 0o644,
-                Some(m) => match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
-                    Ok(v) if v <= 0o7777 => v,
-                    _ => {
-                        self.err(
-                            &Origin {
-                                src: fat.src,
-                                path: fat.path.key("mode"),
-                            },
-                            format!("'{m}' is not an octal file mode"),
-                            "write it like \"0644\" or \"0755\"".to_string(),
-                        );
-                        0o644
-                    }
-                },
+                Some(m) => self.file_mode(&m, fat),
             };
             files.push(FileCopy {
                 source,
@@ -335,7 +375,81 @@ impl Resolver<'_> {
                 mode,
             });
         }
+        files
+    }
 
+    /// Where a file's bytes come from: `src` (a host path) or `content`, exactly one of them.
+    fn file_source(
+        &mut self,
+        src: Option<String>,
+        content: Option<String>,
+        fat: &Origin,
+    ) -> Option<FileSource> {
+        match (src, content) {
+            (Some(_), Some(_)) => {
+                self.err(
+                    fat,
+                    "both `src` and `content` given".into(),
+                    "keep one".to_string(),
+                );
+                None
+            }
+            (None, None) => {
+                self.err(
+                    fat,
+                    "a file needs `src` (host path) or `content`".into(),
+                    "add one of them".to_string(),
+                );
+                None
+            }
+            (Some(s), None) => {
+                if fat.src != 0 {
+                    self.err(
+                        fat,
+                        "a template shipped with kobako cannot copy host files".into(),
+                        "use `content:`".to_string(),
+                    );
+                }
+                let pth = PathBuf::from(&s);
+                let full = match (&self.base_dir, pth.is_absolute()) {
+                    (Some(base), false) => base.join(pth),
+                    _ => pth,
+                };
+                // Read from disk files only: a lab given as text may come from elsewhere.
+                if self.base_dir.is_some() && !full.is_file() {
+                    self.err(
+                        fat,
+                        format!("host file {} does not exist", full.display()),
+                        "fix the path (relative paths start at the lab file's directory)"
+                            .to_string(),
+                    );
+                }
+                Some(FileSource::Host(full))
+            }
+            (None, Some(c)) => Some(FileSource::Inline(c)),
+        }
+    }
+
+    /// A file's `mode:` (octal, `0644` or `0o644`) of the file at `fat`; 0644 when invalid.
+    fn file_mode(&mut self, m: &str, fat: &Origin) -> u32 {
+        match u32::from_str_radix(m.trim_start_matches("0o"), 8) {
+            Ok(v) if v <= 0o7777 => v,
+            _ => {
+                self.err(
+                    &Origin {
+                        src: fat.src,
+                        path: fat.path.key("mode"),
+                    },
+                    format!("'{m}' is not an octal file mode"),
+                    "write it like \"0644\" or \"0755\"".to_string(),
+                );
+                0o644
+            }
+        }
+    }
+
+    /// `env:`: the VM's environment variables.
+    fn vm_env(&mut self, m: &MergedVm) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
         for (k, v) in &m.env {
             let ok = !k.is_empty()
@@ -350,7 +464,11 @@ impl Resolver<'_> {
             }
             env.insert(k.clone(), v.value.clone());
         }
+        env
+    }
 
+    /// `routes:` as written (next hops are checked once the VM's addresses are known).
+    fn vm_routes(&mut self, m: &MergedVm) -> Vec<(Route, Origin)> {
         let mut routes = Vec::new();
         for r in &m.routes {
             let sub = |k: &str| Origin {
@@ -397,28 +515,10 @@ impl Resolver<'_> {
                 ));
             }
         }
-
-        VmDraft {
-            vm: Vm {
-                id,
-                description: m.description.as_ref().map(|o| o.value.clone()),
-                image,
-                vcpus,
-                memory,
-                kernel,
-                interfaces,
-                routes: Vec::new(),
-                services,
-                files,
-                env,
-                hosts: hosts.to_vec(),
-            },
-            at: at.clone(),
-            ifaces: iface_at,
-            routes,
-        }
+        routes
     }
 
+    /// vCPUs written at `at`: at least 1, at most the host's.
     fn vcpus(&mut self, v: u32, at: &Origin) -> u32 {
         if v == 0 {
             self.err(
@@ -438,6 +538,7 @@ impl Resolver<'_> {
         v
     }
 
+    /// Memory written at `at`: enough to boot, at most the host's.
     fn memory(&mut self, v: MemMib, at: &Origin) -> MemMib {
         if v < MIN_MEMORY {
             self.err(
