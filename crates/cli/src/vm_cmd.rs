@@ -200,10 +200,10 @@ pub fn config_from(args: &RunArgs) -> Result<(VmConfig, String)> {
         netns: None,
         incoming: None,
     };
-    if let Err(e) = probe.validate() {
-        if !e.to_string().contains("no such file") {
-            return Err(e.into());
-        }
+    // The probe's files are placeholders: only a missing file is expected here.
+    match probe.validate() {
+        Ok(()) | Err(kobako_runtime::RuntimeError::NoSuchFile { .. }) => {}
+        Err(e) => return Err(e.into()),
     }
     let (kernel, kernel_kind) = resolve::kernel(&args.kernel)?;
     let img = resolve::image(&args.image, args.root, &name, args.names_only)?;

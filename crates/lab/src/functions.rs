@@ -24,7 +24,53 @@ use kobako_runtime::config::VmConfig;
 use kobako_runtime::{Runtime, VmDir};
 use serde::{Deserialize, Serialize};
 
-use crate::controller::{LabError, Progress, Result};
+use crate::controller::Progress;
+
+/// Why a function could not be deployed, found or invoked. Callers act on the variant (the
+/// server: 404, 429 with a retry, 400, else 422); the text is what a user reads.
+#[derive(Debug, thiserror::Error)]
+pub enum FunctionError {
+    #[error("function name '{0}': use 1-32 lowercase letters, digits or '-'")]
+    InvalidName(String),
+    #[error("no function '{0}' (deploy it with `kobako fn deploy {0} --run CMD`)")]
+    NotFound(String),
+    #[error("--run: the handler command is empty")]
+    EmptyHandler,
+    #[error("--concurrency and --timeout must be at least 1")]
+    ZeroLimit,
+    /// Every concurrency slot stayed taken for `secs`: try again later.
+    #[error("function '{name}': all {slots} slots busy for {secs} s (raise --concurrency)")]
+    Busy { name: String, slots: u32, secs: u64 },
+    /// A `function.json` this kobako cannot read.
+    #[error("{}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The clone booted but could not be given its own identity.
+    #[error("giving clone {clone} its identity failed: {source}")]
+    Identity {
+        clone: String,
+        #[source]
+        source: kobako_runtime::RuntimeError,
+    },
+    #[error("saving function {name}: {source}")]
+    Save {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Booting, snapshotting, restoring or running in the VM (the guest failed).
+    #[error(transparent)]
+    Runtime(#[from] kobako_runtime::RuntimeError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+}
+
+pub type Result<T, E = FunctionError> = std::result::Result<T, E>;
 
 /// A deployed function.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,10 +147,6 @@ fn dir(name: &str) -> PathBuf {
     root().join(name)
 }
 
-fn other(e: impl std::fmt::Display) -> LabError {
-    LabError::Other(e.to_string())
-}
-
 fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 32
@@ -115,9 +157,7 @@ fn check_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(LabError::Other(format!(
-            "function name '{name}': use 1-32 lowercase letters, digits or '-'"
-        )))
+        Err(FunctionError::InvalidName(name.into()))
     }
 }
 
@@ -125,12 +165,8 @@ fn check_name(name: &str) -> Result<()> {
 pub fn get(name: &str) -> Result<Function> {
     check_name(name)?;
     let p = dir(name).join("function.json");
-    let text = std::fs::read(&p).map_err(|_| {
-        LabError::Other(format!(
-            "no function '{name}' (deploy it with `kobako fn deploy {name} --run CMD`)"
-        ))
-    })?;
-    serde_json::from_slice(&text).map_err(|e| other(format!("{}: {e}", p.display())))
+    let text = std::fs::read(&p).map_err(|_| FunctionError::NotFound(name.into()))?;
+    serde_json::from_slice(&text).map_err(|source| FunctionError::Unreadable { path: p, source })
 }
 
 /// Every deployed function.
@@ -149,7 +185,7 @@ pub fn list() -> Vec<Function> {
 /// Removes a function (its running invocations finish with their clones).
 pub fn remove(name: &str) -> Result<()> {
     get(name)?;
-    std::fs::remove_dir_all(dir(name)).map_err(other)
+    Ok(std::fs::remove_dir_all(dir(name))?)
 }
 
 fn dir_size(p: &std::path::Path) -> u64 {
@@ -172,33 +208,30 @@ pub async fn deploy(
 ) -> Result<Function> {
     check_name(&f.name)?;
     if f.run.trim().is_empty() {
-        return Err(other("--run: the handler command is empty"));
+        return Err(FunctionError::EmptyHandler);
     }
     if f.concurrency == 0 || f.timeout_secs == 0 {
-        return Err(other("--concurrency and --timeout must be at least 1"));
+        return Err(FunctionError::ZeroLimit);
     }
-    std::fs::create_dir_all(root()).map_err(other)?;
+    std::fs::create_dir_all(root())?;
     let staging = root().join(format!(".staging-{}-{}", f.name, std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(other)?;
+    std::fs::create_dir_all(&staging)?;
     cfg.name = format!("fn-{}-warm", f.name);
     cfg.nics.clear();
     cfg.netns = None;
     let t0 = Instant::now();
-    let vm = rt.create(&cfg).await.map_err(other)?;
+    let vm = rt.create(&cfg).await?;
     let result = async {
-        rt.start(&vm).await.map_err(other)?;
-        kobako_runtime::wait_ready(&vm, Duration::from_secs(cfg.ready_timeout_secs))
-            .await
-            .map_err(other)?;
+        rt.start(&vm).await?;
+        kobako_runtime::wait_ready(&vm, Duration::from_secs(cfg.ready_timeout_secs)).await?;
         f.boot_ms = t0.elapsed().as_millis() as u64;
         progress.event(&format!(
             "booted in {} ms; taking the warm snapshot",
             f.boot_ms
         ));
-        rt.snapshot(&vm, &staging.join("warm"), true)
-            .await
-            .map_err(other)
+        rt.snapshot(&vm, &staging.join("warm"), true).await?;
+        Ok::<_, FunctionError>(())
     }
     .await;
     let _ = rt.kill(&vm).await;
@@ -224,9 +257,12 @@ pub async fn deploy(
             std::fs::rename(&staging, &dest)
         }
     };
-    write().map_err(|e| {
+    write().map_err(|source| {
         let _ = std::fs::remove_dir_all(&staging);
-        other(format!("saving function {}: {e}", f.name))
+        FunctionError::Save {
+            name: f.name.clone(),
+            source,
+        }
     })?;
     Ok(f)
 }
@@ -235,7 +271,7 @@ pub async fn deploy(
 fn take_slot(f: &Function, wait: Duration) -> Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     let slots = dir(&f.name).join("slots");
-    std::fs::create_dir_all(&slots).map_err(other)?;
+    std::fs::create_dir_all(&slots)?;
     let deadline = Instant::now() + wait;
     loop {
         for i in 0..f.concurrency {
@@ -243,20 +279,18 @@ fn take_slot(f: &Function, wait: Duration) -> Result<std::fs::File> {
                 .create(true)
                 .truncate(false)
                 .write(true)
-                .open(slots.join(format!("{i}.lock")))
-                .map_err(other)?;
+                .open(slots.join(format!("{i}.lock")))?;
             // SAFETY: flock on a descriptor we own; no memory involved.
             if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
                 return Ok(file);
             }
         }
         if Instant::now() > deadline {
-            return Err(other(format!(
-                "function '{}': all {} slots busy for {} s (raise --concurrency)",
-                f.name,
-                f.concurrency,
-                wait.as_secs()
-            )));
+            return Err(FunctionError::Busy {
+                name: f.name.clone(),
+                slots: f.concurrency,
+                secs: wait.as_secs(),
+            });
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -280,20 +314,17 @@ pub async fn invoke(rt: Arc<dyn Runtime>, name: &str, input: Vec<u8>) -> Result<
     let slot = tokio::task::spawn_blocking(move || {
         take_slot(&f2, Duration::from_secs(f2.timeout_secs.max(30)))
     })
-    .await
-    .map_err(other)??;
+    .await??;
     t.slot_wait_ms = t0.elapsed().as_millis() as u64;
     let clone = format!("fn-{name}-{}", random_hex(4));
     let overlay = kobako_state::state_root().join("vms").join(&clone);
     let t1 = Instant::now();
-    let cfg = rt
-        .restore_config(&dir(name).join("warm"), &clone, &overlay, false)
-        .map_err(other)?;
+    let cfg = rt.restore_config(&dir(name).join("warm"), &clone, &overlay, false)?;
     let vm = match rt.create(&cfg).await {
         Ok(vm) => vm,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&overlay);
-            return Err(other(e));
+            return Err(e.into());
         }
     };
     let result = run_clone(&rt, &vm, &cfg, &f, &clone, input, &mut t, t1).await;
@@ -340,10 +371,9 @@ async fn run_clone(
     t: &mut Timings,
     t1: Instant,
 ) -> Result<Outcome> {
-    rt.start(vm).await.map_err(other)?;
-    let (client, _) = kobako_runtime::wait_ready(vm, Duration::from_secs(cfg.ready_timeout_secs))
-        .await
-        .map_err(other)?;
+    rt.start(vm).await?;
+    let (client, _) =
+        kobako_runtime::wait_ready(vm, Duration::from_secs(cfg.ready_timeout_secs)).await?;
     t.restore_ms = t1.elapsed().as_millis() as u64;
     // A fresh identity: every clone starts from the same memory image.
     let t2 = Instant::now();
@@ -354,7 +384,10 @@ async fn run_clone(
     };
     kobako_runtime::snapshot::fresh_identity(&client, &id)
         .await
-        .map_err(|e| other(format!("giving clone {clone} its identity failed: {e}")))?;
+        .map_err(|source| FunctionError::Identity {
+            clone: clone.into(),
+            source,
+        })?;
     t.identity_ms = t2.elapsed().as_millis() as u64;
     let t3 = Instant::now();
     let mut s = client
@@ -367,16 +400,15 @@ async fn run_clone(
             tty: None,
             user: None,
         })
-        .await
-        .map_err(other)?;
-    s.stdin(&input).await.map_err(other)?;
-    s.close_stdin().await.map_err(other)?;
+        .await?;
+    s.stdin(&input).await?;
+    s.close_stdin().await?;
     // The handler runs in the guest: what it prints is kept up to the client's output cap
     // (16 MiB per stream), then cut with a marker; the exit status is still reported.
     let mut out = kobako_runtime::agent::CappedBuf::new(client.max_output());
     let mut err = kobako_runtime::agent::CappedBuf::new(client.max_output());
     let mut status = (None, None, false);
-    while let Some(ev) = s.next().await.map_err(other)? {
+    while let Some(ev) = s.next().await? {
         match ev {
             ExecEvent::Stdout(b) => out.push(&b),
             ExecEvent::Stderr(b) => err.push(&b),

@@ -185,7 +185,7 @@ impl AgentClient {
     /// Connect to `agent.sock` of a VM.
     pub async fn connect(sock: &Path) -> Result<AgentClient> {
         let s = UnixStream::connect(sock).await.map_err(|e| {
-            RuntimeError::Agent(format!(
+            RuntimeError::AgentGone(format!(
                 "cannot reach the agent at {} ({e}); is the VM running?",
                 sock.display()
             ))
@@ -270,9 +270,9 @@ impl AgentClient {
             );
             match (closed, during) {
                 (true, Some(what)) => {
-                    RuntimeError::Agent(format!("the agent channel closed during the {what}"))
+                    RuntimeError::AgentGone(format!("the agent channel closed during the {what}"))
                 }
-                (true, None) => RuntimeError::Agent(format!("the agent channel closed ({e})")),
+                (true, None) => RuntimeError::AgentGone(format!("the agent channel closed ({e})")),
                 (false, _) => agent_err(e),
             }
         })
@@ -317,7 +317,7 @@ impl AgentClient {
                 }
                 Ok(info)
             }
-            Ok(None) => Err(RuntimeError::Agent(
+            Ok(None) => Err(RuntimeError::AgentGone(
                 "the agent channel closed before the agent was ready".into(),
             )),
             Err(_) => Err(RuntimeError::Agent(format!(
@@ -384,7 +384,7 @@ impl AgentClient {
                     },
                 }
             }
-            Err(RuntimeError::Agent(
+            Err(RuntimeError::AgentGone(
                 "the agent channel closed while the command ran (VM stopped?)".into(),
             ))
         }
@@ -431,7 +431,7 @@ impl ExecSession<'_> {
         loop {
             let Some(f) = self.rx.recv().await else {
                 self.finished = true;
-                return Err(RuntimeError::Agent(
+                return Err(RuntimeError::AgentGone(
                     "the agent channel closed while the command ran (VM stopped?)".into(),
                 ));
             };
@@ -538,7 +538,7 @@ impl AgentClient {
                     };
                 }
             }
-            Err(RuntimeError::Agent(
+            Err(RuntimeError::AgentGone(
                 "the agent channel closed before the answer".into(),
             ))
         }
@@ -676,7 +676,7 @@ impl AgentClient {
                     _ => {}
                 }
             }
-            Err(RuntimeError::Agent(
+            Err(RuntimeError::AgentGone(
                 "the agent channel closed during the upload".into(),
             ))
         }
@@ -760,7 +760,7 @@ impl AgentClient {
                     _ => {}
                 }
             }
-            Err(RuntimeError::Agent(
+            Err(RuntimeError::AgentGone(
                 "the agent channel closed during the download".into(),
             ))
         }

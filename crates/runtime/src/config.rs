@@ -179,14 +179,14 @@ impl VmConfig {
                 self.memory_mib
             )));
         }
-        let must_exist = |p: &PathBuf, what: &str| {
+        let must_exist = |p: &PathBuf, what: &'static str| {
             if p.is_file() {
                 Ok(())
             } else {
-                Err(RuntimeError::Invalid(format!(
-                    "{what} {}: no such file",
-                    p.display()
-                )))
+                Err(RuntimeError::NoSuchFile {
+                    what,
+                    path: p.clone(),
+                })
             }
         };
         must_exist(&self.kernel, "kernel")?;

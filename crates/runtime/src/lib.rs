@@ -37,6 +37,12 @@ pub use vmdir::VmDir;
 pub enum RuntimeError {
     #[error("invalid VM configuration: {0}")]
     Invalid(String),
+    /// A file the configuration names (kernel, initramfs, disk image) is not there.
+    #[error("invalid VM configuration: {what} {}: no such file", path.display())]
+    NoSuchFile {
+        what: &'static str,
+        path: std::path::PathBuf,
+    },
     #[error("a VM named '{0}' already exists (stop it with `kobako vm stop {0}` or pick another --name)")]
     Exists(String),
     #[error("no VM named '{0}' (see `kobako vm ls`)")]
@@ -65,8 +71,12 @@ pub enum RuntimeError {
     },
     #[error("QMP: {0}")]
     Qmp(String),
+    /// The guest's agent answered with an error, or spoke nonsense.
     #[error("agent: {0}")]
     Agent(String),
+    /// The agent cannot be reached or its channel closed (the VM stopped or is stopping).
+    #[error("agent: {0}")]
+    AgentGone(String),
 }
 
 pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;

@@ -124,6 +124,72 @@ impl From<kobako_state::StateError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// A `Retry-After` of `secs` seconds (429, 503).
+    pub fn retry_after(mut self, secs: u64) -> ApiError {
+        self.retry_after = Some(secs);
+        self
+    }
+}
+
+/// The lab controller's errors, by what the caller can do about them: a lab that is not up
+/// is a conflict (bring it up), a name that is not there 404, a bad name 400, a state that
+/// refuses the action 409; host, runtime and task failures are the server's (500, logged).
+/// Handlers that know more (an impairment the host refused, a capture on a stopped VM)
+/// match those variants first and hand the rest here.
+impl From<kobako_lab::controller::LabError> for ApiError {
+    fn from(e: kobako_lab::controller::LabError) -> ApiError {
+        use kobako_lab::controller::LabError;
+        match e {
+            LabError::NotFound(lab) => ApiError::conflict(format!(
+                "lab '{lab}' is not up: POST /api/v1/labs/{lab}/up first"
+            )),
+            LabError::State(s) => s.into(),
+            LabError::NoSuch(m) => ApiError::not_found(m),
+            LabError::Ambiguous(m) | LabError::InvalidName(m) => ApiError::bad_request(m),
+            LabError::Conflict(m) => ApiError::conflict(m),
+            e => ApiError::internal(e),
+        }
+    }
+}
+
+/// The runtime's errors, by what the caller can do: no such VM 404, one that exists or is
+/// not running 409, a configuration the host refuses 422, an agent that is gone 503, the
+/// guest saying no 422; QMP, I/O and boot failures are the server's (500, logged).
+impl From<kobako_runtime::RuntimeError> for ApiError {
+    fn from(e: kobako_runtime::RuntimeError) -> ApiError {
+        use kobako_runtime::RuntimeError;
+        let m = e.to_string();
+        match e {
+            RuntimeError::NotFound(_) => ApiError::not_found(m),
+            RuntimeError::Exists(_) | RuntimeError::NotRunning(_) => ApiError::conflict(m),
+            RuntimeError::Invalid(_) | RuntimeError::NoSuchFile { .. } => {
+                ApiError::unprocessable("invalid_config", m)
+            }
+            RuntimeError::AgentGone(_) => ApiError::unavailable(m),
+            RuntimeError::Agent(_) => ApiError::unprocessable("guest_failed", m),
+            e => ApiError::internal(e),
+        }
+    }
+}
+
+/// A function's errors: unknown 404, all slots busy 429 (retry in a second), a bad name or
+/// limit 400; anything else is the function failing to deploy or run (422).
+impl From<kobako_lab::functions::FunctionError> for ApiError {
+    fn from(e: kobako_lab::functions::FunctionError) -> ApiError {
+        use kobako_lab::functions::FunctionError;
+        let m = e.to_string();
+        match e {
+            FunctionError::NotFound(_) => ApiError::not_found(m),
+            FunctionError::Busy { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", m).retry_after(1)
+            }
+            FunctionError::InvalidName(_) | FunctionError::ZeroLimit => ApiError::bad_request(m),
+            _ => ApiError::unprocessable("function_failed", m),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> ApiError {
         match r {

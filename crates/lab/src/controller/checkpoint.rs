@@ -68,7 +68,7 @@ fn check_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(LabError::Other(format!(
+        Err(LabError::InvalidName(format!(
             "checkpoint name '{name}': use 1-48 letters, digits, '-' or '_'"
         )))
     }
@@ -124,11 +124,11 @@ pub fn delete(lab: &str, name: &str) -> Result<()> {
     check_name(name)?;
     let d = root(lab).join(name);
     if !d.join("checkpoint.json").exists() {
-        return Err(LabError::Other(format!(
+        return Err(LabError::NoSuch(format!(
             "lab '{lab}' has no checkpoint '{name}' (see `kobako checkpoint {lab} --list`)"
         )));
     }
-    std::fs::remove_dir_all(&d).map_err(|e| LabError::Other(format!("{}: {e}", d.display())))
+    std::fs::remove_dir_all(&d).map_err(LabError::io(d.display().to_string()))
 }
 
 /// Deletes every checkpoint of `lab` (memory images, device states, disk copies) and what
@@ -136,7 +136,7 @@ pub fn delete(lab: &str, name: &str) -> Result<()> {
 /// checkpoints there were.
 pub fn delete_all(lab: &str) -> Result<usize> {
     if lab.is_empty() || lab.starts_with('.') || lab.contains(['/', '\\', '\0']) {
-        return Err(LabError::Other(format!(
+        return Err(LabError::InvalidName(format!(
             "lab name '{lab}' is not a directory name"
         )));
     }
@@ -145,7 +145,7 @@ pub fn delete_all(lab: &str) -> Result<usize> {
     match std::fs::remove_dir_all(&d) {
         Ok(()) => Ok(n),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(LabError::Other(format!("{}: {e}", d.display()))),
+        Err(e) => Err(LabError::io(d.display().to_string())(e)),
     }
 }
 
@@ -162,7 +162,7 @@ pub async fn checkpoint(
     let rec = LabRecord::load_from(&db, lab)?.ok_or_else(|| LabError::NotFound(lab.into()))?;
     let dest = root(lab).join(name);
     if dest.exists() {
-        return Err(LabError::Other(format!(
+        return Err(LabError::Conflict(format!(
             "lab '{lab}' already has a checkpoint '{name}' (delete it with `kobako checkpoint {lab} {name} --delete` or pick another name)"
         )));
     }
@@ -175,7 +175,7 @@ pub async fn checkpoint(
     }
     let staging = root(lab).join(format!(".staging-{name}-{}", std::process::id()));
     std::fs::create_dir_all(staging.join("vms"))
-        .map_err(|e| LabError::Other(format!("{}: {e}", staging.display())))?;
+        .map_err(LabError::io(staging.display().to_string()))?;
     let links_now = db.links(lab)?;
     let t0 = Instant::now();
     // One instant for the whole lab: stop every guest first, then save them one by one.
@@ -250,7 +250,7 @@ pub async fn checkpoint(
     };
     if let Err(e) = write() {
         let _ = std::fs::remove_dir_all(&staging);
-        return Err(LabError::Other(format!("saving checkpoint {name}: {e}")));
+        return Err(LabError::io(format!("saving checkpoint {name}"))(e));
     }
     db.event(
         Some(lab),
@@ -283,7 +283,7 @@ pub async fn restore(
         .ok()
         .and_then(|t| serde_json::from_slice(&t).ok())
         .ok_or_else(|| {
-            LabError::Other(format!(
+            LabError::NoSuch(format!(
                 "lab '{lab}' has no checkpoint '{name}' (see `kobako checkpoint {lab} --list`)"
             ))
         })?;
@@ -302,7 +302,7 @@ pub async fn restore(
             },
         )?;
     }
-    let spec = serde_json::to_value(&cp.spec).map_err(|e| LabError::Other(e.to_string()))?;
+    let spec = serde_json::to_value(&cp.spec)?;
     let owner = db.lab(lab)?.and_then(|r| r.owner);
     db.put_lab(lab, cp.file.as_deref(), &spec, owner.as_deref())?;
     db.sync_vms(
@@ -324,9 +324,7 @@ pub async fn restore(
         Some(&format!("restoring checkpoint {name}")),
     )?;
     let spec2 = cp.spec.clone();
-    let netns = tokio::task::spawn_blocking(move || ensure_network(&spec2))
-        .await
-        .map_err(|e| LabError::Other(e.to_string()))??;
+    let netns = tokio::task::spawn_blocking(move || ensure_network(&spec2)).await??;
     // The lab's current VMs go; the checkpoint's come back under the same names.
     let mut current: Vec<String> = cp.vms.clone();
     let prefix = format!("{lab}.");
@@ -424,9 +422,7 @@ pub async fn restore(
     }
     let spec2 = cp.spec.clone();
     let db2 = db.clone();
-    tokio::task::spawn_blocking(move || links::apply_links(&db2, &spec2))
-        .await
-        .map_err(|e| LabError::Other(e.to_string()))??;
+    tokio::task::spawn_blocking(move || links::apply_links(&db2, &spec2)).await??;
     let failed = reports.iter().filter(|r| r.error.is_some()).count();
     let (state, reason) = match failed {
         0 => (LabState::Ready, None),

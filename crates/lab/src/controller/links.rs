@@ -57,11 +57,9 @@ fn desired(db: &Db, lab: &Lab) -> Result<Vec<(String, Option<Impairment>, bool)>
             Some(r) => {
                 let imp = match &r.impairment {
                     Some(v) => Some(serde_json::from_value::<Impairment>(v.clone()).map_err(
-                        |e| {
-                            LabError::Other(format!(
-                                "stored impairment of link '{}': {e}",
-                                l.name.as_str()
-                            ))
+                        |source| LabError::StoredImpairment {
+                            link: l.name.as_str().into(),
+                            source,
                         },
                     )?),
                     None => None,
@@ -142,7 +140,7 @@ fn load(lab: &str, link: &str) -> Result<(Db, LabRecord)> {
     let rec = LabRecord::load_from(&db, lab)?.ok_or_else(|| LabError::NotFound(lab.into()))?;
     if rec.lab.link(link).is_none() {
         let names: Vec<&str> = rec.lab.links.iter().map(|l| l.name.as_str()).collect();
-        return Err(LabError::Other(format!(
+        return Err(LabError::NoSuch(format!(
             "lab '{lab}' has no link '{link}'{} (links: {})",
             crate::spec::error::suggest(link, names.iter().copied()),
             if names.is_empty() {
@@ -200,7 +198,7 @@ pub fn set_link_state(lab: &str, link: &str, up: bool) -> Result<()> {
     let l = rec
         .lab
         .link(link)
-        .ok_or_else(|| LabError::Other(format!("lab '{lab}' has no link '{link}'")))?;
+        .ok_or_else(|| LabError::NoSuch(format!("lab '{lab}' has no link '{link}'")))?;
     for ep in &l.endpoints {
         if let Some(vm) = rec.lab.vm(&ep.vm) {
             net.set_link_up(&tap_name(vm, ep.iface.as_str()), up)
@@ -216,7 +214,7 @@ pub fn set_link_state(lab: &str, link: &str, up: bool) -> Result<()> {
 pub fn set_port_state(lab: &str, vm: &str, iface: &str, up: bool) -> Result<()> {
     let db = super::db()?;
     let rec = LabRecord::load_from(&db, lab)?.ok_or_else(|| LabError::NotFound(lab.into()))?;
-    let v = rec.lab.find_vm(vm).map_err(LabError::Other)?;
+    let v = rec.lab.find_vm(vm).map_err(LabError::NoSuch)?;
     let e = |source| LabError::Net {
         lab: lab.into(),
         source,
@@ -240,15 +238,14 @@ pub fn capture<W: std::io::Write + Send + 'static>(
     let l = rec
         .lab
         .link(link)
-        .ok_or_else(|| LabError::Other(format!("lab '{lab}' has no link '{link}'")))?;
-    let ep = l
-        .endpoints
-        .get(end)
-        .ok_or_else(|| LabError::Other(format!("a link has endpoints 1 and 2, not {}", end + 1)))?;
+        .ok_or_else(|| LabError::NoSuch(format!("lab '{lab}' has no link '{link}'")))?;
+    let ep = l.endpoints.get(end).ok_or_else(|| {
+        LabError::NoSuch(format!("a link has endpoints 1 and 2, not {}", end + 1))
+    })?;
     let vm = rec
         .lab
         .vm(&ep.vm)
-        .ok_or_else(|| LabError::Other(format!("no VM {}", ep.vm)))?;
+        .ok_or_else(|| LabError::NoSuch(format!("no VM {}", ep.vm)))?;
     let tap = tap_name(vm, ep.iface.as_str());
     let e = |source| LabError::Net {
         lab: lab.into(),

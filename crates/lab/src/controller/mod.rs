@@ -37,7 +37,8 @@ pub use links::{capture, impair, set_link_state, set_port_state, to_net_impairme
 pub use up::{down, plan, restart, up, Plan, UpReport, VmReport};
 pub use vmops::{start_vms, stop_vms};
 
-/// Errors of the controller, each naming the lab object involved.
+/// Errors of the controller, each naming the lab object involved. Callers act on the variant
+/// (the server picks its status from it); the text is what a user reads.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
     #[error("host network of lab '{lab}': {source}")]
@@ -48,6 +49,7 @@ pub enum LabError {
     },
     #[error("VM {vm}: {message}")]
     Vm { vm: String, message: String },
+    /// The lab is not stored (not up).
     #[error("lab '{0}' is not up (see `kobako ls`)")]
     NotFound(String),
     #[error(transparent)]
@@ -58,8 +60,72 @@ pub enum LabError {
         #[source]
         source: netpolicy::PublishDenied,
     },
+    /// A stored lab this kobako cannot read (written by another version).
+    #[error("stored lab '{lab}' cannot be read ({source}); `kobako down {lab}` removes it")]
+    Unreadable {
+        lab: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A link's stored impairment that no longer reads.
+    #[error("stored impairment of link '{link}': {source}")]
+    StoredImpairment {
+        link: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A VM, node, link or checkpoint the caller named that does not exist; the text says
+    /// what does.
     #[error("{0}")]
-    Other(String),
+    NoSuch(String),
+    /// A name several labs have: the caller must say which lab.
+    #[error("{0}")]
+    Ambiguous(String),
+    /// A name that cannot be used (checkpoint names, lab names as directory names).
+    #[error("{0}")]
+    InvalidName(String),
+    /// The lab is not in a state that allows the action, or the target exists already.
+    #[error("{0}")]
+    Conflict(String),
+    /// What the lab asks for that this host cannot do (publishing to an IPv6 address).
+    #[error("{0}")]
+    Unsupported(String),
+    /// A scenario whose names do not fit the lab.
+    #[error(transparent)]
+    Scenario(#[from] crate::spec::SpecErrors),
+    /// A scenario step that cannot run (VM not running, nothing to reach, module not loaded).
+    #[error("{0}")]
+    Step(String),
+    /// The lab's net daemon did not start, or refused a request (its own words).
+    #[error("{0}")]
+    Netd(String),
+    /// Host I/O, naming what was being done.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Host I/O whose error names enough by itself.
+    #[error(transparent)]
+    HostIo(#[from] std::io::Error),
+    /// A VM, agent or snapshot operation of the runtime.
+    #[error(transparent)]
+    Runtime(#[from] kobako_runtime::RuntimeError),
+    /// A background task that panicked or was cancelled.
+    #[error(transparent)]
+    Task(#[from] tokio::task::JoinError),
+    /// A lab or checkpoint that cannot be encoded for the store.
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+}
+
+impl LabError {
+    /// Host I/O that failed while doing `what` (a path, an action).
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
+        let what = what.into();
+        move |source| LabError::Io { what, source }
+    }
 }
 
 pub type Result<T, E = LabError> = std::result::Result<T, E>;
@@ -103,10 +169,9 @@ impl LabRecord {
         let Some(row) = db.lab(name)? else {
             return Ok(None);
         };
-        let lab: Lab = serde_json::from_value(row.spec).map_err(|e| {
-            LabError::Other(format!(
-                "stored lab '{name}' cannot be read ({e}); `kobako down {name}` removes it"
-            ))
+        let lab: Lab = serde_json::from_value(row.spec).map_err(|source| LabError::Unreadable {
+            lab: name.into(),
+            source,
         })?;
         Ok(Some(LabRecord {
             name: row.name,
@@ -218,7 +283,7 @@ pub fn resolve_in_lab(lab: &str, s: &str) -> Result<String> {
                 .vms()
                 .map(|v| format!("{}.{}", v.id.node.as_str(), v.id.vm.as_str()))
                 .collect();
-            Err(LabError::Other(format!(
+            Err(LabError::NoSuch(format!(
                 "VM '{s}' is not a VM of lab '{lab}' ({why}): a step reaches its own lab only; write NODE.VM, one of: {}",
                 names.join(", ")
             )))
@@ -239,7 +304,7 @@ pub fn resolve_vm(s: &str, lab: Option<&str>) -> Result<String> {
     let db = db()?;
     if let Some(l) = lab {
         let rec = LabRecord::load_from(&db, l)?.ok_or_else(|| LabError::NotFound(l.into()))?;
-        let vm = rec.lab.find_vm(s).map_err(LabError::Other)?;
+        let vm = rec.lab.find_vm(s).map_err(LabError::NoSuch)?;
         return Ok(vm_name(&rec.lab, vm));
     }
     let labs: Vec<LabRecord> = db
@@ -269,12 +334,12 @@ pub fn resolve_vm(s: &str, lab: Option<&str>) -> Result<String> {
                     names.push(format!("{}.{}", v.id.node.as_str(), v.id.vm.as_str()));
                 }
             }
-            Err(LabError::Other(format!(
+            Err(LabError::NoSuch(format!(
                 "no VM named '{s}'{} (see `kobako vm ls` and `kobako inspect LAB`)",
                 crate::spec::error::suggest(s, names.iter().map(|s| s.as_str()))
             )))
         }
-        _ => Err(LabError::Other(format!(
+        _ => Err(LabError::Ambiguous(format!(
             "'{s}' is in several labs: say which one ({})",
             hits.join(", ")
         ))),
@@ -303,7 +368,7 @@ pub fn resolve_link(s: &str, lab: Option<&str>) -> Result<(String, String)> {
                 .iter()
                 .flat_map(|r| r.lab.links.iter().map(|l| l.name.as_str().to_string()))
                 .collect();
-            Err(LabError::Other(format!(
+            Err(LabError::NoSuch(format!(
                 "no link '{s}'{}{} (links: {})",
                 lab.map(|l| format!(" in lab '{l}'")).unwrap_or_default(),
                 crate::spec::error::suggest(s, all.iter().map(|s| s.as_str())),
@@ -314,7 +379,7 @@ pub fn resolve_link(s: &str, lab: Option<&str>) -> Result<(String, String)> {
                 }
             )))
         }
-        _ => Err(LabError::Other(format!(
+        _ => Err(LabError::Ambiguous(format!(
             "link '{s}' is in several labs: write LAB/{s} ({})",
             hits.iter()
                 .map(|r| r.name.as_str())

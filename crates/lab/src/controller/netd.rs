@@ -45,19 +45,14 @@ pub fn ensure(lab: &str) -> Result<()> {
         return Ok(());
     }
     let dir = lab_run_dir(lab);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| LabError::Other(format!("{}: {e}", dir.display())))?;
+    std::fs::create_dir_all(&dir).map_err(LabError::io(dir.display().to_string()))?;
     let log = std::fs::File::create(dir.join("netd.log"))
-        .map_err(|e| LabError::Other(format!("{}/netd.log: {e}", dir.display())))?;
-    let exe = std::env::current_exe()
-        .map_err(|e| LabError::Other(format!("cannot find the kobako binary: {e}")))?;
+        .map_err(LabError::io(format!("{}/netd.log", dir.display())))?;
+    let exe = std::env::current_exe().map_err(LabError::io("cannot find the kobako binary"))?;
     let mut cmd = std::process::Command::new(exe);
     cmd.args(["lab", "netd", lab])
         .stdin(std::process::Stdio::null())
-        .stdout(
-            log.try_clone()
-                .map_err(|e| LabError::Other(e.to_string()))?,
-        )
+        .stdout(log.try_clone()?)
         .stderr(log);
     // SAFETY: the closure runs between fork and exec and only calls setsid, which is
     // async-signal-safe; the child gets its own session so that it outlives the command (and
@@ -70,7 +65,7 @@ pub fn ensure(lab: &str) -> Result<()> {
     }
     let mut child = cmd
         .spawn()
-        .map_err(|e| LabError::Other(format!("starting the lab net daemon: {e}")))?;
+        .map_err(LabError::io("starting the lab net daemon"))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if running(lab) {
@@ -81,7 +76,7 @@ pub fn ensure(lab: &str) -> Result<()> {
             return Ok(());
         }
         if let Ok(Some(st)) = child.try_wait() {
-            return Err(LabError::Other(format!(
+            return Err(LabError::Netd(format!(
                 "the lab net daemon exited ({st}): {}",
                 kobako_runtime::vmdir::tail(&dir.join("netd.log"), 5)
             )));
@@ -89,7 +84,7 @@ pub fn ensure(lab: &str) -> Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
-    Err(LabError::Other(format!(
+    Err(LabError::Netd(format!(
         "the lab net daemon did not start within 10 s: {}",
         kobako_runtime::vmdir::tail(&dir.join("netd.log"), 5)
     )))
@@ -98,16 +93,16 @@ pub fn ensure(lab: &str) -> Result<()> {
 /// Sends one command to the lab's net daemon and waits for its answer.
 pub fn request(lab: &str, cmd: &str) -> Result<()> {
     let mut s = UnixStream::connect(sock(lab))
-        .map_err(|e| LabError::Other(format!("lab net daemon of '{lab}': {e}")))?;
+        .map_err(LabError::io(format!("lab net daemon of '{lab}'")))?;
     s.set_read_timeout(Some(Duration::from_secs(60))).ok();
-    writeln!(s, "{cmd}").map_err(|e| LabError::Other(e.to_string()))?;
+    writeln!(s, "{cmd}")?;
     let mut line = String::new();
     BufReader::new(&s)
         .read_line(&mut line)
-        .map_err(|e| LabError::Other(format!("lab net daemon of '{lab}': {e}")))?;
+        .map_err(LabError::io(format!("lab net daemon of '{lab}'")))?;
     match line.trim() {
         "ok" => Ok(()),
-        l => Err(LabError::Other(
+        l => Err(LabError::Netd(
             l.strip_prefix("error: ")
                 .unwrap_or(if l.is_empty() {
                     "the lab net daemon closed the connection (see netd.log)"

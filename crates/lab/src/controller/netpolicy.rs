@@ -94,15 +94,32 @@ impl PortRange {
     }
 }
 
+/// A policy entry that does not read, or a policy too long.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("'{0}' is not a host port or range (write \"80\" or \"8000-8100\"; ports 1..65535)")]
+    NotAPort(String),
+    #[error("port range '{text}' ends before it starts (write \"{hi}-{lo}\")")]
+    Reversed { text: String, lo: u16, hi: u16 },
+    #[error("'{0}' is not an IPv4 network (write e.g. \"10.0.0.0/8\")")]
+    NotANetwork(String),
+    #[error("'{text}' has host bits set: write \"{net}/{prefix}\"")]
+    HostBits {
+        text: String,
+        net: std::net::Ipv4Addr,
+        prefix: u32,
+    },
+    #[error("at most {MAX_POLICY_ENTRIES} entries per list (use ranges)")]
+    TooMany,
+}
+
 impl FromStr for PortRange {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let port = |x: &str| -> Result<u16, String> {
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, PolicyError> {
+        let port = |x: &str| -> Result<u16, PolicyError> {
             match x.trim().parse::<u16>() {
                 Ok(p) if p > 0 => Ok(p),
-                _ => Err(format!(
-                    "'{s}' is not a host port or range (write \"80\" or \"8000-8100\"; ports 1..65535)"
-                )),
+                _ => Err(PolicyError::NotAPort(s.into())),
             }
         };
         let (lo, hi) = match s.split_once('-') {
@@ -110,17 +127,19 @@ impl FromStr for PortRange {
             None => (port(s)?, port(s)?),
         };
         if lo > hi {
-            return Err(format!(
-                "port range '{s}' ends before it starts (write \"{hi}-{lo}\")"
-            ));
+            return Err(PolicyError::Reversed {
+                text: s.into(),
+                lo,
+                hi,
+            });
         }
         Ok(PortRange { lo, hi })
     }
 }
 
 impl TryFrom<String> for PortRange {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = PolicyError;
+    fn try_from(s: String) -> Result<Self, PolicyError> {
         s.parse()
     }
 }
@@ -154,27 +173,26 @@ impl AllowNet {
 }
 
 impl FromStr for AllowNet {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let c: Ipv4Cidr = s
-            .parse()
-            .map_err(|_| format!("'{s}' is not an IPv4 network (write e.g. \"10.0.0.0/8\")"))?;
+    type Err = PolicyError;
+    fn from_str(s: &str) -> Result<Self, PolicyError> {
+        let c: Ipv4Cidr = s.parse().map_err(|_| PolicyError::NotANetwork(s.into()))?;
         let p = u32::from(c.prefix());
         let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
         let net = u32::from(c.addr()) & mask;
         if net != u32::from(c.addr()) {
-            return Err(format!(
-                "'{s}' has host bits set: write \"{}/{p}\"",
-                std::net::Ipv4Addr::from(net)
-            ));
+            return Err(PolicyError::HostBits {
+                text: s.into(),
+                net: std::net::Ipv4Addr::from(net),
+                prefix: p,
+            });
         }
         Ok(AllowNet(c))
     }
 }
 
 impl TryFrom<String> for AllowNet {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = PolicyError;
+    fn try_from(s: String) -> Result<Self, PolicyError> {
         s.parse()
     }
 }
@@ -199,13 +217,11 @@ pub struct NetPolicy {
 
 impl NetPolicy {
     /// Checks the sizes of the lists.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PolicyError> {
         if self.publish_ports.len() > MAX_POLICY_ENTRIES
             || self.uplink_allow.len() > MAX_POLICY_ENTRIES
         {
-            return Err(format!(
-                "at most {MAX_POLICY_ENTRIES} entries per list (use ranges)"
-            ));
+            return Err(PolicyError::TooMany);
         }
         Ok(())
     }
@@ -561,11 +577,11 @@ mod tests {
     #[test]
     fn bad_policies_name_the_fix() {
         let e = "10.1.0.0/8".parse::<AllowNet>().unwrap_err();
-        assert!(e.contains("10.0.0.0/8"), "{e}");
+        assert!(e.to_string().contains("10.0.0.0/8"), "{e}");
         assert!("0".parse::<PortRange>().is_err());
         assert!("70000".parse::<PortRange>().is_err());
         let e = "9000-8000".parse::<PortRange>().unwrap_err();
-        assert!(e.contains("8000-9000"), "{e}");
+        assert!(e.to_string().contains("8000-9000"), "{e}");
         let r: Result<NetPolicy, _> =
             serde_json::from_value(serde_json::json!({"publish_ports": ["80"], "x": 1}));
         assert!(r.is_err());

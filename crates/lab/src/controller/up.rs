@@ -229,7 +229,7 @@ pub(crate) fn ensure_network(lab: &Lab) -> Result<String> {
         up.allow = policy.uplink_allow.iter().map(|a| a.cidr()).collect();
         for p in &lab.publish {
             let std::net::IpAddr::V4(target) = p.target else {
-                return Err(LabError::Other(format!(
+                return Err(LabError::Unsupported(format!(
                     "published port {}: {} is not IPv4 (publishing goes to IPv4 addresses)",
                     p.host_port, p.target
                 )));
@@ -370,10 +370,7 @@ pub(crate) async fn stop_all(rt: &Arc<dyn Runtime>, names: &[String]) -> Result<
         .collect();
     let mut n = 0;
     for s in stops {
-        n += s
-            .await
-            .map_err(|e| LabError::Other(e.to_string()))?
-            .map_err(|e| LabError::Other(e.to_string()))?;
+        n += s.await??;
     }
     Ok(n)
 }
@@ -410,7 +407,7 @@ pub(crate) async fn up_some(
     progress.event(&format!("plan: {}", plan.summary()));
 
     // Record first, so a crash from here on is cleaned up by `down` and converged by `up`.
-    let spec = serde_json::to_value(lab).map_err(|e| LabError::Other(e.to_string()))?;
+    let spec = serde_json::to_value(lab)?;
     db.put_lab(&name, file.as_deref(), &spec, owner.as_deref())?;
     let vms: Vec<&Vm> = lab.vms().collect();
     db.sync_vms(
@@ -444,13 +441,11 @@ pub(crate) async fn up_some(
             db.set_lab_state(&name, LabState::Failed, Some(&e.to_string()))?;
             return Err(e);
         }
-        Err(e) => return Err(LabError::Other(e.to_string())),
+        Err(e) => return Err(e.into()),
     };
     let lab2 = lab.clone();
     let db2 = db.clone();
-    tokio::task::spawn_blocking(move || links::apply_links(&db2, &lab2))
-        .await
-        .map_err(|e| LabError::Other(e.to_string()))??;
+    tokio::task::spawn_blocking(move || links::apply_links(&db2, &lab2)).await??;
 
     // Replaced and removed VMs go first (a replaced VM keeps its name and taps).
     let mut gone: Vec<String> = plan.remove.clone();
@@ -689,8 +684,7 @@ pub async fn down(rt: Arc<dyn Runtime>, name: &str) -> Result<usize> {
             .release(&net_name)
             .map(|_| ())
     })
-    .await
-    .map_err(|e| LabError::Other(e.to_string()))?
+    .await?
     .map_err(net_err(name))?;
     let _ = std::fs::remove_dir_all(lab_run_dir(name));
     db.delete_lab(name)?;

@@ -20,12 +20,12 @@ pub fn targets(lab: &Lab, target: Option<&str>) -> Result<Vec<String>> {
     Ok(match target {
         None => lab.vms().map(|v| vm_name(lab, v)).collect(),
         Some(t) if t.contains('.') => {
-            let vm = lab.find_vm(t).map_err(LabError::Other)?;
+            let vm = lab.find_vm(t).map_err(LabError::NoSuch)?;
             vec![vm_name(lab, vm)]
         }
         Some(t) => {
             let node = lab.node(t).ok_or_else(|| {
-                LabError::Other(format!(
+                LabError::NoSuch(format!(
                     "lab '{}' has no node '{t}'{}",
                     lab.name,
                     crate::spec::error::suggest(t, lab.nodes.iter().map(|n| n.name.as_str()))
@@ -42,7 +42,7 @@ fn running_lab(name: &str) -> Result<LabRecord> {
         rec.state,
         LabState::Ready | LabState::Degraded | LabState::Starting
     ) {
-        return Err(LabError::Other(format!(
+        return Err(LabError::Conflict(format!(
             "lab '{name}' is {}: start the lab first",
             rec.state
         )));

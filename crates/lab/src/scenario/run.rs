@@ -342,7 +342,7 @@ pub async fn run_until(
     stop: impl Future<Output = String>,
 ) -> Result<Report> {
     let rec = LabRecord::load(lab).ok_or_else(|| LabError::NotFound(lab.into()))?;
-    check_against(s, &rec.lab).map_err(|e| LabError::Other(e.to_string()))?;
+    check_against(s, &rec.lab)?;
     let db = controller::db()?;
     let links_before = db.links(&rec.name)?;
     let started_ms = kobako_state::now_ms();

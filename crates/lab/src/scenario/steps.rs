@@ -19,8 +19,9 @@ use crate::spec::model::Chance;
 use crate::spec::units::Percent;
 use crate::spec::{Attachment, Impairment};
 
+/// A step that cannot run, in its own words ([`LabError::Step`]).
 pub(super) fn other(e: impl std::fmt::Display) -> LabError {
-    LabError::Other(e.to_string())
+    LabError::Step(e.to_string())
 }
 
 /// A fault a step left, and how it is undone.
@@ -107,7 +108,7 @@ impl Ctx<'_> {
             return Ok(t.into());
         }
         let lab = &self.rec.lab;
-        let vm = lab.find_vm(t).map_err(other)?;
+        let vm = lab.find_vm(t).map_err(LabError::NoSuch)?;
         let mine: Vec<crate::spec::Cidr> = lab
             .find_vm(from)
             .map(|f| {
@@ -226,9 +227,7 @@ pub(super) async fn exec_in(
     if dir.vm_pid().is_none() {
         return Err(other(format!("VM {name} is not running")));
     }
-    let (c, _) = kobako_runtime::wait_ready(&dir, Duration::from_secs(30))
-        .await
-        .map_err(other)?;
+    let (c, _) = kobako_runtime::wait_ready(&dir, Duration::from_secs(30)).await?;
     let out = c
         .exec(ExecRequest {
             argv: vec!["sh".into(), "-c".into(), cmd.into()],
@@ -239,8 +238,7 @@ pub(super) async fn exec_in(
             tty: None,
             user: None,
         })
-        .await
-        .map_err(other)?;
+        .await?;
     let code = if out.timed_out {
         124
     } else {
@@ -468,14 +466,11 @@ pub(super) async fn run_once(ctx: &Ctx<'_>, st: &Step) -> Result<Outcome> {
         tokio::time::sleep(d.duration()).await;
     } else if let Some(v) = &st.pause {
         let name = controller::resolve_in_lab(lab, v)?;
-        ctx.rt.pause(&VmDir::for_name(&name)).await.map_err(other)?;
+        ctx.rt.pause(&VmDir::for_name(&name)).await?;
         o.faults.push(Fault::Paused(name));
     } else if let Some(v) = &st.resume {
         let name = controller::resolve_in_lab(lab, v)?;
-        ctx.rt
-            .resume(&VmDir::for_name(&name))
-            .await
-            .map_err(other)?;
+        ctx.rt.resume(&VmDir::for_name(&name)).await?;
         ctx.faults
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -496,7 +491,7 @@ pub(super) async fn run_once(ctx: &Ctx<'_>, st: &Step) -> Result<Outcome> {
     } else if let Some(v) = &st.kill {
         let short = v.strip_prefix(&format!("{lab}/")).unwrap_or(v).to_string();
         let name = controller::resolve_in_lab(lab, &short)?;
-        ctx.rt.kill(&VmDir::for_name(&name)).await.map_err(other)?;
+        ctx.rt.kill(&VmDir::for_name(&name)).await?;
         o.observed = Some(format!("{name} killed"));
         o.faults.push(Fault::Killed(short));
     } else if let Some(c) = &st.restore {
@@ -617,7 +612,7 @@ fn partition(ctx: &Ctx<'_>, set: &[String]) -> Result<Vec<Fault>> {
     let mut inside = BTreeSet::new();
     for v in set {
         let short = v.strip_prefix(&format!("{}/", ctx.lab)).unwrap_or(v);
-        inside.insert(lab.find_vm(short).map_err(other)?.id.clone());
+        inside.insert(lab.find_vm(short).map_err(LabError::NoSuch)?.id.clone());
     }
     let mut faults = Vec::new();
     for l in &lab.links {

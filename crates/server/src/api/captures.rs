@@ -209,16 +209,14 @@ impl Write for Capped {
     }
 }
 
+/// A capture the host refused is most likely a stopped VM at that end (409); the rest as
+/// every lab error.
 fn capture_err(lab: &str, link: &str, e: LabError) -> ApiError {
     match e {
-        LabError::NotFound(_) => ApiError::conflict(format!(
-            "lab '{lab}' is not up: POST /api/v1/labs/{lab}/up first"
-        )),
         LabError::Net { source, .. } => ApiError::conflict(format!(
             "cannot capture link '{link}' of lab '{lab}': {source} (is the VM at that end running?)"
         )),
-        LabError::State(s) => s.into(),
-        e => ApiError::internal(e),
+        e => e.into(),
     }
 }
 

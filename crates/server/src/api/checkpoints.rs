@@ -71,7 +71,7 @@ async fn list_of(lab: String) -> ApiResult<Vec<checkpoint::CheckpointInfo>> {
     tokio::task::spawn_blocking(move || checkpoint::list(&lab))
         .await
         .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::internal(e.to_string()))
+        .map_err(ApiError::from)
 }
 
 /// The lab's checkpoints, oldest first.
@@ -238,7 +238,6 @@ pub async fn delete_checkpoint(
     existing(&name, &cp).await?;
     tokio::task::spawn_blocking(move || checkpoint::delete(&name, &cp))
         .await
-        .map_err(ApiError::internal)?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+        .map_err(ApiError::internal)??;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -121,21 +121,6 @@ impl From<Invocation> for InvocationResult {
     }
 }
 
-fn fn_err(e: kobako_lab::controller::LabError) -> ApiError {
-    let m = e.to_string();
-    if m.contains("no function '") {
-        ApiError::not_found(m)
-    } else if m.contains("slots busy") {
-        let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "busy", m);
-        e.retry_after = Some(1);
-        e
-    } else if m.contains("function name") || m.contains("must be at least") {
-        ApiError::bad_request(m)
-    } else {
-        ApiError::unprocessable("function_failed", m)
-    }
-}
-
 /// The function `name` if the caller may see it (`write`: change or invoke it).
 async fn function_for(caller: &Caller, name: &str, write: bool) -> ApiResult<Function> {
     if write {
@@ -144,8 +129,7 @@ async fn function_for(caller: &Caller, name: &str, write: bool) -> ApiResult<Fun
     let n = name.to_string();
     let f = tokio::task::spawn_blocking(move || functions::get(&n))
         .await
-        .map_err(ApiError::internal)?
-        .map_err(fn_err)?;
+        .map_err(ApiError::internal)??;
     let owner = f.owner.as_deref();
     // Another member's function is not there for this caller (404, no owner named).
     if !caller.can_see(owner) {
@@ -308,9 +292,7 @@ pub async fn invoke_function(
     // Its clones run within what the deployment reserved; this refuses them when the quota
     // no longer holds it (lowered by an admin since).
     drop(fn_quota_check(&st, &caller, &name, f.concurrency, f.memory_mib).await?);
-    let inv = functions::invoke(st.hooks.runtime.clone(), &name, body.to_vec())
-        .await
-        .map_err(fn_err)?;
+    let inv = functions::invoke(st.hooks.runtime.clone(), &name, body.to_vec()).await?;
     Ok(Json(inv.into()))
 }
 
@@ -325,7 +307,6 @@ pub async fn delete_function(
     function_for(&caller, &name, true).await?;
     tokio::task::spawn_blocking(move || functions::remove(&name))
         .await
-        .map_err(ApiError::internal)?
-        .map_err(fn_err)?;
+        .map_err(ApiError::internal)??;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -726,17 +726,13 @@ pub async fn lab_restart(
 
 // ---- links ---------------------------------------------------------------------------------
 
-fn link_err(lab: &str, e: kobako_lab::controller::LabError) -> ApiError {
-    use kobako_lab::controller::LabError;
+/// A link change the host refused is the impairment's fault (422); the rest as every lab error.
+fn link_err(e: kobako_lab::controller::LabError) -> ApiError {
     match e {
-        LabError::NotFound(_) => ApiError::conflict(format!(
-            "lab '{lab}' is not up: POST /api/v1/labs/{lab}/up first"
-        )),
-        LabError::Net { source, .. } => {
+        kobako_lab::controller::LabError::Net { source, .. } => {
             ApiError::unprocessable("invalid_impairment", source.to_string())
         }
-        LabError::State(s) => s.into(),
-        e => ApiError::internal(e),
+        e => e.into(),
     }
 }
 
@@ -799,7 +795,7 @@ async fn set_link(
     tokio::task::spawn_blocking(move || kobako_lab::controller::set_link_state(&l2, &k2, up))
         .await
         .map_err(ApiError::internal)?
-        .map_err(|e| link_err(&lab, e))?;
+        .map_err(link_err)?;
     Ok(Json(link_info(&st, &lab, &l).await?))
 }
 
@@ -886,7 +882,7 @@ async fn impair(
     tokio::task::spawn_blocking(move || kobako_lab::controller::impair(&l2, &k2, imp))
         .await
         .map_err(ApiError::internal)?
-        .map_err(|e| link_err(&lab, e))?;
+        .map_err(link_err)?;
     Ok(Json(link_info(&st, &lab, &l).await?))
 }
 

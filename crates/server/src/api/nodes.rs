@@ -46,8 +46,7 @@ async fn run(
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
     let row = lab_for(&st, &caller, &lab, true).await?;
     let spec: Lab = serde_json::from_value(row.spec.clone()).map_err(ApiError::internal)?;
-    controller::vmops::targets(&spec, Some(&target))
-        .map_err(|e| ApiError::not_found(e.to_string()))?;
+    controller::vmops::targets(&spec, Some(&target))?;
     if !matches!(
         row.state,
         LabState::Ready | LabState::Degraded | LabState::Starting

@@ -180,16 +180,16 @@ pub async fn put_policy(
             .publish_ports
             .iter()
             .map(|s| s.parse())
-            .collect::<Result<_, String>>()
+            .collect::<Result<_, netpolicy::PolicyError>>()
             .map_err(|e| invalid(format!("publish_ports: {e}")))?,
         uplink_allow: body
             .uplink_allow
             .iter()
             .map(|s| s.parse())
-            .collect::<Result<_, String>>()
+            .collect::<Result<_, netpolicy::PolicyError>>()
             .map_err(|e| invalid(format!("uplink_allow: {e}")))?,
     };
-    policy.validate().map_err(invalid)?;
+    policy.validate().map_err(|e| invalid(e.to_string()))?;
     let value = serde_json::to_value(&policy).map_err(ApiError::internal)?;
     let by = caller.name().to_string();
     let v = st

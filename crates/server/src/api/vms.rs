@@ -233,13 +233,12 @@ pub async fn exec(
     }))
 }
 
-/// Agent errors: the guest said no (no such program, bad user) → 422; channel trouble → 503.
+/// Agent errors: channel trouble → 503; anything else is the command failing in the guest
+/// (no such program, bad user) → 422.
 fn exec_err(e: kobako_runtime::RuntimeError) -> ApiError {
-    let m = e.to_string();
-    if m.contains("channel closed") || m.contains("cannot reach") {
-        ApiError::unavailable(m)
-    } else {
-        ApiError::unprocessable("exec_failed", m)
+    match e {
+        e @ kobako_runtime::RuntimeError::AgentGone(_) => e.into(),
+        e => ApiError::unprocessable("exec_failed", e.to_string()),
     }
 }
 
