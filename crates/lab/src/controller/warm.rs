@@ -38,6 +38,62 @@ use kobako_runtime::snapshot::{self, NewIdentity};
 use kobako_runtime::{Runtime, VmDir};
 use serde::{Deserialize, Serialize};
 
+/// Why a VM gets no warm clone: it then boots cold, and `up` says why. Cloneable (causes
+/// behind an `Arc`): one failed build answers every VM of that configuration in an `up`.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum WarmError {
+    /// This configuration or image is never cloned (another runtime, extra disks, a raw
+    /// writable root, no kernel, an agent that cannot give clones an identity).
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("warm snapshot {0} is locked by another process")]
+    Locked(String),
+    #[error("warm snapshot has {snapshot} NICs, the VM {vm}")]
+    NicCount { snapshot: usize, vm: usize },
+    /// Host I/O, naming the path or tool.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// `qemu-img create` refused (its own words).
+    #[error("qemu-img create: {0}")]
+    QemuImg(String),
+    #[error("namespace {ns}: {source}")]
+    Netns {
+        ns: String,
+        #[source]
+        source: Arc<kobako_net::NetError>,
+    },
+    #[error("giving the clone its identity: {0}")]
+    Identity(#[source] Arc<kobako_runtime::RuntimeError>),
+    /// Booting, snapshotting or restoring the VM.
+    #[error(transparent)]
+    Runtime(Arc<kobako_runtime::RuntimeError>),
+    /// The key's inputs could not be encoded.
+    #[error(transparent)]
+    Encode(Arc<serde_json::Error>),
+}
+
+impl From<kobako_runtime::RuntimeError> for WarmError {
+    fn from(e: kobako_runtime::RuntimeError) -> WarmError {
+        WarmError::Runtime(Arc::new(e))
+    }
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> WarmError {
+    let what = what.into();
+    move |e| WarmError::Io {
+        what,
+        source: Arc::new(e),
+    }
+}
+
+fn unsupported(why: &str) -> WarmError {
+    WarmError::Unsupported(why.into())
+}
+
 /// Changes whenever what a warm snapshot holds changes meaning (2: taken after systemd settled).
 const FORMAT: u32 = 2;
 /// Warm snapshots kept in the cache (the least recently used go first).
@@ -141,12 +197,15 @@ fn qemu_version() -> &'static str {
 
 /// The warm-snapshot key of a VM's boot configuration and its inputs, or why it cannot be
 /// cloned.
-pub fn key(rt: &dyn Runtime, cfg: &VmConfig) -> Result<(String, serde_json::Value), String> {
+pub fn key(rt: &dyn Runtime, cfg: &VmConfig) -> Result<(String, serde_json::Value), WarmError> {
     if rt.name() != "qemu" {
-        return Err(format!("the {} runtime has no snapshots", rt.name()));
+        return Err(WarmError::Unsupported(format!(
+            "the {} runtime has no snapshots",
+            rt.name()
+        )));
     }
     if !cfg.extra_disks.is_empty() {
-        return Err("it has extra disks (e.g. a cloud-init seed)".into());
+        return Err(unsupported("it has extra disks (e.g. a cloud-init seed)"));
     }
     let root = match &cfg.root {
         Root::Initramfs { path } => serde_json::json!({"initramfs": file_id(path)}),
@@ -158,11 +217,12 @@ pub fn key(rt: &dyn Runtime, cfg: &VmConfig) -> Result<(String, serde_json::Valu
             if *read_only {
                 serde_json::json!({"disk_ro": file_id(path), "format": format})
             } else if format == "qcow2" {
-                let base = qcow2_backing(path)
-                    .ok_or("its writable root disk is not an overlay on an image")?;
+                let base = qcow2_backing(path).ok_or_else(|| {
+                    unsupported("its writable root disk is not an overlay on an image")
+                })?;
                 serde_json::json!({"overlay_on": file_id(&base)})
             } else {
-                return Err("its root disk is a writable raw disk".into());
+                return Err(unsupported("its root disk is a writable raw disk"));
             }
         }
     };
@@ -174,14 +234,14 @@ pub fn key(rt: &dyn Runtime, cfg: &VmConfig) -> Result<(String, serde_json::Valu
         "accel": cfg.accel,
         "vcpus": cfg.vcpus,
         "memory_mib": cfg.memory_mib,
-        "kernel": file_id(&cfg.kernel).ok_or("its kernel file is missing")?,
+        "kernel": file_id(&cfg.kernel).ok_or_else(|| unsupported("its kernel file is missing"))?,
         "kernel_kind": cfg.kernel_kind,
         "root": root,
         "cmdline": cfg.extra_cmdline,
         "nics": cfg.nics.len(),
         "nic_model": "virtio-net-device",
     });
-    let text = serde_json::to_vec(&inputs).map_err(|e| e.to_string())?;
+    let text = serde_json::to_vec(&inputs).map_err(|e| WarmError::Encode(Arc::new(e)))?;
     let mut h = <sha2::Sha256 as sha2::Digest>::new();
     sha2::Digest::update(&mut h, &text);
     let key = hex::encode(sha2::Digest::finalize(h))[..16].to_string();
@@ -218,16 +278,16 @@ async fn settle(client: &AgentClient) {
 }
 
 /// An exclusive lock on a warm key, taken without blocking the runtime.
-async fn lock(key: &str) -> Result<std::fs::File, String> {
+async fn lock(key: &str) -> Result<std::fs::File, WarmError> {
     use std::os::fd::AsRawFd;
     let p = root().join(format!("{key}.lock"));
-    std::fs::create_dir_all(root()).map_err(|e| format!("{}: {e}", root().display()))?;
+    std::fs::create_dir_all(root()).map_err(io(root().display().to_string()))?;
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&p)
-        .map_err(|e| format!("{}: {e}", p.display()))?;
+        .map_err(io(p.display().to_string()))?;
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         // SAFETY: flock on a descriptor we own.
@@ -235,7 +295,7 @@ async fn lock(key: &str) -> Result<std::fs::File, String> {
             return Ok(f);
         }
         if Instant::now() > deadline {
-            return Err(format!("warm snapshot {key} is locked by another process"));
+            return Err(WarmError::Locked(key.into()));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -251,7 +311,7 @@ fn read(dir: &Path) -> Option<Warm> {
 }
 
 /// The warm snapshot of `cfg`'s configuration, built first when there is none.
-pub async fn ensure(rt: &Arc<dyn Runtime>, cfg: &VmConfig) -> Result<Warm, String> {
+pub async fn ensure(rt: &Arc<dyn Runtime>, cfg: &VmConfig) -> Result<Warm, WarmError> {
     let (key, inputs) = key(rt.as_ref(), cfg)?;
     let dir = root().join(&key);
     let _lock = lock(&key).await?;
@@ -264,7 +324,7 @@ pub async fn ensure(rt: &Arc<dyn Runtime>, cfg: &VmConfig) -> Result<Warm, Strin
         let _ = std::fs::remove_dir_all(&dir);
     }
     if let Ok(why) = std::fs::read_to_string(dir.with_extension("unsupported")) {
-        return Err(why);
+        return Err(WarmError::Unsupported(why));
     }
     let w = build(rt, cfg, &key, inputs).await?;
     prune(&key);
@@ -339,7 +399,7 @@ async fn build(
     cfg: &VmConfig,
     key: &str,
     inputs: serde_json::Value,
-) -> Result<Warm, String> {
+) -> Result<Warm, WarmError> {
     // Left by a build that was killed (we hold the key's lock, so no build runs): its VM,
     // namespace and staging directory.
     let stale = format!("kobako-warm-{}-", &key[..8]);
@@ -360,7 +420,7 @@ async fn build(
         }
     }
     let staging = root().join(format!(".staging-{key}-{}", std::process::id()));
-    std::fs::create_dir_all(&staging).map_err(|e| format!("{}: {e}", staging.display()))?;
+    std::fs::create_dir_all(&staging).map_err(io(staging.display().to_string()))?;
     let name = format!("kobako-warm-{}-{}", &key[..8], std::process::id() % 100_000);
     let mut wcfg = cfg.clone();
     wcfg.name = name.clone();
@@ -372,19 +432,18 @@ async fn build(
         ..
     } = &cfg.root
     {
-        let base = qcow2_backing(path).ok_or("no base image")?;
+        let base = qcow2_backing(path).ok_or_else(|| unsupported("no base image"))?;
         let ov = staging.join("build-root.qcow2");
         let out = std::process::Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
             .arg(&base)
             .arg(&ov)
             .output()
-            .map_err(|e| format!("qemu-img: {e}"))?;
+            .map_err(io("qemu-img"))?;
         if !out.status.success() {
             let _ = std::fs::remove_dir_all(&staging);
-            return Err(format!(
-                "qemu-img create: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
+            return Err(WarmError::QemuImg(
+                String::from_utf8_lossy(&out.stderr).trim().to_string(),
             ));
         }
         wcfg.root = Root::Disk {
@@ -399,7 +458,10 @@ async fn build(
         None
     } else {
         let ns = name.clone();
-        kobako_net::Netns::create(&ns).map_err(|e| format!("namespace {ns}: {e}"))?;
+        kobako_net::Netns::create(&ns).map_err(|e| WarmError::Netns {
+            ns: ns.clone(),
+            source: Arc::new(e),
+        })?;
         Some(ns)
     };
     wcfg.netns = netns.clone();
@@ -411,13 +473,12 @@ async fn build(
         .collect();
     let t0 = Instant::now();
     let result = async {
-        let vm = rt.create(&wcfg).await.map_err(|e| e.to_string())?;
+        let vm = rt.create(&wcfg).await?;
         let r = async {
-            rt.start(&vm).await.map_err(|e| e.to_string())?;
+            rt.start(&vm).await?;
             let (client, _) =
                 kobako_runtime::wait_ready(&vm, Duration::from_secs(wcfg.ready_timeout_secs))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
             let boot_ms = t0.elapsed().as_millis() as u64;
             // Clones need the agent's `identity` (MACs, RNG reseed): an image with an older
             // agent is remembered as unsupported and its VMs boot cold.
@@ -427,14 +488,12 @@ async fn build(
             {
                 let why = format!("the image's kobako-agent cannot give clones an identity ({e}); rebuild the image");
                 let _ = std::fs::write(root().join(key).with_extension("unsupported"), &why);
-                return Err(why);
+                return Err(WarmError::Unsupported(why));
             }
             settle(&client).await;
             drop(client);
             let t1 = Instant::now();
-            rt.snapshot(&vm, &staging.join("snap"), true)
-                .await
-                .map_err(|e| e.to_string())?;
+            rt.snapshot(&vm, &staging.join("snap"), true).await?;
             Ok((boot_ms, t1.elapsed().as_millis() as u64))
         }
         .await;
@@ -471,7 +530,7 @@ async fn build(
     };
     if let Err(e) = write() {
         let _ = std::fs::remove_dir_all(&staging);
-        return Err(format!("saving warm snapshot {}: {e}", dir.display()));
+        return Err(io(format!("saving warm snapshot {}", dir.display()))(e));
     }
     Ok(Warm { dir, file })
 }
@@ -496,24 +555,21 @@ pub async fn clone(
     rt: &Arc<dyn Runtime>,
     warm: &Warm,
     cfg: &VmConfig,
-) -> Result<(VmDir, AgentClient), String> {
+) -> Result<(VmDir, AgentClient), WarmError> {
     if warm.file.macs.len() != cfg.nics.len() {
-        return Err(format!(
-            "warm snapshot has {} NICs, the VM {}",
-            warm.file.macs.len(),
-            cfg.nics.len()
-        ));
+        return Err(WarmError::NicCount {
+            snapshot: warm.file.macs.len(),
+            vm: cfg.nics.len(),
+        });
     }
     let overlay = kobako_state::state_root().join("vms").join(&cfg.name);
-    let mut rcfg = rt
-        .restore_config(&warm.snap(), &cfg.name, &overlay, false)
-        .map_err(|e| e.to_string())?;
+    let mut rcfg = rt.restore_config(&warm.snap(), &cfg.name, &overlay, false)?;
     // A disk root: the clone's overlay is a copy of the snapshot's (an overlay on the image
     // itself), so neither the clone nor a checkpoint of it depends on this cache entry.
     if let (Root::Disk { path, .. }, Some(r)) = (&rcfg.root, &warm_manifest_root(warm)) {
         if let Err(e) = std::fs::copy(r, path) {
             let _ = kobako_runtime::vmdir::remove_paths(&rcfg.owned_paths);
-            return Err(format!("copy {} to {}: {e}", r.display(), path.display()));
+            return Err(io(format!("copy {} to {}", r.display(), path.display()))(e));
         }
     }
     rcfg.netns = cfg.netns.clone();
@@ -523,17 +579,15 @@ pub async fn clone(
         Ok(vm) => vm,
         Err(e) => {
             let _ = kobako_runtime::vmdir::remove_paths(&rcfg.owned_paths);
-            return Err(e.to_string());
+            return Err(e.into());
         }
     };
     // Until it has its identity, a clone is not a lab VM: `up` after a crash here replaces it.
     let _ = std::fs::write(vm.file(PENDING), b"");
     let r = async {
-        rt.start(&vm).await.map_err(|e| e.to_string())?;
+        rt.start(&vm).await?;
         let (client, _) =
-            kobako_runtime::wait_ready(&vm, Duration::from_secs(rcfg.ready_timeout_secs))
-                .await
-                .map_err(|e| e.to_string())?;
+            kobako_runtime::wait_ready(&vm, Duration::from_secs(rcfg.ready_timeout_secs)).await?;
         let id = NewIdentity {
             hostname: Some(kobako_runtime::config::hostname_of(&cfg.name)),
             macs: warm
@@ -547,7 +601,7 @@ pub async fn clone(
         };
         snapshot::fresh_identity(&client, &id)
             .await
-            .map_err(|e| format!("giving the clone its identity: {e}"))?;
+            .map_err(|e| WarmError::Identity(Arc::new(e)))?;
         Ok(client)
     }
     .await;
@@ -563,7 +617,7 @@ pub async fn clone(
     }
 }
 
-type Cell = Arc<tokio::sync::OnceCell<Result<Warm, String>>>;
+type Cell = Arc<tokio::sync::OnceCell<Result<Warm, WarmError>>>;
 
 /// The warm snapshots one `up` uses: each key built (or found) once, shared by its VMs.
 #[derive(Default, Clone)]
@@ -573,7 +627,7 @@ pub struct Pool {
 
 impl Pool {
     /// The warm snapshot for `cfg`, or why there is none (the VM then boots cold).
-    pub async fn get(&self, rt: &Arc<dyn Runtime>, cfg: &VmConfig) -> Result<Warm, String> {
+    pub async fn get(&self, rt: &Arc<dyn Runtime>, cfg: &VmConfig) -> Result<Warm, WarmError> {
         let (k, _) = key(rt.as_ref(), cfg)?;
         let cell = self
             .cells
