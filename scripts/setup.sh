@@ -49,23 +49,42 @@ api_fuzz_venv() {
 }
 api_fuzz_venv
 
-missing=()
-for p in "${PACKAGES[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-    missing+=("$p")
+missing_packages() {
+  missing=()
+  for p in "${PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+      missing+=("$p")
+    fi
+  done
+}
+install_missing() {
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >>/tmp/kobako-apt.log 2>&1; then
+    apt-get update -q >>/tmp/kobako-apt.log 2>&1
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >>/tmp/kobako-apt.log 2>&1 || {
+      echo "setup: apt-get install failed; see /tmp/kobako-apt.log" >&2
+      exit 1
+    }
   fi
-done
+}
+
+: >/tmp/kobako-apt.log
+missing_packages
 if [ ${#missing[@]} -eq 0 ]; then
   echo "setup: all host packages present"
   exit 0
 fi
-echo "setup: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/tmp/kobako-apt.log 2>&1; then
-  apt-get update -q >>/tmp/kobako-apt.log 2>&1
-  apt-get install -y -q --no-install-recommends "${missing[@]}" >>/tmp/kobako-apt.log 2>&1 || {
-    echo "setup: apt-get install failed; see /tmp/kobako-apt.log" >&2
+install_missing
+# An install can remove a package already there that conflicts with a new one (a machine
+# with a backported qemu-utils loses it when Debian's qemu-system-x86 comes in): check again.
+missing_packages
+if [ ${#missing[@]} -ne 0 ]; then
+  install_missing
+  missing_packages
+  if [ ${#missing[@]} -ne 0 ]; then
+    echo "setup: still missing after install: ${missing[*]}; see /tmp/kobako-apt.log" >&2
     exit 1
-  }
+  fi
 fi
 echo "setup: done"
