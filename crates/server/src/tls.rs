@@ -49,11 +49,13 @@ pub fn make_private(path: &Path, dir: bool, create: bool) -> Result<Vec<Fixed>> 
             if let Some(p) = path.parent() {
                 std::fs::create_dir_all(p).with_context(|| format!("create {}", p.display()))?;
             }
-            std::fs::DirBuilder::new()
-                .mode(want)
-                .create(path)
-                .with_context(|| format!("create {}", path.display()))?;
-            fixed.push(Fixed::Created);
+            match std::fs::DirBuilder::new().mode(want).create(path) {
+                Ok(()) => fixed.push(Fixed::Created),
+                // Another server starting at the same moment made it first: check what is
+                // there like any existing directory.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).with_context(|| format!("create {}", path.display())),
+            }
             std::fs::symlink_metadata(path)?
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(fixed),
