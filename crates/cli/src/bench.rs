@@ -8,7 +8,10 @@
 //!   accelerator) with `-serial stdio` to the agent printing `KOBAKO-BOOT-MARKER` on the console
 //!   right after its init work (`kobako.marker=poweroff`); no agent channel, no QMP, no supervisor.
 //!
-//! Max RSS is the VM process's peak resident set (wait4), for both.
+//! - kobako, jail off: the same as the first with the VM process's jail turned off
+//!   (`KOBAKO_JAIL=off`), to show what the jail costs (issue 18: at most 5 %).
+//!
+//! Max RSS is the VM process's peak resident set (wait4), for all.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -84,7 +87,10 @@ pub async fn boot(a: BenchBootArgs) -> Result<i32> {
         a.runs, base.vcpus, base.memory_mib, base.accel
     );
     let rt = runtime()?;
+    let mut open = runtime()?;
+    open.jail.enabled = false;
     let mut kobako = Vec::new();
+    let mut unjailed = Vec::new();
     let mut raw = Vec::new();
     for i in 0..a.runs {
         raw.push(raw_qemu(&rt, &base).with_context(|| format!("raw QEMU run {i}"))?);
@@ -97,11 +103,19 @@ pub async fn boot(a: BenchBootArgs) -> Result<i32> {
                 .await
                 .with_context(|| format!("kobako run {i}"))?,
         );
+        unjailed.push(
+            kobako_run(&open, &cfg)
+                .await
+                .with_context(|| format!("kobako run {i} without the jail"))?,
+        );
         eprintln!(
-            "  run {i:>2}: kobako {:>7.1} ms   raw qemu {:>7.1} ms",
-            kobako[i].ms, raw[i].ms
+            "  run {i:>2}: kobako {:>7.1} ms   jail off {:>7.1} ms   raw qemu {:>7.1} ms",
+            kobako[i].ms, unjailed[i].ms, raw[i].ms
         );
     }
+    let u: Vec<f64> = unjailed.iter().map(|s| s.ms).collect();
+    let ur: Vec<f64> = unjailed.iter().map(|s| s.rss_kib as f64 / 1024.0).collect();
+    let (um, umin, umax, usd) = stats(&u);
     let k: Vec<f64> = kobako.iter().map(|s| s.ms).collect();
     let r: Vec<f64> = raw.iter().map(|s| s.ms).collect();
     let kr: Vec<f64> = kobako.iter().map(|s| s.rss_kib as f64 / 1024.0).collect();
@@ -118,7 +132,10 @@ pub async fn boot(a: BenchBootArgs) -> Result<i32> {
                 "kobako_ms": {"median": km, "min": kmin, "max": kmax, "sd": ksd},
                 "raw_qemu_ms": {"median": rm, "min": rmin, "max": rmax, "sd": rsd},
                 "ratio": ratio,
+                "kobako_jail_off_ms": {"median": um, "min": umin, "max": umax, "sd": usd},
+                "jail_ratio": km / um,
                 "kobako_max_rss_mib_median": stats(&kr).0,
+                "kobako_jail_off_max_rss_mib_median": stats(&ur).0,
                 "raw_qemu_max_rss_mib_median": stats(&rr).0,
             })
         );
@@ -134,11 +151,17 @@ pub async fn boot(a: BenchBootArgs) -> Result<i32> {
             stats(&kr).0
         );
         println!(
+            "{:<28} {um:>8.1} {umin:>8.1} {umax:>8.1} {usd:>8.1} {:>14.1}",
+            "kobako, jail off",
+            stats(&ur).0
+        );
+        println!(
             "{:<28} {rm:>8.1} {rmin:>8.1} {rmax:>8.1} {rsd:>8.1} {:>14.1}",
             "raw qemu (console marker)",
             stats(&rr).0
         );
         println!("ratio kobako / raw qemu (median): {ratio:.3}");
+        println!("ratio jail on / jail off (median): {:.3}", km / um);
     }
     Ok(0)
 }

@@ -68,6 +68,12 @@ pub async fn snapshot(a: BenchSnapArgs) -> Result<i32> {
         bail!("--runs, --node-vms and --invocations must be at least 1");
     }
     let rt: Arc<dyn Runtime> = Arc::new(runtime()?);
+    // The same runtime with the VM process's jail off: what the jail costs a clone.
+    let open: Arc<dyn Runtime> = Arc::new({
+        let mut r = runtime()?;
+        r.jail.enabled = false;
+        r
+    });
     let cores = kobako_runtime::host::cpus();
     let load_before = loadavg();
     let tag = std::process::id() % 100_000;
@@ -97,7 +103,7 @@ pub async fn snapshot(a: BenchSnapArgs) -> Result<i32> {
     let w = warm::ensure(&rt, &base)
         .await
         .map_err(|e| anyhow::anyhow!("warm snapshot: {e}"))?;
-    let (mut cold, mut clone) = (Vec::new(), Vec::new());
+    let (mut cold, mut clone, mut clone_open) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..a.runs {
         let mut cfg = base.clone();
         cfg.name = format!("bsnap-{tag}-c{i}");
@@ -117,9 +123,21 @@ pub async fn snapshot(a: BenchSnapArgs) -> Result<i32> {
         let el = ms(t);
         rt.kill(&vm).await?;
         clone.push(el);
-        eprintln!("  run {i}: cold {:.0} ms, warm clone {:.0} ms", cold[i], el);
+        cfg.name = format!("bsnap-{tag}-o{i}");
+        let t = Instant::now();
+        let (vm, _) = warm::clone(&open, &w, &cfg)
+            .await
+            .map_err(|e| anyhow::anyhow!("clone without the jail: {e}"))?;
+        let el_open = ms(t);
+        open.kill(&vm).await?;
+        clone_open.push(el_open);
+        eprintln!(
+            "  run {i}: cold {:.0} ms, warm clone {:.0} ms, warm clone jail off {:.0} ms",
+            cold[i], el, el_open
+        );
     }
     let (vm_cold, vm_warm) = (median(&cold), median(&clone));
+    let vm_warm_open = median(&clone_open);
 
     // 2. A node of N VMs through `up`, cold vs warm.
     let name = format!("bsnap{tag}");
@@ -251,7 +269,9 @@ pub async fn snapshot(a: BenchSnapArgs) -> Result<i32> {
                 "cores": cores, "load_before": load_before, "load_after": load_after,
                 "runs": a.runs, "memory": a.memory,
                 "vm": {"cold_ms": vm_cold, "warm_clone_ms": vm_warm, "ratio": r1,
-                       "cold_runs": cold, "warm_runs": clone},
+                       "cold_runs": cold, "warm_runs": clone,
+                       "warm_clone_jail_off_ms": vm_warm_open,
+                       "jail_ratio": vm_warm / vm_warm_open},
                 "node": {"vms": a.node_vms, "cold_ms": node_cold, "warm_ms": node_warm, "ratio": r2,
                          "cold_runs": ncold, "warm_runs": nwarm},
                 "fn_invoke": {
@@ -265,6 +285,10 @@ pub async fn snapshot(a: BenchSnapArgs) -> Result<i32> {
     } else {
         println!(
             "one VM to agent ready: cold {vm_cold:.0} ms, warm clone {vm_warm:.0} ms (restore + identity): {r1:.2}x (goal <= 0.35x)"
+        );
+        println!(
+            "warm clone with the jail off: {vm_warm_open:.0} ms: jail on / off {:.3} (goal <= 1.05)",
+            vm_warm / vm_warm_open
         );
         println!(
             "node of {} VMs, `up` to ready and configured: cold {node_cold:.0} ms, warm clones {node_warm:.0} ms: {r2:.2}x (goal <= 0.4x)",

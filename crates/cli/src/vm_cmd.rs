@@ -129,6 +129,15 @@ pub fn runtime() -> Result<QemuRuntime> {
     let mut rt = QemuRuntime::new(exe);
     // QEMU's seccomp sandbox is on unless turned off for debugging (read here, at the edge).
     rt.sandbox = std::env::var("KOBAKO_QEMU_SANDBOX").map_or(true, |v| v != "off");
+    // The jail around each QEMU process likewise (issue 18): uid, mount and PID namespaces,
+    // cgroup limits. KOBAKO_JAIL_OVERHEAD_MIB: memory allowed above the guest's RAM.
+    rt.jail.enabled = std::env::var("KOBAKO_JAIL").map_or(true, |v| v != "off");
+    if let Some(mib) = std::env::var("KOBAKO_JAIL_OVERHEAD_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        rt.jail.overhead_mib = mib;
+    }
     Ok(rt)
 }
 
@@ -605,6 +614,9 @@ async fn ls(json: bool) -> Result<i32> {
             s.boot_ms.map(|b| format!("{b} ms")).unwrap_or("-".into()),
             s.pid.map(|p| p.to_string()).unwrap_or("-".into())
         );
+        if let Some(why) = &s.exit {
+            println!("  {}: {why}", s.name);
+        }
     }
     Ok(0)
 }

@@ -19,6 +19,7 @@ pub mod config;
 pub mod fcapi;
 pub mod group;
 pub mod host;
+pub mod jail;
 pub mod qemu;
 pub mod qmp;
 pub mod snapshot;
@@ -110,6 +111,10 @@ pub struct VmStatus {
     pub accel: Accel,
     /// Milliseconds from process start to agent ready, when known.
     pub boot_ms: Option<u64>,
+    /// Why an exited VM ended, when its supervisor kept the record (e.g. killed for going over
+    /// its memory limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit: Option<String>,
 }
 
 /// Where a VM's serial console is.

@@ -13,8 +13,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::config::{Root, VmConfig};
+use crate::jail::{Jail, JailConfig};
 use crate::qmp::Qmp;
-use crate::vmdir::{alive, write_json, GuestChannel, Launch, VmDir};
+use crate::vmdir::{alive, write_json, GuestChannel, Launch, PassFd, VmDir};
 use crate::{io, Accel, Console, Result, Runtime, RuntimeError, VmState, VmStatus};
 
 /// The QEMU runtime.
@@ -24,6 +25,8 @@ pub struct QemuRuntime {
     pub qemu: PathBuf,
     /// Run QEMU under its seccomp sandbox ([`SANDBOX`]); off only for debugging.
     pub sandbox: bool,
+    /// The jail around each QEMU process ([`crate::jail`]).
+    pub jail: JailConfig,
 }
 
 /// QEMU's own seccomp filter (`-sandbox`): obsolete system calls, privilege changes (setuid and
@@ -36,6 +39,13 @@ pub const PACKAGE: &str = "qemu-system-x86";
 
 /// The guest CPU under TCG: qemu64 plus the x86-64-v2 features (what Debian software may
 /// assume of any machine it runs on; `-cpu host` is used under KVM).
+/// Descriptor numbers of what the supervisor opens for QEMU ([`QemuRuntime::pass`]; 3 is
+/// [`crate::vmdir::INCOMING_FD`]).
+pub const QMP_FD: i32 = 4;
+pub const CONSOLE_FD: i32 = 5;
+pub const AGENT_FD: i32 = 6;
+pub const CONSOLE_LOG_FD: i32 = 7;
+
 pub const TCG_CPU: &str = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16";
 
 impl QemuRuntime {
@@ -44,6 +54,7 @@ impl QemuRuntime {
             kobako_exe,
             qemu: PathBuf::from("/usr/bin/qemu-system-x86_64"),
             sandbox: true,
+            jail: JailConfig::default(),
         }
     }
 
@@ -78,9 +89,31 @@ impl QemuRuntime {
         a
     }
 
-    /// The full QEMU command line for a VM.
-    pub fn argv(&self, cfg: &VmConfig, dir: &Path) -> Vec<String> {
-        let p = |f: &str| dir.join(f).display().to_string();
+    /// The descriptors the supervisor opens in `dir` for the QEMU process [`Self::argv`] makes.
+    pub fn pass(dir: &Path) -> Vec<PassFd> {
+        vec![
+            PassFd::Listen {
+                path: dir.join("qmp.sock"),
+                fd: QMP_FD,
+            },
+            PassFd::Listen {
+                path: dir.join("console.sock"),
+                fd: CONSOLE_FD,
+            },
+            PassFd::Listen {
+                path: dir.join("agent-guest.sock"),
+                fd: AGENT_FD,
+            },
+            PassFd::Append {
+                path: dir.join("console.log"),
+                fd: CONSOLE_LOG_FD,
+            },
+        ]
+    }
+
+    /// The full QEMU command line for a VM (its sockets and console log are the descriptors
+    /// of [`Self::pass`]).
+    pub fn argv(&self, cfg: &VmConfig) -> Vec<String> {
         let mut a = self.machine_argv(cfg);
         a.splice(
             1..1,
@@ -97,12 +130,14 @@ impl QemuRuntime {
             cfg.kernel.display().to_string(),
             "-append".into(),
             cfg.cmdline(),
-            // Serial console: live on a socket, everything also in console.log.
+            // Serial console: live on a socket, everything also in console.log. Both, the
+            // agent channel and QMP are descriptors the supervisor opened (see `pass`): QEMU
+            // creates no file and needs no writable directory.
+            "-add-fd".into(),
+            format!("fd={CONSOLE_LOG_FD},set={CONSOLE_LOG_FD}"),
             "-chardev".into(),
             format!(
-                "socket,id=con,path={},server=on,wait=off,logfile={},logappend=on",
-                p("console.sock"),
-                p("console.log")
+                "socket,id=con,fd={CONSOLE_FD},server=on,wait=off,logfile=/dev/fdset/{CONSOLE_LOG_FD},logappend=on"
             ),
             "-serial".into(),
             "chardev:con".into(),
@@ -110,17 +145,16 @@ impl QemuRuntime {
             "-device".into(),
             "virtio-serial-device".into(),
             "-chardev".into(),
-            format!(
-                "socket,id=agent,path={},server=on,wait=off",
-                p("agent-guest.sock")
-            ),
+            format!("socket,id=agent,fd={AGENT_FD},server=on,wait=off"),
             "-device".into(),
             format!(
                 "virtserialport,chardev=agent,name={}",
                 kobako_agent::proto::PORT_NAME
             ),
-            "-qmp".into(),
-            format!("unix:{},server=on,wait=off", p("qmp.sock")),
+            "-chardev".into(),
+            format!("socket,id=qmp,fd={QMP_FD},server=on,wait=off"),
+            "-mon".into(),
+            "chardev=qmp,mode=control".into(),
         ]);
         match &cfg.root {
             Root::Initramfs { path } => a.extend(["-initrd".into(), path.display().to_string()]),
@@ -234,9 +268,20 @@ impl Runtime for QemuRuntime {
             vm.remove()?;
         }
         std::fs::create_dir_all(&vm.path).map_err(io(format!("create {}", vm.path.display())))?;
+        let jail = if self.jail.enabled {
+            match Jail::for_qemu(cfg, &self.jail, &self.qemu, &vm.path) {
+                Ok(j) => Some(j),
+                Err(e) => {
+                    let _ = vm.remove();
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let launch = Launch {
             netns: cfg.netns.clone(),
-            argv: self.argv(cfg, &vm.path),
+            argv: self.argv(cfg),
             channel: GuestChannel::Unix {
                 path: vm.file("agent-guest.sock"),
             },
@@ -244,10 +289,13 @@ impl Runtime for QemuRuntime {
             reset_exit_code: None,
             console_log_from: None,
             incoming_fd: cfg.incoming.clone(),
+            pass: Self::pass(&vm.path),
+            jail: jail.clone(),
         };
         let r = write_json(&vm.file("config.json"), cfg)
             .and_then(|_| write_json(&vm.file("launch.json"), &launch));
         if let Err(e) = r {
+            crate::jail::release(&vm.path, jail.as_ref());
             let _ = vm.remove();
             return Err(e);
         }
@@ -340,6 +388,11 @@ impl Runtime for QemuRuntime {
             memory_mib: cfg.memory_mib,
             accel: cfg.accel,
             boot_ms: ready.map(|r| r.boot_ms),
+            exit: pid
+                .is_none()
+                .then(|| vm.exit())
+                .flatten()
+                .map(|e| e.describe()),
         })
     }
 

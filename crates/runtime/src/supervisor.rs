@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 use kobako_agent::proto::{self, Frame, Kind, Msg};
 
 use crate::vmdir::{
-    write_json, BootRecord, ExitRecord, GuestChannel, Launch, ReadyRecord, VmDir, INCOMING_FD,
+    write_json, BootRecord, ExitRecord, GuestChannel, Launch, PassFd, ReadyRecord, VmDir,
+    INCOMING_FD,
 };
 
 type Writer = Arc<Mutex<UnixStream>>;
@@ -116,6 +117,8 @@ fn supervise(vm: VmDir) -> Result<(), String> {
         .map_err(|e| format!("bind {}: {e}", agent_sock.display()))?;
 
     let vm_log = std::fs::File::create(vm.file("vm.log")).map_err(|e| format!("vm.log: {e}"))?;
+    // The VM process's sockets and log: opened here once, kept across its reboots.
+    let passed = open_passed(&launch.pass)?;
     let shared = Arc::new(Shared {
         vm: vm.clone(),
         started: Mutex::new(Instant::now()),
@@ -147,7 +150,7 @@ fn supervise(vm: VmDir) -> Result<(), String> {
     let first_start = Instant::now();
     let mut quick_reboots = 0;
     let rec = loop {
-        let (pid, boot_started) = spawn_vm(&vm, &launch, &vm_log)?;
+        let (child, pid, boot_started) = spawn_vm(&vm, &launch, &vm_log, &passed)?;
         *lock(&shared.started) = boot_started;
         {
             let shared = shared.clone();
@@ -188,8 +191,13 @@ fn supervise(vm: VmDir) -> Result<(), String> {
                 })
                 .map_err(|e| e.to_string())?;
         }
-        let (code, signal, max_rss_kib) = wait_vm(pid);
+        let (code, signal, max_rss_kib) = wait_vm(child);
         let _ = std::fs::remove_file(vm.file("vm.pid"));
+        let oom_limit_mib = launch.jail.as_ref().and_then(|j| {
+            let oom = signal == Some(libc::SIGKILL) && crate::jail::oom_killed(&j.cgroup);
+            leave_jail(j);
+            oom.then_some(j.limits.memory_mib)
+        });
         let shutdown = lock(&shared.shutdown).take();
         // A reset the VM process reports by its exit status (kobako-vmm) restarts the guest
         // like an announced reboot, unless a stop is under way or the agent said power-off.
@@ -219,6 +227,7 @@ fn supervise(vm: VmDir) -> Result<(), String> {
             max_rss_kib,
             shutdown: shutdown.map(|reboot| if reboot { "reboot" } else { "poweroff" }.to_string()),
             runtime_ms: first_start.elapsed().as_millis() as u64,
+            oom_limit_mib,
         };
     };
     let _ = std::fs::remove_file(&agent_sock);
@@ -226,7 +235,8 @@ fn supervise(vm: VmDir) -> Result<(), String> {
     // console.log) for whoever waits for it to report why; that waiter (or `down`/`vm rm`)
     // removes it. A foreground `vm run` likewise reads exit.json and removes the directory.
     let died_booting = !launch_has_no_agent(&shared) && !shared.ever_ready.load(Ordering::Relaxed);
-    if vm.file("attached").exists() || died_booting {
+    // A VM the kernel killed for its memory keeps its record too: `vm ls`/`lab status` say why.
+    if vm.file("attached").exists() || died_booting || rec.oom_limit_mib.is_some() {
         let _ = write_json(&vm.file("exit.json"), &rec);
     } else {
         let _ = vm.remove();
@@ -258,9 +268,85 @@ fn strip_incoming(argv: &mut Vec<String>, vm: &VmDir) {
 /// connections and vsock streams).
 const VM_MAX_FILES: libc::rlim_t = 4096;
 
-/// Start the VM process (in its network namespace, dying with us). Returns its pid and when it
-/// started.
-fn spawn_vm(vm: &VmDir, launch: &Launch, log: &std::fs::File) -> Result<(i32, Instant), String> {
+/// A descriptor the supervisor holds for the VM process: the open file, and the number the VM
+/// process finds it at.
+struct Passed {
+    fd: std::os::fd::OwnedFd,
+    target: i32,
+}
+
+/// Lowest descriptor number the supervisor keeps its copies at, so that moving them to their
+/// targets (3..) in the child never overwrites one not yet moved.
+const PASS_FD_FLOOR: i32 = 32;
+
+/// Binds the listening sockets and opens the files of `pass`, each copied to a descriptor at or
+/// above [`PASS_FD_FLOOR`].
+fn open_passed(pass: &[PassFd]) -> Result<Vec<Passed>, String> {
+    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    for p in pass {
+        let raw = match p {
+            PassFd::Listen { path, .. } => {
+                let _ = std::fs::remove_file(path);
+                let l = UnixListener::bind(path)
+                    .map_err(|e| format!("bind {}: {e}", path.display()))?;
+                // The server and this supervisor (root) connect; nobody else.
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+                l.into_raw_fd()
+            }
+            PassFd::Append { path, .. } => std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(|e| format!("open {}: {e}", path.display()))?
+                .into_raw_fd(),
+        };
+        // SAFETY: raw was just opened here and is owned by nobody else.
+        let first = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor we own returns a new one we own.
+        let high = unsafe { libc::fcntl(first.as_raw_fd(), libc::F_DUPFD_CLOEXEC, PASS_FD_FLOOR) };
+        if high < 0 {
+            return Err(format!("dup: {}", std::io::Error::last_os_error()));
+        }
+        out.push(Passed {
+            // SAFETY: high is a fresh descriptor owned by nobody else.
+            fd: unsafe { OwnedFd::from_raw_fd(high) },
+            target: p.fd(),
+        });
+    }
+    Ok(out)
+}
+
+/// Gives the VM's writable files to its jail uid (before a boot).
+fn enter_jail_files(j: &crate::jail::Jail) -> Result<(), String> {
+    for p in &j.writable {
+        std::os::unix::fs::lchown(p, Some(j.uid), Some(j.gid))
+            .map_err(|e| format!("give {} to the jail uid: {e}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// After the VM process ended: its files back to root, its cgroups gone.
+fn leave_jail(j: &crate::jail::Jail) {
+    for p in &j.writable {
+        let _ = std::os::unix::fs::lchown(p, Some(0), Some(0));
+    }
+    crate::jail::remove_cgroups(&j.cgroup);
+}
+
+/// Start the VM process (in its network namespace and jail, dying with us). Returns the pid of
+/// our child (what to wait for), the VM process's pid (in a jail, the child's child), and when
+/// it started.
+fn spawn_vm(
+    vm: &VmDir,
+    launch: &Launch,
+    log: &std::fs::File,
+    passed: &[Passed],
+) -> Result<(i32, i32, Instant), String> {
     let (prog, args) = launch.argv.split_first().ok_or("launch.json: empty argv")?;
     let mut cmd = Command::new(prog);
     cmd.args(args)
@@ -278,23 +364,48 @@ fn spawn_vm(vm: &VmDir, launch: &Launch, log: &std::fs::File) -> Result<(i32, In
     let netns_raw = netns_fd.as_ref().map(|f| f.as_raw_fd());
     // A restore's migration stream, opened here (read-only) and found by the VM process at
     // INCOMING_FD: it then needs to spawn nothing to read it.
-    let incoming: Option<std::fs::File> = match &launch.incoming_fd {
-        Some(p) => Some(
-            std::fs::File::open(p).map_err(|e| format!("snapshot state {}: {e}", p.display()))?,
-        ),
+    let incoming: Option<std::os::fd::OwnedFd> = match &launch.incoming_fd {
+        Some(p) => {
+            let f = std::fs::File::open(p)
+                .map_err(|e| format!("snapshot state {}: {e}", p.display()))?;
+            // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor we own returns a new one we own.
+            let high = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD_CLOEXEC, PASS_FD_FLOOR) };
+            if high < 0 {
+                return Err(format!("dup: {}", std::io::Error::last_os_error()));
+            }
+            // SAFETY: high is a fresh descriptor owned by nobody else.
+            Some(unsafe { std::os::fd::FromRawFd::from_raw_fd(high) })
+        }
         None => None,
     };
-    let incoming_raw = incoming.as_ref().map(|f| f.as_raw_fd());
-    // SAFETY: prctl, setns, dup2, fcntl and setrlimit in the child between fork and exec are
-    // async-signal-safe; the netns and incoming fds stay open in the parent until after spawn.
+    // (source, target) pairs; every source is >= PASS_FD_FLOOR > every target.
+    let mut moves: Vec<(i32, i32)> = passed
+        .iter()
+        .map(|p| (p.fd.as_raw_fd(), p.target))
+        .collect();
+    if let Some(f) = &incoming {
+        moves.push((f.as_raw_fd(), INCOMING_FD));
+    }
+    let jail = match &launch.jail {
+        Some(j) => {
+            enter_jail_files(j)?;
+            Some(Arc::new(
+                crate::jail::Prepared::new(j).map_err(|e| format!("jail: {e}"))?,
+            ))
+        }
+        None => None,
+    };
+    let in_child = jail.clone();
+    // SAFETY: prctl, setns, dup2, setrlimit and the jail's steps (Prepared::enter: plain
+    // system calls on data prepared above) in the child between fork and exec are
+    // async-signal-safe; every descriptor used stays open in the parent until after spawn.
     unsafe {
         cmd.pre_exec(move || {
             // Never leave an unsupervised VM behind: if the supervisor dies, so does the VM.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            // The first pieces of the jail (issue 18): the VM process and what it runs can
-            // never gain privileges through exec (setuid binaries, file capabilities), dump
-            // no core (guest memory would land on the host's disk), and open a bounded number
-            // of files.
+            // The VM process and what it runs can never gain privileges through exec
+            // (setuid binaries, file capabilities), dump no core (guest memory would land on
+            // the host's disk), and open a bounded number of files.
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -316,28 +427,33 @@ fn spawn_vm(vm: &VmDir, launch: &Launch, log: &std::fs::File) -> Result<(i32, In
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            if let Some(fd) = incoming_raw {
-                // dup2 leaves the copy open across exec; when the file already sits at
-                // INCOMING_FD, dup2 does nothing and its close-on-exec flag is cleared here.
-                let ok = if fd == INCOMING_FD {
-                    libc::fcntl(fd, libc::F_SETFD, 0) == 0
-                } else {
-                    libc::dup2(fd, INCOMING_FD) == INCOMING_FD
-                };
-                if !ok {
+            // dup2 leaves each copy open across exec.
+            for &(src, target) in &moves {
+                if libc::dup2(src, target) != target {
                     return Err(std::io::Error::last_os_error());
                 }
+            }
+            if let Some(j) = &in_child {
+                j.enter()?;
             }
             Ok(())
         });
     }
     let child = cmd.spawn().map_err(|e| format!("start {prog}: {e}"))?;
     let started = Instant::now();
-    let pid = child.id() as i32;
+    let child_pid = child.id() as i32;
     // The child is reaped by wait_vm (wait4), not through `Child`.
     std::mem::forget(child);
-    std::fs::write(vm.file("vm.pid"), pid.to_string()).map_err(|e| e.to_string())?;
-    Ok((pid, started))
+    let vm_pid = match jail {
+        Some(j) => {
+            drop(cmd);
+            let mut j = Arc::try_unwrap(j).map_err(|_| "jail still shared after spawn")?;
+            j.vm_pid().ok_or("the jailed VM process did not start")?
+        }
+        None => child_pid,
+    };
+    std::fs::write(vm.file("vm.pid"), vm_pid.to_string()).map_err(|e| e.to_string())?;
+    Ok((child_pid, vm_pid, started))
 }
 
 /// Wait for the VM process; returns (exit code, signal, peak RSS in KiB) from wait4.

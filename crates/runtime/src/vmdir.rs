@@ -81,10 +81,35 @@ pub struct Launch {
     /// [`INCOMING_FD`] (QEMU's `-incoming fd:3`: a restore that spawns no helper).
     #[serde(default)]
     pub incoming_fd: Option<PathBuf>,
+    /// Sockets and files the supervisor opens and hands the VM process at fixed descriptor
+    /// numbers, so the VM process needs no writable directory (QEMU: `fd=N`, `/dev/fdset/N`).
+    #[serde(default)]
+    pub pass: Vec<PassFd>,
+    /// The jail the VM process runs in (None: jail turned off, or a runtime without one yet).
+    #[serde(default)]
+    pub jail: Option<crate::jail::Jail>,
 }
 
 /// The descriptor number a VM process finds [`Launch::incoming_fd`] at.
 pub const INCOMING_FD: i32 = 3;
+
+/// A descriptor the supervisor opens for the VM process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum PassFd {
+    /// A listening Unix socket bound at `path` (mode 0600, the server and supervisor connect).
+    Listen { path: PathBuf, fd: i32 },
+    /// A file opened write-only, append, created 0600 (a log).
+    Append { path: PathBuf, fd: i32 },
+}
+
+impl PassFd {
+    pub fn fd(&self) -> i32 {
+        match self {
+            PassFd::Listen { fd, .. } | PassFd::Append { fd, .. } => *fd,
+        }
+    }
+}
 
 /// Written by the supervisor when the VMM reports the guest's boot-complete signal.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -114,11 +139,21 @@ pub struct ExitRecord {
     /// "poweroff" / "reboot" when the guest announced it; None for a crash or a kill.
     pub shutdown: Option<String>,
     pub runtime_ms: u64,
+    /// The kernel killed the VM process for going over its jail's memory limit (MiB).
+    #[serde(default)]
+    pub oom_limit_mib: Option<u64>,
 }
 
 impl ExitRecord {
     /// One line for humans.
     pub fn describe(&self) -> String {
+        if let Some(mib) = self.oom_limit_mib {
+            return format!(
+                "VM process killed by the kernel: it went over its memory limit of {mib} MiB \
+                 (the guest's RAM plus the VMM's allowance; if the VMM needs more, raise \
+                 KOBAKO_JAIL_OVERHEAD_MIB)"
+            );
+        }
         match (&self.shutdown, self.code, self.signal) {
             (Some(s), _, _) => format!("guest {s}"),
             (None, _, Some(sig)) => format!("VM process killed by signal {sig}"),
@@ -205,6 +240,9 @@ impl VmDir {
     pub fn remove(&self) -> Result<()> {
         if let Ok(cfg) = self.config() {
             remove_paths(&cfg.owned_paths)?;
+        }
+        if let Ok(l) = self.launch() {
+            crate::jail::release(&self.path, l.jail.as_ref());
         }
         match std::fs::remove_dir_all(&self.path) {
             Ok(()) => Ok(()),

@@ -433,6 +433,10 @@ impl Runtime for VmmRuntime {
             reset_exit_code: Some(EXIT_GUEST_RESET),
             console_log_from: Some(vm.file("console.sock")),
             incoming_fd: None,
+            // kobako-vmm creates its own sockets and runs unjailed for now (issue 18: its jail
+            // needs the API socket, vsock and snapshot paths handed over as descriptors).
+            pass: Vec::new(),
+            jail: None,
         };
         let r = write_json(&vm.file("vmm.json"), &fc)
             .and_then(|_| match &restore {
@@ -565,6 +569,11 @@ impl Runtime for VmmRuntime {
                     .map(|b| b.boot_ms)
                     .or_else(|| vm.ready().map(|r| r.boot_ms)),
             },
+            exit: pid
+                .is_none()
+                .then(|| vm.exit())
+                .flatten()
+                .map(|e| e.describe()),
         })
     }
 
