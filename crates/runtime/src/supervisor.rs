@@ -349,7 +349,11 @@ fn spawn_vm(
 ) -> Result<(i32, i32, Instant), String> {
     let (prog, args) = launch.argv.split_first().ok_or("launch.json: empty argv")?;
     let mut cmd = Command::new(prog);
+    // Nothing of the host's environment (a server's secrets may be there): the VM process
+    // reads none of it. KOBAKO_VM names the VM directory, for whoever looks at processes.
     cmd.args(args)
+        .env_clear()
+        .env("KOBAKO_VM", &vm.path)
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| e.to_string())?)
         .stderr(log.try_clone().map_err(|e| e.to_string())?);

@@ -66,7 +66,8 @@ impl Env {
             .unwrap_or_default()
     }
 
-    /// Processes whose command line mentions this environment's run dir (QEMU, supervisors).
+    /// Processes whose command line or environment mentions this environment's run dir
+    /// (supervisors by their command line, VM processes by `KOBAKO_VM`).
     pub fn processes(&self) -> Vec<String> {
         let needle = self.run.path().to_string_lossy().into_owned();
         let mut found = Vec::new();
@@ -79,11 +80,13 @@ impl Env {
                 continue;
             };
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+            let environ = String::from_utf8_lossy(&environ);
             let state = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
             let zombie = state
                 .rsplit_once(") ")
                 .is_some_and(|(_, r)| r.starts_with('Z'));
-            if cmdline.contains(&needle) && !zombie {
+            if (cmdline.contains(&needle) || environ.contains(&needle)) && !zombie {
                 found.push(format!("{name}: {cmdline}"));
             }
         }
