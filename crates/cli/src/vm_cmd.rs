@@ -136,7 +136,7 @@ pub fn runtime() -> Result<QemuRuntime> {
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
     {
-        rt.jail.overhead_mib = mib;
+        rt.jail.overhead_mib = Some(mib);
     }
     Ok(rt)
 }

@@ -47,10 +47,13 @@ pub const UID_REGISTRY: &str = "/run/kobako/jail-uids";
 pub const DEFAULT_UID_BASE: u32 = 900_000;
 /// How many uids the jail may hand out (one per running VM).
 pub const DEFAULT_UID_COUNT: u32 = 65_536;
-/// Memory a QEMU process uses beyond its guest's RAM (TCG translation cache, device state,
-/// I/O buffers, libraries): measured peak 120-170 MiB for a 256 MiB TCG guest booting Debian
-/// here; the cgroup allows this much above the guest's memory.
+/// Memory a QEMU process may use beyond its guest's RAM under KVM (device state, I/O
+/// buffers, libraries, page cache of its images).
 pub const QEMU_OVERHEAD_MIB: u64 = 256;
+/// The same under TCG, which adds its translation cache ([`crate::qemu::TCG_TB_MIB`]): with
+/// QEMU's default cache (up to 1 GiB) Debian guests running Docker or 100 parallel execs went
+/// 270-300 MiB over their RAM here; with the cache bounded, measured below this.
+pub const QEMU_TCG_OVERHEAD_MIB: u64 = 384;
 /// Processes (threads) one VM process may have: QEMU's vCPU, I/O, RCU and thread-pool threads.
 pub const PIDS_MAX: u32 = 512;
 
@@ -61,8 +64,9 @@ pub struct JailConfig {
     pub enabled: bool,
     pub uid_base: u32,
     pub uid_count: u32,
-    /// Memory allowed above the guest's RAM.
-    pub overhead_mib: u64,
+    /// Memory allowed above the guest's RAM; None: [`QEMU_OVERHEAD_MIB`] under KVM,
+    /// [`QEMU_TCG_OVERHEAD_MIB`] under TCG.
+    pub overhead_mib: Option<u64>,
     /// The host-wide uid registry.
     pub registry: PathBuf,
 }
@@ -73,7 +77,7 @@ impl Default for JailConfig {
             enabled: true,
             uid_base: DEFAULT_UID_BASE,
             uid_count: DEFAULT_UID_COUNT,
-            overhead_mib: QEMU_OVERHEAD_MIB,
+            overhead_mib: None,
             registry: PathBuf::from(UID_REGISTRY),
         }
     }
@@ -184,7 +188,11 @@ impl Jail {
             devices,
             taps: cfg.nics.iter().map(|n| n.tap.clone()).collect(),
             limits: Limits {
-                memory_mib: u64::from(cfg.memory_mib) + jc.overhead_mib,
+                memory_mib: u64::from(cfg.memory_mib)
+                    + jc.overhead_mib.unwrap_or(match cfg.accel {
+                        Accel::Kvm => QEMU_OVERHEAD_MIB,
+                        Accel::Tcg => QEMU_TCG_OVERHEAD_MIB,
+                    }),
                 cpu_percent: cfg.vcpus * 100 + 50,
                 cpu_shares: cfg.vcpus.max(1) * 1024,
                 pids: PIDS_MAX,
@@ -660,7 +668,11 @@ impl Prepared {
                     return Err(fail(b"open /dev/net/tun"));
                 }
                 let mut req = *ifr;
+                // A tap that does not exist yet is created here (the warm-snapshot build's taps,
+                // in its private namespace, which is deleted with them) and made persistent, so
+                // the unprivileged VM process can attach to it; a lab's taps already are.
                 let ok = libc::ioctl(fd, TUNSETIFF, req.as_mut_ptr()) == 0
+                    && libc::ioctl(fd, TUNSETPERSIST, 1 as libc::c_ulong) == 0
                     && libc::ioctl(fd, TUNSETOWNER, libc::c_ulong::from(self.uid)) == 0
                     && libc::ioctl(fd, TUNSETGROUP, libc::c_ulong::from(self.gid)) == 0;
                 if !ok {
@@ -936,6 +948,7 @@ fn say(what: &[u8]) {
 }
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca; // _IOW('T', 202, int)
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb; // _IOW('T', 203, int)
 const TUNSETOWNER: libc::c_ulong = 0x4004_54cc; // _IOW('T', 204, int)
 const TUNSETGROUP: libc::c_ulong = 0x4004_54ce; // _IOW('T', 206, int)
 const IFF_TAP: i16 = 0x0002;

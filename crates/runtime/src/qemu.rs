@@ -46,6 +46,11 @@ pub const CONSOLE_FD: i32 = 5;
 pub const AGENT_FD: i32 = 6;
 pub const CONSOLE_LOG_FD: i32 = 7;
 
+/// TCG's translation cache in MiB. QEMU's default grows to 1 GiB per VM; hot guest code
+/// (a Linux boot translates a few tens of MiB) fits in this, and the VM's memory limit counts
+/// it ([`crate::jail::QEMU_TCG_OVERHEAD_MIB`]).
+pub const TCG_TB_MIB: u32 = 128;
+
 pub const TCG_CPU: &str = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16";
 
 impl QemuRuntime {
@@ -81,7 +86,7 @@ impl QemuRuntime {
             // hyperscan dies with SIGILL): emulate the x86-64-v2 level instead.
             Accel::Tcg => a.extend([
                 "-accel".into(),
-                "tcg,thread=multi".into(),
+                format!("tcg,thread=multi,tb-size={TCG_TB_MIB}"),
                 "-cpu".into(),
                 TCG_CPU.into(),
             ]),
