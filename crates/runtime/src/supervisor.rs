@@ -443,6 +443,7 @@ fn spawn_vm(
             Ok(())
         });
     }
+    let spawning = Instant::now();
     let child = cmd.spawn().map_err(|e| format!("start {prog}: {e}"))?;
     let started = Instant::now();
     let child_pid = child.id() as i32;
@@ -457,6 +458,16 @@ fn spawn_vm(
         None => child_pid,
     };
     std::fs::write(vm.file("vm.pid"), vm_pid.to_string()).map_err(|e| e.to_string())?;
+    // What starting it cost (fork, the jail's setup, exec), for whoever measures the jail.
+    eprintln!(
+        "kobako supervise: VM process {vm_pid} started in {:.2} ms{}",
+        (started - spawning).as_secs_f64() * 1000.0,
+        if launch.jail.is_some() {
+            " (jailed)"
+        } else {
+            ""
+        }
+    );
     Ok((child_pid, vm_pid, started))
 }
 
