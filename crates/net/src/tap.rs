@@ -15,13 +15,11 @@ use crate::error::{NetError, Result};
 use crate::netns::Netns;
 use crate::types::IfName;
 
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca; // _IOW('T', 202, int)
-const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb; // _IOW('T', 203, int)
-const TUNSETOWNER: libc::c_ulong = 0x4004_54cc; // _IOW('T', 204, int)
-const TUNSETGROUP: libc::c_ulong = 0x4004_54ce; // _IOW('T', 206, int)
-const IFF_TAP: i16 = 0x0002;
-const IFF_NO_PI: i16 = 0x1000;
-const IFF_VNET_HDR: i16 = 0x4000;
+use libc::{TUNSETGROUP, TUNSETIFF, TUNSETOWNER, TUNSETPERSIST};
+// ifr_flags is a C short; libc declares the flags as int. The values fit.
+const IFF_TAP: i16 = libc::IFF_TAP as i16;
+const IFF_NO_PI: i16 = libc::IFF_NO_PI as i16;
+const IFF_VNET_HDR: i16 = libc::IFF_VNET_HDR as i16;
 
 /// How a tap fd is opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -168,7 +168,7 @@ impl Jail {
                 writable.push(path.to_path_buf());
             }
             // A qcow2 overlay's backing chain is read, never written.
-            read_only.extend(backing_chain(path));
+            read_only.extend(crate::qcow2::backing_chain(path));
         }
         let mut devices = Vec::new();
         if cfg.accel == Accel::Kvm {
@@ -206,49 +206,6 @@ impl Jail {
 fn dedup(v: &mut Vec<PathBuf>) {
     let mut seen = std::collections::HashSet::new();
     v.retain(|p| seen.insert(p.clone()));
-}
-
-/// The backing files of a qcow2 image, nearest first (at most 16; relative names resolve
-/// against the image's directory).
-pub fn backing_chain(path: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut cur = path.to_path_buf();
-    while out.len() < 16 {
-        match qcow2_backing(&cur) {
-            Some(b) => {
-                out.push(b.clone());
-                cur = b;
-            }
-            None => break,
-        }
-    }
-    out
-}
-
-/// The backing file named in a qcow2 header: `backing_file_offset: u64` at 8 and
-/// `backing_file_size: u32` at 16, big-endian (QEMU docs/interop/qcow2.txt).
-fn qcow2_backing(p: &Path) -> Option<PathBuf> {
-    use std::io::Read;
-    let mut head = Vec::new();
-    std::fs::File::open(p)
-        .ok()?
-        .take(64 * 1024)
-        .read_to_end(&mut head)
-        .ok()?;
-    if !head.starts_with(b"QFI\xfb") || head.len() < 20 {
-        return None;
-    }
-    let off = usize::try_from(u64::from_be_bytes(head[8..16].try_into().ok()?)).ok()?;
-    let len = u32::from_be_bytes(head[16..20].try_into().ok()?) as usize;
-    if off == 0 || len == 0 || len > 4096 {
-        return None;
-    }
-    let b = PathBuf::from(std::ffi::OsStr::from_bytes(head.get(off..off + len)?));
-    Some(if b.is_absolute() {
-        b
-    } else {
-        p.parent().unwrap_or(Path::new("/")).join(b)
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -615,7 +572,8 @@ impl Prepared {
             }
             let mut ifr = [0u8; 40];
             ifr[..t.len()].copy_from_slice(t.as_bytes());
-            let flags: i16 = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+            // ifr_flags is a C short; the flag values fit.
+            let flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16;
             ifr[16..18].copy_from_slice(&flags.to_ne_bytes());
             taps.push(ifr);
         }
@@ -671,10 +629,10 @@ impl Prepared {
                 // A tap that does not exist yet is created here (the warm-snapshot build's taps,
                 // in its private namespace, which is deleted with them) and made persistent, so
                 // the unprivileged VM process can attach to it; a lab's taps already are.
-                let ok = libc::ioctl(fd, TUNSETIFF, req.as_mut_ptr()) == 0
-                    && libc::ioctl(fd, TUNSETPERSIST, 1 as libc::c_ulong) == 0
-                    && libc::ioctl(fd, TUNSETOWNER, libc::c_ulong::from(self.uid)) == 0
-                    && libc::ioctl(fd, TUNSETGROUP, libc::c_ulong::from(self.gid)) == 0;
+                let ok = libc::ioctl(fd, libc::TUNSETIFF, req.as_mut_ptr()) == 0
+                    && libc::ioctl(fd, libc::TUNSETPERSIST, 1 as libc::c_ulong) == 0
+                    && libc::ioctl(fd, libc::TUNSETOWNER, libc::c_ulong::from(self.uid)) == 0
+                    && libc::ioctl(fd, libc::TUNSETGROUP, libc::c_ulong::from(self.gid)) == 0;
                 if !ok {
                     let err = fail(b"give the VM's tap to the jail uid");
                     libc::close(fd);
@@ -944,43 +902,5 @@ fn say(what: &[u8]) {
         libc::write(2, pre.as_ptr().cast(), pre.len());
         libc::write(2, what.as_ptr().cast(), what.len());
         libc::write(2, b"\n".as_ptr().cast(), 1);
-    }
-}
-
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca; // _IOW('T', 202, int)
-const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb; // _IOW('T', 203, int)
-const TUNSETOWNER: libc::c_ulong = 0x4004_54cc; // _IOW('T', 204, int)
-const TUNSETGROUP: libc::c_ulong = 0x4004_54ce; // _IOW('T', 206, int)
-const IFF_TAP: i16 = 0x0002;
-const IFF_NO_PI: i16 = 0x1000;
-const IFF_VNET_HDR: i16 = 0x4000;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn qcow2_backing_names_are_read_and_resolved_against_the_image() {
-        let d = std::env::temp_dir().join(format!("kobako-jail-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        let mut h = vec![0u8; 512];
-        h[..4].copy_from_slice(b"QFI\xfb");
-        h[8..16].copy_from_slice(&200u64.to_be_bytes());
-        h[16..20].copy_from_slice(&8u32.to_be_bytes());
-        h[200..208].copy_from_slice(b"base.img");
-        std::fs::write(d.join("top.qcow2"), &h).unwrap();
-        std::fs::write(d.join("base.img"), b"raw").unwrap();
-        assert_eq!(
-            backing_chain(&d.join("top.qcow2")),
-            vec![d.join("base.img")]
-        );
-        assert!(backing_chain(&d.join("base.img")).is_empty());
-        // A self-referencing chain stops.
-        h[200..208].copy_from_slice(b"top.qcow");
-        h[16..20].copy_from_slice(&9u32.to_be_bytes());
-        h[208] = b'2';
-        std::fs::write(d.join("top.qcow2"), &h).unwrap();
-        assert_eq!(backing_chain(&d.join("top.qcow2")).len(), 16);
-        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -20,6 +20,7 @@ pub mod fcapi;
 pub mod group;
 pub mod host;
 pub mod jail;
+pub mod qcow2;
 pub mod qemu;
 pub mod qmp;
 pub mod snapshot;

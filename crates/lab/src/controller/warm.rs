@@ -165,31 +165,6 @@ fn file_id(p: &Path) -> Option<serde_json::Value> {
     Some(serde_json::json!({"path": p, "size": md.len(), "mtime_ns": mtime}))
 }
 
-/// The backing file named in a qcow2 header (the image under a VM's overlay).
-fn qcow2_backing(p: &Path) -> Option<PathBuf> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(p).ok()?;
-    let mut h = [0u8; 20];
-    f.read_exact(&mut h).ok()?;
-    if &h[0..4] != b"QFI\xfb" {
-        return None;
-    }
-    let off = u64::from_be_bytes(h[8..16].try_into().ok()?);
-    let len = u32::from_be_bytes(h[16..20].try_into().ok()?) as usize;
-    if off == 0 || len == 0 || len > 4096 {
-        return None;
-    }
-    f.seek(SeekFrom::Start(off)).ok()?;
-    let mut name = vec![0u8; len];
-    f.read_exact(&mut name).ok()?;
-    let name = PathBuf::from(String::from_utf8(name).ok()?);
-    Some(if name.is_absolute() {
-        name
-    } else {
-        p.parent()?.join(name)
-    })
-}
-
 fn qemu_version() -> &'static str {
     static V: OnceLock<String> = OnceLock::new();
     V.get_or_init(|| snapshot::qemu_version(Path::new("qemu-system-x86_64")))
@@ -217,7 +192,7 @@ pub fn key(rt: &dyn Runtime, cfg: &VmConfig) -> Result<(String, serde_json::Valu
             if *read_only {
                 serde_json::json!({"disk_ro": file_id(path), "format": format})
             } else if format == "qcow2" {
-                let base = qcow2_backing(path).ok_or_else(|| {
+                let base = kobako_runtime::qcow2::backing(path).ok_or_else(|| {
                     unsupported("its writable root disk is not an overlay on an image")
                 })?;
                 serde_json::json!({"overlay_on": file_id(&base)})
@@ -432,7 +407,8 @@ async fn build(
         ..
     } = &cfg.root
     {
-        let base = qcow2_backing(path).ok_or_else(|| unsupported("no base image"))?;
+        let base =
+            kobako_runtime::qcow2::backing(path).ok_or_else(|| unsupported("no base image"))?;
         let ov = staging.join("build-root.qcow2");
         let out = std::process::Command::new("qemu-img")
             .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
@@ -676,8 +652,8 @@ mod tests {
             .status()
             .unwrap()
             .success());
-        assert_eq!(qcow2_backing(&ov), Some(base.clone()));
-        assert_eq!(qcow2_backing(&base), None);
+        assert_eq!(kobako_runtime::qcow2::backing(&ov), Some(base.clone()));
+        assert_eq!(kobako_runtime::qcow2::backing(&base), None);
     }
 
     #[test]
