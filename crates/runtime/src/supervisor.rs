@@ -279,14 +279,25 @@ struct Passed {
 /// targets (3..) in the child never overwrites one not yet moved.
 const PASS_FD_FLOOR: i32 = 32;
 
+/// A close-on-exec copy of `fd` at or above [`PASS_FD_FLOOR`].
+fn above_floor(fd: &impl AsRawFd) -> Result<std::os::fd::OwnedFd, String> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor the caller holds returns a new one.
+    let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, PASS_FD_FLOOR) };
+    if high < 0 {
+        return Err(format!("dup: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: high is a fresh descriptor owned by nobody else.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(high) })
+}
+
 /// Binds the listening sockets and opens the files of `pass`, each copied to a descriptor at or
 /// above [`PASS_FD_FLOOR`].
 fn open_passed(pass: &[PassFd]) -> Result<Vec<Passed>, String> {
-    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+    use std::os::fd::OwnedFd;
     use std::os::unix::fs::PermissionsExt;
     let mut out = Vec::new();
     for p in pass {
-        let raw = match p {
+        let first: OwnedFd = match p {
             PassFd::Listen { path, .. } => {
                 let _ = std::fs::remove_file(path);
                 let l = UnixListener::bind(path)
@@ -294,7 +305,7 @@ fn open_passed(pass: &[PassFd]) -> Result<Vec<Passed>, String> {
                 // The server and this supervisor (root) connect; nobody else.
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
                     .map_err(|e| format!("chmod {}: {e}", path.display()))?;
-                l.into_raw_fd()
+                l.into()
             }
             PassFd::Append { path, .. } => std::fs::OpenOptions::new()
                 .append(true)
@@ -303,18 +314,10 @@ fn open_passed(pass: &[PassFd]) -> Result<Vec<Passed>, String> {
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(path)
                 .map_err(|e| format!("open {}: {e}", path.display()))?
-                .into_raw_fd(),
+                .into(),
         };
-        // SAFETY: raw was just opened here and is owned by nobody else.
-        let first = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor we own returns a new one we own.
-        let high = unsafe { libc::fcntl(first.as_raw_fd(), libc::F_DUPFD_CLOEXEC, PASS_FD_FLOOR) };
-        if high < 0 {
-            return Err(format!("dup: {}", std::io::Error::last_os_error()));
-        }
         out.push(Passed {
-            // SAFETY: high is a fresh descriptor owned by nobody else.
-            fd: unsafe { OwnedFd::from_raw_fd(high) },
+            fd: above_floor(&first)?,
             target: p.fd(),
         });
     }
@@ -372,13 +375,7 @@ fn spawn_vm(
         Some(p) => {
             let f = std::fs::File::open(p)
                 .map_err(|e| format!("snapshot state {}: {e}", p.display()))?;
-            // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor we own returns a new one we own.
-            let high = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_DUPFD_CLOEXEC, PASS_FD_FLOOR) };
-            if high < 0 {
-                return Err(format!("dup: {}", std::io::Error::last_os_error()));
-            }
-            // SAFETY: high is a fresh descriptor owned by nobody else.
-            Some(unsafe { std::os::fd::FromRawFd::from_raw_fd(high) })
+            Some(above_floor(&f)?)
         }
         None => None,
     };
