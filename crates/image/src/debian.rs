@@ -17,6 +17,11 @@
 //! - a root autologin on the serial console (`kobako vm console`), fstab for `/dev/vda`, and the
 //!   periodic timers (apt, fstrim, e2scrub) masked: a lab VM should not wake up to do upkeep.
 //!
+//! - `apparmor` and kobako's profiles for the template services (`guest/apparmor/`: redis,
+//!   rsyslogd, suricata, wg, the web-stack API), each installed only when its program is in the
+//!   image; the agent starts after `apparmor.service`, so every service it starts finds its
+//!   profile loaded. Lab VMs choose the mode on the kernel command line (enforce, complain, off).
+//!
 //! Downloaded .debs are kept in `$KOBAKO_CACHE/apt` (mmdebstrap sync-in/sync-out hooks), so a
 //! rebuild downloads only what changed. Progress lines go to the given [`Progress`].
 
@@ -29,13 +34,44 @@ use crate::store::{self, ImageKind, Manifest, Store, StoreError};
 use crate::{cache, deps, Progress};
 
 /// Version of the recipe below: images built by an older one are reported as outdated.
-pub const RECIPE: u32 = 3;
+pub const RECIPE: u32 = 4;
 
 /// Debian packages the build needs on the host.
 pub const BUILD_PACKAGES: &[&str] = &["mmdebstrap", "qemu-utils", "e2fsprogs"];
 
 /// Packages every kobako Debian image has on top of minbase.
-pub const BASE_PACKAGES: &[&str] = &["systemd-sysv", "udev", "iproute2", "procps"];
+pub const BASE_PACKAGES: &[&str] = &["systemd-sysv", "udev", "iproute2", "procps", "apparmor"];
+
+/// kobako's AppArmor profiles (`guest/apparmor/`): (file name under /etc/apparmor.d, the
+/// program that makes it apply, profile text). A profile is installed when its program is in
+/// the image.
+pub const APPARMOR_PROFILES: &[(&str, &str, &str)] = &[
+    (
+        "kobako.redis",
+        "usr/bin/redis-check-rdb",
+        include_str!("../../../guest/apparmor/kobako.redis"),
+    ),
+    (
+        "kobako.rsyslogd",
+        "usr/sbin/rsyslogd",
+        include_str!("../../../guest/apparmor/kobako.rsyslogd"),
+    ),
+    (
+        "kobako.suricata",
+        "usr/bin/suricata",
+        include_str!("../../../guest/apparmor/kobako.suricata"),
+    ),
+    (
+        "kobako.wg",
+        "usr/bin/wg",
+        include_str!("../../../guest/apparmor/kobako.wg"),
+    ),
+    (
+        "kobako.web-api",
+        "usr/bin/python3",
+        include_str!("../../../guest/apparmor/kobako.web-api"),
+    ),
+];
 
 /// `--with docker`: what Docker in a VM needs.
 pub const DOCKER_PACKAGES: &[&str] = &["docker.io", "iptables", "ca-certificates"];
@@ -392,6 +428,14 @@ grep -q "^127.0.1.1 $h\$" /etc/hosts 2>/dev/null || {
 }
 "#;
 
+const AGENT_AFTER_APPARMOR: &str = "\
+# kobako: a process started before its AppArmor profile is loaded stays unconfined, so the
+# agent (which starts the lab's services) waits for apparmor.service (skipped at once when
+# the kernel has AppArmor off: `apparmor=0`).
+[Unit]
+After=apparmor.service
+";
+
 const CLOUD_CFG: &str = "\
 # kobako: seeds come from a NoCloud disk (labelled cidata) generated per VM.
 datasource_list: [NoCloud, None]
@@ -431,7 +475,33 @@ pub(crate) fn customize(root: &Path, agent: &[u8]) -> Result<(), DiskError> {
     )?;
     // Every VM gets its own machine-id on first boot (systemd generates it when empty).
     write(root, "etc/machine-id", b"", 0o444)?;
-    Ok(())
+    customize_apparmor(root)
+}
+
+/// With AppArmor in the tree: kobako's profiles for the programs the image has, and the
+/// agent ordered after the profiles are loaded.
+fn customize_apparmor(root: &Path) -> Result<(), DiskError> {
+    let t =
+        crate::inroot::Root::open(root).map_err(disk::io(format!("open {}", root.display())))?;
+    if !t.is_dir("etc/apparmor.d") {
+        return Ok(());
+    }
+    for (name, program, text) in APPARMOR_PROFILES {
+        if t.exists(program) {
+            write(
+                root,
+                &format!("etc/apparmor.d/{name}"),
+                text.as_bytes(),
+                0o644,
+            )?;
+        }
+    }
+    write(
+        root,
+        "etc/systemd/system/kobako-agent.service.d/apparmor.conf",
+        AGENT_AFTER_APPARMOR.as_bytes(),
+        0o644,
+    )
 }
 
 /// The systemd side of the recipe (also used for imported trees that have systemd): agent and
@@ -619,5 +689,38 @@ mod tests {
         assert!(std::fs::read_to_string(r.join("etc/fstab"))
             .unwrap()
             .contains("/dev/vda / ext4"));
+    }
+
+    #[test]
+    fn apparmor_profiles_follow_the_programs() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("lib/systemd/system")).unwrap();
+        // No AppArmor in the tree: nothing of it is written.
+        customize(r, b"agent").unwrap();
+        assert!(!r.join("etc/systemd/system/kobako-agent.service.d").exists());
+        std::fs::create_dir_all(r.join("etc/apparmor.d")).unwrap();
+        std::fs::create_dir_all(r.join("usr/bin")).unwrap();
+        std::fs::write(r.join("usr/bin/redis-check-rdb"), b"").unwrap();
+        customize(r, b"agent").unwrap();
+        assert!(
+            std::fs::read_to_string(r.join("etc/apparmor.d/kobako.redis"))
+                .unwrap()
+                .contains("profile kobako-redis /usr/bin/redis-check-rdb")
+        );
+        assert!(!r.join("etc/apparmor.d/kobako.suricata").exists());
+        assert!(std::fs::read_to_string(
+            r.join("etc/systemd/system/kobako-agent.service.d/apparmor.conf")
+        )
+        .unwrap()
+        .contains("After=apparmor.service"));
+        // Every shipped profile is kobako's and names the program it is installed for.
+        for (name, program, text) in APPARMOR_PROFILES {
+            assert!(name.starts_with("kobako."), "{name}");
+            assert!(text.contains("abi <abi/3.0>"), "{name}");
+            if *program != "usr/bin/python3" {
+                assert!(text.contains(&format!(" /{program} ")), "{name}");
+            }
+        }
     }
 }
