@@ -1,37 +1,47 @@
 //! The event loop: the one owner of the VM's state. It runs on the process's main thread
 //! (named `fc_vmm`) and multiplexes with epoll:
-//! - API requests from the API thread (channel + eventfd), applied to [`VmResources`] before
-//!   boot, or to the running VM after;
+//! - API requests from the API thread (channel + eventfd), as [`VmmAction`]s answered with a
+//!   [`VmmResult`];
 //! - vCPU reports (channel + eventfd): a stopped vCPU ends the process with its exit code;
 //! - the i8042 reset eventfd;
 //! - console input: stdin, or the clients of the console Unix socket.
 //!
-//! It also builds the VM (`InstanceStart`), installs its own seccomp filter once the VM is
-//! built, and then resumes the vCPUs.
+//! Who answers an action is a type, as in Firecracker: before boot a
+//! [`PrebootApiController`] (`preboot.rs`) owns the [`VmResources`] being built and answers
+//! the actions valid then; `InstanceStart` (or a snapshot load) builds the VM and hands it to
+//! a [`RuntimeApiController`] (`runtime.rs`), which owns the running microVM from then on. The
+//! loop itself keeps the I/O plumbing ([`LoopIo`]: epoll, console, seccomp filters) and
+//! installs its own seccomp filter once the VM is built.
 //!
-//! Snapshot create and load (`PUT /snapshot/...`, `--snapshot-load`) are in `persist`.
+//! The request and answer types are in `rpc.rs`; snapshot create and load
+//! (`PUT /snapshot/...`, `--snapshot-load`) are in `persist.rs`.
 
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::thread::JoinHandleExt;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::api::{ApiRequest, ApiResponse};
-use crate::builder::{self, BuiltVm, ConsoleTarget, ExtraDevices};
+use crate::builder::{BuiltVm, ConsoleTarget, ExtraDevices};
 use crate::config::*;
+use crate::devices::boot_timer::BootTime;
 use crate::devices::serial::SerialOut;
 use crate::metrics::METRICS;
 use crate::seccomp::Filters;
-use crate::vstate::vcpu::{kick_signal, VcpuCommand, VcpuEvent, VcpuStop};
+use crate::vstate::vcpu::{VcpuEvent, VcpuStop};
 
 mod persist;
+mod preboot;
+pub mod rpc;
+mod runtime;
+
+pub use preboot::PrebootApiController;
+pub use rpc::{InstanceInfo, VmmAction, VmmActionError, VmmData, VmmResult};
+pub use runtime::RuntimeApiController;
 
 const TOKEN_API: u64 = 1;
 const TOKEN_VCPU: u64 = 2;
@@ -52,7 +62,8 @@ pub enum InstanceState {
 }
 
 impl InstanceState {
-    fn name(self) -> &'static str {
+    /// The name `GET /` reports.
+    pub fn name(self) -> &'static str {
         match self {
             InstanceState::NotStarted => "Not started",
             InstanceState::Running => "Running",
@@ -64,8 +75,8 @@ impl InstanceState {
 /// The API side of the event loop.
 #[derive(Debug)]
 pub struct ApiEndpoint {
-    pub requests: Receiver<ApiRequest>,
-    pub responses: Sender<ApiResponse>,
+    pub requests: Receiver<VmmAction>,
+    pub responses: Sender<VmmResult>,
     pub wake: EventFd,
 }
 
@@ -86,27 +97,37 @@ struct Console {
     clients: Arc<Mutex<Vec<UnixStream>>>,
 }
 
-/// The event loop's state.
-pub struct EventLoop {
+/// The event loop's I/O plumbing, lent to the pre-boot controller while it starts a microVM:
+/// the epoll set, the console socket, whether stdin is watched, and the seccomp filters.
+pub(crate) struct LoopIo {
     epoll: Epoll,
-    opts: LoopOptions,
-    res: VmResources,
-    state: InstanceState,
-    api: Option<ApiEndpoint>,
-    vm: Option<BuiltVm>,
     console: Option<Console>,
     stdin_open: bool,
-    extra: Option<ExtraDevices>,
-    /// Set when a vCPU stopped while the loop was busy with a request.
-    pending_exit: Option<i32>,
+    filters: Option<Filters>,
+}
+
+/// Who answers API actions: the configuration being built, or the running microVM.
+#[derive(Debug)]
+enum Controller {
+    Preboot(Box<PrebootApiController>),
+    Runtime(Box<RuntimeApiController>),
+}
+
+/// The event loop's state.
+pub struct EventLoop {
+    io: LoopIo,
+    id: String,
+    start_now: bool,
+    load: Option<SnapshotLoadParams>,
+    api: Option<ApiEndpoint>,
+    vmm: Controller,
 }
 
 impl std::fmt::Debug for EventLoop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventLoop")
-            .field("id", &self.opts.id)
-            .field("state", &self.state)
-            .field("res", &self.res)
+            .field("id", &self.id)
+            .field("vmm", &self.vmm)
             .finish_non_exhaustive()
     }
 }
@@ -119,6 +140,70 @@ fn stop_code(stop: &VcpuStop) -> i32 {
         VcpuStop::InternalError { .. } => crate::EXIT_EMULATION_FAILURE,
         VcpuStop::Error(_) => crate::EXIT_VCPU_ERROR,
     }
+}
+
+/// Logs why a vCPU stopped; the exit code for it (None: `ev` is not a stop).
+fn stop_of(ev: &VcpuEvent) -> Option<i32> {
+    match ev {
+        VcpuEvent::Stopped(i, stop) => {
+            match stop {
+                VcpuStop::InternalError {
+                    suberror,
+                    rip,
+                    data,
+                } => crate::log_error!(
+                    "vCPU {i}: KVM_EXIT_INTERNAL_ERROR (suberror {suberror}{}) at rip {rip:#x}, data {data:x?}",
+                    if *suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION {
+                        ": emulation failure"
+                    } else {
+                        ""
+                    }
+                ),
+                VcpuStop::Error(m) => crate::log_error!("vCPU {i} failed: {m}"),
+                other => crate::log_info!("vCPU {i}: guest {other:?}"),
+            }
+            Some(stop_code(stop))
+        }
+        _ => None,
+    }
+}
+
+/// Appends one metrics line (counters, boot time, `id`/`properties` as configured) to the
+/// metrics file, if `PUT /metrics` set one.
+fn write_metrics(res: &VmResources, boot: Option<BootTime>, id: &str) {
+    let Some(m) = &res.metrics else { return };
+    let mut v = METRICS.snapshot(boot);
+    if let Some(o) = v.as_object_mut() {
+        if m.emit_id {
+            o.insert("id".into(), id.to_string().into());
+        }
+        if !m.properties.is_empty() {
+            o.insert(
+                "properties".into(),
+                serde_json::to_value(&m.properties).unwrap_or_default(),
+            );
+        }
+    }
+    let line = v.to_string() + "\n";
+    match OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&m.metrics_path)
+    {
+        Ok(mut f) => {
+            let _ = f.write_all(line.as_bytes());
+        }
+        Err(e) => crate::log_warn!("cannot write metrics: {e}"),
+    }
+}
+
+/// `FlushMetrics`, before or after boot.
+fn flush_metrics(res: &VmResources, boot: Option<BootTime>, id: &str) -> VmmResult {
+    if res.metrics.is_none() {
+        return Err(VmmActionError::MetricsNotConfigured);
+    }
+    write_metrics(res, boot, id);
+    Ok(VmmData::Empty)
 }
 
 impl EventLoop {
@@ -138,30 +223,31 @@ impl EventLoop {
             )?;
         }
         Ok(EventLoop {
-            epoll,
-            opts,
-            res,
-            state: InstanceState::NotStarted,
+            io: LoopIo {
+                epoll,
+                console: None,
+                stdin_open: false,
+                filters: opts.filters,
+            },
+            vmm: Controller::Preboot(Box::new(PrebootApiController::new(&opts.id, res, extra))),
+            id: opts.id,
+            start_now: opts.start_now,
+            load: opts.load,
             api,
-            vm: None,
-            console: None,
-            stdin_open: false,
-            extra: Some(extra),
-            pending_exit: None,
         })
     }
 
     /// Runs until the guest stops (or, without an API, until the VM cannot start); returns the
     /// process exit code.
     pub fn run(mut self) -> i32 {
-        if let Some(p) = self.opts.load.take() {
-            if let Err(e) = self.load_snapshot(p) {
+        if let Some(p) = self.load.take() {
+            if let Err(e) = self.handle(VmmAction::SnapshotLoad(p)) {
                 crate::log_error!("cannot load the snapshot: {e}");
                 eprintln!("kobako vmm: cannot load the snapshot: {e}");
                 return crate::EXIT_BAD_CONFIGURATION;
             }
-        } else if self.opts.start_now {
-            if let Err(e) = self.start() {
+        } else if self.start_now {
+            if let Err(e) = self.handle(VmmAction::Action(ActionType::InstanceStart)) {
                 crate::log_error!("cannot start the microVM: {e}");
                 return crate::EXIT_BAD_CONFIGURATION;
             }
@@ -170,7 +256,7 @@ impl EventLoop {
         }
         let mut events = vec![EpollEvent::default(); 32];
         loop {
-            let n = match self.epoll.wait(-1, &mut events) {
+            let n = match self.io.epoll.wait(-1, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -211,15 +297,41 @@ impl EventLoop {
         }
     }
 
+    /// Applies one API action: the pre-boot controller answers until it has booted a
+    /// microVM, which the runtime controller then owns.
+    pub fn handle(&mut self, action: VmmAction) -> VmmResult {
+        match &mut self.vmm {
+            Controller::Preboot(p) => {
+                let r = p.handle(action, &mut self.io);
+                if let Some(rt) = p.take_booted() {
+                    self.vmm = Controller::Runtime(rt);
+                }
+                r
+            }
+            Controller::Runtime(rt) => rt.handle(action),
+        }
+    }
+
+    /// The running microVM (None before boot).
+    fn vm(&self) -> Option<&BuiltVm> {
+        match &self.vmm {
+            Controller::Preboot(_) => None,
+            Controller::Runtime(rt) => Some(rt.vm()),
+        }
+    }
+
     fn shutdown(&mut self, code: i32) -> i32 {
         crate::log_info!("VMM exiting with code {code}");
-        if let Some(vm) = &self.vm {
+        if let Some(vm) = self.vm() {
             if let Ok(mut s) = vm.serial.lock() {
                 let _ = s.uart.writer_mut().flush();
             }
         }
-        self.flush_metrics();
-        if let Some(c) = &self.console {
+        match &self.vmm {
+            Controller::Preboot(p) => write_metrics(p.resources(), None, &self.id),
+            Controller::Runtime(rt) => write_metrics(rt.resources(), rt.boot_time(), &self.id),
+        }
+        if let Some(c) = &self.io.console {
             let _ = std::fs::remove_file(&c.path);
         }
         code
@@ -239,47 +351,25 @@ impl EventLoop {
             }
         }
         // A vCPU may have stopped while we waited for pause acknowledgements.
-        self.pending_exit
+        match &self.vmm {
+            Controller::Preboot(_) => None,
+            Controller::Runtime(rt) => rt.pending_exit(),
+        }
     }
 
     fn on_vcpu_events(&mut self) -> Option<i32> {
-        let vm = self.vm.as_ref()?;
+        let vm = self.vm()?;
         let _ = vm.vcpu_evt.read();
         while let Ok(ev) = vm.vcpu_events.try_recv() {
-            if let Some(code) = Self::stop_of(&ev) {
+            if let Some(code) = stop_of(&ev) {
                 return Some(code);
             }
         }
         None
     }
 
-    fn stop_of(ev: &VcpuEvent) -> Option<i32> {
-        match ev {
-            VcpuEvent::Stopped(i, stop) => {
-                match stop {
-                    VcpuStop::InternalError {
-                        suberror,
-                        rip,
-                        data,
-                    } => crate::log_error!(
-                        "vCPU {i}: KVM_EXIT_INTERNAL_ERROR (suberror {suberror}{}) at rip {rip:#x}, data {data:x?}",
-                        if *suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION {
-                            ": emulation failure"
-                        } else {
-                            ""
-                        }
-                    ),
-                    VcpuStop::Error(m) => crate::log_error!("vCPU {i} failed: {m}"),
-                    other => crate::log_info!("vCPU {i}: guest {other:?}"),
-                }
-                Some(stop_code(stop))
-            }
-            _ => None,
-        }
-    }
-
     fn on_virtio(&mut self, idx: usize) {
-        if let Some(slot) = self.vm.as_ref().and_then(|vm| vm.virtio.get(idx)) {
+        if let Some(slot) = self.vm().and_then(|vm| vm.virtio.get(idx)) {
             slot.transport
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -292,16 +382,17 @@ impl EventLoop {
         match io::stdin().lock().read(&mut buf) {
             Ok(0) | Err(_) => {
                 let _ = self
+                    .io
                     .epoll
                     .ctl(ControlOperation::Delete, 0, EpollEvent::default());
-                self.stdin_open = false;
+                self.io.stdin_open = false;
             }
             Ok(n) => self.serial_input(&buf[..n]),
         }
     }
 
     fn serial_input(&self, bytes: &[u8]) {
-        if let Some(vm) = &self.vm {
+        if let Some(vm) = self.vm() {
             if let Ok(mut s) = vm.serial.lock() {
                 s.enqueue_input(bytes);
             }
@@ -309,13 +400,14 @@ impl EventLoop {
     }
 
     fn on_console_accept(&mut self) {
-        let Some(c) = &self.console else { return };
+        let Some(c) = &self.io.console else { return };
         while let Ok((s, _)) = c.listener.accept() {
             if s.set_nonblocking(true).is_err() {
                 continue;
             }
             let fd = s.as_raw_fd();
             if self
+                .io
                 .epoll
                 .ctl(
                     ControlOperation::Add,
@@ -334,7 +426,7 @@ impl EventLoop {
     }
 
     fn on_console_client(&mut self, fd: i32) {
-        let Some(c) = &self.console else { return };
+        let Some(c) = &self.io.console else { return };
         let mut buf = [0u8; 256];
         let mut input = None;
         {
@@ -342,17 +434,19 @@ impl EventLoop {
             if let Some(pos) = clients.iter().position(|s| s.as_raw_fd() == fd) {
                 match clients[pos].read(&mut buf) {
                     Ok(0) => {
-                        let _ = self
-                            .epoll
-                            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                        let _ =
+                            self.io
+                                .epoll
+                                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
                         clients.remove(pos);
                     }
                     Ok(n) => input = Some(n),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(_) => {
-                        let _ = self
-                            .epoll
-                            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                        let _ =
+                            self.io
+                                .epoll
+                                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
                         clients.remove(pos);
                     }
                 }
@@ -362,7 +456,10 @@ impl EventLoop {
             self.serial_input(&buf[..n]);
         }
     }
+}
 
+impl LoopIo {
+    /// The serial console's output for `res`; a console socket is bound and watched here.
     fn serial_out(&mut self, res: &VmResources) -> io::Result<SerialOut> {
         Ok(match ConsoleTarget::from_config(res) {
             ConsoleTarget::Stdout => SerialOut::Stdout(io::stdout()),
@@ -394,36 +491,8 @@ impl EventLoop {
         })
     }
 
-    /// InstanceStart: build, register fds, seccomp, resume.
-    fn start(&mut self) -> Result<(), String> {
-        if self.state != InstanceState::NotStarted {
-            return Err(
-                "The microVM is already running: InstanceStart is only allowed once.".into(),
-            );
-        }
-        let res = self.res.clone();
-        let out = self
-            .serial_out(&res)
-            .map_err(|e| format!("Cannot open the serial console output: {e}"))?;
-        let use_stdin = matches!(out, SerialOut::Stdout(_));
-        let extra = self.extra.take().unwrap_or_default();
-        let vm = match builder::build(&self.res, out, self.opts.filters.as_ref(), extra) {
-            Ok(vm) => vm,
-            Err(e) => {
-                // Leave nothing behind, so that a corrected InstanceStart can succeed.
-                self.drop_console();
-                return Err(crate::error_chain(&e));
-            }
-        };
-        self.install(vm, use_stdin)?;
-        self.resume_all();
-        self.state = InstanceState::Running;
-        crate::log_info!("microVM started");
-        Ok(())
-    }
-
-    /// Watches a built VM's fds, closes the process with its seccomp filter, keeps the VM.
-    fn install(&mut self, vm: BuiltVm, use_stdin: bool) -> Result<(), String> {
+    /// Watches a built VM's fds and closes the process with its seccomp filter.
+    fn install(&mut self, vm: &BuiltVm, use_stdin: bool) -> Result<(), String> {
         let add = |fd, token| {
             self.epoll.ctl(
                 ControlOperation::Add,
@@ -445,23 +514,14 @@ impl EventLoop {
         if use_stdin && add(0, TOKEN_STDIN).is_ok() {
             self.stdin_open = true;
         }
-        if let Some(f) = &self.opts.filters {
+        if let Some(f) = &self.filters {
             seccompiler::apply_filter(&f.vmm)
                 .map_err(|e| format!("Cannot install the VMM seccomp filter: {e}"))?;
         }
-        self.vm = Some(vm);
         Ok(())
     }
 
-    /// Lets every (parked) vCPU thread run.
-    fn resume_all(&self) {
-        if let Some(vm) = &self.vm {
-            for v in &vm.vcpus {
-                let _ = v.commands.send(VcpuCommand::Resume);
-            }
-        }
-    }
-
+    /// Closes a console socket a failed start left behind.
     fn drop_console(&mut self) {
         if let Some(c) = self.console.take() {
             let _ = self.epoll.ctl(
@@ -470,318 +530,6 @@ impl EventLoop {
                 EpollEvent::default(),
             );
             let _ = std::fs::remove_file(&c.path);
-        }
-    }
-
-    /// Sends `cmd` to every vCPU, kicks them out of KVM_RUN, and waits for each to confirm.
-    fn vcpus_do(&mut self, cmd: VcpuCommand) -> Result<(), String> {
-        let r = self.vcpus_do_inner(cmd);
-        match &r {
-            Err((_, Some(code))) => self.pending_exit = Some(*code),
-            Err((_, None)) if cmd == VcpuCommand::Pause => {
-                // Some vCPUs may pause later (e.g. one blocked writing console output nobody
-                // reads): queue a Resume behind the Pause so every vCPU ends up running, as the
-                // unchanged state says.
-                if let Some(vm) = &self.vm {
-                    for v in &vm.vcpus {
-                        let _ = v.commands.send(VcpuCommand::Resume);
-                    }
-                }
-            }
-            _ => {}
-        }
-        r.map_err(|(m, _)| m)
-    }
-
-    fn vcpus_do_inner(&self, cmd: VcpuCommand) -> Result<(), (String, Option<i32>)> {
-        let Some(vm) = &self.vm else {
-            return Err(("The microVM is not running.".into(), None));
-        };
-        for v in &vm.vcpus {
-            if v.commands.send(cmd).is_err() {
-                return Err(("A vCPU thread has exited.".into(), None));
-            }
-            // SAFETY: the pthread_t comes from a JoinHandle we still own, so the thread has not
-            // been joined (detached or not, the id stays valid until join).
-            unsafe { libc::pthread_kill(v.thread.as_pthread_t(), kick_signal()) };
-        }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let mut acked = 0;
-        while acked < vm.vcpus.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match vm.vcpu_events.recv_timeout(left) {
-                Ok(VcpuEvent::Paused(_)) if cmd == VcpuCommand::Pause => acked += 1,
-                Ok(VcpuEvent::Resumed(_)) if cmd == VcpuCommand::Resume => acked += 1,
-                Ok(VcpuEvent::Saved(_)) if cmd == VcpuCommand::Save => acked += 1,
-                Ok(ev @ VcpuEvent::Stopped(..)) => {
-                    return Err((
-                        "A vCPU stopped while changing the microVM state.".into(),
-                        Self::stop_of(&ev),
-                    ));
-                }
-                Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(("Timed out waiting for the vCPUs.".into(), None))
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(("The vCPU threads have exited.".into(), None))
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn flush_metrics(&self) {
-        let Some(m) = &self.res.metrics else { return };
-        let boot = self
-            .vm
-            .as_ref()
-            .and_then(|v| *v.boot_time.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut v = METRICS.snapshot(boot);
-        if let Some(o) = v.as_object_mut() {
-            if m.emit_id {
-                o.insert("id".into(), self.opts.id.clone().into());
-            }
-            if !m.properties.is_empty() {
-                o.insert(
-                    "properties".into(),
-                    serde_json::to_value(&m.properties).unwrap_or_default(),
-                );
-            }
-        }
-        let line = v.to_string() + "\n";
-        match OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&m.metrics_path)
-        {
-            Ok(mut f) => {
-                let _ = f.write_all(line.as_bytes());
-            }
-            Err(e) => crate::log_warn!("cannot write metrics: {e}"),
-        }
-    }
-
-    fn pre_boot(&self, what: &str) -> Result<(), String> {
-        if self.state == InstanceState::NotStarted {
-            Ok(())
-        } else {
-            Err(format!(
-                "The requested operation is not supported after starting the microVM: {what}."
-            ))
-        }
-    }
-
-    fn cfg<T>(r: Result<T, ConfigError>) -> ApiResponse {
-        match r {
-            Ok(_) => ApiResponse::Empty,
-            Err(e) => ApiResponse::Error(e.to_string()),
-        }
-    }
-
-    /// Applies one API request.
-    pub fn handle(&mut self, req: ApiRequest) -> ApiResponse {
-        use ApiRequest as R;
-        let gate = |name: &str| self.pre_boot(name).err().map(ApiResponse::Error);
-        match req {
-            R::GetInstanceInfo => ApiResponse::Json(serde_json::json!({
-                "id": self.opts.id,
-                "state": self.state.name(),
-                "vmm_version": crate::VERSION,
-                "app_name": "kobako-vmm",
-            })),
-            R::GetVersion => {
-                ApiResponse::Json(serde_json::json!({ "firecracker_version": crate::VERSION }))
-            }
-            R::GetMachineConfig => ApiResponse::Json(
-                serde_json::to_value(&self.res.machine).unwrap_or_default(),
-            ),
-            R::GetFullConfig => {
-                ApiResponse::Json(serde_json::to_value(self.res.to_full()).unwrap_or_default())
-            }
-            R::GetBootTime => match self
-                .vm
-                .as_ref()
-                .and_then(|v| *v.boot_time.lock().unwrap_or_else(|e| e.into_inner()))
-            {
-                Some(t) => ApiResponse::Json(serde_json::to_value(t).unwrap_or_default()),
-                None => ApiResponse::Error("The guest has not signalled boot completion yet.".into()),
-            },
-            R::PutBootSource(b) => gate("PUT /boot-source")
-                .unwrap_or_else(|| Self::cfg(self.res.set_boot_source(b))),
-            R::PutMachineConfig(m) => gate("PUT /machine-config")
-                .unwrap_or_else(|| Self::cfg(self.res.set_machine_config(m))),
-            R::PatchMachineConfig(m) => gate("PATCH /machine-config")
-                .unwrap_or_else(|| Self::cfg(self.res.update_machine_config(m))),
-            R::PutDrive(id, d) => {
-                gate("PUT /drives").unwrap_or_else(|| Self::cfg(self.res.put_drive(&id, d)))
-            }
-            // Firecracker: PATCH of drives and interfaces is post-boot only (it updates the
-            // live device). Without block/net devices there is nothing to update yet.
-            R::PatchDrive(id, d) => match self.state {
-                InstanceState::NotStarted => ApiResponse::Error(
-                    "The requested operation is not supported before starting the microVM: PATCH /drives.".into(),
-                ),
-                _ => self.patch_drive(id, d),
-            },
-            R::PutNet(id, n) => gate("PUT /network-interfaces")
-                .unwrap_or_else(|| Self::cfg(self.res.put_net(&id, n))),
-            R::PatchNet(id, n) => match self.state {
-                InstanceState::NotStarted => ApiResponse::Error(
-                    "The requested operation is not supported before starting the microVM: PATCH /network-interfaces.".into(),
-                ),
-                _ => self.patch_net(id, n),
-            },
-            R::PutVsock(v) => {
-                gate("PUT /vsock").unwrap_or_else(|| Self::cfg(self.res.set_vsock(v)))
-            }
-            R::PutEntropy(e) => gate("PUT /entropy").unwrap_or_else(|| {
-                self.res.entropy = Some(e);
-                ApiResponse::Empty
-            }),
-            R::PutMetrics(m) => gate("PUT /metrics").unwrap_or_else(|| {
-                match OpenOptions::new().create(true).append(true).open(&m.metrics_path) {
-                    Ok(_) => {
-                        self.res.metrics = Some(m);
-                        ApiResponse::Empty
-                    }
-                    Err(e) => ApiResponse::Error(format!(
-                        "Cannot open the metrics file {}: {e}",
-                        m.metrics_path.display()
-                    )),
-                }
-            }),
-            R::PutLogger(l) => gate("PUT /logger").unwrap_or_else(|| self.put_logger(l)),
-            R::PutSerial(s) => gate("PUT /serial").unwrap_or_else(|| {
-                self.res.serial = Some(s);
-                ApiResponse::Empty
-            }),
-            R::Action(ActionType::InstanceStart) => match self.start() {
-                Ok(()) => ApiResponse::Empty,
-                Err(e) => ApiResponse::Error(e),
-            },
-            R::Action(ActionType::FlushMetrics) => {
-                if self.res.metrics.is_none() {
-                    return ApiResponse::Error("The metrics system is not configured: PUT /metrics first.".into());
-                }
-                self.flush_metrics();
-                ApiResponse::Empty
-            }
-            R::Action(ActionType::SendCtrlAltDel) => match &self.vm {
-                None => ApiResponse::Error(
-                    "The requested operation is not supported before starting the microVM: SendCtrlAltDel.".into(),
-                ),
-                Some(vm) => {
-                    let r = vm
-                        .i8042
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .trigger_ctrl_alt_del();
-                    match r {
-                        Ok(()) => ApiResponse::Empty,
-                        Err(e) => ApiResponse::Error(format!("Cannot send Ctrl+Alt+Del: {e}")),
-                    }
-                }
-            },
-            R::PatchVm(target) => self.patch_vm(target),
-            R::SnapshotCreate(p) => match self.create_snapshot(p) {
-                Ok(()) => ApiResponse::Empty,
-                Err(e) => ApiResponse::Error(e),
-            },
-            R::SnapshotLoad(p) => match self.load_snapshot(p) {
-                Ok(()) => ApiResponse::Empty,
-                Err(e) => ApiResponse::Error(e),
-            },
-        }
-    }
-
-    /// Post-boot `PATCH /drives/{id}`: validated against the configuration, applied to the
-    /// live block device, then recorded.
-    fn patch_drive(&mut self, id: String, d: DriveUpdate) -> ApiResponse {
-        let mut res = self.res.clone();
-        if let Err(e) = res.patch_drive(&id, d.clone()) {
-            return ApiResponse::Error(e.to_string());
-        }
-        let Some(vm) = &self.vm else {
-            return ApiResponse::Error("The microVM is not running.".into());
-        };
-        match crate::devices::virtio::setup::patch_drive(&vm.virtio, &id, &d) {
-            Ok(()) => {
-                self.res = res;
-                ApiResponse::Empty
-            }
-            Err(e) => ApiResponse::Error(e),
-        }
-    }
-
-    /// Post-boot `PATCH /network-interfaces/{id}` (rate limiters).
-    fn patch_net(&mut self, id: String, n: NetworkInterfaceUpdate) -> ApiResponse {
-        let mut res = self.res.clone();
-        if let Err(e) = res.patch_net(&id, n.clone()) {
-            return ApiResponse::Error(e.to_string());
-        }
-        let Some(vm) = &self.vm else {
-            return ApiResponse::Error("The microVM is not running.".into());
-        };
-        match crate::devices::virtio::setup::patch_net(&vm.virtio, &id, &n) {
-            Ok(()) => {
-                self.res = res;
-                ApiResponse::Empty
-            }
-            Err(e) => ApiResponse::Error(e),
-        }
-    }
-
-    fn put_logger(&mut self, l: LoggerConfig) -> ApiResponse {
-        let level = match l.level.as_deref() {
-            Some(s) => match crate::logger::Level::parse(s) {
-                Some(v) => Some(v),
-                None => return ApiResponse::Error(format!("Invalid log level: {s}")),
-            },
-            None => None,
-        };
-        if let Some(p) = &l.log_path {
-            if let Err(e) = crate::logger::set_path(p) {
-                return ApiResponse::Error(format!(
-                    "Cannot open the log file {}: {e}",
-                    p.display()
-                ));
-            }
-        }
-        if let Some(v) = level {
-            crate::logger::set_level(v);
-        }
-        self.res.logger = Some(l);
-        ApiResponse::Empty
-    }
-
-    fn patch_vm(&mut self, target: VmStateName) -> ApiResponse {
-        match (self.state, target) {
-            (InstanceState::NotStarted, _) => ApiResponse::Error(
-                "The requested operation is not supported before starting the microVM.".into(),
-            ),
-            (InstanceState::Paused, VmStateName::Paused)
-            | (InstanceState::Running, VmStateName::Resumed) => ApiResponse::Empty,
-            (InstanceState::Running, VmStateName::Paused) => {
-                match self.vcpus_do(VcpuCommand::Pause) {
-                    Ok(()) => {
-                        self.state = InstanceState::Paused;
-                        crate::log_info!("microVM paused");
-                        ApiResponse::Empty
-                    }
-                    Err(e) => ApiResponse::Error(e),
-                }
-            }
-            (InstanceState::Paused, VmStateName::Resumed) => {
-                match self.vcpus_do(VcpuCommand::Resume) {
-                    Ok(()) => {
-                        self.state = InstanceState::Running;
-                        crate::log_info!("microVM resumed");
-                        ApiResponse::Empty
-                    }
-                    Err(e) => ApiResponse::Error(e),
-                }
-            }
         }
     }
 }

@@ -1,10 +1,10 @@
-//! The Firecracker-compatible API: routes (method + path + JSON body → [`ApiRequest`]), and the
+//! The Firecracker-compatible API: routes (method + path + JSON body → [`VmmAction`]), and the
 //! API thread that serves them on a Unix socket.
 //!
 //! The API thread (`fc_api`) parses and validates the *shape* of each request (JSON syntax,
 //! unknown fields, path/body ids) itself, so malformed input never reaches the VMM. Well-formed
 //! requests go to the event-loop thread over a channel (+ an eventfd to wake its epoll); the
-//! event loop owns all VM state, applies the request and sends back an [`ApiResponse`].
+//! event loop owns all VM state, applies the request and sends back a [`VmmResult`] (typed data or error) that [`response`] turns into HTTP.
 //!
 //! Endpoints (same paths, fields and status codes as Firecracker's swagger; 204 with no body
 //! on success, 200 with JSON for GETs, 400 with `{"fault_message": ...}` on error):
@@ -37,53 +37,30 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::*;
 use crate::metrics::{inc, METRICS};
+pub use crate::vmm::rpc::{VmmAction, VmmData, VmmResult};
 use http::{Request, Response};
 
-/// A well-formed API request for the event loop.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApiRequest {
-    GetInstanceInfo,
-    GetVersion,
-    GetMachineConfig,
-    GetFullConfig,
-    GetBootTime,
-    PutBootSource(BootSource),
-    PutMachineConfig(MachineConfig),
-    PatchMachineConfig(MachineConfigUpdate),
-    PutDrive(String, Drive),
-    PatchDrive(String, DriveUpdate),
-    PutNet(String, NetworkInterface),
-    PatchNet(String, NetworkInterfaceUpdate),
-    PutVsock(Vsock),
-    PutEntropy(EntropyConfig),
-    PutMetrics(MetricsConfig),
-    PutLogger(LoggerConfig),
-    PutSerial(SerialConfig),
-    Action(ActionType),
-    PatchVm(VmStateName),
-    SnapshotCreate(SnapshotCreateParams),
-    SnapshotLoad(SnapshotLoadParams),
-}
-
-/// The event loop's answer.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ApiResponse {
-    /// 204.
-    Empty,
-    /// 200 with a JSON body.
-    Json(serde_json::Value),
-    /// 400 with this fault message.
-    Error(String),
-}
-
-impl From<ApiResponse> for Response {
-    fn from(r: ApiResponse) -> Response {
-        match r {
-            ApiResponse::Empty => Response::no_content(),
-            ApiResponse::Json(v) => Response::json(200, &v),
-            ApiResponse::Error(m) => Response::fault(400, &m),
-        }
-    }
+/// The HTTP answer to the event loop's answer: 204 for [`VmmData::Empty`], 200 with the
+/// JSON of the data, 400 with the error's text as `fault_message`.
+pub fn response(r: VmmResult) -> Response {
+    let data = match r {
+        Ok(d) => d,
+        Err(e) => return Response::fault(400, &e.to_string()),
+    };
+    let json = match data {
+        VmmData::Empty => return Response::no_content(),
+        VmmData::InstanceInformation(i) => serde_json::json!({
+            "id": i.id,
+            "state": i.state.name(),
+            "vmm_version": i.vmm_version,
+            "app_name": i.app_name,
+        }),
+        VmmData::VmmVersion(v) => serde_json::json!({ "firecracker_version": v }),
+        VmmData::MachineConfiguration(m) => serde_json::to_value(&m).unwrap_or_default(),
+        VmmData::FullVmConfig(c) => serde_json::to_value(*c).unwrap_or_default(),
+        VmmData::BootTime(t) => serde_json::to_value(t).unwrap_or_default(),
+    };
+    Response::json(200, &json)
 }
 
 fn body<T: DeserializeOwned>(req: &Request) -> Result<T, Response> {
@@ -98,8 +75,8 @@ fn body<T: DeserializeOwned>(req: &Request) -> Result<T, Response> {
     })
 }
 
-/// Maps a request to an [`ApiRequest`], or to the error response for it.
-pub fn route(req: &Request) -> Result<ApiRequest, Response> {
+/// Maps a request to a [`VmmAction`], or to the error response for it.
+pub fn route(req: &Request) -> Result<VmmAction, Response> {
     let path = req.path.trim_end_matches('/');
     let mut segs = path.split('/').skip(1);
     let first = segs.next().unwrap_or("");
@@ -109,29 +86,29 @@ pub fn route(req: &Request) -> Result<ApiRequest, Response> {
     }
     let m = req.method.as_str();
     Ok(match (m, first, second) {
-        ("GET", "", None) => ApiRequest::GetInstanceInfo,
-        ("GET", "version", None) => ApiRequest::GetVersion,
-        ("GET", "machine-config", None) => ApiRequest::GetMachineConfig,
-        ("PUT", "machine-config", None) => ApiRequest::PutMachineConfig(body(req)?),
-        ("PATCH", "machine-config", None) => ApiRequest::PatchMachineConfig(body(req)?),
-        ("PUT", "boot-source", None) => ApiRequest::PutBootSource(body(req)?),
-        ("PUT", "drives", Some(id)) => ApiRequest::PutDrive(id.to_string(), body(req)?),
-        ("PATCH", "drives", Some(id)) => ApiRequest::PatchDrive(id.to_string(), body(req)?),
-        ("PUT", "network-interfaces", Some(id)) => ApiRequest::PutNet(id.to_string(), body(req)?),
+        ("GET", "", None) => VmmAction::GetInstanceInfo,
+        ("GET", "version", None) => VmmAction::GetVersion,
+        ("GET", "machine-config", None) => VmmAction::GetMachineConfig,
+        ("PUT", "machine-config", None) => VmmAction::PutMachineConfig(body(req)?),
+        ("PATCH", "machine-config", None) => VmmAction::PatchMachineConfig(body(req)?),
+        ("PUT", "boot-source", None) => VmmAction::PutBootSource(body(req)?),
+        ("PUT", "drives", Some(id)) => VmmAction::PutDrive(id.to_string(), body(req)?),
+        ("PATCH", "drives", Some(id)) => VmmAction::PatchDrive(id.to_string(), body(req)?),
+        ("PUT", "network-interfaces", Some(id)) => VmmAction::PutNet(id.to_string(), body(req)?),
         ("PATCH", "network-interfaces", Some(id)) => {
-            ApiRequest::PatchNet(id.to_string(), body(req)?)
+            VmmAction::PatchNet(id.to_string(), body(req)?)
         }
-        ("PUT", "vsock", None) => ApiRequest::PutVsock(body(req)?),
-        ("PUT", "entropy", None) => ApiRequest::PutEntropy(body(req)?),
-        ("PUT", "actions", None) => ApiRequest::Action(body::<Action>(req)?.action_type),
-        ("PATCH", "vm", None) => ApiRequest::PatchVm(body::<VmStateChange>(req)?.state),
-        ("GET", "vm", Some("config")) => ApiRequest::GetFullConfig,
-        ("PUT", "metrics", None) => ApiRequest::PutMetrics(body(req)?),
-        ("PUT", "logger", None) => ApiRequest::PutLogger(body(req)?),
-        ("PUT", "serial", None) => ApiRequest::PutSerial(body(req)?),
-        ("GET", "kobako", Some("boot-time")) => ApiRequest::GetBootTime,
-        ("PUT", "snapshot", Some("create")) => ApiRequest::SnapshotCreate(body(req)?),
-        ("PUT", "snapshot", Some("load")) => ApiRequest::SnapshotLoad(body(req)?),
+        ("PUT", "vsock", None) => VmmAction::PutVsock(body(req)?),
+        ("PUT", "entropy", None) => VmmAction::PutEntropy(body(req)?),
+        ("PUT", "actions", None) => VmmAction::Action(body::<Action>(req)?.action_type),
+        ("PATCH", "vm", None) => VmmAction::PatchVm(body::<VmStateChange>(req)?.state),
+        ("GET", "vm", Some("config")) => VmmAction::GetFullConfig,
+        ("PUT", "metrics", None) => VmmAction::PutMetrics(body(req)?),
+        ("PUT", "logger", None) => VmmAction::PutLogger(body(req)?),
+        ("PUT", "serial", None) => VmmAction::PutSerial(body(req)?),
+        ("GET", "kobako", Some("boot-time")) => VmmAction::GetBootTime,
+        ("PUT", "snapshot", Some("create")) => VmmAction::SnapshotCreate(body(req)?),
+        ("PUT", "snapshot", Some("load")) => VmmAction::SnapshotLoad(body(req)?),
         ("PUT", "drives" | "network-interfaces", None) => {
             return Err(Response::fault(400, "Missing id in the request path."))
         }
@@ -204,18 +181,18 @@ fn invalid(req: &Request) -> Response {
 /// The API thread's end of the channel to the event loop.
 #[derive(Debug)]
 pub struct VmmChannel {
-    pub requests: Sender<ApiRequest>,
-    pub responses: Receiver<ApiResponse>,
+    pub requests: Sender<VmmAction>,
+    pub responses: Receiver<VmmResult>,
     pub wake: EventFd,
 }
 
 impl VmmChannel {
-    fn call(&self, req: ApiRequest) -> Response {
+    fn call(&self, req: VmmAction) -> Response {
         if self.requests.send(req).is_err() || self.wake.write(1).is_err() {
             return Response::fault(400, "The VMM is shutting down.");
         }
         match self.responses.recv() {
-            Ok(r) => r.into(),
+            Ok(r) => response(r),
             Err(_) => Response::fault(400, "The VMM is shutting down."),
         }
     }
@@ -276,7 +253,7 @@ mod tests {
     fn routes() {
         assert_eq!(
             route(&req("GET", "/", "")).unwrap(),
-            ApiRequest::GetInstanceInfo
+            VmmAction::GetInstanceInfo
         );
         assert_eq!(
             route(&req(
@@ -285,15 +262,15 @@ mod tests {
                 r#"{"action_type":"InstanceStart"}"#
             ))
             .unwrap(),
-            ApiRequest::Action(ActionType::InstanceStart)
+            VmmAction::Action(ActionType::InstanceStart)
         );
         assert_eq!(
             route(&req("PATCH", "/vm", r#"{"state":"Paused"}"#)).unwrap(),
-            ApiRequest::PatchVm(VmStateName::Paused)
+            VmmAction::PatchVm(VmStateName::Paused)
         );
         assert_eq!(
             route(&req("GET", "/vm/config", "")).unwrap(),
-            ApiRequest::GetFullConfig
+            VmmAction::GetFullConfig
         );
         let e = route(&req("PUT", "/actions", r#"{"action_type":"Bogus"}"#)).unwrap_err();
         assert_eq!(e.status, 400);

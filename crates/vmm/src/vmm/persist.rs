@@ -1,45 +1,49 @@
-//! The event loop's snapshot requests (Firecracker's `persist.rs`): `PUT /snapshot/create`
-//! collects the paused VM's state and writes both files, `PUT /snapshot/load` (or
-//! `--snapshot-load`) builds a new microVM from them with the load's overrides. The file
-//! format and the memory mapping are [`crate::snapshot`]'s; this owns the rules for when a
-//! snapshot may be taken or loaded and what the restored configuration is. Runs on the event
-//! loop thread.
+//! Snapshot requests (Firecracker's `persist.rs`): `PUT /snapshot/create` collects the paused
+//! VM's state and writes both files (the [`RuntimeApiController`]'s), `PUT /snapshot/load` (or
+//! `--snapshot-load`) builds a new microVM from them with the load's overrides (the
+//! [`PrebootApiController`]'s). The file format and the memory mapping are
+//! [`crate::snapshot`]'s; this owns the rules for when a snapshot may be taken or loaded and
+//! what the restored configuration is. Runs on the event loop thread.
 
 use std::time::Instant;
 
-use super::{EventLoop, InstanceState};
+use super::{InstanceState, LoopIo, PrebootApiController, RuntimeApiController};
 use crate::builder;
 use crate::config::*;
 use crate::devices::serial::SerialOut;
 use crate::vstate::vcpu::VcpuCommand;
 
-impl EventLoop {
+/// A `Diff` snapshot is refused, before or after boot.
+fn refuse_diff(p: &SnapshotCreateParams) -> Result<(), String> {
+    if p.snapshot_type == SnapshotType::Diff {
+        return Err(
+            "Diff snapshots are not supported by kobako-vmm: use \"snapshot_type\": \"Full\"."
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Why `PUT /snapshot/create` fails before boot.
+pub(super) fn refuse_before_boot(p: &SnapshotCreateParams) -> String {
+    match refuse_diff(p) {
+        Err(e) => e,
+        Ok(()) => "The microVM has not started: there is nothing to snapshot yet.".into(),
+    }
+}
+
+impl RuntimeApiController {
     /// `PUT /snapshot/create`: the VM must be paused; writes the memory file, then the state
     /// file (so a state file on disk always has its memory beside it). On failure both are
     /// removed and the VM stays paused, unchanged.
     pub(super) fn create_snapshot(&mut self, p: SnapshotCreateParams) -> Result<(), String> {
-        if p.snapshot_type == SnapshotType::Diff {
-            return Err(
-                "Diff snapshots are not supported by kobako-vmm: use \"snapshot_type\": \"Full\"."
-                    .into(),
-            );
-        }
-        match self.state {
-            InstanceState::Paused => {}
-            InstanceState::Running => {
-                return Err("The microVM must be paused to take a snapshot: PATCH /vm {\"state\": \"Paused\"} first.".into())
-            }
-            InstanceState::NotStarted => {
-                return Err(
-                    "The microVM has not started: there is nothing to snapshot yet.".into(),
-                )
-            }
+        refuse_diff(&p)?;
+        if self.state != InstanceState::Paused {
+            return Err("The microVM must be paused to take a snapshot: PATCH /vm {\"state\": \"Paused\"} first.".into());
         }
         let t0 = Instant::now();
         let st = self.collect_state()?;
-        let Some(vm) = &self.vm else {
-            return Err("The microVM is not running.".into());
-        };
+        let vm = &self.vm;
         let cleanup = || {
             let _ = std::fs::remove_file(&p.mem_file_path);
             let _ = std::fs::remove_file(&p.snapshot_path);
@@ -72,9 +76,7 @@ impl EventLoop {
     /// Reads everything but RAM from the paused VM (devices flushed first).
     fn collect_state(&mut self) -> Result<crate::snapshot::MicrovmState, String> {
         self.vcpus_do(VcpuCommand::Save)?;
-        let Some(vm) = &self.vm else {
-            return Err("The microVM is not running.".into());
-        };
+        let vm = &self.vm;
         let mut vcpus = Vec::with_capacity(vm.vcpus.len());
         for v in &vm.vcpus {
             match v.saved.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -118,14 +120,17 @@ impl EventLoop {
             virtio,
         })
     }
+}
 
+impl PrebootApiController {
     /// `PUT /snapshot/load` (or `--snapshot-load`): a new microVM from a snapshot, before
     /// anything else was configured. Nothing changes when it fails.
-    pub(super) fn load_snapshot(&mut self, p: SnapshotLoadParams) -> Result<(), String> {
+    pub(super) fn load_snapshot(
+        &mut self,
+        p: SnapshotLoadParams,
+        io: &mut LoopIo,
+    ) -> Result<(), String> {
         let t0 = Instant::now();
-        if self.state != InstanceState::NotStarted {
-            return Err("A snapshot can only be loaded into a new kobako-vmm process: this microVM has started.".into());
-        }
         let r = &self.res;
         if r.boot_source.is_some()
             || !r.drives.is_empty()
@@ -144,14 +149,14 @@ impl EventLoop {
         let st = crate::snapshot::read_state(&p.snapshot_path)?;
         let mem = crate::snapshot::open_memory(&mem_path, st.mem_bytes)?;
         let res = self.restored_resources(&st, &p)?;
-        let out = self
+        let out = io
             .serial_out(&res)
             .map_err(|e| format!("Cannot open the serial console output: {e}"))?;
         let use_stdin = matches!(out, SerialOut::Stdout(_));
-        let vm = match builder::restore(&res, out, self.opts.filters.as_ref(), &st, &mem) {
+        let vm = match builder::restore(&res, out, io.filters.as_ref(), &st, &mem) {
             Ok(vm) => vm,
             Err(e) => {
-                self.drop_console();
+                io.drop_console();
                 return Err(format!(
                     "Cannot load snapshot {}: {}",
                     p.snapshot_path.display(),
@@ -162,14 +167,19 @@ impl EventLoop {
         // The guest has booted already: "boot complete" is now, for whoever waits for it.
         *vm.boot_time.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(crate::devices::boot_timer::BootTime::now());
-        self.res = res;
-        self.install(vm, use_stdin)?;
-        if p.resume_vm {
-            self.resume_all();
-            self.state = InstanceState::Running;
+        // Recorded before the install: the configuration is the snapshot's from here on.
+        self.res = res.clone();
+        io.install(&vm, use_stdin)?;
+        let state = if p.resume_vm {
+            InstanceState::Running
         } else {
-            self.state = InstanceState::Paused;
+            InstanceState::Paused
+        };
+        let rt = RuntimeApiController::new(&self.id, res, vm, state);
+        if p.resume_vm {
+            rt.resume_all();
         }
+        self.booted = Some(Box::new(rt));
         crate::log_info!(
             "snapshot loaded from {} in {} ms ({}; taken by kobako-vmm {})",
             p.snapshot_path.display(),

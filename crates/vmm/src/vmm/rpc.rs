@@ -1,0 +1,193 @@
+//! The VMM's request interface (Firecracker's `rpc_interface.rs`): what the API thread may ask
+//! ([`VmmAction`]), what the event loop answers when it succeeds ([`VmmData`], typed, turned
+//! into JSON by [`crate::api`]) and why it refuses ([`VmmActionError`], whose text is the
+//! `fault_message`). Which actions are valid before and after boot is decided by the two
+//! controllers, [`super::preboot::PrebootApiController`] and
+//! [`super::runtime::RuntimeApiController`].
+
+use std::path::PathBuf;
+
+use crate::config::*;
+use crate::devices::boot_timer::BootTime;
+
+use super::InstanceState;
+
+/// A well-formed API request for the event loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmmAction {
+    GetInstanceInfo,
+    GetVersion,
+    GetMachineConfig,
+    GetFullConfig,
+    GetBootTime,
+    PutBootSource(BootSource),
+    PutMachineConfig(MachineConfig),
+    PatchMachineConfig(MachineConfigUpdate),
+    PutDrive(String, Drive),
+    PatchDrive(String, DriveUpdate),
+    PutNet(String, NetworkInterface),
+    PatchNet(String, NetworkInterfaceUpdate),
+    PutVsock(Vsock),
+    PutEntropy(EntropyConfig),
+    PutMetrics(MetricsConfig),
+    PutLogger(LoggerConfig),
+    PutSerial(SerialConfig),
+    Action(ActionType),
+    PatchVm(VmStateName),
+    SnapshotCreate(SnapshotCreateParams),
+    SnapshotLoad(SnapshotLoadParams),
+}
+
+impl VmmAction {
+    /// The request as named in the refusal of a pre-boot-only request after boot (`None`:
+    /// the request is not pre-boot only).
+    pub fn preboot_only(&self) -> Option<&'static str> {
+        Some(match self {
+            VmmAction::PutBootSource(_) => "PUT /boot-source",
+            VmmAction::PutMachineConfig(_) => "PUT /machine-config",
+            VmmAction::PatchMachineConfig(_) => "PATCH /machine-config",
+            VmmAction::PutDrive(..) => "PUT /drives",
+            VmmAction::PutNet(..) => "PUT /network-interfaces",
+            VmmAction::PutVsock(_) => "PUT /vsock",
+            VmmAction::PutEntropy(_) => "PUT /entropy",
+            VmmAction::PutMetrics(_) => "PUT /metrics",
+            VmmAction::PutLogger(_) => "PUT /logger",
+            VmmAction::PutSerial(_) => "PUT /serial",
+            _ => return None,
+        })
+    }
+}
+
+/// `GET /`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub state: InstanceState,
+    pub vmm_version: &'static str,
+    pub app_name: &'static str,
+}
+
+impl InstanceInfo {
+    /// This process's answer for the instance `id` in `state`.
+    pub fn new(id: &str, state: InstanceState) -> Self {
+        InstanceInfo {
+            id: id.to_string(),
+            state,
+            vmm_version: crate::VERSION,
+            app_name: "kobako-vmm",
+        }
+    }
+}
+
+/// A successful action's answer.
+#[derive(Debug, Clone)]
+pub enum VmmData {
+    /// Done, nothing to tell (204).
+    Empty,
+    /// `GET /`.
+    InstanceInformation(InstanceInfo),
+    /// `GET /version`.
+    VmmVersion(&'static str),
+    /// `GET /machine-config`.
+    MachineConfiguration(MachineConfig),
+    /// `GET /vm/config`.
+    FullVmConfig(Box<FullConfig>),
+    /// `GET /kobako/boot-time`.
+    BootTime(BootTime),
+}
+
+/// Why an action was refused. Every case is a 400 whose `fault_message` is the `Display`
+/// text.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmActionError {
+    /// A pre-boot-only request after `InstanceStart` (or a snapshot load).
+    #[error("The requested operation is not supported after starting the microVM: {0}.")]
+    OperationNotSupportedPostBoot(&'static str),
+    /// A post-boot-only request before the microVM started.
+    #[error("The requested operation is not supported before starting the microVM: {0}.")]
+    OperationNotSupportedPreBoot(&'static str),
+    /// `PATCH /vm` before the microVM started.
+    #[error("The requested operation is not supported before starting the microVM.")]
+    VmNotStarted,
+    /// A second `InstanceStart`.
+    #[error("The microVM is already running: InstanceStart is only allowed once.")]
+    AlreadyStarted,
+    /// The configuration refused a value.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// `GET /kobako/boot-time` before the guest wrote to the boot timer.
+    #[error("The guest has not signalled boot completion yet.")]
+    BootNotSignalled,
+    /// `FlushMetrics` without `PUT /metrics`.
+    #[error("The metrics system is not configured: PUT /metrics first.")]
+    MetricsNotConfigured,
+    /// `PUT /metrics` with a file that does not open.
+    #[error("Cannot open the metrics file {}: {source}", path.display())]
+    MetricsFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// `PUT /logger` with an unknown level.
+    #[error("Invalid log level: {0}")]
+    LogLevel(String),
+    /// `PUT /logger` with a file that does not open.
+    #[error("Cannot open the log file {}: {source}", path.display())]
+    LogFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The i8042 could not raise the key sequence.
+    #[error("Cannot send Ctrl+Alt+Del: {0}")]
+    CtrlAltDel(std::io::Error),
+    /// `InstanceStart` failed: nothing was kept, a corrected one may succeed.
+    #[error("{0}")]
+    StartMicrovm(String),
+    /// The live device refused a `PATCH /drives` or `PATCH /network-interfaces`.
+    #[error("{0}")]
+    DeviceUpdate(String),
+    /// Pausing or resuming the vCPUs failed.
+    #[error("{0}")]
+    VmState(String),
+    /// `PUT /snapshot/create` failed (the VM stays paused, unchanged).
+    #[error("{0}")]
+    CreateSnapshot(String),
+    /// `PUT /snapshot/load` failed (nothing changed).
+    #[error("{0}")]
+    LoadSnapshot(String),
+}
+
+/// The event loop's answer to one action.
+pub type VmmResult = Result<VmmData, VmmActionError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_keep_their_text() {
+        assert_eq!(
+            VmmActionError::OperationNotSupportedPostBoot("PUT /vsock").to_string(),
+            "The requested operation is not supported after starting the microVM: PUT /vsock."
+        );
+        assert_eq!(
+            VmmActionError::OperationNotSupportedPreBoot("PATCH /drives").to_string(),
+            "The requested operation is not supported before starting the microVM: PATCH /drives."
+        );
+        assert_eq!(
+            VmmActionError::MetricsFile {
+                path: "/x/m".into(),
+                source: std::io::Error::from_raw_os_error(libc::ENOENT)
+            }
+            .to_string(),
+            format!(
+                "Cannot open the metrics file /x/m: {}",
+                std::io::Error::from_raw_os_error(libc::ENOENT)
+            )
+        );
+        assert_eq!(
+            VmmAction::PutLogger(LoggerConfig::default()).preboot_only(),
+            Some("PUT /logger")
+        );
+        assert_eq!(VmmAction::GetVersion.preboot_only(), None);
+    }
+}
