@@ -250,6 +250,40 @@ mod tests {
     }
 
     #[test]
+    fn typed_answers_become_firecracker_responses() {
+        use crate::vmm::{InstanceInfo, InstanceState, VmmActionError};
+        assert_eq!(response(Ok(VmmData::Empty)), Response::no_content());
+        let r = response(Ok(VmmData::InstanceInformation(InstanceInfo::new(
+            "vm1",
+            InstanceState::Paused,
+        ))));
+        assert_eq!(r.status, 200);
+        let v: serde_json::Value = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "id": "vm1",
+                "state": "Paused",
+                "vmm_version": crate::VERSION,
+                "app_name": "kobako-vmm",
+            })
+        );
+        let r = response(Ok(VmmData::VmmVersion("1.2.3")));
+        assert_eq!(
+            r.body.as_deref(),
+            Some(r#"{"firecracker_version":"1.2.3"}"#)
+        );
+        let r = response(Err(VmmActionError::AlreadyStarted));
+        assert_eq!(
+            r,
+            Response::fault(
+                400,
+                "The microVM is already running: InstanceStart is only allowed once."
+            )
+        );
+    }
+
+    #[test]
     fn routes() {
         assert_eq!(
             route(&req("GET", "/", "")).unwrap(),

@@ -169,3 +169,70 @@ impl PrebootApiController {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_sys_util::epoll::Epoll;
+
+    fn io() -> LoopIo {
+        LoopIo {
+            epoll: Epoll::new().unwrap(),
+            console: None,
+            stdin_open: false,
+            filters: None,
+        }
+    }
+
+    fn refusal(r: VmmResult) -> String {
+        r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn answers_before_boot_and_refuses_post_boot_actions() {
+        let mut io = io();
+        let mut p = PrebootApiController::new("vm1", VmResources::default(), Default::default());
+        let Ok(VmmData::InstanceInformation(i)) = p.handle(VmmAction::GetInstanceInfo, &mut io)
+        else {
+            panic!()
+        };
+        assert_eq!((i.id.as_str(), i.state), ("vm1", InstanceState::NotStarted));
+        assert!(matches!(
+            p.handle(VmmAction::PutEntropy(EntropyConfig::default()), &mut io),
+            Ok(VmmData::Empty)
+        ));
+        assert!(p.resources().entropy.is_some());
+        let patch: DriveUpdate = serde_json::from_str(r#"{"drive_id":"d"}"#).unwrap();
+        assert_eq!(
+            refusal(p.handle(VmmAction::PatchDrive("d".into(), patch), &mut io)),
+            "The requested operation is not supported before starting the microVM: PATCH /drives."
+        );
+        assert_eq!(
+            refusal(p.handle(VmmAction::PatchVm(VmStateName::Paused), &mut io)),
+            "The requested operation is not supported before starting the microVM."
+        );
+        assert_eq!(
+            refusal(p.handle(VmmAction::Action(ActionType::FlushMetrics), &mut io)),
+            "The metrics system is not configured: PUT /metrics first."
+        );
+        assert_eq!(
+            refusal(p.handle(VmmAction::GetBootTime, &mut io)),
+            "The guest has not signalled boot completion yet."
+        );
+        let create = |t: &str| -> SnapshotCreateParams {
+            serde_json::from_str(&format!(
+                r#"{{"snapshot_type":"{t}","snapshot_path":"/s","mem_file_path":"/m"}}"#
+            ))
+            .unwrap()
+        };
+        assert!(
+            refusal(p.handle(VmmAction::SnapshotCreate(create("Diff")), &mut io))
+                .starts_with("Diff snapshots are not supported")
+        );
+        assert_eq!(
+            refusal(p.handle(VmmAction::SnapshotCreate(create("Full")), &mut io)),
+            "The microVM has not started: there is nothing to snapshot yet."
+        );
+        assert!(p.take_booted().is_none());
+    }
+}
