@@ -10,11 +10,12 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{agent_for, KOBAKO};
+use common::server::Server;
+use common::KOBAKO;
 use serde_json::{json, Value};
 use sha2::Digest;
 
@@ -221,79 +222,30 @@ fn token(grants: &Mutex<HashMap<String, Grant>>, key: &Path, body: &str) -> (u16
 
 // ---- the server ------------------------------------------------------------------------------
 
-struct Server {
-    state: tempfile::TempDir,
-    _run: tempfile::TempDir,
-    port: u16,
-    child: Child,
-    agent: ureq::Agent,
-    /// The browser's login binding cookie (`kobako_oidc`), as the last login set it.
+/// The one server fixture (`common::server`) as the browser sees it: with the login's binding
+/// cookie (`kobako_oidc`), as the last login set it.
+struct Browser {
+    srv: Server,
     cookie: Mutex<Option<String>>,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Browser {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.srv
     }
 }
 
-impl Server {
-    fn start(extra: &[&str]) -> Server {
-        let state = tempfile::tempdir().unwrap();
-        let run = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = std::fs::File::create(state.path().join("serve.log")).unwrap();
-        let child = Command::new(KOBAKO)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .env("KOBAKO_STATE", state.path())
-            .env("KOBAKO_RUN", run.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let cert = state.path().join("server/tls/cert.pem");
-        let t0 = Instant::now();
-        let mut s = Server {
-            state,
-            _run: run,
-            port,
-            child,
-            agent: ureq::agent(),
+impl Browser {
+    fn start(extra: &[&str]) -> Browser {
+        Browser {
+            srv: Server::start_with(extra),
             cookie: Mutex::new(None),
-        };
-        loop {
-            if cert.exists() {
-                s.agent = agent_for(&cert);
-                if s.agent.get(&s.url("/health")).call().is_ok() {
-                    // The same trust, but redirects are the test's to follow.
-                    return s;
-                }
-            }
-            if let Some(st) = s.child.try_wait().unwrap() {
-                panic!("kobako serve exited with {st}: {}", s.log());
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "no answer: {}",
-                s.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.state.path().join("serve.log")).unwrap_or_default()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}/api/v1{path}", self.port)
+        self.srv.log_text()
     }
 
     /// (status, headers we care about, body text).
@@ -317,7 +269,7 @@ impl Server {
 
 /// Starts a login like a browser: returns the callback URL's query parameters the provider
 /// would send back, after registering `claims` (with the login's nonce) for a fresh code.
-fn authorize(srv: &Server, idp: &Idp, claims: Value, hs256: Option<&str>) -> (String, String) {
+fn authorize(srv: &Browser, idp: &Idp, claims: Value, hs256: Option<&str>) -> (String, String) {
     // A client that does not follow redirects, to read the Location.
     let (status, loc, body) = {
         let a = ureq::AgentBuilder::new()
@@ -374,7 +326,7 @@ fn authorize(srv: &Server, idp: &Idp, claims: Value, hs256: Option<&str>) -> (St
     (code, q["state"].clone())
 }
 
-fn tls_of(srv: &Server) -> Arc<rustls::ClientConfig> {
+fn tls_of(srv: &Browser) -> Arc<rustls::ClientConfig> {
     common::tls_for(&srv.state.path().join("server/tls/cert.pem"))
 }
 
@@ -395,7 +347,7 @@ fn oidc_login_creates_and_signs_in_users_and_refuses_bad_tokens() {
     let idp = Idp::start();
     let secret = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(secret.path(), "s3cret\n").unwrap();
-    let srv = Server::start(&[
+    let srv = Browser::start(&[
         "--oidc-issuer",
         &idp.url,
         "--oidc-client-id",
@@ -587,27 +539,13 @@ fn oidc_login_creates_and_signs_in_users_and_refuses_bad_tokens() {
 }
 
 #[test]
-fn without_oidc_the_endpoints_say_how_to_turn_it_on() {
-    let srv = Server::start(&[]);
-    let (s, _, body) = srv.get("/auth/oidc", None);
-    assert_eq!(s, 200);
-    assert_eq!(
-        serde_json::from_str::<Value>(&body).unwrap()["enabled"],
-        false
-    );
-    let (s, _, e) = srv.get("/auth/oidc/login", None);
-    assert_eq!(s, 404, "{e}");
-    assert!(e.contains("--oidc-issuer"), "{e}");
-}
-
-#[test]
 fn an_unreachable_issuer_is_a_clear_502() {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let srv = Server::start(&[
+    let srv = Browser::start(&[
         "--oidc-issuer",
         &format!("http://127.0.0.1:{port}"),
         "--oidc-client-id",
@@ -642,7 +580,7 @@ fn a_non_https_issuer_is_refused_at_start() {
 // ---- attacks on the login flow (issue 17 item 7) ---------------------------------------------
 
 /// A server signing in at `idp` (client `kobako` with the provider's secret), and `extra` flags.
-fn idp_server(idp: &Idp, extra: &[&str]) -> Server {
+fn idp_server(idp: &Idp, extra: &[&str]) -> Browser {
     let secret = idp._dir.path().join("client-secret");
     std::fs::write(&secret, "s3cret\n").unwrap();
     let secret = secret.to_str().unwrap().to_string();
@@ -655,11 +593,11 @@ fn idp_server(idp: &Idp, extra: &[&str]) -> Server {
         &secret,
     ];
     args.extend_from_slice(extra);
-    Server::start(&args)
+    Browser::start(&args)
 }
 
 /// Users (name list) as the admin sees them.
-fn user_names(srv: &Server) -> Vec<String> {
+fn user_names(srv: &Browser) -> Vec<String> {
     let pw =
         std::fs::read_to_string(srv.state.path().join("server/initial-admin-password")).unwrap();
     let r = srv
@@ -681,7 +619,7 @@ fn user_names(srv: &Server) -> Vec<String> {
         .collect()
 }
 
-fn callback(srv: &Server, code: &str, state: &str) -> (u16, String) {
+fn callback(srv: &Browser, code: &str, state: &str) -> (u16, String) {
     let (s, _, body) = srv.get(
         &format!("/auth/oidc/callback?code={code}&state={state}"),
         None,

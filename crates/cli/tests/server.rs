@@ -86,8 +86,12 @@ fn sse_until(
     panic!("no matching event within {timeout:?}; got {out:?}");
 }
 
+/// What needs the `kobako serve` process and its listeners (the API cases that need neither
+/// are router tests: crates/server/tests/api): its private files and socket, the login
+/// limiter, a huge body over the socket, root on the socket, and the CLI's admin commands on
+/// the server's database.
 #[test]
-fn auth_roles_and_bad_input_without_vms() {
+fn serve_files_login_limit_socket_and_admin_commands_without_vms() {
     let srv = Server::start();
     // The first start made an admin with a random password, stored 0600.
     let pwfile = srv.state.path().join("server/initial-admin-password");
@@ -104,25 +108,7 @@ fn auth_roles_and_bad_input_without_vms() {
             & 0o777,
         0o600
     );
-    let admin = srv.login("admin", &srv.admin_password());
-
-    // 401 without, with a garbage, a tampered and a wrong-key token.
-    let (s, v) = srv.call("GET", "/labs", None, None);
-    assert_eq!(s, 401);
-    assert_eq!(v["error"]["code"], "unauthorized");
-    assert_eq!(srv.call("GET", "/labs", Some("nonsense"), None).0, 401);
-    let t = tok(&admin);
-    let mut tampered = t.clone().into_bytes();
-    let i = tampered.len() - 3;
-    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
-    let (s, v) = srv.call(
-        "GET",
-        "/labs",
-        Some(&String::from_utf8(tampered).unwrap()),
-        None,
-    );
-    assert_eq!(s, 401, "{v}");
-    assert_eq!(srv.call("GET", "/labs", Some(&t), None).0, 200);
+    let t = srv.admin_token();
 
     // Wrong passwords: 401, then 429 after five failures for that user and address.
     for _ in 0..5 {
@@ -146,206 +132,19 @@ fn auth_roles_and_bad_input_without_vms() {
     );
     assert_eq!(s, 429, "{v}");
 
-    // Refresh rotates: the new pair works, the old refresh token does not.
-    let (s, r2) = srv.call(
-        "POST",
-        "/auth/refresh",
-        None,
-        Some(Body::Json(json!({"refresh_token": admin["refresh_token"]}))),
-    );
-    assert_eq!(s, 200, "{r2}");
-    assert_eq!(
-        srv.call("GET", "/auth/me", Some(&tok(&r2)), None).1["name"],
-        "admin"
-    );
-    let (s, _) = srv.call(
-        "POST",
-        "/auth/refresh",
-        None,
-        Some(Body::Json(json!({"refresh_token": admin["refresh_token"]}))),
-    );
-    assert_eq!(s, 401);
-    let t = tok(&r2);
-
-    // Users: member, viewer; an API token.
-    let (s, v) = srv.call(
-        "POST",
-        "/users",
-        Some(&t),
-        Some(Body::Json(
-            json!({"name": "dana", "password": "dana-password", "role": "member"}),
-        )),
-    );
-    assert_eq!(s, 201, "{v}");
-    let (s, _) = srv.call(
-        "POST",
-        "/users",
-        Some(&t),
-        Some(Body::Json(
-            json!({"name": "vic", "password": "vic-password", "role": "viewer"}),
-        )),
-    );
-    assert_eq!(s, 201);
-    let dana = tok(&srv.login("dana", "dana-password"));
-    let vic = tok(&srv.login("vic", "vic-password"));
-    assert_eq!(srv.call("GET", "/users", Some(&dana), None).0, 403);
-    let (s, v) = srv.call(
-        "POST",
-        "/tokens",
-        Some(&dana),
-        Some(Body::Json(json!({"name": "ci"}))),
-    );
-    assert_eq!(s, 201, "{v}");
-    let api_token = v["secret"].as_str().unwrap().to_string();
-    assert_eq!(
-        srv.call("GET", "/auth/me", Some(&api_token), None).1["name"],
-        "dana"
-    );
-    let id = v["token"]["id"].as_str().unwrap();
-    assert_eq!(
-        srv.call("DELETE", &format!("/tokens/{id}"), Some(&dana), None)
-            .0,
-        204
-    );
-    assert_eq!(srv.call("GET", "/auth/me", Some(&api_token), None).0, 401);
-
-    // Bad input: malformed JSON, unknown fields, wrong types: 4xx with the error body.
-    let (s, v) = srv.call(
-        "POST",
-        "/users",
-        Some(&t),
-        Some(Body::Raw("application/json", b"{".to_vec())),
-    );
-    assert_eq!(s, 400, "{v}");
-    assert_eq!(v["error"]["code"], "bad_request");
-    let (s, v) = srv.call(
-        "POST",
-        "/users",
-        Some(&t),
-        Some(Body::Json(
-            json!({"name": "x1", "role": "member", "colour": "red"}),
-        )),
-    );
-    assert_eq!(s, 422, "{v}");
-    assert!(
-        v["error"]["message"].as_str().unwrap().contains("colour"),
-        "{v}"
-    );
     // A huge body: 413, nothing created.
     let big = vec![b'a'; 3 * 1024 * 1024];
     let (s, v) = srv.local("POST", "/labs", Some(&big));
     assert_eq!(s, 413, "{v}");
     assert_eq!(v["error"]["code"], "payload_too_large", "{v}");
-    // A lab file with a mistake: 422 with file, line and column.
-    let (s, v) = srv.call(
-        "POST",
-        "/labs",
-        Some(&dana),
-        yaml(b"name: srvbad\nnodes:\n  n:\n    vms:\n      a: {imgae: tiny}\n".to_vec()),
-    );
-    assert_eq!(s, 422, "{v}");
-    let d = &v["error"]["details"][0];
-    assert_eq!(d["pos"]["line"], 5, "{v}");
-    assert!(
-        d["message"]
-            .as_str()
-            .unwrap()
-            .contains("did you mean 'image'"),
-        "{v}"
-    );
-    // Labs: the viewer cannot create; the member can, and the other member cannot touch it.
-    let (s, _) = srv.call(
-        "POST",
-        "/labs",
-        Some(&vic),
-        yaml(lab_yaml("srvv", 1, "128M")),
-    );
-    assert_eq!(s, 403);
-    let (s, v) = srv.call(
-        "POST",
-        "/labs",
-        Some(&dana),
-        yaml(lab_yaml("srvd", 1, "128M")),
-    );
-    assert_eq!(s, 201, "{v}");
-    let (s, _) = srv.call(
-        "POST",
-        "/labs",
-        Some(&dana),
-        yaml(lab_yaml("srvd", 1, "128M")),
-    );
-    assert_eq!(s, 409);
-    let (s, v) = srv.call(
-        "POST",
-        "/users",
-        Some(&t),
-        Some(Body::Json(
-            json!({"name": "eve", "password": "eve-password", "role": "member", "max_vms": 1}),
-        )),
-    );
-    assert_eq!(s, 201, "{v}");
-    let eve = tok(&srv.login("eve", "eve-password"));
-    // Another member's lab is not there for eve (404, no owner named).
-    assert_eq!(srv.call("GET", "/labs/srvd", Some(&eve), None).0, 404);
-    assert_eq!(srv.call("POST", "/labs/srvd/up", Some(&eve), None).0, 404);
-    assert_eq!(srv.call("DELETE", "/labs/srvd", Some(&eve), None).0, 404);
-    assert_eq!(srv.call("GET", "/labs", Some(&eve), None).1, json!([]));
-    assert_eq!(srv.call("GET", "/labs/srvd", Some(&vic), None).0, 200);
-    assert_eq!(srv.call("POST", "/labs/srvd/up", Some(&vic), None).0, 403);
-    assert_eq!(srv.call("DELETE", "/labs/srvd", Some(&vic), None).0, 403);
-    // Quota: eve may run one VM; a two-VM lab is refused with a clear message.
-    let (s, v) = srv.call(
-        "POST",
-        "/labs",
-        Some(&eve),
-        yaml(lab_yaml("srve", 2, "128M")),
-    );
-    assert_eq!(s, 422, "{v}");
-    assert_eq!(v["error"]["code"], "quota_exceeded");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("needs 2 VMs"),
-        "{v}"
-    );
-    // Files from the server's filesystem are for admins.
-    let (s, v) = srv.call(
-        "POST",
-        "/labs",
-        Some(&dana),
-        yaml(b"name: srvf\nnodes:\n  n:\n    vms:\n      a:\n        files:\n          /tmp/x: {src: /etc/shadow}\n".to_vec()),
-    );
-    assert_eq!(s, 403, "{v}");
-    // Deleting a lab that is down.
-    assert_eq!(srv.call("DELETE", "/labs/srvd", Some(&dana), None).0, 204);
-    assert_eq!(srv.call("GET", "/labs/srvd", Some(&dana), None).0, 404);
-
-    // Templates, images, health, the Unix socket as root.
-    let (s, v) = srv.call("GET", "/templates", Some(&vic), None);
-    assert_eq!(s, 200);
-    assert!(v
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|t| t["name"] == "web-stack"));
-    assert_eq!(srv.call("GET", "/images", Some(&vic), None).0, 200);
+    // The Unix socket as root.
     let (s, v) = srv.local("GET", "/auth/me", None);
     assert_eq!((s, &v["name"]), (200, &json!("root")), "{v}");
 
-    // The audit log names who changed what.
-    let (s, v) = srv.call("GET", "/audit?limit=200", Some(&t), None);
-    assert_eq!(s, 200);
-    let entries = v.as_array().unwrap();
-    assert!(entries.iter().any(|e| e["user"] == "dana"
-        && e["method"] == "DELETE"
-        && e["path"] == "/api/v1/labs/srvd"
-        && e["status"] == 204));
-    assert!(entries
-        .iter()
-        .any(|e| e["user"] == "vic" && e["method"] == "POST" && e["status"] == 403));
-
     // CLI admin commands on the same database.
+    for (name, role) in [("dana", "member"), ("vic", "viewer"), ("eve", "member")] {
+        srv.user(&t, name, role, json!({}));
+    }
     let o = srv.cmd(&["user", "ls", "--json"]).output().unwrap();
     let users: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(users.as_array().unwrap().len(), 4, "{users}");
@@ -456,52 +255,6 @@ fn connections_that_never_finish_a_request_are_closed() {
     );
     let (s, _) = srv.call("GET", "/health", None, None);
     assert_eq!(s, 200);
-}
-
-#[test]
-fn every_openapi_operation_is_routed() {
-    let srv = Server::start();
-    let (s, doc) = srv.call("GET", "/openapi.json", None, None);
-    assert_eq!(s, 200);
-    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
-    let paths = doc["paths"].as_object().unwrap();
-    let mut n = 0;
-    for (path, item) in paths {
-        for (method, _) in item.as_object().unwrap() {
-            let concrete = path
-                .replace("{name}", "srvnone")
-                .replace("{link}", "l")
-                .replace("{id}", "x")
-                .replace("/api/v1", "");
-            let (s, v) = srv.call(&method.to_uppercase(), &concrete, None, None);
-            // Routed: whatever the handler says (401 without a token, 4xx for a missing body),
-            // never the fallback for unknown routes or methods.
-            assert!(
-                v["error"]["code"] != "route_not_found"
-                    && v["error"]["code"] != "method_not_allowed",
-                "{method} {path}: {s} {v}"
-            );
-            n += 1;
-        }
-    }
-    assert!(n >= 30, "only {n} operations documented");
-    for must in [
-        "/api/v1/labs",
-        "/api/v1/labs/{name}/up",
-        "/api/v1/vms/{name}/exec",
-        "/api/v1/vms/{name}/console",
-        "/api/v1/events",
-        "/api/v1/auth/login",
-        "/api/v1/users",
-        "/api/v1/tokens",
-        "/api/v1/operations/{id}",
-        "/api/v1/labs/{name}/scenarios",
-    ] {
-        assert!(
-            paths.contains_key(must),
-            "{must} missing from the OpenAPI document"
-        );
-    }
 }
 
 #[test]

@@ -9,52 +9,14 @@ mod common;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
-
-struct Server<'a> {
-    child: Child,
-    env: &'a Env,
-    state: &'a Path,
-    labs: Vec<String>,
-}
-
-impl Drop for Server<'_> {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on the pid of a child we started and have not reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Whatever the test left running: down with the CLI on the same state.
-        for lab in &self.labs {
-            let _ = self
-                .env
-                .cmd(&["down", lab])
-                .env("KOBAKO_STATE", self.state)
-                .output();
-        }
-    }
-}
+use common::server::Server;
+use common::text;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
@@ -69,58 +31,10 @@ fn web_ui_end_to_end() {
         "web/node_modules is missing: scripts/build.sh installs it (npm ci in web/)"
     );
 
-    let env = Env::new();
-    let state = tempfile::Builder::new()
-        .prefix("kobako-ui-state")
-        .tempdir()
-        .unwrap();
-    let port = free_port();
-    let log_path = env.run.path().join("serve.log");
-    let child = env
-        .cmd(&[
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--socket",
-            env.run.path().join("server.sock").to_str().unwrap(),
-        ])
-        .env("KOBAKO_STATE", state.path())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
     let lab = format!("ui-e2e-{}", std::process::id() % 100_000);
-    let mut server = Server {
-        child,
-        env: &env,
-        state: state.path(),
-        labs: vec![lab.clone(), format!("{lab}-m"), format!("{lab}-ws")],
-    };
-
-    // Ready when the admin password is written and the port answers.
-    let pw_file = state.path().join("server/initial-admin-password");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(st)) = server.child.try_wait() {
-            panic!(
-                "kobako serve exited ({st}): {}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
-        }
-        if pw_file.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "kobako serve did not start in 60 s: {}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let password = std::fs::read_to_string(&pw_file)
-        .unwrap()
-        .trim()
-        .to_string();
+    let mut server = Server::start();
+    server.labs = vec![lab.clone(), format!("{lab}-m"), format!("{lab}-ws")];
+    let password = server.admin_password();
 
     let shots = std::env::var("KOBAKO_UI_SHOTS")
         .map(PathBuf::from)
@@ -128,7 +42,7 @@ fn web_ui_end_to_end() {
     let mut node = Command::new("node")
         .arg(web.join("e2e/ui.mjs"))
         .current_dir(&web)
-        .env("KOBAKO_UI_URL", format!("https://127.0.0.1:{port}"))
+        .env("KOBAKO_UI_URL", server.base_url())
         .env("KOBAKO_UI_ADMIN_PASSWORD", &password)
         .env("KOBAKO_UI_LAB", &lab)
         .env("KOBAKO_UI_SHOTS", &shots)
@@ -158,46 +72,22 @@ fn web_ui_end_to_end() {
         st.success(),
         "web UI end-to-end test failed ({st}); screenshots in {}\n--- stdout\n{out}\n--- stderr\n{err}\n--- kobako serve\n{}",
         shots.display(),
-        std::fs::read_to_string(&log_path).unwrap_or_default()
+        server.log_text()
     );
     assert!(out.contains("first page load (") && out.contains("event-to-screen latency"));
     assert!(out.contains(" passed, 0 failed"), "{out}");
 
     // The lab was stopped and deleted through the UI: nothing is left running.
     server.labs.clear();
-    drop(server);
-    env.assert_clean();
+    server.kill9();
+    server.assert_clean();
 }
 
 /// The UI is served with the right types and caching, with the API beside it.
 #[test]
 fn web_ui_static_files() {
-    let env = Env::new();
-    let state = tempfile::Builder::new()
-        .prefix("kobako-ui-state")
-        .tempdir()
-        .unwrap();
-    let port = free_port();
-    let child = env
-        .cmd(&[
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--socket",
-            env.run.path().join("server.sock").to_str().unwrap(),
-        ])
-        .env("KOBAKO_STATE", state.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _server = Server {
-        child,
-        env: &env,
-        state: state.path(),
-        labs: vec![],
-    };
-    let url = format!("https://127.0.0.1:{port}");
+    let server = Server::start();
+    let url = server.base_url();
     let curl = |path: &str, extra: &[&str]| -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

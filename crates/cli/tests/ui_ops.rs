@@ -6,83 +6,30 @@
 mod common;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{agent_for, KOBAKO};
+use common::server::Server;
 use serde_json::{json, Value};
 
-struct Server {
-    state: tempfile::TempDir,
-    run: tempfile::TempDir,
-    port: u16,
-    child: Child,
-    agent: ureq::Agent,
-    log: PathBuf,
-    labs: Vec<String>,
+/// The one server fixture (`common::server`) with this test's request helpers: a token on
+/// every call, JSON bodies, the raw bytes of a download.
+struct Ops(Server);
+
+impl std::ops::Deref for Ops {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.0
+    }
 }
 
-impl Server {
-    fn start() -> Server {
-        let state = tempfile::Builder::new()
-            .prefix("kobako-uiops-state")
-            .tempdir()
-            .unwrap();
-        let run = tempfile::Builder::new()
-            .prefix("kobako-uiops-run")
-            .tempdir()
-            .unwrap();
-        let log = state.path().join("serve.log");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(KOBAKO)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .env("KOBAKO_STATE", state.path())
-            .env("KOBAKO_RUN", run.path())
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(state.path().join("serve.err")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut s = Server {
-            state,
-            run,
-            port,
-            child,
-            agent: ureq::agent(),
-            log,
-            labs: Vec::new(),
-        };
-        let t0 = Instant::now();
-        loop {
-            let cert = s.state.path().join("server/tls/cert.pem");
-            if cert.exists() {
-                s.agent = agent_for(&cert);
-                if matches!(s.agent.get(&s.url("/health")).call(), Ok(r) if r.status() == 200) {
-                    return s;
-                }
-            }
-            if let Ok(Some(st)) = s.child.try_wait() {
-                panic!("kobako serve exited with {st}: {}", s.log_text());
-            }
-            assert!(t0.elapsed() < Duration::from_secs(90), "{}", s.log_text());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+impl std::ops::DerefMut for Ops {
+    fn deref_mut(&mut self) -> &mut Server {
+        &mut self.0
     }
+}
 
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-            + &std::fs::read_to_string(self.state.path().join("serve.err")).unwrap_or_default()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}/api/v1{path}", self.port)
-    }
-
+impl Ops {
     /// (status, JSON body or the text as a JSON string, raw bytes).
     fn call_raw(
         &self,
@@ -145,40 +92,6 @@ impl Server {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(KOBAKO);
-        c.args(args)
-            .env("KOBAKO_STATE", self.state.path())
-            .env("KOBAKO_RUN", self.run.path())
-            .stdin(Stdio::null());
-        c
-    }
-
-    /// Pid of a VM's process on the host (None: not running).
-    fn vm_pid(&self, vm: &str) -> Option<i32> {
-        std::fs::read_to_string(self.run.path().join("vms").join(vm).join("vm.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        for lab in &self.labs {
-            let _ = self.cmd(&["down", lab]).output();
-        }
-        if let Ok(rd) = std::fs::read_dir(self.run.path().join("vms")) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let _ = self.cmd(&["vm", "rm", "-f", &name]).output();
-            }
-        }
-    }
 }
 
 /// Frames of a pcapng file (Enhanced Packet Blocks' data), after checking its header.
@@ -227,7 +140,7 @@ fn echo_requests(frames: &[Vec<u8>], src: [u8; 4], dst: [u8; 4]) -> usize {
 
 #[test]
 fn captures_node_ops_and_layout_over_https() {
-    let mut srv = Server::start();
+    let mut srv = Ops(Server::start());
     let admin_pw = std::fs::read_to_string(srv.state.path().join("server/initial-admin-password"))
         .unwrap()
         .trim()

@@ -3,7 +3,7 @@
 
 pub mod server;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 pub const KOBAKO: &str = env!("CARGO_BIN_EXE_kobako");
@@ -57,56 +57,73 @@ impl Env {
 
     /// Names of VM directories left.
     pub fn leftovers(&self) -> Vec<String> {
-        std::fs::read_dir(self.vms_dir())
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        leftovers_in(self.run.path())
     }
 
     /// Processes whose command line or environment mentions this environment's run dir
     /// (supervisors by their command line, VM processes by `KOBAKO_VM`).
     pub fn processes(&self) -> Vec<String> {
-        let needle = self.run.path().to_string_lossy().into_owned();
-        let mut found = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !name.chars().all(|c| c.is_ascii_digit()) {
-                continue;
-            }
-            let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
-            let environ = String::from_utf8_lossy(&environ);
-            let state = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let zombie = state
-                .rsplit_once(") ")
-                .is_some_and(|(_, r)| r.starts_with('Z'));
-            if (cmdline.contains(&needle) || environ.contains(&needle)) && !zombie {
-                found.push(format!("{name}: {cmdline}"));
-            }
-        }
-        found
+        processes_in(self.run.path())
     }
 
     pub fn assert_clean(&self) {
-        // The supervisor cleans up right after the VM process ends; give it a moment.
-        for _ in 0..200 {
-            if self.leftovers().is_empty() && self.processes().is_empty() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(25));
-        }
-        panic!(
-            "left behind: dirs {:?}, processes {:?}",
-            self.leftovers(),
-            self.processes()
-        );
+        assert_clean_in(self.run.path())
     }
+}
+
+/// Names of VM directories left in run directory `run`.
+pub fn leftovers_in(run: &Path) -> Vec<String> {
+    std::fs::read_dir(run.join("vms"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Processes whose command line or environment mentions run directory `run` (supervisors by
+/// their command line, VM processes by `KOBAKO_VM`).
+pub fn processes_in(run: &Path) -> Vec<String> {
+    let needle = run.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let environ = std::fs::read(e.path().join("environ")).unwrap_or_default();
+        let environ = String::from_utf8_lossy(&environ);
+        let state = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let zombie = state
+            .rsplit_once(") ")
+            .is_some_and(|(_, r)| r.starts_with('Z'));
+        if (cmdline.contains(&needle) || environ.contains(&needle)) && !zombie {
+            found.push(format!("{name}: {cmdline}"));
+        }
+    }
+    found
+}
+
+/// Waits a moment for VM directories and processes of run directory `run` to go; panics
+/// naming what is left.
+pub fn assert_clean_in(run: &Path) {
+    // The supervisor cleans up right after the VM process ends; give it a moment.
+    for _ in 0..200 {
+        if leftovers_in(run).is_empty() && processes_in(run).is_empty() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    panic!(
+        "left behind: dirs {:?}, processes {:?}",
+        leftovers_in(run),
+        processes_in(run)
+    );
 }
 
 impl Drop for Env {

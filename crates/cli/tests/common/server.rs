@@ -1,4 +1,6 @@
-//! `kobako serve` with its own state and run directories, as the integration tests start it.
+//! `kobako serve` with its own state and run directories, as the integration tests start it:
+//! the one spawned-server fixture (the OIDC, web UI and UI operations tests start it with
+//! their own `serve` flags and labs to take down).
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -16,6 +18,10 @@ pub struct Server {
     pub child: Option<Child>,
     pub agent: ureq::Agent,
     pub log: PathBuf,
+    /// Extra `kobako serve` flags (kept for restarts).
+    pub args: Vec<String>,
+    /// Labs to take down (`kobako down`) when the server is dropped.
+    pub labs: Vec<String>,
 }
 
 pub fn free_port() -> u16 {
@@ -28,6 +34,11 @@ pub fn free_port() -> u16 {
 
 impl Server {
     pub fn start() -> Server {
+        Server::start_with(&[])
+    }
+
+    /// Starts `kobako serve` with `args` after its `--listen`.
+    pub fn start_with(args: &[&str]) -> Server {
         let state = tempfile::Builder::new()
             .prefix("kobako-srv-state")
             .tempdir()
@@ -44,6 +55,8 @@ impl Server {
             child: None,
             agent: ureq::agent(),
             log,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            labs: Vec::new(),
         };
         s.spawn();
         s
@@ -67,6 +80,7 @@ impl Server {
             .unwrap();
         let child = self
             .cmd(&["serve", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .args(&self.args)
             // In its state directory, as a service manager may start it: a name a member
             // sends must never resolve to a file there (tests/attacks.rs).
             .current_dir(self.state.path())
@@ -128,6 +142,11 @@ impl Server {
             unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
             let _ = c.wait();
         }
+    }
+
+    /// The server's address, for clients of the web UI.
+    pub fn base_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -242,6 +261,10 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        // Whatever the test left running: down with the CLI on the same state.
+        for lab in &self.labs {
+            let _ = self.cmd(&["down", lab]).output();
+        }
         // Never leave VMs behind: stop every VM of this run directory.
         let vms = self.run.path().join("vms");
         if let Ok(rd) = std::fs::read_dir(&vms) {
@@ -284,6 +307,20 @@ impl Server {
         let (s, v) = self.call("POST", "/users", Some(admin), Some(Body::Json(body)));
         assert_eq!(s, 201, "create user {name}: {v}");
         tok(&self.login(name, &format!("{name}-password")))
+    }
+
+    /// Pid of a VM's process on the host (None: not running).
+    pub fn vm_pid(&self, vm: &str) -> Option<i32> {
+        std::fs::read_to_string(self.run.path().join("vms").join(vm).join("vm.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+    }
+
+    /// Panics if VM directories or processes of this server's run directory are left (after
+    /// the server itself was stopped).
+    pub fn assert_clean(&self) {
+        super::assert_clean_in(self.run.path());
     }
 
     /// The names of the labs `token` lists.
