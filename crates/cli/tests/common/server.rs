@@ -291,6 +291,39 @@ pub fn yaml(s: &str) -> Option<Body> {
     Some(Body::Raw("application/yaml", s.as_bytes().to_vec()))
 }
 
+/// A YAML request body from bytes.
+pub fn yaml_bytes(b: Vec<u8>) -> Option<Body> {
+    Some(Body::Raw("application/yaml", b))
+}
+
+/// A lab of one node `n` with `vms` tiny-image VMs `v0`, `v1`, ... of `memory` each.
+pub fn lab_yaml(name: &str, vms: usize, memory: &str) -> Vec<u8> {
+    let mut s = format!("name: {name}\nnodes:\n  n:\n    vms:\n");
+    for i in 0..vms {
+        s += &format!("      v{i}: {{image: tiny, memory: {memory}}}\n");
+    }
+    s.into_bytes()
+}
+
+/// Two single-VM nodes joined by a link `l1`.
+pub fn linked_lab(name: &str) -> Vec<u8> {
+    format!(
+        r#"name: {name}
+defaults: {{ image: tiny, memory: 128M }}
+nodes:
+  a:
+    vms:
+      x: {{ interfaces: {{ eth1: {{ addresses: [10.77.0.1/30] }} }} }}
+  b:
+    vms:
+      y: {{ interfaces: {{ eth1: {{ addresses: [10.77.0.2/30] }} }} }}
+links:
+  - {{ name: l1, endpoints: ["a.x:eth1", "b.y:eth1"] }}
+"#
+    )
+    .into_bytes()
+}
+
 impl Server {
     /// The admin's access token.
     pub fn admin_token(&self) -> String {
@@ -321,6 +354,34 @@ impl Server {
     /// the server itself was stopped).
     pub fn assert_clean(&self) {
         super::assert_clean_in(self.run.path());
+    }
+
+    /// Member `alice` (room for two VMs, 512 MiB) and her lab `srvPID` ([`linked_lab`]), still
+    /// pending; taken down when the server is dropped. (admin token, alice's token, lab name).
+    pub fn alice_with_linked_lab(&mut self) -> (String, String, String) {
+        let admin = tok(&self.login("admin", &self.admin_password()));
+        let (s, _) = self.call(
+            "POST",
+            "/users",
+            Some(&admin),
+            Some(Body::Json(json!({"name": "alice", "password": "alice-password", "role": "member", "max_vms": 2, "max_memory_mib": 512}))),
+        );
+        assert_eq!(s, 201);
+        let alice = tok(&self.login("alice", "alice-password"));
+        let lab = format!("srv{}", std::process::id() % 100000);
+        let (s, v) = self.call("POST", "/labs", Some(&alice), yaml_bytes(linked_lab(&lab)));
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(v[0]["state"], "pending");
+        self.labs.push(lab.clone());
+        (admin, alice, lab)
+    }
+
+    /// Brings `lab` up as `token`; waits for the operation to succeed.
+    pub fn lab_up(&self, token: &str, lab: &str) {
+        let (s, op) = self.call("POST", &format!("/labs/{lab}/up"), Some(token), None);
+        assert_eq!(s, 202, "{op}");
+        let done = self.wait_op(token, &op, Duration::from_secs(180));
+        assert_eq!(done["state"], "succeeded", "{done}\n{}", self.log_text());
     }
 
     /// The names of the labs `token` lists.
