@@ -179,8 +179,7 @@ fn build_from(
     snapshot: Option<(&MicrovmState, &std::fs::File)>,
 ) -> Result<BuiltVm, BuildError> {
     let mem_bytes = res.machine.mem_size_mib << 20;
-    let vcpu_count = res.machine.vcpu_count;
-    let pvm = cpuid::host_is_pvm();
+    let state = snapshot.map(|(st, _)| st);
 
     // Memory and interrupt controllers.
     let mut vm = match snapshot {
@@ -201,7 +200,53 @@ fn build_from(
         None => Some(load_kernel(res, &vm, &virtio)?),
     };
 
-    // Legacy devices on the I/O bus; interrupts as irqfds.
+    // Legacy devices on the I/O bus, virtio transports on the MMIO bus; interrupts as irqfds.
+    let mut legacy = legacy_devices(&vm, serial_out, state)?;
+    let mut mmio_bus = virtio_mmio_bus(&vm, &virtio)?;
+    for (base, len, dev) in extra.pio {
+        legacy.io_bus.insert(dev, base, len)?;
+    }
+    for (base, len, dev) in extra.mmio {
+        mmio_bus.insert(dev, base, len)?;
+    }
+    let buses = (Arc::new(legacy.io_bus), Arc::new(mmio_bus));
+
+    // vCPUs: configured here, then parked on their own threads.
+    let vcpus = start_vcpus(res, &vm, state, entry.as_ref(), buses, filters)?;
+    if let Some(st) = state {
+        restore_vm_and_devices(&mut vm, st, &virtio)?;
+    }
+
+    Ok(BuiltVm {
+        vm,
+        vcpus: vcpus.handles,
+        vcpu_events: vcpus.events,
+        vcpu_evt: vcpus.wake,
+        reset_evt: legacy.reset_evt,
+        serial: legacy.serial,
+        i8042: legacy.i8042,
+        boot_time: legacy.boot_time,
+        virtio,
+    })
+}
+
+/// The port-I/O devices of every VM and their bus.
+struct LegacyDevices {
+    io_bus: Bus,
+    serial: Arc<Mutex<SerialDevice>>,
+    i8042: Arc<Mutex<I8042>>,
+    /// Written by the i8042 on a guest reset request.
+    reset_evt: EventFd,
+    boot_time: Arc<Mutex<Option<BootTime>>>,
+}
+
+/// The serial port (COM1), the i8042 and the boot timer on a new I/O bus, their interrupts as
+/// irqfds; a snapshot's serial and i8042 state restored.
+fn legacy_devices(
+    vm: &Vm,
+    serial_out: SerialOut,
+    snapshot: Option<&MicrovmState>,
+) -> Result<LegacyDevices, BuildError> {
     let mut io_bus = Bus::new();
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(dev_err("serial irq"))?;
     vm.fd
@@ -209,10 +254,8 @@ fn build_from(
         .map_err(|e| dev_err("serial irqfd")(e.into()))?;
     let serial = match snapshot {
         None => SerialDevice::new(EventFdTrigger(serial_irq), serial_out),
-        Some((st, _)) => {
-            SerialDevice::from_state(EventFdTrigger(serial_irq), serial_out, &st.serial)
-                .map_err(dev_err("serial state"))?
-        }
+        Some(st) => SerialDevice::from_state(EventFdTrigger(serial_irq), serial_out, &st.serial)
+            .map_err(dev_err("serial state"))?,
     };
     let serial = Arc::new(Mutex::new(serial));
     io_bus.insert(serial.clone(), COM1_PORT, 8)?;
@@ -226,7 +269,7 @@ fn build_from(
         reset_evt.try_clone().map_err(dev_err("reset eventfd"))?,
         EventFdTrigger(kbd_irq),
     )));
-    if let Some((st, _)) = snapshot {
+    if let Some(st) = snapshot {
         i8042
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -242,8 +285,20 @@ fn build_from(
         BOOT_TIMER_PORT,
         1,
     )?;
+    Ok(LegacyDevices {
+        io_bus,
+        serial,
+        i8042,
+        reset_evt,
+        boot_time,
+    })
+}
+
+/// A new MMIO bus with every virtio transport, its interrupt as an irqfd and its queue
+/// notifications as ioeventfds.
+fn virtio_mmio_bus(vm: &Vm, virtio: &[VirtioSlot]) -> Result<Bus, BuildError> {
     let mut mmio_bus = Bus::new();
-    for slot in &virtio {
+    for slot in virtio {
         let t = slot.transport.lock().unwrap_or_else(|e| e.into_inner());
         let what = format!("{:?}", slot.id);
         vm.fd
@@ -267,22 +322,36 @@ fn build_from(
         drop(t);
         mmio_bus.insert(slot.transport.clone(), slot.base, MMIO_LEN)?;
     }
-    for (base, len, dev) in extra.pio {
-        io_bus.insert(dev, base, len)?;
-    }
-    for (base, len, dev) in extra.mmio {
-        mmio_bus.insert(dev, base, len)?;
-    }
-    let io_bus = Arc::new(io_bus);
-    let mmio_bus = Arc::new(mmio_bus);
+    Ok(mmio_bus)
+}
 
-    // vCPUs: configured here, then parked on their own threads.
+/// The parked vCPU threads and how they report.
+struct StartedVcpus {
+    handles: Vec<VcpuHandle>,
+    events: Receiver<VcpuEvent>,
+    /// Written by vCPU threads whenever they post a [`VcpuEvent`].
+    wake: EventFd,
+}
+
+/// Creates every vCPU (cold boot at `entry`, or from the snapshot's state) and starts its
+/// thread, parked until the event loop resumes it. `buses` are the I/O and MMIO buses.
+fn start_vcpus(
+    res: &VmResources,
+    vm: &Vm,
+    snapshot: Option<&MicrovmState>,
+    entry: Option<&regs::EntryPoint>,
+    buses: (Arc<Bus>, Arc<Bus>),
+    filters: Option<&Filters>,
+) -> Result<StartedVcpus, BuildError> {
+    let vcpu_count = res.machine.vcpu_count;
+    let pvm = cpuid::host_is_pvm();
+    let (io_bus, mmio_bus) = buses;
     let supported = vm
         .kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(BuildError::Cpuid)?;
-    let caps = Arc::new(save_caps(&vm));
-    if let Some((st, _)) = snapshot {
+    let caps = Arc::new(save_caps(vm));
+    if let Some(st) = snapshot {
         check_snapshot_fits(st, &supported, vcpu_count)?;
     }
     crate::vstate::vcpu::register_kick_handler().map_err(|e| {
@@ -292,9 +361,9 @@ fn build_from(
     let (ev_tx, ev_rx) = channel();
     let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
     for index in 0..vcpu_count {
-        let vcpu = match (snapshot, &entry) {
-            (Some((st, _)), _) => Vcpu::restore(&vm, &st.vcpus[usize::from(index)])?,
-            (None, Some(entry)) => Vcpu::new(&vm, index, vcpu_count, pvm, &supported, entry)?,
+        let vcpu = match (snapshot, entry) {
+            (Some(st), _) => Vcpu::restore(vm, &st.vcpus[usize::from(index)])?,
+            (None, Some(entry)) => Vcpu::new(vm, index, vcpu_count, pvm, &supported, entry)?,
             (None, None) => return Err(BuildError::NoBootSource),
         };
         let (cmd_tx, cmd_rx) = channel();
@@ -321,44 +390,42 @@ fn build_from(
             saved,
         });
     }
-    if let Some((st, _)) = snapshot {
-        // After the vCPUs (Firecracker's order): the LAPICs exist, then the IOAPIC/PIC routes
-        // and the PIT and clock go back.
-        vm.restore_state(&st.vm)
-            .map_err(|e| BuildError::Snapshot(crate::error_chain(&e)))?;
-    }
-    if let Some((st, _)) = snapshot {
-        // Last: a restored device may raise its interrupt at once (vsock's transport reset,
-        // a pending InterruptStatus), which must land in the restored interrupt controllers,
-        // not in fresh ones that KVM_SET_IRQCHIP/KVM_SET_LAPIC then overwrite (the vCPUs are
-        // parked, so the interrupt waits for them).
-        if st.virtio.len() != virtio.len() {
-            return Err(BuildError::Snapshot(format!(
-                "the snapshot has {} virtio devices, its configuration {}",
-                st.virtio.len(),
-                virtio.len()
-            )));
-        }
-        for (slot, (id, ts)) in virtio.iter().zip(&st.virtio) {
-            slot.transport
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .restore(ts)
-                .map_err(|e| BuildError::Snapshot(format!("device {id}: {e}")))?;
-        }
-    }
-
-    Ok(BuiltVm {
-        vm,
-        vcpus,
-        vcpu_events: ev_rx,
-        vcpu_evt,
-        reset_evt,
-        serial,
-        i8042,
-        boot_time,
-        virtio,
+    Ok(StartedVcpus {
+        handles: vcpus,
+        events: ev_rx,
+        wake: vcpu_evt,
     })
+}
+
+/// A snapshot's interrupt controllers, PIT and clock, then its virtio devices' state.
+fn restore_vm_and_devices(
+    vm: &mut Vm,
+    st: &MicrovmState,
+    virtio: &[VirtioSlot],
+) -> Result<(), BuildError> {
+    // After the vCPUs (Firecracker's order): the LAPICs exist, then the IOAPIC/PIC routes
+    // and the PIT and clock go back.
+    vm.restore_state(&st.vm)
+        .map_err(|e| BuildError::Snapshot(crate::error_chain(&e)))?;
+    // Last: a restored device may raise its interrupt at once (vsock's transport reset,
+    // a pending InterruptStatus), which must land in the restored interrupt controllers,
+    // not in fresh ones that KVM_SET_IRQCHIP/KVM_SET_LAPIC then overwrite (the vCPUs are
+    // parked, so the interrupt waits for them).
+    if st.virtio.len() != virtio.len() {
+        return Err(BuildError::Snapshot(format!(
+            "the snapshot has {} virtio devices, its configuration {}",
+            st.virtio.len(),
+            virtio.len()
+        )));
+    }
+    for (slot, (id, ts)) in virtio.iter().zip(&st.virtio) {
+        slot.transport
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restore(ts)
+            .map_err(|e| BuildError::Snapshot(format!("device {id}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Kernel, command line, initrd, GDT, page tables and MP table of a cold boot.
