@@ -57,7 +57,8 @@ pub(crate) fn resolver(
             root: RootKind::Initramfs,
             vcpus: vm.vcpus,
             memory: format!("{}M", vm.memory.0),
-            cmdline: String::new(),
+            // The lab's guest settings (AppArmor's mode).
+            cmdline: vm.kernel_cmdline(),
             name: Some(name.to_string()),
             detach: true,
             accel: accel.clone(),
@@ -504,13 +505,14 @@ pub fn inspect(name: &str, json: bool) -> Result<i32> {
             let vname = controller::vm_name(&lab, vm);
             let (state, why, boot) = state_of(&vname).unwrap_or((VmState::Pending, None, None));
             println!(
-                "    {:<10} [{}{}] {} vCPU, {} MiB, image {}{}",
+                "    {:<10} [{}{}] {} vCPU, {} MiB, image {}, apparmor {}{}",
                 vm.id.vm.as_str(),
                 state,
                 why.map(|w| format!(": {w}")).unwrap_or_default(),
                 vm.vcpus,
                 vm.memory.0,
                 vm.image,
+                vm.apparmor,
                 boot.map(|b| format!(", ready after {b} ms"))
                     .unwrap_or_default()
             );

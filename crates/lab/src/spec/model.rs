@@ -1,6 +1,7 @@
 //! The resolved lab: every name checked, every default applied, every derived value (MACs,
 //! addresses, ids) computed. This is what the controller plans and applies from.
 
+pub use super::raw::AppArmorMode;
 use super::raw::{LinkState, Restart};
 use super::units::{BitRate, MemMib, Micros, Percent};
 use serde::{Deserialize, Serialize};
@@ -520,6 +521,15 @@ pub struct Vm {
     /// `/etc/hosts` entries: the node's VMs by name (`api`, `api.web`, node-network
     /// addresses), then the other nodes' VMs as `vm.node` (first IPv4 on a lab network).
     pub hosts: Vec<(String, IpAddr)>,
+    /// AppArmor in the guest: the lab file's `security.apparmor`, else `off` on `tiny` and
+    /// `enforce` on every other image. Labs stored before the field existed read as `off`
+    /// (their guests booted without AppArmor).
+    #[serde(default = "apparmor_before_the_field")]
+    pub apparmor: AppArmorMode,
+}
+
+fn apparmor_before_the_field() -> AppArmorMode {
+    AppArmorMode::Off
 }
 
 impl Vm {
@@ -533,6 +543,11 @@ impl Vm {
             s.push_str(&format!("{addr}\t{name}\n"));
         }
         s
+    }
+
+    /// Guest kernel command-line parameters the VM's settings add (AppArmor's mode).
+    pub fn kernel_cmdline(&self) -> String {
+        self.apparmor.kernel_cmdline().to_string()
     }
 
     /// The interface named `name`.

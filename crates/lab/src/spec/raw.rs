@@ -146,6 +146,60 @@ pub struct RawVm {
     /// Environment of the services.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub env: IndexMap<String, EnvValue>,
+    /// Security modules in the guest: `{apparmor: enforce|complain|off}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<RawSecurity>,
+}
+
+/// A VM's security settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecurity {
+    /// AppArmor in the guest: `enforce` (the default on Debian images: kobako's profiles for
+    /// the template services confine them), `complain` (profiles loaded, violations logged but
+    /// allowed) or `off` (the default on `tiny`, which has no AppArmor userspace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apparmor: Option<AppArmorMode>,
+}
+
+/// AppArmor mode of a guest (the kernel command line carries it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AppArmorMode {
+    /// Profiles are enforced: what a profile does not allow is denied and logged.
+    Enforce,
+    /// Profiles are loaded in complain mode: violations are allowed and logged.
+    Complain,
+    /// AppArmor is off in the guest kernel (`apparmor=0`).
+    Off,
+}
+
+impl AppArmorMode {
+    /// The name as written in lab files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppArmorMode::Enforce => "enforce",
+            AppArmorMode::Complain => "complain",
+            AppArmorMode::Off => "off",
+        }
+    }
+
+    /// Guest kernel command-line parameters for this mode: `apparmor=0` turns the LSM off,
+    /// `apparmor.mode=complain` makes every loaded profile complain; `apparmor=1` (enforce,
+    /// kobako's kernel's default) says it for kernels built otherwise.
+    pub fn kernel_cmdline(self) -> &'static str {
+        match self {
+            AppArmorMode::Enforce => "apparmor=1",
+            AppArmorMode::Complain => "apparmor.mode=complain",
+            AppArmorMode::Off => "apparmor=0",
+        }
+    }
+}
+
+impl fmt::Display for AppArmorMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// An environment value: strings, numbers and booleans are taken as text.

@@ -135,6 +135,9 @@ impl Lab {
                 .iter()
                 .map(|(k, x)| (k.clone(), EnvValue(x.clone())))
                 .collect(),
+            security: Some(RawSecurity {
+                apparmor: Some(v.apparmor),
+            }),
         }
     }
 

@@ -27,6 +27,7 @@ pub(super) struct MergedVm {
     pub(super) run: Option<Located<Vec<RawService>>>,
     pub(super) files: IndexMap<String, Located<RawFile>>,
     pub(super) env: IndexMap<String, Located<String>>,
+    pub(super) security: Option<Located<RawSecurity>>,
 }
 
 /// A node after merging its template chain (templates first, the node's own fields last).
@@ -212,6 +213,7 @@ fn merge_vm(m: &mut MergedVm, rv: &RawVm, at: &Origin) {
     set!(memory);
     set!(kernel);
     set!(run);
+    set!(security);
     for (k, i) in &rv.interfaces {
         let iat = Origin {
             src: at.src,

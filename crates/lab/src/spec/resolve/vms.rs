@@ -44,6 +44,7 @@ impl Resolver<'_> {
         let files = self.vm_files(m);
         let env = self.vm_env(m);
         let routes = self.vm_routes(m);
+        let apparmor = self.vm_apparmor(m, &machine.image);
         VmDraft {
             vm: Vm {
                 id,
@@ -58,6 +59,7 @@ impl Resolver<'_> {
                 files,
                 env,
                 hosts: hosts.to_vec(),
+                apparmor,
             },
             at: at.clone(),
             ifaces,
@@ -123,6 +125,37 @@ impl Resolver<'_> {
             memory,
             kernel,
         }
+    }
+
+    /// AppArmor's mode: `security.apparmor`, else `off` on `tiny` (busybox: no AppArmor
+    /// userspace, no profiles) and `enforce` on every other image. Enforce or complain on
+    /// `tiny` is refused: nothing there would load a profile.
+    fn vm_apparmor(&mut self, m: &MergedVm, image: &str) -> AppArmorMode {
+        let tiny = image == DEFAULT_IMAGE;
+        let Some((mode, at)) = m
+            .security
+            .as_ref()
+            .and_then(|o| o.value.apparmor.map(|a| (a, o.at.clone())))
+        else {
+            return if tiny {
+                AppArmorMode::Off
+            } else {
+                AppArmorMode::Enforce
+            };
+        };
+        if tiny && mode != AppArmorMode::Off {
+            let at = Origin {
+                src: at.src,
+                path: at.path.key("apparmor"),
+            };
+            self.err(
+                &at,
+                format!("apparmor `{mode}` needs AppArmor in the guest, and image '{image}' (busybox) has none"),
+                "use a Debian image (debian, debian-web, debian-router) for this VM, or write `apparmor: off`"
+                    .to_string(),
+            );
+        }
+        mode
     }
 
     /// The VM's interfaces: the node network's first (if the node has one), then the declared
@@ -596,5 +629,116 @@ fn check_image(s: &str) -> Result<(), String> {
     {
         Some(c) => Err(format!("contains '{c}'")),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::spec::{self, AppArmorMode, HostLimits, MemMib};
+
+    fn load(text: &str) -> Result<Vec<crate::spec::Lab>, crate::spec::SpecErrors> {
+        let host = HostLimits {
+            cpus: 2,
+            memory: MemMib(4096),
+        };
+        spec::load_str("lab.yaml", text, &host)
+    }
+
+    fn modes(text: &str) -> Vec<(String, AppArmorMode, String)> {
+        let labs = load(text).unwrap_or_else(|e| panic!("{e}"));
+        labs[0]
+            .vms()
+            .map(|v| (v.id.vm.to_string(), v.apparmor, v.kernel_cmdline()))
+            .collect()
+    }
+
+    #[test]
+    fn apparmor_mode_per_vm_with_image_defaults() {
+        let got = modes(
+            "name: aa
+nodes:
+  n:
+    vms:
+      small: {}
+      deb: { image: debian }
+      loose: { image: debian, security: { apparmor: complain } }
+      none: { image: debian, security: { apparmor: off } }
+      tinyoff: { security: { apparmor: off } }
+",
+        );
+        let want = [
+            ("small", AppArmorMode::Off, "apparmor=0"),
+            ("deb", AppArmorMode::Enforce, "apparmor=1"),
+            ("loose", AppArmorMode::Complain, "apparmor.mode=complain"),
+            ("none", AppArmorMode::Off, "apparmor=0"),
+            ("tinyoff", AppArmorMode::Off, "apparmor=0"),
+        ];
+        assert_eq!(got.len(), want.len());
+        for ((n, m, c), (wn, wm, wc)) in got.iter().zip(want) {
+            assert_eq!((n.as_str(), *m, c.as_str()), (wn, wm, wc));
+        }
+    }
+
+    #[test]
+    fn apparmor_template_vms_default_to_enforce_and_can_be_overridden() {
+        let got = modes(
+            "name: aa
+nodes:
+  web:
+    template: web-stack
+    vms:
+      cache: { security: { apparmor: complain } }
+",
+        );
+        let m: std::collections::BTreeMap<_, _> = got.into_iter().map(|(n, m, _)| (n, m)).collect();
+        assert_eq!(m["api"], AppArmorMode::Enforce);
+        assert_eq!(m["logger"], AppArmorMode::Enforce);
+        assert_eq!(m["cache"], AppArmorMode::Complain);
+    }
+
+    #[test]
+    fn apparmor_bad_value_names_the_field_and_the_values() {
+        let e = load(
+            "name: aa
+nodes:
+  n:
+    vms:
+      a: { image: debian, security: { apparmor: strict } }
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("apparmor"), "{e}");
+        for v in ["enforce", "complain", "off"] {
+            assert!(e.contains(v), "{v} missing in: {e}");
+        }
+        let e = load(
+            "name: aa
+nodes:
+  n:
+    vms:
+      a: { image: debian, security: { selinux: on } }
+",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("selinux") && e.contains("apparmor"), "{e}");
+    }
+
+    #[test]
+    fn apparmor_on_tiny_is_refused_with_a_fix() {
+        let e = load(
+            "name: aa
+nodes:
+  n:
+    vms:
+      a: { security: { apparmor: enforce } }
+",
+        )
+        .unwrap_err();
+        let s = e.to_string();
+        assert!(s.contains("nodes.n.vms.a.security.apparmor"), "{s}");
+        assert!(s.contains("image 'tiny'"), "{s}");
+        assert!(s.contains("use a Debian image"), "{s}");
     }
 }
