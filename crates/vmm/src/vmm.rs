@@ -10,7 +10,7 @@
 //! [`PrebootApiController`] (`preboot.rs`) owns the [`VmResources`] being built and answers
 //! the actions valid then; `InstanceStart` (or a snapshot load) builds the VM and hands it to
 //! a [`RuntimeApiController`] (`runtime.rs`), which owns the running microVM from then on. The
-//! loop itself keeps the I/O plumbing ([`LoopIo`]: epoll, console, seccomp filters) and
+//! loop itself keeps the I/O plumbing (`LoopIo`: epoll, console, seccomp filters) and
 //! installs its own seccomp filter once the VM is built.
 //!
 //! The request and answer types are in `rpc.rs`; snapshot create and load
