@@ -121,8 +121,8 @@ async fn refresh_status(app: &App, refresh: &Value) -> u16 {
     .0
 }
 
-/// A password change needs the current password and ends every session of the user (issue 17
-/// item 7).
+/// A stolen access token used to change the victim's password (no current password), and
+/// sessions that survive a password change (issue 17 item 7).
 #[tokio::test]
 async fn password_change_without_current_password_is_refused_and_ends_every_session() {
     let app = App::new();

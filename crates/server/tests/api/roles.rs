@@ -188,9 +188,10 @@ async fn viewers_list_templates_and_images() {
     assert_eq!(app.call("GET", "/images", Some(&vic), None).await.0, 200);
 }
 
-/// A member probing another tenant's objects gets the same 404 as for missing ones, never the
-/// owner's name; a viewer sees them, may not change them, and is not told whose they are
-/// (issue 17 item 3).
+/// A member probing another member's lab, its VMs, checkpoints and captures, and another
+/// user's API token: every answer is the 404 of a missing object, names no owner, and
+/// changes nothing. A viewer who sees the lab gets 403 on changes, without the owner's name
+/// (issue 17 item 5).
 #[tokio::test]
 async fn member_probing_other_tenants_objects_gets_404_without_owner_names() {
     let app = App::new();
