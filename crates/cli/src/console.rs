@@ -9,7 +9,6 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 const ESCAPE: u8 = 0x1d; // Ctrl-]
@@ -68,7 +67,7 @@ pub async fn attach(
     socket: &Path,
     ended: impl std::future::Future<Output = ()>,
 ) -> Result<ConsoleEnd> {
-    let s = UnixStream::connect(socket).await.with_context(|| {
+    let s = kobako_runtime::sock::connect_tokio(socket).with_context(|| {
         format!(
             "cannot attach to the console at {} (is another console attached?)",
             socket.display()

@@ -129,16 +129,25 @@ pub fn runtime() -> Result<QemuRuntime> {
     let mut rt = QemuRuntime::new(exe);
     // QEMU's seccomp sandbox is on unless turned off for debugging (read here, at the edge).
     rt.sandbox = std::env::var("KOBAKO_QEMU_SANDBOX").map_or(true, |v| v != "off");
-    // The jail around each QEMU process likewise (issue 18): uid, mount and PID namespaces,
-    // cgroup limits. KOBAKO_JAIL_OVERHEAD_MIB: memory allowed above the guest's RAM.
-    rt.jail.enabled = std::env::var("KOBAKO_JAIL").map_or(true, |v| v != "off");
+    rt.jail = jail_config();
+    Ok(rt)
+}
+
+/// The jail around each VM process (issue 18): uid, mount and PID namespaces, cgroup limits;
+/// on unless `KOBAKO_JAIL=off` (debugging). KOBAKO_JAIL_OVERHEAD_MIB: memory allowed above the
+/// guest's RAM. Read here, at the edge, for both runtimes.
+pub fn jail_config() -> kobako_runtime::jail::JailConfig {
+    let mut jc = kobako_runtime::jail::JailConfig {
+        enabled: std::env::var("KOBAKO_JAIL").map_or(true, |v| v != "off"),
+        ..Default::default()
+    };
     if let Some(mib) = std::env::var("KOBAKO_JAIL_OVERHEAD_MIB")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
     {
-        rt.jail.overhead_mib = Some(mib);
+        jc.overhead_mib = Some(mib);
     }
-    Ok(rt)
+    jc
 }
 
 /// A runtime by name.
@@ -146,7 +155,11 @@ pub fn runtime_named(name: &str) -> Result<Box<dyn Runtime>> {
     let exe = std::env::current_exe().context("locate the kobako executable")?;
     match name {
         "qemu" => Ok(Box::new(runtime()?)),
-        "vmm" => Ok(Box::new(VmmRuntime::new(exe))),
+        "vmm" => {
+            let mut rt = VmmRuntime::new(exe);
+            rt.jail = jail_config();
+            Ok(Box::new(rt))
+        }
         other => bail!("--runtime {other}: use auto, qemu or vmm"),
     }
 }
@@ -498,7 +511,7 @@ async fn run_vm(args: RunArgs) -> Result<i32> {
 /// VM process), attach again; otherwise finish (report, clean up).
 async fn attach_until_end(vm: &VmDir, client: Option<&AgentClient>) -> Result<i32> {
     loop {
-        let sock = vm.file("console.sock");
+        let sock = vm.console_socket();
         let closed = async {
             match client {
                 Some(c) => c.closed().await,
@@ -523,7 +536,7 @@ async fn rebooted(vm: &VmDir) -> bool {
             return false;
         }
         let now = std::fs::read_to_string(vm.file("vm.pid")).unwrap_or_default();
-        if !now.is_empty() && now != old && vm.file("console.sock").exists() {
+        if !now.is_empty() && now != old && vm.console_socket().exists() {
             // Give QEMU a moment to listen on the new console socket.
             tokio::time::sleep(Duration::from_millis(50)).await;
             return true;

@@ -68,6 +68,7 @@ fn vmm_vm_snapshot_and_restore_continue_the_guest() {
         std::thread::sleep(Duration::from_secs(2));
     }
     let boot_s = t0.elapsed().as_secs_f64();
+    let jail = assert_jailed(&env, "vsnap-a");
     exec_ok(
         &env,
         "vsnap-a",
@@ -100,7 +101,10 @@ fn vmm_vm_snapshot_and_restore_continue_the_guest() {
     ok(&env.run(&["vm", "restore", snap_s, "--name", "vsnap-b", "--verify"]));
     let restore_s = t2.elapsed().as_secs_f64();
     let restore_doc = std::fs::read_to_string(env.vms_dir().join("vsnap-b/restore.json")).unwrap();
-    assert!(restore_doc.contains("vsnap-b/vsock.sock"), "{restore_doc}");
+    assert!(
+        restore_doc.contains("vsnap-b/vmm/vsock.sock"),
+        "{restore_doc}"
+    );
     assert_eq!(
         exec_ok(&env, "vsnap-b", &["cat", "/tmp/f"]).as_deref(),
         Some("kept\n")
@@ -121,7 +125,109 @@ fn vmm_vm_snapshot_and_restore_continue_the_guest() {
          ready {restore_s:.2} s (ratio {:.4}); counter {n1} -> {n2}",
         restore_s / boot_s
     );
+    // A VMM that put a symlink in place of its API socket (say, to another service's socket)
+    // gets no connection from kobako, which is root: it refuses what is not a socket.
+    let decoy_path = env.run.path().join("decoy.sock");
+    let decoy = std::os::unix::net::UnixListener::bind(&decoy_path).unwrap();
+    decoy.set_nonblocking(true).unwrap();
+    let api = env.vms_dir().join("vsnap-a/vmm/api.sock");
+    std::fs::remove_file(&api).unwrap();
+    std::os::unix::fs::symlink(&decoy_path, &api).unwrap();
+    let o = env.run(&["vm", "pause", "vsnap-a"]);
+    assert!(
+        !o.status.success(),
+        "pause through a symlinked API socket succeeded"
+    );
+    assert!(
+        text(&o.stderr).contains("not a socket"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(
+        decoy.accept().is_err(),
+        "kobako connected to the socket the symlink named"
+    );
     ok(&env.run(&["vm", "stop", "vsnap-b"]));
+    // Stop falls back to SIGKILL when the API does not answer.
     ok(&env.run(&["vm", "stop", "vsnap-a"]));
+    // Nothing of the jail is left: its uid is free, its cgroups and root directory are gone.
+    assert!(
+        !std::path::Path::new(&format!("/run/kobako/jail-uids/{}", jail.uid)).exists(),
+        "uid {} still registered",
+        jail.uid
+    );
+    assert!(
+        !std::path::Path::new("/sys/fs/cgroup/memory")
+            .join(&jail.cgroup)
+            .exists()
+            && !std::path::Path::new("/sys/fs/cgroup")
+                .join(&jail.cgroup)
+                .exists(),
+        "cgroup {} left",
+        jail.cgroup
+    );
     env.assert_clean();
+}
+
+struct JailSeen {
+    uid: u32,
+    cgroup: String,
+}
+
+/// The VMM process of `vm` as the host sees it: its own uid, no capabilities, no new
+/// privileges, seccomp filtering, its own cgroup, and a root holding its work directory but
+/// not the VM directory's other files, nor /etc or kobako's state.
+fn assert_jailed(env: &Env, vm: &str) -> JailSeen {
+    let dir = env.vms_dir().join(vm);
+    let pid: i32 = std::fs::read_to_string(dir.join("vm.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |k: &str| -> String {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}:")))
+            .unwrap_or_else(|| panic!("no {k} in /proc/{pid}/status"))
+            .trim()
+            .to_string()
+    };
+    let uid: u32 = field("Uid")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (900_000..965_536).contains(&uid),
+        "kobako vmm runs as uid {uid}"
+    );
+    assert_eq!(field("CapEff"), "0000000000000000");
+    assert_eq!(field("CapBnd"), "0000000000000000");
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("Seccomp"), "2", "kobako vmm's seccomp filter");
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let cgroup = format!("kobako/{vm}.{uid}");
+    assert!(cg.contains(&format!("/{cgroup}")), "{cg}");
+    let root = std::path::PathBuf::from(format!("/proc/{pid}/root"));
+    let inside = |p: &std::path::Path| root.join(p.strip_prefix("/").unwrap());
+    assert!(
+        inside(&dir.join("vmm/api.sock")).exists(),
+        "its work directory"
+    );
+    assert!(inside(&dir.join("vmm.json")).exists(), "its configuration");
+    for hidden in [
+        dir.join("vm.pid"),
+        dir.join("agent.sock"),
+        "/etc/passwd".into(),
+        "/var/lib/kobako".into(),
+    ] {
+        assert!(
+            !inside(&hidden).exists(),
+            "{} visible in the jail",
+            hidden.display()
+        );
+    }
+    JailSeen { uid, cgroup }
 }

@@ -30,7 +30,7 @@ pub fn request(
     body: Option<&str>,
     timeout: Duration,
 ) -> std::io::Result<Response> {
-    let mut s = UnixStream::connect(sock)?;
+    let mut s = crate::sock::connect(sock)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     let body = body.unwrap_or("");
@@ -114,7 +114,7 @@ pub fn boot_time(sock: &Path) -> std::io::Result<Option<(u64, u64)>> {
 /// nobody listens on the port in the guest yet (the VMM closes the socket: the guest answered
 /// RST), the guest's driver is not up within `timeout`, or the VMM is not there.
 pub fn vsock_connect(uds_path: &Path, port: u32, timeout: Duration) -> std::io::Result<UnixStream> {
-    let mut s = UnixStream::connect(uds_path)?;
+    let mut s = crate::sock::connect(uds_path)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;
     s.write_all(format!("CONNECT {port}\n").as_bytes())?;

@@ -24,6 +24,7 @@ pub mod qcow2;
 pub mod qemu;
 pub mod qmp;
 pub mod snapshot;
+pub mod sock;
 pub mod supervisor;
 pub mod vmdir;
 pub mod vmm;
@@ -51,12 +52,10 @@ pub enum RuntimeError {
     NotFound(String),
     #[error("VM '{0}' is not running")]
     NotRunning(String),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The message carries the cause (not a `source`, which error reporters would print a
+    /// second time after it).
+    #[error("{what}: {err}")]
+    Io { what: String, err: std::io::Error },
     #[error(
         "VM '{name}' exited before its agent was ready ({how}); last console lines:\n{console}"
     )]
@@ -85,7 +84,7 @@ pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
 
 pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
     let what = what.into();
-    move |source| RuntimeError::Io { what, source }
+    move |err| RuntimeError::Io { what, err }
 }
 
 /// Observable state of a VM.

@@ -159,6 +159,11 @@ pub(crate) fn begin(vm: &VmDir, dest: &Path) -> Result<VmConfig> {
     }
     let cfg = vm.config()?;
     std::fs::create_dir_all(dest).map_err(io(format!("create {}", dest.display())))?;
+    // The guest's memory is in there: root only. (Its files are readable by others, so that
+    // the jailed VM process of a restore, which sees them bind-mounted, can read them.)
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700))
+        .map_err(io(format!("chmod {}", dest.display())))?;
     Ok(cfg)
 }
 

@@ -387,14 +387,19 @@ fn spawn_vm(
     if let Some(f) = &incoming {
         moves.push((f.as_raw_fd(), INCOMING_FD));
     }
-    let jail = match &launch.jail {
+    let (jail, joiner) = match &launch.jail {
         Some(j) => {
             enter_jail_files(j)?;
-            Some(Arc::new(
-                crate::jail::Prepared::new(j).map_err(|e| format!("jail: {e}"))?,
-            ))
+            let (prepared, joiner) =
+                crate::jail::Prepared::new(j).map_err(|e| format!("jail: {e}"))?;
+            // Puts the VM process into its cgroups while it builds its root (Joiner).
+            let joiner = std::thread::Builder::new()
+                .name("cgroup-join".into())
+                .spawn(move || joiner.run())
+                .map_err(|e| format!("jail: {e}"))?;
+            (Some(Arc::new(prepared)), Some(joiner))
         }
-        None => None,
+        None => (None, None),
     };
     let in_child = jail.clone();
     // SAFETY: prctl, setns, dup2, setrlimit and the jail's steps (Prepared::enter: plain
@@ -441,17 +446,31 @@ fn spawn_vm(
         });
     }
     let spawning = Instant::now();
-    let child = cmd.spawn().map_err(|e| format!("start {prog}: {e}"))?;
+    let spawned = cmd.spawn();
     let started = Instant::now();
+    drop(cmd);
+    // Our copy of the pid pipe's write end goes now: a joiner waiting for a child that died
+    // early reads end of file and ends.
+    let jail = jail.map(|j| Arc::try_unwrap(j).map_err(|_| "jail still shared after spawn"));
+    let joined = match (jail, joiner) {
+        (Some(j), Some(joiner)) => {
+            let mut j = j?;
+            j.spawned();
+            Some(
+                joiner
+                    .join()
+                    .map_err(|_| "the cgroup-join thread panicked".to_string())
+                    .and_then(|r| r),
+            )
+        }
+        _ => None,
+    };
+    let child = spawned.map_err(|e| format!("start {prog}: {e}"))?;
     let child_pid = child.id() as i32;
     // The child is reaped by wait_vm (wait4), not through `Child`.
     std::mem::forget(child);
-    let vm_pid = match jail {
-        Some(j) => {
-            drop(cmd);
-            let mut j = Arc::try_unwrap(j).map_err(|_| "jail still shared after spawn")?;
-            j.vm_pid().ok_or("the jailed VM process did not start")?
-        }
+    let vm_pid = match joined {
+        Some(pid) => pid?,
         None => child_pid,
     };
     std::fs::write(vm.file("vm.pid"), vm_pid.to_string()).map_err(|e| e.to_string())?;
@@ -513,7 +532,7 @@ fn connect_guest(channel: &GuestChannel, vm_pid: i32) -> Option<UnixStream> {
             }
         }
         GuestChannel::Unix { path } => loop {
-            if let Ok(s) = UnixStream::connect(path) {
+            if let Ok(s) = crate::sock::connect(path) {
                 return Some(s);
             }
             if !crate::vmdir::alive(vm_pid) {
@@ -713,10 +732,12 @@ fn boot_signal_loop(shared: Arc<Shared>, api_sock: &Path, vm_pid: i32) {
             );
             return;
         }
+        // Each poll is a line in the VMM's log until the guest signals: often while a fast
+        // boot is expected, then (a slow boot: TCG-like PVM hosts take minutes) rarely.
         std::thread::sleep(if t0.elapsed() < Duration::from_secs(10) {
             Duration::from_millis(5)
         } else {
-            Duration::from_millis(50)
+            Duration::from_millis(250)
         });
     }
 }
@@ -726,7 +747,7 @@ fn boot_signal_loop(shared: Arc<Shared>, api_sock: &Path, vm_pid: i32) {
 fn console_log_loop(sock: &Path, log: &Path, vm_pid: i32) {
     use std::io::{Read, Write};
     let mut conn = loop {
-        if let Ok(c) = UnixStream::connect(sock) {
+        if let Ok(c) = crate::sock::connect(sock) {
             break c;
         }
         if !crate::vmdir::alive(vm_pid) {

@@ -7,11 +7,15 @@
 //! supervisor.pid   pid of `kobako vm supervise`
 //! vm.pid           pid of the VM process (qemu-system-x86_64 ... or kobako vmm ...)
 //! qmp.sock         QMP (QEMU runtime)
-//! api.sock, vmm.json  Firecracker-compatible API socket and config file (vmm runtime)
-//! vsock.sock       the VMM's vsock uds_path (host side of the agent channel, vmm runtime)
+//! vmm.json         the VMM's Firecracker-format config file (vmm runtime; restore.json: a restore's)
+//! vmm/             the one directory the (jailed) VMM writes, owned by its uid: api.sock (its
+//!                  Firecracker-compatible API), console.sock, vsock.sock (the vsock uds_path,
+//!                  host side of the agent channel), a snapshot's files on their way out
+//!                  (vmm runtime; connect with `sock::connect`, which follows no symlink)
 //! booted.json      the guest's boot-complete signal as the VMM recorded it (vmm runtime)
 //! stopping         present once `vm stop`/`kill` began: a guest reset then ends the VM
-//! console.sock     live serial console;  console.log: all console output
+//! console.sock     live serial console (QEMU; vmm/console.sock for kobako vmm);
+//!                  console.log: all console output
 //! agent.sock       the agent channel, multiplexed by the supervisor for any number of clients
 //! vm.log           the VM process's own stderr (QEMU errors)
 //! ready.json       written once the agent said Ready (boot time, guest info)
@@ -181,6 +185,16 @@ impl VmDir {
 
     pub fn file(&self, f: &str) -> PathBuf {
         self.path.join(f)
+    }
+
+    /// The VM's live serial console socket: the one the supervisor binds for QEMU, or the one
+    /// `kobako vmm` binds in its work directory ([`crate::vmm::CONSOLE_SOCKET`]). Connect with
+    /// [`crate::sock::connect`]: the latter is in a directory the VM's jail uid writes.
+    pub fn console_socket(&self) -> PathBuf {
+        match self.launch() {
+            Ok(l) if l.runtime == "vmm" => self.file(crate::vmm::CONSOLE_SOCKET),
+            _ => self.file("console.sock"),
+        }
     }
 
     pub fn exists(&self) -> bool {

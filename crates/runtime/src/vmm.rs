@@ -1,14 +1,14 @@
 //! The `vmm` runtime: kobako's own KVM VMM (`kobako vmm`, crate kobako-vmm) as the VM process.
 //!
 //! The VMM is configured by a Firecracker-format `vmm.json` (`--config-file`, so it boots at once)
-//! and keeps its API socket (`api.sock`) for control: pause/resume (`PATCH /vm`), Ctrl-Alt-Del,
+//! and keeps its API socket (`vmm/api.sock`) for control: pause/resume (`PATCH /vm`), Ctrl-Alt-Del,
 //! state, and the guest's boot-complete signal (`GET /kobako/boot-time`). The serial console is
-//! the VMM's `unix:` console socket (`console.sock`), which the supervisor copies into
+//! the VMM's `unix:` console socket (`vmm/console.sock`), which the supervisor copies into
 //! `console.log`.
 //!
 //! Devices: the root disk (initramfs or a raw/qcow2 disk as `/dev/vda`), extra disks, NICs on
 //! their taps (the supervisor starts the VMM inside the VM's network namespace, where the taps
-//! are), virtio-rng, and vsock, whose host side is Firecracker's (`vsock.sock`, `CONNECT
+//! are), virtio-rng, and vsock, whose host side is Firecracker's (`vmm/vsock.sock`, `CONNECT
 //! 1024\n`): the supervisor reaches the agent through it, so `vm exec`/`cp`/`shell` and
 //! readiness work as with QEMU. The command line also carries `kobako.bootmark=1`: the agent
 //! writes 123 to port 0x3f0 first, the VMM records the boot time (`booted.json`), and a guest
@@ -31,14 +31,23 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::{Root, VmConfig};
+use crate::jail::{Jail, JailConfig};
 use crate::qemu::{finish, start_supervised, wait_gone};
 use crate::vmdir::{write_json, GuestChannel, Launch, VmDir};
 use crate::{io, Console, Result, Runtime, RuntimeError, VmState, VmStatus};
 
 /// The guest's vsock CID (each VM has its own VMM and socket, so all can use the first free one).
 pub const GUEST_CID: u32 = 3;
-/// The VMM's vsock `uds_path` in the VM directory.
-pub const VSOCK_SOCKET: &str = "vsock.sock";
+/// The one directory of a VM's directory the VMM writes (owned by its jail uid while it runs):
+/// its sockets, which it binds itself, and a snapshot's files on their way out. Everything else
+/// in the VM directory is the supervisor's and the server's.
+pub const WORK_DIR: &str = "vmm";
+/// The VMM's API socket, in [`WORK_DIR`].
+pub const API_SOCKET: &str = "vmm/api.sock";
+/// The VMM's vsock `uds_path`, in [`WORK_DIR`].
+pub const VSOCK_SOCKET: &str = "vmm/vsock.sock";
+/// The VMM's serial console socket, in [`WORK_DIR`].
+pub const CONSOLE_SOCKET: &str = "vmm/console.sock";
 
 /// Exit status of `kobako vmm` when the guest reset itself (kobako_vmm::EXIT_GUEST_RESET).
 pub const EXIT_GUEST_RESET: i32 = 80;
@@ -62,11 +71,16 @@ pub use kobako_vmm::PVM_GUEST_CMDLINE as PVM_CMDLINE;
 pub struct VmmRuntime {
     /// The `kobako` executable: re-run as `kobako vm supervise DIR` and as `kobako vmm ...`.
     pub kobako_exe: PathBuf,
+    /// The jail around each VMM process ([`crate::jail`]).
+    pub jail: JailConfig,
 }
 
 impl VmmRuntime {
     pub fn new(kobako_exe: PathBuf) -> VmmRuntime {
-        VmmRuntime { kobako_exe }
+        VmmRuntime {
+            kobako_exe,
+            jail: JailConfig::default(),
+        }
     }
 
     /// The guest command line: the common one, then what this runtime needs last (later
@@ -155,7 +169,7 @@ impl VmmRuntime {
                 "uds_path": dir.join(VSOCK_SOCKET),
             },
             "entropy": {},
-            "serial": { "serial_out_path": format!("unix:{}", dir.join("console.sock").display()) },
+            "serial": { "serial_out_path": format!("unix:{}", dir.join(CONSOLE_SOCKET).display()) },
         }))
     }
 
@@ -198,7 +212,7 @@ impl VmmRuntime {
             "mem_backend": {"backend_type": "File", "backend_path": memory},
             "resume_vm": true,
             "vsock_override": {"uds_path": dir.join(VSOCK_SOCKET)},
-            "serial": { "serial_out_path": format!("unix:{}", dir.join("console.sock").display()) },
+            "serial": { "serial_out_path": format!("unix:{}", dir.join(CONSOLE_SOCKET).display()) },
         });
         if !nics.is_empty() {
             v["network_overrides"] = serde_json::Value::Array(nics);
@@ -223,23 +237,43 @@ impl VmmRuntime {
         if was_running {
             self.api(vm, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#))?;
         }
+        // The VMM writes its files where its jail lets it, its work directory (the same path
+        // inside and out); kobako takes them out into `dest` without trusting that directory.
+        let staged = |f: &str| vm.file(WORK_DIR).join(format!("snapshot.{f}"));
         let body = serde_json::json!({
             "snapshot_type": "Full",
-            "snapshot_path": dest.join(STATE_FILE),
-            "mem_file_path": dest.join(MEMORY_FILE),
+            "snapshot_path": staged(STATE_FILE),
+            "mem_file_path": staged(MEMORY_FILE),
         })
         .to_string();
+        let jail = vm.launch().ok().and_then(|l| l.jail);
         let result = {
             let (vm, dest, cfg) = (vm.clone(), dest.to_path_buf(), cfg.clone());
+            let staged = [staged(STATE_FILE), staged(MEMORY_FILE)];
             // Writing the memory file takes a while for large guests: off the async threads.
             tokio::task::spawn_blocking(move || {
-                api_call(
+                for f in &staged {
+                    let _ = std::fs::remove_file(f);
+                }
+                // The staged memory counts against the VM's own memory limit while it exists.
+                let _raised = jail
+                    .as_ref()
+                    .map(|j| crate::jail::raise_memory(&j.cgroup, u64::from(cfg.memory_mib)));
+                let made = api_call(
                     &vm,
                     "PUT",
                     "/snapshot/create",
                     Some(&body),
                     Duration::from_secs(300),
-                )?;
+                )
+                .and_then(|_| {
+                    crate::jail::take_out(&staged[0], &dest.join(STATE_FILE))?;
+                    crate::jail::take_out(&staged[1], &dest.join(MEMORY_FILE))
+                });
+                for f in &staged {
+                    let _ = std::fs::remove_file(f);
+                }
+                made?;
                 // The VMM flushed the block devices first: the copies are consistent.
                 crate::snapshot::copy_disks(&cfg, &dest)
             })
@@ -276,7 +310,7 @@ fn api_call(
     body: Option<&str>,
     timeout: Duration,
 ) -> Result<String> {
-    let r = crate::fcapi::request(&vm.file("api.sock"), method, path, body, timeout)
+    let r = crate::fcapi::request(&vm.file(API_SOCKET), method, path, body, timeout)
         .map_err(io(format!("VMM API of '{}'", vm.name)))?;
     if r.status / 100 == 2 {
         Ok(r.body)
@@ -295,7 +329,7 @@ fn api_call(
 /// The VMM's instance state ("Not started", "Running", "Paused"), when it answers.
 fn instance_state(vm: &VmDir) -> Option<String> {
     let r = crate::fcapi::request(
-        &vm.file("api.sock"),
+        &vm.file(API_SOCKET),
         "GET",
         "/",
         None,
@@ -404,7 +438,31 @@ impl Runtime for VmmRuntime {
             Some(_) => Some(Self::restore_file(cfg, &vm.path)?),
             None => None,
         };
-        std::fs::create_dir_all(&vm.path).map_err(io(format!("create {}", vm.path.display())))?;
+        let work = vm.file(WORK_DIR);
+        std::fs::create_dir_all(&work).map_err(io(format!("create {}", work.display())))?;
+        let mut config_files = vec![vm.file("vmm.json")];
+        if restore.is_some() {
+            config_files.push(vm.file(RESTORE_FILE));
+        }
+        let jail = if self.jail.enabled {
+            let j = Jail::for_vmm(
+                cfg,
+                &self.jail,
+                &self.kobako_exe,
+                &vm.path,
+                &config_files,
+                &work,
+            );
+            match j {
+                Ok(j) => Some(j),
+                Err(e) => {
+                    let _ = vm.remove();
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let p = |f: &str| vm.file(f).display().to_string();
         let (how, what) = match restore {
             Some(_) => ("--snapshot-load", RESTORE_FILE),
@@ -418,7 +476,7 @@ impl Runtime for VmmRuntime {
                 "--id".into(),
                 cfg.name.clone(),
                 "--api-sock".into(),
-                p("api.sock"),
+                p(API_SOCKET),
                 how.into(),
                 p(what),
                 "--level".into(),
@@ -427,16 +485,15 @@ impl Runtime for VmmRuntime {
             channel: GuestChannel::Vsock {
                 uds_path: vm.file(VSOCK_SOCKET),
                 port: kobako_agent::proto::VSOCK_PORT,
-                api_sock: vm.file("api.sock"),
+                api_sock: vm.file(API_SOCKET),
             },
             runtime: "vmm".into(),
             reset_exit_code: Some(EXIT_GUEST_RESET),
-            console_log_from: Some(vm.file("console.sock")),
+            console_log_from: Some(vm.file(CONSOLE_SOCKET)),
             incoming_fd: None,
-            // kobako-vmm creates its own sockets and runs unjailed for now (issue 18: its jail
-            // needs the API socket, vsock and snapshot paths handed over as descriptors).
+            // kobako-vmm binds its own sockets, in its work directory.
             pass: Vec::new(),
-            jail: None,
+            jail: jail.clone(),
         };
         let r = write_json(&vm.file("vmm.json"), &fc)
             .and_then(|_| match &restore {
@@ -446,6 +503,7 @@ impl Runtime for VmmRuntime {
             .and_then(|_| write_json(&vm.file("config.json"), cfg))
             .and_then(|_| write_json(&vm.file("launch.json"), &launch));
         if let Err(e) = r {
+            crate::jail::release(&vm.path, jail.as_ref());
             let _ = vm.remove();
             return Err(e);
         }
@@ -455,7 +513,7 @@ impl Runtime for VmmRuntime {
     async fn start(&self, vm: &VmDir) -> Result<()> {
         // A restarted VM (same directory) must not inherit an old stop request.
         let _ = std::fs::remove_file(vm.file("stopping"));
-        start_supervised(&self.kobako_exe, vm, "api.sock", "kobako vmm").await?;
+        start_supervised(&self.kobako_exe, vm, API_SOCKET, "kobako vmm").await?;
         if vm.config()?.incoming.is_some() {
             wait_restored(vm).await?;
         }
@@ -579,7 +637,7 @@ impl Runtime for VmmRuntime {
 
     fn console(&self, vm: &VmDir) -> Console {
         Console {
-            socket: vm.file("console.sock"),
+            socket: vm.file(CONSOLE_SOCKET),
             log: vm.file("console.log"),
         }
     }
@@ -619,7 +677,10 @@ mod tests {
         assert_eq!(v["machine-config"]["vcpu_count"], 2);
         assert_eq!(v["machine-config"]["mem_size_mib"], 96);
         assert_eq!(v["boot-source"]["initrd_path"], "/i.cpio");
-        assert_eq!(v["serial"]["serial_out_path"], "unix:/run/x/console.sock");
+        assert_eq!(
+            v["serial"]["serial_out_path"],
+            "unix:/run/x/vmm/console.sock"
+        );
         let args = v["boot-source"]["boot_args"].as_str().unwrap();
         assert!(
             args.ends_with("foo=bar reboot=k kobako.bootmark=1"),
@@ -670,7 +731,7 @@ mod tests {
         assert_eq!(n[0]["host_dev_name"], "tap-a");
         assert_eq!(n[1]["guest_mac"], "52:54:00:00:00:02");
         assert!(n[0]["iface_id"].as_str() < n[1]["iface_id"].as_str());
-        assert_eq!(v["vsock"]["uds_path"], "/run/x/vsock.sock");
+        assert_eq!(v["vsock"]["uds_path"], "/run/x/vmm/vsock.sock");
         assert_eq!(v["vsock"]["guest_cid"], 3);
         // The VMM's own parser takes the whole document (Firecracker's schema, no unknown field).
         let full: kobako_vmm::config::FullConfig = serde_json::from_value(v.clone()).unwrap();
@@ -831,11 +892,11 @@ mod tests {
         assert_eq!(doc["network_overrides"][0]["host_dev_name"], "tap-orig");
         assert_eq!(
             doc["vsock_override"]["uds_path"],
-            "/run/kobako/vms/copy/vsock.sock"
+            "/run/kobako/vms/copy/vmm/vsock.sock"
         );
         assert_eq!(
             doc["serial"]["serial_out_path"],
-            "unix:/run/kobako/vms/copy/console.sock"
+            "unix:/run/kobako/vms/copy/vmm/console.sock"
         );
         assert_eq!(doc["drive_overrides"][0]["drive_id"], "root");
         assert_eq!(

@@ -100,12 +100,8 @@ pub enum LabError {
     #[error("{0}")]
     Netd(String),
     /// Host I/O, naming what was being done.
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{what}: {err}")]
+    Io { what: String, err: std::io::Error },
     /// Host I/O whose error names enough by itself.
     #[error(transparent)]
     HostIo(#[from] std::io::Error),
@@ -124,7 +120,7 @@ impl LabError {
     /// Host I/O that failed while doing `what` (a path, an action).
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
         let what = what.into();
-        move |source| LabError::Io { what, source }
+        move |err| LabError::Io { what, err }
     }
 }
 

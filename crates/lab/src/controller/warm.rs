@@ -51,11 +51,10 @@ pub enum WarmError {
     #[error("warm snapshot has {snapshot} NICs, the VM {vm}")]
     NicCount { snapshot: usize, vm: usize },
     /// Host I/O, naming the path or tool.
-    #[error("{what}: {source}")]
+    #[error("{what}: {err}")]
     Io {
         what: String,
-        #[source]
-        source: Arc<std::io::Error>,
+        err: Arc<std::io::Error>,
     },
     /// `qemu-img create` refused (its own words).
     #[error("qemu-img create: {0}")]
@@ -86,7 +85,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> WarmError {
     let what = what.into();
     move |e| WarmError::Io {
         what,
-        source: Arc::new(e),
+        err: Arc::new(e),
     }
 }
 

@@ -485,8 +485,7 @@ pub async fn console(
     if dir.vm_pid().is_none() {
         return Err(ApiError::conflict(format!("VM '{name}' is not running")));
     }
-    let sock = tokio::net::UnixStream::connect(dir.file("console.sock"))
-        .await
+    let sock = kobako_runtime::sock::connect_tokio(&dir.console_socket())
         .map_err(|e| ApiError::unavailable(format!("console of '{name}': {e}")))?;
     let tail = read_tail(&dir.file("console.log"), CONSOLE_TAIL).unwrap_or_default();
     Ok(ws.on_upgrade(move |socket| {

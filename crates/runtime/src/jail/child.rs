@@ -1,424 +1,15 @@
-//! The jail around a VM process (issue 18): what the per-VM supervisor does between `fork` and
-//! `exec` so that QEMU runs as nobody in particular, sees almost nothing of the host, and can
-//! take no more than its share.
-//!
-//! ```text
-//! supervisor (root)                      first child (root, host PID namespace)
-//!   binds the VM's sockets, opens          PDEATHSIG, NO_NEW_PRIVS, rlimits, setns(lab netns),
-//!   console.log, creates the cgroups  -->  the VM's descriptors at fixed numbers, taps owned by
-//!   (kobako/<vm> in each controller)        the jail uid, joins the cgroups, unshare(PID) + fork:
-//!                                          it stays as a tiny reaper that mirrors the VM's exit
-//!                                                |
-//!                                          the VM process (PID 1 of its own PID namespace)
-//!                                            unshare(mount ns), a tmpfs root with /usr (ro),
-//!                                            the kernel/initrd/base images (ro), its overlays
-//!                                            (rw), /dev/{null,zero,full,random,urandom,kvm,
-//!                                            net/tun}, a fresh /proc; pivot_root; root made
-//!                                            read-only; bounding set emptied; setgroups([]),
-//!                                            setresgid/setresuid(jail uid); exec QEMU
-//! ```
-//!
-//! Every path, string and file the child needs is prepared before the fork ([`Prepared`]):
-//! after a fork in a multi-threaded process only async-signal-safe calls are allowed, so the
-//! child runs a list of plain system calls and allocates nothing.
-//!
-//! The uid is allocated per VM from a range (default 900000..965536) in a host-wide registry
-//! (`/run/kobako/jail-uids/<uid>`, holding the VM directory's path: uids are a host resource,
-//! whatever `KOBAKO_RUN` a process uses) and released when the VM's directory is removed; a uid
-//! whose VM directory is gone is free again (a supervisor killed with -9 leaves no uid taken).
-//! The mount and PID namespaces die with the VM process; the cgroups (`kobako/<vm>.<uid>`,
-//! unique on the host for the same reason) are removed when it ends and with its directory.
+//! What the supervisor's child does between fork and exec to enter the jail ([`Prepared`]):
+//! taps given to the jail uid, the cgroups joined, a PID namespace with a reaper, a mount
+//! namespace whose root holds only what the VM needs, privileges dropped.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use crate::config::{Accel, Root, VmConfig};
-use crate::vmdir::run_root;
+use super::{create_cgroups, Jail};
 use crate::{io, Result, RuntimeError};
-
-/// Where the uids held by VMs are recorded, host-wide.
-pub const UID_REGISTRY: &str = "/run/kobako/jail-uids";
-/// First uid (and gid) handed to jailed VM processes.
-pub const DEFAULT_UID_BASE: u32 = 900_000;
-/// How many uids the jail may hand out (one per running VM).
-pub const DEFAULT_UID_COUNT: u32 = 65_536;
-/// Memory a QEMU process may use beyond its guest's RAM under KVM (device state, I/O
-/// buffers, libraries, page cache of its images).
-pub const QEMU_OVERHEAD_MIB: u64 = 256;
-/// The same under TCG, which adds its translation cache ([`crate::qemu::TCG_TB_MIB`]): with
-/// QEMU's default cache (up to 1 GiB) Debian guests running Docker or 100 parallel execs went
-/// 270-300 MiB over their RAM here; with the cache bounded, measured below this.
-pub const QEMU_TCG_OVERHEAD_MIB: u64 = 384;
-/// Processes (threads) one VM process may have: QEMU's vCPU, I/O, RCU and thread-pool threads.
-pub const PIDS_MAX: u32 = 512;
-
-/// How VM processes are jailed; built once by the binary (see `kobako vm` and the server).
-#[derive(Debug, Clone)]
-pub struct JailConfig {
-    /// Jail every VM process (default). Off only for debugging (`KOBAKO_JAIL=off`).
-    pub enabled: bool,
-    pub uid_base: u32,
-    pub uid_count: u32,
-    /// Memory allowed above the guest's RAM; None: [`QEMU_OVERHEAD_MIB`] under KVM,
-    /// [`QEMU_TCG_OVERHEAD_MIB`] under TCG.
-    pub overhead_mib: Option<u64>,
-    /// The host-wide uid registry.
-    pub registry: PathBuf,
-}
-
-impl Default for JailConfig {
-    fn default() -> Self {
-        JailConfig {
-            enabled: true,
-            uid_base: DEFAULT_UID_BASE,
-            uid_count: DEFAULT_UID_COUNT,
-            overhead_mib: None,
-            registry: PathBuf::from(UID_REGISTRY),
-        }
-    }
-}
-
-/// A device node the jail's /dev gets besides null, zero, full, random and urandom.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Device {
-    /// /dev/kvm (KVM acceleration).
-    Kvm,
-    /// /dev/net/tun (the VM's taps).
-    Tun,
-}
-
-impl Device {
-    fn path(self) -> &'static str {
-        match self {
-            Device::Kvm => "/dev/kvm",
-            Device::Tun => "/dev/net/tun",
-        }
-    }
-}
-
-/// Kernel-enforced limits of one VM process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Limits {
-    /// Guest RAM plus [`JailConfig::overhead_mib`].
-    pub memory_mib: u64,
-    /// CPU time per 100 ms period, in percent of one core: 100 per vCPU plus 50 for the
-    /// VMM's own threads (device emulation, I/O).
-    pub cpu_percent: u32,
-    /// Relative CPU weight (cgroup v1 `cpu.shares`): 1024 per vCPU.
-    pub cpu_shares: u32,
-    pub pids: u32,
-}
-
-/// The jail of one VM, decided at create and stored in `launch.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Jail {
-    pub uid: u32,
-    pub gid: u32,
-    /// The empty host directory the jail's root (a tmpfs in the VM's mount namespace) is
-    /// mounted on: `$KOBAKO_RUN/jail/<vm>`.
-    pub root: PathBuf,
-    /// Host files and directories seen at the same path inside, read-only.
-    pub read_only: Vec<PathBuf>,
-    /// Host files seen at the same path inside, writable (the VM's overlays); owned by the
-    /// jail uid while the VM runs.
-    pub writable: Vec<PathBuf>,
-    pub devices: Vec<Device>,
-    /// Taps the VM opens by name: made owned by the jail uid (an unprivileged process can then
-    /// attach to them, and only to them).
-    pub taps: Vec<String>,
-    pub limits: Limits,
-    /// The cgroup (the same name in every controller): `kobako/<vm>.<uid>`.
-    pub cgroup: String,
-    /// The registry file that holds the uid.
-    pub registry: PathBuf,
-}
-
-impl Jail {
-    /// The jail for a QEMU VM: allocates its uid (released by [`release`]).
-    pub fn for_qemu(cfg: &VmConfig, jc: &JailConfig, qemu: &Path, dir: &Path) -> Result<Jail> {
-        let uid = allocate_uid(jc, &cfg.name, dir)?;
-        let mut read_only = vec![PathBuf::from("/usr")];
-        if !qemu.starts_with("/usr") {
-            read_only.push(qemu.to_path_buf());
-        }
-        read_only.push(cfg.kernel.clone());
-        let mut writable = Vec::new();
-        let mut disks: Vec<(&Path, bool)> = Vec::new();
-        match &cfg.root {
-            Root::Initramfs { path } => read_only.push(path.clone()),
-            Root::Disk {
-                path, read_only, ..
-            } => disks.push((path, *read_only)),
-        }
-        disks.extend(
-            cfg.extra_disks
-                .iter()
-                .map(|d| (d.path.as_path(), d.read_only)),
-        );
-        for (path, ro) in disks {
-            if ro {
-                read_only.push(path.to_path_buf());
-            } else {
-                writable.push(path.to_path_buf());
-            }
-            // A qcow2 overlay's backing chain is read, never written.
-            read_only.extend(crate::qcow2::backing_chain(path));
-        }
-        let mut devices = Vec::new();
-        if cfg.accel == Accel::Kvm {
-            devices.push(Device::Kvm);
-        }
-        if !cfg.nics.is_empty() {
-            devices.push(Device::Tun);
-        }
-        dedup(&mut read_only);
-        dedup(&mut writable);
-        Ok(Jail {
-            uid,
-            gid: uid,
-            root: run_root().join("jail").join(&cfg.name),
-            read_only,
-            writable,
-            devices,
-            taps: cfg.nics.iter().map(|n| n.tap.clone()).collect(),
-            limits: Limits {
-                memory_mib: u64::from(cfg.memory_mib)
-                    + jc.overhead_mib.unwrap_or(match cfg.accel {
-                        Accel::Kvm => QEMU_OVERHEAD_MIB,
-                        Accel::Tcg => QEMU_TCG_OVERHEAD_MIB,
-                    }),
-                cpu_percent: cfg.vcpus * 100 + 50,
-                cpu_shares: cfg.vcpus.max(1) * 1024,
-                pids: PIDS_MAX,
-            },
-            cgroup: format!("kobako/{}.{uid}", cfg.name),
-            registry: jc.registry.join(uid.to_string()),
-        })
-    }
-}
-
-fn dedup(v: &mut Vec<PathBuf>) {
-    let mut seen = std::collections::HashSet::new();
-    v.retain(|p| seen.insert(p.clone()));
-}
-
-// ---------------------------------------------------------------------------------------------
-// uids
-
-/// Takes a free uid for the VM whose directory is `dir`: a registry file `<uid>` holding that
-/// path, created exclusively. A file whose VM directory is gone (its supervisor was killed and
-/// nobody removed it) is taken back.
-pub fn allocate_uid(jc: &JailConfig, vm: &str, dir: &Path) -> Result<u32> {
-    let reg = &jc.registry;
-    std::fs::create_dir_all(reg).map_err(io(format!("create {}", reg.display())))?;
-    let count = jc.uid_count.max(1);
-    let me = dir.as_os_str().as_bytes();
-    // Start at a place derived from the name, so VMs spread over the range.
-    let start = vm
-        .bytes()
-        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
-        % count;
-    for i in 0..count {
-        let uid = jc.uid_base + (start + i) % count;
-        let f = reg.join(uid.to_string());
-        for _ in 0..2 {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&f)
-            {
-                Ok(mut file) => {
-                    use std::io::Write;
-                    file.write_all(me)
-                        .map_err(io(format!("write {}", f.display())))?;
-                    return Ok(uid);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let owner = std::fs::read(&f).unwrap_or_default();
-                    let stale = owner.is_empty()
-                        || owner == me
-                        || !Path::new(std::ffi::OsStr::from_bytes(&owner)).exists();
-                    if stale {
-                        let _ = std::fs::remove_file(&f);
-                        continue;
-                    }
-                    break;
-                }
-                Err(e) => return Err(io(format!("create {}", f.display()))(e)),
-            }
-        }
-    }
-    Err(RuntimeError::Invalid(format!(
-        "no free jail uid in {}..{}: every one is held by a VM (remove VMs, or widen the range)",
-        jc.uid_base,
-        u64::from(jc.uid_base) + u64::from(count)
-    )))
-}
-
-/// Gives back what a VM's jail holds on the host: its uid, its cgroups, its (empty) root
-/// directory. `dir` is the VM's directory. Safe to call more than once.
-pub fn release(dir: &Path, jail: Option<&Jail>) {
-    if let Some(j) = jail {
-        if std::fs::read(&j.registry).is_ok_and(|o| o == dir.as_os_str().as_bytes()) {
-            let _ = std::fs::remove_file(&j.registry);
-        }
-        remove_cgroups(&j.cgroup);
-        let _ = std::fs::remove_dir(&j.root);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// cgroups
-
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-/// cgroup v1 controllers kobako uses (mounted separately on these hosts).
-const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "pids", "blkio"];
-
-/// Whether the host runs cgroup v2 only (unified hierarchy at /sys/fs/cgroup).
-fn unified() -> bool {
-    Path::new(CGROUP_ROOT).join("cgroup.controllers").exists()
-}
-
-/// The directories of a VM's cgroup, one per controller (v1) or one (v2).
-pub fn cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {
-    if unified() {
-        return vec![Path::new(CGROUP_ROOT).join(cgroup)];
-    }
-    V1_CONTROLLERS
-        .iter()
-        .map(|c| Path::new(CGROUP_ROOT).join(c))
-        .filter(|c| c.is_dir())
-        .map(|c| c.join(cgroup))
-        .collect()
-}
-
-fn write_knob(dir: &Path, knob: &str, value: &str) -> Result<()> {
-    let p = dir.join(knob);
-    std::fs::write(&p, value).map_err(io(format!("write {value} to {}", p.display())))
-}
-
-/// Creates the VM's cgroups with its limits; returns each one's `cgroup.procs`, opened for the
-/// child to write itself into. A group left by a killed supervisor is removed first.
-pub fn create_cgroups(j: &Jail) -> Result<Vec<std::fs::File>> {
-    remove_cgroups(&j.cgroup);
-    let mut procs = Vec::new();
-    let mem = (j.limits.memory_mib * 1024 * 1024).to_string();
-    let period = 100_000u64;
-    let quota = (u64::from(j.limits.cpu_percent) * period / 100).to_string();
-    if unified() {
-        let root = Path::new(CGROUP_ROOT);
-        let dir = root.join(&j.cgroup);
-        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
-        // Controllers must be enabled in every parent's subtree_control.
-        let mut parent = root.to_path_buf();
-        for part in Path::new(&j.cgroup)
-            .parent()
-            .into_iter()
-            .flat_map(|p| p.iter())
-        {
-            let _ = std::fs::write(
-                parent.join("cgroup.subtree_control"),
-                "+memory +cpu +pids +io",
-            );
-            parent = parent.join(part);
-        }
-        let _ = std::fs::write(
-            parent.join("cgroup.subtree_control"),
-            "+memory +cpu +pids +io",
-        );
-        write_knob(&dir, "memory.max", &mem)?;
-        let _ = write_knob(&dir, "memory.swap.max", "0");
-        write_knob(&dir, "cpu.max", &format!("{quota} {period}"))?;
-        write_knob(
-            &dir,
-            "cpu.weight",
-            &(j.limits.cpu_shares * 100 / 1024)
-                .clamp(1, 10_000)
-                .to_string(),
-        )?;
-        write_knob(&dir, "pids.max", &j.limits.pids.to_string())?;
-        procs.push(open_procs(&dir)?);
-        return Ok(procs);
-    }
-    for dir in cgroup_dirs(&j.cgroup) {
-        std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
-        let controller = dir
-            .strip_prefix(CGROUP_ROOT)
-            .ok()
-            .and_then(|p| p.iter().next())
-            .map(|c| c.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        match controller.as_str() {
-            "memory" => {
-                write_knob(&dir, "memory.limit_in_bytes", &mem)?;
-                // No swapping the guest out to stay under the limit: over it, the VM is killed.
-                let _ = write_knob(&dir, "memory.swappiness", "0");
-            }
-            "cpu" => {
-                write_knob(&dir, "cpu.cfs_period_us", &period.to_string())?;
-                write_knob(&dir, "cpu.cfs_quota_us", &quota)?;
-                write_knob(&dir, "cpu.shares", &j.limits.cpu_shares.to_string())?;
-            }
-            "pids" => write_knob(&dir, "pids.max", &j.limits.pids.to_string())?,
-            // blkio: the VM's I/O is accounted per VM (blkio.throttle.io_service_bytes);
-            // throttles are per device and set when an operator asks for them.
-            _ => {}
-        }
-        procs.push(open_procs(&dir)?);
-    }
-    Ok(procs)
-}
-
-fn open_procs(dir: &Path) -> Result<std::fs::File> {
-    let p = dir.join("cgroup.procs");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(&p)
-        .map_err(io(format!("open {}", p.display())))
-}
-
-/// Removes a VM's cgroups (they are empty once its processes are gone; a few retries cover
-/// the kernel finishing the exit).
-pub fn remove_cgroups(cgroup: &str) {
-    for dir in cgroup_dirs(cgroup) {
-        for _ in 0..50 {
-            match std::fs::remove_dir(&dir) {
-                Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
-            }
-        }
-    }
-}
-
-/// Whether the kernel's OOM killer killed a process of this cgroup (its memory limit).
-pub fn oom_killed(cgroup: &str) -> bool {
-    let (file, key) = if unified() {
-        ("memory.events", "oom_kill")
-    } else {
-        ("memory.oom_control", "oom_kill")
-    };
-    cgroup_dirs(cgroup)
-        .iter()
-        .filter_map(|d| std::fs::read_to_string(d.join(file)).ok())
-        .any(|s| {
-            s.lines().any(|l| {
-                l.split_once(' ')
-                    .is_some_and(|(k, v)| k == key && v.trim().parse::<u64>().unwrap_or(0) > 0)
-            })
-        })
-}
-
-// ---------------------------------------------------------------------------------------------
-// What the child does
 
 /// One step of building the jail's root, with every path ready as a C string.
 enum Op {
@@ -449,15 +40,57 @@ pub struct Prepared {
     root: CString,
     proc_dir: CString,
     ops: Vec<Op>,
-    /// `cgroup.procs` of each of the VM's cgroups.
-    procs: Vec<std::fs::File>,
+    /// The VM process waits on this until the supervisor put it into its cgroups
+    /// ([`Joiner`]); the write end's number, which it closes first (it inherits a copy).
+    joined_read: OwnedFd,
+    joined_write_raw: libc::c_int,
     /// `struct ifreq` for each tap (name + IFF_TAP | IFF_NO_PI | IFF_VNET_HDR).
     taps: Vec<[u8; 40]>,
     /// Where the first child writes the VM process's pid (host namespace), for the supervisor:
     /// read end, write end (closed in the supervisor after the spawn).
-    pid_read: OwnedFd,
     pid_write: Option<OwnedFd>,
     pid_write_raw: libc::c_int,
+}
+
+/// The supervisor's side of joining the VM process to its cgroups, on a thread of its own while
+/// the VM process builds its root: moving a process between cgroups waits for an RCU grace
+/// period (10-20 ms on these hosts, most of what the jail costs a start), which this overlaps
+/// with the rest of the jail's setup instead of adding to it.
+pub struct Joiner {
+    /// `cgroup.procs` of each of the VM's cgroups.
+    procs: Vec<std::fs::File>,
+    /// Where the first child writes the VM process's pid (host namespace).
+    pid_read: OwnedFd,
+    joined_write: OwnedFd,
+}
+
+impl Joiner {
+    /// Waits for the VM process's pid, writes it into each cgroup, then lets the VM process go
+    /// on. Returns its pid; an error if the child failed before forking it (end of file: the
+    /// supervisor dropped its [`Prepared`]) or a cgroup refused it (the VM process then sees
+    /// end of file and exits without running anything).
+    pub fn run(self) -> std::result::Result<i32, String> {
+        let mut buf = [0u8; 4];
+        // SAFETY: reading into a live 4-byte buffer from a descriptor we own.
+        let n = unsafe { libc::read(self.pid_read.as_raw_fd(), buf.as_mut_ptr().cast(), 4) };
+        if n != 4 {
+            return Err("the jailed VM process did not start".into());
+        }
+        let pid = i32::from_ne_bytes(buf);
+        for mut f in &self.procs {
+            use std::io::Write;
+            f.write_all(pid.to_string().as_bytes())
+                .map_err(|e| format!("put the VM process into its cgroup: {e}"))?;
+        }
+        // SAFETY: write(2) of one byte from a live buffer to a descriptor we own.
+        if unsafe { libc::write(self.joined_write.as_raw_fd(), b"j".as_ptr().cast(), 1) } != 1 {
+            return Err(format!(
+                "tell the VM process it joined its cgroups: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(pid)
+    }
 }
 
 fn cstr(p: &Path) -> Result<CString> {
@@ -473,7 +106,7 @@ fn inside(root: &Path, p: &Path) -> PathBuf {
 impl Prepared {
     /// Prepares the child's work for `j`: creates the cgroups and the root directory, checks
     /// every bound path exists, and lays out the steps.
-    pub fn new(j: &Jail) -> Result<Prepared> {
+    pub fn new(j: &Jail) -> Result<(Prepared, Joiner)> {
         std::fs::create_dir_all(&j.root).map_err(io(format!("create {}", j.root.display())))?;
         let mut ops = Vec::new();
         let mut made = std::collections::HashSet::new();
@@ -578,30 +211,32 @@ impl Prepared {
             taps.push(ifr);
         }
         let (pid_read, pid_write) = pipe().map_err(io("create a pipe"))?;
+        let (joined_read, joined_write) = pipe().map_err(io("create a pipe"))?;
         let procs = create_cgroups(j)?;
-        Ok(Prepared {
+        let prepared = Prepared {
             uid: j.uid,
             gid: j.gid,
             root: cstr(&j.root)?,
             proc_dir: cstr(&j.root.join("proc"))?,
             ops,
-            procs,
             taps,
-            pid_read,
+            joined_read,
+            joined_write_raw: joined_write.as_raw_fd(),
             pid_write_raw: pid_write.as_raw_fd(),
             pid_write: Some(pid_write),
-        })
+        };
+        let joiner = Joiner {
+            procs,
+            pid_read,
+            joined_write,
+        };
+        Ok((prepared, joiner))
     }
 
-    /// After the spawn: the VM process's pid (in the host's PID namespace), sent by the first
-    /// child. None if the child failed before forking it.
-    pub fn vm_pid(&mut self) -> Option<i32> {
-        // Close our copy of the write end, so a child that died early reads as end of file.
+    /// After the spawn: closes the supervisor's copy of the pid pipe's write end, so that a
+    /// [`Joiner`] waiting for a child that died early reads end of file.
+    pub fn spawned(&mut self) {
         self.pid_write = None;
-        let mut buf = [0u8; 4];
-        // SAFETY: reading into a live 4-byte buffer from a descriptor we own.
-        let n = unsafe { libc::read(self.pid_read.as_raw_fd(), buf.as_mut_ptr().cast(), 4) };
-        (n == 4).then(|| i32::from_ne_bytes(buf))
     }
 
     /// Runs in the first child, after fork and before exec (async-signal-safe calls only).
@@ -640,11 +275,6 @@ impl Prepared {
                 }
                 libc::close(fd);
             }
-            for f in &self.procs {
-                if libc::write(f.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(fail(b"join the VM's cgroup"));
-                }
-            }
             if libc::unshare(libc::CLONE_NEWPID) != 0 {
                 return Err(fail(b"unshare(CLONE_NEWPID)"));
             }
@@ -678,6 +308,22 @@ impl Prepared {
                 libc::_exit(1);
             }
             libc::close(life[0]);
+            // Not before the supervisor put this process into its cgroups (Joiner): nothing of
+            // the VM runs outside its limits. Our copy of the write end goes first, so a
+            // supervisor that gave up reads as end of file.
+            libc::close(self.joined_write_raw);
+            let mut b = 0u8;
+            loop {
+                let n = libc::read(self.joined_read.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
+                if n == 1 {
+                    break;
+                }
+                if n < 0 && *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                say(b"join the VM's cgroups (the supervisor did not)");
+                libc::_exit(1);
+            }
             Ok(())
         }
     }
