@@ -109,6 +109,9 @@ pub fn run(dir: &Path) -> i32 {
 
 fn supervise(vm: VmDir) -> Result<(), String> {
     let mut launch = vm.launch().map_err(|e| e.to_string())?;
+    if launch.jail.is_some() {
+        crate::jail::warm_up_moves();
+    }
     std::fs::write(vm.file("supervisor.pid"), std::process::id().to_string())
         .map_err(|e| format!("write supervisor.pid: {e}"))?;
     let agent_sock = vm.file("agent.sock");

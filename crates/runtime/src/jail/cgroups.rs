@@ -184,3 +184,33 @@ impl Drop for MemoryRaise {
         }
     }
 }
+
+/// Starts, on a thread of its own, a move of this process into the cgroup it is already in
+/// (a no-op for its accounting). Moving a process between cgroups waits for an RCU grace period
+/// when none is under way (10-20 ms here), and moves that come during or just after one do not
+/// wait again: begun when the supervisor starts, this one's grace period passes while it binds
+/// the VM's sockets and builds the jail, and the VM process's own join is then about free.
+pub fn warm_up_moves() {
+    let _ = std::thread::Builder::new()
+        .name("cgroup-warm".into())
+        .spawn(|| {
+            let Ok(mine) = std::fs::read_to_string("/proc/self/cgroup") else {
+                return;
+            };
+            // The first hierarchy that lists a controller kobako uses (v1) or the unified one.
+            let dir = mine.lines().find_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+                let base = if ctrls.is_empty() {
+                    Path::new(CGROUP_ROOT).to_path_buf()
+                } else {
+                    let c = ctrls.split(',').find(|c| V1_CONTROLLERS.contains(c))?;
+                    Path::new(CGROUP_ROOT).join(c)
+                };
+                Some(base.join(path.trim_start_matches('/')))
+            });
+            if let Some(dir) = dir {
+                let _ = std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string());
+            }
+        });
+}

@@ -278,7 +278,9 @@ mod child;
 mod takeout;
 mod uids;
 
-pub use cgroups::{cgroup_dirs, create_cgroups, oom_killed, raise_memory, remove_cgroups};
+pub use cgroups::{
+    cgroup_dirs, create_cgroups, oom_killed, raise_memory, remove_cgroups, warm_up_moves,
+};
 pub use child::Prepared;
 pub use takeout::take_out;
 pub use uids::{allocate_uid, release};
