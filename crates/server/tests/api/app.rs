@@ -47,16 +47,13 @@ pub struct App {
 }
 
 /// Points the directories the libraries read from the environment (run, cache, images, and the
-/// state root that scenario and checkpoint code opens by itself) at one temporary directory for
-/// the whole test binary, before the first app is built, so that no test touches the host's.
+/// state root that scenario and checkpoint code opens by itself) at cargo's temporary directory
+/// for tests, before the first app is built, so that no test touches the host's. Nothing a test
+/// checks is kept there (each app's database and keys are in its own state directory).
 fn private_environment() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let root: PathBuf = tempfile::Builder::new()
-            .prefix("kobako-router-tests")
-            .tempdir()
-            .unwrap()
-            .keep();
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kobako-router-tests");
         for (var, sub) in [
             ("KOBAKO_RUN", "run"),
             ("KOBAKO_CACHE", "cache"),
