@@ -221,6 +221,7 @@ pub fn config_from(args: &RunArgs) -> Result<(VmConfig, String)> {
         nics: Vec::new(),
         netns: None,
         incoming: None,
+        cgroups: Vec::new(),
     };
     // The probe's files are placeholders: only a missing file is expected here.
     match probe.validate() {

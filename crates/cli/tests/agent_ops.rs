@@ -409,6 +409,7 @@ fn network_config_applies_on_a_real_tap() {
             }],
             netns: Some("kbt-agentnet".into()),
             incoming: None,
+            cgroups: Vec::new(),
         };
         let rt = kobako_runtime::qemu::QemuRuntime::new(KOBAKO.into());
         let vm = rt.create(&cfg).await.unwrap();

@@ -82,6 +82,7 @@ fn lab_up_down_and_a_server_killed_with_9_over_the_api() {
     }
     let x = format!("{lab}.a.x");
     let pids: Vec<i64> = vms.iter().map(|v| v["pid"].as_i64().unwrap()).collect();
+    assert_user_cgroup(&lab, &pids);
     assert_eq!(l["links"][0]["name"], "l1");
     assert_eq!(l["links"][0]["up"], true);
 
@@ -187,4 +188,71 @@ fn lab_up_down_and_a_server_killed_with_9_over_the_api() {
         .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "VM directories left: {left:?}");
+    // The lab's cgroup (and alice's, her last lab gone) went with its last VM.
+    for h in ["memory", "pids", "cpu", ""] {
+        let g = std::path::Path::new("/sys/fs/cgroup")
+            .join(h)
+            .join("kobako/user.alice");
+        assert!(
+            !g.join(format!("lab.{lab}")).exists() && !g.exists(),
+            "{} left",
+            g.display()
+        );
+    }
+}
+
+/// Alice's VMs sit in her cgroup and their lab's (`kobako/user.alice/lab.<lab>/<vm>.<uid>`), and
+/// her group's limits are her quotas as the kernel holds them: 512 MiB of guest memory plus, for
+/// each of her 2 VMs, what one VM process may use above its guest's RAM (read from a VM's own
+/// limit: 128 MiB guests); tasks, 2 VM processes' worth.
+fn assert_user_cgroup(lab: &str, pids: &[i64]) {
+    let v1 = std::path::Path::new("/sys/fs/cgroup/memory/kobako").exists();
+    for pid in pids {
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let want = format!("/kobako/user.alice/lab.{lab}/{lab}.");
+        assert!(cg.contains(&want), "VM process {pid} not in {want}: {cg}");
+    }
+    let read = |p: std::path::PathBuf| -> u64 {
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (root, mem_knob) = if v1 {
+        ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+    } else {
+        ("/sys/fs/cgroup", "memory.max")
+    };
+    let user = std::path::Path::new(root).join("kobako/user.alice");
+    let cg = std::fs::read_to_string(format!("/proc/{}/cgroup", pids[0])).unwrap();
+    let own = cg
+        .lines()
+        .find_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_, c, path) = (p.next()?, p.next()?, p.next()?);
+            (if v1 {
+                c.split(',').any(|c| c == "memory")
+            } else {
+                c.is_empty()
+            })
+            .then(|| std::path::Path::new(root).join(&path[1..]))
+        })
+        .unwrap();
+    let overhead = read(own.join(mem_knob)) - (128 << 20);
+    assert_eq!(
+        read(user.join(mem_knob)),
+        (512 << 20) + 2 * overhead,
+        "alice's memory limit"
+    );
+    let pids_root = if v1 {
+        "/sys/fs/cgroup/pids"
+    } else {
+        "/sys/fs/cgroup"
+    };
+    assert_eq!(
+        read(std::path::Path::new(pids_root).join("kobako/user.alice/pids.max")),
+        2 * 512,
+        "alice's task limit"
+    );
 }

@@ -79,6 +79,28 @@ pub struct VmConfig {
     /// Restore the VM from this memory/device state file (a snapshot) instead of booting.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incoming: Option<PathBuf>,
+    /// Cgroups above the VM's own, outermost first (a lab's VMs: its owner's, then the lab's):
+    /// the jail creates them with their limits, so the kernel enforces a user's quota across
+    /// all of their VMs, not only each VM's own limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cgroups: Vec<CgroupLevel>,
+}
+
+/// A cgroup above a VM's own ([`VmConfig::cgroups`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupLevel {
+    /// Its directory: `user.<name>`, `lab.<name>` (letters, digits, `.`, `_`, `-`; at most
+    /// 128 bytes; checked by the jail).
+    pub name: String,
+    /// Guest memory allowed to all VMs under it (a user's `max_memory_mib`). With `vms`, its
+    /// memory limit is this plus `vms` times each VM process's allowance above guest RAM: the
+    /// sum of the limits of the VMs the quota allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_memory_mib: Option<u64>,
+    /// VMs allowed under it at once (a user's `max_vms`): its task limit is that many VM
+    /// processes' worth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vms: Option<u32>,
 }
 
 /// A virtio-net interface attached to a host tap.
@@ -333,6 +355,7 @@ mod tests {
             nics: Vec::new(),
             netns: None,
             incoming: None,
+            cgroups: Vec::new(),
         }
     }
 

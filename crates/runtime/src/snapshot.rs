@@ -559,6 +559,8 @@ pub(crate) fn restore_config_with(
     cfg.name = name.to_string();
     cfg.incoming = Some(incoming);
     cfg.owned_paths = Vec::new();
+    // Whose and which lab's the restored VM is, is the restorer's to say.
+    cfg.cgroups = Vec::new();
     let made = |cfg: &mut VmConfig| -> Result<()> {
         if !cfg.owned_paths.iter().any(|p| p == overlay_dir) {
             std::fs::create_dir_all(overlay_dir)

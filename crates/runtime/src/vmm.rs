@@ -665,6 +665,7 @@ mod tests {
             nics: Vec::new(),
             netns: None,
             incoming: None,
+            cgroups: Vec::new(),
         }
     }
 

@@ -325,6 +325,7 @@ pub async fn restore(
     )?;
     let spec2 = cp.spec.clone();
     let netns = tokio::task::spawn_blocking(move || ensure_network(&spec2)).await??;
+    let cgroups = super::cgroups::levels(lab, owner.as_deref());
     // The lab's current VMs go; the checkpoint's come back under the same names.
     let mut current: Vec<String> = cp.vms.clone();
     let prefix = format!("{lab}.");
@@ -356,6 +357,7 @@ pub async fn restore(
         let db = db.clone();
         let name = v.clone();
         let netns = netns.clone();
+        let cgroups = cgroups.clone();
         let overlay = overlays.join(v);
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
@@ -363,6 +365,7 @@ pub async fn restore(
                 .restore_config(&snap, &name, &overlay, false)
                 .map_err(|e| e.to_string())?;
             cfg.netns = Some(netns);
+            cfg.cgroups = cgroups;
             let dir = rt.create(&cfg).await.map_err(|e| e.to_string())?;
             let _ = db.set_vm_state(&name, VmState::Booting, Some("restoring"), None);
             if let Err(e) = rt.start(&dir).await {

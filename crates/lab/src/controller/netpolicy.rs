@@ -36,6 +36,10 @@ pub struct OwnerInfo {
     /// When the user was created: a policy granted before that was granted to someone else
     /// of the same name (a deleted user) and does not apply.
     pub since_ms: i64,
+    /// The user's quotas (None: no limit): their VMs' cgroups share a parent with these
+    /// limits, so the kernel holds them too.
+    pub max_vms: Option<u32>,
+    pub max_memory_mib: Option<u64>,
 }
 
 /// Looks a lab's owner up by name (`None`: no such user).

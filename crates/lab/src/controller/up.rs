@@ -409,6 +409,9 @@ pub(crate) async fn up_some(
     // Record first, so a crash from here on is cleaned up by `down` and converged by `up`.
     let spec = serde_json::to_value(lab)?;
     db.put_lab(&name, file.as_deref(), &spec, owner.as_deref())?;
+    // The cgroups above each VM's: its owner's (with their quotas) and the lab's.
+    let stored_owner = db.lab(&name)?.and_then(|r| r.owner);
+    let cgroups = super::cgroups::levels(&name, stored_owner.as_deref());
     let vms: Vec<&Vm> = lab.vms().collect();
     db.sync_vms(
         &name,
@@ -512,6 +515,7 @@ pub(crate) async fn up_some(
                 Ok(mut cfg) => {
                     cfg.name = vname.clone();
                     cfg.netns = Some(netns.clone());
+                    cfg.cgroups = cgroups.clone();
                     cfg.nics = vm
                         .interfaces
                         .iter()

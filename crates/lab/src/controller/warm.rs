@@ -549,6 +549,7 @@ pub async fn clone(
     }
     rcfg.netns = cfg.netns.clone();
     rcfg.nics = cfg.nics.clone();
+    rcfg.cgroups = cfg.cgroups.clone();
     rcfg.ready_timeout_secs = cfg.ready_timeout_secs;
     let vm = match rt.create(&rcfg).await {
         Ok(vm) => vm,

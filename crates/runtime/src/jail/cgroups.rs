@@ -38,6 +38,53 @@ fn write_knob(dir: &Path, knob: &str, value: &str) -> Result<()> {
 /// child to write itself into. A group left by a killed supervisor is removed first.
 pub fn create_cgroups(j: &Jail) -> Result<Vec<std::fs::File>> {
     remove_cgroups(&j.cgroup);
+    // A parent may vanish under us: the last VM of a lab removes the lab's group when it ends.
+    let mut tries = 0;
+    loop {
+        match create_parents(j).and_then(|()| create_own(j)) {
+            Ok(procs) => return Ok(procs),
+            Err(_) if tries < 3 => tries += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The groups above the VM's (a user's, a lab's) with their limits, set again at each start
+/// (a quota may have changed).
+fn create_parents(j: &Jail) -> Result<()> {
+    for p in &j.parents {
+        let dirs: Vec<PathBuf> = if unified() {
+            vec![Path::new(CGROUP_ROOT).join(&p.path)]
+        } else {
+            ["memory", "pids"]
+                .iter()
+                .map(|c| Path::new(CGROUP_ROOT).join(c).join(&p.path))
+                .collect()
+        };
+        for dir in dirs {
+            std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+            let memory_knob = if unified() {
+                "memory.max"
+            } else {
+                "memory.limit_in_bytes"
+            };
+            if let Some(m) = p.memory_mib {
+                if dir.join(memory_knob).exists() {
+                    write_knob(&dir, memory_knob, &(m * 1024 * 1024).to_string())?;
+                }
+            }
+            if let Some(n) = p.pids {
+                if dir.join("pids.max").exists() {
+                    write_knob(&dir, "pids.max", &n.to_string())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The VM's own group in each hierarchy, with its limits; its `cgroup.procs` files.
+fn create_own(j: &Jail) -> Result<Vec<std::fs::File>> {
     let mut procs = Vec::new();
     let mem = (j.limits.memory_mib * 1024 * 1024).to_string();
     let period = 100_000u64;
@@ -125,6 +172,15 @@ pub fn remove_cgroups(cgroup: &str) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
             }
+        }
+        // The groups above it (a lab's, a user's) go with their last VM; one still holding
+        // others is busy and stays.
+        let mut up = dir.parent();
+        while let Some(p) = up {
+            if p.file_name().is_none_or(|n| n == "kobako") || std::fs::remove_dir(p).is_err() {
+                break;
+            }
+            up = p.parent();
         }
     }
 }

@@ -118,6 +118,15 @@ pub struct Limits {
     pub pids: u32,
 }
 
+/// A cgroup above a VM's own (a user's, a lab's) and its limits, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parent {
+    /// `kobako/user.alice`, `kobako/user.alice/lab.net1`.
+    pub path: String,
+    pub memory_mib: Option<u64>,
+    pub pids: Option<u32>,
+}
+
 /// The jail of one VM, decided at create and stored in `launch.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Jail {
@@ -136,8 +145,11 @@ pub struct Jail {
     /// attach to them, and only to them).
     pub taps: Vec<String>,
     pub limits: Limits,
-    /// The cgroup (the same name in every controller): `kobako/<vm>.<uid>`.
+    /// The cgroup (the same name in every controller): `kobako/[<levels>/]<vm>.<uid>`.
     pub cgroup: String,
+    /// The groups above it (outermost first, paths from the cgroup root) and their limits.
+    #[serde(default)]
+    pub parents: Vec<Parent>,
     /// The registry file that holds the uid.
     pub registry: PathBuf,
 }
@@ -248,6 +260,20 @@ impl Jail {
         }
         dedup(&mut read_only);
         dedup(&mut writable);
+        let mut parents: Vec<Parent> = Vec::new();
+        let mut at = String::from("kobako");
+        for level in &cfg.cgroups {
+            check_level(&level.name)?;
+            at = format!("{at}/{}", level.name);
+            parents.push(Parent {
+                path: at.clone(),
+                memory_mib: match (level.guest_memory_mib, level.vms) {
+                    (Some(m), Some(n)) => Some(m + u64::from(n) * overhead_mib),
+                    _ => None,
+                },
+                pids: level.vms.map(|n| n.saturating_mul(PIDS_MAX)),
+            });
+        }
         Ok(Jail {
             uid,
             gid: uid,
@@ -262,9 +288,28 @@ impl Jail {
                 cpu_shares: cfg.vcpus.max(1) * 1024,
                 pids: PIDS_MAX,
             },
-            cgroup: format!("kobako/{}.{uid}", cfg.name),
+            cgroup: format!("{at}/{}.{uid}", cfg.name),
+            parents,
             registry: jc.registry.join(uid.to_string()),
         })
+    }
+}
+
+/// A cgroup level's name becomes a directory under /sys/fs/cgroup: nothing but a plain name.
+fn check_level(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::RuntimeError::Invalid(format!(
+            "cgroup level {name:?}: use letters, digits, '.', '_' and '-' (at most 128, not \
+             starting with '.')"
+        )))
     }
 }
 

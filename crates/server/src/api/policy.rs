@@ -82,6 +82,8 @@ fn owner_info(db: &kobako_state::Db, name: &str) -> ApiResult<Option<OwnerInfo>>
     Ok(auth::get_user(db, name)?.map(|u| OwnerInfo {
         admin: u.role == Role::Admin,
         since_ms: u.created_ms,
+        max_vms: u.max_vms.and_then(|n| u32::try_from(n).ok()),
+        max_memory_mib: u.max_memory_mib.and_then(|n| u64::try_from(n).ok()),
     }))
 }
 
@@ -233,6 +235,8 @@ pub(crate) async fn check_create(st: &AppState, caller: &Caller, labs: &[Lab]) -
     let info = OwnerInfo {
         admin: false,
         since_ms: caller.user.created_ms,
+        max_vms: None,
+        max_memory_mib: None,
     };
     let labs = labs.to_vec();
     st.db
