@@ -220,6 +220,7 @@ pub async fn deploy(
     cfg.name = format!("fn-{}-warm", f.name);
     cfg.nics.clear();
     cfg.netns = None;
+    cfg.cgroups = crate::controller::cgroups::function_levels(&f.name, f.owner.as_deref());
     let t0 = Instant::now();
     let vm = rt.create(&cfg).await?;
     let result = async {
@@ -319,7 +320,8 @@ pub async fn invoke(rt: Arc<dyn Runtime>, name: &str, input: Vec<u8>) -> Result<
     let clone = format!("fn-{name}-{}", random_hex(4));
     let overlay = kobako_state::state_root().join("vms").join(&clone);
     let t1 = Instant::now();
-    let cfg = rt.restore_config(&dir(name).join("warm"), &clone, &overlay, false)?;
+    let mut cfg = rt.restore_config(&dir(name).join("warm"), &clone, &overlay, false)?;
+    cfg.cgroups = crate::controller::cgroups::function_levels(name, f.owner.as_deref());
     let vm = match rt.create(&cfg).await {
         Ok(vm) => vm,
         Err(e) => {

@@ -1,6 +1,7 @@
-//! The cgroups a lab's VMs sit in, above each VM's own: its owner's (`user.<name>`, limited by
-//! the owner's quotas, so the kernel holds a user to them across all their labs) and the lab's
-//! (`lab.<name>`, where the lab's usage can be read). The jail creates them
+//! The cgroups a lab's or a function's VMs sit in, above each VM's own: its owner's
+//! (`user.<name>`, limited by the owner's quotas, so the kernel holds a user to them across all
+//! their labs and functions) and the lab's (`lab.<name>`) or function's (`fn.<name>`), where its
+//! usage can be read. The jail creates them
 //! (`kobako_runtime::jail`); the last VM to end removes them.
 
 use kobako_runtime::config::CgroupLevel;
@@ -10,6 +11,15 @@ use super::netpolicy;
 /// The levels for the VMs of lab `lab` owned by `owner` (None: the local CLI's labs, root's,
 /// have no user level).
 pub(crate) fn levels(lab: &str, owner: Option<&str>) -> Vec<CgroupLevel> {
+    with_owner(owner, format!("lab.{}", dir_name(lab)))
+}
+
+/// The levels for the VMs of function `name` (its warm VM and its invocations' clones).
+pub(crate) fn function_levels(name: &str, owner: Option<&str>) -> Vec<CgroupLevel> {
+    with_owner(owner, format!("fn.{}", dir_name(name)))
+}
+
+fn with_owner(owner: Option<&str>, last: String) -> Vec<CgroupLevel> {
     let mut v = Vec::new();
     if let Some(o) = owner {
         let info = netpolicy::host_config()
@@ -23,7 +33,7 @@ pub(crate) fn levels(lab: &str, owner: Option<&str>) -> Vec<CgroupLevel> {
         });
     }
     v.push(CgroupLevel {
-        name: format!("lab.{}", dir_name(lab)),
+        name: last,
         guest_memory_mib: None,
         vms: None,
     });

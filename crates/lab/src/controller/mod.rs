@@ -17,7 +17,7 @@
 //! Impairments on a kernel without netem (these machines) need a process that outlives the
 //! command: [`netd`], one small daemon per impaired lab holding kobako-net's userspace relays.
 
-mod cgroups;
+pub(crate) mod cgroups;
 pub mod checkpoint;
 mod links;
 pub mod netd;
