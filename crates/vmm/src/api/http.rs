@@ -14,8 +14,9 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 /// Largest accepted request body (Firecracker's default `--http-api-max-payload-size`).
 pub const MAX_BODY: usize = 51200;
 const MAX_HEADER: usize = 8192;
-/// Most API connections open at once. The next one is accepted, answered 503 and closed, so
-/// the API thread holds at most this many buffers of at most `MAX_HEADER + MAX_BODY + 1024`
+/// Most API connections open at once. The next one is accepted, answered 503 and closed (after
+/// the connections already closed by their clients are dropped: see `accept_all`), so the API
+/// thread holds at most this many buffers of at most `MAX_HEADER + MAX_BODY + 1024`
 /// bytes plus one read chunk (about 3.8 MiB in all).
 pub const MAX_CONNECTIONS: usize = 64;
 /// Longest text taken from a request into an error message or a log line (characters).
@@ -258,63 +259,112 @@ pub fn serve(
         };
         for ev in events.iter().take(n) {
             if ev.data() == LISTENER {
-                while let Ok((mut s, _)) = listener.accept() {
-                    if s.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    if conns.len() >= MAX_CONNECTIONS {
-                        // A fresh socket's send buffer takes this short answer whole; if not,
-                        // the client gets nothing but the close.
-                        let _ = s.write_all(&busy().to_bytes(true));
-                        continue;
-                    }
-                    let fd = s.as_raw_fd();
-                    if epoll
-                        .ctl(ControlOperation::Add, fd, interest(fd, false))
-                        .is_ok()
-                    {
-                        conns.insert(
-                            fd,
-                            Conn {
-                                stream: s,
-                                buf: Vec::new(),
-                                continued: false,
-                                out: Vec::new(),
-                                close_after: false,
-                                writing: false,
-                            },
-                        );
-                    }
-                }
-                continue;
+                accept_all(&listener, &epoll, &mut conns, &mut handle);
+            } else {
+                on_conn_event(ev.data(), &epoll, &mut conns, &mut handle);
             }
-            // Connection tokens are their fds (>= 0), the listener's is u64::MAX (above).
-            let Ok(fd) = RawFd::try_from(ev.data()) else {
-                continue;
-            };
-            let keep = match conns.get_mut(&fd) {
-                Some(c) => {
-                    let mut keep = service(c, &mut handle);
-                    let want_out = !c.out.is_empty();
-                    if keep && want_out != c.writing {
-                        c.writing = want_out;
-                        keep = epoll
-                            .ctl(ControlOperation::Modify, fd, interest(fd, want_out))
-                            .is_ok();
-                    }
-                    keep
-                }
-                None => false,
-            };
-            if !keep {
-                if let Some(c) = conns.remove(&fd) {
-                    let _ = epoll.ctl(
-                        ControlOperation::Delete,
-                        c.stream.as_raw_fd(),
-                        EpollEvent::default(),
-                    );
-                }
+        }
+    }
+}
+
+/// Accepts every pending connection. One beyond [`MAX_CONNECTIONS`] is answered 503 and
+/// closed, but only once the connections epoll reports ready have been serviced: a client
+/// that closed its connection (say, one that connected only to see the socket answer) frees
+/// its slot before anyone is refused, so a newcomer is refused exactly when
+/// `MAX_CONNECTIONS` connections are held by clients that have not closed them.
+fn accept_all(
+    listener: &UnixListener,
+    epoll: &Epoll,
+    conns: &mut HashMap<RawFd, Conn>,
+    handle: &mut impl FnMut(Request) -> Response,
+) {
+    while let Ok((mut s, _)) = listener.accept() {
+        if s.set_nonblocking(true).is_err() {
+            continue;
+        }
+        if conns.len() >= MAX_CONNECTIONS {
+            service_ready(epoll, conns, handle);
+        }
+        if conns.len() >= MAX_CONNECTIONS {
+            // A fresh socket's send buffer takes this short answer whole; if not, the
+            // client gets nothing but the close.
+            let _ = s.write_all(&busy().to_bytes(true));
+            continue;
+        }
+        let fd = s.as_raw_fd();
+        if epoll
+            .ctl(ControlOperation::Add, fd, interest(fd, false))
+            .is_ok()
+        {
+            conns.insert(
+                fd,
+                Conn {
+                    stream: s,
+                    buf: Vec::new(),
+                    continued: false,
+                    out: Vec::new(),
+                    close_after: false,
+                    writing: false,
+                },
+            );
+        }
+    }
+}
+
+/// Services the connections that are ready now (a closed one is dropped), without waiting.
+/// Epoll is level-triggered: an event taken here and not acted on is reported again.
+fn service_ready(
+    epoll: &Epoll,
+    conns: &mut HashMap<RawFd, Conn>,
+    handle: &mut impl FnMut(Request) -> Response,
+) {
+    let mut ready = vec![EpollEvent::default(); MAX_CONNECTIONS + 1];
+    let n = loop {
+        match epoll.wait(0, &mut ready) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+    };
+    for ev in ready.iter().take(n) {
+        if ev.data() != LISTENER {
+            on_conn_event(ev.data(), epoll, conns, handle);
+        }
+    }
+}
+
+/// Services the connection whose token is `token` (its fd), closing it when it is done.
+fn on_conn_event(
+    token: u64,
+    epoll: &Epoll,
+    conns: &mut HashMap<RawFd, Conn>,
+    handle: &mut impl FnMut(Request) -> Response,
+) {
+    // Connection tokens are their fds (>= 0), the listener's is u64::MAX (above).
+    let Ok(fd) = RawFd::try_from(token) else {
+        return;
+    };
+    let keep = match conns.get_mut(&fd) {
+        Some(c) => {
+            let mut keep = service(c, handle);
+            let want_out = !c.out.is_empty();
+            if keep && want_out != c.writing {
+                c.writing = want_out;
+                keep = epoll
+                    .ctl(ControlOperation::Modify, fd, interest(fd, want_out))
+                    .is_ok();
             }
+            keep
+        }
+        None => false,
+    };
+    if !keep {
+        if let Some(c) = conns.remove(&fd) {
+            let _ = epoll.ctl(
+                ControlOperation::Delete,
+                c.stream.as_raw_fd(),
+                EpollEvent::default(),
+            );
         }
     }
 }
