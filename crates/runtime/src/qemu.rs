@@ -273,17 +273,9 @@ impl Runtime for QemuRuntime {
             vm.remove()?;
         }
         std::fs::create_dir_all(&vm.path).map_err(io(format!("create {}", vm.path.display())))?;
-        let jail = if self.jail.enabled {
-            match Jail::for_qemu(cfg, &self.jail, &self.qemu, &vm.path) {
-                Ok(j) => Some(j),
-                Err(e) => {
-                    let _ = vm.remove();
-                    return Err(e);
-                }
-            }
-        } else {
-            None
-        };
+        let jail = crate::jail::decide(&vm, &self.jail, || {
+            Jail::for_qemu(cfg, &self.jail, &self.qemu, &vm.path)
+        })?;
         let launch = Launch {
             netns: cfg.netns.clone(),
             argv: self.argv(cfg),

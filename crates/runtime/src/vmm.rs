@@ -444,25 +444,16 @@ impl Runtime for VmmRuntime {
         if restore.is_some() {
             config_files.push(vm.file(RESTORE_FILE));
         }
-        let jail = if self.jail.enabled {
-            let j = Jail::for_vmm(
+        let jail = crate::jail::decide(&vm, &self.jail, || {
+            Jail::for_vmm(
                 cfg,
                 &self.jail,
                 &self.kobako_exe,
                 &vm.path,
                 &config_files,
                 &work,
-            );
-            match j {
-                Ok(j) => Some(j),
-                Err(e) => {
-                    let _ = vm.remove();
-                    return Err(e);
-                }
-            }
-        } else {
-            None
-        };
+            )
+        })?;
         let p = |f: &str| vm.file(f).display().to_string();
         let (how, what) = match restore {
             Some(_) => ("--snapshot-load", RESTORE_FILE),

@@ -295,6 +295,21 @@ impl Jail {
     }
 }
 
+/// The jail of a VM being created (`make`), or None when jails are off; when it cannot be
+/// made, the VM's directory is removed and the error returned.
+pub(crate) fn decide(
+    vm: &crate::VmDir,
+    jc: &JailConfig,
+    make: impl FnOnce() -> Result<Jail>,
+) -> Result<Option<Jail>> {
+    if !jc.enabled {
+        return Ok(None);
+    }
+    make().map(Some).inspect_err(|_| {
+        let _ = vm.remove();
+    })
+}
+
 /// A cgroup level's name becomes a directory under /sys/fs/cgroup: nothing but a plain name.
 fn check_level(name: &str) -> Result<()> {
     let ok = !name.is_empty()
