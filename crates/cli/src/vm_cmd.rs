@@ -158,6 +158,8 @@ pub fn runtime_named(name: &str) -> Result<Box<dyn Runtime>> {
         "vmm" => {
             let mut rt = VmmRuntime::new(exe);
             rt.jail = jail_config();
+            // Its seccomp filters likewise (read here, at the edge).
+            rt.seccomp = std::env::var("KOBAKO_VMM_SECCOMP").map_or(true, |v| v != "off");
             Ok(Box::new(rt))
         }
         other => bail!("--runtime {other}: use auto, qemu or vmm"),

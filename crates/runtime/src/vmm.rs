@@ -73,6 +73,8 @@ pub struct VmmRuntime {
     pub kobako_exe: PathBuf,
     /// The jail around each VMM process ([`crate::jail`]).
     pub jail: JailConfig,
+    /// The VMM's per-thread seccomp filters (on by default; off only for debugging).
+    pub seccomp: bool,
 }
 
 impl VmmRuntime {
@@ -80,6 +82,7 @@ impl VmmRuntime {
         VmmRuntime {
             kobako_exe,
             jail: JailConfig::default(),
+            seccomp: true,
         }
     }
 
@@ -472,7 +475,10 @@ impl Runtime for VmmRuntime {
                 p(what),
                 "--level".into(),
                 "Info".into(),
-            ],
+            ]
+            .into_iter()
+            .chain((!self.seccomp).then(|| "--no-seccomp".to_string()))
+            .collect(),
             channel: GuestChannel::Vsock {
                 uds_path: vm.file(VSOCK_SOCKET),
                 port: kobako_agent::proto::VSOCK_PORT,
