@@ -274,7 +274,7 @@ fn attach_seed(out: &mut VmImage, dir: &Path, vm: &str, spec: &ImageSpec) -> Res
         .unwrap_or(0);
     let seed = cloudinit::SeedSpec {
         instance_id: format!("kobako-{vm}-{nanos:x}"),
-        hostname: hostname_of(vm),
+        hostname: kobako_runtime::config::hostname_of(vm),
         user_data,
         nics: Vec::new(),
     };
@@ -286,15 +286,6 @@ fn attach_seed(out: &mut VmImage, dir: &Path, vm: &str, spec: &ImageSpec) -> Res
         read_only: true,
     });
     Ok(())
-}
-
-/// The guest hostname for a VM name (as the runtime puts it on the kernel command line).
-fn hostname_of(name: &str) -> String {
-    let h: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    h.trim_matches('-').chars().take(63).collect()
 }
 
 /// `--accel auto|kvm|tcg` (also `$KOBAKO_ACCEL`). Returns the choice and why.
@@ -327,6 +318,5 @@ mod tests {
         let e = parse_spec("web,bogus").err().unwrap().to_string();
         assert!(e.contains("unknown option 'bogus'"), "{e}");
         assert!(parse_spec("web,user-data=").is_err());
-        assert_eq!(hostname_of("web_1.a"), "web-1-a");
     }
 }
