@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use common::*;
-use kobako_vmm::api::http::MAX_CONNECTIONS;
+use kobako_vmm::api::http::{MAX_CONNECTIONS, REQUEST_TIMEOUT};
 
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"))
@@ -993,6 +993,47 @@ fn the_connection_limit_counts_only_connections_their_clients_hold() {
     let r = http(&sock, "GET", "/", None);
     assert_eq!(r.0, 200, "{}", r.1);
     drop(held);
+    assert_alive_and_answering(&mut child, &sock);
+}
+
+#[test]
+fn a_request_stalled_midway_is_answered_408_after_the_request_timeout() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let mut child = spawn_api(&sock, &[]);
+    // An idle keep-alive connection (no request under way) is not timed.
+    let mut idle = UnixStream::connect(&sock).unwrap();
+    let mut slow = UnixStream::connect(&sock).unwrap();
+    slow.set_read_timeout(Some(REQUEST_TIMEOUT + Duration::from_secs(20)))
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    slow.write_all(b"PUT /machine-config HTTP/1.1\r\nContent-Length: 40\r\n\r\n{\"vcpu")
+        .unwrap();
+    let mut resp = String::new();
+    slow.read_to_string(&mut resp).unwrap();
+    let took = t0.elapsed();
+    assert!(resp.starts_with("HTTP/1.1 408 "), "{resp:?}");
+    assert!(resp.contains("Connection: close\r\n"), "{resp:?}");
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    assert!(
+        json(body)["fault_message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("within {} s", REQUEST_TIMEOUT.as_secs()))),
+        "{resp:?}"
+    );
+    // Timed from its first byte: not before REQUEST_TIMEOUT, and not much after.
+    assert!(took >= REQUEST_TIMEOUT, "{took:?}");
+    assert!(took < REQUEST_TIMEOUT + Duration::from_secs(5), "{took:?}");
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    idle.write_all(b"GET /machine-config HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    idle.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp:?}");
+    // The stalled request was never applied.
+    assert!(resp.contains("\"vcpu_count\":1"), "{resp:?}");
     assert_alive_and_answering(&mut child, &sock);
 }
 

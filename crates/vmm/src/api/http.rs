@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -19,6 +20,11 @@ const MAX_HEADER: usize = 8192;
 /// thread holds at most this many buffers of at most `MAX_HEADER + MAX_BODY + 1024`
 /// bytes plus one read chunk (about 3.8 MiB in all).
 pub const MAX_CONNECTIONS: usize = 64;
+/// Longest a request may take to arrive, from its first byte to its last: a client that
+/// stalls in the middle of one is answered 408 and its connection closed, so it cannot hold a
+/// connection slot (and its buffer) forever. A connection with no request under way (an idle
+/// keep-alive one) is not timed.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest text taken from a request into an error message or a log line (characters).
 pub const MAX_ECHO: usize = 256;
 /// Longest `fault_message` (characters); longer ones keep their start and end.
@@ -91,6 +97,7 @@ impl Response {
             400 => "Bad Request",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            408 => "Request Timeout",
             413 => "Payload Too Large",
             500 => "Internal Server Error",
             501 => "Not Implemented",
@@ -223,6 +230,9 @@ struct Conn {
     buf: Vec<u8>,
     /// `100 Continue` already sent for the request at the front of `buf`.
     continued: bool,
+    /// When the first byte of the unfinished request at the front of `buf` was read (None:
+    /// no request under way).
+    since: Option<Instant>,
     /// Answer bytes the socket has not taken yet. While any are left the connection is
     /// watched for writability only and nothing more is read or parsed from it, so a client
     /// that sends requests without reading the answers holds one answer here, never blocks
@@ -252,7 +262,7 @@ pub fn serve(
     let mut conns: HashMap<RawFd, Conn> = HashMap::new();
     let mut events = vec![EpollEvent::default(); 16];
     loop {
-        let n = match epoll.wait(-1, &mut events) {
+        let n = match epoll.wait(wait_ms(&conns, Instant::now()), &mut events) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -263,6 +273,40 @@ pub fn serve(
             } else {
                 on_conn_event(ev.data(), &epoll, &mut conns, &mut handle);
             }
+        }
+        drop_late(&epoll, &mut conns, Instant::now());
+    }
+}
+
+/// Milliseconds until the first unfinished request runs out of time (-1: none under way).
+fn wait_ms(conns: &HashMap<RawFd, Conn>, now: Instant) -> i32 {
+    conns
+        .values()
+        .filter_map(|c| c.since)
+        .min()
+        .map_or(-1, |first| {
+            let left = (first + REQUEST_TIMEOUT).saturating_duration_since(now);
+            // Rounded up, so the wake-up finds the request late, not a hair early.
+            i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX)
+        })
+}
+
+/// Answers 408 to, and closes, every connection whose request under way has taken longer than
+/// [`REQUEST_TIMEOUT`].
+fn drop_late(epoll: &Epoll, conns: &mut HashMap<RawFd, Conn>, now: Instant) {
+    let late: Vec<RawFd> = conns
+        .iter()
+        .filter(|(_, c)| {
+            c.since
+                .is_some_and(|t| now.saturating_duration_since(t) >= REQUEST_TIMEOUT)
+        })
+        .map(|(fd, _)| *fd)
+        .collect();
+    for fd in late {
+        if let Some(mut c) = conns.remove(&fd) {
+            let _ = epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            // Best effort: whatever the socket takes now; the close follows either way.
+            let _ = send(&mut c, &timed_out().to_bytes(true));
         }
     }
 }
@@ -302,6 +346,7 @@ fn accept_all(
                     stream: s,
                     buf: Vec::new(),
                     continued: false,
+                    since: None,
                     out: Vec::new(),
                     close_after: false,
                     writing: false,
@@ -381,6 +426,16 @@ fn interest(fd: RawFd, writing: bool) -> EpollEvent {
     EpollEvent::new(set, u64::from(fd.unsigned_abs()))
 }
 
+fn timed_out() -> Response {
+    Response::fault(
+        408,
+        &format!(
+            "The request did not arrive within {} s: the connection is closed.",
+            REQUEST_TIMEOUT.as_secs()
+        ),
+    )
+}
+
 fn busy() -> Response {
     Response::fault(
         503,
@@ -424,6 +479,7 @@ fn service(c: &mut Conn, handle: &mut impl FnMut(Request) -> Response) -> bool {
     }
     let mut tmp = [0u8; 4096];
     let mut eof = false;
+    let now = Instant::now();
     loop {
         match c.stream.read(&mut tmp) {
             Ok(0) => {
@@ -455,11 +511,14 @@ fn service(c: &mut Conn, handle: &mut impl FnMut(Request) -> Response) -> bool {
             }
             Parse::Bad(resp) => {
                 c.close_after = true;
+                c.since = None;
                 return send(c, &resp.to_bytes(true)) && !c.out.is_empty();
             }
             Parse::Done(req, used) => {
                 c.buf.drain(..used);
                 c.continued = false;
+                // The next request (if any of it is here) is timed from now.
+                c.since = None;
                 let close = req.close;
                 let resp = handle(req);
                 if !send(c, &resp.to_bytes(close)) {
@@ -475,6 +534,12 @@ fn service(c: &mut Conn, handle: &mut impl FnMut(Request) -> Response) -> bool {
                 }
             }
         }
+    }
+    // What is left is the start of a request: time it from when it began.
+    if c.buf.is_empty() {
+        c.since = None;
+    } else if c.since.is_none() {
+        c.since = Some(now);
     }
     // A client that half-closed after its requests still gets pending answers (none here).
     !eof
