@@ -429,7 +429,7 @@ grep -q "^127.0.1.1 $h\$" /etc/hosts 2>/dev/null || {
 "#;
 
 /// AppArmor features of kobako's guest kernel (the cache key of compiled profiles).
-const APPARMOR_KERNEL_FEATURES: &str = include_str!("../../../guest/apparmor/kernel-features");
+pub const APPARMOR_KERNEL_FEATURES: &str = include_str!("../../../guest/apparmor/kernel-features");
 
 const AGENT_AFTER_APPARMOR: &str = "\
 # kobako: a process started before its AppArmor profile is loaded stays unconfined, so the

@@ -4,7 +4,8 @@
 //! A recipe is a Debian build ([`crate::debian`]) with fixed packages, extra apt sources and
 //! masked units. [`ensure`] builds a recipe's image once into the store and rebuilds it only when
 //! it is outdated: the manifest records the recipe's [`Recipe::digest`] (suite, mirror, sources,
-//! packages, masked units, Debian recipe version) and the agent's SHA-256; a change of either
+//! packages, masked units, Debian recipe version, kobako's AppArmor profiles and the kernel
+//! features they are compiled for) and the agent's SHA-256; a change of either
 //! makes the next [`ensure`] rebuild it, unless a VM still uses the old one (then the old one
 //! is used, with a warning). An image of the same name built by hand (no recipe digest in its
 //! manifest) is never replaced.
@@ -113,6 +114,13 @@ impl Recipe {
             .map(|l| l.join("\n"))
             .map(String::into_bytes);
         parts.extend(lists.iter().map(|l| l.as_slice()));
+        // What the recipe writes into the tree besides packages: a changed profile rebuilds.
+        parts.extend(
+            debian::APPARMOR_PROFILES
+                .iter()
+                .map(|(_, _, t)| t.as_bytes()),
+        );
+        parts.push(debian::APPARMOR_KERNEL_FEATURES.as_bytes());
         crate::sha256_hex(&parts)[..16].to_string()
     }
 
