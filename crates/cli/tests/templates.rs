@@ -168,6 +168,21 @@ fn web_stack_answers_through_its_cache_and_logs_to_the_logger() {
     );
     eprintln!("API answering {:.1} s after up", t.elapsed().as_secs_f64());
     assert!(health.contains("\"status\": \"ok\""), "{health}");
+    // Its services run confined by kobako's AppArmor profiles (enforce, the default).
+    for (vm, prog, profile) in [
+        ("web.api", "/opt/kobako/api.py", "kobako-web-api"),
+        ("web.cache", "redis-server", "kobako-redis"),
+    ] {
+        let label = ok(&lab.exec(
+            vm,
+            &[
+                "sh",
+                "-c",
+                &format!("cat /proc/$(pgrep -f {prog} | head -n 1)/attr/current"),
+            ],
+        ));
+        assert_eq!(label.trim(), format!("{profile} (enforce)"), "{vm}");
+    }
 
     let stats = || ok(&lab.exec("web.cache", &["redis-cli", "info", "stats"]));
     // "ready" is the guest agent; redis starts on its own (a CI run saw the cache VM ready
