@@ -65,21 +65,7 @@ impl Lab {
 
     /// `script` in `vm` until it succeeds; its stdout.
     fn sh_until_ok(&self, vm: &str, script: &str, within: Duration) -> String {
-        let t = Instant::now();
-        loop {
-            let o = self.sh(vm, script);
-            if o.status.success() {
-                return text(&o.stdout);
-            }
-            if t.elapsed() > within {
-                panic!(
-                    "{vm}: {script:?} still fails after {within:?}:\nstdout: {}\nstderr: {}",
-                    text(&o.stdout),
-                    text(&o.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        until_ok(&format!("{vm}: {script:?}"), within, || self.sh(vm, script))
     }
 }
 

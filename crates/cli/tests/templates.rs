@@ -78,21 +78,7 @@ impl Lab {
 
     /// Run `argv` in `vm` until it succeeds (services start after `up` returns); its output.
     fn exec_until_ok(&self, vm: &str, argv: &[&str], within: Duration) -> String {
-        let t = Instant::now();
-        loop {
-            let o = self.exec(vm, argv);
-            if o.status.success() {
-                return text(&o.stdout);
-            }
-            if t.elapsed() > within {
-                panic!(
-                    "{vm}: {argv:?} still fails after {within:?}:\nstdout: {}\nstderr: {}",
-                    text(&o.stdout),
-                    text(&o.stderr)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        until_ok(&format!("{vm}: {argv:?}"), within, || self.exec(vm, argv))
     }
 
     /// Wait until `file` in `vm` contains `needle`; the file's text.

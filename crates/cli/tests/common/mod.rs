@@ -135,6 +135,31 @@ impl Drop for Env {
     }
 }
 
+/// Runs `run` every 500 ms until it succeeds (a guest service starting after `up` returned);
+/// its stdout. Panics after `within`, naming `what` and the last output.
+#[allow(dead_code)]
+pub fn until_ok(
+    what: &str,
+    within: std::time::Duration,
+    mut run: impl FnMut() -> Output,
+) -> String {
+    let t = std::time::Instant::now();
+    loop {
+        let o = run();
+        if o.status.success() {
+            return text(&o.stdout);
+        }
+        if t.elapsed() > within {
+            panic!(
+                "{what} still fails after {within:?}:\nstdout: {}\nstderr: {}",
+                text(&o.stdout),
+                text(&o.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
