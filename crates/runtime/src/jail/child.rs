@@ -1,6 +1,7 @@
 //! What the supervisor's child does between fork and exec to enter the jail ([`Prepared`]):
-//! taps given to the jail uid, the cgroups joined, a PID namespace with a reaper, a mount
-//! namespace whose root holds only what the VM needs, privileges dropped.
+//! taps given to the jail uid, a PID namespace with a reaper, a mount namespace whose root holds
+//! only what the VM needs, privileges dropped, then a wait until the supervisor's [`Joiner`] put
+//! the VM process into its cgroups.
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -6,10 +6,10 @@
 //! supervisor (root)                      first child (root, host PID namespace)
 //!   binds the VM's sockets, opens          PDEATHSIG, NO_NEW_PRIVS, rlimits, setns(lab netns),
 //!   console.log, creates the cgroups  -->  the VM's descriptors at fixed numbers, taps owned by
-//!   (kobako/<vm> in each controller)        the jail uid, joins the cgroups, unshare(PID) + fork:
-//!                                          it stays as a tiny reaper that mirrors the VM's exit
-//!                                                |
-//!                                          the VM process (PID 1 of its own PID namespace)
+//!   (kobako/[user.*/lab.*/]<vm>.<uid>)     the jail uid, unshare(PID) + fork: it stays as a
+//!   a Joiner thread puts the VM process    tiny reaper that mirrors the VM's exit
+//!   into them once the reaper reports            |
+//!   its pid                                the VM process (PID 1 of its own PID namespace)
 //!                                            unshare(mount ns), a tmpfs root with /usr (ro),
 //!                                            the kernel/initrd/base images (ro), its overlays
 //!                                            (rw), /dev/{null,zero,full,random,urandom,kvm,
@@ -17,7 +17,8 @@
 //!                                            read-only; bounding set emptied; setgroups([]),
 //!                                            setresgid/setresuid(jail uid); exec QEMU or
 //!                                            kobako vmm (which also sees its config files
-//!                                            and writes only its work directory, vmm/)
+//!                                            and writes only its work directory, vmm/),
+//!                                            once the Joiner says it is in its cgroups
 //! ```
 //!
 //! Every path, string and file the child needs is prepared before the fork ([`Prepared`]):
