@@ -24,6 +24,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
+pub mod audit;
+pub mod operations;
+pub mod server_schema;
+pub mod tokens;
+pub mod users;
+
+pub use audit::{AuditRow, NewAudit};
+pub use operations::OperationRow;
+pub use tokens::{ApiTokenRow, RefreshTokenRow};
+pub use users::{NewUser, UserRow};
+
 pub use rusqlite;
 
 /// Errors of the store.
@@ -582,30 +593,46 @@ impl Db {
         Ok(())
     }
 
+    fn vm_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VmRow> {
+        let s: String = r.get(4)?;
+        Ok(VmRow {
+            name: r.get(0)?,
+            lab: r.get(1)?,
+            node: r.get(2)?,
+            vm: r.get(3)?,
+            state: VmState::parse(&s).unwrap_or(VmState::Failed),
+            reason: r.get(5)?,
+            boot_ms: r.get(6)?,
+            updated_ms: r.get(7)?,
+        })
+    }
+
+    const VM_COLS: &'static str = "name, lab, node, vm, state, reason, boot_ms, updated_ms";
+
     pub fn vms(&self, lab: &str) -> Result<Vec<VmRow>> {
         let c = self.conn();
         let mut st = c
-            .prepare(
-                "SELECT name, lab, node, vm, state, reason, boot_ms, updated_ms FROM vms
-                 WHERE lab = ?1 ORDER BY rowid",
-            )
+            .prepare(&format!(
+                "SELECT {} FROM vms WHERE lab = ?1 ORDER BY rowid",
+                Self::VM_COLS
+            ))
             .map_err(self.err())?;
         let it = st
-            .query_map(params![lab], |r| {
-                let s: String = r.get(4)?;
-                Ok(VmRow {
-                    name: r.get(0)?,
-                    lab: r.get(1)?,
-                    node: r.get(2)?,
-                    vm: r.get(3)?,
-                    state: VmState::parse(&s).unwrap_or(VmState::Failed),
-                    reason: r.get(5)?,
-                    boot_ms: r.get(6)?,
-                    updated_ms: r.get(7)?,
-                })
-            })
+            .query_map(params![lab], Self::vm_from_row)
             .map_err(self.err())?;
         it.collect::<rusqlite::Result<_>>().map_err(self.err())
+    }
+
+    /// The VM row with runtime name `name` (`<lab>.<node>.<vm>`).
+    pub fn vm(&self, name: &str) -> Result<Option<VmRow>> {
+        self.conn()
+            .query_row(
+                &format!("SELECT {} FROM vms WHERE name = ?1", Self::VM_COLS),
+                params![name],
+                Self::vm_from_row,
+            )
+            .optional()
+            .map_err(self.err())
     }
 
     // ---- links ---------------------------------------------------------------------------
