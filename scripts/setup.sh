@@ -70,6 +70,28 @@ install_missing() {
 }
 
 : >/tmp/kobako-apt.log
+
+# QEMU 8.2 or later: warm clones map their snapshot's memory copy-on-write
+# (memory-backend-file with readonly=on,rom=off), so clones share the pages they do not write.
+# Debian 12 ships QEMU 7.2; its backports carry a current one. Elsewhere, or when that fails,
+# kobako still works with an older QEMU (each clone then reads its memory from a stream).
+qemu_maps_files() {
+  qemu-system-x86_64 -object memory-backend-file,help 2>/dev/null | grep -q '^ *rom='
+}
+if ! qemu_maps_files && grep -qx "VERSION_CODENAME=bookworm" /etc/os-release; then
+  echo "setup: installing QEMU from bookworm-backports (8.2 or later)"
+  echo "deb http://deb.debian.org/debian bookworm-backports main" \
+    >/etc/apt/sources.list.d/kobako-backports.list
+  export DEBIAN_FRONTEND=noninteractive
+  if ! { apt-get update -q && apt-get install -y -q --no-install-recommends -t bookworm-backports \
+    qemu-system-x86 qemu-system-data qemu-utils; } >>/tmp/kobako-apt.log 2>&1; then
+    echo "setup: QEMU from bookworm-backports failed (see /tmp/kobako-apt.log); using Debian's" >&2
+  fi
+fi
+if [ -x /usr/bin/qemu-system-x86_64 ] && ! qemu_maps_files; then
+  echo "setup: warning: $(qemu-system-x86_64 --version | head -1) is older than 8.2: warm clones will not share memory" >&2
+fi
+
 missing_packages
 if [ ${#missing[@]} -eq 0 ]; then
   echo "setup: all host packages present"
@@ -78,6 +100,7 @@ fi
 install_missing
 # An install can remove a package already there that conflicts with a new one (a machine
 # with a backported qemu-utils loses it when Debian's qemu-system-x86 comes in): check again.
+# (The backports step above installs both from the same release, so they agree.)
 missing_packages
 if [ ${#missing[@]} -ne 0 ]; then
   install_missing

@@ -224,6 +224,7 @@ pub fn config_from(args: &RunArgs) -> Result<(VmConfig, String)> {
         netns: None,
         incoming: None,
         cgroups: Vec::new(),
+        memory_file: None,
     };
     // The probe's files are placeholders: only a missing file is expected here.
     match probe.validate() {

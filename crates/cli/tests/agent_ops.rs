@@ -410,6 +410,7 @@ fn network_config_applies_on_a_real_tap() {
             netns: Some("kbt-agentnet".into()),
             incoming: None,
             cgroups: Vec::new(),
+            memory_file: None,
         };
         let rt = kobako_runtime::qemu::QemuRuntime::new(KOBAKO.into());
         let vm = rt.create(&cfg).await.unwrap();

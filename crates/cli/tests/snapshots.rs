@@ -137,6 +137,26 @@ fn ten_warm_clones_have_distinct_identities_and_work_as_lab_vms() {
         "guest clock {guest}, host {host}"
     );
 
+    // The clones share the warm VM's memory: each maps the snapshot's `ram.bin` copy-on-write,
+    // and the pages none of them wrote are in the host's memory once (their proportional share
+    // of that mapping is a fraction of what each has resident).
+    let (mut rss, mut pss) = (0u64, 0u64);
+    for i in 0..10 {
+        let pid =
+            std::fs::read_to_string(env.vms_dir().join(format!("snap-ten.n.v{i}/vm.pid"))).unwrap();
+        let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", pid.trim())).unwrap();
+        let (r, p) = ram_mapping(&smaps).unwrap_or_else(|| {
+            panic!("clone v{i} (pid {}) maps no snapshot ram.bin: it does not share the warm VM's memory", pid.trim())
+        });
+        rss += r;
+        pss += p;
+    }
+    eprintln!("ten clones' snapshot RAM mapping: resident {rss} KiB, proportional {pss} KiB");
+    assert!(
+        rss > 10 * 1024 && pss * 2 < rss,
+        "clones do not share their snapshot's pages: resident {rss} KiB, proportional {pss} KiB"
+    );
+
     // `--cold` boots instead.
     ok(&lab_cmd(&env, state.path(), &["down", "snap-ten"]));
     let p2 = node_lab(&env, "snap-ten", 1);
@@ -149,6 +169,32 @@ fn ten_warm_clones_have_distinct_identities_and_work_as_lab_vms() {
     assert_eq!(reports[0]["vms"][0]["warm"], false);
     ok(&lab_cmd(&env, state.path(), &["down", "snap-ten"]));
     env.assert_clean();
+}
+
+/// Resident and proportional KiB of the mapping of a snapshot's `ram.bin` in a process's
+/// `/proc/PID/smaps`.
+fn ram_mapping(smaps: &str) -> Option<(u64, u64)> {
+    let mut inside = false;
+    let (mut rss, mut pss, mut found) = (0, 0, false);
+    for l in smaps.lines() {
+        let first = l.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header line: "start-end perms offset dev inode path".
+            inside = l.trim_end().ends_with("/snap/ram.bin");
+            found |= inside;
+        } else if inside {
+            let kib = |k: &str| -> Option<u64> {
+                l.strip_prefix(k)?.split_whitespace().next()?.parse().ok()
+            };
+            if let Some(v) = kib("Rss:") {
+                rss += v;
+            }
+            if let Some(v) = kib("Pss:") {
+                pss += v;
+            }
+        }
+    }
+    found.then_some((rss, pss))
 }
 
 fn edit_manifest(snap: &std::path::Path, f: impl FnOnce(&mut serde_json::Value)) {

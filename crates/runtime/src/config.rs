@@ -84,6 +84,25 @@ pub struct VmConfig {
     /// all of their VMs, not only each VM's own limit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cgroups: Vec<CgroupLevel>,
+    /// Guest RAM in a file instead of anonymous memory (QEMU runtime, warm snapshots): see
+    /// [`MemoryFile`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_file: Option<MemoryFile>,
+}
+
+/// Guest RAM backed by a file (QEMU `memory-backend-file`), the two sides of a warm snapshot:
+/// - `shared`: the VM writes its RAM into the file (`share=on`; the jail lets it write that
+///   file alone). A snapshot of it then carries device state only (QEMU's `x-ignore-shared`)
+///   and a copy of the file (`ram.bin`).
+/// - not `shared`: the VM maps the file read-only and copy-on-write (`share=off,readonly=on,
+///   rom=off`, QEMU 8.2 or later): every clone of a snapshot starts from the same page-cache
+///   pages and owns only the pages it writes. The file must never change while such a VM runs
+///   (a snapshot's `ram.bin` is written once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryFile {
+    pub path: PathBuf,
+    pub shared: bool,
 }
 
 /// A cgroup above a VM's own ([`VmConfig::cgroups`]).
@@ -173,6 +192,21 @@ impl VmConfig {
                 return Err(RuntimeError::Invalid(format!(
                     "snapshot state {}: no such file (or a path with a quote)",
                     state.display()
+                )));
+            }
+        }
+        if let Some(m) = &self.memory_file {
+            // Our own paths (warm snapshots), but a comma would end QEMU's option value.
+            if !m.path.is_absolute() || m.path.to_string_lossy().contains(',') {
+                return Err(RuntimeError::Invalid(format!(
+                    "memory file {}: needs an absolute path without a comma",
+                    m.path.display()
+                )));
+            }
+            if !m.shared && !m.path.is_file() {
+                return Err(RuntimeError::Invalid(format!(
+                    "memory file {}: no such file (the snapshot is incomplete)",
+                    m.path.display()
                 )));
             }
         }
@@ -313,7 +347,7 @@ pub fn hostname_of(name: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -337,7 +371,7 @@ mod tests {
         assert_eq!(hostname_of("web_1.a"), "web-1-a");
     }
 
-    fn cfg() -> VmConfig {
+    pub(crate) fn cfg() -> VmConfig {
         VmConfig {
             name: "t".into(),
             kernel: "/bin/true".into(),
@@ -356,6 +390,7 @@ mod tests {
             netns: None,
             incoming: None,
             cgroups: Vec::new(),
+            memory_file: None,
         }
     }
 

@@ -53,6 +53,29 @@ pub const TCG_TB_MIB: u32 = 128;
 
 pub const TCG_CPU: &str = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16";
 
+/// Whether `qemu` maps a file copy-on-write as guest RAM (`memory-backend-file` with
+/// `readonly=on,rom=off`, QEMU 8.2 or later): warm clones then share their snapshot's memory
+/// ([`crate::config::MemoryFile`]); older QEMUs read each clone's RAM from a stream. Asked
+/// once per binary path.
+pub fn maps_memory_files(qemu: &Path) -> bool {
+    static SEEN: std::sync::Mutex<Vec<(PathBuf, bool)>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, yes)) = seen.iter().find(|(p, _)| p == qemu) {
+        return *yes;
+    }
+    let yes = std::process::Command::new(qemu)
+        .args(["-object", "memory-backend-file,help"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim_start().starts_with("rom="))
+        })
+        .unwrap_or(false);
+    seen.push((qemu.to_path_buf(), yes));
+    yes
+}
+
 impl QemuRuntime {
     pub fn new(kobako_exe: PathBuf) -> QemuRuntime {
         QemuRuntime {
@@ -178,13 +201,32 @@ impl QemuRuntime {
                 "virtio-blk-device,drive=root".into(),
             ]),
         }
-        if cfg.incoming.is_some() {
-            // Restore instead of boot: QEMU reads the migration stream from the file the
-            // supervisor opened for it (`Launch::incoming_fd`) and runs on from it.
+        if let Some(m) = &cfg.memory_file {
+            // Guest RAM in a file (see `MemoryFile`): written through by a warm VM, mapped
+            // copy-on-write by its clones. Commas in the path would need doubling; `validate`
+            // refuses them.
+            let mode = if m.shared {
+                "share=on"
+            } else {
+                "share=off,readonly=on,rom=off"
+            };
             a.extend([
-                "-incoming".into(),
-                format!("fd:{}", crate::vmdir::INCOMING_FD),
+                "-object".into(),
+                format!(
+                    "memory-backend-file,id=ram,size={}M,mem-path={},{mode}",
+                    cfg.memory_mib,
+                    m.path.display()
+                ),
+                "-machine".into(),
+                "memory-backend=ram".into(),
             ]);
+        }
+        if cfg.incoming.is_some() {
+            // Restore instead of boot: QEMU waits for `migrate-incoming`, which
+            // `snapshot::continue_restored` sends once it has set the capabilities the stream
+            // was saved with; the stream is the file the supervisor opened for it
+            // (`Launch::incoming_fd`).
+            a.extend(["-incoming".into(), "defer".into()]);
         }
         for (i, n) in cfg.nics.iter().enumerate() {
             a.extend([
@@ -468,4 +510,50 @@ pub(crate) async fn finish(vm: &VmDir) -> Result<()> {
         wait_gone(sup, Duration::from_secs(3)).await;
     }
     vm.remove()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MemoryFile;
+
+    fn args_after<'a>(argv: &'a [String], flag: &str) -> Vec<&'a str> {
+        argv.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn ram_files_are_shared_by_warm_vms_and_mapped_copy_on_write_by_clones() {
+        let rt = QemuRuntime::new("/usr/bin/kobako".into());
+        let mut cfg = crate::config::tests::cfg();
+        let plain = rt.argv(&cfg);
+        assert!(args_after(&plain, "-object").is_empty());
+        assert!(args_after(&plain, "-incoming").is_empty());
+
+        cfg.memory_file = Some(MemoryFile {
+            path: "/c/warm/k/build-ram.bin".into(),
+            shared: true,
+        });
+        let warm = rt.argv(&cfg);
+        assert_eq!(
+            args_after(&warm, "-object"),
+            ["memory-backend-file,id=ram,size=128M,mem-path=/c/warm/k/build-ram.bin,share=on"]
+        );
+        assert!(args_after(&warm, "-machine").contains(&"memory-backend=ram"));
+
+        cfg.memory_file = Some(MemoryFile {
+            path: "/c/warm/k/snap/ram.bin".into(),
+            shared: false,
+        });
+        cfg.incoming = Some("/c/warm/k/snap/memory.bin".into());
+        let clone = rt.argv(&cfg);
+        assert_eq!(
+            args_after(&clone, "-object"),
+            ["memory-backend-file,id=ram,size=128M,mem-path=/c/warm/k/snap/ram.bin,share=off,readonly=on,rom=off"]
+        );
+        // The stream is read once `continue_restored` has set its capabilities.
+        assert_eq!(args_after(&clone, "-incoming"), ["defer"]);
+    }
 }

@@ -7,6 +7,8 @@
 //! memory.bin      QEMU: its migration stream (RAM with zero pages elided + device state);
 //!                 vmm: the guest's RAM (sparse)
 //! vmstate.bin     vmm only: kobako-vmm's vCPU/VM/device state and configuration
+//! ram.bin         QEMU, a VM whose RAM was a shared file (a warm VM): its RAM, sparse; the
+//!                 migration stream then holds device state only (`x-ignore-shared`)
 //! root.<format>   the VM's writable root disk at that moment (absent for initramfs VMs)
 //! disk<i>.<fmt>   extra disks that belong to the VM alone (e.g. its cloud-init seed)
 //! ```
@@ -17,6 +19,9 @@
 //! then `cont` unless asked to leave the VM paused. Restore starts a new QEMU with the snapshot's
 //! configuration and `-incoming` from the memory file, its root disk a new qcow2 overlay on the
 //! snapshot's copy (so a snapshot can be restored any number of times and stays unchanged).
+//! A snapshot with `ram.bin` is restored with its RAM mapped copy-on-write from that file
+//! (see [`crate::config::MemoryFile`]): the restore reads a few kilobytes of device state, and
+//! every VM restored from it shares the pages it has not written.
 //! The vmm runtime ([`crate::vmm`]) does the same through kobako-vmm's Firecracker-compatible
 //! `PATCH /vm`, `PUT /snapshot/create` and `kobako vmm --snapshot-load`, with the helpers here
 //! (`begin`, `copy_disks`, `write_manifest`, `failed`, `load_for`,
@@ -74,6 +79,10 @@ pub struct Manifest {
     /// The VMM's vCPU/VM/device state file (vmm runtime only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vmstate: Option<SnapFile>,
+    /// Guest RAM as a file (QEMU, a VM whose RAM was a shared file): `memory` is then device
+    /// state only, and restores map this file copy-on-write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram: Option<SnapFile>,
     /// The writable root disk, copied.
     pub root: Option<SnapFile>,
     /// Extra disks that belonged to the VM alone (e.g. its cloud-init seed), copied, by index
@@ -247,6 +256,7 @@ pub(crate) struct Saved {
     /// File names in the snapshot directory.
     pub memory: &'static str,
     pub vmstate: Option<&'static str>,
+    pub ram: Option<&'static str>,
     pub root: Option<String>,
     pub extra: Vec<(usize, String)>,
     pub paused_ms: u64,
@@ -281,6 +291,10 @@ pub(crate) fn write_manifest(
         Some(name) => Some(snap_file(dest, name)?),
         None => None,
     };
+    let ram = match s.ram {
+        Some(name) => Some(snap_file(dest, name)?),
+        None => None,
+    };
     let (kernel_size, kernel_sha256) = sha256_file(&cfg.kernel)?;
     let m = Manifest {
         kind: KIND.into(),
@@ -298,6 +312,7 @@ pub(crate) fn write_manifest(
         kernel_sha256,
         memory: snap_file(dest, s.memory)?,
         vmstate,
+        ram,
         root,
         extra,
         paused_ms: s.paused_ms,
@@ -320,6 +335,14 @@ async fn take(
             dest.display()
         )));
     }
+    let shared_ram = cfg.memory_file.as_ref().filter(|m| m.shared);
+    if shared_ram.is_some() && !leave_paused {
+        // Its RAM file goes into the snapshot: the VM must not write it afterwards.
+        return Err(RuntimeError::Invalid(format!(
+            "VM '{}' keeps its RAM in a shared file (a warm VM): it can only be snapshotted paused",
+            vm.name
+        )));
+    }
     let mut q = Qmp::connect(&vm.file("qmp.sock")).await?;
     let status = q.execute("query-status", None).await?;
     let was_running = status["running"].as_bool().unwrap_or(false);
@@ -332,6 +355,11 @@ async fn take(
             Some(serde_json::json!({"max-bandwidth": 1u64 << 40})),
         )
         .await?;
+        // RAM in a shared file stays out of the stream (only its block's name and address
+        // go in); every stream is saved with the capability on, and every restore sets it
+        // before reading one, so the format is one.
+        q.execute("migrate-set-capabilities", Some(ignore_shared()))
+            .await?;
         // Straight into the file: QEMU gets the open file (`getfd`) and migrates to it, so it
         // needs to spawn nothing (its sandbox denies spawning).
         let file = std::fs::File::create(&mem)
@@ -361,15 +389,23 @@ async fn take(
                 _ => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
+        // The RAM file, written by a (jailed) VM process: taken out without trusting its path.
+        let ram = match shared_ram {
+            Some(m) => {
+                crate::jail::take_out(&m.path, &dest.join(RAM_FILE))?;
+                Some(RAM_FILE)
+            }
+            None => None,
+        };
         // Disks are flushed and inactive now: copy the writable ones.
-        copy_disks(cfg, dest)
+        copy_disks(cfg, dest).map(|d| (d, ram))
     }
     .await;
     let paused_ms = t0.elapsed().as_millis() as u64;
     if was_running && !leave_paused {
         q.execute("cont", None).await?;
     }
-    let (root, extra) = result?;
+    let ((root, extra), ram) = result?;
     write_manifest(
         vm,
         cfg,
@@ -379,6 +415,7 @@ async fn take(
             qemu_version: qemu_version(qemu),
             memory: "memory.bin",
             vmstate: None,
+            ram,
             root,
             extra,
             paused_ms,
@@ -386,7 +423,15 @@ async fn take(
     )
 }
 
-/// After a restore: waits for QEMU to finish reading the state, then continues the guest (the
+/// The snapshot file holding RAM that was a shared file.
+pub const RAM_FILE: &str = "ram.bin";
+
+/// QMP arguments that turn on `x-ignore-shared`: RAM in a shared file is not in the stream.
+fn ignore_shared() -> serde_json::Value {
+    serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})
+}
+
+/// After a restore: starts reading the state, waits for QEMU to finish reading the state, then continues the guest (the
 /// state carries the "stopped" run state of the moment it was saved).
 pub async fn continue_restored(vm: &VmDir) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -397,6 +442,15 @@ pub async fn continue_restored(vm: &VmDir) -> Result<()> {
             Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
         }
     };
+    // QEMU waits (`-incoming defer`) for the capabilities the stream was saved with, then reads
+    // it from the descriptor the supervisor opened.
+    q.execute("migrate-set-capabilities", Some(ignore_shared()))
+        .await?;
+    q.execute(
+        "migrate-incoming",
+        Some(serde_json::json!({"uri": format!("fd:{}", crate::vmdir::INCOMING_FD)})),
+    )
+    .await?;
     loop {
         let st = q.execute("query-migrate", None).await?;
         match st["status"].as_str().unwrap_or("") {
@@ -495,6 +549,7 @@ pub(crate) fn load_for(
     }
     let mut files = vec![&m.memory];
     files.extend(m.vmstate.as_ref());
+    files.extend(m.ram.as_ref());
     files.extend(m.root.as_ref());
     files.extend(m.extra.iter().map(|(_, f)| f));
     for f in files {
@@ -559,6 +614,12 @@ pub(crate) fn restore_config_with(
     cfg.name = name.to_string();
     cfg.incoming = Some(incoming);
     cfg.owned_paths = Vec::new();
+    // RAM saved as a file is mapped copy-on-write from it, never written; RAM in the stream
+    // (every other snapshot, a clone's included) is plain memory again.
+    cfg.memory_file = m.ram.as_ref().map(|r| crate::config::MemoryFile {
+        path: dir.join(&r.file),
+        shared: false,
+    });
     // Whose and which lab's the restored VM is, is the restorer's to say.
     cfg.cgroups = Vec::new();
     let made = |cfg: &mut VmConfig| -> Result<()> {

@@ -297,6 +297,7 @@ impl VmmRuntime {
                 qemu_version: String::new(),
                 memory: MEMORY_FILE,
                 vmstate: Some(STATE_FILE),
+                ram: None,
                 root,
                 extra,
                 paused_ms,
@@ -663,6 +664,7 @@ mod tests {
             netns: None,
             incoming: None,
             cgroups: Vec::new(),
+            memory_file: None,
         }
     }
 
@@ -803,6 +805,7 @@ mod tests {
                 qemu_version: String::new(),
                 memory: MEMORY_FILE,
                 vmstate: Some(STATE_FILE),
+                ram: None,
                 root,
                 extra,
                 paused_ms: 3,

@@ -4,8 +4,15 @@
 //! `$KOBAKO_CACHE/warm/<key>/` (default `/var/cache/kobako/warm`):
 //! ```text
 //! warm.json   what it was made from (the key's inputs), the snapshot's MACs, timings
-//! snap/       a VM snapshot (kobako_runtime::snapshot) taken when the agent was ready
+//! snap/       a VM snapshot (kobako_runtime::snapshot) taken when the agent was ready;
+//!             with QEMU 8.2 or later its RAM is `snap/ram.bin` and its stream device state only
 //! ```
+//! Shared memory: on a QEMU that maps a file copy-on-write as guest RAM, the warm VM runs with
+//! its RAM in a file, and each clone maps the snapshot's copy of it privately (QEMU's
+//! `memory-backend-file`, `x-ignore-shared`; the same idea as Kata Containers' VM templates and
+//! Firecracker's `MAP_PRIVATE` snapshot load): a clone reads kilobytes instead of the whole
+//! memory stream, and the pages no clone has written exist once in the host's page cache,
+//! however many clones run. On an older QEMU each clone reads its RAM from the stream.
 //! The key is a hash of everything the snapshot depends on: runtime and QEMU version, kobako's
 //! version, accelerator, vCPUs, memory, kernel (path, size, mtime), root (initramfs, or the
 //! base image under a disk overlay: path, size, mtime), the image's kernel parameters, and the
@@ -164,6 +171,12 @@ fn file_id(p: &Path) -> Option<serde_json::Value> {
     Some(serde_json::json!({"path": p, "size": md.len(), "mtime_ns": mtime}))
 }
 
+/// Whether warm VMs keep their RAM in a file that clones map copy-on-write (QEMU 8.2 or later;
+/// see `kobako_runtime::config::MemoryFile`) rather than in the snapshot's stream.
+fn shares_ram() -> bool {
+    kobako_runtime::qemu::maps_memory_files(Path::new("qemu-system-x86_64"))
+}
+
 fn qemu_version() -> &'static str {
     static V: OnceLock<String> = OnceLock::new();
     V.get_or_init(|| snapshot::qemu_version(Path::new("qemu-system-x86_64")))
@@ -214,6 +227,7 @@ pub fn key(rt: &dyn Runtime, cfg: &VmConfig) -> Result<(String, serde_json::Valu
         "cmdline": cfg.extra_cmdline,
         "nics": cfg.nics.len(),
         "nic_model": "virtio-net-device",
+        "ram": if shares_ram() { "file" } else { "stream" },
     });
     let text = serde_json::to_vec(&inputs).map_err(|e| WarmError::Encode(Arc::new(e)))?;
     let mut h = <sha2::Sha256 as sha2::Digest>::new();
@@ -427,6 +441,20 @@ async fn build(
             read_only: false,
         };
     }
+    // Its RAM in a file of its own, which the snapshot takes (`snap/ram.bin`) and every clone
+    // then maps copy-on-write: clones read a few kilobytes of device state and share the
+    // pages they do not write. Created here: the jail binds it, writable, into the VM's root.
+    if shares_ram() {
+        let ram = staging.join("build-ram.bin");
+        if let Err(e) = std::fs::File::create(&ram) {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(io(ram.display().to_string())(e));
+        }
+        wcfg.memory_file = Some(kobako_runtime::config::MemoryFile {
+            path: ram,
+            shared: true,
+        });
+    }
     // NICs on private taps (QEMU creates them) in a private namespace: the device state in the
     // snapshot is that of a virtio-net on a tap, like a lab VM's.
     let netns = if cfg.nics.is_empty() {
@@ -480,6 +508,7 @@ async fn build(
         let _ = kobako_net::Netns::delete(ns);
     }
     let _ = std::fs::remove_file(staging.join("build-root.qcow2"));
+    let _ = std::fs::remove_file(staging.join("build-ram.bin"));
     let (boot_ms, snapshot_ms) = match result {
         Ok(x) => x,
         Err(e) => {

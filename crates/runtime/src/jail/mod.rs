@@ -156,7 +156,8 @@ pub struct Jail {
 }
 
 impl Jail {
-    /// The jail for a QEMU VM: allocates its uid (released by [`release`]).
+    /// The jail for a QEMU VM: allocates its uid (released by [`release`]). A RAM file
+    /// ([`crate::config::MemoryFile`]) is seen writable when shared, read-only otherwise.
     pub fn for_qemu(cfg: &VmConfig, jc: &JailConfig, qemu: &Path, dir: &Path) -> Result<Jail> {
         let overhead = jc.overhead_mib.unwrap_or(match cfg.accel {
             Accel::Kvm => QEMU_OVERHEAD_MIB,
@@ -166,16 +167,12 @@ impl Jail {
         if cfg.accel == Accel::Kvm {
             devices.push(Device::Kvm);
         }
-        Self::build(
-            cfg,
-            jc,
-            qemu,
-            dir,
-            overhead,
-            devices,
-            Vec::new(),
-            Vec::new(),
-        )
+        // RAM in a file: a warm VM writes its own, a clone maps its snapshot's read-only.
+        let (mut ro, mut rw) = (Vec::new(), Vec::new());
+        if let Some(m) = &cfg.memory_file {
+            if m.shared { &mut rw } else { &mut ro }.push(m.path.clone());
+        }
+        Self::build(cfg, jc, qemu, dir, overhead, devices, ro, rw)
     }
 
     /// The jail for a `kobako vmm` VM: as for QEMU, plus its configuration files (`vmm.json`,
