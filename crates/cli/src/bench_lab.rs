@@ -21,7 +21,7 @@ pub struct BenchLabArgs {
     /// VMs per node (each node gets its node network).
     #[arg(long, default_value_t = 5)]
     pub per_node: usize,
-    #[arg(long, default_value = "96M")]
+    #[arg(long, default_value = "128M")]
     pub memory: String,
     #[arg(long)]
     pub json: bool,
@@ -95,12 +95,23 @@ pub async fn lab(a: BenchLabArgs) -> Result<i32> {
         .collect();
     let mut rss_kib = 0u64;
     let mut cpu_ms = 0f64;
+    // Proportional set size of the VM processes alone (shared pages split between them: warm
+    // clones map one snapshot's RAM), against the guest memory they were given.
+    let (mut vm_pss_kib, mut guest_kib) = (0u64, 0u64);
     for d in &dirs {
+        if let Some(pid) = d.vm_pid() {
+            vm_pss_kib += group::pss_kib(pid).unwrap_or(0);
+        }
+        if let Ok(c) = d.config() {
+            guest_kib += u64::from(c.memory_mib) * 1024;
+        }
         for pid in [d.vm_pid(), d.supervisor_pid()].into_iter().flatten() {
             rss_kib += group::rss_kib(pid).unwrap_or(0);
             cpu_ms += group::cpu_time(pid).unwrap_or_default().as_secs_f64() * 1000.0;
         }
     }
+    let pss_ratio = vm_pss_kib as f64 / guest_kib.max(1) as f64;
+    let warm = report.vms.iter().filter(|v| v.warm).count();
     let host_used_mib = avail_before.saturating_sub(mem_available_kib()) as f64 / 1024.0;
     let failed = report.vms.iter().filter(|v| v.error.is_some()).count();
     for v in report.vms.iter().filter(|v| v.error.is_some()).take(3) {
@@ -117,6 +128,8 @@ pub async fn lab(a: BenchLabArgs) -> Result<i32> {
                 "vms": a.vms, "per_node": a.per_node, "cores": cores, "failed": failed,
                 "up_ms": up_ms, "down_ms": down_ms, "stopped": stopped,
                 "rss_mib": rss_kib as f64 / 1024.0, "host_memory_used_mib": host_used_mib,
+                "warm": warm, "vm_pss_mib": vm_pss_kib as f64 / 1024.0,
+                "guest_memory_mib": guest_kib as f64 / 1024.0, "pss_to_guest_memory": pss_ratio,
                 "boot_cpu_ms_total": cpu_ms, "cpu_floor_ms": floor, "ratio_to_floor": up_ms / floor,
             })
         );
@@ -135,6 +148,12 @@ pub async fn lab(a: BenchLabArgs) -> Result<i32> {
             "memory while up: VM processes + supervisors RSS {:.0} MiB ({:.1} MiB per VM); host MemAvailable dropped {host_used_mib:.0} MiB",
             rss_kib as f64 / 1024.0,
             rss_kib as f64 / 1024.0 / a.vms as f64
+        );
+        println!(
+            "VM processes' PSS {:.0} MiB for {:.0} MiB of guest memory: ratio {pss_ratio:.3} ({warm} of {} VMs warm clones)",
+            vm_pss_kib as f64 / 1024.0,
+            guest_kib as f64 / 1024.0,
+            a.vms
         );
         println!("down: {stopped} VMs stopped, network and state removed in {down_ms:.0} ms");
     }

@@ -99,6 +99,20 @@ pub fn rss_kib(pid: i32) -> Option<u64> {
         .ok()
 }
 
+/// Proportional set size of a process in KiB (`/proc/PID/smaps_rollup`): its resident pages,
+/// each shared page counted as its share among the processes mapping it. Summed over
+/// processes, the memory they really take, which RSS overcounts for shared pages.
+pub fn pss_kib(pid: i32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("Pss:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
