@@ -221,8 +221,26 @@ pub async fn deploy(
     cfg.nics.clear();
     cfg.netns = None;
     cfg.cgroups = crate::controller::cgroups::function_levels(&f.name, f.owner.as_deref());
+    // As for warm clones (`controller::warm`): on a QEMU that can, the deployed VM's RAM is a
+    // file the snapshot takes, and every invocation's clone maps it copy-on-write.
+    if rt.name() == "qemu"
+        && kobako_runtime::qemu::maps_memory_files(std::path::Path::new("qemu-system-x86_64"))
+    {
+        let ram = staging.join("build-ram.bin");
+        std::fs::File::create(&ram)?;
+        cfg.memory_file = Some(kobako_runtime::config::MemoryFile {
+            path: ram,
+            shared: true,
+        });
+    }
     let t0 = Instant::now();
-    let vm = rt.create(&cfg).await?;
+    let vm = match rt.create(&cfg).await {
+        Ok(vm) => vm,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e.into());
+        }
+    };
     let result = async {
         rt.start(&vm).await?;
         kobako_runtime::wait_ready(&vm, Duration::from_secs(cfg.ready_timeout_secs)).await?;
@@ -236,6 +254,7 @@ pub async fn deploy(
     }
     .await;
     let _ = rt.kill(&vm).await;
+    let _ = std::fs::remove_file(staging.join("build-ram.bin"));
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
