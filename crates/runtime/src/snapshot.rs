@@ -715,6 +715,17 @@ pub fn host_random(n: usize) -> Vec<u8> {
     b
 }
 
+/// How far a restored guest's clock may be from the host's after [`fresh_identity`] (the round
+/// trip of the message that set it).
+const CLOCK_TOLERANCE: Duration = Duration::from_millis(250);
+
+fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64
+}
+
 /// What a restored guest is given by [`fresh_identity`].
 #[derive(Debug, Clone, Default)]
 pub struct NewIdentity {
@@ -746,8 +757,31 @@ pub async fn fresh_identity(
         hostname: id.hostname.clone(),
         machine_id: machine_id.clone(),
     };
+    let sent = Instant::now();
     match client.identity(req).await {
-        Ok(()) => return Ok(machine_id),
+        Ok(()) => {
+            // The clock was set to the host's time at sending: off by however long the message
+            // took to be applied (seconds for a clone on a loaded host). Set it again, alone,
+            // until a round trip is short: the guest's clock is then the host's within it.
+            let mut took = sent.elapsed();
+            for _ in 0..3 {
+                if took <= CLOCK_TOLERANCE {
+                    break;
+                }
+                let t = Instant::now();
+                client
+                    .identity(kobako_agent::proto::Identity {
+                        seed: String::new(),
+                        realtime_ns: Some(realtime_ns()),
+                        macs: Vec::new(),
+                        hostname: None,
+                        machine_id: None,
+                    })
+                    .await?;
+                took = t.elapsed();
+            }
+            return Ok(machine_id);
+        }
         Err(RuntimeError::Agent(m)) if m.contains("unknown variant") => {}
         Err(e) => return Err(e),
     }

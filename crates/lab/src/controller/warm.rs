@@ -576,6 +576,12 @@ pub async fn clone(
             return Err(io(format!("copy {} to {}", r.display(), path.display()))(e));
         }
     }
+    // Its RAM file by a link of its own (same inode, so the same shared pages): the clone can
+    // still reboot after this cache entry was pruned. Across file systems, the entry's path.
+    if let Err(e) = link_ram(&mut rcfg, &overlay) {
+        let _ = kobako_runtime::vmdir::remove_paths(&rcfg.owned_paths);
+        return Err(e);
+    }
     rcfg.netns = cfg.netns.clone();
     rcfg.nics = cfg.nics.clone();
     rcfg.cgroups = cfg.cgroups.clone();
@@ -620,6 +626,32 @@ pub async fn clone(
             Err(e)
         }
     }
+}
+
+/// Points a clone's copy-on-write RAM file at a hard link in its own directory `overlay`
+/// (created and owned by the clone when needed).
+fn link_ram(rcfg: &mut VmConfig, overlay: &Path) -> Result<(), WarmError> {
+    let Some(m) = rcfg.memory_file.as_mut().filter(|m| !m.shared) else {
+        return Ok(());
+    };
+    if !rcfg.owned_paths.iter().any(|p| p == overlay) {
+        std::fs::create_dir_all(overlay).map_err(io(overlay.display().to_string()))?;
+        rcfg.owned_paths.push(overlay.to_path_buf());
+    }
+    let link = overlay.join(snapshot::RAM_FILE);
+    let _ = std::fs::remove_file(&link);
+    match std::fs::hard_link(&m.path, &link) {
+        Ok(()) => m.path = link,
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {}
+        Err(e) => {
+            return Err(io(format!(
+                "link {} to {}",
+                m.path.display(),
+                link.display()
+            ))(e))
+        }
+    }
+    Ok(())
 }
 
 type Cell = Arc<tokio::sync::OnceCell<Result<Warm, WarmError>>>;
