@@ -1022,9 +1022,7 @@ mod quota_tests {
 
     fn db(dir: &std::path::Path) -> kobako_state::Db {
         let db = kobako_state::Db::open_in(dir).unwrap();
-        db.migrate("server", crate::db::SERVER_MIGRATIONS).unwrap();
-        db.migrate("tenancy", crate::db::TENANCY_MIGRATIONS)
-            .unwrap();
+        db.migrate_server().unwrap();
         db
     }
 
