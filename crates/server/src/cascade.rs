@@ -42,7 +42,7 @@ pub(crate) fn lab_disk_bytes(state_dir: &Path, lab: &str) -> u64 {
     let checkpoints: u64 = checkpoint::list(lab)
         .map(|v| v.iter().map(|c| c.bytes).sum())
         .unwrap_or(0);
-    checkpoints + dir_bytes(&crate::server_dir(state_dir).join("captures").join(lab))
+    checkpoints + dir_bytes(&crate::lab_files::captures_dir(state_dir, lab))
 }
 
 /// Removes everything kept about lab `name` and its row. The caller holds the lab's lock and
@@ -54,8 +54,8 @@ pub(crate) fn forget_lab(db: &Db, state_dir: &Path, name: &str) -> ApiResult<()>
             "cannot remove the checkpoints of lab '{name}': {e}"
         ))
     })?;
-    crate::api::captures::forget_lab(state_dir, name);
-    crate::api::layout::forget_lab(state_dir, name);
+    crate::lab_files::forget_captures(state_dir, name);
+    crate::lab_files::forget_layout(state_dir, name);
     // VM directories a crash left (a VM that ran is removed when it stops).
     for v in db.vms(name)? {
         let d = kobako_runtime::VmDir::for_name(&v.name);

@@ -21,6 +21,7 @@ pub mod cache;
 pub mod cascade;
 pub mod db;
 pub mod error;
+mod lab_files;
 pub mod oidc;
 pub mod ops;
 pub mod tls;

@@ -11,7 +11,7 @@ use kobako_lab::controller;
 use kobako_lab::spec::Lab;
 use kobako_state::LabState;
 
-use super::labs::lab_for;
+use super::access::lab_for;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiPath, ApiResult};
 use crate::ops::{self, Operation};

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use utoipa::{IntoParams, ToSchema};
 
-use super::labs::{lab_for, vm_info, VmInfo};
+use super::access::lab_for;
+use super::labs::{vm_info, VmInfo};
 use crate::auth::Caller;
 use crate::error::{body_error, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::AppState;
