@@ -49,3 +49,4 @@ if [ -n "$pvm" ]; then
 fi
 echo "== API fuzz (schemathesis against the OpenAPI document)"
 scripts/api-fuzz.sh target/debug/kobako
+scripts/soak.sh --short --bin target/debug/kobako

@@ -39,7 +39,7 @@ pub struct ExecArgs {
 
 /// Connect to a running VM's agent.
 pub async fn connect(name: &str) -> Result<AgentClient> {
-    let name = &crate::lab_cmd::vm_name(name)?;
+    let name = &crate::vm_names::vm_name(name)?;
     let vm = VmDir::open(name)?;
     if vm.vm_pid().is_none() {
         bail!("VM '{name}' is not running (start it with `kobako vm run`)");

@@ -13,6 +13,7 @@ use kobako_state::VmState;
 
 use crate::resolve::RootKind;
 use crate::vm_cmd::{config_from, runtime, RunArgs};
+use crate::vm_names::lab_env;
 
 pub(crate) struct Stderr;
 
@@ -31,17 +32,6 @@ pub enum LabCmd {
     /// (internal) The per-lab net daemon holding userspace impairment relays.
     #[command(hide = true)]
     Netd { lab: String },
-}
-
-/// The lab named by `--lab`/`KOBAKO_LAB`, if any.
-fn lab_env() -> Option<String> {
-    std::env::var("KOBAKO_LAB").ok().filter(|s| !s.is_empty())
-}
-
-/// The runtime name of a VM as a user types it (`node.vm`, `lab/node.vm`, `lab.node.vm`, or a
-/// plain VM name).
-pub fn vm_name(s: &str) -> Result<String> {
-    Ok(controller::resolve_vm(s, lab_env().as_deref())?)
 }
 
 /// The boot config of a lab VM: the same resolution as `kobako vm run --image ...`.

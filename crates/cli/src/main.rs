@@ -14,6 +14,7 @@ mod resolve;
 mod scenario_cmd;
 mod serve_cmd;
 mod vm_cmd;
+mod vm_names;
 
 use clap::{Parser, Subcommand};
 
@@ -262,7 +263,7 @@ fn main() {
                     Cmd::Restore { lab, name, json } => {
                         lab_cmd::restore_checkpoint(&lab, &name, json).await
                     }
-                    Cmd::Console { vm } => vm_cmd::console(&lab_cmd::vm_name(&vm)?).await,
+                    Cmd::Console { vm } => vm_cmd::console(&vm_names::vm_name(&vm)?).await,
                     Cmd::Ls { json } => lab_cmd::ls(json),
                     Cmd::Inspect { name, json } => lab_cmd::inspect(&name, json),
                     Cmd::Shell { vm, user } => guest_cmd::shell(&vm, user).await,

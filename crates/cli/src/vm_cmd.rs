@@ -299,7 +299,7 @@ pub async fn run(cmd: VmCmd) -> Result<i32> {
             leave_paused,
             json,
         } => {
-            let vm = VmDir::open(&crate::lab_cmd::vm_name(&name)?)?;
+            let vm = VmDir::open(&crate::vm_names::vm_name(&name)?)?;
             let t0 = std::time::Instant::now();
             let m = runtime_of(&vm)?.snapshot(&vm, &dir, leave_paused).await?;
             let ms = t0.elapsed().as_millis();

@@ -1,4 +1,5 @@
-//! The `vmm` runtime: kobako's own KVM VMM (`kobako vmm`, crate kobako-vmm) as the VM process.
+//! The `vmm` runtime: kobako's own KVM VMM (crate kobako-vmm) as the VM process: the slim
+//! `kobako-vmm` executable next to `kobako`, or `kobako vmm` when it is missing.
 //!
 //! The VMM is configured by a Firecracker-format `vmm.json` (`--config-file`, so it boots at once)
 //! and keeps its API socket (`vmm/api.sock`) for control: pause/resume (`PATCH /vm`), Ctrl-Alt-Del,
@@ -49,6 +50,11 @@ pub const VSOCK_SOCKET: &str = "vmm/vsock.sock";
 /// The VMM's serial console socket, in [`WORK_DIR`].
 pub const CONSOLE_SOCKET: &str = "vmm/console.sock";
 
+/// The slim VMM executable (crate kobako-vmm, profile `vmm`), installed next to `kobako` by
+/// `scripts/build.sh`: the VM process when it is there, since it execs quicker and is smaller in
+/// memory than `kobako vmm` (which runs the same code inside the whole of kobako).
+pub const SLIM_VMM: &str = "kobako-vmm";
+
 /// Exit status of `kobako vmm` when the guest reset itself (kobako_vmm::EXIT_GUEST_RESET).
 pub const EXIT_GUEST_RESET: i32 = 80;
 
@@ -69,7 +75,8 @@ pub use kobako_vmm::PVM_GUEST_CMDLINE as PVM_CMDLINE;
 
 /// The own-VMM runtime.
 pub struct VmmRuntime {
-    /// The `kobako` executable: re-run as `kobako vm supervise DIR` and as `kobako vmm ...`.
+    /// The `kobako` executable: re-run as `kobako vm supervise DIR`, and as `kobako vmm ...` when
+    /// the slim `kobako-vmm` is not next to it ([`VmmRuntime::vmm_program`]).
     pub kobako_exe: PathBuf,
     /// The jail around each VMM process ([`crate::jail`]).
     pub jail: JailConfig,
@@ -83,6 +90,25 @@ impl VmmRuntime {
             kobako_exe,
             jail: JailConfig::default(),
             seccomp: true,
+        }
+    }
+
+    /// The VM process's program and the arguments before the VMM's own: `kobako-vmm` found
+    /// next to the kobako executable ([`SLIM_VMM`]), else `kobako vmm` (said once per process).
+    pub fn vmm_program(&self) -> (PathBuf, Vec<String>) {
+        match slim_vmm_beside(&self.kobako_exe) {
+            Some(slim) => (slim, Vec::new()),
+            None => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::warn!(
+                        "{SLIM_VMM} is not next to {} (scripts/build.sh installs it there): VMs \
+                         run as `kobako vmm`, heavier at every start",
+                        self.kobako_exe.display()
+                    )
+                });
+                (self.kobako_exe.clone(), vec!["vmm".into()])
+            }
         }
     }
 
@@ -404,6 +430,12 @@ pub fn load(dir: &Path, verify: bool) -> Result<crate::snapshot::Manifest> {
     })
 }
 
+/// The slim VMM executable in the directory of `kobako_exe`, if there is one.
+fn slim_vmm_beside(kobako_exe: &Path) -> Option<PathBuf> {
+    let slim = kobako_exe.with_file_name(SLIM_VMM);
+    slim.is_file().then_some(slim)
+}
+
 /// Is `/dev/kvm` usable by this process? The vmm runtime needs it on every host.
 fn kvm_usable() -> bool {
     std::fs::OpenOptions::new()
@@ -448,15 +480,9 @@ impl Runtime for VmmRuntime {
         if restore.is_some() {
             config_files.push(vm.file(RESTORE_FILE));
         }
+        let (program, program_args) = self.vmm_program();
         let jail = crate::jail::decide(&vm, &self.jail, || {
-            Jail::for_vmm(
-                cfg,
-                &self.jail,
-                &self.kobako_exe,
-                &vm.path,
-                &config_files,
-                &work,
-            )
+            Jail::for_vmm(cfg, &self.jail, &program, &vm.path, &config_files, &work)
         })?;
         let p = |f: &str| vm.file(f).display().to_string();
         let (how, what) = match restore {
@@ -465,21 +491,20 @@ impl Runtime for VmmRuntime {
         };
         let launch = Launch {
             netns: cfg.netns.clone(),
-            argv: vec![
-                self.kobako_exe.display().to_string(),
-                "vmm".into(),
-                "--id".into(),
-                cfg.name.clone(),
-                "--api-sock".into(),
-                p(API_SOCKET),
-                how.into(),
-                p(what),
-                "--level".into(),
-                "Info".into(),
-            ]
-            .into_iter()
-            .chain((!self.seccomp).then(|| "--no-seccomp".to_string()))
-            .collect(),
+            argv: std::iter::once(program.display().to_string())
+                .chain(program_args)
+                .chain([
+                    "--id".into(),
+                    cfg.name.clone(),
+                    "--api-sock".into(),
+                    p(API_SOCKET),
+                    how.into(),
+                    p(what),
+                    "--level".into(),
+                    "Info".into(),
+                ])
+                .chain((!self.seccomp).then(|| "--no-seccomp".to_string()))
+                .collect(),
             channel: GuestChannel::Vsock {
                 uds_path: vm.file(VSOCK_SOCKET),
                 port: kobako_agent::proto::VSOCK_PORT,
@@ -646,6 +671,24 @@ mod tests {
     use super::*;
     use crate::config::KernelKind;
     use crate::Accel;
+
+    #[test]
+    fn the_slim_vmm_next_to_kobako_is_the_vm_program() {
+        let d = tempfile::tempdir().unwrap();
+        let kobako = d.path().join("kobako");
+        std::fs::write(&kobako, b"").unwrap();
+        let rt = VmmRuntime::new(kobako.clone());
+        assert_eq!(rt.vmm_program(), (kobako.clone(), vec!["vmm".to_string()]));
+        std::fs::create_dir(d.path().join(SLIM_VMM)).unwrap();
+        assert_eq!(
+            rt.vmm_program().0,
+            kobako,
+            "a directory of that name is not it"
+        );
+        std::fs::remove_dir(d.path().join(SLIM_VMM)).unwrap();
+        std::fs::write(d.path().join(SLIM_VMM), b"").unwrap();
+        assert_eq!(rt.vmm_program(), (d.path().join(SLIM_VMM), Vec::new()));
+    }
 
     fn cfg(root: Root) -> VmConfig {
         VmConfig {

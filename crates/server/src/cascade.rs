@@ -13,10 +13,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kobako_lab::controller::{self, checkpoint, LabError};
-use kobako_state::rusqlite::params;
 use kobako_state::{Db, LabLock, LabState};
 
-use crate::db::sql;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
@@ -44,7 +42,7 @@ pub(crate) fn lab_disk_bytes(state_dir: &Path, lab: &str) -> u64 {
     let checkpoints: u64 = checkpoint::list(lab)
         .map(|v| v.iter().map(|c| c.bytes).sum())
         .unwrap_or(0);
-    checkpoints + dir_bytes(&crate::server_dir(state_dir).join("captures").join(lab))
+    checkpoints + dir_bytes(&crate::lab_files::captures_dir(state_dir, lab))
 }
 
 /// Removes everything kept about lab `name` and its row. The caller holds the lab's lock and
@@ -56,8 +54,8 @@ pub(crate) fn forget_lab(db: &Db, state_dir: &Path, name: &str) -> ApiResult<()>
             "cannot remove the checkpoints of lab '{name}': {e}"
         ))
     })?;
-    crate::api::captures::forget_lab(state_dir, name);
-    crate::api::layout::forget_lab(state_dir, name);
+    crate::lab_files::forget_captures(state_dir, name);
+    crate::lab_files::forget_layout(state_dir, name);
     // VM directories a crash left (a VM that ran is removed when it stops).
     for v in db.vms(name)? {
         let d = kobako_runtime::VmDir::for_name(&v.name);
@@ -65,16 +63,8 @@ pub(crate) fn forget_lab(db: &Db, state_dir: &Path, name: &str) -> ApiResult<()>
             let _ = d.remove();
         }
     }
-    let mut c = db.conn();
-    let tx = c.transaction().map_err(sql)?;
-    tx.execute("DELETE FROM events WHERE lab = ?1", params![name])
-        .map_err(sql)?;
-    tx.execute("DELETE FROM operations WHERE lab = ?1", params![name])
-        .map_err(sql)?;
-    // VM and link rows go with the lab (ON DELETE CASCADE).
-    tx.execute("DELETE FROM labs WHERE name = ?1", params![name])
-        .map_err(sql)?;
-    tx.commit().map_err(sql)
+    // Events, operations and the lab row (VM and link rows go with it) in one transaction.
+    Ok(db.forget_lab(name)?)
 }
 
 /// Marks `lab` busy, waiting (up to [`QUIET_WAIT`]) for an operation on it to end.
@@ -163,35 +153,14 @@ async fn purge_owned(st: &AppState, owner: &str) -> ApiResult<()> {
     .map_err(ApiError::internal)??;
     let o = owner.to_string();
     st.db
-        .run(move |db| {
-            db.conn()
-                .execute(
-                    "DELETE FROM operations WHERE user = ?1 AND state != 'running'",
-                    params![o],
-                )
-                .map_err(sql)?;
-            Ok(())
-        })
+        .run(move |db| Ok(db.delete_operations_of(&o, true)?))
         .await
 }
 
 /// Operations `owner` started that still run.
 async fn running_ops(st: &AppState, owner: &str) -> ApiResult<Vec<String>> {
     let o = owner.to_string();
-    st.db
-        .run(move |db| {
-            let c = db.conn();
-            let mut q = c
-                .prepare("SELECT id FROM operations WHERE user = ?1 AND state = 'running'")
-                .map_err(sql)?;
-            let ids = q
-                .query_map(params![o], |r| r.get::<_, String>(0))
-                .map_err(sql)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(sql);
-            ids
-        })
-        .await
+    st.db.run(move |db| Ok(db.running_operations_of(&o)?)).await
 }
 
 /// Deletes user `name` and everything they have: their labs are taken down and deleted (with
@@ -269,8 +238,6 @@ pub fn delete_user_offline(db: &Db, state_dir: &Path, name: &str) -> ApiResult<(
             })?;
         }
     }
-    db.conn()
-        .execute("DELETE FROM operations WHERE user = ?1", params![name])
-        .map_err(sql)?;
+    db.delete_operations_of(name, false)?;
     crate::auth::delete_user(db, name)
 }

@@ -21,6 +21,7 @@ pub mod cache;
 pub mod cascade;
 pub mod db;
 pub mod error;
+mod lab_files;
 pub mod oidc;
 pub mod ops;
 pub mod tls;
@@ -216,20 +217,14 @@ async fn audit(State(state): State<AppState>, mut req: Request, next: Next) -> R
         let _ = state
             .db
             .run(move |db| {
-                db.conn()
-                    .execute(
-                        "INSERT INTO audit(ts_ms, user, method, path, status, detail)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                        kobako_state::rusqlite::params![
-                            kobako_state::now_ms(),
-                            user,
-                            method.as_str(),
-                            path,
-                            status,
-                            detail
-                        ],
-                    )
-                    .map_err(db::sql)?;
+                db.insert_audit(&kobako_state::NewAudit {
+                    ts_ms: kobako_state::now_ms(),
+                    user: &user,
+                    method: method.as_str(),
+                    path: &path,
+                    status,
+                    detail: detail.as_deref(),
+                })?;
                 Ok(())
             })
             .await;

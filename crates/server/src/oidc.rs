@@ -29,13 +29,11 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use base64::Engine;
-use kobako_state::rusqlite::{params, OptionalExtension};
 use kobako_state::Db;
 use serde::Deserialize;
 use sha2::Digest;
 
 use crate::auth::{self, Role, TokenPair};
-use crate::db::sql;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
@@ -487,39 +485,22 @@ pub fn sign_in(
     role: Role,
 ) -> ApiResult<TokenPair> {
     let now = kobako_state::now_ms();
-    let bound: Option<Option<String>> = db
-        .conn()
-        .query_row(
-            "SELECT oidc_subject FROM users WHERE name = ?1",
-            params![name],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(sql)?;
+    let bound = db.user_oidc_subject(name)?;
     match bound {
         None => {
-            // No password: "!" is not a PHC string, so password logins always fail.
-            db.conn()
-                .execute(
-                    "INSERT INTO users(name, hash, role, created_ms, updated_ms, oidc_subject)
-                     VALUES (?1, '!oidc', ?2, ?3, ?3, ?4)",
-                    params![name, role.as_str(), now, sub],
-                )
-                .map_err(sql)?;
-            db.conn()
-                .execute(
-                    "INSERT INTO audit(ts_ms, user, method, path, status, detail)
-                     VALUES (?1, ?2, 'GET', '/api/v1/auth/oidc/callback', 200, ?3)",
-                    params![
-                        now,
-                        name,
-                        format!(
-                            "user created by its first OpenID Connect login (role {}, subject {sub})",
-                            role.as_str()
-                        )
-                    ],
-                )
-                .map_err(sql)?;
+            db.insert_oidc_user(name, role.as_str(), sub, now)?;
+            let detail = format!(
+                "user created by its first OpenID Connect login (role {}, subject {sub})",
+                role.as_str()
+            );
+            db.insert_audit(&kobako_state::NewAudit {
+                ts_ms: now,
+                user: name,
+                method: "GET",
+                path: "/api/v1/auth/oidc/callback",
+                status: 200,
+                detail: Some(&detail),
+            })?;
         }
         Some(Some(s)) if s == sub => {}
         Some(Some(_)) => {

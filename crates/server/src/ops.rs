@@ -20,12 +20,10 @@ use std::time::Duration;
 
 use kobako_lab::controller::{self, LabError, Progress};
 use kobako_lab::spec::Lab;
-use kobako_state::rusqlite::{params, OptionalExtension};
-use kobako_state::{now_ms, Db, LabLock, LabState, VmState};
+use kobako_state::{now_ms, Db, LabLock, LabState, OperationRow, VmState};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::db::sql;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
@@ -57,61 +55,39 @@ pub struct Operation {
     pub updated_ms: i64,
 }
 
-const OP_COLS: &str = "id, kind, lab, user, state, progress, result, error, created_ms, updated_ms";
-
-fn op_from_row(r: &kobako_state::rusqlite::Row<'_>) -> kobako_state::rusqlite::Result<Operation> {
-    let progress: String = r.get(5)?;
-    let result: Option<String> = r.get(6)?;
-    Ok(Operation {
-        id: r.get(0)?,
-        kind: r.get(1)?,
-        lab: r.get(2)?,
-        user: r.get(3)?,
-        state: r.get(4)?,
-        progress: serde_json::from_str(&progress).unwrap_or_default(),
-        result: result.and_then(|s| serde_json::from_str(&s).ok()),
-        error: r.get(7)?,
-        created_ms: r.get(8)?,
-        updated_ms: r.get(9)?,
-    })
+impl From<OperationRow> for Operation {
+    fn from(r: OperationRow) -> Operation {
+        Operation {
+            id: r.id,
+            kind: r.kind,
+            lab: r.lab,
+            user: r.user,
+            state: r.state,
+            progress: serde_json::from_value(r.progress).unwrap_or_default(),
+            result: r.result,
+            error: r.error,
+            created_ms: r.created_ms,
+            updated_ms: r.updated_ms,
+        }
+    }
 }
 
 pub fn get(db: &Db, id: &str) -> ApiResult<Option<Operation>> {
-    db.conn()
-        .query_row(
-            &format!("SELECT {OP_COLS} FROM operations WHERE id = ?1"),
-            params![id],
-            op_from_row,
-        )
-        .optional()
-        .map_err(sql)
+    Ok(db.operation(id)?.map(Operation::from))
 }
 
 /// The newest operations (of `user` when given).
 pub fn list(db: &Db, user: Option<&str>, limit: i64) -> ApiResult<Vec<Operation>> {
-    let c = db.conn();
-    let mut st = c
-        .prepare(&format!(
-            "SELECT {OP_COLS} FROM operations WHERE ?1 IS NULL OR user = ?1
-             ORDER BY created_ms DESC LIMIT ?2"
-        ))
-        .map_err(sql)?;
-    let rows = st
-        .query_map(params![user, limit], op_from_row)
-        .map_err(sql)?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(sql)
+    Ok(db
+        .operations(user, limit)?
+        .into_iter()
+        .map(Operation::from)
+        .collect())
 }
 
 fn create(db: &Db, kind: &str, lab: Option<&str>, user: &str) -> ApiResult<Operation> {
     let id = format!("op-{}", crate::auth::random_token(9));
-    let now = now_ms();
-    db.conn()
-        .execute(
-            "INSERT INTO operations(id, kind, lab, user, state, created_ms, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?5)",
-            params![id, kind, lab, user, now],
-        )
-        .map_err(sql)?;
+    db.insert_operation(&id, kind, lab, user)?;
     get(db, &id)?.ok_or_else(|| ApiError::internal("operation vanished"))
 }
 
@@ -121,14 +97,10 @@ fn push(db: &Db, id: &str, lab: Option<&str>, message: &str) {
         ts_ms: now_ms(),
         message: message.to_string(),
     };
-    let r = db.conn().execute(
-        "UPDATE operations SET progress = json_insert(progress, '$[#]', json(?2)), updated_ms = ?3
-         WHERE id = ?1",
-        params![
-            id,
-            serde_json::to_string(&line).unwrap_or_default(),
-            line.ts_ms
-        ],
+    let r = db.push_operation_progress(
+        id,
+        &serde_json::to_value(&line).unwrap_or_default(),
+        line.ts_ms,
     );
     if let Err(e) = r {
         tracing::warn!("operation {id}: cannot record progress: {e}");
@@ -173,11 +145,7 @@ fn finish_as(
     result: Option<serde_json::Value>,
     error: Option<String>,
 ) {
-    let result = result.map(|v| v.to_string());
-    let _ = db.conn().execute(
-        "UPDATE operations SET state = ?2, result = ?3, error = ?4, updated_ms = ?5 WHERE id = ?1",
-        params![id, state, result, error, now_ms()],
-    );
+    let _ = db.finish_operation(id, state, result.as_ref(), error.as_deref());
     let _ = db.event(
         lab,
         None,
@@ -747,12 +715,7 @@ pub async fn start_image_build(
 /// are marked so, and their VMs are checked by [`watch_vms`].
 pub async fn recover(state: &AppState) -> anyhow::Result<()> {
     let db = state.db.get();
-    let n = db
-        .conn()
-        .execute(
-            "UPDATE operations SET state = 'interrupted', error = 'the server stopped during this operation', updated_ms = ?1 WHERE state = 'running'",
-            params![now_ms()],
-        )?;
+    let n = db.interrupt_running_operations()?;
     if n > 0 {
         tracing::warn!("{n} operation(s) were interrupted by a server restart");
     }

@@ -4,9 +4,13 @@
 //! - **WAL mode**, `synchronous=NORMAL`, a 5 s busy timeout: readers never block the writer and
 //!   the CLI and the server can work on the same file at once; a crash loses at most the last
 //!   transactions, never consistency.
-//! - **Migrations per component** (`schema_migrations(component, version)`): this crate owns the
-//!   `core` component (labs, VMs, links, events); other crates (the server's users and tokens)
-//!   add their own with [`Db::migrate`] without a central list.
+//! - **Migrations per component** (`schema_migrations(component, version)`): `core` (labs, VMs,
+//!   links, events) and `net_policy` are applied on open; the API server's tables (components
+//!   `server` and `tenancy`: users, tokens, operations, audit, see [`server_schema`]) when the
+//!   server opens the database ([`Db::migrate_server`]).
+//! - **Every query lives here**, next to its table (`users`, `tokens`, `operations`, `audit`
+//!   modules for the server's tables), as functions with typed arguments and rows; no other
+//!   crate sees `rusqlite` or writes SQL.
 //! - **Events** are rows with an increasing id, so a reader (the server's event stream) resumes
 //!   from the last id it saw, whichever process wrote them.
 //! - **Lab locks** ([`LabLock`]) are `flock`s on files next to the database: a process that dies
@@ -34,8 +38,6 @@ pub use audit::{AuditRow, NewAudit};
 pub use operations::OperationRow;
 pub use tokens::{ApiTokenRow, RefreshTokenRow};
 pub use users::{NewUser, UserRow};
-
-pub use rusqlite;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -311,14 +313,14 @@ impl Db {
         }
     }
 
-    /// The connection, for components with their own tables.
-    pub fn conn(&self) -> MutexGuard<'_, Connection> {
+    /// The connection (queries stay in this crate: no other crate runs SQL).
+    pub(crate) fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Applies `steps[v]` for every version `v` of `component` not applied yet, each in its own
     /// transaction (so concurrent openers apply each step once).
-    pub fn migrate(&self, component: &str, steps: &[&str]) -> Result<()> {
+    pub(crate) fn migrate(&self, component: &str, steps: &[&str]) -> Result<()> {
         let e = self.err();
         let mut c = self.conn();
         c.execute_batch(

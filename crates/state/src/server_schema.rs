@@ -97,3 +97,85 @@ impl Db {
             .map_err(self.err())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{ApiTokenRow, Db, NewAudit, NewUser};
+
+    #[test]
+    fn users_tokens_operations_and_audit_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open_in(dir.path()).unwrap();
+        db.migrate_server().unwrap();
+        db.migrate_server().unwrap();
+        let ann = NewUser {
+            name: "ann",
+            hash: "h1",
+            role: "member",
+            max_vms: Some(2),
+            max_memory_mib: None,
+        };
+        assert!(db.insert_user(&ann).unwrap());
+        assert!(!db.insert_user(&ann).unwrap(), "a taken name is refused");
+        assert_eq!(db.count_users().unwrap(), 1);
+        assert_eq!(db.user("ann").unwrap().unwrap().max_vms, Some(2));
+        let gen = db.user_token_gen("ann").unwrap().unwrap();
+        assert_eq!(gen.len(), 32, "the trigger gives every new row a token_gen");
+
+        let tok = ApiTokenRow {
+            id: "t1".into(),
+            user: "ann".into(),
+            name: "ci".into(),
+            created_ms: 1,
+            expires_ms: None,
+            last_used_ms: None,
+            revoked: false,
+        };
+        db.insert_api_token(&tok, "th").unwrap();
+        assert_eq!(db.api_token_by_hash("th").unwrap().unwrap(), tok);
+        db.insert_refresh_token("rh", "ann", 1, i64::MAX).unwrap();
+        assert!(db.revoke_refresh_token("rh").unwrap());
+        assert!(!db.revoke_refresh_token("rh").unwrap(), "single use");
+
+        // A password change with new_token_gen ends every session.
+        db.insert_refresh_token("rh2", "ann", 1, i64::MAX).unwrap();
+        assert!(db.set_user_password("ann", "h2", Some("g2")).unwrap());
+        assert_eq!(db.user_password_hash("ann").unwrap().as_deref(), Some("h2"));
+        assert_eq!(db.user_token_gen("ann").unwrap().as_deref(), Some("g2"));
+        assert!(db.api_token("t1").unwrap().unwrap().revoked);
+        assert!(db.refresh_token("rh2").unwrap().unwrap().revoked);
+        assert!(!db.set_user_password("bob", "h", None).unwrap());
+
+        db.insert_operation("op1", "lab.up", Some("l1"), "ann")
+            .unwrap();
+        db.push_operation_progress("op1", &serde_json::json!({"ts_ms": 5, "message": "a"}), 5)
+            .unwrap();
+        assert_eq!(db.running_operations_of("ann").unwrap(), ["op1"]);
+        db.finish_operation("op1", "succeeded", Some(&serde_json::json!({"x": 1})), None)
+            .unwrap();
+        let op = db.operation("op1").unwrap().unwrap();
+        assert_eq!(op.progress[0]["message"], "a");
+        assert_eq!(op.result.unwrap()["x"], 1);
+        assert!(db.running_operations_of("ann").unwrap().is_empty());
+        db.delete_operations_of("ann", true).unwrap();
+        assert!(db.operations(None, 10).unwrap().is_empty());
+
+        db.insert_audit(&NewAudit {
+            ts_ms: 7,
+            user: "ann",
+            method: "POST",
+            path: "/x",
+            status: 201,
+            detail: None,
+        })
+        .unwrap();
+        let a = db.audit_before(i64::MAX, 10).unwrap();
+        assert_eq!((a[0].status, a[0].path.as_str()), (201, "/x"));
+
+        assert!(db.delete_user("ann").unwrap());
+        assert!(
+            db.api_tokens(None).unwrap().is_empty(),
+            "tokens go with the user"
+        );
+    }
+}

@@ -17,9 +17,14 @@
 //!   guest's next console line.
 //!
 //! The guest of the first two is the PVH test guest (it prints, signals boot complete and resets).
+//!
+//! First of all, the slim `kobako-vmm` against the big `kobako vmm` over the whole process life
+//! (wait4 rusage; see [`rusage`]). `cargo bench -p kobako-vmm --bench startup -- rusage` runs
+//! only that comparison, `-- startup` only the rest.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod rusage;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -66,21 +71,31 @@ impl Stats {
 }
 
 fn main() {
-    // `cargo bench` passes --bench; accept and ignore arguments.
-    let runs = 20;
+    // `cargo bench` passes --bench: only words without dashes select a part.
+    let parts: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let part = |p: &str| parts.is_empty() || parts.iter().any(|a| a == p);
     let dir = tempfile::tempdir().unwrap();
-    let kernel = common::write(
-        dir.path(),
-        "vmlinux",
-        &common::elf(common::guests::PVH32, true),
-    );
+    if part("rusage") {
+        rusage::run(dir.path());
+    }
+    if part("startup") {
+        startup(dir.path());
+    }
+}
+
+fn startup(dir: &std::path::Path) {
+    let runs = 20;
+    let kernel = common::write(dir, "vmlinux", &common::elf(common::guests::PVH32, true));
     let bin = common::vmm_bin();
 
     let (mut api_wall, mut api_cpu, mut api_rss) = (vec![], vec![], vec![]);
     let (mut start_cpu, mut start_rss) = (vec![], vec![]);
     for i in 0..runs {
-        let sock = dir.path().join(format!("api{i}.sock"));
-        let log = dir.path().join(format!("api{i}.log"));
+        let sock = dir.join(format!("api{i}.sock"));
+        let log = dir.join(format!("api{i}.log"));
         let t0 = mono_ns();
         let mut child = common::Vmm(
             Command::new(&bin)
@@ -122,7 +137,7 @@ fn main() {
     }
 
     let cfg = common::write(
-        dir.path(),
+        dir,
         "vm.json",
         format!(
             r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "machine-config": {{"vcpu_count": 1, "mem_size_mib": 128}}}}"#,
@@ -132,7 +147,7 @@ fn main() {
     );
     let (mut cf_wall, mut cf_cpu, mut cf_rss) = (vec![], vec![], vec![]);
     for i in 0..runs {
-        let log = dir.path().join(format!("cf{i}.log"));
+        let log = dir.join(format!("cf{i}.log"));
         let t0 = mono_ns();
         let st = Command::new(&bin)
             .args(["--no-api", "--config-file"])
@@ -156,9 +171,9 @@ fn main() {
     g[8..16].copy_from_slice(&0x30_0000u64.to_le_bytes());
     g[16..24].copy_from_slice(&0xd000_0000u64.to_le_bytes());
     g[24..32].copy_from_slice(&2000u64.to_le_bytes());
-    let sc = common::write(dir.path(), "snapcount", &common::elf(&g, false));
-    let sock = dir.path().join("snap.sock");
-    let serial = dir.path().join("snap.serial");
+    let sc = common::write(dir, "snapcount", &common::elf(&g, false));
+    let sock = dir.join("snap.sock");
+    let serial = dir.join("snap.serial");
     let orig = common::spawn_api(&sock, &[]);
     for (m, p, b) in [
         (
@@ -194,7 +209,7 @@ fn main() {
         common::http(&sock, "PATCH", "/vm", Some(r#"{"state": "Paused"}"#)).0,
         204
     );
-    let (state, mem) = (dir.path().join("vm.state"), dir.path().join("vm.mem"));
+    let (state, mem) = (dir.join("vm.state"), dir.join("vm.mem"));
     let mut create = vec![];
     for _ in 0..5 {
         let body = format!(
@@ -212,10 +227,10 @@ fn main() {
     drop(orig);
     let (mut ld_wall, mut ld_cpu, mut ld_rss, mut ld_line) = (vec![], vec![], vec![], vec![]);
     for i in 0..runs {
-        let log = dir.path().join(format!("ld{i}.log"));
-        let out = dir.path().join(format!("ld{i}.serial"));
+        let log = dir.join(format!("ld{i}.log"));
+        let out = dir.join(format!("ld{i}.serial"));
         let body = common::write(
-            dir.path(),
+            dir,
             &format!("ld{i}.json"),
             format!(
                 r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "File", "backend_path": "{}"}}, "resume_vm": true, "serial": {{"serial_out_path": "{}"}}}}"#,

@@ -19,6 +19,7 @@
 
 pub(crate) mod cgroups;
 pub mod checkpoint;
+mod impairments;
 mod links;
 pub mod netd;
 pub mod netpolicy;
@@ -34,7 +35,8 @@ use serde::Serialize;
 
 use crate::spec::{Attachment, Lab, Vm};
 
-pub use links::{capture, impair, set_link_state, set_port_state, to_net_impairment};
+pub use impairments::to_net_impairment;
+pub use links::{capture, impair, set_link_state, set_port_state};
 pub use up::{down, plan, restart, up, Plan, UpReport, VmReport};
 pub use vmops::{start_vms, stop_vms};
 

@@ -133,7 +133,7 @@ pub fn stop(lab: &str) {
 fn reload(net: &LabNet, lab: &str) -> Result<()> {
     let db = super::db()?;
     let rec = LabRecord::load_from(&db, lab)?.ok_or_else(|| LabError::NotFound(lab.into()))?;
-    super::links::apply_impairments(net, &db, &rec.lab)
+    super::impairments::apply_impairments(net, &db, &rec.lab)
 }
 
 /// Other net daemon processes of `lab` on this host.

@@ -23,16 +23,19 @@
 //! Ctrl-C unless kept. The first failed step ends the run; the rest are reported as skipped.
 //! README.md (Scenarios) documents the file; docs/ARCHITECTURE.md the design.
 
+mod ctx;
 mod model;
 mod report;
 mod run;
 mod steps;
 mod wasm;
+mod wasm_run;
 
+pub use ctx::{Ctx, Fault, Outcome};
 pub use model::*;
 pub use report::{Report, Sample, StepResult};
 pub use run::{run, run_until};
-pub use steps::{parse_http_status, parse_ping, parse_traceroute, Ctx, Fault, Outcome};
+pub use steps::{parse_http_status, parse_ping, parse_traceroute};
 pub use wasm::WasmStep;
 
 #[cfg(test)]

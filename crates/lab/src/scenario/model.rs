@@ -562,7 +562,7 @@ fn load_with(
             names.push(n.clone());
         }
     }
-    super::wasm::check(
+    check_wasm(
         file,
         &mut s.steps,
         &Path::root(),
@@ -721,5 +721,33 @@ pub fn check_against(s: &Scenario, lab: &Lab) -> std::result::Result<(), SpecErr
     } else {
         errs.sort_by_key(|e| (e.pos.line, e.pos.col));
         Err(SpecErrors(errs))
+    }
+}
+
+/// Loads and checks the module of every `wasm` step (groups included), see
+/// [`super::wasm::check_step`].
+fn check_wasm(
+    file: &str,
+    steps: &mut [Step],
+    at: &Path,
+    key: &str,
+    src: &Source,
+    read: bool,
+    errs: &mut Vec<SpecError>,
+) {
+    let dir = std::path::Path::new(file)
+        .parent()
+        .unwrap_or(std::path::Path::new("."));
+    for (i, st) in steps.iter_mut().enumerate() {
+        let path = at.key(key).index(i);
+        if let Some(g) = st.parallel.as_mut() {
+            check_wasm(file, g, &path, "parallel", src, read, errs);
+        }
+        if let Some(g) = st.steps.as_mut() {
+            check_wasm(file, g, &path, "steps", src, read, errs);
+        }
+        if let Some(w) = st.wasm.as_mut() {
+            super::wasm::check_step(dir, w, &path.key("wasm"), src, read, errs);
+        }
     }
 }

@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use kobako_runtime::Runtime;
 
+use super::ctx::{Ctx, Outcome};
 use super::model::*;
 use super::report::{Report, Sample, StepResult};
-use super::steps::{run_once, Ctx, Outcome};
+use super::steps::run_once;
 use crate::controller::{self, LabError, LabRecord, Progress, Resolver, Result};
 
 struct Exec<'a> {
@@ -121,7 +122,7 @@ impl Exec<'_> {
                     .iter()
                     .enumerate()
                     .map(|(i, s)| self.step(s, format!("{id}.{}", i + 1)));
-                super::steps::join_all(branches).await;
+                super::ctx::join_all(branches).await;
                 if self.failed.load(Ordering::SeqCst) {
                     res.status = "failed".into();
                     res.message = Some("a step of the group failed".into());

@@ -13,23 +13,18 @@
 //! export or a WASI import is reported with file and line before any step runs. Its host API
 //! reaches this lab only: VMs and links are resolved in it, names of other labs are refused.
 //! Links it impairs or cuts are restored at the end like those of other steps.
+//!
+//! This module holds the step as declared and its load-time check; running it is
+//! [`super::wasm_run`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::steps::{exec_in, other, Ctx, Fault, Outcome};
-use super::Step;
-use crate::controller::{self, Result};
 use crate::spec::error::{Path as SpecPath, SpecError};
-use crate::spec::model::Chance;
 use crate::spec::parse::Source;
-use crate::spec::units::{BitRate, MemMib, Micros, Percent};
-use crate::spec::Impairment;
+use crate::spec::units::{MemMib, Micros};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,268 +46,48 @@ pub struct WasmStep {
     pub loaded: Option<kobako_wasmstep::Module>,
 }
 
-/// Loads and checks the module of every `wasm` step (groups included); errors point at the
-/// step's `module` with the loader's fix. Without `read`, no module is opened and every
-/// `wasm` step is an error (the caller may not read the server's files).
-pub(super) fn check(
-    file: &str,
-    steps: &mut [Step],
-    at: &SpecPath,
-    key: &str,
+/// Loads and checks the module of `wasm` step `w` at `path` (`dir`: the scenario file's
+/// directory); errors point at the step's `module` with the loader's fix. Without `read`, no
+/// module is opened and the step is an error (the caller may not read the server's files).
+pub(super) fn check_step(
+    dir: &Path,
+    w: &mut WasmStep,
+    path: &SpecPath,
     src: &Source,
     read: bool,
     errs: &mut Vec<SpecError>,
 ) {
-    let dir = Path::new(file).parent().unwrap_or(Path::new("."));
-    for (i, st) in steps.iter_mut().enumerate() {
-        let path = at.key(key).index(i);
-        if let Some(g) = st.parallel.as_mut() {
-            check(file, g, &path, "parallel", src, read, errs);
-        }
-        if let Some(g) = st.steps.as_mut() {
-            check(file, g, &path, "steps", src, read, errs);
-        }
-        let Some(w) = st.wasm.as_mut() else { continue };
-        let path = path.key("wasm");
-        for (k, v) in &w.vars {
-            if v.is_object() || v.is_array() || v.is_null() {
-                errs.push(src.error(
-                    &path.key("vars").key(k),
-                    format!("step variable `{k}` is not a string, number or boolean"),
-                    Some("give it a scalar value, e.g. `delay_ms: 100`".into()),
-                ));
-            }
-        }
-        if !read {
+    for (k, v) in &w.vars {
+        if v.is_object() || v.is_array() || v.is_null() {
             errs.push(src.error(
-                &path.key("module"),
-                format!(
-                    "wasm step module '{}': modules are read from the server's filesystem, which only admins may name",
-                    w.module
-                ),
-                Some(
-                    "ask an admin to run this scenario, or run it as root on the server with `kobako scenario run`"
-                        .into(),
-                ),
+                &path.key("vars").key(k),
+                format!("step variable `{k}` is not a string, number or boolean"),
+                Some("give it a scalar value, e.g. `delay_ms: 100`".into()),
             ));
-            continue;
-        }
-        match kobako_wasmstep::Module::load(&dir.join(&w.module)) {
-            Ok(m) => w.loaded = Some(m),
-            Err(e) => errs.push(src.error(
-                &path.key("module"),
-                format!("{}: {}", e.file, e.message),
-                Some(e.fix),
-            )),
         }
     }
-}
-
-fn scalar(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        v => v.to_string(),
+    if !read {
+        errs.push(src.error(
+            &path.key("module"),
+            format!(
+                "wasm step module '{}': modules are read from the server's filesystem, which only admins may name",
+                w.module
+            ),
+            Some(
+                "ask an admin to run this scenario, or run it as root on the server with `kobako scenario run`"
+                    .into(),
+            ),
+        ));
+        return;
     }
-}
-
-/// The host API over this lab's controller and agents.
-struct LabHost {
-    lab: String,
-    rt: tokio::runtime::Handle,
-    vars: BTreeMap<String, String>,
-    touched: Arc<Mutex<Vec<String>>>,
-    cancel: Arc<AtomicBool>,
-}
-
-impl LabHost {
-    /// A name within this lab (`NAME` or `LAB/NAME` of this lab only).
-    fn local<'a>(&self, what: &str, name: &'a str) -> std::result::Result<&'a str, String> {
-        match name.split_once('/') {
-            None => Ok(name),
-            Some((l, n)) if l == self.lab => Ok(n),
-            Some(_) => Err(format!(
-                "{what} '{name}' is not in lab {}: a step reaches its own lab only",
-                self.lab
-            )),
-        }
-    }
-
-    /// Notes a link before changing it, so the run's cleanup restores it even if the step is
-    /// interrupted right after; refuses once the step is cancelled.
-    fn touch(&self, link: &str) -> std::result::Result<(), String> {
-        self.touched
-            .lock()
-            .map_err(|_| "poisoned".to_string())?
-            .push(link.into());
-        if self.cancel.load(Ordering::SeqCst) {
-            return Err("the step was stopped".into());
-        }
-        Ok(())
-    }
-}
-
-impl kobako_wasmstep::HostApi for LabHost {
-    fn exec(
-        &mut self,
-        vm: &str,
-        cmd: &str,
-        timeout: Duration,
-    ) -> std::result::Result<kobako_wasmstep::ExecOutput, String> {
-        let vm = self.local("VM", vm)?;
-        let (code, stdout, stderr) = self
-            .rt
-            .block_on(exec_in(&self.lab, vm, cmd, timeout))
-            .map_err(|e| e.to_string())?;
-        Ok(kobako_wasmstep::ExecOutput {
-            code,
-            stdout,
-            stderr,
-        })
-    }
-
-    fn impair(
-        &mut self,
-        link: &str,
-        imp: &kobako_wasmstep::Impair,
-    ) -> std::result::Result<(), String> {
-        let link = self.local("link", link)?;
-        let ms = |v: u32| (v > 0).then_some(Micros(v as u64 * 1000));
-        let i = Impairment {
-            delay: ms(imp.delay_ms),
-            jitter: ms(imp.jitter_ms),
-            // Percent counts 0.0001 %; the ABI's loss 0.01 %.
-            loss: (imp.loss_bp > 0).then(|| Chance {
-                percent: Percent(imp.loss_bp * 100),
-                correlation: Default::default(),
-            }),
-            rate: (imp.rate_kbit > 0).then_some(BitRate(imp.rate_kbit as u64 * 1000)),
-            corrupt: None,
-            duplicate: None,
-            reorder: None,
-        };
-        self.touch(link)?;
-        controller::impair(&self.lab, link, Some(i)).map_err(|e| e.to_string())
-    }
-
-    fn clear(&mut self, link: &str) -> std::result::Result<(), String> {
-        let link = self.local("link", link)?;
-        self.touch(link)?;
-        controller::impair(&self.lab, link, None).map_err(|e| e.to_string())
-    }
-
-    fn set_link(&mut self, link: &str, up: bool) -> std::result::Result<(), String> {
-        let link = self.local("link", link)?;
-        self.touch(link)?;
-        controller::set_link_state(&self.lab, link, up).map_err(|e| e.to_string())
-    }
-
-    fn var_get(&mut self, name: &str) -> Option<String> {
-        self.vars.get(name).cloned()
-    }
-
-    fn var_set(&mut self, name: &str, value: &str) {
-        self.vars.insert(name.into(), value.into());
-    }
-
-    fn log(&mut self, _line: &str) {}
-}
-
-/// Stops the module and hands the links it touched to the run's undo when the step future is
-/// dropped (Ctrl-C) as well as when it ends.
-struct Guard<'a, 'c> {
-    ctx: &'a Ctx<'c>,
-    touched: Arc<Mutex<Vec<String>>>,
-    cancel: Arc<AtomicBool>,
-}
-
-impl Drop for Guard<'_, '_> {
-    fn drop(&mut self) {
-        self.cancel.store(true, Ordering::SeqCst);
-        let links: Vec<Fault> = match self.touched.lock() {
-            Ok(mut t) => t.drain(..).map(Fault::Link).collect(),
-            Err(_) => Vec::new(),
-        };
-        self.ctx.add_faults(&links);
-    }
-}
-
-pub(super) async fn run(ctx: &Ctx<'_>, w: &WasmStep) -> Result<Outcome> {
-    let m = w
-        .loaded
-        .clone()
-        .ok_or_else(|| other(format!("{}: the module was not loaded", w.module)))?;
-    let vars = {
-        let mut v = ctx.vars.lock().unwrap_or_else(|e| e.into_inner());
-        for (k, x) in &w.vars {
-            v.insert(k.clone(), scalar(x));
-        }
-        v.clone()
-    };
-    let touched = Arc::new(Mutex::new(Vec::new()));
-    let cancel = Arc::new(AtomicBool::new(false));
-    let guard = Guard {
-        ctx,
-        touched: touched.clone(),
-        cancel: cancel.clone(),
-    };
-    let host = LabHost {
-        lab: ctx.lab.clone(),
-        rt: tokio::runtime::Handle::current(),
-        vars,
-        touched,
-        cancel: cancel.clone(),
-    };
-    let d = kobako_wasmstep::Limits::default();
-    let limits = kobako_wasmstep::Limits {
-        fuel: w.fuel.unwrap_or(d.fuel),
-        timeout: w.timeout.map(|t| t.duration()).unwrap_or(d.timeout),
-        memory: w
-            .memory
-            .map(|m| m.0 as usize * (1 << 20))
-            .unwrap_or(d.memory),
-        cancel: Some(cancel),
-    };
-    let (out, host) = tokio::task::spawn_blocking(move || kobako_wasmstep::run(&m, host, &limits))
-        .await
-        .map_err(other)?;
-    drop(guard);
-    *ctx.vars.lock().unwrap_or_else(|e| e.into_inner()) = host.vars.clone();
-    for l in &out.logs {
-        ctx.progress.event(&format!("           wasm: {l}"));
-    }
-    let mut o = Outcome {
-        expected: Some("run() returns 0, every assertion holds".into()),
-        observed: Some(format!(
-            "{} assertions held, {} host calls, fuel {}, {} ms{}",
-            out.asserts_passed,
-            out.calls.len(),
-            out.fuel_used,
-            out.elapsed.as_millis(),
-            out.logs
-                .last()
-                .map(|l| format!("; last log: {l}"))
-                .unwrap_or_default()
+    match kobako_wasmstep::Module::load(&dir.join(&w.module)) {
+        Ok(m) => w.loaded = Some(m),
+        Err(e) => errs.push(src.error(
+            &path.key("module"),
+            format!("{}: {}", e.file, e.message),
+            Some(e.fix),
         )),
-        failure: out.failure.as_ref().map(|f| f.to_string()),
-        ..Default::default()
-    };
-    o.metrics.insert("fuel".into(), out.fuel_used.into());
-    o.metrics
-        .insert("host_calls".into(), out.calls.len().into());
-    o.metrics.insert(
-        "calls".into(),
-        out.calls
-            .iter()
-            .map(|c| format!("[{} ms] {} -> {}", c.at_ms, c.what, c.result))
-            .collect::<Vec<_>>()
-            .into(),
-    );
-    o.metrics.insert("logs".into(), out.logs.clone().into());
-    o.metrics.insert(
-        "vars".into(),
-        serde_json::to_value(&host.vars).unwrap_or_default(),
-    );
-    Ok(o)
+    }
 }
 
 #[cfg(test)]

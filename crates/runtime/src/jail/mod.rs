@@ -1,6 +1,6 @@
 //! The jail around a VM process (issue 18): what the per-VM supervisor does between `fork` and
-//! `exec` so that QEMU or `kobako vmm` runs as nobody in particular, sees almost nothing of the host, and can
-//! take no more than its share.
+//! `exec` so that QEMU or the own VMM (`kobako-vmm`, else `kobako vmm`) runs as nobody in
+//! particular, sees almost nothing of the host, and can take no more than its share.
 //!
 //! ```text
 //! supervisor (root)                      first child (root, host PID namespace)
@@ -16,7 +16,7 @@
 //!                                            net/tun}, a fresh /proc; pivot_root; root made
 //!                                            read-only; bounding set emptied; setgroups([]),
 //!                                            setresgid/setresuid(jail uid); exec QEMU or
-//!                                            kobako vmm (which also sees its config files
+//!                                            kobako-vmm (which also sees its config files
 //!                                            and writes only its work directory, vmm/),
 //!                                            once the Joiner says it is in its cgroups
 //! ```
@@ -175,7 +175,8 @@ impl Jail {
         Self::build(cfg, jc, qemu, dir, overhead, devices, ro, rw)
     }
 
-    /// The jail for a `kobako vmm` VM: as for QEMU, plus its configuration files (`vmm.json`,
+    /// The jail for an own-VMM VM, `exe` being the VMM's binary (the slim `kobako-vmm`, or
+    /// `kobako` run as `kobako vmm`): as for QEMU, plus its configuration files (`vmm.json`,
     /// `restore.json`, read-only), a restore's snapshot state and memory files (read-only), and
     /// `work`, the one directory it writes (its API, console and vsock sockets and a snapshot's
     /// files before kobako takes them out: the VMM binds its sockets itself, as Firecracker

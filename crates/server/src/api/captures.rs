@@ -12,11 +12,10 @@
 //! the lab (members: their own labs; viewers: never); listing and downloading, the right to
 //! see it.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -29,9 +28,11 @@ use kobako_state::now_ms;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::labs::{lab_for, running_link};
+use super::access::lab_for;
+use super::labs::running_link;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiResult};
+use crate::lab_files::{captures_dir, running, Running};
 use crate::ops::{self, Operation};
 use crate::AppState;
 
@@ -87,23 +88,9 @@ pub struct CaptureInfo {
     pub download: String,
 }
 
-struct Running {
-    stop: Arc<AtomicBool>,
-    /// `lab/link`.
-    link: String,
-    /// Frames so far.
-    packets: Arc<AtomicU64>,
-}
-
-/// Captures running in this process, by id.
-fn running() -> &'static Mutex<HashMap<String, Running>> {
-    static R: OnceLock<Mutex<HashMap<String, Running>>> = OnceLock::new();
-    R.get_or_init(Default::default)
-}
-
 /// `<state>/server/captures/<lab>`.
 fn dir(st: &AppState, lab: &str) -> PathBuf {
-    crate::server_dir(&st.state_dir).join("captures").join(lab)
+    captures_dir(&st.state_dir, lab)
 }
 
 fn valid_id(id: &str) -> bool {
@@ -158,30 +145,6 @@ fn prune(dir: &Path) {
         let _ = std::fs::remove_file(dir.join(format!("{}.pcapng", old.id)));
         let _ = std::fs::remove_file(dir.join(format!("{}.json", old.id)));
     }
-}
-
-/// Removes a deleted lab's captures. Running ones are stopped first and their end awaited
-/// (at most 5 s: they look at the stop flag every 50 ms), so none writes its record into a
-/// later lab of the same name.
-pub(crate) fn forget_lab(state_dir: &Path, lab: &str) {
-    let prefix = format!("{lab}/");
-    let t0 = std::time::Instant::now();
-    loop {
-        let left = {
-            let live = running().lock().unwrap_or_else(|e| e.into_inner());
-            let mut n = 0;
-            for r in live.values().filter(|r| r.link.starts_with(&prefix)) {
-                r.stop.store(true, Ordering::Relaxed);
-                n += 1;
-            }
-            n
-        };
-        if left == 0 || t0.elapsed() > Duration::from_secs(5) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = std::fs::remove_dir_all(crate::server_dir(state_dir).join("captures").join(lab));
 }
 
 /// A file that refuses a write that would take it past `cap` (nothing of it is written, so

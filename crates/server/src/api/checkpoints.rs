@@ -10,7 +10,7 @@ use kobako_lab::controller::checkpoint;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::labs::lab_for;
+use super::access::lab_for;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiResult};
 use crate::ops::{self, Operation};

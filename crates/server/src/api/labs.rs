@@ -9,6 +9,7 @@ use kobako_state::{LabRow, LabState};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::access::{check_access, lab_for, not_found};
 use crate::api::labfile;
 use crate::auth::Caller;
 use crate::error::{ApiBytes, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
@@ -169,46 +170,6 @@ fn detail(db: &kobako_state::Db, l: LabRow) -> ApiResult<LabDetail> {
         links,
         spec: l.spec,
     })
-}
-
-/// Loads a lab the caller may see (`write`: may change); 404 / 403 otherwise.
-pub(crate) async fn lab_for(
-    st: &AppState,
-    caller: &Caller,
-    name: &str,
-    write: bool,
-) -> ApiResult<LabRow> {
-    if write {
-        caller.require_write()?;
-    }
-    let n = name.to_string();
-    let row = st
-        .db
-        .run(move |db| Ok(db.lab(&n)?))
-        .await?
-        .ok_or_else(|| not_found(name))?;
-    check_access(caller, name, row.owner.as_deref(), write)?;
-    Ok(row)
-}
-
-fn not_found(name: &str) -> ApiError {
-    ApiError::not_found(format!("no lab '{name}' (GET /api/v1/labs lists them)"))
-}
-
-/// 404 when `caller` may not see a lab owned by `owner` (as if it did not exist: no owner is
-/// named), 403 when `write` and the caller may see but not change it.
-fn check_access(caller: &Caller, name: &str, owner: Option<&str>, write: bool) -> ApiResult<()> {
-    if !caller.can_see(owner) {
-        return Err(not_found(name));
-    }
-    if write && !caller.can_change(owner) {
-        return Err(ApiError::forbidden(format!(
-            "lab '{name}': user '{}' is a {} and may read this lab but not change it",
-            caller.name(),
-            caller.user.role.as_str()
-        )));
-    }
-    Ok(())
 }
 
 /// Labs you may see (members: their own).
@@ -1022,9 +983,7 @@ mod quota_tests {
 
     fn db(dir: &std::path::Path) -> kobako_state::Db {
         let db = kobako_state::Db::open_in(dir).unwrap();
-        db.migrate("server", crate::db::SERVER_MIGRATIONS).unwrap();
-        db.migrate("tenancy", crate::db::TENANCY_MIGRATIONS)
-            .unwrap();
+        db.migrate_server().unwrap();
         db
     }
 

@@ -8,7 +8,7 @@
 //! themselves).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use axum::extract::State;
 use axum::Json;
@@ -16,7 +16,7 @@ use kobako_state::now_ms;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::labs::lab_for;
+use super::access::lab_for;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiResult};
 use crate::AppState;
@@ -46,18 +46,7 @@ pub struct Layout {
 }
 
 fn file(st: &AppState, lab: &str) -> PathBuf {
-    crate::server_dir(&st.state_dir)
-        .join("layouts")
-        .join(format!("{lab}.json"))
-}
-
-/// Removes a deleted lab's layout.
-pub(crate) fn forget_lab(state_dir: &Path, lab: &str) {
-    let _ = std::fs::remove_file(
-        crate::server_dir(state_dir)
-            .join("layouts")
-            .join(format!("{lab}.json")),
-    );
+    crate::lab_files::layout_file(&st.state_dir, lab)
 }
 
 /// The lab's saved layout (no positions when none was saved).

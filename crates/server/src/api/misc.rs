@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
-use crate::db::sql;
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::ops::{self, Operation};
 use crate::AppState;
@@ -189,26 +188,18 @@ pub async fn audit_log(
     let v = st
         .db
         .run(move |db| {
-            let c = db.conn();
-            let mut s = c
-                .prepare(
-                    "SELECT id, ts_ms, user, method, path, status FROM audit WHERE id < ?1
-                     ORDER BY id DESC LIMIT ?2",
-                )
-                .map_err(sql)?;
-            let rows = s
-                .query_map(kobako_state::rusqlite::params![before, limit], |r| {
-                    Ok(AuditEntry {
-                        id: r.get(0)?,
-                        ts_ms: r.get(1)?,
-                        user: r.get(2)?,
-                        method: r.get(3)?,
-                        path: r.get(4)?,
-                        status: r.get(5)?,
-                    })
+            Ok(db
+                .audit_before(before, limit)?
+                .into_iter()
+                .map(|a| AuditEntry {
+                    id: a.id,
+                    ts_ms: a.ts_ms,
+                    user: a.user,
+                    method: a.method,
+                    path: a.path,
+                    status: a.status,
                 })
-                .map_err(sql)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(sql)
+                .collect::<Vec<_>>())
         })
         .await?;
     Ok(Json(v))

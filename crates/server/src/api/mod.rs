@@ -1,6 +1,7 @@
 //! The API's handlers (`/api/v1`), registered with `utoipa_axum::routes!` so every route is in
 //! the OpenAPI document with the path, parameters and bodies its handler declares.
 
+mod access;
 pub mod auth_api;
 pub mod captures;
 pub mod checkpoints;

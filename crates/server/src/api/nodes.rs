@@ -9,12 +9,10 @@ use axum::http::StatusCode;
 use axum::Json;
 use kobako_lab::controller;
 use kobako_lab::spec::Lab;
-use kobako_state::rusqlite::{params, OptionalExtension};
 use kobako_state::LabState;
 
-use super::labs::lab_for;
+use super::access::lab_for;
 use crate::auth::Caller;
-use crate::db::sql;
 use crate::error::{ApiError, ApiPath, ApiResult};
 use crate::ops::{self, Operation};
 use crate::AppState;
@@ -120,20 +118,8 @@ async fn run(
 /// The lab and `node.vm` of a VM's full name (`<lab>.<node>.<vm>`).
 async fn split_vm(st: &AppState, name: &str) -> ApiResult<(String, String)> {
     let n = name.to_string();
-    let row: Option<(String, String, String)> = st
-        .db
-        .run(move |db| {
-            db.conn()
-                .query_row(
-                    "SELECT lab, node, vm FROM vms WHERE name = ?1",
-                    params![n],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()
-                .map_err(sql)
-        })
-        .await?;
-    row.map(|(lab, node, vm)| (lab, format!("{node}.{vm}")))
+    let row = st.db.run(move |db| Ok(db.vm(&n)?)).await?;
+    row.map(|v| (v.lab, format!("{}.{}", v.node, v.vm)))
         .ok_or_else(|| {
             ApiError::not_found(format!(
                 "no lab VM '{name}' (lab VMs are named <lab>.<node>.<vm>; VMs of `kobako vm run` are stopped with `kobako vm stop`)"

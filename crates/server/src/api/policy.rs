@@ -21,7 +21,7 @@ use kobako_state::LabRow;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::labs::lab_for;
+use super::access::lab_for;
 use crate::auth::{self, Caller, Role};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiResult};
 use crate::AppState;

@@ -13,8 +13,8 @@ use kobako_lab::scenario;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use crate::api::access::lab_for;
 use crate::api::labfile;
-use crate::api::labs::lab_for;
 use crate::auth::Caller;
 use crate::error::{ApiBytes, ApiError, ApiPath, ApiQuery, ApiResult};
 use crate::ops::{self, Operation};

@@ -16,14 +16,13 @@ use futures_util::StreamExt;
 use kobako_agent::proto::{ExecRequest, TtySize};
 use kobako_runtime::agent::{AgentClient, CappedBuf, ExecEvent};
 use kobako_runtime::VmDir;
-use kobako_state::rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use utoipa::{IntoParams, ToSchema};
 
-use super::labs::{lab_for, vm_info, VmInfo};
+use super::access::lab_for;
+use super::labs::{vm_info, VmInfo};
 use crate::auth::Caller;
-use crate::db::sql;
 use crate::error::{body_error, ApiError, ApiJson, ApiPath, ApiQuery, ApiResult};
 use crate::AppState;
 
@@ -36,17 +35,7 @@ pub const BUFFERED_DOWNLOAD: u64 = 16 * 1024 * 1024;
 /// The VM row (and its lab) after checking the caller may use it.
 async fn vm_for(st: &AppState, caller: &Caller, name: &str, write: bool) -> ApiResult<VmInfo> {
     let n = name.to_string();
-    let lab: Option<String> = st
-        .db
-        .run(move |db| {
-            db.conn()
-                .query_row("SELECT lab FROM vms WHERE name = ?1", params![n], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(sql)
-        })
-        .await?;
+    let lab: Option<String> = st.db.run(move |db| Ok(db.vm(&n)?.map(|v| v.lab))).await?;
     match lab {
         Some(lab) => {
             // A VM of a lab the caller cannot see is not there (404 naming the VM, not its lab).

@@ -1,12 +1,10 @@
 //! API tokens (`kbk_...`) for scripts: create, list, revoke, and look one up as a credential.
 
-use kobako_state::rusqlite::{params, OptionalExtension};
-use kobako_state::{now_ms, Db};
+use kobako_state::{now_ms, ApiTokenRow, Db};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::secrets::{random_token, token_hash};
-use crate::db::sql;
 use crate::error::{ApiError, ApiResult};
 
 /// An API token as listed (the secret is shown once, at creation).
@@ -19,6 +17,20 @@ pub struct ApiToken {
     pub expires_ms: Option<i64>,
     pub last_used_ms: Option<i64>,
     pub revoked: bool,
+}
+
+impl From<ApiTokenRow> for ApiToken {
+    fn from(r: ApiTokenRow) -> ApiToken {
+        ApiToken {
+            id: r.id,
+            user: r.user,
+            name: r.name,
+            created_ms: r.created_ms,
+            expires_ms: r.expires_ms,
+            last_used_ms: r.last_used_ms,
+            revoked: r.revoked,
+        }
+    }
 }
 
 pub fn create_token(
@@ -37,61 +49,30 @@ pub fn create_token(
     let secret = format!("kbk_{}", random_token(32));
     let now = now_ms();
     let expires = expires_days.map(|d| now + i64::from(d) * 86_400_000);
-    db.conn()
-        .execute(
-            "INSERT INTO api_tokens(id, hash, user, name, created_ms, expires_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, token_hash(&secret), user, name, now, expires],
-        )
-        .map_err(sql)?;
-    Ok((
-        ApiToken {
-            id,
-            user: user.into(),
-            name: name.into(),
-            created_ms: now,
-            expires_ms: expires,
-            last_used_ms: None,
-            revoked: false,
-        },
-        secret,
-    ))
+    let row = ApiTokenRow {
+        id,
+        user: user.into(),
+        name: name.into(),
+        created_ms: now,
+        expires_ms: expires,
+        last_used_ms: None,
+        revoked: false,
+    };
+    db.insert_api_token(&row, &token_hash(&secret))?;
+    Ok((row.into(), secret))
 }
 
 pub fn list_tokens(db: &Db, user: Option<&str>) -> ApiResult<Vec<ApiToken>> {
-    let c = db.conn();
-    let mut st = c
-        .prepare(
-            "SELECT id, user, name, created_ms, expires_ms, last_used_ms, revoked FROM api_tokens
-             WHERE ?1 IS NULL OR user = ?1 ORDER BY created_ms",
-        )
-        .map_err(sql)?;
-    let rows = st
-        .query_map(params![user], |r| {
-            Ok(ApiToken {
-                id: r.get(0)?,
-                user: r.get(1)?,
-                name: r.get(2)?,
-                created_ms: r.get(3)?,
-                expires_ms: r.get(4)?,
-                last_used_ms: r.get(5)?,
-                revoked: r.get(6)?,
-            })
-        })
-        .map_err(sql)?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(sql)
+    Ok(db
+        .api_tokens(user)?
+        .into_iter()
+        .map(ApiToken::from)
+        .collect())
 }
 
 /// Revokes token `id`; `owner` limits it to that user's tokens (members).
 pub fn revoke_token(db: &Db, id: &str, owner: Option<&str>) -> ApiResult<()> {
-    let n = db
-        .conn()
-        .execute(
-            "UPDATE api_tokens SET revoked = 1 WHERE id = ?1 AND (?2 IS NULL OR user = ?2)",
-            params![id, owner],
-        )
-        .map_err(sql)?;
-    if n == 0 {
+    if !db.revoke_api_token(id, owner)? {
         return Err(ApiError::not_found(format!("no token '{id}'")));
     }
     Ok(())
@@ -99,29 +80,19 @@ pub fn revoke_token(db: &Db, id: &str, owner: Option<&str>) -> ApiResult<()> {
 
 /// (token id, user) of a valid API token.
 pub(super) fn token_user(db: &Db, secret: &str) -> ApiResult<(String, String)> {
-    let row: Option<(String, String, Option<i64>, bool)> = db
-        .conn()
-        .query_row(
-            "SELECT id, user, expires_ms, revoked FROM api_tokens WHERE hash = ?1",
-            params![token_hash(secret)],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .optional()
-        .map_err(sql)?;
-    match row {
+    match db.api_token_by_hash(&token_hash(secret))? {
         None => Err(ApiError::unauthorized("API token not known")),
-        Some((_, _, _, true)) => Err(ApiError::unauthorized("API token was revoked")),
-        Some((_, _, Some(e), _)) if e < now_ms() => Err(ApiError::unauthorized(
+        Some(t) if t.revoked => Err(ApiError::unauthorized("API token was revoked")),
+        Some(ApiTokenRow {
+            expires_ms: Some(e),
+            ..
+        }) if e < now_ms() => Err(ApiError::unauthorized(
             "API token expired: create a new one",
         )),
-        Some((id, user, _, _)) => {
+        Some(t) => {
             // Recorded at most once a minute per token (no write per request).
-            let _ = db.conn().execute(
-                "UPDATE api_tokens SET last_used_ms = ?2 WHERE id = ?1
-                 AND (last_used_ms IS NULL OR last_used_ms < ?2 - 60000)",
-                params![id, now_ms()],
-            );
-            Ok((id, user))
+            let _ = db.touch_api_token(&t.id);
+            Ok((t.id, t.user))
         }
     }
 }

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use kobako_state::rusqlite::{params, OptionalExtension};
 use kobako_state::{now_ms, Db};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -14,7 +13,6 @@ use super::limiter::Gate;
 use super::passwords::{check_login_input, verify_or_dummy};
 use super::secrets::{random_token, token_hash};
 use super::users::{get_user, password_hash_of, user_gen, User};
-use crate::db::sql;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
@@ -41,17 +39,12 @@ pub fn issue_pair(state: &AppState, db: &Db, user: User) -> ApiResult<TokenPair>
     let access = state.keys.issue(&user.name, &gen)?;
     let refresh = random_token(32);
     let now = now_ms();
-    db.conn()
-        .execute(
-            "INSERT INTO refresh_tokens(hash, user, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![
-                token_hash(&refresh),
-                user.name,
-                now,
-                now + REFRESH_TTL.as_millis() as i64
-            ],
-        )
-        .map_err(sql)?;
+    db.insert_refresh_token(
+        &token_hash(&refresh),
+        &user.name,
+        now,
+        now + REFRESH_TTL.as_millis() as i64,
+    )?;
     Ok(TokenPair {
         access_token: access,
         token_type: "Bearer".into(),
@@ -123,27 +116,18 @@ pub async fn login(state: &AppState, name: &str, password: &str, ip: &str) -> Ap
 /// token presented again revokes every refresh token of its user (it was stolen or replayed).
 pub fn refresh(state: &AppState, db: &Db, token: &str) -> ApiResult<TokenPair> {
     let h = token_hash(token);
-    let row: Option<(String, i64, bool)> = db
-        .conn()
-        .query_row(
-            "SELECT user, expires_ms, revoked FROM refresh_tokens WHERE hash = ?1",
-            params![h],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .optional()
-        .map_err(sql)?;
-    let Some((user, exp, revoked)) = row else {
+    let Some(kobako_state::RefreshTokenRow {
+        user,
+        expires_ms: exp,
+        revoked,
+    }) = db.refresh_token(&h)?
+    else {
         return Err(ApiError::unauthorized(
             "refresh token not known: log in again",
         ));
     };
     if revoked {
-        db.conn()
-            .execute(
-                "UPDATE refresh_tokens SET revoked = 1 WHERE user = ?1",
-                params![user],
-            )
-            .map_err(sql)?;
+        db.revoke_refresh_tokens_of(&user)?;
         return Err(ApiError::unauthorized(
             "refresh token was already used or revoked; every session of this user was ended: log in again",
         ));
@@ -153,14 +137,7 @@ pub fn refresh(state: &AppState, db: &Db, token: &str) -> ApiResult<TokenPair> {
             "refresh token expired: log in again",
         ));
     }
-    let changed = db
-        .conn()
-        .execute(
-            "UPDATE refresh_tokens SET revoked = 1 WHERE hash = ?1 AND revoked = 0",
-            params![h],
-        )
-        .map_err(sql)?;
-    if changed == 0 {
+    if !db.revoke_refresh_token(&h)? {
         return Err(ApiError::unauthorized(
             "refresh token was just used: log in again",
         ));
@@ -171,11 +148,6 @@ pub fn refresh(state: &AppState, db: &Db, token: &str) -> ApiResult<TokenPair> {
 
 /// Revokes a refresh token (logout). Unknown tokens are fine (idempotent).
 pub fn logout(db: &Db, token: &str) -> ApiResult<()> {
-    db.conn()
-        .execute(
-            "UPDATE refresh_tokens SET revoked = 1 WHERE hash = ?1",
-            params![token_hash(token)],
-        )
-        .map_err(sql)?;
+    db.end_refresh_token(&token_hash(token))?;
     Ok(())
 }

@@ -7,12 +7,10 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use kobako_state::now_ms;
-use kobako_state::rusqlite::{params, OptionalExtension};
 
 use super::caller::{Caller, Credential};
 use super::secrets::{random_token, token_hash};
 use super::users::{current_user, user_gen};
-use crate::db::sql;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
@@ -134,16 +132,7 @@ pub async fn session_alive(state: &AppState, caller: &Caller) -> Result<(), Sess
             let id = id.clone();
             let row = state
                 .db
-                .run(move |db| {
-                    db.conn()
-                        .query_row(
-                            "SELECT revoked, expires_ms FROM api_tokens WHERE id = ?1",
-                            params![id],
-                            |r| Ok((r.get::<_, bool>(0)?, r.get::<_, Option<i64>>(1)?)),
-                        )
-                        .optional()
-                        .map_err(sql)
-                })
+                .run(move |db| Ok(db.api_token(&id)?.map(|t| (t.revoked, t.expires_ms))))
                 .await;
             match row {
                 Ok(None) => return Err(SessionEnd::UserRemoved),

@@ -2,14 +2,12 @@
 //! password, quotas), name and quota rules, the first start's `admin`, and the row of a
 //! request's caller (through the read cache).
 
-use kobako_state::rusqlite::{params, OptionalExtension};
-use kobako_state::{now_ms, Db};
+use kobako_state::{Db, NewUser, UserRow};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::passwords::{check_password, hash_password};
 use super::secrets::random_token;
-use crate::db::sql;
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
 
@@ -73,42 +71,29 @@ pub fn check_user_name(n: &str) -> ApiResult<()> {
     Ok(())
 }
 
-fn user_from_row(r: &kobako_state::rusqlite::Row<'_>) -> kobako_state::rusqlite::Result<User> {
-    let role: String = r.get(1)?;
-    Ok(User {
-        name: r.get(0)?,
-        role: Role::parse(&role).unwrap_or(Role::Viewer),
-        max_vms: r.get(2)?,
-        max_memory_mib: r.get(3)?,
-        created_ms: r.get(4)?,
-        max_disk_mib: r.get(5)?,
-    })
+impl From<UserRow> for User {
+    fn from(r: UserRow) -> User {
+        User {
+            role: Role::parse(&r.role).unwrap_or(Role::Viewer),
+            name: r.name,
+            max_vms: r.max_vms,
+            max_memory_mib: r.max_memory_mib,
+            max_disk_mib: r.max_disk_mib,
+            created_ms: r.created_ms,
+        }
+    }
 }
 
 pub fn get_user(db: &Db, name: &str) -> ApiResult<Option<User>> {
-    db.conn()
-        .query_row(
-            "SELECT name, role, max_vms, max_memory_mib, created_ms, max_disk_mib FROM users WHERE name = ?1",
-            params![name],
-            user_from_row,
-        )
-        .optional()
-        .map_err(sql)
+    Ok(db.user(name)?.map(User::from))
 }
 
 pub fn list_users(db: &Db) -> ApiResult<Vec<User>> {
-    let c = db.conn();
-    let mut st = c
-        .prepare("SELECT name, role, max_vms, max_memory_mib, created_ms, max_disk_mib FROM users ORDER BY name")
-        .map_err(sql)?;
-    let rows = st.query_map([], user_from_row).map_err(sql)?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(sql)
+    Ok(db.users()?.into_iter().map(User::from).collect())
 }
 
 pub fn count_users(db: &Db) -> ApiResult<i64> {
-    db.conn()
-        .query_row("SELECT COUNT(*) FROM users", [], |r| r.get(0))
-        .map_err(sql)
+    Ok(db.count_users()?)
 }
 
 /// Creates a user (hashes the password here: call from a blocking thread).
@@ -130,16 +115,14 @@ pub fn add_user(
         ));
     }
     let hash = hash_password(password)?;
-    let now = now_ms();
-    let n = db
-        .conn()
-        .execute(
-            "INSERT INTO users(name, hash, role, max_vms, max_memory_mib, created_ms, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT(name) DO NOTHING",
-            params![name, hash, role.as_str(), max_vms, max_memory_mib, now],
-        )
-        .map_err(sql)?;
-    if n == 0 {
+    let inserted = db.insert_user(&NewUser {
+        name,
+        hash: &hash,
+        role: role.as_str(),
+        max_vms,
+        max_memory_mib,
+    })?;
+    if !inserted {
         return Err(ApiError::conflict(format!("user '{name}' already exists")));
     }
     get_user(db, name)?.ok_or_else(|| ApiError::internal("user vanished after insert"))
@@ -148,14 +131,7 @@ pub fn add_user(
 /// Sets (or with `None` removes) a user's disk quota (MiB of checkpoints and captures).
 pub fn set_max_disk_mib(db: &Db, name: &str, max_disk_mib: Option<i64>) -> ApiResult<User> {
     check_disk_quota(max_disk_mib)?;
-    let n = db
-        .conn()
-        .execute(
-            "UPDATE users SET max_disk_mib = ?2, updated_ms = ?3 WHERE name = ?1",
-            params![name, max_disk_mib, now_ms()],
-        )
-        .map_err(sql)?;
-    if n == 0 {
+    if !db.set_user_disk_quota(name, max_disk_mib)? {
         return Err(ApiError::not_found(format!("no user '{name}'")));
     }
     get_user(db, name)?.ok_or_else(|| ApiError::not_found(format!("no user '{name}'")))
@@ -207,22 +183,12 @@ pub fn update_user(
         u.max_memory_mib = v;
     }
     check_quota(u.max_vms, u.max_memory_mib)?;
-    db.conn()
-        .execute(
-            "UPDATE users SET role = ?2, max_vms = ?3, max_memory_mib = ?4, updated_ms = ?5
-             WHERE name = ?1",
-            params![name, u.role.as_str(), u.max_vms, u.max_memory_mib, now_ms()],
-        )
-        .map_err(sql)?;
+    db.update_user(name, u.role.as_str(), u.max_vms, u.max_memory_mib)?;
     Ok(u)
 }
 
 pub fn delete_user(db: &Db, name: &str) -> ApiResult<()> {
-    let n = db
-        .conn()
-        .execute("DELETE FROM users WHERE name = ?1", params![name])
-        .map_err(sql)?;
-    if n == 0 {
+    if !db.delete_user(name)? {
         return Err(ApiError::not_found(format!("no user '{name}'")));
     }
     Ok(())
@@ -234,48 +200,16 @@ pub fn delete_user(db: &Db, name: &str) -> ApiResult<()> {
 pub fn set_password(db: &Db, name: &str, pw: &str, keep_tokens: bool) -> ApiResult<()> {
     check_password(pw)?;
     let h = hash_password(pw)?;
-    let mut c = db.conn();
-    let tx = c.transaction().map_err(sql)?;
-    let n = tx
-        .execute(
-            "UPDATE users SET hash = ?2, updated_ms = ?3 WHERE name = ?1",
-            params![name, h, now_ms()],
-        )
-        .map_err(sql)?;
-    if n == 0 {
+    let new_gen = (!keep_tokens).then(|| random_token(16));
+    if !db.set_user_password(name, &h, new_gen.as_deref())? {
         return Err(ApiError::not_found(format!("no user '{name}'")));
     }
-    if !keep_tokens {
-        tx.execute(
-            "UPDATE users SET token_gen = ?2 WHERE name = ?1",
-            params![name, random_token(16)],
-        )
-        .map_err(sql)?;
-        tx.execute(
-            "UPDATE refresh_tokens SET revoked = 1 WHERE user = ?1",
-            params![name],
-        )
-        .map_err(sql)?;
-        tx.execute(
-            "UPDATE api_tokens SET revoked = 1 WHERE user = ?1",
-            params![name],
-        )
-        .map_err(sql)?;
-    }
-    tx.commit().map_err(sql)
+    Ok(())
 }
 
 /// The user row's `token_gen` (`None`: no such user).
 pub fn user_gen(db: &Db, name: &str) -> ApiResult<Option<String>> {
-    db.conn()
-        .query_row(
-            "SELECT token_gen FROM users WHERE name = ?1",
-            params![name],
-            |r| r.get::<_, Option<String>>(0),
-        )
-        .optional()
-        .map(Option::flatten)
-        .map_err(sql)
+    Ok(db.user_token_gen(name)?)
 }
 
 /// The user row (from the read cache when the database is unchanged); 401 when it is gone.
@@ -297,14 +231,7 @@ pub(super) async fn current_user(state: &AppState, name: &str) -> ApiResult<User
 }
 
 pub(super) fn password_hash_of(db: &Db, name: &str) -> ApiResult<Option<String>> {
-    db.conn()
-        .query_row(
-            "SELECT hash FROM users WHERE name = ?1",
-            params![name],
-            |r| r.get(0),
-        )
-        .optional()
-        .map_err(sql)
+    Ok(db.user_password_hash(name)?)
 }
 
 /// First start: when there is no user, create `admin` with a random password, write it 0600 to

@@ -131,10 +131,17 @@ pub fn write_page_tables(mem: &GuestMemoryMmap, map_end: u64) -> Result<u64, Reg
     for g in 0..gibs {
         let pd = PDE_START + g * 0x1000;
         w(pd | 0x03, PDPTE_START + g * 8, "PDPT")?;
-        for i in 0..512u64 {
-            // present + writable + page size (2 MiB).
-            w(((g << 30) | (i << 21)) | 0x83, pd + i * 8, "page directory")?;
+        // The directory's 512 entries in one write (one guest-memory lookup, not 512: this runs
+        // at every VM start): present + writable + page size (2 MiB).
+        let mut dir = [0u8; 4096];
+        for (i, e) in (0u64..).zip(dir.chunks_exact_mut(8)) {
+            e.copy_from_slice(&(((g << 30) | (i << 21)) | 0x83).to_le_bytes());
         }
+        mem.write_slice(&dir, GuestAddress(pd))
+            .map_err(|source| RegsError::GuestWrite {
+                what: "page directory",
+                source,
+            })?;
     }
     Ok(gibs)
 }

@@ -1,5 +1,8 @@
-//! Thin binary around [`kobako_vmm::main_with_args`] for tests and benchmarks; kobako itself
-//! runs the same code as `kobako vmm ARGS...`.
+//! The slim VMM executable: the VM process the vmm runtime starts for each microVM (installed
+//! next to `kobako` by scripts/build.sh, built with the workspace's `vmm` profile), and the
+//! binary of the tests and benchmarks. Nothing but [`kobako_vmm::main_with_args`]: `kobako vmm
+//! ARGS...` runs the same code inside the big `kobako` binary, which costs more to exec and more
+//! resident memory at every VM start (`cargo bench -p kobako-vmm --bench startup -- rusage`).
 
 #![warn(
     clippy::cast_possible_truncation,
