@@ -6,22 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{host, RuntimeError};
 
-/// CPU accelerator for the QEMU runtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
-
-impl std::fmt::Display for Accel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        })
-    }
-}
+/// CPU accelerator (what the host offers: [`host::detect_accel`]).
+pub use crate::host::Accel;
 
 /// How the kernel file is loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

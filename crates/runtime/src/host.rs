@@ -1,7 +1,24 @@
 //! What this host can do: which accelerator runs a standard Linux guest, how many CPUs and how
 //! much memory there are, the TSC frequency (passed to TCG guests so timer calibration cannot hang).
 
-use crate::config::Accel;
+use serde::{Deserialize, Serialize};
+
+/// CPU accelerator for the QEMU runtime (re-exported as `config::Accel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
 
 /// The accelerator choice and why it was made (logged, shown by `kobako vm run -v`).
 #[derive(Debug, Clone)]

@@ -215,6 +215,27 @@ pub fn observed(row: &VmRow) -> (VmState, Option<String>) {
     }
 }
 
+/// Runtime names of `target`: `None` every VM, `node` all VMs of a node, `node.vm` one.
+pub fn targets(lab: &Lab, target: Option<&str>) -> Result<Vec<String>> {
+    Ok(match target {
+        None => lab.vms().map(|v| vm_name(lab, v)).collect(),
+        Some(t) if t.contains('.') => {
+            let vm = lab.find_vm(t).map_err(LabError::NoSuch)?;
+            vec![vm_name(lab, vm)]
+        }
+        Some(t) => {
+            let node = lab.node(t).ok_or_else(|| {
+                LabError::NoSuch(format!(
+                    "lab '{}' has no node '{t}'{}",
+                    lab.name,
+                    crate::spec::error::suggest(t, lab.nodes.iter().map(|n| n.name.as_str()))
+                ))
+            })?;
+            node.vms.iter().map(|v| vm_name(lab, v)).collect()
+        }
+    })
+}
+
 /// The runtime name of a lab VM.
 pub fn vm_name(lab: &Lab, vm: &Vm) -> String {
     format!(

@@ -713,7 +713,7 @@ pub async fn restart(
 ) -> Result<UpReport> {
     let rec = LabRecord::load(name).ok_or_else(|| LabError::NotFound(name.into()))?;
     let lab = &rec.lab;
-    let names = super::vmops::targets(lab, target)?;
+    let names = super::targets(lab, target)?;
     {
         let _lock = LabLock::acquire(name, LOCK_WAIT)?;
         progress.event(&format!("stopping {}", names.join(", ")));

@@ -12,29 +12,7 @@ use kobako_runtime::Runtime;
 use kobako_state::{LabLock, LabState, VmState};
 
 use super::up::{stop_all, up_some, LOCK_WAIT};
-use super::{vm_name, LabError, LabRecord, Progress, Resolver, Result, UpReport};
-use crate::spec::Lab;
-
-/// Runtime names of `target`: `None` every VM, `node` all VMs of a node, `node.vm` one.
-pub fn targets(lab: &Lab, target: Option<&str>) -> Result<Vec<String>> {
-    Ok(match target {
-        None => lab.vms().map(|v| vm_name(lab, v)).collect(),
-        Some(t) if t.contains('.') => {
-            let vm = lab.find_vm(t).map_err(LabError::NoSuch)?;
-            vec![vm_name(lab, vm)]
-        }
-        Some(t) => {
-            let node = lab.node(t).ok_or_else(|| {
-                LabError::NoSuch(format!(
-                    "lab '{}' has no node '{t}'{}",
-                    lab.name,
-                    crate::spec::error::suggest(t, lab.nodes.iter().map(|n| n.name.as_str()))
-                ))
-            })?;
-            node.vms.iter().map(|v| vm_name(lab, v)).collect()
-        }
-    })
-}
+use super::{targets, LabError, LabRecord, Progress, Resolver, Result, UpReport};
 
 fn running_lab(name: &str) -> Result<LabRecord> {
     let rec = LabRecord::load(name).ok_or_else(|| LabError::NotFound(name.into()))?;

@@ -44,7 +44,7 @@ async fn run(
 ) -> ApiResult<(StatusCode, Json<Operation>)> {
     let row = lab_for(&st, &caller, &lab, true).await?;
     let spec: Lab = serde_json::from_value(row.spec.clone()).map_err(ApiError::internal)?;
-    controller::vmops::targets(&spec, Some(&target))?;
+    controller::targets(&spec, Some(&target))?;
     if !matches!(
         row.state,
         LabState::Ready | LabState::Degraded | LabState::Starting
