@@ -53,8 +53,9 @@ pub const QEMU_OVERHEAD_MIB: u64 = 256;
 /// QEMU's default cache (up to 1 GiB) Debian guests running Docker or 100 parallel execs went
 /// 270-300 MiB over their RAM here; with the cache bounded, measured below this.
 pub const QEMU_TCG_OVERHEAD_MIB: u64 = 384;
-/// Memory `kobako vmm` may use beyond its guest's RAM: its own few MiB (about 6 MiB resident),
-/// device queues and vsock buffers, the page cache of the kernel and initramfs it loads.
+/// Memory the own VMM may use beyond its guest's RAM: its own few MiB (2 MiB resident as the
+/// slim `kobako-vmm`, 6 MiB as `kobako vmm`), device queues and vsock buffers, the page cache of
+/// the kernel and initramfs it loads.
 pub const VMM_OVERHEAD_MIB: u64 = 128;
 /// Present on hosts whose KVM is PVM (the VMM reads it).
 const PVM_MODULE: &str = "/sys/module/kvm_pvm";
