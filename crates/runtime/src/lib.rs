@@ -25,6 +25,7 @@ pub mod qemu;
 pub mod qmp;
 pub mod snapshot;
 pub mod sock;
+mod supervised;
 pub mod supervisor;
 pub mod vmdir;
 pub mod vmm;

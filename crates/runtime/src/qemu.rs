@@ -7,15 +7,15 @@
 //! console on a chardev socket with a log file, a virtio-serial port `kobako.agent` for the agent
 //! (no vhost-vsock needed), virtio-blk for a disk root, QMP for control.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 
 use crate::config::{Root, VmConfig};
 use crate::jail::{Jail, JailConfig};
 use crate::qmp::Qmp;
-use crate::vmdir::{alive, write_json, GuestChannel, Launch, PassFd, VmDir};
+use crate::supervised::{finish, start_supervised, wait_gone};
+use crate::vmdir::{write_json, GuestChannel, Launch, PassFd, VmDir};
 use crate::{io, Accel, Console, Result, Runtime, RuntimeError, VmState, VmStatus};
 
 /// The QEMU runtime.
@@ -260,18 +260,6 @@ impl QemuRuntime {
     }
 }
 
-/// Wait until a pid is gone.
-pub(crate) async fn wait_gone(pid: i32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while alive(pid) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    true
-}
-
 #[async_trait::async_trait]
 impl Runtime for QemuRuntime {
     fn name(&self) -> &'static str {
@@ -441,75 +429,6 @@ impl Runtime for QemuRuntime {
             log: vm.file("console.log"),
         }
     }
-}
-
-/// Start `kobako vm supervise DIR` (own session) and wait until the VM process runs and created
-/// its control socket `control` (`what` names the VM process in errors).
-pub(crate) async fn start_supervised(
-    kobako_exe: &Path,
-    vm: &VmDir,
-    control: &str,
-    what: &str,
-) -> Result<()> {
-    let log =
-        std::fs::File::create(vm.file("supervisor.log")).map_err(io("create supervisor.log"))?;
-    let mut cmd = Command::new(kobako_exe);
-    cmd.args(["vm", "supervise"])
-        .arg(&vm.path)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(io("supervisor log"))?)
-        .stderr(log);
-    // SAFETY: setsid in the child between fork and exec; async-signal-safe. The supervisor
-    // gets its own session so it outlives this process and its terminal.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(io(format!("start {}", kobako_exe.display())))?;
-    // Reap the supervisor whenever it ends, so it never lingers as a zombie of a long-lived
-    // caller (the server).
-    let sup_pid = child.id() as i32;
-    std::thread::spawn(move || {
-        let _ = child.wait();
-    });
-    // Running means: the VM process exists and created its control socket.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if vm.file(control).exists() && vm.vm_pid().is_some() {
-            return Ok(());
-        }
-        let gone = !alive(sup_pid);
-        if gone || Instant::now() > deadline {
-            let detail = [
-                crate::vmdir::tail(&vm.file("vm.log"), 5),
-                crate::vmdir::tail(&vm.file("supervisor.log"), 5),
-            ]
-            .join("\n");
-            let _ = vm.remove();
-            return Err(RuntimeError::ExitedEarly {
-                name: vm.name.clone(),
-                how: if gone {
-                    "the VM process failed to start".into()
-                } else {
-                    format!("{what} did not create its control socket within 10 s")
-                },
-                console: detail,
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-/// After the VM process is gone: let the supervisor clean up, then make sure nothing is left.
-pub(crate) async fn finish(vm: &VmDir) -> Result<()> {
-    if let Some(sup) = vm.supervisor_pid() {
-        wait_gone(sup, Duration::from_secs(3)).await;
-    }
-    vm.remove()
 }
 
 #[cfg(test)]

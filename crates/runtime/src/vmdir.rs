@@ -188,11 +188,11 @@ impl VmDir {
     }
 
     /// The VM's live serial console socket: the one the supervisor binds for QEMU, or the one
-    /// `kobako vmm` binds in its work directory ([`crate::vmm::CONSOLE_SOCKET`]). Connect with
+    /// `kobako vmm` binds in its work directory ([`vmm_files::CONSOLE_SOCKET`]). Connect with
     /// [`crate::sock::connect`]: the latter is in a directory the VM's jail uid writes.
     pub fn console_socket(&self) -> PathBuf {
         match self.launch() {
-            Ok(l) if l.runtime == "vmm" => self.file(crate::vmm::CONSOLE_SOCKET),
+            Ok(l) if l.runtime == "vmm" => self.file(vmm_files::CONSOLE_SOCKET),
             _ => self.file("console.sock"),
         }
     }
@@ -369,4 +369,24 @@ impl VmDir {
         }
         Ok(())
     }
+}
+/// File names of the vmm runtime inside a VM's directory (re-exported by [`crate::vmm`]).
+pub mod vmm_files {
+    /// The one directory of a VM's directory the VMM writes (owned by its jail uid while it runs):
+    /// its sockets, which it binds itself, and a snapshot's files on their way out. Everything else
+    /// in the VM directory is the supervisor's and the server's.
+    pub const WORK_DIR: &str = "vmm";
+    /// The VMM's API socket, in [`WORK_DIR`].
+    pub const API_SOCKET: &str = "vmm/api.sock";
+    /// The VMM's vsock `uds_path`, in [`WORK_DIR`].
+    pub const VSOCK_SOCKET: &str = "vmm/vsock.sock";
+    /// The VMM's serial console socket, in [`WORK_DIR`].
+    pub const CONSOLE_SOCKET: &str = "vmm/console.sock";
+
+    /// A vmm snapshot's files: the VMM's state file (vCPUs, VM, devices, configuration) and the
+    /// guest's RAM (sparse, `memory_mib` MiB; mapped privately on restore, never written).
+    pub const STATE_FILE: &str = "vmstate.bin";
+    pub const MEMORY_FILE: &str = "memory.bin";
+    /// The `--snapshot-load` document in the VM directory of a restored VM.
+    pub const RESTORE_FILE: &str = "restore.json";
 }

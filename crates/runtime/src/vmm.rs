@@ -33,41 +33,29 @@ use std::time::Duration;
 
 use crate::config::{Root, VmConfig};
 use crate::jail::{Jail, JailConfig};
-use crate::qemu::{finish, start_supervised, wait_gone};
+use crate::supervised::{finish, start_supervised, wait_gone};
 use crate::vmdir::{write_json, GuestChannel, Launch, VmDir};
 use crate::{io, Console, Result, Runtime, RuntimeError, VmState, VmStatus};
 
 /// The guest's vsock CID (each VM has its own VMM and socket, so all can use the first free one).
 pub const GUEST_CID: u32 = 3;
-/// The one directory of a VM's directory the VMM writes (owned by its jail uid while it runs):
-/// its sockets, which it binds itself, and a snapshot's files on their way out. Everything else
-/// in the VM directory is the supervisor's and the server's.
-pub const WORK_DIR: &str = "vmm";
-/// The VMM's API socket, in [`WORK_DIR`].
-pub const API_SOCKET: &str = "vmm/api.sock";
-/// The VMM's vsock `uds_path`, in [`WORK_DIR`].
-pub const VSOCK_SOCKET: &str = "vmm/vsock.sock";
-/// The VMM's serial console socket, in [`WORK_DIR`].
-pub const CONSOLE_SOCKET: &str = "vmm/console.sock";
+/// The VMM's work directory and sockets in a VM's directory (the layout is `vmdir`'s).
+pub use crate::vmdir::vmm_files::{API_SOCKET, CONSOLE_SOCKET, VSOCK_SOCKET, WORK_DIR};
 
 /// The slim VMM executable (crate kobako-vmm, profile `vmm`), installed next to `kobako` by
 /// `scripts/build.sh`: the VM process when it is there, since it execs quicker and is smaller in
 /// memory than `kobako vmm` (which runs the same code inside the whole of kobako).
 pub const SLIM_VMM: &str = "kobako-vmm";
 
-/// Exit status of `kobako vmm` when the guest reset itself (kobako_vmm::EXIT_GUEST_RESET).
-pub const EXIT_GUEST_RESET: i32 = 80;
+/// Exit status of the VMM when the guest reset itself.
+pub use kobako_vmm::EXIT_GUEST_RESET;
 
 /// Exit status of `kobako vmm --snapshot-load` when it refused the snapshot (the reason is in
-/// its log, `vm.log`).
-pub const EXIT_SNAPSHOT_LOAD: i32 = 152;
+/// its log, `vm.log`): the VMM's "bad configuration".
+pub use kobako_vmm::EXIT_BAD_CONFIGURATION as EXIT_SNAPSHOT_LOAD;
 
-/// A vmm snapshot's files: the VMM's state file (vCPUs, VM, devices, configuration) and the
-/// guest's RAM (sparse, `memory_mib` MiB; mapped privately on restore, never written).
-pub const STATE_FILE: &str = "vmstate.bin";
-pub const MEMORY_FILE: &str = "memory.bin";
-/// The `--snapshot-load` document in the VM directory of a restored VM.
-pub const RESTORE_FILE: &str = "restore.json";
+/// A vmm snapshot's files (named by `vmdir`, whose jail binds them).
+pub use crate::vmdir::vmm_files::{MEMORY_FILE, RESTORE_FILE, STATE_FILE};
 
 /// Command-line parameters the PVM-tolerant guest kernel needs on a kvm_pvm host (one
 /// definition, in kobako-vmm, shared with its Linux tests).

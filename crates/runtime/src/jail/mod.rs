@@ -195,7 +195,7 @@ impl Jail {
         let mut read_only: Vec<PathBuf> = config_files.to_vec();
         if let Some(state) = &cfg.incoming {
             read_only.push(state.clone());
-            read_only.push(state.with_file_name(crate::vmm::MEMORY_FILE));
+            read_only.push(state.with_file_name(crate::vmdir::vmm_files::MEMORY_FILE));
         }
         let pvm = Path::new(PVM_MODULE);
         if pvm.exists() {
