@@ -468,6 +468,11 @@ impl Runtime for VmmRuntime {
         if restore.is_some() {
             config_files.push(vm.file(RESTORE_FILE));
         }
+        // A restore reads its snapshot's state and memory files.
+        if let Some(state) = &cfg.incoming {
+            config_files.push(state.clone());
+            config_files.push(state.with_file_name(MEMORY_FILE));
+        }
         let (program, program_args) = self.vmm_program();
         let jail = crate::jail::decide(&vm, &self.jail, || {
             Jail::for_vmm(cfg, &self.jail, &program, &vm.path, &config_files, &work)

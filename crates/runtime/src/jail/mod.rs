@@ -177,8 +177,8 @@ impl Jail {
     }
 
     /// The jail for an own-VMM VM, `exe` being the VMM's binary (the slim `kobako-vmm`, or
-    /// `kobako` run as `kobako vmm`): as for QEMU, plus its configuration files (`vmm.json`,
-    /// `restore.json`, read-only), a restore's snapshot state and memory files (read-only), and
+    /// `kobako` run as `kobako vmm`): as for QEMU, plus `files`, read-only (its `vmm.json`; a
+    /// restore's `restore.json` and snapshot state and memory files: the caller names them), and
     /// `work`, the one directory it writes (its API, console and vsock sockets and a snapshot's
     /// files before kobako takes them out: the VMM binds its sockets itself, as Firecracker
     /// does in its jailer's chroot). `/sys/module/kvm_pvm` is visible when it exists (the VMM
@@ -188,15 +188,11 @@ impl Jail {
         jc: &JailConfig,
         exe: &Path,
         dir: &Path,
-        config_files: &[PathBuf],
+        files: &[PathBuf],
         work: &Path,
     ) -> Result<Jail> {
         let overhead = jc.overhead_mib.unwrap_or(VMM_OVERHEAD_MIB);
-        let mut read_only: Vec<PathBuf> = config_files.to_vec();
-        if let Some(state) = &cfg.incoming {
-            read_only.push(state.clone());
-            read_only.push(state.with_file_name(crate::vmdir::vmm_files::MEMORY_FILE));
-        }
+        let mut read_only: Vec<PathBuf> = files.to_vec();
         let pvm = Path::new(PVM_MODULE);
         if pvm.exists() {
             read_only.push(pvm.to_path_buf());
