@@ -19,6 +19,7 @@ pub mod config;
 pub mod fcapi;
 pub mod group;
 pub mod host;
+mod identity;
 pub mod jail;
 pub mod qcow2;
 pub mod qemu;
