@@ -144,7 +144,7 @@ pub enum VmmActionError {
     StartMicrovm(super::StartMicrovmError),
     /// The live device refused a `PATCH /drives` or `PATCH /network-interfaces`.
     #[error("{0}")]
-    DeviceUpdate(String),
+    DeviceUpdate(crate::devices::virtio::setup::DeviceUpdateError),
     /// Pausing or resuming the vCPUs failed.
     #[error("{0}")]
     VmState(super::VcpuControlError),
