@@ -160,12 +160,14 @@ pub async fn snapshot(a: BenchSnapArgs) -> Result<i32> {
         let resolve = &resolve;
         let name = name.clone();
         async move {
-            warm::set_enabled(warm_on);
+            // KOBAKO_WARM=0 (the setting at start) still wins.
+            let configured = warm::enabled();
+            warm::set_enabled(warm_on && configured);
             let t = Instant::now();
             let r = controller::up(rt.clone(), &lab, None, None, resolve, &Quiet).await;
             let el = ms(t);
             let _ = controller::down(rt, &name).await;
-            warm::set_enabled(true);
+            warm::set_enabled(configured);
             let r = r?;
             if !r.ok() {
                 bail!(

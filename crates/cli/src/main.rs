@@ -5,6 +5,7 @@
 mod bench;
 mod bench_lab;
 mod bench_snap;
+mod config;
 mod console;
 mod fn_cmd;
 mod guest_cmd;
@@ -182,6 +183,8 @@ enum BenchCmd {
 }
 
 fn main() {
+    // The environment's settings for the libraries, read once before anything runs.
+    config::Config::from_env().apply();
     // `kobako vmm ...` is the own VMM, with Firecracker's command line (its own parser, no async
     // runtime): hand it the arguments untouched.
     let rest: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
@@ -233,7 +236,7 @@ fn main() {
                     Cmd::Exec(a) => guest_cmd::exec(a).await,
                     Cmd::Up { file, json, cold } => {
                         if cold {
-                            kobako_lab::controller::warm::disable();
+                            kobako_lab::controller::warm::set_enabled(false);
                         }
                         lab_cmd::up(&file, json).await
                     }

@@ -385,7 +385,16 @@ fn network_config_applies_on_a_real_tap() {
     rt().block_on(async {
         use kobako_runtime::config::{Nic, VmConfig};
         use kobako_runtime::Runtime;
+        // The runtime here runs in this process (its setter), the supervisor it starts is the
+        // binary (the environment it inherits).
         std::env::set_var("KOBAKO_RUN", env.run.path());
+        kobako_runtime::vmdir::set_run_root(env.run.path().to_path_buf());
+        if let Some(p) = std::env::var_os("KOBAKO_CACHE") {
+            kobako_image::cache::set_root(p.into());
+        }
+        if let Some(p) = std::env::var_os("KOBAKO_AGENT") {
+            kobako_image::tiny::set_agent(p.into());
+        }
         let kernel = kobako_image::kernel::cached().expect("default kernel built");
         let agent = kobako_image::tiny::find_agent().unwrap();
         let tiny = kobako_image::tiny::cached(&agent).expect("tiny image built");

@@ -1,7 +1,7 @@
 //! Cache layout and build locks.
 //!
 //! ```text
-//! $KOBAKO_CACHE (default /var/cache/kobako)
+//! root() ($KOBAKO_CACHE as the binary reads it; default /var/cache/kobako)
 //!   kernel/src-<version>/      extracted linux-source, shared by all configs
 //!   kernel/build-<key>/        out-of-tree build dir of one config
 //!   kernel/<key>/              vmlinux, bzImage, config, build.log  (the artifact)
@@ -13,12 +13,26 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-/// Root of the cache.
+/// The cache root when nothing set one: the one default of kobako's cache directory (the lab's
+/// warm snapshots live under it too).
+pub const DEFAULT_ROOT: &str = "/var/cache/kobako";
+
+/// Root of the cache: what [`set_root`] fixed (the binary passes `$KOBAKO_CACHE`), else
+/// [`DEFAULT_ROOT`].
 pub fn root() -> PathBuf {
-    std::env::var_os("KOBAKO_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/kobako"))
+    ROOT.get_or_init(|| PathBuf::from(DEFAULT_ROOT)).clone()
+}
+
+/// The cache root of this process, fixed by the first [`set_root`] or [`root`].
+static ROOT: OnceLock<PathBuf> = OnceLock::new();
+
+/// Sets the cache root for this process: the binary calls it once at start, before anything
+/// asks for [`root`]. The first setting (or first use) holds; a later call is ignored and
+/// returns false.
+pub fn set_root(root: PathBuf) -> bool {
+    ROOT.set(root).is_ok()
 }
 
 /// An exclusive advisory lock held until dropped.

@@ -2,12 +2,12 @@
 //! overlays.
 //!
 //! ```text
-//! $KOBAKO_IMAGES (default /var/lib/kobako/images)
+//! root() ($KOBAKO_IMAGES as the binary reads it; default /var/lib/kobako/images)
 //!   <name>/manifest.json     Manifest (below)
 //!   <name>/base.qcow2        the base (or base.raw / rootfs.ext4): never written after commit
 //!   .staging-<name>-<pid>/   a build or import in progress (removed on failure)
 //!   .lock                    serialises commits and removals
-//! $KOBAKO_IMAGES/../vms/<vm>/root.qcow2    a VM's overlay (owned by the VM, removed with it)
+//! root()/../vms/<vm>/root.qcow2    a VM's overlay (owned by the VM, removed with it)
 //! ```
 //! An image directory that exists is complete: builds write into a staging directory and rename
 //! it into place last. Callers run on any thread; the store keeps no state in memory.
@@ -19,11 +19,21 @@ use serde::{Deserialize, Serialize};
 use crate::disk::{self, DiskError};
 use crate::{cache, tiny};
 
-/// Root of the store.
+/// Root of the store: what [`set_root`] fixed (the binary passes `$KOBAKO_IMAGES`), else
+/// `/var/lib/kobako/images`.
 pub fn root() -> PathBuf {
-    std::env::var_os("KOBAKO_IMAGES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/kobako/images"))
+    ROOT.get_or_init(|| PathBuf::from("/var/lib/kobako/images"))
+        .clone()
+}
+
+/// The store root of this process, fixed by the first [`set_root`] or [`root`].
+static ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Sets the store root for this process: the binary calls it once at start, before anything
+/// asks for [`root`]. The first setting (or first use) holds; a later call is ignored and
+/// returns false.
+pub fn set_root(root: PathBuf) -> bool {
+    ROOT.set(root).is_ok()
 }
 
 /// Where per-VM overlays live: a `vms` directory beside the store.

@@ -45,12 +45,23 @@ pub struct TinyImage {
     pub ext4: PathBuf,
 }
 
-/// Where to find the static agent: `$KOBAKO_AGENT`, next to the running executable, or in this
-/// source tree's build output.
+/// The agent [`set_agent`] named for this process, if any.
+static AGENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Names the static agent for this process (the binary passes `$KOBAKO_AGENT` when set): it is
+/// taken as given by [`find_agent`]. Called once at start; a later call is ignored and returns
+/// false.
+pub fn set_agent(path: PathBuf) -> bool {
+    AGENT.set(path).is_ok()
+}
+
+/// Where to find the static agent: the one [`set_agent`] named (`$KOBAKO_AGENT`), next to the
+/// running executable, or in this source tree's build output.
 pub fn find_agent() -> Result<PathBuf, TinyError> {
     let mut candidates = Vec::new();
-    if let Some(p) = std::env::var_os("KOBAKO_AGENT") {
-        candidates.push(PathBuf::from(p));
+    let explicit = AGENT.get();
+    if let Some(p) = explicit {
+        candidates.push(p.clone());
     }
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
@@ -65,10 +76,10 @@ pub fn find_agent() -> Result<PathBuf, TinyError> {
             }
         }
     }
-    // $KOBAKO_AGENT is taken as given (a dynamic one is refused later, naming it); a build
-    // output next to us counts only when static: `cargo build -p kobako-agent` by hand leaves a
-    // dynamic binary in target/debug that must not hide the static one.
-    let explicit = std::env::var_os("KOBAKO_AGENT").is_some();
+    // The named agent ($KOBAKO_AGENT) is taken as given (a dynamic one is refused later, naming
+    // it); a build output next to us counts only when static: `cargo build -p kobako-agent` by
+    // hand leaves a dynamic binary in target/debug that must not hide the static one.
+    let explicit = explicit.is_some();
     candidates
         .iter()
         .enumerate()

@@ -293,10 +293,20 @@ fn leg_names(port: &IfName, vid: Option<u16>) -> (IfName, IfName) {
     (IfName(format!("{base}a")), IfName(format!("{base}b")))
 }
 
+/// Whether [`set_userspace`] forced the userspace fallback for this process.
+static USERSPACE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Forces the userspace fallback (relays instead of VLAN filtering, no netem) on any kernel for
+/// this process: the binary passes `KOBAKO_NET_USERSPACE` (set and not `0`). Call it at start,
+/// before the first lab network is set up: the kernel's features are probed once.
+pub fn set_userspace(on: bool) {
+    USERSPACE.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
 fn probe(rt: &Rtnl) -> Features {
     static F: OnceLock<Features> = OnceLock::new();
     *F.get_or_init(|| {
-        if std::env::var_os("KOBAKO_NET_USERSPACE").is_some_and(|v| v != "0") {
+        if USERSPACE.load(std::sync::atomic::Ordering::SeqCst) {
             return Features {
                 netem: false,
                 vlan_filtering: false,

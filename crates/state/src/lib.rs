@@ -66,11 +66,23 @@ pub enum StateError {
 
 pub type Result<T, E = StateError> = std::result::Result<T, E>;
 
-/// The state directory: `$KOBAKO_STATE` or `/var/lib/kobako`.
+/// The state directory [`set_state_root`] fixed (the binary passes `$KOBAKO_STATE`), else
+/// `/var/lib/kobako`.
 pub fn state_root() -> PathBuf {
-    std::env::var_os("KOBAKO_STATE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/kobako"))
+    STATE_ROOT
+        .get_or_init(|| PathBuf::from("/var/lib/kobako"))
+        .clone()
+}
+
+/// The state directory of this process, fixed by the first [`set_state_root`] or
+/// [`state_root`].
+static STATE_ROOT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Sets the state directory for this process: the binary calls it once at start, before
+/// anything asks for [`state_root`]. The first setting (or first use) holds; a later call is
+/// ignored and returns false.
+pub fn set_state_root(root: PathBuf) -> bool {
+    STATE_ROOT.set(root).is_ok()
 }
 
 /// Milliseconds since the Unix epoch.

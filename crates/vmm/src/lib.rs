@@ -131,9 +131,26 @@ const USAGE: &str = "usage: kobako vmm [--api-sock PATH] [--config-file PATH] [-
 [--no-seccomp] [--boot-timer] [--id ID] [--log-path PATH] [--level LEVEL] [--metrics-path PATH] \
 [--snapshot-load FILE] [--show-level] [--show-log-origin] [--help] [--version]";
 
+/// Why the command line was refused (printed before the usage line).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ArgsError {
+    #[error("{0} needs a value")]
+    MissingValue(String),
+    #[error("invalid --id {0:?}: 1-64 of [A-Za-z0-9_-]")]
+    InvalidId(String),
+    #[error("invalid --level {0:?}")]
+    InvalidLevel(String),
+    #[error("unknown argument {0:?}")]
+    Unknown(String),
+    #[error("--no-api needs --config-file or --snapshot-load")]
+    NoApiWithoutConfig,
+    #[error("--config-file and --snapshot-load exclude each other (a snapshot brings its configuration)")]
+    ConfigAndSnapshot,
+}
+
 /// Parses Firecracker-like flags (`--flag VALUE` or `--flag=VALUE`). `args` excludes the
 /// program name.
-pub fn parse_args(args: &[OsString]) -> Result<Cli, String> {
+pub fn parse_args(args: &[OsString]) -> Result<Cli, ArgsError> {
     let mut a = Args::default();
     let mut it = args.iter().map(|s| s.to_string_lossy().into_owned());
     while let Some(arg) = it.next() {
@@ -141,11 +158,11 @@ pub fn parse_args(args: &[OsString]) -> Result<Cli, String> {
             Some((f, v)) if f.starts_with("--") => (f.to_string(), Some(v.to_string())),
             _ => (arg.clone(), None),
         };
-        let mut value = |name: &str| -> Result<String, String> {
+        let mut value = |name: &str| -> Result<String, ArgsError> {
             inline
                 .clone()
                 .or_else(|| it.next())
-                .ok_or_else(|| format!("{name} needs a value"))
+                .ok_or_else(|| ArgsError::MissingValue(name.to_string()))
         };
         match flag.as_str() {
             "--api-sock" => a.api_sock = value("--api-sock")?.into(),
@@ -158,7 +175,7 @@ pub fn parse_args(args: &[OsString]) -> Result<Cli, String> {
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                 {
-                    return Err(format!("invalid --id {id:?}: 1-64 of [A-Za-z0-9_-]"));
+                    return Err(ArgsError::InvalidId(id));
                 }
                 a.id = id;
             }
@@ -166,7 +183,7 @@ pub fn parse_args(args: &[OsString]) -> Result<Cli, String> {
             "--level" => {
                 let l = value("--level")?;
                 if logger::Level::parse(&l).is_none() {
-                    return Err(format!("invalid --level {l:?}"));
+                    return Err(ArgsError::InvalidLevel(l));
                 }
                 a.level = Some(l);
             }
@@ -178,17 +195,14 @@ pub fn parse_args(args: &[OsString]) -> Result<Cli, String> {
             "--show-level" | "--show-log-origin" => {}
             "--help" | "-h" => return Ok(Cli::Help),
             "--version" | "-V" => return Ok(Cli::Version),
-            other => return Err(format!("unknown argument {other:?}")),
+            other => return Err(ArgsError::Unknown(other.to_string())),
         }
     }
     if a.no_api && a.config_file.is_none() && a.snapshot_load.is_none() {
-        return Err("--no-api needs --config-file or --snapshot-load".into());
+        return Err(ArgsError::NoApiWithoutConfig);
     }
     if a.config_file.is_some() && a.snapshot_load.is_some() {
-        return Err(
-            "--config-file and --snapshot-load exclude each other (a snapshot brings its configuration)"
-                .into(),
-        );
+        return Err(ArgsError::ConfigAndSnapshot);
     }
     Ok(Cli::Run(a))
 }

@@ -21,7 +21,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -86,53 +86,77 @@ pub fn write_state(path: &Path, s: &MicrovmState) -> io::Result<()> {
     f.sync_all()
 }
 
+/// What is wrong with a snapshot's state or memory file (each case names the file).
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The state file could not be opened or read.
+    #[error("snapshot state file {}: {source}", path.display())]
+    StateIo { path: PathBuf, source: io::Error },
+    #[error("snapshot state file {} is not a kobako-vmm snapshot (too short for its header)", path.display())]
+    TooShort { path: PathBuf },
+    #[error("snapshot state file {} is not a kobako-vmm snapshot (bad magic): give the state file written by PUT /snapshot/create as snapshot_path", path.display())]
+    BadMagic { path: PathBuf },
+    /// Written by another kobako-vmm version.
+    #[error("snapshot state file {} has state format {format}; this kobako-vmm ({}) reads format {FORMAT}: load it with the kobako-vmm version that took it", path.display(), crate::VERSION)]
+    Format { path: PathBuf, format: u32 },
+    /// The header's body length is implausible.
+    #[error("snapshot state file {} is corrupted (body length {len})", path.display())]
+    BodyLength { path: PathBuf, len: u64 },
+    #[error("snapshot state file {} is truncated ({got} of {len} bytes of state)", path.display())]
+    Truncated { path: PathBuf, got: usize, len: u64 },
+    #[error("snapshot state file {} is corrupted (checksum mismatch): take the snapshot again", path.display())]
+    Checksum { path: PathBuf },
+    /// The body is not the state this version writes.
+    #[error("snapshot state file {} cannot be read: {source}", path.display())]
+    Decode {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    /// The memory file could not be opened or its size read.
+    #[error("snapshot memory file {}: {source}", path.display())]
+    MemoryIo { path: PathBuf, source: io::Error },
+    #[error("snapshot memory file {} has {len} bytes; the snapshot's guest has {want} ({} MiB): it is truncated or belongs to another snapshot", path.display(), mem_bytes >> 20)]
+    MemorySize {
+        path: PathBuf,
+        len: u64,
+        want: u64,
+        mem_bytes: u64,
+    },
+}
+
 /// Reads and checks a state file; the error says what is wrong with it.
-pub fn read_state(path: &Path) -> Result<MicrovmState, String> {
-    let what = || format!("snapshot state file {}", path.display());
-    let mut f = File::open(path).map_err(|e| format!("{}: {e}", what()))?;
+pub fn read_state(path: &Path) -> Result<MicrovmState, SnapshotError> {
+    let p = || path.to_path_buf();
+    let mut f = File::open(path).map_err(|source| SnapshotError::StateIo { path: p(), source })?;
     let mut h = [0u8; HEADER_LEN];
-    f.read_exact(&mut h).map_err(|_| {
-        format!(
-            "{} is not a kobako-vmm snapshot (too short for its header)",
-            what()
-        )
-    })?;
+    f.read_exact(&mut h)
+        .map_err(|_| SnapshotError::TooShort { path: p() })?;
     if h[..8] != MAGIC {
-        return Err(format!(
-            "{} is not a kobako-vmm snapshot (bad magic): give the state file written by PUT /snapshot/create as snapshot_path",
-            what()
-        ));
+        return Err(SnapshotError::BadMagic { path: p() });
     }
     let format = u32::from_le_bytes(h[8..12].try_into().unwrap_or_default());
     if format != FORMAT {
-        return Err(format!(
-            "{} has state format {format}; this kobako-vmm ({}) reads format {FORMAT}: load it with the kobako-vmm version that took it",
-            what(),
-            crate::VERSION
-        ));
+        return Err(SnapshotError::Format { path: p(), format });
     }
     let len = u64::from_le_bytes(h[12..20].try_into().unwrap_or_default());
     if len > MAX_BODY {
-        return Err(format!("{} is corrupted (body length {len})", what()));
+        return Err(SnapshotError::BodyLength { path: p(), len });
     }
     let mut body = Vec::with_capacity(crate::cast::usize_from(len));
     f.take(len)
         .read_to_end(&mut body)
-        .map_err(|e| format!("{}: {e}", what()))?;
+        .map_err(|source| SnapshotError::StateIo { path: p(), source })?;
     if body.len() as u64 != len {
-        return Err(format!(
-            "{} is truncated ({} of {len} bytes of state)",
-            what(),
-            body.len()
-        ));
+        return Err(SnapshotError::Truncated {
+            path: p(),
+            got: body.len(),
+            len,
+        });
     }
     if Sha256::digest(&body)[..] != h[20..52] {
-        return Err(format!(
-            "{} is corrupted (checksum mismatch): take the snapshot again",
-            what()
-        ));
+        return Err(SnapshotError::Checksum { path: p() });
     }
-    serde_json::from_slice(&body).map_err(|e| format!("{} cannot be read: {e}", what()))
+    serde_json::from_slice(&body).map_err(|source| SnapshotError::Decode { path: p(), source })
 }
 
 /// Writes guest RAM to `path` (created or truncated), leaving pages of zeros as holes.
@@ -192,23 +216,24 @@ pub fn write_memory(mem: &GuestMemoryMmap, path: &Path) -> io::Result<u64> {
 }
 
 /// Opens a memory file for a load and checks its size against the snapshot's.
-pub fn open_memory(path: &Path, mem_bytes: u64) -> Result<File, String> {
-    let f =
-        File::open(path).map_err(|e| format!("snapshot memory file {}: {e}", path.display()))?;
-    let len = f
-        .metadata()
-        .map_err(|e| format!("snapshot memory file {}: {e}", path.display()))?
-        .len();
+pub fn open_memory(path: &Path, mem_bytes: u64) -> Result<File, SnapshotError> {
+    let io = |source| SnapshotError::MemoryIo {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = File::open(path).map_err(io)?;
+    let len = f.metadata().map_err(io)?.len();
     let want: u64 = crate::arch::layout::ram_ranges(mem_bytes)
         .iter()
         .map(|(_, l)| l)
         .sum();
     if len != want {
-        return Err(format!(
-            "snapshot memory file {} has {len} bytes; the snapshot's guest has {want} ({} MiB): it is truncated or belongs to another snapshot",
-            path.display(),
-            mem_bytes >> 20
-        ));
+        return Err(SnapshotError::MemorySize {
+            path: path.to_path_buf(),
+            len,
+            want,
+            mem_bytes,
+        });
     }
     Ok(f)
 }
@@ -260,14 +285,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s");
         std::fs::write(&p, b"hello").unwrap();
-        assert!(read_state(&p).unwrap_err().contains("too short"));
+        assert!(read_state(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("too short"));
         std::fs::write(&p, vec![7u8; 100]).unwrap();
-        assert!(read_state(&p).unwrap_err().contains("bad magic"));
+        assert!(read_state(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("bad magic"));
         let mut h = MAGIC.to_vec();
         h.extend_from_slice(&9u32.to_le_bytes());
         h.extend_from_slice(&[0u8; 40]);
         std::fs::write(&p, &h).unwrap();
-        assert!(read_state(&p).unwrap_err().contains("format 9"));
+        assert!(read_state(&p).unwrap_err().to_string().contains("format 9"));
         let body = b"{}";
         let mut h = MAGIC.to_vec();
         h.extend_from_slice(&FORMAT.to_le_bytes());
@@ -275,14 +306,18 @@ mod tests {
         h.extend_from_slice(&Sha256::digest(body));
         h.extend_from_slice(body);
         std::fs::write(&p, &h).unwrap();
-        assert!(read_state(&p).unwrap_err().contains("truncated"));
+        assert!(read_state(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated"));
         let n = h.len();
         h[12..20].copy_from_slice(&2u64.to_le_bytes());
         h[n - 1] = b']';
         std::fs::write(&p, &h).unwrap();
-        assert!(read_state(&p).unwrap_err().contains("checksum"));
+        assert!(read_state(&p).unwrap_err().to_string().contains("checksum"));
         assert!(read_state(&dir.path().join("none"))
             .unwrap_err()
+            .to_string()
             .contains("No such file"));
     }
 
@@ -302,7 +337,7 @@ mod tests {
         assert_eq!(&data[0x1000..0x1004], &0xdead_beef_u32.to_le_bytes());
         assert_eq!(&data[0x3f_f000..0x3f_f002], &0x1234_u16.to_le_bytes());
         assert!(open_memory(&p, 4 << 20).is_ok());
-        let e = open_memory(&p, 8 << 20).unwrap_err();
+        let e = open_memory(&p, 8 << 20).unwrap_err().to_string();
         assert!(
             e.contains("truncated or belongs to another snapshot"),
             "{e}"

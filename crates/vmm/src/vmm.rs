@@ -39,9 +39,20 @@ mod preboot;
 pub mod rpc;
 mod runtime;
 
-pub use preboot::PrebootApiController;
+pub use persist::{CreateSnapshotError, LoadSnapshotError};
+pub use preboot::{PrebootApiController, StartMicrovmError};
 pub use rpc::{InstanceInfo, VmmAction, VmmActionError, VmmData, VmmResult};
-pub use runtime::RuntimeApiController;
+pub use runtime::{RuntimeApiController, VcpuControlError};
+
+/// Why a built microVM's fds could not be watched or the VMM's seccomp filter installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// `epoll_ctl` refused one of the VM's fds.
+    #[error("{0}")]
+    Epoll(io::Error),
+    #[error("Cannot install the VMM seccomp filter: {0}")]
+    Seccomp(seccompiler::Error),
+}
 
 const TOKEN_API: u64 = 1;
 const TOKEN_VCPU: u64 = 2;
@@ -492,7 +503,7 @@ impl LoopIo {
     }
 
     /// Watches a built VM's fds and closes the process with its seccomp filter.
-    fn install(&mut self, vm: &BuiltVm, use_stdin: bool) -> Result<(), String> {
+    fn install(&mut self, vm: &BuiltVm, use_stdin: bool) -> Result<(), InstallError> {
         let add = |fd, token| {
             self.epoll.ctl(
                 ControlOperation::Add,
@@ -500,23 +511,22 @@ impl LoopIo {
                 EpollEvent::new(EventSet::IN, token),
             )
         };
-        add(vm.vcpu_evt.as_raw_fd(), TOKEN_VCPU).map_err(|e| e.to_string())?;
-        add(vm.reset_evt.as_raw_fd(), TOKEN_RESET).map_err(|e| e.to_string())?;
+        add(vm.vcpu_evt.as_raw_fd(), TOKEN_VCPU).map_err(InstallError::Epoll)?;
+        add(vm.reset_evt.as_raw_fd(), TOKEN_RESET).map_err(InstallError::Epoll)?;
         for (i, slot) in vm.virtio.iter().enumerate() {
             let fd = slot
                 .transport
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .epoll_fd();
-            add(fd, TOKEN_VIRTIO + i as u64).map_err(|e| e.to_string())?;
+            add(fd, TOKEN_VIRTIO + i as u64).map_err(InstallError::Epoll)?;
         }
         // stdin may be /dev/null or a regular file, which epoll refuses: then no console input.
         if use_stdin && add(0, TOKEN_STDIN).is_ok() {
             self.stdin_open = true;
         }
         if let Some(f) = &self.filters {
-            seccompiler::apply_filter(&f.vmm)
-                .map_err(|e| format!("Cannot install the VMM seccomp filter: {e}"))?;
+            seccompiler::apply_filter(&f.vmm).map_err(InstallError::Seccomp)?;
         }
         Ok(())
     }

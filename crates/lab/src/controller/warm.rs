@@ -105,32 +105,23 @@ const FORMAT: u32 = 2;
 /// Warm snapshots kept in the cache (the least recently used go first).
 pub const KEEP: usize = 8;
 
-static DISABLED: AtomicBool = AtomicBool::new(false);
+/// Whether `up` clones VMs from warm snapshots in this process (see [`set_enabled`]).
+static ENABLED: AtomicBool = AtomicBool::new(true);
 
-/// Turns warm clones off for this process (`kobako up --cold`).
-pub fn disable() {
-    set_enabled(false);
-}
-
-/// Turns warm clones on or off for this process (`KOBAKO_WARM=0` still wins).
+/// Turns warm clones on or off for this process: the binary turns them off for `KOBAKO_WARM=0`
+/// and `kobako up --cold`.
 pub fn set_enabled(on: bool) {
-    DISABLED.store(!on, Ordering::SeqCst);
+    ENABLED.store(on, Ordering::SeqCst);
 }
 
-/// Whether `up` clones VMs from warm snapshots (default yes; `KOBAKO_WARM=0` or [`disable`]).
+/// Whether `up` clones VMs from warm snapshots (default yes; off through [`set_enabled`]).
 pub fn enabled() -> bool {
-    !DISABLED.load(Ordering::SeqCst)
-        && std::env::var("KOBAKO_WARM")
-            .map(|v| v != "0")
-            .unwrap_or(true)
+    ENABLED.load(Ordering::SeqCst)
 }
 
-/// Where warm snapshots live.
+/// Where warm snapshots live: `warm` under kobako's cache root ([`kobako_image::cache::root`]).
 pub fn root() -> PathBuf {
-    std::env::var_os("KOBAKO_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/cache/kobako"))
-        .join("warm")
+    kobako_image::cache::root().join("warm")
 }
 
 /// What a warm snapshot was made from and holds.

@@ -46,22 +46,19 @@ pub struct App {
     admin_password: String,
 }
 
-/// Points the directories the libraries read from the environment (run, cache, images, and the
-/// state root that scenario and checkpoint code opens by itself) at cargo's temporary directory
-/// for tests, before the first app is built, so that no test touches the host's. Nothing a test
-/// checks is kept there (each app's database and keys are in its own state directory).
+/// Points the directories the libraries use (run, cache, images, and the state root that
+/// scenario and checkpoint code opens by itself) at cargo's temporary directory for tests,
+/// through the libraries' setters (as the binary does from its environment), before the first
+/// app is built, so that no test touches the host's. Nothing a test checks is kept there (each
+/// app's database and keys are in its own state directory).
 fn private_environment() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kobako-router-tests");
-        for (var, sub) in [
-            ("KOBAKO_RUN", "run"),
-            ("KOBAKO_CACHE", "cache"),
-            ("KOBAKO_IMAGES", "images"),
-            ("KOBAKO_STATE", "state"),
-        ] {
-            std::env::set_var(var, root.join(sub));
-        }
+        kobako_runtime::vmdir::set_run_root(root.join("run"));
+        kobako_image::cache::set_root(root.join("cache"));
+        kobako_image::store::set_root(root.join("images"));
+        kobako_state::set_state_root(root.join("state"));
     });
 }
 

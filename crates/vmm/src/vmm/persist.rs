@@ -5,30 +5,107 @@
 //! [`crate::snapshot`]'s; this owns the rules for when a snapshot may be taken or loaded and
 //! what the restored configuration is. Runs on the event loop thread.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use super::{InstanceState, LoopIo, PrebootApiController, RuntimeApiController};
 use crate::builder;
+use crate::config::ConfigError;
 use crate::config::*;
 use crate::devices::serial::SerialOut;
+use crate::snapshot::SnapshotError;
 use crate::vstate::vcpu::VcpuCommand;
+use crate::vstate::vcpu_state::VcpuStateError;
+
+use super::runtime::VcpuControlError;
+
+/// Why `PUT /snapshot/create` failed (the VM stays as it was).
+#[derive(Debug, thiserror::Error)]
+pub enum CreateSnapshotError {
+    #[error("Diff snapshots are not supported by kobako-vmm: use \"snapshot_type\": \"Full\".")]
+    DiffNotSupported,
+    #[error("The microVM has not started: there is nothing to snapshot yet.")]
+    NotStarted,
+    #[error(
+        "The microVM must be paused to take a snapshot: PATCH /vm {{\"state\": \"Paused\"}} first."
+    )]
+    NotPaused,
+    /// The vCPUs did not answer the save request.
+    #[error("{0}")]
+    Vcpus(VcpuControlError),
+    #[error("Cannot read a vCPU's state: {0}")]
+    VcpuState(VcpuStateError),
+    #[error("A vCPU did not report its state.")]
+    VcpuNoState,
+    /// A device's pending I/O could not be written out.
+    #[error("Cannot flush device {device}: {source}")]
+    FlushDevice {
+        device: String,
+        source: std::io::Error,
+    },
+    /// KVM would not give the VM-wide state (the text is the full error chain).
+    #[error("Cannot read the VM's state: {0}")]
+    VmState(String),
+    #[error("Cannot write the memory file {}: {source}; free space or choose another path (nothing was kept).", path.display())]
+    MemoryFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("Cannot write the snapshot file {}: {source}; free space or choose another path (nothing was kept).", path.display())]
+    StateFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Why `PUT /snapshot/load` (or `--snapshot-load`) failed (nothing changed).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadSnapshotError {
+    #[error("Loading a snapshot is only allowed before the microVM is configured (logger, metrics and serial may be set): the snapshot brings its own configuration; use network_overrides, vsock_override and drive_overrides to change where it connects.")]
+    AlreadyConfigured,
+    #[error(
+        "A snapshot can only be loaded into a new kobako-vmm process: this microVM has started."
+    )]
+    AlreadyStarted,
+    /// The load parameters were refused.
+    #[error("{0}")]
+    Params(ConfigError),
+    /// The state or memory file is unusable.
+    #[error("{0}")]
+    File(#[from] SnapshotError),
+    #[error("network_overrides names interface {iface_id:?}, which the snapshot does not have (it has: {has})")]
+    UnknownInterface { iface_id: String, has: String },
+    #[error("drive_overrides names drive {drive_id:?}, which the snapshot does not have (it has: {has})")]
+    UnknownDrive { drive_id: String, has: String },
+    #[error("vsock_override given, but the snapshot's microVM has no vsock device.")]
+    NoVsock,
+    #[error("the snapshot is inconsistent: {config_mib} MiB configured, {state_mib} MiB of memory state")]
+    Inconsistent { config_mib: u64, state_mib: u64 },
+    #[error("the snapshot's configuration cannot be used here: {0}")]
+    Config(ConfigError),
+    #[error("Cannot open the serial console output: {0}")]
+    Console(std::io::Error),
+    /// Building the microVM from the state failed (the text is the full error chain).
+    #[error("Cannot load snapshot {}: {chain}", path.display())]
+    Restore { path: PathBuf, chain: String },
+    /// Watching the new VM's fds or closing the process failed.
+    #[error("{0}")]
+    Install(#[from] super::InstallError),
+}
 
 /// A `Diff` snapshot is refused, before or after boot.
-fn refuse_diff(p: &SnapshotCreateParams) -> Result<(), String> {
+fn refuse_diff(p: &SnapshotCreateParams) -> Result<(), CreateSnapshotError> {
     if p.snapshot_type == SnapshotType::Diff {
-        return Err(
-            "Diff snapshots are not supported by kobako-vmm: use \"snapshot_type\": \"Full\"."
-                .into(),
-        );
+        return Err(CreateSnapshotError::DiffNotSupported);
     }
     Ok(())
 }
 
 /// Why `PUT /snapshot/create` fails before boot.
-pub(super) fn refuse_before_boot(p: &SnapshotCreateParams) -> String {
+pub(super) fn refuse_before_boot(p: &SnapshotCreateParams) -> CreateSnapshotError {
     match refuse_diff(p) {
         Err(e) => e,
-        Ok(()) => "The microVM has not started: there is nothing to snapshot yet.".into(),
+        Ok(()) => CreateSnapshotError::NotStarted,
     }
 }
 
@@ -36,10 +113,13 @@ impl RuntimeApiController {
     /// `PUT /snapshot/create`: the VM must be paused; writes the memory file, then the state
     /// file (so a state file on disk always has its memory beside it). On failure both are
     /// removed and the VM stays paused, unchanged.
-    pub(super) fn create_snapshot(&mut self, p: SnapshotCreateParams) -> Result<(), String> {
+    pub(super) fn create_snapshot(
+        &mut self,
+        p: SnapshotCreateParams,
+    ) -> Result<(), CreateSnapshotError> {
         refuse_diff(&p)?;
         if self.state != InstanceState::Paused {
-            return Err("The microVM must be paused to take a snapshot: PATCH /vm {\"state\": \"Paused\"} first.".into());
+            return Err(CreateSnapshotError::NotPaused);
         }
         let t0 = Instant::now();
         let st = self.collect_state()?;
@@ -48,19 +128,20 @@ impl RuntimeApiController {
             let _ = std::fs::remove_file(&p.mem_file_path);
             let _ = std::fs::remove_file(&p.snapshot_path);
         };
-        let written = crate::snapshot::write_memory(&vm.vm.memory, &p.mem_file_path).map_err(|e| {
+        let written =
+            crate::snapshot::write_memory(&vm.vm.memory, &p.mem_file_path).map_err(|source| {
+                cleanup();
+                CreateSnapshotError::MemoryFile {
+                    path: p.mem_file_path.clone(),
+                    source,
+                }
+            })?;
+        crate::snapshot::write_state(&p.snapshot_path, &st).map_err(|source| {
             cleanup();
-            format!(
-                "Cannot write the memory file {}: {e}; free space or choose another path (nothing was kept).",
-                p.mem_file_path.display()
-            )
-        })?;
-        crate::snapshot::write_state(&p.snapshot_path, &st).map_err(|e| {
-            cleanup();
-            format!(
-                "Cannot write the snapshot file {}: {e}; free space or choose another path (nothing was kept).",
-                p.snapshot_path.display()
-            )
+            CreateSnapshotError::StateFile {
+                path: p.snapshot_path.clone(),
+                source,
+            }
         })?;
         crate::log_info!(
             "snapshot created: {} + {} ({} KiB of {} MiB RAM written) in {} ms",
@@ -74,28 +155,32 @@ impl RuntimeApiController {
     }
 
     /// Reads everything but RAM from the paused VM (devices flushed first).
-    fn collect_state(&mut self) -> Result<crate::snapshot::MicrovmState, String> {
-        self.vcpus_do(VcpuCommand::Save)?;
+    fn collect_state(&mut self) -> Result<crate::snapshot::MicrovmState, CreateSnapshotError> {
+        self.vcpus_do(VcpuCommand::Save)
+            .map_err(CreateSnapshotError::Vcpus)?;
         let vm = &self.vm;
         let mut vcpus = Vec::with_capacity(vm.vcpus.len());
         for v in &vm.vcpus {
             match v.saved.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 Some(Ok(s)) => vcpus.push(s),
-                Some(Err(e)) => return Err(format!("Cannot read a vCPU's state: {e}")),
-                None => return Err("A vCPU did not report its state.".into()),
+                Some(Err(e)) => return Err(CreateSnapshotError::VcpuState(e)),
+                None => return Err(CreateSnapshotError::VcpuNoState),
             }
         }
         let mut virtio = Vec::with_capacity(vm.virtio.len());
         for slot in &vm.virtio {
             let mut t = slot.transport.lock().unwrap_or_else(|e| e.into_inner());
             t.flush()
-                .map_err(|e| format!("Cannot flush device {:?}: {e}", slot.id))?;
+                .map_err(|source| CreateSnapshotError::FlushDevice {
+                    device: format!("{:?}", slot.id),
+                    source,
+                })?;
             virtio.push((format!("{:?}", slot.id), t.save()));
         }
         let vm_state = vm
             .vm
             .save_state()
-            .map_err(|e| format!("Cannot read the VM's state: {}", crate::error_chain(&e)))?;
+            .map_err(|e| CreateSnapshotError::VmState(crate::error_chain(&e)))?;
         let mut config = self.res.to_full();
         config.logger = None;
         config.metrics = None;
@@ -129,7 +214,7 @@ impl PrebootApiController {
         &mut self,
         p: SnapshotLoadParams,
         io: &mut LoopIo,
-    ) -> Result<(), String> {
+    ) -> Result<(), LoadSnapshotError> {
         let t0 = Instant::now();
         let r = &self.res;
         if r.boot_source.is_some()
@@ -139,29 +224,29 @@ impl PrebootApiController {
             || r.entropy.is_some()
             || r.machine != MachineConfig::default()
         {
-            return Err("Loading a snapshot is only allowed before the microVM is configured (logger, metrics and serial may be set): the snapshot brings its own configuration; use network_overrides, vsock_override and drive_overrides to change where it connects.".into());
+            return Err(LoadSnapshotError::AlreadyConfigured);
         }
-        p.check_supported().map_err(|e| e.to_string())?;
+        p.check_supported().map_err(LoadSnapshotError::Params)?;
         if p.enable_diff_snapshots || p.track_dirty_pages {
             crate::log_info!("snapshot load: dirty pages are not tracked (Diff snapshots are refused); enable_diff_snapshots/track_dirty_pages ignored");
         }
-        let mem_path = p.memory_file().map_err(|e| e.to_string())?.to_path_buf();
+        let mem_path = p
+            .memory_file()
+            .map_err(LoadSnapshotError::Params)?
+            .to_path_buf();
         let st = crate::snapshot::read_state(&p.snapshot_path)?;
         let mem = crate::snapshot::open_memory(&mem_path, st.mem_bytes)?;
         let res = self.restored_resources(&st, &p)?;
-        let out = io
-            .serial_out(&res)
-            .map_err(|e| format!("Cannot open the serial console output: {e}"))?;
+        let out = io.serial_out(&res).map_err(LoadSnapshotError::Console)?;
         let use_stdin = matches!(out, SerialOut::Stdout(_));
         let vm = match builder::restore(&res, out, io.filters.as_ref(), &st, &mem) {
             Ok(vm) => vm,
             Err(e) => {
                 io.drop_console();
-                return Err(format!(
-                    "Cannot load snapshot {}: {}",
-                    p.snapshot_path.display(),
-                    crate::error_chain(&e)
-                ));
+                return Err(LoadSnapshotError::Restore {
+                    path: p.snapshot_path.clone(),
+                    chain: crate::error_chain(&e),
+                });
             }
         };
         // The guest has booted already: "boot complete" is now, for whoever waits for it.
@@ -196,7 +281,7 @@ impl PrebootApiController {
         &self,
         st: &crate::snapshot::MicrovmState,
         p: &SnapshotLoadParams,
-    ) -> Result<VmResources, String> {
+    ) -> Result<VmResources, LoadSnapshotError> {
         let mut cfg = st.config.clone();
         for o in &p.network_overrides {
             let Some(n) = cfg
@@ -204,45 +289,36 @@ impl PrebootApiController {
                 .iter_mut()
                 .find(|n| n.iface_id == o.iface_id)
             else {
-                return Err(format!(
-                    "network_overrides names interface {:?}, which the snapshot does not have (it has: {})",
-                    o.iface_id,
-                    names(cfg.network_interfaces.iter().map(|n| n.iface_id.as_str()))
-                ));
+                return Err(LoadSnapshotError::UnknownInterface {
+                    iface_id: o.iface_id.clone(),
+                    has: names(cfg.network_interfaces.iter().map(|n| n.iface_id.as_str())),
+                });
             };
             n.host_dev_name = o.host_dev_name.clone();
         }
         for o in &p.drive_overrides {
             let Some(d) = cfg.drives.iter_mut().find(|d| d.drive_id == o.drive_id) else {
-                return Err(format!(
-                    "drive_overrides names drive {:?}, which the snapshot does not have (it has: {})",
-                    o.drive_id,
-                    names(cfg.drives.iter().map(|d| d.drive_id.as_str()))
-                ));
+                return Err(LoadSnapshotError::UnknownDrive {
+                    drive_id: o.drive_id.clone(),
+                    has: names(cfg.drives.iter().map(|d| d.drive_id.as_str())),
+                });
             };
             d.path_on_host = Some(o.path_on_host.clone());
         }
         if let Some(o) = &p.vsock_override {
             match &mut cfg.vsock {
                 Some(v) => v.uds_path = o.uds_path.clone(),
-                None => {
-                    return Err(
-                        "vsock_override given, but the snapshot's microVM has no vsock device."
-                            .into(),
-                    )
-                }
+                None => return Err(LoadSnapshotError::NoVsock),
             }
         }
         let mem_mib = cfg.machine_config.as_ref().map_or(0, |m| m.mem_size_mib);
         if mem_mib << 20 != st.mem_bytes {
-            return Err(format!(
-                "the snapshot is inconsistent: {} MiB configured, {} MiB of memory state",
-                mem_mib,
-                st.mem_bytes >> 20
-            ));
+            return Err(LoadSnapshotError::Inconsistent {
+                config_mib: mem_mib,
+                state_mib: st.mem_bytes >> 20,
+            });
         }
-        let mut res = VmResources::from_snapshot(cfg)
-            .map_err(|e| format!("the snapshot's configuration cannot be used here: {e}"))?;
+        let mut res = VmResources::from_snapshot(cfg).map_err(LoadSnapshotError::Config)?;
         res.logger = self.res.logger.clone();
         res.metrics = self.res.metrics.clone();
         res.serial = p.serial.clone().or_else(|| self.res.serial.clone());

@@ -11,6 +11,19 @@ use crate::builder::{self, ExtraDevices};
 use crate::config::*;
 use crate::devices::serial::SerialOut;
 
+/// Why `InstanceStart` failed (nothing was kept: a corrected one may succeed).
+#[derive(Debug, thiserror::Error)]
+pub enum StartMicrovmError {
+    #[error("Cannot open the serial console output: {0}")]
+    Console(std::io::Error),
+    /// Building the microVM failed; the text is the whole error chain.
+    #[error("{}", crate::error_chain(.0))]
+    Build(builder::BuildError),
+    /// Watching the VM's fds or closing the process failed.
+    #[error("{0}")]
+    Install(#[from] super::InstallError),
+}
+
 /// Answers API actions until a microVM is built.
 pub struct PrebootApiController {
     pub(super) id: String,
@@ -147,18 +160,16 @@ impl PrebootApiController {
 
     /// InstanceStart: build, register fds, seccomp, resume. On failure nothing is left
     /// behind, so that a corrected InstanceStart can succeed.
-    fn start(&mut self, io: &mut LoopIo) -> Result<(), String> {
+    fn start(&mut self, io: &mut LoopIo) -> Result<(), StartMicrovmError> {
         let res = self.res.clone();
-        let out = io
-            .serial_out(&res)
-            .map_err(|e| format!("Cannot open the serial console output: {e}"))?;
+        let out = io.serial_out(&res).map_err(StartMicrovmError::Console)?;
         let use_stdin = matches!(out, SerialOut::Stdout(_));
         let extra = self.extra.take().unwrap_or_default();
         let vm = match builder::build(&self.res, out, io.filters.as_ref(), extra) {
             Ok(vm) => vm,
             Err(e) => {
                 io.drop_console();
-                return Err(crate::error_chain(&e));
+                return Err(StartMicrovmError::Build(e));
             }
         };
         io.install(&vm, use_stdin)?;

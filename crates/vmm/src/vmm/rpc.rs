@@ -141,19 +141,19 @@ pub enum VmmActionError {
     CtrlAltDel(std::io::Error),
     /// `InstanceStart` failed: nothing was kept, a corrected one may succeed.
     #[error("{0}")]
-    StartMicrovm(String),
+    StartMicrovm(super::StartMicrovmError),
     /// The live device refused a `PATCH /drives` or `PATCH /network-interfaces`.
     #[error("{0}")]
-    DeviceUpdate(String),
+    DeviceUpdate(crate::devices::virtio::setup::DeviceUpdateError),
     /// Pausing or resuming the vCPUs failed.
     #[error("{0}")]
-    VmState(String),
+    VmState(super::VcpuControlError),
     /// `PUT /snapshot/create` failed (the VM stays paused, unchanged).
     #[error("{0}")]
-    CreateSnapshot(String),
+    CreateSnapshot(super::CreateSnapshotError),
     /// `PUT /snapshot/load` failed (nothing changed).
     #[error("{0}")]
-    LoadSnapshot(String),
+    LoadSnapshot(super::LoadSnapshotError),
 }
 
 /// The event loop's answer to one action.

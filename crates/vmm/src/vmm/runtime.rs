@@ -15,6 +15,22 @@ use crate::config::*;
 use crate::devices::boot_timer::BootTime;
 use crate::vstate::vcpu::{kick_signal, VcpuCommand, VcpuEvent};
 
+use super::persist::LoadSnapshotError;
+
+/// Why the vCPUs did not all confirm a pause, resume or save.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuControlError {
+    #[error("A vCPU thread has exited.")]
+    ThreadExited,
+    /// A vCPU stopped (the VMM is exiting with its code).
+    #[error("A vCPU stopped while changing the microVM state.")]
+    Stopped,
+    #[error("Timed out waiting for the vCPUs.")]
+    Timeout,
+    #[error("The vCPU threads have exited.")]
+    ThreadsExited,
+}
+
 /// Answers API actions once the microVM is built.
 #[derive(Debug)]
 pub struct RuntimeApiController {
@@ -94,9 +110,7 @@ impl RuntimeApiController {
                 self.create_snapshot(p).map_err(E::CreateSnapshot)?;
                 Ok(VmmData::Empty)
             }
-            A::SnapshotLoad(_) => Err(E::LoadSnapshot(
-                "A snapshot can only be loaded into a new kobako-vmm process: this microVM has started.".into(),
-            )),
+            A::SnapshotLoad(_) => Err(E::LoadSnapshot(LoadSnapshotError::AlreadyStarted)),
             pre_boot @ (A::PutBootSource(_)
             | A::PutMachineConfig(_)
             | A::PatchMachineConfig(_)
@@ -158,7 +172,7 @@ impl RuntimeApiController {
     }
 
     /// Sends `cmd` to every vCPU, kicks them out of KVM_RUN, and waits for each to confirm.
-    pub(super) fn vcpus_do(&mut self, cmd: VcpuCommand) -> Result<(), String> {
+    pub(super) fn vcpus_do(&mut self, cmd: VcpuCommand) -> Result<(), VcpuControlError> {
         let r = self.vcpus_do_inner(cmd);
         match &r {
             Err((_, Some(code))) => self.pending_exit = Some(*code),
@@ -173,11 +187,11 @@ impl RuntimeApiController {
         r.map_err(|(m, _)| m)
     }
 
-    fn vcpus_do_inner(&self, cmd: VcpuCommand) -> Result<(), (String, Option<i32>)> {
+    fn vcpus_do_inner(&self, cmd: VcpuCommand) -> Result<(), (VcpuControlError, Option<i32>)> {
         let vm = &self.vm;
         for v in &vm.vcpus {
             if v.commands.send(cmd).is_err() {
-                return Err(("A vCPU thread has exited.".into(), None));
+                return Err((VcpuControlError::ThreadExited, None));
             }
             // SAFETY: the pthread_t comes from a JoinHandle we still own, so the thread has not
             // been joined (detached or not, the id stays valid until join).
@@ -192,17 +206,12 @@ impl RuntimeApiController {
                 Ok(VcpuEvent::Resumed(_)) if cmd == VcpuCommand::Resume => acked += 1,
                 Ok(VcpuEvent::Saved(_)) if cmd == VcpuCommand::Save => acked += 1,
                 Ok(ev @ VcpuEvent::Stopped(..)) => {
-                    return Err((
-                        "A vCPU stopped while changing the microVM state.".into(),
-                        stop_of(&ev),
-                    ));
+                    return Err((VcpuControlError::Stopped, stop_of(&ev)));
                 }
                 Ok(_) => {}
-                Err(RecvTimeoutError::Timeout) => {
-                    return Err(("Timed out waiting for the vCPUs.".into(), None))
-                }
+                Err(RecvTimeoutError::Timeout) => return Err((VcpuControlError::Timeout, None)),
                 Err(RecvTimeoutError::Disconnected) => {
-                    return Err(("The vCPU threads have exited.".into(), None))
+                    return Err((VcpuControlError::ThreadsExited, None))
                 }
             }
         }

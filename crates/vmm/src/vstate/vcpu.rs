@@ -22,7 +22,7 @@ use crate::arch::{cpuid, regs};
 use crate::devices::Bus;
 use crate::metrics::{inc, METRICS};
 use crate::timing::{rss_kib_from, Stamp, PROCESS_START};
-use crate::vstate::vcpu_state::{self, SaveCaps, VcpuState};
+use crate::vstate::vcpu_state::{self, SaveCaps, VcpuState, VcpuStateError};
 
 /// Commands from the event loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +80,7 @@ pub enum VcpuError {
         source: kvm_ioctls::Error,
     },
     #[error("cannot restore the state of vCPU {index}: {why}")]
-    Restore { index: u8, why: String },
+    Restore { index: u8, why: VcpuStateError },
     #[error("cannot set up registers of vCPU {index}")]
     Regs {
         index: u8,
@@ -207,7 +207,7 @@ impl std::fmt::Debug for VcpuThread {
 }
 
 /// A vCPU's saved state, handed from its thread to the event loop.
-pub type SavedSlot = Arc<std::sync::Mutex<Option<Result<VcpuState, String>>>>;
+pub type SavedSlot = Arc<std::sync::Mutex<Option<Result<VcpuState, VcpuStateError>>>>;
 
 impl VcpuThread {
     fn report(&self, ev: VcpuEvent) {
@@ -267,7 +267,7 @@ impl VcpuThread {
                         let r = if paused {
                             vcpu_state::save(&self.vcpu.fd, idx, &self.vcpu.cpuid, &self.caps)
                         } else {
-                            Err("the vCPU is running; pause the microVM first".into())
+                            Err(VcpuStateError::Running)
                         };
                         *self.saved.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
                         self.report(VcpuEvent::Saved(idx));

@@ -12,6 +12,30 @@ use kvm_bindings::{
 use kvm_ioctls::VcpuFd;
 use serde::{Deserialize, Serialize};
 
+/// Why a vCPU's state could not be read or written back.
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuStateError {
+    /// A `KVM_GET_*` / `KVM_SET_*` ioctl failed.
+    #[error("{what} failed: {source}")]
+    Kvm {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    /// A CPUID or MSR table did not fit KVM's fixed-size array.
+    #[error("{what}: {detail}")]
+    Table { what: &'static str, detail: String },
+    /// The host's KVM would not take a saved MSR.
+    #[error("KVM_SET_MSRS set {set} of {wanted} MSRs: this host's KVM refuses MSR {index:#x}")]
+    MsrRefused {
+        set: usize,
+        wanted: usize,
+        index: u32,
+    },
+    /// A save was asked while the vCPU ran.
+    #[error("the vCPU is running; pause the microVM first")]
+    Running,
+}
+
 /// Everything KVM holds about one vCPU.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VcpuState {
@@ -47,8 +71,8 @@ pub fn save(
     index: u8,
     cpuid: &[kvm_cpuid_entry2],
     caps: &SaveCaps,
-) -> Result<VcpuState, String> {
-    let k = |what: &'static str| move |e: kvm_ioctls::Error| format!("{what} failed: {e}");
+) -> Result<VcpuState, VcpuStateError> {
+    let k = |what: &'static str| move |source| VcpuStateError::Kvm { what, source };
     let cpuid = cpuid.to_vec();
     // Before the other reads: KVM_GET_MP_STATE also flushes pending LAPIC events (as
     // KVM_GET_VCPU_EVENTS does).
@@ -88,9 +112,17 @@ pub fn save(
     })
 }
 
+/// A FAM-wrapper error (its `Debug` form, as the messages always had).
+fn table(what: &'static str, e: &impl std::fmt::Debug) -> VcpuStateError {
+    VcpuStateError::Table {
+        what,
+        detail: format!("{e:?}"),
+    }
+}
+
 /// Reads every listed MSR KVM can read: `KVM_GET_MSRS` stops at the first one it cannot
 /// (e.g. an MSR of a feature the guest's CPUID hides), which is skipped.
-fn read_msrs(fd: &VcpuFd, list: &[u32]) -> Result<Vec<kvm_msr_entry>, String> {
+fn read_msrs(fd: &VcpuFd, list: &[u32]) -> Result<Vec<kvm_msr_entry>, VcpuStateError> {
     let mut out = Vec::with_capacity(list.len());
     let mut i = 0;
     while i < list.len() {
@@ -102,10 +134,13 @@ fn read_msrs(fd: &VcpuFd, list: &[u32]) -> Result<Vec<kvm_msr_entry>, String> {
                 ..Default::default()
             })
             .collect();
-        let mut msrs = Msrs::from_entries(&entries).map_err(|e| format!("MSR list: {e:?}"))?;
+        let mut msrs = Msrs::from_entries(&entries).map_err(|e| table("MSR list", &e))?;
         let n = fd
             .get_msrs(&mut msrs)
-            .map_err(|e| format!("KVM_GET_MSRS failed: {e}"))?;
+            .map_err(|source| VcpuStateError::Kvm {
+                what: "KVM_GET_MSRS",
+                source,
+            })?;
         out.extend_from_slice(&msrs.as_slice()[..n]);
         i += n;
         if n < chunk.len() {
@@ -117,9 +152,9 @@ fn read_msrs(fd: &VcpuFd, list: &[u32]) -> Result<Vec<kvm_msr_entry>, String> {
 }
 
 /// Writes `s` into a freshly created vCPU.
-pub fn restore(fd: &VcpuFd, s: &VcpuState) -> Result<(), String> {
-    let k = |what: &'static str| move |e: kvm_ioctls::Error| format!("{what} failed: {e}");
-    let cpuid = CpuId::from_entries(&s.cpuid).map_err(|e| format!("CPUID table: {e:?}"))?;
+pub fn restore(fd: &VcpuFd, s: &VcpuState) -> Result<(), VcpuStateError> {
+    let k = |what: &'static str| move |source| VcpuStateError::Kvm { what, source };
+    let cpuid = CpuId::from_entries(&s.cpuid).map_err(|e| table("CPUID table", &e))?;
     fd.set_cpuid2(&cpuid).map_err(k("KVM_SET_CPUID2"))?;
     fd.set_mp_state(s.mp_state).map_err(k("KVM_SET_MP_STATE"))?;
     fd.set_regs(&s.regs).map_err(k("KVM_SET_REGS"))?;
@@ -138,14 +173,14 @@ pub fn restore(fd: &VcpuFd, s: &VcpuState) -> Result<(), String> {
     if let Some(l) = &s.lapic {
         fd.set_lapic(l).map_err(k("KVM_SET_LAPIC"))?;
     }
-    let msrs = Msrs::from_entries(&s.msrs).map_err(|e| format!("MSR table: {e:?}"))?;
+    let msrs = Msrs::from_entries(&s.msrs).map_err(|e| table("MSR table", &e))?;
     let n = fd.set_msrs(&msrs).map_err(k("KVM_SET_MSRS"))?;
     if n != s.msrs.len() {
-        return Err(format!(
-            "KVM_SET_MSRS set {n} of {} MSRs: this host's KVM refuses MSR {:#x}",
-            s.msrs.len(),
-            s.msrs[n].index
-        ));
+        return Err(VcpuStateError::MsrRefused {
+            set: n,
+            wanted: s.msrs.len(),
+            index: s.msrs[n].index,
+        });
     }
     fd.set_vcpu_events(&s.events)
         .map_err(k("KVM_SET_VCPU_EVENTS"))?;

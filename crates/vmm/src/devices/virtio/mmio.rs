@@ -22,6 +22,32 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::{ActiveContext, Interrupt, VirtQueue, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::BusDevice;
 
+/// Why a transport could not take a snapshot's state.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportRestoreError {
+    /// The snapshot's device here is not the configured one.
+    #[error("the snapshot has a device of type {saved_type} with {saved_queues} queues here, the configuration a device of type {device_type} with {queues} queues")]
+    Mismatch {
+        saved_type: u32,
+        saved_queues: usize,
+        device_type: u32,
+        queues: usize,
+    },
+    /// A ready queue's used ring is outside guest memory.
+    #[error("queue {queue}: used ring at {addr:#x}: {source}")]
+    UsedRing {
+        queue: usize,
+        addr: u64,
+        source: vm_memory::GuestMemoryError,
+    },
+    /// The saved queue is not a valid virtio queue.
+    #[error("queue {queue}: {detail}")]
+    Queue { queue: usize, detail: String },
+    /// The device refused to start on the restored queues.
+    #[error("virtio device type {device_type} could not be activated again (status {status:#x})")]
+    Reactivate { device_type: u32, status: u32 },
+}
+
 /// Size of one device's MMIO window.
 pub const MMIO_LEN: u64 = 0x1000;
 /// Offset of QueueNotify (where ioeventfds go).
@@ -245,22 +271,26 @@ impl MmioTransport {
     /// it returns to the event loop, so at a snapshot the device's next available index equals
     /// its next used index, which is the used ring's `idx` in guest memory (only the device
     /// writes it). Both are read back from the restored memory.
-    pub fn restore(&mut self, s: &TransportState) -> Result<(), String> {
+    pub fn restore(&mut self, s: &TransportState) -> Result<(), TransportRestoreError> {
         let ty = self.device.device_type();
         if s.device_type != ty || s.queues.len() != self.queues.len() {
-            return Err(format!(
-                "the snapshot has a device of type {} with {} queues here, the configuration a device of type {ty} with {} queues",
-                s.device_type,
-                s.queues.len(),
-                self.queues.len()
-            ));
+            return Err(TransportRestoreError::Mismatch {
+                saved_type: s.device_type,
+                saved_queues: s.queues.len(),
+                device_type: ty,
+                queues: self.queues.len(),
+            });
         }
         let mut queues = Vec::with_capacity(s.queues.len());
         for (i, (qs, q)) in s.queues.iter().zip(&self.queues).enumerate() {
             let next = if qs.ready {
                 self.mem
                     .read_obj::<u16>(vm_memory::GuestAddress(qs.used_ring + 2))
-                    .map_err(|e| format!("queue {i}: used ring at {:#x}: {e}", qs.used_ring))?
+                    .map_err(|source| TransportRestoreError::UsedRing {
+                        queue: i,
+                        addr: qs.used_ring,
+                        source,
+                    })?
             } else {
                 0
             };
@@ -275,7 +305,12 @@ impl MmioTransport {
                 avail_ring: qs.avail_ring,
                 used_ring: qs.used_ring,
             };
-            queues.push(Queue::try_from(st).map_err(|e| format!("queue {i}: {e:?}"))?);
+            queues.push(
+                Queue::try_from(st).map_err(|e| TransportRestoreError::Queue {
+                    queue: i,
+                    detail: format!("{e:?}"),
+                })?,
+            );
         }
         self.queues = queues;
         self.status = s.status;
@@ -287,10 +322,10 @@ impl MmioTransport {
         if s.active {
             self.activate();
             if !self.active {
-                return Err(format!(
-                    "virtio device type {ty} could not be activated again (status {:#x})",
-                    self.status
-                ));
+                return Err(TransportRestoreError::Reactivate {
+                    device_type: ty,
+                    status: self.status,
+                });
             }
             self.device.restored(&self.epoll);
         }

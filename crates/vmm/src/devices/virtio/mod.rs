@@ -135,6 +135,40 @@ pub const DEVICE_TOKEN_BASE: u64 = 1 << 16;
 
 /// A virtio device behind a transport. Implementations never panic on guest input: malformed
 /// requests are answered (with an error status or a zero-length used entry) and counted.
+/// Why a device refused to start when the driver set DRIVER_OK (the transport logs it and
+/// sets DEVICE_NEEDS_RESET).
+#[derive(Debug, thiserror::Error)]
+pub enum ActivateError {
+    /// The driver set up another number of queues than the device has.
+    #[error("{device} needs {}", queues_needed(*.needs))]
+    BadQueueCount {
+        device: &'static str,
+        needs: usize,
+        got: usize,
+    },
+}
+
+fn queues_needed(n: usize) -> String {
+    if n == 1 {
+        "its queue".into()
+    } else {
+        format!("{n} queues")
+    }
+}
+
+/// Refuses an activation whose queue count is not `needs`.
+pub fn check_queue_count(
+    device: &'static str,
+    needs: usize,
+    got: usize,
+) -> Result<(), ActivateError> {
+    if got == needs {
+        Ok(())
+    } else {
+        Err(ActivateError::BadQueueCount { device, needs, got })
+    }
+}
+
 pub trait VirtioDevice: Send {
     /// The virtio device ID ([`TYPE_BLOCK`] ...).
     fn device_type(&self) -> u32;
@@ -147,7 +181,7 @@ pub trait VirtioDevice: Send {
     /// Writes to the device configuration space (ignored by default).
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// Starts the device on validated queues.
-    fn activate(&mut self, ctx: ActiveContext, epoll: &Epoll) -> Result<(), String>;
+    fn activate(&mut self, ctx: ActiveContext, epoll: &Epoll) -> Result<(), ActivateError>;
     /// Back to the state before activation (queues dropped, connections closed).
     fn reset(&mut self, epoll: &Epoll);
     /// The driver notified queue `idx` (only called while active).

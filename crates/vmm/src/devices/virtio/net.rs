@@ -133,6 +133,18 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
+/// Why a network device could not be created from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum NetConfigError {
+    /// The tap does not exist or cannot be opened in this network namespace.
+    #[error("cannot open tap {name:?} in the VMM's network namespace: {source} (create it there, or run the VMM with CAP_NET_ADMIN)")]
+    Tap { name: String, source: io::Error },
+    #[error("bad guest_mac {0:?}")]
+    BadMac(String),
+    #[error("rate limiter: {0}")]
+    RateLimiter(io::Error),
+}
+
 /// The network device.
 pub struct Net {
     tap: Tap,
@@ -182,15 +194,13 @@ impl Net {
     }
 
     /// From a `PUT /network-interfaces` configuration.
-    pub fn from_config(n: &crate::config::NetworkInterface) -> Result<Net, String> {
-        let tap = Tap::open(&n.host_dev_name).map_err(|e| {
-            format!(
-                "cannot open tap {:?} in the VMM's network namespace: {e} (create it there, or run the VMM with CAP_NET_ADMIN)",
-                n.host_dev_name
-            )
+    pub fn from_config(n: &crate::config::NetworkInterface) -> Result<Net, NetConfigError> {
+        let tap = Tap::open(&n.host_dev_name).map_err(|source| NetConfigError::Tap {
+            name: n.host_dev_name.clone(),
+            source,
         })?;
         let mac = match &n.guest_mac {
-            Some(m) => Some(parse_mac(m).ok_or_else(|| format!("bad guest_mac {m:?}"))?),
+            Some(m) => Some(parse_mac(m).ok_or_else(|| NetConfigError::BadMac(m.clone()))?),
             None => None,
         };
         let mtu = n.mtu.map(|m| m.min(65535) as u16);
@@ -201,7 +211,7 @@ impl Net {
             n.rx_rate_limiter.as_ref(),
             n.tx_rate_limiter.as_ref(),
         )
-        .map_err(|e| format!("rate limiter: {e}"))
+        .map_err(NetConfigError::RateLimiter)
     }
 
     /// `PATCH /network-interfaces/{id}`.
@@ -381,10 +391,8 @@ impl VirtioDevice for Net {
                 .unwrap_or(0);
         }
     }
-    fn activate(&mut self, ctx: ActiveContext, _epoll: &Epoll) -> Result<(), String> {
-        if ctx.queues.len() != 2 {
-            return Err("virtio-net needs 2 queues".into());
-        }
+    fn activate(&mut self, ctx: ActiveContext, _epoll: &Epoll) -> Result<(), super::ActivateError> {
+        crate::devices::virtio::check_queue_count("virtio-net", 2, ctx.queues.len())?;
         let g = ctx.acked_features;
         let mut off = 0;
         for (bit, tun) in [

@@ -89,9 +89,13 @@ impl VirtioDevice for Rng {
     fn read_config(&self, _offset: u64, data: &mut [u8]) {
         data.fill(0);
     }
-    fn activate(&mut self, ctx: ActiveContext, _epoll: &Epoll) -> Result<(), String> {
+    fn activate(&mut self, ctx: ActiveContext, _epoll: &Epoll) -> Result<(), super::ActivateError> {
         if ctx.queues.is_empty() {
-            return Err("virtio-rng needs its queue".into());
+            return Err(crate::devices::virtio::ActivateError::BadQueueCount {
+                device: "virtio-rng",
+                needs: 1,
+                got: 0,
+            });
         }
         self.state.activate(ctx);
         Ok(())

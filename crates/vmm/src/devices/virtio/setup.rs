@@ -121,26 +121,48 @@ fn slot<'a>(slots: &'a [VirtioSlot], id: &DeviceId) -> Option<&'a VirtioSlot> {
     slots.iter().find(|s| &s.id == id)
 }
 
+/// Why a live device refused a `PATCH /drives` or `PATCH /network-interfaces`.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceUpdateError {
+    #[error("No block device for drive {0:?}.")]
+    NoDrive(String),
+    #[error("Device of drive {0:?} is not a block device.")]
+    NotBlock(String),
+    /// The new image could not be opened (the old one stays).
+    #[error("Cannot update drive {id:?}: {source}")]
+    Drive {
+        id: String,
+        source: super::block::BlockError,
+    },
+    #[error("No network device for interface {0:?}.")]
+    NoInterface(String),
+    #[error("Device of interface {0:?} is not a network device.")]
+    NotNet(String),
+}
+
 /// `PATCH /drives/{id}` after boot: a new image file and/or rate limiter, applied to the live
 /// device (the guest gets a configuration interrupt when the capacity changed).
 pub fn patch_drive(
     slots: &[VirtioSlot],
     id: &str,
     u: &crate::config::DriveUpdate,
-) -> Result<(), String> {
+) -> Result<(), DeviceUpdateError> {
     let s = slot(slots, &DeviceId::Block(id.to_string()))
-        .ok_or_else(|| format!("No block device for drive {id:?}."))?;
+        .ok_or_else(|| DeviceUpdateError::NoDrive(id.to_string()))?;
     let mut t = s.transport.lock().unwrap_or_else(|e| e.into_inner());
     let dev = t
         .device_mut()
         .as_any_mut()
         .downcast_mut::<super::block::Block>()
-        .ok_or_else(|| format!("Device of drive {id:?} is not a block device."))?;
+        .ok_or_else(|| DeviceUpdateError::NotBlock(id.to_string()))?;
     let mut changed = false;
     if let Some(p) = &u.path_on_host {
         changed = dev
             .replace_image(p)
-            .map_err(|e| format!("Cannot update drive {id:?}: {e}"))?;
+            .map_err(|source| DeviceUpdateError::Drive {
+                id: id.to_string(),
+                source,
+            })?;
     }
     if let Some(r) = &u.rate_limiter {
         dev.update_limiter(r);
@@ -156,15 +178,15 @@ pub fn patch_net(
     slots: &[VirtioSlot],
     id: &str,
     u: &crate::config::NetworkInterfaceUpdate,
-) -> Result<(), String> {
+) -> Result<(), DeviceUpdateError> {
     let s = slot(slots, &DeviceId::Net(id.to_string()))
-        .ok_or_else(|| format!("No network device for interface {id:?}."))?;
+        .ok_or_else(|| DeviceUpdateError::NoInterface(id.to_string()))?;
     let mut t = s.transport.lock().unwrap_or_else(|e| e.into_inner());
     let dev = t
         .device_mut()
         .as_any_mut()
         .downcast_mut::<super::net::Net>()
-        .ok_or_else(|| format!("Device of interface {id:?} is not a network device."))?;
+        .ok_or_else(|| DeviceUpdateError::NotNet(id.to_string()))?;
     dev.update_limiters(u.rx_rate_limiter.as_ref(), u.tx_rate_limiter.as_ref());
     // Frames that waited for the old limits go now.
     t.kick_queues();

@@ -358,9 +358,17 @@ impl VirtioDevice for Block {
                 .unwrap_or(0);
         }
     }
-    fn activate(&mut self, ctx: ActiveContext, _epoll: &Epoll) -> Result<(), String> {
+    fn activate(
+        &mut self,
+        ctx: ActiveContext,
+        _epoll: &Epoll,
+    ) -> Result<(), crate::devices::virtio::ActivateError> {
         if ctx.queues.is_empty() {
-            return Err("virtio-blk needs its queue".into());
+            return Err(crate::devices::virtio::ActivateError::BadQueueCount {
+                device: "virtio-blk",
+                needs: 1,
+                got: 0,
+            });
         }
         self.state.activate(ctx);
         Ok(())

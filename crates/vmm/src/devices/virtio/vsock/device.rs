@@ -5,7 +5,7 @@
 use std::any::Any;
 use std::io;
 use std::os::fd::RawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use vmm_sys_util::epoll::{Epoll, EventSet};
 
@@ -19,6 +19,14 @@ use crate::devices::virtio::{ActiveContext, VirtioDevice, COMMON_FEATURES, TYPE_
 const RXQ: usize = 0;
 const TXQ: usize = 1;
 const EVQ: usize = 2;
+
+/// The vsock device's host socket could not be created.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on uds_path {}: {source}", uds_path.display())]
+pub struct VsockConfigError {
+    pub uds_path: PathBuf,
+    pub source: io::Error,
+}
 
 /// The vsock device.
 pub struct Vsock {
@@ -53,9 +61,11 @@ impl Vsock {
     }
 
     /// From a `PUT /vsock` configuration.
-    pub fn from_config(v: &crate::config::Vsock) -> Result<Vsock, String> {
-        Vsock::new(u64::from(v.guest_cid), &v.uds_path)
-            .map_err(|e| format!("cannot listen on uds_path {}: {e}", v.uds_path.display()))
+    pub fn from_config(v: &crate::config::Vsock) -> Result<Vsock, VsockConfigError> {
+        Vsock::new(u64::from(v.guest_cid), &v.uds_path).map_err(|source| VsockConfigError {
+            uds_path: v.uds_path.clone(),
+            source,
+        })
     }
 
     pub fn uds_path(&self) -> &Path {
@@ -214,10 +224,12 @@ impl VirtioDevice for Vsock {
                 .unwrap_or(0);
         }
     }
-    fn activate(&mut self, ctx: ActiveContext, _epoll: &Epoll) -> Result<(), String> {
-        if ctx.queues.len() != 3 {
-            return Err("virtio-vsock needs 3 queues".into());
-        }
+    fn activate(
+        &mut self,
+        ctx: ActiveContext,
+        _epoll: &Epoll,
+    ) -> Result<(), crate::devices::virtio::ActivateError> {
+        crate::devices::virtio::check_queue_count("virtio-vsock", 3, ctx.queues.len())?;
         // No syscalls here (vCPU thread): the queue events the transport raises right after
         // activation run the first RX pass (host connections that waited) on the event loop.
         self.state.activate(ctx);

@@ -45,7 +45,7 @@ mod muxer;
 mod packet;
 mod uds;
 
-pub use device::Vsock;
+pub use device::{Vsock, VsockConfigError};
 pub use packet::{
     PacketError, PacketHeader, EVENT_TRANSPORT_RESET, HDR_LEN, HOST_CID, MAX_PKT_PAYLOAD,
     OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW, OP_SHUTDOWN,
