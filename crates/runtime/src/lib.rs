@@ -21,6 +21,7 @@ pub mod group;
 pub mod host;
 mod identity;
 pub mod jail;
+mod paths;
 pub mod qcow2;
 pub mod qemu;
 pub mod qmp;

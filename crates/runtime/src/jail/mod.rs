@@ -37,7 +37,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Accel, Root, VmConfig};
-use crate::vmdir::run_root;
+use crate::paths::run_root;
 use crate::Result;
 
 /// Where the uids held by VMs are recorded, host-wide.
