@@ -190,4 +190,56 @@ mod tests {
         );
         assert_eq!(VmmAction::GetVersion.preboot_only(), None);
     }
+
+    #[test]
+    fn typed_causes_keep_the_fault_messages() {
+        use crate::devices::virtio::setup::DeviceUpdateError;
+        use crate::devices::virtio::{check_queue_count, ActivateError};
+        use crate::vmm::{CreateSnapshotError, LoadSnapshotError, VcpuControlError};
+        let cases: [(VmmActionError, &str); 6] = [
+            (
+                VmmActionError::CreateSnapshot(CreateSnapshotError::NotPaused),
+                "The microVM must be paused to take a snapshot: PATCH /vm {\"state\": \"Paused\"} first.",
+            ),
+            (
+                VmmActionError::CreateSnapshot(CreateSnapshotError::DiffNotSupported),
+                "Diff snapshots are not supported by kobako-vmm: use \"snapshot_type\": \"Full\".",
+            ),
+            (
+                VmmActionError::LoadSnapshot(LoadSnapshotError::Inconsistent {
+                    config_mib: 128,
+                    state_mib: 256,
+                }),
+                "the snapshot is inconsistent: 128 MiB configured, 256 MiB of memory state",
+            ),
+            (
+                VmmActionError::LoadSnapshot(LoadSnapshotError::UnknownDrive {
+                    drive_id: "data".into(),
+                    has: "rootfs".into(),
+                }),
+                "drive_overrides names drive \"data\", which the snapshot does not have (it has: rootfs)",
+            ),
+            (
+                VmmActionError::VmState(VcpuControlError::Timeout),
+                "Timed out waiting for the vCPUs.",
+            ),
+            (
+                VmmActionError::DeviceUpdate(DeviceUpdateError::NoDrive("d1".into())),
+                "No block device for drive \"d1\".",
+            ),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
+        }
+        let needs = |e: Result<(), ActivateError>| e.unwrap_err().to_string();
+        assert_eq!(
+            needs(check_queue_count("virtio-net", 2, 1)),
+            "virtio-net needs 2 queues"
+        );
+        assert_eq!(
+            needs(check_queue_count("virtio-rng", 1, 0)),
+            "virtio-rng needs its queue"
+        );
+        assert!(check_queue_count("virtio-vsock", 3, 3).is_ok());
+    }
 }

@@ -41,13 +41,32 @@ pub struct VirtioSlot {
 #[error("{what}: {why}")]
 pub struct SetupError {
     pub what: String,
-    pub why: String,
+    pub why: SetupCause,
 }
 
-fn err(what: impl Into<String>, why: impl std::fmt::Display) -> SetupError {
+/// What went wrong with the object a [`SetupError`] names.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupCause {
+    #[error("{0}")]
+    Block(#[from] super::block::BlockError),
+    #[error("{0}")]
+    Net(#[from] super::net::NetConfigError),
+    #[error("{0}")]
+    Vsock(#[from] super::vsock::VsockConfigError),
+    /// The entropy device or an interrupt eventfd could not be created.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Transport(#[from] super::mmio::MmioError),
+    /// More devices than IRQs.
+    #[error("{count} configured, at most {max} fit (one IRQ each)")]
+    TooMany { count: usize, max: usize },
+}
+
+fn err(what: impl Into<String>, why: impl Into<SetupCause>) -> SetupError {
     SetupError {
         what: what.into(),
-        why: why.to_string(),
+        why: why.into(),
     }
 }
 
@@ -78,10 +97,10 @@ pub fn create(res: &VmResources, mem: &GuestMemoryMmap) -> Result<Vec<VirtioSlot
     if devs.len() > max {
         return Err(err(
             "virtio devices",
-            format!(
-                "{} configured, at most {max} fit (one IRQ each)",
-                devs.len()
-            ),
+            SetupCause::TooMany {
+                count: devs.len(),
+                max,
+            },
         ));
     }
     let mut slots = Vec::new();
