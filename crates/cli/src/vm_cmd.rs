@@ -225,6 +225,7 @@ pub fn config_from(args: &RunArgs) -> Result<(VmConfig, String)> {
         incoming: None,
         cgroups: Vec::new(),
         memory_file: None,
+        named_ram: false,
     };
     // The probe's files are placeholders: only a missing file is expected here.
     match probe.validate() {

@@ -420,6 +420,7 @@ fn network_config_applies_on_a_real_tap() {
             incoming: None,
             cgroups: Vec::new(),
             memory_file: None,
+            named_ram: false,
         };
         let rt = kobako_runtime::qemu::QemuRuntime::new(KOBAKO.into());
         let vm = rt.create(&cfg).await.unwrap();

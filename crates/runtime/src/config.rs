@@ -74,6 +74,12 @@ pub struct VmConfig {
     /// [`MemoryFile`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_file: Option<MemoryFile>,
+    /// Without a memory file: guest RAM still as a named QEMU backend (`memory-backend-ram,
+    /// id=ram`). QEMU's state stream names RAM blocks, so a VM restored from the stream of one
+    /// whose RAM was a file (a clone's checkpoint) must name its RAM the same way; restores set
+    /// this, nobody else needs to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub named_ram: bool,
 }
 
 /// Guest RAM backed by a file (QEMU `memory-backend-file`), the two sides of a warm snapshot:
@@ -377,6 +383,7 @@ pub(crate) mod tests {
             incoming: None,
             cgroups: Vec::new(),
             memory_file: None,
+            named_ram: false,
         }
     }
 

@@ -220,6 +220,13 @@ impl QemuRuntime {
                 "-machine".into(),
                 "memory-backend=ram".into(),
             ]);
+        } else if cfg.named_ram {
+            a.extend([
+                "-object".into(),
+                format!("memory-backend-ram,id=ram,size={}M", cfg.memory_mib),
+                "-machine".into(),
+                "memory-backend=ram".into(),
+            ]);
         }
         if cfg.incoming.is_some() {
             // Restore instead of boot: QEMU waits for `migrate-incoming`, which
@@ -474,5 +481,16 @@ mod tests {
         );
         // The stream is read once `continue_restored` has set its capabilities.
         assert_eq!(args_after(&clone, "-incoming"), ["defer"]);
+
+        // A checkpoint of that clone streams its RAM under the backend's name: restored into
+        // an anonymous backend of the same name.
+        cfg.memory_file = None;
+        cfg.named_ram = true;
+        let restored = rt.argv(&cfg);
+        assert_eq!(
+            args_after(&restored, "-object"),
+            ["memory-backend-ram,id=ram,size=128M"]
+        );
+        assert!(args_after(&restored, "-machine").contains(&"memory-backend=ram"));
     }
 }

@@ -432,8 +432,28 @@ fn ignore_shared() -> serde_json::Value {
 }
 
 /// After a restore: starts reading the state, waits for QEMU to finish reading the state, then continues the guest (the
-/// state carries the "stopped" run state of the moment it was saved).
+/// state carries the "stopped" run state of the moment it was saved). If QEMU ends on the way
+/// (it refused the stream), the error carries its own words from `vm.log`.
 pub async fn continue_restored(vm: &VmDir) -> Result<()> {
+    let r = read_restored(vm).await;
+    if r.is_err() {
+        // Give a dying QEMU a moment to finish its last words and exit.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if !vm.vm_pid().is_some_and(crate::vmdir::alive) {
+            let said = crate::vmdir::tail(&vm.file("vm.log"), 5);
+            if let (Err(e), false) = (&r, said.trim().is_empty()) {
+                return Err(RuntimeError::ExitedEarly {
+                    name: vm.name.clone(),
+                    how: format!("QEMU ended while reading the snapshot: {e}"),
+                    console: format!("VM process output:\n{said}"),
+                });
+            }
+        }
+    }
+    r
+}
+
+async fn read_restored(vm: &VmDir) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut q = loop {
         match Qmp::connect(&vm.file("qmp.sock")).await {
@@ -620,6 +640,9 @@ pub(crate) fn restore_config_with(
         path: dir.join(&r.file),
         shared: false,
     });
+    // The stream names the RAM block after the backend the saved VM had: one whose RAM was a
+    // file (a clone) is restored into a backend of the same name, anonymous this time.
+    cfg.named_ram = m.ram.is_none() && (m.config.memory_file.is_some() || m.config.named_ram);
     // Whose and which lab's the restored VM is, is the restorer's to say.
     cfg.cgroups = Vec::new();
     let made = |cfg: &mut VmConfig| -> Result<()> {
@@ -707,3 +730,7 @@ pub(crate) fn restore_config_with(
 }
 
 pub use crate::identity::{fresh_identity, host_random, NewIdentity};
+
+#[cfg(test)]
+#[path = "snapshot_tests.rs"]
+mod tests;

@@ -701,6 +701,7 @@ mod tests {
             incoming: None,
             cgroups: Vec::new(),
             memory_file: None,
+            named_ram: false,
         }
     }
 
