@@ -20,6 +20,42 @@ fn done(stream: u32, sha256: Option<String>, size: Option<u64>) {
     reply(stream, &Msg::Done { sha256, size });
 }
 
+/// Why a put or a list failed; the agent sends the message to the host.
+#[derive(Debug, thiserror::Error)]
+enum FileError {
+    #[error("{}", describe(.err, .path))]
+    Io { path: PathBuf, err: std::io::Error },
+    #[error("{}: is a directory", .0.display())]
+    IsDir(PathBuf),
+    #[error("{}: not a file path", .0.display())]
+    NotAFilePath(PathBuf),
+    #[error("{}: no data from the host for {secs} s; transfer abandoned", .path.display())]
+    HostSilent { path: PathBuf, secs: u64 },
+    /// The session was dropped: the host went away mid-transfer.
+    #[error("{}: transfer interrupted", .0.display())]
+    Interrupted(PathBuf),
+    #[error("{}: received {got} bytes, expected {expected}", .path.display())]
+    SizeMismatch {
+        path: PathBuf,
+        got: u64,
+        expected: u64,
+    },
+    #[error("{}: checksum mismatch (sent {sent}, received {got})", .path.display())]
+    ChecksumMismatch {
+        path: PathBuf,
+        sent: String,
+        got: String,
+    },
+}
+
+/// An I/O error about `path`, described as [`describe`] does.
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
+    move |err| FileError::Io {
+        path: path.to_path_buf(),
+        err,
+    }
+}
+
 fn describe(e: &std::io::Error, path: &Path) -> String {
     match e.raw_os_error() {
         Some(libc::ENOENT) => format!(
@@ -39,22 +75,22 @@ pub fn put(stream: u32, req: PutFile, rx: Receiver<Input>, sessions: Sessions) {
     lock(&sessions).remove(&stream);
     match r {
         Ok((sha, size)) => done(stream, Some(sha), Some(size)),
-        Err(e) => fail(stream, e),
+        Err(e) => fail(stream, e.to_string()),
     }
 }
 
-fn receive(path: &Path, req: &PutFile, rx: Receiver<Input>) -> Result<(String, u64), String> {
+fn receive(path: &Path, req: &PutFile, rx: Receiver<Input>) -> Result<(String, u64), FileError> {
     if path.is_dir() {
-        return Err(format!("{}: is a directory", path.display()));
+        return Err(FileError::IsDir(path.into()));
     }
     let name = path
         .file_name()
-        .ok_or_else(|| format!("{}: not a file path", path.display()))?;
+        .ok_or_else(|| FileError::NotAFilePath(path.into()))?;
     let tmp = path.with_file_name(format!(".{}.kobako-part", name.to_string_lossy()));
-    let mut f = File::create(&tmp).map_err(|e| describe(&e, path))?;
-    let cleanup = |msg: String| {
+    let mut f = File::create(&tmp).map_err(io_at(path))?;
+    let cleanup = |e: FileError| {
         let _ = fs::remove_file(&tmp);
-        Err(msg)
+        Err(e)
     };
     let mut h = Sha256::new();
     let mut size = 0u64;
@@ -62,7 +98,7 @@ fn receive(path: &Path, req: &PutFile, rx: Receiver<Input>) -> Result<(String, u
         match rx.recv_timeout(IDLE) {
             Ok(Input::Data(buf)) => {
                 if let Err(e) = f.write_all(&buf) {
-                    return cleanup(describe(&e, path));
+                    return cleanup(io_at(path)(e));
                 }
                 h.update(&buf);
                 size += buf.len() as u64;
@@ -70,46 +106,46 @@ fn receive(path: &Path, req: &PutFile, rx: Receiver<Input>) -> Result<(String, u
             Ok(Input::End(sha)) => break sha,
             Ok(Input::Resize(..)) => {}
             Err(RecvTimeoutError::Timeout) => {
-                return cleanup(format!(
-                    "{}: no data from the host for {} s; transfer abandoned",
-                    path.display(),
-                    IDLE.as_secs()
-                ))
+                return cleanup(FileError::HostSilent {
+                    path: path.into(),
+                    secs: IDLE.as_secs(),
+                })
             }
             // The session was dropped: the host went away mid-transfer.
             Err(RecvTimeoutError::Disconnected) => {
-                return cleanup(format!("{}: transfer interrupted", path.display()))
+                return cleanup(FileError::Interrupted(path.into()))
             }
         }
     };
     if let Err(e) = f.sync_all() {
-        return cleanup(describe(&e, path));
+        return cleanup(io_at(path)(e));
     }
     drop(f);
     let got = hex::encode(h.finalize());
     if size != req.size {
-        return cleanup(format!(
-            "{}: received {size} bytes, expected {}",
-            path.display(),
-            req.size
-        ));
+        return cleanup(FileError::SizeMismatch {
+            path: path.into(),
+            got: size,
+            expected: req.size,
+        });
     }
     if got != expected {
-        return cleanup(format!(
-            "{}: checksum mismatch (sent {expected}, received {got})",
-            path.display()
-        ));
+        return cleanup(FileError::ChecksumMismatch {
+            path: path.into(),
+            sent: expected,
+            got,
+        });
     }
     if let Err(e) = fs::set_permissions(&tmp, fs::Permissions::from_mode(req.mode & 0o7777)) {
-        return cleanup(describe(&e, path));
+        return cleanup(io_at(path)(e));
     }
     if req.uid.is_some() || req.gid.is_some() {
         if let Err(e) = std::os::unix::fs::chown(&tmp, req.uid, req.gid) {
-            return cleanup(describe(&e, path));
+            return cleanup(io_at(path)(e));
         }
     }
     if let Err(e) = fs::rename(&tmp, path) {
-        return cleanup(describe(&e, path));
+        return cleanup(io_at(path)(e));
     }
     Ok((got, size))
 }
@@ -199,18 +235,18 @@ pub fn list(stream: u32, path: &str) {
     let root = Path::new(path);
     let mut entries = Vec::new();
     if let Err(e) = walk(root, root, &mut entries) {
-        return fail(stream, e);
+        return fail(stream, e.to_string());
     }
     reply(stream, &Msg::Entries { entries });
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<DirEntry>) -> Result<(), String> {
-    let rd = fs::read_dir(dir).map_err(|e| describe(&e, dir))?;
+fn walk(root: &Path, dir: &Path, out: &mut Vec<DirEntry>) -> Result<(), FileError> {
+    let rd = fs::read_dir(dir).map_err(io_at(dir))?;
     let mut items: Vec<_> = rd.flatten().collect();
     items.sort_by_key(|e| e.file_name());
     for e in items {
         let p = e.path();
-        let md = fs::symlink_metadata(&p).map_err(|e| describe(&e, &p))?;
+        let md = fs::symlink_metadata(&p).map_err(io_at(&p))?;
         let rel = p
             .strip_prefix(root)
             .unwrap_or(&p)

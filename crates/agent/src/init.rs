@@ -209,17 +209,25 @@ pub fn shutdown(reboot: bool, pid1: bool) {
 pub const BOOT_MARK_PORT: u16 = 0x3f0;
 pub const BOOT_MARK_VALUE: u8 = 123;
 
+/// Why the boot-complete signal could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum BootMarkError {
+    #[cfg(target_arch = "x86_64")]
+    #[error("ioperm({BOOT_MARK_PORT:#x}): {0}")]
+    Ioperm(std::io::Error),
+    #[cfg(not(target_arch = "x86_64"))]
+    #[error("the boot-complete port write exists only on x86_64")]
+    Unsupported,
+}
+
 /// Writes the boot-complete signal, when the host asked for it with `kobako.bootmark=1` (the
 /// `vmm` runtime does; on other machines the port may belong to a device, so it is never
 /// written unasked). Needs CAP_SYS_RAWIO (PID 1 and root have it).
 #[cfg(target_arch = "x86_64")]
-pub fn boot_mark() -> Result<(), String> {
+pub fn boot_mark() -> Result<(), BootMarkError> {
     // SAFETY: ioperm only changes this thread's I/O permission bitmap for one port.
     if unsafe { libc::ioperm(u64::from(BOOT_MARK_PORT), 1, 1) } != 0 {
-        return Err(format!(
-            "ioperm({BOOT_MARK_PORT:#x}): {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(BootMarkError::Ioperm(std::io::Error::last_os_error()));
     }
     // SAFETY: the port was just granted to this thread; writing one byte to it has no effect on
     // this process's memory. The host asked for exactly this write (kobako.bootmark=1).
@@ -231,6 +239,6 @@ pub fn boot_mark() -> Result<(), String> {
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-pub fn boot_mark() -> Result<(), String> {
-    Err("the boot-complete port write exists only on x86_64".into())
+pub fn boot_mark() -> Result<(), BootMarkError> {
+    Err(BootMarkError::Unsupported)
 }

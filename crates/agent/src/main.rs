@@ -497,7 +497,7 @@ fn handle_msg(stream: u32, msg: Msg, info: &ReadyInfo, sessions: &Sessions, pid1
                         size: None,
                     },
                 ),
-                Err(e) => fail(stream, e),
+                Err(e) => fail(stream, e.to_string()),
             })
         }
         Msg::SetServices { services } => {
@@ -529,7 +529,7 @@ fn handle_msg(stream: u32, msg: Msg, info: &ReadyInfo, sessions: &Sessions, pid1
                         size: None,
                     },
                 ),
-                Err(e) => fail(stream, e),
+                Err(e) => fail(stream, e.to_string()),
             })
         }
         Msg::Shutdown { reboot } => go_down(reboot, pid1),

@@ -4,6 +4,7 @@
 //!
 //! Message layouts: include/uapi/linux/{netlink,rtnetlink,if_addr,if_link}.h.
 
+use std::io;
 use std::net::IpAddr;
 
 use kobako_agent::proto::{IfaceConfig, NetConfig, RouteConfig};
@@ -32,6 +33,61 @@ const RT_SCOPE_UNIVERSE: u8 = 0;
 const RT_SCOPE_LINK: u8 = 253;
 const RTN_UNICAST: u8 = 1;
 
+/// A netlink socket call that failed, or the kernel's refusal of a request.
+#[derive(Debug, thiserror::Error)]
+pub enum NlError {
+    #[error("netlink socket: {0}")]
+    Socket(io::Error),
+    #[error("netlink send: {0}")]
+    Send(io::Error),
+    #[error("netlink recv: {0}")]
+    Recv(io::Error),
+    /// The kernel answered the request with this errno.
+    #[error("{0}")]
+    Refused(io::Error),
+}
+
+/// Why a network configuration (or a MAC change) could not be applied. Messages carry their
+/// cause (the agent sends them to the host as text); they name the item that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("{0}")]
+    Netlink(#[from] NlError),
+    /// A request about one item (`what`, e.g. "eth1: mtu 1400") was refused or lost.
+    #[error("{what}: {err}")]
+    Request { what: String, err: NlError },
+    #[error("address '{addr}': expected CIDR form like 10.0.0.2/24")]
+    NotCidr { addr: String },
+    #[error("address '{addr}': '{ip}' is not an IP address")]
+    BadIp { addr: String, ip: String },
+    #[error("address '{addr}': prefix must be 0..={max}")]
+    BadPrefix { addr: String, max: u8 },
+    #[error("no interface '{0}' in the guest")]
+    NoInterface(String),
+    #[error("no interface with MAC {0} in the guest")]
+    NoMac(String),
+    #[error("/sys/class/net: {0}")]
+    ListInterfaces(io::Error),
+    #[error("interface without name or mac")]
+    Unnamed,
+    #[error("interface name '{0}': 1 to 15 bytes")]
+    BadName(String),
+    #[error("route {dst}: via '{via}' is not an IP address")]
+    BadVia { dst: String, via: String },
+    #[error("route {0}: needs `via` or `dev`")]
+    RouteWithoutTarget(String),
+    #[error("MAC '{0}' is not of the form 52:54:00:12:34:56")]
+    BadMac(String),
+    #[error("{path}: {err}")]
+    Write { path: &'static str, err: io::Error },
+}
+
+/// Wraps a refused request with the item it was about.
+fn about(what: impl Into<String>) -> impl FnOnce(NlError) -> NetError {
+    let what = what.into();
+    move |err| NetError::Request { what, err }
+}
+
 /// A netlink route socket.
 struct Nl {
     fd: i32,
@@ -39,7 +95,7 @@ struct Nl {
 }
 
 impl Nl {
-    fn open() -> Result<Nl, String> {
+    fn open() -> Result<Nl, NlError> {
         // SAFETY: plain socket(2).
         let fd = unsafe {
             libc::socket(
@@ -49,16 +105,13 @@ impl Nl {
             )
         };
         if fd < 0 {
-            return Err(format!(
-                "netlink socket: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(NlError::Socket(io::Error::last_os_error()));
         }
         Ok(Nl { fd, seq: 1 })
     }
 
     /// Send one request (header added here) and wait for its ack.
-    fn request(&mut self, ty: u16, flags: u16, body: &[u8]) -> Result<(), String> {
+    fn request(&mut self, ty: u16, flags: u16, body: &[u8]) -> Result<(), NlError> {
         self.seq += 1;
         let len = 16 + body.len();
         let mut msg = Vec::with_capacity(len);
@@ -72,7 +125,7 @@ impl Nl {
         // the default destination of an unbound netlink socket.
         let n = unsafe { libc::send(self.fd, msg.as_ptr() as *const libc::c_void, msg.len(), 0) };
         if n < 0 {
-            return Err(format!("netlink send: {}", std::io::Error::last_os_error()));
+            return Err(NlError::Send(io::Error::last_os_error()));
         }
         let mut buf = vec![0u8; 8192];
         loop {
@@ -80,7 +133,7 @@ impl Nl {
             let n =
                 unsafe { libc::recv(self.fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
             if n < 0 {
-                return Err(format!("netlink recv: {}", std::io::Error::last_os_error()));
+                return Err(NlError::Recv(io::Error::last_os_error()));
             }
             let mut off = 0usize;
             while off + 16 <= n as usize {
@@ -95,7 +148,7 @@ impl Nl {
                     return if err == 0 {
                         Ok(())
                     } else {
-                        Err(std::io::Error::from_raw_os_error(-err).to_string())
+                        Err(NlError::Refused(io::Error::from_raw_os_error(-err)))
                     };
                 }
                 if mlen < 16 {
@@ -139,33 +192,37 @@ fn family(ip: &IpAddr) -> u8 {
 }
 
 /// Parse "10.0.0.2/24" (or "fd00::1/64").
-pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), String> {
+pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), NetError> {
     let (a, p) = s
         .split_once('/')
-        .ok_or_else(|| format!("address '{s}': expected CIDR form like 10.0.0.2/24"))?;
-    let ip: IpAddr = a
-        .parse()
-        .map_err(|_| format!("address '{s}': '{a}' is not an IP address"))?;
+        .ok_or_else(|| NetError::NotCidr { addr: s.into() })?;
+    let ip: IpAddr = a.parse().map_err(|_| NetError::BadIp {
+        addr: s.into(),
+        ip: a.into(),
+    })?;
     let max = if ip.is_ipv4() { 32 } else { 128 };
     let prefix: u8 = p
         .parse()
         .ok()
         .filter(|p| *p <= max)
-        .ok_or_else(|| format!("address '{s}': prefix must be 0..={max}"))?;
+        .ok_or_else(|| NetError::BadPrefix {
+            addr: s.into(),
+            max,
+        })?;
     Ok((ip, prefix))
 }
 
-fn ifindex(name: &str) -> Result<u32, String> {
+fn ifindex(name: &str) -> Result<u32, NetError> {
     std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| format!("no interface '{name}' in the guest"))
+        .ok_or_else(|| NetError::NoInterface(name.into()))
 }
 
-fn by_mac(mac: &str) -> Result<String, String> {
+fn by_mac(mac: &str) -> Result<String, NetError> {
     let want = mac.to_ascii_lowercase();
     for e in std::fs::read_dir("/sys/class/net")
-        .map_err(|e| e.to_string())?
+        .map_err(NetError::ListInterfaces)?
         .flatten()
     {
         let addr = std::fs::read_to_string(e.path().join("address")).unwrap_or_default();
@@ -173,23 +230,23 @@ fn by_mac(mac: &str) -> Result<String, String> {
             return Ok(e.file_name().to_string_lossy().into_owned());
         }
     }
-    Err(format!("no interface with MAC {mac} in the guest"))
+    Err(NetError::NoMac(mac.into()))
 }
 
-fn rename(nl: &mut Nl, from: &str, to: &str) -> Result<(), String> {
+fn rename(nl: &mut Nl, from: &str, to: &str) -> Result<(), NetError> {
     if to.is_empty() || to.len() > 15 {
-        return Err(format!("interface name '{to}': 1 to 15 bytes"));
+        return Err(NetError::BadName(to.into()));
     }
     let idx = ifindex(from)?;
     // A link must be down to be renamed.
     nl.request(RTM_NEWLINK, 0, &ifinfomsg(idx, 0, libc::IFF_UP as u32))
-        .map_err(|e| format!("{from}: down: {e}"))?;
+        .map_err(about(format!("{from}: down")))?;
     let mut b = ifinfomsg(idx, 0, 0);
     let mut n = to.as_bytes().to_vec();
     n.push(0);
     attr(&mut b, IFLA_IFNAME, &n);
     nl.request(RTM_NEWLINK, 0, &b)
-        .map_err(|e| format!("{from}: rename to {to}: {e}"))
+        .map_err(about(format!("{from}: rename to {to}")))
 }
 
 fn ifinfomsg(index: u32, flags: u32, change: u32) -> Vec<u8> {
@@ -201,9 +258,9 @@ fn ifinfomsg(index: u32, flags: u32, change: u32) -> Vec<u8> {
     b
 }
 
-fn configure_iface(nl: &mut Nl, c: &IfaceConfig) -> Result<String, String> {
+fn configure_iface(nl: &mut Nl, c: &IfaceConfig) -> Result<String, NetError> {
     let mut name = if c.name.is_empty() {
-        by_mac(c.mac.as_deref().ok_or("interface without name or mac")?)?
+        by_mac(c.mac.as_deref().ok_or(NetError::Unnamed)?)?
     } else {
         c.name.clone()
     };
@@ -218,7 +275,7 @@ fn configure_iface(nl: &mut Nl, c: &IfaceConfig) -> Result<String, String> {
         let mut b = ifinfomsg(idx, 0, 0);
         attr(&mut b, IFLA_MTU, &mtu.to_ne_bytes());
         nl.request(RTM_NEWLINK, 0, &b)
-            .map_err(|e| format!("{name}: mtu {mtu}: {e}"))?;
+            .map_err(about(format!("{name}: mtu {mtu}")))?;
     }
     for a in &c.addresses {
         let (ip, prefix) = parse_cidr(a)?;
@@ -235,15 +292,18 @@ fn configure_iface(nl: &mut Nl, c: &IfaceConfig) -> Result<String, String> {
             }
         }
         nl.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, &b)
-            .map_err(|e| format!("{name}: address {a}: {e}"))?;
+            .map_err(about(format!("{name}: address {a}")))?;
     }
     let up = if c.up { libc::IFF_UP as u32 } else { 0 };
     nl.request(RTM_NEWLINK, 0, &ifinfomsg(idx, up, libc::IFF_UP as u32))
-        .map_err(|e| format!("{name}: set {}: {e}", if c.up { "up" } else { "down" }))?;
+        .map_err(about(format!(
+            "{name}: set {}",
+            if c.up { "up" } else { "down" }
+        )))?;
     Ok(name)
 }
 
-fn add_route(nl: &mut Nl, r: &RouteConfig) -> Result<(), String> {
+fn add_route(nl: &mut Nl, r: &RouteConfig) -> Result<(), NetError> {
     let (dst, dst_len) = if r.dst == "default" {
         let fam_v6 = r.via.as_deref().is_some_and(|v| v.contains(':'));
         let any: IpAddr = if fam_v6 {
@@ -256,14 +316,14 @@ fn add_route(nl: &mut Nl, r: &RouteConfig) -> Result<(), String> {
         parse_cidr(&r.dst)?
     };
     let via: Option<IpAddr> = match &r.via {
-        Some(v) => Some(
-            v.parse()
-                .map_err(|_| format!("route {}: via '{v}' is not an IP address", r.dst))?,
-        ),
+        Some(v) => Some(v.parse().map_err(|_| NetError::BadVia {
+            dst: r.dst.clone(),
+            via: v.clone(),
+        })?),
         None => None,
     };
     if via.is_none() && r.dev.is_none() {
-        return Err(format!("route {}: needs `via` or `dev`", r.dst));
+        return Err(NetError::RouteWithoutTarget(r.dst.clone()));
     }
     let scope = if via.is_some() {
         RT_SCOPE_UNIVERSE
@@ -294,30 +354,30 @@ fn add_route(nl: &mut Nl, r: &RouteConfig) -> Result<(), String> {
         attr(&mut b, RTA_PRIORITY, &m.to_ne_bytes());
     }
     nl.request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, &b)
-        .map_err(|e| format!("route {}: {e}", r.dst))
+        .map_err(about(format!("route {}", r.dst)))
 }
 
 /// Gives the interface whose MAC is `old` the MAC `new` (virtio-net tells the device, so the
 /// host side filters on the new one too).
-pub fn set_mac(old: &str, new: &str) -> Result<(), String> {
+pub fn set_mac(old: &str, new: &str) -> Result<(), NetError> {
     let bytes: Vec<u8> = new
         .split(':')
         .map(|b| u8::from_str_radix(b, 16))
         .collect::<Result<_, _>>()
-        .map_err(|_| format!("MAC '{new}' is not of the form 52:54:00:12:34:56"))?;
+        .map_err(|_| NetError::BadMac(new.into()))?;
     if bytes.len() != 6 {
-        return Err(format!("MAC '{new}' is not of the form 52:54:00:12:34:56"));
+        return Err(NetError::BadMac(new.into()));
     }
     let name = by_mac(old)?;
     let mut nl = Nl::open()?;
     let mut b = ifinfomsg(ifindex(&name)?, 0, 0);
     attr(&mut b, IFLA_ADDRESS, &bytes);
     nl.request(RTM_NEWLINK, 0, &b)
-        .map_err(|e| format!("{name}: MAC {new}: {e}"))
+        .map_err(about(format!("{name}: MAC {new}")))
 }
 
 /// Apply a whole configuration; stops at the first error and says which item failed.
-pub fn apply(cfg: &NetConfig) -> Result<(), String> {
+pub fn apply(cfg: &NetConfig) -> Result<(), NetError> {
     if let Some(h) = &cfg.hostname {
         crate::init::set_hostname(h);
     }
@@ -330,7 +390,7 @@ pub fn apply(cfg: &NetConfig) -> Result<(), String> {
             continue;
         };
         let cur = if i.name.is_empty() {
-            by_mac(i.mac.as_deref().ok_or("interface without name or mac")?)?
+            by_mac(i.mac.as_deref().ok_or(NetError::Unnamed)?)?
         } else {
             i.name.clone()
         };
@@ -358,7 +418,10 @@ pub fn apply(cfg: &NetConfig) -> Result<(), String> {
             text.push_str(l);
             text.push('\n');
         }
-        std::fs::write("/etc/hosts", text).map_err(|e| format!("/etc/hosts: {e}"))?;
+        std::fs::write("/etc/hosts", text).map_err(|err| NetError::Write {
+            path: "/etc/hosts",
+            err,
+        })?;
     }
     if !cfg.dns.is_empty() {
         let text: String = cfg
@@ -366,7 +429,44 @@ pub fn apply(cfg: &NetConfig) -> Result<(), String> {
             .iter()
             .map(|d| format!("nameserver {d}\n"))
             .collect();
-        std::fs::write("/etc/resolv.conf", text).map_err(|e| format!("/etc/resolv.conf: {e}"))?;
+        std::fs::write("/etc/resolv.conf", text).map_err(|err| NetError::Write {
+            path: "/etc/resolv.conf",
+            err,
+        })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_keep_the_text_the_host_sees() {
+        let msg = |s: &str| parse_cidr(s).map(|_| ()).unwrap_err().to_string();
+        assert_eq!(
+            msg("10.0.0.2"),
+            "address '10.0.0.2': expected CIDR form like 10.0.0.2/24"
+        );
+        assert_eq!(
+            msg("10.0.0.x/24"),
+            "address '10.0.0.x/24': '10.0.0.x' is not an IP address"
+        );
+        assert_eq!(
+            msg("fd00::1/129"),
+            "address 'fd00::1/129': prefix must be 0..=128"
+        );
+        let refused =
+            about("eth1: mtu 1400")(NlError::Refused(io::Error::from_raw_os_error(libc::EINVAL)));
+        assert!(refused
+            .to_string()
+            .starts_with("eth1: mtu 1400: Invalid argument"));
+        assert_eq!(
+            NetError::from(NlError::Send(io::Error::from_raw_os_error(libc::ENOBUFS)))
+                .to_string()
+                .split(" (")
+                .next(),
+            Some("netlink send: No buffer space available")
+        );
+    }
 }
