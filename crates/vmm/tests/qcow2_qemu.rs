@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use kobako_vmm::devices::virtio::block::disk::{self, DiskImage};
+use kobako_vmm::devices::virtio::block::disk;
+use kobako_vmm::devices::virtio::block::image::DiskImage;
 
 fn run(cmd: &str, args: &[&str]) -> String {
     let out = Command::new(cmd)

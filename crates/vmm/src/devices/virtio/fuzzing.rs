@@ -14,7 +14,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::block::disk::DiskImage;
+use super::block::image::DiskImage;
 use super::block::qcow2::Qcow2;
 use super::mmio::MmioTransport;
 use super::queue::{ChainReader, ChainWriter, VirtQueue};

@@ -1,4 +1,4 @@
-//! virtio-blk (type 2) over a raw or qcow2 image ([`disk`], [`qcow2`]).
+//! virtio-blk (type 2) over a raw or qcow2 image ([`image`], [`qcow2`], opened by [`disk`]).
 //!
 //! One request queue (256 entries). Requests: IN, OUT, FLUSH, GET_ID (the drive id, ≤ 20
 //! bytes), DISCARD and WRITE_ZEROES (up to [`MAX_SEGS`] segments each). Offered features:
@@ -12,6 +12,7 @@
 //! swaps the image (capacity change → config interrupt) and/or the limiter while running.
 
 pub mod disk;
+pub mod image;
 pub mod qcow2;
 mod wire;
 
@@ -26,7 +27,7 @@ use super::device_state::{ActiveState, DeviceState};
 use super::queue::{Chain, ChainReader, ChainWriter};
 use super::rate_limiter::RateLimiter;
 use super::{ActiveContext, VirtioDevice, COMMON_FEATURES, TYPE_BLOCK};
-use disk::DiskImage;
+use image::DiskImage;
 use wire::{Config, DiscardSegment, RequestHeader};
 
 pub const QUEUE_SIZE: u16 = 256;

@@ -27,7 +27,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::disk::{DiskError, DiskImage, Raw};
+use super::image::{DiskImage, Raw};
 
 pub const MAGIC: [u8; 4] = *b"QFI\xfb";
 /// Deepest backing chain we follow.
@@ -61,11 +61,17 @@ pub enum Qcow2Error {
         #[source]
         source: io::Error,
     },
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("backing file of {path}: {source}")]
     Backing {
         path: String,
         #[source]
-        source: Box<DiskError>,
+        source: Box<Qcow2Error>,
     },
 }
 
@@ -702,8 +708,8 @@ fn open_backing(
     path: &Path,
     format: Option<&str>,
     depth: usize,
-) -> Result<Box<dyn DiskImage>, DiskError> {
-    let file = File::open(path).map_err(|source| DiskError::Open {
+) -> Result<Box<dyn DiskImage>, Qcow2Error> {
+    let file = File::open(path).map_err(|source| Qcow2Error::Open {
         path: path.display().to_string(),
         source,
     })?;
@@ -712,10 +718,10 @@ fn open_backing(
         Some("qcow2") => true,
         Some("raw") => false,
         Some(other) => {
-            return Err(DiskError::Qcow2(Qcow2Error::Unsupported {
+            return Err(Qcow2Error::Unsupported {
                 path: path.display().to_string(),
                 why: format!("backing format {other:?} is not supported (raw or qcow2)"),
-            }))
+            })
         }
         None => read_upto(&file, &mut magic, 0).unwrap_or(0) == 4 && magic == MAGIC,
     };
@@ -723,7 +729,7 @@ fn open_backing(
         Ok(Box::new(Qcow2::open_depth(file, path, true, depth)?))
     } else {
         Ok(Box::new(Raw::new(file).map_err(|source| {
-            DiskError::Open {
+            Qcow2Error::Open {
                 path: path.display().to_string(),
                 source,
             }
