@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::{boot, cpuid, layout, mptable, regs};
 use crate::config::VmResources;
-use crate::devices::boot_timer::{BootTime, BootTimer, BOOT_TIMER_PORT};
+use crate::devices::boot_timer::{BootTimer, BOOT_TIMER_PORT};
 use crate::devices::i8042::{I8042, I8042_PORT, KBD_IRQ};
 use crate::devices::serial::{SerialDevice, SerialOut, COM1_IRQ, COM1_PORT};
 use crate::devices::virtio::mmio::{MMIO_LEN, NOTIFY_REG_OFFSET};
@@ -22,6 +22,7 @@ use crate::devices::virtio::setup::{self as virtio_setup, VirtioSlot};
 use crate::devices::{Bus, EventFdTrigger, SharedDevice};
 use crate::seccomp::Filters;
 use crate::snapshot::MicrovmState;
+use crate::timing::BootTime;
 use crate::vstate::vcpu::{SavedSlot, Vcpu, VcpuCommand, VcpuEvent, VcpuThread};
 use crate::vstate::vcpu_state::SaveCaps;
 use crate::vstate::vm::Vm;

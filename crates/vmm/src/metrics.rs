@@ -41,10 +41,7 @@ pub fn inc(c: &AtomicU64) {
 
 impl Metrics {
     /// A JSON snapshot (plus the boot time, when the guest has signalled it).
-    pub fn snapshot(
-        &self,
-        boot: Option<crate::devices::boot_timer::BootTime>,
-    ) -> serde_json::Value {
+    pub fn snapshot(&self, boot: Option<crate::timing::BootTime>) -> serde_json::Value {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         serde_json::json!({
             "utc_timestamp_ms": std::time::SystemTime::now()

@@ -47,6 +47,25 @@ impl Stamp {
 /// Taken when `main_with_args` starts (forced there); "process start" in all reports.
 pub static PROCESS_START: LazyLock<Stamp> = LazyLock::new(Stamp::now);
 
+/// Time from process start to the guest's boot-complete write (recorded by the boot-timer
+/// device, reported by the API and the metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct BootTime {
+    pub wall_us: u64,
+    pub cpu_us: u64,
+}
+
+impl BootTime {
+    /// Now, measured from process start.
+    pub fn now() -> BootTime {
+        let now = Stamp::now();
+        BootTime {
+            wall_us: now.wall_since(&PROCESS_START),
+            cpu_us: now.cpu_us,
+        }
+    }
+}
+
 /// Resident set size of this process in KiB (from /proc/self/statm), 0 if unreadable.
 pub fn rss_kib() -> u64 {
     match std::fs::File::open("/proc/self/statm") {

@@ -28,10 +28,10 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::builder::{BuiltVm, ConsoleTarget, ExtraDevices};
 use crate::config::*;
-use crate::devices::boot_timer::BootTime;
 use crate::devices::serial::SerialOut;
 use crate::metrics::METRICS;
 use crate::seccomp::Filters;
+use crate::timing::BootTime;
 use crate::vstate::vcpu::{VcpuEvent, VcpuStop};
 
 mod persist;
@@ -42,7 +42,7 @@ mod runtime;
 pub use persist::{CreateSnapshotError, LoadSnapshotError};
 pub use preboot::{PrebootApiController, StartMicrovmError};
 pub use rpc::{InstanceInfo, VmmAction, VmmActionError, VmmData, VmmResult};
-pub use runtime::{RuntimeApiController, VcpuControlError};
+pub use runtime::RuntimeApiController;
 
 /// Why a built microVM's fds could not be watched or the VMM's seccomp filter installed.
 #[derive(Debug, thiserror::Error)]

@@ -8,30 +8,12 @@
 use std::sync::{Arc, Mutex};
 
 use super::BusDevice;
-use crate::timing::{Stamp, PROCESS_START};
+use crate::timing::BootTime;
 
 /// I/O port of the boot timer.
 pub const BOOT_TIMER_PORT: u64 = 0x03f0;
 /// Value the guest writes when userspace is up.
 pub const BOOT_COMPLETE_VALUE: u8 = 123;
-
-/// Time from process start to the guest's boot-complete write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct BootTime {
-    pub wall_us: u64,
-    pub cpu_us: u64,
-}
-
-impl BootTime {
-    /// Now, measured from process start.
-    pub fn now() -> BootTime {
-        let now = Stamp::now();
-        BootTime {
-            wall_us: now.wall_since(&PROCESS_START),
-            cpu_us: now.cpu_us,
-        }
-    }
-}
 
 /// The device; shares its result with the event loop through `recorded`.
 #[derive(Debug)]

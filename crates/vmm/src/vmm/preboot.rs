@@ -1,7 +1,7 @@
 //! The pre-boot controller (Firecracker's `PrebootApiController`): owns the [`VmResources`]
 //! being configured and answers the actions valid before boot; refuses the post-boot-only
-//! ones. `InstanceStart` builds the microVM here (the snapshot load is in `persist.rs`) and
-//! leaves a [`RuntimeApiController`] for the event loop to take.
+//! ones. `InstanceStart` builds the microVM here (a snapshot load restores it with
+//! `persist.rs`) and leaves a [`RuntimeApiController`] for the event loop to take.
 
 use std::fs::OpenOptions;
 
@@ -156,6 +156,35 @@ impl PrebootApiController {
         }
         self.res.logger = Some(l);
         Ok(VmmData::Empty)
+    }
+
+    /// `PUT /snapshot/load` (or `--snapshot-load`): [`persist::restore`], then the runtime
+    /// controller of the restored VM, paused or resumed as asked.
+    fn load_snapshot(
+        &mut self,
+        p: SnapshotLoadParams,
+        io: &mut LoopIo,
+    ) -> Result<(), persist::LoadSnapshotError> {
+        let t0 = std::time::Instant::now();
+        let restored = persist::restore(&mut self.res, &p, io)?;
+        let state = if p.resume_vm {
+            InstanceState::Running
+        } else {
+            InstanceState::Paused
+        };
+        let rt = RuntimeApiController::new(&self.id, restored.res, restored.vm, state);
+        if p.resume_vm {
+            rt.resume_all();
+        }
+        self.booted = Some(Box::new(rt));
+        crate::log_info!(
+            "snapshot loaded from {} in {} ms ({}; taken by kobako-vmm {})",
+            p.snapshot_path.display(),
+            t0.elapsed().as_millis(),
+            if p.resume_vm { "running" } else { "paused" },
+            restored.vmm_version
+        );
+        Ok(())
     }
 
     /// InstanceStart: build, register fds, seccomp, resume. On failure nothing is left

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use crate::config::*;
-use crate::devices::boot_timer::BootTime;
+use crate::timing::BootTime;
 
 use super::InstanceState;
 
@@ -147,7 +147,7 @@ pub enum VmmActionError {
     DeviceUpdate(crate::devices::virtio::setup::DeviceUpdateError),
     /// Pausing or resuming the vCPUs failed.
     #[error("{0}")]
-    VmState(super::VcpuControlError),
+    VmState(crate::vstate::vcpu::VcpuControlError),
     /// `PUT /snapshot/create` failed (the VM stays paused, unchanged).
     #[error("{0}")]
     CreateSnapshot(super::CreateSnapshotError),
@@ -195,7 +195,8 @@ mod tests {
     fn typed_causes_keep_the_fault_messages() {
         use crate::devices::virtio::setup::DeviceUpdateError;
         use crate::devices::virtio::{check_queue_count, ActivateError};
-        use crate::vmm::{CreateSnapshotError, LoadSnapshotError, VcpuControlError};
+        use crate::vmm::{CreateSnapshotError, LoadSnapshotError};
+        use crate::vstate::vcpu::VcpuControlError;
         let cases: [(VmmActionError, &str); 6] = [
             (
                 VmmActionError::CreateSnapshot(CreateSnapshotError::NotPaused),

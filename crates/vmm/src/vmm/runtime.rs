@@ -12,24 +12,10 @@ use super::rpc::{InstanceInfo, VmmAction, VmmActionError, VmmData, VmmResult};
 use super::{flush_metrics, stop_of, InstanceState};
 use crate::builder::BuiltVm;
 use crate::config::*;
-use crate::devices::boot_timer::BootTime;
-use crate::vstate::vcpu::{kick_signal, VcpuCommand, VcpuEvent};
+use crate::timing::BootTime;
+use crate::vstate::vcpu::{kick_signal, VcpuCommand, VcpuControlError, VcpuEvent};
 
-use super::persist::LoadSnapshotError;
-
-/// Why the vCPUs did not all confirm a pause, resume or save.
-#[derive(Debug, thiserror::Error)]
-pub enum VcpuControlError {
-    #[error("A vCPU thread has exited.")]
-    ThreadExited,
-    /// A vCPU stopped (the VMM is exiting with its code).
-    #[error("A vCPU stopped while changing the microVM state.")]
-    Stopped,
-    #[error("Timed out waiting for the vCPUs.")]
-    Timeout,
-    #[error("The vCPU threads have exited.")]
-    ThreadsExited,
-}
+use super::persist::{self, CreateSnapshotError, LoadSnapshotError};
 
 /// Answers API actions once the microVM is built.
 #[derive(Debug)]
@@ -162,6 +148,16 @@ impl RuntimeApiController {
         self.state = to;
         crate::log_info!("microVM {what}");
         Ok(VmmData::Empty)
+    }
+
+    /// `PUT /snapshot/create`: the VM must be paused; the vCPUs save their state, then
+    /// [`persist::write_snapshot`] writes both files. On failure the VM stays paused, unchanged.
+    fn create_snapshot(&mut self, p: SnapshotCreateParams) -> Result<(), CreateSnapshotError> {
+        persist::check_create(&p, self.state)?;
+        let t0 = Instant::now();
+        self.vcpus_do(VcpuCommand::Save)
+            .map_err(CreateSnapshotError::Vcpus)?;
+        persist::write_snapshot(&self.vm, &self.res, &p, t0)
     }
 
     /// Lets every (parked) vCPU thread run.

@@ -64,6 +64,21 @@ pub enum VcpuEvent {
     Stopped(u8, VcpuStop),
 }
 
+/// Why the vCPUs did not all confirm a [`VcpuCommand`] (pause, resume or save): the event
+/// loop sends one to every vCPU thread and waits for each [`VcpuEvent`].
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuControlError {
+    #[error("A vCPU thread has exited.")]
+    ThreadExited,
+    /// A vCPU stopped (the VMM is exiting with its code).
+    #[error("A vCPU stopped while changing the microVM state.")]
+    Stopped,
+    #[error("Timed out waiting for the vCPUs.")]
+    Timeout,
+    #[error("The vCPU threads have exited.")]
+    ThreadsExited,
+}
+
 /// Failure to configure a vCPU.
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
