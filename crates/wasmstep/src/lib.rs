@@ -62,14 +62,17 @@ pub struct Impair {
 }
 
 /// What a module may do to the lab. The scenario runner implements it for one lab; every name
-/// (VM, link) is resolved within that lab only. Errors are messages handed back to the module.
+/// (VM, link) is resolved within that lab only.
 pub trait HostApi {
+    /// Why a call was refused or failed. The module receives its text (the call returns -1 and
+    /// `result_read` reads the message) and the run's call log records it.
+    type Error: fmt::Display;
     /// Runs `sh -c cmd` in VM `vm` (NODE.VM) with a timeout.
-    fn exec(&mut self, vm: &str, cmd: &str, timeout: Duration) -> Result<ExecOutput, String>;
-    fn impair(&mut self, link: &str, imp: &Impair) -> Result<(), String>;
-    fn clear(&mut self, link: &str) -> Result<(), String>;
+    fn exec(&mut self, vm: &str, cmd: &str, timeout: Duration) -> Result<ExecOutput, Self::Error>;
+    fn impair(&mut self, link: &str, imp: &Impair) -> Result<(), Self::Error>;
+    fn clear(&mut self, link: &str) -> Result<(), Self::Error>;
     /// Cut (`up == false`) or heal a link.
-    fn set_link(&mut self, link: &str, up: bool) -> Result<(), String>;
+    fn set_link(&mut self, link: &str, up: bool) -> Result<(), Self::Error>;
     fn var_get(&mut self, name: &str) -> Option<String>;
     fn var_set(&mut self, name: &str, value: &str);
     /// A line the module logged (also kept in the [`Outcome`]).
@@ -548,6 +551,7 @@ fn linker<H: HostApi + 'static>() -> wasmtime::Result<Linker<State<H>>> {
                     Ok(o.code.max(0))
                 }
                 Err(e) => {
+                    let e = e.to_string();
                     st.call(format!("exec {vm}: {short}"), format!("error: {e}"));
                     st.set_result(&e);
                     Ok(-1)
@@ -682,7 +686,7 @@ fn linker<H: HostApi + 'static>() -> wasmtime::Result<Linker<State<H>>> {
     Ok(l)
 }
 
-fn host_result<H>(st: &mut State<H>, what: String, r: Result<(), String>) -> i32 {
+fn host_result<H: HostApi>(st: &mut State<H>, what: String, r: Result<(), H::Error>) -> i32 {
     match r {
         Ok(()) => {
             st.call(what, "ok".into());
@@ -690,6 +694,7 @@ fn host_result<H>(st: &mut State<H>, what: String, r: Result<(), String>) -> i32
             0
         }
         Err(e) => {
+            let e = e.to_string();
             st.call(what, format!("error: {e}"));
             st.set_result(&e);
             -1

@@ -37,6 +37,7 @@ impl Fake {
 }
 
 impl HostApi for Fake {
+    type Error = String;
     fn exec(&mut self, vm: &str, cmd: &str, timeout: Duration) -> Result<ExecOutput, String> {
         self.calls.push(format!("exec {vm}: {cmd}"));
         assert!(timeout <= Duration::from_secs(60), "{timeout:?}");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::ctx::{exec_in, other, Ctx, Fault, Outcome};
 use super::wasm::WasmStep;
-use crate::controller::{self, Result};
+use crate::controller::{self, LabError, Result};
 use crate::spec::model::Chance;
 use crate::spec::units::{BitRate, Micros, Percent};
 use crate::spec::Impairment;
@@ -20,6 +20,26 @@ fn scalar(v: &serde_json::Value) -> String {
         serde_json::Value::String(s) => s.clone(),
         v => v.to_string(),
     }
+}
+
+/// Why a host call of the module was refused or failed; the module reads the text.
+#[derive(Debug, thiserror::Error)]
+enum HostError {
+    /// A name with another lab's prefix.
+    #[error("{what} '{name}' is not in lab {lab}: a step reaches its own lab only")]
+    OtherLab {
+        what: &'static str,
+        name: String,
+        lab: String,
+    },
+    /// The step was cancelled (Ctrl-C, deadline): nothing more is changed.
+    #[error("the step was stopped")]
+    Stopped,
+    /// The list of touched links is unusable (a thread panicked holding it).
+    #[error("poisoned: the list of links this step changed is lost")]
+    Poisoned,
+    #[error(transparent)]
+    Lab(#[from] LabError),
 }
 
 /// The host API over this lab's controller and agents.
@@ -33,43 +53,47 @@ struct LabHost {
 
 impl LabHost {
     /// A name within this lab (`NAME` or `LAB/NAME` of this lab only).
-    fn local<'a>(&self, what: &str, name: &'a str) -> std::result::Result<&'a str, String> {
+    fn local<'a>(
+        &self,
+        what: &'static str,
+        name: &'a str,
+    ) -> std::result::Result<&'a str, HostError> {
         match name.split_once('/') {
             None => Ok(name),
             Some((l, n)) if l == self.lab => Ok(n),
-            Some(_) => Err(format!(
-                "{what} '{name}' is not in lab {}: a step reaches its own lab only",
-                self.lab
-            )),
+            Some(_) => Err(HostError::OtherLab {
+                what,
+                name: name.into(),
+                lab: self.lab.clone(),
+            }),
         }
     }
 
     /// Notes a link before changing it, so the run's cleanup restores it even if the step is
     /// interrupted right after; refuses once the step is cancelled.
-    fn touch(&self, link: &str) -> std::result::Result<(), String> {
+    fn touch(&self, link: &str) -> std::result::Result<(), HostError> {
         self.touched
             .lock()
-            .map_err(|_| "poisoned".to_string())?
+            .map_err(|_| HostError::Poisoned)?
             .push(link.into());
         if self.cancel.load(Ordering::SeqCst) {
-            return Err("the step was stopped".into());
+            return Err(HostError::Stopped);
         }
         Ok(())
     }
 }
 
 impl kobako_wasmstep::HostApi for LabHost {
+    type Error = HostError;
+
     fn exec(
         &mut self,
         vm: &str,
         cmd: &str,
         timeout: Duration,
-    ) -> std::result::Result<kobako_wasmstep::ExecOutput, String> {
+    ) -> std::result::Result<kobako_wasmstep::ExecOutput, HostError> {
         let vm = self.local("VM", vm)?;
-        let (code, stdout, stderr) = self
-            .rt
-            .block_on(exec_in(&self.lab, vm, cmd, timeout))
-            .map_err(|e| e.to_string())?;
+        let (code, stdout, stderr) = self.rt.block_on(exec_in(&self.lab, vm, cmd, timeout))?;
         Ok(kobako_wasmstep::ExecOutput {
             code,
             stdout,
@@ -81,7 +105,7 @@ impl kobako_wasmstep::HostApi for LabHost {
         &mut self,
         link: &str,
         imp: &kobako_wasmstep::Impair,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), HostError> {
         let link = self.local("link", link)?;
         let ms = |v: u32| (v > 0).then_some(Micros(v as u64 * 1000));
         let i = Impairment {
@@ -98,19 +122,19 @@ impl kobako_wasmstep::HostApi for LabHost {
             reorder: None,
         };
         self.touch(link)?;
-        controller::impair(&self.lab, link, Some(i)).map_err(|e| e.to_string())
+        Ok(controller::impair(&self.lab, link, Some(i))?)
     }
 
-    fn clear(&mut self, link: &str) -> std::result::Result<(), String> {
+    fn clear(&mut self, link: &str) -> std::result::Result<(), HostError> {
         let link = self.local("link", link)?;
         self.touch(link)?;
-        controller::impair(&self.lab, link, None).map_err(|e| e.to_string())
+        Ok(controller::impair(&self.lab, link, None)?)
     }
 
-    fn set_link(&mut self, link: &str, up: bool) -> std::result::Result<(), String> {
+    fn set_link(&mut self, link: &str, up: bool) -> std::result::Result<(), HostError> {
         let link = self.local("link", link)?;
         self.touch(link)?;
-        controller::set_link_state(&self.lab, link, up).map_err(|e| e.to_string())
+        Ok(controller::set_link_state(&self.lab, link, up)?)
     }
 
     fn var_get(&mut self, name: &str) -> Option<String> {
