@@ -43,10 +43,10 @@ pub enum FnCmd {
         #[arg(long)]
         json: bool,
     },
-    /// List deployed functions.
+    /// List deployed functions (`-o wide` adds owner, timeout, boot and deploy time).
     Ls {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: crate::output::OutputArgs,
     },
     /// Remove a function.
     Rm { name: String },
@@ -137,22 +137,40 @@ pub async fn run(cmd: FnCmd) -> Result<i32> {
             }
             Ok(inv.exit_code())
         }
-        FnCmd::Ls { json } => {
+        FnCmd::Ls { out } => {
             let all = functions::list();
-            if json {
+            let wide = out.is_wide();
+            if out.is_json() {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else if all.is_empty() {
                 println!("no functions (deploy one with `kobako fn deploy NAME --run CMD`)");
             } else {
-                println!(
-                    "{:<20} {:<10} {:>7} {:>5}  RUN",
+                print!(
+                    "{:<20} {:<10} {:>7} {:>5}",
                     "FUNCTION", "IMAGE", "MEMORY", "MAX"
                 );
-                for f in all {
-                    println!(
-                        "{:<20} {:<10} {:>6}M {:>5}  {}",
-                        f.name, f.image, f.memory_mib, f.concurrency, f.run
+                if wide {
+                    print!(
+                        " {:<12} {:>7} {:>9} {:<16}",
+                        "OWNER", "TIMEOUT", "BOOT", "DEPLOYED"
                     );
+                }
+                println!("  RUN");
+                for f in all {
+                    print!(
+                        "{:<20} {:<10} {:>6}M {:>5}",
+                        f.name, f.image, f.memory_mib, f.concurrency
+                    );
+                    if wide {
+                        print!(
+                            " {:<12} {:>6}s {:>6} ms {:<16}",
+                            f.owner.as_deref().unwrap_or("-"),
+                            f.timeout_secs,
+                            f.boot_ms,
+                            crate::output::utc(Some(f.deployed_ms))
+                        );
+                    }
+                    println!("  {}", f.run);
                 }
             }
             Ok(0)

@@ -18,21 +18,24 @@ pub enum ImageCmd {
     },
     /// Build the tiny image (busybox + kobako-agent) as initramfs and ext4 (cached).
     Tiny,
-    /// List stored images.
+    /// List stored images (`-o wide` adds source, checksum and package count).
     Ls {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: crate::output::OutputArgs,
     },
     /// Show an image's manifest.
     Inspect {
         name: String,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: crate::output::OutputArgs,
     },
     /// Remove an image (refused while a VM uses it).
     Rm { name: String },
     /// Disk usage of the image store and the VM overlays.
-    Du,
+    Du {
+        #[arg(long)]
+        json: bool,
+    },
     /// Build an image: `debian` with options, or a named recipe (built when missing or
     /// outdated; `kobako up` does this by itself).
     #[command(subcommand, after_help = recipes_help())]
@@ -219,21 +222,26 @@ pub fn run(cmd: ImageCmd) -> Result<()> {
             println!("initramfs  {}", img.initramfs.display());
             println!("ext4       {}", img.ext4.display());
         }
-        ImageCmd::Ls { json } => {
+        ImageCmd::Ls { out } => {
             let imgs = store().list()?;
-            if json {
+            let wide = out.is_wide();
+            if out.is_json() {
                 let v: Vec<_> = imgs.iter().map(|i| &i.manifest).collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
-            println!(
-                "{:<24} {:<9} {:<6} {:>9} {:>9} {:<20} CLOUD-INIT",
-                "NAME", "KIND", "FORMAT", "SIZE", "VSIZE", "CREATED"
+            print!(
+                "{:<24} {:<9} {:<6} {:>9} {:>9} {:<20} {:<10}",
+                "NAME", "KIND", "FORMAT", "SIZE", "VSIZE", "CREATED", "CLOUD-INIT"
             );
+            if wide {
+                print!(" {:<12} {:>8}  SOURCE", "SHA256", "PACKAGES");
+            }
+            println!();
             for i in imgs {
                 let m = &i.manifest;
-                println!(
-                    "{:<24} {:<9} {:<6} {:>9} {:>9} {:<20} {}",
+                print!(
+                    "{:<24} {:<9} {:<6} {:>9} {:>9} {:<20} {:<10}",
                     m.name,
                     m.kind.to_string(),
                     m.format,
@@ -242,9 +250,19 @@ pub fn run(cmd: ImageCmd) -> Result<()> {
                     m.created,
                     if m.cloud_init { "yes" } else { "no" }
                 );
+                if wide {
+                    print!(
+                        " {:<12} {:>8}  {}",
+                        m.sha256.get(..12).unwrap_or(&m.sha256),
+                        m.packages.len(),
+                        m.source
+                    );
+                }
+                println!();
             }
         }
-        ImageCmd::Inspect { name, json } => {
+        ImageCmd::Inspect { name, out } => {
+            let json = out.is_json();
             let img = store().get(&name)?;
             let used = users(&img);
             let agent_current = agent_is_current(&img);
@@ -298,8 +316,23 @@ pub fn run(cmd: ImageCmd) -> Result<()> {
             s.remove(&name, &users(&img))?;
             eprintln!("image '{name}' removed");
         }
-        ImageCmd::Du => {
+        ImageCmd::Du { json } => {
             let u = store().usage()?;
+            if json {
+                let list = |v: &[(String, u64)]| {
+                    v.iter()
+                        .map(|(n, b)| serde_json::json!({"name": n, "bytes": b}))
+                        .collect::<Vec<_>>()
+                };
+                let total: u64 = u.images.iter().chain(&u.overlays).map(|(_, b)| b).sum();
+                let v = serde_json::json!({
+                    "images": list(&u.images),
+                    "overlays": list(&u.overlays),
+                    "total_bytes": total,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
             let mut total = 0;
             println!("{:<32} {:>10}", "IMAGE", "ON DISK");
             for (n, b) in &u.images {

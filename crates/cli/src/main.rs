@@ -11,13 +11,15 @@ mod fn_cmd;
 mod guest_cmd;
 mod image_cmd;
 mod lab_cmd;
+mod output;
 mod resolve;
 mod scenario_cmd;
 mod serve_cmd;
+mod version_cmd;
 mod vm_cmd;
 mod vm_names;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -168,6 +170,18 @@ enum Cmd {
     /// API tokens for scripts.
     #[command(subcommand)]
     Token(serve_cmd::TokenCmd),
+    /// This build's versions (kobako, REST API, VMM and the Firecracker API it follows) and what
+    /// it drives on this host (QEMU, acceleration).
+    Version {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shell completions: `kobako completion bash > /etc/bash_completion.d/kobako` (or zsh,
+    /// fish, elvish, powershell).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -215,6 +229,8 @@ fn main() {
         Cmd::Serve(a) => serve_cmd::serve(a),
         Cmd::User(c) => serve_cmd::user(c),
         Cmd::Token(c) => serve_cmd::token(c),
+        Cmd::Version { json } => version_cmd::version(json),
+        Cmd::Completion { shell } => version_cmd::completion(shell, &mut Cli::command()),
         cmd => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -276,7 +292,9 @@ fn main() {
                     | Cmd::Lab(_)
                     | Cmd::Serve(_)
                     | Cmd::User(_)
-                    | Cmd::Token(_) => unreachable!("handled above"),
+                    | Cmd::Token(_)
+                    | Cmd::Version { .. }
+                    | Cmd::Completion { .. } => unreachable!("handled above"),
                 }
             })
         }

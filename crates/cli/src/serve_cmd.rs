@@ -226,10 +226,10 @@ pub enum UserCmd {
         #[arg(long)]
         generate_password: bool,
     },
-    /// List users.
+    /// List users (`-o wide` adds the disk quota and creation time).
     Ls {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: crate::output::OutputArgs,
     },
     /// Remove a user (their labs stay).
     Rm { name: String },
@@ -285,25 +285,35 @@ pub fn user(c: UserCmd) -> Result<i32> {
                 println!("{pw}");
             }
         }
-        UserCmd::Ls { json } => {
+        UserCmd::Ls { out } => {
             let users = auth::list_users(&db).map_err(api)?;
-            if json {
+            let wide = out.is_wide();
+            if out.is_json() {
                 println!("{}", serde_json::to_string_pretty(&users)?);
             } else {
-                println!(
+                print!(
                     "{:<24} {:<7} {:>7} {:>10}",
                     "USER", "ROLE", "MAX-VMS", "MAX-MEM"
                 );
+                if wide {
+                    print!(" {:>10}  CREATED", "MAX-DISK");
+                }
+                println!();
                 for u in users {
                     let vms = u.max_vms.map_or("-".into(), |v| v.to_string());
                     let mem = u.max_memory_mib.map_or("-".into(), |v| format!("{v}M"));
-                    println!(
+                    print!(
                         "{:<24} {:<7} {:>7} {:>10}",
                         u.name,
                         u.role.as_str(),
                         vms,
                         mem
                     );
+                    if wide {
+                        let disk = u.max_disk_mib.map_or("-".into(), |v| format!("{v}M"));
+                        print!(" {disk:>10}  {}", crate::output::utc(Some(u.created_ms)));
+                    }
+                    println!();
                 }
             }
         }
@@ -356,8 +366,8 @@ pub enum TokenCmd {
     Ls {
         #[arg(long)]
         user: Option<String>,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: crate::output::OutputArgs,
     },
     /// Revoke a token by id.
     Revoke { id: String },
@@ -380,20 +390,35 @@ pub fn token(c: TokenCmd) -> Result<i32> {
             eprintln!("token {} for {} (shown once):", t.id, t.user);
             println!("{secret}");
         }
-        TokenCmd::Ls { user, json } => {
+        TokenCmd::Ls { user, out } => {
             let v = auth::list_tokens(&db, user.as_deref()).map_err(api)?;
-            if json {
+            let wide = out.is_wide();
+            if out.is_json() {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("{:<10} {:<16} {:<24} {:<8}", "ID", "USER", "NAME", "STATE");
+                print!("{:<10} {:<16} {:<24} {:<8}", "ID", "USER", "NAME", "STATE");
+                if wide {
+                    print!(" {:<16} {:<16} LAST-USED", "CREATED", "EXPIRES");
+                }
+                println!();
                 for t in v {
-                    println!(
+                    print!(
                         "{:<10} {:<16} {:<24} {:<8}",
                         t.id,
                         t.user,
                         t.name,
                         if t.revoked { "revoked" } else { "active" }
                     );
+                    if wide {
+                        use crate::output::utc;
+                        print!(
+                            " {:<16} {:<16} {}",
+                            utc(Some(t.created_ms)),
+                            utc(t.expires_ms),
+                            utc(t.last_used_ms)
+                        );
+                    }
+                    println!();
                 }
             }
         }

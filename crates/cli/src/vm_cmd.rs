@@ -22,10 +22,10 @@ const VMM_AGENT_GRACE_SECS: u64 = 10;
 pub enum VmCmd {
     /// Boot a microVM, report the time to agent-ready, attach its console.
     Run(RunArgs),
-    /// List VMs.
+    /// List VMs (`-o wide` adds the runtime, resident memory and directory).
     Ls {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: crate::output::OutputArgs,
     },
     /// Stop a VM (guest power-off, then quit, then kill) and remove it.
     Stop {
@@ -265,7 +265,7 @@ pub async fn console(name: &str) -> Result<i32> {
 pub async fn run(cmd: VmCmd) -> Result<i32> {
     match cmd {
         VmCmd::Run(a) => run_vm(a).await,
-        VmCmd::Ls { json } => ls(json).await,
+        VmCmd::Ls { out } => ls(out).await,
         VmCmd::Stop { name, timeout } => {
             let vm = VmDir::open(&name)?;
             runtime_of(&vm)?
@@ -599,30 +599,36 @@ async fn finish_console(vm: &VmDir, end: ConsoleEnd) -> Result<i32> {
     }
 }
 
-async fn ls(json: bool) -> Result<i32> {
+async fn ls(out: crate::output::OutputArgs) -> Result<i32> {
     let mut rows = Vec::new();
     for vm in kobako_runtime::vmdir::list() {
         let Ok(rt) = runtime_of(&vm) else { continue };
         if let Ok(s) = rt.status(&vm).await {
-            rows.push(s);
+            rows.push((s, rt.name(), vm.path.clone()));
         }
     }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+    if out.is_json() {
+        let v: Vec<_> = rows.iter().map(|r| &r.0).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(0);
     }
-    println!(
+    let wide = out.is_wide();
+    print!(
         "{:<20} {:<8} {:<5} {:>5} {:>8} {:>9} {:>8}",
         "NAME", "STATE", "ACCEL", "VCPUS", "MEMORY", "BOOT", "PID"
     );
-    for s in rows {
+    if wide {
+        print!(" {:<7} {:>9}  DIR", "RUNTIME", "RSS");
+    }
+    println!();
+    for (s, runtime, dir) in rows {
         let state = match s.state {
             VmState::Booting => "booting",
             VmState::Running => "running",
             VmState::Paused => "paused",
             VmState::Exited => "exited",
         };
-        println!(
+        print!(
             "{:<20} {:<8} {:<5} {:>5} {:>7}M {:>9} {:>8}",
             s.name,
             state,
@@ -632,9 +638,29 @@ async fn ls(json: bool) -> Result<i32> {
             s.boot_ms.map(|b| format!("{b} ms")).unwrap_or("-".into()),
             s.pid.map(|p| p.to_string()).unwrap_or("-".into())
         );
+        if wide {
+            let rss = s
+                .pid
+                .and_then(rss_kib)
+                .map_or("-".into(), |k| format!("{}M", k / 1024));
+            print!(" {runtime:<7} {rss:>9}  {}", dir.display());
+        }
+        println!();
         if let Some(why) = &s.exit {
             println!("  {}: {why}", s.name);
         }
     }
     Ok(0)
+}
+
+/// Resident memory of process `pid` (`VmRSS`), in KiB.
+fn rss_kib(pid: i32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }

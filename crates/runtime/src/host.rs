@@ -102,7 +102,8 @@ pub fn detect_runtime(needs_devices: bool) -> RuntimeChoice {
         },
         (Accel::Kvm, true) => RuntimeChoice {
             kind: RuntimeKind::Qemu,
-            reason: "runtime qemu: this VM needs an agent channel, disks or NICs, which the own                      VMM does not have yet"
+            reason: "runtime qemu: this VM needs an agent channel, disks or NICs, which the own \
+                     VMM does not have yet"
                 .into(),
         },
         (Accel::Tcg, _) => RuntimeChoice {
