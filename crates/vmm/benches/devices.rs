@@ -108,7 +108,10 @@ fn net_bench(payload: usize, frames: u64) {
     let mut done = 0;
     while done < frames {
         for i in 0..batch {
-            txq.add(&mem, &[(bufs + i * 2048, len as u32, false)]);
+            txq.add(
+                &mem,
+                &[(bufs + i * 2048, u32::try_from(len).unwrap(), false)],
+            );
         }
         d.notify(&mut t, 1);
         done += txq.take_used(&mem).len() as u64;
@@ -174,20 +177,20 @@ fn host_packet_socket(name: &str) -> std::os::fd::OwnedFd {
         let mut ifr = [0u8; 40];
         ifr[..name.len()].copy_from_slice(name.as_bytes());
         libc::ioctl(s, libc::SIOCGIFFLAGS, ifr.as_mut_ptr());
-        let fl = i16::from_ne_bytes([ifr[16], ifr[17]]) | libc::IFF_UP as i16;
+        let fl = i16::from_ne_bytes([ifr[16], ifr[17]]) | i16::try_from(libc::IFF_UP).unwrap();
         ifr[16..18].copy_from_slice(&fl.to_ne_bytes());
         libc::ioctl(s, libc::SIOCSIFFLAGS, ifr.as_mut_ptr());
         libc::close(s);
         let idx = libc::if_nametoindex(std::ffi::CString::new(name).unwrap().as_ptr());
         let p = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
         let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_family = u16::try_from(libc::AF_PACKET).unwrap();
         sll.sll_protocol = 0;
-        sll.sll_ifindex = idx as i32;
+        sll.sll_ifindex = i32::try_from(idx).unwrap();
         libc::bind(
             p,
             &sll as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap(),
         );
         std::os::fd::OwnedFd::from_raw_fd(p)
     }
@@ -241,7 +244,7 @@ fn vsock_bench(total: usize) {
             }
         }
         // The guest consumes at once and says so.
-        g.send(pkt(OP_CREDIT_UPDATE, 0, got as u32), &[]);
+        g.send(pkt(OP_CREDIT_UPDATE, 0, u32::try_from(got).unwrap()), &[]);
     }
     writer.join().unwrap();
     let s = t0.elapsed().as_secs_f64();
@@ -267,7 +270,14 @@ fn vsock_bench(total: usize) {
             g.pump();
         } else {
             let n = credit.min(data.len()).min(total - sent);
-            g.send(pkt(OP_RW, n as u32, got as u32), &data[..n]);
+            g.send(
+                pkt(
+                    OP_RW,
+                    u32::try_from(n).unwrap(),
+                    u32::try_from(got).unwrap(),
+                ),
+                &data[..n],
+            );
             sent += n;
         }
         for (h, _) in g.recv() {

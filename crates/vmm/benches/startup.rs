@@ -36,7 +36,8 @@ fn mono_ns() -> u64 {
     };
     // SAFETY: valid out-pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    // Both fields of a CLOCK_MONOTONIC reading are >= 0.
+    u64::try_from(ts.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap()
 }
 
 fn field(log: &str, marker: &str, key: &str) -> u64 {

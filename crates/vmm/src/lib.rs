@@ -9,12 +9,6 @@
 //!
 //! No async runtime. See `crates/vmm/ARCHITECTURE.md` for the design and the exit codes.
 
-#![warn(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    missing_debug_implementations
-)]
-
 pub mod api;
 pub mod arch;
 pub mod builder;

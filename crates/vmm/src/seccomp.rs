@@ -26,6 +26,8 @@ use seccompiler::{
     SeccompFilter, SeccompRule, TargetArch,
 };
 
+use crate::cast::{u16_of, u32_of};
+
 /// `KVM_RUN` = `_IO(KVMIO, 0x80)` (include/uapi/linux/kvm.h).
 pub const KVM_RUN: u64 = 0xae80;
 /// `KVM_GET_REGS` = `_IOR(KVMIO, 0x81, struct kvm_regs)`, `sizeof(struct kvm_regs)` = 144.
@@ -174,28 +176,13 @@ const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 /// Offsets in `struct seccomp_data` (include/uapi/linux/seccomp.h).
 const SECCOMP_DATA_NR: u32 = 0;
 const SECCOMP_DATA_ARCH: u32 = 4;
-// Classic BPF opcodes are 16 bits (struct sock_filter.code); libc types them u32.
-#[allow(
-    clippy::cast_possible_truncation,
-    reason = "BPF opcodes fit in 16 bits"
-)]
-const BPF_LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-#[allow(
-    clippy::cast_possible_truncation,
-    reason = "BPF opcodes fit in 16 bits"
-)]
-const BPF_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-#[allow(
-    clippy::cast_possible_truncation,
-    reason = "BPF opcodes fit in 16 bits"
-)]
-const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
-/// `__NR_openat` (257) as the 32-bit `seccomp_data.nr`.
-#[allow(
-    clippy::cast_possible_truncation,
-    reason = "syscall numbers fit in 32 bits"
-)]
-const NR_OPENAT: u32 = libc::SYS_openat as u32;
+// Classic BPF opcodes are 16 bits (struct sock_filter.code); libc types them u32. The
+// conversions are checked at compile time.
+const BPF_LD_W_ABS: u16 = u16_of(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS);
+const BPF_JEQ_K: u16 = u16_of(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K);
+const BPF_RET_K: u16 = u16_of(libc::BPF_RET | libc::BPF_K);
+/// `__NR_openat` (257) as the 32-bit `seccomp_data.nr` (checked at compile time).
+const NR_OPENAT: u32 = u32_of(libc::SYS_openat as u64);
 
 /// Instructions put in front of a compiled filter: on x86_64, `openat` returns `EACCES`;
 /// everything else (and any other arch) goes on to the filter unchanged. It can only turn

@@ -3,6 +3,7 @@
 //! valid ones (a well-formed queue, qemu-made qcow2 images), a fixed number of iterations.
 //! A panic fails the test; the seed and iteration are printed to reproduce it.
 
+use kobako_vmm::cast::usize_from;
 use kobako_vmm::devices::virtio::fuzzing;
 
 struct Rng(u64);
@@ -16,8 +17,16 @@ impl Rng {
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
     }
+    /// An index below `n`.
+    fn index(&mut self, n: usize) -> usize {
+        usize_from(self.below(n as u64))
+    }
+    /// The low byte of the next output.
+    fn byte(&mut self) -> u8 {
+        self.next().to_le_bytes()[0]
+    }
     fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
+        (0..n).map(|_| self.byte()).collect()
     }
 }
 
@@ -27,10 +36,10 @@ fn mutate(r: &mut Rng, seed: &[u8]) -> Vec<u8> {
         if v.is_empty() {
             break;
         }
-        let i = r.below(v.len() as u64) as usize;
+        let i = r.index(v.len());
         match r.below(4) {
             0 => v[i] ^= 1 << r.below(8),
-            1 => v[i] = r.next() as u8,
+            1 => v[i] = r.byte(),
             2 => {
                 // an interesting value over 2/4/8 bytes
                 let vals = [
@@ -42,8 +51,8 @@ fn mutate(r: &mut Rng, seed: &[u8]) -> Vec<u8> {
                     u64::MAX,
                     0x8000_0000_0000_0000,
                 ];
-                let x = vals[r.below(vals.len() as u64) as usize].to_le_bytes();
-                let n = [2usize, 4, 8][r.below(3) as usize].min(v.len() - i);
+                let x = vals[r.index(vals.len())].to_le_bytes();
+                let n = [2usize, 4, 8][r.index(3)].min(v.len() - i);
                 v[i..i + n].copy_from_slice(&x[..n]);
             }
             _ => v.truncate(i.max(1)),
@@ -63,13 +72,13 @@ fn iterations() -> u64 {
 fn queue_seed() -> Vec<u8> {
     let mut v = vec![4u8, 1, 2, 3, 0, 1, 0, 0]; // size 16, desc 4 KiB, avail 8 KiB, used 12 KiB
     let mut mem = vec![0u8; 16 << 10];
-    for i in 0..16u64 {
-        let d = 4096 + i as usize * 16;
-        mem[d..d + 8].copy_from_slice(&(0x4000 + i * 64).to_le_bytes());
+    for i in 0..16u16 {
+        let d = 4096 + usize::from(i) * 16;
+        mem[d..d + 8].copy_from_slice(&(0x4000 + u64::from(i) * 64).to_le_bytes());
         mem[d + 8..d + 12].copy_from_slice(&64u32.to_le_bytes());
         let flags: u16 = if i % 3 == 2 { 2 } else { 3 };
         mem[d + 12..d + 14].copy_from_slice(&flags.to_le_bytes());
-        mem[d + 14..d + 16].copy_from_slice(&((i + 1) as u16 % 16).to_le_bytes());
+        mem[d + 14..d + 16].copy_from_slice(&((i + 1) % 16).to_le_bytes());
     }
     mem[8192 + 2..8192 + 4].copy_from_slice(&6u16.to_le_bytes());
     for (k, h) in [0u16, 3, 6, 9, 12, 15].iter().enumerate() {
@@ -89,7 +98,7 @@ fn descriptor_chains_random_and_mutated() {
         let input = if i % 2 == 0 {
             mutate(&mut r, &valid)
         } else {
-            let n = r.below(20_000) as usize;
+            let n = r.index(20_000);
             r.bytes(n)
         };
         let res = std::panic::catch_unwind(|| fuzzing::descriptor_chains(&input));
@@ -106,7 +115,9 @@ fn qcow2_reader_random_and_mutated() {
         ("cluster_size=4096,compat=0.10", false),
     ] {
         let raw = dir.path().join("r.raw");
-        let data: Vec<u8> = (0..256 * 1024u32).map(|i| (i / 700) as u8).collect();
+        let data: Vec<u8> = (0..256 * 1024u32)
+            .map(|i| (i / 700).to_le_bytes()[0])
+            .collect();
         std::fs::write(&raw, data).unwrap();
         let img = dir.path().join("i.qcow2");
         let _ = std::fs::remove_file(&img);
@@ -135,9 +146,9 @@ fn qcow2_reader_random_and_mutated() {
         fuzzing::qcow2_image(s);
     }
     for i in 0..iterations() / 3 {
-        let base = &seeds[(i % seeds.len() as u64) as usize];
+        let base = &seeds[usize_from(i % seeds.len() as u64)];
         let input = if i % 10 == 9 {
-            let n = r.below(4096) as usize;
+            let n = r.index(4096);
             let mut v = b"QFI\xfb".to_vec();
             v.extend(r.bytes(n));
             v
@@ -145,8 +156,8 @@ fn qcow2_reader_random_and_mutated() {
             // Mutations concentrated on the metadata (first clusters) most of the time.
             let mut v = mutate(&mut r, base);
             if i % 2 == 0 {
-                let at = r.below(1024.min(v.len() as u64)) as usize;
-                v[at] ^= r.next() as u8;
+                let at = r.index(1024.min(v.len()));
+                v[at] ^= r.byte();
             }
             v
         };
@@ -164,14 +175,14 @@ fn vsock_seed() -> Vec<u8> {
         p.extend_from_slice(&2u64.to_le_bytes());
         p.extend_from_slice(&src.to_le_bytes());
         p.extend_from_slice(&dst.to_le_bytes());
-        p.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        p.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_le_bytes());
         p.extend_from_slice(&1u16.to_le_bytes());
         p.extend_from_slice(&op.to_le_bytes());
         p.extend_from_slice(&flags.to_le_bytes());
         p.extend_from_slice(&(64u32 << 10).to_le_bytes());
         p.extend_from_slice(&0u32.to_le_bytes());
         p.extend_from_slice(payload);
-        let mut rec = vec![p.len() as u8, 3];
+        let mut rec = vec![u8::try_from(p.len()).unwrap(), 3];
         rec.extend(p);
         rec
     }
@@ -198,7 +209,7 @@ fn vsock_packets_random_and_mutated() {
         let input = if i % 2 == 0 {
             mutate(&mut r, &valid)
         } else {
-            let n = r.below(2000) as usize;
+            let n = r.index(2000);
             r.bytes(n)
         };
         let res = std::panic::catch_unwind(|| fuzzing::vsock_packets(&input));

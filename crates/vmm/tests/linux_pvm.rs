@@ -466,7 +466,7 @@ fn agent_exec(uds: &std::path::Path, argv: &[&str]) -> Option<(String, i64)> {
     };
     let req = serde_json::json!({"type": "exec", "argv": argv, "timeout_ms": 100_000}).to_string();
     let mut out = Vec::new();
-    out.extend_from_slice(&(req.len() as u32).to_le_bytes());
+    out.extend_from_slice(&u32::try_from(req.len()).unwrap().to_le_bytes());
     out.extend_from_slice(&1u32.to_le_bytes());
     out.push(1); // a JSON message
     out.extend_from_slice(req.as_bytes());

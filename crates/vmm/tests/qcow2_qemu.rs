@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use kobako_vmm::cast::usize_from;
 use kobako_vmm::devices::virtio::block::disk;
 use kobako_vmm::devices::virtio::block::image::DiskImage;
 
@@ -37,7 +38,7 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
         s ^= s << 17;
         if (s >> 60) < 4 {
             // a compressible run
-            v.extend(std::iter::repeat_n((s >> 8) as u8, 300));
+            v.extend(std::iter::repeat_n(s.to_le_bytes()[1], 300));
         } else {
             v.extend_from_slice(&s.to_le_bytes());
         }
@@ -47,7 +48,7 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
 }
 
 fn read_all(img: &mut dyn DiskImage) -> Vec<u8> {
-    let mut v = vec![0u8; img.size() as usize];
+    let mut v = vec![0u8; usize_from(img.size())];
     // Odd-sized reads, so cluster boundaries fall inside requests.
     let mut off = 0;
     while off < v.len() {
@@ -221,12 +222,12 @@ fn random_writes(img: &mut dyn DiskImage, model: &mut [u8], seed: u64, count: us
         match r.below(10) {
             0 if v3 => {
                 img.write_zeroes(off, len, r.below(2) == 0).unwrap();
-                model[off as usize..(off + len) as usize].fill(0);
+                model[usize_from(off)..usize_from(off + len)].fill(0);
             }
             _ => {
-                let data = pattern(len as usize, r.next());
+                let data = pattern(usize_from(len), r.next());
                 img.write_at(off, &data).unwrap();
-                model[off as usize..(off + len) as usize].copy_from_slice(&data);
+                model[usize_from(off)..usize_from(off + len)].copy_from_slice(&data);
             }
         }
         if i % 50 == 0 {

@@ -30,14 +30,7 @@ use super::layout::*;
 use super::regs::{EntryMode, EntryPoint};
 
 /// [`CMDLINE_START`] as the setup header's 32-bit pointer (checked at compile time).
-#[allow(
-    clippy::cast_possible_truncation,
-    reason = "asserted to fit in 32 bits in the same const"
-)]
-const CMDLINE_START_U32: u32 = {
-    assert!(CMDLINE_START <= u32::MAX as u64);
-    CMDLINE_START as u32
-};
+const CMDLINE_START_U32: u32 = crate::cast::u32_of(CMDLINE_START);
 
 /// Failure to load the kernel or write its boot information.
 #[derive(Debug, thiserror::Error)]

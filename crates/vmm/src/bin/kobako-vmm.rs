@@ -4,12 +4,6 @@
 //! ARGS...` runs the same code inside the big `kobako` binary, which costs more to exec and more
 //! resident memory at every VM start (`cargo bench -p kobako-vmm --bench startup -- rusage`).
 
-#![warn(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    missing_debug_implementations
-)]
-
 fn main() {
     let code = kobako_vmm::main_with_args(std::env::args_os().skip(1).collect());
     std::process::exit(code);

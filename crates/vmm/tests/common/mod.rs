@@ -12,7 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Physical load address of every test guest (HIMEM_START).
-pub const LOAD_ADDR: u64 = 0x10_0000;
+pub const LOAD_ADDR: u64 = LOAD_ADDR_U32 as u64;
+/// [`LOAD_ADDR`] as the 32-bit fields of the Xen PVH note and the bzImage header hold it.
+const LOAD_ADDR_U32: u32 = 0x10_0000;
 
 /// A 64-bit ELF executable with one PT_LOAD of `code` at `LOAD_ADDR` (entry there), and, when
 /// `pvh` is set, a PT_NOTE with XEN_ELFNOTE_PHYS32_ENTRY pointing at the same address.
@@ -54,9 +56,9 @@ pub fn elf(code: &[u8], pvh: bool) -> Vec<u8> {
         f.extend_from_slice(&4u32.to_le_bytes());
         f.extend_from_slice(&18u32.to_le_bytes());
         f.extend_from_slice(b"Xen\0");
-        f.extend_from_slice(&(LOAD_ADDR as u32).to_le_bytes());
+        f.extend_from_slice(&LOAD_ADDR_U32.to_le_bytes());
     }
-    f.resize(code_off as usize, 0);
+    f.resize(kobako_vmm::cast::usize_from(code_off), 0);
     f.extend_from_slice(code);
     f
 }
@@ -71,7 +73,7 @@ pub fn bzimage(code64: &[u8]) -> Vec<u8> {
     f[0x202..0x206].copy_from_slice(b"HdrS");
     f[0x206..0x208].copy_from_slice(&0x020cu16.to_le_bytes()); // protocol 2.12
     f[0x211] = 0x01; // loadflags: LOADED_HIGH
-    f[0x214..0x218].copy_from_slice(&(LOAD_ADDR as u32).to_le_bytes()); // code32_start
+    f[0x214..0x218].copy_from_slice(&LOAD_ADDR_U32.to_le_bytes()); // code32_start
     let mut pm = vec![0xf4u8; 0x200]; // hlt padding before the 64-bit entry
     pm.extend_from_slice(code64);
     f.extend_from_slice(&pm);
