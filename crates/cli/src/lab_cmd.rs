@@ -348,7 +348,7 @@ fn observed_vms(name: &str) -> Result<Vec<(kobako_state::VmRow, VmState, Option<
 }
 
 /// `kobako ls`.
-pub fn ls(json: bool) -> Result<i32> {
+pub fn ls(out: crate::output::OutputArgs) -> Result<i32> {
     let labs = LabRecord::list();
     let mut rows = Vec::new();
     for l in &labs {
@@ -360,7 +360,7 @@ pub fn ls(json: bool) -> Result<i32> {
             "memory_mib": l.lab.total_memory().0,
         }));
     }
-    if json {
+    if out.is_json() {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(0);
     }
@@ -368,20 +368,31 @@ pub fn ls(json: bool) -> Result<i32> {
         println!("no labs (start one with `kobako up FILE`; examples/ has lab files)");
         return Ok(0);
     }
-    println!(
-        "{:<24} {:<9} {:>5} {:>6} {:>8}  FILE",
+    let wide = out.is_wide();
+    print!(
+        "{:<24} {:<9} {:>5} {:>6} {:>8}",
         "LAB", "STATE", "VMS", "READY", "MEMORY"
     );
+    if wide {
+        print!("  {:<16} {:<32}", "OWNER", "REASON");
+    }
+    println!("  FILE");
     for r in rows {
-        println!(
-            "{:<24} {:<9} {:>5} {:>6} {:>7}M  {}",
-            r["name"].as_str().unwrap_or_default(),
-            r["state"].as_str().unwrap_or_default(),
+        let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+        print!(
+            "{:<24} {:<9} {:>5} {:>6} {:>7}M",
+            s("name"),
+            s("state"),
             r["vms"].as_u64().unwrap_or(0),
             r["ready"].as_u64().unwrap_or(0),
             r["memory_mib"].as_u64().unwrap_or(0),
-            r["file"].as_str().unwrap_or_default()
         );
+        if wide {
+            let owner = r["owner"].as_str().unwrap_or("-");
+            let reason = r["reason"].as_str().unwrap_or("-");
+            print!("  {owner:<16} {reason:<32}");
+        }
+        println!("  {}", s("file"));
     }
     Ok(0)
 }

@@ -58,10 +58,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// List labs with their state.
+    /// List labs with their state (`-o wide` adds owner and the state's reason).
     Ls {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: output::OutputArgs,
     },
     /// Show a lab: nodes, VMs (state, boot time), interfaces, addresses, links, impairments.
     Inspect {
@@ -283,7 +283,7 @@ fn main() {
                         lab_cmd::restore_checkpoint(&lab, &name, json).await
                     }
                     Cmd::Console { vm } => vm_cmd::console(&vm_names::vm_name(&vm)?).await,
-                    Cmd::Ls { json } => lab_cmd::ls(json),
+                    Cmd::Ls { out } => lab_cmd::ls(out),
                     Cmd::Inspect { name, json } => lab_cmd::inspect(&name, json),
                     Cmd::Shell { vm, user } => guest_cmd::shell(&vm, user).await,
                     Cmd::Cp { src, dst } => guest_cmd::cp(&src, &dst).await,
