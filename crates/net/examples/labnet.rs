@@ -30,7 +30,10 @@ fn main() -> Result<()> {
     for vm in ["web", "db"] {
         let mut p = PortSpec::tap(IfName::new(format!("{vm}-eth0"))?, lan.clone());
         // The guest NIC gets the derived MAC (passed to the runtime); the tap keeps its own.
-        println!("{vm}: guest MAC {}", MacAddr::derive("kbdemo", vm, "eth0"));
+        println!(
+            "{vm}: guest MAC {}",
+            MacAddr::derived("kbdemo", vm, vm, "eth0")
+        );
         p.mtu = Some(1500);
         net.ensure_port(&p)?;
     }

@@ -63,7 +63,7 @@ pub enum PortKind {
         peer_ns: Netns,
         /// Name of the far end.
         peer_name: IfName,
-        /// MAC of the far end (use [`MacAddr::derive`]).
+        /// MAC of the far end (use [`MacAddr::derived`]).
         peer_mac: Option<MacAddr>,
     },
 }

@@ -28,7 +28,7 @@
 //! let mut port = PortSpec::tap(tap.clone(), lan.clone());
 //! port.vlan = PortVlan::Access(VlanId::new(10)?);
 //! net.ensure_port(&port)?;
-//! let guest_mac = MacAddr::derive("shop", "web.api", "eth1"); // for the runtime's NIC
+//! let guest_mac = MacAddr::derived("shop", "web", "api", "eth1"); // for the runtime's NIC
 //! let fd = net.open_tap(&tap, TapFlags { vnet_hdr: true })?; // hand to QEMU: -netdev tap,fd=N
 //! # let _ = (guest_mac, fd);
 //! let imp = Impairment::builder()
@@ -74,4 +74,4 @@ pub use netlink::NetlinkError;
 pub use netns::Netns;
 pub use rtnl::{BridgeOpts, Link, LinkChange, PortVlan, Qdisc, Rtnl};
 pub use sysctl::{HostSysctl, HostSysctls};
-pub use types::{IfName, Ipv4Cidr, LabName, MacAddr, VlanId};
+pub use types::{IfName, Ipv4Cidr, LabName, MacAddr, MacParseError, VlanId};

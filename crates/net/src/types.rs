@@ -192,24 +192,27 @@ impl fmt::Display for VlanId {
     }
 }
 
-/// An Ethernet MAC address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// An Ethernet MAC address. Written as six hex pairs separated by `:` (or `-` when parsed);
+/// with the `serde` feature it is (de)serialized as that string.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MacAddr(pub [u8; 6]);
 
 impl MacAddr {
-    /// A stable, locally administered, unicast MAC for interface `iface` of VM `vm` in `lab`:
-    /// the first 6 bytes of SHA-256("kobako\0lab\0vm\0iface") with bit 1 of the first octet set
-    /// (locally administered) and bit 0 cleared (unicast). The same triple always yields the same
-    /// MAC, across restarts and hosts, so guests keep their DHCP leases and ARP caches stay valid.
-    pub fn derive(lab: &str, vm: &str, iface: &str) -> MacAddr {
+    /// The MAC of interface `iface` of VM `vm` on node `node` in `lab` when the lab file gives
+    /// none: the first 6 bytes of SHA-256("kobako-mac\0lab\0node\0vm\0iface\0") with bit 1 of
+    /// the first octet set (locally administered) and bit 0 cleared (unicast). The same names
+    /// always yield the same MAC, across restarts and hosts, so guests keep their DHCP leases
+    /// and ARP caches stay valid. This is the one derivation kobako uses; changing it would
+    /// change every existing lab's guest MACs.
+    pub fn derived(lab: &str, node: &str, vm: &str, iface: &str) -> MacAddr {
         let mut h = Sha256::new();
-        for part in ["kobako", lab, vm, iface] {
+        for part in ["kobako-mac", lab, node, vm, iface] {
             h.update(part.as_bytes());
             h.update([0u8]);
         }
         let d = h.finalize();
         let mut m = [d[0], d[1], d[2], d[3], d[4], d[5]];
-        m[0] = (m[0] & 0xfc) | 0x02;
+        m[0] = (m[0] | 0x02) & !0x01;
         MacAddr(m)
     }
 
@@ -241,23 +244,49 @@ impl fmt::Debug for MacAddr {
     }
 }
 
+/// A string that is not a MAC address (the text given).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not a MAC address: write six hex pairs like 02:00:00:00:00:01")]
+pub struct MacParseError(pub String);
+
+impl From<MacParseError> for NetError {
+    fn from(e: MacParseError) -> NetError {
+        NetError::InvalidArgument(e.to_string())
+    }
+}
+
 impl FromStr for MacAddr {
-    type Err = NetError;
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = || NetError::InvalidArgument(format!("invalid MAC address {s:?}"));
+    type Err = MacParseError;
+    /// Six hex pairs separated by `:` or `-`.
+    fn from_str(s: &str) -> std::result::Result<Self, MacParseError> {
+        let bad = || MacParseError(s.to_string());
+        let parts: Vec<&str> = s.split([':', '-']).collect();
+        if parts.len() != 6 {
+            return Err(bad());
+        }
         let mut m = [0u8; 6];
-        let mut parts = s.split(':');
-        for b in m.iter_mut() {
-            let p = parts.next().ok_or_else(bad)?;
+        for (b, p) in m.iter_mut().zip(&parts) {
             if p.len() != 2 {
                 return Err(bad());
             }
             *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
         }
-        if parts.next().is_some() {
-            return Err(bad());
-        }
         Ok(MacAddr(m))
+    }
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -380,9 +409,9 @@ mod tests {
 
     #[test]
     fn mac_is_stable_local_unicast() {
-        let a = MacAddr::derive("shop", "web.api", "eth1");
-        let b = MacAddr::derive("shop", "web.api", "eth1");
-        let c = MacAddr::derive("shop", "web.api", "eth2");
+        let a = MacAddr::derived("shop", "web", "api", "eth1");
+        let b = MacAddr::derived("shop", "web", "api", "eth1");
+        let c = MacAddr::derived("shop", "web", "api", "eth2");
         assert_eq!(a, b);
         assert_ne!(a, c);
         for m in [a, c] {
@@ -390,14 +419,43 @@ mod tests {
         }
         // Field separation: ("ab","c") and ("a","bc") differ.
         assert_ne!(
-            MacAddr::derive("ab", "c", "x"),
-            MacAddr::derive("a", "bc", "x")
+            MacAddr::derived("l", "ab", "c", "x"),
+            MacAddr::derived("l", "a", "bc", "x")
         );
-        // Pinned value: changing the derivation would change every guest's MAC.
-        assert_eq!(
-            a.to_string(),
-            a.to_string().parse::<MacAddr>().unwrap().to_string()
-        );
+        assert_eq!(a.to_string().parse::<MacAddr>().unwrap(), a);
+    }
+
+    #[test]
+    fn derived_macs_are_pinned() {
+        // The MACs existing labs' guests have: changing the derivation would change them.
+        for (names, mac) in [
+            (["lab", "web", "api", "eth1"], "8e:3d:5e:6a:c9:e4"),
+            (["shop", "web", "api", "eth1"], "42:a6:c3:b8:74:50"),
+            (["shop", "db", "db", "eth0"], "92:1a:9c:0e:09:bb"),
+            (["kbdemo", "n1", "vm", "eth0"], "3a:48:08:9a:14:24"),
+        ] {
+            let [lab, node, vm, iface] = names;
+            assert_eq!(MacAddr::derived(lab, node, vm, iface).to_string(), mac);
+        }
+    }
+
+    #[test]
+    fn mac_parse() {
+        let m: MacAddr = "02-00-00-00-00-0A".parse().unwrap();
+        assert_eq!(m.to_string(), "02:00:00:00:00:0a");
+        for bad in [
+            "",
+            "zz",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "2:00:00:00:00:000",
+        ] {
+            let e = bad.parse::<MacAddr>().unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("'{bad}' is not a MAC address: write six hex pairs like 02:00:00:00:00:01")
+            );
+        }
     }
 
     #[test]

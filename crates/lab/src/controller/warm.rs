@@ -227,8 +227,8 @@ pub fn key(rt: &dyn Runtime, cfg: &VmConfig) -> Result<(String, serde_json::Valu
     Ok((key, inputs))
 }
 
-/// The MAC of NIC `i` of a warm VM (locally administered, never used by a lab: labs derive
-/// theirs from names under 52:54:00 or set their own).
+/// The MAC of NIC `i` of a warm VM (locally administered; a placeholder every clone replaces:
+/// labs derive theirs from names, [`kobako_net::MacAddr::derived`], or set their own).
 fn warm_mac(i: usize) -> String {
     format!("0a:6b:77:00:00:{:02x}", i)
 }

@@ -65,53 +65,79 @@ name_type!(
     LinkName
 );
 
+/// What is wrong with a name (lab, node, VM, interface, image ...). The text follows the name:
+/// "VM name 'Web' must start with a lowercase letter".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("is empty")]
+    Empty,
+    #[error("is longer than {max} bytes")]
+    TooLong { max: usize },
+    /// Outside `1..=max` bytes (image names).
+    #[error("must be 1 to {max} bytes")]
+    Length { max: usize },
+    #[error("must start with a lowercase letter")]
+    FirstNotLetter,
+    #[error("must start with a lowercase letter or digit")]
+    FirstNotLetterOrDigit,
+    #[error("contains '{0}': use lowercase letters, digits and '-'")]
+    BadChar(char),
+    /// A character image names do not allow.
+    #[error("contains '{0}'")]
+    Contains(char),
+    #[error("ends with '-'")]
+    TrailingDash,
+    #[error("is {0} bytes: Linux interface names are at most 15")]
+    IfnameTooLong(usize),
+    /// `.`, `..` or `lo`.
+    #[error("is reserved")]
+    Reserved,
+    #[error("contains '/', ':', '.' or whitespace")]
+    IfnameChar,
+}
+
 /// Checks a name of the `[a-z][a-z0-9-]*` family; the reason if not.
-pub(crate) fn check_name(s: &str, max: usize, digit_first: bool) -> Result<(), String> {
+pub(crate) fn check_name(s: &str, max: usize, digit_first: bool) -> Result<(), NameError> {
     if s.is_empty() {
-        return Err("is empty".into());
+        return Err(NameError::Empty);
     }
     if s.len() > max {
-        return Err(format!("is longer than {max} bytes"));
+        return Err(NameError::TooLong { max });
     }
     let first = s.as_bytes()[0];
     if !(first.is_ascii_lowercase() || (digit_first && first.is_ascii_digit())) {
         return Err(if digit_first {
-            "must start with a lowercase letter or digit".into()
+            NameError::FirstNotLetterOrDigit
         } else {
-            "must start with a lowercase letter".into()
+            NameError::FirstNotLetter
         });
     }
     if let Some(c) = s
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
     {
-        return Err(format!(
-            "contains '{c}': use lowercase letters, digits and '-'"
-        ));
+        return Err(NameError::BadChar(c));
     }
     if s.ends_with('-') {
-        return Err("ends with '-'".into());
+        return Err(NameError::TrailingDash);
     }
     Ok(())
 }
 
-pub(crate) fn check_ifname(s: &str) -> Result<(), String> {
+pub(crate) fn check_ifname(s: &str) -> Result<(), NameError> {
     if s.is_empty() {
-        return Err("is empty".into());
+        return Err(NameError::Empty);
     }
     if s.len() > 15 {
-        return Err(format!(
-            "is {} bytes: Linux interface names are at most 15",
-            s.len()
-        ));
+        return Err(NameError::IfnameTooLong(s.len()));
     }
     if s == "." || s == ".." || s == "lo" {
-        return Err("is reserved".into());
+        return Err(NameError::Reserved);
     }
     if s.chars()
         .any(|c| c == '/' || c == ':' || c.is_whitespace() || c == '.')
     {
-        return Err("contains '/', ':', '.' or whitespace".into());
+        return Err(NameError::IfnameChar);
     }
     Ok(())
 }
@@ -125,15 +151,32 @@ pub struct VmRef {
     pub vm: VmName,
 }
 
+/// Why a text is not a [`VmRef`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VmRefError {
+    #[error("'{0}' is not NODE.VM (e.g. web.api)")]
+    NotNodeVm(String),
+    #[error("node name '{name}' {why}")]
+    Node { name: String, why: NameError },
+    #[error("VM name '{name}' {why}")]
+    Vm { name: String, why: NameError },
+}
+
 impl FromStr for VmRef {
-    type Err = String;
+    type Err = VmRefError;
     /// Parses `node.vm` (names checked).
-    fn from_str(s: &str) -> Result<VmRef, String> {
+    fn from_str(s: &str) -> Result<VmRef, VmRefError> {
         let (n, v) = s
             .split_once('.')
-            .ok_or_else(|| format!("'{s}' is not NODE.VM (e.g. web.api)"))?;
-        check_name(n, 32, false).map_err(|why| format!("node name '{n}' {why}"))?;
-        check_name(v, 32, false).map_err(|why| format!("VM name '{v}' {why}"))?;
+            .ok_or_else(|| VmRefError::NotNodeVm(s.into()))?;
+        check_name(n, 32, false).map_err(|why| VmRefError::Node {
+            name: n.into(),
+            why,
+        })?;
+        check_name(v, 32, false).map_err(|why| VmRefError::Vm {
+            name: v.into(),
+            why,
+        })?;
         Ok(VmRef {
             node: NodeName(n.to_string()),
             vm: VmName(v.to_string()),
@@ -172,80 +215,9 @@ impl fmt::Display for LabId {
     }
 }
 
-/// An Ethernet MAC address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl MacAddr {
-    /// A locally administered unicast MAC derived from the names (stable across runs):
-    /// sha256("kobako-mac\0lab\0node\0vm\0iface"), first octet with bit 1 set, bit 0 clear.
-    pub fn derived(lab: &str, node: &str, vm: &str, iface: &str) -> MacAddr {
-        let mut h = Sha256::new();
-        for part in ["kobako-mac", lab, node, vm, iface] {
-            h.update(part.as_bytes());
-            h.update([0u8]);
-        }
-        let d = h.finalize();
-        let mut m = [0u8; 6];
-        m.copy_from_slice(&d[..6]);
-        m[0] = (m[0] | 0x02) & !0x01;
-        MacAddr(m)
-    }
-
-    /// Locally administered (bit 1 of the first octet).
-    pub fn is_local(&self) -> bool {
-        self.0[0] & 0x02 != 0
-    }
-
-    /// Unicast (bit 0 of the first octet clear).
-    pub fn is_unicast(&self) -> bool {
-        self.0[0] & 0x01 == 0
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
-
-impl FromStr for MacAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<MacAddr, String> {
-        let parts: Vec<&str> = s.split([':', '-']).collect();
-        let bad =
-            || format!("'{s}' is not a MAC address: write six hex pairs like 02:00:00:00:00:01");
-        if parts.len() != 6 {
-            return Err(bad());
-        }
-        let mut m = [0u8; 6];
-        for (i, p) in parts.iter().enumerate() {
-            if p.len() != 2 {
-                return Err(bad());
-            }
-            m[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-        }
-        Ok(MacAddr(m))
-    }
-}
-
-impl Serialize for MacAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for MacAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+/// An Ethernet MAC address; `MacAddr::derived(lab, node, vm, iface)` is an interface's MAC when
+/// the file gives none. The one MAC type, from kobako-net.
+pub use kobako_net::MacAddr;
 
 /// An address with its prefix length (`10.0.0.2/24`), or a subnet (`10.0.0.0/24`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -359,25 +331,38 @@ impl fmt::Display for Cidr {
     }
 }
 
+/// Why a text is not a [`Cidr`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("'{0}' has no prefix length: write it like 10.0.0.0/24")]
+    NoPrefix(String),
+    #[error("'{0}' is not an IP address")]
+    NotAnAddress(String),
+    #[error("'/{0}' is not a prefix length")]
+    NotAPrefix(String),
+    #[error("prefix /{prefix} is longer than /{max} for this address")]
+    PrefixTooLong { prefix: u8, max: u8 },
+}
+
 impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Cidr, String> {
+    type Err = CidrError;
+    fn from_str(s: &str) -> Result<Cidr, CidrError> {
         let (a, p) = s
             .split_once('/')
-            .ok_or_else(|| format!("'{s}' has no prefix length: write it like 10.0.0.0/24"))?;
+            .ok_or_else(|| CidrError::NoPrefix(s.into()))?;
         let addr: IpAddr = a
             .trim()
             .parse()
-            .map_err(|_| format!("'{a}' is not an IP address"))?;
+            .map_err(|_| CidrError::NotAnAddress(a.into()))?;
         let prefix: u8 = p
             .trim()
             .parse()
-            .map_err(|_| format!("'/{p}' is not a prefix length"))?;
+            .map_err(|_| CidrError::NotAPrefix(p.into()))?;
         if prefix > Cidr::max(addr) {
-            return Err(format!(
-                "prefix /{prefix} is longer than /{} for this address",
-                Cidr::max(addr)
-            ));
+            return Err(CidrError::PrefixTooLong {
+                prefix,
+                max: Cidr::max(addr),
+            });
         }
         Ok(Cidr { addr, prefix })
     }
@@ -430,6 +415,26 @@ impl HostLimits {
 
 /// Smallest memory a VM may have.
 pub const MIN_MEMORY: MemMib = MemMib(64);
+
+/// Why [`Lab::find_vm`] found no VM; the text ends with a did-you-mean when one is close.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FindVmError {
+    #[error(transparent)]
+    NotAVmRef(#[from] VmRefError),
+    #[error("lab '{lab}' has no node '{node}'{suggestion}")]
+    NoNode {
+        lab: LabName,
+        node: NodeName,
+        /// ` (did you mean 'web'?)` or empty.
+        suggestion: String,
+    },
+    #[error("node '{node}' has no VM '{vm}'{suggestion}")]
+    NoVm {
+        node: NodeName,
+        vm: VmName,
+        suggestion: String,
+    },
+}
 
 /// A resolved lab.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -761,27 +766,26 @@ impl Lab {
             .find(|v| v.id.vm == r.vm)
     }
 
-    /// The VM named `node.vm` (as users type it), or a message saying what is wrong with a
-    /// did-you-mean (for `kobako exec web.ap`).
-    pub fn find_vm(&self, s: &str) -> Result<&Vm, String> {
+    /// The VM named `node.vm` (as users type it), or what is wrong with a did-you-mean (for
+    /// `kobako exec web.ap`).
+    pub fn find_vm(&self, s: &str) -> Result<&Vm, FindVmError> {
         use super::error::suggest;
         let r: VmRef = s.parse()?;
         let Some(n) = self.node(r.node.as_str()) else {
-            return Err(format!(
-                "lab '{}' has no node '{}'{}",
-                self.name,
-                r.node,
-                suggest(r.node.as_str(), self.nodes.iter().map(|n| n.name.as_str()))
-            ));
+            return Err(FindVmError::NoNode {
+                lab: self.name.clone(),
+                suggestion: suggest(r.node.as_str(), self.nodes.iter().map(|n| n.name.as_str())),
+                node: r.node,
+            });
         };
-        n.vms.iter().find(|v| v.id.vm == r.vm).ok_or_else(|| {
-            format!(
-                "node '{}' has no VM '{}'{}",
-                r.node,
-                r.vm,
-                suggest(r.vm.as_str(), n.vms.iter().map(|v| v.id.vm.as_str()))
-            )
-        })
+        n.vms
+            .iter()
+            .find(|v| v.id.vm == r.vm)
+            .ok_or_else(|| FindVmError::NoVm {
+                suggestion: suggest(r.vm.as_str(), n.vms.iter().map(|v| v.id.vm.as_str())),
+                node: r.node,
+                vm: r.vm,
+            })
     }
 
     /// Every VM, node by node.
@@ -850,6 +854,11 @@ mod tests {
         assert_eq!(a, MacAddr::derived("lab", "web", "api", "eth1"));
         assert_ne!(a, MacAddr::derived("lab", "web", "api", "eth2"));
         assert_eq!(a.to_string().parse::<MacAddr>().unwrap(), a);
+        assert_eq!(
+            a.to_string(),
+            "8e:3d:5e:6a:c9:e4",
+            "existing labs' guests have this MAC"
+        );
     }
 
     #[test]

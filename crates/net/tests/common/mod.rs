@@ -121,7 +121,12 @@ impl Drop for Endpoint {
 pub fn attach(lab: &LabNet, bridge: &str, port: &str, ep: &Endpoint, addr: &str, vlan: PortVlan) {
     let mut spec = PortSpec::veth(ifn(port), ifn(bridge), &ep.ns, ifn("eth0"));
     if let kobako_net::PortKind::Veth { peer_mac, .. } = &mut spec.kind {
-        *peer_mac = Some(MacAddr::derive(lab.name().as_str(), &ep.name, "eth0"));
+        *peer_mac = Some(MacAddr::derived(
+            lab.name().as_str(),
+            &ep.name,
+            &ep.name,
+            "eth0",
+        ));
     }
     spec.vlan = vlan;
     lab.ensure_port(&spec).unwrap();

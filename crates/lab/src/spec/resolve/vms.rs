@@ -309,7 +309,7 @@ impl Resolver<'_> {
             }
             Ok(mac) => Some(mac),
             Err(e) => {
-                self.err(at, e, None);
+                self.err(at, e.to_string(), None);
                 None
             }
         }
@@ -519,7 +519,7 @@ impl Resolver<'_> {
                     Err(e) => {
                         self.err(
                             &sub("to"),
-                            e,
+                            e.to_string(),
                             "write `default` or a subnet like 10.2.0.0/24".to_string(),
                         );
                         None
@@ -613,21 +613,21 @@ fn service_name(command: &str) -> Option<String> {
 
 /// An image of the store (`[a-z0-9][a-z0-9._-]*`, at most 64 bytes, as `kobako image`
 /// names them) or a path (anything with a '/').
-fn check_image(s: &str) -> Result<(), String> {
+fn check_image(s: &str) -> Result<(), NameError> {
     if s.contains('/') {
         return Ok(());
     }
     if s.is_empty() || s.len() > 64 {
-        return Err("must be 1 to 64 bytes".into());
+        return Err(NameError::Length { max: 64 });
     }
     if !s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()) {
-        return Err("must start with a lowercase letter or digit".into());
+        return Err(NameError::FirstNotLetterOrDigit);
     }
     match s
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(*c)))
     {
-        Some(c) => Err(format!("contains '{c}'")),
+        Some(c) => Err(NameError::Contains(c)),
         None => Ok(()),
     }
 }
