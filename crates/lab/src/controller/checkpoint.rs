@@ -58,7 +58,9 @@ fn root(lab: &str) -> PathBuf {
     kobako_state::state_root().join("checkpoints").join(lab)
 }
 
-fn check_name(name: &str) -> Result<()> {
+/// The checkpoint-name rule (the one the API and the CLI go through): 1-48 ASCII letters,
+/// digits, `-` or `_`, not starting with `-` (a checkpoint is a directory of that name).
+pub fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 48
         && name
@@ -448,4 +450,23 @@ pub async fn restore(
         removed: Vec::new(),
         total_ms: t0.elapsed().as_millis() as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_names() {
+        for ok in ["a", "before-upgrade", "run_2", &"x".repeat(48)] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-x", "a/b", "..", "a b", "é", &"x".repeat(49)] {
+            let e = check_name(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("use 1-48 letters, digits, '-' or '_'"),
+                "{bad}: {e}"
+            );
+        }
+    }
 }

@@ -51,20 +51,9 @@ pub struct NewCheckpoint {
     pub name: String,
 }
 
+/// The lab's checkpoint-name rule ([`checkpoint::check_name`]), a 400 when broken.
 fn check_name(name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 48
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        && !name.starts_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(format!(
-            "checkpoint name '{name}': use 1-48 letters, digits, '-' or '_'"
-        )))
-    }
+    checkpoint::check_name(name).map_err(ApiError::from)
 }
 
 async fn list_of(lab: String) -> ApiResult<Vec<checkpoint::CheckpointInfo>> {
