@@ -399,7 +399,7 @@ async fn run_clone(
     // A fresh identity: every clone starts from the same memory image.
     let t2 = Instant::now();
     let id = kobako_runtime::snapshot::NewIdentity {
-        hostname: Some(clone.replace('_', "-")),
+        hostname: Some(kobako_runtime::config::hostname_of(clone)),
         macs: Vec::new(),
         machine_id: true,
     };

@@ -262,7 +262,11 @@ pub(crate) fn ensure_network(lab: &Lab) -> Result<String> {
 /// What the agent applies in a VM.
 fn guest_config(vm: &Vm) -> (NetConfig, Vec<ServiceSpec>) {
     let mut cfg = NetConfig {
-        hostname: Some(format!("{}-{}", vm.id.node.as_str(), vm.id.vm.as_str())),
+        hostname: Some(kobako_runtime::config::hostname_of(&format!(
+            "{}-{}",
+            vm.id.node.as_str(),
+            vm.id.vm.as_str()
+        ))),
         ..Default::default()
     };
     let mut default_set = false;
