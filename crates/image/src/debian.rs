@@ -31,7 +31,7 @@ use std::time::Instant;
 
 use crate::disk::{self, DiskError};
 use crate::store::{self, ImageKind, Manifest, Store, StoreError};
-use crate::{cache, deps, Progress};
+use crate::{base, cache, deps, Progress};
 
 /// Version of the recipe below: images built by an older one are reported as outdated.
 pub const RECIPE: u32 = 6;
@@ -208,9 +208,7 @@ pub fn build(
     // One Debian build at a time per machine: the apt cache is synced in and out by each build,
     // and two builds of one name would race to publish it.
     let _lock = cache::lock(&apt_cache.join(".lock")).map_err(disk::io("lock the apt cache"))?;
-    store.sweep();
-    let st = store.begin(&opts.name)?;
-    let root = st.dir.join("root");
+    let (st, root) = base::stage(store, &opts.name)?;
 
     progress.step(&format!(
         "debian: mmdebstrap {} minbase + {} (apt cache {})",
@@ -222,55 +220,33 @@ pub fn build(
     let t_strap = t0.elapsed().as_secs_f64();
 
     progress.step("debian: installing kobako-agent and the boot recipe");
-    let agent_bytes =
-        std::fs::read(agent).map_err(disk::io(format!("read {}", agent.display())))?;
+    let agent_bytes = base::read_agent(agent)?;
     customize(&root, &agent_bytes)?;
     for unit in &opts.mask {
         link(&root, "/dev/null", &format!("etc/systemd/system/{unit}"))?;
     }
-    let cloud_init = root.join("usr/bin/cloud-init").exists();
-
-    let content = disk::tree_bytes(&root);
-    let size = opts
-        .size_bytes
-        .unwrap_or_else(|| (content + (2 << 30)).max(4 << 30));
-    progress.step(&format!(
-        "debian: ext4 of {} MiB ({} MiB of files)",
-        size >> 20,
-        content >> 20
-    ));
-    let raw = st.dir.join("rootfs.ext4");
-    disk::mkfs_ext4(&root, &raw, size, "kobako-root")?;
-    std::fs::remove_dir_all(&root).map_err(disk::io("remove the staging tree"))?;
-    progress.step("debian: converting to a qcow2 base");
-    let base = st.dir.join("base.qcow2");
-    disk::raw_to_qcow2(&raw, &base)?;
-    std::fs::remove_file(&raw).map_err(disk::io("remove the raw ext4"))?;
-    disk::make_read_only(&base)?;
-    let sha256 = disk::sha256_file(&base)?;
-    let build_secs = t0.elapsed().as_secs_f64();
+    let cloud_init = base::has_cloud_init(&root);
+    let disk = base::tree_to_base(
+        &root,
+        &st.dir,
+        opts.size_bytes,
+        |content| (content + (2 << 30)).max(4 << 30),
+        "debian",
+        progress,
+    )?;
     let m = Manifest {
-        name: opts.name.clone(),
-        kind: ImageKind::Debian,
-        base: "base.qcow2".into(),
-        format: "qcow2".into(),
-        size: disk::allocated(&base),
-        virtual_size: size,
-        created: store::now_rfc3339(),
         packages,
         source: std::iter::once(format!("mmdebstrap {} minbase {}", opts.suite, opts.mirror))
             .chain(opts.sources.iter().map(|s| format!("+ {s}")))
             .chain(opts.recipe.iter().map(|(n, _)| format!("(recipe {n})")))
             .collect::<Vec<_>>()
             .join(" "),
-        sha256,
         cloud_init,
-        build_secs: Some((build_secs * 10.0).round() / 10.0),
-        init: None,
-        agent_sha256: Some(disk::sha256_file(agent)?),
         recipe: Some(RECIPE),
         recipe_digest: opts.recipe.as_ref().map(|(_, d)| d.clone()),
+        ..base::manifest(&opts.name, ImageKind::Debian, &disk, agent, t0)?
     };
+    let build_secs = t0.elapsed().as_secs_f64();
     let img = st.commit(m)?;
     progress.step(&format!(
         "debian: image '{}' built in {:.0} s (mmdebstrap {:.0} s): {:.0} MiB qcow2{}",
@@ -467,7 +443,7 @@ fn link(root: &Path, target: &str, rel: &str) -> Result<(), DiskError> {
 
 /// Write the agent, units and config files into a Debian tree.
 pub(crate) fn customize(root: &Path, agent: &[u8]) -> Result<(), DiskError> {
-    write(root, "usr/local/sbin/kobako-agent", agent, 0o755)?;
+    write(root, base::AGENT_PATH.trim_start_matches('/'), agent, 0o755)?;
     customize_systemd(root)?;
     write(root, "etc/hostname", b"kobako\n", 0o644)?;
     write(

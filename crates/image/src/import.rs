@@ -25,10 +25,10 @@ use serde::Deserialize;
 
 use crate::disk::{self, DiskError, Sniff};
 use crate::store::{self, ImageKind, Manifest, Store, StoreError};
-use crate::{deps, Progress};
+use crate::{base, deps, Progress};
 
-/// Where the agent goes in an imported tree.
-pub const AGENT_PATH: &str = "/usr/local/sbin/kobako-agent";
+/// Where the agent goes in an imported tree (as in every image).
+pub use crate::base::AGENT_PATH;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -134,9 +134,7 @@ pub fn import(
         }
     };
     deps::ensure(disk::PACKAGES, progress)?;
-    store.sweep();
-    let st = store.begin(&opts.name)?;
-    let root = st.dir.join("root");
+    let (st, root) = base::stage(store, &opts.name)?;
     std::fs::create_dir_all(&root).map_err(rd("create the staging tree"))?;
     let (source, packages) = match kind {
         None => {
@@ -167,44 +165,23 @@ pub fn import(
         return Err(ImportError::NotARootfs(src.clone()));
     }
     progress.step("import: injecting kobako-agent");
-    let agent_bytes = std::fs::read(agent).map_err(rd(format!("read {}", agent.display())))?;
+    let agent_bytes = base::read_agent(agent)?;
     let init = inject_agent(&root, &agent_bytes)?;
-    let cloud_init = crate::inroot::Root::open(&root)
-        .map(|t| t.exists("usr/bin/cloud-init"))
-        .unwrap_or(false);
-    let content = disk::tree_bytes(&root);
-    let size = opts
-        .size_bytes
-        .unwrap_or_else(|| (content + (1 << 30)).max(1 << 30));
-    progress.step(&format!(
-        "import: ext4 of {} MiB ({} MiB of files)",
-        size >> 20,
-        content >> 20
-    ));
-    let raw = st.dir.join("rootfs.ext4");
-    disk::mkfs_ext4(&root, &raw, size, "kobako-root")?;
-    std::fs::remove_dir_all(&root).map_err(rd("remove the staging tree"))?;
-    let base = st.dir.join("base.qcow2");
-    disk::raw_to_qcow2(&raw, &base)?;
-    std::fs::remove_file(&raw).map_err(rd("remove the raw ext4"))?;
-    disk::make_read_only(&base)?;
+    let cloud_init = base::has_cloud_init(&root);
+    let disk = base::tree_to_base(
+        &root,
+        &st.dir,
+        opts.size_bytes,
+        |content| (content + (1 << 30)).max(1 << 30),
+        "import",
+        progress,
+    )?;
     let m = Manifest {
-        name: opts.name.clone(),
-        kind: ImageKind::Imported,
-        base: "base.qcow2".into(),
-        format: "qcow2".into(),
-        size: disk::allocated(&base),
-        virtual_size: size,
-        created: store::now_rfc3339(),
         packages,
         source,
-        sha256: disk::sha256_file(&base)?,
         cloud_init,
-        build_secs: Some((t0.elapsed().as_secs_f64() * 10.0).round() / 10.0),
         init,
-        agent_sha256: Some(disk::sha256_file(agent)?),
-        recipe: None,
-        recipe_digest: None,
+        ..base::manifest(&opts.name, ImageKind::Imported, &disk, agent, t0)?
     };
     let img = st.commit(m)?;
     progress.step(&format!(

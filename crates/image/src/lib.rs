@@ -10,10 +10,12 @@
 //! - [`store`]: the image store (`/var/lib/kobako/images`): named read-only bases with manifests,
 //!   and the per-VM qcow2 overlays on them.
 //! - [`debian`]: Debian images built with mmdebstrap; [`import`]: rootfs tarballs and OCI image
-//!   layouts; [`cloudinit`]: NoCloud seed disks; [`disk`]: qemu-img / mkfs helpers.
+//!   layouts, both through [`base`] (staging, agent, tree → ext4 → read-only qcow2 base,
+//!   manifest); [`cloudinit`]: NoCloud seed disks; [`disk`]: qemu-img / mkfs helpers.
 //! - [`recipes`]: named images kobako builds on demand (`debian-web`, `debian-router`: the node
 //!   templates' images).
 
+pub mod base;
 pub mod cache;
 pub mod cloudinit;
 pub mod cpio;
