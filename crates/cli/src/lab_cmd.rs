@@ -178,8 +178,9 @@ pub fn check(file: &str) -> Result<i32> {
     Ok(0)
 }
 
-/// `kobako up FILE`.
-pub async fn up(file: &str, json: bool) -> Result<i32> {
+/// The labs of `file`, checked as `up` checks them before it starts anything: the file itself,
+/// and every image and kernel there (or buildable).
+fn checked_labs(file: &str) -> Result<Vec<spec::Lab>> {
     let labs = match spec::load_file(std::path::Path::new(file), &HostLimits::detect()) {
         Ok(l) => l,
         Err(errs) => {
@@ -187,7 +188,6 @@ pub async fn up(file: &str, json: bool) -> Result<i32> {
             bail!("{file}: {} problem(s); nothing was started", errs.0.len());
         }
     };
-    // Every image and kernel must be there (or buildable) before any VM boots.
     let missing: Vec<String> = labs.iter().flat_map(missing_artifacts).collect();
     if !missing.is_empty() {
         for m in &missing {
@@ -195,6 +195,35 @@ pub async fn up(file: &str, json: bool) -> Result<i32> {
         }
         bail!("{file}: {} problem(s); nothing was started", missing.len());
     }
+    Ok(labs)
+}
+
+/// `kobako up --dry-run FILE`: the checks and the plan of `up`, nothing changed.
+pub fn up_dry_run(file: &str, json: bool) -> Result<i32> {
+    let labs = checked_labs(file)?;
+    let db = controller::db()?;
+    let mut plans = Vec::new();
+    for lab in &labs {
+        let plan = controller::plan(&db, lab)?;
+        if !json {
+            println!("lab {}: {}", lab.name.as_str(), plan.summary());
+            for n in &plan.create {
+                println!("  create {n}");
+            }
+        }
+        plans.push(serde_json::json!({"lab": lab.name.as_str(), "plan": plan}));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plans)?);
+    } else {
+        eprintln!("{file}: checked; dry run, nothing was changed");
+    }
+    Ok(0)
+}
+
+/// `kobako up FILE`.
+pub async fn up(file: &str, json: bool) -> Result<i32> {
+    let labs = checked_labs(file)?;
     let rt: Arc<dyn Runtime> = Arc::new(runtime()?);
     let resolve = resolver();
     let file_abs = std::fs::canonicalize(file)

@@ -51,6 +51,10 @@ enum Cmd {
         /// Boot every VM instead of cloning it from a warm snapshot (also `KOBAKO_WARM=0`).
         #[arg(long)]
         cold: bool,
+        /// Check everything `up` checks before it starts anything (the file, every image and
+        /// kernel) and print the plan (VMs to create, keep, replace, remove); change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Take a lab down: its VMs, network and state.
     Down {
@@ -250,7 +254,15 @@ fn main() {
                     Cmd::Bench(BenchCmd::Lab(a)) => bench_lab::lab(a).await,
                     Cmd::Bench(BenchCmd::Snapshot(a)) => bench_snap::snapshot(a).await,
                     Cmd::Exec(a) => guest_cmd::exec(a).await,
-                    Cmd::Up { file, json, cold } => {
+                    Cmd::Up {
+                        file,
+                        json,
+                        dry_run: true,
+                        ..
+                    } => lab_cmd::up_dry_run(&file, json),
+                    Cmd::Up {
+                        file, json, cold, ..
+                    } => {
                         if cold {
                             kobako_lab::controller::warm::set_enabled(false);
                         }
