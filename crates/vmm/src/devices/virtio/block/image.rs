@@ -37,8 +37,16 @@ impl Raw {
 }
 
 fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> io::Result<()> {
+    // The range comes from the guest (checked against the disk size by the device, so it fits
+    // off_t); refused rather than wrapped if it ever did not.
+    let (Ok(off), Ok(len)) = (i64::try_from(off), i64::try_from(len)) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "range beyond the largest file offset",
+        ));
+    };
     // SAFETY: fallocate on an fd we own; no memory is passed.
-    let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) };
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, off, len) };
     if r == 0 {
         Ok(())
     } else {
