@@ -113,3 +113,65 @@ pub(crate) fn manifest(
         recipe_digest: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct Lines(Mutex<Vec<String>>);
+    impl Progress for Lines {
+        fn step(&self, msg: &str) {
+            self.0.lock().unwrap().push(msg.to_string());
+        }
+    }
+
+    fn have(tool: &str) -> bool {
+        std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok()
+    }
+
+    #[test]
+    fn a_tree_becomes_a_read_only_qcow2_base_and_its_manifest() {
+        if !have("mkfs.ext4") || !have("qemu-img") {
+            eprintln!("skipped: no mkfs.ext4 or qemu-img");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::write(root.join("usr/bin/cloud-init"), "#!/bin/sh\n").unwrap();
+        assert!(has_cloud_init(&root));
+        let agent = d.path().join("agent");
+        std::fs::write(&agent, b"agent").unwrap();
+        assert_eq!(read_agent(&agent).unwrap(), b"agent");
+        let lines = Lines(Mutex::new(Vec::new()));
+        let t0 = Instant::now();
+        let base = tree_to_base(&root, d.path(), None, |_| 16 << 20, "test", &lines).unwrap();
+        assert_eq!(base.path, d.path().join("base.qcow2"));
+        assert_eq!(base.virtual_size, 16 << 20);
+        assert!(!root.exists() && !d.path().join("rootfs.ext4").exists());
+        assert!(std::fs::metadata(&base.path)
+            .unwrap()
+            .permissions()
+            .readonly());
+        assert_eq!(
+            lines.0.lock().unwrap()[..],
+            [
+                "test: ext4 of 16 MiB (0 MiB of files)",
+                "test: converting to a qcow2 base"
+            ]
+        );
+        let m = manifest("t", ImageKind::Imported, &base, &agent, t0).unwrap();
+        assert_eq!(
+            (m.base.as_str(), m.format.as_str()),
+            ("base.qcow2", "qcow2")
+        );
+        assert_eq!(m.virtual_size, 16 << 20);
+        assert_eq!(m.sha256, disk::sha256_file(&base.path).unwrap());
+        assert_eq!(m.agent_sha256, Some(disk::sha256_file(&agent).unwrap()));
+        assert!(!has_cloud_init(&d.path().join("none")));
+    }
+}
