@@ -918,13 +918,18 @@ links:
     let api = lab.find_vm("web.api").unwrap();
     assert_eq!(api.services[0].command, "python3 -m http.server 8080");
     assert_eq!(
-        lab.find_vm("web.ap").unwrap_err(),
+        lab.find_vm("web.ap").unwrap_err().to_string(),
         "node 'web' has no VM 'ap' (did you mean 'api'?)"
     );
     assert!(lab
         .find_vm("wbe.api")
         .unwrap_err()
+        .to_string()
         .contains("did you mean 'web'"));
+    assert!(matches!(
+        lab.find_vm("web"),
+        Err(spec::FindVmError::NotAVmRef(spec::VmRefError::NotNodeVm(_)))
+    ));
 }
 
 #[test]

@@ -126,7 +126,7 @@ pub fn set_link_state(lab: &str, link: &str, up: bool) -> Result<()> {
 pub fn set_port_state(lab: &str, vm: &str, iface: &str, up: bool) -> Result<()> {
     let db = super::db()?;
     let rec = LabRecord::load_from(&db, lab)?.ok_or_else(|| LabError::NotFound(lab.into()))?;
-    let v = rec.lab.find_vm(vm).map_err(LabError::NoSuch)?;
+    let v = rec.lab.find_vm(vm)?;
     let e = |source| LabError::Net {
         lab: lab.into(),
         source,

@@ -119,6 +119,13 @@ pub enum LabError {
     Encode(#[from] serde_json::Error),
 }
 
+/// A VM the caller named that is not in the lab: [`LabError::NoSuch`] (the server's 404).
+impl From<crate::spec::FindVmError> for LabError {
+    fn from(e: crate::spec::FindVmError) -> LabError {
+        LabError::NoSuch(e.to_string())
+    }
+}
+
 impl LabError {
     /// Host I/O that failed while doing `what` (a path, an action).
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LabError {
@@ -220,7 +227,7 @@ pub fn targets(lab: &Lab, target: Option<&str>) -> Result<Vec<String>> {
     Ok(match target {
         None => lab.vms().map(|v| vm_name(lab, v)).collect(),
         Some(t) if t.contains('.') => {
-            let vm = lab.find_vm(t).map_err(LabError::NoSuch)?;
+            let vm = lab.find_vm(t)?;
             vec![vm_name(lab, vm)]
         }
         Some(t) => {
@@ -324,7 +331,7 @@ pub fn resolve_vm(s: &str, lab: Option<&str>) -> Result<String> {
     let db = db()?;
     if let Some(l) = lab {
         let rec = LabRecord::load_from(&db, l)?.ok_or_else(|| LabError::NotFound(l.into()))?;
-        let vm = rec.lab.find_vm(s).map_err(LabError::NoSuch)?;
+        let vm = rec.lab.find_vm(s)?;
         return Ok(vm_name(&rec.lab, vm));
     }
     let labs: Vec<LabRecord> = db

@@ -319,15 +319,38 @@ fn guest_config(vm: &Vm) -> (NetConfig, Vec<ServiceSpec>) {
     (cfg, services)
 }
 
+/// Why a booted VM's agent could not be given its configuration.
+#[derive(Debug, thiserror::Error)]
+enum ConfigureError {
+    /// Addresses, routes, hosts or services refused by the agent (its words), or the agent gone.
+    #[error(transparent)]
+    Agent(#[from] kobako_runtime::RuntimeError),
+    /// A `files:` entry's host file.
+    #[error("file {}: {err}", path.display())]
+    ReadHostFile {
+        path: std::path::PathBuf,
+        err: std::io::Error,
+    },
+    /// A `files:` entry the agent did not write.
+    #[error("file {dst}: {err}")]
+    PutFile {
+        dst: String,
+        err: kobako_runtime::RuntimeError,
+    },
+}
+
 /// Addresses, routes, hosts, then files, then services (which may read both).
-async fn configure(client: &AgentClient, vm: &Vm) -> std::result::Result<(), String> {
+async fn configure(client: &AgentClient, vm: &Vm) -> std::result::Result<(), ConfigureError> {
     let (net, services) = guest_config(vm);
-    client.net_config(net).await.map_err(|e| e.to_string())?;
+    client.net_config(net).await?;
     for f in &vm.files {
         let data = match &f.source {
             FileSource::Inline(s) => s.clone().into_bytes(),
             FileSource::Host(p) => {
-                std::fs::read(p).map_err(|e| format!("file {}: {e}", p.display()))?
+                std::fs::read(p).map_err(|err| ConfigureError::ReadHostFile {
+                    path: p.clone(),
+                    err,
+                })?
             }
         };
         if let Some(parent) = std::path::Path::new(&f.dst).parent() {
@@ -336,13 +359,13 @@ async fn configure(client: &AgentClient, vm: &Vm) -> std::result::Result<(), Str
         client
             .put_file(&data[..], data.len() as u64, &f.dst, f.mode, &|_| {})
             .await
-            .map_err(|e| format!("file {}: {e}", f.dst))?;
+            .map_err(|err| ConfigureError::PutFile {
+                dst: f.dst.clone(),
+                err,
+            })?;
     }
     // Services are declared even when empty: a VM whose `run:` list shrank stops the others.
-    client
-        .set_services(services)
-        .await
-        .map_err(|e| e.to_string())?;
+    client.set_services(services).await?;
     Ok(())
 }
 

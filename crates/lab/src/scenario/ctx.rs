@@ -103,7 +103,7 @@ impl Ctx<'_> {
             return Ok(t.into());
         }
         let lab = &self.rec.lab;
-        let vm = lab.find_vm(t).map_err(LabError::NoSuch)?;
+        let vm = lab.find_vm(t)?;
         let mine: Vec<crate::spec::Cidr> = lab
             .find_vm(from)
             .map(|f| {

@@ -350,8 +350,19 @@ pub struct Assertion {
     pub value: f64,
 }
 
+/// Why a text is not an [`Assertion`]; `input` is the text as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AssertionError {
+    #[error("'{input}' has no comparison: write METRIC OP NUMBER with OP one of {ops}")]
+    NoComparison { input: String, ops: String },
+    #[error("'{input}': '{metric}' is not a metric name")]
+    BadMetric { input: String, metric: String },
+    #[error("'{input}': '{number}' is not a number")]
+    NotANumber { input: String, number: String },
+}
+
 impl Assertion {
-    pub fn parse(s: &str) -> std::result::Result<Assertion, String> {
+    pub fn parse(s: &str) -> std::result::Result<Assertion, AssertionError> {
         let s = s.trim();
         let ops = ["<=", ">=", "==", "!=", "<", ">"];
         let Some((i, op)) = ops
@@ -359,10 +370,10 @@ impl Assertion {
             .filter_map(|op| s.find(op).map(|i| (i, *op)))
             .min_by_key(|(i, op)| (*i, std::cmp::Reverse(op.len())))
         else {
-            return Err(format!(
-                "'{s}' has no comparison: write METRIC OP NUMBER with OP one of {}",
-                ops.join(" ")
-            ));
+            return Err(AssertionError::NoComparison {
+                input: s.into(),
+                ops: ops.join(" "),
+            });
         };
         let metric = s[..i].trim();
         let num = s[i + op.len()..].trim();
@@ -371,16 +382,20 @@ impl Assertion {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_')
         {
-            return Err(format!("'{s}': '{metric}' is not a metric name"));
+            return Err(AssertionError::BadMetric {
+                input: s.into(),
+                metric: metric.into(),
+            });
         }
         let num_clean = num
             .trim_end_matches("ms")
             .trim_end_matches('%')
             .trim_end_matches("mbps")
             .trim();
-        let value: f64 = num_clean
-            .parse()
-            .map_err(|_| format!("'{s}': '{num}' is not a number"))?;
+        let value: f64 = num_clean.parse().map_err(|_| AssertionError::NotANumber {
+            input: s.into(),
+            number: num.into(),
+        })?;
         Ok(Assertion {
             metric: metric.into(),
             op: op.into(),
@@ -532,7 +547,7 @@ fn load_with(
                 Err(m) => errs.push(err(
                     &src,
                     &path.key("assert").index(i),
-                    m,
+                    m.to_string(),
                     "write an assertion as METRIC OP NUMBER, e.g. `rtt_ms <= 250`",
                 )),
                 Ok(a) if a.metric != "elapsed_ms" && !metrics.contains(&a.metric.as_str()) => errs

@@ -13,7 +13,7 @@ use kobako_runtime::VmDir;
 
 use super::ctx::{join_all, Ctx, Fault, Outcome};
 use super::model::*;
-use crate::controller::{self, LabError, Result};
+use crate::controller::{self, Result};
 use crate::spec::model::Chance;
 use crate::spec::units::Percent;
 use crate::spec::{Attachment, Impairment};
@@ -353,7 +353,7 @@ fn partition(ctx: &Ctx<'_>, set: &[String]) -> Result<Vec<Fault>> {
     let mut inside = BTreeSet::new();
     for v in set {
         let short = v.strip_prefix(&format!("{}/", ctx.lab)).unwrap_or(v);
-        inside.insert(lab.find_vm(short).map_err(LabError::NoSuch)?.id.clone());
+        inside.insert(lab.find_vm(short)?.id.clone());
     }
     let mut faults = Vec::new();
     for l in &lab.links {

@@ -16,7 +16,11 @@ impl Resolver<'_> {
             match s.parse::<Cidr>() {
                 Ok(c) => c,
                 Err(e) => {
-                    self.err(at, e, "write an address like 10.0.0.2/24".to_string());
+                    self.err(
+                        at,
+                        e.to_string(),
+                        "write an address like 10.0.0.2/24".to_string(),
+                    );
                     return None;
                 }
             }

@@ -130,7 +130,7 @@ impl Resolver<'_> {
             Err(e) => {
                 self.err(
                     at,
-                    e,
+                    e.to_string(),
                     Some(if v4 {
                         "write a subnet like 10.10.0.0/24".into()
                     } else {
