@@ -136,26 +136,46 @@ pub struct Disk {
 /// Largest VM memory accepted (the host's total), and the smallest a kernel boots in.
 pub const MIN_MEMORY_MIB: u32 = 32;
 
+/// A memory size [`parse_mib`] does not accept; `input` is the text as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    #[error("'{input}' is not a size; use a number with M or G, e.g. 128M or 1G")]
+    NotASize { input: String },
+    #[error("'{input}' is not a whole number of MiB")]
+    NotWholeMib { input: String },
+    #[error("'{input}' is too large")]
+    TooLarge { input: String },
+    #[error("unknown size unit '{unit}' in '{input}'; use M or G")]
+    UnknownUnit { unit: String, input: String },
+}
+
 /// Parse sizes like `128M`, `512MiB`, `1G`, `2048` (MiB when no unit) into MiB.
-pub fn parse_mib(s: &str) -> Result<u32, String> {
+pub fn parse_mib(s: &str) -> Result<u32, SizeError> {
+    let input = || s.to_string();
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("'{s}' is not a size; use a number with M or G, e.g. 128M or 1G"))?;
+        .map_err(|_| SizeError::NotASize { input: input() })?;
+    let too_large = |_| SizeError::TooLarge { input: input() };
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "m" | "mb" | "mib" => 1,
         "g" | "gb" | "gib" => 1024,
         "k" | "kb" | "kib" => {
             if !n.is_multiple_of(1024) {
-                return Err(format!("'{s}' is not a whole number of MiB"));
+                return Err(SizeError::NotWholeMib { input: input() });
             }
-            return u32::try_from(n / 1024).map_err(|_| format!("'{s}' is too large"));
+            return u32::try_from(n / 1024).map_err(too_large);
         }
-        u => return Err(format!("unknown size unit '{u}' in '{s}'; use M or G")),
+        u => {
+            return Err(SizeError::UnknownUnit {
+                unit: u.into(),
+                input: input(),
+            })
+        }
     };
-    u32::try_from(n * mult).map_err(|_| format!("'{s}' is too large"))
+    u32::try_from(n * mult).map_err(too_large)
 }
 
 /// A VM name: used in paths, process names and later in lab references.
@@ -349,9 +369,22 @@ pub(crate) mod tests {
         assert_eq!(parse_mib("1G").unwrap(), 1024);
         assert_eq!(parse_mib("64").unwrap(), 64);
         assert_eq!(parse_mib("0").unwrap(), 0);
-        assert!(parse_mib("12X").unwrap_err().contains("unit"));
-        assert!(parse_mib("lots").unwrap_err().contains("not a size"));
-        assert!(parse_mib("99999999G").is_err());
+        assert_eq!(
+            parse_mib("12X").unwrap_err().to_string(),
+            "unknown size unit 'x' in '12X'; use M or G"
+        );
+        assert_eq!(
+            parse_mib("lots").unwrap_err().to_string(),
+            "'lots' is not a size; use a number with M or G, e.g. 128M or 1G"
+        );
+        assert!(matches!(
+            parse_mib("99999999G"),
+            Err(SizeError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            parse_mib("1000K"),
+            Err(SizeError::NotWholeMib { .. })
+        ));
     }
 
     #[test]

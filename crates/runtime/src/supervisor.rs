@@ -28,12 +28,43 @@ use std::time::{Duration, Instant};
 
 use kobako_agent::proto::{self, Frame, Kind, Msg};
 
+use crate::jail::JoinError;
 use crate::vmdir::{
     write_json, BootRecord, ExitRecord, GuestChannel, Launch, PassFd, ReadyRecord, VmDir,
     INCOMING_FD,
 };
+use crate::RuntimeError;
 
 type Writer = Arc<Mutex<UnixStream>>;
+
+/// Why the supervisor could not start (or restart) its VM; printed as `kobako supervise: ...`
+/// on its stderr, which the runtime shows when the VM does not come up.
+#[derive(Debug, thiserror::Error)]
+enum SuperviseError {
+    /// The VM directory's launch.json.
+    #[error("{0}")]
+    Launch(RuntimeError),
+    /// Host I/O, naming what was being done.
+    #[error("{what}: {err}")]
+    Io { what: String, err: std::io::Error },
+    #[error("launch.json: empty argv")]
+    EmptyArgv,
+    /// The jail could not be prepared.
+    #[error("jail: {0}")]
+    Jail(RuntimeError),
+    #[error("jail still shared after spawn")]
+    JailShared,
+    #[error("the cgroup-join thread panicked")]
+    JoinerPanicked,
+    #[error(transparent)]
+    Join(#[from] JoinError),
+}
+
+/// Host I/O that failed while doing `what`.
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SuperviseError {
+    let what = what.into();
+    move |err| SuperviseError::Io { what, err }
+}
 
 #[derive(Default)]
 struct Routes {
@@ -107,19 +138,19 @@ pub fn run(dir: &Path) -> i32 {
     }
 }
 
-fn supervise(vm: VmDir) -> Result<(), String> {
-    let mut launch = vm.launch().map_err(|e| e.to_string())?;
+fn supervise(vm: VmDir) -> Result<(), SuperviseError> {
+    let mut launch = vm.launch().map_err(SuperviseError::Launch)?;
     if launch.jail.is_some() {
         crate::jail::warm_up_moves();
     }
     std::fs::write(vm.file("supervisor.pid"), std::process::id().to_string())
-        .map_err(|e| format!("write supervisor.pid: {e}"))?;
+        .map_err(io_err("write supervisor.pid"))?;
     let agent_sock = vm.file("agent.sock");
     let _ = std::fs::remove_file(&agent_sock);
     let listener = UnixListener::bind(&agent_sock)
-        .map_err(|e| format!("bind {}: {e}", agent_sock.display()))?;
+        .map_err(io_err(format!("bind {}", agent_sock.display())))?;
 
-    let vm_log = std::fs::File::create(vm.file("vm.log")).map_err(|e| format!("vm.log: {e}"))?;
+    let vm_log = std::fs::File::create(vm.file("vm.log")).map_err(io_err("vm.log"))?;
     // The VM process's sockets and log: opened here once, kept across its reboots.
     let passed = open_passed(&launch.pass)?;
     let shared = Arc::new(Shared {
@@ -145,7 +176,7 @@ fn supervise(vm: VmDir) -> Result<(), String> {
                     std::thread::spawn(move || client_loop(shared, conn));
                 }
             })
-            .map_err(|e| e.to_string())?;
+            .map_err(io_err("start the accept thread"))?;
     }
 
     // One VM process per boot: a guest reboot (announced by the agent) starts a new one with the
@@ -173,14 +204,14 @@ fn supervise(vm: VmDir) -> Result<(), String> {
                         guest_loop(shared, channel, pid)
                     }
                 })
-                .map_err(|e| e.to_string())?;
+                .map_err(io_err("start the guest thread"))?;
         }
         let log = vm.file("console.log");
         if let Some(sock) = launch.console_log_from.clone() {
             std::thread::Builder::new()
                 .name("console-log".into())
                 .spawn(move || console_log_loop(&sock, &log, pid))
-                .map_err(|e| e.to_string())?;
+                .map_err(io_err("start the console-log thread"))?;
         } else {
             // The VMM writes the log itself (QEMU's chardev logfile, opened O_APPEND): cut it
             // back to its tail whenever it outgrows the cap.
@@ -192,7 +223,7 @@ fn supervise(vm: VmDir) -> Result<(), String> {
                         std::thread::sleep(Duration::from_millis(500));
                     }
                 })
-                .map_err(|e| e.to_string())?;
+                .map_err(io_err("start the console-cap thread"))?;
         }
         let (code, signal, max_rss_kib) = wait_vm(child);
         let _ = std::fs::remove_file(vm.file("vm.pid"));
@@ -283,11 +314,11 @@ struct Passed {
 const PASS_FD_FLOOR: i32 = 32;
 
 /// A close-on-exec copy of `fd` at or above [`PASS_FD_FLOOR`].
-fn above_floor(fd: &impl AsRawFd) -> Result<std::os::fd::OwnedFd, String> {
+fn above_floor(fd: &impl AsRawFd) -> Result<std::os::fd::OwnedFd, SuperviseError> {
     // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor the caller holds returns a new one.
     let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, PASS_FD_FLOOR) };
     if high < 0 {
-        return Err(format!("dup: {}", std::io::Error::last_os_error()));
+        return Err(io_err("dup")(std::io::Error::last_os_error()));
     }
     // SAFETY: high is a fresh descriptor owned by nobody else.
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(high) })
@@ -295,7 +326,7 @@ fn above_floor(fd: &impl AsRawFd) -> Result<std::os::fd::OwnedFd, String> {
 
 /// Binds the listening sockets and opens the files of `pass`, each copied to a descriptor at or
 /// above [`PASS_FD_FLOOR`].
-fn open_passed(pass: &[PassFd]) -> Result<Vec<Passed>, String> {
+fn open_passed(pass: &[PassFd]) -> Result<Vec<Passed>, SuperviseError> {
     use std::os::fd::OwnedFd;
     use std::os::unix::fs::PermissionsExt;
     let mut out = Vec::new();
@@ -303,11 +334,11 @@ fn open_passed(pass: &[PassFd]) -> Result<Vec<Passed>, String> {
         let first: OwnedFd = match p {
             PassFd::Listen { path, .. } => {
                 let _ = std::fs::remove_file(path);
-                let l = UnixListener::bind(path)
-                    .map_err(|e| format!("bind {}: {e}", path.display()))?;
+                let l =
+                    UnixListener::bind(path).map_err(io_err(format!("bind {}", path.display())))?;
                 // The server and this supervisor (root) connect; nobody else.
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-                    .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+                    .map_err(io_err(format!("chmod {}", path.display())))?;
                 l.into()
             }
             PassFd::Append { path, .. } => std::fs::OpenOptions::new()
@@ -316,7 +347,7 @@ fn open_passed(pass: &[PassFd]) -> Result<Vec<Passed>, String> {
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(path)
-                .map_err(|e| format!("open {}: {e}", path.display()))?
+                .map_err(io_err(format!("open {}", path.display())))?
                 .into(),
         };
         out.push(Passed {
@@ -328,10 +359,10 @@ fn open_passed(pass: &[PassFd]) -> Result<Vec<Passed>, String> {
 }
 
 /// Gives the VM's writable files to its jail uid (before a boot).
-fn enter_jail_files(j: &crate::jail::Jail) -> Result<(), String> {
+fn enter_jail_files(j: &crate::jail::Jail) -> Result<(), SuperviseError> {
     for p in &j.writable {
         std::os::unix::fs::lchown(p, Some(j.uid), Some(j.gid))
-            .map_err(|e| format!("give {} to the jail uid: {e}", p.display()))?;
+            .map_err(io_err(format!("give {} to the jail uid", p.display())))?;
     }
     Ok(())
 }
@@ -352,8 +383,8 @@ fn spawn_vm(
     launch: &Launch,
     log: &std::fs::File,
     passed: &[Passed],
-) -> Result<(i32, i32, Instant), String> {
-    let (prog, args) = launch.argv.split_first().ok_or("launch.json: empty argv")?;
+) -> Result<(i32, i32, Instant), SuperviseError> {
+    let (prog, args) = launch.argv.split_first().ok_or(SuperviseError::EmptyArgv)?;
     let mut cmd = Command::new(prog);
     // Nothing of the host's environment (a server's secrets may be there): the VM process
     // reads none of it. KOBAKO_VM names the VM directory, for whoever looks at processes.
@@ -361,13 +392,13 @@ fn spawn_vm(
         .env_clear()
         .env("KOBAKO_VM", &vm.path)
         .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log.try_clone().map_err(|e| e.to_string())?);
+        .stdout(log.try_clone().map_err(io_err("vm.log"))?)
+        .stderr(log.try_clone().map_err(io_err("vm.log"))?);
     // The lab's namespace, opened before the fork so the child only has to setns.
     let netns_fd: Option<std::fs::File> = match &launch.netns {
         Some(ns) => Some(
             std::fs::File::open(format!("/run/netns/{ns}"))
-                .map_err(|e| format!("network namespace {ns}: {e}"))?,
+                .map_err(io_err(format!("network namespace {ns}")))?,
         ),
         None => None,
     };
@@ -377,7 +408,7 @@ fn spawn_vm(
     let incoming: Option<std::os::fd::OwnedFd> = match &launch.incoming_fd {
         Some(p) => {
             let f = std::fs::File::open(p)
-                .map_err(|e| format!("snapshot state {}: {e}", p.display()))?;
+                .map_err(io_err(format!("snapshot state {}", p.display())))?;
             Some(above_floor(&f)?)
         }
         None => None,
@@ -393,13 +424,12 @@ fn spawn_vm(
     let (jail, joiner) = match &launch.jail {
         Some(j) => {
             enter_jail_files(j)?;
-            let (prepared, joiner) =
-                crate::jail::Prepared::new(j).map_err(|e| format!("jail: {e}"))?;
+            let (prepared, joiner) = crate::jail::Prepared::new(j).map_err(SuperviseError::Jail)?;
             // Puts the VM process into its cgroups while it builds its root (Joiner).
             let joiner = std::thread::Builder::new()
                 .name("cgroup-join".into())
                 .spawn(move || joiner.run())
-                .map_err(|e| format!("jail: {e}"))?;
+                .map_err(io_err("jail"))?;
             (Some(Arc::new(prepared)), Some(joiner))
         }
         None => (None, None),
@@ -454,7 +484,7 @@ fn spawn_vm(
     drop(cmd);
     // Our copy of the pid pipe's write end goes now: a joiner waiting for a child that died
     // early reads end of file and ends.
-    let jail = jail.map(|j| Arc::try_unwrap(j).map_err(|_| "jail still shared after spawn"));
+    let jail = jail.map(|j| Arc::try_unwrap(j).map_err(|_| SuperviseError::JailShared));
     let joined = match (jail, joiner) {
         (Some(j), Some(joiner)) => {
             let mut j = j?;
@@ -462,13 +492,13 @@ fn spawn_vm(
             Some(
                 joiner
                     .join()
-                    .map_err(|_| "the cgroup-join thread panicked".to_string())
-                    .and_then(|r| r),
+                    .map_err(|_| SuperviseError::JoinerPanicked)
+                    .and_then(|r| r.map_err(SuperviseError::Join)),
             )
         }
         _ => None,
     };
-    let child = spawned.map_err(|e| format!("start {prog}: {e}"))?;
+    let child = spawned.map_err(io_err(format!("start {prog}")))?;
     let child_pid = child.id() as i32;
     // The child is reaped by wait_vm (wait4), not through `Child`.
     std::mem::forget(child);
@@ -476,7 +506,7 @@ fn spawn_vm(
         Some(pid) => pid?,
         None => child_pid,
     };
-    std::fs::write(vm.file("vm.pid"), vm_pid.to_string()).map_err(|e| e.to_string())?;
+    std::fs::write(vm.file("vm.pid"), vm_pid.to_string()).map_err(io_err("write vm.pid"))?;
     // What starting it cost (fork, the jail's setup, exec), for whoever measures the jail.
     eprintln!(
         "kobako supervise: VM process {vm_pid} started in {:.2} ms{}",

@@ -53,6 +53,18 @@ pub struct Prepared {
     pid_write_raw: libc::c_int,
 }
 
+/// Why the VM process could not be put into its cgroups (it then exits without running anything).
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The child failed before forking the VM process (end of file on the pid pipe).
+    #[error("the jailed VM process did not start")]
+    NotStarted,
+    #[error("put the VM process into its cgroup: {0}")]
+    Cgroup(std::io::Error),
+    #[error("tell the VM process it joined its cgroups: {0}")]
+    Release(std::io::Error),
+}
+
 /// The supervisor's side of joining the VM process to its cgroups, on a thread of its own while
 /// the VM process builds its root: moving a process between cgroups waits for an RCU grace
 /// period (10-20 ms on these hosts, most of what the jail costs a start), which this overlaps
@@ -70,25 +82,22 @@ impl Joiner {
     /// on. Returns its pid; an error if the child failed before forking it (end of file: the
     /// supervisor dropped its [`Prepared`]) or a cgroup refused it (the VM process then sees
     /// end of file and exits without running anything).
-    pub fn run(self) -> std::result::Result<i32, String> {
+    pub fn run(self) -> std::result::Result<i32, JoinError> {
         let mut buf = [0u8; 4];
         // SAFETY: reading into a live 4-byte buffer from a descriptor we own.
         let n = unsafe { libc::read(self.pid_read.as_raw_fd(), buf.as_mut_ptr().cast(), 4) };
         if n != 4 {
-            return Err("the jailed VM process did not start".into());
+            return Err(JoinError::NotStarted);
         }
         let pid = i32::from_ne_bytes(buf);
         for mut f in &self.procs {
             use std::io::Write;
             f.write_all(pid.to_string().as_bytes())
-                .map_err(|e| format!("put the VM process into its cgroup: {e}"))?;
+                .map_err(JoinError::Cgroup)?;
         }
         // SAFETY: write(2) of one byte from a live buffer to a descriptor we own.
         if unsafe { libc::write(self.joined_write.as_raw_fd(), b"j".as_ptr().cast(), 1) } != 1 {
-            return Err(format!(
-                "tell the VM process it joined its cgroups: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(JoinError::Release(std::io::Error::last_os_error()));
         }
         Ok(pid)
     }

@@ -337,6 +337,6 @@ mod uids;
 pub use cgroups::{
     cgroup_dirs, create_cgroups, oom_killed, raise_memory, remove_cgroups, warm_up_moves,
 };
-pub use child::{Joiner, Prepared};
+pub use child::{JoinError, Joiner, Prepared};
 pub use takeout::take_out;
 pub use uids::{allocate_uid, release};
