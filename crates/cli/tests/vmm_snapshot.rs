@@ -37,7 +37,7 @@ fn vmm_vm_snapshot_and_restore_continue_the_guest() {
     }
     let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
     let kernel = std::env::var("KOBAKO_PVM_KERNEL")
-        .unwrap_or_else(|_| "/var/cache/kobako/kernel-pvm/vmlinux".into());
+        .unwrap_or_else(|_| format!("{}/kernel-pvm/vmlinux", kobako_image::cache::DEFAULT_ROOT));
     let env = Env::new();
     let mut args = vec![
         "vm",
