@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::access::lab_for;
-use super::labs::running_link;
+use super::links::running_link;
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiResult};
 use crate::lab_files::{captures_dir, running, Running};
@@ -245,7 +245,7 @@ pub async fn start_capture(
     let (cap_mib, hold) = st
         .db
         .run(move |db| {
-            super::labs::disk_reserve_upto(db, &c, claim, (MAX_BYTES >> 20) as i64, &what)
+            super::quota::disk_reserve_upto(db, &c, claim, (MAX_BYTES >> 20) as i64, &what)
         })
         .await?;
     let cap_bytes = (cap_mib.max(1) as u64) << 20;

@@ -120,7 +120,7 @@ pub async fn create_checkpoint(
     .await
     .map_err(ApiError::internal)?;
     let want = ops::Usage {
-        disk_mib: (super::labs::lab_usage(&spec).memory_mib + disks.div_ceil(1 << 20) as i64)
+        disk_mib: (super::quota::lab_usage(&spec).memory_mib + disks.div_ceil(1 << 20) as i64)
             .max(1),
         ..Default::default()
     };
@@ -131,7 +131,7 @@ pub async fn create_checkpoint(
     let claim = ops::Claim::Disk(what.clone());
     let hold = st
         .db
-        .run(move |db| super::labs::quota_reserve(db, &c, claim, want, &what))
+        .run(move |db| super::quota::quota_reserve(db, &c, claim, want, &what))
         .await?;
     let rt = st.hooks.runtime.clone();
     let cp = body.name;
@@ -184,7 +184,7 @@ pub async fn restore_checkpoint(
     // Restoring boots every VM of the lab: counted against the quota like `up`.
     let spec: kobako_lab::spec::Lab =
         serde_json::from_value(row.spec.clone()).map_err(ApiError::internal)?;
-    let hold = super::labs::reserve_lab(&st, &caller, &spec).await?;
+    let hold = super::quota::reserve_lab(&st, &caller, &spec).await?;
     let rt = st.hooks.runtime.clone();
     let o = ops::start_lab_task(
         &st,

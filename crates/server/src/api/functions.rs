@@ -271,7 +271,7 @@ async fn fn_quota_check(
         format!("function '{name}' ({concurrency} concurrent clones of {memory} MiB)"),
     );
     st.db
-        .run(move |db| crate::api::labs::quota_reserve(db, &c, claim, want, &what))
+        .run(move |db| crate::api::quota::quota_reserve(db, &c, claim, want, &what))
         .await
 }
 

@@ -10,10 +10,13 @@ pub mod functions;
 pub mod labfile;
 pub mod labs;
 pub mod layout;
+pub mod links;
 pub mod misc;
 pub mod nodes;
 pub mod oidc_api;
+pub mod operations;
 pub mod policy;
+mod quota;
 pub mod scenarios;
 pub mod vms;
 
@@ -87,17 +90,17 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(nodes::vm_start))
         .routes(routes!(nodes::vm_stop))
         .routes(routes!(nodes::vm_restart))
-        .routes(routes!(labs::link_up))
-        .routes(routes!(labs::link_down))
-        .routes(routes!(labs::link_impair, labs::link_clear))
+        .routes(routes!(links::link_up))
+        .routes(routes!(links::link_down))
+        .routes(routes!(links::link_impair, links::link_clear))
         .routes(routes!(captures::start_capture))
         .routes(routes!(captures::list_captures))
         .routes(routes!(captures::download_capture))
         .routes(routes!(captures::stop_capture))
         .routes(routes!(scenarios::run_scenario))
-        .routes(routes!(labs::list_operations))
-        .routes(routes!(labs::get_operation))
-        .routes(routes!(labs::cancel_operation))
+        .routes(routes!(operations::list_operations))
+        .routes(routes!(operations::get_operation))
+        .routes(routes!(operations::cancel_operation))
         .routes(routes!(vms::get_vm))
         .routes(routes!(vms::exec))
         .routes(routes!(vms::download, vms::upload))

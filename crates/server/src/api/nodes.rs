@@ -63,7 +63,7 @@ async fn run(
     // until the operation ends.
     let hold = match action {
         Action::Stop => None,
-        Action::Start | Action::Restart => super::labs::reserve_lab(&st, &caller, &spec).await?,
+        Action::Start | Action::Restart => super::quota::reserve_lab(&st, &caller, &spec).await?,
     };
     let user = caller.name().to_string();
     let o = ops::start_lab_task(
