@@ -1062,3 +1062,50 @@ links:
         "links[0].state",
     );
 }
+
+/// containerlab writes `r1:eth1`: accepted for a node of one VM, refused (naming the VMs) for a
+/// node of several.
+#[test]
+fn node_colon_iface_for_a_node_of_one_vm() {
+    let lab = ok("name: ab
+nodes:
+  r1: {vms: {r: {}}}
+  r2: {vms: {r: {}}}
+links:
+  - endpoints: [\"r1:eth1\", \"r2.r:eth1\"]
+");
+    let l = &lab.links[0];
+    let ends: Vec<String> = l
+        .endpoints
+        .iter()
+        .map(|e| format!("{}.{}:{}", e.vm.node.as_str(), e.vm.vm.as_str(), e.iface.as_str()))
+        .collect();
+    assert_eq!(ends, ["r1.r:eth1", "r2.r:eth1"]);
+
+    let e = errors(
+        "name: shop
+nodes:
+  web:
+    vms:
+      api: {}
+      cache: {}
+  edge: {vms: {router: {}}}
+links:
+  - endpoints: [\"web:eth1\", \"edge:eth1\"]
+  - endpoints: [\"nowhere:eth1\", \"edge.router:eth2\"]
+",
+    );
+    let x = find(
+        &e,
+        "link endpoint 'web:eth1': node 'web' has 2 VMs, so the endpoint must say which",
+        9,
+        17,
+        "links[0].endpoints[0]",
+    );
+    assert_eq!(
+        x.fix.as_deref(),
+        Some("write it as NODE.VM:IFACE, e.g. 'web.api:eth1' (VMs: api, cache)")
+    );
+    let x = find(&e, "'nowhere:eth1' is not NODE.VM:IFACE", 10, 17, "links[1].endpoints[0]");
+    assert!(x.fix.unwrap().contains("NODE:IFACE for a node of one VM"));
+}

@@ -410,7 +410,8 @@ pub struct RawLink {
     /// Name for `kobako impair NAME`; default `NODE.VM-NODE.VM`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Exactly two endpoints `NODE.VM:IFACE` (`VM:IFACE` inside a node or template).
+    /// Exactly two endpoints `NODE.VM:IFACE` (`NODE:IFACE` for a node of one VM; `VM:IFACE`
+    /// inside a node or template).
     pub endpoints: Vec<String>,
     /// Impairments (netem) on both directions.
     #[serde(default, skip_serializing_if = "Option::is_none")]

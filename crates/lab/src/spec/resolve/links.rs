@@ -7,8 +7,9 @@ use crate::spec::model::*;
 use crate::spec::raw::*;
 
 impl Resolver<'_> {
-    /// Parses endpoint `s` (`NODE.VM:IFACE`, or `VM:IFACE` inside node `node`) into a VM's
-    /// interface; None when it names nothing (reported, unless its node's template failed).
+    /// Parses endpoint `s` (`NODE.VM:IFACE`, `NODE:IFACE` for a node of one VM, or `VM:IFACE`
+    /// inside node `node`) into a VM's interface; None when it names nothing (reported, unless
+    /// its node's template failed).
     fn endpoint(
         &mut self,
         b: &LabDraft,
@@ -19,7 +20,7 @@ impl Resolver<'_> {
         let form = if node.is_some() {
             "VM:IFACE"
         } else {
-            "NODE.VM:IFACE"
+            "NODE.VM:IFACE (NODE:IFACE for a node of one VM)"
         };
         let (left, iface) = match s.split_once(':') {
             Some(x) => x,
@@ -35,6 +36,32 @@ impl Resolver<'_> {
         let (nname, vname) = match (node, left.split_once('.')) {
             (Some(n), None) => (n, left),
             (None, Some((n, v))) => (n, v),
+            // `NODE:IFACE` (containerlab's habit): the node's only VM.
+            (None, None) if b.nodes.iter().any(|n| n.name.0 == left) => {
+                if b.broken.contains(left) {
+                    return None;
+                }
+                let n = b.nodes.iter().find(|n| n.name.0 == left)?;
+                match n.vms.as_slice() {
+                    [only] => (left, only.vm.id.vm.as_str()),
+                    vms => {
+                        self.err(
+                            at,
+                            format!(
+                                "link endpoint '{s}': node '{left}' has {} VMs, so the \
+                                 endpoint must say which",
+                                vms.len()
+                            ),
+                            Some(format!(
+                                "write it as NODE.VM:IFACE, e.g. '{left}.{}:{iface}' (VMs: {})",
+                                vms.first().map_or("", |v| v.vm.id.vm.as_str()),
+                                list(vms.iter().map(|v| v.vm.id.vm.as_str()))
+                            )),
+                        );
+                        return None;
+                    }
+                }
+            }
             _ => {
                 self.err(
                     at,
