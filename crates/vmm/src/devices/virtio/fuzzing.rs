@@ -2,11 +2,6 @@
 //! bounded stable-Rust randomized test (`tests/fuzz_stable.rs`, run by scripts/test.sh).
 //! Each takes arbitrary bytes and must neither panic nor hang.
 
-#![allow(
-    clippy::cast_possible_truncation,
-    reason = "fuzz bodies map arbitrary input bytes onto addresses and lengths; truncating them is the intent"
-)]
-
 use std::io::Write;
 use std::os::fd::FromRawFd;
 
@@ -35,15 +30,15 @@ pub fn descriptor_chains(data: &[u8]) {
     // The rest of the input is the guest's memory image (descriptors, rings, requests).
     let _ = mem.write_slice(&data[8..data.len().min((1 << 20) + 8)], GuestAddress(0));
     let size = 1u16 << (data[0] % 9); // 1..=256
-    let at = |b: u8| u64::from(b) * 4096;
+    let at = |b: u8| u32::from(b) * 4096;
     let mut q = match Queue::new(256) {
         Ok(q) => q,
         Err(_) => return,
     };
     let _ = q.try_set_size(size);
-    q.set_desc_table_address(Some(at(data[1]) as u32), Some(0));
-    q.set_avail_ring_address(Some(at(data[2]) as u32 + u32::from(data[4] & 0xe)), Some(0));
-    q.set_used_ring_address(Some(at(data[3]) as u32), Some(0));
+    q.set_desc_table_address(Some(at(data[1])), Some(0));
+    q.set_avail_ring_address(Some(at(data[2]) + u32::from(data[4] & 0xe)), Some(0));
+    q.set_used_ring_address(Some(at(data[3])), Some(0));
     q.set_event_idx(data[5] & 1 != 0);
     q.set_ready(true);
     if !q.is_valid(&mem) {
@@ -127,7 +122,7 @@ impl DiskImage for MemDisk {
         Ok(())
     }
     fn write_zeroes(&mut self, off: u64, len: u64, _unmap: bool) -> std::io::Result<()> {
-        self.write_at(off, &vec![0u8; len as usize])
+        self.write_at(off, &vec![0u8; crate::cast::usize_from(len)])
     }
     fn discard(&mut self, _off: u64, _len: u64) -> std::io::Result<()> {
         Ok(())
@@ -168,7 +163,10 @@ pub fn qcow2_image(data: &[u8]) {
         }
         if !read_only && size > 0 {
             let n = size.min(5000) as usize;
-            let _ = q.write_at(size / 4, &buf[..n.min((size - size / 4) as usize)]);
+            let _ = q.write_at(
+                size / 4,
+                &buf[..n.min(crate::cast::usize_from(size - size / 4))],
+            );
             let _ = q.write_zeroes(0, size.min(1 << 20), false);
             let _ = q.read_at(0, &mut buf[..n.min(8192)]);
         }
@@ -181,7 +179,7 @@ pub fn qcow2_image(data: &[u8]) {
 /// connection has asked for guest port 52 first (its REQUEST comes from host port 2^30), so
 /// RESPONSE/RW/SHUTDOWN/credit packets can hit a live connection. Header parsing alone too.
 pub fn vsock_packets(data: &[u8]) {
-    use super::vsock::{PacketHeader, Vsock, HDR_LEN, HOST_CID};
+    use super::vsock::{PacketHeader, Vsock, HDR_LEN, HDR_LEN_U32, HOST_CID};
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let _ = PacketHeader::parse_guest(data, data.len().saturating_sub(HDR_LEN) as u64, 3);
@@ -234,13 +232,15 @@ pub fn vsock_packets(data: &[u8]) {
             p[8..16].copy_from_slice(&HOST_CID.to_le_bytes());
         }
         let _ = mem.write_slice(&p, GuestAddress(buf));
-        let split = p.len().min(HDR_LEN) as u32;
+        // At most 255 bytes (the length is one input byte).
+        let plen = crate::cast::len_u32(p.len());
+        let split = plen.min(HDR_LEN_U32);
         if p.len() > HDR_LEN {
             txq.add(
                 &mem,
                 &[
                     (buf, split, false),
-                    (buf + u64::from(split), p.len() as u32 - split, false),
+                    (buf + u64::from(split), plen - split, false),
                 ],
             );
         } else {

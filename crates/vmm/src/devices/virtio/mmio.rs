@@ -567,10 +567,6 @@ impl BusDevice for MmioTransport {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::cast_possible_truncation,
-    reason = "test sizes and indices are small"
-)]
 mod tests {
     use super::*;
     use crate::devices::virtio::rng::Rng;
@@ -722,7 +718,7 @@ mod tests {
             assert_eq!(d.take_interrupts(&mut t), 1);
             total += 6;
         }
-        assert_eq!(q.used_idx(&mem), (total % 65536) as u16);
+        assert_eq!(q.used_idx(&mem), u16::try_from(total % 65536).unwrap());
     }
 
     #[test]
@@ -762,7 +758,8 @@ mod tests {
             mem.write_obj(1u32, GuestAddress(a + 8)).unwrap();
             mem.write_obj(w | if i < 1999 { n } else { 0 }, GuestAddress(a + 12))
                 .unwrap();
-            mem.write_obj((i + 1) as u16, GuestAddress(a + 14)).unwrap();
+            mem.write_obj(u16::try_from(i + 1).unwrap(), GuestAddress(a + 14))
+                .unwrap();
         }
         q.write_desc(&mem, 7, table, 2000 * 16, VIRTQ_DESC_F_INDIRECT, 0);
         q.publish(&mem, 7);

@@ -457,11 +457,6 @@ impl VirtioDevice for Net {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    reason = "libc constants that fit their C field types, test sizes, a read length checked > 0"
-)]
 mod tests {
     use super::*;
     use crate::devices::virtio::mmio::MmioTransport;
@@ -491,7 +486,7 @@ mod tests {
             let mut ifr = [0u8; 40];
             ifr[..name.len()].copy_from_slice(name.as_bytes());
             assert_eq!(libc::ioctl(s, libc::SIOCGIFFLAGS, ifr.as_mut_ptr()), 0);
-            let fl = i16::from_ne_bytes([ifr[16], ifr[17]]) | libc::IFF_UP as i16;
+            let fl = i16::from_ne_bytes([ifr[16], ifr[17]]) | i16::try_from(libc::IFF_UP).unwrap();
             ifr[16..18].copy_from_slice(&fl.to_ne_bytes());
             assert_eq!(libc::ioctl(s, libc::SIOCSIFFLAGS, ifr.as_mut_ptr()), 0);
             libc::close(s);
@@ -500,18 +495,18 @@ mod tests {
             let p = libc::socket(
                 libc::AF_PACKET,
                 libc::SOCK_RAW,
-                (libc::ETH_P_ALL as u16).to_be() as i32,
+                i32::from(u16::try_from(libc::ETH_P_ALL).unwrap().to_be()),
             );
             assert!(p >= 0);
             let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-            sll.sll_family = libc::AF_PACKET as u16;
-            sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+            sll.sll_family = u16::try_from(libc::AF_PACKET).unwrap();
+            sll.sll_protocol = u16::try_from(libc::ETH_P_ALL).unwrap().to_be();
             sll.sll_ifindex = idx as i32;
             assert_eq!(
                 libc::bind(
                     p,
                     &sll as *const _ as *const libc::sockaddr,
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32
+                    u32::try_from(std::mem::size_of::<libc::sockaddr_ll>()).unwrap()
                 ),
                 0
             );
@@ -540,7 +535,7 @@ mod tests {
                 "no frame from the guest: {}",
                 io::Error::last_os_error()
             );
-            let f = &buf[..n as usize];
+            let f = &buf[..usize::try_from(n).unwrap()];
             if f.len() >= 14 && u16::from_be_bytes([f[12], f[13]]) == ETHERTYPE {
                 return f.to_vec();
             }
@@ -603,7 +598,7 @@ mod tests {
             let (mut rxq, mut txq) = (d.queues[0].clone(), d.queues[1].clone());
 
             // TX: header and frame split over two descriptors.
-            let payload: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+            let payload: Vec<u8> = (0..1000u32).map(|i| i.to_le_bytes()[0]).collect();
             let f = frame([0xff; 6], mac, &payload);
             let b = d.alloc(2048, 8);
             mem.write_slice(&[0u8; VNET_HDR_LEN], GuestAddress(b))
@@ -612,8 +607,8 @@ mod tests {
             let h = txq.add(
                 &mem,
                 &[
-                    (b, VNET_HDR_LEN as u32, false),
-                    (b + 64, f.len() as u32, false),
+                    (b, u32::try_from(VNET_HDR_LEN).unwrap(), false),
+                    (b + 64, u32::try_from(f.len()).unwrap(), false),
                 ],
             );
             d.notify(&mut t, 1);

@@ -3,11 +3,6 @@
 //! indirect tables, event index fields) in guest memory exactly as a guest kernel does.
 //! Nothing here is a stand-in for the device side: devices under test run unmodified.
 
-#![allow(
-    clippy::cast_possible_truncation,
-    reason = "a test driver: queue indices, descriptor counts and lengths it lays out are small by construction (tests pick them)"
-)]
-
 use std::sync::atomic::{fence, Ordering};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -99,7 +94,7 @@ impl DriverQueue {
             mem.write_obj(addr.to_le(), GuestAddress(a)).unwrap();
             mem.write_obj(len.to_le(), GuestAddress(a + 8)).unwrap();
             mem.write_obj(flags.to_le(), GuestAddress(a + 12)).unwrap();
-            mem.write_obj(((i + 1) as u16).to_le(), GuestAddress(a + 14))
+            mem.write_obj(u16::try_from(i + 1).unwrap().to_le(), GuestAddress(a + 14))
                 .unwrap();
         }
         let head = self.alloc_desc();
@@ -107,7 +102,7 @@ impl DriverQueue {
             mem,
             head,
             table,
-            bufs.len() as u32 * 16,
+            u32::try_from(bufs.len() * 16).unwrap(),
             VIRTQ_DESC_F_INDIRECT,
             0,
         );
@@ -175,6 +170,16 @@ fn wr(t: &mut MmioTransport, off: u64, v: u32) {
     t.write(off, &v.to_le_bytes());
 }
 
+/// The low and high 32-bit halves of a 64-bit value (a feature word, a ring address), as the
+/// MMIO transport's register pairs take it.
+fn halves(v: u64) -> (u32, u32) {
+    let b = v.to_le_bytes();
+    (
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+    )
+}
+
 impl TestDriver {
     /// Rings are placed from 1 MiB up; [`TestDriver::alloc`] hands out memory after them.
     pub fn new(mem: GuestMemoryMmap) -> TestDriver {
@@ -206,10 +211,11 @@ impl TestDriver {
         wr(t, 0x14, 1);
         let hi = rd(t, 0x10);
         let feats = (u64::from(hi) << 32 | u64::from(lo)) & want;
+        let (lo, hi) = halves(feats);
         wr(t, 0x24, 0);
-        wr(t, 0x20, feats as u32);
+        wr(t, 0x20, lo);
         wr(t, 0x24, 1);
-        wr(t, 0x20, (feats >> 32) as u32);
+        wr(t, 0x20, hi);
         let s = STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK;
         wr(t, 0x70, s);
         if rd(t, 0x70) & STATUS_FEATURES_OK == 0 {
@@ -217,8 +223,8 @@ impl TestDriver {
         }
         self.queues.clear();
         for (i, &want_size) in sizes.iter().enumerate() {
-            wr(t, 0x30, i as u32);
-            let max = rd(t, 0x34) as u16;
+            wr(t, 0x30, u32::try_from(i).unwrap());
+            let max = u16::try_from(rd(t, 0x34)).expect("QueueNumMax fits 16 bits");
             assert!(max > 0, "queue {i} exists");
             let size = if want_size == 0 { max } else { want_size };
             let desc = self.alloc(16 * u64::from(size), 16);
@@ -226,8 +232,9 @@ impl TestDriver {
             let used = self.alloc(6 + 8 * u64::from(size), 4);
             wr(t, 0x38, u32::from(size));
             for (off, a) in [(0x80, desc), (0x90, avail), (0xa0, used)] {
-                wr(t, off, a as u32);
-                wr(t, off + 4, (a >> 32) as u32);
+                let (lo, hi) = halves(a);
+                wr(t, off, lo);
+                wr(t, off + 4, hi);
             }
             wr(t, 0x44, 1);
             self.queues.push(DriverQueue {
@@ -283,7 +290,7 @@ impl TestDriver {
 /// RX buffers a [`VsockGuest`] keeps posted, and their size (a 4 KiB page plus the header, as
 /// Linux 6.1 posts them: header and data in two descriptors).
 pub const VSOCK_RX_SLOTS: usize = 32;
-pub const VSOCK_RX_BUF: u32 = 4096 + super::vsock::HDR_LEN as u32;
+pub const VSOCK_RX_BUF: u32 = 4096 + super::vsock::HDR_LEN_U32;
 
 /// The guest side of a vsock device (its driver's rings and buffers; the credit bookkeeping is
 /// the caller's, as a guest kernel's socket layer does it). Used by the device's unit tests and
@@ -348,13 +355,13 @@ impl VsockGuest {
 
     /// Posts every free receive buffer and notifies the RX queue.
     pub fn post_rx(&mut self) {
-        use super::vsock::HDR_LEN;
+        use super::vsock::{HDR_LEN, HDR_LEN_U32};
         while let Some(a) = self.free_slots.pop() {
             let h = self.rxq.add(
                 &self.mem,
                 &[
-                    (a, HDR_LEN as u32, true),
-                    (a + HDR_LEN as u64, VSOCK_RX_BUF - HDR_LEN as u32, true),
+                    (a, HDR_LEN_U32, true),
+                    (a + HDR_LEN as u64, VSOCK_RX_BUF - HDR_LEN_U32, true),
                 ],
             );
             self.rx_slots.insert(u32::from(h), a);
@@ -404,18 +411,22 @@ impl VsockGuest {
 
     /// Sends one packet (header and payload in two descriptors, as Linux 6.1 does).
     pub fn send(&mut self, h: super::vsock::PacketHeader, payload: &[u8]) {
-        use super::vsock::HDR_LEN;
+        use super::vsock::{HDR_LEN, HDR_LEN_U32};
         let a = self.tx_area;
         self.mem.write_slice(&h.encode(), GuestAddress(a)).unwrap();
         self.mem
             .write_slice(payload, GuestAddress(a + HDR_LEN as u64))
             .unwrap();
         if payload.is_empty() {
-            self.send_raw(&[(a, HDR_LEN as u32, false)]);
+            self.send_raw(&[(a, HDR_LEN_U32, false)]);
         } else {
             self.send_raw(&[
-                (a, HDR_LEN as u32, false),
-                (a + HDR_LEN as u64, payload.len() as u32, false),
+                (a, HDR_LEN_U32, false),
+                (
+                    a + HDR_LEN as u64,
+                    u32::try_from(payload.len()).unwrap(),
+                    false,
+                ),
             ]);
         }
     }

@@ -269,10 +269,6 @@ impl VirtioDevice for Vsock {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::cast_possible_truncation,
-    reason = "test data, sizes and counters are small"
-)]
 mod tests {
     use super::*;
     use crate::devices::virtio::testing::{
@@ -305,7 +301,9 @@ mod tests {
     }
 
     fn pattern(n: usize, seed: u8) -> Vec<u8> {
-        (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
+        (0..n)
+            .map(|i| i.to_le_bytes()[0].wrapping_mul(31) ^ seed)
+            .collect()
     }
 
     #[test]
@@ -365,7 +363,16 @@ mod tests {
                     // Credit exhausted: the guest's reader consumed everything; tell the device.
                     stalls += 1;
                     reported = got.len();
-                    g.send(pkt(52, local, OP_CREDIT_UPDATE, 0, reported as u32), &[]);
+                    g.send(
+                        pkt(
+                            52,
+                            local,
+                            OP_CREDIT_UPDATE,
+                            0,
+                            u32::try_from(reported).unwrap(),
+                        ),
+                        &[],
+                    );
                 }
             }
         }
@@ -375,7 +382,7 @@ mod tests {
             stalls >= 2,
             "the 64 KiB guest buffer must have stalled the sender"
         );
-        let guest_fwd = got.len() as u32;
+        let guest_fwd = u32::try_from(got.len()).unwrap();
 
         // Guest -> host, 1 MiB honouring the device's credit; the host reads only after the
         // device's buffer filled, so credit updates must arrive to finish.
@@ -402,7 +409,7 @@ mod tests {
             } else {
                 let n = credit.min(4096).min(data.len() - sent);
                 g.send(
-                    pkt(52, local, OP_RW, n as u32, guest_fwd),
+                    pkt(52, local, OP_RW, u32::try_from(n).unwrap(), guest_fwd),
                     &data[sent..sent + n],
                 );
                 sent += n;
@@ -516,7 +523,7 @@ mod tests {
         g.send(h, &[]);
         g.send(pkt(1, 7000, 99, 0, 0), &[]);
         // A device-writable buffer in a TX chain (a malformed chain for this device).
-        g.send_raw(&[(a, HDR_LEN as u32, true)]);
+        g.send_raw(&[(a, HDR_LEN_U32, true)]);
         assert!(g.recv().is_empty(), "dropped packets get no answer");
         let bad1 = crate::metrics::METRICS
             .virtio_bad_requests
@@ -530,7 +537,7 @@ mod tests {
         assert_eq!((p[0].0.op, p[0].0.dst_port), (OP_RST, 2));
         // An RX buffer too small for a header is returned empty; the next one is used. First
         // use up the posted buffers (32 RSTs), then post a small and a good one.
-        for port in 100..100 + RX_SLOTS as u32 {
+        for port in 100..100 + u32::try_from(RX_SLOTS).unwrap() {
             g.send(pkt(port, 7000, OP_RW, 1, 0), b"x");
         }
         let used = g.rxq.take_used(&g.mem);
@@ -543,10 +550,7 @@ mod tests {
         g.send(pkt(3, 7000, OP_REQUEST, 0, 0), &[]);
         g.pump();
         let used = g.rxq.take_used(&g.mem);
-        assert_eq!(
-            used,
-            vec![(u32::from(hs), 0), (u32::from(hg), HDR_LEN as u32)]
-        );
+        assert_eq!(used, vec![(u32::from(hs), 0), (u32::from(hg), HDR_LEN_U32)]);
         let mut b = [0u8; HDR_LEN];
         g.mem.read_slice(&mut b, GuestAddress(good)).unwrap();
         assert_eq!(PacketHeader::decode(&b).unwrap().op, OP_RESPONSE);

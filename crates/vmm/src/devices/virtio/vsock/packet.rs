@@ -5,6 +5,8 @@
 pub const HOST_CID: u64 = 2;
 /// Size of `struct virtio_vsock_hdr`.
 pub const HDR_LEN: usize = 44;
+/// [`HDR_LEN`] as a descriptor length.
+pub const HDR_LEN_U32: u32 = crate::cast::u32_of(HDR_LEN as u64);
 /// Largest payload accepted in one packet (Linux sends at most 64 KiB).
 pub const MAX_PKT_PAYLOAD: u32 = 64 << 10;
 

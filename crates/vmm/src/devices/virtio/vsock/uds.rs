@@ -41,11 +41,13 @@ pub(super) fn bind_listener(path: &Path) -> io::Result<UnixListener> {
     }
 }
 
+/// `AF_UNIX` as `sockaddr_un.sun_family` (checked at compile time).
+const AF_UNIX_FAMILY: libc::sa_family_t = crate::cast::u16_of(libc::AF_UNIX as u32);
+/// `sizeof(struct sockaddr_un)` (110) as a `socklen_t` (checked at compile time).
+const SOCKADDR_UN_LEN: libc::socklen_t =
+    crate::cast::u32_of(std::mem::size_of::<libc::sockaddr_un>() as u64);
+
 /// A non-blocking connect to a Unix socket (a full backlog must not stall the event loop).
-#[allow(
-    clippy::cast_possible_truncation,
-    reason = "AF_UNIX (1) fits sa_family_t, sizeof(sockaddr_un) (110) fits socklen_t"
-)]
 pub(super) fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
     use std::os::unix::ffi::OsStrExt;
     let bytes = path.as_os_str().as_bytes();
@@ -57,7 +59,7 @@ pub(super) fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
             "socket path too long",
         ));
     }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    addr.sun_family = AF_UNIX_FAMILY;
     for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
         *d = *s as libc::c_char;
     }
@@ -79,7 +81,7 @@ pub(super) fn connect_nonblocking(path: &Path) -> io::Result<UnixStream> {
         libc::connect(
             fd,
             &addr as *const libc::sockaddr_un as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            SOCKADDR_UN_LEN,
         )
     };
     if r != 0 {
