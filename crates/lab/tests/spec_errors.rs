@@ -1078,7 +1078,14 @@ links:
     let ends: Vec<String> = l
         .endpoints
         .iter()
-        .map(|e| format!("{}.{}:{}", e.vm.node.as_str(), e.vm.vm.as_str(), e.iface.as_str()))
+        .map(|e| {
+            format!(
+                "{}.{}:{}",
+                e.vm.node.as_str(),
+                e.vm.vm.as_str(),
+                e.iface.as_str()
+            )
+        })
         .collect();
     assert_eq!(ends, ["r1.r:eth1", "r2.r:eth1"]);
 
@@ -1106,6 +1113,12 @@ links:
         x.fix.as_deref(),
         Some("write it as NODE.VM:IFACE, e.g. 'web.api:eth1' (VMs: api, cache)")
     );
-    let x = find(&e, "'nowhere:eth1' is not NODE.VM:IFACE", 10, 17, "links[1].endpoints[0]");
+    let x = find(
+        &e,
+        "'nowhere:eth1' is not NODE.VM:IFACE",
+        10,
+        17,
+        "links[1].endpoints[0]",
+    );
     assert!(x.fix.unwrap().contains("NODE:IFACE for a node of one VM"));
 }
