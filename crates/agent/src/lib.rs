@@ -7,5 +7,7 @@
 //!   both cases it serves the protocol on the virtio-serial port named [`proto::PORT_NAME`] (QEMU
 //!   runtime) and, when the guest has AF_VSOCK, on vsock port [`proto::VSOCK_PORT`] (kobako's
 //!   own VMM, which has no virtio-serial).
+//! - [`probe`]: the readiness checks (TCP connect, HTTP GET) the agent runs for `up`.
 
+pub mod probe;
 pub mod proto;

@@ -532,6 +532,10 @@ fn handle_msg(stream: u32, msg: Msg, info: &ReadyInfo, sessions: &Sessions, pid1
                 Err(e) => fail(stream, e.to_string()),
             })
         }
+        Msg::Probe(p) => spawn_worker(format!("probe-{stream}"), move || {
+            let (ok, detail) = kobako_agent::probe::run(&p);
+            reply(stream, &Msg::ProbeResult { ok, detail })
+        }),
         Msg::Shutdown { reboot } => go_down(reboot, pid1),
         other => fail(stream, format!("unexpected message from host: {other:?}")),
     }

@@ -220,6 +220,10 @@ pub enum Msg {
     ServiceLogs { name: String, tail_bytes: u64 },
     /// Give a guest restored from a snapshot its own identity (answered with `Done`).
     Identity(Identity),
+    /// Run one readiness check inside the guest (a TCP connect or an HTTP GET on the guest's
+    /// own addresses), answered with `ProbeResult`. An agent older than this message answers
+    /// `Error` ("unknown variant `probe`"), which the host turns into "rebuild the image".
+    Probe(Probe),
 
     // ---- guest -> host ----
     /// The agent is up. Sent unsolicited when a host connects and in answer to `Hello`.
@@ -252,6 +256,29 @@ pub enum Msg {
     Services { services: Vec<ServiceState> },
     /// Answer to `ServiceLogs`.
     Logs { data: String },
+    /// Answer to `Probe`: whether the check passed and what was seen (`connection refused`,
+    /// `HTTP 503`, `timed out after 1000 ms` ...).
+    ProbeResult { ok: bool, detail: String },
+}
+
+/// A readiness check the agent runs itself (no `nc`/`curl` needed in the image).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    /// What to check.
+    pub check: ProbeCheck,
+    /// Connect and answer timeout, in milliseconds (the agent caps it at 10 s).
+    pub timeout_ms: u64,
+}
+
+/// What a [`Probe`] checks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeCheck {
+    /// A TCP connection to this port on the guest's loopback (127.0.0.1, then ::1) is accepted.
+    Tcp(u16),
+    /// An HTTP/1.0 GET of this `http://` URL answers 2xx or 3xx.
+    Http(String),
 }
 
 /// A file to write in the guest.
