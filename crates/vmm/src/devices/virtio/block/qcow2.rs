@@ -152,211 +152,42 @@ impl Qcow2 {
         depth: usize,
     ) -> Result<Qcow2, Qcow2Error> {
         let p = path.display().to_string();
-        let unsupported = |why: String| Qcow2Error::Unsupported {
-            path: p.clone(),
-            why,
-        };
-        let bad = |why: String| Qcow2Error::Corrupt {
-            path: p.clone(),
-            why,
-        };
-        let io_err = |source| Qcow2Error::Io {
-            path: p.clone(),
-            source,
-        };
+        let io_err = |source| io_error(&p, source);
         let file_len = file.metadata().map_err(io_err)?.len();
         let mut h = [0u8; 112];
         let n = read_upto(&file, &mut h, 0).map_err(io_err)?;
-        if n < 72 || h[..4] != MAGIC {
-            return Err(bad("not a qcow2 header".into()));
-        }
-        let version = be32(&h, 4);
-        if version != 2 && version != 3 {
-            return Err(unsupported(format!(
-                "qcow2 version {version} is not supported (2 or 3)"
-            )));
-        }
-        let backing_file_offset = be64(&h, 8);
-        let backing_file_size = be32(&h, 16);
-        let cluster_bits = be32(&h, 20);
-        if !(9..=21).contains(&cluster_bits) {
-            return Err(bad(format!("cluster_bits {cluster_bits} outside 9..=21")));
-        }
-        let size = be64(&h, 24);
-        if be32(&h, 32) != 0 {
-            return Err(unsupported(
-                "encrypted qcow2 images are not supported; decrypt with qemu-img convert".into(),
-            ));
-        }
-        let l1_size = u64::from(be32(&h, 36));
-        let l1_offset = be64(&h, 40);
-        let refcount_table_offset = be64(&h, 48);
-        let refcount_table_clusters = u64::from(be32(&h, 56));
-        let nb_snapshots = be32(&h, 60);
-        let (mut incompat, mut autoclear, mut refcount_order, mut header_len) = (0, 0, 4, 72);
-        let mut compression_type = 0u8;
-        if version == 3 {
-            if n < 104 {
-                return Err(bad("short version 3 header".into()));
-            }
-            incompat = be64(&h, 72);
-            autoclear = be64(&h, 88);
-            refcount_order = be32(&h, 96);
-            header_len = be32(&h, 100);
-            if header_len > 104 && n > 104 {
-                compression_type = h[104];
-            }
-        }
-        let cluster_size = 1u64 << cluster_bits;
-        if incompat & INCOMPAT_CORRUPT != 0 {
-            return Err(unsupported(
-                "the image is marked corrupt; repair it with qemu-img check -r all".into(),
-            ));
-        }
-        if incompat & INCOMPAT_DATA_FILE != 0 {
-            return Err(unsupported("external data files are not supported".into()));
-        }
-        if incompat & INCOMPAT_EXTL2 != 0 {
-            return Err(unsupported(
-                "extended L2 entries (subclusters) are not supported; qemu-img convert -O qcow2 without extended_l2".into(),
-            ));
-        }
-        if incompat & INCOMPAT_COMPRESSION != 0 && compression_type != 0 {
-            return Err(unsupported(format!(
-                "compression type {compression_type} (zstd) is not supported; use zlib (qemu-img convert -o compression_type=zlib)"
-            )));
-        }
-        let known = INCOMPAT_DIRTY
-            | INCOMPAT_CORRUPT
-            | INCOMPAT_DATA_FILE
-            | INCOMPAT_COMPRESSION
-            | INCOMPAT_EXTL2;
-        if incompat & !known != 0 {
-            return Err(unsupported(format!(
-                "unknown incompatible features {:#x}",
-                incompat & !known
-            )));
-        }
-        if !read_only {
-            if incompat & INCOMPAT_DIRTY != 0 {
-                return Err(unsupported(
-                    "the image is dirty (lazy refcounts); run qemu-img check -r all first".into(),
-                ));
-            }
-            if nb_snapshots != 0 {
-                return Err(unsupported(
-                    "writing images with internal snapshots is not supported; open it read-only or qemu-img convert it".into(),
-                ));
-            }
-            if !(3..=6).contains(&refcount_order) {
-                return Err(unsupported(format!(
-                    "refcount width {} bits is not supported for writing (8..64)",
-                    1u32 << refcount_order.min(31)
-                )));
-            }
-        }
-        if refcount_order > 6 {
-            return Err(bad(format!("refcount_order {refcount_order}")));
-        }
-        // Sizes: L1 must cover the virtual size; tables must lie in the file.
-        let l2_entries = cluster_size / 8;
-        let needed_l1 = size.div_ceil(cluster_size * l2_entries);
-        if l1_size < needed_l1 || l1_size > 32 << 20 {
-            return Err(bad(format!("L1 size {l1_size} for {size} bytes")));
-        }
-        let in_file = |off: u64, len: u64| off.checked_add(len).is_some_and(|e| e <= file_len);
-        if l1_offset % cluster_size != 0 || !in_file(l1_offset, l1_size * 8) {
-            return Err(bad(format!("L1 table at {l1_offset:#x} outside the file")));
-        }
-        let rt_len = refcount_table_clusters * cluster_size;
-        if refcount_table_offset % cluster_size != 0
-            || rt_len > 64 << 20
-            || !in_file(refcount_table_offset, rt_len)
-        {
-            return Err(bad(format!(
-                "refcount table at {refcount_table_offset:#x} outside the file"
-            )));
-        }
-        let mut raw = vec![0u8; crate::cast::usize_from(l1_size * 8)];
-        file.read_exact_at(&mut raw, l1_offset).map_err(io_err)?;
-        let l1 = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
-        let mut raw = vec![0u8; crate::cast::usize_from(rt_len)];
-        file.read_exact_at(&mut raw, refcount_table_offset)
+        let hdr = Header::parse(&h, n, &p)?;
+        hdr.check_features(read_only, &p)?;
+        hdr.check_tables(file_len, &p)?;
+        let cluster_size = hdr.cluster_size();
+        let l1 = read_table(&file, hdr.l1_offset, hdr.l1_size * 8).map_err(io_err)?;
+        let refcount_table = read_table(&file, hdr.refcount_table_offset, hdr.refcount_table_len())
             .map_err(io_err)?;
-        let refcount_table = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
-
-        // Header extensions: the backing file's format.
-        let mut backing_format = None;
-        let mut off = u64::from(header_len);
-        for _ in 0..64 {
-            let mut e = [0u8; 8];
-            if file.read_exact_at(&mut e, off).is_err() {
-                break;
-            }
-            let (ty, len) = (be32(&e, 0), u64::from(be32(&e, 4)));
-            if ty == 0 || len > cluster_size {
-                break;
-            }
-            if ty == EXT_BACKING_FORMAT {
-                let mut v = vec![0u8; crate::cast::usize_from(len)];
-                file.read_exact_at(&mut v, off + 8).map_err(io_err)?;
-                backing_format = Some(String::from_utf8_lossy(&v).into_owned());
-            }
-            off += 8 + len.div_ceil(8) * 8;
-        }
-
-        let backing = if backing_file_offset != 0 && backing_file_size != 0 {
-            if backing_file_size > 1023
-                || !in_file(backing_file_offset, u64::from(backing_file_size))
-            {
-                return Err(bad("backing file name outside the file".into()));
-            }
-            if depth + 1 >= MAX_BACKING_DEPTH {
-                return Err(unsupported(format!(
-                    "backing chain deeper than {MAX_BACKING_DEPTH} images"
-                )));
-            }
-            let mut name = vec![0u8; backing_file_size as usize];
-            file.read_exact_at(&mut name, backing_file_offset)
-                .map_err(io_err)?;
-            let name = PathBuf::from(String::from_utf8_lossy(&name).into_owned());
-            let bpath = if name.is_absolute() {
-                name
-            } else {
-                path.parent().unwrap_or(Path::new(".")).join(name)
-            };
-            Some(
-                open_backing(&bpath, backing_format.as_deref(), depth + 1).map_err(|e| {
-                    Qcow2Error::Backing {
-                        path: p.clone(),
-                        source: Box::new(e),
-                    }
-                })?,
-            )
-        } else {
-            None
-        };
+        let backing_format =
+            read_backing_format(&file, hdr.header_len, cluster_size).map_err(io_err)?;
+        let backing =
+            hdr.open_backing_file(&file, path, &p, file_len, backing_format.as_deref(), depth)?;
 
         let mut q = Qcow2 {
             file,
             read_only,
             file_len,
-            version,
-            cluster_bits,
+            version: hdr.version,
+            cluster_bits: hdr.cluster_bits,
             cluster_size,
-            l2_entries,
-            size,
-            l1_offset,
+            l2_entries: cluster_size / 8,
+            size: hdr.size,
+            l1_offset: hdr.l1_offset,
             l1,
-            refcount_table_offset,
+            refcount_table_offset: hdr.refcount_table_offset,
             refcount_table,
-            refcount_order,
+            refcount_order: hdr.refcount_order,
             backing,
             l2_cache: HashMap::new(),
             compressed_cache: None,
             next_free: file_len.div_ceil(cluster_size) * cluster_size,
         };
-        if !read_only && autoclear != 0 {
+        if !read_only && hdr.autoclear != 0 {
             // We do not maintain what those bits vouch for (e.g. bitmaps): clear them.
             q.file
                 .write_all_at(&0u64.to_be_bytes(), 88)
@@ -700,6 +531,302 @@ fn read_upto(f: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+fn unsupported(p: &str, why: impl Into<String>) -> Qcow2Error {
+    Qcow2Error::Unsupported {
+        path: p.to_string(),
+        why: why.into(),
+    }
+}
+
+fn bad(p: &str, why: impl Into<String>) -> Qcow2Error {
+    Qcow2Error::Corrupt {
+        path: p.to_string(),
+        why: why.into(),
+    }
+}
+
+fn io_error(p: &str, source: io::Error) -> Qcow2Error {
+    Qcow2Error::Io {
+        path: p.to_string(),
+        source,
+    }
+}
+
+/// `off..off + len` lies within a file of `file_len` bytes (and does not overflow).
+fn in_file(off: u64, len: u64, file_len: u64) -> bool {
+    off.checked_add(len).is_some_and(|e| e <= file_len)
+}
+
+/// The header fields this implementation uses, as read (version 2 headers get the version 3
+/// defaults).
+struct Header {
+    version: u32,
+    backing_file_offset: u64,
+    backing_file_size: u32,
+    /// Checked to be 9..=21.
+    cluster_bits: u32,
+    size: u64,
+    l1_size: u64,
+    l1_offset: u64,
+    refcount_table_offset: u64,
+    refcount_table_clusters: u64,
+    nb_snapshots: u32,
+    incompat: u64,
+    autoclear: u64,
+    refcount_order: u32,
+    header_len: u32,
+    compression_type: u8,
+}
+
+impl Header {
+    /// Reads the first `n` bytes of `h` (the start of the file): the magic, a supported
+    /// version, a sane cluster size, no encryption, a complete version 3 header.
+    fn parse(h: &[u8; 112], n: usize, p: &str) -> Result<Header, Qcow2Error> {
+        if n < 72 || h[..4] != MAGIC {
+            return Err(bad(p, "not a qcow2 header"));
+        }
+        let version = be32(h, 4);
+        if version != 2 && version != 3 {
+            return Err(unsupported(
+                p,
+                format!("qcow2 version {version} is not supported (2 or 3)"),
+            ));
+        }
+        let cluster_bits = be32(h, 20);
+        if !(9..=21).contains(&cluster_bits) {
+            return Err(bad(
+                p,
+                format!("cluster_bits {cluster_bits} outside 9..=21"),
+            ));
+        }
+        if be32(h, 32) != 0 {
+            return Err(unsupported(
+                p,
+                "encrypted qcow2 images are not supported; decrypt with qemu-img convert",
+            ));
+        }
+        let mut hdr = Header {
+            version,
+            backing_file_offset: be64(h, 8),
+            backing_file_size: be32(h, 16),
+            cluster_bits,
+            size: be64(h, 24),
+            l1_size: u64::from(be32(h, 36)),
+            l1_offset: be64(h, 40),
+            refcount_table_offset: be64(h, 48),
+            refcount_table_clusters: u64::from(be32(h, 56)),
+            nb_snapshots: be32(h, 60),
+            incompat: 0,
+            autoclear: 0,
+            refcount_order: 4,
+            header_len: 72,
+            compression_type: 0,
+        };
+        if version == 3 {
+            if n < 104 {
+                return Err(bad(p, "short version 3 header"));
+            }
+            hdr.incompat = be64(h, 72);
+            hdr.autoclear = be64(h, 88);
+            hdr.refcount_order = be32(h, 96);
+            hdr.header_len = be32(h, 100);
+            if hdr.header_len > 104 && n > 104 {
+                hdr.compression_type = h[104];
+            }
+        }
+        Ok(hdr)
+    }
+
+    fn cluster_size(&self) -> u64 {
+        1u64 << self.cluster_bits
+    }
+
+    fn refcount_table_len(&self) -> u64 {
+        self.refcount_table_clusters * self.cluster_size()
+    }
+
+    /// Refuses the incompatible features we do not implement, and (for writing) what we
+    /// cannot keep consistent; the refcount width must be at most 64 bits.
+    fn check_features(&self, read_only: bool, p: &str) -> Result<(), Qcow2Error> {
+        let incompat = self.incompat;
+        if incompat & INCOMPAT_CORRUPT != 0 {
+            return Err(unsupported(
+                p,
+                "the image is marked corrupt; repair it with qemu-img check -r all",
+            ));
+        }
+        if incompat & INCOMPAT_DATA_FILE != 0 {
+            return Err(unsupported(p, "external data files are not supported"));
+        }
+        if incompat & INCOMPAT_EXTL2 != 0 {
+            return Err(unsupported(
+                p,
+                "extended L2 entries (subclusters) are not supported; qemu-img convert -O qcow2 without extended_l2",
+            ));
+        }
+        if incompat & INCOMPAT_COMPRESSION != 0 && self.compression_type != 0 {
+            return Err(unsupported(
+                p,
+                format!(
+                    "compression type {} (zstd) is not supported; use zlib (qemu-img convert -o compression_type=zlib)",
+                    self.compression_type
+                ),
+            ));
+        }
+        let known = INCOMPAT_DIRTY
+            | INCOMPAT_CORRUPT
+            | INCOMPAT_DATA_FILE
+            | INCOMPAT_COMPRESSION
+            | INCOMPAT_EXTL2;
+        if incompat & !known != 0 {
+            return Err(unsupported(
+                p,
+                format!("unknown incompatible features {:#x}", incompat & !known),
+            ));
+        }
+        if !read_only {
+            self.check_writable(p)?;
+        }
+        if self.refcount_order > 6 {
+            return Err(bad(p, format!("refcount_order {}", self.refcount_order)));
+        }
+        Ok(())
+    }
+
+    /// What writing needs: a clean image, no internal snapshots, refcounts of 8 to 64 bits.
+    fn check_writable(&self, p: &str) -> Result<(), Qcow2Error> {
+        if self.incompat & INCOMPAT_DIRTY != 0 {
+            return Err(unsupported(
+                p,
+                "the image is dirty (lazy refcounts); run qemu-img check -r all first",
+            ));
+        }
+        if self.nb_snapshots != 0 {
+            return Err(unsupported(
+                p,
+                "writing images with internal snapshots is not supported; open it read-only or qemu-img convert it",
+            ));
+        }
+        if !(3..=6).contains(&self.refcount_order) {
+            return Err(unsupported(
+                p,
+                format!(
+                    "refcount width {} bits is not supported for writing (8..64)",
+                    1u32 << self.refcount_order.min(31)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sizes: L1 must cover the virtual size; the L1 and refcount tables must be cluster
+    /// aligned, bounded, and lie in the file.
+    fn check_tables(&self, file_len: u64, p: &str) -> Result<(), Qcow2Error> {
+        let (size, l1_size, l1_offset) = (self.size, self.l1_size, self.l1_offset);
+        let cluster_size = self.cluster_size();
+        let l2_entries = cluster_size / 8;
+        let needed_l1 = size.div_ceil(cluster_size * l2_entries);
+        if l1_size < needed_l1 || l1_size > 32 << 20 {
+            return Err(bad(p, format!("L1 size {l1_size} for {size} bytes")));
+        }
+        if l1_offset % cluster_size != 0 || !in_file(l1_offset, l1_size * 8, file_len) {
+            return Err(bad(
+                p,
+                format!("L1 table at {l1_offset:#x} outside the file"),
+            ));
+        }
+        let rt_offset = self.refcount_table_offset;
+        let rt_len = self.refcount_table_len();
+        if rt_offset % cluster_size != 0
+            || rt_len > 64 << 20
+            || !in_file(rt_offset, rt_len, file_len)
+        {
+            return Err(bad(
+                p,
+                format!("refcount table at {rt_offset:#x} outside the file"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The backing file named in the header (`None` without one), opened read-only as
+    /// `format` one level deeper; its name must lie in the file and be under 1 KiB, and the
+    /// chain at most [`MAX_BACKING_DEPTH`] deep. A relative name is relative to `path`'s
+    /// directory.
+    fn open_backing_file(
+        &self,
+        file: &File,
+        path: &Path,
+        p: &str,
+        file_len: u64,
+        format: Option<&str>,
+        depth: usize,
+    ) -> Result<Option<Box<dyn DiskImage>>, Qcow2Error> {
+        let (name_offset, name_size) = (self.backing_file_offset, self.backing_file_size);
+        if name_offset == 0 || name_size == 0 {
+            return Ok(None);
+        }
+        if name_size > 1023 || !in_file(name_offset, u64::from(name_size), file_len) {
+            return Err(bad(p, "backing file name outside the file"));
+        }
+        if depth + 1 >= MAX_BACKING_DEPTH {
+            return Err(unsupported(
+                p,
+                format!("backing chain deeper than {MAX_BACKING_DEPTH} images"),
+            ));
+        }
+        let mut name = vec![0u8; name_size as usize];
+        file.read_exact_at(&mut name, name_offset)
+            .map_err(|e| io_error(p, e))?;
+        let name = PathBuf::from(String::from_utf8_lossy(&name).into_owned());
+        let bpath = if name.is_absolute() {
+            name
+        } else {
+            path.parent().unwrap_or(Path::new(".")).join(name)
+        };
+        let backing = open_backing(&bpath, format, depth + 1).map_err(|e| Qcow2Error::Backing {
+            path: p.to_string(),
+            source: Box::new(e),
+        })?;
+        Ok(Some(backing))
+    }
+}
+
+/// A table of big-endian u64 entries, `len` bytes at `off` (bounds checked by the caller).
+fn read_table(file: &File, off: u64, len: u64) -> io::Result<Vec<u64>> {
+    let mut raw = vec![0u8; crate::cast::usize_from(len)];
+    file.read_exact_at(&mut raw, off)?;
+    Ok(raw.chunks_exact(8).map(|c| be64(c, 0)).collect())
+}
+
+/// The backing file's format from the header extensions after the header (at most 64 of
+/// them, each at most a cluster long; a short read ends the list).
+fn read_backing_format(
+    file: &File,
+    header_len: u32,
+    cluster_size: u64,
+) -> io::Result<Option<String>> {
+    let mut backing_format = None;
+    let mut off = u64::from(header_len);
+    for _ in 0..64 {
+        let mut e = [0u8; 8];
+        if file.read_exact_at(&mut e, off).is_err() {
+            break;
+        }
+        let (ty, len) = (be32(&e, 0), u64::from(be32(&e, 4)));
+        if ty == 0 || len > cluster_size {
+            break;
+        }
+        if ty == EXT_BACKING_FORMAT {
+            let mut v = vec![0u8; crate::cast::usize_from(len)];
+            file.read_exact_at(&mut v, off + 8)?;
+            backing_format = Some(String::from_utf8_lossy(&v).into_owned());
+        }
+        off += 8 + len.div_ceil(8) * 8;
+    }
+    Ok(backing_format)
 }
 
 /// Opens a backing file read-only: qcow2 when its format (from the header extension, or its
