@@ -205,147 +205,12 @@ fn mib(b: u64) -> String {
 
 pub fn run(cmd: ImageCmd) -> Result<()> {
     match cmd {
-        ImageCmd::Kernel { jobs } => {
-            let jobs = jobs.unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            });
-            let a = kernel::build(&StderrProgress, jobs)?;
-            println!("vmlinux  {}", a.vmlinux.display());
-            println!("bzImage  {}", a.bzimage.display());
-        }
-        ImageCmd::Tiny => {
-            let agent = tiny::find_agent()?;
-            let img = tiny::build(&agent, &StderrProgress)?;
-            Store::default().register_tiny(&img)?;
-            println!("initramfs  {}", img.initramfs.display());
-            println!("ext4       {}", img.ext4.display());
-        }
-        ImageCmd::Ls { out } => {
-            let imgs = store().list()?;
-            let wide = out.is_wide();
-            if out.is_json() {
-                let v: Vec<_> = imgs.iter().map(|i| &i.manifest).collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
-            print!(
-                "{:<24} {:<9} {:<6} {:>9} {:>9} {:<20} {:<10}",
-                "NAME", "KIND", "FORMAT", "SIZE", "VSIZE", "CREATED", "CLOUD-INIT"
-            );
-            if wide {
-                print!(" {:<12} {:>8}  SOURCE", "SHA256", "PACKAGES");
-            }
-            println!();
-            for i in imgs {
-                let m = &i.manifest;
-                print!(
-                    "{:<24} {:<9} {:<6} {:>9} {:>9} {:<20} {:<10}",
-                    m.name,
-                    m.kind.to_string(),
-                    m.format,
-                    mib(m.size),
-                    mib(m.virtual_size),
-                    m.created,
-                    if m.cloud_init { "yes" } else { "no" }
-                );
-                if wide {
-                    print!(
-                        " {:<12} {:>8}  {}",
-                        m.sha256.get(..12).unwrap_or(&m.sha256),
-                        m.packages.len(),
-                        m.source
-                    );
-                }
-                println!();
-            }
-        }
-        ImageCmd::Inspect { name, out } => {
-            let json = out.is_json();
-            let img = store().get(&name)?;
-            let used = users(&img);
-            let agent_current = agent_is_current(&img);
-            if json {
-                let mut v = serde_json::to_value(&img.manifest)?;
-                v["path"] = img.base_path().display().to_string().into();
-                v["used_by"] = serde_json::to_value(&used)?;
-                v["agent_current"] = serde_json::to_value(agent_current)?;
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
-            let m = &img.manifest;
-            println!("name        {}", m.name);
-            println!("kind        {}", m.kind);
-            println!("base        {} ({})", img.base_path().display(), m.format);
-            println!(
-                "size        {} on disk, {} filesystem",
-                mib(m.size),
-                mib(m.virtual_size)
-            );
-            println!("created     {}", m.created);
-            println!("source      {}", m.source);
-            println!("sha256      {}", m.sha256);
-            println!("packages    {}", m.packages.join(","));
-            println!("cloud-init  {}", if m.cloud_init { "yes" } else { "no" });
-            if let Some(s) = m.build_secs {
-                println!("build time  {s:.1} s");
-            }
-            if let Some(i) = &m.init {
-                println!("init        {i}");
-            }
-            match agent_current {
-                Some(true) => println!("agent       current"),
-                Some(false) => println!(
-                    "agent       OUTDATED (built with another kobako-agent or recipe; rebuild or re-import it)"
-                ),
-                None => {}
-            }
-            println!(
-                "used by     {}",
-                if used.is_empty() {
-                    "-".into()
-                } else {
-                    used.join(", ")
-                }
-            );
-        }
-        ImageCmd::Rm { name } => {
-            let s = store();
-            let img = s.get(&name)?;
-            s.remove(&name, &users(&img))?;
-            eprintln!("image '{name}' removed");
-        }
-        ImageCmd::Du { json } => {
-            let u = store().usage()?;
-            if json {
-                let list = |v: &[(String, u64)]| {
-                    v.iter()
-                        .map(|(n, b)| serde_json::json!({"name": n, "bytes": b}))
-                        .collect::<Vec<_>>()
-                };
-                let total: u64 = u.images.iter().chain(&u.overlays).map(|(_, b)| b).sum();
-                let v = serde_json::json!({
-                    "images": list(&u.images),
-                    "overlays": list(&u.overlays),
-                    "total_bytes": total,
-                });
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
-            let mut total = 0;
-            println!("{:<32} {:>10}", "IMAGE", "ON DISK");
-            for (n, b) in &u.images {
-                total += b;
-                println!("{n:<32} {:>10}", mib(*b));
-            }
-            println!("{:<32} {:>10}", "VM OVERLAY", "ON DISK");
-            for (n, b) in &u.overlays {
-                total += b;
-                println!("{n:<32} {:>10}", mib(*b));
-            }
-            println!("{:<32} {:>10}", "total", mib(total));
-        }
+        ImageCmd::Kernel { jobs } => build_kernel(jobs),
+        ImageCmd::Tiny => build_tiny(),
+        ImageCmd::Ls { out } => ls(&out),
+        ImageCmd::Inspect { name, out } => inspect(&name, &out),
+        ImageCmd::Rm { name } => rm(&name),
+        ImageCmd::Du { json } => du(json),
         ImageCmd::Build(BuildCmd::Debian {
             name,
             packages,
@@ -353,28 +218,202 @@ pub fn run(cmd: ImageCmd) -> Result<()> {
             suite,
             sources,
             size,
-        }) => {
-            let agent = tiny::find_agent()?;
-            let mut o = debian::DebianOptions::new(&name);
-            o.packages = packages;
-            o.with = with;
-            o.suite = suite;
-            o.sources = sources;
-            o.size_bytes = parse_size(&size)?;
-            let img = debian::build(&store(), &o, &agent, &StderrProgress)?;
-            println!("{}", img.manifest.name);
-        }
-        ImageCmd::Build(BuildCmd::Recipe(args)) => build_recipe(&args)?,
-        ImageCmd::Import { source, name, size } => {
-            let agent = tiny::find_agent()?;
-            let o = import::ImportOptions {
-                name,
-                source,
-                size_bytes: parse_size(&size)?,
-            };
-            let img = import::import(&store(), &o, &agent, &StderrProgress)?;
-            println!("{}", img.manifest.name);
-        }
+        }) => build_debian(&name, packages, with, suite, sources, &size),
+        ImageCmd::Build(BuildCmd::Recipe(args)) => build_recipe(&args),
+        ImageCmd::Import { source, name, size } => import_image(source, name, &size),
     }
+}
+
+/// `image kernel`: build the guest kernel with `jobs` make jobs (default: the CPUs).
+fn build_kernel(jobs: Option<usize>) -> Result<()> {
+    let jobs = jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let a = kernel::build(&StderrProgress, jobs)?;
+    println!("vmlinux  {}", a.vmlinux.display());
+    println!("bzImage  {}", a.bzimage.display());
+    Ok(())
+}
+
+/// `image tiny`: build the tiny image and register it in the store.
+fn build_tiny() -> Result<()> {
+    let agent = tiny::find_agent()?;
+    let img = tiny::build(&agent, &StderrProgress)?;
+    Store::default().register_tiny(&img)?;
+    println!("initramfs  {}", img.initramfs.display());
+    println!("ext4       {}", img.ext4.display());
+    Ok(())
+}
+
+/// `image ls`: the stored images as a table (wider with `-o wide`) or JSON manifests.
+fn ls(out: &crate::output::OutputArgs) -> Result<()> {
+    let imgs = store().list()?;
+    let wide = out.is_wide();
+    if out.is_json() {
+        let v: Vec<_> = imgs.iter().map(|i| &i.manifest).collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    print!(
+        "{:<24} {:<9} {:<6} {:>9} {:>9} {:<20} {:<10}",
+        "NAME", "KIND", "FORMAT", "SIZE", "VSIZE", "CREATED", "CLOUD-INIT"
+    );
+    if wide {
+        print!(" {:<12} {:>8}  SOURCE", "SHA256", "PACKAGES");
+    }
+    println!();
+    for i in imgs {
+        let m = &i.manifest;
+        print!(
+            "{:<24} {:<9} {:<6} {:>9} {:>9} {:<20} {:<10}",
+            m.name,
+            m.kind.to_string(),
+            m.format,
+            mib(m.size),
+            mib(m.virtual_size),
+            m.created,
+            if m.cloud_init { "yes" } else { "no" }
+        );
+        if wide {
+            print!(
+                " {:<12} {:>8}  {}",
+                m.sha256.get(..12).unwrap_or(&m.sha256),
+                m.packages.len(),
+                m.source
+            );
+        }
+        println!();
+    }
+    Ok(())
+}
+
+/// `image inspect NAME`: the manifest, where the base is, who uses it and whether its agent
+/// is current.
+fn inspect(name: &str, out: &crate::output::OutputArgs) -> Result<()> {
+    let json = out.is_json();
+    let img = store().get(name)?;
+    let used = users(&img);
+    let agent_current = agent_is_current(&img);
+    if json {
+        let mut v = serde_json::to_value(&img.manifest)?;
+        v["path"] = img.base_path().display().to_string().into();
+        v["used_by"] = serde_json::to_value(&used)?;
+        v["agent_current"] = serde_json::to_value(agent_current)?;
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let m = &img.manifest;
+    println!("name        {}", m.name);
+    println!("kind        {}", m.kind);
+    println!("base        {} ({})", img.base_path().display(), m.format);
+    println!(
+        "size        {} on disk, {} filesystem",
+        mib(m.size),
+        mib(m.virtual_size)
+    );
+    println!("created     {}", m.created);
+    println!("source      {}", m.source);
+    println!("sha256      {}", m.sha256);
+    println!("packages    {}", m.packages.join(","));
+    println!("cloud-init  {}", if m.cloud_init { "yes" } else { "no" });
+    if let Some(s) = m.build_secs {
+        println!("build time  {s:.1} s");
+    }
+    if let Some(i) = &m.init {
+        println!("init        {i}");
+    }
+    match agent_current {
+        Some(true) => println!("agent       current"),
+        Some(false) => println!(
+            "agent       OUTDATED (built with another kobako-agent or recipe; rebuild or re-import it)"
+        ),
+        None => {}
+    }
+    println!(
+        "used by     {}",
+        if used.is_empty() {
+            "-".into()
+        } else {
+            used.join(", ")
+        }
+    );
+    Ok(())
+}
+
+/// `image rm NAME`: refused by the store while a VM uses the image.
+fn rm(name: &str) -> Result<()> {
+    let s = store();
+    let img = s.get(name)?;
+    s.remove(name, &users(&img))?;
+    eprintln!("image '{name}' removed");
+    Ok(())
+}
+
+/// `image du`: bytes on disk of each image and VM overlay, and the total.
+fn du(json: bool) -> Result<()> {
+    let u = store().usage()?;
+    if json {
+        let list = |v: &[(String, u64)]| {
+            v.iter()
+                .map(|(n, b)| serde_json::json!({"name": n, "bytes": b}))
+                .collect::<Vec<_>>()
+        };
+        let total: u64 = u.images.iter().chain(&u.overlays).map(|(_, b)| b).sum();
+        let v = serde_json::json!({
+            "images": list(&u.images),
+            "overlays": list(&u.overlays),
+            "total_bytes": total,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let mut total = 0;
+    println!("{:<32} {:>10}", "IMAGE", "ON DISK");
+    for (n, b) in &u.images {
+        total += b;
+        println!("{n:<32} {:>10}", mib(*b));
+    }
+    println!("{:<32} {:>10}", "VM OVERLAY", "ON DISK");
+    for (n, b) in &u.overlays {
+        total += b;
+        println!("{n:<32} {:>10}", mib(*b));
+    }
+    println!("{:<32} {:>10}", "total", mib(total));
+    Ok(())
+}
+
+/// `image build debian ...`: prints the built image's name.
+fn build_debian(
+    name: &str,
+    packages: Vec<String>,
+    with: Vec<String>,
+    suite: String,
+    sources: Vec<String>,
+    size: &Option<String>,
+) -> Result<()> {
+    let agent = tiny::find_agent()?;
+    let mut o = debian::DebianOptions::new(name);
+    o.packages = packages;
+    o.with = with;
+    o.suite = suite;
+    o.sources = sources;
+    o.size_bytes = parse_size(size)?;
+    let img = debian::build(&store(), &o, &agent, &StderrProgress)?;
+    println!("{}", img.manifest.name);
+    Ok(())
+}
+
+/// `image import SOURCE --name NAME`: prints the imported image's name.
+fn import_image(source: PathBuf, name: String, size: &Option<String>) -> Result<()> {
+    let agent = tiny::find_agent()?;
+    let o = import::ImportOptions {
+        name,
+        source,
+        size_bytes: parse_size(size)?,
+    };
+    let img = import::import(&store(), &o, &agent, &StderrProgress)?;
+    println!("{}", img.manifest.name);
     Ok(())
 }
