@@ -531,10 +531,52 @@ pub struct Vm {
     /// (their guests booted without AppArmor).
     #[serde(default = "apparmor_before_the_field")]
     pub apparmor: AppArmorMode,
+    /// Readiness checks run in the guest after it is configured (`ready:`), in file order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ready: Vec<ReadyCheck>,
+    /// How long `up` waits for [`Vm::ready`] to pass (`ready_timeout:`), in milliseconds.
+    #[serde(default = "default_ready_timeout_ms")]
+    pub ready_timeout_ms: u64,
 }
 
 fn apparmor_before_the_field() -> AppArmorMode {
     AppArmorMode::Off
+}
+
+/// Most readiness checks one VM may declare.
+pub const MAX_READY_CHECKS: usize = 16;
+/// Longest command or URL of a readiness check, in bytes.
+pub const MAX_READY_TEXT: usize = 2048;
+/// `ready_timeout` when the lab file gives none.
+pub const DEFAULT_READY_TIMEOUT_MS: u64 = 60_000;
+/// Longest `ready_timeout` (one hour).
+pub const MAX_READY_TIMEOUT_MS: u64 = 3_600_000;
+
+fn default_ready_timeout_ms() -> u64 {
+    DEFAULT_READY_TIMEOUT_MS
+}
+
+/// One readiness check, run inside the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyCheck {
+    /// A TCP connection to this loopback port is accepted.
+    Tcp(u16),
+    /// A GET of this `http://` URL (on the guest itself) answers 2xx or 3xx.
+    Http(String),
+    /// This `/bin/sh -c` command exits 0.
+    Exec(String),
+}
+
+impl fmt::Display for ReadyCheck {
+    /// `tcp 6379`, `http http://localhost:8080/health`, `exec 'redis-cli ping'`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadyCheck::Tcp(p) => write!(f, "tcp {p}"),
+            ReadyCheck::Http(u) => write!(f, "http {u}"),
+            ReadyCheck::Exec(c) => write!(f, "exec '{c}'"),
+        }
+    }
 }
 
 impl Vm {

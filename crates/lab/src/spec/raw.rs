@@ -68,6 +68,12 @@ pub struct RawDefaults {
     /// Guest kernel: `default` or a path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
+    /// Readiness checks of every VM that declares none itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<Vec<RawReadyCheck>>,
+    /// How long `up` waits for a VM's readiness checks, e.g. `60s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_timeout: Option<Micros>,
 }
 
 /// A node (under `nodes:`) or a node template (under `templates:`, or shipped with kobako).
@@ -149,6 +155,33 @@ pub struct RawVm {
     /// Security modules in the guest: `{apparmor: enforce|complain|off}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security: Option<RawSecurity>,
+    /// Readiness checks run inside the guest after it is configured; `up` reports the VM
+    /// ready only when all pass (at most 16). Replaces a template's list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub ready: Option<Vec<RawReadyCheck>>,
+    /// How long `up` waits for the readiness checks to pass, e.g. `90s`; default 60s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_timeout: Option<Micros>,
+}
+
+/// One readiness check: exactly one of `tcp`, `http`, `exec`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawReadyCheck {
+    /// A TCP port on the guest's loopback (127.0.0.1, else ::1) that accepts a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub tcp: Option<u32>,
+    /// An `http://` URL on the guest itself (`localhost`, 127.0.0.1, [::1]) whose GET answers
+    /// 2xx or 3xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub http: Option<String>,
+    /// A command (`/bin/sh -c`) that exits 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub exec: Option<String>,
 }
 
 /// A VM's security settings.

@@ -5,7 +5,7 @@
 use super::yaml_writer::YamlSer;
 use crate::spec::model::*;
 use crate::spec::raw::*;
-use crate::spec::units::Percent;
+use crate::spec::units::{Micros, Percent};
 use indexmap::IndexMap;
 use serde::Serialize;
 use yaml_rust2::YamlEmitter;
@@ -138,6 +138,9 @@ impl Lab {
             security: Some(RawSecurity {
                 apparmor: Some(v.apparmor),
             }),
+            ready: (!v.ready.is_empty()).then(|| v.ready.iter().map(raw_ready).collect()),
+            ready_timeout: (v.ready_timeout_ms != DEFAULT_READY_TIMEOUT_MS)
+                .then_some(Micros(v.ready_timeout_ms * 1000)),
         }
     }
 
@@ -262,4 +265,22 @@ fn raw_publish(p: &Publish) -> String {
         p.port,
         if p.proto == Proto::Tcp { "tcp" } else { "udp" }
     )
+}
+
+/// A readiness check as written in a lab file.
+fn raw_ready(c: &ReadyCheck) -> RawReadyCheck {
+    match c {
+        ReadyCheck::Tcp(p) => RawReadyCheck {
+            tcp: Some(u32::from(*p)),
+            ..Default::default()
+        },
+        ReadyCheck::Http(u) => RawReadyCheck {
+            http: Some(u.clone()),
+            ..Default::default()
+        },
+        ReadyCheck::Exec(c) => RawReadyCheck {
+            exec: Some(c.clone()),
+            ..Default::default()
+        },
+    }
 }

@@ -7,7 +7,7 @@ use crate::spec::model::check_name;
 use crate::spec::parse;
 use crate::spec::raw::*;
 use crate::spec::templates;
-use crate::spec::units::MemMib;
+use crate::spec::units::{MemMib, Micros};
 use indexmap::IndexMap;
 use std::collections::HashSet;
 
@@ -28,6 +28,8 @@ pub(super) struct MergedVm {
     pub(super) files: IndexMap<String, Located<RawFile>>,
     pub(super) env: IndexMap<String, Located<String>>,
     pub(super) security: Option<Located<RawSecurity>>,
+    pub(super) ready: Option<Located<Vec<RawReadyCheck>>>,
+    pub(super) ready_timeout: Option<Located<Micros>>,
 }
 
 /// A node after merging its template chain (templates first, the node's own fields last).
@@ -189,7 +191,7 @@ impl Resolver<'_> {
     }
 }
 
-/// Merges VM `rv` (written at `at`) over `m`: scalars and `run`/`routes` replace, interfaces
+/// Merges VM `rv` (written at `at`) over `m`: scalars and `run`/`routes`/`ready` replace, interfaces
 /// merge field by field, `files` and `env` by key.
 fn merge_vm(m: &mut MergedVm, rv: &RawVm, at: &Origin) {
     let o = |k: &str| Origin {
@@ -214,6 +216,8 @@ fn merge_vm(m: &mut MergedVm, rv: &RawVm, at: &Origin) {
     set!(kernel);
     set!(run);
     set!(security);
+    set!(ready);
+    set!(ready_timeout);
     for (k, i) in &rv.interfaces {
         let iat = Origin {
             src: at.src,

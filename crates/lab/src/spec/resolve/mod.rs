@@ -46,6 +46,7 @@ mod merge;
 mod networks;
 mod nodes;
 mod publish;
+mod ready;
 mod routes;
 mod vms;
 

@@ -45,6 +45,7 @@ impl Resolver<'_> {
         let env = self.vm_env(m);
         let routes = self.vm_routes(m);
         let apparmor = self.vm_apparmor(m, &machine.image);
+        let (ready, ready_timeout_ms) = self.vm_ready(m);
         VmDraft {
             vm: Vm {
                 id,
@@ -60,6 +61,8 @@ impl Resolver<'_> {
                 env,
                 hosts: hosts.to_vec(),
                 apparmor,
+                ready,
+                ready_timeout_ms,
             },
             at: at.clone(),
             ifaces,
