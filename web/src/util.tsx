@@ -20,7 +20,7 @@ export function bytes(n: number): string {
 export function StateBadge({ state }: { state: string }) {
   return (
     <span className={`badge state-${state}`} data-state={state}>
-      {state}
+      {state.replace("_", " ")}
     </span>
   );
 }

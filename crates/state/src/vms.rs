@@ -13,9 +13,12 @@ use crate::{now_ms, Db, Result};
 pub enum VmState {
     /// Declared, not started yet.
     Pending,
-    /// Its process runs; the agent has not said Ready yet (or it is being configured).
+    /// Its process runs; the guest agent has not answered yet.
     Booting,
-    /// Agent ready and configured.
+    /// The guest agent answered: the VM is being configured, then its readiness checks run
+    /// (`reason` names the check being waited for).
+    AgentUp,
+    /// Configured, and every readiness check passed.
     Ready,
     /// Could not be started or configured; `reason` says why.
     Failed,
@@ -23,7 +26,7 @@ pub enum VmState {
     Stopped,
 }
 
-str_enum!(VmState { Pending => "pending", Booting => "booting", Ready => "ready", Failed => "failed", Stopped => "stopped" });
+str_enum!(VmState { Pending => "pending", Booting => "booting", AgentUp => "agent_up", Ready => "ready", Failed => "failed", Stopped => "stopped" });
 
 /// A stored VM.
 #[derive(Debug, Clone, Serialize, PartialEq)]

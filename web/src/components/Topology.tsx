@@ -75,8 +75,9 @@ function VmNode({ data }: NodeProps<Node<VmData>>) {
       </div>
       <div className="vmstate">
         <span className="dot" aria-hidden="true" />
-        {state}
+        {state.replace("_", " ")}
         {boot != null && state === "ready" ? <span className="boot"> · booted in {boot} ms</span> : null}
+        {state === "agent_up" && data.live?.reason ? <span className="boot"> · {data.live.reason}</span> : null}
       </div>
       <Handle type="source" position={Position.Right} isConnectable={data.connectable} />
     </div>

@@ -123,7 +123,7 @@ export default function LabView({ user, name }: { user: User; name: string }) {
   }
   if (!lab || !topo || (!layout && !layoutError)) return <p className="loading">Loading lab {name}…</p>;
 
-  const running = lab.vms.some((v) => v.pid != null || v.state === "ready" || v.state === "booting");
+  const running = lab.vms.some((v) => v.pid != null || v.state === "ready" || v.state === "agent_up" || v.state === "booting");
   const act = async (what: string, f: () => Promise<unknown>) => {
     setBusy(what);
     setActionError(null);
@@ -341,7 +341,7 @@ function VmPanel({
   onOp: (target: string, op: MemberOp) => void;
 }) {
   // From the state (live from events); the pid is only as fresh as the last reload.
-  const up = vm.state === "ready" || vm.state === "booting";
+  const up = vm.state === "ready" || vm.state === "agent_up" || vm.state === "booting";
   const id = `${vm.node}.${vm.vm}`;
   const opButtons = (target: string, what: string, running: boolean) => (
     <div className="actions" role="group" aria-label={`${what} actions`}>
@@ -385,7 +385,7 @@ function VmPanel({
             <button type="button" disabled={!up} onClick={() => onTerm("console")}>
               Open console
             </button>
-            <button type="button" disabled={vm.state !== "ready"} onClick={() => onTerm("shell")}>
+            <button type="button" disabled={vm.state !== "ready" && vm.state !== "agent_up"} onClick={() => onTerm("shell")}>
               Open shell
             </button>
           </div>

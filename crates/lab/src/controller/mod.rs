@@ -23,6 +23,7 @@ mod impairments;
 mod links;
 pub mod netd;
 pub mod netpolicy;
+pub mod ready;
 mod up;
 pub mod vmops;
 pub mod warm;
@@ -204,14 +205,14 @@ impl LabRecord {
     }
 }
 
-/// A VM's state as stored, corrected by what runs: a VM stored as ready/booting whose process
+/// A VM's state as stored, corrected by what runs: a VM stored as booting/agent up/ready whose process
 /// is gone is `stopped` (crashed or stopped outside kobako).
 pub fn observed(row: &VmRow) -> (VmState, Option<String>) {
     let running = kobako_runtime::VmDir::for_name(&row.name)
         .vm_pid()
         .is_some();
     match (row.state, running) {
-        (VmState::Ready | VmState::Booting, false) => {
+        (VmState::Ready | VmState::AgentUp | VmState::Booting, false) => {
             let why = kobako_runtime::VmDir::for_name(&row.name)
                 .exit()
                 .map(|e| format!("VM process ended ({})", e.describe()))

@@ -620,10 +620,21 @@ pub(crate) async fn up_some(
                         }
                     }
                 };
+                let _ = db.set_vm_state(&vname, VmState::AgentUp, Some("configuring"), None);
                 configure(&client, &vm)
                     .await
                     .map_err(|e| format!("configuring: {e}"))?;
-                Ok::<_, String>((boot_ms, warm, note))
+                let checked = super::ready::wait_ready(&client, &vm, &vname, |c| {
+                    let why = format!("waiting for {c}");
+                    let _ = db.set_vm_state(&vname, VmState::AgentUp, Some(&why), None);
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+                let checks = (!vm.ready.is_empty()).then(|| {
+                    let list: Vec<String> = vm.ready.iter().map(|c| c.to_string()).collect();
+                    format!("{} passed in {} ms", list.join(", "), checked.as_millis())
+                });
+                Ok::<_, String>((boot_ms, warm, note, checks))
             }),
         ));
     }
@@ -633,10 +644,13 @@ pub(crate) async fn up_some(
             .await
             .unwrap_or_else(|e| Err(format!("start task failed: {e}")))
         {
-            Ok((boot_ms, warm, note)) => {
+            Ok((boot_ms, warm, note, checks)) => {
                 db.set_vm_state(&vname, VmState::Ready, None, boot_ms.map(|b| b as i64))?;
                 if let Some(n) = note {
                     progress.event(&format!("  {vname}: {n}"));
+                }
+                if let Some(c) = checks {
+                    progress.event(&format!("  {vname}: {c}"));
                 }
                 match boot_ms {
                     Some(ms) if warm => {

@@ -46,7 +46,8 @@ pub struct VmInfo {
     pub lab: String,
     pub node: String,
     pub vm: String,
-    /// pending, booting, ready, failed, stopped.
+    /// pending, booting, agent_up (configuring, then waiting for its readiness checks), ready,
+    /// failed, stopped.
     pub state: String,
     pub reason: Option<String>,
     /// Milliseconds from process start to agent ready.
