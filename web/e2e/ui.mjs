@@ -47,7 +47,7 @@ nodes:
       h: { interfaces: { eth1: { addresses: [10.99.1.1/30] } } }
   b:
     vms:
-      h: { interfaces: { eth1: { addresses: [10.99.1.2/30] } } }
+      h: { interfaces: { eth1: { addresses: [10.99.1.2/30] } }, ready: [{ exec: "sleep 5" }] }
 links:
   - { name: ab, endpoints: ["a.h:eth1", "b.h:eth1"] }
 `;
@@ -319,7 +319,30 @@ try {
   await admin.waitForURL(new RegExp(`/labs/${LAB}$`));
   await admin.locator('.vmnode[data-vm="a.h"]').waitFor();
   const startUp = Date.now();
+  // b.h declares a readiness check that takes 5 s: between its agent answering and `ready` the
+  // graph shows it "agent up", with the check it waits for.
+  const waiting = admin.locator('.vmnode[data-vm="b.h"][data-state="agent_up"]');
+  await waiting.waitFor({ timeout: BOOT_TIMEOUT });
+  await admin.waitForFunction(
+    () => /waiting for exec 'sleep 5'/.test(document.querySelector('.vmnode[data-vm="b.h"]')?.textContent ?? ""),
+    undefined,
+    { timeout: 10_000, polling: 100 },
+  );
+  const waitingText = await admin.locator('.vmnode[data-vm="b.h"] .vmstate').textContent();
+  log(`b.h while its check runs: ${waitingText.trim()}`);
+  expect(/agent up/.test(waitingText), `agent up shown (${waitingText.trim()})`);
+  await shot(admin, "06a-lab-agent-up");
   await waitAllVms(admin, "ready", BOOT_TIMEOUT);
+  const bStates = await admin.evaluate(() => {
+    const out = [];
+    for (const s of window.__kobakoShown ?? []) if (s.vm === "b.h" && out[out.length - 1] !== s.state) out.push(s.state);
+    return out;
+  });
+  log(`b.h states painted: ${bStates.join(" → ")}`);
+  expect(
+    bStates.indexOf("agent_up") >= 0 && bStates.indexOf("agent_up") < bStates.lastIndexOf("ready"),
+    `b.h went agent up → ready (${bStates.join(" → ")})`,
+  );
   log(`all VMs ready in the graph ${((Date.now() - startUp) / 1000).toFixed(1)} s after the page showed the lab`);
   // The colour may already have come from a reload another event triggered; wait (briefly) for
   // the VMs' own ready events to be painted too, which is what is measured.

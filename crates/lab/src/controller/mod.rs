@@ -24,6 +24,7 @@ mod links;
 pub mod netd;
 pub mod netpolicy;
 pub mod ready;
+mod start;
 mod up;
 pub mod vmops;
 pub mod warm;

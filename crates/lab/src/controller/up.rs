@@ -9,13 +9,13 @@ use kobako_net::{
     HostSysctl, HostSysctls, LabName as NetLabName, LabNet, PortSpec, PortVlan, VlanId,
 };
 use kobako_runtime::agent::AgentClient;
-use kobako_runtime::config::Nic;
 use kobako_runtime::{Runtime, VmDir};
 use kobako_state::{Db, LabLock, LabState, VmState};
 use serde::Serialize;
 
 use super::{
-    bridge_for, lab_run_dir, links, netpolicy, tap_name, vm_name, LabError, LabRecord, Progress,
+    bridge_for, lab_run_dir, links, netpolicy, start, tap_name, vm_name, LabError, LabRecord,
+    Progress,
 };
 use super::{Resolver, Result};
 use crate::spec::{Attachment, FileSource, Lab, Vm};
@@ -321,7 +321,7 @@ fn guest_config(vm: &Vm) -> (NetConfig, Vec<ServiceSpec>) {
 
 /// Why a booted VM's agent could not be given its configuration.
 #[derive(Debug, thiserror::Error)]
-enum ConfigureError {
+pub(super) enum ConfigureError {
     /// Addresses, routes, hosts or services refused by the agent (its words), or the agent gone.
     #[error(transparent)]
     Agent(#[from] kobako_runtime::RuntimeError),
@@ -340,7 +340,10 @@ enum ConfigureError {
 }
 
 /// Addresses, routes, hosts, then files, then services (which may read both).
-async fn configure(client: &AgentClient, vm: &Vm) -> std::result::Result<(), ConfigureError> {
+pub(super) async fn configure(
+    client: &AgentClient,
+    vm: &Vm,
+) -> std::result::Result<(), ConfigureError> {
     let (net, services) = guest_config(vm);
     client.net_config(net).await?;
     for f in &vm.files {
@@ -434,48 +437,10 @@ pub(crate) async fn up_some(
     progress.event(&format!("plan: {}", plan.summary()));
 
     // Record first, so a crash from here on is cleaned up by `down` and converged by `up`.
-    let spec = serde_json::to_value(lab)?;
-    db.put_lab(&name, file.as_deref(), &spec, owner.as_deref())?;
-    // The cgroups above each VM's: its owner's (with their quotas) and the lab's.
-    let stored_owner = db.lab(&name)?.and_then(|r| r.owner);
-    let cgroups = super::cgroups::levels(&name, stored_owner.as_deref());
-    let vms: Vec<&Vm> = lab.vms().collect();
-    db.sync_vms(
-        &name,
-        &vms.iter()
-            .map(|v| {
-                (
-                    vm_name(lab, v),
-                    v.id.node.as_str().to_string(),
-                    v.id.vm.as_str().to_string(),
-                )
-            })
-            .collect::<Vec<_>>(),
-    )?;
-    for l in &lab.links {
-        let imp = (!l.impair.is_none()).then(|| serde_json::to_value(l.impair).unwrap_or_default());
-        db.set_link(
-            &name,
-            l.name.as_str(),
-            l.state == crate::spec::LinkState::Up,
-            imp.as_ref(),
-        )?;
-    }
-    db.set_lab_state(&name, LabState::Starting, None)?;
+    let cgroups = record(&db, lab, file.as_deref(), owner.as_deref())?;
 
     progress.event("network: namespace, bridges, taps, uplink");
-    let lab2 = lab.clone();
-    let netns = match tokio::task::spawn_blocking(move || ensure_network(&lab2)).await {
-        Ok(Ok(ns)) => ns,
-        Ok(Err(e)) => {
-            db.set_lab_state(&name, LabState::Failed, Some(&e.to_string()))?;
-            return Err(e);
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let lab2 = lab.clone();
-    let db2 = db.clone();
-    tokio::task::spawn_blocking(move || links::apply_links(&db2, &lab2)).await??;
+    let netns = network(&db, lab).await?;
 
     // Replaced and removed VMs go first (a replaced VM keeps its name and taps).
     let mut gone: Vec<String> = plan.remove.clone();
@@ -485,8 +450,128 @@ pub(crate) async fn up_some(
         stop_all(&rt, &gone).await?;
     }
 
-    let mut reports: Vec<VmReport> = vms
-        .iter()
+    let vms: Vec<&Vm> = lab.vms().collect();
+    let mut reports = initial_reports(lab, &vms, &plan, only);
+
+    // Boot what is missing, all at once (launches bounded; boots share the CPUs), and
+    // configure each VM as soon as its agent is ready.
+    let boot = Arc::new(start::Boot {
+        rt: rt.clone(),
+        db: db.clone(),
+        sem: tokio::sync::Semaphore::new(kobako_runtime::group::default_parallelism()),
+        pool: super::warm::enabled().then(super::warm::Pool::default),
+        t0: Instant::now(),
+    });
+    let mut tasks = Vec::new();
+    for (i, vm) in vms.iter().enumerate() {
+        let vname = reports[i].name.clone();
+        let vm: Vm = (*vm).clone();
+        let cfg = match reports[i].action.as_str() {
+            "left stopped" => {
+                reports[i].state = "stopped".into();
+                continue;
+            }
+            "kept" => None,
+            _ => {
+                let dir = VmDir::for_name(&vname);
+                if dir.exists() {
+                    // Half-started by a crashed `up`: start it again from scratch.
+                    let _ = rt.kill(&dir).await;
+                }
+                match start::vm_config(resolve, &vm, &vname, &netns, &cgroups) {
+                    Ok(cfg) => Some(cfg),
+                    Err(e) => {
+                        db.set_vm_state(&vname, VmState::Failed, Some(&e), None)?;
+                        progress.event(&format!("  {vname} failed: {e}"));
+                        reports[i].state = "failed".into();
+                        reports[i].error = Some(e);
+                        continue;
+                    }
+                }
+            }
+        };
+        let boot = boot.clone();
+        tasks.push((
+            i,
+            tokio::spawn(async move { boot.start(vm, vname, cfg).await }),
+        ));
+    }
+    for (i, t) in tasks {
+        let r = t
+            .await
+            .unwrap_or_else(|e| Err(format!("start task failed: {e}")));
+        start::finish_vm(&db, progress, &mut reports[i], r)?;
+    }
+    let (state, reason) = lab_outcome(&reports);
+    db.set_lab_state(&name, state, reason.as_deref())?;
+    Ok(UpReport {
+        lab: name,
+        state,
+        vms: reports,
+        removed: plan.remove,
+        total_ms: t0.elapsed().as_millis() as u64,
+    })
+}
+
+/// The lab's host network (namespace, bridges, taps, uplink) and its links' states; the
+/// namespace's name. A network that cannot be made fails the lab with the reason.
+async fn network(db: &Arc<Db>, lab: &Lab) -> Result<String> {
+    let lab2 = lab.clone();
+    let netns = match tokio::task::spawn_blocking(move || ensure_network(&lab2)).await {
+        Ok(Ok(ns)) => ns,
+        Ok(Err(e)) => {
+            db.set_lab_state(lab.name.as_str(), LabState::Failed, Some(&e.to_string()))?;
+            return Err(e);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let lab2 = lab.clone();
+    let db2 = db.clone();
+    tokio::task::spawn_blocking(move || links::apply_links(&db2, &lab2)).await??;
+    Ok(netns)
+}
+
+/// Stores the lab (spec, file, owner), its VM rows (new ones `pending`) and link states, and
+/// marks it `starting`. The cgroups above each VM's: its owner's (with their quotas) and the
+/// lab's.
+fn record(
+    db: &Db,
+    lab: &Lab,
+    file: Option<&str>,
+    owner: Option<&str>,
+) -> Result<Vec<kobako_runtime::config::CgroupLevel>> {
+    let name = lab.name.as_str();
+    let spec = serde_json::to_value(lab)?;
+    db.put_lab(name, file, &spec, owner)?;
+    let stored_owner = db.lab(name)?.and_then(|r| r.owner);
+    let cgroups = super::cgroups::levels(name, stored_owner.as_deref());
+    let rows: Vec<(String, String, String)> = lab
+        .vms()
+        .map(|v| {
+            (
+                vm_name(lab, v),
+                v.id.node.as_str().to_string(),
+                v.id.vm.as_str().to_string(),
+            )
+        })
+        .collect();
+    db.sync_vms(name, &rows)?;
+    for l in &lab.links {
+        let imp = (!l.impair.is_none()).then(|| serde_json::to_value(l.impair).unwrap_or_default());
+        db.set_link(
+            name,
+            l.name.as_str(),
+            l.state == crate::spec::LinkState::Up,
+            imp.as_ref(),
+        )?;
+    }
+    db.set_lab_state(name, LabState::Starting, None)?;
+    Ok(cgroups)
+}
+
+/// One `pending` report per VM with what `up` is about to do to it.
+fn initial_reports(lab: &Lab, vms: &[&Vm], plan: &Plan, only: Option<&[String]>) -> Vec<VmReport> {
+    vms.iter()
         .map(|vm| {
             let n = vm_name(lab, vm);
             let action = if plan.keep.contains(&n) {
@@ -508,172 +593,14 @@ pub(crate) async fn up_some(
                 warm: false,
             }
         })
-        .collect();
+        .collect()
+}
 
-    // Boot what is missing, all at once (launches bounded; boots share the CPUs), and
-    // configure each VM as soon as its agent is ready.
-    let sem = Arc::new(tokio::sync::Semaphore::new(
-        kobako_runtime::group::default_parallelism(),
-    ));
-    let t_boot = Instant::now();
-    let pool = super::warm::enabled().then(super::warm::Pool::default);
-    let mut tasks = Vec::new();
-    for (i, vm) in vms.iter().enumerate() {
-        let vname = reports[i].name.clone();
-        let vm: Vm = (*vm).clone();
-        let rt = rt.clone();
-        let db = db.clone();
-        let sem = sem.clone();
-        if reports[i].action == "left stopped" {
-            reports[i].state = "stopped".into();
-            continue;
-        }
-        let pool = pool.clone();
-        let kept = reports[i].action == "kept";
-        let cfg = if kept {
-            None
-        } else {
-            let dir = VmDir::for_name(&vname);
-            if dir.exists() {
-                // Half-started by a crashed `up`: start it again from scratch.
-                let _ = rt.kill(&dir).await;
-            }
-            match resolve(&vm, &vname) {
-                Ok(mut cfg) => {
-                    cfg.name = vname.clone();
-                    cfg.netns = Some(netns.clone());
-                    cfg.cgroups = cgroups.clone();
-                    cfg.nics = vm
-                        .interfaces
-                        .iter()
-                        .map(|x| Nic {
-                            tap: tap_name(&vm, x.name.as_str()).as_str().to_string(),
-                            mac: x.mac.to_string(),
-                        })
-                        .collect();
-                    Some(cfg)
-                }
-                Err(e) => {
-                    db.set_vm_state(&vname, VmState::Failed, Some(&e), None)?;
-                    progress.event(&format!("  {vname} failed: {e}"));
-                    reports[i].state = "failed".into();
-                    reports[i].error = Some(e);
-                    continue;
-                }
-            }
-        };
-        tasks.push((
-            i,
-            tokio::spawn(async move {
-                // A warm clone when there is (or can be made) a warm snapshot of this
-                // configuration; a cold boot otherwise, or when the clone fails.
-                let mut cloned = None;
-                let mut note = None;
-                if let (Some(pool), Some(cfg)) = (&pool, &cfg) {
-                    match pool.get(&rt, cfg).await {
-                        Ok(w) => {
-                            let _permit = sem.acquire().await;
-                            let _ =
-                                db.set_vm_state(&vname, VmState::Booting, Some("warm clone"), None);
-                            match super::warm::clone(&rt, &w, cfg).await {
-                                Ok((_, c)) => {
-                                    // The resolver's own overlay (disk roots) is not used.
-                                    let _ = kobako_runtime::vmdir::remove_paths(&cfg.owned_paths);
-                                    cloned = Some(c);
-                                }
-                                Err(e) => {
-                                    note = Some(format!("warm clone failed ({e}); booting cold"))
-                                }
-                            }
-                        }
-                        Err(e) => note = Some(format!("no warm snapshot ({e}); booting cold")),
-                    }
-                }
-                let warm = cloned.is_some();
-                let (client, boot_ms) = match (cfg, cloned) {
-                    (_, Some(c)) => (c, Some(t_boot.elapsed().as_millis() as u64)),
-                    (None, None) => {
-                        let dir = VmDir::for_name(&vname);
-                        let (c, _) = kobako_runtime::wait_ready(&dir, Duration::from_secs(60))
-                            .await
-                            .map_err(|e| e.to_string())?;
-                        (c, None)
-                    }
-                    (Some(cfg), None) => {
-                        let timeout = Duration::from_secs(cfg.ready_timeout_secs);
-                        let dir = {
-                            let _permit = sem.acquire().await;
-                            let dir = rt.create(&cfg).await.map_err(|e| e.to_string())?;
-                            let _ = db.set_vm_state(&vname, VmState::Booting, None, None);
-                            if let Err(e) = rt.start(&dir).await {
-                                let _ = dir.remove();
-                                return Err(e.to_string());
-                            }
-                            dir
-                        };
-                        match kobako_runtime::wait_ready(&dir, timeout).await {
-                            Ok((c, _)) => (c, Some(t_boot.elapsed().as_millis() as u64)),
-                            Err(e) => {
-                                let _ = rt.kill(&dir).await;
-                                return Err(e.to_string());
-                            }
-                        }
-                    }
-                };
-                let _ = db.set_vm_state(&vname, VmState::AgentUp, Some("configuring"), None);
-                configure(&client, &vm)
-                    .await
-                    .map_err(|e| format!("configuring: {e}"))?;
-                let checked = super::ready::wait_ready(&client, &vm, &vname, |c| {
-                    let why = format!("waiting for {c}");
-                    let _ = db.set_vm_state(&vname, VmState::AgentUp, Some(&why), None);
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-                let checks = (!vm.ready.is_empty()).then(|| {
-                    let list: Vec<String> = vm.ready.iter().map(|c| c.to_string()).collect();
-                    format!("{} passed in {} ms", list.join(", "), checked.as_millis())
-                });
-                Ok::<_, String>((boot_ms, warm, note, checks))
-            }),
-        ));
-    }
-    for (i, t) in tasks {
-        let vname = reports[i].name.clone();
-        match t
-            .await
-            .unwrap_or_else(|e| Err(format!("start task failed: {e}")))
-        {
-            Ok((boot_ms, warm, note, checks)) => {
-                db.set_vm_state(&vname, VmState::Ready, None, boot_ms.map(|b| b as i64))?;
-                if let Some(n) = note {
-                    progress.event(&format!("  {vname}: {n}"));
-                }
-                if let Some(c) = checks {
-                    progress.event(&format!("  {vname}: {c}"));
-                }
-                match boot_ms {
-                    Some(ms) if warm => {
-                        progress.event(&format!("  {vname} ready in {ms} ms (warm clone)"))
-                    }
-                    Some(ms) => progress.event(&format!("  {vname} ready in {ms} ms")),
-                    None => progress.event(&format!("  {vname} ready (was running)")),
-                }
-                reports[i].state = "ready".into();
-                reports[i].boot_ms = boot_ms;
-                reports[i].warm = warm;
-            }
-            Err(e) => {
-                db.set_vm_state(&vname, VmState::Failed, Some(&e), None)?;
-                progress.event(&format!("  {vname} failed: {e}"));
-                reports[i].state = "failed".into();
-                reports[i].error = Some(e);
-            }
-        }
-    }
+/// The lab's state after `up`: ready, or degraded saying how many VMs failed or stayed stopped.
+fn lab_outcome(reports: &[VmReport]) -> (LabState, Option<String>) {
     let failed = reports.iter().filter(|r| r.error.is_some()).count();
     let stopped = reports.iter().filter(|r| r.state == "stopped").count();
-    let (state, reason) = match (failed, stopped) {
+    match (failed, stopped) {
         (0, 0) => (LabState::Ready, None),
         (0, s) => (
             LabState::Degraded,
@@ -683,15 +610,7 @@ pub(crate) async fn up_some(
             LabState::Degraded,
             Some(format!("{n} of {} VMs failed", reports.len())),
         ),
-    };
-    db.set_lab_state(&name, state, reason.as_deref())?;
-    Ok(UpReport {
-        lab: name,
-        state,
-        vms: reports,
-        removed: plan.remove,
-        total_ms: t0.elapsed().as_millis() as u64,
-    })
+    }
 }
 
 /// Take a lab down: the net daemon, every VM, the host network, then the stored state.

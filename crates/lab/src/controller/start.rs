@@ -1,0 +1,193 @@
+//! Bringing one lab VM to ready for `up`: its runtime configuration, a warm clone or a cold
+//! boot (or the running VM when kept), configuration through its agent, its readiness checks;
+//! then what is stored and reported of it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kobako_runtime::agent::AgentClient;
+use kobako_runtime::config::{CgroupLevel, Nic, VmConfig};
+use kobako_runtime::{Runtime, VmDir};
+use kobako_state::{Db, VmState};
+
+use super::up::{configure, VmReport};
+use super::{tap_name, Progress, Resolver, Result};
+use crate::spec::Vm;
+
+/// The runtime configuration of lab VM `vm` (runtime name `vname`): the resolver's (image,
+/// kernel, disks), in the lab's namespace and cgroups, with a NIC per interface.
+pub(super) fn vm_config(
+    resolve: &Resolver,
+    vm: &Vm,
+    vname: &str,
+    netns: &str,
+    cgroups: &[CgroupLevel],
+) -> std::result::Result<VmConfig, String> {
+    let mut cfg = resolve(vm, vname)?;
+    cfg.name = vname.to_string();
+    cfg.netns = Some(netns.to_string());
+    cfg.cgroups = cgroups.to_vec();
+    cfg.nics = vm
+        .interfaces
+        .iter()
+        .map(|x| Nic {
+            tap: tap_name(vm, x.name.as_str()).as_str().to_string(),
+            mac: x.mac.to_string(),
+        })
+        .collect();
+    Ok(cfg)
+}
+
+/// What one `up` shares between its VMs' start tasks.
+pub(super) struct Boot {
+    pub(super) rt: Arc<dyn Runtime>,
+    pub(super) db: Arc<Db>,
+    /// Bounds concurrent launches (boots themselves share the CPUs).
+    pub(super) sem: tokio::sync::Semaphore,
+    pub(super) pool: Option<super::warm::Pool>,
+    /// When booting started (boot times count from here).
+    pub(super) t0: Instant,
+}
+
+/// A VM `up` brought to ready: boot time (None: it was running), warm clone or not, a note
+/// (why it booted cold), what its readiness checks did.
+type Started = (Option<u64>, bool, Option<String>, Option<String>);
+
+impl Boot {
+    /// Brings one VM to ready: a warm clone, a cold boot (`cfg`), or the running VM (`cfg`
+    /// None: kept); then configures it and runs its readiness checks.
+    pub(super) async fn start(
+        &self,
+        vm: Vm,
+        vname: String,
+        cfg: Option<VmConfig>,
+    ) -> std::result::Result<Started, String> {
+        let db = &self.db;
+        // A warm clone when there is (or can be made) a warm snapshot of this configuration;
+        // a cold boot otherwise, or when the clone fails.
+        let (cloned, note) = match (&self.pool, &cfg) {
+            (Some(pool), Some(cfg)) => self.warm_clone(pool, cfg, &vname).await,
+            _ => (None, None),
+        };
+        let warm = cloned.is_some();
+        let (client, boot_ms) = match (cfg, cloned) {
+            (_, Some(c)) => (c, Some(self.t0.elapsed().as_millis() as u64)),
+            (None, None) => {
+                let dir = VmDir::for_name(&vname);
+                let (c, _) = kobako_runtime::wait_ready(&dir, Duration::from_secs(60))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                (c, None)
+            }
+            (Some(cfg), None) => (
+                self.cold_boot(&cfg, &vname).await?,
+                Some(self.t0.elapsed().as_millis() as u64),
+            ),
+        };
+        let _ = db.set_vm_state(&vname, VmState::AgentUp, Some("configuring"), None);
+        configure(&client, &vm)
+            .await
+            .map_err(|e| format!("configuring: {e}"))?;
+        let checked = super::ready::wait_ready(&client, &vm, &vname, |c| {
+            let why = format!("waiting for {c}");
+            let _ = db.set_vm_state(&vname, VmState::AgentUp, Some(&why), None);
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let checks = (!vm.ready.is_empty()).then(|| {
+            let list: Vec<String> = vm.ready.iter().map(|c| c.to_string()).collect();
+            format!("{} passed in {} ms", list.join(", "), checked.as_millis())
+        });
+        Ok((boot_ms, warm, note, checks))
+    }
+
+    /// A clone of the pool's warm snapshot for `cfg`, or why the VM boots cold.
+    async fn warm_clone(
+        &self,
+        pool: &super::warm::Pool,
+        cfg: &VmConfig,
+        vname: &str,
+    ) -> (Option<AgentClient>, Option<String>) {
+        match pool.get(&self.rt, cfg).await {
+            Ok(w) => {
+                let _permit = self.sem.acquire().await;
+                let _ = self
+                    .db
+                    .set_vm_state(vname, VmState::Booting, Some("warm clone"), None);
+                match super::warm::clone(&self.rt, &w, cfg).await {
+                    Ok((_, c)) => {
+                        // The resolver's own overlay (disk roots) is not used.
+                        let _ = kobako_runtime::vmdir::remove_paths(&cfg.owned_paths);
+                        (Some(c), None)
+                    }
+                    Err(e) => (None, Some(format!("warm clone failed ({e}); booting cold"))),
+                }
+            }
+            Err(e) => (None, Some(format!("no warm snapshot ({e}); booting cold"))),
+        }
+    }
+
+    /// Creates and starts `cfg`, then waits for its agent (a VM that never answers is killed).
+    async fn cold_boot(
+        &self,
+        cfg: &VmConfig,
+        vname: &str,
+    ) -> std::result::Result<AgentClient, String> {
+        let timeout = Duration::from_secs(cfg.ready_timeout_secs);
+        let dir = {
+            let _permit = self.sem.acquire().await;
+            let dir = self.rt.create(cfg).await.map_err(|e| e.to_string())?;
+            let _ = self.db.set_vm_state(vname, VmState::Booting, None, None);
+            if let Err(e) = self.rt.start(&dir).await {
+                let _ = dir.remove();
+                return Err(e.to_string());
+            }
+            dir
+        };
+        match kobako_runtime::wait_ready(&dir, timeout).await {
+            Ok((c, _)) => Ok(c),
+            Err(e) => {
+                let _ = self.rt.kill(&dir).await;
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+/// Stores and reports how one VM's start ended.
+pub(super) fn finish_vm(
+    db: &Db,
+    progress: &dyn Progress,
+    report: &mut VmReport,
+    r: std::result::Result<Started, String>,
+) -> Result<()> {
+    let vname = report.name.clone();
+    match r {
+        Ok((boot_ms, warm, note, checks)) => {
+            db.set_vm_state(&vname, VmState::Ready, None, boot_ms.map(|b| b as i64))?;
+            if let Some(n) = note {
+                progress.event(&format!("  {vname}: {n}"));
+            }
+            if let Some(c) = checks {
+                progress.event(&format!("  {vname}: {c}"));
+            }
+            match boot_ms {
+                Some(ms) if warm => {
+                    progress.event(&format!("  {vname} ready in {ms} ms (warm clone)"))
+                }
+                Some(ms) => progress.event(&format!("  {vname} ready in {ms} ms")),
+                None => progress.event(&format!("  {vname} ready (was running)")),
+            }
+            report.state = "ready".into();
+            report.boot_ms = boot_ms;
+            report.warm = warm;
+        }
+        Err(e) => {
+            db.set_vm_state(&vname, VmState::Failed, Some(&e), None)?;
+            progress.event(&format!("  {vname} failed: {e}"));
+            report.state = "failed".into();
+            report.error = Some(e);
+        }
+    }
+    Ok(())
+}
