@@ -313,6 +313,18 @@ try {
   expect((await admin.locator(".gutter .bad").count()) >= 1, "error line marked in the gutter");
   await shot(admin, "05-editor-errors");
 
+  // An image that is neither in the store nor a recipe: refused at Create (as `kobako up` and
+  // `lab check` refuse it), listed where the user looks, nothing created.
+  await admin.getByLabel("Lab file (YAML)").fill(LABFILE.replace("image: tiny", "image: frr"));
+  await admin.getByRole("button", { name: "Create lab", exact: true }).click();
+  await admin.getByRole("list", { name: "Problems in the lab file" }).waitFor();
+  const imgErr = await admin.getByRole("list", { name: "Problems in the lab file" }).textContent();
+  log(`unknown image shown: ${imgErr.slice(0, 160)}`);
+  expect(/unknown image 'frr'/.test(imgErr), `unknown image refused at Create (${imgErr.slice(0, 120)})`);
+  const notCreated = await pageApi(admin, "GET", `/labs/${LAB}`);
+  expect(notCreated.status === 404, `nothing was created (${notCreated.status})`);
+  await shot(admin, "05b-editor-unknown-image");
+
   // ---- create and start --------------------------------------------------------------------
   await admin.getByLabel("Lab file (YAML)").fill(LABFILE);
   await admin.getByRole("button", { name: "Create and start" }).click();

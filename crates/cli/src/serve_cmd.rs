@@ -113,6 +113,7 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
         runtime: rt,
         resolver: Arc::new(resolver),
         build_image: Some(Arc::new(build_image)),
+        missing_artifacts: Some(Arc::new(crate::lab_cmd::check::missing_artifacts)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

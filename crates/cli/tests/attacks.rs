@@ -96,15 +96,18 @@ fn member_image_named_like_a_server_file_is_a_store_name_never_a_path() {
         Some(&eve),
         yaml(&one_vm("cwd", "{ image: kobako.db }")),
     );
-    assert_eq!(s, 201, "a valid store name: {v}");
-    let (s, op) = srv.call("POST", "/labs/cwd/up", Some(&eve), None);
-    assert_eq!(s, 202, "{op}");
-    let done = srv.wait_op(&eve, &op, Duration::from_secs(120));
-    // The lab comes up degraded: its one VM failed, naming the image it did not find.
-    let vm = &done["result"]["vms"][0];
-    assert_eq!(vm["state"], "failed", "{done}");
-    let err = vm["error"].as_str().unwrap_or_default();
-    assert!(err.contains("unknown image 'kobako.db'"), "{done}");
+    // A valid store name, unknown in the store: refused at create (the check `kobako up` and
+    // `lab check` make), naming the image and how to get it; nothing is stored or started.
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"]["code"], "unknown_image", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("unknown image 'kobako.db'"), "{v}");
+    assert!(msg.contains("nothing was created"), "{v}");
+    assert!(v["error"]["details"][0]
+        .as_str()
+        .is_some_and(|d| d.contains("nodes.n.vms.v.image")));
+    let (s, _) = srv.call("GET", "/labs/cwd", Some(&eve), None);
+    assert_eq!(s, 404, "a refused lab was stored");
     assert!(
         !srv.run.path().join("vms/cwd.n.v").exists(),
         "no VM was started"

@@ -46,7 +46,13 @@ pub struct Hooks {
     pub resolver: Arc<Resolver>,
     /// Builds an image (`kind`, `name`, `packages`), reporting progress lines.
     pub build_image: Option<Arc<ImageBuilder>>,
+    /// What a lab needs that is not there and cannot be built (unknown images, missing or
+    /// unbootable image and kernel files), one line per field: the same check as `kobako up`
+    /// and `kobako lab check`. Create and replace refuse a lab with any (`None`: no check).
+    pub missing_artifacts: Option<Arc<ArtifactCheck>>,
 }
+
+pub type ArtifactCheck = dyn Fn(&kobako_lab::spec::Lab) -> Vec<String> + Send + Sync;
 
 pub type ImageBuilder = dyn Fn(&str, &str, &[String], &(dyn Fn(&str) + Send + Sync)) -> Result<(), String>
     + Send

@@ -213,12 +213,16 @@ export default function NewLab({ user, edit }: { user: User; edit?: string }) {
       navigate(`/labs/${encodeURIComponent(name)}`);
     } catch (e) {
       if (e instanceof ApiError && Array.isArray(e.details)) {
+        // A 422 invalid_lab carries located errors; other refusals (an unknown image, a host
+        // path) carry lines of text or objects without a position: listed without one.
         setServerErrors(
-          (e.details as SpecError[]).map((d) => ({
-            line: d.pos.line,
-            col: d.pos.col,
-            text: `${d.path}: ${d.message}${d.fix ? ` — ${d.fix}` : ""}`,
-          })),
+          (e.details as unknown[]).map((d) => {
+            const se = d as SpecError;
+            if (se && typeof se === "object" && se.pos) {
+              return { line: se.pos.line, col: se.pos.col, text: `${se.path}: ${se.message}${se.fix ? ` — ${se.fix}` : ""}` };
+            }
+            return { line: 0, col: 0, text: typeof d === "string" ? d : JSON.stringify(d) };
+          }),
         );
         setError(new Error(e.message));
       } else setError(e);
@@ -301,10 +305,15 @@ export default function NewLab({ user, edit }: { user: User; edit?: string }) {
             <ul id="labfile-errors" className="errors" aria-label="Problems in the lab file">
               {errors.map((e, i) => (
                 <li key={i}>
-                  <button type="button" className="linkish" onClick={() => setFocusLine(e.line)}>
-                    line {e.line}, column {e.col}
-                  </button>
-                  : {e.text}
+                  {e.line > 0 ? (
+                    <>
+                      <button type="button" className="linkish" onClick={() => setFocusLine(e.line)}>
+                        line {e.line}, column {e.col}
+                      </button>
+                      :{" "}
+                    </>
+                  ) : null}
+                  {e.text}
                 </li>
               ))}
             </ul>

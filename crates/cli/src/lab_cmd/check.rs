@@ -6,7 +6,7 @@ use kobako_lab::spec::{self, HostLimits, Lab};
 
 /// What a lab needs that is not there yet, per VM field: unknown images, missing or unbootable
 /// image and kernel files. Empty when `up` will find (or build) everything.
-fn missing_artifacts(lab: &Lab) -> Vec<String> {
+pub(crate) fn missing_artifacts(lab: &Lab) -> Vec<String> {
     use kobako_image::store::StoreError;
     use kobako_image::{disk, kernel, recipes};
     use spec::{ImageSource, KernelSource};

@@ -66,6 +66,31 @@ pub async fn load_labs(body: &[u8], file: Option<String>) -> ApiResult<(String, 
     Ok((file, labs))
 }
 
+/// Refuses labs that name an image or kernel that is not there and cannot be built (the
+/// server's [`crate::Hooks::missing_artifacts`]): 422 `unknown_image`, each problem in
+/// `error.details`, nothing stored.
+pub fn refuse_missing_artifacts<'a>(
+    st: &crate::AppState,
+    labs: impl IntoIterator<Item = &'a Lab>,
+) -> ApiResult<()> {
+    let Some(check) = &st.hooks.missing_artifacts else {
+        return Ok(());
+    };
+    let problems: Vec<String> = labs.into_iter().flat_map(|l| check(l)).collect();
+    let Some(first) = problems.first() else {
+        return Ok(());
+    };
+    let more = match problems.len() {
+        1 => String::new(),
+        n => format!(" (and {} more problem(s))", n - 1),
+    };
+    Err(ApiError::unprocessable(
+        "unknown_image",
+        format!("{first}{more}; nothing was created"),
+    )
+    .with_details(serde_json::to_value(&problems).unwrap_or_default()))
+}
+
 /// 403 when `caller` is not an admin and a lab names a host file (image, kernel or file
 /// source): every such field is listed in `error.details`, with what to write instead.
 pub fn refuse_host_paths<'a>(

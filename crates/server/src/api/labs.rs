@@ -207,6 +207,7 @@ pub async fn create_lab(
     caller.require_write()?;
     let (file, labs) = labfile::load_labs(&body, q.file).await?;
     labfile::refuse_host_paths(&caller, &labs)?;
+    labfile::refuse_missing_artifacts(&st, &labs)?;
     super::policy::check_create(&st, &caller, &labs).await?;
     let owner = (!caller.local).then(|| caller.name().to_string());
     let created = st
@@ -262,6 +263,7 @@ pub async fn replace_lab(
     }
     let lab = labs.remove(0);
     labfile::refuse_host_paths(&caller, [&lab])?;
+    labfile::refuse_missing_artifacts(&st, [&lab])?;
     super::policy::check_create(&st, &caller, std::slice::from_ref(&lab)).await?;
     quota_check(&caller, &lab)?;
     let running = !matches!(

@@ -77,6 +77,7 @@ impl App {
             ))),
             resolver: Arc::new(|_, _| Err("router tests run no VMs".to_string())),
             build_image: None,
+            missing_artifacts: None,
         };
         let st = AppState::open(state.path().to_path_buf(), hooks).unwrap();
         let dir = kobako_server::server_dir(state.path());
