@@ -9,7 +9,7 @@ use crate::{now_ms, Db, Result};
 
 /// State of one VM as the controller saw it last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum VmState {
     /// Declared, not started yet.
     Pending,

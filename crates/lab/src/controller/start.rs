@@ -49,9 +49,19 @@ pub(super) struct Boot {
     pub(super) t0: Instant,
 }
 
-/// A VM `up` brought to ready: boot time (None: it was running), warm clone or not, a note
-/// (why it booted cold), what its readiness checks did.
-type Started = (Option<u64>, bool, Option<String>, Option<String>);
+/// A VM `up` brought to ready.
+pub(super) struct Started {
+    /// Time to its agent answering, from the start of the boots (None: it was running).
+    boot_ms: Option<u64>,
+    /// Time until its readiness checks passed, from the start of the boots.
+    ready_ms: u64,
+    /// A warm clone rather than a cold boot.
+    warm: bool,
+    /// Why it booted cold when a clone was tried.
+    note: Option<String>,
+    /// Its readiness checks and how long they took (None: it has none).
+    checks: Option<String>,
+}
 
 impl Boot {
     /// Brings one VM to ready: a warm clone, a cold boot (`cfg`), or the running VM (`cfg`
@@ -98,7 +108,13 @@ impl Boot {
             let list: Vec<String> = vm.ready.iter().map(|c| c.to_string()).collect();
             format!("{} passed in {} ms", list.join(", "), checked.as_millis())
         });
-        Ok((boot_ms, warm, note, checks))
+        Ok(Started {
+            boot_ms,
+            ready_ms: self.t0.elapsed().as_millis() as u64,
+            warm,
+            note,
+            checks,
+        })
     }
 
     /// A clone of the pool's warm snapshot for `cfg`, or why the VM boots cold.
@@ -163,21 +179,30 @@ pub(super) fn finish_vm(
 ) -> Result<()> {
     let vname = report.name.clone();
     match r {
-        Ok((boot_ms, warm, note, checks)) => {
+        Ok(st) => {
+            let Started {
+                boot_ms,
+                ready_ms,
+                warm,
+                note,
+                checks,
+            } = st;
             db.set_vm_state(&vname, VmState::Ready, None, boot_ms.map(|b| b as i64))?;
             if let Some(n) = note {
                 progress.event(&format!("  {vname}: {n}"));
             }
-            if let Some(c) = checks {
-                progress.event(&format!("  {vname}: {c}"));
-            }
-            match boot_ms {
-                Some(ms) if warm => {
-                    progress.event(&format!("  {vname} ready in {ms} ms (warm clone)"))
+            let how = if warm { "warm clone" } else { "booted" };
+            progress.event(&match (boot_ms, checks) {
+                (Some(b), Some(c)) => {
+                    format!("  {vname} ready in {ready_ms} ms ({how} in {b} ms; {c})")
                 }
-                Some(ms) => progress.event(&format!("  {vname} ready in {ms} ms")),
-                None => progress.event(&format!("  {vname} ready (was running)")),
-            }
+                (Some(b), None) => format!(
+                    "  {vname} ready in {b} ms{}",
+                    if warm { " (warm clone)" } else { "" }
+                ),
+                (None, Some(c)) => format!("  {vname} ready (was running; {c})"),
+                (None, None) => format!("  {vname} ready (was running)"),
+            });
             report.state = "ready".into();
             report.boot_ms = boot_ms;
             report.warm = warm;
