@@ -5,24 +5,6 @@ mod common;
 
 use common::*;
 
-fn lab_cmd(env: &Env, state: &std::path::Path, args: &[&str]) -> std::process::Output {
-    env.cmd(args).env("KOBAKO_STATE", state).output().unwrap()
-}
-
-/// Takes a lab down when a test ends, passing or not (a failed assertion must not leave VMs,
-/// namespaces or net daemons for the next run to trip over).
-struct Down<'a> {
-    env: &'a Env,
-    state: &'a std::path::Path,
-    lab: &'a str,
-}
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = lab_cmd(self.env, self.state, &["down", self.lab]);
-    }
-}
-
 fn netns_exists(name: &str) -> bool {
     std::path::Path::new("/run/netns").join(name).exists()
 }

@@ -7,22 +7,6 @@ mod common;
 use common::*;
 use std::time::Instant;
 
-fn lab_cmd(env: &Env, state: &std::path::Path, args: &[&str]) -> std::process::Output {
-    env.cmd(args).env("KOBAKO_STATE", state).output().unwrap()
-}
-
-struct Down<'a> {
-    env: &'a Env,
-    state: &'a std::path::Path,
-    lab: &'a str,
-}
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = lab_cmd(self.env, self.state, &["down", self.lab]);
-    }
-}
-
 /// The states `vm` went through, from the state database's events.
 fn states_of(state: &std::path::Path, vm: &str) -> Vec<String> {
     let db = kobako_state::Db::open_in(state).unwrap();

@@ -6,23 +6,6 @@ mod common;
 
 use common::*;
 
-fn lab_cmd(env: &Env, state: &std::path::Path, args: &[&str]) -> std::process::Output {
-    env.cmd(args).env("KOBAKO_STATE", state).output().unwrap()
-}
-
-/// Takes a lab down when a test ends, passing or not.
-struct Down<'a> {
-    env: &'a Env,
-    state: &'a std::path::Path,
-    lab: &'a str,
-}
-
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = lab_cmd(self.env, self.state, &["down", self.lab]);
-    }
-}
-
 /// One node of `n` tiny VMs on its node network.
 fn node_lab(env: &Env, name: &str, n: usize) -> std::path::PathBuf {
     let mut y = format!(

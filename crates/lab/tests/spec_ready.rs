@@ -1,41 +1,10 @@
 //! `ready:` and `ready_timeout:`: what resolves, and each mistake with its line, column, path
 //! and fix (the style of `spec_errors.rs`).
 
-use kobako_lab::spec::{self, HostLimits, Lab, MemMib, ReadyCheck, SpecError, SpecErrors};
+mod common;
 
-fn host() -> HostLimits {
-    HostLimits {
-        cpus: 2,
-        memory: MemMib(4096),
-    }
-}
-
-fn errors(text: &str) -> SpecErrors {
-    match spec::load_str("lab.yaml", text, &host()) {
-        Ok(_) => panic!("expected errors in:\n{text}"),
-        Err(e) => e,
-    }
-}
-
-fn ok(text: &str) -> Lab {
-    spec::load_one("lab.yaml", text, &host()).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn find(e: &SpecErrors, needle: &str, line: usize, col: usize, path: &str) -> SpecError {
-    let hits: Vec<&SpecError> = e
-        .errors()
-        .iter()
-        .filter(|x| x.message.contains(needle))
-        .collect();
-    assert_eq!(hits.len(), 1, "want one error with {needle:?}, got:\n{e}");
-    let x = hits[0].clone();
-    assert_eq!(
-        (x.pos.line, x.pos.col, x.path.to_string().as_str()),
-        (line, col, path),
-        "position/path of {needle:?} in:\n{e}"
-    );
-    x
-}
+use common::*;
+use kobako_lab::spec::{Lab, ReadyCheck};
 
 #[test]
 fn checks_resolve_with_defaults_templates_and_overrides() {

@@ -303,3 +303,22 @@ fn base64_decode(s: &str) -> Vec<u8> {
     }
     out
 }
+
+/// `kobako ARGS` with the lab state in `state` (each lab test its own database).
+pub fn lab_cmd(env: &Env, state: &Path, args: &[&str]) -> Output {
+    env.cmd(args).env("KOBAKO_STATE", state).output().unwrap()
+}
+
+/// Takes a lab down when a test ends, passing or not (a failed assertion must not leave VMs,
+/// namespaces or net daemons for the next run to trip over).
+pub struct Down<'a> {
+    pub env: &'a Env,
+    pub state: &'a Path,
+    pub lab: &'a str,
+}
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        let _ = lab_cmd(self.env, self.state, &["down", self.lab]);
+    }
+}
