@@ -1089,3 +1089,46 @@ links:
     );
     assert!(x.fix.unwrap().contains("NODE:IFACE for a node of one VM"));
 }
+
+#[test]
+fn containerlab_words_say_what_kobako_writes_instead() {
+    let e = errors(
+        "name: srl01
+topology:
+  nodes:
+    r1: { kind: linux, image: alpine }
+",
+    );
+    let x = find(&e, "unknown key 'topology'", 2, 1, "topology");
+    let fix = x.fix.unwrap_or_default();
+    assert!(fix.contains("looks like a containerlab topology"), "{fix}");
+    assert!(
+        fix.contains("`nodes:`") && fix.contains("NODE:IFACE"),
+        "{fix}"
+    );
+
+    let e = errors(
+        "name: b
+nodes:
+  n:
+    vms:
+      v:
+        image: tiny
+        binds: ['./cfg:/etc/cfg']
+        kind: linux
+",
+    );
+    let x = find(&e, "unknown key 'binds'", 7, 9, "nodes.n.vms.v.binds");
+    let fix = x.fix.unwrap_or_default();
+    assert!(
+        fix.contains("containerlab's `binds`") && fix.contains("files:"),
+        "{fix}"
+    );
+    // The allowed keys still follow.
+    assert!(
+        fix.contains("keys allowed here: description, image"),
+        "{fix}"
+    );
+    let x = find(&e, "unknown key 'kind'", 8, 9, "nodes.n.vms.v.kind");
+    assert!(x.fix.unwrap_or_default().contains("`image:`"));
+}

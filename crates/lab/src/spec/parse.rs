@@ -61,6 +61,38 @@ fn convert_path(p: &serde_path_to_error::Path) -> Path {
     out
 }
 
+/// What a containerlab user writes instead, for keys of containerlab's topology format that
+/// are not kobako's (`key` unknown at `at`).
+fn containerlab_hint(key: &str, at: &Path) -> Option<&'static str> {
+    let top = at.segs().len() == 1;
+    Some(match key {
+        "topology" if top => {
+            "this looks like a containerlab topology: a kobako lab file has `nodes:` and \
+             `links:` at the top (a node holds VMs: `nodes: {r1: {vms: {r1: {image: ...}}}}`), \
+             and `NODE:IFACE` link endpoints work for nodes of one VM"
+        }
+        "mgmt" if top => {
+            "containerlab's `mgmt`: every kobako VM has eth0 on the lab's management network \
+             (`networks:` declares others, `uplink:` gives outbound access)"
+        }
+        "binds" => {
+            "containerlab's `binds`: kobako copies files into the VM with `files:` \
+             (`/guest/path: {src: HOST_PATH}` — host paths are for admins — or \
+             `{content: ...}`)"
+        }
+        "kind" => "containerlab's `kind`: a kobako VM boots an `image:` (and `kernel:`)",
+        "exec" => {
+            "containerlab's `exec`: kobako runs commands as services with `run:` \
+             (`- {name: setup, command: ..., restart: never}`)"
+        }
+        "startup-config" => {
+            "containerlab's `startup-config`: put the file in place with `files:` and start \
+             the daemon with `run:`"
+        }
+        _ => return None,
+    })
+}
+
 /// Backquoted words of a serde message: "unknown field `x`, expected one of `a`, `b`".
 fn backquoted(msg: &str) -> Vec<&str> {
     msg.split('`').skip(1).step_by(2).collect()
@@ -93,11 +125,14 @@ pub fn deserialize<T: DeserializeOwned>(src: &Source) -> (Option<T>, Vec<SpecErr
             };
             let n = tree.deepest(&target);
             let hint = suggest(&key, expected.iter().copied());
-            let fix = if expected.is_empty() {
+            let mut fix = if expected.is_empty() {
                 "remove it".to_string()
             } else {
                 format!("keys allowed here: {}", expected.join(", "))
             };
+            if let Some(h) = containerlab_hint(&key, &target) {
+                fix = format!("{h}; {fix}");
+            }
             (
                 target.clone(),
                 SpecError {
