@@ -122,6 +122,29 @@ nodes:
     let again = text(&o.stdout);
     assert!(again.contains("1 of 2 VMs ready"), "{again}");
 
+    // A checkpoint restored runs the checks again: slow's pass at once (its services were
+    // running when saved), never's fails the same way.
+    ok(&lab_cmd(
+        &env,
+        state.path(),
+        &["checkpoint", "kbt-ready", "c1"],
+    ));
+    let o = lab_cmd(&env, state.path(), &["restore", "kbt-ready", "c1"]);
+    let restored = format!("{}{}", text(&o.stdout), text(&o.stderr));
+    eprintln!("restore:\n{restored}");
+    assert!(restored.contains("1 of 2 VMs ready"), "{restored}");
+    assert!(
+        restored.contains("check `tcp 9999` did not pass"),
+        "{restored}"
+    );
+    assert!(states_of(state.path(), "kbt-ready.n.slow").ends_with(&[
+        "booting".to_string(),
+        "agent_up".to_string(),
+        "ready".to_string()
+    ]));
+    let page = ok(&exec("slow", "wget -qO- http://127.0.0.1:8080/index.html"));
+    assert_eq!(page, "up and serving\n");
+
     ok(&lab_cmd(&env, state.path(), &["down", "kbt-ready"]));
     env.assert_clean();
 }

@@ -358,6 +358,8 @@ pub async fn restore(
         let rt = rt.clone();
         let db = db.clone();
         let name = v.clone();
+        // Its readiness checks (a checkpoint from before `ready:` has none).
+        let vm = cp.spec.vms().find(|x| vm_name(&cp.spec, x) == *v).cloned();
         let netns = netns.clone();
         let cgroups = cgroups.clone();
         let overlay = overlays.join(v);
@@ -389,6 +391,16 @@ pub async fn restore(
             kobako_runtime::snapshot::fresh_identity(&client, &Default::default())
                 .await
                 .map_err(|e| e.to_string())?;
+            // The services were running when the checkpoint was taken; the checks say they
+            // still answer (a restored clock or a lost connection can break them).
+            if let Some(vm) = vm.filter(|vm| !vm.ready.is_empty()) {
+                super::ready::wait_ready(&client, &vm, &name, |c| {
+                    let why = format!("restored, waiting for {c}");
+                    let _ = db.set_vm_state(&name, VmState::AgentUp, Some(&why), None);
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            }
             Ok::<u64, String>(t.elapsed().as_millis() as u64)
         }));
     }
