@@ -1132,3 +1132,23 @@ nodes:
     let x = find(&e, "unknown key 'kind'", 8, 9, "nodes.n.vms.v.kind");
     assert!(x.fix.unwrap_or_default().contains("`image:`"));
 }
+
+#[test]
+fn a_link_whose_ends_share_no_subnet_is_a_warning() {
+    let lab = ok("name: sub
+defaults: { image: tiny }
+nodes:
+  a: { vms: { h: { interfaces: { eth1: { addresses: [10.99.1.1/30] } } } } }
+  b: { vms: { h: { interfaces: { eth1: { addresses: [10.99.2.2/30] } } } } }
+  c: { vms: { h: { interfaces: { eth1: { addresses: [10.99.3.1/30, 'fd00::1/64'] } } } } }
+  d: { vms: { h: { interfaces: { eth1: { addresses: [10.99.3.2/30] } } } } }
+  e: { vms: { h: { interfaces: { eth1: {} } } } }
+links:
+  - { name: ab, endpoints: ['a:eth1', 'b:eth1'] }
+  - { name: cd, endpoints: ['c:eth1', 'd:eth1'] }
+  - { name: ae, endpoints: ['a.h:eth2', 'e:eth1'] }
+");
+    let w = lab.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].starts_with("link 'ab': a.h:eth1 (10.99.1.1/30) and b.h:eth1 (10.99.2.2/30) are in different subnets"), "{w:?}");
+}

@@ -54,6 +54,7 @@ pub fn check(file: &str) -> Result<i32> {
     let mut problems = Vec::new();
     for lab in &labs {
         problems.extend(missing_artifacts(lab));
+        print_warnings(lab);
     }
     if !problems.is_empty() {
         for p in &problems {
@@ -98,6 +99,9 @@ pub(super) fn checked_labs(file: &str) -> Result<Vec<spec::Lab>> {
         }
     };
     let missing: Vec<String> = labs.iter().flat_map(missing_artifacts).collect();
+    for lab in &labs {
+        print_warnings(lab);
+    }
     if !missing.is_empty() {
         for m in &missing {
             eprintln!("{m}");
@@ -105,4 +109,11 @@ pub(super) fn checked_labs(file: &str) -> Result<Vec<spec::Lab>> {
         bail!("{file}: {} problem(s); nothing was started", missing.len());
     }
     Ok(labs)
+}
+
+/// The lab's warnings (valid, but probably not meant), on stderr.
+fn print_warnings(lab: &Lab) {
+    for w in lab.warnings() {
+        eprintln!("{}: warning: {w}", lab.name);
+    }
 }

@@ -81,6 +81,7 @@ pub mod resolve;
 pub mod templates;
 pub mod trust;
 pub mod units;
+mod warnings;
 pub mod yaml;
 
 pub use error::{Limit, Path, Pos, SpecError, SpecErrors};
