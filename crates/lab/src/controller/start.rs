@@ -10,9 +10,30 @@ use kobako_runtime::config::{CgroupLevel, Nic, VmConfig};
 use kobako_runtime::{Runtime, VmDir};
 use kobako_state::{Db, VmState};
 
-use super::up::{configure, VmReport};
+use super::ready::ReadyError;
+use super::up::{configure, ConfigureError, VmReport};
 use super::{tap_name, Progress, Resolver, Result};
 use crate::spec::Vm;
+
+/// Why `up` could not bring a VM to ready; its text is the VM's stored reason.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No runtime configuration could be made (image, kernel, disks): the resolver's words.
+    #[error("{0}")]
+    Resolve(String),
+    /// Creating or starting the VM, or reaching its agent, failed.
+    #[error(transparent)]
+    Runtime(#[from] kobako_runtime::RuntimeError),
+    /// The agent did not take the VM's configuration.
+    #[error("configuring: {0}")]
+    Configure(#[from] ConfigureError),
+    /// A readiness check did not pass.
+    #[error(transparent)]
+    Ready(#[from] ReadyError),
+    /// The start task itself ended abnormally (a bug: it panicked).
+    #[error("start task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
 
 /// The runtime configuration of lab VM `vm` (runtime name `vname`): the resolver's (image,
 /// kernel, disks), in the lab's namespace and cgroups, with a NIC per interface.
@@ -22,8 +43,8 @@ pub(super) fn vm_config(
     vname: &str,
     netns: &str,
     cgroups: &[CgroupLevel],
-) -> std::result::Result<VmConfig, String> {
-    let mut cfg = resolve(vm, vname)?;
+) -> std::result::Result<VmConfig, StartError> {
+    let mut cfg = resolve(vm, vname).map_err(StartError::Resolve)?;
     cfg.name = vname.to_string();
     cfg.netns = Some(netns.to_string());
     cfg.cgroups = cgroups.to_vec();
@@ -71,7 +92,7 @@ impl Boot {
         vm: Vm,
         vname: String,
         cfg: Option<VmConfig>,
-    ) -> std::result::Result<Started, String> {
+    ) -> std::result::Result<Started, StartError> {
         let db = &self.db;
         // A warm clone when there is (or can be made) a warm snapshot of this configuration;
         // a cold boot otherwise, or when the clone fails.
@@ -84,9 +105,7 @@ impl Boot {
             (_, Some(c)) => (c, Some(self.t0.elapsed().as_millis() as u64)),
             (None, None) => {
                 let dir = VmDir::for_name(&vname);
-                let (c, _) = kobako_runtime::wait_ready(&dir, Duration::from_secs(60))
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (c, _) = kobako_runtime::wait_ready(&dir, Duration::from_secs(60)).await?;
                 (c, None)
             }
             (Some(cfg), None) => (
@@ -95,15 +114,12 @@ impl Boot {
             ),
         };
         let _ = db.set_vm_state(&vname, VmState::AgentUp, Some("configuring"), None);
-        configure(&client, &vm)
-            .await
-            .map_err(|e| format!("configuring: {e}"))?;
+        configure(&client, &vm).await?;
         let checked = super::ready::wait_ready(&client, &vm, &vname, |c| {
             let why = format!("waiting for {c}");
             let _ = db.set_vm_state(&vname, VmState::AgentUp, Some(&why), None);
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         let checks = (!vm.ready.is_empty()).then(|| {
             let list: Vec<String> = vm.ready.iter().map(|c| c.to_string()).collect();
             format!("{} passed in {} ms", list.join(", "), checked.as_millis())
@@ -148,15 +164,15 @@ impl Boot {
         &self,
         cfg: &VmConfig,
         vname: &str,
-    ) -> std::result::Result<AgentClient, String> {
+    ) -> std::result::Result<AgentClient, StartError> {
         let timeout = Duration::from_secs(cfg.ready_timeout_secs);
         let dir = {
             let _permit = self.sem.acquire().await;
-            let dir = self.rt.create(cfg).await.map_err(|e| e.to_string())?;
+            let dir = self.rt.create(cfg).await?;
             let _ = self.db.set_vm_state(vname, VmState::Booting, None, None);
             if let Err(e) = self.rt.start(&dir).await {
                 let _ = dir.remove();
-                return Err(e.to_string());
+                return Err(e.into());
             }
             dir
         };
@@ -164,7 +180,7 @@ impl Boot {
             Ok((c, _)) => Ok(c),
             Err(e) => {
                 let _ = self.rt.kill(&dir).await;
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }
@@ -175,7 +191,7 @@ pub(super) fn finish_vm(
     db: &Db,
     progress: &dyn Progress,
     report: &mut VmReport,
-    r: std::result::Result<Started, String>,
+    r: std::result::Result<Started, StartError>,
 ) -> Result<()> {
     let vname = report.name.clone();
     match r {
@@ -208,6 +224,7 @@ pub(super) fn finish_vm(
             report.warm = warm;
         }
         Err(e) => {
+            let e = e.to_string();
             db.set_vm_state(&vname, VmState::Failed, Some(&e), None)?;
             progress.event(&format!("  {vname} failed: {e}"));
             report.state = "failed".into();

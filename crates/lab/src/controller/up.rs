@@ -481,10 +481,7 @@ pub(crate) async fn up_some(
                 match start::vm_config(resolve, &vm, &vname, &netns, &cgroups) {
                     Ok(cfg) => Some(cfg),
                     Err(e) => {
-                        db.set_vm_state(&vname, VmState::Failed, Some(&e), None)?;
-                        progress.event(&format!("  {vname} failed: {e}"));
-                        reports[i].state = "failed".into();
-                        reports[i].error = Some(e);
+                        start::finish_vm(&db, progress, &mut reports[i], Err(e))?;
                         continue;
                     }
                 }
@@ -497,9 +494,7 @@ pub(crate) async fn up_some(
         ));
     }
     for (i, t) in tasks {
-        let r = t
-            .await
-            .unwrap_or_else(|e| Err(format!("start task failed: {e}")));
+        let r = t.await.unwrap_or_else(|e| Err(e.into()));
         start::finish_vm(&db, progress, &mut reports[i], r)?;
     }
     let (state, reason) = lab_outcome(&reports);
