@@ -75,8 +75,22 @@ fn member_lab_file_host_paths_are_refused_and_nothing_is_created() {
     }
     assert!(srv.lab_names(&admin).is_empty(), "nothing was stored");
 
-    // An admin keeps host paths (documented in docs/SECURITY.md).
+    // An admin keeps host paths (documented in docs/SECURITY.md) — to files that are images:
+    // the server's key is none, refused at create like every missing or unusable image.
     let (s, v) = srv.call("POST", "/labs", Some(&admin), yaml(&attacks[0].1));
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"]["code"], "unknown_image", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not an initramfs, ext4 or qcow2 image"),
+        "{v}"
+    );
+    let img = srv.state.path().join("admin-initramfs.cpio");
+    std::fs::write(&img, b"070701 an initramfs by its magic").unwrap();
+    let admins = one_vm("atk1", &format!("{{ image: {} }}", img.display()));
+    let (s, v) = srv.call("POST", "/labs", Some(&admin), yaml(&admins));
     assert_eq!(s, 201, "{v}");
     // ... but a member cannot boot a lab that holds one, even one stored before the check.
     let (s, v) = srv.call("POST", "/labs/atk1/up", Some(&eve), None);
