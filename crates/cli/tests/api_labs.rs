@@ -256,3 +256,42 @@ fn assert_user_cgroup(lab: &str, pids: &[i64]) {
         "alice's task limit"
     );
 }
+
+/// An `up` that leaves a VM failed (here: a readiness check that never passes) is a failed
+/// operation, with the report of every VM as its result; the lab is degraded.
+#[test]
+fn an_up_with_a_failed_vm_is_a_failed_operation_with_its_report() {
+    let srv = Server::start();
+    let admin = srv.admin_token();
+    let text = "name: rdy\ndefaults: { image: tiny, memory: 96M }\nnodes:\n  n:\n    vms:\n      good: {}\n      never: { ready: [{ tcp: 9999 }], ready_timeout: 3s }\n";
+    let (s, v) = srv.call(
+        "POST",
+        "/labs",
+        Some(&admin),
+        yaml(text.as_bytes().to_vec()),
+    );
+    assert_eq!(s, 201, "{v}");
+    let (s, op) = srv.call("POST", "/labs/rdy/up", Some(&admin), None);
+    assert_eq!(s, 202, "{op}");
+    let done = srv.wait_op(&admin, &op, Duration::from_secs(180));
+    assert_eq!(done["state"], "failed", "{done}");
+    let e = done["error"].as_str().unwrap_or_default();
+    assert!(
+        e.starts_with("1 of 2 VM(s) failed; rdy.n.never: not ready: check `tcp 9999`"),
+        "{e}"
+    );
+    let vms = done["result"]["vms"].as_array().expect("the report");
+    let state = |n: &str| {
+        vms.iter()
+            .find(|v| v["name"] == n)
+            .map(|v| v["state"].clone())
+    };
+    assert_eq!(state("rdy.n.good"), Some(json!("ready")), "{done}");
+    assert_eq!(state("rdy.n.never"), Some(json!("failed")), "{done}");
+    let (_, l) = srv.call("GET", "/labs/rdy", Some(&admin), None);
+    assert_eq!(l["state"], "degraded", "{l}");
+    let (s, op) = srv.call("POST", "/labs/rdy/down", Some(&admin), None);
+    assert_eq!(s, 202, "{op}");
+    let done = srv.wait_op(&admin, &op, Duration::from_secs(120));
+    assert_eq!(done["state"], "succeeded", "{done}");
+}

@@ -326,7 +326,7 @@ pub async fn start_capture(
         "link.capture",
         user,
         move |_st, _db, _lab, progress| {
-            Box::pin(async move {
+            crate::ops::boxed(async move {
                 let _hold = hold;
                 let mut info = i2;
                 info.operation = rx.await.unwrap_or_default();

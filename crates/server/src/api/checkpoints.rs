@@ -141,7 +141,7 @@ pub async fn create_checkpoint(
         "lab.checkpoint",
         caller.name().to_string(),
         move |_, _, lab, progress| {
-            Box::pin(async move {
+            crate::ops::boxed(async move {
                 let _hold = hold;
                 let info = checkpoint::checkpoint(rt, &lab, &cp, &progress)
                     .await
@@ -192,7 +192,7 @@ pub async fn restore_checkpoint(
         "lab.restore",
         caller.name().to_string(),
         move |_, _, lab, progress| {
-            Box::pin(async move {
+            crate::ops::boxed(async move {
                 let _hold = hold;
                 let report = checkpoint::restore(rt, &lab, &cp, &progress)
                     .await

@@ -221,7 +221,7 @@ pub async fn deploy_function(
     let rt = st.hooks.runtime.clone();
     let owner = (!caller.local).then(|| caller.name().to_string());
     let task = move |_, _, _, progress: ops::OpProgress| -> ops::TaskFuture {
-        Box::pin(async move {
+        crate::ops::boxed(async move {
             let _hold = hold;
             let vm_name = format!("fn-{}-warm", body.name);
             let cfg = tokio::task::spawn_blocking(move || resolver(&vm, &vm_name))

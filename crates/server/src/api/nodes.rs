@@ -72,7 +72,7 @@ async fn run(
         &kind,
         user.clone(),
         move |st, _db, lab, progress| {
-            Box::pin(async move {
+            crate::ops::boxed(async move {
                 let _hold = hold;
                 let rt = st.hooks.runtime.clone();
                 let resolver = st.hooks.resolver.clone();

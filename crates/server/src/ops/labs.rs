@@ -12,7 +12,8 @@ use kobako_state::{Db, LabLock, LabState, VmState};
 use super::cancel::Cancelled;
 use super::reservations::Reservation;
 use super::{
-    create, finish_as, finish_with, start_task, OpProgress, OpSink, Operation, TaskFuture,
+    create, finish_as, finish_with, start_task, OpProgress, OpSink, Operation, TaskError,
+    TaskFuture,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::AppState;
@@ -214,7 +215,7 @@ async fn run_lab_op(
     name: &str,
     op: LabOp,
     progress: &OpProgress,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, TaskError> {
     let row = db
         .lab(name)
         .map_err(|e| e.to_string())?
@@ -229,7 +230,7 @@ async fn run_lab_op(
             let n = match controller::down(rt, name).await {
                 Ok(n) => n,
                 Err(LabError::NotFound(_)) => 0,
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.to_string().into()),
             };
             // The controller forgets a lab that is down; the API keeps it (stopped) until
             // DELETE, so it can be brought up again.
@@ -258,14 +259,30 @@ async fn run_lab_op(
                 .await
             }
             .map_err(|e| e.to_string())?;
-            let failed = report.vms.iter().filter(|v| v.error.is_some()).count();
+            let failed: Vec<&controller::VmReport> =
+                report.vms.iter().filter(|v| v.error.is_some()).collect();
             progress.event(&format!(
                 "{} of {} VM(s) ready in {} ms",
-                report.vms.len() - failed,
+                report.vms.len() - failed.len(),
                 report.vms.len(),
                 report.total_ms
             ));
-            serde_json::to_value(&report).map_err(|e| e.to_string())
+            let result = serde_json::to_value(&report).map_err(|e| e.to_string())?;
+            // A lab left degraded by VMs that failed is a failed operation (the report says
+            // which and why); VMs left stopped on purpose are not failures.
+            match failed.first() {
+                None => Ok(result),
+                Some(first) => Err(TaskError {
+                    error: format!(
+                        "{} of {} VM(s) failed; {}: {}",
+                        failed.len(),
+                        report.vms.len(),
+                        first.name,
+                        first.error.as_deref().unwrap_or_default()
+                    ),
+                    result: Some(result),
+                }),
+            }
         }
     }
 }

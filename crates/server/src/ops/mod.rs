@@ -128,10 +128,33 @@ fn push(db: &Db, id: &str, lab: Option<&str>, message: &str) {
     );
 }
 
-fn finish(db: &Db, id: &str, lab: Option<&str>, r: Result<serde_json::Value, String>) {
+fn finish(db: &Db, id: &str, lab: Option<&str>, r: Result<serde_json::Value, TaskError>) {
     match r {
         Ok(v) => finish_with(db, id, lab, Some(v), None),
-        Err(e) => finish_with(db, id, lab, None, Some(e)),
+        Err(e) => finish_with(db, id, lab, e.result, Some(e.error)),
+    }
+}
+
+/// Why a task failed, with what it did produce: an `up` that left VMs failed ends `failed`
+/// with its report (which VMs, why).
+#[derive(Debug)]
+pub struct TaskError {
+    pub error: String,
+    pub result: Option<serde_json::Value>,
+}
+
+impl From<String> for TaskError {
+    fn from(error: String) -> TaskError {
+        TaskError {
+            error,
+            result: None,
+        }
+    }
+}
+
+impl std::fmt::Display for TaskError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)
     }
 }
 
@@ -191,8 +214,17 @@ impl Progress for OpProgress {
 /// The progress sink of a running operation.
 pub(crate) type OpSink = Arc<dyn Progress>;
 /// What a task started by [`start_lab_task`] or [`start_task`] returns.
-pub type TaskFuture =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, String>> + Send>>;
+pub type TaskFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<serde_json::Value, TaskError>> + Send>,
+>;
+/// A task's future as [`TaskFuture`]: its error (a `String`, or a [`TaskError`] with a result)
+/// becomes the operation's.
+pub fn boxed<E: Into<TaskError>>(
+    f: impl std::future::Future<Output = Result<serde_json::Value, E>> + Send + 'static,
+) -> TaskFuture {
+    Box::pin(async move { f.await.map_err(Into::into) })
+}
+
 /// Runs `task` as an operation of kind `kind` (about `lab`, if any) without taking the lab:
 /// 202 at once, progress and the result in the operation's row and in events.
 pub async fn start_task(
@@ -251,7 +283,8 @@ pub async fn start_image_build(
             move |line: &str| push(&db, &id, None, line)
         };
         let r = builder(&kind, &name, &packages, &p)
-            .map(|_| serde_json::json!({"image": name, "kind": kind}));
+            .map(|_| serde_json::json!({"image": name, "kind": kind}))
+            .map_err(TaskError::from);
         finish(&db, &id, None, r);
     });
     Ok(operation)
