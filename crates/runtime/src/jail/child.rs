@@ -539,7 +539,14 @@ impl Prepared {
     }
 }
 
-/// A close-on-exec pipe: (read end, write end).
+/// Lowest descriptor number of the jail's pipes. The supervisor's child `dup2`s the VM's
+/// descriptors onto fixed low numbers (3..7: the restore's stream, QMP, console, agent, console
+/// log; passed sockets below 32) before the jail's steps run: a pipe that happened to get one
+/// of those numbers was overwritten, and the VM process read its "joined" byte from the wrong
+/// file (seen as "cannot join the VM's cgroups (the supervisor did not)" on a restore).
+const PIPE_FD_FLOOR: libc::c_int = 64;
+
+/// A close-on-exec pipe, both ends at or above [`PIPE_FD_FLOOR`]: (read end, write end).
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 writes two descriptors into the array.
@@ -547,7 +554,20 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((high(&r)?, high(&w)?))
+}
+
+/// A close-on-exec copy of `fd` at or above [`PIPE_FD_FLOOR`] (`fd` itself is closed when the
+/// caller drops it).
+fn high(fd: &OwnedFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a descriptor we hold returns a new one.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, PIPE_FD_FLOOR) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: n is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
 /// A line on the VM process's stderr (vm.log) naming the jail step that failed; allocation-free.
