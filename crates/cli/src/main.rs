@@ -95,6 +95,10 @@ enum Cmd {
         #[arg(long, default_value = "mermaid")]
         format: String,
     },
+    /// Convert a topology of another tool into a kobako lab file: `import clab topo.clab.yml
+    /// -o lab.yaml` (`kobako up topo.clab.yml` runs one without converting it first).
+    #[command(subcommand)]
+    Import(lab_cmd::ImportCmd),
     /// Write a running lab (with live link states and impairments) as a lab file.
     Save {
         name: String,
@@ -234,6 +238,7 @@ fn main() {
         Cmd::User(c) => serve_cmd::user(c),
         Cmd::Token(c) => serve_cmd::token(c),
         Cmd::Version { json } => version_cmd::version(json),
+        Cmd::Import(c) => lab_cmd::import(c),
         Cmd::Completion { shell } => version_cmd::completion(shell, &mut Cli::command()),
         cmd => {
             let rt = match tokio::runtime::Builder::new_current_thread()
@@ -306,6 +311,7 @@ fn main() {
                     | Cmd::User(_)
                     | Cmd::Token(_)
                     | Cmd::Version { .. }
+                    | Cmd::Import(_)
                     | Cmd::Completion { .. } => unreachable!("handled above"),
                 }
             })

@@ -92,6 +92,8 @@ pub enum DebianError {
     BadSource(String),
     #[error("unit name '{0}' is not a systemd unit name (like redis-server.service)")]
     BadUnit(String),
+    #[error("recipe file path '{0}' is not an absolute guest path (like /etc/frr/daemons)")]
+    BadFile(String),
     #[error("mmdebstrap failed (exit {code:?}); last lines:\n{tail}\n(is the Debian mirror reachable? is a package name wrong?)")]
     Mmdebstrap { code: Option<i32>, tail: String },
 }
@@ -113,6 +115,9 @@ pub struct DebianOptions {
     /// systemd units to mask in the image (services a package enables that kobako VMs start
     /// themselves, or not at all).
     pub mask: Vec<String>,
+    /// Files written into the tree after the packages (absolute guest path, content), e.g. a
+    /// recipe's daemon switches; they replace what a package put there.
+    pub files: Vec<(String, String)>,
     /// Filesystem size the guest sees; default: the content plus 2 GiB, at least 4 GiB.
     pub size_bytes: Option<u64>,
     /// The named recipe this build follows and its digest ([`crate::recipes`]), recorded in
@@ -130,6 +135,7 @@ impl DebianOptions {
             mirror: "http://deb.debian.org/debian".into(),
             sources: Vec::new(),
             mask: Vec::new(),
+            files: Vec::new(),
             size_bytes: None,
             recipe: None,
         }
@@ -188,6 +194,15 @@ impl DebianOptions {
                 return Err(DebianError::BadUnit(u.clone()));
             }
         }
+        for (path, _) in &self.files {
+            let ok = path.starts_with('/')
+                && path.len() > 1
+                && !path.ends_with('/')
+                && path.split('/').all(|c| c != ".." && c != ".");
+            if !ok {
+                return Err(DebianError::BadFile(path.clone()));
+            }
+        }
         Ok(())
     }
 }
@@ -224,6 +239,14 @@ pub fn build(
     customize(&root, &agent_bytes)?;
     for unit in &opts.mask {
         link(&root, "/dev/null", &format!("etc/systemd/system/{unit}"))?;
+    }
+    for (path, content) in &opts.files {
+        write(
+            &root,
+            path.trim_start_matches('/'),
+            content.as_bytes(),
+            0o644,
+        )?;
     }
     let cloud_init = base::has_cloud_init(&root);
     let disk = base::tree_to_base(

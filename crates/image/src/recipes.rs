@@ -35,7 +35,49 @@ pub struct Recipe {
     /// lab's configuration) or not at all (e2scrub_reap: a boot-time LVM snapshot sweep that
     /// takes seconds of a TCG guest's CPU right when its services start).
     pub mask: &'static [&'static str],
+    /// Files written into the image after the packages (absolute path, content).
+    pub files: &'static [(&'static str, &'static str)],
 }
+
+/// debian-frr's `/etc/frr/daemons`: the routing daemons people configure in labs are on
+/// (zebra and staticd always run); the options are Debian's defaults.
+const FRR_DAEMONS: &str =
+    "# kobako debian-frr: daemons started by frr.service (edit, then `systemctl restart frr`)
+bgpd=yes
+ospfd=yes
+ospf6d=yes
+ripd=no
+ripngd=no
+isisd=yes
+pimd=no
+pim6d=no
+ldpd=no
+nhrpd=no
+eigrpd=no
+babeld=no
+sharpd=no
+pbrd=no
+bfdd=yes
+fabricd=no
+vrrpd=no
+pathd=no
+vtysh_enable=yes
+zebra_options=\"  -A 127.0.0.1 -s 90000000\"
+bgpd_options=\"   -A 127.0.0.1\"
+ospfd_options=\"  -A 127.0.0.1\"
+ospf6d_options=\" -A ::1\"
+isisd_options=\"  -A 127.0.0.1\"
+bfdd_options=\"   -A 127.0.0.1\"
+staticd_options=\"-A 127.0.0.1\"
+";
+
+/// debian-frr forwards: it is a router.
+const FRR_SYSCTL: &str = "# kobako debian-frr: a router forwards
+net.ipv4.ip_forward=1
+net.ipv6.conf.all.forwarding=1
+net.ipv4.conf.all.rp_filter=0
+net.ipv4.conf.default.rp_filter=0
+";
 
 /// The recipes kobako ships: the images of the node templates (`crates/lab/templates`).
 pub const RECIPES: &[Recipe] = &[
@@ -58,6 +100,7 @@ pub const RECIPES: &[Recipe] = &[
             "logrotate.timer",
             "e2scrub_reap.service",
         ],
+        files: &[],
     },
     Recipe {
         name: "debian-router",
@@ -76,6 +119,26 @@ pub const RECIPES: &[Recipe] = &[
         ],
         sources: &[BOOKWORM_BACKPORTS],
         mask: &["suricata.service", "nftables.service", "e2scrub_reap.service"],
+        files: &[],
+    },
+    Recipe {
+        name: "debian-frr",
+        description: "FRR router (containerlab's frrouting/frr): bgpd, ospfd, ospf6d, isisd, bfdd running at boot, vtysh, forwarding on, tcpdump, traceroute",
+        suite: "bookworm",
+        packages: &[
+            "frr",
+            "frr-pythontools",
+            "iproute2",
+            "tcpdump",
+            "traceroute",
+            "iputils-ping",
+        ],
+        sources: &[],
+        mask: &["e2scrub_reap.service"],
+        files: &[
+            ("/etc/frr/daemons", FRR_DAEMONS),
+            ("/etc/sysctl.d/90-kobako-router.conf", FRR_SYSCTL),
+        ],
     },
 ];
 
@@ -101,6 +164,11 @@ impl Recipe {
         o.packages = self.packages.iter().map(|s| s.to_string()).collect();
         o.sources = self.sources.iter().map(|s| s.to_string()).collect();
         o.mask = self.mask.iter().map(|s| s.to_string()).collect();
+        o.files = self
+            .files
+            .iter()
+            .map(|(p, c)| (p.to_string(), c.to_string()))
+            .collect();
         o.recipe = Some((self.name.to_string(), self.digest()));
         o
     }
@@ -114,6 +182,9 @@ impl Recipe {
             .map(|l| l.join("\n"))
             .map(String::into_bytes);
         parts.extend(lists.iter().map(|l| l.as_slice()));
+        for (path, content) in self.files {
+            parts.extend([path.as_bytes(), content.as_bytes()]);
+        }
         // What the recipe writes into the tree besides packages: a changed profile rebuilds.
         parts.extend(
             debian::APPARMOR_PROFILES
@@ -241,7 +312,18 @@ mod tests {
             }
         }
         assert!(find("debian-router").is_some() && find("nope").is_none());
-        assert_eq!(names(), "debian-web, debian-router");
+        assert_eq!(names(), "debian-web, debian-router, debian-frr");
+        // debian-frr's daemons are on in the image, and a file path must be absolute.
+        let frr = find("debian-frr").unwrap().options();
+        assert!(frr
+            .files
+            .iter()
+            .any(|(p, c)| p == "/etc/frr/daemons" && c.contains("bgpd=yes")));
+        for bad in ["etc/x", "/etc/../x", "/etc/"] {
+            let mut o = frr.clone();
+            o.files = vec![(bad.into(), String::new())];
+            assert!(o.check_sources_and_units().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1103,7 +1103,7 @@ topology:
     let fix = x.fix.unwrap_or_default();
     assert!(fix.contains("looks like a containerlab topology"), "{fix}");
     assert!(
-        fix.contains("`nodes:`") && fix.contains("NODE:IFACE"),
+        fix.contains("*.clab.yml") && fix.contains("kobako import clab"),
         "{fix}"
     );
 

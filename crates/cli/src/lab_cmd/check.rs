@@ -44,8 +44,11 @@ pub(crate) fn missing_artifacts(lab: &Lab) -> Vec<String> {
 
 /// `kobako lab check FILE`: the lab file as `up` would take it, without starting anything.
 pub fn check(file: &str) -> Result<i32> {
-    let labs = match spec::load_file(std::path::Path::new(file), &HostLimits::detect()) {
-        Ok(l) => l,
+    let labs = match spec::load_file_noted(std::path::Path::new(file), &HostLimits::detect()) {
+        Ok((l, notes)) => {
+            notes.iter().for_each(|n| eprintln!("{n}"));
+            l
+        }
         Err(errs) => {
             eprintln!("{errs}");
             return Ok(1);
@@ -91,8 +94,11 @@ pub fn check(file: &str) -> Result<i32> {
 /// The labs of `file`, checked as `up` checks them before it starts anything: the file itself,
 /// and every image and kernel there (or buildable).
 pub(super) fn checked_labs(file: &str) -> Result<Vec<spec::Lab>> {
-    let labs = match spec::load_file(std::path::Path::new(file), &HostLimits::detect()) {
-        Ok(l) => l,
+    let labs = match spec::load_file_noted(std::path::Path::new(file), &HostLimits::detect()) {
+        Ok((l, notes)) => {
+            notes.iter().for_each(|n| eprintln!("{n}"));
+            l
+        }
         Err(errs) => {
             eprintln!("{errs}");
             bail!("{file}: {} problem(s); nothing was started", errs.0.len());

@@ -1,5 +1,5 @@
 //! Lab commands: `up`, `down`, `ls`, `inspect`, `link`, `impair`, `capture`, `graph`, `save`,
-//! `restart`, and the internal `lab netd`.
+//! `restart`, `import`, and the internal `lab netd`.
 //!
 //! This module holds the internal `lab` subcommands, the progress printer, the boot-config
 //! resolver every lab command shares and the `up` report table; the commands live in
@@ -16,12 +16,14 @@ use crate::vm_cmd::{config_from, RunArgs};
 
 pub mod check;
 pub mod checkpoint;
+pub mod import;
 pub mod lifecycle;
 pub mod links;
 pub mod show;
 
 pub use check::check;
 pub use checkpoint::{checkpoint, restore_checkpoint};
+pub use import::{import, ImportCmd};
 pub use lifecycle::{down, restart, start, stop, up, up_dry_run};
 pub use links::{capture, impair, link, CaptureArgs, ImpairArgs};
 pub use show::{graph, inspect, ls, save};

@@ -71,6 +71,7 @@
 //! - `copies:` makes one [`Lab`] per copy, named `LAB-COPY`, fully isolated (own namespace);
 //!   published host ports shift by `index * port_stride`.
 
+pub mod clab;
 pub mod de;
 pub mod error;
 pub mod export;
@@ -87,7 +88,7 @@ pub mod yaml;
 pub use error::{Limit, Path, Pos, SpecError, SpecErrors};
 pub use model::*;
 pub use raw::{LinkState, RawLab, Restart};
-pub use resolve::{load_file, load_one, load_str, parse_lab, resolve, LabFile};
+pub use resolve::{load_file, load_file_noted, load_one, load_str, parse_lab, resolve, LabFile};
 pub use trust::{HostPathUse, ImageSource, KernelSource};
 pub use units::{BitRate, MemMib, Micros, Percent};
 

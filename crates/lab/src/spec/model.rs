@@ -808,10 +808,16 @@ impl Lab {
             .find(|v| v.id.vm == r.vm)
     }
 
-    /// The VM named `node.vm` (as users type it), or what is wrong with a did-you-mean (for
-    /// `kobako exec web.ap`).
+    /// The VM named `node.vm` (as users type it; `node` for a node of one VM), or what is
+    /// wrong with a did-you-mean (for `kobako exec web.ap`).
     pub fn find_vm(&self, s: &str) -> Result<&Vm, FindVmError> {
         use super::error::suggest;
+        // `NODE` alone names the VM of a node of one VM (containerlab's habit).
+        if !s.contains('.') {
+            if let Some([only]) = self.node(s).map(|n| n.vms.as_slice()) {
+                return Ok(only);
+            }
+        }
         let r: VmRef = s.parse()?;
         let Some(n) = self.node(r.node.as_str()) else {
             return Err(FindVmError::NoNode {

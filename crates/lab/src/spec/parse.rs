@@ -67,9 +67,10 @@ fn containerlab_hint(key: &str, at: &Path) -> Option<&'static str> {
     let top = at.segs().len() == 1;
     Some(match key {
         "topology" if top => {
-            "this looks like a containerlab topology: a kobako lab file has `nodes:` and \
-             `links:` at the top (a node holds VMs: `nodes: {r1: {vms: {r1: {image: ...}}}}`), \
-             and `NODE:IFACE` link endpoints work for nodes of one VM"
+            "this looks like a containerlab topology: kobako runs one as it is when its file \
+             is named *.clab.yml (`kobako up topo.clab.yml`), or converts it once with \
+             `kobako import clab FILE -o lab.yaml`; a kobako lab file has `nodes:` and \
+             `links:` at the top"
         }
         "mgmt" if top => {
             "containerlab's `mgmt`: every kobako VM has eth0 on the lab's management network \

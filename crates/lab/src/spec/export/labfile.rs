@@ -186,8 +186,17 @@ impl Lab {
 
     /// The lab as a lab file (YAML), for `kobako save`.
     pub fn to_yaml(&self) -> String {
-        let raw = self.to_raw();
-        let y = raw.serialize(YamlSer).expect("lab serializes");
+        self.to_raw().to_yaml(&format!(
+            "# Lab '{}' as resolved by kobako (every value explicit).",
+            self.name
+        ))
+    }
+}
+
+impl RawLab {
+    /// The lab file as YAML text (mapping order kept), after `header` (comment lines).
+    pub fn to_yaml(&self, header: &str) -> String {
+        let y = self.serialize(YamlSer).expect("lab serializes");
         let mut out = String::new();
         {
             let mut e = YamlEmitter::new(&mut out);
@@ -195,10 +204,7 @@ impl Lab {
             e.dump(&y).expect("yaml emits");
         }
         let body = out.strip_prefix("---\n").unwrap_or(&out);
-        format!(
-            "# Lab '{}' as resolved by kobako (every value explicit).\n{body}\n",
-            self.name
-        )
+        format!("{header}\n{body}\n")
     }
 }
 

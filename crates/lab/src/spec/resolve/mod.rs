@@ -82,9 +82,18 @@ pub fn load_str(file: &str, text: &str, host: &HostLimits) -> Result<Vec<Lab>, S
     load_with_base(file, text, None, host)
 }
 
-/// Reads, parses and resolves a lab file; relative `files:` sources are taken from its
-/// directory.
+/// Reads, parses and resolves a lab file (or a containerlab topology, `*.clab.yml`); relative
+/// `files:` sources are taken from its directory.
 pub fn load_file(path: &FsPath, host: &HostLimits) -> Result<Vec<Lab>, SpecErrors> {
+    load_file_noted(path, host).map(|(labs, _)| labs)
+}
+
+/// [`load_file`], with the notes a containerlab topology's conversion made (the image of
+/// each node, what was dropped): lines for the user.
+pub fn load_file_noted(
+    path: &FsPath,
+    host: &HostLimits,
+) -> Result<(Vec<Lab>, Vec<String>), SpecErrors> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         SpecErrors(vec![SpecError {
@@ -106,7 +115,19 @@ pub fn load_file(path: &FsPath, host: &HostLimits) -> Result<Vec<Lab>, SpecError
             }
         })
         .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()));
-    load_with_base(&file, &text, base, host)
+    if !crate::spec::clab::is_clab_path(path) {
+        return load_with_base(&file, &text, base, host).map(|labs| (labs, Vec::new()));
+    }
+    let conv = crate::spec::clab::convert(&file, &text, base.as_deref(), &[])?;
+    // What resolution finds wrong is located in the converted file (`kobako import clab`
+    // writes it); the containerlab file's own mistakes were reported above.
+    let labs = load_with_base(
+        &format!("{file} (converted: kobako import clab {file})"),
+        &conv.to_yaml(&file),
+        base,
+        host,
+    )?;
+    Ok((labs, conv.notes()))
 }
 
 /// Like [`load_str`] for a file expected to hold one lab (no `copies:`).
