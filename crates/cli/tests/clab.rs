@@ -101,6 +101,15 @@ fn two_node_and_bridge_topologies_boot_and_pass_traffic() {
     let out = ok(&env, &["up", br.to_str().unwrap()]);
     let _d = Down(&env, "ct-bridge".into());
     assert!(out.contains("3 of 3 VMs ready"), "{out}");
+    assert!(
+        out.contains("ubuntu:24.04 runs as kobako image ubuntu"),
+        "{out}"
+    );
+    let os = ok(
+        &env,
+        &["exec", "ct-bridge/h3", "--", "cat", "/etc/os-release"],
+    );
+    assert!(os.contains("Ubuntu 24.04"), "{os}");
     for (from, to) in [
         ("h1", "10.10.0.2"),
         ("h1", "10.10.0.3"),
@@ -120,8 +129,24 @@ fn two_node_and_bridge_topologies_boot_and_pass_traffic() {
                 to,
             ],
         );
-        assert!(p.contains("1 packets received"), "{from} -> {to}: {p}");
+        assert!(p.contains(" 0% packet loss"), "{from} -> {to}: {p}");
     }
+    // A bound directory was copied in, its script still executable, and `exec` ran it.
+    let a = ok(
+        &env,
+        &[
+            "exec",
+            "ct-bridge/h1",
+            "--",
+            "sh",
+            "-c",
+            "cat /tmp/announce /opt/lab/motd",
+        ],
+    );
+    assert!(
+        a.contains("h1 is on br-lan") && a.contains("hosts on br-lan"),
+        "{a}"
+    );
     // mgmt-ipv4 is the address of eth0, in the topology's management subnet.
     let a = ok(
         &env,
@@ -253,4 +278,73 @@ fn import_writes_a_lab_file_up_takes_and_bad_topologies_are_refused_before_anyth
         "{}",
         text(&o)
     );
+}
+
+#[test]
+fn the_server_takes_a_topology_named_clab_yml_and_keeps_members_off_host_files() {
+    use common::server::{yaml_bytes, Server};
+    use serde_json::json;
+    use std::time::Duration;
+    let srv = Server::start();
+    let admin = srv.admin_token();
+    let bob = srv.user(
+        &admin,
+        "bob",
+        "member",
+        json!({"max_vms": 2, "max_memory_mib": 512}),
+    );
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/clab/two-node.clab.yml");
+    let text = std::fs::read_to_string(src)
+        .unwrap()
+        .replace("name: two-node", "name: cs-two");
+    let (s, v) = srv.call(
+        "POST",
+        "/labs?file=two-node.clab.yml",
+        Some(&bob),
+        yaml_bytes(text.into_bytes()),
+    );
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v[0]["name"], "cs-two", "{v}");
+    srv.lab_up(&bob, "cs-two");
+    let (_, l) = srv.call("GET", "/labs/cs-two", Some(&bob), None);
+    assert_eq!(l["state"], "ready", "{l}");
+
+    // A member's topology may not bind host files; a relative one needs its directory.
+    let bind = |src: &str| {
+        format!("name: cs-bind\ntopology:\n  nodes:\n    a:\n      kind: linux\n      image: alpine\n      binds: [\"{src}:/etc/x\"]\n")
+    };
+    let (s, v) = srv.call(
+        "POST",
+        "/labs?file=b.clab.yml",
+        Some(&bob),
+        yaml_bytes(bind("/etc/shadow").into_bytes()),
+    );
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(v["error"]["code"], "host_path_forbidden", "{v}");
+    let (s, v) = srv.call(
+        "POST",
+        "/labs?file=b.clab.yml",
+        Some(&admin),
+        yaml_bytes(bind("cfg/x").into_bytes()),
+    );
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("b.clab.yml:7:"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("came without its directory"),
+        "{v}"
+    );
+
+    let (s, op) = srv.call("POST", "/labs/cs-two/down", Some(&bob), None);
+    assert_eq!(s, 202, "{op}");
+    let done = srv.wait_op(&bob, &op, Duration::from_secs(120));
+    assert_eq!(done["state"], "succeeded", "{done}");
 }

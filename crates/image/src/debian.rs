@@ -108,6 +108,9 @@ pub struct DebianOptions {
     pub with: Vec<String>,
     pub suite: String,
     pub mirror: String,
+    /// The archive's signing keyring on the host when it is not Debian's (Ubuntu:
+    /// /usr/share/keyrings/ubuntu-archive-keyring.gpg), and the host package that has it.
+    pub keyring: Option<(String, String)>,
     /// More apt sources, as sources.list lines (`deb http://deb.debian.org/debian
     /// bookworm-backports main`): mmdebstrap adds them after the mirror. Their packages are
     /// installed only when asked for with `pkg/suite` (backports are pinned low by apt).
@@ -133,6 +136,7 @@ impl DebianOptions {
             with: Vec::new(),
             suite: "bookworm".into(),
             mirror: "http://deb.debian.org/debian".into(),
+            keyring: None,
             sources: Vec::new(),
             mask: Vec::new(),
             files: Vec::new(),
@@ -218,6 +222,9 @@ pub fn build(
     let packages = opts.all_packages()?;
     opts.check_sources_and_units()?;
     deps::ensure(BUILD_PACKAGES, progress)?;
+    if let Some((_, package)) = &opts.keyring {
+        deps::ensure(&[package.as_str()], progress)?;
+    }
     let apt_cache = cache::root().join("apt");
     std::fs::create_dir_all(&apt_cache).map_err(disk::io("create the apt cache"))?;
     // One Debian build at a time per machine: the apt cache is synced in and out by each build,
@@ -320,6 +327,7 @@ fn mmdebstrap(
     .arg(format!(
         "--customize-hook=sync-out /var/cache/apt/archives {cache}"
     ))
+    .args(opts.keyring.iter().map(|(k, _)| format!("--keyring={k}")))
     .arg(&opts.suite)
     .arg(root)
     .arg(&opts.mirror)

@@ -26,6 +26,8 @@ pub struct Recipe {
     /// One line for `kobako image build --help` and error messages.
     pub description: &'static str,
     pub suite: &'static str,
+    /// The distribution's archive.
+    pub distro: Distro,
     /// Packages on top of the Debian base ([`debian::BASE_PACKAGES`]); `pkg/suite` takes a
     /// package from one of `sources`.
     pub packages: &'static [&'static str],
@@ -79,12 +81,41 @@ net.ipv4.conf.all.rp_filter=0
 net.ipv4.conf.default.rp_filter=0
 ";
 
+/// Where a recipe's packages come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Distro {
+    /// deb.debian.org, Debian's keyring.
+    Debian,
+    /// archive.ubuntu.com, Ubuntu's keyring (host package `ubuntu-keyring`).
+    Ubuntu,
+}
+
+impl Distro {
+    fn mirror(self) -> &'static str {
+        match self {
+            Distro::Debian => "http://deb.debian.org/debian",
+            Distro::Ubuntu => "http://archive.ubuntu.com/ubuntu",
+        }
+    }
+
+    fn keyring(self) -> Option<(String, String)> {
+        match self {
+            Distro::Debian => None,
+            Distro::Ubuntu => Some((
+                "/usr/share/keyrings/ubuntu-archive-keyring.gpg".into(),
+                "ubuntu-keyring".into(),
+            )),
+        }
+    }
+}
+
 /// The recipes kobako ships: the images of the node templates (`crates/lab/templates`).
 pub const RECIPES: &[Recipe] = &[
     Recipe {
         name: "debian-web",
         description: "web-stack template: python3 + redis (API), redis-server (cache), rsyslog (logger)",
         suite: "bookworm",
+        distro: Distro::Debian,
         packages: &[
             "python3",
             "python3-redis",
@@ -106,6 +137,7 @@ pub const RECIPES: &[Recipe] = &[
         name: "debian-router",
         description: "router-vpn-ids template: iproute2/tc, nftables, wireguard-tools, suricata (bookworm-backports), tcpdump",
         suite: "bookworm",
+        distro: Distro::Debian,
         packages: &[
             "nftables",
             "wireguard-tools",
@@ -125,6 +157,7 @@ pub const RECIPES: &[Recipe] = &[
         name: "debian-frr",
         description: "FRR router (containerlab's frrouting/frr): bgpd, ospfd, ospf6d, isisd, bfdd running at boot, vtysh, forwarding on, tcpdump, traceroute",
         suite: "bookworm",
+        distro: Distro::Debian,
         packages: &[
             "frr",
             "frr-pythontools",
@@ -139,6 +172,16 @@ pub const RECIPES: &[Recipe] = &[
             ("/etc/frr/daemons", FRR_DAEMONS),
             ("/etc/sysctl.d/90-kobako-router.conf", FRR_SYSCTL),
         ],
+    },
+    Recipe {
+        name: "ubuntu",
+        description: "Ubuntu 24.04 (noble, main) minbase + systemd + kobako-agent, iproute2, ping, tracepath, curl, tcpdump",
+        suite: "noble",
+        distro: Distro::Ubuntu,
+        packages: &["iputils-ping", "iputils-tracepath", "curl", "tcpdump", "ca-certificates"],
+        sources: &[],
+        mask: &["e2scrub_reap.service"],
+        files: &[],
     },
 ];
 
@@ -161,6 +204,8 @@ impl Recipe {
     pub fn options(&self) -> DebianOptions {
         let mut o = DebianOptions::new(self.name);
         o.suite = self.suite.to_string();
+        o.mirror = self.distro.mirror().to_string();
+        o.keyring = self.distro.keyring();
         o.packages = self.packages.iter().map(|s| s.to_string()).collect();
         o.sources = self.sources.iter().map(|s| s.to_string()).collect();
         o.mask = self.mask.iter().map(|s| s.to_string()).collect();
@@ -175,9 +220,12 @@ impl Recipe {
 
     /// What the built image depends on, hashed: a change means a rebuild.
     pub fn digest(&self) -> String {
-        let o = DebianOptions::new(self.name);
         let recipe = debian::RECIPE.to_le_bytes();
-        let mut parts: Vec<&[u8]> = vec![&recipe, self.suite.as_bytes(), o.mirror.as_bytes()];
+        let mut parts: Vec<&[u8]> = vec![
+            &recipe,
+            self.suite.as_bytes(),
+            self.distro.mirror().as_bytes(),
+        ];
         let lists = [self.packages, self.sources, self.mask]
             .map(|l| l.join("\n"))
             .map(String::into_bytes);
@@ -312,7 +360,7 @@ mod tests {
             }
         }
         assert!(find("debian-router").is_some() && find("nope").is_none());
-        assert_eq!(names(), "debian-web, debian-router, debian-frr");
+        assert_eq!(names(), "debian-web, debian-router, debian-frr, ubuntu");
         // debian-frr's daemons are on in the image, and a file path must be absolute.
         let frr = find("debian-frr").unwrap().options();
         assert!(frr

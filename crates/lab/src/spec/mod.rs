@@ -75,6 +75,7 @@ pub mod clab;
 pub mod de;
 pub mod error;
 pub mod export;
+pub mod hostdir;
 pub mod model;
 pub mod parse;
 pub mod raw;

@@ -52,17 +52,25 @@ pub fn text(body: &[u8], what: &str) -> ApiResult<String> {
         .map_err(|_| ApiError::bad_request(format!("the {what} is not UTF-8 text")))
 }
 
-/// Parses and resolves a lab file (`body`, named `file` in errors: the `?file=` label) on the
-/// blocking pool; returns the name it was given and its labs.
+/// Parses and resolves a lab file (`body`, named `file` in errors: the `?file=` label; a
+/// label ending in `.clab.yml` makes it a containerlab topology) on the blocking pool;
+/// returns the name it was given and its labs.
 pub async fn load_labs(body: &[u8], file: Option<String>) -> ApiResult<(String, Vec<Lab>)> {
     let text = text(body, "lab file")?;
     let file = display_name(file, "lab.yaml")?;
     let name = file.clone();
-    let labs =
-        tokio::task::spawn_blocking(move || spec::load_str(&name, &text, &HostLimits::detect()))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(|e| invalid(e, "invalid_lab", "in the lab file"))?;
+    let labs = tokio::task::spawn_blocking(move || {
+        // A containerlab topology (named *.clab.yml) is converted first, as `kobako up` does.
+        if spec::clab::is_clab_path(std::path::Path::new(&name)) {
+            let conv = spec::clab::convert(&name, &text, None, &[])?;
+            let converted = format!("{name} (converted from containerlab)");
+            return spec::load_str(&converted, &conv.to_yaml(&name), &HostLimits::detect());
+        }
+        spec::load_str(&name, &text, &HostLimits::detect())
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|e| invalid(e, "invalid_lab", "in the lab file"))?;
     Ok((file, labs))
 }
 

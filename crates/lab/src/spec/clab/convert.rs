@@ -18,8 +18,6 @@ pub const MGMT: &str = "mgmt";
 pub const EXEC_SCRIPT: &str = "/etc/kobako/clab-exec.sh";
 const EXEC_OK: &str = "/run/kobako/clab-exec.ok";
 const EXEC_FAILED: &str = "/run/kobako/clab-exec.failed";
-/// At most this many files are copied from one bound directory.
-const MAX_BIND_FILES: usize = 256;
 
 /// Kinds that run a vendor network OS image (containerlab's list, abridged).
 const NOS_KINDS: &[&str] = &[
@@ -590,6 +588,15 @@ impl Conv<'_> {
 
     /// A host file named in the topology (relative to its directory), if it exists.
     fn host_file(&mut self, src: &str, path: &Path) -> Option<RawFile> {
+        if self.base_dir.is_none() && FsPath::new(src).is_relative() {
+            self.err(
+                path,
+                format!("'{src}' is relative, and this topology came without its directory"),
+                "run it from its file (`kobako up FILE.clab.yml`), or write an absolute path"
+                    .to_string(),
+            );
+            return None;
+        }
         let full = self.host_path(src);
         if self.base_dir.is_some() && !full.is_file() {
             self.err(
@@ -641,46 +648,26 @@ impl Conv<'_> {
                 .map(|f| vec![(dst.to_string(), with_mode(f, &full))])
                 .unwrap_or_default();
         }
-        let mut out = Vec::new();
-        let mut stack = vec![full.clone()];
-        while let Some(dir) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&dir) else {
-                self.err(
-                    path,
-                    format!("cannot read directory {}", dir.display()),
-                    "check its permissions".to_string(),
-                );
-                return Vec::new();
-            };
-            let mut entries: Vec<_> = rd.filter_map(|e| e.ok()).collect();
-            entries.sort_by_key(|e| e.file_name());
-            for e in entries {
-                let Ok(ft) = e.file_type() else { continue };
-                let p = e.path();
-                if ft.is_dir() {
-                    stack.push(p);
-                } else if ft.is_file() {
-                    let rel = p.strip_prefix(&full).unwrap_or(&p).display().to_string();
+        match crate::spec::hostdir::regular_files(&full) {
+            Ok(files) => files
+                .into_iter()
+                .map(|(rel, p)| {
                     let f = RawFile::Src(p.display().to_string());
-                    out.push((
+                    (
                         format!("{}/{rel}", dst.trim_end_matches('/')),
                         with_mode(f, &p),
-                    ));
-                }
-            }
-            if out.len() > MAX_BIND_FILES {
+                    )
+                })
+                .collect(),
+            Err(why) => {
                 self.err(
                     path,
-                    format!(
-                        "directory {} holds more than {MAX_BIND_FILES} files",
-                        full.display()
-                    ),
+                    why,
                     "bind the files the node needs, or a smaller directory".to_string(),
                 );
-                return Vec::new();
+                Vec::new()
             }
         }
-        out
     }
 
     fn link(&mut self, l: &ClabLink, at: &Path, roles: &IndexMap<String, Role>, lab: &mut RawLab) {
@@ -802,15 +789,12 @@ impl Conv<'_> {
 
 /// A host file's mode on the VM's copy when it is executable.
 fn with_mode(f: RawFile, host: &FsPath) -> RawFile {
-    use std::os::unix::fs::PermissionsExt;
-    match (f, std::fs::metadata(host)) {
-        (RawFile::Src(s), Ok(m)) if m.permissions().mode() & 0o111 != 0 => {
-            RawFile::Full(RawFileFull {
-                src: Some(s),
-                mode: Some(format!("{:04o}", m.permissions().mode() & 0o7777)),
-                ..RawFileFull::default()
-            })
-        }
+    match (f, crate::spec::hostdir::exec_mode(host)) {
+        (RawFile::Src(s), Some(m)) => RawFile::Full(RawFileFull {
+            src: Some(s),
+            mode: Some(format!("{m:04o}")),
+            ..RawFileFull::default()
+        }),
         (f, _) => f,
     }
 }

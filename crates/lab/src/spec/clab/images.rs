@@ -51,8 +51,8 @@ pub const TABLE: &[(&str, &str, &str)] = &[
     ),
     (
         "ubuntu",
-        "debian-router",
-        "Debian bookworm with iproute2, nftables, tcpdump, ping, curl (no Ubuntu image yet)",
+        "ubuntu",
+        "Ubuntu 24.04 (noble) with systemd, iproute2, ping, tracepath, curl, tcpdump",
     ),
 ];
 

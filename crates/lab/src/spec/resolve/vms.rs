@@ -398,6 +398,14 @@ impl Resolver<'_> {
                 RawFile::Src(s) => (Some(s.clone()), None, None),
                 RawFile::Full(x) => (x.src.clone(), x.content.clone(), x.mode.clone()),
             };
+            // A host directory: its regular files under `dst` (containerlab's `binds` habit).
+            if let (Some(dir), Some(base), None) = (&src, &self.base_dir, &content) {
+                let full = base.join(dir);
+                if full.is_dir() && fat.src == 0 {
+                    files.extend(self.dir_files(&full, dst, mode.as_deref(), fat));
+                    continue;
+                }
+            }
             let Some(source) = self.file_source(src, content, fat) else {
                 continue;
             };
@@ -412,6 +420,38 @@ impl Resolver<'_> {
             });
         }
         files
+    }
+
+    /// The copies of host directory `dir` into guest directory `dst`: each file keeps its
+    /// executable bits unless `mode` says otherwise.
+    fn dir_files(
+        &mut self,
+        dir: &std::path::Path,
+        dst: &str,
+        mode: Option<&str>,
+        fat: &Origin,
+    ) -> Vec<FileCopy> {
+        let mode = mode.map(|m| self.file_mode(m, fat));
+        match crate::spec::hostdir::regular_files(dir) {
+            Ok(list) => list
+                .into_iter()
+                .map(|(rel, p)| FileCopy {
+                    dst: format!("{}/{rel}", dst.trim_end_matches('/')),
+                    mode: mode
+                        .or(crate::spec::hostdir::exec_mode(&p))
+                        .unwrap_or(0o644),
+                    source: FileSource::Host(p),
+                })
+                .collect(),
+            Err(why) => {
+                self.err(
+                    fat,
+                    why,
+                    "copy the files the VM needs, or a smaller directory".to_string(),
+                );
+                Vec::new()
+            }
+        }
     }
 
     /// Where a file's bytes come from: `src` (a host path) or `content`, exactly one of them.
