@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::Env;
+use common::{lab_cmd, Down, Env};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -46,125 +46,129 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn ok(env: &Env, args: &[&str]) -> String {
-    let o = env.run(args);
-    assert!(o.status.success(), "kobako {args:?} failed:\n{}", text(&o));
-    text(&o)
+/// A run directory and a lab state of the test's own (never the machine's labs).
+struct Lab {
+    env: Env,
+    state: tempfile::TempDir,
 }
 
-/// Takes the lab down even when the test fails.
-struct Down<'a>(&'a Env, String);
+impl Lab {
+    fn new() -> Lab {
+        Lab {
+            env: Env::new(),
+            state: tempfile::tempdir().unwrap(),
+        }
+    }
 
-impl Drop for Down<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.run(&["down", &self.1]);
+    fn run(&self, args: &[&str]) -> Output {
+        lab_cmd(&self.env, self.state.path(), args)
+    }
+
+    /// `kobako ARGS`, which must succeed: its stdout and stderr.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(args);
+        assert!(o.status.success(), "kobako {args:?} failed:\n{}", text(&o));
+        text(&o)
+    }
+
+    /// Takes `lab` down when the test ends, passing or not.
+    fn down_at_end<'a>(&'a self, lab: &'a str) -> Down<'a> {
+        Down {
+            env: &self.env,
+            state: self.state.path(),
+            lab,
+        }
     }
 }
 
 #[test]
 fn two_node_and_bridge_topologies_boot_and_pass_traffic() {
-    let env = Env::new();
-    let dir = topologies(&env, "ct");
+    let t = Lab::new();
+    let env = &t.env;
+    let dir = topologies(env, "ct");
     let two = dir.join("two-node.clab.yml");
-    let out = ok(&env, &["up", two.to_str().unwrap()]);
-    let _d = Down(&env, "ct-two-node".into());
+    let out = t.ok(&["up", two.to_str().unwrap()]);
+    let _d = t.down_at_end("ct-two-node");
     assert!(
         out.contains("container image alpine:latest runs as kobako image tiny"),
         "{out}"
     );
     assert!(out.contains("2 of 2 VMs ready"), "{out}");
     // `NODE` names the VM of a one-VM node, as `docker exec clab-LAB-NODE` would.
-    let ping = ok(
-        &env,
-        &[
-            "exec",
-            "ct-two-node/n1",
-            "--",
-            "ping",
-            "-c",
-            "2",
-            "-W",
-            "3",
-            "192.168.0.2",
-        ],
-    );
+    let ping = t.ok(&[
+        "exec",
+        "ct-two-node/n1",
+        "--",
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "3",
+        "192.168.0.2",
+    ]);
     assert!(ping.contains("2 packets received"), "{ping}");
     // eth0 is on the management network at containerlab's default subnet.
-    let a = ok(
-        &env,
-        &["exec", "ct-two-node/n2", "--", "ip", "addr", "show", "eth0"],
-    );
+    let a = t.ok(&["exec", "ct-two-node/n2", "--", "ip", "addr", "show", "eth0"]);
     assert!(a.contains("inet 172.20.20."), "{a}");
-    ok(&env, &["down", "ct-two-node"]);
+    t.ok(&["down", "ct-two-node"]);
 
     let br = dir.join("bridge.clab.yml");
-    let out = ok(&env, &["up", br.to_str().unwrap()]);
-    let _d = Down(&env, "ct-bridge".into());
+    let out = t.ok(&["up", br.to_str().unwrap()]);
+    let _d = t.down_at_end("ct-bridge");
     assert!(out.contains("3 of 3 VMs ready"), "{out}");
     assert!(
         out.contains("ubuntu:24.04 runs as kobako image ubuntu"),
         "{out}"
     );
-    let os = ok(
-        &env,
-        &["exec", "ct-bridge/h3", "--", "cat", "/etc/os-release"],
-    );
+    let os = t.ok(&["exec", "ct-bridge/h3", "--", "cat", "/etc/os-release"]);
     assert!(os.contains("Ubuntu 24.04"), "{os}");
     for (from, to) in [
         ("h1", "10.10.0.2"),
         ("h1", "10.10.0.3"),
         ("h3", "10.10.0.2"),
     ] {
-        let p = ok(
-            &env,
-            &[
-                "exec",
-                &format!("ct-bridge/{from}"),
-                "--",
-                "ping",
-                "-c",
-                "1",
-                "-W",
-                "3",
-                to,
-            ],
-        );
+        let p = t.ok(&[
+            "exec",
+            &format!("ct-bridge/{from}"),
+            "--",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "3",
+            to,
+        ]);
         assert!(p.contains(" 0% packet loss"), "{from} -> {to}: {p}");
     }
     // A bound directory was copied in, its script still executable, and `exec` ran it.
-    let a = ok(
-        &env,
-        &[
-            "exec",
-            "ct-bridge/h1",
-            "--",
-            "sh",
-            "-c",
-            "cat /tmp/announce /opt/lab/motd",
-        ],
-    );
+    let a = t.ok(&[
+        "exec",
+        "ct-bridge/h1",
+        "--",
+        "sh",
+        "-c",
+        "cat /tmp/announce /opt/lab/motd",
+    ]);
     assert!(
         a.contains("h1 is on br-lan") && a.contains("hosts on br-lan"),
         "{a}"
     );
     // mgmt-ipv4 is the address of eth0, in the topology's management subnet.
-    let a = ok(
-        &env,
-        &["exec", "ct-bridge/h1", "--", "ip", "addr", "show", "eth0"],
-    );
+    let a = t.ok(&["exec", "ct-bridge/h1", "--", "ip", "addr", "show", "eth0"]);
     assert!(a.contains("inet 172.20.30.11/24"), "{a}");
-    ok(&env, &["down", "ct-bridge"]);
+    t.ok(&["down", "ct-bridge"]);
     env.assert_clean();
 }
 
 #[test]
 fn a_leaf_spine_fabric_on_frr_converges_and_routes() {
-    let env = Env::new();
-    let dir = topologies(&env, "cf");
+    let t = Lab::new();
+    let env = &t.env;
+    let dir = topologies(env, "cf");
     let f = dir.join("leaf-spine.clab.yml");
     let t0 = std::time::Instant::now();
-    let out = ok(&env, &["up", f.to_str().unwrap()]);
-    let _d = Down(&env, "cf-leaf-spine".into());
+    let out = t.ok(&["up", f.to_str().unwrap()]);
+    let _d = t.down_at_end("cf-leaf-spine");
     eprintln!(
         "leaf-spine up in {:.1} s:\n{out}",
         t0.elapsed().as_secs_f64()
@@ -172,77 +176,66 @@ fn a_leaf_spine_fabric_on_frr_converges_and_routes() {
     assert!(out.contains("5 of 5 VMs ready"), "{out}");
     assert!(out.contains("runs as kobako image debian-frr"), "{out}");
     // Ready means converged: each leaf has the other's host subnet from BGP already.
-    let r = ok(
-        &env,
-        &[
-            "exec",
-            "cf-leaf-spine/leaf1",
-            "--",
-            "vtysh",
-            "-c",
-            "show ip route 10.20.2.0/24",
-        ],
-    );
+    let r = t.ok(&[
+        "exec",
+        "cf-leaf-spine/leaf1",
+        "--",
+        "vtysh",
+        "-c",
+        "show ip route 10.20.2.0/24",
+    ]);
     assert!(r.contains("Known via \"bgp\""), "{r}");
-    let s = ok(
-        &env,
-        &[
-            "exec",
-            "cf-leaf-spine/spine1",
-            "--",
-            "vtysh",
-            "-c",
-            "show bgp summary json",
-        ],
-    );
+    let s = t.ok(&[
+        "exec",
+        "cf-leaf-spine/spine1",
+        "--",
+        "vtysh",
+        "-c",
+        "show bgp summary json",
+    ]);
     assert_eq!(
         s.matches("\"state\":\"Established\"").count(),
         2,
         "spine1 has both leaves established:\n{s}"
     );
     // h1 -> h2 crosses leaf1, spine1, leaf2: the reply comes back with a TTL of 64 - 3.
-    let p = ok(
-        &env,
-        &[
-            "exec",
-            "cf-leaf-spine/h1",
-            "--",
-            "ping",
-            "-c",
-            "3",
-            "-W",
-            "3",
-            "10.20.2.10",
-        ],
-    );
+    let p = t.ok(&[
+        "exec",
+        "cf-leaf-spine/h1",
+        "--",
+        "ping",
+        "-c",
+        "3",
+        "-W",
+        "3",
+        "10.20.2.10",
+    ]);
     assert!(p.contains("3 packets received"), "{p}");
     assert!(p.contains("ttl=61"), "three routers on the path: {p}");
-    ok(&env, &["down", "cf-leaf-spine"]);
+    t.ok(&["down", "cf-leaf-spine"]);
     env.assert_clean();
 }
 
 #[test]
 fn import_writes_a_lab_file_up_takes_and_bad_topologies_are_refused_before_anything_starts() {
-    let env = Env::new();
-    let dir = topologies(&env, "ci");
+    let t = Lab::new();
+    let env = &t.env;
+    let dir = topologies(env, "ci");
     let out_file = env.run.path().join("leaf-spine.yaml");
-    let o = ok(
-        &env,
-        &[
-            "import",
-            "clab",
-            dir.join("leaf-spine.clab.yml").to_str().unwrap(),
-            "-o",
-            out_file.to_str().unwrap(),
-        ],
-    );
+    let o = t.ok(&[
+        "import",
+        "clab",
+        dir.join("leaf-spine.clab.yml").to_str().unwrap(),
+        "-o",
+        out_file.to_str().unwrap(),
+    ]);
     assert!(o.contains("written as the kobako lab file"), "{o}");
     let lab = std::fs::read_to_string(&out_file).unwrap();
     assert!(
         lab.contains("image: debian-frr") && lab.contains("/etc/frr/frr.conf"),
         "{lab}"
     );
-    let c = ok(&env, &["lab", "check", out_file.to_str().unwrap()]);
+    let c = t.ok(&["lab", "check", out_file.to_str().unwrap()]);
     assert!(
         c.contains("lab ci-leaf-spine: OK — 5 node(s), 5 VM(s)"),
         "{c}"
@@ -254,25 +247,25 @@ fn import_writes_a_lab_file_up_takes_and_bad_topologies_are_refused_before_anyth
         "name: ci-bad\ntopology:\n  nodes:\n    srl:\n      kind: nokia_srlinux\n      image: ghcr.io/nokia/srlinux\n    h1:\n      kind: linux\n      image: alpine\n      network-mode: host\n  links:\n    - endpoints: [\"h1:eth1\", \"host:h1\"]\n",
     )
     .unwrap();
-    let o = env.run(&["up", bad.to_str().unwrap()]);
-    let t = text(&o);
-    assert!(!o.status.success(), "{t}");
+    let o = t.run(&["up", bad.to_str().unwrap()]);
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
     assert!(
-        t.contains("bad.clab.yml:5:") && t.contains("vendor network OS"),
-        "{t}"
+        out.contains("bad.clab.yml:5:") && out.contains("vendor network OS"),
+        "{out}"
     );
     assert!(
-        t.contains("bad.clab.yml:10:") && t.contains("`network-mode` is not supported"),
-        "{t}"
+        out.contains("bad.clab.yml:10:") && out.contains("`network-mode` is not supported"),
+        "{out}"
     );
     assert!(
-        t.contains("bad.clab.yml:12:") && t.contains("isolated from its host"),
-        "{t}"
+        out.contains("bad.clab.yml:12:") && out.contains("isolated from its host"),
+        "{out}"
     );
-    assert!(t.contains("nothing was started"), "{t}");
-    let ls = ok(&env, &["ls"]);
+    assert!(out.contains("nothing was started"), "{out}");
+    let ls = t.ok(&["ls"]);
     assert!(!ls.contains("ci-bad"), "{ls}");
-    let o = env.run(&["import", "clab", bad.to_str().unwrap()]);
+    let o = t.run(&["import", "clab", bad.to_str().unwrap()]);
     assert!(
         !o.status.success() && text(&o).contains("nothing was written"),
         "{}",
