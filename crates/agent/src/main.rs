@@ -14,6 +14,7 @@ mod init;
 mod netcfg;
 mod reaper;
 mod services;
+mod shares;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -535,6 +536,16 @@ fn handle_msg(stream: u32, msg: Msg, info: &ReadyInfo, sessions: &Sessions, pid1
         Msg::Probe(p) => spawn_worker(format!("probe-{stream}"), move || {
             let (ok, detail) = kobako_agent::probe::run(&p);
             reply(stream, &Msg::ProbeResult { ok, detail })
+        }),
+        Msg::Mount(m) => spawn_worker(format!("mount-{stream}"), move || match shares::mount(&m) {
+            Ok(()) => reply(
+                stream,
+                &Msg::Done {
+                    sha256: None,
+                    size: None,
+                },
+            ),
+            Err(e) => fail(stream, e),
         }),
         Msg::Shutdown { reboot } => go_down(reboot, pid1),
         other => fail(stream, format!("unexpected message from host: {other:?}")),

@@ -224,6 +224,10 @@ pub enum Msg {
     /// own addresses), answered with `ProbeResult`. An agent older than this message answers
     /// `Error` ("unknown variant `probe`"), which the host turns into "rebuild the image".
     Probe(Probe),
+    /// Mount a shared directory (the host's virtio-9p export `tag`) read-only at `path`,
+    /// answered with `Done`. An agent older than this message answers `Error` ("unknown
+    /// variant `mount`"), which the host turns into "rebuild the image".
+    Mount(Mount),
 
     // ---- guest -> host ----
     /// The agent is up. Sent unsolicited when a host connects and in answer to `Hello`.
@@ -259,6 +263,16 @@ pub enum Msg {
     /// Answer to `Probe`: whether the check passed and what was seen (`connection refused`,
     /// `HTTP 503`, `timed out after 1000 ms` ...).
     ProbeResult { ok: bool, detail: String },
+}
+
+/// A shared directory to mount ([`Msg::Mount`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mount {
+    /// The 9p mount tag (`kshare0`, ...).
+    pub tag: String,
+    /// Where the guest sees the directory (absolute).
+    pub path: String,
 }
 
 /// A readiness check the agent runs itself (no `nc`/`curl` needed in the image).

@@ -80,6 +80,18 @@ pub struct VmConfig {
     /// this, nobody else needs to.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub named_ram: bool,
+    /// Host directories the guest mounts read-only (virtio-9p, QEMU runtime only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<Share>,
+}
+
+/// A host directory exported to the guest read-only over virtio-9p under `tag` (the agent
+/// mounts it where the lab file says).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Share {
+    pub path: PathBuf,
+    pub tag: String,
 }
 
 /// Guest RAM backed by a file (QEMU `memory-backend-file`), the two sides of a warm snapshot:
@@ -417,6 +429,7 @@ pub(crate) mod tests {
             cgroups: Vec::new(),
             memory_file: None,
             named_ram: false,
+            shares: Vec::new(),
         }
     }
 

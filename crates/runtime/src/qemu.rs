@@ -259,6 +259,20 @@ impl QemuRuntime {
                 format!("virtio-blk-device,drive=disk{i}"),
             ]);
         }
+        // Shared directories: read-only 9p exports (files keep their host owners; the jail uid
+        // reads what others may read). `multidevs=remap` keeps inode numbers unique across
+        // mounts inside the directory.
+        for (i, s) in cfg.shares.iter().enumerate() {
+            a.extend([
+                "-fsdev".into(),
+                format!(
+                    "local,id=share{i},path={},security_model=none,readonly=on,multidevs=remap",
+                    s.path.display().to_string().replace(',', ",,")
+                ),
+                "-device".into(),
+                format!("virtio-9p-device,fsdev=share{i},mount_tag={}", s.tag),
+            ]);
+        }
         a
     }
 
@@ -448,6 +462,34 @@ mod tests {
             .filter(|w| w[0] == flag)
             .map(|w| w[1].as_str())
             .collect()
+    }
+
+    #[test]
+    fn shares_are_read_only_9p_exports_with_their_tags() {
+        let rt = QemuRuntime::new("/usr/bin/kobako".into());
+        let mut cfg = crate::config::tests::cfg();
+        cfg.shares = vec![
+            crate::config::Share {
+                path: "/srv/lab data".into(),
+                tag: "kshare0".into(),
+            },
+            crate::config::Share {
+                path: "/srv/a,b".into(),
+                tag: "kshare1".into(),
+            },
+        ];
+        let argv = rt.argv(&cfg);
+        assert_eq!(
+            args_after(&argv, "-fsdev"),
+            [
+                "local,id=share0,path=/srv/lab data,security_model=none,readonly=on,multidevs=remap",
+                // A ',' in a path is doubled, or QEMU would read the rest as options.
+                "local,id=share1,path=/srv/a,,b,security_model=none,readonly=on,multidevs=remap",
+            ]
+        );
+        let devs = args_after(&argv, "-device");
+        assert!(devs.contains(&"virtio-9p-device,fsdev=share0,mount_tag=kshare0"));
+        assert!(devs.contains(&"virtio-9p-device,fsdev=share1,mount_tag=kshare1"));
     }
 
     #[test]

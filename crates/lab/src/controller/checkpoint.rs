@@ -168,6 +168,13 @@ pub async fn checkpoint(
             "lab '{lab}' already has a checkpoint '{name}' (delete it with `kobako checkpoint {lab} {name} --delete` or pick another name)"
         )));
     }
+    if let Some(v) = rec.lab.vms().find(|v| !v.shares.is_empty()) {
+        return Err(LabError::Unsupported(format!(
+            "lab '{lab}': VM {} has shared directories, and QEMU cannot checkpoint a VM with a \
+             9p export; remove its `shares:` (copy the files in with `files:`) to checkpoint the lab",
+            v.id
+        )));
+    }
     let vms: Vec<VmDir> = rec.vms.iter().map(|n| VmDir::for_name(n)).collect();
     if let Some(v) = vms.iter().find(|v| v.vm_pid().is_none()) {
         return Err(LabError::Vm {

@@ -48,6 +48,14 @@ pub(super) fn vm_config(
     cfg.name = vname.to_string();
     cfg.netns = Some(netns.to_string());
     cfg.cgroups = cgroups.to_vec();
+    cfg.shares = vm
+        .shares
+        .iter()
+        .map(|s| kobako_runtime::config::Share {
+            path: s.src.clone(),
+            tag: s.tag.clone(),
+        })
+        .collect();
     cfg.nics = vm
         .interfaces
         .iter()

@@ -107,6 +107,16 @@ fn boot_diff(old: &Vm, new: &Vm) -> Option<String> {
     if nics(old) != nics(new) {
         why.push("interfaces".into());
     }
+    // A share is a device (virtio-9p): a different set needs a new VM process.
+    let shares = |v: &Vm| -> Vec<(std::path::PathBuf, String)> {
+        v.shares
+            .iter()
+            .map(|s| (s.src.clone(), s.dst.clone()))
+            .collect()
+    };
+    if shares(old) != shares(new) {
+        why.push("shares".into());
+    }
     (!why.is_empty()).then(|| why.join(", "))
 }
 
@@ -339,13 +349,17 @@ pub(super) enum ConfigureError {
     },
 }
 
-/// Addresses, routes, hosts, then files, then services (which may read both).
+/// Addresses, routes, hosts, then shared directories, files, and services (which may read
+/// them all).
 pub(super) async fn configure(
     client: &AgentClient,
     vm: &Vm,
 ) -> std::result::Result<(), ConfigureError> {
     let (net, services) = guest_config(vm);
     client.net_config(net).await?;
+    for s in &vm.shares {
+        client.mount(&s.tag, &s.dst).await?;
+    }
     for f in &vm.files {
         let data = match &f.source {
             FileSource::Inline(s) => s.clone().into_bytes(),

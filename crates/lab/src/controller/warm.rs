@@ -185,6 +185,11 @@ pub fn key(rt: &dyn Runtime, cfg: &VmConfig) -> Result<(String, serde_json::Valu
     if !cfg.extra_disks.is_empty() {
         return Err(unsupported("it has extra disks (e.g. a cloud-init seed)"));
     }
+    if !cfg.shares.is_empty() {
+        return Err(unsupported(
+            "it has shared directories (QEMU cannot snapshot a VM with a 9p export)",
+        ));
+    }
     let root = match &cfg.root {
         Root::Initramfs { path } => serde_json::json!({"initramfs": file_id(path)}),
         Root::Disk {

@@ -521,6 +521,9 @@ pub struct Vm {
     pub services: Vec<Service>,
     /// Files to copy in before the services start.
     pub files: Vec<FileCopy>,
+    /// Host directories mounted read-only into the guest (virtio-9p), in file order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shares: Vec<Share>,
     /// Environment of the services.
     pub env: BTreeMap<String, String>,
     /// `/etc/hosts` entries: the node's VMs by name (`api`, `api.web`, node-network
@@ -542,6 +545,20 @@ pub struct Vm {
 fn apparmor_before_the_field() -> AppArmorMode {
     AppArmorMode::Off
 }
+
+/// A host directory mounted into the guest (`shares:`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Share {
+    /// The host directory (absolute when the lab came from a file).
+    pub src: PathBuf,
+    /// Where the guest sees it (absolute).
+    pub dst: String,
+    /// The virtio-9p mount tag (`kshare0`, `kshare1`, ... in file order).
+    pub tag: String,
+}
+
+/// Most shared directories one VM may have.
+pub const MAX_SHARES: usize = 8;
 
 /// Most readiness checks one VM may declare.
 pub const MAX_READY_CHECKS: usize = 16;

@@ -152,6 +152,10 @@ pub struct RawVm {
     /// Environment of the services.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub env: IndexMap<String, EnvValue>,
+    /// Host directories mounted into the guest (virtio-9p; the QEMU runtime), by guest path:
+    /// `{/srv/data: ./data}`. Read-only; host paths are for admins and the local CLI.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub shares: IndexMap<String, RawShare>,
     /// Security modules in the guest: `{apparmor: enforce|complain|off}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub security: Option<RawSecurity>,
@@ -370,6 +374,43 @@ impl<'de> Deserialize<'de> for RawService {
 
 /// A file copied into the guest: a host path (relative to the lab file), or
 /// `{src | content, mode}`.
+/// A shared directory: its host path, or `{src, readonly}`.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum RawShare {
+    Src(String),
+    Full(RawShareFull),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawShareFull {
+    /// The host directory (relative: from the lab file's directory).
+    pub src: String,
+    /// Read-only in the guest (the default, and the only mode kobako offers yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readonly: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for RawShare {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawShare;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a host directory, or {src, readonly}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawShare, E> {
+                Ok(RawShare::Src(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<RawShare, A::Error> {
+                RawShareFull::deserialize(MapAccessDeserializer::new(m)).map(RawShare::Full)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum RawFile {

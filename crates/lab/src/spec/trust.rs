@@ -78,6 +78,13 @@ impl Vm {
                 instead: "use `kernel: default` (kobako's guest kernel)",
             });
         }
+        for s in &self.shares {
+            out.push(HostPathUse {
+                field: format!("{at}.shares[{}]", s.dst),
+                path: s.src.display().to_string(),
+                instead: "copy the files in with `files:` (`content:`), or ask an admin to share the directory",
+            });
+        }
         for f in &self.files {
             if let FileSource::Host(p) = &f.source {
                 out.push(HostPathUse {
@@ -122,7 +129,7 @@ mod tests {
     #[test]
     fn image_kernel_and_file_sources_on_the_host_are_each_named() {
         let l = lab(
-            "{ image: /var/lib/kobako/server/jwt.key, kernel: ./vmlinux, files: { /etc/x: { src: /etc/shadow } } }",
+            "{ image: /var/lib/kobako/server/jwt.key, kernel: ./vmlinux, files: { /etc/x: { src: /etc/shadow } }, shares: { /mnt/etc: /etc } }",
         );
         let v = l.host_paths();
         let fields: Vec<&str> = v.iter().map(|u| u.field.as_str()).collect();
@@ -131,10 +138,12 @@ mod tests {
             [
                 "nodes.n.vms.v.image",
                 "nodes.n.vms.v.kernel",
+                "nodes.n.vms.v.shares[/mnt/etc]",
                 "nodes.n.vms.v.files[/etc/x].src"
             ]
         );
         assert_eq!(v[0].path, "/var/lib/kobako/server/jwt.key");
-        assert_eq!(v[2].path, "/etc/shadow");
+        assert_eq!(v[2].path, "/etc");
+        assert_eq!(v[3].path, "/etc/shadow");
     }
 }

@@ -83,6 +83,26 @@ impl AgentClient {
         }
     }
 
+    /// Mounts shared directory `tag` read-only at `path` in the guest. An agent built before
+    /// shares existed says it does not know the message: an error naming the fix.
+    pub async fn mount(&self, tag: &str, path: &str) -> Result<()> {
+        let m = proto::Mount {
+            tag: tag.into(),
+            path: path.into(),
+        };
+        match self.call(Msg::Mount(m)).await {
+            Ok(_) => Ok(()),
+            Err(crate::RuntimeError::Agent(m)) if m.contains("unknown variant `mount`") => {
+                Err(agent_err(
+                    "this image's kobako-agent predates shared directories: rebuild the image \
+                     (`kobako image tiny`, or `kobako image build NAME`; recipes rebuild by \
+                     themselves at the next `up`)",
+                ))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Ask the guest to power off (or reboot). Returns once the request is sent.
     pub async fn shutdown(&self, reboot: bool) -> Result<()> {
         let (id, _rx) = self.open_stream();

@@ -251,6 +251,8 @@ impl Jail {
             read_only.extend(crate::qcow2::backing_chain(path));
         }
         read_only.extend(extra_read_only);
+        // Shared directories: seen read-only at their host paths.
+        read_only.extend(cfg.shares.iter().map(|s| s.path.clone()));
         if !cfg.nics.is_empty() {
             devices.push(Device::Tun);
         }

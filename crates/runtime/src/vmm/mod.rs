@@ -136,6 +136,13 @@ impl Runtime for VmmRuntime {
 
     async fn create(&self, cfg: &VmConfig) -> Result<VmDir> {
         cfg.validate()?;
+        if !cfg.shares.is_empty() {
+            return Err(RuntimeError::Invalid(
+                "shared directories (`shares:`, virtio-9p) need the QEMU runtime: the own VMM \
+                 has no 9p device; use --runtime qemu, or copy the files in with `files:`"
+                    .into(),
+            ));
+        }
         if !kvm_usable() {
             return Err(RuntimeError::Invalid(
                 "the vmm runtime needs a usable /dev/kvm (load kvm_intel/kvm_amd and check the \
@@ -397,6 +404,7 @@ mod tests {
             cgroups: Vec::new(),
             memory_file: None,
             named_ram: false,
+            shares: Vec::new(),
         }
     }
 }

@@ -130,6 +130,11 @@ impl Lab {
                     .collect()
             }),
             files: v.files.iter().map(raw_file).collect(),
+            shares: v
+                .shares
+                .iter()
+                .map(|s| (s.dst.clone(), RawShare::Src(s.src.display().to_string())))
+                .collect(),
             env: v
                 .env
                 .iter()

@@ -26,6 +26,7 @@ pub(super) struct MergedVm {
     pub(super) routes: Vec<Located<RawRoute>>,
     pub(super) run: Option<Located<Vec<RawService>>>,
     pub(super) files: IndexMap<String, Located<RawFile>>,
+    pub(super) shares: IndexMap<String, Located<RawShare>>,
     pub(super) env: IndexMap<String, Located<String>>,
     pub(super) security: Option<Located<RawSecurity>>,
     pub(super) ready: Option<Located<Vec<RawReadyCheck>>>,
@@ -278,6 +279,18 @@ fn merge_vm(m: &mut MergedVm, rv: &RawVm, at: &Origin) {
                 at: Origin {
                     src: at.src,
                     path: at.path.key("files").key(k),
+                },
+            },
+        );
+    }
+    for (k, f) in &rv.shares {
+        m.shares.insert(
+            k.clone(),
+            Located {
+                value: f.clone(),
+                at: Origin {
+                    src: at.src,
+                    path: at.path.key("shares").key(k),
                 },
             },
         );

@@ -42,6 +42,7 @@ impl Resolver<'_> {
         let (interfaces, ifaces) = self.vm_interfaces(b, &id, m, at, nn, node_addr);
         let services = self.vm_services(&id, m);
         let files = self.vm_files(m);
+        let shares = self.vm_shares(m);
         let env = self.vm_env(m);
         let routes = self.vm_routes(m);
         let apparmor = self.vm_apparmor(m, &machine.image);
@@ -58,6 +59,7 @@ impl Resolver<'_> {
                 routes: Vec::new(),
                 services,
                 files,
+                shares,
                 env,
                 hosts: hosts.to_vec(),
                 apparmor,
@@ -420,6 +422,109 @@ impl Resolver<'_> {
             });
         }
         files
+    }
+
+    /// `shares:`: host directories mounted read-only in the guest, tagged `kshareN`.
+    fn vm_shares(&mut self, m: &MergedVm) -> Vec<Share> {
+        let mut out = Vec::new();
+        for (dst, s) in &m.shares {
+            let at = &s.at;
+            let (src, readonly) = match &s.value {
+                RawShare::Src(p) => (p.clone(), None),
+                RawShare::Full(f) => (f.src.clone(), f.readonly),
+            };
+            let bad_dst = !dst.starts_with('/')
+                || dst == "/"
+                || dst.split('/').any(|c| c == ".." || c == ".")
+                || ["/proc", "/sys", "/dev", "/run/kobako"]
+                    .iter()
+                    .any(|p| dst == p || dst.starts_with(&format!("{p}/")));
+            if bad_dst {
+                self.key_err(
+                    at,
+                    format!("share target '{dst}' is not a guest directory kobako may mount on"),
+                    "write an absolute path such as /srv/data (not /, /proc, /sys, /dev, /run/kobako or one with '..')".to_string(),
+                );
+                continue;
+            }
+            if readonly == Some(false) {
+                self.err(
+                    &Origin {
+                        src: at.src,
+                        path: at.path.key("readonly"),
+                    },
+                    "writable shares are not supported: a share is read-only in the guest".into(),
+                    "remove `readonly: false`; copy results out with `kobako cp VM:PATH DEST`"
+                        .to_string(),
+                );
+                continue;
+            }
+            if at.src != 0 {
+                self.err(
+                    at,
+                    "a template shipped with kobako cannot share host directories".into(),
+                    "declare the share in the lab file".to_string(),
+                );
+                continue;
+            }
+            let p = PathBuf::from(&src);
+            let full = match (&self.base_dir, p.is_absolute()) {
+                (Some(base), false) => base.join(p),
+                _ => p,
+            };
+            if self.base_dir.is_some() {
+                use std::os::unix::fs::PermissionsExt;
+                match std::fs::metadata(&full) {
+                    Ok(md) if !md.is_dir() => {
+                        self.err(
+                            at,
+                            format!("{} is not a directory", full.display()),
+                            "share a directory (copy single files with `files:`)".to_string(),
+                        );
+                        continue;
+                    }
+                    Ok(md) if md.permissions().mode() & 0o005 != 0o005 => {
+                        self.err(
+                            at,
+                            format!("{} is not readable by others (mode {:04o})", full.display(), md.permissions().mode() & 0o7777),
+                            format!("the VM process runs as an unprivileged user: `chmod o+rx {}` (and make the files in it world-readable)", full.display()),
+                        );
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.err(
+                            at,
+                            format!("host directory {}: {e}", full.display()),
+                            "fix the path (relative paths start at the lab file's directory)"
+                                .to_string(),
+                        );
+                        continue;
+                    }
+                }
+            } else if !full.is_absolute() {
+                self.err(
+                    at,
+                    format!("share '{src}' is relative, and this lab came without its directory"),
+                    "write an absolute host path, or run the lab from its file".to_string(),
+                );
+                continue;
+            }
+            if out.len() == MAX_SHARES {
+                self.err(
+                    at,
+                    format!("more than {MAX_SHARES} shares"),
+                    "share a parent directory instead".to_string(),
+                );
+                break;
+            }
+            out.push(Share {
+                src: full,
+                dst: dst.trim_end_matches('/').to_string(),
+                tag: format!("kshare{}", out.len()),
+            });
+        }
+        out
     }
 
     /// The copies of host directory `dir` into guest directory `dst`: each file keeps its
