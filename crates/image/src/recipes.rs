@@ -73,6 +73,32 @@ bfdd_options=\"   -A 127.0.0.1\"
 staticd_options=\"-A 127.0.0.1\"
 ";
 
+/// debian-frr: frr.service applies /etc/frr/frr.conf once more when every daemon is up.
+/// frrinit.sh runs `vtysh -b` right after launching the daemons; on a slow or loaded host (TCG
+/// beside other work) they do not listen yet, vtysh says "failed to connect to any daemons" and
+/// FRR runs without its configuration (seen here: a fabric whose BGP never came up).
+const FRR_LOAD_DROPIN: &str =
+    "# kobako debian-frr: load /etc/frr/frr.conf once every daemon answers (see frr-load-config)
+[Service]
+ExecStartPost=-/bin/sh /usr/lib/kobako/frr-load-config
+TimeoutStartSec=5min
+";
+
+const FRR_LOAD_SCRIPT: &str = r#"#!/bin/sh
+# kobako debian-frr: wait until watchfrr reports every daemon up, then apply frr.conf (what
+# frrinit.sh's own `vtysh -b` does, but after the daemons listen).
+[ -s /etc/frr/frr.conf ] || exit 0
+up() {
+  s=$(vtysh -c 'show watchfrr' 2>/dev/null) || return 1
+  all=$(echo "$s" | grep -cE '^  [a-z0-9]+ +[A-Za-z]')
+  ok=$(echo "$s" | grep -cE '^  [a-z0-9]+ +Up$')
+  [ "$all" -gt 0 ] && [ "$all" = "$ok" ]
+}
+i=0
+while [ $i -lt 480 ] && ! up; do sleep 0.5; i=$((i + 1)); done
+exec vtysh -b
+"#;
+
 /// debian-frr forwards: it is a router.
 const FRR_SYSCTL: &str = "# kobako debian-frr: a router forwards
 net.ipv4.ip_forward=1
@@ -171,6 +197,8 @@ pub const RECIPES: &[Recipe] = &[
         files: &[
             ("/etc/frr/daemons", FRR_DAEMONS),
             ("/etc/sysctl.d/90-kobako-router.conf", FRR_SYSCTL),
+            ("/etc/systemd/system/frr.service.d/kobako-load-config.conf", FRR_LOAD_DROPIN),
+            ("/usr/lib/kobako/frr-load-config", FRR_LOAD_SCRIPT),
         ],
     },
     Recipe {

@@ -14,6 +14,11 @@ use std::path::{Path as FsPath, PathBuf};
 pub const MGMT_SUBNET: &str = "172.20.20.0/24";
 /// The kobako network that stands for containerlab's management network.
 pub const MGMT: &str = "mgmt";
+/// How long `up` waits for a Debian-based node (FRR, Ubuntu, ...) to be ready: its exec
+/// commands (FRR restarted with its configuration) and `kobako.ready` checks (routing
+/// converged). Seconds on a KVM host; on a TCG host shared with other work (CI: two test
+/// threads beside an emulated kernel boot) a fabric of three FRR VMs took more than 120 s.
+pub const DEBIAN_READY_TIMEOUT_US: u64 = 300_000_000;
 /// Where a node's `exec` commands are written, and the files that say how they went.
 pub const EXEC_SCRIPT: &str = "/etc/kobako/clab-exec.sh";
 const EXEC_OK: &str = "/run/kobako/clab-exec.ok";
@@ -432,14 +437,14 @@ impl Conv<'_> {
             steps.push(format!("sysctl -qw {k}={}", v.0));
         }
         if frr {
-            steps.push(
-                if frr_files {
-                    "systemctl restart frr"
-                } else {
-                    "systemctl start frr"
-                }
-                .into(),
-            );
+            // The guest may still be booting (a warm clone resumes where its snapshot's boot
+            // was): `start` waits for frr's boot-time start, which read the image's default
+            // configuration; only then is `restart` a restart (systemd turns a restart of a
+            // unit still activating into that same start, and the new frr.conf is ignored).
+            steps.push("systemctl start frr".into());
+            if frr_files {
+                steps.push("systemctl restart frr".into());
+            }
         }
         if let Some(e) = layers.first("exec", |n| n.exec.clone()) {
             steps.extend(e.v);
@@ -466,7 +471,7 @@ impl Conv<'_> {
                 ..RawReadyCheck::default()
             }]);
             if debian {
-                vm.ready_timeout = Some(Micros(120_000_000));
+                vm.ready_timeout = Some(Micros(DEBIAN_READY_TIMEOUT_US));
             }
         }
         if let Some(check) = labels.get(images::READY_LABEL) {
@@ -475,7 +480,7 @@ impl Conv<'_> {
                 ..RawReadyCheck::default()
             });
             if debian {
-                vm.ready_timeout = Some(Micros(120_000_000));
+                vm.ready_timeout = Some(Micros(DEBIAN_READY_TIMEOUT_US));
             }
         }
         if let Some(c) = layers.first("cmd", |n| n.cmd.clone()) {

@@ -299,11 +299,14 @@ topology:
     let RawFile::Full(script) = &r1.files[convert::EXEC_SCRIPT] else {
         panic!()
     };
-    assert!(script
-        .content
-        .as_deref()
-        .unwrap()
-        .contains("systemctl restart frr"));
+    // The boot-time start first (a restart of a unit still starting is that start, with the
+    // old configuration), then the restart that reads the new frr.conf.
+    let body = script.content.as_deref().unwrap();
+    let (start, restart) = (
+        body.find("{ systemctl start frr\n").expect("start"),
+        body.find("{ systemctl restart frr\n").expect("restart"),
+    );
+    assert!(start < restart, "{body}");
     assert_eq!(
         c.lab.publish,
         vec!["2601:r1.r1:2601/tcp", "5353:r1.r1:53/udp"]
