@@ -9,7 +9,8 @@
 // run the web-stack template lab; needs the debian-web image).
 // Prints one line per measurement and step; exits non-zero on the first failed expectation.
 import { chromium } from "playwright-core";
-import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import YAML from "yaml";
 
 const URL0 = process.env.KOBAKO_UI_URL ?? "https://127.0.0.1:8443";
 const ADMIN_PW = process.env.KOBAKO_UI_ADMIN_PASSWORD;
@@ -325,6 +326,52 @@ try {
   expect(notCreated.status === 404, `nothing was created (${notCreated.status})`);
   await shot(admin, "05b-editor-unknown-image");
 
+  // ---- layout: every shipped example drawn by ELK, no box over another, every link drawn -------
+  const examplesDir = new globalThis.URL("../../examples/", import.meta.url);
+  for (const f of readdirSync(examplesDir).filter((x) => x.endsWith(".yaml")).sort()) {
+    const text = readFileSync(new globalThis.URL(f, examplesDir), "utf8");
+    const doc = YAML.parse(text);
+    // Links inside nodes: its shipped template's and the node's own.
+    const templateLinks = (t) => {
+      const tf = new globalThis.URL(`../../crates/lab/templates/${t}.yaml`, import.meta.url);
+      return existsSync(tf) ? (YAML.parse(readFileSync(tf, "utf8")).links?.length ?? 0) : 0;
+    };
+    const nodeLinks = Object.values(doc.nodes ?? {}).reduce(
+      (k, n) => k + (n?.links?.length ?? 0) + (n?.template ? templateLinks(n.template) : 0),
+      0,
+    );
+    const links = (doc.links?.length ?? 0) + nodeLinks;
+    const topo = admin.locator(".editgrid .topology");
+    const before = Number((await topo.getAttribute("data-layouts")) ?? 0);
+    await admin.getByLabel("Lab file (YAML)").fill(text);
+    await admin.waitForFunction(
+      (n) => Number(document.querySelector(".editgrid .topology")?.getAttribute("data-layouts") ?? 0) > n,
+      before,
+      { timeout: 15000 },
+    );
+    await graphStill(admin);
+    const boxes = await admin.$$eval(".editgrid .react-flow__node-nodegroup, .editgrid .react-flow__node-net", (els) =>
+      els.map((e) => {
+        const r = e.getBoundingClientRect();
+        return { id: e.getAttribute("data-id"), x: r.x, y: r.y, w: r.width, h: r.height };
+      }),
+    );
+    const over = [];
+    for (let i = 0; i < boxes.length; i++)
+      for (let j = i + 1; j < boxes.length; j++) {
+        const [a, b] = [boxes[i], boxes[j]];
+        if (a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h) over.push(`${a.id}/${b.id}`);
+      }
+    const drawn = await admin.$$eval(".editgrid .react-flow__edge.link path.react-flow__edge-path", (ps) =>
+      ps.filter((p) => (p.getAttribute("d") ?? "").length > 5).length,
+    );
+    log(`layout ${f}: ${boxes.length} boxes, overlapping: ${over.length ? over.join(", ") : "none"}; links drawn ${drawn}/${links}`);
+    expect(boxes.length > 0, `${f}: something is drawn`);
+    expect(over.length === 0, `${f}: no box overlaps another (${over.join(", ")})`);
+    expect(drawn === links, `${f}: every link is drawn (${drawn} of ${links})`);
+    await shot(admin, `03-layout-${f.replace(/\.yaml$/, "")}`);
+  }
+
   // ---- create and start --------------------------------------------------------------------
   await admin.getByLabel("Lab file (YAML)").fill(LABFILE);
   await admin.getByRole("button", { name: "Create and start" }).click();
@@ -420,6 +467,31 @@ try {
   await shot(admin, "08-link-impaired");
   await admin.getByRole("button", { name: "Clear" }).click();
   await admin.locator("[data-testid=impairment]", { hasText: "none" }).waitFor();
+  // Right-click menus on the graph: a link's cut and heal, a VM's actions, Escape closes.
+  // A right-click on the middle of the link, where its label is (forced: a straight edge's
+  // path has a bounding box of height 0, which Playwright counts as invisible).
+  const edgeAb = {
+    click: () => admin.locator('.react-flow__edge[data-id="link:ab"]').click({ button: "right", force: true }),
+  };
+  const linkMenu = admin.getByRole("menu", { name: "Link ab" });
+  await edgeAb.click();
+  await linkMenu.getByRole("menuitem", { name: "Cut link" }).click();
+  await admin.locator('.react-flow__edge.link.down[data-id="link:ab"]').waitFor();
+  await admin.getByRole("button", { name: "Heal link" }).waitFor();
+  await edgeAb.click();
+  await linkMenu.getByRole("menuitem", { name: "Heal link" }).click();
+  await admin.locator('.react-flow__edge.link.up[data-id="link:ab"]').waitFor();
+  await admin.locator('.vmnode[data-vm="a.h"]').click({ button: "right" });
+  const vmMenu = admin.getByRole("menu", { name: "VM a.h" });
+  await vmMenu.waitFor();
+  expect(await vmMenu.getByRole("menuitem", { name: "Open shell" }).isEnabled(), "the VM's menu offers a shell");
+  expect(await vmMenu.getByRole("menuitem", { name: "Start", exact: true }).isDisabled(), "a running VM cannot be started again");
+  await shot(admin, "08a-context-menu");
+  await admin.keyboard.press("Escape");
+  await vmMenu.waitFor({ state: "detached" });
+  log("context menus: link cut and healed, VM menu shown");
+  await admin.getByRole("button", { name: "ab", exact: true }).click();
+  await admin.locator('[data-panel="link"]').waitFor();
   await admin.getByRole("button", { name: "Cut link" }).click();
   await admin.getByRole("button", { name: "Heal link" }).waitFor();
   const cut = await rtt(admin);

@@ -73,6 +73,21 @@ function templateVms(templates: TemplateInfo[], name: string, depth = 0): Record
   return out;
 }
 
+/** The links inside a node that template `name` (and the templates it starts from) declare:
+ * a node has its template chain's links and its own. */
+function templateLinks(templates: TemplateInfo[], name: string, depth = 0): unknown[] {
+  const t = templates.find((x) => x.name === name);
+  if (!t || depth > 4) return [];
+  let doc: Obj;
+  try {
+    doc = obj(parseDocument(t.text).toJS());
+  } catch {
+    return [];
+  }
+  const base = typeof doc.template === "string" ? templateLinks(templates, doc.template, depth + 1) : [];
+  return [...base, ...(Array.isArray(doc.links) ? doc.links : [])];
+}
+
 /** Draws a lab file draft; throws on YAML syntax errors (with line numbers in the message). */
 export function draftTopology(doc: Document, templates: TemplateInfo[]): Topology {
   if (doc.errors.length) throw doc.errors[0];
@@ -108,8 +123,12 @@ export function draftTopology(doc: Document, templates: TemplateInfo[]): Topolog
       vms,
       nodeNetwork: vms.length > 1 ? str(nn.subnet, "172.31.0.0/24") : undefined,
     });
-    if (Array.isArray(n.links)) {
-      for (const l of n.links) {
+    const nodeLinks = [
+      ...(typeof n.template === "string" ? templateLinks(templates, n.template) : []),
+      ...(Array.isArray(n.links) ? n.links : []),
+    ];
+    {
+      for (const l of nodeLinks) {
         const e = obj(l).endpoints;
         if (Array.isArray(e) && e.length === 2) {
           const [a, b] = e.map((x) => `${nname}.${String(x)}`);

@@ -1,6 +1,6 @@
 // The lab drawn with React Flow: nodes as boxes holding their VMs, lab networks as pills,
 // links as edges between VMs. VM colours follow their live state (from the event stream).
-import { useEffect, useMemo, useRef } from "react";
+import { useEffect, useMemo, useRef, useState } from "react";
 import {
   Background,
   Controls,
@@ -17,6 +17,7 @@ import {
 } from "@xyflow/react";
 import "@xyflow/react/dist/style.css";
 import type { Topology, TopoVm } from "../labfile";
+import { elkPlace } from "./elkLayout";
 
 export interface VmLive {
   state: string;
@@ -40,6 +41,46 @@ const GROUP_W = VM_W + 2 * GAP;
 // Room between node boxes for a link's label (name and impairment).
 const COL = GROUP_W + 180;
 
+/** A network pill's size before React Flow has measured it (text at ~7.5 px a character). */
+function netSize(n: Node): { width: number; height: number } {
+  const d = n.data as NetData;
+  const chars = d.name.length + (d.subnet ? d.subnet.length + 1 : 0);
+  return { width: Math.round(54 + 7.5 * chars), height: 34 };
+}
+
+/** The size of a movable item (node box or network pill); null for VMs (inside their box). */
+function boxSize(n: Node): { width: number; height: number } | null {
+  if (n.type === "vm") return null;
+  if (n.measured?.width && n.measured?.height) return { width: n.measured.width, height: n.measured.height };
+  if (n.type === "net") return netSize(n);
+  const st = n.style as { width?: number; height?: number } | undefined;
+  return { width: st?.width ?? GROUP_W, height: st?.height ?? 100 };
+}
+
+/** Moves the items of `movable` down until none overlaps another box (the others stay where
+ * they are): a drop or a saved place on top of a box never hides it or its links. */
+function settle(nodes: Node[], movable: (id: string) => boolean): Node[] {
+  const placed: { x: number; y: number; w: number; h: number }[] = [];
+  const hit = (b: { x: number; y: number; w: number; h: number }) =>
+    placed.filter((p) => b.x < p.x + p.w + 20 && p.x < b.x + b.w + 20 && b.y < p.y + p.h + 20 && p.y < b.y + b.h + 20);
+  for (const n of nodes) {
+    const sz = boxSize(n);
+    if (sz && !movable(n.id)) placed.push({ ...n.position, w: sz.width, h: sz.height });
+  }
+  return nodes.map((n) => {
+    const sz = boxSize(n);
+    if (!sz || !movable(n.id)) return n;
+    const b = { ...n.position, w: sz.width, h: sz.height };
+    for (let i = 0; i < 200; i++) {
+      const over = hit(b);
+      if (!over.length) break;
+      b.y = Math.max(...over.map((p) => p.y + p.h)) + 30;
+    }
+    placed.push(b);
+    return b.x === n.position.x && b.y === n.position.y ? n : { ...n, position: { x: b.x, y: b.y } };
+  });
+}
+
 type VmData = { vm: TopoVm; live?: VmLive; selected: boolean; connectable: boolean };
 type NetData = { name: string; subnet?: string };
 type GroupData = { name: string; template?: string; nodeNetwork?: string };
@@ -48,6 +89,48 @@ declare global {
   interface Window {
     __kobakoShown?: { vm: string; state: string; eventTs?: number; shownMs: number }[];
   }
+}
+
+/** What a VM is, for its icon: a router (FRR/router images, router-like names, or several
+ * interfaces that are not all on one network), a service (web, cache, database, logger images
+ * or names), else a host. */
+export function vmRole(vm: TopoVm): "router" | "service" | "host" {
+  const img = vm.image.toLowerCase();
+  const name = vm.name.toLowerCase();
+  if (/frr|router|vyos|bird/.test(img) || /^(r\d+|rtr|router|spine|leaf|core|edge|gw|fw)/.test(name)) return "router";
+  if (/web|redis|nginx|db|sql|log/.test(img) || /^(api|web|cache|db|log|redis|ids|dns|srv|server)/.test(name)) return "service";
+  return "host";
+}
+
+/** A small line icon for a role (routers: arrows, services: stacked disks, hosts: a screen,
+ * networks: a switch). */
+export function RoleIcon({ role }: { role: "router" | "service" | "host" | "switch" }) {
+  const common = { width: 16, height: 16, viewBox: "0 0 16 16", fill: "none", stroke: "currentColor", strokeWidth: 1.5 };
+  return (
+    <svg {...common} className={`roleicon role-${role}`} role="img" aria-label={role}>
+      {role === "router" ? (
+        <>
+          <circle cx="8" cy="8" r="6.5" />
+          <path d="M4 8h8M9.5 5.5 12 8l-2.5 2.5M6.5 5.5 4 8l2.5 2.5" />
+        </>
+      ) : role === "service" ? (
+        <>
+          <ellipse cx="8" cy="4" rx="5.5" ry="2" />
+          <path d="M2.5 4v8c0 1.1 2.5 2 5.5 2s5.5-.9 5.5-2V4M2.5 8c0 1.1 2.5 2 5.5 2s5.5-.9 5.5-2" />
+        </>
+      ) : role === "switch" ? (
+        <>
+          <rect x="1.5" y="4.5" width="13" height="7" rx="1.5" />
+          <path d="M4 8h1M7 8h1M10 8h1" />
+        </>
+      ) : (
+        <>
+          <rect x="2" y="2.5" width="12" height="8.5" rx="1" />
+          <path d="M6 14h4M8 11v3" />
+        </>
+      )}
+    </svg>
+  );
 }
 
 function VmNode({ data }: NodeProps<Node<VmData>>) {
@@ -69,7 +152,9 @@ function VmNode({ data }: NodeProps<Node<VmData>>) {
       title={data.live?.reason ?? undefined}
     >
       <Handle type="target" position={Position.Left} isConnectable={data.connectable} />
-      <div className="vmname">{data.vm.name}</div>
+      <div className="vmname">
+        <RoleIcon role={vmRole(data.vm)} /> {data.vm.name}
+      </div>
       <div className="vmmeta">
         {data.vm.image} · {data.vm.vcpus} vCPU · {data.vm.memory}
       </div>
@@ -88,7 +173,7 @@ function NetNode({ data }: NodeProps<Node<NetData>>) {
   return (
     <div className="netnode" data-network={data.name}>
       <Handle type="target" position={Position.Bottom} isConnectable={false} />
-      <strong>{data.name}</strong>
+      <RoleIcon role="switch" /> <strong>{data.name}</strong>
       {data.subnet ? <span> {data.subnet}</span> : null}
     </div>
   );
@@ -125,6 +210,13 @@ export function impairText(imp: Record<string, unknown> | null | undefined): str
 /** The drag data type of the editor's "VM" palette item. */
 export const VM_DRAG = "application/x-kobako-vm";
 
+/** One entry of the right-click menu. */
+export interface MenuItem {
+  label: string;
+  run: () => void;
+  disabled?: boolean;
+}
+
 /** Positions of the movable items (`node:NAME`, `net:NAME`). */
 export type Positions = Record<string, { x: number; y: number }>;
 
@@ -138,6 +230,7 @@ export function Topology({
   positions,
   onMoved,
   onDropVm,
+  menu,
 }: {
   topo: Topology;
   live?: Map<string, VmLive>;
@@ -154,7 +247,33 @@ export function Topology({
   /** Editor: a VM was dropped from the palette, on a node box (its name) or outside any
    * (null: a new node), at this point of the drawing. */
   onDropVm?: (node: string | null, at: { x: number; y: number }) => void;
+  /** The right-click menu of a VM, network or link (none: no menu). */
+  menu?: (s: NonNullable<Selection>) => MenuItem[];
 }) {
+  const [ctx, setCtx] = useState<{ x: number; y: number; title: string; items: MenuItem[] } | null>(null);
+  const openMenu = (e: React.MouseEvent, s: NonNullable<Selection>, title: string) => {
+    if (!menu) return;
+    e.preventDefault();
+    const items = menu(s);
+    if (!items.length) return;
+    const box = rootRef.current?.getBoundingClientRect();
+    onSelect(s);
+    setCtx({ x: e.clientX - (box?.left ?? 0), y: e.clientY - (box?.top ?? 0), title, items });
+  };
+  useEffect(() => {
+    if (!ctx) return;
+    const close = (e: KeyboardEvent | MouseEvent) => {
+      if (e instanceof KeyboardEvent && e.key !== "Escape") return;
+      if (e instanceof MouseEvent && (e.target as HTMLElement).closest?.(".ctxmenu")) return;
+      setCtx(null);
+    };
+    window.addEventListener("keydown", close);
+    window.addEventListener("mousedown", close);
+    return () => {
+      window.removeEventListener("keydown", close);
+      window.removeEventListener("mousedown", close);
+    };
+  }, [ctx]);
   const connectRef = useRef(onConnect);
   connectRef.current = onConnect;
   const movedRef = useRef(onMoved);
@@ -252,27 +371,65 @@ export function Topology({
     return { nodes, edges };
   }, [topo, live, linkLive, selection, editable]);
 
-  // React Flow measures nodes and keeps positions in its node state: new layouts keep the
-  // measurements and where the user dragged a node to.
-  // A saved layout places the items it knows; new items get the computed place.
+  // Where items go: where the user left them (a saved layout), else where ELK puts them once
+  // it has run, else the simple grid above. React Flow keeps positions in its node state: a new
+  // layout keeps the measurements and the places of what was there; new items are settled so
+  // that they overlap nothing.
+  const [auto, setAuto] = useState<Positions | null>(null);
+  const rootRef = useRef<HTMLDivElement>(null);
+  const layouts = useRef(0);
+  const autoRef = useRef(auto);
+  autoRef.current = auto;
   const place = (n: Node): Node => {
-    const p = n.type !== "vm" ? saved.current?.[n.id] : undefined;
+    if (n.type === "vm") return n;
+    const p = saved.current?.[n.id] ?? autoRef.current?.[n.id];
     return p ? { ...n, position: { x: p.x, y: p.y } } : n;
   };
-  const [nodes, setNodes, onNodesChange] = useNodesState<Node>(layout.map(place));
+  const [nodes, setNodes, onNodesChange] = useNodesState<Node>(settle(layout.map(place), () => true));
   useEffect(() => {
     setNodes((prev) => {
       const old = new Map(prev.map((n) => [n.id, n]));
-      return layout.map((n) => {
+      const next = layout.map((n) => {
         const p = old.get(n.id);
         if (!p) return place(n);
         // VMs sit where their node box puts them (a box grows with a node network line);
         // boxes and networks stay where they were moved.
         return { ...n, position: n.type === "vm" ? n.position : p.position, measured: p.measured, selected: p.selected };
       });
+      return settle(next, (id) => !old.has(id));
     });
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [layout, setNodes]);
+  // ELK runs again when items or wires come or go (not for state colours or labels).
+  const wires = useMemo(() => {
+    const parent = new Map(layout.filter((n) => n.parentId).map((n) => [n.id, n.parentId as string]));
+    return edges.map((e) => ({ id: e.id, source: parent.get(e.source) ?? e.source, target: parent.get(e.target) ?? e.target }));
+  }, [layout, edges]);
+  const structure = layout.filter((n) => n.type !== "vm").map((n) => `${n.id}:${JSON.stringify(n.style ?? {})}`).join(" ") + "|" + wires.map((w) => `${w.source}>${w.target}`).join(" ");
+  useEffect(() => {
+    let live = true;
+    const boxes = layout.filter((n) => n.type !== "vm").map((n) => ({ id: n.id, ...(boxSize(n) as { width: number; height: number }) }));
+    elkPlace(boxes, wires)
+      .then((pos) => {
+        if (!live) return;
+        setAuto(pos);
+        // Items the user has not placed move to ELK's places; nothing may overlap after.
+        setNodes((prev) =>
+          settle(
+            prev.map((n) => (n.type !== "vm" && !saved.current?.[n.id] && pos[n.id] ? { ...n, position: pos[n.id] } : n)),
+            (id) => !saved.current?.[id],
+          ),
+        );
+        window.setTimeout(() => void flow.current?.fitView({ padding: 0.15, maxZoom: 1.1 }), 30);
+        // How many ELK layouts were applied (tests wait for the next one).
+        rootRef.current?.setAttribute("data-layouts", String(++layouts.current));
+      })
+      .catch((e) => console.warn("ELK layout failed; keeping the grid", e));
+    return () => {
+      live = false;
+    };
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [structure]);
   const nodesRef = useRef(nodes);
   nodesRef.current = nodes;
   // A VM, node or network added or removed (the editor): show the whole drawing again.
@@ -303,6 +460,7 @@ export function Topology({
 
   return (
     <div
+      ref={rootRef}
       className="topology"
       aria-label={`Topology of ${topo.name}`}
       onDragOver={(e) => {
@@ -353,10 +511,36 @@ export function Topology({
           if (e.id.startsWith("link:")) onSelect({ kind: "link", name: e.id.slice(5) });
         }}
         onPaneClick={() => onSelect(null)}
+        onNodeContextMenu={(e, n) => {
+          if (n.type === "vm") openMenu(e, { kind: "vm", id: n.id }, `VM ${n.id}`);
+          else if (n.type === "net") openMenu(e, { kind: "network", name: (n.data as NetData).name }, `Network ${(n.data as NetData).name}`);
+        }}
+        onEdgeContextMenu={(e, ed) => {
+          if (ed.id.startsWith("link:")) openMenu(e, { kind: "link", name: ed.id.slice(5) }, `Link ${ed.id.slice(5)}`);
+        }}
       >
         <Background gap={20} size={1} />
         <Controls showInteractive={false} />
       </ReactFlow>
+      {ctx ? (
+        <div className="ctxmenu" role="menu" aria-label={ctx.title} style={{ left: ctx.x, top: ctx.y }}>
+          <div className="ctxtitle">{ctx.title}</div>
+          {ctx.items.map((it) => (
+            <button
+              key={it.label}
+              type="button"
+              role="menuitem"
+              disabled={it.disabled}
+              onClick={() => {
+                setCtx(null);
+                it.run();
+              }}
+            >
+              {it.label}
+            </button>
+          ))}
+        </div>
+      ) : null}
     </div>
   );
 }

@@ -16,7 +16,7 @@ import {
 } from "../api";
 import type { KEvent } from "../events";
 import { specTopology } from "../labfile";
-import { impairText, Topology, type Positions, type Selection, type VmLive } from "../components/Topology";
+import { impairText, Topology, type MenuItem, type Positions, type Selection, type VmLive } from "../components/Topology";
 import { Terminal } from "../components/Terminal";
 import { ScenarioPanel } from "../components/Scenario";
 import { CheckpointPanel } from "../components/Checkpoints";
@@ -160,6 +160,47 @@ export default function LabView({ user, name }: { user: User; name: string }) {
       navigate("/labs");
     });
   };
+  // The graph's right-click menus: what the side panel does, where the user is looking.
+  const contextMenu = (s: NonNullable<Selection>): MenuItem[] => {
+    if (s.kind === "vm") {
+      const v = lab.vms.find((x) => `${x.node}.${x.vm}` === s.id);
+      if (!v) return [];
+      const on = v.state === "ready" || v.state === "agent_up" || v.state === "booting";
+      const agent = v.state === "ready" || v.state === "agent_up";
+      return [
+        { label: "Open console", run: () => setTerm({ vm: v.name, mode: "console" }), disabled: !on },
+        { label: "Open shell", run: () => setTerm({ vm: v.name, mode: "shell" }), disabled: !agent },
+        { label: "Start", run: () => void memberOp(s.id, "start"), disabled: !!busy || !labUp || on },
+        { label: "Restart", run: () => void memberOp(s.id, "restart"), disabled: !!busy || !labUp },
+        { label: "Stop", run: () => void memberOp(s.id, "stop"), disabled: !!busy || !labUp || !on },
+      ];
+    }
+    if (s.kind === "link") {
+      const l = lab.links.find((x) => x.name === s.name);
+      if (!l) return [];
+      const linkAct = (what: string, f: () => Promise<unknown>) =>
+        void act(what, async () => {
+          await f();
+          setLog((g) => [...g, { ts: Date.now(), text: `link ${l.name}: ${what}` }]);
+        });
+      return [
+        l.up
+          ? { label: "Cut link", run: () => linkAct("cut", () => api.linkState(lab.name, l.name, false)), disabled: !labUp }
+          : { label: "Heal link", run: () => linkAct("healed", () => api.linkState(lab.name, l.name, true)), disabled: !labUp },
+        {
+          label: "Capture 30 s (pcapng)",
+          run: () =>
+            linkAct("capture started (30 s; download it from the link's panel)", async () => {
+              await api.startCapture(lab.name, l.name, { duration_s: 30 });
+              setCaptureSeq((n) => n + 1);
+            }),
+          disabled: !labUp,
+        },
+        { label: "Impair…", run: () => setSel({ kind: "link", name: l.name }) },
+      ];
+    }
+    return [];
+  };
   const selVm = sel?.kind === "vm" ? lab.vms.find((v) => `${v.node}.${v.vm}` === sel.id) : undefined;
   const selLink = sel?.kind === "link" ? lab.links.find((l) => l.name === sel.name) : undefined;
   const ready = lab.vms.filter((v) => v.state === "ready").length;
@@ -218,6 +259,7 @@ export default function LabView({ user, name }: { user: User; name: string }) {
           onSelect={setSel}
           positions={layout?.positions}
           onMoved={write ? saveLayout : undefined}
+          menu={write ? contextMenu : undefined}
         />
         <aside className="side" aria-label="Details">
           {selVm ? (
