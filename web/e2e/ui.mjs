@@ -293,6 +293,14 @@ try {
   await admin.locator('.vmnode[data-vm="n4.vm1"]').waitFor();
   yaml = await admin.getByLabel("Lab file (YAML)").inputValue();
   expect(/\n  n4:\n/.test(yaml) && /vm1:/.test(yaml), "dropped VMs are in the lab file");
+  // Backspace on a selected VM deletes it from the lab file, not only from the drawing (its
+  // node goes too when it was the last VM).
+  await graphStill(admin);
+  await admin.locator('.vmnode[data-vm="n4.vm1"]').click();
+  await admin.keyboard.press("Backspace");
+  await admin.locator('.vmnode[data-vm="n4.vm1"]').waitFor({ state: "detached" });
+  yaml = await admin.getByLabel("Lab file (YAML)").inputValue();
+  expect(!/\n  n4:\n/.test(yaml), "a VM deleted in the graph is gone from the lab file, its empty node too");
   await graphStill(admin);
   await admin.locator('.vmnode[data-vm="b.h"]').click();
   const vmForm = admin.locator("form", { has: admin.getByRole("heading", { name: "VM b.h" }) });

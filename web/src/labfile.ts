@@ -311,6 +311,35 @@ export function addLink(doc: Document, t: Topology, a: string, b: string): strin
   return name;
 }
 
+/** Removes VMs (`node.vm`) and links (by name) from the lab file: a VM's links go with it, a
+ * node left without VMs (and without a template) goes too. What the drawing deletes, the file
+ * loses (Backspace/Delete in the editor's graph). */
+export function removeItems(doc: Document, t: Topology, vms: string[], links: string[]) {
+  const gone = new Set(vms);
+  const linkNames = new Set(links);
+  for (const l of t.links) {
+    if (gone.has(l.a.split(":")[0]) || gone.has(l.b.split(":")[0])) linkNames.add(l.name);
+  }
+  // Top-level links: by their name (written or derived as the drawing derives it).
+  const top = doc.getIn(["links"], true) as { items?: unknown[] } | undefined;
+  if (top && Array.isArray(top.items)) {
+    const js = (doc.getIn(["links"]) as { toJSON?: () => unknown[] })?.toJSON?.() ?? [];
+    for (let i = js.length - 1; i >= 0; i--) {
+      const l = obj(js[i]);
+      const e = Array.isArray(l.endpoints) ? l.endpoints.map(String) : [];
+      const name = str(l.name, e.length === 2 ? `${e[0].split(":")[0]}-${e[1].split(":")[0]}` : "");
+      if (linkNames.has(name)) top.items.splice(i, 1);
+    }
+    if (!top.items.length) doc.deleteIn(["links"]);
+  }
+  for (const ref of gone) {
+    const [node, vm] = ref.split(".");
+    doc.deleteIn(["nodes", node, "vms", vm]);
+    const n = obj(obj(obj(doc.toJS()).nodes)[node]);
+    if (!Object.keys(obj(n.vms)).length && typeof n.template !== "string") doc.deleteIn(["nodes", node]);
+  }
+}
+
 /** A new lab file: one node from a template, or a small two-VM lab with a link. */
 export function starter(name: string, template?: string): string {
   if (template) {

@@ -231,6 +231,7 @@ export function Topology({
   onMoved,
   onDropVm,
   menu,
+  onDelete,
 }: {
   topo: Topology;
   live?: Map<string, VmLive>;
@@ -249,7 +250,12 @@ export function Topology({
   onDropVm?: (node: string | null, at: { x: number; y: number }) => void;
   /** The right-click menu of a VM, network or link (none: no menu). */
   menu?: (s: NonNullable<Selection>) => MenuItem[];
+  /** Editor: VMs (`node.vm`) and links (names) deleted in the graph (Backspace/Delete); without
+   * it nothing can be deleted from the drawing (it would only vanish until the next render). */
+  onDelete?: (vms: string[], links: string[]) => void;
 }) {
+  const deleteRef = useRef(onDelete);
+  deleteRef.current = onDelete;
   const [ctx, setCtx] = useState<{ x: number; y: number; title: string; items: MenuItem[] } | null>(null);
   const openMenu = (e: React.MouseEvent, s: NonNullable<Selection>, title: string) => {
     if (!menu) return;
@@ -511,6 +517,14 @@ export function Topology({
           if (e.id.startsWith("link:")) onSelect({ kind: "link", name: e.id.slice(5) });
         }}
         onPaneClick={() => onSelect(null)}
+        deleteKeyCode={onDelete ? ["Backspace", "Delete"] : null}
+        onBeforeDelete={async ({ nodes: ns, edges: es }) => {
+          // Only VMs and links are deleted, and only through the lab file: the drawing follows.
+          const vms = ns.filter((n) => n.type === "vm").map((n) => n.id);
+          const links = es.filter((e) => e.id.startsWith("link:")).map((e) => e.id.slice(5));
+          if (vms.length || links.length) deleteRef.current?.(vms, links);
+          return false;
+        }}
         onNodeContextMenu={(e, n) => {
           if (n.type === "vm") openMenu(e, { kind: "vm", id: n.id }, `VM ${n.id}`);
           else if (n.type === "net") openMenu(e, { kind: "network", name: (n.data as NetData).name }, `Network ${(n.data as NetData).name}`);

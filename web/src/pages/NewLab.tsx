@@ -4,7 +4,7 @@
 // errors are shown at their lines.
 import { useEffect, useMemo, useRef, useState, type ChangeEvent, type FormEvent } from "react";
 import { api, ApiError, canWrite, saveBlob, type ImageInfo, type SpecError, type TemplateInfo, type User } from "../api";
-import { addLink, addVm, draftTopology, parseDocument, setVm, specToYaml, starter, type Topology as Topo } from "../labfile";
+import { addLink, addVm, draftTopology, parseDocument, removeItems, setVm, specToYaml, starter, type Topology as Topo } from "../labfile";
 import { Topology, VM_DRAG, type Positions, type Selection } from "../components/Topology";
 import { Link, navigate } from "../router";
 import { ErrorBox } from "../util";
@@ -327,6 +327,7 @@ export default function NewLab({ user, edit }: { user: User; edit?: string }) {
               selection={sel}
               onSelect={setSel}
               onConnect={(a, b) => change((d) => addLink(d, shown, a, b))}
+              onDelete={(vms, links) => change((d) => removeItems(d, shown, vms, links))}
               positions={positions ?? undefined}
               onMoved={setPositions}
               onDropVm={(node, at) => {
