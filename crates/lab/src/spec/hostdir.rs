@@ -1,7 +1,18 @@
 //! A host directory named as a file source (`files: {/opt/tools: ./tools}`, containerlab
-//! `binds:`): its regular files, recursively, in name order, bounded.
+//! `binds:`): its regular files, recursively, in name order, bounded; and where a relative
+//! host path of such a file points.
 
 use std::path::{Path, PathBuf};
+
+/// Host path `src` as a lab or topology file names it: a relative one starts at `base` (the
+/// file's directory) when there is one.
+pub fn host_path(base: Option<&Path>, src: &str) -> PathBuf {
+    let p = PathBuf::from(src);
+    match base {
+        Some(b) if p.is_relative() => b.join(p),
+        _ => p,
+    }
+}
 
 /// At most this many files come from one directory.
 pub const MAX_FILES: usize = 256;

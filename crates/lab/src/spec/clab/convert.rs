@@ -615,11 +615,7 @@ impl Conv<'_> {
     }
 
     fn host_path(&self, src: &str) -> PathBuf {
-        let p = PathBuf::from(src);
-        match self.base_dir {
-            Some(b) if p.is_relative() => b.join(p),
-            _ => p,
-        }
+        crate::spec::hostdir::host_path(self.base_dir, src)
     }
 
     /// One `binds:` entry, `SRC:DST[:OPTIONS]`, as files copied into the VM (a directory's

@@ -401,8 +401,8 @@ impl Resolver<'_> {
                 RawFile::Full(x) => (x.src.clone(), x.content.clone(), x.mode.clone()),
             };
             // A host directory: its regular files under `dst` (containerlab's `binds` habit).
-            if let (Some(dir), Some(base), None) = (&src, &self.base_dir, &content) {
-                let full = base.join(dir);
+            if let (Some(dir), true, None) = (&src, self.base_dir.is_some(), &content) {
+                let full = self.host_path(dir);
                 if full.is_dir() && fat.src == 0 {
                     files.extend(self.dir_files(&full, dst, mode.as_deref(), fat));
                     continue;
@@ -422,6 +422,11 @@ impl Resolver<'_> {
             });
         }
         files
+    }
+
+    /// A host path named in the lab file (`files:` sources, `shares:`).
+    fn host_path(&self, src: &str) -> PathBuf {
+        crate::spec::hostdir::host_path(self.base_dir.as_deref(), src)
     }
 
     /// `shares:`: host directories mounted read-only in the guest, tagged `kshareN`.
@@ -467,11 +472,7 @@ impl Resolver<'_> {
                 );
                 continue;
             }
-            let p = PathBuf::from(&src);
-            let full = match (&self.base_dir, p.is_absolute()) {
-                (Some(base), false) => base.join(p),
-                _ => p,
-            };
+            let full = self.host_path(&src);
             if self.base_dir.is_some() {
                 use std::os::unix::fs::PermissionsExt;
                 match std::fs::metadata(&full) {
@@ -591,11 +592,7 @@ impl Resolver<'_> {
                         "use `content:`".to_string(),
                     );
                 }
-                let pth = PathBuf::from(&s);
-                let full = match (&self.base_dir, pth.is_absolute()) {
-                    (Some(base), false) => base.join(pth),
-                    _ => pth,
-                };
+                let full = self.host_path(&s);
                 // Read from disk files only: a lab given as text may come from elsewhere.
                 if self.base_dir.is_some() && !full.is_file() {
                     self.err(
