@@ -26,28 +26,35 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   PACKAGES+=(nodejs npm)
 fi
 
-# schemathesis (PyPI) for scripts/api-fuzz.sh, in its own venv; skipped when present with
-# these versions. Pinned: a fuzz run is only comparable with the same generator (and newer
-# releases brought their own internal errors into our CI).
-API_FUZZ_REQ="schemathesis==4.32.5 hypothesis==6.170.17"
-api_fuzz_venv() {
-  local v=/var/cache/kobako/venv-api
-  [ -x "$v/bin/st" ] && [ "$(cat "$v/.kobako-req" 2>/dev/null)" = "$API_FUZZ_REQ" ] && return 0
-  echo "setup: schemathesis venv in $v"
+# Python tools from PyPI, each in its own venv under /var/cache/kobako; skipped when present
+# with the same requirement list (kept in the venv's .kobako-req).
+# py_venv NAME DIR BIN REQUIREMENTS: BIN (under DIR/bin) proves an install.
+py_venv() {
+  local name=$1 v=$2 bin=$3 req=$4
+  [ -x "$v/bin/$bin" ] && [ "$(cat "$v/.kobako-req" 2>/dev/null)" = "$req" ] && return 0
+  echo "setup: $name venv in $v"
   mkdir -p /var/cache/kobako
+  rm -rf "$v"
   python3 -m venv "$v" >/tmp/kobako-venv.log 2>&1 || {
     apt-get install -y -q --no-install-recommends python3-venv >>/tmp/kobako-venv.log 2>&1
     python3 -m venv "$v" >>/tmp/kobako-venv.log 2>&1
   }
   # shellcheck disable=SC2086 # the requirement list is split on purpose
-  "$v/bin/pip" install -q $API_FUZZ_REQ >>/tmp/kobako-venv.log 2>&1 || {
-    echo "setup: pip install schemathesis failed; see /tmp/kobako-venv.log" >&2
+  "$v/bin/pip" install -q $req >>/tmp/kobako-venv.log 2>&1 || {
+    echo "setup: pip install $name failed; see /tmp/kobako-venv.log" >&2
     rm -rf "$v"
     return 1
   }
-  echo "$API_FUZZ_REQ" >"$v/.kobako-req"
+  echo "$req" >"$v/.kobako-req"
 }
-api_fuzz_venv
+# schemathesis for scripts/api-fuzz.sh. Pinned: a fuzz run is only comparable with the same
+# generator (and newer releases brought their own internal errors into our CI).
+API_FUZZ_REQ="schemathesis==4.32.5 hypothesis==6.170.17"
+py_venv schemathesis /var/cache/kobako/venv-api st "$API_FUZZ_REQ"
+# A third-party Firecracker API client (crates/vmm/tests/fc_client.rs drives kobako-vmm with
+# it). Pinned: the test checks this version; the package pins its own dependencies exactly.
+FC_CLIENT_REQ="firecracker-python==0.0.5"
+py_venv firecracker-python /var/cache/kobako/venv-fcclient python "$FC_CLIENT_REQ"
 
 missing_packages() {
   missing=()

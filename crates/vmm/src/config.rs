@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,6 +40,60 @@ pub enum ConfigError {
     Invalid { what: &'static str, why: String },
     #[error("{0}")]
     NotSupported(String),
+}
+
+/// The keys whose values are lists in the API's and the config file's documents; everywhere
+/// else an object is expected where a structure is.
+const LIST_KEYS: &[&str] = &[
+    "drives",
+    "network-interfaces",
+    "network_interfaces",
+    "network_overrides",
+    "drive_overrides",
+    // Sections kobako-vmm refuses as not supported: their lists must reach that refusal.
+    "pmem",
+    "kvm_capabilities",
+    "cpuid_modifiers",
+    "msr_modifiers",
+    "reg_modifiers",
+    "vcpu_features",
+    "modifiers",
+];
+
+/// Refuses JSON arrays where the schema has objects (or scalars). serde's derived structures
+/// also read a structure from an array, field by field in order (`PUT /machine-config [2, 256]`
+/// would set 2 vCPUs and 256 MiB), which Firecracker's API description does not allow: a
+/// document is checked with this before it is deserialized. `Err` names where the array is.
+pub fn check_no_positional(v: &serde_json::Value) -> Result<(), String> {
+    fn walk(v: &serde_json::Value, at: &str, list_ok: bool) -> Result<(), String> {
+        match v {
+            serde_json::Value::Array(items) => {
+                if !list_ok {
+                    return Err(format!(
+                        "invalid type: sequence, expected a map or a value at `{}`",
+                        if at.is_empty() { "(the body)" } else { at }
+                    ));
+                }
+                for (i, item) in items.iter().enumerate() {
+                    walk(item, &format!("{at}[{i}]"), false)?;
+                }
+                Ok(())
+            }
+            serde_json::Value::Object(o) => {
+                for (k, item) in o {
+                    let at = if at.is_empty() {
+                        crate::api::http::clip(k, 64).into_owned()
+                    } else {
+                        format!("{at}.{}", crate::api::http::clip(k, 64))
+                    };
+                    walk(item, &at, LIST_KEYS.contains(&k.as_str()))?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+    walk(v, "", false)
 }
 
 /// `PUT /boot-source`.
@@ -200,6 +255,87 @@ pub struct NetworkInterfaceUpdate {
     pub iface_id: String,
     pub rx_rate_limiter: Option<RateLimiter>,
     pub tx_rate_limiter: Option<RateLimiter>,
+}
+
+/// `PUT /balloon` (and `balloon` of a config file); `GET /balloon` answers it with the
+/// current target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonConfig {
+    pub amount_mib: u32,
+    pub deflate_on_oom: bool,
+    #[serde(default)]
+    pub stats_polling_interval_s: u16,
+    #[serde(default)]
+    pub free_page_hinting: bool,
+    #[serde(default)]
+    pub free_page_reporting: bool,
+}
+
+/// `PATCH /balloon`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonUpdate {
+    pub amount_mib: u32,
+}
+
+/// `PATCH /balloon/statistics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonStatsUpdate {
+    pub stats_polling_interval_s: u16,
+}
+
+/// `PATCH /balloon/hinting/start` (the body is optional).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonStartCmd {
+    #[serde(default)]
+    pub acknowledge_on_stop: bool,
+}
+
+/// Why a balloon request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BalloonError {
+    #[error("No balloon device is configured: PUT /balloon before InstanceStart.")]
+    NotConfigured,
+    #[error(
+        "The balloon target ({amount_mib} MiB) is larger than the guest's memory ({mem_mib} MiB)."
+    )]
+    TooLarge { amount_mib: u32, mem_mib: u64 },
+    #[error("Balloon statistics are not enabled: PUT /balloon with stats_polling_interval_s > 0 before InstanceStart.")]
+    StatsNotEnabled,
+    #[error("Balloon statistics cannot be turned on or off after boot: use a non-zero stats_polling_interval_s.")]
+    StatsOnOff,
+    #[error("Free page hinting is not enabled: PUT /balloon with \"free_page_hinting\": true before InstanceStart.")]
+    HintingNotEnabled,
+    #[error(
+        "The balloon device is not running yet: this request is answered after InstanceStart."
+    )]
+    NotStarted,
+}
+
+/// `PUT /mmds/config` (and `mmds-config` of a config file).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MmdsConfig {
+    #[serde(default)]
+    pub version: crate::mmds::MmdsVersion,
+    pub network_interfaces: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4_address: Option<String>,
+    #[serde(default)]
+    pub imds_compat: bool,
+}
+
+impl MmdsConfig {
+    /// The address the guest reaches the MMDS on.
+    pub fn ipv4(&self) -> [u8; 4] {
+        self.ipv4_address
+            .as_deref()
+            .and_then(crate::mmds::parse_ipv4)
+            .unwrap_or(crate::mmds::DEFAULT_IPV4)
+    }
 }
 
 /// `PUT /vsock`.
@@ -461,12 +597,16 @@ pub struct FullConfig {
     pub metrics: Option<MetricsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<SerialConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<BalloonConfig>,
     /// Firecracker sections kobako-vmm does not implement: accepted when absent or `null`
     /// (as in Firecracker's own `GET /vm/config` output), rejected otherwise.
-    #[serde(default, skip_serializing)]
-    pub balloon: Option<serde_json::Value>,
-    #[serde(rename = "mmds-config", default, skip_serializing)]
-    pub mmds_config: Option<serde_json::Value>,
+    #[serde(
+        rename = "mmds-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mmds_config: Option<MmdsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy: Option<EntropyConfig>,
     #[serde(rename = "cpu-config", default, skip_serializing)]
@@ -563,9 +703,94 @@ pub struct VmResources {
     pub logger: Option<LoggerConfig>,
     pub metrics: Option<MetricsConfig>,
     pub serial: Option<SerialConfig>,
+    /// `PUT /balloon`.
+    pub balloon: Option<BalloonConfig>,
+    /// `PUT /mmds/config`: which interfaces answer the guest's MMDS requests.
+    pub mmds_config: Option<MmdsConfig>,
+    /// The MMDS data store, one per process: clones of these resources share it.
+    pub mmds: Arc<Mutex<crate::mmds::Mmds>>,
 }
 
 impl VmResources {
+    /// `PUT /balloon` (pre-boot): the target must fit in the guest's memory.
+    pub fn set_balloon(&mut self, b: BalloonConfig) -> Result<(), BalloonError> {
+        self.check_balloon_amount(b.amount_mib)?;
+        self.balloon = Some(b);
+        Ok(())
+    }
+
+    /// A balloon target must not exceed the guest's memory.
+    pub fn check_balloon_amount(&self, amount_mib: u32) -> Result<(), BalloonError> {
+        if u64::from(amount_mib) > self.machine.mem_size_mib {
+            return Err(BalloonError::TooLarge {
+                amount_mib,
+                mem_mib: self.machine.mem_size_mib,
+            });
+        }
+        Ok(())
+    }
+
+    /// `PATCH /balloon` (a new target) and `PATCH /balloon/statistics` on the configuration.
+    pub fn update_balloon(
+        &mut self,
+        amount_mib: Option<u32>,
+        stats_s: Option<u16>,
+    ) -> Result<(), BalloonError> {
+        let Some(b) = self.balloon.clone() else {
+            return Err(BalloonError::NotConfigured);
+        };
+        let mut b = b;
+        if let Some(a) = amount_mib {
+            self.check_balloon_amount(a)?;
+            b.amount_mib = a;
+        }
+        if let Some(s) = stats_s {
+            b.stats_polling_interval_s = s;
+        }
+        self.balloon = Some(b);
+        Ok(())
+    }
+
+    /// `PUT /mmds/config`: the interfaces must be configured; the address link-local.
+    pub fn set_mmds_config(&mut self, c: MmdsConfig) -> Result<(), ConfigError> {
+        if c.network_interfaces.is_empty() {
+            return Err(ConfigError::Invalid {
+                what: "network_interfaces",
+                why: "name at least one network interface (its iface_id) to reach the MMDS through"
+                    .into(),
+            });
+        }
+        for id in &c.network_interfaces {
+            if !self.net.contains_key(id) {
+                return Err(ConfigError::Invalid {
+                    what: "network_interfaces",
+                    why: format!(
+                        "no network interface {:?} is configured (PUT /network-interfaces/{{iface_id}} first; configured: {})",
+                        crate::api::http::clip(id, 64),
+                        if self.net.is_empty() { "none".to_string() } else { self.net.keys().cloned().collect::<Vec<_>>().join(", ") }
+                    ),
+                });
+            }
+        }
+        if let Some(a) = &c.ipv4_address {
+            if crate::mmds::parse_ipv4(a).is_none() {
+                return Err(ConfigError::Invalid {
+                    what: "ipv4_address",
+                    why: format!(
+                        "{:?} is not a link-local address in 169.254.1.0-169.254.254.255",
+                        crate::api::http::clip(a, 64)
+                    ),
+                });
+            }
+        }
+        self.mmds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .configure(c.version, c.imds_compat);
+        self.mmds_config = Some(c);
+        Ok(())
+    }
+
     /// `PUT /boot-source`: the kernel must exist and look like a vmlinux or bzImage.
     pub fn set_boot_source(&mut self, b: BootSource) -> Result<(), ConfigError> {
         crate::arch::boot::check_kernel(&b.kernel_image_path).map_err(|e| {
@@ -814,8 +1039,6 @@ impl VmResources {
     /// Applies a whole `--config-file` document.
     pub fn from_full(mut cfg: FullConfig) -> Result<VmResources, ConfigError> {
         for (name, v) in [
-            ("balloon", &cfg.balloon),
-            ("mmds-config", &cfg.mmds_config),
             ("cpu-config", &cfg.cpu_config),
             ("pmem", &cfg.pmem),
             ("memory-hotplug", &cfg.memory_hotplug),
@@ -861,6 +1084,13 @@ impl VmResources {
         if let Some(v) = cfg.vsock {
             r.set_vsock(v)?;
         }
+        if let Some(m) = cfg.mmds_config {
+            r.set_mmds_config(m)?;
+        }
+        if let Some(b) = cfg.balloon {
+            r.set_balloon(b)
+                .map_err(|e| ConfigError::NotSupported(e.to_string()))?;
+        }
         r.entropy = cfg.entropy;
         r.logger = cfg.logger;
         r.metrics = cfg.metrics;
@@ -880,6 +1110,8 @@ impl VmResources {
             logger: self.logger.clone(),
             metrics: self.metrics.clone(),
             serial: self.serial.clone(),
+            mmds_config: self.mmds_config.clone(),
+            balloon: self.balloon.clone(),
             ..Default::default()
         }
     }

@@ -17,6 +17,7 @@ pub mod config;
 pub mod devices;
 pub mod logger;
 pub mod metrics;
+pub mod mmds;
 pub mod seccomp;
 pub mod snapshot;
 pub mod timing;
@@ -94,6 +95,10 @@ pub struct Args {
     pub metrics_path: Option<PathBuf>,
     /// `--snapshot-load FILE`: a `PUT /snapshot/load` body to apply at once.
     pub snapshot_load: Option<PathBuf>,
+    /// `--mmds-size-limit BYTES`: the MMDS data store's limit.
+    pub mmds_size_limit: Option<usize>,
+    /// `--metadata FILE`: JSON to start the MMDS data store with.
+    pub metadata: Option<PathBuf>,
 }
 
 impl Default for Args {
@@ -109,6 +114,8 @@ impl Default for Args {
             level: None,
             metrics_path: None,
             snapshot_load: None,
+            mmds_size_limit: None,
+            metadata: None,
         }
     }
 }
@@ -116,14 +123,14 @@ impl Default for Args {
 /// What parsing the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Cli {
-    Run(Args),
+    Run(Box<Args>),
     Help,
     Version,
 }
 
 const USAGE: &str = "usage: kobako vmm [--api-sock PATH] [--config-file PATH] [--no-api] \
 [--no-seccomp] [--boot-timer] [--id ID] [--log-path PATH] [--level LEVEL] [--metrics-path PATH] \
-[--snapshot-load FILE] [--show-level] [--show-log-origin] [--help] [--version]";
+[--snapshot-load FILE] [--mmds-size-limit BYTES] [--metadata FILE] [--show-level] [--show-log-origin] [--help] [--version]";
 
 /// Why the command line was refused (printed before the usage line).
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -132,6 +139,8 @@ pub enum ArgsError {
     MissingValue(String),
     #[error("invalid --id {0:?}: 1-64 of [A-Za-z0-9_-]")]
     InvalidId(String),
+    #[error("invalid --mmds-size-limit {0:?}: a number of bytes")]
+    InvalidSize(String),
     #[error("invalid --level {0:?}")]
     InvalidLevel(String),
     #[error("unknown argument {0:?}")]
@@ -183,6 +192,11 @@ pub fn parse_args(args: &[OsString]) -> Result<Cli, ArgsError> {
             }
             "--metrics-path" => a.metrics_path = Some(value("--metrics-path")?.into()),
             "--snapshot-load" => a.snapshot_load = Some(value("--snapshot-load")?.into()),
+            "--mmds-size-limit" => {
+                let v = value("--mmds-size-limit")?;
+                a.mmds_size_limit = Some(v.parse().map_err(|_| ArgsError::InvalidSize(v))?);
+            }
+            "--metadata" => a.metadata = Some(value("--metadata")?.into()),
             "--no-api" => a.no_api = true,
             "--no-seccomp" => a.no_seccomp = true,
             "--boot-timer" => a.boot_timer = true,
@@ -198,7 +212,7 @@ pub fn parse_args(args: &[OsString]) -> Result<Cli, ArgsError> {
     if a.config_file.is_some() && a.snapshot_load.is_some() {
         return Err(ArgsError::ConfigAndSnapshot);
     }
-    Ok(Cli::Run(a))
+    Ok(Cli::Run(Box::new(a)))
 }
 
 /// Runs a microVM from `res` on the calling thread without an API (used by `--no-api` and by
@@ -240,7 +254,7 @@ pub fn run_vm(
 pub fn main_with_args(args: Vec<OsString>) -> i32 {
     std::sync::LazyLock::force(&timing::PROCESS_START);
     let a = match parse_args(&args) {
-        Ok(Cli::Run(a)) => a,
+        Ok(Cli::Run(a)) => *a,
         Ok(Cli::Help) => {
             println!("{USAGE}");
             return EXIT_OK;
@@ -270,6 +284,8 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
         let parsed = std::fs::read(path)
             .map_err(|e| e.to_string())
             .and_then(|b| {
+                let v: serde_json::Value = serde_json::from_slice(&b).map_err(|e| e.to_string())?;
+                config::check_no_positional(&v)?;
                 serde_json::from_slice::<config::FullConfig>(&b).map_err(|e| e.to_string())
             })
             .and_then(|c| config::VmResources::from_full(c).map_err(|e| e.to_string()));
@@ -291,6 +307,28 @@ pub fn main_with_args(args: Vec<OsString>) -> i32 {
             if let Some(p) = &l.log_path {
                 let _ = logger::set_path(p);
             }
+        }
+    }
+    if let Some(limit) = a.mmds_size_limit {
+        res.mmds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_limit(limit);
+    }
+    if let Some(path) = &a.metadata {
+        let loaded = std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .and_then(|v| {
+                res.mmds
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .put(v)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = loaded {
+            eprintln!("kobako vmm: invalid --metadata {}: {e}", path.display());
+            return EXIT_BAD_CONFIGURATION;
         }
     }
     if let Some(p) = &a.metrics_path {

@@ -208,6 +208,17 @@ fn write_metrics(res: &VmResources, boot: Option<BootTime>, id: &str) {
     }
 }
 
+/// `PUT`/`PATCH`/`GET /mmds`, before or after boot: the data store is the process's.
+fn mmds_action(res: &VmResources, action: VmmAction) -> VmmResult {
+    let mut m = res.mmds.lock().unwrap_or_else(|e| e.into_inner());
+    match action {
+        VmmAction::PutMmds(v) => m.put(v)?,
+        VmmAction::PatchMmds(v) => m.patch(v)?,
+        _ => return Ok(VmmData::MmdsValue(m.data().clone())),
+    }
+    Ok(VmmData::Empty)
+}
+
 /// `FlushMetrics`, before or after boot.
 fn flush_metrics(res: &VmResources, boot: Option<BootTime>, id: &str) -> VmmResult {
     if res.metrics.is_none() {

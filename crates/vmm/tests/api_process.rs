@@ -753,9 +753,9 @@ fn config_file_with_api_starts_at_once() {
     // Sections kobako-vmm does not implement are refused unless null.
     let bad = write(
         dir.path(),
-        "balloon.json",
+        "cpu-config.json",
         format!(
-            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "balloon": {{"amount_mib": 1}}}}"#,
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "cpu-config": {{"cpuid_modifiers": []}}}}"#,
             kernel.display()
         )
         .as_bytes(),
@@ -766,7 +766,9 @@ fn config_file_with_api_starts_at_once() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(kobako_vmm::EXIT_BAD_CONFIGURATION));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("\"balloon\" section is not supported"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\"cpu-config\" section is not supported")
+    );
 }
 
 #[test]
@@ -1267,10 +1269,10 @@ fn unsupported_options_are_refused_at_put_and_harmless_ones_accepted() {
         http(
             &sock,
             "PUT",
-            "/balloon",
-            Some(r#"{"amount_mib": 1, "deflate_on_oom": true}"#),
+            "/pmem/p1",
+            Some(r#"{"id": "p1", "path_on_host": "/dev/null"}"#),
         ),
-        "the memory balloon device is not supported by kobako-vmm",
+        "virtio-pmem devices is not supported by kobako-vmm",
     );
     assert_alive_and_answering(&mut child, &sock);
 }

@@ -292,6 +292,9 @@ if mount -t ext4 /dev/vda /mnt; then echo \"KOBAKO-DISK $(cat /mnt/hello.txt)\";
 ip link set eth0 up && ip addr add 172.31.250.2/24 dev eth0
 if ping -c 1 -w 300 172.31.250.1 >/dev/null; then echo KOBAKO-PING-OK; else echo KOBAKO-PING-FAIL; fi
 echo \"KOBAKO-HWRNG $(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | wc -c) $(cat /sys/class/misc/hw_random/rng_current)\"
+ip route add 169.254.169.254 dev eth0
+echo \"KOBAKO-MMDS-NOTOKEN $(timeout 120 wget -O- http://169.254.169.254/latest/meta-data/ami-id 2>&1 | grep -e error -e 401 | head -n 1)\"
+echo \"KOBAKO-MMDS-V2 $(/mmds.sh /latest/meta-data/ami-id)\"
 (n=0; while :; do n=$((n+1)); echo $n > /tmp/kobako-tick; echo KOBAKO-TICK $n; sleep 5; done) &
 echo KOBAKO-STAGE-AGENT
 exec /agent
@@ -305,6 +308,7 @@ exec /agent
             ("bin/sh", 0o120777, b"busybox"),
             ("agent", 0o100755, &agent),
             ("init", 0o100755, init),
+            ("mmds.sh", 0o100755, MMDS_SH),
         ]),
     );
     let uds = d.join("v.sock");
@@ -338,6 +342,8 @@ exec /agent
             }],
             "vsock": { "guest_cid": 3, "uds_path": uds },
             "entropy": {},
+            "mmds-config": { "version": "V2", "network_interfaces": ["eth0"] },
+            "balloon": { "amount_mib": 0, "deflate_on_oom": true, "stats_polling_interval_s": 1 },
         })
         .to_string()
         .as_bytes(),
@@ -351,6 +357,12 @@ exec /agent
         .arg(&api)
         .args(["--level", "Info", "--config-file"])
         .arg(&cfg)
+        .arg("--metadata")
+        .arg(write(
+            d,
+            "metadata.json",
+            format!(r#"{{"latest": {{"meta-data": {{"ami-id": "ami-{token}"}}}}}}"#).as_bytes(),
+        ))
         .arg("--log-path")
         .arg(&log)
         .stdin(std::process::Stdio::null())
@@ -420,6 +432,16 @@ exec /agent
         console.contains("KOBAKO-HWRNG 32 virtio_rng"),
         "/dev/hwrng (virtio-rng) not read"
     );
+    assert!(
+        console.contains(&format!("KOBAKO-MMDS-V2 ami-{token}")),
+        "the guest did not read the MMDS (V2, token first) through eth0"
+    );
+    assert!(
+        console
+            .lines()
+            .any(|l| l.starts_with("KOBAKO-MMDS-NOTOKEN") && l.contains("401")),
+        "MMDS V2 answered a GET without a token"
+    );
     let hello = hello.expect("agent not reached over vsock via uds_path");
     assert!(hello.starts_with("OK "), "{hello}");
     assert!(log.contains("Guest-boot-time"), "no boot-complete signal");
@@ -437,12 +459,131 @@ exec /agent
     }
 }
 
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `MemAvailable` of the guest (KiB), through the agent, after the shell commands `before`.
+fn guest_available_kib(uds: &std::path::Path, before: &str) -> Result<u64, String> {
+    let t = Instant::now();
+    let r = agent_exec_for(
+        uds,
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("{before} grep MemAvailable /proc/meminfo"),
+        ],
+        600,
+    );
+    let Some((out, code)) = r else {
+        return Err(format!(
+            "exec of {before:?} grep MemAvailable: no answer from the agent after {:.0} s",
+            t.elapsed().as_secs_f64()
+        ));
+    };
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{before:?} grep MemAvailable: exit {code}, output {out:?}"))
+}
+
+/// The balloon in a running guest: the guest touches and frees 12 MiB, then a `PATCH
+/// /balloon` of 16 MiB must show in the guest (`MemAvailable` falls), in the statistics
+/// (`actual_mib`) and on the host (the VMM's RSS falls: the pages are dropped with
+/// MADV_DONTNEED); deflating gives them back. Prints the figures.
+fn balloon_inflate_and_deflate(
+    api: &std::path::Path,
+    uds: &std::path::Path,
+    pid: u32,
+) -> Result<(), String> {
+    let stats = |want: &str| -> Option<serde_json::Value> {
+        let (st, b) = http(api, "GET", "/balloon/statistics", None);
+        (st == 200 && b.contains(want)).then(|| serde_json::from_str(&b).ok())?
+    };
+    if !wait_for(120, || stats("available_memory").is_some()) {
+        return Err(format!(
+            "no guest statistics from the balloon: {:?}",
+            http(api, "GET", "/balloon/statistics", None)
+        ));
+    }
+    let fill = "dd if=/dev/zero of=/tmp/fill bs=1M count=12 2>/dev/null && rm /tmp/fill &&";
+    let avail0 = guest_available_kib(uds, fill)?;
+    let rss0 = rss_kib(pid);
+    let t = Instant::now();
+    let (st, b) = http(api, "PATCH", "/balloon", Some(r#"{"amount_mib": 16}"#));
+    if st != 204 {
+        return Err(format!("PATCH /balloon: {st} {b}"));
+    }
+    let inflated = wait_for(600, || {
+        stats("actual_mib").is_some_and(|v| v["actual_mib"] == 16)
+    });
+    let inflate_s = t.elapsed().as_secs_f64();
+    let rss1 = rss_kib(pid);
+    let avail1 = guest_available_kib(uds, "")?;
+    let s = stats("actual_mib").unwrap_or_default();
+    let (st, b) = http(api, "PATCH", "/balloon", Some(r#"{"amount_mib": 0}"#));
+    if st != 204 {
+        return Err(format!("PATCH /balloon 0: {st} {b}"));
+    }
+    let deflated = wait_for(600, || {
+        stats("actual_mib").is_some_and(|v| v["actual_mib"] == 0)
+    });
+    let avail2 = guest_available_kib(uds, "")?;
+    println!(
+        "KOBAKO-BALLOON inflate 16 MiB in {inflate_s:.1} s: VMM RSS {} -> {} MiB, guest MemAvailable {} -> {} MiB; \
+         deflated: MemAvailable {} MiB; stats {s}",
+        rss0 >> 10, rss1 >> 10, avail0 >> 10, avail1 >> 10, avail2 >> 10
+    );
+    if !inflated || !deflated {
+        return Err(format!(
+            "balloon did not reach its target (inflated {inflated}, deflated {deflated}): {s}"
+        ));
+    }
+    if avail0.saturating_sub(avail1) < 12 << 10 {
+        return Err(format!(
+            "guest MemAvailable fell only {} KiB for 16 MiB inflated",
+            avail0.saturating_sub(avail1)
+        ));
+    }
+    if rss0.saturating_sub(rss1) < 6 << 10 {
+        return Err(format!(
+            "VMM RSS fell only {} KiB for 16 MiB inflated after 12 MiB freed",
+            rss0.saturating_sub(rss1)
+        ));
+    }
+    if avail2 < avail1 + (12 << 10) {
+        return Err(format!(
+            "MemAvailable did not come back after deflating: {avail1} -> {avail2} KiB"
+        ));
+    }
+    Ok(())
+}
+
+/// Prints the MMDS value at the path `$1` (V2: a session token first, with busybox nc, then
+/// the GET with busybox wget; its `-T` crashes Debian 12's busybox-static, `timeout` bounds it).
+const MMDS_SH: &[u8] = b"#!/bin/busybox sh
+T=$(printf 'PUT /latest/api/token HTTP/1.1\\r\\nHost: 169.254.169.254\\r\\nX-metadata-token-ttl-seconds: 60\\r\\nConnection: close\\r\\n\\r\\n' | nc -w 60 169.254.169.254 80 | tail -n 1)
+timeout 120 wget -q -O- --header \"X-metadata-token: $T\" \"http://169.254.169.254$1\"
+";
+
 /// Runs `argv` in the guest through the agent (a raw agent-protocol client: `exec` on stream 1,
 /// stdout collected until `exited`). `None` while the agent does not answer.
 fn agent_exec(uds: &std::path::Path, argv: &[&str]) -> Option<(String, i64)> {
+    agent_exec_for(uds, argv, 100)
+}
+
+/// [`agent_exec`] with a time limit of `secs` (every kernel instruction of this guest is
+/// emulated: touching memory is slow).
+fn agent_exec_for(uds: &std::path::Path, argv: &[&str], secs: u64) -> Option<(String, i64)> {
     use std::io::Write;
     let mut s = std::os::unix::net::UnixStream::connect(uds).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(120)))
+    s.set_read_timeout(Some(std::time::Duration::from_secs(secs + 20)))
         .ok()?;
     s.write_all(b"CONNECT 1024\n").ok()?;
     let mut b = [0u8; 1];
@@ -464,7 +605,8 @@ fn agent_exec(uds: &std::path::Path, argv: &[&str]) -> Option<(String, i64)> {
         s.read_exact(&mut p).ok()?;
         Some((u32::from_le_bytes(h[4..8].try_into().unwrap()), h[8], p))
     };
-    let req = serde_json::json!({"type": "exec", "argv": argv, "timeout_ms": 100_000}).to_string();
+    let req =
+        serde_json::json!({"type": "exec", "argv": argv, "timeout_ms": secs * 1000}).to_string();
     let mut out = Vec::new();
     out.extend_from_slice(&u32::try_from(req.len()).unwrap().to_le_bytes());
     out.extend_from_slice(&1u32.to_le_bytes());
@@ -535,6 +677,27 @@ fn snapshot_and_restore(
     if code != 0 {
         return Err(format!("exec before the snapshot: exit code {code}"));
     }
+    // MMDS: an API PATCH is what the guest reads next (V2, through eth0).
+    let patched = format!("p-{}", std::process::id());
+    let (st, body) = http(
+        api,
+        "PATCH",
+        "/mmds",
+        Some(&format!(
+            r#"{{"latest": {{"meta-data": {{"patched": "{patched}"}}}}}}"#
+        )),
+    );
+    if st != 204 {
+        return Err(format!("PATCH /mmds: {st} {body}"));
+    }
+    let (out, _) = agent_exec(uds, &["/mmds.sh", "/latest/meta-data/patched"])
+        .ok_or("exec of /mmds.sh through the agent failed")?;
+    if out.trim() != patched {
+        return Err(format!(
+            "the guest read {out:?} from the MMDS after PATCH, not {patched:?}"
+        ));
+    }
+    balloon_inflate_and_deflate(api, uds, child.id())?;
     let t = Instant::now();
     let (st, body) = http(api, "PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
     if st / 100 != 2 {
@@ -591,6 +754,13 @@ fn snapshot_and_restore(
         .arg(d.join("api2.sock"))
         .args(["--level", "Info", "--snapshot-load"])
         .arg(&load)
+        .arg("--metadata")
+        .arg(write(
+            d,
+            "metadata2.json",
+            format!(r#"{{"latest": {{"meta-data": {{"ami-id": "restored-{token}"}}}}}}"#)
+                .as_bytes(),
+        ))
         .arg("--log-path")
         .arg(&log2)
         .stdin(std::process::Stdio::null())
@@ -638,6 +808,16 @@ fn snapshot_and_restore(
     };
     let restore_s = t1.elapsed().as_secs_f64();
     let got = agent_exec(&uds2, &["/bin/cat", "/tmp/snap-file", "/tmp/kobako-tick"]);
+    // The snapshot kept the MMDS configuration (V2 on eth0, now on another tap); the data is
+    // the new process's.
+    let mmds_after = agent_exec(&uds2, &["/mmds.sh", "/latest/meta-data/ami-id"]);
+    // The balloon's statistics buffer goes on after the restore (the new process takes the
+    // buffer the old one held).
+    let api2 = d.join("api2.sock");
+    let stats_after = wait_for(120, || {
+        let (st, b) = http(&api2, "GET", "/balloon/statistics", None);
+        st == 200 && b.contains("available_memory")
+    });
     let exec_s = t1.elapsed().as_secs_f64();
     // The counter goes on on the console.
     let ticks = |s: &str| -> Vec<u64> {
@@ -667,6 +847,13 @@ fn snapshot_and_restore(
         return Err(format!(
             "file written before the snapshot: got {out:?} (exit {code})"
         ));
+    }
+    if !stats_after {
+        return Err("no balloon statistics after the restore".into());
+    }
+    match mmds_after {
+        Some((v, _)) if v.trim() == format!("restored-{token}") => {}
+        other => return Err(format!("MMDS after the restore: {other:?}")),
     }
     let tick_after: u64 = lines.next().unwrap_or("").trim().parse().unwrap_or(0);
     if tick_after < tick_before {

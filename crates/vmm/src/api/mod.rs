@@ -25,6 +25,11 @@
 //! | PUT | `/metrics`, `/logger`, `/serial` | pre-boot |
 //! | PUT | `/snapshot/create` | `{snapshot_type: "Full", snapshot_path, mem_file_path}`, paused VM only (see [`crate::snapshot`]) |
 //! | PUT | `/snapshot/load` | before any configuration but logger/metrics/serial; `mem_backend` File, overrides for taps, vsock and (kobako) drives |
+//! | GET/PUT/PATCH | `/mmds` | the MMDS data store (a JSON object; PATCH is a JSON merge patch), any time |
+//! | PUT | `/mmds/config` | pre-boot; `version` V1/V2, `network_interfaces`, `ipv4_address`, `imds_compat` (see [`crate::mmds`]) |
+//! | GET/PUT/PATCH | `/balloon` | virtio-balloon: PUT pre-boot, PATCH (new target) any time |
+//! | GET/PATCH | `/balloon/statistics` | the guest's statistics (when `stats_polling_interval_s` > 0) |
+//! | PATCH/GET | `/balloon/hinting/{start,stop,status}` | free page hinting runs (when `free_page_hinting`) |
 //! | GET | `/kobako/boot-time` | kobako extension: `{wall_us, cpu_us}` once the guest signalled boot |
 
 pub mod http;
@@ -59,11 +64,27 @@ pub fn response(r: VmmResult) -> Response {
         VmmData::MachineConfiguration(m) => serde_json::to_value(&m).unwrap_or_default(),
         VmmData::FullVmConfig(c) => serde_json::to_value(*c).unwrap_or_default(),
         VmmData::BootTime(t) => serde_json::to_value(t).unwrap_or_default(),
+        VmmData::MmdsValue(v) | VmmData::BalloonStats(v) => v,
+        VmmData::Balloon(b) => serde_json::to_value(b).unwrap_or_default(),
+        VmmData::BalloonHinting(h) => serde_json::to_value(h).unwrap_or_default(),
     };
     Response::json(200, &json)
 }
 
+/// A request body as the structure `T` (an object: see [`check_no_positional`]).
 fn body<T: DeserializeOwned>(req: &Request) -> Result<T, Response> {
+    let v: serde_json::Value = any_json(req)?;
+    check_no_positional(&v).map_err(|e| {
+        Response::fault(
+            400,
+            &format!("An error occurred when deserializing the json body of a request: {e}."),
+        )
+    })?;
+    any_json(req)
+}
+
+/// A request body as any JSON `T` (the MMDS data store takes any document).
+fn any_json<T: DeserializeOwned>(req: &Request) -> Result<T, Response> {
     if req.body.is_empty() {
         return Err(Response::fault(400, "The request body is empty."));
     }
@@ -81,7 +102,10 @@ pub fn route(req: &Request) -> Result<VmmAction, Response> {
     let mut segs = path.split('/').skip(1);
     let first = segs.next().unwrap_or("");
     let second = segs.next();
-    if segs.next().is_some() {
+    // Only /balloon/hinting/{start,status,stop} has three segments.
+    let third = segs.next();
+    if segs.next().is_some() || (third.is_some() && (first, second) != ("balloon", Some("hinting")))
+    {
         return Err(invalid(req));
     }
     let m = req.method.as_str();
@@ -109,19 +133,39 @@ pub fn route(req: &Request) -> Result<VmmAction, Response> {
         ("GET", "kobako", Some("boot-time")) => VmmAction::GetBootTime,
         ("PUT", "snapshot", Some("create")) => VmmAction::SnapshotCreate(body(req)?),
         ("PUT", "snapshot", Some("load")) => VmmAction::SnapshotLoad(body(req)?),
+        ("PUT", "mmds", None) => VmmAction::PutMmds(any_json(req)?),
+        ("PATCH", "mmds", None) => VmmAction::PatchMmds(any_json(req)?),
+        ("GET", "mmds", None) => VmmAction::GetMmds,
+        ("PUT", "mmds", Some("config")) => VmmAction::PutMmdsConfig(body(req)?),
+        ("PUT", "balloon", None) => VmmAction::PutBalloon(body(req)?),
+        ("PATCH", "balloon", None) => VmmAction::PatchBalloon(body(req)?),
+        ("GET", "balloon", None) => VmmAction::GetBalloon,
+        ("GET", "balloon", Some("statistics")) => VmmAction::GetBalloonStats,
+        ("PATCH", "balloon", Some("statistics")) => VmmAction::PatchBalloonStats(body(req)?),
+        ("PATCH", "balloon", Some("hinting")) if third == Some("start") => {
+            VmmAction::StartBalloonHinting(if req.body.is_empty() {
+                BalloonStartCmd::default()
+            } else {
+                body(req)?
+            })
+        }
+        ("GET", "balloon", Some("hinting")) if third == Some("status") => {
+            VmmAction::GetBalloonHinting
+        }
+        ("PATCH", "balloon", Some("hinting")) if third == Some("stop") => {
+            VmmAction::StopBalloonHinting
+        }
         ("PUT", "drives" | "network-interfaces", None) => {
             return Err(Response::fault(400, "Missing id in the request path."))
         }
-        _ => return Err(unrouted(req, first, second)),
+        _ => return Err(unrouted(req, first, second, third)),
     })
 }
 
 /// Endpoints of Firecracker's API that kobako-vmm does not implement (first path segment,
 /// what it is).
 const NOT_IMPLEMENTED: &[(&str, &str)] = &[
-    ("balloon", "the memory balloon device"),
     ("cpu-config", "custom CPU templates"),
-    ("mmds", "the microVM metadata service (MMDS)"),
     ("pmem", "virtio-pmem devices"),
     ("hotplug", "memory hotplug"),
 ];
@@ -133,6 +177,11 @@ fn methods_of(first: &str, second: Option<&str>) -> Option<&'static str> {
         ("machine-config", None) => "GET, PUT or PATCH",
         ("drives" | "network-interfaces", Some(_)) => "PUT or PATCH",
         ("vm", None) => "PATCH",
+        ("mmds", None) => "GET, PUT or PATCH",
+        ("mmds", Some("config")) => "PUT",
+        ("balloon", None) => "GET, PUT or PATCH",
+        ("balloon", Some("statistics")) => "GET or PATCH",
+        ("balloon", Some("hinting")) => "PATCH (start, stop) or GET (status)",
         ("vm", Some("config")) | ("kobako", Some("boot-time")) => "GET",
         ("snapshot", Some("create" | "load"))
         | (
@@ -146,7 +195,7 @@ fn methods_of(first: &str, second: Option<&str>) -> Option<&'static str> {
 /// The error for a request no route took: an endpoint kobako-vmm does not implement, a
 /// method the path does not take, or an unknown path. Always 400, as Firecracker answers
 /// (its API description declares only 400 and `default` errors).
-fn unrouted(req: &Request, first: &str, second: Option<&str>) -> Response {
+fn unrouted(req: &Request, first: &str, second: Option<&str>, third: Option<&str>) -> Response {
     let (method, path) = (
         http::clip(&req.method, 16),
         http::clip(&req.path, http::MAX_ECHO),
@@ -156,6 +205,12 @@ fn unrouted(req: &Request, first: &str, second: Option<&str>) -> Response {
             400,
             &format!("{method} {path}: {what} is not supported by kobako-vmm."),
         );
+    }
+    if first == "balloon"
+        && second == Some("hinting")
+        && !matches!(third, Some("start" | "status" | "stop"))
+    {
+        return invalid(req);
     }
     match methods_of(first, second) {
         // A known path whose route did not match: the method is not one it takes.
@@ -323,12 +378,65 @@ mod tests {
             400
         );
         assert_eq!(route(&req("GET", "/nope/a/b", "")).unwrap_err().status, 400);
+        // serde would read a structure from an array, field by field: refused.
+        for (m, p, b) in [
+            ("PUT", "/machine-config", "[2, 256]"),
+            ("PUT", "/logger", "[]"),
+            ("PUT", "/entropy", r#"{"rate_limiter": []}"#),
+            ("PUT", "/actions", r#"["InstanceStart"]"#),
+            (
+                "PUT",
+                "/snapshot/load",
+                r#"{"snapshot_path": "/s", "mem_file_path": "/m", "network_overrides": [["eth0", "tap"]]}"#,
+            ),
+        ] {
+            let e = route(&req(m, p, b)).unwrap_err();
+            assert!(
+                e.body.unwrap().contains("invalid type: sequence"),
+                "{m} {p} {b}"
+            );
+        }
+        assert!(matches!(
+            route(&req("PUT", "/mmds", r#"{"a": [1, [2]]}"#)),
+            Ok(VmmAction::PutMmds(_))
+        ));
+        assert!(matches!(
+            route(&req(
+                "PUT",
+                "/mmds/config",
+                r#"{"network_interfaces": ["eth0"]}"#
+            )),
+            Ok(VmmAction::PutMmdsConfig(_))
+        ));
         let msg = |r: Response| r.body.unwrap();
-        assert!(msg(route(&req("PUT", "/balloon", "{}")).unwrap_err())
-            .contains("the memory balloon device is not supported by kobako-vmm"));
-        assert!(
-            msg(route(&req("GET", "/mmds", "")).unwrap_err()).contains("(MMDS) is not supported")
+        assert!(msg(route(&req("PUT", "/cpu-config", "{}")).unwrap_err())
+            .contains("custom CPU templates is not supported by kobako-vmm"));
+        assert_eq!(
+            route(&req("PATCH", "/balloon/hinting/start", "")).unwrap(),
+            VmmAction::StartBalloonHinting(BalloonStartCmd::default())
         );
+        assert_eq!(
+            route(&req("GET", "/balloon/hinting/status", "")).unwrap(),
+            VmmAction::GetBalloonHinting
+        );
+        assert_eq!(
+            route(&req("GET", "/balloon/hinting/nope", ""))
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            route(&req("GET", "/mmds/config/x", "")).unwrap_err().status,
+            400
+        );
+        assert!(
+            msg(route(&req("GET", "/balloon/hinting/start", "")).unwrap_err())
+                .contains("takes PATCH (start, stop) or GET (status)")
+        );
+        assert_eq!(route(&req("GET", "/mmds", "")).unwrap(), VmmAction::GetMmds);
+        assert!(msg(route(&req("DELETE", "/mmds", "")).unwrap_err())
+            .contains("takes GET, PUT or PATCH"));
+        assert!(msg(route(&req("GET", "/mmds/config", "")).unwrap_err()).contains("takes PUT."));
         assert!(
             msg(route(&req("DELETE", "/machine-config", "")).unwrap_err())
                 .contains("This path takes GET, PUT or PATCH.")

@@ -235,6 +235,8 @@ pub(super) fn restore(
         || !r.drives.is_empty()
         || !r.net.is_empty()
         || r.vsock.is_some()
+        || r.mmds_config.is_some()
+        || r.balloon.is_some()
         || r.entropy.is_some()
         || r.machine != MachineConfig::default()
     {
@@ -322,6 +324,15 @@ fn restored_resources(
     res.logger = current.logger.clone();
     res.metrics = current.metrics.clone();
     res.serial = p.serial.clone().or_else(|| current.serial.clone());
+    // The snapshot brings the MMDS configuration, not its data (as Firecracker): the process's
+    // store (filled before the load, or after it) serves the restored guest.
+    res.mmds = current.mmds.clone();
+    if let Some(m) = &res.mmds_config {
+        res.mmds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .configure(m.version, m.imds_compat);
+    }
     Ok(res)
 }
 

@@ -79,6 +79,33 @@ impl PrebootApiController {
             A::GetMachineConfig => Ok(VmmData::MachineConfiguration(self.res.machine.clone())),
             A::GetFullConfig => Ok(VmmData::FullVmConfig(Box::new(self.res.to_full()))),
             A::GetBootTime => Err(E::BootNotSignalled),
+            A::PutMmds(_) | A::PatchMmds(_) | A::GetMmds => super::mmds_action(&self.res, action),
+            A::PutMmdsConfig(c) => empty(self.res.set_mmds_config(c)),
+            A::PutBalloon(b) => {
+                self.res.set_balloon(b)?;
+                Ok(VmmData::Empty)
+            }
+            A::PatchBalloon(u) => {
+                self.res.update_balloon(Some(u.amount_mib), None)?;
+                Ok(VmmData::Empty)
+            }
+            A::PatchBalloonStats(u) => {
+                self.res
+                    .update_balloon(None, Some(u.stats_polling_interval_s))?;
+                Ok(VmmData::Empty)
+            }
+            A::GetBalloon => match &self.res.balloon {
+                Some(b) => Ok(VmmData::Balloon(b.clone())),
+                None => Err(BalloonError::NotConfigured.into()),
+            },
+            A::GetBalloonStats
+            | A::StartBalloonHinting(_)
+            | A::GetBalloonHinting
+            | A::StopBalloonHinting => Err(match &self.res.balloon {
+                None => BalloonError::NotConfigured,
+                Some(_) => BalloonError::NotStarted,
+            }
+            .into()),
             A::PutBootSource(b) => empty(self.res.set_boot_source(b)),
             A::PutMachineConfig(m) => empty(self.res.set_machine_config(m)),
             A::PatchMachineConfig(m) => empty(self.res.update_machine_config(m)),

@@ -36,6 +36,18 @@ pub enum VmmAction {
     PatchVm(VmStateName),
     SnapshotCreate(SnapshotCreateParams),
     SnapshotLoad(SnapshotLoadParams),
+    PutMmds(serde_json::Value),
+    PatchMmds(serde_json::Value),
+    GetMmds,
+    PutMmdsConfig(MmdsConfig),
+    PutBalloon(BalloonConfig),
+    PatchBalloon(BalloonUpdate),
+    GetBalloon,
+    GetBalloonStats,
+    PatchBalloonStats(BalloonStatsUpdate),
+    StartBalloonHinting(BalloonStartCmd),
+    GetBalloonHinting,
+    StopBalloonHinting,
 }
 
 impl VmmAction {
@@ -53,6 +65,8 @@ impl VmmAction {
             VmmAction::PutMetrics(_) => "PUT /metrics",
             VmmAction::PutLogger(_) => "PUT /logger",
             VmmAction::PutSerial(_) => "PUT /serial",
+            VmmAction::PutMmdsConfig(_) => "PUT /mmds/config",
+            VmmAction::PutBalloon(_) => "PUT /balloon",
             _ => return None,
         })
     }
@@ -94,6 +108,14 @@ pub enum VmmData {
     FullVmConfig(Box<FullConfig>),
     /// `GET /kobako/boot-time`.
     BootTime(BootTime),
+    /// `GET /mmds`.
+    MmdsValue(serde_json::Value),
+    /// `GET /balloon`.
+    Balloon(BalloonConfig),
+    /// `GET /balloon/statistics` (Firecracker's field names).
+    BalloonStats(serde_json::Value),
+    /// `GET /balloon/hinting/status`.
+    BalloonHinting(crate::devices::virtio::balloon::HintingStatus),
 }
 
 /// Why an action was refused. Every case is a 400 whose `fault_message` is the `Display`
@@ -154,6 +176,12 @@ pub enum VmmActionError {
     /// `PUT /snapshot/load` failed (nothing changed).
     #[error("{0}")]
     LoadSnapshot(super::LoadSnapshotError),
+    /// The MMDS data store refused a `PUT`/`PATCH /mmds` (it is unchanged).
+    #[error("{0}")]
+    Mmds(#[from] crate::mmds::MmdsError),
+    /// A balloon request the configuration or the device refused.
+    #[error("{0}")]
+    Balloon(#[from] BalloonError),
 }
 
 /// The event loop's answer to one action.

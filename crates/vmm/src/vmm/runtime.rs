@@ -73,6 +73,14 @@ impl RuntimeApiController {
             A::GetVersion => Ok(VmmData::VmmVersion(crate::VERSION)),
             A::GetMachineConfig => Ok(VmmData::MachineConfiguration(self.res.machine.clone())),
             A::GetFullConfig => Ok(VmmData::FullVmConfig(Box::new(self.res.to_full()))),
+            A::PutMmds(_) | A::PatchMmds(_) | A::GetMmds => super::mmds_action(&self.res, action),
+            A::PatchBalloon(_)
+            | A::GetBalloon
+            | A::GetBalloonStats
+            | A::PatchBalloonStats(_)
+            | A::StartBalloonHinting(_)
+            | A::GetBalloonHinting
+            | A::StopBalloonHinting => self.balloon(action),
             A::GetBootTime => self
                 .boot_time()
                 .map(VmmData::BootTime)
@@ -106,7 +114,9 @@ impl RuntimeApiController {
             | A::PutEntropy(_)
             | A::PutMetrics(_)
             | A::PutLogger(_)
-            | A::PutSerial(_)) => Err(E::OperationNotSupportedPostBoot(
+            | A::PutSerial(_)
+            | A::PutMmdsConfig(_)
+            | A::PutBalloon(_)) => Err(E::OperationNotSupportedPostBoot(
                 pre_boot.preboot_only().unwrap_or_default(),
             )),
         }
@@ -121,6 +131,68 @@ impl RuntimeApiController {
             .map_err(VmmActionError::DeviceUpdate)?;
         self.res = res;
         Ok(VmmData::Empty)
+    }
+
+    /// The balloon requests after boot, on the configuration and the live device.
+    fn balloon(&mut self, action: VmmAction) -> VmmResult {
+        use crate::devices::virtio::balloon::{pages_to_mib, STAT_NAMES};
+        let Some(cfg) = self.res.balloon.clone() else {
+            return Err(BalloonError::NotConfigured.into());
+        };
+        let mut res = self.res.clone();
+        let data = crate::devices::virtio::setup::with_balloon(&self.vm.virtio, |b, notify| {
+            Ok(match action {
+                VmmAction::GetBalloon => VmmData::Balloon(cfg.clone()),
+                VmmAction::PatchBalloon(u) => {
+                    res.update_balloon(Some(u.amount_mib), None)?;
+                    b.set_target_mib(u.amount_mib);
+                    *notify = true;
+                    VmmData::Empty
+                }
+                VmmAction::GetBalloonStats | VmmAction::PatchBalloonStats(_)
+                    if !b.stats_enabled() =>
+                {
+                    return Err(BalloonError::StatsNotEnabled)
+                }
+                VmmAction::GetBalloonStats => {
+                    let mut o = serde_json::Map::new();
+                    let (target, actual) = (b.target_pages(), b.actual_pages());
+                    o.insert("target_pages".into(), target.into());
+                    o.insert("actual_pages".into(), actual.into());
+                    o.insert("target_mib".into(), pages_to_mib(target).into());
+                    o.insert("actual_mib".into(), pages_to_mib(actual).into());
+                    for (name, v) in STAT_NAMES.iter().zip(b.stats().values) {
+                        if let Some(v) = v {
+                            o.insert((*name).into(), v.into());
+                        }
+                    }
+                    VmmData::BalloonStats(serde_json::Value::Object(o))
+                }
+                VmmAction::PatchBalloonStats(u) => {
+                    if u.stats_polling_interval_s == 0 {
+                        return Err(BalloonError::StatsOnOff);
+                    }
+                    res.update_balloon(None, Some(u.stats_polling_interval_s))?;
+                    b.set_stats_interval(u.stats_polling_interval_s);
+                    VmmData::Empty
+                }
+                _ if !b.hinting_enabled() => return Err(BalloonError::HintingNotEnabled),
+                VmmAction::StartBalloonHinting(c) => {
+                    b.start_hinting(c.acknowledge_on_stop);
+                    *notify = true;
+                    VmmData::Empty
+                }
+                VmmAction::StopBalloonHinting => {
+                    b.stop_hinting();
+                    *notify = true;
+                    VmmData::Empty
+                }
+                _ => VmmData::BalloonHinting(b.hinting_status()),
+            })
+        })
+        .unwrap_or(Err(BalloonError::NotConfigured))?;
+        self.res = res;
+        Ok(data)
     }
 
     /// Post-boot `PATCH /network-interfaces/{id}` (rate limiters).

@@ -261,6 +261,7 @@ impl MmioTransport {
                     }
                 })
                 .collect(),
+            device: self.device.save_device(),
         }
     }
 
@@ -319,6 +320,9 @@ impl MmioTransport {
         self.acked_features = s.acked_features;
         self.queue_sel = s.queue_sel;
         self.config_generation = s.config_generation;
+        if let Some(d) = &s.device {
+            self.device.restore_device(d);
+        }
         if s.active {
             self.activate();
             if !self.active {
@@ -795,6 +799,10 @@ pub struct TransportState {
     pub interrupt_status: u32,
     pub active: bool,
     pub queues: Vec<QueueSnap>,
+    /// What the device keeps beyond its queues (the balloon's target and actual size), if
+    /// anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<serde_json::Value>,
 }
 
 /// A queue's driver-set configuration (its ring positions come from guest memory).

@@ -17,6 +17,7 @@
 //! register accesses) and the event loop, which waits on each transport's own epoll fd and
 //! calls [`mmio::MmioTransport::process_events`] (queue notifications, tap/socket/timer fds).
 
+pub mod balloon;
 pub mod block;
 pub mod device_state;
 pub mod fuzzing;
@@ -199,6 +200,13 @@ pub trait VirtioDevice: Send {
     /// The device was activated again from a snapshot (vsock drops its connections and tells
     /// the guest with a transport-reset event; others have nothing to do).
     fn restored(&mut self, _epoll: &Epoll) {}
+    /// Device state a snapshot keeps beyond the queues (most devices have none).
+    fn save_device(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// Puts back what [`VirtioDevice::save_device`] saved (before the device is activated
+    /// again on the restored queues).
+    fn restore_device(&mut self, _state: &serde_json::Value) {}
     /// Makes everything written so far durable (block devices, before a snapshot's disks are
     /// copied); others have nothing to do.
     fn flush(&mut self) -> std::io::Result<()> {

@@ -117,6 +117,11 @@ impl Tap {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// The tap's file: frames with a `VNET_HDR_LEN`-byte header each way (tests, tools).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
 }
 
 /// Parses `06:00:AC:10:00:02`.
@@ -160,6 +165,8 @@ pub struct Net {
     pending: Option<Vec<u8>>,
     tap_watched: bool,
     frame: Vec<u8>,
+    /// The MMDS responder, when `PUT /mmds/config` names this interface.
+    mmds: Option<crate::mmds::stack::MmdsStack>,
 }
 
 impl std::fmt::Debug for Net {
@@ -190,7 +197,14 @@ impl Net {
             pending: None,
             tap_watched: true,
             frame: vec![0u8; MAX_FRAME],
+            mmds: None,
         })
+    }
+
+    /// Answers the guest's MMDS traffic on this interface (its frames to the MMDS address
+    /// never reach the tap).
+    pub fn set_mmds(&mut self, stack: crate::mmds::stack::MmdsStack) {
+        self.mmds = Some(stack);
     }
 
     /// From a `PUT /network-interfaces` configuration.
@@ -257,7 +271,16 @@ impl Net {
         let mut used = false;
         let mut stalled = false;
         loop {
-            let frame = match self.pending.take() {
+            // A frame that waited, then the MMDS's answers, then the tap.
+            let mmds_frame = match &mut self.mmds {
+                Some(m) if self.pending.is_none() => m.pop_frame().map(|f| {
+                    let mut v = vec![0u8; VNET_HDR_LEN];
+                    v.extend_from_slice(&f);
+                    v
+                }),
+                _ => None,
+            };
+            let frame = match self.pending.take().or(mmds_frame) {
                 Some(f) => f,
                 None => match self.tap.file.read(&mut self.frame) {
                     Ok(n) if n >= VNET_HDR_LEN => self.frame[..n].to_vec(),
@@ -302,7 +325,7 @@ impl Net {
         self.watch_tap(epoll, !stalled);
     }
 
-    fn process_tx(&mut self) {
+    fn process_tx(&mut self, epoll: &Epoll) {
         let Some(ActiveState { mem, queues, irq }) = self.state.active_mut() else {
             return;
         };
@@ -323,8 +346,14 @@ impl Net {
                     if (VNET_HDR_LEN as u64..=MAX_FRAME as u64).contains(&len) {
                         let n = ChainReader::new(mem, &c.readable)
                             .read(&mut self.frame[..crate::cast::usize_from(len)]);
-                        // A full or vanished tap drops the frame, as a cable would.
-                        let _ = self.tap.file.write(&self.frame[..n]);
+                        let to_mmds = self.mmds.as_mut().is_some_and(|m| {
+                            m.handle_frame(&self.frame[VNET_HDR_LEN..n])
+                                == crate::mmds::stack::Verdict::Taken
+                        });
+                        if !to_mmds {
+                            // A full or vanished tap drops the frame, as a cable would.
+                            let _ = self.tap.file.write(&self.frame[..n]);
+                        }
                     } else {
                         crate::metrics::inc(&crate::metrics::METRICS.virtio_bad_requests);
                     }
@@ -338,6 +367,9 @@ impl Net {
         }
         if used && txq.needs_notification(mem) {
             irq.signal_used();
+        }
+        if self.mmds.as_ref().is_some_and(|m| m.has_frames()) {
+            self.process_rx(epoll);
         }
     }
 
@@ -425,7 +457,7 @@ impl VirtioDevice for Net {
         self.apply_offload();
         match idx {
             RX => self.process_rx(epoll),
-            TX => self.process_tx(),
+            TX => self.process_tx(epoll),
             _ => {}
         }
     }
@@ -446,7 +478,7 @@ impl VirtioDevice for Net {
             }
             TOKEN_TX_LIMITER => {
                 self.tx_limiter.on_timer();
-                self.process_tx();
+                self.process_tx(epoll);
             }
             _ => {}
         }

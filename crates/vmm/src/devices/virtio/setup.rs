@@ -25,6 +25,7 @@ pub enum DeviceId {
     Net(String),
     Vsock,
     Rng,
+    Balloon,
 }
 
 /// A device placed on the MMIO bus.
@@ -82,7 +83,17 @@ pub fn create(res: &VmResources, mem: &GuestMemoryMmap) -> Result<Vec<VirtioSlot
     }
     for n in res.net.values() {
         let what = format!("network interface {:?}", n.iface_id);
-        let dev = super::net::Net::from_config(n).map_err(|e| err(&what, e))?;
+        let mut dev = super::net::Net::from_config(n).map_err(|e| err(&what, e))?;
+        if let Some(m) = res
+            .mmds_config
+            .as_ref()
+            .filter(|m| m.network_interfaces.contains(&n.iface_id))
+        {
+            dev.set_mmds(crate::mmds::stack::MmdsStack::new(
+                m.ipv4(),
+                res.mmds.clone(),
+            ));
+        }
         devs.push((DeviceId::Net(n.iface_id.clone()), Box::new(dev)));
     }
     if let Some(v) = &res.vsock {
@@ -92,6 +103,17 @@ pub fn create(res: &VmResources, mem: &GuestMemoryMmap) -> Result<Vec<VirtioSlot
     if let Some(e) = &res.entropy {
         let dev = super::rng::Rng::new(e.rate_limiter.as_ref()).map_err(|e| err("entropy", e))?;
         devs.push((DeviceId::Rng, Box::new(dev)));
+    }
+    if let Some(b) = &res.balloon {
+        let dev = super::balloon::Balloon::new(super::balloon::BalloonSetup {
+            amount_mib: b.amount_mib,
+            deflate_on_oom: b.deflate_on_oom,
+            stats_polling_interval_s: b.stats_polling_interval_s,
+            free_page_hinting: b.free_page_hinting,
+            free_page_reporting: b.free_page_reporting,
+        })
+        .map_err(|e| err("balloon", e))?;
+        devs.push((DeviceId::Balloon, Box::new(dev)));
     }
     let max = (LAST_IRQ - FIRST_IRQ + 1) as usize;
     if devs.len() > max {
@@ -190,6 +212,27 @@ pub fn patch_drive(
         t.notify_config_change();
     }
     Ok(())
+}
+
+/// Runs `f` on the live balloon device (`None`: no balloon device); when `f` sets its flag the
+/// guest gets a configuration-change interrupt afterwards (a new target, a hinting command).
+pub fn with_balloon<R>(
+    slots: &[VirtioSlot],
+    f: impl FnOnce(&mut super::balloon::Balloon, &mut bool) -> R,
+) -> Option<R> {
+    let s = slot(slots, &DeviceId::Balloon)?;
+    let mut t = s.transport.lock().unwrap_or_else(|e| e.into_inner());
+    let mut notify = false;
+    let r = f(
+        t.device_mut()
+            .as_any_mut()
+            .downcast_mut::<super::balloon::Balloon>()?,
+        &mut notify,
+    );
+    if notify {
+        t.notify_config_change();
+    }
+    Some(r)
 }
 
 /// `PATCH /network-interfaces/{id}` after boot: new RX/TX rate limiters.
