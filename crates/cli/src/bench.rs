@@ -80,6 +80,7 @@ pub async fn boot(a: BenchBootArgs) -> Result<i32> {
         names_only: false,
         // This benchmark compares kobako on QEMU with raw QEMU.
         runtime: "qemu".into(),
+        vmm_bin: None,
     };
     let (base, why) = config_from(&run_args)?;
     eprintln!(
@@ -307,6 +308,7 @@ pub async fn node(a: BenchNodeArgs) -> Result<i32> {
         names_only: false,
         // The node benchmark measures the QEMU runtime.
         runtime: "qemu".into(),
+        vmm_bin: None,
     };
     let (base, why) = config_from(&run_args)?;
     let rt: Arc<dyn Runtime> = Arc::new(runtime()?);

@@ -144,6 +144,7 @@ fn tiny_vm_args(a: &BenchSnapArgs, name: String) -> RunArgs {
         json: false,
         names_only: false,
         runtime: "qemu".into(),
+        vmm_bin: None,
     }
 }
 

@@ -79,6 +79,7 @@ pub async fn run(cmd: FnCmd) -> Result<i32> {
                 json: false,
                 names_only: true,
                 runtime: "qemu".into(),
+                vmm_bin: None,
             };
             let (cfg, _) = config_from(&args)?;
             let f = Function {

@@ -16,6 +16,8 @@ struct Version {
     /// The REST API's base path; its OpenAPI document is served at `<api>/openapi.json`.
     api: &'static str,
     vmm: Vmm,
+    /// Firecracker on PATH, for `--runtime firecracker` (None: not installed).
+    firecracker: Option<Firecracker>,
     qemu: Option<Qemu>,
     accel: String,
     accel_reason: String,
@@ -27,6 +29,13 @@ struct Vmm {
     firecracker_api: &'static str,
     /// The slim VMM executable beside this one, if installed; else `kobako vmm` runs it.
     path: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Firecracker {
+    path: PathBuf,
+    /// The first line of `firecracker --version`.
+    version: String,
 }
 
 #[derive(Serialize)]
@@ -57,6 +66,23 @@ pub fn version(json: bool) -> Result<i32> {
         maps_memory_files: kobako_runtime::qemu::maps_memory_files(&path),
         path,
     });
+    let firecracker = kobako_runtime::vmm::find_firecracker(std::env::var_os("PATH").as_deref())
+        .ok()
+        .map(|path| Firecracker {
+            version: std::process::Command::new(&path)
+                .arg("--version")
+                .stdin(std::process::Stdio::null())
+                .output()
+                .ok()
+                .and_then(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .next()
+                        .map(|l| l.trim().to_string())
+                })
+                .unwrap_or_default(),
+            path,
+        });
     let v = Version {
         kobako: env!("CARGO_PKG_VERSION"),
         api: "/api/v1",
@@ -65,6 +91,7 @@ pub fn version(json: bool) -> Result<i32> {
             firecracker_api: FIRECRACKER_API,
             path: slim,
         },
+        firecracker,
         qemu,
         accel: accel.accel.to_string(),
         accel_reason: accel.reason,
@@ -87,6 +114,14 @@ pub fn version(json: bool) -> Result<i32> {
             None => "no slim binary beside this one: `kobako vmm` runs it".into(),
         }
     );
+    match &v.firecracker {
+        Some(f) => println!(
+            "  Firecracker {} ({}; --runtime firecracker)",
+            f.version,
+            f.path.display()
+        ),
+        None => println!("  Firecracker not on PATH (--runtime firecracker needs it)"),
+    }
     match &v.qemu {
         Some(q) => println!(
             "  QEMU      {} ({}){}",

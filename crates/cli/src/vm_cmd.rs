@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use kobako_runtime::agent::AgentClient;
 use kobako_runtime::config::{parse_mib, VmConfig};
 use kobako_runtime::qemu::QemuRuntime;
-use kobako_runtime::vmm::VmmRuntime;
+use kobako_runtime::vmm::{Flavor, VmmRuntime};
 use kobako_runtime::{Runtime, VmDir, VmState};
 
 use crate::console::{self, ConsoleEnd};
@@ -112,9 +112,14 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
     /// VM runtime: auto (the own VMM where KVM runs standard guests and the VM needs no
-    /// devices it lacks yet, else QEMU), qemu or vmm.
+    /// devices it lacks yet, else QEMU), qemu, vmm, or firecracker (Firecracker instead of the
+    /// own VMM: `firecracker` on PATH, or --vmm-bin).
     #[arg(long, env = "KOBAKO_RUNTIME", default_value = "auto")]
     pub runtime: String,
+    /// The VMM program of `--runtime vmm` (another kobako-vmm build) or `--runtime firecracker`
+    /// (instead of `firecracker` on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub vmm_bin: Option<PathBuf>,
     /// Print the result as JSON (with -d).
     #[arg(long)]
     pub json: bool,
@@ -150,19 +155,52 @@ pub fn jail_config() -> kobako_runtime::jail::JailConfig {
     jc
 }
 
-/// A runtime by name.
+/// A runtime by name (an existing VM's: its VMM program is in its launch.json already).
 pub fn runtime_named(name: &str) -> Result<Box<dyn Runtime>> {
+    runtime_with(name, None)
+}
+
+/// A runtime by name; `vmm_bin`: the VMM program of the vmm and firecracker runtimes
+/// ([`vmm_program_for`]).
+fn runtime_with(name: &str, vmm_bin: Option<PathBuf>) -> Result<Box<dyn Runtime>> {
     let exe = std::env::current_exe().context("locate the kobako executable")?;
-    match name {
-        "qemu" => Ok(Box::new(runtime()?)),
-        "vmm" => {
-            let mut rt = VmmRuntime::new(exe);
-            rt.jail = jail_config();
-            // Its seccomp filters likewise (read here, at the edge).
-            rt.seccomp = std::env::var("KOBAKO_VMM_SECCOMP").map_or(true, |v| v != "off");
-            Ok(Box::new(rt))
+    let flavor = match name {
+        "qemu" => return Ok(Box::new(runtime()?)),
+        other => Flavor::of_runtime(other)
+            .ok_or_else(|| anyhow::anyhow!("--runtime {other}: {RUNTIMES}"))?,
+    };
+    let mut rt = match flavor {
+        Flavor::Kobako => VmmRuntime::new(exe),
+        Flavor::Firecracker => VmmRuntime::firecracker(exe, None),
+    };
+    rt.program = vmm_bin;
+    rt.jail = jail_config();
+    // Its seccomp filters likewise (read here, at the edge).
+    rt.seccomp = std::env::var("KOBAKO_VMM_SECCOMP").map_or(true, |v| v != "off");
+    Ok(Box::new(rt))
+}
+
+const RUNTIMES: &str = "use auto, qemu, vmm or firecracker";
+
+/// The VMM program `vm run` asked for, checked before anything is built: `--vmm-bin` (an
+/// executable file), else for `--runtime firecracker` `firecracker` on PATH (the error says
+/// where it looked). None: the runtime's own choice (kobako-vmm beside kobako).
+fn vmm_program_for(runtime: &str, vmm_bin: Option<&Path>) -> Result<Option<PathBuf>> {
+    let checked = vmm_bin
+        .map(kobako_runtime::vmm::flavor::check_program)
+        .transpose()?;
+    match runtime {
+        "firecracker" => match checked {
+            Some(p) => Ok(Some(p)),
+            None => Ok(Some(kobako_runtime::vmm::find_firecracker(
+                std::env::var_os("PATH").as_deref(),
+            )?)),
+        },
+        "vmm" => Ok(checked),
+        _ if checked.is_some() => {
+            bail!("--vmm-bin needs --runtime vmm or --runtime firecracker (it names their VMM)")
         }
-        other => bail!("--runtime {other}: use auto, qemu or vmm"),
+        _ => Ok(None),
     }
 }
 
@@ -185,11 +223,11 @@ fn choose_runtime(arg: &str, cfg: &VmConfig) -> Result<(String, String)> {
             let c = kobako_runtime::host::detect_runtime(needs_devices);
             Ok((c.kind.name().to_string(), c.reason))
         }
-        "qemu" | "vmm" => Ok((
+        "qemu" | "vmm" | "firecracker" => Ok((
             arg.to_string(),
             format!("runtime {arg}: forced with --runtime"),
         )),
-        other => bail!("--runtime {other}: use auto, qemu or vmm"),
+        other => bail!("--runtime {other}: {RUNTIMES}"),
     }
 }
 
@@ -389,10 +427,13 @@ async fn restore(dir: &Path, name: &str, verify: bool, json: bool) -> Result<i32
 
 /// Everything `vm run` does; returns the process exit code.
 async fn run_vm(args: RunArgs) -> Result<i32> {
+    // The VMM program first: a missing `firecracker` is said before anything is built.
+    let vmm_bin = vmm_program_for(&args.runtime, args.vmm_bin.as_deref())?;
     let (mut cfg, why) = config_from(&args)?;
     let (rt_name, rt_why) = choose_runtime(&args.runtime, &cfg)?;
-    let rt = runtime_named(&rt_name)?;
-    if rt_name == "vmm" {
+    let rt = runtime_with(&rt_name, vmm_bin)?;
+    let flavor = Flavor::of_runtime(&rt_name);
+    if flavor.is_some() {
         // The VMM is KVM only; `accel` only describes the QEMU runtime's choice.
         cfg.accel = kobako_runtime::Accel::Kvm;
     }
@@ -422,7 +463,9 @@ async fn run_vm(args: RunArgs) -> Result<i32> {
     }
     let timeout = Duration::from_secs(cfg.ready_timeout_secs);
     let mut ready = None;
-    if rt_name == "vmm" {
+    // Only kobako-vmm reports the boot-complete signal (Firecracker: the agent's Ready alone).
+    let boot_signal = flavor.is_some_and(Flavor::kobako_extensions);
+    if boot_signal {
         // The agent signals boot-complete first (port 0x3f0), then listens on vsock, which the
         // supervisor connects to: wait for the signal, then give the agent a moment. A guest
         // without AF_VSOCK (or another init) stays on the boot signal alone.
@@ -435,7 +478,7 @@ async fn run_vm(args: RunArgs) -> Result<i32> {
             Err(e) => tracing::info!("no agent over vsock after the boot signal: {e}"),
         }
     }
-    if rt_name == "vmm" && ready.is_none() {
+    if boot_signal && ready.is_none() {
         let rec = vm
             .booted()
             .ok_or_else(|| anyhow::anyhow!("{}: boot record vanished", cfg.name))?;

@@ -3,7 +3,7 @@
 //! - [`Runtime`]: create, start, stop, kill, pause, resume, status, console of a VM. Implemented by
 //!   [`qemu::QemuRuntime`] (QEMU `microvm`, KVM where the host runs standard guests, TCG otherwise)
 //!   and [`vmm::VmmRuntime`] (kobako's own VMM; [`host::detect_runtime`] picks it where KVM runs
-//!   standard guests).
+//!   standard guests; the same runtime runs Firecracker, [`vmm::flavor`]).
 //! - [`supervisor`]: every VM process is started by a small supervisor process
 //!   (`kobako vm supervise`), which outlives the CLI or server that started it: it waits for the VM
 //!   process, records how it ended, removes the VM's runtime files, and owns the single host end of
@@ -27,6 +27,7 @@ pub mod qemu;
 pub mod qmp;
 pub mod snapshot;
 pub mod sock;
+mod stdio_console;
 mod supervised;
 pub mod supervisor;
 pub mod vmdir;
@@ -49,6 +50,10 @@ pub enum RuntimeError {
         what: &'static str,
         path: std::path::PathBuf,
     },
+    /// A program the runtime runs is not there (Firecracker not installed, a `--vmm-bin` that
+    /// is no executable): the message says where it looked and what to do.
+    #[error("{0}")]
+    MissingProgram(String),
     #[error("a VM named '{0}' already exists (stop it with `kobako vm stop {0}` or pick another --name)")]
     Exists(String),
     #[error("no VM named '{0}' (see `kobako vm ls`)")]
@@ -133,7 +138,7 @@ pub struct Console {
 /// process (a restarted server, another CLI) can manage a VM it did not start.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync {
-    /// Short name ("qemu", "vmm").
+    /// Short name ("qemu", "vmm", "firecracker").
     fn name(&self) -> &'static str;
     /// Validate `cfg` and create the VM's directory (nothing runs yet).
     async fn create(&self, cfg: &VmConfig) -> Result<VmDir>;

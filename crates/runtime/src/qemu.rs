@@ -336,6 +336,8 @@ impl Runtime for QemuRuntime {
             runtime: "qemu".into(),
             reset_exit_code: None,
             console_log_from: None,
+            console_stdio: false,
+            stale_sockets: Vec::new(),
             incoming_fd: cfg.incoming.clone(),
             pass: Self::pass(&vm.path),
             jail: jail.clone(),

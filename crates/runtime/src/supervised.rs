@@ -63,16 +63,24 @@ pub(crate) async fn start_supervised(
         }
         let gone = !alive(sup_pid);
         if gone || Instant::now() > deadline {
-            let detail = [
+            let mut detail = vec![
                 crate::vmdir::tail(&vm.file("vm.log"), 5),
                 crate::vmdir::tail(&vm.file("supervisor.log"), 5),
-            ]
-            .join("\n");
+            ];
+            // A VMM whose console is its standard output (Firecracker) logs its errors there.
+            if std::fs::metadata(vm.file("console.log")).is_ok_and(|m| m.len() > 0) {
+                detail.insert(0, crate::vmdir::tail(&vm.file("console.log"), 5));
+            }
+            let detail = detail.join("\n");
+            let exit = vm.exit();
             let _ = vm.remove();
             return Err(RuntimeError::ExitedEarly {
                 name: vm.name.clone(),
                 how: if gone {
-                    "the VM process failed to start".into()
+                    match exit {
+                        Some(e) => format!("the VM process failed to start: {}", e.describe()),
+                        None => "the VM process failed to start".into(),
+                    }
                 } else {
                     format!("{what} did not create its control socket within 10 s")
                 },

@@ -153,6 +153,21 @@ fn supervise(vm: VmDir) -> Result<(), SuperviseError> {
     let vm_log = std::fs::File::create(vm.file("vm.log")).map_err(io_err("vm.log"))?;
     // The VM process's sockets and log: opened here once, kept across its reboots.
     let passed = open_passed(&launch.pass)?;
+    // A console on the VM process's standard input and output (Firecracker), likewise.
+    let stdio_console = match launch.console_stdio {
+        true => Some(
+            crate::stdio_console::StdioConsole::start(
+                &vm.file("console.sock"),
+                &vm.file("console.log"),
+                CONSOLE_LOG_MAX,
+                |log| {
+                    let _ = cap_log(log, CONSOLE_LOG_MAX, CONSOLE_LOG_KEEP);
+                },
+            )
+            .map_err(io_err("serve the VM process's console on console.sock"))?,
+        ),
+        false => None,
+    };
     let shared = Arc::new(Shared {
         vm: vm.clone(),
         started: Mutex::new(Instant::now()),
@@ -184,7 +199,12 @@ fn supervise(vm: VmDir) -> Result<(), SuperviseError> {
     let first_start = Instant::now();
     let mut quick_reboots = 0;
     let rec = loop {
-        let (child, pid, boot_started) = spawn_vm(&vm, &launch, &vm_log, &passed)?;
+        // Sockets an earlier VM process left behind would make this one's bind fail.
+        for stale in &launch.stale_sockets {
+            let _ = std::fs::remove_file(stale);
+        }
+        let (child, pid, boot_started) =
+            spawn_vm(&vm, &launch, &vm_log, &passed, stdio_console.as_ref())?;
         *lock(&shared.started) = boot_started;
         {
             let shared = shared.clone();
@@ -196,11 +216,17 @@ fn supervise(vm: VmDir) -> Result<(), SuperviseError> {
                     GuestChannel::BootSignal { api_sock } => {
                         boot_signal_loop(shared, &api_sock, pid)
                     }
-                    GuestChannel::Vsock { ref api_sock, .. } => {
-                        let (sh, sock) = (shared.clone(), api_sock.clone());
-                        let _ = std::thread::Builder::new()
-                            .name("boot-signal".into())
-                            .spawn(move || boot_signal_loop(sh, &sock, pid));
+                    GuestChannel::Vsock {
+                        ref api_sock,
+                        boot_signal,
+                        ..
+                    } => {
+                        if boot_signal {
+                            let (sh, sock) = (shared.clone(), api_sock.clone());
+                            let _ = std::thread::Builder::new()
+                                .name("boot-signal".into())
+                                .spawn(move || boot_signal_loop(sh, &sock, pid));
+                        }
                         guest_loop(shared, channel, pid)
                     }
                 })
@@ -212,7 +238,7 @@ fn supervise(vm: VmDir) -> Result<(), SuperviseError> {
                 .name("console-log".into())
                 .spawn(move || console_log_loop(&sock, &log, pid))
                 .map_err(io_err("start the console-log thread"))?;
-        } else {
+        } else if stdio_console.is_none() {
             // The VMM writes the log itself (QEMU's chardev logfile, opened O_APPEND): cut it
             // back to its tail whenever it outgrows the cap.
             std::thread::Builder::new()
@@ -233,12 +259,12 @@ fn supervise(vm: VmDir) -> Result<(), SuperviseError> {
             oom.then_some(j.limits.memory_mib)
         });
         let shutdown = lock(&shared.shutdown).take();
-        // A reset the VM process reports by its exit status (kobako-vmm) restarts the guest
-        // like an announced reboot, unless a stop is under way or the agent said power-off.
-        let reset = launch.reset_exit_code.is_some()
-            && code == launch.reset_exit_code
-            && shutdown != Some(false)
-            && !vm.file("stopping").exists();
+        let reset = guest_reset(
+            launch.reset_exit_code,
+            code,
+            shutdown,
+            vm.file("stopping").exists(),
+        );
         if shutdown == Some(true) || reset {
             if boot_started.elapsed() < Duration::from_secs(2) {
                 quick_reboots += 1;
@@ -262,9 +288,16 @@ fn supervise(vm: VmDir) -> Result<(), SuperviseError> {
             shutdown: shutdown.map(|reboot| if reboot { "reboot" } else { "poweroff" }.to_string()),
             runtime_ms: first_start.elapsed().as_millis() as u64,
             oom_limit_mib,
+            meaning: code
+                .zip(crate::vmm::Flavor::of_runtime(&launch.runtime))
+                .and_then(|(c, f)| f.exit_meaning(c))
+                .map(str::to_string),
         };
     };
     let _ = std::fs::remove_file(&agent_sock);
+    if stdio_console.is_some() {
+        let _ = std::fs::remove_file(vm.file("console.sock"));
+    }
     // A VM that ended before its agent was ever ready keeps its directory (exit.json, vm.log,
     // console.log) for whoever waits for it to report why; that waiter (or `down`/`vm rm`)
     // removes it. A foreground `vm run` likewise reads exit.json and removes the directory.
@@ -276,6 +309,19 @@ fn supervise(vm: VmDir) -> Result<(), SuperviseError> {
         let _ = vm.remove();
     }
     Ok(())
+}
+
+/// Did the VM process end because the guest reset itself (and should it start again)? Only
+/// runtimes that report a reset by exit status say so (kobako-vmm: 80; Firecracker: 0, which
+/// is also how it ends after the agent's announced power-off): never while a stop is under way
+/// (`stopping`) or after the agent announced a power-off.
+fn guest_reset(
+    reset_exit_code: Option<i32>,
+    code: Option<i32>,
+    shutdown: Option<bool>,
+    stopping: bool,
+) -> bool {
+    reset_exit_code.is_some() && code == reset_exit_code && shutdown != Some(false) && !stopping
 }
 
 fn launch_has_no_agent(shared: &Shared) -> bool {
@@ -383,6 +429,7 @@ fn spawn_vm(
     launch: &Launch,
     log: &std::fs::File,
     passed: &[Passed],
+    console: Option<&crate::stdio_console::StdioConsole>,
 ) -> Result<(i32, i32, Instant), SuperviseError> {
     let (prog, args) = launch.argv.split_first().ok_or(SuperviseError::EmptyArgv)?;
     let mut cmd = Command::new(prog);
@@ -391,9 +438,19 @@ fn spawn_vm(
     cmd.args(args)
         .env_clear()
         .env("KOBAKO_VM", &vm.path)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(io_err("vm.log"))?)
         .stderr(log.try_clone().map_err(io_err("vm.log"))?);
+    match console {
+        // Its serial console (Firecracker's) on the supervisor's pipes.
+        Some(c) => {
+            let dup = |fd: &std::os::fd::OwnedFd| fd.try_clone().map_err(io_err("console pipe"));
+            cmd.stdin(Stdio::from(dup(&c.stdin)?))
+                .stdout(Stdio::from(dup(&c.stdout)?));
+        }
+        None => {
+            cmd.stdin(Stdio::null())
+                .stdout(log.try_clone().map_err(io_err("vm.log"))?);
+        }
+    }
     // The lab's namespace, opened before the fork so the child only has to setns.
     let netns_fd: Option<std::fs::File> = match &launch.netns {
         Some(ns) => Some(
@@ -884,6 +941,41 @@ mod tests {
         std::os::unix::fs::symlink(&target, &link).unwrap();
         assert!(cap_log(&link, 1000, 100).is_err());
         assert_eq!(std::fs::metadata(&target).unwrap().len(), 2000);
+    }
+
+    /// Exit statuses per VMM: kobako-vmm's 80 and Firecracker's 0 are the guest's reset (a new
+    /// VM process), unless a stop is under way or the agent announced a power-off; QEMU reports
+    /// none (the agent's message decides); any other status ends the VM.
+    #[test]
+    fn a_reset_is_the_exit_status_of_the_vmm_that_ran() {
+        use crate::vmm::Flavor;
+        let (k, f) = (
+            Some(Flavor::Kobako.reset_exit_code()),
+            Some(Flavor::Firecracker.reset_exit_code()),
+        );
+        assert!(guest_reset(k, Some(80), None, false));
+        assert!(guest_reset(k, Some(80), Some(true), false));
+        assert!(
+            !guest_reset(k, Some(0), None, false),
+            "kobako-vmm: 0 is a power-off"
+        );
+        assert!(
+            guest_reset(f, Some(0), None, false),
+            "Firecracker: 0 is the reset"
+        );
+        assert!(guest_reset(f, Some(0), Some(true), false));
+        assert!(!guest_reset(f, Some(80), None, false));
+        assert!(!guest_reset(f, None, None, false), "killed by a signal");
+        for r in [k, f] {
+            let code = r;
+            assert!(
+                !guest_reset(r, code, Some(false), false),
+                "announced power-off"
+            );
+            assert!(!guest_reset(r, code, None, true), "vm stop under way");
+            assert!(!guest_reset(r, Some(152), None, false));
+        }
+        assert!(!guest_reset(None, Some(0), None, false), "QEMU");
     }
 
     #[test]

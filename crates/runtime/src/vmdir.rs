@@ -5,7 +5,7 @@
 //! config.json      VmConfig                       (written by create)
 //! launch.json      argv of the VM process + where its agent channel is   (written by create)
 //! supervisor.pid   pid of `kobako vm supervise`
-//! vm.pid           pid of the VM process (qemu-system-x86_64 ... or kobako vmm ...)
+//! vm.pid           pid of the VM process (qemu-system-x86_64 ..., kobako vmm ... or firecracker ...)
 //! qmp.sock         QMP (QEMU runtime)
 //! vmm.json         the VMM's Firecracker-format config file (vmm runtime; restore.json: a restore's)
 //! vmm/             the one directory the (jailed) VMM writes, owned by its uid: api.sock (its
@@ -14,7 +14,8 @@
 //!                  (vmm runtime; connect with `sock::connect`, which follows no symlink)
 //! booted.json      the guest's boot-complete signal as the VMM recorded it (vmm runtime)
 //! stopping         present once `vm stop`/`kill` began: a guest reset then ends the VM
-//! console.sock     live serial console (QEMU; vmm/console.sock for kobako vmm);
+//! console.sock     live serial console (QEMU; the supervisor's for Firecracker; vmm/console.sock
+//!                  for kobako vmm);
 //!                  console.log: all console output
 //! agent.sock       the agent channel, multiplexed by the supervisor for any number of clients
 //! vm.log           the VM process's own stderr (QEMU errors)
@@ -49,7 +50,16 @@ pub enum GuestChannel {
         uds_path: PathBuf,
         port: u32,
         api_sock: PathBuf,
+        /// Poll the VMM's `GET /kobako/boot-time` (a kobako-vmm extension) for the guest's
+        /// boot-complete signal; false for Firecracker, which does not have it (the agent's
+        /// Ready is then the only readiness).
+        #[serde(default = "yes")]
+        boot_signal: bool,
     },
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_runtime() -> String {
@@ -64,18 +74,30 @@ pub struct Launch {
     #[serde(default)]
     pub netns: Option<String>,
     pub channel: GuestChannel,
-    /// The runtime that created the VM ("qemu", "vmm"): later commands pick the same one.
+    /// The runtime that created the VM ("qemu", "vmm", "firecracker"): later commands pick the
+    /// same one.
     #[serde(default = "default_runtime")]
     pub runtime: String,
-    /// Exit status of the VM process that means "the guest reset itself" (kobako-vmm: 80). The
-    /// supervisor starts a new VM process then, unless a stop is under way or the agent
-    /// announced a power-off. QEMU (`-no-reboot`) has no such status: the agent's message decides.
+    /// Exit status of the VM process that means "the guest reset itself" (kobako-vmm: 80,
+    /// Firecracker: 0). The supervisor starts a new VM process then, unless a stop is under way
+    /// or the agent announced a power-off. QEMU (`-no-reboot`) has no such status: the agent's
+    /// message decides.
     #[serde(default)]
     pub reset_exit_code: Option<i32>,
     /// A console socket the supervisor copies into `console.log` (runtimes whose console does not
     /// log by itself).
     #[serde(default)]
     pub console_log_from: Option<PathBuf>,
+    /// The VM process's serial console is its standard input and output (Firecracker): the
+    /// supervisor gives it pipes, copies the output into `console.log` and serves both ends on
+    /// `console.sock` ([`crate::stdio_console`]).
+    #[serde(default)]
+    pub console_stdio: bool,
+    /// Sockets the VM process binds itself (in its work directory), removed before each start:
+    /// a socket file left by an earlier process (a reboot, a VMM killed with -9) would make the
+    /// bind fail.
+    #[serde(default)]
+    pub stale_sockets: Vec<PathBuf>,
     /// A file the supervisor opens read-only and gives the VM process as descriptor
     /// [`INCOMING_FD`] (QEMU's `-incoming fd:3`: a restore that spawns no helper).
     #[serde(default)]
@@ -141,6 +163,10 @@ pub struct ExitRecord {
     /// The kernel killed the VM process for going over its jail's memory limit (MiB).
     #[serde(default)]
     pub oom_limit_mib: Option<u64>,
+    /// What `code` means for the program that ran (kobako-vmm's and Firecracker's statuses
+    /// differ: [`crate::vmm::Flavor::exit_meaning`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meaning: Option<String>,
 }
 
 impl ExitRecord {
@@ -156,6 +182,10 @@ impl ExitRecord {
         match (&self.shutdown, self.code, self.signal) {
             (Some(s), _, _) => format!("guest {s}"),
             (None, _, Some(sig)) => format!("VM process killed by signal {sig}"),
+            (None, Some(c), _) if self.meaning.is_some() => format!(
+                "VM process exited with status {c}: {}",
+                self.meaning.as_deref().unwrap_or_default()
+            ),
             (None, Some(0), _) => "guest reset without announcing it (kernel panic?)".into(),
             (None, Some(c), _) => format!("VM process exited with status {c}"),
             (None, None, None) => "VM process ended".into(),
@@ -182,7 +212,8 @@ impl VmDir {
         self.path.join(f)
     }
 
-    /// The VM's live serial console socket: the one the supervisor binds for QEMU, or the one
+    /// The VM's live serial console socket: the one the supervisor binds for QEMU (and serves
+    /// itself for Firecracker, whose console is its standard input and output), or the one
     /// `kobako vmm` binds in its work directory ([`vmm_files::CONSOLE_SOCKET`]). Connect with
     /// [`crate::sock::connect`]: the latter is in a directory the VM's jail uid writes.
     pub fn console_socket(&self) -> PathBuf {

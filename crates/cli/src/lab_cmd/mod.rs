@@ -70,6 +70,7 @@ pub(crate) fn resolver(
             names_only: true,
             // Labs need NICs and the agent channel: QEMU (the vmm runtime has no virtio yet).
             runtime: "qemu".into(),
+            vmm_bin: None,
         };
         config_from(&args)
             .map(|(cfg, _)| cfg)

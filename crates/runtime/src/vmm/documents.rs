@@ -1,24 +1,64 @@
 //! The VMM's configuration documents: the guest command line, `vmm.json` (the
-//! Firecracker-format configuration a VM boots from) and the `--snapshot-load` document of a
-//! restored VM.
+//! Firecracker-format configuration a VM boots from; without kobako's extensions for
+//! Firecracker) and the `--snapshot-load` document of a restored VM.
 
 use std::path::Path;
 
-use super::{VmmRuntime, CONSOLE_SOCKET, GUEST_CID, MEMORY_FILE, PVM_CMDLINE, VSOCK_SOCKET};
+use super::{
+    Flavor, VmmRuntime, CONSOLE_SOCKET, GUEST_CID, MEMORY_FILE, PVM_CMDLINE, VSOCK_SOCKET,
+};
 use crate::config::{Root, VmConfig};
 use crate::{Result, RuntimeError};
 
 impl VmmRuntime {
-    /// The guest command line: the common one, then what this runtime needs last (later
-    /// `reboot=` wins).
+    /// The guest command line of kobako-vmm: the common one, then what this runtime needs last
+    /// (later `reboot=` wins).
     pub fn cmdline(cfg: &VmConfig, pvm: bool) -> String {
+        Self::cmdline_for(Flavor::Kobako, cfg, pvm)
+    }
+
+    /// The guest command line for `flavor`: `reboot=k` (the i8042 reset ends the VM process
+    /// with both VMMs), and for kobako-vmm `kobako.bootmark=1` (the agent's boot-complete
+    /// write, which only kobako-vmm's API reports).
+    pub fn cmdline_for(flavor: Flavor, cfg: &VmConfig, pvm: bool) -> String {
         let mut c = cfg.cmdline();
         if pvm {
             c.push(' ');
             c.push_str(PVM_CMDLINE);
         }
-        c.push_str(" reboot=k kobako.bootmark=1");
+        c.push_str(" reboot=k");
+        if flavor.kobako_extensions() {
+            c.push_str(" kobako.bootmark=1");
+        }
         c
+    }
+
+    /// [`Self::config_file`] for `flavor`: Firecracker's has none of kobako's extensions (no
+    /// drive `image_format`, no `serial` section: its console is its standard output) and
+    /// refuses what Firecracker cannot run ([`Flavor::check`]).
+    pub fn config_file_for(
+        flavor: Flavor,
+        cfg: &VmConfig,
+        dir: &Path,
+        pvm: bool,
+    ) -> Result<serde_json::Value> {
+        flavor.check(cfg)?;
+        let mut v = Self::config_file(cfg, dir, pvm)?;
+        if flavor.kobako_extensions() {
+            return Ok(v);
+        }
+        v["boot-source"]["boot_args"] = Self::cmdline_for(flavor, cfg, pvm).into();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("serial");
+        }
+        if let Some(drives) = v["drives"].as_array_mut() {
+            for d in drives {
+                if let Some(o) = d.as_object_mut() {
+                    o.remove("image_format");
+                }
+            }
+        }
+        Ok(v)
     }
 
     /// The Firecracker-format configuration file of a VM: kernel and initramfs or root disk,
@@ -172,6 +212,77 @@ mod tests {
         assert!(!args.contains("kobako_pvm"));
         let pvm = VmmRuntime::cmdline(&c, true);
         assert!(pvm.contains("kobako_pvm noxsave"), "{pvm}");
+    }
+
+    /// Firecracker's configuration: kobako's without its extensions, every section one of
+    /// Firecracker's `--config-file` (its `VmmConfig`), every drive field one of its `Drive`.
+    #[test]
+    fn firecracker_gets_the_configuration_without_kobako_extensions() {
+        let mut c = cfg(Root::Disk {
+            path: "/d.raw".into(),
+            format: "raw".into(),
+            read_only: false,
+        });
+        c.nics = vec![crate::config::Nic {
+            tap: "tap-a".into(),
+            mac: "52:54:00:00:00:01".into(),
+        }];
+        let v = VmmRuntime::config_file_for(Flavor::Firecracker, &c, Path::new("/run/x"), true)
+            .unwrap();
+        const SECTIONS: &[&str] = &[
+            "balloon",
+            "drives",
+            "boot-source",
+            "cpu-config",
+            "logger",
+            "machine-config",
+            "metrics",
+            "mmds-config",
+            "network-interfaces",
+            "vsock",
+            "entropy",
+        ];
+        for k in v.as_object().unwrap().keys() {
+            assert!(SECTIONS.contains(&k.as_str()), "section {k}");
+        }
+        const DRIVE: &[&str] = &[
+            "drive_id",
+            "path_on_host",
+            "is_root_device",
+            "is_read_only",
+            "partuuid",
+            "cache_type",
+            "rate_limiter",
+            "io_engine",
+            "socket",
+        ];
+        for k in v["drives"][0].as_object().unwrap().keys() {
+            assert!(DRIVE.contains(&k.as_str()), "drive field {k}");
+        }
+        assert_eq!(v["vsock"]["uds_path"], "/run/x/vmm/vsock.sock");
+        assert_eq!(v["network-interfaces"][0]["host_dev_name"], "tap-a");
+        let args = v["boot-source"]["boot_args"].as_str().unwrap();
+        assert!(args.ends_with(" reboot=k"), "{args}");
+        assert!(
+            args.contains("kobako_pvm") && !args.contains("bootmark"),
+            "{args}"
+        );
+        // kobako-vmm's flavor is the document as before.
+        let k = VmmRuntime::config_file_for(Flavor::Kobako, &c, Path::new("/run/x"), true).unwrap();
+        assert_eq!(
+            k,
+            VmmRuntime::config_file(&c, Path::new("/run/x"), true).unwrap()
+        );
+        // A qcow2 disk is refused for Firecracker.
+        c.root = Root::Disk {
+            path: "/d.qcow2".into(),
+            format: "qcow2".into(),
+            read_only: false,
+        };
+        let e = VmmRuntime::config_file_for(Flavor::Firecracker, &c, Path::new("/x"), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("raw images only"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The `vmm` runtime: kobako's own KVM VMM (crate kobako-vmm) as the VM process: the slim
-//! `kobako-vmm` executable next to `kobako`, or `kobako vmm` when it is missing.
+//! `kobako-vmm` executable next to `kobako`, or `kobako vmm` when it is missing (or another
+//! build, `--vmm-bin`). The same runtime runs Firecracker (`--runtime firecracker`): what
+//! differs between the two is [`flavor`]'s.
 //!
 //! The VMM is configured by a Firecracker-format `vmm.json` (`--config-file`, so it boots at once)
 //! and keeps its API socket (`vmm/api.sock`) for control: pause/resume (`PATCH /vm`), Ctrl-Alt-Del,
@@ -41,10 +43,14 @@ use crate::jail::{Jail, JailConfig};
 use crate::supervised::{finish, start_supervised, wait_gone};
 use crate::vmdir::{write_json, GuestChannel, Launch, VmDir};
 use crate::{io, Console, Result, Runtime, RuntimeError, VmState, VmStatus};
+use flavor::Boot;
 
 mod api;
 pub mod documents;
+pub mod flavor;
 pub mod snapshot;
+
+pub use flavor::{find_firecracker, Flavor, FIRECRACKER};
 
 use api::{instance_state, wait_restored};
 pub use snapshot::load;
@@ -73,7 +79,7 @@ pub use crate::vmdir::vmm_files::{MEMORY_FILE, RESTORE_FILE, STATE_FILE};
 /// definition, in kobako-vmm, shared with its Linux tests).
 pub use kobako_vmm::PVM_GUEST_CMDLINE as PVM_CMDLINE;
 
-/// The own-VMM runtime.
+/// The own-VMM runtime (and Firecracker's: [`VmmRuntime::firecracker`]).
 pub struct VmmRuntime {
     /// The `kobako` executable: re-run as `kobako vm supervise DIR`, and as `kobako vmm ...` when
     /// the slim `kobako-vmm` is not next to it ([`VmmRuntime::vmm_program`]).
@@ -82,6 +88,11 @@ pub struct VmmRuntime {
     pub jail: JailConfig,
     /// The VMM's per-thread seccomp filters (on by default; off only for debugging).
     pub seccomp: bool,
+    /// Which VMM this runtime runs: kobako-vmm or Firecracker.
+    pub flavor: Flavor,
+    /// The VMM program (`--vmm-bin`); None: kobako-vmm's usual one, or `firecracker` on `PATH`
+    /// (looked up when a VM is created).
+    pub program: Option<PathBuf>,
 }
 
 impl VmmRuntime {
@@ -90,13 +101,33 @@ impl VmmRuntime {
             kobako_exe,
             jail: JailConfig::default(),
             seccomp: true,
+            flavor: Flavor::Kobako,
+            program: None,
         }
     }
 
-    /// The VM process's program and the arguments before the VMM's own: `kobako-vmm` found
-    /// next to the kobako executable ([`SLIM_VMM`]), else `kobako vmm` (said once per process).
-    pub fn vmm_program(&self) -> (PathBuf, Vec<String>) {
-        match slim_vmm_beside(&self.kobako_exe) {
+    /// The runtime that runs Firecracker: `program`, or `firecracker` on `PATH`.
+    pub fn firecracker(kobako_exe: PathBuf, program: Option<PathBuf>) -> VmmRuntime {
+        VmmRuntime {
+            flavor: Flavor::Firecracker,
+            program,
+            ..VmmRuntime::new(kobako_exe)
+        }
+    }
+
+    /// The VM process's program and the arguments before the VMM's own: the one this runtime
+    /// was given; for Firecracker `firecracker` on `PATH` (an error naming where it looked when
+    /// there is none); for kobako-vmm the slim `kobako-vmm` found next to the kobako executable
+    /// ([`SLIM_VMM`]), else `kobako vmm` (said once per process).
+    pub fn vmm_program(&self) -> Result<(PathBuf, Vec<String>)> {
+        if let Some(p) = &self.program {
+            return Ok((p.clone(), Vec::new()));
+        }
+        if self.flavor == Flavor::Firecracker {
+            let path = std::env::var_os("PATH");
+            return find_firecracker(path.as_deref()).map(|p| (p, Vec::new()));
+        }
+        Ok(match slim_vmm_beside(&self.kobako_exe) {
             Some(slim) => (slim, Vec::new()),
             None => {
                 static SAID: std::sync::Once = std::sync::Once::new();
@@ -109,6 +140,72 @@ impl VmmRuntime {
                 });
                 (self.kobako_exe.clone(), vec!["vmm".into()])
             }
+        })
+    }
+
+    /// How the supervisor runs the VMM of `cfg` in VM directory `vm` (`program` and
+    /// `program_args` from [`Self::vmm_program`]): its command line, the agent channel over
+    /// vsock, what its exit status means, where its console is.
+    pub fn launch(
+        &self,
+        cfg: &VmConfig,
+        vm: &VmDir,
+        (program, program_args): (&Path, &[String]),
+        jail: Option<crate::jail::Jail>,
+    ) -> Result<Launch> {
+        let fl = self.flavor;
+        let (boot_file, restore_file) = (vm.file("vmm.json"), vm.file(RESTORE_FILE));
+        let boot = match cfg.incoming {
+            Some(_) => Boot::SnapshotLoad(&restore_file),
+            None => Boot::ConfigFile(&boot_file),
+        };
+        let api_sock = vm.file(API_SOCKET);
+        let argv = flavor::argv(
+            fl,
+            program,
+            program_args,
+            &cfg.name,
+            &api_sock,
+            boot,
+            self.seccomp,
+        )?;
+        let kobako = fl.kobako_extensions();
+        Ok(Launch {
+            netns: cfg.netns.clone(),
+            argv,
+            channel: GuestChannel::Vsock {
+                uds_path: vm.file(VSOCK_SOCKET),
+                port: kobako_agent::proto::VSOCK_PORT,
+                api_sock: api_sock.clone(),
+                boot_signal: kobako,
+            },
+            runtime: fl.runtime_name().into(),
+            reset_exit_code: Some(fl.reset_exit_code()),
+            // kobako-vmm serves its console on a socket of its own; Firecracker's is its
+            // standard input and output, which the supervisor serves.
+            console_log_from: kobako.then(|| vm.file(CONSOLE_SOCKET)),
+            console_stdio: !kobako,
+            stale_sockets: vec![api_sock, vm.file(VSOCK_SOCKET)],
+            incoming_fd: None,
+            // The VMM binds its own sockets, in its work directory.
+            pass: Vec::new(),
+            jail,
+        })
+    }
+}
+
+impl VmmRuntime {
+    /// Snapshots need kobako-vmm: a restore gives the new VM its own disks, taps, vsock socket
+    /// and console (`--snapshot-load` with drive overrides), which Firecracker cannot (its
+    /// snapshot load has no drive overrides, nor a way to boot from it at process start).
+    fn snapshots_supported(&self, what: &str) -> Result<()> {
+        match self.flavor {
+            Flavor::Kobako => Ok(()),
+            Flavor::Firecracker => Err(RuntimeError::Invalid(format!(
+                "{what}: the firecracker runtime does not take or restore snapshots (a restore \
+                 gives the new VM its own disks, which Firecracker's snapshot load cannot); use \
+                 --runtime vmm or --runtime qemu"
+            ))),
         }
     }
 }
@@ -131,24 +228,28 @@ fn kvm_usable() -> bool {
 #[async_trait::async_trait]
 impl Runtime for VmmRuntime {
     fn name(&self) -> &'static str {
-        "vmm"
+        self.flavor.runtime_name()
     }
 
     async fn create(&self, cfg: &VmConfig) -> Result<VmDir> {
         cfg.validate()?;
         if !cfg.shares.is_empty() {
-            return Err(RuntimeError::Invalid(
-                "shared directories (`shares:`, virtio-9p) need the QEMU runtime: the own VMM \
-                 has no 9p device; use --runtime qemu, or copy the files in with `files:`"
-                    .into(),
-            ));
+            return Err(RuntimeError::Invalid(format!(
+                "shared directories (`shares:`, virtio-9p) need the QEMU runtime: the {} \
+                 runtime has no 9p device; use --runtime qemu, or copy the files in with \
+                 `files:`",
+                self.name()
+            )));
         }
+        self.flavor.check(cfg)?;
+        // The program first: a missing Firecracker is said before anything else.
+        let (program, program_args) = self.vmm_program()?;
         if !kvm_usable() {
-            return Err(RuntimeError::Invalid(
-                "the vmm runtime needs a usable /dev/kvm (load kvm_intel/kvm_amd and check the \
-                 permissions), or use --runtime qemu"
-                    .into(),
-            ));
+            return Err(RuntimeError::Invalid(format!(
+                "the {} runtime needs a usable /dev/kvm (load kvm_intel/kvm_amd and check the \
+                 permissions), or use --runtime qemu",
+                self.name()
+            )));
         }
         let vm = VmDir::for_name(&cfg.name);
         if vm.exists() {
@@ -159,7 +260,7 @@ impl Runtime for VmmRuntime {
         }
         let pvm = crate::host::kvm_is_pvm();
         // vmm.json also serves a restored VM: a guest reboot boots it afresh from its disks.
-        let fc = Self::config_file(cfg, &vm.path, pvm)?;
+        let fc = Self::config_file_for(self.flavor, cfg, &vm.path, pvm)?;
         let restore = match cfg.incoming {
             Some(_) => Some(Self::restore_file(cfg, &vm.path)?),
             None => None,
@@ -175,43 +276,16 @@ impl Runtime for VmmRuntime {
             config_files.push(state.clone());
             config_files.push(state.with_file_name(MEMORY_FILE));
         }
-        let (program, program_args) = self.vmm_program();
         let jail = crate::jail::decide(&vm, &self.jail, || {
             Jail::for_vmm(cfg, &self.jail, &program, &vm.path, &config_files, &work)
         })?;
-        let p = |f: &str| vm.file(f).display().to_string();
-        let (how, what) = match restore {
-            Some(_) => ("--snapshot-load", RESTORE_FILE),
-            None => ("--config-file", "vmm.json"),
-        };
-        let launch = Launch {
-            netns: cfg.netns.clone(),
-            argv: std::iter::once(program.display().to_string())
-                .chain(program_args)
-                .chain([
-                    "--id".into(),
-                    cfg.name.clone(),
-                    "--api-sock".into(),
-                    p(API_SOCKET),
-                    how.into(),
-                    p(what),
-                    "--level".into(),
-                    "Info".into(),
-                ])
-                .chain((!self.seccomp).then(|| "--no-seccomp".to_string()))
-                .collect(),
-            channel: GuestChannel::Vsock {
-                uds_path: vm.file(VSOCK_SOCKET),
-                port: kobako_agent::proto::VSOCK_PORT,
-                api_sock: vm.file(API_SOCKET),
-            },
-            runtime: "vmm".into(),
-            reset_exit_code: Some(EXIT_GUEST_RESET),
-            console_log_from: Some(vm.file(CONSOLE_SOCKET)),
-            incoming_fd: None,
-            // kobako-vmm binds its own sockets, in its work directory.
-            pass: Vec::new(),
-            jail: jail.clone(),
+        let launch = match self.launch(cfg, &vm, (&program, &program_args), jail.clone()) {
+            Ok(l) => l,
+            Err(e) => {
+                crate::jail::release(&vm.path, jail.as_ref());
+                let _ = vm.remove();
+                return Err(e);
+            }
         };
         let r = write_json(&vm.file("vmm.json"), &fc)
             .and_then(|_| match &restore {
@@ -231,7 +305,7 @@ impl Runtime for VmmRuntime {
     async fn start(&self, vm: &VmDir) -> Result<()> {
         // A restarted VM (same directory) must not inherit an old stop request.
         let _ = std::fs::remove_file(vm.file("stopping"));
-        start_supervised(&self.kobako_exe, vm, API_SOCKET, "kobako vmm").await?;
+        start_supervised(&self.kobako_exe, vm, API_SOCKET, self.flavor.program_name()).await?;
         if vm.config()?.incoming.is_some() {
             wait_restored(vm).await?;
         }
@@ -244,6 +318,7 @@ impl Runtime for VmmRuntime {
         dest: &Path,
         leave_paused: bool,
     ) -> Result<crate::snapshot::Manifest> {
+        self.snapshots_supported(&vm.name)?;
         let cfg = crate::snapshot::begin(vm, dest)?;
         match self.take(vm, &cfg, dest, leave_paused).await {
             Ok(m) => Ok(m),
@@ -263,6 +338,7 @@ impl Runtime for VmmRuntime {
         overlay_dir: &Path,
         verify: bool,
     ) -> Result<VmConfig> {
+        self.snapshots_supported(&dir.display().to_string())?;
         let m = load(dir, verify)?;
         crate::snapshot::restore_config_with(dir, &m, name, overlay_dir, dir.join(STATE_FILE), true)
     }
@@ -355,7 +431,11 @@ impl Runtime for VmmRuntime {
 
     fn console(&self, vm: &VmDir) -> Console {
         Console {
-            socket: vm.file(CONSOLE_SOCKET),
+            socket: match self.flavor {
+                Flavor::Kobako => vm.file(CONSOLE_SOCKET),
+                // The supervisor's, serving Firecracker's standard input and output.
+                Flavor::Firecracker => vm.file("console.sock"),
+            },
             log: vm.file("console.log"),
         }
     }
@@ -372,17 +452,116 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let kobako = d.path().join("kobako");
         std::fs::write(&kobako, b"").unwrap();
-        let rt = VmmRuntime::new(kobako.clone());
-        assert_eq!(rt.vmm_program(), (kobako.clone(), vec!["vmm".to_string()]));
+        let mut rt = VmmRuntime::new(kobako.clone());
+        assert_eq!(
+            rt.vmm_program().unwrap(),
+            (kobako.clone(), vec!["vmm".to_string()])
+        );
         std::fs::create_dir(d.path().join(SLIM_VMM)).unwrap();
         assert_eq!(
-            rt.vmm_program().0,
+            rt.vmm_program().unwrap().0,
             kobako,
             "a directory of that name is not it"
         );
         std::fs::remove_dir(d.path().join(SLIM_VMM)).unwrap();
         std::fs::write(d.path().join(SLIM_VMM), b"").unwrap();
-        assert_eq!(rt.vmm_program(), (d.path().join(SLIM_VMM), Vec::new()));
+        assert_eq!(
+            rt.vmm_program().unwrap(),
+            (d.path().join(SLIM_VMM), Vec::new())
+        );
+        // --vmm-bin: that program, as it is.
+        rt.program = Some("/opt/vmm/kobako-vmm".into());
+        assert_eq!(
+            rt.vmm_program().unwrap(),
+            ("/opt/vmm/kobako-vmm".into(), Vec::new())
+        );
+        let fc = VmmRuntime::firecracker(kobako, Some("/opt/fc/firecracker".into()));
+        assert_eq!(
+            fc.vmm_program().unwrap().0,
+            Path::new("/opt/fc/firecracker")
+        );
+        assert_eq!(fc.name(), "firecracker");
+    }
+
+    /// What the supervisor is told for each VMM: the command line, the exit status of a reset,
+    /// where the console is, whether the boot signal is polled.
+    #[test]
+    fn each_flavor_is_launched_its_way() {
+        let c = cfg(Root::Initramfs {
+            path: "/i.cpio".into(),
+        });
+        let vm = VmDir {
+            name: "t".into(),
+            path: "/run/kobako/vms/t".into(),
+        };
+        let fc = VmmRuntime::firecracker("/usr/bin/kobako".into(), None);
+        let l = fc
+            .launch(&c, &vm, (Path::new("/opt/firecracker"), &[]), None)
+            .unwrap();
+        assert_eq!(l.runtime, "firecracker");
+        assert_eq!(l.reset_exit_code, Some(0));
+        assert!(l.console_stdio && l.console_log_from.is_none());
+        assert_eq!(l.argv[0], "/opt/firecracker");
+        assert!(l.argv.contains(&"--config-file".to_string()));
+        let GuestChannel::Vsock {
+            boot_signal,
+            uds_path,
+            ..
+        } = &l.channel
+        else {
+            panic!("{:?}", l.channel)
+        };
+        assert!(!boot_signal, "Firecracker has no GET /kobako/boot-time");
+        assert_eq!(uds_path, Path::new("/run/kobako/vms/t/vmm/vsock.sock"));
+        assert_eq!(
+            l.stale_sockets,
+            [
+                PathBuf::from("/run/kobako/vms/t/vmm/api.sock"),
+                PathBuf::from("/run/kobako/vms/t/vmm/vsock.sock")
+            ]
+        );
+
+        let k = VmmRuntime::new("/usr/bin/kobako".into());
+        let l = k
+            .launch(
+                &c,
+                &vm,
+                (Path::new("/usr/bin/kobako"), &["vmm".into()]),
+                None,
+            )
+            .unwrap();
+        assert_eq!(l.runtime, "vmm");
+        assert_eq!(l.reset_exit_code, Some(EXIT_GUEST_RESET));
+        assert!(!l.console_stdio);
+        assert_eq!(
+            l.console_log_from.as_deref(),
+            Some(Path::new("/run/kobako/vms/t/vmm/console.sock"))
+        );
+        assert!(matches!(
+            l.channel,
+            GuestChannel::Vsock {
+                boot_signal: true,
+                ..
+            }
+        ));
+        // A restore boots with --snapshot-load on kobako-vmm; Firecracker refuses it.
+        let mut r = c.clone();
+        r.incoming = Some("/snap/vmstate.bin".into());
+        let l = k
+            .launch(&r, &vm, (Path::new("/usr/bin/kobako-vmm"), &[]), None)
+            .unwrap();
+        assert!(l.argv.contains(&"--snapshot-load".to_string()));
+        assert!(fc
+            .launch(&r, &vm, (Path::new("/opt/firecracker"), &[]), None)
+            .is_err());
+        let e = fc
+            .restore_config(Path::new("/snap"), "x", Path::new("/ov"), false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("does not take or restore snapshots") && e.contains("--runtime vmm"),
+            "{e}"
+        );
     }
 
     pub(super) fn cfg(root: Root) -> VmConfig {
