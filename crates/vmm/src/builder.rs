@@ -32,6 +32,8 @@ use crate::vstate::vm::Vm;
 pub enum BuildError {
     #[error("No kernel was configured: PUT /boot-source first.")]
     NoBootSource,
+    #[error("The CPU template is invalid: {0}")]
+    CpuTemplate(String),
     #[error("Cannot create the VM")]
     Vm(#[from] crate::vstate::vm::VmError),
     #[error("Cannot load the kernel")]
@@ -346,6 +348,14 @@ fn start_vcpus(
 ) -> Result<StartedVcpus, BuildError> {
     let vcpu_count = res.machine.vcpu_count;
     let pvm = cpuid::host_is_pvm();
+    // Checked when it was set; compiled again here (cheap) rather than stored twice.
+    let template = match &res.cpu_config {
+        Some(c) => Some(
+            c.compile()
+                .map_err(|e| BuildError::CpuTemplate(e.to_string()))?,
+        ),
+        None => None,
+    };
     let (io_bus, mmio_bus) = buses;
     let supported = vm
         .kvm
@@ -364,7 +374,15 @@ fn start_vcpus(
     for index in 0..vcpu_count {
         let vcpu = match (snapshot, entry) {
             (Some(st), _) => Vcpu::restore(vm, &st.vcpus[usize::from(index)])?,
-            (None, Some(entry)) => Vcpu::new(vm, index, vcpu_count, pvm, &supported, entry)?,
+            (None, Some(entry)) => Vcpu::new(
+                vm,
+                index,
+                vcpu_count,
+                pvm,
+                &supported,
+                entry,
+                template.as_ref(),
+            )?,
             (None, None) => return Err(BuildError::NoBootSource),
         };
         let (cmd_tx, cmd_rx) = channel();

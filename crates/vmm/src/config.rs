@@ -609,8 +609,12 @@ pub struct FullConfig {
     pub mmds_config: Option<MmdsConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy: Option<EntropyConfig>,
-    #[serde(rename = "cpu-config", default, skip_serializing)]
-    pub cpu_config: Option<serde_json::Value>,
+    #[serde(
+        rename = "cpu-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_config: Option<crate::arch::cpu_template::CpuConfig>,
     #[serde(default, skip_serializing)]
     pub pmem: Option<serde_json::Value>,
     #[serde(rename = "memory-hotplug", default, skip_serializing)]
@@ -705,6 +709,8 @@ pub struct VmResources {
     pub serial: Option<SerialConfig>,
     /// `PUT /balloon`.
     pub balloon: Option<BalloonConfig>,
+    /// `PUT /cpu-config`: a custom CPU template (checked when set).
+    pub cpu_config: Option<crate::arch::cpu_template::CpuConfig>,
     /// `PUT /mmds/config`: which interfaces answer the guest's MMDS requests.
     pub mmds_config: Option<MmdsConfig>,
     /// The MMDS data store, one per process: clones of these resources share it.
@@ -712,6 +718,16 @@ pub struct VmResources {
 }
 
 impl VmResources {
+    /// `PUT /cpu-config` (pre-boot): every modifier is checked now.
+    pub fn set_cpu_config(
+        &mut self,
+        c: crate::arch::cpu_template::CpuConfig,
+    ) -> Result<(), crate::arch::cpu_template::CpuTemplateError> {
+        c.compile()?;
+        self.cpu_config = Some(c);
+        Ok(())
+    }
+
     /// `PUT /balloon` (pre-boot): the target must fit in the guest's memory.
     pub fn set_balloon(&mut self, b: BalloonConfig) -> Result<(), BalloonError> {
         self.check_balloon_amount(b.amount_mib)?;
@@ -1038,11 +1054,7 @@ impl VmResources {
 
     /// Applies a whole `--config-file` document.
     pub fn from_full(mut cfg: FullConfig) -> Result<VmResources, ConfigError> {
-        for (name, v) in [
-            ("cpu-config", &cfg.cpu_config),
-            ("pmem", &cfg.pmem),
-            ("memory-hotplug", &cfg.memory_hotplug),
-        ] {
+        for (name, v) in [("pmem", &cfg.pmem), ("memory-hotplug", &cfg.memory_hotplug)] {
             if v.as_ref().is_some_and(|v| !v.is_null()) {
                 return Err(ConfigError::NotSupported(format!(
                     "The \"{name}\" section is not supported by kobako-vmm."
@@ -1087,6 +1099,10 @@ impl VmResources {
         if let Some(m) = cfg.mmds_config {
             r.set_mmds_config(m)?;
         }
+        if let Some(c) = cfg.cpu_config {
+            r.set_cpu_config(c)
+                .map_err(|e| ConfigError::NotSupported(e.to_string()))?;
+        }
         if let Some(b) = cfg.balloon {
             r.set_balloon(b)
                 .map_err(|e| ConfigError::NotSupported(e.to_string()))?;
@@ -1112,6 +1128,7 @@ impl VmResources {
             serial: self.serial.clone(),
             mmds_config: self.mmds_config.clone(),
             balloon: self.balloon.clone(),
+            cpu_config: self.cpu_config.clone(),
             ..Default::default()
         }
     }

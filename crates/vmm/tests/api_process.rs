@@ -753,9 +753,9 @@ fn config_file_with_api_starts_at_once() {
     // Sections kobako-vmm does not implement are refused unless null.
     let bad = write(
         dir.path(),
-        "cpu-config.json",
+        "hotplug.json",
         format!(
-            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "cpu-config": {{"cpuid_modifiers": []}}}}"#,
+            r#"{{"boot-source": {{"kernel_image_path": "{}"}}, "memory-hotplug": {{"total_size_mib": 1024}}}}"#,
             kernel.display()
         )
         .as_bytes(),
@@ -766,9 +766,8 @@ fn config_file_with_api_starts_at_once() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(kobako_vmm::EXIT_BAD_CONFIGURATION));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("\"cpu-config\" section is not supported")
-    );
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("\"memory-hotplug\" section is not supported"));
 }
 
 #[test]

@@ -800,9 +800,8 @@ fn refusals() -> Vec<Refusal> {
         needle,
     };
     vec![
-        r("*", "/cpu-config", None, always as fn(&Value) -> bool,
-          "not implemented: custom CPU templates (kobako-vmm applies its own CPUID normalisation)", NOT_SUPPORTED),
-        r("*", "/pmem/{id}", None, always, "not implemented: no virtio-pmem devices", NOT_SUPPORTED),
+        r("*", "/pmem/{id}", None, always as fn(&Value) -> bool,
+          "not implemented: no virtio-pmem devices", NOT_SUPPORTED),
         r("*", "/hotplug/memory", None, always, "not implemented: no memory hotplug (virtio-mem)", NOT_SUPPORTED),
         r("*", "/machine-config", None, |b| b["smt"] == json!(true),
           "kobako-vmm does not enable SMT", "multithreading|SMT"),
@@ -978,6 +977,19 @@ impl Gen {
                 self.rng.below(1_000_000)
             )),
             "vsock_id" => json!("vsock0"),
+            // Custom CPU templates: the description gives the formats in words only.
+            "leaf" if op.path == "/cpu-config" => json!("0x1"),
+            "subleaf" if op.path == "/cpu-config" => json!("0x0"),
+            "flags" if op.path == "/cpu-config" => json!(0),
+            "addr" if under("msr_modifiers") => json!("0x1a0"),
+            "bitmap" if under("msr_modifiers") => {
+                json!(format!("0b{}11{}", "x".repeat(51), "x".repeat(11)))
+            }
+            "bitmap" if under("cpuid_modifiers") => json!(format!("0b{}1", "x".repeat(31))),
+            // x86_64 only: no KVM capability changes, no aarch64 registers or features.
+            "kvm_capabilities" | "reg_modifiers" | "vcpu_features" if op.path == "/cpu-config" => {
+                json!([])
+            }
             // No bounds in the description; the guest's memory is the limit.
             "amount_mib" => match mode {
                 Mode::Random => json!(self.rng.below(BOOT_MEM_MIB + 1)),

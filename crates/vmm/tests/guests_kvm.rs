@@ -230,6 +230,7 @@ fn real_mode_guest_runs_on_a_bare_vcpu() {
         kobako_vmm::arch::cpuid::host_is_pvm(),
         &supported,
         &entry,
+        None,
     )
     .unwrap();
     let writes = Arc::new(Mutex::new(Vec::new()));

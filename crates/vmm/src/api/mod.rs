@@ -30,6 +30,7 @@
 //! | GET/PUT/PATCH | `/balloon` | virtio-balloon: PUT pre-boot, PATCH (new target) any time |
 //! | GET/PATCH | `/balloon/statistics` | the guest's statistics (when `stats_polling_interval_s` > 0) |
 //! | PATCH/GET | `/balloon/hinting/{start,stop,status}` | free page hinting runs (when `free_page_hinting`) |
+//! | PUT | `/cpu-config` | pre-boot; a custom CPU template (CPUID and MSR modifiers, see [`crate::arch::cpu_template`]) |
 //! | GET | `/kobako/boot-time` | kobako extension: `{wall_us, cpu_us}` once the guest signalled boot |
 
 pub mod http;
@@ -138,6 +139,7 @@ pub fn route(req: &Request) -> Result<VmmAction, Response> {
         ("GET", "mmds", None) => VmmAction::GetMmds,
         ("PUT", "mmds", Some("config")) => VmmAction::PutMmdsConfig(body(req)?),
         ("PUT", "balloon", None) => VmmAction::PutBalloon(body(req)?),
+        ("PUT", "cpu-config", None) => VmmAction::PutCpuConfig(body(req)?),
         ("PATCH", "balloon", None) => VmmAction::PatchBalloon(body(req)?),
         ("GET", "balloon", None) => VmmAction::GetBalloon,
         ("GET", "balloon", Some("statistics")) => VmmAction::GetBalloonStats,
@@ -165,7 +167,6 @@ pub fn route(req: &Request) -> Result<VmmAction, Response> {
 /// Endpoints of Firecracker's API that kobako-vmm does not implement (first path segment,
 /// what it is).
 const NOT_IMPLEMENTED: &[(&str, &str)] = &[
-    ("cpu-config", "custom CPU templates"),
     ("pmem", "virtio-pmem devices"),
     ("hotplug", "memory hotplug"),
 ];
@@ -178,7 +179,7 @@ fn methods_of(first: &str, second: Option<&str>) -> Option<&'static str> {
         ("drives" | "network-interfaces", Some(_)) => "PUT or PATCH",
         ("vm", None) => "PATCH",
         ("mmds", None) => "GET, PUT or PATCH",
-        ("mmds", Some("config")) => "PUT",
+        ("mmds", Some("config")) | ("cpu-config", None) => "PUT",
         ("balloon", None) => "GET, PUT or PATCH",
         ("balloon", Some("statistics")) => "GET or PATCH",
         ("balloon", Some("hinting")) => "PATCH (start, stop) or GET (status)",
@@ -409,8 +410,14 @@ mod tests {
             Ok(VmmAction::PutMmdsConfig(_))
         ));
         let msg = |r: Response| r.body.unwrap();
-        assert!(msg(route(&req("PUT", "/cpu-config", "{}")).unwrap_err())
-            .contains("custom CPU templates is not supported by kobako-vmm"));
+        assert!(
+            msg(route(&req("PUT", "/hotplug/memory", "{}")).unwrap_err())
+                .contains("memory hotplug is not supported by kobako-vmm")
+        );
+        assert!(matches!(
+            route(&req("PUT", "/cpu-config", "{}")),
+            Ok(VmmAction::PutCpuConfig(_))
+        ));
         assert_eq!(
             route(&req("PATCH", "/balloon/hinting/start", "")).unwrap(),
             VmmAction::StartBalloonHinting(BalloonStartCmd::default())

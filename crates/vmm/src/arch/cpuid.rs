@@ -14,6 +14,10 @@
 //! | 0xa | zeroed | no virtual PMU is promised |
 //! | 0xb | rebuilt: level 0 = SMT (1 thread), level 1 = core (vCPU count), EDX = x2APIC ID | same topology as leaf 1 |
 //!
+//! Measured on kvm_pvm (these hosts): KVM keeps its own table there, `KVM_GET_CPUID2` answers the
+//! host's values whatever `KVM_SET_CPUID2` was given and the guest reads those, so this template
+//! (and a custom one, [`super::cpu_template`]) takes effect on VT-x/AMD-V hosts only.
+//!
 //! Everything else passes through as KVM reports it. Hiding XSAVE, POPCNT or SMAP here has no
 //! effect under PVM (measured), so a PVM guest drops those with `noxsave clearcpuid=popcnt,smap`.
 

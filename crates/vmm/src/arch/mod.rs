@@ -2,6 +2,7 @@
 //! Pure functions over guest memory and vCPU fds; no thread of its own.
 
 pub mod boot;
+pub mod cpu_template;
 pub mod cpuid;
 pub mod layout;
 pub mod mptable;

@@ -81,6 +81,10 @@ impl PrebootApiController {
             A::GetBootTime => Err(E::BootNotSignalled),
             A::PutMmds(_) | A::PatchMmds(_) | A::GetMmds => super::mmds_action(&self.res, action),
             A::PutMmdsConfig(c) => empty(self.res.set_mmds_config(c)),
+            A::PutCpuConfig(c) => {
+                self.res.set_cpu_config(c)?;
+                Ok(VmmData::Empty)
+            }
             A::PutBalloon(b) => {
                 self.res.set_balloon(b)?;
                 Ok(VmmData::Empty)

@@ -41,6 +41,7 @@ pub enum VmmAction {
     GetMmds,
     PutMmdsConfig(MmdsConfig),
     PutBalloon(BalloonConfig),
+    PutCpuConfig(crate::arch::cpu_template::CpuConfig),
     PatchBalloon(BalloonUpdate),
     GetBalloon,
     GetBalloonStats,
@@ -67,6 +68,7 @@ impl VmmAction {
             VmmAction::PutSerial(_) => "PUT /serial",
             VmmAction::PutMmdsConfig(_) => "PUT /mmds/config",
             VmmAction::PutBalloon(_) => "PUT /balloon",
+            VmmAction::PutCpuConfig(_) => "PUT /cpu-config",
             _ => return None,
         })
     }
@@ -182,6 +184,9 @@ pub enum VmmActionError {
     /// A balloon request the configuration or the device refused.
     #[error("{0}")]
     Balloon(#[from] BalloonError),
+    /// `PUT /cpu-config` refused a modifier.
+    #[error("{0}")]
+    CpuTemplate(#[from] crate::arch::cpu_template::CpuTemplateError),
 }
 
 /// The event loop's answer to one action.

@@ -116,7 +116,8 @@ impl RuntimeApiController {
             | A::PutLogger(_)
             | A::PutSerial(_)
             | A::PutMmdsConfig(_)
-            | A::PutBalloon(_)) => Err(E::OperationNotSupportedPostBoot(
+            | A::PutBalloon(_)
+            | A::PutCpuConfig(_)) => Err(E::OperationNotSupportedPostBoot(
                 pre_boot.preboot_only().unwrap_or_default(),
             )),
         }

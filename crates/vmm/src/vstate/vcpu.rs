@@ -96,6 +96,10 @@ pub enum VcpuError {
     },
     #[error("cannot restore the state of vCPU {index}: {why}")]
     Restore { index: u8, why: VcpuStateError },
+    #[error("the CPU template does not fit vCPU {index}'s CPUID table")]
+    TemplateCpuid { index: u8 },
+    #[error("the CPU template's MSR {msr:#x} is not accepted by KVM on vCPU {index}")]
+    TemplateMsr { index: u8, msr: u32 },
     #[error("cannot set up registers of vCPU {index}")]
     Regs {
         index: u8,
@@ -113,8 +117,39 @@ pub struct Vcpu {
     pub cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
 }
 
+/// The MSR modifiers of a custom CPU template: each MSR read (after the boot MSRs), modified
+/// and written back; one KVM refuses fails the build naming it.
+fn apply_template_msrs(
+    fd: &VcpuFd,
+    index: u8,
+    t: &crate::arch::cpu_template::CpuTemplate,
+) -> Result<(), VcpuError> {
+    for (msr, bitmap) in &t.msrs {
+        let refused = || VcpuError::TemplateMsr { index, msr: *msr };
+        let entry = |data| kvm_bindings::kvm_msr_entry {
+            index: *msr,
+            data,
+            ..Default::default()
+        };
+        let mut m = kvm_bindings::Msrs::from_entries(&[entry(0)]).map_err(|_| refused())?;
+        // An MSR KVM cannot read starts from 0.
+        let old = match fd.get_msrs(&mut m) {
+            Ok(1) => m.as_slice()[0].data,
+            _ => 0,
+        };
+        let set =
+            kvm_bindings::Msrs::from_entries(&[entry(bitmap.apply(old))]).map_err(|_| refused())?;
+        if !matches!(fd.set_msrs(&set), Ok(1)) {
+            return Err(refused());
+        }
+    }
+    Ok(())
+}
+
 impl Vcpu {
     /// Creates vCPU `index` and sets CPUID, MSRs, FPU and LAPIC; vCPU 0 also gets `entry`.
+    /// A custom CPU `template` (`PUT /cpu-config`) goes on top of the normalised CPUID and the
+    /// boot MSRs.
     pub fn new(
         vm: &crate::vstate::vm::Vm,
         index: u8,
@@ -122,12 +157,13 @@ impl Vcpu {
         pvm: bool,
         supported: &kvm_bindings::CpuId,
         entry: &regs::EntryPoint,
+        template: Option<&crate::arch::cpu_template::CpuTemplate>,
     ) -> Result<Vcpu, VcpuError> {
         let fd = vm
             .fd
             .create_vcpu(u64::from(index))
             .map_err(|source| VcpuError::Create { index, source })?;
-        let c = cpuid::normalise(
+        let mut c = cpuid::normalise(
             supported,
             &cpuid::CpuidParams {
                 vcpu_index: index,
@@ -135,12 +171,20 @@ impl Vcpu {
                 pvm,
             },
         );
+        if let Some(t) = template {
+            if !t.apply_cpuid(&mut c) {
+                return Err(VcpuError::TemplateCpuid { index });
+            }
+        }
         fd.set_cpuid2(&c)
             .map_err(|source| VcpuError::Cpuid { index, source })?;
         let r = |source| VcpuError::Regs { index, source };
         let set = regs::setup_msrs(&fd, !pvm).map_err(r)?;
         if set != regs::boot_msr_entries().len() {
             crate::log_debug!("vCPU {index}: KVM accepted {set} boot MSRs");
+        }
+        if let Some(t) = template {
+            apply_template_msrs(&fd, index, t)?;
         }
         regs::setup_fpu(&fd).map_err(r)?;
         if vm.irqchip {
