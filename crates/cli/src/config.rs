@@ -11,6 +11,7 @@
 //! | `KOBAKO_AGENT`          | [`kobako_image::tiny::set_agent`]         | searched          |
 //! | `KOBAKO_NET_USERSPACE`  | [`kobako_net::lab::set_userspace`] (set and not `0`) | off    |
 //! | `KOBAKO_WARM`           | [`kobako_lab::controller::warm::set_enabled`] (`0`: off) | on |
+//! | `KOBAKO_BALLOON`        | [`kobako_lab::controller::set_free_page_reporting`] (`0`: off) | on |
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ pub struct Config {
     pub agent: Option<PathBuf>,
     pub net_userspace: bool,
     pub warm: bool,
+    pub balloon: bool,
 }
 
 impl Config {
@@ -44,6 +46,7 @@ impl Config {
             agent: path("KOBAKO_AGENT"),
             net_userspace: var("KOBAKO_NET_USERSPACE").is_some_and(|v| v != "0"),
             warm: var("KOBAKO_WARM").is_none_or(|v| v != "0"),
+            balloon: var("KOBAKO_BALLOON").is_none_or(|v| v != "0"),
         }
     }
 
@@ -66,6 +69,7 @@ impl Config {
         }
         kobako_net::lab::set_userspace(self.net_userspace);
         kobako_lab::controller::warm::set_enabled(self.warm);
+        kobako_lab::controller::set_free_page_reporting(self.balloon);
     }
 }
 
@@ -87,6 +91,7 @@ mod tests {
             of(&[]),
             Config {
                 warm: true,
+                balloon: true,
                 ..Config::default()
             }
         );

@@ -264,6 +264,7 @@ pub fn config_from(args: &RunArgs) -> Result<(VmConfig, String)> {
         cgroups: Vec::new(),
         memory_file: None,
         named_ram: false,
+        free_page_reporting: false,
         shares: Vec::new(),
     };
     // The probe's files are placeholders: only a missing file is expected here.

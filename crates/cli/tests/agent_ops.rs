@@ -421,6 +421,7 @@ fn network_config_applies_on_a_real_tap() {
             cgroups: Vec::new(),
             memory_file: None,
             named_ram: false,
+            free_page_reporting: false,
             shares: Vec::new(),
         };
         let rt = kobako_runtime::qemu::QemuRuntime::new(KOBAKO.into());

@@ -275,30 +275,7 @@ fn api_get(sock: &Path, path: &str) -> (u16, serde_json::Value) {
     )
 }
 
-/// Every flag of Firecracker's command line (v1.x `firecracker --help`).
-const FIRECRACKER_FLAGS: &[&str] = &[
-    "--api-sock",
-    "--boot-timer",
-    "--config-file",
-    "--describe-snapshot",
-    "--http-api-max-payload-size",
-    "--id",
-    "--level",
-    "--log-path",
-    "--metadata",
-    "--metrics-path",
-    "--mmds-size-limit",
-    "--no-api",
-    "--no-seccomp",
-    "--parent-cpu-time-us",
-    "--seccomp-filter",
-    "--show-level",
-    "--show-log-origin",
-    "--snapshot-version",
-    "--start-time-cpu-us",
-    "--start-time-us",
-    "--version",
-];
+use kobako_runtime::vmm::flavor::FIRECRACKER_FLAGS;
 
 #[test]
 fn firecracker_on_path_is_the_vm_process_and_gets_firecracker_configuration() {

@@ -83,6 +83,11 @@ pub struct VmConfig {
     /// Host directories the guest mounts read-only (virtio-9p, QEMU runtime only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shares: Vec<Share>,
+    /// A virtio-balloon with free page reporting (QEMU): the guest hands its free memory back
+    /// to the host as it frees it, so an idle VM's host RSS falls to what it really uses.
+    /// Absent in configurations stored before it existed (their snapshots have no balloon).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub free_page_reporting: bool,
 }
 
 /// A host directory exported to the guest read-only over virtio-9p under `tag` (the agent
@@ -429,6 +434,7 @@ pub(crate) mod tests {
             cgroups: Vec::new(),
             memory_file: None,
             named_ram: false,
+            free_page_reporting: false,
             shares: Vec::new(),
         }
     }

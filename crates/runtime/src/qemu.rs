@@ -273,6 +273,15 @@ impl QemuRuntime {
                 format!("virtio-9p-device,fsdev=share{i},mount_tag={}", s.tag),
             ]);
         }
+        // Free page reporting: the guest's driver reports free blocks (2 MiB and up, a few
+        // seconds after they are freed) and QEMU discards them from the process; the guest may
+        // take pages back under memory pressure (deflate-on-oom; nothing is inflated).
+        if cfg.free_page_reporting {
+            a.extend([
+                "-device".into(),
+                "virtio-balloon-device,free-page-reporting=on,deflate-on-oom=on".into(),
+            ]);
+        }
         a
     }
 

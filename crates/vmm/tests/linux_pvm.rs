@@ -493,7 +493,7 @@ fn guest_available_kib(uds: &std::path::Path, before: &str) -> Result<u64, Strin
         .ok_or_else(|| format!("{before:?} grep MemAvailable: exit {code}, output {out:?}"))
 }
 
-/// The balloon in a running guest: the guest touches and frees 12 MiB, then a `PATCH
+/// The balloon in a running guest: the guest touches and frees 40 MiB, then a `PATCH
 /// /balloon` of 16 MiB must show in the guest (`MemAvailable` falls), in the statistics
 /// (`actual_mib`) and on the host (the VMM's RSS falls: the pages are dropped with
 /// MADV_DONTNEED); deflating gives them back. Prints the figures.
@@ -512,7 +512,7 @@ fn balloon_inflate_and_deflate(
             http(api, "GET", "/balloon/statistics", None)
         ));
     }
-    let fill = "dd if=/dev/zero of=/tmp/fill bs=1M count=12 2>/dev/null && rm /tmp/fill &&";
+    let fill = "dd if=/dev/zero of=/tmp/fill bs=1M count=40 2>/dev/null && rm /tmp/fill &&";
     let avail0 = guest_available_kib(uds, fill)?;
     let rss0 = rss_kib(pid);
     let t = Instant::now();
@@ -551,9 +551,11 @@ fn balloon_inflate_and_deflate(
             avail0.saturating_sub(avail1)
         ));
     }
-    if rss0.saturating_sub(rss1) < 6 << 10 {
+    // Which pages the guest gives is its choice: only those the host had touched (most of
+    // its free memory, after the 40 MiB written and freed) leave the VMM's RSS.
+    if rss0.saturating_sub(rss1) < 4 << 10 {
         return Err(format!(
-            "VMM RSS fell only {} KiB for 16 MiB inflated after 12 MiB freed",
+            "VMM RSS fell only {} KiB for 16 MiB inflated after 40 MiB freed",
             rss0.saturating_sub(rss1)
         ));
     }

@@ -39,6 +39,7 @@ use crate::spec::{Attachment, Lab, Vm};
 
 pub use impairments::to_net_impairment;
 pub use links::{capture, impair, set_link_state, set_port_state};
+pub use start::set_free_page_reporting;
 pub use up::{down, plan, restart, up, Plan, UpReport, VmReport};
 pub use vmops::{start_vms, stop_vms};
 

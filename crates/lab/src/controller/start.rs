@@ -35,6 +35,21 @@ pub enum StartError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// Whether lab VMs get free page reporting (see [`set_free_page_reporting`]).
+static FREE_PAGE_REPORTING: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(true);
+
+/// Turns free page reporting of lab VMs on or off for this process (the binary: off for
+/// `KOBAKO_BALLOON=0`). On: every lab VM has a virtio-balloon that hands the guest's free memory
+/// back to the host, the density lever for idle labs.
+pub fn set_free_page_reporting(on: bool) {
+    FREE_PAGE_REPORTING.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn free_page_reporting() -> bool {
+    FREE_PAGE_REPORTING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// The runtime configuration of lab VM `vm` (runtime name `vname`): the resolver's (image,
 /// kernel, disks), in the lab's namespace and cgroups, with a NIC per interface.
 pub(super) fn vm_config(
@@ -47,6 +62,7 @@ pub(super) fn vm_config(
     let mut cfg = resolve(vm, vname).map_err(StartError::Resolve)?;
     cfg.name = vname.to_string();
     cfg.netns = Some(netns.to_string());
+    cfg.free_page_reporting = free_page_reporting();
     cfg.cgroups = cgroups.to_vec();
     cfg.shares = vm
         .shares

@@ -224,6 +224,7 @@ pub fn key(rt: &dyn Runtime, cfg: &VmConfig) -> Result<(String, serde_json::Valu
         "nics": cfg.nics.len(),
         "nic_model": "virtio-net-device",
         "ram": if shares_ram() { "file" } else { "stream" },
+        "free_page_reporting": cfg.free_page_reporting,
     });
     let text = serde_json::to_vec(&inputs).map_err(|e| WarmError::Encode(Arc::new(e)))?;
     let mut h = <sha2::Sha256 as sha2::Digest>::new();

@@ -294,36 +294,36 @@ pub fn argv(
     Ok(v)
 }
 
+/// Every flag of Firecracker's command line (`firecracker --help`, v1.x): what kobako passes
+/// it must be among them (checked by the tests here and by `crates/cli/tests/firecracker.rs`).
+pub const FIRECRACKER_FLAGS: &[&str] = &[
+    "--api-sock",
+    "--boot-timer",
+    "--config-file",
+    "--describe-snapshot",
+    "--http-api-max-payload-size",
+    "--id",
+    "--level",
+    "--log-path",
+    "--metadata",
+    "--metrics-path",
+    "--mmds-size-limit",
+    "--no-api",
+    "--no-seccomp",
+    "--parent-cpu-time-us",
+    "--seccomp-filter",
+    "--show-level",
+    "--show-log-origin",
+    "--snapshot-version",
+    "--start-time-cpu-us",
+    "--start-time-us",
+    "--version",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::vmm::tests::cfg;
-
-    /// Every flag of Firecracker's command line (`firecracker --help`, v1.x): what kobako
-    /// passes it must be among them.
-    const FIRECRACKER_FLAGS: &[&str] = &[
-        "--api-sock",
-        "--boot-timer",
-        "--config-file",
-        "--describe-snapshot",
-        "--http-api-max-payload-size",
-        "--id",
-        "--level",
-        "--log-path",
-        "--metadata",
-        "--metrics-path",
-        "--mmds-size-limit",
-        "--no-api",
-        "--no-seccomp",
-        "--parent-cpu-time-us",
-        "--seccomp-filter",
-        "--show-level",
-        "--show-log-origin",
-        "--snapshot-version",
-        "--start-time-cpu-us",
-        "--start-time-us",
-        "--version",
-    ];
 
     #[test]
     fn each_vmm_gets_a_command_line_it_accepts() {

@@ -583,6 +583,7 @@ mod tests {
             cgroups: Vec::new(),
             memory_file: None,
             named_ram: false,
+            free_page_reporting: false,
             shares: Vec::new(),
         }
     }

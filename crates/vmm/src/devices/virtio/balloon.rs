@@ -293,43 +293,51 @@ impl Balloon {
         };
         let q = &mut queues[idx];
         let mut used = false;
-        while let Some((head, chain)) = q.pop(mem) {
-            if let Ok(c) = chain {
-                let mut r = ChainReader::new(mem, &c.readable);
-                // Consecutive pages are dropped with one madvise.
-                let mut run: Option<(u64, u64)> = None;
-                loop {
-                    let n = r.read(&mut self.pfns);
-                    if n < 4 {
-                        break;
-                    }
-                    for p in self.pfns[..n - n % 4].chunks_exact(4) {
-                        let pfn = u64::from(u32::from_le_bytes([p[0], p[1], p[2], p[3]]));
-                        if idx == 1 {
-                            self.counters.deflated_pages += 1;
-                            continue;
+        // Drain, then re-enable notifications (with EVENT_IDX this publishes avail_event: a
+        // driver kicks only past it) and drain again if more arrived meanwhile.
+        loop {
+            q.disable_notification(mem);
+            while let Some((head, chain)) = q.pop(mem) {
+                if let Ok(c) = chain {
+                    let mut r = ChainReader::new(mem, &c.readable);
+                    // Consecutive pages are dropped with one madvise.
+                    let mut run: Option<(u64, u64)> = None;
+                    loop {
+                        let n = r.read(&mut self.pfns);
+                        if n < 4 {
+                            break;
                         }
-                        self.counters.inflated_pages += 1;
-                        run = match run {
-                            Some((start, len)) if start + len == pfn => Some((start, len + 1)),
-                            Some((start, len)) => {
-                                if !discard(mem, start << PAGE_SHIFT, len << PAGE_SHIFT) {
-                                    self.counters.bad_ranges += 1;
-                                }
-                                Some((pfn, 1))
+                        for p in self.pfns[..n - n % 4].chunks_exact(4) {
+                            let pfn = u64::from(u32::from_le_bytes([p[0], p[1], p[2], p[3]]));
+                            if idx == 1 {
+                                self.counters.deflated_pages += 1;
+                                continue;
                             }
-                            None => Some((pfn, 1)),
-                        };
+                            self.counters.inflated_pages += 1;
+                            run = match run {
+                                Some((start, len)) if start + len == pfn => Some((start, len + 1)),
+                                Some((start, len)) => {
+                                    if !discard(mem, start << PAGE_SHIFT, len << PAGE_SHIFT) {
+                                        self.counters.bad_ranges += 1;
+                                    }
+                                    Some((pfn, 1))
+                                }
+                                None => Some((pfn, 1)),
+                            };
+                        }
+                    }
+                    if let Some((start, len)) = run {
+                        if !discard(mem, start << PAGE_SHIFT, len << PAGE_SHIFT) {
+                            self.counters.bad_ranges += 1;
+                        }
                     }
                 }
-                if let Some((start, len)) = run {
-                    if !discard(mem, start << PAGE_SHIFT, len << PAGE_SHIFT) {
-                        self.counters.bad_ranges += 1;
-                    }
-                }
+                q.add_used(mem, head, 0);
+                used = true;
             }
-            q.add_used(mem, head, 0);
-            used = true;
+            if !q.enable_notification(mem) {
+                break;
+            }
         }
         if used && q.needs_notification(mem) {
             irq.signal_used();
@@ -344,42 +352,51 @@ impl Balloon {
         let q = &mut queues[idx];
         let mut used = false;
         let mut config_changed = false;
-        while let Some((head, chain)) = q.pop(mem) {
-            if let Ok(c) = chain {
-                if hinting && !c.readable.is_empty() {
-                    // A command id from the guest: the start of its run, or STOP at its end.
-                    let mut id = [0u8; 4];
-                    if ChainReader::new(mem, &c.readable).read_exact(&mut id) {
-                        let id = u32::from_le_bytes(id);
-                        self.hint.guest_cmd = Some(id);
-                        if id == CMD_ID_STOP && self.acknowledge_on_stop && self.hint.host_cmd >= 2
-                        {
-                            self.hint.host_cmd = CMD_ID_DONE;
-                            config_changed = true;
+        loop {
+            q.disable_notification(mem);
+            while let Some((head, chain)) = q.pop(mem) {
+                if let Ok(c) = chain {
+                    if hinting && !c.readable.is_empty() {
+                        // A command id from the guest: the start of its run, or STOP at its end.
+                        let mut id = [0u8; 4];
+                        if ChainReader::new(mem, &c.readable).read_exact(&mut id) {
+                            let id = u32::from_le_bytes(id);
+                            self.hint.guest_cmd = Some(id);
+                            if id == CMD_ID_STOP
+                                && self.acknowledge_on_stop
+                                && self.hint.host_cmd >= 2
+                            {
+                                self.hint.host_cmd = CMD_ID_DONE;
+                                config_changed = true;
+                            }
                         }
                     }
-                }
-                // Hints count only for the run the host asked for.
-                let take = !hinting
-                    || (self.hint.host_cmd >= 2 && self.hint.guest_cmd == Some(self.hint.host_cmd));
-                for Buf { addr, len } in &c.writable {
-                    if !take {
-                        break;
-                    }
-                    if discard(mem, *addr, u64::from(*len)) {
-                        let n = u64::from(*len);
-                        if hinting {
-                            self.counters.hinted_bytes += n;
+                    // Hints count only for the run the host asked for.
+                    let take = !hinting
+                        || (self.hint.host_cmd >= 2
+                            && self.hint.guest_cmd == Some(self.hint.host_cmd));
+                    for Buf { addr, len } in &c.writable {
+                        if !take {
+                            break;
+                        }
+                        if discard(mem, *addr, u64::from(*len)) {
+                            let n = u64::from(*len);
+                            if hinting {
+                                self.counters.hinted_bytes += n;
+                            } else {
+                                self.counters.reported_bytes += n;
+                            }
                         } else {
-                            self.counters.reported_bytes += n;
+                            self.counters.bad_ranges += 1;
                         }
-                    } else {
-                        self.counters.bad_ranges += 1;
                     }
                 }
+                q.add_used(mem, head, 0);
+                used = true;
             }
-            q.add_used(mem, head, 0);
-            used = true;
+            if !q.enable_notification(mem) {
+                break;
+            }
         }
         if used && q.needs_notification(mem) {
             irq.signal_used();
@@ -399,29 +416,35 @@ impl Balloon {
             return;
         };
         let q = &mut queues[sq];
-        while let Some((head, chain)) = q.pop(mem) {
-            // A driver sends one buffer at a time; a second one returns the first.
-            if let Some(old) = self.stats_head.take() {
-                q.add_used(mem, old, 0);
-                irq.signal_used();
-            }
-            if let Ok(c) = chain {
-                let mut r = ChainReader::new(mem, &c.readable);
-                let mut entry = [0u8; 10];
-                // At most one entry per tag, and a bounded walk.
-                for _ in 0..64 {
-                    if !r.read_exact(&mut entry) {
-                        break;
-                    }
-                    let tag = usize::from(u16::from_le_bytes([entry[0], entry[1]]));
-                    let mut v = [0u8; 8];
-                    v.copy_from_slice(&entry[2..]);
-                    if let Some(slot) = self.stats.values.get_mut(tag) {
-                        *slot = Some(u64::from_le_bytes(v));
+        loop {
+            q.disable_notification(mem);
+            while let Some((head, chain)) = q.pop(mem) {
+                // A driver sends one buffer at a time; a second one returns the first.
+                if let Some(old) = self.stats_head.take() {
+                    q.add_used(mem, old, 0);
+                    irq.signal_used();
+                }
+                if let Ok(c) = chain {
+                    let mut r = ChainReader::new(mem, &c.readable);
+                    let mut entry = [0u8; 10];
+                    // At most one entry per tag, and a bounded walk.
+                    for _ in 0..64 {
+                        if !r.read_exact(&mut entry) {
+                            break;
+                        }
+                        let tag = usize::from(u16::from_le_bytes([entry[0], entry[1]]));
+                        let mut v = [0u8; 8];
+                        v.copy_from_slice(&entry[2..]);
+                        if let Some(slot) = self.stats.values.get_mut(tag) {
+                            *slot = Some(u64::from_le_bytes(v));
+                        }
                     }
                 }
+                self.stats_head = Some(head);
             }
-            self.stats_head = Some(head);
+            if !q.enable_notification(mem) {
+                break;
+            }
         }
     }
 
@@ -610,6 +633,9 @@ mod tests {
         d.queues[0].add(&mem, &[(list, 16, false)]);
         d.notify(&mut t, 0);
         assert_eq!(d.queues[0].take_used(&mem).len(), 1);
+        // With EVENT_IDX the driver kicks only past avail_event: the device must publish it
+        // (a Linux guest's second inflate batch waited forever before).
+        assert_eq!(d.queues[0].avail_event(&mem), d.queues[0].avail_idx());
         let mut b = [0u8; 4096];
         for pfn in [1024u64, 1025, 1027] {
             mem.read_slice(&mut b, page(pfn)).unwrap();
@@ -639,6 +665,7 @@ mod tests {
         d.queues[2].add(&mem, &[(st, 20, false)]);
         d.notify(&mut t, 2);
         assert!(d.queues[2].take_used(&mem).is_empty(), "held");
+        assert_eq!(d.queues[2].avail_event(&mem), d.queues[2].avail_idx());
         let s = dev(&mut t).stats().values;
         assert_eq!((s[4], s[5], s[0]), (Some(1000), Some(2000), None));
         dev(&mut t).set_stats_interval(60);
