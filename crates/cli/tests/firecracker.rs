@@ -335,7 +335,10 @@ fn firecracker_on_path_is_the_vm_process_and_gets_firecracker_configuration() {
     let pid: i32 = wait_for("the VM process", Duration::from_secs(60), || {
         let pid = std::fs::read_to_string(vm_dir.join("vm.pid")).ok()?;
         let pid = pid.trim().parse().ok()?;
-        vm_dir.join("vmm/api.sock").exists().then_some(pid)
+        // Listening, not only bound: the socket file appears at bind(), before listen().
+        std::os::unix::net::UnixStream::connect(vm_dir.join("vmm/api.sock"))
+            .is_ok()
+            .then_some(pid)
     });
 
     // The VM process is the file found on PATH, run under its name.
