@@ -248,8 +248,14 @@ fn restore_refuses_other_versions_kernels_formats_and_corrupt_memory() {
         ),
         (
             "an unknown runtime",
+            Box::new(|d| edit_manifest(d, |m| m["runtime"] = "cloud-hypervisor".into())),
+            "made by the 'cloud-hypervisor' runtime",
+        ),
+        (
+            // A runtime kobako knows that takes no snapshots: refused with the reason.
+            "the firecracker runtime",
             Box::new(|d| edit_manifest(d, |m| m["runtime"] = "firecracker".into())),
-            "made by the 'firecracker' runtime",
+            "the firecracker runtime does not take or restore snapshots",
         ),
         (
             // Restored by the runtime it names, which finds no VMM state in it.
