@@ -81,16 +81,7 @@ fn balloon_configuration_and_live_updates() {
 
     let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display());
     assert_eq!(http(&sock, "PUT", "/boot-source", Some(&boot)).0, 204);
-    assert_eq!(
-        http(
-            &sock,
-            "PUT",
-            "/actions",
-            Some(r#"{"action_type": "InstanceStart"}"#)
-        )
-        .0,
-        204
-    );
+    instance_start(&sock);
     // After boot: PUT is refused, PATCH reaches the device (the guest would see the target).
     fault(
         http(&sock, "PUT", "/balloon", Some(&b.to_string())),

@@ -162,16 +162,7 @@ fn the_api_checks_templates_and_takes_them_before_boot_only() {
     let kernel = write(dir.path(), "k.elf", &elf(guests::TICKER, false));
     let boot = format!(r#"{{"kernel_image_path": "{}"}}"#, kernel.display());
     assert_eq!(http(&sock, "PUT", "/boot-source", Some(&boot)).0, 204);
-    assert_eq!(
-        http(
-            &sock,
-            "PUT",
-            "/actions",
-            Some(r#"{"action_type": "InstanceStart"}"#)
-        )
-        .0,
-        204
-    );
+    instance_start(&sock);
     let (st, b) = http(&sock, "PUT", "/cpu-config", Some(ok));
     assert!(
         st == 400 && b.contains("after starting the microVM: PUT /cpu-config"),

@@ -165,6 +165,17 @@ pub fn http(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, 
     (status, body)
 }
 
+/// `PUT /actions InstanceStart`, asserted to succeed.
+pub fn instance_start(sock: &Path) {
+    let (st, body) = http(
+        sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "InstanceStart"}"#),
+    );
+    assert_eq!(st, 204, "InstanceStart: {body}");
+}
+
 /// Waits for the child to exit, up to `secs`; kills it and panics on timeout.
 pub fn wait_exit(child: &mut Child, secs: u64) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(secs);

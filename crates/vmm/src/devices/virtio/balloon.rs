@@ -29,7 +29,6 @@ use super::{ActiveContext, VirtioDevice, COMMON_FEATURES};
 pub const TYPE_BALLOON: u32 = 5;
 const QUEUE_SIZE: u16 = 256;
 const PAGE_SHIFT: u64 = 12;
-const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
 /// Pages per MiB.
 pub const PAGES_PER_MIB: u64 = 256;
 
@@ -575,11 +574,6 @@ impl VirtioDevice for Balloon {
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }
-}
-
-/// Page size in bytes (for callers converting the stats).
-pub const fn page_size() -> u64 {
-    PAGE_SIZE
 }
 
 #[cfg(test)]
