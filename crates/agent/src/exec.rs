@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use kobako_agent::proto::{ExecRequest, Frame, Kind, Msg, TtySize};
 
-use crate::{fail, lock, reaper, reply, send, Input, Sessions};
+use crate::{fail, lock, reply, send, Input, Sessions};
+use kobako_agent::reaper;
 
 /// A user from /etc/passwd (and their groups from /etc/group).
 pub struct User {

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use crate::reaper;
+use kobako_agent::reaper;
 
 fn mount(src: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) {
     let _ = std::fs::create_dir_all(target);
@@ -171,7 +171,11 @@ pub fn spawn_console_shell(tty: &str) {
 pub fn shutdown(reboot: bool, pid1: bool) {
     if !pid1 {
         // A service on a distro image: ask the init system.
-        let _ = Command::new(if reboot { "reboot" } else { "poweroff" }).status();
+        // Through the reaper: it owns waiting for this process's children.
+        let mut cmd = Command::new(if reboot { "reboot" } else { "poweroff" });
+        if let Ok((_child, exited)) = reaper::spawn(&mut cmd) {
+            let _ = exited.recv();
+        }
         return;
     }
     // SAFETY: kill(-1) signals every process we may signal except ourselves (PID 1).

@@ -8,6 +8,8 @@
 //!   runtime) and, when the guest has AF_VSOCK, on vsock port [`proto::VSOCK_PORT`] (kobako's
 //!   own VMM, which has no virtio-serial).
 //! - [`probe`]: the readiness checks (TCP connect, HTTP GET) the agent runs for `up`.
+//! - [`reaper`]: waiting for every child (PID 1 reaps orphans too) without racing `Command`.
 
 pub mod probe;
 pub mod proto;
+pub mod reaper;

@@ -12,7 +12,6 @@ mod files;
 mod identity;
 mod init;
 mod netcfg;
-mod reaper;
 mod services;
 mod shares;
 
@@ -23,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kobako_agent::proto::{self, Frame, Kind, Msg, ReadyInfo};
+use kobako_agent::reaper;
 
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 

@@ -1,9 +1,17 @@
 //! Child reaping for a process that may be PID 1.
 //!
-//! One thread calls `waitpid(-1)` for every child (and, as PID 1, for every orphan re-parented to
-//! us), and hands each status to whoever registered that pid. Spawning and registering happen under
-//! the same lock the reaper takes before dispatching, so a child that exits instantly is never
-//! missed; statuses nobody registered (orphaned daemons' children) are dropped.
+//! One thread waits for every child (and, as PID 1, for every orphan re-parented to us), and hands
+//! each status to whoever registered that pid; statuses nobody registered (orphaned daemons'
+//! children) are dropped.
+//!
+//! The reaper never reaps a child while a spawn is in progress. `Command::spawn` itself reaps a
+//! child whose `exec` failed (it reads the errno from a pipe, then `waitpid`s that pid and
+//! panics if the pid is gone). So the reaper first *peeks* (`waitid(P_ALL, WEXITED | WNOWAIT)`
+//! leaves the zombie in place), then takes the table lock, which `spawn` holds from before the
+//! fork until the pid is registered, and only then reaps exactly the pid it saw, without
+//! blocking. A reaper that reaped with `waitpid(-1)` straight away won that race about once in
+//! ten `exec` of a missing program: std panicked, and as PID 1 the agent's death panicked the
+//! guest kernel.
 
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
@@ -49,10 +57,14 @@ fn reaper() -> &'static Reaper {
 fn reap_loop() {
     let r = reaper();
     loop {
-        let mut status: libc::c_int = 0;
-        // SAFETY: waitpid with a valid pointer to a c_int; no other invariants.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid < 0 {
+        // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid with a valid pointer to a siginfo_t; WNOWAIT leaves the child a zombie.
+        let rc = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if rc < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
             // ECHILD: nothing to wait for; sleep until someone spawns a child.
             let t = r.table.lock().unwrap_or_else(|e| e.into_inner());
             let seen = t.spawned;
@@ -62,6 +74,16 @@ fn reap_loop() {
                 .unwrap_or_else(|e| e.into_inner());
             continue;
         }
+        // SAFETY: waitid filled `info` for a child state change (WEXITED), so si_pid is valid.
+        let pid = unsafe { info.si_pid() };
+        // A spawn in progress holds the lock and may reap this very pid itself (exec failed).
+        let mut t = r.table.lock().unwrap_or_else(|e| e.into_inner());
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid of one pid with a valid pointer to a c_int; WNOHANG never blocks
+        // while we hold the lock.
+        if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } != pid {
+            continue; // reaped by the spawn that owns it (or not a zombie after all)
+        }
         let st = if libc::WIFEXITED(status) {
             ExitStatus::Code(libc::WEXITSTATUS(status))
         } else if libc::WIFSIGNALED(status) {
@@ -69,7 +91,6 @@ fn reap_loop() {
         } else {
             continue;
         };
-        let mut t = r.table.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tx) = t.waiters.remove(&pid) {
             let _ = tx.send(st);
         }

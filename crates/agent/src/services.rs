@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use kobako_agent::proto::{Restart, ServiceSpec, ServiceState};
 
-use crate::{lock, reaper};
+use crate::lock;
+use kobako_agent::reaper;
 
 const LOG_DIR: &str = "/var/log/kobako";
 const LOG_MAX: u64 = 1 << 20;

@@ -192,6 +192,47 @@ fn a_guest_that_panics_is_reported_with_its_console() {
 }
 
 #[test]
+fn a_running_guest_whose_kernel_panics_keeps_its_record_and_says_why() {
+    let env = Env::new();
+    run_detached(&env, "t-oops", &[]);
+    // A guest user asks the kernel to panic when it runs out of memory, then fills a RAM-backed
+    // filesystem: the kernel panics, resets, and QEMU exits (-no-reboot).
+    let _ = exec(
+        &env,
+        "t-oops",
+        &[
+            "sh",
+            "-c",
+            "echo 1 > /proc/sys/vm/panic_on_oom && mkdir -p /mnt/f && \
+             mount -t tmpfs -o size=100% none /mnt/f && cat /dev/zero > /mnt/f/fill; sleep 30",
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let vm = loop {
+        let ls: serde_json::Value =
+            serde_json::from_str(&ok(&env.run(&["vm", "ls", "--json"]))).unwrap();
+        let vm = ls
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "t-oops")
+            .cloned();
+        match vm {
+            Some(v) if v["state"] == "exited" => break v,
+            Some(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(300))
+            }
+            other => panic!("t-oops did not end listed with its reason: {other:?}"),
+        }
+    };
+    let why = vm["exit"].as_str().unwrap_or_default();
+    assert!(why.contains("guest kernel panic"), "reported: {vm}");
+    assert!(why.contains("panic_on_oom"), "reported: {vm}");
+    ok(&env.run(&["vm", "rm", "t-oops"]));
+    env.assert_clean();
+}
+
+#[test]
 fn reboot_inside_the_guest_restarts_the_vm() {
     let env = Env::new();
     run_detached(&env, "t-reboot", &[]);

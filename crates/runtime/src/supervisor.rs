@@ -259,12 +259,8 @@ fn supervise(vm: VmDir) -> Result<(), SuperviseError> {
             oom.then_some(j.limits.memory_mib)
         });
         let shutdown = lock(&shared.shutdown).take();
-        let reset = guest_reset(
-            launch.reset_exit_code,
-            code,
-            shutdown,
-            vm.file("stopping").exists(),
-        );
+        let stopping = vm.file("stopping").exists();
+        let reset = guest_reset(launch.reset_exit_code, code, shutdown, stopping);
         if shutdown == Some(true) || reset {
             if boot_started.elapsed() < Duration::from_secs(2) {
                 quick_reboots += 1;
@@ -292,6 +288,10 @@ fn supervise(vm: VmDir) -> Result<(), SuperviseError> {
                 .zip(crate::vmm::Flavor::of_runtime(&launch.runtime))
                 .and_then(|(c, f)| f.exit_meaning(c))
                 .map(str::to_string),
+            // Nobody asked for this end: did the guest kernel panic (its agent, PID 1, died)?
+            kernel_panic: (shutdown.is_none() && !stopping && signal.is_none())
+                .then(|| vm.kernel_panic())
+                .flatten(),
         };
     };
     let _ = std::fs::remove_file(&agent_sock);
@@ -302,8 +302,10 @@ fn supervise(vm: VmDir) -> Result<(), SuperviseError> {
     // console.log) for whoever waits for it to report why; that waiter (or `down`/`vm rm`)
     // removes it. A foreground `vm run` likewise reads exit.json and removes the directory.
     let died_booting = !launch_has_no_agent(&shared) && !shared.ever_ready.load(Ordering::Relaxed);
-    // A VM the kernel killed for its memory keeps its record too: `vm ls`/`lab status` say why.
-    if vm.file("attached").exists() || died_booting || rec.oom_limit_mib.is_some() {
+    // A VM the kernel killed for its memory, or whose guest kernel panicked, keeps its record
+    // too: `vm ls`/`lab status` say why instead of the VM vanishing.
+    let crashed = rec.oom_limit_mib.is_some() || rec.kernel_panic.is_some();
+    if vm.file("attached").exists() || died_booting || crashed {
         let _ = write_json(&vm.file("exit.json"), &rec);
     } else {
         let _ = vm.remove();

@@ -167,6 +167,10 @@ pub struct ExitRecord {
     /// differ: [`crate::vmm::Flavor::exit_meaning`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meaning: Option<String>,
+    /// The guest kernel's panic line, when the VM ended unannounced and its console says the
+    /// kernel panicked (e.g. `Attempted to kill init!`: the agent, PID 1, died).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_panic: Option<String>,
 }
 
 impl ExitRecord {
@@ -178,6 +182,9 @@ impl ExitRecord {
                  (the guest's RAM plus the VMM's allowance; if the VMM needs more, raise \
                  KOBAKO_JAIL_OVERHEAD_MIB)"
             );
+        }
+        if let Some(line) = &self.kernel_panic {
+            return format!("guest kernel panic: {line} (console.log has the rest)");
         }
         match (&self.shutdown, self.code, self.signal) {
             (Some(s), _, _) => format!("guest {s}"),
@@ -294,6 +301,25 @@ impl VmDir {
     /// The last `n` lines the console printed (for error messages).
     pub fn console_tail(&self, n: usize) -> String {
         tail(&self.file("console.log"), n)
+    }
+
+    /// The guest kernel's last panic line on the console (`Kernel panic - not syncing: ...`),
+    /// cut to 200 characters of printable text (the console is the guest's to write).
+    pub fn kernel_panic(&self) -> Option<String> {
+        const MARK: &str = "Kernel panic - not syncing: ";
+        let tail = self.console_tail(200);
+        let line = tail
+            .lines()
+            .rev()
+            .find_map(|l| l.find(MARK).map(|i| l[i + MARK.len()..].to_string()))?;
+        Some(
+            line.chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect::<String>()
+                .trim()
+                .to_string(),
+        )
     }
 }
 
