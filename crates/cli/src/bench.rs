@@ -23,8 +23,8 @@ use clap::Args;
 use kobako_runtime::config::{Root, VmConfig};
 use kobako_runtime::Runtime;
 
-use crate::resolve::RootKind;
 use crate::vm_cmd::{config_from, runtime, RunArgs};
+use kobako_boot::RootKind;
 
 #[derive(Args)]
 pub struct BenchBootArgs {
@@ -36,7 +36,7 @@ pub struct BenchBootArgs {
     #[arg(long, default_value = "128M")]
     pub memory: String,
     #[arg(long, env = "KOBAKO_ACCEL", default_value = "auto")]
-    pub accel: String,
+    pub accel: kobako_boot::AccelMode,
     /// Print results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -74,7 +74,7 @@ pub async fn boot(a: BenchBootArgs) -> Result<i32> {
         cmdline: String::new(),
         name: Some(format!("bench-{}", std::process::id())),
         detach: true,
-        accel: a.accel.clone(),
+        accel: a.accel,
         timeout: 60,
         json: false,
         names_only: false,
@@ -279,7 +279,7 @@ pub struct BenchNodeArgs {
     #[arg(long, default_value = "128M")]
     pub memory: String,
     #[arg(long, env = "KOBAKO_ACCEL", default_value = "auto")]
-    pub accel: String,
+    pub accel: kobako_boot::AccelMode,
     #[arg(long)]
     pub json: bool,
 }
@@ -302,7 +302,7 @@ pub async fn node(a: BenchNodeArgs) -> Result<i32> {
         cmdline: String::new(),
         name: Some(format!("benchnode-{}", std::process::id())),
         detach: true,
-        accel: a.accel.clone(),
+        accel: a.accel,
         timeout: 120,
         json: false,
         names_only: false,

@@ -10,7 +10,6 @@ use kobako_lab::controller::{self, Quiet};
 use kobako_lab::spec::{self, HostLimits};
 use kobako_runtime::{group, Runtime, VmDir};
 
-use crate::lab_cmd::resolver;
 use crate::vm_cmd::runtime;
 
 #[derive(Args)]
@@ -75,9 +74,9 @@ pub async fn lab(a: BenchLabArgs) -> Result<i32> {
         a.vms, a.per_node, a.memory
     );
     let avail_before = mem_available_kib();
-    let resolve = resolver();
+    let boot = crate::config::boot_settings()?;
     let t0 = Instant::now();
-    let report = controller::up(rt.clone(), &lab, None, None, &resolve, &Quiet).await;
+    let report = controller::up(rt.clone(), &lab, None, None, &boot, &Quiet).await;
     let up_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let report = match report {
         Ok(r) => r,

@@ -18,9 +18,8 @@ use kobako_lab::spec::{self, HostLimits, Lab};
 use kobako_runtime::config::VmConfig;
 use kobako_runtime::Runtime;
 
-use crate::lab_cmd::resolver;
-use crate::resolve::RootKind;
 use crate::vm_cmd::{config_from, runtime, RunArgs};
+use kobako_boot::RootKind;
 
 #[derive(Args)]
 pub struct BenchSnapArgs {
@@ -129,8 +128,8 @@ struct FnTimes {
 }
 
 /// The `vm run` arguments of one tiny detached VM called `name`.
-fn tiny_vm_args(a: &BenchSnapArgs, name: String) -> RunArgs {
-    RunArgs {
+fn tiny_vm_args(a: &BenchSnapArgs, name: String) -> Result<RunArgs> {
+    Ok(RunArgs {
         kernel: "default".into(),
         image: "tiny".into(),
         root: RootKind::Initramfs,
@@ -139,13 +138,13 @@ fn tiny_vm_args(a: &BenchSnapArgs, name: String) -> RunArgs {
         cmdline: String::new(),
         name: Some(name),
         detach: true,
-        accel: std::env::var("KOBAKO_ACCEL").unwrap_or_else(|_| "auto".into()),
+        accel: crate::config::boot_settings()?.accel,
         timeout: 120,
         json: false,
         names_only: false,
         runtime: "qemu".into(),
         vmm_bin: None,
-    }
+    })
 }
 
 /// Measurement 1, one VM: cold boot vs warm clone (jail on and off), to agent ready. Also returns the
@@ -156,7 +155,7 @@ async fn bench_one_vm(
     open: &Arc<dyn Runtime>,
     tag: u32,
 ) -> Result<(VmTimes, warm::Warm)> {
-    let (base, _) = config_from(&tiny_vm_args(a, format!("bsnap-{tag}")))?;
+    let (base, _) = config_from(&tiny_vm_args(a, format!("bsnap-{tag}"))?)?;
     eprintln!("building the warm snapshot (untimed)");
     let w = warm::ensure(rt, &base)
         .await
@@ -218,21 +217,19 @@ async fn warm_clone(
 async fn bench_node(a: &BenchSnapArgs, rt: &Arc<dyn Runtime>, tag: u32) -> Result<NodeTimes> {
     let name = format!("bsnap{tag}");
     let lab = node_lab(a, &name)?;
-    let resolve = resolver();
+    let boot = crate::config::boot_settings()?;
     eprintln!(
         "node of {}: building its warm snapshot (untimed)",
         a.node_vms
     );
-    timed_up(rt, &lab, &resolve, &name, true).await?;
+    timed_up(rt, &lab, &boot, &name, true).await?;
     let mut t = NodeTimes {
         cold: Vec::new(),
         warm: Vec::new(),
     };
     for i in 0..a.runs {
-        t.cold
-            .push(timed_up(rt, &lab, &resolve, &name, false).await?);
-        t.warm
-            .push(timed_up(rt, &lab, &resolve, &name, true).await?);
+        t.cold.push(timed_up(rt, &lab, &boot, &name, false).await?);
+        t.warm.push(timed_up(rt, &lab, &boot, &name, true).await?);
         eprintln!(
             "  run {i}: up cold {:.0} ms, up warm {:.0} ms",
             t.cold[i], t.warm[i]
@@ -262,18 +259,19 @@ fn node_lab(a: &BenchSnapArgs, name: &str) -> Result<Lab> {
 async fn timed_up(
     rt: &Arc<dyn Runtime>,
     lab: &Lab,
-    resolve: &controller::Resolver,
+    boot: &controller::BootSettings,
     name: &str,
     warm_on: bool,
 ) -> Result<f64> {
     // KOBAKO_WARM=0 (the setting at start) still wins.
-    let configured = warm::enabled();
-    warm::set_enabled(warm_on && configured);
+    let boot = controller::BootSettings {
+        warm: warm_on && boot.warm,
+        ..boot.clone()
+    };
     let t = Instant::now();
-    let r = controller::up(rt.clone(), lab, None, None, resolve, &Quiet).await;
+    let r = controller::up(rt.clone(), lab, None, None, &boot, &Quiet).await;
     let el = ms(t);
     let _ = controller::down(rt.clone(), name).await;
-    warm::set_enabled(configured);
     let r = r?;
     if !r.ok() {
         bail!(
@@ -294,7 +292,7 @@ async fn timed_up(
 /// (whatever the invocations did).
 async fn bench_fn_invoke(a: &BenchSnapArgs, rt: &Arc<dyn Runtime>, tag: u32) -> Result<FnTimes> {
     let fname = format!("bench-{tag}");
-    let (fcfg, _) = config_from(&tiny_vm_args(a, format!("fn-{fname}-warm")))?;
+    let (fcfg, _) = config_from(&tiny_vm_args(a, format!("fn-{fname}-warm"))?)?;
     let f = Function {
         name: fname.clone(),
         owner: None,

@@ -10,11 +10,21 @@
 //! | `KOBAKO_IMAGES`         | [`kobako_image::store::set_root`]         | /var/lib/kobako/images |
 //! | `KOBAKO_AGENT`          | [`kobako_image::tiny::set_agent`]         | searched          |
 //! | `KOBAKO_NET_USERSPACE`  | [`kobako_net::lab::set_userspace`] (set and not `0`) | off    |
-//! | `KOBAKO_WARM`           | [`kobako_lab::controller::warm::set_enabled`] (`0`: off) | on |
-//! | `KOBAKO_BALLOON`        | [`kobako_lab::controller::set_free_page_reporting`] (`0`: off) | on |
+//!
+//! How lab VMs boot is a value, [`BootSettings`], kept here for the commands that start labs,
+//! scenarios and functions to pass down ([`boot_settings`]):
+//!
+//! | variable                | `BootSettings` field                      | unset             |
+//! |-------------------------|-------------------------------------------|-------------------|
+//! | `KOBAKO_ACCEL`          | `accel` (auto, kvm, tcg; `vm run --accel` reads it too) | auto |
+//! | `KOBAKO_WARM`           | `warm` (`0`: off; `up --cold` too)        | on                |
+//! | `KOBAKO_BALLOON`        | `free_page_reporting` (`0`: off)          | on                |
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use kobako_lab::controller::BootSettings;
 
 /// The library settings the environment gives: `None` leaves a library's default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -27,6 +37,19 @@ pub struct Config {
     pub net_userspace: bool,
     pub warm: bool,
     pub balloon: bool,
+    /// `KOBAKO_ACCEL` as given (checked when a command boots something).
+    pub accel: Option<String>,
+}
+
+/// How lab VMs boot in this process, from the environment read at start ([`Config::apply`]).
+static BOOT: OnceLock<Result<BootSettings, String>> = OnceLock::new();
+
+/// The boot settings of this process (defaults when [`Config::apply`] did not run), or why the
+/// environment gives none (`KOBAKO_ACCEL` is not a known accelerator).
+pub fn boot_settings() -> anyhow::Result<BootSettings> {
+    BOOT.get_or_init(|| Ok(BootSettings::default()))
+        .clone()
+        .map_err(anyhow::Error::msg)
 }
 
 impl Config {
@@ -47,11 +70,26 @@ impl Config {
             net_userspace: var("KOBAKO_NET_USERSPACE").is_some_and(|v| v != "0"),
             warm: var("KOBAKO_WARM").is_none_or(|v| v != "0"),
             balloon: var("KOBAKO_BALLOON").is_none_or(|v| v != "0"),
+            accel: var("KOBAKO_ACCEL").map(|v| v.to_string_lossy().into_owned()),
         }
+    }
+
+    /// The boot settings these variables give.
+    pub fn boot(&self) -> Result<BootSettings, String> {
+        let accel = match &self.accel {
+            Some(a) => a.parse().map_err(|e| format!("KOBAKO_ACCEL={e}"))?,
+            None => kobako_boot::AccelMode::Auto,
+        };
+        Ok(BootSettings {
+            accel,
+            warm: self.warm,
+            free_page_reporting: self.balloon,
+        })
     }
 
     /// Hands each setting to its library. Called once, first thing in `main`.
     pub fn apply(self) {
+        let _ = BOOT.set(self.boot());
         if let Some(p) = self.state {
             kobako_state::set_state_root(p);
         }
@@ -68,8 +106,6 @@ impl Config {
             kobako_image::tiny::set_agent(p);
         }
         kobako_net::lab::set_userspace(self.net_userspace);
-        kobako_lab::controller::warm::set_enabled(self.warm);
-        kobako_lab::controller::set_free_page_reporting(self.balloon);
     }
 }
 
@@ -123,6 +159,21 @@ mod tests {
         assert!(of(&[("KOBAKO_NET_USERSPACE", "")]).net_userspace);
         assert!(of(&[("KOBAKO_WARM", "1")]).warm);
         assert!(of(&[("KOBAKO_WARM", "")]).warm);
+    }
+
+    #[test]
+    fn boot_settings_from_the_variables() {
+        let b = of(&[("KOBAKO_ACCEL", "tcg"), ("KOBAKO_BALLOON", "0")])
+            .boot()
+            .unwrap();
+        assert_eq!(b.accel, kobako_boot::AccelMode::Tcg);
+        assert!(b.warm && !b.free_page_reporting);
+        assert_eq!(of(&[]).boot().unwrap(), BootSettings::default());
+        let e = of(&[("KOBAKO_ACCEL", "hvf")]).boot().unwrap_err();
+        assert!(
+            e.contains("KOBAKO_ACCEL='hvf': use auto, kvm or tcg"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,8 +8,8 @@ use clap::Subcommand;
 use kobako_lab::functions::{self, Function};
 use kobako_runtime::Runtime;
 
-use crate::resolve::RootKind;
 use crate::vm_cmd::{config_from, runtime, RunArgs};
+use kobako_boot::RootKind;
 
 #[derive(Subcommand)]
 pub enum FnCmd {
@@ -32,7 +32,7 @@ pub enum FnCmd {
         #[arg(long, default_value_t = 2)]
         concurrency: u32,
         #[arg(long, env = "KOBAKO_ACCEL", default_value = "auto")]
-        accel: String,
+        accel: kobako_boot::AccelMode,
         #[arg(long)]
         json: bool,
     },
@@ -97,7 +97,7 @@ pub async fn run(cmd: FnCmd) -> Result<i32> {
             let rt: Arc<dyn Runtime> = Arc::new(runtime()?);
             let owned = cfg.owned_paths.clone();
             let r = functions::deploy(rt, f, cfg, &crate::lab_cmd::Stderr).await;
-            crate::resolve::discard(&owned);
+            kobako_boot::discard(&owned);
             let f = r?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&f)?);

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Subcommand;
-use kobako_image::store::{Image, Store};
+use kobako_image::store::Store;
 use kobako_image::{debian, import, kernel, recipes, tiny, StderrProgress};
 
 #[derive(Subcommand)]
@@ -132,72 +132,7 @@ fn parse_size(s: &Option<String>) -> Result<Option<u64>> {
     }
 }
 
-/// The store, with `tiny` registered from the cache when it is built.
-pub fn store() -> Store {
-    let s = Store::default();
-    if let Ok(agent) = tiny::find_agent() {
-        if let Some(t) = tiny::cached(&agent) {
-            if let Err(e) = s.register_tiny(&t) {
-                tracing::warn!("cannot register the tiny image in the store: {e}");
-            }
-        }
-    }
-    s
-}
-
-/// VMs (name, disk files) known to the runtime, for "in use" checks.
-pub fn vm_disks() -> Vec<(String, Vec<PathBuf>)> {
-    kobako_runtime::vmdir::list()
-        .into_iter()
-        .filter_map(|vm| {
-            let cfg = vm.config().ok()?;
-            let mut disks: Vec<PathBuf> = cfg.extra_disks.iter().map(|d| d.path.clone()).collect();
-            if let kobako_runtime::config::Root::Disk { path, .. } = &cfg.root {
-                disks.push(path.clone());
-            }
-            Some((vm.name, disks))
-        })
-        .collect()
-}
-
-/// VMs using an image: those the runtime knows (root and extra disks), and any overlay under the
-/// overlays directory whose backing chain reaches the image (VMs of another `KOBAKO_RUN`).
-pub fn users(img: &Image) -> Vec<String> {
-    let mut vms = vm_disks();
-    if let Ok(rd) = std::fs::read_dir(kobako_image::store::overlays_root()) {
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if !vms.iter().any(|(n, _)| *n == name) {
-                vms.push((name, vec![e.path().join("root.qcow2")]));
-            }
-        }
-    }
-    let mut u = img.used_by(vms.iter().map(|(n, d)| (n.as_str(), d.clone())));
-    u.sort();
-    u
-}
-
-/// Does the image carry the agent this kobako would install (and, for Debian images, the current
-/// recipe; for images of a named recipe, that recipe as it is now)? (None: unknown.)
-pub fn agent_is_current(img: &Image) -> Option<bool> {
-    if img.manifest.kind == kobako_image::store::ImageKind::Debian
-        && img.manifest.recipe != Some(debian::RECIPE)
-    {
-        return Some(false);
-    }
-    if let (Some(d), Some(r)) = (
-        &img.manifest.recipe_digest,
-        recipes::find(&img.manifest.name),
-    ) {
-        if *d != r.digest() {
-            return Some(false);
-        }
-    }
-    let recorded = img.manifest.agent_sha256.as_ref()?;
-    let agent = tiny::find_agent().ok()?;
-    let now = kobako_image::disk::sha256_file(&agent).ok()?;
-    Some(&now == recorded)
-}
+pub use kobako_boot::image::{agent_is_current, store, users};
 
 fn mib(b: u64) -> String {
     format!("{:.1}M", b as f64 / 1048576.0)

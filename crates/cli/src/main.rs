@@ -12,7 +12,6 @@ mod guest_cmd;
 mod image_cmd;
 mod lab_cmd;
 mod output;
-mod resolve;
 mod scenario_cmd;
 mod serve_cmd;
 mod version_cmd;
@@ -267,12 +266,7 @@ fn main() {
                     } => lab_cmd::up_dry_run(&file, json),
                     Cmd::Up {
                         file, json, cold, ..
-                    } => {
-                        if cold {
-                            kobako_lab::controller::warm::set_enabled(false);
-                        }
-                        lab_cmd::up(&file, json).await
-                    }
+                    } => lab_cmd::up(&file, json, cold).await,
                     Cmd::Down { name, json } => lab_cmd::down(&name, json).await,
                     Cmd::Link {
                         lab,

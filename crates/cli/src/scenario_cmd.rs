@@ -129,13 +129,13 @@ pub async fn run(cmd: ScenarioCmd) -> Result<i32> {
             };
             check_names(&a.file, &s, &rec.lab)?;
             let rt: Arc<dyn Runtime> = Arc::new(runtime()?);
-            let resolve = crate::lab_cmd::resolver();
+            let boot = crate::config::boot_settings()?;
             eprintln!(
                 "scenario {} on lab {lab}: {} steps",
                 s.name,
                 scenario::walk(&s.steps).len()
             );
-            let r = scenario::run(rt, &s, &lab, &resolve, &crate::lab_cmd::Stderr).await?;
+            let r = scenario::run(rt, &s, &lab, &boot, &crate::lab_cmd::Stderr).await?;
             if let Some(p) = &a.json {
                 std::fs::write(p, serde_json::to_string_pretty(&r)?)
                     .with_context(|| format!("write {p}"))?;

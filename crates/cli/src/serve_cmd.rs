@@ -107,13 +107,12 @@ pub fn serve(a: ServeArgs) -> Result<i32> {
         state_dir: state_dir.clone(),
     };
     let rt: Arc<dyn kobako_runtime::Runtime> = Arc::new(runtime()?);
-    // The same VM resolution as `kobako up` (image store, kernel, accelerator, runtime).
-    let resolver = crate::lab_cmd::resolver();
     let hooks = Hooks {
         runtime: rt,
-        resolver: Arc::new(resolver),
+        // Lab VMs boot as with `kobako up` (accelerator, warm clones, free page reporting).
+        boot: crate::config::boot_settings()?,
         build_image: Some(Arc::new(build_image)),
-        missing_artifacts: Some(Arc::new(crate::lab_cmd::check::missing_artifacts)),
+        missing_artifacts: Some(Arc::new(kobako_lab::controller::missing_artifacts)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -12,7 +12,7 @@ use kobako_runtime::vmm::{Flavor, VmmRuntime};
 use kobako_runtime::{Runtime, VmDir, VmState};
 
 use crate::console::{self, ConsoleEnd};
-use crate::resolve::{self, RootKind};
+use kobako_boot::{AccelMode, RootKind};
 
 /// How long `vm run --runtime vmm` waits for the agent over vsock after the guest's
 /// boot-complete signal (the agent sends that signal just before it listens on vsock).
@@ -107,7 +107,7 @@ pub struct RunArgs {
     pub detach: bool,
     /// CPU accelerator: auto (KVM where the host runs standard guests, else TCG), kvm or tcg.
     #[arg(long, env = "KOBAKO_ACCEL", default_value = "auto")]
-    pub accel: String,
+    pub accel: AccelMode,
     /// Seconds to wait for the agent before giving up.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
@@ -240,56 +240,26 @@ fn random_name() -> String {
     format!("vm-{:02x}{:02x}{:02x}", b[0], b[1], b[2])
 }
 
-/// Resolve arguments into a validated VM config (building kernel/image if missing).
+/// Resolve arguments into a validated VM config (building kernel/image if missing), and why
+/// the accelerator was chosen.
 pub fn config_from(args: &RunArgs) -> Result<(VmConfig, String)> {
     let memory_mib = parse_mib(&args.memory).map_err(|e| anyhow::anyhow!("--memory: {e}"))?;
-    let (accel, why) = resolve::accel(&args.accel)?;
-    let name = args.name.clone().unwrap_or_else(random_name);
-    // Check cheap things before building anything.
-    let probe = VmConfig {
-        name: name.clone(),
-        kernel: "/".into(),
-        kernel_kind: kobako_runtime::config::KernelKind::ElfPvh,
-        root: kobako_runtime::config::Root::Initramfs { path: "/".into() },
+    let spec = kobako_boot::BootSpec {
+        name: args.name.clone().unwrap_or_else(random_name),
+        kernel: args.kernel.clone(),
+        image: args.image.clone(),
+        root: args.root,
         vcpus: args.vcpus,
         memory_mib,
-        extra_cmdline: String::new(),
-        accel,
+        cmdline: args.cmdline.clone(),
+        accel: args.accel,
         ready_timeout_secs: args.timeout,
-        owned_paths: Vec::new(),
-        extra_disks: Vec::new(),
-        nics: Vec::new(),
-        netns: None,
-        incoming: None,
-        cgroups: Vec::new(),
-        memory_file: None,
-        named_ram: false,
-        free_page_reporting: false,
-        shares: Vec::new(),
+        names_only: args.names_only,
     };
-    // The probe's files are placeholders: only a missing file is expected here.
-    match probe.validate() {
-        Ok(()) | Err(kobako_runtime::RuntimeError::NoSuchFile { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let (kernel, kernel_kind) = resolve::kernel(&args.kernel)?;
-    let img = resolve::image(&args.image, args.root, &name, args.names_only)?;
-    let cfg = VmConfig {
-        kernel,
-        kernel_kind,
-        root: img.root.clone().unwrap_or(probe.root.clone()),
-        extra_cmdline: format!("{} {}", img.cmdline, args.cmdline)
-            .trim()
-            .to_string(),
-        owned_paths: img.owned_paths.clone(),
-        extra_disks: img.extra_disks.clone(),
-        ..probe
-    };
-    if let Err(e) = cfg.validate() {
-        img.discard();
-        return Err(e.into());
-    }
-    Ok((cfg, why))
+    Ok(kobako_boot::vm_config(
+        &spec,
+        &kobako_image::StderrProgress,
+    )?)
 }
 
 /// Attach the terminal to a running VM's serial console until detached or the VM ends.
@@ -391,7 +361,7 @@ async fn restore(dir: &Path, name: &str, verify: bool, json: bool) -> Result<i32
     let vm = match rt.create(&cfg).await {
         Ok(vm) => vm,
         Err(e) => {
-            resolve::discard(&cfg.owned_paths);
+            kobako_boot::discard(&cfg.owned_paths);
             return Err(e.into());
         }
     };
@@ -441,7 +411,7 @@ async fn run_vm(args: RunArgs) -> Result<i32> {
     tracing::info!(accel = %cfg.accel, runtime = %rt_name, "{why}; {rt_why}");
     if rt_name == "qemu"
         && cfg.accel == kobako_runtime::Accel::Tcg
-        && args.accel == "auto"
+        && args.accel == AccelMode::Auto
         && !args.json
     {
         eprintln!("kobako: {why}");
@@ -452,7 +422,7 @@ async fn run_vm(args: RunArgs) -> Result<i32> {
     let vm = match rt.create(&cfg).await {
         Ok(vm) => vm,
         Err(e) => {
-            resolve::discard(&cfg.owned_paths);
+            kobako_boot::discard(&cfg.owned_paths);
             return Err(e.into());
         }
     };

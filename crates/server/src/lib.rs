@@ -36,14 +36,14 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::Router;
-use kobako_lab::controller::Resolver;
+use kobako_lab::controller::BootSettings;
 use kobako_runtime::Runtime;
 
-/// What the CLI gives the server: the runtime, how to turn a lab VM into a VM config (the
-/// image store and kernel resolution live in the CLI), and how to build images.
+/// What the CLI gives the server: the runtime, how lab VMs boot (settings read once by the
+/// binary), and how to build images.
 pub struct Hooks {
     pub runtime: Arc<dyn Runtime>,
-    pub resolver: Arc<Resolver>,
+    pub boot: BootSettings,
     /// Builds an image (`kind`, `name`, `packages`), reporting progress lines.
     pub build_image: Option<Arc<ImageBuilder>>,
     /// What a lab needs that is not there and cannot be built (unknown images, missing or

@@ -8,7 +8,7 @@ use kobako_lab::controller::{self, LabRecord};
 use kobako_runtime::Runtime;
 
 use super::check::checked_labs;
-use super::{print_report, resolver, Stderr};
+use super::{print_report, Stderr};
 use crate::vm_cmd::runtime;
 use crate::vm_names::lab_env;
 
@@ -35,11 +35,12 @@ pub fn up_dry_run(file: &str, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-/// `kobako up FILE`.
-pub async fn up(file: &str, json: bool) -> Result<i32> {
+/// `kobako up FILE` (`cold`: no warm clones).
+pub async fn up(file: &str, json: bool, cold: bool) -> Result<i32> {
     let labs = checked_labs(file)?;
     let rt: Arc<dyn Runtime> = Arc::new(runtime()?);
-    let resolve = resolver();
+    let mut boot = crate::config::boot_settings()?;
+    boot.warm &= !cold;
     let file_abs = std::fs::canonicalize(file)
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| file.to_string());
@@ -52,7 +53,7 @@ pub async fn up(file: &str, json: bool) -> Result<i32> {
             &lab,
             Some(file_abs.clone()),
             None,
-            &resolve,
+            &boot,
             &Stderr,
         )
         .await?;
@@ -86,8 +87,8 @@ pub async fn down(name: &str, json: bool) -> Result<i32> {
 pub async fn restart(target: &str, json: bool) -> Result<i32> {
     let (lab, what) = split_target(target)?;
     let rt: Arc<dyn Runtime> = Arc::new(runtime()?);
-    let resolve = resolver();
-    let report = controller::restart(rt, &lab, what.as_deref(), &resolve, &Stderr).await?;
+    let boot = crate::config::boot_settings()?;
+    let report = controller::restart(rt, &lab, what.as_deref(), &boot, &Stderr).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -133,8 +134,8 @@ pub async fn stop(target: &str) -> Result<i32> {
 pub async fn start(target: &str, json: bool) -> Result<i32> {
     let (lab, what) = node_target(target, "start")?;
     let rt: Arc<dyn Runtime> = Arc::new(runtime()?);
-    let resolve = resolver();
-    let report = controller::start_vms(rt, &lab, &what, &resolve, &Stderr).await?;
+    let boot = crate::config::boot_settings()?;
+    let report = controller::start_vms(rt, &lab, &what, &boot, &Stderr).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -1,18 +1,14 @@
 //! Lab commands: `up`, `down`, `ls`, `inspect`, `link`, `impair`, `capture`, `graph`, `save`,
 //! `restart`, `import`, and the internal `lab netd`.
 //!
-//! This module holds the internal `lab` subcommands, the progress printer, the boot-config
-//! resolver every lab command shares and the `up` report table; the commands live in
+//! This module holds the internal `lab` subcommands, the progress printer and the `up` report
+//! table; the commands live in
 //! [`check`] (lab file checks), [`lifecycle`] (`up`, `down`, `restart`, `stop`, `start`),
 //! [`checkpoint`] (`checkpoint`, `restore`), [`show`] (`ls`, `inspect`, `graph`, `save`) and
 //! [`links`] (`link`, `impair`, `capture`).
 
 use clap::Subcommand;
 use kobako_lab::controller::{self, Progress};
-use kobako_lab::spec;
-
-use crate::resolve::RootKind;
-use crate::vm_cmd::{config_from, RunArgs};
 
 pub mod check;
 pub mod checkpoint;
@@ -45,37 +41,6 @@ pub enum LabCmd {
     /// (internal) The per-lab net daemon holding userspace impairment relays.
     #[command(hide = true)]
     Netd { lab: String },
-}
-
-/// The boot config of a lab VM: the same resolution as `kobako vm run --image ...`.
-pub(crate) fn resolver(
-) -> impl Fn(&spec::Vm, &str) -> std::result::Result<kobako_runtime::config::VmConfig, String>
-       + Send
-       + Sync {
-    let accel = std::env::var("KOBAKO_ACCEL").unwrap_or_else(|_| "auto".into());
-    move |vm: &spec::Vm, name: &str| {
-        let args = RunArgs {
-            kernel: vm.kernel.clone(),
-            image: vm.image.clone(),
-            root: RootKind::Initramfs,
-            vcpus: vm.vcpus,
-            memory: format!("{}M", vm.memory.0),
-            // The lab's guest settings (AppArmor's mode).
-            cmdline: vm.kernel_cmdline(),
-            name: Some(name.to_string()),
-            detach: true,
-            accel: accel.clone(),
-            timeout: 120,
-            json: false,
-            names_only: true,
-            // Labs need NICs and the agent channel: QEMU (the vmm runtime has no virtio yet).
-            runtime: "qemu".into(),
-            vmm_bin: None,
-        };
-        config_from(&args)
-            .map(|(cfg, _)| cfg)
-            .map_err(|e| format!("{e:#}"))
-    }
 }
 
 fn print_report(report: &controller::UpReport) {

@@ -24,6 +24,7 @@ mod links;
 pub mod netd;
 pub mod netpolicy;
 pub mod ready;
+mod settings;
 mod start;
 mod up;
 pub mod vmops;
@@ -39,7 +40,7 @@ use crate::spec::{Attachment, Lab, Vm};
 
 pub use impairments::to_net_impairment;
 pub use links::{capture, impair, set_link_state, set_port_state};
-pub use start::set_free_page_reporting;
+pub use settings::{missing_artifacts, BootSettings};
 pub use up::{down, plan, restart, up, Plan, UpReport, VmReport};
 pub use vmops::{start_vms, stop_vms};
 
@@ -282,11 +283,6 @@ pub struct Quiet;
 impl Progress for Quiet {
     fn event(&self, _: &str) {}
 }
-
-/// Turns a VM's image/kernel words into a bootable config (the CLI knows the image store).
-pub type Resolver = dyn Fn(&Vm, &str) -> std::result::Result<kobako_runtime::config::VmConfig, String>
-    + Send
-    + Sync;
 
 /// The runtime name of VM `s` of lab `lab`, and of no other lab: `node.vm`, or `lab/node.vm`
 /// / `lab.node.vm` naming this same lab. Scenario steps (YAML and WASM) resolve their VMs

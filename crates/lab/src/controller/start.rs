@@ -12,15 +12,15 @@ use kobako_state::{Db, VmState};
 
 use super::ready::ReadyError;
 use super::up::{configure, ConfigureError, VmReport};
-use super::{tap_name, Progress, Resolver, Result};
+use super::{tap_name, BootSettings, Progress, Result};
 use crate::spec::Vm;
 
 /// Why `up` could not bring a VM to ready; its text is the VM's stored reason.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// No runtime configuration could be made (image, kernel, disks): the resolver's words.
-    #[error("{0}")]
-    Resolve(String),
+    /// No runtime configuration could be made (image, kernel, disks).
+    #[error(transparent)]
+    Boot(#[from] kobako_boot::BootError),
     /// Creating or starting the VM, or reaching its agent, failed.
     #[error(transparent)]
     Runtime(#[from] kobako_runtime::RuntimeError),
@@ -35,34 +35,19 @@ pub enum StartError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// Whether lab VMs get free page reporting (see [`set_free_page_reporting`]).
-static FREE_PAGE_REPORTING: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(true);
-
-/// Turns free page reporting of lab VMs on or off for this process (the binary: off for
-/// `KOBAKO_BALLOON=0`). On: every lab VM has a virtio-balloon that hands the guest's free memory
-/// back to the host, the density lever for idle labs.
-pub fn set_free_page_reporting(on: bool) {
-    FREE_PAGE_REPORTING.store(on, std::sync::atomic::Ordering::SeqCst);
-}
-
-fn free_page_reporting() -> bool {
-    FREE_PAGE_REPORTING.load(std::sync::atomic::Ordering::SeqCst)
-}
-
-/// The runtime configuration of lab VM `vm` (runtime name `vname`): the resolver's (image,
-/// kernel, disks), in the lab's namespace and cgroups, with a NIC per interface.
+/// The runtime configuration of lab VM `vm` (runtime name `vname`): image, kernel and disks as
+/// `settings` boot them, in the lab's namespace and cgroups, with a NIC per interface.
 pub(super) fn vm_config(
-    resolve: &Resolver,
+    settings: &BootSettings,
     vm: &Vm,
     vname: &str,
     netns: &str,
     cgroups: &[CgroupLevel],
 ) -> std::result::Result<VmConfig, StartError> {
-    let mut cfg = resolve(vm, vname).map_err(StartError::Resolve)?;
+    let mut cfg = settings.vm_config(vm, vname)?;
     cfg.name = vname.to_string();
     cfg.netns = Some(netns.to_string());
-    cfg.free_page_reporting = free_page_reporting();
+    cfg.free_page_reporting = settings.free_page_reporting;
     cfg.cgroups = cgroups.to_vec();
     cfg.shares = vm
         .shares

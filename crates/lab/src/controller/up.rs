@@ -17,7 +17,7 @@ use super::{
     bridge_for, lab_run_dir, links, netpolicy, start, tap_name, vm_name, LabError, LabRecord,
     Progress,
 };
-use super::{Resolver, Result};
+use super::{BootSettings, Result};
 use crate::spec::{Attachment, FileSource, Lab, Vm};
 
 /// How long `up`/`down` wait for another process changing the same lab.
@@ -419,17 +419,17 @@ pub(crate) async fn stop_all(rt: &Arc<dyn Runtime>, names: &[String]) -> Result<
     Ok(n)
 }
 
-/// Bring `lab` up (or converge it to the file). `resolve` builds each VM's runtime config;
+/// Bring `lab` up (or converge it to the file). `boot` says how its VMs boot;
 /// `owner` is recorded for a new lab.
 pub async fn up(
     rt: Arc<dyn Runtime>,
     lab: &Lab,
     file: Option<String>,
     owner: Option<String>,
-    resolve: &Resolver,
+    boot: &BootSettings,
     progress: &dyn Progress,
 ) -> Result<UpReport> {
-    up_some(rt, lab, file, owner, resolve, progress, None).await
+    up_some(rt, lab, file, owner, boot, progress, None).await
 }
 
 /// [`up`], booting only the VMs in `only` (runtime names) among those that do not run: the
@@ -439,7 +439,7 @@ pub(crate) async fn up_some(
     lab: &Lab,
     file: Option<String>,
     owner: Option<String>,
-    resolve: &Resolver,
+    settings: &BootSettings,
     progress: &dyn Progress,
     only: Option<&[String]>,
 ) -> Result<UpReport> {
@@ -473,7 +473,7 @@ pub(crate) async fn up_some(
         rt: rt.clone(),
         db: db.clone(),
         sem: tokio::sync::Semaphore::new(kobako_runtime::group::default_parallelism()),
-        pool: super::warm::enabled().then(super::warm::Pool::default),
+        pool: settings.warm.then(super::warm::Pool::default),
         t0: Instant::now(),
     });
     let mut tasks = Vec::new();
@@ -492,7 +492,7 @@ pub(crate) async fn up_some(
                     // Half-started by a crashed `up`: start it again from scratch.
                     let _ = rt.kill(&dir).await;
                 }
-                match start::vm_config(resolve, &vm, &vname, &netns, &cgroups) {
+                match start::vm_config(settings, &vm, &vname, &netns, &cgroups) {
                     Ok(cfg) => Some(cfg),
                     Err(e) => {
                         start::finish_vm(&db, progress, &mut reports[i], Err(e))?;
@@ -677,7 +677,7 @@ pub async fn restart(
     rt: Arc<dyn Runtime>,
     name: &str,
     target: Option<&str>,
-    resolve: &Resolver,
+    boot: &BootSettings,
     progress: &dyn Progress,
 ) -> Result<UpReport> {
     let rec = LabRecord::load(name).ok_or_else(|| LabError::NotFound(name.into()))?;
@@ -697,7 +697,7 @@ pub async fn restart(
         lab,
         rec.file.clone(),
         rec.owner.clone(),
-        resolve,
+        boot,
         progress,
         Some(&names),
     )

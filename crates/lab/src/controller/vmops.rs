@@ -12,7 +12,7 @@ use kobako_runtime::Runtime;
 use kobako_state::{LabLock, LabState, VmState};
 
 use super::up::{stop_all, up_some, LOCK_WAIT};
-use super::{targets, LabError, LabRecord, Progress, Resolver, Result, UpReport};
+use super::{targets, BootSettings, LabError, LabRecord, Progress, Result, UpReport};
 
 fn running_lab(name: &str) -> Result<LabRecord> {
     let rec = LabRecord::load(name).ok_or_else(|| LabError::NotFound(name.into()))?;
@@ -64,7 +64,7 @@ pub async fn start_vms(
     rt: Arc<dyn Runtime>,
     name: &str,
     target: &str,
-    resolve: &Resolver,
+    boot: &BootSettings,
     progress: &dyn Progress,
 ) -> Result<UpReport> {
     let rec = running_lab(name)?;
@@ -75,7 +75,7 @@ pub async fn start_vms(
         &rec.lab,
         rec.file.clone(),
         rec.owner.clone(),
-        resolve,
+        boot,
         progress,
         Some(&names),
     )

@@ -35,7 +35,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -104,20 +103,6 @@ fn unsupported(why: &str) -> WarmError {
 const FORMAT: u32 = 2;
 /// Warm snapshots kept in the cache (the least recently used go first).
 pub const KEEP: usize = 8;
-
-/// Whether `up` clones VMs from warm snapshots in this process (see [`set_enabled`]).
-static ENABLED: AtomicBool = AtomicBool::new(true);
-
-/// Turns warm clones on or off for this process: the binary turns them off for `KOBAKO_WARM=0`
-/// and `kobako up --cold`.
-pub fn set_enabled(on: bool) {
-    ENABLED.store(on, Ordering::SeqCst);
-}
-
-/// Whether `up` clones VMs from warm snapshots (default yes; off through [`set_enabled`]).
-pub fn enabled() -> bool {
-    ENABLED.load(Ordering::SeqCst)
-}
 
 /// Where warm snapshots live: `warm` under kobako's cache root ([`kobako_image::cache::root`]).
 pub fn root() -> PathBuf {

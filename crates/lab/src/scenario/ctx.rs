@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use kobako_agent::proto::ExecRequest;
 use kobako_runtime::{Runtime, VmDir};
 
-use crate::controller::{self, LabError, LabRecord, Progress, Resolver, Result};
+use crate::controller::{self, BootSettings, LabError, LabRecord, Progress, Result};
 use crate::spec::{Attachment, Impairment};
 
 /// A step that cannot run, in its own words ([`LabError::Step`]).
@@ -55,7 +55,7 @@ pub struct Ctx<'a> {
     pub rt: Arc<dyn Runtime>,
     pub lab: String,
     pub rec: LabRecord,
-    pub resolve: &'a Resolver,
+    pub boot: &'a BootSettings,
     pub progress: &'a dyn Progress,
     pub t0: Instant,
     /// Link rows before the run (what undo goes back to).
@@ -170,7 +170,7 @@ impl Ctx<'_> {
                     self.rt.clone(),
                     lab,
                     Some(&target),
-                    self.resolve,
+                    self.boot,
                     self.progress,
                 )
                 .await

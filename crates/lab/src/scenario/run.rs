@@ -14,7 +14,7 @@ use super::ctx::{Ctx, Outcome};
 use super::model::*;
 use super::report::{Report, Sample, StepResult};
 use super::steps::run_once;
-use crate::controller::{self, LabError, LabRecord, Progress, Resolver, Result};
+use crate::controller::{self, BootSettings, LabError, LabRecord, Progress, Result};
 
 struct Exec<'a> {
     ctx: Ctx<'a>,
@@ -320,10 +320,10 @@ pub async fn run(
     rt: Arc<dyn Runtime>,
     s: &Scenario,
     lab: &str,
-    resolve: &Resolver,
+    boot: &BootSettings,
     progress: &dyn Progress,
 ) -> Result<Report> {
-    run_until(rt, s, lab, resolve, progress, async {
+    run_until(rt, s, lab, boot, progress, async {
         let _ = tokio::signal::ctrl_c().await;
         "interrupted (Ctrl-C)".to_string()
     })
@@ -338,7 +338,7 @@ pub async fn run_until(
     rt: Arc<dyn Runtime>,
     s: &Scenario,
     lab: &str,
-    resolve: &Resolver,
+    boot: &BootSettings,
     progress: &dyn Progress,
     stop: impl Future<Output = String>,
 ) -> Result<Report> {
@@ -353,7 +353,7 @@ pub async fn run_until(
             rt,
             lab: lab.into(),
             rec,
-            resolve,
+            boot,
             progress,
             t0,
             links_before,

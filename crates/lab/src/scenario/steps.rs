@@ -220,8 +220,8 @@ pub(super) async fn run_once(ctx: &Ctx<'_>, st: &Step) -> Result<Outcome> {
         o = super::wasm_run::run(ctx, w).await?;
     } else if let Some(t) = &st.restart {
         let target = t.strip_prefix(&format!("{lab}/")).unwrap_or(t);
-        let r = controller::restart(ctx.rt.clone(), lab, Some(target), ctx.resolve, ctx.progress)
-            .await?;
+        let r =
+            controller::restart(ctx.rt.clone(), lab, Some(target), ctx.boot, ctx.progress).await?;
         if !r.ok() {
             o.failure = Some("restarted VMs did not all become ready".into());
         }

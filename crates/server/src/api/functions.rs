@@ -217,16 +217,17 @@ pub async fn deploy_function(
         .next()
         .cloned()
         .ok_or_else(|| ApiError::internal("no VM"))?;
-    let resolver = st.hooks.resolver.clone();
+    let boot = st.hooks.boot.clone();
     let rt = st.hooks.runtime.clone();
     let owner = (!caller.local).then(|| caller.name().to_string());
     let task = move |_, _, _, progress: ops::OpProgress| -> ops::TaskFuture {
         crate::ops::boxed(async move {
             let _hold = hold;
             let vm_name = format!("fn-{}-warm", body.name);
-            let cfg = tokio::task::spawn_blocking(move || resolver(&vm, &vm_name))
+            let cfg = tokio::task::spawn_blocking(move || boot.vm_config(&vm, &vm_name))
                 .await
-                .map_err(|e| e.to_string())??;
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
             let owned = cfg.owned_paths.clone();
             let f = Function {
                 name: body.name,

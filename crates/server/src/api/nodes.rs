@@ -75,7 +75,7 @@ async fn run(
             crate::ops::boxed(async move {
                 let _hold = hold;
                 let rt = st.hooks.runtime.clone();
-                let resolver = st.hooks.resolver.clone();
+                let boot = st.hooks.boot.clone();
                 match action {
                     Action::Stop => {
                         let n = controller::stop_vms(
@@ -91,10 +91,9 @@ async fn run(
                     }
                     Action::Start | Action::Restart => {
                         let report = if action == Action::Start {
-                            controller::start_vms(rt, &lab, &target, &*resolver, &progress).await
+                            controller::start_vms(rt, &lab, &target, &boot, &progress).await
                         } else {
-                            controller::restart(rt, &lab, Some(&target), &*resolver, &progress)
-                                .await
+                            controller::restart(rt, &lab, Some(&target), &boot, &progress).await
                         }
                         .map_err(|e| e.to_string())?;
                         let failed: Vec<String> = report

@@ -88,8 +88,8 @@ pub async fn run_scenario(
         caller.name().to_string(),
         move |st, sink, cancelled| async move {
             let rt = st.hooks.runtime.clone();
-            let resolver = st.hooks.resolver.clone();
-            let r = scenario::run_until(rt, &s, &lab, &*resolver, &*sink, cancelled.wait()).await;
+            let boot = st.hooks.boot.clone();
+            let r = scenario::run_until(rt, &s, &lab, &boot, &*sink, cancelled.wait()).await;
             match r {
                 Err(e) => ops::Ended {
                     result: None,

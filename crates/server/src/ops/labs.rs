@@ -223,7 +223,7 @@ async fn run_lab_op(
     let lab: Lab = serde_json::from_value(row.spec.clone())
         .map_err(|e| format!("stored spec of lab '{name}' is not readable: {e}"))?;
     let rt = st.hooks.runtime.clone();
-    let resolver = st.hooks.resolver.clone();
+    let boot = st.hooks.boot.clone();
     match op {
         LabOp::Down => {
             progress.event("stopping VMs and removing the lab network");
@@ -246,14 +246,14 @@ async fn run_lab_op(
                     .iter()
                     .any(|v| kobako_runtime::VmDir::for_name(&v.name).vm_pid().is_some())
             {
-                controller::restart(rt, name, None, &*resolver, progress).await
+                controller::restart(rt, name, None, &boot, progress).await
             } else {
                 controller::up(
                     rt,
                     &lab,
                     row.file.clone(),
                     row.owner.clone(),
-                    &*resolver,
+                    &boot,
                     progress,
                 )
                 .await

@@ -75,7 +75,7 @@ impl App {
             runtime: Arc::new(kobako_runtime::vmm::VmmRuntime::new(PathBuf::from(
                 "/nonexistent/kobako",
             ))),
-            resolver: Arc::new(|_, _| Err("router tests run no VMs".to_string())),
+            boot: kobako_lab::controller::BootSettings::default(),
             build_image: None,
             missing_artifacts: None,
         };

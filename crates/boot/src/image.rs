@@ -1,45 +1,22 @@
-//! Turning user words (`--kernel default`, `--image tiny`, `--accel auto`) into files and choices,
-//! building what is missing.
+//! `--image`: what a VM boots from, and the image-store queries that needs.
+//!
+//! - `tiny` (built if missing): the initramfs, or with [`RootKind::Disk`] a qcow2 overlay on
+//!   the stored tiny ext4;
+//! - a named recipe (`debian-web`, `debian-router`; [`recipes`]): its stored image, built first
+//!   when missing or outdated, then as below;
+//! - the name of a stored image (`kobako image ls`): a fresh qcow2 overlay on its read-only
+//!   base, under the overlays directory, owned by the VM; plus a cloud-init NoCloud seed when
+//!   the image has cloud-init (or `,cloud-init` / `,user-data=FILE` is given);
+//! - a path to an initramfs (newc cpio), a raw ext4 image or a qcow2 image: booted as it is.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail, Context, Result};
-use kobako_image::store::{self, Image, Store, StoreError};
-use kobako_image::{cloudinit, disk, kernel, recipes, tiny, StderrProgress};
-use kobako_runtime::config::{Disk, KernelKind, Root};
-use kobako_runtime::{host, Accel, VmDir};
+use kobako_image::store::{self, Image, ImageKind, Store, StoreError};
+use kobako_image::{cloudinit, debian, disk, recipes, tiny, Progress};
+use kobako_runtime::config::{Disk, Root};
+use kobako_runtime::VmDir;
 
-/// Resolve `--kernel`: `default` builds/uses the cached kernel; anything else is a path.
-pub fn kernel(arg: &str) -> Result<(PathBuf, KernelKind)> {
-    if arg == "default" {
-        let a = match kernel::cached() {
-            Some(a) => a,
-            None => {
-                eprintln!("kobako: the default guest kernel is not built yet; building it once (see `kobako image kernel`)");
-                kernel::build(&StderrProgress, host::cpus() as usize)?
-            }
-        };
-        return Ok((a.vmlinux, KernelKind::ElfPvh));
-    }
-    let k = kernel::inspect(Path::new(arg))?;
-    let kind = match k.format {
-        kernel::KernelFormat::ElfPvh => KernelKind::ElfPvh,
-        kernel::KernelFormat::BzImage => KernelKind::BzImage,
-        kernel::KernelFormat::Elf => bail!(
-            "{arg}: an ELF without a PVH entry note cannot be booted directly; build the kernel with CONFIG_PVH=y or give its bzImage"
-        ),
-    };
-    Ok((k.path, kind))
-}
-
-/// Which form of an image to boot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum RootKind {
-    /// The whole root filesystem in RAM (fastest boot).
-    Initramfs,
-    /// A virtio-blk disk (writable ext4).
-    Disk,
-}
+use crate::{BootError, RootKind};
 
 /// What an image contributes to a VM's config.
 #[derive(Debug, Default)]
@@ -69,13 +46,14 @@ pub fn discard(paths: &[PathBuf]) {
 }
 
 /// `--image` options after the image: `NAME[,cloud-init][,user-data=FILE]`.
+#[derive(Debug)]
 struct ImageSpec {
     image: String,
     cloud_init: bool,
     user_data: Option<PathBuf>,
 }
 
-fn parse_spec(arg: &str) -> Result<ImageSpec> {
+fn parse_spec(arg: &str) -> Result<ImageSpec, BootError> {
     let mut parts = arg.split(',');
     let image = parts.next().unwrap_or_default().to_string();
     let mut s = ImageSpec {
@@ -90,7 +68,12 @@ fn parse_spec(arg: &str) -> Result<ImageSpec> {
                 s.cloud_init = true;
                 s.user_data = Some(PathBuf::from(f));
             }
-            _ => bail!("--image {arg}: unknown option '{p}' (options: cloud-init, user-data=FILE)"),
+            _ => {
+                return Err(BootError::ImageOption {
+                    arg: arg.into(),
+                    option: p.into(),
+                })
+            }
         }
     }
     Ok(s)
@@ -105,28 +88,31 @@ pub fn unknown_image(name: &str, known: &str) -> String {
     )
 }
 
-/// Resolve `--image` for the VM `vm`:
-/// - `tiny` (built if missing): the initramfs, or with `--root disk` a qcow2 overlay on the
-///   stored tiny ext4;
-/// - a named recipe (`debian-web`, `debian-router`; [`recipes`]): its stored image, built first
-///   when missing or outdated, then as below;
-/// - the name of a stored image (`kobako image ls`): a fresh qcow2 overlay on its read-only base,
-///   under the overlays directory, owned by the VM; plus a cloud-init NoCloud seed when the image
-///   has cloud-init (or `,cloud-init` / `,user-data=FILE` is given);
-/// - a path to an initramfs (newc cpio), a raw ext4 image or a qcow2 image: booted as it is
-///   (anything with a '/'; with `names_only` false also a bare name that exists as a file).
-pub fn image(arg: &str, root: RootKind, vm: &str, names_only: bool) -> Result<VmImage> {
+/// The tiny image, built when missing.
+fn tiny_image(progress: &dyn Progress) -> Result<tiny::TinyImage, BootError> {
+    let agent = tiny::find_agent()?;
+    Ok(match tiny::cached(&agent) {
+        Some(i) => i,
+        None => tiny::build(&agent, progress)?,
+    })
+}
+
+/// Resolve `--image` `arg` for the VM `vm` (see the module doc). A bare name that exists as a
+/// file is read as a path only when `names_only` is false.
+pub fn resolve(
+    arg: &str,
+    root: RootKind,
+    vm: &str,
+    names_only: bool,
+    progress: &dyn Progress,
+) -> Result<VmImage, BootError> {
     let spec = parse_spec(arg)?;
     let arg = spec.image.as_str();
     if arg == "tiny" && root == RootKind::Initramfs {
         if spec.cloud_init {
-            bail!("--image tiny: the tiny image has no cloud-init (use a Debian image with cloud-init)");
+            return Err(BootError::TinyHasNoCloudInit);
         }
-        let agent = tiny::find_agent()?;
-        let img = match tiny::cached(&agent) {
-            Some(i) => i,
-            None => tiny::build(&agent, &StderrProgress)?,
-        };
+        let img = tiny_image(progress)?;
         return Ok(VmImage {
             root: Some(Root::Initramfs {
                 path: img.initramfs,
@@ -137,42 +123,51 @@ pub fn image(arg: &str, root: RootKind, vm: &str, names_only: bool) -> Result<Vm
     let looks_like_path = arg.contains('/') || (!names_only && Path::new(arg).exists());
     if !looks_like_path {
         let store = if arg == "tiny" {
-            let agent = tiny::find_agent()?;
-            let t = match tiny::cached(&agent) {
-                Some(i) => i,
-                None => tiny::build(&agent, &StderrProgress)?,
-            };
+            let t = tiny_image(progress)?;
             let s = Store::default();
             s.register_tiny(&t)?;
             s
         } else {
-            crate::image_cmd::store()
+            self::store()
         };
         let img = if let Some(r) = recipes::find(arg) {
             // A named recipe: built once when missing, rebuilt when outdated.
             let agent = tiny::find_agent()?;
-            recipes::ensure(&store, r, &agent, &crate::image_cmd::users, &StderrProgress)
-                .with_context(|| format!("building image '{arg}' from its recipe"))?
+            recipes::ensure(&store, r, &agent, &users, progress).map_err(|source| {
+                BootError::Recipe {
+                    name: arg.into(),
+                    source,
+                }
+            })?
         } else {
             match store.get(arg) {
                 Ok(i) => i,
-                Err(StoreError::NotFound { known, .. }) => bail!("{}", unknown_image(arg, &known)),
+                Err(StoreError::NotFound { known, .. }) => {
+                    return Err(BootError::UnknownImage {
+                        name: arg.into(),
+                        known,
+                    })
+                }
                 Err(e) => return Err(e.into()),
             }
         };
-        if crate::image_cmd::agent_is_current(&img) == Some(false) {
-            eprintln!(
+        if agent_is_current(&img) == Some(false) {
+            progress.step(&format!(
                 "kobako: warning: image '{arg}' holds an older kobako-agent than this kobako; if the VM does not become ready, rebuild the image"
-            );
+            ));
         }
-        return stored(&img, vm, &spec);
+        return stored(&img, vm, &spec, progress);
     }
     let p = Path::new(arg);
     if !p.exists() {
-        bail!("image file {arg}: no such file");
+        return Err(BootError::NoSuchImageFile { path: arg.into() });
     }
     let mut out = VmImage::default();
-    match disk::sniff(p).with_context(|| format!("read {arg}"))? {
+    let sniff = disk::sniff(p).map_err(|source| BootError::ReadImage {
+        path: arg.into(),
+        source,
+    })?;
+    match sniff {
         disk::Sniff::Cpio => {
             out.root = Some(Root::Initramfs {
                 path: p.to_path_buf(),
@@ -180,16 +175,19 @@ pub fn image(arg: &str, root: RootKind, vm: &str, names_only: bool) -> Result<Vm
         }
         disk::Sniff::Qcow2 => {
             // A damaged qcow2 fails here, with qemu-img's words, instead of inside QEMU.
-            kobako_image::deps::ensure(disk::PACKAGES, &StderrProgress)?;
-            let info = disk::info(p, Some("qcow2"))
-                .map_err(|e| anyhow!("{arg}: not a usable qcow2 image: {e}"))?;
+            kobako_image::deps::ensure(disk::PACKAGES, progress)?;
+            let info = disk::info(p, Some("qcow2")).map_err(|source| BootError::BadQcow2 {
+                path: arg.into(),
+                source,
+            })?;
             // The format of a path is read from its first bytes at every boot: a guest that
             // wrote a qcow2 header naming a backing file into its raw disk would make the
             // next boot read that host file. A qcow2 path boots only without a backing file.
-            if let Some(b) = info.backing {
-                bail!(
-                    "{arg}: this qcow2 image names a backing file ({b}); kobako boots a qcow2 file given by path only when it stands alone: flatten it (`qemu-img convert -O qcow2 {arg} flat.qcow2`) or import it into the store (`kobako image import`)"
-                );
+            if let Some(backing) = info.backing {
+                return Err(BootError::Qcow2Backing {
+                    path: arg.into(),
+                    backing,
+                });
             }
             out.root = Some(Root::Disk {
                 path: p.to_path_buf(),
@@ -204,14 +202,12 @@ pub fn image(arg: &str, root: RootKind, vm: &str, names_only: bool) -> Result<Vm
                 read_only: false,
             })
         }
-        _ => bail!(
-            "{arg}: not an image kobako can boot (expected an uncompressed newc cpio initramfs, an ext4 filesystem image or a qcow2 file; import root filesystem archives with `kobako image import`)"
-        ),
+        _ => return Err(BootError::NotBootable { path: arg.into() }),
     }
     if spec.cloud_init {
         let dir = fresh_vm_dir(vm)?;
         out.owned_paths.push(dir.clone());
-        if let Err(e) = attach_seed(&mut out, &dir, vm, &spec) {
+        if let Err(e) = attach_seed(&mut out, &dir, vm, &spec, progress) {
             out.discard();
             return Err(e);
         }
@@ -221,20 +217,26 @@ pub fn image(arg: &str, root: RootKind, vm: &str, names_only: bool) -> Result<Vm
 
 /// A new overlay directory for `vm`, refusing while a VM of that name runs (its overlay is
 /// there).
-fn fresh_vm_dir(vm: &str) -> Result<PathBuf> {
+fn fresh_vm_dir(vm: &str) -> Result<PathBuf, BootError> {
     let d = VmDir::for_name(vm);
     if d.exists() && (d.supervisor_pid().is_some() || d.vm_pid().is_some()) {
-        bail!("a VM named '{vm}' already exists: stop it with `kobako vm stop {vm}` or choose another --name");
+        return Err(BootError::VmExists { vm: vm.into() });
     }
     let dir = store::overlays_root().join(vm);
+    let io = |what: String| move |source| BootError::Io { what, source };
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("remove stale {}", dir.display()))?;
+        std::fs::remove_dir_all(&dir).map_err(io(format!("remove stale {}", dir.display())))?;
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
     Ok(dir)
 }
 
-fn stored(img: &Image, vm: &str, spec: &ImageSpec) -> Result<VmImage> {
+fn stored(
+    img: &Image,
+    vm: &str,
+    spec: &ImageSpec,
+    progress: &dyn Progress,
+) -> Result<VmImage, BootError> {
     let dir = fresh_vm_dir(vm)?;
     let (dir, file) = store::create_overlay(img, vm).inspect_err(|_| {
         let _ = std::fs::remove_dir_all(&dir);
@@ -255,7 +257,7 @@ fn stored(img: &Image, vm: &str, spec: &ImageSpec) -> Result<VmImage> {
             .unwrap_or_default(),
     };
     if img.manifest.cloud_init || spec.cloud_init {
-        if let Err(e) = attach_seed(&mut out, &dir, vm, spec) {
+        if let Err(e) = attach_seed(&mut out, &dir, vm, spec, progress) {
             out.discard();
             return Err(e);
         }
@@ -263,7 +265,13 @@ fn stored(img: &Image, vm: &str, spec: &ImageSpec) -> Result<VmImage> {
     Ok(out)
 }
 
-fn attach_seed(out: &mut VmImage, dir: &Path, vm: &str, spec: &ImageSpec) -> Result<()> {
+fn attach_seed(
+    out: &mut VmImage,
+    dir: &Path,
+    vm: &str,
+    spec: &ImageSpec,
+    progress: &dyn Progress,
+) -> Result<(), BootError> {
     let user_data = match &spec.user_data {
         Some(p) => Some(cloudinit::read_user_data(p)?),
         None => None,
@@ -279,7 +287,7 @@ fn attach_seed(out: &mut VmImage, dir: &Path, vm: &str, spec: &ImageSpec) -> Res
         nics: Vec::new(),
     };
     let path = dir.join("seed.iso");
-    cloudinit::write_seed(&seed, &path, &StderrProgress)?;
+    cloudinit::write_seed(&seed, &path, progress)?;
     out.extra_disks.push(Disk {
         path,
         format: "raw".into(),
@@ -288,17 +296,70 @@ fn attach_seed(out: &mut VmImage, dir: &Path, vm: &str, spec: &ImageSpec) -> Res
     Ok(())
 }
 
-/// `--accel auto|kvm|tcg` (also `$KOBAKO_ACCEL`). Returns the choice and why.
-pub fn accel(arg: &str) -> Result<(Accel, String)> {
-    match arg {
-        "auto" => {
-            let c = host::detect_accel();
-            Ok((c.accel, c.reason))
+/// The image store, with the tiny image registered in it when it is built (so `image ls`
+/// lists it and `--root disk` can overlay it).
+pub fn store() -> Store {
+    let s = Store::default();
+    if let Ok(agent) = tiny::find_agent() {
+        if let Some(t) = tiny::cached(&agent) {
+            if let Err(e) = s.register_tiny(&t) {
+                tracing::warn!("cannot register the tiny image in the store: {e}");
+            }
         }
-        "kvm" => Ok((Accel::Kvm, "forced with --accel kvm".into())),
-        "tcg" => Ok((Accel::Tcg, "forced with --accel tcg".into())),
-        other => bail!("--accel {other}: use auto, kvm or tcg"),
     }
+    s
+}
+
+/// VMs (name, disk files) known to the runtime, for "in use" checks.
+pub fn vm_disks() -> Vec<(String, Vec<PathBuf>)> {
+    kobako_runtime::vmdir::list()
+        .into_iter()
+        .filter_map(|vm| {
+            let cfg = vm.config().ok()?;
+            let mut disks: Vec<PathBuf> = cfg.extra_disks.iter().map(|d| d.path.clone()).collect();
+            if let Root::Disk { path, .. } = &cfg.root {
+                disks.push(path.clone());
+            }
+            Some((vm.name, disks))
+        })
+        .collect()
+}
+
+/// VMs using an image: those the runtime knows (root and extra disks), and any overlay under the
+/// overlays directory whose backing chain reaches the image (VMs of another `KOBAKO_RUN`).
+pub fn users(img: &Image) -> Vec<String> {
+    let mut vms = vm_disks();
+    if let Ok(rd) = std::fs::read_dir(store::overlays_root()) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !vms.iter().any(|(n, _)| *n == name) {
+                vms.push((name, vec![e.path().join("root.qcow2")]));
+            }
+        }
+    }
+    let mut u = img.used_by(vms.iter().map(|(n, d)| (n.as_str(), d.clone())));
+    u.sort();
+    u
+}
+
+/// Does the image carry the agent this kobako would install (and, for Debian images, the current
+/// recipe; for images of a named recipe, that recipe as it is now)? (None: unknown.)
+pub fn agent_is_current(img: &Image) -> Option<bool> {
+    if img.manifest.kind == ImageKind::Debian && img.manifest.recipe != Some(debian::RECIPE) {
+        return Some(false);
+    }
+    if let (Some(d), Some(r)) = (
+        &img.manifest.recipe_digest,
+        recipes::find(&img.manifest.name),
+    ) {
+        if *d != r.digest() {
+            return Some(false);
+        }
+    }
+    let recorded = img.manifest.agent_sha256.as_ref()?;
+    let agent = tiny::find_agent().ok()?;
+    let now = disk::sha256_file(&agent).ok()?;
+    Some(&now == recorded)
 }
 
 #[cfg(test)]
@@ -315,7 +376,7 @@ mod tests {
         let s = parse_spec("web,user-data=/tmp/u.yaml").unwrap();
         assert!(s.cloud_init);
         assert_eq!(s.user_data.unwrap(), PathBuf::from("/tmp/u.yaml"));
-        let e = parse_spec("web,bogus").err().unwrap().to_string();
+        let e = parse_spec("web,bogus").unwrap_err().to_string();
         assert!(e.contains("unknown option 'bogus'"), "{e}");
         assert!(parse_spec("web,user-data=").is_err());
     }
