@@ -54,6 +54,14 @@ pub enum BuildError {
     Bus(#[from] crate::devices::bus::BusError),
     #[error("Cannot set up the virtio devices")]
     Virtio(#[from] crate::devices::virtio::setup::SetupError),
+    #[error("{what}: its region ends at {end:#x}, beyond the guest's {bits}-bit physical address space: use smaller backing files or fewer pmem devices")]
+    PmemBeyondPhysBits { what: String, end: u64, bits: u32 },
+    #[error("Cannot map {what} into the guest")]
+    PmemSlot {
+        what: String,
+        #[source]
+        source: crate::vstate::vm::VmError,
+    },
     #[error("Cannot register the eventfds of virtio device {what}")]
     VirtioFd {
         what: String,
@@ -194,8 +202,10 @@ fn build_from(
     };
     vm.setup_irqchip()?;
 
-    // Virtio devices (their places go on the command line).
+    // Virtio devices (their places go on the command line), and the guest memory pmem
+    // devices bring.
     let virtio = virtio_setup::create(res, &vm.memory)?;
+    register_device_memory(&mut vm, &virtio)?;
 
     // Kernel, command line, initrd, boot protocol structures (a snapshot has them in RAM).
     let entry = match snapshot {
@@ -231,6 +241,57 @@ fn build_from(
         boot_time: legacy.boot_time,
         virtio,
     })
+}
+
+/// Each pmem device's mapping as a KVM slot at the address its config space gives, after
+/// checking that it lies within the guest's physical address width.
+fn register_device_memory(vm: &mut Vm, virtio: &[VirtioSlot]) -> Result<(), BuildError> {
+    let regions: Vec<_> = virtio
+        .iter()
+        .filter_map(|s| s.memory.as_ref().map(|m| (s, m)))
+        .collect();
+    if regions.is_empty() {
+        return Ok(());
+    }
+    let bits = guest_phys_bits(vm);
+    for (s, (gpa, map)) in regions {
+        let what = match &s.id {
+            virtio_setup::DeviceId::Pmem(id) => format!("pmem device {id:?}"),
+            other => format!("{other:?}"),
+        };
+        let end = gpa.saturating_add(map.len());
+        if bits < 64 && end > 1u64 << bits {
+            return Err(BuildError::PmemBeyondPhysBits { what, end, bits });
+        }
+        let slot = vm
+            .add_file_slot(*gpa, map.clone())
+            .map_err(|source| BuildError::PmemSlot {
+                what: what.clone(),
+                source,
+            })?;
+        crate::log_info!(
+            "{what}: {} MiB at guest physical {gpa:#x} (KVM slot {slot}{})",
+            map.len() >> 20,
+            if map.read_only() { ", read-only" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// The guest's physical address width: CPUID leaf 0x8000_0008 EAX[7:0] as KVM offers it (36,
+/// the architectural minimum, when KVM does not say).
+fn guest_phys_bits(vm: &Vm) -> u32 {
+    vm.kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .ok()
+        .and_then(|c| {
+            c.as_slice()
+                .iter()
+                .find(|e| e.function == 0x8000_0008)
+                .map(|e| e.eax & 0xff)
+        })
+        .filter(|b| (32..=64).contains(b))
+        .unwrap_or(36)
 }
 
 /// The port-I/O devices of every VM and their bus.

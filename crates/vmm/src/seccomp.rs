@@ -147,6 +147,7 @@ const VMM: &[i64] = &[
     libc::SYS_preadv,
     libc::SYS_pwritev,
     libc::SYS_readv,
+    // FLUSH of virtio-blk and virtio-pmem (queue work: this thread only).
     libc::SYS_fdatasync,
     libc::SYS_fallocate,
     libc::SYS_ftruncate,
@@ -300,6 +301,9 @@ mod tests {
         assert!(!f.vcpu.is_empty() && !f.api.is_empty() && !f.vmm.is_empty());
         // The vCPU list must not contain socket setup or file opening.
         assert!(!VCPU.contains(&libc::SYS_accept4) && !VCPU.contains(&libc::SYS_openat));
+        // Device flushes (blk, pmem) run on the event loop; vCPU threads never sync files.
+        assert!(VMM.contains(&libc::SYS_fdatasync) && !VCPU.contains(&libc::SYS_fdatasync));
+        assert!(!API.contains(&libc::SYS_fdatasync) && !COMMON.contains(&libc::SYS_fdatasync));
         assert_eq!(
             KVM_GET_REGS,
             0x8090_ae81,

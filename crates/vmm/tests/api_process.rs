@@ -1268,10 +1268,10 @@ fn unsupported_options_are_refused_at_put_and_harmless_ones_accepted() {
         http(
             &sock,
             "PUT",
-            "/pmem/p1",
-            Some(r#"{"id": "p1", "path_on_host": "/dev/null"}"#),
+            "/hotplug/memory",
+            Some(r#"{"total_size_mib": 1024}"#),
         ),
-        "virtio-pmem devices is not supported by kobako-vmm",
+        "memory hotplug is not supported by kobako-vmm",
     );
     assert_alive_and_answering(&mut child, &sock);
 }

@@ -764,26 +764,41 @@ struct Refusal {
     /// A trailing `*` matches a prefix.
     path: &'static str,
     phase: Option<Phase>,
-    when: fn(&Value) -> bool,
+    /// Given the request body and the current `GET /vm/config` (refusals that depend on what
+    /// is configured already, such as a second root device).
+    when: fn(&Value, &Value) -> bool,
     reason: &'static str,
     /// The fault_message contains one of these, `|`-separated ("" = anything).
     needle: &'static str,
 }
 
 impl Refusal {
-    fn applies(&self, op: &Op, phase: Phase, body: &Value) -> bool {
+    fn applies(&self, op: &Op, phase: Phase, body: &Value, config: &Value) -> bool {
         (self.method == "*" || self.method == op.method)
             && match self.path.strip_suffix('*') {
                 Some(prefix) => op.path.starts_with(prefix),
                 None => op.path == self.path,
             }
             && self.phase.is_none_or(|p| p == phase)
-            && (self.when)(body)
+            && (self.when)(body, config)
     }
 }
 
-fn always(_: &Value) -> bool {
+fn always(_: &Value, _: &Value) -> bool {
     true
+}
+
+/// Whether the configuration has a root drive (other than `except`'s id) / a root pmem device.
+fn root_drive(config: &Value) -> bool {
+    config["drives"]
+        .as_array()
+        .is_some_and(|d| d.iter().any(|d| d["is_root_device"] == json!(true)))
+}
+fn root_pmem_other_than(config: &Value, id: &str) -> bool {
+    config["pmem"].as_array().is_some_and(|p| {
+        p.iter()
+            .any(|p| p["root_device"] == json!(true) && p["id"] != id)
+    })
 }
 
 const NOT_SUPPORTED: &str = "is not supported by kobako-vmm";
@@ -800,31 +815,38 @@ fn refusals() -> Vec<Refusal> {
         needle,
     };
     vec![
-        r("*", "/pmem/{id}", None, always as fn(&Value) -> bool,
-          "not implemented: no virtio-pmem devices", NOT_SUPPORTED),
-        r("*", "/hotplug/memory", None, always, "not implemented: no memory hotplug (virtio-mem)", NOT_SUPPORTED),
-        r("*", "/machine-config", None, |b| b["smt"] == json!(true),
+        r("*", "/hotplug/memory", None, always as fn(&Value, &Value) -> bool,
+          "not implemented: no memory hotplug (virtio-mem)", NOT_SUPPORTED),
+        r("PUT", "/pmem/{id}", Some(Phase::PreBoot),
+          |b, c| b["root_device"] == json!(true) && (root_drive(c) || root_pmem_other_than(c, PMEM)),
+          "at most one root device among drives and pmem devices (Firecracker's rule)",
+          "root device"),
+        r("PUT", "/drives/{drive_id}", Some(Phase::PreBoot),
+          |b, c| b["is_root_device"] == json!(true) && root_pmem_other_than(c, ""),
+          "at most one root device among drives and pmem devices (Firecracker's rule)",
+          "root device"),
+        r("*", "/machine-config", None, |b, _| b["smt"] == json!(true),
           "kobako-vmm does not enable SMT", "multithreading|SMT"),
         r("*", "/machine-config", None,
-          |b| b.get("cpu_template").is_some_and(|t| t != "None"),
+          |b, _| b.get("cpu_template").is_some_and(|t| t != "None"),
           "kobako-vmm applies no CPU template (only \"None\" is accepted)", "CPU template"),
-        r("*", "/machine-config", None, |b| b["huge_pages"] == json!("2M"),
+        r("*", "/machine-config", None, |b, _| b["huge_pages"] == json!("2M"),
           "hugetlbfs-backed guest memory (huge_pages \"2M\") is not implemented", "2M"),
-        r("PUT", "/drives/{drive_id}", None, |b| b.get("socket").is_some(),
+        r("PUT", "/drives/{drive_id}", None, |b, _| b.get("socket").is_some(),
           "vhost-user block devices (socket) are not implemented", "socket"),
-        r("PUT", "/snapshot/create", None, |b| b["snapshot_type"] == json!("Diff"),
+        r("PUT", "/snapshot/create", None, |b, _| b["snapshot_type"] == json!("Diff"),
           "Diff snapshots are not implemented (no dirty page tracking)", "Diff"),
-        r("PUT", "/snapshot/load", None, |b| b["mem_backend"]["backend_type"] == json!("Uffd"),
+        r("PUT", "/snapshot/load", None, |b, _| b["mem_backend"]["backend_type"] == json!("Uffd"),
           "userfaultfd memory backends are not implemented", "Uffd"),
-        r("PUT", "/snapshot/load", None, |b| b["clock_realtime"] == json!(true),
+        r("PUT", "/snapshot/load", None, |b, _| b["clock_realtime"] == json!(true),
           "clock_realtime is not implemented: kvmclock resumes where it was", "clock_realtime"),
         r("PUT", "/snapshot/load", None,
-          |b| b["huge_pages"] == json!("Transparent") || b["huge_pages"] == json!("2M"),
+          |b, _| b["huge_pages"] == json!("Transparent") || b["huge_pages"] == json!("2M"),
           "a loaded snapshot's memory is a private file mapping with regular pages", "huge_pages"),
-        r("PUT", "/actions", Some(Phase::PreBoot), |b| b["action_type"] == json!("SendCtrlAltDel"),
+        r("PUT", "/actions", Some(Phase::PreBoot), |b, _| b["action_type"] == json!("SendCtrlAltDel"),
           "no guest to send it to before InstanceStart (a runtime action in Firecracker too)",
           "before starting"),
-        r("PUT", "/actions", Some(Phase::PostBoot), |b| b["action_type"] == json!("InstanceStart"),
+        r("PUT", "/actions", Some(Phase::PostBoot), |b, _| b["action_type"] == json!("InstanceStart"),
           "InstanceStart is allowed once", "already running"),
         r("PATCH", "/vm", Some(Phase::PreBoot), always,
           "no microVM to pause or resume before InstanceStart", "before starting"),
@@ -835,7 +857,7 @@ fn refusals() -> Vec<Refusal> {
         r("PUT", "/balloon", Some(Phase::PostBoot), always,
           "the description: \"This will fail after machine startup\"", "after starting"),
         r("PATCH", "/balloon/statistics", Some(Phase::PostBoot),
-          |b| b["stats_polling_interval_s"] == json!(0),
+          |b, _| b["stats_polling_interval_s"] == json!(0),
           "the description: statistics cannot be turned on/off after boot", "turned on or off"),
         r("PUT", "/logger", Some(Phase::PostBoot), always,
           "pre-boot only, as in Firecracker (its runtime controller refuses it; the description does not say)",
@@ -900,6 +922,8 @@ struct Fixtures {
     kernel: PathBuf,
     initrd: PathBuf,
     disks: [PathBuf; 2],
+    /// pmem backing files (2 MiB each, the smallest size a pmem device takes).
+    pmem: [PathBuf; 2],
     serial: PathBuf,
     log: PathBuf,
     metrics: PathBuf,
@@ -942,7 +966,11 @@ impl Gen {
                 } else {
                     false
                 };
-                s(&fx.disks[usize::from(i)])
+                if op.path.starts_with("/pmem") {
+                    s(&fx.pmem[usize::from(i)])
+                } else {
+                    s(&fx.disks[usize::from(i)])
+                }
             }
             "socket" => s(&fx.dir.join("vhost-user-blk.sock")),
             "uds_path" => self.unique(fx, "vsock", "sock"),
@@ -1809,6 +1837,15 @@ impl Runner<'_> {
         self.state = self.fetch_state().unwrap_or(State(Vec::new()));
     }
 
+    /// `GET /vm/config` as of the last state read (Null if none).
+    fn vm_config(&self) -> Value {
+        self.state
+            .0
+            .iter()
+            .find(|(p, _, _)| p == "/vm/config")
+            .map_or(Value::Null, |(_, _, v)| v.clone())
+    }
+
     fn fetch_state(&self) -> Result<State, String> {
         let mut parts = Vec::new();
         for path in ["/vm/config", "/machine-config", "/mmds", "/"] {
@@ -1835,7 +1872,7 @@ impl Runner<'_> {
         let hits: Vec<&Refusal> = self
             .refusals
             .iter()
-            .filter(|r| r.applies(op, self.phase, body))
+            .filter(|r| r.applies(op, self.phase, body, &self.vm_config()))
             .collect();
         if hits.is_empty() {
             return Expect::Success;
@@ -1877,8 +1914,9 @@ impl Runner<'_> {
             let body_v = body
                 .and_then(|b| serde_json::from_slice::<Value>(b).ok())
                 .unwrap_or(Value::Null);
+            let config = self.vm_config();
             for (i, r) in self.refusals.iter().enumerate() {
-                if r.applies(op, self.phase, &body_v) {
+                if r.applies(op, self.phase, &body_v, &config) {
                     self.refusal_hits[i] += 1;
                 }
             }
@@ -2407,6 +2445,10 @@ fn firecracker_api_conformance() {
         disks: [
             write(d, "disk0.img", &[0u8; 65536]),
             write(d, "disk1.img", &[0u8; 65536]),
+        ],
+        pmem: [
+            write(d, "pmem0.img", &vec![0u8; 2 << 20]),
+            write(d, "pmem1.img", &vec![0u8; 2 << 20]),
         ],
         serial: d.join("serial.out"),
         log: d.join("vmm.log"),

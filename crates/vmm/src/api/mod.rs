@@ -16,6 +16,7 @@
 //! | PUT | `/boot-source` | pre-boot; the kernel must exist and be an ELF vmlinux or bzImage |
 //! | GET/PUT/PATCH | `/machine-config` | PUT/PATCH pre-boot |
 //! | PUT/PATCH | `/drives/{drive_id}` | PUT pre-boot; virtio-blk (raw/qcow2); PATCH also post-boot |
+//! | PUT/PATCH | `/pmem/{id}` | PUT pre-boot; virtio-pmem (the file mapped as guest memory); PATCH (rate limiter) post-boot |
 //! | PUT/PATCH | `/network-interfaces/{iface_id}` | PUT pre-boot; virtio-net on a tap; PATCH also post-boot |
 //! | PUT | `/vsock` | pre-boot; virtio-vsock, Firecracker's host side on `uds_path` |
 //! | PUT | `/entropy` | pre-boot; a virtio-rng device (optional rate limiter) |
@@ -119,6 +120,8 @@ pub fn route(req: &Request) -> Result<VmmAction, Response> {
         ("PUT", "boot-source", None) => VmmAction::PutBootSource(body(req)?),
         ("PUT", "drives", Some(id)) => VmmAction::PutDrive(id.to_string(), body(req)?),
         ("PATCH", "drives", Some(id)) => VmmAction::PatchDrive(id.to_string(), body(req)?),
+        ("PUT", "pmem", Some(id)) => VmmAction::PutPmem(id.to_string(), body(req)?),
+        ("PATCH", "pmem", Some(id)) => VmmAction::PatchPmem(id.to_string(), body(req)?),
         ("PUT", "network-interfaces", Some(id)) => VmmAction::PutNet(id.to_string(), body(req)?),
         ("PATCH", "network-interfaces", Some(id)) => {
             VmmAction::PatchNet(id.to_string(), body(req)?)
@@ -157,7 +160,7 @@ pub fn route(req: &Request) -> Result<VmmAction, Response> {
         ("PATCH", "balloon", Some("hinting")) if third == Some("stop") => {
             VmmAction::StopBalloonHinting
         }
-        ("PUT", "drives" | "network-interfaces", None) => {
+        ("PUT", "drives" | "network-interfaces" | "pmem", None) => {
             return Err(Response::fault(400, "Missing id in the request path."))
         }
         _ => return Err(unrouted(req, first, second, third)),
@@ -166,17 +169,14 @@ pub fn route(req: &Request) -> Result<VmmAction, Response> {
 
 /// Endpoints of Firecracker's API that kobako-vmm does not implement (first path segment,
 /// what it is).
-const NOT_IMPLEMENTED: &[(&str, &str)] = &[
-    ("pmem", "virtio-pmem devices"),
-    ("hotplug", "memory hotplug"),
-];
+const NOT_IMPLEMENTED: &[(&str, &str)] = &[("hotplug", "memory hotplug")];
 
 /// The methods each implemented path takes.
 fn methods_of(first: &str, second: Option<&str>) -> Option<&'static str> {
     Some(match (first, second) {
         ("" | "version", None) => "GET",
         ("machine-config", None) => "GET, PUT or PATCH",
-        ("drives" | "network-interfaces", Some(_)) => "PUT or PATCH",
+        ("drives" | "network-interfaces" | "pmem", Some(_)) => "PUT or PATCH",
         ("vm", None) => "PATCH",
         ("mmds", None) => "GET, PUT or PATCH",
         ("mmds", Some("config")) | ("cpu-config", None) => "PUT",
@@ -418,6 +418,35 @@ mod tests {
             route(&req("PUT", "/cpu-config", "{}")),
             Ok(VmmAction::PutCpuConfig(_))
         ));
+        // virtio-pmem: Firecracker's Pmem and PartialPmem bodies; defaults false.
+        let Ok(VmmAction::PutPmem(id, p)) = route(&req(
+            "PUT",
+            "/pmem/p0",
+            r#"{"id": "p0", "path_on_host": "/x"}"#,
+        )) else {
+            panic!("PUT /pmem")
+        };
+        assert_eq!(
+            (id.as_str(), p.root_device, p.read_only),
+            ("p0", false, false)
+        );
+        assert!(matches!(
+            route(&req("PATCH", "/pmem/p0", r#"{"id": "p0"}"#)),
+            Ok(VmmAction::PatchPmem(..))
+        ));
+        assert!(msg(route(&req("PUT", "/pmem", "{}")).unwrap_err()).contains("Missing id"));
+        assert!(msg(route(&req("GET", "/pmem/p0", "")).unwrap_err()).contains("takes PUT or PATCH"));
+        for bad in [
+            r#"{"id": "p0"}"#,
+            r#"{"id": "p0", "path_on_host": "/x", "size": 1}"#,
+            r#"{"id": "p0", "path_on_host": "/x", "read_only": "yes"}"#,
+        ] {
+            assert_eq!(
+                route(&req("PUT", "/pmem/p0", bad)).unwrap_err().status,
+                400,
+                "{bad}"
+            );
+        }
         assert_eq!(
             route(&req("PATCH", "/balloon/hinting/start", "")).unwrap(),
             VmmAction::StartBalloonHinting(BalloonStartCmd::default())

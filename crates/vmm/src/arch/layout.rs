@@ -16,6 +16,9 @@
 //! 0xc000_0000  MMIO gap (1 GiB): virtio-mmio devices from 0xd000_0000, IOAPIC 0xfec0_0000,
 //!              LAPIC 0xfee0_0000
 //! 0x1_0000_0000 RAM above 4 GiB (when mem_size_mib > 3072)
+//! max(end of RAM, 4 GiB) rounded up to 1 GiB: virtio-pmem regions (each backing file mapped
+//!              whole, its own KVM memory slot; the next one at a 128 MiB boundary). Not in
+//!              the e820 map: the guest's pmem driver finds them in the device's config space.
 //! ```
 
 /// Global descriptor table.
@@ -66,6 +69,30 @@ pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 /// Highest vCPU count accepted (Firecracker's limit, also what the MP table is sized for).
 pub const MAX_VCPUS: u8 = 32;
 
+/// The first virtio-pmem region starts at a multiple of this (above RAM and the 32-bit gap).
+pub const PMEM_FIRST_ALIGN: u64 = 1 << 30;
+/// Later pmem regions start at a multiple of this (Linux hot-adds device memory in 128 MiB
+/// sections on x86_64).
+pub const PMEM_ALIGN: u64 = 128 << 20;
+
+fn align_up(v: u64, a: u64) -> Option<u64> {
+    v.checked_add(a - 1).map(|x| x / a * a)
+}
+
+/// Guest-physical `(start, size)` of each virtio-pmem region of `sizes` bytes, in order: the
+/// first at max(end of RAM, 4 GiB) rounded up to [`PMEM_FIRST_ALIGN`], each next one at the
+/// previous end rounded up to [`PMEM_ALIGN`]. `None` when the sum overflows 64 bits (the
+/// caller checks the end against the guest's physical address width).
+pub fn pmem_regions(mem_bytes: u64, sizes: &[u64]) -> Option<Vec<(u64, u64)>> {
+    let mut next = align_up(ram_end(mem_bytes).max(MMIO_GAP_END), PMEM_FIRST_ALIGN)?;
+    let mut out = Vec::with_capacity(sizes.len());
+    for &size in sizes {
+        out.push((next, size));
+        next = align_up(next.checked_add(size)?, PMEM_ALIGN)?;
+    }
+    Some(out)
+}
+
 /// Guest RAM as (start, size) ranges for `mem_bytes` of memory, split around the MMIO gap.
 pub fn ram_ranges(mem_bytes: u64) -> Vec<(u64, u64)> {
     if mem_bytes <= MMIO_GAP_START {
@@ -97,5 +124,41 @@ mod tests {
         assert_eq!(ram_ranges(5 << 30), vec![(0, 3 << 30), (4 << 30, 2 << 30)]);
         assert_eq!(ram_end(5 << 30), 6 << 30);
         assert_eq!(MAX_PDES, 0x15);
+    }
+
+    #[test]
+    fn pmem_regions_sit_above_ram_and_the_gap() {
+        const G: u64 = 1 << 30;
+        const M: u64 = 1 << 20;
+        // Small guest: at 4 GiB; the next one 128 MiB-aligned after the first.
+        assert_eq!(
+            pmem_regions(64 * M, &[2 * M, 130 * M, 2 * M]),
+            Some(vec![
+                (4 * G, 2 * M),
+                (4 * G + 128 * M, 130 * M),
+                (4 * G + 384 * M, 2 * M)
+            ])
+        );
+        // RAM up to exactly 3 GiB still ends below the gap: 4 GiB.
+        assert_eq!(pmem_regions(3 * G, &[2 * M]), Some(vec![(4 * G, 2 * M)]));
+        // RAM above the gap: after its end, rounded up to 1 GiB.
+        assert_eq!(pmem_regions(5 * G, &[2 * M]), Some(vec![(6 * G, 2 * M)]));
+        assert_eq!(
+            pmem_regions(5 * G + 2 * M, &[2 * M]),
+            Some(vec![(7 * G, 2 * M)])
+        );
+        for (s, l) in pmem_regions(5 * G + 2 * M, &[2 * M, 4 * M]).unwrap() {
+            for (rs, rl) in ram_ranges(5 * G + 2 * M) {
+                assert!(s >= rs + rl || s + l <= rs, "overlaps RAM");
+            }
+            assert!(s >= MMIO_GAP_END);
+        }
+        assert_eq!(pmem_regions(64 * M, &[]), Some(vec![]));
+        // Sizes a file could claim: overflow is None, never a wrap.
+        assert_eq!(pmem_regions(64 * M, &[u64::MAX - 2 * M]), None);
+        assert_eq!(
+            pmem_regions(64 * M, &[1 << 62, 1 << 62, 1 << 62, 1 << 62]),
+            None
+        );
     }
 }

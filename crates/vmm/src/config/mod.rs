@@ -6,11 +6,12 @@
 //! sends them over). Validation turns wire types into stored state and returns a
 //! [`ConfigError`] whose message becomes the `fault_message` of a 400 response.
 //!
-//! Drives, network interfaces, vsock and entropy become virtio-mmio devices at InstanceStart
-//! (`devices::virtio::setup`); all are returned by `GET /vm/config`.
+//! Drives, pmem devices, network interfaces, vsock, entropy and the balloon become virtio-mmio
+//! devices at InstanceStart (`devices::virtio::setup`); all are returned by `GET /vm/config`.
 //!
 //! Files: this one holds [`ConfigError`] and [`check_no_positional`] (shared by every
-//! document); `wire.rs` (with `wire/balloon.rs` and `wire/snapshot.rs`) the wire types;
+//! document); `wire.rs` (with `wire/balloon.rs`, `wire/pmem.rs` and `wire/snapshot.rs`) the
+//! wire types;
 //! `resources.rs` [`VmResources`] and its validation. Everything is re-exported here, so
 //! `crate::config::X` names each of them.
 
@@ -45,6 +46,9 @@ pub enum ConfigError {
     Invalid { what: &'static str, why: String },
     #[error("{0}")]
     NotSupported(String),
+    /// A virtio-pmem device refused (`PUT /pmem/{id}`, the config file's `pmem` list).
+    #[error("{0}")]
+    Pmem(#[from] PmemError),
 }
 
 /// The keys whose values are lists in the API's and the config file's documents; everywhere
@@ -55,8 +59,8 @@ const LIST_KEYS: &[&str] = &[
     "network_interfaces",
     "network_overrides",
     "drive_overrides",
-    // Sections kobako-vmm refuses as not supported: their lists must reach that refusal.
     "pmem",
+    // Sections kobako-vmm refuses as not supported: their lists must reach that refusal.
     "kvm_capabilities",
     "cpuid_modifiers",
     "msr_modifiers",

@@ -1,16 +1,19 @@
 //! [`VmResources`], the validated configuration of one microVM that the builder consumes, and
 //! the checks that turn wire types into it (machine configuration against this host, drive and
-//! interface ids, files that must exist). Each setter answers one API request or one section of
-//! a `--config-file` document.
+//! interface ids, files that must exist, pmem backing files). Each setter answers one API
+//! request or one section of a `--config-file` document.
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use super::{
     BalloonConfig, BalloonError, BootSource, ConfigError, CpuTemplate, Drive, DriveUpdate,
     EntropyConfig, FullConfig, HugePages, LoggerConfig, MachineConfig, MachineConfigUpdate,
-    MetricsConfig, MmdsConfig, NetworkInterface, NetworkInterfaceUpdate, SerialConfig, Vsock,
+    MetricsConfig, MmdsConfig, NetworkInterface, NetworkInterfaceUpdate, Pmem, PmemError,
+    PmemUpdate, SerialConfig, Vsock, PMEM_SIZE_ALIGN,
 };
 use crate::arch::layout::MAX_VCPUS;
 
@@ -87,6 +90,103 @@ fn check_id(what: &'static str, id: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// At most this many pmem devices: each takes a KVM memory slot, one of the 19 virtio IRQs and
+/// at least 128 MiB of guest physical address space above RAM.
+pub const MAX_PMEM_DEVICES: usize = 8;
+
+/// A pmem backing file, opened and checked.
+#[derive(Debug)]
+pub struct PmemFile {
+    pub file: File,
+    /// A non-zero multiple of [`PMEM_SIZE_ALIGN`].
+    pub size: u64,
+    /// `(st_dev, st_ino)`: one file backs one device.
+    pub id: (u64, u64),
+}
+
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Opens a pmem backing file (read-write unless `read_only`) and checks what the device
+/// needs: a regular file (checked before it is opened: opening a FIFO or a device can block
+/// or act), of a non-zero size that is a multiple of 2 MiB. Checked at `PUT /pmem` and again
+/// when the device maps it at InstanceStart (the file may have changed in between); the
+/// checks apply to the file actually opened.
+pub fn open_pmem_file(path: &Path, read_only: bool) -> Result<PmemFile, PmemError> {
+    let shown = crate::api::http::clip(&path.display().to_string(), 256).into_owned();
+    let check = |m: &std::fs::Metadata| -> Result<u64, PmemError> {
+        if !m.file_type().is_file() {
+            return Err(PmemError::NotRegular {
+                path: shown.clone(),
+                kind: file_kind(m.file_type()),
+            });
+        }
+        let size = m.len();
+        if size == 0 {
+            return Err(PmemError::Empty {
+                path: shown.clone(),
+            });
+        }
+        if size % PMEM_SIZE_ALIGN != 0 {
+            return Err(PmemError::Unaligned {
+                path: shown.clone(),
+                size,
+                next_mib: size.div_ceil(PMEM_SIZE_ALIGN) * (PMEM_SIZE_ALIGN >> 20),
+            });
+        }
+        Ok(size)
+    };
+    let missing = |e: std::io::Error| PmemError::Missing {
+        path: shown.clone(),
+        why: e.to_string(),
+    };
+    check(&std::fs::metadata(path).map_err(missing)?)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| PmemError::Open {
+            path: shown.clone(),
+            mode: if read_only {
+                "reading"
+            } else {
+                "reading and writing"
+            },
+            why: e.to_string(),
+            hint: if read_only {
+                ""
+            } else {
+                ", or set \"read_only\": true to map it read-only"
+            },
+        })?;
+    let m = file.metadata().map_err(missing)?;
+    let size = check(&m)?;
+    Ok(PmemFile {
+        file,
+        size,
+        id: (m.dev(), m.ino()),
+    })
+}
+
+/// `(st_dev, st_ino)` of an existing file (`None`: it cannot be stat'ed).
+fn file_id(p: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+}
+
 /// The validated configuration of one microVM. Every setter either applies its change whole
 /// or returns an error and leaves the configuration as it was.
 #[derive(Debug, Clone, Default)]
@@ -94,6 +194,8 @@ pub struct VmResources {
     pub boot_source: Option<BootSource>,
     pub machine: MachineConfig,
     pub drives: BTreeMap<String, Drive>,
+    /// `PUT /pmem/{id}`: virtio-pmem devices.
+    pub pmem: BTreeMap<String, Pmem>,
     pub net: BTreeMap<String, NetworkInterface>,
     pub vsock: Option<Vsock>,
     pub entropy: Option<EntropyConfig>,
@@ -320,7 +422,117 @@ impl VmResources {
                 why: "a root block device already exists".into(),
             });
         }
+        if let Some(p) = self
+            .pmem
+            .values()
+            .find(|p| p.root_device && d.is_root_device)
+        {
+            return Err(ConfigError::Invalid {
+                what: "drive",
+                why: format!(
+                    "pmem device {:?} is the root device already; at most one pmem device or drive can be the root device",
+                    p.id
+                ),
+            });
+        }
+        if let Some(p) = d.path_on_host.as_deref().and_then(|path| {
+            let id = file_id(path)?;
+            self.pmem
+                .values()
+                .find(|p| file_id(&p.path_on_host) == Some(id))
+        }) {
+            return Err(ConfigError::Invalid {
+                what: "path_on_host",
+                why: format!(
+                    "the file is already the backing file of pmem device {:?}: one file backs one device",
+                    p.id
+                ),
+            });
+        }
         self.drives.insert(d.drive_id.clone(), d);
+        Ok(())
+    }
+
+    /// `PUT /pmem/{id}` (pre-boot): a new pmem device, or a new configuration of the one of
+    /// that id (Firecracker's "creates or updates"). The backing file is opened and checked
+    /// now; at most one root device among pmem devices and drives (Firecracker's rule).
+    pub fn put_pmem(&mut self, path_id: &str, p: Pmem) -> Result<(), ConfigError> {
+        if path_id != p.id {
+            return Err(ConfigError::IdMismatch {
+                path: path_id.into(),
+                body: p.id,
+            });
+        }
+        check_id("id", &p.id)?;
+        let file = open_pmem_file(&p.path_on_host, p.read_only)?;
+        if !self.pmem.contains_key(&p.id) && self.pmem.len() >= MAX_PMEM_DEVICES {
+            return Err(PmemError::TooMany {
+                max: MAX_PMEM_DEVICES,
+            }
+            .into());
+        }
+        if p.root_device {
+            let other = self
+                .pmem
+                .values()
+                .find(|o| o.root_device && o.id != p.id)
+                .map(|o| format!("pmem device {:?}", o.id))
+                .or_else(|| {
+                    self.drives
+                        .values()
+                        .find(|d| d.is_root_device)
+                        .map(|d| format!("drive {:?}", d.drive_id))
+                });
+            if let Some(other) = other {
+                return Err(PmemError::SecondRoot { other }.into());
+            }
+        }
+        let shown =
+            || crate::api::http::clip(&p.path_on_host.display().to_string(), 256).into_owned();
+        if let Some(o) = self
+            .pmem
+            .values()
+            .find(|o| o.id != p.id && file_id(&o.path_on_host) == Some(file.id))
+        {
+            return Err(PmemError::SameFile {
+                path: shown(),
+                other: format!("pmem device {:?}", o.id),
+            }
+            .into());
+        }
+        if let Some(d) = self.drives.values().find(|d| {
+            d.path_on_host
+                .as_deref()
+                .is_some_and(|dp| file_id(dp) == Some(file.id))
+        }) {
+            return Err(PmemError::SameFile {
+                path: shown(),
+                other: format!("drive {:?}", d.drive_id),
+            }
+            .into());
+        }
+        self.pmem.insert(p.id.clone(), p);
+        Ok(())
+    }
+
+    /// `PATCH /pmem/{id}` (post-boot: the runtime controller applies it to the live device
+    /// too): a new rate limiter.
+    pub fn patch_pmem(&mut self, path_id: &str, u: PmemUpdate) -> Result<(), ConfigError> {
+        if path_id != u.id {
+            return Err(ConfigError::IdMismatch {
+                path: path_id.into(),
+                body: u.id,
+            });
+        }
+        let Some(p) = self.pmem.get_mut(&u.id) else {
+            return Err(PmemError::NoSuchDevice {
+                id: crate::api::http::clip(&u.id, 64).into_owned(),
+            }
+            .into());
+        };
+        if let Some(r) = u.rate_limiter {
+            p.rate_limiter = Some(r);
+        }
         Ok(())
     }
 
@@ -447,12 +659,10 @@ impl VmResources {
 
     /// Applies a whole `--config-file` document.
     pub fn from_full(mut cfg: FullConfig) -> Result<VmResources, ConfigError> {
-        for (name, v) in [("pmem", &cfg.pmem), ("memory-hotplug", &cfg.memory_hotplug)] {
-            if v.as_ref().is_some_and(|v| !v.is_null()) {
-                return Err(ConfigError::NotSupported(format!(
-                    "The \"{name}\" section is not supported by kobako-vmm."
-                )));
-            }
+        if cfg.memory_hotplug.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(ConfigError::NotSupported(
+                "The \"memory-hotplug\" section is not supported by kobako-vmm.".into(),
+            ));
         }
         let mut r = VmResources::default();
         if let Some(mc) = cfg.machine_config.take() {
@@ -475,12 +685,23 @@ impl VmResources {
         Ok(r)
     }
 
-    /// Drives, interfaces, vsock, entropy, logger, metrics and serial of a document.
+    /// Drives, pmem devices, interfaces, vsock, entropy, logger, metrics and serial of a
+    /// document.
     fn apply_devices(&mut self, cfg: FullConfig) -> Result<(), ConfigError> {
         let r = self;
         for d in cfg.drives {
             let id = d.drive_id.clone();
             r.put_drive(&id, d)?;
+        }
+        for p in cfg.pmem {
+            if r.pmem.contains_key(&p.id) {
+                return Err(PmemError::DuplicateId {
+                    id: crate::api::http::clip(&p.id, 64).into_owned(),
+                }
+                .into());
+            }
+            let id = p.id.clone();
+            r.put_pmem(&id, p)?;
         }
         for n in cfg.network_interfaces {
             let id = n.iface_id.clone();
@@ -513,6 +734,7 @@ impl VmResources {
             boot_source: self.boot_source.clone(),
             machine_config: Some(self.machine.clone()),
             drives: self.drives.values().cloned().collect(),
+            pmem: self.pmem.values().cloned().collect(),
             network_interfaces: self.net.values().cloned().collect(),
             vsock: self.vsock.clone(),
             entropy: self.entropy.clone(),
@@ -592,5 +814,138 @@ mod tests {
                 uds_path: "/tmp/v".into()
             })
             .is_err());
+    }
+
+    #[test]
+    fn pmem_files_ids_and_root_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = |name: &str, len: u64| {
+            let p = dir.path().join(name);
+            let file = std::fs::File::create(&p).unwrap();
+            file.set_len(len).unwrap();
+            p
+        };
+        let pm = |id: &str, p: &Path, root: bool| Pmem {
+            id: id.into(),
+            path_on_host: p.to_path_buf(),
+            root_device: root,
+            read_only: false,
+            rate_limiter: None,
+        };
+        let good = f("good", 4 << 20);
+        let mut r = VmResources::default();
+        let msg = |e: ConfigError| e.to_string();
+        let missing = dir.path().join("nope");
+        assert!(
+            msg(r.put_pmem("a", pm("a", &missing, false)).unwrap_err()).contains("truncate -s 2M")
+        );
+        assert!(
+            msg(r.put_pmem("a", pm("a", dir.path(), false)).unwrap_err())
+                .contains("is not a regular file (it is a directory)")
+        );
+        assert!(
+            msg(r.put_pmem("a", pm("a", &f("empty", 0), false)).unwrap_err()).contains("is empty")
+        );
+        let e = msg(r
+            .put_pmem("a", pm("a", &f("odd", (2 << 20) + 1), false))
+            .unwrap_err());
+        assert!(
+            e.contains("not a multiple of 2 MiB") && e.contains("truncate -s 4M"),
+            "{e}"
+        );
+        assert!(matches!(
+            r.put_pmem("b", pm("a", &good, false)),
+            Err(ConfigError::IdMismatch { .. })
+        ));
+        assert!(r.put_pmem("a/b", pm("a/b", &good, false)).is_err());
+        assert!(r.pmem.is_empty(), "nothing kept from refused requests");
+
+        r.put_pmem("a", pm("a", &good, false)).unwrap();
+        // The same id again: an update (Firecracker's "creates or updates").
+        r.put_pmem("a", pm("a", &good, true)).unwrap();
+        assert_eq!(r.pmem.len(), 1);
+        assert!(r.pmem["a"].root_device);
+        assert!(msg(r.put_pmem("b", pm("b", &good, false)).unwrap_err())
+            .contains("already used by pmem device \"a\""));
+        let second = f("second", 2 << 20);
+        assert!(msg(r.put_pmem("b", pm("b", &second, true)).unwrap_err())
+            .contains("A root device already exists: pmem device \"a\""));
+        r.put_pmem("b", pm("b", &second, false)).unwrap();
+        // A root drive now clashes with the root pmem device, and the other way round.
+        let disk = f("disk", 2 << 20);
+        let drive = |root| Drive {
+            drive_id: "d".into(),
+            path_on_host: Some(disk.clone()),
+            is_root_device: root,
+            partuuid: None,
+            is_read_only: false,
+            cache_type: None,
+            io_engine: None,
+            rate_limiter: None,
+            socket: None,
+            image_format: None,
+        };
+        assert!(r
+            .put_drive("d", drive(true))
+            .unwrap_err()
+            .to_string()
+            .contains("pmem device \"a\" is the root device already"));
+        r.put_pmem("a", pm("a", &good, false)).unwrap();
+        r.put_drive("d", drive(true)).unwrap();
+        assert!(msg(r.put_pmem("b", pm("b", &second, true)).unwrap_err())
+            .contains("drive \"d\" is the root device"));
+        assert!(msg(r.put_pmem("c", pm("c", &disk, false)).unwrap_err())
+            .contains("already used by drive \"d\""));
+        for i in 2..MAX_PMEM_DEVICES {
+            let id = format!("p{i}");
+            r.put_pmem(&id, pm(&id, &f(&id, 2 << 20), false)).unwrap();
+        }
+        let e = msg(r
+            .put_pmem("z", pm("z", &f("z", 2 << 20), false))
+            .unwrap_err());
+        assert!(e.contains("Too many pmem devices: at most 8"), "{e}");
+        assert_eq!(r.to_full().pmem.len(), MAX_PMEM_DEVICES);
+
+        // PATCH: id checks, the limiter recorded.
+        let upd: PmemUpdate = serde_json::from_str(
+            r#"{"id": "a", "rate_limiter": {"ops": {"size": 1, "refill_time": 10}}}"#,
+        )
+        .unwrap();
+        assert!(r.patch_pmem("b", upd.clone()).is_err());
+        r.patch_pmem("a", upd).unwrap();
+        assert!(r.pmem["a"].rate_limiter.is_some());
+        let nope: PmemUpdate = serde_json::from_str(r#"{"id": "q"}"#).unwrap();
+        assert!(msg(r.patch_pmem("q", nope).unwrap_err()).contains("No pmem device \"q\""));
+    }
+
+    #[test]
+    fn pmem_in_a_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("p");
+        std::fs::File::create(&p).unwrap().set_len(2 << 20).unwrap();
+        let doc = |pmem: &str| -> FullConfig {
+            serde_json::from_str(&format!(r#"{{"pmem": {pmem}}}"#)).unwrap()
+        };
+        let one = format!(r#"[{{"id": "p", "path_on_host": "{}"}}]"#, p.display());
+        let r = VmResources::from_full(doc(&one)).unwrap();
+        assert!(
+            !r.pmem["p"].root_device && !r.pmem["p"].read_only,
+            "defaults"
+        );
+        let v = serde_json::to_value(r.to_full()).unwrap();
+        assert_eq!(v["pmem"][0]["path_on_host"], p.display().to_string());
+        assert_eq!(v["pmem"][0]["root_device"], false);
+        assert!(VmResources::from_full(doc("null")).unwrap().pmem.is_empty());
+        let two = format!(
+            r#"[{{"id": "p", "path_on_host": "{0}"}}, {{"id": "p", "path_on_host": "{0}"}}]"#,
+            p.display()
+        );
+        assert!(VmResources::from_full(doc(&two))
+            .unwrap_err()
+            .to_string()
+            .contains("appears more than once"));
+        // No pmem: GET /vm/config has no pmem key (as before pmem existed).
+        let v = serde_json::to_value(VmResources::default().to_full()).unwrap();
+        assert!(v.get("pmem").is_none());
     }
 }

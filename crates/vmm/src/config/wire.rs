@@ -3,13 +3,15 @@
 //! `GET /vm/config` answers. No validation here beyond serde's (unknown fields are refused);
 //! [`VmResources`](super::VmResources) checks the values.
 //!
-//! The balloon's types are in `wire/balloon.rs`, the snapshot requests' in
-//! `wire/snapshot.rs`; both are re-exported here.
+//! The balloon's types are in `wire/balloon.rs`, virtio-pmem's in `wire/pmem.rs`, the
+//! snapshot requests' in `wire/snapshot.rs`; all are re-exported here.
 
 mod balloon;
+mod pmem;
 mod snapshot;
 
 pub use balloon::*;
+pub use pmem::*;
 pub use snapshot::*;
 
 use std::collections::BTreeMap;
@@ -320,8 +322,6 @@ pub struct FullConfig {
     pub serial: Option<SerialConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balloon: Option<BalloonConfig>,
-    /// Firecracker sections kobako-vmm does not implement: accepted when absent or `null`
-    /// (as in Firecracker's own `GET /vm/config` output), rejected otherwise.
     #[serde(
         rename = "mmds-config",
         default,
@@ -336,10 +336,26 @@ pub struct FullConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub cpu_config: Option<crate::arch::cpu_template::CpuConfig>,
-    #[serde(default, skip_serializing)]
-    pub pmem: Option<serde_json::Value>,
+    /// virtio-pmem devices (`null` is read as none, as Firecracker's own output may have it).
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub pmem: Vec<Pmem>,
+    /// A Firecracker section kobako-vmm does not implement: accepted when absent or `null`
+    /// (as in Firecracker's own `GET /vm/config` output), rejected otherwise.
     #[serde(rename = "memory-hotplug", default, skip_serializing)]
     pub memory_hotplug: Option<serde_json::Value>,
+}
+
+/// A list that may also be given as `null` (= empty).
+fn null_as_empty<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -233,6 +233,7 @@ pub(super) fn restore(
     let r = &*current;
     if r.boot_source.is_some()
         || !r.drives.is_empty()
+        || !r.pmem.is_empty()
         || !r.net.is_empty()
         || r.vsock.is_some()
         || r.mmds_config.is_some()

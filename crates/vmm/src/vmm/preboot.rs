@@ -114,6 +114,7 @@ impl PrebootApiController {
             A::PutMachineConfig(m) => empty(self.res.set_machine_config(m)),
             A::PatchMachineConfig(m) => empty(self.res.update_machine_config(m)),
             A::PutDrive(id, d) => empty(self.res.put_drive(&id, d)),
+            A::PutPmem(id, p) => empty(self.res.put_pmem(&id, p)),
             A::PutNet(id, n) => empty(self.res.put_net(&id, n)),
             A::PutVsock(v) => empty(self.res.set_vsock(v)),
             A::PutEntropy(e) => {
@@ -130,6 +131,7 @@ impl PrebootApiController {
             // live device). Without block/net devices there is nothing to update yet.
             A::PatchDrive(..) => Err(E::OperationNotSupportedPreBoot("PATCH /drives")),
             A::PatchNet(..) => Err(E::OperationNotSupportedPreBoot("PATCH /network-interfaces")),
+            A::PatchPmem(..) => Err(E::OperationNotSupportedPreBoot("PATCH /pmem")),
             A::Action(ActionType::InstanceStart) => {
                 self.start(io).map_err(E::StartMicrovm)?;
                 Ok(VmmData::Empty)

@@ -87,6 +87,7 @@ impl RuntimeApiController {
                 .ok_or(E::BootNotSignalled),
             A::PatchDrive(id, d) => self.patch_drive(&id, d),
             A::PatchNet(id, n) => self.patch_net(&id, n),
+            A::PatchPmem(id, u) => self.patch_pmem(&id, u),
             A::Action(ActionType::InstanceStart) => Err(E::AlreadyStarted),
             A::Action(ActionType::FlushMetrics) => {
                 flush_metrics(&self.res, self.boot_time(), &self.id)
@@ -109,6 +110,7 @@ impl RuntimeApiController {
             | A::PutMachineConfig(_)
             | A::PatchMachineConfig(_)
             | A::PutDrive(..)
+            | A::PutPmem(..)
             | A::PutNet(..)
             | A::PutVsock(_)
             | A::PutEntropy(_)
@@ -194,6 +196,17 @@ impl RuntimeApiController {
         .unwrap_or(Err(BalloonError::NotConfigured))?;
         self.res = res;
         Ok(data)
+    }
+
+    /// Post-boot `PATCH /pmem/{id}` (rate limiter): validated against the configuration,
+    /// applied to the live device, then recorded.
+    fn patch_pmem(&mut self, id: &str, u: PmemUpdate) -> VmmResult {
+        let mut res = self.res.clone();
+        res.patch_pmem(id, u.clone())?;
+        crate::devices::virtio::setup::patch_pmem(&self.vm.virtio, id, &u)
+            .map_err(VmmActionError::DeviceUpdate)?;
+        self.res = res;
+        Ok(VmmData::Empty)
     }
 
     /// Post-boot `PATCH /network-interfaces/{id}` (rate limiters).

@@ -1,15 +1,18 @@
 //! The KVM VM: guest memory (anonymous `MAP_NORESERVE` mappings, so a guest's RAM costs host
-//! memory only when it is touched), memory slots, the in-kernel irqchip (PIC + IOAPIC + LAPICs)
-//! and PIT.
+//! memory only when it is touched), memory slots (RAM, then file mappings of virtio-pmem
+//! devices, which are not part of [`Vm::memory`]: no device reads or writes them, only the
+//! guest), the in-kernel irqchip (PIC + IOAPIC + LAPICs) and PIT.
 //!
 //! Created and configured on the event-loop thread by the builder; afterwards the `VmFd` is
 //! only used by that thread (irqfd registration) and the vCPU fds by their own threads.
 
 use std::fs::File;
+use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_clock_data, kvm_irqchip, kvm_pit_config, kvm_pit_state2, kvm_userspace_memory_region,
-    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_MEM_READONLY,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VmFd};
 use serde::{Deserialize, Serialize};
@@ -17,6 +20,7 @@ use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vm_memory::{FileOffset, GuestRegionMmap};
 
+use super::file_mapping::FileMapping;
 use crate::arch::layout;
 
 /// Failure to create or configure the VM.
@@ -36,6 +40,10 @@ pub enum VmError {
     },
     #[error("cannot map the snapshot memory file: {0}")]
     MemoryFile(String),
+    #[error("this host's KVM cannot map read-only guest memory (no KVM_CAP_READONLY_MEM): set \"read_only\": false for pmem device at {gpa:#x}")]
+    NoReadonlyMem { gpa: u64 },
+    #[error("no KVM memory slot left for the region at {gpa:#x} (this host's KVM has {max})")]
+    NoSlot { gpa: u64, max: usize },
     #[error("KVM ioctl {what} failed")]
     Kvm {
         what: &'static str,
@@ -49,6 +57,9 @@ pub enum VmError {
 pub struct Vm {
     pub kvm: Kvm,
     pub fd: VmFd,
+    /// File mappings registered as their own slots ([`Vm::add_file_slot`]), kept alive until
+    /// the VM fd is closed (fields drop in order: `fd` first).
+    file_slots: Vec<Arc<FileMapping>>,
     pub memory: GuestMemoryMmap,
     /// Whether [`Vm::setup_irqchip`] ran (vCPUs then get a LAPIC to configure).
     pub irqchip: bool,
@@ -158,9 +169,47 @@ impl Vm {
         Ok(Vm {
             kvm,
             fd,
+            file_slots: Vec::new(),
             memory,
             irqchip: false,
         })
+    }
+
+    /// Registers `map` as guest memory at `gpa`, in a KVM slot of its own after the RAM
+    /// slots (`KVM_MEM_READONLY` when the mapping is read-only: the guest's writes then exit
+    /// as MMIO, which no device claims, and are dropped). The caller placed `gpa` clear of RAM
+    /// and of the other slots ([`layout::pmem_regions`]). Returns the slot number.
+    pub fn add_file_slot(&mut self, gpa: u64, map: Arc<FileMapping>) -> Result<u32, VmError> {
+        let flags = if map.read_only() {
+            if !self.kvm.check_extension(kvm_ioctls::Cap::ReadonlyMem) {
+                return Err(VmError::NoReadonlyMem { gpa });
+            }
+            KVM_MEM_READONLY
+        } else {
+            0
+        };
+        let max = self.kvm.get_nr_memslots();
+        let used = self.memory.num_regions() + self.file_slots.len();
+        let slot = u32::try_from(used)
+            .ok()
+            .filter(|_| used < max)
+            .ok_or(VmError::NoSlot { gpa, max })?;
+        let r = kvm_userspace_memory_region {
+            slot,
+            flags,
+            guest_phys_addr: gpa,
+            memory_size: map.len(),
+            userspace_addr: map.host_addr(),
+        };
+        // SAFETY: `map` is a live mapping of exactly `memory_size` bytes; this `Vm` keeps an
+        // `Arc` of it in `file_slots` for as long as the VM fd exists (fields drop in order:
+        // `fd` before `file_slots`), so the slot is gone before the unmap.
+        unsafe { self.fd.set_user_memory_region(r) }.map_err(|source| VmError::Kvm {
+            what: "KVM_SET_USER_MEMORY_REGION (pmem)",
+            source,
+        })?;
+        self.file_slots.push(map);
+        Ok(slot)
     }
 
     /// The interrupt controllers', PIT's and kvmclock's state (vCPUs paused).

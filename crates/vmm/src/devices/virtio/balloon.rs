@@ -561,10 +561,11 @@ impl VirtioDevice for Balloon {
     fn save_device(&self) -> Option<serde_json::Value> {
         serde_json::to_value(self.snap()).ok()
     }
-    fn restore_device(&mut self, state: &serde_json::Value) {
+    fn restore_device(&mut self, state: &serde_json::Value) -> Result<(), String> {
         if let Ok(s) = serde_json::from_value::<BalloonSnap>(state.clone()) {
             self.restore_snap(&s);
         }
+        Ok(())
     }
     fn restored(&mut self, _epoll: &Epoll) {
         // The stats buffer the old process held is available again (ring positions restart

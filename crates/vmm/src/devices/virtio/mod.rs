@@ -7,7 +7,7 @@
 //! - [`queue`]: validated descriptor chains on top of rust-vmm's `virtio-queue`, and the byte
 //!   cursors devices read requests from and write replies into.
 //! - devices: [`rng`], [`block`] (raw and qcow2), [`net`] (tap), [`vsock`] (Firecracker's Unix
-//!   socket host side).
+//!   socket host side), [`balloon`], [`pmem`] (a host file mapped as guest memory).
 //! - [`device_state`]: what every device holds once activated (memory, queues, interrupt).
 //! - [`rate_limiter`]: Firecracker's token buckets (bandwidth and ops).
 //! - [`testing`]: a driver that lays out virtqueues in guest memory and drives a transport
@@ -23,6 +23,7 @@ pub mod device_state;
 pub mod fuzzing;
 pub mod mmio;
 pub mod net;
+pub mod pmem;
 pub mod queue;
 pub mod rate_limiter;
 pub mod rng;
@@ -46,6 +47,7 @@ pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_VSOCK: u32 = 19;
+pub const TYPE_PMEM: u32 = 27;
 
 /// Feature bits every device offers.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -205,8 +207,11 @@ pub trait VirtioDevice: Send {
         None
     }
     /// Puts back what [`VirtioDevice::save_device`] saved (before the device is activated
-    /// again on the restored queues).
-    fn restore_device(&mut self, _state: &serde_json::Value) {}
+    /// again on the restored queues); `Err` says why this device cannot continue the saved
+    /// one (the load is refused with it).
+    fn restore_device(&mut self, _state: &serde_json::Value) -> Result<(), String> {
+        Ok(())
+    }
     /// Makes everything written so far durable (block devices, before a snapshot's disks are
     /// copied); others have nothing to do.
     fn flush(&mut self) -> std::io::Result<()> {

@@ -1,7 +1,10 @@
 //! From the validated configuration to virtio-mmio devices: one 4 KiB window each from
 //! [`MMIO_BASE`], one IRQ each from [`FIRST_IRQ`], in Firecracker's order (block devices with
-//! the root device first, network interfaces, vsock, entropy), and the kernel command-line
-//! entries (`virtio_mmio.device=4K@0xd0000000:5`) that tell the guest where they are.
+//! the root device first, pmem devices with the root device first, network interfaces, vsock,
+//! entropy, balloon), and the kernel command-line entries (`virtio_mmio.device=4K@0xd0000000:5`)
+//! that tell the guest where they are. A pmem device also brings guest memory: its backing
+//! file mapped, placed by [`crate::arch::layout::pmem_regions`], which the builder registers
+//! as a KVM slot ([`VirtioSlot::memory`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -11,6 +14,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::mmio::{MmioTransport, MMIO_LEN};
 use super::VirtioDevice;
 use crate::config::VmResources;
+use crate::vstate::file_mapping::FileMapping;
 
 /// First device window (in the 3-4 GiB MMIO gap, below the IOAPIC).
 pub const MMIO_BASE: u64 = 0xd000_0000;
@@ -22,6 +26,7 @@ pub const LAST_IRQ: u32 = 23;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceId {
     Block(String),
+    Pmem(String),
     Net(String),
     Vsock,
     Rng,
@@ -35,6 +40,9 @@ pub struct VirtioSlot {
     pub transport: Arc<Mutex<MmioTransport>>,
     pub base: u64,
     pub irq: u32,
+    /// Guest memory the device brings (pmem): `(guest physical address, mapping)`, for the
+    /// builder to register as a KVM slot of its own.
+    pub memory: Option<(u64, Arc<FileMapping>)>,
 }
 
 /// Why the devices could not be created; the message names the object and the fix.
@@ -54,6 +62,11 @@ pub enum SetupCause {
     Net(#[from] super::net::NetConfigError),
     #[error("{0}")]
     Vsock(#[from] super::vsock::VsockConfigError),
+    #[error("{0}")]
+    Pmem(#[from] crate::config::PmemError),
+    /// The pmem regions do not fit in 64-bit guest physical addresses.
+    #[error("the backing files are too large to place above the guest's RAM")]
+    PmemSpace,
     /// The entropy device or an interrupt eventfd could not be created.
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -73,13 +86,38 @@ fn err(what: impl Into<String>, why: impl Into<SetupCause>) -> SetupError {
 
 /// Creates every configured device.
 pub fn create(res: &VmResources, mem: &GuestMemoryMmap) -> Result<Vec<VirtioSlot>, SetupError> {
-    let mut devs: Vec<(DeviceId, Box<dyn VirtioDevice>)> = Vec::new();
+    type Memory = Option<(u64, Arc<FileMapping>)>;
+    let mut devs: Vec<(DeviceId, Box<dyn VirtioDevice>, Memory)> = Vec::new();
     let mut drives: Vec<_> = res.drives.values().collect();
     drives.sort_by_key(|d| !d.is_root_device);
     for d in drives {
         let what = format!("drive {:?}", d.drive_id);
         let dev = super::block::Block::from_config(d).map_err(|e| err(&what, e))?;
-        devs.push((DeviceId::Block(d.drive_id.clone()), Box::new(dev)));
+        devs.push((DeviceId::Block(d.drive_id.clone()), Box::new(dev), None));
+    }
+    // The root pmem device first: Linux names them /dev/pmem0, 1, ... in probe order, which
+    // is the command line's, and the root is /dev/pmem0.
+    let mut pmems: Vec<_> = res.pmem.values().collect();
+    pmems.sort_by_key(|p| !p.root_device);
+    let mut files = Vec::with_capacity(pmems.len());
+    for p in &pmems {
+        let f = crate::config::open_pmem_file(&p.path_on_host, p.read_only)
+            .map_err(|e| err(format!("pmem device {:?}", p.id), e))?;
+        files.push(f);
+    }
+    let sizes: Vec<u64> = files.iter().map(|f| f.size).collect();
+    let regions = crate::arch::layout::pmem_regions(res.machine.mem_size_mib << 20, &sizes)
+        .ok_or_else(|| err("pmem devices", SetupCause::PmemSpace))?;
+    for ((p, f), (gpa, size)) in pmems.into_iter().zip(files).zip(regions) {
+        let what = format!("pmem device {:?}", p.id);
+        let map = Arc::new(FileMapping::new(f.file, size, p.read_only).map_err(|e| err(&what, e))?);
+        let dev = super::pmem::Pmem::new(map.clone(), gpa, p.rate_limiter.as_ref())
+            .map_err(|e| err(&what, e))?;
+        devs.push((
+            DeviceId::Pmem(p.id.clone()),
+            Box::new(dev),
+            Some((gpa, map)),
+        ));
     }
     for n in res.net.values() {
         let what = format!("network interface {:?}", n.iface_id);
@@ -94,15 +132,15 @@ pub fn create(res: &VmResources, mem: &GuestMemoryMmap) -> Result<Vec<VirtioSlot
                 res.mmds.clone(),
             ));
         }
-        devs.push((DeviceId::Net(n.iface_id.clone()), Box::new(dev)));
+        devs.push((DeviceId::Net(n.iface_id.clone()), Box::new(dev), None));
     }
     if let Some(v) = &res.vsock {
         let dev = super::vsock::Vsock::from_config(v).map_err(|e| err("vsock", e))?;
-        devs.push((DeviceId::Vsock, Box::new(dev)));
+        devs.push((DeviceId::Vsock, Box::new(dev), None));
     }
     if let Some(e) = &res.entropy {
         let dev = super::rng::Rng::new(e.rate_limiter.as_ref()).map_err(|e| err("entropy", e))?;
-        devs.push((DeviceId::Rng, Box::new(dev)));
+        devs.push((DeviceId::Rng, Box::new(dev), None));
     }
     if let Some(b) = &res.balloon {
         let dev = super::balloon::Balloon::new(super::balloon::BalloonSetup {
@@ -113,7 +151,7 @@ pub fn create(res: &VmResources, mem: &GuestMemoryMmap) -> Result<Vec<VirtioSlot
             free_page_reporting: b.free_page_reporting,
         })
         .map_err(|e| err("balloon", e))?;
-        devs.push((DeviceId::Balloon, Box::new(dev)));
+        devs.push((DeviceId::Balloon, Box::new(dev), None));
     }
     let max = (LAST_IRQ - FIRST_IRQ + 1) as usize;
     if devs.len() > max {
@@ -126,7 +164,7 @@ pub fn create(res: &VmResources, mem: &GuestMemoryMmap) -> Result<Vec<VirtioSlot
         ));
     }
     let mut slots = Vec::new();
-    for ((id, dev), i) in devs.into_iter().zip(0u32..) {
+    for ((id, dev, memory), i) in devs.into_iter().zip(0u32..) {
         let what = format!("{id:?}");
         let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(|e| err(&what, e))?;
         let t = MmioTransport::new(dev, mem.clone(), irq_evt).map_err(|e| err(&what, e))?;
@@ -135,22 +173,28 @@ pub fn create(res: &VmResources, mem: &GuestMemoryMmap) -> Result<Vec<VirtioSlot
             transport: Arc::new(Mutex::new(t)),
             base: MMIO_BASE + u64::from(i) * MMIO_LEN,
             irq: FIRST_IRQ + i,
+            memory,
         });
     }
     Ok(slots)
 }
 
 /// Kernel command-line additions: the root device (as Firecracker: `root=/dev/vda` or
-/// `root=PARTUUID=...`, `ro`/`rw`) and one `virtio_mmio.device=` per device.
+/// `root=PARTUUID=...`, or `root=/dev/pmem0` for a root pmem device; `ro`/`rw`) and one
+/// `virtio_mmio.device=` per device.
 pub fn cmdline_entries(res: &VmResources, slots: &[VirtioSlot]) -> String {
     let mut s = String::new();
     let has_block = slots.iter().any(|s| matches!(s.id, DeviceId::Block(_)));
+    let has_pmem = slots.iter().any(|s| matches!(s.id, DeviceId::Pmem(_)));
     if let Some(root) = res.drives.values().find(|d| d.is_root_device && has_block) {
         match &root.partuuid {
             Some(u) => s.push_str(&format!(" root=PARTUUID={u}")),
             None => s.push_str(" root=/dev/vda"),
         }
         s.push_str(if root.is_read_only { " ro" } else { " rw" });
+    } else if let Some(root) = res.pmem.values().find(|p| p.root_device && has_pmem) {
+        s.push_str(" root=/dev/pmem0");
+        s.push_str(if root.read_only { " ro" } else { " rw" });
     }
     for sl in slots {
         s.push_str(&format!(" virtio_mmio.device=4K@{:#x}:{}", sl.base, sl.irq));
@@ -179,6 +223,8 @@ pub enum DeviceUpdateError {
     NoInterface(String),
     #[error("Device of interface {0:?} is not a network device.")]
     NotNet(String),
+    #[error("No pmem device {0:?}.")]
+    NoPmem(String),
 }
 
 /// `PATCH /drives/{id}` after boot: a new image file and/or rate limiter, applied to the live
@@ -233,6 +279,26 @@ pub fn with_balloon<R>(
         t.notify_config_change();
     }
     Some(r)
+}
+
+/// `PATCH /pmem/{id}` after boot: a new rate limiter for the live device.
+pub fn patch_pmem(
+    slots: &[VirtioSlot],
+    id: &str,
+    u: &crate::config::PmemUpdate,
+) -> Result<(), DeviceUpdateError> {
+    let s = slot(slots, &DeviceId::Pmem(id.to_string()))
+        .ok_or_else(|| DeviceUpdateError::NoPmem(id.to_string()))?;
+    let mut t = s.transport.lock().unwrap_or_else(|e| e.into_inner());
+    let dev = t
+        .device_mut()
+        .as_any_mut()
+        .downcast_mut::<super::pmem::Pmem>()
+        .ok_or_else(|| DeviceUpdateError::NoPmem(id.to_string()))?;
+    if let Some(r) = &u.rate_limiter {
+        dev.update_limiter(r);
+    }
+    Ok(())
 }
 
 /// `PATCH /network-interfaces/{id}` after boot: new RX/TX rate limiters.

@@ -57,6 +57,9 @@ pub enum TransportRestoreError {
     /// The saved queue is not a valid virtio queue.
     #[error("queue {queue}: {detail}")]
     Queue { queue: usize, detail: String },
+    /// The device cannot continue the saved one (its text says why).
+    #[error("{0}")]
+    Device(String),
     /// The device refused to start on the restored queues.
     #[error("virtio device type {device_type} could not be activated again (status {status:#x})")]
     Reactivate { device_type: u32, status: u32 },
@@ -150,7 +153,9 @@ impl MmioTransport {
         self.queue_sel = s.queue_sel;
         self.config_generation = s.config_generation;
         if let Some(d) = &s.device {
-            self.device.restore_device(d);
+            self.device
+                .restore_device(d)
+                .map_err(TransportRestoreError::Device)?;
         }
         if s.active {
             self.activate();
