@@ -10,7 +10,8 @@
 #   `super::…::x::…` (also inside `use … {…}` groups, nested ones included), resolved to the
 #   longest prefix that is a module file. Comment lines (`//`, `//!`, `///`: doc links are no
 #   dependency) and everything from the first `#[cfg(test)]` on (unit tests at the end of a
-#   file) are not read.
+#   file) are not read; nor are modules declared for tests only (`#[cfg(test)] mod x;`, or a
+#   `mod x;` after the parent's first `#[cfg(test)]`) and their children.
 # - A dependency of module A on module B counts between the two children of their deepest
 #   common ancestor that contain A and B: `lab::controller::up` → `lab::controller::vmops::x`
 #   is an edge `up → vmops` under `lab::controller`. Dependencies of a module on its own
@@ -174,6 +175,26 @@ for crate in crates:
             if n.endswith(".rs"):
                 p = os.path.join(root, n)
                 files[module_of(src, p)] = p
+    # Modules compiled for tests only (`#[cfg(test)] mod x;`, or declared after the parent's
+    # first `#[cfg(test)]`) are test code like a file's unit tests: not read, with their children.
+    def test_only(mod):
+        if not mod:
+            return False
+        parent = files.get(mod[:-1])
+        if parent is None:
+            return False
+        with open(parent, encoding="utf-8") as f:
+            text = f.read()
+        m = re.search(r"(?m)^\s*(?:pub(?:\([^)]*\))?\s+)?mod\s+%s\s*;" % re.escape(mod[-1]), text)
+        if not m:
+            return False
+        cut = text.find("#[cfg(test)]")
+        if 0 <= cut < m.start():
+            return True
+        before = text[: m.start()].rstrip().splitlines()
+        return bool(before) and before[-1].strip().startswith("#[cfg(test)]")
+    tests = {m for m in files if test_only(m)}
+    files = {m: p for m, p in files.items() if not any(m[: len(t)] == t for t in tests)}
     mods = set(files)
     # edges[parent][a] = {b: [where]}
     edges = {}

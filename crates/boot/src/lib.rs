@@ -118,14 +118,19 @@ pub enum AccelMode {
     Tcg,
 }
 
+/// An accelerator word that is none of auto, kvm, tcg.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}': use auto, kvm or tcg")]
+pub struct UnknownAccel(pub String);
+
 impl std::str::FromStr for AccelMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<AccelMode, String> {
+    type Err = UnknownAccel;
+    fn from_str(s: &str) -> Result<AccelMode, UnknownAccel> {
         match s {
             "auto" => Ok(AccelMode::Auto),
             "kvm" => Ok(AccelMode::Kvm),
             "tcg" => Ok(AccelMode::Tcg),
-            other => Err(format!("'{other}': use auto, kvm or tcg")),
+            other => Err(UnknownAccel(other.into())),
         }
     }
 }
@@ -247,7 +252,7 @@ mod tests {
         assert_eq!("auto".parse::<AccelMode>(), Ok(AccelMode::Auto));
         assert_eq!("kvm".parse::<AccelMode>(), Ok(AccelMode::Kvm));
         assert_eq!("tcg".parse::<AccelMode>(), Ok(AccelMode::Tcg));
-        let e = "hvf".parse::<AccelMode>().unwrap_err();
+        let e = "hvf".parse::<AccelMode>().unwrap_err().to_string();
         assert!(e.contains("use auto, kvm or tcg"), "{e}");
         assert_eq!(AccelMode::Tcg.to_string(), "tcg");
         assert_eq!(AccelMode::Kvm.choose().0, Accel::Kvm);

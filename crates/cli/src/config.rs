@@ -42,14 +42,14 @@ pub struct Config {
 }
 
 /// How lab VMs boot in this process, from the environment read at start ([`Config::apply`]).
-static BOOT: OnceLock<Result<BootSettings, String>> = OnceLock::new();
+static BOOT: OnceLock<Result<BootSettings, kobako_boot::UnknownAccel>> = OnceLock::new();
 
 /// The boot settings of this process (defaults when [`Config::apply`] did not run), or why the
 /// environment gives none (`KOBAKO_ACCEL` is not a known accelerator).
 pub fn boot_settings() -> anyhow::Result<BootSettings> {
     BOOT.get_or_init(|| Ok(BootSettings::default()))
         .clone()
-        .map_err(anyhow::Error::msg)
+        .map_err(|e| anyhow::anyhow!("KOBAKO_ACCEL={e}"))
 }
 
 impl Config {
@@ -75,9 +75,9 @@ impl Config {
     }
 
     /// The boot settings these variables give.
-    pub fn boot(&self) -> Result<BootSettings, String> {
+    pub fn boot(&self) -> Result<BootSettings, kobako_boot::UnknownAccel> {
         let accel = match &self.accel {
-            Some(a) => a.parse().map_err(|e| format!("KOBAKO_ACCEL={e}"))?,
+            Some(a) => a.parse()?,
             None => kobako_boot::AccelMode::Auto,
         };
         Ok(BootSettings {
@@ -170,10 +170,8 @@ mod tests {
         assert!(b.warm && !b.free_page_reporting);
         assert_eq!(of(&[]).boot().unwrap(), BootSettings::default());
         let e = of(&[("KOBAKO_ACCEL", "hvf")]).boot().unwrap_err();
-        assert!(
-            e.contains("KOBAKO_ACCEL='hvf': use auto, kvm or tcg"),
-            "{e}"
-        );
+        assert_eq!(e, kobako_boot::UnknownAccel("hvf".into()));
+        assert_eq!(e.to_string(), "'hvf': use auto, kvm or tcg");
     }
 
     #[test]

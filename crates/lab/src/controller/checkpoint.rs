@@ -22,7 +22,8 @@ use kobako_runtime::{Runtime, VmDir};
 use kobako_state::{LabLock, LabState, LinkRow, VmState};
 use serde::{Deserialize, Serialize};
 
-use super::up::{ensure_network, UpReport, VmReport};
+use super::report::{UpReport, VmReport};
+use super::up::ensure_network;
 use super::{links, vm_name, LabError, LabRecord, Progress, Result};
 use crate::spec::Lab;
 

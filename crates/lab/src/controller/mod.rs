@@ -19,11 +19,13 @@
 
 pub(crate) mod cgroups;
 pub mod checkpoint;
+mod configure;
 mod impairments;
 mod links;
 pub mod netd;
 pub mod netpolicy;
 pub mod ready;
+mod report;
 mod settings;
 mod start;
 mod up;

@@ -10,8 +10,9 @@ use kobako_runtime::config::{CgroupLevel, Nic, VmConfig};
 use kobako_runtime::{Runtime, VmDir};
 use kobako_state::{Db, VmState};
 
+use super::configure::{configure, ConfigureError};
 use super::ready::ReadyError;
-use super::up::{configure, ConfigureError, VmReport};
+use super::report::VmReport;
 use super::{tap_name, BootSettings, Progress, Result};
 use crate::spec::Vm;
 
