@@ -25,18 +25,10 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// connection slot (and its buffer) forever. A connection with no request under way (an idle
 /// keep-alive one) is not timed.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest text taken from a request into an error message or a log line (characters).
-pub const MAX_ECHO: usize = 256;
+pub use crate::text::{clip, MAX_ECHO};
+
 /// Longest `fault_message` (characters); longer ones keep their start and end.
 pub const MAX_FAULT: usize = 640;
-
-/// `s` if it has at most `max` characters, else its first `max` characters and "…".
-pub fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    match s.char_indices().nth(max) {
-        None => std::borrow::Cow::Borrowed(s),
-        Some((i, _)) => std::borrow::Cow::Owned(format!("{}…", &s[..i])),
-    }
-}
 
 /// `s` if it has at most `max` characters, else its start and its end (where error messages
 /// put the reason) around "…".

@@ -119,7 +119,7 @@ pub enum CpuTemplateError {
 }
 
 fn clip(s: &str) -> String {
-    crate::api::http::clip(s, 80).into_owned()
+    crate::text::clip(s, 80).into_owned()
 }
 
 /// `0x..`, `0b..` or decimal, `_` ignored.

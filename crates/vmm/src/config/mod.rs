@@ -91,9 +91,9 @@ pub fn check_no_positional(v: &serde_json::Value) -> Result<(), String> {
             serde_json::Value::Object(o) => {
                 for (k, item) in o {
                     let at = if at.is_empty() {
-                        crate::api::http::clip(k, 64).into_owned()
+                        crate::text::clip(k, 64).into_owned()
                     } else {
-                        format!("{at}.{}", crate::api::http::clip(k, 64))
+                        format!("{at}.{}", crate::text::clip(k, 64))
                     };
                     walk(item, &at, LIST_KEYS.contains(&k.as_str()))?;
                 }

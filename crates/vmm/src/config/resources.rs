@@ -126,7 +126,7 @@ fn file_kind(t: std::fs::FileType) -> &'static str {
 /// when the device maps it at InstanceStart (the file may have changed in between); the
 /// checks apply to the file actually opened.
 pub fn open_pmem_file(path: &Path, read_only: bool) -> Result<PmemFile, PmemError> {
-    let shown = crate::api::http::clip(&path.display().to_string(), 256).into_owned();
+    let shown = crate::text::clip(&path.display().to_string(), 256).into_owned();
     let check = |m: &std::fs::Metadata| -> Result<u64, PmemError> {
         if !m.file_type().is_file() {
             return Err(PmemError::NotRegular {
@@ -277,7 +277,7 @@ impl VmResources {
                     what: "network_interfaces",
                     why: format!(
                         "no network interface {:?} is configured (PUT /network-interfaces/{{iface_id}} first; configured: {})",
-                        crate::api::http::clip(id, 64),
+                        crate::text::clip(id, 64),
                         if self.net.is_empty() { "none".to_string() } else { self.net.keys().cloned().collect::<Vec<_>>().join(", ") }
                     ),
                 });
@@ -289,7 +289,7 @@ impl VmResources {
                     what: "ipv4_address",
                     why: format!(
                         "{:?} is not a link-local address in 169.254.1.0-169.254.254.255",
-                        crate::api::http::clip(a, 64)
+                        crate::text::clip(a, 64)
                     ),
                 });
             }
@@ -487,8 +487,7 @@ impl VmResources {
                 return Err(PmemError::SecondRoot { other }.into());
             }
         }
-        let shown =
-            || crate::api::http::clip(&p.path_on_host.display().to_string(), 256).into_owned();
+        let shown = || crate::text::clip(&p.path_on_host.display().to_string(), 256).into_owned();
         if let Some(o) = self
             .pmem
             .values()
@@ -526,7 +525,7 @@ impl VmResources {
         }
         let Some(p) = self.pmem.get_mut(&u.id) else {
             return Err(PmemError::NoSuchDevice {
-                id: crate::api::http::clip(&u.id, 64).into_owned(),
+                id: crate::text::clip(&u.id, 64).into_owned(),
             }
             .into());
         };
@@ -696,7 +695,7 @@ impl VmResources {
         for p in cfg.pmem {
             if r.pmem.contains_key(&p.id) {
                 return Err(PmemError::DuplicateId {
-                    id: crate::api::http::clip(&p.id, 64).into_owned(),
+                    id: crate::text::clip(&p.id, 64).into_owned(),
                 }
                 .into());
             }

@@ -233,7 +233,7 @@ fn get(path: &str, h: &Headers, mmds: &Mmds) -> Reply {
                     404,
                     format!(
                         "Resource not found: {}.",
-                        crate::api::http::clip(path, crate::api::http::MAX_ECHO)
+                        crate::text::clip(path, crate::text::MAX_ECHO)
                     ),
                 )
             }

@@ -34,7 +34,7 @@ impl TokenAuthority {
             .parse::<u32>()
             .ok()
             .filter(|s| (1..=MAX_TTL_SECONDS).contains(s))
-            .ok_or_else(|| TokenError::BadTtl(crate::api::http::clip(ttl, 32).into_owned()))?;
+            .ok_or_else(|| TokenError::BadTtl(crate::text::clip(ttl, 32).into_owned()))?;
         self.generate_for(Duration::from_secs(u64::from(secs)))
     }
 

@@ -20,8 +20,8 @@ use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vm_memory::{FileOffset, GuestRegionMmap};
 
-use super::file_mapping::FileMapping;
 use crate::arch::layout;
+use crate::file_mapping::FileMapping;
 
 /// Failure to create or configure the VM.
 #[derive(Debug, thiserror::Error)]

@@ -31,7 +31,7 @@ use super::device_state::{ActiveState, DeviceState};
 use super::queue::{Buf, Chain, ChainError, ChainReader, ChainWriter};
 use super::rate_limiter::RateLimiter;
 use super::{ActiveContext, VirtioDevice, COMMON_FEATURES, TYPE_PMEM};
-use crate::vstate::file_mapping::FileMapping;
+use crate::file_mapping::FileMapping;
 
 const QUEUE_SIZE: u16 = 256;
 const TOKEN_LIMITER: u64 = super::DEVICE_TOKEN_BASE;

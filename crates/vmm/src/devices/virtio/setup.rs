@@ -14,7 +14,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use super::mmio::{MmioTransport, MMIO_LEN};
 use super::VirtioDevice;
 use crate::config::VmResources;
-use crate::vstate::file_mapping::FileMapping;
+use crate::file_mapping::FileMapping;
 
 /// First device window (in the 3-4 GiB MMIO gap, below the IOAPIC).
 pub const MMIO_BASE: u64 = 0xd000_0000;

@@ -3,7 +3,7 @@
 //! device makes durable with `fdatasync` when the guest asks.
 //!
 //! Created on the event-loop thread when the devices are built; shared (`Arc`) by the device
-//! (which flushes the file) and the [`super::vm::Vm`] (which registered the slot and keeps the
+//! (which flushes the file) and the [`crate::vstate::vm::Vm`] (which registered the slot and keeps the
 //! mapping alive as long as the VM fd). The host itself never reads or writes the pages
 //! (tests aside): only KVM does, on the guest's behalf. If someone else truncates the file
 //! while it is mapped, the guest's accesses beyond the new end fail in KVM (expected: `KVM_RUN`
