@@ -457,6 +457,19 @@ try {
   const base = await rtt(admin);
   log(`link ab before: ${base.text}`);
   expect(base.ms !== null, "ping across the link works");
+  // The edge carries live traffic (the page polls the lab's counters every 2 s): the pings just
+  // sent across ab show as a rate that is not zero on its label.
+  const rateOnEdge = await admin
+    .locator('.react-flow__edge[data-id="link:ab"]', { hasText: /[1-9][0-9.]* (k|M)?B\/s/ })
+    .first()
+    .waitFor({ timeout: 10000 })
+    .then(
+      () => true,
+      () => false,
+    );
+  const edgeText = await admin.locator('.react-flow__edge[data-id="link:ab"]').first().textContent();
+  log(`link ab edge label after the pings: ${edgeText}`);
+  expect(rateOnEdge, `link ab's edge shows the pings' traffic (label: ${edgeText})`);
   await admin.getByLabel("Delay").fill("100ms");
   await admin.getByRole("button", { name: "Apply" }).click();
   await admin

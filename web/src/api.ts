@@ -55,6 +55,18 @@ export interface LinkInfo {
   impairment: Record<string, unknown> | null;
 }
 
+/** Traffic counters of one VM interface (its host port), from the VM's side. */
+export interface IfaceCounters {
+  vm: string;
+  iface: string;
+  attach: string;
+  sent_bytes: number;
+  sent_packets: number;
+  received_bytes: number;
+  received_packets: number;
+  dropped: number;
+}
+
 export interface LabDetail extends LabSummary {
   vms: VmInfo[];
   links: LinkInfo[];
@@ -416,6 +428,8 @@ export const api = {
   /** Start/stop/restart a node (`web`) or one VM (`web.api`) of a lab that is up. */
   memberOp: (lab: string, target: string, op: MemberOp) =>
     request<Operation>("POST", `/labs/${enc(lab)}/nodes/${enc(target)}/${op}`),
+  /** Counters of every VM interface of a lab that is up (`[]` otherwise). */
+  counters: (lab: string) => request<IfaceCounters[]>("GET", `/labs/${enc(lab)}/counters`),
   captures: (lab: string) => request<CaptureInfo[]>("GET", `/labs/${enc(lab)}/captures`),
   startCapture: (lab: string, link: string, opts: { duration_s?: number; max_packets?: number; endpoint?: number }) =>
     request<CaptureInfo>("POST", `/labs/${enc(lab)}/links/${enc(link)}/captures`, opts),

@@ -93,6 +93,31 @@ fn links_impairment_and_scenarios_over_the_api() {
     let fast = rtt(&srv);
     assert!(fast < 100.0, "RTT {fast} ms after clearing");
 
+    // Counters: the end of l1 on a.x counts the pings it sent and the replies it received.
+    let l1_end = |srv: &Server| -> Value {
+        let (s, v) = srv.call("GET", &format!("/labs/{lab}/counters"), Some(&alice), None);
+        assert_eq!(s, 200, "{v}");
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["vm"] == "a.x" && c["attach"] == "link:l1")
+            .cloned()
+            .unwrap_or_else(|| panic!("no counters of a.x on l1 in {v}"))
+    };
+    let before = l1_end(&srv);
+    assert_eq!(ping(&srv), 0);
+    let after = l1_end(&srv);
+    let grew = |k: &str| after[k].as_u64().unwrap() - before[k].as_u64().unwrap();
+    assert!(
+        grew("sent_packets") >= 2 && grew("received_packets") >= 2,
+        "{before} -> {after}"
+    );
+    // Two echo requests of 64 bytes of ICMP: at least 98 bytes each on the wire.
+    assert!(
+        grew("sent_bytes") >= 196 && grew("received_bytes") >= 196,
+        "{before} -> {after}"
+    );
+
     // Scenarios: checked against the lab before anything runs (422 naming file, line, fix);
     // run as an operation whose progress is the step lines and whose result is the report; a
     // failing one is a failed operation naming the step, and its fault is undone.

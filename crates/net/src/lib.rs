@@ -72,6 +72,6 @@ pub use impair::{Impairment, ImpairmentBuilder, Percent, Shaping};
 pub use lab::{LabNet, PortKind, PortSpec, Proto, PublishedPort, Uplink, EGRESS_BLOCKED};
 pub use netlink::NetlinkError;
 pub use netns::Netns;
-pub use rtnl::{BridgeOpts, Link, LinkChange, PortVlan, Qdisc, Rtnl};
+pub use rtnl::{BridgeOpts, Link, LinkChange, LinkStats, PortVlan, Qdisc, Rtnl};
 pub use sysctl::{HostSysctl, HostSysctls};
 pub use types::{IfName, Ipv4Cidr, LabName, MacAddr, MacParseError, VlanId};

@@ -207,6 +207,16 @@ export function impairText(imp: Record<string, unknown> | null | undefined): str
   return parts.join(", ");
 }
 
+/** Live traffic of VM interfaces (`node.vm:iface`), bytes per second from the VM's side. */
+export type Rates = Map<string, { sent: number; received: number }>;
+
+/** A rate for an edge label: `0 B/s`, `740 B/s`, `12.5 kB/s`, `3.1 MB/s`. */
+export function rateText(bps: number): string {
+  if (bps < 1000) return `${Math.round(bps)} B/s`;
+  if (bps < 1e6) return `${(bps / 1e3).toFixed(1)} kB/s`;
+  return `${(bps / 1e6).toFixed(1)} MB/s`;
+}
+
 /** The drag data type of the editor's "VM" palette item. */
 export const VM_DRAG = "application/x-kobako-vm";
 
@@ -224,6 +234,7 @@ export function Topology({
   topo,
   live,
   linkLive,
+  rates,
   selection,
   onSelect,
   onConnect,
@@ -236,6 +247,8 @@ export function Topology({
   topo: Topology;
   live?: Map<string, VmLive>;
   linkLive?: Map<string, { up: boolean; impairment: Record<string, unknown> | null }>;
+  /** Live traffic per VM interface (the lab view polls it); drawn on the edges. */
+  rates?: Rates;
   selection: Selection;
   onSelect: (s: Selection) => void;
   /** Editor: called with `node.vm` of both ends when a link is drawn. */
@@ -340,13 +353,14 @@ export function Topology({
         });
         for (const i of v.ifaces) {
           if (i.network) {
+            const r = rates?.get(`${id}:${i.name}`);
             edges.push({
               id: `att:${id}:${i.name}`,
               source: id,
               target: `net:${i.network}`,
               className: "attach",
               focusable: false,
-              label: `${i.name}${i.addresses[0] ? " " + i.addresses[0] : ""}`,
+              label: `${i.name}${i.addresses[0] ? " " + i.addresses[0] : ""}${r ? ` · ↑${rateText(r.sent)} ↓${rateText(r.received)}` : ""}`,
               style: { stroke: "#7a8aa0" },
             });
           }
@@ -358,11 +372,14 @@ export function Topology({
       const up = ll ? ll.up : l.up;
       const imp = impairText(ll ? ll.impairment : l.impair);
       const sel = selection?.kind === "link" && selection.name === l.name;
+      // Traffic over the link: what its first end sent and received.
+      const r = rates?.get(l.a);
+      const traffic = r ? ` · ${rateText(r.sent + r.received)}` : "";
       edges.push({
         id: `link:${l.name}`,
         source: l.a.split(":")[0],
         target: l.b.split(":")[0],
-        label: `${l.name}${up ? "" : " (cut)"}${imp ? ` · ${imp}` : ""}`,
+        label: `${l.name}${up ? "" : " (cut)"}${imp ? ` · ${imp}` : ""}${traffic}`,
         className: `link ${up ? "up" : "down"}${sel ? " selected" : ""}`,
         style: {
           stroke: up ? (imp ? "#c77c00" : "#2a7de1") : "#c0392b",
@@ -370,12 +387,12 @@ export function Topology({
           strokeDasharray: up ? undefined : "6 5",
         },
         labelStyle: { fontWeight: 600 },
-        ariaLabel: `Link ${l.name} ${l.a} to ${l.b}${up ? "" : ", cut"}${imp ? `, ${imp}` : ""} (Enter: details)`,
+        ariaLabel: `Link ${l.name} ${l.a} to ${l.b}${up ? "" : ", cut"}${imp ? `, ${imp}` : ""}${traffic ? `, ${traffic.slice(3)}` : ""} (Enter: details)`,
         data: { link: l.name },
       });
     }
     return { nodes, edges };
-  }, [topo, live, linkLive, selection, editable]);
+  }, [topo, live, linkLive, rates, selection, editable]);
 
   // Where items go: where the user left them (a saved layout), else where ELK puts them once
   // it has run, else the simple grid above. React Flow keeps positions in its node state: a new

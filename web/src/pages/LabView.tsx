@@ -16,12 +16,54 @@ import {
 } from "../api";
 import type { KEvent } from "../events";
 import { specTopology } from "../labfile";
-import { impairText, Topology, type MenuItem, type Positions, type Selection, type VmLive } from "../components/Topology";
+import { impairText, Topology, type MenuItem, type Positions, type Rates, type Selection, type VmLive } from "../components/Topology";
 import { Terminal } from "../components/Terminal";
 import { ScenarioPanel } from "../components/Scenario";
 import { CheckpointPanel } from "../components/Checkpoints";
 import { Link, navigate } from "../router";
 import { ago, bytes, ErrorBox, StateBadge, useEvents, useLoad } from "../util";
+
+/** Every 2 s while the lab is up: each VM interface's traffic in bytes/s since the last poll
+ * (`node.vm:iface` → rates), drawn on the topology's edges. */
+function useRates(lab: string, up: boolean): Rates | undefined {
+  const [rates, setRates] = useState<Rates | undefined>(undefined);
+  useEffect(() => {
+    if (!up) {
+      setRates(undefined);
+      return;
+    }
+    let prev: { t: number; c: Map<string, { s: number; r: number }> } | null = null;
+    let alive = true;
+    const poll = async () => {
+      try {
+        const now = performance.now();
+        const list = await api.counters(lab);
+        if (!alive) return;
+        const c = new Map(list.map((x) => [`${x.vm}:${x.iface}`, { s: x.sent_bytes, r: x.received_bytes }]));
+        if (prev) {
+          const dt = Math.max(0.001, (now - prev.t) / 1000);
+          const m: Rates = new Map();
+          for (const [k, v] of c) {
+            const p = prev.c.get(k);
+            // A restarted VM's port starts again from zero: no rate until the next poll.
+            if (p && v.s >= p.s && v.r >= p.r) m.set(k, { sent: (v.s - p.s) / dt, received: (v.r - p.r) / dt });
+          }
+          setRates(m);
+        }
+        prev = { t: now, c };
+      } catch {
+        // The lab went down between polls, or the server is away: keep the last figures.
+      }
+    };
+    void poll();
+    const id = window.setInterval(() => void poll(), 2000);
+    return () => {
+      alive = false;
+      window.clearInterval(id);
+    };
+  }, [lab, up]);
+  return rates;
+}
 
 interface OpLine {
   ts: number;
@@ -43,6 +85,7 @@ export default function LabView({ user, name }: { user: User; name: string }) {
   // The last vm.state event of each VM: when it was written and the state it set.
   const [eventTs, setEventTs] = useState<Map<string, { ts: number; state: string }>>(new Map());
   const [deleted, setDeleted] = useState(false);
+  const rates = useRates(name, ["ready", "degraded", "starting"].includes(lab?.state ?? ""));
   const timer = useRef<number>();
   const write = canWrite(user);
 
@@ -255,6 +298,7 @@ export default function LabView({ user, name }: { user: User; name: string }) {
           topo={topo}
           live={live}
           linkLive={linkLive}
+          rates={rates}
           selection={sel}
           onSelect={setSel}
           positions={layout?.positions}

@@ -169,3 +169,62 @@ pub fn capture<W: std::io::Write + Send + 'static>(
     let c = net.capture(&tap, sink, opts).map_err(e)?;
     Ok((c, format!("{ep} (host port {tap})")))
 }
+
+/// Traffic counters of one VM interface, read from its host port (the tap) in the lab's
+/// namespace. From the VM's side: `sent` is what the tap received, `received` what it sent.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct IfaceCounters {
+    /// `node.vm`.
+    pub vm: String,
+    /// The guest's interface name.
+    pub iface: String,
+    /// What it is plugged into: `link:NAME`, `network:NAME` or `node-network`.
+    pub attach: String,
+    /// The host port.
+    pub tap: String,
+    pub sent_bytes: u64,
+    pub sent_packets: u64,
+    pub received_bytes: u64,
+    pub received_packets: u64,
+    /// Frames dropped on the host port (both directions: an impairment's loss shows here when
+    /// the kernel drops; userspace relays count their own).
+    pub dropped: u64,
+}
+
+/// The counters of every VM interface of running lab `lab` whose host port exists (a stopped
+/// VM's taps are gone: it is left out), in the lab's order. One netlink dump.
+pub fn counters(lab: &str) -> Result<Vec<IfaceCounters>> {
+    let rec = LabRecord::load(lab).ok_or_else(|| LabError::NotFound(lab.into()))?;
+    let e = |source| LabError::Net {
+        lab: lab.into(),
+        source,
+    };
+    let net = LabNet::open(&NetLabName::new(lab).map_err(e)?)
+        .map_err(e)?
+        .ok_or_else(|| LabError::NotFound(lab.into()))?;
+    let stats: std::collections::HashMap<String, kobako_net::LinkStats> =
+        net.rtnl().link_stats().map_err(e)?.into_iter().collect();
+    let mut out = Vec::new();
+    for vm in rec.lab.vms() {
+        for i in &vm.interfaces {
+            let tap = tap_name(vm, i.name.as_str()).as_str().to_string();
+            let Some(st) = stats.get(&tap) else { continue };
+            out.push(IfaceCounters {
+                vm: vm.id.to_string(),
+                iface: i.name.as_str().to_string(),
+                attach: match &i.attach {
+                    crate::spec::Attachment::Link(l) => format!("link:{}", l.as_str()),
+                    crate::spec::Attachment::Network(n) => format!("network:{}", n.as_str()),
+                    crate::spec::Attachment::NodeNetwork => "node-network".into(),
+                },
+                tap,
+                sent_bytes: st.rx_bytes,
+                sent_packets: st.rx_packets,
+                received_bytes: st.tx_bytes,
+                received_packets: st.tx_packets,
+                dropped: st.rx_dropped + st.tx_dropped,
+            });
+        }
+    }
+    Ok(out)
+}

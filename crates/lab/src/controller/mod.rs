@@ -41,7 +41,7 @@ use serde::Serialize;
 use crate::spec::{Attachment, Lab, Vm};
 
 pub use impairments::to_net_impairment;
-pub use links::{capture, impair, set_link_state, set_port_state};
+pub use links::{capture, counters, impair, set_link_state, set_port_state, IfaceCounters};
 pub use settings::{missing_artifacts, BootSettings};
 pub use up::{down, plan, restart, up, Plan, UpReport, VmReport};
 pub use vmops::{start_vms, stop_vms};

@@ -1,5 +1,6 @@
 //! `/labs/{name}/links`: a running lab's links cut, healed and impaired live, and
-//! [`LinkInfo`], a link with its live state.
+//! [`LinkInfo`], a link with its live state; `/labs/{name}/counters`: the traffic counters of
+//! every VM interface (what the topology view draws on its edges).
 
 use axum::extract::State;
 use axum::Json;
@@ -209,4 +210,65 @@ pub async fn link_clear(
     ApiPath((name, link)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<LinkInfo>> {
     impair(st, caller, name, link, None).await
+}
+
+/// Traffic counters of one VM interface, read from its host port; from the VM's side.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IfaceCountersInfo {
+    /// `node.vm`.
+    pub vm: String,
+    /// The guest's interface name.
+    pub iface: String,
+    /// `link:NAME`, `network:NAME` or `node-network`.
+    pub attach: String,
+    pub sent_bytes: u64,
+    pub sent_packets: u64,
+    pub received_bytes: u64,
+    pub received_packets: u64,
+    /// Frames dropped on the host port.
+    pub dropped: u64,
+}
+
+/// Traffic counters of every VM interface of a running lab (counted since each VM started;
+/// a client polls and takes differences for rates). A lab that is not up has none: `[]`.
+#[utoipa::path(get, path = "/api/v1/labs/{name}/counters", tag = "links",
+    params(("name" = String, Path, description = "Lab name")),
+    responses((status = 200, description = "Counters per VM interface", body = [IfaceCountersInfo]),
+        (status = 404, description = "No such lab (or not yours)")))]
+pub async fn lab_counters(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> ApiResult<Json<Vec<IfaceCountersInfo>>> {
+    let row = lab_for(&st, &caller, &name, false).await?;
+    if !matches!(
+        row.state,
+        LabState::Ready | LabState::Degraded | LabState::Starting
+    ) {
+        return Ok(Json(Vec::new()));
+    }
+    let counters = tokio::task::spawn_blocking(move || kobako_lab::controller::counters(&name))
+        .await
+        .map_err(ApiError::internal)?;
+    let counters = match counters {
+        Ok(c) => c,
+        // Taken down between the state check and the read.
+        Err(kobako_lab::controller::LabError::NotFound(_)) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Json(
+        counters
+            .into_iter()
+            .map(|c| IfaceCountersInfo {
+                vm: c.vm,
+                iface: c.iface,
+                attach: c.attach,
+                sent_bytes: c.sent_bytes,
+                sent_packets: c.sent_packets,
+                received_bytes: c.received_bytes,
+                received_packets: c.received_packets,
+                dropped: c.dropped,
+            })
+            .collect(),
+    ))
 }

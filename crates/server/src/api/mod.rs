@@ -90,6 +90,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(nodes::vm_start))
         .routes(routes!(nodes::vm_stop))
         .routes(routes!(nodes::vm_restart))
+        .routes(routes!(links::lab_counters))
         .routes(routes!(links::link_up))
         .routes(routes!(links::link_down))
         .routes(routes!(links::link_impair, links::link_clear))
