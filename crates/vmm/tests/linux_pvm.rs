@@ -12,10 +12,8 @@
 //!
 //! `linux_devices_disk_net_rng_and_agent_over_vsock` boots the same kernel with a busybox /init
 //! that mounts ext4 from a qcow2 overlay, pings the host side of a tap (in its own network
-//! namespace: root), reads /dev/hwrng, reads a marker from /dev/pmem0 (virtio-pmem on a 2 MiB
-//! host file), writes a second one at 1 MiB and syncs (the host file must hold it: the guest's
-//! flush reached the device's fdatasync), and execs the kobako agent, which the test reaches
-//! over vsock through uds_path. It needs the static agent (`scripts/build.sh`, or `KOBAKO_AGENT`),
+//! namespace: root), reads /dev/hwrng, and execs the kobako agent, which the test reaches over
+//! vsock through uds_path. It needs the static agent (`scripts/build.sh`, or `KOBAKO_AGENT`),
 //! busybox-static, mkfs.ext4 and qemu-img; `KOBAKO_PVM_TIMEOUT` defaults to 1500 s there.
 //! Measured: all four checks and the agent's ready message over vsock, boot complete at 449 s
 //! (load ~5). `scripts/test.sh` runs both tests, one after the other.
@@ -271,17 +269,6 @@ fn linux_devices_disk_net_rng_and_agent_over_vsock() {
         p("overlay.qcow2")
     ));
 
-    // pmem: a 2 MiB file whose first line the guest reads from /dev/pmem0.
-    let pmem_marker = format!("KOBAKO-PMEM-HOST-{token}");
-    let pmem = d.join("pmem.img");
-    std::fs::write(&pmem, format!("{pmem_marker}\n")).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&pmem)
-        .unwrap()
-        .set_len(2 << 20)
-        .unwrap();
-
     // Network: a tap in a private namespace, host side 172.31.250.1/24.
     let ns = Netns("kbvmm-pvm-dev");
     let _ = std::process::Command::new("ip")
@@ -305,8 +292,6 @@ if mount -t ext4 /dev/vda /mnt; then echo \"KOBAKO-DISK $(cat /mnt/hello.txt)\";
 ip link set eth0 up && ip addr add 172.31.250.2/24 dev eth0
 if ping -c 1 -w 300 172.31.250.1 >/dev/null; then echo KOBAKO-PING-OK; else echo KOBAKO-PING-FAIL; fi
 echo \"KOBAKO-HWRNG $(dd if=/dev/hwrng bs=32 count=1 2>/dev/null | wc -c) $(cat /sys/class/misc/hw_random/rng_current)\"
-m=$(head -n 1 /dev/pmem0); echo \"KOBAKO-PMEM-READ $m\"
-echo -n \"GUEST-$m\" | dd of=/dev/pmem0 bs=4096 seek=256 conv=notrunc,fsync 2>/dev/null && sync && echo KOBAKO-PMEM-SYNCED
 ip route add 169.254.169.254 dev eth0
 echo \"KOBAKO-MMDS-NOTOKEN $(timeout 120 wget -O- http://169.254.169.254/latest/meta-data/ami-id 2>&1 | grep -e error -e 401 | head -n 1)\"
 echo \"KOBAKO-MMDS-V2 $(/mmds.sh /latest/meta-data/ami-id)\"
@@ -355,7 +340,6 @@ exec /agent
             "network-interfaces": [{
                 "iface_id": "eth0", "host_dev_name": "kbtap0", "guest_mac": "06:00:ac:1f:fa:02",
             }],
-            "pmem": [{ "id": "pm0", "path_on_host": pmem }],
             "vsock": { "guest_cid": 3, "uds_path": uds },
             "entropy": {},
             "mmds-config": { "version": "V2", "network_interfaces": ["eth0"] },
@@ -447,21 +431,6 @@ exec /agent
     assert!(
         console.contains("KOBAKO-HWRNG 32 virtio_rng"),
         "/dev/hwrng (virtio-rng) not read"
-    );
-    assert!(
-        console.contains(&format!("KOBAKO-PMEM-READ {pmem_marker}")),
-        "the host's marker not read from /dev/pmem0 (virtio-pmem)"
-    );
-    assert!(
-        console.contains("KOBAKO-PMEM-SYNCED"),
-        "the guest's write to /dev/pmem0 was not synced"
-    );
-    let guest_marker = format!("GUEST-{pmem_marker}");
-    let f = std::fs::read(&pmem).unwrap();
-    assert_eq!(
-        f.get(1 << 20..(1 << 20) + guest_marker.len()),
-        Some(guest_marker.as_bytes()),
-        "the host file does not hold the guest's pmem write after its flush"
     );
     assert!(
         console.contains(&format!("KOBAKO-MMDS-V2 ami-{token}")),
@@ -841,19 +810,6 @@ fn snapshot_and_restore(
     };
     let restore_s = t1.elapsed().as_secs_f64();
     let got = agent_exec(&uds2, &["/bin/cat", "/tmp/snap-file", "/tmp/kobako-tick"]);
-    // The snapshot keeps the pmem device's file (as Firecracker's): the restored guest's
-    // write and sync reach the same host file.
-    let pmem_restored = format!("RESTORED-PMEM-{}", std::process::id());
-    let pmem_after = agent_exec(
-        &uds2,
-        &[
-            "/bin/sh",
-            "-c",
-            &format!(
-                "echo -n {pmem_restored} | dd of=/dev/pmem0 bs=4096 seek=384 conv=notrunc,fsync 2>/dev/null && sync && echo synced"
-            ),
-        ],
-    );
     // The snapshot kept the MMDS configuration (V2 on eth0, now on another tap); the data is
     // the new process's.
     let mmds_after = agent_exec(&uds2, &["/mmds.sh", "/latest/meta-data/ami-id"]);
@@ -896,23 +852,6 @@ fn snapshot_and_restore(
     }
     if !stats_after {
         return Err("no balloon statistics after the restore".into());
-    }
-    let pmem_file = std::fs::read(d.join("pmem.img")).unwrap_or_default();
-    match pmem_after {
-        Some((out, 0))
-            if out.trim() == "synced"
-                && pmem_file.get(384 * 4096..384 * 4096 + pmem_restored.len())
-                    == Some(pmem_restored.as_bytes()) => {}
-        other => {
-            return Err(format!(
-                "pmem write after the restore: agent {other:?}, host file at 1.5 MiB {:?}",
-                String::from_utf8_lossy(
-                    pmem_file
-                        .get(384 * 4096..384 * 4096 + 32)
-                        .unwrap_or_default()
-                )
-            ))
-        }
     }
     match mmds_after {
         Some((v, _)) if v.trim() == format!("restored-{token}") => {}
