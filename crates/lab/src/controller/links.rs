@@ -6,31 +6,24 @@
 //! kernel; where it does not (these machines), the lab's net daemon ([`super::netd`]) holds
 //! kobako-net's userspace relays and is told to re-read the store.
 
-use kobako_net::{LabName as NetLabName, LabNet};
 use kobako_state::Db;
 
 use super::impairments::{apply_impairments, desired, to_net_impairment};
-use super::{tap_name, LabError, LabRecord, Result};
+use super::{lab_net, net_err, tap_name, LabError, LabRecord, Result};
 use crate::spec::{Impairment, Lab};
 
 /// Makes the host match the stored link states and impairments. Blocking.
 pub(crate) fn apply_links(db: &Db, lab: &Lab) -> Result<()> {
     let name = lab.name.as_str();
-    let e = |source| LabError::Net {
-        lab: name.into(),
-        source,
-    };
-    let net_name = NetLabName::new(name).map_err(e)?;
-    let net = LabNet::open(&net_name)
-        .map_err(e)?
-        .ok_or_else(|| LabError::NotFound(name.into()))?;
+    let e = net_err(name);
+    let net = lab_net(name)?;
     let want = desired(db, lab)?;
     for (link, _, up) in &want {
         let Some(l) = lab.link(link) else { continue };
         for ep in &l.endpoints {
             if let Some(vm) = lab.vm(&ep.vm) {
                 net.set_link_up(&tap_name(vm, ep.iface.as_str()), *up)
-                    .map_err(e)?;
+                    .map_err(&e)?;
             }
         }
     }
@@ -100,13 +93,8 @@ pub fn set_link_state(lab: &str, link: &str, up: bool) -> Result<()> {
         .find(|r| r.name == link)
         .and_then(|r| r.impairment);
     db.set_link(lab, link, up, imp.as_ref())?;
-    let e = |source| LabError::Net {
-        lab: lab.into(),
-        source,
-    };
-    let net = LabNet::open(&NetLabName::new(lab).map_err(e)?)
-        .map_err(e)?
-        .ok_or_else(|| LabError::NotFound(lab.into()))?;
+    let e = net_err(lab);
+    let net = lab_net(lab)?;
     let l = rec
         .lab
         .link(link)
@@ -114,7 +102,7 @@ pub fn set_link_state(lab: &str, link: &str, up: bool) -> Result<()> {
     for ep in &l.endpoints {
         if let Some(vm) = rec.lab.vm(&ep.vm) {
             net.set_link_up(&tap_name(vm, ep.iface.as_str()), up)
-                .map_err(e)?;
+                .map_err(&e)?;
         }
     }
     Ok(())
@@ -127,14 +115,9 @@ pub fn set_port_state(lab: &str, vm: &str, iface: &str, up: bool) -> Result<()> 
     let db = super::db()?;
     let rec = LabRecord::load_from(&db, lab)?.ok_or_else(|| LabError::NotFound(lab.into()))?;
     let v = rec.lab.find_vm(vm)?;
-    let e = |source| LabError::Net {
-        lab: lab.into(),
-        source,
-    };
-    let net = LabNet::open(&NetLabName::new(lab).map_err(e)?)
-        .map_err(e)?
-        .ok_or_else(|| LabError::NotFound(lab.into()))?;
-    net.set_link_up(&tap_name(v, iface), up).map_err(e)
+    let e = net_err(lab);
+    let net = lab_net(lab)?;
+    net.set_link_up(&tap_name(v, iface), up).map_err(&e)
 }
 
 /// Starts a pcapng capture of a link, on the tap of endpoint `end` (0 or 1): both directions
@@ -159,14 +142,9 @@ pub fn capture<W: std::io::Write + Send + 'static>(
         .vm(&ep.vm)
         .ok_or_else(|| LabError::NoSuch(format!("no VM {}", ep.vm)))?;
     let tap = tap_name(vm, ep.iface.as_str());
-    let e = |source| LabError::Net {
-        lab: lab.into(),
-        source,
-    };
-    let net = LabNet::open(&NetLabName::new(lab).map_err(e)?)
-        .map_err(e)?
-        .ok_or_else(|| LabError::NotFound(lab.into()))?;
-    let c = net.capture(&tap, sink, opts).map_err(e)?;
+    let e = net_err(lab);
+    let net = lab_net(lab)?;
+    let c = net.capture(&tap, sink, opts).map_err(&e)?;
     Ok((c, format!("{ep} (host port {tap})")))
 }
 
@@ -195,15 +173,10 @@ pub struct IfaceCounters {
 /// VM's taps are gone: it is left out), in the lab's order. One netlink dump.
 pub fn counters(lab: &str) -> Result<Vec<IfaceCounters>> {
     let rec = LabRecord::load(lab).ok_or_else(|| LabError::NotFound(lab.into()))?;
-    let e = |source| LabError::Net {
-        lab: lab.into(),
-        source,
-    };
-    let net = LabNet::open(&NetLabName::new(lab).map_err(e)?)
-        .map_err(e)?
-        .ok_or_else(|| LabError::NotFound(lab.into()))?;
+    let e = net_err(lab);
+    let net = lab_net(lab)?;
     let stats: std::collections::HashMap<String, kobako_net::LinkStats> =
-        net.rtnl().link_stats().map_err(e)?.into_iter().collect();
+        net.rtnl().link_stats().map_err(&e)?.into_iter().collect();
     let mut out = Vec::new();
     for vm in rec.lab.vms() {
         for i in &vm.interfaces {

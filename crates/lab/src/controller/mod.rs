@@ -259,6 +259,22 @@ pub fn vm_name(lab: &Lab, vm: &Vm) -> String {
     )
 }
 
+/// `kobako_net`'s error as lab `lab`'s.
+pub(crate) fn net_err(lab: &str) -> impl Fn(kobako_net::NetError) -> LabError + '_ {
+    move |source| LabError::Net {
+        lab: lab.to_string(),
+        source,
+    }
+}
+
+/// The host network (namespace, bridges, taps) of lab `lab`; `NotFound` when it has none.
+pub(crate) fn lab_net(lab: &str) -> Result<kobako_net::LabNet> {
+    let e = net_err(lab);
+    kobako_net::LabNet::open(&kobako_net::LabName::new(lab).map_err(&e)?)
+        .map_err(&e)?
+        .ok_or_else(|| LabError::NotFound(lab.into()))
+}
+
 pub(crate) fn tap_name(vm: &Vm, iface: &str) -> IfName {
     IfName::for_key(
         "t",

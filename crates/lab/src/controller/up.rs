@@ -16,7 +16,7 @@ use super::{
     bridge_for, lab_run_dir, links, netpolicy, start, tap_name, vm_name, LabError, LabRecord,
     Progress,
 };
-use super::{BootSettings, Result};
+use super::{net_err, BootSettings, Result};
 use crate::spec::{Attachment, Lab, Vm};
 
 /// How long `up`/`down` wait for another process changing the same lab.
@@ -123,13 +123,6 @@ pub fn plan(db: &Db, lab: &Lab) -> Result<Plan> {
         }
     }
     Ok(p)
-}
-
-fn net_err(lab: &str) -> impl Fn(kobako_net::NetError) -> LabError + '_ {
-    move |source| LabError::Net {
-        lab: lab.to_string(),
-        source,
-    }
 }
 
 /// Build (or complete) the lab's host network. Blocking: call from `spawn_blocking`.
