@@ -506,13 +506,7 @@ impl VirtioDevice for Balloon {
         c[..4].copy_from_slice(&self.target_pages.to_le_bytes());
         c[4..8].copy_from_slice(&self.actual_pages.to_le_bytes());
         c[8..12].copy_from_slice(&self.hint.host_cmd.to_le_bytes());
-        for (i, d) in data.iter_mut().enumerate() {
-            *d = crate::cast::usize_from(offset)
-                .checked_add(i)
-                .and_then(|j| c.get(j))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::devices::virtio::read_config_bytes(&c, offset, data);
     }
     fn write_config(&mut self, offset: u64, data: &[u8]) {
         // Only `actual` (bytes 4..8) is the driver's to write.

@@ -238,3 +238,15 @@ pub fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
         Ok(())
     }
 }
+
+/// The bytes of config space `space` at `offset` into `data` (what a driver's config read
+/// sees): bytes past the end of the space, or an offset that does not fit, read as 0.
+pub(crate) fn read_config_bytes(space: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, d) in data.iter_mut().enumerate() {
+        *d = crate::cast::usize_from(offset)
+            .checked_add(i)
+            .and_then(|j| space.get(j))
+            .copied()
+            .unwrap_or(0);
+    }
+}

@@ -415,13 +415,7 @@ impl VirtioDevice for Net {
         c[6..8].copy_from_slice(&1u16.to_le_bytes());
         c[8..10].copy_from_slice(&1u16.to_le_bytes());
         c[10..12].copy_from_slice(&self.mtu.unwrap_or(1500).to_le_bytes());
-        for (i, d) in data.iter_mut().enumerate() {
-            *d = crate::cast::usize_from(offset)
-                .checked_add(i)
-                .and_then(|j| c.get(j))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::devices::virtio::read_config_bytes(&c, offset, data);
     }
     fn activate(&mut self, ctx: ActiveContext, _epoll: &Epoll) -> Result<(), super::ActivateError> {
         crate::devices::virtio::check_queue_count("virtio-net", 2, ctx.queues.len())?;

@@ -224,13 +224,7 @@ impl VirtioDevice for Pmem {
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let c = self.config_space();
-        for (i, d) in data.iter_mut().enumerate() {
-            *d = crate::cast::usize_from(offset)
-                .checked_add(i)
-                .and_then(|j| c.get(j))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::devices::virtio::read_config_bytes(&c, offset, data);
     }
     fn activate(&mut self, ctx: ActiveContext, _epoll: &Epoll) -> Result<(), super::ActivateError> {
         super::check_queue_count("virtio-pmem", 1, ctx.queues.len())?;

@@ -351,13 +351,7 @@ impl VirtioDevice for Block {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let cfg = self.config();
         let c = cfg.as_slice();
-        for (i, d) in data.iter_mut().enumerate() {
-            *d = crate::cast::usize_from(offset)
-                .checked_add(i)
-                .and_then(|j| c.get(j))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::devices::virtio::read_config_bytes(c, offset, data);
     }
     fn activate(
         &mut self,

@@ -216,13 +216,7 @@ impl VirtioDevice for Vsock {
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_vsock_config { le64 guest_cid; }
         let c = self.guest_cid.to_le_bytes();
-        for (i, d) in data.iter_mut().enumerate() {
-            *d = crate::cast::usize_from(offset)
-                .checked_add(i)
-                .and_then(|j| c.get(j))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::devices::virtio::read_config_bytes(&c, offset, data);
     }
     fn activate(
         &mut self,
